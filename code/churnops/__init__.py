@@ -1,0 +1,1 @@
+"""ChurnOps: keep churn models honest in production."""
