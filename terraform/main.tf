@@ -1,0 +1,179 @@
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+
+locals {
+  name       = "${var.project}-${var.environment}"
+  account_id = data.aws_caller_identity.current.account_id
+  region     = data.aws_region.current.name
+
+  bucket_name     = coalesce(var.bucket_name, "${local.name}-drop-${local.account_id}")
+  task_subnet_ids = length(var.private_subnet_ids) > 0 ? var.private_subnet_ids : var.public_subnet_ids
+  public_tasks    = length(var.private_subnet_ids) == 0
+
+  # One listener per UI on the load balancer; the same port inside the task.
+  listeners = {
+    mlflow           = { port = 5000, health_path = "/health" }
+    "prefect-server" = { port = 4200, health_path = "/api/health" }
+    evidently        = { port = 8000, health_path = "/" }
+    grafana          = { port = 3000, health_path = "/api/health" }
+  }
+
+  # Service to service traffic stays in the VPC (Cloud Map names, see module ecs).
+  internal_urls = { for k, l in local.listeners : k => "http://${k}.${local.name}.internal:${l.port}" }
+  public_urls   = module.alb.urls
+
+  prefect_api_url_internal = "${local.internal_urls["prefect-server"]}/api"
+  prefect_api_url_public   = "${local.public_urls["prefect-server"]}/api"
+
+  images = {
+    orchestration = "${module.ecr.repository_urls["orchestration"]}:${var.image_tag}"
+    lambda        = "${module.ecr.repository_urls["s3-to-prefect-lambda"]}:${var.image_tag}"
+    grafana       = "${module.ecr.repository_urls["grafana"]}:${var.image_tag}"
+  }
+
+  db_init_command = ["python", "-c", file("${path.module}/scripts/db_init.py")]
+  db_url_secrets  = module.rds.url_secret_arns
+  sizes           = var.service_sizes
+}
+
+# ------------------------------------------------------------------ encryption
+data "aws_iam_policy_document" "kms" {
+  # checkov:skip=CKV_AWS_109:A key policy's resource is always the key itself ("*").
+  # checkov:skip=CKV_AWS_111:A key policy's resource is always the key itself ("*").
+  # checkov:skip=CKV_AWS_356:A key policy's resource is always the key itself ("*").
+  statement {
+    sid       = "AccountAdministers"
+    actions   = ["kms:*"]
+    resources = ["*"]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:${data.aws_partition.current.partition}:iam::${local.account_id}:root"]
+    }
+  }
+
+  statement {
+    sid       = "CloudWatchLogsOfThisAccount"
+    actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+    resources = ["*"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["logs.${local.region}.amazonaws.com"]
+    }
+
+    condition {
+      test     = "ArnLike"
+      variable = "kms:EncryptionContext:aws:logs:arn"
+      values   = ["arn:${data.aws_partition.current.partition}:logs:${local.region}:${local.account_id}:log-group:*"]
+    }
+  }
+}
+
+resource "aws_kms_key" "platform" {
+  description             = "${local.name}: bucket, topic, secrets, logs, images, database"
+  enable_key_rotation     = true
+  deletion_window_in_days = 7
+  policy                  = data.aws_iam_policy_document.kms.json
+}
+
+resource "aws_kms_alias" "platform" {
+  name          = "alias/${local.name}"
+  target_key_id = aws_kms_key.platform.key_id
+}
+
+# ------------------------------------------------------------------ modules
+module "ecr" {
+  source = "./modules/ecr"
+
+  name_prefix  = local.name
+  repositories = ["orchestration", "s3-to-prefect-lambda", "grafana"]
+  kms_key_arn  = aws_kms_key.platform.arn
+}
+
+module "sns" {
+  source = "./modules/sns"
+
+  topic_name  = "${local.name}-alerts"
+  email       = var.alert_email
+  kms_key_arn = aws_kms_key.platform.arn
+}
+
+module "s3" {
+  source = "./modules/s3"
+
+  bucket_name              = local.bucket_name
+  force_destroy            = var.bucket_force_destroy
+  kms_key_arn              = aws_kms_key.platform.arn
+  processed_retention_days = var.processed_retention_days
+  lambda_enabled           = var.lambda_enabled
+  lambda_function_arn      = module.lambda.function_arn
+}
+
+module "lambda" {
+  source = "./modules/s3-to-prefect-lambda"
+
+  function_name        = "${local.name}-s3-to-prefect"
+  image_uri            = local.images.lambda
+  prefect_api_url      = coalesce(var.prefect_api_url_for_lambda, local.prefect_api_url_public)
+  prefect_deployment   = var.prefect_deployment
+  input_prefix         = "data/input/"
+  bucket_arn           = module.s3.bucket_arn
+  bucket_account_id    = local.account_id
+  reserved_concurrency = var.lambda_reserved_concurrency
+  log_retention_days   = var.log_retention_days
+  kms_key_arn          = aws_kms_key.platform.arn
+}
+
+module "alb" {
+  source = "./modules/alb"
+
+  name                = local.name
+  vpc_id              = var.vpc_id
+  subnet_ids          = var.public_subnet_ids
+  internal            = var.internal_load_balancer
+  allowed_cidr_blocks = var.allowed_cidr_blocks
+  certificate_arn     = var.certificate_arn
+  listeners           = local.listeners
+}
+
+module "rds" {
+  source = "./modules/rds-postgres"
+
+  name                        = local.name
+  vpc_id                      = var.vpc_id
+  subnet_ids                  = local.task_subnet_ids
+  allowed_security_group_ids  = [module.ecs.tasks_security_group_id]
+  kms_key_arn                 = aws_kms_key.platform.arn
+  engine_version              = var.db_engine_version
+  instance_class              = var.db_instance_class
+  allocated_storage           = var.db_allocated_storage
+  multi_az                    = var.db_multi_az
+  deletion_protection         = var.db_deletion_protection
+  skip_final_snapshot         = var.db_skip_final_snapshot
+  backup_retention_days       = var.db_backup_retention_days
+  secret_recovery_window_days = var.secret_recovery_window_days
+
+  databases = {
+    metrics = { scheme = "postgresql+psycopg2", database = "metrics" }
+    mlflow  = { scheme = "postgresql", database = "mlflow" }
+    prefect = { scheme = "postgresql+asyncpg", database = "prefect" }
+  }
+}
+
+module "ecs" {
+  source = "./modules/ecs"
+
+  name                  = local.name
+  vpc_id                = var.vpc_id
+  subnet_ids            = local.task_subnet_ids
+  assign_public_ip      = local.public_tasks
+  alb_security_group_id = module.alb.security_group_id
+  target_group_arns     = module.alb.target_group_arns
+  load_balancer_ports   = { for k, l in local.listeners : k => l.port }
+  ecr_repository_arns   = values(module.ecr.repository_arns)
+  kms_key_arn           = aws_kms_key.platform.arn
+  log_retention_days    = var.log_retention_days
+  services              = local.services
+}

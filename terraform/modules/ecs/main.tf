@@ -1,0 +1,287 @@
+data "aws_region" "current" {}
+
+locals {
+  region    = data.aws_region.current.name
+  namespace = "${var.name}.internal"
+
+  # Secret ARN of a `valueFrom` reference (which may end in ":json-key::").
+  secret_arns = {
+    for svc, s in var.services : svc => distinct([
+      for ref in concat(values(s.secrets), s.init == null ? [] : values(s.init.secrets)) :
+      join(":", slice(split(":", ref), 0, 7))
+    ])
+  }
+
+  load_balanced = { for svc, s in var.services : svc => s if s.port != null && contains(keys(var.target_group_arns), svc) }
+  discoverable  = { for svc, s in var.services : svc => s if s.port != null }
+
+  log_configuration = {
+    for svc, s in var.services : svc => {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.service[svc].name
+        awslogs-region        = local.region
+        awslogs-stream-prefix = svc
+      }
+    }
+  }
+
+  containers = {
+    for svc, s in var.services : svc => concat(
+      s.init == null ? [] : [{
+        name             = "init"
+        image            = s.image
+        essential        = false
+        command          = s.init.command
+        environment      = [for k, v in s.init.environment : { name = k, value = v }]
+        secrets          = [for k, v in s.init.secrets : { name = k, valueFrom = v }]
+        logConfiguration = local.log_configuration[svc]
+      }],
+      [{
+        name         = svc
+        image        = s.image
+        essential    = true
+        command      = s.command
+        portMappings = s.port == null ? [] : [{ containerPort = s.port, protocol = "tcp" }]
+        environment  = [for k, v in s.environment : { name = k, value = v }]
+        secrets      = [for k, v in s.secrets : { name = k, valueFrom = v }]
+        dependsOn    = s.init == null ? [] : [{ containerName = "init", condition = "SUCCESS" }]
+        stopTimeout  = 60
+        # The servers write caches and temporary files under their home.
+        readonlyRootFilesystem = false
+        logConfiguration       = local.log_configuration[svc]
+      }],
+    )
+  }
+}
+
+# ------------------------------------------------------------------ cluster
+resource "aws_ecs_cluster" "this" {
+  name = var.name
+
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+}
+
+resource "aws_service_discovery_private_dns_namespace" "this" {
+  name        = local.namespace
+  description = "Service discovery of ${var.name}: <service>.${local.namespace}"
+  vpc         = var.vpc_id
+}
+
+resource "aws_service_discovery_service" "this" {
+  for_each = local.discoverable
+
+  name = each.key
+
+  dns_config {
+    namespace_id   = aws_service_discovery_private_dns_namespace.this.id
+    routing_policy = "MULTIVALUE"
+
+    dns_records {
+      ttl  = 10
+      type = "A"
+    }
+  }
+
+  health_check_custom_config {
+    failure_threshold = 1
+  }
+}
+
+# ------------------------------------------------------------------ network
+resource "aws_security_group" "tasks" {
+  # checkov:skip=CKV_AWS_382:The tasks pull images and call AWS APIs and Prefect/MLflow over HTTPS; egress destinations are not fixed addresses.
+  name        = "${var.name}-tasks"
+  description = "ECS tasks of ${var.name}"
+  vpc_id      = var.vpc_id
+
+  dynamic "ingress" {
+    for_each = var.load_balancer_ports
+
+    content {
+      description     = "${ingress.key} from the load balancer"
+      from_port       = ingress.value
+      to_port         = ingress.value
+      protocol        = "tcp"
+      security_groups = [var.alb_security_group_id]
+    }
+  }
+
+  ingress {
+    description = "Service to service (worker to Prefect, MLflow, Evidently)"
+    from_port   = 0
+    to_port     = 65535
+    protocol    = "tcp"
+    self        = true
+  }
+
+  egress {
+    description = "Images, AWS APIs, the database and the other services"
+    from_port   = 0
+    to_port     = 0
+    protocol    = "-1"
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+}
+
+# ------------------------------------------------------------------ logs
+resource "aws_cloudwatch_log_group" "service" {
+  for_each = var.services
+
+  name              = "/ecs/${var.name}/${each.key}"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+}
+
+# ------------------------------------------------------------------ roles
+data "aws_iam_policy_document" "ecs_tasks_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+# Execution role, one per service: pull its image, write its logs, read its secrets.
+resource "aws_iam_role" "execution" {
+  for_each = var.services
+
+  name               = substr("${var.name}-${each.key}-exec", 0, 64)
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+data "aws_iam_policy_document" "execution" {
+  for_each = var.services
+
+  statement {
+    sid = "EcrAuth"
+    # GetAuthorizationToken has no resource-level permissions.
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+
+  statement {
+    sid       = "PullImages"
+    actions   = ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]
+    resources = var.ecr_repository_arns
+  }
+
+  statement {
+    sid       = "WriteLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.service[each.key].arn}:*"]
+  }
+
+  dynamic "statement" {
+    for_each = length(local.secret_arns[each.key]) > 0 ? [1] : []
+
+    content {
+      sid       = "ReadOwnSecrets"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = local.secret_arns[each.key]
+    }
+  }
+
+  statement {
+    sid       = "DecryptWithPlatformKey"
+    actions   = ["kms:Decrypt"]
+    resources = [var.kms_key_arn]
+  }
+}
+
+resource "aws_iam_role_policy" "execution" {
+  for_each = var.services
+
+  name   = "execution"
+  role   = aws_iam_role.execution[each.key].id
+  policy = data.aws_iam_policy_document.execution[each.key].json
+}
+
+# Task role, one per service, with only the permissions its application needs.
+resource "aws_iam_role" "task" {
+  for_each = var.services
+
+  name               = substr("${var.name}-${each.key}-task", 0, 64)
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+resource "aws_iam_role_policy" "task" {
+  for_each = { for svc, s in var.services : svc => s if s.task_policy_json != null }
+
+  name   = "application"
+  role   = aws_iam_role.task[each.key].id
+  policy = each.value.task_policy_json
+}
+
+# ------------------------------------------------------------------ tasks and services
+resource "aws_ecs_task_definition" "service" {
+  for_each = var.services
+
+  family                   = "${var.name}-${each.key}"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = each.value.cpu
+  memory                   = each.value.memory
+  execution_role_arn       = aws_iam_role.execution[each.key].arn
+  task_role_arn            = aws_iam_role.task[each.key].arn
+  container_definitions    = jsonencode(local.containers[each.key])
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = "X86_64"
+  }
+}
+
+resource "aws_ecs_service" "service" {
+  for_each = var.services
+
+  name                               = each.key
+  cluster                            = aws_ecs_cluster.this.id
+  task_definition                    = aws_ecs_task_definition.service[each.key].arn
+  desired_count                      = each.value.desired_count
+  launch_type                        = "FARGATE"
+  platform_version                   = "LATEST"
+  propagate_tags                     = "SERVICE"
+  enable_execute_command             = false
+  health_check_grace_period_seconds  = contains(keys(local.load_balanced), each.key) ? 180 : null
+  deployment_minimum_healthy_percent = 0
+  deployment_maximum_percent         = 200
+  wait_for_steady_state              = false
+
+  network_configuration {
+    subnets          = var.subnet_ids
+    security_groups  = [aws_security_group.tasks.id]
+    assign_public_ip = var.assign_public_ip
+  }
+
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+
+  dynamic "load_balancer" {
+    for_each = contains(keys(local.load_balanced), each.key) ? [each.value.port] : []
+
+    content {
+      target_group_arn = var.target_group_arns[each.key]
+      container_name   = each.key
+      container_port   = load_balancer.value
+    }
+  }
+
+  dynamic "service_registries" {
+    for_each = contains(keys(local.discoverable), each.key) ? [1] : []
+
+    content {
+      registry_arn = aws_service_discovery_service.this[each.key].arn
+    }
+  }
+
+  depends_on = [aws_iam_role_policy.execution]
+}

@@ -1,0 +1,75 @@
+variable "name" {
+  description = "Name of the cluster and prefix of its resources."
+  type        = string
+}
+
+variable "vpc_id" {
+  description = "VPC of the tasks."
+  type        = string
+}
+
+variable "subnet_ids" {
+  description = "Subnets of the tasks."
+  type        = list(string)
+}
+
+variable "assign_public_ip" {
+  description = "Give the tasks a public IP (only when they run in public subnets)."
+  type        = bool
+  default     = false
+}
+
+variable "alb_security_group_id" {
+  description = "Security group of the load balancer, allowed to reach the load-balanced ports."
+  type        = string
+}
+
+variable "target_group_arns" {
+  description = "Target group per load-balanced service (same key as var.services)."
+  type        = map(string)
+}
+
+variable "load_balancer_ports" {
+  description = "Container port per load-balanced service, opened to the load balancer's security group (kept apart from var.services so the security group does not depend on the task definitions)."
+  type        = map(number)
+}
+
+variable "ecr_repository_arns" {
+  description = "Repositories the tasks pull their images from."
+  type        = list(string)
+}
+
+variable "kms_key_arn" {
+  description = "KMS key of the log groups and secrets."
+  type        = string
+}
+
+variable "log_retention_days" {
+  description = "Retention of the log groups."
+  type        = number
+  default     = 365
+}
+
+variable "services" {
+  description = <<-EOT
+    Services by name. `port` null: no listener and no service discovery.
+    `secrets` maps environment names to Secrets Manager `valueFrom` references.
+    `init`, when set, runs first in the same task (same image) and must exit 0.
+  EOT
+  type = map(object({
+    image            = string
+    command          = optional(list(string))
+    port             = optional(number)
+    cpu              = optional(number, 512)
+    memory           = optional(number, 1024)
+    desired_count    = optional(number, 1)
+    environment      = optional(map(string), {})
+    secrets          = optional(map(string), {})
+    task_policy_json = optional(string)
+    init = optional(object({
+      command     = list(string)
+      environment = optional(map(string), {})
+      secrets     = optional(map(string), {})
+    }))
+  }))
+}

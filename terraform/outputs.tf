@@ -1,0 +1,104 @@
+output "aws_region" {
+  description = "Region of the platform."
+  value       = local.region
+}
+
+output "mlflow_url" {
+  description = "MLflow UI and tracking URL."
+  value       = local.public_urls.mlflow
+}
+
+output "prefect_ui_url" {
+  description = "Prefect UI URL."
+  value       = local.public_urls["prefect-server"]
+}
+
+output "prefect_api_url" {
+  description = "Prefect API URL (PREFECT_API_URL) through the load balancer."
+  value       = local.prefect_api_url_public
+}
+
+output "evidently_url" {
+  description = "Evidently UI URL."
+  value       = local.public_urls.evidently
+}
+
+output "grafana_url" {
+  description = "Grafana URL."
+  value       = local.public_urls.grafana
+}
+
+output "ui_urls" {
+  description = "Every UI URL by service."
+  value       = local.public_urls
+}
+
+output "internal_urls" {
+  description = "Service-discovery URLs used inside the VPC."
+  value       = local.internal_urls
+}
+
+output "bucket_name" {
+  description = "Drop bucket; customer CSVs go under data/input/."
+  value       = module.s3.bucket_name
+}
+
+output "alerts_topic_arn" {
+  description = "SNS topic of the alerts."
+  value       = module.sns.topic_arn
+}
+
+output "lambda_function_name" {
+  description = "The S3-to-Prefect Lambda."
+  value       = module.lambda.function_name
+}
+
+output "lambda_enabled" {
+  description = "Whether data/input/ uploads trigger the Lambda."
+  value       = var.lambda_enabled
+}
+
+output "ecr_repository_urls" {
+  description = "ECR repository URL per image."
+  value       = module.ecr.repository_urls
+}
+
+output "ecs_cluster_name" {
+  description = "ECS cluster."
+  value       = module.ecs.cluster_name
+}
+
+output "ecs_service_names" {
+  description = "ECS service name per key."
+  value       = module.ecs.service_names
+}
+
+output "db_instance_id" {
+  description = "RDS instance identifier."
+  value       = module.rds.instance_id
+}
+
+output "database_url_secret_arn" {
+  description = "ARN (not the value) of the secret holding DATABASE_URL of the metrics database."
+  value       = module.rds.url_secret_arns["metrics"]
+}
+
+output "grafana_admin_secret_arn" {
+  description = "ARN (not the value) of the secret holding Grafana's admin password."
+  value       = aws_secretsmanager_secret.grafana_admin.arn
+}
+
+output "prefect_work_pool" {
+  description = "Work pool the worker polls."
+  value       = var.prefect_work_pool
+}
+
+output "prefect_deployment" {
+  description = "Deployment the Lambda runs."
+  value       = var.prefect_deployment
+}
+
+output "image_tag" {
+  description = "Image tag deployed."
+  value       = var.image_tag
+}

@@ -1,0 +1,96 @@
+"""Idempotent database bootstrap, run as the init container of ECS tasks.
+
+Creates the databases named in DB_INIT_DATABASES (comma separated) and, when
+READONLY_USER and READONLY_PASSWORD are set, a login role with SELECT on the
+READONLY_DATABASE (existing and future tables of the public schema).
+
+Connects with DATABASE_URL (the master user, SQLAlchemy or libpq URL). Secrets
+come from the environment only and are never printed. Stdlib + psycopg2, both
+in the flow image. Terraform passes this file as `python -c <source>`.
+"""
+
+import os
+import sys
+import time
+
+import psycopg2
+from psycopg2 import errors, sql
+
+
+def log(message: str) -> None:
+    print(f"db-init: {message}", flush=True)
+
+
+def libpq_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+
+
+def with_database(url: str, database: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{database}"
+
+
+def connect(url: str, attempts: int = 30, delay: float = 5.0):
+    for attempt in range(1, attempts + 1):
+        try:
+            conn = psycopg2.connect(url, connect_timeout=10)
+            conn.autocommit = True
+            return conn
+        except psycopg2.OperationalError as exc:
+            log(f"database not reachable yet ({type(exc).__name__}), attempt {attempt}/{attempts}")
+            time.sleep(delay)
+    raise SystemExit("db-init: database unreachable")
+
+
+def ensure_database(conn, name: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if cur.fetchone():
+            log(f"database {name} exists")
+            return
+        try:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            log(f"database {name} created")
+        except errors.DuplicateDatabase:
+            log(f"database {name} created concurrently")
+
+
+def ensure_readonly_role(conn, url: str, user: str, password: str, database: str) -> None:
+    role = sql.Identifier(user)
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
+        verb = "ALTER" if cur.fetchone() else "CREATE"
+        try:
+            cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(role), (password,))
+        except errors.DuplicateObject:
+            cur.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(role), (password,))
+        cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role))
+    db_conn = connect(with_database(url, database))
+    try:
+        with db_conn.cursor() as cur:
+            cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
+            cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(role))
+            cur.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(role))
+    finally:
+        db_conn.close()
+    log(f"read-only role {user} ready on {database}")
+
+
+def main() -> int:
+    url = libpq_url(os.environ["DATABASE_URL"])
+    conn = connect(url)
+    try:
+        for name in filter(None, (d.strip() for d in os.environ.get("DB_INIT_DATABASES", "").split(","))):
+            ensure_database(conn, name)
+        user = os.environ.get("READONLY_USER")
+        password = os.environ.get("READONLY_PASSWORD")
+        if user and password:
+            ensure_readonly_role(conn, url, user, password, os.environ.get("READONLY_DATABASE", "metrics"))
+    finally:
+        conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

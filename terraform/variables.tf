@@ -1,0 +1,214 @@
+# ---------------------------------------------------------------- general
+variable "aws_region" {
+  description = "AWS region to deploy the platform into."
+  type        = string
+}
+
+variable "project" {
+  description = "Name prefix of every resource."
+  type        = string
+  default     = "churnops"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,20}$", var.project))
+    error_message = "project must be 2-21 lowercase letters, digits or dashes, starting with a letter."
+  }
+}
+
+variable "environment" {
+  description = "Environment name (stg, prod, ...), part of every resource name."
+  type        = string
+  default     = "stg"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9]{1,9}$", var.environment))
+    error_message = "environment must be 2-10 lowercase letters or digits, starting with a letter."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags applied to every resource."
+  type        = map(string)
+  default     = {}
+}
+
+# ---------------------------------------------------------------- network
+variable "vpc_id" {
+  description = "Id of the existing VPC to deploy into."
+  type        = string
+}
+
+variable "public_subnet_ids" {
+  description = "Subnets of the load balancer (at least two, in different AZs)."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.public_subnet_ids) >= 2
+    error_message = "The load balancer needs at least two subnets in different availability zones."
+  }
+}
+
+variable "private_subnet_ids" {
+  description = "Private subnets (with a NAT route) for the ECS tasks and the database. Empty: the public subnets are used and the tasks get a public IP."
+  type        = list(string)
+  default     = []
+}
+
+variable "allowed_cidr_blocks" {
+  description = "CIDR blocks allowed to reach the UIs on the load balancer. Add the addresses the Lambda reaches the Prefect API from if it is not in the VPC."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.allowed_cidr_blocks) > 0 && alltrue([for c in var.allowed_cidr_blocks : can(cidrnetmask(c))])
+    error_message = "allowed_cidr_blocks must be a non-empty list of IPv4 CIDR blocks."
+  }
+}
+
+variable "internal_load_balancer" {
+  description = "Make the load balancer internal (reachable only inside the VPC / over VPN)."
+  type        = bool
+  default     = false
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate ARN: when set, every listener speaks HTTPS; otherwise HTTP."
+  type        = string
+  default     = null
+}
+
+# ---------------------------------------------------------------- storage, alerts
+variable "bucket_name" {
+  description = "Name of the drop bucket. Null: <project>-<environment>-drop-<account id>."
+  type        = string
+  default     = null
+}
+
+variable "bucket_force_destroy" {
+  description = "Let `terraform destroy` delete a non-empty drop bucket (all customer files in it are lost)."
+  type        = bool
+  default     = false
+}
+
+variable "processed_retention_days" {
+  description = "Days after which files under data/processed/ (and data/errored/, data/logs/) expire."
+  type        = number
+  default     = 90
+}
+
+variable "alert_email" {
+  description = "E-mail address subscribed to the alerts topic (it must confirm the subscription)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", var.alert_email))
+    error_message = "alert_email must be an e-mail address."
+  }
+}
+
+# ---------------------------------------------------------------- lambda
+variable "lambda_enabled" {
+  description = "Whether new files under data/input/ trigger the Lambda (`make disable-lambda` / `make enable-lambda`)."
+  type        = bool
+  default     = true
+}
+
+variable "prefect_api_url_for_lambda" {
+  description = "Prefect API URL the Lambda calls. Null: the Prefect listener of the load balancer."
+  type        = string
+  default     = null
+}
+
+variable "lambda_reserved_concurrency" {
+  description = "Reserved concurrent executions of the Lambda."
+  type        = number
+  default     = 5
+}
+
+# ---------------------------------------------------------------- images
+variable "image_tag" {
+  description = "Tag of the images in ECR (the deploy workflow pushes the git SHA; tags are immutable)."
+  type        = string
+}
+
+variable "prefect_deployment" {
+  description = "Prefect deployment the Lambda runs, <flow name>/<deployment name>."
+  type        = string
+  default     = "churn_prediction_pipeline/churnops"
+}
+
+variable "prefect_work_pool" {
+  description = "Prefect work pool the worker polls."
+  type        = string
+  default     = "churnops-ecs"
+}
+
+# ---------------------------------------------------------------- database
+variable "db_instance_class" {
+  description = "RDS instance class."
+  type        = string
+  default     = "db.t4g.micro"
+}
+
+variable "db_engine_version" {
+  description = "Postgres engine version."
+  type        = string
+  default     = "16"
+}
+
+variable "db_allocated_storage" {
+  description = "Allocated storage in GiB."
+  type        = number
+  default     = 20
+}
+
+variable "db_multi_az" {
+  description = "Run the database Multi-AZ."
+  type        = bool
+  default     = false
+}
+
+variable "db_deletion_protection" {
+  description = "Protect the database from deletion (set false before `make destroy`)."
+  type        = bool
+  default     = true
+}
+
+variable "db_skip_final_snapshot" {
+  description = "Skip the final snapshot when the database is destroyed."
+  type        = bool
+  default     = false
+}
+
+variable "db_backup_retention_days" {
+  description = "Days of automated backups."
+  type        = number
+  default     = 7
+}
+
+# ---------------------------------------------------------------- ecs
+variable "log_retention_days" {
+  description = "Retention of the CloudWatch log groups."
+  type        = number
+  default     = 365
+}
+
+variable "service_sizes" {
+  description = "CPU units and memory (MiB) per service; missing services use the defaults of the ecs module."
+  type = map(object({
+    cpu    = number
+    memory = number
+  }))
+  default = {}
+}
+
+variable "worker_desired_count" {
+  description = "Number of Prefect worker tasks."
+  type        = number
+  default     = 1
+}
+
+variable "secret_recovery_window_days" {
+  description = "Recovery window of deleted secrets; 0 deletes them at once (lets an environment be re-created under the same names)."
+  type        = number
+  default     = 7
+}

@@ -1,0 +1,15 @@
+terraform {
+  required_version = ">= 1.8"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = "~> 5.0"
+    }
+  }
+
+  # Partial configuration: bucket, key, region (and optionally dynamodb_table
+  # or use_lockfile) come from `terraform init -backend-config=vars/<env>.backend.hcl`.
+  # See vars/backend.hcl.template. Nothing here is tied to one account.
+  backend "s3" {}
+}
