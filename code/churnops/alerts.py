@@ -1,0 +1,265 @@
+"""Decide whether a processed file needs attention, and tell someone.
+
+:func:`assess` compares a :class:`MonitoringResult` with the thresholds in the
+settings; :func:`build_alert` writes the message; :func:`send_alert` appends it
+to the alert log (always) and sends it by SNS and e-mail when configured.
+
+A failed send must never cost the file: :func:`send_alert` tries every channel,
+then raises :class:`AlertDeliveryError` naming the channels that failed. The
+caller logs it and carries on moving the file to ``processed``; the alert is
+still in the alert log unless that too is named in the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from churnops.results import MonitoringResult
+from churnops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Scores with a minimum in the settings (``min_<metric>``).
+CHECKED_METRICS = ("f1", "precision", "recall", "accuracy")
+SUBJECT_MAX = 99  # SNS: "less than 100 characters"
+#: Errors that another try cannot fix: bad configuration, rejected credentials.
+PERMANENT_ERRORS = (ValueError, smtplib.SMTPAuthenticationError)
+
+
+@dataclass(frozen=True)
+class LowScore:
+    """A score below its minimum."""
+
+    metric: str
+    value: float
+    minimum: float
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What crossed its threshold in one file."""
+
+    drifted_share: float
+    drift_threshold: float
+    drift: bool
+    low_scores: list[LowScore] = field(default_factory=list)
+
+    @property
+    def needs_alert(self) -> bool:
+        return self.drift or bool(self.low_scores)
+
+    @property
+    def summary(self) -> str:
+        """``"drift"``, ``"low scores"``, ``"drift + low scores"`` or ``"ok"``."""
+        parts = [p for p, on in (("drift", self.drift), ("low scores", self.low_scores)) if on]
+        return " + ".join(parts) or "ok"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A message ready to send: an ASCII subject under 100 characters and a text body."""
+
+    file_name: str
+    model_name: str
+    model_version: str
+    subject: str
+    body: str
+
+
+class AlertDeliveryError(RuntimeError):
+    """Some channels failed after their retries; ``failures`` maps channel -> reason."""
+
+    def __init__(self, failures: dict[str, str], delivered: list[str]) -> None:
+        self.failures = failures
+        self.delivered = delivered
+        reasons = "; ".join(f"{c}: {r}" for c, r in failures.items())
+        done = ", ".join(delivered) or "none"
+        super().__init__(f"alert not delivered by {reasons} (delivered by: {done})")
+
+
+# --- assess ----------------------------------------------------------------------------
+def assess(result: MonitoringResult, settings: Settings) -> Assessment:
+    """Drift when the drifted share exceeds its threshold; low scores below ``min_<metric>``.
+
+    An unlabeled file has no scores, so it can only raise drift.
+    """
+    low = [
+        LowScore(m, result.quality[m], getattr(settings, f"min_{m}"))
+        for m in CHECKED_METRICS
+        if m in result.quality and result.quality[m] < getattr(settings, f"min_{m}")
+    ]
+    threshold = settings.drift_share_threshold
+    return Assessment(
+        drifted_share=result.drifted_share,
+        drift_threshold=threshold,
+        drift=result.drifted_share > threshold,
+        low_scores=low,
+    )
+
+
+# --- the message -------------------------------------------------------------------------
+def build_alert(
+    file_name: str,
+    model_name: str,
+    model_version: str | int,
+    assessment: Assessment,
+    result: MonitoringResult,
+) -> Alert:
+    """The alert for a file whose assessment crossed a threshold (ValueError otherwise)."""
+    if not assessment.needs_alert:
+        raise ValueError(f"nothing to alert about for {file_name!r}: no threshold crossed")
+    model = f"{model_name} v{model_version}"
+    return Alert(
+        file_name=file_name,
+        model_name=model_name,
+        model_version=str(model_version),
+        subject=_subject(assessment.summary, file_name, model),
+        body=_body(file_name, model, assessment, result),
+    )
+
+
+def _ascii(text: str) -> str:
+    """SNS subjects must be printable ASCII: 'é' -> 'e', other characters -> '?'."""
+    folded = unicodedata.normalize("NFKD", text)
+    folded = "".join(c for c in folded if not unicodedata.combining(c))
+    return "".join(c if " " <= c <= "~" else "?" for c in folded)
+
+
+def _subject(summary: str, file_name: str, model: str) -> str:
+    head, tail = f"[ChurnOps] {summary}: ", f" ({_ascii(model)})"
+    name = _ascii(file_name)
+    room = SUBJECT_MAX - len(head) - len(tail)
+    if len(name) > room:  # keep both ends: the start names the batch, the end its type
+        keep = max(room - 3, 2)
+        name = name[: keep - keep // 2] + "..." + name[len(name) - keep // 2 :]
+    return (head + name + tail)[:SUBJECT_MAX]
+
+
+def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -> str:
+    lines = [
+        f"ChurnOps alert: {a.summary}",
+        "",
+        f"File:  {file_name}",
+        f"Model: {model}",
+        f"Rows:  {result.rows}, predicted churn rate {result.predicted_churn_rate:.1%}",
+        "",
+        f"Data drift: {result.drifted_count} of {len(result.columns)} columns drifted "
+        f"(share {a.drifted_share:.1%}, alert above {a.drift_threshold:.1%})"
+        + (" - DRIFT" if a.drift else ""),
+    ]
+    lines += [
+        f"  - {c.column}: score {c.score:.4g} (method {c.method}, threshold {c.threshold:.4g})"
+        for c in result.drifted_columns
+    ]
+    lines.append("")
+    if a.low_scores:
+        lines.append("Scores below their minimum:")
+        lines += [f"  - {s.metric}: {s.value:.3f} < minimum {s.minimum:.3f}" for s in a.low_scores]
+    elif result.quality:
+        lines.append("Scores: all at or above their minimum.")
+    else:
+        lines.append("Scores: not measured (the file has no churn label).")
+    lines += ["", f"Evidently report: {result.report_url or 'not available'}"]
+    return "\n".join(lines) + "\n"
+
+
+# --- sending -------------------------------------------------------------------------------
+def send_alert(alert: Alert, settings: Settings) -> list[str]:
+    """Append to the alert log, then send by SNS / e-mail when configured.
+
+    Returns the channels used (``"log"``, ``"sns"``, ``"email"``). Every channel is
+    tried up to ``alert_send_attempts`` times (once for :data:`PERMANENT_ERRORS`);
+    when one still fails, the others are still tried and
+    :class:`AlertDeliveryError` is raised at the end: catch it, note it in the
+    file's log and go on processing the file.
+    """
+    channels: dict[str, Callable[[], None]] = {"log": lambda: _append_log(alert, settings)}
+    if settings.alerts_topic_arn:
+        channels["sns"] = lambda: _publish_sns(alert, settings)
+    if settings.smtp_host and settings.alert_email_to:
+        channels["email"] = lambda: _send_email(alert, settings)
+    delivered: list[str] = []
+    failures: dict[str, str] = {}
+    for channel, send in channels.items():
+        try:
+            _retrying(settings, channel)(send)
+        except Exception as exc:
+            log.error("alert %r: %s failed after retries: %s", alert.subject, channel, exc)
+            failures[channel] = f"{type(exc).__name__}: {exc}"
+        else:
+            delivered.append(channel)
+    if failures:
+        raise AlertDeliveryError(failures, delivered)
+    return delivered
+
+
+def _retrying(settings: Settings, channel: str) -> Retrying:
+    return Retrying(
+        retry=retry_if_not_exception_type(PERMANENT_ERRORS),
+        stop=stop_after_attempt(max(settings.alert_send_attempts, 1)),
+        wait=wait_exponential(multiplier=settings.alert_retry_wait, max=60),
+        before_sleep=before_sleep_log(logging.getLogger(f"{__name__}.{channel}"), logging.WARNING),
+        reraise=True,
+    )
+
+
+def _append_log(alert: Alert, settings: Settings) -> None:
+    """A readable block per alert: a header line with the time and subject, then the body."""
+    path = settings.alert_log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    with path.open("a", encoding="utf-8") as out:
+        out.write(f"===== {stamp} {alert.subject}\n{alert.body}\n")
+
+
+def _publish_sns(alert: Alert, settings: Settings) -> None:
+    import boto3
+    from botocore.config import Config
+
+    arn = settings.alerts_topic_arn or ""
+    parts = arn.split(":")
+    if len(parts) < 6 or parts[0] != "arn" or parts[2] != "sns":
+        raise ValueError(f"ALERTS_TOPIC_ARN {arn!r} is not an SNS topic ARN")
+    timeout = settings.alert_send_timeout
+    client = boto3.client(
+        "sns",
+        region_name=parts[3],  # a topic is published to in its own region
+        endpoint_url=settings.aws_endpoint_url,
+        config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1}),
+    )
+    client.publish(TopicArn=arn, Subject=alert.subject, Message=alert.body)
+
+
+def _send_email(alert: Alert, settings: Settings) -> None:
+    message = EmailMessage()
+    message["Subject"] = alert.subject
+    message["From"] = settings.alert_email_from
+    message["To"] = ", ".join(_recipients(settings.alert_email_to or ""))
+    message.set_content(alert.body)
+    host = settings.smtp_host or ""
+    with smtplib.SMTP(host, settings.smtp_port, timeout=settings.alert_send_timeout) as smtp:
+        if settings.smtp_starttls:
+            smtp.starttls(context=ssl.create_default_context())
+        if settings.smtp_user:
+            password = settings.smtp_password.get_secret_value() if settings.smtp_password else ""
+            smtp.login(settings.smtp_user, password)
+        smtp.send_message(message)
+
+
+def _recipients(value: str) -> list[str]:
+    return [r.strip() for r in value.split(",") if r.strip()]

@@ -1,0 +1,150 @@
+"""Alerts through real channels: SNS on a moto server (read back via SQS) and SMTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from churnops.alerts import Alert, AlertDeliveryError, assess, build_alert, send_alert
+from churnops.results import ColumnDrift, MonitoringResult
+from churnops.settings import Settings, get_settings
+
+from tests.fixtures.network import free_port
+from tests.fixtures.smtp import SMTP_PASSWORD, SMTP_USER, Mailbox
+
+pytestmark = pytest.mark.integration
+
+FILE = "customer_churn_2_majority_drifted.csv"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return get_settings(churnops_home=tmp_path, alert_retry_wait=0.01, alert_send_timeout=5)
+
+
+def configure(settings: Settings, **changes: object) -> Settings:
+    """The settings with channel options changed (validated, unlike model_copy)."""
+    return get_settings(**{**settings.model_dump(), **changes})
+
+
+@pytest.fixture
+def alert(settings: Settings) -> Alert:
+    res = MonitoringResult(
+        rows=500,
+        drifted_count=1,
+        drifted_share=0.75,
+        columns=[ColumnDrift("age", 0.0001, "K-S p_value", 0.05, True)],
+        predicted_churn_rate=0.2,
+        quality={"f1": 0.4, "precision": 0.9, "recall": 0.3, "accuracy": 0.8},
+        report_url="http://127.0.0.1:8000/r/1",
+    )
+    return build_alert(FILE, "XGBoostChurnModel", 3, assess(res, settings), res)
+
+
+def sns_topic_to_queue(endpoint: str) -> tuple[str, str]:
+    """A topic with an SQS queue subscribed to it: (topic ARN, queue URL)."""
+    sns = boto3.client("sns", endpoint_url=endpoint)
+    sqs = boto3.client("sqs", endpoint_url=endpoint)
+    suffix = uuid.uuid4().hex[:8]
+    topic = sns.create_topic(Name=f"alerts-{suffix}")["TopicArn"]
+    queue = sqs.create_queue(QueueName=f"alerts-{suffix}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    return topic, queue
+
+
+def test_sns(moto_server: str, settings: Settings, alert: Alert) -> None:
+    topic, queue = sns_topic_to_queue(moto_server)
+    settings = configure(settings, alerts_topic_arn=topic, aws_endpoint_url=moto_server)
+    assert send_alert(alert, settings) == ["log", "sns"]
+    sqs = boto3.client("sqs", endpoint_url=moto_server)
+    messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5)["Messages"]
+    assert len(messages) == 1
+    envelope = json.loads(messages[0]["Body"])
+    assert envelope["Subject"] == f"[ChurnOps] drift + low scores: {FILE} (XGBoostChurnModel v3)"
+    assert envelope["Message"] == alert.body
+    assert "  - recall: 0.300 < minimum 0.700" in envelope["Message"]
+
+
+def test_sns_missing_topic_is_reported(moto_server: str, settings: Settings, alert: Alert) -> None:
+    arn = "arn:aws:sns:us-east-1:123456789012:no-such-topic"
+    settings = configure(settings, alerts_topic_arn=arn, aws_endpoint_url=moto_server)
+    with pytest.raises(AlertDeliveryError) as err:
+        send_alert(alert, settings)
+    assert list(err.value.failures) == ["sns"]
+    assert err.value.delivered == ["log"]
+
+
+def test_email(smtp_server: Mailbox, settings: Settings, alert: Alert) -> None:
+    settings = configure(
+        settings,
+        smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port,
+        alert_email_to="ops@example.com, data@example.com",
+    )
+    assert send_alert(alert, settings) == ["log", "email"]
+    (message,) = smtp_server.messages
+    assert message["Subject"] == alert.subject
+    assert message["From"] == "churnops@localhost"
+    assert smtp_server.recipients == [["ops@example.com", "data@example.com"]]
+    assert message.get_content().replace("\r\n", "\n") == alert.body  # SMTP sends CRLF
+    assert smtp_server.logins == []
+
+
+def test_email_with_login(smtp_server: Mailbox, settings: Settings, alert: Alert) -> None:
+    settings = configure(
+        settings,
+        smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port,
+        smtp_user=SMTP_USER,
+        smtp_password=SMTP_PASSWORD,
+        alert_email_to="ops@example.com",
+    )
+    assert send_alert(alert, settings) == ["log", "email"]
+    assert smtp_server.logins == [SMTP_USER]
+    assert len(smtp_server.messages) == 1
+
+
+def test_email_wrong_password_is_reported_without_retry(
+    smtp_server: Mailbox, settings: Settings, alert: Alert, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = configure(
+        settings,
+        smtp_host=smtp_server.host,
+        smtp_port=smtp_server.port,
+        smtp_user=SMTP_USER,
+        smtp_password="wrong",
+        alert_email_to="ops@example.com",
+    )
+    with pytest.raises(AlertDeliveryError, match="SMTPAuthenticationError"):
+        send_alert(alert, settings)
+    assert smtp_server.messages == []
+    assert not [r for r in caplog.records if r.name == "churnops.alerts.email"]
+
+
+def test_retries_then_reports_and_keeps_the_log(
+    settings: Settings, alert: Alert, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = configure(
+        settings,
+        smtp_host="127.0.0.1",
+        smtp_port=free_port(),  # nothing listens there
+        alert_email_to="ops@example.com",
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="churnops.alerts"),
+        pytest.raises(AlertDeliveryError) as err,
+    ):
+        send_alert(alert, settings)
+    assert err.value.delivered == ["log"]
+    assert "ConnectionRefusedError" in err.value.failures["email"]
+    retries = [r for r in caplog.records if r.name == "churnops.alerts.email"]
+    assert len(retries) == settings.alert_send_attempts - 1
+    assert any("email failed after retries" in r.getMessage() for r in caplog.records)
+    assert alert.body in settings.alert_log.read_text()

@@ -1,0 +1,143 @@
+"""Assessing a monitoring result and the alert text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from churnops.alerts import (
+    AlertDeliveryError,
+    Assessment,
+    LowScore,
+    assess,
+    build_alert,
+    send_alert,
+)
+from churnops.results import ColumnDrift, MonitoringResult
+from churnops.settings import Settings, get_settings
+
+GOOD = {"f1": 0.9, "precision": 0.9, "recall": 0.9, "accuracy": 0.9, "roc_auc": 0.95}
+
+
+def result(share: float = 0.0, quality: dict[str, float] | None = None) -> MonitoringResult:
+    columns = [
+        ColumnDrift("age", 0.001, "K-S p_value", 0.05, True),
+        ColumnDrift("seconds_of_use", 0.21, "Wasserstein distance (normed)", 0.1, True),
+        ColumnDrift("status", 0.6, "chi-square p_value", 0.05, False),
+    ]
+    return MonitoringResult(
+        rows=1000,
+        drifted_count=2,
+        drifted_share=share,
+        columns=columns,
+        predicted_churn_rate=0.153,
+        quality=GOOD if quality is None else quality,
+        report_url="http://127.0.0.1:8000/projects/p/reports/r",
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return get_settings(churnops_home=tmp_path, alert_retry_wait=0.01)
+
+
+def test_nothing_crossed(settings: Settings) -> None:
+    a = assess(result(0.5), settings)  # the share must exceed the threshold
+    assert not a.needs_alert
+    assert a.summary == "ok"
+    with pytest.raises(ValueError, match="nothing to alert about"):
+        build_alert("a.csv", "M", 1, a, result(0.5))
+
+
+def test_drift_only(settings: Settings) -> None:
+    a = assess(result(0.64), settings)
+    assert a.drift and not a.low_scores
+    assert a.summary == "drift"
+
+
+def test_low_scores(settings: Settings) -> None:
+    a = assess(result(0.1, {**GOOD, "f1": 0.5, "recall": 0.69, "roc_auc": 0.1}), settings)
+    assert not a.drift
+    assert a.low_scores == [LowScore("f1", 0.5, 0.7), LowScore("recall", 0.69, 0.7)]
+    assert a.summary == "low scores"
+
+
+def test_thresholds_come_from_settings(tmp_path: Path) -> None:
+    strict = get_settings(churnops_home=tmp_path, min_precision=0.95, drift_share_threshold=0.0)
+    a = assess(result(0.01), strict)
+    assert a.drift
+    assert a.low_scores == [LowScore("precision", 0.9, 0.95)]
+
+
+def test_unlabeled_file_can_only_drift(settings: Settings) -> None:
+    assert not assess(result(0.1, {}), settings).needs_alert
+    a = assess(result(0.9, {}), settings)
+    assert a.summary == "drift"
+    body = build_alert("a.csv", "M", 1, a, result(0.9, {})).body
+    assert "not measured (the file has no churn label)" in body
+
+
+def test_message(settings: Settings) -> None:
+    res = result(0.64, {**GOOD, "f1": 0.512})
+    alert = build_alert(
+        "customer_churn_2_majority_drifted.csv", "XGBoostChurnModel", 3, assess(res, settings), res
+    )
+    assert alert.subject == (
+        "[ChurnOps] drift + low scores: customer_churn_2_majority_drifted.csv"
+        " (XGBoostChurnModel v3)"
+    )
+    body = alert.body
+    assert "File:  customer_churn_2_majority_drifted.csv" in body
+    assert "Model: XGBoostChurnModel v3" in body
+    assert "2 of 3 columns drifted (share 64.0%, alert above 50.0%) - DRIFT" in body
+    assert "  - age: score 0.001 (method K-S p_value, threshold 0.05)" in body
+    assert "  - seconds_of_use: score 0.21 (method Wasserstein distance (normed)" in body
+    assert "status:" not in body
+    assert "  - f1: 0.512 < minimum 0.700" in body
+    assert "precision" not in body
+    assert "Evidently report: http://127.0.0.1:8000/projects/p/reports/r" in body
+
+
+def test_subject_is_short_ascii(settings: Settings) -> None:
+    name = "clientes_año_" + "x" * 150 + "_final.csv"
+    res = result(0.9, {**GOOD, "accuracy": 0.1})
+    alert = build_alert(name, "XGBoostChurnModel", 12, assess(res, settings), res)
+    assert len(alert.subject) < 100
+    assert alert.subject.isascii()
+    assert alert.subject.startswith("[ChurnOps] drift + low scores: clientes_ano_x")
+    assert alert.subject.endswith("x_final.csv (XGBoostChurnModel v12)")
+    assert "..." in alert.subject
+    assert name in alert.body
+
+
+def test_missing_report_link(settings: Settings) -> None:
+    res = result(0.9)
+    res.report_url = None
+    alert = build_alert("a.csv", "M", 1, assess(res, settings), res)
+    assert "Evidently report: not available" in alert.body
+
+
+def test_log_only_when_no_channel_is_configured(settings: Settings) -> None:
+    res = result(0.9)
+    alert = build_alert("a.csv", "M", 1, assess(res, settings), res)
+    assert send_alert(alert, settings) == ["log"]
+    assert send_alert(alert, settings) == ["log"]
+    text = settings.alert_log.read_text()
+    assert text.count(f" {alert.subject}\n") == 2
+    assert alert.body in text
+
+
+def test_bad_topic_arn_is_reported(settings: Settings) -> None:
+    settings = get_settings(**{**settings.model_dump(), "alerts_topic_arn": "my-topic"})
+    res = result(0.9)
+    alert = build_alert("a.csv", "M", 1, assess(res, settings), res)
+    with pytest.raises(AlertDeliveryError, match="not an SNS topic ARN") as err:
+        send_alert(alert, settings)
+    assert err.value.delivered == ["log"]
+    assert list(err.value.failures) == ["sns"]
+    assert alert.subject in settings.alert_log.read_text()
+
+
+def test_assessment_summary() -> None:
+    a = Assessment(0.9, 0.5, True, [LowScore("f1", 0.1, 0.7)])
+    assert a.summary == "drift + low scores"

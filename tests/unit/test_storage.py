@@ -1,0 +1,170 @@
+"""The local drop folder, key helpers and the per-file log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from churnops.settings import get_settings
+from churnops.storage import (
+    FileLog,
+    LocalDropStorage,
+    decode_event_key,
+    log_key,
+    name_from_key,
+    open_storage,
+    stage_key,
+)
+
+NAMES = ["customer_churn_1.csv", "march batch.csv", "a+b.csv", "clientes_año_ü.csv"]
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalDropStorage:
+    store = LocalDropStorage(tmp_path)
+    store.create_layout()
+    return store
+
+
+def test_keys() -> None:
+    assert stage_key("input", "a.csv") == "data/input/a.csv"
+    assert stage_key("errored", "a.csv") == "data/errored/a.csv"
+    assert log_key("a.csv") == "data/logs/a.csv.log"
+    assert name_from_key("data/input/march batch.csv") == "march batch.csv"
+
+
+@pytest.mark.parametrize(
+    "key", ["data/processing/a.csv", "input/a.csv", "data/input/", "data/input/sub/a.csv"]
+)
+def test_name_from_key_rejects_keys_outside_input(key: str) -> None:
+    with pytest.raises(ValueError, match="data/input/"):
+        name_from_key(key)
+
+
+@pytest.mark.parametrize("name", ["", "x/y.csv", ".."])
+def test_stage_key_rejects_bad_names(name: str) -> None:
+    with pytest.raises(ValueError, match="invalid file name"):
+        stage_key("input", name)
+
+
+def test_stage_key_rejects_unknown_stage() -> None:
+    with pytest.raises(ValueError, match="unknown stage 'done'"):
+        stage_key("done", "a.csv")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("event_key", "key"),
+    [
+        ("data/input/march+batch.csv", "data/input/march batch.csv"),
+        ("data/input/a%2Bb.csv", "data/input/a+b.csv"),
+        ("data/input/clientes_a%C3%B1o_%C3%BC.csv", "data/input/clientes_año_ü.csv"),
+    ],
+)
+def test_decode_event_key(event_key: str, key: str) -> None:
+    assert decode_event_key(event_key) == key
+
+
+def test_open_storage_local_creates_layout(tmp_path: Path) -> None:
+    settings = get_settings(drop_storage="local", local_drop_dir=tmp_path / "drop")
+    store = open_storage(settings)
+    assert isinstance(store, LocalDropStorage)
+    for folder in ("input", "processing", "processed", "errored", "logs"):
+        assert (tmp_path / "drop" / "data" / folder).is_dir()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_write_read_list_exists(storage: LocalDropStorage, name: str) -> None:
+    key = stage_key("input", name)
+    storage.write(key, b"x,y\n1,2\n")
+    assert storage.read(key) == b"x,y\n1,2\n"
+    assert storage.exists(key)
+    assert storage.list_keys("data/input/") == [key]
+    assert storage.list_keys("data/processed/") == []
+    assert not storage.exists(stage_key("processed", name))
+
+
+def test_list_is_a_string_prefix(storage: LocalDropStorage) -> None:
+    for key in ("data/input/a.csv", "data/input/b.csv", "data/inputs.txt", "data/logs/a.log"):
+        storage.write(key, b"")
+    assert storage.list_keys("data/input") == [
+        "data/input/a.csv",
+        "data/input/b.csv",
+        "data/inputs.txt",
+    ]
+    assert storage.list_keys("data/input/a") == ["data/input/a.csv"]
+    assert len(storage.list_keys("")) == 4
+
+
+def test_read_missing_raises(storage: LocalDropStorage) -> None:
+    with pytest.raises(FileNotFoundError):
+        storage.read("data/input/none.csv")
+
+
+@pytest.mark.parametrize("key", ["/etc/passwd", "data/../../x", ""])
+def test_keys_cannot_leave_the_root(storage: LocalDropStorage, key: str) -> None:
+    with pytest.raises(ValueError, match="invalid key"):
+        storage.read(key)
+
+
+def test_move_creates_parents_and_replaces(storage: LocalDropStorage) -> None:
+    storage.write("data/input/a.csv", b"new")
+    storage.write("data/archive/2024/a.csv", b"old")
+    storage.move("data/input/a.csv", "data/archive/2024/a.csv")
+    assert storage.read("data/archive/2024/a.csv") == b"new"
+    assert not storage.exists("data/input/a.csv")
+    storage.move("data/archive/2024/a.csv", "data/new/deep/a.csv")
+    assert storage.read("data/new/deep/a.csv") == b"new"
+
+
+def test_append_line(storage: LocalDropStorage) -> None:
+    storage.append_line("data/logs/a.csv.log", "one")
+    storage.append_line("data/logs/a.csv.log", "two\n")
+    assert storage.read("data/logs/a.csv.log") == b"one\ntwo\n"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_claim_moves_to_processing_once(storage: LocalDropStorage, name: str) -> None:
+    storage.write(stage_key("input", name), b"data")
+    assert storage.claim(name) == stage_key("processing", name)
+    assert storage.read(stage_key("processing", name)) == b"data"
+    assert not storage.exists(stage_key("input", name))
+    assert storage.claim(name) is None
+
+
+def test_claim_refuses_a_file_already_handled(storage: LocalDropStorage) -> None:
+    storage.write("data/processed/a.csv", b"done")
+    storage.write("data/input/a.csv", b"again")
+    assert storage.claim("a.csv") is None
+    assert storage.exists("data/input/a.csv")
+
+
+def test_claim_of_missing_file(storage: LocalDropStorage) -> None:
+    assert storage.claim("none.csv") is None
+
+
+def test_file_log_steps(storage: LocalDropStorage) -> None:
+    log = FileLog(storage, "a b.csv")
+    with log.step("validate") as step:
+        step.message = "1000 rows"
+    with pytest.raises(ValueError, match="bad column"), log.step("predict"):
+        raise ValueError("bad column\nsecond problem")
+    lines = storage.read("data/logs/a b.csv.log").decode().splitlines()
+    assert len(lines) == 5
+    fields = [line.split(" | ") for line in lines]
+    assert [f[1:3] for f in fields[:4]] == [
+        ["validate", "start"],
+        ["validate", "ok"],
+        ["predict", "start"],
+        ["predict", "failed"],
+    ]
+    assert fields[0][0].endswith("+00:00")
+    assert fields[1][3].endswith("s") and float(fields[1][3][:-1]) >= 0
+    assert fields[1][4] == "1000 rows"
+    assert fields[3][4] == "ValueError: bad column"
+    assert lines[4] == "    second problem"
+
+
+def test_file_log_message(storage: LocalDropStorage) -> None:
+    FileLog(storage, "a.csv").write("claim", "ok", "moved to data/processing/")
+    (line,) = storage.read("data/logs/a.csv.log").decode().splitlines()
+    assert line.endswith(" | claim | ok |  | moved to data/processing/")
