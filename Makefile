@@ -1,0 +1,67 @@
+# ChurnOps: every target installs what it needs by itself.
+# `make help` lists the targets.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+export PIPENV_VENV_IN_PROJECT := 1
+export PIPENV_NOSPIN := 1
+export PIPENV_IGNORE_VIRTUALENVS := 1
+PIPENV := $(PYTHON) -m pipenv
+RUN := $(PIPENV) run
+VENV_STAMP := .venv/.installed-$(shell sha256sum Pipfile.lock | cut -c1-12)
+CHURN_DATA_DIR ?= data
+export CHURN_DATA_DIR
+DATA_FILES := data/customer_churn_0.csv data/customer_churn_1.csv data/customer_churn_2_majority_drifted.csv
+TRIALS ?= 0
+
+.PHONY: help install data register-model train demo test test-unit quality format \
+	optuna-dashboard benchmark-model benchmark-features clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-22s %s\n", $$1, $$2}'
+
+install: $(VENV_STAMP) ## Install the locked environment (.venv) with pipenv
+
+$(VENV_STAMP): Pipfile.lock
+	@$(PYTHON) -m pipenv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --user --quiet pipenv
+	$(PIPENV) install --deploy --dev
+	@rm -f .venv/.installed-* && touch $@
+
+data: $(DATA_FILES) ## Fetch and split the UCI churn data into data/
+
+$(DATA_FILES): | $(VENV_STAMP)
+	$(RUN) churnops data fetch --target data
+
+register-model train: install data ## Train XGBoost, log to MLflow, register, gate the alias (TRIALS=n to search)
+	$(RUN) churnops train --data data/customer_churn_0.csv --trials $(TRIALS)
+
+demo: register-model ## Install, fetch data, train and register the model
+	@echo "Open the MLflow UI: $(PIPENV) run mlflow ui --backend-store-uri sqlite:///.churnops/mlflow/mlflow.db"
+
+test: install data ## Install and run the whole test suite
+	$(RUN) pytest
+
+test-unit: install data ## Only the fast tests (no services)
+	$(RUN) pytest -m "not integration"
+
+quality: install ## Lint and format checks (pre-commit hooks on every file)
+	$(RUN) pre-commit run --all-files
+
+format: install ## Format the code
+	$(RUN) ruff format code tests benchmarks upload_simulation_script.py
+	$(RUN) ruff check --fix code tests benchmarks upload_simulation_script.py
+
+optuna-dashboard: install ## Open the Optuna study in optuna-dashboard
+	$(RUN) optuna-dashboard sqlite:///.churnops/optuna.db
+
+benchmark-model: install data ## Our staging model beside the reference project's model, same files
+	$(RUN) python benchmarks/model_quality.py
+
+benchmark-features: install data ## Cross-validated F1 with each feature dropped (feature choice evidence)
+	$(RUN) python benchmarks/feature_selection.py
+
+clean: ## Remove local state (.churnops: MLflow, Optuna, metrics, drop folder)
+	rm -rf .churnops
+
+-include terraform/aws.mk

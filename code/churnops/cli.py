@@ -1,0 +1,120 @@
+"""The ``churnops`` command. Each subcommand is a thin shell over a module."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from churnops.settings import Settings, get_settings
+
+app = typer.Typer(help="ChurnOps: train, deploy and continuously evaluate churn models.")
+data_app = typer.Typer(help="Get the customer churn data.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """ChurnOps: train, deploy and continuously evaluate churn models."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    source: Annotated[
+        Path | None,
+        typer.Option("--from", help="Copy split files from this folder instead of downloading."),
+    ] = None,
+    archive: Annotated[
+        Path | None, typer.Option(help="Use this downloaded UCI zip archive.")
+    ] = None,
+    target: Annotated[
+        Path | None, typer.Option(help="Where to write the files (default: CHURN_DATA_DIR).")
+    ] = None,
+) -> None:
+    """Download the UCI archive, check it and split it into the platform's files."""
+    from churnops import dataset
+    from churnops.schema import DataValidationError
+
+    settings = _settings()
+    target_dir = target or Path("data")
+    if source is None and archive is None and settings.churn_data_dir.resolve() != (
+        target_dir.resolve()
+    ):
+        source = settings.churn_data_dir  # CHURN_DATA_DIR names a folder of split files
+    try:
+        with console.status("fetching the customer churn data..."):
+            written = dataset.fetch(target_dir, source_dir=source, archive=archive)
+    except (dataset.DataFetchError, DataValidationError) as exc:
+        _fail(str(exc))
+    for path in written:
+        console.print(f"  {path}")
+    console.print(f"[green]{len(written)} data files in {target_dir}[/green]")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+@app.command()
+def train(
+    data_file: Annotated[
+        Path | None,
+        typer.Option("--data", help="Labeled training file (default: the training split)."),
+    ] = None,
+    trials: Annotated[
+        int,
+        typer.Option(help="Optuna trials to run; 0 reuses the best stored parameters."),
+    ] = 0,
+    force: Annotated[bool, typer.Option(help="Move the alias even if the gate says no.")] = False,
+) -> None:
+    """Train XGBoost, log it to MLflow, register it and gate the staging alias."""
+    from churnops.registry import TrainingOptions, train_and_register
+
+    settings = _settings()
+    data_file = data_file or settings.churn_data_dir / settings.training_file
+    if not data_file.exists():
+        _fail(f"{data_file} does not exist: run `make data` (or pass --data FILE)")
+    with _progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def report(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = progress.add_task(f"{what}s", total=total)
+            progress.update(tasks[what], completed=done, total=total)
+            if what == "fold" and done == total:
+                progress.reset(tasks[what])
+
+        outcome = train_and_register(
+            settings, TrainingOptions(data_file=data_file, trials=trials, force=force), report
+        )
+    console.print(f"run {outcome.run_id}: {settings.model_name} version {outcome.version}")
+    console.print(f"  parameters: {json.dumps(outcome.params)}")
+    console.print(f"  threshold (cross-validated): {outcome.threshold:.2f}")
+    for name, evaluation in (("train", outcome.train), ("holdout", outcome.holdout)):
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in evaluation.scores().items())
+        console.print(f"  {name}: {scores}")
+    verdict = "[green]promoted[/green]" if outcome.decision.promote else "[yellow]kept out[/yellow]"
+    console.print(f"  alias '{settings.model_alias}': {verdict}: {outcome.decision.reason}")

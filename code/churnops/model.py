@@ -1,0 +1,117 @@
+"""The registered model: an MLflow pyfunc carrying its threshold and reference data.
+
+``mlflow.pyfunc.load_model("models:/XGBoostChurnModel@staging").predict(df)``
+returns labels at the model's own decision threshold; pass
+``params={"probability": True}`` (or use :meth:`ChurnModel.predict_proba` via
+``unwrap_python_model()``) for the churn probability too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from mlflow.pyfunc import PythonModel, PythonModelContext
+
+from churnops.features import prepare_features
+from churnops.results import PREDICTION, PROBABILITY
+from churnops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+XGB_ARTIFACT = "xgb_model"
+REFERENCE_ARTIFACT = "reference_data"
+
+
+class ChurnModel(PythonModel):
+    """XGBoost booster + decision threshold + the training reference data."""
+
+    def __init__(self, features: list[str], threshold: float) -> None:
+        self.features = features
+        self.threshold = threshold
+        self._classifier: xgb.XGBClassifier | None = None
+        self._reference_path: str | None = None
+
+    def load_context(self, context: PythonModelContext) -> None:
+        self._classifier = xgb.XGBClassifier()
+        self._classifier.load_model(context.artifacts[XGB_ARTIFACT])
+        self._reference_path = context.artifacts[REFERENCE_ARTIFACT]
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        """Churn probability of every row (clean column names)."""
+        if self._classifier is None:
+            raise RuntimeError("model context not loaded: load it with mlflow.pyfunc.load_model")
+        return self._classifier.predict_proba(prepare_features(df, self.features))[:, 1]
+
+    def score(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Label and probability columns for every row."""
+        proba = self.predict_proba(df)
+        return pd.DataFrame(
+            {PREDICTION: (proba >= self.threshold).astype("int8"), PROBABILITY: proba},
+            index=df.index,
+        )
+
+    def predict(
+        self,
+        context: PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame | pd.Series:
+        scored = self.score(model_input)
+        if params and params.get("probability"):
+            return scored
+        return scored[PREDICTION]
+
+    def reference_data(self) -> pd.DataFrame:
+        """Training rows with target and prediction: what new files are compared with."""
+        if self._reference_path is None:
+            raise RuntimeError("model context not loaded: no reference data path")
+        return pd.read_parquet(self._reference_path)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded registry model version."""
+
+    name: str
+    version: str
+    model: ChurnModel
+
+
+_cache: dict[tuple[str, str, str], LoadedModel] = {}
+_cache_lock = threading.Lock()
+
+
+def configure_mlflow(settings: Settings) -> None:
+    """Point MLflow at the configured tracking store (local SQLite by default)."""
+    if settings.mlflow_tracking_uri is None:
+        settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+
+
+def load_aliased_model(settings: Settings, alias: str | None = None) -> LoadedModel:
+    """Load ``<model_name>@<alias>``, cached per process by version.
+
+    The alias is resolved on every call (one cheap registry request) so a moved
+    alias is picked up; the model itself is loaded only once per version.
+    """
+    configure_mlflow(settings)
+    alias = alias or settings.model_alias
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias(settings.model_name, alias).version
+    key = (settings.tracking_uri, settings.model_name, str(version))
+    with _cache_lock:
+        if key not in _cache:
+            log.info("loading %s version %s", settings.model_name, version)
+            pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+            _cache[key] = LoadedModel(
+                settings.model_name, str(version), pyfunc.unwrap_python_model()
+            )
+        return _cache[key]

@@ -1,0 +1,43 @@
+"""What one processed file produced: the values that monitoring hands to the
+metrics database and to the alerting step. Plain data, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Output columns added to a scored file (and present in the reference data).
+PREDICTION = "churn_prediction"
+PROBABILITY = "churn_probability"
+
+#: Classification scores measured when a file carries the label.
+QUALITY_METRICS = ("f1", "precision", "recall", "accuracy", "roc_auc")
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """Drift of one column against the reference (Evidently's per-column test)."""
+
+    column: str
+    score: float
+    method: str
+    threshold: float
+    drifted: bool
+
+
+@dataclass
+class MonitoringResult:
+    """Drift and quality of one scored file compared with the model's reference."""
+
+    rows: int
+    drifted_count: int
+    drifted_share: float
+    columns: list[ColumnDrift]
+    predicted_churn_rate: float
+    #: f1, precision, recall, accuracy, roc_auc; empty for an unlabeled file.
+    quality: dict[str, float] = field(default_factory=dict)
+    report_url: str | None = None
+    snapshot_id: str | None = None
+
+    @property
+    def drifted_columns(self) -> list[ColumnDrift]:
+        return [c for c in self.columns if c.drifted]

@@ -1,0 +1,193 @@
+"""The customer file contract: raw columns, cleaning, types, ranges, validation.
+
+Files arrive with the UCI header (``Call  Failure`` with two spaces, ``Churn``).
+:func:`clean_columns` turns any spelling of it into snake_case, and
+:func:`validate` checks a frame with pandera and reports every problem of the
+file in one :class:`DataValidationError`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
+
+TARGET = "churn"
+
+#: Raw UCI header -> clean name. The order is the order of the UCI file.
+RAW_COLUMNS: dict[str, str] = {
+    "Call  Failure": "call_failure",
+    "Complains": "complains",
+    "Subscription  Length": "subscription_length",
+    "Charge  Amount": "charge_amount",
+    "Seconds of Use": "seconds_of_use",
+    "Frequency of use": "frequency_of_use",
+    "Frequency of SMS": "frequency_of_sms",
+    "Distinct Called Numbers": "distinct_called_numbers",
+    "Age Group": "age_group",
+    "Tariff Plan": "tariff_plan",
+    "Status": "status",
+    "Age": "age",
+    "Customer Value": "customer_value",
+    "Churn": TARGET,
+}
+
+#: Every input column (all but the target), clean names.
+INPUT_COLUMNS: list[str] = [c for c in RAW_COLUMNS.values() if c != TARGET]
+
+# Valid ranges. Counts are open-ended (new customers may use the service more
+# than the training customers did); coded columns take their documented codes.
+_UNBOUNDED = None
+_RANGES: dict[str, tuple[float, float | None]] = {
+    "call_failure": (0, _UNBOUNDED),
+    "complains": (0, 1),
+    "subscription_length": (0, _UNBOUNDED),
+    "charge_amount": (0, 10),
+    "seconds_of_use": (0, _UNBOUNDED),
+    "frequency_of_use": (0, _UNBOUNDED),
+    "frequency_of_sms": (0, _UNBOUNDED),
+    "distinct_called_numbers": (0, _UNBOUNDED),
+    "age_group": (1, 5),
+    "tariff_plan": (1, 2),
+    "status": (1, 2),
+    "age": (0, 120),
+    "customer_value": (0, _UNBOUNDED),
+    TARGET: (0, 1),
+}
+_FLOAT_COLUMNS = {"customer_value"}
+
+
+class DataValidationError(ValueError):
+    """A customer file breaks the contract; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str], source: str = "file") -> None:
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source} is invalid ({len(problems)} problem(s)):\n{lines}")
+
+
+def clean_name(raw: str) -> str:
+    """``'Call  Failure'`` -> ``'call_failure'``; any case, spacing or dashes."""
+    return re.sub(r"[^0-9a-z]+", "_", raw.strip().lower()).strip("_")
+
+
+def clean_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Rename columns to their clean snake_case names."""
+    return df.rename(columns={c: clean_name(str(c)) for c in df.columns})
+
+
+def _column(name: str, require: bool) -> pa.Column:
+    low, high = _RANGES[name]
+    check = pa.Check.ge(low) if high is None else pa.Check.in_range(low, high)
+    dtype = float if name in _FLOAT_COLUMNS else "int64"
+    return pa.Column(dtype, checks=check, nullable=False, coerce=True, required=require)
+
+
+def build_schema(require_target: bool) -> pa.DataFrameSchema:
+    """The pandera schema of a clean customer frame."""
+    columns = {c: _column(c, True) for c in INPUT_COLUMNS}
+    columns[TARGET] = _column(TARGET, require_target)
+    return pa.DataFrameSchema(columns, strict=True, name="customer file")
+
+
+def read_customer_csv(
+    source: Path | bytes, *, name: str | None = None, max_bytes: int | None = None
+) -> pd.DataFrame:
+    """Parse a customer CSV (path or bytes) and clean its header.
+
+    Raises :class:`DataValidationError` for what stops parsing: too large,
+    not text, not CSV, empty, header only.
+    """
+    label = name or (source.name if isinstance(source, Path) else "file")
+    data = source.read_bytes() if isinstance(source, Path) else source
+    if max_bytes is not None and len(data) > max_bytes:
+        raise DataValidationError(
+            [f"file is {len(data):,} bytes, over the limit of {max_bytes:,} bytes"], label
+        )
+    if not data.strip():
+        raise DataValidationError(["file is empty"], label)
+    if b"\x00" in data[:8192]:
+        raise DataValidationError(["file is binary, not a CSV text file"], label)
+    try:
+        df = pd.read_csv(io.BytesIO(data), skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DataValidationError([f"not a parsable CSV file: {first}"], label) from exc
+    df = clean_columns(df)
+    if df.empty:
+        raise DataValidationError(["file has a header but no data rows"], label)
+    return df
+
+
+def _describe(failures: pd.DataFrame) -> list[str]:
+    """Turn pandera's failure-case table into one sentence per problem."""
+    problems: list[str] = []
+    failures = failures.astype({"failure_case": str}).drop_duplicates(
+        ["column", "check", "failure_case", "index"]
+    )
+    # A value that cannot be coerced also fails the range check with a TypeError,
+    # and a missing value also fails coercion: report each once, by its cause.
+    failures = failures[~failures["failure_case"].str.startswith("TypeError(")]
+    is_coercion = failures["check"].astype(str).str.startswith(("coerce_dtype", "dtype"))
+    failures = failures[~(is_coercion & failures["failure_case"].isin(["nan", "<NA>", "None"]))]
+    grouped = failures.groupby(["column", "check"], dropna=False, sort=False)
+    for (column, check), group in grouped:
+        cases = group["failure_case"].tolist()
+        rows = group["index"].dropna().astype(int).tolist()
+        where = f" (rows {_sample(r + 2 for r in rows)})" if rows else ""
+        check = str(check)
+        if check == "column_in_dataframe":
+            problems.append(f"missing column '{cases[0]}'")
+        elif check == "column_in_schema":
+            problems.append(f"unexpected column '{cases[0]}'")
+        elif check == "not_nullable":
+            problems.append(f"column '{column}' has {len(cases)} missing value(s){where}")
+        elif check.startswith("coerce_dtype") or check.startswith("dtype"):
+            problems.append(
+                f"column '{column}' must be numeric ({check.split('(')[-1].rstrip(')')}); "
+                f"bad values {_sample(cases)}{where}"
+            )
+        else:
+            problems.append(
+                f"column '{column}' out of range {check}: values {_sample(cases)}{where}"
+            )
+    return list(dict.fromkeys(problems))  # coercion is reported by two checks
+
+
+def _sample(values: object, limit: int = 5) -> str:
+    items = list(values)  # type: ignore[call-overload]
+    shown = ", ".join(str(v) for v in items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def validate(
+    df: pd.DataFrame, *, require_target: bool = False, source: str = "file"
+) -> pd.DataFrame:
+    """Return the typed frame, or raise one error naming every problem."""
+    try:
+        return build_schema(require_target).validate(df, lazy=True)
+    except SchemaErrors as exc:
+        raise DataValidationError(_describe(exc.failure_cases), source) from exc
+
+
+def has_target(df: pd.DataFrame) -> bool:
+    """Whether the (clean) frame carries the label, i.e. quality can be measured."""
+    return TARGET in df.columns
+
+
+def load_customer_file(
+    source: Path | bytes,
+    *,
+    name: str | None = None,
+    require_target: bool = False,
+    max_bytes: int | None = None,
+) -> pd.DataFrame:
+    """Read, clean and validate a customer file in one step."""
+    label = name or (source.name if isinstance(source, Path) else "file")
+    df = read_customer_csv(source, name=label, max_bytes=max_bytes)
+    return validate(df, require_target=require_target, source=label)

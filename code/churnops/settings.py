@@ -1,0 +1,140 @@
+"""All configuration of ChurnOps, read from the environment when asked for.
+
+Every knob is a field below; its environment variable is the field name in
+upper case (``DATABASE_URL``, ``MLFLOW_TRACKING_URI``, ...). Defaults give the
+local platform: everything lives under ``CHURNOPS_HOME`` (``.churnops``).
+Nothing here reads the environment at import time: call :func:`get_settings`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """The one place where ChurnOps is configured."""
+
+    model_config = SettingsConfigDict(extra="ignore", protected_namespaces=())
+
+    # --- where things live -------------------------------------------------
+    churnops_home: Path = Field(
+        Path(".churnops"), description="Folder holding all local state (git-ignored)."
+    )
+    churn_data_dir: Path = Field(
+        Path("data"), description="Folder with the customer_churn_*.csv files."
+    )
+
+    # --- MLflow ------------------------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        None, description="Tracking server or store; default: SQLite under CHURNOPS_HOME."
+    )
+    mlflow_experiment: str = "churn-model-evaluation"
+    model_name: str = "XGBoostChurnModel"
+    model_alias: str = "staging"
+
+    # --- training ----------------------------------------------------------
+    training_file: str = "customer_churn_0.csv"
+    optuna_storage: str | None = Field(
+        None, description="Optuna RDB storage URL; default: SQLite under CHURNOPS_HOME."
+    )
+    optuna_study: str = "xgboost-churn"
+    cv_folds: int = 5
+    holdout_fraction: float = 0.2
+    random_seed: int = 42
+    # Promotion gate: holdout minimums a new version must reach to take the alias.
+    gate_min_f1: float = 0.75
+    gate_min_roc_auc: float = 0.90
+
+    # --- file drop -----------------------------------------------------------
+    drop_storage: Literal["local", "s3"] = Field(
+        "local", description="'local': a folder with the S3 layout; 's3': a bucket."
+    )
+    drop_bucket: str = Field("churnops-drop", description="Bucket name used in events.")
+    local_drop_dir: Path | None = Field(
+        None, description="Root of the local drop folder; default CHURNOPS_HOME/drop."
+    )
+    aws_endpoint_url: str | None = Field(None, description="S3/SNS endpoint override.")
+    max_file_bytes: int = Field(200 * 1024 * 1024, description="Largest accepted file.")
+
+    # --- metrics database ------------------------------------------------------
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite under CHURNOPS_HOME."
+    )
+    dashboard_db_user: str = Field("grafana_reader", description="Read-only role.")
+    dashboard_db_password: SecretStr | None = None
+
+    # --- Evidently -------------------------------------------------------------
+    evidently_ui_url: str | None = Field(None, description="Remote Evidently UI to use.")
+    evidently_workspace: Path | None = Field(
+        None, description="Local workspace folder; default CHURNOPS_HOME/evidently."
+    )
+    evidently_project: str = "churnops"
+
+    # --- alert thresholds ----------------------------------------------------
+    drift_share_threshold: float = Field(0.5, description="Alert when drifted share >.")
+    min_f1: float = 0.70
+    min_precision: float = 0.70
+    min_recall: float = 0.70
+    min_accuracy: float = 0.70
+
+    # --- alert channels --------------------------------------------------------
+    alerts_topic_arn: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    alert_email_from: str = "churnops@localhost"
+    alert_email_to: str | None = Field(None, description="Recipients, comma-separated.")
+    alert_send_attempts: int = Field(3, description="Tries per alert channel before giving up.")
+    alert_retry_wait: float = Field(2.0, description="First wait between tries (s), doubling.")
+    alert_send_timeout: float = Field(10.0, description="Network timeout of one send (s).")
+
+    # --- Prefect and the local platform -------------------------------------------
+    prefect_deployment: str = "churn_prediction_pipeline/churnops"
+    host: str = "127.0.0.1"
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    evidently_port: int = 8000
+
+    # --- derived locations ----------------------------------------------------------
+    @property
+    def home(self) -> Path:
+        return self.churnops_home.resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.home / "mlflow" / "artifacts"
+
+    @property
+    def optuna_storage_url(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.home / 'optuna.db'}"
+
+    @property
+    def metrics_db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'metrics.db'}"
+
+    @property
+    def drop_dir(self) -> Path:
+        return (self.local_drop_dir or self.home / "drop").resolve()
+
+    @property
+    def evidently_workspace_dir(self) -> Path:
+        return (self.evidently_workspace or self.home / "evidently").resolve()
+
+    @property
+    def alert_log(self) -> Path:
+        return self.home / "alerts.log"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment now (explicit overrides win)."""
+    return Settings(**overrides)
