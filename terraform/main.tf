@@ -107,6 +107,7 @@ module "s3" {
   force_destroy            = var.bucket_force_destroy
   kms_key_arn              = aws_kms_key.platform.arn
   processed_retention_days = var.processed_retention_days
+  deny_insecure_transport  = var.s3_deny_insecure_transport
   lambda_enabled           = var.lambda_enabled
   lambda_function_arn      = module.lambda.function_arn
 }
@@ -176,4 +177,8 @@ module "ecs" {
   kms_key_arn           = aws_kms_key.platform.arn
   log_retention_days    = var.log_retention_days
   services              = local.services
+  task_policies = {
+    mlflow = data.aws_iam_policy_document.mlflow_task.json
+    worker = data.aws_iam_policy_document.worker_task.json
+  }
 }

@@ -22,8 +22,7 @@ locals {
         PGSSLMODE                   = "require"
       }
       # Read by `mlflow server` from its environment, never on the command line.
-      secrets          = { MLFLOW_BACKEND_STORE_URI = local.db_url_secrets["mlflow"] }
-      task_policy_json = data.aws_iam_policy_document.mlflow_task.json
+      secrets = { MLFLOW_BACKEND_STORE_URI = local.db_url_secrets["mlflow"] }
       init = {
         command     = local.db_init_command
         environment = { DB_INIT_DATABASES = "mlflow", PGSSLMODE = "require" }
@@ -68,8 +67,7 @@ locals {
         PGSSLMODE           = "require"
         PREFECT_HOME        = "/tmp/prefect"
       }
-      secrets          = { DATABASE_URL = local.db_url_secrets["metrics"] }
-      task_policy_json = data.aws_iam_policy_document.worker_task.json
+      secrets = { DATABASE_URL = local.db_url_secrets["metrics"] }
     }
 
     evidently = {

@@ -95,6 +95,12 @@ variable "processed_retention_days" {
   default     = 90
 }
 
+variable "s3_deny_insecure_transport" {
+  description = "Deny non-TLS requests to the drop bucket. Keep true; false exists only for the plain-HTTP emulator of `make apply-local`."
+  type        = bool
+  default     = true
+}
+
 variable "alert_email" {
   description = "E-mail address subscribed to the alerts topic (it must confirm the subscription)."
   type        = string

@@ -65,13 +65,19 @@ def ensure_readonly_role(conn, url: str, user: str, password: str, database: str
             cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(role), (password,))
         except errors.DuplicateObject:
             cur.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(role), (password,))
-        cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role))
+        cur.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role)
+        )
     db_conn = connect(with_database(url, database))
     try:
         with db_conn.cursor() as cur:
             cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
             cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(role))
-            cur.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(role))
+            cur.execute(
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}"
+                ).format(role)
+            )
     finally:
         db_conn.close()
     log(f"read-only role {user} ready on {database}")
@@ -81,12 +87,16 @@ def main() -> int:
     url = libpq_url(os.environ["DATABASE_URL"])
     conn = connect(url)
     try:
-        for name in filter(None, (d.strip() for d in os.environ.get("DB_INIT_DATABASES", "").split(","))):
+        for name in filter(
+            None, (d.strip() for d in os.environ.get("DB_INIT_DATABASES", "").split(","))
+        ):
             ensure_database(conn, name)
         user = os.environ.get("READONLY_USER")
         password = os.environ.get("READONLY_PASSWORD")
         if user and password:
-            ensure_readonly_role(conn, url, user, password, os.environ.get("READONLY_DATABASE", "metrics"))
+            ensure_readonly_role(
+                conn, url, user, password, os.environ.get("READONLY_DATABASE", "metrics")
+            )
     finally:
         conn.close()
     return 0

@@ -212,11 +212,11 @@ resource "aws_iam_role" "task" {
 }
 
 resource "aws_iam_role_policy" "task" {
-  for_each = { for svc, s in var.services : svc => s if s.task_policy_json != null }
+  for_each = var.task_policies
 
   name   = "application"
   role   = aws_iam_role.task[each.key].id
-  policy = each.value.task_policy_json
+  policy = each.value
 }
 
 # ------------------------------------------------------------------ tasks and services

@@ -34,6 +34,12 @@ variable "load_balancer_ports" {
   type        = map(number)
 }
 
+variable "task_policies" {
+  description = "IAM policy (JSON) of the task role per service; services not listed get a role without permissions."
+  type        = map(string)
+  default     = {}
+}
+
 variable "ecr_repository_arns" {
   description = "Repositories the tasks pull their images from."
   type        = list(string)
@@ -57,15 +63,14 @@ variable "services" {
     `init`, when set, runs first in the same task (same image) and must exit 0.
   EOT
   type = map(object({
-    image            = string
-    command          = optional(list(string))
-    port             = optional(number)
-    cpu              = optional(number, 512)
-    memory           = optional(number, 1024)
-    desired_count    = optional(number, 1)
-    environment      = optional(map(string), {})
-    secrets          = optional(map(string), {})
-    task_policy_json = optional(string)
+    image         = string
+    command       = optional(list(string))
+    port          = optional(number)
+    cpu           = optional(number, 512)
+    memory        = optional(number, 1024)
+    desired_count = optional(number, 1)
+    environment   = optional(map(string), {})
+    secrets       = optional(map(string), {})
     init = optional(object({
       command     = list(string)
       environment = optional(map(string), {})

@@ -105,6 +105,8 @@ data "aws_iam_policy_document" "tls_only" {
 }
 
 resource "aws_s3_bucket_policy" "drop" {
+  count = var.deny_insecure_transport ? 1 : 0
+
   bucket = aws_s3_bucket.drop.id
   policy = data.aws_iam_policy_document.tls_only.json
 

@@ -36,3 +36,9 @@ variable "lambda_function_arn" {
   description = "ARN of the Lambda to notify (its invoke permission for S3 must already exist)."
   type        = string
 }
+
+variable "deny_insecure_transport" {
+  description = "Bucket policy denying requests without TLS (off only for a plain-HTTP emulator)."
+  type        = bool
+  default     = true
+}

@@ -1,0 +1,297 @@
+"""Terraform against an emulator (moto) and the provider mirror, for tests and `make apply-local`.
+
+Subcommands:
+  cli-config OUT        write a Terraform CLI config to OUT: a filesystem mirror of the
+                        AWS provider when one is found (TF_PLUGIN_MIRROR, else a few usual
+                        roots), direct installation otherwise; prints OUT.
+  up   --workdir DIR    start moto on a free loopback port (unless --endpoint), create a
+                        VPC and subnets in it, copy the root module to DIR with the
+                        emulator override, `terraform init` and `apply`; prints outputs.
+  down --workdir DIR    `terraform destroy` in DIR and stop the moto server it started.
+
+Only the standard library and boto3 (for the test network); no secret is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+TERRAFORM_DIR = Path(__file__).resolve().parent.parent
+OVERRIDE_TEMPLATE = TERRAFORM_DIR / "local" / "emulator_override.tf.tpl"
+PROVIDER_PATH = Path("registry.terraform.io") / "hashicorp" / "aws"
+MIRROR_ROOTS = (
+    "/opt",
+    "/usr/share",
+    "/usr/local/share",
+    "~/.terraform.d/plugins",
+    "~/.local/share/terraform/plugins",
+)
+REGION = "us-east-1"
+COPY_IGNORE = shutil.ignore_patterns(
+    ".terraform", "*.tfstate", "*.tfstate.*", ".terraform.lock.hcl", "*.tfvars"
+)
+
+
+# ----------------------------------------------------------------- provider mirror
+def find_mirror() -> Path | None:
+    """Directory holding registry.terraform.io/hashicorp/aws, or None.
+
+    TF_PLUGIN_MIRROR wins; otherwise each usual root and its children and
+    grandchildren are tried (e.g. <root>/tf-plugins/registry.terraform.io/...).
+    """
+    explicit = os.environ.get("TF_PLUGIN_MIRROR")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not (path / PROVIDER_PATH).is_dir():
+            raise SystemExit(f"TF_PLUGIN_MIRROR={explicit} holds no {PROVIDER_PATH}")
+        return path
+    for root in MIRROR_ROOTS:
+        level = [Path(root).expanduser()]
+        for _depth in range(3):
+            for candidate in level:
+                if (candidate / PROVIDER_PATH).is_dir():
+                    return candidate
+            level = [child for parent in level for child in _subdirs(parent)]
+    return None
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+
+
+def cli_config_text(mirror: Path | None) -> str:
+    if mirror is None:
+        return "provider_installation {\n  direct {}\n}\n"
+    return (
+        "provider_installation {\n"
+        "  filesystem_mirror {\n"
+        f"    path    = {json.dumps(str(mirror))}\n"
+        '    include = ["registry.terraform.io/hashicorp/aws"]\n'
+        "  }\n"
+        "  direct {\n"
+        '    exclude = ["registry.terraform.io/hashicorp/aws"]\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+def write_cli_config(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(cli_config_text(find_mirror()))
+    return out
+
+
+# ----------------------------------------------------------------- moto
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def moto_server_binary() -> str:
+    beside = Path(sys.executable).parent / "moto_server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("moto_server")
+    if not found:
+        raise SystemExit("moto_server not found (install moto[server] in the virtualenv)")
+    return found
+
+
+def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [moto_server_binary(), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{endpoint}/moto-api/", proc)
+    return proc, endpoint
+
+
+def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def stop_process_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(50):
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def emulator_env(endpoint: str, cli_config: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",
+        AWS_DEFAULT_REGION=REGION,
+        AWS_REGION=REGION,
+        AWS_ENDPOINT_URL=endpoint,
+        TF_IN_AUTOMATION="1",
+        TF_INPUT="0",
+    )
+    env.pop("AWS_PROFILE", None)
+    env.pop("AWS_SESSION_TOKEN", None)
+    if cli_config is not None:
+        env["TF_CLI_CONFIG_FILE"] = str(cli_config)
+    return env
+
+
+def create_network(endpoint: str) -> dict[str, object]:
+    """A VPC with two public and two private subnets in the emulator."""
+    import boto3
+
+    ec2 = boto3.client(
+        "ec2",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    vpc_id = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnets: dict[str, list[str]] = {"public": [], "private": []}
+    for index, (kind, zone) in enumerate(
+        [("public", "a"), ("public", "b"), ("private", "a"), ("private", "b")],
+    ):
+        subnet = ec2.create_subnet(
+            VpcId=vpc_id, CidrBlock=f"10.42.{index}.0/24", AvailabilityZone=f"{REGION}{zone}"
+        )
+        subnets[kind].append(subnet["Subnet"]["SubnetId"])
+    return {
+        "vpc_id": vpc_id,
+        "public_subnet_ids": subnets["public"],
+        "private_subnet_ids": subnets["private"],
+    }
+
+
+def emulator_tfvars(network: dict[str, object]) -> dict[str, object]:
+    return {
+        "aws_region": REGION,
+        "environment": "emu",
+        "alert_email": "alerts@example.com",
+        "allowed_cidr_blocks": ["203.0.113.0/24"],
+        "image_tag": "emulator",
+        "db_deletion_protection": False,
+        "db_skip_final_snapshot": True,
+        "bucket_force_destroy": True,
+        # moto enforces the TLS-only bucket policy and it is served over plain HTTP.
+        "s3_deny_insecure_transport": False,
+        "secret_recovery_window_days": 0,
+        "log_retention_days": 7,
+        **network,
+    }
+
+
+# ----------------------------------------------------------------- workdir
+def prepare_workdir(workdir: Path, endpoint: str, tfvars: dict[str, object]) -> Path:
+    """Copy the root module into workdir, add the emulator override and the tfvars."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    module_dir = workdir / "terraform"
+    shutil.copytree(TERRAFORM_DIR, module_dir, ignore=COPY_IGNORE, dirs_exist_ok=True)
+    override = OVERRIDE_TEMPLATE.read_text().replace("@ENDPOINT@", endpoint)
+    (module_dir / "emulator_override.tf").write_text(override)
+    (module_dir / "emulator.auto.tfvars.json").write_text(json.dumps(tfvars, indent=2))
+    return module_dir
+
+
+def terraform(module_dir: Path, env: dict[str, str], *args: str, capture: bool = False) -> str:
+    cmd = ["terraform", f"-chdir={module_dir}", *args]
+    result = subprocess.run(cmd, env=env, check=False, text=True, capture_output=capture)
+    if result.returncode != 0:
+        detail = f"\n{result.stdout}\n{result.stderr}" if capture else ""
+        raise RuntimeError(f"{' '.join(args[:1])} failed with {result.returncode}{detail}")
+    return result.stdout if capture else ""
+
+
+def up(workdir: Path, endpoint: str | None) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = {}
+    if endpoint is None:
+        proc, endpoint = start_moto(workdir / "moto.log")
+        state["moto_pid"] = proc.pid
+    state["endpoint"] = endpoint
+    (workdir / "emulator.json").write_text(json.dumps(state))
+    cli_config = write_cli_config(workdir / "terraform.rc")
+    module_dir = prepare_workdir(workdir, endpoint, emulator_tfvars(create_network(endpoint)))
+    env = emulator_env(endpoint, cli_config)
+    terraform(module_dir, env, "init", "-input=false", "-no-color")
+    started = time.monotonic()
+    terraform(module_dir, env, "apply", "-auto-approve", "-input=false", "-no-color")
+    print(f"apply took {time.monotonic() - started:.0f}s against {endpoint}")
+    print(terraform(module_dir, env, "output", "-no-color", capture=True))
+
+
+def down(workdir: Path) -> None:
+    state = json.loads((workdir / "emulator.json").read_text())
+    module_dir = workdir / "terraform"
+    env = emulator_env(state["endpoint"], workdir / "terraform.rc")
+    try:
+        started = time.monotonic()
+        terraform(module_dir, env, "destroy", "-auto-approve", "-input=false", "-no-color")
+        print(f"destroy took {time.monotonic() - started:.0f}s")
+    finally:
+        if "moto_pid" in state:
+            stop_process_group(int(state["moto_pid"]))
+        (workdir / "emulator.json").unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    cfg = sub.add_parser("cli-config")
+    cfg.add_argument("out", type=Path)
+    up_p = sub.add_parser("up")
+    up_p.add_argument("--workdir", type=Path, required=True)
+    up_p.add_argument("--endpoint", help="an emulator already running (default: start moto)")
+    down_p = sub.add_parser("down")
+    down_p.add_argument("--workdir", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "cli-config":
+        print(write_cli_config(args.out))
+    elif args.command == "up":
+        up(args.workdir, args.endpoint)
+    else:
+        down(args.workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

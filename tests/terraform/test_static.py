@@ -1,0 +1,125 @@
+"""Static checks of terraform/: fmt, validate, checkov, and the helper scripts."""
+
+from __future__ import annotations
+
+import json
+import py_compile
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO, TERRAFORM_DIR, tf_local
+
+SKIP_RE = re.compile(r"#\s*checkov:skip=([A-Z0-9_]+)(:?)(.*)")
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def test_terraform_fmt(terraform_bin: str) -> None:
+    result = run([terraform_bin, "fmt", "-check", "-recursive", "-diff", str(TERRAFORM_DIR)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_terraform_validate(terraform_bin: str, tf_env: dict[str, str], tmp_path: Path) -> None:
+    # Validate a copy so that no .terraform/ is written into the working tree.
+    module_dir = tmp_path / "terraform"
+    shutil.copytree(TERRAFORM_DIR, module_dir, ignore=tf_local.COPY_IGNORE)
+    init = run(
+        [terraform_bin, f"-chdir={module_dir}", "init", "-backend=false", "-input=false"], tf_env
+    )
+    assert init.returncode == 0, init.stdout + init.stderr
+    result = run([terraform_bin, f"-chdir={module_dir}", "validate", "-json"], tf_env)
+    report = json.loads(result.stdout)
+    assert report["valid"], json.dumps(report["diagnostics"], indent=2)
+    assert report["warning_count"] == 0, json.dumps(report["diagnostics"], indent=2)
+
+
+def test_checkov_has_no_failed_check() -> None:
+    checkov = Path(sys.executable).parent / "checkov"
+    assert checkov.exists(), "checkov is missing from the virtualenv (pipenv install --dev)"
+    result = run(
+        [
+            str(checkov),
+            "-d",
+            str(TERRAFORM_DIR),
+            "--framework",
+            "terraform",
+            "-o",
+            "json",
+            "--quiet",
+            "--compact",
+            "--skip-download",
+        ],
+    )
+    reports = json.loads(result.stdout or "[]")
+    reports = reports if isinstance(reports, list) else [reports]
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']})"
+        for r in reports
+        for c in r.get("results", {}).get("failed_checks", [])
+    ]
+    assert not failed, "\n".join(failed)
+    passed = sum(r.get("summary", {}).get("passed", 0) for r in reports)
+    assert passed > 100, "checkov scanned suspiciously little"
+
+
+def test_every_checkov_skip_gives_a_reason() -> None:
+    skips = []
+    for path in TERRAFORM_DIR.rglob("*.tf"):
+        for line in path.read_text().splitlines():
+            match = SKIP_RE.search(line)
+            if match:
+                skips.append((path.name, match.group(1), match.group(3).strip()))
+    assert skips, "expected the documented checkov skips"
+    unexplained = [s for s in skips if len(s[2]) < 15]
+    assert not unexplained, unexplained
+
+
+def test_template_documents_every_variable() -> None:
+    declared = set(
+        re.findall(r'^variable "([^"]+)"', (TERRAFORM_DIR / "variables.tf").read_text(), re.M)
+    )
+    template = (TERRAFORM_DIR / "vars" / "stg.tfvars.template").read_text()
+    documented = set(re.findall(r"^#?\s*([a-z_0-9]+)\s*=", template, re.M))
+    assert declared <= documented, sorted(declared - documented)
+
+
+def test_no_secret_in_outputs_or_defaults() -> None:
+    outputs = (TERRAFORM_DIR / "outputs.tf").read_text()
+    assert "password" not in outputs.replace("admin password", "")
+    for path in TERRAFORM_DIR.rglob("variables.tf"):
+        assert not re.search(r'variable "[^"]*password[^"]*"', path.read_text()), path
+
+
+def test_no_machine_paths_in_committed_terraform_files() -> None:
+    files = [p for p in TERRAFORM_DIR.rglob("*") if p.is_file() and ".terraform" not in p.parts]
+    files += [REPO / ".github" / "workflows" / "deploy.yml", TERRAFORM_DIR / "aws.mk"]
+    pattern = re.compile(r"/(work|root|home|opt/tf-plugins)/")
+    for path in files:
+        if path.exists() and path.suffix not in {".pyc"}:
+            assert not pattern.search(path.read_text()), path
+
+
+def test_scripts_compile() -> None:
+    for script in (TERRAFORM_DIR / "scripts").glob("*.py"):
+        py_compile.compile(str(script), doraise=True)
+
+
+def test_cli_config_uses_mirror_from_env(tmp_path: Path, monkeypatch) -> None:
+    mirror = tmp_path / "mirror"
+    (mirror / "registry.terraform.io" / "hashicorp" / "aws").mkdir(parents=True)
+    monkeypatch.setenv("TF_PLUGIN_MIRROR", str(mirror))
+    text = tf_local.write_cli_config(tmp_path / "cli.rc").read_text()
+    assert f'path    = "{mirror}"' in text
+    assert "filesystem_mirror" in text
+
+
+def test_cli_config_without_mirror_installs_directly(monkeypatch) -> None:
+    monkeypatch.delenv("TF_PLUGIN_MIRROR", raising=False)
+    monkeypatch.setattr(tf_local, "MIRROR_ROOTS", ())
+    assert tf_local.find_mirror() is None
+    assert "direct {}" in tf_local.cli_config_text(None)
