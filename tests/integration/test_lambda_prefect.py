@@ -1,0 +1,139 @@
+"""The S3 -> Prefect Lambda handler against a real Prefect server."""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.objects import StateType
+
+pytestmark = pytest.mark.integration
+
+HANDLER_FILE = Path(__file__).parents[2] / "code" / "s3_to_prefect_lambda" / "lambda_function.py"
+FLOW = "churn_prediction_pipeline"
+KEYS = {  # as S3 encodes them in events -> decoded
+    "data/input/march+batch.csv": "data/input/march batch.csv",
+    "data/input/a%2Bb_a%C3%B1o.csv": "data/input/a+b_año.csv",
+}
+
+
+@pytest.fixture
+def client(prefect_server: str) -> Iterator[SyncPrefectClient]:
+    with SyncPrefectClient(prefect_server) as client:
+        yield client
+
+
+@pytest.fixture
+def deployment(client: SyncPrefectClient) -> str:
+    """A deployment of the flow, named for this test: other tests share the server."""
+    name = f"lambda-{uuid.uuid4().hex[:8]}"
+    client.create_deployment(flow_id=client.create_flow_from_name(FLOW), name=name)
+    return name
+
+
+@pytest.fixture
+def handler(prefect_server: str, deployment: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The handler module loaded by file path, as the local platform does, pointed at the server."""
+    for name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "INPUT_PREFIX"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    monkeypatch.setenv("PREFECT_DEPLOYMENT", f"{FLOW}/{deployment}")
+    spec = importlib.util.spec_from_file_location("lambda_function", HANDLER_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def s3_event(bucket: str, keys: list[str], sequencer: str = "0065F0A1B2C3D4E5F6") -> dict:
+    return {
+        "Records": [
+            {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": bucket},
+                    "object": {"key": key, "size": 42, "sequencer": sequencer},
+                },
+            }
+            for key in keys
+        ]
+    }
+
+
+def runs_of(client: SyncPrefectClient, deployment_id: UUID) -> list[Any]:
+    ids = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    return client.read_flow_runs(deployment_filter=ids)
+
+
+def test_new_files_start_scheduled_runs_and_duplicates_do_not(
+    handler: ModuleType, client: SyncPrefectClient, deployment: str
+) -> None:
+    bucket = f"drop-{uuid.uuid4().hex[:8]}"
+    event = s3_event(bucket, [*KEYS, "data/input/"])
+
+    first = handler.lambda_handler(event, None)["results"]
+    again = handler.lambda_handler(event, None)["results"]
+
+    assert [r["status"] for r in first] == ["created", "created", "skipped"]
+    deployment_id = client.read_deployment_by_name(f"{FLOW}/{deployment}").id
+    runs = {str(run.id): run for run in runs_of(client, deployment_id)}
+    assert set(runs) == {r["flow_run_id"] for r in first[:2]}
+    for outcome, key in zip(first, KEYS.values(), strict=False):
+        run = runs[outcome["flow_run_id"]]
+        assert run.parameters == {"bucket": bucket, "key": key}
+        assert run.state_type == StateType.SCHEDULED
+        assert run.idempotency_key.startswith(f"s3://{bucket}/{key}#")
+    assert [(r["status"], r.get("flow_run_id")) for r in again[:2]] == [
+        ("skipped", r["flow_run_id"]) for r in first[:2]
+    ]
+    assert all(r["reason"].startswith("duplicate event") for r in again[:2])
+    assert len(runs_of(client, deployment_id)) == 2
+
+
+def test_a_new_upload_under_the_same_key_starts_another_run(
+    handler: ModuleType, client: SyncPrefectClient, deployment: str
+) -> None:
+    bucket = f"drop-{uuid.uuid4().hex[:8]}"
+    key = "data/input/customer_churn_1.csv"
+
+    first = handler.lambda_handler(s3_event(bucket, [key], "0001"), None)["results"][0]
+    second = handler.lambda_handler(s3_event(bucket, [key], "0002"), None)["results"][0]
+
+    assert (first["status"], second["status"]) == ("created", "created")
+    deployment_id = client.read_deployment_by_name(f"{FLOW}/{deployment}").id
+    assert len(runs_of(client, deployment_id)) == 2
+
+
+def test_a_recreated_deployment_is_found_again(
+    handler: ModuleType, client: SyncPrefectClient, deployment: str
+) -> None:
+    bucket = f"drop-{uuid.uuid4().hex[:8]}"
+    handler.lambda_handler(s3_event(bucket, ["data/input/a.csv"]), None)  # caches the id
+    old = client.read_deployment_by_name(f"{FLOW}/{deployment}").id
+    client.delete_deployment(old)
+    new = client.create_deployment(flow_id=client.create_flow_from_name(FLOW), name=deployment)
+
+    [outcome] = handler.lambda_handler(s3_event(bucket, ["data/input/b.csv"]), None)["results"]
+
+    assert outcome["status"] == "created"
+    assert [str(run.id) for run in runs_of(client, new)] == [outcome["flow_run_id"]]
+
+
+def test_a_missing_deployment_fails_the_record_without_raising(
+    handler: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_DEPLOYMENT", f"{FLOW}/does-not-exist")
+
+    [outcome] = handler.lambda_handler(s3_event("drop", ["data/input/a.csv"]), None)["results"]
+
+    assert outcome["status"] == "failed"
+    assert f"deployment '{FLOW}/does-not-exist' not found" in outcome["reason"]

@@ -1,0 +1,520 @@
+"""The S3 -> Prefect Lambda handler against a small fake Prefect API over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.fixtures.network import LOOPBACK, free_port
+
+HANDLER_FILE = Path(__file__).parents[2] / "code" / "s3_to_prefect_lambda" / "lambda_function.py"
+DEPLOYMENT = "churn_prediction_pipeline/churnops"
+BUCKET = "churnops-drop"
+CLIENT_TIMEOUT = 0.5
+
+
+# --- a fake Prefect API -------------------------------------------------------------------
+@dataclass
+class FakePrefect:
+    """Just enough of the Prefect 3 REST API: deployment by name, create_flow_run."""
+
+    deployment_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    deployment_exists: bool = True
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by idempotency key
+    failures: list[int] = field(default_factory=list)  # statuses of the next answers
+    stalls: int = 0  # next requests answered after the client's timeout
+    url: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def answer(self, method: str, path: str, headers: dict, body: Any) -> tuple[int, Any]:
+        with self.lock:
+            self.requests.append({"method": method, "path": path, "headers": headers, "body": body})
+            if self.stalls:
+                self.stalls -= 1
+                return -1, None
+            if self.failures:
+                status = self.failures.pop(0)
+                return status, {"detail": f"injected {status}"}
+            return self._route(method, path, body)
+
+    def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if method == "GET" and path == f"/api/deployments/name/{DEPLOYMENT}":
+            if not self.deployment_exists:
+                return 404, {"detail": "Deployment not found"}
+            return 200, {"id": self.deployment_id, "name": "churnops"}
+        if method == "POST" and path == f"/api/deployments/{self.deployment_id}/create_flow_run":
+            key = body["idempotency_key"]
+            if key in self.runs:
+                return 200, self.runs[key]
+            self.runs[key] = {"id": str(uuid.uuid4()), **body}
+            return 201, self.runs[key]
+        return 404, {"detail": "Not Found"}
+
+    def posts(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == "POST"]
+
+    def gets(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == "GET"]
+
+
+def _handler_class(fake: FakePrefect) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            status, payload = fake.answer(self.command, self.path, dict(self.headers), body)
+            if status < 0:
+                time.sleep(CLIENT_TIMEOUT * 3)
+                return
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet: the fake records its requests itself."""
+
+    return Handler
+
+
+@pytest.fixture
+def prefect() -> Iterator[FakePrefect]:
+    fake = FakePrefect()
+    server = ThreadingHTTPServer((LOOPBACK, free_port()), _handler_class(fake))
+    server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # stalled clients hang up
+    fake.url = f"http://{LOOPBACK}:{server.server_address[1]}/api"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> ModuleType:
+    """A freshly imported handler module (empty cache), loaded by path like the platform does."""
+    for name in (
+        "PREFECT_API_KEY",
+        "PREFECT_API_AUTH_STRING",
+        "PREFECT_DEPLOYMENT",
+        "INPUT_PREFIX",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", prefect.url)
+    monkeypatch.setenv("PREFECT_HTTP_TIMEOUT", str(CLIENT_TIMEOUT))
+    monkeypatch.setenv("PREFECT_HTTP_RETRIES", "2")
+    monkeypatch.setenv("PREFECT_HTTP_BACKOFF", "0.01")
+    return load_handler()
+
+
+def load_handler() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("lambda_function", HANDLER_FILE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(key: str, sequencer: str = "0062A1B2C3D4E5F601", **obj: str) -> dict[str, Any]:
+    """An S3 ObjectCreated record; ``key`` URL-encoded as S3 sends it."""
+    return {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "bucket": {"name": BUCKET},
+            "object": {"key": key, "size": 10, "sequencer": sequencer, **obj},
+        },
+    }
+
+
+def event(*records: dict[str, Any]) -> dict[str, Any]:
+    return {"Records": list(records)}
+
+
+# --- the happy path and key decoding -------------------------------------------------------
+def test_creates_a_flow_run_with_bucket_key_and_idempotency_key(
+    handler: ModuleType, prefect: FakePrefect
+) -> None:
+    result = handler.lambda_handler(event(record("data/input/customer_churn_1.csv")), None)
+
+    [post] = prefect.posts()
+    run_id = next(iter(prefect.runs.values()))["id"]
+    assert result == {
+        "results": [
+            {
+                "bucket": BUCKET,
+                "key": "data/input/customer_churn_1.csv",
+                "status": "created",
+                "flow_run_id": run_id,
+            }
+        ]
+    }
+    assert post["body"] == {
+        "parameters": {"bucket": BUCKET, "key": "data/input/customer_churn_1.csv"},
+        "idempotency_key": f"s3://{BUCKET}/data/input/customer_churn_1.csv#0062A1B2C3D4E5F601",
+        "name": "customer_churn_1.csv",
+    }
+    assert post["headers"]["Content-Type"] == "application/json"
+    assert "Authorization" not in post["headers"]
+
+
+@pytest.mark.parametrize(
+    ("encoded", "decoded"),
+    [
+        ("data/input/march+batch.csv", "data/input/march batch.csv"),
+        ("data/input/a%2Bb.csv", "data/input/a+b.csv"),
+        ("data/input/clientes_a%C3%B1o_%C3%BC.csv", "data/input/clientes_año_ü.csv"),
+        ("data/input/50%25+off%2C+q%3F.csv", "data/input/50% off, q?.csv"),
+    ],
+)
+def test_url_encoded_keys_are_decoded(
+    handler: ModuleType, prefect: FakePrefect, encoded: str, decoded: str
+) -> None:
+    [outcome] = handler.lambda_handler(event(record(encoded)), None)["results"]
+
+    assert outcome["status"] == "created"
+    assert outcome["key"] == decoded
+    assert prefect.posts()[0]["body"]["parameters"] == {"bucket": BUCKET, "key": decoded}
+
+
+def test_version_id_wins_over_sequencer(handler: ModuleType, prefect: FakePrefect) -> None:
+    handler.lambda_handler(event(record("data/input/a.csv", versionId="v3")), None)
+
+    assert prefect.posts()[0]["body"]["idempotency_key"] == f"s3://{BUCKET}/data/input/a.csv#v3"
+
+
+def test_several_records_each_get_an_outcome_and_a_log_line(
+    handler: ModuleType, prefect: FakePrefect, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = [
+        "data/input/one.csv",
+        "data/processed/one.csv",
+        "data/input/",
+        "data/input/archive/",
+        "data/input/archive/old.csv",
+        "data/input/two.csv",
+    ]
+    with caplog.at_level(logging.INFO, logger="s3_to_prefect"):
+        results = handler.lambda_handler(event(*map(record, keys)), None)["results"]
+
+    assert [(r["key"], r["status"]) for r in results] == [
+        ("data/input/one.csv", "created"),
+        ("data/processed/one.csv", "skipped"),
+        ("data/input/", "skipped"),
+        ("data/input/archive/", "skipped"),
+        ("data/input/archive/old.csv", "skipped"),
+        ("data/input/two.csv", "created"),
+    ]
+    assert results[1]["reason"] == "key is outside 'data/input/'"
+    assert results[2]["reason"] == results[3]["reason"] == "folder marker"
+    assert "subfolder" in results[4]["reason"]
+    assert [p["body"]["parameters"]["key"] for p in prefect.posts()] == [keys[0], keys[5]]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "s3_to_prefect"]
+    assert lines == results
+
+
+def test_input_prefix_comes_from_the_environment(
+    handler: ModuleType, prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INPUT_PREFIX", "incoming/")
+    results = handler.lambda_handler(
+        event(record("incoming/a.csv"), record("data/input/a.csv")), None
+    )["results"]
+
+    assert [r["status"] for r in results] == ["created", "skipped"]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            {"eventName": "ObjectRemoved:Delete"},
+            "event 'ObjectRemoved:Delete' is not an object creation",
+        ),
+        ({"eventSource": "aws:sqs"}, "event source 'aws:sqs' is not aws:s3"),
+    ],
+)
+def test_other_events_are_skipped(
+    handler: ModuleType, prefect: FakePrefect, change: dict, reason: str
+) -> None:
+    [outcome] = handler.lambda_handler(event({**record("data/input/a.csv"), **change}), None)[
+        "results"
+    ]
+
+    assert outcome["status"] == "skipped"
+    assert outcome["reason"] == reason
+    assert prefect.requests == []
+
+
+# --- duplicates and the deployment cache ---------------------------------------------------
+def test_a_duplicate_event_returns_the_existing_run(
+    handler: ModuleType, prefect: FakePrefect
+) -> None:
+    first = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"][0]
+    again = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"][0]
+
+    assert first["status"] == "created"
+    assert again["status"] == "skipped"
+    assert again["flow_run_id"] == first["flow_run_id"]
+    assert again["reason"].startswith("duplicate event")
+    assert len(prefect.runs) == 1
+
+
+def test_a_new_upload_of_the_same_key_is_a_new_run(
+    handler: ModuleType, prefect: FakePrefect
+) -> None:
+    results = handler.lambda_handler(
+        event(record("data/input/a.csv", "0061"), record("data/input/a.csv", "0062")), None
+    )["results"]
+
+    assert [r["status"] for r in results] == ["created", "created"]
+    assert results[0]["flow_run_id"] != results[1]["flow_run_id"]
+
+
+def test_the_deployment_is_looked_up_once_while_warm(
+    handler: ModuleType, prefect: FakePrefect
+) -> None:
+    handler.lambda_handler(event(record("data/input/a.csv")), None)
+    handler.lambda_handler(event(record("data/input/b.csv")), None)
+
+    assert len(prefect.gets()) == 1
+    assert len(prefect.posts()) == 2
+
+
+def test_a_recreated_deployment_is_looked_up_again(
+    handler: ModuleType, prefect: FakePrefect
+) -> None:
+    handler.lambda_handler(event(record("data/input/a.csv")), None)
+    prefect.deployment_id = str(uuid.uuid4())
+
+    [outcome] = handler.lambda_handler(event(record("data/input/b.csv")), None)["results"]
+
+    assert outcome["status"] == "created"
+    assert len(prefect.gets()) == 2
+    assert (
+        prefect.posts()[-1]["path"] == f"/api/deployments/{prefect.deployment_id}/create_flow_run"
+    )
+
+
+def test_a_missing_deployment_fails_the_record(handler: ModuleType, prefect: FakePrefect) -> None:
+    prefect.deployment_exists = False
+
+    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+
+    assert outcome["status"] == "failed"
+    assert f"deployment '{DEPLOYMENT}' not found" in outcome["reason"]
+    assert prefect.posts() == []
+
+
+# --- Prefect errors -----------------------------------------------------------------------
+@pytest.mark.parametrize("status", [400, 403, 409, 422])
+def test_a_refusal_fails_the_record_without_retrying(
+    handler: ModuleType, prefect: FakePrefect, status: int
+) -> None:
+    handler.lambda_handler(event(record("data/input/warm.csv")), None)  # caches the deployment
+    prefect.failures = [status]
+
+    results = handler.lambda_handler(
+        event(record("data/input/a.csv"), record("data/input/b.csv")), None
+    )["results"]
+
+    assert results[0]["status"] == "failed"
+    assert results[0]["reason"] == f"Prefect API answered HTTP {status}: injected {status}"
+    assert results[1]["status"] == "created"
+    assert len(prefect.posts()) == 3
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 408])
+def test_transient_errors_are_retried(
+    handler: ModuleType, prefect: FakePrefect, status: int
+) -> None:
+    prefect.failures = [status, status]  # lookup fails twice, third try answers
+
+    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+
+    assert outcome["status"] == "created"
+    assert len(prefect.gets()) == 3
+
+
+def test_persistent_server_errors_raise_for_lambda_to_retry(
+    handler: ModuleType, prefect: FakePrefect
+) -> None:
+    prefect.failures = [503] * 3
+
+    with pytest.raises(handler.PrefectUnavailable, match="failed 3 times, last: HTTP 503"):
+        handler.lambda_handler(event(record("data/input/a.csv")), None)
+    assert prefect.posts() == []
+
+
+def test_a_timeout_is_retried(handler: ModuleType, prefect: FakePrefect) -> None:
+    handler.lambda_handler(event(record("data/input/warm.csv")), None)
+    prefect.stalls = 1
+
+    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+
+    assert outcome["status"] == "created"
+    assert len(prefect.posts()) == 3  # warm-up, the stalled try, the retry
+
+
+def test_persistent_timeouts_raise(handler: ModuleType, prefect: FakePrefect) -> None:
+    prefect.stalls = 3
+
+    with pytest.raises(handler.PrefectUnavailable, match="failed 3 times, last: TimeoutError"):
+        handler.lambda_handler(event(record("data/input/a.csv")), None)
+
+
+def test_a_refused_connection_raises(handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", f"http://{LOOPBACK}:{free_port()}/api")
+
+    with pytest.raises(handler.PrefectUnavailable, match="Connection refused"):
+        handler.lambda_handler(event(record("data/input/a.csv")), None)
+
+
+def test_a_non_json_answer_names_the_likely_cause(
+    handler: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = ThreadingHTTPServer((LOOPBACK, free_port()), _html_handler())
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    monkeypatch.setenv("PREFECT_API_URL", f"http://{LOOPBACK}:{server.server_address[1]}")
+    try:
+        [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert outcome["status"] == "failed"
+    assert "is PREFECT_API_URL the API (ending in /api)?" in outcome["reason"]
+
+
+def _html_handler() -> type[BaseHTTPRequestHandler]:
+    class Html(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "15")
+            self.end_headers()
+            self.wfile.write(b"<html>UI</html>")
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    return Html
+
+
+# --- configuration and bad input ------------------------------------------------------------
+def test_import_needs_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    module = load_handler()
+
+    with pytest.raises(ValueError, match="PREFECT_API_URL is not set"):
+        module.lambda_handler(event(record("data/input/a.csv")), None)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("PREFECT_DEPLOYMENT", "churnops", "must look like <flow>/<deployment>"),
+        ("PREFECT_HTTP_TIMEOUT", "soon", "PREFECT_HTTP_TIMEOUT='soon' is not a valid float"),
+        ("PREFECT_HTTP_RETRIES", "-1", "PREFECT_HTTP_RETRIES='-1' must be at least 0"),
+        ("PREFECT_HTTP_TIMEOUT", "0", "PREFECT_HTTP_TIMEOUT='0' must be above 0"),
+    ],
+)
+def test_bad_settings_are_named(
+    handler: ModuleType, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(ValueError, match=message):
+        handler.lambda_handler(event(record("data/input/a.csv")), None)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "header"),
+    [
+        ("PREFECT_API_KEY", "pnu_secret", "Bearer pnu_secret"),
+        (
+            "PREFECT_API_AUTH_STRING",
+            "admin:pass word",
+            "Basic " + base64.b64encode(b"admin:pass word").decode(),
+        ),
+    ],
+)
+def test_credentials_are_sent(
+    handler: ModuleType,
+    prefect: FakePrefect,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    header: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    handler.lambda_handler(event(record("data/input/a.csv")), None)
+
+    assert {r["headers"]["Authorization"] for r in prefect.requests} == {header}
+
+
+def test_the_deployment_name_comes_from_the_environment(
+    handler: ModuleType, prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_DEPLOYMENT", "churn_prediction_pipeline/other")
+
+    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+
+    assert outcome["status"] == "failed"
+    assert prefect.gets()[0]["path"] == "/api/deployments/name/churn_prediction_pipeline/other"
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ({"eventSource": "aws:s3"}, "the record has no 's3' section"),
+        ({"s3": {"bucket": {"name": BUCKET}, "object": {}}}, "no s3.object.key"),
+        ("not a record", "the record has no 's3' section"),
+    ],
+)
+def test_a_malformed_record_fails_alone(
+    handler: ModuleType, prefect: FakePrefect, bad: Any, reason: str
+) -> None:
+    results = handler.lambda_handler(event(bad, record("data/input/a.csv")), None)["results"]
+
+    assert results[0]["status"] == "failed"
+    assert reason in results[0]["reason"]
+    assert results[1]["status"] == "created"
+
+
+def test_a_record_without_version_or_sequencer_fails(
+    handler: ModuleType, prefect: FakePrefect
+) -> None:
+    bare = record("data/input/a.csv")
+    del bare["s3"]["object"]["sequencer"]
+
+    [outcome] = handler.lambda_handler(event(bare), None)["results"]
+
+    assert outcome["status"] == "failed"
+    assert "cannot deduplicate" in outcome["reason"]
+    assert prefect.requests == []
+
+
+@pytest.mark.parametrize("bad", [{}, {"Records": "x"}, [], None])
+def test_an_event_without_records_is_refused(handler: ModuleType, bad: Any) -> None:
+    with pytest.raises(ValueError, match="not an S3 event notification"):
+        handler.lambda_handler(bad, None)
