@@ -1,0 +1,99 @@
+# AWS deployment targets, included by the top-level Makefile (`include terraform/aws.mk`).
+# Run from the repository root. Real account: put terraform/vars/$(TF_ENV).tfvars and
+# terraform/vars/$(TF_ENV).backend.tfvars in place (copy the *.template files), have AWS
+# credentials in the environment (profile, SSO, ...) and Docker for the images.
+#
+#   make plan | apply | destroy          TF_ENV=stg (default), IMAGE_TAG=<git sha>
+#   make disable-lambda | enable-lambda  stop / resume triggering on data/input/
+#   make apply-local | destroy-local     the whole module against moto on loopback
+#   make tf-check                        fmt, validate, checkov
+#   make hadolint                        lint the Dockerfiles
+
+TF_ENV ?= stg
+TF_DIR := terraform
+TF := terraform -chdir=$(TF_DIR)
+TF_VARS_FILE ?= $(TF_DIR)/vars/$(TF_ENV).tfvars
+TF_BACKEND_CONFIG ?= $(TF_DIR)/vars/$(TF_ENV).backend.tfvars
+# Written by disable-lambda / enable-lambda so that later applies keep the switch.
+TF_LAMBDA_SWITCH := $(TF_DIR)/vars/$(TF_ENV).lambda.tfvars
+TF_OUTPUTS := .churnops/terraform-$(TF_ENV)-outputs.json
+TF_LOCAL_WORKDIR ?= .churnops/terraform-local
+ENV_FILE ?= .env
+IMAGE_TAG ?= $(shell git rev-parse --short=12 HEAD)
+# The tag in the state, for targeted applies that must not roll the images.
+TF_DEPLOYED_TAG = $(shell $(TF) output -raw image_tag 2>/dev/null)
+TF_PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,PIPENV_VENV_IN_PROJECT=1 pipenv run python)
+TF_VENV_BIN := $(if $(wildcard .venv/bin),.venv/bin/,)
+TF_PREREQ := $(if $(VENV_STAMP),install,)
+TF_VAR_ARGS = -var-file=$(abspath $(TF_VARS_FILE)) \
+	$(if $(wildcard $(TF_LAMBDA_SWITCH)),-var-file=$(abspath $(TF_LAMBDA_SWITCH)),)
+DOCKERFILES := $(wildcard code/orchestration/Dockerfile code/s3_to_prefect_lambda/Dockerfile code/grafana/Dockerfile)
+
+.PHONY: tf-init plan apply destroy push-images disable-lambda enable-lambda \
+	apply-local destroy-local tf-check hadolint
+
+tf-init:
+	@test -f $(TF_VARS_FILE) || { echo "missing $(TF_VARS_FILE): copy $(TF_DIR)/vars/stg.tfvars.template"; exit 1; }
+	@test -f $(TF_BACKEND_CONFIG) || { echo "missing $(TF_BACKEND_CONFIG): copy $(TF_DIR)/vars/backend.tfvars.template"; exit 1; }
+	$(TF) init -input=false -reconfigure -backend-config=$(abspath $(TF_BACKEND_CONFIG))
+
+plan: tf-init ## Show what `make apply` would change in AWS (TF_ENV=stg)
+	$(TF) plan -input=false $(TF_VAR_ARGS) -var=image_tag=$(IMAGE_TAG)
+
+apply: tf-init $(TF_PREREQ) ## Provision the platform in AWS, push the images, write .env, configure Prefect
+	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(IMAGE_TAG) -target=module.ecr
+	@if [ "$(SKIP_IMAGES)" = "1" ]; then echo "SKIP_IMAGES=1: images $(IMAGE_TAG) must already be in ECR"; \
+		else $(MAKE) --no-print-directory push-images IMAGE_TAG=$(IMAGE_TAG); fi
+	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(IMAGE_TAG)
+	@mkdir -p $(dir $(TF_OUTPUTS))
+	@$(TF) output -json > $(TF_OUTPUTS)
+	$(TF_PY) $(TF_DIR)/scripts/post_apply.py env $(TF_OUTPUTS) --env-file $(ENV_FILE)
+	$(TF_PY) $(TF_DIR)/scripts/post_apply.py wait $(TF_OUTPUTS)
+	$(TF_PY) $(TF_DIR)/scripts/post_apply.py prefect $(TF_OUTPUTS)
+
+push-images: ## Build and push the three images to ECR with IMAGE_TAG (needs Docker)
+	@mkdir -p .churnops
+	$(TF) output -json ecr_repository_urls > .churnops/ecr-repositories.json
+	@set -e; \
+	repo() { $(TF_PY) -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' .churnops/ecr-repositories.json $$1; }; \
+	region=$$($(TF) output -raw aws_region); registry=$$(repo orchestration | cut -d/ -f1); \
+	aws ecr get-login-password --region $$region | docker login --username AWS --password-stdin $$registry; \
+	build() { docker build --platform linux/amd64 --provenance=false -f $$2 -t $$(repo $$1):$(IMAGE_TAG) $$3 \
+		&& docker push $$(repo $$1):$(IMAGE_TAG); }; \
+	build orchestration code/orchestration/Dockerfile . ; \
+	build s3-to-prefect-lambda code/s3_to_prefect_lambda/Dockerfile code/s3_to_prefect_lambda ; \
+	build grafana code/grafana/Dockerfile code/grafana
+
+destroy: tf-init ## Remove the platform from AWS (set db_deletion_protection = false first)
+	$(TF) destroy -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(or $(TF_DEPLOYED_TAG),$(IMAGE_TAG))
+
+disable-lambda: tf-init ## Stop triggering the Lambda on new files in data/input/
+	echo 'lambda_enabled = false' > $(TF_LAMBDA_SWITCH)
+	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(TF_DEPLOYED_TAG) \
+		-target=module.s3.aws_s3_bucket_notification.drop
+
+enable-lambda: tf-init ## Trigger the Lambda again on new files in data/input/
+	echo 'lambda_enabled = true' > $(TF_LAMBDA_SWITCH)
+	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(TF_DEPLOYED_TAG) \
+		-target=module.s3.aws_s3_bucket_notification.drop
+
+apply-local: $(TF_PREREQ) ## Apply the whole module against moto on loopback (no AWS account)
+	$(TF_PY) $(TF_DIR)/scripts/tf_local.py up --workdir $(TF_LOCAL_WORKDIR)
+
+destroy-local: $(TF_PREREQ) ## Destroy what apply-local created and stop its moto server
+	$(TF_PY) $(TF_DIR)/scripts/tf_local.py down --workdir $(TF_LOCAL_WORKDIR)
+
+tf-check: $(TF_PREREQ) ## terraform fmt and validate, checkov over terraform/
+	terraform fmt -check -recursive $(TF_DIR)
+	@rm -rf .churnops/terraform-validate && mkdir -p .churnops/terraform-validate
+	$(TF_PY) -c "import shutil,sys; sys.path.insert(0,'$(TF_DIR)/scripts'); import tf_local; \
+		shutil.copytree('$(TF_DIR)', '.churnops/terraform-validate/m', ignore=tf_local.COPY_IGNORE); \
+		tf_local.write_cli_config(tf_local.Path('.churnops/terraform-validate/cli.rc'))"
+	TF_CLI_CONFIG_FILE=$(abspath .churnops/terraform-validate/cli.rc) \
+		terraform -chdir=.churnops/terraform-validate/m init -backend=false -input=false -no-color > /dev/null
+	TF_CLI_CONFIG_FILE=$(abspath .churnops/terraform-validate/cli.rc) \
+		terraform -chdir=.churnops/terraform-validate/m validate
+	$(TF_VENV_BIN)checkov -d $(TF_DIR) --framework terraform --quiet --compact --skip-download
+
+hadolint: $(TF_PREREQ) ## Lint the Dockerfiles with hadolint
+	$(TF_VENV_BIN)hadolint $(DOCKERFILES)
