@@ -1,0 +1,310 @@
+"""The metrics database behind the Grafana dashboards (SQLAlchemy 2).
+
+Two tables, named for readable Grafana SQL:
+
+* ``pipeline_runs``: one row per processed file (who, what, when, outcome);
+* ``run_metrics``: a long table, one row per number: ``metric`` says what it
+  is, ``label`` which column it is about (per-column drift) and ``method`` how
+  it was measured, so a panel is one ``WHERE metric = '...'`` away.
+
+SQLite under ``CHURNOPS_HOME`` by default, Postgres through ``DATABASE_URL``;
+the tables are created on first use. :func:`grant_read_only` gives Grafana a
+login that can read these tables and nothing else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from psycopg2 import sql
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import URL, make_url
+
+from churnops.results import MonitoringResult
+from churnops.settings import Settings
+
+RUNNING, PROCESSED, ERRORED = "running", "processed", "errored"
+STATUSES = (RUNNING, PROCESSED, ERRORED)
+
+#: ``run_metrics.metric`` values.
+DRIFTED_SHARE = "drifted_share"
+DRIFTED_COUNT = "drifted_count"
+DRIFT_SCORE = "drift_score"
+COLUMN_DRIFTED = "column_drifted"
+PREDICTED_CHURN_RATE = "predicted_churn_rate"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, also on SQLite (which stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware one")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+pipeline_runs = Table(
+    "pipeline_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("flow_run_id", String(36), nullable=True),
+    Column("file_name", String(512), nullable=False),
+    Column("bucket", String(255), nullable=False),
+    Column("object_key", String(1024), nullable=False),
+    Column("model_name", String(255), nullable=True),
+    Column("model_version", String(64), nullable=True),
+    Column("rows", Integer, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=True),
+    Column("report_url", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    CheckConstraint(f"status IN {STATUSES!r}", name="ck_pipeline_runs_status"),
+    Index("ix_pipeline_runs_started_at", "started_at"),
+    Index("ix_pipeline_runs_status_started_at", "status", "started_at"),
+)
+
+run_metrics = Table(
+    "run_metrics",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "run_id",
+        String(36),
+        ForeignKey("pipeline_runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("metric", String(64), nullable=False),
+    Column("label", String(255), nullable=True),
+    Column("value", Float, nullable=False),
+    Column("method", String(128), nullable=True),
+    Column("threshold", Float, nullable=True),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    Index("ix_run_metrics_recorded_at", "recorded_at"),
+    Index("ix_run_metrics_metric_recorded_at", "metric", "recorded_at"),
+    Index("ix_run_metrics_run_id", "run_id"),
+)
+
+
+def metric_rows(result: MonitoringResult) -> Iterator[dict[str, Any]]:
+    """The long rows of one result (without run id and time)."""
+    yield {"metric": DRIFTED_SHARE, "value": result.drifted_share}
+    yield {"metric": DRIFTED_COUNT, "value": float(result.drifted_count)}
+    yield {"metric": PREDICTED_CHURN_RATE, "value": result.predicted_churn_rate}
+    for name, value in result.quality.items():
+        yield {"metric": name, "value": value}
+    for column in result.columns:
+        detail = {"label": column.column, "method": column.method, "threshold": column.threshold}
+        yield {"metric": DRIFT_SCORE, "value": column.score, **detail}
+        yield {"metric": COLUMN_DRIFTED, "value": float(column.drifted), **detail}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine for ``url``; SQLite gets its folder, a lock timeout and foreign keys."""
+    url = make_url(url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+    event.listen(engine, "connect", _sqlite_foreign_keys)
+    return engine
+
+
+def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA foreign_keys = ON")
+
+
+class MetricsStore:
+    """Writes and reads pipeline runs and their metrics."""
+
+    def __init__(self, url: str | URL) -> None:
+        self.engine = make_engine(url)
+        metadata.create_all(self.engine)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MetricsStore:
+        return cls(settings.metrics_db_url)
+
+    def start_run(
+        self,
+        *,
+        file_name: str,
+        bucket: str,
+        object_key: str,
+        flow_run_id: str | None = None,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        started_at: datetime | None = None,
+    ) -> str:
+        """Record a file as being processed; return the new run id."""
+        run_id = str(uuid.uuid4())
+        row = {
+            "id": run_id,
+            "flow_run_id": flow_run_id,
+            "file_name": file_name,
+            "bucket": bucket,
+            "object_key": object_key,
+            "model_name": model_name,
+            "model_version": model_version,
+            "status": RUNNING,
+            "started_at": started_at or _now(),
+        }
+        with self.engine.begin() as conn:
+            conn.execute(insert(pipeline_runs), row)
+        return run_id
+
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        rows: int | None = None,
+        report_url: str | None = None,
+        error: str | None = None,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        finished_at: datetime | None = None,
+    ) -> None:
+        """Close a run as ``processed`` or ``errored``; unset arguments keep their value."""
+        if status not in (PROCESSED, ERRORED):
+            raise ValueError(f"finish status must be {PROCESSED!r} or {ERRORED!r}, not {status!r}")
+        given = {
+            "rows": rows,
+            "report_url": report_url,
+            "error": error,
+            "model_name": model_name,
+            "model_version": model_version,
+        }
+        values = {k: v for k, v in given.items() if v is not None}
+        values |= {"status": status, "finished_at": finished_at or _now()}
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(pipeline_runs).where(pipeline_runs.c.id == run_id).values(values)
+            ).rowcount
+        if changed != 1:
+            raise KeyError(f"no pipeline run with id {run_id!r}")
+
+    def record_result(
+        self, run_id: str, result: MonitoringResult, *, recorded_at: datetime | None = None
+    ) -> int:
+        """Write every number of ``result`` in one transaction; return how many rows."""
+        stamp = {"run_id": run_id, "recorded_at": recorded_at or _now()}
+        rows = [
+            {"label": None, "method": None, "threshold": None, **row, **stamp}
+            for row in metric_rows(result)
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(insert(run_metrics), rows)
+        return len(rows)
+
+    def runs(self) -> pd.DataFrame:
+        """All runs, newest first."""
+        query = select(pipeline_runs).order_by(pipeline_runs.c.started_at.desc())
+        return self._frame(query)
+
+    def metrics(self, run_id: str | None = None) -> pd.DataFrame:
+        """The metric rows of one run (or of all runs), in insertion order."""
+        query = select(run_metrics).order_by(run_metrics.c.id)
+        if run_id is not None:
+            query = query.where(run_metrics.c.run_id == run_id)
+        return self._frame(query)
+
+    def _frame(self, query: Any) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            result = conn.execute(query)
+            return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def grant_read_only(engine_or_url: Engine | str | URL, role: str, password: str) -> None:
+    """Create or update a Postgres login that may only read the two metrics tables.
+
+    Statements are composed with :mod:`psycopg2.sql`: the role, database and
+    tables as quoted identifiers, the password as a literal escaped by the
+    driver, so any role name or password is taken literally.
+    """
+    engine = engine_or_url if isinstance(engine_or_url, Engine) else make_engine(engine_or_url)
+    if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg2":
+        raise ValueError(
+            "grant_read_only needs PostgreSQL through psycopg2; this database is "
+            f"{engine.dialect.name}+{engine.dialect.driver} (set DATABASE_URL to a "
+            "postgresql:// URL)"
+        )
+    if not role:
+        raise ValueError("role name is empty")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        cursor = conn.connection.driver_connection.cursor()
+        for statement in _read_only_statements(cursor, role, password):
+            cursor.execute(statement)
+
+
+def _read_only_statements(cursor: Any, role: str, password: str) -> list[sql.Composed]:
+    """Role with a password, CONNECT, USAGE on public, SELECT on our tables; nothing else."""
+    cursor.execute(
+        "SELECT current_database(), EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", (role,)
+    )
+    database_name, exists = cursor.fetchone()
+    who, database = sql.Identifier(role), sql.Identifier(database_name)
+    tables = sql.SQL(", ").join(sql.Identifier(t.name) for t in (pipeline_runs, run_metrics))
+    return [
+        sql.SQL(
+            "{verb} ROLE {who} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+            "PASSWORD {password}"
+        ).format(
+            verb=sql.SQL("ALTER" if exists else "CREATE"),
+            who=who,
+            password=sql.Literal(password),
+        ),
+        sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(database, who),
+        sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(who),
+        sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(who),
+        sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {}").format(who),
+        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, who),
+        sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(who),
+        sql.SQL("GRANT SELECT ON {} TO {}").format(tables, who),
+        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(
+            who
+        ),
+    ]

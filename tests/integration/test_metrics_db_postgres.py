@@ -1,0 +1,130 @@
+"""MetricsStore and the read-only dashboard role against a real PostgreSQL cluster."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from psycopg2 import errors
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from churnops.metrics_db import MetricsStore, grant_read_only
+from churnops.results import ColumnDrift, MonitoringResult
+
+pytestmark = pytest.mark.integration
+
+#: Quotes, a space, a statement separator and a comment: must all be taken literally.
+NASTY_ROLE = "grafana \"reader'; DROP TABLE run_metrics; --"
+NASTY_PASSWORD = "pa'ss\"word; DROP TABLE pipeline_runs; -- %s \\"
+
+
+@pytest.fixture(scope="module")
+def store(postgres_url: str) -> Iterator[MetricsStore]:
+    store = MetricsStore(postgres_url)
+    yield store
+    store.close()
+
+
+def login(postgres_url: str, role: str, password: str) -> Engine:
+    url = make_url(postgres_url).set(username=role, password=password)
+    return create_engine(url)
+
+
+def test_run_and_metrics_round_trip_through_sql(store: MetricsStore) -> None:
+    run_id = store.start_run(
+        file_name="customer_churn_1.csv", bucket="b", object_key="data/processing/x.csv"
+    )
+    result = MonitoringResult(
+        rows=10,
+        drifted_count=1,
+        drifted_share=1.0,
+        columns=[ColumnDrift("call_failure", 0.7, "Wasserstein distance (normed)", 0.1, True)],
+        predicted_churn_rate=0.2,
+        quality={"f1": 0.8},
+    )
+    store.record_result(run_id, result)
+    store.finish_run(run_id, "processed", rows=10, model_name="m", model_version="1")
+    with store.engine.connect() as conn:
+        status, finished = conn.execute(
+            text("SELECT status, finished_at FROM pipeline_runs WHERE id = :id"), {"id": run_id}
+        ).one()
+        metrics = dict(
+            conn.execute(
+                text("SELECT metric, value FROM run_metrics WHERE run_id = :id AND label IS NULL"),
+                {"id": run_id},
+            ).all()
+        )
+        column_type = conn.execute(
+            text(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = 'run_metrics' AND column_name = 'recorded_at'"
+            )
+        ).scalar()
+    assert status == "processed"
+    assert finished.utcoffset() is not None
+    assert column_type == "timestamp with time zone"
+    assert metrics == {
+        "drifted_share": 1.0,
+        "drifted_count": 1.0,
+        "predicted_churn_rate": 0.2,
+        "f1": 0.8,
+    }
+
+
+def test_read_only_role_with_a_nasty_name(store: MetricsStore, postgres_url: str) -> None:
+    grant_read_only(store.engine, NASTY_ROLE, NASTY_PASSWORD)
+    with store.engine.connect() as conn:
+        roles = conn.execute(
+            text("SELECT rolname FROM pg_roles WHERE rolname = :r"), {"r": NASTY_ROLE}
+        ).all()
+        tables = conn.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+        ).scalars()
+        assert list(tables) == ["pipeline_runs", "run_metrics"]  # nothing was dropped
+    assert roles == [(NASTY_ROLE,)]
+
+    reader = login(postgres_url, NASTY_ROLE, NASTY_PASSWORD)
+    try:
+        with reader.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM run_metrics")).scalar() >= 0
+            assert conn.execute(text("SELECT count(*) FROM pipeline_runs")).scalar() >= 0
+        for statement in (
+            "INSERT INTO pipeline_runs (id, file_name, bucket, object_key, status, started_at) "
+            "VALUES ('x', 'f', 'b', 'k', 'running', now())",
+            "UPDATE run_metrics SET value = 0",
+            "DELETE FROM pipeline_runs",
+            "CREATE TABLE intruder (id int)",
+        ):
+            with reader.connect() as conn, pytest.raises(ProgrammingError) as caught:
+                conn.execute(text(statement))
+            assert isinstance(caught.value.orig, errors.InsufficientPrivilege), statement
+    finally:
+        reader.dispose()
+
+
+def test_role_password_is_checked_and_can_be_changed(
+    store: MetricsStore, postgres_url: str
+) -> None:
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    grant_read_only(store.engine, role, "first")
+    grant_read_only(postgres_url, role, "second")  # existing role: password updated
+    with pytest.raises(OperationalError, match="password authentication failed"):
+        login(postgres_url, role, "first").connect()
+    reader = login(postgres_url, role, "second")
+    with reader.connect() as conn:
+        assert conn.execute(text("SELECT current_user")).scalar() == role
+    reader.dispose()
+
+
+def test_future_tables_are_readable_too(store: MetricsStore, postgres_url: str) -> None:
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    grant_read_only(store.engine, role, "pw")
+    with store.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE later_metrics (value float)"))
+    reader = login(postgres_url, role, "pw")
+    with reader.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM later_metrics")).scalar() == 0
+    reader.dispose()

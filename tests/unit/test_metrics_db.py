@@ -1,0 +1,140 @@
+"""MetricsStore against a SQLite file."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from churnops.metrics_db import MetricsStore, grant_read_only
+from churnops.results import ColumnDrift, MonitoringResult
+from churnops.settings import get_settings
+
+COLUMNS = [
+    ColumnDrift("call_failure", 0.73, "Wasserstein distance (normed)", 0.1, True),
+    ColumnDrift("complains", 0.01, "Jensen-Shannon distance", 0.1, False),
+    ColumnDrift("churn_prediction", 0.02, "Jensen-Shannon distance", 0.1, False),
+]
+QUALITY = {"f1": 0.75, "precision": 0.64, "recall": 0.9, "accuracy": 0.91, "roc_auc": 0.9}
+
+
+def result(quality: dict[str, float] | None = None) -> MonitoringResult:
+    return MonitoringResult(
+        rows=1050,
+        drifted_count=1,
+        drifted_share=0.5,
+        columns=COLUMNS,
+        predicted_churn_rate=0.21,
+        quality=QUALITY if quality is None else quality,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> MetricsStore:
+    return MetricsStore(f"sqlite:///{tmp_path / 'sub' / 'metrics.db'}")
+
+
+def start(store: MetricsStore, **extra: object) -> str:
+    return store.start_run(
+        file_name="customer_churn_1.csv",
+        bucket="churnops-drop",
+        object_key="data/processing/customer_churn_1.csv",
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_tables_and_indexes_are_created_on_first_use(store: MetricsStore) -> None:
+    inspector = inspect(store.engine)
+    assert set(inspector.get_table_names()) == {"pipeline_runs", "run_metrics"}
+    indexes = {i["name"] for i in inspector.get_indexes("run_metrics")}
+    assert {"ix_run_metrics_recorded_at", "ix_run_metrics_metric_recorded_at"} <= indexes
+
+
+def test_run_lifecycle(store: MetricsStore) -> None:
+    run_id = start(store, flow_run_id="f-1")
+    running = store.runs().iloc[0]
+    assert (running["id"], running["status"], running["finished_at"]) == (run_id, "running", None)
+    store.finish_run(
+        run_id,
+        "processed",
+        rows=1050,
+        report_url="http://127.0.0.1:8000/projects/p/reports/s",
+        model_name="XGBoostChurnModel",
+        model_version="3",
+    )
+    run = store.runs().iloc[0]
+    assert run["status"] == "processed"
+    assert (run["rows"], run["model_version"], run["flow_run_id"]) == (1050, "3", "f-1")
+    assert run["finished_at"].tzinfo is not None
+    assert timedelta(0) <= run["finished_at"] - run["started_at"] < timedelta(minutes=1)
+
+
+def test_errored_run_keeps_the_reason(store: MetricsStore) -> None:
+    run_id = start(store)
+    store.finish_run(run_id, "errored", error="missing column 'churn'")
+    run = store.runs().iloc[0]
+    assert (run["status"], run["error"], run["rows"]) == ("errored", "missing column 'churn'", None)
+
+
+def test_bad_status_and_unknown_run_are_refused(store: MetricsStore) -> None:
+    with pytest.raises(ValueError, match="finish status"):
+        store.finish_run(start(store), "running")
+    with pytest.raises(KeyError, match="no pipeline run"):
+        store.finish_run("nope", "processed")
+
+
+def test_record_result_writes_the_long_rows(store: MetricsStore) -> None:
+    run_id = start(store)
+    when = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    assert store.record_result(run_id, result(), recorded_at=when) == 3 + 5 + 2 * len(COLUMNS)
+    rows = store.metrics(run_id)
+    by_metric = rows[rows["label"].isna()].set_index("metric")["value"].to_dict()
+    run_level = {"drifted_share": 0.5, "drifted_count": 1.0, "predicted_churn_rate": 0.21}
+    assert by_metric == run_level | QUALITY
+    assert (rows["recorded_at"] == when).all()
+    score = rows[(rows["metric"] == "drift_score") & (rows["label"] == "call_failure")].iloc[0]
+    assert (score["value"], score["method"], score["threshold"]) == (
+        0.73,
+        "Wasserstein distance (normed)",
+        0.1,
+    )
+    flags = rows[rows["metric"] == "column_drifted"].set_index("label")["value"].to_dict()
+    assert flags == {"call_failure": 1.0, "complains": 0.0, "churn_prediction": 0.0}
+
+
+def test_quality_is_written_by_name_and_absent_when_unlabeled(store: MetricsStore) -> None:
+    labeled, unlabeled = start(store), start(store)
+    store.record_result(labeled, result())
+    store.record_result(unlabeled, result(quality={}))
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT run_id, metric, value FROM run_metrics WHERE metric IN ('f1', 'roc_auc')")
+        ).all()
+    assert sorted((r.metric, r.value) for r in rows) == [("f1", 0.75), ("roc_auc", 0.9)]
+    assert {r.run_id for r in rows} == {labeled}
+
+
+def test_metrics_need_an_existing_run(store: MetricsStore) -> None:
+    with pytest.raises(IntegrityError):
+        store.record_result("no-such-run", result())
+    assert store.metrics().empty
+
+
+def test_naive_datetimes_are_refused(store: MetricsStore) -> None:
+    with pytest.raises(Exception, match="naive datetime"):
+        start(store, started_at=datetime(2025, 1, 1))
+
+
+def test_from_settings_uses_a_sqlite_file_under_home(tmp_path: Path) -> None:
+    store = MetricsStore.from_settings(get_settings(churnops_home=tmp_path, database_url=None))
+    start(store)
+    assert (tmp_path / "metrics.db").is_file()
+    assert len(store.runs()) == 1
+
+
+def test_grant_read_only_refuses_sqlite(store: MetricsStore) -> None:
+    with pytest.raises(ValueError, match="needs PostgreSQL"):
+        grant_read_only(store.engine, "grafana_reader", "secret")

@@ -1,0 +1,149 @@
+"""Reading drift and quality out of a real (small) Evidently report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from uuid import UUID
+
+import numpy as np
+import pandas as pd
+import pytest
+from evidently import Dataset
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from churnops.monitoring import (
+    build_report,
+    data_definition,
+    extract_result,
+    local_report_url,
+    run_monitoring,
+)
+from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
+from churnops.settings import get_settings
+
+FEATURES = ["stable", "shifted"]
+ROWS = 400
+
+
+def frame(seed: int, shift: float, positive_rate: float = 0.3) -> pd.DataFrame:
+    """Two features, a label, and a score whose 0/1 labels use a 0.7 cut (not 0.5)."""
+    rng = np.random.default_rng(seed)
+    churn = (rng.random(ROWS) < positive_rate).astype(int)
+    probability = np.clip(churn * 0.3 + rng.random(ROWS) * 0.7, 0, 1)
+    return pd.DataFrame(
+        {
+            "stable": rng.normal(0, 1, ROWS),
+            "shifted": rng.normal(shift, 1, ROWS),
+            "churn": churn,
+            PREDICTION: (probability >= 0.7).astype(int),
+            PROBABILITY: probability,
+        }
+    )
+
+
+def report_dict(reference: pd.DataFrame, current: pd.DataFrame) -> dict:
+    labeled = "churn" in current.columns
+    definition = data_definition(FEATURES, labeled)
+    snapshot = build_report(FEATURES, labeled).run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
+    )
+    return snapshot.dict()
+
+
+def extract(reference: pd.DataFrame, current: pd.DataFrame) -> MonitoringResult:
+    return extract_result(
+        report_dict(reference, current), FEATURES, rows=len(current), predicted_churn_rate=0.0
+    )
+
+
+def test_per_column_drift_comes_from_evidently_verdicts() -> None:
+    result = extract(frame(0, 0.0), frame(1, 3.0))
+    by_column = {c.column: c for c in result.columns}
+    assert list(by_column) == [*FEATURES, PREDICTION]
+    assert by_column["shifted"].drifted and not by_column["stable"].drifted
+    # Under 1,000 rows Evidently picks a p-value test: drift means a small score.
+    assert by_column["shifted"].method == "K-S p_value"
+    assert by_column["shifted"].score < by_column["shifted"].threshold == 0.05
+    assert by_column[PREDICTION].method == "Z-test p_value"
+    assert (result.drifted_count, result.drifted_share, result.rows) == (1, 0.5, ROWS)
+
+
+def test_quality_uses_the_model_labels_and_the_probability() -> None:
+    current = frame(1, 0.0)
+    result = extract(frame(0, 0.0), current)
+    assert set(result.quality) == set(QUALITY_METRICS)
+    y, labels = current["churn"], current[PREDICTION]
+    # Labels at 0.7: Evidently must not re-derive them from the score at 0.5.
+    assert accuracy_score(y, labels) != accuracy_score(y, current[PROBABILITY] >= 0.5)
+    assert result.quality["accuracy"] == pytest.approx(accuracy_score(y, labels))
+    assert result.quality["f1"] == pytest.approx(f1_score(y, labels))
+    assert result.quality["roc_auc"] == pytest.approx(roc_auc_score(y, current[PROBABILITY]))
+
+
+def test_prediction_drift_is_reported_but_not_counted_in_the_share() -> None:
+    current = frame(1, 0.0)
+    current[PREDICTION] = 1
+    result = extract(frame(0, 0.0), current)
+    prediction = result.columns[-1]
+    assert (prediction.column, prediction.drifted) == (PREDICTION, True)
+    assert (result.drifted_count, result.drifted_share) == (0, 0.0)
+
+
+def test_unlabeled_file_gets_drift_and_no_quality() -> None:
+    result = extract(frame(0, 0.0), frame(1, 3.0).drop(columns="churn"))
+    assert result.quality == {}
+    assert result.drifted_count == 1
+
+
+def test_single_class_file_leaves_out_the_undefined_roc_auc() -> None:
+    result = extract(frame(0, 0.0), frame(1, 0.0, positive_rate=0.0))
+    assert "roc_auc" not in result.quality
+    assert set(result.quality) == {"f1", "precision", "recall", "accuracy"}
+
+
+@pytest.mark.parametrize(
+    ("frame_name", "drop", "message"),
+    [
+        ("current", PROBABILITY, "current data lacks column\\(s\\): churn_probability"),
+        ("reference", "churn", "reference data lacks column\\(s\\): churn"),
+        ("current", "shifted", "current data lacks column\\(s\\): shifted"),
+    ],
+)
+def test_missing_columns_are_named(
+    tmp_path: Path, frame_name: str, drop: str, message: str
+) -> None:
+    frames = {"reference": frame(0, 0.0), "current": frame(1, 0.0)}
+    frames[frame_name] = frames[frame_name].drop(columns=drop)
+    with pytest.raises(ValueError, match=message):
+        run_monitoring(
+            frames["reference"],
+            frames["current"],
+            feature_columns=FEATURES,
+            settings=get_settings(churnops_home=tmp_path),
+            file_name="f.csv",
+            model_version="1",
+            model_name="m",
+        )
+
+
+def test_empty_current_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="current data has no rows"):
+        run_monitoring(
+            frame(0, 0.0),
+            frame(1, 0.0).iloc[:0],
+            feature_columns=FEATURES,
+            settings=get_settings(churnops_home=tmp_path),
+            file_name="f.csv",
+            model_version="1",
+            model_name="m",
+        )
+
+
+def test_local_report_url_follows_the_ui_route() -> None:
+    settings = get_settings(host="127.0.0.1", evidently_port=8123)
+    project = UUID("00000000-0000-0000-0000-000000000001")
+    snapshot = UUID("00000000-0000-0000-0000-000000000002")
+    assert local_report_url(settings, project, snapshot) == (
+        f"http://127.0.0.1:8123/projects/{project}/reports/{snapshot}"
+    )
