@@ -53,8 +53,10 @@ def data_fetch(
 
     settings = _settings()
     target_dir = target or Path("data")
-    if source is None and archive is None and settings.churn_data_dir.resolve() != (
-        target_dir.resolve()
+    if (
+        source is None
+        and archive is None
+        and settings.churn_data_dir.resolve() != (target_dir.resolve())
     ):
         source = settings.churn_data_dir  # CHURN_DATA_DIR names a folder of split files
     try:
@@ -118,3 +120,39 @@ def train(
         console.print(f"  {name}: {scores}")
     verdict = "[green]promoted[/green]" if outcome.decision.promote else "[yellow]kept out[/yellow]"
     console.print(f"  alias '{settings.model_alias}': {verdict}: {outcome.decision.reason}")
+
+
+@app.command()
+def process(
+    target: Annotated[str, typer.Argument(help="A CSV file path, or s3://bucket/data/input/key")],
+) -> None:
+    """Run the pipeline once on one file, without any server."""
+    from churnops.flow import churn_prediction_pipeline
+    from churnops.storage import stage_key
+
+    settings = _settings()
+    if target.startswith("s3://"):
+        bucket, _, key = target.removeprefix("s3://").partition("/")
+        settings_env = {"DROP_STORAGE": "s3"}
+    else:
+        path = Path(target).resolve()
+        if not path.is_file():
+            _fail(f"{target} is not a file")
+        bucket, key = settings.drop_bucket, stage_key("input", path.name)
+        destination = settings.drop_dir / key
+        if path != destination:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(path.read_bytes())
+            console.print(f"copied {path.name} into the drop folder {settings.drop_dir}")
+        settings_env = {}
+    import os
+
+    os.environ.update(settings_env)
+    state = churn_prediction_pipeline(bucket=bucket, key=key, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    console.print(f"{state.name}: {state.message or ''}")
+    if isinstance(outcome, dict):
+        for field, value in outcome.items():
+            console.print(f"  {field}: {value}")
+    if state.is_failed():
+        raise typer.Exit(1)

@@ -74,9 +74,7 @@ def check_uci(raw: bytes) -> pd.DataFrame:
 def split(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Three consecutive thirds, in file order (reproducible, no randomness)."""
     size = len(frame) // len(SPLIT_FILES)
-    return {
-        name: frame.iloc[i * size : (i + 1) * size] for i, name in enumerate(SPLIT_FILES)
-    }
+    return {name: frame.iloc[i * size : (i + 1) * size] for i, name in enumerate(SPLIT_FILES)}
 
 
 def write_split(raw: bytes, target_dir: Path) -> list[Path]:

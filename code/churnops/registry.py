@@ -29,7 +29,6 @@ from churnops.model import (
     XGB_ARTIFACT,
     ChurnModel,
     configure_mlflow,
-    load_aliased_model,
 )
 from churnops.results import PREDICTION
 from churnops.schema import TARGET, load_customer_file
@@ -100,8 +99,45 @@ def reference_frame(df: pd.DataFrame, model: ChurnModel) -> pd.DataFrame:
     return pd.concat([reference, model.score(reference)], axis=1)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A configuration fitted on the training split and scored on both splits."""
+
+    classifier: Any
+    train_proba: np.ndarray
+    holdout_proba: np.ndarray
+    train: Evaluation
+    holdout: Evaluation
+
+
+def fit_candidate(
+    params: dict[str, Any],
+    features: list[str],
+    threshold: float,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    seed: int,
+) -> Candidate:
+    """Fit on the training split, score both splits at the threshold."""
+    classifier = training.make_classifier(params, seed)
+    classifier.fit(prepare_features(train, features), target(train))
+    train_proba = classifier.predict_proba(prepare_features(train, features))[:, 1]
+    holdout_proba = classifier.predict_proba(prepare_features(holdout, features))[:, 1]
+    return Candidate(
+        classifier,
+        train_proba,
+        holdout_proba,
+        training.evaluate(target(train).to_numpy(), train_proba, threshold),
+        training.evaluate(target(holdout).to_numpy(), holdout_proba, threshold),
+    )
+
+
 def champion_decision(
-    settings: Settings, holdout: pd.DataFrame, challenger: Evaluation, force: bool
+    settings: Settings,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    challenger: Evaluation,
+    force: bool,
 ) -> Decision:
     """Gate: minimums on holdout, then at least as good as the current alias holder."""
     minimums = {"f1": settings.gate_min_f1, "roc_auc": settings.gate_min_roc_auc}
@@ -110,7 +146,7 @@ def champion_decision(
         for name, minimum in minimums.items()
         if getattr(challenger, name) < minimum
     ]
-    champion = _current_champion(settings, holdout)
+    champion = _current_champion(settings, train, holdout)
     version, champion_f1 = champion if champion else (None, None)
     if champion_f1 is not None and challenger.f1 < champion_f1:
         failing.append(
@@ -129,17 +165,33 @@ def champion_decision(
     return Decision(True, f"passes minimums and {against}", version, champion_f1)
 
 
-def _current_champion(settings: Settings, holdout: pd.DataFrame) -> tuple[str, float] | None:
-    """The alias holder's version and F1 on the same holdout, or None."""
+def _current_champion(
+    settings: Settings, train: pd.DataFrame, holdout: pd.DataFrame
+) -> tuple[str, float] | None:
+    """The alias holder's version and the holdout F1 of its configuration, or None.
+
+    Registered models are refit on every training row, so the champion has seen
+    the holdout. To compare like with like, its logged configuration (parameters,
+    features, threshold) is fitted on the same training split as the challenger.
+    """
+    client = mlflow.MlflowClient()
     try:
-        champion = load_aliased_model(settings)
+        version = client.get_model_version_by_alias(settings.model_name, settings.model_alias)
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and "not found" not in str(exc).lower():
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         return None
-    proba = champion.model.predict_proba(holdout)
-    score = training.evaluate(target(holdout).to_numpy(), proba, champion.model.threshold)
-    return champion.version, score.f1
+    info = mlflow.models.get_model_info(f"models:/{settings.model_name}/{version.version}")
+    config = info.metadata or {}
+    champion = fit_candidate(
+        config["params"],
+        config["features"],
+        config["threshold"],
+        train,
+        holdout,
+        settings.random_seed,
+    )
+    return str(version.version), champion.holdout.f1
 
 
 def _log_figures(prefix: str, y: np.ndarray, proba: np.ndarray, threshold: float) -> None:
@@ -166,32 +218,37 @@ def _ensure_experiment(settings: Settings) -> None:
 def train_and_register(
     settings: Settings, options: TrainingOptions, progress: Progress = training._quiet
 ) -> TrainingOutcome:
-    """The whole ``churnops train``: fit, evaluate, log, register, gate."""
+    """The whole ``churnops train``: fit, evaluate, log, register, gate.
+
+    The configuration is judged on the holdout after fitting on the training
+    split; the registered model is then refit on every row of the file.
+    """
     configure_mlflow(settings)
     _ensure_experiment(settings)
     data = load_customer_file(options.data_file, require_target=True)
     train, holdout = training.split_holdout(
         data, target(data), settings.holdout_fraction, settings.random_seed
     )
-    X, y = prepare_features(train, options.features), target(train)
+    features, seed = options.features, settings.random_seed
+    X, y = prepare_features(train, features), target(train)
     params = choose_params(settings, options, X, y, progress)
-    threshold, cv_f1 = training.cross_validate(
-        params, X, y, settings.cv_folds, settings.random_seed, progress
-    )
-    classifier = training.make_classifier(params, settings.random_seed).fit(X, y)
-    model = ChurnModel(options.features, threshold)
-    model._classifier = classifier  # fitted in memory: score without a reload
+    threshold, cv_f1 = training.cross_validate(params, X, y, settings.cv_folds, seed, progress)
+    candidate = fit_candidate(params, features, threshold, train, holdout, seed)
+    decision = champion_decision(settings, train, holdout, candidate.holdout, options.force)
 
-    train_proba = model.predict_proba(train)
-    holdout_proba = model.predict_proba(holdout)
-    train_eval = training.evaluate(y.to_numpy(), train_proba, threshold)
-    holdout_eval = training.evaluate(target(holdout).to_numpy(), holdout_proba, threshold)
-    decision = champion_decision(settings, holdout, holdout_eval, options.force)
+    final = training.make_classifier(params, seed)
+    final.fit(prepare_features(data, features), target(data))
+    model = ChurnModel(features, threshold)
+    model._classifier = final  # fitted in memory: score the reference without a reload
 
     with mlflow.start_run(run_name=f"xgboost-{options.data_file.stem}") as run:
-        mlflow.log_params({**params, "threshold": threshold, "features": ",".join(model.features)})
+        mlflow.log_params({**params, "threshold": threshold, "features": ",".join(features)})
         mlflow.log_metrics(
-            {"cv_f1": cv_f1, **train_eval.scores("train_"), **holdout_eval.scores("holdout_")}
+            {
+                "cv_f1": cv_f1,
+                **candidate.train.scores("train_"),
+                **candidate.holdout.scores("holdout_"),
+            }
         )
         mlflow.set_tags(
             {
@@ -200,12 +257,12 @@ def train_and_register(
                 "dataset.rows": str(len(data)),
             }
         )
-        _log_figures("train", y.to_numpy(), train_proba, threshold)
-        _log_figures("holdout", target(holdout).to_numpy(), holdout_proba, threshold)
-        shap_figure = plots.shap_summary(classifier, X)
+        _log_figures("train", y.to_numpy(), candidate.train_proba, threshold)
+        _log_figures("holdout", target(holdout).to_numpy(), candidate.holdout_proba, threshold)
+        shap_figure = plots.shap_summary(final, prepare_features(data, features))
         mlflow.log_figure(shap_figure, "plots/shap_summary.png")
         plt.close(shap_figure)
-        version = _log_model(settings, model, classifier, data, train)
+        version = _log_model(settings, model, params, data, train)
         mlflow.set_tags(
             {
                 "promotion.decision": "promoted" if decision.promote else "rejected",
@@ -215,14 +272,14 @@ def train_and_register(
 
     _apply_decision(settings, version, decision)
     return TrainingOutcome(
-        run.info.run_id, version, threshold, params, train_eval, holdout_eval, decision
+        run.info.run_id, version, threshold, params, candidate.train, candidate.holdout, decision
     )
 
 
 def _log_model(
     settings: Settings,
     model: ChurnModel,
-    classifier: Any,
+    params: dict[str, Any],
     data: pd.DataFrame,
     train: pd.DataFrame,
 ) -> str:
@@ -230,7 +287,7 @@ def _log_model(
     inputs = data[model.features]
     with tempfile.TemporaryDirectory() as tmp:
         booster_path = Path(tmp) / "xgb_model.json"
-        classifier.save_model(booster_path)
+        model._classifier.save_model(booster_path)
         reference_path = Path(tmp) / "reference.parquet"
         reference_frame(data, model).to_parquet(reference_path, index=False)
         signature = infer_signature(
@@ -243,7 +300,7 @@ def _log_model(
             signature=signature,
             input_example=inputs.head(5),
             registered_model_name=settings.model_name,
-            metadata={"threshold": model.threshold, "features": model.features},
+            metadata={"threshold": model.threshold, "features": model.features, "params": params},
         )
     mlflow.log_input(
         mlflow.data.from_pandas(train, name="train", targets=TARGET), context="training"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from churnops.settings import get_settings
 from churnops.storage import (
     FileLog,

@@ -1,0 +1,114 @@
+"""Training end to end against a real MLflow tracking server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from churnops.features import FEATURES
+from churnops.model import REFERENCE_ARTIFACT, configure_mlflow
+from churnops.registry import TrainingOptions, TrainingOutcome, train_and_register
+from churnops.results import PREDICTION, PROBABILITY
+from churnops.schema import TARGET, load_customer_file
+from churnops.settings import Settings, get_settings
+
+pytestmark = pytest.mark.integration
+
+WORSE = {"n_estimators": 2, "max_depth": 1, "learning_rate": 0.01}
+
+
+@pytest.fixture(scope="module")
+def settings(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    home = tmp_path_factory.mktemp("churnops-home")
+    return get_settings(
+        churnops_home=home, mlflow_tracking_uri=mlflow_server, cv_folds=3, gate_min_f1=0.5
+    )
+
+
+@pytest.fixture(scope="module")
+def first(settings: Settings, data_dir: Path) -> TrainingOutcome:
+    options = TrainingOptions(data_file=data_dir / "customer_churn_0.csv", trials=1)
+    return train_and_register(settings, options)
+
+
+def client(settings: Settings) -> mlflow.MlflowClient:
+    configure_mlflow(settings)
+    return mlflow.MlflowClient()
+
+
+def test_first_model_is_registered_and_takes_the_alias(
+    settings: Settings, first: TrainingOutcome
+) -> None:
+    version = client(settings).get_model_version_by_alias(settings.model_name, "staging")
+    assert version.version == first.version == "1"
+    assert first.decision.promote
+    assert version.tags["promotion.decision"] == "promoted"
+
+
+def test_run_has_metrics_tags_and_plots(settings: Settings, first: TrainingOutcome) -> None:
+    run = client(settings).get_run(first.run_id)
+    for split in ("train", "holdout"):
+        for metric in ("f1", "precision", "recall", "accuracy", "roc_auc", "pr_auc", "log_loss"):
+            assert f"{split}_{metric}" in run.data.metrics
+    assert run.data.tags["dataset.name"] == "customer_churn_0.csv"
+    assert len(run.data.tags["dataset.sha256"]) == 64
+    plots = {a.path for a in client(settings).list_artifacts(first.run_id, "plots")}
+    assert {
+        "plots/shap_summary.png",
+        "plots/holdout_confusion_matrix.png",
+        "plots/holdout_roc_curve.png",
+        "plots/holdout_pr_curve.png",
+    } <= plots
+    assert float(run.data.params["threshold"]) == first.threshold
+
+
+def test_model_predicts_labels_at_its_threshold(
+    settings: Settings, first: TrainingOutcome, data_dir: Path
+) -> None:
+    configure_mlflow(settings)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@staging")
+    frame = load_customer_file(data_dir / "customer_churn_1.csv")
+    labels = model.predict(frame[FEATURES])
+    scored = model.predict(frame[FEATURES], params={"probability": True})
+    assert set(labels.unique()) <= {0, 1}
+    assert list(scored.columns) == [PREDICTION, PROBABILITY]
+    inner = model.unwrap_python_model()
+    assert inner.threshold == first.threshold
+    assert (scored[PREDICTION] == (scored[PROBABILITY] >= first.threshold)).all()
+    assert (labels.to_numpy() == scored[PREDICTION].to_numpy()).all()
+
+
+def test_reference_data_travels_with_the_version(
+    settings: Settings, first: TrainingOutcome
+) -> None:
+    configure_mlflow(settings)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{first.version}")
+    reference = model.unwrap_python_model().reference_data()
+    assert list(reference.columns) == [*FEATURES, TARGET, PREDICTION, PROBABILITY]
+    assert len(reference) == 1050
+    files = mlflow.artifacts.list_artifacts(f"models:/{settings.model_name}/{first.version}")
+    assert any(REFERENCE_ARTIFACT in f.path or "artifacts" in f.path for f in files)
+    assert isinstance(reference, pd.DataFrame)
+
+
+def test_worse_challenger_does_not_take_the_alias(
+    settings: Settings, first: TrainingOutcome, data_dir: Path
+) -> None:
+    data = data_dir / "customer_churn_0.csv"
+    worse = train_and_register(settings, TrainingOptions(data_file=data, params=WORSE))
+    assert not worse.decision.promote
+    assert f"of current staging version {first.version}" in worse.decision.reason
+    mlflow_client = client(settings)
+    holder = mlflow_client.get_model_version_by_alias(settings.model_name, "staging")
+    assert holder.version == first.version
+    tags = mlflow_client.get_model_version(settings.model_name, worse.version).tags
+    assert tags["promotion.decision"] == "rejected"
+    assert "f1" in tags["promotion.reason"]
+
+    forced = train_and_register(settings, TrainingOptions(data_file=data, params=WORSE, force=True))
+    assert forced.decision.promote and forced.decision.reason.startswith("forced despite")
+    holder = mlflow_client.get_model_version_by_alias(settings.model_name, "staging")
+    assert holder.version == forced.version

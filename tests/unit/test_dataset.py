@@ -1,0 +1,68 @@
+"""Data fetch: the UCI archive is checked and split into the platform's files."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import threading
+import zipfile
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from churnops import dataset
+from churnops.schema import DataValidationError
+from tests.fixtures.network import LOOPBACK
+
+
+def uci_archive(data_dir: Path) -> bytes:
+    """A zip shaped like the UCI download, rebuilt from the three split files."""
+    whole = pd.concat(pd.read_csv(data_dir / name) for name in dataset.SPLIT_FILES)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("Customer Churn.csv", whole.to_csv(index=False))
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def archive_server(tmp_path: Path, data_dir: Path) -> Iterator[str]:
+    """Serves the archive over real HTTP on loopback."""
+    (tmp_path / "uci.zip").write_bytes(uci_archive(data_dir))
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://{LOOPBACK}:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_check_and_split_reproduce_the_files(
+    archive_server: str, data_dir: Path, tmp_path: Path
+) -> None:
+    written = dataset.fetch(tmp_path / "out", url=f"{archive_server}/uci.zip")
+    assert [p.name for p in written] == list(dataset.SPLIT_FILES)
+    for path in written:
+        assert path.read_bytes() == (data_dir / path.name).read_bytes()
+
+
+def test_failed_download_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(dataset.DataFetchError, match="CHURN_DATA_DIR"):
+        dataset.fetch(tmp_path, url=f"http://{LOOPBACK}:9/missing.zip")
+
+
+def test_wrong_row_count_is_refused(data_dir: Path) -> None:
+    raw = (data_dir / "customer_churn_0.csv").read_bytes()
+    with pytest.raises(DataValidationError, match="1050 rows, expected 3150"):
+        dataset.check_uci(raw)
+
+
+def test_copy_from_a_folder(data_dir: Path, tmp_path: Path) -> None:
+    copied = dataset.fetch(tmp_path, source_dir=data_dir)
+    assert {p.name for p in copied} >= set(dataset.SPLIT_FILES)
+
+
+def test_copy_from_a_folder_without_the_files(tmp_path: Path) -> None:
+    with pytest.raises(dataset.DataFetchError, match=r"lacks customer_churn_0\.csv"):
+        dataset.fetch(tmp_path / "out", source_dir=tmp_path)

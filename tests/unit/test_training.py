@@ -1,0 +1,79 @@
+"""Training pieces: features, threshold choice, cross-validation, stored parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from churnops import training
+from churnops.features import FEATURES, prepare_features, target
+from churnops.schema import INPUT_COLUMNS, load_customer_file
+
+SMALL = {"n_estimators": 20, "max_depth": 2, "learning_rate": 0.3}
+
+
+@pytest.fixture(scope="module")
+def train_frame(data_dir: Path) -> pd.DataFrame:
+    return load_customer_file(data_dir / "customer_churn_0.csv", require_target=True)
+
+
+def test_features_are_every_input_column_in_file_order() -> None:
+    assert FEATURES == INPUT_COLUMNS
+
+
+def test_prepare_features_names_missing_columns(train_frame: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="missing feature column\\(s\\): status"):
+        prepare_features(train_frame.drop(columns="status"))
+    assert list(prepare_features(train_frame).columns) == FEATURES
+
+
+def test_best_threshold_maximises_f1() -> None:
+    y = np.array([0, 0, 0, 1, 1])
+    proba = np.array([0.1, 0.2, 0.35, 0.4, 0.9])
+    threshold, f1 = training.best_threshold(y, proba)
+    assert 0.35 < threshold <= 0.40
+    assert f1 == 1.0
+
+
+def test_evaluate_counts_the_confusion_matrix() -> None:
+    y = np.array([0, 1, 1, 0])
+    scores = training.evaluate(y, np.array([0.2, 0.8, 0.3, 0.7]), threshold=0.5)
+    assert scores.confusion == [[1, 1], [1, 1]]
+    assert scores.f1 == pytest.approx(0.5)
+    assert scores.roc_auc == pytest.approx(0.75)
+
+
+def test_cross_validation_reports_every_fold(train_frame: pd.DataFrame) -> None:
+    seen: list[tuple[str, int, int]] = []
+    threshold, f1 = training.cross_validate(
+        SMALL,
+        prepare_features(train_frame),
+        target(train_frame),
+        3,
+        0,
+        lambda *step: seen.append(step),
+    )
+    assert seen == [("fold", 1, 3), ("fold", 2, 3), ("fold", 3, 3)]
+    assert 0.1 <= threshold <= 0.9
+    assert f1 > 0.6
+
+
+def test_search_stores_threshold_and_reuses_best_params(
+    train_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    study = training.open_study(f"sqlite:///{tmp_path / 'optuna.db'}", "s", 0)
+    X = prepare_features(train_frame.head(300))
+    training.search(study, X, target(train_frame.head(300)), 2, 2, 0)
+    assert len(study.trials) == 2
+    assert all("threshold" in t.user_attrs for t in study.trials)
+    assert training.stored_params(study, FEATURES) == study.best_params
+    assert training.stored_params(study, ["status"]) is None
+
+
+def test_default_params_come_from_the_search_space() -> None:
+    params = training.default_params()
+    assert training.suggest_params(optuna.trial.FixedTrial(params)) == params
