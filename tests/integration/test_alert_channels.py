@@ -9,10 +9,10 @@ from pathlib import Path
 
 import boto3
 import pytest
+
 from churnops.alerts import Alert, AlertDeliveryError, assess, build_alert, send_alert
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import Settings, get_settings
-
 from tests.fixtures.network import free_port
 from tests.fixtures.smtp import SMTP_PASSWORD, SMTP_USER, Mailbox
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import boto3
 import pytest
+
 from churnops.settings import get_settings
 from churnops.storage import FileLog, S3DropStorage, decode_event_key, open_storage, stage_key
 
