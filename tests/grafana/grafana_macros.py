@@ -1,0 +1,162 @@
+"""Expand a panel's SQL the way Grafana does before it reaches Postgres.
+
+Three passes, in Grafana's order:
+
+1. the browser replaces template variables (``$var``, ``${var}``,
+   ``${var:format}``, ``[[var]]``); a multi-value or "All" variable of an SQL
+   data source becomes a quoted, comma-separated list;
+2. the backend's global substitutions (``pkg/tsdb/.../sqleng``):
+   ``$__interval``, ``$__interval_ms``, ``$__unixEpochFrom()``, ``$__unixEpochTo()``;
+3. the Postgres macro engine (``pkg/tsdb/grafana-postgresql-datasource/macros.go``):
+   ``$__timeFilter``, ``$__timeGroup``, ``$__timeGroupAlias``, ... with the
+   same output text.
+
+Anything it does not know (a variable, a format, a macro, an interval) raises
+:class:`UnknownMacro` instead of sending half-expanded SQL to the database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+#: The value Grafana stores for the "All" option.
+ALL = "$__all"
+
+_VARIABLE = re.compile(
+    r"\$(\w+)|\[\[(\w+?)(?::(\w+))?\]\]|\$\{(\w+)(?:\.([^:^}]+))?(?::([^}]+))?\}"
+)
+_MACRO = re.compile(r"\$([_a-zA-Z0-9]+)\(([^)]*)\)")
+_INTERVAL = re.compile(r"^(\d+)(ms|s|m|h|d|w|y)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+class UnknownMacro(ValueError):
+    """The SQL uses something this expander (and so the test) does not model."""
+
+
+@dataclass
+class Query:
+    """The request context Grafana gives a query: time range, interval, variables."""
+
+    time_from: datetime
+    time_to: datetime
+    interval: timedelta = timedelta(minutes=1)
+    #: variable name -> selected values (``[ALL]`` for "All")
+    selected: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    #: variable name -> every option (what "All" stands for)
+    options: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for stamp in (self.time_from, self.time_to):
+            if stamp.tzinfo is None:
+                raise ValueError(f"naive time range bound {stamp!r}")
+
+
+def expand(sql: str, query: Query) -> str:
+    """The SQL text Postgres receives for ``sql`` under ``query``."""
+    sql = _VARIABLE.sub(lambda m: _variable(m, query), sql)
+    sql = _global_substitutions(sql, query)
+    sql = _macros(sql, query)
+    leftover = re.findall(r"\$\{?\w+", sql)
+    if leftover:
+        raise UnknownMacro(f"left unexpanded: {', '.join(leftover)}")
+    return sql
+
+
+def _variable(match: re.Match[str], query: Query) -> str:
+    name = match.group(1) or match.group(2) or match.group(4)
+    fmt = match.group(3) or match.group(6)
+    if match.group(5):
+        raise UnknownMacro(f"variable field access is not modelled: {match.group(0)}")
+    if name.startswith("__"):
+        return match.group(0)  # a Grafana built-in: left for the backend passes
+    if name not in query.selected:
+        raise UnknownMacro(f"unknown template variable ${name}")
+    values = list(query.selected[name])
+    if values == [ALL]:
+        values = list(query.options[name])
+    if fmt not in (None, "sqlstring", "singlequote"):
+        raise UnknownMacro(f"variable format {fmt!r} of ${name} is not modelled")
+    # The SQL data sources quote multi-value and "All" variables by default.
+    return ",".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def _format_interval(interval: timedelta) -> str:
+    """gtime.FormatInterval: the largest whole unit."""
+    ms = int(interval / timedelta(milliseconds=1))
+    for unit, size in (("y", 31536000000), ("d", 86400000), ("h", 3600000), ("m", 60000)):
+        if ms >= size:
+            return f"{ms // size}{unit}"
+    if ms >= 1000:
+        return f"{ms // 1000}s"
+    return f"{ms}ms" if ms >= 1 else "1ms"
+
+
+def _global_substitutions(sql: str, query: Query) -> str:
+    sql = sql.replace("$__interval_ms", str(int(query.interval / timedelta(milliseconds=1))))
+    sql = sql.replace("$__interval", _format_interval(query.interval))
+    sql = sql.replace("$__unixEpochFrom()", str(int(query.time_from.timestamp())))
+    return sql.replace("$__unixEpochTo()", str(int(query.time_to.timestamp())))
+
+
+def _rfc3339(stamp: datetime) -> str:
+    """Go's time.RFC3339Nano in UTC: no trailing zeros in the fraction, ``Z``."""
+    text = stamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0").rstrip(".")
+    return text + "Z"
+
+
+def _seconds(interval: str) -> float:
+    match = _INTERVAL.match(interval.strip("'"))
+    if not match:
+        raise UnknownMacro(f"cannot parse interval {interval!r}")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _go_number(value: float) -> str:
+    """fmt %v of a float64: no trailing .0."""
+    return f"{value:g}" if value != int(value) else str(int(value))
+
+
+def _macros(sql: str, query: Query) -> str:
+    def evaluate(match: re.Match[str]) -> str:
+        name, args = match.group(1), [a.strip() for a in match.group(2).split(",")]
+        # macros.go: "$__timeGroup(...)," directly followed by a comma means the alias form.
+        end = sql.find(match.group(0)) + len(match.group(0))
+        if name == "__timeGroup" and sql[end : end + 1] == ",":
+            name = "__timeGroupAlias"
+        return _macro(name, args, query)
+
+    return _MACRO.sub(evaluate, sql)
+
+
+def _macro(name: str, args: list[str], query: Query) -> str:
+    start, end = _rfc3339(query.time_from), _rfc3339(query.time_to)
+    column = args[0]
+    needs_column = ("__time", "__timeEpoch", "__timeFilter", "__timeGroup", "__unixEpochFilter")
+    if name in needs_column and not column:
+        raise UnknownMacro(f"missing time column argument for macro ${name}")
+    match name:
+        case "__time":
+            return f'{column} AS "time"'
+        case "__timeEpoch":
+            return f'extract(epoch from {column}) as "time"'
+        case "__timeFilter":
+            return f"{column} BETWEEN '{start}' AND '{end}'"
+        case "__timeFrom":
+            return f"'{start}'"
+        case "__timeTo":
+            return f"'{end}'"
+        case "__timeGroup" | "__timeGroupAlias":
+            if len(args) != 2:
+                raise UnknownMacro(f"${name} needs (column, interval); fill values not modelled")
+            step = _go_number(_seconds(args[1]))
+            group = f"floor(extract(epoch from {column})/{step})*{step}"
+            return group + (' AS "time"' if name == "__timeGroupAlias" else "")
+        case "__unixEpochFilter":
+            low, high = int(query.time_from.timestamp()), int(query.time_to.timestamp())
+            return f"{column} >= {low} AND {column} <= {high}"
+        case _:
+            raise UnknownMacro(f"unknown macro ${name}")

@@ -1,0 +1,178 @@
+"""Every panel's SQL, expanded as Grafana expands it, run as the read-only role on real Postgres."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg2
+import pytest
+from sqlalchemy.engine import make_url
+
+from churnops.metrics_db import grant_read_only
+from churnops.results import QUALITY_METRICS
+
+from .conftest import FIRST_RUN, LAST_RUN, PLAN, RUN_SPACING
+from .dashboard_files import dashboard, panel_sql
+from .grafana_macros import ALL, Query, UnknownMacro, expand
+
+pytestmark = pytest.mark.integration
+
+READER = "grafana_dashboard_reader"
+PANELS = dashboard()["panels"]
+VARIABLES = {v["name"]: v["query"] for v in dashboard()["templating"]["list"]}
+FILES = sorted({p.file_name for p in PLAN})
+VERSIONS = sorted({p.model_version for p in PLAN})
+PROCESSED_RUNS = [p for p in PLAN if not p.errored]
+
+
+class Rows:
+    """A result set: column names and rows."""
+
+    def __init__(self, cursor: Any) -> None:
+        self.columns = [d.name for d in cursor.description]
+        self.rows = cursor.fetchall()
+
+    def column(self, name: str) -> list[Any]:
+        index = self.columns.index(name)
+        return [row[index] for row in self.rows]
+
+
+@pytest.fixture(scope="module")
+def reader(pipeline_postgres_url: str) -> Iterator[Any]:
+    """A TCP connection with the read-only role's password, as Grafana connects."""
+    password = secrets.token_urlsafe(16)
+    grant_read_only(pipeline_postgres_url, READER, password)
+    url = make_url(pipeline_postgres_url)
+    conn = psycopg2.connect(
+        host=url.host, port=url.port, dbname=url.database, user=READER, password=password
+    )
+    conn.autocommit = True  # one statement per panel, like Grafana; a failure spoils nothing
+    yield conn
+    conn.close()
+
+
+def everything(**selected: list[str]) -> Query:
+    """The whole data set in range, "All" selected unless ``selected`` says otherwise."""
+    return Query(
+        time_from=FIRST_RUN - timedelta(hours=1),
+        time_to=LAST_RUN + timedelta(hours=1),
+        interval=timedelta(minutes=1),
+        selected={"model_version": [ALL], "file": [ALL], **selected},
+        options={"model_version": VERSIONS, "file": FILES},
+    )
+
+
+def run(reader: Any, sql: str, query: Query) -> Rows:
+    with reader.cursor() as cursor:
+        cursor.execute(expand(sql, query))
+        return Rows(cursor)
+
+
+def panel(title: str) -> dict[str, Any]:
+    (found,) = [p for p in PANELS if p["title"] == title]
+    return found
+
+
+def expected_columns(panel: dict[str, Any]) -> set[str]:
+    """What the panel's JSON refers to: a time column, the stat field, override names."""
+    if panel["type"] == "timeseries":
+        return {"time"}
+    if panel["type"] == "stat":
+        return {panel["options"]["reduceOptions"]["fields"].strip("/^$")}
+    return {
+        o["matcher"]["options"]
+        for o in panel["fieldConfig"]["overrides"]
+        if o["matcher"]["id"] == "byName"
+    }
+
+
+def test_variable_queries_list_versions_and_files(reader: Any) -> None:
+    query = everything()
+    assert [r[0] for r in run(reader, VARIABLES["model_version"], query).rows] == VERSIONS
+    assert [r[0] for r in run(reader, VARIABLES["file"], query).rows] == FILES
+    only_2 = everything(model_version=["2"])
+    assert "customer_churn_broken.csv" not in [
+        r[0] for r in run(reader, VARIABLES["file"], only_2).rows
+    ]
+
+
+@pytest.mark.parametrize("panel", PANELS, ids=[p["title"] for p in PANELS])
+def test_panel_returns_rows_with_the_columns_it_uses(reader: Any, panel: dict[str, Any]) -> None:
+    result = run(reader, panel_sql(panel), everything())
+    assert result.rows, f"{panel['title']}: no rows"
+    assert expected_columns(panel) <= set(result.columns), result.columns
+    if panel["type"] == "timeseries":
+        assert result.column("time") == sorted(result.column("time")), "not sorted by time"
+        values = [c for c in result.columns if c not in ("time", "metric")]
+        assert values and all(isinstance(v, float | int) for c in values for v in result.column(c))
+
+
+def test_scores_have_a_point_per_processed_file_and_metric(reader: Any) -> None:
+    result = run(reader, panel_sql(panel("Scores over time")), everything())
+    assert len(result.rows) == len(PROCESSED_RUNS) * len(QUALITY_METRICS)
+    assert set(result.column("metric")) == set(QUALITY_METRICS)
+    assert len(set(result.column("time"))) == len(PROCESSED_RUNS)
+
+
+def test_stat_shows_the_latest_file(reader: Any) -> None:
+    (latest,) = run(reader, panel_sql(panel("Latest F1")), everything()).rows
+    table = run(reader, panel_sql(panel("Latest runs")), everything())
+    newest_processed = next(
+        row for row in table.rows if row[table.columns.index("status")] == "processed"
+    )
+    assert latest[1] == pytest.approx(newest_processed[table.columns.index("f1")])
+
+
+def test_drift_share_crosses_the_line_for_the_drifted_file(reader: Any) -> None:
+    result = run(reader, panel_sql(panel("Drifted columns")), everything())
+    shares = result.column("drifted share")
+    assert max(shares) > 0.5 > min(shares)
+    assert all(float(c).is_integer() for c in result.column("drifted columns"))
+
+
+def test_per_column_series_are_named_by_column(reader: Any) -> None:
+    result = run(reader, panel_sql(panel("Drift score per column")), everything())
+    assert {"call_failure", "churn_prediction"} <= set(result.column("metric"))
+
+
+def test_volume_counts_rows_and_the_errored_file(reader: Any) -> None:
+    result = run(reader, panel_sql(panel("Rows processed and files errored")), everything())
+    assert sum(result.column("files errored")) == 1
+    assert sum(result.column("rows processed")) == 2 * (1050 + 1050 + 1000)
+
+
+def test_table_lists_runs_newest_first_with_report_links(reader: Any) -> None:
+    result = run(reader, panel_sql(panel("Latest runs")), everything())
+    assert len(result.rows) == len(PLAN)
+    assert result.column("started") == sorted(result.column("started"), reverse=True)
+    by_status = dict(zip(result.column("report"), result.column("status"), strict=True))
+    assert by_status.pop(None) == "errored"
+    assert all(re.match(r"^http://.+/projects/.+/reports/.+$", url) for url in by_status)
+    assert set(result.column("model version")) == set(VERSIONS)
+
+
+def test_time_range_and_variables_filter(reader: Any) -> None:
+    table = panel_sql(panel("Latest runs"))
+    later = everything()
+    later.time_from = FIRST_RUN + RUN_SPACING / 2
+    assert len(run(reader, table, later).rows) == len(PLAN) - 1
+    version_2 = run(reader, table, everything(model_version=["2"]))
+    assert set(version_2.column("model version")) == {"2"}
+    one_file = run(reader, table, everything(file=["customer_churn_1.csv"]))
+    assert set(one_file.column("file")) == {"customer_churn_1.csv"}
+    assert len(one_file.rows) == 2
+
+
+def test_the_dashboard_role_cannot_write(reader: Any) -> None:
+    with reader.cursor() as cursor, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        cursor.execute("DELETE FROM run_metrics")
+
+
+def test_expander_refuses_what_it_does_not_know() -> None:
+    for sql in ("SELECT $__timeFilter()", "$__unknownMacro(x)", "$nope", "${file:csv}"):
+        with pytest.raises(UnknownMacro):
+            expand(sql, everything())
