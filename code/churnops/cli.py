@@ -156,3 +156,21 @@ def process(
             console.print(f"  {field}: {value}")
     if state.is_failed():
         raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for report.png and report.html (default: CHURNOPS_HOME/report)."),
+    ] = None,
+) -> None:
+    """Plot the dashboard's time series from the metrics database (no Grafana needed)."""
+    from churnops.report import NoRunsYet, write_report
+
+    try:
+        files = write_report(_settings(), out)
+    except NoRunsYet as exc:
+        _fail(str(exc))
+    console.print(f"[green]{files.runs} runs[/green]: {files.png}")
+    console.print(f"  open {files.html}")

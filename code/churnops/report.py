@@ -1,0 +1,215 @@
+"""``churnops report``: the Grafana dashboard's time series without Grafana.
+
+For the local default (SQLite, no Grafana running): reads the metrics
+database and writes ``report.png`` (scores, drifted share with its alert
+line, per-column drift scores, rows processed and files errored, over time)
+and ``report.html`` (the figure embedded, and the latest runs with links to
+their Evidently reports).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sqlalchemy.engine import make_url
+
+from churnops.metrics_db import (
+    DRIFT_SCORE,
+    DRIFTED_COUNT,
+    DRIFTED_SHARE,
+    ERRORED,
+    PROCESSED,
+    MetricsStore,
+)
+from churnops.results import QUALITY_METRICS
+from churnops.settings import Settings
+
+PNG_NAME, HTML_NAME = "report.png", "report.html"
+
+
+class NoRunsYet(LookupError):
+    """The metrics database holds no pipeline run: nothing to plot."""
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    png: Path
+    html: Path
+    runs: int
+
+
+def write_report(settings: Settings, out: Path | None = None, latest: int = 20) -> ReportFiles:
+    """Write the PNG and the HTML page into ``out`` (default ``CHURNOPS_HOME/report``)."""
+    folder = out or settings.home / "report"
+    store = MetricsStore.from_settings(settings)
+    try:
+        runs, metrics = store.runs(), store.metrics()
+    finally:
+        store.close()
+    where = make_url(settings.metrics_db_url).render_as_string(hide_password=True)
+    if runs.empty:
+        raise NoRunsYet(
+            f"no pipeline runs in {where} yet: drop a customer file into the input folder "
+            "and let the pipeline process it, then run the report again"
+        )
+    metrics = metrics.merge(
+        runs[["id", "file_name", "model_version"]], left_on="run_id", right_on="id"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    png, page = folder / PNG_NAME, folder / HTML_NAME
+    figure = build_figure(runs, metrics, settings)
+    figure.savefig(png, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    page.write_text(build_html(runs.head(latest), png.read_bytes(), where), encoding="utf-8")
+    return ReportFiles(png=png, html=page, runs=len(runs))
+
+
+def _series(metrics: pd.DataFrame, metric: str, by: str | None = None) -> pd.DataFrame:
+    """One metric as a wide frame indexed by time (a column per ``by`` value)."""
+    rows = metrics[metrics["metric"] == metric]
+    columns = by or "metric"
+    return rows.pivot_table(index="recorded_at", columns=columns, values="value", aggfunc="mean")
+
+
+def build_figure(runs: pd.DataFrame, metrics: pd.DataFrame, settings: Settings) -> Figure:
+    """Four panels sharing the time axis, like the dashboard's time series."""
+    figure, axes = plt.subplots(4, 1, figsize=(11, 14), sharex=True, layout="constrained")
+    _scores(axes[0], metrics, settings)
+    _drift(axes[1], metrics, settings)
+    _feature_drift(axes[2], metrics)
+    _volume(axes[3], runs)
+    figure.suptitle("Customer Churn Model Evaluation", fontsize=14)
+    figure.autofmt_xdate()
+    return figure
+
+
+def _scores(ax: Axes, metrics: pd.DataFrame, settings: Settings) -> None:
+    frames = [s for s in (_series(metrics, m) for m in QUALITY_METRICS) if not s.empty]
+    if not frames:
+        ax.text(0.5, 0.5, "no labeled files yet", ha="center", transform=ax.transAxes)
+    else:
+        pd.concat(frames, axis=1).plot(ax=ax, marker="o")
+        floor = min(getattr(settings, f"min_{m}") for m in QUALITY_METRICS if m != "roc_auc")
+        ax.axhline(floor, color="red", linestyle="--", label=f"alert below {floor:g}")
+        ax.legend(loc="lower left", ncol=3, fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Scores over time")
+
+
+def _drift(ax: Axes, metrics: pd.DataFrame, settings: Settings) -> None:
+    share = _series(metrics, DRIFTED_SHARE)
+    count = _series(metrics, DRIFTED_COUNT)
+    if not share.empty:
+        ax.plot(share.index, share[DRIFTED_SHARE], marker="o", label="drifted share")
+    limit = settings.drift_share_threshold
+    ax.axhline(limit, color="red", linestyle="--", label=f"alert above {limit:g}")
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("share of feature columns")
+    right = ax.twinx()
+    if not count.empty:
+        right.plot(count.index, count[DRIFTED_COUNT], "s:", color="grey", label="drifted columns")
+    right.set_ylabel("drifted columns")
+    right.set_ylim(bottom=0)
+    right.yaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper center", ncol=3, fontsize=8)
+    ax.set_title("Drifted columns")
+
+
+def _feature_drift(ax: Axes, metrics: pd.DataFrame) -> None:
+    scores = _series(metrics, DRIFT_SCORE, by="label")
+    if not scores.empty:
+        scores.plot(ax=ax, marker=".", colormap="tab20")
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    ax.set_title("Drift score per column (distance: higher drifts; p-value: lower drifts)")
+
+
+def _volume(ax: Axes, runs: pd.DataFrame) -> None:
+    ordered = runs.sort_values("started_at")
+    processed = ordered[ordered["status"] == PROCESSED]
+    ax.plot(processed["started_at"], processed["rows"], "o-", label="rows processed")
+    ax.set_ylabel("rows")
+    ax.set_ylim(0, max(processed["rows"].max(), 1) * 1.15 if len(processed) else 1)
+    right = ax.twinx()
+    errored = (ordered["status"] == ERRORED).cumsum()
+    right.step(ordered["started_at"], errored, where="post", color="red", label="files errored")
+    right.set_ylabel("files errored (cumulative)")
+    right.set_ylim(0, max(errored.max(), 1) * 1.15)
+    right.yaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper left", fontsize=8)
+    ax.set_title("Rows processed and files errored")
+    ax.set_xlabel("time (UTC)")
+
+
+def _cell(value: object) -> str:
+    return "" if value is None or pd.isna(value) else html.escape(str(value))
+
+
+def _link(url: object) -> str:
+    if not isinstance(url, str) or not url:
+        return ""
+    return f'<a href="{html.escape(url)}" target="_blank" rel="noopener">Evidently report</a>'
+
+
+def build_html(runs: pd.DataFrame, png: bytes, database: str) -> str:
+    """A self-contained page: the figure inline, then the latest runs."""
+    header = ["started (UTC)", "file", "model version", "status", "rows", "report", "error"]
+    body = "\n".join(
+        "<tr>"
+        + "".join(
+            f"<td>{c}</td>"
+            for c in (
+                _cell(row.started_at.strftime("%Y-%m-%d %H:%M")),
+                _cell(row.file_name),
+                _cell(row.model_version),
+                f'<span class="{_cell(row.status)}">{_cell(row.status)}</span>',
+                _cell(None if pd.isna(row.rows) else int(row.rows)),
+                _link(row.report_url),
+                _cell(row.error),
+            )
+        )
+        + "</tr>"
+        for row in runs.itertuples()
+    )
+    image = base64.b64encode(png).decode("ascii")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Customer Churn Model Evaluation</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
+.{ERRORED} {{ color: #c00; }} .{PROCESSED} {{ color: #070; }}
+</style>
+</head>
+<body>
+<h1>Customer Churn Model Evaluation</h1>
+<p>Generated {generated} from {html.escape(database)}.</p>
+<img src="data:image/png;base64,{image}" alt="scores, drift and volume over time">
+<h2>Latest runs</h2>
+<table>
+<thead><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr></thead>
+<tbody>
+{body}
+</tbody>
+</table>
+</body>
+</html>
+"""

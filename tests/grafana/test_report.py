@@ -1,0 +1,57 @@
+"""`churnops report` on the local default: SQLite filled through the pipeline's building blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from churnops.cli import app
+from churnops.metrics_db import MetricsStore
+from churnops.report import NoRunsYet, write_report
+from churnops.settings import Settings, get_settings
+
+from .conftest import BROKEN_FILE, PLAN
+
+
+def test_report_writes_the_figure_and_the_runs_page(
+    pipeline_sqlite_url: str, pipeline_settings: Settings, tmp_path: Path
+) -> None:
+    files = write_report(pipeline_settings, tmp_path / "report")
+    assert files.runs == len(PLAN)
+    assert files.png.read_bytes().startswith(b"\x89PNG")
+    page = files.html.read_text()
+    assert "data:image/png;base64," in page
+    for planned in PLAN:
+        assert planned.file_name in page
+    store = MetricsStore(pipeline_sqlite_url)
+    urls = store.runs()["report_url"].dropna().tolist()
+    store.close()
+    assert len(urls) == len(PLAN) - 1
+    assert all(f'<a href="{url}"' in page for url in urls)
+    assert "errored" in page and "missing column" in page  # the broken file's reason
+
+
+def test_cli_writes_into_churnops_home_by_default(
+    pipeline_sqlite_url: str, pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHURNOPS_HOME", str(pipeline_settings.home))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    result = CliRunner().invoke(app, ["report"])
+    assert result.exit_code == 0, result.output
+    folder = pipeline_settings.home / "report"
+    assert (folder / "report.png").exists()
+    assert BROKEN_FILE in (folder / "report.html").read_text()
+
+
+def test_no_runs_yet_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = get_settings(churnops_home=tmp_path, database_url=None)
+    with pytest.raises(NoRunsYet, match="no pipeline runs"):
+        write_report(settings)
+    monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    result = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "no pipeline runs" in result.output
+    assert not (tmp_path / "out").exists()
