@@ -1,10 +1,11 @@
 """A metrics database filled the way the pipeline fills it, for the dashboard and report tests.
 
-Until the Prefect flow exists, :func:`run_pipeline` chains the same building
-blocks it will: ``MetricsStore.start_run``, validation, predictions from a
-small XGBoost model trained on customer_churn_0.csv, ``run_monitoring``
-against that reference, ``record_result`` and ``finish_run``. Runs are six
-hours apart so every time series has several points; the fixtures
+:func:`run_pipeline` chains the building blocks ``churnops.flow.process_file``
+uses, without Prefect and MLflow: ``MetricsStore.start_run`` before the model
+is known, validation, predictions of a small XGBoost model trained on
+customer_churn_0.csv, ``run_monitoring`` against that reference,
+``record_result`` and ``finish_run``. Unlike the flow it sets the clock: runs
+are six hours apart so every time series has several points. The fixtures
 ``pipeline_sqlite_url`` / ``pipeline_postgres_url`` are the seam where the
 real flow can take over.
 """
@@ -39,6 +40,8 @@ BROKEN_CSV = b"Call  Failure,Age\n1,not a number\n"
 
 @dataclass(frozen=True)
 class PlannedRun:
+    """A file and the model version that scores it (an errored run never learns it)."""
+
     file_name: str
     model_version: str
 
@@ -85,9 +88,7 @@ def run_pipeline(store: MetricsStore, data_dir: Path, settings: Settings) -> Non
         run_id = store.start_run(
             file_name=planned.file_name,
             bucket=settings.drop_bucket,
-            object_key=f"data/processing/{planned.file_name}",
-            model_name=MODEL_NAME,
-            model_version=planned.model_version,
+            object_key=f"data/input/{planned.file_name}",
             started_at=start,
         )
         try:
@@ -114,6 +115,8 @@ def run_pipeline(store: MetricsStore, data_dir: Path, settings: Settings) -> Non
             PROCESSED,
             rows=result.rows,
             report_url=result.report_url,
+            model_name=MODEL_NAME,
+            model_version=planned.model_version,
             finished_at=start + timedelta(minutes=6),
         )
 

@@ -25,7 +25,8 @@ READER = "grafana_dashboard_reader"
 PANELS = dashboard()["panels"]
 VARIABLES = {v["name"]: v["query"] for v in dashboard()["templating"]["list"]}
 FILES = sorted({p.file_name for p in PLAN})
-VERSIONS = sorted({p.model_version for p in PLAN})
+#: Errored runs have no model version: the dashboard shows them as "unknown".
+VERSIONS = sorted({"unknown" if p.errored else p.model_version for p in PLAN})
 PROCESSED_RUNS = [p for p in PLAN if not p.errored]
 
 
