@@ -174,3 +174,34 @@ def report(
         _fail(str(exc))
     console.print(f"[green]{files.runs} runs[/green]: {files.png}")
     console.print(f"  open {files.html}")
+
+
+@app.command()
+def up() -> None:
+    """Start the local platform (Prefect, runner, MLflow, Evidently UI, drop watcher)."""
+    from churnops.platform.launch import run
+
+    raise typer.Exit(run(_settings(), console))
+
+
+@app.command()
+def status() -> None:
+    """Every dropped file with its stage, and the health of every platform service."""
+    from rich.table import Table
+
+    from churnops.platform.status import collect
+
+    files, services = collect(_settings())
+    table = Table(title="files")
+    for column in ("stage", "file"):
+        table.add_column(column)
+    for file in files:
+        table.add_row(file.stage, file.name)
+    console.print(table if files else "no files in the drop folder")
+    health = Table(title="services")
+    for column in ("service", "health", "where", "checked by"):
+        health.add_column(column)
+    for service in services:
+        verdict = "[green]healthy[/green]" if service.healthy else "[red]down[/red]"
+        health.add_row(service.name, verdict, service.url, service.detail)
+    console.print(health)

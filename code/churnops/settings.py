@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     prefect_port: int = 4200
     mlflow_port: int = 5000
     evidently_port: int = 8000
+    runner_poll_seconds: float = Field(
+        0.5, description="How often the local flow runner asks Prefect for new runs (s)."
+    )
+    drop_poll_seconds: float = Field(
+        5.0, description="How often the platform lists an S3 drop bucket for new files (s)."
+    )
 
     # --- derived locations ----------------------------------------------------------
     @property

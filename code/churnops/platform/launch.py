@@ -1,0 +1,321 @@
+"""``churnops up``: start the whole local platform, show where it is, stop it cleanly.
+
+Order matters: the servers first (in parallel), then training when no model has
+the alias, then the runner (it creates the deployment and warms up), and the
+drop watcher last, so that no trigger arrives before a deployment exists.
+Stopping goes the other way: watcher, runner (it finishes the run in progress),
+servers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from churnops.platform import services as svc
+from churnops.platform.watcher import BucketPoller, Dispatcher, FolderWatcher, load_lambda_handler
+from churnops.settings import Settings
+
+if TYPE_CHECKING:
+    from churnops.registry import TrainingOutcome
+
+log = logging.getLogger("churnops.platform")
+SERVER_START_TIMEOUT = 240.0
+RUNNER_START_TIMEOUT = 300.0
+
+
+@dataclass
+class Platform:
+    """The running pieces, so that :meth:`stop` can take them down in order."""
+
+    settings: Settings
+    console: Console
+    servers: list[svc.Service] = field(default_factory=list)
+    runner: svc.Service | None = None
+    watcher: FolderWatcher | BucketPoller | None = None
+
+    def children(self) -> list[svc.Service]:
+        return [*self.servers, *([self.runner] if self.runner else [])]
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            with self.console.status("stopping the drop watcher..."):
+                self.watcher.stop()
+        if self.runner is not None:
+            with self.console.status("stopping the flow runner (finishing the run in progress)..."):
+                self.runner.stop(grace=120)
+        for server in reversed(self.servers):
+            with self.console.status(f"stopping {server.name}..."):
+                server.stop()
+
+
+def platform_settings(settings: Settings, ports: svc.Ports) -> Settings:
+    """The settings every part uses while the platform runs: the servers' real ports."""
+    return settings.model_copy(
+        update={
+            "churnops_home": settings.home,
+            "prefect_port": ports.prefect,
+            "mlflow_port": ports.mlflow,
+            "evidently_port": ports.evidently,
+            "mlflow_tracking_uri": svc.mlflow_url(settings, ports.mlflow),
+        }
+    )
+
+
+def runner_env(settings: Settings) -> dict[str, str]:
+    """Environment of the runner: the same settings, pointed at the platform's servers."""
+    return svc.child_env(
+        {
+            "CHURNOPS_HOME": str(settings.home),
+            "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
+            "PREFECT_API_URL": svc.prefect_api_url(settings, settings.prefect_port),
+            "PREFECT_HOME": str(settings.home / "prefect"),
+            "PREFECT_PORT": str(settings.prefect_port),
+            "MLFLOW_PORT": str(settings.mlflow_port),
+            "EVIDENTLY_PORT": str(settings.evidently_port),
+            "PREFECT_LOGGING_LEVEL": "INFO",
+        }
+    )
+
+
+def run(settings: Settings, console: Console) -> int:
+    """Start everything, block until Ctrl-C (or a service dies), stop everything."""
+    home = settings.home
+    svc.take_pid_file(home)
+    stop_requested = threading.Event()
+    previous = _on_signals(stop_requested)
+    platform = Platform(settings, console)
+    code = 0
+    try:
+        ports = svc.choose_ports(settings)
+        settings = platform_settings(settings, ports)
+        platform.settings = settings
+        _start_servers(platform, ports)
+        if not stop_requested.is_set():
+            _ensure_model(settings, console)
+        if not stop_requested.is_set():
+            _start_runner(platform)
+        if not stop_requested.is_set():
+            _start_watcher(platform)
+            _write_state(platform)
+            _print_summary(platform)
+            code = _supervise(platform, stop_requested)
+    except svc.PlatformError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        code = 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C during start-up: stop what has started
+    finally:
+        console.print("stopping the platform...")
+        platform.stop()
+        svc.release_files(home)
+        _restore_signals(previous)
+        console.print("[green]stopped[/green]: state kept in " + str(home))
+    return code
+
+
+def _on_signals(stop_requested: threading.Event) -> dict[int, object]:
+    """The first SIGINT/SIGTERM interrupts what runs; later ones must not cut the stop short."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop_requested.is_set():
+            return
+        stop_requested.set()
+        raise KeyboardInterrupt
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handle)
+    return previous
+
+
+def _restore_signals(previous: dict[int, object]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def _start_servers(platform: Platform, ports: svc.Ports) -> None:
+    platform.servers = svc.server_services(platform.settings, ports)
+    for server in platform.servers:
+        server.start()
+    with platform.console.status("starting Prefect, MLflow and the Evidently UI...") as status:
+
+        def ready(server: svc.Service) -> None:
+            platform.console.print(f"  [green]ok[/green] {server.name} at {server.url}")
+            waiting = [s.name for s in platform.servers if not s.healthy()]
+            status.update(f"waiting for {', '.join(waiting) or 'nothing'}...")
+
+        svc.wait_until(platform.servers, svc.Service.healthy, SERVER_START_TIMEOUT, on_ready=ready)
+
+
+def _ensure_model(settings: Settings, console: Console) -> None:
+    """Train and register (fast path, no search) when no version has the alias."""
+    with console.status("checking the model registry (loading MLflow)..."):
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        from churnops.model import configure_mlflow
+
+        configure_mlflow(settings)
+        try:
+            version = mlflow.MlflowClient().get_model_version_by_alias(
+                settings.model_name, settings.model_alias
+            )
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            version = None
+    if version is not None:
+        console.print(
+            f"  [green]ok[/green] {settings.model_name}@{settings.model_alias}"
+            f" is version {version.version}"
+        )
+        return
+    data_file = settings.churn_data_dir / settings.training_file
+    if not data_file.exists():
+        raise svc.PlatformError(
+            f"no {settings.model_name}@{settings.model_alias} and no training file {data_file}:"
+            " run `make data` (or set CHURN_DATA_DIR)"
+        )
+    console.print(f"no version has alias '{settings.model_alias}': training on {data_file}")
+    outcome = _train(settings, data_file, console)
+    if not outcome.decision.promote:
+        raise svc.PlatformError(f"the trained model was not promoted: {outcome.decision.reason}")
+    console.print(f"  [green]ok[/green] trained and registered version {outcome.version}")
+
+
+def _train(settings: Settings, data_file: Path, console: Console) -> TrainingOutcome:
+    from churnops.registry import TrainingOptions, train_and_register
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        tasks: dict[str, int] = {}
+
+        def report(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = progress.add_task(f"training: {what}s", total=total)
+            progress.update(tasks[what], completed=done, total=total)
+
+        return train_and_register(settings, TrainingOptions(data_file=data_file), report)
+
+
+def _start_runner(platform: Platform) -> None:
+    settings = platform.settings
+    ready = settings.home / svc.READY_FILE
+    ready.unlink(missing_ok=True)
+    platform.runner = svc.Service(
+        "runner",
+        [svc.bin_path("python"), "-m", "churnops.platform.runner"],
+        settings.home / "logs" / "runner.log",
+        runner_env(settings),
+        url=f"http://{settings.host}:{settings.prefect_port}/deployments",
+    )
+    platform.runner.start()
+    with platform.console.status(
+        "starting the flow runner (deployment, imports, loading the model)..."
+    ):
+        svc.wait_until([platform.runner], lambda s: ready.exists(), RUNNER_START_TIMEOUT)
+    platform.console.print(
+        f"  [green]ok[/green] runner serves deployment {settings.prefect_deployment}"
+    )
+
+
+def _start_watcher(platform: Platform) -> None:
+    settings = platform.settings
+    os.environ["PREFECT_API_URL"] = svc.prefect_api_url(settings, settings.prefect_port)
+    os.environ["PREFECT_DEPLOYMENT"] = settings.prefect_deployment
+    dispatcher = Dispatcher(load_lambda_handler(), settings.drop_bucket, _report(platform))
+    if settings.drop_storage == "s3":
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=settings.aws_endpoint_url)
+        platform.watcher = BucketPoller(
+            client, settings.drop_bucket, dispatcher, settings.drop_poll_seconds
+        )
+    else:
+        from churnops.storage import LocalDropStorage
+
+        LocalDropStorage(settings.drop_dir).create_layout()
+        platform.watcher = FolderWatcher(settings.drop_dir, dispatcher)
+    platform.watcher.start()
+
+
+def _report(platform: Platform) -> Callable[[dict], None]:
+    def show(result: dict) -> None:
+        key, status = result.get("key"), result.get("status")
+        detail = result.get("flow_run_id") or result.get("reason") or ""
+        colour = {"created": "green", "skipped": "yellow"}.get(str(status), "red")
+        platform.console.print(f"  drop [{colour}]{status}[/{colour}] {key} {detail}")
+        log.info("trigger %s", result)
+
+    return show
+
+
+def _write_state(platform: Platform) -> None:
+    settings = platform.settings
+    entries: dict[str, dict[str, str | int | None]] = {
+        s.name: {"url": s.url, "health_url": s.health_url, "pid": s.pid, "log": str(s.log)}
+        for s in platform.children()
+    }
+    entries["watcher"] = {
+        "url": _drop_location(settings),
+        "health_url": None,
+        "pid": os.getpid(),
+        "log": None,
+    }
+    svc.PlatformState(os.getpid(), _drop_location(settings), entries).save(settings.home)
+
+
+def _drop_location(settings: Settings) -> str:
+    if settings.drop_storage == "s3":
+        return f"s3://{settings.drop_bucket}/data/input/"
+    return str(settings.drop_dir / "data" / "input")
+
+
+def _print_summary(platform: Platform) -> None:
+    settings = platform.settings
+    table = Table(title="ChurnOps local platform", show_lines=False)
+    table.add_column("service")
+    table.add_column("where")
+    for service in platform.children():
+        table.add_row(service.name, service.url)
+    table.add_row("drop folder", _drop_location(settings))
+    table.add_row("state", str(settings.home))
+    table.add_row("logs", str(settings.home / "logs"))
+    platform.console.print(table)
+    platform.console.print(
+        "Drop CSV files into the drop folder; `churnops status` shows them. Ctrl-C stops."
+    )
+
+
+def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
+    """Wait for a stop signal; a child that dies ends the platform with an error."""
+    try:
+        while not stop_requested.wait(1.0):
+            for child in platform.children():
+                if not child.alive():
+                    platform.console.print(
+                        f"[red]error:[/red] {child.name} stopped unexpectedly; its log"
+                        f" {child.log}:\n{child.tail(2000)}"
+                    )
+                    return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,196 @@
+"""What runs the ``churnops`` deployment: one warm process executing flow runs in process.
+
+A ``flow.serve()`` runner or a process worker starts every flow run in a fresh
+Python process: importing pandas, XGBoost, MLflow and Evidently alone costs
+seconds, and its default poll adds up to 10 s more. This runner imports all of
+that and loads the staging model once, polls the API for scheduled runs of the
+deployment every ``runner_poll_seconds``, proposes Pending (as Prefect's own
+runner does) and executes each run here with :func:`prefect.flow_engine.run_flow`,
+one at a time, so the Prefect UI shows the usual Pending -> Running -> final states.
+
+Run as ``python -m churnops.platform.runner`` by ``churnops up``. SIGTERM stops it
+after the run in progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import Abort
+from prefect.flow_engine import run_flow
+from prefect.states import Pending, Scheduled
+from prefect.utilities.engine import propose_state_sync
+
+from churnops.flow import churn_prediction_pipeline
+from churnops.platform.services import READY_FILE
+from churnops.settings import Settings, get_settings
+from churnops.storage import LocalDropStorage, name_from_key, stage_key
+
+log = logging.getLogger("churnops.runner")
+DEPLOYMENT_DESCRIPTION = "One run per file dropped into data/input/ (started by the drop trigger)."
+
+
+class FlowRunner:
+    """Poll the API for the deployment's scheduled runs and execute them in this process."""
+
+    def __init__(self, settings: Settings, client: SyncPrefectClient) -> None:
+        self.settings = settings
+        self.client = client
+        self.stopping = False
+        self.deployment_id: UUID | None = None
+
+    def deploy(self) -> UUID:
+        """Create or update the deployment (served by this process: no work pool)."""
+        flow_name, name = self.settings.prefect_deployment.split("/", 1)
+        if flow_name != churn_prediction_pipeline.name:
+            raise ValueError(
+                f"PREFECT_DEPLOYMENT={self.settings.prefect_deployment!r}: this runner serves"
+                f" only the flow {churn_prediction_pipeline.name!r}"
+            )
+        deployment = churn_prediction_pipeline.to_deployment(
+            name=name, description=DEPLOYMENT_DESCRIPTION
+        )
+        self.deployment_id = deployment.apply()
+        return self.deployment_id
+
+    def warm_up(self) -> None:
+        """Load the staging model and run one small report, so the first file is fast."""
+        from evidently import Dataset
+
+        from churnops.model import load_aliased_model
+        from churnops.monitoring import build_report, data_definition
+
+        model = load_aliased_model(self.settings)
+        reference = model.model.reference_data().head(200)
+        definition = data_definition(model.model.features, labeled=True)
+        build_report(model.model.features, labeled=True).run(
+            Dataset.from_pandas(reference, data_definition=definition),
+            Dataset.from_pandas(reference, data_definition=definition),
+        )
+        log.info("warm: %s version %s loaded", model.name, model.version)
+
+    def recover(self) -> None:
+        """Runs left Pending/Running by a stopped platform: put their file back, run again."""
+        deployment = DeploymentFilter(id=DeploymentFilterId(any_=[self.deployment_id]))
+        unfinished = FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
+            )
+        )
+        for run in self.client.read_flow_runs(
+            deployment_filter=deployment, flow_run_filter=unfinished
+        ):
+            self._return_file(run.parameters)
+            self.client.set_flow_run_state(
+                run.id, Scheduled(message="re-run: the platform stopped during it"), force=True
+            )
+            log.warning("flow run %s (%s) interrupted earlier: scheduled again", run.name, run.id)
+
+    def _return_file(self, parameters: dict[str, Any]) -> None:
+        """Move the run's file from processing/ back to input/ (local drop folder)."""
+        if self.settings.drop_storage != "local":
+            return
+        try:
+            name = name_from_key(parameters.get("key", ""))
+        except ValueError:
+            return
+        storage = LocalDropStorage(self.settings.drop_dir)
+        source = stage_key("processing", name)
+        if storage.exists(source) and not storage.exists(stage_key("input", name)):
+            storage.move(source, stage_key("input", name))
+
+    def scheduled_runs(self) -> list[FlowRun]:
+        """Runs due now; the same query marks the deployment as polled (Ready in the UI)."""
+        runs = self.client.get_scheduled_flow_runs_for_deployments(
+            deployment_ids=[self.deployment_id],
+            scheduled_before=datetime.now(UTC) + timedelta(seconds=1),
+        )
+        return sorted(runs, key=lambda r: r.next_scheduled_start_time or datetime.now(UTC))
+
+    def execute(self, run: FlowRun) -> None:
+        """Pending, then the flow engine runs it here (it proposes Running and the end)."""
+        try:
+            state = propose_state_sync(self.client, Pending(), flow_run_id=run.id)
+        except Abort as exc:
+            log.info("flow run %s not taken: %s", run.id, exc)
+            return
+        if not state.is_pending():
+            log.info("flow run %s not taken: it is %s", run.id, state.type.value)
+            return
+        started = time.perf_counter()
+        final = run_flow(
+            churn_prediction_pipeline,
+            flow_run=self.client.read_flow_run(run.id),
+            return_type="state",
+        )
+        log.info(
+            "flow run %s (%s): %s in %.2fs %s",
+            run.name,
+            run.id,
+            getattr(final, "name", final),
+            time.perf_counter() - started,
+            getattr(final, "message", "") or "",
+        )
+
+    def serve(self) -> None:
+        """Poll and execute until asked to stop; an API hiccup is logged and retried."""
+        while not self.stopping:
+            try:
+                runs = self.scheduled_runs()
+            except Exception as exc:  # the server restarting, a timeout: poll again
+                log.warning("polling Prefect failed: %s", exc)
+                runs = []
+            for run in runs:
+                if self.stopping:
+                    break
+                self.execute(run)
+            if not runs:
+                time.sleep(self.settings.runner_poll_seconds)
+
+
+def main() -> None:
+    # Prefect owns the root logger's configuration; ours gets its own handler.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    logging.getLogger("churnops").addHandler(handler)
+    logging.getLogger("churnops").setLevel(logging.INFO)
+    settings = get_settings()
+    ready = settings.home / READY_FILE
+    with get_client(sync_client=True) as client:
+        runner = FlowRunner(settings, client)
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: stopping after the run in progress", signum)
+            runner.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        deployment_id = runner.deploy()
+        log.info("deployment %s: %s", settings.prefect_deployment, deployment_id)
+        runner.warm_up()
+        runner.recover()
+        ready.write_text(str(deployment_id))
+        try:
+            runner.serve()
+        finally:
+            ready.unlink(missing_ok=True)
+    log.info("runner stopped")
+
+
+if __name__ == "__main__":
+    main()

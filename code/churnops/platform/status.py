@@ -1,0 +1,56 @@
+"""``churnops status``: every dropped file by stage and every service's health."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from churnops.platform.services import PlatformState, http_ok, pid_alive
+from churnops.settings import Settings
+from churnops.storage import STAGES, DropStorage, open_storage, stage_key
+
+
+@dataclass(frozen=True)
+class FileState:
+    name: str
+    stage: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ServiceHealth:
+    name: str
+    url: str
+    healthy: bool
+    detail: str
+
+
+def list_files(storage: DropStorage) -> list[FileState]:
+    """Every file directly in a stage folder, input first (predictions files included)."""
+    files = []
+    for stage in STAGES:
+        prefix = stage_key(stage, "x")[:-1]
+        for key in storage.list_keys(prefix):
+            name = key[len(prefix) :]
+            if "/" not in name:
+                files.append(FileState(name, stage, key))
+    return files
+
+
+def service_health(state: PlatformState | None) -> list[ServiceHealth]:
+    """Each service of a running platform: answering its health check (or alive)?"""
+    if state is None:
+        return [ServiceHealth("platform", "-", False, "not running (start it: churnops up)")]
+    health = []
+    for name, info in state.services.items():
+        check, pid = info.get("health_url"), info.get("pid")
+        if check:
+            ok, detail = http_ok(str(check)), f"GET {check}"
+        else:
+            ok, detail = bool(pid) and pid_alive(int(pid or 0)), f"process {pid}"
+        health.append(ServiceHealth(name, str(info.get("url") or "-"), ok, detail))
+    return health
+
+
+def collect(settings: Settings) -> tuple[list[FileState], list[ServiceHealth]]:
+    state = PlatformState.load(settings.home)
+    return list_files(open_storage(settings)), service_health(state)

@@ -1,0 +1,236 @@
+"""The drop trigger of the local platform: S3-shaped events for the Lambda handler.
+
+On AWS, S3 notifies the Lambda of each new object. Locally the same
+``lambda_handler`` is called by one of two watchers:
+
+* :class:`FolderWatcher` (local drop folder): watchdog events on ``data/input/``,
+  once the file's size and mtime have settled;
+* :class:`BucketPoller` (an S3-compatible endpoint): lists ``data/input/`` every
+  few seconds and reports keys it has not seen with that ETag.
+
+Both also report what is already waiting when they start (files dropped while
+the platform was down); the handler's idempotency key (bucket, key, sequencer)
+keeps a file seen twice from starting two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import quote_plus
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from churnops.storage import INPUT_PREFIX
+
+log = logging.getLogger("churnops.watcher")
+HANDLER_MODULE = "lambda_function"
+Handler = Callable[[Mapping[str, Any], object], Mapping[str, Any]]
+
+
+def handler_file() -> Path:
+    """``code/s3_to_prefect_lambda/lambda_function.py`` beside the churnops package."""
+    return Path(__file__).resolve().parents[2] / "s3_to_prefect_lambda" / "lambda_function.py"
+
+
+def load_lambda_handler(path: Path | None = None) -> Handler:
+    """Import the Lambda's file by path (registered in sys.modules) and return its handler."""
+    path = path or handler_file()
+    if HANDLER_MODULE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(HANDLER_MODULE, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load the Lambda handler from {path}")
+        module: ModuleType = importlib.util.module_from_spec(spec)
+        sys.modules[HANDLER_MODULE] = module
+        spec.loader.exec_module(module)
+    return sys.modules[HANDLER_MODULE].lambda_handler
+
+
+# --- events ------------------------------------------------------------------------------
+def encode_key(key: str) -> str:
+    """A key as S3 writes it in events: each segment ``quote_plus``-encoded, '/' kept."""
+    return "/".join(quote_plus(segment) for segment in key.split("/"))
+
+
+def s3_event(bucket: str, key: str, size: int, sequencer: str) -> dict[str, Any]:
+    """One ``ObjectCreated:Put`` record as S3 event notifications shape it."""
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": {"key": encode_key(key), "size": size, "sequencer": sequencer},
+                },
+            }
+        ]
+    }
+
+
+def file_sequencer(mtime_ns: int, size: int) -> str:
+    """Unique per drop of a file (a re-drop has a new mtime), stable for one drop."""
+    return f"{mtime_ns:X}{size:08X}"
+
+
+def is_candidate(name: str) -> bool:
+    """Skip hidden, temporary and partial files (``.x``, ``x.part``, ``x.tmp``, ``x~``)."""
+    return bool(name) and not (
+        name.startswith(".") or name.endswith((".part", ".tmp", ".crdownload", "~"))
+    )
+
+
+def wait_stable(
+    path: Path, interval: float = 0.15, timeout: float = 60.0
+) -> tuple[int, int] | None:
+    """(mtime_ns, size) once two looks ``interval`` apart agree; None if the file went away."""
+    deadline = time.monotonic() + timeout
+    previous = None
+    while True:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        current = (stat.st_mtime_ns, stat.st_size)
+        if current == previous or time.monotonic() > deadline:
+            return current
+        previous = current
+        time.sleep(interval)
+
+
+class Dispatcher:
+    """Calls the handler for each reported file, one at a time, off the event thread."""
+
+    def __init__(self, handler: Handler, bucket: str, on_result: Callable[[dict], None]) -> None:
+        self.handler = handler
+        self.bucket = bucket
+        self.on_result = on_result
+
+    def send(self, key: str, size: int, sequencer: str) -> None:
+        try:
+            response = self.handler(s3_event(self.bucket, key, size, sequencer), None)
+        except Exception as exc:  # Prefect unreachable after retries: say so, keep watching
+            log.error("trigger for %s failed: %s", key, exc)
+            self.on_result({"key": key, "status": "failed", "reason": str(exc)})
+            return
+        for result in response.get("results", []):
+            self.on_result(result)
+
+
+# --- local folder --------------------------------------------------------------------------
+class FolderWatcher(FileSystemEventHandler):
+    """Watch ``<drop>/data/input/`` and trigger a run per settled new file."""
+
+    def __init__(self, drop_dir: Path, dispatcher: Dispatcher, settle: float = 0.15) -> None:
+        self.input_dir = drop_dir / INPUT_PREFIX
+        self.dispatcher = dispatcher
+        self.settle = settle
+        self._queue: queue.Queue[Path | None] = queue.Queue()
+        self._queued: set[Path] = set()
+        self._lock = threading.Lock()
+        self._observer = Observer()
+        self._worker = threading.Thread(target=self._work, name="drop-dispatch", daemon=True)
+
+    def start(self) -> None:
+        self.input_dir.mkdir(parents=True, exist_ok=True)
+        self._observer.schedule(self, str(self.input_dir), recursive=False)
+        self._observer.start()
+        self._worker.start()
+        for path in sorted(self.input_dir.iterdir()):  # dropped while the platform was down
+            self._enqueue(path)
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._queue.put(None)
+        self._observer.join(timeout=10)
+        self._worker.join(timeout=30)
+
+    # watchdog callbacks (observer thread)
+    def on_created(self, event: FileSystemEvent) -> None:
+        self._enqueue(Path(str(event.src_path)))
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        self._enqueue(Path(str(event.src_path)))
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        self._enqueue(Path(str(event.dest_path)))
+
+    def _enqueue(self, path: Path) -> None:
+        if path.parent != self.input_dir or not is_candidate(path.name) or path.is_dir():
+            return
+        with self._lock:
+            if path in self._queued:
+                return
+            self._queued.add(path)
+        self._queue.put(path)
+
+    def _work(self) -> None:
+        while (path := self._queue.get()) is not None:
+            with self._lock:
+                self._queued.discard(path)
+            stable = wait_stable(path, self.settle)
+            if stable is None:
+                continue  # gone already (taken by a run, or removed)
+            mtime_ns, size = stable
+            key = f"{INPUT_PREFIX}{path.name}"
+            self.dispatcher.send(key, size, file_sequencer(mtime_ns, size))
+
+
+# --- S3-compatible endpoint --------------------------------------------------------------------
+class BucketPoller:
+    """List ``data/input/`` of a bucket every ``interval`` seconds; report new (key, ETag)."""
+
+    def __init__(self, client: Any, bucket: str, dispatcher: Dispatcher, interval: float) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.dispatcher = dispatcher
+        self.interval = interval
+        self.seen: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bucket-poller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def poll_once(self) -> int:
+        """Report every new object; returns how many were reported."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=INPUT_PREFIX
+        )
+        reported = 0
+        for page in pages:
+            for obj in page.get("Contents", []):
+                key, etag = obj["Key"], obj["ETag"].strip('"')
+                name = key[len(INPUT_PREFIX) :]
+                if (key, etag) in self.seen or "/" in name or not is_candidate(name):
+                    continue
+                self.seen.add((key, etag))
+                stamp = f"{etag}:{obj['LastModified'].isoformat()}".encode()
+                sequencer = hashlib.sha256(stamp).hexdigest()[:24].upper()
+                self.dispatcher.send(key, obj["Size"], sequencer)
+                reported += 1
+        return reported
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception as exc:  # endpoint down for a moment: try again next round
+                log.warning("listing s3://%s/%s failed: %s", self.bucket, INPUT_PREFIX, exc)
+            self._stop.wait(self.interval)
