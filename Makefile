@@ -15,7 +15,8 @@ DATA_FILES := data/customer_churn_0.csv data/customer_churn_1.csv data/customer_
 TRIALS ?= 0
 
 .PHONY: help install data register-model train demo test test-unit quality format \
-	optuna-dashboard benchmark-model benchmark-features clean
+	optuna-dashboard benchmark-model benchmark-features benchmark-latency \
+	simulate-file-drops status clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -36,8 +37,15 @@ $(DATA_FILES): | $(VENV_STAMP)
 register-model train: install data ## Train XGBoost, log to MLflow, register, gate the alias (TRIALS=n to search)
 	$(RUN) churnops train --data data/customer_churn_0.csv --trials $(TRIALS)
 
-demo: register-model ## Install, fetch data, train and register the model
-	@echo "Open the MLflow UI: $(PIPENV) run mlflow ui --backend-store-uri sqlite:///.churnops/mlflow/mlflow.db"
+demo: register-model ## Train, then start the local platform (churnops up; Ctrl-C stops)
+	$(RUN) churnops up
+
+INTERVAL ?= 30
+simulate-file-drops: install data ## Drop every data file but the training one, INTERVAL s apart
+	$(RUN) python upload_simulation_script.py --interval $(INTERVAL)
+
+status: install ## Files by stage and the health of the platform's services
+	$(RUN) churnops status
 
 test: install data ## Install and run the whole test suite
 	$(RUN) pytest
@@ -60,6 +68,9 @@ benchmark-model: install data ## Our staging model beside the reference project'
 
 benchmark-features: install data ## Cross-validated F1 with each feature dropped (feature choice evidence)
 	$(RUN) python benchmarks/feature_selection.py
+
+benchmark-latency: install data ## Drop-to-processed latency on the local platform (p50/p95)
+	$(RUN) python benchmarks/latency.py
 
 clean: ## Remove local state (.churnops: MLflow, Optuna, metrics, drop folder)
 	rm -rf .churnops
