@@ -1,0 +1,167 @@
+"""Drop-to-processed latency of the local platform, beside the bare in-process cost.
+
+Each drop is ``customer_churn_1.csv`` under a new name, written to a temporary
+name and renamed into ``data/input/`` (the moment it lands). It is done when the
+file is in ``processed/`` and its alert is in the alert log. Drops go one after
+the other. The baseline runs the same steps (validate, predict, write
+predictions, Evidently report, metrics, alert) in this process with a warm model,
+so the platform's own overhead (trigger, Prefect, flow engine) is the difference.
+
+    python benchmarks/latency.py                 # uses a running platform, or starts one
+    python benchmarks/latency.py --drops 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from churnops.platform.services import PlatformState
+from churnops.settings import Settings, get_settings
+from churnops.storage import LocalDropStorage, stage_key
+
+SOURCE = "customer_churn_1.csv"
+START_TIMEOUT = 900.0
+DROP_TIMEOUT = 120.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, round(q / 100 * len(ordered) + 0.4999))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def start_platform(settings: Settings) -> subprocess.Popen:
+    """``churnops up`` on settings.home with free ports; returns once it serves."""
+    env = dict(os.environ, CHURNOPS_HOME=str(settings.home))
+    env |= {"PREFECT_PORT": "0", "MLFLOW_PORT": "0", "EVIDENTLY_PORT": "0"}
+    log = settings.home / "benchmark-up.log"
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("churnops")), "up"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while PlatformState.load(settings.home) is None:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the platform did not start; see {log}:\n{log.read_text()[-3000:]}")
+        time.sleep(1)
+    return process
+
+
+def one_drop(settings: Settings, data: bytes) -> float:
+    """Seconds from landing in input/ to processed/ with the alert logged."""
+    storage = LocalDropStorage(settings.drop_dir)
+    name = f"latency_{uuid.uuid4().hex[:10]}.csv"
+    storage.write(stage_key("input", name), data)
+    landed = time.perf_counter()
+    done, errored = settings.drop_dir / stage_key("processed", name), stage_key("errored", name)
+    deadline = time.monotonic() + DROP_TIMEOUT
+    while not (done.exists() and alert_logged(settings, name)):
+        if storage.exists(errored) or time.monotonic() > deadline:
+            raise SystemExit(f"{name} was not processed; see {settings.home / 'logs'}")
+        time.sleep(0.02)
+    return time.perf_counter() - landed
+
+
+def alert_logged(settings: Settings, name: str) -> bool:
+    path = settings.alert_log
+    return path.exists() and f": {name} (" in path.read_text(errors="replace")
+
+
+def baseline(platform_settings: Settings, source: Path, repeats: int) -> list[float]:
+    """The same steps called directly, warm model, into a scratch home (one warm-up run)."""
+    from churnops import pipeline
+    from churnops.metrics_db import MetricsStore
+    from churnops.model import load_aliased_model
+
+    scratch = Path(tempfile.mkdtemp(prefix="churnops-baseline-"))
+    settings = platform_settings.model_copy(update={"churnops_home": scratch})
+    storage = LocalDropStorage(settings.drop_dir)
+    storage.create_layout()
+    store = MetricsStore.from_settings(settings)
+    timings = []
+    for attempt in range(repeats + 1):
+        name = f"baseline_{attempt}.csv"
+        storage.write(stage_key("processing", name), source.read_bytes())
+        started = time.perf_counter()
+        model = load_aliased_model(settings)
+        frame = pipeline.read_valid_file(storage, stage_key("processing", name), name, settings)
+        scored = pipeline.score(model, frame)
+        pipeline.write_predictions(storage, scored, name, model)
+        result = pipeline.monitor(settings, model, scored, name)
+        run_id = store.start_run(file_name=name, bucket="b", object_key=name, flow_run_id="")
+        pipeline.record_metrics(store, run_id, result)
+        pipeline.send_alerts(settings, result, name, model)
+        pipeline.finish(storage, stage_key("processing", name), name, "processed")
+        if attempt:  # the first one loads the model and warms the imports
+            timings.append(time.perf_counter() - started)
+    store.close()
+    return timings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--drops", type=int, default=12, help="drops to time (at least 10)")
+    parser.add_argument("--baseline-runs", type=int, default=5)
+    args = parser.parse_args()
+    if args.drops < 10:
+        parser.error("--drops must be at least 10 for a p95")
+    settings = get_settings()
+    source = settings.churn_data_dir / SOURCE
+    if not source.exists():
+        parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
+    started = None
+    state = PlatformState.load(settings.home)
+    if state is None:
+        print(f"starting the platform on {settings.home} ...", flush=True)
+        started = start_platform(settings)
+        state = PlatformState.load(settings.home)
+    assert state is not None
+    evidently = state.services["evidently"]["url"]
+    live = settings.model_copy(
+        update={
+            "mlflow_tracking_uri": state.services["mlflow"]["url"],
+            "evidently_port": int(str(evidently).rsplit(":", 1)[1]),
+        }
+    )
+    try:
+        data = source.read_bytes()
+        latencies = []
+        for number in range(args.drops):
+            latencies.append(one_drop(live, data))
+            print(f"drop {number + 1:2d}: {latencies[-1]:.2f}s", flush=True)
+        bare = baseline(live, source, args.baseline_runs)
+    finally:
+        if started is not None:
+            started.send_signal(signal.SIGINT)
+            started.wait(timeout=300)
+    summary = {
+        "drops": len(latencies),
+        "p50_s": round(percentile(latencies, 50), 2),
+        "p95_s": round(percentile(latencies, 95), 2),
+        "min_s": round(min(latencies), 2),
+        "max_s": round(max(latencies), 2),
+        "baseline_median_s": round(statistics.median(bare), 2),
+        "overhead_p50_s": round(percentile(latencies, 50) - statistics.median(bare), 2),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

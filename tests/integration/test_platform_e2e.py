@@ -1,0 +1,212 @@
+"""The whole local platform: ``churnops up`` in a subprocess, three drops, checked through the APIs.
+
+Starts from an empty CHURNOPS_HOME, so the platform trains its model first (fast
+path: stored/default parameters, no search; two CV folds to keep the test short).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from evidently.ui.workspace import Workspace
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+from churnops.metrics_db import DRIFTED_SHARE, MetricsStore
+from churnops.settings import Settings, get_settings
+from churnops.storage import LocalDropStorage, stage_key
+
+pytestmark = pytest.mark.integration
+
+START_TIMEOUT = 900.0  # training included, on a busy 2-core machine
+DONE_TIMEOUT = 300.0
+GOOD, DRIFTED, MALFORMED = (
+    "customer_churn_1.csv",
+    "customer_churn_2_majority_drifted.csv",
+    "malformed.csv",
+)
+#: Variables of the caller's environment that would point the platform elsewhere.
+FOREIGN = (
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "PREFECT_PROFILE",
+    "PREFECT_HOME",
+    "MLFLOW_TRACKING_URI",
+    "DATABASE_URL",
+    "EVIDENTLY_UI_URL",
+    "EVIDENTLY_WORKSPACE",
+    "ALERTS_TOPIC_ARN",
+    "SMTP_HOST",
+    "LOCAL_DROP_DIR",
+    "DROP_STORAGE",
+    "OPTUNA_STORAGE",
+)
+
+
+@dataclass
+class RunningPlatform:
+    home: Path
+    process: subprocess.Popen
+    output: Path
+    state: dict
+    settings: Settings
+
+    def logs(self) -> str:
+        parts = [f"--- churnops up\n{self.output.read_text(errors='replace')[-4000:]}"]
+        for log in sorted((self.home / "logs").glob("*.log")):
+            parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[RunningPlatform]:
+    home = tmp_path_factory.mktemp("platform") / "home"
+    output = home.parent / "up.log"
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
+    env |= {
+        "CHURNOPS_HOME": str(home),
+        "CHURN_DATA_DIR": str(data_dir),
+        "PREFECT_PORT": "0",
+        "MLFLOW_PORT": "0",
+        "EVIDENTLY_PORT": "0",
+        "CV_FOLDS": "2",
+        "COLUMNS": "200",
+    }
+    churnops = str(Path(sys.executable).with_name("churnops"))
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [churnops, "up"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    running = RunningPlatform(home, process, output, {}, get_settings(churnops_home=home))
+    try:
+        running.state = _wait_for_state(running)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=240)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _wait_for_state(running: RunningPlatform) -> dict:
+    """platform.json appears once every service answers and the watcher runs."""
+    path = running.home / "platform.json"
+    deadline = time.monotonic() + START_TIMEOUT
+    while not path.exists():
+        if running.process.poll() is not None:
+            pytest.fail(f"churnops up exited early:\n{running.logs()}", pytrace=False)
+        if time.monotonic() > deadline:
+            pytest.fail(f"the platform did not start in {START_TIMEOUT:.0f}s:\n{running.logs()}")
+        time.sleep(1)
+    return json.loads(path.read_text())
+
+
+def _leftovers(home: Path) -> list[str]:
+    """Processes whose command line or environment mentions the platform's home."""
+    marker = str(home).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline or marker in environ:
+            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry.name}: {command}")
+    return found
+
+
+def test_three_drops_end_where_they_should_and_the_platform_stops_clean(
+    platform: RunningPlatform, data_dir: Path
+) -> None:
+    settings = platform.settings
+    storage = LocalDropStorage(settings.drop_dir)
+    for name in (GOOD, DRIFTED):
+        storage.write(stage_key("input", name), (data_dir / name).read_bytes())
+    storage.write(stage_key("input", MALFORMED), b"not,a,churn\nfile,at,all\n")
+
+    api = platform.state["services"]["prefect"]["health_url"].removesuffix("/health")
+    with SyncPrefectClient(api) as client:
+        deployment = client.read_deployment_by_name(settings.prefect_deployment)
+        runs = _wait_for_final_runs(client, deployment.id, platform)
+    by_name = {run.name: run for run in runs}
+    assert set(by_name) == {GOOD, DRIFTED, MALFORMED}
+    assert {run.state.name for run in runs} == {"Completed"}, [r.state for r in runs]
+    assert by_name[MALFORMED].state.message.startswith("errored: ")
+    assert not by_name[GOOD].state.message
+
+    processed = {k.rsplit("/", 1)[1] for k in storage.list_keys("data/processed/")}
+    assert {GOOD, DRIFTED} <= processed
+    predictions = [n for n in processed if n.startswith("customer_churn_1_predictions_")]
+    assert len(predictions) == 1
+    header = storage.read(f"data/processed/{predictions[0]}").decode().splitlines()[0]
+    assert header.endswith("churn_prediction,churn_probability")
+    assert storage.list_keys("data/errored/") == [stage_key("errored", MALFORMED)]
+    assert storage.list_keys("data/input/") == storage.list_keys("data/processing/") == []
+
+    workspace = Workspace(str(settings.evidently_workspace_dir))
+    [project] = workspace.search_project(settings.evidently_project)
+    tags = [
+        workspace.get_run(project.id, snapshot_id).tags
+        for snapshot_id in workspace.list_runs(project.id)
+    ]
+    assert sorted(t[0] for t in tags) == sorted([GOOD, DRIFTED])
+
+    store = MetricsStore.from_settings(settings)
+    try:
+        stored = store.runs().set_index("file_name")
+        assert stored.loc[GOOD, "status"] == stored.loc[DRIFTED, "status"] == "processed"
+        assert stored.loc[MALFORMED, "status"] == "errored"
+        assert str(stored.loc[GOOD, "flow_run_id"]) == str(by_name[GOOD].id)
+        metrics = store.metrics(str(stored.loc[DRIFTED, "id"]))
+        shares = metrics.loc[metrics["metric"] == DRIFTED_SHARE, "value"].tolist()
+        assert len(shares) == 1 and shares[0] > settings.drift_share_threshold
+        assert store.metrics(str(stored.loc[MALFORMED, "id"])).empty
+    finally:
+        store.close()
+
+    alerts = settings.alert_log.read_text()
+    assert f"drift: {DRIFTED}" in alerts
+
+    platform.process.send_signal(signal.SIGINT)
+    assert platform.process.wait(timeout=240) == 0, platform.logs()
+    assert not (platform.home / "platform.json").exists()
+    deadline = time.monotonic() + 30
+    while _leftovers(platform.home) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _leftovers(platform.home) == []
+
+
+def _wait_for_final_runs(client: SyncPrefectClient, deployment_id, platform: RunningPlatform):
+    ids = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    deadline = time.monotonic() + DONE_TIMEOUT
+    while True:
+        runs = client.read_flow_runs(deployment_filter=ids)
+        if len(runs) == 3 and all(run.state and run.state.is_final() for run in runs):
+            return runs
+        if time.monotonic() > deadline:
+            states = [(r.name, r.state and r.state.name) for r in runs]
+            pytest.fail(
+                f"the drops were not done in {DONE_TIMEOUT:.0f}s: {states}\n{platform.logs()}",
+                pytrace=False,
+            )
+        time.sleep(1)
