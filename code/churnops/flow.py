@@ -21,7 +21,7 @@ from churnops.model import LoadedModel, load_aliased_model
 from churnops.results import MonitoringResult
 from churnops.schema import DataValidationError
 from churnops.settings import Settings, get_settings
-from churnops.storage import DropStorage, FileLog, decode_event_key, name_from_key, open_storage
+from churnops.storage import DropStorage, FileLog, name_from_key, open_storage
 
 # Data frames travel between tasks in memory: no caching, no input hashing.
 step = task(cache_policy=NO_CACHE)
@@ -48,9 +48,12 @@ finish = step(pipeline.finish)
 
 @flow(name="churn_prediction_pipeline")
 def churn_prediction_pipeline(bucket: str, key: str) -> State | dict[str, Any]:
-    """Score, monitor, store and alert for the file ``key`` of the drop ``bucket``."""
+    """Score, monitor, store and alert for the file ``key`` of the drop ``bucket``.
+
+    ``key`` is the object's real key (the trigger has already URL-decoded it).
+    """
     settings = get_settings()
-    outcome = process_file(settings, bucket, decode_event_key(key))
+    outcome = process_file(settings, bucket, key)
     if outcome.status == "processed":
         return asdict(outcome)
     return Completed(message=f"{outcome.status}: {outcome.message}", data=asdict(outcome))

@@ -120,8 +120,18 @@ def read_customer_csv(
         raise DataValidationError([f"not a parsable CSV file: {first}"], label) from exc
     df = clean_columns(df)
     if df.empty:
-        raise DataValidationError(["file has a header but no data rows"], label)
+        raise DataValidationError(
+            ["file has a header but no data rows", *_header_problems(df)], label
+        )
     return df
+
+
+def _header_problems(df: pd.DataFrame) -> list[str]:
+    """Column problems visible from the header alone (for files without rows)."""
+    known = [*INPUT_COLUMNS, TARGET]
+    missing = [f"missing column '{c}'" for c in INPUT_COLUMNS if c not in df.columns]
+    extra = [f"unexpected column '{c}'" for c in df.columns if c not in known]
+    return missing + extra
 
 
 def _describe(failures: pd.DataFrame) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from pathlib import Path
 
 import boto3
@@ -13,6 +12,7 @@ import pytest
 from churnops.alerts import Alert, AlertDeliveryError, assess, build_alert, send_alert
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import Settings, get_settings
+from tests.fixtures.moto import sns_topic_to_queue
 from tests.fixtures.network import free_port
 from tests.fixtures.smtp import SMTP_PASSWORD, SMTP_USER, Mailbox
 
@@ -43,20 +43,6 @@ def alert(settings: Settings) -> Alert:
         report_url="http://127.0.0.1:8000/r/1",
     )
     return build_alert(FILE, "XGBoostChurnModel", 3, assess(res, settings), res)
-
-
-def sns_topic_to_queue(endpoint: str) -> tuple[str, str]:
-    """A topic with an SQS queue subscribed to it: (topic ARN, queue URL)."""
-    sns = boto3.client("sns", endpoint_url=endpoint)
-    sqs = boto3.client("sqs", endpoint_url=endpoint)
-    suffix = uuid.uuid4().hex[:8]
-    topic = sns.create_topic(Name=f"alerts-{suffix}")["TopicArn"]
-    queue = sqs.create_queue(QueueName=f"alerts-{suffix}")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-    return topic, queue
 
 
 def test_sns(moto_server: str, settings: Settings, alert: Alert) -> None:

@@ -1,0 +1,261 @@
+"""The Prefect flow end to end on real parts: S3 and SNS on moto, Postgres, MLflow.
+
+Flows run under Prefect's test harness; every assertion reads the result back
+from the service that holds it (the bucket, the queue behind the topic, the
+metrics database, the flow run's state).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pandas as pd
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from churnops.flow import churn_prediction_pipeline
+from churnops.metrics_db import MetricsStore
+from churnops.registry import TrainingOptions, train_and_register
+from churnops.schema import RAW_COLUMNS
+from churnops.settings import Settings, get_settings
+from tests.fixtures.moto import received_messages, sns_topic_to_queue
+
+pytestmark = pytest.mark.integration
+
+MODEL = "FlowTestChurnModel"
+FAST = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.2}
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    s3: object
+    bucket: str
+    queue: str
+    endpoint: str
+
+    def drop(self, name: str, data: bytes):
+        key = f"data/input/{name}"
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return churn_prediction_pipeline(bucket=self.bucket, key=key, return_state=True)
+
+    def keys(self, stage: str) -> set[str]:
+        listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"data/{stage}/")
+        return {o["Key"].split("/", 2)[2] for o in listing.get("Contents", [])}
+
+    def read(self, key: str) -> bytes:
+        return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def log(self, name: str) -> str:
+        return self.read(f"data/logs/{name}.log").decode()
+
+    def alerts(self) -> list[dict]:
+        return received_messages(self.endpoint, self.queue)
+
+    def runs(self) -> pd.DataFrame:
+        store = MetricsStore(self.settings.metrics_db_url)
+        try:
+            return store.runs()
+        finally:
+            store.close()
+
+    def metrics(self, run_id: str) -> pd.DataFrame:
+        store = MetricsStore(self.settings.metrics_db_url)
+        try:
+            return store.metrics(run_id)
+        finally:
+            store.close()
+
+
+@pytest.fixture(scope="module")
+def platform(
+    mlflow_server: str,
+    moto_server: str,
+    postgres_url: str,
+    data_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Platform]:
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    bucket = "flow-test-drop"
+    s3.create_bucket(Bucket=bucket)
+    topic, queue = sns_topic_to_queue(moto_server)
+    env = {
+        "CHURNOPS_HOME": str(tmp_path_factory.mktemp("flow-home")),
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "MODEL_NAME": MODEL,
+        "DROP_STORAGE": "s3",
+        "DROP_BUCKET": bucket,
+        "AWS_ENDPOINT_URL": moto_server,
+        "ALERTS_TOPIC_ARN": topic,
+        "DATABASE_URL": postgres_url,
+        "MAX_FILE_BYTES": "1000000",
+        "ALERT_RETRY_WAIT": "0.01",
+        "CV_FOLDS": "3",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        settings = get_settings()
+        train_and_register(
+            settings, TrainingOptions(data_file=data_dir / "customer_churn_0.csv", params=FAST)
+        )
+        with prefect_test_harness(server_startup_timeout=180):
+            yield Platform(settings, s3, bucket, queue, moto_server)
+
+
+def test_labeled_file_is_scored_stored_and_kept(platform: Platform, data_dir: Path) -> None:
+    original = (data_dir / "customer_churn_1.csv").read_bytes()
+    state = platform.drop("customer_churn_1.csv", original)
+    assert state.is_completed()
+    outcome = state.result()
+    assert outcome["status"] == "processed"
+
+    predictions = f"customer_churn_1_predictions_{MODEL}_v1.csv"
+    assert {"customer_churn_1.csv", predictions} <= platform.keys("processed")
+    assert platform.read("data/processed/customer_churn_1.csv") == original
+    scored = pd.read_csv(io.BytesIO(platform.read(f"data/processed/{predictions}")))
+    assert list(scored.columns) == [*RAW_COLUMNS, "churn_prediction", "churn_probability"]
+    assert len(scored) == 1050
+    assert scored["churn_probability"].between(0, 1).all()
+
+    log = platform.log("customer_churn_1.csv")
+    for step in ("claim", "load model", "validate", "predict", "monitor", "alert", "finish"):
+        assert f"| {step} | ok |" in log
+
+    run = platform.runs().set_index("id").loc[outcome["run_id"]]
+    assert (run["status"], run["model_name"], run["model_version"]) == ("processed", MODEL, "1")
+    assert run["rows"] == 1050 and run["report_url"].startswith("http")
+    metrics = platform.metrics(outcome["run_id"])
+    names = set(metrics["metric"])
+    assert {"f1", "precision", "recall", "accuracy", "roc_auc", "drifted_share"} <= names
+    assert {"drifted_count", "drift_score", "predicted_churn_rate"} <= names
+    assert set(metrics.loc[metrics["metric"] == "drift_score", "label"]) >= {"call_failure"}
+
+
+def test_drifted_file_raises_the_drift_alert(platform: Platform, data_dir: Path) -> None:
+    name = "customer_churn_2_majority_drifted.csv"
+    platform.alerts()  # start from an empty queue
+    state = platform.drop(name, (data_dir / name).read_bytes())
+    assert state.is_completed()
+    alerts = [a for a in platform.alerts() if name in a["Message"]]
+    assert len(alerts) == 1
+    assert "drift" in alerts[0]["Subject"]
+    assert "call_failure" in alerts[0]["Message"]
+    assert state.result()["report_url"] in alerts[0]["Message"]
+
+
+def test_synthetic_file_raises_the_score_alert(platform: Platform, data_dir: Path) -> None:
+    name = "customer_churn_synthetic_1.csv"
+    platform.alerts()
+    state = platform.drop(name, (data_dir / name).read_bytes())
+    assert state.is_completed()
+    alerts = [a for a in platform.alerts() if name in a["Message"]]
+    assert len(alerts) == 1
+    assert "low scores" in alerts[0]["Subject"]
+    assert "< minimum 0.700" in alerts[0]["Message"]
+
+
+def test_unlabeled_file_gets_drift_only(platform: Platform, data_dir: Path) -> None:
+    frame = pd.read_csv(data_dir / "customer_churn_1.csv").drop(columns="Churn")
+    state = platform.drop("unlabeled.csv", frame.to_csv(index=False).encode())
+    assert state.is_completed()
+    outcome = state.result()
+    assert outcome["status"] == "processed"
+    names = set(platform.metrics(outcome["run_id"])["metric"])
+    assert "drifted_share" in names and "predicted_churn_rate" in names
+    assert not names & {"f1", "precision", "recall", "accuracy", "roc_auc"}
+
+
+def test_special_characters_in_names(platform: Platform, data_dir: Path) -> None:
+    name = "customer churn+1 é.csv"
+    state = platform.drop(name, (data_dir / "customer_churn_1.csv").read_bytes())
+    assert state.is_completed()
+    assert name in platform.keys("processed")
+    assert f"customer churn+1 é_predictions_{MODEL}_v1.csv" in platform.keys("processed")
+
+
+def test_a_second_trigger_is_a_logged_no_op(platform: Platform, data_dir: Path) -> None:
+    name = "twice.csv"
+    platform.drop(name, (data_dir / "customer_churn_1.csv").read_bytes())
+    state = churn_prediction_pipeline(
+        bucket=platform.bucket, key=f"data/input/{name}", return_state=True
+    )
+    assert state.is_completed()
+    assert state.result()["status"] == "skipped"
+    assert "already taken: a file named 'twice.csv' is in processed/" in platform.log(name)
+    assert (platform.runs()["file_name"] == name).sum() == 1
+
+
+def _good(data_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(data_dir / "customer_churn_1.csv").head(50)
+
+
+def _csv(frame: pd.DataFrame, **kwargs: object) -> bytes:
+    return frame.to_csv(index=False, **kwargs).encode()
+
+
+MALFORMED = {
+    "empty.csv": (lambda d: b"", "file is empty"),
+    "header_only.csv": (lambda d: _csv(_good(d).head(0)), "header but no data rows"),
+    "binary.csv": (lambda d: b"\x89PNG\r\n\x1a\n\x00\x00\x00", "binary, not a CSV"),
+    "broken_quotes.csv": (lambda d: b'a,b\n1,"2\n3,4', "not a parsable CSV"),
+    "semicolons.csv": (lambda d: _csv(_good(d), sep=";"), "missing column 'call_failure'"),
+    "missing_column.csv": (
+        lambda d: _csv(_good(d).drop(columns="Status")),
+        "missing column 'status'",
+    ),
+    "extra_column.csv": (lambda d: _csv(_good(d).assign(Email="x")), "unexpected column 'email'"),
+    "text_in_numbers.csv": (
+        lambda d: _csv(_good(d).astype({"Age": object}).assign(Age="old")),
+        "'age' must be numeric",
+    ),
+    "out_of_range.csv": (
+        lambda d: _csv(_good(d).assign(**{"Age Group": 9})),
+        "'age_group' out of range",
+    ),
+    "missing_values.csv": (
+        lambda d: _csv(_good(d).assign(Complains=None)),
+        "'complains' has 50 missing value(s)",
+    ),
+    "negative_counts.csv": (
+        lambda d: _csv(_good(d).assign(**{"Seconds of Use": -5})),
+        "'seconds_of_use' out of range",
+    ),
+    "too_large.csv": (
+        lambda d: _csv(pd.concat([pd.read_csv(d / "customer_churn_1.csv")] * 30)),
+        "over the limit of 1,000,000 bytes",
+    ),
+    "json.csv": (lambda d: b'{"customers": [1, 2, 3]}', "missing column"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_file_ends_in_errored_with_its_reason(
+    platform: Platform, data_dir: Path, name: str
+) -> None:
+    make, expected = MALFORMED[name]
+    state = platform.drop(name, make(data_dir))
+    assert state.is_completed()
+    assert state.message.startswith("errored:")
+    assert expected in state.message
+    assert name in platform.keys("errored")
+    assert name not in platform.keys("processing") | platform.keys("input")
+    assert expected in platform.log(name)
+    run = platform.runs().set_index("file_name").loc[name]
+    assert run["status"] == "errored" and expected in run["error"]
+
+
+def test_unexpected_error_fails_the_run_and_keeps_the_file(
+    platform: Platform, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODEL_ALIAS", "no-such-alias")
+    state = platform.drop("no_model.csv", (data_dir / "customer_churn_1.csv").read_bytes())
+    assert state.is_failed()
+    assert "no_model.csv" in platform.keys("errored")
+    assert "unexpected error" in platform.log("no_model.csv")
+    run = platform.runs().set_index("file_name").loc["no_model.csv"]
+    assert run["status"] == "errored" and "no-such-alias" in run["error"]
