@@ -15,7 +15,7 @@ DATA_FILES := data/customer_churn_0.csv data/customer_churn_1.csv data/customer_
 TRIALS ?= 0
 
 .PHONY: help install data register-model train demo test test-unit quality format \
-	optuna-dashboard benchmark-model benchmark-features benchmark-latency \
+	optuna-dashboard benchmark-model benchmark-features benchmark-latency benchmark-pipeline \
 	simulate-file-drops status clean
 
 help: ## List the targets
@@ -71,6 +71,9 @@ benchmark-features: install data ## Cross-validated F1 with each feature dropped
 
 benchmark-latency: install data ## Drop-to-processed latency on the local platform (p50/p95)
 	$(RUN) python benchmarks/latency.py
+
+benchmark-pipeline: install data ## Flow time and peak RSS on 1,050 and 1M rows beside bare XGBoost+Evidently
+	$(RUN) python benchmarks/pipeline.py
 
 clean: ## Remove local state (.churnops: MLflow, Optuna, metrics, drop folder)
 	rm -rf .churnops
