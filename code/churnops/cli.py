@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -122,32 +123,34 @@ def train(
     console.print(f"  alias '{settings.model_alias}': {verdict}: {outcome.decision.reason}")
 
 
+def _copy_into_drop(settings: Settings, path: Path) -> str:
+    """Put a file into the local drop's input folder (unless it is there); return its key."""
+    from churnops.storage import stage_key
+
+    if not path.is_file():
+        _fail(f"{path} is not a file")
+    key = stage_key("input", path.name)
+    destination = settings.drop_dir / key
+    if path.resolve() != destination:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(path.read_bytes())
+        console.print(f"copied {path.name} into the drop folder {settings.drop_dir}")
+    return key
+
+
 @app.command()
 def process(
     target: Annotated[str, typer.Argument(help="A CSV file path, or s3://bucket/data/input/key")],
 ) -> None:
     """Run the pipeline once on one file, without any server."""
     from churnops.flow import churn_prediction_pipeline
-    from churnops.storage import stage_key
 
     settings = _settings()
     if target.startswith("s3://"):
         bucket, _, key = target.removeprefix("s3://").partition("/")
-        settings_env = {"DROP_STORAGE": "s3"}
+        os.environ["DROP_STORAGE"] = "s3"  # the flow reads its settings itself
     else:
-        path = Path(target).resolve()
-        if not path.is_file():
-            _fail(f"{target} is not a file")
-        bucket, key = settings.drop_bucket, stage_key("input", path.name)
-        destination = settings.drop_dir / key
-        if path != destination:
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            destination.write_bytes(path.read_bytes())
-            console.print(f"copied {path.name} into the drop folder {settings.drop_dir}")
-        settings_env = {}
-    import os
-
-    os.environ.update(settings_env)
+        bucket, key = settings.drop_bucket, _copy_into_drop(settings, Path(target))
     state = churn_prediction_pipeline(bucket=bucket, key=key, return_state=True)
     outcome = state.result(raise_on_failure=False)
     console.print(f"{state.name}: {state.message or ''}")
@@ -205,3 +208,25 @@ def status() -> None:
         verdict = "[green]healthy[/green]" if service.healthy else "[red]down[/red]"
         health.add_row(service.name, verdict, service.url, service.detail)
     console.print(health)
+
+
+@app.command("grant-reader")
+def grant_reader() -> None:
+    """Create or update the dashboards' read-only role on the Postgres metrics database."""
+    from churnops.metrics_db import MetricsStore, grant_read_only
+
+    settings = _settings()
+    if settings.dashboard_db_password is None:
+        _fail("set DASHBOARD_DB_PASSWORD to the password the read-only role should have")
+    store = MetricsStore.from_settings(settings)  # creates the tables first
+    try:
+        grant_read_only(
+            store.engine,
+            settings.dashboard_db_user,
+            settings.dashboard_db_password.get_secret_value(),
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    console.print(f"role '{settings.dashboard_db_user}' can read pipeline_runs and run_metrics")

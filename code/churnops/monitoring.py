@@ -221,4 +221,4 @@ def local_report_url(settings: Settings, project: UUID, snapshot: UUID) -> str:
     The UI's route is ``/projects/:projectId/reports/:snapshotId`` (the same
     one ``RemoteWorkspace`` links to).
     """
-    return f"http://{settings.host}:{settings.evidently_port}/projects/{project}/reports/{snapshot}"
+    return f"http://{settings.platform_host}:{settings.evidently_port}/projects/{project}/reports/{snapshot}"

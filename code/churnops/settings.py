@@ -96,7 +96,7 @@ class Settings(BaseSettings):
 
     # --- Prefect and the local platform -------------------------------------------
     prefect_deployment: str = "churn_prediction_pipeline/churnops"
-    host: str = "127.0.0.1"
+    platform_host: str = Field("127.0.0.1", description="Address the local services bind to.")
     prefect_port: int = 4200
     mlflow_port: int = 5000
     evidently_port: int = 8000

@@ -117,6 +117,6 @@ def test_runs_land_in_one_project_with_their_tags(
         assert snapshot.metadata["model_version"] == "7"
         assert snapshot.name == name
         assert result.report_url == (
-            f"http://{settings.host}:{settings.evidently_port}"
+            f"http://{settings.platform_host}:{settings.evidently_port}"
             f"/projects/{project.id}/reports/{result.snapshot_id}"
         )

@@ -141,7 +141,7 @@ def test_empty_current_is_refused(tmp_path: Path) -> None:
 
 
 def test_local_report_url_follows_the_ui_route() -> None:
-    settings = get_settings(host="127.0.0.1", evidently_port=8123)
+    settings = get_settings(platform_host="127.0.0.1", evidently_port=8123)
     project = UUID("00000000-0000-0000-0000-000000000001")
     snapshot = UUID("00000000-0000-0000-0000-000000000002")
     assert local_report_url(settings, project, snapshot) == (

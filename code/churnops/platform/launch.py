@@ -225,7 +225,7 @@ def _start_runner(platform: Platform) -> None:
         [svc.bin_path("python"), "-m", "churnops.platform.runner"],
         settings.home / "logs" / "runner.log",
         runner_env(settings),
-        url=f"http://{settings.host}:{settings.prefect_port}/deployments",
+        url=f"http://{settings.platform_host}:{settings.prefect_port}/deployments",
     )
     platform.runner.start()
     with platform.console.status(

@@ -187,7 +187,7 @@ class Ports:
 
 
 def choose_ports(settings: Settings) -> Ports:
-    host = settings.host
+    host = settings.platform_host
     return Ports(
         prefect=choose_port(host, settings.prefect_port, "prefect_port"),
         mlflow=choose_port(host, settings.mlflow_port, "mlflow_port"),
@@ -196,16 +196,16 @@ def choose_ports(settings: Settings) -> Ports:
 
 
 def prefect_api_url(settings: Settings, port: int) -> str:
-    return f"http://{settings.host}:{port}/api"
+    return f"http://{settings.platform_host}:{port}/api"
 
 
 def mlflow_url(settings: Settings, port: int) -> str:
-    return f"http://{settings.host}:{port}"
+    return f"http://{settings.platform_host}:{port}"
 
 
 def server_services(settings: Settings, ports: Ports) -> list[Service]:
     """Prefect, MLflow and the Evidently UI, all with their state under CHURNOPS_HOME."""
-    home, host, logs = settings.home, settings.host, settings.home / "logs"
+    home, host, logs = settings.home, settings.platform_host, settings.home / "logs"
     prefect_home = home / "prefect"
     prefect_home.mkdir(parents=True, exist_ok=True)
     settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
