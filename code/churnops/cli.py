@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from churnops.progress import progress_bars
 from churnops.settings import Settings, get_settings
 
 app = typer.Typer(help="ChurnOps: train, deploy and continuously evaluate churn models.")
@@ -70,17 +70,6 @@ def data_fetch(
     console.print(f"[green]{len(written)} data files in {target_dir}[/green]")
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-
-
 @app.command()
 def train(
     data_file: Annotated[
@@ -100,16 +89,7 @@ def train(
     data_file = data_file or settings.churn_data_dir / settings.training_file
     if not data_file.exists():
         _fail(f"{data_file} does not exist: run `make data` (or pass --data FILE)")
-    with _progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def report(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = progress.add_task(f"{what}s", total=total)
-            progress.update(tasks[what], completed=done, total=total)
-            if what == "fold" and done == total:
-                progress.reset(tasks[what])
-
+    with progress_bars(console) as report:
         outcome = train_and_register(
             settings, TrainingOptions(data_file=data_file, trials=trials, force=force), report
         )

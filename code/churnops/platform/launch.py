@@ -20,11 +20,11 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from churnops.platform import services as svc
 from churnops.platform.watcher import BucketPoller, Dispatcher, FolderWatcher, load_lambda_handler
+from churnops.progress import progress_bars
 from churnops.settings import Settings
 
 if TYPE_CHECKING:
@@ -198,21 +198,7 @@ def _ensure_model(settings: Settings, console: Console) -> None:
 def _train(settings: Settings, data_file: Path, console: Console) -> TrainingOutcome:
     from churnops.registry import TrainingOptions, train_and_register
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        tasks: dict[str, int] = {}
-
-        def report(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = progress.add_task(f"training: {what}s", total=total)
-            progress.update(tasks[what], completed=done, total=total)
-
+    with progress_bars(console, "training: ") as report:
         return train_and_register(settings, TrainingOptions(data_file=data_file), report)
 
 
