@@ -7,12 +7,13 @@ predictions) or ``errored``; ``logs/<file>.log`` tells the story.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from churnops.alerts import AlertDeliveryError, assess, build_alert, send_alert
 from churnops.metrics_db import MetricsStore
@@ -73,10 +74,30 @@ def write_predictions(
 ) -> str:
     """Write the scored file (original header) into ``processed/``; return its key."""
     key = stage_key("processed", predictions_name(name, model))
-    buffer = io.StringIO()
-    scored.rename(columns=_RAW_NAMES).to_csv(buffer, index=False)
-    storage.write(key, buffer.getvalue().encode())
+    storage.write(key, csv_bytes(scored.rename(columns=_RAW_NAMES)))
     return key
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """Byte for byte ``frame.to_csv(index=False)`` of a numeric frame, twice as fast.
+
+    ``to_csv`` takes ~4 s on a 1M-row file. Floats are formatted by the rule
+    ``to_csv`` uses (numpy's ``astype(str)``: ``0.0``, ``3.2e-05``), then Arrow
+    writes the rows. Nothing needs quoting: validated files hold numbers only.
+    """
+    if any(dtype.kind not in "iuf" for dtype in frame.dtypes):
+        raise ValueError(f"only int and float columns can be written, not {dict(frame.dtypes)}")
+    if frame.isna().to_numpy().any():
+        raise ValueError("missing values would be written as 'nan', not as to_csv writes them")
+    columns = {
+        name: column.to_numpy().astype(str) if column.dtype.kind == "f" else column.to_numpy()
+        for name, column in frame.items()
+    }
+    out = pa.BufferOutputStream()
+    out.write((",".join(frame.columns) + "\n").encode())
+    options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+    pa_csv.write_csv(pa.table(columns), out, options)
+    return out.getvalue().to_pybytes()
 
 
 def monitor(
