@@ -27,6 +27,7 @@ from churnops.storage import DropStorage, FileLog, stage_key
 log = logging.getLogger(__name__)
 
 _RAW_NAMES = {clean: raw for raw, clean in RAW_COLUMNS.items()}
+_CSV_CHUNK_ROWS = 20_000
 
 
 @dataclass
@@ -84,20 +85,24 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
     ``to_csv`` takes ~4 s on a 1M-row file. Floats are formatted by the rule
     ``to_csv`` uses (numpy's ``astype(str)``: ``0.0``, ``3.2e-05``), then Arrow
     writes the rows. Nothing needs quoting: validated files hold numbers only.
+    Small chunks keep the extra memory where ``to_csv``'s is (~2.5x the output).
     """
     if any(dtype.kind not in "iuf" for dtype in frame.dtypes):
         raise ValueError(f"only int and float columns can be written, not {dict(frame.dtypes)}")
     if frame.isna().to_numpy().any():
         raise ValueError("missing values would be written as 'nan', not as to_csv writes them")
-    columns = {
-        name: column.to_numpy().astype(str) if column.dtype.kind == "f" else column.to_numpy()
-        for name, column in frame.items()
-    }
-    out = pa.BufferOutputStream()
-    out.write((",".join(frame.columns) + "\n").encode())
+    parts = [(",".join(frame.columns) + "\n").encode()]
     options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
-    pa_csv.write_csv(pa.table(columns), out, options)
-    return out.getvalue().to_pybytes()
+    for start in range(0, len(frame), _CSV_CHUNK_ROWS):
+        chunk = frame.iloc[start : start + _CSV_CHUNK_ROWS]
+        columns = {
+            name: column.to_numpy().astype(str) if column.dtype.kind == "f" else column.to_numpy()
+            for name, column in chunk.items()
+        }
+        out = pa.BufferOutputStream()
+        pa_csv.write_csv(pa.table(columns), out, options)
+        parts.append(out.getvalue().to_pybytes())
+    return b"".join(parts)
 
 
 def monitor(

@@ -32,6 +32,12 @@ def test_float_formats_match_to_csv() -> None:
     assert csv_bytes(frame) == frame.to_csv(index=False).encode()
 
 
+def test_frames_longer_than_a_chunk_match_to_csv() -> None:
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"p": rng.random(45_001).astype("float32"), "n": np.arange(45_001)})
+    assert csv_bytes(frame) == frame.to_csv(index=False).encode()
+
+
 @pytest.mark.parametrize(
     ("frame", "message"),
     [
