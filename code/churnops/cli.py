@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +34,10 @@ def _fail(message: str) -> None:
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """ChurnOps: train, deploy and continuously evaluate churn models."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    if not verbose:  # MLflow's notes on pickling and integer schemas are noise to users
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 @data_app.command("fetch")

@@ -38,6 +38,15 @@ class ChurnModel(PythonModel):
         self._classifier: xgb.XGBClassifier | None = None
         self._reference_path: str | None = None
 
+    @classmethod
+    def in_memory(
+        cls, features: list[str], threshold: float, classifier: xgb.XGBClassifier
+    ) -> ChurnModel:
+        """A model around a classifier fitted in this process (scores without MLflow)."""
+        model = cls(features, threshold)
+        model._classifier = classifier
+        return model
+
     def load_context(self, context: PythonModelContext) -> None:
         self._classifier = xgb.XGBClassifier()
         self._classifier.load_model(context.artifacts[XGB_ARTIFACT])

@@ -22,7 +22,7 @@ from churnops.monitoring import run_monitoring
 from churnops.results import MonitoringResult
 from churnops.schema import RAW_COLUMNS, load_customer_file
 from churnops.settings import Settings
-from churnops.storage import DropStorage, FileLog, stage_key
+from churnops.storage import DropStorage, stage_key
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,3 @@ def open_metrics(settings: Settings) -> MetricsStore:
 
 def record_metrics(store: MetricsStore, run_id: str, result: MonitoringResult) -> None:
     store.record_result(run_id, result)
-
-
-def new_file_log(storage: DropStorage, name: str) -> FileLog:
-    return FileLog(storage, name)

@@ -238,8 +238,7 @@ def train_and_register(
 
     final = training.make_classifier(params, seed)
     final.fit(prepare_features(data, features), target(data))
-    model = ChurnModel(features, threshold)
-    model._classifier = final  # fitted in memory: score the reference without a reload
+    model = ChurnModel.in_memory(features, threshold, final)
 
     with mlflow.start_run(run_name=f"xgboost-{options.data_file.stem}") as run:
         mlflow.log_params({**params, "threshold": threshold, "features": ",".join(features)})
@@ -262,7 +261,7 @@ def train_and_register(
         shap_figure = plots.shap_summary(final, prepare_features(data, features))
         mlflow.log_figure(shap_figure, "plots/shap_summary.png")
         plt.close(shap_figure)
-        version = _log_model(settings, model, params, data, train)
+        version = _log_model(settings, model, final, params, data, train)
         mlflow.set_tags(
             {
                 "promotion.decision": "promoted" if decision.promote else "rejected",
@@ -279,6 +278,7 @@ def train_and_register(
 def _log_model(
     settings: Settings,
     model: ChurnModel,
+    classifier: Any,
     params: dict[str, Any],
     data: pd.DataFrame,
     train: pd.DataFrame,
@@ -287,7 +287,7 @@ def _log_model(
     inputs = data[model.features]
     with tempfile.TemporaryDirectory() as tmp:
         booster_path = Path(tmp) / "xgb_model.json"
-        model._classifier.save_model(booster_path)
+        classifier.save_model(booster_path)
         reference_path = Path(tmp) / "reference.parquet"
         reference_frame(data, model).to_parquet(reference_path, index=False)
         signature = infer_signature(
@@ -295,7 +295,7 @@ def _log_model(
         )
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=model_for_logging(model),
+            python_model=ChurnModel(model.features, model.threshold),  # booster: artifact
             artifacts={XGB_ARTIFACT: str(booster_path), REFERENCE_ARTIFACT: str(reference_path)},
             signature=signature,
             input_example=inputs.head(5),
@@ -306,11 +306,6 @@ def _log_model(
         mlflow.data.from_pandas(train, name="train", targets=TARGET), context="training"
     )
     return str(info.registered_model_version)
-
-
-def model_for_logging(model: ChurnModel) -> ChurnModel:
-    """A fresh instance without the in-memory booster (the artifact carries it)."""
-    return ChurnModel(model.features, model.threshold)
 
 
 def _apply_decision(settings: Settings, version: str, decision: Decision) -> None:

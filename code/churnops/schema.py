@@ -185,11 +185,6 @@ def validate(
         raise DataValidationError(_describe(exc.failure_cases), source) from exc
 
 
-def has_target(df: pd.DataFrame) -> bool:
-    """Whether the (clean) frame carries the label, i.e. quality can be measured."""
-    return TARGET in df.columns
-
-
 def load_customer_file(
     source: Path | bytes,
     *,
