@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     holdout_fraction: float = 0.2
     random_seed: int = 42
     # Promotion gate: holdout minimums a new version must reach to take the alias.
-    gate_min_f1: float = 0.75
+    gate_min_f1: float = 0.70
     gate_min_roc_auc: float = 0.90
 
     # --- file drop -----------------------------------------------------------
