@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,10 +14,14 @@ from rich.console import Console
 from churnops.progress import progress_bars
 from churnops.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from churnops.pipeline import FileOutcome
+    from churnops.storage import DropStorage
+
 app = typer.Typer(help="ChurnOps: train, deploy and continuously evaluate churn models.")
 data_app = typer.Typer(help="Get the customer churn data.")
 app.add_typer(data_app, name="data")
-console = Console()
+console = Console(soft_wrap=True)  # long paths and URLs stay whole in logs
 
 
 def _settings() -> Settings:
@@ -108,42 +111,104 @@ def train(
     console.print(f"  alias '{settings.model_alias}': {verdict}: {outcome.decision.reason}")
 
 
+#: ``churnops process`` exit codes, one per outcome (documented in the README).
+EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5}
+
+
 def _copy_into_drop(settings: Settings, path: Path) -> str:
     """Put a file into the local drop's input folder (unless it is there); return its key."""
-    from churnops.storage import stage_key
+    from churnops.storage import LocalDropStorage, ObjectExists, stage_key
 
     if not path.is_file():
         _fail(f"{path} is not a file")
     key = stage_key("input", path.name)
-    destination = settings.drop_dir / key
-    if path.resolve() != destination:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(path.read_bytes())
+    storage = LocalDropStorage(settings.drop_dir)
+    if path.resolve() != storage.path(key):
+        try:
+            storage.create(key, path.read_bytes())
+        except ObjectExists:
+            _fail(f"another {path.name} waits in {storage.path(key).parent}: drop it later")
         console.print(f"copied {path.name} into the drop folder {settings.drop_dir}")
     return key
 
 
-@app.command()
-def process(
-    target: Annotated[str, typer.Argument(help="A CSV file path, or s3://bucket/data/input/key")],
-) -> None:
-    """Run the pipeline once on one file, without any server."""
-    from churnops.flow import churn_prediction_pipeline
+def _open_target(settings: Settings, target: str) -> tuple[DropStorage, str]:
+    """The storage and key of a target: a local file, or ``s3://bucket/key``."""
+    from churnops.storage import S3DropStorage, open_storage, s3_client
 
-    settings = _settings()
     if target.startswith("s3://"):
         bucket, _, key = target.removeprefix("s3://").partition("/")
-        os.environ["DROP_STORAGE"] = "s3"  # the flow reads its settings itself
-    else:
-        bucket, key = settings.drop_bucket, _copy_into_drop(settings, Path(target))
-    state = churn_prediction_pipeline(bucket=bucket, key=key, return_state=True)
-    outcome = state.result(raise_on_failure=False)
-    console.print(f"{state.name}: {state.message or ''}")
-    if isinstance(outcome, dict):
-        for field, value in outcome.items():
+        return S3DropStorage(bucket, s3_client(settings.aws_endpoint_url)), key
+    local = settings.model_copy(update={"drop_storage": "local"})
+    return open_storage(local), _copy_into_drop(local, Path(target))
+
+
+@app.command()
+def process(
+    target: Annotated[
+        str, typer.Argument(help="A CSV file path, or s3://bucket/data/input/<name>")
+    ],
+) -> None:
+    """Run the pipeline once on one file, in this process (no server needed).
+
+    Exit codes: 0 processed, 3 invalid (moved to errored/), 4 failed on a
+    dependency (the file waits in processing/ for `churnops reconcile`),
+    5 skipped (already taken by another run).
+    """
+    from churnops.pipeline import process as process_file
+
+    settings = _settings()
+    storage, key = _open_target(settings, target)
+    outcome = process_file(settings, storage, key)
+    _print_outcome(outcome)
+    raise typer.Exit(EXIT_CODES[outcome.status])
+
+
+def _print_outcome(outcome: FileOutcome) -> None:
+    colour = {"processed": "green", "skipped": "yellow"}.get(outcome.status, "red")
+    console.print(f"[{colour}]{outcome.status}[/{colour}] {outcome.name}: {outcome.message}")
+    for field in ("run", "attempt", "model_version", "predictions_key", "report_url"):
+        value = getattr(outcome, field)
+        if value is not None:
             console.print(f"  {field}: {value}")
-    if state.is_failed():
-        raise typer.Exit(1)
+
+
+@app.command()
+def reconcile(
+    target: Annotated[
+        str | None,
+        typer.Argument(help="s3://bucket to reconcile (default: the configured drop storage)"),
+    ] = None,
+) -> None:
+    """Re-drive stranded files now, in this process: untaken input, dead or failed runs.
+
+    Exits 4 when a re-driven file failed again (its dependency is still down).
+    """
+    from churnops import reconcile as reconciler
+    from churnops.pipeline import process as process_file
+    from churnops.storage import S3DropStorage, open_storage, s3_client
+
+    settings = _settings()
+    if target and target.startswith("s3://"):
+        bucket = target.removeprefix("s3://").strip("/")
+        storage: DropStorage = S3DropStorage(bucket, s3_client(settings.aws_endpoint_url))
+    else:
+        storage = open_storage(settings)
+    outcomes: list[FileOutcome] = []
+
+    def submit(action: reconciler.Action) -> None:
+        console.print(f"{action.kind} {action.key}: {action.reason}")
+        outcomes.append(process_file(settings, storage, action.key))
+        _print_outcome(outcomes[-1])
+
+    actions = reconciler.reconcile(settings, storage, submit)
+    for action in actions:
+        if action.kind == "close-run":
+            console.print(f"closed run {action.key}: {action.reason}")
+    if not actions:
+        console.print("nothing to reconcile")
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(EXIT_CODES["failed"])
 
 
 @app.command()
@@ -181,10 +246,10 @@ def status() -> None:
 
     files, services = collect(_settings())
     table = Table(title="files")
-    for column in ("stage", "file"):
+    for column in ("stage", "run", "file"):
         table.add_column(column)
     for file in files:
-        table.add_row(file.stage, file.name)
+        table.add_row(file.stage, file.run, file.name)
     console.print(table if files else "no files in the drop folder")
     health = Table(title="services")
     for column in ("service", "health", "where", "checked by"):

@@ -7,15 +7,20 @@ Two tables, named for readable Grafana SQL:
   is, ``label`` which column it is about (per-column drift) and ``method`` how
   it was measured, so a panel is one ``WHERE metric = '...'`` away.
 
-SQLite under ``CHURNOPS_HOME`` by default, Postgres through ``DATABASE_URL``;
-the tables are created on first use. :func:`grant_read_only` gives Grafana a
-login that can read these tables and nothing else.
+SQLite under ``CHURNOPS_HOME`` by default, Postgres through ``DATABASE_URL``.
+The schema is kept by Alembic migrations (``churnops/migrations``), run once
+per process when a database is first opened. Every write is retried for
+``dependency_wait_seconds`` when the database cannot be reached, then fails
+with a clear message: an outage must not be mistaken for a bad file.
+:func:`grant_read_only` gives Grafana a login that can read these tables
+and nothing else.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,12 +48,17 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from tenacity import Retrying as _Retrying
+from tenacity import retry_if_exception, stop_after_delay, wait_exponential
 
 from churnops.results import MonitoringResult
 from churnops.settings import Settings
 
-RUNNING, PROCESSED, ERRORED = "running", "processed", "errored"
-STATUSES = (RUNNING, PROCESSED, ERRORED)
+RUNNING, PROCESSED, ERRORED, FAILED = "running", "processed", "errored", "failed"
+STATUSES = (RUNNING, PROCESSED, ERRORED, FAILED)
+#: Statuses that end a run; FAILED means "a dependency failed, the file waits for a retry".
+FINAL_STATUSES = (PROCESSED, ERRORED, FAILED)
 
 #: ``run_metrics.metric`` values.
 DRIFTED_SHARE = "drifted_share"
@@ -140,6 +150,8 @@ def _now() -> datetime:
 def make_engine(url: str | URL) -> Engine:
     """An engine for ``url``; SQLite gets its folder, a lock timeout and foreign keys."""
     url = make_url(url)
+    if url.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
@@ -156,13 +168,33 @@ def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
 class MetricsStore:
     """Writes and reads pipeline runs and their metrics."""
 
-    def __init__(self, url: str | URL) -> None:
+    def __init__(self, url: str | URL, wait_seconds: float = 10.0) -> None:
         self.engine = make_engine(url)
-        metadata.create_all(self.engine)
+        self.wait_seconds = wait_seconds
+        self._retry(upgrade, self.engine)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MetricsStore:
-        return cls(settings.metrics_db_url)
+        return cls(settings.metrics_db_url, settings.dependency_wait_seconds)
+
+    def _retry(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Call ``function``; retry while the database is unreachable, then say so."""
+        retrying = _Retrying(
+            retry=retry_if_exception(_is_unreachable),
+            stop=stop_after_delay(self.wait_seconds),
+            wait=wait_exponential(multiplier=0.5, max=4),
+            reraise=True,
+        )
+        try:
+            return retrying(function, *args)
+        except DBAPIError as exc:
+            if not _is_unreachable(exc):
+                raise
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise MetricsDatabaseUnavailable(
+                f"metrics database {where} unreachable for {self.wait_seconds:.0f}s: "
+                f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"
+            ) from exc
 
     def start_run(
         self,
@@ -174,9 +206,10 @@ class MetricsStore:
         model_name: str | None = None,
         model_version: str | None = None,
         started_at: datetime | None = None,
+        run_id: str | None = None,
     ) -> str:
-        """Record a file as being processed; return the new run id."""
-        run_id = str(uuid.uuid4())
+        """Record a file as being processed; return the run id (new unless given)."""
+        run_id = run_id or str(uuid.uuid4())
         row = {
             "id": run_id,
             "flow_run_id": flow_run_id,
@@ -188,9 +221,12 @@ class MetricsStore:
             "status": RUNNING,
             "started_at": started_at or _now(),
         }
-        with self.engine.begin() as conn:
-            conn.execute(insert(pipeline_runs), row)
+        self._retry(self._execute, insert(pipeline_runs), row)
         return run_id
+
+    def _execute(self, statement: Any, rows: Any = None) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(statement, rows).rowcount
 
     def finish_run(
         self,
@@ -204,9 +240,9 @@ class MetricsStore:
         model_version: str | None = None,
         finished_at: datetime | None = None,
     ) -> None:
-        """Close a run as ``processed`` or ``errored``; unset arguments keep their value."""
-        if status not in (PROCESSED, ERRORED):
-            raise ValueError(f"finish status must be {PROCESSED!r} or {ERRORED!r}, not {status!r}")
+        """Close a run as processed, errored or failed; unset arguments keep their value."""
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"finish status must be one of {FINAL_STATUSES}, not {status!r}")
         given = {
             "rows": rows,
             "report_url": report_url,
@@ -216,11 +252,8 @@ class MetricsStore:
         }
         values = {k: v for k, v in given.items() if v is not None}
         values |= {"status": status, "finished_at": finished_at or _now()}
-        with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(pipeline_runs).where(pipeline_runs.c.id == run_id).values(values)
-            ).rowcount
-        if changed != 1:
+        statement = update(pipeline_runs).where(pipeline_runs.c.id == run_id).values(values)
+        if self._retry(self._execute, statement) != 1:
             raise KeyError(f"no pipeline run with id {run_id!r}")
 
     def record_result(
@@ -232,9 +265,14 @@ class MetricsStore:
             {"label": None, "method": None, "threshold": None, **row, **stamp}
             for row in metric_rows(result)
         ]
-        with self.engine.begin() as conn:
-            conn.execute(insert(run_metrics), rows)
+        self._retry(self._execute, insert(run_metrics), rows)
         return len(rows)
+
+    def running(self) -> list[str]:
+        """Ids of the runs still marked running (for the reconciler)."""
+        query = select(pipeline_runs.c.id).where(pipeline_runs.c.status == RUNNING)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
 
     def runs(self) -> pd.DataFrame:
         """All runs, newest first."""
@@ -273,7 +311,7 @@ def grant_read_only(engine_or_url: Engine | str | URL, role: str, password: str)
         )
     if not role:
         raise ValueError("role name is empty")
-    metadata.create_all(engine)
+    upgrade(engine)
     with engine.begin() as conn:
         cursor = conn.connection.driver_connection.cursor()
         for statement in _read_only_statements(cursor, role, password):
@@ -308,3 +346,44 @@ def _read_only_statements(cursor: Any, role: str, password: str) -> list[sql.Com
             who
         ),
     ]
+
+
+class MetricsDatabaseUnavailable(RuntimeError):
+    """The metrics database could not be reached within the wait: retry the file later."""
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """Connection refused, reset or timed out: worth waiting for, unlike a bad statement."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+_upgraded: set[str] = set()
+_upgrade_lock = threading.Lock()
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def upgrade(engine: Engine) -> None:
+    """``alembic upgrade head``, once per database and process.
+
+    A database made before migrations existed (tables, no ``alembic_version``)
+    is stamped at the first revision, which is the schema it has.
+    """
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    key = engine.url.render_as_string(hide_password=False)
+    with _upgrade_lock:
+        if key in _upgraded:
+            return
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            tables = set(inspect(conn).get_table_names())
+            if "alembic_version" not in tables and pipeline_runs.name in tables:
+                command.stamp(config, "0001")
+            command.upgrade(config, "head")
+        _upgraded.add(key)

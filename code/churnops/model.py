@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 from mlflow.pyfunc import PythonModel, PythonModelContext
+from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from churnops.features import prepare_features
 from churnops.results import PREDICTION, PROBABILITY
@@ -105,6 +107,37 @@ def configure_mlflow(settings: Settings) -> None:
     mlflow.set_registry_uri(settings.tracking_uri)
 
 
+class MlflowUnavailable(RuntimeError):
+    """The tracking server did not answer within the wait: retry the file later."""
+
+
+def wait_for_tracking_server(settings: Settings) -> None:
+    """Fail in seconds, not minutes, when an HTTP tracking server is down.
+
+    MLflow's own client retries a dead server for about 12 minutes; a quick
+    health check with a bounded wait keeps an outage from blocking every file.
+    """
+    uri = settings.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return
+    retrying = Retrying(
+        stop=stop_after_delay(settings.dependency_wait_seconds),
+        wait=wait_exponential(multiplier=0.5, max=4),
+        reraise=True,
+    )
+    try:
+        retrying(_health, uri.rstrip("/") + "/health")
+    except OSError as exc:
+        raise MlflowUnavailable(
+            f"MLflow at {uri} unreachable for {settings.dependency_wait_seconds:.0f}s: {exc}"
+        ) from exc
+
+
+def _health(url: str) -> None:
+    with urllib.request.urlopen(url, timeout=3) as response:
+        response.read()
+
+
 def load_aliased_model(settings: Settings, alias: str | None = None) -> LoadedModel:
     """Load ``<model_name>@<alias>``, cached per process by version.
 
@@ -112,6 +145,7 @@ def load_aliased_model(settings: Settings, alias: str | None = None) -> LoadedMo
     alias is picked up; the model itself is loaded only once per version.
     """
     configure_mlflow(settings)
+    wait_for_tracking_server(settings)
     alias = alias or settings.model_alias
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias(settings.model_name, alias).version

@@ -1,33 +1,45 @@
-"""The steps that process one dropped file, as plain functions.
+"""What happens to one dropped file: :func:`process`, the one step sequence.
 
-:mod:`churnops.flow` wraps each in a Prefect task; tests call them directly.
-A file's journey: ``input`` -> ``processing`` -> ``processed`` (with its
-predictions) or ``errored``; ``logs/<file>.log`` tells the story.
+The flow (:mod:`churnops.flow`) passes the steps wrapped as Prefect tasks;
+``churnops process``, the reconciler, tests and benchmarks call the same
+function with the plain steps. A file's journey::
+
+    input/<name> -> processing/<run>/<name> -> processed/<run>/ (with its predictions)
+                                             -> errored/<run>/   (the file is invalid)
+
+An invalid file ends in ``errored/``. Any other failure (database, MLflow,
+storage or network down, a bug) is not the file's fault: the file stays in
+``processing/<run>/``, the attempt is marked failed with a time to retry,
+and the reconciler re-drives it. ``logs/<run>/<name>.log`` tells the story.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import PurePosixPath
+from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from churnops import claims
 from churnops.alerts import AlertDeliveryError, assess, build_alert, send_alert
-from churnops.metrics_db import MetricsStore
-from churnops.model import LoadedModel
+from churnops.metrics_db import FAILED, MetricsStore
+from churnops.model import LoadedModel, load_aliased_model
 from churnops.monitoring import run_monitoring
 from churnops.results import MonitoringResult
-from churnops.schema import RAW_COLUMNS, load_customer_file
+from churnops.schema import RAW_COLUMNS, CustomerFile, DataValidationError, read_customer_file
 from churnops.settings import Settings
-from churnops.storage import DropStorage, stage_key
+from churnops.storage import DropStorage, FileLog, ObjectExists, run_key
 
 log = logging.getLogger(__name__)
 
 _RAW_NAMES = {clean: raw for raw, clean in RAW_COLUMNS.items()}
 _CSV_CHUNK_ROWS = 20_000
+Status = Literal["processed", "errored", "failed", "skipped"]
 
 
 @dataclass
@@ -35,29 +47,30 @@ class FileOutcome:
     """How one trigger for one file ended."""
 
     name: str
-    status: str  # processed | errored | skipped
+    status: Status
     message: str
+    run: str | None = None
+    attempt: int | None = None
     model_version: str | None = None
     predictions_key: str | None = None
     report_url: str | None = None
     alert_channels: tuple[str, ...] = ()
-    run_id: str | None = None
+    run_id: str | None = None  # the metrics database row of this attempt
 
 
-def already_handled_reason(storage: DropStorage, name: str) -> str:
-    """Why a file could not be claimed: where it is now, for the log."""
-    for stage in ("processing", "processed", "errored"):
-        if storage.exists(stage_key(stage, name)):  # type: ignore[arg-type]
-            return f"already taken: a file named {name!r} is in {stage}/"
-    return f"{name!r} is no longer in input/ (taken by another run or removed)"
-
-
+# --- the steps -----------------------------------------------------------------------
 def read_valid_file(
     storage: DropStorage, processing_key: str, name: str, settings: Settings
-) -> pd.DataFrame:
-    """Read and validate; :class:`~churnops.schema.DataValidationError` names every problem."""
+) -> CustomerFile:
+    """Size check, read and validate; :class:`DataValidationError` names every problem."""
+    info = storage.stat(processing_key)
+    if info is not None and info.size > settings.max_file_bytes:
+        raise DataValidationError(
+            [f"file is {info.size:,} bytes, over the limit of {settings.max_file_bytes:,} bytes"],
+            name,
+        )
     data = storage.read(processing_key)
-    return load_customer_file(data, name=name, max_bytes=settings.max_file_bytes)
+    return read_customer_file(data, name=name, max_bytes=settings.max_file_bytes)
 
 
 def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
@@ -66,16 +79,17 @@ def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def predictions_name(name: str, model: LoadedModel) -> str:
-    """``<name>_predictions_<model>_v<version>.csv``."""
+    """``<stem>_predictions_<model>_v<version>.csv`` (never equal to ``name`` itself)."""
     return f"{PurePosixPath(name).stem}_predictions_{model.name}_v{model.version}.csv"
 
 
 def write_predictions(
-    storage: DropStorage, scored: pd.DataFrame, name: str, model: LoadedModel
+    storage: DropStorage, scored: pd.DataFrame, run: str, name: str, model: LoadedModel
 ) -> str:
-    """Write the scored file (original header) into ``processed/``; return its key."""
-    key = stage_key("processed", predictions_name(name, model))
-    storage.write(key, csv_bytes(scored.rename(columns=_RAW_NAMES)))
+    """Write the scored file (original header) into the run's processing folder."""
+    key = run_key("processing", run, predictions_name(name, model))
+    # Only this run writes in its folder; a dead attempt's partial output is replaced.
+    storage.replace(key, csv_bytes(scored.rename(columns=_RAW_NAMES)))
     return key
 
 
@@ -120,6 +134,10 @@ def monitor(
     )
 
 
+def record_metrics(store: MetricsStore, run_id: str, result: MonitoringResult) -> None:
+    store.record_result(run_id, result)
+
+
 def send_alerts(
     settings: Settings, result: MonitoringResult, name: str, model: LoadedModel
 ) -> tuple[tuple[str, ...], str]:
@@ -139,16 +157,215 @@ def send_alerts(
     return tuple(channels), f"{assessment.summary} alert sent by {', '.join(channels)}"
 
 
-def finish(storage: DropStorage, processing_key: str, name: str, stage: str) -> str:
-    """Move the original file from ``processing/`` to its final stage."""
-    final = stage_key(stage, name)  # type: ignore[arg-type]
-    storage.move(processing_key, final)
-    return final
+def finish(storage: DropStorage, run: str, name: str, stage: str) -> str:
+    """Move the run's folder from ``processing/`` to ``stage``: the original first.
+
+    Once the original has left ``processing/`` the run is over; a re-drive of
+    a run cut short here only moves what is left (see :func:`_complete_finish`).
+    """
+    original = run_key(stage, run, name)  # type: ignore[arg-type]
+    storage.move(run_key("processing", run, name), original)
+    _move_outputs(storage, run, stage)
+    return original
 
 
-def open_metrics(settings: Settings) -> MetricsStore:
-    return MetricsStore.from_settings(settings)
+def _move_outputs(storage: DropStorage, run: str, stage: str) -> None:
+    prefix = f"{run_key('processing', run, 'x')[:-1]}"
+    for key in storage.list_keys(prefix):
+        storage.move(key, run_key(stage, run, key[len(prefix) :]))  # type: ignore[arg-type]
 
 
-def record_metrics(store: MetricsStore, run_id: str, result: MonitoringResult) -> None:
-    store.record_result(run_id, result)
+@dataclass(frozen=True)
+class Steps:
+    """The steps of :func:`process`; the flow passes them wrapped as Prefect tasks."""
+
+    load_model: Callable[[Settings], LoadedModel] = load_aliased_model
+    read: Callable[..., CustomerFile] = read_valid_file
+    score: Callable[..., pd.DataFrame] = score
+    write_predictions: Callable[..., str] = write_predictions
+    monitor: Callable[..., MonitoringResult] = monitor
+    record_metrics: Callable[..., None] = record_metrics
+    send_alerts: Callable[..., tuple[tuple[str, ...], str]] = send_alerts
+    finish: Callable[..., str] = finish
+
+    def wrapped(self, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Steps:
+        """The same steps, each passed through ``wrap`` (for example ``prefect.task``)."""
+        return Steps(**{f.name: wrap(getattr(self, f.name)) for f in fields(self)})
+
+
+PLAIN_STEPS = Steps()
+
+
+# --- one file, start to end -------------------------------------------------------------
+@dataclass
+class _Attempt:
+    """What one attempt at a run works with."""
+
+    settings: Settings
+    storage: DropStorage
+    claim: claims.Claim
+    file_log: FileLog
+    steps: Steps
+    store: MetricsStore | None = field(default=None)
+
+
+def process(
+    settings: Settings,
+    storage: DropStorage,
+    key: str,
+    *,
+    steps: Steps = PLAIN_STEPS,
+    flow_run_id: str = "",
+) -> FileOutcome:
+    """Claim ``key`` (a file in input/, or a run in processing/ to re-drive) and process it."""
+    try:
+        held = claims.claim(
+            storage, key, lease_seconds=settings.lease_seconds, flow_run_id=flow_run_id
+        )
+    except claims.ClaimRefused as exc:
+        log.info("skipping %s: %s", key, exc)
+        return FileOutcome(key.rsplit("/", 1)[-1], "skipped", str(exc))
+    attempt = _Attempt(settings, storage, held, FileLog(storage, held.run, held.name), steps)
+    lease = held.lease
+    attempt.file_log.write(
+        "claim",
+        "ok",
+        f"attempt {lease.attempt}: {key} -> {held.processing_key}"
+        + (f" (flow run {flow_run_id})" if flow_run_id else ""),
+    )
+    with claims.heartbeat(storage, lease, every=settings.lease_seconds / 3):
+        outcome = _run_attempt(attempt)
+    _release(attempt, outcome)
+    return outcome
+
+
+def _run_attempt(attempt: _Attempt) -> FileOutcome:
+    """The steps, with the outcome decided by what failed, if anything."""
+    held, file_log = attempt.claim, attempt.file_log
+    try:
+        attempt.store = MetricsStore.from_settings(attempt.settings)
+        attempt.store.start_run(
+            run_id=held.lease.db_id,
+            file_name=held.name,
+            bucket=attempt.storage.uri,
+            object_key=held.lease.source_key,
+            flow_run_id=held.lease.flow_run_id or None,
+        )
+        if not attempt.storage.exists(held.processing_key):
+            return _complete_finish(attempt)
+        return _score_and_monitor(attempt)
+    except DataValidationError as exc:
+        attempt.steps.finish(attempt.storage, held.run, held.name, "errored")
+        file_log.write("finish", "errored", str(exc))
+        _close_run(attempt, "errored", error=str(exc))
+        return _outcome(attempt, "errored", str(exc))
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("%s: attempt %s failed: %s", held.name, held.lease.attempt, reason)
+        file_log.write("finish", "failed", f"{reason}; the file stays in processing/ for a retry")
+        _close_run(attempt, FAILED, error=reason)
+        return _outcome(attempt, "failed", reason)
+    finally:
+        if attempt.store is not None:
+            attempt.store.close()
+
+
+def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
+    settings, storage, steps = attempt.settings, attempt.storage, attempt.steps
+    held, file_log = attempt.claim, attempt.file_log
+    with file_log.step("load model") as record:
+        model = steps.load_model(settings)
+        record.message = f"{model.name} version {model.version}"
+    with file_log.step("validate") as record:
+        customers = steps.read(storage, held.processing_key, held.name, settings)
+        frame = customers.frame
+        record.message = "; ".join([f"{len(frame)} rows", *customers.notes])
+    with file_log.step("predict") as record:
+        scored = steps.score(model, frame)
+        record.message = f"predicted churn rate {scored['churn_prediction'].mean():.3f}"
+    with file_log.step("write predictions") as record:
+        written = steps.write_predictions(storage, scored, held.run, held.name, model)
+        record.message = written
+    with file_log.step("monitor") as record:
+        result: MonitoringResult = steps.monitor(settings, model, scored, held.name)
+        record.message = summary(result)
+    with file_log.step("store metrics"):
+        steps.record_metrics(attempt.store, held.lease.db_id, result)
+    with file_log.step("alert") as record:
+        channels, alert_message = steps.send_alerts(settings, result, held.name, model)
+        record.message = alert_message
+    with file_log.step("finish") as record:
+        record.message = steps.finish(storage, held.run, held.name, "processed")
+    _close_run(
+        attempt,
+        "processed",
+        rows=len(frame),
+        report_url=result.report_url,
+        model_name=model.name,
+        model_version=model.version,
+    )
+    outcome = _outcome(attempt, "processed", f"{summary(result)}; {alert_message}")
+    outcome.model_version = model.version
+    outcome.predictions_key = run_key("processed", held.run, written.rsplit("/", 1)[-1])
+    outcome.report_url = result.report_url
+    outcome.alert_channels = channels
+    return outcome
+
+
+def _complete_finish(attempt: _Attempt) -> FileOutcome:
+    """The original already left processing/: move what the last attempt left behind."""
+    held, storage = attempt.claim, attempt.storage
+    for stage in ("processed", "errored"):
+        if storage.exists(run_key(stage, held.run, held.name)):  # type: ignore[arg-type]
+            _move_outputs(storage, held.run, stage)
+            message = f"the previous attempt had moved the file to {stage}/: finished its move"
+            attempt.file_log.write("finish", "ok", message)
+            status: Status = "processed" if stage == "processed" else "errored"
+            _close_run(attempt, status, error=None if stage == "processed" else message)
+            return _outcome(attempt, status, message)
+    message = f"{held.processing_key} is gone and is in no final folder: nothing to do"
+    attempt.file_log.write("finish", "skipped", message)
+    _close_run(attempt, FAILED, error=message)
+    return _outcome(attempt, "skipped", message)
+
+
+def _close_run(attempt: _Attempt, status: str, **values: Any) -> None:
+    """Record the end in the metrics database; when it is down, the lease still says it."""
+    if attempt.store is None:
+        return
+    try:
+        attempt.store.finish_run(attempt.claim.lease.db_id, status, **values)
+    except Exception as exc:
+        log.warning("metrics database: could not close run %s: %s", attempt.claim.run, exc)
+        attempt.file_log.write("metrics", "failed", f"could not record the end: {exc}")
+
+
+def _release(attempt: _Attempt, outcome: FileOutcome) -> None:
+    settings, lease = attempt.settings, attempt.claim.lease
+    if outcome.status != "failed":
+        claims.release(attempt.storage, lease, "done", outcome.status)
+        return
+    delay = claims.retry_delay(
+        lease.attempt, settings.retry_first_seconds, settings.retry_max_seconds
+    )
+    claims.release(attempt.storage, lease, "failed", outcome.message, retry_in=delay)
+    attempt.file_log.write("retry", "scheduled", f"in {delay:.0f}s (attempt {lease.attempt + 1})")
+
+
+def _outcome(attempt: _Attempt, status: Status, message: str) -> FileOutcome:
+    held = attempt.claim
+    return FileOutcome(
+        held.name, status, message, held.run, held.lease.attempt, run_id=held.lease.db_id
+    )
+
+
+def summary(result: MonitoringResult) -> str:
+    """One line on drift and scores, for logs and run messages."""
+    quality = ", ".join(f"{k} {v:.3f}" for k, v in result.quality.items()) or "unlabeled"
+    return (
+        f"drifted {result.drifted_count} columns (share {result.drifted_share:.2f}); "
+        f"{quality}; report {result.report_url}"
+    )
+
+
+__all__ = ["PLAIN_STEPS", "FileOutcome", "ObjectExists", "Steps", "process"]

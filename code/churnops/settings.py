@@ -8,6 +8,7 @@ Nothing here reads the environment at import time: call :func:`get_settings`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -60,6 +61,24 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = Field(None, description="S3/SNS endpoint override.")
     max_file_bytes: int = Field(200 * 1024 * 1024, description="Largest accepted file.")
 
+    # --- exactly once: leases, retries, the reconciler ------------------------------
+    lease_seconds: float = Field(
+        30.0, description="A run whose heartbeat is older than this is dead (s)."
+    )
+    retry_first_seconds: float = Field(
+        30.0, description="Wait before re-driving a run that failed on a dependency (s)."
+    )
+    retry_max_seconds: float = Field(1800.0, description="Longest wait between retries (s).")
+    dependency_wait_seconds: float = Field(
+        10.0, description="How long a step waits for a database or MLflow that is down (s)."
+    )
+    reconcile_grace_seconds: float = Field(
+        60.0, description="A file in input/ older than this that no run took is re-driven (s)."
+    )
+    reconcile_interval_seconds: float = Field(
+        60.0, description="How often the scheduled reconciler runs (s)."
+    )
+
     # --- metrics database ------------------------------------------------------
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: SQLite under CHURNOPS_HOME."
@@ -100,6 +119,10 @@ class Settings(BaseSettings):
     prefect_port: int = 4200
     mlflow_port: int = 5000
     evidently_port: int = 8000
+    runner_processes: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        description="Flow runner processes of `churnops up` (files processed at once).",
+    )
     runner_poll_seconds: float = Field(
         0.5, description="How often the local flow runner asks Prefect for new runs (s)."
     )

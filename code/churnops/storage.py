@@ -1,16 +1,25 @@
 """The drop bucket: where customer files arrive, wait, and end up.
 
-One key layout on both back ends, S3 or a local folder standing in for it:
-``data/input/<name>`` -> ``data/processing/<name>`` -> ``data/processed/<name>``
-or ``data/errored/<name>``, plus one log per file in ``data/logs/<name>.log``.
+One key layout on both back ends, S3 or a local folder standing in for it.
+Every claimed drop gets a run folder of its own, so no input can collide with
+anything the platform writes, and nothing is ever written over::
+
+    data/input/<name>                      dropped files
+    data/processing/<run>/<name>           a claimed file (and its outputs, while it runs)
+    data/processed/<run>/<name>            the original, unchanged ...
+    data/processed/<run>/<predictions>     ... and what the run made of it
+    data/errored/<run>/<name>              an invalid file (the log says why)
+    data/logs/<run>/<name>.log             the file's story, a line per step
+    data/claims/<run>/<attempt>.json       who works on a run (see churnops.claims)
+
 Keys are always '/'-separated and relative, exactly as S3 shows them.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +36,12 @@ Stage = Literal["input", "processing", "processed", "errored"]
 STAGES: tuple[Stage, ...] = ("input", "processing", "processed", "errored")
 PREFIX = "data"
 LOGS = f"{PREFIX}/logs"
+CLAIMS = f"{PREFIX}/claims"
 INPUT_PREFIX = f"{PREFIX}/input/"
+
+
+class ObjectExists(FileExistsError):
+    """A write or move would replace an existing object: the platform never does."""
 
 
 # --- keys ----------------------------------------------------------------------------
@@ -42,15 +56,20 @@ def _check_name(name: str) -> str:
 
 
 def stage_key(stage: Stage, name: str) -> str:
-    """``stage_key("processing", "a.csv")`` -> ``"data/processing/a.csv"``."""
+    """``stage_key("input", "a.csv")`` -> ``"data/input/a.csv"`` (a stage's folder)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
     return f"{PREFIX}/{stage}/{_check_name(name)}"
 
 
-def log_key(name: str) -> str:
-    """The per-file log: ``data/logs/<name>.log``."""
-    return f"{LOGS}/{_check_name(name)}.log"
+def run_key(stage: Stage, run: str, name: str) -> str:
+    """``run_key("processed", "R", "a.csv")`` -> ``"data/processed/R/a.csv"``."""
+    return f"{stage_key(stage, run)}/{_check_name(name)}"
+
+
+def log_key(run: str, name: str) -> str:
+    """The per-file log of one run: ``data/logs/<run>/<name>.log``."""
+    return f"{LOGS}/{_check_name(run)}/{_check_name(name)}.log"
 
 
 def name_from_key(key: str) -> str:
@@ -65,48 +84,86 @@ def name_from_key(key: str) -> str:
     return name
 
 
+def split_run_key(key: str) -> tuple[Stage, str, str] | None:
+    """``data/<stage>/<run>/<name>`` -> (stage, run, name); None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != PREFIX or parts[1] not in STAGES[1:]:
+        return None
+    if not (_is_plain_name(parts[2]) and _is_plain_name(parts[3])):
+        return None
+    return parts[1], parts[2], parts[3]  # type: ignore[return-value]
+
+
+def is_candidate(name: str) -> bool:
+    """Not hidden, temporary or partial (``.x``, ``x.part``, ``x.tmp``, ``x~``)."""
+    return bool(name) and not (
+        name.startswith(".") or name.endswith((".part", ".tmp", ".crdownload", "~"))
+    )
+
+
 def decode_event_key(key: str) -> str:
     """S3 event notifications URL-encode keys (space -> '+', '+' -> '%2B', UTF-8 -> %XX)."""
     return unquote_plus(key)
 
 
 # --- storage -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What identifies one version of an object: its size, version and time."""
+
+    size: int
+    version: str
+    modified: datetime
+
+
 class DropStorage(ABC):
-    """Byte-level access to the drop bucket by key."""
+    """Byte-level access to the drop bucket by key.
+
+    Writes never replace an object (:class:`ObjectExists`), except :meth:`replace`,
+    which only the platform's own bookkeeping (claims) uses.
+    """
+
+    uri: str
 
     @abstractmethod
     def read(self, key: str) -> bytes:
         """The object's bytes; FileNotFoundError when it does not exist."""
 
     @abstractmethod
-    def write(self, key: str, data: bytes) -> None:
-        """Create or replace the object."""
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size, version and time of the object; None when it does not exist."""
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> None:
+        """Write a new object; :class:`ObjectExists` when the key is taken (atomic)."""
+
+    @abstractmethod
+    def replace(self, key: str, data: bytes) -> None:
+        """Create or replace a small object (readers see the old or the new, never half)."""
 
     @abstractmethod
     def list_keys(self, prefix: str) -> list[str]:
         """Sorted keys starting with ``prefix`` (an S3-style string prefix)."""
 
     @abstractmethod
-    def exists(self, key: str) -> bool: ...
+    def move(self, src: str, dst: str, *, version: str | None = None) -> None:
+        """Move an object to a free key.
 
-    @abstractmethod
-    def move(self, src: str, dst: str) -> None:
-        """Move an object, replacing ``dst``; FileNotFoundError when ``src`` is gone."""
+        FileNotFoundError when ``src`` is gone (or is no longer ``version``);
+        :class:`ObjectExists` when ``dst`` holds other bytes. When ``dst``
+        already holds the same object (a move cut short), only ``src`` goes.
+        """
 
     @abstractmethod
     def append_line(self, key: str, line: str) -> None:
         """Append one line (a newline is added) to a small text object."""
 
-    @abstractmethod
-    def claim(self, name: str) -> str | None:
-        """Move ``data/input/<name>`` to processing and return the processing key.
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
 
-        None when the file is no longer in input, or is already in processing,
-        processed or errored: someone else took it, or it was already handled.
-        """
-
-    def _taken(self, name: str) -> bool:
-        return any(self.exists(stage_key(s, name)) for s in STAGES if s != "input")
+    def write(self, key: str, data: bytes) -> None:
+        """Alias of :meth:`create`: a new object, never a replaced one."""
+        self.create(key, data)
 
 
 class LocalDropStorage(DropStorage):
@@ -114,13 +171,14 @@ class LocalDropStorage(DropStorage):
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        self.uri = self.root.as_uri()
 
     def __repr__(self) -> str:
         return f"LocalDropStorage({str(self.root)!r})"
 
     def create_layout(self) -> None:
-        """Create the five stage folders."""
-        for folder in (*STAGES, "logs"):
+        """Create the stage folders."""
+        for folder in (*STAGES, "logs", "claims"):
             (self.root / PREFIX / folder).mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
@@ -133,18 +191,39 @@ class LocalDropStorage(DropStorage):
     def read(self, key: str) -> bytes:
         return self.path(key).read_bytes()
 
-    def write(self, key: str, data: bytes) -> None:
-        # Write beside the target, then rename: readers never see half a file.
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self.path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not self.path(key).is_file():
+            return None
+        version = f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+        return ObjectInfo(st.st_size, version, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def create(self, key: str, data: bytes) -> None:
+        # Write beside the target, then link: readers never see half a file, and
+        # link (unlike rename) fails when the target exists.
+        tmp = self._write_temp(key, data)
+        try:
+            os.link(tmp, self.path(key))
+        except FileExistsError:
+            raise ObjectExists(f"{key} exists already: not replacing it") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def replace(self, key: str, data: bytes) -> None:
+        os.replace(self._write_temp(key, data), self.path(key))
+
+    def _write_temp(self, key: str, data: bytes) -> Path:
+        """A complete temporary file beside the key's file, with the usual permissions."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        return tmp
 
     def list_keys(self, prefix: str) -> list[str]:
         folder = self.path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
@@ -153,13 +232,18 @@ class LocalDropStorage(DropStorage):
         keys = (p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
         return sorted(k for k in keys if k.startswith(prefix) and not _is_temp(k))
 
-    def exists(self, key: str) -> bool:
-        return self.path(key).is_file()
-
-    def move(self, src: str, dst: str) -> None:
-        target = self.path(dst)
+    def move(self, src: str, dst: str, *, version: str | None = None) -> None:
+        source, target = self.path(src), self.path(dst)
+        info = self.stat(src)
+        if info is None or (version is not None and info.version != version):
+            raise FileNotFoundError(f"{src} is gone (or is another version now)")
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.path(src), target)
+        try:
+            os.link(source, target)  # fails when dst exists: never replaced
+        except FileExistsError:
+            if not os.path.samefile(source, target):
+                raise ObjectExists(f"{dst} exists already: not replacing it") from None
+        source.unlink()
 
     def append_line(self, key: str, line: str) -> None:
         target = self.path(key)
@@ -167,32 +251,20 @@ class LocalDropStorage(DropStorage):
         with target.open("a", encoding="utf-8") as out:
             out.write(line.rstrip("\n") + "\n")
 
-    def claim(self, name: str) -> str | None:
-        """The rename is atomic: of two claimers of one file, exactly one wins."""
-        dst = stage_key("processing", name)
-        if self._taken(name):
-            return None
-        target = self.path(dst)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(self.path(stage_key("input", name)), target)
-        except FileNotFoundError:
-            return None
-        return dst
-
 
 def _is_temp(key: str) -> bool:
-    """Half-written files of :meth:`LocalDropStorage.write`."""
+    """Half-written files of :meth:`LocalDropStorage.create`."""
     base = key.rsplit("/", 1)[-1]
     return base.startswith(".") and base.endswith(".tmp")
 
 
 class S3DropStorage(DropStorage):
-    """A bucket through a boto3 S3 client."""
+    """A bucket through a boto3 S3 client; conditional writes keep every write new."""
 
     def __init__(self, bucket: str, client: Any) -> None:
         self.bucket = bucket
         self.client = client
+        self.uri = f"s3://{bucket}"
 
     def __repr__(self) -> str:
         return f"S3DropStorage({self.bucket!r})"
@@ -204,7 +276,27 @@ class S3DropStorage(DropStorage):
             raise FileNotFoundError(f"s3://{self.bucket}/{key}") from exc
         return response["Body"].read()
 
-    def write(self, key: str, data: bytes) -> None:
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except self.client.exceptions.ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        version = head.get("VersionId") or ""
+        if not version or version == "null":
+            version = f"{head['ETag'].strip(chr(34))}@{head['LastModified'].isoformat()}"
+        return ObjectInfo(head["ContentLength"], version, head["LastModified"])
+
+    def create(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+        except self.client.exceptions.ClientError as exc:
+            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise ObjectExists(f"s3://{self.bucket}/{key} exists already") from None
+            raise
+
+    def replace(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
     def list_keys(self, prefix: str) -> list[str]:
@@ -213,26 +305,39 @@ class S3DropStorage(DropStorage):
         )
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
 
-    def exists(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except self.client.exceptions.ClientError as exc:
-            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
-
-    def move(self, src: str, dst: str) -> None:
-        """Copy then delete: S3 has no rename."""
-        try:
+    def move(self, src: str, dst: str, *, version: str | None = None) -> None:
+        """Copy (only that version, only to a free key), then delete that version."""
+        head = self._head(src)
+        info = self.stat(src)
+        if head is None or info is None or (version is not None and info.version != version):
+            raise FileNotFoundError(f"s3://{self.bucket}/{src} is gone (or another version)")
+        target = self._head(dst)
+        if target is None:
             self.client.copy_object(
-                Bucket=self.bucket, Key=dst, CopySource={"Bucket": self.bucket, "Key": src}
+                Bucket=self.bucket,
+                Key=dst,
+                CopySource={"Bucket": self.bucket, "Key": src},
+                CopySourceIfMatch=head["ETag"],
             )
+        elif target["ETag"] != head["ETag"]:
+            raise ObjectExists(f"s3://{self.bucket}/{dst} exists already: not replacing it")
+        self._delete(src, head)
+
+    def _head(self, key: str) -> dict | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
         except self.client.exceptions.ClientError as exc:
-            if exc.response["Error"]["Code"] in ("404", "NoSuchKey"):
-                raise FileNotFoundError(f"s3://{self.bucket}/{src}") from exc
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
             raise
-        self.client.delete_object(Bucket=self.bucket, Key=src)
+
+    def _delete(self, key: str, head: dict) -> None:
+        """Delete exactly the version that was copied, never a newer drop of that name."""
+        version = head.get("VersionId")
+        if version and version != "null":
+            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
+        else:
+            self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=head["ETag"])
 
     def append_line(self, key: str, line: str) -> None:
         """Read-modify-write (S3 cannot append); fine for small logs with one writer."""
@@ -240,34 +345,28 @@ class S3DropStorage(DropStorage):
             old = self.read(key)
         except FileNotFoundError:
             old = b""
-        self.write(key, old + (line.rstrip("\n") + "\n").encode("utf-8"))
+        self.replace(key, old + (line.rstrip("\n") + "\n").encode("utf-8"))
 
-    def claim(self, name: str) -> str | None:
-        """Check, then copy and delete.
 
-        Not atomic: two workers handling duplicate events for one file at the
-        same moment can both pass the checks before either copy lands, and both
-        process it (S3 events are delivered at least once). The checks shrink that
-        window to the copy's duration; the outcome is a duplicate run, never a
-        lost file.
-        """
-        src, dst = stage_key("input", name), stage_key("processing", name)
-        if not self.exists(src) or self._taken(name):
-            return None
-        try:
-            self.move(src, dst)
-        except FileNotFoundError:
-            return None
-        return dst
+def _code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def s3_client(endpoint_url: str | None) -> Any:
+    """A boto3 S3 client with bounded retries and timeouts (an outage fails in seconds)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=60
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def open_storage(settings: Settings, bucket: str | None = None) -> DropStorage:
     """The drop storage chosen by ``settings.drop_storage`` (bucket defaults to DROP_BUCKET)."""
     if settings.drop_storage == "s3":
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=settings.aws_endpoint_url)
-        return S3DropStorage(bucket or settings.drop_bucket, client)
+        return S3DropStorage(bucket or settings.drop_bucket, s3_client(settings.aws_endpoint_url))
     storage = LocalDropStorage(settings.drop_dir)
     storage.create_layout()
     return storage
@@ -283,11 +382,11 @@ class StepRecord:
 
 
 class FileLog:
-    """The story of one file, a line per event, in ``data/logs/<name>.log``."""
+    """The story of one file in one run, a line per event, in ``data/logs/<run>/<name>.log``."""
 
-    def __init__(self, storage: DropStorage, name: str) -> None:
+    def __init__(self, storage: DropStorage, run: str, name: str) -> None:
         self.storage = storage
-        self.key = log_key(name)
+        self.key = log_key(run, name)
 
     def write(
         self, step: str, status: str, message: str = "", seconds: float | None = None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
+import gzip
+import io
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +20,7 @@ from churnops.schema import (
     clean_name,
     load_customer_file,
     read_customer_csv,
+    read_customer_file,
     validate,
 )
 
@@ -110,3 +115,135 @@ def test_message_names_the_file() -> None:
             clean_columns(pd.read_csv(__import__("io").BytesIO(csv(GOOD_ROW)))).drop(columns="age"),
             source="bad.csv",
         )
+
+
+# --- wrong file formats: accepted with a note, or one clear message ----------------------
+
+
+@pytest.fixture(scope="module")
+def uci_bytes(data_dir: Path) -> bytes:
+    """The real shared file, as dropped: UCI header, comma-separated UTF-8."""
+    return (data_dir / "customer_churn_1.csv").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def uci_frame(uci_bytes: bytes) -> pd.DataFrame:
+    return load_customer_file(uci_bytes, require_target=True)
+
+
+def test_plain_csv_has_no_notes(uci_bytes: bytes, uci_frame: pd.DataFrame) -> None:
+    read = read_customer_file(uci_bytes, name="ok.csv", require_target=True)
+    assert read.notes == ()
+    pd.testing.assert_frame_equal(read.frame, uci_frame)
+
+
+def test_utf8_bom_is_accepted_without_note(uci_bytes: bytes, uci_frame: pd.DataFrame) -> None:
+    read = read_customer_file(codecs.BOM_UTF8 + uci_bytes, name="ok.csv")
+    assert read.notes == ()
+    assert read_customer_csv(codecs.BOM_UTF8 + uci_bytes).columns[0] == "call_failure"
+    pd.testing.assert_frame_equal(read.frame, uci_frame)
+
+
+@pytest.mark.parametrize(
+    ("bom", "codec", "note"),
+    [
+        (codecs.BOM_UTF16_LE, "utf-16-le", "decoded as UTF-16 LE (BOM)"),
+        (codecs.BOM_UTF16_BE, "utf-16-be", "decoded as UTF-16 BE (BOM)"),
+        (codecs.BOM_UTF32_LE, "utf-32-le", "decoded as UTF-32 LE (BOM)"),
+        (b"", "utf-16-le", "decoded as UTF-16 LE (no BOM; guessed from its NUL bytes)"),
+    ],
+)
+def test_utf16_and_utf32_are_decoded_with_a_note(
+    uci_bytes: bytes, uci_frame: pd.DataFrame, bom: bytes, codec: str, note: str
+) -> None:
+    data = bom + uci_bytes.decode().encode(codec)
+    read = read_customer_file(data, name="ok.csv", require_target=True)
+    assert read.notes == (note,)
+    pd.testing.assert_frame_equal(read.frame, uci_frame)
+
+
+def test_latin1_text_is_named_not_utf8() -> None:
+    data = csv(GOOD_ROW).replace(b"Status", "Statu\xe9".encode("latin-1"))
+    offset = data.index(b"\xe9")
+    assert problems_of(data) == [
+        f"not UTF-8 text: byte 0xe9 at offset {offset} (line 1); save the file as CSV UTF-8"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sep", "note"),
+    [
+        (";", "columns separated by ';' (not ',')"),
+        ("\t", "columns separated by tabs (not ',')"),
+        ("|", "columns separated by '|' (not ',')"),
+    ],
+)
+def test_other_delimiters_are_accepted_with_a_note(
+    uci_bytes: bytes, uci_frame: pd.DataFrame, sep: str, note: str
+) -> None:
+    data = uci_bytes.replace(b",", sep.encode())
+    read = read_customer_file(data, name="ok.csv", require_target=True)
+    assert read.notes == (note,)
+    pd.testing.assert_frame_equal(read.frame, uci_frame)
+
+
+def test_decimal_commas_of_a_semicolon_file_are_not_numbers(uci_bytes: bytes) -> None:
+    data = uci_bytes.replace(b",", b";").replace(b".", b",")
+    problems = problems_of(data)
+    assert all(p.startswith("column 'customer_value' must be numeric") for p in problems)
+    assert "185,85" in problems[0]
+
+
+def _zip(*names: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in names:
+            archive.writestr(name, "<xml/>")
+    return buffer.getvalue()
+
+
+EXCEL = "export it as CSV (File > Save As > CSV UTF-8)"
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (
+            _zip("[Content_Types].xml", "xl/workbook.xml"),
+            f"bad.csv is an Excel workbook (.xlsx), not a CSV file: {EXCEL}",
+        ),
+        (
+            bytes.fromhex("D0CF11E0A1B11AE1") + bytes(504),
+            f"bad.csv is an Excel workbook (.xls), not a CSV file: {EXCEL}",
+        ),
+        (_zip("customers.csv"), "bad.csv is a zip archive, not a CSV file: extract the CSV"),
+        (gzip.compress(csv(GOOD_ROW)), "bad.csv is a gzip-compressed file, not a CSV file"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "bad.csv is a PDF document, not a CSV file"),
+        (b"PAR1\x15\x04\x15\x00" + bytes(16) + b"PAR1", "bad.csv is a Parquet file, not a CSV"),
+    ],
+    ids=["xlsx", "xls", "zip", "gzip", "pdf", "parquet"],
+)
+def test_other_formats_get_one_clear_message(data: bytes, problem: str) -> None:
+    (only,) = problems_of(data)
+    assert only.startswith(problem)
+
+
+def test_a_header_starting_with_par1_is_still_a_csv() -> None:
+    data = csv("1", header="PAR1")
+    assert "unexpected column 'par1'" in problems_of(data)
+
+
+@pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])
+def test_concatenated_files_name_the_repeated_header_lines(uci_bytes: bytes, bom: bytes) -> None:
+    data = bom + uci_bytes + bom + uci_bytes + bom + uci_bytes
+    lines = data.replace(codecs.BOM_UTF8, b"").splitlines()
+    repeated = [n for n, line in enumerate(lines, start=1) if line == lines[0] and n > 1]
+    assert repeated == [1052, 2103]
+    assert problems_of(data) == [
+        "the header line is repeated at rows 1052, 2103 (were files concatenated?)"
+    ]
+
+
+def test_binary_file_is_still_binary() -> None:
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    assert problems_of(data) == ["file is binary, not a CSV text file"]

@@ -42,19 +42,19 @@ class Platform:
     settings: Settings
     console: Console
     servers: list[svc.Service] = field(default_factory=list)
-    runner: svc.Service | None = None
+    runners: list[svc.Service] = field(default_factory=list)
     watcher: FolderWatcher | BucketPoller | None = None
 
     def children(self) -> list[svc.Service]:
-        return [*self.servers, *([self.runner] if self.runner else [])]
+        return [*self.servers, *self.runners]
 
     def stop(self) -> None:
         if self.watcher is not None:
             with self.console.status("stopping the drop watcher..."):
                 self.watcher.stop()
-        if self.runner is not None:
-            with self.console.status("stopping the flow runner (finishing the run in progress)..."):
-                self.runner.stop(grace=120)
+        if self.runners:
+            with self.console.status("stopping the flow runners (finishing their runs)..."):
+                svc.stop_all(self.runners, grace=120)
         for server in reversed(self.servers):
             with self.console.status(f"stopping {server.name}..."):
                 server.stop()
@@ -85,6 +85,9 @@ def runner_env(settings: Settings) -> dict[str, str]:
             "MLFLOW_PORT": str(settings.mlflow_port),
             "EVIDENTLY_PORT": str(settings.evidently_port),
             "PREFECT_LOGGING_LEVEL": "INFO",
+            # MLflow's client would retry a dead server for ~12 minutes per request.
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
         }
     )
 
@@ -203,23 +206,32 @@ def _train(settings: Settings, data_file: Path, console: Console) -> TrainingOut
 
 
 def _start_runner(platform: Platform) -> None:
+    """``runner_processes`` flow runners, started together; wait until each serves."""
     settings = platform.settings
-    ready = settings.home / svc.READY_FILE
-    ready.unlink(missing_ok=True)
-    platform.runner = svc.Service(
-        "runner",
-        [svc.bin_path("python"), "-m", "churnops.platform.runner"],
-        settings.home / "logs" / "runner.log",
-        runner_env(settings),
-        url=f"http://{settings.platform_host}:{settings.prefect_port}/deployments",
-    )
-    platform.runner.start()
+    count = max(1, settings.runner_processes)
+    for index in range(count):
+        svc.ready_file(settings.home, index).unlink(missing_ok=True)
+        platform.runners.append(
+            svc.Service(
+                f"runner-{index}",
+                [svc.bin_path("python"), "-m", "churnops.platform.runner", str(index)],
+                settings.home / "logs" / f"runner-{index}.log",
+                runner_env(settings),
+                url=f"http://{settings.platform_host}:{settings.prefect_port}/deployments",
+            )
+        )
+    for runner in platform.runners:
+        runner.start()
     with platform.console.status(
-        "starting the flow runner (deployment, imports, loading the model)..."
+        f"starting {count} flow runner(s) (deployments, imports, loading the model)..."
     ):
-        svc.wait_until([platform.runner], lambda s: ready.exists(), RUNNER_START_TIMEOUT)
+        svc.wait_until(
+            platform.runners,
+            lambda s: svc.ready_file(settings.home, platform.runners.index(s)).exists(),
+            RUNNER_START_TIMEOUT,
+        )
     platform.console.print(
-        f"  [green]ok[/green] runner serves deployment {settings.prefect_deployment}"
+        f"  [green]ok[/green] {count} runner(s) serve deployment {settings.prefect_deployment}"
     )
 
 

@@ -7,42 +7,40 @@ that and loads the staging model once, polls the API for scheduled runs of the
 deployment every ``runner_poll_seconds``, proposes Pending (as Prefect's own
 runner does) and executes each run here with :func:`prefect.flow_engine.run_flow`,
 one at a time, so the Prefect UI shows the usual Pending -> Running -> final states.
+It serves two deployments: the per-file pipeline and the scheduled reconciler.
 
-Run as ``python -m churnops.platform.runner`` by ``churnops up``. SIGTERM stops it
-after the run in progress.
+``churnops up`` starts ``runner_processes`` of them (``python -m
+churnops.platform.runner INDEX``): several files at once, each process with
+its memory bounded by one run. Two runners cannot both take a run: Prefect
+refuses the second Pending, and the file's claim admits one winner anyway.
+SIGTERM stops a runner after the run in progress.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterId,
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import Abort
 from prefect.flow_engine import run_flow
-from prefect.states import Pending, Scheduled
+from prefect.states import Pending
 from prefect.utilities.engine import propose_state_sync
 
-from churnops.flow import churn_prediction_pipeline
-from churnops.platform.services import READY_FILE
+from churnops.flow import churn_prediction_pipeline, reconcile_drops
+from churnops.platform.services import ready_file
 from churnops.settings import Settings, get_settings
-from churnops.storage import LocalDropStorage, name_from_key, stage_key
 
 log = logging.getLogger("churnops.runner")
 DEPLOYMENT_DESCRIPTION = "One run per file dropped into data/input/ (started by the drop trigger)."
+RECONCILE_DEPLOYMENT = "churnops"
+RECONCILE_DESCRIPTION = "Re-drives stranded files: untaken input, dead or failed runs."
 
 
 class FlowRunner:
@@ -52,10 +50,10 @@ class FlowRunner:
         self.settings = settings
         self.client = client
         self.stopping = False
-        self.deployment_id: UUID | None = None
+        self.deployment_ids: list[UUID] = []
 
-    def deploy(self) -> UUID:
-        """Create or update the deployment (served by this process: no work pool)."""
+    def deploy(self) -> list[UUID]:
+        """Create or update both deployments (served by these processes: no work pool)."""
         flow_name, name = self.settings.prefect_deployment.split("/", 1)
         if flow_name != churn_prediction_pipeline.name:
             raise ValueError(
@@ -65,8 +63,13 @@ class FlowRunner:
         deployment = churn_prediction_pipeline.to_deployment(
             name=name, description=DEPLOYMENT_DESCRIPTION
         )
-        self.deployment_id = deployment.apply()
-        return self.deployment_id
+        reconciler = reconcile_drops.to_deployment(
+            name=RECONCILE_DEPLOYMENT,
+            description=RECONCILE_DESCRIPTION,
+            interval=timedelta(seconds=self.settings.reconcile_interval_seconds),
+        )
+        self.deployment_ids = [deployment.apply(), reconciler.apply()]
+        return self.deployment_ids
 
     def warm_up(self) -> None:
         """Load the staging model and run one small report, so the first file is fast."""
@@ -84,40 +87,21 @@ class FlowRunner:
         )
         log.info("warm: %s version %s loaded", model.name, model.version)
 
-    def recover(self) -> None:
-        """Runs left Pending/Running by a stopped platform: put their file back, run again."""
-        deployment = DeploymentFilter(id=DeploymentFilterId(any_=[self.deployment_id]))
-        unfinished = FlowRunFilter(
-            state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
-            )
-        )
-        for run in self.client.read_flow_runs(
-            deployment_filter=deployment, flow_run_filter=unfinished
-        ):
-            self._return_file(run.parameters)
-            self.client.set_flow_run_state(
-                run.id, Scheduled(message="re-run: the platform stopped during it"), force=True
-            )
-            log.warning("flow run %s (%s) interrupted earlier: scheduled again", run.name, run.id)
+    def reconcile_now(self) -> None:
+        """One reconcile run right away: work stranded while the platform was down."""
+        from prefect.deployments import run_deployment
 
-    def _return_file(self, parameters: dict[str, Any]) -> None:
-        """Move the run's file from processing/ back to input/ (local drop folder)."""
-        if self.settings.drop_storage != "local":
-            return
-        try:
-            name = name_from_key(parameters.get("key", ""))
-        except ValueError:
-            return
-        storage = LocalDropStorage(self.settings.drop_dir)
-        source = stage_key("processing", name)
-        if storage.exists(source) and not storage.exists(stage_key("input", name)):
-            storage.move(source, stage_key("input", name))
+        run_deployment(
+            f"{reconcile_drops.name}/{RECONCILE_DEPLOYMENT}",
+            timeout=0,
+            as_subflow=False,
+            flow_run_name="reconcile at start-up",
+        )
 
     def scheduled_runs(self) -> list[FlowRun]:
         """Runs due now; the same query marks the deployment as polled (Ready in the UI)."""
         runs = self.client.get_scheduled_flow_runs_for_deployments(
-            deployment_ids=[self.deployment_id],
+            deployment_ids=self.deployment_ids,
             scheduled_before=datetime.now(UTC) + timedelta(seconds=1),
         )
         return sorted(runs, key=lambda r: r.next_scheduled_start_time or datetime.now(UTC))
@@ -133,8 +117,9 @@ class FlowRunner:
             log.info("flow run %s not taken: it is %s", run.id, state.type.value)
             return
         started = time.perf_counter()
+        flow = reconcile_drops if run.deployment_id == self.deployment_ids[-1] else None
         final = run_flow(
-            churn_prediction_pipeline,
+            flow or churn_prediction_pipeline,
             flow_run=self.client.read_flow_run(run.id),
             return_type="state",
         )
@@ -163,14 +148,16 @@ class FlowRunner:
                 time.sleep(self.settings.runner_poll_seconds)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """``python -m churnops.platform.runner [INDEX]``: runner INDEX of ``churnops up``."""
+    index = int((argv if argv is not None else sys.argv[1:] or ["0"])[0])
     # Prefect owns the root logger's configuration; ours gets its own handler.
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s runner-{index} %(name)s %(message)s"))
     logging.getLogger("churnops").addHandler(handler)
     logging.getLogger("churnops").setLevel(logging.INFO)
     settings = get_settings()
-    ready = settings.home / READY_FILE
+    ready = ready_file(settings.home, index)
     with get_client(sync_client=True) as client:
         runner = FlowRunner(settings, client)
 
@@ -180,11 +167,12 @@ def main() -> None:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        deployment_id = runner.deploy()
-        log.info("deployment %s: %s", settings.prefect_deployment, deployment_id)
+        deployment_ids = runner.deploy()
+        log.info("deployments %s", ", ".join(map(str, deployment_ids)))
         runner.warm_up()
-        runner.recover()
-        ready.write_text(str(deployment_id))
+        if index == 0:
+            runner.reconcile_now()
+        ready.write_text(str(deployment_ids[0]))
         try:
             runner.serve()
         finally:

@@ -35,8 +35,13 @@ FOREIGN_PREFECT_ENV = (
 )
 STATE_FILE = "platform.json"
 PID_FILE = "platform.pid"
-#: Written by the runner once it serves the deployment (removed when it stops).
+#: Written by each runner once it serves the deployments (removed when it stops).
 READY_FILE = "runner.ready"
+
+
+def ready_file(home: Path, index: int) -> Path:
+    """The ready file of runner ``index`` under CHURNOPS_HOME."""
+    return home / f"{READY_FILE}.{index}"
 
 
 class PlatformError(RuntimeError):
@@ -122,6 +127,15 @@ class Service:
         if self.process is None:
             return
         stop_group(self.process, grace)
+
+
+def stop_all(services: list[Service], grace: float) -> None:
+    """SIGTERM every service first, then wait: they stop in parallel, not one by one."""
+    for service in services:
+        if service.process is not None:
+            _signal_group(service.process.pid, signal.SIGTERM)
+    for service in services:
+        service.stop(grace)
 
 
 def stop_group(process: subprocess.Popen, grace: float) -> None:

@@ -14,6 +14,7 @@ class FileState:
     name: str
     stage: str
     key: str
+    run: str = ""
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,17 @@ class ServiceHealth:
 
 
 def list_files(storage: DropStorage) -> list[FileState]:
-    """Every file directly in a stage folder, input first (predictions files included)."""
+    """Every file by stage, input first; later stages by run (predictions files included)."""
     files = []
     for stage in STAGES:
         prefix = stage_key(stage, "x")[:-1]
         for key in storage.list_keys(prefix):
-            name = key[len(prefix) :]
-            if "/" not in name:
-                files.append(FileState(name, stage, key))
+            rest = key[len(prefix) :]
+            if stage == "input" and "/" not in rest:
+                files.append(FileState(rest, stage, key))
+            elif stage != "input" and rest.count("/") == 1:
+                run, name = rest.split("/")
+                files.append(FileState(name, stage, key, run))
     return files
 
 

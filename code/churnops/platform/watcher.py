@@ -31,7 +31,7 @@ from urllib.parse import quote_plus
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from churnops.storage import INPUT_PREFIX
+from churnops.storage import INPUT_PREFIX, is_candidate
 
 log = logging.getLogger("churnops.watcher")
 HANDLER_MODULE = "lambda_function"
@@ -83,13 +83,6 @@ def s3_event(bucket: str, key: str, size: int, sequencer: str) -> dict[str, Any]
 def file_sequencer(mtime_ns: int, size: int) -> str:
     """Unique per drop of a file (a re-drop has a new mtime), stable for one drop."""
     return f"{mtime_ns:X}{size:08X}"
-
-
-def is_candidate(name: str) -> bool:
-    """Skip hidden, temporary and partial files (``.x``, ``x.part``, ``x.tmp``, ``x~``)."""
-    return bool(name) and not (
-        name.startswith(".") or name.endswith((".part", ".tmp", ".crdownload", "~"))
-    )
 
 
 def wait_stable(

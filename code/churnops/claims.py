@@ -1,0 +1,247 @@
+"""Who works on which drop: runs, claims and leases, on the drop storage itself.
+
+A drop's identity is its content version (S3 version id, or ETag and time;
+locally inode, mtime and size), never its name: a new file with an old name
+is a new run, and every claimer of one object version computes the same run
+id. Each attempt at a run writes ``data/claims/<run>/<attempt>.json`` with a
+conditional create, so of two concurrent claimers exactly one wins, on S3 as
+locally. The winner then moves the file into ``processing/<run>/``.
+
+The claim file is a lease: its holder rewrites the heartbeat while it works.
+A lease whose heartbeat is older than ``lease_seconds`` (or whose process on
+this host is gone) is dead, and the reconciler may re-drive its run as the
+next attempt. A failed attempt (a dependency down) records when to retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from churnops.storage import (
+    CLAIMS,
+    DropStorage,
+    ObjectExists,
+    name_from_key,
+    run_key,
+    split_run_key,
+    stage_key,
+)
+
+LeaseState = Literal["running", "failed", "done"]
+HOST = socket.gethostname()
+
+
+def run_id(name: str, version: str, modified: datetime) -> str:
+    """``20261127T061500Z-1a2b3c4d``: sortable by drop time, unique per object version."""
+    digest = hashlib.sha256(f"{name}\0{version}".encode()).hexdigest()[:8]
+    return f"{modified.astimezone(UTC):%Y%m%dT%H%M%SZ}-{digest}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One attempt at a run, as stored in its claim file."""
+
+    run: str
+    attempt: int
+    name: str
+    source_key: str
+    host: str
+    pid: int
+    state: LeaseState
+    heartbeat: str
+    flow_run_id: str = ""
+    reason: str = ""
+    retry_at: str = ""
+
+    @property
+    def key(self) -> str:
+        return claim_key(self.run, self.attempt)
+
+    @property
+    def db_id(self) -> str:
+        """The metrics database row of this attempt."""
+        return f"{self.run}.{self.attempt}"
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Lease:
+        return cls(**json.loads(data))
+
+    def holder_gone(self, now: datetime, lease_seconds: float) -> bool:
+        """A running attempt nobody works on any more (crash, kill, OOM, redeploy)."""
+        if self.state != "running":
+            return False
+        if self.host == HOST and not _pid_alive(self.pid):
+            return True
+        return now - datetime.fromisoformat(self.heartbeat) > timedelta(seconds=lease_seconds)
+
+    def retry_due(self, now: datetime) -> bool:
+        """A failed attempt whose back-off has passed."""
+        return self.state == "failed" and (
+            not self.retry_at or now >= datetime.fromisoformat(self.retry_at)
+        )
+
+
+def claim_key(run: str, attempt: int) -> str:
+    return f"{CLAIMS}/{run}/{attempt:04d}.json"
+
+
+def latest_lease(storage: DropStorage, run: str) -> Lease | None:
+    """The newest attempt's lease of a run, or None when it never had one."""
+    keys = storage.list_keys(f"{CLAIMS}/{run}/")
+    if not keys:
+        return None
+    try:
+        return Lease.from_json(storage.read(keys[-1]))
+    except FileNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A won claim: this process works on ``processing_key`` until it releases it."""
+
+    lease: Lease
+    processing_key: str
+
+    @property
+    def run(self) -> str:
+        return self.lease.run
+
+    @property
+    def name(self) -> str:
+        return self.lease.name
+
+
+class ClaimRefused(Exception):
+    """The key cannot be claimed now; the message says why (for the file's log)."""
+
+
+def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: str = "") -> Claim:
+    """Take ``key`` (an input file, or a run in processing/ to re-drive) for this process.
+
+    Raises :class:`ClaimRefused` when it is gone, or held by a live attempt.
+    """
+    parts = split_run_key(key)
+    if parts is None:
+        name = name_from_key(key)
+        info = storage.stat(key)
+        if info is None:
+            raise ClaimRefused(f"{name!r} is no longer in input/ (taken by a run, or removed)")
+        run = run_id(name, info.version, info.modified)
+        lease = _next_attempt(storage, run, name, key, lease_seconds, flow_run_id)
+        return _move_in(storage, lease, info.version)
+    stage, run, name = parts
+    if stage != "processing":
+        raise ClaimRefused(f"{key} is in {stage}/: that run has ended")
+    previous = latest_lease(storage, run)
+    source = previous.source_key if previous else stage_key("input", name)
+    lease = _next_attempt(storage, run, name, source, lease_seconds, flow_run_id)
+    return Claim(lease, run_key("processing", run, name))
+
+
+def _next_attempt(
+    storage: DropStorage, run: str, name: str, source: str, lease_seconds: float, flow_run_id: str
+) -> Lease:
+    """Create the claim file of the run's next attempt: exactly one claimer wins it."""
+    previous = latest_lease(storage, run)
+    if previous and previous.state == "running" and not previous.holder_gone(_now(), lease_seconds):
+        raise ClaimRefused(f"run {run} is being worked on (attempt {previous.attempt})")
+    attempt = previous.attempt + 1 if previous else 1
+    lease = _new_lease(run, attempt, name, source, flow_run_id)
+    try:
+        storage.create(lease.key, lease.to_json())
+    except ObjectExists:
+        raise ClaimRefused(f"attempt {attempt} of run {run} was taken by another run") from None
+    return lease
+
+
+def _move_in(storage: DropStorage, lease: Lease, version: str) -> Claim:
+    """Move the claimed input version into the run's processing folder."""
+    processing_key = run_key("processing", lease.run, lease.name)
+    try:
+        storage.move(lease.source_key, processing_key, version=version)
+    except FileNotFoundError:
+        release(storage, lease, "done", "the file left input/ before it could be moved")
+        raise ClaimRefused(f"{lease.name!r} left input/ before it could be moved") from None
+    return Claim(lease, processing_key)
+
+
+def _new_lease(run: str, attempt: int, name: str, source: str, flow_run_id: str) -> Lease:
+    return Lease(
+        run=run,
+        attempt=attempt,
+        name=name,
+        source_key=source,
+        host=HOST,
+        pid=os.getpid(),
+        state="running",
+        heartbeat=_now().isoformat(),
+        flow_run_id=flow_run_id,
+    )
+
+
+def release(
+    storage: DropStorage,
+    lease: Lease,
+    state: LeaseState,
+    reason: str = "",
+    retry_in: float | None = None,
+) -> Lease:
+    """End an attempt: ``done``, or ``failed`` with when to try again."""
+    now = _now()
+    retry_at = (now + timedelta(seconds=retry_in)).isoformat() if retry_in is not None else ""
+    ended = replace(lease, state=state, heartbeat=now.isoformat(), reason=reason, retry_at=retry_at)
+    storage.replace(ended.key, ended.to_json())
+    return ended
+
+
+@contextmanager
+def heartbeat(storage: DropStorage, lease: Lease, every: float) -> Iterator[None]:
+    """Keep the lease alive from a thread while the body runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                storage.replace(lease.key, replace(lease, heartbeat=_now().isoformat()).to_json())
+            except Exception:  # storage hiccup: the next beat tries again
+                continue
+
+    thread = threading.Thread(target=beat, name=f"lease-{lease.run}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every + 5)
+
+
+def retry_delay(attempt: int, first: float, cap: float) -> float:
+    """Back-off before attempt ``attempt + 1``: first, 2x, 4x, ... at most ``cap``."""
+    return min(cap, first * 2 ** max(0, attempt - 1))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,175 @@
+"""Nothing stays stuck: find stranded drops and re-drive them, idempotently.
+
+Three kinds of stranded work, each with the reason written to the logs:
+
+* a file in ``input/`` older than ``reconcile_grace_seconds`` that no run took
+  (a lost trigger, a Lambda failure, the platform down);
+* a run in ``processing/`` whose attempt died (crash, kill -9, OOM, redeploy:
+  its lease expired or its process is gone) or failed on a dependency and is
+  due for its retry;
+* a metrics database row still ``running`` for an attempt that has ended.
+
+:func:`reconcile` decides and hands each key to ``submit``: the platform
+creates a flow run of the pipeline deployment (:func:`submit_to_deployment`),
+``churnops reconcile`` processes it in process. Claims make a second
+submission of the same work a no-op, so overlapping reconcilers are safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from churnops import claims
+from churnops.metrics_db import FAILED, MetricsStore
+from churnops.settings import Settings
+from churnops.storage import INPUT_PREFIX, DropStorage, is_candidate, run_key, stage_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing the reconciler did or asks for."""
+
+    kind: str  # "trigger" (untaken input) | "redrive" (run in processing) | "close-run"
+    key: str
+    reason: str
+    #: The idempotency marker of this submission (the same work twice: one flow run).
+    marker: str = ""
+    #: The Prefect flow run of a dead attempt, to be marked Crashed.
+    dead_flow_run_id: str = ""
+
+
+Submit = Callable[[Action], None]
+
+
+def find_work(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
+    """Every stranded input file and run, oldest first."""
+    return [*_stranded_runs(settings, storage, now), *_untaken_inputs(settings, storage, now)]
+
+
+def _stranded_runs(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
+    actions = []
+    for run in _run_folders(storage):
+        lease = claims.latest_lease(storage, run)
+        if lease is None:
+            log.warning("run folder processing/%s has no claim file: left alone", run)
+            continue
+        key = run_key("processing", run, lease.name)
+        marker = f"{run}#{lease.attempt + 1}"
+        if lease.holder_gone(now, settings.lease_seconds):
+            why = f"attempt {lease.attempt} died (no heartbeat since {lease.heartbeat})"
+            actions.append(Action("redrive", key, why, marker, lease.flow_run_id))
+        elif lease.retry_due(now) or lease.state == "done":
+            why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
+            actions.append(Action("redrive", key, why, marker))
+    return actions
+
+
+def _run_folders(storage: DropStorage) -> list[str]:
+    prefix = stage_key("processing", "x")[:-1]
+    return sorted({k[len(prefix) :].split("/", 1)[0] for k in storage.list_keys(prefix)})
+
+
+def _untaken_inputs(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
+    actions = []
+    for key in storage.list_keys(INPUT_PREFIX):
+        name = key[len(INPUT_PREFIX) :]
+        info = storage.stat(key)
+        if "/" in name or not is_candidate(name) or info is None:
+            continue
+        age = (now - info.modified).total_seconds()
+        if age < settings.reconcile_grace_seconds:
+            continue
+        run = claims.run_id(name, info.version, info.modified)
+        lease = claims.latest_lease(storage, run)
+        if lease and not _ended(lease, now, settings.lease_seconds):
+            continue  # being claimed right now
+        why = f"waited {age:.0f}s in input/ and no run took it"
+        actions.append(Action("trigger", key, why, f"{run}#input"))
+    return actions
+
+
+def close_dead_runs(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
+    """Database rows still ``running`` whose attempt has ended or died: close them."""
+    actions = []
+    store = MetricsStore.from_settings(settings)
+    try:
+        for row_id in store.running():
+            run, _, attempt = row_id.rpartition(".")
+            lease = _lease(storage, run, attempt)
+            if lease is None or not _ended(lease, now, settings.lease_seconds):
+                continue
+            if lease.state == "running":
+                why = f"attempt died (no heartbeat since {lease.heartbeat})"
+            else:
+                why = f"attempt ended ({lease.state}: {lease.reason}) but its row was not closed"
+            store.finish_run(row_id, FAILED, error=why)
+            actions.append(Action("close-run", row_id, why))
+    finally:
+        store.close()
+    return actions
+
+
+def _ended(lease: claims.Lease, now: datetime, lease_seconds: float) -> bool:
+    return lease.state != "running" or lease.holder_gone(now, lease_seconds)
+
+
+def _lease(storage: DropStorage, run: str, attempt: str) -> claims.Lease | None:
+    if not run or not attempt.isdigit():
+        return None  # a row from before claims existed
+    try:
+        return claims.Lease.from_json(storage.read(claims.claim_key(run, int(attempt))))
+    except FileNotFoundError:
+        return None
+
+
+def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[Action]:
+    """Close dead database rows, then submit every stranded file; return what was done."""
+    now = datetime.now(UTC)
+    try:
+        closed = close_dead_runs(settings, storage, now)
+    except Exception as exc:  # the database down must not stop the files from moving
+        log.warning("reconcile: metrics database not checked: %s", exc)
+        closed = []
+    work = find_work(settings, storage, now)
+    for action in work:
+        log.info("reconcile: %s %s: %s", action.kind, action.key, action.reason)
+        submit(action)
+    return [*closed, *work]
+
+
+def submit_to_deployment(settings: Settings) -> Submit:
+    """Submit by creating a flow run of the pipeline deployment (one per marker)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Crashed
+
+    def submit(action: Action) -> None:
+        if action.dead_flow_run_id:
+            _mark_crashed(get_client, Crashed, action)
+        run_deployment(
+            settings.prefect_deployment,
+            parameters={"bucket": settings.drop_bucket, "key": action.key},
+            timeout=0,
+            as_subflow=False,
+            idempotency_key=f"reconcile:{action.marker}",
+            flow_run_name=f"{action.key.rsplit('/', 1)[-1]} (reconciled)",
+        )
+
+    return submit
+
+
+def _mark_crashed(get_client: Callable, crashed: Callable, action: Action) -> None:
+    """The dead attempt's flow run: Crashed, so the Prefect UI tells the truth."""
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(action.dead_flow_run_id)
+        except Exception as exc:  # the run is gone or the id is not one: nothing to fix
+            log.info("flow run %s not marked crashed: %s", action.dead_flow_run_id, exc)
+            return
+        if run.state is None or not run.state.is_final():
+            client.set_flow_run_state(run.id, crashed(message=action.reason), force=True)
