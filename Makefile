@@ -14,8 +14,9 @@ export CHURN_DATA_DIR
 DATA_FILES := data/customer_churn_0.csv data/customer_churn_1.csv data/customer_churn_2_majority_drifted.csv
 TRIALS ?= 0
 
-.PHONY: help install data register-model train demo test test-unit quality format \
+.PHONY: help install data register-model train demo up test test-unit quality format \
 	optuna-dashboard benchmark-model benchmark-features benchmark-latency benchmark-pipeline \
+	benchmark-recovery \
 	simulate-file-drops status clean
 
 help: ## List the targets
@@ -37,8 +38,10 @@ $(DATA_FILES): | $(VENV_STAMP)
 register-model train: install data ## Train XGBoost, log to MLflow, register, gate the alias (TRIALS=n to search)
 	$(RUN) churnops train --data data/customer_churn_0.csv --trials $(TRIALS)
 
-demo: register-model ## Train, then start the local platform (churnops up; Ctrl-C stops)
+demo: install data ## Start the local platform (churnops up; Ctrl-C stops); trains only without a staging model
 	$(RUN) churnops up
+
+up: demo ## Start the local platform; trains only when no model has the staging alias
 
 INTERVAL ?= 30
 simulate-file-drops: install data ## Drop every data file but the training one, INTERVAL s apart
@@ -71,6 +74,9 @@ benchmark-features: install data ## Cross-validated F1 with each feature dropped
 
 benchmark-latency: install data ## Drop-to-processed latency on the local platform (p50/p95)
 	$(RUN) python benchmarks/latency.py
+
+benchmark-recovery: install data ## Crash-to-processed time and a 30-file burst with 1 and N runners (local platform)
+	$(RUN) python benchmarks/recovery.py
 
 benchmark-pipeline: install data ## Flow time and peak RSS on 1,050 and 1M rows beside bare XGBoost+Evidently
 	$(RUN) python benchmarks/pipeline.py

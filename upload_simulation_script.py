@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from churnops.settings import get_settings
-from churnops.storage import open_storage, stage_key
+from churnops.storage import ObjectExists, open_storage, stage_key
 
 
 def parse_args(
@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         if number:
             time.sleep(args.interval)
         key = stage_key("input", path.name)
-        storage.write(key, path.read_bytes())
+        try:
+            storage.create(key, path.read_bytes())
+        except ObjectExists:
+            print(f"not uploaded: {path.name} still waits in {key} (not taken yet)", flush=True)
+            continue
         print(f"uploaded {path.name} -> {storage!r} {key}", flush=True)
     return 0
 

@@ -3,9 +3,9 @@
 Each drop is ``customer_churn_1.csv`` under a new name, written to a temporary
 name and renamed into ``data/input/`` (the moment it lands). It is done when the
 file is in ``processed/`` and its alert is in the alert log. Drops go one after
-the other. The baseline runs the same steps (validate, predict, write
-predictions, Evidently report, metrics, alert) in this process with a warm model,
-so the platform's own overhead (trigger, Prefect, flow engine) is the difference.
+the other. The baseline runs the same function, ``pipeline.process``, in this
+process with a warm model, so the platform's own overhead (trigger, Prefect,
+flow engine) is the difference.
 
     python benchmarks/latency.py                 # uses a running platform, or starts one
     python benchmarks/latency.py --drops 20
@@ -14,6 +14,7 @@ so the platform's own overhead (trigger, Prefect, flow engine) is the difference
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import signal
@@ -41,10 +42,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def start_platform(settings: Settings) -> subprocess.Popen:
+def start_platform(settings: Settings, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
     """``churnops up`` on settings.home with free ports; returns once it serves."""
     env = dict(os.environ, CHURNOPS_HOME=str(settings.home))
-    env |= {"PREFECT_PORT": "0", "MLFLOW_PORT": "0", "EVIDENTLY_PORT": "0"}
+    env |= {"PREFECT_PORT": "0", "MLFLOW_PORT": "0", "EVIDENTLY_PORT": "0", **(env_extra or {})}
     log = settings.home / "benchmark-up.log"
     settings.home.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
@@ -67,15 +68,30 @@ def one_drop(settings: Settings, data: bytes) -> float:
     """Seconds from landing in input/ to processed/ with the alert logged."""
     storage = LocalDropStorage(settings.drop_dir)
     name = f"latency_{uuid.uuid4().hex[:10]}.csv"
-    storage.write(stage_key("input", name), data)
+    drop(storage, name, data)
     landed = time.perf_counter()
-    done, errored = settings.drop_dir / stage_key("processed", name), stage_key("errored", name)
     deadline = time.monotonic() + DROP_TIMEOUT
-    while not (done.exists() and alert_logged(settings, name)):
-        if storage.exists(errored) or time.monotonic() > deadline:
+    while not (final_stage(settings, name) == "processed" and alert_logged(settings, name)):
+        if final_stage(settings, name) == "errored" or time.monotonic() > deadline:
             raise SystemExit(f"{name} was not processed; see {settings.home / 'logs'}")
         time.sleep(0.02)
     return time.perf_counter() - landed
+
+
+def drop(storage: LocalDropStorage, name: str, data: bytes) -> None:
+    """Write under a temporary name, then rename into input/: the file lands whole."""
+    target = storage.path(stage_key("input", name))
+    temporary = target.with_name(f".{name}.part")
+    temporary.write_bytes(data)
+    temporary.rename(target)
+
+
+def final_stage(settings: Settings, name: str) -> str | None:
+    """'processed' or 'errored' once the file has reached that folder (in its run folder)."""
+    for stage in ("processed", "errored"):
+        if any((settings.drop_dir / "data" / stage).glob(f"*/{glob.escape(name)}")):
+            return stage
+    return None
 
 
 def alert_logged(settings: Settings, name: str) -> bool:
@@ -84,33 +100,24 @@ def alert_logged(settings: Settings, name: str) -> bool:
 
 
 def baseline(platform_settings: Settings, source: Path, repeats: int) -> list[float]:
-    """The same steps called directly, warm model, into a scratch home (one warm-up run)."""
+    """``pipeline.process`` called directly, warm model, into a scratch home (after a warm-up)."""
     from churnops import pipeline
-    from churnops.metrics_db import MetricsStore
-    from churnops.model import load_aliased_model
 
     scratch = Path(tempfile.mkdtemp(prefix="churnops-baseline-"))
     settings = platform_settings.model_copy(update={"churnops_home": scratch})
     storage = LocalDropStorage(settings.drop_dir)
     storage.create_layout()
-    store = MetricsStore.from_settings(settings)
     timings = []
     for attempt in range(repeats + 1):
         name = f"baseline_{attempt}.csv"
-        storage.write(stage_key("processing", name), source.read_bytes())
+        key = stage_key("input", name)
+        storage.create(key, source.read_bytes())
         started = time.perf_counter()
-        model = load_aliased_model(settings)
-        frame = pipeline.read_valid_file(storage, stage_key("processing", name), name, settings)
-        scored = pipeline.score(model, frame)
-        pipeline.write_predictions(storage, scored, name, model)
-        result = pipeline.monitor(settings, model, scored, name)
-        run_id = store.start_run(file_name=name, bucket="b", object_key=name, flow_run_id="")
-        pipeline.record_metrics(store, run_id, result)
-        pipeline.send_alerts(settings, result, name, model)
-        pipeline.finish(storage, stage_key("processing", name), name, "processed")
+        outcome = pipeline.process(settings, storage, key)
+        if outcome.status != "processed":
+            raise SystemExit(f"baseline run {name}: {outcome.status}: {outcome.message}")
         if attempt:  # the first one loads the model and warms the imports
             timings.append(time.perf_counter() - started)
-    store.close()
     return timings
 
 

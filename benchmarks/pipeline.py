@@ -224,9 +224,10 @@ def run_pipeline(csv: Path) -> dict:
         settings.drop_bucket, stage_key("input", name), return_state=True
     )
     seconds = time.perf_counter() - started
-    log = storage.read(log_key(name)).decode()
-    if not state.is_completed() or state.result()["status"] != "processed":
-        raise SystemExit(f"the flow did not process {name}: {state}\n{log}")
+    outcome = state.result(raise_on_failure=False)
+    if not isinstance(outcome, dict) or outcome["status"] != "processed":
+        raise SystemExit(f"the flow did not process {name}: {state}")
+    log = storage.read(log_key(outcome["run"], name)).decode()
     return {
         "seconds": seconds,
         "startup_seconds": startup,

@@ -86,10 +86,17 @@ def predictions_name(name: str, model: LoadedModel) -> str:
 def write_predictions(
     storage: DropStorage, scored: pd.DataFrame, run: str, name: str, model: LoadedModel
 ) -> str:
-    """Write the scored file (original header) into the run's processing folder."""
+    """Write the scored file (original header) into the run's processing folder.
+
+    A re-driven run may find the file its dead attempt wrote: the same model
+    version on the same rows gives the same bytes, so it is kept, never rewritten
+    (a rewrite would leave two versions of one key in a versioned bucket).
+    """
     key = run_key("processing", run, predictions_name(name, model))
-    # Only this run writes in its folder; a dead attempt's partial output is replaced.
-    storage.replace(key, csv_bytes(scored.rename(columns=_RAW_NAMES)))
+    try:
+        storage.create(key, csv_bytes(scored.rename(columns=_RAW_NAMES)))
+    except ObjectExists:
+        log.info("%s: kept the predictions an earlier attempt wrote", key)
     return key
 
 
@@ -367,5 +374,3 @@ def summary(result: MonitoringResult) -> str:
         f"{quality}; report {result.report_url}"
     )
 
-
-__all__ = ["PLAIN_STEPS", "FileOutcome", "ObjectExists", "Steps", "process"]

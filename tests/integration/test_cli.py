@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
 from typer.testing import CliRunner
 
 from churnops.cli import app
+from tests.fixtures.network import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +38,36 @@ def test_fetch_train_and_process_a_file(home: Path, data_dir: Path) -> None:
     assert "XGBoostChurnModel version 1" in output
     assert "alias 'staging': promoted" in output
     output = run("process", "data/customer_churn_1.csv")
-    assert "status: processed" in output
+    assert "processed customer_churn_1.csv" in output
     processed = home / ".churnops/drop/data/processed"
-    assert (processed / "customer_churn_1.csv").exists()
-    assert (processed / "customer_churn_1_predictions_XGBoostChurnModel_v1.csv").exists()
+    (original,) = processed.glob("*/customer_churn_1.csv")
+    assert original.read_bytes() == (data_dir / "customer_churn_1.csv").read_bytes()
+    assert (original.parent / "customer_churn_1_predictions_XGBoostChurnModel_v1.csv").exists()
+
+    invalid = home / "notes.csv"
+    invalid.write_text("not,a,churn\nfile,at,all\n")
+    result = CliRunner().invoke(app, ["process", str(invalid)])
+    assert result.exit_code == 3, result.output
+    assert "missing column" in result.output
+    assert "nothing to reconcile" in run("reconcile")
+
+
+def test_process_exit_codes_for_skipped_and_failed(
+    home: Path, moto_server: str, moto_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    result = CliRunner().invoke(app, ["process", f"s3://{moto_bucket}/data/input/gone.csv"])
+    assert result.exit_code == 5, result.output
+    assert "skipped" in result.output
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("DEPENDENCY_WAIT_SECONDS", "1")
+    (home / "a.csv").write_text("x\n1\n")
+    result = CliRunner().invoke(app, ["process", str(home / "a.csv")])
+    assert result.exit_code == 4, result.output
+    assert "MLflow" in result.output and "unreachable" in result.output
+    waiting = list((home / ".churnops/drop/data/processing").glob("*/a.csv"))
+    assert len(waiting) == 1
 
 
 def test_process_a_missing_file_fails_clearly(home: Path) -> None:
@@ -64,6 +92,12 @@ def test_grant_reader_on_postgres(
     assert "role 'cli reader' can read" in run("grant-reader")
     url = make_url(postgres_url).set(username="cli reader", password="s3cret'pw")
     engine = create_engine(url)
-    with engine.connect() as connection:
-        assert connection.execute(text("SELECT count(*) FROM pipeline_runs")).scalar() >= 0
-    engine.dispose()
+    try:
+        with engine.connect() as connection:
+            assert (
+                connection.execute(text("SELECT count(*) FROM pipeline_runs")).scalar() is not None
+            )
+        with pytest.raises(ProgrammingError, match="permission denied"), engine.begin() as conn:
+            conn.execute(text("DELETE FROM run_metrics"))
+    finally:
+        engine.dispose()

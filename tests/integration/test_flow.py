@@ -8,6 +8,7 @@ metrics database, the flow run's state).
 from __future__ import annotations
 
 import io
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +20,14 @@ from prefect.testing.utilities import prefect_test_harness
 
 from churnops.flow import churn_prediction_pipeline
 from churnops.metrics_db import MetricsStore
-from churnops.registry import TrainingOptions, train_and_register
 from churnops.schema import RAW_COLUMNS
 from churnops.settings import Settings, get_settings
+from tests.fixtures.model import SESSION_MODEL
 from tests.fixtures.moto import received_messages, sns_topic_to_queue
 
 pytestmark = pytest.mark.integration
 
-MODEL = "FlowTestChurnModel"
-FAST = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.2}
+MODEL = SESSION_MODEL
 
 
 @dataclass
@@ -44,14 +44,15 @@ class Platform:
         return churn_prediction_pipeline(bucket=self.bucket, key=key, return_state=True)
 
     def keys(self, stage: str) -> set[str]:
+        """The file names in a stage's folders (its run folders included)."""
         listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"data/{stage}/")
-        return {o["Key"].split("/", 2)[2] for o in listing.get("Contents", [])}
+        return {o["Key"].rsplit("/", 1)[1] for o in listing.get("Contents", [])}
 
     def read(self, key: str) -> bytes:
         return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
-    def log(self, name: str) -> str:
-        return self.read(f"data/logs/{name}.log").decode()
+    def log(self, outcome: dict) -> str:
+        return self.read(f"data/logs/{outcome['run']}/{outcome['name']}.log").decode()
 
     def alerts(self) -> list[dict]:
         return received_messages(self.endpoint, self.queue)
@@ -74,6 +75,7 @@ class Platform:
 @pytest.fixture(scope="module")
 def platform(
     mlflow_server: str,
+    session_model: str,
     moto_server: str,
     postgres_url: str,
     data_dir: Path,
@@ -94,15 +96,12 @@ def platform(
         "DATABASE_URL": postgres_url,
         "MAX_FILE_BYTES": "1000000",
         "ALERT_RETRY_WAIT": "0.01",
-        "CV_FOLDS": "3",
+        "RETRY_FIRST_SECONDS": "3600",
     }
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
         settings = get_settings()
-        train_and_register(
-            settings, TrainingOptions(data_file=data_dir / "customer_churn_0.csv", params=FAST)
-        )
         with prefect_test_harness(server_startup_timeout=180):
             yield Platform(settings, s3, bucket, queue, moto_server)
 
@@ -116,13 +115,15 @@ def test_labeled_file_is_scored_stored_and_kept(platform: Platform, data_dir: Pa
 
     predictions = f"customer_churn_1_predictions_{MODEL}_v1.csv"
     assert {"customer_churn_1.csv", predictions} <= platform.keys("processed")
-    assert platform.read("data/processed/customer_churn_1.csv") == original
-    scored = pd.read_csv(io.BytesIO(platform.read(f"data/processed/{predictions}")))
+    folder = f"data/processed/{outcome['run']}"
+    assert platform.read(f"{folder}/customer_churn_1.csv") == original
+    assert outcome["predictions_key"] == f"{folder}/{predictions}"
+    scored = pd.read_csv(io.BytesIO(platform.read(f"{folder}/{predictions}")))
     assert list(scored.columns) == [*RAW_COLUMNS, "churn_prediction", "churn_probability"]
     assert len(scored) == 1050
     assert scored["churn_probability"].between(0, 1).all()
 
-    log = platform.log("customer_churn_1.csv")
+    log = platform.log(outcome)
     for step in ("claim", "load model", "validate", "predict", "monitor", "alert", "finish"):
         assert f"| {step} | ok |" in log
 
@@ -178,7 +179,7 @@ def test_special_characters_in_names(platform: Platform, data_dir: Path) -> None
     assert f"customer churn+1 é_predictions_{MODEL}_v1.csv" in platform.keys("processed")
 
 
-def test_a_second_trigger_is_a_logged_no_op(platform: Platform, data_dir: Path) -> None:
+def test_a_second_trigger_is_a_no_op(platform: Platform, data_dir: Path) -> None:
     name = "twice.csv"
     platform.drop(name, (data_dir / "customer_churn_1.csv").read_bytes())
     state = churn_prediction_pipeline(
@@ -186,8 +187,14 @@ def test_a_second_trigger_is_a_logged_no_op(platform: Platform, data_dir: Path) 
     )
     assert state.is_completed()
     assert state.result()["status"] == "skipped"
-    assert "already taken: a file named 'twice.csv' is in processed/" in platform.log(name)
+    assert "no longer in input/" in state.message
     assert (platform.runs()["file_name"] == name).sum() == 1
+
+
+def test_a_semicolon_file_is_read_and_the_log_says_so(platform: Platform, data_dir: Path) -> None:
+    state = platform.drop("semicolons.csv", _csv(_good(data_dir), sep=";"))
+    assert state.result()["status"] == "processed"
+    assert "columns separated by ';'" in platform.log(state.result())
 
 
 def _good(data_dir: Path) -> pd.DataFrame:
@@ -198,12 +205,24 @@ def _csv(frame: pd.DataFrame, **kwargs: object) -> bytes:
     return frame.to_csv(index=False, **kwargs).encode()
 
 
+def _xlsx() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as book:
+        book.writestr("[Content_Types].xml", "<Types/>")
+        book.writestr("xl/workbook.xml", "<workbook/>")
+    return out.getvalue()
+
+
 MALFORMED = {
     "empty.csv": (lambda d: b"", "file is empty"),
     "header_only.csv": (lambda d: _csv(_good(d).head(0)), "header but no data rows"),
     "binary.csv": (lambda d: b"\x89PNG\r\n\x1a\n\x00\x00\x00", "binary, not a CSV"),
     "broken_quotes.csv": (lambda d: b'a,b\n1,"2\n3,4', "not a parsable CSV"),
-    "semicolons.csv": (lambda d: _csv(_good(d), sep=";"), "missing column 'call_failure'"),
+    "excel.xlsx": (lambda d: _xlsx(), "is an Excel workbook (.xlsx)"),
+    "concatenated.csv": (
+        lambda d: _csv(_good(d)) + _csv(_good(d)),
+        "the header line is repeated at rows 52",
+    ),
     "missing_column.csv": (
         lambda d: _csv(_good(d).drop(columns="Status")),
         "missing column 'status'",
@@ -244,18 +263,21 @@ def test_malformed_file_ends_in_errored_with_its_reason(
     assert expected in state.message
     assert name in platform.keys("errored")
     assert name not in platform.keys("processing") | platform.keys("input")
-    assert expected in platform.log(name)
+    assert expected in platform.log(state.result(raise_on_failure=False))
     run = platform.runs().set_index("file_name").loc[name]
     assert run["status"] == "errored" and expected in run["error"]
 
 
-def test_unexpected_error_fails_the_run_and_keeps_the_file(
+def test_an_unexpected_error_fails_the_run_and_the_file_waits_for_a_retry(
     platform: Platform, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Not the file's fault: it stays in processing/, never in errored/."""
     monkeypatch.setenv("MODEL_ALIAS", "no-such-alias")
     state = platform.drop("no_model.csv", (data_dir / "customer_churn_1.csv").read_bytes())
     assert state.is_failed()
-    assert "no_model.csv" in platform.keys("errored")
-    assert "unexpected error" in platform.log("no_model.csv")
+    assert "no_model.csv" in platform.keys("processing")
+    assert "no_model.csv" not in platform.keys("errored")
+    outcome = state.result(raise_on_failure=False)
+    assert "stays in processing/ for a retry" in platform.log(outcome)
     run = platform.runs().set_index("file_name").loc["no_model.csv"]
-    assert run["status"] == "errored" and "no-such-alias" in run["error"]
+    assert run["status"] == "failed" and "no-such-alias" in run["error"]

@@ -154,13 +154,15 @@ def test_three_drops_end_where_they_should_and_the_platform_stops_clean(
     assert by_name[MALFORMED].state.message.startswith("errored: ")
     assert not by_name[GOOD].state.message
 
-    processed = {k.rsplit("/", 1)[1] for k in storage.list_keys("data/processed/")}
-    assert {GOOD, DRIFTED} <= processed
-    predictions = [n for n in processed if n.startswith("customer_churn_1_predictions_")]
+    processed = {k.rsplit("/", 1)[1]: k for k in storage.list_keys("data/processed/")}
+    assert {GOOD, DRIFTED} <= set(processed)
+    predictions = [k for n, k in processed.items() if n.startswith("customer_churn_1_predictions_")]
     assert len(predictions) == 1
-    header = storage.read(f"data/processed/{predictions[0]}").decode().splitlines()[0]
+    assert predictions[0].rsplit("/", 2)[1] == processed[GOOD].rsplit("/", 2)[1]  # one run folder
+    header = storage.read(predictions[0]).decode().splitlines()[0]
     assert header.endswith("churn_prediction,churn_probability")
-    assert storage.list_keys("data/errored/") == [stage_key("errored", MALFORMED)]
+    [errored] = storage.list_keys("data/errored/")
+    assert errored.endswith(f"/{MALFORMED}")
     assert storage.list_keys("data/input/") == storage.list_keys("data/processing/") == []
 
     workspace = Workspace(str(settings.evidently_workspace_dir))

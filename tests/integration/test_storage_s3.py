@@ -5,8 +5,17 @@ from __future__ import annotations
 import boto3
 import pytest
 
+from churnops import claims
 from churnops.settings import get_settings
-from churnops.storage import FileLog, S3DropStorage, decode_event_key, open_storage, stage_key
+from churnops.storage import (
+    FileLog,
+    ObjectExists,
+    S3DropStorage,
+    decode_event_key,
+    open_storage,
+    run_key,
+    stage_key,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +36,47 @@ def test_round_trip_and_claim(s3: S3DropStorage, name: str) -> None:
     s3.write(src, b"x,y\n1,2\n")
     assert s3.exists(src)
     assert s3.list_keys("data/input/") == [src]
-    assert s3.claim(name) == stage_key("processing", name)
-    assert s3.read(stage_key("processing", name)) == b"x,y\n1,2\n"
+    held = claims.claim(s3, src, lease_seconds=30)
+    assert held.processing_key == run_key("processing", held.run, name)
+    assert s3.read(held.processing_key) == b"x,y\n1,2\n"
     assert not s3.exists(src)
-    assert s3.claim(name) is None
-    s3.move(stage_key("processing", name), stage_key("processed", name))
-    assert s3.list_keys("data/") == [stage_key("processed", name)]
+    with pytest.raises(claims.ClaimRefused, match="no longer in input"):
+        claims.claim(s3, src, lease_seconds=30)
+    s3.move(held.processing_key, run_key("processed", held.run, name))
+    assert s3.list_keys("data/processed/") == [run_key("processed", held.run, name)]
+
+
+def test_writes_and_moves_never_replace(s3: S3DropStorage) -> None:
+    s3.create("data/processed/R/a.csv", b"first")
+    with pytest.raises(ObjectExists):
+        s3.create("data/processed/R/a.csv", b"second")
+    s3.create("data/input/a.csv", b"other")
+    with pytest.raises(ObjectExists):
+        s3.move("data/input/a.csv", "data/processed/R/a.csv")
+    assert s3.read("data/processed/R/a.csv") == b"first"
+    assert s3.read("data/input/a.csv") == b"other"
+
+
+def test_a_move_cut_short_is_completed(s3: S3DropStorage) -> None:
+    """Copied but not deleted (a kill between the two): the next move only deletes."""
+    s3.create("data/processing/R/a.csv", b"rows")
+    s3.client.copy_object(
+        Bucket=s3.bucket,
+        Key="data/processed/R/a.csv",
+        CopySource={"Bucket": s3.bucket, "Key": "data/processing/R/a.csv"},
+    )
+    s3.move("data/processing/R/a.csv", "data/processed/R/a.csv")
+    assert s3.list_keys("data/processing/") == []
+    assert s3.read("data/processed/R/a.csv") == b"rows"
+
+
+def test_a_move_takes_only_the_version_it_was_given(s3: S3DropStorage) -> None:
+    s3.create("data/input/a.csv", b"january")
+    january = s3.stat("data/input/a.csv")
+    s3.replace("data/input/a.csv", b"february")  # the user drops a new file, same name
+    with pytest.raises(FileNotFoundError):
+        s3.move("data/input/a.csv", "data/processing/R/a.csv", version=january.version)
+    assert s3.read("data/input/a.csv") == b"february"
 
 
 def test_event_key_from_a_real_listing(s3: S3DropStorage) -> None:
@@ -43,16 +87,11 @@ def test_event_key_from_a_real_listing(s3: S3DropStorage) -> None:
     assert decode_event_key(listed[0]["Key"]) == key
 
 
-def test_claim_refuses_a_file_already_handled(s3: S3DropStorage) -> None:
-    s3.write("data/errored/a.csv", b"bad")
-    s3.write("data/input/a.csv", b"again")
-    assert s3.claim("a.csv") is None
-    assert s3.exists("data/input/a.csv")
-
-
 def test_missing_objects(s3: S3DropStorage) -> None:
     assert not s3.exists("data/input/none.csv")
-    assert s3.claim("none.csv") is None
+    assert s3.stat("data/input/none.csv") is None
+    with pytest.raises(claims.ClaimRefused):
+        claims.claim(s3, "data/input/none.csv", lease_seconds=30)
     with pytest.raises(FileNotFoundError):
         s3.read("data/input/none.csv")
     with pytest.raises(FileNotFoundError):
@@ -67,11 +106,11 @@ def test_list_pages_through_many_keys(s3: S3DropStorage) -> None:
 
 
 def test_append_and_file_log(s3: S3DropStorage) -> None:
-    log = FileLog(s3, "clientes_año.csv")
+    log = FileLog(s3, "R1", "clientes_año.csv")
     with log.step("validate"):
         pass
     s3.append_line(log.key, "done")
-    lines = s3.read("data/logs/clientes_año.csv.log").decode().splitlines()
+    lines = s3.read("data/logs/R1/clientes_año.csv.log").decode().splitlines()
     assert [line.split(" | ")[1:3] for line in lines[:2]] == [
         ["validate", "start"],
         ["validate", "ok"],

@@ -6,10 +6,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from churnops.metrics_db import MetricsStore, grant_read_only
+from churnops.metrics_db import MetricsStore, grant_read_only, metadata
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import get_settings
 
@@ -48,7 +50,7 @@ def start(store: MetricsStore, **extra: object) -> str:
 
 def test_tables_and_indexes_are_created_on_first_use(store: MetricsStore) -> None:
     inspector = inspect(store.engine)
-    assert set(inspector.get_table_names()) == {"pipeline_runs", "run_metrics"}
+    assert set(inspector.get_table_names()) == {"pipeline_runs", "run_metrics", "alembic_version"}
     indexes = {i["name"] for i in inspector.get_indexes("run_metrics")}
     assert {"ix_run_metrics_recorded_at", "ix_run_metrics_metric_recorded_at"} <= indexes
 
@@ -138,3 +140,43 @@ def test_from_settings_uses_a_sqlite_file_under_home(tmp_path: Path) -> None:
 def test_grant_read_only_refuses_sqlite(store: MetricsStore) -> None:
     with pytest.raises(ValueError, match="needs PostgreSQL"):
         grant_read_only(store.engine, "grafana_reader", "secret")
+
+
+def test_migrations_build_exactly_the_declared_schema(store: MetricsStore) -> None:
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_a_database_from_before_migrations_is_upgraded_in_place(tmp_path: Path) -> None:
+    """The first release made its tables with create_all: no alembic_version, no 'failed'."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(OLD_PIPELINE_RUNS))
+        conn.execute(
+            text(
+                "INSERT INTO pipeline_runs (id, file_name, bucket, object_key, status, started_at)"
+                " VALUES ('old', 'a.csv', 'b', 'k', 'processed', '2026-01-01 00:00:00')"
+            )
+        )
+    engine.dispose()
+    store = MetricsStore(url)
+    run_id = start(store, run_id="20261127T000000Z-00000000.1")
+    store.finish_run(run_id, "failed", error="MLflow down")
+    runs = store.runs().set_index("id")
+    assert runs.loc["old", "status"] == "processed"
+    assert runs.loc[run_id, "status"] == "failed"
+    with pytest.raises(IntegrityError), store.engine.begin() as conn:
+        conn.execute(text("UPDATE pipeline_runs SET status = 'bogus'"))
+
+
+OLD_PIPELINE_RUNS = """
+CREATE TABLE pipeline_runs (
+    id VARCHAR(36) NOT NULL PRIMARY KEY, flow_run_id VARCHAR(36), file_name VARCHAR(512) NOT NULL,
+    bucket VARCHAR(255) NOT NULL, object_key VARCHAR(1024) NOT NULL, model_name VARCHAR(255),
+    model_version VARCHAR(64), rows INTEGER, status VARCHAR(16) NOT NULL,
+    started_at DATETIME NOT NULL, finished_at DATETIME, report_url TEXT, error TEXT,
+    CONSTRAINT ck_pipeline_runs_status CHECK (status IN ('running', 'processed', 'errored'))
+)
+"""

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
-from churnops.platform import services
+from churnops.platform import launch, services
 from churnops.platform.status import list_files, service_health
 from churnops.platform.watcher import (
     Dispatcher,
@@ -25,7 +31,8 @@ from churnops.platform.watcher import (
     s3_event,
     wait_stable,
 )
-from churnops.storage import LocalDropStorage, stage_key
+from churnops.settings import get_settings
+from churnops.storage import LocalDropStorage, run_key, stage_key
 
 ROOT = Path(__file__).parents[2]
 
@@ -138,20 +145,16 @@ def _key(event: dict[str, Any]) -> str:
 def test_status_lists_every_file_by_stage(tmp_path: Path) -> None:
     storage = LocalDropStorage(tmp_path)
     storage.create_layout()
-    for stage, name in [
-        ("input", "a.csv"),
-        ("processing", "b.csv"),
-        ("processed", "c.csv"),
-        ("errored", "d.csv"),
-    ]:
-        storage.write(stage_key(stage, name), b"x")  # type: ignore[arg-type]
-    storage.write("data/logs/d.csv.log", b"why")
-    listed = [(f.stage, f.name) for f in list_files(storage)]
+    storage.write(stage_key("input", "a.csv"), b"x")
+    for stage, name in [("processing", "b.csv"), ("processed", "c.csv"), ("errored", "d.csv")]:
+        storage.write(run_key(stage, "R1", name), b"x")  # type: ignore[arg-type]
+    storage.write("data/logs/R1/d.csv.log", b"why")
+    listed = [(f.stage, f.run, f.name) for f in list_files(storage)]
     assert listed == [
-        ("input", "a.csv"),
-        ("processing", "b.csv"),
-        ("processed", "c.csv"),
-        ("errored", "d.csv"),
+        ("input", "", "a.csv"),
+        ("processing", "R1", "b.csv"),
+        ("processed", "R1", "c.csv"),
+        ("errored", "R1", "d.csv"),
     ]
 
 
@@ -161,8 +164,10 @@ def test_status_without_a_running_platform_says_so() -> None:
     assert "churnops up" in health.detail
 
 
-def test_a_busy_configured_port_is_named_with_the_way_out() -> None:
+@pytest.mark.parametrize("listener_reuses_address", [False, True])
+def test_a_busy_configured_port_is_named_with_the_way_out(listener_reuses_address: bool) -> None:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(listener_reuses_address))
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
@@ -255,3 +260,188 @@ def test_simulation_script_names_a_missing_data_folder(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "nope is not a folder" in done.stderr
+
+
+def _tcp_states(port: int) -> set[str]:
+    """States (hex, as in /proc/net/tcp) of the IPv4 sockets bound to ``port`` locally."""
+    states = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if int(local.rsplit(":", 1)[1], 16) == port:
+            states.add(state)
+    return states
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp (Linux)")
+def test_a_port_left_in_time_wait_by_a_stopped_server_is_free_again() -> None:
+    with socket.socket() as server:
+        # As uvicorn does; the accepted sockets, and so their TIME_WAIT, inherit the flag.
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end of the connection waits
+    client.close()
+    deadline = time.monotonic() + 10
+    while _tcp_states(port) != {"06"} and time.monotonic() < deadline:  # 06: TIME_WAIT
+        time.sleep(0.01)
+    assert _tcp_states(port) == {"06"}
+    with socket.socket() as naive, pytest.raises(OSError):
+        naive.bind(("127.0.0.1", port))  # what the probe did before: refused for 60 s
+    assert services.choose_port("127.0.0.1", port, "prefect_port") == port
+
+
+def _sleeper(*command: str) -> subprocess.Popen:
+    """A throwaway process leading its own group, as the platform's children do."""
+    return subprocess.Popen(list(command), start_new_session=True)
+
+
+def _dead_pid() -> int:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid
+
+
+def _record(home: Path, record: services.ChildRecord) -> None:
+    (home / services.LOG_DIR).mkdir(exist_ok=True)
+    record.save(home / services.LOG_DIR / f"{record.name}{services.CHILD_RECORD_SUFFIX}")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="identifies processes through /proc")
+def test_only_what_a_killed_platform_left_is_stopped(tmp_path: Path) -> None:
+    sleep = shutil.which("sleep") or "sleep"
+    dead = _dead_pid()
+    ours, stranger, reused, kept = (_sleeper(sleep, "300") for _ in range(4))
+    # The leader exited and left a worker in its group (as MLflow's job runner may).
+    worker = "import time; time.sleep(300)"
+    script = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {worker!r}])"
+    orphaned = _sleeper(sys.executable, "-c", script)
+    orphaned.wait()
+    try:
+        of_dead = {"parent": dead, "parent_started": 1}
+        for name, process, command, changes in [
+            ("mlflow", ours, [sleep, "300"], of_dead),
+            ("stranger", stranger, ["/opt/other/server"], of_dead),  # not our program now
+            ("reused", reused, [sleep, "300"], of_dead | {"started": 1}),  # another start time
+            ("kept", kept, [sleep, "300"], {}),  # its platform (this process) still runs
+            ("runner", orphaned, [sys.executable, "-c", script], of_dead),
+        ]:
+            record = services.ChildRecord.of(name, process.pid, command)
+            _record(tmp_path, dataclasses.replace(record, **changes))
+        (tmp_path / services.STATE_FILE).write_text(json.dumps({"pid": dead}))
+
+        stopped = services.stop_leftovers(tmp_path, grace=5)
+
+        assert sorted(r.name for r in stopped) == ["mlflow", "runner"]
+        assert ours.wait(timeout=10) == -signal.SIGTERM
+        assert services.live_groups([orphaned.pid]) == {}
+        assert [p.poll() for p in (stranger, reused, kept)] == [None, None, None]
+        left = sorted(p.name for p in (tmp_path / services.LOG_DIR).iterdir())
+        assert left == [f"kept{services.CHILD_RECORD_SUFFIX}"]
+        assert not (tmp_path / services.STATE_FILE).exists()
+    finally:
+        for process in (ours, stranger, reused, kept, orphaned):
+            services.terminate_groups([process.pid], grace=5)
+            process.wait()
+
+
+def _start_service_then_get_killed(
+    home: Path, command: list[str], reaper: bool, ready: Path | None = None
+) -> int:
+    """A stand-in for ``up``: starts one Service (and the reaper), then dies by SIGKILL."""
+    log = home / services.LOG_DIR / "sleeper.log"
+    starter = (
+        "import time; from pathlib import Path; from churnops.platform import services as svc;"
+        f"home = Path({str(home)!r}); {'svc.start_reaper(home, grace=1)' if reaper else 'pass'};"
+        f"s = svc.Service('sleeper', {command!r}, Path({str(log)!r}), {{}}, '-'); s.start();"
+        "print(s.pid, flush=True); time.sleep(300)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert services.ChildRecord.load(log.with_suffix(services.CHILD_RECORD_SUFFIX))
+    assert services.live_groups([child])
+    deadline = time.monotonic() + 30
+    while ready is not None and not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    parent.kill()
+    parent.wait()
+    return child
+
+
+def _gone_within(pgid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while services.live_groups([pgid]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not services.live_groups([pgid])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_a_service_gets_sigterm_when_the_process_that_started_it_is_killed(
+    tmp_path: Path,
+) -> None:
+    command = [str(shutil.which("sleep")), "300"]
+    child = _start_service_then_get_killed(tmp_path, command, reaper=False)
+    try:
+        assert _gone_within(child, 10)
+    finally:
+        services.terminate_groups([child], grace=1)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="identifies processes through /proc")
+def test_the_reaper_kills_a_service_that_outlives_its_killed_parent(tmp_path: Path) -> None:
+    ready = tmp_path / "ignoring SIGTERM"
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        f"open({str(ready)!r}, 'w').close(); time.sleep(300)"
+    )
+    command = [sys.executable, "-c", stubborn]
+    child = _start_service_then_get_killed(tmp_path, command, reaper=True, ready=ready)
+    try:
+        assert _gone_within(child, 15)
+        assert "stopped sleeper (pid" in (tmp_path / services.LOG_DIR / "reaper.log").read_text()
+        assert not list((tmp_path / services.LOG_DIR).glob(f"*{services.CHILD_RECORD_SUFFIX}"))
+    finally:
+        services.terminate_groups([child], grace=1)
+
+
+def _run_up(home: Path, **overrides: object) -> tuple[int, list[str]]:
+    out = io.StringIO()
+    settings = get_settings(churnops_home=home, **overrides)
+    code = launch.run(settings, Console(file=out, width=200))
+    return code, out.getvalue().splitlines()
+
+
+def test_a_second_up_on_the_same_home_says_so_in_one_line(tmp_path: Path) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / services.PID_FILE).write_text(str(other.pid))
+        state = json.dumps({"pid": other.pid, "drop_dir": "-", "services": {}})
+        (tmp_path / services.STATE_FILE).write_text(state)
+        code, lines = _run_up(tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: the platform already runs on {tmp_path.resolve()}")
+    assert f"(pid {other.pid})" in lines[0]
+    # the running platform's files are its own
+    assert (tmp_path / services.PID_FILE).read_text() == str(other.pid)
+    assert (tmp_path / services.STATE_FILE).read_text() == state
+
+
+def test_a_start_up_error_is_one_line_and_leaves_no_files(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        code, lines = _run_up(tmp_path, platform_host="127.0.0.1", prefect_port=port)
+    assert code == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: port {port} on 127.0.0.1 (PREFECT_PORT) is in use")
+    assert not (tmp_path / services.PID_FILE).exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -10,10 +12,13 @@ from churnops.settings import get_settings
 from churnops.storage import (
     FileLog,
     LocalDropStorage,
+    ObjectExists,
     decode_event_key,
     log_key,
     name_from_key,
     open_storage,
+    run_key,
+    split_run_key,
     stage_key,
 )
 
@@ -30,8 +35,12 @@ def storage(tmp_path: Path) -> LocalDropStorage:
 def test_keys() -> None:
     assert stage_key("input", "a.csv") == "data/input/a.csv"
     assert stage_key("errored", "a.csv") == "data/errored/a.csv"
-    assert log_key("a.csv") == "data/logs/a.csv.log"
+    assert run_key("processed", "R1", "a.csv") == "data/processed/R1/a.csv"
+    assert log_key("R1", "a.csv") == "data/logs/R1/a.csv.log"
     assert name_from_key("data/input/march batch.csv") == "march batch.csv"
+    assert split_run_key("data/processing/R1/a b.csv") == ("processing", "R1", "a b.csv")
+    assert split_run_key("data/input/a.csv") is None
+    assert split_run_key("data/processing/R1/x/a.csv") is None
 
 
 @pytest.mark.parametrize(
@@ -107,14 +116,45 @@ def test_keys_cannot_leave_the_root(storage: LocalDropStorage, key: str) -> None
         storage.read(key)
 
 
-def test_move_creates_parents_and_replaces(storage: LocalDropStorage) -> None:
+def test_move_creates_parents_and_never_replaces(storage: LocalDropStorage) -> None:
     storage.write("data/input/a.csv", b"new")
     storage.write("data/archive/2024/a.csv", b"old")
-    storage.move("data/input/a.csv", "data/archive/2024/a.csv")
-    assert storage.read("data/archive/2024/a.csv") == b"new"
-    assert not storage.exists("data/input/a.csv")
-    storage.move("data/archive/2024/a.csv", "data/new/deep/a.csv")
+    with pytest.raises(ObjectExists):
+        storage.move("data/input/a.csv", "data/archive/2024/a.csv")
+    assert storage.read("data/archive/2024/a.csv") == b"old"
+    assert storage.read("data/input/a.csv") == b"new"
+    storage.move("data/input/a.csv", "data/new/deep/a.csv")
     assert storage.read("data/new/deep/a.csv") == b"new"
+    assert not storage.exists("data/input/a.csv")
+
+
+def test_create_never_replaces(storage: LocalDropStorage) -> None:
+    storage.create("data/processed/R/a.csv", b"first")
+    with pytest.raises(ObjectExists):
+        storage.create("data/processed/R/a.csv", b"second")
+    assert storage.read("data/processed/R/a.csv") == b"first"
+    assert storage.list_keys("data/processed/") == ["data/processed/R/a.csv"]  # no temp left
+
+
+def test_written_files_get_the_usual_permissions(storage: LocalDropStorage) -> None:
+    old = os.umask(0o022)
+    try:
+        storage.create("data/processed/R/a.csv", b"x")
+        storage.replace("data/claims/R/0001.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(storage.path("data/processed/R/a.csv").stat().st_mode) == 0o644
+    assert stat.S_IMODE(storage.path("data/claims/R/0001.json").stat().st_mode) == 0o644
+
+
+def test_move_of_a_changed_version_is_refused(storage: LocalDropStorage) -> None:
+    storage.write("data/input/a.csv", b"first")
+    version = storage.stat("data/input/a.csv").version
+    storage.path("data/input/a.csv").unlink()
+    storage.write("data/input/a.csv", b"second drop")
+    with pytest.raises(FileNotFoundError):
+        storage.move("data/input/a.csv", "data/processing/R/a.csv", version=version)
+    assert storage.read("data/input/a.csv") == b"second drop"
 
 
 def test_append_line(storage: LocalDropStorage) -> None:
@@ -123,33 +163,13 @@ def test_append_line(storage: LocalDropStorage) -> None:
     assert storage.read("data/logs/a.csv.log") == b"one\ntwo\n"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_claim_moves_to_processing_once(storage: LocalDropStorage, name: str) -> None:
-    storage.write(stage_key("input", name), b"data")
-    assert storage.claim(name) == stage_key("processing", name)
-    assert storage.read(stage_key("processing", name)) == b"data"
-    assert not storage.exists(stage_key("input", name))
-    assert storage.claim(name) is None
-
-
-def test_claim_refuses_a_file_already_handled(storage: LocalDropStorage) -> None:
-    storage.write("data/processed/a.csv", b"done")
-    storage.write("data/input/a.csv", b"again")
-    assert storage.claim("a.csv") is None
-    assert storage.exists("data/input/a.csv")
-
-
-def test_claim_of_missing_file(storage: LocalDropStorage) -> None:
-    assert storage.claim("none.csv") is None
-
-
 def test_file_log_steps(storage: LocalDropStorage) -> None:
-    log = FileLog(storage, "a b.csv")
+    log = FileLog(storage, "R1", "a b.csv")
     with log.step("validate") as step:
         step.message = "1000 rows"
     with pytest.raises(ValueError, match="bad column"), log.step("predict"):
         raise ValueError("bad column\nsecond problem")
-    lines = storage.read("data/logs/a b.csv.log").decode().splitlines()
+    lines = storage.read("data/logs/R1/a b.csv.log").decode().splitlines()
     assert len(lines) == 5
     fields = [line.split(" | ") for line in lines]
     assert [f[1:3] for f in fields[:4]] == [
@@ -166,6 +186,6 @@ def test_file_log_steps(storage: LocalDropStorage) -> None:
 
 
 def test_file_log_message(storage: LocalDropStorage) -> None:
-    FileLog(storage, "a.csv").write("claim", "ok", "moved to data/processing/")
-    (line,) = storage.read("data/logs/a.csv.log").decode().splitlines()
+    FileLog(storage, "R1", "a.csv").write("claim", "ok", "moved to data/processing/")
+    (line,) = storage.read("data/logs/R1/a.csv.log").decode().splitlines()
     assert line.endswith(" | claim | ok |  | moved to data/processing/")

@@ -20,6 +20,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from churnops.platform import services as svc
@@ -69,6 +70,10 @@ def platform_settings(settings: Settings, ports: svc.Ports) -> Settings:
             "mlflow_port": ports.mlflow,
             "evidently_port": ports.evidently,
             "mlflow_tracking_uri": svc.mlflow_url(settings, ports.mlflow),
+            # Runners store reports through the UI, as on AWS: several processes then
+            # never write one workspace folder at once.
+            "evidently_ui_url": settings.evidently_ui_url
+            or f"http://{settings.platform_host}:{ports.evidently}",
         }
     )
 
@@ -84,6 +89,7 @@ def runner_env(settings: Settings) -> dict[str, str]:
             "PREFECT_PORT": str(settings.prefect_port),
             "MLFLOW_PORT": str(settings.mlflow_port),
             "EVIDENTLY_PORT": str(settings.evidently_port),
+            "EVIDENTLY_UI_URL": str(settings.evidently_ui_url),
             "PREFECT_LOGGING_LEVEL": "INFO",
             # MLflow's client would retry a dead server for ~12 minutes per request.
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -95,18 +101,25 @@ def runner_env(settings: Settings) -> dict[str, str]:
 def run(settings: Settings, console: Console) -> int:
     """Start everything, block until Ctrl-C (or a service dies), stop everything."""
     home = settings.home
-    svc.take_pid_file(home)
+    try:
+        svc.take_pid_file(home)
+    except svc.PlatformError as exc:  # another `up` owns the home: touch nothing of it
+        _print_error(console, exc)
+        return 1
+    reaper = svc.start_reaper(home)  # stops the children should this process be killed
     stop_requested = threading.Event()
     previous = _on_signals(stop_requested)
     platform = Platform(settings, console)
     code = 0
     try:
+        _stop_leftovers(home, console)
         ports = svc.choose_ports(settings)
         settings = platform_settings(settings, ports)
         platform.settings = settings
         _start_servers(platform, ports)
         if not stop_requested.is_set():
             _ensure_model(settings, console)
+            _ensure_project(settings)
         if not stop_requested.is_set():
             _start_runner(platform)
         if not stop_requested.is_set():
@@ -115,17 +128,36 @@ def run(settings: Settings, console: Console) -> int:
             _print_summary(platform)
             code = _supervise(platform, stop_requested)
     except svc.PlatformError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _print_error(console, exc)
         code = 1
     except KeyboardInterrupt:
         pass  # Ctrl-C during start-up: stop what has started
     finally:
-        console.print("stopping the platform...")
-        platform.stop()
+        if platform.children():
+            console.print("stopping the platform...")
+            platform.stop()
+            console.print("[green]stopped[/green]: state kept in " + escape(str(home)))
         svc.release_files(home)
+        svc.release_reaper(reaper)
         _restore_signals(previous)
-        console.print("[green]stopped[/green]: state kept in " + str(home))
     return code
+
+
+def _print_error(console: Console, exc: svc.PlatformError) -> None:
+    """One logical line (no wrapping; log tails keep their own lines), no markup from it."""
+    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+
+
+def _stop_leftovers(home: Path, console: Console) -> None:
+    """Stop what a killed ``up`` left running on this home: it would hold the ports."""
+    with console.status("looking for processes a killed platform left running..."):
+        stopped = svc.stop_leftovers(home)
+    if stopped:
+        names = ", ".join(f"{r.name} (pid {r.pid})" for r in stopped)
+        console.print(
+            f"stopped what a killed platform (pid {stopped[0].parent}) left running: {names}",
+            soft_wrap=True,
+        )
 
 
 def _on_signals(stop_requested: threading.Event) -> dict[int, object]:
@@ -196,6 +228,13 @@ def _ensure_model(settings: Settings, console: Console) -> None:
     if not outcome.decision.promote:
         raise svc.PlatformError(f"the trained model was not promoted: {outcome.decision.reason}")
     console.print(f"  [green]ok[/green] trained and registered version {outcome.version}")
+
+
+def _ensure_project(settings: Settings) -> None:
+    """Create the Evidently project once, before runners could race to create two."""
+    from churnops.monitoring import open_workspace, project_id
+
+    project_id(open_workspace(settings), settings.evidently_project)
 
 
 def _train(settings: Settings, data_file: Path, console: Console) -> TrainingOutcome:
@@ -304,14 +343,26 @@ def _print_summary(platform: Platform) -> None:
 
 
 def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
-    """Wait for a stop signal; a child that dies ends the platform with an error."""
+    """Wait for a stop signal; restart a runner that dies, stop when a server dies.
+
+    A runner holds nothing but warm caches: its run in progress is re-driven by
+    the reconciler (the restarted runner reconciles at once).
+    """
     try:
         while not stop_requested.wait(1.0):
-            for child in platform.children():
-                if not child.alive():
+            for runner in platform.runners:
+                if not runner.alive():
                     platform.console.print(
-                        f"[red]error:[/red] {child.name} stopped unexpectedly; its log"
-                        f" {child.log}:\n{child.tail(2000)}"
+                        f"[yellow]{runner.name} died (exit {runner.process.returncode}"  # type: ignore[union-attr]
+                        f"): restarting it[/yellow]; its log {escape(str(runner.log))}",
+                        soft_wrap=True,
+                    )
+                    runner.start()
+            for server in platform.servers:
+                if not server.alive():
+                    platform.console.print(
+                        f"[red]error:[/red] {server.name} stopped unexpectedly; its log"
+                        f" {server.log}:\n{escape(server.tail(2000))}"
                     )
                     return 1
     except KeyboardInterrupt:

@@ -95,7 +95,7 @@ class FlowRunner:
             f"{reconcile_drops.name}/{RECONCILE_DEPLOYMENT}",
             timeout=0,
             as_subflow=False,
-            flow_run_name="reconcile at start-up",
+            flow_run_name="reconcile at runner start",
         )
 
     def scheduled_runs(self) -> list[FlowRun]:
@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         deployment_ids = runner.deploy()
         log.info("deployments %s", ", ".join(map(str, deployment_ids)))
         runner.warm_up()
-        if index == 0:
-            runner.reconcile_now()
+        runner.reconcile_now()  # a runner starts after a stop or a crash: look around
         ready.write_text(str(deployment_ids[0]))
         try:
             runner.serve()

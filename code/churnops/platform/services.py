@@ -3,11 +3,18 @@
 Each service is a child process in its own session (process group), with its
 log in ``CHURNOPS_HOME/logs/``; stopping terminates the whole group, then kills
 it, so no grandchild (uvicorn workers, Prefect services) outlives the platform.
+
+When ``churnops up`` itself is killed (SIGKILL, the OOM killer) it cannot stop
+anything, so two more lines of defence: on Linux every child gets SIGTERM from
+the kernel when ``up`` dies (``PR_SET_PDEATHSIG``), and each child leaves a
+record (``logs/<name>.child.json``) that the next ``up`` uses to stop whatever
+is still running before it chooses ports.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -35,6 +42,12 @@ FOREIGN_PREFECT_ENV = (
 )
 STATE_FILE = "platform.json"
 PID_FILE = "platform.pid"
+LOG_DIR = "logs"
+#: Beside each child's log while it runs: who it is, so that a later ``up`` can stop it.
+CHILD_RECORD_SUFFIX = ".child.json"
+#: Words in the command line of every process the platform starts (servers, runner, workers).
+OUR_COMMANDS = ("churnops", "prefect", "mlflow", "evidently")
+PR_SET_PDEATHSIG = 1
 #: Written by each runner once it serves the deployments (removed when it stops).
 READY_FILE = "runner.ready"
 
@@ -61,6 +74,9 @@ def choose_port(host: str, configured: int, setting: str) -> int:
     if configured == 0:
         return free_port(host)
     with socket.socket() as sock:
+        # As the servers do: sockets in TIME_WAIT after a stop must not count as in use,
+        # while a listener still does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, configured))
         except OSError as exc:
@@ -83,6 +99,29 @@ def bin_path(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+def parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel SIGTERM the child when this process dies.
+
+    Linux only (``prctl``); None elsewhere. The signal follows the death of the
+    *thread* that starts the child, so children are started from the main thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    option, sig, zero = (ctypes.c_ulong(v) for v in (PR_SET_PDEATHSIG, signal.SIGTERM, 0))
+
+    def arm() -> None:  # runs in the child, between fork and exec
+        prctl(option, sig, zero, zero, zero)
+        if os.getppid() != parent:  # the parent died before prctl: no signal would come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 @dataclass
 class Service:
     """A supervised child process and how to tell it is healthy."""
@@ -94,6 +133,10 @@ class Service:
     url: str
     health_url: str | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def record_path(self) -> Path:
+        return self.log.with_suffix(CHILD_RECORD_SUFFIX)
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +150,9 @@ class Service:
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 start_new_session=True,  # own process group: Ctrl-C reaches only `up`
+                preexec_fn=parent_death_signal(),  # and it goes when `up` is killed
             )
+        ChildRecord.of(self.name, self.process.pid, self.command).save(self.record_path)
 
     @property
     def pid(self) -> int | None:
@@ -127,6 +172,7 @@ class Service:
         if self.process is None:
             return
         stop_group(self.process, grace)
+        self.record_path.unlink(missing_ok=True)
 
 
 def stop_all(services: list[Service], grace: float) -> None:
@@ -219,7 +265,7 @@ def mlflow_url(settings: Settings, port: int) -> str:
 
 def server_services(settings: Settings, ports: Ports) -> list[Service]:
     """Prefect, MLflow and the Evidently UI, all with their state under CHURNOPS_HOME."""
-    home, host, logs = settings.home, settings.platform_host, settings.home / "logs"
+    home, host, logs = settings.home, settings.platform_host, settings.home / LOG_DIR
     prefect_home = home / "prefect"
     prefect_home.mkdir(parents=True, exist_ok=True)
     settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
@@ -234,6 +280,9 @@ def server_services(settings: Settings, ports: Ports) -> list[Service]:
             "PREFECT_UI_API_URL": prefect_api_url(settings, ports.prefect),
         }
     )
+    # MLflow's job runner (GenAI jobs, unused here) adds seven worker processes that
+    # outlive the server by seconds when it stops; without it the group is two processes.
+    mlflow_env = child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     api = prefect_api_url(settings, ports.prefect)
     return [
         Service(
@@ -261,7 +310,7 @@ def server_services(settings: Settings, ports: Ports) -> list[Service]:
                 "1",
             ],
             logs / "mlflow.log",
-            child_env({}),
+            mlflow_env,
             url=mlflow_url(settings, ports.mlflow),
             health_url=f"{mlflow_url(settings, ports.mlflow)}/health",
         ),
@@ -342,7 +391,208 @@ def take_pid_file(home: Path) -> Path:
 
 
 def release_files(home: Path) -> None:
-    (home / STATE_FILE).unlink(missing_ok=True)
-    path = home / PID_FILE
-    if path.exists() and path.read_text().strip() == str(os.getpid()):
-        path.unlink()
+    """Remove this process's state and PID files (never another platform's)."""
+    for name in (STATE_FILE, PID_FILE):
+        if _owner(home / name) == os.getpid():
+            (home / name).unlink()
+
+
+def _owner(path: Path) -> int | None:
+    """The pid a state or PID file names, None when there is none."""
+    try:
+        text = path.read_text().strip()
+        return int(text) if text.isdigit() else int(json.loads(text)["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# --- what a killed platform left running -----------------------------------------------------
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [0] state, [2] pgid, [19] start time."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks after boot): a reused pid has another one."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def running(pid: int, started: int | None = None) -> bool:
+    """That process (started then, if known) runs: a zombie, such as a killed ``up`` its
+    shell has not reaped yet, does not."""
+    if not Path("/proc").is_dir():
+        return pid_alive(pid)
+    fields = _proc_stat(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return started is None or int(fields[19]) == started
+
+
+def live_groups(pgids: list[int]) -> dict[int, list[int]]:
+    """The members of each of these process groups that still run (zombies hold nothing).
+
+    Empty where there is no /proc (not Linux): nothing is then found to stop.
+    """
+    found: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        fields = _proc_stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields and int(fields[2]) in pgids and fields[0] not in ("Z", "X"):
+            found.setdefault(int(fields[2]), []).append(int(entry.name))
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class ChildRecord:
+    """Who a child of ``up`` is, so that a later ``up`` can stop it and nothing else."""
+
+    name: str
+    pid: int
+    started: int | None
+    command: list[str]
+    parent: int
+    parent_started: int | None
+
+    @classmethod
+    def of(cls, name: str, pid: int, command: list[str]) -> ChildRecord:
+        parent = os.getpid()
+        return cls(name, pid, start_time(pid), command, parent, start_time(parent))
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> ChildRecord | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def parent_alive(self) -> bool:
+        return running(self.parent, self.parent_started)
+
+    def looks_ours(self, pid: int) -> bool:
+        line = command_line(pid)
+        return bool(line) and any(word in line for word in (*self.command[:1], *OUR_COMMANDS))
+
+    def leftovers(self) -> list[int]:
+        """Live processes of the child's group, if that group is still the one we started."""
+        members = live_groups([self.pid]).get(self.pid, [])
+        if self.pid in members:  # a group leader with our pid: the very process we started?
+            ours = start_time(self.pid) == self.started and self.looks_ours(self.pid)
+        else:  # leader gone, workers left: a group id is not reused while it has members
+            ours = all(self.looks_ours(pid) for pid in members)
+        return members if ours else []
+
+
+def terminate_groups(pgids: list[int], grace: float) -> None:
+    """SIGTERM every group, wait up to ``grace`` seconds, SIGKILL what is left."""
+    for pgid in pgids:
+        _signal_group(pgid, signal.SIGTERM)
+    if _wait_gone(pgids, grace):
+        return
+    for pgid in live_groups(pgids):
+        _signal_group(pgid, signal.SIGKILL)
+    _wait_gone(pgids, 5.0)
+
+
+def _wait_gone(pgids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while live_groups(pgids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def stop_leftovers(home: Path, grace: float = 10.0) -> list[ChildRecord]:
+    """Stop the children a killed platform left running; forget its records and state.
+
+    Returns the children that still ran. A record whose ``up`` still lives, or whose
+    pid now belongs to another program, is never acted on.
+    """
+    stale = {
+        path: record
+        for path in sorted((home / LOG_DIR).glob(f"*{CHILD_RECORD_SUFFIX}"))
+        if (record := ChildRecord.load(path)) is None or not record.parent_alive()
+    }
+    alive = [r for r in stale.values() if r is not None and r.leftovers()]
+    terminate_groups([r.pid for r in alive], grace)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    owner = _owner(home / STATE_FILE)
+    if owner is not None and not running(owner):
+        (home / STATE_FILE).unlink(missing_ok=True)  # `status` and waiters must not trust it
+    return alive
+
+
+# --- a watchdog that outlives `up` -------------------------------------------------------------
+#: Short: with ``up`` dead its servers go too, so no run in progress can finish anyway.
+REAPER_GRACE = 5.0
+#: What ``up`` writes to the reaper's pipe after a clean stop (a killed ``up`` writes nothing).
+RELEASED = b"released"
+
+
+def start_reaper(home: Path, grace: float = REAPER_GRACE) -> subprocess.Popen | None:
+    """A process that stops this process's children if it dies without stopping them.
+
+    The parent-death signal reaches only the direct children, and once ``up`` is dead
+    nobody escalates when one of them does not stop (a runner retrying a Prefect server
+    that is gone takes a minute). The reaper waits on a pipe only this process holds;
+    when it closes without :func:`release_reaper` having said so (this process died), it
+    runs :func:`stop_leftovers`. None if it cannot start.
+    """
+    log = home / LOG_DIR / "reaper.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    code = "import sys; from churnops.platform.services import reap; reap(*sys.argv[1:])"
+    try:
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-c", code, str(home), str(grace), str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # neither Ctrl-C nor a kill of our group reaches it
+            )
+    except OSError:
+        return None
+
+
+def release_reaper(reaper: subprocess.Popen | None) -> None:
+    """After a clean stop: tell the reaper it has nothing to do."""
+    if reaper is None or reaper.stdin is None:
+        return
+    with contextlib.suppress(OSError):
+        reaper.stdin.write(RELEASED)
+        reaper.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        reaper.wait(timeout=5)
+
+
+def reap(home: str, grace: str, parent: str) -> None:
+    """The reaper's body: once ``up`` (``parent``) has died, stop what it left running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.stdin.buffer.read() == RELEASED:  # EOF comes when `up` closes the pipe or dies
+        return
+    deadline = time.monotonic() + 10
+    while os.getppid() == int(parent) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the kernel closes a dying process's files before it reparents
+    stopped = stop_leftovers(Path(home), float(grace))
+    if stopped:
+        names = ", ".join(f"{r.name} (pid {r.pid})" for r in stopped)
+        print(f"{time.strftime('%F %T')} up (pid {parent}) died; stopped {names}", flush=True)

@@ -1,0 +1,435 @@
+"""Every file exactly once, whatever happens: kills, outages, duplicates, clashes.
+
+Real parts throughout: the local folder and S3 on a moto server, SQLite and a
+real Postgres (stopped and started), the session's MLflow server (stopped and
+started). A SIGKILL is a real one, sent by a forked child to itself at a
+chosen point; recovery is what the platform does, the reconciler.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pandas as pd
+import pytest
+
+from churnops import claims, pipeline, reconcile
+from churnops.settings import Settings, get_settings
+from churnops.storage import (
+    DropStorage,
+    LocalDropStorage,
+    S3DropStorage,
+    open_storage,
+    s3_client,
+)
+from tests.exactly_once import Drops
+from tests.fixtures.mlflow_server import MlflowServer
+from tests.fixtures.postgres import PostgresCluster
+
+pytestmark = pytest.mark.integration
+
+STORAGES = ["local", "s3"]
+
+
+@dataclass
+class World:
+    """A drop storage, its settings and the drops made in it."""
+
+    settings: Settings
+    make_storage: Callable[[], DropStorage]
+    drops: Drops
+
+    @property
+    def storage(self) -> DropStorage:
+        return self.drops.storage
+
+    def process(self, key: str, steps: pipeline.Steps = pipeline.PLAIN_STEPS):
+        return pipeline.process(self.settings, self.storage, key, steps=steps)
+
+    def reconcile(self) -> list[pipeline.FileOutcome]:
+        outcomes = []
+        reconcile.reconcile(
+            self.settings, self.storage, lambda a: outcomes.append(self.process(a.key))
+        )
+        return outcomes
+
+    def check(self, **kwargs: Any) -> None:
+        self.drops.check(metrics_url=self.settings.metrics_db_url, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def small_file(data_dir: Path) -> bytes:
+    return pd.read_csv(data_dir / "customer_churn_1.csv").head(120).to_csv(index=False).encode()
+
+
+def _settings(home: Path, mlflow_server: str, model: str, **extra: Any) -> Settings:
+    return get_settings(
+        churnops_home=home,
+        mlflow_tracking_uri=mlflow_server,
+        model_name=model,
+        evidently_ui_url=None,
+        reconcile_grace_seconds=0,
+        retry_first_seconds=0,
+        dependency_wait_seconds=2,
+        **extra,
+    )
+
+
+@pytest.fixture(params=STORAGES)
+def world(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    mlflow_server: str,
+    session_model: str,
+    postgres_url: str,
+) -> World:
+    """Local folder + SQLite, or a versioned moto bucket + Postgres."""
+    if request.param == "local":
+        settings = _settings(tmp_path, mlflow_server, session_model)
+        root = settings.drop_dir
+
+        def make() -> DropStorage:
+            storage = LocalDropStorage(root)
+            storage.create_layout()
+            return storage
+
+    else:
+        endpoint = request.getfixturevalue("moto_server")
+        bucket = request.getfixturevalue("moto_bucket")
+        boto3.client("s3", endpoint_url=endpoint).put_bucket_versioning(
+            Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
+        settings = _settings(
+            tmp_path,
+            mlflow_server,
+            session_model,
+            drop_storage="s3",
+            drop_bucket=bucket,
+            aws_endpoint_url=endpoint,
+            database_url=postgres_url,
+        )
+
+        def make() -> DropStorage:
+            return S3DropStorage(bucket, s3_client(endpoint))
+
+    return World(settings, make, Drops(make()))
+
+
+# --- kill -9 at every point of the journey ------------------------------------------------
+#: Step functions by name, and points inside storage calls.
+KILL_POINTS = [
+    "claim: lease written, file not yet moved",
+    "load_aliased_model",
+    "read_valid_file",
+    "score",
+    "write_predictions",
+    "monitor",
+    "record_metrics",
+    "send_alerts",
+    "finish",
+    "finish: original moved, outputs not",
+    "release: all done, lease not closed",
+]
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillingStorage:
+    """A storage that SIGKILLs its process at a chosen storage call."""
+
+    def __init__(self, inner: DropStorage, point: str) -> None:
+        self.inner, self.point, self.moves = inner, point, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def move(self, src: str, dst: str, **kwargs: Any) -> None:
+        self.moves += 1
+        if self.point.startswith("claim") and self.moves == 1:
+            _die()
+        if self.point.startswith("finish:") and self.moves == 3:  # claim, original, outputs
+            _die()
+        self.inner.move(src, dst, **kwargs)
+
+    def replace(self, key: str, data: bytes) -> None:
+        if self.point.startswith("release") and b'"done"' in data:
+            _die()
+        self.inner.replace(key, data)
+
+
+def _killed_run(settings: Settings, key: str, point: str, env: dict[str, str]) -> None:
+    """In a child process: process ``key`` and SIGKILL at ``point``."""
+    os.environ.update(env)  # the fork server was started before the moto credentials
+    storage = KillingStorage(open_storage(settings), point)
+
+    def killer(step: Callable) -> Callable:
+        if step.__name__ != point:
+            return step
+
+        def die(*args: Any, **kwargs: Any) -> Any:
+            _die()
+
+        return die
+
+    pipeline.process(settings, storage, key, steps=pipeline.PLAIN_STEPS.wrapped(killer))
+    os._exit(0)  # not killed: the test fails on the exit code
+
+
+#: Children come from a fork server that imported the stack but never ran XGBoost or
+#: Arrow: a plain fork of the test process would deadlock in their thread pools.
+_CHILDREN = multiprocessing.get_context("forkserver")
+_CHILDREN.set_forkserver_preload(["churnops.pipeline", "churnops.model", "churnops.monitoring"])
+
+
+def _run_killed(world: World, key: str, point: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    child = _CHILDREN.Process(target=_killed_run, args=(world.settings, key, point, env))
+    child.start()
+    child.join(timeout=120)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == -signal.SIGKILL, f"the child was not killed at {point!r}"
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_at_any_point_then_reconcile(world: World, small_file: bytes, point: str) -> None:
+    key = world.drops.drop("customers.csv", small_file)
+    _run_killed(world, key, point)
+    world.check(settled=False)  # the file is somewhere, once, unchanged
+
+    outcomes = world.reconcile()
+    world.check(settled=True)
+    after_finish = point.startswith("release") or point.startswith("finish:")
+    if not point.startswith("release"):
+        assert [o.status for o in outcomes] == ["processed"], outcomes
+        assert outcomes[0].attempt == 2  # the killed one was attempt 1
+    else:
+        assert outcomes == []  # nothing was left to do
+    assert after_finish or "the previous attempt" not in str(outcomes)
+    assert world.reconcile() == []  # settled: a second pass finds nothing
+
+
+def test_killed_churnops_process_is_recovered_by_churnops_reconcile(
+    tmp_path: Path, mlflow_server: str, session_model: str, small_file: bytes
+) -> None:
+    """The real command, killed with SIGKILL once it holds the file."""
+    settings = _settings(tmp_path / "home", mlflow_server, session_model)
+    env = {
+        **os.environ,
+        "CHURNOPS_HOME": str(settings.home),
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "MODEL_NAME": session_model,
+        "RECONCILE_GRACE_SECONDS": "0",
+    }
+    env.pop("DATABASE_URL", None)
+    env.pop("DROP_STORAGE", None)
+    source = tmp_path / "customers.csv"
+    source.write_bytes(small_file)
+    churnops = str(Path(sys.executable).with_name("churnops"))
+    process = subprocess.Popen([churnops, "process", str(source)], env=env)
+    claims_dir = settings.drop_dir / "data" / "claims"
+    deadline = time.monotonic() + 60
+    while not any(claims_dir.glob("*/*.json")) and process.poll() is None:
+        assert time.monotonic() < deadline, "churnops process never claimed the file"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    drops = Drops(LocalDropStorage(settings.drop_dir), [small_file])
+    drops.check(settled=False)
+
+    done = subprocess.run(
+        [churnops, "reconcile"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "processed customers.csv" in done.stdout
+    drops.check(settled=True, metrics_url=settings.metrics_db_url)
+
+
+# --- outages: a dependency down is not a bad file ---------------------------------------------
+def _stop_during(step_name: str, stop: Callable[[], None]) -> pipeline.Steps:
+    """Steps that take a dependency down just before ``step_name`` runs."""
+
+    def wrap(step: Callable) -> Callable:
+        if step.__name__ != step_name:
+            return step
+
+        def stopping(*args: Any, **kwargs: Any) -> Any:
+            stop()
+            return step(*args, **kwargs)
+
+        return stopping
+
+    return pipeline.PLAIN_STEPS.wrapped(wrap)
+
+
+def test_metrics_database_down_mid_run_then_back(
+    tmp_path: Path,
+    mlflow_server: str,
+    session_model: str,
+    postgres_cluster: PostgresCluster,
+    small_file: bytes,
+) -> None:
+    settings = _settings(tmp_path, mlflow_server, session_model, database_url=postgres_cluster.url)
+    world = World(settings, lambda: _local(settings), Drops(_local(settings)))
+    key = world.drops.drop("customers.csv", small_file)
+    try:
+        outcome = world.process(key, _stop_during("record_metrics", postgres_cluster.stop))
+        assert outcome.status == "failed", outcome
+        assert "unreachable" in outcome.message
+        world.check(settled=False)
+        assert world.storage.list_keys("data/errored/") == []
+        lease = claims.latest_lease(world.storage, outcome.run)
+        assert lease is not None and lease.state == "failed"
+        log = world.storage.read(f"data/logs/{outcome.run}/customers.csv.log").decode()
+        assert "stays in processing/ for a retry" in log
+    finally:
+        postgres_cluster.start()
+    outcomes = world.reconcile()
+    assert [o.status for o in outcomes] == ["processed"]
+    world.check(settled=True)
+
+
+def test_mlflow_down_fails_fast_then_the_file_is_processed(
+    tmp_path: Path, mlflow_instance: MlflowServer, session_model: str, small_file: bytes
+) -> None:
+    settings = _settings(tmp_path, mlflow_instance.url, session_model)
+    world = World(settings, lambda: _local(settings), Drops(_local(settings)))
+    key = world.drops.drop("customers.csv", small_file)
+    mlflow_instance.stop()
+    try:
+        started = time.monotonic()
+        outcome = world.process(key)
+        print(f"MLflow down: failed after {time.monotonic() - started:.1f}s")
+    finally:
+        mlflow_instance.start()
+    assert outcome.status == "failed", outcome
+    assert "MLflow" in outcome.message and "unreachable" in outcome.message
+    world.check(settled=False)
+    assert world.storage.list_keys("data/errored/") == []
+
+    outcomes = world.reconcile()
+    assert [o.status for o in outcomes] == ["processed"]
+    world.check(settled=True)
+
+
+def _local(settings: Settings) -> LocalDropStorage:
+    storage = LocalDropStorage(settings.drop_dir)
+    storage.create_layout()
+    return storage
+
+
+# --- duplicates, concurrency, re-drops and name clashes ------------------------------------------
+@pytest.fixture(params=["local", "s3-versioned", "s3-unversioned"])
+def any_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DropStorage]:
+    if request.param == "local":
+        storage = LocalDropStorage(tmp_path)
+        storage.create_layout()
+        yield storage
+        return
+    endpoint = request.getfixturevalue("moto_server")
+    bucket = request.getfixturevalue("moto_bucket")
+    if request.param == "s3-versioned":
+        boto3.client("s3", endpoint_url=endpoint).put_bucket_versioning(
+            Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
+    yield S3DropStorage(bucket, s3_client(endpoint))
+
+
+def test_concurrent_claims_of_one_drop_have_one_winner(any_storage: DropStorage) -> None:
+    drops = Drops(any_storage)
+    key = drops.drop("customers.csv", b"a,b\n1,2\n")
+    barrier = threading.Barrier(8)
+    results: list[object] = []
+
+    def claimer() -> None:
+        barrier.wait()
+        try:
+            results.append(claims.claim(any_storage, key, lease_seconds=30))
+        except claims.ClaimRefused as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=claimer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [r for r in results if isinstance(r, claims.Claim)]
+    assert len(winners) == 1, results
+    assert len(any_storage.list_keys(f"data/claims/{winners[0].run}/")) == 1
+    drops.check(settled=False)
+
+
+def test_a_live_run_cannot_be_taken_over_but_a_dead_one_can(any_storage: DropStorage) -> None:
+    drops = Drops(any_storage)
+    held = claims.claim(any_storage, drops.drop("a.csv", b"x\n1\n"), lease_seconds=30)
+    with pytest.raises(claims.ClaimRefused, match="being worked on"):
+        claims.claim(any_storage, held.processing_key, lease_seconds=30)
+    time.sleep(0.05)
+    second = claims.claim(any_storage, held.processing_key, lease_seconds=0.01)  # expired
+    assert second.lease.attempt == 2
+    with pytest.raises(claims.ClaimRefused):
+        claims.claim(any_storage, held.processing_key, lease_seconds=30)
+    drops.check(settled=False)
+
+
+def test_concurrent_and_duplicate_events_process_a_drop_once(
+    world: World, small_file: bytes
+) -> None:
+    key = world.drops.drop("customers.csv", small_file)
+    outcomes: list[pipeline.FileOutcome] = []
+    threads = [threading.Thread(target=lambda: outcomes.append(world.process(key)))]
+    threads += [threading.Thread(target=lambda: outcomes.append(world.process(key)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    outcomes.append(world.process(key))  # a late duplicate event
+    assert sorted(o.status for o in outcomes) == ["processed", "skipped", "skipped"]
+    world.check(settled=True)
+
+
+def test_a_new_file_with_an_old_name_is_processed(world: World, data_dir: Path) -> None:
+    january = (data_dir / "customer_churn_1.csv").read_bytes()
+    february = (data_dir / "customer_churn_2_majority_drifted.csv").read_bytes()
+    first = world.process(world.drops.drop("customers.csv", january))
+    second = world.process(world.drops.drop("customers.csv", february))
+    assert (first.status, second.status) == ("processed", "processed")
+    assert first.run != second.run
+    world.check(settled=True)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("y_predictions_SessionChurnModel_v1.csv", "y.csv"),
+        ("stem.csv", "stem.txt"),
+        ("y.csv", "y_predictions_SessionChurnModel_v1.csv"),
+    ],
+)
+def test_names_never_clash(world: World, small_file: bytes, names: tuple[str, str]) -> None:
+    for name in names:
+        outcome = world.process(world.drops.drop(name, small_file))
+        assert outcome.status == "processed", outcome
+    world.check(settled=True)
+    assert len(world.storage.list_keys("data/processed/")) == 4
+
+
+def test_an_invalid_file_is_errored_once(world: World) -> None:
+    outcome = world.process(world.drops.drop("notes.csv", b"not,a,churn\nfile,at,all\n"))
+    assert outcome.status == "errored"
+    assert "missing column" in outcome.message
+    world.check(settled=True, invalid=1)
+    assert world.reconcile() == []
