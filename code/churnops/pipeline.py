@@ -373,4 +373,3 @@ def summary(result: MonitoringResult) -> str:
         f"drifted {result.drifted_count} columns (share {result.drifted_share:.2f}); "
         f"{quality}; report {result.report_url}"
     )
-
