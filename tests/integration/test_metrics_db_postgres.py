@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -9,10 +10,11 @@ import pytest
 from psycopg2 import errors
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from churnops.metrics_db import MetricsStore, grant_read_only
+from churnops.metrics_db import MetricsDatabaseUnavailable, MetricsStore, grant_read_only
 from churnops.results import ColumnDrift, MonitoringResult
+from tests.fixtures.network import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +130,32 @@ def test_future_tables_are_readable_too(store: MetricsStore, postgres_url: str) 
     with reader.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM later_metrics")).scalar() == 0
     reader.dispose()
+
+
+def test_concurrent_starts_of_one_attempt_have_one_winner(store: MetricsStore) -> None:
+    """The attempt's row id is the second line of defence behind the storage claim."""
+    attempt = f"20261127T000000Z-{uuid.uuid4().hex[:8]}.1"
+    barrier = threading.Barrier(6)
+    outcomes: list[str] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            store.start_run(file_name="a.csv", bucket="b", object_key="k", run_id=attempt)
+            outcomes.append("won")
+        except IntegrityError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["refused"] * 5 + ["won"]
+    assert (store.runs()["id"] == attempt).sum() == 1
+
+
+def test_a_database_that_is_down_fails_in_seconds_with_a_clear_message() -> None:
+    url = f"postgresql+psycopg2://nobody:x@127.0.0.1:{free_port()}/none"
+    with pytest.raises(MetricsDatabaseUnavailable, match="unreachable for 1s"):
+        MetricsStore(url, wait_seconds=1)
