@@ -86,7 +86,7 @@ class Lease:
         """A running attempt nobody works on any more (crash, kill, OOM, redeploy)."""
         if self.state != "running":
             return False
-        if self.host == HOST and not _pid_alive(self.pid):
+        if self.host == HOST and not pid_alive(self.pid):
             return True
         return now - datetime.fromisoformat(self.heartbeat) > timedelta(seconds=lease_seconds)
 
@@ -237,7 +237,8 @@ def retry_delay(attempt: int, first: float, cap: float) -> float:
     return min(cap, first * 2 ** max(0, attempt - 1))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """A process with this pid exists on this host (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

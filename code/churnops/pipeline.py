@@ -234,12 +234,8 @@ def process(
         return FileOutcome(key.rsplit("/", 1)[-1], "skipped", str(exc))
     attempt = _Attempt(settings, storage, held, FileLog(storage, held.run, held.name), steps)
     lease = held.lease
-    attempt.file_log.write(
-        "claim",
-        "ok",
-        f"attempt {lease.attempt}: {key} -> {held.processing_key}"
-        + (f" (flow run {flow_run_id})" if flow_run_id else ""),
-    )
+    by = f" (flow run {flow_run_id})" if flow_run_id else ""
+    _note(attempt, "claim", "ok", f"attempt {lease.attempt}: {key} -> {held.processing_key}{by}")
     with claims.heartbeat(storage, lease, every=settings.lease_seconds / 3):
         outcome = _run_attempt(attempt)
     _release(attempt, outcome)
@@ -248,7 +244,7 @@ def process(
 
 def _run_attempt(attempt: _Attempt) -> FileOutcome:
     """The steps, with the outcome decided by what failed, if anything."""
-    held, file_log = attempt.claim, attempt.file_log
+    held = attempt.claim
     try:
         attempt.store = MetricsStore.from_settings(attempt.settings)
         attempt.store.start_run(
@@ -262,19 +258,42 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             return _complete_finish(attempt)
         return _score_and_monitor(attempt)
     except DataValidationError as exc:
-        attempt.steps.finish(attempt.storage, held.run, held.name, "errored")
-        file_log.write("finish", "errored", str(exc))
-        _close_run(attempt, "errored", error=str(exc))
-        return _outcome(attempt, "errored", str(exc))
+        return _errored(attempt, exc)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        log.warning("%s: attempt %s failed: %s", held.name, held.lease.attempt, reason)
-        file_log.write("finish", "failed", f"{reason}; the file stays in processing/ for a retry")
-        _close_run(attempt, FAILED, error=reason)
-        return _outcome(attempt, "failed", reason)
+        return _failed(attempt, exc)
     finally:
         if attempt.store is not None:
             attempt.store.close()
+
+
+def _errored(attempt: _Attempt, exc: DataValidationError) -> FileOutcome:
+    """The file is invalid: to errored/ with every reason in its log."""
+    held = attempt.claim
+    try:
+        attempt.steps.finish(attempt.storage, held.run, held.name, "errored")
+    except Exception as move_error:  # storage down: the file stays, the run is retried
+        return _failed(attempt, move_error)
+    _note(attempt, "finish", "errored", str(exc))
+    _close_run(attempt, "errored", error=str(exc))
+    return _outcome(attempt, "errored", str(exc))
+
+
+def _failed(attempt: _Attempt, exc: Exception) -> FileOutcome:
+    """Not the file's fault: it stays in processing/ and the run is retried later."""
+    held = attempt.claim
+    reason = f"{type(exc).__name__}: {exc}"
+    log.warning("%s: attempt %s failed: %s", held.name, held.lease.attempt, reason)
+    _note(attempt, "finish", "failed", f"{reason}; the file stays in processing/ for a retry")
+    _close_run(attempt, FAILED, error=reason)
+    return _outcome(attempt, "failed", reason)
+
+
+def _note(attempt: _Attempt, step: str, status: str, message: str) -> None:
+    """A line in the file's log, on a path where storage itself may be failing."""
+    try:
+        attempt.file_log.write(step, status, message)
+    except Exception as exc:
+        log.warning("%s: could not write the log line %r: %s", attempt.claim.name, message, exc)
 
 
 def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
@@ -326,12 +345,12 @@ def _complete_finish(attempt: _Attempt) -> FileOutcome:
         if storage.exists(run_key(stage, held.run, held.name)):  # type: ignore[arg-type]
             _move_outputs(storage, held.run, stage)
             message = f"the previous attempt had moved the file to {stage}/: finished its move"
-            attempt.file_log.write("finish", "ok", message)
+            _note(attempt, "finish", "ok", message)
             status: Status = "processed" if stage == "processed" else "errored"
             _close_run(attempt, status, error=None if stage == "processed" else message)
             return _outcome(attempt, status, message)
     message = f"{held.processing_key} is gone and is in no final folder: nothing to do"
-    attempt.file_log.write("finish", "skipped", message)
+    _note(attempt, "finish", "skipped", message)
     _close_run(attempt, FAILED, error=message)
     return _outcome(attempt, "skipped", message)
 
@@ -344,19 +363,26 @@ def _close_run(attempt: _Attempt, status: str, **values: Any) -> None:
         attempt.store.finish_run(attempt.claim.lease.db_id, status, **values)
     except Exception as exc:
         log.warning("metrics database: could not close run %s: %s", attempt.claim.run, exc)
-        attempt.file_log.write("metrics", "failed", f"could not record the end: {exc}")
+        _note(attempt, "metrics", "failed", f"could not record the end: {exc}")
 
 
 def _release(attempt: _Attempt, outcome: FileOutcome) -> None:
+    """Close the lease; if storage fails here, the lease expires and the run is re-driven."""
     settings, lease = attempt.settings, attempt.claim.lease
-    if outcome.status != "failed":
-        claims.release(attempt.storage, lease, "done", outcome.status)
+    try:
+        if outcome.status != "failed":
+            claims.release(attempt.storage, lease, "done", outcome.status)
+            return
+        delay = claims.retry_delay(
+            lease.attempt, settings.retry_first_seconds, settings.retry_max_seconds
+        )
+        claims.release(attempt.storage, lease, "failed", outcome.message, retry_in=delay)
+    except Exception as exc:
+        log.warning(
+            "%s: lease not closed (%s); it expires in %ss", lease.run, exc, settings.lease_seconds
+        )
         return
-    delay = claims.retry_delay(
-        lease.attempt, settings.retry_first_seconds, settings.retry_max_seconds
-    )
-    claims.release(attempt.storage, lease, "failed", outcome.message, retry_in=delay)
-    attempt.file_log.write("retry", "scheduled", f"in {delay:.0f}s (attempt {lease.attempt + 1})")
+    _note(attempt, "retry", "scheduled", f"in {delay:.0f}s (attempt {lease.attempt + 1})")
 
 
 def _outcome(attempt: _Attempt, status: Status, message: str) -> FileOutcome:

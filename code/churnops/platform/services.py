@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from churnops.claims import pid_alive
 from churnops.settings import Settings
 
 #: Variables that would point a child at another Prefect server, profile or database.
@@ -357,16 +358,6 @@ class PlatformState:
             return None
         state = cls(**json.loads(path.read_text()))
         return state if pid_alive(state.pid) else None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def take_pid_file(home: Path) -> Path:
