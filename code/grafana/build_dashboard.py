@@ -19,7 +19,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from churnops.metrics_db import DRIFT_SCORE, DRIFTED_COUNT, DRIFTED_SHARE, ERRORED, PROCESSED
+from churnops.metrics_db import (
+    DRIFT_SCORE,
+    DRIFTED_COUNT,
+    DRIFTED_SHARE,
+    ERRORED,
+    FAILED,
+    PROCESSED,
+    RUNNING,
+)
 from churnops.results import QUALITY_METRICS
 from churnops.settings import Settings
 
@@ -301,6 +309,8 @@ def runs_table_panel() -> dict[str, Any]:
                         "options": {
                             PROCESSED: {"color": "green", "index": 0},
                             ERRORED: {"color": "red", "index": 1},
+                            FAILED: {"color": "orange", "index": 2},
+                            RUNNING: {"color": "blue", "index": 3},
                         },
                     }
                 ],

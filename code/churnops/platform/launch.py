@@ -278,6 +278,8 @@ def _start_watcher(platform: Platform) -> None:
     settings = platform.settings
     os.environ["PREFECT_API_URL"] = svc.prefect_api_url(settings, settings.prefect_port)
     os.environ["PREFECT_DEPLOYMENT"] = settings.prefect_deployment
+    # The dispatcher prints one line per trigger; the handler's own INFO lines are for AWS.
+    logging.getLogger("s3_to_prefect").setLevel(logging.WARNING)
     dispatcher = Dispatcher(load_lambda_handler(), settings.drop_bucket, _report(platform))
     if settings.drop_storage == "s3":
         import boto3
