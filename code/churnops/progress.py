@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from churnops.training import Progress as ProgressCallback
+if TYPE_CHECKING:  # training loads XGBoost, Optuna and scikit-learn: not for `--help`
+    from churnops.training import Progress as ProgressCallback
 
 
 @contextmanager

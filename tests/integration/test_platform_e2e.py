@@ -24,6 +24,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from churnops.metrics_db import DRIFTED_SHARE, MetricsStore
 from churnops.settings import Settings, get_settings
 from churnops.storage import LocalDropStorage, stage_key
+from tests.platform_processes import FOREIGN, leftovers
 
 pytestmark = pytest.mark.integration
 
@@ -33,22 +34,6 @@ GOOD, DRIFTED, MALFORMED = (
     "customer_churn_1.csv",
     "customer_churn_2_majority_drifted.csv",
     "malformed.csv",
-)
-#: Variables of the caller's environment that would point the platform elsewhere.
-FOREIGN = (
-    "PREFECT_API_URL",
-    "PREFECT_API_KEY",
-    "PREFECT_PROFILE",
-    "PREFECT_HOME",
-    "MLFLOW_TRACKING_URI",
-    "DATABASE_URL",
-    "EVIDENTLY_UI_URL",
-    "EVIDENTLY_WORKSPACE",
-    "ALERTS_TOPIC_ARN",
-    "SMTP_HOST",
-    "LOCAL_DROP_DIR",
-    "DROP_STORAGE",
-    "OPTUNA_STORAGE",
 )
 
 
@@ -117,24 +102,6 @@ def _wait_for_state(running: RunningPlatform) -> dict:
     return json.loads(path.read_text())
 
 
-def _leftovers(home: Path) -> list[str]:
-    """Processes whose command line or environment mentions the platform's home."""
-    marker = str(home).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in cmdline or marker in environ:
-            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{entry.name}: {command}")
-    return found
-
-
 def test_three_drops_end_where_they_should_and_the_platform_stops_clean(
     platform: RunningPlatform, data_dir: Path
 ) -> None:
@@ -193,9 +160,9 @@ def test_three_drops_end_where_they_should_and_the_platform_stops_clean(
     assert platform.process.wait(timeout=240) == 0, platform.logs()
     assert not (platform.home / "platform.json").exists()
     deadline = time.monotonic() + 30
-    while _leftovers(platform.home) and time.monotonic() < deadline:
+    while leftovers(platform.home) and time.monotonic() < deadline:
         time.sleep(1)
-    assert _leftovers(platform.home) == []
+    assert leftovers(platform.home) == []
 
 
 def _wait_for_final_runs(client: SyncPrefectClient, deployment_id, platform: RunningPlatform):

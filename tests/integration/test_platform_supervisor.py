@@ -22,7 +22,7 @@ import pytest
 
 from churnops.platform import services
 from tests.fixtures.network import LOOPBACK
-from tests.integration.test_platform_e2e import FOREIGN, _leftovers
+from tests.platform_processes import FOREIGN, leftovers
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +131,7 @@ def _busy(ports: dict[str, int]) -> list[str]:
 
 def _whats_left(home: Path, pgids: list[int], ports: dict[str, int]) -> list[str]:
     groups = [f"group {pgid}: {members}" for pgid, members in services.live_groups(pgids).items()]
-    return groups + _leftovers(home) + _busy(ports)
+    return groups + leftovers(home) + _busy(ports)
 
 
 def _reaper_log(home: Path) -> str:
@@ -170,7 +170,7 @@ def test_a_killed_platform_leaves_nothing_running_and_restarts_on_its_ports(
     second.process.send_signal(signal.SIGINT)  # a clean stop releases the reaper too
     assert second.process.wait(timeout=120) == 0, second.logs()
     deadline = time.monotonic() + GONE_TIMEOUT
-    while _leftovers(home) and time.monotonic() < deadline:
+    while leftovers(home) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert _leftovers(home) == []
+    assert leftovers(home) == []
     assert f"(pid {second.process.pid}) died" not in _reaper_log(home)

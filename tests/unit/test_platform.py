@@ -403,7 +403,11 @@ def test_the_reaper_kills_a_service_that_outlives_its_killed_parent(tmp_path: Pa
     child = _start_service_then_get_killed(tmp_path, command, reaper=True, ready=ready)
     try:
         assert _gone_within(child, 15)
-        assert "stopped sleeper (pid" in (tmp_path / services.LOG_DIR / "reaper.log").read_text()
+        log = tmp_path / services.LOG_DIR / "reaper.log"
+        deadline = time.monotonic() + 10  # the reaper writes its line once the group is gone
+        while "stopped sleeper (pid" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "stopped sleeper (pid" in log.read_text()
         assert not list((tmp_path / services.LOG_DIR).glob(f"*{services.CHILD_RECORD_SUFFIX}"))
     finally:
         services.terminate_groups([child], grace=1)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("churnops.platform")
 SERVER_START_TIMEOUT = 240.0
 RUNNER_START_TIMEOUT = 300.0
+MAX_RUNNER_RESTARTS = 5
 
 
 @dataclass
@@ -348,25 +349,29 @@ def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
     """Wait for a stop signal; restart a runner that dies, stop when a server dies.
 
     A runner holds nothing but warm caches: its run in progress is re-driven by
-    the reconciler (the restarted runner reconciles at once).
+    the reconciler (the restarted runner reconciles at once). A runner that keeps
+    dying (MAX_RUNNER_RESTARTS) stops the platform with its log.
     """
+    restarts: dict[str, int] = {}
     try:
         while not stop_requested.wait(1.0):
-            for runner in platform.runners:
-                if not runner.alive():
+            for child in platform.children():
+                if child.alive():
+                    continue
+                if child in platform.runners and restarts.get(child.name, 0) < MAX_RUNNER_RESTARTS:
+                    restarts[child.name] = restarts.get(child.name, 0) + 1
                     platform.console.print(
-                        f"[yellow]{runner.name} died (exit {runner.process.returncode}"  # type: ignore[union-attr]
-                        f"): restarting it[/yellow]; its log {escape(str(runner.log))}",
+                        f"[yellow]{child.name} died: restarting it[/yellow]"
+                        f" (log {escape(str(child.log))})",
                         soft_wrap=True,
                     )
-                    runner.start()
-            for server in platform.servers:
-                if not server.alive():
-                    platform.console.print(
-                        f"[red]error:[/red] {server.name} stopped unexpectedly; its log"
-                        f" {server.log}:\n{escape(server.tail(2000))}"
-                    )
-                    return 1
+                    child.start()
+                    continue
+                platform.console.print(
+                    f"[red]error:[/red] {child.name} stopped unexpectedly; its log"
+                    f" {child.log}:\n{escape(child.tail(2000))}"
+                )
+                return 1
     except KeyboardInterrupt:
         pass
     return 0
