@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="ChurnOps: train, deploy and continuously evaluate churn models.")
 data_app = typer.Typer(help="Get the customer churn data.")
 app.add_typer(data_app, name="data")
-console = Console(soft_wrap=True)  # long paths and URLs stay whole in logs
+# Long paths, URLs and tables stay whole when the output is a file or a pipe.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def _settings() -> Settings:

@@ -250,7 +250,7 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
         attempt.store.start_run(
             run_id=held.lease.db_id,
             file_name=held.name,
-            bucket=attempt.storage.uri,
+            bucket=attempt.storage.bucket,
             object_key=held.lease.source_key,
             flow_run_id=held.lease.flow_run_id or None,
         )

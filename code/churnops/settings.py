@@ -115,6 +115,9 @@ class Settings(BaseSettings):
 
     # --- Prefect and the local platform -------------------------------------------
     prefect_deployment: str = "churn_prediction_pipeline/churnops"
+    reconcile_deployment: str = Field(
+        "reconcile/churnops", description="The scheduled reconciler's deployment."
+    )
     platform_host: str = Field("127.0.0.1", description="Address the local services bind to.")
     prefect_port: int = 4200
     mlflow_port: int = 5000

@@ -124,6 +124,8 @@ class DropStorage(ABC):
     """
 
     uri: str
+    #: What the metrics database records as the run's bucket.
+    bucket: str
 
     @abstractmethod
     def read(self, key: str) -> bytes:
@@ -172,6 +174,7 @@ class LocalDropStorage(DropStorage):
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.uri = self.root.as_uri()
+        self.bucket = "local"
 
     def __repr__(self) -> str:
         return f"LocalDropStorage({str(self.root)!r})"

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from churnops.platform import services as svc
-from churnops.platform.watcher import BucketPoller, Dispatcher, FolderWatcher, load_lambda_handler
+from churnops.platform.watcher import (
+    HANDLER_MODULE,
+    BucketPoller,
+    Dispatcher,
+    FolderWatcher,
+    load_lambda_handler,
+)
 from churnops.progress import progress_bars
 from churnops.settings import Settings
 
@@ -279,9 +287,9 @@ def _start_watcher(platform: Platform) -> None:
     settings = platform.settings
     os.environ["PREFECT_API_URL"] = svc.prefect_api_url(settings, settings.prefect_port)
     os.environ["PREFECT_DEPLOYMENT"] = settings.prefect_deployment
+    dispatcher = Dispatcher(load_lambda_handler(), settings.drop_bucket, _report(platform))
     # The dispatcher prints one line per trigger; the handler's own INFO lines are for AWS.
     logging.getLogger("s3_to_prefect").setLevel(logging.WARNING)
-    dispatcher = Dispatcher(load_lambda_handler(), settings.drop_bucket, _report(platform))
     if settings.drop_storage == "s3":
         import boto3
 
@@ -345,6 +353,19 @@ def _print_summary(platform: Platform) -> None:
     )
 
 
+def _request_reconcile(settings: Settings) -> None:
+    """A reconcile run now: a warm runner re-drives what the dead one held."""
+    handler = sys.modules[HANDLER_MODULE]  # the Lambda's client, loaded by the watcher
+    api = svc.prefect_api_url(settings, settings.prefect_port)
+    config = handler.Config.from_env(
+        {"PREFECT_API_URL": api, "PREFECT_DEPLOYMENT": settings.reconcile_deployment}
+    )
+    try:
+        handler.start_flow_run(config, {}, f"runner-died-{time.time():.0f}", "runner died")
+    except Exception as exc:  # the restarted runner reconciles at its start anyway
+        log.warning("no reconcile run requested: %s", exc)
+
+
 def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
     """Wait for a stop signal; restart a runner that dies, stop when a server dies.
 
@@ -366,6 +387,8 @@ def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
                         soft_wrap=True,
                     )
                     child.start()
+                    _write_state(platform)  # `churnops status` checks the new pid
+                    _request_reconcile(platform.settings)
                     continue
                 platform.console.print(
                     f"[red]error:[/red] {child.name} stopped unexpectedly; its log"

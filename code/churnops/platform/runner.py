@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from uuid import UUID
 
+from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import Abort
@@ -39,8 +40,15 @@ from churnops.settings import Settings, get_settings
 
 log = logging.getLogger("churnops.runner")
 DEPLOYMENT_DESCRIPTION = "One run per file dropped into data/input/ (started by the drop trigger)."
-RECONCILE_DEPLOYMENT = "churnops"
 RECONCILE_DESCRIPTION = "Re-drives stranded files: untaken input, dead or failed runs."
+
+
+def _name_of(deployment: str, flow: Flow) -> str:
+    """``<flow>/<name>`` -> name; a ValueError when the flow part is not this flow."""
+    flow_name, _, name = deployment.partition("/")
+    if flow_name != flow.name or not name:
+        raise ValueError(f"deployment {deployment!r} must be '{flow.name}/<name>'")
+    return name
 
 
 class FlowRunner:
@@ -54,17 +62,12 @@ class FlowRunner:
 
     def deploy(self) -> list[UUID]:
         """Create or update both deployments (served by these processes: no work pool)."""
-        flow_name, name = self.settings.prefect_deployment.split("/", 1)
-        if flow_name != churn_prediction_pipeline.name:
-            raise ValueError(
-                f"PREFECT_DEPLOYMENT={self.settings.prefect_deployment!r}: this runner serves"
-                f" only the flow {churn_prediction_pipeline.name!r}"
-            )
         deployment = churn_prediction_pipeline.to_deployment(
-            name=name, description=DEPLOYMENT_DESCRIPTION
+            name=_name_of(self.settings.prefect_deployment, churn_prediction_pipeline),
+            description=DEPLOYMENT_DESCRIPTION,
         )
         reconciler = reconcile_drops.to_deployment(
-            name=RECONCILE_DEPLOYMENT,
+            name=_name_of(self.settings.reconcile_deployment, reconcile_drops),
             description=RECONCILE_DESCRIPTION,
             interval=timedelta(seconds=self.settings.reconcile_interval_seconds),
         )
@@ -92,7 +95,7 @@ class FlowRunner:
         from prefect.deployments import run_deployment
 
         run_deployment(
-            f"{reconcile_drops.name}/{RECONCILE_DEPLOYMENT}",
+            self.settings.reconcile_deployment,
             timeout=0,
             as_subflow=False,
             flow_run_name="reconcile at runner start",
