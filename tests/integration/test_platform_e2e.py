@@ -21,9 +21,11 @@ from evidently.ui.workspace import Workspace
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
+from churnops.claims import Lease
 from churnops.metrics_db import DRIFTED_SHARE, MetricsStore
 from churnops.settings import Settings, get_settings
 from churnops.storage import LocalDropStorage, stage_key
+from tests.exactly_once import Drops
 from tests.platform_processes import FOREIGN, leftovers
 
 pytestmark = pytest.mark.integration
@@ -102,9 +104,7 @@ def _wait_for_state(running: RunningPlatform) -> dict:
     return json.loads(path.read_text())
 
 
-def test_three_drops_end_where_they_should_and_the_platform_stops_clean(
-    platform: RunningPlatform, data_dir: Path
-) -> None:
+def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: Path) -> None:
     settings = platform.settings
     storage = LocalDropStorage(settings.drop_dir)
     for name in (GOOD, DRIFTED):
@@ -156,6 +156,34 @@ def test_three_drops_end_where_they_should_and_the_platform_stops_clean(
     alerts = settings.alert_log.read_text()
     assert f"drift: {DRIFTED}" in alerts
 
+
+def test_a_runner_killed_mid_file_loses_nothing(platform: RunningPlatform, data_dir: Path) -> None:
+    """SIGKILL the runner that holds a file: a warm runner re-drives it, the dead one restarts."""
+    storage = LocalDropStorage(platform.settings.drop_dir)
+    drops = Drops(storage, [])
+    drops.drop("killed.csv", (data_dir / GOOD).read_bytes())
+    deadline = time.monotonic() + DONE_TIMEOUT
+    while not (leases := _leases(storage, "killed.csv")):
+        assert time.monotonic() < deadline, platform.logs()
+        time.sleep(0.02)
+    os.kill(leases[0].pid, signal.SIGKILL)
+    while not ((last := _leases(storage, "killed.csv")[-1]).attempt > 1 and last.state == "done"):
+        assert time.monotonic() < deadline, platform.logs()
+        time.sleep(0.1)
+    drops.dropped += [(data_dir / name).read_bytes() for name in (GOOD, DRIFTED)]
+    drops.dropped.append(b"not,a,churn\nfile,at,all\n")
+    drops.check(settled=True, invalid=1, metrics_url=platform.settings.metrics_db_url)
+    assert platform.process.poll() is None  # the platform carried on
+    assert "died: restarting it" in platform.output.read_text()
+
+
+def _leases(storage: LocalDropStorage, name: str) -> list[Lease]:
+    """Every attempt's lease for the file ``name``, oldest first."""
+    leases = [Lease.from_json(storage.read(k)) for k in storage.list_keys("data/claims/")]
+    return [lease for lease in leases if lease.name == name]
+
+
+def test_the_platform_stops_clean(platform: RunningPlatform) -> None:
     platform.process.send_signal(signal.SIGINT)
     assert platform.process.wait(timeout=240) == 0, platform.logs()
     assert not (platform.home / "platform.json").exists()
