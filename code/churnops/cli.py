@@ -140,9 +140,35 @@ def _open_target(settings: Settings, target: str) -> tuple[DropStorage, str]:
 
     if target.startswith("s3://"):
         bucket, _, key = target.removeprefix("s3://").partition("/")
-        return S3DropStorage(bucket, s3_client(settings.aws_endpoint_url)), key
+        storage = S3DropStorage(bucket, s3_client(settings.aws_endpoint_url))
+        if storage.exists(key):
+            return storage, key
+        return storage, _stranded_run(settings, storage, key.rsplit("/", 1)[-1], None) or key
     local = settings.model_copy(update={"drop_storage": "local"})
-    return open_storage(local), _copy_into_drop(local, Path(target))
+    storage = open_storage(local)
+    path = Path(target)
+    if path.is_file():
+        stranded = _stranded_run(local, storage, path.name, path.read_bytes())
+        if stranded:
+            return storage, stranded
+    return storage, _copy_into_drop(local, path)
+
+
+def _stranded_run(
+    settings: Settings, storage: DropStorage, name: str, data: bytes | None
+) -> str | None:
+    """A dead or failed run holding ``name`` (with these bytes): retrying means re-driving it."""
+    from datetime import UTC, datetime
+
+    from churnops.reconcile import find_work
+
+    for action in find_work(settings, storage, datetime.now(UTC)):
+        if action.kind != "redrive" or action.key.rsplit("/", 1)[-1] != name:
+            continue
+        if data is None or storage.read(action.key) == data:
+            console.print(f"re-driving {action.key}: {action.reason}")
+            return action.key
+    return None
 
 
 @app.command()
@@ -155,7 +181,8 @@ def process(
 
     Exit codes: 0 processed, 3 invalid (moved to errored/), 4 failed on a
     dependency (the file waits in processing/ for `churnops reconcile`),
-    5 skipped (already taken by another run).
+    5 skipped (already taken by another run). Run again after a crash or a
+    failure, it re-drives the stranded run holding the same file.
     """
     from churnops.pipeline import process as process_file
 

@@ -268,6 +268,15 @@ class MetricsStore:
         self._retry(self._execute, insert(run_metrics), rows)
         return len(rows)
 
+    def close_if_running(self, run_id: str, error: str) -> bool:
+        """Mark a run ``failed`` if it is still ``running`` (its attempt died); True if it was."""
+        statement = (
+            update(pipeline_runs)
+            .where(pipeline_runs.c.id == run_id, pipeline_runs.c.status == RUNNING)
+            .values(status=FAILED, error=error, finished_at=_now())
+        )
+        return self._retry(self._execute, statement) == 1
+
     def running(self) -> list[str]:
         """Ids of the runs still marked running (for the reconciler)."""
         query = select(pipeline_runs.c.id).where(pipeline_runs.c.status == RUNNING)

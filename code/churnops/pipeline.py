@@ -254,6 +254,9 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             object_key=held.lease.source_key,
             flow_run_id=held.lease.flow_run_id or None,
         )
+        if held.lease.attempt > 1:  # a dead predecessor never closed its row
+            previous = claims.db_id(held.run, held.lease.attempt - 1)
+            attempt.store.close_if_running(previous, "the attempt died; the next one took over")
         if not attempt.storage.exists(held.processing_key):
             return _complete_finish(attempt)
         return _score_and_monitor(attempt)

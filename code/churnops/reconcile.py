@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from churnops import claims
-from churnops.metrics_db import FAILED, MetricsStore
+from churnops.metrics_db import MetricsStore
 from churnops.settings import Settings
 from churnops.storage import INPUT_PREFIX, DropStorage, is_candidate, run_key, stage_key
 
@@ -107,8 +107,8 @@ def close_dead_runs(settings: Settings, storage: DropStorage, now: datetime) -> 
                 why = f"attempt died (no heartbeat since {lease.heartbeat})"
             else:
                 why = f"attempt ended ({lease.state}: {lease.reason}) but its row was not closed"
-            store.finish_run(row_id, FAILED, error=why)
-            actions.append(Action("close-run", row_id, why))
+            if store.close_if_running(row_id, why):
+                actions.append(Action("close-run", row_id, why))
     finally:
         store.close()
     return actions

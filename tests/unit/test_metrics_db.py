@@ -180,3 +180,15 @@ CREATE TABLE pipeline_runs (
     CONSTRAINT ck_pipeline_runs_status CHECK (status IN ('running', 'processed', 'errored'))
 )
 """
+
+
+def test_close_if_running_touches_only_running_rows(store: MetricsStore) -> None:
+    dead = start(store, run_id="R.1")
+    done = start(store, run_id="R.2")
+    store.finish_run(done, "processed", rows=3)
+    assert store.close_if_running(dead, "the attempt died")
+    assert not store.close_if_running(done, "the attempt died")
+    runs = store.runs().set_index("id")
+    assert (runs.loc[dead, "status"], runs.loc[dead, "error"]) == ("failed", "the attempt died")
+    assert runs.loc[done, "status"] == "processed" and runs.loc[done, "error"] is None
+    assert store.running() == []
