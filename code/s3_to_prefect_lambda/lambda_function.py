@@ -124,8 +124,12 @@ def _authorization(env: Mapping[str, str]) -> str | None:
 
 # --- the handler ------------------------------------------------------------------------
 def lambda_handler(event: Mapping[str, Any], context: object) -> dict[str, list[dict]]:
+    """The Lambda entry point: the configuration comes from the function's environment."""
+    return handle_event(event, Config.from_env(os.environ))
+
+
+def handle_event(event: Mapping[str, Any], config: Config) -> dict[str, list[dict]]:
     """Start a flow run for each new input file in the event; one outcome per record."""
-    config = Config.from_env(os.environ)
     records = event.get("Records") if isinstance(event, Mapping) else None
     if not isinstance(records, list):
         raise ValueError("the event has no 'Records' list: not an S3 event notification")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import StateType
+
+from churnops.platform.watcher import trigger
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +140,18 @@ def test_a_missing_deployment_fails_the_record_without_raising(
 
     assert outcome["status"] == "failed"
     assert f"deployment '{FLOW}/does-not-exist' not found" in outcome["reason"]
+
+
+def test_the_platform_trigger_is_configured_by_arguments_not_the_environment(
+    prefect_server: str, deployment: str, client: SyncPrefectClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local watcher passes the API and deployment; it never writes the environment."""
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # must not be used
+    monkeypatch.delenv("PREFECT_DEPLOYMENT", raising=False)
+    handle = trigger(prefect_server, f"{FLOW}/{deployment}")
+    first = handle(s3_event("drop", ["data/input/one.csv"]), None)["results"]
+    again = handle(s3_event("drop", ["data/input/one.csv"]), None)["results"]
+    assert [r["status"] for r in first + again] == ["created", "skipped"]
+    target = client.read_deployment_by_name(f"{FLOW}/{deployment}")
+    assert [run.parameters["key"] for run in runs_of(client, target.id)] == ["data/input/one.csv"]
+    assert "PREFECT_DEPLOYMENT" not in os.environ

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,11 +26,11 @@ from rich.table import Table
 
 from churnops.platform import services as svc
 from churnops.platform.watcher import (
-    HANDLER_MODULE,
     BucketPoller,
     Dispatcher,
     FolderWatcher,
-    load_lambda_handler,
+    start_deployment_run,
+    trigger,
 )
 from churnops.progress import progress_bars
 from churnops.settings import Settings
@@ -285,9 +284,9 @@ def _start_runner(platform: Platform) -> None:
 
 def _start_watcher(platform: Platform) -> None:
     settings = platform.settings
-    os.environ["PREFECT_API_URL"] = svc.prefect_api_url(settings, settings.prefect_port)
-    os.environ["PREFECT_DEPLOYMENT"] = settings.prefect_deployment
-    dispatcher = Dispatcher(load_lambda_handler(), settings.drop_bucket, _report(platform))
+    api = svc.prefect_api_url(settings, settings.prefect_port)
+    handler = trigger(api, settings.prefect_deployment)
+    dispatcher = Dispatcher(handler, settings.drop_bucket, _report(platform))
     # The dispatcher prints one line per trigger; the handler's own INFO lines are for AWS.
     logging.getLogger("s3_to_prefect").setLevel(logging.WARNING)
     if settings.drop_storage == "s3":
@@ -355,13 +354,11 @@ def _print_summary(platform: Platform) -> None:
 
 def _request_reconcile(settings: Settings) -> None:
     """A reconcile run now: a warm runner re-drives what the dead one held."""
-    handler = sys.modules[HANDLER_MODULE]  # the Lambda's client, loaded by the watcher
     api = svc.prefect_api_url(settings, settings.prefect_port)
-    config = handler.Config.from_env(
-        {"PREFECT_API_URL": api, "PREFECT_DEPLOYMENT": settings.reconcile_deployment}
-    )
     try:
-        handler.start_flow_run(config, {}, f"runner-died-{time.time():.0f}", "runner died")
+        start_deployment_run(
+            api, settings.reconcile_deployment, f"runner-died-{time.time():.0f}", "runner died"
+        )
     except Exception as exc:  # the restarted runner reconciles at its start anyway
         log.warning("no reconcile run requested: %s", exc)
 

@@ -45,6 +45,28 @@ def handler_file() -> Path:
 
 def load_lambda_handler(path: Path | None = None) -> Handler:
     """Import the Lambda's file by path (registered in sys.modules) and return its handler."""
+    return _handler_module(path).lambda_handler
+
+
+def trigger(api_url: str, deployment: str) -> Handler:
+    """The Lambda's handling of an event, configured by arguments instead of the environment."""
+    module = _handler_module()
+    config = _config(module, api_url, deployment)
+    return lambda event, context: module.handle_event(event, config)
+
+
+def start_deployment_run(api_url: str, deployment: str, idempotency_key: str, name: str) -> None:
+    """One run of a deployment through the Lambda's Prefect client (a stdlib HTTP call)."""
+    module = _handler_module()
+    module.start_flow_run(_config(module, api_url, deployment), {}, idempotency_key, name)
+
+
+def _config(module: ModuleType, api_url: str, deployment: str) -> Any:
+    """The Lambda's Config, from values (its defaults for the rest)."""
+    return module.Config.from_env({"PREFECT_API_URL": api_url, "PREFECT_DEPLOYMENT": deployment})
+
+
+def _handler_module(path: Path | None = None) -> ModuleType:
     path = path or handler_file()
     if HANDLER_MODULE not in sys.modules:
         spec = importlib.util.spec_from_file_location(HANDLER_MODULE, path)
@@ -53,7 +75,7 @@ def load_lambda_handler(path: Path | None = None) -> Handler:
         module: ModuleType = importlib.util.module_from_spec(spec)
         sys.modules[HANDLER_MODULE] = module
         spec.loader.exec_module(module)
-    return sys.modules[HANDLER_MODULE].lambda_handler
+    return sys.modules[HANDLER_MODULE]
 
 
 # --- events ------------------------------------------------------------------------------
