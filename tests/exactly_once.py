@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from churnops import claims
 from churnops.metrics_db import MetricsStore
-from churnops.storage import INPUT_PREFIX, DropStorage, run_key, stage_key
+from churnops.storage import INPUT_PREFIX, DropStorage, folder_key, run_key, stage_key
 
 
 @dataclass
@@ -33,7 +33,7 @@ def originals(storage: DropStorage) -> list[Original]:
         if "/" not in key[len(INPUT_PREFIX) :]
     ]
     for stage in ("processing", "processed", "errored"):
-        prefix = stage_key(stage, "x")[:-1]  # type: ignore[arg-type]
+        prefix = folder_key(stage)  # type: ignore[arg-type]
         runs = {key[len(prefix) :].split("/", 1)[0] for key in storage.list_keys(prefix)}
         for run in sorted(runs):
             lease = claims.latest_lease(storage, run)
@@ -67,7 +67,7 @@ class Drops:
         assert stages == Counter({stage: n for stage, n in expected.items() if n})
         for original in found:
             if original.stage == "processed":
-                folder = run_key("processed", original.run, "x")[:-1]
+                folder = folder_key("processed", original.run)
                 outputs = [k for k in self.storage.list_keys(folder) if k != original.key]
                 assert any("_predictions_" in k for k in outputs), outputs
         assert not self.storage.list_keys("data/processing/")

@@ -149,22 +149,28 @@ def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: 
         if info is None:
             raise ClaimRefused(f"{name!r} is no longer in input/ (taken by a run, or removed)")
         run = run_id(name, info.version, info.modified)
-        lease = _next_attempt(storage, run, name, key, lease_seconds, flow_run_id)
+        previous = latest_lease(storage, run)
+        lease = _next_attempt(storage, previous, run, name, key, lease_seconds, flow_run_id)
         return _move_in(storage, lease, info.version)
     stage, run, name = parts
     if stage != "processing":
         raise ClaimRefused(f"{key} is in {stage}/: that run has ended")
     previous = latest_lease(storage, run)
     source = previous.source_key if previous else stage_key("input", name)
-    lease = _next_attempt(storage, run, name, source, lease_seconds, flow_run_id)
+    lease = _next_attempt(storage, previous, run, name, source, lease_seconds, flow_run_id)
     return Claim(lease, run_key("processing", run, name))
 
 
 def _next_attempt(
-    storage: DropStorage, run: str, name: str, source: str, lease_seconds: float, flow_run_id: str
+    storage: DropStorage,
+    previous: Lease | None,
+    run: str,
+    name: str,
+    source: str,
+    lease_seconds: float,
+    flow_run_id: str,
 ) -> Lease:
     """Create the claim file of the run's next attempt: exactly one claimer wins it."""
-    previous = latest_lease(storage, run)
     if previous and previous.state == "running" and not previous.holder_gone(_now(), lease_seconds):
         raise ClaimRefused(f"run {run} is being worked on (attempt {previous.attempt})")
     attempt = previous.attempt + 1 if previous else 1

@@ -160,10 +160,10 @@ def _stranded_run(
     """A dead or failed run holding ``name`` (with these bytes): retrying means re-driving it."""
     from datetime import UTC, datetime
 
-    from churnops.reconcile import find_work
+    from churnops.reconcile import stranded_runs
 
-    for action in find_work(settings, storage, datetime.now(UTC)):
-        if action.kind != "redrive" or action.key.rsplit("/", 1)[-1] != name:
+    for action in stranded_runs(settings, storage, datetime.now(UTC)):
+        if action.key.rsplit("/", 1)[-1] != name:
             continue
         if data is None or storage.read(action.key) == data:
             console.print(f"re-driving {action.key}: {action.reason}")

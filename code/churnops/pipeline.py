@@ -33,7 +33,7 @@ from churnops.monitoring import run_monitoring
 from churnops.results import MonitoringResult
 from churnops.schema import RAW_COLUMNS, CustomerFile, DataValidationError, read_customer_file
 from churnops.settings import Settings
-from churnops.storage import DropStorage, FileLog, ObjectExists, run_key
+from churnops.storage import DropStorage, FileLog, ObjectExists, folder_key, run_key
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def finish(storage: DropStorage, run: str, name: str, stage: str) -> str:
 
 
 def _move_outputs(storage: DropStorage, run: str, stage: str) -> None:
-    prefix = f"{run_key('processing', run, 'x')[:-1]}"
+    prefix = folder_key("processing", run)
     for key in storage.list_keys(prefix):
         storage.move(key, run_key(stage, run, key[len(prefix) :]))  # type: ignore[arg-type]
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from churnops import claims
 from churnops.metrics_db import MetricsStore
 from churnops.settings import Settings
-from churnops.storage import INPUT_PREFIX, DropStorage, is_candidate, run_key, stage_key
+from churnops.storage import INPUT_PREFIX, DropStorage, folder_key, is_candidate, run_key
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,11 @@ Submit = Callable[[Action], None]
 
 def find_work(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
     """Every stranded input file and run, oldest first."""
-    return [*_stranded_runs(settings, storage, now), *_untaken_inputs(settings, storage, now)]
+    return [*stranded_runs(settings, storage, now), *_untaken_inputs(settings, storage, now)]
 
 
-def _stranded_runs(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
+def stranded_runs(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
+    """Runs in processing/ whose attempt died, or failed and is due for its retry."""
     actions = []
     for run in _run_folders(storage):
         lease = claims.latest_lease(storage, run)
@@ -70,7 +71,7 @@ def _stranded_runs(settings: Settings, storage: DropStorage, now: datetime) -> l
 
 
 def _run_folders(storage: DropStorage) -> list[str]:
-    prefix = stage_key("processing", "x")[:-1]
+    prefix = folder_key("processing")
     return sorted({k[len(prefix) :].split("/", 1)[0] for k in storage.list_keys(prefix)})
 
 

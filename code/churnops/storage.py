@@ -67,6 +67,13 @@ def run_key(stage: Stage, run: str, name: str) -> str:
     return f"{stage_key(stage, run)}/{_check_name(name)}"
 
 
+def folder_key(stage: Stage, run: str | None = None) -> str:
+    """``data/<stage>/`` or ``data/<stage>/<run>/``: the prefix of a folder's keys."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
+    return f"{PREFIX}/{stage}/" + (f"{_check_name(run)}/" if run else "")
+
+
 def log_key(run: str, name: str) -> str:
     """The per-file log of one run: ``data/logs/<run>/<name>.log``."""
     return f"{LOGS}/{_check_name(run)}/{_check_name(name)}.log"
@@ -162,10 +169,6 @@ class DropStorage(ABC):
 
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
-
-    def write(self, key: str, data: bytes) -> None:
-        """Alias of :meth:`create`: a new object, never a replaced one."""
-        self.create(key, data)
 
 
 class LocalDropStorage(DropStorage):
@@ -280,16 +283,8 @@ class S3DropStorage(DropStorage):
         return response["Body"].read()
 
     def stat(self, key: str) -> ObjectInfo | None:
-        try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
-        except self.client.exceptions.ClientError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        version = head.get("VersionId") or ""
-        if not version or version == "null":
-            version = f"{head['ETag'].strip(chr(34))}@{head['LastModified'].isoformat()}"
-        return ObjectInfo(head["ContentLength"], version, head["LastModified"])
+        head = self._head(key)
+        return None if head is None else _info(head)
 
     def create(self, key: str, data: bytes) -> None:
         try:
@@ -311,8 +306,7 @@ class S3DropStorage(DropStorage):
     def move(self, src: str, dst: str, *, version: str | None = None) -> None:
         """Copy (only that version, only to a free key), then delete that version."""
         head = self._head(src)
-        info = self.stat(src)
-        if head is None or info is None or (version is not None and info.version != version):
+        if head is None or (version is not None and _info(head).version != version):
             raise FileNotFoundError(f"s3://{self.bucket}/{src} is gone (or another version)")
         target = self._head(dst)
         if target is None:
@@ -349,6 +343,14 @@ class S3DropStorage(DropStorage):
         except FileNotFoundError:
             old = b""
         self.replace(key, old + (line.rstrip("\n") + "\n").encode("utf-8"))
+
+
+def _info(head: dict) -> ObjectInfo:
+    """Size, version and time from a HEAD answer (ETag and time without versioning)."""
+    version = head.get("VersionId") or ""
+    if not version or version == "null":
+        version = f"{head['ETag'].strip(chr(34))}@{head['LastModified'].isoformat()}"
+    return ObjectInfo(head["ContentLength"], version, head["LastModified"])
 
 
 def _code(exc: Any) -> str:

@@ -108,8 +108,8 @@ def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: 
     settings = platform.settings
     storage = LocalDropStorage(settings.drop_dir)
     for name in (GOOD, DRIFTED):
-        storage.write(stage_key("input", name), (data_dir / name).read_bytes())
-    storage.write(stage_key("input", MALFORMED), b"not,a,churn\nfile,at,all\n")
+        storage.create(stage_key("input", name), (data_dir / name).read_bytes())
+    storage.create(stage_key("input", MALFORMED), b"not,a,churn\nfile,at,all\n")
 
     api = platform.state["services"]["prefect"]["health_url"].removesuffix("/health")
     with SyncPrefectClient(api) as client:

@@ -33,7 +33,7 @@ def s3(moto_server: str, moto_bucket: str) -> S3DropStorage:
 @pytest.mark.parametrize("name", NAMES)
 def test_round_trip_and_claim(s3: S3DropStorage, name: str) -> None:
     src = stage_key("input", name)
-    s3.write(src, b"x,y\n1,2\n")
+    s3.create(src, b"x,y\n1,2\n")
     assert s3.exists(src)
     assert s3.list_keys("data/input/") == [src]
     held = claims.claim(s3, src, lease_seconds=30)
@@ -82,7 +82,7 @@ def test_a_move_takes_only_the_version_it_was_given(s3: S3DropStorage) -> None:
 def test_event_key_from_a_real_listing(s3: S3DropStorage) -> None:
     """Keys as S3 URL-encodes them (EncodingType=url, like event notifications) decode back."""
     key = stage_key("input", "march batch a+b ñ.csv")
-    s3.write(key, b"")
+    s3.create(key, b"")
     listed = s3.client.list_objects_v2(Bucket=s3.bucket, EncodingType="url")["Contents"]
     assert decode_event_key(listed[0]["Key"]) == key
 
@@ -101,7 +101,7 @@ def test_missing_objects(s3: S3DropStorage) -> None:
 def test_list_pages_through_many_keys(s3: S3DropStorage) -> None:
     keys = [f"data/logs/{i:04d}.log" for i in range(1005)]
     for key in keys:
-        s3.write(key, b"")
+        s3.create(key, b"")
     assert s3.list_keys("data/logs/") == keys
 
 
@@ -123,5 +123,5 @@ def test_open_storage_uses_the_endpoint(moto_server: str) -> None:
     store = open_storage(get_settings(drop_storage="s3", aws_endpoint_url=moto_server))
     assert isinstance(store, S3DropStorage)
     assert store.bucket == "churnops-drop"
-    store.write("data/input/a.csv", b"a")
+    store.create("data/input/a.csv", b"a")
     assert store.list_keys("data/input/") == ["data/input/a.csv"]

@@ -120,12 +120,12 @@ def collecting_dispatcher() -> tuple[Dispatcher, list[dict[str, Any]], threading
 def test_folder_watcher_reports_waiting_and_new_files_once_whole(tmp_path: Path) -> None:
     storage = LocalDropStorage(tmp_path)
     storage.create_layout()
-    storage.write(stage_key("input", "before start.csv"), b"a,b\n1,2\n")
+    storage.create(stage_key("input", "before start.csv"), b"a,b\n1,2\n")
     dispatcher, events, _ = collecting_dispatcher()
     watcher = FolderWatcher(tmp_path, dispatcher, settle=0.05)
     watcher.start()
     try:
-        storage.write(stage_key("input", "new+1.csv"), b"a,b\n3,4\n")  # temp name, then rename
+        storage.create(stage_key("input", "new+1.csv"), b"a,b\n3,4\n")  # temp name, then rename
         (tmp_path / "data/input/.hidden.csv").write_bytes(b"ignored")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len({_key(e) for e in events}) < 2:
@@ -145,10 +145,10 @@ def _key(event: dict[str, Any]) -> str:
 def test_status_lists_every_file_by_stage(tmp_path: Path) -> None:
     storage = LocalDropStorage(tmp_path)
     storage.create_layout()
-    storage.write(stage_key("input", "a.csv"), b"x")
+    storage.create(stage_key("input", "a.csv"), b"x")
     for stage, name in [("processing", "b.csv"), ("processed", "c.csv"), ("errored", "d.csv")]:
-        storage.write(run_key(stage, "R1", name), b"x")  # type: ignore[arg-type]
-    storage.write("data/logs/R1/d.csv.log", b"why")
+        storage.create(run_key(stage, "R1", name), b"x")  # type: ignore[arg-type]
+    storage.create("data/logs/R1/d.csv.log", b"why")
     listed = [(f.stage, f.run, f.name) for f in list_files(storage)]
     assert listed == [
         ("input", "", "a.csv"),

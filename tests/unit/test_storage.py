@@ -85,7 +85,7 @@ def test_open_storage_local_creates_layout(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_write_read_list_exists(storage: LocalDropStorage, name: str) -> None:
     key = stage_key("input", name)
-    storage.write(key, b"x,y\n1,2\n")
+    storage.create(key, b"x,y\n1,2\n")
     assert storage.read(key) == b"x,y\n1,2\n"
     assert storage.exists(key)
     assert storage.list_keys("data/input/") == [key]
@@ -95,7 +95,7 @@ def test_write_read_list_exists(storage: LocalDropStorage, name: str) -> None:
 
 def test_list_is_a_string_prefix(storage: LocalDropStorage) -> None:
     for key in ("data/input/a.csv", "data/input/b.csv", "data/inputs.txt", "data/logs/a.log"):
-        storage.write(key, b"")
+        storage.create(key, b"")
     assert storage.list_keys("data/input") == [
         "data/input/a.csv",
         "data/input/b.csv",
@@ -117,8 +117,8 @@ def test_keys_cannot_leave_the_root(storage: LocalDropStorage, key: str) -> None
 
 
 def test_move_creates_parents_and_never_replaces(storage: LocalDropStorage) -> None:
-    storage.write("data/input/a.csv", b"new")
-    storage.write("data/archive/2024/a.csv", b"old")
+    storage.create("data/input/a.csv", b"new")
+    storage.create("data/archive/2024/a.csv", b"old")
     with pytest.raises(ObjectExists):
         storage.move("data/input/a.csv", "data/archive/2024/a.csv")
     assert storage.read("data/archive/2024/a.csv") == b"old"
@@ -148,10 +148,10 @@ def test_written_files_get_the_usual_permissions(storage: LocalDropStorage) -> N
 
 
 def test_move_of_a_changed_version_is_refused(storage: LocalDropStorage) -> None:
-    storage.write("data/input/a.csv", b"first")
+    storage.create("data/input/a.csv", b"first")
     version = storage.stat("data/input/a.csv").version
     storage.path("data/input/a.csv").unlink()
-    storage.write("data/input/a.csv", b"second drop")
+    storage.create("data/input/a.csv", b"second drop")
     with pytest.raises(FileNotFoundError):
         storage.move("data/input/a.csv", "data/processing/R/a.csv", version=version)
     assert storage.read("data/input/a.csv") == b"second drop"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from churnops.platform.services import PlatformState, http_ok, pid_alive
 from churnops.settings import Settings
-from churnops.storage import STAGES, DropStorage, open_storage, stage_key
+from churnops.storage import STAGES, DropStorage, folder_key, open_storage
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def list_files(storage: DropStorage) -> list[FileState]:
     """Every file by stage, input first; later stages by run (predictions files included)."""
     files = []
     for stage in STAGES:
-        prefix = stage_key(stage, "x")[:-1]
+        prefix = folder_key(stage)
         for key in storage.list_keys(prefix):
             rest = key[len(prefix) :]
             if stage == "input" and "/" not in rest:
