@@ -65,6 +65,8 @@ class Lease:
     flow_run_id: str = ""
     reason: str = ""
     retry_at: str = ""
+    #: The input object version this run took (to finish a move cut short).
+    source_version: str = ""
 
     @property
     def key(self) -> str:
@@ -150,15 +152,43 @@ def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: 
             raise ClaimRefused(f"{name!r} is no longer in input/ (taken by a run, or removed)")
         run = run_id(name, info.version, info.modified)
         previous = latest_lease(storage, run)
-        lease = _next_attempt(storage, previous, run, name, key, lease_seconds, flow_run_id)
+        if previous and _ended(previous, lease_seconds):
+            _finish_move_in(storage, run, name, key, info.version)
+        lease = _next_attempt(
+            storage, previous, run, name, key, lease_seconds, flow_run_id, info.version
+        )
         return _move_in(storage, lease, info.version)
     stage, run, name = parts
     if stage != "processing":
         raise ClaimRefused(f"{key} is in {stage}/: that run has ended")
     previous = latest_lease(storage, run)
     source = previous.source_key if previous else stage_key("input", name)
-    lease = _next_attempt(storage, previous, run, name, source, lease_seconds, flow_run_id)
-    return Claim(lease, run_key("processing", run, name))
+    version = previous.source_version if previous else ""
+    lease = _next_attempt(storage, previous, run, name, source, lease_seconds, flow_run_id, version)
+    processing_key = run_key("processing", run, name)
+    if version and (info := storage.stat(source)) is not None and info.version == version:
+        storage.move(source, processing_key, version=version)  # the copy is there: source goes
+    return Claim(lease, processing_key)
+
+
+def _ended(lease: Lease, lease_seconds: float) -> bool:
+    return lease.state != "running" or lease.holder_gone(_now(), lease_seconds)
+
+
+def _finish_move_in(storage: DropStorage, run: str, name: str, key: str, version: str) -> None:
+    """An input file whose run already holds its copy: a move-in cut short (kill -9).
+
+    The earlier attempt copied the file into its run but died before removing
+    it from input/. The copy is the same object, so only the input file goes.
+    """
+    for stage in ("processing", "processed", "errored"):
+        copy = run_key(stage, run, name)
+        if storage.exists(copy):
+            storage.move(key, copy, version=version)
+            raise ClaimRefused(
+                f"{name!r} is already in {stage}/{run}/: removed the copy a cut-short move "
+                "left in input/"
+            )
 
 
 def _next_attempt(
@@ -169,12 +199,13 @@ def _next_attempt(
     source: str,
     lease_seconds: float,
     flow_run_id: str,
+    source_version: str,
 ) -> Lease:
     """Create the claim file of the run's next attempt: exactly one claimer wins it."""
     if previous and previous.state == "running" and not previous.holder_gone(_now(), lease_seconds):
         raise ClaimRefused(f"run {run} is being worked on (attempt {previous.attempt})")
     attempt = previous.attempt + 1 if previous else 1
-    lease = _new_lease(run, attempt, name, source, flow_run_id)
+    lease = _new_lease(run, attempt, name, source, flow_run_id, source_version)
     try:
         storage.create(lease.key, lease.to_json())
     except ObjectExists:
@@ -193,7 +224,9 @@ def _move_in(storage: DropStorage, lease: Lease, version: str) -> Claim:
     return Claim(lease, processing_key)
 
 
-def _new_lease(run: str, attempt: int, name: str, source: str, flow_run_id: str) -> Lease:
+def _new_lease(
+    run: str, attempt: int, name: str, source: str, flow_run_id: str, source_version: str
+) -> Lease:
     return Lease(
         run=run,
         attempt=attempt,
@@ -204,6 +237,7 @@ def _new_lease(run: str, attempt: int, name: str, source: str, flow_run_id: str)
         state="running",
         heartbeat=_now().isoformat(),
         flow_run_id=flow_run_id,
+        source_version=source_version,
     )
 
 

@@ -160,9 +160,9 @@ def _stranded_run(
     """A dead or failed run holding ``name`` (with these bytes): retrying means re-driving it."""
     from datetime import UTC, datetime
 
-    from churnops.reconcile import stranded_runs
+    from churnops.reconcile import run_folders, stranded_runs
 
-    for action in stranded_runs(settings, storage, datetime.now(UTC)):
+    for action in stranded_runs(settings, storage, datetime.now(UTC), run_folders(storage)):
         if action.key.rsplit("/", 1)[-1] != name:
             continue
         if data is None or storage.read(action.key) == data:

@@ -48,13 +48,19 @@ Submit = Callable[[Action], None]
 
 def find_work(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
     """Every stranded input file and run, oldest first."""
-    return [*stranded_runs(settings, storage, now), *_untaken_inputs(settings, storage, now)]
+    runs = run_folders(storage)
+    return [
+        *stranded_runs(settings, storage, now, runs),
+        *_untaken_inputs(settings, storage, now, runs),
+    ]
 
 
-def stranded_runs(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
-    """Runs in processing/ whose attempt died, or failed and is due for its retry."""
+def stranded_runs(
+    settings: Settings, storage: DropStorage, now: datetime, runs: list[str]
+) -> list[Action]:
+    """Of the ``runs`` in processing/, those whose attempt died, or failed and is due a retry."""
     actions = []
-    for run in _run_folders(storage):
+    for run in runs:
         lease = claims.latest_lease(storage, run)
         if lease is None:
             log.warning("run folder processing/%s has no claim file: left alone", run)
@@ -70,12 +76,20 @@ def stranded_runs(settings: Settings, storage: DropStorage, now: datetime) -> li
     return actions
 
 
-def _run_folders(storage: DropStorage) -> list[str]:
+def run_folders(storage: DropStorage) -> list[str]:
+    """The runs that have a folder in processing/."""
     prefix = folder_key("processing")
     return sorted({k[len(prefix) :].split("/", 1)[0] for k in storage.list_keys(prefix)})
 
 
-def _untaken_inputs(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
+def _untaken_inputs(
+    settings: Settings, storage: DropStorage, now: datetime, runs: list[str]
+) -> list[Action]:
+    """Input files no run took; ``runs`` (in processing/) take their input copy themselves.
+
+    A kill between the two halves of a move-in leaves the file in input/ and in
+    its run's folder; re-driving the run finishes the move.
+    """
     actions = []
     for key in storage.list_keys(INPUT_PREFIX):
         name = key[len(INPUT_PREFIX) :]
@@ -86,6 +100,8 @@ def _untaken_inputs(settings: Settings, storage: DropStorage, now: datetime) -> 
         if age < settings.reconcile_grace_seconds:
             continue
         run = claims.run_id(name, info.version, info.modified)
+        if run in runs:
+            continue
         lease = claims.latest_lease(storage, run)
         if lease and not _ended(lease, now, settings.lease_seconds):
             continue  # being claimed right now

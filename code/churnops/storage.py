@@ -38,6 +38,8 @@ PREFIX = "data"
 LOGS = f"{PREFIX}/logs"
 CLAIMS = f"{PREFIX}/claims"
 INPUT_PREFIX = f"{PREFIX}/input/"
+#: S3 user metadata naming the dropped object version a copy came from.
+ORIGIN = "churnops-origin"
 
 
 class ObjectExists(FileExistsError):
@@ -249,6 +251,10 @@ class LocalDropStorage(DropStorage):
         except FileExistsError:
             if not os.path.samefile(source, target):
                 raise ObjectExists(f"{dst} exists already: not replacing it") from None
+        self._delete_source(source)
+
+    def _delete_source(self, source: Path) -> None:
+        """The second half of a move (its first made the new name)."""
         source.unlink()
 
     def append_line(self, key: str, line: str) -> None:
@@ -315,10 +321,13 @@ class S3DropStorage(DropStorage):
                 Key=dst,
                 CopySource={"Bucket": self.bucket, "Key": src},
                 CopySourceIfMatch=head["ETag"],
+                MetadataDirective="REPLACE",
+                Metadata={**head.get("Metadata", {}), ORIGIN: _origin(head)},
+                ContentType=head.get("ContentType") or "binary/octet-stream",
             )
-        elif target["ETag"] != head["ETag"]:
+        elif _origin(target) != _origin(head) and target["ETag"] != head["ETag"]:
             raise ObjectExists(f"s3://{self.bucket}/{dst} exists already: not replacing it")
-        self._delete(src, head)
+        self._delete_source(src, head)
 
     def _head(self, key: str) -> dict | None:
         try:
@@ -328,8 +337,11 @@ class S3DropStorage(DropStorage):
                 return None
             raise
 
-    def _delete(self, key: str, head: dict) -> None:
-        """Delete exactly the version that was copied, never a newer drop of that name."""
+    def _delete_source(self, key: str, head: dict) -> None:
+        """The second half of a move: delete exactly the version that was copied.
+
+        Never a newer drop of that name.
+        """
         version = head.get("VersionId")
         if version and version != "null":
             self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
@@ -351,6 +363,15 @@ def _info(head: dict) -> ObjectInfo:
     if not version or version == "null":
         version = f"{head['ETag'].strip(chr(34))}@{head['LastModified'].isoformat()}"
     return ObjectInfo(head["ContentLength"], version, head["LastModified"])
+
+
+def _origin(head: dict) -> str:
+    """The version of the object as it was dropped, carried along every move.
+
+    A copy's ETag is not its source's when the source was a multipart upload,
+    so a move cut short is recognised by this metadata instead.
+    """
+    return head.get("Metadata", {}).get(ORIGIN) or _info(head).version
 
 
 def _code(exc: Any) -> str:

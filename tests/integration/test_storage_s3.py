@@ -70,6 +70,38 @@ def test_a_move_cut_short_is_completed(s3: S3DropStorage) -> None:
     assert s3.read("data/processed/R/a.csv") == b"rows"
 
 
+def test_a_multipart_upload_moved_halfway_is_recognised(s3: S3DropStorage) -> None:
+    """A copy's ETag differs from a multipart source's: the origin metadata tells them apart."""
+    key, parts = "data/input/big.csv", [b"a" * 5 * 1024 * 1024, b"tail"]
+    upload = s3.client.create_multipart_upload(Bucket=s3.bucket, Key=key, ContentType="text/csv")
+    etags = [
+        s3.client.upload_part(
+            Bucket=s3.bucket, Key=key, UploadId=upload["UploadId"], PartNumber=n, Body=body
+        )["ETag"]
+        for n, body in enumerate(parts, start=1)
+    ]
+    s3.client.complete_multipart_upload(
+        Bucket=s3.bucket,
+        Key=key,
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n} for n, e in enumerate(etags, 1)]},
+    )
+
+    def cut_short(*args: object) -> None:
+        raise KeyboardInterrupt("killed between copy and delete")
+
+    s3._delete_source = cut_short  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        s3.move(key, "data/processing/R/big.csv")
+    del s3._delete_source
+    assert s3.stat(key) is not None  # in both places now
+    s3.move(key, "data/processing/R/big.csv")  # the next attempt only deletes
+    assert s3.list_keys("data/input/") == []
+    assert s3.read("data/processing/R/big.csv") == b"".join(parts)
+    head = s3.client.head_object(Bucket=s3.bucket, Key="data/processing/R/big.csv")
+    assert head["ContentType"] == "text/csv"
+
+
 def test_a_move_takes_only_the_version_it_was_given(s3: S3DropStorage) -> None:
     s3.create("data/input/a.csv", b"january")
     january = s3.stat("data/input/a.csv")

@@ -101,16 +101,27 @@ class FlowRunner:
             flow_run_name="reconcile at runner start",
         )
 
-    def scheduled_runs(self) -> list[FlowRun]:
-        """Runs due now; the same query marks the deployment as polled (Ready in the UI)."""
+    def next_run(self) -> FlowRun | None:
+        """The run due first, or None; the query also marks the deployments as polled.
+
+        One at a time: a run fetched in a batch could be taken and finished by
+        another runner while this one works through the batch, and Prefect lets a
+        Completed run without a persisted result go back to Pending (a re-run).
+        """
         runs = self.client.get_scheduled_flow_runs_for_deployments(
             deployment_ids=self.deployment_ids,
             scheduled_before=datetime.now(UTC) + timedelta(seconds=1),
         )
-        return sorted(runs, key=lambda r: r.next_scheduled_start_time or datetime.now(UTC))
+        return min(
+            runs, key=lambda r: r.next_scheduled_start_time or datetime.now(UTC), default=None
+        )
 
     def execute(self, run: FlowRun) -> None:
         """Pending, then the flow engine runs it here (it proposes Running and the end)."""
+        current = self.client.read_flow_run(run.id).state
+        if current is None or not current.is_scheduled():
+            log.info("flow run %s not taken: it is %s already", run.id, current and current.name)
+            return
         try:
             state = propose_state_sync(self.client, Pending(), flow_run_id=run.id)
         except Abort as exc:
@@ -139,15 +150,13 @@ class FlowRunner:
         """Poll and execute until asked to stop; an API hiccup is logged and retried."""
         while not self.stopping:
             try:
-                runs = self.scheduled_runs()
+                run = self.next_run()
+                if run is not None:
+                    self.execute(run)
             except Exception as exc:  # the server restarting, a timeout: poll again
-                log.warning("polling Prefect failed: %s", exc)
-                runs = []
-            for run in runs:
-                if self.stopping:
-                    break
-                self.execute(run)
-            if not runs:
+                log.warning("talking to Prefect failed: %s", exc)
+                run = None
+            if run is None:
                 time.sleep(self.settings.runner_poll_seconds)
 
 
