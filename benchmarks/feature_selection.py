@@ -13,7 +13,8 @@ from pathlib import Path
 
 from churnops import training
 from churnops.features import prepare_features, target
-from churnops.schema import INPUT_COLUMNS, load_customer_file
+from churnops.reading import load_customer_file
+from churnops.schema import INPUT_COLUMNS
 from churnops.settings import get_settings
 
 SEEDS = (0, 1, 2)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from churnops.schema import RAW_COLUMNS, DataValidationError, read_customer_csv, validate
+from churnops.reading import read_customer_file
+from churnops.schema import RAW_COLUMNS, DataValidationError
 
 UCI_ARCHIVE_URL = "https://archive.ics.uci.edu/static/public/563/iranian+churn+dataset.zip"
 UCI_ROWS = 3150
@@ -67,7 +68,7 @@ def check_uci(raw: bytes) -> pd.DataFrame:
         problems.append(f"{len(frame)} rows, expected {UCI_ROWS}")
     if problems:
         raise DataValidationError(problems, "UCI churn file")
-    validate(read_customer_csv(raw, name="UCI churn file"), require_target=True)
+    read_customer_file(raw, name="UCI churn file", require_target=True)
     return frame
 
 

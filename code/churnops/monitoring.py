@@ -18,8 +18,12 @@ Decisions:
   classification preset adds PR tables, curves and per-label metrics; on a
   1M-row file that is ~11 s more. So the report holds one ``ValueDrift`` per
   column, and the drifted count and share are counted from their verdicts.
-* Every number comes from the report; nothing is recomputed with sklearn.
-  Label metrics use the ``churn_prediction`` labels (classification
+* Drift is measured on a seeded uniform sample of a big file
+  (``DRIFT_SAMPLE_ROWS``, see :mod:`churnops.scoring`); row counts, the churn
+  rate and the quality scores stored and alerted on are exact over every row
+  (``Totals``). A file within the sample size is its own sample: there the
+  report's numbers and the stored ones agree.
+* Label metrics use the ``churn_prediction`` labels (classification
   ``labels``); ROC AUC uses ``churn_probability`` (classification ``scores``).
   One task with both would make Evidently derive labels from the probability
   at 0.5 and ignore the model's labels.
@@ -28,6 +32,7 @@ Decisions:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -65,6 +70,16 @@ _DRIFT_TEST_ID = "drift"
 _FAILED = "FAIL"
 
 
+@dataclass(frozen=True)
+class Totals:
+    """What is counted over every row of a file whose drift is measured on a sample."""
+
+    rows: int
+    predicted_churn_rate: float
+    #: Exact scores (:func:`churnops.scoring.quality_scores`); empty when unlabeled.
+    quality: dict[str, float]
+
+
 def run_monitoring(
     reference: pd.DataFrame,
     current: pd.DataFrame,
@@ -74,22 +89,28 @@ def run_monitoring(
     file_name: str,
     model_version: str,
     model_name: str,
+    totals: Totals | None = None,
 ) -> MonitoringResult:
     """Run the report for one scored file, store it in the workspace, return its numbers.
 
     ``current`` may lack the ``churn`` label: then only drift is measured and
-    ``quality`` stays empty.
+    ``quality`` stays empty. When ``current`` is a sample of a bigger file,
+    ``totals`` holds the counts and scores of all its rows: the result carries
+    those, and the report's metadata says how many rows its charts show.
     """
     labeled = TARGET in current.columns
     _check_frames(reference, current, feature_columns)
     report = build_report(feature_columns, labeled)
     definition = data_definition(feature_columns, labeled)
+    metadata = {"file_name": file_name, "model_name": model_name, "model_version": model_version}
+    if totals is not None and totals.rows > len(current):
+        metadata["sample"] = f"{len(current):,} of {totals.rows:,} rows (seeded, uniform)"
     snapshot = report.run(
         Dataset.from_pandas(current, data_definition=definition),
         Dataset.from_pandas(reference, data_definition=definition),
         name=file_name,
         tags=[file_name, f"{model_name}:v{model_version}"],
-        metadata={"file_name": file_name, "model_name": model_name, "model_version": model_version},
+        metadata=metadata,
     )
     result = extract_result(
         snapshot.dict(),
@@ -97,6 +118,10 @@ def run_monitoring(
         rows=len(current),
         predicted_churn_rate=float(current[PREDICTION].mean()),
     )
+    if totals is not None:
+        result.rows = totals.rows
+        result.predicted_churn_rate = totals.predicted_churn_rate
+        result.quality = dict(totals.quality)
     result.snapshot_id, result.report_url = publish(snapshot, settings)
     return result
 

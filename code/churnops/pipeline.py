@@ -18,27 +18,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from pathlib import PurePosixPath
 from typing import Any, Literal
-
-import pandas as pd
-import pyarrow as pa
-import pyarrow.csv as pa_csv
 
 from churnops import claims
 from churnops.alerts import AlertDeliveryError, assess, build_alert, send_alert
 from churnops.metrics_db import FAILED, MetricsStore
 from churnops.model import LoadedModel, load_aliased_model
-from churnops.monitoring import run_monitoring
+from churnops.monitoring import Totals, run_monitoring
 from churnops.results import MonitoringResult
-from churnops.schema import RAW_COLUMNS, CustomerFile, DataValidationError, read_customer_file
+from churnops.schema import DataValidationError
+from churnops.scoring import ScoredFile, score_file
 from churnops.settings import Settings
-from churnops.storage import DropStorage, FileLog, ObjectExists, folder_key, run_key
+from churnops.storage import DropStorage, FileLog, folder_key, run_key
 
 log = logging.getLogger(__name__)
 
-_RAW_NAMES = {clean: raw for raw, clean in RAW_COLUMNS.items()}
-_CSV_CHUNK_ROWS = 20_000
 Status = Literal["processed", "errored", "failed", "skipped"]
 
 
@@ -59,85 +53,19 @@ class FileOutcome:
 
 
 # --- the steps -----------------------------------------------------------------------
-def read_valid_file(
-    storage: DropStorage, processing_key: str, name: str, settings: Settings
-) -> CustomerFile:
-    """Size check, read and validate; :class:`DataValidationError` names every problem."""
-    info = storage.stat(processing_key)
-    if info is not None and info.size > settings.max_file_bytes:
-        raise DataValidationError(
-            [f"file is {info.size:,} bytes, over the limit of {settings.max_file_bytes:,} bytes"],
-            name,
-        )
-    data = storage.read(processing_key)
-    return read_customer_file(data, name=name, max_bytes=settings.max_file_bytes)
-
-
-def score(model: LoadedModel, frame: pd.DataFrame) -> pd.DataFrame:
-    """The validated rows plus ``churn_prediction`` and ``churn_probability``."""
-    return pd.concat([frame, model.model.score(frame)], axis=1)
-
-
-def predictions_name(name: str, model: LoadedModel) -> str:
-    """``<stem>_predictions_<model>_v<version>.csv`` (never equal to ``name`` itself)."""
-    return f"{PurePosixPath(name).stem}_predictions_{model.name}_v{model.version}.csv"
-
-
-def write_predictions(
-    storage: DropStorage, scored: pd.DataFrame, run: str, name: str, model: LoadedModel
-) -> str:
-    """Write the scored file (original header) into the run's processing folder.
-
-    A re-driven run may find the file its dead attempt wrote: the same model
-    version on the same rows gives the same bytes, so it is kept, never rewritten
-    (a rewrite would leave two versions of one key in a versioned bucket).
-    """
-    key = run_key("processing", run, predictions_name(name, model))
-    try:
-        storage.create(key, csv_bytes(scored.rename(columns=_RAW_NAMES)))
-    except ObjectExists:
-        log.info("%s: kept the predictions an earlier attempt wrote", key)
-    return key
-
-
-def csv_bytes(frame: pd.DataFrame) -> bytes:
-    """Byte for byte ``frame.to_csv(index=False)`` of a numeric frame, twice as fast.
-
-    ``to_csv`` takes ~4 s on a 1M-row file. Floats are formatted by the rule
-    ``to_csv`` uses (numpy's ``astype(str)``: ``0.0``, ``3.2e-05``), then Arrow
-    writes the rows. Nothing needs quoting: validated files hold numbers only.
-    Small chunks keep the extra memory where ``to_csv``'s is (~2.5x the output).
-    """
-    if any(dtype.kind not in "iuf" for dtype in frame.dtypes):
-        raise ValueError(f"only int and float columns can be written, not {dict(frame.dtypes)}")
-    if frame.isna().to_numpy().any():
-        raise ValueError("missing values would be written as 'nan', not as to_csv writes them")
-    parts = [(",".join(frame.columns) + "\n").encode()]
-    options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
-    for start in range(0, len(frame), _CSV_CHUNK_ROWS):
-        chunk = frame.iloc[start : start + _CSV_CHUNK_ROWS]
-        columns = {
-            name: column.to_numpy().astype(str) if column.dtype.kind == "f" else column.to_numpy()
-            for name, column in chunk.items()
-        }
-        out = pa.BufferOutputStream()
-        pa_csv.write_csv(pa.table(columns), out, options)
-        parts.append(out.getvalue().to_pybytes())
-    return b"".join(parts)
-
-
 def monitor(
-    settings: Settings, model: LoadedModel, scored: pd.DataFrame, name: str
+    settings: Settings, model: LoadedModel, scored: ScoredFile, name: str
 ) -> MonitoringResult:
-    """Drift and quality against the model version's reference data."""
+    """Drift on the file's sample, with the exact counts and scores of every row."""
     return run_monitoring(
         model.model.reference_data(),
-        scored,
+        scored.sample,
         feature_columns=model.model.features,
         settings=settings,
         file_name=name,
         model_version=model.version,
         model_name=model.name,
+        totals=Totals(scored.rows, scored.predicted_churn_rate, scored.quality),
     )
 
 
@@ -187,9 +115,7 @@ class Steps:
     """The steps of :func:`process`; the flow passes them wrapped as Prefect tasks."""
 
     load_model: Callable[[Settings], LoadedModel] = load_aliased_model
-    read: Callable[..., CustomerFile] = read_valid_file
-    score: Callable[..., pd.DataFrame] = score
-    write_predictions: Callable[..., str] = write_predictions
+    score_file: Callable[..., ScoredFile] = score_file
     monitor: Callable[..., MonitoringResult] = monitor
     record_metrics: Callable[..., None] = record_metrics
     send_alerts: Callable[..., tuple[tuple[str, ...], str]] = send_alerts
@@ -305,16 +231,11 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
     with file_log.step("load model") as record:
         model = steps.load_model(settings)
         record.message = f"{model.name} version {model.version}"
-    with file_log.step("validate") as record:
-        customers = steps.read(storage, held.processing_key, held.name, settings)
-        frame = customers.frame
-        record.message = "; ".join([f"{len(frame)} rows", *customers.notes])
-    with file_log.step("predict") as record:
-        scored = steps.score(model, frame)
-        record.message = f"predicted churn rate {scored['churn_prediction'].mean():.3f}"
-    with file_log.step("write predictions") as record:
-        written = steps.write_predictions(storage, scored, held.run, held.name, model)
-        record.message = written
+    with file_log.step("score") as record:
+        scored = steps.score_file(
+            settings, storage, held.processing_key, held.run, held.name, model
+        )
+        record.message = scoring_summary(scored)
     with file_log.step("monitor") as record:
         result: MonitoringResult = steps.monitor(settings, model, scored, held.name)
         record.message = summary(result)
@@ -328,14 +249,16 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
     _close_run(
         attempt,
         "processed",
-        rows=len(frame),
+        rows=scored.rows,
         report_url=result.report_url,
         model_name=model.name,
         model_version=model.version,
     )
     outcome = _outcome(attempt, "processed", f"{summary(result)}; {alert_message}")
     outcome.model_version = model.version
-    outcome.predictions_key = run_key("processed", held.run, written.rsplit("/", 1)[-1])
+    outcome.predictions_key = run_key(
+        "processed", held.run, scored.predictions_key.rsplit("/", 1)[-1]
+    )
     outcome.report_url = result.report_url
     outcome.alert_channels = channels
     return outcome
@@ -392,6 +315,23 @@ def _outcome(attempt: _Attempt, status: Status, message: str) -> FileOutcome:
     held = attempt.claim
     return FileOutcome(
         held.name, status, message, held.run, held.lease.attempt, run_id=held.lease.db_id
+    )
+
+
+def scoring_summary(scored: ScoredFile) -> str:
+    """Rows, churn rate and where the time went, for the file's log."""
+    times = ", ".join(f"{step} {seconds:.2f}s" for step, seconds in scored.seconds.items())
+    kept = (
+        "; kept the predictions an earlier attempt wrote" if scored.kept_earlier_predictions else ""
+    )
+    return "; ".join(
+        [
+            f"{scored.rows} rows in {scored.chunks} chunk(s)",
+            *scored.notes,
+            f"predicted churn rate {scored.predicted_churn_rate:.3f}",
+            times,
+            f"{scored.predictions_key}{kept}",
+        ]
     )
 
 

@@ -30,8 +30,9 @@ from churnops.model import (
     ChurnModel,
     configure_mlflow,
 )
+from churnops.reading import load_customer_file
 from churnops.results import PREDICTION
-from churnops.schema import TARGET, load_customer_file
+from churnops.schema import TARGET
 from churnops.settings import Settings
 from churnops.training import Evaluation, Progress
 

@@ -59,7 +59,17 @@ class Settings(BaseSettings):
         None, description="Root of the local drop folder; default CHURNOPS_HOME/drop."
     )
     aws_endpoint_url: str | None = Field(None, description="S3/SNS endpoint override.")
-    max_file_bytes: int = Field(200 * 1024 * 1024, description="Largest accepted file.")
+    max_file_bytes: int = Field(
+        2 * 1024**3, description="Largest accepted file, as stored (checked before reading)."
+    )
+    chunk_rows: int = Field(
+        200_000, gt=0, description="Rows read, validated, scored and written at a time."
+    )
+    drift_sample_rows: int = Field(
+        50_000,
+        gt=0,
+        description="Rows of a file's seeded uniform sample that drift is measured on.",
+    )
 
     # --- exactly once: leases, retries, the reconciler ------------------------------
     lease_seconds: float = Field(

@@ -17,16 +17,17 @@ Keys are always '/'-separated and relative, exactly as S3 shows them.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote_plus
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ PREFIX = "data"
 LOGS = f"{PREFIX}/logs"
 CLAIMS = f"{PREFIX}/claims"
 INPUT_PREFIX = f"{PREFIX}/input/"
+#: Size of the parts a big output is uploaded in (S3's minimum is 5 MiB).
+PART_BYTES = 16 * 1024 * 1024
 #: S3 user metadata naming the dropped object version a copy came from.
 ORIGIN = "churnops-origin"
 
@@ -149,6 +152,18 @@ class DropStorage(ABC):
         """Write a new object; :class:`ObjectExists` when the key is taken (atomic)."""
 
     @abstractmethod
+    def open_read(self, key: str) -> AbstractContextManager[IO[bytes]]:
+        """A stream of the object's bytes (big files are never held whole in memory)."""
+
+    @abstractmethod
+    def create_streamed(self, key: str) -> AbstractContextManager[IO[bytes]]:
+        """Write a new object as a stream; it appears only when the block ends cleanly.
+
+        :class:`ObjectExists` at the end when the key is taken; after an error
+        nothing appears.
+        """
+
+    @abstractmethod
     def replace(self, key: str, data: bytes) -> None:
         """Create or replace a small object (readers see the old or the new, never half)."""
 
@@ -220,14 +235,36 @@ class LocalDropStorage(DropStorage):
         finally:
             tmp.unlink(missing_ok=True)
 
+    @contextmanager
+    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+        with self.path(key).open("rb", buffering=1 << 16) as stream:
+            yield stream
+
+    @contextmanager
+    def create_streamed(self, key: str) -> Iterator[IO[bytes]]:
+        tmp = self._temp_beside(key)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+            with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+                yield out
+            os.link(tmp, self.path(key))
+        except FileExistsError:
+            raise ObjectExists(f"{key} exists already: not replacing it") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def replace(self, key: str, data: bytes) -> None:
         os.replace(self._write_temp(key, data), self.path(key))
 
-    def _write_temp(self, key: str, data: bytes) -> Path:
-        """A complete temporary file beside the key's file, with the usual permissions."""
+    def _temp_beside(self, key: str) -> Path:
+        """A fresh temporary name beside the key's file (the listing skips it)."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+        return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+    def _write_temp(self, key: str, data: bytes) -> Path:
+        """A complete temporary file beside the key's file, with the usual permissions."""
+        tmp = self._temp_beside(key)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -300,6 +337,27 @@ class S3DropStorage(DropStorage):
                 raise ObjectExists(f"s3://{self.bucket}/{key} exists already") from None
             raise
 
+    @contextmanager
+    def open_read(self, key: str) -> Iterator[IO[bytes]]:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except self.client.exceptions.NoSuchKey as exc:
+            raise FileNotFoundError(f"s3://{self.bucket}/{key}") from exc
+        try:
+            yield body
+        finally:
+            body.close()
+
+    @contextmanager
+    def create_streamed(self, key: str) -> Iterator[IO[bytes]]:
+        writer = _PartWriter(self, key)
+        try:
+            yield writer
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+
     def replace(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
 
@@ -355,6 +413,75 @@ class S3DropStorage(DropStorage):
         except FileNotFoundError:
             old = b""
         self.replace(key, old + (line.rstrip("\n") + "\n").encode("utf-8"))
+
+
+class _PartWriter(io.RawIOBase):
+    """Upload in parts of ``PART_BYTES`` as bytes arrive; a small object is one PUT.
+
+    Both end with ``If-None-Match: *``, so an object is never replaced.
+    """
+
+    def __init__(self, storage: S3DropStorage, key: str) -> None:
+        self.storage, self.key = storage, key
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.buffer += data
+        if len(self.buffer) >= PART_BYTES:
+            self._upload_part()
+        return len(data)
+
+    def _upload_part(self) -> None:
+        client, bucket = self.storage.client, self.storage.bucket
+        if self.upload_id is None:
+            upload = client.create_multipart_upload(Bucket=bucket, Key=self.key)
+            self.upload_id = upload["UploadId"]
+        number = len(self.parts) + 1
+        answer = client.upload_part(
+            Bucket=bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=bytes(self.buffer),
+        )
+        self.parts.append({"ETag": answer["ETag"], "PartNumber": number})
+        self.buffer.clear()
+
+    def finish(self) -> None:
+        if self.upload_id is None:
+            self.storage.create(self.key, bytes(self.buffer))
+            return
+        if self.buffer:
+            self._upload_part()
+        client = self.storage.client
+        try:
+            client.complete_multipart_upload(
+                Bucket=self.storage.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self.parts},
+                IfNoneMatch="*",
+            )
+        except client.exceptions.ClientError as exc:
+            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise ObjectExists(
+                    f"s3://{self.storage.bucket}/{self.key} exists already"
+                ) from None
+            raise
+        self.upload_id = None
+
+    def abort(self) -> None:
+        """Drop the parts uploaded so far (the bucket's lifecycle rule is the backstop)."""
+        if self.upload_id is not None:
+            with suppress(Exception):
+                self.storage.client.abort_multipart_upload(
+                    Bucket=self.storage.bucket, Key=self.key, UploadId=self.upload_id
+                )
 
 
 def _info(head: dict) -> ObjectInfo:

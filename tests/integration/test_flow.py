@@ -124,7 +124,7 @@ def test_labeled_file_is_scored_stored_and_kept(platform: Platform, data_dir: Pa
     assert scored["churn_probability"].between(0, 1).all()
 
     log = platform.log(outcome)
-    for step in ("claim", "load model", "validate", "predict", "monitor", "alert", "finish"):
+    for step in ("claim", "load model", "score", "monitor", "alert", "finish"):
         assert f"| {step} | ok |" in log
 
     run = platform.runs().set_index("id").loc[outcome["run_id"]]

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.pipeline import csv_bytes
-from churnops.schema import RAW_COLUMNS, load_customer_file
+from churnops.scoring import csv_bytes
+from churnops.reading import load_customer_file
+from churnops.schema import RAW_COLUMNS
 
 
 def test_scored_real_file_matches_to_csv(data_dir: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from churnops import training
 from churnops.features import FEATURES, prepare_features, target
-from churnops.schema import INPUT_COLUMNS, load_customer_file
+from churnops.reading import load_customer_file
+from churnops.schema import INPUT_COLUMNS
 
 SMALL = {"n_estimators": 20, "max_depth": 2, "learning_rate": 0.3}
 

@@ -1,0 +1,430 @@
+"""Reading customer files in chunks: CSV (any usual encoding and delimiter), gzip, Parquet.
+
+:class:`CustomerReader` reads from a binary stream (a local file, an S3
+GetObject body) and yields validated frames of at most ``chunk_rows`` rows,
+so memory does not grow with the file. Row numbers in problems are file
+lines (the header is line 1), across chunks. Every chunk is validated even
+after a bad one, so the one :class:`DataValidationError` raised at the end
+names every problem of the file, as reading it whole would.
+
+The format is decided by the content, not the name: gzip is unpacked and
+read as CSV, Parquet is read by row groups, Excel, zip and PDF files get one
+clear message.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import gzip
+import io
+import re
+import shutil
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pandera.errors import SchemaErrors
+
+from churnops.schema import (
+    CustomerFile,
+    DataValidationError,
+    build_schema,
+    clean_columns,
+    describe_failures,
+    header_problems,
+    sample_text,
+)
+
+#: Rows per chunk: about 100 MB of frame at most, whatever the file's size.
+DEFAULT_CHUNK_ROWS = 200_000
+#: Failure cases kept for the final message (a broken file can have millions).
+_MAX_FAILURE_ROWS = 50_000
+
+#: Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
+_BOMS: tuple[tuple[bytes, str, str], ...] = (
+    (codecs.BOM_UTF32_LE, "UTF-32 LE", "utf-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32 BE", "utf-32"),
+    (codecs.BOM_UTF8, "UTF-8", "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "UTF-16 LE", "utf-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16 BE", "utf-16"),
+)
+_EXCEL_ADVICE = "export it as CSV (File > Save As > CSV UTF-8)"
+#: Magic numbers of the formats users drop by mistake: (magic, what it is, what to do).
+_FORMATS: tuple[tuple[bytes, str, str], ...] = (
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Excel workbook (.xls)", _EXCEL_ADVICE),
+    (b"PK\x03\x04", "a zip archive", "extract the CSV file from it"),
+    (b"PK\x05\x06", "a zip archive", "extract the CSV file from it"),
+    (b"%PDF-", "a PDF document", "export the data as a CSV file"),
+)
+_GZIP = b"\x1f\x8b"
+_PARQUET = b"PAR1"
+_DELIMITERS = (",", ";", "\t", "|")  # ',' first: it wins a tie
+_DELIMITER_NAMES = {";": "';'", "\t": "tabs", "|": "'|'"}
+_SNIFF_BYTES = 65536
+
+
+class CustomerReader:
+    """One customer file, read chunk by chunk; ``notes`` say how it was read."""
+
+    def __init__(
+        self,
+        stream: IO[bytes],
+        *,
+        name: str = "file",
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        require_target: bool = False,
+    ) -> None:
+        self.name = name
+        self.chunk_rows = chunk_rows
+        self.schema = build_schema(require_target)
+        self.notes: list[str] = []
+        self.rows = 0
+        self._stream = _buffered(stream)
+        self._problems: list[str] = []
+        self._failures: list[pd.DataFrame] = []
+
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        """Validated chunks; a :class:`DataValidationError` at the end names every problem."""
+        columns: list[str] = []
+        for raw in self._raw_chunks():
+            columns = columns or list(raw.columns)
+            frame = self._validated(raw)
+            if frame is not None and not self._problems and not self._failures:
+                yield frame
+            if self._structural():
+                break  # every chunk would fail the same way: the header is wrong
+        if self.rows == 0 and not self._problems:
+            empty = pd.DataFrame(columns=columns)
+            self._problems += ["file has a header but no data rows", *header_problems(empty)]
+            self._failures.clear()
+        problems = [*self._problems, *self._failure_text()]
+        if problems:
+            raise DataValidationError(list(dict.fromkeys(problems)), self.name)
+
+    def read_all(self) -> CustomerFile:
+        """The whole file as one frame (for files known to be small: training, tests)."""
+        frames = list(self.chunks())
+        return CustomerFile(pd.concat(frames) if len(frames) > 1 else frames[0], tuple(self.notes))
+
+    # --- formats ---------------------------------------------------------------------------
+    def _raw_chunks(self) -> Iterator[pd.DataFrame]:
+        head = self._stream.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+        if head.startswith(_GZIP):
+            self.notes.append("gzip-compressed")
+            yield from self._gzip_chunks()
+        elif head.startswith(_PARQUET):
+            yield from self._parquet_or_csv_chunks()
+        else:
+            _reject_other_formats(head, self._stream, self.name)
+            yield from self._csv_chunks(self._stream)
+
+    def _gzip_chunks(self) -> Iterator[pd.DataFrame]:
+        unpacked = _buffered(gzip.GzipFile(fileobj=self._stream, mode="rb"))
+        try:
+            head = unpacked.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+            _reject_other_formats(head, unpacked, self.name)
+            yield from self._csv_chunks(unpacked)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataValidationError([f"not a readable gzip file: {exc}"], self.name) from exc
+
+    def _parquet_or_csv_chunks(self) -> Iterator[pd.DataFrame]:
+        """A Parquet file starts and ends with ``PAR1``; a CSV header might only start so."""
+        with _seekable(self._stream) as source:
+            source.seek(-4, io.SEEK_END)
+            if source.read(4) != _PARQUET:
+                source.seek(0)
+                yield from self._csv_chunks(_buffered(source))
+                return
+            try:
+                parquet = pq.ParquetFile(source)
+                self.notes.append("read as Parquet")
+                for batch in parquet.iter_batches(batch_size=self.chunk_rows):
+                    yield self._indexed(clean_columns(batch.to_pandas()))
+            except (pa.ArrowException, OSError) as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise DataValidationError(
+                    [f"not a readable Parquet file: {first}"], self.name
+                ) from exc
+
+    def _csv_chunks(self, stream: io.BufferedReader) -> Iterator[pd.DataFrame]:
+        head = stream.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+        encoding, codec = self._encoding(head)
+        text_head = head.decode(codec, errors="ignore").removeprefix("\ufeff")
+        if not text_head.strip():
+            raise DataValidationError(["file is empty"], self.name)
+        sep = _delimiter(text_head)
+        if sep != ",":
+            self.notes.append(f"columns separated by {_DELIMITER_NAMES[sep]} (not ',')")
+        source: IO[bytes] | IO[str]
+        if encoding == "UTF-8":
+            source, codec = _Utf8Checked(stream, self.name), "utf-8-sig"
+        else:
+            source = io.TextIOWrapper(stream, encoding=codec, newline="")
+        try:
+            reader = pd.read_csv(
+                source,
+                sep=sep,
+                skipinitialspace=True,
+                chunksize=self.chunk_rows,
+                encoding=codec if encoding == "UTF-8" else None,
+            )
+            with reader:
+                for raw in reader:
+                    yield self._csv_chunk(raw)
+        except UnicodeDecodeError as exc:
+            problem = f"not valid {encoding} text ({exc.reason}); save the file as CSV UTF-8"
+            raise DataValidationError([problem], self.name) from exc
+        except (pd.errors.ParserError, ValueError) as exc:
+            if isinstance(exc, DataValidationError):
+                raise
+            first = str(exc).strip().splitlines()[0]
+            raise DataValidationError([f"not a parsable CSV file: {first}"], self.name) from exc
+
+    def _encoding(self, head: bytes) -> tuple[str, str]:
+        """(name, codec): a BOM decides, else UTF-8 (no silent cp1252 guess); notes the rest.
+
+        A UTF-8 BOM gets no note: it is what "CSV UTF-8" export writes, the format we ask for.
+        """
+        for bom, encoding, codec in _BOMS:
+            if head.startswith(bom):
+                if encoding != "UTF-8":
+                    self.notes.append(f"decoded as {encoding} (BOM)")
+                return encoding, codec
+        if b"\x00" in head:
+            guessed = _guess_utf16(head)
+            if guessed is None:
+                raise DataValidationError(["file is binary, not a CSV text file"], self.name)
+            self.notes.append(f"decoded as {guessed} (no BOM; guessed from its NUL bytes)")
+            return guessed, guessed.lower().replace(" ", "-")
+        return "UTF-8", "utf-8"
+
+    def _csv_chunk(self, raw: pd.DataFrame) -> pd.DataFrame:
+        if repeated := _repeated_header_rows(raw):
+            self._problems.append(
+                f"the header line is repeated at rows {sample_text(repeated)} "
+                "(were files concatenated?)"
+            )
+            raw = raw.iloc[:0]  # its values would be reported again as bad numbers
+        return clean_columns(raw)
+
+    def _indexed(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Number a Parquet batch's rows on from the previous batch (file rows, as in CSV)."""
+        frame.index = pd.RangeIndex(self.rows, self.rows + len(frame))
+        return frame
+
+    # --- validation ------------------------------------------------------------------------
+    def _validated(self, frame: pd.DataFrame) -> pd.DataFrame | None:
+        """The typed chunk, or None with its failures kept for the final message."""
+        self.rows += len(frame)
+        try:
+            return self.schema.validate(frame, lazy=True)
+        except SchemaErrors as exc:
+            kept = sum(len(f) for f in self._failures)
+            if kept < _MAX_FAILURE_ROWS:
+                self._failures.append(exc.failure_cases.head(_MAX_FAILURE_ROWS - kept))
+            return None
+
+    def _structural(self) -> bool:
+        """A missing or unexpected column: later chunks add nothing."""
+        return any(
+            f["check"].astype(str).isin(["column_in_schema", "column_in_dataframe"]).any()
+            for f in self._failures
+        )
+
+    def _failure_text(self) -> list[str]:
+        if not self._failures:
+            return []
+        return describe_failures(pd.concat(self._failures, ignore_index=True))
+
+
+# --- helpers -----------------------------------------------------------------------------
+def _buffered(stream: IO[bytes]) -> io.BufferedReader:
+    """A reader that can peek at the head without consuming it."""
+    if isinstance(stream, io.BufferedReader):
+        return stream
+    raw = stream if isinstance(stream, io.RawIOBase) else _RawAdapter(stream)
+    return io.BufferedReader(raw, buffer_size=_SNIFF_BYTES)
+
+
+class _RawAdapter(io.RawIOBase):
+    """Any object with ``read(n)`` (an S3 body, a GzipFile) as a raw stream."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seekable(self) -> bool:
+        return bool(getattr(self._stream, "seekable", lambda: False)())
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+
+class _Utf8Checked(io.RawIOBase):
+    """Pass bytes through, failing on the first invalid UTF-8 byte with its offset and line."""
+
+    def __init__(self, stream: io.BufferedReader, name: str) -> None:
+        self._stream = stream
+        self._name = name
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._offset = 0
+        self._lines = 1
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._stream.read(len(buffer))
+        try:
+            self._decoder.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            at = self._offset + exc.start - len(self._decoder.getstate()[0])
+            local = max(exc.start, 0)
+            line = self._lines + data.count(b"\n", 0, local)
+            byte = data[local] if local < len(data) else 0
+            problem = (
+                f"not UTF-8 text: byte 0x{byte:02x} at offset {at} (line {line}); "
+                "save the file as CSV UTF-8"
+            )
+            raise DataValidationError([problem], self._name) from exc
+        self._offset += len(data)
+        self._lines += data.count(b"\n")
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@contextlib.contextmanager
+def _seekable(stream: io.BufferedReader) -> Iterator[IO[bytes]]:
+    """The stream itself when it can seek, else a spooled copy on disk (an S3 body)."""
+    if stream.seekable():
+        yield stream
+        return
+    with tempfile.TemporaryFile() as spooled:
+        shutil.copyfileobj(stream, spooled, length=1 << 20)
+        spooled.seek(0)
+        yield spooled
+
+
+def _is_xlsx(stream: io.BufferedReader) -> bool:
+    """An .xlsx file is a zip archive with the workbook under ``xl/``."""
+    try:
+        with _seekable(stream) as source, zipfile.ZipFile(source) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile:
+        return False
+    return any(n.startswith("xl/") for n in names)
+
+
+def _reject_other_formats(head: bytes, stream: io.BufferedReader, name: str) -> None:
+    """One clear message for a workbook, archive or PDF instead of a codec error."""
+    for magic, kind, advice in _FORMATS:
+        if not head.startswith(magic):
+            continue
+        if magic.startswith(b"PK") and _is_xlsx(stream):
+            kind, advice = "an Excel workbook (.xlsx)", _EXCEL_ADVICE
+        raise DataValidationError([f"{name} is {kind}, not a CSV file: {advice}"], name)
+
+
+def _guess_utf16(sample: bytes) -> str | None:
+    """UTF-16 without BOM: ASCII text has a NUL as every other byte (the high byte)."""
+    sample = sample[: len(sample) // 2 * 2]
+    even, odd = sample[0::2], sample[1::2]
+    if len(sample) < 4:
+        return None
+    if odd.count(0) >= 0.9 * len(odd) and 0 not in even:
+        return "UTF-16 LE"
+    if even.count(0) >= 0.9 * len(even) and 0 not in odd:
+        return "UTF-16 BE"
+    return None
+
+
+def _delimiter(text: str) -> str:
+    """The delimiter that splits the header line into the most fields (',' on a tie).
+
+    Only the header is looked at: the data rows of a ';' file may hold decimal commas.
+    """
+    found = re.search(r"^.*\S.*$", text, re.MULTILINE)
+    header = found.group().strip() if found else ""
+    fields = {d: len(next(csv.reader([header], delimiter=d))) for d in _DELIMITERS}
+    return max(_DELIMITERS, key=fields.__getitem__)
+
+
+def _repeated_header_rows(df: pd.DataFrame) -> list[int]:
+    """File line numbers of the rows equal to the header (row r is file line r + 2)."""
+    if df.empty or any(pd.api.types.is_numeric_dtype(t) for t in df.dtypes):
+        return []  # a header row inside the data leaves no column numeric
+    header = [str(c).strip() for c in df.columns]
+    # cat of two "CSV UTF-8" files leaves the second file's BOM in its first cell
+    cells = df.astype(str).apply(lambda column: column.str.replace("\ufeff", "").str.strip())
+    same = cells.eq(header, axis="columns").all(axis="columns")
+    return [int(r) + 2 for r in df.index[same]]
+
+
+# --- whole-file helpers -----------------------------------------------------------------------
+def _open(source: Path | bytes) -> IO[bytes]:
+    return source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
+
+
+def _label(source: Path | bytes, name: str | None) -> str:
+    return name or (source.name if isinstance(source, Path) else "file")
+
+
+def _check_size(source: Path | bytes, label: str, max_bytes: int | None) -> None:
+    size = source.stat().st_size if isinstance(source, Path) else len(source)
+    if max_bytes is not None and size > max_bytes:
+        raise DataValidationError(
+            [f"file is {size:,} bytes, over the limit of {max_bytes:,} bytes"], label
+        )
+
+
+def read_customer_file(
+    source: Path | bytes,
+    *,
+    name: str | None = None,
+    max_bytes: int | None = None,
+    require_target: bool = False,
+) -> CustomerFile:
+    """Read, clean and validate a whole customer file, with notes on how it was read.
+
+    Accepted beyond plain UTF-8 CSV, each with a note: gzip, Parquet, UTF-16/UTF-32
+    (by BOM, or UTF-16 by its NUL bytes) and columns separated by ';', tabs or
+    '|'. Decimal commas ("185,85") are not converted: they are reported as
+    "must be numeric", since guessing decimal vs thousands separators could
+    change values silently.
+    """
+    label = _label(source, name)
+    _check_size(source, label, max_bytes)
+    with _open(source) as stream:
+        reader = CustomerReader(stream, name=label, require_target=require_target)
+        return reader.read_all()
+
+
+def load_customer_file(
+    source: Path | bytes,
+    *,
+    name: str | None = None,
+    require_target: bool = False,
+    max_bytes: int | None = None,
+) -> pd.DataFrame:
+    """Read, clean and validate a customer file in one step (the frame only)."""
+    return read_customer_file(
+        source, name=name, max_bytes=max_bytes, require_target=require_target
+    ).frame

@@ -1,0 +1,275 @@
+"""Scoring one file in chunks: read, validate, predict, write, in bounded memory.
+
+:func:`score_file` streams the file from the drop storage chunk by chunk
+(:class:`churnops.reading.CustomerReader`), scores each chunk with the
+model's booster and streams the predictions file back (parts on S3). Memory
+stays flat whatever the file's size. What monitoring needs is kept on the
+way: a seeded uniform sample of the scored rows for drift (drift statistics
+on a few ten thousand rows say what all rows say), and the labels and
+probabilities of every row, so the quality scores are exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from sklearn.metrics import log_loss, roc_auc_score
+
+from churnops.model import LoadedModel
+from churnops.reading import CustomerReader
+from churnops.results import PREDICTION, PROBABILITY
+from churnops.schema import RAW_COLUMNS, TARGET, DataValidationError
+from churnops.settings import Settings
+from churnops.storage import DropStorage, ObjectExists, run_key
+
+log = logging.getLogger(__name__)
+
+_RAW_NAMES = {clean: raw for raw, clean in RAW_COLUMNS.items()}
+_CSV_CHUNK_ROWS = 20_000
+#: The drift sample is the same for the same file, run after run.
+SAMPLE_SEED = 20_26
+
+
+@dataclass
+class ScoredFile:
+    """What scoring a file produced, for monitoring, the metrics and the log."""
+
+    rows: int
+    predictions_key: str
+    predicted_churn_rate: float
+    #: A seeded uniform sample of the scored rows (all of them for small files).
+    sample: pd.DataFrame
+    #: Exact over every row; empty when the file has no label.
+    quality: dict[str, float]
+    notes: tuple[str, ...] = ()
+    #: Seconds spent reading and validating, predicting, writing.
+    seconds: dict[str, float] = field(default_factory=dict)
+    chunks: int = 0
+    kept_earlier_predictions: bool = False
+
+
+def predictions_name(name: str, model: LoadedModel) -> str:
+    """``<stem>_predictions_<model>_v<version>.csv`` (never equal to ``name`` itself)."""
+    stem = PurePosixPath(name).name
+    for suffix in (".csv.gz", ".parquet", ".csv", ".gz"):
+        if stem.lower().endswith(suffix) and len(stem) > len(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return f"{stem}_predictions_{model.name}_v{model.version}.csv"
+
+
+def score_file(
+    settings: Settings,
+    storage: DropStorage,
+    processing_key: str,
+    run: str,
+    name: str,
+    model: LoadedModel,
+) -> ScoredFile:
+    """Score the run's file into its predictions file; invalid files raise, naming every problem.
+
+    A re-driven run may find the predictions its dead attempt wrote: the same
+    model version on the same rows gives the same bytes, so they are kept,
+    never rewritten (a rewrite would leave two versions in a versioned bucket).
+    """
+    check_size(storage, processing_key, name, settings.max_file_bytes)
+    key = run_key("processing", run, predictions_name(name, model))
+    kept = storage.exists(key)
+    sample = _Sample(settings.drift_sample_rows, SAMPLE_SEED)
+    labels = _Labels()
+    seconds = {"read and validate": 0.0, "predict": 0.0, "write": 0.0}
+    chunks = 0
+    with storage.open_read(processing_key) as stream, _sink(storage, key, kept) as out:
+        reader = CustomerReader(stream, name=name, chunk_rows=settings.chunk_rows)
+        for frame in _timed(reader.chunks(), seconds, "read and validate"):
+            started = time.perf_counter()
+            scored = model.model.score(frame)
+            seconds["predict"] += time.perf_counter() - started
+            started = time.perf_counter()
+            out.write(csv_bytes(frame.rename(columns=_RAW_NAMES), scored, header=chunks == 0))
+            seconds["write"] += time.perf_counter() - started
+            rows = pd.concat([frame, scored], axis=1)
+            sample.add(rows)
+            labels.add(rows)
+            chunks += 1
+    if kept:
+        log.info("%s: kept the predictions an earlier attempt wrote", key)
+    return ScoredFile(
+        rows=reader.rows,
+        predictions_key=key,
+        predicted_churn_rate=labels.churn_rate(),
+        sample=sample.frame(),
+        quality=labels.quality(),
+        notes=tuple(reader.notes),
+        seconds=seconds,
+        chunks=chunks,
+        kept_earlier_predictions=kept,
+    )
+
+
+def check_size(storage: DropStorage, key: str, name: str, max_bytes: int) -> None:
+    """Refuse a file over the limit from its size alone (stat, or HEAD on S3), before reading."""
+    info = storage.stat(key)
+    if info is None:
+        raise FileNotFoundError(key)
+    if info.size > max_bytes:
+        raise DataValidationError(
+            [f"file is {info.size:,} bytes, over the limit of {max_bytes:,} bytes"], name
+        )
+
+
+@contextlib.contextmanager
+def _sink(storage: DropStorage, key: str, kept: bool) -> Iterator[io.RawIOBase | io.BufferedIOBase]:
+    """Where the predictions go: a new object, or nowhere when an earlier attempt wrote them."""
+    if kept:
+        yield _Discard()
+        return
+    try:
+        with storage.create_streamed(key) as out:
+            yield out
+    except ObjectExists:
+        log.info("%s: kept the predictions an earlier attempt wrote", key)
+
+
+class _Discard(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: object) -> int:
+        return len(data)  # type: ignore[arg-type]
+
+
+def _timed(chunks: Iterator[pd.DataFrame], seconds: dict[str, float], step: str):
+    """Yield from ``chunks``, adding the time spent producing each to ``seconds[step]``."""
+    while True:
+        started = time.perf_counter()
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            seconds[step] += time.perf_counter() - started
+            return
+        seconds[step] += time.perf_counter() - started
+        yield chunk
+
+
+def csv_bytes(
+    frame: pd.DataFrame, extra: pd.DataFrame | None = None, *, header: bool = True
+) -> bytes:
+    """Byte for byte ``frame.join(extra).to_csv(index=False)`` of numeric frames, faster.
+
+    ``to_csv`` takes ~4 s on a 1M-row file. Floats are formatted by the rule
+    ``to_csv`` uses (numpy's ``astype(str)``: ``0.0``, ``3.2e-05``), then Arrow
+    writes the rows. Nothing needs quoting: validated files hold numbers only.
+    """
+    columns = {name: column for name, column in frame.items()}
+    if extra is not None:
+        columns |= {name: column for name, column in extra.items()}
+    if any(column.dtype.kind not in "iuf" for column in columns.values()):
+        kinds = {name: str(column.dtype) for name, column in columns.items()}
+        raise ValueError(f"only int and float columns can be written, not {kinds}")
+    if any(column.isna().to_numpy().any() for column in columns.values()):
+        raise ValueError("missing values would be written as 'nan', not as to_csv writes them")
+    parts = [(",".join(columns) + "\n").encode()] if header else []
+    options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+    rows = len(frame)
+    for start in range(0, rows, _CSV_CHUNK_ROWS):
+        table = {
+            name: _text_or_number(column.to_numpy()[start : start + _CSV_CHUNK_ROWS])
+            for name, column in columns.items()
+        }
+        out = pa.BufferOutputStream()
+        pa_csv.write_csv(pa.table(table), out, options)
+        parts.append(out.getvalue().to_pybytes())
+    return b"".join(parts)
+
+
+def _text_or_number(values: np.ndarray) -> np.ndarray:
+    return values.astype(str) if values.dtype.kind == "f" else values
+
+
+class _Sample:
+    """A seeded uniform sample without replacement of ``size`` rows, over a stream of chunks.
+
+    Every row gets a random key; the ``size`` rows with the smallest keys are
+    kept. That is a uniform sample whatever the chunking, in one pass.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+        self.rows: pd.DataFrame | None = None
+        self.keys = np.empty(0)
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        keys = self.rng.random(len(chunk))
+        if self.rows is not None and len(self.rows) >= self.size:
+            below = keys < self.keys.max()
+            chunk, keys = chunk[below], keys[below]
+        rows = chunk if self.rows is None else pd.concat([self.rows, chunk])
+        keys = np.concatenate([self.keys, keys])
+        if len(rows) > self.size:
+            keep = np.sort(np.argpartition(keys, self.size - 1)[: self.size])
+            rows, keys = rows.iloc[keep], keys[keep]
+        self.rows, self.keys = rows, keys
+
+    def frame(self) -> pd.DataFrame:
+        return self.rows.sort_index() if self.rows is not None else pd.DataFrame()
+
+
+class _Labels:
+    """Predictions (and labels, when present) of every row, compactly, for exact scores."""
+
+    def __init__(self) -> None:
+        self.predicted: list[np.ndarray] = []
+        self.probability: list[np.ndarray] = []
+        self.actual: list[np.ndarray] = []
+
+    def add(self, rows: pd.DataFrame) -> None:
+        self.predicted.append(rows[PREDICTION].to_numpy(np.int8))
+        self.probability.append(rows[PROBABILITY].to_numpy(np.float64))
+        if TARGET in rows.columns:
+            self.actual.append(rows[TARGET].to_numpy(np.int8))
+
+    def churn_rate(self) -> float:
+        predicted = np.concatenate(self.predicted) if self.predicted else np.empty(0)
+        return float(predicted.mean()) if len(predicted) else float("nan")
+
+    def quality(self) -> dict[str, float]:
+        """F1, precision, recall, accuracy, ROC AUC and log loss; undefined ones left out."""
+        if not self.actual:
+            return {}
+        return quality_scores(
+            np.concatenate(self.actual),
+            np.concatenate(self.predicted),
+            np.concatenate(self.probability),
+        )
+
+
+def quality_scores(
+    actual: np.ndarray, predicted: np.ndarray, probability: np.ndarray
+) -> dict[str, float]:
+    """Exact classification scores of churn (label 1); a score with no defined value is left out."""
+    tp = int(np.sum((predicted == 1) & (actual == 1)))
+    fp = int(np.sum((predicted == 1) & (actual == 0)))
+    fn = int(np.sum((predicted == 0) & (actual == 1)))
+    scores = {"accuracy": float(np.mean(predicted == actual))}
+    if tp + fp:
+        scores["precision"] = tp / (tp + fp)
+    if tp + fn:
+        scores["recall"] = tp / (tp + fn)
+    if tp + fp + fn:
+        scores["f1"] = 2 * tp / (2 * tp + fp + fn)
+    if len(np.unique(actual)) == 2:
+        scores["roc_auc"] = float(roc_auc_score(actual, probability))
+    scores["log_loss"] = float(log_loss(actual, probability, labels=[0, 1]))
+    return scores
