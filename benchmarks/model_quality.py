@@ -19,8 +19,8 @@ from sklearn.model_selection import train_test_split
 from churnops import training
 from churnops.features import prepare_features, target
 from churnops.model import load_aliased_model
-from churnops.registry import TrainingOptions, train_and_register
 from churnops.reading import load_customer_file
+from churnops.registry import TrainingOptions, train_and_register
 from churnops.schema import INPUT_COLUMNS
 from churnops.settings import get_settings
 

@@ -85,7 +85,7 @@ def score_file(
     check_size(storage, processing_key, name, settings.max_file_bytes)
     key = run_key("processing", run, predictions_name(name, model))
     kept = storage.exists(key)
-    sample = _Sample(settings.drift_sample_rows, SAMPLE_SEED)
+    sample = DriftSample(settings.drift_sample_rows, SAMPLE_SEED)
     labels = _Labels()
     seconds = {"read and validate": 0.0, "predict": 0.0, "write": 0.0}
     chunks = 0
@@ -197,7 +197,7 @@ def _text_or_number(values: np.ndarray) -> np.ndarray:
     return values.astype(str) if values.dtype.kind == "f" else values
 
 
-class _Sample:
+class DriftSample:
     """A seeded uniform sample without replacement of ``size`` rows, over a stream of chunks.
 
     Every row gets a random key; the ``size`` rows with the smallest keys are

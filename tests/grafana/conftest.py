@@ -27,8 +27,8 @@ from sqlalchemy.engine import make_url
 from churnops.features import FEATURES, prepare_features, target
 from churnops.metrics_db import ERRORED, PROCESSED, MetricsStore
 from churnops.monitoring import run_monitoring
-from churnops.results import PREDICTION, PROBABILITY
 from churnops.reading import load_customer_file
+from churnops.results import PREDICTION, PROBABILITY
 from churnops.schema import DataValidationError
 from churnops.settings import Settings, get_settings
 

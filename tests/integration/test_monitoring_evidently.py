@@ -11,8 +11,8 @@ from evidently.ui.workspace import Workspace
 
 from churnops.features import FEATURES
 from churnops.monitoring import run_monitoring
-from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
 from churnops.reading import load_customer_file
+from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
 from churnops.settings import Settings, get_settings
 
 pytestmark = pytest.mark.integration

@@ -8,6 +8,7 @@ import pytest
 from churnops import claims
 from churnops.settings import get_settings
 from churnops.storage import (
+    PART_BYTES,
     FileLog,
     ObjectExists,
     S3DropStorage,
@@ -100,6 +101,30 @@ def test_a_multipart_upload_moved_halfway_is_recognised(s3: S3DropStorage) -> No
     assert s3.read("data/processing/R/big.csv") == b"".join(parts)
     head = s3.client.head_object(Bucket=s3.bucket, Key="data/processing/R/big.csv")
     assert head["ContentType"] == "text/csv"
+
+
+@pytest.mark.parametrize("size", [10, PART_BYTES + 10])
+def test_a_streamed_write_is_one_put_or_parts_and_never_replaces(
+    s3: S3DropStorage, size: int
+) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    with s3.create_streamed("data/processing/R/out.csv") as out:
+        for start in range(0, size, 1 << 20):
+            out.write(data[start : start + (1 << 20)])
+    assert s3.read("data/processing/R/out.csv") == data
+    etag = s3.client.head_object(Bucket=s3.bucket, Key="data/processing/R/out.csv")["ETag"]
+    assert etag.strip('"').endswith("-2") == (size > PART_BYTES)
+    with pytest.raises(ObjectExists), s3.create_streamed("data/processing/R/out.csv") as out:
+        out.write(b"other")
+    assert s3.read("data/processing/R/out.csv") == data
+
+
+def test_a_failed_streamed_write_leaves_nothing(s3: S3DropStorage) -> None:
+    with pytest.raises(RuntimeError), s3.create_streamed("data/processing/R/out.csv") as out:
+        out.write(b"x" * (PART_BYTES + 1))
+        raise RuntimeError("the file turned out invalid")
+    assert not s3.exists("data/processing/R/out.csv")
+    assert s3.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
 
 
 def test_a_move_takes_only_the_version_it_was_given(s3: S3DropStorage) -> None:

@@ -10,9 +10,9 @@ import pytest
 
 from churnops.features import FEATURES
 from churnops.model import REFERENCE_ARTIFACT, configure_mlflow
+from churnops.reading import load_customer_file
 from churnops.registry import TrainingOptions, TrainingOutcome, train_and_register
 from churnops.results import PREDICTION, PROBABILITY
-from churnops.reading import load_customer_file
 from churnops.schema import TARGET
 from churnops.settings import Settings, get_settings
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.scoring import csv_bytes
 from churnops.reading import load_customer_file
 from churnops.schema import RAW_COLUMNS
+from churnops.scoring import csv_bytes
 
 
 def test_scored_real_file_matches_to_csv(data_dir: Path) -> None:

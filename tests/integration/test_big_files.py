@@ -1,0 +1,128 @@
+"""Big files on real parts: streamed through a moto bucket, the fast path, drift on a sample.
+
+The files here are small enough for a test suite (a few hundred thousand rows
+at most, built in memory); the 1M- and 10M-row files live in the benchmark.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnops import pipeline
+from churnops.model import LoadedModel, load_aliased_model
+from churnops.monitoring import run_monitoring
+from churnops.reading import load_customer_file
+from churnops.schema import RAW_COLUMNS
+from churnops.scoring import SAMPLE_SEED, DriftSample
+from churnops.settings import Settings, get_settings
+from churnops.storage import PART_BYTES, S3DropStorage, s3_client, stage_key
+
+pytestmark = pytest.mark.integration
+
+FILES = ["customer_churn_1.csv", "customer_churn_2_majority_drifted.csv"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, session_model: str):
+    settings = get_settings(
+        churnops_home=tmp_path_factory.mktemp("big"),
+        mlflow_tracking_uri=mlflow_server,
+        model_name=session_model,
+    )
+    return settings, load_aliased_model(settings)
+
+
+def _many_rows(data_dir: Path, rows: int) -> pd.DataFrame:
+    """``rows`` rows drawn with replacement from the two shared files (raw header)."""
+    frames = [pd.read_csv(data_dir / name) for name in FILES]
+    both = pd.concat(frames, ignore_index=True)
+    return both.sample(rows, replace=True, random_state=7).reset_index(drop=True)
+
+
+def test_the_fast_path_predicts_what_the_pyfunc_predicts(model, data_dir: Path) -> None:
+    settings, loaded = model
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{settings.model_alias}")
+    for name in FILES:
+        frame = load_customer_file(data_dir / name)
+        expected = pyfunc.predict(frame, params={"probability": True})
+        fast = loaded.model.score(frame)
+        pd.testing.assert_frame_equal(fast, expected.set_axis(fast.index), check_exact=True)
+
+
+def _verdicts(settings: Settings, loaded: LoadedModel, frame: pd.DataFrame) -> dict[str, bool]:
+    result = run_monitoring(
+        loaded.model.reference_data(),
+        frame,
+        feature_columns=loaded.model.features,
+        settings=settings,
+        file_name="sample-check",
+        model_version=loaded.version,
+        model_name=loaded.name,
+    )
+    return {c.column: c.drifted for c in result.columns}
+
+
+@pytest.mark.parametrize("source", [*FILES, "1M rows of both"])
+def test_drift_on_the_sample_gives_the_verdicts_of_all_rows(
+    model, data_dir: Path, source: str
+) -> None:
+    settings, loaded = model
+    raw = pd.read_csv(data_dir / source) if source in FILES else _many_rows(data_dir, 1_000_000)
+    frame = raw.rename(columns=RAW_COLUMNS)
+    scored = pd.concat([frame, loaded.model.score(frame)], axis=1)
+    sample = DriftSample(settings.drift_sample_rows, SAMPLE_SEED)
+    for start in range(0, len(scored), settings.chunk_rows):
+        sample.add(scored.iloc[start : start + settings.chunk_rows])
+    assert len(sample.frame()) == min(len(scored), settings.drift_sample_rows)
+    assert _verdicts(settings, loaded, sample.frame()) == _verdicts(settings, loaded, scored)
+
+
+@pytest.mark.parametrize("packing", ["csv", "csv.gz", "parquet"])
+def test_a_big_file_streams_through_s3_with_its_outputs_in_parts(
+    model, data_dir: Path, moto_server: str, moto_bucket: str, packing: str
+) -> None:
+    """320k rows in 50k-row chunks; the predictions (> 16 MiB) go up in parts."""
+    settings, loaded = model
+    settings = settings.model_copy(
+        update={
+            "drop_storage": "s3",
+            "drop_bucket": moto_bucket,
+            "aws_endpoint_url": moto_server,
+            "chunk_rows": 50_000,
+            "evidently_ui_url": None,
+        }
+    )
+    raw = _many_rows(data_dir, 320_000)
+    data = raw.to_csv(index=False).encode()
+    if packing == "csv.gz":
+        data = gzip.compress(data, compresslevel=1)
+    elif packing == "parquet":
+        buffer = io.BytesIO()
+        raw.to_parquet(buffer, index=False, row_group_size=30_000)
+        data = buffer.getvalue()
+    storage = S3DropStorage(moto_bucket, s3_client(moto_server))
+    name = f"everyone.{packing}"
+    storage.create(stage_key("input", name), data)
+
+    outcome = pipeline.process(settings, storage, stage_key("input", name))
+
+    assert outcome.status == "processed", outcome.message
+    assert outcome.predictions_key is not None
+    assert storage.stat(outcome.predictions_key).size > PART_BYTES  # went up in parts
+    written = pd.read_csv(io.BytesIO(storage.read(outcome.predictions_key)))
+    frame = raw.rename(columns=RAW_COLUMNS)
+    expected = loaded.model.score(frame)
+    assert len(written) == len(raw) == 320_000
+    np.testing.assert_array_equal(written["churn_prediction"], expected["churn_prediction"])
+    np.testing.assert_allclose(written["churn_probability"], expected["churn_probability"])
+    pd.testing.assert_frame_equal(written[list(RAW_COLUMNS)], raw, check_dtype=False)
+    log = storage.read(f"data/logs/{outcome.run}/{name}.log").decode()
+    assert "320000 rows in 7 chunk(s)" in log
+    assert storage.list_keys("data/processing/") == []
