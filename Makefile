@@ -78,8 +78,8 @@ benchmark-latency: install data ## Drop-to-processed latency on the local platfo
 benchmark-recovery: install data ## Crash-to-processed time and a 30-file burst with 1 and N runners (local platform)
 	$(RUN) python benchmarks/recovery.py
 
-benchmark-pipeline: install data ## Flow time and peak RSS on 1,050 and 1M rows beside bare XGBoost+Evidently
-	$(RUN) python benchmarks/pipeline.py
+benchmark-pipeline: install data ## Flow time and peak RSS on 1,050, 1M and 10M rows beside the floor (pyarrow read, booster, CSV write)
+	$(RUN) python benchmarks/pipeline.py $(if $(ROWS),--rows $(ROWS))
 
 clean: ## Remove local state (.churnops: MLflow, Optuna, metrics, drop folder)
 	rm -rf .churnops

@@ -22,7 +22,7 @@ from churnops.reading import load_customer_file
 from churnops.schema import RAW_COLUMNS
 from churnops.scoring import SAMPLE_SEED, DriftSample
 from churnops.settings import Settings, get_settings
-from churnops.storage import PART_BYTES, S3DropStorage, s3_client, stage_key
+from churnops.storage import PART_BYTES, LocalDropStorage, S3DropStorage, s3_client, stage_key
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +126,24 @@ def test_a_big_file_streams_through_s3_with_its_outputs_in_parts(
     log = storage.read(f"data/logs/{outcome.run}/{name}.log").decode()
     assert "320000 rows in 7 chunk(s)" in log
     assert storage.list_keys("data/processing/") == []
+
+
+def test_a_bad_row_in_a_later_chunk_errors_the_file_with_nothing_written(
+    model, data_dir: Path, tmp_path: Path
+) -> None:
+    settings, _ = model
+    settings = settings.model_copy(
+        update={"churnops_home": tmp_path, "chunk_rows": 300, "evidently_ui_url": None}
+    )
+    storage = LocalDropStorage(settings.drop_dir)
+    storage.create_layout()
+    lines = (data_dir / FILES[0]).read_text().splitlines()
+    lines[1000] = lines[1000].replace(",", ",x", 1)  # file line 1001, in the fourth chunk
+    storage.create(stage_key("input", "late.csv"), ("\n".join(lines) + "\n").encode())
+
+    outcome = pipeline.process(settings, storage, stage_key("input", "late.csv"))
+
+    assert outcome.status == "errored"
+    assert "(rows 1001)" in outcome.message
+    assert storage.list_keys("data/errored/") == [f"data/errored/{outcome.run}/late.csv"]
+    assert storage.list_keys("data/processed/") == storage.list_keys("data/processing/") == []
