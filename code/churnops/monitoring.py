@@ -32,6 +32,7 @@ Decisions:
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -230,11 +231,39 @@ def project_id(workspace: WorkspaceBase, name: str) -> UUID:
     return project.id
 
 
+#: (workspace location, project name) -> the opened workspace and the project's id.
+_targets: dict[tuple[str, str], tuple[WorkspaceBase, UUID]] = {}
+_targets_lock = threading.Lock()
+
+
+def _target(settings: Settings) -> tuple[tuple[str, str], WorkspaceBase, UUID]:
+    """The workspace and project runs go to, opened once per process.
+
+    Opening a local workspace reads every run stored in it (a second or more
+    after a few dozen files), so it is not done per file.
+    """
+    where = settings.evidently_ui_url or str(settings.evidently_workspace_dir)
+    key = (where, settings.evidently_project)
+    with _targets_lock:
+        if key not in _targets:
+            workspace = open_workspace(settings)
+            _targets[key] = (workspace, project_id(workspace, settings.evidently_project))
+        return (key, *_targets[key])
+
+
 def publish(snapshot: Snapshot, settings: Settings) -> tuple[str, str]:
-    """Add the run to the workspace; return its snapshot id and the UI's URL for it."""
-    workspace = open_workspace(settings)
-    project = project_id(workspace, settings.evidently_project)
-    ref = workspace.add_run(project, snapshot)
+    """Add the run to the workspace; return its snapshot id and the UI's URL for it.
+
+    A failed add forgets the opened workspace, so the retry opens it again
+    (and finds or creates the project, should someone have deleted it).
+    """
+    key, workspace, project = _target(settings)
+    try:
+        ref = workspace.add_run(project, snapshot)
+    except Exception:
+        with _targets_lock:
+            _targets.pop(key, None)
+        raise
     if settings.evidently_ui_url:
         return str(ref.id), ref.url
     return str(ref.id), local_report_url(settings, project, ref.id)

@@ -236,7 +236,7 @@ class _Labels:
 
     def add(self, rows: pd.DataFrame) -> None:
         self.predicted.append(rows[PREDICTION].to_numpy(np.int8))
-        self.probability.append(rows[PROBABILITY].to_numpy(np.float64))
+        self.probability.append(rows[PROBABILITY].to_numpy(np.float32))
         if TARGET in rows.columns:
             self.actual.append(rows[TARGET].to_numpy(np.int8))
 

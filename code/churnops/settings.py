@@ -137,7 +137,7 @@ class Settings(BaseSettings):
         description="Flow runner processes of `churnops up` (files processed at once).",
     )
     runner_poll_seconds: float = Field(
-        0.5, description="How often the local flow runner asks Prefect for new runs (s)."
+        0.2, description="How often the local flow runner asks Prefect for new runs (s)."
     )
     drop_poll_seconds: float = Field(
         5.0, description="How often the platform lists an S3 drop bucket for new files (s)."
