@@ -31,6 +31,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import Abort
 from prefect.flow_engine import run_flow
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Pending
 from prefect.utilities.engine import propose_state_sync
 
@@ -185,7 +186,11 @@ def main(argv: list[str] | None = None) -> None:
         runner.reconcile_now()  # a runner starts after a stop or a crash: look around
         ready.write_text(str(deployment_ids[0]))
         try:
-            runner.serve()
+            # Prefect's flow heartbeat thread sleeps in 1 s steps and is joined at the
+            # end of every run: up to a second per file. A dead runner's runs are found
+            # by their leases instead, and the reconciler marks their flow runs Crashed.
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                runner.serve()
         finally:
             ready.unlink(missing_ok=True)
     log.info("runner stopped")
