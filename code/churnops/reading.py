@@ -132,7 +132,8 @@ class CustomerReader:
             head = unpacked.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
             _reject_other_formats(head, unpacked, self.name)
             yield from self._csv_chunks(unpacked)
-        except (OSError, EOFError, zlib.error) as exc:
+        # Not OSError at large: a network or disk error is not the file's fault.
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
             raise DataValidationError([f"not a readable gzip file: {exc}"], self.name) from exc
 
     def _parquet_or_csv_chunks(self) -> Iterator[pd.DataFrame]:
@@ -148,7 +149,7 @@ class CustomerReader:
                 self.notes.append("read as Parquet")
                 for batch in parquet.iter_batches(batch_size=self.chunk_rows):
                     yield self._indexed(clean_columns(batch.to_pandas()))
-            except (pa.ArrowException, OSError) as exc:
+            except (pa.ArrowException, OSError) as exc:  # a corrupt footer is an OSError
                 first = str(exc).strip().splitlines()[0]
                 raise DataValidationError(
                     [f"not a readable Parquet file: {first}"], self.name

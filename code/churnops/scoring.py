@@ -35,7 +35,6 @@ from churnops.storage import DropStorage, ObjectExists, run_key
 log = logging.getLogger(__name__)
 
 _RAW_NAMES = {clean: raw for raw, clean in RAW_COLUMNS.items()}
-_CSV_CHUNK_ROWS = 20_000
 #: The drift sample is the same for the same file, run after run.
 SAMPLE_SEED = 20_26
 
@@ -165,36 +164,26 @@ def _timed(chunks: Iterator[pd.DataFrame], seconds: dict[str, float], step: str)
 def csv_bytes(
     frame: pd.DataFrame, extra: pd.DataFrame | None = None, *, header: bool = True
 ) -> bytes:
-    """Byte for byte ``frame.join(extra).to_csv(index=False)`` of numeric frames, faster.
+    """The columns of ``frame`` then ``extra`` as CSV, written by Arrow.
 
-    ``to_csv`` takes ~4 s on a 1M-row file. Floats are formatted by the rule
-    ``to_csv`` uses (numpy's ``astype(str)``: ``0.0``, ``3.2e-05``), then Arrow
-    writes the rows. Nothing needs quoting: validated files hold numbers only.
+    Numbers are written as the shortest text that reads back to the same value
+    (``0.6369617`` for a float32, ``30`` for a whole float), twice as fast as
+    ``DataFrame.to_csv``. Nothing needs quoting: validated files hold numbers only.
     """
-    columns = {name: column for name, column in frame.items()}
+    columns = dict(frame.items())
     if extra is not None:
-        columns |= {name: column for name, column in extra.items()}
+        columns |= dict(extra.items())
     if any(column.dtype.kind not in "iuf" for column in columns.values()):
         kinds = {name: str(column.dtype) for name, column in columns.items()}
         raise ValueError(f"only int and float columns can be written, not {kinds}")
     if any(column.isna().to_numpy().any() for column in columns.values()):
-        raise ValueError("missing values would be written as 'nan', not as to_csv writes them")
-    parts = [(",".join(columns) + "\n").encode()] if header else []
+        raise ValueError("missing values cannot be written: the file would not read back")
+    table = pa.table({name: column.to_numpy() for name, column in columns.items()})
+    out = pa.BufferOutputStream()
     options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
-    rows = len(frame)
-    for start in range(0, rows, _CSV_CHUNK_ROWS):
-        table = {
-            name: _text_or_number(column.to_numpy()[start : start + _CSV_CHUNK_ROWS])
-            for name, column in columns.items()
-        }
-        out = pa.BufferOutputStream()
-        pa_csv.write_csv(pa.table(table), out, options)
-        parts.append(out.getvalue().to_pybytes())
-    return b"".join(parts)
-
-
-def _text_or_number(values: np.ndarray) -> np.ndarray:
-    return values.astype(str) if values.dtype.kind == "f" else values
+    pa_csv.write_csv(table, out, options)
+    rows = out.getvalue().to_pybytes()
+    return (",".join(columns) + "\n").encode() + rows if header else rows  # Arrow quotes names
 
 
 class DriftSample:
