@@ -97,7 +97,7 @@ class CustomerReader:
         for raw in self._raw_chunks():
             columns = columns or list(raw.columns)
             frame = self._validated(raw)
-            if frame is not None and not self._problems and not self._failures:
+            if frame is not None and len(frame) and not self._problems and not self._failures:
                 yield frame
             if self._structural():
                 break  # every chunk would fail the same way: the header is wrong
@@ -111,7 +111,7 @@ class CustomerReader:
 
     def read_all(self) -> CustomerFile:
         """The whole file as one frame (for files known to be small: training, tests)."""
-        frames = list(self.chunks())
+        frames = list(self.chunks())  # at least one: a file without rows raises
         return CustomerFile(pd.concat(frames) if len(frames) > 1 else frames[0], tuple(self.notes))
 
     # --- formats ---------------------------------------------------------------------------
