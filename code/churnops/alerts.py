@@ -29,13 +29,11 @@ from tenacity import (
     wait_exponential,
 )
 
-from churnops.results import MonitoringResult
+from churnops.results import PREDICTION, MonitoringResult
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Scores with a minimum in the settings (``min_<metric>``).
-CHECKED_METRICS = ("f1", "precision", "recall", "accuracy")
 SUBJECT_MAX = 99  # SNS: "less than 100 characters"
 #: Errors that another try cannot fix: bad configuration, rejected credentials.
 PERMANENT_ERRORS = (ValueError, smtplib.SMTPAuthenticationError)
@@ -99,9 +97,9 @@ def assess(result: MonitoringResult, settings: Settings) -> Assessment:
     An unlabeled file has no scores, so it can only raise drift.
     """
     low = [
-        LowScore(m, result.quality[m], getattr(settings, f"min_{m}"))
-        for m in CHECKED_METRICS
-        if m in result.quality and result.quality[m] < getattr(settings, f"min_{m}")
+        LowScore(metric, result.quality[metric], minimum)
+        for metric, minimum in settings.score_minimums.items()
+        if metric in result.quality and result.quality[metric] < minimum
     ]
     threshold = settings.drift_share_threshold
     return Assessment(
@@ -150,6 +148,11 @@ def _subject(summary: str, file_name: str, model: str) -> str:
     return (head + name + tail)[:SUBJECT_MAX]
 
 
+def _features(result: MonitoringResult) -> list[str]:
+    """The feature columns (the prediction column is measured too, but is not a feature)."""
+    return [c.column for c in result.columns if c.column != PREDICTION]
+
+
 def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -> str:
     lines = [
         f"ChurnOps alert: {a.summary}",
@@ -158,10 +161,12 @@ def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -
         f"Model: {model}",
         f"Rows:  {result.rows}, predicted churn rate {result.predicted_churn_rate:.1%}",
         "",
-        f"Data drift: {result.drifted_count} of {len(result.columns)} columns drifted "
+        f"Data drift: {result.drifted_count} of {len(_features(result))} features drifted "
         f"(share {a.drifted_share:.1%}, alert above {a.drift_threshold:.1%})"
         + (" - DRIFT" if a.drift else ""),
     ]
+    if any(c.column == PREDICTION and c.drifted for c in result.columns):
+        lines.append("Prediction drift: the predictions' distribution moved too (not in the share)")
     lines += [
         f"  - {c.column}: score {c.score:.4g} (method {c.method}, threshold {c.threshold:.4g})"
         for c in result.drifted_columns

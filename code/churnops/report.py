@@ -102,7 +102,7 @@ def _scores(ax: Axes, metrics: pd.DataFrame, settings: Settings) -> None:
         ax.text(0.5, 0.5, "no labeled files yet", ha="center", transform=ax.transAxes)
     else:
         pd.concat(frames, axis=1).plot(ax=ax, marker="o")
-        floor = min(getattr(settings, f"min_{m}") for m in QUALITY_METRICS if m != "roc_auc")
+        floor = min(settings.score_minimums.values())
         ax.axhline(floor, color="red", linestyle="--", label=f"alert below {floor:g}")
         ax.legend(loc="lower left", ncol=3, fontsize=8)
     ax.set_ylim(0, 1.02)

@@ -173,6 +173,16 @@ class Settings(BaseSettings):
         return (self.evidently_workspace or self.home / "evidently").resolve()
 
     @property
+    def score_minimums(self) -> dict[str, float]:
+        """Quality score -> the value below which a labeled file raises an alert."""
+        return {
+            "f1": self.min_f1,
+            "precision": self.min_precision,
+            "recall": self.min_recall,
+            "accuracy": self.min_accuracy,
+        }
+
+    @property
     def alert_log(self) -> Path:
         return self.home / "alerts.log"
 

@@ -65,8 +65,8 @@ def alert_minimum(metric: str) -> float:
 
     ROC AUC has no alert minimum: it is coloured by the promotion gate instead.
     """
-    field = f"min_{metric}" if f"min_{metric}" in Settings.model_fields else "gate_min_roc_auc"
-    return float(Settings.model_fields[field].default)
+    defaults = Settings.model_construct()  # the defaults, whatever this shell's environment
+    return defaults.score_minimums.get(metric, defaults.gate_min_roc_auc)
 
 
 def drift_limit() -> float:

@@ -93,15 +93,15 @@ def test_panels_cover_the_issue() -> None:
 
 
 def test_stat_colours_follow_the_alert_thresholds() -> None:
-    defaults = Settings.model_fields
-    expected = [defaults[f"min_{m}"].default for m in QUALITY_METRICS if m != "roc_auc"]
-    expected.append(defaults["gate_min_roc_auc"].default)
+    defaults = Settings.model_construct()
+    expected = [defaults.score_minimums[m] for m in QUALITY_METRICS if m != "roc_auc"]
+    expected.append(defaults.gate_min_roc_auc)
     stats = [p for p in dashboard()["panels"] if p["type"] == "stat"]
     limits = [p["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] for p in stats]
     assert limits == expected
     (drift,) = [p for p in dashboard()["panels"] if p["title"] == "Drifted columns"]
     red_from = drift["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"]
-    assert red_from == defaults["drift_share_threshold"].default == 0.5
+    assert red_from == defaults.drift_share_threshold == 0.5
 
 
 def test_datasource_settings_come_from_what_terraform_passes() -> None:

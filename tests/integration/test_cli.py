@@ -91,13 +91,14 @@ def test_grant_reader_on_postgres(
     monkeypatch.setenv("DASHBOARD_DB_PASSWORD", "s3cret'pw")
     assert "role 'cli reader' can read" in run("grant-reader")
     url = make_url(postgres_url).set(username="cli reader", password="s3cret'pw")
-    engine = create_engine(url)
+    engine, owner = create_engine(url), create_engine(postgres_url)
+    count = text("SELECT count(*) FROM pipeline_runs")
     try:
-        with engine.connect() as connection:
-            assert (
-                connection.execute(text("SELECT count(*) FROM pipeline_runs")).scalar() is not None
-            )
+        with engine.connect() as connection, owner.connect() as as_owner:
+            # The reader sees what the owner sees (a missing grant would raise instead).
+            assert connection.execute(count).scalar() == as_owner.execute(count).scalar()
         with pytest.raises(ProgrammingError, match="permission denied"), engine.begin() as conn:
             conn.execute(text("DELETE FROM run_metrics"))
     finally:
         engine.dispose()
+        owner.dispose()

@@ -25,6 +25,7 @@ def result(share: float = 0.0, quality: dict[str, float] | None = None) -> Monit
         ColumnDrift("age", 0.001, "K-S p_value", 0.05, True),
         ColumnDrift("seconds_of_use", 0.21, "Wasserstein distance (normed)", 0.1, True),
         ColumnDrift("status", 0.6, "chi-square p_value", 0.05, False),
+        ColumnDrift("churn_prediction", 0.2, "Jensen-Shannon distance", 0.1, True),
     ]
     return MonitoringResult(
         rows=1000,
@@ -90,7 +91,8 @@ def test_message(settings: Settings) -> None:
     body = alert.body
     assert "File:  customer_churn_2_majority_drifted.csv" in body
     assert "Model: XGBoostChurnModel v3" in body
-    assert "2 of 3 columns drifted (share 64.0%, alert above 50.0%) - DRIFT" in body
+    assert "2 of 3 features drifted (share 64.0%, alert above 50.0%) - DRIFT" in body
+    assert "Prediction drift: the predictions' distribution moved too" in body
     assert "  - age: score 0.001 (method K-S p_value, threshold 0.05)" in body
     assert "  - seconds_of_use: score 0.21 (method Wasserstein distance (normed)" in body
     assert "status:" not in body
