@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,8 +109,37 @@ class LoadedModel:
     model: ChurnModel
 
 
-_cache: dict[tuple[str, str, str], LoadedModel] = {}
-_cache_lock = threading.Lock()
+class ModelCache:
+    """Loaded versions, the ``keep`` most recently used ones per model.
+
+    An alias that moves loads the new version once; older versions are dropped
+    (a file being scored holds its own reference to the version it started with).
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._loaded: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str], load: Callable[[], LoadedModel]) -> LoadedModel:
+        """The model under ``key`` (tracking URI, name, version), loaded on first use."""
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = load()
+                self._evict(key[:2])
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
+
+    def _evict(self, model: tuple[str, str]) -> None:
+        versions = [k for k in self._loaded if k[:2] == model]  # least recently used first
+        for key in versions[: max(0, len(versions) - self.keep)]:
+            del self._loaded[key]
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+
+
+_cache = ModelCache()
 
 
 def configure_mlflow(settings: Settings) -> None:
@@ -161,12 +192,10 @@ def load_aliased_model(settings: Settings, alias: str | None = None) -> LoadedMo
     alias = alias or settings.model_alias
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias(settings.model_name, alias).version
-    key = (settings.tracking_uri, settings.model_name, str(version))
-    with _cache_lock:
-        if key not in _cache:
-            log.info("loading %s version %s", settings.model_name, version)
-            pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
-            _cache[key] = LoadedModel(
-                settings.model_name, str(version), pyfunc.unwrap_python_model()
-            )
-        return _cache[key]
+
+    def load() -> LoadedModel:
+        log.info("loading %s version %s", settings.model_name, version)
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+        return LoadedModel(settings.model_name, str(version), pyfunc.unwrap_python_model())
+
+    return _cache.get((settings.tracking_uri, settings.model_name, str(version)), load)

@@ -1,0 +1,30 @@
+"""The per-process model cache keeps the recent versions of a model, not all of them."""
+
+from __future__ import annotations
+
+from churnops.model import LoadedModel, ModelCache
+
+
+def _loader(loads: list[str], version: str):
+    def load() -> LoadedModel:
+        loads.append(version)
+        return LoadedModel("M", version, None)  # type: ignore[arg-type]
+
+    return load
+
+
+def test_a_version_is_loaded_once_and_old_ones_are_dropped() -> None:
+    cache, loads = ModelCache(keep=2), []
+    for version in ["1", "1", "2", "1", "3", "1", "2"]:
+        assert cache.get(("uri", "M", version), _loader(loads, version)).version == version
+    # 1, 2 loaded; 3 evicts 2 (1 was used more recently); 2 is loaded again and evicts 3
+    assert loads == ["1", "2", "3", "2"]
+    assert len(cache) == 2
+
+
+def test_other_models_keep_their_versions() -> None:
+    cache, loads = ModelCache(keep=1), []
+    cache.get(("uri", "A", "1"), _loader(loads, "A1"))
+    cache.get(("uri", "B", "1"), _loader(loads, "B1"))
+    cache.get(("uri", "A", "1"), _loader(loads, "A1"))
+    assert loads == ["A1", "B1"] and len(cache) == 2
