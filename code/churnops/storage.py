@@ -314,6 +314,7 @@ class S3DropStorage(DropStorage):
         self.bucket = bucket
         self.client = client
         self.uri = f"s3://{bucket}"
+        self._written: dict[str, bytes] = {}  # logs this instance wrote (append_line)
 
     def __repr__(self) -> str:
         return f"S3DropStorage({self.bucket!r})"
@@ -407,12 +408,21 @@ class S3DropStorage(DropStorage):
             self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=head["ETag"])
 
     def append_line(self, key: str, line: str) -> None:
-        """Read-modify-write (S3 cannot append); fine for small logs with one writer."""
-        try:
-            old = self.read(key)
-        except FileNotFoundError:
-            old = b""
-        self.replace(key, old + (line.rstrip("\n") + "\n").encode("utf-8"))
+        """Rewrite the object with the line added (S3 cannot append).
+
+        Fine for small logs with one writer at a time (the lease holder): the
+        object is read once, then this instance keeps what it wrote, so each
+        further line costs one PUT and no GET.
+        """
+        old = self._written.get(key)
+        if old is None:
+            try:
+                old = self.read(key)
+            except FileNotFoundError:
+                old = b""
+        new = old + (line.rstrip("\n") + "\n").encode("utf-8")
+        self.replace(key, new)
+        self._written[key] = new
 
 
 class _PartWriter(io.RawIOBase):

@@ -175,6 +175,19 @@ def test_append_and_file_log(s3: S3DropStorage) -> None:
     assert lines[2] == "done"
 
 
+def test_a_file_log_is_read_once_then_only_written(s3: S3DropStorage) -> None:
+    s3.create("data/logs/R2/a.csv.log", b"an earlier attempt\n")
+    gets: list[str] = []
+    s3.client.meta.events.register("before-call.s3.GetObject", lambda **kw: gets.append("GET"))
+    log = FileLog(s3, "R2", "a.csv")
+    for step in ("validate", "score", "monitor"):
+        with log.step(step):
+            pass
+    assert gets == ["GET"]
+    lines = s3.read(log.key).decode().splitlines()
+    assert lines[0] == "an earlier attempt" and len(lines) == 7
+
+
 def test_open_storage_uses_the_endpoint(moto_server: str) -> None:
     boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="churnops-drop")
     store = open_storage(get_settings(drop_storage="s3", aws_endpoint_url=moto_server))
