@@ -102,6 +102,8 @@ def runner_env(settings: Settings) -> dict[str, str]:
             # MLflow's client would retry a dead server for ~12 minutes per request.
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+            # Runner logs are read by people: no artifact-download progress bars in them.
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         }
     )
 
