@@ -1,11 +1,10 @@
-"""After `terraform apply`: write .env, wait for the services, store settings in Prefect.
+"""After `terraform apply`: write .env, wait for the services, create the Prefect work pool.
 
 Reads `terraform output -json` from a file (or stdin with "-"). Subcommands:
   env      OUTPUTS [--env-file .env]   write the non-secret settings and print the URLs
   wait     OUTPUTS [--timeout 900]     wait until the ECS services are stable and the UIs answer
-  prefect  OUTPUTS                     create the work pool and store the flow's settings as
-                                       Prefect variables through the API (PREFECT_API_URL from
-                                       the outputs unless set; PREFECT_API_KEY or
+  prefect  OUTPUTS                     create the work pool through the API (PREFECT_API_URL
+                                       from the outputs unless set; PREFECT_API_KEY or
                                        PREFECT_API_AUTH_STRING from the environment only)
 
 No secret is taken on the command line or printed: the database URL stays in
@@ -123,29 +122,14 @@ class PrefectApi:
             return exc.code, None
 
 
-def prefect_variables(out: dict) -> dict[str, str]:
-    return {
-        "churnops_drop_storage": "s3",
-        "churnops_bucket": out["bucket_name"],
-        "churnops_alerts_topic_arn": out["alerts_topic_arn"],
-        "churnops_mlflow_tracking_uri": out["internal_urls"]["mlflow"],
-        "churnops_evidently_ui_url": out["internal_urls"]["evidently"],
-    }
-
-
 def store_prefect_settings(out: dict, api: PrefectApi) -> None:
+    """Create the work pool the deployments run on (the flow's settings are in its task
+    definition's environment, so nothing else is stored in Prefect)."""
     pool = out["prefect_work_pool"]
     status, _ = api.call("POST", "/work_pools/", {"name": pool, "type": "process"})
     if status not in (200, 201, 409):
         raise SystemExit(f"creating work pool {pool} failed with HTTP {status}")
     print(f"work pool {pool}: {'exists' if status == 409 else 'created'}")
-    for name, value in prefect_variables(out).items():
-        status, _ = api.call("PATCH", f"/variables/name/{name}", {"value": value})
-        if status == 404:
-            status, _ = api.call("POST", "/variables/", {"name": name, "value": value})
-        if status not in (200, 201, 204):
-            raise SystemExit(f"storing Prefect variable {name} failed with HTTP {status}")
-        print(f"variable {name} stored")
 
 
 def main(argv: list[str] | None = None) -> int:
