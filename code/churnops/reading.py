@@ -294,13 +294,14 @@ class _Utf8Checked(io.RawIOBase):
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         data = self._stream.read(len(buffer))
+        pending = self._decoder.getstate()[0]  # the start of a character cut by the last block
         try:
             self._decoder.decode(data, final=not data)
         except UnicodeDecodeError as exc:
-            at = self._offset + exc.start - len(self._decoder.getstate()[0])
-            local = max(exc.start, 0)
+            at = self._offset - len(pending) + exc.start  # exc.start counts in pending + data
+            local = max(exc.start - len(pending), 0)
             line = self._lines + data.count(b"\n", 0, local)
-            byte = data[local] if local < len(data) else 0
+            byte = (pending + data)[exc.start]
             problem = (
                 f"not UTF-8 text: byte 0x{byte:02x} at offset {at} (line {line}); "
                 "save the file as CSV UTF-8"

@@ -11,7 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnops.reading import CustomerReader, load_customer_file, read_customer_file
+from churnops.reading import (
+    CustomerReader,
+    _Utf8Checked,
+    load_customer_file,
+    read_customer_file,
+)
 from churnops.schema import (
     INPUT_COLUMNS,
     RAW_COLUMNS,
@@ -329,3 +334,29 @@ def test_a_corrupt_parquet_is_named(uci_bytes: bytes) -> None:
     assert problem.startswith("not a readable Parquet file")
     (problem,) = problems_of(b"PAR1\x15\x04\x15\x00" + bytes(16) + b"PAR1")
     assert problem.startswith("not a readable Parquet file")
+
+
+def test_a_bad_byte_far_into_a_big_file_is_named_by_offset_and_line() -> None:
+    rows = [GOOD_ROW] * 20_000
+    data = csv(*rows)
+    at = len(data) - 30
+    broken = data[:at] + b"\xff" + data[at + 1 :]
+    line = broken.count(b"\n", 0, at) + 1
+    with pytest.raises(DataValidationError) as caught:
+        _chunked(broken, chunk_rows=1_000)
+    assert caught.value.problems == [
+        f"not UTF-8 text: byte 0xff at offset {at} (line {line}); save the file as CSV UTF-8"
+    ]
+
+
+def test_characters_cut_by_block_boundaries_are_fine_and_offsets_stay_true() -> None:
+    data = "aü\nbü\nc".encode() + b"\xff"
+    checked = _Utf8Checked(io.BufferedReader(io.BytesIO(data)), "x.csv")
+    read = b""
+    with pytest.raises(DataValidationError) as caught:
+        while chunk := checked.read(3):  # the second 'ü' is cut by a block boundary
+            read += chunk
+    assert read == data[:9]
+    assert caught.value.problems == [
+        "not UTF-8 text: byte 0xff at offset 9 (line 3); save the file as CSV UTF-8"
+    ]
