@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -41,8 +42,33 @@ def process_key(settings: Settings, bucket: str, key: str) -> pipeline.FileOutco
     outcome = pipeline.process(
         settings, storage, key, steps=PREFECT_STEPS, flow_run_id=str(flow_run.id or "")
     )
-    get_run_logger().info("%s %s: %s", outcome.name, outcome.status, outcome.message)
+    logger = get_run_logger()
+    logger.info("%s %s: %s", outcome.name, outcome.status, outcome.message)
+    try:
+        create_markdown_artifact(
+            markdown=outcome_markdown(outcome), description=f"{outcome.name}: {outcome.status}"
+        )
+    except Exception as exc:  # the API hiccuped: the file's outcome stands, its summary is lost
+        logger.warning("no summary artifact for %s: %s", outcome.name, exc)
     return outcome
+
+
+def outcome_markdown(outcome: pipeline.FileOutcome) -> str:
+    """The run's summary on its Prefect page: what happened, the numbers, where to look."""
+    rows = [("outcome", f"**{outcome.status}**")]
+    if outcome.model_version:
+        rows.append(("model version", outcome.model_version))
+    rows += [("", part) for part in outcome.message.split("; ") if part]
+    if outcome.alert_channels:
+        rows.append(("alert sent by", ", ".join(outcome.alert_channels)))
+    if outcome.predictions_key:
+        rows.append(("predictions", f"`{outcome.predictions_key}`"))
+    if outcome.report_url:
+        rows.append(("Evidently report", f"[open]({outcome.report_url})"))
+    if outcome.run:
+        rows.append(("file log", f"`data/logs/{outcome.run}/{outcome.name}.log`"))
+    table = "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
+    return f"### {outcome.name}\n\n| | |\n| --- | --- |\n{table}\n"
 
 
 def outcome_state(outcome: pipeline.FileOutcome) -> State | dict[str, Any]:

@@ -16,6 +16,8 @@ from pathlib import Path
 import boto3
 import pandas as pd
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
 
 from churnops.flow import churn_prediction_pipeline
@@ -126,6 +128,14 @@ def test_labeled_file_is_scored_stored_and_kept(platform: Platform, data_dir: Pa
     log = platform.log(outcome)
     for step in ("claim", "load model", "score", "monitor", "alert", "finish"):
         assert f"| {step} | ok |" in log
+
+    with get_client(sync_client=True) as client:
+        ids = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        [artifact] = client.read_artifacts(flow_run_filter=ids)
+    assert artifact.type == "markdown"
+    assert "| outcome | **processed** |" in artifact.data
+    assert f"`{folder}/{predictions}`" in artifact.data
+    assert f"[open]({outcome['report_url']})" in artifact.data
 
     run = platform.runs().set_index("id").loc[outcome["run_id"]]
     assert (run["status"], run["model_name"], run["model_version"]) == ("processed", MODEL, "1")
