@@ -10,7 +10,6 @@ the scheduled ``reconcile`` flow re-drives it once the dependency is back.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -27,7 +26,7 @@ PREFECT_STEPS = pipeline.PLAIN_STEPS.wrapped(task(cache_policy=NO_CACHE))
 
 
 @flow(name="churn_prediction_pipeline")
-def churn_prediction_pipeline(bucket: str, key: str) -> State | dict[str, Any]:
+def churn_prediction_pipeline(bucket: str, key: str) -> State:
     """Score, monitor, store and alert for the file ``key`` of the drop ``bucket``.
 
     ``key`` is the object's real key (the trigger has already URL-decoded it):
@@ -71,11 +70,9 @@ def outcome_markdown(outcome: pipeline.FileOutcome) -> str:
     return f"### {outcome.name}\n\n| | |\n| --- | --- |\n{table}\n"
 
 
-def outcome_state(outcome: pipeline.FileOutcome) -> State | dict[str, Any]:
-    """Processed: the outcome; errored or skipped: Completed with why; failed: Failed."""
+def outcome_state(outcome: pipeline.FileOutcome) -> State:
+    """Completed (processed, errored, skipped) or Failed, its message saying what happened."""
     data = asdict(outcome)
-    if outcome.status == "processed":
-        return data
     message = f"{outcome.status}: {outcome.message}"
     if outcome.status == "failed":
         return Failed(message=message, data=data)

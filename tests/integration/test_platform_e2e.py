@@ -119,7 +119,11 @@ def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: 
     assert set(by_name) == {GOOD, DRIFTED, MALFORMED}
     assert {run.state.name for run in runs} == {"Completed"}, [r.state for r in runs]
     assert by_name[MALFORMED].state.message.startswith("errored: ")
-    assert not by_name[GOOD].state.message
+    assert by_name[GOOD].state.message.startswith("processed: drifted ")
+    deadline = time.monotonic() + 15  # `churnops up` prints one line per finished file
+    while not {f"processed {GOOD}", f"errored {MALFORMED}"} <= set(_finished(platform)):
+        assert time.monotonic() < deadline, platform.output.read_text()[-3000:]
+        time.sleep(0.5)
 
     processed = {k.rsplit("/", 1)[1]: k for k in storage.list_keys("data/processed/")}
     assert {GOOD, DRIFTED} <= set(processed)
@@ -175,6 +179,12 @@ def test_a_runner_killed_mid_file_loses_nothing(platform: RunningPlatform, data_
     drops.check(settled=True, invalid=1, metrics_url=platform.settings.metrics_db_url)
     assert platform.process.poll() is None  # the platform carried on
     assert "died: restarting it" in platform.output.read_text()
+
+
+def _finished(platform: RunningPlatform) -> list[str]:
+    """``<status> <file>`` of the console's lines about finished files."""
+    lines = platform.output.read_text(errors="replace").splitlines()
+    return [" ".join(line.split()[1:3]) for line in lines if line.strip().startswith("file ")]
 
 
 def _leases(storage: LocalDropStorage, name: str) -> list[Lease]:

@@ -16,9 +16,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -365,6 +366,49 @@ def _request_reconcile(settings: Settings) -> None:
         log.warning("no reconcile run requested: %s", exc)
 
 
+class FinishedFiles:
+    """One console line per file whose flow run has ended, read from the Prefect API."""
+
+    def __init__(self, settings: Settings, console: Console) -> None:
+        self.api = svc.prefect_api_url(settings, settings.prefect_port)
+        self.deployment = settings.prefect_deployment.partition("/")[2]
+        self.console = console
+        self.since = datetime.now(UTC)
+        self.shown: set[str] = set()
+
+    def print_new(self) -> None:
+        """Print the runs that ended since the last look (an API hiccup: next time)."""
+        from prefect.client.orchestration import SyncPrefectClient
+        from prefect.client.schemas import filters
+
+        ended = filters.FlowRunFilter(
+            end_time=filters.FlowRunFilterEndTime(after_=self.since - timedelta(seconds=5))
+        )
+        named = filters.DeploymentFilter(name=filters.DeploymentFilterName(any_=[self.deployment]))
+        try:
+            with SyncPrefectClient(self.api) as client:
+                runs = client.read_flow_runs(flow_run_filter=ended, deployment_filter=named)
+        except Exception as exc:
+            log.debug("finished runs not read: %s", exc)
+            return
+        for run in sorted(runs, key=lambda r: r.end_time or self.since):
+            if str(run.id) in self.shown or run.state is None or not run.state.is_final():
+                continue
+            self.shown.add(str(run.id))
+            self.since = max(self.since, run.end_time or self.since)
+            self.console.print(_finished_line(run.name, run.state), soft_wrap=True)
+
+
+def _finished_line(name: str, state: Any) -> str:
+    """``processed customer.csv: drifted 7 columns ...`` coloured by the outcome."""
+    message = state.message or ""
+    status, _, detail = message.partition(": ") if message else ("processed", "", "")
+    if state.is_failed() or state.is_crashed():
+        status, detail = state.name.lower(), message
+    colour = {"processed": "green", "skipped": "yellow"}.get(status, "red")
+    return f"  file [{colour}]{status}[/{colour}] {escape(name)} {escape(detail)}".rstrip()
+
+
 def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
     """Wait for a stop signal; restart a runner that dies, stop when a server dies.
 
@@ -373,8 +417,10 @@ def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
     dying (MAX_RUNNER_RESTARTS) stops the platform with its log.
     """
     restarts: dict[str, int] = {}
+    finished = FinishedFiles(platform.settings, platform.console)
     try:
         while not stop_requested.wait(1.0):
+            finished.print_new()
             for child in platform.children():
                 if child.alive():
                     continue
