@@ -61,7 +61,7 @@ push-images: ## Build and push the three images to ECR with IMAGE_TAG (needs Doc
 	build() { docker build --platform linux/amd64 --provenance=false -f $$2 -t $$(repo $$1):$(IMAGE_TAG) $$3 \
 		&& docker push $$(repo $$1):$(IMAGE_TAG); }; \
 	build orchestration code/orchestration/Dockerfile . ; \
-	build s3-to-prefect-lambda code/s3_to_prefect_lambda/Dockerfile code/s3_to_prefect_lambda ; \
+	build s3-to-prefect-lambda code/s3_to_prefect_lambda/Dockerfile code ; \
 	build grafana code/grafana/Dockerfile code/grafana
 
 destroy: tf-init ## Remove the platform from AWS (set db_deletion_protection = false first)

@@ -13,8 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from churnops import claims
+from churnops.keys import INPUT_PREFIX
 from churnops.metrics_db import MetricsStore
-from churnops.storage import INPUT_PREFIX, DropStorage, folder_key, run_key, stage_key
+from churnops.storage import DropStorage, folder_key, run_key, stage_key
 
 
 @dataclass

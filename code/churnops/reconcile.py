@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from churnops import claims
+from churnops.keys import INPUT_PREFIX, is_candidate
 from churnops.metrics_db import MetricsStore
 from churnops.settings import Settings
-from churnops.storage import INPUT_PREFIX, DropStorage, folder_key, is_candidate, run_key
+from churnops.storage import DropStorage, folder_key, run_key
 
 log = logging.getLogger(__name__)
 

@@ -28,17 +28,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Literal
-from urllib.parse import unquote_plus
+
+from churnops.keys import INPUT_PREFIX, PREFIX
 
 if TYPE_CHECKING:
     from churnops.settings import Settings
 
 Stage = Literal["input", "processing", "processed", "errored"]
 STAGES: tuple[Stage, ...] = ("input", "processing", "processed", "errored")
-PREFIX = "data"
 LOGS = f"{PREFIX}/logs"
 CLAIMS = f"{PREFIX}/claims"
-INPUT_PREFIX = f"{PREFIX}/input/"
 #: Size of the parts a big output is uploaded in (S3's minimum is 5 MiB).
 PART_BYTES = 16 * 1024 * 1024
 #: S3 user metadata naming the dropped object version a copy came from.
@@ -104,18 +103,6 @@ def split_run_key(key: str) -> tuple[Stage, str, str] | None:
     if not (_is_plain_name(parts[2]) and _is_plain_name(parts[3])):
         return None
     return parts[1], parts[2], parts[3]  # type: ignore[return-value]
-
-
-def is_candidate(name: str) -> bool:
-    """Not hidden, temporary or partial (``.x``, ``x.part``, ``x.tmp``, ``x~``)."""
-    return bool(name) and not (
-        name.startswith(".") or name.endswith((".part", ".tmp", ".crdownload", "~"))
-    )
-
-
-def decode_event_key(key: str) -> str:
-    """S3 event notifications URL-encode keys (space -> '+', '+' -> '%2B', UTF-8 -> %XX)."""
-    return unquote_plus(key)
 
 
 # --- storage -------------------------------------------------------------------------

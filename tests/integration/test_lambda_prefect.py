@@ -44,7 +44,7 @@ def deployment(client: SyncPrefectClient) -> str:
 
 @pytest.fixture
 def handler(prefect_server: str, deployment: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """The handler module loaded by file path, as the local platform does, pointed at the server."""
+    """The Lambda entry point loaded from its folder, as the Lambda runtime does, pointed here."""
     for name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "INPUT_PREFIX"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)

@@ -6,13 +6,13 @@ import boto3
 import pytest
 
 from churnops import claims
+from churnops.keys import decode_event_key
 from churnops.settings import get_settings
 from churnops.storage import (
     PART_BYTES,
     FileLog,
     ObjectExists,
     S3DropStorage,
-    decode_event_key,
     open_storage,
     run_key,
     stage_key,

@@ -6,6 +6,8 @@ import base64
 import importlib.util
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from churnops import trigger
 from tests.fixtures.network import LOOPBACK, free_port
 
 HANDLER_FILE = Path(__file__).parents[2] / "code" / "s3_to_prefect_lambda" / "lambda_function.py"
@@ -111,7 +114,7 @@ def prefect() -> Iterator[FakePrefect]:
 
 @pytest.fixture
 def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> ModuleType:
-    """A freshly imported handler module (empty cache), loaded by path like the platform does."""
+    """The handler module, cold (empty cache), with the Lambda's environment."""
     for name in (
         "PREFECT_API_KEY",
         "PREFECT_API_AUTH_STRING",
@@ -127,11 +130,38 @@ def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> ModuleType
 
 
 def load_handler() -> ModuleType:
+    """The handler module with an empty deployment cache (a cold Lambda)."""
+    trigger._DEPLOYMENT_IDS.clear()
+    return trigger
+
+
+def test_the_lambda_entry_point_is_the_trigger_module() -> None:
+    """``lambda_function.lambda_handler`` as the Lambda runtime imports it, from its folder."""
     spec = importlib.util.spec_from_file_location("lambda_function", HANDLER_FILE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    assert module.lambda_handler is trigger.lambda_handler
+
+
+def test_the_image_modules_need_only_the_standard_library() -> None:
+    """What the Lambda image carries imports nothing that is not in the standard library."""
+    code = (
+        "import sys; before = set(sys.modules); import churnops.trigger; "
+        "print('\\n'.join(sorted(set(sys.modules) - before)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    outside = {m.split(".")[0] for m in loaded} - set(sys.stdlib_module_names) - {"churnops"}
+    assert outside == set(), outside
+    assert {m for m in loaded if m.startswith("churnops")} == {
+        "churnops",
+        "churnops.keys",
+        "churnops.trigger",
+    }
+    dockerfile = HANDLER_FILE.with_name("Dockerfile").read_text()
+    assert "churnops/__init__.py churnops/keys.py churnops/trigger.py" in dockerfile
 
 
 def record(key: str, sequencer: str = "0062A1B2C3D4E5F601", **obj: str) -> dict[str, Any]:

@@ -19,15 +19,14 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from churnops import trigger
+from churnops.keys import encode_event_key, is_candidate
 from churnops.platform import launch, services
 from churnops.platform.status import list_files, service_health
 from churnops.platform.watcher import (
     Dispatcher,
     FolderWatcher,
-    encode_key,
     file_sequencer,
-    is_candidate,
-    load_lambda_handler,
     s3_event,
     wait_stable,
 )
@@ -47,18 +46,16 @@ ROOT = Path(__file__).parents[2]
     ],
 )
 def test_keys_are_encoded_per_segment_as_s3_events_do(key: str, encoded: str) -> None:
-    assert encode_key(key) == encoded
+    assert encode_event_key(key) == encoded
 
 
 def test_the_lambda_handler_reads_back_the_real_key_of_a_built_event() -> None:
-    load_lambda_handler()
-    handler_module = sys.modules["lambda_function"]
     key = "data/input/a+b año 1.csv"
     record = s3_event("drop", key, 10, file_sequencer(123, 10))["Records"][0]
     assert record["eventSource"] == "aws:s3"
     assert record["eventName"] == "ObjectCreated:Put"
-    assert handler_module._parse_record(record) == ("drop", key, file_sequencer(123, 10))
-    assert handler_module._skip_reason(record, key, "data/input/") is None
+    assert trigger._parse_record(record) == ("drop", key, file_sequencer(123, 10))
+    assert trigger._skip_reason(record, key, "data/input/") is None
 
 
 def test_sequencer_differs_per_drop_and_is_stable_for_one() -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from churnops.keys import decode_event_key
 from churnops.settings import get_settings
 from churnops.storage import (
     FileLog,
     LocalDropStorage,
     ObjectExists,
-    decode_event_key,
     log_key,
     name_from_key,
     open_storage,

@@ -1,7 +1,7 @@
 """The drop trigger of the local platform: S3-shaped events for the Lambda handler.
 
-On AWS, S3 notifies the Lambda of each new object. Locally the same
-``lambda_handler`` is called by one of two watchers:
+On AWS, S3 notifies the Lambda of each new object. Locally the same handler
+(:func:`churnops.trigger.handle_event`) is called by one of two watchers:
 
 * :class:`FolderWatcher` (local drop folder): watchdog events on ``data/input/``,
   once the file's size and mtime have settled;
@@ -16,74 +16,41 @@ keeps a file seen twice from starting two runs.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
-from urllib.parse import quote_plus
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from churnops.storage import INPUT_PREFIX, is_candidate
+from churnops.keys import INPUT_PREFIX, encode_event_key, is_candidate
+from churnops.trigger import Config, handle_event, start_flow_run
 
 log = logging.getLogger("churnops.watcher")
-HANDLER_MODULE = "lambda_function"
 Handler = Callable[[Mapping[str, Any], object], Mapping[str, Any]]
-
-
-def handler_file() -> Path:
-    """``code/s3_to_prefect_lambda/lambda_function.py`` beside the churnops package."""
-    return Path(__file__).resolve().parents[2] / "s3_to_prefect_lambda" / "lambda_function.py"
-
-
-def load_lambda_handler(path: Path | None = None) -> Handler:
-    """Import the Lambda's file by path (registered in sys.modules) and return its handler."""
-    return _handler_module(path).lambda_handler
 
 
 def trigger(api_url: str, deployment: str) -> Handler:
     """The Lambda's handling of an event, configured by arguments instead of the environment."""
-    module = _handler_module()
-    config = _config(module, api_url, deployment)
-    return lambda event, context: module.handle_event(event, config)
+    config = _config(api_url, deployment)
+    return lambda event, context: handle_event(event, config)
 
 
 def start_deployment_run(api_url: str, deployment: str, idempotency_key: str, name: str) -> None:
     """One run of a deployment through the Lambda's Prefect client (a stdlib HTTP call)."""
-    module = _handler_module()
-    module.start_flow_run(_config(module, api_url, deployment), {}, idempotency_key, name)
+    start_flow_run(_config(api_url, deployment), {}, idempotency_key, name)
 
 
-def _config(module: ModuleType, api_url: str, deployment: str) -> Any:
+def _config(api_url: str, deployment: str) -> Config:
     """The Lambda's Config, from values (its defaults for the rest)."""
-    return module.Config.from_env({"PREFECT_API_URL": api_url, "PREFECT_DEPLOYMENT": deployment})
-
-
-def _handler_module(path: Path | None = None) -> ModuleType:
-    path = path or handler_file()
-    if HANDLER_MODULE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(HANDLER_MODULE, path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load the Lambda handler from {path}")
-        module: ModuleType = importlib.util.module_from_spec(spec)
-        sys.modules[HANDLER_MODULE] = module
-        spec.loader.exec_module(module)
-    return sys.modules[HANDLER_MODULE]
+    return Config.from_env({"PREFECT_API_URL": api_url, "PREFECT_DEPLOYMENT": deployment})
 
 
 # --- events ------------------------------------------------------------------------------
-def encode_key(key: str) -> str:
-    """A key as S3 writes it in events: each segment ``quote_plus``-encoded, '/' kept."""
-    return "/".join(quote_plus(segment) for segment in key.split("/"))
-
-
 def s3_event(bucket: str, key: str, size: int, sequencer: str) -> dict[str, Any]:
     """One ``ObjectCreated:Put`` record as S3 event notifications shape it."""
     return {
@@ -95,7 +62,11 @@ def s3_event(bucket: str, key: str, size: int, sequencer: str) -> dict[str, Any]
                 "s3": {
                     "s3SchemaVersion": "1.0",
                     "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                    "object": {"key": encode_key(key), "size": size, "sequencer": sequencer},
+                    "object": {
+                        "key": encode_event_key(key),
+                        "size": size,
+                        "sequencer": sequencer,
+                    },
                 },
             }
         ]

@@ -1,0 +1,29 @@
+"""Where files are dropped and which keys count as drops: the rules shared by the
+S3 trigger (:mod:`churnops.trigger`, in the Lambda image) and the rest of ChurnOps.
+
+Standard library only: the Lambda image carries this module and no dependencies.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote_plus, unquote_plus
+
+PREFIX = "data"
+INPUT_PREFIX = f"{PREFIX}/input/"
+
+
+def is_candidate(name: str) -> bool:
+    """Not hidden, temporary or partial (``.x``, ``x.part``, ``x.tmp``, ``x~``)."""
+    return bool(name) and not (
+        name.startswith(".") or name.endswith((".part", ".tmp", ".crdownload", "~"))
+    )
+
+
+def decode_event_key(key: str) -> str:
+    """S3 event notifications URL-encode keys (space -> '+', '+' -> '%2B', UTF-8 -> %XX)."""
+    return unquote_plus(key)
+
+
+def encode_event_key(key: str) -> str:
+    """A key as S3 writes it in events: each segment ``quote_plus``-encoded, '/' kept."""
+    return "/".join(quote_plus(segment) for segment in key.split("/"))

@@ -1,0 +1,300 @@
+"""S3 -> Prefect: start one ``churn_prediction_pipeline`` flow run per new input file.
+
+The AWS Lambda runs this module (``code/s3_to_prefect_lambda/`` imports it; its
+image carries it with :mod:`churnops.keys` and no dependencies: standard library
+only, so the retry loop is written out here). The local platform's file-drop
+watcher calls :func:`handle_event` with S3-shaped events and a :class:`Config`
+made from its own settings. Nothing happens at import time; the Lambda reads its
+environment on each call:
+
+- ``PREFECT_API_URL`` (required), e.g. ``http://127.0.0.1:4200/api``
+- ``PREFECT_API_KEY`` (Prefect Cloud, bearer token) or ``PREFECT_API_AUTH_STRING``
+  (self-hosted basic auth, ``user:pass``)
+- ``PREFECT_DEPLOYMENT`` (``<flow>/<deployment>``, default ``churn_prediction_pipeline/churnops``)
+- ``INPUT_PREFIX`` (default ``data/input/``)
+- ``PREFECT_HTTP_TIMEOUT`` (seconds per request, default 5), ``PREFECT_HTTP_RETRIES``
+  (retries after the first try, default 3), ``PREFECT_HTTP_BACKOFF`` (first wait in
+  seconds, doubling, default 0.5): the worst case stays under the 30 s Lambda timeout.
+
+S3 delivers events at least once, so each flow run carries an idempotency key made
+of bucket, key and the object's version (or the event's sequencer): Prefect returns
+the existing run for a repeated key. The handler raises, so that Lambda retries the
+event, only when the Prefect API cannot be reached; any other problem is reported
+as the record's ``failed`` outcome and logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+from churnops.keys import INPUT_PREFIX, decode_event_key, is_candidate
+
+LOGGER = logging.getLogger("s3_to_prefect")
+LOGGER.setLevel(logging.INFO)  # the Lambda runtime's root logger stops at WARNING
+
+DEFAULT_DEPLOYMENT = "churn_prediction_pipeline/churnops"
+CREATED = 201  # Prefect answers 200 when the idempotency key matched an existing run
+
+#: Deployment ids by (API URL, "<flow>/<deployment>"), kept while the Lambda is warm.
+_DEPLOYMENT_IDS: dict[tuple[str, str], str] = {}
+
+
+class PrefectUnavailable(RuntimeError):
+    """The Prefect API could not be reached, even after retries: retry the event later."""
+
+
+class PrefectRequestError(Exception):
+    """The Prefect API refused a request; retrying the same request will not help."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"Prefect API answered HTTP {status}: {detail}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Config:
+    """What one invocation needs from the environment."""
+
+    api_url: str
+    deployment: str
+    input_prefix: str
+    timeout: float
+    retries: int
+    backoff: float
+    authorization: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Self:
+        """Read and check the variables; a ValueError names the one that is wrong."""
+        api_url = env.get("PREFECT_API_URL", "").strip().rstrip("/")
+        if not api_url:
+            raise ValueError(
+                "PREFECT_API_URL is not set: it must be the Prefect API base URL,"
+                " e.g. http://127.0.0.1:4200/api"
+            )
+        deployment = env.get("PREFECT_DEPLOYMENT") or DEFAULT_DEPLOYMENT
+        flow, _, name = deployment.partition("/")
+        if not flow or not name or "/" in name:
+            raise ValueError(
+                f"PREFECT_DEPLOYMENT={deployment!r} must look like <flow>/<deployment>"
+            )
+        return cls(
+            api_url=api_url,
+            deployment=deployment,
+            input_prefix=env.get("INPUT_PREFIX") or INPUT_PREFIX,
+            timeout=_number(env, "PREFECT_HTTP_TIMEOUT", 5.0, float, positive=True),
+            retries=int(_number(env, "PREFECT_HTTP_RETRIES", 3, int)),
+            backoff=_number(env, "PREFECT_HTTP_BACKOFF", 0.5, float),
+            authorization=_authorization(env),
+        )
+
+
+def _number(
+    env: Mapping[str, str], name: str, default: float, kind: type, positive: bool = False
+) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name}={raw!r} must be {'above' if positive else 'at least'} 0")
+    return value
+
+
+def _authorization(env: Mapping[str, str]) -> str | None:
+    """Prefect Cloud takes a bearer API key; a self-hosted server basic auth."""
+    if env.get("PREFECT_API_KEY"):
+        return f"Bearer {env['PREFECT_API_KEY']}"
+    if env.get("PREFECT_API_AUTH_STRING"):
+        token = base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
+        return f"Basic {token}"
+    return None
+
+
+# --- the handler ------------------------------------------------------------------------
+def lambda_handler(event: Mapping[str, Any], context: object) -> dict[str, list[dict]]:
+    """The Lambda entry point: the configuration comes from the function's environment."""
+    return handle_event(event, Config.from_env(os.environ))
+
+
+def handle_event(event: Mapping[str, Any], config: Config) -> dict[str, list[dict]]:
+    """Start a flow run for each new input file in the event; one outcome per record."""
+    records = event.get("Records") if isinstance(event, Mapping) else None
+    if not isinstance(records, list):
+        raise ValueError("the event has no 'Records' list: not an S3 event notification")
+    results = []
+    for record in records:
+        try:
+            outcome = handle_record(record, config)
+        except PrefectUnavailable as exc:
+            LOGGER.error("Prefect API unreachable, Lambda will retry the event: %s", exc)
+            raise
+        level = logging.WARNING if outcome["status"] == "failed" else logging.INFO
+        LOGGER.log(level, json.dumps(outcome, ensure_ascii=False))
+        results.append(outcome)
+    return {"results": results}
+
+
+def handle_record(record: Any, config: Config) -> dict[str, Any]:
+    """The outcome of one S3 record: created, skipped or failed (with a reason)."""
+    try:
+        bucket, key, version = _parse_record(record)
+    except ValueError as exc:
+        return {"bucket": None, "key": None, "status": "failed", "reason": str(exc)}
+    outcome: dict[str, Any] = {"bucket": bucket, "key": key}
+    reason = _skip_reason(record, key, config.input_prefix)
+    if reason:
+        return {**outcome, "status": "skipped", "reason": reason}
+    if not version:
+        reason = "the record has neither s3.object.versionId nor s3.object.sequencer"
+        return {**outcome, "status": "failed", "reason": f"{reason}: cannot deduplicate"}
+    try:
+        run_id, created = start_flow_run(
+            config,
+            parameters={"bucket": bucket, "key": key},
+            idempotency_key=f"s3://{bucket}/{key}#{version}",
+            name=key.rsplit("/", 1)[-1],
+        )
+    except PrefectRequestError as exc:
+        return {**outcome, "status": "failed", "reason": str(exc)}
+    if created:
+        return {**outcome, "status": "created", "flow_run_id": run_id}
+    reason = "duplicate event: Prefect returned the flow run already created for it"
+    return {**outcome, "status": "skipped", "flow_run_id": run_id, "reason": reason}
+
+
+def _parse_record(record: Any) -> tuple[str, str, str | None]:
+    """Bucket, decoded key and version marker; a ValueError naming what is missing."""
+    s3 = record.get("s3") if isinstance(record, Mapping) else None
+    if not isinstance(s3, Mapping):
+        raise ValueError("the record has no 's3' section")
+    bucket = (s3.get("bucket") or {}).get("name")
+    obj = s3.get("object") or {}
+    if not bucket or not obj.get("key"):
+        raise ValueError("the record has no s3.bucket.name or no s3.object.key")
+    # S3 URL-encodes keys in events: space -> '+', '+' -> '%2B', UTF-8 bytes -> %XX.
+    key = decode_event_key(obj["key"])
+    return bucket, key, obj.get("versionId") or obj.get("sequencer")
+
+
+def _skip_reason(record: Mapping[str, Any], key: str, prefix: str) -> str | None:
+    """Why the record starts no flow run, or None when it should start one."""
+    source = record.get("eventSource", "aws:s3")
+    if source != "aws:s3":
+        return f"event source {source!r} is not aws:s3"
+    name = record.get("eventName", "ObjectCreated:")
+    if not name.startswith("ObjectCreated:"):
+        return f"event {name!r} is not an object creation"
+    if not key.startswith(prefix):
+        return f"key is outside {prefix!r}"
+    if key.endswith("/"):
+        return "folder marker"
+    if "/" in key[len(prefix) :]:
+        return f"key is in a subfolder of {prefix!r}: only files directly in it are processed"
+    if not is_candidate(key[len(prefix) :]):
+        return "a hidden, temporary or partial file (.name, .tmp, .part, ~)"
+    return None
+
+
+# --- Prefect REST API -------------------------------------------------------------------
+def start_flow_run(
+    config: Config, parameters: dict[str, Any], idempotency_key: str, name: str
+) -> tuple[str, bool]:
+    """Create a flow run of the deployment: its id, and whether it is new."""
+    body = {"parameters": parameters, "idempotency_key": idempotency_key, "name": name}
+    try:
+        return _create_flow_run(config, _deployment_id(config), body)
+    except PrefectRequestError as exc:
+        if exc.status != 404:
+            raise
+    # The cached id is stale (deployment re-created): look it up once more.
+    LOGGER.info("deployment %s not found by its cached id, looking it up again", config.deployment)
+    _DEPLOYMENT_IDS.pop((config.api_url, config.deployment), None)
+    return _create_flow_run(config, _deployment_id(config), body)
+
+
+def _create_flow_run(config: Config, deployment_id: str, body: dict) -> tuple[str, bool]:
+    status, run = _request(config, "POST", f"/deployments/{deployment_id}/create_flow_run", body)
+    return run["id"], status == CREATED
+
+
+def _deployment_id(config: Config) -> str:
+    """The deployment's id, looked up by name once per warm Lambda."""
+    cache_key = (config.api_url, config.deployment)
+    if cache_key not in _DEPLOYMENT_IDS:
+        flow, name = (urllib.parse.quote(part, safe="") for part in config.deployment.split("/"))
+        try:
+            _, deployment = _request(config, "GET", f"/deployments/name/{flow}/{name}")
+        except PrefectRequestError as exc:
+            if exc.status == 404:
+                raise PrefectRequestError(
+                    404, f"deployment {config.deployment!r} not found at {config.api_url}"
+                ) from exc
+            raise
+        _DEPLOYMENT_IDS[cache_key] = deployment["id"]
+    return _DEPLOYMENT_IDS[cache_key]
+
+
+def _request(config: Config, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+    """Status and JSON of a request; transient failures (5xx, 408, 429, network) are retried."""
+    url = config.api_url + path
+    data = None if body is None else json.dumps(body).encode()
+    problem = ""
+    for attempt in range(config.retries + 1):
+        if attempt:
+            wait = config.backoff * 2 ** (attempt - 1)
+            LOGGER.warning("%s %s: %s; retrying in %.1fs", method, url, problem, wait)
+            time.sleep(wait)
+        try:
+            with urllib.request.urlopen(
+                _build(config, method, url, data), timeout=config.timeout
+            ) as r:
+                return r.status, _json(r.read(), url)
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code not in (408, 429):
+                raise PrefectRequestError(exc.code, _detail(exc)) from exc
+            problem = f"HTTP {exc.code}"
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out
+            problem = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+    raise PrefectUnavailable(f"{method} {url} failed {config.retries + 1} times, last: {problem}")
+
+
+def _build(config: Config, method: str, url: str, data: bytes | None) -> urllib.request.Request:
+    headers = {"Accept": "application/json", "User-Agent": "churnops-s3-to-prefect"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    if config.authorization:
+        headers["Authorization"] = config.authorization
+    return urllib.request.Request(url, data=data, headers=headers, method=method)
+
+
+def _json(raw: bytes, url: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        detail = f"{url} did not answer JSON: is PREFECT_API_URL the API (ending in /api)?"
+        raise PrefectRequestError(200, detail) from None
+
+
+def _detail(error: urllib.error.HTTPError) -> str:
+    """Prefect's ``detail`` message, or the start of the body."""
+    raw = error.read().decode(errors="replace")
+    try:
+        detail = json.loads(raw).get("detail", raw)
+    except (ValueError, AttributeError):
+        detail = raw
+    return str(detail)[:500] or error.reason
