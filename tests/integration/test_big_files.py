@@ -16,27 +16,17 @@ import pandas as pd
 import pytest
 
 from churnops import pipeline
-from churnops.model import LoadedModel, load_aliased_model
+from churnops.model import LoadedModel
 from churnops.monitoring import run_monitoring
 from churnops.reading import load_customer_file
 from churnops.schema import RAW_COLUMNS
 from churnops.scoring import SAMPLE_SEED, DriftSample
-from churnops.settings import Settings, get_settings
+from churnops.settings import Settings
 from churnops.storage import PART_BYTES, LocalDropStorage, S3DropStorage, s3_client, stage_key
 
 pytestmark = pytest.mark.integration
 
 FILES = ["customer_churn_1.csv", "customer_churn_2_majority_drifted.csv"]
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, session_model: str):
-    settings = get_settings(
-        churnops_home=tmp_path_factory.mktemp("big"),
-        mlflow_tracking_uri=mlflow_server,
-        model_name=session_model,
-    )
-    return settings, load_aliased_model(settings)
 
 
 def _many_rows(data_dir: Path, rows: int) -> pd.DataFrame:
@@ -46,8 +36,8 @@ def _many_rows(data_dir: Path, rows: int) -> pd.DataFrame:
     return both.sample(rows, replace=True, random_state=7).reset_index(drop=True)
 
 
-def test_the_fast_path_predicts_what_the_pyfunc_predicts(model, data_dir: Path) -> None:
-    settings, loaded = model
+def test_the_fast_path_predicts_what_the_pyfunc_predicts(session_scoring, data_dir: Path) -> None:
+    settings, loaded = session_scoring
     pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{settings.model_alias}")
     for name in FILES:
         frame = load_customer_file(data_dir / name)
@@ -71,9 +61,9 @@ def _verdicts(settings: Settings, loaded: LoadedModel, frame: pd.DataFrame) -> d
 
 @pytest.mark.parametrize("source", [*FILES, "1M rows of both"])
 def test_drift_on_the_sample_gives_the_verdicts_of_all_rows(
-    model, data_dir: Path, source: str
+    session_scoring, data_dir: Path, source: str
 ) -> None:
-    settings, loaded = model
+    settings, loaded = session_scoring
     raw = pd.read_csv(data_dir / source) if source in FILES else _many_rows(data_dir, 1_000_000)
     frame = raw.rename(columns=RAW_COLUMNS)
     scored = pd.concat([frame, loaded.model.score(frame)], axis=1)
@@ -86,10 +76,10 @@ def test_drift_on_the_sample_gives_the_verdicts_of_all_rows(
 
 @pytest.mark.parametrize("packing", ["csv", "csv.gz", "parquet"])
 def test_a_big_file_streams_through_s3_with_its_outputs_in_parts(
-    model, data_dir: Path, moto_server: str, moto_bucket: str, packing: str
+    session_scoring, data_dir: Path, moto_server: str, moto_bucket: str, packing: str
 ) -> None:
     """320k rows in 50k-row chunks; the predictions (> 16 MiB) go up in parts."""
-    settings, loaded = model
+    settings, loaded = session_scoring
     settings = settings.model_copy(
         update={
             "drop_storage": "s3",
@@ -129,9 +119,9 @@ def test_a_big_file_streams_through_s3_with_its_outputs_in_parts(
 
 
 def test_a_bad_row_in_a_later_chunk_errors_the_file_with_nothing_written(
-    model, data_dir: Path, tmp_path: Path
+    session_scoring, data_dir: Path, tmp_path: Path
 ) -> None:
-    settings, _ = model
+    settings, _ = session_scoring
     settings = settings.model_copy(
         update={"churnops_home": tmp_path, "chunk_rows": 300, "evidently_ui_url": None}
     )
@@ -164,9 +154,9 @@ def _rows(count: int) -> bytes:
     ],
 )
 def test_unreadable_files_are_errored_not_retried(
-    model, tmp_path: Path, name: str, data: bytes, reason: str
+    session_scoring, tmp_path: Path, name: str, data: bytes, reason: str
 ) -> None:
-    settings, _ = model
+    settings, _ = session_scoring
     settings = settings.model_copy(update={"churnops_home": tmp_path, "evidently_ui_url": None})
     storage = LocalDropStorage(settings.drop_dir)
     storage.create_layout()

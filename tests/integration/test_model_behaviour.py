@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.model import ChurnModel, load_aliased_model
+from churnops.model import ChurnModel, LoadedModel
 from churnops.reading import load_customer_file
 from churnops.schema import TARGET
-from churnops.settings import get_settings
+from churnops.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +24,8 @@ SOURCE = "customer_churn_1.csv"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, session_model: str):
-    settings = get_settings(
-        churnops_home=tmp_path_factory.mktemp("behaviour"),
-        mlflow_tracking_uri=mlflow_server,
-        model_name=session_model,
-    )
-    return load_aliased_model(settings).model
+def model(session_scoring: tuple[Settings, LoadedModel]) -> ChurnModel:
+    return session_scoring[1].model
 
 
 @pytest.fixture(scope="module")
