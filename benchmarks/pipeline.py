@@ -295,7 +295,7 @@ def run_floor(csv: Path) -> dict:
     from churnops.schema import clean_name
 
     model = load_aliased_model(get_settings()).model
-    booster = model._classifier.get_booster()  # the floor: nothing between file and booster
+    booster = model.classifier.get_booster()  # the floor: nothing between file and booster
     out = csv.with_name(f"{csv.stem}.floor.csv")
     started = time.perf_counter()
     table = pa_csv.read_csv(csv)

@@ -92,6 +92,10 @@ class Lease:
             return True
         return now - datetime.fromisoformat(self.heartbeat) > timedelta(seconds=lease_seconds)
 
+    def ended(self, now: datetime, lease_seconds: float) -> bool:
+        """Nobody works on this attempt any more: it finished, failed, or its holder died."""
+        return self.state != "running" or self.holder_gone(now, lease_seconds)
+
     def retry_due(self, now: datetime) -> bool:
         """A failed attempt whose back-off has passed."""
         return self.state == "failed" and (
@@ -152,7 +156,7 @@ def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: 
             raise ClaimRefused(f"{name!r} is no longer in input/ (taken by a run, or removed)")
         run = run_id(name, info.version, info.modified)
         previous = latest_lease(storage, run)
-        if previous and _ended(previous, lease_seconds):
+        if previous and previous.ended(_now(), lease_seconds):
             _finish_move_in(storage, run, name, key, info.version)
         lease = _next_attempt(
             storage, previous, run, name, key, lease_seconds, flow_run_id, info.version
@@ -169,10 +173,6 @@ def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: 
     if version and (info := storage.stat(source)) is not None and info.version == version:
         storage.move(source, processing_key, version=version)  # the copy is there: source goes
     return Claim(lease, processing_key)
-
-
-def _ended(lease: Lease, lease_seconds: float) -> bool:
-    return lease.state != "running" or lease.holder_gone(_now(), lease_seconds)
 
 
 def _finish_move_in(storage: DropStorage, run: str, name: str, key: str, version: str) -> None:
@@ -202,7 +202,7 @@ def _next_attempt(
     source_version: str,
 ) -> Lease:
     """Create the claim file of the run's next attempt: exactly one claimer wins it."""
-    if previous and previous.state == "running" and not previous.holder_gone(_now(), lease_seconds):
+    if previous and not previous.ended(_now(), lease_seconds):
         raise ClaimRefused(f"run {run} is being worked on (attempt {previous.attempt})")
     attempt = previous.attempt + 1 if previous else 1
     lease = _new_lease(run, attempt, name, source, flow_run_id, source_version)

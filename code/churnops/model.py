@@ -56,20 +56,22 @@ class ChurnModel(PythonModel):
         self._classifier.load_model(context.artifacts[XGB_ARTIFACT])
         self._reference_path = context.artifacts[REFERENCE_ARTIFACT]
 
-    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
-        """Churn probability of every row (clean column names)."""
+    @property
+    def classifier(self) -> xgb.XGBClassifier:
         if self._classifier is None:
             raise RuntimeError("model context not loaded: load it with mlflow.pyfunc.load_model")
-        return self._classifier.predict_proba(prepare_features(df, self.features))[:, 1]
+        return self._classifier
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        """Churn probability of every row (clean column names)."""
+        return self.classifier.predict_proba(prepare_features(df, self.features))[:, 1]
 
     def fast_proba(self, df: pd.DataFrame) -> np.ndarray:
         """:meth:`predict_proba` through the booster itself: the same preparation, the same
         numbers, without the scikit-learn wrapper's checks and copies (the pipeline's path).
         """
-        if self._classifier is None:
-            raise RuntimeError("model context not loaded: load it with mlflow.pyfunc.load_model")
         features = prepare_features(df, self.features).to_numpy()
-        return self._classifier.get_booster().inplace_predict(features)
+        return self.classifier.get_booster().inplace_predict(features)
 
     def score(self, df: pd.DataFrame) -> pd.DataFrame:
         """Label and probability columns for every row (the fast path)."""

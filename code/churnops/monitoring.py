@@ -77,8 +77,9 @@ class Totals:
 
     rows: int
     predicted_churn_rate: float
-    #: Exact scores (:func:`churnops.scoring.quality_scores`); empty when unlabeled.
-    quality: dict[str, float]
+    #: Exact scores (:func:`churnops.scoring.quality_scores`), empty when unlabeled;
+    #: None: take the report's (the current data is the whole file).
+    quality: dict[str, float] | None
 
 
 def run_monitoring(
@@ -113,15 +114,14 @@ def run_monitoring(
         tags=[file_name, f"{model_name}:v{model_version}"],
         metadata=metadata,
     )
+    totals = totals or Totals(len(current), float(current[PREDICTION].mean()), None)
     result = extract_result(
         snapshot.dict(),
         feature_columns,
-        rows=len(current),
-        predicted_churn_rate=float(current[PREDICTION].mean()),
+        rows=totals.rows,
+        predicted_churn_rate=totals.predicted_churn_rate,
     )
-    if totals is not None:
-        result.rows = totals.rows
-        result.predicted_churn_rate = totals.predicted_churn_rate
+    if totals.quality is not None:
         result.quality = dict(totals.quality)
     result.snapshot_id, result.report_url = publish(snapshot, settings)
     return result

@@ -389,11 +389,11 @@ def _label(source: Path | bytes, name: str | None) -> str:
     return name or (source.name if isinstance(source, Path) else "file")
 
 
-def _check_size(source: Path | bytes, label: str, max_bytes: int | None) -> None:
-    size = source.stat().st_size if isinstance(source, Path) else len(source)
+def refuse_oversize(size: int, max_bytes: int | None, name: str) -> None:
+    """The one size rule, applied before a file is read."""
     if max_bytes is not None and size > max_bytes:
         raise DataValidationError(
-            [f"file is {size:,} bytes, over the limit of {max_bytes:,} bytes"], label
+            [f"file is {size:,} bytes, over the limit of {max_bytes:,} bytes"], name
         )
 
 
@@ -413,7 +413,8 @@ def read_customer_file(
     change values silently.
     """
     label = _label(source, name)
-    _check_size(source, label, max_bytes)
+    size = source.stat().st_size if isinstance(source, Path) else len(source)
+    refuse_oversize(size, max_bytes, label)
     with _open(source) as stream:
         reader = CustomerReader(stream, name=label, require_target=require_target)
         return reader.read_all()

@@ -104,7 +104,7 @@ def _untaken_inputs(
         if run in runs:
             continue
         lease = claims.latest_lease(storage, run)
-        if lease and not _ended(lease, now, settings.lease_seconds):
+        if lease and not lease.ended(now, settings.lease_seconds):
             continue  # being claimed right now
         why = f"waited {age:.0f}s in input/ and no run took it"
         actions.append(Action("trigger", key, why, f"{run}#input"))
@@ -119,7 +119,7 @@ def close_dead_runs(settings: Settings, storage: DropStorage, now: datetime) -> 
         for row_id in store.running():
             run, _, attempt = row_id.rpartition(".")
             lease = _lease(storage, run, attempt)
-            if lease is None or not _ended(lease, now, settings.lease_seconds):
+            if lease is None or not lease.ended(now, settings.lease_seconds):
                 continue
             if lease.state == "running":
                 why = f"attempt died (no heartbeat since {lease.heartbeat})"
@@ -130,10 +130,6 @@ def close_dead_runs(settings: Settings, storage: DropStorage, now: datetime) -> 
     finally:
         store.close()
     return actions
-
-
-def _ended(lease: claims.Lease, now: datetime, lease_seconds: float) -> bool:
-    return lease.state != "running" or lease.holder_gone(now, lease_seconds)
 
 
 def _lease(storage: DropStorage, run: str, attempt: str) -> claims.Lease | None:

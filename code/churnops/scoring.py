@@ -26,9 +26,9 @@ import pyarrow.csv as pa_csv
 from sklearn.metrics import log_loss, roc_auc_score
 
 from churnops.model import LoadedModel
-from churnops.reading import CustomerReader
+from churnops.reading import CustomerReader, refuse_oversize
 from churnops.results import PREDICTION, PROBABILITY
-from churnops.schema import RAW_COLUMNS, TARGET, DataValidationError
+from churnops.schema import RAW_COLUMNS, TARGET
 from churnops.settings import Settings
 from churnops.storage import DropStorage, ObjectExists, run_key
 
@@ -121,10 +121,7 @@ def check_size(storage: DropStorage, key: str, name: str, max_bytes: int) -> Non
     info = storage.stat(key)
     if info is None:
         raise FileNotFoundError(key)
-    if info.size > max_bytes:
-        raise DataValidationError(
-            [f"file is {info.size:,} bytes, over the limit of {max_bytes:,} bytes"], name
-        )
+    refuse_oversize(info.size, max_bytes, name)
 
 
 @contextlib.contextmanager
@@ -219,19 +216,21 @@ class _Labels:
     """Predictions (and labels, when present) of every row, compactly, for exact scores."""
 
     def __init__(self) -> None:
+        self.rows = self.churners = 0
         self.predicted: list[np.ndarray] = []
         self.probability: list[np.ndarray] = []
         self.actual: list[np.ndarray] = []
 
     def add(self, rows: pd.DataFrame) -> None:
-        self.predicted.append(rows[PREDICTION].to_numpy(np.int8))
-        self.probability.append(rows[PROBABILITY].to_numpy(np.float32))
-        if TARGET in rows.columns:
+        predicted = rows[PREDICTION].to_numpy(np.int8)
+        self.rows, self.churners = self.rows + len(rows), self.churners + int(predicted.sum())
+        if TARGET in rows.columns:  # only a labeled file is scored: keep what that needs
+            self.predicted.append(predicted)
+            self.probability.append(rows[PROBABILITY].to_numpy(np.float32))
             self.actual.append(rows[TARGET].to_numpy(np.int8))
 
     def churn_rate(self) -> float:
-        predicted = np.concatenate(self.predicted) if self.predicted else np.empty(0)
-        return float(predicted.mean()) if len(predicted) else float("nan")
+        return self.churners / self.rows if self.rows else float("nan")
 
     def quality(self) -> dict[str, float]:
         """F1, precision, recall, accuracy, ROC AUC and log loss; undefined ones left out."""

@@ -212,15 +212,8 @@ class LocalDropStorage(DropStorage):
         return ObjectInfo(st.st_size, version, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def create(self, key: str, data: bytes) -> None:
-        # Write beside the target, then link: readers never see half a file, and
-        # link (unlike rename) fails when the target exists.
-        tmp = self._write_temp(key, data)
-        try:
-            os.link(tmp, self.path(key))
-        except FileExistsError:
-            raise ObjectExists(f"{key} exists already: not replacing it") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        with self.create_streamed(key) as out:
+            out.write(data)
 
     @contextmanager
     def open_read(self, key: str) -> Iterator[IO[bytes]]:
@@ -229,10 +222,11 @@ class LocalDropStorage(DropStorage):
 
     @contextmanager
     def create_streamed(self, key: str) -> Iterator[IO[bytes]]:
+        # Write beside the target, then link: readers never see half a file, and
+        # link (unlike rename) fails when the target exists.
         tmp = self._temp_beside(key)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-            with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            with _new_file(tmp) as out:
                 yield out
             os.link(tmp, self.path(key))
         except FileExistsError:
@@ -252,8 +246,7 @@ class LocalDropStorage(DropStorage):
     def _write_temp(self, key: str, data: bytes) -> Path:
         """A complete temporary file beside the key's file, with the usual permissions."""
         tmp = self._temp_beside(key)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        with os.fdopen(fd, "wb") as out:
+        with _new_file(tmp) as out:
             out.write(data)
         return tmp
 
@@ -286,6 +279,11 @@ class LocalDropStorage(DropStorage):
         target.parent.mkdir(parents=True, exist_ok=True)
         with target.open("a", encoding="utf-8") as out:
             out.write(line.rstrip("\n") + "\n")
+
+
+def _new_file(path: Path) -> IO[bytes]:
+    """A file that did not exist, with the usual permissions (the umask applies)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb", 1 << 20)
 
 
 def _is_temp(key: str) -> bool:
@@ -321,7 +319,7 @@ class S3DropStorage(DropStorage):
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
         except self.client.exceptions.ClientError as exc:
-            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if _taken(exc):
                 raise ObjectExists(f"s3://{self.bucket}/{key} exists already") from None
             raise
 
@@ -465,7 +463,7 @@ class _PartWriter(io.RawIOBase):
                 IfNoneMatch="*",
             )
         except client.exceptions.ClientError as exc:
-            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if _taken(exc):
                 raise ObjectExists(
                     f"s3://{self.storage.bucket}/{self.key} exists already"
                 ) from None
@@ -496,6 +494,11 @@ def _origin(head: dict) -> str:
     so a move cut short is recognised by this metadata instead.
     """
     return head.get("Metadata", {}).get(ORIGIN) or _info(head).version
+
+
+def _taken(exc: Any) -> bool:
+    """A conditional write (``If-None-Match: *``) refused: the key holds an object."""
+    return _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
 
 def _code(exc: Any) -> str:
