@@ -548,3 +548,15 @@ def test_a_record_without_version_or_sequencer_fails(
 def test_an_event_without_records_is_refused(handler: ModuleType, bad: Any) -> None:
     with pytest.raises(ValueError, match="not an S3 event notification"):
         handler.lambda_handler(bad, None)
+
+
+@pytest.mark.parametrize(
+    "name", [".hidden.csv", "upload.csv.tmp", "upload.csv.part", "a.csv.crdownload", "a.csv~"]
+)
+def test_hidden_temporary_and_partial_files_start_no_run(
+    handler: ModuleType, prefect: FakePrefect, name: str
+) -> None:
+    [outcome] = handler.lambda_handler(event(record(f"data/input/{name}")), None)["results"]
+    assert outcome["status"] == "skipped"
+    assert outcome["reason"].startswith("a hidden, temporary or partial file")
+    assert prefect.posts() == []
