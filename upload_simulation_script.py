@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from churnops.drop.storage import ObjectExists, open_storage, stage_key
 from churnops.settings import get_settings
-from churnops.storage import ObjectExists, open_storage, stage_key
 
 
 def parse_args(

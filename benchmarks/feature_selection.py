@@ -11,10 +11,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from churnops import training
-from churnops.features import prepare_features, target
-from churnops.reading import load_customer_file
-from churnops.schema import INPUT_COLUMNS
+from churnops.data.features import prepare_features, target
+from churnops.data.reading import load_customer_file
+from churnops.data.schema import INPUT_COLUMNS
+from churnops.model import training
 from churnops.settings import get_settings
 
 SEEDS = (0, 1, 2)

@@ -3,7 +3,7 @@
 Each drop is ``customer_churn_1.csv`` under a new name, written to a temporary
 name and renamed into ``data/input/`` (the moment it lands). It is done when the
 file is in ``processed/`` and its alert is in the alert log. Drops go one after
-the other. The baseline runs the same function, ``pipeline.process``, in this
+the other. The baseline runs the same function, ``per_file.process``, in this
 process with a warm model, so the platform's own overhead (trigger, Prefect,
 flow engine) is the difference.
 
@@ -26,9 +26,9 @@ import time
 import uuid
 from pathlib import Path
 
+from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.platform.services import PlatformState
 from churnops.settings import Settings, get_settings
-from churnops.storage import LocalDropStorage, stage_key
 
 SOURCE = "customer_churn_1.csv"
 START_TIMEOUT = 900.0
@@ -100,8 +100,8 @@ def alert_logged(settings: Settings, name: str) -> bool:
 
 
 def baseline(platform_settings: Settings, source: Path, repeats: int) -> list[float]:
-    """``pipeline.process`` called directly, warm model, into a scratch home (after a warm-up)."""
-    from churnops import pipeline
+    """``per_file.process`` called directly, warm model, into a scratch home (after a warm-up)."""
+    from churnops.pipeline import per_file
 
     scratch = Path(tempfile.mkdtemp(prefix="churnops-baseline-"))
     settings = platform_settings.model_copy(update={"churnops_home": scratch})
@@ -113,7 +113,7 @@ def baseline(platform_settings: Settings, source: Path, repeats: int) -> list[fl
         key = stage_key("input", name)
         storage.create(key, source.read_bytes())
         started = time.perf_counter()
-        outcome = pipeline.process(settings, storage, key)
+        outcome = per_file.process(settings, storage, key)
         if outcome.status != "processed":
             raise SystemExit(f"baseline run {name}: {outcome.status}: {outcome.message}")
         if attempt:  # the first one loads the model and warms the imports

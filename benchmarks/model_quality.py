@@ -16,12 +16,12 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from sklearn.model_selection import train_test_split
 
-from churnops import training
-from churnops.features import prepare_features, target
-from churnops.model import load_aliased_model
-from churnops.reading import load_customer_file
-from churnops.registry import TrainingOptions, train_and_register
-from churnops.schema import INPUT_COLUMNS
+from churnops.data.features import prepare_features, target
+from churnops.data.reading import load_customer_file
+from churnops.data.schema import INPUT_COLUMNS
+from churnops.model import training
+from churnops.model.churn_model import load_aliased_model
+from churnops.model.registry import TrainingOptions, train_and_register
 from churnops.settings import get_settings
 
 REFERENCE_PARAMS = {

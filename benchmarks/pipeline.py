@@ -55,8 +55,8 @@ def tracking_uri(settings: Settings, scratch: Path) -> str:
     """CHURNOPS_HOME's registry when it has a staging model, else a freshly trained one."""
     from mlflow.exceptions import MlflowException
 
-    from churnops.model import load_aliased_model
-    from churnops.registry import TrainingOptions, train_and_register
+    from churnops.model.churn_model import load_aliased_model
+    from churnops.model.registry import TrainingOptions, train_and_register
 
     local_db = settings.home / "mlflow" / "mlflow.db"
     if settings.mlflow_tracking_uri or local_db.exists():
@@ -242,8 +242,8 @@ def run_pipeline(csv: Path) -> dict:
     """Start the ephemeral Prefect server, drop the file, time the flow."""
     from prefect.server.api.server import SubprocessASGIServer
 
-    from churnops.flow import churn_prediction_pipeline
-    from churnops.storage import LocalDropStorage, log_key, stage_key
+    from churnops.drop.storage import LocalDropStorage, log_key, stage_key
+    from churnops.pipeline.flow import churn_prediction_pipeline
 
     settings = get_settings()
     started = time.perf_counter()
@@ -291,8 +291,8 @@ def run_floor(csv: Path) -> dict:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
-    from churnops.model import load_aliased_model
-    from churnops.schema import clean_name
+    from churnops.data.schema import clean_name
+    from churnops.model.churn_model import load_aliased_model
 
     model = load_aliased_model(get_settings()).model
     booster = model.classifier.get_booster()  # the floor: nothing between file and booster

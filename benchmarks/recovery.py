@@ -27,9 +27,9 @@ from pathlib import Path
 import pandas as pd
 from latency import drop, final_stage, start_platform
 
-from churnops.claims import Lease
+from churnops.drop.claims import Lease
+from churnops.drop.storage import LocalDropStorage
 from churnops.settings import Settings, get_settings
-from churnops.storage import LocalDropStorage
 
 SOURCE = "customer_churn_1.csv"
 TIMEOUT = 900.0

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from churnops import claims
-from churnops.keys import INPUT_PREFIX
-from churnops.metrics_db import MetricsStore
-from churnops.storage import DropStorage, folder_key, run_key, stage_key
+from churnops.drop import claims
+from churnops.drop.keys import INPUT_PREFIX
+from churnops.drop.storage import DropStorage, folder_key, run_key, stage_key
+from churnops.monitoring.metrics_db import MetricsStore
 
 
 @dataclass

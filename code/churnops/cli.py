@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from churnops.progress import progress_bars
+from churnops.model.progress import progress_bars
 from churnops.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from churnops.pipeline import FileOutcome
-    from churnops.storage import DropStorage
+    from churnops.drop.storage import DropStorage
+    from churnops.pipeline.per_file import FileOutcome
 
 app = typer.Typer(help="ChurnOps: train, deploy and continuously evaluate churn models.")
 data_app = typer.Typer(help="Get the customer churn data.")
@@ -59,8 +59,8 @@ def data_fetch(
     ] = None,
 ) -> None:
     """Download the UCI archive, check it and split it into the platform's files."""
-    from churnops import dataset
-    from churnops.schema import DataValidationError
+    from churnops.data import dataset
+    from churnops.data.schema import DataValidationError
 
     settings = _settings()
     target_dir = target or Path("data")
@@ -93,7 +93,7 @@ def train(
     force: Annotated[bool, typer.Option(help="Move the alias even if the gate says no.")] = False,
 ) -> None:
     """Train XGBoost, log it to MLflow, register it and gate the staging alias."""
-    from churnops.registry import TrainingOptions, train_and_register
+    from churnops.model.registry import TrainingOptions, train_and_register
 
     settings = _settings()
     data_file = data_file or settings.churn_data_dir / settings.training_file
@@ -119,7 +119,7 @@ EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5}
 
 def _copy_into_drop(settings: Settings, path: Path) -> str:
     """Put a file into the local drop's input folder (unless it is there); return its key."""
-    from churnops.storage import LocalDropStorage, ObjectExists, stage_key
+    from churnops.drop.storage import LocalDropStorage, ObjectExists, stage_key
 
     if not path.is_file():
         _fail(f"{path} is not a file")
@@ -136,7 +136,7 @@ def _copy_into_drop(settings: Settings, path: Path) -> str:
 
 def _open_target(settings: Settings, target: str) -> tuple[DropStorage, str]:
     """The storage and key of a target: a local file, or ``s3://bucket/key``."""
-    from churnops.storage import S3DropStorage, open_storage, s3_client
+    from churnops.drop.storage import S3DropStorage, open_storage, s3_client
 
     if target.startswith("s3://"):
         bucket, _, key = target.removeprefix("s3://").partition("/")
@@ -160,7 +160,7 @@ def _stranded_run(
     """A dead or failed run holding ``name`` (with these bytes): retrying means re-driving it."""
     from datetime import UTC, datetime
 
-    from churnops.reconcile import run_folders, stranded_runs
+    from churnops.drop.reconcile import run_folders, stranded_runs
 
     for action in stranded_runs(settings, storage, datetime.now(UTC), run_folders(storage)):
         if action.key.rsplit("/", 1)[-1] != name:
@@ -184,7 +184,7 @@ def process(
     5 skipped (already taken by another run). Run again after a crash or a
     failure, it re-drives the stranded run holding the same file.
     """
-    from churnops.pipeline import process as process_file
+    from churnops.pipeline.per_file import process as process_file
 
     settings = _settings()
     storage, key = _open_target(settings, target)
@@ -213,9 +213,9 @@ def reconcile(
 
     Exits 4 when a re-driven file failed again (its dependency is still down).
     """
-    from churnops import reconcile as reconciler
-    from churnops.pipeline import process as process_file
-    from churnops.storage import S3DropStorage, open_storage, s3_client
+    from churnops.drop import reconcile as reconciler
+    from churnops.drop.storage import S3DropStorage, open_storage, s3_client
+    from churnops.pipeline.per_file import process as process_file
 
     settings = _settings()
     if target and target.startswith("s3://"):
@@ -248,7 +248,7 @@ def report(
     ] = None,
 ) -> None:
     """Plot the dashboard's time series from the metrics database (no Grafana needed)."""
-    from churnops.report import NoRunsYet, write_report
+    from churnops.monitoring.report import NoRunsYet, write_report
 
     try:
         files = write_report(_settings(), out)
@@ -292,7 +292,7 @@ def status() -> None:
 @app.command("grant-reader")
 def grant_reader() -> None:
     """Create or update the dashboards' read-only role on the Postgres metrics database."""
-    from churnops.metrics_db import MetricsStore, grant_read_only
+    from churnops.monitoring.metrics_db import MetricsStore, grant_read_only
 
     settings = _settings()
     if settings.dashboard_db_password is None:

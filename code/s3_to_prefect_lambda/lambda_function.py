@@ -1,9 +1,9 @@
 """The Lambda's entry point, ``lambda_function.lambda_handler``.
 
-The handler is :mod:`churnops.trigger`, which the image carries with
-:mod:`churnops.keys` (standard library only; see the Dockerfile).
+The handler is :mod:`churnops.drop.trigger`, which the image carries with
+:mod:`churnops.drop.keys` (standard library only; see the Dockerfile).
 """
 
-from churnops.trigger import lambda_handler
+from churnops.drop.trigger import lambda_handler
 
 __all__ = ["lambda_handler"]

@@ -1,6 +1,6 @@
 """A metrics database filled the way the pipeline fills it, for the dashboard and report tests.
 
-:func:`run_pipeline` chains the building blocks ``churnops.flow.process_file``
+:func:`run_pipeline` chains the building blocks ``churnops.pipeline.flow.process_file``
 uses, without Prefect and MLflow: ``MetricsStore.start_run`` before the model
 is known, validation, predictions of a small XGBoost model trained on
 customer_churn_0.csv, ``run_monitoring`` against that reference,
@@ -24,12 +24,12 @@ import xgboost as xgb
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from churnops.features import FEATURES, prepare_features, target
-from churnops.metrics_db import ERRORED, PROCESSED, MetricsStore
-from churnops.monitoring import run_monitoring
-from churnops.reading import load_customer_file
-from churnops.results import PREDICTION, PROBABILITY
-from churnops.schema import DataValidationError
+from churnops.data.features import FEATURES, prepare_features, target
+from churnops.data.reading import load_customer_file
+from churnops.data.schema import DataValidationError
+from churnops.monitoring.drift import run_monitoring
+from churnops.monitoring.metrics_db import ERRORED, PROCESSED, MetricsStore
+from churnops.pipeline.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings, get_settings
 
 MODEL_NAME = "XGBoostChurnModel"

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from churnops.cli import app
-from churnops.metrics_db import MetricsStore
-from churnops.report import NoRunsYet, write_report
+from churnops.monitoring.metrics_db import MetricsStore
+from churnops.monitoring.report import NoRunsYet, write_report
 from churnops.settings import Settings, get_settings
 
 from .conftest import BROKEN_FILE, PLAN

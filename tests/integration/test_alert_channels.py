@@ -9,8 +9,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from churnops.alerts import Alert, AlertDeliveryError, assess, build_alert, send_alert
-from churnops.results import ColumnDrift, MonitoringResult
+from churnops.monitoring.alerts import Alert, AlertDeliveryError, assess, build_alert, send_alert
+from churnops.pipeline.results import ColumnDrift, MonitoringResult
 from churnops.settings import Settings, get_settings
 from tests.fixtures.moto import sns_topic_to_queue
 from tests.fixtures.network import free_port
@@ -111,7 +111,7 @@ def test_email_wrong_password_is_reported_without_retry(
     with pytest.raises(AlertDeliveryError, match="SMTPAuthenticationError"):
         send_alert(alert, settings)
     assert smtp_server.messages == []
-    assert not [r for r in caplog.records if r.name == "churnops.alerts.email"]
+    assert not [r for r in caplog.records if r.name == "churnops.monitoring.alerts.email"]
 
 
 def test_retries_then_reports_and_keeps_the_log(
@@ -124,13 +124,13 @@ def test_retries_then_reports_and_keeps_the_log(
         alert_email_to="ops@example.com",
     )
     with (
-        caplog.at_level(logging.WARNING, logger="churnops.alerts"),
+        caplog.at_level(logging.WARNING, logger="churnops.monitoring.alerts"),
         pytest.raises(AlertDeliveryError) as err,
     ):
         send_alert(alert, settings)
     assert err.value.delivered == ["log"]
     assert "ConnectionRefusedError" in err.value.failures["email"]
-    retries = [r for r in caplog.records if r.name == "churnops.alerts.email"]
+    retries = [r for r in caplog.records if r.name == "churnops.monitoring.alerts.email"]
     assert len(retries) == settings.alert_send_attempts - 1
     assert any("email failed after retries" in r.getMessage() for r in caplog.records)
     assert alert.body in settings.alert_log.read_text()

@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops import pipeline
-from churnops.model import LoadedModel
-from churnops.monitoring import run_monitoring
-from churnops.reading import load_customer_file
-from churnops.schema import RAW_COLUMNS
-from churnops.scoring import SAMPLE_SEED, DriftSample
+from churnops.data.reading import load_customer_file
+from churnops.data.schema import RAW_COLUMNS
+from churnops.drop.storage import PART_BYTES, LocalDropStorage, S3DropStorage, s3_client, stage_key
+from churnops.model.churn_model import LoadedModel
+from churnops.monitoring.drift import run_monitoring
+from churnops.pipeline import per_file
+from churnops.pipeline.scoring import SAMPLE_SEED, DriftSample
 from churnops.settings import Settings
-from churnops.storage import PART_BYTES, LocalDropStorage, S3DropStorage, s3_client, stage_key
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_a_big_file_streams_through_s3_with_its_outputs_in_parts(
     name = f"everyone.{packing}"
     storage.create(stage_key("input", name), data)
 
-    outcome = pipeline.process(settings, storage, stage_key("input", name))
+    outcome = per_file.process(settings, storage, stage_key("input", name))
 
     assert outcome.status == "processed", outcome.message
     assert outcome.predictions_key is not None
@@ -131,7 +131,7 @@ def test_a_bad_row_in_a_later_chunk_errors_the_file_with_nothing_written(
     lines[1000] = lines[1000].replace(",", ",x", 1)  # file line 1001, in the fourth chunk
     storage.create(stage_key("input", "late.csv"), ("\n".join(lines) + "\n").encode())
 
-    outcome = pipeline.process(settings, storage, stage_key("input", "late.csv"))
+    outcome = per_file.process(settings, storage, stage_key("input", "late.csv"))
 
     assert outcome.status == "errored"
     assert "(rows 1001)" in outcome.message
@@ -162,7 +162,7 @@ def test_unreadable_files_are_errored_not_retried(
     storage.create_layout()
     storage.create(stage_key("input", name), data)
 
-    outcome = pipeline.process(settings, storage, stage_key("input", name))
+    outcome = per_file.process(settings, storage, stage_key("input", name))
 
     assert outcome.status == "errored", outcome.message
     assert reason in outcome.message

@@ -24,15 +24,16 @@ import boto3
 import pandas as pd
 import pytest
 
-from churnops import claims, pipeline, reconcile
-from churnops.settings import Settings, get_settings
-from churnops.storage import (
+from churnops.drop import claims, reconcile
+from churnops.drop.storage import (
     DropStorage,
     LocalDropStorage,
     S3DropStorage,
     open_storage,
     s3_client,
 )
+from churnops.pipeline import per_file
+from churnops.settings import Settings, get_settings
 from tests.exactly_once import Drops, originals
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.postgres import PostgresCluster
@@ -54,10 +55,10 @@ class World:
     def storage(self) -> DropStorage:
         return self.drops.storage
 
-    def process(self, key: str, steps: pipeline.Steps = pipeline.PLAIN_STEPS):
-        return pipeline.process(self.settings, self.storage, key, steps=steps)
+    def process(self, key: str, steps: per_file.Steps = per_file.PLAIN_STEPS):
+        return per_file.process(self.settings, self.storage, key, steps=steps)
 
-    def reconcile(self) -> list[pipeline.FileOutcome]:
+    def reconcile(self) -> list[per_file.FileOutcome]:
         outcomes = []
         reconcile.reconcile(
             self.settings, self.storage, lambda a: outcomes.append(self.process(a.key))
@@ -191,14 +192,16 @@ def _killed_run(settings: Settings, key: str, point: str, env: dict[str, str]) -
 
         return die
 
-    pipeline.process(settings, storage, key, steps=pipeline.PLAIN_STEPS.wrapped(killer))
+    per_file.process(settings, storage, key, steps=per_file.PLAIN_STEPS.wrapped(killer))
     os._exit(0)  # not killed: the test fails on the exit code
 
 
 #: Children come from a fork server that imported the stack but never ran XGBoost or
 #: Arrow: a plain fork of the test process would deadlock in their thread pools.
 _CHILDREN = multiprocessing.get_context("forkserver")
-_CHILDREN.set_forkserver_preload(["churnops.pipeline", "churnops.model", "churnops.monitoring"])
+_CHILDREN.set_forkserver_preload(
+    ["churnops.pipeline.per_file", "churnops.model.churn_model", "churnops.monitoring.drift"]
+)
 
 
 def _run_killed(world: World, key: str, point: str) -> None:
@@ -274,7 +277,7 @@ def test_killed_churnops_process_is_recovered_by_running_it_again(
 
 
 # --- outages: a dependency down is not a bad file ---------------------------------------------
-def _stop_during(step_name: str, stop: Callable[[], None]) -> pipeline.Steps:
+def _stop_during(step_name: str, stop: Callable[[], None]) -> per_file.Steps:
     """Steps that take a dependency down just before ``step_name`` runs."""
 
     def wrap(step: Callable) -> Callable:
@@ -287,7 +290,7 @@ def _stop_during(step_name: str, stop: Callable[[], None]) -> pipeline.Steps:
 
         return stopping
 
-    return pipeline.PLAIN_STEPS.wrapped(wrap)
+    return per_file.PLAIN_STEPS.wrapped(wrap)
 
 
 def test_metrics_database_down_mid_run_then_back(
@@ -404,7 +407,7 @@ def test_concurrent_and_duplicate_events_process_a_drop_once(
     world: World, small_file: bytes
 ) -> None:
     key = world.drops.drop("customers.csv", small_file)
-    outcomes: list[pipeline.FileOutcome] = []
+    outcomes: list[per_file.FileOutcome] = []
     threads = [threading.Thread(target=lambda: outcomes.append(world.process(key)))]
     threads += [threading.Thread(target=lambda: outcomes.append(world.process(key)))]
     for thread in threads:

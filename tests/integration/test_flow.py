@@ -20,9 +20,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
 
-from churnops.flow import churn_prediction_pipeline
-from churnops.metrics_db import MetricsStore
-from churnops.schema import RAW_COLUMNS
+from churnops.data.schema import RAW_COLUMNS
+from churnops.monitoring.metrics_db import MetricsStore
+from churnops.pipeline.flow import churn_prediction_pipeline
 from churnops.settings import Settings, get_settings
 from tests.fixtures.model import SESSION_MODEL
 from tests.fixtures.moto import received_messages, sns_topic_to_queue

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.model import ChurnModel, LoadedModel
-from churnops.reading import load_customer_file
-from churnops.schema import TARGET
+from churnops.data.reading import load_customer_file
+from churnops.data.schema import TARGET
+from churnops.model.churn_model import ChurnModel, LoadedModel
 from churnops.settings import Settings
 
 pytestmark = pytest.mark.integration

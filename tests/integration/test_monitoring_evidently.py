@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from evidently.ui.workspace import Workspace
 
-from churnops.features import FEATURES
-from churnops.monitoring import run_monitoring
-from churnops.reading import load_customer_file
-from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
+from churnops.data.features import FEATURES
+from churnops.data.reading import load_customer_file
+from churnops.monitoring.drift import run_monitoring
+from churnops.pipeline.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
 from churnops.settings import Settings, get_settings
 
 pytestmark = pytest.mark.integration

@@ -21,10 +21,10 @@ from evidently.ui.workspace import Workspace
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-from churnops.claims import Lease
-from churnops.metrics_db import DRIFTED_SHARE, MetricsStore
+from churnops.drop.claims import Lease
+from churnops.drop.storage import LocalDropStorage, stage_key
+from churnops.monitoring.metrics_db import DRIFTED_SHARE, MetricsStore
 from churnops.settings import Settings, get_settings
-from churnops.storage import LocalDropStorage, stage_key
 from tests.exactly_once import Drops
 from tests.platform_processes import FOREIGN, leftovers
 

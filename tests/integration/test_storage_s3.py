@@ -5,10 +5,9 @@ from __future__ import annotations
 import boto3
 import pytest
 
-from churnops import claims
-from churnops.keys import decode_event_key
-from churnops.settings import get_settings
-from churnops.storage import (
+from churnops.drop import claims
+from churnops.drop.keys import decode_event_key
+from churnops.drop.storage import (
     PART_BYTES,
     FileLog,
     ObjectExists,
@@ -17,6 +16,7 @@ from churnops.storage import (
     run_key,
     stage_key,
 )
+from churnops.settings import get_settings
 
 pytestmark = pytest.mark.integration
 

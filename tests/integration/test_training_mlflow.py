@@ -7,12 +7,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from churnops.features import FEATURES
-from churnops.model import configure_mlflow
-from churnops.reading import load_customer_file
-from churnops.registry import TrainingOptions, TrainingOutcome, train_and_register
-from churnops.results import PREDICTION, PROBABILITY
-from churnops.schema import TARGET
+from churnops.data.features import FEATURES
+from churnops.data.reading import load_customer_file
+from churnops.data.schema import TARGET
+from churnops.model.churn_model import configure_mlflow
+from churnops.model.registry import TrainingOptions, TrainingOutcome, train_and_register
+from churnops.pipeline.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings, get_settings
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from churnops.flow import reconcile_drops
+from churnops.pipeline.flow import reconcile_drops
 
 from .conftest import REPO, TERRAFORM_DIR
 
@@ -35,13 +35,13 @@ def test_base_images_are_pinned() -> None:
 def test_prefect_yaml_matches_the_platform() -> None:
     config = yaml.safe_load((ORCHESTRATION / "prefect.yaml").read_text())
     deployment, reconciler = config["deployments"]
-    assert reconciler["entrypoint"] == "churnops/flow.py:reconcile_drops"
+    assert reconciler["entrypoint"] == "churnops/pipeline/flow.py:reconcile_drops"
     assert reconciler["flow_name"] == reconcile_drops.name
     assert reconciler["schedules"] and reconciler["concurrency_limit"] == 1
     assert reconciler["work_pool"] == deployment["work_pool"]
     assert deployment["name"] == "churnops"
     assert deployment["flow_name"] == "churn_prediction_pipeline"
-    assert deployment["entrypoint"] == "churnops/flow.py:churn_prediction_pipeline"
+    assert deployment["entrypoint"] == "churnops/pipeline/flow.py:churn_prediction_pipeline"
     variables = (TERRAFORM_DIR / "variables.tf").read_text()
     pool_default = re.search(
         r'variable "prefect_work_pool".*?default\s+=\s+"([^"]+)"', variables, re.S

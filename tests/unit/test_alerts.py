@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from churnops.alerts import (
+from churnops.monitoring.alerts import (
     AlertDeliveryError,
     Assessment,
     LowScore,
@@ -14,7 +14,7 @@ from churnops.alerts import (
     build_alert,
     send_alert,
 )
-from churnops.results import ColumnDrift, MonitoringResult
+from churnops.pipeline.results import ColumnDrift, MonitoringResult
 from churnops.settings import Settings, get_settings
 
 GOOD = {"f1": 0.9, "precision": 0.9, "recall": 0.9, "accuracy": 0.9, "roc_auc": 0.95}

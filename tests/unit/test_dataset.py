@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnops import dataset
-from churnops.schema import DataValidationError
+from churnops.data import dataset
+from churnops.data.schema import DataValidationError
 from tests.fixtures.network import LOOPBACK
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from churnops.flow import outcome_markdown
-from churnops.pipeline import FileOutcome
+from churnops.pipeline.flow import outcome_markdown
+from churnops.pipeline.per_file import FileOutcome
 
 
 def test_an_errored_file_says_why_and_where_its_log_is() -> None:

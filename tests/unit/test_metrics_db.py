@@ -11,8 +11,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from churnops.metrics_db import MetricsStore, grant_read_only, metadata
-from churnops.results import ColumnDrift, MonitoringResult
+from churnops.monitoring.metrics_db import MetricsStore, grant_read_only, metadata
+from churnops.pipeline.results import ColumnDrift, MonitoringResult
 from churnops.settings import get_settings
 
 COLUMNS = [

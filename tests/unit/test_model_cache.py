@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from churnops.model import LoadedModel, ModelCache
+from churnops.model.churn_model import LoadedModel, ModelCache
 
 
 def _loader(loads: list[str], version: str):

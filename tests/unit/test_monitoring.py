@@ -11,14 +11,14 @@ import pytest
 from evidently import Dataset
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from churnops.monitoring import (
+from churnops.monitoring.drift import (
     build_report,
     data_definition,
     extract_result,
     local_report_url,
     run_monitoring,
 )
-from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
+from churnops.pipeline.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
 from churnops.settings import get_settings
 
 FEATURES = ["stable", "shifted"]

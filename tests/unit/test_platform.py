@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from churnops import trigger
-from churnops.keys import encode_event_key, is_candidate
+from churnops.drop import trigger
+from churnops.drop.keys import encode_event_key, is_candidate
+from churnops.drop.storage import LocalDropStorage, run_key, stage_key
 from churnops.platform import launch, services
 from churnops.platform.status import list_files, service_health
 from churnops.platform.watcher import (
@@ -31,7 +32,6 @@ from churnops.platform.watcher import (
     wait_stable,
 )
 from churnops.settings import get_settings
-from churnops.storage import LocalDropStorage, run_key, stage_key
 
 ROOT = Path(__file__).parents[2]
 

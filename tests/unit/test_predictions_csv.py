@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.reading import load_customer_file
-from churnops.schema import RAW_COLUMNS
-from churnops.scoring import csv_bytes
+from churnops.data.reading import load_customer_file
+from churnops.data.schema import RAW_COLUMNS
+from churnops.pipeline.scoring import csv_bytes
 
 
 def _read_back(data: bytes, like: pd.DataFrame) -> pd.DataFrame:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnops.reading import (
+from churnops.data.reading import (
     CustomerReader,
     _Utf8Checked,
     load_customer_file,
     read_customer_file,
 )
-from churnops.schema import (
+from churnops.data.schema import (
     INPUT_COLUMNS,
     RAW_COLUMNS,
     TARGET,

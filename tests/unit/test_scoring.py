@@ -14,7 +14,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from churnops.scoring import DriftSample, predictions_name, quality_scores
+from churnops.pipeline.scoring import DriftSample, predictions_name, quality_scores
 
 
 def _sampled(frame: pd.DataFrame, size: int, chunk: int) -> pd.DataFrame:

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from churnops.keys import decode_event_key
-from churnops.settings import get_settings
-from churnops.storage import (
+from churnops.drop.keys import decode_event_key
+from churnops.drop.storage import (
     FileLog,
     LocalDropStorage,
     ObjectExists,
@@ -21,6 +20,7 @@ from churnops.storage import (
     split_run_key,
     stage_key,
 )
+from churnops.settings import get_settings
 
 NAMES = ["customer_churn_1.csv", "march batch.csv", "a+b.csv", "clientes_año_ü.csv"]
 

@@ -9,10 +9,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from churnops import training
-from churnops.features import FEATURES, prepare_features, target
-from churnops.reading import load_customer_file
-from churnops.schema import INPUT_COLUMNS
+from churnops.data.features import FEATURES, prepare_features, target
+from churnops.data.reading import load_customer_file
+from churnops.data.schema import INPUT_COLUMNS
+from churnops.model import training
 
 SMALL = {"n_estimators": 20, "max_depth": 2, "learning_rate": 0.3}
 

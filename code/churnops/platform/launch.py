@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from churnops.model.progress import progress_bars
 from churnops.platform import services as svc
 from churnops.platform.watcher import (
     BucketPoller,
@@ -33,11 +34,10 @@ from churnops.platform.watcher import (
     start_deployment_run,
     trigger,
 )
-from churnops.progress import progress_bars
 from churnops.settings import Settings
 
 if TYPE_CHECKING:
-    from churnops.registry import TrainingOutcome
+    from churnops.model.registry import TrainingOutcome
 
 log = logging.getLogger("churnops.platform")
 SERVER_START_TIMEOUT = 240.0
@@ -211,7 +211,7 @@ def _ensure_model(settings: Settings, console: Console) -> None:
         import mlflow
         from mlflow.exceptions import MlflowException
 
-        from churnops.model import configure_mlflow
+        from churnops.model.churn_model import configure_mlflow
 
         configure_mlflow(settings)
         try:
@@ -243,13 +243,13 @@ def _ensure_model(settings: Settings, console: Console) -> None:
 
 def _ensure_project(settings: Settings) -> None:
     """Create the Evidently project once, before runners could race to create two."""
-    from churnops.monitoring import open_workspace, project_id
+    from churnops.monitoring.drift import open_workspace, project_id
 
     project_id(open_workspace(settings), settings.evidently_project)
 
 
 def _train(settings: Settings, data_file: Path, console: Console) -> TrainingOutcome:
-    from churnops.registry import TrainingOptions, train_and_register
+    from churnops.model.registry import TrainingOptions, train_and_register
 
     with progress_bars(console, "training: ") as report:
         return train_and_register(settings, TrainingOptions(data_file=data_file), report)
@@ -300,7 +300,7 @@ def _start_watcher(platform: Platform) -> None:
             client, settings.drop_bucket, dispatcher, settings.drop_poll_seconds
         )
     else:
-        from churnops.storage import LocalDropStorage
+        from churnops.drop.storage import LocalDropStorage
 
         LocalDropStorage(settings.drop_dir).create_layout()
         platform.watcher = FolderWatcher(settings.drop_dir, dispatcher)

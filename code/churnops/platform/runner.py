@@ -35,7 +35,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.states import Pending
 from prefect.utilities.engine import propose_state_sync
 
-from churnops.flow import churn_prediction_pipeline, reconcile_drops
+from churnops.pipeline.flow import churn_prediction_pipeline, reconcile_drops
 from churnops.platform.services import ready_file
 from churnops.settings import Settings, get_settings
 
@@ -79,8 +79,8 @@ class FlowRunner:
         """Load the staging model and run one small report, so the first file is fast."""
         from evidently import Dataset
 
-        from churnops.model import load_aliased_model
-        from churnops.monitoring import build_report, data_definition
+        from churnops.model.churn_model import load_aliased_model
+        from churnops.monitoring.drift import build_report, data_definition
 
         model = load_aliased_model(self.settings)
         reference = model.model.reference_data().head(200)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from churnops.claims import pid_alive
+from churnops.drop.claims import pid_alive
 from churnops.settings import Settings
 
 #: Variables that would point a child at another Prefect server, profile or database.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from churnops.drop.storage import STAGES, DropStorage, folder_key, open_storage
 from churnops.platform.services import PlatformState, http_ok, pid_alive
 from churnops.settings import Settings
-from churnops.storage import STAGES, DropStorage, folder_key, open_storage
 
 
 @dataclass(frozen=True)

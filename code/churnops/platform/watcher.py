@@ -1,7 +1,7 @@
 """The drop trigger of the local platform: S3-shaped events for the Lambda handler.
 
 On AWS, S3 notifies the Lambda of each new object. Locally the same handler
-(:func:`churnops.trigger.handle_event`) is called by one of two watchers:
+(:func:`churnops.drop.trigger.handle_event`) is called by one of two watchers:
 
 * :class:`FolderWatcher` (local drop folder): watchdog events on ``data/input/``,
   once the file's size and mtime have settled;
@@ -27,8 +27,8 @@ from typing import Any
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from churnops.keys import INPUT_PREFIX, encode_event_key, is_candidate
-from churnops.trigger import Config, handle_event, start_flow_run
+from churnops.drop.keys import INPUT_PREFIX, encode_event_key, is_candidate
+from churnops.drop.trigger import Config, handle_event, start_flow_run
 
 log = logging.getLogger("churnops.watcher")
 Handler = Callable[[Mapping[str, Any], object], Mapping[str, Any]]

@@ -1,7 +1,7 @@
 """S3 -> Prefect: start one ``churn_prediction_pipeline`` flow run per new input file.
 
 The AWS Lambda runs this module (``code/s3_to_prefect_lambda/`` imports it; its
-image carries it with :mod:`churnops.keys` and no dependencies: standard library
+image carries it with :mod:`churnops.drop.keys` and no dependencies: standard library
 only, so the retry loop is written out here). The local platform's file-drop
 watcher calls :func:`handle_event` with S3-shaped events and a :class:`Config`
 made from its own settings. Nothing happens at import time; the Lambda reads its
@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
-from churnops.keys import INPUT_PREFIX, decode_event_key, is_candidate
+from churnops.drop.keys import INPUT_PREFIX, decode_event_key, is_candidate
 
 LOGGER = logging.getLogger("s3_to_prefect")
 LOGGER.setLevel(logging.INFO)  # the Lambda runtime's root logger stops at WARNING

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
-from churnops.schema import (
+from churnops.data.schema import (
     CustomerFile,
     DataValidationError,
     build_schema,

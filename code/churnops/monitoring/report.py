@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sqlalchemy.engine import make_url
 
-from churnops.metrics_db import (
+from churnops.monitoring.metrics_db import (
     DRIFT_SCORE,
     DRIFTED_COUNT,
     DRIFTED_SHARE,
@@ -34,7 +34,7 @@ from churnops.metrics_db import (
     PROCESSED,
     MetricsStore,
 )
-from churnops.results import QUALITY_METRICS
+from churnops.pipeline.results import QUALITY_METRICS
 from churnops.settings import Settings
 
 PNG_NAME, HTML_NAME = "report.png", "report.html"

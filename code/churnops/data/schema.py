@@ -4,7 +4,7 @@ Files arrive with the UCI header (``Call  Failure`` with two spaces, ``Churn``).
 :func:`clean_columns` turns any spelling of it into snake_case, and
 :func:`validate` checks a frame with pandera and reports every problem of the
 file in one :class:`DataValidationError`. Reading files (formats, encodings,
-chunks) is :mod:`churnops.reading`.
+chunks) is :mod:`churnops.data.reading`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ anything the platform writes, and nothing is ever written over::
     data/processed/<run>/<predictions>     ... and what the run made of it
     data/errored/<run>/<name>              an invalid file (the log says why)
     data/logs/<run>/<name>.log             the file's story, a line per step
-    data/claims/<run>/<attempt>.json       who works on a run (see churnops.claims)
+    data/claims/<run>/<attempt>.json       who works on a run (see churnops.drop.claims)
 
 Keys are always '/'-separated and relative, exactly as S3 shows them.
 """
@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from churnops.keys import INPUT_PREFIX, PREFIX
+from churnops.drop.keys import INPUT_PREFIX, PREFIX
 
 if TYPE_CHECKING:
     from churnops.settings import Settings

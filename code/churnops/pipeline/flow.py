@@ -1,4 +1,5 @@
-"""The Prefect flows: a thin shell over :mod:`churnops.pipeline` and :mod:`churnops.reconcile`.
+"""The Prefect flows: a thin shell over :mod:`churnops.pipeline.per_file` and
+:mod:`churnops.drop.reconcile`.
 
 ``churn_prediction_pipeline(bucket, key)`` processes one dropped file, each
 step a Prefect task. Its run ends Completed when the file was processed, was
@@ -17,12 +18,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from churnops import pipeline, reconcile
+from churnops.drop import reconcile
+from churnops.drop.storage import open_storage
+from churnops.pipeline import per_file
 from churnops.settings import Settings, get_settings
-from churnops.storage import open_storage
 
 #: Data frames travel between tasks in memory: no caching, no input hashing.
-PREFECT_STEPS = pipeline.PLAIN_STEPS.wrapped(task(cache_policy=NO_CACHE))
+PREFECT_STEPS = per_file.PLAIN_STEPS.wrapped(task(cache_policy=NO_CACHE))
 
 
 @flow(name="churn_prediction_pipeline")
@@ -35,10 +37,10 @@ def churn_prediction_pipeline(bucket: str, key: str) -> State:
     return outcome_state(process_key(get_settings(), bucket, key))
 
 
-def process_key(settings: Settings, bucket: str, key: str) -> pipeline.FileOutcome:
+def process_key(settings: Settings, bucket: str, key: str) -> per_file.FileOutcome:
     """The flow's body: the pipeline with its steps as tasks of this flow run."""
     storage = open_storage(settings, bucket)
-    outcome = pipeline.process(
+    outcome = per_file.process(
         settings, storage, key, steps=PREFECT_STEPS, flow_run_id=str(flow_run.id or "")
     )
     logger = get_run_logger()
@@ -52,7 +54,7 @@ def process_key(settings: Settings, bucket: str, key: str) -> pipeline.FileOutco
     return outcome
 
 
-def outcome_markdown(outcome: pipeline.FileOutcome) -> str:
+def outcome_markdown(outcome: per_file.FileOutcome) -> str:
     """The run's summary on its Prefect page: what happened, the numbers, where to look."""
     rows = [("outcome", f"**{outcome.status}**")]
     if outcome.model_version:
@@ -70,7 +72,7 @@ def outcome_markdown(outcome: pipeline.FileOutcome) -> str:
     return f"### {outcome.name}\n\n| | |\n| --- | --- |\n{table}\n"
 
 
-def outcome_state(outcome: pipeline.FileOutcome) -> State:
+def outcome_state(outcome: per_file.FileOutcome) -> State:
     """Completed (processed, errored, skipped) or Failed, its message saying what happened."""
     data = asdict(outcome)
     message = f"{outcome.status}: {outcome.message}"

@@ -8,7 +8,7 @@ Two tables, named for readable Grafana SQL:
   it was measured, so a panel is one ``WHERE metric = '...'`` away.
 
 SQLite under ``CHURNOPS_HOME`` by default, Postgres through ``DATABASE_URL``.
-The schema is kept by Alembic migrations (``churnops/migrations``), run once
+The schema is kept by Alembic migrations (``churnops/monitoring/migrations``), run once
 per process when a database is first opened. Every write is retried for
 ``dependency_wait_seconds`` when the database cannot be reached, then fails
 with a clear message: an outage must not be mistaken for a bad file.
@@ -52,7 +52,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import Retrying as _Retrying
 from tenacity import retry_if_exception, stop_after_delay, wait_exponential
 
-from churnops.results import MonitoringResult
+from churnops.pipeline.results import MonitoringResult
 from churnops.settings import Settings
 
 RUNNING, PROCESSED, ERRORED, FAILED = "running", "processed", "errored", "failed"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from churnops.reading import read_customer_file
-from churnops.schema import RAW_COLUMNS, DataValidationError
+from churnops.data.reading import read_customer_file
+from churnops.data.schema import RAW_COLUMNS, DataValidationError
 
 UCI_ARCHIVE_URL = "https://archive.ics.uci.edu/static/public/563/iranian+churn+dataset.zip"
 UCI_ROWS = 3150

@@ -1,7 +1,7 @@
 """Fit the churn classifier: Optuna search, cross-validated threshold, evaluation.
 
 Plain functions on frames; MLflow logging and registration live in
-:mod:`churnops.registry`, the command in :mod:`churnops.cli`.
+:mod:`churnops.model.registry`, the command in :mod:`churnops.cli`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def default_params() -> dict[str, Any]:
     ``churnops train --trials N`` searches again; the fast default path reuses
     the best stored trial, or these when no study exists yet.
     """
-    text = resources.files("churnops").joinpath("default_params.json").read_text()
+    text = resources.files("churnops.model").joinpath("default_params.json").read_text()
     return json.loads(text)
 
 

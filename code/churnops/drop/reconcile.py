@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from churnops import claims
-from churnops.keys import INPUT_PREFIX, is_candidate
-from churnops.metrics_db import MetricsStore
+from churnops.drop import claims
+from churnops.drop.keys import INPUT_PREFIX, is_candidate
+from churnops.drop.storage import DropStorage, folder_key, run_key
+from churnops.monitoring.metrics_db import MetricsStore
 from churnops.settings import Settings
-from churnops.storage import DropStorage, folder_key, run_key
 
 log = logging.getLogger(__name__)
 

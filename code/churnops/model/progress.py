@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:  # training loads XGBoost, Optuna and scikit-learn: not for `--help`
-    from churnops.training import Progress as ProgressCallback
+    from churnops.model.training import Progress as ProgressCallback
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """Where files are dropped and which keys count as drops: the rules shared by the
-S3 trigger (:mod:`churnops.trigger`, in the Lambda image) and the rest of ChurnOps.
+S3 trigger (:mod:`churnops.drop.trigger`, in the Lambda image) and the rest of ChurnOps.
 
 Standard library only: the Lambda image carries this module and no dependencies.
 """

@@ -19,7 +19,7 @@ Decisions:
   1M-row file that is ~11 s more. So the report holds one ``ValueDrift`` per
   column, and the drifted count and share are counted from their verdicts.
 * Drift is measured on a seeded uniform sample of a big file
-  (``DRIFT_SAMPLE_ROWS``, see :mod:`churnops.scoring`); row counts, the churn
+  (``DRIFT_SAMPLE_ROWS``, see :mod:`churnops.pipeline.scoring`); row counts, the churn
   rate and the quality scores stored and alerted on are exact over every row
   (``Totals``). A file within the sample size is its own sample: there the
   report's numbers and the stored ones agree.
@@ -50,8 +50,8 @@ from evidently.metrics import (
 )
 from evidently.ui.workspace import RemoteWorkspace, Workspace, WorkspaceBase
 
-from churnops.results import PREDICTION, PROBABILITY, ColumnDrift, MonitoringResult
-from churnops.schema import TARGET
+from churnops.data.schema import TARGET
+from churnops.pipeline.results import PREDICTION, PROBABILITY, ColumnDrift, MonitoringResult
 from churnops.settings import Settings
 
 #: Names of the two classification tasks in the data definition.
@@ -77,7 +77,7 @@ class Totals:
 
     rows: int
     predicted_churn_rate: float
-    #: Exact scores (:func:`churnops.scoring.quality_scores`), empty when unlabeled;
+    #: Exact scores (:func:`churnops.pipeline.scoring.quality_scores`), empty when unlabeled;
     #: None: take the report's (the current data is the whole file).
     quality: dict[str, float] | None
 

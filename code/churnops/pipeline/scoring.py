@@ -1,7 +1,7 @@
 """Scoring one file in chunks: read, validate, predict, write, in bounded memory.
 
 :func:`score_file` streams the file from the drop storage chunk by chunk
-(:class:`churnops.reading.CustomerReader`), scores each chunk with the
+(:class:`churnops.data.reading.CustomerReader`), scores each chunk with the
 model's booster and streams the predictions file back (parts on S3). Memory
 stays flat whatever the file's size. What monitoring needs is kept on the
 way: a seeded uniform sample of the scored rows for drift (drift statistics
@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from sklearn.metrics import log_loss, roc_auc_score
 
-from churnops.model import LoadedModel
-from churnops.reading import CustomerReader, refuse_oversize
-from churnops.results import PREDICTION, PROBABILITY
-from churnops.schema import RAW_COLUMNS, TARGET
+from churnops.data.reading import CustomerReader, refuse_oversize
+from churnops.data.schema import RAW_COLUMNS, TARGET
+from churnops.drop.storage import DropStorage, ObjectExists, run_key
+from churnops.model.churn_model import LoadedModel
+from churnops.pipeline.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
-from churnops.storage import DropStorage, ObjectExists, run_key
 
 log = logging.getLogger(__name__)
 

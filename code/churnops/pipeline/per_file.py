@@ -1,6 +1,6 @@
 """What happens to one dropped file: :func:`process`, the one step sequence.
 
-The flow (:mod:`churnops.flow`) passes the steps wrapped as Prefect tasks;
+The flow (:mod:`churnops.pipeline.flow`) passes the steps wrapped as Prefect tasks;
 ``churnops process``, the reconciler, tests and benchmarks call the same
 function with the plain steps. A file's journey::
 
@@ -20,16 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from churnops import claims
-from churnops.alerts import AlertDeliveryError, assess, build_alert, send_alert
-from churnops.metrics_db import FAILED, MetricsStore
-from churnops.model import LoadedModel, load_aliased_model
-from churnops.monitoring import Totals, run_monitoring
-from churnops.results import MonitoringResult
-from churnops.schema import DataValidationError
-from churnops.scoring import ScoredFile, score_file
+from churnops.data.schema import DataValidationError
+from churnops.drop import claims
+from churnops.drop.storage import DropStorage, FileLog, folder_key, run_key
+from churnops.model.churn_model import LoadedModel, load_aliased_model
+from churnops.monitoring.alerts import AlertDeliveryError, assess, build_alert, send_alert
+from churnops.monitoring.drift import Totals, run_monitoring
+from churnops.monitoring.metrics_db import FAILED, MetricsStore
+from churnops.pipeline.results import MonitoringResult
+from churnops.pipeline.scoring import ScoredFile, score_file
 from churnops.settings import Settings
-from churnops.storage import DropStorage, FileLog, folder_key, run_key
 
 log = logging.getLogger(__name__)
 

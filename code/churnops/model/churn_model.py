@@ -23,8 +23,8 @@ import xgboost as xgb
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
-from churnops.features import prepare_features
-from churnops.results import PREDICTION, PROBABILITY
+from churnops.data.features import prepare_features
+from churnops.pipeline.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)

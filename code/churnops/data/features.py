@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from churnops.schema import INPUT_COLUMNS, TARGET
+from churnops.data.schema import INPUT_COLUMNS, TARGET
 
 #: Columns left out of the model. None: dropping any column, or `tariff_plan`
 #: and `age` together as the seed project did, gives no cross-validated F1

@@ -1,7 +1,7 @@
 """Train, log to MLflow, register, and gate the ``staging`` alias.
 
 :func:`train_and_register` is what ``churnops train`` runs: it fits the model
-(:mod:`churnops.training`), logs parameters, metrics, figures, the model and its
+(:mod:`churnops.model.training`), logs parameters, metrics, figures, the model and its
 reference data to the experiment, registers a new version and moves the alias
 only when the promotion gate lets it (champion against challenger).
 """
@@ -22,19 +22,19 @@ from matplotlib import pyplot as plt
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from churnops import plots, training
-from churnops.features import FEATURES, prepare_features, target
-from churnops.model import (
+from churnops.data.features import FEATURES, prepare_features, target
+from churnops.data.reading import load_customer_file
+from churnops.data.schema import TARGET
+from churnops.model import plots, training
+from churnops.model.churn_model import (
     REFERENCE_ARTIFACT,
     XGB_ARTIFACT,
     ChurnModel,
     configure_mlflow,
 )
-from churnops.reading import load_customer_file
-from churnops.results import PREDICTION
-from churnops.schema import TARGET
+from churnops.model.training import Evaluation, Progress
+from churnops.pipeline.results import PREDICTION
 from churnops.settings import Settings
-from churnops.training import Evaluation, Progress
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Alembic environment: migrations run on the connection that churnops passes in.
 
 ``alembic upgrade head`` from the command line is not wired; the platform runs
-:func:`churnops.metrics_db.upgrade` when it first opens a database.
+:func:`churnops.monitoring.metrics_db.upgrade` when it first opens a database.
 """
 
 from alembic import context

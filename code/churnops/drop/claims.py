@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from churnops.storage import (
+from churnops.drop.storage import (
     CLAIMS,
     DropStorage,
     ObjectExists,

@@ -1,0 +1,3 @@
+"""Alembic migrations of the metrics database.
+
+Run by :func:`churnops.monitoring.metrics_db.upgrade`."""
