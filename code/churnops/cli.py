@@ -160,7 +160,7 @@ def _stranded_run(
     """A dead or failed run holding ``name`` (with these bytes): retrying means re-driving it."""
     from datetime import UTC, datetime
 
-    from churnops.drop.reconcile import run_folders, stranded_runs
+    from churnops.pipeline.reconcile import run_folders, stranded_runs
 
     for action in stranded_runs(settings, storage, datetime.now(UTC), run_folders(storage)):
         if action.key.rsplit("/", 1)[-1] != name:
@@ -213,8 +213,8 @@ def reconcile(
 
     Exits 4 when a re-driven file failed again (its dependency is still down).
     """
-    from churnops.drop import reconcile as reconciler
     from churnops.drop.storage import S3DropStorage, open_storage, s3_client
+    from churnops.pipeline import reconcile as reconciler
     from churnops.pipeline.per_file import process as process_file
 
     settings = _settings()

@@ -2,7 +2,7 @@
 
 The JSON that Grafana loads (``dashboards/churn_model_evaluation.json``) is the
 output of this script, checked in next to it. Python rather than hand-edited
-JSON: the metric names come from ``churnops.monitoring.metrics_db`` / ``churnops.pipeline.results``
+JSON: the metric names come from ``churnops.monitoring.metrics_db`` / ``churnops.results``
 and the colour thresholds from the alert settings' defaults, so the dashboard
 cannot drift from what the pipeline writes and alerts on; five stat panels
 and four time series are one function each instead of copied JSON.
@@ -28,7 +28,7 @@ from churnops.monitoring.metrics_db import (
     PROCESSED,
     RUNNING,
 )
-from churnops.pipeline.results import QUALITY_METRICS
+from churnops.results import QUALITY_METRICS
 from churnops.settings import Settings
 
 HERE = Path(__file__).resolve().parent

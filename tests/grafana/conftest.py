@@ -29,7 +29,7 @@ from churnops.data.reading import load_customer_file
 from churnops.data.schema import DataValidationError
 from churnops.monitoring.drift import run_monitoring
 from churnops.monitoring.metrics_db import ERRORED, PROCESSED, MetricsStore
-from churnops.pipeline.results import PREDICTION, PROBABILITY
+from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings, get_settings
 
 MODEL_NAME = "XGBoostChurnModel"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from churnops.pipeline.results import QUALITY_METRICS
+from churnops.results import QUALITY_METRICS
 from churnops.settings import Settings
 
 from .dashboard_files import (

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from churnops.monitoring.metrics_db import grant_read_only
-from churnops.pipeline.results import QUALITY_METRICS
+from churnops.results import QUALITY_METRICS
 
 from .conftest import FIRST_RUN, LAST_RUN, PLAN, RUN_SPACING
 from .dashboard_files import dashboard, panel_sql

@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from churnops.monitoring.alerts import Alert, AlertDeliveryError, assess, build_alert, send_alert
-from churnops.pipeline.results import ColumnDrift, MonitoringResult
+from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import Settings, get_settings
 from tests.fixtures.moto import sns_topic_to_queue
 from tests.fixtures.network import free_port

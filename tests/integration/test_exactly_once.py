@@ -24,7 +24,7 @@ import boto3
 import pandas as pd
 import pytest
 
-from churnops.drop import claims, reconcile
+from churnops.drop import claims
 from churnops.drop.storage import (
     DropStorage,
     LocalDropStorage,
@@ -32,7 +32,7 @@ from churnops.drop.storage import (
     open_storage,
     s3_client,
 )
-from churnops.pipeline import per_file
+from churnops.pipeline import per_file, reconcile
 from churnops.settings import Settings, get_settings
 from tests.exactly_once import Drops, originals
 from tests.fixtures.mlflow_server import MlflowServer

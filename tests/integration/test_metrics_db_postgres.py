@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable, MetricsStore, grant_read_only
-from churnops.pipeline.results import ColumnDrift, MonitoringResult
+from churnops.results import ColumnDrift, MonitoringResult
 from tests.fixtures.network import free_port
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from evidently.ui.workspace import Workspace
 from churnops.data.features import FEATURES
 from churnops.data.reading import load_customer_file
 from churnops.monitoring.drift import run_monitoring
-from churnops.pipeline.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
+from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
 from churnops.settings import Settings, get_settings
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET
 from churnops.model.churn_model import configure_mlflow
 from churnops.model.registry import TrainingOptions, TrainingOutcome, train_and_register
-from churnops.pipeline.results import PREDICTION, PROBABILITY
+from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings, get_settings
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from churnops.monitoring.alerts import (
     build_alert,
     send_alert,
 )
-from churnops.pipeline.results import ColumnDrift, MonitoringResult
+from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import Settings, get_settings
 
 GOOD = {"f1": 0.9, "precision": 0.9, "recall": 0.9, "accuracy": 0.9, "roc_auc": 0.95}

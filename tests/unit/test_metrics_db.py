@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from churnops.monitoring.metrics_db import MetricsStore, grant_read_only, metadata
-from churnops.pipeline.results import ColumnDrift, MonitoringResult
+from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import get_settings
 
 COLUMNS = [

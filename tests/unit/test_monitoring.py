@@ -18,7 +18,7 @@ from churnops.monitoring.drift import (
     local_report_url,
     run_monitoring,
 )
-from churnops.pipeline.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
+from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
 from churnops.settings import get_settings
 
 FEATURES = ["stable", "shifted"]

@@ -24,7 +24,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from churnops.data.features import prepare_features
-from churnops.pipeline.results import PREDICTION, PROBABILITY
+from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)

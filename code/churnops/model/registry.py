@@ -33,7 +33,7 @@ from churnops.model.churn_model import (
     configure_mlflow,
 )
 from churnops.model.training import Evaluation, Progress
-from churnops.pipeline.results import PREDICTION
+from churnops.results import PREDICTION
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from churnops.pipeline.results import PREDICTION, MonitoringResult
+from churnops.results import PREDICTION, MonitoringResult
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)

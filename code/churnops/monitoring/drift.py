@@ -51,7 +51,7 @@ from evidently.metrics import (
 from evidently.ui.workspace import RemoteWorkspace, Workspace, WorkspaceBase
 
 from churnops.data.schema import TARGET
-from churnops.pipeline.results import PREDICTION, PROBABILITY, ColumnDrift, MonitoringResult
+from churnops.results import PREDICTION, PROBABILITY, ColumnDrift, MonitoringResult
 from churnops.settings import Settings
 
 #: Names of the two classification tasks in the data definition.

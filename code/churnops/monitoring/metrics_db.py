@@ -52,7 +52,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import Retrying as _Retrying
 from tenacity import retry_if_exception, stop_after_delay, wait_exponential
 
-from churnops.pipeline.results import MonitoringResult
+from churnops.results import MonitoringResult
 from churnops.settings import Settings
 
 RUNNING, PROCESSED, ERRORED, FAILED = "running", "processed", "errored", "failed"

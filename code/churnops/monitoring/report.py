@@ -34,7 +34,7 @@ from churnops.monitoring.metrics_db import (
     PROCESSED,
     MetricsStore,
 )
-from churnops.pipeline.results import QUALITY_METRICS
+from churnops.results import QUALITY_METRICS
 from churnops.settings import Settings
 
 PNG_NAME, HTML_NAME = "report.png", "report.html"

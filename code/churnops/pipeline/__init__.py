@@ -1,2 +1,3 @@
-"""One dropped file's journey: the step sequence (:mod:`.steps`), the scoring
-step, the Prefect flow that wraps the steps as tasks, and the result types."""
+"""One dropped file's journey: the step sequence (:mod:`.per_file`), the scoring
+step, the reconciler that re-drives stranded files, and the Prefect flows that
+wrap them."""

@@ -1,5 +1,5 @@
 """The Prefect flows: a thin shell over :mod:`churnops.pipeline.per_file` and
-:mod:`churnops.drop.reconcile`.
+:mod:`churnops.pipeline.reconcile`.
 
 ``churn_prediction_pipeline(bucket, key)`` processes one dropped file, each
 step a Prefect task. Its run ends Completed when the file was processed, was
@@ -18,9 +18,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from churnops.drop import reconcile
 from churnops.drop.storage import open_storage
-from churnops.pipeline import per_file
+from churnops.pipeline import per_file, reconcile
 from churnops.settings import Settings, get_settings
 
 #: Data frames travel between tasks in memory: no caching, no input hashing.

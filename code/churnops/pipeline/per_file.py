@@ -27,8 +27,8 @@ from churnops.model.churn_model import LoadedModel, load_aliased_model
 from churnops.monitoring.alerts import AlertDeliveryError, assess, build_alert, send_alert
 from churnops.monitoring.drift import Totals, run_monitoring
 from churnops.monitoring.metrics_db import FAILED, MetricsStore
-from churnops.pipeline.results import MonitoringResult
 from churnops.pipeline.scoring import ScoredFile, score_file
+from churnops.results import MonitoringResult
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from churnops.data.reading import CustomerReader, refuse_oversize
 from churnops.data.schema import RAW_COLUMNS, TARGET
 from churnops.drop.storage import DropStorage, ObjectExists, run_key
 from churnops.model.churn_model import LoadedModel
-from churnops.pipeline.results import PREDICTION, PROBABILITY
+from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
