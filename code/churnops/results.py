@@ -11,6 +11,8 @@ PROBABILITY = "churn_probability"
 
 #: Classification scores measured when a file carries the label.
 QUALITY_METRICS = ("f1", "precision", "recall", "accuracy", "roc_auc")
+#: Share of the feature columns that drifted (a ``run_metrics.metric`` and an alert key).
+DRIFTED_SHARE = "drifted_share"
 
 
 @dataclass(frozen=True)

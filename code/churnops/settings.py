@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from churnops.results import DRIFTED_SHARE
+
 
 class Settings(BaseSettings):
     """The one place where ChurnOps is configured."""
@@ -181,6 +183,12 @@ class Settings(BaseSettings):
             "recall": self.min_recall,
             "accuracy": self.min_accuracy,
         }
+
+    @property
+    def alert_thresholds(self) -> dict[str, float]:
+        """Metric -> its alert threshold: the drifted share alerts above it, the scores
+        below it. Stored with every run's metrics, so dashboards show what was in effect."""
+        return {DRIFTED_SHARE: self.drift_share_threshold, **self.score_minimums}
 
     @property
     def alert_log(self) -> Path:

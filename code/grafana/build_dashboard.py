@@ -2,10 +2,12 @@
 
 The JSON that Grafana loads (``dashboards/churn_model_evaluation.json``) is the
 output of this script, checked in next to it. Python rather than hand-edited
-JSON: the metric names come from ``churnops.monitoring.metrics_db`` / ``churnops.results``
-and the colour thresholds from the alert settings' defaults, so the dashboard
-cannot drift from what the pipeline writes and alerts on; five stat panels
-and four time series are one function each instead of copied JSON.
+JSON: the metric names come from ``churnops.monitoring.metrics_db`` / ``churnops.results``,
+so the dashboard cannot drift from what the pipeline writes; five stat panels
+and four time series are one function each instead of copied JSON. The alert
+thresholds are read by SQL from the ``threshold`` column stored with each run
+(the limits that file was judged by, whatever the settings were); the
+settings' defaults are only the fallback colour of a run stored without one.
 
     python code/grafana/build_dashboard.py          # rewrite the JSON
     python code/grafana/build_dashboard.py --check  # fail if the JSON is stale
@@ -69,10 +71,6 @@ def alert_minimum(metric: str) -> float:
     return defaults.score_minimums.get(metric, defaults.gate_min_roc_auc)
 
 
-def drift_limit() -> float:
-    return float(Settings.model_fields["drift_share_threshold"].default)
-
-
 def target(sql: str, fmt: str) -> dict[str, Any]:
     return {
         "refId": "A",
@@ -91,10 +89,10 @@ def steps(low_color: str, limit: float, high_color: str) -> dict[str, Any]:
     }
 
 
-def stat_panel(metric: str) -> dict[str, Any]:
-    """The latest value of one score; red below its alert minimum."""
-    sql = (
-        'SELECT m.recorded_at AS "time", m.value\n'
+def latest(metric: str, column: str) -> str:
+    """SQL: one column of the most recent row of ``metric`` in range."""
+    return (
+        f'SELECT m.recorded_at AS "time", m.{column}\n'
         f"{FROM_METRICS}"
         f"WHERE m.metric = '{metric}'\n"
         "  AND $__timeFilter(m.recorded_at)\n"
@@ -102,12 +100,28 @@ def stat_panel(metric: str) -> dict[str, Any]:
         "ORDER BY m.recorded_at DESC\n"
         "LIMIT 1"
     )
+
+
+def stat_panel(metric: str) -> dict[str, Any]:
+    """The latest value of one score; red below the minimum stored with that run."""
     minimum = alert_minimum(metric)
+    threshold_query = target(latest(metric, "threshold"), "table") | {"refId": "B"}
     return {
         "type": "stat",
         "title": f"Latest {QUALITY_TITLES[metric]}",
-        "description": f"Most recent file in range; red below {minimum:g}.",
-        "targets": [target(sql, "table")],
+        "description": "Most recent file in range; red below the alert minimum in effect "
+        f"for that file (stored with its run; {minimum:g} when none was stored).",
+        "targets": [target(latest(metric, "value"), "table"), threshold_query],
+        # Query B's threshold becomes the red/green boundary of query A's value.
+        "transformations": [
+            {
+                "id": "configFromData",
+                "options": {
+                    "configRefId": "B",
+                    "mappings": [{"fieldName": "threshold", "handlerKey": "threshold1"}],
+                },
+            }
+        ],
         "fieldConfig": {
             "defaults": {
                 "unit": "percentunit",
@@ -150,6 +164,22 @@ def timeseries_panel(
     }
 
 
+def threshold_line(name: str) -> dict[str, Any]:
+    """The series of an alert threshold: a dashed red line without points."""
+    return {
+        "matcher": {"id": "byName", "options": name},
+        "properties": [
+            {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+            {"id": "custom.showPoints", "value": "never"},
+        ],
+    }
+
+
+SCORE_MINIMUM = "alert minimum"
+DRIFT_LIMIT = "alert above"
+
+
 def scores_panel() -> dict[str, Any]:
     metrics = ", ".join(f"'{m}'" for m in QUALITY_METRICS)
     sql = (
@@ -159,31 +189,32 @@ def scores_panel() -> dict[str, Any]:
         "  AND $__timeFilter(m.recorded_at)\n"
         f"  AND {RUN_FILTER}\n"
         "GROUP BY 1, 2\n"
+        "UNION ALL\n"
+        "SELECT $__timeGroupAlias(m.recorded_at, $__interval), "
+        f"'{SCORE_MINIMUM}' AS metric, min(m.threshold) AS value\n"
+        f"{FROM_METRICS}"
+        f"WHERE m.metric IN ({metrics}) AND m.threshold IS NOT NULL\n"
+        "  AND $__timeFilter(m.recorded_at)\n"
+        f"  AND {RUN_FILTER}\n"
+        "GROUP BY 1, 2\n"
         "ORDER BY 1"
     )
-    minimum = min(alert_minimum(m) for m in QUALITY_METRICS)
-    defaults = {
-        "unit": "percentunit",
-        "min": 0,
-        "max": 1,
-        "thresholds": steps("red", minimum, "transparent"),
-        "custom": {"thresholdsStyle": {"mode": "dashed"}},
-    }
+    defaults = {"unit": "percentunit", "min": 0, "max": 1}
     return timeseries_panel(
         "Scores over time",
-        f"F1, precision, recall, accuracy and ROC AUC per file; dashed line: alert minimum "
-        f"{minimum:g}.",
+        "F1, precision, recall, accuracy and ROC AUC per file; dashed red line: the lowest "
+        "alert minimum in effect for those files (stored with each run).",
         sql,
         defaults,
-        [],
+        [threshold_line(SCORE_MINIMUM)],
     )
 
 
 def drift_panel() -> dict[str, Any]:
-    limit = drift_limit()
     sql = (
         "SELECT $__timeGroupAlias(m.recorded_at, $__interval),\n"
         f"  avg(m.value) FILTER (WHERE m.metric = '{DRIFTED_SHARE}') AS \"drifted share\",\n"
+        f"  avg(m.threshold) FILTER (WHERE m.metric = '{DRIFTED_SHARE}') AS \"{DRIFT_LIMIT}\",\n"
         f"  avg(m.value) FILTER (WHERE m.metric = '{DRIFTED_COUNT}') AS \"drifted columns\"\n"
         f"{FROM_METRICS}"
         f"WHERE m.metric IN ('{DRIFTED_SHARE}', '{DRIFTED_COUNT}')\n"
@@ -192,13 +223,7 @@ def drift_panel() -> dict[str, Any]:
         "GROUP BY 1\n"
         "ORDER BY 1"
     )
-    defaults = {
-        "unit": "percentunit",
-        "min": 0,
-        "max": 1,
-        "thresholds": steps("green", limit, "red"),
-        "custom": {"thresholdsStyle": {"mode": "line"}},
-    }
+    defaults = {"unit": "percentunit", "min": 0, "max": 1}
     count_axis = {
         "matcher": {"id": "byName", "options": "drifted columns"},
         "properties": [
@@ -206,16 +231,15 @@ def drift_panel() -> dict[str, Any]:
             {"id": "min", "value": 0},
             {"id": "max"},
             {"id": "custom.axisPlacement", "value": "right"},
-            {"id": "custom.thresholdsStyle", "value": {"mode": "off"}},
         ],
     }
     return timeseries_panel(
         "Drifted columns",
-        f"Share (left) and number (right) of feature columns that drifted; red line: alert "
-        f"above {limit:g}.",
+        "Share (left) and number (right) of feature columns that drifted; dashed red line: "
+        "the alert threshold in effect for those files (stored with each run).",
         sql,
         defaults,
-        [count_axis],
+        [count_axis, threshold_line(DRIFT_LIMIT)],
     )
 
 

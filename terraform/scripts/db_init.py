@@ -1,12 +1,13 @@
 """Idempotent database bootstrap, run as the init container of ECS tasks.
 
 Creates the databases named in DB_INIT_DATABASES (comma separated) and, when
-READONLY_USER and READONLY_PASSWORD are set, a login role with SELECT on the
-READONLY_DATABASE (existing and future tables of the public schema).
+READONLY_USER and READONLY_PASSWORD are set, migrates the READONLY_DATABASE and
+gives that login read access with churnops's own grant_read_only: the one
+definition of what Grafana may read, shared with `churnops grant-reader`.
 
 Connects with DATABASE_URL (the master user, SQLAlchemy or libpq URL). Secrets
-come from the environment only and are never printed. Stdlib + psycopg2, both
-in the flow image. Terraform passes this file as `python -c <source>`.
+come from the environment only and are never printed. Runs in the flow image,
+which carries churnops. Terraform passes this file as `python -c <source>`.
 """
 
 import os
@@ -56,30 +57,11 @@ def ensure_database(conn, name: str) -> None:
             log(f"database {name} created concurrently")
 
 
-def ensure_readonly_role(conn, url: str, user: str, password: str, database: str) -> None:
-    role = sql.Identifier(user)
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
-        verb = "ALTER" if cur.fetchone() else "CREATE"
-        try:
-            cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(role), (password,))
-        except errors.DuplicateObject:
-            cur.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD %s").format(role), (password,))
-        cur.execute(
-            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), role)
-        )
-    db_conn = connect(with_database(url, database))
-    try:
-        with db_conn.cursor() as cur:
-            cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
-            cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(role))
-            cur.execute(
-                sql.SQL(
-                    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}"
-                ).format(role)
-            )
-    finally:
-        db_conn.close()
+def ensure_readonly_role(url: str, user: str, password: str, database: str) -> None:
+    from churnops.monitoring.metrics_db import grant_read_only
+
+    connect(with_database(url, database)).close()  # waits until it answers
+    grant_read_only(with_database(url, database), user, password)
     log(f"read-only role {user} ready on {database}")
 
 
@@ -95,7 +77,7 @@ def main() -> int:
         password = os.environ.get("READONLY_PASSWORD")
         if user and password:
             ensure_readonly_role(
-                conn, url, user, password, os.environ.get("READONLY_DATABASE", "metrics")
+                url, user, password, os.environ.get("READONLY_DATABASE", "metrics")
             )
     finally:
         conn.close()

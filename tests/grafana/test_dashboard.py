@@ -92,16 +92,23 @@ def test_panels_cover_the_issue() -> None:
     assert names == ["model_version", "file"]
 
 
-def test_stat_colours_follow_the_alert_thresholds() -> None:
+def test_alert_thresholds_are_read_from_each_run_with_the_defaults_as_fallback() -> None:
     defaults = Settings.model_construct()
     expected = [defaults.score_minimums[m] for m in QUALITY_METRICS if m != "roc_auc"]
     expected.append(defaults.gate_min_roc_auc)
     stats = [p for p in dashboard()["panels"] if p["type"] == "stat"]
-    limits = [p["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] for p in stats]
-    assert limits == expected
-    (drift,) = [p for p in dashboard()["panels"] if p["title"] == "Drifted columns"]
-    red_from = drift["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"]
-    assert red_from == defaults.drift_share_threshold == 0.5
+    fallback = [p["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] for p in stats]
+    assert fallback == expected
+    for stat in stats:
+        (config,) = stat["transformations"]
+        assert config["id"] == "configFromData"
+        (threshold_query,) = [
+            t for t in stat["targets"] if t["refId"] == config["options"]["configRefId"]
+        ]
+        assert "m.threshold" in threshold_query["rawSql"]
+    panels = {p["title"]: p for p in dashboard()["panels"]}
+    assert "avg(m.threshold)" in panels["Drifted columns"]["targets"][0]["rawSql"]
+    assert "min(m.threshold)" in panels["Scores over time"]["targets"][0]["rawSql"]
 
 
 def test_datasource_settings_come_from_what_terraform_passes() -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from churnops.monitoring.metrics_db import MetricsStore, grant_read_only, metadata
+from churnops.monitoring.metrics_db import MetricsStore, grant_read_only, make_engine, metadata
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import get_settings
 
@@ -107,6 +108,22 @@ def test_record_result_writes_the_long_rows(store: MetricsStore) -> None:
     assert flags == {"call_failure": 1.0, "complains": 0.0, "churn_prediction": 0.0}
 
 
+def test_the_alert_thresholds_in_effect_are_stored_with_their_metrics(
+    store: MetricsStore,
+) -> None:
+    """A later change of the settings must not recolour what an earlier file was judged by."""
+    strict = get_settings(drift_share_threshold=0.25, min_f1=0.9)
+    run_id = start(store)
+    store.record_result(run_id, result(), thresholds=strict.alert_thresholds)
+    rows = store.metrics(run_id)
+    run_level = rows[rows["label"].isna()].set_index("metric")["threshold"]
+    assert run_level["drifted_share"] == 0.25
+    assert run_level["f1"] == 0.9
+    assert run_level["precision"] == strict.min_precision
+    assert pd.isna(run_level["roc_auc"])  # no alert on ROC AUC
+    assert pd.isna(run_level["predicted_churn_rate"])
+
+
 def test_quality_is_written_by_name_and_absent_when_unlabeled(store: MetricsStore) -> None:
     labeled, unlabeled = start(store), start(store)
     store.record_result(labeled, result())
@@ -192,3 +209,10 @@ def test_close_if_running_touches_only_running_rows(store: MetricsStore) -> None
     assert (runs.loc[dead, "status"], runs.loc[dead, "error"]) == ("failed", "the attempt died")
     assert runs.loc[done, "status"] == "processed" and runs.loc[done, "error"] is None
     assert store.running() == []
+
+
+def test_a_bare_postgresql_url_uses_the_installed_driver() -> None:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3, which ChurnOps does not install."""
+    engine = make_engine("postgresql://reader:secret@db.internal:5432/metrics")
+    assert engine.dialect.driver == "psycopg2"
+    engine.dispose()

@@ -413,8 +413,10 @@ def test_the_reaper_kills_a_service_that_outlives_its_killed_parent(tmp_path: Pa
 def _run_up(home: Path, **overrides: object) -> tuple[int, list[str]]:
     out = io.StringIO()
     settings = get_settings(churnops_home=home, **overrides)
-    code = launch.run(settings, Console(file=out, width=200))
-    return code, out.getvalue().splitlines()
+    err = io.StringIO()
+    code = launch.run(settings, Console(file=out, width=200), Console(file=err, width=200))
+    assert "error:" not in out.getvalue(), "errors go to the error console only"
+    return code, err.getvalue().splitlines()
 
 
 def test_a_second_up_on_the_same_home_says_so_in_one_line(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import Retrying as _Retrying
 from tenacity import retry_if_exception, stop_after_delay, wait_exponential
 
-from churnops.results import MonitoringResult
+from churnops.results import DRIFTED_SHARE, MonitoringResult
 from churnops.settings import Settings
 
 RUNNING, PROCESSED, ERRORED, FAILED = "running", "processed", "errored", "failed"
@@ -60,8 +60,7 @@ STATUSES = (RUNNING, PROCESSED, ERRORED, FAILED)
 #: Statuses that end a run; FAILED means "a dependency failed, the file waits for a retry".
 FINAL_STATUSES = (PROCESSED, ERRORED, FAILED)
 
-#: ``run_metrics.metric`` values.
-DRIFTED_SHARE = "drifted_share"
+#: ``run_metrics.metric`` values (and DRIFTED_SHARE and QUALITY_METRICS from results).
 DRIFTED_COUNT = "drifted_count"
 DRIFT_SCORE = "drift_score"
 COLUMN_DRIFTED = "column_drifted"
@@ -130,13 +129,25 @@ run_metrics = Table(
 )
 
 
-def metric_rows(result: MonitoringResult) -> Iterator[dict[str, Any]]:
-    """The long rows of one result (without run id and time)."""
-    yield {"metric": DRIFTED_SHARE, "value": result.drifted_share}
+def metric_rows(
+    result: MonitoringResult, thresholds: Mapping[str, float] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The long rows of one result (without run id and time).
+
+    ``thresholds`` (metric -> alert threshold in effect, see
+    ``Settings.alert_thresholds``) go into the ``threshold`` column of their
+    metric's row, so the dashboards draw the limits each file was judged by.
+    """
+    limits = thresholds or {}
+    yield {
+        "metric": DRIFTED_SHARE,
+        "value": result.drifted_share,
+        "threshold": limits.get(DRIFTED_SHARE),
+    }
     yield {"metric": DRIFTED_COUNT, "value": float(result.drifted_count)}
     yield {"metric": PREDICTED_CHURN_RATE, "value": result.predicted_churn_rate}
     for name, value in result.quality.items():
-        yield {"metric": name, "value": value}
+        yield {"metric": name, "value": value, "threshold": limits.get(name)}
     for column in result.columns:
         detail = {"label": column.column, "method": column.method, "threshold": column.threshold}
         yield {"metric": DRIFT_SCORE, "value": column.score, **detail}
@@ -148,8 +159,14 @@ def _now() -> datetime:
 
 
 def make_engine(url: str | URL) -> Engine:
-    """An engine for ``url``; SQLite gets its folder, a lock timeout and foreign keys."""
+    """An engine for ``url``; SQLite gets its folder, a lock timeout and foreign keys.
+
+    A bare ``postgresql://`` URL means psycopg2, the driver ChurnOps installs
+    (SQLAlchemy 2.1 would pick psycopg 3 for it).
+    """
     url = make_url(url)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg2")
     if url.get_backend_name() == "postgresql":
         return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
     if url.get_backend_name() != "sqlite":
@@ -257,13 +274,19 @@ class MetricsStore:
             raise KeyError(f"no pipeline run with id {run_id!r}")
 
     def record_result(
-        self, run_id: str, result: MonitoringResult, *, recorded_at: datetime | None = None
+        self,
+        run_id: str,
+        result: MonitoringResult,
+        *,
+        thresholds: Mapping[str, float] | None = None,
+        recorded_at: datetime | None = None,
     ) -> int:
-        """Write every number of ``result`` in one transaction; return how many rows."""
+        """Write every number of ``result`` (with the alert thresholds in effect) in one
+        transaction; return how many rows."""
         stamp = {"run_id": run_id, "recorded_at": recorded_at or _now()}
         rows = [
             {"label": None, "method": None, "threshold": None, **row, **stamp}
-            for row in metric_rows(result)
+            for row in metric_rows(result, thresholds)
         ]
         self._retry(self._execute, insert(run_metrics), rows)
         return len(rows)

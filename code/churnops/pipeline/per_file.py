@@ -69,8 +69,10 @@ def monitor(
     )
 
 
-def record_metrics(store: MetricsStore, run_id: str, result: MonitoringResult) -> None:
-    store.record_result(run_id, result)
+def record_metrics(
+    settings: Settings, store: MetricsStore, run_id: str, result: MonitoringResult
+) -> None:
+    store.record_result(run_id, result, thresholds=settings.alert_thresholds)
 
 
 def send_alerts(
@@ -240,7 +242,7 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
         result: MonitoringResult = steps.monitor(settings, model, scored, held.name)
         record.message = summary(result)
     with file_log.step("store metrics"):
-        steps.record_metrics(attempt.store, held.lease.db_id, result)
+        steps.record_metrics(settings, attempt.store, held.lease.db_id, result)
     with file_log.step("alert") as record:
         channels, alert_message = steps.send_alerts(settings, result, held.name, model)
         record.message = alert_message

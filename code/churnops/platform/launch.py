@@ -109,13 +109,17 @@ def runner_env(settings: Settings) -> dict[str, str]:
     )
 
 
-def run(settings: Settings, console: Console) -> int:
-    """Start everything, block until Ctrl-C (or a service dies), stop everything."""
+def run(settings: Settings, console: Console, errors: Console | None = None) -> int:
+    """Start everything, block until Ctrl-C (or a service dies), stop everything.
+
+    Progress goes to ``console``, a start-up error to ``errors`` (stderr by default).
+    """
+    errors = errors or Console(stderr=True)
     home = settings.home
     try:
         svc.take_pid_file(home)
     except svc.PlatformError as exc:  # another `up` owns the home: touch nothing of it
-        _print_error(console, exc)
+        _print_error(errors, exc)
         return 1
     reaper = svc.start_reaper(home)  # stops the children should this process be killed
     stop_requested = threading.Event()
@@ -139,7 +143,7 @@ def run(settings: Settings, console: Console) -> int:
             _print_summary(platform)
             code = _supervise(platform, stop_requested)
     except svc.PlatformError as exc:
-        _print_error(console, exc)
+        _print_error(errors, exc)
         code = 1
     except KeyboardInterrupt:
         pass  # Ctrl-C during start-up: stop what has started
@@ -154,9 +158,9 @@ def run(settings: Settings, console: Console) -> int:
     return code
 
 
-def _print_error(console: Console, exc: svc.PlatformError) -> None:
+def _print_error(errors: Console, exc: svc.PlatformError) -> None:
     """One logical line (no wrapping; log tails keep their own lines), no markup from it."""
-    console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+    errors.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
 
 
 def _stop_leftovers(home: Path, console: Console) -> None:

@@ -4,9 +4,13 @@ A ``flow.serve()`` runner or a process worker starts every flow run in a fresh
 Python process: importing pandas, XGBoost, MLflow and Evidently alone costs
 seconds, and its default poll adds up to 10 s more. This runner imports all of
 that and loads the staging model once, polls the API for scheduled runs of the
-deployment every ``runner_poll_seconds``, proposes Pending (as Prefect's own
-runner does) and executes each run here with :func:`prefect.flow_engine.run_flow`,
-one at a time, so the Prefect UI shows the usual Pending -> Running -> final states.
+deployment every ``runner_poll_seconds``, proposes Pending through the client's
+``set_flow_run_state`` (as Prefect's own runner does) and executes each run here
+with :func:`prefect.flow_engine.run_flow`, one at a time, so the Prefect UI shows
+the usual Pending -> Running -> final states. Both are in Prefect's Python API
+reference; ``run_flow`` is the low-level entry that Prefect's own runners reach
+in their child process, so Prefect is pinned to one minor version in the
+Pipfile and ``tests/integration/test_platform_runner.py`` exercises it.
 It serves two deployments: the per-file pipeline and the scheduled reconciler.
 
 ``churnops up`` starts ``runner_processes`` of them (``python -m
@@ -29,11 +33,10 @@ from uuid import UUID
 from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.exceptions import Abort
+from prefect.client.schemas.responses import SetStateStatus
 from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Pending
-from prefect.utilities.engine import propose_state_sync
 
 from churnops.pipeline.flow import churn_prediction_pipeline, reconcile_drops
 from churnops.platform.services import ready_file
@@ -123,13 +126,10 @@ class FlowRunner:
         if current is None or not current.is_scheduled():
             log.info("flow run %s not taken: it is %s already", run.id, current and current.name)
             return
-        try:
-            state = propose_state_sync(self.client, Pending(), flow_run_id=run.id)
-        except Abort as exc:
-            log.info("flow run %s not taken: %s", run.id, exc)
-            return
-        if not state.is_pending():
-            log.info("flow run %s not taken: it is %s", run.id, state.type.value)
+        answer = self.client.set_flow_run_state(run.id, Pending())
+        if answer.status != SetStateStatus.ACCEPT:
+            reason = getattr(answer.details, "reason", None) or answer.status.value
+            log.info("flow run %s not taken: %s", run.id, reason)
             return
         started = time.perf_counter()
         flow = reconcile_drops if run.deployment_id == self.deployment_ids[-1] else None
