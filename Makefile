@@ -17,7 +17,7 @@ TRIALS ?= 0
 .PHONY: help install data register-model train demo up test test-unit quality format \
 	optuna-dashboard benchmark-model benchmark-features benchmark-latency benchmark-pipeline \
 	benchmark-recovery \
-	simulate-file-drops status clean
+	simulate-file-drops status screenshots clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -49,6 +49,9 @@ simulate-file-drops: install data ## Drop every data file but the training one, 
 
 status: install ## Files by stage and the health of the platform's services
 	$(RUN) churnops status
+
+screenshots: install data ## README pictures (docs/screenshots/) of the running demo; needs Debian's chromium
+	$(RUN) python -m churnops.platform.screenshots
 
 test: install data ## Install and run the whole test suite
 	$(RUN) pytest

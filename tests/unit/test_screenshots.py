@@ -1,0 +1,358 @@
+"""``make screenshots``: finding Chromium, the pages' URLs, and what is picked to show.
+
+No test needs Chromium: a stand-in ``chromium`` script (a few lines of Python) takes
+its place where a command is run; the real pictures are checked by looking at them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from churnops.platform import screenshots as shots
+from churnops.platform.services import PlatformState
+from churnops.settings import get_settings
+
+#: Stands in for Chromium: writes a PNG for --screenshot, prints $FAKE_DOM for --dump-dom,
+#: fails like Chromium (D-Bus noise, then the error) when $FAKE_FAIL is set.
+FAKE_CHROMIUM = f"""#!{sys.executable}
+import os, sys
+from PIL import Image, ImageDraw
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+if os.environ.get("FAKE_FAIL"):
+    print("ERROR:dbus/bus.cc:405] Failed to connect to the bus", file=sys.stderr)
+    print("ERROR: net::ERR_CONNECTION_REFUSED", file=sys.stderr)
+    sys.exit(1)
+for arg in args:
+    if arg.startswith("--screenshot="):
+        width, height = (int(v) for v in next(
+            a for a in args if a.startswith("--window-size=")).split("=")[1].split(","))
+        image = Image.new("RGB", (width, height), "white")
+        ImageDraw.Draw(image).text((10, 10), "page", fill="black")
+        image.save(arg.split("=", 1)[1])
+if "--dump-dom" in args:
+    print(os.environ.get("FAKE_DOM", ""))
+"""
+
+
+@pytest.fixture
+def fake_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``chromium`` on a PATH of its own; its calls are logged to the returned file."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    script = folder / "chromium"
+    script.write_text(FAKE_CHROMIUM)
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    log = tmp_path / "chromium.log"
+    monkeypatch.setenv("PATH", str(folder))
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    return log
+
+
+# --- finding Chromium -------------------------------------------------------------------------
+def test_chromium_is_found_on_the_path(fake_chromium: Path) -> None:
+    found = shots.find_chromium()
+    assert Path(found).name == "chromium"
+    assert os.access(found, os.X_OK)
+
+
+def test_no_chromium_on_the_path_names_the_debian_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no chromium
+    with pytest.raises(shots.ScreenshotError) as raised:
+        shots.find_chromium()
+    message = str(raised.value)
+    assert "`chromium` is not on the PATH" in message
+    assert "Debian's package `chromium`" in message
+    assert "apt-get install -y chromium" in message
+
+
+def test_the_command_fails_before_anything_else_without_chromium(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path / "home"))
+    assert shots.main(["--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: `chromium` is not on the PATH")
+    assert "apt-get install -y chromium" in err
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "home").exists()  # nothing dropped, nothing written
+
+
+def test_the_command_says_to_start_the_demo_when_it_does_not_run(
+    fake_chromium: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path / "home"))
+    assert shots.main(["--out", str(tmp_path / "out")]) == 1
+    assert (
+        capsys.readouterr().err
+        == "error: the demo is not running: start the demo first: make demo\n"
+    )
+
+
+# --- the command and the URLs -------------------------------------------------------------------
+def test_the_chromium_command_is_headless_with_the_fixed_window(tmp_path: Path) -> None:
+    png = tmp_path / "a.png"
+    assert shots.chromium_command("/usr/bin/chromium", "http://h/x", png) == [
+        "/usr/bin/chromium",
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--hide-scrollbars",
+        "--window-size=1400,900",
+        "--virtual-time-budget=15000",
+        "--run-all-compositor-stages-before-draw",
+        f"--screenshot={png}",
+        "--dump-dom",  # the DOM of the same load as the picture: its text is checked
+        "http://h/x",
+    ]
+    longer = shots.chromium_command("chromium", "http://h/x", png, budget_ms=45000)
+    assert "--virtual-time-budget=45000" in longer
+
+
+def test_page_urls() -> None:
+    run = "4e73eaad-587f-465b-a594-bb32855745c7"
+    assert (
+        shots.prefect_flow_run_url("http://127.0.0.1:4200/", run)
+        == f"http://127.0.0.1:4200/runs/flow-run/{run}"
+    )
+    assert (
+        shots.mlflow_model_version_url("http://127.0.0.1:5000", "XGBoostChurnModel", "3")
+        == "http://127.0.0.1:5000/#/models/XGBoostChurnModel/versions/3"
+    )
+    assert (
+        shots.mlflow_model_version_url("http://m", "churn model/a", "1")
+        == "http://m/#/models/churn%20model%2Fa/versions/1"
+    )
+    assert shots.evidently_report_url("http://127.0.0.1:8000", "p1", "s2") == (
+        "http://127.0.0.1:8000/projects/p1/reports/s2"
+    )
+
+
+def test_the_report_page_is_a_file_url(tmp_path: Path) -> None:
+    page = tmp_path / "my report" / "report.html"
+    url = shots.file_url(page)
+    assert url.startswith("file:///")
+    assert url.endswith("/my%20report/report.html")
+
+
+def test_a_dropped_copy_gets_a_new_name_each_second() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    at = datetime(2026, 11, 27, 6, 15, 0, tzinfo=UTC)
+    name = shots.unique_drop_name("customer_churn_2_majority_drifted.csv", at)
+    assert name == "customer_churn_2_majority_drifted-20261127T061500Z.csv"
+    later = shots.unique_drop_name(
+        "customer_churn_2_majority_drifted.csv", at + timedelta(seconds=1)
+    )
+    assert later != name
+    local = at.astimezone(timezone(timedelta(hours=2)))
+    assert shots.unique_drop_name("a.csv", local) == "a-20261127T061500Z.csv"
+
+
+# --- the running demo ---------------------------------------------------------------------------
+def _state(**overrides: dict) -> PlatformState:
+    services = {
+        "prefect": {
+            "url": "http://127.0.0.1:4200",
+            "health_url": "http://127.0.0.1:4200/api/health",
+        },
+        "mlflow": {"url": "http://127.0.0.1:5000/", "health_url": "http://127.0.0.1:5000/health"},
+        "evidently": {
+            "url": "http://127.0.0.1:8000",
+            "health_url": "http://127.0.0.1:8000/api/version",
+        },
+    } | overrides
+    return PlatformState(pid=1, drop_dir=".churnops/drop/data/input", services=services)
+
+
+def test_the_running_services_come_from_the_platform_state() -> None:
+    checked: list[str] = []
+    found = shots.running_services(_state(), healthy=lambda url: checked.append(url) or True)
+    assert found == shots.Services(
+        "http://127.0.0.1:4200",
+        "http://127.0.0.1:5000",
+        "http://127.0.0.1:8000",
+        ".churnops/drop/data/input",
+    )
+    assert found.prefect_api == "http://127.0.0.1:4200/api"
+    assert checked == [
+        "http://127.0.0.1:4200/api/health",
+        "http://127.0.0.1:5000/health",
+        "http://127.0.0.1:8000/api/version",
+    ]
+
+
+def test_a_demo_that_does_not_run_or_answer_says_start_the_demo_first() -> None:
+    with pytest.raises(shots.ScreenshotError, match=r"^the demo is not running: start the demo"):
+        shots.running_services(None)
+    with pytest.raises(shots.ScreenshotError) as raised:
+        shots.running_services(_state(), healthy=lambda url: "5000" not in url)
+    assert str(raised.value) == (
+        "mlflow does not answer at http://127.0.0.1:5000/health: start the demo first: make demo"
+    )
+    with pytest.raises(shots.ScreenshotError, match="no evidently server: start the demo first"):
+        shots.running_services(_state(evidently={}), healthy=lambda url: True)
+
+
+def _run(run_id: str, key: str, state: str, message: str, end: str | None) -> dict:
+    return {
+        "id": run_id,
+        "parameters": {"bucket": "churnops-drop", "key": key},
+        "state": {"type": state, "name": state.title(), "message": message},
+        "end_time": end,
+    }
+
+
+def test_the_latest_processed_run_is_picked_not_an_errored_or_skipped_one() -> None:
+    runs = [
+        _run(
+            "a", "data/input/old.csv", "COMPLETED", "processed: 0 drifted", "2026-11-27T06:00:00Z"
+        ),
+        _run(
+            "b",
+            "data/input/bad.csv",
+            "COMPLETED",
+            "errored: no column churn",
+            "2026-11-27T08:00:00Z",
+        ),
+        _run(
+            "c",
+            "data/processing/20261127T070000Z-1a2b3c4d/new.csv",
+            "COMPLETED",
+            "processed: drifted 7 columns",
+            "2026-11-27T07:00:00Z",
+        ),
+        _run("d", "data/input/dup.csv", "COMPLETED", "skipped: taken", "2026-11-27T09:00:00Z"),
+        _run("e", "data/input/down.csv", "FAILED", "failed: MLflow down", "2026-11-27T10:00:00Z"),
+        _run("f", "data/input/now.csv", "RUNNING", "", None),
+    ]
+    latest = shots.latest_processed(runs)
+    assert latest is not None
+    assert latest["id"] == "c"
+    assert shots.dropped_name(latest) == "new.csv"
+    assert shots.latest_processed(runs[1:2]) is None
+    assert shots.latest_processed([]) is None
+
+
+def test_the_prefect_filter_asks_for_the_pipeline_deployment() -> None:
+    body = shots.flow_run_filter(
+        "churn_prediction_pipeline/churnops", completed_only=True, limit=200
+    )
+    assert body == {
+        "flows": {"name": {"any_": ["churn_prediction_pipeline"]}},
+        "deployments": {"name": {"any_": ["churnops"]}},
+        "sort": "END_TIME_DESC",
+        "limit": 200,
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+    }
+    waiting = shots.flow_run_filter("f/d", completed_only=False, limit=50)
+    assert "flow_runs" not in waiting
+    assert waiting["sort"] == "EXPECTED_START_TIME_DESC"
+
+
+def test_the_newest_evidently_report_of_the_file_is_picked() -> None:
+    reports = [
+        {"id": "1", "name": "a.csv", "timestamp": "2026-11-27T06:00:00", "metadata": {}},
+        {"id": "2", "name": "b.csv", "timestamp": "2026-11-27T09:00:00", "metadata": {}},
+        {"id": "3", "name": "a.csv", "timestamp": "2026-11-27T07:00:00", "metadata": {}},
+        {
+            "id": "4",
+            "name": None,
+            "timestamp": "2026-11-27T05:00:00",
+            "metadata": {"file_name": "c.csv"},
+        },
+    ]
+    assert shots.report_of(reports, "a.csv")["id"] == "3"
+    assert shots.report_of(reports, "c.csv")["id"] == "4"
+    assert shots.report_of(reports, "d.csv") is None
+
+
+def test_the_report_picture_names_the_database_relative_to_the_working_folder(
+    tmp_path: Path,
+) -> None:
+    settings = get_settings(churnops_home=tmp_path / "repo" / ".churnops", database_url=None)
+    assert (
+        shots.portable(settings, tmp_path / "repo").metrics_db_url
+        == "sqlite:///.churnops/metrics.db"
+    )
+    elsewhere = tmp_path / "other"
+    assert shots.portable(settings, elsewhere).metrics_db_url == settings.metrics_db_url
+    postgres = get_settings(database_url="postgresql://u:p@db/metrics")
+    assert shots.portable(postgres, tmp_path).metrics_db_url == "postgresql://u:p@db/metrics"
+
+
+# --- taking a picture ---------------------------------------------------------------------------
+def test_a_page_is_pictured_once_it_shows_its_texts(
+    fake_chromium: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_DOM", "<h1>Version 3</h1> @ staging")
+    said: list[str] = []
+    shot = shots.Shot("m.png", "http://m/#/models/x/versions/3", ("Version 3", "staging"))
+    path = shots.take(shots.find_chromium(), shot, tmp_path / "out", said.append)
+    assert path == tmp_path / "out" / "m.png"
+    with Image.open(path) as image:
+        assert image.size == (1400, 900)
+    calls = fake_chromium.read_text().splitlines()
+    assert len(calls) == 1  # one load gives the picture and the DOM
+    assert "--dump-dom" in calls[0]
+    assert "--screenshot=" in calls[0]
+    assert not said
+
+
+def test_a_page_that_stays_blank_fails_after_a_longer_try(
+    fake_chromium: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_DOM", "<div id=root></div>")
+    said: list[str] = []
+    shot = shots.Shot("p.png", "http://p/runs/flow-run/1", ("new.csv", "Completed"))
+    with pytest.raises(shots.ScreenshotError, match=r"did not show \['new.csv', 'Completed'\]"):
+        shots.take(shots.find_chromium(), shot, tmp_path / "out", said.append)
+    calls = fake_chromium.read_text().splitlines()
+    assert [
+        "--virtual-time-budget=15000" in calls[0],
+        "--virtual-time-budget=45000" in calls[1],
+    ] == [
+        True,
+        True,
+    ]
+    assert len(said) == 2
+    assert not (tmp_path / "out" / "p.png").exists()
+
+
+def test_a_chromium_failure_is_reported_without_its_dbus_noise(
+    fake_chromium: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_FAIL", "1")
+    shot = shots.Shot("e.png", "http://e/projects/p/reports/s", ("s",))
+    with pytest.raises(shots.ScreenshotError) as raised:
+        shots.take(shots.find_chromium(), shot, tmp_path / "out", print)
+    assert str(raised.value) == (
+        "chromium failed (exit 1) on http://e/projects/p/reports/s:"
+        " ERROR: net::ERR_CONNECTION_REFUSED"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_optimising_keeps_the_picture(tmp_path: Path) -> None:
+    png = tmp_path / "a.png"
+    Image.new("RGB", (1400, 900), (250, 250, 250)).save(png)
+    before = png.stat().st_size
+    shots.optimise(png)
+    assert png.stat().st_size <= before
+    with Image.open(png) as image:
+        assert image.size == (1400, 900)
+        assert image.convert("RGB").getpixel((700, 450)) == (250, 250, 250)
+    assert list(tmp_path.iterdir()) == [png]
