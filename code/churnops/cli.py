@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -39,10 +38,10 @@ def _fail(message: str) -> None:
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """ChurnOps: train, deploy and continuously evaluate churn models."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
-    if not verbose:  # MLflow's notes on pickling and integer schemas are noise to users
+    if not verbose:
+        # Quiets MLflow only if it is imported already: importing it resets its logger
+        # (to MLFLOW_LOGGING_LEVEL), and the commands import it lazily.
         logging.getLogger("mlflow").setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", category=UserWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 @data_app.command("fetch")

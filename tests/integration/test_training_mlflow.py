@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 from churnops.data.features import FEATURES
@@ -63,6 +64,8 @@ def test_run_has_metrics_tags_and_plots(settings: Settings, first: TrainingOutco
         "plots/holdout_pr_curve.png",
     } <= plots
     assert float(run.data.params["threshold"]) == first.threshold
+    # as MLflow logs the model_config (a list's str): one value, no failed re-log
+    assert run.data.params["features"] == str(FEATURES)
 
 
 def test_model_predicts_labels_at_its_threshold(
@@ -79,6 +82,9 @@ def test_model_predicts_labels_at_its_threshold(
     assert inner.threshold == first.threshold
     assert (scored[PREDICTION] == (scored[PROBABILITY] >= first.threshold)).all()
     assert (labels.to_numpy() == scored[PREDICTION].to_numpy()).all()
+    raw = pd.read_csv(data_dir / "customer_churn_1.csv")  # the UCI header, as users drop it
+    assert "Call  Failure" in raw.columns
+    assert (model.predict(raw).to_numpy() == labels.to_numpy()).all()
 
 
 def test_reference_data_travels_with_the_version(

@@ -3,7 +3,20 @@
 ``mlflow.pyfunc.load_model("models:/XGBoostChurnModel@staging").predict(df)``
 returns labels at the model's own decision threshold; pass
 ``params={"probability": True}`` (or use :meth:`ChurnModel.predict_proba` via
-``unwrap_python_model()``) for the churn probability too.
+``unwrap_python_model()``) for the churn probability too. ``df`` may carry the raw
+UCI header of a customer file (``Call  Failure``, ...) or the clean names: the
+signature lists both spellings as optional columns and :meth:`ChurnModel.predict`
+cleans the names itself, so ``mlflow models predict -i customers.csv -t csv`` takes
+the file users drop as it is.
+
+The model is logged as MLflow *models from code*, not as a pickled instance:
+:mod:`churnops.model.model_code` is the logged code, the features and threshold are
+the logged ``model_config``, the booster and reference data are artifacts. A pickle
+is code that runs when it is loaded and ties a version to the class layout and the
+CloudPickle version of the day it was logged (MLflow warns on every such log, and
+``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` makes it refuse to load one); a version
+logged from code is plain data plus a file that imports this class, so any churnops
+that knows the config keys loads it.
 """
 
 from __future__ import annotations
@@ -14,16 +27,20 @@ import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from churnops.data.features import prepare_features
+from churnops.data.schema import RAW_COLUMNS, clean_columns
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
 
@@ -31,14 +48,27 @@ log = logging.getLogger(__name__)
 
 XGB_ARTIFACT = "xgb_model"
 REFERENCE_ARTIFACT = "reference_data"
+#: Keys of the logged ``model_config``: what a version needs besides its artifacts.
+FEATURES_CONFIG = "features"
+THRESHOLD_CONFIG = "threshold"
+#: The file logged as the model's code (models from code: nothing is pickled). Found
+#: by path, not imported: running it calls ``mlflow.models.set_model``.
+MODEL_CODE = Path(__file__).with_name("model_code.py")
+#: Clean column name -> the raw UCI header it comes from.
+RAW_NAMES: dict[str, str] = {clean: raw for raw, clean in RAW_COLUMNS.items()}
 
 
 class ChurnModel(PythonModel):
-    """XGBoost booster + decision threshold + the training reference data."""
+    """XGBoost booster + decision threshold + the training reference data.
 
-    def __init__(self, features: list[str], threshold: float) -> None:
-        self.features = features
-        self.threshold = threshold
+    Loaded from the registry, an instance is made empty by the logged code
+    (:mod:`churnops.model.model_code`) and filled by :meth:`load_context` from the
+    logged ``model_config`` and artifacts.
+    """
+
+    def __init__(self, features: list[str] | None = None, threshold: float | None = None) -> None:
+        self._features = features
+        self._threshold = threshold
         self._classifier: xgb.XGBClassifier | None = None
         self._reference_path: str | None = None
 
@@ -51,10 +81,65 @@ class ChurnModel(PythonModel):
         model._classifier = classifier
         return model
 
+    def config(self) -> dict[str, Any]:
+        """The ``model_config`` to log: what :meth:`load_context` reads back."""
+        return {FEATURES_CONFIG: list(self.features), THRESHOLD_CONFIG: float(self.threshold)}
+
+    def model_signature(self, data: pd.DataFrame) -> ModelSignature:
+        """What MLflow checks before :meth:`predict`: every feature under its raw UCI
+        header and under its clean name, typed as in ``data`` (clean names).
+
+        MLflow drops input columns the schema does not name and refuses a frame that
+        lacks a required one, so both spellings are listed and none is required: a
+        customer file (raw header, maybe ``Churn``, which is dropped) and a clean
+        frame both get through, and :meth:`predict` says which feature is missing.
+        Integer columns are ``long``, not ``double``: MLflow does not convert int64
+        to double (it may lose digits), and a CSV file reads counts as int64.
+        """
+        specs = []
+        for spelling in (RAW_NAMES, {}):
+            for feature in self.features:
+                kind = "double" if pd.api.types.is_float_dtype(data[feature]) else "long"
+                specs.append(ColSpec(kind, spelling.get(feature, feature), required=False))
+        outputs = Schema([ColSpec("integer", PREDICTION)])
+        params = ParamSchema([ParamSpec("probability", "boolean", False)])
+        return ModelSignature(inputs=Schema(specs), outputs=outputs, params=params)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle a version logged before models from code (``features``, ``threshold``
+        were plain attributes then); such versions have no ``model_config``.
+        """
+        state = dict(state)
+        for old, new in (("features", "_features"), ("threshold", "_threshold")):
+            if old in state:
+                state[new] = state.pop(old)
+        self.__dict__.update(state)
+
     def load_context(self, context: PythonModelContext) -> None:
+        config = context.model_config or {}
+        if FEATURES_CONFIG in config:
+            self._features = list(config[FEATURES_CONFIG])
+        if THRESHOLD_CONFIG in config:
+            self._threshold = float(config[THRESHOLD_CONFIG])
+        if self._features is None or self._threshold is None:
+            raise RuntimeError("model_config lacks features or threshold: not a ChurnModel")
         self._classifier = xgb.XGBClassifier()
         self._classifier.load_model(context.artifacts[XGB_ARTIFACT])
         self._reference_path = context.artifacts[REFERENCE_ARTIFACT]
+
+    @property
+    def features(self) -> list[str]:
+        """The model's input columns, in order (clean names)."""
+        if self._features is None:
+            raise RuntimeError("model context not loaded: load it with mlflow.pyfunc.load_model")
+        return self._features
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold: a probability at or above it is a churner."""
+        if self._threshold is None:
+            raise RuntimeError("model context not loaded: load it with mlflow.pyfunc.load_model")
+        return self._threshold
 
     @property
     def classifier(self) -> xgb.XGBClassifier:
@@ -90,7 +175,15 @@ class ChurnModel(PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame | pd.Series:
-        scored = self._labelled(self.predict_proba(model_input), model_input.index)
+        """Labels (or labels and probabilities) of a frame with raw or clean column names."""
+        frame = clean_columns(model_input)
+        twice = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        if twice:
+            raise ValueError(f"column(s) given under two spellings: {', '.join(twice)}")
+        missing = [f"'{RAW_NAMES.get(f, f)}' ({f})" for f in self.features if f not in frame]
+        if missing:
+            raise ValueError(f"missing column(s): {', '.join(missing)}")
+        scored = self._labelled(self.predict_proba(frame), model_input.index)
         if params and params.get("probability"):
             return scored
         return scored[PREDICTION]

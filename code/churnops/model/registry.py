@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,20 +21,20 @@ import numpy as np
 import pandas as pd
 from matplotlib import pyplot as plt
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET
 from churnops.model import plots, training
 from churnops.model.churn_model import (
+    MODEL_CODE,
+    RAW_NAMES,
     REFERENCE_ARTIFACT,
     XGB_ARTIFACT,
     ChurnModel,
     configure_mlflow,
 )
 from churnops.model.training import Evaluation, Progress
-from churnops.results import PREDICTION
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,9 @@ def train_and_register(
     model = ChurnModel.in_memory(features, threshold, final)
 
     with mlflow.start_run(run_name=f"xgboost-{options.data_file.stem}") as run:
-        mlflow.log_params({**params, "threshold": threshold, "features": ",".join(features)})
+        # features and threshold as in the model_config, which MLflow logs as params
+        # too when it logs the model: the same values, so it does not fail on a change
+        mlflow.log_params({**params, **model.config()})
         mlflow.log_metrics(
             {
                 "cv_f1": cv_f1,
@@ -284,28 +287,34 @@ def _log_model(
     data: pd.DataFrame,
     train: pd.DataFrame,
 ) -> str:
-    """Log the pyfunc with its booster and reference data; return the new version."""
-    inputs = data[model.features]
+    """Log the pyfunc from code with its booster and reference data; return the new version.
+
+    The example has the raw UCI header of a customer file: it is what the model is
+    shown with, and what MLflow tries through its serving path when logging.
+    """
+    example = data[model.features].head(5).rename(columns=RAW_NAMES)
     with tempfile.TemporaryDirectory() as tmp:
         booster_path = Path(tmp) / "xgb_model.json"
         classifier.save_model(booster_path)
         reference_path = Path(tmp) / "reference.parquet"
         reference_frame(data, model).to_parquet(reference_path, index=False)
-        signature = infer_signature(
-            inputs, model.score(inputs)[PREDICTION], params={"probability": False}
-        )
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=ChurnModel(model.features, model.threshold),  # booster: artifact
+            python_model=str(MODEL_CODE),
+            model_config=model.config(),
             artifacts={XGB_ARTIFACT: str(booster_path), REFERENCE_ARTIFACT: str(reference_path)},
-            signature=signature,
-            input_example=inputs.head(5),
+            signature=model.model_signature(data),
+            input_example=example,
             registered_model_name=settings.model_name,
             metadata={"threshold": model.threshold, "features": model.features, "params": params},
         )
-    mlflow.log_input(
-        mlflow.data.from_pandas(train, name="train", targets=TARGET), context="training"
-    )
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values: the training
+        # rows are validated, they have none (the signature above is written, not inferred)
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+        mlflow.log_input(
+            mlflow.data.from_pandas(train, name="train", targets=TARGET), context="training"
+        )
     return str(info.registered_model_version)
 
 
