@@ -6,6 +6,8 @@ PYTHON ?= python3
 export PIPENV_VENV_IN_PROJECT := 1
 export PIPENV_NOSPIN := 1
 export PIPENV_IGNORE_VIRTUALENVS := 1
+# MLflow copies a model's artifacts with a progress bar per file: noise in a terminal.
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 PIPENV := $(PYTHON) -m pipenv
 RUN := $(PIPENV) run
 VENV_STAMP := .venv/.installed-$(shell sha256sum Pipfile.lock | cut -c1-12)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from churnops.model.progress import progress_bars
 from churnops.settings import Settings, get_settings
@@ -25,23 +26,30 @@ app.add_typer(data_app, name="data")
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
+#: Errors go to stderr, so a pipe or a file of the output keeps only results.
+errors = Console(stderr=True, soft_wrap=True)
+_verbose = False
+
+
 def _settings() -> Settings:
+    """The settings, read now. Every command calls this after its own imports, which is
+    when MLflow (if imported) has set its logger to INFO: quiet it again unless -v."""
+    if not _verbose and "mlflow" in sys.modules:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     return get_settings()
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    errors.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(1)
 
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """ChurnOps: train, deploy and continuously evaluate churn models."""
+    global _verbose
+    _verbose = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
-    if not verbose:
-        # Quiets MLflow only if it is imported already: importing it resets its logger
-        # (to MLFLOW_LOGGING_LEVEL), and the commands import it lazily.
-        logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
 @data_app.command("fetch")
@@ -262,7 +270,7 @@ def up() -> None:
     """Start the local platform (Prefect, runner, MLflow, Evidently UI, drop watcher)."""
     from churnops.platform.launch import run
 
-    raise typer.Exit(run(_settings(), console))
+    raise typer.Exit(run(_settings(), console, errors))
 
 
 @app.command()
