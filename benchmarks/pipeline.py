@@ -4,7 +4,7 @@ For each size (the 1,050-row ``customer_churn_1.csv``, then files of 1M and
 10M rows made by repeating its rows; about 100 MB and 1 GB of CSV) two fresh
 processes are measured, so each peak RSS belongs to one measurement:
 
-* pipeline: the real flow ``churn_prediction_pipeline(bucket, key)`` on the
+* pipeline: the real flow ``churn_prediction_pipeline(drop, key)`` on the
   local drop folder, with a local ephemeral Prefect server. The file is put in
   ``data/input/`` and the flow called; its wall time is timed after the
   server is up (the server's startup is shown apart and left out of the ratio).
@@ -255,7 +255,7 @@ def run_pipeline(csv: Path) -> dict:
     shutil.copyfile(csv, storage.path(stage_key("input", name)))
     started = time.perf_counter()
     state = churn_prediction_pipeline(
-        settings.drop_bucket, stage_key("input", name), return_state=True
+        settings.drop_uri, stage_key("input", name), return_state=True
     )
     seconds = time.perf_counter() - started
     outcome = state.result(raise_on_failure=False)

@@ -167,6 +167,11 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.home / 'metrics.db'}"
 
     @property
+    def drop_uri(self) -> str:
+        """The default drop: ``s3://<DROP_BUCKET>`` or ``file:///<drop folder>``."""
+        return f"s3://{self.drop_bucket}" if self.drop_storage == "s3" else self.drop_dir.as_uri()
+
+    @property
     def drop_dir(self) -> Path:
         return (self.local_drop_dir or self.home / "drop").resolve()
 

@@ -43,7 +43,7 @@ class Platform:
     def drop(self, name: str, data: bytes):
         key = f"data/input/{name}"
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
-        return churn_prediction_pipeline(bucket=self.bucket, key=key, return_state=True)
+        return churn_prediction_pipeline(drop=f"s3://{self.bucket}", key=key, return_state=True)
 
     def keys(self, stage: str) -> set[str]:
         """The file names in a stage's folders (its run folders included)."""
@@ -193,7 +193,7 @@ def test_a_second_trigger_is_a_no_op(platform: Platform, data_dir: Path) -> None
     name = "twice.csv"
     platform.drop(name, (data_dir / "customer_churn_1.csv").read_bytes())
     state = churn_prediction_pipeline(
-        bucket=platform.bucket, key=f"data/input/{name}", return_state=True
+        drop=f"s3://{platform.bucket}", key=f"data/input/{name}", return_state=True
     )
     assert state.is_completed()
     assert state.result()["status"] == "skipped"

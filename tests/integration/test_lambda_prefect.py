@@ -92,7 +92,7 @@ def test_new_files_start_scheduled_runs_and_duplicates_do_not(
     assert set(runs) == {r["flow_run_id"] for r in first[:2]}
     for outcome, key in zip(first, KEYS.values(), strict=False):
         run = runs[outcome["flow_run_id"]]
-        assert run.parameters == {"bucket": bucket, "key": key}
+        assert run.parameters == {"drop": f"s3://{bucket}", "key": key}
         assert run.state_type == StateType.SCHEDULED
         assert run.idempotency_key.startswith(f"s3://{bucket}/{key}#")
     assert [(r["status"], r.get("flow_run_id")) for r in again[:2]] == [

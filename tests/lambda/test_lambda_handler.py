@@ -202,7 +202,7 @@ def test_creates_a_flow_run_with_bucket_key_and_idempotency_key(
         ]
     }
     assert post["body"] == {
-        "parameters": {"bucket": BUCKET, "key": "data/input/customer_churn_1.csv"},
+        "parameters": {"drop": f"s3://{BUCKET}", "key": "data/input/customer_churn_1.csv"},
         "idempotency_key": f"s3://{BUCKET}/data/input/customer_churn_1.csv#0062A1B2C3D4E5F601",
         "name": "customer_churn_1.csv",
     }
@@ -226,7 +226,7 @@ def test_url_encoded_keys_are_decoded(
 
     assert outcome["status"] == "created"
     assert outcome["key"] == decoded
-    assert prefect.posts()[0]["body"]["parameters"] == {"bucket": BUCKET, "key": decoded}
+    assert prefect.posts()[0]["body"]["parameters"] == {"drop": f"s3://{BUCKET}", "key": decoded}
 
 
 def test_version_id_wins_over_sequencer(handler: ModuleType, prefect: FakePrefect) -> None:

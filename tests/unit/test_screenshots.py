@@ -210,7 +210,7 @@ def test_a_demo_that_does_not_run_or_answer_says_start_the_demo_first() -> None:
 def _run(run_id: str, key: str, state: str, message: str, end: str | None) -> dict:
     return {
         "id": run_id,
-        "parameters": {"bucket": "churnops-drop", "key": key},
+        "parameters": {"drop": "file:///tmp/drop", "key": key},
         "state": {"type": state, "name": state.title(), "message": message},
         "end_time": end,
     }

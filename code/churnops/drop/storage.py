@@ -20,6 +20,8 @@ from __future__ import annotations
 import io
 import os
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -516,13 +518,25 @@ def s3_client(endpoint_url: str | None) -> Any:
     return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 
+def open_drop(uri: str, settings: Settings) -> DropStorage:
+    """The drop storage a URI names: ``s3://<bucket>`` or ``file:///<folder>``.
+
+    What a flow run is given by its trigger, so the event, not this process's
+    settings, says where the file is; the settings only give the S3 endpoint.
+    """
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme == "s3" and parsed.netloc and parsed.path in ("", "/"):
+        return S3DropStorage(parsed.netloc, s3_client(settings.aws_endpoint_url))
+    if parsed.scheme == "file" and parsed.path:
+        storage = LocalDropStorage(Path(urllib.request.url2pathname(parsed.path)))
+        storage.create_layout()
+        return storage
+    raise ValueError(f"drop {uri!r} is neither s3://<bucket> nor file:///<folder>")
+
+
 def open_storage(settings: Settings, bucket: str | None = None) -> DropStorage:
-    """The drop storage chosen by ``settings.drop_storage`` (bucket defaults to DROP_BUCKET)."""
-    if settings.drop_storage == "s3":
-        return S3DropStorage(bucket or settings.drop_bucket, s3_client(settings.aws_endpoint_url))
-    storage = LocalDropStorage(settings.drop_dir)
-    storage.create_layout()
-    return storage
+    """The default drop of these settings (``settings.drop_uri``), or another bucket."""
+    return open_drop(f"s3://{bucket}" if bucket else settings.drop_uri, settings)
 
 
 # --- per-file log ---------------------------------------------------------------------

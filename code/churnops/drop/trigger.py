@@ -73,6 +73,9 @@ class Config:
     retries: int
     backoff: float
     authorization: str | None
+    #: The drop the flow run is told to read (``file:///<folder>`` for the local
+    #: platform's folder); None: the event's bucket, ``s3://<bucket>``.
+    drop: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Self:
@@ -165,7 +168,7 @@ def handle_record(record: Any, config: Config) -> dict[str, Any]:
     try:
         run_id, created = start_flow_run(
             config,
-            parameters={"bucket": bucket, "key": key},
+            parameters={"drop": config.drop or f"s3://{bucket}", "key": key},
             idempotency_key=f"s3://{bucket}/{key}#{version}",
             name=key.rsplit("/", 1)[-1],
         )

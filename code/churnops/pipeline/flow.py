@@ -1,7 +1,7 @@
 """The Prefect flows: a thin shell over :mod:`churnops.pipeline.per_file` and
 :mod:`churnops.pipeline.reconcile`.
 
-``churn_prediction_pipeline(bucket, key)`` processes one dropped file, each
+``churn_prediction_pipeline(drop, key)`` processes one dropped file, each
 step a Prefect task. Its run ends Completed when the file was processed, was
 invalid (``errored: ...``) or was not to be taken (``skipped: ...``), and
 Failed when a dependency failed: the file then waits in ``processing/`` and
@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from churnops.drop.storage import open_storage
+from churnops.drop.storage import open_drop
 from churnops.pipeline import per_file, reconcile
 from churnops.settings import Settings, get_settings
 
@@ -27,18 +27,19 @@ PREFECT_STEPS = per_file.PLAIN_STEPS.wrapped(task(cache_policy=NO_CACHE))
 
 
 @flow(name="churn_prediction_pipeline")
-def churn_prediction_pipeline(bucket: str, key: str) -> State:
-    """Score, monitor, store and alert for the file ``key`` of the drop ``bucket``.
+def churn_prediction_pipeline(drop: str, key: str) -> State:
+    """Score, monitor, store and alert for the file ``key`` of the ``drop``.
 
-    ``key`` is the object's real key (the trigger has already URL-decoded it):
+    ``drop`` names the storage (``s3://<bucket>`` or ``file:///<folder>``), as the
+    trigger saw it. ``key`` is the object's real key (already URL-decoded):
     ``data/input/<name>``, or ``data/processing/<run>/<name>`` to re-drive a run.
     """
-    return outcome_state(process_key(get_settings(), bucket, key))
+    return outcome_state(process_key(get_settings(), drop, key))
 
 
-def process_key(settings: Settings, bucket: str, key: str) -> per_file.FileOutcome:
+def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome:
     """The flow's body: the pipeline with its steps as tasks of this flow run."""
-    storage = open_storage(settings, bucket)
+    storage = open_drop(drop, settings)
     outcome = per_file.process(
         settings, storage, key, steps=PREFECT_STEPS, flow_run_id=str(flow_run.id or "")
     )
@@ -81,12 +82,17 @@ def outcome_state(outcome: per_file.FileOutcome) -> State:
 
 
 @flow(name="reconcile")
-def reconcile_drops(bucket: str | None = None) -> list[dict[str, str]]:
-    """Re-drive stranded files: untaken input, dead or failed runs (on a schedule)."""
+def reconcile_drops(drop: str | None = None) -> list[dict[str, str]]:
+    """Re-drive stranded files: untaken input, dead or failed runs (on a schedule).
+
+    ``drop`` defaults to the settings' drop (``Settings.drop_uri``).
+    """
     settings = get_settings()
-    storage = open_storage(settings, bucket)
+    storage = open_drop(drop or settings.drop_uri, settings)
     logger = get_run_logger()
-    actions = reconcile.reconcile(settings, storage, reconcile.submit_to_deployment(settings))
+    actions = reconcile.reconcile(
+        settings, storage, reconcile.submit_to_deployment(settings, storage.uri)
+    )
     for action in actions:
         logger.info("%s %s: %s", action.kind, action.key, action.reason)
     return [asdict(a) for a in actions]

@@ -156,8 +156,9 @@ def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[
     return [*closed, *work]
 
 
-def submit_to_deployment(settings: Settings) -> Submit:
-    """Submit by creating a flow run of the pipeline deployment (one per marker)."""
+def submit_to_deployment(settings: Settings, drop: str) -> Submit:
+    """Submit by creating a flow run of the pipeline deployment (one per marker) for a
+    file of ``drop`` (the URI of the storage the reconciler looked at)."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.states import Crashed
@@ -167,7 +168,7 @@ def submit_to_deployment(settings: Settings) -> Submit:
             _mark_crashed(get_client, Crashed, action)
         run_deployment(
             settings.prefect_deployment,
-            parameters={"bucket": settings.drop_bucket, "key": action.key},
+            parameters={"drop": drop, "key": action.key},
             timeout=0,
             as_subflow=False,
             idempotency_key=f"reconcile:{action.marker}",

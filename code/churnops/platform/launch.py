@@ -292,7 +292,7 @@ def _start_runner(platform: Platform) -> None:
 def _start_watcher(platform: Platform) -> None:
     settings = platform.settings
     api = svc.prefect_api_url(settings, settings.prefect_port)
-    handler = trigger(api, settings.prefect_deployment)
+    handler = trigger(api, settings.prefect_deployment, settings.drop_uri)
     dispatcher = Dispatcher(handler, settings.drop_bucket, _report(platform))
     # The dispatcher prints one line per trigger; the handler's own INFO lines are for AWS.
     logging.getLogger("s3_to_prefect").setLevel(logging.WARNING)

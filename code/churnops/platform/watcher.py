@@ -15,6 +15,7 @@ keeps a file seen twice from starting two runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import queue
@@ -34,9 +35,13 @@ log = logging.getLogger("churnops.watcher")
 Handler = Callable[[Mapping[str, Any], object], Mapping[str, Any]]
 
 
-def trigger(api_url: str, deployment: str) -> Handler:
-    """The Lambda's handling of an event, configured by arguments instead of the environment."""
-    config = _config(api_url, deployment)
+def trigger(api_url: str, deployment: str, drop: str | None = None) -> Handler:
+    """The Lambda's handling of an event, configured by arguments instead of the environment.
+
+    ``drop`` is what the flow runs are told to read (the local folder's ``file://``
+    URI); None keeps the Lambda's ``s3://<event bucket>``.
+    """
+    config = dataclasses.replace(_config(api_url, deployment), drop=drop)
     return lambda event, context: handle_event(event, config)
 
 
