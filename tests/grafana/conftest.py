@@ -1,35 +1,36 @@
-"""A metrics database filled the way the pipeline fills it, for the dashboard and report tests.
+"""A metrics database filled by the pipeline itself, for the dashboard and report tests.
 
-:func:`run_pipeline` chains the building blocks ``churnops.pipeline.flow.process_file``
-uses, without Prefect and MLflow: ``MetricsStore.start_run`` before the model
-is known, validation, predictions of a small XGBoost model trained on
-customer_churn_0.csv, ``run_monitoring`` against that reference,
-``record_result`` and ``finish_run``. Unlike the flow it sets the clock: runs
-are six hours apart so every time series has several points. The fixtures
-``pipeline_sqlite_url`` / ``pipeline_postgres_url`` are the seam where the
-real flow can take over.
+:func:`run_pipeline` drops every file of :data:`PLAN` into a local drop folder
+and processes it with ``per_file.process``, the step sequence the flow runs
+(claim, score, monitor, store metrics, alert, finish). Two things differ from
+the flow, both inputs rather than code: each model version is a small XGBoost
+fitted here and handed in as the ``load_model`` step (no MLflow), and once
+processed the runs are re-stamped six hours apart, so every time series has
+several points.
 """
 
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import xgboost as xgb
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 from sqlalchemy.engine import make_url
 
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
-from churnops.data.schema import DataValidationError
-from churnops.monitoring.drift import run_monitoring
-from churnops.monitoring.metrics_db import ERRORED, PROCESSED, MetricsStore
-from churnops.results import PREDICTION, PROBABILITY
+from churnops.drop.storage import LocalDropStorage, stage_key
+from churnops.model.churn_model import ChurnModel, LoadedModel
+from churnops.model.registry import reference_frame
+from churnops.monitoring.metrics_db import MetricsStore, pipeline_runs, run_metrics
+from churnops.pipeline.per_file import PLAIN_STEPS, process
 from churnops.settings import Settings, get_settings
 
 MODEL_NAME = "XGBoostChurnModel"
@@ -75,51 +76,61 @@ def _fit(reference: pd.DataFrame, depth: int) -> xgb.XGBClassifier:
     return model
 
 
-def _score(model: xgb.XGBClassifier, df: pd.DataFrame) -> pd.DataFrame:
-    proba = model.predict_proba(prepare_features(df))[:, 1]
-    return df.assign(**{PROBABILITY: proba, PREDICTION: (proba >= 0.5).astype(int)})
-
-
-def run_pipeline(store: MetricsStore, data_dir: Path, settings: Settings) -> None:
-    """Process every file of :data:`PLAN` into ``store``, as the flow does."""
+def _models(settings: Settings, data_dir: Path) -> dict[str, LoadedModel]:
+    """Version -> a model fitted on the training file, with its reference data."""
     training = load_customer_file(data_dir / settings.training_file, require_target=True)
-    models = {"1": _fit(training, depth=3), "2": _fit(training, depth=5)}
-    for index, planned in enumerate(PLAN):
-        start = started_at(index)
-        run_id = store.start_run(
-            file_name=planned.file_name,
-            bucket=settings.drop_bucket,
-            object_key=f"data/input/{planned.file_name}",
-            started_at=start,
+    models = {}
+    for version, depth in (("1", 3), ("2", 5)):
+        model = ChurnModel.in_memory(FEATURES, 0.5, _fit(training, depth))
+        reference = settings.home / f"reference-{version}.parquet"
+        reference_frame(training, model).to_parquet(reference)
+        models[version] = LoadedModel(
+            MODEL_NAME, version, ChurnModel.in_memory(FEATURES, 0.5, model.classifier, reference)
         )
-        try:
-            source = BROKEN_CSV if planned.errored else data_dir / planned.file_name
-            current = load_customer_file(source, name=planned.file_name)
-        except DataValidationError as exc:
-            store.finish_run(
-                run_id, ERRORED, error=str(exc), finished_at=start + timedelta(seconds=30)
-            )
-            continue
+    return models
+
+
+def run_pipeline(metrics_url: str, data_dir: Path, settings: Settings) -> None:
+    """Process every file of :data:`PLAN` into ``metrics_url`` as the flow does."""
+    settings = settings.model_copy(
+        update={"database_url": metrics_url, "local_drop_dir": settings.home / secrets.token_hex(4)}
+    )
+    storage = LocalDropStorage(settings.drop_dir)
+    storage.create_layout()
+    models = _models(settings, data_dir)
+    run_ids = []
+    for planned in PLAN:
+        key = stage_key("input", planned.file_name)
+        source = storage.path(key)
+        if planned.errored:
+            source.write_bytes(BROKEN_CSV)
+        else:
+            shutil.copyfile(data_dir / planned.file_name, source)
         model = models[planned.model_version]
-        result = run_monitoring(
-            _score(model, training),
-            _score(model, current),
-            feature_columns=FEATURES,
-            settings=settings,
-            file_name=planned.file_name,
-            model_version=planned.model_version,
-            model_name=MODEL_NAME,
-        )
-        store.record_result(run_id, result, recorded_at=start + timedelta(minutes=5))
-        store.finish_run(
-            run_id,
-            PROCESSED,
-            rows=result.rows,
-            report_url=result.report_url,
-            model_name=MODEL_NAME,
-            model_version=planned.model_version,
-            finished_at=start + timedelta(minutes=6),
-        )
+        steps = replace(PLAIN_STEPS, load_model=lambda _settings, model=model: model)
+        outcome = process(settings, storage, key, steps=steps)
+        assert outcome.status == ("errored" if planned.errored else "processed"), outcome
+        run_ids.append(outcome.run_id)
+    _spread_in_time(metrics_url, run_ids)
+
+
+def _spread_in_time(metrics_url: str, run_ids: list[str | None]) -> None:
+    """Run ``i`` started at :func:`started_at`, its metrics 5 min later, done 1 min after."""
+    store = MetricsStore(metrics_url)
+    with store.engine.begin() as conn:
+        for index, run_id in enumerate(run_ids):
+            start = started_at(index)
+            conn.execute(
+                update(pipeline_runs)
+                .where(pipeline_runs.c.id == run_id)
+                .values(started_at=start, finished_at=start + timedelta(minutes=6))
+            )
+            conn.execute(
+                update(run_metrics)
+                .where(run_metrics.c.run_id == run_id)
+                .values(recorded_at=start + timedelta(minutes=5))
+            )
+    store.close()
 
 
 @pytest.fixture(scope="session")
@@ -132,9 +143,7 @@ def pipeline_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def pipeline_sqlite_url(data_dir: Path, pipeline_settings: Settings) -> Iterator[str]:
     """The local default: SQLite under CHURNOPS_HOME, after the planned runs."""
     url = pipeline_settings.metrics_db_url
-    store = MetricsStore(url)
-    run_pipeline(store, data_dir, pipeline_settings)
-    store.close()
+    run_pipeline(url, data_dir, pipeline_settings)
     yield url
 
 
@@ -149,7 +158,5 @@ def pipeline_postgres_url(
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    store = MetricsStore(url)
-    run_pipeline(store, data_dir, pipeline_settings)
-    store.close()
+    run_pipeline(url, data_dir, pipeline_settings)
     yield url

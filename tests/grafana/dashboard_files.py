@@ -36,6 +36,7 @@ def datasource() -> dict[str, Any]:
     return source
 
 
-def panel_sql(panel: dict[str, Any]) -> str:
-    (query,) = panel["targets"]
+def panel_sql(panel: dict[str, Any], ref_id: str = "A") -> str:
+    """The SQL of one of the panel's queries (A: the data; B: a stat's threshold)."""
+    (query,) = [t for t in panel["targets"] if t["refId"] == ref_id]
     return query["rawSql"]

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from churnops.monitoring.metrics_db import grant_read_only
 from churnops.results import QUALITY_METRICS
+from churnops.settings import Settings
 
 from .conftest import FIRST_RUN, LAST_RUN, PLAN, RUN_SPACING
 from .dashboard_files import dashboard, panel_sql
@@ -114,9 +115,26 @@ def test_panel_returns_rows_with_the_columns_it_uses(reader: Any, panel: dict[st
 
 def test_scores_have_a_point_per_processed_file_and_metric(reader: Any) -> None:
     result = run(reader, panel_sql(panel("Scores over time")), everything())
-    assert len(result.rows) == len(PROCESSED_RUNS) * len(QUALITY_METRICS)
-    assert set(result.column("metric")) == set(QUALITY_METRICS)
+    assert len(result.rows) == len(PROCESSED_RUNS) * (len(QUALITY_METRICS) + 1)
+    assert set(result.column("metric")) == {*QUALITY_METRICS, "alert minimum"}
     assert len(set(result.column("time"))) == len(PROCESSED_RUNS)
+
+
+def test_stat_is_coloured_by_the_minimum_stored_with_the_latest_file(reader: Any) -> None:
+    stat = panel("Latest F1")
+    (config,) = stat["transformations"]
+    threshold_sql = panel_sql(stat, config["options"]["configRefId"])
+    (latest,) = run(reader, threshold_sql, everything()).rows
+    assert latest[1] == Settings.model_construct().min_f1
+    scores = run(reader, panel_sql(panel("Scores over time")), everything())
+    minimum = [
+        v
+        for m, v in zip(scores.column("metric"), scores.column("value"), strict=True)
+        if m == "alert minimum"
+    ]
+    assert minimum == [Settings.model_construct().min_f1] * len(PROCESSED_RUNS)
+    drift = run(reader, panel_sql(panel("Drifted columns")), everything())
+    assert set(drift.column("alert above")) == {Settings.model_construct().drift_share_threshold}
 
 
 def test_stat_shows_the_latest_file(reader: Any) -> None:

@@ -74,11 +74,17 @@ class ChurnModel(PythonModel):
 
     @classmethod
     def in_memory(
-        cls, features: list[str], threshold: float, classifier: xgb.XGBClassifier
+        cls,
+        features: list[str],
+        threshold: float,
+        classifier: xgb.XGBClassifier,
+        reference: Path | None = None,
     ) -> ChurnModel:
-        """A model around a classifier fitted in this process (scores without MLflow)."""
+        """A model around a classifier fitted in this process (scores without MLflow);
+        ``reference`` is a Parquet file of its reference data, for monitoring."""
         model = cls(features, threshold)
         model._classifier = classifier
+        model._reference_path = str(reference) if reference else None
         return model
 
     def config(self) -> dict[str, Any]:
