@@ -1,13 +1,15 @@
 """The whole local platform: ``churnops up`` in a subprocess, three drops, checked through the APIs.
 
-Starts from an empty CHURNOPS_HOME, so the platform trains its model first (fast
-path: stored/default parameters, no search; two CV folds to keep the test short).
+Starts from a CHURNOPS_HOME that holds a trained staging model (the session's
+``trained_home``), so the platform starts without training; the supervisor test
+covers the first start that trains.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +32,7 @@ from tests.platform_processes import FOREIGN, leftovers
 
 pytestmark = pytest.mark.integration
 
-START_TIMEOUT = 900.0  # training included, on a busy 2-core machine
+START_TIMEOUT = 600.0  # four services and the runners, on a busy 2-core machine
 DONE_TIMEOUT = 300.0
 GOOD, DRIFTED, MALFORMED = (
     "customer_churn_1.csv",
@@ -55,8 +57,11 @@ class RunningPlatform:
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[RunningPlatform]:
+def platform(
+    tmp_path_factory: pytest.TempPathFactory, data_dir: Path, trained_home: Path
+) -> Iterator[RunningPlatform]:
     home = tmp_path_factory.mktemp("platform") / "home"
+    shutil.copytree(trained_home, home)  # a staging model: `up` starts without training
     output = home.parent / "up.log"
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
     env |= {
@@ -65,7 +70,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterat
         "PREFECT_PORT": "0",
         "MLFLOW_PORT": "0",
         "EVIDENTLY_PORT": "0",
-        "CV_FOLDS": "2",
         "COLUMNS": "200",
     }
     churnops = str(Path(sys.executable).with_name("churnops"))

@@ -1,12 +1,18 @@
-"""Fixtures of the Terraform tests: the CLI config (provider mirror), a moto server."""
+"""Fixtures of the Terraform tests: the CLI config (provider mirror), and the
+deployment of the whole root module against moto, applied early in the background."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import shutil
 import subprocess
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import boto3
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,13 +59,121 @@ def tf_env(tf_cli_config: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def tf_moto_endpoint(tmp_path_factory: pytest.TempPathFactory):
-    """A moto server on a free loopback port, as a subprocess of the venv's moto_server."""
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc, endpoint = tf_local.start_moto(log)
-    try:
-        yield endpoint
-    finally:
-        tf_local.stop_process_group(proc.pid)
-        proc.wait(timeout=10)
+class Deployment:
+    """The root module in a work folder, applied against the moto server at ``endpoint``."""
+
+    def __init__(self, endpoint: str, workdir: Path, cli_config: Path) -> None:
+        self.endpoint = endpoint
+        self.network = tf_local.create_network(endpoint)
+        self.tfvars = tf_local.emulator_tfvars(self.network)
+        self.module_dir = tf_local.prepare_workdir(workdir, endpoint, self.tfvars)
+        self.env = tf_local.emulator_env(endpoint, cli_config)
+        self.destroyed = False
+        self.outputs: dict = {}
+
+    def tf(self, *args: str) -> str:
+        return tf_local.terraform(self.module_dir, self.env, *args, capture=True)
+
+    def apply(self, *extra: str) -> None:
+        self.tf("apply", "-auto-approve", "-input=false", "-no-color", "-parallelism=20", *extra)
+        raw = json.loads(self.tf("output", "-json"))
+        self.outputs = {k: v["value"] for k, v in raw.items()}
+
+    def destroy(self) -> None:
+        self.tf("destroy", "-auto-approve", "-input=false", "-no-color", "-parallelism=20")
+        self.destroyed = True
+
+    def client(self, service: str):
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=tf_local.REGION,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+
+
+class _EarlyApply:
+    """``terraform init`` and ``apply`` on a moto server of their own, in a thread.
+
+    The AWS provider's waiters sleep about 100 s here (the RDS instance, the load
+    balancer, the bucket lifecycle) although moto answers at once: begun when
+    collection finds the apply tests, that wait overlaps the rest of the suite.
+    """
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="churnops-tf-apply-"))
+        self.moto: subprocess.Popen | None = None
+        self.executor = ThreadPoolExecutor(1)
+        self.future: Future[Deployment] = self.executor.submit(self._apply)
+        self.destroyed: Future[Deployment] | None = None
+
+    def begin_destroy(self) -> None:
+        """``terraform destroy`` in the thread: its waiters sleep about 75 s too."""
+        if self.destroyed is None:
+            self.destroyed = self.executor.submit(self._destroy)
+
+    def _destroy(self) -> Deployment:
+        deployment = self.future.result()
+        deployment.destroy()
+        return deployment
+
+    def _apply(self) -> Deployment:
+        self.moto, endpoint = tf_local.start_moto(self.root / "moto.log")
+        cli_config = tf_local.write_cli_config(self.root / "terraform.rc")
+        deployment = Deployment(endpoint, self.root / "work", cli_config)
+        deployment.tf("init", "-input=false", "-no-color")
+        deployment.apply()
+        return deployment
+
+    def close(self) -> None:
+        """Wait for the destroy (begun here if no test did), stop moto."""
+        self.begin_destroy()
+        assert self.destroyed is not None
+        with contextlib.suppress(Exception):  # a failed apply or destroy: a test reported it
+            self.destroyed.result()
+        if self.moto is not None:
+            tf_local.stop_process_group(self.moto.pid)
+            self.moto.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+_EARLY: _EarlyApply | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    global _EARLY
+    if any(item.path.name == "test_apply_moto.py" for item in session.items):
+        _EARLY = _EarlyApply()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The destroy check last: the destroy runs in the background until then."""
+    last = [i for i in items if i.name == "test_destroy_leaves_nothing_behind"]
+    items[:] = [i for i in items if i not in last] + last
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _EARLY is not None:
+        _EARLY.close()
+
+
+def _early() -> _EarlyApply:
+    assert _EARLY is not None, "the apply begins when collection selects test_apply_moto.py"
+    return _EARLY
+
+
+def early_apply() -> Future[Deployment]:
+    return _early().future
+
+
+def begin_destroy() -> None:
+    _early().begin_destroy()
+
+
+def destroyed() -> Future[Deployment]:
+    """The deployment once destroyed (the destroy begins now if it has not yet)."""
+    early = _early()
+    early.begin_destroy()
+    assert early.destroyed is not None
+    return early.destroyed

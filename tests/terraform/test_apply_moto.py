@@ -1,17 +1,17 @@
 """`terraform apply` of the whole root module against moto, checked with boto3, then destroyed.
 
-The tests run in file order on one module-scoped deployment; the last one destroys it.
+The tests run in file order on one deployment, applied in the background from the
+start of the session (see ``conftest.py``); the last test destroys it.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Iterator
 
-import boto3
 import pytest
 
-from .conftest import tf_local
+from .conftest import Deployment, begin_destroy, destroyed, early_apply
 
 pytestmark = pytest.mark.integration
 
@@ -19,46 +19,16 @@ EXPECTED_SERVICES = {"mlflow", "prefect-server", "worker", "evidently", "grafana
 UI_PORTS = {5000, 4200, 8000, 3000}
 
 
-class Deployment:
-    def __init__(self, endpoint: str, workdir: Path, cli_config: Path) -> None:
-        self.endpoint = endpoint
-        self.network = tf_local.create_network(endpoint)
-        self.tfvars = tf_local.emulator_tfvars(self.network)
-        self.module_dir = tf_local.prepare_workdir(workdir, endpoint, self.tfvars)
-        self.env = tf_local.emulator_env(endpoint, cli_config)
-        self.destroyed = False
-        self.outputs: dict = {}
-
-    def tf(self, *args: str) -> str:
-        return tf_local.terraform(self.module_dir, self.env, *args, capture=True)
-
-    def apply(self, *extra: str) -> None:
-        self.tf("apply", "-auto-approve", "-input=false", "-no-color", "-parallelism=20", *extra)
-        raw = json.loads(self.tf("output", "-json"))
-        self.outputs = {k: v["value"] for k, v in raw.items()}
-
-    def destroy(self) -> None:
-        self.tf("destroy", "-auto-approve", "-input=false", "-no-color", "-parallelism=20")
-        self.destroyed = True
-
-    def client(self, service: str):
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint,
-            region_name=tf_local.REGION,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
-
-
 @pytest.fixture(scope="module")
-def deployment(terraform_bin, tf_moto_endpoint, tf_cli_config, tmp_path_factory):
-    dep = Deployment(tf_moto_endpoint, tmp_path_factory.mktemp("tf-apply"), tf_cli_config)
-    dep.tf("init", "-input=false", "-no-color")
-    dep.apply()
-    yield dep
-    if not dep.destroyed:
-        dep.destroy()
+def deployment(terraform_bin: str) -> Iterator[Deployment]:
+    """The deployment :func:`~tests.terraform.conftest.pytest_collection_finish` began.
+
+    When the checks are done it is destroyed in the background, and
+    ``test_destroy_leaves_nothing_behind``, moved to the end of the session by
+    ``conftest.py``, checks what the destroy left.
+    """
+    yield early_apply().result()
+    begin_destroy()
 
 
 def test_outputs_give_every_ui_the_bucket_and_the_topic(deployment: Deployment) -> None:
@@ -241,8 +211,9 @@ def test_disable_lambda_removes_the_notification(deployment: Deployment) -> None
     assert not config.get("LambdaFunctionConfigurations")
 
 
-def test_destroy_leaves_nothing_behind(deployment: Deployment) -> None:
-    deployment.destroy()
+def test_destroy_leaves_nothing_behind(terraform_bin: str) -> None:
+    deployment = destroyed().result()
+    assert deployment.destroyed
     c = deployment.client
     assert c("s3").list_buckets()["Buckets"] == []
     assert c("lambda").list_functions()["Functions"] == []
