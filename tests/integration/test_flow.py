@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.testing.utilities import prefect_test_harness
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churnops.data.schema import RAW_COLUMNS
 from churnops.monitoring.metrics_db import MetricsStore
@@ -78,6 +78,7 @@ class Platform:
 def platform(
     mlflow_server: str,
     session_model: str,
+    prefect_server: str,
     moto_server: str,
     postgres_url: str,
     data_dir: Path,
@@ -104,7 +105,8 @@ def platform(
         for name, value in env.items():
             patch.setenv(name, value)
         settings = get_settings()
-        with prefect_test_harness(server_startup_timeout=180):
+        # The session's Prefect server (one per session), not a harness of its own.
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
             yield Platform(settings, s3, bucket, queue, moto_server)
 
 

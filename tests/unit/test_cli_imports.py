@@ -1,0 +1,36 @@
+"""`churnops --help` and `churnops status` answer without loading the ML stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("pandas", "xgboost", "mlflow", "evidently", "prefect", "sklearn", "optuna", "shap")
+
+PROBE = """
+import json, sys
+from typer.testing import CliRunner
+from churnops.cli import app
+result = CliRunner().invoke(app, sys.argv[1:])
+print(json.dumps({"code": result.exit_code, "output": result.output,
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)}))
+"""
+
+
+@pytest.mark.parametrize("command", [["--help"], ["status"], ["train", "--help"]])
+def test_light_commands_import_no_ml_library(command: list[str], tmp_path: Path) -> None:
+    """A fresh interpreter per command: what this test process imported does not count."""
+    done = subprocess.run(
+        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", *command],
+        capture_output=True,
+        text=True,
+        env={"CHURNOPS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["code"] == 0, report["output"]
+    assert report["loaded"] == [], report["loaded"]
