@@ -20,6 +20,8 @@ locals {
         # Ingress is limited by the load balancer's security group.
         MLFLOW_SERVER_ALLOWED_HOSTS = "*"
         PGSSLMODE                   = "require"
+        # No job runner: seven huey worker processes ChurnOps never gives work.
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION = "false"
       }
       # Read by `mlflow server` from its environment, never on the command line.
       secrets = { MLFLOW_BACKEND_STORE_URI = local.db_url_secrets["mlflow"] }
