@@ -147,10 +147,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _EARLY = _EarlyApply()
 
 
+#: The apply checks run after this module (about 100 s into the suite, when the
+#: background apply is done), so the destroy that follows them overlaps the rest.
+RUN_CHECKS_AFTER = "test_exactly_once.py"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The destroy check last: the destroy runs in the background until then."""
-    last = [i for i in items if i.name == "test_destroy_leaves_nothing_behind"]
-    items[:] = [i for i in items if i not in last] + last
+    """Apply checks mid-suite, the destroy check last: no test waits for the provider."""
+    destroy = [i for i in items if i.name == "test_destroy_leaves_nothing_behind"]
+    checks = [i for i in items if i.path.name == "test_apply_moto.py" and i not in destroy]
+    rest = [i for i in items if i not in destroy and i not in checks]
+    anchor = [n for n, i in enumerate(rest) if i.path.name == RUN_CHECKS_AFTER]
+    at = anchor[-1] + 1 if anchor else len(rest)
+    items[:] = rest[:at] + checks + rest[at:] + destroy
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
