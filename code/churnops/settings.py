@@ -52,6 +52,29 @@ class Settings(BaseSettings):
     gate_min_f1: float = 0.70
     gate_min_roc_auc: float = 0.90
 
+    # --- retraining ------------------------------------------------------------
+    retrain_mode: Literal["off", "suggest", "auto"] = Field(
+        "suggest",
+        description="After a labeled file scores below a minimum: 'off' nothing, 'suggest' "
+        "the alert says to run `churnops retrain`, 'auto' the alert step also starts one.",
+    )
+    retrain_window_files: int = Field(
+        10, ge=1, description="Retrain on at most this many newest labeled processed files."
+    )
+    retrain_window_days: float | None = Field(
+        None, gt=0, description="Retrain only on labeled files dropped in the last D days."
+    )
+    retrain_cooldown_minutes: float = Field(
+        60.0,
+        ge=0,
+        description="An automatic retraining starts at most once per this many minutes.",
+    )
+    retrain_lock_minutes: float = Field(
+        60.0,
+        gt=0,
+        description="A retraining's lock expires after this long (a crashed holder frees it).",
+    )
+
     # --- file drop -----------------------------------------------------------
     drop_storage: Literal["local", "s3"] = Field(
         "local", description="'local': a folder with the S3 layout; 's3': a bucket."
@@ -129,6 +152,9 @@ class Settings(BaseSettings):
     prefect_deployment: str = "churn_prediction_pipeline/churnops"
     reconcile_deployment: str = Field(
         "reconcile/churnops", description="The scheduled reconciler's deployment."
+    )
+    retrain_deployment: str = Field(
+        "retrain_model/retrain", description="The retraining flow's deployment."
     )
     platform_host: str = Field("127.0.0.1", description="Address the local services bind to.")
     prefect_port: int = 4200

@@ -89,13 +89,14 @@ def test_read_only_role_with_a_nasty_name(store: MetricsStore, postgres_url: str
         tables = conn.execute(
             text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
         ).scalars()
-        assert list(tables) == ["alembic_version", "pipeline_runs", "run_metrics"]  # none dropped
+        expected = ["alembic_version", "locks", "model_events", "pipeline_runs", "run_metrics"]
+        assert list(tables) == expected  # none dropped
     assert roles == [(NASTY_ROLE,)]
 
     reader = login(postgres_url, NASTY_ROLE, NASTY_PASSWORD)
     try:
         with reader.connect() as conn:
-            for table in ("run_metrics", "pipeline_runs"):
+            for table in ("run_metrics", "pipeline_runs", "model_events"):
                 count = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
                 assert isinstance(count, int)
         for statement in (
@@ -198,3 +199,31 @@ def test_the_ecs_init_script_creates_databases_and_grants_what_grant_read_only_g
             conn.execute(text("DELETE FROM run_metrics"))
     finally:
         reader.dispose()
+
+
+def test_concurrent_lock_takers_have_one_winner_also_after_expiry(store: MetricsStore) -> None:
+    """The retraining lock: of concurrent takers, the database lets exactly one in."""
+    name = f"retrain-{uuid.uuid4().hex[:8]}"
+
+    def race(seconds: float) -> list[bool]:
+        barrier = threading.Barrier(6)
+        taken: list[bool] = []
+
+        def take(holder: str) -> None:
+            barrier.wait()
+            taken.append(store.acquire_lock(name, holder, seconds))
+
+        threads = [threading.Thread(target=take, args=(f"h{i}",)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return taken
+
+    assert sorted(race(60)) == [False] * 5 + [True]  # a new row
+    with store.engine.begin() as conn:  # its holder died long ago
+        conn.execute(
+            text("UPDATE locks SET expires_at = now() - interval '1 minute' WHERE name = :n"),
+            {"n": name},
+        )
+    assert sorted(race(60)) == [False] * 5 + [True]  # taking over an expired one

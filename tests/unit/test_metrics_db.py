@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,7 +52,13 @@ def start(store: MetricsStore, **extra: object) -> str:
 
 def test_tables_and_indexes_are_created_on_first_use(store: MetricsStore) -> None:
     inspector = inspect(store.engine)
-    assert set(inspector.get_table_names()) == {"pipeline_runs", "run_metrics", "alembic_version"}
+    assert set(inspector.get_table_names()) == {
+        "pipeline_runs",
+        "run_metrics",
+        "model_events",
+        "locks",
+        "alembic_version",
+    }
     indexes = {i["name"] for i in inspector.get_indexes("run_metrics")}
     assert {"ix_run_metrics_recorded_at", "ix_run_metrics_metric_recorded_at"} <= indexes
 
@@ -216,3 +223,37 @@ def test_a_bare_postgresql_url_uses_the_installed_driver() -> None:
     engine = make_engine("postgresql://reader:secret@db.internal:5432/metrics")
     assert engine.dialect.driver == "psycopg2"
     engine.dispose()
+
+
+def test_model_events_are_stored_in_time_order(store: MetricsStore) -> None:
+    early = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+    common = {"model_name": "M", "reason": "why", "trigger": "manual"}
+    store.record_model_event(
+        version="3", parent_version="2", event="refused", holdout_f1=0.6, champion_f1=0.7, **common
+    )
+    store.record_model_event(at=early, version="2", parent_version="1", event="promoted", **common)
+    events = store.model_events()
+    assert list(events["version"]) == ["2", "3"]
+    assert list(events["event"]) == ["promoted", "refused"]
+    assert events["at"].iloc[0] == early
+    with pytest.raises(IntegrityError):
+        store.record_model_event(version="4", event="kept", **common)
+
+
+def test_a_lock_has_one_holder_until_it_is_released_or_expires(store: MetricsStore) -> None:
+    assert store.lock_state("retrain") is None
+    assert store.acquire_lock("retrain", "first", seconds=60)
+    assert not store.acquire_lock("retrain", "second", seconds=60)
+    state = store.lock_state("retrain")
+    assert state is not None and state.holder == "first"
+    assert state.held(datetime.now(UTC))
+    store.release_lock("retrain", "second")  # not the holder: nothing changes
+    assert store.lock_state("retrain").held(datetime.now(UTC))
+    store.release_lock("retrain", "first")
+    released = store.lock_state("retrain")
+    assert not released.held(datetime.now(UTC))
+    assert released.acquired_at == state.acquired_at  # the last start stays readable
+    assert store.acquire_lock("retrain", "second", seconds=0.001)
+    time.sleep(0.01)
+    assert store.acquire_lock("retrain", "third", seconds=60)  # the second one's expired
+    assert store.lock_state("retrain").holder == "third"

@@ -6,6 +6,10 @@ Two tables, named for readable Grafana SQL:
 * ``run_metrics``: a long table, one row per number: ``metric`` says what it
   is, ``label`` which column it is about (per-column drift) and ``method`` how
   it was measured, so a panel is one ``WHERE metric = '...'`` away.
+* ``model_events``: one row per retraining verdict (a version promoted or
+  refused, why, and both holdout F1s), so a panel shows model versions over time.
+
+``locks`` holds named leases (one retraining at a time) and is not for dashboards.
 
 SQLite under ``CHURNOPS_HOME`` by default, Postgres through ``DATABASE_URL``.
 The schema is kept by Alembic migrations (``churnops/monitoring/migrations``), run once
@@ -21,7 +25,8 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +53,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from tenacity import Retrying as _Retrying
 from tenacity import retry_if_exception, stop_after_delay, wait_exponential
 
@@ -127,6 +132,50 @@ run_metrics = Table(
     Index("ix_run_metrics_metric_recorded_at", "metric", "recorded_at"),
     Index("ix_run_metrics_run_id", "run_id"),
 )
+
+#: ``model_events.event`` and ``model_events.trigger`` values.
+MODEL_EVENTS = ("promoted", "refused")
+TRIGGERS = ("manual", "auto")
+
+model_events = Table(
+    "model_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("model_name", String(255), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("parent_version", String(64), nullable=True),
+    Column("event", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("holdout_f1", Float, nullable=True),
+    Column("champion_f1", Float, nullable=True),
+    Column("trigger", String(16), nullable=False),
+    Column("mlflow_run_id", String(64), nullable=True),
+    CheckConstraint(f"event IN {MODEL_EVENTS!r}", name="ck_model_events_event"),
+    CheckConstraint(f"trigger IN {TRIGGERS!r}", name="ck_model_events_trigger"),
+    Index("ix_model_events_at", "at"),
+)
+
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("acquired_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class LockState:
+    """Who took a named lock last, when, and until when it holds."""
+
+    holder: str
+    acquired_at: datetime
+    expires_at: datetime
+
+    def held(self, now: datetime) -> bool:
+        return now < self.expires_at
 
 
 def metric_rows(
@@ -291,6 +340,44 @@ class MetricsStore:
         self._retry(self._execute, insert(run_metrics), rows)
         return len(rows)
 
+    def record_model_event(self, **row: Any) -> None:
+        """One retraining verdict (columns of ``model_events``; ``at`` defaults to now)."""
+        self._retry(self._execute, insert(model_events), {"at": _now(), **row})
+
+    def model_events(self) -> pd.DataFrame:
+        """Every retraining verdict, oldest first."""
+        return self._frame(select(model_events).order_by(model_events.c.at, model_events.c.id))
+
+    def acquire_lock(self, name: str, holder: str, seconds: float) -> bool:
+        """Take the lock ``name`` for ``seconds`` unless another holder has it; True if taken.
+
+        A new row, or an expired one taken over with a conditional update: of
+        concurrent callers exactly one gets True (the database decides).
+        """
+        now = _now()
+        row = {"holder": holder, "acquired_at": now, "expires_at": now + timedelta(seconds=seconds)}
+        try:
+            self._retry(self._execute, insert(locks), {"name": name, **row})
+            return True
+        except IntegrityError:
+            pass
+        expired = update(locks).where(locks.c.name == name, locks.c.expires_at <= now)
+        return self._retry(self._execute, expired.values(row)) == 1
+
+    def release_lock(self, name: str, holder: str) -> None:
+        """End ``holder``'s lock now; the row keeps when it was taken (the last start)."""
+        mine = update(locks).where(locks.c.name == name, locks.c.holder == holder)
+        self._retry(self._execute, mine.values(expires_at=_now()))
+
+    def lock_state(self, name: str) -> LockState | None:
+        """The lock's last holder, or None when it was never taken."""
+        query = select(locks.c.holder, locks.c.acquired_at, locks.c.expires_at).where(
+            locks.c.name == name
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return LockState(*row) if row else None
+
     def close_if_running(self, run_id: str, error: str) -> bool:
         """Mark a run ``failed`` if it is still ``running`` (its attempt died); True if it was."""
         statement = (
@@ -328,7 +415,7 @@ class MetricsStore:
 
 
 def grant_read_only(engine_or_url: Engine | str | URL, role: str, password: str) -> None:
-    """Create or update a Postgres login that may only read the two metrics tables.
+    """Create or update a Postgres login that may only read the dashboards' tables.
 
     Statements are composed with :mod:`psycopg2.sql`: the role, database and
     tables as quoted identifiers, the password as a literal escaped by the
@@ -357,7 +444,9 @@ def _read_only_statements(cursor: Any, role: str, password: str) -> list[sql.Com
     )
     database_name, exists = cursor.fetchone()
     who, database = sql.Identifier(role), sql.Identifier(database_name)
-    tables = sql.SQL(", ").join(sql.Identifier(t.name) for t in (pipeline_runs, run_metrics))
+    tables = sql.SQL(", ").join(
+        sql.Identifier(t.name) for t in (pipeline_runs, run_metrics, model_events)
+    )
     return [
         sql.SQL(
             "{verb} ROLE {who} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
