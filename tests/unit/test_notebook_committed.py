@@ -1,0 +1,21 @@
+"""The walkthrough notebook is committed clean: valid, without outputs or execution counts.
+
+Outputs hold machine paths, figures and numbers of one run; they belong to whoever
+executes it (`tests/integration/test_notebook.py` does, on every `make test`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "code" / "notebooks" / "churn_walkthrough.ipynb"
+
+
+def test_the_notebook_is_committed_without_outputs() -> None:
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code
+    assert [cell.id for cell in code if cell.outputs or cell.execution_count] == []
