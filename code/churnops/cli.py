@@ -120,6 +120,44 @@ def train(
     console.print(f"  alias '{settings.model_alias}': {verdict}: {outcome.decision.reason}")
 
 
+@app.command()
+def retrain(
+    trials: Annotated[
+        int,
+        typer.Option(help="Optuna trials to run first; 0 reuses the best stored parameters."),
+    ] = 0,
+    force: Annotated[bool, typer.Option(help="Move the alias even if the gate says no.")] = False,
+) -> None:
+    """Retrain on the training file plus the labeled files processed since, and gate it.
+
+    The newest labeled file is the holdout both the challenger and the deployed
+    version are judged on. Exit code 0 when promoted or refused (an answer, not an
+    error), 5 when skipped (nothing new to learn, or another retraining is running).
+    """
+    from churnops.drop.storage import open_storage
+    from churnops.model.retraining import RetrainOptions
+    from churnops.model.retraining import retrain as run_retraining
+
+    settings = _settings()
+    training_file = settings.churn_data_dir / settings.training_file
+    if not training_file.exists():
+        _fail(f"{training_file} does not exist: run `make data` (or set CHURN_DATA_DIR)")
+    with progress_bars(console) as report:
+        outcome = run_retraining(
+            settings, open_storage(settings), RetrainOptions(trials=trials, force=force), report
+        )
+    colour = {"promoted": "green", "refused": "yellow"}.get(outcome.status, "yellow")
+    console.print(f"[{colour}]{escape(outcome.summary())}[/{colour}]")
+    if outcome.holdout_file:
+        console.print(f"  holdout (newest labeled file): {outcome.holdout_file}")
+        console.print(f"  trained on: {', '.join(outcome.training_files)}")
+        champion = "-" if outcome.champion_f1 is None else f"{outcome.champion_f1:.3f}"
+        console.print(f"  holdout F1: challenger {outcome.holdout_f1:.3f}, champion {champion}")
+        console.print(f"  MLflow run {outcome.run_id}")
+    if outcome.status == "skipped":
+        raise typer.Exit(EXIT_CODES["skipped"])
+
+
 #: ``churnops process`` exit codes, one per outcome (documented in the README).
 EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5}
 
@@ -299,7 +337,7 @@ def status() -> None:
 @app.command("grant-reader")
 def grant_reader() -> None:
     """Create or update the dashboards' read-only role on the Postgres metrics database."""
-    from churnops.monitoring.metrics_db import MetricsStore, grant_read_only
+    from churnops.monitoring.metrics_db import DASHBOARD_TABLES, MetricsStore, grant_read_only
 
     settings = _settings()
     if settings.dashboard_db_password is None:
@@ -315,4 +353,5 @@ def grant_reader() -> None:
         _fail(str(exc))
     finally:
         store.close()
-    console.print(f"role '{settings.dashboard_db_user}' can read pipeline_runs and run_metrics")
+    tables = ", ".join(t.name for t in DASHBOARD_TABLES)
+    console.print(f"role '{settings.dashboard_db_user}' can read {tables}")

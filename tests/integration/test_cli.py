@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,38 @@ def test_grant_reader_on_postgres(
     finally:
         engine.dispose()
         owner.dispose()
+
+
+def test_retrain_prints_the_verdict_and_a_refusal_exits_0(
+    home: Path,
+    data_dir: Path,
+    mlflow_server: str,
+    session_model: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a copy of the session model: retraining moves aliases."""
+    import mlflow
+
+    name = f"CliRetrain-{uuid.uuid4().hex[:8]}"
+    client = mlflow.MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    copy = client.copy_model_version(f"models:/{session_model}/1", name)
+    client.set_registered_model_alias(name, "staging", copy.version)
+    for variable, value in {
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "MODEL_NAME": name,
+        "CHURN_DATA_DIR": str(data_dir),
+    }.items():
+        monkeypatch.setenv(variable, value)
+
+    nothing = CliRunner().invoke(app, ["retrain"])
+    assert nothing.exit_code == 5, nothing.output
+    assert "retraining skipped: no labeled file" in nothing.output
+
+    processed = run("process", str(data_dir / "customer_churn_synthetic_1.csv"))
+    assert "retraining suggested: run `churnops retrain`" in processed  # the default mode
+
+    output = run("retrain")  # exit code 0 although refused: asserted by run()
+    assert f"retraining refused version 2 (parent version {copy.version})" in output
+    assert "holdout f1" in output and "< minimum 0.700" in output  # the gate's default
+    assert "holdout (newest labeled file): customer_churn_synthetic_1.csv" in output
+    assert client.get_model_version_by_alias(name, "staging").version == copy.version

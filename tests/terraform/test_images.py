@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from churnops.pipeline.flow import reconcile_drops
+from churnops.pipeline.flow import reconcile_drops, retrain_model
+from churnops.settings import Settings
 
 from .conftest import REPO, TERRAFORM_DIR
 
@@ -34,7 +35,12 @@ def test_base_images_are_pinned() -> None:
 
 def test_prefect_yaml_matches_the_platform() -> None:
     config = yaml.safe_load((ORCHESTRATION / "prefect.yaml").read_text())
-    deployment, reconciler = config["deployments"]
+    deployment, reconciler, retrainer = config["deployments"]
+    assert retrainer["entrypoint"] == "churnops/pipeline/flow.py:retrain_model"
+    expected = Settings.model_fields["retrain_deployment"].default
+    assert f"{retrainer['flow_name']}/{retrainer['name']}" == expected
+    assert retrainer["flow_name"] == retrain_model.name
+    assert retrainer["work_pool"] == deployment["work_pool"]
     assert reconciler["entrypoint"] == "churnops/pipeline/flow.py:reconcile_drops"
     assert reconciler["flow_name"] == reconcile_drops.name
     assert reconciler["schedules"] and reconciler["concurrency_limit"] == 1

@@ -21,7 +21,9 @@ print(json.dumps({"code": result.exit_code, "output": result.output,
 """
 
 
-@pytest.mark.parametrize("command", [["--help"], ["status"], ["train", "--help"]])
+@pytest.mark.parametrize(
+    "command", [["--help"], ["status"], ["train", "--help"], ["retrain", "--help"]]
+)
 def test_light_commands_import_no_ml_library(command: list[str], tmp_path: Path) -> None:
     """A fresh interpreter per command: what this test process imported does not count."""
     done = subprocess.run(

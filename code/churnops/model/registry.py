@@ -141,14 +141,28 @@ def champion_decision(
     challenger: Evaluation,
     force: bool,
 ) -> Decision:
-    """Gate: minimums on holdout, then at least as good as the current alias holder."""
+    """Training's gate: the champion is the alias holder's configuration refit on ``train``."""
+    return gate(settings, challenger, _current_champion(settings, train, holdout), force)
+
+
+def gate(
+    settings: Settings,
+    challenger: Evaluation,
+    champion: tuple[str, float] | None,
+    force: bool,
+) -> Decision:
+    """The promotion rule: minimums on holdout, then at least as good as the champion.
+
+    ``champion`` is (version, holdout F1) of the alias holder, or None when no
+    version has the alias. Training and retraining measure it differently
+    (:func:`champion_decision`, :mod:`churnops.model.retraining`); the rule is this one.
+    """
     minimums = {"f1": settings.gate_min_f1, "roc_auc": settings.gate_min_roc_auc}
     failing = [
         f"holdout {name} {getattr(challenger, name):.3f} < minimum {minimum:.3f}"
         for name, minimum in minimums.items()
         if getattr(challenger, name) < minimum
     ]
-    champion = _current_champion(settings, train, holdout)
     version, champion_f1 = champion if champion else (None, None)
     if champion_f1 is not None and challenger.f1 < champion_f1:
         failing.append(

@@ -6,11 +6,16 @@ step a Prefect task. Its run ends Completed when the file was processed, was
 invalid (``errored: ...``) or was not to be taken (``skipped: ...``), and
 Failed when a dependency failed: the file then waits in ``processing/`` and
 the scheduled ``reconcile`` flow re-drives it once the dependency is back.
+
+``retrain_model`` retrains through the promotion gate
+(:func:`churnops.model.retraining.retrain`), on demand or submitted by the alert
+step of a labeled file that scored below a minimum (``RETRAIN_MODE=auto``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -19,6 +24,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from churnops.drop.storage import open_drop
+from churnops.model.retraining import RetrainOptions, retrain
 from churnops.pipeline import per_file, reconcile
 from churnops.settings import Settings, get_settings
 
@@ -96,3 +102,24 @@ def reconcile_drops(drop: str | None = None) -> list[dict[str, str]]:
     for action in actions:
         logger.info("%s %s: %s", action.kind, action.key, action.reason)
     return [asdict(a) for a in actions]
+
+
+@flow(name="retrain_model")
+def retrain_model(
+    trigger: Literal["manual", "auto"] = "manual",
+    drop: str | None = None,
+    include_run: str | None = None,
+    trials: int = 0,
+    force: bool = False,
+) -> State:
+    """Retrain on the labeled files processed in ``drop`` and gate the new version.
+
+    Completed whatever the verdict (promoted, refused, skipped): a refusal is an
+    answer, not a failure. ``include_run`` is the run that asked (automatic runs).
+    """
+    settings = get_settings()
+    storage = open_drop(drop or settings.drop_uri, settings)
+    options = RetrainOptions(trials=trials, force=force, trigger=trigger, include_run=include_run)
+    outcome = retrain(settings, storage, options)
+    get_run_logger().info("%s", outcome.summary())
+    return Completed(message=outcome.summary(), data=asdict(outcome))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from churnops.data.schema import DataValidationError
@@ -27,6 +27,7 @@ from churnops.model.churn_model import LoadedModel, load_aliased_model
 from churnops.monitoring.alerts import AlertDeliveryError, assess, build_alert, send_alert
 from churnops.monitoring.drift import Totals, run_monitoring
 from churnops.monitoring.metrics_db import FAILED, MetricsStore
+from churnops.pipeline import retrain_trigger
 from churnops.pipeline.scoring import ScoredFile, score_file
 from churnops.results import MonitoringResult
 from churnops.settings import Settings
@@ -76,22 +77,36 @@ def record_metrics(
 
 
 def send_alerts(
-    settings: Settings, result: MonitoringResult, name: str, model: LoadedModel
+    settings: Settings,
+    result: MonitoringResult,
+    name: str,
+    model: LoadedModel,
+    *,
+    drop: str = "",
+    run: str = "",
+    submit: retrain_trigger.Submit = retrain_trigger.submit_to_deployment,
 ) -> tuple[tuple[str, ...], str]:
     """Alert when a threshold is crossed. Returns (channels used, what happened).
 
-    A failed delivery is reported, never raised: it must not cost the file.
+    Low scores also suggest or start a retraining (``RETRAIN_MODE``, see
+    :mod:`churnops.pipeline.retrain_trigger`) of the file's ``run`` in ``drop``;
+    the alert says which. A failed delivery is reported, never raised: it must
+    not cost the file.
     """
     assessment = assess(result, settings)
     if not assessment.needs_alert:
         return (), "no threshold crossed"
     alert = build_alert(name, model.name, model.version, assessment, result)
+    retraining = retrain_trigger.on_low_scores(settings, assessment, drop, run, submit)
+    if retraining:
+        alert = replace(alert, body=f"{alert.body}\n{retraining}\n")
+    note = f"; {retraining}" if retraining else ""
     try:
         channels = send_alert(alert, settings)
     except AlertDeliveryError as exc:
         log.warning("alert for %s: %s", name, exc)
-        return tuple(exc.delivered), f"{assessment.summary}; {exc}"
-    return tuple(channels), f"{assessment.summary} alert sent by {', '.join(channels)}"
+        return tuple(exc.delivered), f"{assessment.summary}; {exc}{note}"
+    return tuple(channels), f"{assessment.summary} alert sent by {', '.join(channels)}{note}"
 
 
 def finish(storage: DropStorage, run: str, name: str, stage: str) -> str:
@@ -244,7 +259,9 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
     with file_log.step("store metrics"):
         steps.record_metrics(settings, attempt.store, held.lease.db_id, result)
     with file_log.step("alert") as record:
-        channels, alert_message = steps.send_alerts(settings, result, held.name, model)
+        channels, alert_message = steps.send_alerts(
+            settings, result, held.name, model, drop=storage.uri, run=held.run
+        )
         record.message = alert_message
     with file_log.step("finish") as record:
         record.message = steps.finish(storage, held.run, held.name, "processed")

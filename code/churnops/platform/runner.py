@@ -11,7 +11,8 @@ the usual Pending -> Running -> final states. Both are in Prefect's Python API
 reference; ``run_flow`` is the low-level entry that Prefect's own runners reach
 in their child process, so Prefect is pinned to one minor version in the
 Pipfile and ``tests/integration/test_platform_runner.py`` exercises it.
-It serves two deployments: the per-file pipeline and the scheduled reconciler.
+It serves three deployments: the per-file pipeline, the scheduled reconciler and
+retraining (a runner busy retraining takes no file meanwhile; the others do).
 
 ``churnops up`` starts ``runner_processes`` of them (``python -m
 churnops.platform.runner INDEX``): several files at once, each process with
@@ -38,13 +39,14 @@ from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Pending
 
-from churnops.pipeline.flow import churn_prediction_pipeline, reconcile_drops
+from churnops.pipeline.flow import churn_prediction_pipeline, reconcile_drops, retrain_model
 from churnops.platform.services import ready_file
 from churnops.settings import Settings, get_settings
 
 log = logging.getLogger("churnops.runner")
 DEPLOYMENT_DESCRIPTION = "One run per file dropped into data/input/ (started by the drop trigger)."
 RECONCILE_DESCRIPTION = "Re-drives stranded files: untaken input, dead or failed runs."
+RETRAIN_DESCRIPTION = "Retrains on the labeled files processed since and gates the new version."
 
 
 def _name_of(deployment: str, flow: Flow) -> str:
@@ -63,9 +65,10 @@ class FlowRunner:
         self.client = client
         self.stopping = False
         self.deployment_ids: list[UUID] = []
+        self.flows: dict[UUID, Flow] = {}
 
     def deploy(self) -> list[UUID]:
-        """Create or update both deployments (served by these processes: no work pool)."""
+        """Create or update the deployments (served by these processes: no work pool)."""
         deployment = churn_prediction_pipeline.to_deployment(
             name=_name_of(self.settings.prefect_deployment, churn_prediction_pipeline),
             description=DEPLOYMENT_DESCRIPTION,
@@ -75,7 +78,17 @@ class FlowRunner:
             description=RECONCILE_DESCRIPTION,
             interval=timedelta(seconds=self.settings.reconcile_interval_seconds),
         )
-        self.deployment_ids = [deployment.apply(), reconciler.apply()]
+        retrainer = retrain_model.to_deployment(
+            name=_name_of(self.settings.retrain_deployment, retrain_model),
+            description=RETRAIN_DESCRIPTION,
+        )
+        served = [
+            (churn_prediction_pipeline, deployment),
+            (reconcile_drops, reconciler),
+            (retrain_model, retrainer),
+        ]
+        self.flows = {runner.apply(): flow for flow, runner in served}
+        self.deployment_ids = list(self.flows)
         return self.deployment_ids
 
     def warm_up(self) -> None:
@@ -132,9 +145,8 @@ class FlowRunner:
             log.info("flow run %s not taken: %s", run.id, reason)
             return
         started = time.perf_counter()
-        flow = reconcile_drops if run.deployment_id == self.deployment_ids[-1] else None
         final = run_flow(
-            flow or churn_prediction_pipeline,
+            self.flows.get(run.deployment_id, churn_prediction_pipeline),
             flow_run=self.client.read_flow_run(run.id),
             return_type="state",
         )

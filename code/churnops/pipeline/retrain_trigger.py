@@ -1,0 +1,98 @@
+"""When a labeled file scores below a minimum: suggest a retraining, or start one.
+
+``RETRAIN_MODE`` decides, in the pipeline's alert step (:func:`per_file.send_alerts`):
+
+- ``off``: nothing;
+- ``suggest`` (the default): the alert says "retraining suggested: run `churnops retrain`";
+  a person decides, since a new version changes what every later file is scored by;
+- ``auto``: the alert step also submits one run of the ``retrain_model`` deployment.
+
+A burst of bad files starts one retraining, not thirty: no submission while the
+last retraining started less than ``RETRAIN_COOLDOWN_MINUTES`` ago, and the
+submissions of one cooldown window share a Prefect idempotency key, so Prefect
+creates one flow run for all of them. The retraining itself checks the cooldown
+again and holds a lock (:mod:`churnops.model.retraining`): two runs cannot both promote.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from churnops.model.retraining import LOCK
+from churnops.monitoring.alerts import Assessment
+from churnops.monitoring.metrics_db import MetricsStore
+from churnops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SUGGESTION = "retraining suggested: run `churnops retrain`"
+
+#: ``submit(settings, idempotency_key, drop, run)``: start one retraining for the file
+#: of ``run`` in the drop ``drop`` (the flow's default submits to the deployment).
+Submit = Callable[[Settings, str, str, str], None]
+
+
+def idempotency_key(now: datetime, cooldown_minutes: float) -> str:
+    """``retrain:<start of the cooldown window>``: one flow run per window."""
+    if cooldown_minutes <= 0:
+        return f"retrain:{now.astimezone(UTC):%Y%m%dT%H%M%S.%fZ}"
+    width = cooldown_minutes * 60
+    start = datetime.fromtimestamp(now.timestamp() // width * width, UTC)
+    return f"retrain:{start:%Y%m%dT%H%M%SZ}"
+
+
+def cooling_down(last_start: datetime | None, now: datetime, cooldown_minutes: float) -> bool:
+    """True while the last retraining started less than the cooldown ago."""
+    return last_start is not None and now - last_start < timedelta(minutes=cooldown_minutes)
+
+
+def last_start(settings: Settings) -> datetime | None:
+    """When the last retraining (manual or automatic) took the lock."""
+    store = MetricsStore.from_settings(settings)
+    try:
+        state = store.lock_state(LOCK)
+    finally:
+        store.close()
+    return state.acquired_at if state else None
+
+
+def on_low_scores(
+    settings: Settings, assessment: Assessment, drop: str, run: str, submit: Submit
+) -> str:
+    """What ``RETRAIN_MODE`` does about this file's assessment; the note for its alert
+    ('' when nothing). A failed submission is noted, never raised: it must not cost the file.
+    """
+    if not assessment.low_scores or settings.retrain_mode == "off":
+        return ""
+    if settings.retrain_mode == "suggest":
+        return SUGGESTION
+    now = datetime.now(UTC)
+    try:
+        last = last_start(settings)
+        if cooling_down(last, now, settings.retrain_cooldown_minutes):
+            return (
+                f"retraining not started: the last one started at {last:%Y-%m-%d %H:%M:%S} UTC "
+                f"(cooldown {settings.retrain_cooldown_minutes:g} minutes)"
+            )
+        key = idempotency_key(now, settings.retrain_cooldown_minutes)
+        submit(settings, key, drop, run)
+    except Exception as exc:
+        log.warning("retraining not started: %s", exc)
+        return f"retraining could not be started ({type(exc).__name__}: {exc}); {SUGGESTION}"
+    return f"retraining started ({settings.retrain_deployment}, {key})"
+
+
+def submit_to_deployment(settings: Settings, key: str, drop: str, run: str) -> None:
+    """One flow run of the retrain deployment per idempotency key (Prefect dedupes)."""
+    from prefect.deployments import run_deployment
+
+    run_deployment(
+        settings.retrain_deployment,
+        parameters={"trigger": "auto", "drop": drop or None, "include_run": run or None},
+        timeout=0,
+        as_subflow=False,
+        idempotency_key=key,
+        flow_run_name=f"retrain after {run}" if run else "retrain (auto)",
+    )

@@ -1,0 +1,174 @@
+"""When retraining starts: RETRAIN_MODE in the alert step, the cooldown, one at a time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from churnops.drop.storage import open_storage
+from churnops.model.churn_model import LoadedModel
+from churnops.model.retraining import LOCK, RetrainOptions, retrain
+from churnops.monitoring.metrics_db import MetricsStore
+from churnops.pipeline import per_file, retrain_trigger
+from churnops.pipeline.retrain_trigger import SUGGESTION, cooling_down, idempotency_key
+from churnops.results import ColumnDrift, MonitoringResult
+from churnops.settings import Settings, get_settings
+
+LOW = {"f1": 0.55, "precision": 0.6, "recall": 0.5, "accuracy": 0.88, "roc_auc": 0.9}
+GOOD = {"f1": 0.9, "precision": 0.9, "recall": 0.9, "accuracy": 0.95, "roc_auc": 0.97}
+MODEL = LoadedModel("M", "4", None)  # type: ignore[arg-type]  # the alert reads name, version
+
+
+def result(quality: dict[str, float], share: float = 0.0) -> MonitoringResult:
+    columns = [ColumnDrift("age", 0.001, "K-S p_value", 0.05, True)]
+    return MonitoringResult(
+        rows=1000,
+        drifted_count=1,
+        drifted_share=share,
+        columns=columns,
+        predicted_churn_rate=0.15,
+        quality=quality,
+    )
+
+
+def settings_for(tmp_path: Path, **overrides: object) -> Settings:
+    return get_settings(churnops_home=tmp_path, database_url=None, **overrides)
+
+
+class FakeSubmit:
+    """Records submissions instead of creating flow runs."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.error = error
+
+    def __call__(self, settings: Settings, key: str, drop: str, run: str) -> None:
+        self.calls.append((key, drop, run))
+        if self.error:
+            raise self.error
+
+
+def alert(settings: Settings, quality: dict[str, float], submit: FakeSubmit, share: float = 0.0):
+    return per_file.send_alerts(
+        settings, result(quality, share), "f.csv", MODEL, drop="s3://b", run="R1", submit=submit
+    )
+
+
+# --- the window and the key --------------------------------------------------------------
+def test_one_idempotency_key_per_cooldown_window() -> None:
+    start = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+    keys = {idempotency_key(start + timedelta(minutes=m), 60) for m in (0, 1, 30, 59.9)}
+    assert keys == {"retrain:20261127T060000Z"}
+    assert idempotency_key(start + timedelta(minutes=60), 60) == "retrain:20261127T070000Z"
+    assert idempotency_key(start + timedelta(minutes=20), 15) == "retrain:20261127T061500Z"
+    # no cooldown: every request is its own run
+    assert idempotency_key(start, 0) != idempotency_key(start + timedelta(microseconds=1), 0)
+
+
+def test_cooling_down_until_the_cooldown_has_passed() -> None:
+    now = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+    assert not cooling_down(None, now, 60)
+    assert cooling_down(now - timedelta(minutes=59), now, 60)
+    assert not cooling_down(now - timedelta(minutes=60), now, 60)
+    assert not cooling_down(now, now, 0)
+
+
+# --- the alert step --------------------------------------------------------------------------
+def test_suggest_is_the_default_and_says_what_to_run(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    assert settings.retrain_mode == "suggest"
+    submit = FakeSubmit()
+    channels, message = alert(settings, LOW, submit)
+    assert channels == ("log",) and SUGGESTION in message
+    assert SUGGESTION in settings.alert_log.read_text()
+    assert submit.calls == []
+
+
+def test_auto_submits_one_retraining_for_the_run_that_scored_low(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, retrain_mode="auto")
+    submit = FakeSubmit()
+    _, message = alert(settings, LOW, submit)
+    ((key, drop, run),) = submit.calls
+    assert key == idempotency_key(datetime.now(UTC), settings.retrain_cooldown_minutes)
+    assert (drop, run) == ("s3://b", "R1")
+    assert "retraining started" in message and key in message
+    assert f"retraining started (retrain_model/retrain, {key})" in settings.alert_log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("mode", "quality", "share"),
+    [("auto", GOOD, 0.9), ("off", LOW, 0.0), ("auto", {}, 0.9)],
+    ids=["drift only", "mode off", "unlabeled file"],
+)
+def test_no_retraining_without_low_scores_or_when_off(
+    tmp_path: Path, mode: str, quality: dict[str, float], share: float
+) -> None:
+    settings = settings_for(tmp_path, retrain_mode=mode)
+    submit = FakeSubmit()
+    channels, message = alert(settings, quality, submit, share)
+    assert channels == ("log",)  # an alert went out all the same
+    assert submit.calls == [] and "retrain" not in message
+
+
+def test_auto_waits_for_the_cooldown_after_the_last_retraining(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, retrain_mode="auto", retrain_cooldown_minutes=30)
+    store = MetricsStore.from_settings(settings)
+    assert store.acquire_lock(LOCK, "manual-earlier", 60)
+    store.release_lock(LOCK, "manual-earlier")
+    store.close()
+    submit = FakeSubmit()
+    _, message = alert(settings, LOW, submit)
+    assert submit.calls == []
+    assert "retraining not started" in message and "cooldown 30 minutes" in message
+
+
+def test_a_failed_submission_is_noted_and_costs_nothing(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, retrain_mode="auto")
+    submit = FakeSubmit(ConnectionError("Prefect API down"))
+    channels, message = alert(settings, LOW, submit)
+    assert channels == ("log",)
+    assert "retraining could not be started (ConnectionError: Prefect API down)" in message
+    assert SUGGESTION in message
+
+
+def test_submission_names_the_retrain_deployment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict] = []
+    monkeypatch.setattr(
+        "prefect.deployments.run_deployment", lambda name, **kw: calls.append({"name": name, **kw})
+    )
+    retrain_trigger.submit_to_deployment(settings_for(tmp_path), "retrain:K", "s3://b", "R1")
+    (call,) = calls
+    assert call["name"] == "retrain_model/retrain" and call["idempotency_key"] == "retrain:K"
+    assert call["parameters"] == {"trigger": "auto", "drop": "s3://b", "include_run": "R1"}
+    assert call["timeout"] == 0 and call["as_subflow"] is False
+
+
+# --- one at a time -----------------------------------------------------------------------------
+def test_a_second_retraining_stops_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    store = MetricsStore.from_settings(settings)
+    assert store.acquire_lock(LOCK, "manual-first", 60)
+    storage = open_storage(settings)
+    for trigger in ("manual", "auto"):
+        outcome = retrain(settings, storage, RetrainOptions(trigger=trigger))  # type: ignore[arg-type]
+        assert outcome.status == "skipped", outcome
+        assert "another retraining is running" in outcome.reason
+        assert "(manual-first)" in outcome.reason
+    assert store.lock_state(LOCK).holder == "manual-first"  # not taken over, not released
+    assert store.model_events().empty
+
+
+def test_an_automatic_retraining_started_in_the_cooldown_stops(tmp_path: Path) -> None:
+    """Two submissions across a window boundary: the second run sees the first one's start."""
+    settings = settings_for(tmp_path, retrain_cooldown_minutes=60)
+    storage = open_storage(settings)
+    first = retrain(settings, storage, RetrainOptions(trigger="auto"))
+    assert first.status == "skipped" and "no labeled file" in first.reason  # it ran: empty drop
+    second = retrain(settings, storage, RetrainOptions(trigger="auto"))
+    assert second.status == "skipped" and "automatic ones wait 60 minutes" in second.reason
+    manual = retrain(settings, storage, RetrainOptions(trigger="manual"))
+    assert "no labeled file" in manual.reason  # people are not held back by the cooldown
