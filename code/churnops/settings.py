@@ -10,12 +10,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from churnops.results import DRIFTED_SHARE
+
+#: Usual names of a customer identifier column, tried in order (case, spaces and
+#: underscores ignored: 'Customer ID' is 'customer_id').
+DEFAULT_ID_COLUMNS: tuple[str, ...] = (
+    "customer_id",
+    "client_id",
+    "account_id",
+    "account_number",
+    "account",
+    "phone",
+    "phone_number",
+    "msisdn",
+    "subscriber_id",
+    "id",
+)
 
 
 class Settings(BaseSettings):
@@ -95,6 +110,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Rows of a file's seeded uniform sample that drift is measured on.",
     )
+    id_columns: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_ID_COLUMNS,
+        description="Names the customer identifier column may have, comma-separated, tried "
+        "in order (case, spaces and underscores ignored); empty: no identifier.",
+    )
 
     # --- exactly once: leases, retries, the reconciler ------------------------------
     lease_seconds: float = Field(
@@ -170,6 +190,14 @@ class Settings(BaseSettings):
     drop_poll_seconds: float = Field(
         5.0, description="How often the platform lists an S3 drop bucket for new files (s)."
     )
+
+    @field_validator("id_columns", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """``ID_COLUMNS=customer_id,msisdn`` (an environment variable is one string)."""
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
 
     # --- derived locations ----------------------------------------------------------
     @property

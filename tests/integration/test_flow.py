@@ -239,7 +239,10 @@ MALFORMED = {
         lambda d: _csv(_good(d).drop(columns="Status")),
         "missing column 'status'",
     ),
-    "extra_column.csv": (lambda d: _csv(_good(d).assign(Email="x")), "unexpected column 'email'"),
+    "output_column.csv": (  # other extra columns pass through (test_passthrough_pipeline.py)
+        lambda d: _csv(_good(d).assign(churn_probability=0.5)),
+        "column 'churn_probability' takes the name of an output column",
+    ),
     "text_in_numbers.csv": (
         lambda d: _csv(_good(d).astype({"Age": object}).assign(Age="old")),
         "'age' must be numeric",

@@ -51,11 +51,31 @@ def test_chunks_without_a_header_continue_the_file() -> None:
 @pytest.mark.parametrize(
     ("frame", "message"),
     [
-        (pd.DataFrame({"a": ["x"]}), "only int and float columns"),
-        (pd.DataFrame({"a": [True]}), "only int and float columns"),
+        (pd.DataFrame({"a": [True]}), "only int, float and text columns"),
+        (pd.DataFrame({"a": ["x", 7]}), "not text"),
         (pd.DataFrame({"a": [1.0, None]}), "missing values"),
     ],
 )
 def test_other_frames_are_refused(frame: pd.DataFrame, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         csv_bytes(frame)
+
+
+def test_text_columns_are_written_as_they_are() -> None:
+    """Leading zeros, 'NA' and spaces stay; nothing is quoted that needs no quotes."""
+    text = pd.DataFrame({"Customer ID": ["007", "NA", "a b"], "region": ["north", "", None]})
+    numbers = pd.DataFrame({"n": [1, 2, 3]})
+    data = csv_bytes(text, numbers)
+    assert data == b"Customer ID,region,n\n007,north,1\nNA,,2\na b,,3\n"
+
+
+def test_text_needing_quotes_reads_back_the_same() -> None:
+    text = pd.DataFrame({'id, "new"': ["a,b", 'say "hi"', "two\nlines"]})
+    numbers = pd.DataFrame({"p": np.array([0.5, 0.25, 1.0], dtype="float32")})
+    back = pd.read_csv(io.BytesIO(csv_bytes(text, numbers)), dtype={'id, "new"': str})
+    pd.testing.assert_frame_equal(back, text.join(numbers), check_dtype=False)
+
+
+def test_a_name_given_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="a column name repeats"):
+        csv_bytes(pd.DataFrame({"a": ["x"]}), pd.DataFrame({"a": [1]}))

@@ -10,6 +10,11 @@ names every problem of the file, as reading it whole would.
 The format is decided by the content, not the name: gzip is unpacked and
 read as CSV, Parquet is read by row groups, Excel, zip and PDF files get one
 clear message.
+
+Columns that are no part of the contract (a customer identifier, a region)
+are read as text, exactly as written, and kept apart from the validated
+columns (:class:`Part`): :mod:`churnops.pipeline.scoring` writes them into the
+predictions file and feeds only the validated columns to the model.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -33,14 +39,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
+from churnops.data.identifiers import IdentifierCheck
 from churnops.data.schema import (
+    Columns,
     CustomerFile,
     DataValidationError,
     build_schema,
-    clean_columns,
     describe_failures,
     header_problems,
+    repeated_columns,
     sample_text,
+    split_columns,
 )
 
 #: Rows per chunk: about 100 MB of frame at most, whatever the file's size.
@@ -71,8 +80,22 @@ _DELIMITER_NAMES = {";": "';'", "\t": "tabs", "|": "'|'"}
 _SNIFF_BYTES = 65536
 
 
+@dataclass(frozen=True, eq=False)  # eq=False: a DataFrame has no truth value to compare
+class Part:
+    """One chunk of a file: its validated columns, and the pass-through ones on the same index."""
+
+    #: The features (and the label), clean names, typed and validated.
+    frame: pd.DataFrame
+    #: Every other column as text, headers as in the file, in file order.
+    passthrough: pd.DataFrame
+
+
 class CustomerReader:
-    """One customer file, read chunk by chunk; ``notes`` say how it was read."""
+    """One customer file, read chunk by chunk; ``notes`` say how it was read.
+
+    ``id_columns`` are the names the identifier column may have (tried in order);
+    its empty and repeated values are noted, not errors.
+    """
 
     def __init__(
         self,
@@ -81,36 +104,49 @@ class CustomerReader:
         name: str = "file",
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         require_target: bool = False,
+        id_columns: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.chunk_rows = chunk_rows
+        self.require_target = require_target
+        self.id_columns = tuple(id_columns)
         self.schema = build_schema(require_target)
         self.notes: list[str] = []
         self.rows = 0
+        #: How the header splits; known once the header is read.
+        self.columns: Columns | None = None
         self._stream = _buffered(stream)
         self._problems: list[str] = []
+        self._header: list[str] = []
         self._failures: list[pd.DataFrame] = []
+        self._ids: IdentifierCheck | None = None
 
-    def chunks(self) -> Iterator[pd.DataFrame]:
-        """Validated chunks; a :class:`DataValidationError` at the end names every problem."""
-        columns: list[str] = []
+    def parts(self) -> Iterator[Part]:
+        """Validated chunks with their pass-through columns; a :class:`DataValidationError`
+        at the end names every problem."""
         for raw in self._raw_chunks():
-            columns = columns or list(raw.columns)
-            frame = self._validated(raw)
-            if frame is not None and len(frame) and not self._problems and not self._failures:
-                yield frame
+            part = self._part(raw)
+            if part is not None and len(part.frame) and not self._invalid():
+                yield part
             if self._structural():
                 break  # every chunk would fail the same way: the header is wrong
         if self.rows == 0 and not self._problems:
-            empty = pd.DataFrame(columns=columns)
-            self._problems += ["file has a header but no data rows", *header_problems(empty)]
+            self._problems.append("file has a header but no data rows")
             self._failures.clear()
-        problems = [*self._problems, *self._failure_text()]
+        problems = [*self._problems, *self._header, *self._failure_text()]
         if problems:
             raise DataValidationError(list(dict.fromkeys(problems)), self.name)
+        self.notes += self._passthrough_notes()
+
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        """The validated columns of each chunk (see :meth:`parts`)."""
+        return (part.frame for part in self.parts())
 
     def read_all(self) -> CustomerFile:
-        """The whole file as one frame (for files known to be small: training, tests)."""
+        """The whole file as one frame (for files known to be small: training, tests).
+
+        The validated columns only: pass-through columns are left out.
+        """
         frames = list(self.chunks())  # at least one: a file without rows raises
         return CustomerFile(pd.concat(frames) if len(frames) > 1 else frames[0], tuple(self.notes))
 
@@ -147,8 +183,9 @@ class CustomerReader:
             try:
                 parquet = pq.ParquetFile(source)
                 self.notes.append("read as Parquet")
+                self._layout(_parquet_columns(parquet.schema_arrow))
                 for batch in parquet.iter_batches(batch_size=self.chunk_rows):
-                    yield self._indexed(clean_columns(batch.to_pandas()))
+                    yield self._indexed(self._as_text(batch).to_pandas())
             except (pa.ArrowException, OSError) as exc:  # a corrupt footer is an OSError
                 first = str(exc).strip().splitlines()[0]
                 raise DataValidationError(
@@ -170,12 +207,15 @@ class CustomerReader:
         else:
             source = io.TextIOWrapper(stream, encoding=codec, newline="")
         try:
+            self._csv_header(text_head, sep, complete=len(head) < _SNIFF_BYTES)
             reader = pd.read_csv(
                 source,
                 sep=sep,
                 skipinitialspace=True,
                 chunksize=self.chunk_rows,
                 encoding=codec if encoding == "UTF-8" else None,
+                # Pass-through columns stay the text they are: '007' is not 7, 'NA' not missing.
+                converters=dict.fromkeys(self._passthrough(), str),
             )
             with reader:
                 for raw in reader:
@@ -207,6 +247,21 @@ class CustomerReader:
             return guessed, guessed.lower().replace(" ", "-")
         return "UTF-8", "utf-8"
 
+    def _csv_header(self, text_head: str, sep: str, *, complete: bool) -> None:
+        """Split the header before reading, so pass-through columns are read as text.
+
+        pandas itself names the columns (as it will for the chunks); the csv
+        module sees the names before pandas renames a repeated one ('id.1').
+        """
+        line, ended = _header_line(text_head)
+        if not ended and not complete:
+            problem = f"the header line is longer than {_SNIFF_BYTES // 1024} KiB"
+            raise DataValidationError([problem], self.name)
+        named = pd.read_csv(io.StringIO(line), sep=sep, skipinitialspace=True, nrows=0)
+        self._layout(named.columns)
+        written = next(csv.reader([line], delimiter=sep, skipinitialspace=True), [])
+        self._header += repeated_columns(written)
+
     def _csv_chunk(self, raw: pd.DataFrame) -> pd.DataFrame:
         if repeated := _repeated_header_rows(raw):
             self._problems.append(
@@ -214,14 +269,67 @@ class CustomerReader:
                 "(were files concatenated?)"
             )
             raw = raw.iloc[:0]  # its values would be reported again as bad numbers
-        return clean_columns(raw)
+        return raw
 
     def _indexed(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Number a Parquet batch's rows on from the previous batch (file rows, as in CSV)."""
         frame.index = pd.RangeIndex(self.rows, self.rows + len(frame))
         return frame
 
+    # --- columns ---------------------------------------------------------------------------
+    def _layout(self, header: Sequence[object]) -> None:
+        """Split the header (the one rule: :func:`split_columns`) and keep its problems."""
+        self.columns = split_columns(header, self.id_columns, require_target=self.require_target)
+        self._header = header_problems(self.columns)
+        if self.columns.identifier is not None:
+            self._ids = IdentifierCheck(self.columns.identifier)
+
+    def _passthrough(self) -> tuple[str, ...]:
+        return self.columns.passthrough if self.columns is not None else ()
+
+    def _as_text(self, batch: pa.RecordBatch) -> pa.Table:
+        """A Parquet batch with its pass-through columns cast to text, as a CSV file has them.
+
+        pandas' metadata goes: it would turn the text back into the column's old type.
+        """
+        table = pa.Table.from_batches([batch])
+        index = _pandas_index(table.schema)
+        keep = [at for at, name in enumerate(table.column_names) if name not in index]
+        table = table.select(keep).replace_schema_metadata(None)
+        for name in set(self._passthrough()) & set(table.column_names):
+            at = table.column_names.index(name)
+            try:
+                table = table.set_column(at, name, table.column(at).cast(pa.string()))
+            except pa.ArrowNotImplementedError as exc:
+                kind = table.schema.field(at).type
+                problem = f"column '{name}' ({kind}) cannot be passed through as text"
+                raise DataValidationError([problem], self.name) from exc
+        return table
+
+    def _part(self, raw: pd.DataFrame) -> Part | None:
+        """Split a raw chunk, validate its contract columns, track its identifiers."""
+        if self.columns is None or self.columns.header != tuple(str(c) for c in raw.columns):
+            raise DataValidationError(["could not read the header line"], self.name)
+        columns = self.columns
+        passthrough = raw[list(columns.passthrough)]
+        if self._ids is not None and not self._header:
+            self._ids.add(passthrough[self._ids.column])
+        frame = self._validated(raw[list(columns.known)].rename(columns=columns.known))
+        return None if frame is None else Part(frame, passthrough)
+
+    def _passthrough_notes(self) -> list[str]:
+        """Which columns passed through, and the identifier's empty and repeated values."""
+        if not self._passthrough():
+            return []
+        identifier = self._ids.column if self._ids is not None else None
+        names = [f"'{c}'" + " (identifier)" * (c == identifier) for c in self._passthrough()]
+        ids = self._ids.notes() if self._ids is not None else []
+        return [f"passed through unchanged: {', '.join(names)}", *ids]
+
     # --- validation ------------------------------------------------------------------------
+    def _invalid(self) -> bool:
+        return bool(self._problems or self._header or self._failures)
+
     def _validated(self, frame: pd.DataFrame) -> pd.DataFrame | None:
         """The typed chunk, or None with its failures kept for the final message."""
         self.rows += len(frame)
@@ -234,8 +342,8 @@ class CustomerReader:
             return None
 
     def _structural(self) -> bool:
-        """A missing or unexpected column: later chunks add nothing."""
-        return any(
+        """A header problem (a missing column, ...): later chunks add nothing."""
+        return bool(self._header) or any(
             f["check"].astype(str).isin(["column_in_schema", "column_in_dataframe"]).any()
             for f in self._failures
         )
@@ -358,13 +466,32 @@ def _guess_utf16(sample: bytes) -> str | None:
     return None
 
 
+def _pandas_index(schema: pa.Schema) -> set[str]:
+    """The columns holding the index of the frame pandas wrote (not the file's data)."""
+    index = (schema.pandas_metadata or {}).get("index_columns", [])
+    return {name for name in index if isinstance(name, str)}
+
+
+def _parquet_columns(schema: pa.Schema) -> list[str]:
+    """The columns of a Parquet file's data."""
+    index = _pandas_index(schema)
+    return [name for name in schema.names if name not in index]
+
+
+def _header_line(text: str) -> tuple[str, bool]:
+    """The first line that is not blank (the header), and whether a line break ends it."""
+    found = re.search(r"^[^\r\n]*\S[^\r\n]*([\r\n]?)", text, re.MULTILINE)
+    if found is None:
+        return "", False
+    return found.group().rstrip("\r\n"), bool(found.group(1))
+
+
 def _delimiter(text: str) -> str:
     """The delimiter that splits the header line into the most fields (',' on a tie).
 
     Only the header is looked at: the data rows of a ';' file may hold decimal commas.
     """
-    found = re.search(r"^.*\S.*$", text, re.MULTILINE)
-    header = found.group().strip() if found else ""
+    header = _header_line(text)[0].strip()
     fields = {d: len(next(csv.reader([header], delimiter=d))) for d in _DELIMITERS}
     return max(_DELIMITERS, key=fields.__getitem__)
 

@@ -5,16 +5,25 @@ Files arrive with the UCI header (``Call  Failure`` with two spaces, ``Churn``).
 :func:`validate` checks a frame with pandera and reports every problem of the
 file in one :class:`DataValidationError`. Reading files (formats, encodings,
 chunks) is :mod:`churnops.data.reading`.
+
+Any other column (a customer identifier, a region, ...) is no part of the
+contract: :func:`split_columns` sets it apart to pass through, untouched, into
+the predictions file. It is never validated, scored or monitored.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
+
+from churnops.results import PREDICTION, PROBABILITY
 
 TARGET = "churn"
 
@@ -38,6 +47,8 @@ RAW_COLUMNS: dict[str, str] = {
 
 #: Every input column (all but the target), clean names.
 INPUT_COLUMNS: list[str] = [c for c in RAW_COLUMNS.values() if c != TARGET]
+#: The columns scoring adds: no column of a customer file may be named so.
+OUTPUT_COLUMNS: tuple[str, ...] = (PREDICTION, PROBABILITY)
 
 # Valid ranges. Counts are open-ended (new customers may use the service more
 # than the training customers did); coded columns take their documented codes.
@@ -103,12 +114,101 @@ class CustomerFile:
     notes: tuple[str, ...] = ()
 
 
-def header_problems(df: pd.DataFrame) -> list[str]:
-    """Column problems visible from the header alone (for files without rows)."""
-    known = [*INPUT_COLUMNS, TARGET]
-    missing = [f"missing column '{c}'" for c in INPUT_COLUMNS if c not in df.columns]
-    extra = [f"unexpected column '{c}'" for c in df.columns if c not in known]
-    return missing + extra
+@dataclass(frozen=True)
+class Columns:
+    """How a file's header splits into the contract's columns and the ones passed through."""
+
+    #: The header as read (pandas' column labels), in file order.
+    header: tuple[str, ...]
+    #: Raw header -> clean name, for the features and the label.
+    known: dict[str, str]
+    #: Every other column, raw header, in file order: passed through untouched.
+    passthrough: tuple[str, ...]
+    #: The pass-through column that identifies customers, if any.
+    identifier: str | None
+    #: Required columns the header lacks (clean names).
+    missing: tuple[str, ...]
+    #: Header errors besides missing columns (output names taken, a column twice, ...).
+    problems: tuple[str, ...]
+
+
+def split_columns(
+    header: Sequence[object], id_names: Sequence[str] = (), *, require_target: bool = False
+) -> Columns:
+    """The one rule for which columns are the contract's and which pass through.
+
+    A column whose clean name is a feature or the label is the contract's; any
+    other passes through. A pass-through column may not take an output column's
+    name (the predictions file would hold it twice). The identifier is the first
+    pass-through column matching ``id_names`` (tried in order, see :func:`id_key`).
+    """
+    names = tuple(str(c) for c in header)
+    wanted = {*INPUT_COLUMNS, TARGET}
+    known = {raw: clean_name(raw) for raw in names if clean_name(raw) in wanted}
+    passthrough = tuple(raw for raw in names if raw not in known)
+    required = [*INPUT_COLUMNS, TARGET] if require_target else INPUT_COLUMNS
+    missing = tuple(c for c in required if c not in known.values())
+    problems = [
+        *repeated_columns(names),
+        *_spelled_twice(known),
+        *(
+            f"column '{raw}' takes the name of an output column ('{clean_name(raw)}'); rename it"
+            for raw in passthrough
+            if clean_name(raw) in OUTPUT_COLUMNS
+        ),
+        *_misspellings(passthrough, missing),
+    ]
+    identifier = find_identifier(passthrough, id_names)
+    return Columns(names, known, passthrough, identifier, missing, tuple(problems))
+
+
+def repeated_columns(names: Sequence[str]) -> list[str]:
+    """One problem per header name given more than once."""
+    return [f"column '{n}' appears {k} times" for n, k in Counter(names).items() if k > 1]
+
+
+def _spelled_twice(known: dict[str, str]) -> list[str]:
+    """One problem per contract column given under two spellings ('Age' and 'age')."""
+    spellings: dict[str, list[str]] = {}
+    for raw, clean in known.items():
+        spellings.setdefault(clean, []).append(raw)
+    return [
+        f"columns {', '.join(repr(r) for r in raws)} are the same column '{clean}'"
+        for clean, raws in spellings.items()
+        if len(raws) > 1
+    ]
+
+
+def _misspellings(passthrough: Sequence[str], missing: Sequence[str]) -> list[str]:
+    """Name the pass-through column that looks like a missing one ('Complaints', 'Complains')."""
+    raw_of = {clean: raw for raw, clean in RAW_COLUMNS.items()}
+    hints = []
+    for raw in passthrough:
+        close = difflib.get_close_matches(clean_name(raw), missing, n=1, cutoff=0.8)
+        if close:
+            hints.append(
+                f"column '{raw}' is no feature or label: is it '{raw_of[close[0]]}' misspelled?"
+            )
+    return hints
+
+
+def id_key(name: str) -> str:
+    """What identifier names are compared by: ``'Customer ID'``, ``'customer_id'``,
+    ``'CustomerID'`` are all ``'customerid'``."""
+    return clean_name(name).replace("_", "")
+
+
+def find_identifier(columns: Sequence[str], id_names: Sequence[str]) -> str | None:
+    """The first of ``columns`` matching ``id_names``, the names tried in their order."""
+    by_key: dict[str, str] = {}
+    for column in columns:
+        by_key.setdefault(id_key(column), column)  # the first column of a spelling wins
+    return next((by_key[id_key(n)] for n in id_names if id_key(n) in by_key), None)
+
+
+def header_problems(columns: Columns) -> list[str]:
+    """Every problem visible from the header alone."""
+    return [*(f"missing column '{c}'" for c in columns.missing), *columns.problems]
 
 
 def describe_failures(failures: pd.DataFrame) -> list[str]:

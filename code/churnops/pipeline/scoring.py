@@ -7,11 +7,16 @@ stays flat whatever the file's size. What monitoring needs is kept on the
 way: a seeded uniform sample of the scored rows for drift (drift statistics
 on a few ten thousand rows say what all rows say), and the labels and
 probabilities of every row, so the quality scores are exact.
+
+Columns that are no part of the contract (an identifier, a region) come
+first in the predictions file, untouched; the model and the drift sample
+never see them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import logging
 import time
@@ -25,7 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from sklearn.metrics import log_loss, roc_auc_score
 
-from churnops.data.reading import CustomerReader, refuse_oversize
+from churnops.data.reading import CustomerReader, Part, refuse_oversize
 from churnops.data.schema import RAW_COLUMNS, TARGET
 from churnops.drop.storage import DropStorage, ObjectExists, run_key
 from churnops.model.churn_model import LoadedModel
@@ -89,13 +94,17 @@ def score_file(
     seconds = {"read and validate": 0.0, "predict": 0.0, "write": 0.0}
     chunks = 0
     with storage.open_read(processing_key) as stream, _sink(storage, key, kept) as out:
-        reader = CustomerReader(stream, name=name, chunk_rows=settings.chunk_rows)
-        for frame in _timed(reader.chunks(), seconds, "read and validate"):
+        reader = CustomerReader(
+            stream, name=name, chunk_rows=settings.chunk_rows, id_columns=settings.id_columns
+        )
+        for part in _timed(reader.parts(), seconds, "read and validate"):
+            frame = part.frame  # the contract's columns only: pass-through ones never go further
             started = time.perf_counter()
             scored = model.model.score(frame)
             seconds["predict"] += time.perf_counter() - started
             started = time.perf_counter()
-            out.write(csv_bytes(frame.rename(columns=_RAW_NAMES), scored, header=chunks == 0))
+            written = (part.passthrough, frame.rename(columns=_RAW_NAMES), scored)
+            out.write(csv_bytes(*written, header=chunks == 0))
             seconds["write"] += time.perf_counter() - started
             rows = pd.concat([frame, scored], axis=1)
             sample.add(rows)
@@ -145,7 +154,7 @@ class _Discard(io.RawIOBase):
         return len(data)  # type: ignore[arg-type]
 
 
-def _timed(chunks: Iterator[pd.DataFrame], seconds: dict[str, float], step: str):
+def _timed(chunks: Iterator[Part], seconds: dict[str, float], step: str) -> Iterator[Part]:
     """Yield from ``chunks``, adding the time spent producing each to ``seconds[step]``."""
     while True:
         started = time.perf_counter()
@@ -158,29 +167,55 @@ def _timed(chunks: Iterator[pd.DataFrame], seconds: dict[str, float], step: str)
         yield chunk
 
 
-def csv_bytes(
-    frame: pd.DataFrame, extra: pd.DataFrame | None = None, *, header: bool = True
-) -> bytes:
-    """The columns of ``frame`` then ``extra`` as CSV, written by Arrow.
+def csv_bytes(*frames: pd.DataFrame, header: bool = True) -> bytes:
+    """The columns of ``frames``, side by side, as CSV written by Arrow.
 
     Numbers are written as the shortest text that reads back to the same value
     (``0.6369617`` for a float32, ``30`` for a whole float), twice as fast as
-    ``DataFrame.to_csv``. Nothing needs quoting: validated files hold numbers only.
+    ``DataFrame.to_csv``; they may not be missing. Text columns (the
+    pass-through ones) are written as they are, a missing value as an empty
+    field; only when a value holds a comma, a quote or a line break are the
+    chunk's text values quoted.
     """
-    columns = dict(frame.items())
-    if extra is not None:
-        columns |= dict(extra.items())
-    if any(column.dtype.kind not in "iuf" for column in columns.values()):
-        kinds = {name: str(column.dtype) for name, column in columns.items()}
-        raise ValueError(f"only int and float columns can be written, not {kinds}")
-    if any(column.isna().to_numpy().any() for column in columns.values()):
-        raise ValueError("missing values cannot be written: the file would not read back")
-    table = pa.table({name: column.to_numpy() for name, column in columns.items()})
+    columns = {name: column for frame in frames for name, column in frame.items()}
+    if len(columns) < sum(len(frame.columns) for frame in frames):
+        raise ValueError("a column name repeats: the file would not read back")
+    table = pa.table({name: _arrow(name, column) for name, column in columns.items()})
+    rows = _arrow_csv(table)
+    if not header:
+        return rows
+    line = io.StringIO()
+    csv.writer(line, lineterminator="\n").writerow(columns)  # quotes a name only if needed
+    return line.getvalue().encode() + rows
+
+
+def _arrow(name: str, column: pd.Series) -> pa.Array:
+    """A numeric column as it is, a text column as strings (missing: null)."""
+    if column.dtype.kind in "iuf":
+        if column.isna().to_numpy().any():
+            raise ValueError("missing values cannot be written: the file would not read back")
+        return pa.array(column.to_numpy())
+    if column.dtype.kind == "O" or isinstance(column.dtype, pd.StringDtype):
+        try:
+            return pa.array(column.to_numpy(), type=pa.string(), from_pandas=True)
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+            raise ValueError(f"column {name!r} holds values that are not text: {exc}") from exc
+    raise ValueError(f"only int, float and text columns can be written, not {name}: {column.dtype}")
+
+
+def _arrow_csv(table: pa.Table) -> bytes:
+    """Rows without quotes, unless a value needs them (Arrow then quotes every text value)."""
+    try:
+        return _written(table, "none")
+    except pa.ArrowInvalid:  # a comma, quote or line break in a text value
+        return _written(table, "needed")
+
+
+def _written(table: pa.Table, quoting: str) -> bytes:
     out = pa.BufferOutputStream()
-    options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+    options = pa_csv.WriteOptions(include_header=False, quoting_style=quoting)
     pa_csv.write_csv(table, out, options)
-    rows = out.getvalue().to_pybytes()
-    return (",".join(columns) + "\n").encode() + rows if header else rows  # Arrow quotes names
+    return out.getvalue().to_pybytes()
 
 
 class DriftSample:

@@ -1,0 +1,137 @@
+"""An identifier and other extra columns through the real pipeline with the session model.
+
+The predictions file carries them, row-aligned and unchanged; the model, the
+drift report and the metrics database never see them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnops.data.schema import RAW_COLUMNS
+from churnops.drop.storage import LocalDropStorage, log_key, stage_key
+from churnops.monitoring.metrics_db import MetricsStore
+from churnops.pipeline import per_file
+from churnops.results import PREDICTION, PROBABILITY
+from churnops.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+SOURCE = "customer_churn_1.csv"
+EXTRA = ["customer_id", "region"]
+
+
+@pytest.fixture
+def local(session_scoring, tmp_path: Path) -> tuple[Settings, LocalDropStorage]:
+    """The session model's settings on a fresh local drop, 300-row chunks (4 for 1,050 rows)."""
+    settings, _ = session_scoring
+    settings = settings.model_copy(
+        update={"churnops_home": tmp_path, "chunk_rows": 300, "evidently_ui_url": None}
+    )
+    storage = LocalDropStorage(settings.drop_dir)
+    storage.create_layout()
+    return settings, storage
+
+
+def _with_extras(raw: pd.DataFrame) -> pd.DataFrame:
+    """An identifier first and a region among the features: text a parser could change."""
+    frame = raw.copy()
+    frame.insert(0, "customer_id", [f"{i:07d}" for i in range(len(frame))])
+    regions = np.random.default_rng(3).choice(["north", "south, east", "NA", ""], len(frame))
+    frame.insert(6, "region", regions)
+    frame.loc[20, "customer_id"] = ""  # file row 22
+    frame.loc[700, "customer_id"] = frame.loc[10, "customer_id"]  # file row 702, chunk 3
+    return frame
+
+
+def _predictions(storage: LocalDropStorage, outcome: per_file.FileOutcome) -> pd.DataFrame:
+    assert outcome.status == "processed", outcome.message
+    assert outcome.predictions_key is not None
+    data = storage.read(outcome.predictions_key)
+    return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+
+
+def test_extra_columns_travel_with_their_rows_and_change_no_prediction(
+    local: tuple[Settings, LocalDropStorage], data_dir: Path
+) -> None:
+    settings, storage = local
+    raw = pd.read_csv(data_dir / SOURCE)
+    extended = _with_extras(raw)
+    storage.create(stage_key("input", "plain.csv"), (data_dir / SOURCE).read_bytes())
+    storage.create(stage_key("input", "ids.csv"), extended.to_csv(index=False).encode())
+    samples: list[pd.DataFrame] = []
+
+    def monitor(settings, model, scored, name):  # the real step, its input recorded
+        samples.append(scored.sample)
+        return per_file.monitor(settings, model, scored, name)
+
+    steps = dataclasses.replace(per_file.PLAIN_STEPS, monitor=monitor)
+    plain = _predictions(
+        storage, per_file.process(settings, storage, stage_key("input", "plain.csv"))
+    )
+    outcome = per_file.process(settings, storage, stage_key("input", "ids.csv"), steps=steps)
+    written = _predictions(storage, outcome)
+
+    outputs = [*RAW_COLUMNS, PREDICTION, PROBABILITY]
+    assert list(written.columns) == [*EXTRA, *outputs]
+    for column in EXTRA:
+        assert written[column].tolist() == extended[column].tolist()
+    pd.testing.assert_frame_equal(written[outputs], plain[outputs])  # the same text, row by row
+
+    (sample,) = samples
+    assert not set(EXTRA) & set(sample.columns)
+    store = MetricsStore(settings.metrics_db_url)
+    try:
+        labels = set(store.metrics(outcome.run_id)["label"].dropna())
+    finally:
+        store.close()
+    assert labels and not set(EXTRA) & labels  # drift is measured on features only
+    log = storage.read(log_key(outcome.run, "ids.csv")).decode()
+    assert "passed through unchanged: 'customer_id' (identifier), 'region'" in log
+    assert "identifier 'customer_id' is empty on 1 row(s) (rows 22)" in log
+    assert "repeats an earlier row's value on 1 row(s): '0000010' at row 702" in log
+
+
+@pytest.mark.parametrize(
+    ("rename", "problems"),
+    [
+        (
+            {"Complains": "Complaints"},
+            [
+                "missing column 'complains'",
+                "column 'Complaints' is no feature or label: is it 'Complains' misspelled?",
+            ],
+        ),
+        (
+            {"region": "Churn Prediction"},
+            [
+                "column 'Churn Prediction' takes the name of an output column "
+                "('churn_prediction'); rename it"
+            ],
+        ),
+    ],
+    ids=["misspelled feature", "output name taken"],
+)
+def test_header_errors_send_the_file_to_errored(
+    local: tuple[Settings, LocalDropStorage],
+    data_dir: Path,
+    rename: dict[str, str],
+    problems: list[str],
+) -> None:
+    settings, storage = local
+    frame = _with_extras(pd.read_csv(data_dir / SOURCE)).rename(columns=rename)
+    storage.create(stage_key("input", "bad.csv"), frame.to_csv(index=False).encode())
+
+    outcome = per_file.process(settings, storage, stage_key("input", "bad.csv"))
+
+    assert outcome.status == "errored"
+    lines = outcome.message.splitlines()
+    assert lines[0] == f"bad.csv is invalid ({len(problems)} problem(s)):"
+    assert lines[1:] == [f"  - {p}" for p in problems]
+    assert storage.list_keys("data/errored/") == [f"data/errored/{outcome.run}/bad.csv"]

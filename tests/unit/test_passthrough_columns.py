@@ -1,0 +1,275 @@
+"""Identifiers and other non-feature columns pass through, untouched, and are never features."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnops.data.identifiers import IdentifierCheck
+from churnops.data.reading import CustomerReader, Part, load_customer_file
+from churnops.data.schema import (
+    INPUT_COLUMNS,
+    RAW_COLUMNS,
+    TARGET,
+    DataValidationError,
+    find_identifier,
+    split_columns,
+)
+from churnops.drop.storage import LocalDropStorage, run_key
+from churnops.model.churn_model import LoadedModel
+from churnops.pipeline.scoring import score_file
+from churnops.results import PREDICTION, PROBABILITY
+from churnops.settings import DEFAULT_ID_COLUMNS, get_settings
+
+HEADER = list(RAW_COLUMNS)
+GOOD_ROW = "8,0,38,0,4370,71,5,17,3,1,1,30,197.64,0"
+
+
+def csv(header: list[str], *rows: str, sep: str = ",") -> bytes:
+    return "\n".join([sep.join(header), *rows]).encode() + b"\n"
+
+
+def read(data: bytes, chunk_rows: int = 1000) -> tuple[list[Part], list[str]]:
+    """Every part of the file and the reader's notes."""
+    reader = CustomerReader(
+        io.BytesIO(data), name="f.csv", chunk_rows=chunk_rows, id_columns=DEFAULT_ID_COLUMNS
+    )
+    return list(reader.parts()), reader.notes
+
+
+def problems_of(data: bytes) -> list[str]:
+    with pytest.raises(DataValidationError) as caught:
+        read(data)
+    return caught.value.problems
+
+
+@pytest.fixture(scope="module")
+def uci(data_dir: Path) -> pd.DataFrame:
+    """The shared file with its raw UCI header, every value as read."""
+    return pd.read_csv(data_dir / "customer_churn_1.csv")
+
+
+def with_extras(uci: pd.DataFrame) -> pd.DataFrame:
+    """The file with an identifier first and a region last, values a number parser would change."""
+    frame = uci.copy()
+    frame.insert(0, "Customer ID", [f"{i:06d}" for i in range(len(frame))])
+    frame["Region"] = np.where(np.arange(len(frame)) % 3, "north", "NA")
+    return frame
+
+
+# --- which columns pass through ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "identifier"),
+    [
+        (["region", "Customer ID", "msisdn"], "Customer ID"),
+        (["CustomerID", "id"], "CustomerID"),
+        (["id", "customer-id"], "customer-id"),  # the names are tried in order
+        (["Phone Number", "ID"], "Phone Number"),
+        (["region", "notes"], None),
+    ],
+)
+def test_the_identifier_is_the_first_usual_name_found(header: list[str], identifier: str) -> None:
+    assert find_identifier(header, DEFAULT_ID_COLUMNS) == identifier
+
+
+def test_only_non_feature_columns_pass_through() -> None:
+    columns = split_columns(["Customer ID", *HEADER, "Region"], DEFAULT_ID_COLUMNS)
+    assert columns.passthrough == ("Customer ID", "Region")
+    assert sorted(columns.known.values()) == sorted([*INPUT_COLUMNS, TARGET])
+    assert columns.identifier == "Customer ID"
+    assert columns.problems == () and columns.missing == ()
+
+
+def test_a_feature_named_in_the_id_list_stays_a_feature() -> None:
+    columns = split_columns(HEADER, ["Status"])
+    assert columns.identifier is None and "Status" in columns.known
+
+
+@pytest.mark.parametrize("name", ["churn_prediction", "Churn Probability"])
+def test_a_column_named_like_an_output_is_an_error(name: str) -> None:
+    (problem,) = problems_of(csv([*HEADER, name], GOOD_ROW + ",1"))
+    assert problem.startswith(f"column '{name}' takes the name of an output column")
+
+
+def test_a_misspelled_feature_is_missing_and_named() -> None:
+    header = [h if h != "Complains" else "Complaints" for h in HEADER]
+    problems = problems_of(csv(header, GOOD_ROW))
+    assert problems == [
+        "missing column 'complains'",
+        "column 'Complaints' is no feature or label: is it 'Complains' misspelled?",
+    ]
+
+
+def test_a_column_given_twice_is_an_error() -> None:
+    problems = problems_of(csv([*HEADER, "id", "id"], GOOD_ROW + ",1,2"))
+    assert problems == ["column 'id' appears 2 times"]
+    problems = problems_of(csv([*HEADER, "age"], GOOD_ROW + ",30"))
+    assert problems == ["columns 'Age', 'age' are the same column 'age'"]
+
+
+# --- reading: text as written, apart from the features --------------------------------------
+
+
+@pytest.mark.parametrize("sep", [",", ";"])
+def test_passthrough_columns_are_read_as_written_and_kept_apart(
+    uci: pd.DataFrame, sep: str
+) -> None:
+    frame = with_extras(uci)
+    parts, notes = read(frame.to_csv(index=False, sep=sep).encode(), chunk_rows=400)
+    assert [len(p.frame) for p in parts] == [400, 400, 250]
+    passthrough = pd.concat(p.passthrough for p in parts)
+    assert list(passthrough.columns) == ["Customer ID", "Region"]
+    assert passthrough["Customer ID"].tolist() == frame["Customer ID"].tolist()  # '000007'
+    assert passthrough["Region"].tolist() == frame["Region"].tolist()  # 'NA' is not missing
+    features = pd.concat(p.frame for p in parts)
+    assert list(features.columns) == [*INPUT_COLUMNS, TARGET]
+    pd.testing.assert_frame_equal(features, load_customer_file(uci.to_csv(index=False).encode()))
+    assert notes[-1] == "passed through unchanged: 'Customer ID' (identifier), 'Region'"
+
+
+def test_parquet_passthrough_columns_are_text(uci: pd.DataFrame) -> None:
+    frame = uci.copy()
+    frame["account"] = pd.array([7, None, *range(len(frame) - 2)], dtype="Int64")
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False, row_group_size=400)
+    parts, notes = read(buffer.getvalue(), chunk_rows=400)
+    passthrough = pd.concat(p.passthrough for p in parts)
+    assert passthrough["account"].tolist()[:3] == ["7", None, "0"]  # not 7.0, nan
+    assert "identifier 'account' is empty on 1 row(s) (rows 3)" in notes
+
+
+def test_quoted_text_is_read_whole_wherever_the_sniffed_head_ends() -> None:
+    """Commas, quotes and line breaks inside values; the 64 KiB looked at first end in a quote."""
+    notes = ["two\nlines" + "z" * 70_000, "a,b", 'say "hi"', "plain"] * 3
+    frame = pd.read_csv(io.BytesIO(csv(HEADER, *[GOOD_ROW] * len(notes))))
+    frame["note"] = notes
+    data = frame.to_csv(index=False).encode()
+    assert data[:65_536].count(b'"') % 2 == 1  # the head ends inside a quoted value
+    parts, _ = read(data, chunk_rows=5)
+    assert pd.concat(p.passthrough for p in parts)["note"].tolist() == notes
+
+
+def test_a_header_longer_than_the_sniffed_head_is_named() -> None:
+    header = [*HEADER, *(f"extra_{i:05d}" for i in range(7_000))]
+    assert problems_of(csv(header, GOOD_ROW + ",x" * 7_000)) == [
+        "the header line is longer than 64 KiB"
+    ]
+
+
+def test_a_file_without_extra_columns_has_no_note(uci: pd.DataFrame) -> None:
+    parts, notes = read(uci.to_csv(index=False).encode())
+    assert notes == []
+    assert all(p.passthrough.columns.empty for p in parts)
+
+
+# --- identifiers: empty and repeated values are notes, with their rows ---------------------
+
+
+def test_empty_and_repeated_identifiers_are_noted_across_chunks(uci: pd.DataFrame) -> None:
+    frame = with_extras(uci)
+    frame.loc[[4, 900], "Customer ID"] = ""  # rows 6 and 902 of the file
+    frame.loc[[10, 450, 1000], "Customer ID"] = "000003"  # row 5's value on rows 12, 452, 1002
+    parts, notes = read(frame.to_csv(index=False).encode(), chunk_rows=400)
+    assert notes[1:] == [
+        "identifier 'Customer ID' is empty on 2 row(s) (rows 6, 902)",
+        "identifier 'Customer ID' repeats an earlier row's value on 3 row(s): "
+        "'000003' at row 12, '000003' at row 452, '000003' at row 1002",
+    ]
+    assert sum(len(p.frame) for p in parts) == len(frame)  # still scored, every row
+
+
+@pytest.mark.parametrize("chunk", [97, 333, 5_000, 20_000])
+def test_repeats_are_what_pandas_finds_whatever_the_chunking(chunk: int) -> None:
+    rng = np.random.default_rng(5)
+    values = pd.Series(rng.integers(0, 8_000, 20_000).astype(str), dtype=object)
+    values[rng.integers(0, 20_000, 50)] = None
+    check = IdentifierCheck("id")
+    for start in range(0, len(values), chunk):
+        check.add(values.iloc[start : start + chunk])
+    filled = values.dropna()
+    assert check.empty == values.isna().sum() > 0
+    assert check.repeated == int(filled.duplicated().sum()) > 0
+    first = filled[filled.duplicated()].head(5)
+    shown = ", ".join(f"'{value}' at row {row + 2}" for row, value in first.items())
+    assert check.notes()[-1].endswith(f"row(s): {shown}, ...")
+
+
+def test_only_the_first_examples_are_kept() -> None:
+    check = IdentifierCheck("id")
+    check.add(pd.Series(["x"] * 100 + [""] * 100))
+    empty, repeated = check.notes()
+    assert empty == "identifier 'id' is empty on 100 row(s) (rows 102, 103, 104, 105, 106, ...)"
+    assert repeated.startswith("identifier 'id' repeats an earlier row's value on 99 row(s): ")
+    assert repeated.endswith(
+        "'x' at row 3, 'x' at row 4, 'x' at row 5, 'x' at row 6, 'x' at row 7, ..."
+    )
+
+
+# --- scoring: passed through into the predictions, never to the model or the sample ---------
+
+
+class _RecordingModel:
+    """The model's scoring interface; remembers the frames it was given."""
+
+    features = INPUT_COLUMNS
+
+    def __init__(self) -> None:
+        self.seen: list[pd.DataFrame] = []
+
+    def score(self, frame: pd.DataFrame) -> pd.DataFrame:
+        self.seen.append(frame)
+        proba = (frame["complains"] * 0.5 + 0.25).astype("float32")
+        return pd.DataFrame({PREDICTION: (proba > 0.5).astype("int8"), PROBABILITY: proba})
+
+
+def test_scoring_writes_passthrough_columns_first_and_feeds_the_model_features_only(
+    uci: pd.DataFrame, tmp_path: Path
+) -> None:
+    settings = get_settings(churnops_home=tmp_path, chunk_rows=300, drift_sample_rows=500)
+    storage = LocalDropStorage(settings.drop_dir)
+    storage.create_layout()
+    frame = with_extras(uci)
+    frame.loc[7, "Customer ID"] = frame.loc[2, "Customer ID"]
+    key = run_key("processing", "run1", "f.csv")
+    storage.create(key, frame.to_csv(index=False).encode())
+    model = _RecordingModel()
+
+    scored = score_file(
+        settings,
+        storage,
+        key,
+        "run1",
+        "f.csv",
+        LoadedModel("M", "1", model),  # type: ignore[arg-type]
+    )
+
+    data = storage.read(scored.predictions_key)
+    written = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    expected = [*frame.columns[:1], "Region", *HEADER, PREDICTION, PROBABILITY]
+    assert list(written.columns) == expected
+    assert written["Customer ID"].tolist() == frame["Customer ID"].tolist()
+    assert written["Region"].tolist() == frame["Region"].tolist()
+    assert len(model.seen) == 4
+    assert all(list(seen.columns) == [*INPUT_COLUMNS, TARGET] for seen in model.seen)
+    assert list(scored.sample.columns) == [*INPUT_COLUMNS, TARGET, PREDICTION, PROBABILITY]
+    assert "identifier 'Customer ID' repeats an earlier row's value on 1 row(s): " in "; ".join(
+        scored.notes
+    )
+
+
+# --- the setting ------------------------------------------------------------------------------
+
+
+def test_id_columns_setting_is_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ID_COLUMNS", "msisdn, Customer Number")
+    assert get_settings().id_columns == ("msisdn", "Customer Number")
+    monkeypatch.setenv("ID_COLUMNS", "")
+    assert get_settings().id_columns == ()
+    monkeypatch.delenv("ID_COLUMNS")
+    assert get_settings().id_columns == DEFAULT_ID_COLUMNS
