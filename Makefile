@@ -18,7 +18,7 @@ TRIALS ?= 0
 
 .PHONY: help install data register-model train demo up test test-unit quality format \
 	optuna-dashboard benchmark-model benchmark-features benchmark-latency benchmark-pipeline \
-	benchmark-recovery \
+	benchmark-recovery benchmark-retraining \
 	simulate-file-drops status screenshots clean
 
 help: ## List the targets
@@ -82,6 +82,9 @@ benchmark-latency: install data ## Drop-to-processed latency on the local platfo
 
 benchmark-recovery: install data ## Crash-to-processed time and a 30-file burst with 1 and N runners (local platform)
 	$(RUN) python benchmarks/recovery.py
+
+benchmark-retraining: install data ## F1 on synthetic file 3 after dropping synthetic 1, 2, 3 with RETRAIN_MODE=auto beside retraining off
+	$(RUN) python benchmarks/retraining.py
 
 benchmark-pipeline: install data ## Flow time and peak RSS on 1,050, 1M and 10M rows beside the floor (pyarrow read, booster, CSV write)
 	$(RUN) python benchmarks/pipeline.py $(if $(ROWS),--rows $(ROWS))

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import mlflow
+import optuna
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
@@ -332,10 +333,7 @@ def _challenge(
     train = pd.concat([f.frame for f in inputs], ignore_index=True)
     features, seed = list(FEATURES), settings.random_seed
     X, y = prepare_features(train, features), target(train)
-    chosen = TrainingOptions(
-        data_file=Path(inputs[0].name), trials=options.trials, params=options.params
-    )
-    params = choose_params(settings, chosen, X, y, progress)
+    params = retrain_params(settings, options, X, y, progress)
     threshold, cv_f1 = training.cross_validate(params, X, y, settings.cv_folds, seed, progress)
     candidate = fit_candidate(params, features, threshold, train, holdout.frame, seed)
     against = (champion.version, champion.holdout.f1) if champion else None
@@ -371,6 +369,28 @@ def _challenge(
         holdout_f1=candidate.holdout.f1,
         champion_f1=champion.holdout.f1 if champion else None,
     )
+
+
+def retrain_params(
+    settings: Settings,
+    options: RetrainOptions,
+    X: pd.DataFrame,
+    y: pd.Series,
+    progress: Progress = training._quiet,
+) -> dict[str, Any]:
+    """Explicit params; else with ``trials`` the best of a short search on these rows; else
+    the best stored training trial or the shipped parameters (as ``churnops train``).
+
+    The search has a study of its own, in memory: its cross-validated F1s are measured
+    on other rows than the stored study's, and the best of a mix would not mean much.
+    """
+    if options.params is not None or options.trials <= 0:
+        chosen = TrainingOptions(data_file=Path(settings.training_file), params=options.params)
+        return choose_params(settings, chosen, X, y, progress)
+    sampler = optuna.samplers.TPESampler(seed=settings.random_seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    training.search(study, X, y, options.trials, settings.cv_folds, settings.random_seed, progress)
+    return dict(study.best_params)
 
 
 def _still_champion(settings: Settings, decision: Decision) -> Decision:

@@ -1,0 +1,31 @@
+"""The parameters a retraining fits with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from churnops.data.features import FEATURES, prepare_features, target
+from churnops.data.reading import load_customer_file
+from churnops.model import training
+from churnops.model.retraining import RetrainOptions, retrain_params
+from churnops.settings import get_settings
+
+
+def test_stored_or_shipped_without_trials_a_study_of_its_own_with(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    settings = get_settings(churnops_home=tmp_path, optuna_storage=None, cv_folds=2)
+    rows = load_customer_file(data_dir / "customer_churn_0.csv", require_target=True).head(300)
+    X, y = prepare_features(rows, FEATURES), target(rows)
+    given = {"n_estimators": 5, "max_depth": 2}
+    assert retrain_params(settings, RetrainOptions(params=given, trials=3), X, y) == given
+    assert retrain_params(settings, RetrainOptions(), X, y) == training.default_params()
+
+    seen: list[tuple[str, int, int]] = []
+    searched = retrain_params(
+        settings, RetrainOptions(trials=2), X, y, lambda *step: seen.append(step)
+    )
+    assert set(searched) == set(training.default_params()) and searched != given
+    assert ("trial", 2, 2) in seen
+    study = training.open_study(settings.optuna_storage_url, settings.optuna_study, 42)
+    assert study.trials == []  # the stored study is not mixed with retraining's rows
