@@ -4,6 +4,10 @@ metrics database and to the alerting step. Plain data, no behaviour."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotation only: at run time results imports nothing of ours
+    from churnops.monitoring.attribution import AttributionDrift
 
 #: Output columns added to a scored file (and present in the reference data).
 PREDICTION = "churn_prediction"
@@ -13,6 +17,9 @@ PROBABILITY = "churn_probability"
 QUALITY_METRICS = ("f1", "precision", "recall", "accuracy", "roc_auc")
 #: Share of the feature columns that drifted (a ``run_metrics.metric`` and an alert key).
 DRIFTED_SHARE = "drifted_share"
+#: NDCG of the file's feature-attribution order against the reference's (a metric and an
+#: alert key, see :mod:`churnops.monitoring.attribution`).
+ATTRIBUTION_NDCG = "attribution_ndcg"
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,8 @@ class MonitoringResult:
     quality: dict[str, float] = field(default_factory=dict)
     report_url: str | None = None
     snapshot_id: str | None = None
+    #: Feature-attribution drift; None when not measured (ATTRIBUTION_SAMPLE_ROWS=0).
+    attribution: AttributionDrift | None = None
 
     @property
     def drifted_columns(self) -> list[ColumnDrift]:

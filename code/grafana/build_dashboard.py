@@ -4,7 +4,7 @@ The JSON that Grafana loads (``dashboards/churn_model_evaluation.json``) is the
 output of this script, checked in next to it. Python rather than hand-edited
 JSON: the metric names come from ``churnops.monitoring.metrics_db`` / ``churnops.results``,
 so the dashboard cannot drift from what the pipeline writes; five stat panels
-and four time series are one function each instead of copied JSON. The alert
+and five time series are one function each instead of copied JSON. The alert
 thresholds are read by SQL from the ``threshold`` column stored with each run
 (the limits that file was judged by, whatever the settings were); the
 settings' defaults are only the fallback colour of a run stored without one.
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from churnops.monitoring.metrics_db import (
+    ATTRIBUTION,
     DRIFT_SCORE,
     DRIFTED_COUNT,
     DRIFTED_SHARE,
@@ -30,7 +31,7 @@ from churnops.monitoring.metrics_db import (
     PROCESSED,
     RUNNING,
 )
-from churnops.results import QUALITY_METRICS
+from churnops.results import ATTRIBUTION_NDCG, QUALITY_METRICS
 from churnops.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -264,6 +265,59 @@ def feature_drift_panel() -> dict[str, Any]:
     )
 
 
+ATTRIBUTION_TITLE = "Feature attribution (mean |SHAP|)"
+NDCG_SERIES = "NDCG vs reference"
+NDCG_MINIMUM = "NDCG alert minimum"
+
+
+def attribution_panel() -> dict[str, Any]:
+    """Each feature's mean |SHAP| per file (left) and the NDCG of its order (right)."""
+    sql = (
+        _grouped_by_series("m.label AS metric, avg(m.value) AS value", ATTRIBUTION)
+        + "UNION ALL\n"
+        + _grouped_by_series(f"'{NDCG_SERIES}' AS metric, avg(m.value) AS value", ATTRIBUTION_NDCG)
+        + "UNION ALL\n"
+        + _grouped_by_series(
+            f"'{NDCG_MINIMUM}' AS metric, min(m.threshold) AS value",
+            ATTRIBUTION_NDCG,
+            " AND m.threshold IS NOT NULL",
+        )
+        + "ORDER BY 1"
+    )
+    ndcg_axis = {
+        "matcher": {"id": "byRegexp", "options": f"/^({NDCG_SERIES}|{NDCG_MINIMUM})$/"},
+        "properties": [
+            {"id": "unit", "value": "none"},
+            {"id": "decimals", "value": 3},
+            {"id": "min"},
+            {"id": "max", "value": 1},
+            {"id": "custom.axisPlacement", "value": "right"},
+        ],
+    }
+    return timeseries_panel(
+        ATTRIBUTION_TITLE,
+        "Left: each feature's mean absolute SHAP value (TreeSHAP, log-odds) on a sample of "
+        "the file. Right: the NDCG of the file's importance order against the model's "
+        "reference data (1: the same order); dashed red line: the NDCG alert minimum in "
+        "effect for those files, when one is set.",
+        sql,
+        {"unit": "none", "min": 0},
+        [ndcg_axis, threshold_line(NDCG_MINIMUM)],
+    )
+
+
+def _grouped_by_series(columns: str, metric: str, extra: str = "") -> str:
+    """SQL: ``columns`` of one metric in range, grouped by time and series (no ORDER BY)."""
+    return (
+        f"SELECT $__timeGroupAlias(m.recorded_at, $__interval), {columns}\n"
+        f"{FROM_METRICS}"
+        f"WHERE m.metric = '{metric}'{extra}\n"
+        "  AND $__timeFilter(m.recorded_at)\n"
+        f"  AND {RUN_FILTER}\n"
+        "GROUP BY 1, 2\n"
+    )
+
+
 def volume_panel() -> dict[str, Any]:
     sql = (
         "SELECT $__timeGroupAlias(r.started_at, $__interval),\n"
@@ -402,8 +456,9 @@ def dashboard() -> dict[str, Any]:
             (scores_panel(), 0, 4, 24, 8),
             (drift_panel(), 0, 12, 12, 8),
             (feature_drift_panel(), 12, 12, 12, 8),
-            (volume_panel(), 0, 20, 24, 7),
-            (runs_table_panel(), 0, 27, 24, 10),
+            (attribution_panel(), 0, 20, 24, 9),
+            (volume_panel(), 0, 29, 24, 7),
+            (runs_table_panel(), 0, 36, 24, 10),
         ]
     )
     model_sql = (

@@ -77,6 +77,7 @@ def test_panels_cover_the_issue() -> None:
         "Scores over time",
         "Drifted columns",
         "Drift score per column",
+        "Feature attribution (mean |SHAP|)",
         "Rows processed and files errored",
     }
     (table,) = [p for p in panels if p["type"] == "table"]

@@ -12,7 +12,8 @@ import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
 
-from churnops.monitoring.metrics_db import grant_read_only
+from churnops.data.features import FEATURES
+from churnops.monitoring.metrics_db import ATTRIBUTION_RANK, grant_read_only
 from churnops.results import QUALITY_METRICS
 from churnops.settings import Settings
 
@@ -156,6 +157,39 @@ def test_drift_share_crosses_the_line_for_the_drifted_file(reader: Any) -> None:
 def test_per_column_series_are_named_by_column(reader: Any) -> None:
     result = run(reader, panel_sql(panel("Drift score per column")), everything())
     assert {"call_failure", "churn_prediction"} <= set(result.column("metric"))
+
+
+def test_attribution_has_every_feature_and_the_ndcg_per_processed_file(reader: Any) -> None:
+    result = run(reader, panel_sql(panel("Feature attribution (mean |SHAP|)")), everything())
+    series: dict[str, list[float]] = {}
+    for metric, value in zip(result.column("metric"), result.column("value"), strict=True):
+        series.setdefault(metric, []).append(value)
+    assert set(series) == {*FEATURES, "NDCG vs reference"}  # no minimum set: no minimum line
+    assert all(len(values) == len(PROCESSED_RUNS) for values in series.values())
+    assert all(0 < v <= 1 for v in series.pop("NDCG vs reference"))
+    assert all(v >= 0 for values in series.values() for v in values)
+
+
+def test_attribution_values_are_in_the_order_of_the_stored_ranks(reader: Any) -> None:
+    """The panel draws each file's mean |SHAP|: the feature ranked first has the most."""
+    result = run(reader, panel_sql(panel("Feature attribution (mean |SHAP|)")), everything())
+    value = {
+        (t, m): v
+        for t, m, v in zip(*(result.column(c) for c in ("time", "metric", "value")), strict=True)
+    }
+    ranks = run(
+        reader,
+        "SELECT $__timeGroupAlias(recorded_at, $__interval), label, value FROM run_metrics "
+        f"WHERE metric = '{ATTRIBUTION_RANK}' ORDER BY 1, value",
+        everything(),
+    )
+    by_time: dict[Any, list[str]] = {}
+    for time, feature in zip(ranks.column("time"), ranks.column("label"), strict=True):
+        by_time.setdefault(time, []).append(feature)
+    assert set(by_time) == {t for t, _ in value} and len(by_time) == len(PROCESSED_RUNS)
+    for time, order in by_time.items():
+        shown = [value[(time, feature)] for feature in order]
+        assert shown == sorted(shown, reverse=True), (time, order, shown)
 
 
 def test_volume_counts_rows_and_the_errored_file(reader: Any) -> None:

@@ -56,16 +56,23 @@ class Assessment:
     drift_threshold: float
     drift: bool
     low_scores: list[LowScore] = field(default_factory=list)
+    #: MIN_ATTRIBUTION_NDCG in effect (None: off) and whether the file's NDCG fell below it.
+    attribution_minimum: float | None = None
+    attribution_drift: bool = False
 
     @property
     def needs_alert(self) -> bool:
-        return self.drift or bool(self.low_scores)
+        return self.drift or bool(self.low_scores) or self.attribution_drift
 
     @property
     def summary(self) -> str:
-        """``"drift"``, ``"low scores"``, ``"drift + low scores"`` or ``"ok"``."""
-        parts = [p for p, on in (("drift", self.drift), ("low scores", self.low_scores)) if on]
-        return " + ".join(parts) or "ok"
+        """What crossed, joined by " + ": ``"drift + attribution drift"``; ``"ok"`` if nothing."""
+        crossed = (
+            ("drift", self.drift),
+            ("low scores", self.low_scores),
+            ("attribution drift", self.attribution_drift),
+        )
+        return " + ".join(p for p, on in crossed if on) or "ok"
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,8 @@ class AlertDeliveryError(RuntimeError):
 
 # --- assess ----------------------------------------------------------------------------
 def assess(result: MonitoringResult, settings: Settings) -> Assessment:
-    """Drift when the drifted share exceeds its threshold; low scores below ``min_<metric>``.
+    """Drift when the drifted share exceeds its threshold; low scores below ``min_<metric>``;
+    attribution drift when the attribution NDCG is below ``min_attribution_ndcg`` (if set).
 
     An unlabeled file has no scores, so it can only raise drift.
     """
@@ -102,11 +110,16 @@ def assess(result: MonitoringResult, settings: Settings) -> Assessment:
         if metric in result.quality and result.quality[metric] < minimum
     ]
     threshold = settings.drift_share_threshold
+    ndcg_minimum = settings.min_attribution_ndcg
     return Assessment(
         drifted_share=result.drifted_share,
         drift_threshold=threshold,
         drift=result.drifted_share > threshold,
         low_scores=low,
+        attribution_minimum=ndcg_minimum,
+        attribution_drift=ndcg_minimum is not None
+        and result.attribution is not None
+        and result.attribution.ndcg < ndcg_minimum,
     )
 
 
@@ -171,6 +184,7 @@ def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -
         f"  - {c.column}: score {c.score:.4g} (method {c.method}, threshold {c.threshold:.4g})"
         for c in result.drifted_columns
     ]
+    lines += _attribution_lines(a, result)
     lines.append("")
     if a.low_scores:
         lines.append("Scores below their minimum:")
@@ -181,6 +195,25 @@ def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -
         lines.append("Scores: not measured (the file has no churn label).")
     lines += ["", f"Evidently report: {result.report_url or 'not available'}"]
     return "\n".join(lines) + "\n"
+
+
+def _attribution_lines(a: Assessment, result: MonitoringResult, movers: int = 3) -> list[str]:
+    """The attribution NDCG against its minimum, and the features that moved most."""
+    drift = result.attribution
+    if drift is None:
+        return []
+    limit = "no alert minimum set"
+    if a.attribution_minimum is not None:
+        limit = f"alert below {a.attribution_minimum:.3f}"
+    lines = [
+        f"Feature attribution: NDCG {drift.ndcg:.3f} of the importance order against the "
+        f"reference ({limit})" + (" - ATTRIBUTION DRIFT" if a.attribution_drift else "")
+    ]
+    lines += [
+        f"  - {f.describe()} (mean |SHAP| {f.reference_importance:.3g} -> {f.importance:.3g})"
+        for f in drift.movers[:movers]
+    ]
+    return lines
 
 
 # --- sending -------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from psycopg2 import sql
@@ -57,8 +57,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from tenacity import Retrying as _Retrying
 from tenacity import retry_if_exception, stop_after_delay, wait_exponential
 
-from churnops.results import DRIFTED_SHARE, MonitoringResult
+from churnops.results import ATTRIBUTION_NDCG, DRIFTED_SHARE, MonitoringResult
 from churnops.settings import Settings
+
+if TYPE_CHECKING:  # not imported at run time: it loads XGBoost, which reading metrics needs not
+    from churnops.monitoring.attribution import AttributionDrift
 
 RUNNING, PROCESSED, ERRORED, FAILED = "running", "processed", "errored", "failed"
 STATUSES = (RUNNING, PROCESSED, ERRORED, FAILED)
@@ -70,6 +73,11 @@ DRIFTED_COUNT = "drifted_count"
 DRIFT_SCORE = "drift_score"
 COLUMN_DRIFTED = "column_drifted"
 PREDICTED_CHURN_RATE = "predicted_churn_rate"
+#: Per feature (``label``): the file's mean |SHAP| and its importance rank (1 = most
+#: important); with ATTRIBUTION_NDCG, once per run (see churnops.monitoring.attribution).
+ATTRIBUTION = "attribution"
+ATTRIBUTION_RANK = "attribution_rank"
+ATTRIBUTION_METHOD = "mean |SHAP| (TreeSHAP)"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -201,6 +209,23 @@ def metric_rows(
         detail = {"label": column.column, "method": column.method, "threshold": column.threshold}
         yield {"metric": DRIFT_SCORE, "value": column.score, **detail}
         yield {"metric": COLUMN_DRIFTED, "value": float(column.drifted), **detail}
+    if result.attribution is not None:
+        yield from _attribution_rows(result.attribution, limits.get(ATTRIBUTION_NDCG))
+
+
+def _attribution_rows(
+    attribution: AttributionDrift, minimum: float | None
+) -> Iterator[dict[str, Any]]:
+    """The run's NDCG with its alert minimum, and a mean |SHAP| and a rank per feature."""
+    yield {"metric": ATTRIBUTION_NDCG, "value": attribution.ndcg, "threshold": minimum}
+    for feature in attribution.features:
+        yield {
+            "metric": ATTRIBUTION,
+            "label": feature.feature,
+            "value": feature.importance,
+            "method": ATTRIBUTION_METHOD,
+        }
+        yield {"metric": ATTRIBUTION_RANK, "label": feature.feature, "value": float(feature.rank)}
 
 
 def _now() -> datetime:

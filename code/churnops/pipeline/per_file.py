@@ -25,6 +25,7 @@ from churnops.drop import claims
 from churnops.drop.storage import DropStorage, FileLog, folder_key, run_key
 from churnops.model.churn_model import LoadedModel, load_aliased_model
 from churnops.monitoring.alerts import AlertDeliveryError, assess, build_alert, send_alert
+from churnops.monitoring.attribution import attribution_drift
 from churnops.monitoring.drift import Totals, run_monitoring
 from churnops.monitoring.metrics_db import FAILED, MetricsStore
 from churnops.pipeline import retrain_trigger
@@ -57,8 +58,9 @@ class FileOutcome:
 def monitor(
     settings: Settings, model: LoadedModel, scored: ScoredFile, name: str
 ) -> MonitoringResult:
-    """Drift on the file's sample, with the exact counts and scores of every row."""
-    return run_monitoring(
+    """Drift on the file's sample, with the exact counts and scores of every row, and
+    feature-attribution drift on (part of) the same sample."""
+    result = run_monitoring(
         model.model.reference_data(),
         scored.sample,
         feature_columns=model.model.features,
@@ -68,6 +70,9 @@ def monitor(
         model_name=model.name,
         totals=Totals(scored.rows, scored.predicted_churn_rate, scored.quality),
     )
+    if rows := settings.attribution_sample_rows:
+        result.attribution = attribution_drift(model, scored.sample, rows)
+    return result
 
 
 def record_metrics(
@@ -357,7 +362,8 @@ def scoring_summary(scored: ScoredFile) -> str:
 def summary(result: MonitoringResult) -> str:
     """One line on drift and scores, for logs and run messages."""
     quality = ", ".join(f"{k} {v:.3f}" for k, v in result.quality.items()) or "unlabeled"
+    attribution = f"{result.attribution.summary(movers=2)}; " if result.attribution else ""
     return (
         f"drifted {result.drifted_count} columns (share {result.drifted_share:.2f}); "
-        f"{quality}; report {result.report_url}"
+        f"{quality}; {attribution}report {result.report_url}"
     )

@@ -1,0 +1,67 @@
+"""What feature-attribution drift adds to a file: TreeSHAP time per row budget.
+
+The model is fitted here on the training file with the shipped parameters
+(``default_params.json``: 501 trees, depth 8), as ``make register-model``
+does, and with the tests' fast parameters (60 trees, depth 4), no MLflow.
+For each, the monitor step's extra work is timed: the file's attribution on
+``ATTRIBUTION_SAMPLE_ROWS`` rows (the default 1,000) and on the whole drift
+sample (50,000 rows), the reference's attribution (once per model version
+and process), beside the booster's plain prediction of the same 50,000 rows.
+Rows are drawn with replacement from the later data files.
+
+    python benchmarks/attribution.py
+    python benchmarks/attribution.py --rows 1000 5000 50000
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import pandas as pd
+
+from churnops.data.features import FEATURES, prepare_features, target
+from churnops.data.reading import load_customer_file
+from churnops.model.training import default_params, make_classifier
+from churnops.monitoring.attribution import mean_abs_shap
+from churnops.settings import get_settings
+
+FAST_PARAMS = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.2}
+LATER_FILES = ("customer_churn_1.csv", "customer_churn_2_majority_drifted.csv")
+
+
+def seconds(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000, 50_000])
+    args = parser.parse_args()
+    settings = get_settings()
+    data = settings.churn_data_dir
+    training = load_customer_file(data / settings.training_file, require_target=True)
+    later = pd.concat([load_customer_file(data / name) for name in LATER_FILES])
+    for label, params in (("shipped", default_params()), ("fast (tests)", FAST_PARAMS)):
+        classifier = make_classifier(params, settings.random_seed)
+        classifier.fit(prepare_features(training), target(training))
+        booster = classifier.get_booster()
+        print(f"\n{label} model: {booster.num_boosted_rounds()} trees, depth {params['max_depth']}")
+        reference = seconds(lambda b=booster: mean_abs_shap(b, training, FEATURES))
+        print(f"  reference ({len(training):,} rows, once per version): {reference:7.2f} s")
+        for rows in args.rows:
+            sample = later.sample(rows, replace=True, random_state=7)
+            shap = seconds(lambda b=booster, s=sample: mean_abs_shap(b, s, FEATURES))
+            features = prepare_features(sample).to_numpy()
+            predict = seconds(lambda b=booster, f=features: b.inplace_predict(f))
+            print(
+                f"  {rows:>7,} rows: TreeSHAP {shap:7.2f} s ({shap / rows * 1e3:.2f} ms a row); "
+                f"plain predict {predict:.3f} s"
+            )
+
+
+if __name__ == "__main__":
+    main()
