@@ -252,7 +252,7 @@ def retrain(
     store = MetricsStore.from_settings(settings)
     holder = f"{options.trigger}-{uuid.uuid4().hex[:12]}"
     try:
-        waited = _cooldown_left(settings, store, options.trigger)
+        waited = _why_not_now(settings, store, options.trigger)
         if waited:
             return RetrainOutcome("skipped", waited)
         if not store.acquire_lock(LOCK, holder, settings.retrain_lock_minutes * 60):
@@ -268,7 +268,7 @@ def retrain(
         store.close()
 
 
-def _cooldown_left(settings: Settings, store: MetricsStore, trigger: Trigger) -> str:
+def _why_not_now(settings: Settings, store: MetricsStore, trigger: Trigger) -> str:
     """Why this retraining must not start: another one runs, or an automatic one comes
     too soon after the last start (``RETRAIN_COOLDOWN_MINUTES``); '' when it may."""
     state, now = store.lock_state(LOCK), datetime.now(UTC)
