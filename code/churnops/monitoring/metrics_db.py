@@ -439,6 +439,10 @@ class MetricsStore:
         self.engine.dispose()
 
 
+#: What the dashboards' read-only role may read (and nothing else, e.g. ``locks``).
+DASHBOARD_TABLES = (pipeline_runs, run_metrics, model_events)
+
+
 def grant_read_only(engine_or_url: Engine | str | URL, role: str, password: str) -> None:
     """Create or update a Postgres login that may only read the dashboards' tables.
 
@@ -469,9 +473,7 @@ def _read_only_statements(cursor: Any, role: str, password: str) -> list[sql.Com
     )
     database_name, exists = cursor.fetchone()
     who, database = sql.Identifier(role), sql.Identifier(database_name)
-    tables = sql.SQL(", ").join(
-        sql.Identifier(t.name) for t in (pipeline_runs, run_metrics, model_events)
-    )
+    tables = sql.SQL(", ").join(sql.Identifier(t.name) for t in DASHBOARD_TABLES)
     return [
         sql.SQL(
             "{verb} ROLE {who} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
