@@ -32,9 +32,9 @@ from churnops.data.reading import load_customer_file
 from churnops.drop.storage import open_storage, stage_key
 from churnops.model import training
 from churnops.model.registry import TrainingOptions, train_and_register
-from churnops.model.retraining import RetrainOptions, RetrainOutcome, retrain
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
+from churnops.pipeline.retraining import RetrainOptions, RetrainOutcome, retrain
 from churnops.settings import Settings, get_settings
 
 TRAINING = "customer_churn_0.csv"

@@ -135,8 +135,8 @@ def retrain(
     error), 5 when skipped (nothing new to learn, or another retraining is running).
     """
     from churnops.drop.storage import open_storage
-    from churnops.model.retraining import RetrainOptions
-    from churnops.model.retraining import retrain as run_retraining
+    from churnops.pipeline.retraining import RetrainOptions
+    from churnops.pipeline.retraining import retrain as run_retraining
 
     settings = _settings()
     training_file = settings.churn_data_dir / settings.training_file

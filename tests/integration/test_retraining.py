@@ -24,11 +24,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from churnops.data.reading import load_customer_file
 from churnops.drop.storage import DropStorage, open_storage, stage_key
 from churnops.model.churn_model import load_aliased_model
-from churnops.model.retraining import DIGEST_CHARS, RetrainOptions, retrain, score
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
 from churnops.pipeline.flow import retrain_model
 from churnops.pipeline.retrain_trigger import submit_to_deployment
+from churnops.pipeline.retraining import DIGEST_CHARS, RetrainOptions, retrain, score
 from churnops.settings import Settings, get_settings
 from tests.fixtures.model import FAST_PARAMS
 

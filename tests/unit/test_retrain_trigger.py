@@ -9,10 +9,10 @@ import pytest
 
 from churnops.drop.storage import open_storage
 from churnops.model.churn_model import LoadedModel
-from churnops.model.retraining import LOCK, RetrainOptions, retrain
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file, retrain_trigger
 from churnops.pipeline.retrain_trigger import SUGGESTION, cooling_down, idempotency_key
+from churnops.pipeline.retraining import LOCK, RetrainOptions, retrain
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import Settings, get_settings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.model import training
-from churnops.model.retraining import RetrainOptions, retrain_params
+from churnops.pipeline.retraining import RetrainOptions, retrain_params
 from churnops.settings import get_settings
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from churnops.drop import claims
 from churnops.drop.storage import DropStorage, open_storage, stage_key
-from churnops.model.retraining import labeled_files
 from churnops.pipeline.per_file import finish
+from churnops.pipeline.retraining import labeled_files
 from churnops.settings import Settings, get_settings
 
 NOW = datetime.now(UTC)

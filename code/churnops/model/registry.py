@@ -155,7 +155,7 @@ def gate(
 
     ``champion`` is (version, holdout F1) of the alias holder, or None when no
     version has the alias. Training and retraining measure it differently
-    (:func:`champion_decision`, :mod:`churnops.model.retraining`); the rule is this one.
+    (:func:`champion_decision`, :mod:`churnops.pipeline.retraining`); the rule is this one.
     """
     minimums = {"f1": settings.gate_min_f1, "roc_auc": settings.gate_min_roc_auc}
     failing = [

@@ -8,7 +8,7 @@ Failed when a dependency failed: the file then waits in ``processing/`` and
 the scheduled ``reconcile`` flow re-drives it once the dependency is back.
 
 ``retrain_model`` retrains through the promotion gate
-(:func:`churnops.model.retraining.retrain`), on demand or submitted by the alert
+(:func:`churnops.pipeline.retraining.retrain`), on demand or submitted by the alert
 step of a labeled file that scored below a minimum (``RETRAIN_MODE=auto``).
 """
 
@@ -24,8 +24,8 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from churnops.drop.storage import open_drop
-from churnops.model.retraining import RetrainOptions, retrain
 from churnops.pipeline import per_file, reconcile
+from churnops.pipeline.retraining import RetrainOptions, retrain
 from churnops.settings import Settings, get_settings
 
 #: Data frames travel between tasks in memory: no caching, no input hashing.

@@ -11,7 +11,7 @@ A burst of bad files starts one retraining, not thirty: no submission while the
 last retraining started less than ``RETRAIN_COOLDOWN_MINUTES`` ago, and the
 submissions of one cooldown window share a Prefect idempotency key, so Prefect
 creates one flow run for all of them. The retraining itself checks the cooldown
-again and holds a lock (:mod:`churnops.model.retraining`): two runs cannot both promote.
+again and holds a lock (:mod:`churnops.pipeline.retraining`): two runs cannot both promote.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from churnops.model.retraining import LOCK
 from churnops.monitoring.alerts import Assessment
 from churnops.monitoring.metrics_db import MetricsStore
+from churnops.pipeline.retraining import LOCK
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
