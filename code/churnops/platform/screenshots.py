@@ -291,21 +291,16 @@ def wait_processed(
 
 
 def staging_version(services: Services, settings: Settings) -> str:
-    """The registered model version that has the alias (``staging``), by the MLflow client."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=services.mlflow, registry_uri=services.mlflow)
+    """The registered model version that has the alias (``staging``), by MLflow's REST API
+    (the timeout is this call's argument; no MLflow import for one request)."""
+    query = urllib.parse.urlencode({"name": settings.model_name, "alias": settings.model_alias})
+    url = f"{services.mlflow}/api/2.0/mlflow/registered-models/alias?{query}"
     try:
-        version = client.get_model_version_by_alias(settings.model_name, settings.model_alias)
-    except MlflowException as exc:
+        return str(_json(url)["model_version"]["version"])
+    except (ScreenshotError, KeyError, TypeError) as exc:
         raise ScreenshotError(
-            f"no {settings.model_name}@{settings.model_alias} in MLflow at {services.mlflow}:"
-            f" {exc.message}"
+            f"no {settings.model_name}@{settings.model_alias} in MLflow at {services.mlflow}: {exc}"
         ) from None
-    return str(version.version)
 
 
 def evidently_report(services: Services, settings: Settings, file_name: str) -> tuple[str, str]:
