@@ -205,9 +205,12 @@ def _stranded_run(
     """A dead or failed run holding ``name`` (with these bytes): retrying means re-driving it."""
     from datetime import UTC, datetime
 
-    from churnops.pipeline.reconcile import run_folders, stranded_runs
+    from churnops.drop.storage import run_folders
+    from churnops.pipeline.reconcile import stranded_runs
 
-    for action in stranded_runs(settings, storage, datetime.now(UTC), run_folders(storage)):
+    for action in stranded_runs(
+        settings, storage, datetime.now(UTC), run_folders(storage, "processing")
+    ):
         if action.key.rsplit("/", 1)[-1] != name:
             continue
         if data is None or storage.read(action.key) == data:

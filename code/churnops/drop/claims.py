@@ -40,10 +40,19 @@ LeaseState = Literal["running", "failed", "done"]
 HOST = socket.gethostname()
 
 
+#: The drop time at the start of a run id.
+RUN_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
 def run_id(name: str, version: str, modified: datetime) -> str:
     """``20261127T061500Z-1a2b3c4d``: sortable by drop time, unique per object version."""
     digest = hashlib.sha256(f"{name}\0{version}".encode()).hexdigest()[:8]
-    return f"{modified.astimezone(UTC):%Y%m%dT%H%M%SZ}-{digest}"
+    return f"{modified.astimezone(UTC):{RUN_TIME_FORMAT}}-{digest}"
+
+
+def dropped_at(run: str) -> datetime:
+    """The drop time a run id starts with (see :func:`run_id`)."""
+    return datetime.strptime(run.split("-", 1)[0], RUN_TIME_FORMAT).replace(tzinfo=UTC)
 
 
 def _now() -> datetime:

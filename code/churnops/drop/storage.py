@@ -80,6 +80,12 @@ def folder_key(stage: Stage, run: str | None = None) -> str:
     return f"{PREFIX}/{stage}/" + (f"{_check_name(run)}/" if run else "")
 
 
+def run_folders(storage: DropStorage, stage: Stage) -> list[str]:
+    """The runs that have a folder in ``data/<stage>/``, oldest first (run ids sort by time)."""
+    prefix = folder_key(stage)
+    return sorted({k[len(prefix) :].split("/", 1)[0] for k in storage.list_keys(prefix)})
+
+
 def log_key(run: str, name: str) -> str:
     """The per-file log of one run: ``data/logs/<run>/<name>.log``."""
     return f"{LOGS}/{_check_name(run)}/{_check_name(name)}.log"

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from churnops.drop import claims
 from churnops.drop.keys import INPUT_PREFIX, is_candidate
-from churnops.drop.storage import DropStorage, folder_key, run_key
+from churnops.drop.storage import DropStorage, run_folders, run_key
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.settings import Settings
 
@@ -49,7 +49,7 @@ Submit = Callable[[Action], None]
 
 def find_work(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
     """Every stranded input file and run, oldest first."""
-    runs = run_folders(storage)
+    runs = run_folders(storage, "processing")
     return [
         *stranded_runs(settings, storage, now, runs),
         *_untaken_inputs(settings, storage, now, runs),
@@ -75,12 +75,6 @@ def stranded_runs(
             why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
             actions.append(Action("redrive", key, why, marker))
     return actions
-
-
-def run_folders(storage: DropStorage) -> list[str]:
-    """The runs that have a folder in processing/."""
-    prefix = folder_key("processing")
-    return sorted({k[len(prefix) :].split("/", 1)[0] for k in storage.list_keys(prefix)})
 
 
 def _untaken_inputs(

@@ -41,7 +41,7 @@ from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET, DataValidationError
 from churnops.drop import claims
-from churnops.drop.storage import DropStorage, folder_key, run_key
+from churnops.drop.storage import DropStorage, run_folders, run_key
 from churnops.model import training
 from churnops.model.churn_model import (
     ChurnModel,
@@ -133,17 +133,6 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def dropped_at(run: str) -> datetime:
-    """A run id starts with its drop time: ``20261127T061500Z-1a2b3c4d``."""
-    return datetime.strptime(run[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-
-
-def processed_runs(storage: DropStorage) -> list[str]:
-    """Runs with a folder in ``processed/``, oldest first (run ids sort by drop time)."""
-    prefix = folder_key("processed")
-    return sorted({k[len(prefix) :].split("/", 1)[0] for k in storage.list_keys(prefix)})
-
-
 def original_key(storage: DropStorage, run: str) -> str | None:
     """The run's original file (its claim names it), in processed/ or still in processing/."""
     lease = claims.latest_lease(storage, run)
@@ -168,7 +157,7 @@ def read_labeled(settings: Settings, storage: DropStorage, key: str) -> LabeledF
         log.info("%s is not a labeled customer file: %s", key, str(exc).splitlines()[0])
         return None
     run = key.split("/")[2]
-    return LabeledFile(name, key, sha256(data), frame[[*FEATURES, TARGET]], dropped_at(run))
+    return LabeledFile(name, key, sha256(data), frame[[*FEATURES, TARGET]], claims.dropped_at(run))
 
 
 def labeled_files(
@@ -176,13 +165,13 @@ def labeled_files(
 ) -> list[LabeledFile]:
     """The window: newest ``retrain_window_files`` labeled files (within
     ``retrain_window_days`` when set), oldest first."""
-    runs = sorted({*processed_runs(storage), *([include_run] if include_run else [])})
+    runs = sorted({*run_folders(storage, "processed"), *([include_run] if include_run else [])})
     oldest = now - timedelta(days=settings.retrain_window_days or 0)
     found: list[LabeledFile] = []
     for run in reversed(runs):
         if len(found) >= settings.retrain_window_files:
             break
-        if settings.retrain_window_days and dropped_at(run) < oldest:
+        if settings.retrain_window_days and claims.dropped_at(run) < oldest:
             break
         key = original_key(storage, run)
         labeled = read_labeled(settings, storage, key) if key else None
