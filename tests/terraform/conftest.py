@@ -114,8 +114,14 @@ class _EarlyApply:
             self.destroyed = self.executor.submit(self._destroy)
 
     def _destroy(self) -> Deployment:
+        """Destroy; once more if the first fails. Under load the AWS provider retries a
+        DeleteTargetGroup that moto already did and stops on its TargetGroupNotFound;
+        a second destroy refreshes the state first and finishes what is left."""
         deployment = self.future.result()
-        deployment.destroy()
+        try:
+            deployment.destroy()
+        except RuntimeError:
+            deployment.destroy()
         return deployment
 
     def _apply(self) -> Deployment:
