@@ -257,7 +257,7 @@ def test_several_records_each_get_an_outcome_and_a_log_line(
         ("data/input/archive/old.csv", "skipped"),
         ("data/input/two.csv", "created"),
     ]
-    assert results[1]["reason"] == "key is outside 'data/input/'"
+    assert results[1]["reason"] == "key is outside 'data/input/' and 'data/labels/'"
     assert results[2]["reason"] == results[3]["reason"] == "folder marker"
     assert "subfolder" in results[4]["reason"]
     assert [p["body"]["parameters"]["key"] for p in prefect.posts()] == [keys[0], keys[5]]
@@ -274,6 +274,17 @@ def test_input_prefix_comes_from_the_environment(
     )["results"]
 
     assert [r["status"] for r in results] == ["created", "skipped"]
+
+
+def test_a_labels_file_starts_a_run_of_the_same_deployment(
+    handler: ModuleType, prefect: FakePrefect
+) -> None:
+    results = handler.lambda_handler(
+        event(record("data/labels/a_predictions.csv"), record("data/labels/old/b.csv")), None
+    )["results"]
+
+    assert [r["status"] for r in results] == ["created", "skipped"]
+    assert prefect.posts()[0]["body"]["parameters"]["key"] == "data/labels/a_predictions.csv"
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,25 @@ from urllib.parse import quote_plus, unquote_plus
 
 PREFIX = "data"
 INPUT_PREFIX = f"{PREFIX}/input/"
+#: Late labels: a predictions file with its ``Churn`` column filled in (see
+#: :mod:`churnops.pipeline.labels`).
+LABELS_PREFIX = f"{PREFIX}/labels/"
+#: The folders a drop starts a run from.
+DROP_PREFIXES = (INPUT_PREFIX, LABELS_PREFIX)
+
+
+def drop_prefix(key: str) -> str | None:
+    """The drop folder ``key`` is directly in (``data/input/``, ``data/labels/``), or None."""
+    for prefix in DROP_PREFIXES:
+        rest = key[len(prefix) :]
+        if key.startswith(prefix) and rest and "/" not in rest:
+            return prefix
+    return None
+
+
+def is_labels(key: str) -> bool:
+    """A key dropped into ``data/labels/``: its run joins labels, it is not scored."""
+    return key.startswith(LABELS_PREFIX)
 
 
 def is_candidate(name: str) -> bool:

@@ -1,4 +1,5 @@
-"""S3 -> Prefect: start one ``churn_prediction_pipeline`` flow run per new input file.
+"""S3 -> Prefect: start one ``churn_prediction_pipeline`` flow run per new dropped file
+(an input file in ``data/input/`` or a late labels file in ``data/labels/``).
 
 The AWS Lambda runs this module (``code/s3_to_prefect_lambda/`` imports it; its
 image carries it with :mod:`churnops.drop.keys` and no dependencies: standard library
@@ -11,7 +12,7 @@ environment on each call:
 - ``PREFECT_API_KEY`` (Prefect Cloud, bearer token) or ``PREFECT_API_AUTH_STRING``
   (self-hosted basic auth, ``user:pass``)
 - ``PREFECT_DEPLOYMENT`` (``<flow>/<deployment>``, default ``churn_prediction_pipeline/churnops``)
-- ``INPUT_PREFIX`` (default ``data/input/``)
+- ``INPUT_PREFIX`` (default ``data/input/``); labels files are always read from ``data/labels/``
 - ``PREFECT_HTTP_TIMEOUT`` (seconds per request, default 5), ``PREFECT_HTTP_RETRIES``
   (retries after the first try, default 3), ``PREFECT_HTTP_BACKOFF`` (first wait in
   seconds, doubling, default 0.5): the worst case stays under the 30 s Lambda timeout.
@@ -38,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
-from churnops.drop.keys import INPUT_PREFIX, decode_event_key, is_candidate
+from churnops.drop.keys import INPUT_PREFIX, LABELS_PREFIX, decode_event_key, is_candidate
 
 LOGGER = logging.getLogger("s3_to_prefect")
 LOGGER.setLevel(logging.INFO)  # the Lambda runtime's root logger stops at WARNING
@@ -68,7 +69,8 @@ class Config:
 
     api_url: str
     deployment: str
-    input_prefix: str
+    #: The drop folders that start runs: input files and late labels files.
+    prefixes: tuple[str, ...]
     timeout: float
     retries: int
     backoff: float
@@ -95,7 +97,7 @@ class Config:
         return cls(
             api_url=api_url,
             deployment=deployment,
-            input_prefix=env.get("INPUT_PREFIX") or INPUT_PREFIX,
+            prefixes=(env.get("INPUT_PREFIX") or INPUT_PREFIX, LABELS_PREFIX),
             timeout=_number(env, "PREFECT_HTTP_TIMEOUT", 5.0, float, positive=True),
             retries=int(_number(env, "PREFECT_HTTP_RETRIES", 3, int)),
             backoff=_number(env, "PREFECT_HTTP_BACKOFF", 0.5, float),
@@ -159,7 +161,7 @@ def handle_record(record: Any, config: Config) -> dict[str, Any]:
     except ValueError as exc:
         return {"bucket": None, "key": None, "status": "failed", "reason": str(exc)}
     outcome: dict[str, Any] = {"bucket": bucket, "key": key}
-    reason = _skip_reason(record, key, config.input_prefix)
+    reason = _skip_reason(record, key, config.prefixes)
     if reason:
         return {**outcome, "status": "skipped", "reason": reason}
     if not version:
@@ -194,7 +196,7 @@ def _parse_record(record: Any) -> tuple[str, str, str | None]:
     return bucket, key, obj.get("versionId") or obj.get("sequencer")
 
 
-def _skip_reason(record: Mapping[str, Any], key: str, prefix: str) -> str | None:
+def _skip_reason(record: Mapping[str, Any], key: str, prefixes: tuple[str, ...]) -> str | None:
     """Why the record starts no flow run, or None when it should start one."""
     source = record.get("eventSource", "aws:s3")
     if source != "aws:s3":
@@ -202,8 +204,9 @@ def _skip_reason(record: Mapping[str, Any], key: str, prefix: str) -> str | None
     name = record.get("eventName", "ObjectCreated:")
     if not name.startswith("ObjectCreated:"):
         return f"event {name!r} is not an object creation"
-    if not key.startswith(prefix):
-        return f"key is outside {prefix!r}"
+    prefix = next((p for p in prefixes if key.startswith(p)), None)
+    if prefix is None:
+        return f"key is outside {' and '.join(map(repr, prefixes))}"
     if key.endswith("/"):
         return "folder marker"
     if "/" in key[len(prefix) :]:
