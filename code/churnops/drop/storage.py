@@ -31,13 +31,17 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from churnops.drop.keys import INPUT_PREFIX, PREFIX
+from churnops.drop.keys import DROP_PREFIXES, PREFIX, drop_prefix
 
 if TYPE_CHECKING:
     from churnops.settings import Settings
 
-Stage = Literal["input", "processing", "processed", "errored"]
-STAGES: tuple[Stage, ...] = ("input", "processing", "processed", "errored")
+Stage = Literal["input", "labels", "processing", "processed", "errored"]
+#: Where users drop files: customer files to score, and late labels.
+DROP_STAGES: tuple[Stage, ...] = ("input", "labels")
+#: Where a run's folder lives, from claim to end.
+RUN_STAGES: tuple[Stage, ...] = ("processing", "processed", "errored")
+STAGES: tuple[Stage, ...] = (*DROP_STAGES, *RUN_STAGES)
 LOGS = f"{PREFIX}/logs"
 CLAIMS = f"{PREFIX}/claims"
 #: Size of the parts a big output is uploaded in (S3's minimum is 5 MiB).
@@ -92,21 +96,19 @@ def log_key(run: str, name: str) -> str:
 
 
 def name_from_key(key: str) -> str:
-    """The file name of an input key; a ValueError when the key is not a file in input."""
-    if not key.startswith(INPUT_PREFIX):
-        raise ValueError(
-            f"key {key!r} is not under {INPUT_PREFIX!r}: only input files are processed"
-        )
-    name = key[len(INPUT_PREFIX) :]
+    """The file name of a dropped key (input or labels); a ValueError for any other key."""
+    prefix = drop_prefix(key)
+    name = key[len(prefix) :] if prefix else ""
     if not _is_plain_name(name):
-        raise ValueError(f"key {key!r} is not a file directly in {INPUT_PREFIX!r}")
+        folders = " or ".join(map(repr, DROP_PREFIXES))
+        raise ValueError(f"key {key!r} is not a file directly in {folders}: not a drop")
     return name
 
 
 def split_run_key(key: str) -> tuple[Stage, str, str] | None:
     """``data/<stage>/<run>/<name>`` -> (stage, run, name); None for any other key."""
     parts = key.split("/")
-    if len(parts) != 4 or parts[0] != PREFIX or parts[1] not in STAGES[1:]:
+    if len(parts) != 4 or parts[0] != PREFIX or parts[1] not in RUN_STAGES:
         return None
     if not (_is_plain_name(parts[2]) and _is_plain_name(parts[3])):
         return None

@@ -16,7 +16,7 @@ import logging
 import smtplib
 import ssl
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -104,11 +104,7 @@ def assess(result: MonitoringResult, settings: Settings) -> Assessment:
 
     An unlabeled file has no scores, so it can only raise drift.
     """
-    low = [
-        LowScore(metric, result.quality[metric], minimum)
-        for metric, minimum in settings.score_minimums.items()
-        if metric in result.quality and result.quality[metric] < minimum
-    ]
+    low = low_scores(result.quality, settings)
     threshold = settings.drift_share_threshold
     ndcg_minimum = settings.min_attribution_ndcg
     return Assessment(
@@ -121,6 +117,15 @@ def assess(result: MonitoringResult, settings: Settings) -> Assessment:
         and result.attribution is not None
         and result.attribution.ndcg < ndcg_minimum,
     )
+
+
+def low_scores(scores: Mapping[str, float], settings: Settings) -> list[LowScore]:
+    """The scores below their ``min_<metric>``: of a labeled file, or realized by late labels."""
+    return [
+        LowScore(metric, scores[metric], minimum)
+        for metric, minimum in settings.score_minimums.items()
+        if metric in scores and scores[metric] < minimum
+    ]
 
 
 # --- the message -------------------------------------------------------------------------
@@ -141,6 +146,36 @@ def build_alert(
         model_version=str(model_version),
         subject=_subject(assessment.summary, file_name, model),
         body=_body(file_name, model, assessment, result),
+    )
+
+
+def build_labels_alert(
+    labels_file: str,
+    scoring_file: str,
+    model_name: str,
+    model_version: str,
+    detail: str,
+    low: list[LowScore],
+) -> Alert:
+    """The alert when late labels show a scored file's realized scores below a minimum."""
+    model = f"{model_name} v{model_version}"
+    lines = [
+        "ChurnOps alert: low realized scores (late labels)",
+        "",
+        f"Scored file:  {scoring_file}",
+        f"Labels file:  {labels_file}",
+        f"Model:        {model}",
+        f"Join:         {detail}",
+        "",
+        "Realized scores below their minimum:",
+        *(f"  - {s.metric}: {s.value:.3f} < minimum {s.minimum:.3f}" for s in low),
+    ]
+    return Alert(
+        file_name=scoring_file,
+        model_name=model_name,
+        model_version=str(model_version),
+        subject=_subject("low realized scores", scoring_file, model),
+        body="\n".join(lines) + "\n",
     )
 
 

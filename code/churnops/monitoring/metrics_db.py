@@ -16,8 +16,7 @@ The schema is kept by Alembic migrations (``churnops/monitoring/migrations``), r
 per process when a database is first opened. Every write is retried for
 ``dependency_wait_seconds`` when the database cannot be reached, then fails
 with a clear message: an outage must not be mistaken for a bad file.
-:func:`grant_read_only` gives Grafana a login that can read these tables
-and nothing else.
+Who may read and write them: :mod:`churnops.monitoring.db_roles`.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from psycopg2 import sql
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -67,6 +65,9 @@ RUNNING, PROCESSED, ERRORED, FAILED = "running", "processed", "errored", "failed
 STATUSES = (RUNNING, PROCESSED, ERRORED, FAILED)
 #: Statuses that end a run; FAILED means "a dependency failed, the file waits for a retry".
 FINAL_STATUSES = (PROCESSED, ERRORED, FAILED)
+#: ``pipeline_runs.kind``: what the run's file was.
+SCORING, LABELS = "scoring", "labels"
+KINDS = (SCORING, LABELS)
 
 #: ``run_metrics.metric`` values (and DRIFTED_SHARE and QUALITY_METRICS from results).
 DRIFTED_COUNT = "drifted_count"
@@ -115,7 +116,10 @@ pipeline_runs = Table(
     Column("finished_at", UtcDateTime, nullable=True),
     Column("report_url", Text, nullable=True),
     Column("error", Text, nullable=True),
+    #: ``scoring`` (a customer file) or ``labels`` (late labels of a scoring run).
+    Column("kind", String(16), nullable=False, server_default=SCORING),
     CheckConstraint(f"status IN {STATUSES!r}", name="ck_pipeline_runs_status"),
+    CheckConstraint(f"kind IN {KINDS!r}", name="ck_pipeline_runs_kind"),
     Index("ix_pipeline_runs_started_at", "started_at"),
     Index("ix_pipeline_runs_status_started_at", "status", "started_at"),
 )
@@ -139,6 +143,29 @@ run_metrics = Table(
     Index("ix_run_metrics_recorded_at", "recorded_at"),
     Index("ix_run_metrics_metric_recorded_at", "metric", "recorded_at"),
     Index("ix_run_metrics_run_id", "run_id"),
+)
+
+#: Realized scores of a scoring run (``run_id``), from a labels file that arrived later.
+realized_scores = Table(
+    "realized_scores",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(36), nullable=False),
+    Column(
+        "labels_run_id",
+        String(36),
+        ForeignKey("pipeline_runs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("labels_file", String(512), nullable=False),
+    Column("labels_arrived_at", UtcDateTime, nullable=False),
+    Column("matched_by", String(255), nullable=False),
+    Column("labeled_rows", Integer, nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("threshold", Float, nullable=True),
+    Index("ix_realized_scores_run_id", "run_id"),
+    Index("ix_realized_scores_arrived_at", "labels_arrived_at"),
 )
 
 #: ``model_events.event`` and ``model_events.trigger`` values.
@@ -298,11 +325,13 @@ class MetricsStore:
         model_version: str | None = None,
         started_at: datetime | None = None,
         run_id: str | None = None,
+        kind: str = SCORING,
     ) -> str:
         """Record a file as being processed; return the run id (new unless given)."""
         run_id = run_id or str(uuid.uuid4())
         row = {
             "id": run_id,
+            "kind": kind,
             "flow_run_id": flow_run_id,
             "file_name": file_name,
             "bucket": bucket,
@@ -364,6 +393,43 @@ class MetricsStore:
         ]
         self._retry(self._execute, insert(run_metrics), rows)
         return len(rows)
+
+    def record_realized(
+        self,
+        *,
+        run_id: str,
+        labels_run_id: str,
+        labels_file: str,
+        arrived_at: datetime,
+        matched_by: str,
+        labeled_rows: int,
+        scores: Mapping[str, float],
+        thresholds: Mapping[str, float] | None = None,
+    ) -> int:
+        """The realized scores of scoring run ``run_id`` from one labels file, in one
+        transaction, with the minimums in effect; return how many rows."""
+        limits = thresholds or {}
+        common = {
+            "run_id": run_id,
+            "labels_run_id": labels_run_id,
+            "labels_file": labels_file,
+            "labels_arrived_at": arrived_at,
+            "matched_by": matched_by,
+            "labeled_rows": labeled_rows,
+        }
+        rows = [
+            {**common, "metric": metric, "value": value, "threshold": limits.get(metric)}
+            for metric, value in scores.items()
+        ]
+        self._retry(self._execute, insert(realized_scores), rows)
+        return len(rows)
+
+    def realized(self, run_id: str | None = None) -> pd.DataFrame:
+        """Realized scores (of one scoring run, or all), oldest labels first."""
+        query = select(realized_scores).order_by(realized_scores.c.id)
+        if run_id is not None:
+            query = query.where(realized_scores.c.run_id == run_id)
+        return self._frame(query)
 
     def record_model_event(self, **row: Any) -> None:
         """One retraining verdict (columns of ``model_events``; ``at`` defaults to now)."""
@@ -440,60 +506,7 @@ class MetricsStore:
 
 
 #: What the dashboards' read-only role may read (and nothing else, e.g. ``locks``).
-DASHBOARD_TABLES = (pipeline_runs, run_metrics, model_events)
-
-
-def grant_read_only(engine_or_url: Engine | str | URL, role: str, password: str) -> None:
-    """Create or update a Postgres login that may only read the dashboards' tables.
-
-    Statements are composed with :mod:`psycopg2.sql`: the role, database and
-    tables as quoted identifiers, the password as a literal escaped by the
-    driver, so any role name or password is taken literally.
-    """
-    engine = engine_or_url if isinstance(engine_or_url, Engine) else make_engine(engine_or_url)
-    if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg2":
-        raise ValueError(
-            "grant_read_only needs PostgreSQL through psycopg2; this database is "
-            f"{engine.dialect.name}+{engine.dialect.driver} (set DATABASE_URL to a "
-            "postgresql:// URL)"
-        )
-    if not role:
-        raise ValueError("role name is empty")
-    upgrade(engine)
-    with engine.begin() as conn:
-        cursor = conn.connection.driver_connection.cursor()
-        for statement in _read_only_statements(cursor, role, password):
-            cursor.execute(statement)
-
-
-def _read_only_statements(cursor: Any, role: str, password: str) -> list[sql.Composed]:
-    """Role with a password, CONNECT, USAGE on public, SELECT on our tables; nothing else."""
-    cursor.execute(
-        "SELECT current_database(), EXISTS (SELECT FROM pg_roles WHERE rolname = %s)", (role,)
-    )
-    database_name, exists = cursor.fetchone()
-    who, database = sql.Identifier(role), sql.Identifier(database_name)
-    tables = sql.SQL(", ").join(sql.Identifier(t.name) for t in DASHBOARD_TABLES)
-    return [
-        sql.SQL(
-            "{verb} ROLE {who} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-            "PASSWORD {password}"
-        ).format(
-            verb=sql.SQL("ALTER" if exists else "CREATE"),
-            who=who,
-            password=sql.Literal(password),
-        ),
-        sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(database, who),
-        sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(who),
-        sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(who),
-        sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {}").format(who),
-        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, who),
-        sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(who),
-        sql.SQL("GRANT SELECT ON {} TO {}").format(tables, who),
-        sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {}").format(
-            who
-        ),
-    ]
+DASHBOARD_TABLES = (pipeline_runs, run_metrics, model_events, realized_scores)
 
 
 class MetricsDatabaseUnavailable(RuntimeError):

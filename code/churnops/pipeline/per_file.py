@@ -7,6 +7,10 @@ function with the plain steps. A file's journey::
     input/<name> -> processing/<run>/<name> -> processed/<run>/ (with its predictions)
                                              -> errored/<run>/   (the file is invalid)
 
+A late labels file (``labels/<name>``) takes the same journey, with other steps in
+the middle: it is joined to the run that scored its rows, and that run's realized
+scores are stored and judged (:mod:`churnops.pipeline.labels`).
+
 An invalid file ends in ``errored/``. Any other failure (database, MLflow,
 storage or network down, a bug) is not the file's fault: the file stays in
 ``processing/<run>/``, the attempt is marked failed with a time to retry,
@@ -22,13 +26,23 @@ from typing import Any, Literal
 
 from churnops.data.schema import DataValidationError
 from churnops.drop import claims
+from churnops.drop.keys import is_labels
 from churnops.drop.storage import DropStorage, FileLog, folder_key, run_key
 from churnops.model.churn_model import LoadedModel, load_aliased_model
-from churnops.monitoring.alerts import AlertDeliveryError, assess, build_alert, send_alert
+from churnops.monitoring.alerts import (
+    Alert,
+    AlertDeliveryError,
+    assess,
+    build_alert,
+    build_labels_alert,
+    low_scores,
+    send_alert,
+)
 from churnops.monitoring.attribution import attribution_drift
 from churnops.monitoring.drift import Totals, run_monitoring
-from churnops.monitoring.metrics_db import FAILED, MetricsStore
+from churnops.monitoring.metrics_db import FAILED, LABELS, SCORING, MetricsStore
 from churnops.pipeline import retrain_trigger
+from churnops.pipeline.labels import LabelsJoin, join_labels
 from churnops.pipeline.scoring import ScoredFile, score_file
 from churnops.results import MonitoringResult
 from churnops.settings import Settings
@@ -102,16 +116,61 @@ def send_alerts(
     if not assessment.needs_alert:
         return (), "no threshold crossed"
     alert = build_alert(name, model.name, model.version, assessment, result)
-    retraining = retrain_trigger.on_low_scores(settings, assessment, drop, run, submit)
+    retraining = retrain_trigger.on_low_scores(settings, assessment.low_scores, drop, run, submit)
+    return _deliver(settings, alert, assessment.summary, retraining)
+
+
+def _deliver(
+    settings: Settings, alert: Alert, summary: str, retraining: str
+) -> tuple[tuple[str, ...], str]:
+    """Send ``alert`` (with the retraining note); a failed delivery is reported, not raised."""
     if retraining:
         alert = replace(alert, body=f"{alert.body}\n{retraining}\n")
     note = f"; {retraining}" if retraining else ""
     try:
         channels = send_alert(alert, settings)
     except AlertDeliveryError as exc:
-        log.warning("alert for %s: %s", name, exc)
-        return tuple(exc.delivered), f"{assessment.summary}; {exc}{note}"
-    return tuple(channels), f"{assessment.summary} alert sent by {', '.join(channels)}{note}"
+        log.warning("alert for %s: %s", alert.file_name, exc)
+        return tuple(exc.delivered), f"{summary}; {exc}{note}"
+    return tuple(channels), f"{summary} alert sent by {', '.join(channels)}{note}"
+
+
+def record_realized(
+    settings: Settings, store: MetricsStore, labels_run_id: str, name: str, joined: LabelsJoin
+) -> None:
+    """The realized scores, stored against the scoring run with the labels' arrival time."""
+    store.record_realized(
+        run_id=joined.scoring.run_id,
+        labels_run_id=labels_run_id,
+        labels_file=name,
+        arrived_at=joined.arrived_at,
+        matched_by=joined.matched_by,
+        labeled_rows=joined.labeled_rows,
+        scores=joined.scores,
+        thresholds=settings.alert_thresholds,
+    )
+
+
+def alert_realized(
+    settings: Settings,
+    joined: LabelsJoin,
+    name: str,
+    *,
+    drop: str = "",
+    run: str = "",
+    submit: retrain_trigger.Submit = retrain_trigger.submit_to_deployment,
+) -> tuple[tuple[str, ...], str]:
+    """Alert when a realized score is below its minimum; low scores suggest or start a
+    retraining (``RETRAIN_MODE``) that learns from this labels ``run`` too."""
+    low = low_scores(joined.scores, settings)
+    if not low:
+        return (), "realized scores at or above their minimums"
+    scoring = joined.scoring
+    alert = build_labels_alert(
+        name, joined.scoring_file, scoring.model_name, scoring.model_version, joined.summary(), low
+    )
+    retraining = retrain_trigger.on_low_scores(settings, low, drop, run, submit)
+    return _deliver(settings, alert, "low realized scores", retraining)
 
 
 def finish(storage: DropStorage, run: str, name: str, stage: str) -> str:
@@ -141,6 +200,9 @@ class Steps:
     monitor: Callable[..., MonitoringResult] = monitor
     record_metrics: Callable[..., None] = record_metrics
     send_alerts: Callable[..., tuple[tuple[str, ...], str]] = send_alerts
+    join_labels: Callable[..., LabelsJoin] = join_labels
+    record_realized: Callable[..., None] = record_realized
+    alert_realized: Callable[..., tuple[tuple[str, ...], str]] = alert_realized
     finish: Callable[..., str] = finish
 
     def wrapped(self, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Steps:
@@ -201,12 +263,15 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             bucket=attempt.storage.bucket,
             object_key=held.lease.source_key,
             flow_run_id=held.lease.flow_run_id or None,
+            kind=LABELS if is_labels(held.lease.source_key) else SCORING,
         )
         if held.lease.attempt > 1:  # a dead predecessor never closed its row
             previous = claims.db_id(held.run, held.lease.attempt - 1)
             attempt.store.close_if_running(previous, "the attempt died; the next one took over")
         if not attempt.storage.exists(held.processing_key):
             return _complete_finish(attempt)
+        if is_labels(held.lease.source_key):
+            return _join_labels(attempt)
         return _score_and_monitor(attempt)
     except DataValidationError as exc:
         return _errored(attempt, exc)
@@ -284,6 +349,36 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
         "processed", held.run, scored.predictions_key.rsplit("/", 1)[-1]
     )
     outcome.report_url = result.report_url
+    outcome.alert_channels = channels
+    return outcome
+
+
+def _join_labels(attempt: _Attempt) -> FileOutcome:
+    """A late labels file: join, store the realized scores, judge them, finish."""
+    settings, storage, steps = attempt.settings, attempt.storage, attempt.steps
+    held, file_log = attempt.claim, attempt.file_log
+    with file_log.step("join labels") as record:
+        joined = steps.join_labels(settings, storage, held.processing_key, held.run, held.name)
+        record.message = joined.summary()
+    with file_log.step("store metrics"):
+        steps.record_realized(settings, attempt.store, held.lease.db_id, held.name, joined)
+    with file_log.step("alert") as record:
+        channels, alert_message = steps.alert_realized(
+            settings, joined, held.name, drop=storage.uri, run=held.run
+        )
+        record.message = alert_message
+    with file_log.step("finish") as record:
+        record.message = steps.finish(storage, held.run, held.name, "processed")
+    scoring = joined.scoring
+    _close_run(
+        attempt,
+        "processed",
+        rows=joined.rows,
+        model_name=scoring.model_name,
+        model_version=scoring.model_version,
+    )
+    outcome = _outcome(attempt, "processed", f"{joined.summary()}; {alert_message}")
+    outcome.model_version = scoring.model_version
     outcome.alert_channels = channels
     return outcome
 

@@ -2,7 +2,7 @@
 
 Three kinds of stranded work, each with the reason written to the logs:
 
-* a file in ``input/`` older than ``reconcile_grace_seconds`` that no run took
+* a file in ``input/`` or ``labels/`` older than ``reconcile_grace_seconds`` that no run took
   (a lost trigger, a Lambda failure, the platform down);
 * a run in ``processing/`` whose attempt died (crash, kill -9, OOM, redeploy:
   its lease expired or its process is gone) or failed on a dependency and is
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from churnops.drop import claims
-from churnops.drop.keys import INPUT_PREFIX, is_candidate
+from churnops.drop.keys import DROP_PREFIXES, is_candidate
 from churnops.drop.storage import DropStorage, run_folders, run_key
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.settings import Settings
@@ -80,28 +80,31 @@ def stranded_runs(
 def _untaken_inputs(
     settings: Settings, storage: DropStorage, now: datetime, runs: list[str]
 ) -> list[Action]:
-    """Input files no run took; ``runs`` (in processing/) take their input copy themselves.
+    """Dropped files (input/, labels/) no run took; ``runs`` (in processing/) take their
+    dropped copy themselves.
 
     A kill between the two halves of a move-in leaves the file in input/ and in
     its run's folder; re-driving the run finishes the move.
     """
     actions = []
-    for key in storage.list_keys(INPUT_PREFIX):
-        name = key[len(INPUT_PREFIX) :]
-        info = storage.stat(key)
-        if "/" in name or not is_candidate(name) or info is None:
-            continue
-        age = (now - info.modified).total_seconds()
-        if age < settings.reconcile_grace_seconds:
-            continue
-        run = claims.run_id(name, info.version, info.modified)
-        if run in runs:
-            continue
-        lease = claims.latest_lease(storage, run)
-        if lease and not lease.ended(now, settings.lease_seconds):
-            continue  # being claimed right now
-        why = f"waited {age:.0f}s in input/ and no run took it"
-        actions.append(Action("trigger", key, why, f"{run}#input"))
+    for prefix in DROP_PREFIXES:
+        for key in storage.list_keys(prefix):
+            name = key[len(prefix) :]
+            info = storage.stat(key)
+            if "/" in name or not is_candidate(name) or info is None:
+                continue
+            age = (now - info.modified).total_seconds()
+            if age < settings.reconcile_grace_seconds:
+                continue
+            run = claims.run_id(name, info.version, info.modified)
+            if run in runs:
+                continue
+            lease = claims.latest_lease(storage, run)
+            if lease and not lease.ended(now, settings.lease_seconds):
+                continue  # being claimed right now
+            folder = prefix.rstrip("/").rsplit("/", 1)[-1]
+            why = f"waited {age:.0f}s in {folder}/ and no run took it"
+            actions.append(Action("trigger", key, why, f"{run}#{folder}"))
     return actions
 
 

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from churnops.monitoring.alerts import Assessment
+from churnops.monitoring.alerts import LowScore
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline.retraining import LOCK
 from churnops.settings import Settings
@@ -59,12 +59,13 @@ def last_start(settings: Settings) -> datetime | None:
 
 
 def on_low_scores(
-    settings: Settings, assessment: Assessment, drop: str, run: str, submit: Submit
+    settings: Settings, low: list[LowScore], drop: str, run: str, submit: Submit
 ) -> str:
-    """What ``RETRAIN_MODE`` does about this file's assessment; the note for its alert
-    ('' when nothing). A failed submission is noted, never raised: it must not cost the file.
+    """What ``RETRAIN_MODE`` does about a file's ``low`` scores (of a labeled file, or
+    realized by late labels); the note for its alert ('' when nothing). A failed
+    submission is noted, never raised: it must not cost the file.
     """
-    if not assessment.low_scores or settings.retrain_mode == "off":
+    if not low or settings.retrain_mode == "off":
         return ""
     if settings.retrain_mode == "suggest":
         return SUGGESTION

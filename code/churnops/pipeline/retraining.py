@@ -4,7 +4,8 @@
 run. The challenger learns from the training file (``TRAINING_FILE``) plus the
 labeled files processed since, newest ``RETRAIN_WINDOW_FILES`` (and, when set,
 dropped in the last ``RETRAIN_WINDOW_DAYS``). A file is labeled when its original
-in ``data/processed/<run>/`` carries the ``Churn`` column.
+in ``data/processed/<run>/`` carries the ``Churn`` column, or when it is a late
+labels file: then its labelled rows (:mod:`churnops.pipeline.labels`) are learned from.
 
 Time-aware holdout: the newest labeled file is the holdout. The challenger is
 fitted on everything older; the champion is the deployed ``staging`` version
@@ -41,6 +42,7 @@ from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET, DataValidationError
 from churnops.drop import claims
+from churnops.drop.keys import is_labels
 from churnops.drop.storage import DropStorage, run_folders, run_key
 from churnops.model import training
 from churnops.model.churn_model import (
@@ -63,6 +65,7 @@ from churnops.model.registry import (
 from churnops.model.training import Evaluation, Progress
 from churnops.monitoring.alerts import Alert, AlertDeliveryError, send_alert
 from churnops.monitoring.metrics_db import LockState, MetricsStore
+from churnops.pipeline import labels
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,13 +136,17 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def original_key(storage: DropStorage, run: str) -> str | None:
-    """The run's original file (its claim names it), in processed/ or still in processing/."""
+def labeled_key(storage: DropStorage, run: str) -> str | None:
+    """What the run has to learn from, in processed/ or still in processing/: its original
+    file (its claim names it), or the labelled rows of a late labels file."""
     lease = claims.latest_lease(storage, run)
     if lease is None:
         return None
+    name = lease.name
+    if is_labels(lease.source_key):
+        name = labels.labeled_rows_name(name)
     for stage in ("processed", "processing"):
-        key = run_key(stage, run, lease.name)  # type: ignore[arg-type]
+        key = run_key(stage, run, name)  # type: ignore[arg-type]
         if storage.exists(key):
             return key
     return None
@@ -173,7 +180,7 @@ def labeled_files(
             break
         if settings.retrain_window_days and claims.dropped_at(run) < oldest:
             break
-        key = original_key(storage, run)
+        key = labeled_key(storage, run)
         labeled = read_labeled(settings, storage, key) if key else None
         if labeled is not None:
             found.append(labeled)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from churnops.drop.storage import STAGES, DropStorage, folder_key, open_storage
+from churnops.drop.storage import DROP_STAGES, STAGES, DropStorage, folder_key, open_storage
 from churnops.platform.services import PlatformState, http_ok, pid_alive
 from churnops.settings import Settings
 
@@ -26,15 +26,16 @@ class ServiceHealth:
 
 
 def list_files(storage: DropStorage) -> list[FileState]:
-    """Every file by stage, input first; later stages by run (predictions files included)."""
+    """Every file by stage, drops (input, labels) first; later stages by run (with their
+    predictions files)."""
     files = []
     for stage in STAGES:
         prefix = folder_key(stage)
         for key in storage.list_keys(prefix):
             rest = key[len(prefix) :]
-            if stage == "input" and "/" not in rest:
+            if stage in DROP_STAGES and "/" not in rest:
                 files.append(FileState(rest, stage, key))
-            elif stage != "input" and rest.count("/") == 1:
+            elif stage not in DROP_STAGES and rest.count("/") == 1:
                 run, name = rest.split("/")
                 files.append(FileState(name, stage, key, run))
     return files

@@ -3,9 +3,9 @@
 On AWS, S3 notifies the Lambda of each new object. Locally the same handler
 (:func:`churnops.drop.trigger.handle_event`) is called by one of two watchers:
 
-* :class:`FolderWatcher` (local drop folder): watchdog events on ``data/input/``,
-  once the file's size and mtime have settled;
-* :class:`BucketPoller` (an S3-compatible endpoint): lists ``data/input/`` every
+* :class:`FolderWatcher` (local drop folder): watchdog events on ``data/input/`` and
+  ``data/labels/``, once the file's size and mtime have settled;
+* :class:`BucketPoller` (an S3-compatible endpoint): lists the same two folders every
   few seconds and reports keys it has not seen with that ETag.
 
 Both also report what is already waiting when they start (files dropped while
@@ -21,14 +21,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from churnops.drop.keys import INPUT_PREFIX, encode_event_key, is_candidate
+from churnops.drop.keys import DROP_PREFIXES, PREFIX, drop_prefix, encode_event_key, is_candidate
 from churnops.drop.trigger import Config, handle_event, start_flow_run
 
 log = logging.getLogger("churnops.watcher")
@@ -122,10 +122,12 @@ class Dispatcher:
 
 # --- local folder --------------------------------------------------------------------------
 class FolderWatcher(FileSystemEventHandler):
-    """Watch ``<drop>/data/input/`` and trigger a run per settled new file."""
+    """Watch ``<drop>/data/input/`` and ``<drop>/data/labels/``; trigger a run per settled
+    new file."""
 
     def __init__(self, drop_dir: Path, dispatcher: Dispatcher, settle: float = 0.15) -> None:
-        self.input_dir = drop_dir / INPUT_PREFIX
+        self.drop_dir = drop_dir
+        self.folders = [drop_dir / prefix for prefix in DROP_PREFIXES]
         self.dispatcher = dispatcher
         self.settle = settle
         self._queue: queue.Queue[Path | None] = queue.Queue()
@@ -135,12 +137,14 @@ class FolderWatcher(FileSystemEventHandler):
         self._worker = threading.Thread(target=self._work, name="drop-dispatch", daemon=True)
 
     def start(self) -> None:
-        self.input_dir.mkdir(parents=True, exist_ok=True)
-        self._observer.schedule(self, str(self.input_dir), recursive=False)
+        for folder in self.folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._observer.schedule(self, str(folder), recursive=False)
         self._observer.start()
         self._worker.start()
-        for path in sorted(self.input_dir.iterdir()):  # dropped while the platform was down
-            self._enqueue(path)
+        for folder in self.folders:  # dropped while the platform was down
+            for path in sorted(folder.iterdir()):
+                self._enqueue(path)
 
     def stop(self) -> None:
         self._observer.stop()
@@ -159,7 +163,7 @@ class FolderWatcher(FileSystemEventHandler):
         self._enqueue(Path(str(event.dest_path)))
 
     def _enqueue(self, path: Path) -> None:
-        if path.parent != self.input_dir or not is_candidate(path.name) or path.is_dir():
+        if path.parent not in self.folders or not is_candidate(path.name) or path.is_dir():
             return
         with self._lock:
             if path in self._queued:
@@ -175,13 +179,14 @@ class FolderWatcher(FileSystemEventHandler):
             if stable is None:
                 continue  # gone already (taken by a run, or removed)
             mtime_ns, size = stable
-            key = f"{INPUT_PREFIX}{path.name}"
+            key = path.relative_to(self.drop_dir).as_posix()
             self.dispatcher.send(key, size, file_sequencer(mtime_ns, size))
 
 
 # --- S3-compatible endpoint --------------------------------------------------------------------
 class BucketPoller:
-    """List ``data/input/`` of a bucket every ``interval`` seconds; report new (key, ETag)."""
+    """List ``data/input/`` and ``data/labels/`` of a bucket every ``interval`` seconds;
+    report new (key, ETag)."""
 
     def __init__(self, client: Any, bucket: str, dispatcher: Dispatcher, interval: float) -> None:
         self.client = client
@@ -201,27 +206,29 @@ class BucketPoller:
 
     def poll_once(self) -> int:
         """Report every new object; returns how many were reported."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=INPUT_PREFIX
-        )
         reported = 0
-        for page in pages:
-            for obj in page.get("Contents", []):
-                key, etag = obj["Key"], obj["ETag"].strip('"')
-                name = key[len(INPUT_PREFIX) :]
-                if (key, etag) in self.seen or "/" in name or not is_candidate(name):
-                    continue
-                self.seen.add((key, etag))
-                stamp = f"{etag}:{obj['LastModified'].isoformat()}".encode()
-                sequencer = hashlib.sha256(stamp).hexdigest()[:24].upper()
-                self.dispatcher.send(key, obj["Size"], sequencer)
-                reported += 1
+        for obj in self._dropped_objects():
+            key, etag = obj["Key"], obj["ETag"].strip('"')
+            if (key, etag) in self.seen or not is_candidate(key.rsplit("/", 1)[-1]):
+                continue
+            self.seen.add((key, etag))
+            stamp = f"{etag}:{obj['LastModified'].isoformat()}".encode()
+            sequencer = hashlib.sha256(stamp).hexdigest()[:24].upper()
+            self.dispatcher.send(key, obj["Size"], sequencer)
+            reported += 1
         return reported
+
+    def _dropped_objects(self) -> Iterator[dict]:
+        """The objects directly in the drop folders, input first."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for prefix in DROP_PREFIXES:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                yield from (o for o in page.get("Contents", []) if drop_prefix(o["Key"]))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 self.poll_once()
             except Exception as exc:  # endpoint down for a moment: try again next round
-                log.warning("listing s3://%s/%s failed: %s", self.bucket, INPUT_PREFIX, exc)
+                log.warning("listing s3://%s/%s/ failed: %s", self.bucket, PREFIX, exc)
             self._stop.wait(self.interval)

@@ -1,0 +1,182 @@
+"""Late labels through the real pipeline: the session model, a local drop, real Postgres.
+
+Two customer files are scored first, one with a ``customer_id`` and one
+without. Their predictions files, with ``Churn`` filled in, are then dropped
+into ``data/labels/``: joined by identifier (some rows only, shuffled, some
+labels blank) and by rows; and files that match no run, or hold other rows,
+end in ``errored/`` with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnops.drop.storage import LocalDropStorage, log_key, stage_key
+from churnops.monitoring.metrics_db import MetricsStore
+from churnops.pipeline import per_file, retraining
+from churnops.pipeline.labels import LABELED_ROWS_SUFFIX
+from churnops.pipeline.scoring import quality_scores
+from churnops.results import PREDICTION, PROBABILITY
+from churnops.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+WITH_IDS, WITHOUT_IDS = "customer_churn_1.csv", "customer_churn_synthetic_1.csv"
+
+
+@pytest.fixture(scope="module")
+def scored(session_scoring, data_dir: Path, postgres_url: str, tmp_path_factory):
+    """Both files scored; their outcomes and the truth (the ``Churn`` column they carried)."""
+    settings, _ = session_scoring
+    settings = settings.model_copy(
+        update={
+            "churnops_home": tmp_path_factory.mktemp("labels-home"),
+            "database_url": postgres_url,
+            "evidently_ui_url": None,
+            "attribution_sample_rows": 0,
+            "retrain_mode": "suggest",
+        }
+    )
+    storage = LocalDropStorage(settings.drop_dir)
+    storage.create_layout()
+    truth = {}
+    for name in (WITH_IDS, WITHOUT_IDS):
+        frame = pd.read_csv(data_dir / name)
+        truth[name] = frame.pop("Churn").to_numpy()
+        if name == WITH_IDS:
+            frame.insert(0, "customer_id", [f"C{i:06d}" for i in range(len(frame))])
+        storage.create(stage_key("input", name), frame.to_csv(index=False).encode())
+    outcomes = {n: per_file.process(settings, storage, stage_key("input", n)) for n in truth}
+    assert all(o.status == "processed" for o in outcomes.values()), outcomes
+    return settings, storage, outcomes, truth
+
+
+def _predictions(scored, name: str) -> pd.DataFrame:
+    _, storage, outcomes, _ = scored
+    return pd.read_csv(
+        io.BytesIO(storage.read(outcomes[name].predictions_key)), dtype=str, keep_default_na=False
+    )
+
+
+def _drop_labels(scored, name: str, frame: pd.DataFrame, settings: Settings | None = None):
+    base, storage, _, _ = scored
+    storage.create(stage_key("labels", name), frame.to_csv(index=False).encode())
+    return per_file.process(settings or base, storage, stage_key("labels", name))
+
+
+def test_labels_joined_by_identifier_score_the_run_that_scored_them(scored) -> None:
+    settings, storage, outcomes, truth = scored
+    labels = _predictions(scored, WITH_IDS)
+    labels["Churn"] = truth[WITH_IDS].astype(str)
+    labels.loc[::7, "Churn"] = ""  # not known yet
+    labels = labels.sample(frac=0.8, random_state=1)  # some customers only, in another order
+    arrived = datetime.now(UTC).replace(microsecond=0)
+
+    outcome = _drop_labels(scored, "month1_labels.csv", labels)
+
+    assert outcome.status == "processed", outcome.message
+    assert "matched by identifier 'customer_id'" in outcome.message
+    known = labels[labels["Churn"] != ""]
+    expected = quality_scores(
+        known["Churn"].astype(int).to_numpy(),
+        known[PREDICTION].astype(int).to_numpy(),
+        known[PROBABILITY].astype(float).to_numpy(),
+    )
+    store = MetricsStore(settings.database_url)
+    realized = store.realized(outcomes[WITH_IDS].run_id)
+    runs = store.runs().set_index("id")
+    store.close()
+    got = dict(zip(realized["metric"], realized["value"], strict=True))
+    assert got == pytest.approx(expected)
+    assert set(realized["labeled_rows"]) == {len(known)}
+    assert set(realized["labels_run_id"]) == {outcome.run_id}
+    assert realized["labels_arrived_at"].min() >= pd.Timestamp(arrived)
+    f1 = realized.set_index("metric").loc["f1"]
+    assert f1["threshold"] == settings.min_f1
+    assert runs.loc[outcome.run_id, "kind"] == "labels"
+    assert runs.loc[outcomes[WITH_IDS].run_id, "kind"] == "scoring"
+    rows = storage.read(f"data/processed/{outcome.run}/month1_labels.csv{LABELED_ROWS_SUFFIX}")
+    learned = pd.read_csv(io.BytesIO(rows))
+    assert len(learned) == len(known) and learned.columns[-1] == "Churn"
+    assert storage.exists(f"data/processed/{outcome.run}/month1_labels.csv")
+
+
+def test_labels_without_identifier_join_by_rows_and_feed_retraining(scored) -> None:
+    settings, storage, outcomes, truth = scored
+    labels = _predictions(scored, WITHOUT_IDS)
+    labels["Churn"] = truth[WITHOUT_IDS]
+
+    outcome = _drop_labels(scored, "synthetic_1_labeled.csv", labels)
+
+    assert outcome.status == "processed", outcome.message
+    assert "matched by rows" in outcome.message
+    store = MetricsStore(settings.database_url)
+    realized = store.realized(outcomes[WITHOUT_IDS].run_id)
+    store.close()
+    assert set(realized["labeled_rows"]) == {len(labels)}
+    window = retraining.labeled_files(settings, storage, datetime.now(UTC))
+    learned = {f.name: f.rows for f in window}
+    assert learned[f"synthetic_1_labeled.csv{LABELED_ROWS_SUFFIX}"] == len(labels)
+    assert WITHOUT_IDS not in learned  # the unlabeled original teaches nothing
+
+
+def _errored(scored, name: str, frame: pd.DataFrame) -> str:
+    _, storage, _, _ = scored
+    outcome = _drop_labels(scored, name, frame)
+    assert outcome.status == "errored", outcome.message
+    assert storage.exists(f"data/errored/{outcome.run}/{name}")
+    assert name in storage.read(log_key(outcome.run, name)).decode()
+    return outcome.message
+
+
+def test_a_labels_file_of_rows_never_scored_matches_no_run(scored, data_dir: Path) -> None:
+    frame = pd.read_csv(data_dir / "customer_churn_2_majority_drifted.csv")
+
+    message = _errored(scored, "unknown.csv", frame)
+
+    assert "matches no processed run's predictions" in message
+
+
+def test_labels_with_other_rows_are_refused_with_the_reason(scored) -> None:
+    _, _, _, truth = scored
+    by_id = _predictions(scored, WITH_IDS)
+    by_id["Churn"] = truth[WITH_IDS]
+    by_id.loc[3, "customer_id"] = "NOBODY"
+    assert "identifier(s) are not among its rows: 'NOBODY'" in _errored(scored, "ids.csv", by_id)
+
+    by_rows = _predictions(scored, WITHOUT_IDS)
+    by_rows["Churn"] = truth[WITHOUT_IDS]
+    assert "must keep every row" in _errored(scored, "fewer.csv", by_rows.head(500))
+
+    changed = by_rows.copy()
+    changed.loc[10, "Age"] = "99"
+    assert "'Age' differs on 1 row(s), first on row 12" in _errored(scored, "age.csv", changed)
+
+
+def test_a_labels_file_without_usable_labels_is_refused(scored) -> None:
+    labels = _predictions(scored, WITHOUT_IDS)
+    assert "no 'Churn' column" in _errored(scored, "nochurn.csv", labels)
+    labels["Churn"] = np.where(np.arange(len(labels)) % 2, "1", "yes")
+    assert "'Churn' must be 1, 0 or blank" in _errored(scored, "yes.csv", labels)
+
+
+def test_low_realized_scores_alert_and_suggest_retraining(scored) -> None:
+    settings, _, _, truth = scored
+    strict = settings.model_copy(update={"min_f1": 0.99})
+    labels = _predictions(scored, WITHOUT_IDS)
+    labels["Churn"] = truth[WITHOUT_IDS]
+
+    outcome = _drop_labels(scored, "strict.csv", labels, strict)
+
+    assert outcome.status == "processed", outcome.message
+    assert "low realized scores alert sent by log" in outcome.message
+    alerts = strict.alert_log.read_text()
+    assert "low realized scores (late labels)" in alerts
+    assert "f1:" in alerts and "< minimum 0.990" in alerts
+    assert "retraining suggested" in alerts
