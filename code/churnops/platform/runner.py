@@ -39,22 +39,12 @@ from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Pending
 
-from churnops.pipeline.flow import churn_prediction_pipeline, reconcile_drops, retrain_model
+from churnops.pipeline.flow import churn_prediction_pipeline
+from churnops.platform.deployments import register
 from churnops.platform.services import ready_file
 from churnops.settings import Settings, get_settings
 
 log = logging.getLogger("churnops.runner")
-DEPLOYMENT_DESCRIPTION = "One run per file dropped into data/input/ (started by the drop trigger)."
-RECONCILE_DESCRIPTION = "Re-drives stranded files: untaken input, dead or failed runs."
-RETRAIN_DESCRIPTION = "Retrains on the labeled files processed since and gates the new version."
-
-
-def _name_of(deployment: str, flow: Flow) -> str:
-    """``<flow>/<name>`` -> name; a ValueError when the flow part is not this flow."""
-    flow_name, _, name = deployment.partition("/")
-    if flow_name != flow.name or not name:
-        raise ValueError(f"deployment {deployment!r} must be '{flow.name}/<name>'")
-    return name
 
 
 class FlowRunner:
@@ -68,26 +58,8 @@ class FlowRunner:
         self.flows: dict[UUID, Flow] = {}
 
     def deploy(self) -> list[UUID]:
-        """Create or update the deployments (served by these processes: no work pool)."""
-        deployment = churn_prediction_pipeline.to_deployment(
-            name=_name_of(self.settings.prefect_deployment, churn_prediction_pipeline),
-            description=DEPLOYMENT_DESCRIPTION,
-        )
-        reconciler = reconcile_drops.to_deployment(
-            name=_name_of(self.settings.reconcile_deployment, reconcile_drops),
-            description=RECONCILE_DESCRIPTION,
-            interval=timedelta(seconds=self.settings.reconcile_interval_seconds),
-        )
-        retrainer = retrain_model.to_deployment(
-            name=_name_of(self.settings.retrain_deployment, retrain_model),
-            description=RETRAIN_DESCRIPTION,
-        )
-        served = [
-            (churn_prediction_pipeline, deployment),
-            (reconcile_drops, reconciler),
-            (retrain_model, retrainer),
-        ]
-        self.flows = {runner.apply(): flow for flow, runner in served}
+        """Create or update the deployments these processes serve (no work pool)."""
+        self.flows = register(self.settings)
         self.deployment_ids = list(self.flows)
         return self.deployment_ids
 

@@ -1,0 +1,174 @@
+"""The three Prefect deployments of ChurnOps, defined and registered in one place.
+
+``churn_prediction_pipeline/churnops`` (one run per dropped file, started by the
+trigger), ``reconcile/churnops`` (every ``reconcile_interval_seconds``) and
+``retrain_model/retrain`` (on demand or submitted by the alert step). They are
+served by warm runners (:mod:`churnops.platform.runner`) on this machine and on
+ECS alike, so they name no work pool: a runner polls for the scheduled runs of
+these deployments and executes them in its own process.
+
+:func:`register` is what every runner calls when it starts, and what ``make
+apply`` runs once inside the VPC (``python -m churnops.platform.deployments`` as
+a one-off task of the runner's task definition, see terraform/scripts/post_apply.py).
+It is idempotent: a deployment that already says what this code says is left
+untouched. Updating one would not be harmless: Prefect replaces its schedules and
+deletes the reconciler's runs already scheduled.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from prefect import Flow
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.exceptions import ObjectNotFound
+from prefect.utilities.callables import parameter_schema
+
+from churnops.pipeline.flow import churn_prediction_pipeline, reconcile_drops, retrain_model
+from churnops.settings import Settings, get_settings
+
+log = logging.getLogger("churnops.deployments")
+TAGS = ["churnops"]
+PIPELINE_DESCRIPTION = "One run per file dropped into data/input/ (started by the drop trigger)."
+RECONCILE_DESCRIPTION = "Re-drives stranded files: untaken input, dead or failed runs."
+RETRAIN_DESCRIPTION = "Retrains on the labeled files processed since and gates the new version."
+
+
+@dataclass(frozen=True)
+class Served:
+    """A flow and the deployment that serves it."""
+
+    flow: Flow
+    deployment: RunnerDeployment
+
+
+def name_of(deployment: str, flow: Flow) -> str:
+    """``<flow>/<name>`` -> name; a ValueError when the flow part is not this flow."""
+    flow_name, _, name = deployment.partition("/")
+    if flow_name != flow.name or not name:
+        raise ValueError(f"deployment {deployment!r} must be '{flow.name}/<name>'")
+    return name
+
+
+def _deployment(flow: Flow, name: str, **options: Any) -> RunnerDeployment:
+    # A module path, not a file path relative to the current directory: the same
+    # entrypoint wherever the code is installed, so a re-registration finds no change.
+    return flow.to_deployment(
+        name=name_of(name, flow),
+        tags=TAGS,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        **options,
+    )
+
+
+def deployments(settings: Settings) -> list[Served]:
+    """The one list of deployments: the per-file pipeline, the reconciler, retraining."""
+    interval = timedelta(seconds=settings.reconcile_interval_seconds)
+    flows: list[tuple[Flow, RunnerDeployment]] = [
+        (
+            churn_prediction_pipeline,
+            _deployment(
+                churn_prediction_pipeline,
+                settings.prefect_deployment,
+                description=PIPELINE_DESCRIPTION,
+            ),
+        ),
+        (
+            reconcile_drops,
+            _deployment(
+                reconcile_drops,
+                settings.reconcile_deployment,
+                description=RECONCILE_DESCRIPTION,
+                parameters={"drop": settings.drop_uri},
+                interval=interval,
+            ),
+        ),
+        (
+            retrain_model,
+            _deployment(
+                retrain_model, settings.retrain_deployment, description=RETRAIN_DESCRIPTION
+            ),
+        ),
+    ]
+    return [Served(flow, deployment) for flow, deployment in flows]
+
+
+def fingerprint(served: Served) -> dict[str, Any]:
+    """What this code decides about a deployment, as it reads back from the API."""
+    wanted = served.deployment
+    return {
+        "description": wanted.description,
+        "entrypoint": wanted.entrypoint,
+        "parameters": wanted.parameters,
+        "parameter_schema": parameter_schema(served.flow).model_dump(exclude_unset=True),
+        "tags": sorted(wanted.tags),
+        "work_pool_name": wanted.work_pool_name,
+        "schedules": _intervals(wanted.schedules or []),
+    }
+
+
+def registered_fingerprint(existing: DeploymentResponse) -> dict[str, Any]:
+    """The same facts of a deployment read from the API."""
+    return {
+        "description": existing.description,
+        "entrypoint": existing.entrypoint,
+        "parameters": existing.parameters,
+        "parameter_schema": existing.parameter_openapi_schema,
+        "tags": sorted(existing.tags),
+        "work_pool_name": existing.work_pool_name,
+        "schedules": _intervals(existing.schedules),
+    }
+
+
+def _intervals(schedules: list[Any]) -> list[tuple[float, bool]]:
+    """Each schedule's interval (s) and whether it is active. Not its anchor date: that is
+    the moment the deployment object was built, different at every start."""
+    return sorted(
+        (getattr(s.schedule, "interval", timedelta(0)).total_seconds(), s.active is not False)
+        for s in schedules
+    )
+
+
+def register(settings: Settings) -> dict[UUID, Flow]:
+    """Create or update each deployment unless it is already as defined; id -> its flow.
+
+    Against the API of the current Prefect settings (``PREFECT_API_URL``), which is
+    also the one :meth:`RunnerDeployment.apply` writes to.
+    """
+    with get_client(sync_client=True) as client:
+        return {_register(client, served): served.flow for served in deployments(settings)}
+
+
+def _register(client: SyncPrefectClient, served: Served) -> UUID:
+    full_name = served.deployment.full_name
+    try:
+        existing = client.read_deployment_by_name(full_name)
+    except ObjectNotFound:
+        existing = None
+    if existing is not None and registered_fingerprint(existing) == fingerprint(served):
+        log.info("deployment %s is up to date (%s)", full_name, existing.id)
+        return existing.id
+    deployment_id = served.deployment.apply()
+    done = "updated" if existing else "created"
+    log.info("deployment %s %s (%s)", full_name, done, deployment_id)
+    return deployment_id
+
+
+def main() -> int:
+    """``python -m churnops.platform.deployments``: register against ``PREFECT_API_URL``."""
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stdout)
+    registered = register(get_settings())
+    for deployment_id, flow in registered.items():
+        print(f"{flow.name}: {deployment_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
