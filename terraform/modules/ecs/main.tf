@@ -110,6 +110,18 @@ resource "aws_security_group" "tasks" {
     }
   }
 
+  dynamic "ingress" {
+    for_each = var.extra_ingress
+
+    content {
+      description     = ingress.key
+      from_port       = ingress.value.port
+      to_port         = ingress.value.port
+      protocol        = "tcp"
+      security_groups = [ingress.value.security_group_id]
+    }
+  }
+
   ingress {
     description = "Service to service (worker to Prefect, MLflow, Evidently)"
     from_port   = 0
@@ -219,6 +231,29 @@ resource "aws_iam_role_policy" "task" {
   policy = each.value
 }
 
+# ECS Exec: the SSM agent in the task opens its channels with the task role.
+data "aws_iam_policy_document" "exec" {
+  statement {
+    sid = "EcsExecChannels"
+    # The ssmmessages actions have no resource-level permissions.
+    actions = [
+      "ssmmessages:CreateControlChannel",
+      "ssmmessages:CreateDataChannel",
+      "ssmmessages:OpenControlChannel",
+      "ssmmessages:OpenDataChannel",
+    ]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "exec" {
+  for_each = { for svc, s in var.services : svc => s if s.enable_execute_command }
+
+  name   = "ecs-exec"
+  role   = aws_iam_role.task[each.key].id
+  policy = data.aws_iam_policy_document.exec.json
+}
+
 # ------------------------------------------------------------------ tasks and services
 resource "aws_ecs_task_definition" "service" {
   for_each = var.services
@@ -248,7 +283,7 @@ resource "aws_ecs_service" "service" {
   launch_type                        = "FARGATE"
   platform_version                   = "LATEST"
   propagate_tags                     = "SERVICE"
-  enable_execute_command             = false
+  enable_execute_command             = each.value.enable_execute_command
   health_check_grace_period_seconds  = contains(keys(local.load_balanced), each.key) ? 180 : null
   deployment_minimum_healthy_percent = 0
   deployment_maximum_percent         = 200

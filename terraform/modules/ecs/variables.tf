@@ -34,6 +34,15 @@ variable "load_balancer_ports" {
   type        = map(number)
 }
 
+variable "extra_ingress" {
+  description = "Further security groups allowed into one port of the tasks, by description (e.g. the Lambda into the Prefect API)."
+  type = map(object({
+    port              = number
+    security_group_id = string
+  }))
+  default = {}
+}
+
 variable "task_policies" {
   description = "IAM policy (JSON) of the task role per service; services not listed get a role without permissions."
   type        = map(string)
@@ -69,8 +78,10 @@ variable "services" {
     cpu           = optional(number, 512)
     memory        = optional(number, 1024)
     desired_count = optional(number, 1)
-    environment   = optional(map(string), {})
-    secrets       = optional(map(string), {})
+    # ECS Exec (SSM): `make tunnel` forwards a local port into the task; its task role needs ssmmessages.
+    enable_execute_command = optional(bool, false)
+    environment            = optional(map(string), {})
+    secrets                = optional(map(string), {})
     init = optional(object({
       command     = list(string)
       environment = optional(map(string), {})
