@@ -340,21 +340,19 @@ def status() -> None:
 @app.command("grant-reader")
 def grant_reader() -> None:
     """Create or update the dashboards' read-only role on the Postgres metrics database."""
-    from churnops.monitoring.metrics_db import DASHBOARD_TABLES, MetricsStore, grant_read_only
+    from churnops.monitoring.db_roles import grant_read_only
+    from churnops.monitoring.metrics_db import DASHBOARD_TABLES
 
     settings = _settings()
     if settings.dashboard_db_password is None:
         _fail("set DASHBOARD_DB_PASSWORD to the password the read-only role should have")
-    store = MetricsStore.from_settings(settings)  # creates the tables first
-    try:
+    try:  # migrates the metrics database first, as DATABASE_URL's user
         grant_read_only(
-            store.engine,
+            settings.metrics_db_url,
             settings.dashboard_db_user,
             settings.dashboard_db_password.get_secret_value(),
         )
     except ValueError as exc:
         _fail(str(exc))
-    finally:
-        store.close()
     tables = ", ".join(t.name for t in DASHBOARD_TABLES)
     console.print(f"role '{settings.dashboard_db_user}' can read {tables}")

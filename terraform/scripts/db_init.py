@@ -1,86 +1,78 @@
-"""Idempotent database bootstrap, run as the init container of ECS tasks.
+"""Database bootstrap of one service, run as the init container of its ECS task.
 
-Creates the databases named in DB_INIT_DATABASES (comma separated) and, when
-READONLY_USER and READONLY_PASSWORD are set, migrates the READONLY_DATABASE and
-gives that login read access with churnops's own grant_read_only: the one
-definition of what Grafana may read, shared with `churnops grant-reader`.
+Gives the service its own login with exactly its grants, through churnops's
+``churnops.monitoring.db_roles.ensure_role`` (the one definition of the roles,
+shared with ``churnops grant-reader``): an ``owner`` role owns its database
+(MLflow, Prefect), a ``writer`` (the flow) or ``reader`` (Grafana) role gets its
+grants on the metrics database after its migrations ran as the administrator.
 
-Connects with DATABASE_URL (the master user, SQLAlchemy or libpq URL). Secrets
-come from the environment only and are never printed. Runs in the flow image,
-which carries churnops. Terraform passes this file as `python -c <source>`.
+Environment (the passwords come from Secrets Manager through the task's
+``secrets`` and are never printed):
+  DB_HOST, DB_PORT, DB_ADMIN_DATABASE    where the RDS instance is, and its first database
+  DB_ADMIN_USER, DB_ADMIN_PASSWORD       the master user (the RDS-managed secret)
+  DB_ROLE_KIND                           owner, writer or reader
+  DB_ROLE_NAME, DB_ROLE_PASSWORD         the service's login (its own secret)
+  DB_ROLE_DATABASE                       the database the role owns or is granted on
+PGSSLMODE is honoured by libpq. Runs in the flow image, which carries churnops;
+Terraform passes this file as ``python -c <source>``. Idempotent: every task start runs it.
 """
 
 import os
 import sys
 import time
 
-import psycopg2
-from psycopg2 import errors, sql
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from churnops.monitoring.db_roles import Kind, Role, ensure_role
 
 
 def log(message: str) -> None:
     print(f"db-init: {message}", flush=True)
 
 
-def libpq_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+def admin_url() -> URL:
+    return URL.create(
+        "postgresql+psycopg2",
+        username=os.environ["DB_ADMIN_USER"],
+        password=os.environ["DB_ADMIN_PASSWORD"],
+        host=os.environ["DB_HOST"],
+        port=int(os.environ.get("DB_PORT", "5432")),
+        database=os.environ["DB_ADMIN_DATABASE"],
+    )
 
 
-def with_database(url: str, database: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{database}"
-
-
-def connect(url: str, attempts: int = 30, delay: float = 5.0):
-    for attempt in range(1, attempts + 1):
-        try:
-            conn = psycopg2.connect(url, connect_timeout=10)
-            conn.autocommit = True
-            return conn
-        except psycopg2.OperationalError as exc:
-            log(f"database not reachable yet ({type(exc).__name__}), attempt {attempt}/{attempts}")
-            time.sleep(delay)
+def wait_until_reachable(url: URL, attempts: int = 30, delay: float = 5.0) -> None:
+    """The instance may still be starting on a first apply."""
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                return
+            except OperationalError as exc:
+                reason = type(exc.orig).__name__
+                log(f"database not reachable yet ({reason}), attempt {attempt}/{attempts}")
+                time.sleep(delay)
+    finally:
+        engine.dispose()
     raise SystemExit("db-init: database unreachable")
 
 
-def ensure_database(conn, name: str) -> None:
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-        if cur.fetchone():
-            log(f"database {name} exists")
-            return
-        try:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            log(f"database {name} created")
-        except errors.DuplicateDatabase:
-            log(f"database {name} created concurrently")
-
-
-def ensure_readonly_role(url: str, user: str, password: str, database: str) -> None:
-    from churnops.monitoring.metrics_db import grant_read_only
-
-    connect(with_database(url, database)).close()  # waits until it answers
-    grant_read_only(with_database(url, database), user, password)
-    log(f"read-only role {user} ready on {database}")
-
-
 def main() -> int:
-    url = libpq_url(os.environ["DATABASE_URL"])
-    conn = connect(url)
-    try:
-        for name in filter(
-            None, (d.strip() for d in os.environ.get("DB_INIT_DATABASES", "").split(","))
-        ):
-            ensure_database(conn, name)
-        user = os.environ.get("READONLY_USER")
-        password = os.environ.get("READONLY_PASSWORD")
-        if user and password:
-            ensure_readonly_role(
-                url, user, password, os.environ.get("READONLY_DATABASE", "metrics")
-            )
-    finally:
-        conn.close()
+    url = admin_url()
+    role = Role(
+        kind=Kind(os.environ["DB_ROLE_KIND"]),
+        name=os.environ["DB_ROLE_NAME"],
+        password=os.environ["DB_ROLE_PASSWORD"],
+        database=os.environ["DB_ROLE_DATABASE"],
+    )
+    wait_until_reachable(url)
+    ensure_role(url, role)
+    log(f"{role.kind} role {role.name} ready on {role.database}")
     return 0
 
 

@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from churnops.data.features import FEATURES
-from churnops.monitoring.metrics_db import ATTRIBUTION_RANK, grant_read_only
+from churnops.monitoring.db_roles import grant_read_only
+from churnops.monitoring.metrics_db import ATTRIBUTION_RANK
 from churnops.results import QUALITY_METRICS
 from churnops.settings import Settings
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from psycopg2 import errors
@@ -16,7 +12,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
-from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable, MetricsStore, grant_read_only
+from churnops.monitoring.db_roles import grant_read_only
+from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable, MetricsStore
 from churnops.results import ColumnDrift, MonitoringResult
 from tests.fixtures.network import free_port
 
@@ -127,15 +124,21 @@ def test_role_password_is_checked_and_can_be_changed(
     reader.dispose()
 
 
-def test_future_tables_are_readable_too(store: MetricsStore, postgres_url: str) -> None:
+def test_a_table_outside_the_dashboard_list_stays_unreadable(
+    store: MetricsStore, postgres_url: str
+) -> None:
+    """SELECT on DASHBOARD_TABLES only: a table made later is readable once it is listed."""
     role = f"reader_{uuid.uuid4().hex[:8]}"
     grant_read_only(store.engine, role, "pw")
     with store.engine.begin() as conn:
         conn.execute(text("CREATE TABLE later_metrics (value float)"))
     reader = login(postgres_url, role, "pw")
-    with reader.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM later_metrics")).scalar() == 0
-    reader.dispose()
+    try:
+        with reader.connect() as conn, pytest.raises(ProgrammingError) as caught:
+            conn.execute(text("SELECT count(*) FROM later_metrics"))
+        assert isinstance(caught.value.orig, errors.InsufficientPrivilege)
+    finally:
+        reader.dispose()
 
 
 def test_concurrent_starts_of_one_attempt_have_one_winner(store: MetricsStore) -> None:
@@ -165,40 +168,6 @@ def test_a_database_that_is_down_fails_in_seconds_with_a_clear_message() -> None
     url = f"postgresql+psycopg2://nobody:x@127.0.0.1:{free_port()}/none"
     with pytest.raises(MetricsDatabaseUnavailable, match="unreachable for 1s"):
         MetricsStore(url, wait_seconds=1)
-
-
-def test_the_ecs_init_script_creates_databases_and_grants_what_grant_read_only_grants(
-    store: MetricsStore, postgres_url: str
-) -> None:
-    """terraform/scripts/db_init.py, run as the init container runs it (`python -c`)."""
-    script = Path(__file__).parents[2] / "terraform" / "scripts" / "db_init.py"
-    role, database = f"grafana_{uuid.uuid4().hex[:8]}", f"mlflow_{uuid.uuid4().hex[:6]}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": postgres_url,
-        "DB_INIT_DATABASES": database,
-        "READONLY_USER": role,
-        "READONLY_PASSWORD": "from-secrets-manager",
-        "READONLY_DATABASE": make_url(postgres_url).database,
-    }
-    for _ in range(2):  # idempotent: every task start runs it
-        done = subprocess.run(
-            [sys.executable, "-c", script.read_text()], env=env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
-    assert "from-secrets-manager" not in done.stdout + done.stderr
-    assert f"read-only role {role} ready" in done.stdout
-    with store.engine.connect() as conn:
-        found = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": database})
-        assert found.scalar() == 1
-    reader = login(postgres_url, role, "from-secrets-manager")
-    try:
-        with reader.connect() as conn:
-            conn.execute(text("SELECT count(*) FROM pipeline_runs")).scalar()
-        with reader.connect() as conn, pytest.raises(ProgrammingError):
-            conn.execute(text("DELETE FROM run_metrics"))
-    finally:
-        reader.dispose()
 
 
 def test_concurrent_lock_takers_have_one_winner_also_after_expiry(store: MetricsStore) -> None:

@@ -13,7 +13,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from churnops.monitoring.metrics_db import MetricsStore, grant_read_only, make_engine, metadata
+from churnops.monitoring.db_roles import grant_read_only
+from churnops.monitoring.metrics_db import MetricsStore, make_engine, metadata
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import get_settings
 
@@ -162,7 +163,7 @@ def test_from_settings_uses_a_sqlite_file_under_home(tmp_path: Path) -> None:
 
 
 def test_grant_read_only_refuses_sqlite(store: MetricsStore) -> None:
-    with pytest.raises(ValueError, match="needs PostgreSQL"):
+    with pytest.raises(ValueError, match="need PostgreSQL"):
         grant_read_only(store.engine, "grafana_reader", "secret")
 
 

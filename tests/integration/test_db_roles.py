@@ -1,0 +1,222 @@
+"""One database role per service, against a real PostgreSQL cluster.
+
+The roles are made by ``terraform/scripts/db_init.py`` exactly as the ECS init
+containers run it (``python -c``, the administrator's and the role's credentials
+in the environment), on a metrics database of this module's own (fresh, so the
+migrations run from nothing), twice and concurrently. Then each role logs in with
+its own password and may do what its service needs, and nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from psycopg2 import errors
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.pool import NullPool
+
+from churnops.monitoring.db_roles import Kind, Role, ensure_role
+from churnops.monitoring.metrics_db import DASHBOARD_TABLES, MetricsStore, metadata
+from churnops.results import MonitoringResult
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = Path(__file__).parents[2] / "terraform" / "scripts" / "db_init.py"
+SUFFIX = uuid.uuid4().hex[:6]
+#: Not a dashboard table: the reader must not see it.
+NOT_FOR_DASHBOARDS = "locks"
+
+
+@dataclass(frozen=True)
+class Platform:
+    """The administrator's URL and the four services' roles."""
+
+    admin: URL
+    metrics: str
+    roles: dict[str, Role]
+
+    def login(self, service: str, database: str | None = None) -> Engine:
+        role = self.roles[service]
+        url = self.admin.set(
+            username=role.name, password=role.password, database=database or role.database
+        )
+        return create_engine(url, poolclass=NullPool)
+
+
+def _init(admin: URL, role: Role) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DB_HOST": admin.host or "",
+        "DB_PORT": str(admin.port),
+        "DB_ADMIN_DATABASE": admin.database or "",
+        "DB_ADMIN_USER": admin.username or "",
+        "DB_ADMIN_PASSWORD": admin.password or "",
+        "DB_ROLE_KIND": role.kind.value,
+        "DB_ROLE_NAME": role.name,
+        "DB_ROLE_PASSWORD": role.password,
+        "DB_ROLE_DATABASE": role.database or "",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT.read_text()], env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def platform(postgres_url: str) -> Iterator[Platform]:
+    """A fresh metrics database, then every service's init twice, the metrics ones at once."""
+    root = make_url(postgres_url)
+    metrics = f"metrics_{SUFFIX}"
+    engine = create_engine(root, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{metrics}"'))
+    admin = root.set(database=metrics)
+    roles = {
+        "worker": Role(Kind.WRITER, f"flow_{SUFFIX}", "flow-pw", metrics),
+        "grafana": Role(Kind.READER, f"grafana_{SUFFIX}", "grafana-pw", metrics),
+        "mlflow": Role(Kind.OWNER, f"mlflow_{SUFFIX}", "mlflow-pw", f"mlflow_{SUFFIX}"),
+        "prefect": Role(Kind.OWNER, f"prefect_{SUFFIX}", "prefect-pw", f"prefect_{SUFFIX}"),
+    }
+    for _ in range(2):  # every task start runs its init; they start together
+        with ThreadPoolExecutor(len(roles)) as pool:
+            done = list(pool.map(lambda r: _init(admin, r), roles.values()))
+        for role, run in zip(roles.values(), done, strict=True):
+            assert run.returncode == 0, run.stderr
+            assert f"{role.kind} role {role.name} ready" in run.stdout
+            assert role.password not in run.stdout + run.stderr
+            assert admin.password not in run.stdout + run.stderr
+    yield Platform(admin, metrics, roles)
+    engine.dispose()
+
+
+def _refused(engine: Engine, statement: str) -> None:
+    with engine.connect() as conn, pytest.raises(ProgrammingError) as caught:
+        conn.execute(text(statement))
+    assert isinstance(caught.value.orig, errors.InsufficientPrivilege), statement
+
+
+def _cannot_connect(engine: Engine) -> None:
+    with pytest.raises(OperationalError, match="permission denied for database"):
+        engine.connect()
+
+
+def test_the_flow_writes_runs_and_metrics_through_metrics_store(platform: Platform) -> None:
+    role = platform.roles["worker"]
+    url = platform.admin.set(username=role.name, password=role.password)
+    store = MetricsStore(url)  # its upgrade finds the schema at head: no DDL
+    try:
+        run_id = store.start_run(file_name="a.csv", bucket="b", object_key="data/processing/a")
+        store.record_result(
+            run_id,
+            MonitoringResult(
+                rows=3, drifted_count=0, drifted_share=0.0, columns=[], predicted_churn_rate=0.1
+            ),
+        )
+        store.finish_run(run_id, "processed", rows=3, model_name="m", model_version="1")
+        assert store.acquire_lock("retrain", "me", 60)
+        store.release_lock("retrain", "me")
+        assert list(store.runs()["id"]) == [run_id]
+    finally:
+        store.close()
+
+
+def test_the_flow_cannot_delete_change_the_schema_or_reach_other_databases(
+    platform: Platform,
+) -> None:
+    writer = platform.login("worker")
+    try:
+        for statement in (
+            "DELETE FROM pipeline_runs",
+            "CREATE TABLE intruder (id int)",
+            "DROP TABLE run_metrics",
+            "ALTER TABLE pipeline_runs ADD COLUMN x int",
+            "UPDATE alembic_version SET version_num = 'x'",
+            "CREATE TEMP TABLE scratch (id int)",
+        ):
+            _refused(writer, statement)
+    finally:
+        writer.dispose()
+    for other in ("mlflow", "prefect"):
+        _cannot_connect(platform.login("worker", platform.roles[other].database))
+
+
+def test_grafana_reads_the_dashboard_tables_and_nothing_else(platform: Platform) -> None:
+    reader = platform.login("grafana")
+    try:
+        with reader.connect() as conn:
+            for table in DASHBOARD_TABLES:
+                conn.execute(text(f"SELECT count(*) FROM {table.name}")).scalar()
+        assert NOT_FOR_DASHBOARDS in metadata.tables
+        assert NOT_FOR_DASHBOARDS not in {t.name for t in DASHBOARD_TABLES}
+        for statement in (
+            f"SELECT * FROM {NOT_FOR_DASHBOARDS}",
+            "SELECT * FROM alembic_version",
+            "INSERT INTO run_metrics (run_id, metric, value, recorded_at) "
+            "VALUES ('x', 'm', 1, now())",
+            "UPDATE pipeline_runs SET status = 'failed'",
+            "DELETE FROM run_metrics",
+            "CREATE TABLE intruder (id int)",
+        ):
+            _refused(reader, statement)
+    finally:
+        reader.dispose()
+    _cannot_connect(platform.login("grafana", platform.roles["mlflow"].database))
+
+
+def test_mlflow_and_prefect_own_their_database_and_reach_no_other(platform: Platform) -> None:
+    for service, other in (("mlflow", "prefect"), ("prefect", "mlflow")):
+        owner = platform.login(service)
+        try:
+            with owner.begin() as conn:  # what their servers' migrations do
+                conn.execute(text("CREATE TABLE experiments (id serial PRIMARY KEY, name text)"))
+                conn.execute(text("INSERT INTO experiments (name) VALUES ('churn')"))
+                conn.execute(text("DROP TABLE experiments"))
+        finally:
+            owner.dispose()
+        _cannot_connect(platform.login(service, platform.roles[other].database))
+        _cannot_connect(platform.login(service, platform.metrics))
+
+
+def test_a_password_from_a_new_secret_replaces_the_old_one(platform: Platform) -> None:
+    role = platform.roles["grafana"]
+    renewed = Role(role.kind, role.name, "rotated-pw", role.database)
+    ensure_role(platform.admin, renewed)
+    try:
+        with pytest.raises(OperationalError, match="password authentication failed"):
+            platform.login("grafana").connect()
+        url = platform.admin.set(username=role.name, password="rotated-pw")
+        with create_engine(url, poolclass=NullPool).connect() as conn:
+            assert conn.execute(text("SELECT current_user")).scalar() == role.name
+    finally:
+        ensure_role(platform.admin, role)
+
+
+def test_no_password_is_sent_as_text(platform: Platform) -> None:
+    """The server keeps a SCRAM verifier computed by the client, not the password."""
+    engine = create_engine(platform.admin, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(
+                text("SELECT rolpassword FROM pg_authid WHERE rolname = :r"),
+                {"r": platform.roles["worker"].name},
+            ).scalar()
+    finally:
+        engine.dispose()
+    assert stored.startswith("SCRAM-SHA-256$")
+
+
+def test_a_superuser_or_the_administrator_is_never_turned_into_a_service_role(
+    platform: Platform,
+) -> None:
+    admin_name = platform.admin.username or ""
+    with pytest.raises(ValueError, match="superuser or the administrator"):
+        ensure_role(platform.admin, Role(Kind.READER, admin_name, "x", platform.metrics))
