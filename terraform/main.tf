@@ -32,9 +32,7 @@ locals {
     grafana       = "${module.ecr.repository_urls["grafana"]}:${var.image_tag}"
   }
 
-  db_init_command = ["python", "-c", file("${path.module}/scripts/db_init.py")]
-  db_url_secrets  = module.rds.url_secret_arns
-  sizes           = var.service_sizes
+  sizes = var.service_sizes
 }
 
 # ------------------------------------------------------------------ encryption
@@ -155,12 +153,8 @@ module "rds" {
   skip_final_snapshot         = var.db_skip_final_snapshot
   backup_retention_days       = var.db_backup_retention_days
   secret_recovery_window_days = var.secret_recovery_window_days
-
-  databases = {
-    metrics = { scheme = "postgresql+psycopg2", database = "metrics" }
-    mlflow  = { scheme = "postgresql", database = "mlflow" }
-    prefect = { scheme = "postgresql+asyncpg", database = "prefect" }
-  }
+  roles                       = local.db_roles
+  password_version            = var.db_password_version
 }
 
 module "ecs" {

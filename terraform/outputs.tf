@@ -79,8 +79,18 @@ output "db_instance_id" {
 }
 
 output "database_url_secret_arn" {
-  description = "ARN (not the value) of the secret holding DATABASE_URL of the metrics database."
-  value       = module.rds.url_secret_arns["metrics"]
+  description = "ARN (not the value) of the flow's database secret (JSON; its url is the worker's DATABASE_URL, as the flow's writer role)."
+  value       = module.rds.roles.flow.secret_arn
+}
+
+output "db_master_secret_arn" {
+  description = "ARN (not the value) of the RDS-managed secret of the master user."
+  value       = module.rds.master_secret_arn
+}
+
+output "evidently_file_system_id" {
+  description = "EFS file system holding the Evidently workspace."
+  value       = aws_efs_file_system.evidently.id
 }
 
 output "grafana_admin_secret_arn" {

@@ -1,14 +1,22 @@
 # The five ECS services. The flow image (code/orchestration/Dockerfile) carries
 # churnops, Prefect, MLflow and Evidently, so it also runs the MLflow server,
 # the Prefect server and the Evidently UI: one set of pinned versions.
+# Every service's container has a health check; each init container is the
+# database bootstrap of its service (database.tf), in the flow image.
 
 locals {
+  # An HTTP health check in the flow image, which has Python and no curl.
+  http_check = ["CMD", "python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=4).status != 200)"]
+
   services = {
     mlflow = {
       image  = local.images.orchestration
       port   = local.listeners.mlflow.port
       cpu    = try(local.sizes.mlflow.cpu, 512)
       memory = try(local.sizes.mlflow.memory, 1024)
+      health_check = {
+        command = concat(local.http_check, ["http://127.0.0.1:${local.listeners.mlflow.port}${local.listeners.mlflow.health_path}"])
+      }
       command = [
         "mlflow", "server",
         "--host", "0.0.0.0",
@@ -25,18 +33,17 @@ locals {
       }
       # Read by `mlflow server` from its environment, never on the command line.
       secrets = { MLFLOW_BACKEND_STORE_URI = local.db_url_secrets["mlflow"] }
-      init = {
-        command     = local.db_init_command
-        environment = { DB_INIT_DATABASES = "mlflow", PGSSLMODE = "require" }
-        secrets     = { DATABASE_URL = local.db_url_secrets["metrics"] }
-      }
+      init    = local.db_init["mlflow"]
     }
 
     "prefect-server" = {
-      image   = local.images.orchestration
-      port    = local.listeners["prefect-server"].port
-      cpu     = try(local.sizes["prefect-server"].cpu, 1024)
-      memory  = try(local.sizes["prefect-server"].memory, 2048)
+      image  = local.images.orchestration
+      port   = local.listeners["prefect-server"].port
+      cpu    = try(local.sizes["prefect-server"].cpu, 1024)
+      memory = try(local.sizes["prefect-server"].memory, 2048)
+      health_check = {
+        command = concat(local.http_check, ["http://127.0.0.1:${local.listeners["prefect-server"].port}${local.listeners["prefect-server"].health_path}"])
+      }
       command = ["prefect", "server", "start", "--host", "0.0.0.0", "--port", tostring(local.listeners["prefect-server"].port)]
       environment = {
         PREFECT_UI_API_URL = local.prefect_api_url_public
@@ -45,11 +52,7 @@ locals {
         PGSSLMODE = "require"
       }
       secrets = { PREFECT_SERVER_DATABASE_CONNECTION_URL = local.db_url_secrets["prefect"] }
-      init = {
-        command     = local.db_init_command
-        environment = { DB_INIT_DATABASES = "prefect", PGSSLMODE = "require" }
-        secrets     = { DATABASE_URL = local.db_url_secrets["metrics"] }
-      }
+      init    = local.db_init["prefect"]
     }
 
     worker = {
@@ -58,7 +61,13 @@ locals {
       memory        = try(local.sizes.worker.memory, 4096)
       desired_count = var.worker_desired_count
       # A process worker: flow runs execute inside this task, with its role.
-      command = ["prefect", "worker", "start", "--pool", var.prefect_work_pool, "--type", "process"]
+      # On SIGTERM it takes no new run and waits for its runs (stop_timeout).
+      command = ["prefect", "worker", "start", "--pool", var.prefect_work_pool, "--type", "process", "--with-healthcheck"]
+      # The worker's health server (PREFECT_WORKER_WEBSERVER_PORT, 8080): 200 while it polls.
+      health_check = { command = concat(local.http_check, ["http://127.0.0.1:8080/health"]) }
+      stop_timeout = 120
+      # Migrates the metrics database, then the flow's writer role.
+      init = local.db_init["flow"]
       environment = {
         DROP_STORAGE        = "s3"
         PREFECT_API_URL     = local.prefect_api_url_internal
@@ -73,11 +82,17 @@ locals {
     }
 
     evidently = {
-      image   = local.images.orchestration
-      port    = local.listeners.evidently.port
-      cpu     = try(local.sizes.evidently.cpu, 512)
-      memory  = try(local.sizes.evidently.memory, 1024)
-      command = ["evidently", "ui", "--host", "0.0.0.0", "--port", tostring(local.listeners.evidently.port), "--workspace", "/tmp/evidently-workspace"]
+      image  = local.images.orchestration
+      port   = local.listeners.evidently.port
+      cpu    = try(local.sizes.evidently.cpu, 512)
+      memory = try(local.sizes.evidently.memory, 1024)
+      # The workspace is on EFS (efs.tf): reports outlive the task. The worker
+      # writes them through this UI's API, so only this task mounts it.
+      command = ["evidently", "ui", "--host", "0.0.0.0", "--port", tostring(local.listeners.evidently.port), "--workspace", local.evidently_workspace.container_path]
+      volumes = { workspace = local.evidently_workspace }
+      health_check = {
+        command = concat(local.http_check, ["http://127.0.0.1:${local.listeners.evidently.port}${local.listeners.evidently.health_path}"])
+      }
     }
 
     grafana = {
@@ -85,36 +100,29 @@ locals {
       port   = local.listeners.grafana.port
       cpu    = try(local.sizes.grafana.cpu, 256)
       memory = try(local.sizes.grafana.memory, 512)
+      # Grafana's Alpine image has busybox wget (and no Python).
+      health_check = {
+        command = ["CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1:${local.listeners.grafana.port}${local.listeners.grafana.health_path} || exit 1"]
+      }
       environment = {
         METRICS_DB_HOST    = "${module.rds.address}:${module.rds.port}"
-        METRICS_DB_NAME    = "metrics"
-        METRICS_DB_USER    = module.rds.readonly_username
+        METRICS_DB_NAME    = module.rds.roles.grafana.database
+        METRICS_DB_USER    = module.rds.roles.grafana.name
         GF_SERVER_ROOT_URL = local.public_urls.grafana
       }
       secrets = {
-        METRICS_DB_PASSWORD        = "${module.rds.readonly_secret_arn}:password::"
+        METRICS_DB_PASSWORD        = "${module.rds.roles.grafana.secret_arn}:password::"
         GF_SECURITY_ADMIN_PASSWORD = "${aws_secretsmanager_secret.grafana_admin.arn}:password::"
       }
-      # The read-only role is created by the same init step, from the flow image.
-      init = {
-        command = local.db_init_command
-        environment = {
-          DB_INIT_DATABASES = ""
-          READONLY_USER     = module.rds.readonly_username
-          READONLY_DATABASE = "metrics"
-          PGSSLMODE         = "require"
-        }
-        secrets = {
-          DATABASE_URL      = local.db_url_secrets["metrics"]
-          READONLY_PASSWORD = "${module.rds.readonly_secret_arn}:password::"
-        }
-      }
+      # The read-only role, by the init step in the flow image (not Grafana's).
+      init = local.db_init["grafana"]
     }
   }
 }
 
 # ------------------------------------------------------------------ grafana admin
-data "aws_secretsmanager_random_password" "grafana_admin" {
+# Generated by Secrets Manager and written write-only: never in the plan or the state.
+ephemeral "aws_secretsmanager_random_password" "grafana_admin" {
   password_length     = 24
   exclude_punctuation = true
 }
@@ -129,14 +137,12 @@ resource "aws_secretsmanager_secret" "grafana_admin" {
 
 resource "aws_secretsmanager_secret_version" "grafana_admin" {
   secret_id = aws_secretsmanager_secret.grafana_admin.id
-  secret_string = jsonencode({
+  secret_string_wo = jsonencode({
     username = "admin"
-    password = data.aws_secretsmanager_random_password.grafana_admin.random_password
+    password = ephemeral.aws_secretsmanager_random_password.grafana_admin.random_password
   })
-
-  lifecycle {
-    ignore_changes = [secret_string]
-  }
+  # A new number writes a new password (then redeploy Grafana).
+  secret_string_wo_version = 1
 }
 
 # ------------------------------------------------------------------ task roles

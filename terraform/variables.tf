@@ -49,7 +49,7 @@ variable "public_subnet_ids" {
 }
 
 variable "private_subnet_ids" {
-  description = "Private subnets (with a NAT route) for the ECS tasks and the database. Empty: the public subnets are used and the tasks get a public IP."
+  description = "Private subnets (with a NAT route) for the ECS tasks, the database and the Evidently workspace's EFS mount targets (one subnet per availability zone). Empty: the public subnets are used and the tasks get a public IP."
   type        = list(string)
   default     = []
 }
@@ -189,6 +189,12 @@ variable "db_backup_retention_days" {
   description = "Days of automated backups."
   type        = number
   default     = 7
+}
+
+variable "db_password_version" {
+  description = "Version of the generated passwords of the services' database roles (flow, Grafana, MLflow, Prefect; write-only, never in the state): bump it to rotate them, then redeploy the services. The master password is RDS-managed."
+  type        = number
+  default     = 1
 }
 
 # ---------------------------------------------------------------- ecs

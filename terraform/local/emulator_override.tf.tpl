@@ -20,6 +20,7 @@ provider "aws" {
     ec2              = "@ENDPOINT@"
     ecr              = "@ENDPOINT@"
     ecs              = "@ENDPOINT@"
+    efs              = "@ENDPOINT@"
     elbv2            = "@ENDPOINT@"
     iam              = "@ENDPOINT@"
     kms              = "@ENDPOINT@"

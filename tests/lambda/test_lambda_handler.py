@@ -1,15 +1,20 @@
-"""The S3 -> Prefect Lambda handler against a small fake Prefect API over real HTTP."""
+"""The S3 -> Prefect Lambda handler against a small fake Prefect API over real HTTP,
+and its credential read from Secrets Manager (faked, moto's, and a real Prefect
+server that requires the auth string)."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import importlib.util
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,10 +23,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import boto3
 import pytest
 
 from churnops.drop import trigger
 from tests.fixtures.network import LOOPBACK, free_port
+from tests.fixtures.prefect_server import running_prefect_server
 
 HANDLER_FILE = Path(__file__).parents[2] / "code" / "s3_to_prefect_lambda" / "lambda_function.py"
 DEPLOYMENT = "churn_prediction_pipeline/churnops"
@@ -118,6 +125,7 @@ def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> ModuleType
     for name in (
         "PREFECT_API_KEY",
         "PREFECT_API_AUTH_STRING",
+        "PREFECT_API_AUTH_STRING_SECRET_ID",
         "PREFECT_DEPLOYMENT",
         "INPUT_PREFIX",
     ):
@@ -130,8 +138,9 @@ def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> ModuleType
 
 
 def load_handler() -> ModuleType:
-    """The handler module with an empty deployment cache (a cold Lambda)."""
+    """The handler module with empty caches (a cold Lambda)."""
     trigger._DEPLOYMENT_IDS.clear()
+    trigger.forget_secrets()
     return trigger
 
 
@@ -165,6 +174,37 @@ def test_the_image_modules_need_only_the_standard_library() -> None:
     for module in ours:
         path = module.replace(".", "/")
         assert f"{path}/__init__.py" in copied or f"{path}.py" in copied, module
+
+
+def test_boto3_is_the_one_import_beyond_the_standard_library_and_the_base_image_has_it() -> None:
+    """Reading the secret needs boto3: imported inside ``secrets_manager_value`` only,
+    and the image is built on the AWS Lambda Python base image, which ships boto3."""
+    assert _imports_outside_stdlib(Path(trigger.__file__)) == {"boto3": {"secrets_manager_value"}}
+    dockerfile = HANDLER_FILE.with_name("Dockerfile").read_text()
+    assert re.search(r"^FROM public\.ecr\.aws/lambda/python:3\.\d+$", dockerfile, re.M)
+
+
+def _imports_outside_stdlib(path: Path) -> dict[str, set[str]]:
+    """Top-level package -> where it is imported: ``<module>`` or a function's name."""
+    found: dict[str, set[str]] = {}
+
+    def visit(node: ast.AST, where: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                visit(child, child.name)
+                continue
+            names: list[str] = []
+            if isinstance(child, ast.Import):
+                names = [alias.name for alias in child.names]
+            elif isinstance(child, ast.ImportFrom) and not child.level:
+                names = [child.module or ""]
+            for top in (name.split(".")[0] for name in names):
+                if top not in sys.stdlib_module_names and top != "churnops":
+                    found.setdefault(top, set()).add(where)
+            visit(child, where)
+
+    visit(ast.parse(path.read_text()), "<module>")
+    return found
 
 
 def record(key: str, sequencer: str = "0062A1B2C3D4E5F601", **obj: str) -> dict[str, Any]:
@@ -574,3 +614,161 @@ def test_hidden_temporary_and_partial_files_start_no_run(
     assert outcome["status"] == "skipped"
     assert outcome["reason"].startswith("a hidden, temporary or partial file")
     assert prefect.posts() == []
+
+
+# --- the auth string from Secrets Manager ---------------------------------------------------
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:churnops/prefect-auth-AbCdEf"
+
+
+@dataclass
+class FakeSecrets:
+    """Secrets Manager as the trigger sees it: values by id, and every read."""
+
+    values: dict[str, str] = field(default_factory=lambda: {SECRET_ARN: "churnops:s3cret"})
+    reads: list[str] = field(default_factory=list)
+
+    def read(self, secret_id: str) -> str:
+        self.reads.append(secret_id)
+        return self.values[secret_id]
+
+
+@pytest.fixture
+def secrets(handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> FakeSecrets:
+    """The handler reads PREFECT_API_AUTH_STRING_SECRET_ID from a fake Secrets Manager."""
+    fake = FakeSecrets()
+    monkeypatch.setattr(handler, "secrets_manager_value", fake.read)
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING_SECRET_ID", SECRET_ARN)
+    return fake
+
+
+def basic(auth_string: str) -> str:
+    return "Basic " + base64.b64encode(auth_string.encode()).decode()
+
+
+def test_the_auth_string_is_read_from_the_secret_once_while_warm(
+    handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets
+) -> None:
+    handler.lambda_handler(event(record("data/input/a.csv")), None)
+    handler.lambda_handler(event(record("data/input/b.csv")), None)
+
+    assert {r["headers"]["Authorization"] for r in prefect.requests} == {basic("churnops:s3cret")}
+    assert secrets.reads == [SECRET_ARN]
+
+
+def test_the_secret_is_read_again_once_its_time_is_up(
+    handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handler, "SECRET_TTL_SECONDS", 0.0)
+    handler.lambda_handler(event(record("data/input/a.csv")), None)
+    secrets.values[SECRET_ARN] = "churnops:rotated"
+
+    handler.lambda_handler(event(record("data/input/b.csv")), None)
+
+    assert secrets.reads == [SECRET_ARN, SECRET_ARN]
+    assert prefect.posts()[-1]["headers"]["Authorization"] == basic("churnops:rotated")
+
+
+def test_a_refused_credential_fails_the_invocation_and_the_retry_reads_the_secret_again(
+    handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets
+) -> None:
+    prefect.failures = [401]
+
+    with pytest.raises(handler.PrefectUnauthorized, match="HTTP 401"):
+        handler.lambda_handler(event(record("data/input/a.csv")), None)
+    secrets.values[SECRET_ARN] = "churnops:rotated"
+    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+
+    assert outcome["status"] == "created"
+    assert secrets.reads == [SECRET_ARN, SECRET_ARN]
+    assert prefect.requests[-1]["headers"]["Authorization"] == basic("churnops:rotated")
+
+
+def test_an_auth_string_in_the_environment_needs_no_secret(
+    handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "local:pass")
+
+    handler.lambda_handler(event(record("data/input/a.csv")), None)
+
+    assert secrets.reads == []
+    assert prefect.requests[0]["headers"]["Authorization"] == basic("local:pass")
+
+
+def test_a_secret_that_is_not_an_auth_string_is_named(
+    handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets
+) -> None:
+    secrets.values[SECRET_ARN] = "only-a-password"
+
+    with pytest.raises(ValueError, match="does not hold a Prefect auth string"):
+        handler.lambda_handler(event(record("data/input/a.csv")), None)
+    assert prefect.requests == []
+
+
+@pytest.mark.integration
+def test_the_auth_string_comes_from_moto_secrets_manager(
+    handler: ModuleType, prefect: FakePrefect, moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real boto3 path of the Lambda, against moto's Secrets Manager."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    secret = boto3.client("secretsmanager").create_secret(
+        Name=f"churnops-test/prefect-{uuid.uuid4().hex[:8]}", SecretString="churnops:from-moto\n"
+    )
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING_SECRET_ID", secret["ARN"])
+
+    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+
+    assert outcome["status"] == "created"
+    assert {r["headers"]["Authorization"] for r in prefect.requests} == {
+        basic("churnops:from-moto")
+    }
+
+
+@pytest.mark.integration
+def test_a_prefect_server_that_requires_the_auth_string_takes_the_run(
+    handler: ModuleType,
+    moto_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A real Prefect server started with PREFECT_SERVER_API_AUTH_STRING (as the ECS
+    task is) refuses the trigger without the credential and takes the run with the
+    one read from (moto's) Secrets Manager."""
+    auth_string = f"churnops:{uuid.uuid4().hex}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    secret = boto3.client("secretsmanager").create_secret(
+        Name=f"churnops-test/prefect-{uuid.uuid4().hex[:8]}", SecretString=auth_string
+    )
+    with running_prefect_server(tmp_path, PREFECT_SERVER_API_AUTH_STRING=auth_string) as url:
+        _create_deployment(url, auth_string)
+        monkeypatch.setenv("PREFECT_API_URL", url)
+
+        with pytest.raises(handler.PrefectUnauthorized):
+            handler.lambda_handler(event(record("data/input/a.csv")), None)
+        monkeypatch.setenv("PREFECT_API_AUTH_STRING_SECRET_ID", secret["ARN"])
+        [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+        run = _get(url, f"/flow_runs/{outcome['flow_run_id']}", auth_string)
+
+    assert outcome["status"] == "created"
+    assert run["parameters"] == {"drop": f"s3://{BUCKET}", "key": "data/input/a.csv"}
+
+
+def _create_deployment(url: str, auth_string: str) -> None:
+    """The deployment the trigger runs, made through the REST API with the credential."""
+    flow_name, name = DEPLOYMENT.split("/")
+    flow = _post(url, "/flows/", {"name": flow_name}, auth_string)
+    _post(url, "/deployments/", {"name": name, "flow_id": flow["id"]}, auth_string)
+
+
+def _post(url: str, path: str, body: dict, auth_string: str) -> dict:
+    return _call(url, path, auth_string, json.dumps(body).encode())
+
+
+def _get(url: str, path: str, auth_string: str) -> dict:
+    return _call(url, path, auth_string, None)
+
+
+def _call(url: str, path: str, auth_string: str, data: bytes | None) -> dict:
+    headers = {"Authorization": basic(auth_string), "Content-Type": "application/json"}
+    request = urllib.request.Request(url + path, data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())

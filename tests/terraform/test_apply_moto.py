@@ -99,9 +99,7 @@ def test_topic_has_the_email_subscription(deployment: Deployment) -> None:
     ]
 
 
-def test_database_is_private_encrypted_and_its_password_only_in_secrets(
-    deployment: Deployment,
-) -> None:
+def test_database_is_private_encrypted_with_one_secret_per_role(deployment: Deployment) -> None:
     rds = deployment.client("rds")
     (db,) = rds.describe_db_instances(DBInstanceIdentifier=deployment.outputs["db_instance_id"])[
         "DBInstances"
@@ -109,22 +107,37 @@ def test_database_is_private_encrypted_and_its_password_only_in_secrets(
     assert db["PubliclyAccessible"] is False
     assert db["StorageEncrypted"] is True
     assert db["Engine"] == "postgres"
+    # RDS manages the master password: Terraform never sees it.
+    assert db["MasterUserSecret"]["SecretArn"] == deployment.outputs["db_master_secret_arn"]
 
     sm = deployment.client("secretsmanager")
     names = {s["Name"] for s in sm.list_secrets()["SecretList"]}
-    assert {
-        "churnops-emu/db/master",
-        "churnops-emu/db/grafana-readonly",
-        "churnops-emu/db/metrics-url",
-        "churnops-emu/grafana/admin",
-    } <= names
-    master = json.loads(sm.get_secret_value(SecretId="churnops-emu/db/master")["SecretString"])
-    assert len(master["password"]) == 32
-    url = sm.get_secret_value(SecretId=deployment.outputs["database_url_secret_arn"])
-    assert url["SecretString"].startswith("postgresql+psycopg2://churnops:")
-    assert url["SecretString"].endswith(f"@{db['Endpoint']['Address']}:5432/metrics")
-    assert master["password"] in url["SecretString"]
-    assert master["password"] not in json.dumps(deployment.outputs)
+    roles = {"flow", "grafana", "mlflow", "prefect"}
+    assert {f"churnops-emu/db/{r}" for r in roles} | {"churnops-emu/grafana/admin"} <= names
+    flow = json.loads(
+        sm.get_secret_value(SecretId=deployment.outputs["database_url_secret_arn"])["SecretString"]
+    )
+    address = db["Endpoint"]["Address"]
+    assert len(flow["password"]) == 32
+    assert flow["url"] == (
+        f"postgresql+psycopg2://churnops_flow:{flow['password']}@{address}:5432/metrics"
+    )
+    for role in roles - {"flow"}:
+        other = json.loads(sm.get_secret_value(SecretId=f"churnops-emu/db/{role}")["SecretString"])
+        assert other["password"] != flow["password"], role
+
+
+def test_no_secret_value_is_in_the_state(deployment: Deployment) -> None:
+    """Every value of every secret in Secrets Manager, grepped for in the raw state."""
+    state = deployment.tf("state", "pull")
+    assert '"resources"' in state
+    sm = deployment.client("secretsmanager")
+    checked = 0
+    for entry in sm.list_secrets()["SecretList"]:
+        for value in _secret_values(sm.get_secret_value(SecretId=entry["ARN"])["SecretString"]):
+            assert value not in state, f"a value of {entry['Name']} is in the state"
+            checked += 1
+    assert checked >= 10  # master, four roles (password and url), Grafana's admin, ...
 
 
 def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
@@ -144,7 +157,7 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
         assert by_name[name][0]["loadBalancers"], name
 
     _, worker = by_name["worker"]
-    (container,) = worker["containerDefinitions"]
+    container = _container(worker, "worker")
     env = {e["name"]: e["value"] for e in container["environment"]}
     secrets = {s["name"]: s["valueFrom"] for s in container["secrets"]}
     assert env["DROP_STORAGE"] == "s3"
@@ -152,14 +165,111 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     assert env["PREFECT_API_URL"].endswith(":4200/api")
     assert {"MLFLOW_TRACKING_URI", "EVIDENTLY_UI_URL"} <= set(env)
     assert "DATABASE_URL" not in env
-    assert secrets["DATABASE_URL"] == deployment.outputs["database_url_secret_arn"]
+    assert secrets["DATABASE_URL"] == f"{deployment.outputs['database_url_secret_arn']}:url::"
     assert "prefect worker start" in " ".join(container["command"])
 
     _, grafana = by_name["grafana"]
-    init, main = grafana["containerDefinitions"]
+    init, main = _container(grafana, "init"), _container(grafana, "grafana")
     assert init["essential"] is False
     assert main["dependsOn"] == [{"containerName": "init", "condition": "SUCCESS"}]
     assert "METRICS_DB_PASSWORD" in {s["name"] for s in main["secrets"]}
+    # The init runs churnops's db_init.py: the flow image, not Grafana's.
+    repos = deployment.outputs["ecr_repository_urls"]
+    assert init["image"].startswith(f"{repos['orchestration']}:")
+    assert main["image"].startswith(f"{repos['grafana']}:")
+
+
+def test_every_service_bootstraps_its_own_database_role(deployment: Deployment) -> None:
+    """Each task's init container: db_init.py as the master user, for its service's role."""
+    expected = {
+        "worker": ("writer", "churnops_flow", "metrics", "flow"),
+        "grafana": ("reader", "grafana_ro", "metrics", "grafana"),
+        "mlflow": ("owner", "mlflow", "mlflow", "mlflow"),
+        "prefect-server": ("owner", "prefect", "prefect", "prefect"),
+    }
+    tasks = _task_definitions(deployment)
+    master = deployment.outputs["db_master_secret_arn"]
+    sm = deployment.client("secretsmanager")
+    for service, (kind, name, database, secret) in expected.items():
+        init = _container(tasks[service], "init")
+        env = {e["name"]: e["value"] for e in init["environment"]}
+        secrets = {s["name"]: s["valueFrom"] for s in init["secrets"]}
+        assert init["command"][:2] == ["python", "-c"] and "db_init" in init["command"][2]
+        assert (env["DB_ROLE_KIND"], env["DB_ROLE_NAME"], env["DB_ROLE_DATABASE"]) == (
+            kind,
+            name,
+            database,
+        )
+        assert secrets["DB_ADMIN_PASSWORD"] == f"{master}:password::"
+        role_arn = sm.describe_secret(SecretId=f"churnops-emu/db/{secret}")["ARN"]
+        assert secrets["DB_ROLE_PASSWORD"] == f"{role_arn}:password::"
+    assert "evidently" not in {s for s, t in tasks.items() if _has(t, "init")}
+
+
+def test_every_container_has_a_health_check_and_deploys_roll(deployment: Deployment) -> None:
+    """Init containers are exempt: not essential, run to their end, and the service's
+    container starts only on their SUCCESS (so a check would never be read)."""
+    ecs = deployment.client("ecs")
+    cluster = deployment.outputs["ecs_cluster_name"]
+    services = ecs.describe_services(
+        cluster=cluster, services=ecs.list_services(cluster=cluster)["serviceArns"]
+    )["services"]
+    for service in services:
+        config = service["deploymentConfiguration"]
+        assert config["minimumHealthyPercent"] == 100, service["serviceName"]
+        assert config["maximumPercent"] == 200
+        assert config["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
+    for name, task in _task_definitions(deployment).items():
+        for container in task["containerDefinitions"]:
+            if container["name"] == "init":
+                assert container["essential"] is False
+                main = _container(task, name)
+                assert {"containerName": "init", "condition": "SUCCESS"} in main["dependsOn"]
+                continue
+            check = container["healthCheck"]
+            assert check["command"][0] in {"CMD", "CMD-SHELL"}, name
+            assert check["startPeriod"] > 0 and check["retries"] >= 1
+    worker = _container(_task_definitions(deployment)["worker"], "worker")
+    assert worker["stopTimeout"] == 120  # Fargate's most: the runs in flight finish
+    assert "--with-healthcheck" in worker["command"]
+
+
+def test_evidently_workspace_is_on_encrypted_efs_from_the_tasks_only(
+    deployment: Deployment,
+) -> None:
+    efs = deployment.client("efs")
+    fs_id = deployment.outputs["evidently_file_system_id"]
+    (fs,) = efs.describe_file_systems(FileSystemId=fs_id)["FileSystems"]
+    assert fs["Encrypted"] is True
+    targets = efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
+    assert {t["SubnetId"] for t in targets} == set(deployment.tfvars["private_subnet_ids"])
+    ec2 = deployment.client("ec2")
+    tasks_sg = ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["churnops-emu-tasks"]}]
+    )["SecurityGroups"][0]["GroupId"]
+    for target in targets:
+        groups = efs.describe_mount_target_security_groups(MountTargetId=target["MountTargetId"])
+        (sg,) = ec2.describe_security_groups(GroupIds=groups["SecurityGroups"])["SecurityGroups"]
+        (rule,) = sg["IpPermissions"]
+        assert (rule["FromPort"], rule["ToPort"]) == (2049, 2049)
+        assert rule["IpRanges"] == []
+        assert [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [tasks_sg]
+    (access_point,) = efs.describe_access_points(FileSystemId=fs_id)["AccessPoints"]
+
+    task = _task_definitions(deployment)["evidently"]
+    (volume,) = task["volumes"]
+    config = volume["efsVolumeConfiguration"]
+    assert config["fileSystemId"] == fs_id
+    assert config["transitEncryption"] == "ENABLED"
+    assert config["authorizationConfig"] == {
+        "accessPointId": access_point["AccessPointId"],
+        "iam": "ENABLED",
+    }
+    ui = _container(task, "evidently")
+    (mount,) = ui["mountPoints"]
+    assert mount["sourceVolume"] == volume["name"]
+    workspace = ui["command"][ui["command"].index("--workspace") + 1]
+    assert workspace == mount["containerPath"]
 
 
 def test_worker_role_is_scoped_to_data_prefixes_topic_and_key(deployment: Deployment) -> None:
@@ -226,6 +336,7 @@ def test_destroy_leaves_nothing_behind(terraform_bin: str) -> None:
     assert c("logs").describe_log_groups()["logGroups"] == []
     assert c("iam").list_roles()["Roles"] == []
     assert c("servicediscovery").list_namespaces()["Namespaces"] == []
+    assert c("efs").describe_file_systems()["FileSystems"] == []
     ecs = c("ecs")
     active = [
         cl
@@ -242,6 +353,45 @@ def test_destroy_leaves_nothing_behind(terraform_bin: str) -> None:
         for k in kms.list_keys()["Keys"]
     }
     assert states <= {"PendingDeletion"}
+
+
+def _task_definitions(deployment: Deployment) -> dict[str, dict]:
+    ecs = deployment.client("ecs")
+    cluster = deployment.outputs["ecs_cluster_name"]
+    services = ecs.describe_services(
+        cluster=cluster, services=ecs.list_services(cluster=cluster)["serviceArns"]
+    )["services"]
+    return {
+        s["serviceName"]: ecs.describe_task_definition(taskDefinition=s["taskDefinition"])[
+            "taskDefinition"
+        ]
+        for s in services
+    }
+
+
+def _container(task: dict, name: str) -> dict:
+    (container,) = [c for c in task["containerDefinitions"] if c["name"] == name]
+    return container
+
+
+def _has(task: dict, name: str) -> bool:
+    return any(c["name"] == name for c in task["containerDefinitions"])
+
+
+#: Keys of a secret's JSON that are not secret (they appear in the state by design).
+NOT_SECRET_KEYS = {"username", "host", "port", "dbname", "engine", "dbInstanceIdentifier"}
+
+
+def _secret_values(secret_string: str) -> list[str]:
+    """The secret parts of a secret: the whole string, or each value of its JSON but
+    the connection details."""
+    try:
+        document = json.loads(secret_string)
+    except json.JSONDecodeError:
+        return [secret_string]
+    if not isinstance(document, dict):
+        return [secret_string]
+    return [str(v) for k, v in document.items() if k not in NOT_SECRET_KEYS]
 
 
 def _as_list(value):

@@ -3,14 +3,18 @@
 
 The AWS Lambda runs this module (``code/s3_to_prefect_lambda/`` imports it; its
 image carries it with :mod:`churnops.drop.keys` and no dependencies: standard library
-only, so the retry loop is written out here). The local platform's file-drop
+only, so the retry loop is written out here; boto3, which the Lambda Python base
+image ships, is imported only to read a secret). The local platform's file-drop
 watcher calls :func:`handle_event` with S3-shaped events and a :class:`Config`
 made from its own settings. Nothing happens at import time; the Lambda reads its
 environment on each call:
 
 - ``PREFECT_API_URL`` (required), e.g. ``http://127.0.0.1:4200/api``
 - ``PREFECT_API_KEY`` (Prefect Cloud, bearer token) or ``PREFECT_API_AUTH_STRING``
-  (self-hosted basic auth, ``user:pass``)
+  (self-hosted basic auth, ``user:pass``), or ``PREFECT_API_AUTH_STRING_SECRET_ID``:
+  the Secrets Manager secret holding that auth string (the AWS Lambda's way: its
+  environment holds the ARN, not the value; read with boto3, kept while warm for
+  ``SECRET_TTL_SECONDS`` and read again after Prefect answers 401)
 - ``PREFECT_DEPLOYMENT`` (``<flow>/<deployment>``, default ``churn_prediction_pipeline/churnops``)
 - ``INPUT_PREFIX`` (default ``data/input/``); labels files are always read from ``data/labels/``
 - ``PREFECT_HTTP_TIMEOUT`` (seconds per request, default 5), ``PREFECT_HTTP_RETRIES``
@@ -20,8 +24,10 @@ environment on each call:
 S3 delivers events at least once, so each flow run carries an idempotency key made
 of bucket, key and the object's version (or the event's sequencer): Prefect returns
 the existing run for a repeated key. The handler raises, so that Lambda retries the
-event, only when the Prefect API cannot be reached; any other problem is reported
-as the record's ``failed`` outcome and logged.
+event, when the Prefect API cannot be reached or refuses the credential (401), or
+the secret cannot be read; any other problem is reported as the record's
+``failed`` outcome and logged. After its retries Lambda sends the event to the
+on-failure destination (an SQS queue, alarmed).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -50,9 +56,21 @@ CREATED = 201  # Prefect answers 200 when the idempotency key matched an existin
 #: Deployment ids by (API URL, "<flow>/<deployment>"), kept while the Lambda is warm.
 _DEPLOYMENT_IDS: dict[tuple[str, str], str] = {}
 
+#: How long a secret read from Secrets Manager is reused while the Lambda is warm (s).
+SECRET_TTL_SECONDS = 300.0
+#: Secret values by id, with the monotonic time they were read.
+_SECRETS: dict[str, tuple[str, float]] = {}
+
+#: Reads a secret's string by its id (name or ARN).
+SecretReader = Callable[[str], str]
+
 
 class PrefectUnavailable(RuntimeError):
     """The Prefect API could not be reached, even after retries: retry the event later."""
+
+
+class PrefectUnauthorized(RuntimeError):
+    """The Prefect API refused the credential (401): the secret is read again on the retry."""
 
 
 class PrefectRequestError(Exception):
@@ -80,8 +98,12 @@ class Config:
     drop: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Self:
-        """Read and check the variables; a ValueError names the one that is wrong."""
+    def from_env(cls, env: Mapping[str, str], read_secret: SecretReader | None = None) -> Self:
+        """Read and check the variables; a ValueError names the one that is wrong.
+
+        ``read_secret`` reads ``PREFECT_API_AUTH_STRING_SECRET_ID``'s value (default:
+        Secrets Manager through boto3, cached for ``SECRET_TTL_SECONDS``).
+        """
         api_url = env.get("PREFECT_API_URL", "").strip().rstrip("/")
         if not api_url:
             raise ValueError(
@@ -101,7 +123,7 @@ class Config:
             timeout=_number(env, "PREFECT_HTTP_TIMEOUT", 5.0, float, positive=True),
             retries=int(_number(env, "PREFECT_HTTP_RETRIES", 3, int)),
             backoff=_number(env, "PREFECT_HTTP_BACKOFF", 0.5, float),
-            authorization=_authorization(env),
+            authorization=_authorization(env, read_secret or cached_secret),
         )
 
 
@@ -120,14 +142,47 @@ def _number(
     return value
 
 
-def _authorization(env: Mapping[str, str]) -> str | None:
-    """Prefect Cloud takes a bearer API key; a self-hosted server basic auth."""
+def _authorization(env: Mapping[str, str], read_secret: SecretReader) -> str | None:
+    """Prefect Cloud takes a bearer API key; a self-hosted server basic auth, given
+    as the auth string itself or as the id of the secret holding it."""
     if env.get("PREFECT_API_KEY"):
         return f"Bearer {env['PREFECT_API_KEY']}"
-    if env.get("PREFECT_API_AUTH_STRING"):
-        token = base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
-        return f"Basic {token}"
+    auth_string = env.get("PREFECT_API_AUTH_STRING")
+    if not auth_string and env.get("PREFECT_API_AUTH_STRING_SECRET_ID"):
+        auth_string = read_secret(env["PREFECT_API_AUTH_STRING_SECRET_ID"]).strip()
+        if ":" not in auth_string:
+            raise ValueError(
+                "the secret PREFECT_API_AUTH_STRING_SECRET_ID names does not hold a"
+                " Prefect auth string (user:pass)"
+            )
+    if auth_string:
+        return f"Basic {base64.b64encode(auth_string.encode()).decode()}"
     return None
+
+
+# --- secrets ----------------------------------------------------------------------------
+def cached_secret(secret_id: str) -> str:
+    """The secret's string, read at most once per ``SECRET_TTL_SECONDS`` while warm."""
+    now = time.monotonic()
+    cached = _SECRETS.get(secret_id)
+    if cached is None or now - cached[1] > SECRET_TTL_SECONDS:
+        _SECRETS[secret_id] = (secrets_manager_value(secret_id), now)
+    return _SECRETS[secret_id][0]
+
+
+def secrets_manager_value(secret_id: str) -> str:
+    """``GetSecretValue`` with boto3: the Lambda Python base image ships it, so the
+    image needs no requirements; imported here, the module itself stays standard
+    library only (the local platform never calls this)."""
+    import boto3
+
+    client = boto3.client("secretsmanager")
+    return client.get_secret_value(SecretId=secret_id)["SecretString"]
+
+
+def forget_secrets() -> None:
+    """Read every secret again next time (after Prefect refused one)."""
+    _SECRETS.clear()
 
 
 # --- the handler ------------------------------------------------------------------------
@@ -147,6 +202,10 @@ def handle_event(event: Mapping[str, Any], config: Config) -> dict[str, list[dic
             outcome = handle_record(record, config)
         except PrefectUnavailable as exc:
             LOGGER.error("Prefect API unreachable, Lambda will retry the event: %s", exc)
+            raise
+        except PrefectUnauthorized as exc:
+            LOGGER.error("Prefect API refused the credential, Lambda will retry: %s", exc)
+            forget_secrets()
             raise
         level = logging.WARNING if outcome["status"] == "failed" else logging.INFO
         LOGGER.log(level, json.dumps(outcome, ensure_ascii=False))
@@ -271,6 +330,8 @@ def _request(config: Config, method: str, path: str, body: dict | None = None) -
             ) as r:
                 return r.status, _json(r.read(), url)
         except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                raise PrefectUnauthorized(f"{method} {url}: HTTP 401 {_detail(exc)}") from exc
             if exc.code < 500 and exc.code not in (408, 429):
                 raise PrefectRequestError(exc.code, _detail(exc)) from exc
             problem = f"HTTP {exc.code}"

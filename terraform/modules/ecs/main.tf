@@ -26,11 +26,13 @@ locals {
     }
   }
 
+  # An init container needs no health check: it is not essential, runs to its end
+  # and the service's container starts only on its SUCCESS (dependsOn below).
   containers = {
     for svc, s in var.services : svc => concat(
       s.init == null ? [] : [{
         name             = "init"
-        image            = s.image
+        image            = coalesce(s.init.image, s.image)
         essential        = false
         command          = s.init.command
         environment      = [for k, v in s.init.environment : { name = k, value = v }]
@@ -46,7 +48,16 @@ locals {
         environment  = [for k, v in s.environment : { name = k, value = v }]
         secrets      = [for k, v in s.secrets : { name = k, valueFrom = v }]
         dependsOn    = s.init == null ? [] : [{ containerName = "init", condition = "SUCCESS" }]
-        stopTimeout  = 60
+        mountPoints  = [for name, v in s.volumes : { sourceVolume = name, containerPath = v.container_path, readOnly = false }]
+        healthCheck = {
+          command     = s.health_check.command
+          interval    = s.health_check.interval
+          timeout     = s.health_check.timeout
+          retries     = s.health_check.retries
+          startPeriod = s.health_check.start_period
+        }
+        # SIGTERM, then this long (Fargate allows 120 s) before SIGKILL: time to drain.
+        stopTimeout = s.stop_timeout
         # The servers write caches and temporary files under their home.
         readonlyRootFilesystem = false
         logConfiguration       = local.log_configuration[svc]
@@ -246,6 +257,35 @@ data "aws_iam_policy_document" "exec" {
   }
 }
 
+# EFS volumes: mounted with the task role (IAM authorisation), through their access point only.
+data "aws_iam_policy_document" "volumes" {
+  for_each = { for svc, s in var.services : svc => s if length(s.volumes) > 0 }
+
+  dynamic "statement" {
+    for_each = each.value.volumes
+
+    content {
+      sid       = "Mount${replace(title(replace(statement.key, "-", " ")), " ", "")}"
+      actions   = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+      resources = [statement.value.file_system_arn]
+
+      condition {
+        test     = "StringEquals"
+        variable = "elasticfilesystem:AccessPointArn"
+        values   = [statement.value.access_point_arn]
+      }
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "volumes" {
+  for_each = data.aws_iam_policy_document.volumes
+
+  name   = "volumes"
+  role   = aws_iam_role.task[each.key].id
+  policy = each.value.json
+}
+
 resource "aws_iam_role_policy" "exec" {
   for_each = { for svc, s in var.services : svc => s if s.enable_execute_command }
 
@@ -267,6 +307,24 @@ resource "aws_ecs_task_definition" "service" {
   task_role_arn            = aws_iam_role.task[each.key].arn
   container_definitions    = jsonencode(local.containers[each.key])
 
+  dynamic "volume" {
+    for_each = each.value.volumes
+
+    content {
+      name = volume.key
+
+      efs_volume_configuration {
+        file_system_id     = volume.value.file_system_id
+        transit_encryption = "ENABLED"
+
+        authorization_config {
+          access_point_id = volume.value.access_point_id
+          iam             = "ENABLED"
+        }
+      }
+    }
+  }
+
   runtime_platform {
     operating_system_family = "LINUX"
     cpu_architecture        = "X86_64"
@@ -276,16 +334,19 @@ resource "aws_ecs_task_definition" "service" {
 resource "aws_ecs_service" "service" {
   for_each = var.services
 
-  name                               = each.key
-  cluster                            = aws_ecs_cluster.this.id
-  task_definition                    = aws_ecs_task_definition.service[each.key].arn
-  desired_count                      = each.value.desired_count
-  launch_type                        = "FARGATE"
-  platform_version                   = "LATEST"
-  propagate_tags                     = "SERVICE"
-  enable_execute_command             = each.value.enable_execute_command
-  health_check_grace_period_seconds  = contains(keys(local.load_balanced), each.key) ? 180 : null
-  deployment_minimum_healthy_percent = 0
+  name                              = each.key
+  cluster                           = aws_ecs_cluster.this.id
+  task_definition                   = aws_ecs_task_definition.service[each.key].arn
+  desired_count                     = each.value.desired_count
+  launch_type                       = "FARGATE"
+  platform_version                  = "LATEST"
+  propagate_tags                    = "SERVICE"
+  enable_execute_command            = each.value.enable_execute_command
+  health_check_grace_period_seconds = contains(keys(local.load_balanced), each.key) ? 180 : null
+  # Rolling: the new task is healthy before the old one gets SIGTERM (and its
+  # stop_timeout to finish the run in progress); a deployment that never gets
+  # healthy is rolled back by the circuit breaker.
+  deployment_minimum_healthy_percent = 100
   deployment_maximum_percent         = 200
   wait_for_steady_state              = false
 

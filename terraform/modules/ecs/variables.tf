@@ -69,7 +69,12 @@ variable "services" {
   description = <<-EOT
     Services by name. `port` null: no listener and no service discovery.
     `secrets` maps environment names to Secrets Manager `valueFrom` references.
-    `init`, when set, runs first in the same task (same image) and must exit 0.
+    `health_check` is required: the container's own check (ECS healthCheck).
+    `stop_timeout`: seconds between SIGTERM and SIGKILL (at most 120 on Fargate).
+    `volumes`: EFS access points mounted at `container_path`, with IAM authorisation.
+    `init`, when set, runs first in the same task (the service's image unless
+    `init.image`) and must exit 0; it has no health check (not essential, and the
+    service's container waits for its SUCCESS).
   EOT
   type = map(object({
     image         = string
@@ -82,7 +87,23 @@ variable "services" {
     enable_execute_command = optional(bool, false)
     environment            = optional(map(string), {})
     secrets                = optional(map(string), {})
+    stop_timeout           = optional(number, 30)
+    health_check = object({
+      command      = list(string)
+      start_period = optional(number, 60)
+      interval     = optional(number, 30)
+      timeout      = optional(number, 5)
+      retries      = optional(number, 3)
+    })
+    volumes = optional(map(object({
+      file_system_id   = string
+      file_system_arn  = string
+      access_point_id  = string
+      access_point_arn = string
+      container_path   = string
+    })), {})
     init = optional(object({
+      image       = optional(string)
       command     = list(string)
       environment = optional(map(string), {})
       secrets     = optional(map(string), {})

@@ -19,21 +19,18 @@ output "security_group_id" {
 }
 
 output "master_secret_arn" {
-  description = "Secret holding the master user name and password (JSON)."
-  value       = aws_secretsmanager_secret.master.arn
+  description = "The RDS-managed secret of the master user (JSON: username, password)."
+  value       = aws_db_instance.this.master_user_secret[0].secret_arn
 }
 
-output "readonly_secret_arn" {
-  description = "Secret holding the read-only user name and password (JSON)."
-  value       = aws_secretsmanager_secret.grafana.arn
+output "initial_database" {
+  description = "Database created with the instance (the administrator's connection)."
+  value       = aws_db_instance.this.db_name
 }
 
-output "readonly_username" {
-  description = "Name of the read-only role."
-  value       = var.readonly_username
-}
-
-output "url_secret_arns" {
-  description = "Connection-URL secret ARN per key of var.databases."
-  value       = { for k, s in aws_secretsmanager_secret.url : k => s.arn }
+output "roles" {
+  description = "Per key of var.roles: its name, kind, database and the ARN of its secret (JSON: username, password, host, port, dbname, url)."
+  value = {
+    for k, r in var.roles : k => merge(r, { secret_arn = aws_secretsmanager_secret.role[k].arn })
+  }
 }

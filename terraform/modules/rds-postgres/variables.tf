@@ -72,15 +72,9 @@ variable "secret_recovery_window_days" {
 }
 
 variable "master_username" {
-  description = "Master user name (the password is generated)."
+  description = "Master user name (its password is RDS-managed, in Secrets Manager)."
   type        = string
   default     = "churnops"
-}
-
-variable "readonly_username" {
-  description = "Name of the read-only role used by Grafana."
-  type        = string
-  default     = "grafana_ro"
 }
 
 variable "initial_database" {
@@ -89,10 +83,27 @@ variable "initial_database" {
   default     = "metrics"
 }
 
-variable "databases" {
-  description = "One connection-URL secret per key: SQLAlchemy scheme and database name."
+variable "roles" {
+  description = <<-EOT
+    One login role per service, by key: `name`, `kind` (owner: owns `database`;
+    writer or reader: of the metrics tables in `database`, see churnops
+    db_roles) and `scheme`, the SQLAlchemy scheme of the `url` in its secret.
+  EOT
   type = map(object({
-    scheme   = string
+    name     = string
+    kind     = string
     database = string
+    scheme   = string
   }))
+
+  validation {
+    condition     = alltrue([for r in values(var.roles) : contains(["owner", "writer", "reader"], r.kind)])
+    error_message = "A role's kind is owner, writer or reader."
+  }
+}
+
+variable "password_version" {
+  description = "Version of the roles' generated passwords: a new number writes new passwords into their secrets (then redeploy the services)."
+  type        = number
+  default     = 1
 }
