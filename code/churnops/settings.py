@@ -207,6 +207,22 @@ class Settings(BaseSettings):
         5.0, description="How often the platform lists an S3 drop bucket for new files (s)."
     )
 
+    # --- operations (AWS) ---------------------------------------------------------------
+    ops_metrics_namespace: str | None = Field(
+        None,
+        description="CloudWatch namespace of the operational metrics the alarms and the "
+        "autoscaling watch (oldest file in input/ and processing/, failed flow runs, queued "
+        "flow runs). Unset: nothing is published, so the local platform needs no AWS.",
+    )
+    ops_metrics_seconds: float = Field(
+        60.0, description="How often each runner publishes the queued flow runs (s)."
+    )
+    ecs_agent_uri: str | None = Field(
+        None,
+        description="Set by ECS inside a task: the runner protects its task from scale-in "
+        "and deployments while a flow run executes. Unset: no protection asked.",
+    )
+
     @field_validator("id_columns", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

@@ -24,6 +24,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from churnops.drop.storage import open_drop
+from churnops.monitoring import ops_metrics
 from churnops.pipeline import per_file, reconcile
 from churnops.pipeline.retraining import RetrainOptions, retrain
 from churnops.settings import Settings, get_settings
@@ -51,6 +52,8 @@ def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome
     )
     logger = get_run_logger()
     logger.info("%s %s: %s", outcome.name, outcome.status, outcome.message)
+    # Every run says whether it failed (0 or 1): the alarm sums them, and sees that runs happen.
+    ops_metrics.publish(settings, {ops_metrics.FAILED_RUNS: float(outcome.status == "failed")})
     try:
         create_markdown_artifact(
             markdown=outcome_markdown(outcome), description=f"{outcome.name}: {outcome.status}"

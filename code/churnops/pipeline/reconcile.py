@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from churnops.drop import claims
 from churnops.drop.keys import DROP_PREFIXES, is_candidate
 from churnops.drop.storage import DropStorage, run_folders, run_key
+from churnops.monitoring import ops_metrics
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.settings import Settings
 
@@ -150,7 +151,46 @@ def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[
     for action in work:
         log.info("reconcile: %s %s: %s", action.kind, action.key, action.reason)
         submit(action)
+    publish_ages(settings, storage, now)
     return [*closed, *work]
+
+
+def publish_ages(settings: Settings, storage: DropStorage, now: datetime) -> None:
+    """The file-age metrics the alarms watch, when they are on (``OPS_METRICS_NAMESPACE``)."""
+    if not settings.ops_metrics_namespace:
+        return
+    try:
+        ages = oldest_ages(storage, now)
+    except Exception as exc:  # the listing failed: the alarm sees no data, not a crash
+        log.warning("reconcile: file ages not measured: %s", exc)
+        return
+    ops_metrics.publish(settings, ages)
+
+
+def oldest_ages(storage: DropStorage, now: datetime) -> dict[str, float]:
+    """Seconds since the oldest file waiting in a drop folder (input/, labels/) landed, and
+    since the oldest run still in processing/ was dropped; 0 when there is none.
+
+    A run's age counts from its drop (its id starts with the drop time): a file retried
+    for an hour in processing/ is an hour old, whatever its last attempt.
+    """
+    landed = [
+        info.modified
+        for prefix in DROP_PREFIXES
+        for key in storage.list_keys(prefix)
+        if "/" not in key[len(prefix) :]
+        and is_candidate(key[len(prefix) :])
+        and (info := storage.stat(key)) is not None
+    ]
+    dropped = [claims.dropped_at(run) for run in run_folders(storage, "processing")]
+    return {
+        ops_metrics.OLDEST_INPUT: _age(landed, now),
+        ops_metrics.OLDEST_PROCESSING: _age(dropped, now),
+    }
+
+
+def _age(moments: list[datetime], now: datetime) -> float:
+    return max(0.0, (now - min(moments)).total_seconds()) if moments else 0.0
 
 
 def submit_to_deployment(settings: Settings, drop: str) -> Submit:

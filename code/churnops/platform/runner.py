@@ -19,14 +19,25 @@ churnops.platform.runner INDEX``): several files at once, each process with
 its memory bounded by one run. Two runners cannot both take a run: Prefect
 refuses the second Pending, and the file's claim admits one winner anyway.
 SIGTERM stops a runner after the run in progress.
+
+On ECS the runners are a service scaled on Prefect's queue depth (terraform/scaling.tf):
+with ``OPS_METRICS_NAMESPACE`` set, each runner publishes how many runs are due and
+untaken (:class:`QueueGauge`), and while a run executes it protects its task from
+scale-in and deployments through the ECS agent (``ECS_AGENT_URI``).
 """
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import signal
 import sys
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from uuid import UUID
@@ -39,12 +50,15 @@ from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Pending
 
+from churnops.monitoring import ops_metrics
 from churnops.pipeline.flow import churn_prediction_pipeline
 from churnops.platform.deployments import register
 from churnops.platform.services import ready_file
 from churnops.settings import Settings, get_settings
 
 log = logging.getLogger("churnops.runner")
+#: A run's scale-in protection lapses after this long should the runner hang (the ECS default).
+PROTECTION_MINUTES = 120
 
 
 class FlowRunner:
@@ -90,6 +104,13 @@ class FlowRunner:
             flow_run_name="reconcile at runner start",
         )
 
+    def due_runs(self, client: SyncPrefectClient | None = None) -> list[FlowRun]:
+        """Runs of the deployments due now and not taken: the queue the runners share."""
+        return (client or self.client).get_scheduled_flow_runs_for_deployments(
+            deployment_ids=self.deployment_ids,
+            scheduled_before=datetime.now(UTC) + timedelta(seconds=1),
+        )
+
     def next_run(self) -> FlowRun | None:
         """The run due first, or None; the query also marks the deployments as polled.
 
@@ -97,10 +118,7 @@ class FlowRunner:
         another runner while this one works through the batch, and Prefect lets a
         Completed run without a persisted result go back to Pending (a re-run).
         """
-        runs = self.client.get_scheduled_flow_runs_for_deployments(
-            deployment_ids=self.deployment_ids,
-            scheduled_before=datetime.now(UTC) + timedelta(seconds=1),
-        )
+        runs = self.due_runs()
         return min(
             runs, key=lambda r: r.next_scheduled_start_time or datetime.now(UTC), default=None
         )
@@ -117,11 +135,12 @@ class FlowRunner:
             log.info("flow run %s not taken: %s", run.id, reason)
             return
         started = time.perf_counter()
-        final = run_flow(
-            self.flows.get(run.deployment_id, churn_prediction_pipeline),
-            flow_run=self.client.read_flow_run(run.id),
-            return_type="state",
-        )
+        with task_protection(self.settings):
+            final = run_flow(
+                self.flows.get(run.deployment_id, churn_prediction_pipeline),
+                flow_run=self.client.read_flow_run(run.id),
+                return_type="state",
+            )
         log.info(
             "flow run %s (%s): %s in %.2fs %s",
             run.name,
@@ -145,6 +164,69 @@ class FlowRunner:
                 time.sleep(self.settings.runner_poll_seconds)
 
 
+class QueueGauge(threading.Thread):
+    """Publishes the number of due, untaken runs every ``ops_metrics_seconds``.
+
+    A thread with its own client, so a runner busy with a long run still reports: the
+    autoscaling and the alarms must see the queue exactly when every runner is busy.
+    """
+
+    def __init__(self, runner: FlowRunner) -> None:
+        super().__init__(name="queue-gauge", daemon=True)
+        self.runner = runner
+        self.stopped = threading.Event()
+        # Prefect's settings are context variables: the thread talks to the same API.
+        self.context = contextvars.copy_context()
+
+    def run(self) -> None:
+        self.context.run(self._publish)
+
+    def _publish(self) -> None:
+        settings = self.runner.settings
+        with get_client(sync_client=True) as client:
+            while not self.stopped.wait(settings.ops_metrics_seconds):
+                try:
+                    queued = len(self.runner.due_runs(client))
+                except Exception as exc:  # the API restarting: the next tick tries again
+                    log.warning("queue depth not read: %s", exc)
+                    continue
+                ops_metrics.publish(settings, {ops_metrics.QUEUED_RUNS: float(queued)})
+
+
+@contextmanager
+def task_protection(settings: Settings) -> Iterator[None]:
+    """Inside an ECS service task: no scale-in or deployment stops it while this runs."""
+    if not settings.ecs_agent_uri:
+        yield
+        return
+    _protect(settings.ecs_agent_uri, True)
+    try:
+        yield
+    finally:
+        _protect(settings.ecs_agent_uri, False)
+
+
+def _protect(agent_uri: str, enabled: bool) -> None:
+    """PUT the task's protection to the ECS agent; a refusal is logged, never raised."""
+    body = {"ProtectionEnabled": enabled}
+    if enabled:
+        body["ExpiresInMinutes"] = PROTECTION_MINUTES
+    request = urllib.request.Request(
+        f"{agent_uri.rstrip('/')}/task-protection/v1/state",
+        data=json.dumps(body).encode(),
+        method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            answer = json.loads(response.read() or b"{}")
+    except (OSError, ValueError) as exc:
+        log.warning("task protection %s not set: %s", enabled, exc)
+        return
+    if "failure" in answer or "error" in answer:
+        log.warning("task protection %s refused: %s", enabled, answer)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m churnops.platform.runner [INDEX]``: runner INDEX of ``churnops up``."""
     index = int((argv if argv is not None else sys.argv[1:] or ["0"])[0])
@@ -154,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("churnops").addHandler(handler)
     logging.getLogger("churnops").setLevel(logging.INFO)
     settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)  # on ECS: CHURNOPS_HOME in /tmp
     ready = ready_file(settings.home, index)
     with get_client(sync_client=True) as client:
         runner = FlowRunner(settings, client)
@@ -168,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
         log.info("deployments %s", ", ".join(map(str, deployment_ids)))
         runner.warm_up()
         runner.reconcile_now()  # a runner starts after a stop or a crash: look around
+        gauge = QueueGauge(runner)
+        if settings.ops_metrics_namespace:
+            gauge.start()
         ready.write_text(str(deployment_ids[0]))
         try:
             # Prefect's flow heartbeat thread sleeps in 1 s steps and is joined at the
@@ -176,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 runner.serve()
         finally:
+            gauge.stopped.set()
             ready.unlink(missing_ok=True)
     log.info("runner stopped")
 

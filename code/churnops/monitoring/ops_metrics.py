@@ -1,0 +1,54 @@
+"""Operational metrics for CloudWatch: what the alarms and the runners' autoscaling watch.
+
+CloudWatch knows nothing of Prefect's flow runs or of how long a file has waited
+in the drop bucket, so ChurnOps says it: the reconciler (every minute) the age of
+the oldest file in ``input/`` and in ``processing/``, each flow run whether it
+failed, and each runner how many flow runs wait for one. Nothing is published
+unless ``OPS_METRICS_NAMESPACE`` is set (terraform sets it on ECS), so the local
+platform needs no AWS. Publishing never fails the caller: an error is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from churnops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+OLDEST_INPUT = "OldestInputSeconds"
+OLDEST_PROCESSING = "OldestProcessingSeconds"
+FAILED_RUNS = "FailedFlowRuns"
+QUEUED_RUNS = "QueuedFlowRuns"
+UNITS = {
+    OLDEST_INPUT: "Seconds",
+    OLDEST_PROCESSING: "Seconds",
+    FAILED_RUNS: "Count",
+    QUEUED_RUNS: "Count",
+}
+
+
+def publish(settings: Settings, values: dict[str, float]) -> bool:
+    """Put ``values`` (metric name -> value) into the namespace; False when off or failed."""
+    if not settings.ops_metrics_namespace or not values:
+        return False
+    import boto3
+    from botocore.config import Config
+
+    try:
+        client = boto3.client(
+            "cloudwatch",
+            endpoint_url=settings.aws_endpoint_url,
+            config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2}),
+        )
+        client.put_metric_data(
+            Namespace=settings.ops_metrics_namespace,
+            MetricData=[
+                {"MetricName": name, "Value": float(value), "Unit": UNITS.get(name, "None")}
+                for name, value in values.items()
+            ],
+        )
+    except Exception as exc:  # no metric is worth a failed run or reconcile
+        log.warning("operational metrics %s not published: %s", ", ".join(values), exc)
+        return False
+    return True
