@@ -128,7 +128,7 @@ ephemeral "aws_secretsmanager_random_password" "grafana_admin" {
 }
 
 resource "aws_secretsmanager_secret" "grafana_admin" {
-  # checkov:skip=CKV2_AWS_57:Grafana's admin password is read at start; rotation would need a Lambda that also calls Grafana's API.
+  # checkov:skip=CKV2_AWS_57:Grafana reads its admin password at start (its own database is in the task); rotating is a new secret_string_wo_version and a redeploy, there is no rotation Lambda.
   name                    = "${local.name}/grafana/admin"
   description             = "Grafana admin user"
   kms_key_id              = aws_kms_key.platform.arn

@@ -4,6 +4,10 @@ Every knob is a field below; its environment variable is the field name in
 upper case (``DATABASE_URL``, ``MLFLOW_TRACKING_URI``, ...). Defaults give the
 local platform: everything lives under ``CHURNOPS_HOME`` (``.churnops``).
 Nothing here reads the environment at import time: call :func:`get_settings`.
+
+Prefect's and MLflow's clients read their own credentials on AWS
+(``PREFECT_API_AUTH_STRING``, ``MLFLOW_TRACKING_USERNAME`` and ``_PASSWORD``, from
+the task's secrets); Evidently's is passed by ChurnOps, so it is a field here.
 """
 
 from __future__ import annotations
@@ -143,6 +147,11 @@ class Settings(BaseSettings):
 
     # --- Evidently -------------------------------------------------------------
     evidently_ui_url: str | None = Field(None, description="Remote Evidently UI to use.")
+    evidently_secret: SecretStr | None = Field(
+        None,
+        description="Secret a remote Evidently UI started with EVIDENTLY_SECRET asks for on "
+        "writes (the same variable); none for the local workspace.",
+    )
     evidently_workspace: Path | None = Field(
         None, description="Local workspace folder; default CHURNOPS_HOME/evidently."
     )

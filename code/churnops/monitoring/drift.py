@@ -219,7 +219,8 @@ def extract_result(
 def open_workspace(settings: Settings) -> WorkspaceBase:
     """The remote Evidently UI when configured, else the local workspace folder."""
     if settings.evidently_ui_url:
-        return RemoteWorkspace(settings.evidently_ui_url)
+        secret = settings.evidently_secret
+        return RemoteWorkspace(settings.evidently_ui_url, secret and secret.get_secret_value())
     settings.evidently_workspace_dir.mkdir(parents=True, exist_ok=True)
     return Workspace(str(settings.evidently_workspace_dir))
 
