@@ -30,6 +30,7 @@ from churnops.monitoring.metrics_db import (
     FAILED,
     PROCESSED,
     RUNNING,
+    SCORING,
 )
 from churnops.results import ATTRIBUTION_NDCG, QUALITY_METRICS
 from churnops.settings import Settings
@@ -56,10 +57,12 @@ QUALITY_TITLES = {
 }
 
 # Shared SQL fragments: every panel joins a metric to its run and honours both variables.
+# Runs of late labels files are not files scored: their scores are the scoring run's.
 FROM_METRICS = "FROM run_metrics m\nJOIN pipeline_runs r ON r.id = m.run_id\n"
 RUN_FILTER = (
     f"COALESCE(r.model_version, '{UNKNOWN_MODEL}') IN ($model_version)\n"
-    "  AND r.file_name IN (${file:sqlstring})"
+    "  AND r.file_name IN (${file:sqlstring})\n"
+    f"  AND r.kind = '{SCORING}'"
 )
 
 
@@ -209,6 +212,86 @@ def scores_panel() -> dict[str, Any]:
         defaults,
         [threshold_line(SCORE_MINIMUM)],
     )
+
+
+def realized_panel() -> dict[str, Any]:
+    """Scores realized by late labels, at the time each file was scored (newest labels)."""
+    metrics = ", ".join(f"'{m}'" for m in QUALITY_METRICS)
+    newest = (
+        "q.labels_arrived_at = (SELECT max(l.labels_arrived_at) FROM realized_scores l "
+        "WHERE l.run_id = q.run_id)"
+    )
+    realized = "FROM realized_scores q\nJOIN pipeline_runs r ON r.id = q.run_id\n"
+    where = (
+        f"WHERE q.metric IN ({metrics}) AND {newest}\n"
+        "  AND $__timeFilter(r.started_at)\n"
+        f"  AND {RUN_FILTER}\n"
+    )
+    sql = (
+        "SELECT $__timeGroupAlias(r.started_at, $__interval), q.metric, avg(q.value) AS value\n"
+        f"{realized}{where}"
+        "GROUP BY 1, 2\n"
+        "UNION ALL\n"
+        "SELECT $__timeGroupAlias(r.started_at, $__interval), "
+        f"'{SCORE_MINIMUM}' AS metric, min(q.threshold) AS value\n"
+        f"{realized}{where}"
+        "  AND q.threshold IS NOT NULL\n"
+        "GROUP BY 1, 2\n"
+        "ORDER BY 1"
+    )
+    return timeseries_panel(
+        "Realized scores (late labels)",
+        "Scores of files whose churn became known later: a labels file in data/labels/ joined "
+        "to the run that scored those rows, drawn at the time the file was scored (the newest "
+        "labels when several arrived); dashed red line: the lowest alert minimum in effect.",
+        sql,
+        {"unit": "percentunit", "min": 0, "max": 1},
+        [threshold_line(SCORE_MINIMUM)],
+    )
+
+
+def model_events_panel() -> dict[str, Any]:
+    """Every retraining verdict: which version was promoted or refused, why."""
+    sql = (
+        'SELECT e.at AS "time", e.version AS "version", e.parent_version AS "parent",\n'
+        '  e.event, e.trigger, e.holdout_f1 AS "challenger f1",\n'
+        '  e.champion_f1 AS "champion f1", e.reason\n'
+        "FROM model_events e\n"
+        "WHERE $__timeFilter(e.at)\n"
+        "ORDER BY e.at DESC\n"
+        "LIMIT 50"
+    )
+    event_colors = {
+        "matcher": {"id": "byName", "options": "event"},
+        "properties": [
+            {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+            {
+                "id": "mappings",
+                "value": [
+                    {
+                        "type": "value",
+                        "options": {
+                            "promoted": {"color": "green", "index": 0},
+                            "refused": {"color": "orange", "index": 1},
+                        },
+                    }
+                ],
+            },
+        ],
+    }
+    f1_unit = {
+        "matcher": {"id": "byRegexp", "options": "/f1$/"},
+        "properties": [{"id": "unit", "value": "percentunit"}, {"id": "decimals", "value": 1}],
+    }
+    return {
+        "type": "table",
+        "title": "Model versions (retraining)",
+        "description": "Newest first: each retraining's challenger, promoted to staging or "
+        "refused by the gate, with both F1 scores on the newest labeled file and the reason.",
+        "targets": [target(sql, "table")],
+        "fieldConfig": {"defaults": {}, "overrides": [event_colors, f1_unit]},
+        "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
+    }
 
 
 def drift_panel() -> dict[str, Any]:
@@ -457,16 +540,20 @@ def dashboard() -> dict[str, Any]:
             (drift_panel(), 0, 12, 12, 8),
             (feature_drift_panel(), 12, 12, 12, 8),
             (attribution_panel(), 0, 20, 24, 9),
-            (volume_panel(), 0, 29, 24, 7),
-            (runs_table_panel(), 0, 36, 24, 10),
+            (realized_panel(), 0, 29, 12, 8),
+            (model_events_panel(), 12, 29, 12, 8),
+            (volume_panel(), 0, 37, 24, 7),
+            (runs_table_panel(), 0, 44, 24, 10),
         ]
     )
     model_sql = (
-        f"SELECT DISTINCT COALESCE(model_version, '{UNKNOWN_MODEL}') FROM pipeline_runs ORDER BY 1"
+        f"SELECT DISTINCT COALESCE(model_version, '{UNKNOWN_MODEL}') FROM pipeline_runs\n"
+        f"WHERE kind = '{SCORING}'\nORDER BY 1"
     )
     file_sql = (
         "SELECT DISTINCT file_name FROM pipeline_runs\n"
-        f"WHERE COALESCE(model_version, '{UNKNOWN_MODEL}') IN ($model_version)\nORDER BY 1"
+        f"WHERE COALESCE(model_version, '{UNKNOWN_MODEL}') IN ($model_version)\n"
+        f"  AND kind = '{SCORING}'\nORDER BY 1"
     )
     return {
         "id": None,

@@ -6,7 +6,8 @@ and processes it with ``per_file.process``, the step sequence the flow runs
 the flow, both inputs rather than code: each model version is a small XGBoost
 fitted here and handed in as the ``load_model`` step (no MLflow), and once
 processed the runs are re-stamped six hours apart, so every time series has
-several points.
+several points. Then the predictions of :data:`LABELED` come back as a late
+labels file, and one retraining verdict is recorded, for the panels of both.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.model.churn_model import ChurnModel, LoadedModel
 from churnops.model.registry import reference_frame
 from churnops.monitoring.metrics_db import MetricsStore, pipeline_runs, run_metrics
-from churnops.pipeline.per_file import PLAIN_STEPS, process
+from churnops.pipeline.per_file import PLAIN_STEPS, FileOutcome, process
 from churnops.settings import Settings, get_settings
 
 MODEL_NAME = "XGBoostChurnModel"
@@ -64,6 +65,8 @@ PLAN = [
     )
 ]
 LAST_RUN = FIRST_RUN + RUN_SPACING * (len(PLAN) - 1)
+#: The run whose predictions come back as late labels (its file carries ``Churn``).
+LABELED = 2
 
 
 def started_at(index: int) -> datetime:
@@ -98,7 +101,7 @@ def run_pipeline(metrics_url: str, data_dir: Path, settings: Settings) -> None:
     storage = LocalDropStorage(settings.drop_dir)
     storage.create_layout()
     models = _models(settings, data_dir)
-    run_ids = []
+    run_ids, outcomes = [], []
     for planned in PLAN:
         key = stage_key("input", planned.file_name)
         source = storage.path(key)
@@ -111,7 +114,35 @@ def run_pipeline(metrics_url: str, data_dir: Path, settings: Settings) -> None:
         outcome = process(settings, storage, key, steps=steps)
         assert outcome.status == ("errored" if planned.errored else "processed"), outcome
         run_ids.append(outcome.run_id)
+        outcomes.append(outcome)
     _spread_in_time(metrics_url, run_ids)
+    _label_late(settings, storage, outcomes[LABELED])
+    _record_retraining(metrics_url)
+
+
+def _label_late(settings: Settings, storage: LocalDropStorage, scored: FileOutcome) -> None:
+    """The run's predictions file, its ``Churn`` column already filled, as late labels."""
+    assert scored.predictions_key is not None
+    name = scored.predictions_key.rsplit("/", 1)[-1]
+    storage.create(stage_key("labels", name), storage.read(scored.predictions_key))
+    outcome = process(settings, storage, stage_key("labels", name))
+    assert outcome.status == "processed", outcome
+
+
+def _record_retraining(metrics_url: str) -> None:
+    store = MetricsStore(metrics_url)
+    store.record_model_event(
+        at=LAST_RUN,
+        model_name=MODEL_NAME,
+        version="2",
+        parent_version="1",
+        event="promoted",
+        reason="challenger F1 0.81 beats champion F1 0.74 on customer_churn_synthetic_1.csv",
+        holdout_f1=0.81,
+        champion_f1=0.74,
+        trigger="manual",
+    )
+    store.close()
 
 
 def _spread_in_time(metrics_url: str, run_ids: list[str | None]) -> None:

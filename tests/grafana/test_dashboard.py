@@ -79,8 +79,11 @@ def test_panels_cover_the_issue() -> None:
         "Drift score per column",
         "Feature attribution (mean |SHAP|)",
         "Rows processed and files errored",
+        "Realized scores (late labels)",
     }
-    (table,) = [p for p in panels if p["type"] == "table"]
+    tables = {p["title"]: p for p in panels if p["type"] == "table"}
+    assert set(tables) == {"Latest runs", "Model versions (retraining)"}
+    table = tables["Latest runs"]
     links = [
         prop["value"]
         for override in table["fieldConfig"]["overrides"]

@@ -18,7 +18,7 @@ from churnops.monitoring.metrics_db import ATTRIBUTION_RANK
 from churnops.results import QUALITY_METRICS
 from churnops.settings import Settings
 
-from .conftest import FIRST_RUN, LAST_RUN, PLAN, RUN_SPACING
+from .conftest import FIRST_RUN, LABELED, LAST_RUN, PLAN, RUN_SPACING, started_at
 from .dashboard_files import dashboard, panel_sql
 from .grafana_macros import ALL, Query, UnknownMacro, expand
 
@@ -120,6 +120,27 @@ def test_scores_have_a_point_per_processed_file_and_metric(reader: Any) -> None:
     assert len(result.rows) == len(PROCESSED_RUNS) * (len(QUALITY_METRICS) + 1)
     assert set(result.column("metric")) == {*QUALITY_METRICS, "alert minimum"}
     assert len(set(result.column("time"))) == len(PROCESSED_RUNS)
+
+
+def test_realized_scores_are_drawn_at_the_time_the_labeled_file_was_scored(reader: Any) -> None:
+    result = run(reader, panel_sql(panel("Realized scores (late labels)")), everything())
+    assert set(result.column("metric")) == {*QUALITY_METRICS, "alert minimum"}
+    assert set(result.column("time")) == {started_at(LABELED).timestamp()}
+    scores = run(reader, panel_sql(panel("Scores over time")), everything())
+    at_scoring = {
+        m: v
+        for t, m, v in zip(*(scores.column(c) for c in ("time", "metric", "value")), strict=True)
+        if t == (started_at(LABELED) + timedelta(minutes=5)).timestamp()  # metrics recorded
+    }
+    assert at_scoring
+    realized = dict(zip(result.column("metric"), result.column("value"), strict=True))
+    assert realized == pytest.approx(at_scoring)  # the same labels, scored twice
+
+
+def test_model_versions_list_the_retraining_verdict(reader: Any) -> None:
+    result = run(reader, panel_sql(panel("Model versions (retraining)")), everything())
+    assert result.column("event") == ["promoted"]
+    assert result.column("version") == ["2"] and result.column("parent") == ["1"]
 
 
 def test_stat_is_coloured_by_the_minimum_stored_with_the_latest_file(reader: Any) -> None:

@@ -125,6 +125,14 @@ def test_labels_without_identifier_join_by_rows_and_feed_retraining(scored) -> N
     assert learned[f"synthetic_1_labeled.csv{LABELED_ROWS_SUFFIX}"] == len(labels)
     assert WITHOUT_IDS not in learned  # the unlabeled original teaches nothing
 
+    labels.loc[: len(labels) // 2, "Churn"] = ""  # a correction: half the labels withdrawn
+    again = _drop_labels(scored, "synthetic_1_corrected.csv", labels)
+    assert again.status == "processed", again.message
+    window = retraining.labeled_files(settings, storage, datetime.now(UTC))
+    learned = {f.name: f.rows for f in window}
+    assert learned[f"synthetic_1_corrected.csv{LABELED_ROWS_SUFFIX}"] < len(labels)
+    assert f"synthetic_1_labeled.csv{LABELED_ROWS_SUFFIX}" not in learned  # newest labels only
+
 
 def _errored(scored, name: str, frame: pd.DataFrame) -> str:
     _, storage, _, _ = scored

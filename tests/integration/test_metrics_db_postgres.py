@@ -86,7 +86,14 @@ def test_read_only_role_with_a_nasty_name(store: MetricsStore, postgres_url: str
         tables = conn.execute(
             text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
         ).scalars()
-        expected = ["alembic_version", "locks", "model_events", "pipeline_runs", "run_metrics"]
+        expected = [
+            "alembic_version",
+            "locks",
+            "model_events",
+            "pipeline_runs",
+            "realized_scores",
+            "run_metrics",
+        ]
         assert list(tables) == expected  # none dropped
     assert roles == [(NASTY_ROLE,)]
 

@@ -57,6 +57,7 @@ def test_tables_and_indexes_are_created_on_first_use(store: MetricsStore) -> Non
         "pipeline_runs",
         "run_metrics",
         "model_events",
+        "realized_scores",
         "locks",
         "alembic_version",
     }

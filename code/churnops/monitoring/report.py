@@ -32,6 +32,7 @@ from churnops.monitoring.metrics_db import (
     DRIFTED_SHARE,
     ERRORED,
     PROCESSED,
+    SCORING,
     MetricsStore,
 )
 from churnops.results import QUALITY_METRICS
@@ -59,6 +60,7 @@ def write_report(settings: Settings, out: Path | None = None, latest: int = 20) 
         runs, metrics = store.runs(), store.metrics()
     finally:
         store.close()
+    runs = runs[runs["kind"] == SCORING]  # a late labels file is not a file scored
     where = make_url(settings.metrics_db_url).render_as_string(hide_password=True)
     if runs.empty:
         raise NoRunsYet(

@@ -19,7 +19,8 @@ predictions file name starts the labels file's name are tried first.
 The realized scores (F1, precision, recall, accuracy, ROC AUC) compare the
 labels with the predictions the platform stored, not with the labels file's
 copy. The labelled rows (features and ``Churn``) are written beside the labels
-file as ``<name>.labeled-rows.csv``: retraining learns from them.
+file as ``<name>.labeled-rows.csv``, and the join as ``<name>.join.json``:
+retraining learns from the rows, the newest labels of each scoring run only.
 
 A labels file that matches no run, or matches a run but holds other rows, is
 invalid (:class:`DataValidationError`) and ends in ``errored/`` like any bad file.
@@ -28,6 +29,7 @@ invalid (:class:`DataValidationError`) and ends in ``errored/`` like any bad fil
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Suffix of the labelled rows written beside a labels file, for retraining.
 LABELED_ROWS_SUFFIX = ".labeled-rows.csv"
+#: Suffix of the join record written beside a labels file (which run, how).
+JOIN_SUFFIX = ".join.json"
 #: ``<stem>_predictions_<model>_v<version>.csv`` (:func:`scoring.predictions_name`).
 _PREDICTIONS = re.compile(r"^(?P<stem>.+)_predictions_(?P<model>.+)_v(?P<version>[^_]+)\.csv$")
 #: Probabilities written by Arrow read back exactly; a spreadsheet may round them.
@@ -266,6 +270,8 @@ def join_labels(
         pd.to_numeric(matched[PROBABILITY][known]).to_numpy(float),
     )
     rows_key = _write_labeled_rows(storage, run, name, matched[known], actual)
+    record = {"scoring_run": scoring.run, "predictions_key": scoring.predictions_key}
+    _create(storage, run_key("processing", run, f"{name}{JOIN_SUFFIX}"), json.dumps(record))
     return LabelsJoin(
         scoring=scoring,
         scoring_file=_scoring_file(storage, scoring.run),
@@ -287,19 +293,31 @@ def labeled_rows_name(name: str) -> str:
     return f"{name}{LABELED_ROWS_SUFFIX}"
 
 
+def joined_run(storage: DropStorage, run: str, name: str) -> str | None:
+    """The scoring run the labels file ``name`` of ``run`` was joined to (None: not yet)."""
+    for stage in ("processed", "processing"):
+        key = run_key(stage, run, f"{name}{JOIN_SUFFIX}")  # type: ignore[arg-type]
+        if storage.exists(key):
+            return json.loads(storage.read(key))["scoring_run"]
+    return None
+
+
+def _create(storage: DropStorage, key: str, text: str | bytes) -> None:
+    """Write an output of the run; a re-driven run keeps what its dead attempt wrote
+    (the same input gives the same bytes)."""
+    try:
+        storage.create(key, text.encode() if isinstance(text, str) else text)
+    except ObjectExists:
+        log.info("%s: kept what an earlier attempt wrote", key)
+
+
 def _write_labeled_rows(
     storage: DropStorage, run: str, name: str, matched: pd.DataFrame, actual: np.ndarray
 ) -> str:
-    """The labelled rows as a customer file (UCI headers, ``Churn`` last), for retraining.
-
-    A re-driven run finds what its dead attempt wrote: the same rows, kept.
-    """
+    """The labelled rows as a customer file (UCI headers, ``Churn`` last), for retraining."""
     key = run_key("processing", run, labeled_rows_name(name))
     features = [c for c in RAW_COLUMNS if c in matched.columns and clean_name(c) != TARGET]
     frame = matched[features].apply(pd.to_numeric).reset_index(drop=True)
     label = pd.DataFrame({next(r for r in RAW_COLUMNS if clean_name(r) == TARGET): actual})
-    try:
-        storage.create(key, csv_bytes(frame, label))
-    except ObjectExists:
-        log.info("%s: kept the labelled rows an earlier attempt wrote", key)
+    _create(storage, key, csv_bytes(frame, label))
     return key

@@ -136,20 +136,22 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def labeled_key(storage: DropStorage, run: str) -> str | None:
-    """What the run has to learn from, in processed/ or still in processing/: its original
-    file (its claim names it), or the labelled rows of a late labels file."""
+def labeled_source(storage: DropStorage, run: str) -> tuple[str | None, str]:
+    """What the run has to learn from, in processed/ or still in processing/, and whose rows
+    those are: its original file (its claim names it) and the run itself, or the labelled
+    rows of a late labels file and the scoring run they were joined to."""
     lease = claims.latest_lease(storage, run)
     if lease is None:
-        return None
-    name = lease.name
+        return None, run
+    name, rows_of = lease.name, run
     if is_labels(lease.source_key):
-        name = labels.labeled_rows_name(name)
+        name = labels.labeled_rows_name(lease.name)
+        rows_of = labels.joined_run(storage, run, lease.name) or run
     for stage in ("processed", "processing"):
         key = run_key(stage, run, name)  # type: ignore[arg-type]
         if storage.exists(key):
-            return key
-    return None
+            return key, rows_of
+    return None, rows_of
 
 
 def read_labeled(settings: Settings, storage: DropStorage, key: str) -> LabeledFile | None:
@@ -171,19 +173,24 @@ def labeled_files(
     settings: Settings, storage: DropStorage, now: datetime, include_run: str | None = None
 ) -> list[LabeledFile]:
     """The window: newest ``retrain_window_files`` labeled files (within
-    ``retrain_window_days`` when set), oldest first."""
+    ``retrain_window_days`` when set), oldest first. The rows of a scoring run are
+    learned once: from its newest late labels, else from its own ``Churn`` column."""
     runs = sorted({*run_folders(storage, "processed"), *([include_run] if include_run else [])})
     oldest = now - timedelta(days=settings.retrain_window_days or 0)
     found: list[LabeledFile] = []
+    learned: set[str] = set()  # scoring runs whose rows are in the window already
     for run in reversed(runs):
         if len(found) >= settings.retrain_window_files:
             break
         if settings.retrain_window_days and claims.dropped_at(run) < oldest:
             break
-        key = labeled_key(storage, run)
-        labeled = read_labeled(settings, storage, key) if key else None
+        key, rows_of = labeled_source(storage, run)
+        if key is None or rows_of in learned:
+            continue
+        labeled = read_labeled(settings, storage, key)
         if labeled is not None:
             found.append(labeled)
+            learned.add(rows_of)
     return found[::-1]
 
 
