@@ -154,7 +154,7 @@ module "rds" {
   backup_retention_days       = var.db_backup_retention_days
   secret_recovery_window_days = var.secret_recovery_window_days
   roles                       = local.db_roles
-  password_version            = var.db_password_version
+  credentials_version         = var.db_credentials_version
 }
 
 module "ecs" {

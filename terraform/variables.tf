@@ -191,7 +191,7 @@ variable "db_backup_retention_days" {
   default     = 7
 }
 
-variable "db_password_version" {
+variable "db_credentials_version" {
   description = "Version of the generated passwords of the services' database roles (flow, Grafana, MLflow, Prefect; write-only, never in the state): bump it to rotate them, then redeploy the services. The master password is RDS-managed."
   type        = number
   default     = 1

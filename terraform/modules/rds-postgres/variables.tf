@@ -102,7 +102,7 @@ variable "roles" {
   }
 }
 
-variable "password_version" {
+variable "credentials_version" {
   description = "Version of the roles' generated passwords: a new number writes new passwords into their secrets (then redeploy the services)."
   type        = number
   default     = 1
