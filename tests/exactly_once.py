@@ -1,10 +1,11 @@
 """The exactly-once invariant, checked one way for every fault test.
 
 Every byte-string ever dropped is found exactly once, unchanged, among the
-originals (``input/<name>`` or ``<stage>/<run>/<name>``); nothing else is an
-original; once settled, each one is in ``processed/`` (or ``errored/`` when it
-is invalid), each processed run has its predictions, and the metrics database
-has one processed row per processed run and no ``running`` row.
+originals (``input/<name>``, ``labels/<name>`` or ``<stage>/<run>/<name>``);
+nothing else is an original; once settled, each one is in ``processed/`` (or
+``errored/`` when it is invalid), each processed run has its predictions (a
+labels run: its labelled rows and join), and the metrics database has one
+processed row per processed run and no ``running`` row.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from churnops.drop import claims
-from churnops.drop.keys import INPUT_PREFIX
+from churnops.drop.keys import DROP_PREFIXES, is_labels
 from churnops.drop.storage import DropStorage, folder_key, run_key, stage_key
 from churnops.monitoring.metrics_db import MetricsStore
+from churnops.pipeline.labels import JOIN_SUFFIX, LABELED_ROWS_SUFFIX
 
 
 @dataclass
@@ -29,9 +31,10 @@ class Original:
 def originals(storage: DropStorage) -> list[Original]:
     """Every copy of a dropped file wherever it is (the claim files say which is the original)."""
     found = [
-        Original(key, "input", "", storage.read(key))
-        for key in storage.list_keys(INPUT_PREFIX)
-        if "/" not in key[len(INPUT_PREFIX) :]
+        Original(key, prefix, "", storage.read(key))
+        for prefix in DROP_PREFIXES
+        for key in storage.list_keys(prefix)
+        if "/" not in key[len(prefix) :]
     ]
     for stage in ("processing", "processed", "errored"):
         prefix = folder_key(stage)  # type: ignore[arg-type]
@@ -52,8 +55,8 @@ class Drops:
     storage: DropStorage
     dropped: list[bytes] = field(default_factory=list)
 
-    def drop(self, name: str, data: bytes) -> str:
-        key = stage_key("input", name)
+    def drop(self, name: str, data: bytes, folder: str = "input") -> str:
+        key = stage_key(folder, name)  # type: ignore[arg-type]
         self.storage.create(key, data)
         self.dropped.append(data)
         return key
@@ -70,7 +73,12 @@ class Drops:
             if original.stage == "processed":
                 folder = folder_key("processed", original.run)
                 outputs = [k for k in self.storage.list_keys(folder) if k != original.key]
-                assert any("_predictions_" in k for k in outputs), outputs
+                lease = claims.latest_lease(self.storage, original.run)
+                if lease and is_labels(lease.source_key):
+                    made = [f"{original.key}{s}" for s in (JOIN_SUFFIX, LABELED_ROWS_SUFFIX)]
+                    assert sorted(outputs) == made, outputs
+                else:
+                    assert any("_predictions_" in k for k in outputs), outputs
         assert not self.storage.list_keys("data/processing/")
         if metrics_url:
             self.check_database(metrics_url, found)

@@ -221,7 +221,10 @@ def realized_panel() -> dict[str, Any]:
         "q.labels_arrived_at = (SELECT max(l.labels_arrived_at) FROM realized_scores l "
         "WHERE l.run_id = q.run_id)"
     )
-    realized = "FROM realized_scores q\nJOIN pipeline_runs r ON r.id = q.run_id\n"
+    realized = (  # the labels run that finished, not an attempt that died after storing
+        "FROM realized_scores q\nJOIN pipeline_runs r ON r.id = q.run_id\n"
+        f"JOIN pipeline_runs lr ON lr.id = q.labels_run_id AND lr.status = '{PROCESSED}'\n"
+    )
     where = (
         f"WHERE q.metric IN ({metrics}) AND {newest}\n"
         "  AND $__timeFilter(r.started_at)\n"

@@ -32,6 +32,7 @@ from churnops.drop.storage import (
     open_storage,
     s3_client,
 )
+from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file, reconcile
 from churnops.settings import Settings, get_settings
 from tests.exactly_once import Drops, originals
@@ -233,6 +234,38 @@ def test_kill_at_any_point_then_reconcile(world: World, small_file: bytes, point
         assert outcomes == []  # nothing was left to do
     assert after_finish or "the previous attempt" not in str(outcomes)
     assert world.reconcile() == []  # settled: a second pass finds nothing
+
+
+#: The labels steps, and the storage points they share with scoring.
+LABELS_KILL_POINTS = [
+    "claim (half move): file in its run, still in input/",
+    "join_labels",
+    "record_realized",
+    "alert_realized",
+    "finish: original moved, outputs not",
+    "release: all done, lease not closed",
+]
+
+
+@pytest.mark.parametrize("point", LABELS_KILL_POINTS)
+def test_kill_a_late_labels_run_at_any_point_then_reconcile(
+    world: World, small_file: bytes, point: str
+) -> None:
+    scored = world.process(world.drops.drop("customers.csv", small_file))
+    assert scored.status == "processed" and scored.predictions_key, scored.message
+    labels = world.storage.read(scored.predictions_key)  # the file carries Churn already
+    key = world.drops.drop("customers_labels.csv", labels, folder="labels")
+    _run_killed(world, key, point)
+
+    outcomes = world.reconcile()
+    world.check(settled=True)
+    if not point.startswith("release"):
+        assert [(o.status, o.attempt) for o in outcomes] == [("processed", 2)], outcomes
+    store = MetricsStore(world.settings.metrics_db_url)
+    realized = store.realized(scored.run_id)
+    store.close()
+    assert set(realized["metric"]) >= {"f1", "roc_auc"}
+    assert world.reconcile() == []
 
 
 def test_killed_churnops_process_is_recovered_by_running_it_again(
