@@ -10,9 +10,14 @@ tests are about the champion comparison, the lineage and the records.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
+import signal
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -28,7 +33,7 @@ from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
 from churnops.pipeline.flow import retrain_model
 from churnops.pipeline.retrain_trigger import submit_to_deployment
-from churnops.pipeline.retraining import DIGEST_CHARS, RetrainOptions, retrain, score
+from churnops.pipeline.retraining import DIGEST_CHARS, LOCK, RetrainOptions, retrain, score
 from churnops.settings import Settings, get_settings
 from tests.fixtures.model import FAST_PARAMS
 
@@ -224,3 +229,39 @@ def test_the_retrain_flow_completes_with_the_verdict(
         state = retrain_model(trigger="manual", return_state=True)
     assert state.is_completed()
     assert state.message.startswith("retraining skipped: no labeled file")
+
+
+# --- kill -9 mid-retraining --------------------------------------------------------------------
+def _retrain_and_die(settings: Settings) -> None:
+    """In a child: retrain, and SIGKILL itself at the first progress line (mid cross-validation)."""
+
+    def die(*_args: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    retrain(settings, open_storage(settings), RetrainOptions(params=FAST_PARAMS), progress=die)
+    os._exit(0)  # not killed: the test fails on the exit code
+
+
+def test_a_retraining_killed_mid_way_holds_the_lock_until_it_expires_then_one_runs(
+    world: World,
+) -> None:
+    world.drop(SYNTHETIC[0])
+    settings = world.settings.model_copy(update={"retrain_lock_minutes": 10 / 60})
+    child = multiprocessing.get_context("forkserver").Process(
+        target=_retrain_and_die, args=(settings,)
+    )
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -signal.SIGKILL, "the retraining was not killed"
+
+    blocked = retrain(settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+    assert blocked.status == "skipped" and "another retraining is running" in blocked.reason
+    assert world.alias_version() == "1" and world.events().empty  # nothing half-done
+
+    store = MetricsStore.from_settings(settings)
+    expires = store.lock_state(LOCK).expires_at
+    store.close()
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.5)
+    after = retrain(settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+    assert after.status in ("promoted", "refused"), after
+    assert len(world.events()) == 1
