@@ -25,13 +25,15 @@ def test_new_keys_are_reported_once_and_a_rewrite_again(moto_server: str, moto_b
     client.put_object(Bucket=moto_bucket, Key="data/input/sub/x.csv", Body=b"1")
     client.put_object(Bucket=moto_bucket, Key="data/input/.partial", Body=b"1")
     client.put_object(Bucket=moto_bucket, Key="data/processed/done.csv", Body=b"1")
+    client.put_object(Bucket=moto_bucket, Key="data/labels/late.csv", Body=b"333")
 
-    assert poller.poll_once() == 1
+    assert poller.poll_once() == 2
     assert poller.poll_once() == 0
     client.put_object(Bucket=moto_bucket, Key="data/input/a b+c.csv", Body=b"22")
     assert poller.poll_once() == 1
 
-    first, second = events
+    first, labels, second = events
+    assert labels["s3"]["object"]["key"] == "data/labels/late.csv"
     assert first["s3"]["bucket"]["name"] == moto_bucket
     assert first["s3"]["object"]["key"] == "data/input/a+b%2Bc.csv"
     assert (first["s3"]["object"]["size"], second["s3"]["object"]["size"]) == (1, 2)

@@ -124,13 +124,15 @@ def test_folder_watcher_reports_waiting_and_new_files_once_whole(tmp_path: Path)
     try:
         storage.create(stage_key("input", "new+1.csv"), b"a,b\n3,4\n")  # temp name, then rename
         (tmp_path / "data/input/.hidden.csv").write_bytes(b"ignored")
+        storage.create(stage_key("labels", "late.csv"), b"a,b\n5,6\n")
+        (tmp_path / "data/labels/sub").mkdir()
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len({_key(e) for e in events}) < 2:
+        while time.monotonic() < deadline and len({_key(e) for e in events}) < 3:
             time.sleep(0.05)
     finally:
         watcher.stop()
     keys = {_key(e) for e in events}
-    assert keys == {"data/input/before+start.csv", "data/input/new%2B1.csv"}
+    assert keys == {"data/input/before+start.csv", "data/input/new%2B1.csv", "data/labels/late.csv"}
     sizes = {e["Records"][0]["s3"]["object"]["size"] for e in events}
     assert sizes == {8}
 
@@ -146,9 +148,11 @@ def test_status_lists_every_file_by_stage(tmp_path: Path) -> None:
     for stage, name in [("processing", "b.csv"), ("processed", "c.csv"), ("errored", "d.csv")]:
         storage.create(run_key(stage, "R1", name), b"x")  # type: ignore[arg-type]
     storage.create("data/logs/R1/d.csv.log", b"why")
+    storage.create(stage_key("labels", "l.csv"), b"x")
     listed = [(f.stage, f.run, f.name) for f in list_files(storage)]
     assert listed == [
         ("input", "", "a.csv"),
+        ("labels", "", "l.csv"),
         ("processing", "R1", "b.csv"),
         ("processed", "R1", "c.csv"),
         ("errored", "R1", "d.csv"),
