@@ -1,0 +1,137 @@
+"""A throwaway PostgreSQL cluster (initdb + pg_ctl, no Docker).
+
+The tests' session cluster (tests/fixtures/postgres.py) and `make rehearse-aws`'s
+stand-in for RDS are both made here. The server refuses to run as root, so as root
+the cluster belongs to the ``postgres`` user (commands through ``runuser``);
+otherwise it runs as the current user. It listens on 127.0.0.1 on a free port; TCP
+logins need a password (scram), so role passwords are really checked. Standard
+library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+SUPERUSER = "postgres"
+HOST = "127.0.0.1"
+
+
+class PostgresError(RuntimeError):
+    """A cluster command failed; the message has its output."""
+
+
+@dataclass
+class Cluster:
+    """A cluster in ``root``; :meth:`stop` and :meth:`start` simulate an outage."""
+
+    root: Path
+    port: int
+    password: str
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def url(self, database: str = "postgres", driver: str = "postgresql+psycopg2") -> str:
+        """The superuser's URL (password included) of ``database``."""
+        return f"{driver}://{SUPERUSER}:{self.password}@{HOST}:{self.port}/{database}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses={HOST} -c fsync=off"
+        log = str(self.root / "server.log")
+        _run(["pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start"])
+
+    def stop(self) -> None:
+        _run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+
+def missing_binaries() -> list[str]:
+    """The server binaries this needs that are not on PATH."""
+    return [b for b in ("initdb", "pg_ctl") if shutil.which(b) is None]
+
+
+def create() -> Cluster:
+    """Initialise and start a fresh cluster under a new folder in the temp dir."""
+    missing = missing_binaries()
+    if missing:
+        raise PostgresError(f"PostgreSQL binaries not on PATH: {', '.join(missing)}")
+    # The temp dir, not a caller's folder: the postgres user must be able to reach it.
+    root = Path(tempfile.mkdtemp(prefix="churnops-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, SUPERUSER, SUPERUSER)
+    cluster = Cluster(root, _free_port(), secrets.token_hex(16))
+    try:
+        _init(cluster)
+        cluster.start()
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return cluster
+
+
+def remove(cluster: Cluster) -> None:
+    """Stop the server (whatever state it is in) and delete its folder."""
+    subprocess.run(
+        _as_owner(["pg_ctl", "-D", str(cluster.data), "-m", "fast", "-w", "stop"]),
+        capture_output=True,
+        check=False,
+    )
+    shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[Cluster]:
+    """A running cluster for the ``with`` block, removed afterwards."""
+    cluster = create()
+    try:
+        yield cluster
+    finally:
+        remove(cluster)
+
+
+def _init(cluster: Cluster) -> None:
+    """initdb with the superuser's password; local socket trusted, TCP needs the password."""
+    pwfile = cluster.root / "pwfile"
+    pwfile.write_text(cluster.password + "\n")
+    if os.geteuid() == 0:
+        shutil.chown(pwfile, SUPERUSER, SUPERUSER)
+    _run(
+        [
+            "initdb",
+            "-D",
+            str(cluster.data),
+            "-U",
+            SUPERUSER,
+            f"--pwfile={pwfile}",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]
+    )
+
+
+def _as_owner(command: list[str]) -> list[str]:
+    return ["runuser", "-u", SUPERUSER, "--", *command] if os.geteuid() == 0 else command
+
+
+def _run(command: list[str]) -> None:
+    done = subprocess.run(_as_owner(command), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise PostgresError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]

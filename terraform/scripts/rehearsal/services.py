@@ -1,0 +1,141 @@
+"""Talking to the rehearsal's services as the containers do: Prefect's API with the
+worker's credential, the metrics database with a role's own login, S3 events.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote_plus
+
+TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+class PrefectApi:
+    """The Prefect REST API at a URL, with the auth a container's environment gives."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.url = env["PREFECT_API_URL"].rstrip("/")
+        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if env.get("PREFECT_API_KEY"):
+            self.headers["Authorization"] = f"Bearer {env['PREFECT_API_KEY']}"
+        elif env.get("PREFECT_API_AUTH_STRING"):
+            token = base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
+            self.headers["Authorization"] = f"Basic {token}"
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers=self.headers
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload = response.read()
+        return json.loads(payload) if payload else None
+
+    def flow_run(self, run_id: str) -> dict[str, Any]:
+        return self.call("GET", f"/flow_runs/{run_id}")
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        flow, _, deployment = name.partition("/")
+        quoted = "/".join(urllib.parse.quote(p, safe="") for p in (flow, deployment))
+        return self.call("GET", f"/deployments/name/{quoted}")
+
+    def runs_of(self, deployment_id: str, states: tuple[str, ...]) -> list[dict[str, Any]]:
+        body = {
+            "deployments": {"id": {"any_": [deployment_id]}},
+            "flow_runs": {"state": {"type": {"any_": list(states)}}},
+            "sort": "EXPECTED_START_TIME_ASC",
+        }
+        return self.call("POST", "/flow_runs/filter", body)
+
+    def wait_terminal(self, run_id: str, timeout: float) -> dict[str, Any] | None:
+        """The flow run once it has ended, or None after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.flow_run(run_id)
+            if (run.get("state") or {}).get("type") in TERMINAL:
+                return run
+            time.sleep(1)
+        return None
+
+
+def healthy(url: str, codes: str = "200-399") -> tuple[bool, str]:
+    """Whether GET ``url`` answers with a status in ``codes`` (a load balancer matcher)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError as exc:
+        return False, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+    return _matches(status, codes), f"HTTP {status}"
+
+
+def _matches(status: int, codes: str) -> bool:
+    for part in codes.split(","):
+        low, _, high = part.strip().partition("-")
+        if int(low) <= status <= int(high or low):
+            return True
+    return False
+
+
+def s3_event(
+    bucket: str, key: str, head: dict[str, Any], configuration_id: str, region: str
+) -> dict[str, Any]:
+    """The record S3 sends for a new object: keys URL-encoded (space -> '+', '/' kept)."""
+    now = datetime.now(UTC)
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": region,
+        "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+        "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "AWS:REHEARSAL"},
+        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {"x-amz-request-id": "REHEARSAL", "x-amz-id-2": "REHEARSAL"},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": configuration_id,
+            "bucket": {
+                "name": bucket,
+                "ownerIdentity": {"principalId": "REHEARSAL"},
+                "arn": f"arn:aws:s3:::{bucket}",
+            },
+            "object": {
+                "key": quote_plus(key, safe="/"),
+                "size": head["ContentLength"],
+                "eTag": head["ETag"].strip('"'),
+                **({"versionId": head["VersionId"]} if head.get("VersionId") else {}),
+                "sequencer": f"{time.time_ns():X}",
+            },
+        },
+    }
+    return {"Records": [record]}
+
+
+def notification_for(configs: list[dict[str, Any]], function_arn: str, key: str) -> str:
+    """The Id of the bucket notification that sends ``key``'s ObjectCreated:Put to the
+    function; a ValueError saying why none does."""
+    for config in configs:
+        if config.get("LambdaFunctionArn") != function_arn:
+            continue
+        events = config.get("Events", [])
+        if not any(e in ("s3:ObjectCreated:*", "s3:ObjectCreated:Put") for e in events):
+            continue
+        rules = config.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+        if all(_rule_matches(rule, key) for rule in rules):
+            return config.get("Id", "")
+    raise ValueError(
+        f"no notification of the bucket sends ObjectCreated:Put of {key} to {function_arn}"
+    )
+
+
+def _rule_matches(rule: dict[str, str], key: str) -> bool:
+    name = rule["Name"].lower()
+    return key.startswith(rule["Value"]) if name == "prefix" else key.endswith(rule["Value"])

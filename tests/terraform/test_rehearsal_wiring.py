@@ -1,0 +1,213 @@
+"""The rehearsal's parts that need no deployment: how values are mapped to this machine,
+how a wrong one is reported, the S3 event, the images, the Lambda's import rule.
+
+The end-to-end rehearsal on the applied module is test_rehearsal.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+
+from churnops.drop.keys import decode_event_key
+
+from .conftest import TERRAFORM_DIR
+
+sys.path.insert(0, str(TERRAFORM_DIR / "scripts"))
+
+from rehearsal import images, lambda_runtime
+from rehearsal.deployment import (
+    Aws,
+    Container,
+    Database,
+    Deployment,
+    Function,
+    Listener,
+    LoadBalancer,
+    Rule,
+    Task,
+    WiringError,
+    secret_value,
+)
+from rehearsal.mapping import Mapper, Paths, command
+from rehearsal.services import notification_for, s3_event
+
+NS = "churnops-emu.internal"
+DB_HOST = "churnops-emu.abc.us-east-1.rds.amazonaws.com"
+ALB = "churnops-emu-1.us-east-1.elb.amazonaws.com"
+MLFLOW_TG = "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/mlflow/1"
+
+
+def _task(service: str, ports: tuple[int, ...], target_groups: dict | None = None) -> Task:
+    container = Container(
+        service,
+        service,
+        "1.dkr.ecr/x/orchestration:t",
+        None,
+        None,
+        {},
+        {},
+        True,
+        (),
+        ports,
+        None,
+        (),
+        None,
+    )
+    return Task(service, (container,), {}, target_groups or {}, (), (), None, None)
+
+
+@pytest.fixture
+def mapper() -> Mapper:
+    rules = (
+        Rule(("mlflow.example.org",), (), ("forward", MLFLOW_TG), authenticated=True),
+        Rule((), (), ("fixed-response", "404"), authenticated=False),
+    )
+    deployment = Deployment(
+        tasks={
+            "mlflow": _task("mlflow", (5000,), {MLFLOW_TG: ("mlflow", 5000)}),
+            "prefect-server": _task("prefect-server", (4200,)),
+            "worker": _task("worker", ()),
+        },
+        discovery={f"mlflow.{NS}": "mlflow", f"prefect-server.{NS}": "prefect-server"},
+        namespaces=(NS,),
+        load_balancers={ALB: LoadBalancer(ALB, False, (), {443: Listener(443, "HTTPS", rules)})},
+        target_group_health={},
+        database=Database(DB_HOST, 5432, "churnops", "metrics", (), None),
+        function=Function("f", "arn:f", {}, None, (), "arn:role", 30.0),
+        bucket="b",
+    )
+    return Mapper(deployment, {("mlflow", 5000): 15000, ("prefect-server", 4200): 14200}, 15432)
+
+
+def test_service_names_and_the_database_become_local_ports_keeping_credentials(
+    mapper: Mapper,
+) -> None:
+    where = "container worker/worker, variable X"
+    assert mapper.value(f"http://prefect-server.{NS}:4200/api", where) == (
+        "http://127.0.0.1:14200/api"
+    )
+    url = f"postgresql+psycopg2://churnops_flow:s3cret@{DB_HOST}:5432/metrics?sslmode=require"
+    assert mapper.value(url, where) == (
+        "postgresql+psycopg2://churnops_flow:s3cret@127.0.0.1:15432/metrics?sslmode=prefer"
+    )
+    assert mapper.variable("PGSSLMODE", "require", where, {}) == "prefer"
+    # Behind the load balancer's sign-in: TLS ends there, the service speaks http.
+    assert mapper.value("https://mlflow.example.org/", where) == "http://127.0.0.1:15000/"
+    assert not any("s3cret" in note for note in mapper.notes)
+
+
+def test_a_host_alone_and_its_port_variable_are_mapped_together(mapper: Mapper) -> None:
+    mapper.bare_ports = {}
+    assert mapper.value(DB_HOST, "DB_HOST") == "127.0.0.1"
+    assert mapper.port_variable("5432", "DB_PORT", {}) == "15432"
+    assert mapper.port_variable("60", "INTERVAL", {}) == "60"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (f"http://mlflw.{NS}:5000", f"mlflw.{NS} is not a name of this deployment"),
+        (
+            f"http://mlflow.{NS}:5001",
+            "port 5001 of ECS service mlflow: its containers listen on 5000",
+        ),
+        (f"http://prefect-server.{NS}/api", "port 80 of ECS service prefect-server"),
+        (f"{DB_HOST}:5433", "listens on 5432, not 5433"),
+        (f"http://{ALB}:4200/api", "has no listener on port 4200"),
+        (f"https://{ALB}/", "answers https://"),
+    ],
+)
+def test_a_wrong_value_names_the_container_and_variable(
+    mapper: Mapper, value: str, message: str
+) -> None:
+    where = "container worker/worker, variable MLFLOW_TRACKING_URI"
+    with pytest.raises(WiringError) as error:
+        mapper.value(value, where)
+    assert str(error.value).startswith(where)
+    assert message in str(error.value)
+
+
+def test_commands_bind_to_loopback_and_paths_go_to_folders(mapper: Mapper, tmp_path: Path) -> None:
+    argv = ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000"]
+    assert command(argv, mapper, "c", {5000: 15000})[2:] == [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "15000",
+    ]
+    paths = Paths({"/tmp": tmp_path / "tmp", "/mnt/evidently": tmp_path / "efs"})
+    assert paths.value("/mnt/evidently/workspace") == f"{tmp_path}/efs/workspace"
+    assert paths.value("sqlite:////tmp/a.db") == f"sqlite:///{tmp_path}/tmp/a.db"
+    assert paths.value("/tmpfoo /var/tmp") == "/tmpfoo /var/tmp"
+
+
+def test_secrets_resolve_whole_and_by_json_key(moto_server: str) -> None:
+    sm = boto3.client("secretsmanager", endpoint_url=moto_server)
+    arn = sm.create_secret(
+        Name="rehearsal-unit/db", SecretString=json.dumps({"username": "u", "password": "p"})
+    )["ARN"]
+    aws = Aws(moto_server)
+    assert secret_value(aws, arn, "c") == json.dumps({"username": "u", "password": "p"})
+    assert secret_value(aws, f"{arn}:password::", "c") == "p"
+    with pytest.raises(WiringError, match=r"container w/w, secret URL: .* no JSON key 'url'"):
+        secret_value(aws, f"{arn}:url::", "container w/w, secret URL")
+    with pytest.raises(WiringError, match="no such secret"):
+        secret_value(aws, arn[:-3] + "xyz", "c")
+
+
+def test_the_event_encodes_the_key_as_s3_does() -> None:
+    key = "data/input/rehearsal 1+drift é.csv"
+    head = {"ContentLength": 3, "ETag": '"abc"', "VersionId": "v1"}
+    (record,) = s3_event("b", key, head, "new-input-file", "us-east-1")["Records"]
+    encoded = record["s3"]["object"]["key"]
+    assert encoded == "data/input/rehearsal+1%2Bdrift+%C3%A9.csv"
+    assert decode_event_key(encoded) == key
+    assert record["eventName"] == "ObjectCreated:Put"
+
+
+def test_only_a_notification_that_matches_sends_the_event() -> None:
+    configs = [
+        {
+            "Id": "new-input-file",
+            "LambdaFunctionArn": "arn:f",
+            "Events": ["s3:ObjectCreated:*"],
+            "Filter": {"Key": {"FilterRules": [{"Name": "Prefix", "Value": "data/input/"}]}},
+        }
+    ]
+    assert notification_for(configs, "arn:f", "data/input/x.csv") == "new-input-file"
+    with pytest.raises(ValueError, match="no notification"):
+        notification_for(configs, "arn:f", "data/other/x.csv")
+    with pytest.raises(ValueError, match="no notification"):
+        notification_for(configs, "arn:g", "data/input/x.csv")
+
+
+def test_images_are_read_from_their_dockerfiles(tmp_path: Path) -> None:
+    flow = images.facts(images.IMAGES["orchestration"].dockerfile)
+    assert flow.workdir == "/opt/churnops/code"
+    assert flow.env["PREFECT_HOME"] == "/tmp/prefect"
+    root = images.build_folder(images.IMAGES["s3-to-prefect-lambda"], tmp_path)
+    assert (root / "lambda_function.py").exists()
+    assert (root / "churnops" / "drop" / "trigger.py").exists()
+    assert not (root / "churnops" / "settings.py").exists()
+    assert images.IMAGES["grafana"].not_here
+
+
+def test_the_lambda_cannot_import_what_its_image_lacks(tmp_path: Path) -> None:
+    (tmp_path / "handler.py").write_text(
+        "import pandas\ndef handle(event, context):\n    return 1\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", lambda_runtime.BOOTSTRAP, "handler.handle", "boto3"],
+        input="{}",
+        env={"LAMBDA_TASK_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "pandas is not in the Lambda image" in done.stderr
