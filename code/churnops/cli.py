@@ -162,13 +162,14 @@ def retrain(
 EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5}
 
 
-def _copy_into_drop(settings: Settings, path: Path) -> str:
-    """Put a file into the local drop's input folder (unless it is there); return its key."""
+def _copy_into_drop(settings: Settings, path: Path, folder: str) -> str:
+    """Put a file into the local drop's ``folder`` (input, labels) unless it is there;
+    return its key."""
     from churnops.drop.storage import LocalDropStorage, ObjectExists, stage_key
 
     if not path.is_file():
         _fail(f"{path} is not a file")
-    key = stage_key("input", path.name)
+    key = stage_key(folder, path.name)  # type: ignore[arg-type]
     storage = LocalDropStorage(settings.drop_dir)
     if path.resolve() != storage.path(key):
         try:
@@ -179,8 +180,9 @@ def _copy_into_drop(settings: Settings, path: Path) -> str:
     return key
 
 
-def _open_target(settings: Settings, target: str) -> tuple[DropStorage, str]:
-    """The storage and key of a target: a local file, or ``s3://bucket/key``."""
+def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStorage, str]:
+    """The storage and key of a target: a local file (dropped into ``folder``), or
+    ``s3://bucket/key``."""
     from churnops.drop.storage import S3DropStorage, open_storage, s3_client
 
     if target.startswith("s3://"):
@@ -196,7 +198,7 @@ def _open_target(settings: Settings, target: str) -> tuple[DropStorage, str]:
         stranded = _stranded_run(local, storage, path.name, path.read_bytes())
         if stranded:
             return storage, stranded
-    return storage, _copy_into_drop(local, path)
+    return storage, _copy_into_drop(local, path, folder)
 
 
 def _stranded_run(
@@ -224,6 +226,14 @@ def process(
     target: Annotated[
         str, typer.Argument(help="A CSV file path, or s3://bucket/data/input/<name>")
     ],
+    labels: Annotated[
+        bool,
+        typer.Option(
+            "--labels",
+            help="The file is late labels (a predictions file with Churn filled in): "
+            "dropped into data/labels/ and joined to the run that scored its rows",
+        ),
+    ] = False,
 ) -> None:
     """Run the pipeline once on one file, in this process (no server needed).
 
@@ -235,7 +245,7 @@ def process(
     from churnops.pipeline.per_file import process as process_file
 
     settings = _settings()
-    storage, key = _open_target(settings, target)
+    storage, key = _open_target(settings, target, "labels" if labels else "input")
     outcome = process_file(settings, storage, key)
     _print_outcome(outcome)
     raise typer.Exit(EXIT_CODES[outcome.status])

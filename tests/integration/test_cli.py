@@ -43,7 +43,11 @@ def test_fetch_train_and_process_a_file(home: Path, data_dir: Path) -> None:
     processed = home / ".churnops/drop/data/processed"
     (original,) = processed.glob("*/customer_churn_1.csv")
     assert original.read_bytes() == (data_dir / "customer_churn_1.csv").read_bytes()
-    assert (original.parent / "customer_churn_1_predictions_XGBoostChurnModel_v1.csv").exists()
+    predictions = original.parent / "customer_churn_1_predictions_XGBoostChurnModel_v1.csv"
+    assert predictions.exists()
+    output = run("process", "--labels", str(predictions))  # carries Churn: its own labels
+    assert "matched by rows (no identifier)" in output
+    assert list(processed.glob(f"*/{predictions.name}.labeled-rows.csv"))
 
     invalid = home / "notes.csv"
     invalid.write_text("not,a,churn\nfile,at,all\n")
