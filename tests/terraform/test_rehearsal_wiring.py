@@ -59,7 +59,9 @@ def _task(service: str, ports: tuple[int, ...], target_groups: dict | None = Non
         (),
         None,
     )
-    return Task(service, (container,), {}, target_groups or {}, (), (), None, None)
+    return Task(
+        service, f"arn:td/{service}:1", (container,), {}, target_groups or {}, (), (), None, None
+    )
 
 
 @pytest.fixture
