@@ -10,6 +10,7 @@ end in ``errored/`` with the reason.
 from __future__ import annotations
 
 import io
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -126,6 +127,7 @@ def test_labels_without_identifier_join_by_rows_and_feed_retraining(scored) -> N
     assert WITHOUT_IDS not in learned  # the unlabeled original teaches nothing
 
     labels.loc[: len(labels) // 2, "Churn"] = ""  # a correction: half the labels withdrawn
+    time.sleep(1.1)  # newer by its drop time: run ids order by the second of the drop
     again = _drop_labels(scored, "synthetic_1_corrected.csv", labels)
     assert again.status == "processed", again.message
     window = retraining.labeled_files(settings, storage, datetime.now(UTC))
@@ -188,3 +190,21 @@ def test_low_realized_scores_alert_and_suggest_retraining(scored) -> None:
     assert "low realized scores (late labels)" in alerts
     assert "f1:" in alerts and "< minimum 0.990" in alerts
     assert "retraining suggested" in alerts
+
+
+def test_an_identifier_given_twice_when_scored_joins_by_rows(scored, data_dir: Path) -> None:
+    settings, storage, _, _ = scored
+    frame = pd.read_csv(data_dir / WITH_IDS)
+    churn = frame.pop("Churn")
+    frame.insert(0, "customer_id", [f"D{i:06d}" for i in range(len(frame))])
+    frame.loc[5, "customer_id"] = frame.loc[4, "customer_id"]  # a warning when scored
+    storage.create(stage_key("input", "dup_ids.csv"), frame.to_csv(index=False).encode())
+    outcome = per_file.process(settings, storage, stage_key("input", "dup_ids.csv"))
+    assert outcome.status == "processed" and outcome.predictions_key, outcome.message
+    labels = pd.read_csv(io.BytesIO(storage.read(outcome.predictions_key)), dtype=str)
+    labels["Churn"] = churn.astype(str)
+
+    joined = _drop_labels(scored, outcome.predictions_key.rsplit("/", 1)[-1], labels)
+
+    assert joined.status == "processed", joined.message
+    assert f"(run {outcome.run}," in joined.message and "matched by rows" in joined.message

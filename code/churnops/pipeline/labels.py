@@ -5,11 +5,11 @@ predictions file the platform wrote (``processed/<run>/<stem>_predictions_<model
 with its ``Churn`` column filled in: 1 churned, 0 stayed, blank not known yet.
 :func:`join_labels` finds the scoring run those rows came from:
 
-- **by identifier** when the file has one (``ID_COLUMNS``): every labelled
-  identifier must be a row of the run's predictions; the file may hold only
-  some of them (partial labels);
-- **by rows** otherwise: the file must hold the predictions file's rows, all
-  of them, in order.
+- **by identifier** when the file has one (``ID_COLUMNS``) naming each customer
+  once: every identifier must be a row of the run's predictions; the file may
+  hold only some of them (partial labels);
+- **by rows** otherwise (no identifier, or one empty or repeated somewhere): the
+  file must hold the predictions file's rows, all of them, in order.
 
 Either way the columns the labels file shares with the predictions file (the
 features, ``churn_prediction``, ``churn_probability``) must agree, row by row,
@@ -159,11 +159,12 @@ def _compared_columns(labels: pd.DataFrame, predictions: pd.DataFrame, label: st
 def _rows_of(
     labels: pd.DataFrame, predictions: pd.DataFrame, identifier: str | None
 ) -> tuple[np.ndarray, str]:
-    """For each labels row, its row in ``predictions``; and how they were matched."""
-    if identifier and identifier in predictions.columns:
+    """For each labels row, its row in ``predictions``; and how they were matched.
+
+    By identifier when both files name each customer once; by rows otherwise.
+    """
+    if identifier and identifier in predictions.columns and _unique(predictions[identifier]):
         ids = predictions[identifier]
-        if ids.duplicated().any() or (ids == "").any():
-            raise _Mismatch(f"its identifier '{identifier}' is empty or repeated")
         position = pd.Series(np.arange(len(ids)), index=ids)
         unknown = ~labels[identifier].isin(ids)
         if unknown.any():
@@ -176,6 +177,11 @@ def _rows_of(
             "identifier a labels file must keep every row of the predictions file, in order"
         )
     return np.arange(len(labels)), "rows (no identifier)"
+
+
+def _unique(ids: pd.Series) -> bool:
+    """Every value given, none twice: the identifier names one customer per row."""
+    return not (ids.duplicated().any() or (ids.str.strip() == "").any())
 
 
 def _check_same(labels: pd.DataFrame, matched: pd.DataFrame, columns: list[str]) -> None:
@@ -256,11 +262,8 @@ def join_labels(
     if not values.notna().any():
         raise DataValidationError(["no row has a label: fill in 'Churn' (1 or 0)"], name)
     identifier = split_columns(labels.columns, settings.id_columns).identifier
-    if identifier and ((ids := labels[identifier]).duplicated().any() or (ids == "").any()):
-        raise DataValidationError(
-            [f"identifier '{identifier}' is empty or repeated: each row must name one customer"],
-            name,
-        )
+    if identifier and not _unique(labels[identifier]):
+        identifier = None  # empty or repeated (a warning when scored): match by rows
     scoring, matched, matched_by = _find(storage, labels, label, identifier, name)
     known = values.notna().to_numpy()
     actual = values[known].to_numpy(np.int8)
