@@ -214,6 +214,18 @@ def scores_panel() -> dict[str, Any]:
     )
 
 
+def coloured_text(column: str, colours: dict[str, str]) -> dict[str, Any]:
+    """A table override: the cells of ``column`` in the colour of their value."""
+    options = {value: {"color": c, "index": i} for i, (value, c) in enumerate(colours.items())}
+    return {
+        "matcher": {"id": "byName", "options": column},
+        "properties": [
+            {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+            {"id": "mappings", "value": [{"type": "value", "options": options}]},
+        ],
+    }
+
+
 def realized_panel() -> dict[str, Any]:
     """Scores realized by late labels, at the time each file was scored (newest labels)."""
     metrics = ", ".join(f"'{m}'" for m in QUALITY_METRICS)
@@ -264,24 +276,7 @@ def model_events_panel() -> dict[str, Any]:
         "ORDER BY e.at DESC\n"
         "LIMIT 50"
     )
-    event_colors = {
-        "matcher": {"id": "byName", "options": "event"},
-        "properties": [
-            {"id": "custom.cellOptions", "value": {"type": "color-text"}},
-            {
-                "id": "mappings",
-                "value": [
-                    {
-                        "type": "value",
-                        "options": {
-                            "promoted": {"color": "green", "index": 0},
-                            "refused": {"color": "orange", "index": 1},
-                        },
-                    }
-                ],
-            },
-        ],
-    }
+    event_colors = coloured_text("event", {"promoted": "green", "refused": "orange"})
     f1_unit = {
         "matcher": {"id": "byRegexp", "options": "/f1$/"},
         "properties": [{"id": "unit", "value": "percentunit"}, {"id": "decimals", "value": 1}],
@@ -461,26 +456,9 @@ def runs_table_panel() -> dict[str, Any]:
             {"id": "mappings", "value": [_open_report_mapping()]},
         ],
     }
-    status_colors = {
-        "matcher": {"id": "byName", "options": "status"},
-        "properties": [
-            {"id": "custom.cellOptions", "value": {"type": "color-text"}},
-            {
-                "id": "mappings",
-                "value": [
-                    {
-                        "type": "value",
-                        "options": {
-                            PROCESSED: {"color": "green", "index": 0},
-                            ERRORED: {"color": "red", "index": 1},
-                            FAILED: {"color": "orange", "index": 2},
-                            RUNNING: {"color": "blue", "index": 3},
-                        },
-                    }
-                ],
-            },
-        ],
-    }
+    status_colors = coloured_text(
+        "status", {PROCESSED: "green", ERRORED: "red", FAILED: "orange", RUNNING: "blue"}
+    )
     share_unit = {
         "matcher": {"id": "byRegexp", "options": "/^(drifted share|f1)$/"},
         "properties": [{"id": "unit", "value": "percentunit"}, {"id": "decimals", "value": 1}],
