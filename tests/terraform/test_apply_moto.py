@@ -194,7 +194,7 @@ def test_every_service_bootstraps_its_own_database_role(deployment: Deployment) 
         init = _container(tasks[service], "init")
         env = {e["name"]: e["value"] for e in init["environment"]}
         secrets = {s["name"]: s["valueFrom"] for s in init["secrets"]}
-        assert init["command"][:2] == ["python", "-c"] and "db_init" in init["command"][2]
+        assert init["command"][:2] == ["python", "-c"] and "ensure_role" in init["command"][2]
         assert (env["DB_ROLE_KIND"], env["DB_ROLE_NAME"], env["DB_ROLE_DATABASE"]) == (
             kind,
             name,
@@ -209,16 +209,19 @@ def test_every_service_bootstraps_its_own_database_role(deployment: Deployment) 
 def test_every_container_has_a_health_check_and_deploys_roll(deployment: Deployment) -> None:
     """Init containers are exempt: not essential, run to their end, and the service's
     container starts only on their SUCCESS (so a check would never be read)."""
-    ecs = deployment.client("ecs")
-    cluster = deployment.outputs["ecs_cluster_name"]
-    services = ecs.describe_services(
-        cluster=cluster, services=ecs.list_services(cluster=cluster)["serviceArns"]
-    )["services"]
+    # moto keeps no deployment configuration: read it from the state.
+    state = json.loads(deployment.tf("show", "-json"))
+    services = [
+        r["values"]
+        for module in _modules(state["values"]["root_module"])
+        for r in module.get("resources", [])
+        if r["type"] == "aws_ecs_service"
+    ]
+    assert {s["name"] for s in services} == EXPECTED_SERVICES
     for service in services:
-        config = service["deploymentConfiguration"]
-        assert config["minimumHealthyPercent"] == 100, service["serviceName"]
-        assert config["maximumPercent"] == 200
-        assert config["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
+        assert service["deployment_minimum_healthy_percent"] == 100, service["name"]
+        assert service["deployment_maximum_percent"] == 200
+        assert service["deployment_circuit_breaker"] == [{"enable": True, "rollback": True}]
     for name, task in _task_definitions(deployment).items():
         for container in task["containerDefinitions"]:
             if container["name"] == "init":
@@ -367,6 +370,11 @@ def _task_definitions(deployment: Deployment) -> dict[str, dict]:
         ]
         for s in services
     }
+
+
+def _modules(module: dict) -> list[dict]:
+    """A module of ``terraform show -json`` and all its descendants."""
+    return [module, *(m for child in module.get("child_modules", []) for m in _modules(child))]
 
 
 def _container(task: dict, name: str) -> dict:
