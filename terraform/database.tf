@@ -8,9 +8,10 @@ locals {
     # The flow (worker): reads and writes the metrics tables, no DDL.
     flow = { name = "churnops_flow", kind = "writer", database = "metrics", scheme = "postgresql+psycopg2" }
     # Grafana: SELECT on the dashboards' tables only.
-    grafana = { name = "grafana_ro", kind = "reader", database = "metrics", scheme = "postgresql" }
+    grafana = { name = "grafana_ro", kind = "reader", database = "metrics", scheme = "postgresql+psycopg2" }
     # MLflow and Prefect: each owns its database and migrates it itself.
-    mlflow  = { name = "mlflow", kind = "owner", database = "mlflow", scheme = "postgresql" }
+    # Explicit drivers: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, not installed.
+    mlflow  = { name = "mlflow", kind = "owner", database = "mlflow", scheme = "postgresql+psycopg2" }
     prefect = { name = "prefect", kind = "owner", database = "prefect", scheme = "postgresql+asyncpg" }
   }
 

@@ -186,6 +186,45 @@ def test_mlflow_and_prefect_own_their_database_and_reach_no_other(platform: Plat
         _cannot_connect(platform.login(service, platform.metrics))
 
 
+def test_prefect_and_mlflow_migrate_their_own_database_as_their_role(
+    platform: Platform, tmp_path: Path
+) -> None:
+    """What the servers do at their first start, with the URL their secret holds."""
+    prefect, mlflow = platform.roles["prefect"], platform.roles["mlflow"]
+    as_prefect = platform.admin.set(
+        drivername="postgresql+asyncpg",
+        username=prefect.name,
+        password=prefect.password,
+        database=prefect.database,
+    )
+    as_mlflow = platform.admin.set(
+        drivername="postgresql+psycopg2",
+        username=mlflow.name,
+        password=mlflow.password,
+        database=mlflow.database,
+    )
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": as_prefect.render_as_string(False),
+    }
+    for command in (
+        [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+        [sys.executable, "-m", "mlflow", "db", "upgrade", as_mlflow.render_as_string(False)],
+    ):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    engine = create_engine(platform.admin.set(database=prefect.database), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            owners = conn.execute(
+                text("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")
+            ).scalars()
+            assert list(owners) == [prefect.name]
+    finally:
+        engine.dispose()
+
+
 def test_a_password_from_a_new_secret_replaces_the_old_one(platform: Platform) -> None:
     role = platform.roles["grafana"]
     renewed = Role(role.kind, role.name, "rotated-pw", role.database)
