@@ -86,8 +86,8 @@ resource "aws_db_parameter_group" "this" {
 
 resource "aws_db_instance" "this" {
   # checkov:skip=CKV_AWS_118:Enhanced monitoring needs a monitoring role; CloudWatch metrics and exported logs are enough for this workload.
-  # checkov:skip=CKV_AWS_353:Performance Insights is not available on the default micro instance class.
-  # checkov:skip=CKV_AWS_354:Performance Insights is not enabled (see above).
+  # checkov:skip=CKV_AWS_353:Performance Insights is left off (a choice; it exists for this engine and class): CloudWatch metrics, the slow-statement log and the CPU and storage alarms cover this workload.
+  # checkov:skip=CKV_AWS_354:Performance Insights is off (see CKV_AWS_353): it has no data to encrypt.
   # checkov:skip=CKV_AWS_157:Multi-AZ is a variable (db_multi_az), off by default for staging cost.
   # checkov:skip=CKV2_AWS_30:Slow statements are logged through the parameter group; full query logging would log customer data.
   identifier     = var.name
