@@ -19,7 +19,7 @@ TRIALS ?= 0
 .PHONY: help install data register-model train demo up test test-unit quality format \
 	optuna-dashboard benchmark-model benchmark-features benchmark-latency benchmark-pipeline \
 	benchmark-recovery benchmark-retraining \
-	simulate-file-drops status screenshots clean
+	simulate-file-drops status screenshots rehearse-aws clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -88,6 +88,9 @@ benchmark-retraining: install data ## F1 on synthetic file 3 after dropping synt
 
 benchmark-pipeline: install data ## Flow time and peak RSS on 1,050, 1M and 10M rows beside the floor (pyarrow read, booster, CSV write)
 	$(RUN) python benchmarks/pipeline.py $(if $(ROWS),--rows $(ROWS))
+
+rehearse-aws: install data ## Apply to moto, run every ECS container here as a process, push a file through the wiring
+	$(RUN) python terraform/scripts/rehearse.py
 
 clean: ## Remove local state (.churnops: MLflow, Optuna, metrics, drop folder)
 	rm -rf .churnops

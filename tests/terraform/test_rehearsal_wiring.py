@@ -20,6 +20,7 @@ from .conftest import TERRAFORM_DIR
 
 sys.path.insert(0, str(TERRAFORM_DIR / "scripts"))
 
+from rehearsal import iam as rehearsal_iam
 from rehearsal import images, lambda_runtime
 from rehearsal.deployment import (
     Aws,
@@ -213,3 +214,25 @@ def test_the_lambda_cannot_import_what_its_image_lacks(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "pandas is not in the Lambda image" in done.stderr
+
+
+def test_a_role_that_may_not_read_a_secret_or_its_key_is_named(moto_server: str) -> None:
+    aws = Aws(moto_server)
+    key = aws.client("kms").create_key()["KeyMetadata"]["Arn"]
+    sm = aws.client("secretsmanager")
+    readable = sm.create_secret(Name="rehearsal-iam/a", SecretString="x", KmsKeyId=key)["ARN"]
+    other = sm.create_secret(Name="rehearsal-iam/b", SecretString="y", KmsKeyId=key)["ARN"]
+    iam = aws.client("iam")
+    role = iam.create_role(RoleName="rehearsal-iam-exec", AssumeRolePolicyDocument="{}")
+    statement = {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": readable}
+    iam.put_role_policy(
+        RoleName="rehearsal-iam-exec",
+        PolicyName="secrets",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [statement]}),
+    )
+    policies = rehearsal_iam.Policies(aws, role["Role"]["Arn"])
+    assert rehearsal_iam.secret_problems(aws, policies, readable) == [
+        f"role rehearsal-iam-exec may not kms:Decrypt with its key {key}"
+    ]
+    (problem, _key) = rehearsal_iam.secret_problems(aws, policies, other)
+    assert problem == f"role rehearsal-iam-exec may not secretsmanager:GetSecretValue {other}"

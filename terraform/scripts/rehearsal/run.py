@@ -37,7 +37,7 @@ import psycopg2
 import yaml
 from psycopg2 import sql
 
-from rehearsal import containers, images
+from rehearsal import containers, iam, images
 from rehearsal.deployment import Aws, Deployment, Function, Task, WiringError, read
 from rehearsal.mapping import LOCAL_SSLMODE, LOOPBACK, STRICT_SSLMODES, Mapper
 from rehearsal.processes import Process, Supervisor
@@ -124,6 +124,8 @@ class Rehearsal:
         try:
             self._step("database", self.provision_database)
             self._step("containers", self.prepare_containers)
+            self._step("secrets' permissions", self.check_secret_permissions)
+            self._step("runner settings", self.check_runner_settings)
             self._step("init containers", self.run_inits)
             self._step("servers", self.start_servers)
             training = self._step("training", self.start_training)
@@ -214,6 +216,89 @@ class Rehearsal:
             if local.skipped:
                 self.report.skipped[label] = local.skipped
         self.report.mapped = list(dict.fromkeys(self.mapper.notes))
+
+    def check_secret_permissions(self) -> None:
+        """Each task's execution role may read (and decrypt) every secret its containers
+        name, as ECS needs before starting it; the Lambda's role the secrets its
+        environment names."""
+        problems = []
+        for task in self.deployment.tasks.values():
+            if not task.execution_role_arn:
+                continue
+            policies = iam.Policies(self.aws, task.execution_role_arn)
+            for container in task.containers:
+                for name, value_from in container.secrets.items():
+                    if ":secretsmanager:" in value_from:
+                        place = containers.where(container, name, secret=True)
+                        secret = ":".join(value_from.split(":")[:7])
+                        problems += [
+                            f"{place}: {p}" for p in iam.secret_problems(self.aws, policies, secret)
+                        ]
+        function = self.deployment.function
+        if function is not None:
+            policies = iam.Policies(self.aws, function.role_arn)
+            for name, value in function.environment.items():
+                if value.startswith("arn:") and ":secretsmanager:" in value:
+                    place = f"Lambda {function.name}, variable {name}"
+                    problems += [
+                        f"{place}: {p}" for p in iam.secret_problems(self.aws, policies, value)
+                    ]
+        if problems:
+            raise WiringError("\n".join(problems))
+        self.report.facts["secrets"] = "every secret readable by its execution (or Lambda) role"
+
+    def check_runner_settings(self) -> None:
+        """What churnops reads from the worker's environment names this deployment's
+        resources: its bucket and topic, and a database, MLflow, Evidently UI and Prefect
+        API of its own, not the local defaults (SQLite, folders, a temporary server)."""
+        worker = self._worker()
+        code = (
+            "import json\nfrom churnops.settings import get_settings\ns = get_settings()\n"
+            "print(json.dumps({'drop': s.drop_uri, 'DATABASE_URL': s.database_url,"
+            " 'MLFLOW_TRACKING_URI': s.mlflow_tracking_uri,"
+            " 'EVIDENTLY_UI_URL': s.evidently_ui_url, 'ALERTS_TOPIC_ARN': s.alerts_topic_arn}))"
+        )
+        done = subprocess.run(
+            [str(containers.VENV_BIN / "python"), "-c", code],
+            env=worker.env,
+            cwd=worker.cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise WiringError(
+                f"container {worker.label}: churnops cannot read its settings:\n"
+                f"{done.stderr[-2000:]}"
+            )
+        read = json.loads(done.stdout.splitlines()[-1])
+        problems = [
+            f"{name} is unset: churnops would use its local default"
+            for name in (
+                "DATABASE_URL",
+                "MLFLOW_TRACKING_URI",
+                "EVIDENTLY_UI_URL",
+                "ALERTS_TOPIC_ARN",
+            )
+            if not read[name]
+        ]
+        if not worker.env.get("PREFECT_API_URL"):
+            problems.append("PREFECT_API_URL is unset: Prefect would start a temporary server")
+        bucket = f"s3://{self.deployment.bucket}"
+        if read["drop"] != bucket:
+            problems.append(
+                f"churnops reads its drop as {read['drop']}, not the bucket {bucket}"
+                f" (DROP_STORAGE={worker.env.get('DROP_STORAGE')},"
+                f" DROP_BUCKET={worker.env.get('DROP_BUCKET')})"
+            )
+        topic = self.applied.outputs.get("alerts_topic_arn")
+        if read["ALERTS_TOPIC_ARN"] and topic and read["ALERTS_TOPIC_ARN"] != topic:
+            problems.append(f"ALERTS_TOPIC_ARN is not the deployment's topic {topic}")
+        if problems:
+            raise WiringError("\n".join(f"container {worker.label}: {p}" for p in problems))
+        self.report.facts["runner settings"] = (
+            f"drop {bucket}, its own database, MLflow, Evidently, topic"
+        )
 
     # ------------------------------------------------------------------ 3. processes
     def run_inits(self) -> None:
