@@ -147,9 +147,13 @@ class _EarlyApply:
 _EARLY: _EarlyApply | None = None
 
 
+#: Test modules that use the early apply: collecting one of them starts it.
+USES_APPLY = ("test_apply_moto.py", "test_rehearsal.py")
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     global _EARLY
-    if any(item.path.name == "test_apply_moto.py" for item in session.items):
+    if any(item.path.name in USES_APPLY for item in session.items):
         _EARLY = _EarlyApply()
 
 
@@ -159,9 +163,13 @@ RUN_CHECKS_AFTER = "test_exactly_once.py"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Apply checks mid-suite, the destroy check last: no test waits for the provider."""
+    """Apply checks mid-suite, the destroy check last: no test waits for the provider.
+
+    The rehearsal (test_rehearsal.py) goes first among them: it leaves the deployment
+    as it found it, while the last apply check changes the bucket's notification."""
     destroy = [i for i in items if i.name == "test_destroy_leaves_nothing_behind"]
-    checks = [i for i in items if i.path.name == "test_apply_moto.py" and i not in destroy]
+    checks = [i for i in items if i.path.name in USES_APPLY and i not in destroy]
+    checks.sort(key=lambda i: i.path.name != "test_rehearsal.py")
     rest = [i for i in items if i not in destroy and i not in checks]
     anchor = [n for n, i in enumerate(rest) if i.path.name == RUN_CHECKS_AFTER]
     at = anchor[-1] + 1 if anchor else len(rest)
@@ -174,7 +182,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _early() -> _EarlyApply:
-    assert _EARLY is not None, "the apply begins when collection selects test_apply_moto.py"
+    assert _EARLY is not None, f"the apply begins when collection selects one of {USES_APPLY}"
     return _EARLY
 
 

@@ -74,6 +74,10 @@ def prepare(
             },
         }
     )
+    for volume, path in container.mount_points:
+        mapper.notes.append(
+            f"{where(container)}: volume {volume} at {path} -> {paths.prefixes[path]}"
+        )
     env = environment(container, facts, mapper, aws, paths, ports, home)
     if image.not_here is not None:  # its environment is still read (e.g. Grafana's login)
         return Local(container, [], env, cwd, ports, None, paths, skipped=image.not_here)

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,8 @@ class Report:
         lines += [f"  {label:<32} {what}" for label, what in self.ran.items()]
         lines += ["skipped (cannot run on this machine):"]
         lines += [f"  {label:<32} {why}" for label, why in self.skipped.items()] or ["  none"]
+        lines += ["mapped to this machine:"]
+        lines += [f"  {note}" for note in self.mapped]
         lines += ["checked end to end:"]
         lines += [f"  {name}: {value}" for name, value in self.facts.items()]
         return "\n".join(lines)
@@ -137,6 +141,8 @@ class Rehearsal:
             self._step("reconciler", self.check_reconciler)
             self._step("dashboard role", self.check_reader)
         finally:
+            notes = self.mapper.notes if hasattr(self, "mapper") else []
+            self.report.mapped = list(dict.fromkeys(notes))
             self.supervisor.stop_all()
             for cleanup in reversed(self.cleanups):
                 with contextlib.suppress(Exception):
@@ -215,7 +221,6 @@ class Rehearsal:
         for label, local in self.local.items():
             if local.skipped:
                 self.report.skipped[label] = local.skipped
-        self.report.mapped = list(dict.fromkeys(self.mapper.notes))
 
     def check_secret_permissions(self) -> None:
         """Each task's execution role may read (and decrypt) every secret its containers
@@ -593,22 +598,42 @@ class Rehearsal:
             raise WiringError(f"no predictions beside {originals[0]}")
         self.report.facts["processed"] = originals[0]
         self.report.facts["predictions"] = predictions[0]
-        row = self._run_row(run_id)
-        self.report.facts["metrics row"] = row
+        run, report_url = self._run_row(run_id)
+        user = self._login_of(self._worker().env.get("DATABASE_URL", ""))
+        self.report.facts["metrics row"] = (
+            f"pipeline_runs {run} processed, written by the flow run as {user}"
+        )
+        self.report.facts["report"] = self._report_stored(report_url)
         self.report.facts["alert"] = self._alert_received()
 
-    def _run_row(self, flow_run_id: str) -> str:
+    def _run_row(self, flow_run_id: str) -> tuple[str, str | None]:
         url = self._admin_url_of(self.deployment.database.database)
         with _connect(url) as conn, conn.cursor() as cur:
             cur.execute(
-                "SELECT id, status, file_name FROM pipeline_runs WHERE flow_run_id = %s",
+                "SELECT id, status, report_url FROM pipeline_runs WHERE flow_run_id = %s",
                 (flow_run_id,),
             )
             rows = cur.fetchall()
         if len(rows) != 1 or rows[0][1] != "processed":
             raise WiringError(f"pipeline_runs has {rows} for flow run {flow_run_id}")
-        user = self._login_of(self._worker().env.get("DATABASE_URL", ""))
-        return f"pipeline_runs {rows[0][0]} processed, written by the flow run as {user}"
+        return rows[0][0], rows[0][2]
+
+    def _report_stored(self, report_url: str | None) -> str:
+        """The run's Evidently report is listed by the Evidently UI it links to."""
+        found = re.search(r"/projects/([0-9a-f-]{36})/reports/([0-9a-f-]{36})", report_url or "")
+        if not found:
+            raise WiringError(f"the run's report URL {report_url!r} names no Evidently report")
+        project, snapshot = found.groups()
+        base = report_url[: found.start()]
+        try:
+            listed = _get_json(f"{base}/api/projects/{project}/snapshots")
+        except OSError as exc:
+            raise WiringError(
+                f"the Evidently UI at {base} does not list {project}: {exc}"
+            ) from None
+        if snapshot not in {str(s.get("id")) for s in listed}:
+            raise WiringError(f"the Evidently UI at {base} has no report {snapshot}")
+        return f"report {snapshot} in the Evidently UI's project {project}"
 
     def check_reconciler(self) -> None:
         """A run of the reconciler's deployment, made by its schedule, completed."""
@@ -763,8 +788,6 @@ def datasource_login(grafana: containers.Local) -> dict[str, Any]:
     (source,) = yaml.safe_load(path.read_text())["datasources"]
 
     def fill(text: str) -> str:
-        import re
-
         def var(match: re.Match[str]) -> str:
             name = match[1] or match[2]
             if name not in grafana.env:
@@ -841,6 +864,11 @@ def _connect_kw(login: dict[str, Any]):
         yield conn
     finally:
         conn.close()
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def _versions(s3: Any, bucket: str) -> set[tuple[str, str]]:

@@ -1,0 +1,61 @@
+"""`make rehearse-aws` on the session's deployment: the applied task definitions run as
+local processes against moto and the session's Postgres, and a file dropped into the
+bucket is processed through exactly that wiring (terraform/scripts/rehearse.py).
+
+It reuses the apply that ``conftest.py`` begins early in the background, and runs
+before the apply checks (it leaves the deployment as it found it).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.postgres import PostgresCluster
+
+from .conftest import TERRAFORM_DIR, early_apply
+
+sys.path.insert(0, str(TERRAFORM_DIR / "scripts"))
+
+from rehearsal.run import Applied, Rehearsal
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_applied_wiring_processes_a_dropped_file_end_to_end(
+    terraform_bin: str, postgres_cluster: PostgresCluster, data_dir: Path, tmp_path: Path
+) -> None:
+    deployment = early_apply().result()
+    applied = Applied(deployment.endpoint, deployment.outputs)
+    report = Rehearsal(applied, postgres_cluster.admin_url(), data_dir, tmp_path).run()
+    print(report.text())
+
+    assert set(report.skipped) == {"grafana/grafana"}, report.skipped
+    assert "Grafana's server" in report.skipped["grafana/grafana"]
+    ran = set(report.ran)
+    for server in ("mlflow/mlflow", "prefect-server/prefect-server", "evidently/evidently"):
+        assert server in ran and report.ran[server].startswith("healthy"), report.ran
+    assert "worker/worker" in ran
+    facts = report.facts
+    name = facts["dropped"].rsplit("/", 1)[-1]
+    assert " " in name and "+" in name  # S3 URL-encodes both in the event
+    assert facts["processed"].startswith("data/processed/")
+    assert facts["processed"].endswith(f"/{name}")
+    assert facts["predictions"].rsplit("/", 1)[0] == facts["processed"].rsplit("/", 1)[0]
+    assert "processed, written by the flow run as" in facts["metrics row"]
+    assert "completed" in facts["reconciler"]
+    assert "cannot delete" in facts["dashboard role"]
+    assert facts["alert"].startswith("on the topic")
+
+
+def test_the_rehearsal_left_the_deployment_as_it_found_it(terraform_bin: str) -> None:
+    deployment = early_apply().result()
+    listed = deployment.client("s3").list_objects_v2(Bucket=deployment.outputs["bucket_name"])
+    keys = {o["Key"] for o in listed.get("Contents", [])}
+    # Only the folder markers the module creates are left under data/.
+    assert not [k for k in keys if k.startswith("data/") and not k.endswith("/")]
+    assert not [k for k in keys if k.startswith("mlflow-artifacts/")]
+    queues = deployment.client("sqs").list_queues().get("QueueUrls", [])
+    assert not [q for q in queues if "rehearsal" in q]
