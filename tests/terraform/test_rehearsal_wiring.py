@@ -22,6 +22,7 @@ sys.path.insert(0, str(TERRAFORM_DIR / "scripts"))
 
 from rehearsal import iam as rehearsal_iam
 from rehearsal import images, lambda_runtime
+from rehearsal.containers import Local
 from rehearsal.deployment import (
     Aws,
     Container,
@@ -36,6 +37,7 @@ from rehearsal.deployment import (
     secret_value,
 )
 from rehearsal.mapping import Mapper, Paths, command
+from rehearsal.run import datasource_login
 from rehearsal.services import notification_for, s3_event
 
 NS = "churnops-emu.internal"
@@ -236,3 +238,26 @@ def test_a_role_that_may_not_read_a_secret_or_its_key_is_named(moto_server: str)
     ]
     (problem, _key) = rehearsal_iam.secret_problems(aws, policies, other)
     assert problem == f"role rehearsal-iam-exec may not secretsmanager:GetSecretValue {other}"
+
+
+def test_the_dashboards_login_is_built_as_grafanas_provisioning_builds_it(tmp_path: Path) -> None:
+    env = {
+        "METRICS_DB_HOST": "127.0.0.1:5999",
+        "METRICS_DB_NAME": "metrics",
+        "METRICS_DB_USER": "grafana_ro",
+        "METRICS_DB_PASSWORD": "pw$1",
+        "METRICS_DB_SSLMODE": "require",
+    }
+    container = _task("grafana", (3000,)).containers[0]
+    local = Local(container, [], env, tmp_path, {}, None, Paths({}))
+    assert datasource_login(local) == {
+        "host": "127.0.0.1",
+        "port": 5999,
+        "dbname": "metrics",
+        "user": "grafana_ro",
+        "password": "pw$1",
+        "sslmode": "prefer",
+    }
+    del env["METRICS_DB_USER"]
+    with pytest.raises(WiringError, match=r"container grafana/grafana: .* needs \$METRICS_DB_USER"):
+        datasource_login(local)
