@@ -4,7 +4,10 @@
 # credentials in the environment (profile, SSO, ...) and Docker for the images.
 #
 #   make plan | apply | destroy          TF_ENV=stg (default), IMAGE_TAG=<git sha>
+#   make plan PLAN=f; make apply-plan PLAN=f   save a plan, review it, apply exactly it
+#                                        (what .github/workflows/deploy.yml does)
 #   make disable-lambda | enable-lambda  stop / resume triggering on data/input/
+#   make tunnel SERVICE=mlflow           a UI on http://localhost:<port> through SSM (ECS Exec)
 #   make apply-local | destroy-local     the whole module against moto on loopback
 #   make tf-check                        fmt, validate, checkov
 #   make hadolint                        lint the Dockerfiles
@@ -14,6 +17,8 @@ TF_DIR := terraform
 TF := terraform -chdir=$(TF_DIR)
 TF_VARS_FILE ?= $(TF_DIR)/vars/$(TF_ENV).tfvars
 TF_BACKEND_CONFIG ?= $(TF_DIR)/vars/$(TF_ENV).backend.tfvars
+# Extra flags of `terraform plan` (the pull-request plan: -lock=false, it only reads).
+TF_PLAN_FLAGS ?=
 # Written by disable-lambda / enable-lambda so that later applies keep the switch.
 TF_LAMBDA_SWITCH := $(TF_DIR)/vars/$(TF_ENV).lambda.tfvars
 TF_OUTPUTS := .churnops/terraform-$(TF_ENV)-outputs.json
@@ -29,7 +34,7 @@ TF_VAR_ARGS = -var-file=$(abspath $(TF_VARS_FILE)) \
 	$(if $(wildcard $(TF_LAMBDA_SWITCH)),-var-file=$(abspath $(TF_LAMBDA_SWITCH)),)
 DOCKERFILES := $(wildcard code/orchestration/Dockerfile code/s3_to_prefect_lambda/Dockerfile code/grafana/Dockerfile)
 
-.PHONY: tf-init plan apply destroy push-images disable-lambda enable-lambda \
+.PHONY: tf-init plan apply apply-plan post-apply destroy push-images disable-lambda enable-lambda \
 	apply-local destroy-local tf-check hadolint
 
 tf-init:
@@ -37,19 +42,29 @@ tf-init:
 	@test -f $(TF_BACKEND_CONFIG) || { echo "missing $(TF_BACKEND_CONFIG): copy $(TF_DIR)/vars/backend.tfvars.template"; exit 1; }
 	$(TF) init -input=false -reconfigure -backend-config=$(abspath $(TF_BACKEND_CONFIG))
 
-plan: tf-init ## Show what `make apply` would change in AWS (TF_ENV=stg)
-	$(TF) plan -input=false $(TF_VAR_ARGS) -var=image_tag=$(IMAGE_TAG)
+plan: tf-init ## Show what `make apply` would change in AWS (TF_ENV=stg); PLAN=file saves it for apply-plan
+	$(TF) plan -input=false $(TF_PLAN_FLAGS) $(TF_VAR_ARGS) -var=image_tag=$(IMAGE_TAG) $(if $(PLAN),-out=$(abspath $(PLAN)))
 
-apply: tf-init $(TF_PREREQ) ## Provision the platform in AWS, push the images, write .env, configure Prefect
+# The repositories first (the images need them), then the images, then the plan of
+# everything, applied once you have read it and answered yes.
+apply: tf-init $(TF_PREREQ) ## Provision the platform in AWS: push the images, apply the plan you confirm, post-apply
 	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(IMAGE_TAG) -target=module.ecr
 	@if [ "$(SKIP_IMAGES)" = "1" ]; then echo "SKIP_IMAGES=1: images $(IMAGE_TAG) must already be in ECR"; \
 		else $(MAKE) --no-print-directory push-images IMAGE_TAG=$(IMAGE_TAG); fi
-	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(IMAGE_TAG)
+	$(TF) apply $(TF_VAR_ARGS) -var=image_tag=$(IMAGE_TAG)
+	@$(MAKE) --no-print-directory post-apply
+
+apply-plan: tf-init $(TF_PREREQ) ## Apply exactly a saved plan (PLAN=file of `make plan PLAN=file`), then post-apply
+	@test -n "$(PLAN)" || { echo "PLAN=<file> is required: make plan PLAN=<file> first"; exit 1; }
+	$(TF) apply -input=false $(abspath $(PLAN))
+	@$(MAKE) --no-print-directory post-apply
+
+post-apply: $(TF_PREREQ) ## After an apply: write .env, wait for the services, register the Prefect deployments
 	@mkdir -p $(dir $(TF_OUTPUTS))
 	@$(TF) output -json > $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py env $(TF_OUTPUTS) --env-file $(ENV_FILE)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py wait $(TF_OUTPUTS)
-	$(TF_PY) $(TF_DIR)/scripts/post_apply.py prefect $(TF_OUTPUTS)
+	$(TF_PY) $(TF_DIR)/scripts/post_apply.py deployments $(TF_OUTPUTS)
 
 push-images: ## Build and push the three images to ECR with IMAGE_TAG (needs Docker)
 	@mkdir -p .churnops
@@ -76,6 +91,13 @@ enable-lambda: tf-init ## Trigger the Lambda again on new files in data/input/
 	echo 'lambda_enabled = true' > $(TF_LAMBDA_SWITCH)
 	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(TF_DEPLOYED_TAG) \
 		-target=module.s3.aws_s3_bucket_notification.drop
+
+.PHONY: tunnel
+tunnel: tf-init $(TF_PREREQ) ## A UI on localhost through SSM, SERVICE=mlflow|prefect-server|evidently|grafana (AWS CLI + Session Manager plugin)
+	@test -n "$(SERVICE)" || { echo "usage: make tunnel SERVICE=mlflow|prefect-server|evidently|grafana"; exit 1; }
+	@mkdir -p $(dir $(TF_OUTPUTS))
+	@$(TF) output -json > $(TF_OUTPUTS)
+	$(TF_PY) $(TF_DIR)/scripts/tunnel.py $(TF_OUTPUTS) $(SERVICE)
 
 apply-local: $(TF_PREREQ) ## Apply the whole module against moto on loopback (no AWS account)
 	$(TF_PY) $(TF_DIR)/scripts/tf_local.py up --workdir $(TF_LOCAL_WORKDIR)

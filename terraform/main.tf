@@ -67,6 +67,18 @@ data "aws_iam_policy_document" "kms" {
       values   = ["arn:${data.aws_partition.current.partition}:logs:${local.region}:${local.account_id}:log-group:*"]
     }
   }
+
+  # The ECS task-crash rule (alarms.tf) publishes to the alerts topic, which this key encrypts.
+  statement {
+    sid       = "EventBridgeToEncryptedTopic"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
+    resources = ["*"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["events.amazonaws.com"]
+    }
+  }
 }
 
 resource "aws_kms_key" "platform" {

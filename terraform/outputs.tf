@@ -98,9 +98,22 @@ output "grafana_admin_secret_arn" {
   value       = aws_secretsmanager_secret.grafana_admin.arn
 }
 
-output "prefect_work_pool" {
-  description = "Work pool the worker polls."
-  value       = var.prefect_work_pool
+output "deployments_task" {
+  description = "How `make apply` registers the Prefect deployments from inside the VPC: a one-off task of the worker's task definition (its network, role and secrets) running `command` in `container`."
+  value = {
+    cluster          = module.ecs.cluster_name
+    task_definition  = module.ecs.task_definition_arns["worker"]
+    container        = "worker"
+    command          = ["python", "-m", "churnops.platform.deployments"]
+    subnets          = local.task_subnet_ids
+    security_groups  = [module.ecs.tasks_security_group_id]
+    assign_public_ip = local.public_tasks
+  }
+}
+
+output "ops_metrics_namespace" {
+  description = "CloudWatch namespace of ChurnOps' operational metrics (file ages, failed and queued flow runs)."
+  value       = local.ops_metrics_namespace
 }
 
 output "prefect_deployment" {

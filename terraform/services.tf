@@ -58,13 +58,17 @@ locals {
     worker = {
       image         = local.images.orchestration
       cpu           = try(local.sizes.worker.cpu, 1024)
-      memory        = try(local.sizes.worker.memory, 4096)
-      desired_count = var.worker_desired_count
-      # A process worker: flow runs execute inside this task, with its role.
-      # On SIGTERM it takes no new run and waits for its runs (stop_timeout).
-      command = ["prefect", "worker", "start", "--pool", var.prefect_work_pool, "--type", "process", "--with-healthcheck"]
-      # The worker's health server (PREFECT_WORKER_WEBSERVER_PORT, 8080): 200 while it polls.
-      health_check = { command = concat(local.http_check, ["http://127.0.0.1:8080/health"]) }
+      memory        = try(local.sizes.worker.memory, 3072)
+      desired_count = var.worker_min_count
+      # One warm runner per task (churnops.platform.runner, as `churnops up` runs them):
+      # imports and the model loaded once, one flow run at a time, so the task's memory
+      # bounds one run and an OOM kill takes one run (the reconciler re-drives it).
+      # scaling.tf adds tasks on Prefect's queue depth. On SIGTERM it takes no new run
+      # and finishes the one in progress (stop_timeout); while a run executes, the
+      # task is protected from scale-in and deployments.
+      command = ["python", "-m", "churnops.platform.runner"]
+      # The runner writes this file once it serves (deployments registered, model loaded).
+      health_check = { command = ["CMD-SHELL", "test -f /tmp/churnops/runner.ready.0"], start_period = 300 }
       stop_timeout = 120
       # Migrates the metrics database, then the flow's writer role.
       init = local.db_init["flow"]
@@ -77,6 +81,13 @@ locals {
         AWS_DEFAULT_REGION  = local.region
         PGSSLMODE           = "require"
         PREFECT_HOME        = "/tmp/prefect"
+        # The runner's bucket, home and deployment (the Lambda's), and the metrics the
+        # alarms (alarms.tf) and the autoscaling (scaling.tf) watch.
+        DROP_BUCKET           = module.s3.bucket_name
+        CHURNOPS_HOME         = "/tmp/churnops"
+        PREFECT_DEPLOYMENT    = var.prefect_deployment
+        RUNNER_POLL_SECONDS   = "1"
+        OPS_METRICS_NAMESPACE = local.ops_metrics_namespace
       }
       secrets = { DATABASE_URL = local.db_url_secrets["metrics"] }
     }
@@ -175,6 +186,27 @@ data "aws_iam_policy_document" "worker_task" {
     sid       = "UsePlatformKey"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.platform.arn]
+  }
+
+  # The operational metrics (alarms.tf, scaling.tf). PutMetricData has no resource ARN:
+  # the condition keeps it to ChurnOps' namespace.
+  statement {
+    sid       = "PublishOpsMetrics"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [local.ops_metrics_namespace]
+    }
+  }
+
+  # A runner protects its own task from scale-in while a run executes (through the ECS agent).
+  statement {
+    sid       = "ProtectOwnTasks"
+    actions   = ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
+    resources = ["arn:${data.aws_partition.current.partition}:ecs:${local.region}:${local.account_id}:task/${local.name}/*"]
   }
 }
 

@@ -142,12 +142,6 @@ variable "prefect_deployment" {
   default     = "churn_prediction_pipeline/churnops"
 }
 
-variable "prefect_work_pool" {
-  description = "Prefect work pool the worker polls."
-  type        = string
-  default     = "churnops-ecs"
-}
-
 # ---------------------------------------------------------------- database
 variable "db_instance_class" {
   description = "RDS instance class."
@@ -213,10 +207,45 @@ variable "service_sizes" {
   default = {}
 }
 
-variable "worker_desired_count" {
-  description = "Number of Prefect worker tasks."
+variable "worker_min_count" {
+  description = "Warm runner tasks always running (each runs one flow run at a time; scaling.tf adds more on Prefect's queue depth)."
   type        = number
   default     = 1
+
+  validation {
+    condition     = var.worker_min_count >= 1
+    error_message = "At least one runner: it also runs the scheduled reconciler."
+  }
+}
+
+variable "worker_max_count" {
+  description = "Most warm runner tasks the autoscaling starts (files processed at once)."
+  type        = number
+  default     = 4
+
+  validation {
+    condition     = var.worker_max_count >= var.worker_min_count
+    error_message = "worker_max_count must be at least worker_min_count."
+  }
+}
+
+# ---------------------------------------------------------------- alarms
+variable "alarm_file_age_minutes" {
+  description = "Alarm when a file has waited this long in data/input/ (or data/labels/) or in data/processing/."
+  type        = number
+  default     = 30
+}
+
+variable "alarm_db_cpu_percent" {
+  description = "Alarm when the database's average CPU stays above this for 15 minutes."
+  type        = number
+  default     = 80
+}
+
+variable "alarm_db_free_storage_percent" {
+  description = "Alarm when the database's free storage falls below this share of db_allocated_storage."
+  type        = number
+  default     = 10
 }
 
 variable "secret_recovery_window_days" {

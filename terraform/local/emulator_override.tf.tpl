@@ -16,10 +16,13 @@ provider "aws" {
   s3_use_path_style           = true
 
   endpoints {
+    appautoscaling   = "@ENDPOINT@"
+    cloudwatch       = "@ENDPOINT@"
     cloudwatchlogs   = "@ENDPOINT@"
     ec2              = "@ENDPOINT@"
     ecr              = "@ENDPOINT@"
     ecs              = "@ENDPOINT@"
+    events           = "@ENDPOINT@"
     efs              = "@ENDPOINT@"
     elbv2            = "@ENDPOINT@"
     iam              = "@ENDPOINT@"

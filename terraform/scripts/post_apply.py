@@ -1,34 +1,30 @@
-"""After `terraform apply`: write .env, wait for the services, create the Prefect work pool.
+"""After `terraform apply`: write .env, wait for the services, register the Prefect deployments.
 
 Reads `terraform output -json` from a file (or stdin with "-"). Subcommands:
-  env      OUTPUTS [--env-file .env]   write the non-secret settings and print the URLs
-  wait     OUTPUTS [--timeout 900]     wait until the ECS services are stable and the UIs answer
-  prefect  OUTPUTS                     create the work pool through the API (PREFECT_API_URL
-                                       from the outputs unless set; PREFECT_API_KEY or
-                                       PREFECT_API_AUTH_STRING from the environment only)
+  env          OUTPUTS [--env-file .env]   write the non-secret settings and print the URLs
+  wait         OUTPUTS [--timeout 900]     wait until every ECS service is stable (its tasks
+                                           running and passing their health checks)
+  deployments  OUTPUTS [--timeout 900]     register the Prefect deployments from inside the
+                                           VPC: a one-off task of the worker's task definition
+                                           runs `python -m churnops.platform.deployments`
+                                           (the function every runner calls at start) and
+                                           must exit 0
 
-No secret is taken on the command line or printed: the database URL stays in
-Secrets Manager and reaches the worker through its task definition.
+The Prefect API is internal and asks for a credential, so the registration runs
+where the runners run, with their network, role and secrets: nothing to reach
+from this machine, no secret here. No secret is taken on the command line or
+printed: the database URLs and credentials stay in Secrets Manager and reach the
+tasks through their task definitions.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-
-HEALTH_PATHS = {
-    "mlflow": "/health",
-    "prefect-server": "/api/health",
-    "evidently": "/",
-    "grafana": "/api/health",
-}
+from typing import Any
 
 
 def load_outputs(source: str) -> dict:
@@ -66,18 +62,11 @@ def write_env(out: dict, env_file: Path) -> None:
 
 
 # ----------------------------------------------------------------- wait
-def http_ok(url: str, timeout: float = 5.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return 200 <= response.status < 400
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def wait(out: dict, timeout: float) -> None:
+    """Every service stable: its tasks run and pass their container health checks (and,
+    behind the load balancer, its target checks), or the circuit breaker rolled back."""
     import boto3
 
-    deadline = time.monotonic() + timeout
     ecs = boto3.client("ecs", region_name=out["aws_region"])
     services = sorted(out["ecs_service_names"].values())
     print(f"waiting for ECS services {', '.join(services)} to be stable")
@@ -86,50 +75,64 @@ def wait(out: dict, timeout: float) -> None:
         services=services,
         WaiterConfig={"Delay": 15, "MaxAttempts": max(1, int(timeout // 15))},
     )
-    pending = {name: url + HEALTH_PATHS.get(name, "/") for name, url in out["ui_urls"].items()}
-    while pending and time.monotonic() < deadline:
-        for name, url in list(pending.items()):
-            if http_ok(url):
-                print(f"  {name} answers at {url}")
-                del pending[name]
-        if pending:
-            time.sleep(10)
-    if pending:
-        raise SystemExit(f"not answering after {timeout:.0f}s: {', '.join(sorted(pending))}")
+    print("  every service is stable")
 
 
-# ----------------------------------------------------------------- prefect
-class PrefectApi:
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-        self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if os.environ.get("PREFECT_API_KEY"):
-            self.headers["Authorization"] = f"Bearer {os.environ['PREFECT_API_KEY']}"
-        elif os.environ.get("PREFECT_API_AUTH_STRING"):
-            token = base64.b64encode(os.environ["PREFECT_API_AUTH_STRING"].encode()).decode()
-            self.headers["Authorization"] = f"Basic {token}"
+# ----------------------------------------------------------------- deployments
+def register_deployments(out: dict, ecs: Any = None, timeout: float = 900, poll: float = 10) -> str:
+    """Run the registration as a one-off task in the VPC and wait for it; its task ARN.
 
-    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, object]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers=self.headers
+    SystemExit when the task cannot start or does not exit 0 (its log is in the
+    worker's log group).
+    """
+    task = out["deployments_task"]
+    if ecs is None:
+        import boto3
+
+        ecs = boto3.client("ecs", region_name=out["aws_region"])
+    network = {
+        "subnets": task["subnets"],
+        "securityGroups": task["security_groups"],
+        "assignPublicIp": "ENABLED" if task["assign_public_ip"] else "DISABLED",
+    }
+    started = ecs.run_task(
+        cluster=task["cluster"],
+        taskDefinition=task["task_definition"],
+        launchType="FARGATE",
+        count=1,
+        startedBy="make-apply",
+        networkConfiguration={"awsvpcConfiguration": network},
+        overrides={"containerOverrides": [{"name": task["container"], "command": task["command"]}]},
+    )
+    if started.get("failures") or not started.get("tasks"):
+        raise SystemExit(f"the registration task did not start: {started.get('failures')}")
+    arn = started["tasks"][0]["taskArn"]
+    print(f"registering the Prefect deployments: {' '.join(task['command'])} in task {arn}")
+    stopped = _wait_stopped(ecs, task["cluster"], arn, timeout, poll)
+    container = next(
+        (c for c in stopped.get("containers", []) if c["name"] == task["container"]), {}
+    )
+    code = container.get("exitCode")
+    if code != 0:
+        log_group = f"/ecs/{task['cluster']}/{task['container']}"
+        raise SystemExit(
+            f"registering the deployments failed (exit code {code},"
+            f" {stopped.get('stoppedReason')});"
+            f" its log is in {log_group}, task {arn.rsplit('/', 1)[-1]}"
         )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                payload = response.read()
-                return response.status, json.loads(payload) if payload else None
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
+    print("  deployments registered")
+    return arn
 
 
-def store_prefect_settings(out: dict, api: PrefectApi) -> None:
-    """Create the work pool the deployments run on (the flow's settings are in its task
-    definition's environment, so nothing else is stored in Prefect)."""
-    pool = out["prefect_work_pool"]
-    status, _ = api.call("POST", "/work_pools/", {"name": pool, "type": "process"})
-    if status not in (200, 201, 409):
-        raise SystemExit(f"creating work pool {pool} failed with HTTP {status}")
-    print(f"work pool {pool}: {'exists' if status == 409 else 'created'}")
+def _wait_stopped(ecs: Any, cluster: str, arn: str, timeout: float, poll: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        (described,) = ecs.describe_tasks(cluster=cluster, tasks=[arn])["tasks"]
+        if described.get("lastStatus") == "STOPPED":
+            return described
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the registration task {arn} still runs after {timeout:.0f}s")
+        time.sleep(poll)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,11 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     env_p = sub.add_parser("env")
     env_p.add_argument("outputs")
     env_p.add_argument("--env-file", type=Path, default=Path(".env"))
-    wait_p = sub.add_parser("wait")
-    wait_p.add_argument("outputs")
-    wait_p.add_argument("--timeout", type=float, default=900)
-    prefect_p = sub.add_parser("prefect")
-    prefect_p.add_argument("outputs")
+    for name in ("wait", "deployments"):
+        waiting = sub.add_parser(name)
+        waiting.add_argument("outputs")
+        waiting.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args(argv)
 
     out = load_outputs(args.outputs)
@@ -153,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "wait":
         wait(out, args.timeout)
     else:
-        api_url = os.environ.get("PREFECT_API_URL") or out["prefect_api_url"]
-        store_prefect_settings(out, PrefectApi(api_url))
+        register_deployments(out, timeout=args.timeout)
     return 0
 
 

@@ -166,7 +166,16 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     assert {"MLFLOW_TRACKING_URI", "EVIDENTLY_UI_URL"} <= set(env)
     assert "DATABASE_URL" not in env
     assert secrets["DATABASE_URL"] == f"{deployment.outputs['database_url_secret_arn']}:url::"
-    assert "prefect worker start" in " ".join(container["command"])
+    # A warm runner (one run at a time, its memory bounding it), reporting to the alarms.
+    assert container["command"] == ["python", "-m", "churnops.platform.runner"]
+    assert worker["memory"] == "3072"
+    assert env["DROP_BUCKET"] == deployment.outputs["bucket_name"]
+    assert env["OPS_METRICS_NAMESPACE"] == deployment.outputs["ops_metrics_namespace"]
+    assert env["PREFECT_DEPLOYMENT"] == deployment.outputs["prefect_deployment"]
+    task = deployment.outputs["deployments_task"]
+    assert task["task_definition"] == worker["taskDefinitionArn"]
+    assert task["command"] == ["python", "-m", "churnops.platform.deployments"]
+    assert set(task["subnets"]) == set(deployment.tfvars["private_subnet_ids"])
 
     _, grafana = by_name["grafana"]
     init, main = _container(grafana, "init"), _container(grafana, "grafana")
@@ -234,7 +243,7 @@ def test_every_container_has_a_health_check_and_deploys_roll(deployment: Deploym
             assert check["startPeriod"] > 0 and check["retries"] >= 1
     worker = _container(_task_definitions(deployment)["worker"], "worker")
     assert worker["stopTimeout"] == 120  # Fargate's most: the runs in flight finish
-    assert "--with-healthcheck" in worker["command"]
+    assert worker["healthCheck"]["command"] == ["CMD-SHELL", "test -f /tmp/churnops/runner.ready.0"]
 
 
 def test_evidently_workspace_is_on_encrypted_efs_from_the_tasks_only(
@@ -281,9 +290,15 @@ def test_worker_role_is_scoped_to_data_prefixes_topic_and_key(deployment: Deploy
     doc = doc["PolicyDocument"]
     doc = json.loads(doc) if isinstance(doc, str) else doc
     bucket = deployment.outputs["bucket_name"]
-    resources = {r for s in doc["Statement"] for r in _as_list(s["Resource"])}
+    statements = {s["Sid"]: s for s in doc["Statement"]}
+    metrics = statements.pop("PublishOpsMetrics")  # no resource ARN exists: a condition
+    assert metrics["Action"] in ("cloudwatch:PutMetricData", ["cloudwatch:PutMetricData"])
+    namespace = metrics["Condition"]["StringEquals"]["cloudwatch:namespace"]
+    assert _as_list(namespace) == [deployment.outputs["ops_metrics_namespace"]]
+    resources = {r for s in statements.values() for r in _as_list(s["Resource"])}
     assert f"arn:aws:s3:::{bucket}/data/*" in resources
     assert deployment.outputs["alerts_topic_arn"] in resources
+    assert "arn:aws:ecs:us-east-1:123456789012:task/churnops-emu/*" in resources
     assert "*" not in resources
     assert f"arn:aws:s3:::{bucket}/*" not in resources
 
@@ -308,6 +323,62 @@ def test_ecr_repositories_scan_on_push(deployment: Deployment) -> None:
         "churnops-emu/grafana",
     }
     assert all(r["imageScanningConfiguration"]["scanOnPush"] for r in repos)
+
+
+def test_alarms_go_to_the_alerts_topic(deployment: Deployment) -> None:
+    topic = deployment.outputs["alerts_topic_arn"]
+    namespace = deployment.outputs["ops_metrics_namespace"]
+    alarms = {
+        a["AlarmName"].removeprefix("churnops-emu-"): a
+        for a in deployment.client("cloudwatch").describe_alarms()["MetricAlarms"]
+    }
+    expected = {
+        "file-waiting-in-input": (namespace, "OldestInputSeconds", 1800),
+        "file-stuck-in-processing": (namespace, "OldestProcessingSeconds", 1800),
+        "reconciler-silent": (namespace, "OldestInputSeconds", 1),
+        "failed-flow-runs": (namespace, "FailedFlowRuns", 1),
+        "db-cpu": ("AWS/RDS", "CPUUtilization", 80),
+        "db-free-storage": ("AWS/RDS", "FreeStorageSpace", 2147483648),
+    }
+    for name, (space, metric, threshold) in expected.items():
+        alarm = alarms[name]
+        assert (alarm["Namespace"], alarm["MetricName"]) == (space, metric), name
+        assert alarm["Threshold"] == threshold, name
+        assert alarm["AlarmActions"] == [topic], name
+    assert alarms["reconciler-silent"]["TreatMissingData"] == "breaching"
+    db = {"Name": "DBInstanceIdentifier", "Value": deployment.outputs["db_instance_id"]}
+    assert alarms["db-cpu"]["Dimensions"] == [db] == alarms["db-free-storage"]["Dimensions"]
+
+    events = deployment.client("events")
+    (rule,) = events.list_rules(NamePrefix="churnops-emu-task-crashes")["Rules"]
+    pattern = json.loads(rule["EventPattern"])
+    assert pattern["detail-type"] == ["ECS Task State Change"]
+    assert pattern["detail"]["stopCode"] == ["EssentialContainerExited", "TaskFailedToStart"]
+    ecs = deployment.client("ecs")
+    (cluster,) = ecs.describe_clusters(clusters=[deployment.outputs["ecs_cluster_name"]])[
+        "clusters"
+    ]
+    assert pattern["detail"]["clusterArn"] == [cluster["clusterArn"]]
+    (target,) = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+    assert target["Arn"] == topic
+    policy = json.loads(
+        deployment.client("sns").get_topic_attributes(TopicArn=topic)["Attributes"]["Policy"]
+    )
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+    crash = statements["TaskCrashRule"]
+    assert crash["Principal"] == {"Service": "events.amazonaws.com"}
+    assert crash["Condition"]["ArnEquals"]["aws:SourceArn"] == rule["Arn"]
+
+
+def test_the_emulator_runs_a_fixed_runner(deployment: Deployment) -> None:
+    """worker_max_count = worker_min_count (moto cannot tag scalable targets): no scaling
+    here; tests/terraform/test_scaling_plan.py checks it on a plan."""
+    scaling = deployment.client("application-autoscaling")
+    assert scaling.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"] == []
+    ecs = deployment.client("ecs")
+    cluster = deployment.outputs["ecs_cluster_name"]
+    (worker,) = ecs.describe_services(cluster=cluster, services=["worker"])["services"]
+    assert worker["desiredCount"] == 1
 
 
 def test_disable_lambda_removes_the_notification(deployment: Deployment) -> None:
@@ -340,6 +411,14 @@ def test_destroy_leaves_nothing_behind(terraform_bin: str) -> None:
     assert c("iam").list_roles()["Roles"] == []
     assert c("servicediscovery").list_namespaces()["Namespaces"] == []
     assert c("efs").describe_file_systems()["FileSystems"] == []
+    assert c("cloudwatch").describe_alarms()["MetricAlarms"] == []
+    assert c("events").list_rules()["Rules"] == []
+    assert (
+        c("application-autoscaling").describe_scalable_targets(ServiceNamespace="ecs")[
+            "ScalableTargets"
+        ]
+        == []
+    )
     ecs = c("ecs")
     active = [
         cl

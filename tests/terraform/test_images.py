@@ -1,4 +1,4 @@
-"""The Dockerfiles (hadolint) and prefect.yaml agree with the Terraform module."""
+"""The Dockerfiles (hadolint) and the deployments agree with the Terraform module."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-from churnops.pipeline.flow import reconcile_drops, retrain_model
+from churnops.platform.deployments import deployments
 from churnops.settings import Settings
 
 from .conftest import REPO, TERRAFORM_DIR
@@ -33,30 +31,24 @@ def test_base_images_are_pinned() -> None:
     assert "pipenv requirements --hash" in text and "--require-hashes" in text
 
 
-def test_prefect_yaml_matches_the_platform() -> None:
-    config = yaml.safe_load((ORCHESTRATION / "prefect.yaml").read_text())
-    deployment, reconciler, retrainer = config["deployments"]
-    assert retrainer["entrypoint"] == "churnops/pipeline/flow.py:retrain_model"
-    expected = Settings.model_fields["retrain_deployment"].default
-    assert f"{retrainer['flow_name']}/{retrainer['name']}" == expected
-    assert retrainer["flow_name"] == retrain_model.name
-    assert retrainer["work_pool"] == deployment["work_pool"]
-    assert reconciler["entrypoint"] == "churnops/pipeline/flow.py:reconcile_drops"
-    assert reconciler["flow_name"] == reconcile_drops.name
-    assert reconciler["schedules"] and reconciler["concurrency_limit"] == 1
-    assert reconciler["work_pool"] == deployment["work_pool"]
-    assert deployment["name"] == "churnops"
-    assert deployment["flow_name"] == "churn_prediction_pipeline"
-    assert deployment["entrypoint"] == "churnops/pipeline/flow.py:churn_prediction_pipeline"
+def test_the_image_runs_the_warm_runner_that_serves_the_lambdas_deployment() -> None:
+    """One definition of the deployments (platform/deployments.py), no prefect.yaml: the
+    image's default command and the worker service run the runner that registers them,
+    and the deployment the Lambda starts is the one the settings name."""
+    assert not (ORCHESTRATION / "prefect.yaml").exists()
+    dockerfile = (ORCHESTRATION / "Dockerfile").read_text()
+    assert 'CMD ["python", "-m", "churnops.platform.runner"]' in dockerfile
+    services = (TERRAFORM_DIR / "services.tf").read_text()
+    assert 'command = ["python", "-m", "churnops.platform.runner"]' in services
+    assert "PREFECT_DEPLOYMENT    = var.prefect_deployment" in services
     variables = (TERRAFORM_DIR / "variables.tf").read_text()
-    pool_default = re.search(
-        r'variable "prefect_work_pool".*?default\s+=\s+"([^"]+)"', variables, re.S
-    )
-    assert deployment["work_pool"]["name"] == pool_default.group(1)
     deployment_default = re.search(
         r'variable "prefect_deployment".*?default\s+=\s+"([^"]+)"', variables, re.S
     )
-    assert deployment_default.group(1) == f"{deployment['flow_name']}/{deployment['name']}"
-    (pull,) = config["pull"]
-    workdir = pull["prefect.deployments.steps.set_working_directory"]["directory"]
-    assert f"WORKDIR {workdir}" in (ORCHESTRATION / "Dockerfile").read_text()
+    assert deployment_default.group(1) == Settings.model_fields["prefect_deployment"].default
+    names = {s.deployment.full_name for s in deployments(Settings())}
+    assert names == {
+        Settings.model_fields["prefect_deployment"].default,
+        Settings.model_fields["reconcile_deployment"].default,
+        Settings.model_fields["retrain_deployment"].default,
+    }

@@ -1,15 +1,15 @@
-"""terraform/scripts/post_apply.py against a stub Prefect API on loopback."""
+"""terraform/scripts/post_apply.py: the .env it writes and the registration of the Prefect
+deployments by a one-off ECS task (botocore's Stubber checks each request against the API)."""
 
 from __future__ import annotations
 
-import base64
 import importlib.util
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import boto3
 import pytest
+from botocore.stub import Stubber
 
 from .conftest import TERRAFORM_DIR
 
@@ -36,59 +36,18 @@ OUTPUTS = {
     "ecs_cluster_name": {"value": "churnops-stg"},
     "ecs_service_names": {"value": {"worker": "worker"}},
     "database_url_secret_arn": {"value": "arn:aws:secretsmanager:eu-west-1:1:secret:x"},
-    "prefect_work_pool": {"value": "churnops-ecs"},
+    "deployments_task": {
+        "value": {
+            "cluster": "churnops-stg",
+            "task_definition": "arn:aws:ecs:eu-west-1:1:task-definition/churnops-stg-worker:3",
+            "container": "worker",
+            "command": ["python", "-m", "churnops.platform.deployments"],
+            "subnets": ["subnet-a", "subnet-b"],
+            "security_groups": ["sg-tasks"],
+            "assign_public_ip": False,
+        }
+    },
 }
-
-
-class StubPrefect(BaseHTTPRequestHandler):
-    pools: set = set()
-    variables: dict = {}
-    auth: list = []
-
-    def _reply(self, status: int, body: object = None) -> None:
-        payload = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def _body(self) -> dict:
-        return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-
-    def do_POST(self) -> None:
-        self.auth.append(self.headers.get("Authorization"))
-        body = self._body()
-        if self.path == "/api/work_pools/":
-            if body["name"] in self.pools:
-                return self._reply(409)
-            self.pools.add(body["name"])
-            return self._reply(201, body)
-        if self.path == "/api/variables/":
-            self.variables[body["name"]] = body["value"]
-            return self._reply(201, body)
-        return self._reply(404)
-
-    def do_PATCH(self) -> None:
-        name = self.path.removeprefix("/api/variables/name/")
-        body = self._body()
-        if name not in self.variables:
-            return self._reply(404)
-        self.variables[name] = body["value"]
-        return self._reply(204)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def stub_prefect():
-    StubPrefect.pools, StubPrefect.variables, StubPrefect.auth = set(), {}, []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StubPrefect)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/api"
-    server.shutdown()
-    server.server_close()
 
 
 def write_outputs(tmp_path: Path) -> Path:
@@ -108,18 +67,71 @@ def test_env_file_has_the_settings_and_no_secret(tmp_path: Path, capsys) -> None
     assert "http://lb:5000" in capsys.readouterr().out
 
 
-def test_the_work_pool_is_created_idempotently(
-    tmp_path: Path, stub_prefect: str, monkeypatch, capsys
+TASK = OUTPUTS["deployments_task"]["value"]
+TASK_ARN = "arn:aws:ecs:eu-west-1:1:task/churnops-stg/0123456789abcdef"
+
+
+def stubbed_ecs(exit_code: int | None) -> tuple[object, Stubber]:
+    """An ECS client whose answers are canned and whose requests botocore validates."""
+    ecs = boto3.client(
+        "ecs", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    stubber = Stubber(ecs)
+    stubber.add_response(
+        "run_task",
+        {"tasks": [{"taskArn": TASK_ARN, "lastStatus": "PROVISIONING"}], "failures": []},
+        {
+            "cluster": "churnops-stg",
+            "taskDefinition": TASK["task_definition"],
+            "launchType": "FARGATE",
+            "count": 1,
+            "startedBy": "make-apply",
+            "networkConfiguration": {
+                "awsvpcConfiguration": {
+                    "subnets": ["subnet-a", "subnet-b"],
+                    "securityGroups": ["sg-tasks"],
+                    "assignPublicIp": "DISABLED",
+                }
+            },
+            "overrides": {
+                "containerOverrides": [
+                    {"name": "worker", "command": ["python", "-m", "churnops.platform.deployments"]}
+                ]
+            },
+        },
+    )
+    described = {"cluster": "churnops-stg", "tasks": [TASK_ARN]}
+    stubber.add_response(
+        "describe_tasks", {"tasks": [{"taskArn": TASK_ARN, "lastStatus": "RUNNING"}]}, described
+    )
+    container = {"name": "worker"} | ({} if exit_code is None else {"exitCode": exit_code})
+    stopped = {
+        "taskArn": TASK_ARN,
+        "lastStatus": "STOPPED",
+        "stoppedReason": "Essential container in task exited",
+        "containers": [{"name": "init", "exitCode": 0}, container],
+    }
+    stubber.add_response("describe_tasks", {"tasks": [stopped]}, described)
+    stubber.activate()
+    return ecs, stubber
+
+
+def test_the_deployments_are_registered_by_a_one_off_task_in_the_vpc(
+    tmp_path: Path, capsys
 ) -> None:
-    monkeypatch.setenv("PREFECT_API_URL", stub_prefect)
-    monkeypatch.delenv("PREFECT_API_KEY", raising=False)
-    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "admin:s3cret-value")
-    outputs = str(write_outputs(tmp_path))
-    post_apply.main(["prefect", outputs])
-    post_apply.main(["prefect", outputs])
-    assert StubPrefect.pools == {"churnops-ecs"}
-    assert StubPrefect.variables == {}  # the flow's settings live in its task definition
-    expected = "Basic " + base64.b64encode(b"admin:s3cret-value").decode()
-    assert set(StubPrefect.auth) == {expected}
-    printed = capsys.readouterr()
-    assert "s3cret-value" not in printed.out + printed.err
+    out = post_apply.load_outputs(str(write_outputs(tmp_path)))
+    ecs, stubber = stubbed_ecs(exit_code=0)
+    assert post_apply.register_deployments(out, ecs=ecs, poll=0) == TASK_ARN
+    stubber.assert_no_pending_responses()
+    assert "deployments registered" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("exit_code", [1, None])
+def test_a_registration_that_does_not_exit_0_fails_the_apply(
+    tmp_path: Path, exit_code: int | None
+) -> None:
+    out = post_apply.load_outputs(str(write_outputs(tmp_path)))
+    ecs, _ = stubbed_ecs(exit_code=exit_code)
+    with pytest.raises(SystemExit, match="registering the deployments failed") as failure:
+        post_apply.register_deployments(out, ecs=ecs, poll=0)
+    assert "/ecs/churnops-stg/worker" in str(failure.value)

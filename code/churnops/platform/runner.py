@@ -78,7 +78,18 @@ class FlowRunner:
         return self.deployment_ids
 
     def warm_up(self) -> None:
-        """Load the staging model and run one small report, so the first file is fast."""
+        """Load the staging model and run one small report, so the first file is fast.
+
+        Without a model (a platform just deployed, MLflow down) the runner serves anyway:
+        a file's run then fails on its model step and is retried, and retraining or the
+        reconciler need no warm model.
+        """
+        try:
+            self._warm_up()
+        except Exception as exc:
+            log.warning("not warm, the first run loads the model: %s", exc)
+
+    def _warm_up(self) -> None:
         from evidently import Dataset
 
         from churnops.model.churn_model import load_aliased_model
