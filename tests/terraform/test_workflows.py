@@ -1,0 +1,109 @@
+"""Safe delivery, read from .github/workflows/ and terraform/aws.mk: every action pinned to
+a commit, a plan on pull requests, and no apply of anything but a saved, approved plan."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO, TERRAFORM_DIR
+
+WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
+#: `uses: owner/repo[/path]@<40 hex> # v1.2.3`: a commit, and the tag it is, for people.
+PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+(\.\d+){0,2}$")
+#: A `terraform [-chdir=...] apply ...` command line.
+TERRAFORM_APPLY = re.compile(r"(?m)^\s*terraform(\s+-\S+)*\s+apply\b.*$")
+
+
+def load(path: Path) -> dict:
+    document = yaml.safe_load(path.read_text())
+    document["on"] = document.pop(True, document.get("on"))  # YAML 1.1 reads `on` as true
+    return document
+
+
+def steps(path: Path) -> list[tuple[str, dict]]:
+    return [(job, step) for job, spec in load(path)["jobs"].items() for step in spec["steps"]]
+
+
+def uses_lines(path: Path) -> list[str]:
+    return [
+        line.split("uses:", 1)[1].strip()
+        for line in path.read_text().splitlines()
+        if re.match(r"^\s*(-\s+)?uses:", line)
+    ]
+
+
+def test_there_are_workflows() -> None:
+    assert {p.name for p in WORKFLOWS} >= {"ci.yml", "plan.yml", "deploy.yml"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_action_is_pinned_to_a_commit_with_its_tag(path: Path) -> None:
+    lines = uses_lines(path)
+    assert lines, path
+    unpinned = [line for line in lines if not PINNED.match(line)]
+    assert not unpinned, unpinned
+    # The YAML agrees with the lines read (no `uses:` hidden in a form the regex misses).
+    assert len(lines) == sum("uses" in step for _, step in steps(path))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_no_workflow_applies_without_a_saved_plan(path: Path) -> None:
+    for job, step in steps(path):
+        script = step.get("run", "")
+        assert "auto-approve" not in script, (job, step.get("name"))
+        assert not re.search(r"\bmake\b[^\n]*\bapply\b(?!-plan)", script), (job, script)
+        assert not re.search(r"\bmake\b[^\n]*\bapply-plan\b(?![^\n]*\bPLAN=\S)", script), script
+        for command in TERRAFORM_APPLY.finditer(script):
+            assert re.search(r"apply\b.*\.tfplan", command.group(0)), (job, command.group(0))
+
+
+def test_apply_plan_applies_only_the_saved_plan() -> None:
+    makefile = (TERRAFORM_DIR / "aws.mk").read_text()
+    recipe = makefile.split("\napply-plan:", 1)[1].split("\n\n", 1)[0]
+    (apply,) = [line for line in recipe.splitlines() if "apply" in line and "$(TF)" in line]
+    assert apply.strip() == "$(TF) apply -input=false $(abspath $(PLAN))"
+
+
+def test_pull_requests_get_a_plan_and_nothing_applied() -> None:
+    plan = load(REPO / ".github" / "workflows" / "plan.yml")
+    assert set(plan["on"]) == {"pull_request"}
+    scripts = "\n".join(
+        step.get("run", "") for _, step in steps(REPO / ".github/workflows/plan.yml")
+    )
+    assert "make plan" in scripts and "PLAN=" in scripts
+    assert "gh pr comment" in scripts
+    assert not TERRAFORM_APPLY.search(scripts) and "apply-plan" not in scripts
+    uploads = [
+        s
+        for _, s in steps(REPO / ".github/workflows/plan.yml")
+        if "upload-artifact" in s.get("uses", "")
+    ]
+    assert uploads and uploads[0]["with"]["path"] == "plan.txt"
+
+
+def test_deploy_applies_the_plan_job_s_plan_after_approval() -> None:
+    deploy = load(REPO / ".github" / "workflows" / "deploy.yml")
+    assert set(deploy["on"]) == {"push", "workflow_dispatch"}
+    plan, apply = deploy["jobs"]["plan"], deploy["jobs"]["apply"]
+    assert "environment" not in plan  # no approval needed to plan, and no deploy role
+    assert apply["needs"] == "plan"
+    assert apply["environment"] == "${{ inputs.environment || 'stg' }}"
+    plan_runs = "\n".join(s.get("run", "") for s in plan["steps"])
+    apply_runs = "\n".join(s.get("run", "") for s in apply["steps"])
+    assert "make plan" in plan_runs and "PLAN=deploy.tfplan" in plan_runs
+    assert "make apply-plan" in apply_runs and "PLAN=deploy.tfplan" in apply_runs
+    uploaded = next(s for s in plan["steps"] if "upload-artifact" in s.get("uses", ""))
+    downloaded = next(s for s in apply["steps"] if "download-artifact" in s.get("uses", ""))
+    assert uploaded["with"]["name"] == downloaded["with"]["name"]
+    assert "deploy.tfplan.enc" in uploaded["with"]["path"]
+    assert "sha256sum --check" in apply_runs  # the very plan that was shown
+    roles = {
+        job: next(s for s in spec["steps"] if "configure-aws-credentials" in s.get("uses", ""))
+        for job, spec in deploy["jobs"].items()
+    }
+    assert roles["plan"]["with"]["role-to-assume"] == "${{ secrets.AWS_PLAN_ROLE_ARN }}"
+    assert roles["apply"]["with"]["role-to-assume"] == "${{ secrets.AWS_DEPLOY_ROLE_ARN }}"
