@@ -7,10 +7,18 @@ Three figures, each on a real ``churnops up`` in a scratch home:
   names its pid); the time from the kill until that file is in processed/
   (the platform restarts the runner, which reconciles at start);
 * burst: N files dropped at once, time until all are processed, with
-  ``RUNNER_PROCESSES=1`` and with one runner per core.
+  ``RUNNER_PROCESSES=1`` and with ``--runners`` (one per core by default), on
+  platforms started one after the other, alternating (``--repeats``), each
+  burst checked to be processed exactly once: one original per file in
+  processed/ and nothing of it left in processing/ or errored/, one processed
+  row per file in the metrics database;
+* cold: the same file through ``churnops process`` in a fresh process per file
+  (what a worker that starts a process, or a task, per run pays: imports and the
+  model load on top of the work), against the same MLflow server, and the
+  imports alone in a fresh interpreter.
 
     python benchmarks/recovery.py              # or: make benchmark-recovery
-    python benchmarks/recovery.py --files 30 --rows 1000
+    python benchmarks/recovery.py --files 30 --rows 1000 --runners 2
 """
 
 from __future__ import annotations
@@ -18,10 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -29,10 +41,18 @@ from latency import drop, final_stage, start_platform
 
 from churnops.drop.claims import Lease
 from churnops.drop.storage import LocalDropStorage
+from churnops.monitoring.metrics_db import MetricsStore
+from churnops.platform.services import PlatformState
 from churnops.settings import Settings, get_settings
 
 SOURCE = "customer_churn_1.csv"
 TIMEOUT = 900.0
+#: What a fresh process imports before it can run the flow (the flow module imports the rest
+#: lazily: the model, Evidently and the metrics database are loaded by the steps).
+FLOW_IMPORTS = (
+    "import churnops.pipeline.flow, churnops.model.churn_model, churnops.monitoring.drift,"
+    " churnops.monitoring.metrics_db, mlflow.pyfunc, xgboost, evidently"
+)
 
 
 def wait_processed(settings: Settings, names: list[str]) -> float:
@@ -83,16 +103,89 @@ def crash_recovery(settings: Settings, data: bytes) -> float:
 
 
 def burst(settings: Settings, data: bytes, files: int) -> float:
+    """Seconds until a burst of ``files`` is processed; SystemExit unless exactly once."""
     storage = LocalDropStorage(settings.drop_dir)
     names = [f"burst_{index:03d}.csv" for index in range(files)]
     for name in names:
         drop(storage, name, data)
-    return wait_processed(settings, names)
+    seconds = wait_processed(settings, names)
+    check_exactly_once(settings, names)
+    return seconds
 
 
-def with_platform(runners: int, rows_file: Path, measure) -> dict:
-    """Start a platform with ``runners`` runner processes in a scratch home, measure, stop."""
-    home = Path(tempfile.mkdtemp(prefix=f"churnops-recovery-{runners}-"))
+def check_exactly_once(settings: Settings, names: list[str]) -> None:
+    """Each file once in processed/, nowhere else, and one processed row in the database."""
+    data = settings.drop_dir / "data"
+    wanted = set(names)
+    copies = {
+        stage: Counter(p.name for p in (data / stage).glob("*/*") if p.name in wanted)
+        for stage in ("processing", "processed", "errored")
+    }
+    store = MetricsStore(settings.metrics_db_url)
+    try:
+        runs = store.runs()
+    finally:
+        store.close()
+    rows = Counter(runs[runs["status"] == "processed"]["file_name"])
+    wrong = [
+        f"{name}: {copies['processed'][name]} in processed/, {rows[name]} processed rows,"
+        f" {copies['processing'][name] + copies['errored'][name]} elsewhere"
+        for name in names
+        if (copies["processed"][name], rows[name], copies["processing"][name]) != (1, 1, 0)
+        or copies["errored"][name]
+    ]
+    if wrong:
+        raise SystemExit("not exactly once:\n" + "\n".join(wrong))
+
+
+def cold_process(settings: Settings, rows_file: Path, count: int = 3) -> list[float]:
+    """``churnops process`` of the file in a fresh process each time, against the running
+    platform's MLflow, into a drop folder of its own (the platform's watcher never sees it)."""
+    state = PlatformState.load(settings.home)
+    assert state is not None, "the platform is not running"
+    env = dict(
+        os.environ,
+        CHURNOPS_HOME=str(settings.home),
+        LOCAL_DROP_DIR=str(settings.home / "cold-drop"),
+        # The servers the runners use (reports go through the Evidently UI, as theirs).
+        MLFLOW_TRACKING_URI=str(state.services["mlflow"]["url"]),
+        EVIDENTLY_UI_URL=str(state.services["evidently"]["url"]),
+    )
+    churnops = str(Path(sys.executable).with_name("churnops"))
+    timings = []
+    for index in range(count):
+        target = rows_file.with_name(f"cold_{index}.csv")
+        target.write_bytes(rows_file.read_bytes())
+        started = time.perf_counter()
+        subprocess.run([churnops, "process", str(target)], env=env, check=True, capture_output=True)
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def import_seconds(count: int = 3) -> list[float]:
+    """The flow's imports in a fresh interpreter (no model, no work)."""
+    code = f"import time; t = time.perf_counter(); {FLOW_IMPORTS}; print(time.perf_counter() - t)"
+    return [
+        float(
+            subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        for _ in range(count)
+    ]
+
+
+def with_platform(runners: int, rows_file: Path, measure, seed: Path) -> dict:
+    """Start a platform with ``runners`` runner processes, measure, stop.
+
+    The first platform trains the model in ``seed``; the others start in a scratch home
+    holding a copy of its MLflow store (artifact URIs are server-relative), so no
+    platform trains again and every burst is scored by the same model.
+    """
+    first = not (seed / "mlflow").exists()
+    home = seed if first else Path(tempfile.mkdtemp(prefix=f"churnops-recovery-{runners}-"))
+    if not first:
+        shutil.copytree(seed / "mlflow", home / "mlflow")
     settings = get_settings(churnops_home=home)
     process = start_platform(settings, {"RUNNER_PROCESSES": str(runners)})
     try:
@@ -100,36 +193,65 @@ def with_platform(runners: int, rows_file: Path, measure) -> dict:
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=300)
+        if not first:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=30, help="files in the burst")
     parser.add_argument("--rows", type=int, default=1000, help="rows per file")
+    parser.add_argument(
+        "--runners", type=int, default=os.cpu_count() or 1, help="runners of the second burst"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="more bursts with 1 and with N runners, alternating"
+    )
     args = parser.parse_args()
     source = get_settings().churn_data_dir / SOURCE
     if not source.exists():
         parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
-    rows_file = Path(tempfile.mkdtemp(prefix="churnops-rows-")) / "rows.csv"
+    scratch = Path(tempfile.mkdtemp(prefix="churnops-recovery-"))
+    rows_file = scratch / "rows.csv"
     pd.read_csv(source).head(args.rows).to_csv(rows_file, index=False)
-    cores = os.cpu_count() or 1
+    seed = scratch / "home"
+    bursts: dict[int, list[float]] = {1: [], args.runners: []}
 
     def everything(settings: Settings, data: bytes) -> dict:
         single = single_files(settings, data)
-        return {
+        figures = {
             "single_file_median_s": round(statistics.median(single), 2),
+            "cold_process_median_s": round(statistics.median(cold_process(settings, rows_file)), 2),
             "crash_to_processed_s": round(crash_recovery(settings, data), 2),
-            f"burst_{args.files}_files_s": round(burst(settings, data, args.files), 2),
         }
+        bursts[args.runners].append(burst(settings, data, args.files))
+        return figures
 
-    many = with_platform(cores, rows_file, everything)
-    one = with_platform(1, rows_file, lambda s, d: {"burst_s": round(burst(s, d, args.files), 2)})
+    def one_burst(settings: Settings, data: bytes) -> dict:
+        return {"burst_s": burst(settings, data, args.files)}
+
+    try:
+        figures = with_platform(args.runners, rows_file, everything, seed)
+        # Alternating, so that the machine's other load falls on both alike.
+        for _ in range(args.repeats):
+            for runners in (1, args.runners):
+                bursts[runners].append(
+                    with_platform(runners, rows_file, one_burst, seed)["burst_s"]
+                )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    one, many = statistics.median(bursts[1]), statistics.median(bursts[args.runners])
     summary = {
         "rows_per_file": args.rows,
-        "runner_processes": cores,
-        **many,
-        f"burst_{args.files}_files_one_runner_s": one["burst_s"],
-        "burst_speedup": round(one["burst_s"] / many[f"burst_{args.files}_files_s"], 2),
+        "runner_processes": args.runners,
+        "imports_fresh_process_median_s": round(statistics.median(import_seconds()), 2),
+        **figures,
+        f"burst_{args.files}_files_one_runner_s": [round(b, 1) for b in bursts[1]],
+        f"burst_{args.files}_files_{args.runners}_runners_s": [
+            round(b, 1) for b in bursts[args.runners]
+        ],
+        "burst_speedup_of_medians": round(one / many, 2),
+        "bursts_exactly_once": True,  # checked: check_exactly_once raises otherwise
     }
     print(json.dumps(summary, indent=2))
     return 0
