@@ -2,17 +2,21 @@
 order ECS and `make apply` start them, then one file through the whole wiring.
 
 1. the database: the RDS master user and first database, in a local Postgres;
-2. every container, prepared (command, environment, secrets; see containers.py);
+2. every container, prepared (command, environment, secrets; see containers.py),
+   each execution role allowed to read its secrets, the runner's settings naming
+   this deployment's resources;
 3. the init containers (what other containers depend on), then the servers (the
    tasks behind a port) until their health checks and the load balancer's pass,
-   then the tasks without a port (the worker);
-4. what `make apply` runs after terraform (terraform/scripts/post_apply.py);
-5. a model with the alias ``staging``, trained with the worker's environment;
-6. a file uploaded to ``data/input/`` and the Lambda handler given the event the
+   then the tasks without a port (the worker), with no model registered yet, as
+   after a first apply;
+4. what `make apply` runs after terraform (terraform/scripts/post_apply.py) and,
+   meanwhile, a model trained with the worker's environment, given ``staging``;
+5. a file uploaded to ``data/input/`` and the Lambda handler given the event the
    bucket's notification sends, then: the flow run completed, the file and its
    predictions in ``data/processed/<run>/``, its row in the metrics database, an
-   alert on the topic; the reconciler's scheduled run completed; the dashboards'
-   role reading every dashboard table with its own login, and writing none.
+   alert on the topic, the report in the Evidently UI; the reconciler's scheduled
+   run completed; the dashboards' role reading every dashboard table with its own
+   login, and writing none.
 
 Nothing is left behind: the processes are stopped, the objects and the alert queue
 the rehearsal added to the emulator are removed.
@@ -132,9 +136,10 @@ class Rehearsal:
             self._step("runner settings", self.check_runner_settings)
             self._step("init containers", self.run_inits)
             self._step("servers", self.start_servers)
+            self._step("workers", self.start_workers)
+            # A first apply has no model yet: the runner must start without one.
             training = self._step("training", self.start_training)
             self._step("after apply", self.after_apply)
-            self._step("workers", self.start_workers)
             self._step("model", lambda: self.finish_training(training))
             run_id = self._step("drop", self.drop_file)
             self._step("flow run", lambda: self.check_processed(run_id))
@@ -442,10 +447,12 @@ class Rehearsal:
         the outputs mapped to the local services (its service wait is the health checks
         above), then the deployments' registration, the one-off task it starts."""
         outputs = self.root / "outputs.json"
+        noted = len(self.mapper.notes)
         mapped = {
             k: json.loads(self.mapper.value(json.dumps(v), f"terraform output {k}"))
             for k, v in self.applied.outputs.items()
         }
+        del self.mapper.notes[noted:]  # the same names as the containers': no new mapping
         outputs.write_text(json.dumps({k: {"value": v} for k, v in mapped.items()}))
         post_apply = [sys.executable, str(SCRIPTS / "post_apply.py")]
         env_file = self.root / ".env"
