@@ -11,20 +11,25 @@ locals {
   task_subnet_ids = length(var.private_subnet_ids) > 0 ? var.private_subnet_ids : var.public_subnet_ids
   public_tasks    = length(var.private_subnet_ids) == 0
 
-  # One listener per UI on the load balancer; the same port inside the task.
+  # The UIs: the port inside the task (also the local end of `make tunnel`) and,
+  # on the load balancer's one HTTPS listener, the host https://<host>.<ui_domain>.
   listeners = {
-    mlflow           = { port = 5000, health_path = "/health" }
-    "prefect-server" = { port = 4200, health_path = "/api/health" }
-    evidently        = { port = 8000, health_path = "/" }
-    grafana          = { port = 3000, health_path = "/api/health" }
+    mlflow           = { host = "mlflow", port = 5000, health_path = "/health" }
+    "prefect-server" = { host = "prefect", port = 4200, health_path = "/api/health" }
+    evidently        = { host = "evidently", port = 8000, health_path = "/" }
+    grafana          = { host = "grafana", port = 3000, health_path = "/api/health" }
   }
 
   # Service to service traffic stays in the VPC (Cloud Map names, see module ecs).
   internal_urls = { for k, l in local.listeners : k => "http://${k}.${local.name}.internal:${l.port}" }
-  public_urls   = module.alb.urls
+  # Users: through the load balancer after sign-in when it forwards (certificate and
+  # ui_domain set), else through `make tunnel SERVICE=<ui>` on this machine.
+  tunnel_urls = { for k, l in local.listeners : k => "http://localhost:${l.port}" }
+  public_urls = merge(local.tunnel_urls, module.alb.urls)
 
   prefect_api_url_internal = "${local.internal_urls["prefect-server"]}/api"
-  prefect_api_url_public   = "${local.public_urls["prefect-server"]}/api"
+  # The CLI's way in: the load balancer signs in browsers only.
+  prefect_api_url_tunnel = "${local.tunnel_urls["prefect-server"]}/api"
 
   images = {
     orchestration = "${module.ecr.repository_urls["orchestration"]}:${var.image_tag}"
@@ -79,6 +84,19 @@ data "aws_iam_policy_document" "kms" {
       identifiers = ["events.amazonaws.com"]
     }
   }
+
+  # CloudWatch alarms and EventBridge rules (alarms.tf, the trigger's alarms) publish to
+  # the alerts topic, which this key encrypts.
+  statement {
+    sid       = "AlarmsAndEventsToEncryptedTopic"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
+    resources = ["*"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com", "events.amazonaws.com"]
+    }
+  }
 }
 
 resource "aws_kms_key" "platform" {
@@ -125,16 +143,25 @@ module "s3" {
 module "lambda" {
   source = "./modules/s3-to-prefect-lambda"
 
-  function_name        = "${local.name}-s3-to-prefect"
-  image_uri            = local.images.lambda
-  prefect_api_url      = coalesce(var.prefect_api_url_for_lambda, local.prefect_api_url_public)
-  prefect_deployment   = var.prefect_deployment
-  input_prefix         = "data/input/"
-  bucket_arn           = module.s3.bucket_arn
-  bucket_account_id    = local.account_id
-  reserved_concurrency = var.lambda_reserved_concurrency
-  log_retention_days   = var.log_retention_days
-  kms_key_arn          = aws_kms_key.platform.arn
+  function_name             = "${local.name}-s3-to-prefect"
+  image_uri                 = local.images.lambda
+  prefect_api_url           = coalesce(var.prefect_api_url_for_lambda, local.prefect_api_url_internal)
+  prefect_auth_secret_arn   = aws_secretsmanager_secret.credentials["prefect"].arn
+  prefect_security_group_id = module.ecs.tasks_security_group_id
+  prefect_port              = local.listeners["prefect-server"].port
+  vpc_id                    = var.vpc_id
+  subnet_ids                = local.task_subnet_ids
+  region                    = local.region
+  # Public subnets give the function no public IP: it needs the endpoint there.
+  secretsmanager_endpoint = var.secretsmanager_vpc_endpoint || local.public_tasks
+  alarm_topic_arn         = module.sns.topic_arn
+  prefect_deployment      = var.prefect_deployment
+  input_prefix            = "data/input/"
+  bucket_arn              = module.s3.bucket_arn
+  bucket_account_id       = local.account_id
+  reserved_concurrency    = var.lambda_reserved_concurrency
+  log_retention_days      = var.log_retention_days
+  kms_key_arn             = aws_kms_key.platform.arn
 }
 
 module "alb" {
@@ -146,7 +173,13 @@ module "alb" {
   internal            = var.internal_load_balancer
   allowed_cidr_blocks = var.allowed_cidr_blocks
   certificate_arn     = var.certificate_arn
-  listeners           = local.listeners
+  allow_insecure_http = var.allow_insecure_http
+  domain              = var.ui_domain
+  authentication      = var.ui_authentication
+  cognito_users       = var.ui_users
+  oidc                = var.ui_oidc
+  oidc_client_secret  = var.ui_oidc_client_secret
+  uis                 = local.listeners
 }
 
 module "rds" {
@@ -179,10 +212,17 @@ module "ecs" {
   alb_security_group_id = module.alb.security_group_id
   target_group_arns     = module.alb.target_group_arns
   load_balancer_ports   = { for k, l in local.listeners : k => l.port }
-  ecr_repository_arns   = values(module.ecr.repository_arns)
-  kms_key_arn           = aws_kms_key.platform.arn
-  log_retention_days    = var.log_retention_days
-  services              = local.services
+  extra_ingress = {
+    "Prefect API from the S3-to-Prefect Lambda" = {
+      port              = local.listeners["prefect-server"].port
+      security_group_id = module.lambda.security_group_id
+    }
+  }
+  ecr_repository_arns = values(module.ecr.repository_arns)
+  kms_key_arn         = aws_kms_key.platform.arn
+  log_retention_days  = var.log_retention_days
+  # ECS Exec on the UIs' tasks: `make tunnel SERVICE=<ui>` forwards a local port into one.
+  services = { for k, s in local.services : k => merge(s, { enable_execute_command = var.tunnel_enabled && contains(keys(local.listeners), k) }) }
   task_policies = {
     mlflow = data.aws_iam_policy_document.mlflow_task.json
     worker = data.aws_iam_policy_document.worker_task.json

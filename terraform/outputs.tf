@@ -4,7 +4,7 @@ output "aws_region" {
 }
 
 output "mlflow_url" {
-  description = "MLflow UI and tracking URL."
+  description = "MLflow UI: https://mlflow.<ui_domain> after sign-in, or http://localhost:5000 through `make tunnel SERVICE=mlflow`."
   value       = local.public_urls.mlflow
 }
 
@@ -14,8 +14,8 @@ output "prefect_ui_url" {
 }
 
 output "prefect_api_url" {
-  description = "Prefect API URL (PREFECT_API_URL) through the load balancer."
-  value       = local.prefect_api_url_public
+  description = "Prefect API URL (PREFECT_API_URL) for the CLI on this machine, through `make tunnel SERVICE=prefect-server` (the load balancer signs in browsers only); PREFECT_API_AUTH_STRING from the secret prefect_auth_secret_arn."
+  value       = local.prefect_api_url_tunnel
 }
 
 output "evidently_url" {
@@ -29,8 +29,38 @@ output "grafana_url" {
 }
 
 output "ui_urls" {
-  description = "Every UI URL by service."
+  description = "Every UI URL by service (through the load balancer after sign-in, else through `make tunnel`)."
   value       = local.public_urls
+}
+
+output "ui_hosts" {
+  description = "Host name per UI to point at load_balancer_dns_name (done for you with route53_zone_id); empty when the load balancer forwards nothing."
+  value       = module.alb.hosts
+}
+
+output "load_balancer_dns_name" {
+  description = "DNS name of the load balancer."
+  value       = module.alb.dns_name
+}
+
+output "cognito_user_pool_id" {
+  description = "Cognito user pool of the UI users (add users with ui_users or the console); null with OIDC or without HTTPS."
+  value       = module.alb.cognito_user_pool_id
+}
+
+output "prefect_auth_secret_arn" {
+  description = "ARN (not the value) of the secret holding the Prefect API auth string (<user>:<pass>) that the UI asks for."
+  value       = aws_secretsmanager_secret.credentials["prefect"].arn
+}
+
+output "mlflow_auth_secret_arn" {
+  description = "ARN (not the value) of the secret holding MLflow's basic-auth login (JSON: the username and its secret)."
+  value       = aws_secretsmanager_secret.credentials["mlflow"].arn
+}
+
+output "evidently_secret_arn" {
+  description = "ARN (not the value) of the secret the Evidently UI requires for writes."
+  value       = aws_secretsmanager_secret.credentials["evidently"].arn
 }
 
 output "internal_urls" {
@@ -51,6 +81,11 @@ output "alerts_topic_arn" {
 output "lambda_function_name" {
   description = "The S3-to-Prefect Lambda."
   value       = module.lambda.function_name
+}
+
+output "lambda_failure_queue_url" {
+  description = "SQS queue of the trigger's invocations that failed after their retries (alarmed)."
+  value       = module.lambda.failure_queue_url
 }
 
 output "lambda_enabled" {

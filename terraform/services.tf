@@ -17,23 +17,33 @@ locals {
       health_check = {
         command = concat(local.http_check, ["http://127.0.0.1:${local.listeners.mlflow.port}${local.listeners.mlflow.health_path}"])
       }
+      # The basic-auth app: its config file (written first) keeps the user store in
+      # /tmp; the admin is created from the secret at each start.
       command = [
-        "mlflow", "server",
+        "sh", "-c", "printf '%s\\n' \"$MLFLOW_AUTH_INI\" > \"$MLFLOW_AUTH_CONFIG_PATH\" && exec mlflow server \"$@\"", "mlflow",
         "--host", "0.0.0.0",
         "--port", tostring(local.listeners.mlflow.port),
         "--serve-artifacts",
         "--artifacts-destination", "s3://${module.s3.bucket_name}/mlflow-artifacts",
+        "--app-name", "basic-auth",
       ]
       environment = {
-        # Ingress is limited by the load balancer's security group.
+        # Reached only from inside the VPC: the load balancer (after sign-in), the worker, the tunnel.
         MLFLOW_SERVER_ALLOWED_HOSTS = "*"
+        MLFLOW_AUTH_CONFIG_PATH     = "/tmp/mlflow-basic-auth.ini"
+        MLFLOW_AUTH_INI             = "[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:////tmp/mlflow-basic-auth.db"
+        MLFLOW_AUTH_ADMIN_USERNAME  = local.mlflow_user
         PGSSLMODE                   = "require"
         # No job runner: seven huey worker processes ChurnOps never gives work.
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION = "false"
       }
       # Read by `mlflow server` from its environment, never on the command line.
-      secrets = { MLFLOW_BACKEND_STORE_URI = local.db_url_secrets["mlflow"] }
-      init    = local.db_init["mlflow"]
+      secrets = {
+        MLFLOW_BACKEND_STORE_URI       = local.db_url_secrets["mlflow"]
+        MLFLOW_AUTH_ADMIN_PASSWORD     = local.credential_refs.mlflow_password
+        MLFLOW_FLASK_SERVER_SECRET_KEY = local.credential_refs.mlflow_flask_key
+      }
+      init = local.db_init["mlflow"]
     }
 
     "prefect-server" = {
@@ -46,13 +56,17 @@ locals {
       }
       command = ["prefect", "server", "start", "--host", "0.0.0.0", "--port", tostring(local.listeners["prefect-server"].port)]
       environment = {
-        PREFECT_UI_API_URL = local.prefect_api_url_public
+        # Relative: the UI calls the API on the host it was loaded from (load balancer or tunnel).
+        PREFECT_UI_API_URL = "/api"
         PREFECT_HOME       = "/tmp/prefect"
         # asyncpg honours PGSSLMODE: encrypted, as rds.force_ssl requires.
         PGSSLMODE = "require"
       }
-      secrets = { PREFECT_SERVER_DATABASE_CONNECTION_URL = local.db_url_secrets["prefect"] }
-      init    = local.db_init["prefect"]
+      secrets = {
+        PREFECT_SERVER_DATABASE_CONNECTION_URL = local.db_url_secrets["prefect"]
+        PREFECT_SERVER_API_AUTH_STRING         = local.credential_refs.prefect_auth_string
+      }
+      init = local.db_init["prefect"]
     }
 
     worker = {
@@ -88,8 +102,15 @@ locals {
         PREFECT_DEPLOYMENT    = var.prefect_deployment
         RUNNER_POLL_SECONDS   = "1"
         OPS_METRICS_NAMESPACE = local.ops_metrics_namespace
+        # MLflow's client reads its basic-auth user from these variables.
+        MLFLOW_TRACKING_USERNAME = local.mlflow_user
       }
-      secrets = { DATABASE_URL = local.db_url_secrets["metrics"] }
+      secrets = {
+        DATABASE_URL             = local.db_url_secrets["metrics"]
+        PREFECT_API_AUTH_STRING  = local.credential_refs.prefect_auth_string
+        MLFLOW_TRACKING_PASSWORD = local.credential_refs.mlflow_password
+        EVIDENTLY_SECRET         = local.credential_refs.evidently_secret
+      }
     }
 
     evidently = {
@@ -104,6 +125,8 @@ locals {
       health_check = {
         command = concat(local.http_check, ["http://127.0.0.1:${local.listeners.evidently.port}${local.listeners.evidently.health_path}"])
       }
+      # Writes (the worker adding runs) need the secret; reading is behind the load balancer's sign-in.
+      secrets = { EVIDENTLY_SECRET = local.credential_refs.evidently_secret }
     }
 
     grafana = {

@@ -55,7 +55,7 @@ variable "private_subnet_ids" {
 }
 
 variable "allowed_cidr_blocks" {
-  description = "CIDR blocks allowed to reach the UIs on the load balancer. Add the addresses the Lambda reaches the Prefect API from if it is not in the VPC."
+  description = "CIDR blocks allowed to reach the load balancer's one listener (HTTPS 443; HTTP 80 with allow_insecure_http, never from 0.0.0.0/0). Every UI behind it signs the user in first."
   type        = list(string)
 
   validation {
@@ -71,9 +71,70 @@ variable "internal_load_balancer" {
 }
 
 variable "certificate_arn" {
-  description = "ACM certificate ARN: when set, every listener speaks HTTPS; otherwise HTTP."
+  description = "ACM certificate of the HTTPS listener, covering <ui>.<ui_domain> of every UI (e.g. *.<ui_domain>). Required unless allow_insecure_http."
   type        = string
   default     = null
+}
+
+variable "allow_insecure_http" {
+  description = "Development only: no certificate; the load balancer listens on HTTP 80 and forwards nothing, the UIs are reached through `make tunnel`."
+  type        = bool
+  default     = false
+}
+
+variable "ui_domain" {
+  description = "Domain of the UIs: https://mlflow.<ui_domain>, prefect., evidently., grafana. (required with certificate_arn)."
+  type        = string
+  default     = null
+}
+
+variable "route53_zone_id" {
+  description = "Route 53 hosted zone of ui_domain: alias records for the UIs' host names. Null: create the DNS records yourself (output ui_hosts)."
+  type        = string
+  default     = null
+}
+
+variable "ui_authentication" {
+  description = "How the load balancer signs users in before it forwards to a UI: \"cognito\" (a user pool made here, users from ui_users) or \"oidc\" (ui_oidc)."
+  type        = string
+  default     = "cognito"
+}
+
+variable "ui_users" {
+  description = "E-mail addresses given a user in the Cognito user pool (Cognito e-mails each a temporary password; nobody can sign up alone)."
+  type        = list(string)
+  default     = []
+}
+
+variable "ui_oidc" {
+  description = "Your OpenID Connect provider when ui_authentication = \"oidc\": issuer, authorization_endpoint, token_endpoint, user_info_endpoint, client_id."
+  type = object({
+    issuer                 = string
+    authorization_endpoint = string
+    token_endpoint         = string
+    user_info_endpoint     = string
+    client_id              = string
+  })
+  default = null
+}
+
+variable "ui_oidc_client_secret" {
+  description = "Client secret of the OIDC client (the listener rule keeps it, so it is in the state); pass it as TF_VAR_ui_oidc_client_secret."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "tunnel_enabled" {
+  description = "ECS Exec on the UIs' tasks, for `make tunnel SERVICE=<ui>` (an SSM port forward, authorized by IAM)."
+  type        = bool
+  default     = true
+}
+
+variable "service_credentials_version" {
+  description = "Version of the generated Prefect, MLflow and Evidently credentials (write-only): bump it to rotate them, then redeploy the services."
+  type        = number
+  default     = 1
 }
 
 # ---------------------------------------------------------------- storage, alerts
@@ -119,9 +180,15 @@ variable "lambda_enabled" {
 }
 
 variable "prefect_api_url_for_lambda" {
-  description = "Prefect API URL the Lambda calls. Null: the Prefect listener of the load balancer."
+  description = "Prefect API URL the Lambda calls. Null: the Prefect server inside the VPC (its Cloud Map name)."
   type        = string
   default     = null
+}
+
+variable "secretsmanager_vpc_endpoint" {
+  description = "Create a Secrets Manager interface endpoint for the Lambda (needed when the private subnets have no NAT route; always made when private_subnet_ids is empty)."
+  type        = bool
+  default     = false
 }
 
 variable "lambda_reserved_concurrency" {

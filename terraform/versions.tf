@@ -1,5 +1,6 @@
 terraform {
-  required_version = ">= 1.8"
+  # 1.11: write-only arguments (secret_string_wo) and ephemeral resources.
+  required_version = ">= 1.11"
 
   required_providers {
     aws = {

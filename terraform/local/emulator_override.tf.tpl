@@ -19,6 +19,7 @@ provider "aws" {
     appautoscaling   = "@ENDPOINT@"
     cloudwatch       = "@ENDPOINT@"
     cloudwatchlogs   = "@ENDPOINT@"
+    cognitoidp       = "@ENDPOINT@"
     ec2              = "@ENDPOINT@"
     ecr              = "@ENDPOINT@"
     ecs              = "@ENDPOINT@"
@@ -33,6 +34,7 @@ provider "aws" {
     secretsmanager   = "@ENDPOINT@"
     servicediscovery = "@ENDPOINT@"
     sns              = "@ENDPOINT@"
+    sqs              = "@ENDPOINT@"
     sts              = "@ENDPOINT@"
   }
 }

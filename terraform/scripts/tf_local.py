@@ -38,6 +38,8 @@ MIRROR_ROOTS = (
     "~/.local/share/terraform/plugins",
 )
 REGION = "us-east-1"
+#: The emulator's UIs are https://<ui>.UI_DOMAIN behind a moto-made certificate.
+UI_DOMAIN = "churnops-emu.example.com"
 COPY_IGNORE = shutil.ignore_patterns(
     ".terraform", "*.tfstate", "*.tfstate.*", ".terraform.lock.hcl", "*.tfvars"
 )
@@ -120,6 +122,8 @@ def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # AWS's managed policies exist in an account (the Lambda's VPC access policy).
+        env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
     )
     endpoint = f"http://127.0.0.1:{port}"
     wait_for_http(f"{endpoint}/moto-api/", proc)
@@ -173,16 +177,20 @@ def emulator_env(endpoint: str, cli_config: Path | None = None) -> dict[str, str
 
 
 def create_network(endpoint: str) -> dict[str, object]:
-    """A VPC with two public and two private subnets in the emulator."""
+    """What an account brings: a VPC with two public and two private subnets, and
+    an ACM certificate for the UIs' domain (the module requires HTTPS)."""
     import boto3
 
-    ec2 = boto3.client(
-        "ec2",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    def client(service: str):
+        return boto3.client(
+            service,
+            endpoint_url=endpoint,
+            region_name=REGION,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+
+    ec2 = client("ec2")
     vpc_id = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
     subnets: dict[str, list[str]] = {"public": [], "private": []}
     for index, (kind, zone) in enumerate(
@@ -192,10 +200,14 @@ def create_network(endpoint: str) -> dict[str, object]:
             VpcId=vpc_id, CidrBlock=f"10.42.{index}.0/24", AvailabilityZone=f"{REGION}{zone}"
         )
         subnets[kind].append(subnet["Subnet"]["SubnetId"])
+    certificate = client("acm").request_certificate(
+        DomainName=f"*.{UI_DOMAIN}", ValidationMethod="DNS"
+    )
     return {
         "vpc_id": vpc_id,
         "public_subnet_ids": subnets["public"],
         "private_subnet_ids": subnets["private"],
+        "certificate_arn": certificate["CertificateArn"],
     }
 
 
@@ -205,6 +217,9 @@ def emulator_tfvars(network: dict[str, object]) -> dict[str, object]:
         "environment": "emu",
         "alert_email": "alerts@example.com",
         "allowed_cidr_blocks": ["203.0.113.0/24"],
+        # The production path: HTTPS, a Cognito user pool with one invited user.
+        "ui_domain": UI_DOMAIN,
+        "ui_users": ["ui-user@example.com"],
         "image_tag": "emulator",
         "db_deletion_protection": False,
         "db_skip_final_snapshot": True,

@@ -16,7 +16,7 @@ from .conftest import Deployment, begin_destroy, destroyed, early_apply
 pytestmark = pytest.mark.integration
 
 EXPECTED_SERVICES = {"mlflow", "prefect-server", "worker", "evidently", "grafana"}
-UI_PORTS = {5000, 4200, 8000, 3000}
+UI_HOSTS = {"mlflow", "prefect", "evidently", "grafana"}
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,16 @@ def deployment(terraform_bin: str) -> Iterator[Deployment]:
 
 def test_outputs_give_every_ui_the_bucket_and_the_topic(deployment: Deployment) -> None:
     out = deployment.outputs
-    for key in ("mlflow_url", "prefect_ui_url", "evidently_url", "grafana_url"):
-        assert out[key].startswith("http://"), key
-    assert out["prefect_api_url"].endswith(":4200/api")
+    domain = deployment.tfvars["ui_domain"]
+    for key, host in (
+        ("mlflow_url", "mlflow"),
+        ("prefect_ui_url", "prefect"),
+        ("evidently_url", "evidently"),
+        ("grafana_url", "grafana"),
+    ):
+        assert out[key] == f"https://{host}.{domain}", key
+    # The CLI reaches the API through `make tunnel`: the load balancer signs in browsers only.
+    assert out["prefect_api_url"] == "http://localhost:4200/api"
     assert set(out["ui_urls"]) == {"mlflow", "prefect-server", "evidently", "grafana"}
     assert out["bucket_name"].startswith("churnops-emu-drop-")
     assert out["alerts_topic_arn"].startswith("arn:aws:sns:")
@@ -60,31 +67,68 @@ def test_bucket_layout_protection_and_notification(deployment: Deployment) -> No
         FunctionName=deployment.outputs["lambda_function_name"]
     )
     notification = s3.get_bucket_notification_configuration(Bucket=bucket)
-    (config,) = notification["LambdaFunctionConfigurations"]
-    assert config["LambdaFunctionArn"] == lam["Configuration"]["FunctionArn"]
-    assert config["Events"] == ["s3:ObjectCreated:*"]
-    (rule,) = config["Filter"]["Key"]["FilterRules"]
-    assert rule["Name"].lower() == "prefix" and rule["Value"] == "data/input/"
+    prefixes = set()
+    for config in notification["LambdaFunctionConfigurations"]:
+        assert config["LambdaFunctionArn"] == lam["Configuration"]["FunctionArn"]
+        assert config["Events"] == ["s3:ObjectCreated:*"]
+        (rule,) = config["Filter"]["Key"]["FilterRules"]
+        assert rule["Name"].lower() == "prefix"
+        prefixes.add(rule["Value"])
+    assert prefixes == {"data/input/", "data/labels/"}
 
 
-def test_lambda_is_an_image_with_a_logs_only_role(deployment: Deployment) -> None:
+def test_lambda_runs_in_the_private_subnets_with_its_secret_and_failure_queue(
+    deployment: Deployment,
+) -> None:
     lam = deployment.client("lambda")
     name = deployment.outputs["lambda_function_name"]
     config = lam.get_function(FunctionName=name)["Configuration"]
     assert config["PackageType"] == "Image"
     env = config["Environment"]["Variables"]
-    assert env["PREFECT_API_URL"] == deployment.outputs["prefect_api_url"]
+    assert env["PREFECT_API_URL"] == f"{deployment.outputs['internal_urls']['prefect-server']}/api"
+    assert env["PREFECT_API_AUTH_STRING_SECRET_ID"] == deployment.outputs["prefect_auth_secret_arn"]
+    assert "PREFECT_API_AUTH_STRING" not in env
     assert env["PREFECT_DEPLOYMENT"] == "churn_prediction_pipeline/churnops"
     assert env["INPUT_PREFIX"] == "data/input/"
+    assert set(config["VpcConfig"]["SubnetIds"]) == set(deployment.tfvars["private_subnet_ids"])
+    (group,) = config["VpcConfig"]["SecurityGroupIds"]
+
+    # Its security group: out to the Prefect tasks' port and to 443 (Secrets Manager), no more.
+    ec2 = deployment.client("ec2")
+    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [group]}])
+    egress = sorted(
+        (r["FromPort"], r["ToPort"]) for r in rules["SecurityGroupRules"] if r["IsEgress"]
+    )
+    assert egress == [(443, 443), (4200, 4200)]
+    assert not [r for r in rules["SecurityGroupRules"] if not r["IsEgress"]]
 
     iam = deployment.client("iam")
     role = config["Role"].rsplit("/", 1)[1]
-    assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
+    attached = iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]
+    assert [p["PolicyName"] for p in attached] == ["AWSLambdaVPCAccessExecutionRole"]
     (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
     doc = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
     doc = json.loads(doc) if isinstance(doc, str) else doc
+    resources = {s["Sid"]: _as_list(s["Resource"]) for s in doc["Statement"]}
+    assert resources["ReadPrefectAuthString"] == [deployment.outputs["prefect_auth_secret_arn"]]
     actions = {a for s in doc["Statement"] for a in _as_list(s["Action"])}
-    assert actions == {"logs:CreateLogStream", "logs:PutLogEvents"}
+    assert actions == {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "secretsmanager:GetSecretValue",
+        "sqs:SendMessage",
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+    }
+
+    invoke = lam.get_function_event_invoke_config(FunctionName=name)
+    queue_url = deployment.outputs["lambda_failure_queue_url"]
+    queue = deployment.client("sqs").get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["QueueArn", "KmsMasterKeyId"]
+    )["Attributes"]
+    assert invoke["DestinationConfig"]["OnFailure"]["Destination"] == queue["QueueArn"]
+    assert invoke["MaximumRetryAttempts"] == 2
+    assert queue["KmsMasterKeyId"]
 
     policy = json.loads(lam.get_policy(FunctionName=name)["Policy"])
     (statement,) = policy["Statement"]
@@ -164,6 +208,11 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     assert env["ALERTS_TOPIC_ARN"] == deployment.outputs["alerts_topic_arn"]
     assert env["PREFECT_API_URL"].endswith(":4200/api")
     assert {"MLFLOW_TRACKING_URI", "EVIDENTLY_UI_URL"} <= set(env)
+    # Service credentials come as ECS secrets, never as plain environment variables.
+    credentials = {"PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD", "EVIDENTLY_SECRET"}
+    assert credentials <= set(secrets) and not credentials & set(env)
+    assert secrets["PREFECT_API_AUTH_STRING"] == deployment.outputs["prefect_auth_secret_arn"]
+    assert env["MLFLOW_TRACKING_USERNAME"] == "churnops"
     assert "DATABASE_URL" not in env
     assert secrets["DATABASE_URL"] == f"{deployment.outputs['database_url_secret_arn']}:url::"
     # A warm runner (one run at a time, its memory bounding it), reporting to the alarms.
@@ -284,6 +333,26 @@ def test_evidently_workspace_is_on_encrypted_efs_from_the_tasks_only(
     assert workspace == mount["containerPath"]
 
 
+def test_the_ui_tasks_may_open_ecs_exec_channels(deployment: Deployment) -> None:
+    """For `make tunnel`. (moto's ECS drops enableExecuteCommand: test_policy.py checks
+    the flag on the plan.)"""
+    uis = set(deployment.outputs["internal_urls"])
+    iam = deployment.client("iam")
+    assert (
+        "ecs-exec" not in iam.list_role_policies(RoleName="churnops-emu-worker-task")["PolicyNames"]
+    )
+    for service in uis:
+        doc = iam.get_role_policy(RoleName=f"churnops-emu-{service}-task", PolicyName="ecs-exec")
+        doc = doc["PolicyDocument"]
+        doc = json.loads(doc) if isinstance(doc, str) else doc
+        actions = {a for s in doc["Statement"] for a in _as_list(s["Action"])}
+        assert actions == {
+            f"ssmmessages:{verb}{kind}Channel"
+            for verb in ("Create", "Open")
+            for kind in ("Control", "Data")
+        }
+
+
 def test_worker_role_is_scoped_to_data_prefixes_topic_and_key(deployment: Deployment) -> None:
     iam = deployment.client("iam")
     doc = iam.get_role_policy(RoleName="churnops-emu-worker-task", PolicyName="application")
@@ -303,16 +372,38 @@ def test_worker_role_is_scoped_to_data_prefixes_topic_and_key(deployment: Deploy
     assert f"arn:aws:s3:::{bucket}/*" not in resources
 
 
-def test_alb_has_one_listener_per_ui_and_cidr_ingress(deployment: Deployment) -> None:
+def test_alb_signs_users_in_before_it_forwards_to_a_ui(deployment: Deployment) -> None:
     elb = deployment.client("elbv2")
     (lb,) = elb.describe_load_balancers(Names=["churnops-emu"])["LoadBalancers"]
-    listeners = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
-    assert {listener["Port"] for listener in listeners} == UI_PORTS
+    (listener,) = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
+    assert (listener["Port"], listener["Protocol"]) == (443, "HTTPS")
+    assert listener["Certificates"][0]["CertificateArn"] == deployment.tfvars["certificate_arn"]
+    assert listener["DefaultActions"][0]["Type"] == "fixed-response"
+    rules = [r for r in elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]]
+    hosts = {}
+    for rule in (r for r in rules if not r["IsDefault"]):
+        (condition,) = rule["Conditions"]
+        sign_in, forward = sorted(rule["Actions"], key=lambda a: a["Order"])
+        assert sign_in["Type"] == "authenticate-cognito"
+        assert sign_in["AuthenticateCognitoConfig"]["OnUnauthenticatedRequest"] == "authenticate"
+        assert forward["Type"] == "forward"
+        (host,) = condition["HostHeaderConfig"]["Values"]
+        hosts[host] = forward["TargetGroupArn"]
+    domain = deployment.tfvars["ui_domain"]
+    assert set(hosts) == {f"{ui}.{domain}" for ui in UI_HOSTS}
     ec2 = deployment.client("ec2")
     (sg,) = ec2.describe_security_groups(GroupIds=lb["SecurityGroups"])["SecurityGroups"]
-    assert {p["FromPort"] for p in sg["IpPermissions"]} == UI_PORTS
+    assert [(p["FromPort"], p["ToPort"]) for p in sg["IpPermissions"]] == [(443, 443)]
     cidrs = {r["CidrIp"] for p in sg["IpPermissions"] for r in p["IpRanges"]}
     assert cidrs == set(deployment.tfvars["allowed_cidr_blocks"])
+
+    pool = deployment.client("cognito-idp").describe_user_pool(
+        UserPoolId=deployment.outputs["cognito_user_pool_id"]
+    )["UserPool"]
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
+    users = deployment.client("cognito-idp").list_users(UserPoolId=pool["Id"])["Users"]
+    emails = [a["Value"] for u in users for a in u["Attributes"] if a["Name"] == "email"]
+    assert emails == deployment.tfvars["ui_users"]
 
 
 def test_ecr_repositories_scan_on_push(deployment: Deployment) -> None:
@@ -410,6 +501,8 @@ def test_destroy_leaves_nothing_behind(terraform_bin: str) -> None:
     assert c("logs").describe_log_groups()["logGroups"] == []
     assert c("iam").list_roles()["Roles"] == []
     assert c("servicediscovery").list_namespaces()["Namespaces"] == []
+    assert c("cognito-idp").list_user_pools(MaxResults=10)["UserPools"] == []
+    assert c("sqs").list_queues().get("QueueUrls", []) == []
     assert c("efs").describe_file_systems()["FileSystems"] == []
     assert c("cloudwatch").describe_alarms()["MetricAlarms"] == []
     assert c("events").list_rules()["Rules"] == []

@@ -9,8 +9,56 @@ variable "image_uri" {
 }
 
 variable "prefect_api_url" {
-  description = "Prefect API URL (PREFECT_API_URL)."
+  description = "Prefect API URL (PREFECT_API_URL) inside the VPC."
   type        = string
+}
+
+variable "prefect_auth_secret_arn" {
+  description = "Secrets Manager secret holding the Prefect API auth string (user:password); the function reads it, its environment holds only the ARN."
+  type        = string
+}
+
+variable "prefect_security_group_id" {
+  description = "Security group of the Prefect API tasks (the only destination besides Secrets Manager)."
+  type        = string
+}
+
+variable "prefect_port" {
+  description = "Port of the Prefect API."
+  type        = number
+  default     = 4200
+}
+
+variable "vpc_id" {
+  description = "VPC of the function."
+  type        = string
+}
+
+variable "subnet_ids" {
+  description = "Subnets of the function (the private ones)."
+  type        = list(string)
+}
+
+variable "region" {
+  description = "Region (names the Secrets Manager endpoint service)."
+  type        = string
+}
+
+variable "secretsmanager_endpoint" {
+  description = "Create a Secrets Manager interface endpoint in the subnets (needed when they have no NAT route)."
+  type        = bool
+  default     = false
+}
+
+variable "alarm_topic_arn" {
+  description = "SNS topic of the alarms (failure-queue depth, function errors)."
+  type        = string
+}
+
+variable "maximum_event_age_seconds" {
+  description = "How long S3's asynchronous events are retried before they go to the failure queue."
+  type        = number
+  default     = 21600
 }
 
 variable "prefect_deployment" {

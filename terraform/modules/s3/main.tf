@@ -128,14 +128,15 @@ resource "aws_s3_object" "prefix" {
 resource "aws_s3_bucket_notification" "drop" {
   bucket = aws_s3_bucket.drop.id
 
+  # One configuration per drop folder (S3 filters take one prefix each).
   dynamic "lambda_function" {
-    for_each = var.lambda_enabled ? [var.lambda_function_arn] : []
+    for_each = var.lambda_enabled ? var.lambda_prefixes : []
 
     content {
-      id                  = "new-input-file"
-      lambda_function_arn = lambda_function.value
+      id                  = "new-file-${trimsuffix(replace(lambda_function.value, "/", "-"), "-")}"
+      lambda_function_arn = var.lambda_function_arn
       events              = ["s3:ObjectCreated:*"]
-      filter_prefix       = "data/input/"
+      filter_prefix       = lambda_function.value
     }
   }
 }

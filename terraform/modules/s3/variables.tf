@@ -27,9 +27,15 @@ variable "noncurrent_version_days" {
 }
 
 variable "lambda_enabled" {
-  description = "Whether ObjectCreated events under data/input/ invoke the Lambda."
+  description = "Whether ObjectCreated events in the drop folders (lambda_prefixes) invoke the Lambda."
   type        = bool
   default     = true
+}
+
+variable "lambda_prefixes" {
+  description = "Drop folders whose ObjectCreated events invoke the Lambda."
+  type        = list(string)
+  default     = ["data/input/", "data/labels/"]
 }
 
 variable "lambda_function_arn" {
