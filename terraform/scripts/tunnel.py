@@ -1,0 +1,136 @@
+"""`make tunnel SERVICE=<ui>`: a UI of the platform on http://localhost:<port>, through an
+SSM port forward into one of its ECS tasks (ECS Exec). IAM decides who may open it
+(ecs:ExecuteCommand and ssm:StartSession on the task); nothing is opened in the
+load balancer or the security groups.
+
+Reads `terraform output -json` (a file, or "-" for stdin) for the cluster, the region
+and the service's port, finds a running task of the service, and hands over to
+`aws ssm start-session` (AWS CLI and its Session Manager plugin needed; Ctrl-C closes).
+
+  tunnel.py OUTPUTS SERVICE [--local-port N] [--print]
+
+--print only prints the command. Standard library and boto3 only; no secret is read
+or printed (the hint names the secret's ARN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+#: The secret a user needs on the far side of the tunnel, by service (an output name).
+SIGN_IN = {
+    "mlflow": ("mlflow_auth_secret_arn", "MLflow asks for its user: JSON keys username, password"),
+    "prefect-server": ("prefect_auth_secret_arn", "the Prefect UI asks for the auth string"),
+    "grafana": ("grafana_admin_secret_arn", "Grafana's admin user (key password)"),
+}
+
+
+class TunnelError(RuntimeError):
+    """No tunnel can be opened; the message says why and what to do."""
+
+
+def load_outputs(source: str) -> dict[str, Any]:
+    raw = json.load(sys.stdin) if source == "-" else json.loads(Path(source).read_text())
+    return {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in raw.items()}
+
+
+def service_port(outputs: dict[str, Any], service: str) -> int:
+    """The port the service listens on in its task (from its internal URL)."""
+    urls = outputs["internal_urls"]
+    if service not in urls:
+        raise TunnelError(f"no UI called {service!r}: choose one of {', '.join(sorted(urls))}")
+    port = urllib.parse.urlsplit(urls[service]).port
+    assert port is not None, urls[service]
+    return port
+
+
+def session_target(ecs: Any, cluster: str, service: str) -> str:
+    """``ecs:<cluster>_<task id>_<runtime id>`` of a running task whose exec agent runs."""
+    arns = ecs.list_tasks(cluster=cluster, serviceName=service, desiredStatus="RUNNING")
+    if not arns["taskArns"]:
+        raise TunnelError(f"no running task of {service} in {cluster}")
+    for task in ecs.describe_tasks(cluster=cluster, tasks=arns["taskArns"])["tasks"]:
+        if not task.get("enableExecuteCommand"):
+            continue
+        for container in task.get("containers", []):
+            agents = {a["name"]: a.get("lastStatus") for a in container.get("managedAgents", [])}
+            if (
+                container["name"] == service
+                and container.get("runtimeId")
+                and agents.get("ExecuteCommandAgent") == "RUNNING"
+            ):
+                task_id = task["taskArn"].rsplit("/", 1)[-1]
+                return f"ecs:{cluster}_{task_id}_{container['runtimeId']}"
+    raise TunnelError(
+        f"no task of {service} has ECS Exec running: is tunnel_enabled true, and was the"
+        " service redeployed since?"
+    )
+
+
+def start_session_command(region: str, target: str, port: int, local_port: int) -> list[str]:
+    parameters = {"portNumber": [str(port)], "localPortNumber": [str(local_port)]}
+    return [
+        "aws",
+        "ssm",
+        "start-session",
+        "--region",
+        region,
+        "--target",
+        target,
+        "--document-name",
+        "AWS-StartPortForwardingSession",
+        "--parameters",
+        json.dumps(parameters),
+    ]
+
+
+def hint(outputs: dict[str, Any], service: str, local_port: int) -> str:
+    lines = [f"{service} on http://localhost:{local_port} (Ctrl-C closes the tunnel)"]
+    if service in SIGN_IN:
+        output, what = SIGN_IN[service]
+        lines.append(f"  {what}: aws secretsmanager get-secret-value --secret-id {outputs[output]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("outputs", help="terraform output -json (a file, or - for stdin)")
+    parser.add_argument("service", help="mlflow, prefect-server, evidently or grafana")
+    parser.add_argument("--local-port", type=int, help="default: the service's own port")
+    parser.add_argument("--print", action="store_true", help="print the command only")
+    args = parser.parse_args(argv)
+
+    import boto3
+
+    outputs = load_outputs(args.outputs)
+    try:
+        port = service_port(outputs, args.service)
+        ecs = boto3.client("ecs", region_name=outputs["aws_region"])
+        target = session_target(ecs, outputs["ecs_cluster_name"], args.service)
+    except TunnelError as exc:
+        print(f"tunnel: {exc}", file=sys.stderr)
+        return 1
+    local_port = args.local_port or port
+    command = start_session_command(outputs["aws_region"], target, port, local_port)
+    if args.print:
+        print(" ".join(command))
+        return 0
+    if not shutil.which("aws") or not shutil.which("session-manager-plugin"):
+        print("tunnel: needs the AWS CLI and its Session Manager plugin on PATH", file=sys.stderr)
+        return 1
+    print(hint(outputs, args.service, local_port), flush=True)
+    os.execvp(command[0], command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())
