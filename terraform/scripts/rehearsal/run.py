@@ -459,15 +459,9 @@ class Rehearsal:
         self._run_checked(
             "post_apply.py env", [*post_apply, "env", str(outputs), "--env-file", str(env_file)]
         )
-        task = self.applied.outputs.get("deployments_task")
-        if task is None:  # before post_apply.py deployments: what every runner runs at start
-            worker = self._worker().container
-            task = {
-                "task_definition": self.deployment.tasks[worker.service].definition_arn,
-                "container": worker.name,
-                "command": ["python", "-m", "churnops.platform.deployments"],
-            }
-        self.run_registration_task(task)
+        if "deployments_task" not in self.applied.outputs:
+            raise WiringError("no terraform output deployments_task (post_apply.py deployments)")
+        self.run_registration_task(self.applied.outputs["deployments_task"])
 
     def run_registration_task(self, task: dict[str, Any]) -> None:
         """post_apply.py deployments: ECS RunTask of a task definition with its container's
