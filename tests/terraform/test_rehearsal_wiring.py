@@ -22,6 +22,7 @@ sys.path.insert(0, str(TERRAFORM_DIR / "scripts"))
 
 from rehearsal import iam as rehearsal_iam
 from rehearsal import images, lambda_runtime
+from rehearsal.checks import datasource_login
 from rehearsal.containers import Local
 from rehearsal.deployment import (
     Aws,
@@ -37,7 +38,6 @@ from rehearsal.deployment import (
     secret_value,
 )
 from rehearsal.mapping import Mapper, Paths, command
-from rehearsal.run import datasource_login
 from rehearsal.services import notification_for, s3_event
 
 NS = "churnops-emu.internal"

@@ -1,18 +1,24 @@
 """Talking to the rehearsal's services as the containers do: Prefect's API with the
-worker's credential, the metrics database with a role's own login, S3 events.
+worker's credential, Postgres with a role's own login, health checks, S3 events.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlsplit
+
+import psycopg2
+
+from rehearsal.deployment import WiringError
 
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
@@ -65,6 +71,52 @@ class PrefectApi:
         return None
 
 
+# ---------------------------------------------------------------------------- Postgres
+def url_port(url: str) -> int:
+    return urlsplit(url).port or 5432
+
+
+def admin_url_of(url: str, database: str) -> str:
+    """The same login's URL of another database."""
+    return url.rsplit("/", 1)[0] + f"/{database}"
+
+
+def login_of(url: str) -> str:
+    """The user name a database URL logs in as."""
+    return urlsplit(url).username or "?"
+
+
+def _libpq(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+
+
+@contextlib.contextmanager
+def connect(url: str) -> Iterator[Any]:
+    """An autocommit connection from a SQLAlchemy or libpq URL."""
+    conn = psycopg2.connect(_libpq(url), connect_timeout=10)
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def connect_kw(login: dict[str, Any]) -> Iterator[Any]:
+    """An autocommit connection from libpq keywords; a failed login is a WiringError."""
+    try:
+        conn = psycopg2.connect(connect_timeout=10, **login)
+    except psycopg2.OperationalError as exc:
+        raise WiringError(f"login {login['user']} to {login['dbname']} failed: {exc}") from None
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------- HTTP
 def healthy(url: str, codes: str = "200-399") -> tuple[bool, str]:
     """Whether GET ``url`` answers with a status in ``codes`` (a load balancer matcher)."""
     try:

@@ -1,0 +1,282 @@
+"""The end-to-end checks of the rehearsal, once its platform runs (see run.py).
+
+A file goes into the bucket's ``data/input/``, the Lambda handler gets the event the
+bucket's notification sends, and then: the flow run completed, the file and its
+predictions are in ``data/processed/<run>/``, its row is in the metrics database,
+its report in the Evidently UI, an alert on the topic; the reconciler's scheduled
+run completed; the dashboards' role reads every dashboard table with its own login.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg2
+import yaml
+from psycopg2 import sql
+
+from churnops.settings import Settings
+from rehearsal import containers, images
+from rehearsal.deployment import WiringError
+from rehearsal.mapping import LOCAL_SSLMODE, STRICT_SSLMODES
+from rehearsal.services import (
+    PrefectApi,
+    admin_url_of,
+    connect,
+    connect_kw,
+    login_of,
+    notification_for,
+    s3_event,
+)
+
+if TYPE_CHECKING:
+    from rehearsal.run import Rehearsal
+
+REPO = Path(__file__).resolve().parents[3]
+GRAFANA_DATASOURCES = REPO / "code/grafana/provisioning/datasources"
+#: A labeled file whose drift alerts: the run exercises the topic too.
+DROPPED_FILE = "customer_churn_2_majority_drifted.csv"
+#: A space and a plus: S3 URL-encodes both in the event.
+DROPPED_NAME = "rehearsal {stamp}+drift.csv"
+RUN_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A file dropped into the bucket, the flow run the Lambda started for it, and the
+    queue that receives the alerts topic's messages."""
+
+    key: str
+    flow_run_id: str
+    alerts_queue: str
+
+
+def drop_file(r: Rehearsal) -> Drop:
+    """Upload a file to data/input/ and give the Lambda handler S3's event for it."""
+    s3 = r.aws.client("s3")
+    bucket = r.deployment.bucket
+    queue = _listen_for_alerts(r)
+    key = f"data/input/{DROPPED_NAME.format(stamp=time.strftime('%H%M%S'))}"
+    s3.upload_file(str(r.data_dir / DROPPED_FILE), bucket, key)
+    head = s3.head_object(Bucket=bucket, Key=key)
+    try:
+        configuration = notification_for(r.deployment.notification, r.function().arn, key)
+    except ValueError as exc:
+        raise WiringError(f"the bucket notification: {exc}") from None
+    event = s3_event(bucket, key, head, configuration, r.aws.region)
+    outcome = invoke_lambda(r, event)
+    (result,) = outcome["results"]
+    if result.get("status") != "created":
+        raise WiringError(f"the Lambda handler did not start a flow run: {json.dumps(result)}")
+    r.report.facts["dropped"] = f"s3://{bucket}/{key}"
+    r.report.facts["lambda"] = f"created flow run {result['flow_run_id']}"
+    return Drop(key, result["flow_run_id"], queue)
+
+
+def invoke_lambda(r: Rehearsal, event: dict[str, Any]) -> dict[str, Any]:
+    """The function's handler, in a folder holding what its image holds, with the
+    function's environment; as the Lambda runtime calls it."""
+    from rehearsal.lambda_runtime import invoke
+
+    return invoke(r.function(), event, r.mapper, r.aws, r.root / "lambda")
+
+
+def check_processed(r: Rehearsal, drop: Drop) -> None:
+    """The flow run completed as processed, and everything it leaves is where it should be."""
+    run_id = drop.flow_run_id
+    worker = r.worker()
+    api = PrefectApi(worker.env)
+    run = api.wait_terminal(run_id, RUN_TIMEOUT)
+    logs = "\n".join(p.tail() for label, p in r.processes.items() if "worker" in label)
+    if run is None:
+        raise WiringError(f"flow run {run_id} did not end within {RUN_TIMEOUT:.0f}s:\n{logs}")
+    state = run["state"]
+    if state["type"] != "COMPLETED" or not (state.get("message") or "").startswith("processed"):
+        raise WiringError(
+            f"flow run {run_id} ended {state['type']}: {state.get('message')}\n{logs}"
+        )
+    _check_outputs(r, drop)
+
+
+def _check_outputs(r: Rehearsal, drop: Drop) -> None:
+    s3 = r.aws.client("s3")
+    name = drop.key.rsplit("/", 1)[-1]
+    listed = s3.list_objects_v2(Bucket=r.deployment.bucket, Prefix="data/processed/")
+    keys = [o["Key"] for o in listed.get("Contents", [])]
+    originals = [k for k in keys if k.endswith(f"/{name}")]
+    if len(originals) != 1:
+        raise WiringError(f"{name} is not once in data/processed/ (found {originals})")
+    folder = originals[0].rsplit("/", 1)[0]
+    predictions = [k for k in keys if k.startswith(f"{folder}/") and "_predictions_" in k]
+    if not predictions:
+        raise WiringError(f"no predictions beside {originals[0]}")
+    r.report.facts["processed"] = originals[0]
+    r.report.facts["predictions"] = predictions[0]
+    run, report_url = _run_row(r, drop.flow_run_id)
+    user = login_of(r.worker().env.get("DATABASE_URL", ""))
+    r.report.facts["metrics row"] = (
+        f"pipeline_runs {run} processed, written by the flow run as {user}"
+    )
+    r.report.facts["report"] = _report_stored(r, report_url)
+    r.report.facts["alert"] = _alert_received(r, drop.alerts_queue)
+
+
+def _run_row(r: Rehearsal, flow_run_id: str) -> tuple[str, str | None]:
+    url = admin_url_of(r.admin_url, r.deployment.database.database)
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT id, status, report_url FROM pipeline_runs WHERE flow_run_id = %s",
+            (flow_run_id,),
+        )
+        rows = cur.fetchall()
+    if len(rows) != 1 or rows[0][1] != "processed":
+        raise WiringError(f"pipeline_runs has {rows} for flow run {flow_run_id}")
+    return rows[0][0], rows[0][2]
+
+
+def _report_stored(r: Rehearsal, report_url: str | None) -> str:
+    """The run's Evidently report is listed by the Evidently UI it links to."""
+    found = re.search(r"/projects/([0-9a-f-]{36})/reports/([0-9a-f-]{36})", report_url or "")
+    if not found:
+        raise WiringError(f"the run's report URL {report_url!r} names no Evidently report")
+    project, snapshot = found.groups()
+    base = report_url[: found.start()]
+    try:
+        listed = _get_json(f"{base}/api/projects/{project}/snapshots")
+    except OSError as exc:
+        raise WiringError(f"the Evidently UI at {base} does not list {project}: {exc}") from None
+    if snapshot not in {str(s.get("id")) for s in listed}:
+        raise WiringError(f"the Evidently UI at {base} has no report {snapshot}")
+    return f"report {snapshot} in the Evidently UI's project {project}"
+
+
+def check_reconciler(r: Rehearsal) -> None:
+    """A run of the reconciler's deployment, made by its schedule, completed."""
+    worker = r.worker()
+    api = PrefectApi(worker.env)
+    default = Settings.model_fields["reconcile_deployment"].default
+    name = worker.env.get("RECONCILE_DEPLOYMENT", default)
+    deployment = api.deployment(name)
+    intervals = [(s.get("schedule") or {}).get("interval") for s in deployment.get("schedules", [])]
+    if not any(intervals):
+        raise WiringError(f"the deployment {name} has no interval schedule")
+    deadline = time.monotonic() + float(max(i for i in intervals if i)) + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        ended = api.runs_of(deployment["id"], ("COMPLETED", "FAILED", "CRASHED"))
+        scheduled = [r for r in ended if r.get("auto_scheduled")]
+        if scheduled:
+            state = scheduled[0]["state"]
+            if state["type"] != "COMPLETED":
+                raise WiringError(
+                    f"the reconciler's scheduled run ended {state['type']}: {state.get('message')}"
+                )
+            r.report.facts["reconciler"] = f"{name}: scheduled run {scheduled[0]['name']} completed"
+            return
+        time.sleep(2)
+    raise WiringError(f"no scheduled run of {name} ended in time")
+
+
+def check_reader(r: Rehearsal) -> None:
+    """The dashboards' login, as Grafana's data source provisioning builds it from the
+    Grafana container's environment: SELECT on every dashboard table, no writes."""
+    from churnops.monitoring.metrics_db import DASHBOARD_TABLES
+
+    grafana = [
+        local
+        for local in r.local.values()
+        if images.repository(local.container.image) == "grafana" and local.container.essential
+    ]
+    if not grafana:
+        raise WiringError("no Grafana container in the task definitions")
+    login = datasource_login(grafana[0])
+    counts = {}
+    with connect_kw(login) as conn, conn.cursor() as cur:
+        for table in DASHBOARD_TABLES:
+            try:
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table.name)))
+            except psycopg2.Error as exc:
+                raise WiringError(
+                    f"container {grafana[0].label}: its login {login['user']} cannot"
+                    f" SELECT from {table.name}: {exc.pgerror or exc}"
+                ) from None
+            counts[table.name] = cur.fetchone()[0]
+        try:
+            cur.execute("DELETE FROM pipeline_runs WHERE false")
+        except psycopg2.errors.InsufficientPrivilege:
+            pass
+        else:
+            raise WiringError(
+                f"container {grafana[0].label}: its login {login['user']} may delete"
+                " from pipeline_runs: the dashboards' role must be read-only"
+            )
+    if counts.get("pipeline_runs", 0) < 1:
+        raise WiringError(f"the dashboards' role sees no run: {counts}")
+    r.report.facts["dashboard role"] = (
+        f"{login['user']} reads {', '.join(f'{t} ({n})' for t, n in counts.items())}; cannot delete"
+    )
+
+
+def _listen_for_alerts(r: Rehearsal) -> str:
+    """An SQS queue subscribed to the worker's ALERTS_TOPIC_ARN (removed afterwards)."""
+    topic = r.worker().env.get("ALERTS_TOPIC_ARN")
+    if not topic:
+        raise WiringError(f"container {r.worker().label}: no ALERTS_TOPIC_ARN")
+    sqs, sns = r.aws.client("sqs"), r.aws.client("sns")
+    queue = sqs.create_queue(QueueName=f"rehearsal-alerts-{secrets.token_hex(4)}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])
+    subscription = sns.subscribe(
+        TopicArn=topic, Protocol="sqs", Endpoint=arn["Attributes"]["QueueArn"]
+    )["SubscriptionArn"]
+    r.cleanups.append(lambda: sqs.delete_queue(QueueUrl=queue))
+    r.cleanups.append(lambda: sns.unsubscribe(SubscriptionArn=subscription))
+    return queue
+
+
+def _alert_received(r: Rehearsal, queue: str) -> str:
+    sqs = r.aws.client("sqs")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        batch = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1)
+        for message in batch.get("Messages", []):
+            subject = json.loads(message["Body"]).get("Subject", "")
+            return f"on the topic: {subject}"
+    raise WiringError("no alert reached the topic (ALERTS_TOPIC_ARN of the worker)")
+
+
+def datasource_login(grafana: containers.Local) -> dict[str, Any]:
+    """Host, port, database, user, password and sslmode of Grafana's provisioned data
+    source, its ``${VAR}`` references filled from the container's environment."""
+    (path,) = sorted(GRAFANA_DATASOURCES.glob("*.yaml"))
+    (source,) = yaml.safe_load(path.read_text())["datasources"]
+
+    def fill(text: str) -> str:
+        def var(match: re.Match[str]) -> str:
+            name = match[1] or match[2]
+            if name not in grafana.env:
+                raise WiringError(f"container {grafana.label}: {path.name} needs ${name}, unset")
+            return grafana.env[name]
+
+        return re.sub(r"\$\{(\w+)\}|\$(\w+)", var, str(text))
+
+    host, _, port = fill(source["url"]).partition(":")
+    sslmode = fill(source["jsonData"].get("sslmode", "prefer"))
+    return {
+        "host": host,
+        "port": int(port or 5432),
+        "dbname": fill(source["jsonData"]["database"]),
+        "user": fill(source["user"]),
+        "password": fill(source["secureJsonData"]["password"]),
+        "sslmode": LOCAL_SSLMODE if sslmode in STRICT_SSLMODES else sslmode,
+    }
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
