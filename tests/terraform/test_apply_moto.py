@@ -184,6 +184,23 @@ def test_no_secret_value_is_in_the_state(deployment: Deployment) -> None:
     assert checked >= 10  # master, four roles (password and url), Grafana's admin, ...
 
 
+def test_no_secret_value_is_in_a_plan(deployment: Deployment) -> None:
+    """A plan of the applied module (``terraform show -json``): what a pull request's
+    plan shows. Not refreshed: the state is checked above; this is what the
+    configuration would write."""
+    deployment.tf("plan", "-refresh=false", "-input=false", "-no-color", "-out=secrets.plan")
+    plan = deployment.tf("show", "-json", "secrets.plan")
+    assert '"resource_changes"' in plan
+    sm = deployment.client("secretsmanager")
+    values = [
+        (entry["Name"], value)
+        for entry in sm.list_secrets()["SecretList"]
+        for value in _secret_values(sm.get_secret_value(SecretId=entry["ARN"])["SecretString"])
+    ]
+    assert len(values) >= 14  # the above, the Prefect, MLflow (two) and Evidently credentials
+    assert [name for name, value in values if value in plan] == []
+
+
 def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     ecs = deployment.client("ecs")
     cluster = deployment.outputs["ecs_cluster_name"]

@@ -11,6 +11,7 @@ are also run on altered copies of the production plan, so each can be seen to fa
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,7 @@ def planned(terraform_bin: str) -> Iterator[dict[str, Plan | RuntimeError]]:
             yield dict(zip(jobs, pool.map(plan, enumerate(jobs)), strict=True))
     finally:
         tf_local.stop_process_group(moto.pid)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=list(CONFIGURATIONS))
