@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -21,9 +22,9 @@ from .conftest import TERRAFORM_DIR
 sys.path.insert(0, str(TERRAFORM_DIR / "scripts"))
 
 from rehearsal import iam as rehearsal_iam
-from rehearsal import images, lambda_runtime
+from rehearsal import images, lambda_runtime, preflight
 from rehearsal.checks import datasource_login
-from rehearsal.containers import Local
+from rehearsal.containers import OWN_PLACES, Local
 from rehearsal.deployment import (
     Aws,
     Container,
@@ -261,3 +262,48 @@ def test_the_dashboards_login_is_built_as_grafanas_provisioning_builds_it(tmp_pa
     del env["METRICS_DB_USER"]
     with pytest.raises(WiringError, match=r"container grafana/grafana: .* needs \$METRICS_DB_USER"):
         datasource_login(local)
+
+
+def test_what_a_container_writes_outside_tmp_and_its_volumes_stays_in_its_folder(
+    tmp_path: Path,
+) -> None:
+    own = {p: tmp_path / "rootfs" / p.lstrip("/") for p in OWN_PLACES}
+    paths = Paths({**own, "/var/lib/evidently": tmp_path / "efs", "/tmp": tmp_path / "tmp"})
+    assert paths.value("/var/lib/evidently/x") == f"{tmp_path}/efs/x"
+    assert paths.value("/var/lib/other") == f"{tmp_path}/rootfs/var/lib/other"
+    assert paths.value("/usr/local/bin/python") == "/usr/local/bin/python"
+
+
+def test_a_service_logging_in_as_the_master_user_is_named(mapper: Mapper, tmp_path: Path) -> None:
+    def local(task: Task, user: str) -> Local:
+        url = f"postgresql+psycopg2://{user}:pw@127.0.0.1:15432/metrics"
+        return Local(task.containers[0], [], {"DATABASE_URL": url}, tmp_path, {}, None, Paths({}))
+
+    worker, mlflow = mapper.deployment.tasks["worker"], mapper.deployment.tasks["mlflow"]
+    rehearsal = SimpleNamespace(
+        deployment=mapper.deployment,
+        mapper=mapper,
+        master_users=["churnops"],
+        report=SimpleNamespace(facts={}),
+        local={
+            "worker/worker": local(worker, "churnops_flow"),
+            "mlflow/mlflow": local(mlflow, "x"),
+        },
+    )
+    rehearsal.local["prefect-server/prefect-server"] = Local(
+        mapper.deployment.tasks["prefect-server"].containers[0],
+        [],
+        {},
+        tmp_path,
+        {},
+        None,
+        Paths({}),
+    )
+    preflight.check_database_logins(rehearsal)
+    assert (
+        rehearsal.report.facts["database logins"]
+        == "mlflow/mlflow as x, worker/worker as churnops_flow"
+    )
+    rehearsal.local["mlflow/mlflow"] = local(mlflow, "churnops")
+    with pytest.raises(WiringError, match=r"container mlflow/mlflow logs in .* as the master user"):
+        preflight.check_database_logins(rehearsal)

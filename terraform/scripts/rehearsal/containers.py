@@ -23,6 +23,10 @@ from rehearsal.mapping import Mapper, Paths, command
 #: Where the image's python and console scripts are: this virtualenv's bin folder.
 VENV_BIN = Path(sys.executable).parent
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: Where a container may write in its own filesystem besides /tmp: here, folders of the
+#: container, so that nothing it writes lands in this machine's own (a volume mounted
+#: below one of them still wins: the longest prefix is mapped).
+OWN_PLACES = ("/var/lib", "/var/tmp", "/var/cache", "/srv", "/data", "/home", "/mnt", "/opt")
 
 
 @dataclass
@@ -66,6 +70,8 @@ def prepare(
     cwd = images.build_folder(image, home / "image") if image.not_here is None else home
     paths = Paths(
         {
+            # The container's own writable places: never this machine's.
+            **{place: _folder(home / "rootfs" / place.lstrip("/")) for place in OWN_PLACES},
             "/tmp": _folder(home / "tmp"),
             workdir: cwd,
             **{

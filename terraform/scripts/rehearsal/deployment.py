@@ -113,6 +113,18 @@ class Task:
     def ports(self) -> tuple[int, ...]:
         return tuple(p for c in self.containers for p in c.ports)
 
+    def waited_for(self) -> list[str]:
+        """Containers another container waits for to exit (dependsOn SUCCESS or COMPLETE):
+        the init containers."""
+        return list(
+            dict.fromkeys(
+                name
+                for c in self.containers
+                for name, condition in c.depends_on
+                if condition in ("SUCCESS", "COMPLETE")
+            )
+        )
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -248,7 +260,8 @@ def _volume_key(service: str, volume: dict[str, Any]) -> str:
     efs = volume.get("efsVolumeConfiguration")
     if efs:
         access_point = efs.get("authorizationConfig", {}).get("accessPointId", "")
-        return f"efs-{efs['fileSystemId']}-{access_point}-{efs.get('rootDirectory', '/')}"
+        root = efs.get("rootDirectory", "/").strip("/").replace("/", "-")
+        return "-".join(p for p in ("efs", efs["fileSystemId"], access_point, root) if p)
     return f"task-{service}-{volume['name']}"
 
 

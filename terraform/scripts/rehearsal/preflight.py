@@ -5,6 +5,8 @@ would get wrong at once.
   as ECS must before it starts them (and the Lambda's role those it names);
 * churnops, reading the worker's environment, names this deployment's bucket and
   topic and a database, MLflow, Evidently UI and Prefect API of its own;
+* every service logs in to the database as a role of its own, not as the master user
+  (only the init containers, which set the roles up, may);
 * where the RDS master user's password is, for the local stand-in of RDS.
 """
 
@@ -15,8 +17,11 @@ import json
 import subprocess
 from typing import TYPE_CHECKING
 
-from rehearsal import containers, iam
+from rehearsal import containers, iam, images
+from rehearsal.checks import datasource_login
 from rehearsal.deployment import Aws, Deployment, WiringError
+from rehearsal.mapping import LOOPBACK
+from rehearsal.services import login_of
 
 if TYPE_CHECKING:
     from rehearsal.run import Rehearsal
@@ -100,6 +105,35 @@ def check_runner_settings(r: Rehearsal) -> None:
     if problems:
         raise WiringError("\n".join(f"container {worker.label}: {p}" for p in problems))
     r.report.facts["runner settings"] = f"drop {bucket}, its own database, MLflow, Evidently, topic"
+
+
+def check_database_logins(r: Rehearsal) -> None:
+    """Who each long-running container logs in to the database as (a URL's user), the
+    dashboards' login as Grafana builds it; none may be the master user."""
+    port = f"@{LOOPBACK}:{r.mapper.postgres_port}/"
+    logins: dict[str, set[str]] = {}
+    for task in r.deployment.tasks.values():
+        inits = set(task.waited_for())
+        for container in task.containers:
+            local = r.local[container.label]
+            if container.name in inits:
+                continue
+            users = {login_of(v) for v in local.env.values() if port in v and "://" in v}
+            if images.repository(container.image) == "grafana" and container.essential:
+                users.add(datasource_login(local)["user"])
+            if users:
+                logins[container.label] = users
+    problems = [
+        f"container {label} logs in to the database as the master user {user}:"
+        " it needs a role of its own"
+        for label, users in logins.items()
+        for user in sorted(users & set(r.master_users))
+    ]
+    if problems:
+        raise WiringError("\n".join(problems))
+    r.report.facts["database logins"] = ", ".join(
+        f"{label} as {' and '.join(sorted(users))}" for label, users in logins.items()
+    )
 
 
 def master_login(aws: Aws, deployment: Deployment) -> tuple[list[str], str, str]:

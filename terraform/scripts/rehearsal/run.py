@@ -117,6 +117,7 @@ class Rehearsal:
             self._step("containers", self.prepare_containers)
             self._step("secrets' permissions", lambda: preflight.check_secret_permissions(self))
             self._step("runner settings", lambda: preflight.check_runner_settings(self))
+            self._step("database logins", lambda: preflight.check_database_logins(self))
             self._step("init containers", self.run_inits)
             self._step("servers", self.start_servers)
             self._step("workers", self.start_workers)
@@ -154,6 +155,7 @@ class Rehearsal:
         password, owning the instance's first database."""
         db = self.deployment.database
         users, password, source = preflight.master_login(self.aws, self.deployment)
+        self.master_users = users
         with connect(self.admin_url) as conn, conn.cursor() as cur:
             for user in users:
                 cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
@@ -215,7 +217,7 @@ class Rehearsal:
         """Containers others depend on to finish (SUCCESS, COMPLETE): every task's at once,
         as ECS starts the tasks."""
         jobs = [
-            (task, name) for task in self.deployment.tasks.values() for name in _to_finish(task)
+            (task, name) for task in self.deployment.tasks.values() for name in task.waited_for()
         ]
         errors: list[str] = []
         threads = [
@@ -259,7 +261,7 @@ class Rehearsal:
         for task in tasks:
             for container in task.containers:
                 local = self.local[container.label]
-                if container.name in _to_finish(task) or local.skipped:
+                if container.name in task.waited_for() or local.skipped:
                     continue
                 waiting.append((task, local, self._start(local)))
         errors: list[str] = []
@@ -465,18 +467,6 @@ def _names_of(task: Task) -> set[str]:
     """How a task definition may be named: ARN, family:revision, family."""
     family_revision = task.definition_arn.rsplit("/", 1)[-1]
     return {task.definition_arn, family_revision, family_revision.rsplit(":", 1)[0]}
-
-
-def _to_finish(task: Task) -> list[str]:
-    """Containers another container waits for to exit (dependsOn SUCCESS or COMPLETE)."""
-    return list(
-        dict.fromkeys(
-            name
-            for c in task.containers
-            for name, condition in c.depends_on
-            if condition in ("SUCCESS", "COMPLETE")
-        )
-    )
 
 
 def _free_port() -> int:
