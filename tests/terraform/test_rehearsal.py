@@ -19,7 +19,7 @@ from .conftest import TERRAFORM_DIR, early_apply
 
 sys.path.insert(0, str(TERRAFORM_DIR / "scripts"))
 
-from rehearsal.run import Applied, Rehearsal
+from rehearsal.run import Applied, Rehearsal, RehearsalFailed
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +59,37 @@ def test_the_rehearsal_left_the_deployment_as_it_found_it(terraform_bin: str) ->
     assert not [k for k in keys if k.startswith("mlflow-artifacts/")]
     queues = deployment.client("sqs").list_queues().get("QueueUrls", [])
     assert not [q for q in queues if "rehearsal" in q]
+
+
+def test_a_wrong_port_in_a_task_definition_is_named_before_anything_starts(
+    terraform_bin: str, postgres_cluster: PostgresCluster, data_dir: Path, tmp_path: Path
+) -> None:
+    """The worker's MLflow URL on a port MLflow does not listen on, in a new revision of
+    its task definition; the service goes back to its own revision afterwards."""
+    deployment = early_apply().result()
+    ecs = deployment.client("ecs")
+    cluster = deployment.outputs["ecs_cluster_name"]
+    (service,) = ecs.describe_services(cluster=cluster, services=["worker"])["services"]
+    original = service["taskDefinition"]
+    definition = ecs.describe_task_definition(taskDefinition=original)["taskDefinition"]
+    for container in definition["containerDefinitions"]:
+        for variable in container.get("environment", []):
+            if variable["name"] == "MLFLOW_TRACKING_URI":
+                variable["value"] = variable["value"].replace(":5000", ":5001")
+    keep = ("family", "containerDefinitions", "taskRoleArn", "executionRoleArn", "networkMode")
+    keep += ("requiresCompatibilities", "cpu", "memory", "volumes")
+    broken = ecs.register_task_definition(**{k: definition[k] for k in keep if k in definition})
+    broken_arn = broken["taskDefinition"]["taskDefinitionArn"]
+    ecs.update_service(cluster=cluster, service="worker", taskDefinition=broken_arn)
+    try:
+        applied = Applied(deployment.endpoint, deployment.outputs)
+        rehearsal = Rehearsal(applied, postgres_cluster.admin_url(), data_dir, tmp_path)
+        with pytest.raises(RehearsalFailed) as failed:
+            rehearsal.run()
+    finally:
+        ecs.update_service(cluster=cluster, service="worker", taskDefinition=original)
+        ecs.deregister_task_definition(taskDefinition=broken_arn)
+    message = str(failed.value)
+    assert "container worker/worker, variable MLFLOW_TRACKING_URI:" in message
+    assert "port 5001 of ECS service mlflow: its containers listen on 5000" in message
+    assert not rehearsal.report.ran  # nothing started

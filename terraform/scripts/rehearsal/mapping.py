@@ -19,7 +19,6 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from rehearsal.deployment import Deployment, LoadBalancer, WiringError
 
@@ -265,9 +264,3 @@ class Paths:
         alternatives = "|".join(re.escape(p) for p in ordered)
         pattern = re.compile(rf"(?<![\w.-])({alternatives})(?=/|$|[^\w.-])")
         return pattern.sub(lambda match: local[match[1]], text)
-
-
-def url_port(url: str) -> int | None:
-    """The explicit or default port of an http(s) URL."""
-    parts = urlsplit(url)
-    return parts.port or DEFAULT_PORTS.get(parts.scheme)

@@ -41,7 +41,7 @@ from rehearsal import checks, containers, images, preflight
 from rehearsal.deployment import Aws, Deployment, Function, Task, WiringError, read
 from rehearsal.mapping import LOOPBACK, Mapper
 from rehearsal.processes import Process, Supervisor
-from rehearsal.services import connect, healthy, url_port
+from rehearsal.services import connect, database_port, healthy
 
 SCRIPTS = Path(__file__).resolve().parents[1]
 #: Small and quick (as the tests' session model); well above the promotion gate.
@@ -180,7 +180,7 @@ class Rehearsal:
                 )
         self.report.facts["database"] = (
             f"master user {' and '.join(users)} (password from {source}),"
-            f" database {db.database}, at {LOOPBACK}:{url_port(self.admin_url)}"
+            f" database {db.database}, at {LOOPBACK}:{database_port(self.admin_url)}"
         )
 
     # ------------------------------------------------------------------ 2. containers
@@ -191,7 +191,7 @@ class Rehearsal:
             for task in self.deployment.tasks.values()
             for port in task.ports
         }
-        self.mapper = Mapper(self.deployment, ports, url_port(self.admin_url))
+        self.mapper = Mapper(self.deployment, ports, database_port(self.admin_url))
         problems = []
         for task in self.deployment.tasks.values():
             for container in task.containers:

@@ -72,7 +72,8 @@ class PrefectApi:
 
 
 # ---------------------------------------------------------------------------- Postgres
-def url_port(url: str) -> int:
+def database_port(url: str) -> int:
+    """The port of a Postgres URL."""
     return urlsplit(url).port or 5432
 
 
