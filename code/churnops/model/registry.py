@@ -210,7 +210,8 @@ def _current_champion(
     return str(version.version), champion.holdout.f1
 
 
-def _log_figures(prefix: str, y: np.ndarray, proba: np.ndarray, threshold: float) -> None:
+def log_figures(prefix: str, y: np.ndarray, proba: np.ndarray, threshold: float) -> None:
+    """The confusion matrix and curves of one split, as run artifacts (training and retraining)."""
     labels = (proba >= threshold).astype(int)
     for name, figure in {
         "confusion_matrix": plots.confusion_matrix(y, labels, f"{prefix} confusion matrix"),
@@ -221,7 +222,7 @@ def _log_figures(prefix: str, y: np.ndarray, proba: np.ndarray, threshold: float
         plt.close(figure)
 
 
-def _ensure_experiment(settings: Settings) -> None:
+def ensure_experiment(settings: Settings) -> None:
     """Create the experiment with a local artifact folder on the local default."""
     if mlflow.get_experiment_by_name(settings.mlflow_experiment) is None:
         location = None
@@ -240,7 +241,7 @@ def train_and_register(
     split; the registered model is then refit on every row of the file.
     """
     configure_mlflow(settings)
-    _ensure_experiment(settings)
+    ensure_experiment(settings)
     data = load_customer_file(options.data_file, require_target=True)
     train, holdout = training.split_holdout(
         data, target(data), settings.holdout_fraction, settings.random_seed
@@ -274,12 +275,12 @@ def train_and_register(
                 "dataset.rows": str(len(data)),
             }
         )
-        _log_figures("train", y.to_numpy(), candidate.train_proba, threshold)
-        _log_figures("holdout", target(holdout).to_numpy(), candidate.holdout_proba, threshold)
+        log_figures("train", y.to_numpy(), candidate.train_proba, threshold)
+        log_figures("holdout", target(holdout).to_numpy(), candidate.holdout_proba, threshold)
         shap_figure = plots.shap_summary(final, prepare_features(data, features))
         mlflow.log_figure(shap_figure, "plots/shap_summary.png")
         plt.close(shap_figure)
-        version = _log_model(settings, model, final, params, data, train)
+        version = log_model(settings, model, final, params, data, train)
         mlflow.set_tags(
             {
                 "promotion.decision": "promoted" if decision.promote else "rejected",
@@ -287,13 +288,13 @@ def train_and_register(
             }
         )
 
-    _apply_decision(settings, version, decision)
+    apply_decision(settings, version, decision)
     return TrainingOutcome(
         run.info.run_id, version, threshold, params, candidate.train, candidate.holdout, decision
     )
 
 
-def _log_model(
+def log_model(
     settings: Settings,
     model: ChurnModel,
     classifier: Any,
@@ -332,7 +333,8 @@ def _log_model(
     return str(info.registered_model_version)
 
 
-def _apply_decision(settings: Settings, version: str, decision: Decision) -> None:
+def apply_decision(settings: Settings, version: str, decision: Decision) -> None:
+    """Tag the version with the gate's verdict and move the alias when it says so."""
     client = mlflow.MlflowClient()
     client.set_model_version_tag(
         settings.model_name,

@@ -65,6 +65,7 @@ class ScoringRun:
     """A processed run that may have scored the labels file's rows."""
 
     run: str
+    file_name: str  # the customer file it scored
     predictions_key: str
     model_name: str
     model_version: str
@@ -76,13 +77,16 @@ class LabelsJoin:
     """A labels file joined to its scoring run, and the scores it realizes."""
 
     scoring: ScoringRun
-    scoring_file: str
     matched_by: str
     rows: int
     labeled_rows: int
     scores: dict[str, float]
     arrived_at: datetime
     labeled_rows_key: str
+
+    @property
+    def scoring_file(self) -> str:
+        return self.scoring.file_name
 
     def summary(self) -> str:
         scores = ", ".join(f"{k} {v:.3f}" for k, v in self.scores.items() if k != "log_loss")
@@ -143,7 +147,9 @@ def scoring_runs(storage: DropStorage, labels_name: str) -> list[ScoringRun]:
             name = key.rsplit("/", 1)[-1]
             match = _PREDICTIONS.match(name)
             if match and name != lease.name:
-                found.append(ScoringRun(run, key, match["model"], match["version"], lease.db_id))
+                found.append(
+                    ScoringRun(run, lease.name, key, match["model"], match["version"], lease.db_id)
+                )
     stem = labels_name.rsplit(".", 1)[0]
     named = [s for s in found if stem.startswith(s.predictions_key.rsplit("/", 1)[-1][:-4])]
     return named + [s for s in found if s not in named]
@@ -277,7 +283,6 @@ def join_labels(
     _create(storage, run_key("processing", run, f"{name}{JOIN_SUFFIX}"), json.dumps(record))
     return LabelsJoin(
         scoring=scoring,
-        scoring_file=_scoring_file(storage, scoring.run),
         matched_by=matched_by,
         rows=len(labels),
         labeled_rows=int(known.sum()),
@@ -285,11 +290,6 @@ def join_labels(
         arrived_at=claims.dropped_at(run),
         labeled_rows_key=rows_key,
     )
-
-
-def _scoring_file(storage: DropStorage, run: str) -> str:
-    lease = claims.latest_lease(storage, run)
-    return lease.name if lease else run
 
 
 def labeled_rows_name(name: str) -> str:

@@ -54,13 +54,13 @@ from churnops.model.churn_model import (
 from churnops.model.registry import (
     Decision,
     TrainingOptions,
-    _apply_decision,
-    _ensure_experiment,
-    _log_figures,
-    _log_model,
+    apply_decision,
     choose_params,
+    ensure_experiment,
     fit_candidate,
     gate,
+    log_figures,
+    log_model,
 )
 from churnops.model.training import Evaluation, Progress
 from churnops.monitoring.alerts import Alert, AlertDeliveryError, send_alert
@@ -332,7 +332,7 @@ def _challenge(
     champion: Champion | None,
 ) -> RetrainOutcome:
     """Fit on the inputs, judge on the holdout, refit on all, log, register, apply."""
-    _ensure_experiment(settings)
+    ensure_experiment(settings)
     train = pd.concat([f.frame for f in inputs], ignore_index=True)
     features, seed = list(FEATURES), settings.random_seed
     X, y = prepare_features(train, features), target(train)
@@ -352,15 +352,13 @@ def _challenge(
         if champion:
             metrics |= champion.holdout.scores("champion_holdout_")
         mlflow.log_metrics(metrics)
-        _log_figures(
-            "holdout", target(holdout.frame).to_numpy(), candidate.holdout_proba, threshold
-        )
+        log_figures("holdout", target(holdout.frame).to_numpy(), candidate.holdout_proba, threshold)
         _log_lineage(inputs, holdout)
-        version = _log_model(settings, model, final, params, everything, train)
+        version = log_model(settings, model, final, params, everything, train)
         tags = _tags(options, decision, champion, holdout)
         mlflow.set_tags(tags)
     _tag_version(settings, version, tags)
-    _apply_decision(settings, version, decision)
+    apply_decision(settings, version, decision)
     return RetrainOutcome(
         "promoted" if decision.promote else "refused",
         decision.reason,
@@ -429,7 +427,7 @@ def _log_lineage(inputs: list[LabeledFile], holdout: LabeledFile) -> None:
         )
         tags = {"sha256": labeled.sha256, "rows": str(labeled.rows), "key": labeled.key}
         with warnings.catch_warnings():
-            # integer columns: validated rows have no missing values (see registry._log_model)
+            # integer columns: validated rows have no missing values (see registry.log_model)
             warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
             mlflow.log_input(dataset, context=context, tags=tags)
 
