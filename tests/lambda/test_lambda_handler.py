@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -768,7 +769,16 @@ def _get(url: str, path: str, auth_string: str) -> dict:
 
 
 def _call(url: str, path: str, auth_string: str, data: bytes | None) -> dict:
+    """The test's own set-up calls; a busy server's 5xx is retried, as Prefect's client and
+    the trigger retry it (a fresh server under load answers 503 while its database is busy)."""
     headers = {"Authorization": basic(auth_string), "Content-Type": "application/json"}
-    request = urllib.request.Request(url + path, data=data, headers=headers)
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    for attempt in range(5):
+        request = urllib.request.Request(url + path, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or attempt == 4:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
