@@ -158,7 +158,7 @@ def retrain(
         raise typer.Exit(EXIT_CODES["skipped"])
 
 
-#: ``churnops process`` exit codes, one per outcome (documented in the README).
+#: ``churnops process`` exit codes, one per outcome (documented in docs/pipeline.md).
 EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5}
 
 

@@ -8,7 +8,7 @@ from churnops.data.schema import INPUT_COLUMNS, TARGET
 
 #: Columns left out of the model. None: dropping any column, or `tariff_plan`
 #: and `age` together as the seed project did, gives no cross-validated F1
-#: gain beyond the noise between shuffles (README, "Feature choice";
+#: gain beyond the noise between shuffles (docs/model.md, "Feature choice";
 #: `make benchmark-features` prints the evidence).
 DROPPED_FEATURES: tuple[str, ...] = ()
 FEATURES: list[str] = [c for c in INPUT_COLUMNS if c not in DROPPED_FEATURES]
