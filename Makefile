@@ -19,7 +19,7 @@ TRIALS ?= 0
 .PHONY: help install data register-model train demo up test test-unit quality format \
 	optuna-dashboard benchmark-model benchmark-features benchmark-latency benchmark-pipeline \
 	benchmark-recovery benchmark-retraining \
-	simulate-file-drops status screenshots rehearse-aws clean
+	simulate-file-drops status screenshots rehearse-aws docs clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -65,8 +65,8 @@ quality: install ## Lint and format checks (pre-commit hooks on every file)
 	$(RUN) pre-commit run --all-files
 
 format: install ## Format the code
-	$(RUN) ruff format code tests benchmarks upload_simulation_script.py
-	$(RUN) ruff check --fix code tests benchmarks upload_simulation_script.py
+	$(RUN) ruff format code tests tools benchmarks upload_simulation_script.py
+	$(RUN) ruff check --fix code tests tools benchmarks upload_simulation_script.py
 
 optuna-dashboard: install ## Open the Optuna study in optuna-dashboard
 	$(RUN) optuna-dashboard sqlite:///.churnops/optuna.db
@@ -91,6 +91,9 @@ benchmark-pipeline: install data ## Flow time and peak RSS on 1,050, 1M and 10M 
 
 rehearse-aws: install data ## Apply to moto, run every ECS container here as a process, push a file through the wiring
 	$(RUN) python terraform/scripts/rehearse.py
+
+docs: install ## Regenerate docs/configuration.md from the settings' descriptions
+	$(RUN) python -m tools.configuration_reference
 
 clean: ## Remove local state (.churnops: MLflow, Optuna, metrics, drop folder)
 	rm -rf .churnops

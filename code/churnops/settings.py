@@ -54,22 +54,31 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         None, description="Tracking server or store; default: SQLite under CHURNOPS_HOME."
     )
-    mlflow_experiment: str = "churn-model-evaluation"
-    model_name: str = "XGBoostChurnModel"
-    model_alias: str = "staging"
+    mlflow_experiment: str = Field(
+        "churn-model-evaluation", description="MLflow experiment of the training runs."
+    )
+    model_name: str = Field("XGBoostChurnModel", description="Registered model name.")
+    model_alias: str = Field(
+        "staging", description="Alias of the version the pipeline scores with."
+    )
 
     # --- training ----------------------------------------------------------
-    training_file: str = "customer_churn_0.csv"
+    training_file: str = Field(
+        "customer_churn_0.csv", description="Default training file in CHURN_DATA_DIR."
+    )
     optuna_storage: str | None = Field(
         None, description="Optuna RDB storage URL; default: SQLite under CHURNOPS_HOME."
     )
-    optuna_study: str = "xgboost-churn"
-    cv_folds: int = 5
-    holdout_fraction: float = 0.2
-    random_seed: int = 42
-    # Promotion gate: holdout minimums a new version must reach to take the alias.
-    gate_min_f1: float = 0.70
-    gate_min_roc_auc: float = 0.90
+    optuna_study: str = Field("xgboost-churn", description="Optuna study name.")
+    cv_folds: int = Field(5, description="Cross-validation folds of the search.")
+    holdout_fraction: float = Field(0.2, description="Share of the training file held out.")
+    random_seed: int = Field(42, description="Seed of splits, folds, sampler and model.")
+    gate_min_f1: float = Field(
+        0.70, description="Holdout F1 a new version needs to take the alias (promotion gate)."
+    )
+    gate_min_roc_auc: float = Field(
+        0.90, description="Holdout ROC AUC a new version needs to take the alias."
+    )
 
     # --- retraining ------------------------------------------------------------
     retrain_mode: Literal["off", "suggest", "auto"] = Field(
@@ -98,13 +107,17 @@ class Settings(BaseSettings):
     drop_storage: Literal["local", "s3"] = Field(
         "local", description="'local': a folder with the S3 layout; 's3': a bucket."
     )
-    drop_bucket: str = Field("churnops-drop", description="Bucket name used in events.")
+    drop_bucket: str = Field(
+        "churnops-drop", description="Bucket name (in events; the bucket itself on S3)."
+    )
     local_drop_dir: Path | None = Field(
         None, description="Root of the local drop folder; default CHURNOPS_HOME/drop."
     )
-    aws_endpoint_url: str | None = Field(None, description="S3/SNS endpoint override.")
+    aws_endpoint_url: str | None = Field(None, description="AWS endpoint override (emulators).")
     max_file_bytes: int = Field(
-        2 * 1024**3, description="Largest accepted file, as stored (checked before reading)."
+        2 * 1024**3,
+        description="Largest accepted file, as stored, checked before reading (2 GiB: about "
+        "20M rows of CSV, streamed in flat memory).",
     )
     chunk_rows: int = Field(
         200_000, gt=0, description="Rows read, validated, scored and written at a time."
@@ -112,12 +125,13 @@ class Settings(BaseSettings):
     drift_sample_rows: int = Field(
         50_000,
         gt=0,
-        description="Rows of a file's seeded uniform sample that drift is measured on.",
+        description="Rows of a file's seeded uniform sample that drift is measured on; counts, "
+        "churn rate and quality scores use every row.",
     )
     id_columns: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_ID_COLUMNS,
         description="Names the customer identifier column may have, comma-separated, tried "
-        "in order (case, spaces and underscores ignored); empty: no identifier.",
+        "in order (case, spaces, dashes and underscores ignored); empty: no identifier.",
     )
 
     # --- exactly once: leases, retries, the reconciler ------------------------------
@@ -125,9 +139,12 @@ class Settings(BaseSettings):
         30.0, description="A run whose heartbeat is older than this is dead (s)."
     )
     retry_first_seconds: float = Field(
-        30.0, description="Wait before re-driving a run that failed on a dependency (s)."
+        30.0,
+        description="Wait before re-driving a run that failed on a dependency (s), doubling.",
     )
-    retry_max_seconds: float = Field(1800.0, description="Longest wait between retries (s).")
+    retry_max_seconds: float = Field(
+        1800.0, description="Longest wait between re-drives of a failed run (s)."
+    )
     dependency_wait_seconds: float = Field(
         10.0, description="How long a step waits for a database or MLflow that is down (s)."
     )
@@ -140,13 +157,19 @@ class Settings(BaseSettings):
 
     # --- metrics database ------------------------------------------------------
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default: SQLite under CHURNOPS_HOME."
+        None, description="Metrics database, a SQLAlchemy URL; default: SQLite under CHURNOPS_HOME."
     )
-    dashboard_db_user: str = Field("grafana_reader", description="Read-only role.")
-    dashboard_db_password: SecretStr | None = None
+    dashboard_db_user: str = Field(
+        "grafana_reader", description="Read-only database role of the dashboards."
+    )
+    dashboard_db_password: SecretStr | None = Field(
+        None, description="Its password (`churnops grant-reader` sets the role up)."
+    )
 
     # --- Evidently -------------------------------------------------------------
-    evidently_ui_url: str | None = Field(None, description="Remote Evidently UI to use.")
+    evidently_ui_url: str | None = Field(
+        None, description="Remote Evidently UI to store reports in."
+    )
     evidently_secret: SecretStr | None = Field(
         None,
         description="Secret a remote Evidently UI started with EVIDENTLY_SECRET asks for on "
@@ -155,7 +178,7 @@ class Settings(BaseSettings):
     evidently_workspace: Path | None = Field(
         None, description="Local workspace folder; default CHURNOPS_HOME/evidently."
     )
-    evidently_project: str = "churnops"
+    evidently_project: str = Field("churnops", description="Evidently project of the reports.")
     attribution_sample_rows: int = Field(
         500,
         ge=0,
@@ -165,11 +188,13 @@ class Settings(BaseSettings):
     )
 
     # --- alert thresholds ----------------------------------------------------
-    drift_share_threshold: float = Field(0.5, description="Alert when drifted share >.")
-    min_f1: float = 0.70
-    min_precision: float = 0.70
-    min_recall: float = 0.70
-    min_accuracy: float = 0.70
+    drift_share_threshold: float = Field(
+        0.5, description="Alert when the share of drifted columns is above."
+    )
+    min_f1: float = Field(0.70, description="Alert when a labeled file's F1 is below.")
+    min_precision: float = Field(0.70, description="Alert when its precision is below.")
+    min_recall: float = Field(0.70, description="Alert when its recall is below.")
+    min_accuracy: float = Field(0.70, description="Alert when its accuracy is below.")
     min_attribution_ndcg: float | None = Field(
         None,
         ge=0.0,
@@ -181,20 +206,26 @@ class Settings(BaseSettings):
     )
 
     # --- alert channels --------------------------------------------------------
-    alerts_topic_arn: str | None = None
-    smtp_host: str | None = None
-    smtp_port: int = 25
-    smtp_user: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_starttls: bool = False
-    alert_email_from: str = "churnops@localhost"
-    alert_email_to: str | None = Field(None, description="Recipients, comma-separated.")
+    alerts_topic_arn: str | None = Field(None, description="SNS topic the alerts go to.")
+    smtp_host: str | None = Field(
+        None, description="SMTP server for alert e-mails (with ALERT_EMAIL_TO)."
+    )
+    smtp_port: int = Field(25, description="Its port.")
+    smtp_user: str | None = Field(None, description="SMTP login user.")
+    smtp_password: SecretStr | None = Field(None, description="SMTP login password.")
+    smtp_starttls: bool = Field(False, description="Use STARTTLS.")
+    alert_email_from: str = Field("churnops@localhost", description="Sender of alert e-mails.")
+    alert_email_to: str | None = Field(
+        None, description="Recipients of alert e-mails, comma-separated."
+    )
     alert_send_attempts: int = Field(3, description="Tries per alert channel before giving up.")
     alert_retry_wait: float = Field(2.0, description="First wait between tries (s), doubling.")
     alert_send_timeout: float = Field(10.0, description="Network timeout of one send (s).")
 
     # --- Prefect and the local platform -------------------------------------------
-    prefect_deployment: str = "churn_prediction_pipeline/churnops"
+    prefect_deployment: str = Field(
+        "churn_prediction_pipeline/churnops", description="Deployment the trigger starts."
+    )
     reconcile_deployment: str = Field(
         "reconcile/churnops", description="The scheduled reconciler's deployment."
     )
@@ -202,15 +233,18 @@ class Settings(BaseSettings):
         "retrain_model/retrain", description="The retraining flow's deployment."
     )
     platform_host: str = Field("127.0.0.1", description="Address the local services bind to.")
-    prefect_port: int = 4200
-    mlflow_port: int = 5000
-    evidently_port: int = 8000
+    prefect_port: int = Field(4200, description="Local Prefect server port (0: a free one).")
+    mlflow_port: int = Field(5000, description="Local MLflow server port (0: a free one).")
+    evidently_port: int = Field(8000, description="Local Evidently UI port (0: a free one).")
     runner_processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
-        description="Flow runner processes of `churnops up` (files processed at once).",
+        description="Flow runner processes of `churnops up` (files processed at once); "
+        "default: the number of cores.",
     )
     runner_poll_seconds: float = Field(
-        0.2, description="How often the local flow runner asks Prefect for new runs (s)."
+        0.2,
+        description="How often a flow runner asks Prefect for new runs (s); "
+        "terraform sets 1 on ECS.",
     )
     drop_poll_seconds: float = Field(
         5.0, description="How often the platform lists an S3 drop bucket for new files (s)."

@@ -7,19 +7,7 @@ only, so the retry loop is written out here; boto3, which the Lambda Python base
 image ships, is imported only to read a secret). The local platform's file-drop
 watcher calls :func:`handle_event` with S3-shaped events and a :class:`Config`
 made from its own settings. Nothing happens at import time; the Lambda reads its
-environment on each call:
-
-- ``PREFECT_API_URL`` (required), e.g. ``http://127.0.0.1:4200/api``
-- ``PREFECT_API_KEY`` (Prefect Cloud, bearer token) or ``PREFECT_API_AUTH_STRING``
-  (self-hosted basic auth, ``user:pass``), or ``PREFECT_API_AUTH_STRING_SECRET_ID``:
-  the Secrets Manager secret holding that auth string (the AWS Lambda's way: its
-  environment holds the ARN, not the value; read with boto3, kept while warm for
-  ``SECRET_TTL_SECONDS`` and read again after Prefect answers 401)
-- ``PREFECT_DEPLOYMENT`` (``<flow>/<deployment>``, default ``churn_prediction_pipeline/churnops``)
-- ``INPUT_PREFIX`` (default ``data/input/``); labels files are always read from ``data/labels/``
-- ``PREFECT_HTTP_TIMEOUT`` (seconds per request, default 5), ``PREFECT_HTTP_RETRIES``
-  (retries after the first try, default 3), ``PREFECT_HTTP_BACKOFF`` (first wait in
-  seconds, doubling, default 0.5): the worst case stays under the 30 s Lambda timeout.
+environment (:data:`ENVIRONMENT`, listed in ``docs/configuration.md``) on each call.
 
 S3 delivers events at least once, so each flow run carries an idempotency key made
 of bucket, key and the object's version (or the event's sequencer): Prefect returns
@@ -60,6 +48,29 @@ _DEPLOYMENT_IDS: dict[tuple[str, str], str] = {}
 SECRET_TTL_SECONDS = 300.0
 #: Secret values by id, with the monotonic time they were read.
 _SECRETS: dict[str, tuple[str, float]] = {}
+
+#: The Lambda's environment: variable -> (default, meaning). The one list of what
+#: :meth:`Config.from_env` reads; ``docs/configuration.md`` is generated from it.
+ENVIRONMENT: dict[str, tuple[str | None, str]] = {
+    "PREFECT_API_URL": (None, "Prefect API base URL (required), e.g. `http://127.0.0.1:4200/api`."),
+    "PREFECT_API_KEY": (None, "Prefect Cloud: the API key (a bearer token)."),
+    "PREFECT_API_AUTH_STRING": (None, "Self-hosted Prefect: the basic auth string, `user:pass`."),
+    "PREFECT_API_AUTH_STRING_SECRET_ID": (
+        None,
+        "The Secrets Manager secret holding that auth string (the AWS Lambda's way: its "
+        "environment holds the ARN, not the value); read with boto3, reused for "
+        f"{SECRET_TTL_SECONDS:g} s while warm and read again after Prefect answers 401.",
+    ),
+    "PREFECT_DEPLOYMENT": (DEFAULT_DEPLOYMENT, "Deployment to start, `<flow>/<deployment>`."),
+    "INPUT_PREFIX": (INPUT_PREFIX, "Folder of input files; labels are read from `data/labels/`."),
+    "PREFECT_HTTP_TIMEOUT": ("5", "Seconds per request to Prefect."),
+    "PREFECT_HTTP_RETRIES": ("3", "Retries of a request after the first try."),
+    "PREFECT_HTTP_BACKOFF": (
+        "0.5",
+        "First wait between tries (s), doubling: the worst case stays under the Lambda's 30 s "
+        "timeout.",
+    ),
+}
 
 #: Reads a secret's string by its id (name or ARN).
 SecretReader = Callable[[str], str]
@@ -120,19 +131,17 @@ class Config:
             api_url=api_url,
             deployment=deployment,
             prefixes=(env.get("INPUT_PREFIX") or INPUT_PREFIX, LABELS_PREFIX),
-            timeout=_number(env, "PREFECT_HTTP_TIMEOUT", 5.0, float, positive=True),
-            retries=int(_number(env, "PREFECT_HTTP_RETRIES", 3, int)),
-            backoff=_number(env, "PREFECT_HTTP_BACKOFF", 0.5, float),
+            timeout=_number(env, "PREFECT_HTTP_TIMEOUT", float, positive=True),
+            retries=int(_number(env, "PREFECT_HTTP_RETRIES", int)),
+            backoff=_number(env, "PREFECT_HTTP_BACKOFF", float),
             authorization=_authorization(env, read_secret or cached_secret),
         )
 
 
-def _number(
-    env: Mapping[str, str], name: str, default: float, kind: type, positive: bool = False
-) -> float:
+def _number(env: Mapping[str, str], name: str, kind: type, positive: bool = False) -> float:
     raw = env.get(name)
     if not raw:
-        return default
+        return kind(ENVIRONMENT[name][0])
     try:
         value = kind(raw)
     except ValueError:
