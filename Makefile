@@ -65,8 +65,8 @@ quality: install ## Lint and format checks (pre-commit hooks on every file)
 	$(RUN) pre-commit run --all-files
 
 format: install ## Format the code
-	$(RUN) ruff format code tests tools benchmarks upload_simulation_script.py
-	$(RUN) ruff check --fix code tests tools benchmarks upload_simulation_script.py
+	$(RUN) ruff format code tests benchmarks upload_simulation_script.py
+	$(RUN) ruff check --fix code tests benchmarks upload_simulation_script.py
 
 optuna-dashboard: install ## Open the Optuna study in optuna-dashboard
 	$(RUN) optuna-dashboard sqlite:///.churnops/optuna.db
@@ -93,7 +93,7 @@ rehearse-aws: install data ## Apply to moto, run every ECS container here as a p
 	$(RUN) python terraform/scripts/rehearse.py
 
 docs: install ## Regenerate docs/configuration.md from the settings' descriptions
-	$(RUN) python -m tools.configuration_reference
+	$(RUN) python -m devtools.configuration_reference
 
 clean: ## Remove local state (.churnops: MLflow, Optuna, metrics, drop folder)
 	rm -rf .churnops

@@ -7,7 +7,7 @@ import re
 
 from churnops.drop import trigger
 from churnops.settings import Settings
-from tools.configuration_reference import REFERENCE, render
+from devtools.configuration_reference import REFERENCE, render
 
 
 def test_the_committed_reference_is_current() -> None:
