@@ -72,25 +72,25 @@ optuna-dashboard: install ## Open the Optuna study in optuna-dashboard
 	$(RUN) optuna-dashboard sqlite:///.churnops/optuna.db
 
 benchmark-model: install data ## Our staging model beside the reference project's model, same files
-	$(RUN) python benchmarks/model_quality.py
+	$(RUN) python -m benchmarks.model_quality
 
 benchmark-features: install data ## Cross-validated F1 with each feature dropped (feature choice evidence)
-	$(RUN) python benchmarks/feature_selection.py
+	$(RUN) python -m benchmarks.feature_selection
 
 benchmark-latency: install data ## Drop-to-processed latency on the local platform (p50/p95)
-	$(RUN) python benchmarks/latency.py
+	$(RUN) python -m benchmarks.latency
 
 benchmark-recovery: install data ## Crash-to-processed time and a 30-file burst with 1 and N runners (local platform)
-	$(RUN) python benchmarks/recovery.py
+	$(RUN) python -m benchmarks.recovery
 
 benchmark-retraining: install data ## F1 on synthetic file 3 after dropping synthetic 1, 2, 3 with RETRAIN_MODE=auto beside retraining off
-	$(RUN) python benchmarks/retraining.py
+	$(RUN) python -m benchmarks.retraining
 
 benchmark-pipeline: install data ## Flow time and peak RSS on 1,050, 1M and 10M rows beside the floor (pyarrow read, booster, CSV write)
-	$(RUN) python benchmarks/pipeline.py $(if $(ROWS),--rows $(ROWS))
+	$(RUN) python -m benchmarks.pipeline $(if $(ROWS),--rows $(ROWS))
 
 rehearse-aws: install data ## Apply to moto, run every ECS container here as a process, push a file through the wiring
-	$(RUN) python terraform/scripts/rehearse.py
+	$(RUN) python -m terraform.scripts.rehearse
 
 docs: install ## Regenerate docs/configuration.md from the settings' descriptions
 	$(RUN) python -m devtools.configuration_reference

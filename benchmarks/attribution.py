@@ -9,8 +9,8 @@ sample (50,000 rows), the reference's attribution (once per model version
 and process), beside the booster's plain prediction of the same 50,000 rows.
 Rows are drawn with replacement from the later data files.
 
-    python benchmarks/attribution.py
-    python benchmarks/attribution.py --rows 1000 5000 50000
+    python -m benchmarks.attribution
+    python -m benchmarks.attribution --rows 1000 5000 50000
 """
 
 from __future__ import annotations

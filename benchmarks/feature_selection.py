@@ -8,8 +8,6 @@ spread shows what is noise. Run with `make benchmark-features`.
 from __future__ import annotations
 
 import statistics
-import sys
-from pathlib import Path
 
 from churnops.data.features import prepare_features, target
 from churnops.data.reading import load_customer_file
@@ -47,5 +45,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     raise SystemExit(main())

@@ -7,8 +7,8 @@ the other. The baseline runs the same function, ``per_file.process``, in this
 process with a warm model, so the platform's own overhead (trigger, Prefect,
 flow engine) is the difference.
 
-    python benchmarks/latency.py                 # uses a running platform, or starts one
-    python benchmarks/latency.py --drops 20
+    python -m benchmarks.latency                 # uses a running platform, or starts one
+    python -m benchmarks.latency --drops 20
 """
 
 from __future__ import annotations

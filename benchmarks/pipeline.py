@@ -23,8 +23,8 @@ time of each counts beside the highest peak RSS. The model is the
 (default parameters) in a scratch home; runs write into a scratch home,
 never into CHURNOPS_HOME.
 
-    python benchmarks/pipeline.py            # or: make benchmark-pipeline
-    python benchmarks/pipeline.py --rows 200000 --repeats 3
+    python -m benchmarks.pipeline            # or: make benchmark-pipeline
+    python -m benchmarks.pipeline --rows 200000 --repeats 3
 """
 
 from __future__ import annotations

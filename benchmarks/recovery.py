@@ -17,8 +17,8 @@ Three figures, each on a real ``churnops up`` in a scratch home:
   model load on top of the work), against the same MLflow server, and the
   imports alone in a fresh interpreter.
 
-    python benchmarks/recovery.py              # or: make benchmark-recovery
-    python benchmarks/recovery.py --files 30 --rows 1000 --runners 2
+    python -m benchmarks.recovery              # or: make benchmark-recovery
+    python -m benchmarks.recovery --files 30 --rows 1000 --runners 2
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-from latency import drop, final_stage, start_platform
 
+from benchmarks.latency import drop, final_stage, start_platform
 from churnops.drop.claims import Lease
 from churnops.drop.storage import LocalDropStorage
 from churnops.monitoring.metrics_db import MetricsStore

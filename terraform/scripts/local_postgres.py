@@ -14,12 +14,13 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from churnops.platform.services import free_port
 
 SUPERUSER = "postgres"
 HOST = "127.0.0.1"
@@ -68,7 +69,7 @@ def create() -> Cluster:
     root = Path(tempfile.mkdtemp(prefix="churnops-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, SUPERUSER, SUPERUSER)
-    cluster = Cluster(root, _free_port(), secrets.token_hex(16))
+    cluster = Cluster(root, free_port(HOST), secrets.token_hex(16))
     try:
         _init(cluster)
         cluster.start()
@@ -129,9 +130,3 @@ def _run(command: list[str]) -> None:
     done = subprocess.run(_as_owner(command), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise PostgresError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]

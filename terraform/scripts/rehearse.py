@@ -26,11 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import local_postgres
-import tf_local
-from rehearsal.run import Applied, Rehearsal, RehearsalFailed
+from terraform.scripts import local_postgres, tf_local
+from terraform.scripts.rehearsal.run import Applied, Rehearsal, RehearsalFailed
 
 
 def applied(workdir: Path) -> Applied:

@@ -20,12 +20,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from churnops.platform.services import free_port
 
 TERRAFORM_DIR = Path(__file__).resolve().parent.parent
 OVERRIDE_TEMPLATE = TERRAFORM_DIR / "local" / "emulator_override.tf.tpl"
@@ -98,12 +99,6 @@ def write_cli_config(out: Path) -> Path:
 
 
 # ----------------------------------------------------------------- moto
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def moto_server_binary() -> str:
     beside = Path(sys.executable).parent / "moto_server"
     if beside.exists():
@@ -115,7 +110,7 @@ def moto_server_binary() -> str:
 
 
 def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    port = free_port("127.0.0.1")
     log = log_path.open("ab")
     proc = subprocess.Popen(
         [moto_server_binary(), "-H", "127.0.0.1", "-p", str(port)],
@@ -144,6 +139,10 @@ def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float
 
 
 def stop_process_group(pid: int) -> None:
+    """Stop the moto server an earlier command started (its pid from the state file).
+
+    Not :func:`churnops.platform.services.stop_group`: that one waits on a child's
+    Popen, and ``down`` runs in another process than ``up``, which started it."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -1,11 +1,9 @@
-"""Where the Grafana image's files live, and the dashboard generator loaded from its path."""
+"""Where the Grafana image's files live."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
@@ -16,15 +14,6 @@ DOCKERFILE = GRAFANA / "Dockerfile"
 DASHBOARD_JSON = GRAFANA / "dashboards" / "churn_model_evaluation.json"
 DATASOURCES_YAML = GRAFANA / "provisioning" / "datasources" / "metrics.yaml"
 PROVIDERS_YAML = GRAFANA / "provisioning" / "dashboards" / "churnops.yaml"
-
-
-def load_generator() -> ModuleType:
-    """code/grafana/build_dashboard.py (a script, not a package module)."""
-    spec = importlib.util.spec_from_file_location("build_dashboard", GRAFANA / "build_dashboard.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def dashboard() -> dict[str, Any]:

@@ -11,6 +11,7 @@ import yaml
 
 from churnops.results import QUALITY_METRICS
 from churnops.settings import Settings
+from devtools import grafana_dashboard
 
 from .dashboard_files import (
     DASHBOARD_JSON,
@@ -20,7 +21,6 @@ from .dashboard_files import (
     REPO,
     dashboard,
     datasource,
-    load_generator,
 )
 
 #: Dashboard JSON schema version of the pinned Grafana 12.0 image.
@@ -28,8 +28,8 @@ SCHEMA_VERSION = 41
 
 
 def test_checked_in_json_is_the_generator_output() -> None:
-    assert DASHBOARD_JSON.read_text() == load_generator().render(), (
-        "run: python code/grafana/build_dashboard.py"
+    assert DASHBOARD_JSON.read_text() == grafana_dashboard.render(), (
+        "run: python -m devtools.grafana_dashboard"
     )
 
 

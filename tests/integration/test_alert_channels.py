@@ -10,11 +10,12 @@ import boto3
 import pytest
 
 from churnops.monitoring.alerts import Alert, AlertDeliveryError, assess, build_alert, send_alert
+from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import Settings, get_settings
 from tests.fixtures.moto import sns_topic_to_queue
-from tests.fixtures.network import free_port
 from tests.fixtures.smtp import SMTP_PASSWORD, SMTP_USER, Mailbox
+from tests.processes import LOOPBACK
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +121,7 @@ def test_retries_then_reports_and_keeps_the_log(
     settings = configure(
         settings,
         smtp_host="127.0.0.1",
-        smtp_port=free_port(),  # nothing listens there
+        smtp_port=free_port(LOOPBACK),  # nothing listens there
         alert_email_to="ops@example.com",
     )
     with (

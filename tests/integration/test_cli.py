@@ -12,7 +12,8 @@ from sqlalchemy.exc import ProgrammingError
 from typer.testing import CliRunner
 
 from churnops.cli import app
-from tests.fixtures.network import free_port
+from churnops.platform.services import free_port
+from tests.processes import LOOPBACK
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,7 @@ def test_process_exit_codes_for_skipped_and_failed(
     assert result.exit_code == 5, result.output
     assert "skipped" in result.output
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port(LOOPBACK)}")
     monkeypatch.setenv("DEPENDENCY_WAIT_SECONDS", "1")
     (home / "a.csv").write_text("x\n1\n")
     result = CliRunner().invoke(app, ["process", str(home / "a.csv")])

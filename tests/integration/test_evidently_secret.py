@@ -14,8 +14,9 @@ import pytest
 from evidently.errors import EvidentlyError
 
 from churnops.monitoring.drift import open_workspace, project_id
+from churnops.platform.services import free_port, stop_group
 from churnops.settings import get_settings
-from tests.fixtures.network import LOOPBACK, free_port, stop, wait_for_port
+from tests.processes import LOOPBACK, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ SECRET = f"evidently-{uuid.uuid4().hex}"
 def evidently_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of ``evidently ui`` with EVIDENTLY_SECRET set in its environment."""
     home = tmp_path_factory.mktemp("evidently")
-    port = free_port()
+    port = free_port(LOOPBACK)
     command = [
         str(Path(sys.executable).parent / "evidently"),
         "ui",
@@ -39,12 +40,14 @@ def evidently_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ]
     env = {**os.environ, "EVIDENTLY_SECRET": SECRET}
     with (home / "ui.log").open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     try:
         wait_for_port(port, process, timeout=120)
         yield f"http://{LOOPBACK}:{port}"
     finally:
-        stop(process)
+        stop_group(process, 20)
 
 
 def test_the_secret_in_the_settings_lets_churnops_write(evidently_ui: str, tmp_path: Path) -> None:

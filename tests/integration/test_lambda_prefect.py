@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 from uuid import UUID
@@ -20,7 +18,6 @@ from churnops.platform.watcher import trigger
 
 pytestmark = pytest.mark.integration
 
-HANDLER_FILE = Path(__file__).parents[2] / "code" / "s3_to_prefect_lambda" / "lambda_function.py"
 FLOW = "churn_prediction_pipeline"
 KEYS = {  # as S3 encodes them in events -> decoded
     "data/input/march+batch.csv": "data/input/march batch.csv",
@@ -44,16 +41,12 @@ def deployment(client: SyncPrefectClient) -> str:
 
 @pytest.fixture
 def handler(prefect_server: str, deployment: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """The Lambda entry point loaded from its folder, as the Lambda runtime does, pointed here."""
+    """The Lambda handler's module, pointed at the session's Prefect server."""
     for name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "INPUT_PREFIX"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
     monkeypatch.setenv("PREFECT_DEPLOYMENT", f"{FLOW}/{deployment}")
-    spec = importlib.util.spec_from_file_location("lambda_function", HANDLER_FILE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return trigger  # lambda_function.lambda_handler is trigger's (tests/lambda checks)
 
 
 def s3_event(bucket: str, keys: list[str], sequencer: str = "0065F0A1B2C3D4E5F6") -> dict:

@@ -14,8 +14,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from churnops.monitoring.db_roles import grant_read_only
 from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable, MetricsStore
+from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
-from tests.fixtures.network import free_port
+from tests.processes import LOOPBACK
 
 pytestmark = pytest.mark.integration
 
@@ -172,7 +173,7 @@ def test_concurrent_starts_of_one_attempt_have_one_winner(store: MetricsStore) -
 
 
 def test_a_database_that_is_down_fails_in_seconds_with_a_clear_message() -> None:
-    url = f"postgresql+psycopg2://nobody:x@127.0.0.1:{free_port()}/none"
+    url = f"postgresql+psycopg2://nobody:x@127.0.0.1:{free_port(LOOPBACK)}/none"
     with pytest.raises(MetricsDatabaseUnavailable, match="unreachable for 1s"):
         MetricsStore(url, wait_seconds=1)
 

@@ -20,8 +20,9 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from churnops.model.churn_model import wait_for_tracking_server
+from churnops.platform.services import free_port, stop_group
 from churnops.settings import get_settings
-from tests.fixtures.network import LOOPBACK, free_port, stop, wait_for_port
+from tests.processes import LOOPBACK, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ WRITE_CONFIG_THEN_SERVE = (
 @pytest.fixture(scope="module")
 def mlflow_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow-auth")
-    port = free_port()
+    port = free_port(LOOPBACK)
     bin_dir = str(Path(sys.executable).parent)
     env = {
         **os.environ,
@@ -56,12 +57,14 @@ def mlflow_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     command += ["--host", LOOPBACK, "--port", str(port), "--workers", "1"]
     command += ["--artifacts-destination", str(root / "artifacts"), "--app-name", "basic-auth"]
     with (root / "server.log").open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     try:
         wait_for_port(port, process, timeout=120)
         yield f"http://{LOOPBACK}:{port}"
     finally:
-        stop(process)
+        stop_group(process, 20)
 
 
 def test_the_health_check_needs_no_login(mlflow_with_auth: str, tmp_path: Path) -> None:

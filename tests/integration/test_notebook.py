@@ -19,7 +19,7 @@ from nbformat import NotebookNode
 
 from churnops.data.dataset import SPLIT_FILES
 from churnops.settings import Settings
-from tests.platform_processes import FOREIGN
+from tests.processes import FOREIGN
 
 pytestmark = pytest.mark.integration
 

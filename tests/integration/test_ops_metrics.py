@@ -23,8 +23,9 @@ from churnops.monitoring import ops_metrics
 from churnops.pipeline import reconcile
 from churnops.pipeline.flow import churn_prediction_pipeline
 from churnops.platform.runner import FlowRunner, QueueGauge, task_protection
+from churnops.platform.services import free_port
 from churnops.settings import Settings, get_settings
-from tests.fixtures.network import LOOPBACK, free_port
+from tests.processes import LOOPBACK
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,9 @@ def test_nothing_is_published_without_a_namespace(settings: Settings, namespace:
 
 
 def test_an_unreachable_cloudwatch_does_not_raise(settings: Settings) -> None:
-    dead = settings.model_copy(update={"aws_endpoint_url": f"http://{LOOPBACK}:{free_port()}"})
+    dead = settings.model_copy(
+        update={"aws_endpoint_url": f"http://{LOOPBACK}:{free_port(LOOPBACK)}"}
+    )
     assert not ops_metrics.publish(dead, {ops_metrics.QUEUED_RUNS: 3.0})
 
 
@@ -112,7 +115,7 @@ def test_each_flow_run_says_whether_it_failed(
         "CHURNOPS_HOME": str(settings.home),
         "AWS_ENDPOINT_URL": str(settings.aws_endpoint_url),
         "OPS_METRICS_NAMESPACE": namespace,
-        "MLFLOW_TRACKING_URI": f"http://{LOOPBACK}:{free_port()}",
+        "MLFLOW_TRACKING_URI": f"http://{LOOPBACK}:{free_port(LOOPBACK)}",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "DEPENDENCY_WAIT_SECONDS": "0.5",
     }.items():

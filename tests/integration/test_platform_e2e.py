@@ -28,7 +28,7 @@ from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.monitoring.metrics_db import DRIFTED_SHARE, MetricsStore
 from churnops.settings import Settings, get_settings
 from tests.exactly_once import Drops
-from tests.platform_processes import FOREIGN, leftovers
+from tests.processes import FOREIGN, leftovers
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from churnops.platform import services
-from tests.fixtures.network import LOOPBACK
-from tests.platform_processes import FOREIGN, leftovers
+from tests.processes import FOREIGN, LOOPBACK, leftovers
 
 pytestmark = pytest.mark.integration
 

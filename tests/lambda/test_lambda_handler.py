@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import importlib.util
 import json
 import logging
 import re
@@ -28,8 +27,9 @@ import boto3
 import pytest
 
 from churnops.drop import trigger
-from tests.fixtures.network import LOOPBACK, free_port
+from churnops.platform.services import free_port
 from tests.fixtures.prefect_server import running_prefect_server
+from tests.processes import LOOPBACK
 
 HANDLER_FILE = Path(__file__).parents[2] / "code" / "s3_to_prefect_lambda" / "lambda_function.py"
 DEPLOYMENT = "churn_prediction_pipeline/churnops"
@@ -109,7 +109,7 @@ def _handler_class(fake: FakePrefect) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def prefect() -> Iterator[FakePrefect]:
     fake = FakePrefect()
-    server = ThreadingHTTPServer((LOOPBACK, free_port()), _handler_class(fake))
+    server = ThreadingHTTPServer((LOOPBACK, free_port(LOOPBACK)), _handler_class(fake))
     server.daemon_threads = True
     server.handle_error = lambda request, address: None  # stalled clients hang up
     fake.url = f"http://{LOOPBACK}:{server.server_address[1]}/api"
@@ -147,11 +147,14 @@ def load_handler() -> ModuleType:
 
 def test_the_lambda_entry_point_is_the_trigger_module() -> None:
     """``lambda_function.lambda_handler`` as the Lambda runtime imports it, from its folder."""
-    spec = importlib.util.spec_from_file_location("lambda_function", HANDLER_FILE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.lambda_handler is trigger.lambda_handler
+    code = (
+        "import lambda_function, churnops.drop.trigger as trigger; "
+        "assert lambda_function.lambda_handler is trigger.lambda_handler"
+    )  # the runtime imports it with its folder (LAMBDA_TASK_ROOT) on the path
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=HANDLER_FILE.parent, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_image_modules_need_only_the_standard_library() -> None:
@@ -468,7 +471,7 @@ def test_persistent_timeouts_raise(handler: ModuleType, prefect: FakePrefect) ->
 
 
 def test_a_refused_connection_raises(handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PREFECT_API_URL", f"http://{LOOPBACK}:{free_port()}/api")
+    monkeypatch.setenv("PREFECT_API_URL", f"http://{LOOPBACK}:{free_port(LOOPBACK)}/api")
 
     with pytest.raises(handler.PrefectUnavailable, match="Connection refused"):
         handler.lambda_handler(event(record("data/input/a.csv")), None)
@@ -477,7 +480,7 @@ def test_a_refused_connection_raises(handler: ModuleType, monkeypatch: pytest.Mo
 def test_a_non_json_answer_names_the_likely_cause(
     handler: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = ThreadingHTTPServer((LOOPBACK, free_port()), _html_handler())
+    server = ThreadingHTTPServer((LOOPBACK, free_port(LOOPBACK)), _html_handler())
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     monkeypatch.setenv("PREFECT_API_URL", f"http://{LOOPBACK}:{server.server_address[1]}")
     try:

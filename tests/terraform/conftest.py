@@ -4,7 +4,6 @@ deployment of the whole root module against moto, applied early in the backgroun
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -15,21 +14,11 @@ from pathlib import Path
 import boto3
 import pytest
 
+from churnops.platform.services import stop_group
+from terraform.scripts import tf_local
+
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = REPO / "terraform"
-
-
-def _load_tf_local():
-    spec = importlib.util.spec_from_file_location(
-        "churnops_tf_local", TERRAFORM_DIR / "scripts" / "tf_local.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-tf_local = _load_tf_local()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -139,7 +128,7 @@ class _EarlyApply:
         with contextlib.suppress(Exception):  # a failed apply or destroy: a test reported it
             self.destroyed.result()
         if self.moto is not None:
-            tf_local.stop_process_group(self.moto.pid)
+            stop_group(self.moto, 5)
             self.moto.wait(timeout=10)
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from churnops.platform.services import stop_group
+
 from .conftest import tf_local
 from .plan import Plan, Resource, plan_module
 
@@ -84,7 +86,7 @@ def planned(terraform_bin: str) -> Iterator[dict[str, Plan | RuntimeError]]:
         with ThreadPoolExecutor(3) as pool:
             yield dict(zip(jobs, pool.map(plan, enumerate(jobs)), strict=True))
     finally:
-        tf_local.stop_process_group(moto.pid)
+        stop_group(moto, 5)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -3,7 +3,6 @@ deployments by a one-off ECS task (botocore's Stubber checks each request agains
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,13 +10,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from .conftest import TERRAFORM_DIR
-
-spec = importlib.util.spec_from_file_location(
-    "churnops_post_apply", TERRAFORM_DIR / "scripts" / "post_apply.py"
-)
-post_apply = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(post_apply)
+from terraform.scripts import post_apply
 
 OUTPUTS = {
     "aws_region": {"value": "eu-west-1"},

@@ -8,18 +8,14 @@ before the apply checks (it leaves the deployment as it found it).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
+from terraform.scripts.rehearsal.run import Applied, Rehearsal, RehearsalFailed
 from tests.fixtures.postgres import PostgresCluster
 
-from .conftest import TERRAFORM_DIR, early_apply
-
-sys.path.insert(0, str(TERRAFORM_DIR / "scripts"))
-
-from rehearsal.run import Applied, Rehearsal, RehearsalFailed
+from .conftest import early_apply
 
 pytestmark = pytest.mark.integration
 

@@ -16,16 +16,11 @@ import boto3
 import pytest
 
 from churnops.drop.keys import decode_event_key
-
-from .conftest import TERRAFORM_DIR
-
-sys.path.insert(0, str(TERRAFORM_DIR / "scripts"))
-
-from rehearsal import iam as rehearsal_iam
-from rehearsal import images, lambda_runtime, preflight
-from rehearsal.checks import datasource_login
-from rehearsal.containers import OWN_PLACES, Local
-from rehearsal.deployment import (
+from terraform.scripts.rehearsal import iam as rehearsal_iam
+from terraform.scripts.rehearsal import images, lambda_runtime, preflight
+from terraform.scripts.rehearsal.checks import datasource_login
+from terraform.scripts.rehearsal.containers import OWN_PLACES, Local
+from terraform.scripts.rehearsal.deployment import (
     Aws,
     Container,
     Database,
@@ -38,8 +33,8 @@ from rehearsal.deployment import (
     WiringError,
     secret_value,
 )
-from rehearsal.mapping import Mapper, Paths, command
-from rehearsal.services import notification_for, s3_event
+from terraform.scripts.rehearsal.mapping import Mapper, Paths, command
+from terraform.scripts.rehearsal.services import notification_for, s3_event
 
 NS = "churnops-emu.internal"
 DB_HOST = "churnops-emu.abc.us-east-1.rds.amazonaws.com"

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from churnops.platform.services import stop_group
+
 from .conftest import tf_local
 
 pytestmark = pytest.mark.integration
@@ -37,7 +39,7 @@ def plan(terraform_bin: str) -> Iterator[dict[str, Any]]:
             tf_local.terraform(module_dir, env, "show", "-json", "plan.bin", capture=True)
         )
     finally:
-        tf_local.stop_process_group(moto.pid)
+        stop_group(moto, 5)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -5,7 +5,6 @@ and its task-role policy is checked on the moto deployment (test_apply_moto.py).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -13,20 +12,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import REPO, TERRAFORM_DIR
+from terraform.scripts import tunnel
 
-
-def _load_tunnel():
-    spec = importlib.util.spec_from_file_location(
-        "churnops_tunnel", TERRAFORM_DIR / "scripts" / "tunnel.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-tunnel = _load_tunnel()
+from .conftest import REPO
 
 CLUSTER = "churnops-stg"
 OUTPUTS = {

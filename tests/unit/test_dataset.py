@@ -15,7 +15,7 @@ import pytest
 
 from churnops.data import dataset
 from churnops.data.schema import DataValidationError
-from tests.fixtures.network import LOOPBACK
+from tests.processes import LOOPBACK
 
 
 def uci_archive(data_dir: Path) -> bytes:

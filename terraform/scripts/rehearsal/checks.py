@@ -23,10 +23,10 @@ import yaml
 from psycopg2 import sql
 
 from churnops.settings import Settings
-from rehearsal import containers, images
-from rehearsal.deployment import WiringError
-from rehearsal.mapping import LOCAL_SSLMODE, STRICT_SSLMODES
-from rehearsal.services import (
+from terraform.scripts.rehearsal import containers, images
+from terraform.scripts.rehearsal.deployment import WiringError
+from terraform.scripts.rehearsal.mapping import LOCAL_SSLMODE, STRICT_SSLMODES
+from terraform.scripts.rehearsal.services import (
     PrefectApi,
     admin_url_of,
     connect,
@@ -37,7 +37,7 @@ from rehearsal.services import (
 )
 
 if TYPE_CHECKING:
-    from rehearsal.run import Rehearsal
+    from terraform.scripts.rehearsal.run import Rehearsal
 
 REPO = Path(__file__).resolve().parents[3]
 GRAFANA_DATASOURCES = REPO / "code/grafana/provisioning/datasources"
@@ -83,7 +83,7 @@ def drop_file(r: Rehearsal) -> Drop:
 def invoke_lambda(r: Rehearsal, event: dict[str, Any]) -> dict[str, Any]:
     """The function's handler, in a folder holding what its image holds, with the
     function's environment; as the Lambda runtime calls it."""
-    from rehearsal.lambda_runtime import invoke
+    from terraform.scripts.rehearsal.lambda_runtime import invoke
 
     return invoke(r.function(), event, r.mapper, r.aws, r.root / "lambda")
 

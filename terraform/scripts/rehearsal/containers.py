@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rehearsal import images
-from rehearsal.deployment import Aws, Container, Task, WiringError, secret_value
-from rehearsal.mapping import Mapper, Paths, command
+from terraform.scripts.rehearsal import images
+from terraform.scripts.rehearsal.deployment import Aws, Container, Task, WiringError, secret_value
+from terraform.scripts.rehearsal.mapping import Mapper, Paths, command
 
 #: Where the image's python and console scripts are: this virtualenv's bin folder.
 VENV_BIN = Path(sys.executable).parent

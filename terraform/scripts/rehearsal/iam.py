@@ -13,7 +13,7 @@ import json
 from typing import Any
 from urllib.parse import unquote
 
-from rehearsal.deployment import Aws
+from terraform.scripts.rehearsal.deployment import Aws
 
 
 class Policies:

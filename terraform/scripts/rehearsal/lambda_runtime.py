@@ -13,16 +13,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from rehearsal import images
-from rehearsal.containers import SYSTEM_PATH, VENV_BIN
-from rehearsal.deployment import Aws, Function, WiringError
-from rehearsal.mapping import Mapper
+from terraform.scripts.rehearsal import images
+from terraform.scripts.rehearsal.containers import SYSTEM_PATH, VENV_BIN
+from terraform.scripts.rehearsal.deployment import Aws, Function, WiringError
+from terraform.scripts.rehearsal.mapping import Mapper
 
 #: Top-level packages the Lambda Python base image has besides the standard library.
 BASE_IMAGE_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
 
 #: Runs in the fresh interpreter: refuse imports the image could not satisfy, call the
-#: handler with the event from stdin, print its answer as JSON.
+#: handler with the event from stdin, print its answer as JSON. Its ``sys.path`` entry is
+#: the Lambda runtime's own (the task root first), kept on purpose: it is what is tested.
 BOOTSTRAP = """
 import importlib, importlib.abc, json, os, sys
 allowed = set(sys.stdlib_module_names) | set(sys.argv[2].split(","))

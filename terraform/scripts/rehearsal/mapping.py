@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rehearsal.deployment import Deployment, LoadBalancer, WiringError
+from terraform.scripts.rehearsal.deployment import Deployment, LoadBalancer, WiringError
 
 LOOPBACK = "127.0.0.1"
 #: What libpq's and asyncpg's sslmode become: the local Postgres has no TLS (RDS forces it).

@@ -17,14 +17,14 @@ import json
 import subprocess
 from typing import TYPE_CHECKING
 
-from rehearsal import containers, iam, images
-from rehearsal.checks import datasource_login
-from rehearsal.deployment import Aws, Deployment, WiringError
-from rehearsal.mapping import LOOPBACK
-from rehearsal.services import login_of
+from terraform.scripts.rehearsal import containers, iam, images
+from terraform.scripts.rehearsal.checks import datasource_login
+from terraform.scripts.rehearsal.deployment import Aws, Deployment, WiringError
+from terraform.scripts.rehearsal.mapping import LOOPBACK
+from terraform.scripts.rehearsal.services import login_of
 
 if TYPE_CHECKING:
-    from rehearsal.run import Rehearsal
+    from terraform.scripts.rehearsal.run import Rehearsal
 
 
 def check_secret_permissions(r: Rehearsal) -> None:

@@ -6,13 +6,11 @@ uvicorn worker, a flow run's subprocess) outlives the rehearsal.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from churnops.platform.services import stop_group
 
 LOG_TAIL_LINES = 30
 
@@ -62,33 +60,10 @@ class Supervisor:
         try:
             return process.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            stop(process.popen)
+            stop_group(process.popen, 10)
             return None
 
     def stop_all(self) -> None:
         for process in reversed(self.running):
-            stop(process.popen)
+            stop_group(process.popen, 10)
         self.running.clear()
-
-
-def stop(popen: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM to the process group, SIGKILL to what is left after ``grace`` seconds."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(popen.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if popen.poll() is not None and not _group_alive(popen.pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(popen.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        popen.wait(timeout=5)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True

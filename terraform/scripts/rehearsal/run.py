@@ -37,11 +37,19 @@ from typing import Any
 
 from psycopg2 import sql
 
-from rehearsal import checks, containers, images, preflight
-from rehearsal.deployment import Aws, Deployment, Function, Task, WiringError, read
-from rehearsal.mapping import LOOPBACK, Mapper
-from rehearsal.processes import Process, Supervisor
-from rehearsal.services import connect, database_port, healthy
+from churnops.platform.services import free_port
+from terraform.scripts.rehearsal import checks, containers, images, preflight
+from terraform.scripts.rehearsal.deployment import (
+    Aws,
+    Deployment,
+    Function,
+    Task,
+    WiringError,
+    read,
+)
+from terraform.scripts.rehearsal.mapping import LOOPBACK, Mapper
+from terraform.scripts.rehearsal.processes import Process, Supervisor
+from terraform.scripts.rehearsal.services import connect, database_port, healthy
 
 SCRIPTS = Path(__file__).resolve().parents[1]
 #: Small and quick (as the tests' session model); well above the promotion gate.
@@ -187,7 +195,7 @@ class Rehearsal:
     def prepare_containers(self) -> None:
         """Every container's local form; every wiring error at once."""
         ports = {
-            (task.service, port): _free_port()
+            (task.service, port): free_port(LOOPBACK)
             for task in self.deployment.tasks.values()
             for port in task.ports
         }
@@ -467,14 +475,6 @@ def _names_of(task: Task) -> set[str]:
     """How a task definition may be named: ARN, family:revision, family."""
     family_revision = task.definition_arn.rsplit("/", 1)[-1]
     return {task.definition_arn, family_revision, family_revision.rsplit(":", 1)[0]}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def _versions(s3: Any, bucket: str) -> set[tuple[str, str]]:

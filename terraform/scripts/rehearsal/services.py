@@ -18,7 +18,7 @@ from urllib.parse import quote_plus, urlsplit
 
 import psycopg2
 
-from rehearsal.deployment import WiringError
+from terraform.scripts.rehearsal.deployment import WiringError
 
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 

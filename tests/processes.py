@@ -1,9 +1,33 @@
-"""What the platform tests share: a clean environment and a search for leftover processes."""
+"""What tests share about processes and ports: waiting for a server's port, a clean
+environment for a platform, a search for leftover processes. A free port and the
+process-group stop are the platform's own (:mod:`churnops.platform.services`)."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+def wait_for_port(
+    port: int, process: subprocess.Popen | None = None, timeout: float = 60.0
+) -> None:
+    """Block until the port accepts connections; RuntimeError if the process dies first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before listening")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {LOOPBACK}:{port} after {timeout:.0f}s")
+
 
 #: Variables of the caller's environment that would point the platform elsewhere.
 FOREIGN = (

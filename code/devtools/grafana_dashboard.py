@@ -1,7 +1,7 @@
 """Generate the Grafana dashboard "Customer Churn Model Evaluation".
 
 The JSON that Grafana loads (``dashboards/churn_model_evaluation.json``) is the
-output of this script, checked in next to it. Python rather than hand-edited
+output of this module, checked in under ``code/grafana/``. Python rather than hand-edited
 JSON: the metric names come from ``churnops.monitoring.metrics_db`` / ``churnops.results``,
 so the dashboard cannot drift from what the pipeline writes; five stat panels
 and five time series are one function each instead of copied JSON. The alert
@@ -9,8 +9,8 @@ thresholds are read by SQL from the ``threshold`` column stored with each run
 (the limits that file was judged by, whatever the settings were); the
 settings' defaults are only the fallback colour of a run stored without one.
 
-    python code/grafana/build_dashboard.py          # rewrite the JSON
-    python code/grafana/build_dashboard.py --check  # fail if the JSON is stale
+    python -m devtools.grafana_dashboard          # rewrite the JSON
+    python -m devtools.grafana_dashboard --check  # fail if the JSON is stale
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from churnops.monitoring.metrics_db import (
 from churnops.results import ATTRIBUTION_NDCG, QUALITY_METRICS
 from churnops.settings import Settings
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "grafana"
 OUTPUT = HERE / "dashboards" / "churn_model_evaluation.json"
 
 #: Must equal the uid in provisioning/datasources/metrics.yaml.
