@@ -16,7 +16,7 @@ export CHURN_DATA_DIR
 DATA_FILES := data/customer_churn_0.csv data/customer_churn_1.csv data/customer_churn_2_majority_drifted.csv
 TRIALS ?= 0
 
-.PHONY: help install data register-model train demo up test test-unit quality format \
+.PHONY: help install data register-model train demo up test test-unit test-rest quality format \
 	optuna-dashboard benchmark-model benchmark-features benchmark-latency benchmark-pipeline \
 	benchmark-recovery benchmark-retraining \
 	simulate-file-drops status screenshots rehearse-aws docs clean
@@ -55,11 +55,14 @@ status: install ## Files by stage and the health of the platform's services
 screenshots: install data ## README pictures (docs/screenshots/) of the running demo; needs Debian's chromium
 	$(RUN) python -m churnops.platform.screenshots
 
-test: install data ## Install and run the whole test suite
+test: install data ## Install and run the whole test suite, every tier
 	$(RUN) pytest
 
-test-unit: install data ## Only the fast tests (no services)
-	$(RUN) pytest -m "not integration"
+test-unit: install ## The unit tier (tests/unit): no data files, no services
+	$(RUN) pytest tests/unit
+
+test-rest: install data ## Every tier but unit (CI runs it after test-unit)
+	$(RUN) pytest --ignore=tests/unit
 
 quality: install ## Lint and format checks (pre-commit hooks on every file)
 	$(RUN) pre-commit run --all-files
