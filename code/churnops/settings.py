@@ -40,8 +40,8 @@ DEFAULT_ID_COLUMNS: tuple[str, ...] = (
 #: Evidently (any DO_NOT_TRACK; its UI sends an event per request otherwise), Prefect's
 #: client (DO_NOT_TRACK 1/true/yes) and server (heartbeats), MLflow (DO_NOT_TRACK "true"
 #: only, or its own variable). What every process ChurnOps starts gets while
-#: USAGE_TELEMETRY is off; terraform/telemetry.tf is the same map for ECS and the Lambda
-#: (tests/terraform/test_telemetry.py checks that they agree).
+#: USAGE_TELEMETRY is off; terraform/main.tf's local.no_usage_telemetry is the same map for
+#: ECS and the Lambda (tests/terraform/test_apply_moto.py checks that they agree).
 NO_USAGE_TELEMETRY: dict[str, str] = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -59,8 +59,7 @@ class Settings(BaseSettings):
         False,
         description="Let MLflow, Prefect and Evidently send their vendors usage data. Off: "
         "the `churnops` command and every process it starts run with each library's off "
-        "switch (DO_NOT_TRACK, MLFLOW_DISABLE_TELEMETRY, PREFECT_SERVER_ANALYTICS_ENABLED), "
-        "and nothing leaves the machine unless configured (S3, SNS, SMTP, remote servers).",
+        "switch (DO_NOT_TRACK, MLFLOW_DISABLE_TELEMETRY, PREFECT_SERVER_ANALYTICS_ENABLED).",
     )
 
     # --- where things live -------------------------------------------------
