@@ -69,6 +69,8 @@ def outside_loopback(trace: str) -> list[str]:
     for line in trace.splitlines():
         match = CONNECT.search(line)
         if match is None:
+            if "sa_family=AF_INET" in line:  # an address this parser cannot read: report it
+                found.append(line.strip())
             continue
         address = ipaddress.ip_address(match["v4"] or match["v6"])
         if int(match["port"]) == 53 or not address.is_loopback:
@@ -96,7 +98,7 @@ def test_the_harness_sees_a_name_look_up_and_a_connection_out(tmp_path: Path) ->
     """Unhappy path first: an attempt to leave is caught, loopback is not."""
     probe = (
         "import socket\n"
-        "for address in [('127.0.0.1', 9), ('::1', 9), ('192.0.2.1', 80)]:\n"
+        "for address in [('127.0.0.1', 9), ('::1', 9), ('192.0.2.1', 80), ('2001:db8::1', 80)]:\n"
         "    try: socket.create_connection(address, timeout=1)\n"
         "    except OSError: pass\n"
         "try: socket.getaddrinfo('example.com', 80)\n"
@@ -106,6 +108,7 @@ def test_the_harness_sees_a_name_look_up_and_a_connection_out(tmp_path: Path) ->
     subprocess.run(loopback_only([sys.executable, "-c", probe], trace), check=True, timeout=60)
     found = outside_loopback(trace.read_text())
     assert any('"192.0.2.1"' in line for line in found), found
+    assert any('"2001:db8::1"' in line for line in found), found
     assert any("htons(53)" in line for line in found), found
     assert not any('"127.0.0.1"' in line or '"::1"' in line for line in found), found
 
