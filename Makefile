@@ -10,7 +10,8 @@ export PIPENV_IGNORE_VIRTUALENVS := 1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 PIPENV := $(PYTHON) -m pipenv
 RUN := $(PIPENV) run
-VENV_STAMP := .venv/.installed-$(shell sha256sum Pipfile.lock | cut -c1-12)
+# The package's own pyproject too: a changed console script needs a reinstall.
+VENV_STAMP := .venv/.installed-$(shell cat Pipfile.lock code/pyproject.toml | sha256sum | cut -c1-12)
 CHURN_DATA_DIR ?= data
 export CHURN_DATA_DIR
 DATA_FILES := data/customer_churn_0.csv data/customer_churn_1.csv data/customer_churn_2_majority_drifted.csv

@@ -38,6 +38,15 @@ locals {
   }
 
   sizes = var.service_sizes
+
+  # Every container of every task and the Lambda: the off switches of the libraries'
+  # usage data, churnops.settings.NO_USAGE_TELEMETRY (tests/terraform/test_apply_moto.py
+  # checks that each carries that map).
+  no_usage_telemetry = {
+    DO_NOT_TRACK                     = "true"
+    MLFLOW_DISABLE_TELEMETRY         = "true"
+    PREFECT_SERVER_ANALYTICS_ENABLED = "false"
+  }
 }
 
 # ------------------------------------------------------------------ encryption
@@ -162,6 +171,7 @@ module "lambda" {
   reserved_concurrency    = var.lambda_reserved_concurrency
   log_retention_days      = var.log_retention_days
   kms_key_arn             = aws_kms_key.platform.arn
+  extra_environment       = local.no_usage_telemetry
 }
 
 module "alb" {
@@ -221,6 +231,7 @@ module "ecs" {
   ecr_repository_arns = values(module.ecr.repository_arns)
   kms_key_arn         = aws_kms_key.platform.arn
   log_retention_days  = var.log_retention_days
+  environment         = local.no_usage_telemetry
   # ECS Exec on the UIs' tasks: `make tunnel SERVICE=<ui>` forwards a local port into one.
   services = { for k, s in local.services : k => merge(s, { enable_execute_command = var.tunnel_enabled && contains(keys(local.listeners), k) }) }
   task_policies = {

@@ -7,6 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from churnops.settings import NO_USAGE_TELEMETRY
+
+# The libraries' usage-data switches, before any of them is imported: this process's
+# MLflow, Prefect and Evidently clients and every server, kernel and command a test
+# starts (all inherit this environment) send nothing to their vendors.
+os.environ.update(NO_USAGE_TELEMETRY)
+
 # Every module in tests/fixtures/ is a pytest plugin: services live there.
 pytest_plugins = sorted(
     f"tests.fixtures.{p.stem}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -366,3 +367,22 @@ def grant_reader() -> None:
         _fail(str(exc))
     tables = ", ".join(t.name for t in DASHBOARD_TABLES)
     console.print(f"role '{settings.dashboard_db_user}' can read {tables}")
+
+
+def entry() -> None:
+    """The ``churnops`` command: :data:`app`, in a process whose libraries send no usage data.
+
+    Prefect decides at import, MLflow and Evidently at each event, from the environment
+    only (no API turns them off), and nothing in ChurnOps writes ``os.environ``. So while
+    USAGE_TELEMETRY is off and a switch is missing, this process first replaces itself
+    (``execve``: same pid, same arguments, nothing imported yet) with one whose
+    environment has them, as each child gets them from ``services.child_env``.
+    """
+    switches = get_settings().telemetry_env
+    if any(os.environ.get(name) != value for name, value in switches.items()):
+        os.execve(sys.executable, sys.orig_argv, os.environ | switches)
+    app()
+
+
+if __name__ == "__main__":
+    entry()

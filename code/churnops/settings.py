@@ -36,11 +36,31 @@ DEFAULT_ID_COLUMNS: tuple[str, ...] = (
     "id",
 )
 
+#: The documented off switch of every library that sends usage data, as each reads it:
+#: Evidently (any DO_NOT_TRACK; its UI sends an event per request otherwise), Prefect's
+#: client (DO_NOT_TRACK 1/true/yes) and server (heartbeats), MLflow (DO_NOT_TRACK "true"
+#: only, or its own variable). What every process ChurnOps starts gets while
+#: USAGE_TELEMETRY is off; terraform/main.tf's local.no_usage_telemetry is the same map for
+#: ECS and the Lambda (tests/terraform/test_apply_moto.py checks that they agree).
+NO_USAGE_TELEMETRY: dict[str, str] = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
 
 class Settings(BaseSettings):
     """The one place where ChurnOps is configured."""
 
     model_config = SettingsConfigDict(extra="ignore", protected_namespaces=())
+
+    # --- privacy ----------------------------------------------------------------
+    usage_telemetry: bool = Field(
+        False,
+        description="Let MLflow, Prefect and Evidently send their vendors usage data. Off: "
+        "the `churnops` command and every process it starts run with each library's off "
+        "switch (DO_NOT_TRACK, MLFLOW_DISABLE_TELEMETRY, PREFECT_SERVER_ANALYTICS_ENABLED).",
+    )
 
     # --- where things live -------------------------------------------------
     churnops_home: Path = Field(
@@ -326,6 +346,12 @@ class Settings(BaseSettings):
         if self.min_attribution_ndcg is not None:  # alerts below it, when set
             thresholds[ATTRIBUTION_NDCG] = self.min_attribution_ndcg
         return thresholds
+
+    @property
+    def telemetry_env(self) -> dict[str, str]:
+        """Variables a process ChurnOps starts gets so that its libraries send no usage
+        data; none with USAGE_TELEMETRY on."""
+        return {} if self.usage_telemetry else dict(NO_USAGE_TELEMETRY)
 
     @property
     def alert_log(self) -> Path:

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from churnops.settings import NO_USAGE_TELEMETRY
+
 from .conftest import Deployment, begin_destroy, destroyed, early_apply
 
 pytestmark = pytest.mark.integration
@@ -252,6 +254,28 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     repos = deployment.outputs["ecr_repository_urls"]
     assert init["image"].startswith(f"{repos['orchestration']}:")
     assert main["image"].startswith(f"{repos['grafana']}:")
+
+
+def test_every_container_and_the_lambda_send_no_usage_data(deployment: Deployment) -> None:
+    """The local platform's switches (USAGE_TELEMETRY off) in every container of every
+    registered task definition, init containers and one-off tasks too, and the Lambda."""
+    ecs = deployment.client("ecs")
+    arns = ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"]
+    containers = [
+        (arn.rsplit("/", 1)[1], container)
+        for arn in arns
+        for container in ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"][
+            "containerDefinitions"
+        ]
+    ]
+    assert {c["name"] for _, c in containers} >= EXPECTED_SERVICES | {"init"}
+    for task, container in containers:
+        env = {e["name"]: e["value"] for e in container.get("environment", [])}
+        assert env.items() >= NO_USAGE_TELEMETRY.items(), (task, container["name"])
+    function = deployment.client("lambda").get_function_configuration(
+        FunctionName=deployment.outputs["lambda_function_name"]
+    )
+    assert function["Environment"]["Variables"].items() >= NO_USAGE_TELEMETRY.items()
 
 
 def test_every_service_bootstraps_its_own_database_role(deployment: Deployment) -> None:

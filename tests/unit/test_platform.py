@@ -31,7 +31,7 @@ from churnops.platform.watcher import (
     s3_event,
     wait_stable,
 )
-from churnops.settings import get_settings
+from churnops.settings import NO_USAGE_TELEMETRY, get_settings
 
 ROOT = Path(__file__).parents[2]
 
@@ -163,6 +163,42 @@ def test_status_without_a_running_platform_says_so() -> None:
     [health] = service_health(None)
     assert not health.healthy
     assert "churnops up" in health.detail
+
+
+@pytest.mark.parametrize("usage_telemetry", [False, True])
+def test_every_child_gets_the_usage_data_switches_unless_telemetry_is_on(
+    usage_telemetry: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in NO_USAGE_TELEMETRY:  # set for the test session by tests/conftest.py
+        monkeypatch.delenv(name)
+    settings = get_settings(churnops_home=tmp_path, usage_telemetry=usage_telemetry)
+    ports = services.Ports(prefect=1, mlflow=2, evidently=3)
+    envs = [s.env for s in services.server_services(settings, ports)]
+    envs.append(launch.runner_env(launch.platform_settings(settings, ports)))
+    expected = dict.fromkeys(NO_USAGE_TELEMETRY) if usage_telemetry else NO_USAGE_TELEMETRY
+    for env in envs:
+        assert {name: env.get(name) for name in NO_USAGE_TELEMETRY} == expected
+
+
+@pytest.mark.parametrize("usage_telemetry", ["false", "true"])
+def test_the_churnops_command_runs_with_the_switches_unless_telemetry_is_on(
+    usage_telemetry: str,
+) -> None:
+    """The entry point re-executes itself with them: this probe is run twice when off."""
+    probe = (
+        "import json, os\n"
+        "from churnops import cli\n"
+        f"names = {list(NO_USAGE_TELEMETRY)}\n"
+        "cli.app = lambda: print(json.dumps([os.environ.get(n) for n in names]))\n"
+        "cli.entry()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in NO_USAGE_TELEMETRY}
+    env["USAGE_TELEMETRY"] = usage_telemetry
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    expected = [None] * 3 if usage_telemetry == "true" else list(NO_USAGE_TELEMETRY.values())
+    assert json.loads(done.stdout) == expected
 
 
 @pytest.mark.parametrize("listener_reuses_address", [False, True])

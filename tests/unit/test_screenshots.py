@@ -110,6 +110,8 @@ def test_the_chromium_command_is_headless_with_the_fixed_window(tmp_path: Path) 
         "--headless",
         "--disable-gpu",
         "--no-sandbox",
+        "--disable-background-networking",
+        "--disable-component-update",
         "--hide-scrollbars",
         "--window-size=1400,900",
         "--virtual-time-budget=15000",

@@ -90,6 +90,7 @@ def platform_settings(settings: Settings, ports: svc.Ports) -> Settings:
 def runner_env(settings: Settings) -> dict[str, str]:
     """Environment of the runner: the same settings, pointed at the platform's servers."""
     return svc.child_env(
+        settings,
         {
             "CHURNOPS_HOME": str(settings.home),
             "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
@@ -105,7 +106,7 @@ def runner_env(settings: Settings) -> dict[str, str]:
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
             # Runner logs are read by people: no artifact-download progress bars in them.
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        }
+        },
     )
 
 

@@ -92,6 +92,9 @@ def chromium_command(
         "--headless",
         "--disable-gpu",
         "--no-sandbox",
+        # No update checks, field trials or other requests of its own: only the page's.
+        "--disable-background-networking",
+        "--disable-component-update",
         "--hide-scrollbars",
         f"--window-size={window[0]},{window[1]}",
         f"--virtual-time-budget={budget_ms}",

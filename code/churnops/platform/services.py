@@ -89,10 +89,11 @@ def choose_port(host: str, configured: int, setting: str) -> int:
 
 
 # --- child processes ---------------------------------------------------------------------
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    """This process's environment minus foreign Prefect variables, plus ``extra``."""
+def child_env(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment minus foreign Prefect variables, plus the libraries'
+    usage-data switches (``settings.telemetry_env``), plus ``extra``: every child's."""
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN_PREFECT_ENV}
-    return env | extra
+    return env | settings.telemetry_env | extra
 
 
 def bin_path(name: str) -> str:
@@ -272,18 +273,18 @@ def server_services(settings: Settings, ports: Ports) -> list[Service]:
     settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
     settings.evidently_workspace_dir.mkdir(parents=True, exist_ok=True)
     prefect_env = child_env(
+        settings,
         {
             "PREFECT_HOME": str(prefect_home),
             "PREFECT_API_DATABASE_CONNECTION_URL": (
                 f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
             ),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_API_URL": prefect_api_url(settings, ports.prefect),
-        }
+        },
     )
     # MLflow's job runner (GenAI jobs, unused here) adds seven worker processes that
     # outlive the server by seconds when it stops; without it the group is two processes.
-    mlflow_env = child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    mlflow_env = child_env(settings, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     api = prefect_api_url(settings, ports.prefect)
     return [
         Service(
@@ -328,7 +329,7 @@ def server_services(settings: Settings, ports: Ports) -> list[Service]:
                 str(ports.evidently),
             ],
             logs / "evidently.log",
-            child_env({}),
+            child_env(settings, {}),
             url=f"http://{host}:{ports.evidently}",
             health_url=f"http://{host}:{ports.evidently}/api/version",
         ),

@@ -35,7 +35,7 @@ locals {
         image            = coalesce(s.init.image, s.image)
         essential        = false
         command          = s.init.command
-        environment      = [for k, v in s.init.environment : { name = k, value = v }]
+        environment      = [for k, v in merge(var.environment, s.init.environment) : { name = k, value = v }]
         secrets          = [for k, v in s.init.secrets : { name = k, valueFrom = v }]
         logConfiguration = local.log_configuration[svc]
       }],
@@ -45,7 +45,7 @@ locals {
         essential    = true
         command      = s.command
         portMappings = s.port == null ? [] : [{ containerPort = s.port, protocol = "tcp" }]
-        environment  = [for k, v in s.environment : { name = k, value = v }]
+        environment  = [for k, v in merge(var.environment, s.environment) : { name = k, value = v }]
         secrets      = [for k, v in s.secrets : { name = k, valueFrom = v }]
         dependsOn    = s.init == null ? [] : [{ containerName = "init", condition = "SUCCESS" }]
         mountPoints  = [for name, v in s.volumes : { sourceVolume = name, containerPath = v.container_path, readOnly = false }]

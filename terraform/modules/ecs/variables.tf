@@ -65,6 +65,12 @@ variable "log_retention_days" {
   default     = 365
 }
 
+variable "environment" {
+  description = "Environment variables of every container of every task, init containers too (a service's own win)."
+  type        = map(string)
+  default     = {}
+}
+
 variable "services" {
   description = <<-EOT
     Services by name. `port` null: no listener and no service discovery.
