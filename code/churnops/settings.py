@@ -116,8 +116,9 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = Field(None, description="AWS endpoint override (emulators).")
     max_file_bytes: int = Field(
         2 * 1024**3,
-        description="Largest accepted file, as stored, checked before reading (2 GiB: about "
-        "20M rows of CSV, streamed in flat memory).",
+        description="Largest accepted file, as stored (checked before reading) and as decoded "
+        "(gzip inflated, Parquet values; counted while reading). 2 GiB: about 20M rows of CSV, "
+        "streamed in flat memory.",
     )
     chunk_rows: int = Field(
         200_000, gt=0, description="Rows read, validated, scored and written at a time."

@@ -29,13 +29,14 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
@@ -49,6 +50,7 @@ from churnops.data.schema import (
     header_problems,
     repeated_columns,
     sample_text,
+    shorten,
     split_columns,
 )
 
@@ -56,6 +58,9 @@ from churnops.data.schema import (
 DEFAULT_CHUNK_ROWS = 200_000
 #: Failure cases kept for the final message (a broken file can have millions).
 _MAX_FAILURE_ROWS = 50_000
+#: The longest line of a CSV file, or text value of a Parquet file: a longer one is
+#: refused as it is met, never buffered whole (a 4 MB gzip can hold a 4 GiB line).
+MAX_LINE_BYTES = 1 << 20
 
 #: Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
 _BOMS: tuple[tuple[bytes, str, str], ...] = (
@@ -105,9 +110,13 @@ class CustomerReader:
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         require_target: bool = False,
         id_columns: Sequence[str] = (),
+        max_bytes: int | None = None,
     ) -> None:
         self.name = name
         self.chunk_rows = chunk_rows
+        #: The most bytes the file may decode to (gzip inflated, Parquet values), counted
+        #: while reading: its stored size bounds neither.
+        self.max_bytes = max_bytes
         self.require_target = require_target
         self.id_columns = tuple(id_columns)
         self.schema = build_schema(require_target)
@@ -120,6 +129,9 @@ class CustomerReader:
         self._header: list[str] = []
         self._failures: list[pd.DataFrame] = []
         self._ids: IdentifierCheck | None = None
+        self._decoded = 0
+        #: Read every cell as written, with no contract (:meth:`text_chunks`).
+        self._text: set[str] | None = None
 
     def parts(self) -> Iterator[Part]:
         """Validated chunks with their pass-through columns; a :class:`DataValidationError`
@@ -142,6 +154,13 @@ class CustomerReader:
         """The validated columns of each chunk (see :meth:`parts`)."""
         return (part.frame for part in self.parts())
 
+    def text_chunks(self, columns: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
+        """Every cell as text as written ('' when blank), no contract checked: for the CSV
+        files the platform wrote (predictions, and labels made from them), read with the
+        same formats, encodings, delimiters and limits. ``columns``: only these, if given."""
+        self._text = set(columns)
+        yield from self._raw_chunks()
+
     def read_all(self) -> CustomerFile:
         """The whole file as one frame (for files known to be small: training, tests).
 
@@ -163,7 +182,7 @@ class CustomerReader:
             yield from self._csv_chunks(self._stream)
 
     def _gzip_chunks(self) -> Iterator[pd.DataFrame]:
-        unpacked = _buffered(gzip.GzipFile(fileobj=self._stream, mode="rb"))
+        unpacked = _buffered(self._bounded(gzip.GzipFile(fileobj=self._stream, mode="rb")))
         try:
             head = unpacked.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
             _reject_other_formats(head, unpacked, self.name)
@@ -180,12 +199,18 @@ class CustomerReader:
                 source.seek(0)
                 yield from self._csv_chunks(_buffered(source))
                 return
+            if self._text is not None:
+                raise DataValidationError(["a Parquet file: a CSV file is expected"], self.name)
             try:
-                parquet = pq.ParquetFile(source)
+                schema = pq.ParquetFile(source).schema_arrow
                 self.notes.append("read as Parquet")
-                self._layout(_parquet_columns(parquet.schema_arrow))
+                self._layout(_parquet_columns(schema))
+                # Text stays dictionary-encoded until counted: 190 KB can decode to 4 GB.
+                text = [f.name for f in schema if pa.types.is_string(f.type) or _is_binary(f)]
+                parquet = pq.ParquetFile(source, read_dictionary=text)
+                self._refuse_decoded(_uncompressed_bytes(parquet.metadata))
                 for batch in parquet.iter_batches(batch_size=self.chunk_rows):
-                    yield self._indexed(self._as_text(batch).to_pandas())
+                    yield self._indexed(self._as_text(self._decoded_batch(batch)).to_pandas())
             except (pa.ArrowException, OSError) as exc:  # a corrupt footer is an OSError
                 first = str(exc).strip().splitlines()[0]
                 raise DataValidationError(
@@ -193,6 +218,8 @@ class CustomerReader:
                 ) from exc
 
     def _csv_chunks(self, stream: io.BufferedReader) -> Iterator[pd.DataFrame]:
+        if not isinstance(stream.raw, _Bounded):  # gzip is bounded where it is unpacked
+            stream = _buffered(self._bounded(stream))
         head = stream.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
         encoding, codec = self._encoding(head)
         text_head = head.decode(codec, errors="ignore").removeprefix("\ufeff")
@@ -214,8 +241,7 @@ class CustomerReader:
                 skipinitialspace=True,
                 chunksize=self.chunk_rows,
                 encoding=codec if encoding == "UTF-8" else None,
-                # Pass-through columns stay the text they are: '007' is not 7, 'NA' not missing.
-                converters=dict.fromkeys(self._passthrough(), str),
+                **self._as_written(),
             )
             with reader:
                 for raw in reader:
@@ -228,6 +254,52 @@ class CustomerReader:
                 raise
             first = str(exc).strip().splitlines()[0]
             raise DataValidationError([f"not a parsable CSV file: {first}"], self.name) from exc
+
+    def _as_written(self) -> dict[str, object]:
+        """How pandas reads the columns kept as text: '007' is not 7, 'NA' not missing."""
+        if self._text is None:  # pass-through columns as text, the contract's parsed
+            return {"converters": dict.fromkeys(self._passthrough(), str)}
+        wanted = self._text
+        return {
+            "dtype": str,
+            "keep_default_na": False,
+            "usecols": (lambda c: c in wanted) if wanted else None,
+        }
+
+    def _bounded(self, stream: IO[bytes]) -> _Bounded:
+        return _Bounded(stream, self._spend, self.name)
+
+    def _spend(self, size: int) -> None:
+        """Count decoded bytes, refusing the file as soon as they pass ``max_bytes``."""
+        self._decoded += size
+        self._refuse_decoded(self._decoded)
+
+    def _refuse_decoded(self, size: int) -> None:
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise DataValidationError(
+                [f"file decodes to more than {self.max_bytes:,} bytes, the limit"], self.name
+            )
+
+    def _decoded_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """A Parquet batch with its text decoded, after counting what it decodes to."""
+        size = 0
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            lengths = _text_lengths(column)
+            if lengths is None:
+                size += column.nbytes
+                continue
+            longest = pc.max(lengths).as_py() or 0
+            if longest > MAX_LINE_BYTES:
+                problem = f"column '{shorten(name)}' holds a value of {longest:,} bytes"
+                raise DataValidationError(
+                    [f"{problem}, over the limit of {MAX_LINE_BYTES:,}"], self.name
+                )
+            size += pc.sum(lengths).as_py() or 0
+        self._spend(size)
+        decoded = [
+            c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in batch.columns
+        ]
+        return pa.RecordBatch.from_arrays(decoded, names=batch.schema.names)
 
     def _encoding(self, head: bytes) -> tuple[str, str]:
         """(name, codec): a BOM decides, else UTF-8 (no silent cp1252 guess); notes the rest.
@@ -257,12 +329,16 @@ class CustomerReader:
         if not ended and not complete:
             problem = f"the header line is longer than {_SNIFF_BYTES // 1024} KiB"
             raise DataValidationError([problem], self.name)
+        if self._text is not None:
+            return
         named = pd.read_csv(io.StringIO(line), sep=sep, skipinitialspace=True, nrows=0)
         self._layout(named.columns)
         written = next(csv.reader([line], delimiter=sep, skipinitialspace=True), [])
         self._header += repeated_columns(written)
 
     def _csv_chunk(self, raw: pd.DataFrame) -> pd.DataFrame:
+        if self._text is not None:
+            return raw
         if repeated := _repeated_header_rows(raw):
             self._problems.append(
                 f"the header line is repeated at rows {sample_text(repeated)} "
@@ -387,6 +463,36 @@ class _RawAdapter(io.RawIOBase):
         return self._stream.tell()
 
 
+class _Bounded(io.RawIOBase):
+    """Pass decoded bytes through, counted (``spend``), refusing a line longer than
+    :data:`MAX_LINE_BYTES` as it is met: pandas would buffer the whole line."""
+
+    def __init__(self, stream: IO[bytes], spend: Callable[[int], None], name: str) -> None:
+        self._stream = stream
+        self._spend = spend
+        self._name = name
+        self._lines = 1
+        self._line_bytes = 0  # since the last line break
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        # Reads of at most MAX_LINE_BYTES: a line within one read is shorter than the limit.
+        data = self._stream.read(min(len(buffer), MAX_LINE_BYTES))
+        self._spend(len(data))
+        first = data.find(b"\n")
+        self._line_bytes += len(data) if first < 0 else first
+        if self._line_bytes > MAX_LINE_BYTES:
+            problem = f"line {self._lines} is longer than {MAX_LINE_BYTES:,} bytes, the limit"
+            raise DataValidationError([problem], self._name)
+        if first >= 0:
+            self._lines += data.count(b"\n")
+            self._line_bytes = len(data) - data.rfind(b"\n") - 1
+        buffer[: len(data)] = data
+        return len(data)
+
+
 class _Utf8Checked(io.RawIOBase):
     """Pass bytes through, failing on the first invalid UTF-8 byte with its offset and line."""
 
@@ -415,6 +521,10 @@ class _Utf8Checked(io.RawIOBase):
                 "save the file as CSV UTF-8"
             )
             raise DataValidationError([problem], self._name) from exc
+        if (nul := data.find(b"\0")) >= 0:  # pandas would cut the value there, silently
+            line = self._lines + data.count(b"\n", 0, nul)
+            problem = f"line {line} holds a NUL byte (offset {self._offset + nul}); remove it"
+            raise DataValidationError([problem], self._name)
         self._offset += len(data)
         self._lines += data.count(b"\n")
         buffer[: len(data)] = data
@@ -464,6 +574,29 @@ def _guess_utf16(sample: bytes) -> str | None:
     if even.count(0) >= 0.9 * len(even) and 0 not in odd:
         return "UTF-16 BE"
     return None
+
+
+def _is_binary(field: pa.Field) -> bool:
+    return pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)
+
+
+def _text_lengths(column: pa.Array) -> pa.Array | None:
+    """The byte length of each text value (a dictionary's counted per row), or None."""
+    if pa.types.is_dictionary(column.type):
+        return pc.take(pc.binary_length(column.dictionary), column.indices)
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
+        return pc.binary_length(column)
+    return None
+
+
+def _uncompressed_bytes(metadata: pq.FileMetaData) -> int:
+    """What the file's pages hold uncompressed (dictionary-encoded text decodes to more)."""
+    return sum(
+        metadata.row_group(g).column(c).total_uncompressed_size
+        for g in range(metadata.num_row_groups)
+        for c in range(metadata.num_columns)
+    )
 
 
 def _pandas_index(schema: pa.Schema) -> set[str]:
@@ -543,7 +676,9 @@ def read_customer_file(
     size = source.stat().st_size if isinstance(source, Path) else len(source)
     refuse_oversize(size, max_bytes, label)
     with _open(source) as stream:
-        reader = CustomerReader(stream, name=label, require_target=require_target)
+        reader = CustomerReader(
+            stream, name=label, require_target=require_target, max_bytes=max_bytes
+        )
         return reader.read_all()
 
 

@@ -95,7 +95,11 @@ def score_file(
     chunks = 0
     with storage.open_read(processing_key) as stream, _sink(storage, key, kept) as out:
         reader = CustomerReader(
-            stream, name=name, chunk_rows=settings.chunk_rows, id_columns=settings.id_columns
+            stream,
+            name=name,
+            chunk_rows=settings.chunk_rows,
+            id_columns=settings.id_columns,
+            max_bytes=settings.max_file_bytes,
         )
         for part in _timed(reader.parts(), seconds, "read and validate"):
             frame = part.frame  # the contract's columns only: pass-through ones never go further
