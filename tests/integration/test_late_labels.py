@@ -166,7 +166,7 @@ def test_labels_with_other_rows_are_refused_with_the_reason(scored) -> None:
 
     changed = by_rows.copy()
     changed.loc[10, "Age"] = "99"
-    assert "'Age' differs on 1 row(s), first on row 12" in _errored(scored, "age.csv", changed)
+    assert "'Age' differs on 1 row(s), first on line 12" in _errored(scored, "age.csv", changed)
 
 
 def test_a_labels_file_without_usable_labels_is_refused(scored) -> None:
