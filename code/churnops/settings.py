@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         description="Names the customer identifier column may have, comma-separated, tried "
         "in order (case, spaces, dashes and underscores ignored); empty: no identifier.",
     )
+    neutralise_formulas: bool = Field(
+        True,
+        description="Prefix with ' the pass-through cells of a predictions file that a "
+        "spreadsheet would evaluate (text starting with =, +, -, @, tab or CR; not numbers).",
+    )
 
     # --- exactly once: leases, retries, the reconciler ------------------------------
     lease_seconds: float = Field(

@@ -52,7 +52,7 @@ from churnops.data.schema import (
 from churnops.drop import claims
 from churnops.drop.keys import is_labels
 from churnops.drop.storage import DropStorage, ObjectExists, folder_key, run_folders, run_key
-from churnops.pipeline.scoring import csv_bytes, quality_scores
+from churnops.pipeline.scoring import csv_bytes, neutralised, quality_scores, refuse_long_names
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
 
@@ -358,12 +358,15 @@ def join_labels(
     if info is None:
         raise FileNotFoundError(processing_key)
     refuse_oversize(info.size, settings.max_file_bytes, name)
+    refuse_long_names(name, labeled_rows_name(name), f"{name}{JOIN_SUFFIX}")
     labels = read_table(settings, storage, processing_key, name)
     label = label_column(labels, name)
     values = parse_labels(labels[label], name)
     if not values.notna().any():
         raise DataValidationError(["no row has a label: fill in 'Churn' (1 or 0)"], name)
     identifier = split_columns(labels.columns, settings.id_columns).identifier
+    if identifier and settings.neutralise_formulas:  # as its predictions file holds them,
+        labels[identifier] = neutralised(labels[identifier])  # whatever a spreadsheet kept
     if identifier and not _unique(labels[identifier]):
         identifier = None  # empty or repeated (a warning when scored): match by rows
     (scoring, matched, matched_by, _), twins = _find(
