@@ -141,7 +141,7 @@ def test_parquet_passthrough_columns_are_text(uci: pd.DataFrame) -> None:
     parts, notes = read(buffer.getvalue(), chunk_rows=400)
     passthrough = pd.concat(p.passthrough for p in parts)
     assert passthrough["account"].tolist()[:3] == ["7", None, "0"]  # not 7.0, nan
-    assert "identifier 'account' is empty on 1 row(s) (rows 3)" in notes
+    assert "identifier 'account' is empty on 1 row(s) (rows 2)" in notes
 
 
 def test_quoted_text_is_read_whole_wherever_the_sniffed_head_ends() -> None:
@@ -177,9 +177,9 @@ def test_empty_and_repeated_identifiers_are_noted_across_chunks(uci: pd.DataFram
     frame.loc[[10, 450, 1000], "Customer ID"] = "000003"  # row 5's value on rows 12, 452, 1002
     parts, notes = read(frame.to_csv(index=False).encode(), chunk_rows=400)
     assert notes[1:] == [
-        "identifier 'Customer ID' is empty on 2 row(s) (rows 6, 902)",
+        "identifier 'Customer ID' is empty on 2 row(s) (lines 6, 902)",
         "identifier 'Customer ID' repeats an earlier row's value on 3 row(s): "
-        "'000003' at row 12, '000003' at row 452, '000003' at row 1002",
+        "'000003' at line 12, '000003' at line 452, '000003' at line 1002",
     ]
     assert sum(len(p.frame) for p in parts) == len(frame)  # still scored, every row
 
@@ -196,7 +196,7 @@ def test_repeats_are_what_pandas_finds_whatever_the_chunking(chunk: int) -> None
     assert check.empty == values.isna().sum() > 0
     assert check.repeated == int(filled.duplicated().sum()) > 0
     first = filled[filled.duplicated()].head(5)
-    shown = ", ".join(f"'{value}' at row {row + 2}" for row, value in first.items())
+    shown = ", ".join(f"'{value}' at line {row + 2}" for row, value in first.items())
     assert check.notes()[-1].endswith(f"row(s): {shown}, ...")
 
 
@@ -204,10 +204,10 @@ def test_only_the_first_examples_are_kept() -> None:
     check = IdentifierCheck("id")
     check.add(pd.Series(["x"] * 100 + [""] * 100))
     empty, repeated = check.notes()
-    assert empty == "identifier 'id' is empty on 100 row(s) (rows 102, 103, 104, 105, 106, ...)"
+    assert empty == "identifier 'id' is empty on 100 row(s) (lines 102, 103, 104, 105, 106, ...)"
     assert repeated.startswith("identifier 'id' repeats an earlier row's value on 99 row(s): ")
     assert repeated.endswith(
-        "'x' at row 3, 'x' at row 4, 'x' at row 5, 'x' at row 6, 'x' at row 7, ..."
+        "'x' at line 3, 'x' at line 4, 'x' at line 5, 'x' at line 6, 'x' at line 7, ..."
     )
 
 

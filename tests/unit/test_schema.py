@@ -242,7 +242,7 @@ def test_concatenated_files_name_the_repeated_header_lines(uci_bytes: bytes, bom
     repeated = [n for n, line in enumerate(lines, start=1) if line == lines[0] and n > 1]
     assert repeated == [1052, 2103]
     assert problems_of(data) == [
-        "the header line is repeated at rows 1052, 2103 (were files concatenated?)"
+        "the header line is repeated at lines 1052, 2103 (were files concatenated?)"
     ]
 
 
@@ -270,7 +270,7 @@ def test_a_bad_row_in_a_later_chunk_is_named_by_its_file_line() -> None:
     with pytest.raises(DataValidationError) as caught:
         _chunked(csv(*rows), chunk_rows=4)
     assert caught.value.problems == [
-        "column 'complains' out of range in_range(0, 1): values 7 (rows 7)"
+        "column 'complains' out of range in_range(0, 1): values 7 (lines 7)"
     ]
 
 
@@ -279,7 +279,7 @@ def test_problems_of_every_chunk_are_named_once() -> None:
     with pytest.raises(DataValidationError) as caught:
         _chunked(csv(bad, GOOD_ROW, GOOD_ROW, bad), chunk_rows=2)
     assert caught.value.problems == [
-        "column 'call_failure' must be numeric ('int64'); bad values x, x (rows 2, 5)"
+        "column 'call_failure' must be numeric ('int64'); bad values x, x (lines 2, 5)"
     ]
 
 
@@ -294,7 +294,7 @@ def test_gzip_keeps_the_csv_rules(uci_bytes: bytes) -> None:
     read = read_customer_file(data, name="ok.csv.gz", require_target=True)
     assert read.notes == ("gzip-compressed", "columns separated by ';' (not ',')")
     bad = gzip.compress(csv("8,0,38,0,4370,71,5,17,3,1,1,30,197.64,5"))
-    assert problems_of(bad) == ["column 'churn' out of range in_range(0, 1): values 5 (rows 2)"]
+    assert problems_of(bad) == ["column 'churn' out of range in_range(0, 1): values 5 (lines 2)"]
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.99])
@@ -325,7 +325,7 @@ def test_parquet_problems_name_their_rows(uci_bytes: bytes) -> None:
     frame = pd.read_csv(io.BytesIO(uci_bytes))
     frame.loc[900, "Age Group"] = 9
     problems = problems_of(_parquet(frame))
-    assert problems == ["column 'age_group' out of range in_range(1, 5): values 9 (rows 902)"]
+    assert problems == ["column 'age_group' out of range in_range(1, 5): values 9 (rows 901)"]
 
 
 def test_a_corrupt_parquet_is_named(uci_bytes: bytes) -> None:

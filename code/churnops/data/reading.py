@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -130,6 +131,11 @@ class CustomerReader:
         self._failures: list[pd.DataFrame] = []
         self._ids: IdentifierCheck | None = None
         self._decoded = 0
+        #: How problems name rows: file lines (the header is line 1), or Parquet rows from 1.
+        self._unit = ("line", 2)
+        #: Rows with fewer fields than the header: (file line, fields), the first few, and all.
+        self._short: list[tuple[int, int]] = []
+        self._short_count = 0
         #: Read every cell as written, with no contract (:meth:`text_chunks`).
         self._text: set[str] | None = None
 
@@ -145,7 +151,7 @@ class CustomerReader:
         if self.rows == 0 and not self._problems:
             self._problems.append("file has a header but no data rows")
             self._failures.clear()
-        problems = [*self._problems, *self._header, *self._failure_text()]
+        problems = [*self._problems, *self._header, *self._short_text(), *self._failure_text()]
         if problems:
             raise DataValidationError(list(dict.fromkeys(problems)), self.name)
         self.notes += self._passthrough_notes()
@@ -204,6 +210,7 @@ class CustomerReader:
             try:
                 schema = pq.ParquetFile(source).schema_arrow
                 self.notes.append("read as Parquet")
+                self._unit = ("row", 1)
                 self._layout(_parquet_columns(schema))
                 # Text stays dictionary-encoded until counted: 190 KB can decode to 4 GB.
                 text = [f.name for f in schema if pa.types.is_string(f.type) or _is_binary(f)]
@@ -341,11 +348,45 @@ class CustomerReader:
             return raw
         if repeated := _repeated_header_rows(raw):
             self._problems.append(
-                f"the header line is repeated at rows {sample_text(repeated)} "
+                f"the header line is repeated at lines {sample_text(repeated)} "
                 "(were files concatenated?)"
             )
             raw = raw.iloc[:0]  # its values would be reported again as bad numbers
-        return raw
+        return self._without_short_rows(raw)
+
+    def _without_short_rows(self, raw: pd.DataFrame) -> pd.DataFrame:
+        """Set aside the rows that end early (a required column among the missing last
+        ones): one problem per row, not one missing value per column."""
+        missing = (raw.isna() | raw.eq("")).to_numpy()
+        trailing = missing[:, ::-1].cumprod(axis=1).sum(axis=1)
+        known = self.columns.known if self.columns else {}
+        required = np.flatnonzero([c in known for c in raw.columns])
+        if not len(required):
+            return raw
+        # The missing last fields reach back to a contract column: the row is invalid.
+        ends_early = trailing >= max(2, len(raw.columns) - required.max())
+        if not ends_early.any():
+            return raw
+        fields = len(raw.columns) - trailing[ends_early]
+        lines = raw.index[ends_early] + 2
+        self._short_count += int(ends_early.sum())
+        self._short += list(zip(lines.tolist(), fields.tolist(), strict=True))[
+            : 5 - len(self._short)
+        ]
+        return raw[~ends_early]
+
+    def _short_text(self) -> list[str]:
+        if not self._short:
+            return []
+        header = len(self.columns.header) if self.columns else 0
+        if self._short_count == 1:
+            line, fields = self._short[0]
+            return [f"line {line} has {fields} fields, the header {header}"]
+        shown = ", ".join(f"line {line} ({fields})" for line, fields in self._short)
+        more = ", ..." if self._short_count > len(self._short) else ""
+        return [
+            f"{self._short_count} lines have fewer fields than the header's {header}: {shown}{more}"
+        ]
 
     def _indexed(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Number a Parquet batch's rows on from the previous batch (file rows, as in CSV)."""
@@ -358,7 +399,7 @@ class CustomerReader:
         self.columns = split_columns(header, self.id_columns, require_target=self.require_target)
         self._header = header_problems(self.columns)
         if self.columns.identifier is not None:
-            self._ids = IdentifierCheck(self.columns.identifier)
+            self._ids = IdentifierCheck(self.columns.identifier, *self._unit)
 
     def _passthrough(self) -> tuple[str, ...]:
         return self.columns.passthrough if self.columns is not None else ()
@@ -404,7 +445,7 @@ class CustomerReader:
 
     # --- validation ------------------------------------------------------------------------
     def _invalid(self) -> bool:
-        return bool(self._problems or self._header or self._failures)
+        return bool(self._problems or self._header or self._failures or self._short)
 
     def _validated(self, frame: pd.DataFrame) -> pd.DataFrame | None:
         """The typed chunk, or None with its failures kept for the final message."""
@@ -427,7 +468,7 @@ class CustomerReader:
     def _failure_text(self) -> list[str]:
         if not self._failures:
             return []
-        return describe_failures(pd.concat(self._failures, ignore_index=True))
+        return describe_failures(pd.concat(self._failures, ignore_index=True), *self._unit)
 
 
 # --- helpers -----------------------------------------------------------------------------

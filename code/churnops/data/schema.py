@@ -221,8 +221,10 @@ def header_problems(columns: Columns) -> list[str]:
     return [*(f"missing column '{c}'" for c in columns.missing), *columns.problems]
 
 
-def describe_failures(failures: pd.DataFrame) -> list[str]:
-    """Turn pandera's failure-case table into one sentence per problem."""
+def describe_failures(failures: pd.DataFrame, unit: str = "line", first: int = 2) -> list[str]:
+    """Turn pandera's failure-case table into one sentence per problem; rows are named as
+    file lines (``unit`` "line": the header is line 1, so index 0 is line ``first`` 2)
+    or, in a Parquet file, as rows counted from 1."""
     problems: list[str] = []
     failures = failures.assign(failure_case=failures["failure_case"].map(shorten))
     failures = failures.drop_duplicates(["column", "check", "failure_case", "index"])
@@ -235,7 +237,7 @@ def describe_failures(failures: pd.DataFrame) -> list[str]:
     for (column, check), group in grouped:
         cases = group["failure_case"].tolist()
         rows = group["index"].dropna().astype(int).tolist()
-        where = f" (rows {sample_text(r + 2 for r in rows)})" if rows else ""
+        where = f" ({unit}s {sample_text(r + first for r in rows)})" if rows else ""
         check = str(check)
         if check == "column_in_dataframe":
             problems.append(f"missing column '{cases[0]}'")
