@@ -321,7 +321,7 @@ class CustomerReader:
         if b"\x00" in head:
             guessed = _guess_utf16(head)
             if guessed is None:
-                raise DataValidationError(["file is binary, not a CSV text file"], self.name)
+                raise DataValidationError([_binary_or_nul(head)], self.name)
             self.notes.append(f"decoded as {guessed} (no BOM; guessed from its NUL bytes)")
             return guessed, guessed.lower().replace(" ", "-")
         return "UTF-8", "utf-8"
@@ -602,6 +602,19 @@ def _reject_other_formats(head: bytes, stream: io.BufferedReader, name: str) -> 
         if magic.startswith(b"PK") and _is_xlsx(stream):
             kind, advice = "an Excel workbook (.xlsx)", _EXCEL_ADVICE
         raise DataValidationError([f"{name} is {kind}, not a CSV file: {advice}"], name)
+
+
+def _binary_or_nul(head: bytes) -> str:
+    """A NUL byte after whole lines of text is in a value (pandas would cut it there)."""
+    before = head[: head.index(b"\0")]
+    try:
+        before.decode("utf-8")
+    except UnicodeDecodeError:
+        before = b""
+    if b"\n" not in before:
+        return "file is binary, not a CSV text file"
+    line = before.count(b"\n") + 1
+    return f"line {line} holds a NUL byte (offset {len(before)}); remove it"
 
 
 def _guess_utf16(sample: bytes) -> str | None:

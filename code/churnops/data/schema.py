@@ -271,7 +271,8 @@ def shorten(value: object, limit: int = 60) -> str:
     text = str(value)
     if len(text) <= limit:
         return text
-    return f"{text[: limit - 20]}... ({len(text):,} characters)"
+    cut = f"... ({len(text):,} characters)"
+    return text[: max(limit - len(cut), 10)] + cut  # at most ``limit``: shortening it keeps it
 
 
 def validate(
