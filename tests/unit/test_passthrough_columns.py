@@ -19,7 +19,7 @@ from churnops.data.schema import (
     find_identifier,
     split_columns,
 )
-from churnops.drop.storage import LocalDropStorage, run_key
+from churnops.drop.storage import LocalDropStorage, log_key, run_key
 from churnops.model.churn_model import LoadedModel
 from churnops.pipeline.scoring import score_file
 from churnops.results import PREDICTION, PROBABILITY
@@ -261,6 +261,51 @@ def test_scoring_writes_passthrough_columns_first_and_feeds_the_model_features_o
     assert "identifier 'Customer ID' repeats an earlier row's value on 1 row(s): " in "; ".join(
         scored.notes
     )
+
+
+def _valid_rows(count: int) -> pd.DataFrame:
+    """A valid customer frame, raw UCI header, with no data file."""
+    return pd.DataFrame(
+        [[8, 0, 38, 0, 4370, 71, 5, 17, 3, 1, 1, 30, 197.64, 0]] * count, columns=[*RAW_COLUMNS]
+    )
+
+
+@pytest.mark.parametrize("neutralise", [True, False])
+def test_cells_a_spreadsheet_would_evaluate_are_neutralised_unless_turned_off(
+    tmp_path: Path, neutralise: bool
+) -> None:
+    settings = get_settings(churnops_home=tmp_path, neutralise_formulas=neutralise)
+    storage = LocalDropStorage(settings.drop_dir)
+    frame = with_extras(_valid_rows(6))
+    cells = ["=1+2", "+1 555 0100", "-3", "@SUM(A1)", "-1.5e3", "\tx"]
+    frame["Region"] = cells
+    key = run_key("processing", "run1", "f.csv")
+    storage.create(key, frame.to_csv(index=False).encode())
+    model = LoadedModel("M", "1", _RecordingModel())  # type: ignore[arg-type]
+
+    scored = score_file(settings, storage, key, "run1", "f.csv", model)
+
+    written = pd.read_csv(io.BytesIO(storage.read(scored.predictions_key)), dtype=str)
+    safe = ["'=1+2", "'+1 555 0100", "-3", "'@SUM(A1)", "-1.5e3", "'\tx"]  # numbers stay
+    assert written["Region"].tolist() == (safe if neutralise else cells)
+    assert written["Call  Failure"].tolist() == [str(v) for v in frame["Call  Failure"]]
+
+
+def test_a_name_too_long_for_its_outputs_is_bad_input_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    settings = get_settings(churnops_home=tmp_path)
+    storage = LocalDropStorage(settings.drop_dir)
+    name = "é" * 110 + ".csv"  # 224 bytes: its predictions file would be named with 241 (237 fit)
+    key = run_key("processing", "run1", name)
+    storage.create(key, with_extras(_valid_rows(3)).to_csv(index=False).encode())
+    model = LoadedModel("M", "1", _RecordingModel())  # type: ignore[arg-type]
+
+    with pytest.raises(DataValidationError, match="the file name is too long"):
+        score_file(settings, storage, key, "run1", name, model)
+    assert storage.list_keys("data/processing/run1/") == [key]
+    long_log = log_key("run1", "m" * 255)
+    assert len(long_log.rsplit("/", 1)[-1].encode()) <= 255 and long_log.endswith(".log")
 
 
 # --- the setting ------------------------------------------------------------------------------

@@ -6,12 +6,17 @@ import codecs
 import gzip
 import io
 import zipfile
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from churnops.data.reading import (
+    MAX_LINE_BYTES,
     CustomerReader,
     _Utf8Checked,
     load_customer_file,
@@ -19,11 +24,13 @@ from churnops.data.reading import (
 )
 from churnops.data.schema import (
     INPUT_COLUMNS,
+    MAX_PROBLEM_CHARS,
     RAW_COLUMNS,
     TARGET,
     DataValidationError,
     clean_columns,
     clean_name,
+    shorten,
     validate,
 )
 
@@ -361,3 +368,66 @@ def test_characters_cut_by_block_boundaries_are_fine_and_offsets_stay_true() -> 
     assert caught.value.problems == [
         "not UTF-8 text: byte 0xff at offset 9 (line 3); save the file as CSV UTF-8"
     ]
+
+
+# --- limits and messages: hostile files, built small -------------------------------------
+def test_a_row_that_ends_early_is_one_problem_with_values_as_written() -> None:
+    short = ",".join(GOOD_ROW.split(",")[:5])
+    assert problems_of(csv(GOOD_ROW, short, GOOD_ROW)) == ["line 3 has 5 fields, the header 14"]
+    missing_age = GOOD_ROW.replace(",30,", ",,")
+    old = GOOD_ROW.replace(",30,", ",150,")
+    assert problems_of(csv(missing_age, old)) == [
+        "column 'age' has 1 missing value(s) (lines 2)",
+        "column 'age' out of range in_range(0, 120): values 150 (lines 3)",  # not 150.0
+    ]
+
+
+def test_inflated_bytes_are_counted_while_reading() -> None:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    rows = (GOOD_ROW + "\n").encode() * 10_000
+    bomb = packer.compress(csv()) + b"".join(packer.compress(rows) for _ in range(40))
+    bomb += packer.flush()
+    assert len(bomb) < 100_000  # 17 MB inflated
+    (problem,) = problems_of(bomb, max_bytes=1_000_000)
+    assert problem == "file decodes to more than 1,000,000 bytes, the limit"
+
+
+def test_a_line_longer_than_the_limit_is_refused_as_it_is_met() -> None:
+    data = gzip.compress(csv(GOOD_ROW) + b"9" * (MAX_LINE_BYTES + 10))
+    assert problems_of(data) == [f"line 3 is longer than {MAX_LINE_BYTES:,} bytes, the limit"]
+
+
+def test_parquet_text_is_counted_before_it_is_decoded() -> None:
+    values = pd.read_csv(io.BytesIO(csv(*[GOOD_ROW] * 50)))
+    table = pa.Table.from_pandas(values, preserve_index=False)
+    indices = pa.array(np.zeros(50, "int32"))
+    note = pa.DictionaryArray.from_arrays(indices, pa.array(["x" * 100_000]))
+    out = io.BytesIO()
+    pq.write_table(table.append_column("note", note), out)
+    assert len(out.getvalue()) < 50_000  # 5 MB decoded
+    assert problems_of(out.getvalue(), max_bytes=1_000_000) == [
+        "file decodes to more than 1,000,000 bytes, the limit"
+    ]
+    huge = pa.DictionaryArray.from_arrays(indices, pa.array(["x" * (MAX_LINE_BYTES + 1)]))
+    out = io.BytesIO()
+    pq.write_table(table.append_column("note", huge), out)
+    (problem,) = problems_of(out.getvalue())
+    assert problem.startswith("column 'note' holds a value of 1,048,577 bytes")
+
+
+def test_a_nul_byte_is_refused_not_cut() -> None:
+    data = csv(*[GOOD_ROW] * 3, header=HEADER + ",id").replace(b"0\n", b"0,a\x00b\n")
+    assert problems_of(data) == ["line 2 holds a NUL byte (offset 231); remove it"]
+    late = csv(*[GOOD_ROW] * 20_000) + b"a\x00b\n"  # past the 64 KiB looked at first
+    (problem,) = problems_of(late)
+    assert problem.startswith("line 20002 holds a NUL byte")
+
+
+def test_messages_are_short_whatever_the_values() -> None:
+    value = "7" + "x" * 200_000
+    error = DataValidationError([f"bad {value}"] * 50, "f" * 10_000)
+    assert len(str(error)) < 20 * MAX_PROBLEM_CHARS + 500
+    assert error.problems[-1] == "... and 30 more problem(s)"
+    assert shorten(9.0) == "9" and shorten(value) == "7" + "x" * 35 + "... (200,001 characters)"
+    (problem,) = problems_of(csv(GOOD_ROW.replace("8,", f"{value},", 1)))
+    assert len(problem) < 200
