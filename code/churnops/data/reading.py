@@ -357,23 +357,26 @@ class CustomerReader:
     def _without_short_rows(self, raw: pd.DataFrame) -> pd.DataFrame:
         """Set aside the rows that end early (a required column among the missing last
         ones): one problem per row, not one missing value per column."""
-        missing = (raw.isna() | raw.eq("")).to_numpy()
-        trailing = missing[:, ::-1].cumprod(axis=1).sum(axis=1)
         known = self.columns.known if self.columns else {}
         required = np.flatnonzero([c in known for c in raw.columns])
-        if not len(required):
+        if raw.empty or not len(required):
             return raw
+        last = raw.iloc[:, -1]
+        blank = last.isna() if last.dtype.kind in "iufb" else last.isna() | (last.to_numpy() == "")
+        suspects = raw[blank.to_numpy()]  # rarely any: the cost below is theirs
+        missing = (suspects.isna() | suspects.astype(str).eq("")).to_numpy()
+        trailing = missing[:, ::-1].cumprod(axis=1).sum(axis=1)
         # The missing last fields reach back to a contract column: the row is invalid.
         ends_early = trailing >= max(2, len(raw.columns) - required.max())
         if not ends_early.any():
             return raw
         fields = len(raw.columns) - trailing[ends_early]
-        lines = raw.index[ends_early] + 2
+        lines = suspects.index[ends_early] + 2
         self._short_count += int(ends_early.sum())
         self._short += list(zip(lines.tolist(), fields.tolist(), strict=True))[
             : 5 - len(self._short)
         ]
-        return raw[~ends_early]
+        return raw.drop(index=suspects.index[ends_early])
 
     def _short_text(self) -> list[str]:
         if not self._short:
