@@ -442,7 +442,9 @@ class CustomerReader:
         if not self._passthrough():
             return []
         identifier = self._ids.column if self._ids is not None else None
-        names = [f"'{c}'" + " (identifier)" * (c == identifier) for c in self._passthrough()]
+        names = [
+            f"'{shorten(c)}'" + " (identifier)" * (c == identifier) for c in self._passthrough()
+        ]
         ids = self._ids.notes() if self._ids is not None else []
         return [f"passed through unchanged: {', '.join(names)}", *ids]
 
