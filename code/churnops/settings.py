@@ -136,8 +136,9 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = Field(None, description="AWS endpoint override (emulators).")
     max_file_bytes: int = Field(
         2 * 1024**3,
-        description="Largest accepted file, as stored, checked before reading (2 GiB: about "
-        "20M rows of CSV, streamed in flat memory).",
+        description="Largest accepted file, as stored (checked before reading) and as decoded "
+        "(gzip inflated, Parquet values; counted while reading). 2 GiB: about 20M rows of CSV, "
+        "streamed in flat memory.",
     )
     chunk_rows: int = Field(
         200_000, gt=0, description="Rows read, validated, scored and written at a time."
@@ -152,6 +153,11 @@ class Settings(BaseSettings):
         DEFAULT_ID_COLUMNS,
         description="Names the customer identifier column may have, comma-separated, tried "
         "in order (case, spaces, dashes and underscores ignored); empty: no identifier.",
+    )
+    neutralise_formulas: bool = Field(
+        True,
+        description="Prefix with ' the pass-through cells of a predictions file that a "
+        "spreadsheet would evaluate (text starting with =, +, -, @, tab or CR; not numbers).",
     )
 
     # --- exactly once: leases, retries, the reconciler ------------------------------

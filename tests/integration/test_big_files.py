@@ -134,7 +134,7 @@ def test_a_bad_row_in_a_later_chunk_errors_the_file_with_nothing_written(
     outcome = per_file.process(settings, storage, stage_key("input", "late.csv"))
 
     assert outcome.status == "errored"
-    assert "(rows 1001)" in outcome.message
+    assert "(lines 1001)" in outcome.message
     assert storage.list_keys("data/errored/") == [f"data/errored/{outcome.run}/late.csv"]
     assert storage.list_keys("data/processed/") == storage.list_keys("data/processing/") == []
 

@@ -8,6 +8,8 @@ chosen point; recovery is what the platform does, the reconciler.
 
 from __future__ import annotations
 
+import gzip
+import io
 import multiprocessing
 import os
 import signal
@@ -15,13 +17,17 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from churnops.drop import claims
@@ -29,8 +35,10 @@ from churnops.drop.storage import (
     DropStorage,
     LocalDropStorage,
     S3DropStorage,
+    log_key,
     open_storage,
     s3_client,
+    stage_key,
 )
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file, reconcile
@@ -484,3 +492,103 @@ def test_an_invalid_file_is_errored_once(world: World) -> None:
     assert "missing column" in outcome.message
     world.check(settled=True, invalid=1)
     assert world.reconcile() == []
+
+
+# --- hostile inputs: bad input, errored once with its reason, never retried -----------------
+def _gzip_streamed(piece: bytes, times: int) -> bytes:
+    """``piece`` repeated ``times`` times, gzip-compressed a piece at a time (no big buffer)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    return b"".join(packer.compress(piece) for _ in range(times)) + packer.flush()
+
+
+def _dictionary_parquet(small_file: bytes) -> bytes:
+    """36 KB of Parquet whose 'note' column decodes to 60 MB: one 500 KB value, 120 times."""
+    table = pa.Table.from_pandas(pd.read_csv(io.BytesIO(small_file)), preserve_index=False)
+    note = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(120, "int32")), pa.array(["x" * 500_000])
+    )
+    out = io.BytesIO()
+    pq.write_table(table.append_column("note", note), out)
+    return out.getvalue()
+
+
+def _with_id(small_file: bytes, value: str) -> bytes:
+    frame = pd.read_csv(io.BytesIO(small_file))
+    frame.insert(0, "customer_id", [f"C{i}" for i in range(len(frame))])
+    frame.loc[3, "customer_id"] = value
+    return frame.to_csv(index=False).encode()
+
+
+HOSTILE = {
+    "gzip bomb": ("bomb.csv.gz", "decodes to more than 5,000,000 bytes"),
+    "one long line": ("line.csv.gz", "line 2 is longer than 1,048,576 bytes"),
+    "dictionary-encoded Parquet": ("dict.parquet", "decodes to more than 5,000,000 bytes"),
+    "NUL in an identifier": ("nul.csv", "line 5 holds a NUL byte"),
+    "230-byte name": ("n" * 226 + ".csv", "the file name is too long"),
+    "255-byte name": ("m" * 251 + ".csv", "the file name is too long"),
+    "huge invalid value": ("value.csv", "bad values 1xxxxxxxxxx"),
+}
+
+
+def _hostile(case: str, small_file: bytes) -> bytes:
+    header, row = small_file.split(b"\n")[:2]
+    if case == "gzip bomb":  # 20 MB of rows in a few KB
+        return _gzip_streamed(header + b"\n" + (row + b"\n") * 1000, 200)
+    if case == "one long line":
+        return gzip.compress(header + b"\n" + b"1" * (3 << 20))
+    if case == "dictionary-encoded Parquet":
+        return _dictionary_parquet(small_file)
+    if case == "NUL in an identifier":
+        return _with_id(small_file, "C\x003")
+    if case == "huge invalid value":
+        return small_file.replace(
+            b"\n" + row.split(b",")[0] + b",", b"\n1" + b"x" * 500_000 + b",", 1
+        )
+    return small_file
+
+
+def _drop_as_a_user(world: World, name: str, data: bytes) -> str:
+    """Drop ``name`` as ``cp`` or an upload does (a 255-byte name leaves no room for the
+    temporary name :meth:`LocalDropStorage.create` writes first)."""
+    if not isinstance(world.storage, LocalDropStorage):
+        return world.drops.drop(name, data)
+    key = stage_key("input", name)
+    world.storage.path(key).write_bytes(data)
+    world.drops.dropped.append(data)
+    return key
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_a_hostile_file_is_bad_input_errored_once(
+    world: World, small_file: bytes, case: str
+) -> None:
+    name, reason = HOSTILE[case]
+    world.settings = world.settings.model_copy(update={"max_file_bytes": 5_000_000})
+
+    outcome = world.process(_drop_as_a_user(world, name, _hostile(case, small_file)))
+
+    assert outcome.status == "errored", outcome.message
+    assert reason in outcome.message
+    assert len(outcome.message) < 500  # a bad value is shortened, never copied whole
+    world.check(settled=True, invalid=1)
+    assert world.reconcile() == []  # never retried
+    assert name in world.storage.read(log_key(outcome.run, name)).decode()
+
+
+@pytest.mark.parametrize("world", ["s3"], indirect=True)  # no local file takes such a name
+def test_a_600_character_key_on_s3_and_postgres_is_bad_input(
+    world: World, small_file: bytes
+) -> None:
+    name = "k" * 596 + ".csv"
+
+    outcome = world.process(world.drops.drop(name, small_file))
+
+    assert outcome.status == "errored", outcome.message
+    assert "the file name is too long" in outcome.message
+    world.check(settled=True, invalid=1)
+    assert world.reconcile() == []
+    store = MetricsStore(world.settings.metrics_db_url)
+    runs = store.runs()
+    store.close()
+    recorded = runs.set_index("id").loc[outcome.run_id, "file_name"]
+    assert recorded.startswith("k" * 500) and len(recorded) == 512  # cut to its column

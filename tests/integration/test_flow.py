@@ -233,7 +233,7 @@ MALFORMED = {
     "excel.xlsx": (lambda d: _xlsx(), "is an Excel workbook (.xlsx)"),
     "concatenated.csv": (
         lambda d: _csv(_good(d)) + _csv(_good(d)),
-        "the header line is repeated at rows 52",
+        "the header line is repeated at lines 52",
     ),
     "missing_column.csv": (
         lambda d: _csv(_good(d).drop(columns="Status")),

@@ -9,8 +9,10 @@ end in ``errored/`` with the reason.
 
 from __future__ import annotations
 
+import gzip
 import io
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -166,7 +168,7 @@ def test_labels_with_other_rows_are_refused_with_the_reason(scored) -> None:
 
     changed = by_rows.copy()
     changed.loc[10, "Age"] = "99"
-    assert "'Age' differs on 1 row(s), first on row 12" in _errored(scored, "age.csv", changed)
+    assert "'Age' differs on 1 row(s), first on line 12" in _errored(scored, "age.csv", changed)
 
 
 def test_a_labels_file_without_usable_labels_is_refused(scored) -> None:
@@ -208,3 +210,66 @@ def test_an_identifier_given_twice_when_scored_joins_by_rows(scored, data_dir: P
 
     assert joined.status == "processed", joined.message
     assert f"(run {outcome.run}," in joined.message and "matched by rows" in joined.message
+
+
+def _labels_bytes(scored) -> bytes:
+    _, _, _, truth = scored
+    labels = _predictions(scored, WITHOUT_IDS)
+    labels["Churn"] = truth[WITHOUT_IDS]
+    return labels.to_csv(index=False).encode()
+
+
+def _ragged(data: bytes) -> bytes:
+    """Line 6 with one field more than the header."""
+    return b"\n".join(line + b",x" * (at == 5) for at, line in enumerate(data.split(b"\n")))
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "reason"),
+    [
+        ("latin1.csv", lambda b: b.replace(b"\n", b"\n\xe9", 1), "not UTF-8 text: byte 0xe9"),
+        ("ragged.csv", _ragged, "Expected 16 fields in line 6, saw 17"),
+        ("empty.csv", lambda b: b"", "file is empty"),
+        ("header.csv", lambda b: b.split(b"\n")[0] + b"\n", "no row has a label"),
+    ],
+)
+def test_a_bad_labels_file_is_bad_input_errored_not_retried(
+    scored, name: str, make: Callable[[bytes], bytes], reason: str
+) -> None:
+    settings, storage, _, _ = scored
+    storage.create(stage_key("labels", name), make(_labels_bytes(scored)))
+
+    outcome = per_file.process(settings, storage, stage_key("labels", name))
+
+    assert outcome.status == "errored", outcome.message
+    assert reason in outcome.message
+    assert storage.exists(f"data/errored/{outcome.run}/{name}")
+
+
+@pytest.mark.parametrize(("name", "pack"), [("semicolons.csv", "';'"), ("packed.csv.gz", "gzip")])
+def test_a_labels_file_is_read_like_a_customer_file(scored, name: str, pack: str) -> None:
+    settings, storage, _, _ = scored
+    text = _labels_bytes(scored)
+    data = gzip.compress(text) if pack == "gzip" else text.replace(b",", b";")
+    storage.create(stage_key("labels", name), data)
+
+    outcome = per_file.process(settings, storage, stage_key("labels", name))
+
+    assert outcome.status == "processed", outcome.message
+    assert "matched by rows" in outcome.message
+
+
+def test_labels_that_fit_two_identical_runs_say_so(scored) -> None:
+    """Last in the module: it scores the same file a second time."""
+    settings, storage, outcomes, _ = scored
+    original = f"data/processed/{outcomes[WITHOUT_IDS].run}/{WITHOUT_IDS}"
+    storage.create(stage_key("input", "again.csv"), storage.read(original))
+    time.sleep(1.1)  # a newer run id
+    rescored = per_file.process(settings, storage, stage_key("input", "again.csv"))
+    assert rescored.status == "processed", rescored.message
+
+    outcome = _drop_labels(scored, "twice.csv", pd.read_csv(io.BytesIO(_labels_bytes(scored))))
+
+    assert outcome.status == "processed", outcome.message
+    assert f"(run {rescored.run}," in outcome.message
+    assert f"the same predictions are in run(s) {outcomes[WITHOUT_IDS].run}" in outcome.message

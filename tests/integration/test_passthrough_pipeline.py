@@ -94,8 +94,8 @@ def test_extra_columns_travel_with_their_rows_and_change_no_prediction(
     assert labels and not set(EXTRA) & labels  # drift is measured on features only
     log = storage.read(log_key(outcome.run, "ids.csv")).decode()
     assert "passed through unchanged: 'customer_id' (identifier), 'region'" in log
-    assert "identifier 'customer_id' is empty on 1 row(s) (rows 22)" in log
-    assert "repeats an earlier row's value on 1 row(s): '0000010' at row 702" in log
+    assert "identifier 'customer_id' is empty on 1 row(s) (lines 22)" in log
+    assert "repeats an earlier row's value on 1 row(s): '0000010' at line 702" in log
 
 
 @pytest.mark.parametrize(

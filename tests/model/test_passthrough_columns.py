@@ -19,7 +19,7 @@ from churnops.data.schema import (
     find_identifier,
     split_columns,
 )
-from churnops.drop.storage import LocalDropStorage, run_key
+from churnops.drop.storage import LocalDropStorage, log_key, run_key
 from churnops.model.churn_model import LoadedModel
 from churnops.pipeline.scoring import score_file
 from churnops.results import PREDICTION, PROBABILITY
@@ -141,7 +141,7 @@ def test_parquet_passthrough_columns_are_text(uci: pd.DataFrame) -> None:
     parts, notes = read(buffer.getvalue(), chunk_rows=400)
     passthrough = pd.concat(p.passthrough for p in parts)
     assert passthrough["account"].tolist()[:3] == ["7", None, "0"]  # not 7.0, nan
-    assert "identifier 'account' is empty on 1 row(s) (rows 3)" in notes
+    assert "identifier 'account' is empty on 1 row(s) (rows 2)" in notes
 
 
 def test_quoted_text_is_read_whole_wherever_the_sniffed_head_ends() -> None:
@@ -177,9 +177,9 @@ def test_empty_and_repeated_identifiers_are_noted_across_chunks(uci: pd.DataFram
     frame.loc[[10, 450, 1000], "Customer ID"] = "000003"  # row 5's value on rows 12, 452, 1002
     parts, notes = read(frame.to_csv(index=False).encode(), chunk_rows=400)
     assert notes[1:] == [
-        "identifier 'Customer ID' is empty on 2 row(s) (rows 6, 902)",
+        "identifier 'Customer ID' is empty on 2 row(s) (lines 6, 902)",
         "identifier 'Customer ID' repeats an earlier row's value on 3 row(s): "
-        "'000003' at row 12, '000003' at row 452, '000003' at row 1002",
+        "'000003' at line 12, '000003' at line 452, '000003' at line 1002",
     ]
     assert sum(len(p.frame) for p in parts) == len(frame)  # still scored, every row
 
@@ -196,7 +196,7 @@ def test_repeats_are_what_pandas_finds_whatever_the_chunking(chunk: int) -> None
     assert check.empty == values.isna().sum() > 0
     assert check.repeated == int(filled.duplicated().sum()) > 0
     first = filled[filled.duplicated()].head(5)
-    shown = ", ".join(f"'{value}' at row {row + 2}" for row, value in first.items())
+    shown = ", ".join(f"'{value}' at line {row + 2}" for row, value in first.items())
     assert check.notes()[-1].endswith(f"row(s): {shown}, ...")
 
 
@@ -204,10 +204,10 @@ def test_only_the_first_examples_are_kept() -> None:
     check = IdentifierCheck("id")
     check.add(pd.Series(["x"] * 100 + [""] * 100))
     empty, repeated = check.notes()
-    assert empty == "identifier 'id' is empty on 100 row(s) (rows 102, 103, 104, 105, 106, ...)"
+    assert empty == "identifier 'id' is empty on 100 row(s) (lines 102, 103, 104, 105, 106, ...)"
     assert repeated.startswith("identifier 'id' repeats an earlier row's value on 99 row(s): ")
     assert repeated.endswith(
-        "'x' at row 3, 'x' at row 4, 'x' at row 5, 'x' at row 6, 'x' at row 7, ..."
+        "'x' at line 3, 'x' at line 4, 'x' at line 5, 'x' at line 6, 'x' at line 7, ..."
     )
 
 
@@ -261,6 +261,51 @@ def test_scoring_writes_passthrough_columns_first_and_feeds_the_model_features_o
     assert "identifier 'Customer ID' repeats an earlier row's value on 1 row(s): " in "; ".join(
         scored.notes
     )
+
+
+def _valid_rows(count: int) -> pd.DataFrame:
+    """A valid customer frame, raw UCI header, with no data file."""
+    return pd.DataFrame(
+        [[8, 0, 38, 0, 4370, 71, 5, 17, 3, 1, 1, 30, 197.64, 0]] * count, columns=[*RAW_COLUMNS]
+    )
+
+
+@pytest.mark.parametrize("neutralise", [True, False])
+def test_cells_a_spreadsheet_would_evaluate_are_neutralised_unless_turned_off(
+    tmp_path: Path, neutralise: bool
+) -> None:
+    settings = get_settings(churnops_home=tmp_path, neutralise_formulas=neutralise)
+    storage = LocalDropStorage(settings.drop_dir)
+    frame = with_extras(_valid_rows(6))
+    cells = ["=1+2", "+1 555 0100", "-3", "@SUM(A1)", "-1.5e3", "\tx"]
+    frame["Region"] = cells
+    key = run_key("processing", "run1", "f.csv")
+    storage.create(key, frame.to_csv(index=False).encode())
+    model = LoadedModel("M", "1", _RecordingModel())  # type: ignore[arg-type]
+
+    scored = score_file(settings, storage, key, "run1", "f.csv", model)
+
+    written = pd.read_csv(io.BytesIO(storage.read(scored.predictions_key)), dtype=str)
+    safe = ["'=1+2", "'+1 555 0100", "-3", "'@SUM(A1)", "-1.5e3", "'\tx"]  # numbers stay
+    assert written["Region"].tolist() == (safe if neutralise else cells)
+    assert written["Call  Failure"].tolist() == [str(v) for v in frame["Call  Failure"]]
+
+
+def test_a_name_too_long_for_its_outputs_is_bad_input_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    settings = get_settings(churnops_home=tmp_path)
+    storage = LocalDropStorage(settings.drop_dir)
+    name = "é" * 110 + ".csv"  # 224 bytes: its predictions file would be named with 241 (237 fit)
+    key = run_key("processing", "run1", name)
+    storage.create(key, with_extras(_valid_rows(3)).to_csv(index=False).encode())
+    model = LoadedModel("M", "1", _RecordingModel())  # type: ignore[arg-type]
+
+    with pytest.raises(DataValidationError, match="the file name is too long"):
+        score_file(settings, storage, key, "run1", name, model)
+    assert storage.list_keys("data/processing/run1/") == [key]
+    long_log = log_key("run1", "m" * 255)
+    assert len(long_log.rsplit("/", 1)[-1].encode()) <= 255 and long_log.endswith(".log")
 
 
 # --- the setting ------------------------------------------------------------------------------

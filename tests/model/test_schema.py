@@ -6,12 +6,17 @@ import codecs
 import gzip
 import io
 import zipfile
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from churnops.data.reading import (
+    MAX_LINE_BYTES,
     CustomerReader,
     _Utf8Checked,
     load_customer_file,
@@ -19,11 +24,13 @@ from churnops.data.reading import (
 )
 from churnops.data.schema import (
     INPUT_COLUMNS,
+    MAX_PROBLEM_CHARS,
     RAW_COLUMNS,
     TARGET,
     DataValidationError,
     clean_columns,
     clean_name,
+    shorten,
     validate,
 )
 
@@ -242,7 +249,7 @@ def test_concatenated_files_name_the_repeated_header_lines(uci_bytes: bytes, bom
     repeated = [n for n, line in enumerate(lines, start=1) if line == lines[0] and n > 1]
     assert repeated == [1052, 2103]
     assert problems_of(data) == [
-        "the header line is repeated at rows 1052, 2103 (were files concatenated?)"
+        "the header line is repeated at lines 1052, 2103 (were files concatenated?)"
     ]
 
 
@@ -270,7 +277,7 @@ def test_a_bad_row_in_a_later_chunk_is_named_by_its_file_line() -> None:
     with pytest.raises(DataValidationError) as caught:
         _chunked(csv(*rows), chunk_rows=4)
     assert caught.value.problems == [
-        "column 'complains' out of range in_range(0, 1): values 7 (rows 7)"
+        "column 'complains' out of range in_range(0, 1): values 7 (lines 7)"
     ]
 
 
@@ -279,7 +286,7 @@ def test_problems_of_every_chunk_are_named_once() -> None:
     with pytest.raises(DataValidationError) as caught:
         _chunked(csv(bad, GOOD_ROW, GOOD_ROW, bad), chunk_rows=2)
     assert caught.value.problems == [
-        "column 'call_failure' must be numeric ('int64'); bad values x, x (rows 2, 5)"
+        "column 'call_failure' must be numeric ('int64'); bad values x, x (lines 2, 5)"
     ]
 
 
@@ -294,7 +301,7 @@ def test_gzip_keeps_the_csv_rules(uci_bytes: bytes) -> None:
     read = read_customer_file(data, name="ok.csv.gz", require_target=True)
     assert read.notes == ("gzip-compressed", "columns separated by ';' (not ',')")
     bad = gzip.compress(csv("8,0,38,0,4370,71,5,17,3,1,1,30,197.64,5"))
-    assert problems_of(bad) == ["column 'churn' out of range in_range(0, 1): values 5 (rows 2)"]
+    assert problems_of(bad) == ["column 'churn' out of range in_range(0, 1): values 5 (lines 2)"]
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.99])
@@ -325,7 +332,7 @@ def test_parquet_problems_name_their_rows(uci_bytes: bytes) -> None:
     frame = pd.read_csv(io.BytesIO(uci_bytes))
     frame.loc[900, "Age Group"] = 9
     problems = problems_of(_parquet(frame))
-    assert problems == ["column 'age_group' out of range in_range(1, 5): values 9 (rows 902)"]
+    assert problems == ["column 'age_group' out of range in_range(1, 5): values 9 (rows 901)"]
 
 
 def test_a_corrupt_parquet_is_named(uci_bytes: bytes) -> None:
@@ -361,3 +368,66 @@ def test_characters_cut_by_block_boundaries_are_fine_and_offsets_stay_true() -> 
     assert caught.value.problems == [
         "not UTF-8 text: byte 0xff at offset 9 (line 3); save the file as CSV UTF-8"
     ]
+
+
+# --- limits and messages: hostile files, built small -------------------------------------
+def test_a_row_that_ends_early_is_one_problem_with_values_as_written() -> None:
+    short = ",".join(GOOD_ROW.split(",")[:5])
+    assert problems_of(csv(GOOD_ROW, short, GOOD_ROW)) == ["line 3 has 5 fields, the header 14"]
+    missing_age = GOOD_ROW.replace(",30,", ",,")
+    old = GOOD_ROW.replace(",30,", ",150,")
+    assert problems_of(csv(missing_age, old)) == [
+        "column 'age' has 1 missing value(s) (lines 2)",
+        "column 'age' out of range in_range(0, 120): values 150 (lines 3)",  # not 150.0
+    ]
+
+
+def test_inflated_bytes_are_counted_while_reading() -> None:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    rows = (GOOD_ROW + "\n").encode() * 10_000
+    bomb = packer.compress(csv()) + b"".join(packer.compress(rows) for _ in range(40))
+    bomb += packer.flush()
+    assert len(bomb) < 100_000  # 17 MB inflated
+    (problem,) = problems_of(bomb, max_bytes=1_000_000)
+    assert problem == "file decodes to more than 1,000,000 bytes, the limit"
+
+
+def test_a_line_longer_than_the_limit_is_refused_as_it_is_met() -> None:
+    data = gzip.compress(csv(GOOD_ROW) + b"9" * (MAX_LINE_BYTES + 10))
+    assert problems_of(data) == [f"line 3 is longer than {MAX_LINE_BYTES:,} bytes, the limit"]
+
+
+def test_parquet_text_is_counted_before_it_is_decoded() -> None:
+    values = pd.read_csv(io.BytesIO(csv(*[GOOD_ROW] * 50)))
+    table = pa.Table.from_pandas(values, preserve_index=False)
+    indices = pa.array(np.zeros(50, "int32"))
+    note = pa.DictionaryArray.from_arrays(indices, pa.array(["x" * 100_000]))
+    out = io.BytesIO()
+    pq.write_table(table.append_column("note", note), out)
+    assert len(out.getvalue()) < 50_000  # 5 MB decoded
+    assert problems_of(out.getvalue(), max_bytes=1_000_000) == [
+        "file decodes to more than 1,000,000 bytes, the limit"
+    ]
+    huge = pa.DictionaryArray.from_arrays(indices, pa.array(["x" * (MAX_LINE_BYTES + 1)]))
+    out = io.BytesIO()
+    pq.write_table(table.append_column("note", huge), out)
+    (problem,) = problems_of(out.getvalue())
+    assert problem.startswith("column 'note' holds a value of 1,048,577 bytes")
+
+
+def test_a_nul_byte_is_refused_not_cut() -> None:
+    data = csv(*[GOOD_ROW] * 3, header=HEADER + ",id").replace(b"0\n", b"0,a\x00b\n")
+    assert problems_of(data) == ["line 2 holds a NUL byte (offset 231); remove it"]
+    late = csv(*[GOOD_ROW] * 20_000) + b"a\x00b\n"  # past the 64 KiB looked at first
+    (problem,) = problems_of(late)
+    assert problem.startswith("line 20002 holds a NUL byte")
+
+
+def test_messages_are_short_whatever_the_values() -> None:
+    value = "7" + "x" * 200_000
+    error = DataValidationError([f"bad {value}"] * 50, "f" * 10_000)
+    assert len(str(error)) < 20 * MAX_PROBLEM_CHARS + 500
+    assert error.problems[-1] == "... and 30 more problem(s)"
+    assert shorten(9.0) == "9" and shorten(value) == "7" + "x" * 35 + "... (200,001 characters)"
+    (problem,) = problems_of(csv(GOOD_ROW.replace("8,", f"{value},", 1)))
+    assert len(problem) < 200

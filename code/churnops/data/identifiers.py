@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from churnops.data.schema import shorten
+
 #: Rows named per kind of problem; the count covers every row.
 EXAMPLES = 5
 
@@ -26,8 +28,10 @@ class IdentifierCheck:
     1 in 100,000 for 20M identifiers, and then one row is reported repeated.
     """
 
-    def __init__(self, column: str) -> None:
+    def __init__(self, column: str, unit: str = "line", first: int = 2) -> None:
         self.column = column
+        #: How rows are named: file lines (index 0 is line 2), or Parquet rows from 1.
+        self.unit, self.first = unit, first
         self.empty = 0
         self.repeated = 0
         self._empty_rows: list[int] = []
@@ -63,13 +67,16 @@ class IdentifierCheck:
         """One line per kind of problem found, with its count and the first rows (file lines)."""
         notes = []
         if self.empty:
-            rows = ", ".join(str(r + 2) for r in self._empty_rows)
+            rows = ", ".join(str(r + self.first) for r in self._empty_rows)
             notes.append(
                 f"identifier '{self.column}' is empty on {self.empty} row(s)"
-                f" (rows {rows}{_more(self.empty)})"
+                f" ({self.unit}s {rows}{_more(self.empty)})"
             )
         if self.repeated:
-            shown = ", ".join(f"'{value}' at row {row + 2}" for value, row in self._repeats)
+            shown = ", ".join(
+                f"'{shorten(value)}' at {self.unit} {row + self.first}"
+                for value, row in self._repeats
+            )
             notes.append(
                 f"identifier '{self.column}' repeats an earlier row's value on "
                 f"{self.repeated} row(s): {shown}{_more(self.repeated)}"

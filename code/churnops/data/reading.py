@@ -29,13 +29,15 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
@@ -49,6 +51,7 @@ from churnops.data.schema import (
     header_problems,
     repeated_columns,
     sample_text,
+    shorten,
     split_columns,
 )
 
@@ -56,6 +59,9 @@ from churnops.data.schema import (
 DEFAULT_CHUNK_ROWS = 200_000
 #: Failure cases kept for the final message (a broken file can have millions).
 _MAX_FAILURE_ROWS = 50_000
+#: The longest line of a CSV file, or text value of a Parquet file: a longer one is
+#: refused as it is met, never buffered whole (a 4 MB gzip can hold a 4 GiB line).
+MAX_LINE_BYTES = 1 << 20
 
 #: Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
 _BOMS: tuple[tuple[bytes, str, str], ...] = (
@@ -105,9 +111,13 @@ class CustomerReader:
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         require_target: bool = False,
         id_columns: Sequence[str] = (),
+        max_bytes: int | None = None,
     ) -> None:
         self.name = name
         self.chunk_rows = chunk_rows
+        #: The most bytes the file may decode to (gzip inflated, Parquet values), counted
+        #: while reading: its stored size bounds neither.
+        self.max_bytes = max_bytes
         self.require_target = require_target
         self.id_columns = tuple(id_columns)
         self.schema = build_schema(require_target)
@@ -120,6 +130,14 @@ class CustomerReader:
         self._header: list[str] = []
         self._failures: list[pd.DataFrame] = []
         self._ids: IdentifierCheck | None = None
+        self._decoded = 0
+        #: How problems name rows: file lines (the header is line 1), or Parquet rows from 1.
+        self._unit = ("line", 2)
+        #: Rows with fewer fields than the header: (file line, fields), the first few, and all.
+        self._short: list[tuple[int, int]] = []
+        self._short_count = 0
+        #: Read every cell as written, with no contract (:meth:`text_chunks`).
+        self._text: set[str] | None = None
 
     def parts(self) -> Iterator[Part]:
         """Validated chunks with their pass-through columns; a :class:`DataValidationError`
@@ -133,7 +151,7 @@ class CustomerReader:
         if self.rows == 0 and not self._problems:
             self._problems.append("file has a header but no data rows")
             self._failures.clear()
-        problems = [*self._problems, *self._header, *self._failure_text()]
+        problems = [*self._problems, *self._header, *self._short_text(), *self._failure_text()]
         if problems:
             raise DataValidationError(list(dict.fromkeys(problems)), self.name)
         self.notes += self._passthrough_notes()
@@ -141,6 +159,13 @@ class CustomerReader:
     def chunks(self) -> Iterator[pd.DataFrame]:
         """The validated columns of each chunk (see :meth:`parts`)."""
         return (part.frame for part in self.parts())
+
+    def text_chunks(self, columns: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
+        """Every cell as text as written ('' when blank), no contract checked: for the CSV
+        files the platform wrote (predictions, and labels made from them), read with the
+        same formats, encodings, delimiters and limits. ``columns``: only these, if given."""
+        self._text = set(columns)
+        yield from self._raw_chunks()
 
     def read_all(self) -> CustomerFile:
         """The whole file as one frame (for files known to be small: training, tests).
@@ -163,7 +188,7 @@ class CustomerReader:
             yield from self._csv_chunks(self._stream)
 
     def _gzip_chunks(self) -> Iterator[pd.DataFrame]:
-        unpacked = _buffered(gzip.GzipFile(fileobj=self._stream, mode="rb"))
+        unpacked = _buffered(self._bounded(gzip.GzipFile(fileobj=self._stream, mode="rb")))
         try:
             head = unpacked.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
             _reject_other_formats(head, unpacked, self.name)
@@ -180,12 +205,19 @@ class CustomerReader:
                 source.seek(0)
                 yield from self._csv_chunks(_buffered(source))
                 return
+            if self._text is not None:
+                raise DataValidationError(["a Parquet file: a CSV file is expected"], self.name)
             try:
-                parquet = pq.ParquetFile(source)
+                schema = pq.ParquetFile(source).schema_arrow
                 self.notes.append("read as Parquet")
-                self._layout(_parquet_columns(parquet.schema_arrow))
+                self._unit = ("row", 1)
+                self._layout(_parquet_columns(schema))
+                # Text stays dictionary-encoded until counted: 190 KB can decode to 4 GB.
+                text = [f.name for f in schema if pa.types.is_string(f.type) or _is_binary(f)]
+                parquet = pq.ParquetFile(source, read_dictionary=text)
+                self._refuse_decoded(_uncompressed_bytes(parquet.metadata))
                 for batch in parquet.iter_batches(batch_size=self.chunk_rows):
-                    yield self._indexed(self._as_text(batch).to_pandas())
+                    yield self._indexed(self._as_text(self._decoded_batch(batch)).to_pandas())
             except (pa.ArrowException, OSError) as exc:  # a corrupt footer is an OSError
                 first = str(exc).strip().splitlines()[0]
                 raise DataValidationError(
@@ -193,6 +225,8 @@ class CustomerReader:
                 ) from exc
 
     def _csv_chunks(self, stream: io.BufferedReader) -> Iterator[pd.DataFrame]:
+        if not isinstance(stream.raw, _Bounded):  # gzip is bounded where it is unpacked
+            stream = _buffered(self._bounded(stream))
         head = stream.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
         encoding, codec = self._encoding(head)
         text_head = head.decode(codec, errors="ignore").removeprefix("\ufeff")
@@ -214,8 +248,7 @@ class CustomerReader:
                 skipinitialspace=True,
                 chunksize=self.chunk_rows,
                 encoding=codec if encoding == "UTF-8" else None,
-                # Pass-through columns stay the text they are: '007' is not 7, 'NA' not missing.
-                converters=dict.fromkeys(self._passthrough(), str),
+                **self._as_written(),
             )
             with reader:
                 for raw in reader:
@@ -228,6 +261,52 @@ class CustomerReader:
                 raise
             first = str(exc).strip().splitlines()[0]
             raise DataValidationError([f"not a parsable CSV file: {first}"], self.name) from exc
+
+    def _as_written(self) -> dict[str, object]:
+        """How pandas reads the columns kept as text: '007' is not 7, 'NA' not missing."""
+        if self._text is None:  # pass-through columns as text, the contract's parsed
+            return {"converters": dict.fromkeys(self._passthrough(), str)}
+        wanted = self._text
+        return {
+            "dtype": str,
+            "keep_default_na": False,
+            "usecols": (lambda c: c in wanted) if wanted else None,
+        }
+
+    def _bounded(self, stream: IO[bytes]) -> _Bounded:
+        return _Bounded(stream, self._spend, self.name)
+
+    def _spend(self, size: int) -> None:
+        """Count decoded bytes, refusing the file as soon as they pass ``max_bytes``."""
+        self._decoded += size
+        self._refuse_decoded(self._decoded)
+
+    def _refuse_decoded(self, size: int) -> None:
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise DataValidationError(
+                [f"file decodes to more than {self.max_bytes:,} bytes, the limit"], self.name
+            )
+
+    def _decoded_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """A Parquet batch with its text decoded, after counting what it decodes to."""
+        size = 0
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            lengths = _text_lengths(column)
+            if lengths is None:
+                size += column.nbytes
+                continue
+            longest = pc.max(lengths).as_py() or 0
+            if longest > MAX_LINE_BYTES:
+                problem = f"column '{shorten(name)}' holds a value of {longest:,} bytes"
+                raise DataValidationError(
+                    [f"{problem}, over the limit of {MAX_LINE_BYTES:,}"], self.name
+                )
+            size += pc.sum(lengths).as_py() or 0
+        self._spend(size)
+        decoded = [
+            c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in batch.columns
+        ]
+        return pa.RecordBatch.from_arrays(decoded, names=batch.schema.names)
 
     def _encoding(self, head: bytes) -> tuple[str, str]:
         """(name, codec): a BOM decides, else UTF-8 (no silent cp1252 guess); notes the rest.
@@ -242,7 +321,7 @@ class CustomerReader:
         if b"\x00" in head:
             guessed = _guess_utf16(head)
             if guessed is None:
-                raise DataValidationError(["file is binary, not a CSV text file"], self.name)
+                raise DataValidationError([_binary_or_nul(head)], self.name)
             self.notes.append(f"decoded as {guessed} (no BOM; guessed from its NUL bytes)")
             return guessed, guessed.lower().replace(" ", "-")
         return "UTF-8", "utf-8"
@@ -257,19 +336,60 @@ class CustomerReader:
         if not ended and not complete:
             problem = f"the header line is longer than {_SNIFF_BYTES // 1024} KiB"
             raise DataValidationError([problem], self.name)
+        if self._text is not None:
+            return
         named = pd.read_csv(io.StringIO(line), sep=sep, skipinitialspace=True, nrows=0)
         self._layout(named.columns)
         written = next(csv.reader([line], delimiter=sep, skipinitialspace=True), [])
         self._header += repeated_columns(written)
 
     def _csv_chunk(self, raw: pd.DataFrame) -> pd.DataFrame:
+        if self._text is not None:
+            return raw
         if repeated := _repeated_header_rows(raw):
             self._problems.append(
-                f"the header line is repeated at rows {sample_text(repeated)} "
+                f"the header line is repeated at lines {sample_text(repeated)} "
                 "(were files concatenated?)"
             )
             raw = raw.iloc[:0]  # its values would be reported again as bad numbers
-        return raw
+        return self._without_short_rows(raw)
+
+    def _without_short_rows(self, raw: pd.DataFrame) -> pd.DataFrame:
+        """Set aside the rows that end early (a required column among the missing last
+        ones): one problem per row, not one missing value per column."""
+        known = self.columns.known if self.columns else {}
+        required = np.flatnonzero([c in known for c in raw.columns])
+        if raw.empty or not len(required):
+            return raw
+        last = raw.iloc[:, -1]
+        blank = last.isna() if last.dtype.kind in "iufb" else last.isna() | (last.to_numpy() == "")
+        suspects = raw[blank.to_numpy()]  # rarely any: the cost below is theirs
+        missing = (suspects.isna() | suspects.astype(str).eq("")).to_numpy()
+        trailing = missing[:, ::-1].cumprod(axis=1).sum(axis=1)
+        # The missing last fields reach back to a contract column: the row is invalid.
+        ends_early = trailing >= max(2, len(raw.columns) - required.max())
+        if not ends_early.any():
+            return raw
+        fields = len(raw.columns) - trailing[ends_early]
+        lines = suspects.index[ends_early] + 2
+        self._short_count += int(ends_early.sum())
+        self._short += list(zip(lines.tolist(), fields.tolist(), strict=True))[
+            : 5 - len(self._short)
+        ]
+        return raw.drop(index=suspects.index[ends_early])
+
+    def _short_text(self) -> list[str]:
+        if not self._short:
+            return []
+        header = len(self.columns.header) if self.columns else 0
+        if self._short_count == 1:
+            line, fields = self._short[0]
+            return [f"line {line} has {fields} fields, the header {header}"]
+        shown = ", ".join(f"line {line} ({fields})" for line, fields in self._short)
+        more = ", ..." if self._short_count > len(self._short) else ""
+        return [
+            f"{self._short_count} lines have fewer fields than the header's {header}: {shown}{more}"
+        ]
 
     def _indexed(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Number a Parquet batch's rows on from the previous batch (file rows, as in CSV)."""
@@ -282,7 +402,7 @@ class CustomerReader:
         self.columns = split_columns(header, self.id_columns, require_target=self.require_target)
         self._header = header_problems(self.columns)
         if self.columns.identifier is not None:
-            self._ids = IdentifierCheck(self.columns.identifier)
+            self._ids = IdentifierCheck(self.columns.identifier, *self._unit)
 
     def _passthrough(self) -> tuple[str, ...]:
         return self.columns.passthrough if self.columns is not None else ()
@@ -322,13 +442,15 @@ class CustomerReader:
         if not self._passthrough():
             return []
         identifier = self._ids.column if self._ids is not None else None
-        names = [f"'{c}'" + " (identifier)" * (c == identifier) for c in self._passthrough()]
+        names = [
+            f"'{shorten(c)}'" + " (identifier)" * (c == identifier) for c in self._passthrough()
+        ]
         ids = self._ids.notes() if self._ids is not None else []
         return [f"passed through unchanged: {', '.join(names)}", *ids]
 
     # --- validation ------------------------------------------------------------------------
     def _invalid(self) -> bool:
-        return bool(self._problems or self._header or self._failures)
+        return bool(self._problems or self._header or self._failures or self._short)
 
     def _validated(self, frame: pd.DataFrame) -> pd.DataFrame | None:
         """The typed chunk, or None with its failures kept for the final message."""
@@ -351,7 +473,7 @@ class CustomerReader:
     def _failure_text(self) -> list[str]:
         if not self._failures:
             return []
-        return describe_failures(pd.concat(self._failures, ignore_index=True))
+        return describe_failures(pd.concat(self._failures, ignore_index=True), *self._unit)
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -387,6 +509,36 @@ class _RawAdapter(io.RawIOBase):
         return self._stream.tell()
 
 
+class _Bounded(io.RawIOBase):
+    """Pass decoded bytes through, counted (``spend``), refusing a line longer than
+    :data:`MAX_LINE_BYTES` as it is met: pandas would buffer the whole line."""
+
+    def __init__(self, stream: IO[bytes], spend: Callable[[int], None], name: str) -> None:
+        self._stream = stream
+        self._spend = spend
+        self._name = name
+        self._lines = 1
+        self._line_bytes = 0  # since the last line break
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        # Reads of at most MAX_LINE_BYTES: a line within one read is shorter than the limit.
+        data = self._stream.read(min(len(buffer), MAX_LINE_BYTES))
+        self._spend(len(data))
+        first = data.find(b"\n")
+        self._line_bytes += len(data) if first < 0 else first
+        if self._line_bytes > MAX_LINE_BYTES:
+            problem = f"line {self._lines} is longer than {MAX_LINE_BYTES:,} bytes, the limit"
+            raise DataValidationError([problem], self._name)
+        if first >= 0:
+            self._lines += data.count(b"\n")
+            self._line_bytes = len(data) - data.rfind(b"\n") - 1
+        buffer[: len(data)] = data
+        return len(data)
+
+
 class _Utf8Checked(io.RawIOBase):
     """Pass bytes through, failing on the first invalid UTF-8 byte with its offset and line."""
 
@@ -415,6 +567,10 @@ class _Utf8Checked(io.RawIOBase):
                 "save the file as CSV UTF-8"
             )
             raise DataValidationError([problem], self._name) from exc
+        if (nul := data.find(b"\0")) >= 0:  # pandas would cut the value there, silently
+            line = self._lines + data.count(b"\n", 0, nul)
+            problem = f"line {line} holds a NUL byte (offset {self._offset + nul}); remove it"
+            raise DataValidationError([problem], self._name)
         self._offset += len(data)
         self._lines += data.count(b"\n")
         buffer[: len(data)] = data
@@ -453,6 +609,19 @@ def _reject_other_formats(head: bytes, stream: io.BufferedReader, name: str) -> 
         raise DataValidationError([f"{name} is {kind}, not a CSV file: {advice}"], name)
 
 
+def _binary_or_nul(head: bytes) -> str:
+    """A NUL byte after whole lines of text is in a value (pandas would cut it there)."""
+    before = head[: head.index(b"\0")]
+    try:
+        before.decode("utf-8")
+    except UnicodeDecodeError:
+        before = b""
+    if b"\n" not in before:
+        return "file is binary, not a CSV text file"
+    line = before.count(b"\n") + 1
+    return f"line {line} holds a NUL byte (offset {len(before)}); remove it"
+
+
 def _guess_utf16(sample: bytes) -> str | None:
     """UTF-16 without BOM: ASCII text has a NUL as every other byte (the high byte)."""
     sample = sample[: len(sample) // 2 * 2]
@@ -464,6 +633,29 @@ def _guess_utf16(sample: bytes) -> str | None:
     if even.count(0) >= 0.9 * len(even) and 0 not in odd:
         return "UTF-16 BE"
     return None
+
+
+def _is_binary(field: pa.Field) -> bool:
+    return pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)
+
+
+def _text_lengths(column: pa.Array) -> pa.Array | None:
+    """The byte length of each text value (a dictionary's counted per row), or None."""
+    if pa.types.is_dictionary(column.type):
+        return pc.take(pc.binary_length(column.dictionary), column.indices)
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
+        return pc.binary_length(column)
+    return None
+
+
+def _uncompressed_bytes(metadata: pq.FileMetaData) -> int:
+    """What the file's pages hold uncompressed (dictionary-encoded text decodes to more)."""
+    return sum(
+        metadata.row_group(g).column(c).total_uncompressed_size
+        for g in range(metadata.num_row_groups)
+        for c in range(metadata.num_columns)
+    )
 
 
 def _pandas_index(schema: pa.Schema) -> set[str]:
@@ -543,7 +735,9 @@ def read_customer_file(
     size = source.stat().st_size if isinstance(source, Path) else len(source)
     refuse_oversize(size, max_bytes, label)
     with _open(source) as stream:
-        reader = CustomerReader(stream, name=label, require_target=require_target)
+        reader = CustomerReader(
+            stream, name=label, require_target=require_target, max_bytes=max_bytes
+        )
         return reader.read_all()
 
 

@@ -72,12 +72,22 @@ _RANGES: dict[str, tuple[float, float | None]] = {
 _FLOAT_COLUMNS = {"customer_value"}
 
 
+#: Problems named in one message, and the characters each may take: a file's values
+#: are cut to fit (a 50 MB value must not reach the log, the database and the console).
+MAX_PROBLEMS = 20
+MAX_PROBLEM_CHARS = 500
+
+
 class DataValidationError(ValueError):
-    """A customer file breaks the contract; ``problems`` lists every reason."""
+    """The input is bad (its content or its name): it goes to ``errored/`` with
+    ``problems``, every reason, and is never retried."""
 
     def __init__(self, problems: list[str], source: str = "file") -> None:
-        self.problems = problems
-        self.source = source
+        more = len(problems) - MAX_PROBLEMS
+        problems = [shorten(p, MAX_PROBLEM_CHARS) for p in problems[:MAX_PROBLEMS]]
+        self.problems = problems + [f"... and {more} more problem(s)"] * (more > 0)
+        self.source = source = shorten(source, 300)
+        problems = self.problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{source} is invalid ({len(problems)} problem(s)):\n{lines}")
 
@@ -211,12 +221,13 @@ def header_problems(columns: Columns) -> list[str]:
     return [*(f"missing column '{c}'" for c in columns.missing), *columns.problems]
 
 
-def describe_failures(failures: pd.DataFrame) -> list[str]:
-    """Turn pandera's failure-case table into one sentence per problem."""
+def describe_failures(failures: pd.DataFrame, unit: str = "line", first: int = 2) -> list[str]:
+    """Turn pandera's failure-case table into one sentence per problem; rows are named as
+    file lines (``unit`` "line": the header is line 1, so index 0 is line ``first`` 2)
+    or, in a Parquet file, as rows counted from 1."""
     problems: list[str] = []
-    failures = failures.astype({"failure_case": str}).drop_duplicates(
-        ["column", "check", "failure_case", "index"]
-    )
+    failures = failures.assign(failure_case=failures["failure_case"].map(shorten))
+    failures = failures.drop_duplicates(["column", "check", "failure_case", "index"])
     # A value that cannot be coerced also fails the range check with a TypeError,
     # and a missing value also fails coercion: report each once, by its cause.
     failures = failures[~failures["failure_case"].str.startswith("TypeError(")]
@@ -226,7 +237,7 @@ def describe_failures(failures: pd.DataFrame) -> list[str]:
     for (column, check), group in grouped:
         cases = group["failure_case"].tolist()
         rows = group["index"].dropna().astype(int).tolist()
-        where = f" (rows {sample_text(r + 2 for r in rows)})" if rows else ""
+        where = f" ({unit}s {sample_text(r + first for r in rows)})" if rows else ""
         check = str(check)
         if check == "column_in_dataframe":
             problems.append(f"missing column '{cases[0]}'")
@@ -248,8 +259,20 @@ def describe_failures(failures: pd.DataFrame) -> list[str]:
 
 def sample_text(values: object, limit: int = 5) -> str:
     items = list(values)  # type: ignore[call-overload]
-    shown = ", ".join(str(v) for v in items[:limit])
+    shown = ", ".join(shorten(v) for v in items[:limit])
     return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def shorten(value: object, limit: int = 60) -> str:
+    """A value as a message shows it: a whole float as the integer it was written as
+    (9, not 9.0), text over ``limit`` characters cut, with its length."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    cut = f"... ({len(text):,} characters)"
+    return text[: max(limit - len(cut), 10)] + cut  # at most ``limit``: shortening it keeps it
 
 
 def validate(

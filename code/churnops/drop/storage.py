@@ -17,6 +17,7 @@ Keys are always '/'-separated and relative, exactly as S3 shows them.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import time
@@ -48,6 +49,13 @@ CLAIMS = f"{PREFIX}/claims"
 PART_BYTES = 16 * 1024 * 1024
 #: S3 user metadata naming the dropped object version a copy came from.
 ORIGIN = "churnops-origin"
+#: The longest file name (UTF-8 bytes) a local file system takes (NAME_MAX); S3 takes
+#: longer keys, but a drop must work the same on both back ends.
+NAME_MAX_BYTES = 255
+#: What :meth:`LocalDropStorage.create` adds to a name it writes first: ``.<name>.<hex12>.tmp``.
+_TEMP_BYTES = 18
+#: The longest name of a file the platform writes (its outputs beside a dropped file).
+MAX_WRITTEN_NAME_BYTES = NAME_MAX_BYTES - _TEMP_BYTES
 
 
 class ObjectExists(FileExistsError):
@@ -91,8 +99,14 @@ def run_folders(storage: DropStorage, stage: Stage) -> list[str]:
 
 
 def log_key(run: str, name: str) -> str:
-    """The per-file log of one run: ``data/logs/<run>/<name>.log``."""
-    return f"{LOGS}/{_check_name(run)}/{_check_name(name)}.log"
+    """The per-file log of one run: ``data/logs/<run>/<name>.log``; a name too long for
+    that is cut, with a hash of the whole, so even a file refused for its name has a log."""
+    _check_name(name)
+    if len(f"{name}.log".encode()) > NAME_MAX_BYTES:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        head = name.encode("utf-8", "surrogateescape")[: NAME_MAX_BYTES - 64]
+        name = f"{head.decode('utf-8', 'ignore')}~{digest}"
+    return f"{LOGS}/{_check_name(run)}/{name}.log"
 
 
 def name_from_key(key: str) -> str:

@@ -283,6 +283,19 @@ def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA foreign_keys = ON")
 
 
+def fitted(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """The row with each text cut to its column's length: a dropped file's name or key may
+    be longer than Postgres holds (a 600-character S3 key), and its run must still be
+    recorded, as errored, not fail the insert forever."""
+    cut = {}
+    for name, value in row.items():
+        length = getattr(table.c[name].type, "length", None)
+        if isinstance(value, str) and length and len(value) > length:
+            value = value[: length - 1] + "…"
+        cut[name] = value
+    return cut
+
+
 class MetricsStore:
     """Writes and reads pipeline runs and their metrics."""
 
@@ -341,7 +354,7 @@ class MetricsStore:
             "status": RUNNING,
             "started_at": started_at or _now(),
         }
-        self._retry(self._execute, insert(pipeline_runs), row)
+        self._retry(self._execute, insert(pipeline_runs), fitted(pipeline_runs, row))
         return run_id
 
     def _execute(self, statement: Any, rows: Any = None) -> int:
@@ -421,7 +434,9 @@ class MetricsStore:
             {**common, "metric": metric, "value": value, "threshold": limits.get(metric)}
             for metric, value in scores.items()
         ]
-        self._retry(self._execute, insert(realized_scores), rows)
+        self._retry(
+            self._execute, insert(realized_scores), [fitted(realized_scores, r) for r in rows]
+        )
         return len(rows)
 
     def realized(self, run_id: str | None = None) -> pd.DataFrame:

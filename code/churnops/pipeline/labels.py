@@ -28,22 +28,31 @@ invalid (:class:`DataValidationError`) and ends in ``errored/`` like any bad fil
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
-from churnops.data.reading import refuse_oversize
-from churnops.data.schema import RAW_COLUMNS, TARGET, DataValidationError, clean_name, split_columns
+from churnops.data.identifiers import IdentifierCheck
+from churnops.data.reading import CustomerReader, refuse_oversize
+from churnops.data.schema import (
+    RAW_COLUMNS,
+    TARGET,
+    DataValidationError,
+    clean_name,
+    shorten,
+    split_columns,
+)
 from churnops.drop import claims
 from churnops.drop.keys import is_labels
 from churnops.drop.storage import DropStorage, ObjectExists, folder_key, run_folders, run_key
-from churnops.pipeline.scoring import csv_bytes, quality_scores
+from churnops.pipeline.scoring import csv_bytes, neutralised, quality_scores, refuse_long_names
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
 
@@ -83,6 +92,8 @@ class LabelsJoin:
     scores: dict[str, float]
     arrived_at: datetime
     labeled_rows_key: str
+    #: Older runs that scored the same rows the same way: the newest is joined.
+    also_fits: tuple[str, ...] = ()
 
     @property
     def scoring_file(self) -> str:
@@ -90,10 +101,15 @@ class LabelsJoin:
 
     def summary(self) -> str:
         scores = ", ".join(f"{k} {v:.3f}" for k, v in self.scores.items() if k != "log_loss")
+        twins = (
+            f"; the same predictions are in run(s) {', '.join(self.also_fits)}: joined the newest"
+            if self.also_fits
+            else ""
+        )
         return (
             f"labels for {self.scoring_file} (run {self.scoring.run}, "
             f"{self.scoring.model_name} v{self.scoring.model_version}) matched by "
-            f"{self.matched_by}: {self.labeled_rows} of {self.rows} rows labeled; {scores}"
+            f"{self.matched_by}: {self.labeled_rows} of {self.rows} rows labeled; {scores}{twins}"
         )
 
 
@@ -102,9 +118,24 @@ class _Mismatch(Exception):
 
 
 # --- reading ---------------------------------------------------------------------------
-def read_table(data: bytes) -> pd.DataFrame:
-    """A CSV as text, cell for cell (blank cells stay ``''``)."""
-    return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skipinitialspace=True)
+def text_chunks(
+    settings: Settings, storage: DropStorage, key: str, name: str, columns: Sequence[str] = ()
+) -> Iterator[pd.DataFrame]:
+    """A CSV file as text, cell for cell (blank cells stay ``''``), chunk by chunk, with the
+    customer files' encodings, delimiters and limits (:class:`CustomerReader`)."""
+    with storage.open_read(key) as stream:
+        reader = CustomerReader(
+            stream, name=name, chunk_rows=settings.chunk_rows, max_bytes=settings.max_file_bytes
+        )
+        yield from reader.text_chunks(columns)
+
+
+def read_table(settings: Settings, storage: DropStorage, key: str, name: str) -> pd.DataFrame:
+    """A whole CSV file as text (a labels file: at most the size of a predictions file)."""
+    frames = list(text_chunks(settings, storage, key, name))
+    if not frames:
+        raise DataValidationError(["file has a header but no data rows"], name)
+    return pd.concat(frames, ignore_index=True)
 
 
 def label_column(frame: pd.DataFrame, name: str) -> str:
@@ -126,7 +157,7 @@ def parse_labels(values: pd.Series, name: str) -> pd.Series:
     text = values.str.strip()
     bad = ~text.isin([*_LABEL_VALUES, ""])
     if bad.any():
-        rows = ", ".join(f"row {i + 2} ({text[i]!r})" for i in text.index[bad][:5])
+        rows = ", ".join(f"line {i + 2} ({shorten(repr(text[i]))})" for i in text.index[bad][:5])
         raise DataValidationError(
             [f"'Churn' must be 1, 0 or blank; {int(bad.sum())} row(s) hold something else: {rows}"],
             name,
@@ -163,26 +194,43 @@ def _compared_columns(labels: pd.DataFrame, predictions: pd.DataFrame, label: st
 
 
 def _rows_of(
-    labels: pd.DataFrame, predictions: pd.DataFrame, identifier: str | None
-) -> tuple[np.ndarray, str]:
-    """For each labels row, its row in ``predictions``; and how they were matched.
+    labels: pd.DataFrame, chunks: Iterator[pd.DataFrame], identifier: str | None
+) -> tuple[pd.DataFrame, str]:
+    """The predictions rows of the labels rows, in their order; and how they were matched.
 
-    By identifier when both files name each customer once; by rows otherwise.
+    By identifier when both files name each customer once; by rows otherwise. The
+    predictions file is streamed: only rows the labels file may need are kept.
     """
-    if identifier and identifier in predictions.columns and _unique(predictions[identifier]):
-        ids = predictions[identifier]
-        position = pd.Series(np.arange(len(ids)), index=ids)
-        unknown = ~labels[identifier].isin(ids)
+    ids = IdentifierCheck(identifier) if identifier else None
+    wanted = set(labels[identifier]) if identifier else set()
+    by_id: list[pd.DataFrame] = []
+    by_row: list[pd.DataFrame] = []
+    rows = 0
+    for chunk in chunks:
+        if ids is not None and identifier in chunk.columns:
+            ids.add(chunk[identifier])
+            by_id.append(chunk[chunk[identifier].isin(wanted)])
+        else:
+            ids = None
+        by_row.append(chunk.iloc[: max(len(labels) - rows, 0)])
+        rows += len(chunk)
+        if ids is None and rows > len(labels):
+            break  # too many rows to match by rows, and no identifier: stop reading
+    if ids is not None and not (ids.empty or ids.repeated):
+        found = pd.concat(by_id).set_index(identifier, drop=False) if by_id else pd.DataFrame()
+        unknown = ~labels[identifier].isin(found.index)
         if unknown.any():
-            shown = ", ".join(map(repr, labels[identifier][unknown].head(5)))
+            shown = ", ".join(shorten(repr(i)) for i in labels[identifier][unknown].head(5))
             raise _Mismatch(f"{int(unknown.sum())} identifier(s) are not among its rows: {shown}")
-        return position[labels[identifier]].to_numpy(), f"identifier '{identifier}'"
-    if len(labels) != len(predictions):
+        matched = found.loc[labels[identifier]].reset_index(drop=True)
+        return matched, f"identifier '{identifier}'"
+    if len(labels) != rows:
+        many = f"more than {len(labels)}" if rows > len(labels) else str(rows)
         raise _Mismatch(
-            f"it has {len(predictions)} rows, the labels file {len(labels)}; without an "
+            f"it has {many} rows, the labels file {len(labels)}; without an "
             "identifier a labels file must keep every row of the predictions file, in order"
         )
-    return np.arange(len(labels)), "rows (no identifier)"
+    return pd.concat(by_row, ignore_index=True), "rows (no identifier)"
 
 
 def _unique(ids: pd.Series) -> bool:
@@ -199,42 +247,64 @@ def _check_same(labels: pd.DataFrame, matched: pd.DataFrame, columns: list[str])
         same = np.isclose(left, right, rtol=0, atol=tolerance, equal_nan=True)
         if not same.all():
             first = int(np.argmax(~same))
+            here, there = labels[column].iloc[first], matched[column].iloc[first]
             raise _Mismatch(
-                f"'{column}' differs on {int((~same).sum())} row(s), first on row {first + 2} "
-                f"({labels[column].iloc[first]!r} here, {matched[column].iloc[first]!r} there)"
+                f"'{column}' differs on {int((~same).sum())} row(s), first on line {first + 2} "
+                f"({shorten(repr(here))} here, {shorten(repr(there))} there)"
             )
 
 
+_Match = tuple[ScoringRun, pd.DataFrame, str, bool]
+
+
 def _match(
-    labels: pd.DataFrame, predictions: pd.DataFrame, label: str, identifier: str | None
-) -> tuple[pd.DataFrame, str, bool]:
-    """The predictions rows of the labels rows, how they matched, and whether columns agreed."""
-    positions, matched_by = _rows_of(labels, predictions, identifier)
-    matched = predictions.iloc[positions].reset_index(drop=True)
-    columns = _compared_columns(labels, predictions, label)
+    settings: Settings,
+    storage: DropStorage,
+    candidate: ScoringRun,
+    labels: pd.DataFrame,
+    label: str,
+    identifier: str | None,
+) -> _Match:
+    """The candidate's rows of the labels rows, how they matched, whether columns agreed."""
+    key = candidate.predictions_key
+    written = {*RAW_COLUMNS, PREDICTION, PROBABILITY} - {label}
+    needed = [*written, *([identifier] if identifier else [])]
+    chunks = text_chunks(settings, storage, key, key.rsplit("/", 1)[-1], needed)
+    try:
+        matched, matched_by = _rows_of(labels, chunks, identifier)
+    finally:
+        chunks.close()
+    columns = _compared_columns(labels, matched, label)
     _check_same(labels.reset_index(drop=True), matched, columns)
-    return matched, matched_by, bool(columns)
+    return candidate, matched, matched_by, bool(columns)
 
 
 def _find(
-    storage: DropStorage, labels: pd.DataFrame, label: str, identifier: str | None, name: str
-) -> tuple[ScoringRun, pd.DataFrame, str]:
-    """The newest run that scored these rows (a name match first); every reason otherwise."""
+    settings: Settings,
+    storage: DropStorage,
+    labels: pd.DataFrame,
+    label: str,
+    identifier: str | None,
+    name: str,
+) -> tuple[_Match, list[str]]:
+    """The run that scored these rows (a name match first, then the newest), and the other
+    runs whose identical predictions fit them too; every reason when none fits."""
     reasons: list[str] = []
-    matches: list[tuple[ScoringRun, pd.DataFrame, str, bool]] = []
-    for candidate in scoring_runs(storage, name):
-        predictions = read_table(storage.read(candidate.predictions_key))
+    matches: list[_Match] = []
+    candidates = scoring_runs(storage, name)
+    for at, candidate in enumerate(candidates):
         try:
-            matched, matched_by, compared = _match(labels, predictions, label, identifier)
+            matches.append(_match(settings, storage, candidate, labels, label, identifier))
         except _Mismatch as exc:
             reasons.append(f"run {candidate.run} ({candidate.predictions_key}): {exc}")
             continue
-        matches.append((candidate, matched, matched_by, compared))
-        if compared:  # columns agreed row by row: this run scored these rows
+        if matches[-1][3]:  # columns agreed row by row: this run scored these rows
+            later = candidates[at + 1 :]
+            matches += _twins(settings, storage, later, matches[-1], labels, label, identifier)
             break
     if not matches:
         raise DataValidationError(_no_match(reasons), name)
-    if len(matches) > 1:
+    if not all(m[3] for m in matches):
         runs = ", ".join(m[0].run for m in matches)
         raise DataValidationError(
             [
@@ -243,8 +313,34 @@ def _find(
             ],
             name,
         )
-    run, matched, matched_by, _ = matches[0]
-    return run, matched, matched_by
+    newest = max(matches, key=lambda m: m[0].run)
+    return newest, [m[0].run for m in matches if m is not newest]
+
+
+def _twins(
+    settings: Settings,
+    storage: DropStorage,
+    others: list[ScoringRun],
+    found: _Match,
+    labels: pd.DataFrame,
+    label: str,
+    identifier: str | None,
+) -> list[_Match]:
+    """Other runs that fit as well: the same rows scored again, so predictions files of the
+    same size (only those are read)."""
+    size = _size(storage, found[0].predictions_key)
+    twins = []
+    for other in others:
+        if _size(storage, other.predictions_key) != size:
+            continue
+        with contextlib.suppress(_Mismatch):
+            twins.append(_match(settings, storage, other, labels, label, identifier))
+    return [t for t in twins if t[3]]
+
+
+def _size(storage: DropStorage, key: str) -> int | None:
+    info = storage.stat(key)
+    return None if info is None else info.size
 
 
 def _no_match(reasons: list[str]) -> list[str]:
@@ -262,15 +358,20 @@ def join_labels(
     if info is None:
         raise FileNotFoundError(processing_key)
     refuse_oversize(info.size, settings.max_file_bytes, name)
-    labels = read_table(storage.read(processing_key))
+    refuse_long_names(name, labeled_rows_name(name), f"{name}{JOIN_SUFFIX}")
+    labels = read_table(settings, storage, processing_key, name)
     label = label_column(labels, name)
     values = parse_labels(labels[label], name)
     if not values.notna().any():
         raise DataValidationError(["no row has a label: fill in 'Churn' (1 or 0)"], name)
     identifier = split_columns(labels.columns, settings.id_columns).identifier
+    if identifier and settings.neutralise_formulas:  # as its predictions file holds them,
+        labels[identifier] = neutralised(labels[identifier])  # whatever a spreadsheet kept
     if identifier and not _unique(labels[identifier]):
         identifier = None  # empty or repeated (a warning when scored): match by rows
-    scoring, matched, matched_by = _find(storage, labels, label, identifier, name)
+    (scoring, matched, matched_by, _), twins = _find(
+        settings, storage, labels, label, identifier, name
+    )
     known = values.notna().to_numpy()
     actual = values[known].to_numpy(np.int8)
     scores = quality_scores(
@@ -289,6 +390,7 @@ def join_labels(
         scores=scores,
         arrived_at=claims.dropped_at(run),
         labeled_rows_key=rows_key,
+        also_fits=tuple(twins),
     )
 
 

@@ -19,6 +19,7 @@ import contextlib
 import csv
 import io
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ import pyarrow.csv as pa_csv
 from sklearn.metrics import log_loss, roc_auc_score
 
 from churnops.data.reading import CustomerReader, Part, refuse_oversize
-from churnops.data.schema import RAW_COLUMNS, TARGET
-from churnops.drop.storage import DropStorage, ObjectExists, run_key
+from churnops.data.schema import RAW_COLUMNS, TARGET, DataValidationError
+from churnops.drop.storage import MAX_WRITTEN_NAME_BYTES, DropStorage, ObjectExists, run_key
 from churnops.model.churn_model import LoadedModel
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
@@ -87,6 +88,7 @@ def score_file(
     never rewritten (a rewrite would leave two versions in a versioned bucket).
     """
     check_size(storage, processing_key, name, settings.max_file_bytes)
+    refuse_long_names(name, predictions_name(name, model))
     key = run_key("processing", run, predictions_name(name, model))
     kept = storage.exists(key)
     sample = DriftSample(settings.drift_sample_rows, SAMPLE_SEED)
@@ -95,7 +97,11 @@ def score_file(
     chunks = 0
     with storage.open_read(processing_key) as stream, _sink(storage, key, kept) as out:
         reader = CustomerReader(
-            stream, name=name, chunk_rows=settings.chunk_rows, id_columns=settings.id_columns
+            stream,
+            name=name,
+            chunk_rows=settings.chunk_rows,
+            id_columns=settings.id_columns,
+            max_bytes=settings.max_file_bytes,
         )
         for part in _timed(reader.parts(), seconds, "read and validate"):
             frame = part.frame  # the contract's columns only: pass-through ones never go further
@@ -103,7 +109,10 @@ def score_file(
             scored = model.model.score(frame)
             seconds["predict"] += time.perf_counter() - started
             started = time.perf_counter()
-            written = (part.passthrough, frame.rename(columns=_RAW_NAMES), scored)
+            passthrough = part.passthrough
+            if settings.neutralise_formulas:
+                passthrough = passthrough.apply(neutralised)
+            written = (passthrough, frame.rename(columns=_RAW_NAMES), scored)
             out.write(csv_bytes(*written, header=chunks == 0))
             seconds["write"] += time.perf_counter() - started
             rows = pd.concat([frame, scored], axis=1)
@@ -131,6 +140,33 @@ def check_size(storage: DropStorage, key: str, name: str, max_bytes: int) -> Non
     if info is None:
         raise FileNotFoundError(key)
     refuse_oversize(info.size, max_bytes, name)
+
+
+#: Text a spreadsheet evaluates as a formula (CSV injection), and numbers, which it does not.
+_FORMULA = re.compile(r"[=+\-@\t\r]")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def neutralised(column: pd.Series) -> pd.Series:
+    """A text column with each cell a spreadsheet would evaluate prefixed by ``'`` (shown,
+    not run); signed numbers stay as they are."""
+    text = column.astype("string")
+    formula = text.str.match(_FORMULA) & ~text.str.fullmatch(_NUMBER)
+    if not formula.fillna(False).any():
+        return column
+    return column.where(~formula.fillna(False).to_numpy(), "'" + column.astype(str))
+
+
+def refuse_long_names(name: str, *outputs: str) -> None:
+    """Refuse a file whose outputs' names would pass the file-name limit, before writing any."""
+    longest = max(len(o.encode("utf-8", "surrogateescape")) for o in outputs)
+    if longest > MAX_WRITTEN_NAME_BYTES:
+        shorter = len(name.encode("utf-8", "surrogateescape")) - longest + MAX_WRITTEN_NAME_BYTES
+        problem = (
+            f"the file name is too long: its outputs' names would pass {MAX_WRITTEN_NAME_BYTES} "
+            f"bytes; rename it to at most {max(shorter, 1)} bytes"
+        )
+        raise DataValidationError([problem], name)
 
 
 @contextlib.contextmanager
