@@ -9,6 +9,7 @@ servers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -100,13 +102,19 @@ def runner_env(settings: Settings) -> dict[str, str]:
             "EVIDENTLY_PORT": str(settings.evidently_port),
             "EVIDENTLY_UI_URL": str(settings.evidently_ui_url),
             "PREFECT_LOGGING_LEVEL": "INFO",
-            # MLflow's client would retry a dead server for ~12 minutes per request.
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+            **mlflow_client_env(),
             # Runner logs are read by people: no artifact-download progress bars in them.
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         }
     )
+
+
+def mlflow_client_env() -> dict[str, str]:
+    """MLflow's client timeout and retries (it would retry a dead or frozen server for ~12
+    minutes per request), read only from its environment: one file that the local runners
+    and the ECS worker (terraform/services.tf) both take them from."""
+    text = resources.files("churnops.platform").joinpath("mlflow_client.json").read_text()
+    return json.loads(text)
 
 
 def run(settings: Settings, console: Console, errors: Console | None = None) -> int:
