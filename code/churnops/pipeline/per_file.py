@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
-from churnops.data.schema import is_bad_input
+from churnops.data.schema import DataValidationError, is_bad_input
 from churnops.drop import claims
 from churnops.drop.keys import is_labels
 from churnops.drop.storage import DropStorage, FileLog, folder_key, run_key
@@ -54,6 +54,10 @@ from churnops.settings import Settings
 log = logging.getLogger(__name__)
 
 Status = Literal["processed", "errored", "failed", "skipped"]
+
+
+class NotARegularFile(DataValidationError):
+    """A symlink, FIFO or device in a local drop folder: never read, never followed."""
 
 
 @dataclass
@@ -276,8 +280,11 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
         if held.lease.attempt > 1:  # a dead predecessor never closed its row
             previous = claims.db_id(held.run, held.lease.attempt - 1)
             attempt.store.close_if_running(previous, "the attempt died; the next one took over")
-        if not attempt.storage.exists(held.processing_key):
+        info = attempt.storage.stat(held.processing_key)
+        if info is None:
             return _complete_finish(attempt)
+        if not info.regular:
+            raise NotARegularFile([f"{held.name!r} is not a regular file: refused, not read"])
         if is_labels(held.lease.source_key):
             return _join_labels(attempt)
         return _score_and_monitor(attempt)
@@ -296,6 +303,8 @@ def _errored(attempt: _Attempt, reason: str) -> FileOutcome:
     """The file is invalid (or given up on): to errored/ with every reason in its log."""
     held = attempt.claim
     try:
+        if _changed(attempt):
+            return _start_over(attempt)
         attempt.steps.finish(attempt.storage, held.run, held.name, "errored")
     except Exception as move_error:  # storage down: the file stays, the run is retried
         return _failed(attempt, move_error, cap=False)
@@ -359,6 +368,8 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
             settings, result, held.name, model, drop=storage.uri, run=held.run
         )
         record.message = alert_message
+    if _changed(attempt):
+        return _start_over(attempt)
     with file_log.step("finish") as record:
         record.message = steps.finish(storage, held.run, held.name, "processed")
     _close_run(
@@ -393,6 +404,8 @@ def _join_labels(attempt: _Attempt) -> FileOutcome:
             settings, joined, held.name, drop=storage.uri, run=held.run
         )
         record.message = alert_message
+    if _changed(attempt):
+        return _start_over(attempt)
     with file_log.step("finish") as record:
         record.message = steps.finish(storage, held.run, held.name, "processed")
     scoring = joined.scoring
@@ -428,6 +441,29 @@ def _complete_finish(attempt: _Attempt) -> FileOutcome:
     _note(attempt, "finish", "errored", message)
     _close_run(attempt, "errored", error=message)
     return _outcome(attempt, "errored", message)
+
+
+def _changed(attempt: _Attempt) -> bool:
+    """The file is no longer the version this run claimed: its writer was not done."""
+    held = attempt.claim
+    return attempt.storage.changed(held.processing_key, held.lease.source_version)
+
+
+def _start_over(attempt: _Attempt) -> FileOutcome:
+    """The file changed during its run: what the run made of it is stale. The file goes
+    back to its drop folder, where it is a new drop (a new version: a new run), and this
+    run closes with its outputs in errored/."""
+    held, storage = attempt.claim, attempt.storage
+    storage.move(held.processing_key, held.lease.source_key)
+    _move_outputs(storage, held.run, "errored")
+    message = (
+        "the file changed during its run (its writer was still writing): back in "
+        f"{held.lease.source_key} to start over as a new run; stale outputs in "
+        f"{folder_key('errored', held.run)}"
+    )
+    _note(attempt, "finish", "skipped", message)
+    _close_run(attempt, FAILED, error=message)
+    return _outcome(attempt, "skipped", message)
 
 
 def _original_gone(attempt: _Attempt) -> bool:
