@@ -251,7 +251,14 @@ class BucketPoller:
         paginator = self.client.get_paginator("list_objects_v2")
         for prefix in DROP_PREFIXES:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                yield from (o for o in page.get("Contents", []) if drop_prefix(o["Key"]))
+                for obj in page.get("Contents", []):
+                    if drop_prefix(obj["Key"]):
+                        yield obj
+                    elif (obj["Key"], "ignored") not in self.seen:  # one line per key
+                        self.seen.add((obj["Key"], "ignored"))
+                        log.info(
+                            "ignored %s: only keys directly in %s are drops", obj["Key"], prefix
+                        )
 
     def _loop(self) -> None:
         while not self._stop.is_set():
