@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,37 +15,9 @@ from evidently.errors import EvidentlyError
 
 from churnops.monitoring.drift import open_workspace, project_id
 from churnops.settings import get_settings
-from tests.fixtures.network import LOOPBACK, free_port, stop, wait_for_port
+from tests.fixtures.evidently_ui import SECRET
 
 pytestmark = pytest.mark.integration
-
-SECRET = f"evidently-{uuid.uuid4().hex}"
-
-
-@pytest.fixture(scope="module")
-def evidently_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
-    """``evidently ui`` with EVIDENTLY_SECRET set in its environment (``.url`` is its URL)."""
-    home = tmp_path_factory.mktemp("evidently")
-    port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "evidently"),
-        "ui",
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-        "--workspace",
-        str(home / "workspace"),
-    ]
-    env = {**os.environ, "EVIDENTLY_SECRET": SECRET}
-    with (home / "ui.log").open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_for_port(port, process, timeout=120)
-        process.url = f"http://{LOOPBACK}:{port}"  # type: ignore[attr-defined]
-        yield process
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")

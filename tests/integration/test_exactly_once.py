@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file, reconcile
 from churnops.settings import Settings, get_settings
 from tests.exactly_once import Drops, originals
+from tests.fixtures.evidently_ui import SECRET as EVIDENTLY_SECRET
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.postgres import PostgresCluster
 
@@ -519,6 +521,28 @@ def test_a_frozen_metrics_database_fails_the_attempt_then_the_file_is_processed(
         freezing.__exit__(None, None, None)
     assert outcome.status == "failed", outcome
     assert "unreachable" in outcome.message
+    world.check(settled=False)
+    assert [o.status for o in world.reconcile()] == ["processed"]
+    world.check(settled=True)
+
+
+def test_a_frozen_evidently_ui_fails_the_attempt_then_the_file_is_processed(
+    world: World, evidently_process: subprocess.Popen, small_file: bytes
+) -> None:
+    _tuned(
+        world,
+        evidently_ui_url=evidently_process.url,  # type: ignore[attr-defined]
+        evidently_secret=EVIDENTLY_SECRET,
+        network_timeout_seconds=2,
+    )
+    key = world.drops.drop("customers.csv", small_file)
+    freeze = partial(os.kill, evidently_process.pid, signal.SIGSTOP)
+    try:
+        outcome = world.process(key, _stop_during("monitor", freeze))
+    finally:
+        os.kill(evidently_process.pid, signal.SIGCONT)
+    assert outcome.status == "failed", outcome
+    assert "timed out" in outcome.message.lower(), outcome.message
     world.check(settled=False)
     assert [o.status for o in world.reconcile()] == ["processed"]
     world.check(settled=True)

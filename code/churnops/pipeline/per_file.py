@@ -256,10 +256,7 @@ def process(
     _note(attempt, "claim", "ok", f"attempt {lease.attempt}: {key} -> {held.processing_key}{by}")
     beat = settings.lease_seconds / 3
     with claims.heartbeat(storage, lease, every=beat, limit=settings.attempt_timeout_seconds):
-        if lease.attempt > settings.max_attempts:  # the earlier ones failed or died (OOM)
-            outcome = _give_up(attempt, claims.last_reason(storage, held.run, lease.attempt))
-        else:
-            outcome = _run_attempt(attempt)
+        outcome = _run_attempt(attempt)
     _release(attempt, outcome)
     return outcome
 
@@ -283,6 +280,9 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
         info = attempt.storage.stat(held.processing_key)
         if info is None:
             return _complete_finish(attempt)
+        if held.lease.attempt > attempt.settings.max_attempts:  # the others failed or died
+            last = claims.last_reason(attempt.storage, held.run, held.lease.attempt)
+            return _give_up(attempt, last)
         if not info.regular:
             raise NotARegularFile([f"{held.name!r} is not a regular file: refused, not read"])
         if is_labels(held.lease.source_key):
