@@ -159,7 +159,8 @@ class Settings(BaseSettings):
     network_timeout_seconds: float = Field(
         30.0,
         description="Timeout of one network call (s): metrics database statements and "
-        "connections, the Evidently UI, MLflow, SNS and SMTP.",
+        "connections, the Evidently UI, SNS and SMTP. MLflow's client takes its own from "
+        "code/churnops/platform/mlflow_client.json, locally and on ECS alike.",
     )
     dependency_wait_seconds: float = Field(
         10.0, description="How long a step waits for a database or MLflow that is down (s)."
