@@ -5,6 +5,9 @@
 # database bootstrap of its service (database.tf), in the flow image.
 
 locals {
+  # MLflow's client timeout and retries, identical on the local platform (launch.py).
+  mlflow_client_env = jsondecode(file("${path.module}/../code/churnops/platform/mlflow_client.json"))
+
   # An HTTP health check in the flow image, which has Python and no curl.
   http_check = ["CMD", "python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=4).status != 200)"]
 
@@ -86,7 +89,8 @@ locals {
       stop_timeout = 120
       # Migrates the metrics database, then the flow's writer role.
       init = local.db_init["flow"]
-      environment = {
+      # MLflow's client timeout and retries: the file the local runners read too.
+      environment = merge(local.mlflow_client_env, {
         DROP_STORAGE        = "s3"
         PREFECT_API_URL     = local.prefect_api_url_internal
         MLFLOW_TRACKING_URI = local.internal_urls.mlflow
@@ -104,7 +108,7 @@ locals {
         OPS_METRICS_NAMESPACE = local.ops_metrics_namespace
         # MLflow's client reads its basic-auth user from these variables.
         MLFLOW_TRACKING_USERNAME = local.mlflow_user
-      }
+      })
       secrets = {
         DATABASE_URL             = local.db_url_secrets["metrics"]
         PREFECT_API_AUTH_STRING  = local.credential_refs.prefect_auth_string

@@ -171,6 +171,23 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(
         1800.0, description="Longest wait between re-drives of a failed run (s)."
     )
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        description="Attempts at a run (failed on a dependency, or its runner killed) before "
+        "its file goes to errored/ as 'gave up after N attempts' with an alert.",
+    )
+    attempt_timeout_seconds: float = Field(
+        3600.0,
+        description="An attempt still running after this stops renewing its lease, so the "
+        "reconciler re-drives its run (s): the backstop behind every network timeout.",
+    )
+    network_timeout_seconds: float = Field(
+        30.0,
+        description="Timeout of one network call (s): metrics database statements and "
+        "connections, the Evidently UI, SNS and SMTP. MLflow's client takes its own from "
+        "code/churnops/platform/mlflow_client.json, locally and on ECS alike.",
+    )
     dependency_wait_seconds: float = Field(
         10.0, description="How long a step waits for a database or MLflow that is down (s)."
     )
@@ -246,7 +263,6 @@ class Settings(BaseSettings):
     )
     alert_send_attempts: int = Field(3, description="Tries per alert channel before giving up.")
     alert_retry_wait: float = Field(2.0, description="First wait between tries (s), doubling.")
-    alert_send_timeout: float = Field(10.0, description="Network timeout of one send (s).")
 
     # --- Prefect and the local platform -------------------------------------------
     prefect_deployment: str = Field(

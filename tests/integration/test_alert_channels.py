@@ -24,7 +24,7 @@ FILE = "customer_churn_2_majority_drifted.csv"
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return get_settings(churnops_home=tmp_path, alert_retry_wait=0.01, alert_send_timeout=5)
+    return get_settings(churnops_home=tmp_path, alert_retry_wait=0.01, network_timeout_seconds=5)
 
 
 def configure(settings: Settings, **changes: object) -> Settings:

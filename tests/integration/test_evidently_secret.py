@@ -4,50 +4,26 @@ writes from ChurnOps only when the settings carry the same secret."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from evidently.errors import EvidentlyError
 
 from churnops.monitoring.drift import open_workspace, project_id
-from churnops.platform.services import free_port, stop_group
 from churnops.settings import get_settings
-from tests.processes import LOOPBACK, wait_for_port
+from tests.fixtures.evidently_ui import SECRET
 
 pytestmark = pytest.mark.integration
 
-SECRET = f"evidently-{uuid.uuid4().hex}"
-
 
 @pytest.fixture(scope="module")
-def evidently_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of ``evidently ui`` with EVIDENTLY_SECRET set in its environment."""
-    home = tmp_path_factory.mktemp("evidently")
-    port = free_port(LOOPBACK)
-    command = [
-        str(Path(sys.executable).parent / "evidently"),
-        "ui",
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-        "--workspace",
-        str(home / "workspace"),
-    ]
-    env = {**os.environ, "EVIDENTLY_SECRET": SECRET}
-    with (home / "ui.log").open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    try:
-        wait_for_port(port, process, timeout=120)
-        yield f"http://{LOOPBACK}:{port}"
-    finally:
-        stop_group(process, 20)
+def evidently_ui(evidently_process: subprocess.Popen) -> str:
+    """The URL of the UI."""
+    return evidently_process.url  # type: ignore[attr-defined]
 
 
 def test_the_secret_in_the_settings_lets_churnops_write(evidently_ui: str, tmp_path: Path) -> None:
@@ -71,3 +47,23 @@ def test_without_the_secret_writes_are_refused(
 
     with pytest.raises(EvidentlyError, match="Not enough permissions"):
         project_id(open_workspace(settings), f"churnops-{uuid.uuid4().hex[:8]}")
+
+
+def test_a_frozen_ui_fails_the_call_in_bounded_time_then_works_again(
+    evidently_ui: str, evidently_process: subprocess.Popen, tmp_path: Path
+) -> None:
+    """SIGSTOP'ed, the UI accepts connections and answers nothing: NETWORK_TIMEOUT_SECONDS
+    ends the wait (the run fails and is retried), and after SIGCONT it works."""
+    settings = get_settings(
+        churnops_home=tmp_path,
+        evidently_ui_url=evidently_ui,
+        evidently_secret=SECRET,
+        network_timeout_seconds=1,
+    )
+    os.kill(evidently_process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(requests.Timeout):
+            open_workspace(settings)
+    finally:
+        os.kill(evidently_process.pid, signal.SIGCONT)
+    assert project_id(open_workspace(settings), f"churnops-{uuid.uuid4().hex[:8]}")

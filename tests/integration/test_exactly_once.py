@@ -20,6 +20,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import SecretStr
 
 from churnops.drop import claims
 from churnops.drop.storage import (
@@ -44,6 +46,7 @@ from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file, reconcile
 from churnops.settings import Settings, get_settings
 from tests.exactly_once import Drops, originals
+from tests.fixtures.evidently_ui import SECRET as EVIDENTLY_SECRET
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.postgres import PostgresCluster
 
@@ -592,3 +595,221 @@ def test_a_600_character_key_on_s3_and_postgres_is_bad_input(
     store.close()
     recorded = runs.set_index("id").loc[outcome.run_id, "file_name"]
     assert recorded.startswith("k" * 500) and len(recorded) == 512  # cut to its column
+
+
+# --- one bad input never harms another (issue 23) -------------------------------------------------
+def _tuned(world: World, **values: Any) -> World:
+    world.settings = world.settings.model_copy(update=values)
+    return world
+
+
+def _processing_key(world: World) -> str:
+    (run,) = {k.split("/")[2] for k in world.storage.list_keys("data/processing/")}
+    lease = claims.latest_lease(world.storage, run)
+    assert lease is not None
+    return f"data/processing/{run}/{lease.name}"
+
+
+def test_a_frozen_metrics_database_fails_the_attempt_then_the_file_is_processed(
+    world: World, postgres_cluster: PostgresCluster, small_file: bytes
+) -> None:
+    """SIGSTOP, not a stop: connections stay open and nothing answers. The attempt fails
+    within NETWORK_TIMEOUT_SECONDS, the file waits in processing/, and after SIGCONT the
+    reconciler's retry processes it."""
+    _tuned(
+        world,
+        database_url=postgres_cluster.url,
+        network_timeout_seconds=2,
+        dependency_wait_seconds=1,
+    )
+    key = world.drops.drop("customers.csv", small_file)
+    freezing = postgres_cluster.frozen()
+    try:
+        outcome = world.process(key, _stop_during("record_metrics", freezing.__enter__))
+    finally:
+        freezing.__exit__(None, None, None)
+    assert outcome.status == "failed", outcome
+    assert "unreachable" in outcome.message
+    world.check(settled=False)
+    assert [o.status for o in world.reconcile()] == ["processed"]
+    world.check(settled=True)
+
+
+def test_a_frozen_evidently_ui_fails_the_attempt_then_the_file_is_processed(
+    world: World, evidently_process: subprocess.Popen, small_file: bytes
+) -> None:
+    _tuned(
+        world,
+        evidently_ui_url=evidently_process.url,  # type: ignore[attr-defined]
+        evidently_secret=SecretStr(EVIDENTLY_SECRET),  # model_copy does not validate
+        network_timeout_seconds=2,
+    )
+    key = world.drops.drop("customers.csv", small_file)
+    freeze = partial(os.kill, evidently_process.pid, signal.SIGSTOP)
+    try:
+        outcome = world.process(key, _stop_during("monitor", freeze))
+    finally:
+        os.kill(evidently_process.pid, signal.SIGCONT)
+    assert outcome.status == "failed", outcome
+    assert "timed out" in outcome.message.lower(), outcome.message
+    world.check(settled=False)
+    _tuned(world, network_timeout_seconds=60)  # a report upload on a loaded machine
+    outcomes = world.reconcile()
+    assert [o.status for o in outcomes] == ["processed"], outcomes
+    world.check(settled=True)
+
+
+def test_a_dependency_down_for_every_attempt_gives_up_after_max_attempts(
+    world: World, mlflow_instance: MlflowServer, session_model: str, small_file: bytes
+) -> None:
+    _tuned(world, mlflow_tracking_uri=mlflow_instance.url, max_attempts=2)
+    key = world.drops.drop("customers.csv", small_file)
+    mlflow_instance.stop()
+    try:
+        first = world.process(key)
+        outcomes = world.reconcile()
+    finally:
+        mlflow_instance.start()
+    assert first.status == "failed", first
+    assert [o.status for o in outcomes] == ["errored"], outcomes
+    assert outcomes[0].message.startswith("gave up after 2 attempts: "), outcomes[0].message
+    assert "MLflow" in outcomes[0].message
+    assert "gave up" in world.settings.alert_log.read_text()
+    world.check(settled=True, invalid=1)
+    assert world.reconcile() == []  # never retried again
+
+
+def test_a_file_that_kills_its_runner_is_quarantined_after_max_attempts(
+    world: World, small_file: bytes
+) -> None:
+    """Each attempt dies (SIGKILL, as the OOM killer does); after MAX_ATTEMPTS the next
+    claim gives up without running the file, and says why."""
+    _tuned(world, max_attempts=2)
+    key = world.drops.drop("huge.csv", small_file)
+    _run_killed(world, key, "score_file")
+    _run_killed(world, _processing_key(world), "score_file")
+    outcomes = world.reconcile()
+    assert [(o.status, o.attempt) for o in outcomes] == [("errored", 3)], outcomes
+    assert outcomes[0].message.startswith("gave up after 2 attempts: attempt 2 died")
+    world.check(settled=True, invalid=1)
+    assert world.reconcile() == []
+
+
+def test_a_processing_object_deleted_mid_run_closes_the_run_once(
+    world: World, small_file: bytes
+) -> None:
+    key = world.drops.drop("customers.csv", small_file)
+    world.drops.dropped.remove(small_file)  # the test deletes it: nowhere is right
+
+    def delete(settings: Settings, storage: DropStorage, processing_key: str, *rest: Any):
+        if isinstance(storage, S3DropStorage):
+            storage.client.delete_object(Bucket=storage.bucket, Key=processing_key)
+        else:
+            Path(storage.path(processing_key)).unlink()
+        return per_file.score_file(settings, storage, processing_key, *rest)
+
+    steps = per_file.Steps(score_file=delete)
+    outcome = world.process(key, steps)
+    assert outcome.status == "errored", outcome
+    assert "deleted during its run" in outcome.message
+    assert world.reconcile() == []  # closed once: not re-driven every tick
+    assert world.reconcile() == []
+    store = MetricsStore(world.settings.metrics_db_url)
+    try:
+        rows = store.runs()
+    finally:
+        store.close()
+    mine = rows[rows["id"].str.startswith(f"{outcome.run}.")]
+    assert list(mine["status"]) == ["errored"], mine[["id", "status"]]
+    world.check(settled=True)
+
+
+# the local folder only: names, symlinks and writers are file-system matters
+@pytest.fixture
+def local_world(tmp_path: Path, mlflow_server: str, session_model: str) -> World:
+    settings = _settings(tmp_path, mlflow_server, session_model)
+    return World(settings, lambda: _local(settings), Drops(_local(settings)))
+
+
+def test_a_name_that_is_not_utf8_does_not_stop_the_reconciler(
+    local_world: World, small_file: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = os.fsencode(local_world.settings.drop_dir / "data" / "input")
+    with open(os.path.join(folder, b"caf\xe9.csv"), "wb") as out:  # Latin-1, not UTF-8
+        out.write(small_file)
+    local_world.drops.drop("fine.csv", small_file)
+    outcomes = local_world.reconcile()
+    assert [(o.name, o.status) for o in outcomes] == [("fine.csv", "processed")]
+    skipped = [r.getMessage() for r in caplog.records if "reconcile: skipped" in r.getMessage()]
+    assert skipped and "caf\\udce9.csv" in skipped[0], skipped
+    assert os.path.exists(os.path.join(folder, b"caf\xe9.csv"))  # left alone, reported
+    assert local_world.reconcile() == []  # and again next time, without failing
+
+
+def test_a_symlink_is_refused_to_errored_without_being_read_or_followed(
+    local_world: World, small_file: bytes, tmp_path: Path
+) -> None:
+    secret = tmp_path / "outside" / "secret.csv"
+    secret.parent.mkdir()
+    secret.write_bytes(small_file)
+    link = local_world.settings.drop_dir / "data" / "input" / "link.csv"
+    link.symlink_to(secret)
+    outcome = local_world.process("data/input/link.csv")
+    assert outcome.status == "errored", outcome
+    assert "not a regular file" in outcome.message
+    errored = local_world.settings.drop_dir / "data" / "errored" / outcome.run / "link.csv"
+    assert errored.is_symlink() and secret.read_bytes() == small_file
+    made = [k for k in local_world.storage.list_keys("data/") if "_predictions_" in k]
+    assert made == []  # the target was never read into an output
+    assert local_world.reconcile() == []
+
+
+class ReplacingStorage(LocalDropStorage):
+    """A new file is dropped under the same name in the instant of a move-in."""
+
+    def __init__(self, root: Path, replacement: bytes) -> None:
+        super().__init__(root)
+        self.replacement: bytes | None = replacement
+
+    def _delete_source(self, source: Path, target: Path) -> None:
+        if self.replacement is not None and source.parent.name == "input":
+            newer = source.with_name(".newer.tmp")
+            newer.write_bytes(self.replacement)
+            os.replace(newer, source)
+            self.replacement = None
+        super()._delete_source(source, target)
+
+
+def test_a_same_name_replacement_during_the_move_in_is_a_second_file(
+    local_world: World, small_file: bytes, data_dir: Path
+) -> None:
+    second = (data_dir / "customer_churn_2_majority_drifted.csv").read_bytes()[:20000]
+    second = second.rsplit(b"\n", 1)[0] + b"\n"
+    storage = ReplacingStorage(local_world.settings.drop_dir, second)
+    local_world.drops = Drops(storage)
+    key = local_world.drops.drop("customers.csv", small_file)
+    local_world.drops.dropped.append(second)
+    assert local_world.process(key).status == "processed"
+    assert [o.status for o in local_world.reconcile()] == ["processed"]
+    local_world.check(settled=True)
+
+
+def test_a_file_written_after_its_claim_starts_over_as_a_new_run(
+    local_world: World, small_file: bytes
+) -> None:
+    """The writer was not done: the run's outputs are stale, the file goes back to input/
+    and its final content is processed as a new run."""
+    more = small_file.split(b"\n", 1)[1]
+    key = local_world.drops.drop("customers.csv", small_file)
+    local_world.drops.dropped = [small_file + more]
+
+    def still_writing(settings: Settings, storage: DropStorage, processing_key: str, *rest):
+        scored = per_file.score_file(settings, storage, processing_key, *rest)
+        with Path(storage.path(processing_key)).open("ab") as out:  # the writer's open file
+            out.write(more)
+        return scored
+
+    outcome = local_world.process(key, per_file.Steps(score_file=still_writing))
+    assert outcome.status == "skipped" and "changed during its run" in outcome.message
+    assert [o.status for o in local_world.reconcile()] == ["processed"]
+    local_world.check(settled=True)

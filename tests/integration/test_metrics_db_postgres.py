@@ -16,6 +16,7 @@ from churnops.monitoring.db_roles import grant_read_only
 from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable, MetricsStore
 from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
+from tests.fixtures.postgres import PostgresCluster
 from tests.processes import LOOPBACK
 
 pytestmark = pytest.mark.integration
@@ -176,6 +177,43 @@ def test_a_database_that_is_down_fails_in_seconds_with_a_clear_message() -> None
     url = f"postgresql+psycopg2://nobody:x@127.0.0.1:{free_port(LOOPBACK)}/none"
     with pytest.raises(MetricsDatabaseUnavailable, match="unreachable for 1s"):
         MetricsStore(url, wait_seconds=1)
+
+
+def test_a_frozen_database_fails_the_call_in_bounded_time_then_works_again(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    """SIGSTOP'ed, the server answers nothing: the client's bound (NETWORK_TIMEOUT_SECONDS)
+    ends the wait, the store says the database is unreachable, and it recovers on SIGCONT."""
+    store = MetricsStore(postgres_cluster.url, wait_seconds=1, timeout=2)
+    try:
+        _start(store, "warm")  # a pooled connection, open when the server freezes
+        outcome: list[BaseException | None] = []
+        with postgres_cluster.frozen():
+            worker = threading.Thread(target=lambda: outcome.append(_error(store)))
+            worker.start()
+            worker.join(timeout=120)  # a generous backstop: unbounded would hang forever
+            assert not worker.is_alive(), "a frozen database blocked the call"
+        assert isinstance(outcome[0], MetricsDatabaseUnavailable), outcome
+        _start(store, "after")
+    finally:
+        store.close()
+
+
+def _start(store: MetricsStore, name: str) -> None:
+    store.start_run(
+        run_id=f"frozen-{name}-{uuid.uuid4().hex[:6]}.1",
+        file_name=f"{name}.csv",
+        bucket="b",
+        object_key=f"data/input/{name}.csv",
+    )
+
+
+def _error(store: MetricsStore) -> BaseException | None:
+    try:
+        _start(store, "frozen")
+    except Exception as exc:
+        return exc
+    return None
 
 
 def test_concurrent_lock_takers_have_one_winner_also_after_expiry(store: MetricsStore) -> None:

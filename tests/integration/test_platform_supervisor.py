@@ -8,19 +8,23 @@ although connections to them just closed (TIME_WAIT).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from rich.console import Console
 
-from churnops.platform import services
+from churnops.platform import launch, services
+from churnops.settings import get_settings
 from tests.processes import FOREIGN, LOOPBACK, leftovers
 
 pytestmark = pytest.mark.integration
@@ -173,3 +177,78 @@ def test_a_killed_platform_leaves_nothing_running_and_restarts_on_its_ports(
         time.sleep(0.5)
     assert leftovers(home) == []
     assert f"(pid {second.process.pid}) died" not in _reaper_log(home)
+
+
+# --- the supervisor of `churnops up`: servers and runners restarted, a budget for crash loops -----
+class Supervised:
+    """``launch._supervise`` in a thread over a platform of real children."""
+
+    def __init__(self, platform: launch.Platform) -> None:
+        self.platform = platform
+        self.stop = threading.Event()
+        self.code: list[int] = []
+        self.thread = threading.Thread(
+            target=lambda: self.code.append(launch._supervise(platform, self.stop)), daemon=True
+        )
+
+    def __enter__(self) -> Supervised:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+        svc_stop = [c for c in self.platform.children() if c.process is not None]
+        services.stop_all(svc_stop, grace=10)
+
+
+def _until(condition: Callable[[], bool], seconds: float = 180.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_killed_mlflow_server_is_restarted_by_up(tmp_path: Path) -> None:
+    settings = get_settings(churnops_home=tmp_path, platform_host=LOOPBACK, mlflow_port=0)
+    ports = services.Ports(prefect=0, mlflow=services.free_port(LOOPBACK), evidently=0)
+    mlflow = next(s for s in services.server_services(settings, ports) if s.name == "mlflow")
+    platform = launch.Platform(settings, Console(file=io.StringIO()), servers=[mlflow])
+    mlflow.start()
+    assert _until(mlflow.healthy), mlflow.tail()
+    first = mlflow.pid
+    with Supervised(platform) as supervised:
+        os.kill(first, signal.SIGKILL)
+        assert _until(lambda: mlflow.pid != first and mlflow.healthy()), mlflow.tail()
+        assert not supervised.code  # the platform still runs
+    assert "mlflow died: restarting it" in platform.console.file.getvalue()
+
+
+def _child(tmp_path: Path, name: str, command: list[str]) -> services.Service:
+    return services.Service(name, command, tmp_path / f"{name}.log", dict(os.environ), url="")
+
+
+def test_a_runner_killed_again_and_again_is_restarted_but_a_crash_loop_stops_the_platform(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL (the OOM killer: a file that kills its runner, bounded by MAX_ATTEMPTS) uses
+    no restart budget; a child that keeps exiting on its own stops the platform."""
+    settings = get_settings(churnops_home=tmp_path, platform_host=LOOPBACK)
+    killed = _child(tmp_path, "runner-0", ["sleep", "600"])
+    platform = launch.Platform(settings, Console(file=io.StringIO()), runners=[killed])
+    killed.start()
+    with Supervised(platform) as supervised:
+        for _ in range(launch.MAX_RESTARTS + 2):
+            pid = killed.pid
+            os.kill(pid, signal.SIGKILL)
+            assert _until(lambda pid=pid: killed.pid != pid and killed.alive(), 30)
+        assert not supervised.code
+    crashing = _child(tmp_path, "runner-1", [sys.executable, "-c", "raise SystemExit(1)"])
+    platform = launch.Platform(settings, Console(file=io.StringIO()), runners=[crashing])
+    crashing.start()
+    with Supervised(platform) as supervised:
+        supervised.thread.join(timeout=60)
+        assert supervised.code == [1]
+    assert "runner-1 stopped unexpectedly" in platform.console.file.getvalue()

@@ -27,7 +27,7 @@ import pytest
 
 from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.settings import NO_USAGE_TELEMETRY, get_settings
-from tests.platform_processes import FOREIGN
+from tests.processes import FOREIGN
 
 pytestmark = pytest.mark.integration
 

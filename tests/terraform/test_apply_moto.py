@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from churnops.platform.launch import mlflow_client_env
 from churnops.settings import NO_USAGE_TELEMETRY
 
 from .conftest import Deployment, begin_destroy, destroyed, early_apply
@@ -227,6 +228,8 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     assert env["ALERTS_TOPIC_ARN"] == deployment.outputs["alerts_topic_arn"]
     assert env["PREFECT_API_URL"].endswith(":4200/api")
     assert {"MLFLOW_TRACKING_URI", "EVIDENTLY_UI_URL"} <= set(env)
+    # MLflow's client bounds, the very ones the local runners get.
+    assert mlflow_client_env().items() <= env.items()
     # Service credentials come as ECS secrets, never as plain environment variables.
     credentials = {"PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD", "EVIDENTLY_SECRET"}
     assert credentials <= set(secrets) and not credentials & set(env)

@@ -51,17 +51,24 @@ def test_keys_are_encoded_per_segment_as_s3_events_do(key: str, encoded: str) ->
 
 def test_the_lambda_handler_reads_back_the_real_key_of_a_built_event() -> None:
     key = "data/input/a+b año 1.csv"
-    record = s3_event("drop", key, 10, file_sequencer(123, 10))["Records"][0]
+    sequencer = file_sequencer(os.stat(__file__))
+    record = s3_event("drop", key, 10, sequencer)["Records"][0]
     assert record["eventSource"] == "aws:s3"
     assert record["eventName"] == "ObjectCreated:Put"
-    assert trigger._parse_record(record) == ("drop", key, file_sequencer(123, 10))
+    assert trigger._parse_record(record) == ("drop", key, sequencer)
     assert trigger._skip_reason(record, key, ("data/input/",)) is None
 
 
-def test_sequencer_differs_per_drop_and_is_stable_for_one() -> None:
-    assert file_sequencer(10, 5) == file_sequencer(10, 5)
-    assert file_sequencer(10, 5) != file_sequencer(11, 5)
-    assert file_sequencer(10, 5) != file_sequencer(10, 6)
+def test_sequencer_differs_per_drop_and_is_stable_for_one(tmp_path: Path) -> None:
+    """A same-name replacement, with the same size and a copied mtime, is another drop."""
+    path, other = tmp_path / "a.csv", tmp_path / "b.csv"
+    path.write_bytes(b"a,b\n1,2\n")
+    first = os.lstat(path)
+    assert file_sequencer(first) == file_sequencer(os.lstat(path))
+    other.write_bytes(b"a,b\n3,4\n")
+    os.utime(other, ns=(first.st_atime_ns, first.st_mtime_ns))
+    os.replace(other, path)
+    assert file_sequencer(os.lstat(path)) != file_sequencer(first)
 
 
 @pytest.mark.parametrize(
@@ -92,10 +99,10 @@ def test_wait_stable_returns_only_once_the_writer_stopped(tmp_path: Path) -> Non
 
     writer = threading.Thread(target=grow)
     writer.start()
-    mtime_ns, size = wait_stable(path, interval=0.2)  # type: ignore[misc]
+    stable = wait_stable(path, interval=0.2)
     writer.join()
-    assert size == path.stat().st_size == 801
-    assert mtime_ns == path.stat().st_mtime_ns
+    assert stable is not None and stable.st_size == path.stat().st_size == 801
+    assert stable.st_mtime_ns == path.stat().st_mtime_ns
 
 
 def test_wait_stable_gives_none_for_a_file_that_went_away(tmp_path: Path) -> None:
@@ -488,3 +495,24 @@ def test_a_start_up_error_is_one_line_and_leaves_no_files(tmp_path: Path) -> Non
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"error: port {port} on 127.0.0.1 (PREFECT_PORT) is in use")
     assert not (tmp_path / services.PID_FILE).exists()
+
+
+def test_a_slow_writer_is_reported_once_it_closed_the_file(tmp_path: Path) -> None:
+    """Pauses longer than the quiet period do not report a half-written file: the
+    close-write does, with the whole size."""
+    storage = LocalDropStorage(tmp_path)
+    storage.create_layout()
+    dispatcher, events, seen = collecting_dispatcher()
+    watcher = FolderWatcher(tmp_path, dispatcher, settle=0.05)
+    watcher.start()
+    try:
+        with (tmp_path / "data/input/slow.csv").open("wb") as out:
+            for _ in range(6):
+                out.write(b"x" * 100)
+                out.flush()
+                time.sleep(0.25)
+        assert seen.wait(30)
+        time.sleep(0.5)  # anything reported late would be in by now
+    finally:
+        watcher.stop()
+    assert [e["Records"][0]["s3"]["object"]["size"] for e in events] == [600]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from churnops.drop import claims
 from churnops.drop.keys import decode_event_key
 from churnops.drop.storage import (
     FileLog,
@@ -213,3 +216,31 @@ def test_file_log_message(storage: LocalDropStorage) -> None:
     FileLog(storage, "R1", "a.csv").write("claim", "ok", "moved to data/processing/")
     (line,) = storage.read("data/logs/R1/a.csv.log").decode().splitlines()
     assert line.endswith(" | claim | ok |  | moved to data/processing/")
+
+
+def test_a_run_blocked_past_its_time_stops_renewing_its_lease(tmp_path: Path) -> None:
+    """The backstop behind every network timeout (ATTEMPT_TIMEOUT_SECONDS): a run stuck
+    in a call loses its lease although its process lives, so the reconciler re-drives it."""
+    storage = LocalDropStorage(tmp_path)
+    storage.create_layout()
+    storage.create(stage_key("input", "a.csv"), b"x")
+    held = claims.claim(storage, "data/input/a.csv", lease_seconds=0.5)
+    with claims.heartbeat(storage, held.lease, every=0.05, limit=0.2):
+        time.sleep(1.0)  # "blocked"
+        lease = claims.latest_lease(storage, held.run)
+        assert lease is not None and lease.state == "running"
+        assert lease.holder_gone(datetime.now(UTC), lease_seconds=0.5)
+
+
+def test_a_symlink_is_moved_as_itself_and_never_read(tmp_path: Path) -> None:
+    storage = LocalDropStorage(tmp_path / "drop")
+    storage.create_layout()
+    target = tmp_path / "secret"
+    target.write_bytes(b"secret")
+    (tmp_path / "drop/data/input/link.csv").symlink_to(target)
+    info = storage.stat("data/input/link.csv")
+    assert info is not None and not info.regular
+    storage.move("data/input/link.csv", "data/errored/R/link.csv")
+    assert (tmp_path / "drop/data/errored/R/link.csv").is_symlink()
+    with pytest.raises(OSError):
+        storage.read("data/errored/R/link.csv")

@@ -92,6 +92,13 @@ class DataValidationError(ValueError):
         super().__init__(f"{source} is invalid ({len(problems)} problem(s)):\n{lines}")
 
 
+def is_bad_input(exc: BaseException) -> bool:
+    """The one rule every path (scoring, labels, retraining, the reconciler) classifies a
+    failure by: the input's fault (errored with the reason, never retried), or not (a
+    dependency failed: retried, up to ``MAX_ATTEMPTS``)."""
+    return isinstance(exc, DataValidationError)
+
+
 def clean_name(raw: str) -> str:
     """``'Call  Failure'`` -> ``'call_failure'``; any case, spacing or dashes."""
     return re.sub(r"[^0-9a-z]+", "_", raw.strip().lower()).strip("_")

@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -265,13 +266,31 @@ def release(
     return ended
 
 
+def last_reason(storage: DropStorage, run: str, attempt: int) -> str:
+    """Why the attempt before ``attempt`` ended: its failure, or that it died (killed, OOM)."""
+    try:
+        previous = Lease.from_json(storage.read(claim_key(run, attempt - 1)))
+    except FileNotFoundError:
+        return "the earlier attempts left no claim"
+    if previous.state == "running":
+        return (
+            f"attempt {previous.attempt} died (no heartbeat since {previous.heartbeat}): "
+            "its process was killed, perhaps out of memory"
+        )
+    return previous.reason
+
+
 @contextmanager
-def heartbeat(storage: DropStorage, lease: Lease, every: float) -> Iterator[None]:
-    """Keep the lease alive from a thread while the body runs."""
+def heartbeat(
+    storage: DropStorage, lease: Lease, every: float, limit: float = float("inf")
+) -> Iterator[None]:
+    """Keep the lease alive from a thread while the body runs, for at most ``limit``
+    seconds: a body blocked beyond every timeout then loses its lease and is re-driven."""
     stop = threading.Event()
+    deadline = time.monotonic() + limit
 
     def beat() -> None:
-        while not stop.wait(every):
+        while not stop.wait(every) and time.monotonic() < deadline:
             try:
                 storage.replace(lease.key, replace(lease, heartbeat=_now().isoformat()).to_json())
             except Exception:  # storage hiccup: the next beat tries again

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import time
 import urllib.parse
 import urllib.request
@@ -137,6 +138,9 @@ class ObjectInfo:
     size: int
     version: str
     modified: datetime
+    #: False for what a local folder can hold besides files (a symlink, a FIFO, a device):
+    #: such an object is moved like any other, and refused without being read.
+    regular: bool = True
 
 
 class DropStorage(ABC):
@@ -198,6 +202,10 @@ class DropStorage(ABC):
     def exists(self, key: str) -> bool:
         return self.stat(key) is not None
 
+    def changed(self, key: str, version: str) -> bool:
+        """Whether ``key`` is no longer ``version``: objects never change in place on S3."""
+        return False
+
 
 class LocalDropStorage(DropStorage):
     """A folder with the bucket's layout: key ``a/b.csv`` is file ``root/a/b.csv``."""
@@ -223,17 +231,25 @@ class LocalDropStorage(DropStorage):
         return self.root.joinpath(*parts)
 
     def read(self, key: str) -> bytes:
-        return self.path(key).read_bytes()
+        with self.open_read(key) as stream:
+            return stream.read()
 
     def stat(self, key: str) -> ObjectInfo | None:
+        """The entry itself (lstat): a symlink is never followed, a folder is no object."""
         try:
-            st = self.path(key).stat()
+            st = self.path(key).lstat()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        if not self.path(key).is_file():
+        if stat.S_ISDIR(st.st_mode):
             return None
         version = f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
-        return ObjectInfo(st.st_size, version, datetime.fromtimestamp(st.st_mtime, UTC))
+        modified = datetime.fromtimestamp(st.st_mtime, UTC)
+        return ObjectInfo(st.st_size, version, modified, stat.S_ISREG(st.st_mode))
+
+    def changed(self, key: str, version: str) -> bool:
+        """A writer still writing after the file was claimed changes it in place."""
+        info = self.stat(key)
+        return info is not None and bool(version) and info.version != version
 
     def create(self, key: str, data: bytes) -> None:
         with self.create_streamed(key) as out:
@@ -241,7 +257,12 @@ class LocalDropStorage(DropStorage):
 
     @contextmanager
     def open_read(self, key: str) -> Iterator[IO[bytes]]:
-        with self.path(key).open("rb", buffering=1 << 16) as stream:
+        """A regular file only: a symlink (O_NOFOLLOW) or a FIFO is refused, never read."""
+        fd = os.open(self.path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"{key} is not a regular file: not read")
+        with os.fdopen(fd, "rb", buffering=1 << 16) as stream:
             yield stream
 
     @contextmanager
@@ -278,7 +299,8 @@ class LocalDropStorage(DropStorage):
         folder = self.path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
         if not folder.is_dir():
             return []
-        keys = (p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
+        entries = (p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
+        keys = (p.relative_to(self.root).as_posix() for p in entries)
         return sorted(k for k in keys if k.startswith(prefix) and not _is_temp(k))
 
     def move(self, src: str, dst: str, *, version: str | None = None) -> None:
@@ -288,21 +310,37 @@ class LocalDropStorage(DropStorage):
             raise FileNotFoundError(f"{src} is gone (or is another version now)")
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(source, target)  # fails when dst exists: never replaced
+            os.link(source, target, follow_symlinks=False)  # fails when dst exists
         except FileExistsError:
-            if not os.path.samefile(source, target):
+            if not _same_entry(source, target):
                 raise ObjectExists(f"{dst} exists already: not replacing it") from None
-        self._delete_source(source)
+        self._delete_source(source, target)
 
-    def _delete_source(self, source: Path) -> None:
-        """The second half of a move (its first made the new name)."""
-        source.unlink()
+    def _delete_source(self, source: Path, target: Path) -> None:
+        """The second half of a move (its first made the new name): only if ``source`` is
+        still the moved object. A file dropped under the same name meanwhile stays."""
+        aside = source.with_name(f".{source.name}.{uuid.uuid4().hex[:12]}.tmp")
+        os.rename(source, aside)  # atomic: from here no new drop can take that name's entry
+        if _same_entry(aside, target):
+            aside.unlink()
+            return
+        try:  # a newer drop: put it back
+            os.link(aside, source, follow_symlinks=False)
+        except FileExistsError:  # and a newer still: keep this one under a name of its own
+            os.link(aside, source.with_name(f"{uuid.uuid4().hex[:8]}-{source.name}"))
+        aside.unlink()
 
     def append_line(self, key: str, line: str) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         with target.open("a", encoding="utf-8") as out:
             out.write(line.rstrip("\n") + "\n")
+
+
+def _same_entry(a: Path, b: Path) -> bool:
+    """Two names of one inode (lstat: a symlink is the link, not its target)."""
+    sa, sb = a.lstat(), b.lstat()
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _new_file(path: Path) -> IO[bytes]:

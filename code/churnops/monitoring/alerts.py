@@ -179,6 +179,13 @@ def build_labels_alert(
     )
 
 
+def build_gave_up_alert(file_name: str, reason: str, where: str) -> Alert:
+    """The alert when a file's attempts are used up (a dependency down too long, or a file
+    that kills its runner): it went to ``where`` instead of being retried again."""
+    body = f"ChurnOps gave up on {file_name}: {reason}\nThe file is in {where}.\n"
+    return Alert(file_name, "", "", _subject("gave up", file_name, "no model"), body)
+
+
 def _ascii(text: str) -> str:
     """SNS subjects must be printable ASCII: 'é' -> 'e', other characters -> '?'."""
     folded = unicodedata.normalize("NFKD", text)
@@ -308,7 +315,7 @@ def _publish_sns(alert: Alert, settings: Settings) -> None:
     parts = arn.split(":")
     if len(parts) < 6 or parts[0] != "arn" or parts[2] != "sns":
         raise ValueError(f"ALERTS_TOPIC_ARN {arn!r} is not an SNS topic ARN")
-    timeout = settings.alert_send_timeout
+    timeout = settings.network_timeout_seconds
     client = boto3.client(
         "sns",
         region_name=parts[3],  # a topic is published to in its own region
@@ -325,7 +332,7 @@ def _send_email(alert: Alert, settings: Settings) -> None:
     message["To"] = ", ".join(_recipients(settings.alert_email_to or ""))
     message.set_content(alert.body)
     host = settings.smtp_host or ""
-    with smtplib.SMTP(host, settings.smtp_port, timeout=settings.alert_send_timeout) as smtp:
+    with smtplib.SMTP(host, settings.smtp_port, timeout=settings.network_timeout_seconds) as smtp:
         if settings.smtp_starttls:
             smtp.starttls(context=ssl.create_default_context())
         if settings.smtp_user:

@@ -38,8 +38,11 @@ from typing import Any
 from uuid import UUID
 
 import pandas as pd
+import requests
 from evidently import BinaryClassification, DataDefinition, Dataset, Report
+from evidently._pydantic_compat import parse_obj_as
 from evidently.core.report import Snapshot
+from evidently.errors import EvidentlyError
 from evidently.metrics import (
     Accuracy,
     F1Score,
@@ -216,11 +219,51 @@ def extract_result(
     )
 
 
+class _BoundedRemoteWorkspace(RemoteWorkspace):
+    """Evidently's client, with a timeout on every request: its own sends without one, so a
+    frozen UI would block a run for as long as it is frozen. The rest is Evidently's
+    ``RemoteBase._request``, which takes no timeout to pass on."""
+
+    def __init__(self, base_url: str, secret: str | None, timeout: float) -> None:
+        self.timeout = timeout  # the constructor already asks the server for its version
+        super().__init__(base_url, secret)
+
+    def _request(  # type: ignore[override]
+        self,
+        path: str,
+        method: str,
+        query_params: dict | None = None,
+        body: dict | None = None,
+        response_model: Any = None,
+        cookies: Any = None,
+        headers: dict[str, str] | None = None,
+        form_data: bool = False,
+    ) -> Any:
+        request = self._prepare_request(
+            path, method, query_params, body, cookies, headers, form_data=form_data
+        )
+        with requests.Session() as session:
+            response = session.send(request.prepare(), timeout=self.timeout)
+        if response.status_code >= 400:
+            try:
+                detail = response.json()["detail"]
+            except (ValueError, KeyError, TypeError):
+                detail = None
+            if detail is not None:
+                raise EvidentlyError(detail)
+        response.raise_for_status()
+        return response if response_model is None else parse_obj_as(response_model, response.json())
+
+
 def open_workspace(settings: Settings) -> WorkspaceBase:
     """The remote Evidently UI when configured, else the local workspace folder."""
     if settings.evidently_ui_url:
         secret = settings.evidently_secret
-        return RemoteWorkspace(settings.evidently_ui_url, secret and secret.get_secret_value())
+        return _BoundedRemoteWorkspace(
+            settings.evidently_ui_url,
+            secret and secret.get_secret_value(),
+            settings.network_timeout_seconds,
+        )
     settings.evidently_workspace_dir.mkdir(parents=True, exist_ok=True)
     return Workspace(str(settings.evidently_workspace_dir))
 

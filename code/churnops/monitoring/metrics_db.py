@@ -21,7 +21,10 @@ Who may read and write them: :mod:`churnops.monitoring.db_roles`.
 
 from __future__ import annotations
 
+import math
+import select as _select
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -259,24 +262,57 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str | URL) -> Engine:
-    """An engine for ``url``; SQLite gets its folder, a lock timeout and foreign keys.
+def make_engine(url: str | URL, timeout: float = 30.0) -> Engine:
+    """An engine for ``url`` whose every wait is bounded by ``timeout`` seconds.
 
-    A bare ``postgresql://`` URL means psycopg2, the driver ChurnOps installs
-    (SQLAlchemy 2.1 would pick psycopg 3 for it).
+    Postgres: the connection (``connect_timeout``), each statement on the server
+    (``statement_timeout``) and, on the client, each wait for an answer
+    (:func:`_wait_bounded`: a frozen server answers nothing, not even a timeout).
+    SQLite gets its folder, that lock timeout and foreign keys. A bare
+    ``postgresql://`` URL means psycopg2, the driver ChurnOps installs (SQLAlchemy 2.1
+    would pick psycopg 3 for it).
     """
     url = make_url(url)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg2")
     if url.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        import psycopg2.extensions
+
+        psycopg2.extensions.set_wait_callback(_wait_bounded)
+        seconds = max(1, math.ceil(timeout))
+        bounds = {"connect_timeout": seconds, "options": f"-c statement_timeout={seconds}s"}
+        return create_engine(url, pool_pre_ping=True, connect_args=bounds)
     if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+    engine = create_engine(url, connect_args={"timeout": timeout})
     event.listen(engine, "connect", _sqlite_foreign_keys)
     return engine
+
+
+def _wait_bounded(conn: Any) -> None:
+    """psycopg2's wait for an answer, bounded by the connection's ``connect_timeout``.
+
+    A wait callback is the one client-side bound psycopg2 offers; it is process-wide,
+    so it reads its bound from each connection. The message is one SQLAlchemy takes
+    for a lost connection: the pool drops it, and the store's retry sees "unreachable".
+    """
+    import psycopg2
+    from psycopg2.extensions import POLL_OK, POLL_READ, POLL_WRITE, parse_dsn
+
+    limit = float(parse_dsn(conn.dsn).get("connect_timeout") or 0) or None
+    deadline = None if limit is None else time.monotonic() + limit
+    while (state := conn.poll()) != POLL_OK:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise psycopg2.OperationalError(
+                f"could not receive data from server: no answer within {limit:.0f}s"
+            )
+        if state not in (POLL_READ, POLL_WRITE):
+            raise psycopg2.OperationalError(f"unexpected poll state {state}")
+        reading = [conn.fileno()] if state == POLL_READ else []
+        _select.select(reading, [] if reading else [conn.fileno()], [], left)
 
 
 def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
@@ -299,14 +335,18 @@ def fitted(table: Table, row: dict[str, Any]) -> dict[str, Any]:
 class MetricsStore:
     """Writes and reads pipeline runs and their metrics."""
 
-    def __init__(self, url: str | URL, wait_seconds: float = 10.0) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, url: str | URL, wait_seconds: float = 10.0, timeout: float = 30.0) -> None:
+        self.engine = make_engine(url, timeout)
         self.wait_seconds = wait_seconds
         self._retry(upgrade, self.engine)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MetricsStore:
-        return cls(settings.metrics_db_url, settings.dependency_wait_seconds)
+        return cls(
+            settings.metrics_db_url,
+            settings.dependency_wait_seconds,
+            settings.network_timeout_seconds,
+        )
 
     def _retry(self, function: Callable[..., Any], *args: Any) -> Any:
         """Call ``function``; retry while the database is unreachable, then say so."""

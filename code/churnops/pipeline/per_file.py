@@ -11,10 +11,13 @@ A late labels file (``labels/<name>``) takes the same journey, with other steps 
 the middle: it is joined to the run that scored its rows, and that run's realized
 scores are stored and judged (:mod:`churnops.pipeline.labels`).
 
-An invalid file ends in ``errored/``. Any other failure (database, MLflow,
-storage or network down, a bug) is not the file's fault: the file stays in
-``processing/<run>/``, the attempt is marked failed with a time to retry,
-and the reconciler re-drives it. ``logs/<run>/<name>.log`` tells the story.
+An invalid file ends in ``errored/`` (:func:`churnops.data.schema.is_bad_input` decides).
+Any other failure (database, MLflow, storage or network down, a bug) is not the
+file's fault: the file stays in ``processing/<run>/``, the attempt is marked failed
+with a time to retry, and the reconciler re-drives it. After ``max_attempts``
+attempts that failed or died (a file that kills its runner), the file goes to
+``errored/`` as "gave up after N attempts: <last reason>", with an alert.
+``logs/<run>/<name>.log`` tells the story.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
-from churnops.data.schema import DataValidationError
+from churnops.data.schema import DataValidationError, is_bad_input
 from churnops.drop import claims
 from churnops.drop.keys import is_labels
 from churnops.drop.storage import DropStorage, FileLog, folder_key, run_key
@@ -34,6 +37,7 @@ from churnops.monitoring.alerts import (
     AlertDeliveryError,
     assess,
     build_alert,
+    build_gave_up_alert,
     build_labels_alert,
     low_scores,
     send_alert,
@@ -50,6 +54,10 @@ from churnops.settings import Settings
 log = logging.getLogger(__name__)
 
 Status = Literal["processed", "errored", "failed", "skipped"]
+
+
+class NotARegularFile(DataValidationError):
+    """A symlink, FIFO or device in a local drop folder: never read, never followed."""
 
 
 @dataclass
@@ -246,7 +254,8 @@ def process(
     lease = held.lease
     by = f" (flow run {flow_run_id})" if flow_run_id else ""
     _note(attempt, "claim", "ok", f"attempt {lease.attempt}: {key} -> {held.processing_key}{by}")
-    with claims.heartbeat(storage, lease, every=settings.lease_seconds / 3):
+    beat = settings.lease_seconds / 3
+    with claims.heartbeat(storage, lease, every=beat, limit=settings.attempt_timeout_seconds):
         outcome = _run_attempt(attempt)
     _release(attempt, outcome)
     return outcome
@@ -268,36 +277,62 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
         if held.lease.attempt > 1:  # a dead predecessor never closed its row
             previous = claims.db_id(held.run, held.lease.attempt - 1)
             attempt.store.close_if_running(previous, "the attempt died; the next one took over")
-        if not attempt.storage.exists(held.processing_key):
+        info = attempt.storage.stat(held.processing_key)
+        if info is None:
             return _complete_finish(attempt)
+        if held.lease.attempt > attempt.settings.max_attempts:  # the others failed or died
+            last = claims.last_reason(attempt.storage, held.run, held.lease.attempt)
+            return _give_up(attempt, last)
+        if not info.regular:
+            raise NotARegularFile([f"{held.name!r} is not a regular file: refused, not read"])
         if is_labels(held.lease.source_key):
             return _join_labels(attempt)
         return _score_and_monitor(attempt)
-    except DataValidationError as exc:
-        return _errored(attempt, exc)
     except Exception as exc:
+        if is_bad_input(exc):
+            return _errored(attempt, str(exc))
+        if _original_gone(attempt):  # deleted mid-run: close the run now, never retry it
+            return _complete_finish(attempt)
         return _failed(attempt, exc)
     finally:
         if attempt.store is not None:
             attempt.store.close()
 
 
-def _errored(attempt: _Attempt, exc: DataValidationError) -> FileOutcome:
-    """The file is invalid: to errored/ with every reason in its log."""
+def _errored(attempt: _Attempt, reason: str) -> FileOutcome:
+    """The file is invalid (or given up on): to errored/ with every reason in its log."""
     held = attempt.claim
     try:
+        if _changed(attempt):
+            return _start_over(attempt)
         attempt.steps.finish(attempt.storage, held.run, held.name, "errored")
     except Exception as move_error:  # storage down: the file stays, the run is retried
-        return _failed(attempt, move_error)
-    _note(attempt, "finish", "errored", str(exc))
-    _close_run(attempt, "errored", error=str(exc))
-    return _outcome(attempt, "errored", str(exc))
+        return _failed(attempt, move_error, cap=False)
+    _note(attempt, "finish", "errored", reason)
+    _close_run(attempt, "errored", error=reason)
+    return _outcome(attempt, "errored", reason)
 
 
-def _failed(attempt: _Attempt, exc: Exception) -> FileOutcome:
-    """Not the file's fault: it stays in processing/ and the run is retried later."""
+def _give_up(attempt: _Attempt, last_reason: str) -> FileOutcome:
+    """The attempts are used up: to errored/, never retried again, and an alert says so."""
+    held = attempt.claim
+    tried = min(held.lease.attempt, attempt.settings.max_attempts)
+    reason = f"gave up after {tried} attempts: {last_reason}"
+    outcome = _errored(attempt, reason)
+    if outcome.status == "errored":
+        where = run_key("errored", held.run, held.name)
+        alert = build_gave_up_alert(held.name, reason, where)
+        outcome.alert_channels, outcome.message = _deliver(attempt.settings, alert, reason, "")
+    return outcome
+
+
+def _failed(attempt: _Attempt, exc: Exception, *, cap: bool = True) -> FileOutcome:
+    """Not the file's fault: it stays in processing/ and the run is retried later, up to
+    ``max_attempts`` attempts in all."""
     held = attempt.claim
     reason = f"{type(exc).__name__}: {exc}"
+    if cap and held.lease.attempt >= attempt.settings.max_attempts:
+        return _give_up(attempt, reason)
     log.warning("%s: attempt %s failed: %s", held.name, held.lease.attempt, reason)
     _note(attempt, "finish", "failed", f"{reason}; the file stays in processing/ for a retry")
     _close_run(attempt, FAILED, error=reason)
@@ -333,6 +368,8 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
             settings, result, held.name, model, drop=storage.uri, run=held.run
         )
         record.message = alert_message
+    if _changed(attempt):
+        return _start_over(attempt)
     with file_log.step("finish") as record:
         record.message = steps.finish(storage, held.run, held.name, "processed")
     _close_run(
@@ -367,6 +404,8 @@ def _join_labels(attempt: _Attempt) -> FileOutcome:
             settings, joined, held.name, drop=storage.uri, run=held.run
         )
         record.message = alert_message
+    if _changed(attempt):
+        return _start_over(attempt)
     with file_log.step("finish") as record:
         record.message = steps.finish(storage, held.run, held.name, "processed")
     scoring = joined.scoring
@@ -394,10 +433,45 @@ def _complete_finish(attempt: _Attempt) -> FileOutcome:
             status: Status = "processed" if stage == "processed" else "errored"
             _close_run(attempt, status, error=None if stage == "processed" else message)
             return _outcome(attempt, status, message)
-    message = f"{held.processing_key} is gone and is in no final folder: nothing to do"
+    _move_outputs(storage, held.run, "errored")  # the run folder closes, once
+    message = (
+        f"{held.processing_key} was deleted during its run and is in no final folder: "
+        f"run closed, its outputs (if any) in {folder_key('errored', held.run)}"
+    )
+    _note(attempt, "finish", "errored", message)
+    _close_run(attempt, "errored", error=message)
+    return _outcome(attempt, "errored", message)
+
+
+def _changed(attempt: _Attempt) -> bool:
+    """The file is no longer the version this run claimed: its writer was not done."""
+    held = attempt.claim
+    return attempt.storage.changed(held.processing_key, held.lease.source_version)
+
+
+def _start_over(attempt: _Attempt) -> FileOutcome:
+    """The file changed during its run: what the run made of it is stale. The file goes
+    back to its drop folder, where it is a new drop (a new version: a new run), and this
+    run closes with its outputs in errored/."""
+    held, storage = attempt.claim, attempt.storage
+    storage.move(held.processing_key, held.lease.source_key)
+    _move_outputs(storage, held.run, "errored")
+    message = (
+        "the file changed during its run (its writer was still writing): back in "
+        f"{held.lease.source_key} to start over as a new run; stale outputs in "
+        f"{folder_key('errored', held.run)}"
+    )
     _note(attempt, "finish", "skipped", message)
     _close_run(attempt, FAILED, error=message)
     return _outcome(attempt, "skipped", message)
+
+
+def _original_gone(attempt: _Attempt) -> bool:
+    """The file left processing/ during the attempt (deleted, or moved by its finish)."""
+    try:
+        return not attempt.storage.exists(attempt.claim.processing_key)
+    except Exception:  # storage down: not known to be gone, so the run is retried
+        return False
 
 
 def _close_run(attempt: _Attempt, status: str, **values: Any) -> None:

@@ -18,7 +18,8 @@ submission of the same work a no-op, so overlapping reconcilers are safe.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -63,19 +64,38 @@ def stranded_runs(
     """Of the ``runs`` in processing/, those whose attempt died, or failed and is due a retry."""
     actions = []
     for run in runs:
-        lease = claims.latest_lease(storage, run)
-        if lease is None:
-            log.warning("run folder processing/%s has no claim file: left alone", run)
-            continue
-        key = run_key("processing", run, lease.name)
-        marker = f"{run}#{lease.attempt + 1}"
-        if lease.holder_gone(now, settings.lease_seconds):
-            why = f"attempt {lease.attempt} died (no heartbeat since {lease.heartbeat})"
-            actions.append(Action("redrive", key, why, marker, lease.flow_run_id))
-        elif lease.retry_due(now) or lease.state == "done":
-            why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
-            actions.append(Action("redrive", key, why, marker))
+        with _skipped_on_error(f"processing/{run}"):
+            if action := _stranded_run(settings, storage, now, run):
+                actions.append(action)
     return actions
+
+
+def _stranded_run(
+    settings: Settings, storage: DropStorage, now: datetime, run: str
+) -> Action | None:
+    lease = claims.latest_lease(storage, run)
+    if lease is None:
+        log.warning("run folder processing/%s has no claim file: left alone", run)
+        return None
+    key = run_key("processing", run, lease.name)
+    marker = f"{run}#{lease.attempt + 1}"
+    if lease.holder_gone(now, settings.lease_seconds):
+        why = f"attempt {lease.attempt} died (no heartbeat since {lease.heartbeat})"
+        return Action("redrive", key, why, marker, lease.flow_run_id)
+    if lease.retry_due(now) or lease.state == "done":
+        why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
+        return Action("redrive", key, why, marker)
+    return None
+
+
+@contextmanager
+def _skipped_on_error(what: str) -> Iterator[None]:
+    """One key the reconciler cannot handle (a name that is not UTF-8, a storage error on
+    it) is skipped with one line saying why: it must not stop the others."""
+    try:
+        yield
+    except Exception as exc:
+        log.warning("reconcile: skipped %s: %s: %s", ascii(what), type(exc).__name__, exc)
 
 
 def _untaken_inputs(
@@ -88,25 +108,51 @@ def _untaken_inputs(
     its run's folder; re-driving the run finishes the move.
     """
     actions = []
+    ignored = []
     for prefix in DROP_PREFIXES:
         for key in storage.list_keys(prefix):
             name = key[len(prefix) :]
-            info = storage.stat(key)
-            if "/" in name or not is_candidate(name) or info is None:
+            if "/" in name or not is_candidate(name):
+                ignored.append(key)
                 continue
-            age = (now - info.modified).total_seconds()
-            if age < settings.reconcile_grace_seconds:
-                continue
-            run = claims.run_id(name, info.version, info.modified)
-            if run in runs:
-                continue
-            lease = claims.latest_lease(storage, run)
-            if lease and not lease.ended(now, settings.lease_seconds):
-                continue  # being claimed right now
-            folder = prefix.rstrip("/").rsplit("/", 1)[-1]
-            why = f"waited {age:.0f}s in {folder}/ and no run took it"
-            actions.append(Action("trigger", key, why, f"{run}#{folder}"))
+            with _skipped_on_error(key):
+                if action := _untaken(settings, storage, now, runs, prefix, key):
+                    actions.append(action)
+    if ignored:
+        shown = ", ".join(ascii(k) for k in ignored[:5]) + (", ..." if len(ignored) > 5 else "")
+        log.info(
+            "reconcile: ignored %d key(s) (subfolders, hidden or partial files): %s",
+            len(ignored),
+            shown,
+        )
     return actions
+
+
+def _untaken(
+    settings: Settings,
+    storage: DropStorage,
+    now: datetime,
+    runs: list[str],
+    prefix: str,
+    key: str,
+) -> Action | None:
+    name = key[len(prefix) :]
+    name.encode("utf-8")  # a name that is not UTF-8 cannot go to a run, a log or an event
+    info = storage.stat(key)
+    if info is None:
+        return None
+    age = (now - info.modified).total_seconds()
+    if age < settings.reconcile_grace_seconds:
+        return None
+    run = claims.run_id(name, info.version, info.modified)
+    if run in runs:
+        return None
+    lease = claims.latest_lease(storage, run)
+    if lease and not lease.ended(now, settings.lease_seconds):
+        return None  # being claimed right now
+    folder = prefix.rstrip("/").rsplit("/", 1)[-1]
+    why = f"waited {age:.0f}s in {folder}/ and no run took it"
+    return Action("trigger", key, why, f"{run}#{folder}")
 
 
 def close_dead_runs(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
@@ -150,7 +196,8 @@ def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[
     work = find_work(settings, storage, now)
     for action in work:
         log.info("reconcile: %s %s: %s", action.kind, action.key, action.reason)
-        submit(action)
+        with _skipped_on_error(action.key):  # one submission failing leaves the others
+            submit(action)
     publish_ages(settings, storage, now)
     return [*closed, *work]
 

@@ -40,7 +40,7 @@ from mlflow.exceptions import MlflowException
 
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
-from churnops.data.schema import TARGET, DataValidationError
+from churnops.data.schema import TARGET, is_bad_input
 from churnops.drop import claims
 from churnops.drop.keys import is_labels
 from churnops.drop.storage import DropStorage, run_folders, run_key
@@ -162,7 +162,9 @@ def read_labeled(settings: Settings, storage: DropStorage, key: str) -> LabeledF
         frame = load_customer_file(
             data, name=name, require_target=True, max_bytes=settings.max_file_bytes
         )
-    except DataValidationError as exc:
+    except Exception as exc:
+        if not is_bad_input(exc):
+            raise
         log.info("%s is not a labeled customer file: %s", key, str(exc).splitlines()[0])
         return None
     run = key.split("/")[2]

@@ -9,6 +9,7 @@ servers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -42,7 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("churnops.platform")
 SERVER_START_TIMEOUT = 240.0
 RUNNER_START_TIMEOUT = 300.0
-MAX_RUNNER_RESTARTS = 5
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 600.0
 
 
 @dataclass
@@ -101,13 +104,19 @@ def runner_env(settings: Settings) -> dict[str, str]:
             "EVIDENTLY_PORT": str(settings.evidently_port),
             "EVIDENTLY_UI_URL": str(settings.evidently_ui_url),
             "PREFECT_LOGGING_LEVEL": "INFO",
-            # MLflow's client would retry a dead server for ~12 minutes per request.
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+            **mlflow_client_env(),
             # Runner logs are read by people: no artifact-download progress bars in them.
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         },
     )
+
+
+def mlflow_client_env() -> dict[str, str]:
+    """MLflow's client timeout and retries (it would retry a dead or frozen server for ~12
+    minutes per request), read only from its environment: one file that the local runners
+    and the ECS worker (terraform/services.tf) both take them from."""
+    text = resources.files("churnops.platform").joinpath("mlflow_client.json").read_text()
+    return json.loads(text)
 
 
 def run(settings: Settings, console: Console, errors: Console | None = None) -> int:
@@ -415,13 +424,13 @@ def _finished_line(name: str, state: Any) -> str:
 
 
 def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
-    """Wait for a stop signal; restart a runner that dies, stop when a server dies.
+    """Wait for a stop signal; restart a child (server or runner) that dies.
 
-    A runner holds nothing but warm caches: its run in progress is re-driven by
-    the reconciler (the restarted runner reconciles at once). A runner that keeps
-    dying (MAX_RUNNER_RESTARTS) stops the platform with its log.
+    A runner holds nothing but warm caches: its run in progress is re-driven by the
+    reconciler (the restarted runner reconciles at once); a server's state is on disk.
+    A child that keeps failing (:class:`RestartBudget`) stops the platform with its log.
     """
-    restarts: dict[str, int] = {}
+    budget = RestartBudget()
     finished = FinishedFiles(platform.settings, platform.console)
     try:
         while not stop_requested.wait(1.0):
@@ -429,22 +438,44 @@ def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
             for child in platform.children():
                 if child.alive():
                     continue
-                if child in platform.runners and restarts.get(child.name, 0) < MAX_RUNNER_RESTARTS:
-                    restarts[child.name] = restarts.get(child.name, 0) + 1
+                if not budget.allow(child.name, child.process, time.monotonic()):
                     platform.console.print(
-                        f"[yellow]{child.name} died: restarting it[/yellow]"
-                        f" (log {escape(str(child.log))})",
-                        soft_wrap=True,
+                        f"[red]error:[/red] {child.name} stopped unexpectedly; its log"
+                        f" {child.log}:\n{escape(child.tail(2000))}"
                     )
-                    child.start()
-                    _write_state(platform)  # `churnops status` checks the new pid
-                    _request_reconcile(platform.settings)
-                    continue
-                platform.console.print(
-                    f"[red]error:[/red] {child.name} stopped unexpectedly; its log"
-                    f" {child.log}:\n{escape(child.tail(2000))}"
-                )
-                return 1
+                    return 1
+                _restart(platform, child)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _restart(platform: Platform, child: svc.Service) -> None:
+    platform.console.print(
+        f"[yellow]{child.name} died: restarting it[/yellow] (log {escape(str(child.log))})",
+        soft_wrap=True,
+    )
+    child.stop(grace=5)  # what is left of its process group (workers holding the port)
+    child.start()
+    _write_state(platform)  # `churnops status` checks the new pid
+    if child in platform.runners:
+        _request_reconcile(platform.settings)
+
+
+class RestartBudget:
+    """At most MAX_RESTARTS restarts of one child within RESTART_WINDOW_SECONDS.
+
+    A child killed by SIGKILL (the OOM killer, ``kill -9``) is restarted without using the
+    budget: a file that kills its runner is bounded by its own attempts (``MAX_ATTEMPTS``),
+    then quarantined, and must not take the platform down with it.
+    """
+
+    def __init__(self) -> None:
+        self.restarts: dict[str, list[float]] = {}
+
+    def allow(self, name: str, process: Any, now: float) -> bool:
+        if process is not None and process.returncode == -signal.SIGKILL:
+            return True
+        recent = [t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW_SECONDS]
+        self.restarts[name] = [*recent, now]
+        return len(recent) < MAX_RESTARTS

@@ -4,7 +4,10 @@ On AWS, S3 notifies the Lambda of each new object. Locally the same handler
 (:func:`churnops.drop.trigger.handle_event`) is called by one of two watchers:
 
 * :class:`FolderWatcher` (local drop folder): watchdog events on ``data/input/`` and
-  ``data/labels/``, once the file's size and mtime have settled;
+  ``data/labels/``, once the file's writer is done: it closed the file (inotify's
+  close-write), or the file appeared whole (a rename or a link) and stayed unchanged for a
+  quiet period. A writer that goes on after that changes the version its run claimed,
+  and the run starts over (:mod:`churnops.pipeline.per_file`);
 * :class:`BucketPoller` (an S3-compatible endpoint): lists the same two folders every
   few seconds and reports keys it has not seen with that ETag.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -78,25 +82,24 @@ def s3_event(bucket: str, key: str, size: int, sequencer: str) -> dict[str, Any]
     }
 
 
-def file_sequencer(mtime_ns: int, size: int) -> str:
-    """Unique per drop of a file (a re-drop has a new mtime), stable for one drop."""
-    return f"{mtime_ns:X}{size:08X}"
+def file_sequencer(stat: os.stat_result) -> str:
+    """Unique per drop of a file, stable for one drop: the inode and its change time tell
+    a same-name replacement apart even with the same size and a copied mtime."""
+    return f"{stat.st_ino:X}{stat.st_ctime_ns:X}{stat.st_mtime_ns:X}{stat.st_size:08X}"
 
 
-def wait_stable(
-    path: Path, interval: float = 0.15, timeout: float = 60.0
-) -> tuple[int, int] | None:
-    """(mtime_ns, size) once two looks ``interval`` apart agree; None if the file went away."""
+def wait_stable(path: Path, interval: float = 0.15, timeout: float = 60.0) -> os.stat_result | None:
+    """The entry's lstat once two looks ``interval`` apart agree; None if it went away."""
     deadline = time.monotonic() + timeout
     previous = None
     while True:
         try:
-            stat = path.stat()
+            stat = path.lstat()  # a symlink is reported as itself, never followed
         except FileNotFoundError:
             return None
-        current = (stat.st_mtime_ns, stat.st_size)
+        current = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if current == previous or time.monotonic() > deadline:
-            return current
+            return stat
         previous = current
         time.sleep(interval)
 
@@ -125,13 +128,17 @@ class FolderWatcher(FileSystemEventHandler):
     """Watch ``<drop>/data/input/`` and ``<drop>/data/labels/``; trigger a run per settled
     new file."""
 
-    def __init__(self, drop_dir: Path, dispatcher: Dispatcher, settle: float = 0.15) -> None:
+    def __init__(self, drop_dir: Path, dispatcher: Dispatcher, settle: float = 1.0) -> None:
         self.drop_dir = drop_dir
         self.folders = [drop_dir / prefix for prefix in DROP_PREFIXES]
         self.dispatcher = dispatcher
+        #: The quiet period of a file that appeared without a close-write of its own.
         self.settle = settle
         self._queue: queue.Queue[Path | None] = queue.Queue()
         self._queued: set[Path] = set()
+        #: Files written to since they were last closed: their close-write reports them.
+        self._writing: set[Path] = set()
+        self._seen: set[Path] = set()
         self._lock = threading.Lock()
         self._observer = Observer()
         self._worker = threading.Thread(target=self._work, name="drop-dispatch", daemon=True)
@@ -156,20 +163,39 @@ class FolderWatcher(FileSystemEventHandler):
     def on_created(self, event: FileSystemEvent) -> None:
         self._enqueue(Path(str(event.src_path)))
 
+    def on_modified(self, event: FileSystemEvent) -> None:
+        with self._lock:
+            self._writing.add(Path(str(event.src_path)))
+
     def on_closed(self, event: FileSystemEvent) -> None:
-        self._enqueue(Path(str(event.src_path)))
+        """Close-write: the writer is done (inotify's IN_CLOSE_WRITE)."""
+        path = Path(str(event.src_path))
+        with self._lock:
+            self._writing.discard(path)
+        self._enqueue(path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
         self._enqueue(Path(str(event.dest_path)))
 
     def _enqueue(self, path: Path) -> None:
-        if path.parent not in self.folders or not is_candidate(path.name) or path.is_dir():
+        if path.parent not in self.folders or not is_candidate(path.name):
+            return  # hidden, temporary or partial: the writer renames it when done
+        if path.is_dir() and not path.is_symlink():
+            if self._first_look(path):
+                log.info("ignored the folder %s: only files directly in it are processed", path)
             return
         with self._lock:
             if path in self._queued:
                 return
             self._queued.add(path)
         self._queue.put(path)
+
+    def _first_look(self, path: Path) -> bool:
+        """True once per path (a folder gets one log line, not one per event)."""
+        with self._lock:
+            new = path not in self._seen
+            self._seen.add(path)
+        return new
 
     def _work(self) -> None:
         while (path := self._queue.get()) is not None:
@@ -178,9 +204,11 @@ class FolderWatcher(FileSystemEventHandler):
             stable = wait_stable(path, self.settle)
             if stable is None:
                 continue  # gone already (taken by a run, or removed)
-            mtime_ns, size = stable
+            with self._lock:
+                if path in self._writing or stable.st_size == 0:
+                    continue  # being written (or not yet): its close-write reports it
             key = path.relative_to(self.drop_dir).as_posix()
-            self.dispatcher.send(key, size, file_sequencer(mtime_ns, size))
+            self.dispatcher.send(key, stable.st_size, file_sequencer(stable))
 
 
 # --- S3-compatible endpoint --------------------------------------------------------------------
@@ -223,7 +251,14 @@ class BucketPoller:
         paginator = self.client.get_paginator("list_objects_v2")
         for prefix in DROP_PREFIXES:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                yield from (o for o in page.get("Contents", []) if drop_prefix(o["Key"]))
+                for obj in page.get("Contents", []):
+                    if drop_prefix(obj["Key"]):
+                        yield obj
+                    elif (obj["Key"], "ignored") not in self.seen:  # one line per key
+                        self.seen.add((obj["Key"], "ignored"))
+                        log.info(
+                            "ignored %s: only keys directly in %s are drops", obj["Key"], prefix
+                        )
 
     def _loop(self) -> None:
         while not self._stop.is_set():
