@@ -6,8 +6,6 @@ PYTHON ?= python3
 export PIPENV_VENV_IN_PROJECT := 1
 export PIPENV_NOSPIN := 1
 export PIPENV_IGNORE_VIRTUALENVS := 1
-# MLflow copies a model's artifacts with a progress bar per file: noise in a terminal.
-export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 PIPENV := $(PYTHON) -m pipenv
 RUN := $(PIPENV) run
 # The package's own pyproject too: a changed console script needs a reinstall.

@@ -29,14 +29,10 @@ console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 #: Errors go to stderr, so a pipe or a file of the output keeps only results.
 errors = Console(stderr=True, soft_wrap=True)
-_verbose = False
 
 
 def _settings() -> Settings:
-    """The settings, read now. Every command calls this after its own imports, which is
-    when MLflow (if imported) has set its logger to INFO: quiet it again unless -v."""
-    if not _verbose and "mlflow" in sys.modules:
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    """The settings, read now (MLflow is quieted where it is configured: configure_mlflow)."""
     return get_settings()
 
 
@@ -48,8 +44,6 @@ def _fail(message: str) -> None:
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     """ChurnOps: train, deploy and continuously evaluate churn models."""
-    global _verbose
-    _verbose = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
 

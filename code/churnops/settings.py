@@ -248,6 +248,10 @@ class Settings(BaseSettings):
         "little depends on the model: pick a value from your model's NDCG history.",
     )
 
+    alert_on_rejected: bool = Field(
+        True, description="Alert when a file is rejected as invalid (moved to errored/)."
+    )
+
     # --- alert channels --------------------------------------------------------
     alerts_topic_arn: str | None = Field(None, description="SNS topic the alerts go to.")
     smtp_host: str | None = Field(

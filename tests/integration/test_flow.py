@@ -16,8 +16,14 @@ from pathlib import Path
 import boto3
 import pandas as pd
 import pytest
+from markdown_it import MarkdownIt
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churnops.data.schema import RAW_COLUMNS
@@ -131,13 +137,10 @@ def test_labeled_file_is_scored_stored_and_kept(platform: Platform, data_dir: Pa
     for step in ("claim", "load model", "score", "monitor", "alert", "finish"):
         assert f"| {step} | ok |" in log
 
-    with get_client(sync_client=True) as client:
-        ids = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        [artifact] = client.read_artifacts(flow_run_filter=ids)
-    assert artifact.type == "markdown"
-    assert "| outcome | **processed** |" in artifact.data
-    assert f"`{folder}/{predictions}`" in artifact.data
-    assert f"[open]({outcome['report_url']})" in artifact.data
+    html = rendered_artifact(state)
+    assert "<td>outcome</td>\n<td><strong>processed</strong></td>" in html
+    assert f"<code>{folder}/{predictions}</code>" in html
+    assert f'<a href="{outcome["report_url"]}">open</a>' in html
 
     run = platform.runs().set_index("id").loc[outcome["run_id"]]
     assert (run["status"], run["model_name"], run["model_version"]) == ("processed", MODEL, "1")
@@ -273,7 +276,7 @@ def test_malformed_file_ends_in_errored_with_its_reason(
 ) -> None:
     make, expected = MALFORMED[name]
     state = platform.drop(name, make(data_dir))
-    assert state.is_completed()
+    assert state.is_failed() and state.name == "Rejected"
     assert state.message.startswith("errored:")
     assert expected in state.message
     assert name in platform.keys("errored")
@@ -281,6 +284,42 @@ def test_malformed_file_ends_in_errored_with_its_reason(
     assert expected in platform.log(state.result(raise_on_failure=False))
     run = platform.runs().set_index("file_name").loc[name]
     assert run["status"] == "errored" and expected in run["error"]
+
+
+def test_a_rejected_file_says_so_in_its_state_artifact_log_and_alert(
+    platform: Platform, data_dir: Path
+) -> None:
+    """Rejected, not Completed; every reason in the artifact's list, read back from the
+    server and rendered; no traceback in the run's log; an alert by SNS."""
+    name = "pipes_and_stars.csv"
+    frame = _good(data_dir).astype({"Age": object, "Status": object})
+    frame = frame.assign(Age="a|b", Status="*x*")
+    platform.alerts()  # start from an empty queue
+    state = platform.drop(name, _csv(frame))
+    assert state.is_failed() and state.name == "Rejected"
+    html = rendered_artifact(state)
+    assert "<td>outcome</td>\n<td><strong>rejected</strong></td>" in html
+    items = [line for line in html.splitlines() if line.startswith("<li>")]
+    assert any("'age' must be numeric" in item for item in items), html
+    assert any("'status' must be numeric" in item for item in items), html
+    assert html.count("<table>") == 1 and "|" not in html.replace("a|b", ""), html
+
+    with get_client(sync_client=True) as client:
+        flow_run = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=flow_run))
+    text = "\n".join(entry.message for entry in logs)
+    assert "'age' must be numeric" in text and "Traceback" not in text, text
+    [alert] = [a for a in platform.alerts() if name in a["Message"]]
+    assert "rejected file" in alert["Subject"] and "'status' must be numeric" in alert["Message"]
+
+
+def rendered_artifact(state) -> str:
+    """The run's markdown artifact as the server holds it, rendered as the UI does (GFM)."""
+    with get_client(sync_client=True) as client:
+        ids = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        [artifact] = client.read_artifacts(flow_run_filter=ids)
+    assert artifact.type == "markdown"
+    return MarkdownIt("commonmark").enable("table").render(artifact.data)
 
 
 def test_an_unexpected_error_fails_the_run_and_the_file_waits_for_a_retry(

@@ -331,7 +331,8 @@ def _request(config: Config, method: str, path: str, body: dict | None = None) -
     for attempt in range(config.retries + 1):
         if attempt:
             wait = config.backoff * 2 ** (attempt - 1)
-            LOGGER.warning("%s %s: %s; retrying in %.1fs", method, url, problem, wait)
+            # Quiet until it gives up (PrefectUnavailable): a busy server often answers the retry.
+            LOGGER.info("%s %s: %s; retrying in %.1fs", method, url, problem, wait)
             time.sleep(wait)
         try:
             with urllib.request.urlopen(

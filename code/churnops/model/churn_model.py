@@ -34,6 +34,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+from mlflow.environment_variables import (
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR,
+    MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT,
+)
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
@@ -244,11 +248,21 @@ _cache = ModelCache()
 
 
 def configure_mlflow(settings: Settings) -> None:
-    """Point MLflow at the configured tracking store (local SQLite by default)."""
+    """Point MLflow at the configured tracking store (local SQLite by default), quietly.
+
+    Every command, flow and benchmark that talks to MLflow comes through here: MLflow
+    prints no INFO lines (unless the root logger is at INFO: ``churnops -v``), no run
+    links with emoji and no artifact progress bars. The switches are MLflow's own
+    configuration objects, set the way ``mlflow.config`` sets its others.
+    """
     if settings.mlflow_tracking_uri is None:
         settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)
+    MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set(True)
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 class MlflowUnavailable(RuntimeError):

@@ -186,6 +186,15 @@ def build_gave_up_alert(file_name: str, reason: str, where: str) -> Alert:
     return Alert(file_name, "", "", _subject("gave up", file_name, "no model"), body)
 
 
+def build_rejection_alert(file_name: str, run: str, reasons: str) -> Alert:
+    """The alert for a file rejected as invalid: an upstream export may have started failing."""
+    body = (
+        f"ChurnOps alert: rejected file\n\nFile:  {file_name}\n"
+        f"Moved: data/errored/{run}/ (log data/logs/{run}/{file_name}.log)\n\n{reasons}\n"
+    )
+    return Alert(file_name, "", "", _subject("rejected file", file_name, ""), body)
+
+
 def _ascii(text: str) -> str:
     """SNS subjects must be printable ASCII: 'é' -> 'e', other characters -> '?'."""
     folded = unicodedata.normalize("NFKD", text)
@@ -194,7 +203,7 @@ def _ascii(text: str) -> str:
 
 
 def _subject(summary: str, file_name: str, model: str) -> str:
-    head, tail = f"[ChurnOps] {summary}: ", f" ({_ascii(model)})"
+    head, tail = f"[ChurnOps] {summary}: ", f" ({_ascii(model)})" if model else ""
     name = _ascii(file_name)
     room = SUBJECT_MAX - len(head) - len(tail)
     if len(name) > room:  # keep both ends: the start names the batch, the end its type

@@ -2,10 +2,13 @@
 :mod:`churnops.pipeline.reconcile`.
 
 ``churn_prediction_pipeline(drop, key)`` processes one dropped file, each
-step a Prefect task. Its run ends Completed when the file was processed, was
-invalid (``errored: ...``) or was not to be taken (``skipped: ...``), and
-Failed when a dependency failed: the file then waits in ``processing/`` and
-the scheduled ``reconcile`` flow re-drives it once the dependency is back.
+step a Prefect task. Its run ends Completed when the file was processed or was
+not to be taken (``skipped: ...``); **Rejected** (a Failed-type state) when the
+file is invalid (``errored: ...``, the file in ``errored/``); and Failed when a
+dependency failed: the file then waits in ``processing/`` and the scheduled
+``reconcile`` flow re-drives it once the dependency is back. Rejected is of the
+Failed type because the run delivered no predictions: Prefect's red badge, its
+failed-run filters and automations show it; its name tells it from an outage.
 
 ``retrain_model`` retrains through the promotion gate
 (:func:`churnops.pipeline.retraining.retrain`), on demand or submitted by the alert
@@ -14,8 +17,10 @@ step of a labeled file that scored below a minimum (``RETRAIN_MODE=auto``).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -23,14 +28,47 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
+from churnops.data.schema import DataValidationError
 from churnops.drop.storage import open_drop
 from churnops.monitoring import ops_metrics
 from churnops.pipeline import per_file, reconcile
 from churnops.pipeline.retraining import RetrainOptions, retrain
 from churnops.settings import Settings, get_settings
 
-#: Data frames travel between tasks in memory: no caching, no input hashing.
-PREFECT_STEPS = per_file.PLAIN_STEPS.wrapped(task(cache_policy=NO_CACHE))
+#: The state name of a run (and of its step) that rejected an invalid file.
+REJECTED = "Rejected"
+
+
+def as_task(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` as a Prefect task; an invalid file ends the task Rejected, not raised.
+
+    A raised error would log an ERROR with a traceback for an expected outcome; the
+    task ends in a Completed-type state named Rejected (the step did its job: it
+    judged the file) and the error is raised again here, in the flow, for
+    :func:`per_file.process` to route the file to ``errored/``. Data frames travel
+    between tasks in memory: no caching, no input hashing.
+    """
+
+    @functools.wraps(step)
+    def judged(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return step(*args, **kwargs)
+        except DataValidationError as exc:
+            return Completed(name=REJECTED, message=str(exc), data=exc)
+
+    run = task(cache_policy=NO_CACHE)(judged)
+
+    @functools.wraps(step)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        result = run(*args, **kwargs)
+        if isinstance(result, State):  # the Rejected state: its data is the error
+            raise result.result(raise_on_failure=False)
+        return result
+
+    return call
+
+
+PREFECT_STEPS = per_file.PLAIN_STEPS.wrapped(as_task)
 
 
 @flow(name="churn_prediction_pipeline")
@@ -64,29 +102,59 @@ def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome
 
 
 def outcome_markdown(outcome: per_file.FileOutcome) -> str:
-    """The run's summary on its Prefect page: what happened, the numbers, where to look."""
-    rows = [("outcome", f"**{outcome.status}**")]
+    """The run's summary on its Prefect page: a table of what happened and where to look,
+    then the details as a list (a rejected file's reasons, one per item).
+
+    Every text from the file or the message is escaped: a '*' or '_' in a reason
+    must render as written, and a '|' in a cell must not split it.
+    """
+    rows = [("outcome", f"**{_STATUS_WORDS.get(outcome.status, outcome.status)}**")]
     if outcome.model_version:
-        rows.append(("model version", outcome.model_version))
-    rows += [("", part) for part in outcome.message.split("; ") if part]
+        rows.append(("model version", _escape(outcome.model_version)))
     if outcome.alert_channels:
         rows.append(("alert sent by", ", ".join(outcome.alert_channels)))
     if outcome.predictions_key:
-        rows.append(("predictions", f"`{outcome.predictions_key}`"))
+        rows.append(("predictions", _code(outcome.predictions_key)))
     if outcome.report_url:
         rows.append(("Evidently report", f"[open]({outcome.report_url})"))
     if outcome.run:
-        rows.append(("file log", f"`data/logs/{outcome.run}/{outcome.name}.log`"))
-    table = "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
-    return f"### {outcome.name}\n\n| | |\n| --- | --- |\n{table}\n"
+        rows.append(("file log", _code(f"data/logs/{outcome.run}/{outcome.name}.log")))
+    table = "\n".join("| " + k + " | " + v.replace("|", "\\|") + " |" for k, v in rows)
+    details = "\n".join(f"- {_escape(line)}" for line in _detail_lines(outcome))
+    return f"### {_escape(outcome.name)}\n\n| | |\n| --- | --- |\n{table}\n\n{details}\n"
+
+
+_STATUS_WORDS = {"errored": "rejected"}
+
+
+def _detail_lines(outcome: per_file.FileOutcome) -> list[str]:
+    """A multi-line message (a rejected file's reasons) by line; a one-line summary by '; '."""
+    message = outcome.message.strip()
+    if "\n" in message:
+        lines = [line.strip().removeprefix("- ") for line in message.splitlines()]
+    else:
+        lines = message.split("; ")
+    return [line for line in lines if line]
+
+
+def _code(text: str) -> str:
+    return "`" + text.replace("`", "'") + "`"
+
+
+def _escape(text: str) -> str:
+    """Markdown-escaped text: backslash before every character markdown gives a meaning."""
+    return "".join(f"\\{c}" if c in "\\`*_{}[]<>()#+-.!~" else c for c in text)
 
 
 def outcome_state(outcome: per_file.FileOutcome) -> State:
-    """Completed (processed, errored, skipped) or Failed, its message saying what happened."""
+    """Completed (processed, skipped), Rejected (errored) or Failed, its message saying
+    what happened."""
     data = asdict(outcome)
     message = f"{outcome.status}: {outcome.message}"
     if outcome.status == "failed":
         return Failed(message=message, data=data)
+    if outcome.status == "errored":
+        return Failed(name=REJECTED, message=message, data=data)
     return Completed(message=message, data=data)
 
 

@@ -39,6 +39,7 @@ from churnops.monitoring.alerts import (
     build_alert,
     build_gave_up_alert,
     build_labels_alert,
+    build_rejection_alert,
     low_scores,
     send_alert,
 )
@@ -290,7 +291,7 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
         return _score_and_monitor(attempt)
     except Exception as exc:
         if is_bad_input(exc):
-            return _errored(attempt, str(exc))
+            return _rejected(attempt, str(exc))
         if _original_gone(attempt):  # deleted mid-run: close the run now, never retry it
             return _complete_finish(attempt)
         return _failed(attempt, exc)
@@ -311,6 +312,18 @@ def _errored(attempt: _Attempt, reason: str) -> FileOutcome:
     _note(attempt, "finish", "errored", reason)
     _close_run(attempt, "errored", error=reason)
     return _outcome(attempt, "errored", reason)
+
+
+def _rejected(attempt: _Attempt, reasons: str) -> FileOutcome:
+    """The file is invalid: to errored/, and an alert (``alert_on_rejected``): an upstream
+    export that starts failing is news."""
+    outcome = _errored(attempt, reasons)
+    if outcome.status == "errored" and attempt.settings.alert_on_rejected:
+        held = attempt.claim
+        alert = build_rejection_alert(held.name, held.run, reasons)
+        outcome.alert_channels, sent = _deliver(attempt.settings, alert, "rejected file", "")
+        _note(attempt, "alert", "ok", sent)
+    return outcome
 
 
 def _give_up(attempt: _Attempt, last_reason: str) -> FileOutcome:

@@ -105,8 +105,6 @@ def runner_env(settings: Settings) -> dict[str, str]:
             "EVIDENTLY_UI_URL": str(settings.evidently_ui_url),
             "PREFECT_LOGGING_LEVEL": "INFO",
             **mlflow_client_env(),
-            # Runner logs are read by people: no artifact-download progress bars in them.
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         },
     )
 
@@ -323,11 +321,15 @@ def _start_watcher(platform: Platform) -> None:
 
 def _report(platform: Platform) -> Callable[[dict], None]:
     def show(result: dict) -> None:
-        key, status = result.get("key"), result.get("status")
-        detail = result.get("flow_run_id") or result.get("reason") or ""
-        colour = {"created": "green", "skipped": "yellow"}.get(str(status), "red")
-        platform.console.print(f"  drop [{colour}]{status}[/{colour}] {key} {detail}")
+        """A line per flow run started or trigger failed; a duplicate trigger is not news."""
         log.info("trigger %s", result)
+        key, status = result.get("key"), result.get("status")
+        if status == "skipped" and result.get("flow_run_id"):  # its run was already started
+            return
+        detail = result.get("flow_run_id") or result.get("reason") or ""
+        word = {"created": "run started", "skipped": "ignored"}.get(str(status), str(status))
+        colour = {"created": "green", "skipped": "yellow"}.get(str(status), "red")
+        platform.console.print(f"  drop [{colour}]{word}[/{colour}] {key} {detail}")
 
     return show
 
@@ -385,7 +387,8 @@ class FinishedFiles:
 
     def __init__(self, settings: Settings, console: Console) -> None:
         self.api = svc.prefect_api_url(settings, settings.prefect_port)
-        self.deployment = settings.prefect_deployment.partition("/")[2]
+        # The reconciler's deployment has the same name: the flow's name tells them apart.
+        self.flow, _, self.deployment = settings.prefect_deployment.partition("/")
         self.console = console
         self.since = datetime.now(UTC)
         self.shown: set[str] = set()
@@ -399,9 +402,12 @@ class FinishedFiles:
             end_time=filters.FlowRunFilterEndTime(after_=self.since - timedelta(seconds=5))
         )
         named = filters.DeploymentFilter(name=filters.DeploymentFilterName(any_=[self.deployment]))
+        flow = filters.FlowFilter(name=filters.FlowFilterName(any_=[self.flow]))
         try:
             with SyncPrefectClient(self.api) as client:
-                runs = client.read_flow_runs(flow_run_filter=ended, deployment_filter=named)
+                runs = client.read_flow_runs(
+                    flow_run_filter=ended, deployment_filter=named, flow_filter=flow
+                )
         except Exception as exc:
             log.debug("finished runs not read: %s", exc)
             return
@@ -417,8 +423,10 @@ def _finished_line(name: str, state: Any) -> str:
     """``processed customer.csv: drifted 7 columns ...`` coloured by the outcome."""
     message = state.message or ""
     status, _, detail = message.partition(": ") if message else ("processed", "", "")
-    if state.is_failed() or state.is_crashed():
-        status, detail = state.name.lower(), message
+    if status not in ("processed", "skipped", "errored", "failed"):  # crashed, cancelled
+        detail = message
+    if state.is_failed() or state.is_crashed():  # Failed, Rejected, Crashed
+        status = state.name.lower()
     colour = {"processed": "green", "skipped": "yellow"}.get(status, "red")
     return f"  file [{colour}]{status}[/{colour}] {escape(name)} {escape(detail)}".rstrip()
 
