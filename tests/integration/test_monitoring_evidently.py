@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 from evidently.ui.workspace import Workspace
 
 from churnops.data.features import FEATURES
@@ -14,6 +16,7 @@ from churnops.data.reading import load_customer_file
 from churnops.monitoring.drift import run_monitoring
 from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
 from churnops.settings import Settings, get_settings
+from tests.fixtures.evidently_ui import SECRET
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +123,82 @@ def test_runs_land_in_one_project_with_their_tags(
             f"http://{settings.platform_host}:{settings.evidently_port}"
             f"/projects/{project.id}/reports/{result.snapshot_id}"
         )
+
+
+@pytest.fixture(scope="module")
+def evidently_ui(evidently_process: subprocess.Popen) -> str:
+    return evidently_process.url  # type: ignore[attr-defined]
+
+
+def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
+    data_dir: Path, reference: pd.DataFrame, evidently_ui: str, tmp_path: Path
+) -> None:
+    """Through the real ``evidently ui``: the dashboard ChurnOps defines, the series its
+    panels plot (one value per file, quality per model version), and a report whose first
+    widget is the summary, with one confusion matrix and no in-sample reference scores."""
+    settings = get_settings(
+        churnops_home=tmp_path,
+        evidently_ui_url=evidently_ui,
+        evidently_secret=SECRET,
+        evidently_project="dash",
+    )
+    http = requests.Session()
+    http.headers["evidently-secret"] = SECRET
+    files = {"customer_churn_1.csv": "7", "customer_churn_synthetic_2.csv": "8"}
+    results = {}
+    for name, version in files.items():
+        current = scored(data_dir / name, seed=1)
+        results[name] = run_monitoring(
+            reference,
+            current,
+            feature_columns=FEATURES,
+            settings=settings,
+            file_name=name,
+            model_version=version,
+            model_name="XGBoostChurnModel",
+            attribution_ndcg=0.9,
+        )
+    [project] = [
+        p for p in http.get(f"{evidently_ui}/api/v2/projects").json() if p["name"] == "dash"
+    ]
+    api = f"{evidently_ui}/api/v2"
+
+    dashboard = http.get(f"{api}/dashboards/{project['id']}").json()
+    panels = {p["title"]: p for p in dashboard["panels"]}
+    assert set(panels) == {
+        "Drifted feature share",
+        "Rows per file",
+        "Attribution NDCG",
+        "Quality scores, XGBoostChurnModel:v7",
+        "Quality scores, XGBoostChurnModel:v8",
+    }
+    [tab] = dashboard["tabs"]
+    assert sorted(tab["panels"]) == sorted(p["id"] for p in dashboard["panels"])
+
+    def series(panel: str) -> list[list[float | None]]:
+        keys = ("tags", "metadata", "metric", "metric_labels")  # what the UI asks for
+        body = {"series_filter": [{k: v[k] for k in keys} for v in panels[panel]["values"]]}
+        answer = http.post(f"{api}/snapshots/{project['id']}/data_series_batch", json=body)
+        answer.raise_for_status()
+        return [s["values"] for s in answer.json()["series"]]
+
+    shares = [r.drifted_share for r in results.values()]
+    assert series("Drifted feature share") == [pytest.approx(shares)]
+    assert series("Rows per file") == [[float(r.rows) for r in results.values()]]
+    assert series("Attribution NDCG") == [[0.9, 0.9]]
+    v7 = series("Quality scores, XGBoostChurnModel:v7")
+    assert len(v7) == 5 and all(len(values) == 1 for values in v7)  # one file, five scores
+
+    first = results["customer_churn_1.csv"]
+    data = http.get(f"{evidently_ui}/api/projects/{project['id']}/{first.snapshot_id}/data")
+    widgets = data.json()["widgets"]
+    flat = [w for group in widgets for w in (group.get("widgets") or [group])]
+    summary = flat[0]
+    assert summary["title"] == "Summary"
+    labels = [c["label"] for c in summary["params"]["counters"]]
+    assert labels[:2] == ["rows in the file", "drifted features"]
+    assert "F1 on this file" in labels and "attribution NDCG" in labels
+    titles = [w["title"] for w in flat]
+    assert not [t for t in titles if "(reference)" in t], titles
+    figures = [w for w in flat if w["type"] == "big_graph"]  # before: 3 confusion matrices
+    assert len(figures) == 2, titles  # one confusion matrix (F1's), the ROC curve

@@ -43,17 +43,10 @@ from evidently import BinaryClassification, DataDefinition, Dataset, Report
 from evidently._pydantic_compat import parse_obj_as
 from evidently.core.report import Snapshot
 from evidently.errors import EvidentlyError
-from evidently.metrics import (
-    Accuracy,
-    F1Score,
-    Precision,
-    Recall,
-    RocAuc,
-    ValueDrift,
-)
 from evidently.ui.workspace import RemoteWorkspace, Workspace, WorkspaceBase
 
 from churnops.data.schema import TARGET
+from churnops.monitoring.evidently_ui import FileReport, ensure_dashboard, file_values
 from churnops.results import PREDICTION, PROBABILITY, ColumnDrift, MonitoringResult
 from churnops.settings import Settings
 
@@ -95,6 +88,7 @@ def run_monitoring(
     model_version: str,
     model_name: str,
     totals: Totals | None = None,
+    attribution_ndcg: float | None = None,
 ) -> MonitoringResult:
     """Run the report for one scored file, store it in the workspace, return its numbers.
 
@@ -105,16 +99,19 @@ def run_monitoring(
     """
     labeled = TARGET in current.columns
     _check_frames(reference, current, feature_columns)
-    report = build_report(feature_columns, labeled)
+    rows = totals.rows if totals is not None else len(current)
+    facts = file_values(rows, attribution_ndcg)
+    report = build_report(feature_columns, labeled, facts=list(facts))
     definition = data_definition(feature_columns, labeled)
     metadata = {"file_name": file_name, "model_name": model_name, "model_version": model_version}
     if totals is not None and totals.rows > len(current):
         metadata["sample"] = f"{len(current):,} of {totals.rows:,} rows (seeded, uniform)"
+    model_tag = f"{model_name}:v{model_version}"
     snapshot = report.run(
-        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(current, data_definition=definition, metadata=facts),
         Dataset.from_pandas(reference, data_definition=definition),
         name=file_name,
-        tags=[file_name, f"{model_name}:v{model_version}"],
+        tags=[file_name, model_tag],
         metadata=metadata,
     )
     totals = totals or Totals(len(current), float(current[PREDICTION].mean()), None)
@@ -126,7 +123,7 @@ def run_monitoring(
     )
     if totals.quality is not None:
         result.quality = dict(totals.quality)
-    result.snapshot_id, result.report_url = publish(snapshot, settings)
+    result.snapshot_id, result.report_url = publish(snapshot, settings, model_tag)
     return result
 
 
@@ -163,22 +160,29 @@ def data_definition(feature_columns: list[str], labeled: bool) -> DataDefinition
     )
 
 
-def build_report(feature_columns: list[str], labeled: bool) -> Report:
-    """A drift test per feature and on the prediction, quality when labeled.
+def build_report(
+    feature_columns: list[str],
+    labeled: bool,
+    *,
+    facts: list[str] | None = None,
+) -> Report:
+    """A drift test per feature and on the prediction, quality when labeled, in one
+    :class:`FileReport` that opens with the file's summary; ``facts``: the names of the
+    current dataset's metadata values it shows (:func:`file_values`; none by default).
 
     ``include_tests`` gives each ``ValueDrift`` its pass/fail test: Evidently's
     own verdict on the column, read back as ``ColumnDrift.drifted``. Quality
     metrics get no default tests: those compare against a dummy model, an
     extra pass over the data that nothing here uses.
     """
-    metrics: list[Any] = [ValueDrift(column=c) for c in [*feature_columns, PREDICTION]]
-    if labeled:
-        metrics += [
-            metric(classification_name=LABELS_TASK, tests=[])
-            for metric in (F1Score, Precision, Recall, Accuracy)
-        ]
-        metrics.append(RocAuc(classification_name=SCORES_TASK, tests=[]))
-    return Report(metrics, include_tests=True)
+    content = FileReport(
+        features=feature_columns,
+        labeled=labeled,
+        labels_task=LABELS_TASK,
+        scores_task=SCORES_TASK,
+        facts=facts or [],
+    )
+    return Report([content], include_tests=True)
 
 
 def extract_result(
@@ -278,6 +282,8 @@ def project_id(workspace: WorkspaceBase, name: str) -> UUID:
 #: (workspace location, project name) -> the opened workspace and the project's id.
 _targets: dict[tuple[str, str], tuple[WorkspaceBase, UUID]] = {}
 _targets_lock = threading.Lock()
+#: (workspace location, project name, model tag) whose dashboard panels exist.
+_dashboards: set[tuple[str, str, str]] = set()
 
 
 def _target(settings: Settings) -> tuple[tuple[str, str], WorkspaceBase, UUID]:
@@ -295,15 +301,19 @@ def _target(settings: Settings) -> tuple[tuple[str, str], WorkspaceBase, UUID]:
         return (key, *_targets[key])
 
 
-def publish(snapshot: Snapshot, settings: Settings) -> tuple[str, str]:
+def publish(snapshot: Snapshot, settings: Settings, model_tag: str = "") -> tuple[str, str]:
     """Add the run to the workspace; return its snapshot id and the UI's URL for it.
 
-    A failed add forgets the opened workspace, so the retry opens it again
-    (and finds or creates the project, should someone have deleted it).
+    The project's dashboard gets its panels (and one for a new ``model_tag``) once
+    per process. A failed add forgets the opened workspace, so the retry opens it
+    again (and finds or creates the project, should someone have deleted it).
     """
     key, workspace, project = _target(settings)
     try:
         ref = workspace.add_run(project, snapshot)
+        if (*key, model_tag) not in _dashboards:
+            ensure_dashboard(workspace, project, model_tag)
+            _dashboards.add((*key, model_tag))
     except Exception:
         with _targets_lock:
             _targets.pop(key, None)

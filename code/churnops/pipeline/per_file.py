@@ -82,7 +82,9 @@ def monitor(
     settings: Settings, model: LoadedModel, scored: ScoredFile, name: str
 ) -> MonitoringResult:
     """Drift on the file's sample, with the exact counts and scores of every row, and
-    feature-attribution drift on (part of) the same sample."""
+    feature-attribution drift on (part of) the same sample (first: the report shows it)."""
+    rows = settings.attribution_sample_rows
+    attribution = attribution_drift(model, scored.sample, rows) if rows else None
     result = run_monitoring(
         model.model.reference_data(),
         scored.sample,
@@ -92,9 +94,9 @@ def monitor(
         model_version=model.version,
         model_name=model.name,
         totals=Totals(scored.rows, scored.predicted_churn_rate, scored.quality),
+        attribution_ndcg=attribution.ndcg if attribution else None,
     )
-    if rows := settings.attribution_sample_rows:
-        result.attribution = attribution_drift(model, scored.sample, rows)
+    result.attribution = attribution
     return result
 
 

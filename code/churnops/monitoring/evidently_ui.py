@@ -1,0 +1,222 @@
+"""What a person sees in the Evidently UI: a report that opens with a summary, and a
+project dashboard ChurnOps defines through Evidently's API.
+
+The report is one :class:`FileReport` container (Evidently's own way of composing
+a preset): it computes each metric once and renders, in order, a summary of the
+file (rows, drifted features, churn rate, scores on this file, attribution NDCG),
+each column's drift, then one confusion matrix and one ROC curve. The quality
+metrics' reference-side counters are left out: the reference is the training data,
+so its scores are in-sample (F1 0.98, ROC AUC 1.00) and compare with nothing.
+
+Two small metrics carry ChurnOps' numbers into Evidently so the dashboard can plot
+them: :class:`DriftedFeatures` (counted from the report's own ``ValueDrift`` tests,
+no drift computed again) and :class:`FileValue` (a number measured outside the
+report: the file's exact row count, the attribution NDCG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from evidently.core.container import MetricContainer
+from evidently.core.metric_types import (
+    CountCalculation,
+    CountMetric,
+    SingleValueCalculation,
+    SingleValueMetric,
+)
+from evidently.legacy.model.widget import BaseWidgetInfo
+from evidently.legacy.renderers.html_widgets import CounterData, counter
+from evidently.metrics import Accuracy, F1Score, Precision, Recall, RocAuc, ValueDrift
+from evidently.sdk.models import DashboardModel, DashboardPanelPlot, DashboardTabModel, PanelMetric
+from evidently.sdk.panels import bar_plot_panel, line_plot_panel
+from evidently.ui.workspace import WorkspaceBase
+
+from churnops.results import PREDICTION
+
+#: FileValue names (``what``), shown in the summary and plotted on the dashboard.
+ROWS = "rows in the file"
+ATTRIBUTION_NDCG = "attribution NDCG"
+#: Label metrics with their summary names; ROC AUC is computed on the scores task.
+_LABEL_METRICS = {"F1": F1Score, "precision": Precision, "recall": Recall, "accuracy": Accuracy}
+_DRIFT_TEST = "drift"
+
+
+class DriftedFeatures(CountMetric):
+    """How many of ``columns`` drifted, and their share: the verdicts of the report's
+    own ``ValueDrift`` tests (read from the context, not computed again)."""
+
+    columns: list[str]
+
+
+class DriftedFeaturesCalculation(CountCalculation[DriftedFeatures]):
+    def calculate(self, context: Any, current_data: Any, reference_data: Any) -> Any:
+        drifted = sum(_drifted(context, column) for column in self.metric.columns)
+        return self.result(drifted, drifted / len(self.metric.columns)), None
+
+    def display_name(self) -> str:
+        return "Drifted features"
+
+
+def _drifted(context: Any, column: str) -> bool:
+    result = context.calculate_metric(ValueDrift(column=column).to_calculation())
+    return any(t.id == _DRIFT_TEST and t.status.value == "FAIL" for t in result.tests or [])
+
+
+class FileValue(SingleValueMetric):
+    """A number ChurnOps measured outside the report, named ``what``: read from the
+    current dataset's metadata (a value in the metric's own config would make each
+    value a dashboard series of its own)."""
+
+    what: str
+
+
+class FileValueCalculation(SingleValueCalculation[FileValue]):
+    def calculate(self, context: Any, current_data: Any, reference_data: Any) -> Any:
+        return self.result(float(current_data.metadata[self.metric.what])), None
+
+    def display_name(self) -> str:
+        return self.metric.what
+
+
+def file_values(rows: int, attribution_ndcg: float | None) -> dict[str, str]:
+    """The current dataset's metadata that the :class:`FileValue` metrics read."""
+    values = {ROWS: str(rows)}
+    if attribution_ndcg is not None:
+        values[ATTRIBUTION_NDCG] = repr(attribution_ndcg)
+    return values
+
+
+class FileReport(MetricContainer):
+    """The whole per-file report: summary first, each metric once."""
+
+    features: list[str]
+    labeled: bool
+    labels_task: str
+    scores_task: str
+    #: Names of the FileValues in the current dataset's metadata (:func:`file_values`).
+    facts: list[str]
+
+    def generate_metrics(self, context: Any) -> Sequence[Any]:
+        facts = [FileValue(what=what) for what in self.facts]
+        return [*facts, DriftedFeatures(columns=self.features), *self.drift(), *self.quality()]
+
+    def drift(self) -> list[ValueDrift]:
+        return [ValueDrift(column=c) for c in [*self.features, PREDICTION]]
+
+    def quality(self) -> list[Any]:
+        """Quality without default tests (they compare with a dummy model: an extra pass);
+        the confusion matrix once, on F1."""
+        if not self.labeled:
+            return []
+        return [
+            metric(classification_name=self.labels_task, tests=[], conf_matrix=metric is F1Score)
+            if metric is not Accuracy
+            else metric(classification_name=self.labels_task, tests=[])
+            for metric in _LABEL_METRICS.values()
+        ] + [RocAuc(classification_name=self.scores_task, tests=[])]
+
+    def render(
+        self, context: Any, child_widgets: list[tuple[Any, list[BaseWidgetInfo]]] | None = None
+    ) -> list[BaseWidgetInfo]:
+        """The summary, each column's drift, then the quality figures (no counters: the
+        summary has this file's scores; the reference's are in-sample)."""
+        children = child_widgets or []
+        drift_ids = {m.metric_id for m in self.drift()}
+        quality_ids = {m.metric_id for m in self.quality()}
+        widgets = [self.summary(context)]
+        widgets += [w for metric_id, ws in children if metric_id in drift_ids for w in ws]
+        widgets += [
+            w
+            for metric_id, ws in children
+            if metric_id in quality_ids
+            for w in ws
+            if w.type != "counter"
+        ]
+        return widgets
+
+    def summary(self, context: Any) -> BaseWidgetInfo:
+        """Rows, drifted features, this file's scores, the attribution NDCG: one widget."""
+        fact = {w: context.get_metric_result(FileValue(what=w)).value for w in self.facts}
+        drifted = context.get_metric_result(DriftedFeatures(columns=self.features))
+        share = f"{drifted.count.value:.0f} of {len(self.features)} ({drifted.share.value:.0%})"
+        counters = [CounterData(ROWS, f"{fact[ROWS]:,.0f}")] if ROWS in fact else []
+        counters.append(CounterData("drifted features", share))
+        if self.labeled:
+            names = [*_LABEL_METRICS, "ROC AUC"]
+            for name, metric in zip(names, self.quality(), strict=True):
+                score = context.get_metric_result(metric).value
+                counters.append(CounterData(f"{name} on this file", f"{score:.3f}"))
+        if ATTRIBUTION_NDCG in fact:
+            counters.append(CounterData(ATTRIBUTION_NDCG, f"{fact[ATTRIBUTION_NDCG]:.3f}"))
+        return counter(counters=counters, title="Summary")
+
+
+# --- the project's dashboard --------------------------------------------------------------
+QUALITY_METRICS = ("F1Score", "Precision", "Recall", "Accuracy", "RocAuc")
+OVERVIEW_TAB = "Overview"
+
+
+def dashboard_panels(model_tags: Sequence[str]) -> list[DashboardPanelPlot]:
+    """Drifted share, rows per file, attribution NDCG; quality over time per model version
+    (``model_tags``: the ``<model>:v<version>`` tags runs carry)."""
+    panels = [
+        line_plot_panel(
+            "Drifted feature share",
+            [
+                PanelMetric(
+                    metric="DriftedFeatures", metric_labels={"value_type": "share"}, legend="share"
+                )
+            ],
+            description="Share of the features whose drift test failed, per file",
+            size="half",
+        ),
+        bar_plot_panel(
+            "Rows per file",
+            [PanelMetric(metric="FileValue", metric_labels={"what": ROWS}, legend="rows")],
+            size="half",
+        ),
+        line_plot_panel(
+            "Attribution NDCG",
+            [
+                PanelMetric(
+                    metric="FileValue", metric_labels={"what": ATTRIBUTION_NDCG}, legend="NDCG"
+                )
+            ],
+            description="1: the model leans on the features in the reference's order",
+            size="half",
+        ),
+    ]
+    for tag in sorted(model_tags):
+        panels.append(
+            line_plot_panel(
+                f"Quality scores, {tag}",
+                [PanelMetric(metric=m, tags=[tag], legend=m) for m in QUALITY_METRICS],
+                description="On each labeled file scored by this model version",
+                size="half",
+            )
+        )
+    return panels
+
+
+def ensure_dashboard(workspace: WorkspaceBase, project: Any, model_tag: str) -> None:
+    """Create the dashboard's panels, and a quality panel for a model version new to it.
+
+    Called once per process and model version; a dashboard that already has every
+    panel is left alone (a person's own panels and tabs stay).
+    """
+    current = workspace.get_dashboard(project)
+    titles = {p.title for p in current.panels}
+    tags = {tag for p in current.panels for v in p.values for tag in v.tags}
+    tags |= {model_tag} if model_tag else set()
+    missing = [p for p in dashboard_panels(sorted(tags)) if p.title not in titles]
+    if not missing:
+        return
+    tab = next((t for t in current.tabs if t.title == OVERVIEW_TAB), None)
+    if tab is None:
+        tab = DashboardTabModel(title=OVERVIEW_TAB, panels=[])
+        current.tabs.insert(0, tab)
+    current.panels.extend(missing)
+    tab.panels.extend(p.id for p in missing)
+    workspace.save_dashboard(project, DashboardModel(tabs=current.tabs, panels=current.panels))
