@@ -52,7 +52,7 @@ status: install ## Files by stage and the health of the platform's services
 	$(RUN) churnops status
 
 screenshots: install data ## README pictures (docs/screenshots/) of the running demo; needs Debian's chromium
-	$(RUN) python -m churnops.platform.screenshots
+	$(RUN) python -m devtools.screenshots
 
 test: install data ## Install and run the whole test suite, every tier
 	$(RUN) pytest
@@ -67,8 +67,8 @@ quality: install ## Lint and format checks (pre-commit hooks on every file)
 	$(RUN) pre-commit run --all-files
 
 format: install ## Format the code
-	$(RUN) ruff format code tests benchmarks upload_simulation_script.py
-	$(RUN) ruff check --fix code tests benchmarks upload_simulation_script.py
+	$(RUN) ruff format code tests benchmarks devtools upload_simulation_script.py
+	$(RUN) ruff check --fix code tests benchmarks devtools upload_simulation_script.py
 
 optuna-dashboard: install ## Open the Optuna study in optuna-dashboard
 	$(RUN) optuna-dashboard sqlite:///.churnops/optuna.db

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from churnops.platform.screenshots import ScreenshotError, Services, staging_version
 from churnops.settings import get_settings
+from devtools.screenshots import ScreenshotError, Services, staging_version
 
 pytestmark = pytest.mark.integration
 

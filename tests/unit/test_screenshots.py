@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from churnops.platform import screenshots as shots
 from churnops.platform.services import PlatformState
 from churnops.settings import get_settings
+from devtools import screenshots as shots
 
 #: Stands in for Chromium: writes a PNG for --screenshot, prints $FAKE_DOM for --dump-dom,
 #: fails like Chromium (D-Bus noise, then the error) when $FAKE_FAIL is set.

@@ -244,3 +244,20 @@ def test_a_symlink_is_moved_as_itself_and_never_read(tmp_path: Path) -> None:
     assert (tmp_path / "drop/data/errored/R/link.csv").is_symlink()
     with pytest.raises(OSError):
         storage.read("data/errored/R/link.csv")
+
+
+def test_the_move_that_empties_a_run_folder_removes_it_and_stage_folders_stay(
+    storage: LocalDropStorage,
+) -> None:
+    storage.create("data/input/a.csv", b"x")
+    storage.move("data/input/a.csv", "data/processing/R/a.csv")
+    storage.create("data/processing/R/a_predictions.csv", b"y")
+    storage.move("data/processing/R/a.csv", "data/processed/R/a.csv")
+    assert (storage.root / "data/processing/R").is_dir()  # its predictions are still there
+    storage.move("data/processing/R/a_predictions.csv", "data/processed/R/a_predictions.csv")
+    assert not (storage.root / "data/processing/R").exists()
+    assert (storage.root / "data/processing").is_dir() and (storage.root / "data/input").is_dir()
+    assert storage.list_keys("data/processed/R/") == [
+        "data/processed/R/a.csv",
+        "data/processed/R/a_predictions.csv",
+    ]

@@ -315,6 +315,7 @@ class LocalDropStorage(DropStorage):
             if not _same_entry(source, target):
                 raise ObjectExists(f"{dst} exists already: not replacing it") from None
         self._delete_source(source, target)
+        self._remove_if_empty_run_folder(source.parent)
 
     def _delete_source(self, source: Path, target: Path) -> None:
         """The second half of a move (its first made the new name): only if ``source`` is
@@ -329,6 +330,14 @@ class LocalDropStorage(DropStorage):
         except FileExistsError:  # and a newer still: keep this one under a name of its own
             os.link(aside, source.with_name(f"{uuid.uuid4().hex[:8]}-{source.name}"))
         aside.unlink()
+
+    def _remove_if_empty_run_folder(self, folder: Path) -> None:
+        """A run folder (``data/<stage>/<run>/``) its last move emptied goes, as on S3,
+        which has no folders; stage folders stay."""
+        if folder.parent.parent != self.root / PREFIX:
+            return
+        with suppress(OSError):  # not empty: another file of the run is still there
+            folder.rmdir()
 
     def append_line(self, key: str, line: str) -> None:
         target = self.path(key)

@@ -2,7 +2,7 @@
 
 Run against a platform started by ``make demo`` (``churnops up``)::
 
-    python -m churnops.platform.screenshots [--out docs/screenshots]
+    python -m devtools.screenshots [--out docs/screenshots]
 
 It reads where the services are from the platform's state file, makes sure a
 file has been processed (else it drops a copy of the drifted data file under a
@@ -457,7 +457,7 @@ def take_all(settings: Settings, out: Path, timeout: float, say: Callable[[str],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m churnops.platform.screenshots",
+        prog="python -m devtools.screenshots",
         description="PNG screenshots of the running demo's pages for the README.",
     )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help=f"folder (default {OUT_DIR})")
