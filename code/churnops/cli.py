@@ -287,10 +287,30 @@ def reconcile(
     for action in actions:
         if action.kind == "close-run":
             console.print(f"closed run {action.key}: {action.reason}")
-    if not actions:
+    waiting = _waiting_for_retry(storage)
+    for line in waiting:
+        console.print(line, soft_wrap=True)
+    if not actions and not waiting:
         console.print("nothing to reconcile")
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(EXIT_CODES["failed"])
+
+
+def _waiting_for_retry(storage: DropStorage) -> list[str]:
+    """A line per file in processing/ whose attempt failed and whose retry is not due
+    yet: the name, the time of the next attempt and why the last one failed."""
+    from churnops.drop import claims
+    from churnops.drop.storage import run_folders
+
+    lines = []
+    for run in run_folders(storage, "processing"):
+        lease = claims.latest_lease(storage, run)
+        if lease is not None and lease.state == "failed" and lease.retry_at:
+            lines.append(
+                f"waiting {lease.name} (run {run}): attempt {lease.attempt + 1} at"
+                f" {lease.retry_at}; attempt {lease.attempt} failed: {lease.reason}"
+            )
+    return lines
 
 
 @app.command()

@@ -68,12 +68,17 @@ def test_process_exit_codes_for_skipped_and_failed(
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port(LOOPBACK)}")
     monkeypatch.setenv("DEPENDENCY_WAIT_SECONDS", "1")
+    monkeypatch.setenv("RETRY_FIRST_SECONDS", "3600")
     (home / "a.csv").write_text("x\n1\n")
     result = CliRunner().invoke(app, ["process", str(home / "a.csv")])
     assert result.exit_code == 4, result.output
     assert "MLflow" in result.output and "unreachable" in result.output
     waiting = list((home / ".churnops/drop/data/processing").glob("*/a.csv"))
     assert len(waiting) == 1
+    # Asked to reconcile before the retry is due: the file is named, with its next attempt.
+    output = run("reconcile")
+    assert "nothing to reconcile" not in output
+    assert f"waiting a.csv (run {waiting[0].parent.name}): attempt 2 at 20" in output, output
 
 
 def test_process_a_missing_file_fails_clearly(home: Path) -> None:
