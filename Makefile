@@ -28,6 +28,7 @@ install: $(VENV_STAMP) ## Install the locked environment (.venv) with pipenv
 
 $(VENV_STAMP): Pipfile.lock
 	@$(PYTHON) -m pipenv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --user --quiet pipenv
+	@echo "Installing the locked environment into .venv (about 3 GB of disk; a few minutes on a first run)..."
 	$(PIPENV) install --deploy --dev
 	@rm -f .venv/.installed-* && touch $@
 

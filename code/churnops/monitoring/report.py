@@ -92,8 +92,7 @@ def build_figure(runs: pd.DataFrame, metrics: pd.DataFrame, settings: Settings) 
     _scores(axes[0], metrics, settings)
     _drift(axes[1], metrics, settings)
     _feature_drift(axes[2], metrics)
-    _volume(axes[3], runs)
-    figure.suptitle("Customer Churn Model Evaluation", fontsize=14)
+    _volume(axes[3], runs)  # no figure title: the page's heading is the title
     figure.autofmt_xdate()
     return figure
 
@@ -127,7 +126,8 @@ def _drift(ax: Axes, metrics: pd.DataFrame, settings: Settings) -> None:
     right.set_ylim(bottom=0)
     right.yaxis.set_major_locator(MaxNLocator(integer=True))
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper center", ncol=3, fontsize=8)
+    # Beside the plot, past the right axis: inside, it covered the points near 1.
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)
     ax.set_title("Drifted columns")
 
 
@@ -152,7 +152,7 @@ def _volume(ax: Axes, runs: pd.DataFrame) -> None:
     right.set_ylim(0, max(errored.max(), 1) * 1.15)
     right.yaxis.set_major_locator(MaxNLocator(integer=True))
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper left", fontsize=8)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)
     ax.set_title("Rows processed and files errored")
     ax.set_xlabel("time (UTC)")
 

@@ -349,10 +349,10 @@ def _write_state(platform: Platform) -> None:
     svc.PlatformState(os.getpid(), _drop_location(settings), entries).save(settings.home)
 
 
-def _drop_location(settings: Settings) -> str:
+def _drop_location(settings: Settings, folder: str = "input") -> str:
     if settings.drop_storage == "s3":
-        return f"s3://{settings.drop_bucket}/data/input/"
-    return str(settings.drop_dir / "data" / "input")
+        return f"s3://{settings.drop_bucket}/data/{folder}/"
+    return str(settings.drop_dir / "data" / folder)
 
 
 def _print_summary(platform: Platform) -> None:
@@ -363,6 +363,7 @@ def _print_summary(platform: Platform) -> None:
     for service in platform.children():
         table.add_row(service.name, service.url)
     table.add_row("drop folder", _drop_location(settings))
+    table.add_row("labels folder", _drop_location(settings, "labels"))
     table.add_row("state", str(settings.home))
     table.add_row("logs", str(settings.home / "logs"))
     platform.console.print(table)
