@@ -68,8 +68,8 @@ quality: install ## Lint and format checks (pre-commit hooks on every file)
 	$(RUN) pre-commit run --all-files
 
 format: install ## Format the code
-	$(RUN) ruff format code tests benchmarks devtools upload_simulation_script.py
-	$(RUN) ruff check --fix code tests benchmarks devtools upload_simulation_script.py
+	$(RUN) ruff format code tests benchmarks upload_simulation_script.py
+	$(RUN) ruff check --fix code tests benchmarks upload_simulation_script.py
 
 optuna-dashboard: install ## Open the Optuna study in optuna-dashboard
 	$(RUN) optuna-dashboard sqlite:///.churnops/optuna.db

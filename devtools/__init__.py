@@ -1,1 +1,0 @@
-"""Developer tools: not part of the churnops package (README screenshots)."""
