@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from churnops.pipeline.flow import REJECTED
 from churnops.platform.services import PlatformState, http_ok
 from churnops.settings import Settings, get_settings
 
@@ -216,8 +217,11 @@ def _json(url: str, body: dict | None = None, timeout: float = 30.0) -> Any:
         raise ScreenshotError(f"{url} did not answer as expected: {exc}") from exc
 
 
-def flow_run_filter(deployment: str, *, completed_only: bool, limit: int) -> dict[str, Any]:
-    """The Prefect API's filter for the newest runs of ``flow/deployment``."""
+def flow_run_filter(
+    deployment: str, *, completed_only: bool, limit: int, state_name: str | None = None
+) -> dict[str, Any]:
+    """The Prefect API's filter for the newest runs of ``flow/deployment`` (ended in the
+    state ``state_name``, when given)."""
     flow, _, name = deployment.partition("/")
     body: dict[str, Any] = {
         "flows": {"name": {"any_": [flow]}},
@@ -227,19 +231,39 @@ def flow_run_filter(deployment: str, *, completed_only: bool, limit: int) -> dic
     }
     if completed_only:
         body["flow_runs"] = {"state": {"type": {"any_": ["COMPLETED"]}}}
+    if state_name:
+        body["flow_runs"] = {"state": {"name": {"any_": [state_name]}}}
     return body
 
 
 def pipeline_runs(
-    services: Services, settings: Settings, *, completed_only: bool = False, limit: int = 50
+    services: Services,
+    settings: Settings,
+    *,
+    completed_only: bool = False,
+    limit: int = 50,
+    state_name: str | None = None,
 ) -> list[dict]:
     """The newest flow runs of the file pipeline's deployment, from the Prefect REST API."""
-    body = flow_run_filter(settings.prefect_deployment, completed_only=completed_only, limit=limit)
+    body = flow_run_filter(
+        settings.prefect_deployment,
+        completed_only=completed_only,
+        limit=limit,
+        state_name=state_name,
+    )
     return _json(f"{services.prefect_api}/flow_runs/filter", body)
 
 
-def drop_sample(services: Services, settings: Settings, now: datetime) -> str:
-    """Copy the drifted data file into the drop folder under a new name; return the name."""
+def rejected(run: dict[str, Any]) -> bool:
+    """The flow run ended Rejected: its file was invalid and went to errored/."""
+    return ((run.get("state") or {}).get("name")) == REJECTED
+
+
+def drop_sample(
+    services: Services, settings: Settings, now: datetime, *, invalid: bool = False
+) -> str:
+    """Copy the drifted data file into the drop folder under a new name (``invalid``: its
+    rows under a header the schema rejects); return the name."""
     from churnops.drop.storage import LocalDropStorage, ObjectExists, open_storage, stage_key
 
     source = settings.churn_data_dir / SAMPLE_FILE
@@ -248,13 +272,18 @@ def drop_sample(services: Services, settings: Settings, now: datetime) -> str:
             f"no file has been processed yet and {source} does not exist to drop one:"
             " run `make data` (or set CHURN_DATA_DIR)"
         )
-    name = unique_drop_name(SAMPLE_FILE, now)
+    data = source.read_bytes()
+    if invalid:  # the export renamed a column: a rejected file, with its reason
+        data = data.replace(b"Complains", b"Complaints", 1)
+    name = unique_drop_name(
+        SAMPLE_FILE.replace(".csv", "_renamed.csv") if invalid else SAMPLE_FILE, now
+    )
     if services.drop.startswith("s3://"):
         storage = open_storage(settings)
     else:  # .../drop/data/input: the storage root is two levels up
         storage = LocalDropStorage(Path(services.drop).parents[1])
     try:
-        storage.create(stage_key("input", name), source.read_bytes())
+        storage.create(stage_key("input", name), data)
     except ObjectExists:
         raise ScreenshotError(f"{name} is already in the drop folder: try again") from None
     return name
@@ -266,8 +295,10 @@ def wait_processed(
     name: str,
     timeout: float,
     say: Callable[[str], None],
+    done: Callable[[dict[str, Any]], bool] = processed,
 ) -> dict:
-    """The flow run that processed the dropped file ``name``; an error when it does not."""
+    """The flow run that processed (``done``) the dropped file ``name``; an error when it
+    ends otherwise."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -278,7 +309,7 @@ def wait_processed(
         if now != last:
             say(f"  {name}: {now}")
             last = now
-        if run is not None and processed(run):
+        if run is not None and done(run):
             return run
         if run is not None and state.get("type") in FINAL_STATES:
             raise ScreenshotError(
@@ -408,11 +439,22 @@ def find_pages(
     say(f"model: {settings.model_name} version {version} has the alias {settings.model_alias}")
     project, snapshot = evidently_report(services, settings, file_name)
     say(f"Evidently report: {snapshot}")
+    bad = next(iter(pipeline_runs(services, settings, limit=1, state_name=REJECTED)), None)
+    if bad is None:
+        name = drop_sample(services, settings, datetime.now(UTC), invalid=True)
+        say(f"no file rejected yet: dropped {name}, waiting up to {timeout:.0f}s")
+        bad = wait_processed(services, settings, name, timeout, say, done=rejected)
+    say(f"rejected file: {dropped_name(bad)} (Prefect flow run {bad['id']})")
     shots = [
         Shot(
             "prefect-flow-run.png",
             prefect_flow_run_url(services.prefect, run["id"]),
             (file_name, "Completed", "Beginning flow run"),  # the run's log has loaded
+        ),
+        Shot(
+            "prefect-rejected-run.png",
+            prefect_flow_run_url(services.prefect, bad["id"]),
+            (dropped_name(bad), REJECTED, "Beginning flow run"),
         ),
         Shot(
             "mlflow-model-version.png",
@@ -422,7 +464,12 @@ def find_pages(
         Shot(
             "evidently-report.png",
             evidently_report_url(services.evidently, project, snapshot),
-            (snapshot, "Drift in column"),
+            (snapshot, "Summary", "drifted features"),
+        ),
+        Shot(
+            "evidently-dashboard.png",
+            f"{services.evidently}/projects/{project}",
+            ("Drifted feature share", "Rows per file"),
         ),
     ]
     return shots

@@ -358,3 +358,12 @@ def test_optimising_keeps_the_picture(tmp_path: Path) -> None:
         assert image.size == (1400, 900)
         assert image.convert("RGB").getpixel((700, 450)) == (250, 250, 250)
     assert list(tmp_path.iterdir()) == [png]
+
+
+def test_a_rejected_run_is_found_by_its_state_name() -> None:
+    body = shots.flow_run_filter(
+        "churn_prediction_pipeline/churnops", completed_only=False, limit=1, state_name="Rejected"
+    )
+    assert body["flow_runs"] == {"state": {"name": {"any_": ["Rejected"]}}}
+    assert shots.rejected({"state": {"type": "FAILED", "name": "Rejected"}})
+    assert not shots.rejected({"state": {"type": "FAILED", "name": "Failed"}})
