@@ -41,6 +41,7 @@ from mlflow.environment_variables import (
 from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.utils.logging_utils import disable_logging
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from churnops.data.features import prepare_features
@@ -262,7 +263,9 @@ def configure_mlflow(settings: Settings) -> None:
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)
     MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set(True)
     if not logging.getLogger().isEnabledFor(logging.INFO):
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # MLflow's switch for its event stream: INFO lines and notices such as
+        # "Successfully registered model" (its failures still raise).
+        disable_logging()
 
 
 class MlflowUnavailable(RuntimeError):
