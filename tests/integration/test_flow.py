@@ -8,6 +8,7 @@ metrics database, the flow run's state).
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -304,13 +305,23 @@ def test_a_rejected_file_says_so_in_its_state_artifact_log_and_alert(
     assert any("'status' must be numeric" in item for item in items), html
     assert html.count("<table>") == 1 and "|" not in html.replace("a|b", ""), html
 
-    with get_client(sync_client=True) as client:
-        flow_run = LogFilterFlowRunId(any_=[state.state_details.flow_run_id])
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=flow_run))
-    text = "\n".join(entry.message for entry in logs)
+    text = run_log(state.state_details.flow_run_id, until="Finished in state Rejected")
     assert "'age' must be numeric" in text and "Traceback" not in text, text
     [alert] = [a for a in platform.alerts() if name in a["Message"]]
     assert "rejected file" in alert["Subject"] and "'status' must be numeric" in alert["Message"]
+
+
+def run_log(flow_run_id: object, until: str, wait: float = 60.0) -> str:
+    """The flow run's log as the server holds it, once ``until`` has arrived (Prefect
+    ships log lines in batches, after the run's end)."""
+    deadline = time.monotonic() + wait
+    ids = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    while True:
+        with get_client(sync_client=True) as client:
+            text = "\n".join(entry.message for entry in client.read_logs(log_filter=ids))
+        if until in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
 
 
 def rendered_artifact(state) -> str:
