@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from churnops.data.schema import DataValidationError
+from churnops.data.schema import is_bad_input
 from churnops.drop.storage import open_drop
 from churnops.monitoring import ops_metrics
 from churnops.pipeline import per_file, reconcile
@@ -53,7 +53,9 @@ def as_task(step: Callable[..., Any]) -> Callable[..., Any]:
     def judged(*args: Any, **kwargs: Any) -> Any:
         try:
             return step(*args, **kwargs)
-        except DataValidationError as exc:
+        except Exception as exc:
+            if not is_bad_input(exc):
+                raise
             return Completed(name=REJECTED, message=str(exc), data=exc)
 
     run = task(cache_policy=NO_CACHE)(judged)
