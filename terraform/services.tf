@@ -5,8 +5,13 @@
 # database bootstrap of its service (database.tf), in the flow image.
 
 locals {
-  # MLflow's client timeout and retries, identical on the local platform (launch.py).
-  mlflow_client_env = jsondecode(file("${path.module}/../code/churnops/platform/mlflow_client.json"))
+  # MLflow's client timeout and retries, identical on the local platform: the values of
+  # code/churnops/platform/mlflow_client.json, written here because this module is
+  # applied from a copy of terraform/ alone (test_apply_moto checks that they agree).
+  mlflow_client_env = {
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES = "2"
+    MLFLOW_HTTP_REQUEST_TIMEOUT     = "30"
+  }
 
   # An HTTP health check in the flow image, which has Python and no curl.
   http_check = ["CMD", "python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=4).status != 200)"]
