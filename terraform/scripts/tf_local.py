@@ -41,9 +41,8 @@ MIRROR_ROOTS = (
 REGION = "us-east-1"
 #: The emulator's UIs are https://<ui>.UI_DOMAIN behind a moto-made certificate.
 UI_DOMAIN = "churnops-emu.example.com"
-COPY_IGNORE = shutil.ignore_patterns(
-    ".terraform", "*.tfstate", "*.tfstate.*", ".terraform.lock.hcl", "*.tfvars"
-)
+#: The committed .terraform.lock.hcl is copied: every init checks the provider against it.
+COPY_IGNORE = shutil.ignore_patterns(".terraform", "*.tfstate", "*.tfstate.*", "*.tfvars")
 
 
 # ----------------------------------------------------------------- provider mirror
