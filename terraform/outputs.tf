@@ -141,7 +141,7 @@ output "deployments_task" {
     container        = "worker"
     command          = ["python", "-m", "churnops.platform.deployments"]
     subnets          = local.task_subnet_ids
-    security_groups  = [module.ecs.tasks_security_group_id]
+    security_groups  = [module.ecs.security_group_ids["worker"]]
     assign_public_ip = local.public_tasks
   }
 }
@@ -159,4 +159,9 @@ output "prefect_deployment" {
 output "image_tag" {
   description = "Image tag deployed."
   value       = var.image_tag
+}
+
+output "tunnel_operator_policy_arn" {
+  description = "IAM policy to attach to the people who may run `make tunnel` (port forwarding only; null when tunnel_enabled is false)."
+  value       = one(aws_iam_policy.tunnel_operator[*].arn)
 }

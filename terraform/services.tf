@@ -31,12 +31,18 @@ locals {
         "--app-name", "basic-auth",
       ]
       environment = {
-        # Reached only from inside the VPC: the load balancer (after sign-in), the worker, the tunnel.
-        MLFLOW_SERVER_ALLOWED_HOSTS = "*"
-        MLFLOW_AUTH_CONFIG_PATH     = "/tmp/mlflow-basic-auth.ini"
-        MLFLOW_AUTH_INI             = "[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:////tmp/mlflow-basic-auth.db"
-        MLFLOW_AUTH_ADMIN_USERNAME  = local.mlflow_user
-        PGSSLMODE                   = "require"
+        # The names it is reached by (Host header, against DNS rebinding): the load balancer
+        # (after sign-in), the worker (Cloud Map), the tunnel. /health is exempt (target checks).
+        MLFLOW_SERVER_ALLOWED_HOSTS = join(",", compact([
+          "mlflow.${local.name}.internal:${local.listeners.mlflow.port}",
+          var.ui_domain == null ? null : "mlflow.${var.ui_domain}",
+          "localhost:*",
+          "127.0.0.1:*",
+        ]))
+        MLFLOW_AUTH_CONFIG_PATH    = "/tmp/mlflow-basic-auth.ini"
+        MLFLOW_AUTH_INI            = "[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:////tmp/mlflow-basic-auth.db"
+        MLFLOW_AUTH_ADMIN_USERNAME = local.mlflow_user
+        PGSSLMODE                  = "require"
         # No job runner: seven huey worker processes ChurnOps never gives work.
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION = "false"
       }
@@ -234,6 +240,13 @@ data "aws_iam_policy_document" "worker_task" {
     sid       = "ProtectOwnTasks"
     actions   = ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
     resources = ["arn:${data.aws_partition.current.partition}:ecs:${local.region}:${local.account_id}:task/${local.name}/*"]
+
+    # The worker's tasks only (the service's tags propagate to its tasks).
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/churnops:service"
+      values   = ["worker"]
+    }
   }
 }
 

@@ -126,9 +126,21 @@ variable "ui_oidc_client_secret" {
 }
 
 variable "tunnel_enabled" {
-  description = "ECS Exec on the UIs' tasks, for `make tunnel SERVICE=<ui>` (an SSM port forward, authorized by IAM)."
+  description = "ECS Exec on the UIs' tasks, for `make tunnel SERVICE=<ui>` (an SSM port forward, authorized by IAM; attach the output tunnel_operator_policy_arn to whoever may open one). Off by default: an exec session sees the container's environment, secrets included; turn it on in development."
+  type        = bool
+  default     = false
+}
+
+variable "container_insights" {
+  description = "Container Insights on the ECS cluster (per-task CPU, memory and network metrics; about $35 a month at the default sizes). Off in the minimal profile."
   type        = bool
   default     = true
+}
+
+variable "s3_endpoint_route_table_ids" {
+  description = "Route tables of the task subnets for an S3 gateway endpoint (free: S3 and image layers without the NAT). Empty: none is made (the VPC may have one already)."
+  type        = list(string)
+  default     = []
 }
 
 variable "service_credentials_version" {
