@@ -100,6 +100,24 @@ data "aws_iam_policy_document" "kms" {
       values   = [local.account_id]
     }
   }
+
+  # The audit trail (audit.tf) encrypts its log files with this key.
+  statement {
+    sid       = "CloudTrailEncryptsItsFiles"
+    actions   = ["kms:GenerateDataKey*", "kms:DescribeKey"]
+    resources = ["*"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["cloudtrail.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceArn"
+      values   = [local.trail_arn]
+    }
+  }
 }
 
 resource "aws_kms_key" "platform" {
@@ -266,6 +284,7 @@ module "alb" {
   oidc                = var.ui_oidc
   oidc_client_secret  = var.ui_oidc_client_secret
   uis                 = local.listeners
+  access_logs_bucket  = aws_s3_bucket_policy.audit.bucket
 }
 
 module "rds" {

@@ -165,3 +165,8 @@ output "tunnel_operator_policy_arn" {
   description = "IAM policy to attach to the people who may run `make tunnel` (port forwarding only; null when tunnel_enabled is false)."
   value       = one(aws_iam_policy.tunnel_operator[*].arn)
 }
+
+output "github_role_arns" {
+  description = "The OIDC roles of the workflows (repository secrets AWS_PLAN_ROLE_ARN and AWS_PUSH_ROLE_ARN, the environment's AWS_DEPLOY_ROLE_ARN); empty without github_repository."
+  value       = { for k, r in aws_iam_role.github : k => r.arn }
+}

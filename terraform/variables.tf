@@ -332,3 +332,27 @@ variable "secret_recovery_window_days" {
   type        = number
   default     = 7
 }
+
+variable "audit_retention_days" {
+  description = "Days the audit bucket keeps the trail's files and the load balancer's access logs."
+  type        = number
+  default     = 400
+}
+
+variable "github_repository" {
+  description = "owner/name of the GitHub repository whose workflows deploy this environment: makes its three OIDC roles (github.tf). Null: none."
+  type        = string
+  default     = null
+}
+
+variable "github_oidc_provider_arn" {
+  description = "ARN of the account's GitHub OIDC provider when it exists already (one per account); null: github.tf creates it."
+  type        = string
+  default     = null
+}
+
+variable "github_state_bucket" {
+  description = "Bucket of the Terraform state (vars/<env>.backend.hcl), which the plan and push roles read (the push role also writes its lock file)."
+  type        = string
+  default     = null
+}

@@ -48,7 +48,6 @@ resource "aws_vpc_security_group_egress_rule" "sign_in" {
 }
 
 resource "aws_lb" "this" {
-  # checkov:skip=CKV_AWS_91:Access logs would need a log bucket with the ELB account's policy per region; left to the operator.
   # checkov:skip=CKV2_AWS_28:No WAF: the one listener answers only allowed_cidr_blocks and signs every user in before it forwards.
   # checkov:skip=CKV_AWS_150:Deletion protection is a variable (deletion_protection) so that `make destroy` works on staging.
   # checkov:skip=CKV2_AWS_20:Port 80 exists only with allow_insecure_http (no certificate: no HTTPS to redirect to); with a certificate there is no port 80 at all.
@@ -60,6 +59,13 @@ resource "aws_lb" "this" {
   drop_invalid_header_fields = true
   enable_deletion_protection = var.deletion_protection
   idle_timeout               = 120
+
+  # Who reached the load balancer, and which host and path (audit.tf's bucket).
+  access_logs {
+    bucket  = var.access_logs_bucket
+    prefix  = "alb"
+    enabled = true
+  }
 }
 
 resource "aws_lb_target_group" "this" {

@@ -68,6 +68,7 @@ locals {
 
 # ------------------------------------------------------------------ cluster
 resource "aws_ecs_cluster" "this" {
+  # checkov:skip=CKV_AWS_65:Container Insights is a variable (container_insights): on by default, off in the minimal profile to save its cost.
   name = var.name
 
   setting {
