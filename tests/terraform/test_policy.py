@@ -43,6 +43,7 @@ OIDC = {
     "user_info_endpoint": "https://idp.example.com/userinfo",
     "client_id": "churnops",
 }
+GITHUB_OIDC = "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com"
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "production": {"allowed_cidr_blocks": ["0.0.0.0/0"]},
     "oidc": {
@@ -52,8 +53,14 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
         "ui_oidc_client_secret": "not-a-real-client-secret",
     },
     "development": {"allow_insecure_http": True, "certificate_arn": None, "private_subnet_ids": []},
-    # The minimal profile's switches, with the tunnel on.
-    "tunnel": {"tunnel_enabled": True, "container_insights": False},
+    # The minimal profile's switches, with the tunnel on and the GitHub roles.
+    "tunnel": {
+        "tunnel_enabled": True,
+        "container_insights": False,
+        "github_repository": "acme/churnops",
+        "github_oidc_provider_arn": GITHUB_OIDC,
+        "github_state_bucket": "acme-tfstate",
+    },
 }
 REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "no certificate, no flag": ({"certificate_arn": None}, "HTTPS is required"),
@@ -500,6 +507,57 @@ def test_cognito_requires_mfa(production: Plan) -> None:
     (pool,) = production.of_type("aws_cognito_user_pool")
     assert pool.after["mfa_configuration"] == "ON"
     assert pool.after["software_token_mfa_configuration"] == [{"enabled": True}]
+
+
+def _document_actions(plan: Plan, address: str) -> set[str]:
+    """The actions of a policy document's statements, from the configuration (the
+    rendered JSON is unknown until apply when it names a resource's ARN)."""
+    (config,) = [
+        r for r in plan.raw["configuration"]["root_module"]["resources"] if r["address"] == address
+    ]
+    return {
+        action
+        for statement in config["expressions"]["statement"]
+        for action in statement.get("actions", {}).get("constant_value", [])
+    }
+
+
+def test_github_roles_trust_one_exact_subject_each(planned: dict[str, Plan | RuntimeError]) -> None:
+    """M8: plan on pull requests (read only), push from main, apply in the environment."""
+    production = planned["production"]
+    assert isinstance(production, Plan), production
+    assert not list(production.of_type("aws_iam_openid_connect_provider"))
+    assert not [r for r in production.of_type("aws_iam_role") if r.name == "github"]
+    plan = planned["tunnel"]
+    assert isinstance(plan, Plan), plan
+    subjects = {}
+    for role in (r for r in plan.of_type("aws_iam_role") if r.name == "github"):
+        (statement,) = json.loads(role.after["assume_role_policy"])["Statement"]
+        assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+        assert statement["Principal"] == {"Federated": GITHUB_OIDC}
+        equals = statement["Condition"]["StringEquals"]
+        assert equals["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
+        assert set(statement["Condition"]) == {"StringEquals"}  # no StringLike wildcard
+        subjects[role.index] = equals["token.actions.githubusercontent.com:sub"]
+    assert subjects == {
+        "plan": "repo:acme/churnops:pull_request",
+        "push": "repo:acme/churnops:ref:refs/heads/main",
+        "deploy": "repo:acme/churnops:environment:emu",
+    }
+    policies = {
+        (p.index, p.after["name"])
+        for p in plan.of_type("aws_iam_role_policy")
+        if p.name.startswith("github")
+    }
+    assert policies == {("plan", "read-platform"), ("push", "read-platform"), (None, "push-images")}
+    read = _document_actions(plan, "data.aws_iam_policy_document.github_read")
+    writes = ("Put", "Create", "Update", "Delete", "Upload", "Start", "Run", "Invoke", "Modify")
+    assert not [a for a in read if any(a.split(":")[1].startswith(w) for w in writes)]
+    assert "secretsmanager:GetSecretValue" not in read and "logs:GetLogEvents" not in read
+    assert not [a for a in read if a.endswith(":*") or a == "*"]
+    push = _document_actions(plan, "data.aws_iam_policy_document.github_push")
+    assert {"ecr:PutImage", "ecr:DescribeImageScanFindings"} <= push
+    assert not [a for a in push if not a.startswith(("ecr:", "s3:"))]
 
 
 # --- the checkers can fail --------------------------------------------------------------------
