@@ -59,10 +59,11 @@ apply-plan: tf-init $(TF_PREREQ) ## Apply exactly a saved plan (PLAN=file of `ma
 	$(TF) apply -input=false $(abspath $(PLAN))
 	@$(MAKE) --no-print-directory post-apply
 
-post-apply: $(TF_PREREQ) ## After an apply: write .env, wait for the services, register the Prefect deployments
+post-apply: $(TF_PREREQ) ## After an apply: write .env, bootstrap the database, wait for the services, register the Prefect deployments
 	@mkdir -p $(dir $(TF_OUTPUTS))
 	@$(TF) output -json > $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py env $(TF_OUTPUTS) --env-file $(ENV_FILE)
+	$(TF_PY) $(TF_DIR)/scripts/post_apply.py database $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py wait $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py deployments $(TF_OUTPUTS)
 

@@ -138,10 +138,13 @@ locals {
   # not depend on the task definitions): its port, and whom it calls on theirs.
   security_groups = merge(
     { for k, l in local.listeners : k => { port = l.port, calls = [] } },
-    { worker = { port = null, calls = ["prefect-server", "mlflow", "evidently"] } },
+    {
+      worker    = { port = null, calls = ["prefect-server", "mlflow", "evidently"] }
+      "db-init" = { port = null, calls = [] }
+    },
   )
-  # The services that log in to Postgres (Evidently does not).
-  database_clients = ["mlflow", "prefect-server", "worker", "grafana"]
+  # What logs in to Postgres (Evidently does not): four services and the bootstrap.
+  database_clients = ["mlflow", "prefect-server", "worker", "grafana", "db-init"]
 }
 
 resource "aws_vpc_security_group_egress_rule" "database" {

@@ -146,6 +146,18 @@ output "deployments_task" {
   }
 }
 
+output "db_bootstrap_task" {
+  description = "How `make apply` bootstraps the database (post_apply.py database): the one-off task db-init, with its own roles and network, as the RDS master user; its own command."
+  value = {
+    cluster          = module.ecs.cluster_name
+    task_definition  = module.ecs.task_definition_arns["db-init"]
+    container        = "db-init"
+    subnets          = local.task_subnet_ids
+    security_groups  = [module.ecs.security_group_ids["db-init"]]
+    assign_public_ip = local.public_tasks
+  }
+}
+
 output "ops_metrics_namespace" {
   description = "CloudWatch namespace of ChurnOps' operational metrics (file ages, failed and queued flow runs)."
   value       = local.ops_metrics_namespace

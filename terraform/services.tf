@@ -1,8 +1,8 @@
 # The five ECS services. The flow image (code/orchestration/Dockerfile) carries
 # churnops, Prefect, MLflow and Evidently, so it also runs the MLflow server,
 # the Prefect server and the Evidently UI: one set of pinned versions.
-# Every service's container has a health check; each init container is the
-# database bootstrap of its service (database.tf), in the flow image.
+# Every service's container has a health check. The database bootstrap is a one-off
+# task (database.tf), not part of any service: no service sees the master secret.
 
 locals {
   # MLflow's client timeout and retries, identical on the local platform (launch.py).
@@ -12,6 +12,8 @@ locals {
   http_check = ["CMD", "python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=4).status != 200)"]
 
   services = {
+    "db-init" = local.db_bootstrap
+
     mlflow = {
       image  = local.images.orchestration
       port   = local.listeners.mlflow.port
@@ -52,7 +54,6 @@ locals {
         MLFLOW_AUTH_ADMIN_PASSWORD     = local.credential_refs.mlflow_password
         MLFLOW_FLASK_SERVER_SECRET_KEY = local.credential_refs.mlflow_flask_key
       }
-      init = local.db_init["mlflow"]
     }
 
     "prefect-server" = {
@@ -75,7 +76,6 @@ locals {
         PREFECT_SERVER_DATABASE_CONNECTION_URL = local.db_url_secrets["prefect"]
         PREFECT_SERVER_API_AUTH_STRING         = local.credential_refs.prefect_auth_string
       }
-      init = local.db_init["prefect"]
     }
 
     worker = {
@@ -93,8 +93,6 @@ locals {
       # The runner writes this file once it serves (deployments registered, model loaded).
       health_check = { command = ["CMD-SHELL", "test -f /tmp/churnops/runner.ready.0"], start_period = 300 }
       stop_timeout = 120
-      # Migrates the metrics database, then the flow's writer role.
-      init = local.db_init["flow"]
       # MLflow's client timeout and retries: the file the local runners read too.
       environment = merge(local.mlflow_client_env, {
         DROP_STORAGE        = "s3"
@@ -158,8 +156,6 @@ locals {
         METRICS_DB_PASSWORD        = "${module.rds.roles.grafana.secret_arn}:password::"
         GF_SECURITY_ADMIN_PASSWORD = "${aws_secretsmanager_secret.grafana_admin.arn}:password::"
       }
-      # The read-only role, by the init step in the flow image (not Grafana's).
-      init = local.db_init["grafana"]
     }
   }
 }

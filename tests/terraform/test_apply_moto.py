@@ -259,19 +259,15 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     assert set(task["subnets"]) == set(deployment.tfvars["private_subnet_ids"])
 
     _, grafana = by_name["grafana"]
-    init, main = _container(grafana, "init"), _container(grafana, "grafana")
-    assert init["essential"] is False
-    assert main["dependsOn"] == [{"containerName": "init", "condition": "SUCCESS"}]
+    main = _container(grafana, "grafana")
     assert "METRICS_DB_PASSWORD" in {s["name"] for s in main["secrets"]}
-    # The init runs churnops's db_init.py: the flow image, not Grafana's.
     repos = deployment.outputs["ecr_repository_urls"]
-    assert init["image"].startswith(f"{repos['orchestration']}:")
     assert main["image"].startswith(f"{repos['grafana']}:")
 
 
 def test_every_container_and_the_lambda_send_no_usage_data(deployment: Deployment) -> None:
     """The local platform's switches (USAGE_TELEMETRY off) in every container of every
-    registered task definition, init containers and one-off tasks too, and the Lambda."""
+    registered task definition, the one-off tasks too, and the Lambda."""
     ecs = deployment.client("ecs")
     arns = ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"]
     containers = [
@@ -281,7 +277,7 @@ def test_every_container_and_the_lambda_send_no_usage_data(deployment: Deploymen
             "containerDefinitions"
         ]
     ]
-    assert {c["name"] for _, c in containers} >= EXPECTED_SERVICES | {"init"}
+    assert {c["name"] for _, c in containers} >= EXPECTED_SERVICES | {"db-init"}
     for task, container in containers:
         env = {e["name"]: e["value"] for e in container.get("environment", [])}
         assert env.items() >= NO_USAGE_TELEMETRY.items(), (task, container["name"])
@@ -291,31 +287,49 @@ def test_every_container_and_the_lambda_send_no_usage_data(deployment: Deploymen
     assert function["Environment"]["Variables"].items() >= NO_USAGE_TELEMETRY.items()
 
 
-def test_every_service_bootstraps_its_own_database_role(deployment: Deployment) -> None:
-    """Each task's init container: db_init.py as the master user, for its service's role."""
-    expected = {
-        "worker": ("writer", "churnops_flow", "metrics", "flow"),
-        "grafana": ("reader", "grafana_ro", "metrics", "grafana"),
-        "mlflow": ("owner", "mlflow", "mlflow", "mlflow"),
-        "prefect-server": ("owner", "prefect", "prefect", "prefect"),
-    }
-    tasks = _task_definitions(deployment)
+def test_the_database_bootstrap_is_a_one_off_task_alone_with_the_master_secret(
+    deployment: Deployment,
+) -> None:
+    """M3: db_init.py as the master user, for every service's role, in a task of its own
+    that `make apply` runs (post_apply.py database); no service's task definition or
+    execution role names the master secret."""
+    expected = [
+        ("flow", "writer", "churnops_flow", "metrics"),
+        ("grafana", "reader", "grafana_ro", "metrics"),
+        ("mlflow", "owner", "mlflow", "mlflow"),
+        ("prefect", "owner", "prefect", "prefect"),
+    ]
     master = deployment.outputs["db_master_secret_arn"]
+    ecs, iam = deployment.client("ecs"), deployment.client("iam")
+    services = _task_definitions(deployment)
+    assert "db-init" not in services
+    for name, task in services.items():
+        assert master not in json.dumps(task["containerDefinitions"]), name
+        assert [c["name"] for c in task["containerDefinitions"]] == [name], name
+        role = task["executionRoleArn"].rsplit("/", 1)[1]
+        assert master not in json.dumps(iam.get_role_policy(RoleName=role, PolicyName="execution"))
+
+    out = deployment.outputs["db_bootstrap_task"]
+    task = ecs.describe_task_definition(taskDefinition=out["task_definition"])["taskDefinition"]
+    (init,) = task["containerDefinitions"]
+    assert init["name"] == out["container"] == "db-init"
+    repos = deployment.outputs["ecr_repository_urls"]
+    assert init["image"].startswith(f"{repos['orchestration']}:")
+    assert init["command"][:2] == ["python", "-c"] and "ensure_role" in init["command"][2]
+    env = {e["name"]: e["value"] for e in init["environment"]}
+    assert [
+        (r["key"], r["kind"], r["name"], r["database"]) for r in json.loads(env["DB_ROLES"])
+    ] == expected
+    secrets = {s["name"]: s["valueFrom"] for s in init["secrets"]}
+    assert secrets["DB_ADMIN_PASSWORD"] == f"{master}:password::"
     sm = deployment.client("secretsmanager")
-    for service, (kind, name, database, secret) in expected.items():
-        init = _container(tasks[service], "init")
-        env = {e["name"]: e["value"] for e in init["environment"]}
-        secrets = {s["name"]: s["valueFrom"] for s in init["secrets"]}
-        assert init["command"][:2] == ["python", "-c"] and "ensure_role" in init["command"][2]
-        assert (env["DB_ROLE_KIND"], env["DB_ROLE_NAME"], env["DB_ROLE_DATABASE"]) == (
-            kind,
-            name,
-            database,
-        )
-        assert secrets["DB_ADMIN_PASSWORD"] == f"{master}:password::"
-        role_arn = sm.describe_secret(SecretId=f"churnops-emu/db/{secret}")["ARN"]
-        assert secrets["DB_ROLE_PASSWORD"] == f"{role_arn}:password::"
-    assert "evidently" not in {s for s, t in tasks.items() if _has(t, "init")}
+    for key, *_ in expected:
+        role_arn = sm.describe_secret(SecretId=f"churnops-emu/db/{key}")["ARN"]
+        assert secrets[f"DB_PASSWORD_{key.upper()}"] == f"{role_arn}:password::"
+    ec2 = deployment.client("ec2")
+    (group,) = ec2.describe_security_groups(GroupIds=out["security_groups"])["SecurityGroups"]
+    assert group["GroupName"] == "churnops-emu-db-init"
+    assert group["IpPermissions"] == []
 
 
 def test_every_container_has_a_health_check_and_deploys_roll(deployment: Deployment) -> None:

@@ -325,36 +325,45 @@ def test_failed_invocations_go_to_an_encrypted_queue_with_alarms(plan: Plan) -> 
 
 
 def test_ecs_exec_is_off_unless_asked_and_only_the_uis_can_be_tunnelled_into(
-    plan: Plan, planned: dict[str, Plan | RuntimeError]
+    planned: dict[str, Plan | RuntimeError],
 ) -> None:
     """ECS Exec (`make tunnel`) is off by default (a session sees the secrets in the
     environment); with tunnel_enabled, on the four UIs' services only, never the worker,
     with an operator policy that forwards ports and opens no shell."""
-    exec_enabled = {
-        s.after["name"]: s.after["enable_execute_command"] for s in plan.of_type("aws_ecs_service")
+    enabled = {}
+    for name in ("production", "tunnel"):
+        plan = planned[name]
+        assert isinstance(plan, Plan), plan
+        enabled[name] = {
+            s.after["name"]
+            for s in plan.of_type("aws_ecs_service")
+            if s.after["enable_execute_command"]
+        }
+        operators = [p for p in plan.of_type("aws_iam_policy") if p.name == "tunnel_operator"]
+        assert len(operators) == (name == "tunnel")
+    assert enabled == {
+        "production": set(),
+        "tunnel": {"mlflow", "prefect-server", "evidently", "grafana"},
     }
-    assert set(exec_enabled) == {"mlflow", "prefect-server", "evidently", "grafana", "worker"}
-    assert not any(exec_enabled.values())
-    assert not list(plan.of_type("aws_iam_policy"))
-    tunnel = planned["tunnel"]
-    assert isinstance(tunnel, Plan), tunnel
-    exec_enabled = {
-        s.after["name"]: s.after["enable_execute_command"]
-        for s in tunnel.of_type("aws_ecs_service")
+    (config,) = [
+        r
+        for r in planned["tunnel"].raw["configuration"]["root_module"]["resources"]
+        if r["address"] == "data.aws_iam_policy_document.tunnel_operator"
+    ]
+    statements = config["expressions"]["statement"]
+    actions = {a for s in statements for a in s["actions"]["constant_value"]}
+    assert actions == {
+        "ecs:ListTasks",
+        "ecs:DescribeTasks",
+        "ssm:StartSession",
+        "ssm:TerminateSession",
+        "ssm:ResumeSession",
     }
-    assert {name for name, on in exec_enabled.items() if on} == {
-        "mlflow",
-        "prefect-server",
-        "evidently",
-        "grafana",
-    }
-    (operator,) = tunnel.of_type("aws_iam_policy")
-    statements = json.loads(operator.after["policy"])["Statement"]
-    actions = {a for s in statements for a in _as_list(s["Action"])}
-    assert "ecs:ExecuteCommand" not in actions and "ssm:StartSession" in actions
-    (start,) = (s for s in statements if "ssm:StartSession" in _as_list(s["Action"]))
-    assert any(r.endswith(":document/AWS-StartPortForwardingSession") for r in start["Resource"])
-    assert not any(":document/" in r and "PortForwarding" not in r for r in start["Resource"])
+    (start,) = [s for s in statements if s["actions"]["constant_value"] == ["ssm:StartSession"]]
+    documents = [r for r in json.dumps(start["resources"]).split('"') if ":document/" in r]
+    assert documents and all(
+        d.endswith(":document/AWS-StartPortForwardingSession") for d in documents
+    )
 
 
 def _as_list(value: Any) -> list:
@@ -391,12 +400,15 @@ def test_container_insights_is_a_variable(planned: dict[str, Plan | RuntimeError
 
 # --- one trust zone per service (M1, H1) -------------------------------------------------------
 SERVICES = ("mlflow", "prefect-server", "worker", "evidently", "grafana")
+#: The database bootstrap: a one-off task with a group of its own (module ecs), no service.
+ONE_OFF = ("db-init",)
 UI_PORTS = {"mlflow": 5000, "prefect-server": 4200, "evidently": 8000, "grafana": 3000}
 
 
 def test_every_service_has_its_own_security_group(plan: Plan) -> None:
     groups = {g.index for g in plan.of_type("aws_security_group") if g.name == "service"}
-    assert groups == set(SERVICES)
+    assert groups == set(SERVICES + ONE_OFF)
+    assert {s.index for s in plan.of_type("aws_ecs_service")} == set(SERVICES)
     for service in plan.of_type("aws_ecs_service"):
         (network,) = plan.expressions(service)["network_configuration"]
         group = plan.resolve(service, network["security_groups"])
@@ -445,7 +457,7 @@ def test_each_service_admits_only_its_callers_on_its_port(plan: Plan) -> None:
     assert egress == sorted(
         [
             (f'aws_vpc_security_group_egress_rule.database["{s}"]', 5432)
-            for s in ("mlflow", "prefect-server", "worker", "grafana")
+            for s in ("mlflow", "prefect-server", "worker", "grafana", "db-init")
         ]
         + [("aws_vpc_security_group_egress_rule.efs", 2049)]
         + [
@@ -473,7 +485,7 @@ def test_the_database_admits_its_clients_and_efs_only_evidently(plan: Plan) -> N
     database = {
         r.index for r in plan.of_type("aws_vpc_security_group_egress_rule") if r.name == "database"
     }
-    assert database == {"mlflow", "prefect-server", "worker", "grafana"}
+    assert database == {"mlflow", "prefect-server", "worker", "grafana", "db-init"}
     (efs,) = (r for r in root["resources"] if r["address"] == "aws_security_group.efs")
     assert (
         efs["expressions"]["ingress"]["references"][0]

@@ -49,7 +49,7 @@ locals {
         secrets      = [for k, v in s.secrets : { name = k, valueFrom = v }]
         dependsOn    = s.init == null ? [] : [{ containerName = "init", condition = "SUCCESS" }]
         mountPoints  = [for name, v in s.volumes : { sourceVolume = name, containerPath = v.container_path, readOnly = false }]
-        healthCheck = {
+        healthCheck = s.health_check == null ? null : {
           command     = s.health_check.command
           interval    = s.health_check.interval
           timeout     = s.health_check.timeout

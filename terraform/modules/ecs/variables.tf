@@ -110,13 +110,14 @@ variable "services" {
     environment            = optional(map(string), {})
     secrets                = optional(map(string), {})
     stop_timeout           = optional(number, 30)
-    health_check = object({
+    # Required for a service; a one-off task runs to its end and has none.
+    health_check = optional(object({
       command      = list(string)
       start_period = optional(number, 60)
       interval     = optional(number, 30)
       timeout      = optional(number, 5)
       retries      = optional(number, 3)
-    })
+    }))
     volumes = optional(map(object({
       file_system_id   = string
       file_system_arn  = string
