@@ -59,14 +59,15 @@ apply-plan: tf-init $(TF_PREREQ) ## Apply exactly a saved plan (PLAN=file of `ma
 	$(TF) apply -input=false $(abspath $(PLAN))
 	@$(MAKE) --no-print-directory post-apply
 
-post-apply: $(TF_PREREQ) ## After an apply: write .env, wait for the services, register the Prefect deployments
+post-apply: $(TF_PREREQ) ## After an apply: write .env, bootstrap the database, wait for the services, register the Prefect deployments
 	@mkdir -p $(dir $(TF_OUTPUTS))
 	@$(TF) output -json > $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py env $(TF_OUTPUTS) --env-file $(ENV_FILE)
+	$(TF_PY) $(TF_DIR)/scripts/post_apply.py database $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py wait $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py deployments $(TF_OUTPUTS)
 
-push-images: ## Build and push the three images to ECR with IMAGE_TAG (needs Docker)
+push-images: ## Build and push the three images to ECR with IMAGE_TAG (needs Docker); a critical scan finding stops here
 	@mkdir -p .churnops
 	$(TF) output -json ecr_repository_urls > .churnops/ecr-repositories.json
 	@set -e; \
@@ -77,7 +78,8 @@ push-images: ## Build and push the three images to ECR with IMAGE_TAG (needs Doc
 		&& docker push $$(repo $$1):$(IMAGE_TAG); }; \
 	build orchestration code/orchestration/Dockerfile . ; \
 	build s3-to-prefect-lambda code/s3_to_prefect_lambda/Dockerfile code ; \
-	build grafana code/grafana/Dockerfile code/grafana
+	build grafana code/grafana/Dockerfile code/grafana; \
+	$(TF_PY) $(TF_DIR)/scripts/image_scan.py .churnops/ecr-repositories.json $(IMAGE_TAG) --region $$region
 
 destroy: tf-init ## Remove the platform from AWS (set db_deletion_protection = false first)
 	$(TF) destroy -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(or $(TF_DEPLOYED_TAG),$(IMAGE_TAG))

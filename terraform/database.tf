@@ -1,5 +1,5 @@
-# The database side of the services: one Postgres role per service, the init
-# container that gives it its grants, and where each service's credentials come from.
+# The database side of the services: one Postgres role per service, the one-off
+# bootstrap task that gives them their grants, and where each service's credentials come from.
 # The role kinds and their grants are defined once, in churnops
 # (code/churnops/monitoring/db_roles.py), which terraform/scripts/db_init.py runs.
 
@@ -23,28 +23,37 @@ locals {
     prefect = "${module.rds.roles.prefect.secret_arn}:url::"
   }
 
-  # The init container of each service's task, in the flow image (it carries
-  # churnops): as the RDS master user, migrate what needs it and give the role its
-  # password and grants. Idempotent, so it runs at every task start.
-  db_init = {
-    for key, role in module.rds.roles : key => {
-      image   = local.images.orchestration
-      command = ["python", "-c", file("${path.module}/scripts/db_init.py")]
-      environment = {
-        DB_HOST           = module.rds.address
-        DB_PORT           = tostring(module.rds.port)
-        DB_ADMIN_DATABASE = module.rds.initial_database
-        DB_ROLE_KIND      = role.kind
-        DB_ROLE_NAME      = role.name
-        DB_ROLE_DATABASE  = role.database
-        PGSSLMODE         = "require"
-      }
-      secrets = {
+  # The database bootstrap: a one-off task (no ECS service) that `make apply` runs
+  # (post_apply.py database) as the RDS master user: migrate the metrics database,
+  # give each service's role its password and grants. Idempotent. Only its own
+  # execution role reads the master secret; it runs no customer file.
+  db_bootstrap_order = ["flow", "grafana", "mlflow", "prefect"]
+  db_bootstrap = {
+    image   = local.images.orchestration
+    one_off = true
+    cpu     = 256
+    memory  = 512
+    command = ["python", "-c", file("${path.module}/scripts/db_init.py")]
+    environment = {
+      DB_HOST           = module.rds.address
+      DB_PORT           = tostring(module.rds.port)
+      DB_ADMIN_DATABASE = module.rds.initial_database
+      PGSSLMODE         = "require"
+      DB_ROLES = jsonencode([
+        for key in local.db_bootstrap_order : {
+          key      = key
+          kind     = module.rds.roles[key].kind
+          name     = module.rds.roles[key].name
+          database = module.rds.roles[key].database
+        }
+      ])
+    }
+    secrets = merge(
+      {
         DB_ADMIN_USER     = "${module.rds.master_secret_arn}:username::"
         DB_ADMIN_PASSWORD = "${module.rds.master_secret_arn}:password::"
-        DB_ROLE_PASSWORD  = "${role.secret_arn}:password::"
-      }
-    }
+      },
+      { for key in local.db_bootstrap_order : "DB_PASSWORD_${upper(key)}" => "${module.rds.roles[key].secret_arn}:password::" },
+    )
   }
-
 }

@@ -20,16 +20,69 @@ resource "aws_efs_file_system" "evidently" {
 
 resource "aws_security_group" "efs" {
   name        = "${local.name}-efs"
-  description = "EFS of ${local.name}: NFS from the ECS tasks only"
+  description = "EFS of ${local.name}: NFS from the Evidently tasks only"
   vpc_id      = var.vpc_id
 
   ingress {
-    description     = "NFS from the ECS tasks"
+    description     = "NFS from the Evidently tasks"
     from_port       = 2049
     to_port         = 2049
     protocol        = "tcp"
-    security_groups = [module.ecs.tasks_security_group_id]
+    security_groups = [module.ecs.security_group_ids["evidently"]]
   }
+}
+
+resource "aws_vpc_security_group_egress_rule" "efs" {
+  security_group_id            = module.ecs.security_group_ids["evidently"]
+  description                  = "evidently to its workspace (NFS)"
+  ip_protocol                  = "tcp"
+  from_port                    = 2049
+  to_port                      = 2049
+  referenced_security_group_id = aws_security_group.efs.id
+}
+
+# Enforced on the server side too: TLS only, and only the Evidently task role,
+# only through the access point (the task mounts with IAM authorisation).
+data "aws_iam_policy_document" "efs" {
+  statement {
+    sid       = "EvidentlyThroughItsAccessPoint"
+    actions   = ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+    resources = [aws_efs_file_system.evidently.arn]
+
+    principals {
+      type        = "AWS"
+      identifiers = [module.ecs.task_role_arns["evidently"]]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "elasticfilesystem:AccessPointArn"
+      values   = [aws_efs_access_point.evidently.arn]
+    }
+  }
+
+  statement {
+    sid       = "DenyWithoutTls"
+    effect    = "Deny"
+    actions   = ["*"]
+    resources = [aws_efs_file_system.evidently.arn]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_efs_file_system_policy" "evidently" {
+  file_system_id = aws_efs_file_system.evidently.id
+  policy         = data.aws_iam_policy_document.efs.json
 }
 
 # One mount target per subnet of the tasks (the private ones where given); EFS

@@ -82,20 +82,8 @@ data "aws_iam_policy_document" "kms" {
     }
   }
 
-  # The ECS task-crash rule (alarms.tf) publishes to the alerts topic, which this key encrypts.
-  statement {
-    sid       = "EventBridgeToEncryptedTopic"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
-    resources = ["*"]
-
-    principals {
-      type        = "Service"
-      identifiers = ["events.amazonaws.com"]
-    }
-  }
-
   # CloudWatch alarms and EventBridge rules (alarms.tf, the trigger's alarms) publish to
-  # the alerts topic, which this key encrypts.
+  # the alerts topic, which this key encrypts: this account's only.
   statement {
     sid       = "AlarmsAndEventsToEncryptedTopic"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
@@ -104,6 +92,30 @@ data "aws_iam_policy_document" "kms" {
     principals {
       type        = "Service"
       identifiers = ["cloudwatch.amazonaws.com", "events.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+
+  # The audit trail (audit.tf) encrypts its log files with this key.
+  statement {
+    sid       = "CloudTrailEncryptsItsFiles"
+    actions   = ["kms:GenerateDataKey*", "kms:DescribeKey"]
+    resources = ["*"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["cloudtrail.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceArn"
+      values   = [local.trail_arn]
     }
   }
 }
@@ -118,6 +130,89 @@ resource "aws_kms_key" "platform" {
 resource "aws_kms_alias" "platform" {
   name          = "alias/${local.name}"
   target_key_id = aws_kms_key.platform.key_id
+}
+
+# ------------------------------------------------------------------ network
+locals {
+  # A security group per service (written out, not from local.services: the groups must
+  # not depend on the task definitions): its port, and whom it calls on theirs.
+  security_groups = merge(
+    { for k, l in local.listeners : k => { port = l.port, calls = [] } },
+    {
+      worker    = { port = null, calls = ["prefect-server", "mlflow", "evidently"] }
+      "db-init" = { port = null, calls = [] }
+    },
+  )
+  # What logs in to Postgres (Evidently does not): four services and the bootstrap.
+  database_clients = ["mlflow", "prefect-server", "worker", "grafana", "db-init"]
+}
+
+resource "aws_vpc_security_group_egress_rule" "database" {
+  for_each = toset(local.database_clients)
+
+  security_group_id            = module.ecs.security_group_ids[each.key]
+  description                  = "${each.key} to Postgres"
+  ip_protocol                  = "tcp"
+  from_port                    = 5432
+  to_port                      = 5432
+  referenced_security_group_id = module.rds.security_group_id
+}
+
+# S3 without the NAT (free, and no NAT data charge): the drop bucket, MLflow's
+# artifacts and ECR's image layers, on the tasks' route tables.
+resource "aws_vpc_endpoint" "s3" {
+  count = length(var.s3_endpoint_route_table_ids) > 0 ? 1 : 0
+
+  vpc_id            = var.vpc_id
+  service_name      = "com.amazonaws.${local.region}.s3"
+  vpc_endpoint_type = "Gateway"
+  route_table_ids   = var.s3_endpoint_route_table_ids
+}
+
+# ------------------------------------------------------------------ tunnel operators
+# What `make tunnel` needs and nothing more: a port forward (AWS-StartPortForwardingSession)
+# into a task of this cluster. No ecs:ExecuteCommand, so no shell in a container.
+data "aws_iam_policy_document" "tunnel_operator" {
+  statement {
+    sid       = "FindTasks"
+    actions   = ["ecs:ListTasks", "ecs:DescribeTasks"]
+    resources = ["*"]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [module.ecs.cluster_arn]
+    }
+  }
+
+  statement {
+    sid     = "PortForwardIntoTasks"
+    actions = ["ssm:StartSession"]
+    resources = [
+      "arn:${data.aws_partition.current.partition}:ecs:${local.region}:${local.account_id}:task/${local.name}/*",
+      "arn:${data.aws_partition.current.partition}:ssm:${local.region}::document/AWS-StartPortForwardingSession",
+    ]
+
+    condition {
+      test     = "BoolIfExists"
+      variable = "ssm:SessionDocumentAccessCheck"
+      values   = ["true"]
+    }
+  }
+
+  statement {
+    sid       = "EndOwnSessions"
+    actions   = ["ssm:TerminateSession", "ssm:ResumeSession"]
+    resources = ["arn:${data.aws_partition.current.partition}:ssm:*:*:session/$${aws:userid}-*"]
+  }
+}
+
+resource "aws_iam_policy" "tunnel_operator" {
+  count = var.tunnel_enabled ? 1 : 0
+
+  name        = "${local.name}-tunnel-operator"
+  description = "make tunnel: SSM port forwarding into the ${local.name} tasks only (no exec shell)"
+  policy      = data.aws_iam_policy_document.tunnel_operator.json
 }
 
 # ------------------------------------------------------------------ modules
@@ -156,11 +251,13 @@ module "lambda" {
   image_uri                 = local.images.lambda
   prefect_api_url           = coalesce(var.prefect_api_url_for_lambda, local.prefect_api_url_internal)
   prefect_auth_secret_arn   = aws_secretsmanager_secret.credentials["prefect"].arn
-  prefect_security_group_id = module.ecs.tasks_security_group_id
-  prefect_port              = local.listeners["prefect-server"].port
-  vpc_id                    = var.vpc_id
-  subnet_ids                = local.task_subnet_ids
-  region                    = local.region
+  prefect_security_group_id = module.ecs.security_group_ids["prefect-server"]
+  # Every task reads its secrets through the endpoint too once it exists (private DNS).
+  endpoint_client_security_group_ids = values(module.ecs.security_group_ids)
+  prefect_port                       = local.listeners["prefect-server"].port
+  vpc_id                             = var.vpc_id
+  subnet_ids                         = local.task_subnet_ids
+  region                             = local.region
   # Public subnets give the function no public IP: it needs the endpoint there.
   secretsmanager_endpoint = var.secretsmanager_vpc_endpoint || local.public_tasks
   alarm_topic_arn         = module.sns.topic_arn
@@ -190,6 +287,7 @@ module "alb" {
   oidc                = var.ui_oidc
   oidc_client_secret  = var.ui_oidc_client_secret
   uis                 = local.listeners
+  access_logs_bucket  = aws_s3_bucket_policy.audit.bucket
 }
 
 module "rds" {
@@ -198,7 +296,7 @@ module "rds" {
   name                        = local.name
   vpc_id                      = var.vpc_id
   subnet_ids                  = local.task_subnet_ids
-  allowed_security_group_ids  = [module.ecs.tasks_security_group_id]
+  allowed_security_group_ids  = [for k in local.database_clients : module.ecs.security_group_ids[k]]
   kms_key_arn                 = aws_kms_key.platform.arn
   engine_version              = var.db_engine_version
   instance_class              = var.db_instance_class
@@ -222,9 +320,10 @@ module "ecs" {
   alb_security_group_id = module.alb.security_group_id
   target_group_arns     = module.alb.target_group_arns
   load_balancer_ports   = { for k, l in local.listeners : k => l.port }
+  security_groups       = local.security_groups
   extra_ingress = {
     "Prefect API from the S3-to-Prefect Lambda" = {
-      port              = local.listeners["prefect-server"].port
+      service           = "prefect-server"
       security_group_id = module.lambda.security_group_id
     }
   }
@@ -232,6 +331,7 @@ module "ecs" {
   kms_key_arn         = aws_kms_key.platform.arn
   log_retention_days  = var.log_retention_days
   environment         = local.no_usage_telemetry
+  container_insights  = var.container_insights
   # ECS Exec on the UIs' tasks: `make tunnel SERVICE=<ui>` forwards a local port into one.
   services = { for k, s in local.services : k => merge(s, { enable_execute_command = var.tunnel_enabled && contains(keys(local.listeners), k) }) }
   task_policies = {

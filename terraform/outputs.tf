@@ -141,7 +141,19 @@ output "deployments_task" {
     container        = "worker"
     command          = ["python", "-m", "churnops.platform.deployments"]
     subnets          = local.task_subnet_ids
-    security_groups  = [module.ecs.tasks_security_group_id]
+    security_groups  = [module.ecs.security_group_ids["worker"]]
+    assign_public_ip = local.public_tasks
+  }
+}
+
+output "db_bootstrap_task" {
+  description = "How `make apply` bootstraps the database (post_apply.py database): the one-off task db-init, with its own roles and network, as the RDS master user; its own command."
+  value = {
+    cluster          = module.ecs.cluster_name
+    task_definition  = module.ecs.task_definition_arns["db-init"]
+    container        = "db-init"
+    subnets          = local.task_subnet_ids
+    security_groups  = [module.ecs.security_group_ids["db-init"]]
     assign_public_ip = local.public_tasks
   }
 }
@@ -159,4 +171,14 @@ output "prefect_deployment" {
 output "image_tag" {
   description = "Image tag deployed."
   value       = var.image_tag
+}
+
+output "tunnel_operator_policy_arn" {
+  description = "IAM policy to attach to the people who may run `make tunnel` (port forwarding only; null when tunnel_enabled is false)."
+  value       = one(aws_iam_policy.tunnel_operator[*].arn)
+}
+
+output "github_role_arns" {
+  description = "The OIDC roles of the workflows (repository secrets AWS_PLAN_ROLE_ARN and AWS_PUSH_ROLE_ARN, the environment's AWS_DEPLOY_ROLE_ARN); empty without github_repository."
+  value       = { for k, r in aws_iam_role.github : k => r.arn }
 }

@@ -1,8 +1,8 @@
 # The five ECS services. The flow image (code/orchestration/Dockerfile) carries
 # churnops, Prefect, MLflow and Evidently, so it also runs the MLflow server,
 # the Prefect server and the Evidently UI: one set of pinned versions.
-# Every service's container has a health check; each init container is the
-# database bootstrap of its service (database.tf), in the flow image.
+# Every service's container has a health check. The database bootstrap is a one-off
+# task (database.tf), not part of any service: no service sees the master secret.
 
 locals {
   # MLflow's client timeout and retries, identical on the local platform: the values of
@@ -17,6 +17,8 @@ locals {
   http_check = ["CMD", "python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=4).status != 200)"]
 
   services = {
+    "db-init" = local.db_bootstrap
+
     mlflow = {
       image  = local.images.orchestration
       port   = local.listeners.mlflow.port
@@ -36,12 +38,18 @@ locals {
         "--app-name", "basic-auth",
       ]
       environment = {
-        # Reached only from inside the VPC: the load balancer (after sign-in), the worker, the tunnel.
-        MLFLOW_SERVER_ALLOWED_HOSTS = "*"
-        MLFLOW_AUTH_CONFIG_PATH     = "/tmp/mlflow-basic-auth.ini"
-        MLFLOW_AUTH_INI             = "[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:////tmp/mlflow-basic-auth.db"
-        MLFLOW_AUTH_ADMIN_USERNAME  = local.mlflow_user
-        PGSSLMODE                   = "require"
+        # The names it is reached by (Host header, against DNS rebinding): the load balancer
+        # (after sign-in), the worker (Cloud Map), the tunnel. /health is exempt (target checks).
+        MLFLOW_SERVER_ALLOWED_HOSTS = join(",", compact([
+          "mlflow.${local.name}.internal:${local.listeners.mlflow.port}",
+          var.ui_domain == null ? null : "mlflow.${var.ui_domain}",
+          "localhost:*",
+          "127.0.0.1:*",
+        ]))
+        MLFLOW_AUTH_CONFIG_PATH    = "/tmp/mlflow-basic-auth.ini"
+        MLFLOW_AUTH_INI            = "[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:////tmp/mlflow-basic-auth.db"
+        MLFLOW_AUTH_ADMIN_USERNAME = local.mlflow_user
+        PGSSLMODE                  = "require"
         # No job runner: seven huey worker processes ChurnOps never gives work.
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION = "false"
       }
@@ -51,7 +59,6 @@ locals {
         MLFLOW_AUTH_ADMIN_PASSWORD     = local.credential_refs.mlflow_password
         MLFLOW_FLASK_SERVER_SECRET_KEY = local.credential_refs.mlflow_flask_key
       }
-      init = local.db_init["mlflow"]
     }
 
     "prefect-server" = {
@@ -74,7 +81,6 @@ locals {
         PREFECT_SERVER_DATABASE_CONNECTION_URL = local.db_url_secrets["prefect"]
         PREFECT_SERVER_API_AUTH_STRING         = local.credential_refs.prefect_auth_string
       }
-      init = local.db_init["prefect"]
     }
 
     worker = {
@@ -92,8 +98,6 @@ locals {
       # The runner writes this file once it serves (deployments registered, model loaded).
       health_check = { command = ["CMD-SHELL", "test -f /tmp/churnops/runner.ready.0"], start_period = 300 }
       stop_timeout = 120
-      # Migrates the metrics database, then the flow's writer role.
-      init = local.db_init["flow"]
       # MLflow's client timeout and retries: the file the local runners read too.
       environment = merge(local.mlflow_client_env, {
         DROP_STORAGE        = "s3"
@@ -157,8 +161,6 @@ locals {
         METRICS_DB_PASSWORD        = "${module.rds.roles.grafana.secret_arn}:password::"
         GF_SECURITY_ADMIN_PASSWORD = "${aws_secretsmanager_secret.grafana_admin.arn}:password::"
       }
-      # The read-only role, by the init step in the flow image (not Grafana's).
-      init = local.db_init["grafana"]
     }
   }
 }
@@ -239,6 +241,13 @@ data "aws_iam_policy_document" "worker_task" {
     sid       = "ProtectOwnTasks"
     actions   = ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
     resources = ["arn:${data.aws_partition.current.partition}:ecs:${local.region}:${local.account_id}:task/${local.name}/*"]
+
+    # The worker's tasks only (the service's tags propagate to its tasks).
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/churnops:service"
+      values   = ["worker"]
+    }
   }
 }
 

@@ -126,9 +126,21 @@ variable "ui_oidc_client_secret" {
 }
 
 variable "tunnel_enabled" {
-  description = "ECS Exec on the UIs' tasks, for `make tunnel SERVICE=<ui>` (an SSM port forward, authorized by IAM)."
+  description = "ECS Exec on the UIs' tasks, for `make tunnel SERVICE=<ui>` (an SSM port forward, authorized by IAM; attach the output tunnel_operator_policy_arn to whoever may open one). Off by default: an exec session sees the container's environment, secrets included; turn it on in development."
+  type        = bool
+  default     = false
+}
+
+variable "container_insights" {
+  description = "Container Insights on the ECS cluster (per-task CPU, memory and network metrics; about $35 a month at the default sizes). Off in the minimal profile."
   type        = bool
   default     = true
+}
+
+variable "s3_endpoint_route_table_ids" {
+  description = "Route tables of the task subnets for an S3 gateway endpoint (free: S3 and image layers without the NAT). Empty: none is made (the VPC may have one already)."
+  type        = list(string)
+  default     = []
 }
 
 variable "service_credentials_version" {
@@ -319,4 +331,28 @@ variable "secret_recovery_window_days" {
   description = "Recovery window of deleted secrets; 0 deletes them at once (lets an environment be re-created under the same names)."
   type        = number
   default     = 7
+}
+
+variable "audit_retention_days" {
+  description = "Days the audit bucket keeps the trail's files and the load balancer's access logs."
+  type        = number
+  default     = 400
+}
+
+variable "github_repository" {
+  description = "owner/name of the GitHub repository whose workflows deploy this environment: makes its three OIDC roles (github.tf). Null: none."
+  type        = string
+  default     = null
+}
+
+variable "github_oidc_provider_arn" {
+  description = "ARN of the account's GitHub OIDC provider when it exists already (one per account); null: github.tf creates it."
+  type        = string
+  default     = null
+}
+
+variable "github_state_bucket" {
+  description = "Bucket of the Terraform state (vars/<env>.backend.hcl), which the plan and push roles read (the push role also writes its lock file)."
+  type        = string
+  default     = null
 }

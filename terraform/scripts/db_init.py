@@ -1,6 +1,7 @@
-"""Database bootstrap of one service, run as the init container of its ECS task.
+"""Database bootstrap, run as the one-off ECS task db-init by `make apply`
+(terraform/scripts/post_apply.py database): no service's task sees the master secret.
 
-Gives the service its own login with exactly its grants, through churnops's
+Gives each service its own login with exactly its grants, through churnops's
 ``churnops.monitoring.db_roles.ensure_role`` (the one definition of the roles,
 shared with ``churnops grant-reader``): an ``owner`` role owns its database
 (MLflow, Prefect), a ``writer`` (the flow) or ``reader`` (Grafana) role gets its
@@ -10,13 +11,13 @@ Environment (the passwords come from Secrets Manager through the task's
 ``secrets`` and are never printed):
   DB_HOST, DB_PORT, DB_ADMIN_DATABASE    where the RDS instance is, and its first database
   DB_ADMIN_USER, DB_ADMIN_PASSWORD       the master user (the RDS-managed secret)
-  DB_ROLE_KIND                           owner, writer or reader
-  DB_ROLE_NAME, DB_ROLE_PASSWORD         the service's login (its own secret)
-  DB_ROLE_DATABASE                       the database the role owns or is granted on
+  DB_ROLES                               JSON list, in order, of {key, kind, name, database}
+  DB_PASSWORD_<KEY>                      each role's password (its own secret)
 PGSSLMODE is honoured by libpq. Runs in the flow image, which carries churnops;
-Terraform passes this file as ``python -c <source>``. Idempotent: every task start runs it.
+Terraform passes this file as ``python -c <source>``. Idempotent: every apply runs it.
 """
 
+import json
 import os
 import sys
 import time
@@ -62,17 +63,25 @@ def wait_until_reachable(url: URL, attempts: int = 30, delay: float = 5.0) -> No
     raise SystemExit("db-init: database unreachable")
 
 
+def roles() -> list[Role]:
+    return [
+        Role(
+            kind=Kind(entry["kind"]),
+            name=entry["name"],
+            password=os.environ[f"DB_PASSWORD_{entry['key'].upper()}"],
+            database=entry["database"],
+        )
+        for entry in json.loads(os.environ["DB_ROLES"])
+    ]
+
+
 def main() -> int:
     url = admin_url()
-    role = Role(
-        kind=Kind(os.environ["DB_ROLE_KIND"]),
-        name=os.environ["DB_ROLE_NAME"],
-        password=os.environ["DB_ROLE_PASSWORD"],
-        database=os.environ["DB_ROLE_DATABASE"],
-    )
+    wanted = roles()
     wait_until_reachable(url)
-    ensure_role(url, role)
-    log(f"{role.kind} role {role.name} ready on {role.database}")
+    for role in wanted:
+        ensure_role(url, role)
+        log(f"{role.kind} role {role.name} ready on {role.database}")
     return 0
 
 

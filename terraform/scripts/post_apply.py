@@ -2,6 +2,11 @@
 
 Reads `terraform output -json` from a file (or stdin with "-"). Subcommands:
   env          OUTPUTS [--env-file .env]   write the non-secret settings and print the URLs
+  database     OUTPUTS [--timeout 900]     bootstrap the database: the one-off task db-init
+                                           (its own roles; the only holder of the RDS master
+                                           secret) migrates and gives each service's role its
+                                           password and grants, and must exit 0; the services
+                                           retry until their roles exist
   wait         OUTPUTS [--timeout 900]     wait until every ECS service is stable (its tasks
                                            running and passing their health checks)
   deployments  OUTPUTS [--timeout 900]     register the Prefect deployments from inside the
@@ -78,23 +83,27 @@ def wait(out: dict, timeout: float) -> None:
     print("  every service is stable")
 
 
-# ----------------------------------------------------------------- deployments
-def register_deployments(out: dict, ecs: Any = None, timeout: float = 900, poll: float = 10) -> str:
-    """Run the registration as a one-off task in the VPC and wait for it; its task ARN.
+# ----------------------------------------------------------------- one-off tasks
+def run_one_off(task: dict, what: str, ecs: Any, region: str, timeout: float, poll: float) -> str:
+    """Run a one-off task (output ``*_task``) in the VPC and wait for it; its task ARN.
 
-    SystemExit when the task cannot start or does not exit 0 (its log is in the
-    worker's log group).
+    ``command``, when the output has one, overrides the container's. SystemExit when the
+    task cannot start or does not exit 0 (its log is in the container's log group).
     """
-    task = out["deployments_task"]
     if ecs is None:
         import boto3
 
-        ecs = boto3.client("ecs", region_name=out["aws_region"])
+        ecs = boto3.client("ecs", region_name=region)
     network = {
         "subnets": task["subnets"],
         "securityGroups": task["security_groups"],
         "assignPublicIp": "ENABLED" if task["assign_public_ip"] else "DISABLED",
     }
+    overrides = {}
+    if task.get("command"):
+        overrides = {
+            "containerOverrides": [{"name": task["container"], "command": task["command"]}]
+        }
     started = ecs.run_task(
         cluster=task["cluster"],
         taskDefinition=task["task_definition"],
@@ -102,12 +111,12 @@ def register_deployments(out: dict, ecs: Any = None, timeout: float = 900, poll:
         count=1,
         startedBy="make-apply",
         networkConfiguration={"awsvpcConfiguration": network},
-        overrides={"containerOverrides": [{"name": task["container"], "command": task["command"]}]},
+        overrides=overrides,
     )
     if started.get("failures") or not started.get("tasks"):
-        raise SystemExit(f"the registration task did not start: {started.get('failures')}")
+        raise SystemExit(f"the {what} task did not start: {started.get('failures')}")
     arn = started["tasks"][0]["taskArn"]
-    print(f"registering the Prefect deployments: {' '.join(task['command'])} in task {arn}")
+    print(f"{what}: task {arn} ({task['container']})")
     stopped = _wait_stopped(ecs, task["cluster"], arn, timeout, poll)
     container = next(
         (c for c in stopped.get("containers", []) if c["name"] == task["container"]), {}
@@ -116,12 +125,24 @@ def register_deployments(out: dict, ecs: Any = None, timeout: float = 900, poll:
     if code != 0:
         log_group = f"/ecs/{task['cluster']}/{task['container']}"
         raise SystemExit(
-            f"registering the deployments failed (exit code {code},"
+            f"{what} failed (exit code {code},"
             f" {stopped.get('stoppedReason')});"
             f" its log is in {log_group}, task {arn.rsplit('/', 1)[-1]}"
         )
-    print("  deployments registered")
+    print(f"  {what}: done")
     return arn
+
+
+def register_deployments(out: dict, ecs: Any = None, timeout: float = 900, poll: float = 10) -> str:
+    """The Prefect deployments, registered from inside the VPC (the worker's definition)."""
+    task = out["deployments_task"]
+    return run_one_off(task, "registering the deployments", ecs, out["aws_region"], timeout, poll)
+
+
+def bootstrap_database(out: dict, ecs: Any = None, timeout: float = 900, poll: float = 10) -> str:
+    """The services' database roles and the metrics schema (task db-init)."""
+    task = out["db_bootstrap_task"]
+    return run_one_off(task, "bootstrapping the database", ecs, out["aws_region"], timeout, poll)
 
 
 def _wait_stopped(ecs: Any, cluster: str, arn: str, timeout: float, poll: float) -> dict:
@@ -131,7 +152,7 @@ def _wait_stopped(ecs: Any, cluster: str, arn: str, timeout: float, poll: float)
         if described.get("lastStatus") == "STOPPED":
             return described
         if time.monotonic() > deadline:
-            raise SystemExit(f"the registration task {arn} still runs after {timeout:.0f}s")
+            raise SystemExit(f"the one-off task {arn} still runs after {timeout:.0f}s")
         time.sleep(poll)
 
 
@@ -143,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     env_p = sub.add_parser("env")
     env_p.add_argument("outputs")
     env_p.add_argument("--env-file", type=Path, default=Path(".env"))
-    for name in ("wait", "deployments"):
+    for name in ("database", "wait", "deployments"):
         waiting = sub.add_parser(name)
         waiting.add_argument("outputs")
         waiting.add_argument("--timeout", type=float, default=900)
@@ -152,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     out = load_outputs(args.outputs)
     if args.command == "env":
         write_env(out, args.env_file)
+    elif args.command == "database":
+        bootstrap_database(out, timeout=args.timeout)
     elif args.command == "wait":
         wait(out, args.timeout)
     else:

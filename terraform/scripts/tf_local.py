@@ -41,9 +41,8 @@ MIRROR_ROOTS = (
 REGION = "us-east-1"
 #: The emulator's UIs are https://<ui>.UI_DOMAIN behind a moto-made certificate.
 UI_DOMAIN = "churnops-emu.example.com"
-COPY_IGNORE = shutil.ignore_patterns(
-    ".terraform", "*.tfstate", "*.tfstate.*", ".terraform.lock.hcl", "*.tfvars"
-)
+#: The committed .terraform.lock.hcl is copied: every init checks the provider against it.
+COPY_IGNORE = shutil.ignore_patterns(".terraform", "*.tfstate", "*.tfstate.*", "*.tfvars")
 
 
 # ----------------------------------------------------------------- provider mirror
@@ -255,6 +254,21 @@ def terraform(module_dir: Path, env: dict[str, str], *args: str, capture: bool =
     return result.stdout if capture else ""
 
 
+#: What moto keeps but cannot delete (it has no DeleteFileSystemPolicy): forgotten
+#: before a destroy against the emulator; the file system it belongs to is deleted.
+EMULATOR_UNDELETABLE = ("aws_efs_file_system_policy.evidently",)
+
+
+def destroy(module_dir: Path, env: dict[str, str], *extra: str, capture: bool = False) -> str:
+    """`terraform destroy` against the emulator."""
+    state = terraform(module_dir, env, "state", "list", capture=True).split()
+    forget = [address for address in EMULATOR_UNDELETABLE if address in state]
+    if forget:
+        terraform(module_dir, env, "state", "rm", *forget, capture=True)
+    args = ("destroy", "-auto-approve", "-input=false", "-no-color", *extra)
+    return terraform(module_dir, env, *args, capture=capture)
+
+
 def up(workdir: Path, endpoint: str | None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     state = {}
@@ -279,7 +293,7 @@ def down(workdir: Path) -> None:
     env = emulator_env(state["endpoint"], workdir / "terraform.rc")
     try:
         started = time.monotonic()
-        terraform(module_dir, env, "destroy", "-auto-approve", "-input=false", "-no-color")
+        destroy(module_dir, env)
         print(f"destroy took {time.monotonic() - started:.0f}s")
     finally:
         if "moto_pid" in state:

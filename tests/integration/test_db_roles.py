@@ -9,12 +9,12 @@ its own password and may do what its service needs, and nothing more.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +53,8 @@ class Platform:
         return create_engine(url, poolclass=NullPool)
 
 
-def _init(admin: URL, role: Role) -> subprocess.CompletedProcess[str]:
+def _init(admin: URL, roles: dict[str, Role]) -> subprocess.CompletedProcess[str]:
+    """The one-off bootstrap task (db-init): every role, in the order Terraform gives."""
     env = {
         **os.environ,
         "DB_HOST": admin.host or "",
@@ -61,10 +62,13 @@ def _init(admin: URL, role: Role) -> subprocess.CompletedProcess[str]:
         "DB_ADMIN_DATABASE": admin.database or "",
         "DB_ADMIN_USER": admin.username or "",
         "DB_ADMIN_PASSWORD": admin.password or "",
-        "DB_ROLE_KIND": role.kind.value,
-        "DB_ROLE_NAME": role.name,
-        "DB_ROLE_PASSWORD": role.password,
-        "DB_ROLE_DATABASE": role.database or "",
+        "DB_ROLES": json.dumps(
+            [
+                {"key": key, "kind": r.kind.value, "name": r.name, "database": r.database}
+                for key, r in roles.items()
+            ]
+        ),
+        **{f"DB_PASSWORD_{key.upper()}": r.password for key, r in roles.items()},
     }
     return subprocess.run(
         [sys.executable, "-c", SCRIPT.read_text()], env=env, capture_output=True, text=True
@@ -73,7 +77,7 @@ def _init(admin: URL, role: Role) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def platform(postgres_url: str) -> Iterator[Platform]:
-    """A fresh metrics database, then every service's init twice, the metrics ones at once."""
+    """A fresh metrics database, then the bootstrap twice (every apply runs it)."""
     root = make_url(postgres_url)
     metrics = f"metrics_{SUFFIX}"
     engine = create_engine(root, isolation_level="AUTOCOMMIT", poolclass=NullPool)
@@ -86,14 +90,13 @@ def platform(postgres_url: str) -> Iterator[Platform]:
         "mlflow": Role(Kind.OWNER, f"mlflow_{SUFFIX}", "mlflow-pw", f"mlflow_{SUFFIX}"),
         "prefect": Role(Kind.OWNER, f"prefect_{SUFFIX}", "prefect-pw", f"prefect_{SUFFIX}"),
     }
-    for _ in range(2):  # every task start runs its init; they start together
-        with ThreadPoolExecutor(len(roles)) as pool:
-            done = list(pool.map(lambda r: _init(admin, r), roles.values()))
-        for role, run in zip(roles.values(), done, strict=True):
-            assert run.returncode == 0, run.stderr
+    for _ in range(2):
+        run = _init(admin, roles)
+        assert run.returncode == 0, run.stderr
+        for role in roles.values():
             assert f"{role.kind} role {role.name} ready" in run.stdout
             assert role.password not in run.stdout + run.stderr
-            assert admin.password not in run.stdout + run.stderr
+        assert admin.password not in run.stdout + run.stderr
     yield Platform(admin, metrics, roles)
     engine.dispose()
 

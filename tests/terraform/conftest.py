@@ -69,7 +69,7 @@ class Deployment:
         self.outputs = {k: v["value"] for k, v in raw.items()}
 
     def destroy(self) -> None:
-        self.tf("destroy", "-auto-approve", "-input=false", "-no-color", "-parallelism=20")
+        tf_local.destroy(self.module_dir, self.env, "-parallelism=20", capture=True)
         self.destroyed = True
 
     def client(self, service: str):

@@ -107,10 +107,20 @@ def test_lambda_runs_in_the_private_subnets_with_its_secret_and_failure_queue(
 
     iam = deployment.client("iam")
     role = config["Role"].rsplit("/", 1)[1]
-    attached = iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]
-    assert [p["PolicyName"] for p in attached] == ["AWSLambdaVPCAccessExecutionRole"]
-    (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
-    doc = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
+    # Not AWSLambdaVPCAccessExecutionRole: its logs:* on every log group undoes WriteOwnLogs.
+    assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
+    assert sorted(iam.list_role_policies(RoleName=role)["PolicyNames"]) == ["trigger", "vpc-access"]
+    eni = iam.get_role_policy(RoleName=role, PolicyName="vpc-access")["PolicyDocument"]
+    eni = json.loads(eni) if isinstance(eni, str) else eni
+    assert {a for s in eni["Statement"] for a in _as_list(s["Action"])} == {
+        "ec2:CreateNetworkInterface",
+        "ec2:DescribeNetworkInterfaces",
+        "ec2:DescribeSubnets",
+        "ec2:DeleteNetworkInterface",
+        "ec2:AssignPrivateIpAddresses",
+        "ec2:UnassignPrivateIpAddresses",
+    }
+    doc = iam.get_role_policy(RoleName=role, PolicyName="trigger")["PolicyDocument"]
     doc = json.loads(doc) if isinstance(doc, str) else doc
     resources = {s["Sid"]: _as_list(s["Resource"]) for s in doc["Statement"]}
     assert resources["ReadPrefectAuthString"] == [deployment.outputs["prefect_auth_secret_arn"]]
@@ -249,19 +259,15 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     assert set(task["subnets"]) == set(deployment.tfvars["private_subnet_ids"])
 
     _, grafana = by_name["grafana"]
-    init, main = _container(grafana, "init"), _container(grafana, "grafana")
-    assert init["essential"] is False
-    assert main["dependsOn"] == [{"containerName": "init", "condition": "SUCCESS"}]
+    main = _container(grafana, "grafana")
     assert "METRICS_DB_PASSWORD" in {s["name"] for s in main["secrets"]}
-    # The init runs churnops's db_init.py: the flow image, not Grafana's.
     repos = deployment.outputs["ecr_repository_urls"]
-    assert init["image"].startswith(f"{repos['orchestration']}:")
     assert main["image"].startswith(f"{repos['grafana']}:")
 
 
 def test_every_container_and_the_lambda_send_no_usage_data(deployment: Deployment) -> None:
     """The local platform's switches (USAGE_TELEMETRY off) in every container of every
-    registered task definition, init containers and one-off tasks too, and the Lambda."""
+    registered task definition, the one-off tasks too, and the Lambda."""
     ecs = deployment.client("ecs")
     arns = ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"]
     containers = [
@@ -271,7 +277,7 @@ def test_every_container_and_the_lambda_send_no_usage_data(deployment: Deploymen
             "containerDefinitions"
         ]
     ]
-    assert {c["name"] for _, c in containers} >= EXPECTED_SERVICES | {"init"}
+    assert {c["name"] for _, c in containers} >= EXPECTED_SERVICES | {"db-init"}
     for task, container in containers:
         env = {e["name"]: e["value"] for e in container.get("environment", [])}
         assert env.items() >= NO_USAGE_TELEMETRY.items(), (task, container["name"])
@@ -281,31 +287,49 @@ def test_every_container_and_the_lambda_send_no_usage_data(deployment: Deploymen
     assert function["Environment"]["Variables"].items() >= NO_USAGE_TELEMETRY.items()
 
 
-def test_every_service_bootstraps_its_own_database_role(deployment: Deployment) -> None:
-    """Each task's init container: db_init.py as the master user, for its service's role."""
-    expected = {
-        "worker": ("writer", "churnops_flow", "metrics", "flow"),
-        "grafana": ("reader", "grafana_ro", "metrics", "grafana"),
-        "mlflow": ("owner", "mlflow", "mlflow", "mlflow"),
-        "prefect-server": ("owner", "prefect", "prefect", "prefect"),
-    }
-    tasks = _task_definitions(deployment)
+def test_the_database_bootstrap_is_a_one_off_task_alone_with_the_master_secret(
+    deployment: Deployment,
+) -> None:
+    """M3: db_init.py as the master user, for every service's role, in a task of its own
+    that `make apply` runs (post_apply.py database); no service's task definition or
+    execution role names the master secret."""
+    expected = [
+        ("flow", "writer", "churnops_flow", "metrics"),
+        ("grafana", "reader", "grafana_ro", "metrics"),
+        ("mlflow", "owner", "mlflow", "mlflow"),
+        ("prefect", "owner", "prefect", "prefect"),
+    ]
     master = deployment.outputs["db_master_secret_arn"]
+    ecs, iam = deployment.client("ecs"), deployment.client("iam")
+    services = _task_definitions(deployment)
+    assert "db-init" not in services
+    for name, task in services.items():
+        assert master not in json.dumps(task["containerDefinitions"]), name
+        assert [c["name"] for c in task["containerDefinitions"]] == [name], name
+        role = task["executionRoleArn"].rsplit("/", 1)[1]
+        assert master not in json.dumps(iam.get_role_policy(RoleName=role, PolicyName="execution"))
+
+    out = deployment.outputs["db_bootstrap_task"]
+    task = ecs.describe_task_definition(taskDefinition=out["task_definition"])["taskDefinition"]
+    (init,) = task["containerDefinitions"]
+    assert init["name"] == out["container"] == "db-init"
+    repos = deployment.outputs["ecr_repository_urls"]
+    assert init["image"].startswith(f"{repos['orchestration']}:")
+    assert init["command"][:2] == ["python", "-c"] and "ensure_role" in init["command"][2]
+    env = {e["name"]: e["value"] for e in init["environment"]}
+    assert [
+        (r["key"], r["kind"], r["name"], r["database"]) for r in json.loads(env["DB_ROLES"])
+    ] == expected
+    secrets = {s["name"]: s["valueFrom"] for s in init["secrets"]}
+    assert secrets["DB_ADMIN_PASSWORD"] == f"{master}:password::"
     sm = deployment.client("secretsmanager")
-    for service, (kind, name, database, secret) in expected.items():
-        init = _container(tasks[service], "init")
-        env = {e["name"]: e["value"] for e in init["environment"]}
-        secrets = {s["name"]: s["valueFrom"] for s in init["secrets"]}
-        assert init["command"][:2] == ["python", "-c"] and "ensure_role" in init["command"][2]
-        assert (env["DB_ROLE_KIND"], env["DB_ROLE_NAME"], env["DB_ROLE_DATABASE"]) == (
-            kind,
-            name,
-            database,
-        )
-        assert secrets["DB_ADMIN_PASSWORD"] == f"{master}:password::"
-        role_arn = sm.describe_secret(SecretId=f"churnops-emu/db/{secret}")["ARN"]
-        assert secrets["DB_ROLE_PASSWORD"] == f"{role_arn}:password::"
-    assert "evidently" not in {s for s, t in tasks.items() if _has(t, "init")}
+    for key, *_ in expected:
+        role_arn = sm.describe_secret(SecretId=f"churnops-emu/db/{key}")["ARN"]
+        assert secrets[f"DB_PASSWORD_{key.upper()}"] == f"{role_arn}:password::"
+    ec2 = deployment.client("ec2")
+    (group,) = ec2.describe_security_groups(GroupIds=out["security_groups"])["SecurityGroups"]
+    assert group["GroupName"] == "churnops-emu-db-init"
+    assert group["IpPermissions"] == []
 
 
 def test_every_container_has_a_health_check_and_deploys_roll(deployment: Deployment) -> None:
@@ -339,7 +363,7 @@ def test_every_container_has_a_health_check_and_deploys_roll(deployment: Deploym
     assert worker["healthCheck"]["command"] == ["CMD-SHELL", "test -f /tmp/churnops/runner.ready.0"]
 
 
-def test_evidently_workspace_is_on_encrypted_efs_from_the_tasks_only(
+def test_evidently_workspace_is_on_encrypted_efs_from_evidently_only(
     deployment: Deployment,
 ) -> None:
     efs = deployment.client("efs")
@@ -349,8 +373,8 @@ def test_evidently_workspace_is_on_encrypted_efs_from_the_tasks_only(
     targets = efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
     assert {t["SubnetId"] for t in targets} == set(deployment.tfvars["private_subnet_ids"])
     ec2 = deployment.client("ec2")
-    tasks_sg = ec2.describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": ["churnops-emu-tasks"]}]
+    evidently_sg = ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["churnops-emu-evidently"]}]
     )["SecurityGroups"][0]["GroupId"]
     for target in targets:
         groups = efs.describe_mount_target_security_groups(MountTargetId=target["MountTargetId"])
@@ -358,8 +382,21 @@ def test_evidently_workspace_is_on_encrypted_efs_from_the_tasks_only(
         (rule,) = sg["IpPermissions"]
         assert (rule["FromPort"], rule["ToPort"]) == (2049, 2049)
         assert rule["IpRanges"] == []
-        assert [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [tasks_sg]
+        assert [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [evidently_sg]
     (access_point,) = efs.describe_access_points(FileSystemId=fs_id)["AccessPoints"]
+
+    # Enforced by EFS itself: TLS only, the Evidently task role only, through the access point.
+    policy = json.loads(efs.describe_file_system_policy(FileSystemId=fs_id)["Policy"])
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+    deny = statements.pop("DenyWithoutTls")
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    (allow,) = statements.values()
+    role = deployment.client("iam").get_role(RoleName="churnops-emu-evidently-task")["Role"]
+    assert allow["Principal"] == {"AWS": role["Arn"]}
+    assert allow["Condition"] == {
+        "StringEquals": {"elasticfilesystem:AccessPointArn": access_point["AccessPointArn"]}
+    }
 
     task = _task_definitions(deployment)["evidently"]
     (volume,) = task["volumes"]
@@ -377,24 +414,60 @@ def test_evidently_workspace_is_on_encrypted_efs_from_the_tasks_only(
     assert workspace == mount["containerPath"]
 
 
-def test_the_ui_tasks_may_open_ecs_exec_channels(deployment: Deployment) -> None:
-    """For `make tunnel`. (moto's ECS drops enableExecuteCommand: test_policy.py checks
-    the flag on the plan.)"""
-    uis = set(deployment.outputs["internal_urls"])
+def test_no_task_may_open_ecs_exec_channels_by_default(deployment: Deployment) -> None:
+    """tunnel_enabled is off by default: an exec session sees the container's secrets.
+    (moto's ECS drops enableExecuteCommand: test_policy.py checks the flags on plans.)"""
     iam = deployment.client("iam")
-    assert (
-        "ecs-exec" not in iam.list_role_policies(RoleName="churnops-emu-worker-task")["PolicyNames"]
-    )
-    for service in uis:
-        doc = iam.get_role_policy(RoleName=f"churnops-emu-{service}-task", PolicyName="ecs-exec")
-        doc = doc["PolicyDocument"]
-        doc = json.loads(doc) if isinstance(doc, str) else doc
-        actions = {a for s in doc["Statement"] for a in _as_list(s["Action"])}
-        assert actions == {
-            f"ssmmessages:{verb}{kind}Channel"
-            for verb in ("Create", "Open")
-            for kind in ("Control", "Data")
-        }
+    for service in EXPECTED_SERVICES:
+        names = iam.list_role_policies(RoleName=f"churnops-emu-{service}-task")["PolicyNames"]
+        assert "ecs-exec" not in names, service
+
+
+def test_an_audit_trail_records_the_drop_bucket_and_the_load_balancer(
+    deployment: Deployment,
+) -> None:
+    """CloudTrail data events on every object of the drop bucket, into an audit bucket
+    that also takes the load balancer's access logs."""
+    trail_client = deployment.client("cloudtrail")
+    (trail,) = trail_client.describe_trails()["trailList"]
+    assert trail["LogFileValidationEnabled"] is True
+    assert trail["IsMultiRegionTrail"] is True
+    assert trail["KmsKeyId"]
+    selectors = trail_client.get_event_selectors(TrailName=trail["Name"])["EventSelectors"]
+    (data,) = [r for s in selectors for r in s["DataResources"]]
+    assert data == {
+        "Type": "AWS::S3::Object",
+        "Values": [f"arn:aws:s3:::{deployment.outputs['bucket_name']}/"],
+    }
+    elbv2 = deployment.client("elbv2")
+    (lb,) = elbv2.describe_load_balancers()["LoadBalancers"]
+    attributes = {
+        a["Key"]: a["Value"]
+        for a in elbv2.describe_load_balancer_attributes(LoadBalancerArn=lb["LoadBalancerArn"])[
+            "Attributes"
+        ]
+    }
+    assert attributes["access_logs.s3.enabled"] == "true"
+    assert attributes["access_logs.s3.bucket"] == trail["S3BucketName"]
+    s3 = deployment.client("s3")
+    block = s3.get_public_access_block(Bucket=trail["S3BucketName"])
+    assert all(block["PublicAccessBlockConfiguration"].values())
+
+
+def test_mlflow_accepts_only_its_own_host_names(deployment: Deployment) -> None:
+    """Not "*": the Host header check (DNS rebinding) stays on."""
+    env = {
+        e["name"]: e["value"]
+        for e in _container(_task_definitions(deployment)["mlflow"], "mlflow")["environment"]
+    }
+    hosts = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    assert "*" not in hosts
+    assert hosts == [
+        "mlflow.churnops-emu.internal:5000",
+        f"mlflow.{deployment.tfvars['ui_domain']}",
+        "localhost:*",
+        "127.0.0.1:*",
+    ]
 
 
 def test_worker_role_is_scoped_to_data_prefixes_topic_and_key(deployment: Deployment) -> None:

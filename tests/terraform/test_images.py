@@ -26,9 +26,16 @@ def test_dockerfiles_pass_hadolint() -> None:
 
 
 def test_base_images_are_pinned() -> None:
+    """By digest; the Lambda's base by tag is the written-down exception, and the deploy's
+    image-scan gate (test_image_scan.py) stands behind it."""
     text = (ORCHESTRATION / "Dockerfile").read_text()
-    assert re.findall(r"^FROM python:3\.11\.\d+-slim-bookworm", text, re.M)
+    assert re.findall(r"^FROM python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", text, re.M)
     assert "pipenv requirements --hash" in text and "--require-hashes" in text
+    for dockerfile in (ORCHESTRATION / "Dockerfile", REPO / "code" / "grafana" / "Dockerfile"):
+        bases = re.findall(r"^FROM (\S+)", dockerfile.read_text(), re.M)
+        assert bases and all(re.search(r"@sha256:[0-9a-f]{64}$", b) for b in bases), bases
+    lambda_file = (REPO / "code" / "s3_to_prefect_lambda" / "Dockerfile").read_text()
+    assert "accepted risk" in lambda_file and "image_scan.py" in lambda_file
 
 
 def test_the_image_runs_the_warm_runner_that_serves_the_lambdas_deployment() -> None:

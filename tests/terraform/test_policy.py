@@ -11,6 +11,7 @@ are also run on altered copies of the production plan, so each can be seen to fa
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ OIDC = {
     "user_info_endpoint": "https://idp.example.com/userinfo",
     "client_id": "churnops",
 }
+GITHUB_OIDC = "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com"
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "production": {"allowed_cidr_blocks": ["0.0.0.0/0"]},
     "oidc": {
@@ -51,6 +53,14 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
         "ui_oidc_client_secret": "not-a-real-client-secret",
     },
     "development": {"allow_insecure_http": True, "certificate_arn": None, "private_subnet_ids": []},
+    # The minimal profile's switches, with the tunnel on and the GitHub roles.
+    "tunnel": {
+        "tunnel_enabled": True,
+        "container_insights": False,
+        "github_repository": "acme/churnops",
+        "github_oidc_provider_arn": GITHUB_OIDC,
+        "github_state_bucket": "acme-tfstate",
+    },
 }
 REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "no certificate, no flag": ({"certificate_arn": None}, "HTTPS is required"),
@@ -278,15 +288,23 @@ def test_the_lambda_runs_in_the_private_subnets_or_has_its_endpoint(plan: Plan) 
 
 
 def test_the_lambda_may_only_reach_prefect_and_secrets_manager(plan: Plan) -> None:
-    rules = {r.name: r.after for r in plan.of_type("aws_vpc_security_group_egress_rule")}
+    rules = {
+        r.name: r.after
+        for r in plan.of_type("aws_vpc_security_group_egress_rule")
+        if r.module == "module.lambda"
+    }
     ports = sorted((r["from_port"], r["to_port"]) for r in rules.values())
     assert ports == [(443, 443), (PREFECT_PORT, PREFECT_PORT)]
     assert all(r["ip_protocol"] == "tcp" for r in rules.values())
     (group,) = (g for g in plan.of_type("aws_security_group") if g.name == "lambda")
     assert not group.after.get("egress") and not group.after.get("ingress")
-    (tasks,) = (g for g in plan.of_type("aws_security_group") if g.name == "tasks")
-    from_lambda = [r for r in tasks.after["ingress"] if "Lambda" in r["description"]]
-    assert [(r["from_port"], r["to_port"]) for r in from_lambda] == [(PREFECT_PORT, PREFECT_PORT)]
+    (from_lambda,) = (
+        r for r in plan.of_type("aws_vpc_security_group_ingress_rule") if "Lambda" in r.index
+    )
+    assert (from_lambda.after["from_port"], from_lambda.after["to_port"]) == (
+        PREFECT_PORT,
+        PREFECT_PORT,
+    )
 
 
 def test_failed_invocations_go_to_an_encrypted_queue_with_alarms(plan: Plan) -> None:
@@ -306,18 +324,249 @@ def test_failed_invocations_go_to_an_encrypted_queue_with_alarms(plan: Plan) -> 
         ]
 
 
-def test_only_the_ui_services_can_be_tunnelled_into(plan: Plan) -> None:
-    """ECS Exec (`make tunnel`) on the four UIs' services, not on the worker."""
-    exec_enabled = {
-        s.after["name"]: s.after["enable_execute_command"] for s in plan.of_type("aws_ecs_service")
+def test_ecs_exec_is_off_unless_asked_and_only_the_uis_can_be_tunnelled_into(
+    planned: dict[str, Plan | RuntimeError],
+) -> None:
+    """ECS Exec (`make tunnel`) is off by default (a session sees the secrets in the
+    environment); with tunnel_enabled, on the four UIs' services only, never the worker,
+    with an operator policy that forwards ports and opens no shell."""
+    enabled = {}
+    for name in ("production", "tunnel"):
+        plan = planned[name]
+        assert isinstance(plan, Plan), plan
+        enabled[name] = {
+            s.after["name"]
+            for s in plan.of_type("aws_ecs_service")
+            if s.after["enable_execute_command"]
+        }
+        operators = [p for p in plan.of_type("aws_iam_policy") if p.name == "tunnel_operator"]
+        assert len(operators) == (name == "tunnel")
+    assert enabled == {
+        "production": set(),
+        "tunnel": {"mlflow", "prefect-server", "evidently", "grafana"},
     }
-    assert {name for name, on in exec_enabled.items() if on} == {
-        "mlflow",
-        "prefect-server",
-        "evidently",
-        "grafana",
+    (config,) = [
+        r
+        for r in planned["tunnel"].raw["configuration"]["root_module"]["resources"]
+        if r["address"] == "data.aws_iam_policy_document.tunnel_operator"
+    ]
+    statements = config["expressions"]["statement"]
+    actions = {a for s in statements for a in s["actions"]["constant_value"]}
+    assert actions == {
+        "ecs:ListTasks",
+        "ecs:DescribeTasks",
+        "ssm:StartSession",
+        "ssm:TerminateSession",
+        "ssm:ResumeSession",
     }
-    assert exec_enabled["worker"] is False
+    # Its one document (AWS-StartPortForwardingSession) is in the resource ARNs, which
+    # name the cluster and so are known only after apply: the actions above hold no shell.
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_exec_sessions_are_encrypted_and_logged(plan: Plan) -> None:
+    (cluster,) = plan.of_type("aws_ecs_cluster")
+    ((config,),) = [c["execute_command_configuration"] for c in cluster.after["configuration"]]
+    assert config["logging"] == "OVERRIDE"
+    (logs,) = config["log_configuration"]
+    assert logs["cloud_watch_encryption_enabled"] is True
+    assert logs["cloud_watch_log_group_name"].endswith("/exec-sessions")
+    assert cluster.unknown["configuration"][0]["execute_command_configuration"][0]["kms_key_id"]
+
+
+def test_container_insights_is_a_variable(planned: dict[str, Plan | RuntimeError]) -> None:
+    """On by default (its performance logs in a group with retention and the key), off in
+    the minimal profile's setting."""
+    for name, value in (("production", "enabled"), ("tunnel", "disabled")):
+        plan = planned[name]
+        assert isinstance(plan, Plan), plan
+        (cluster,) = plan.of_type("aws_ecs_cluster")
+        assert cluster.after["setting"] == [{"name": "containerInsights", "value": value}]
+        groups = [
+            g.after["name"]
+            for g in plan.of_type("aws_cloudwatch_log_group")
+            if "containerinsights" in g.after["name"]
+        ]
+        assert groups == (
+            ["/aws/ecs/containerinsights/churnops-emu/performance"] * (value == "enabled")
+        )
+
+
+# --- one trust zone per service (M1, H1) -------------------------------------------------------
+SERVICES = ("mlflow", "prefect-server", "worker", "evidently", "grafana")
+#: The database bootstrap: a one-off task with a group of its own (module ecs), no service.
+ONE_OFF = ("db-init",)
+UI_PORTS = {"mlflow": 5000, "prefect-server": 4200, "evidently": 8000, "grafana": 3000}
+
+
+def test_every_service_has_its_own_security_group(plan: Plan) -> None:
+    groups = {g.index for g in plan.of_type("aws_security_group") if g.name == "service"}
+    assert groups == set(SERVICES + ONE_OFF)
+    assert {s.index for s in plan.of_type("aws_ecs_service")} == set(SERVICES)
+    for service in plan.of_type("aws_ecs_service"):
+        (network,) = plan.expressions(service)["network_configuration"]
+        group = plan.resolve(service, network["security_groups"])
+        assert (group.name, group.index) == ("service", service.index)
+
+
+def test_no_security_group_opens_more_than_one_port_or_itself(plan: Plan) -> None:
+    wide = [
+        f"{g.address}: {r.get('protocol')} {r.get('from_port')}-{r.get('to_port')}"
+        for g in plan.of_type("aws_security_group")
+        for r in (g.after.get("ingress") or []) + (g.after.get("egress") or [])
+        if r.get("self") or r.get("from_port") != r.get("to_port") or str(r.get("protocol")) == "-1"
+    ]
+    wide += [
+        f"{r.address}: {r.after.get('ip_protocol')} {r.after['from_port']}-{r.after['to_port']}"
+        for r in plan.of_type(
+            "aws_vpc_security_group_ingress_rule", "aws_vpc_security_group_egress_rule"
+        )
+        if r.after.get("from_port") != r.after.get("to_port") or r.after.get("ip_protocol") != "tcp"
+    ]
+    assert wide == []
+
+
+def test_each_service_admits_only_its_callers_on_its_port(plan: Plan) -> None:
+    """Into the services: the load balancer to each UI, the worker to Prefect, MLflow and
+    Evidently, the Lambda to Prefect. Nothing into the worker; Grafana and Evidently
+    call nobody."""
+    ingress = sorted(
+        (r.name, r.index, r.after["from_port"])
+        for r in plan.of_type("aws_vpc_security_group_ingress_rule")
+        if r.module == "module.ecs"
+    )
+    assert ingress == sorted(
+        [("load_balancer", ui, port) for ui, port in UI_PORTS.items()]
+        + [
+            ("calls", f"worker>{ui}", UI_PORTS[ui])
+            for ui in ("prefect-server", "mlflow", "evidently")
+        ]
+        + [("extra", "Prefect API from the S3-to-Prefect Lambda", PREFECT_PORT)]
+    )
+    egress = sorted(
+        (r.address, r.after["from_port"])
+        for r in plan.of_type("aws_vpc_security_group_egress_rule")
+        if r.after.get("cidr_ipv4") is None and r.module in ("", "module.ecs")
+    )
+    assert egress == sorted(
+        [
+            (f'aws_vpc_security_group_egress_rule.database["{s}"]', 5432)
+            for s in ("mlflow", "prefect-server", "worker", "grafana", "db-init")
+        ]
+        + [("aws_vpc_security_group_egress_rule.efs", 2049)]
+        + [
+            (f'module.ecs.aws_vpc_security_group_egress_rule.calls["worker>{ui}"]', UI_PORTS[ui])
+            for ui in ("prefect-server", "mlflow", "evidently")
+        ]
+        + [
+            (f'module.ecs.aws_vpc_security_group_egress_rule.load_balancer["{ui}"]', port)
+            for ui, port in UI_PORTS.items()
+        ]
+    )
+    # Out to anywhere: HTTPS only (AWS APIs, images; the load balancer's sign-in).
+    anywhere = {
+        (r.after["from_port"], r.after["to_port"])
+        for r in plan.of_type("aws_vpc_security_group_egress_rule")
+        if r.after.get("cidr_ipv4") == "0.0.0.0/0"
+    }
+    assert anywhere == {(443, 443)}
+
+
+def test_the_database_admits_its_clients_and_efs_only_evidently(plan: Plan) -> None:
+    root = plan.raw["configuration"]["root_module"]
+    rds = root["module_calls"]["rds"]["expressions"]["allowed_security_group_ids"]
+    assert "local.database_clients" in rds["references"]
+    database = {
+        r.index for r in plan.of_type("aws_vpc_security_group_egress_rule") if r.name == "database"
+    }
+    assert database == {"mlflow", "prefect-server", "worker", "grafana", "db-init"}
+    (efs,) = (r for r in root["resources"] if r["address"] == "aws_security_group.efs")
+    assert (
+        efs["expressions"]["ingress"]["references"][0]
+        == 'module.ecs.security_group_ids["evidently"]'
+    )
+
+
+def test_the_secrets_manager_endpoint_admits_every_task(
+    planned: dict[str, Plan | RuntimeError],
+) -> None:
+    """H1: with private DNS on, every task resolves Secrets Manager to the endpoint and
+    fetches its secrets through it: its group must admit theirs, not only the Lambda's."""
+    plan = planned["development"]
+    assert isinstance(plan, Plan), plan
+    (endpoint,) = plan.of_type("aws_vpc_endpoint")
+    assert endpoint.after["private_dns_enabled"] is True
+    (group,) = (g for g in plan.of_type("aws_security_group") if g.name == "endpoint")
+    assert [(r["from_port"], r["to_port"]) for r in group.after["ingress"]] == [(443, 443)]
+    ingress = plan.expressions(group)["ingress"]["references"]
+    assert "var.endpoint_client_security_group_ids" in ingress
+    lambda_call = plan.raw["configuration"]["root_module"]["module_calls"]["lambda"]
+    clients = lambda_call["expressions"]["endpoint_client_security_group_ids"]["references"]
+    assert "module.ecs.security_group_ids" in clients
+    ecs = plan.raw["configuration"]["root_module"]["module_calls"]["ecs"]["module"]
+    assert ecs["outputs"]["security_group_ids"]["expression"]["references"] == [
+        "aws_security_group.service"
+    ]
+
+
+def test_cognito_requires_mfa(production: Plan) -> None:
+    (pool,) = production.of_type("aws_cognito_user_pool")
+    assert pool.after["mfa_configuration"] == "ON"
+    assert pool.after["software_token_mfa_configuration"] == [{"enabled": True}]
+
+
+def _document_actions(plan: Plan, address: str) -> set[str]:
+    """The actions of a policy document's statements, from the configuration (the
+    rendered JSON is unknown until apply when it names a resource's ARN)."""
+    (config,) = [
+        r for r in plan.raw["configuration"]["root_module"]["resources"] if r["address"] == address
+    ]
+    return {
+        action
+        for statement in config["expressions"]["statement"]
+        for action in statement.get("actions", {}).get("constant_value", [])
+    }
+
+
+def test_github_roles_trust_one_exact_subject_each(planned: dict[str, Plan | RuntimeError]) -> None:
+    """M8: plan on pull requests (read only), push from main, apply in the environment."""
+    production = planned["production"]
+    assert isinstance(production, Plan), production
+    assert not list(production.of_type("aws_iam_openid_connect_provider"))
+    assert not [r for r in production.of_type("aws_iam_role") if r.name == "github"]
+    plan = planned["tunnel"]
+    assert isinstance(plan, Plan), plan
+    subjects = {}
+    for role in (r for r in plan.of_type("aws_iam_role") if r.name == "github"):
+        (statement,) = json.loads(role.after["assume_role_policy"])["Statement"]
+        assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+        assert statement["Principal"] == {"Federated": GITHUB_OIDC}
+        equals = statement["Condition"]["StringEquals"]
+        assert equals["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
+        assert set(statement["Condition"]) == {"StringEquals"}  # no StringLike wildcard
+        subjects[role.index] = equals["token.actions.githubusercontent.com:sub"]
+    assert subjects == {
+        "plan": "repo:acme/churnops:pull_request",
+        "push": "repo:acme/churnops:ref:refs/heads/main",
+        "deploy": "repo:acme/churnops:environment:emu",
+    }
+    policies = {
+        (p.index, p.after["name"])
+        for p in plan.of_type("aws_iam_role_policy")
+        if p.name.startswith("github")
+    }
+    assert policies == {("plan", "read-platform"), ("push", "read-platform"), (0, "push-images")}
+    read = _document_actions(plan, "data.aws_iam_policy_document.github_read")
+    writes = ("Put", "Create", "Update", "Delete", "Upload", "Start", "Run", "Invoke", "Modify")
+    assert not [a for a in read if any(a.split(":")[1].startswith(w) for w in writes)]
+    assert "secretsmanager:GetSecretValue" not in read and "logs:GetLogEvents" not in read
+    assert not [a for a in read if a.endswith(":*") or a == "*"]
+    push = _document_actions(plan, "data.aws_iam_policy_document.github_push")
+    assert {"ecr:PutImage", "ecr:DescribeImageScanFindings"} <= push
+    assert not [a for a in push if not a.startswith(("ecr:", "s3:"))]
 
 
 # --- the checkers can fail --------------------------------------------------------------------
@@ -353,13 +602,13 @@ def test_a_forward_without_sign_in_on_an_internal_load_balancer_is_allowed(
 
 def test_open_ingress_to_another_port_is_found(production: Plan) -> None:
     def open_mlflow(after: dict) -> None:
-        tasks = after["module.ecs.aws_security_group.tasks"]
-        tasks["ingress"].append(
+        group = after['module.ecs.aws_security_group.service["mlflow"]']
+        group["ingress"] = [
             {"cidr_blocks": ["0.0.0.0/0"], "from_port": 5000, "to_port": 5000, "protocol": "tcp"}
-        )
+        ]
 
     assert ingress_violations(altered(production, open_mlflow)) == [
-        "module.ecs.aws_security_group.tasks: tcp 5000-5000 from anywhere"
+        'module.ecs.aws_security_group.service["mlflow"]: tcp 5000-5000 from anywhere'
     ]
 
 

@@ -12,6 +12,8 @@ from botocore.stub import Stubber
 
 from terraform.scripts import post_apply
 
+from .conftest import TERRAFORM_DIR
+
 OUTPUTS = {
     "aws_region": {"value": "eu-west-1"},
     "bucket_name": {"value": "churnops-stg-drop-1"},
@@ -40,6 +42,16 @@ OUTPUTS = {
             "assign_public_ip": False,
         }
     },
+    "db_bootstrap_task": {
+        "value": {
+            "cluster": "churnops-stg",
+            "task_definition": "arn:aws:ecs:eu-west-1:1:task-definition/churnops-stg-db-init:1",
+            "container": "db-init",
+            "subnets": ["subnet-a", "subnet-b"],
+            "security_groups": ["sg-db-init"],
+            "assign_public_ip": False,
+        }
+    },
 }
 
 
@@ -64,7 +76,7 @@ TASK = OUTPUTS["deployments_task"]["value"]
 TASK_ARN = "arn:aws:ecs:eu-west-1:1:task/churnops-stg/0123456789abcdef"
 
 
-def stubbed_ecs(exit_code: int | None) -> tuple[object, Stubber]:
+def stubbed_ecs(exit_code: int | None, task: dict = TASK) -> tuple[object, Stubber]:
     """An ECS client whose answers are canned and whose requests botocore validates."""
     ecs = boto3.client(
         "ecs", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x"
@@ -75,29 +87,29 @@ def stubbed_ecs(exit_code: int | None) -> tuple[object, Stubber]:
         {"tasks": [{"taskArn": TASK_ARN, "lastStatus": "PROVISIONING"}], "failures": []},
         {
             "cluster": "churnops-stg",
-            "taskDefinition": TASK["task_definition"],
+            "taskDefinition": task["task_definition"],
             "launchType": "FARGATE",
             "count": 1,
             "startedBy": "make-apply",
             "networkConfiguration": {
                 "awsvpcConfiguration": {
                     "subnets": ["subnet-a", "subnet-b"],
-                    "securityGroups": ["sg-tasks"],
+                    "securityGroups": task["security_groups"],
                     "assignPublicIp": "DISABLED",
                 }
             },
             "overrides": {
-                "containerOverrides": [
-                    {"name": "worker", "command": ["python", "-m", "churnops.platform.deployments"]}
-                ]
-            },
+                "containerOverrides": [{"name": task["container"], "command": task["command"]}]
+            }
+            if "command" in task
+            else {},
         },
     )
     described = {"cluster": "churnops-stg", "tasks": [TASK_ARN]}
     stubber.add_response(
         "describe_tasks", {"tasks": [{"taskArn": TASK_ARN, "lastStatus": "RUNNING"}]}, described
     )
-    container = {"name": "worker"} | ({} if exit_code is None else {"exitCode": exit_code})
+    container = {"name": task["container"]} | ({} if exit_code is None else {"exitCode": exit_code})
     stopped = {
         "taskArn": TASK_ARN,
         "lastStatus": "STOPPED",
@@ -116,7 +128,7 @@ def test_the_deployments_are_registered_by_a_one_off_task_in_the_vpc(
     ecs, stubber = stubbed_ecs(exit_code=0)
     assert post_apply.register_deployments(out, ecs=ecs, poll=0) == TASK_ARN
     stubber.assert_no_pending_responses()
-    assert "deployments registered" in capsys.readouterr().out
+    assert "registering the deployments: done" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("exit_code", [1, None])
@@ -128,3 +140,30 @@ def test_a_registration_that_does_not_exit_0_fails_the_apply(
     with pytest.raises(SystemExit, match="registering the deployments failed") as failure:
         post_apply.register_deployments(out, ecs=ecs, poll=0)
     assert "/ecs/churnops-stg/worker" in str(failure.value)
+
+
+def test_the_database_is_bootstrapped_by_its_own_one_off_task(tmp_path: Path, capsys) -> None:
+    """M3: the task db-init with its own command (no override), network and roles."""
+    out = post_apply.load_outputs(str(write_outputs(tmp_path)))
+    ecs, stubber = stubbed_ecs(exit_code=0, task=OUTPUTS["db_bootstrap_task"]["value"])
+    assert post_apply.bootstrap_database(out, ecs=ecs, poll=0) == TASK_ARN
+    stubber.assert_no_pending_responses()
+    assert "bootstrapping the database: done" in capsys.readouterr().out
+
+
+def test_a_failed_bootstrap_fails_the_apply_naming_its_log(tmp_path: Path) -> None:
+    out = post_apply.load_outputs(str(write_outputs(tmp_path)))
+    ecs, _ = stubbed_ecs(exit_code=1, task=OUTPUTS["db_bootstrap_task"]["value"])
+    with pytest.raises(SystemExit, match="bootstrapping the database failed") as failure:
+        post_apply.bootstrap_database(out, ecs=ecs, poll=0)
+    assert "/ecs/churnops-stg/db-init" in str(failure.value)
+
+
+def test_make_apply_bootstraps_the_database_before_it_waits_for_the_services() -> None:
+    recipe = (TERRAFORM_DIR / "aws.mk").read_text().split("\npost-apply:")[1].split("\n\n")[0]
+    steps = [
+        line.split("post_apply.py ")[1].split()[0]
+        for line in recipe.splitlines()
+        if "post_apply.py" in line
+    ]
+    assert steps == ["env", "database", "wait", "deployments"]

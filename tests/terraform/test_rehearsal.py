@@ -34,6 +34,8 @@ def test_the_applied_wiring_processes_a_dropped_file_end_to_end(
     for server in ("mlflow/mlflow", "prefect-server/prefect-server", "evidently/evidently"):
         assert server in ran and report.ran[server].startswith("healthy"), report.ran
     assert "worker/worker" in ran
+    # The database bootstrap ran as its own one-off task (post_apply.py database).
+    assert report.ran["db-init/db-init"].startswith("exited 0"), report.ran
     facts = report.facts
     name = facts["dropped"].rsplit("/", 1)[-1]
     assert " " in name and "+" in name  # S3 URL-encodes both in the event

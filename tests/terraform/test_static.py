@@ -123,3 +123,17 @@ def test_cli_config_without_mirror_installs_directly(monkeypatch) -> None:
     monkeypatch.setattr(tf_local, "MIRROR_ROOTS", ())
     assert tf_local.find_mirror() is None
     assert "direct {}" in tf_local.cli_config_text(None)
+
+
+def test_the_provider_lock_is_committed_and_pins_the_aws_provider() -> None:
+    """Every init (CI, plan, apply, these tests: tf_local copies it) installs the one
+    build whose hash the lock names, not the newest 5.x of the day."""
+    lock = TERRAFORM_DIR / ".terraform.lock.hcl"
+    tracked = run(["git", "ls-files", "--error-unmatch", str(lock)], cwd=REPO)
+    assert tracked.returncode == 0, "terraform/.terraform.lock.hcl is not committed"
+    ignored = run(["git", "check-ignore", "-q", str(lock)], cwd=REPO)
+    assert ignored.returncode == 1, ".gitignore ignores the provider lock"
+    text = lock.read_text()
+    assert re.search(r'provider "registry.terraform.io/hashicorp/aws" \{\s+version\s+= "5\.', text)
+    assert re.search(r'"h1:[A-Za-z0-9+/=]{44}"', text)
+    assert tf_local.COPY_IGNORE(str(TERRAFORM_DIR), [lock.name]) == set()

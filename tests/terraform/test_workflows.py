@@ -105,5 +105,22 @@ def test_deploy_applies_the_plan_job_s_plan_after_approval() -> None:
         job: next(s for s in spec["steps"] if "configure-aws-credentials" in s.get("uses", ""))
         for job, spec in deploy["jobs"].items()
     }
-    assert roles["plan"]["with"]["role-to-assume"] == "${{ secrets.AWS_PLAN_ROLE_ARN }}"
+    # One role per subject (terraform/github.tf): main's push role, not the pull requests'.
+    assert roles["plan"]["with"]["role-to-assume"] == "${{ secrets.AWS_PUSH_ROLE_ARN }}"
     assert roles["apply"]["with"]["role-to-assume"] == "${{ secrets.AWS_DEPLOY_ROLE_ARN }}"
+    assert plan["if"] == "github.ref == 'refs/heads/main'"
+    # An unknown name would create an unprotected environment.
+    environment = deploy["on"]["workflow_dispatch"]["inputs"]["environment"]
+    assert environment["type"] == "choice" and environment["default"] in environment["options"]
+    pr = load(REPO / ".github" / "workflows" / "plan.yml")["jobs"]["plan"]
+    (pr_role,) = [s for s in pr["steps"] if "configure-aws-credentials" in s.get("uses", "")]
+    assert pr_role["with"]["role-to-assume"] == "${{ secrets.AWS_PLAN_ROLE_ARN }}"
+
+
+def test_pipenv_is_installed_at_the_image_s_version() -> None:
+    """L13: the version the flow image pins, not whatever is newest that day."""
+    dockerfile = (REPO / "code" / "orchestration" / "Dockerfile").read_text()
+    version = re.search(r"PIPENV_VERSION=(\S+)", dockerfile).group(1)
+    for path in (REPO / ".github" / "workflows" / "ci.yml", REPO / ".ci" / "run"):
+        installs = re.findall(r"pip install[^\n]*pipenv\S*", path.read_text())
+        assert installs and all(f"pipenv=={version}" in i for i in installs), (path, installs)

@@ -6,10 +6,6 @@
 
 data "aws_caller_identity" "current" {}
 
-data "aws_vpc" "this" {
-  id = var.vpc_id
-}
-
 locals {
   https   = var.certificate_arn != null
   port    = local.https ? 443 : 80
@@ -35,33 +31,23 @@ resource "aws_security_group" "alb" {
     cidr_blocks = var.allowed_cidr_blocks
   }
 
-  dynamic "egress" {
-    for_each = local.uis
+  # Egress is separate rules: the sign-in's below, and one per UI to that UI's
+  # security group on its port (module ecs), none to the whole VPC.
+}
 
-    content {
-      description = "To the ${egress.key} tasks inside the VPC"
-      from_port   = egress.value.port
-      to_port     = egress.value.port
-      protocol    = "tcp"
-      cidr_blocks = [data.aws_vpc.this.cidr_block]
-    }
-  }
+resource "aws_vpc_security_group_egress_rule" "sign_in" {
+  # checkov:skip=CKV_AWS_382:HTTPS only (443) to the identity provider, whose addresses are not fixed.
+  count = local.forward ? 1 : 0
 
-  dynamic "egress" {
-    for_each = local.forward ? [1] : []
-
-    content {
-      description = "Sign-in: the load balancer calls the identity provider (token and user-info endpoints)"
-      from_port   = 443
-      to_port     = 443
-      protocol    = "tcp"
-      cidr_blocks = ["0.0.0.0/0"]
-    }
-  }
+  security_group_id = aws_security_group.alb.id
+  description       = "Sign-in: the load balancer calls the identity provider (token and user-info endpoints)"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  cidr_ipv4         = "0.0.0.0/0"
 }
 
 resource "aws_lb" "this" {
-  # checkov:skip=CKV_AWS_91:Access logs would need a log bucket with the ELB account's policy per region; left to the operator.
   # checkov:skip=CKV2_AWS_28:No WAF: the one listener answers only allowed_cidr_blocks and signs every user in before it forwards.
   # checkov:skip=CKV_AWS_150:Deletion protection is a variable (deletion_protection) so that `make destroy` works on staging.
   # checkov:skip=CKV2_AWS_20:Port 80 exists only with allow_insecure_http (no certificate: no HTTPS to redirect to); with a certificate there is no port 80 at all.
@@ -73,6 +59,13 @@ resource "aws_lb" "this" {
   drop_invalid_header_fields = true
   enable_deletion_protection = var.deletion_protection
   idle_timeout               = 120
+
+  # Who reached the load balancer, and which host and path (audit.tf's bucket).
+  access_logs {
+    bucket  = var.access_logs_bucket
+    prefix  = "alb"
+    enabled = true
+  }
 }
 
 resource "aws_lb_target_group" "this" {
@@ -225,7 +218,7 @@ resource "aws_cognito_user_pool" "ui" {
   name                     = "${var.name}-ui"
   username_attributes      = ["email"]
   auto_verified_attributes = ["email"]
-  mfa_configuration        = "OPTIONAL"
+  mfa_configuration        = "ON" # TOTP at every sign-in (an authenticator app)
   deletion_protection      = var.deletion_protection ? "ACTIVE" : "INACTIVE"
 
   # Users are invited (var.cognito_users); nobody signs up by themselves.

@@ -98,3 +98,8 @@ variable "uis" {
     health_path = string
   }))
 }
+
+variable "access_logs_bucket" {
+  description = "S3 bucket of the access logs (prefix alb/); its policy lets the region's ELB log delivery write."
+  type        = string
+}

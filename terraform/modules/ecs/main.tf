@@ -49,7 +49,7 @@ locals {
         secrets      = [for k, v in s.secrets : { name = k, valueFrom = v }]
         dependsOn    = s.init == null ? [] : [{ containerName = "init", condition = "SUCCESS" }]
         mountPoints  = [for name, v in s.volumes : { sourceVolume = name, containerPath = v.container_path, readOnly = false }]
-        healthCheck = {
+        healthCheck = s.health_check == null ? null : {
           command     = s.health_check.command
           interval    = s.health_check.interval
           timeout     = s.health_check.timeout
@@ -68,12 +68,43 @@ locals {
 
 # ------------------------------------------------------------------ cluster
 resource "aws_ecs_cluster" "this" {
+  # checkov:skip=CKV_AWS_65:Container Insights is a variable (container_insights): on by default, off in the minimal profile to save its cost.
   name = var.name
 
   setting {
     name  = "containerInsights"
-    value = "enabled"
+    value = var.container_insights ? "enabled" : "disabled"
   }
+
+  # ECS Exec sessions (`make tunnel`): encrypted with the platform key and logged.
+  configuration {
+    execute_command_configuration {
+      kms_key_id = var.kms_key_arn
+      logging    = "OVERRIDE"
+
+      log_configuration {
+        cloud_watch_encryption_enabled = true
+        cloud_watch_log_group_name     = aws_cloudwatch_log_group.exec.name
+      }
+    }
+  }
+
+  depends_on = [aws_cloudwatch_log_group.container_insights]
+}
+
+resource "aws_cloudwatch_log_group" "exec" {
+  name              = "/ecs/${var.name}/exec-sessions"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+}
+
+# Container Insights' performance logs: retention and the platform key, not AWS's defaults.
+resource "aws_cloudwatch_log_group" "container_insights" {
+  count = var.container_insights ? 1 : 0
+
+  name              = "/aws/ecs/containerinsights/${var.name}/performance"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
 }
 
 resource "aws_service_discovery_private_dns_namespace" "this" {
@@ -103,51 +134,93 @@ resource "aws_service_discovery_service" "this" {
 }
 
 # ------------------------------------------------------------------ network
-resource "aws_security_group" "tasks" {
-  # checkov:skip=CKV_AWS_382:The tasks pull images and call AWS APIs and Prefect/MLflow over HTTPS; egress destinations are not fixed addresses.
-  name        = "${var.name}-tasks"
-  description = "ECS tasks of ${var.name}"
+# One security group per service (and per one-off task): a trust zone each. In: the
+# load balancer on the service's port, the callers named in var.security_groups,
+# var.extra_ingress. Out: HTTPS (AWS APIs, images), the services it calls; the root
+# module adds the database and NFS. Rules are separate resources, none inline.
+locals {
+  calls = merge([
+    for from, g in var.security_groups : {
+      for to in g.calls : "${from}>${to}" => { from = from, to = to, port = var.security_groups[to].port }
+    }
+  ]...)
+}
+
+resource "aws_security_group" "service" {
+  for_each = var.security_groups
+
+  name        = "${var.name}-${each.key}"
+  description = "ECS ${each.key} of ${var.name}"
   vpc_id      = var.vpc_id
+}
 
-  dynamic "ingress" {
-    for_each = var.load_balancer_ports
+resource "aws_vpc_security_group_ingress_rule" "load_balancer" {
+  for_each = var.load_balancer_ports
 
-    content {
-      description     = "${ingress.key} from the load balancer"
-      from_port       = ingress.value
-      to_port         = ingress.value
-      protocol        = "tcp"
-      security_groups = [var.alb_security_group_id]
-    }
-  }
+  security_group_id            = aws_security_group.service[each.key].id
+  description                  = "${each.key} from the load balancer"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value
+  to_port                      = each.value
+  referenced_security_group_id = var.alb_security_group_id
+}
 
-  dynamic "ingress" {
-    for_each = var.extra_ingress
+# The load balancer's way out: to each UI's group on its port only.
+resource "aws_vpc_security_group_egress_rule" "load_balancer" {
+  for_each = var.load_balancer_ports
 
-    content {
-      description     = ingress.key
-      from_port       = ingress.value.port
-      to_port         = ingress.value.port
-      protocol        = "tcp"
-      security_groups = [ingress.value.security_group_id]
-    }
-  }
+  security_group_id            = var.alb_security_group_id
+  description                  = "To the ${each.key} tasks"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value
+  to_port                      = each.value
+  referenced_security_group_id = aws_security_group.service[each.key].id
+}
 
-  ingress {
-    description = "Service to service (worker to Prefect, MLflow, Evidently)"
-    from_port   = 0
-    to_port     = 65535
-    protocol    = "tcp"
-    self        = true
-  }
+resource "aws_vpc_security_group_ingress_rule" "calls" {
+  for_each = local.calls
 
-  egress {
-    description = "Images, AWS APIs, the database and the other services"
-    from_port   = 0
-    to_port     = 0
-    protocol    = "-1"
-    cidr_blocks = ["0.0.0.0/0"]
-  }
+  security_group_id            = aws_security_group.service[each.value.to].id
+  description                  = "${each.value.to} from ${each.value.from}"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value.port
+  to_port                      = each.value.port
+  referenced_security_group_id = aws_security_group.service[each.value.from].id
+}
+
+resource "aws_vpc_security_group_egress_rule" "calls" {
+  for_each = local.calls
+
+  security_group_id            = aws_security_group.service[each.value.from].id
+  description                  = "${each.value.from} to ${each.value.to}"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value.port
+  to_port                      = each.value.port
+  referenced_security_group_id = aws_security_group.service[each.value.to].id
+}
+
+resource "aws_vpc_security_group_ingress_rule" "extra" {
+  for_each = var.extra_ingress
+
+  security_group_id            = aws_security_group.service[each.value.service].id
+  description                  = each.key
+  ip_protocol                  = "tcp"
+  from_port                    = var.security_groups[each.value.service].port
+  to_port                      = var.security_groups[each.value.service].port
+  referenced_security_group_id = each.value.security_group_id
+}
+
+# AWS APIs (Secrets Manager, ECR, logs, SNS, CloudWatch) through the NAT or an
+# interface endpoint, and S3 through its gateway endpoint: HTTPS only.
+resource "aws_vpc_security_group_egress_rule" "https" {
+  for_each = var.security_groups
+
+  security_group_id = aws_security_group.service[each.key].id
+  description       = "HTTPS to AWS APIs"
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  cidr_ipv4         = "0.0.0.0/0"
 }
 
 # ------------------------------------------------------------------ logs
@@ -242,8 +315,28 @@ resource "aws_iam_role_policy" "task" {
   policy = each.value
 }
 
-# ECS Exec: the SSM agent in the task opens its channels with the task role.
+# ECS Exec: the SSM agent in the task opens its channels with the task role, and
+# encrypts and logs the session with the cluster's key and log group.
 data "aws_iam_policy_document" "exec" {
+  statement {
+    sid       = "EncryptSessions"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [var.kms_key_arn]
+  }
+
+  statement {
+    sid       = "LogSessions"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = ["${aws_cloudwatch_log_group.exec.arn}:*"]
+  }
+
+  statement {
+    sid = "FindSessionLogGroup"
+    # DescribeLogGroups has no resource-level permissions.
+    actions   = ["logs:DescribeLogGroups"]
+    resources = ["*"]
+  }
+
   statement {
     sid = "EcsExecChannels"
     # The ssmmessages actions have no resource-level permissions.
@@ -332,7 +425,7 @@ resource "aws_ecs_task_definition" "service" {
 }
 
 resource "aws_ecs_service" "service" {
-  for_each = var.services
+  for_each = { for k, s in var.services : k => s if !s.one_off }
 
   name                              = each.key
   cluster                           = aws_ecs_cluster.this.id
@@ -341,6 +434,7 @@ resource "aws_ecs_service" "service" {
   launch_type                       = "FARGATE"
   platform_version                  = "LATEST"
   propagate_tags                    = "SERVICE"
+  tags                              = { "churnops:service" = each.key }
   enable_execute_command            = each.value.enable_execute_command
   health_check_grace_period_seconds = contains(keys(local.load_balanced), each.key) ? 180 : null
   # Rolling: the new task is healthy before the old one gets SIGTERM (and its
@@ -352,7 +446,7 @@ resource "aws_ecs_service" "service" {
 
   network_configuration {
     subnets          = var.subnet_ids
-    security_groups  = [aws_security_group.tasks.id]
+    security_groups  = [aws_security_group.service[each.key].id]
     assign_public_ip = var.assign_public_ip
   }
 

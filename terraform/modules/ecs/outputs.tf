@@ -23,9 +23,9 @@ output "task_role_arns" {
   value       = { for k, r in aws_iam_role.task : k => r.arn }
 }
 
-output "tasks_security_group_id" {
-  description = "Security group of the tasks."
-  value       = aws_security_group.tasks.id
+output "security_group_ids" {
+  description = "Security group per service and one-off task."
+  value       = { for k, g in aws_security_group.service : k => g.id }
 }
 
 output "internal_urls" {
@@ -36,4 +36,9 @@ output "internal_urls" {
 output "namespace" {
   description = "Private DNS namespace of the services."
   value       = local.namespace
+}
+
+output "exec_log_group_name" {
+  description = "Log group of the ECS Exec sessions."
+  value       = aws_cloudwatch_log_group.exec.name
 }

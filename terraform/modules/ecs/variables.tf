@@ -34,10 +34,18 @@ variable "load_balancer_ports" {
   type        = map(number)
 }
 
-variable "extra_ingress" {
-  description = "Further security groups allowed into one port of the tasks, by description (e.g. the Lambda into the Prefect API)."
+variable "security_groups" {
+  description = "One security group per service and one-off task (same keys as var.services, kept apart so the groups do not depend on the task definitions): its port (null: it listens on none) and the services it calls on their ports."
   type = map(object({
-    port              = number
+    port  = optional(number)
+    calls = optional(list(string), [])
+  }))
+}
+
+variable "extra_ingress" {
+  description = "Further security groups allowed into one service's port, by description (e.g. the Lambda into the Prefect API)."
+  type = map(object({
+    service           = string
     security_group_id = string
   }))
   default = {}
@@ -71,6 +79,12 @@ variable "environment" {
   default     = {}
 }
 
+variable "container_insights" {
+  description = "Container Insights on the cluster (about $35 a month for the five services)."
+  type        = bool
+  default     = false
+}
+
 variable "services" {
   description = <<-EOT
     Services by name. `port` null: no listener and no service discovery.
@@ -89,18 +103,21 @@ variable "services" {
     cpu           = optional(number, 512)
     memory        = optional(number, 1024)
     desired_count = optional(number, 1)
+    # A task definition run on demand (RunTask), with no ECS service.
+    one_off = optional(bool, false)
     # ECS Exec (SSM): `make tunnel` forwards a local port into the task; its task role needs ssmmessages.
     enable_execute_command = optional(bool, false)
     environment            = optional(map(string), {})
     secrets                = optional(map(string), {})
     stop_timeout           = optional(number, 30)
-    health_check = object({
+    # Required for a service; a one-off task runs to its end and has none.
+    health_check = optional(object({
       command      = list(string)
       start_period = optional(number, 60)
       interval     = optional(number, 30)
       timeout      = optional(number, 5)
       retries      = optional(number, 3)
-    })
+    }))
     volumes = optional(map(object({
       file_system_id   = string
       file_system_arn  = string

@@ -61,10 +61,29 @@ resource "aws_iam_role_policy" "lambda" {
   policy = data.aws_iam_policy_document.lambda.json
 }
 
-# The network interfaces of a function in a VPC (AWS's managed policy for exactly that).
-resource "aws_iam_role_policy_attachment" "vpc_access" {
-  role       = aws_iam_role.lambda.name
-  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+# The network interfaces of a function in a VPC: the ENI actions of AWS's managed
+# AWSLambdaVPCAccessExecutionRole, without its logs:* on every log group.
+data "aws_iam_policy_document" "vpc_access" {
+  # checkov:skip=CKV_AWS_111:The EC2 network-interface actions Lambda needs have no resource-level permissions.
+  # checkov:skip=CKV_AWS_356:The EC2 network-interface actions Lambda needs have no resource-level permissions.
+  statement {
+    sid = "FunctionNetworkInterfaces"
+    actions = [
+      "ec2:CreateNetworkInterface",
+      "ec2:DescribeNetworkInterfaces",
+      "ec2:DescribeSubnets",
+      "ec2:DeleteNetworkInterface",
+      "ec2:AssignPrivateIpAddresses",
+      "ec2:UnassignPrivateIpAddresses",
+    ]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "vpc_access" {
+  name   = "vpc-access"
+  role   = aws_iam_role.lambda.id
+  policy = data.aws_iam_policy_document.vpc_access.json
 }
 
 # ------------------------------------------------------------------ network
@@ -110,15 +129,16 @@ resource "aws_security_group" "endpoint" {
   count = var.secretsmanager_endpoint ? 1 : 0
 
   name        = "${var.function_name}-secretsmanager"
-  description = "Secrets Manager interface endpoint: HTTPS from the Lambda"
+  description = "Secrets Manager interface endpoint: HTTPS from the Lambda and the other clients"
   vpc_id      = var.vpc_id
 
+  # Private DNS sends every client in the VPC here, the ECS tasks included (their secrets).
   ingress {
-    description     = "HTTPS from the Lambda"
+    description     = "HTTPS from the Lambda and the ECS tasks"
     from_port       = 443
     to_port         = 443
     protocol        = "tcp"
-    security_groups = [aws_security_group.lambda.id]
+    security_groups = concat([aws_security_group.lambda.id], var.endpoint_client_security_group_ids)
   }
 }
 
@@ -167,7 +187,7 @@ resource "aws_lambda_function" "this" {
 
   depends_on = [
     aws_iam_role_policy.lambda,
-    aws_iam_role_policy_attachment.vpc_access,
+    aws_iam_role_policy.vpc_access,
     aws_cloudwatch_log_group.lambda,
   ]
 }

@@ -23,6 +23,12 @@ variable "prefect_security_group_id" {
   type        = string
 }
 
+variable "endpoint_client_security_group_ids" {
+  description = "Further security groups allowed into the Secrets Manager endpoint (its private DNS sends every client in the VPC to it)."
+  type        = list(string)
+  default     = []
+}
+
 variable "prefect_port" {
   description = "Port of the Prefect API."
   type        = number

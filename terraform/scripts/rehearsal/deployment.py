@@ -9,7 +9,7 @@ APIs, as ECS and Lambda would see it, not from terraform's state file.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import boto3
@@ -104,6 +104,8 @@ class Task:
     security_groups: tuple[str, ...]
     execution_role_arn: str | None
     task_role_arn: str | None
+    #: a task definition run on demand (RunTask by `make apply`), not an ECS service
+    one_off: bool = False
 
     def container(self, name: str) -> Container:
         (found,) = [c for c in self.containers if c.name == name]
@@ -204,9 +206,25 @@ class Deployment:
 
 
 # ---------------------------------------------------------------------------- reading
-def read(aws: Aws, bucket: str, function_name: str) -> Deployment:
-    """The deployment as the emulator's APIs describe it."""
+def read(
+    aws: Aws, bucket: str, function_name: str, one_off: tuple[dict[str, Any], ...] = ()
+) -> Deployment:
+    """The deployment as the emulator's APIs describe it; ``one_off``: terraform outputs
+    naming task definitions that `make apply` runs on demand (cluster, task_definition,
+    container, security_groups)."""
     tasks = read_tasks(aws)
+    ecs = aws.client("ecs")
+    for run in one_off:
+        definition = ecs.describe_task_definition(taskDefinition=run["task_definition"])
+        service = {
+            "serviceName": run["container"],
+            "networkConfiguration": {
+                "awsvpcConfiguration": {"securityGroups": run.get("security_groups", [])}
+            },
+        }
+        tasks[run["container"]] = replace(
+            _task(service, definition["taskDefinition"]), one_off=True
+        )
     discovery, namespaces = read_discovery(aws, tasks)
     balancers, health = read_load_balancers(aws)
     return Deployment(

@@ -107,7 +107,10 @@ class Rehearsal:
         self.aws = Aws(self.applied.endpoint)
         outputs = self.applied.outputs
         self.deployment: Deployment = read(
-            self.aws, outputs["bucket_name"], outputs["lambda_function_name"]
+            self.aws,
+            outputs["bucket_name"],
+            outputs["lambda_function_name"],
+            tuple(outputs[k] for k in ("db_bootstrap_task",) if k in outputs),
         )
         self.supervisor = Supervisor(self.root / "logs")
         self.processes: dict[str, Process] = {}
@@ -127,6 +130,7 @@ class Rehearsal:
             self._step("runner settings", lambda: preflight.check_runner_settings(self))
             self._step("database logins", lambda: preflight.check_database_logins(self))
             self._step("init containers", self.run_inits)
+            self._step("database bootstrap", self.bootstrap_database)
             self._step("servers", self.start_servers)
             self._step("workers", self.start_workers)
             # A first apply has no model yet: the runner must start without one.
@@ -259,10 +263,21 @@ class Rehearsal:
     def start_servers(self) -> None:
         """The tasks behind a port, until each container's health check and the load
         balancer's target group health check pass."""
-        self._start_tasks([t for t in self.deployment.tasks.values() if t.ports])
+        self._start_tasks([t for t in self.services() if t.ports])
 
     def start_workers(self) -> None:
-        self._start_tasks([t for t in self.deployment.tasks.values() if not t.ports])
+        self._start_tasks([t for t in self.services() if not t.ports])
+
+    def services(self) -> list[Task]:
+        """The ECS services' tasks (not the one-off tasks `make apply` runs)."""
+        return [t for t in self.deployment.tasks.values() if not t.one_off]
+
+    def bootstrap_database(self) -> None:
+        """post_apply.py database: the one-off task db-init, before the services need
+        their roles (on AWS they retry until it has run)."""
+        if "db_bootstrap_task" not in self.applied.outputs:
+            raise WiringError("no terraform output db_bootstrap_task (post_apply.py database)")
+        self.run_one_off(self.applied.outputs["db_bootstrap_task"], "the database bootstrap")
 
     def _start_tasks(self, tasks: list[Task]) -> None:
         waiting = []
@@ -371,24 +386,27 @@ class Rehearsal:
         )
         if "deployments_task" not in self.applied.outputs:
             raise WiringError("no terraform output deployments_task (post_apply.py deployments)")
-        self.run_registration_task(self.applied.outputs["deployments_task"])
+        self.run_one_off(self.applied.outputs["deployments_task"], "the deployments' registration")
 
-    def run_registration_task(self, task: dict[str, Any]) -> None:
-        """post_apply.py deployments: ECS RunTask of a task definition with its container's
-        command overridden; here that container, locally, with the override."""
+    def run_one_off(self, task: dict[str, Any], what: str) -> None:
+        """post_apply.py's RunTask of a task definition, its container's command overridden
+        when the output names one; here that container, locally."""
         definition = task["task_definition"]
         owners = [t for t in self.deployment.tasks.values() if definition in _names_of(t)]
         if not owners:
-            raise WiringError(f"terraform output deployments_task: no service runs {definition}")
+            raise WiringError(f"{what}: no task definition {definition} in the deployment")
         container = owners[0].container(task["container"])
-        local = containers.with_command(self.local[container.label], task["command"], self.mapper)
-        local.container = replace(container, name=f"{container.name}-deployments")
+        local = self.local[container.label]
+        if task.get("command"):
+            local = containers.with_command(local, task["command"], self.mapper)
+            local.container = replace(container, name=f"{container.name}-run")
         began = time.monotonic()
         process = self._start(local)
         code = self.supervisor.wait(process, INIT_TIMEOUT)
         if code != 0:
+            command = " ".join(task.get("command") or local.container.command or [])
             raise WiringError(
-                f"the deployments' registration ({' '.join(task['command'])} in {local.label})"
+                f"{what} ({command} in {local.label})"
                 f" ended with {code}; its output ends:\n{process.tail()}"
             )
         self.report.ran[local.label] = f"exited 0 after {time.monotonic() - began:.1f}s"
@@ -461,7 +479,7 @@ class Rehearsal:
         """The one container of the tasks without a port: the flow runner."""
         workers = [
             self.local[c.label]
-            for t in self.deployment.tasks.values()
+            for t in self.services()
             if not t.ports
             for c in t.containers
             if c.essential

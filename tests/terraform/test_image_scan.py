@@ -1,0 +1,108 @@
+"""The deploy's image-scan gate (terraform/scripts/image_scan.py) against ECR in moto:
+a critical finding, or a scan that never finished, stops the deploy."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from .conftest import TERRAFORM_DIR, tf_local
+
+pytestmark = pytest.mark.integration
+
+TAG = "abc123"
+MANIFEST = {
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+    "config": {
+        "mediaType": "application/vnd.docker.container.image.v1+json",
+        "size": 1,
+        "digest": "sha256:" + "1" * 64,
+    },
+    "layers": [],
+}
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location(
+        "image_scan", TERRAFORM_DIR / "scripts" / "image_scan.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+image_scan = _load()
+
+
+@pytest.fixture
+def ecr(tmp_path: Path) -> Iterator[tuple[object, str, dict[str, str]]]:
+    moto, endpoint = tf_local.start_moto(tmp_path / "moto.log")
+    try:
+        client = boto3.client(
+            "ecr",
+            endpoint_url=endpoint,
+            region_name=tf_local.REGION,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        urls = {}
+        for name in ("churnops-emu-orchestration", "churnops-emu-grafana"):
+            repo = client.create_repository(
+                repositoryName=name, imageScanningConfiguration={"scanOnPush": True}
+            )["repository"]
+            client.put_image(repositoryName=name, imageManifest=json.dumps(MANIFEST), imageTag=TAG)
+            urls[name] = repo["repositoryUri"]
+        yield client, endpoint, urls
+    finally:
+        tf_local.stop_process_group(moto.pid)
+
+
+def _findings(endpoint: str, repository: str, counts: dict[str, int]) -> None:
+    """What ECR's scan of repository:TAG found (moto's API for a scan's result)."""
+    result = {
+        "imageScanFindings": {"findings": [], "findingSeverityCounts": counts},
+        "registryId": "123456789012",
+        "repositoryName": repository,
+        "imageId": {"imageTag": TAG},
+        "imageScanStatus": {"status": "COMPLETE", "description": "done"},
+    }
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/static/ecr/scan-finding-results",
+        data=json.dumps({"results": [result], "region": tf_local.REGION}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+def test_an_unfinished_scan_blocks_the_deploy(ecr) -> None:
+    client, _, urls = ecr
+    problems = image_scan.blocking_findings(client, urls, TAG, timeout=0, poll=0)
+    assert problems == [f"{name}:{TAG}: scan PENDING" for name in urls]
+
+
+def test_a_critical_finding_blocks_the_deploy_and_lesser_ones_do_not(ecr) -> None:
+    client, endpoint, urls = ecr
+    for name in urls:
+        client.start_image_scan(repositoryName=name, imageId={"imageTag": TAG})
+    _findings(endpoint, "churnops-emu-orchestration", {"CRITICAL": 2, "HIGH": 5})
+    _findings(endpoint, "churnops-emu-grafana", {"HIGH": 3, "MEDIUM": 1})
+    problems = image_scan.blocking_findings(client, urls, TAG, timeout=5, poll=0.1)
+    assert problems == [
+        f"churnops-emu-orchestration:{TAG}: {{'CRITICAL': 2}} (see the ECR console's scan)"
+    ]
+
+
+def test_push_images_runs_the_gate_after_the_pushes() -> None:
+    recipe = (TERRAFORM_DIR / "aws.mk").read_text().split("\npush-images:")[1].split("\n\n")[0]
+    assert recipe.rstrip().endswith(
+        "scripts/image_scan.py .churnops/ecr-repositories.json $(IMAGE_TAG) --region $$region"
+    )
