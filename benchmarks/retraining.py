@@ -31,10 +31,10 @@ from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.drop.storage import open_storage, stage_key
 from churnops.model import training
-from churnops.model.registry import TrainingOptions, train_and_register
+from churnops.model.registry import Outcome, TrainingOptions, train_and_register
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
-from churnops.pipeline.retraining import RetrainOptions, RetrainOutcome, retrain
+from churnops.pipeline.retraining import RetrainOptions, retrain
 from churnops.settings import Settings, get_settings
 
 TRAINING = "customer_churn_0.csv"
@@ -61,7 +61,7 @@ class Scored:
 class Sequence:
     label: str
     scored: list[Scored] = field(default_factory=list)
-    retrainings: list[RetrainOutcome] = field(default_factory=list)
+    retrainings: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
 
 
