@@ -14,7 +14,6 @@ import io
 import multiprocessing
 import os
 import signal
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -358,7 +357,7 @@ def test_mlflow_down_during_the_refit_promotes_nothing(
     def mlflow_goes_down(*_args: object) -> None:
         mlflow.set_tracking_uri(f"http://{LOOPBACK}:{free_port()}")
 
-    with pytest.raises(Exception, match="127.0.0.1|Connection|connect"):
+    with pytest.raises(Exception, match=r"127\.0\.0\.1|onnect"):
         retrain(
             world.settings,
             world.storage,
