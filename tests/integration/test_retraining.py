@@ -29,6 +29,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
+from churnops.data.schema import TARGET
 from churnops.drop.storage import DropStorage, open_storage, stage_key
 from churnops.model import training
 from churnops.model.churn_model import ChurnModel, load_aliased_model
@@ -301,7 +302,7 @@ def test_a_labeled_file_and_its_late_labels_are_one_holdout_never_in_the_fit(
     contradicting it. The rows count once, with the newest labels, only in the holdout."""
     scored = world.drop(SYNTHETIC[0])
     rows = load_customer_file(world.data_dir / SYNTHETIC[0], require_target=True)
-    flipped = 1 - rows["Churn"]
+    flipped = 1 - rows[TARGET]
     _late_labels(world, scored, flipped, "labels.csv")
     _late_labels(world, scored, flipped, "labels-again.csv")
 
@@ -309,7 +310,7 @@ def test_a_labeled_file_and_its_late_labels_are_one_holdout_never_in_the_fit(
 
     assert outcome.status in ("promoted", "refused"), outcome.reason
     assert outcome.training_files == ("customer_churn_0.csv",)
-    assert outcome.holdout_f1 == pytest.approx(_never_saw(world, rows.assign(Churn=flipped)))
+    assert outcome.holdout_f1 == pytest.approx(_never_saw(world, rows.assign(**{TARGET: flipped})))
     run = mlflow.MlflowClient().get_run(outcome.run_id)
     used = {
         (i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
