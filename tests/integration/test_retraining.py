@@ -33,6 +33,7 @@ from churnops.data.schema import TARGET
 from churnops.drop.storage import DropStorage, open_storage, stage_key
 from churnops.model import training
 from churnops.model.churn_model import ChurnModel, load_aliased_model
+from churnops.model.registry import deployed, row_keys
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
 from churnops.pipeline.flow import retrain_model
@@ -111,9 +112,8 @@ def file_sha(world: World, name: str) -> str:
 def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world: World) -> None:
     for name in SYNTHETIC[:2]:
         world.drop(name)
-    champion = load_aliased_model(world.settings)
-    holdout = load_customer_file(world.data_dir / SYNTHETIC[1], require_target=True)
-    champion_f1 = score(champion.model, holdout).f1
+    holdout = unseen(world, load_customer_file(world.data_dir / SYNTHETIC[1], require_target=True))
+    champion_f1 = score(load_aliased_model(world.settings).model, holdout).f1
 
     worse = retrain(world.settings, world.storage, RetrainOptions(params=BAD_PARAMS))
     assert worse.status == "refused", worse.reason
@@ -278,13 +278,22 @@ def _late_labels(world: World, scored: per_file.FileOutcome, churn: pd.Series, n
     assert outcome.status == "processed", outcome.message
 
 
+def unseen(world: World, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows the deployed version did not learn from (its logged row keys)."""
+    _, seen = deployed(world.settings, load_aliased_model)
+    return rows[~row_keys(rows).isin(seen)]
+
+
 def _never_saw(world: World, holdout: pd.DataFrame) -> float:
-    """F1 on ``holdout`` of the fast parameters fitted on the training file's fit split only."""
+    """F1 on ``holdout`` of the fast parameters fitted on the training file's fit split
+    without any row that has the features of a holdout row."""
     settings = world.settings
     rows = load_customer_file(world.data_dir / "customer_churn_0.csv", require_target=True)
     fit, _ = training.split_holdout(
         rows, target(rows), settings.holdout_fraction, settings.random_seed
     )
+    digests = {key.split(".")[0] for key in row_keys(holdout)}
+    fit = fit[~row_keys(fit).str.split(".").str[0].isin(digests)]
     X, y = prepare_features(fit, FEATURES), target(fit)
     threshold, _ = training.cross_validate(
         FAST_PARAMS, X, y, settings.cv_folds, settings.random_seed
@@ -310,7 +319,8 @@ def test_a_labeled_file_and_its_late_labels_are_one_holdout_never_in_the_fit(
 
     assert outcome.status in ("promoted", "refused"), outcome.reason
     assert outcome.training_files == ("customer_churn_0.csv",)
-    assert outcome.holdout_f1 == pytest.approx(_never_saw(world, rows.assign(**{TARGET: flipped})))
+    holdout = unseen(world, rows.assign(**{TARGET: flipped}))
+    assert outcome.holdout_f1 == pytest.approx(_never_saw(world, holdout))
     run = mlflow.MlflowClient().get_run(outcome.run_id)
     used = {
         (i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
