@@ -49,6 +49,7 @@ pytestmark = pytest.mark.integration
 #: A model that barely learns: worse than the champion on any file.
 BAD_PARAMS = {"n_estimators": 2, "max_depth": 1, "learning_rate": 0.01}
 SYNTHETIC = [f"customer_churn_synthetic_{i}.csv" for i in (1, 2, 3)]
+LABELED = [f"labels{again}.csv{LABELED_ROWS_SUFFIX}" for again in ("", "-again")]
 
 
 @dataclass
@@ -130,7 +131,8 @@ def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world:
     assert better.holdout_f1 >= champion_f1 and better.parent_version == "1"
     assert world.alias_version() == better.version
     assert world.version_tags(better.version)["promotion.decision"] == "promoted"
-    assert better.training_files == ("customer_churn_0.csv", SYNTHETIC[0])
+    # and the rows of synthetic 2 the champion learned from (copies of training rows)
+    assert better.training_files[:2] == ("customer_churn_0.csv", SYNTHETIC[0])
     assert better.holdout_file == SYNTHETIC[1]
 
     run = mlflow.MlflowClient().get_run(better.run_id)
@@ -284,14 +286,19 @@ def unseen(world: World, rows: pd.DataFrame) -> pd.DataFrame:
     return rows[~row_keys(rows).isin(seen)]
 
 
-def _never_saw(world: World, holdout: pd.DataFrame) -> float:
+def _never_saw(world: World, holdout: pd.DataFrame, relabeled: pd.DataFrame) -> float:
     """F1 on ``holdout`` of the fast parameters fitted on the training file's fit split
-    without any row that has the features of a row of either holdout."""
+    (with the newest labels of its rows that ``relabeled`` carries too), without any row
+    that has the features of a row of either holdout."""
     settings = world.settings
     rows = load_customer_file(world.data_dir / "customer_churn_0.csv", require_target=True)
     fit, kept_out = training.split_holdout(
         rows, target(rows), settings.holdout_fraction, settings.random_seed
     )
+    both = pd.concat([fit, relabeled], keys=["fit", "new"]).assign(
+        _key=pd.concat([row_keys(fit), row_keys(relabeled)]).to_numpy()
+    )
+    fit = both.drop_duplicates("_key", keep="last")
     digests = {key.split(".")[0] for key in [*row_keys(holdout), *row_keys(kept_out)]}
     fit = fit[~row_keys(fit).str.split(".").str[0].isin(digests)]
     X, y = prepare_features(fit, FEATURES), target(fit)
@@ -318,18 +325,18 @@ def test_a_labeled_file_and_its_late_labels_are_one_holdout_never_in_the_fit(
     outcome = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
 
     assert outcome.status in ("promoted", "refused"), outcome.reason
-    assert outcome.training_files == ("customer_churn_0.csv",)
-    holdout = unseen(world, rows.assign(**{TARGET: flipped}))
-    assert outcome.holdout_f1 == pytest.approx(_never_saw(world, holdout))
+    assert outcome.training_files[0] == "customer_churn_0.csv"
+    relabeled = rows.assign(**{TARGET: flipped})
+    holdout = unseen(world, relabeled)
+    assert outcome.holdout_f1 == pytest.approx(_never_saw(world, holdout, relabeled))
     run = mlflow.MlflowClient().get_run(outcome.run_id)
     used = {
         (i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
         for i in run.inputs.dataset_inputs
     }
-    assert used == {
-        ("customer_churn_0.csv", "training"),
-        (f"labels-again.csv{LABELED_ROWS_SUFFIX}", "holdout"),
-    }
+    (held,) = [name for name, context in used if context == "holdout"]
+    assert held.endswith(LABELED_ROWS_SUFFIX)  # one holdout: the newest labels, once
+    assert {name for name, _ in used} <= {"customer_churn_0.csv", held, *LABELED}
     assert "champion_holdout_f1" in run.data.metrics
     assert "champion_training_holdout_f1" in run.data.metrics
 
