@@ -155,7 +155,7 @@ def test_a_service_down_is_one_line_not_a_traceback(tmp_path: Path, data_dir: Pa
         "PATH": os.environ["PATH"],
         "CHURNOPS_HOME": str(tmp_path / "not-yet"),
         "CHURN_DATA_DIR": str(data_dir),
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port(LOOPBACK)}",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     }
     churnops = str(Path(sys.executable).with_name("churnops"))

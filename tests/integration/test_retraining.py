@@ -40,9 +40,10 @@ from churnops.pipeline.flow import retrain_model
 from churnops.pipeline.labels import LABELED_ROWS_SUFFIX
 from churnops.pipeline.retrain_trigger import submit_to_deployment
 from churnops.pipeline.retraining import DIGEST_CHARS, LOCK, RetrainOptions, retrain, score
+from churnops.platform.services import free_port
 from churnops.settings import Settings, get_settings
 from tests.fixtures.model import FAST_PARAMS
-from tests.fixtures.network import LOOPBACK, free_port
+from tests.processes import LOOPBACK
 
 pytestmark = pytest.mark.integration
 
@@ -373,7 +374,7 @@ def test_mlflow_down_during_the_refit_promotes_nothing(
     live = mlflow.get_tracking_uri()
 
     def mlflow_goes_down(*_args: object) -> None:
-        mlflow.set_tracking_uri(f"http://{LOOPBACK}:{free_port()}")
+        mlflow.set_tracking_uri(f"http://{LOOPBACK}:{free_port(LOOPBACK)}")
 
     with pytest.raises(Exception, match=r"127\.0\.0\.1|onnect"):
         retrain(
