@@ -31,22 +31,17 @@ from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.drop.storage import open_storage, stage_key
 from churnops.model import training
-from churnops.model.registry import TrainingOptions, train_and_register
+from churnops.model.registry import Outcome, TrainingOptions, train_and_register
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
-from churnops.pipeline.retraining import RetrainOptions, RetrainOutcome, retrain
+from churnops.pipeline.retraining import RetrainOptions, retrain
 from churnops.settings import Settings, get_settings
 
 TRAINING = "customer_churn_0.csv"
 FILES = [f"customer_churn_synthetic_{i}.csv" for i in (1, 2, 3)]
 SEQUENCES = {
-    "retraining off": {"retrain_mode": "off"},
     "RETRAIN_MODE=auto": {"retrain_mode": "auto"},
-    "auto, gate minimums F1 0.5 / AUC 0.85": {
-        "retrain_mode": "auto",
-        "gate_min_f1": 0.5,
-        "gate_min_roc_auc": 0.85,
-    },
+    "retraining off": {"retrain_mode": "off"},
 }
 
 
@@ -61,7 +56,7 @@ class Scored:
 class Sequence:
     label: str
     scored: list[Scored] = field(default_factory=list)
-    retrainings: list[RetrainOutcome] = field(default_factory=list)
+    retrainings: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -154,7 +149,10 @@ def main() -> None:
             f"{', '.join(missing)} not in {data_dir}: set CHURN_DATA_DIR to a folder with "
             "the split files and the synthetic ones (`churnops data fetch --from DIR` copies them)"
         )
-    sequences = [run_sequence(label, o, data_dir) for label, o in SEQUENCES.items()]
+    sequences = []
+    for label, overrides in SEQUENCES.items():
+        sequences.append(run_sequence(label, overrides, data_dir))
+        print(f"{label}: " + ", ".join(f"v{s.version} {s.f1:.3f}" for s in sequences[-1].scored))
     seed = settings.random_seed
     baselines = {
         "customer_churn_0 only": direct_f1(data_dir, [TRAINING], FILES[2], seed),

@@ -18,9 +18,42 @@ from churnops.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from churnops.drop.storage import DropStorage
+    from churnops.model.registry import Outcome
     from churnops.pipeline.per_file import FileOutcome
 
-app = typer.Typer(help="ChurnOps: train, deploy and continuously evaluate churn models.")
+
+class _App(typer.Typer):
+    """The command: an expected error (a service down or misconfigured, a bad file, a
+    missing path) ends in one line naming it, never in a traceback."""
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            if not _expected(exc):
+                raise
+            errors.print(f"[red]error:[/red] {escape(_one_line(exc))}")
+            raise SystemExit(1) from None
+
+
+def _expected(exc: Exception) -> bool:
+    """Errors of the world, not of ChurnOps: OS and network, MLflow, the database, data."""
+    names = {"MlflowException", "OperationalError", "DataValidationError", "MlflowUnavailable"}
+    return isinstance(exc, OSError) or bool(names & {c.__name__ for c in type(exc).__mro__})
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())[:300]
+    if "mlflow-artifacts" in text:
+        return (
+            "this home's models are served by the platform's MLflow server: start "
+            "`churnops up` (commands beside it use it), or set MLFLOW_TRACKING_URI to its URL"
+        )
+    hint = "; is `churnops up` running? or set MLFLOW_TRACKING_URI" if "mlflow" in text else ""
+    return f"{type(exc).__name__}: {text}{hint}"
+
+
+app = _App(help="ChurnOps: train, deploy and continuously evaluate churn models.")
 data_app = typer.Typer(help="Get the customer churn data.")
 app.add_typer(data_app, name="data")
 # Long paths, URLs and tables stay whole when the output is a file or a pipe.
@@ -32,8 +65,27 @@ errors = Console(stderr=True, soft_wrap=True)
 
 
 def _settings() -> Settings:
-    """The settings, read now (MLflow is quieted where it is configured: configure_mlflow)."""
-    return get_settings()
+    """The settings, read now (MLflow is quieted where it is configured: configure_mlflow),
+    pointed at the platform running on this home when there is one."""
+    return beside_platform(get_settings())
+
+
+def beside_platform(settings: Settings) -> Settings:
+    """The settings pointed at the servers of a ``churnops up`` running on this home
+    (its ``platform.json``), unless MLFLOW_TRACKING_URI or EVIDENTLY_UI_URL name others:
+    a command in a second terminal uses the platform's registry and reports."""
+    from churnops.platform.services import PlatformState
+
+    state = PlatformState.load(settings.home)
+    if state is None:
+        return settings
+    urls = {name: info.get("url") for name, info in state.services.items()}
+    return settings.model_copy(
+        update={
+            "mlflow_tracking_uri": settings.mlflow_tracking_uri or urls.get("mlflow"),
+            "evidently_ui_url": settings.evidently_ui_url or urls.get("evidently"),
+        }
+    )
 
 
 def _fail(message: str) -> None:
@@ -105,14 +157,22 @@ def train(
         outcome = train_and_register(
             settings, TrainingOptions(data_file=data_file, trials=trials, force=force), report
         )
-    console.print(f"run {outcome.run_id}: {settings.model_name} version {outcome.version}")
-    console.print(f"  parameters: {json.dumps(outcome.params)}")
-    console.print(f"  threshold (cross-validated): {outcome.threshold:.2f}")
-    for name, evaluation in (("train", outcome.train), ("holdout", outcome.holdout)):
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in evaluation.scores().items())
-        console.print(f"  {name}: {scores}")
-    verdict = "[green]promoted[/green]" if outcome.decision.promote else "[yellow]kept out[/yellow]"
-    console.print(f"  alias '{settings.model_alias}': {verdict}: {outcome.decision.reason}")
+    _print_verdict(outcome)
+    if outcome.status != "skipped":
+        console.print(f"  parameters: {json.dumps(outcome.params)}")
+        console.print(f"  threshold (cross-validated): {outcome.threshold:.2f}")
+
+
+def _print_verdict(outcome: Outcome) -> None:
+    """The verdict line, both models' scores on both holdouts, the inputs and the run."""
+    colour = {"promoted": "green"}.get(outcome.status, "yellow")
+    console.print(f"[{colour}]{escape(outcome.summary())}[/{colour}]")
+    if outcome.status == "skipped":
+        return
+    for line in outcome.score_lines():
+        console.print(f"  {line}")
+    console.print(f"  trained on: {', '.join(outcome.training_files)}")
+    console.print(f"  MLflow run {outcome.run_id}")
 
 
 @app.command()
@@ -125,8 +185,8 @@ def retrain(
 ) -> None:
     """Retrain on the training file plus the labeled files processed since, and gate it.
 
-    The newest labeled file is the holdout both the challenger and the deployed
-    version are judged on. Exit code 0 when promoted or refused (an answer, not an
+    The newest labeled rows the deployed version has not learned from are the holdout
+    both are judged on. Exit code 0 when promoted or refused (an answer, not an
     error), 5 when skipped (nothing new to learn, or another retraining is running).
     """
     from churnops.drop.storage import open_storage
@@ -141,14 +201,7 @@ def retrain(
         outcome = run_retraining(
             settings, open_storage(settings), RetrainOptions(trials=trials, force=force), report
         )
-    colour = {"promoted": "green", "refused": "yellow"}.get(outcome.status, "yellow")
-    console.print(f"[{colour}]{escape(outcome.summary())}[/{colour}]")
-    if outcome.holdout_file:
-        console.print(f"  holdout (newest labeled file): {outcome.holdout_file}")
-        console.print(f"  trained on: {', '.join(outcome.training_files)}")
-        champion = "-" if outcome.champion_f1 is None else f"{outcome.champion_f1:.3f}"
-        console.print(f"  holdout F1: challenger {outcome.holdout_f1:.3f}, champion {champion}")
-        console.print(f"  MLflow run {outcome.run_id}")
+    _print_verdict(outcome)
     if outcome.status == "skipped":
         raise typer.Exit(EXIT_CODES["skipped"])
 

@@ -91,13 +91,28 @@ class Settings(BaseSettings):
     )
     optuna_study: str = Field("xgboost-churn", description="Optuna study name.")
     cv_folds: int = Field(5, description="Cross-validation folds of the search.")
-    holdout_fraction: float = Field(0.2, description="Share of the training file held out.")
+    holdout_fraction: float = Field(
+        0.2, description="Share of the training file held out: in no version's fit, ever."
+    )
     random_seed: int = Field(42, description="Seed of splits, folds, sampler and model.")
+    # The promotion gate is churnops.model.registry.gate (docs/model.md says why).
     gate_min_f1: float = Field(
-        0.70, description="Holdout F1 a new version needs to take the alias (promotion gate)."
+        0.70, description="Holdout F1 a first version needs (no version holds the alias)."
     )
     gate_min_roc_auc: float = Field(
-        0.90, description="Holdout ROC AUC a new version needs to take the alias."
+        0.90, description="Holdout ROC AUC a first version needs (no version holds the alias)."
+    )
+    gate_min_f1_gain: float = Field(
+        0.01,
+        ge=0,
+        description="F1 a challenger must gain over the alias holder's on the same unseen "
+        "rows to take the alias (a tie keeps the holder), below the minimums or not.",
+    )
+    gate_min_holdout_rows: int = Field(
+        100, ge=1, description="Fewest unseen labeled rows a challenger is judged on."
+    )
+    gate_min_holdout_positives: int = Field(
+        10, ge=1, description="Fewest churned (and as many stayed) rows in that holdout."
     )
 
     # --- retraining ------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -37,8 +40,7 @@ def run(*args: str) -> str:
 def test_fetch_train_and_process_a_file(home: Path, data_dir: Path) -> None:
     assert "data files in data" in run("data", "fetch", "--from", str(data_dir))
     output = run("train")
-    assert "XGBoostChurnModel version 1" in output
-    assert "alias 'staging': promoted" in output
+    assert "version 1 promoted: passes the minimums" in output
     output = run("process", "data/customer_churn_1.csv")
     assert "processed customer_churn_1.csv" in output
     processed = home / ".churnops/drop/data/processed"
@@ -138,13 +140,32 @@ def test_retrain_prints_the_verdict_and_a_refusal_exits_0(
 
     nothing = CliRunner().invoke(app, ["retrain"])
     assert nothing.exit_code == 5, nothing.output
-    assert "retraining skipped: no labeled file" in nothing.output
+    assert "skipped: no labeled file" in nothing.output
 
     processed = run("process", str(data_dir / "customer_churn_synthetic_1.csv"))
     assert "retraining suggested: run `churnops retrain`" in processed  # the default mode
 
-    output = run("retrain")  # exit code 0 although refused: asserted by run()
-    assert f"retraining refused version 2 (parent version {copy.version})" in output
-    assert "holdout f1" in output and "< minimum 0.700" in output  # the gate's default
-    assert "holdout (newest labeled file): customer_churn_synthetic_1.csv" in output
-    assert client.get_model_version_by_alias(name, "staging").version == copy.version
+    output = run("retrain")  # exit code 0, promoted or refused: asserted by run()
+    assert "version 2 " in output and f"(parent version {copy.version})" in output
+    assert f"of current staging version {copy.version} on the same rows" in output
+    assert "on customer_churn_synthetic_1.csv: challenger f1" in output  # both models, both
+    assert "on training file's holdout: challenger f1" in output  # holdouts
+    holder = client.get_model_version_by_alias(name, "staging").version
+    assert holder == ("2" if "version 2 promoted" in output else copy.version)
+
+
+def test_a_service_down_is_one_line_not_a_traceback(tmp_path: Path, data_dir: Path) -> None:
+    """The installed command, as a user runs it: MLflow named but not there."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "CHURNOPS_HOME": str(tmp_path / "not-yet"),
+        "CHURN_DATA_DIR": str(data_dir),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port(LOOPBACK)}",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    }
+    churnops = str(Path(sys.executable).with_name("churnops"))
+    done = subprocess.run([churnops, "train"], capture_output=True, text=True, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr and last.startswith("error: "), done.stderr
+    assert "MLFLOW_TRACKING_URI" in last

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +196,25 @@ def _leases(storage: LocalDropStorage, name: str) -> list[Lease]:
     """Every attempt's lease for the file ``name``, oldest first."""
     leases = [Lease.from_json(storage.read(k)) for k in storage.list_keys("data/claims/")]
     return [lease for lease in leases if lease.name == name]
+
+
+def test_retrain_in_a_second_terminal_uses_the_platforms_servers(
+    platform: RunningPlatform, data_dir: Path
+) -> None:
+    """`churnops retrain` beside `churnops up`, as the docs give it: the same CHURNOPS_HOME
+    and nothing else set. It finds the platform's MLflow from the platform's own state."""
+    env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
+    env |= {"CHURNOPS_HOME": str(platform.home), "CHURN_DATA_DIR": str(data_dir)}
+    churnops = str(Path(sys.executable).with_name("churnops"))
+    done = subprocess.run(
+        [churnops, "retrain"], capture_output=True, text=True, env=env, timeout=1200
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in said, said
+    run_id = said.split("MLflow run ", 1)[1].split()[0]
+    mlflow_url = platform.state["services"]["mlflow"]["url"]
+    with urllib.request.urlopen(f"{mlflow_url}/api/2.0/mlflow/runs/get?run_id={run_id}") as got:
+        assert json.load(got)["run"]["info"]["run_id"] == run_id  # logged to the platform's
 
 
 def test_the_platform_stops_clean(platform: RunningPlatform) -> None:

@@ -10,10 +10,10 @@ tests are about the champion comparison, the lineage and the records.
 from __future__ import annotations
 
 import hashlib
+import io
 import multiprocessing
 import os
 import signal
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,27 +21,36 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
+from churnops.data.schema import TARGET
 from churnops.drop.storage import DropStorage, open_storage, stage_key
-from churnops.model.churn_model import load_aliased_model
+from churnops.model import training
+from churnops.model.churn_model import ChurnModel, load_aliased_model
+from churnops.model.registry import deployed, row_keys
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
 from churnops.pipeline.flow import retrain_model
+from churnops.pipeline.labels import LABELED_ROWS_SUFFIX
 from churnops.pipeline.retrain_trigger import submit_to_deployment
 from churnops.pipeline.retraining import DIGEST_CHARS, LOCK, RetrainOptions, retrain, score
+from churnops.platform.services import free_port
 from churnops.settings import Settings, get_settings
 from tests.fixtures.model import FAST_PARAMS
+from tests.processes import LOOPBACK
 
 pytestmark = pytest.mark.integration
 
 #: A model that barely learns: worse than the champion on any file.
 BAD_PARAMS = {"n_estimators": 2, "max_depth": 1, "learning_rate": 0.01}
 SYNTHETIC = [f"customer_churn_synthetic_{i}.csv" for i in (1, 2, 3)]
+LABELED = [f"labels{again}.csv{LABELED_ROWS_SUFFIX}" for again in ("", "-again")]
 
 
 @dataclass
@@ -105,30 +114,30 @@ def file_sha(world: World, name: str) -> str:
 def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world: World) -> None:
     for name in SYNTHETIC[:2]:
         world.drop(name)
-    champion = load_aliased_model(world.settings)
-    holdout = load_customer_file(world.data_dir / SYNTHETIC[1], require_target=True)
-    champion_f1 = score(champion.model, holdout).f1
+    holdout = unseen(world, load_customer_file(world.data_dir / SYNTHETIC[1], require_target=True))
+    champion_f1 = score(load_aliased_model(world.settings).model, holdout).f1
 
     worse = retrain(world.settings, world.storage, RetrainOptions(params=BAD_PARAMS))
     assert worse.status == "refused", worse.reason
     assert worse.champion_f1 == pytest.approx(champion_f1)  # the deployed version itself
-    assert f"< f1 {champion_f1:.3f} of current staging version 1" in worse.reason
+    assert f"< {champion_f1:.3f} + 0.010 of current staging version 1" in worse.reason
     assert world.alias_version() == "1"
     tags = world.version_tags(worse.version)
-    assert tags["promotion.decision"] == "rejected"
+    assert tags["promotion.decision"] == "refused"
     assert tags["promotion.reason"] == worse.reason
-    assert tags["retrain.parent_version"] == "1"
+    assert tags["lineage.parent_version"] == "1"
 
     better = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
     assert better.status == "promoted", better.reason
     assert better.holdout_f1 >= champion_f1 and better.parent_version == "1"
     assert world.alias_version() == better.version
     assert world.version_tags(better.version)["promotion.decision"] == "promoted"
-    assert better.training_files == ("customer_churn_0.csv", SYNTHETIC[0])
+    # and the rows of synthetic 2 the champion learned from (copies of training rows)
+    assert better.training_files[:2] == ("customer_churn_0.csv", SYNTHETIC[0])
     assert better.holdout_file == SYNTHETIC[1]
 
     run = mlflow.MlflowClient().get_run(better.run_id)
-    assert run.data.tags["retrain.parent_version"] == "1"
+    assert run.data.tags["lineage.parent_version"] == "1"
     assert run.data.tags["promotion.decision"] == "promoted"
     inputs = {
         i.dataset.name: (i.dataset.digest, {t.key: t.value for t in i.tags})
@@ -143,8 +152,8 @@ def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world:
         assert digest == file_sha(world, name)[:DIGEST_CHARS]
         assert tags["sha256"] == file_sha(world, name)
         assert tags["mlflow.data.context"] == context
-        expected_rows = len(load_customer_file(world.data_dir / name, require_target=True))
-        assert tags["rows"] == str(expected_rows)
+        file_rows = len(load_customer_file(world.data_dir / name, require_target=True))
+        assert 0 < int(tags["rows"]) <= file_rows  # the training file's holdout split is out
 
     events = world.events()
     assert list(events["event"]) == ["refused", "promoted"]
@@ -157,7 +166,7 @@ def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world:
     assert f"ChurnOps: retraining promoted version {better.version}" in alerts
 
     again = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
-    assert again.status == "skipped" and f"trained on {SYNTHETIC[1]}" in again.reason
+    assert again.status == "skipped" and "unseen by the champion" in again.reason
     assert world.alias_version() == better.version
 
 
@@ -228,7 +237,7 @@ def test_the_retrain_flow_completes_with_the_verdict(
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
         state = retrain_model(trigger="manual", return_state=True)
     assert state.is_completed()
-    assert state.message.startswith("retraining skipped: no labeled file")
+    assert state.message.startswith("skipped: no labeled file")
 
 
 # --- kill -9 mid-retraining --------------------------------------------------------------------
@@ -242,26 +251,141 @@ def _retrain_and_die(settings: Settings) -> None:
     os._exit(0)  # not killed: the test fails on the exit code
 
 
-def test_a_retraining_killed_mid_way_holds_the_lock_until_it_expires_then_one_runs(
+def test_a_retraining_killed_mid_way_leaves_nothing_and_its_lock_is_taken_over(
     world: World,
 ) -> None:
     world.drop(SYNTHETIC[0])
-    settings = world.settings.model_copy(update={"retrain_lock_minutes": 10 / 60})
     child = multiprocessing.get_context("forkserver").Process(
-        target=_retrain_and_die, args=(settings,)
+        target=_retrain_and_die, args=(world.settings,)
     )
     child.start()
     child.join(timeout=120)
     assert child.exitcode == -signal.SIGKILL, "the retraining was not killed"
-
-    blocked = retrain(settings, world.storage, RetrainOptions(params=FAST_PARAMS))
-    assert blocked.status == "skipped" and "another retraining is running" in blocked.reason
+    store = MetricsStore.from_settings(world.settings)
+    assert store.lock_state(LOCK).held(datetime.now(UTC))  # the dead holder's, for an hour
+    store.close()
     assert world.alias_version() == "1" and world.events().empty  # nothing half-done
 
-    store = MetricsStore.from_settings(settings)
-    expires = store.lock_state(LOCK).expires_at
-    store.close()
-    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.5)
-    after = retrain(settings, world.storage, RetrainOptions(params=FAST_PARAMS))
-    assert after.status in ("promoted", "refused"), after
+    after = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+    assert after.status in ("promoted", "refused"), after  # taken over, not waited for
     assert len(world.events()) == 1
+
+
+# --- the holdout: rows the challenger never saw ------------------------------------------------
+def _late_labels(world: World, scored: per_file.FileOutcome, churn: pd.Series, name: str) -> None:
+    """Drop the predictions file of ``scored`` back with ``churn`` as its labels."""
+    labels = pd.read_csv(io.BytesIO(world.storage.read(scored.predictions_key)))
+    labels["Churn"] = churn.to_numpy()
+    world.storage.create(stage_key("labels", name), labels.to_csv(index=False).encode())
+    outcome = per_file.process(world.settings, world.storage, stage_key("labels", name))
+    assert outcome.status == "processed", outcome.message
+
+
+def unseen(world: World, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows the deployed version did not learn from (its logged row keys)."""
+    _, seen = deployed(world.settings, load_aliased_model)
+    return rows[~row_keys(rows).isin(seen)]
+
+
+def _never_saw(world: World, holdout: pd.DataFrame, relabeled: pd.DataFrame) -> float:
+    """F1 on ``holdout`` of the fast parameters fitted on the training file's fit split
+    (with the newest labels of its rows that ``relabeled`` carries too), without any row
+    that has the features of a row of either holdout."""
+    settings = world.settings
+    rows = load_customer_file(world.data_dir / "customer_churn_0.csv", require_target=True)
+    fit, kept_out = training.split_holdout(
+        rows, target(rows), settings.holdout_fraction, settings.random_seed
+    )
+    both = pd.concat([fit, relabeled], keys=["fit", "new"]).assign(
+        _key=pd.concat([row_keys(fit), row_keys(relabeled)]).to_numpy()
+    )
+    fit = both.drop_duplicates("_key", keep="last")
+    digests = {key.split(".")[0] for key in [*row_keys(holdout), *row_keys(kept_out)]}
+    fit = fit[~row_keys(fit).str.split(".").str[0].isin(digests)]
+    X, y = prepare_features(fit, FEATURES), target(fit)
+    threshold, _ = training.cross_validate(
+        FAST_PARAMS, X, y, settings.cv_folds, settings.random_seed
+    )
+    model = ChurnModel.in_memory(
+        FEATURES, threshold, training.make_classifier(FAST_PARAMS, settings.random_seed).fit(X, y)
+    )
+    return score(model, holdout).f1
+
+
+def test_a_labeled_file_and_its_late_labels_are_one_holdout_never_in_the_fit(
+    world: World,
+) -> None:
+    """The leak once seen: a file scored with its own Churn, then its labels dropped twice,
+    contradicting it. The rows count once, with the newest labels, only in the holdout."""
+    scored = world.drop(SYNTHETIC[0])
+    rows = load_customer_file(world.data_dir / SYNTHETIC[0], require_target=True)
+    flipped = 1 - rows[TARGET]
+    _late_labels(world, scored, flipped, "labels.csv")
+    _late_labels(world, scored, flipped, "labels-again.csv")
+
+    outcome = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+
+    assert outcome.status in ("promoted", "refused"), outcome.reason
+    assert outcome.training_files[0] == "customer_churn_0.csv"
+    relabeled = rows.assign(**{TARGET: flipped})
+    holdout = unseen(world, relabeled)
+    assert outcome.holdout_f1 == pytest.approx(_never_saw(world, holdout, relabeled))
+    run = mlflow.MlflowClient().get_run(outcome.run_id)
+    used = {
+        (i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+        for i in run.inputs.dataset_inputs
+    }
+    (held,) = [name for name, context in used if context == "holdout"]
+    assert held.endswith(LABELED_ROWS_SUFFIX)  # one holdout: the newest labels, once
+    assert {name for name, _ in used} <= {"customer_churn_0.csv", held, *LABELED}
+    assert "champion_holdout_f1" in run.data.metrics
+    assert "champion_training_holdout_f1" in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        (slice(0, 10), "fewer than the 100 a holdout needs"),
+        ("stayed", "0 churned and"),
+    ],
+)
+def test_a_holdout_too_small_or_of_one_class_moves_nothing(
+    world: World, rows: slice | str, why: str
+) -> None:
+    frame = pd.read_csv(world.data_dir / SYNTHETIC[0])
+    frame = frame[frame["Churn"] == 0] if rows == "stayed" else frame.iloc[rows]
+    world.storage.create(stage_key("input", "small.csv"), frame.to_csv(index=False).encode())
+    done = per_file.process(world.settings, world.storage, stage_key("input", "small.csv"))
+    assert done.status == "processed", done.message
+
+    outcome = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+
+    assert outcome.status == "skipped" and why in outcome.reason, outcome.reason
+    assert world.alias_version() == "1" and world.events().empty
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{world.settings.model_name}'")
+    assert [v.version for v in versions] == ["1"]
+
+
+def test_mlflow_down_during_the_refit_promotes_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.drop(SYNTHETIC[0])
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    live = mlflow.get_tracking_uri()
+
+    def mlflow_goes_down(*_args: object) -> None:
+        mlflow.set_tracking_uri(f"http://{LOOPBACK}:{free_port(LOOPBACK)}")
+
+    with pytest.raises(Exception, match=r"127\.0\.0\.1|onnect"):
+        retrain(
+            world.settings,
+            world.storage,
+            RetrainOptions(params=FAST_PARAMS),
+            progress=mlflow_goes_down,
+        )
+    mlflow.set_tracking_uri(live)
+    assert world.alias_version() == "1" and world.events().empty
+    versions = mlflow.MlflowClient().search_model_versions(f"name = '{world.settings.model_name}'")
+    assert [v.version for v in versions] == ["1"]
+    back = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+    assert back.status in ("promoted", "refused"), back.reason  # the lock was released

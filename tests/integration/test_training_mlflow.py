@@ -12,7 +12,7 @@ from churnops.data.features import FEATURES
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET
 from churnops.model.churn_model import configure_mlflow
-from churnops.model.registry import TrainingOptions, TrainingOutcome, train_and_register
+from churnops.model.registry import Outcome, TrainingOptions, train_and_register
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings, get_settings
 
@@ -30,7 +30,7 @@ def settings(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Se
 
 
 @pytest.fixture(scope="module")
-def first(settings: Settings, data_dir: Path) -> TrainingOutcome:
+def first(settings: Settings, data_dir: Path) -> Outcome:
     options = TrainingOptions(data_file=data_dir / "customer_churn_0.csv", trials=1)
     return train_and_register(settings, options)
 
@@ -40,22 +40,23 @@ def client(settings: Settings) -> mlflow.MlflowClient:
     return mlflow.MlflowClient()
 
 
-def test_first_model_is_registered_and_takes_the_alias(
-    settings: Settings, first: TrainingOutcome
-) -> None:
+def test_first_model_is_registered_and_takes_the_alias(settings: Settings, first: Outcome) -> None:
     version = client(settings).get_model_version_by_alias(settings.model_name, "staging")
     assert version.version == first.version == "1"
-    assert first.decision.promote
+    assert first.status == "promoted"
     assert version.tags["promotion.decision"] == "promoted"
 
 
-def test_run_has_metrics_tags_and_plots(settings: Settings, first: TrainingOutcome) -> None:
+def test_run_has_metrics_tags_and_plots(settings: Settings, first: Outcome) -> None:
     run = client(settings).get_run(first.run_id)
-    for split in ("train", "holdout"):
+    for split in ("holdout", "training_holdout"):
         for metric in ("f1", "precision", "recall", "accuracy", "roc_auc", "pr_auc", "log_loss"):
             assert f"{split}_{metric}" in run.data.metrics
-    assert run.data.tags["dataset.name"] == "customer_churn_0.csv"
-    assert len(run.data.tags["dataset.sha256"]) == 64
+    contexts = {
+        {t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset.name
+        for i in run.inputs.dataset_inputs
+    }
+    assert contexts == {"training": "customer_churn_0.csv", "holdout": "customer_churn_0.csv"}
     plots = {a.path for a in client(settings).list_artifacts(first.run_id, "plots")}
     assert {
         "plots/shap_summary.png",
@@ -69,7 +70,7 @@ def test_run_has_metrics_tags_and_plots(settings: Settings, first: TrainingOutco
 
 
 def test_model_predicts_labels_at_its_threshold(
-    settings: Settings, first: TrainingOutcome, data_dir: Path
+    settings: Settings, first: Outcome, data_dir: Path
 ) -> None:
     configure_mlflow(settings)
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@staging")
@@ -87,14 +88,12 @@ def test_model_predicts_labels_at_its_threshold(
     assert (model.predict(raw).to_numpy() == labels.to_numpy()).all()
 
 
-def test_reference_data_travels_with_the_version(
-    settings: Settings, first: TrainingOutcome
-) -> None:
+def test_reference_data_travels_with_the_version(settings: Settings, first: Outcome) -> None:
     configure_mlflow(settings)
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{first.version}")
     reference = model.unwrap_python_model().reference_data()
     assert list(reference.columns) == [*FEATURES, TARGET, PREDICTION, PROBABILITY]
-    assert len(reference) == 1050
+    assert len(reference) == 840  # the fit rows: the holdout split is in no version's fit
     stored = mlflow.artifacts.list_artifacts(
         f"models:/{settings.model_name}/{first.version}/artifacts"
     )
@@ -102,20 +101,40 @@ def test_reference_data_travels_with_the_version(
 
 
 def test_worse_challenger_does_not_take_the_alias(
-    settings: Settings, first: TrainingOutcome, data_dir: Path
+    settings: Settings, first: Outcome, data_dir: Path
 ) -> None:
     data = data_dir / "customer_churn_0.csv"
     worse = train_and_register(settings, TrainingOptions(data_file=data, params=WORSE))
-    assert not worse.decision.promote
-    assert f"of current staging version {first.version}" in worse.decision.reason
+    assert worse.status == "refused"
+    assert f"of current staging version {first.version}" in worse.reason
+    assert worse.champion_f1 > worse.holdout_f1  # the deployed version, on the same rows
     mlflow_client = client(settings)
     holder = mlflow_client.get_model_version_by_alias(settings.model_name, "staging")
     assert holder.version == first.version
     tags = mlflow_client.get_model_version(settings.model_name, worse.version).tags
-    assert tags["promotion.decision"] == "rejected"
-    assert "f1" in tags["promotion.reason"]
+    assert tags["promotion.decision"] == "refused"
+    assert tags["promotion.reason"] == worse.reason
+
+    again = train_and_register(settings, TrainingOptions(data_file=data, params=WORSE))
+    assert again.status == "skipped" and f"version {worse.version} was fitted" in again.reason
 
     forced = train_and_register(settings, TrainingOptions(data_file=data, params=WORSE, force=True))
-    assert forced.decision.promote and forced.decision.reason.startswith("forced despite")
+    assert forced.status == "promoted" and forced.reason.startswith("forced despite")
     holder = mlflow_client.get_model_version_by_alias(settings.model_name, "staging")
     assert holder.version == forced.version
+
+
+def test_a_first_training_in_a_home_that_does_not_exist_yet(
+    mlflow_server: str, tmp_path: Path, data_dir: Path
+) -> None:
+    """No CHURNOPS_HOME folder yet (the Optuna study lives there): it is created."""
+    settings = get_settings(
+        churnops_home=tmp_path / "new" / "home",
+        mlflow_tracking_uri=mlflow_server,
+        model_name="FirstInNewHome",
+        cv_folds=2,
+    )
+    options = TrainingOptions(data_file=data_dir / "customer_churn_0.csv", trials=1)
+    outcome = train_and_register(settings, options)
+    assert outcome.status == "promoted", outcome.reason
+    assert (tmp_path / "new" / "home" / "optuna.db").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.model import training
-from churnops.pipeline.retraining import RetrainOptions, retrain_params
+from churnops.model.registry import TrainingOptions, choose_params
 from churnops.settings import get_settings
 
 
@@ -18,12 +18,18 @@ def test_stored_or_shipped_without_trials_a_study_of_its_own_with(
     rows = load_customer_file(data_dir / "customer_churn_0.csv", require_target=True).head(300)
     X, y = prepare_features(rows, FEATURES), target(rows)
     given = {"n_estimators": 5, "max_depth": 2}
-    assert retrain_params(settings, RetrainOptions(params=given, trials=3), X, y) == given
-    assert retrain_params(settings, RetrainOptions(), X, y) == training.default_params()
+    assert (
+        choose_params(settings, TrainingOptions(params=given, trials=3), X, y, stored_study=False)
+        == given
+    )
+    assert (
+        choose_params(settings, TrainingOptions(), X, y, stored_study=False)
+        == training.default_params()
+    )
 
     seen: list[tuple[str, int, int]] = []
-    searched = retrain_params(
-        settings, RetrainOptions(trials=2), X, y, lambda *step: seen.append(step)
+    searched = choose_params(
+        settings, TrainingOptions(trials=2), X, y, lambda *step: seen.append(step), False
     )
     assert set(searched) == set(training.default_params()) and searched != given
     assert ("trial", 2, 2) in seen

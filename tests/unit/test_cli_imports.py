@@ -36,3 +36,23 @@ def test_light_commands_import_no_ml_library(command: list[str], tmp_path: Path)
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["code"] == 0, report["output"]
     assert report["loaded"] == [], report["loaded"]
+
+
+def test_the_scoring_path_imports_nothing_of_training(tmp_path: Path) -> None:
+    """The per-file pipeline (and the retraining trigger in it) loads no Optuna and no
+    training code: the retraining lock's name lives beside the trigger."""
+    probe = (
+        "import json, sys\n"
+        "import churnops.pipeline.per_file\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'optuna'\n"
+        "    or m in ('churnops.model.training', 'churnops.model.registry',\n"
+        "             'churnops.pipeline.retraining'))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={"CHURNOPS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    assert json.loads(done.stdout.splitlines()[-1]) == []

@@ -1,23 +1,39 @@
-"""Train, log to MLflow, register, and gate the ``staging`` alias.
+"""The one training pipeline: fit a challenger, judge it beside the deployed champion on
+rows neither has learned from, log it, register it, and move the alias when the gate says so.
 
-:func:`train_and_register` is what ``churnops train`` runs: it fits the model
-(:mod:`churnops.model.training`), logs parameters, metrics, figures, the model and its
-reference data to the experiment, registers a new version and moves the alias
-only when the promotion gate lets it (champion against challenger).
+``churnops train`` and ``churnops retrain`` are its two cases (:func:`train_and_register`):
+
+- **train**: the window is the training file alone; the holdout is its stratified split;
+- **retrain** (:mod:`churnops.pipeline.retraining`): the window is the training file plus
+  the labeled files processed since; the holdout is the newest labeled file's rows that
+  the champion has not learned from.
+
+Rows are known by content, not by file name: a digest of each row's features, with its
+occurrence number in its file (:func:`row_keys`). A file dropped twice, or a file and its
+late labels, count once, and the newest labels win. No row of a holdout is in the fit.
+The training file's holdout split is in no version's fit, ever: every verdict reports
+both models on it beside the newest holdout. The registered version is then refit on
+the fit rows plus the newest holdout (the next file it meets is newer still); the digests
+of every row it learned from are logged with it, so the next retraining knows what the
+champion has seen. The rule that moves the alias is :func:`gate`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 import numpy as np
+import optuna
 import pandas as pd
 from matplotlib import pyplot as plt
 from mlflow.exceptions import MlflowException
@@ -32,24 +48,58 @@ from churnops.model.churn_model import (
     REFERENCE_ARTIFACT,
     XGB_ARTIFACT,
     ChurnModel,
+    LoadedModel,
     configure_mlflow,
+    load_aliased_model,
 )
 from churnops.model.training import Evaluation, Progress
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: MLflow keeps at most 36 characters of a dataset digest: a SHA-256 prefix (128 bits);
+#: the whole hash is the input's ``sha256`` tag.
+DIGEST_CHARS = 32
+#: The run artifact listing the key of every row the registered version learned from.
+FIT_ROWS = "lineage/fit_rows.txt"
+Status = Literal["promoted", "refused", "skipped"]
+#: In a promotion's reason when the new version is better but not yet good enough.
+BELOW_MINIMUM = "quality still below its minimum"
+#: The prefix of each model's scores on each holdout among a run's metrics.
+METRICS = {
+    "challenger": "holdout_",
+    "champion": "champion_holdout_",
+    "challenger_training": "training_holdout_",
+    "champion_training": "champion_training_holdout_",
+}
+
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """What ``churnops train`` was asked to do."""
+    """What a training was asked to do."""
 
-    data_file: Path
+    #: The training file (default: ``TRAINING_FILE`` in ``CHURN_DATA_DIR``).
+    data_file: Path | None = None
     trials: int = 0
     force: bool = False
     features: list[str] = field(default_factory=lambda: list(FEATURES))
-    #: Parameters to use as given (no search, no stored trial): for experiments.
+    #: Parameters to use as given (no search, no stored trial): for tests and experiments.
     params: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class LabeledFile:
+    """One labeled input: where it came from and its rows (features and ``Churn``)."""
+
+    name: str
+    key: str
+    sha256: str
+    frame: pd.DataFrame
+    dropped_at: datetime | None = None  # None for the training file
+
+    @property
+    def rows(self) -> int:
+        return len(self.frame)
 
 
 @dataclass(frozen=True)
@@ -59,160 +109,394 @@ class Decision:
     promote: bool
     reason: str
     champion_version: str | None = None
-    champion_f1: float | None = None
 
 
 @dataclass(frozen=True)
-class TrainingOutcome:
-    """What a training run produced."""
+class Outcome:
+    """The verdict of a training: ``skipped`` registered no version (and says why).
 
-    run_id: str
-    version: str
-    threshold: float
-    params: dict[str, Any]
-    train: Evaluation
-    holdout: Evaluation
-    decision: Decision
+    ``scores`` holds ``challenger`` and ``champion`` on the newest holdout and
+    ``challenger_training`` and ``champion_training`` on the training file's holdout.
+    """
+
+    status: Status
+    reason: str
+    version: str | None = None
+    parent_version: str | None = None
+    run_id: str | None = None
+    holdout_file: str | None = None
+    training_files: tuple[str, ...] = ()
+    scores: dict[str, Evaluation] = field(default_factory=dict)
+    threshold: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    alert_channels: tuple[str, ...] = ()
+
+    @property
+    def holdout_f1(self) -> float | None:
+        return self.scores["challenger"].f1 if "challenger" in self.scores else None
+
+    @property
+    def champion_f1(self) -> float | None:
+        return self.scores["champion"].f1 if "champion" in self.scores else None
+
+    def summary(self) -> str:
+        """One line: what happened to which version, and why."""
+        if self.status == "skipped":
+            return f"skipped: {self.reason}"
+        parent = f" (parent version {self.parent_version})" if self.parent_version else ""
+        return f"version {self.version} {self.status}{parent}: {self.reason}"
+
+    def score_lines(self) -> list[str]:
+        """F1 and ROC AUC of both models on both holdouts, one line per holdout."""
+        lines = []
+        for holdout, suffix in ((self.holdout_file, ""), ("training file's holdout", "_training")):
+            pairs = [
+                f"{who} f1 {s.f1:.3f} auc {s.roc_auc:.3f}"
+                for who in ("challenger", "champion")
+                if (s := self.scores.get(who + suffix)) is not None
+            ]
+            if pairs:
+                lines.append(f"on {holdout}: {', '.join(pairs)}")
+        return lines
 
 
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+# --- the rows ------------------------------------------------------------------------------
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
+def read_labeled_file(path: Path) -> LabeledFile:
+    """A labeled customer file on disk (the training file)."""
+    data = path.read_bytes()
+    frame = load_customer_file(data, name=path.name, require_target=True)
+    return LabeledFile(path.name, path.name, sha256(data), frame[[*FEATURES, TARGET]])
+
+
+def row_keys(frame: pd.DataFrame) -> pd.Series:
+    """``<digest of the row's features>.<occurrence>``: a row's identity whatever file or
+    label carries it (the n-th copy of a row inside one file stays a row of its own)."""
+    digests = pd.util.hash_pandas_object(frame[FEATURES], index=False).map("{:016x}".format)
+    return digests + "." + digests.groupby(digests).cumcount().astype(str)
+
+
+@dataclass(frozen=True)
+class Split:
+    """The rows of one training: what the challenger fits, what both models are judged on."""
+
+    fit: pd.DataFrame
+    holdout: pd.DataFrame  # the newest holdout: the gate decides on it
+    training_holdout: pd.DataFrame  # the training file's split: in no version's fit
+    holdout_name: str
+    fit_rows: dict[int, int]  # input (0: the training file, i: window[i - 1]) -> rows in the fit
+
+
+def split_rows(
+    settings: Settings, training_file: LabeledFile, window: Sequence[LabeledFile], seen: set[str]
+) -> Split | str:
+    """Fit and holdouts, or why there is nothing honest to judge a challenger on.
+
+    ``seen``: keys of the rows the champion learned from; they leave the newest holdout.
+    """
+    frame = training_file.frame
+    fit0, training_holdout = training.split_holdout(
+        frame, target(frame), settings.holdout_fraction, settings.random_seed
+    )
+    frames = [fit0, *(f.frame for f in window)]
+    rows = pd.concat(
+        [f.assign(_source=i, _key=row_keys(f)) for i, f in enumerate(frames)], ignore_index=True
+    ).drop_duplicates("_key", keep="last")  # a row counts once: its newest labels win
+    if window:
+        newest = rows[(rows["_source"] == len(window)) & ~rows["_key"].isin(seen)]
+        holdout_name = window[-1].name
+    else:
+        newest, holdout_name = (
+            training_holdout.assign(_key=row_keys(training_holdout)),
+            (f"{training_file.name} (holdout split)"),
+        )
+    refusal = _too_small(settings, newest, holdout_name, len(seen) > 0)
+    if refusal:
+        return refusal
+    judged = {k.split(".")[0] for k in [*newest["_key"], *row_keys(training_holdout)]}
+    fit = rows[~rows["_key"].str.split(".").str[0].isin(judged)]
+    return Split(
+        fit.drop(columns="_source"),
+        newest.drop(columns="_source", errors="ignore"),
+        training_holdout,
+        holdout_name,
+        fit["_source"].value_counts().to_dict(),
+    )
+
+
+def _too_small(settings: Settings, holdout: pd.DataFrame, name: str, seen: bool) -> str:
+    """Why ``holdout`` cannot judge a challenger ('' when it can): too few rows, or too
+    few of a class (F1 of a handful of churners, or of none, says nothing)."""
+    positives = int(target(holdout).sum()) if len(holdout) else 0
+    negatives = len(holdout) - positives
+    unseen = " unseen by the champion" if seen else ""
+    if len(holdout) == 0:
+        return f"no labeled rows of {name} are{unseen}: nothing new to judge a challenger on"
+    if len(holdout) < settings.gate_min_holdout_rows:
+        return (
+            f"{name} has {len(holdout)} labeled rows{unseen}, fewer than the "
+            f"{settings.gate_min_holdout_rows} a holdout needs (GATE_MIN_HOLDOUT_ROWS)"
+        )
+    if min(positives, negatives) < settings.gate_min_holdout_positives:
+        return (
+            f"{name} has {positives} churned and {negatives} stayed rows{unseen}: a holdout "
+            f"needs {settings.gate_min_holdout_positives} of each (GATE_MIN_HOLDOUT_POSITIVES)"
+        )
+    return ""
+
+
+# --- the champion ----------------------------------------------------------------------------
+def score(model: ChurnModel, frame: pd.DataFrame) -> Evaluation:
+    """The model as it is, at its own threshold."""
+    return training.evaluate(target(frame).to_numpy(), model.predict_proba(frame), model.threshold)
+
+
+def deployed(
+    settings: Settings, load: Callable[[Settings], LoadedModel]
+) -> tuple[LoadedModel | None, set[str]]:
+    """The alias holder and the keys of the rows it learned from (none when not logged)."""
+    try:
+        loaded = load(settings)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return None, set()
+    run_id = mlflow.MlflowClient().get_model_version(loaded.name, loaded.version).run_id
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=FIT_ROWS)
+    except (MlflowException, OSError):  # a version logged before row lineage existed
+        return loaded, set()
+    return loaded, set(Path(path).read_text().split())
+
+
+# --- the rule ------------------------------------------------------------------------------
+def gate(
+    settings: Settings,
+    challenger: Evaluation,
+    champion: tuple[str, Evaluation] | None,
+    force: bool = False,
+) -> Decision:
+    """The promotion rule, on the newest holdout (both models on the same unseen rows).
+
+    With an alias holder: promote when the challenger's F1 beats the champion's by at
+    least ``GATE_MIN_F1_GAIN`` (a tie keeps the champion), below the minimums or not: a
+    better model serves better even while quality is still low, and the reason says so.
+    The absolute minimums (``GATE_MIN_F1``, ``GATE_MIN_ROC_AUC``) alone decide only when
+    no version holds the alias: a first model must be good enough on its own.
+    """
+    below = "; ".join(
+        f"holdout {name} {value:.3f} < minimum {minimum:.3f}"
+        for name, value, minimum in (
+            ("f1", challenger.f1, settings.gate_min_f1),
+            ("roc_auc", challenger.roc_auc, settings.gate_min_roc_auc),
+        )
+        if value < minimum
+    )
+    version = champion[0] if champion else None
+    if champion is None:
+        promote = not below
+        reason = below or f"passes the minimums; no version had alias '{settings.model_alias}'"
+    else:
+        gain, margin = challenger.f1 - champion[1].f1, settings.gate_min_f1_gain
+        promote = gain > 0 and gain >= margin
+        reason = (
+            f"holdout f1 {challenger.f1:.3f} {'>=' if promote else '<'} "
+            f"{champion[1].f1:.3f} + {margin:.3f} of current {settings.model_alias} "
+            f"version {version} on the same rows"
+        )
+        if promote and below:
+            reason += f"; {BELOW_MINIMUM}: {below}"
+    if force and not promote:
+        return Decision(True, f"forced despite: {reason}", version)
+    return Decision(promote, reason, version)
+
+
+def _still_champion(settings: Settings, decision: Decision) -> Decision:
+    """Refuse when the alias moved while this training worked: the challenger was
+    judged against a version that no longer serves."""
+    if not decision.promote or decision.champion_version is None:
+        return decision
+    try:
+        now = mlflow.MlflowClient().get_model_version_by_alias(
+            settings.model_name, settings.model_alias
+        )
+    except MlflowException:
+        now = None
+    if now is not None and str(now.version) == decision.champion_version:
+        return decision
+    moved = f"version {now.version}" if now else "no version"
+    return replace(
+        decision,
+        promote=False,
+        reason=f"'{settings.model_alias}' moved to {moved} while training against "
+        f"version {decision.champion_version}: not promoted ({decision.reason})",
+    )
+
+
+# --- the pipeline --------------------------------------------------------------------------
 def choose_params(
-    settings: Settings, options: TrainingOptions, X: pd.DataFrame, y: pd.Series, progress: Progress
+    settings: Settings,
+    options: TrainingOptions,
+    X: pd.DataFrame,
+    y: pd.Series,
+    progress: Progress = training._quiet,
+    stored_study: bool = True,
 ) -> dict[str, Any]:
-    """Explicit params, else a search of ``trials`` more trials, else the best stored ones."""
+    """Explicit params; else with ``trials`` the best after a search; else the best stored
+    trial or the shipped parameters. A retraining searches in a study of its own, in
+    memory (``stored_study`` False): its F1s are measured on other rows than the stored
+    study's, and the best of a mix would not mean much."""
     if options.params is not None:
         return dict(options.params)
-    study = training.open_study(
-        settings.optuna_storage_url, settings.optuna_study, settings.random_seed
-    )
+    seed = settings.random_seed
+    study = training.open_study(settings.optuna_storage_url, settings.optuna_study, seed)
     if options.trials > 0:
-        training.search(
-            study, X, y, options.trials, settings.cv_folds, settings.random_seed, progress
-        )
+        if not stored_study:
+            sampler = optuna.samplers.TPESampler(seed=seed)
+            study = optuna.create_study(direction="maximize", sampler=sampler)
+        training.search(study, X, y, options.trials, settings.cv_folds, seed, progress)
+        if not stored_study:
+            return dict(study.best_params)
     return training.stored_params(study, list(X.columns)) or training.default_params()
 
 
+def fit_digest(keys: pd.Series, params: dict[str, Any], features: list[str]) -> str:
+    """What makes a version: its fit rows, parameters and features (unchanged: no new one)."""
+    text = json.dumps([sorted(keys), params, features], sort_keys=True, default=str)
+    return sha256(text.encode())
+
+
+def _same_fit(settings: Settings, digest: str) -> str | None:
+    """A version already fitted on these rows with these parameters, if any."""
+    found = mlflow.MlflowClient().search_model_versions(
+        f"name = '{settings.model_name}' and tags.`lineage.fit_digest` = '{digest}'"
+    )
+    return str(found[0].version) if found else None
+
+
+def train_and_register(
+    settings: Settings,
+    options: TrainingOptions,
+    progress: Progress = training._quiet,
+    window: Sequence[LabeledFile] = (),
+    load: Callable[[Settings], LoadedModel] = load_aliased_model,
+) -> Outcome:
+    """Fit, judge against the champion, log, register, gate: ``churnops train`` with no
+    ``window``, a retraining with the labeled files newer than the training file.
+
+    ``load`` loads the champion: the pipeline's loader, so it is what files are scored by.
+    """
+    settings.home.mkdir(parents=True, exist_ok=True)  # a first run: the local stores live here
+    configure_mlflow(settings)
+    ensure_experiment(settings)
+    training_file = read_labeled_file(
+        options.data_file or settings.churn_data_dir / settings.training_file
+    )
+    champion, seen = deployed(settings, load)
+    parent = champion.version if champion else None
+    split = split_rows(settings, training_file, window, seen)
+    if isinstance(split, str):
+        return Outcome("skipped", split, parent_version=parent)
+    features, seed = options.features, settings.random_seed
+    X, y = prepare_features(split.fit, features), target(split.fit)
+    params = choose_params(settings, options, X, y, progress, stored_study=not window)
+    final = split.fit if not window else pd.concat([split.fit, split.holdout], ignore_index=True)
+    digest = fit_digest(final["_key"], params, features)
+    same = None if options.force else _same_fit(settings, digest)
+    if same:
+        reason = f"version {same} was fitted on these same rows with these parameters"
+        return Outcome("skipped", reason, parent_version=parent)
+    threshold, cv_f1 = training.cross_validate(params, X, y, settings.cv_folds, seed, progress)
+    classifier = training.make_classifier(params, seed).fit(X, y)
+    candidate = ChurnModel.in_memory(features, threshold, classifier)
+    scores = {"challenger": score(candidate, split.holdout)}
+    scores["challenger_training"] = score(candidate, split.training_holdout)
+    if champion:
+        scores["champion"] = score(champion.model, split.holdout)
+        scores["champion_training"] = score(champion.model, split.training_holdout)
+    against = (champion.version, scores["champion"]) if champion else None
+    decision = gate(settings, scores["challenger"], against, options.force)
+    decision = _still_champion(settings, decision)
+    if window:  # the registered version learns the newest holdout too
+        classifier = training.make_classifier(params, seed)
+        classifier.fit(prepare_features(final, features), target(final))
+    model = ChurnModel.in_memory(features, threshold, classifier)
+    status: Status = "promoted" if decision.promote else "refused"
+    tags = {
+        "promotion.decision": status,
+        "promotion.reason": decision.reason,
+        "lineage.parent_version": parent or "",
+        "lineage.holdout": split.holdout_name,
+        "lineage.fit_digest": digest,
+    }
+    name = f"{'retrain' if window else 'train'}-{Path(split.holdout_name.split()[0]).stem}"
+    with mlflow.start_run(run_name=name) as run:
+        # features and threshold as in the model_config, which MLflow logs as params
+        # too when it logs the model: the same values, so it does not fail on a change
+        mlflow.log_params({**params, **model.config()})
+        mlflow.log_metrics(
+            {"cv_f1": cv_f1}
+            | {k: v for name, s in scores.items() for k, v in s.scores(METRICS[name]).items()}
+        )
+        mlflow.set_tags(tags)
+        log_figures("holdout", target(split.holdout).to_numpy(), candidate, split.holdout)
+        shap_figure = plots.shap_summary(classifier, prepare_features(final, features))
+        mlflow.log_figure(shap_figure, "plots/shap_summary.png")
+        plt.close(shap_figure)
+        _log_lineage(training_file, window, split)
+        mlflow.log_text("\n".join(sorted(final["_key"])), FIT_ROWS)
+        version = log_model(settings, model, classifier, params, final.drop(columns="_key"))
+    apply_decision(settings, version, decision, tags)
+    return Outcome(
+        status,
+        decision.reason,
+        version=version,
+        parent_version=parent,
+        run_id=run.info.run_id,
+        holdout_file=split.holdout_name,
+        training_files=tuple(
+            f.name for i, f in enumerate([training_file, *window]) if split.fit_rows.get(i)
+        ),
+        scores=scores,
+        threshold=threshold,
+        params=params,
+    )
+
+
+def _log_lineage(training_file: LabeledFile, window: Sequence[LabeledFile], split: Split) -> None:
+    """Each input as an MLflow dataset: file name, content hash, the rows used and their
+    digest, in the context it was used in (training, holdout)."""
+    holdout = window[-1] if window else training_file
+    files = [training_file, *window]
+    inputs = [(f, "training", split.fit_rows.get(i, 0)) for i, f in enumerate(files)]
+    for labeled, context, rows in [*inputs, (holdout, "holdout", len(split.holdout))]:
+        if not rows:
+            continue
+        dataset = mlflow.data.from_pandas(
+            labeled.frame, name=labeled.name, digest=labeled.sha256[:DIGEST_CHARS], targets=TARGET
+        )
+        tags = {"sha256": labeled.sha256, "rows": str(rows), "key": labeled.key}
+        with warnings.catch_warnings():
+            # MLflow hints that integer columns cannot hold missing values: the rows are
+            # validated, they have none (the model's signature is written, not inferred)
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+            mlflow.log_input(dataset, context=context, tags=tags)
+
+
+# --- MLflow --------------------------------------------------------------------------------
 def reference_frame(df: pd.DataFrame, model: ChurnModel) -> pd.DataFrame:
     """The training rows with target, prediction and probability (clean names)."""
     reference = df[[*model.features, TARGET]].reset_index(drop=True)
     return pd.concat([reference, model.score(reference)], axis=1)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A configuration fitted on the training split and scored on both splits."""
-
-    classifier: Any
-    train_proba: np.ndarray
-    holdout_proba: np.ndarray
-    train: Evaluation
-    holdout: Evaluation
-
-
-def fit_candidate(
-    params: dict[str, Any],
-    features: list[str],
-    threshold: float,
-    train: pd.DataFrame,
-    holdout: pd.DataFrame,
-    seed: int,
-) -> Candidate:
-    """Fit on the training split, score both splits at the threshold."""
-    classifier = training.make_classifier(params, seed)
-    classifier.fit(prepare_features(train, features), target(train))
-    train_proba = classifier.predict_proba(prepare_features(train, features))[:, 1]
-    holdout_proba = classifier.predict_proba(prepare_features(holdout, features))[:, 1]
-    return Candidate(
-        classifier,
-        train_proba,
-        holdout_proba,
-        training.evaluate(target(train).to_numpy(), train_proba, threshold),
-        training.evaluate(target(holdout).to_numpy(), holdout_proba, threshold),
-    )
-
-
-def champion_decision(
-    settings: Settings,
-    train: pd.DataFrame,
-    holdout: pd.DataFrame,
-    challenger: Evaluation,
-    force: bool,
-) -> Decision:
-    """Training's gate: the champion is the alias holder's configuration refit on ``train``."""
-    return gate(settings, challenger, _current_champion(settings, train, holdout), force)
-
-
-def gate(
-    settings: Settings,
-    challenger: Evaluation,
-    champion: tuple[str, float] | None,
-    force: bool,
-) -> Decision:
-    """The promotion rule: minimums on holdout, then at least as good as the champion.
-
-    ``champion`` is (version, holdout F1) of the alias holder, or None when no
-    version has the alias. Training and retraining measure it differently
-    (:func:`champion_decision`, :mod:`churnops.pipeline.retraining`); the rule is this one.
-    """
-    minimums = {"f1": settings.gate_min_f1, "roc_auc": settings.gate_min_roc_auc}
-    failing = [
-        f"holdout {name} {getattr(challenger, name):.3f} < minimum {minimum:.3f}"
-        for name, minimum in minimums.items()
-        if getattr(challenger, name) < minimum
-    ]
-    version, champion_f1 = champion if champion else (None, None)
-    if champion_f1 is not None and challenger.f1 < champion_f1:
-        failing.append(
-            f"holdout f1 {challenger.f1:.3f} < f1 {champion_f1:.3f} of current "
-            f"{settings.model_alias} version {version}"
-        )
-    if failing and force:
-        return Decision(True, "forced despite: " + "; ".join(failing), version, champion_f1)
-    if failing:
-        return Decision(False, "; ".join(failing), version, champion_f1)
-    against = (
-        f"f1 {challenger.f1:.3f} >= {champion_f1:.3f} of version {version}"
-        if champion_f1 is not None
-        else f"no version had alias '{settings.model_alias}'"
-    )
-    return Decision(True, f"passes minimums and {against}", version, champion_f1)
-
-
-def _current_champion(
-    settings: Settings, train: pd.DataFrame, holdout: pd.DataFrame
-) -> tuple[str, float] | None:
-    """The alias holder's version and the holdout F1 of its configuration, or None.
-
-    Registered models are refit on every training row, so the champion has seen
-    the holdout. To compare like with like, its logged configuration (parameters,
-    features, threshold) is fitted on the same training split as the challenger.
-    """
-    client = mlflow.MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(settings.model_name, settings.model_alias)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        return None
-    info = mlflow.models.get_model_info(f"models:/{settings.model_name}/{version.version}")
-    config = info.metadata or {}
-    champion = fit_candidate(
-        config["params"],
-        config["features"],
-        config["threshold"],
-        train,
-        holdout,
-        settings.random_seed,
-    )
-    return str(version.version), champion.holdout.f1
-
-
-def log_figures(prefix: str, y: np.ndarray, proba: np.ndarray, threshold: float) -> None:
-    """The confusion matrix and curves of one split, as run artifacts (training and retraining)."""
-    labels = (proba >= threshold).astype(int)
+def log_figures(prefix: str, y: np.ndarray, model: ChurnModel, frame: pd.DataFrame) -> None:
+    """The confusion matrix and curves of one split, as run artifacts."""
+    proba = model.predict_proba(frame)
+    labels = (proba >= model.threshold).astype(int)
     for name, figure in {
         "confusion_matrix": plots.confusion_matrix(y, labels, f"{prefix} confusion matrix"),
         "roc_curve": plots.roc_curve(y, proba, f"{prefix} ROC curve"),
@@ -232,75 +516,12 @@ def ensure_experiment(settings: Settings) -> None:
     mlflow.set_experiment(settings.mlflow_experiment)
 
 
-def train_and_register(
-    settings: Settings, options: TrainingOptions, progress: Progress = training._quiet
-) -> TrainingOutcome:
-    """The whole ``churnops train``: fit, evaluate, log, register, gate.
-
-    The configuration is judged on the holdout after fitting on the training
-    split; the registered model is then refit on every row of the file.
-    """
-    configure_mlflow(settings)
-    ensure_experiment(settings)
-    data = load_customer_file(options.data_file, require_target=True)
-    train, holdout = training.split_holdout(
-        data, target(data), settings.holdout_fraction, settings.random_seed
-    )
-    features, seed = options.features, settings.random_seed
-    X, y = prepare_features(train, features), target(train)
-    params = choose_params(settings, options, X, y, progress)
-    threshold, cv_f1 = training.cross_validate(params, X, y, settings.cv_folds, seed, progress)
-    candidate = fit_candidate(params, features, threshold, train, holdout, seed)
-    decision = champion_decision(settings, train, holdout, candidate.holdout, options.force)
-
-    final = training.make_classifier(params, seed)
-    final.fit(prepare_features(data, features), target(data))
-    model = ChurnModel.in_memory(features, threshold, final)
-
-    with mlflow.start_run(run_name=f"xgboost-{options.data_file.stem}") as run:
-        # features and threshold as in the model_config, which MLflow logs as params
-        # too when it logs the model: the same values, so it does not fail on a change
-        mlflow.log_params({**params, **model.config()})
-        mlflow.log_metrics(
-            {
-                "cv_f1": cv_f1,
-                **candidate.train.scores("train_"),
-                **candidate.holdout.scores("holdout_"),
-            }
-        )
-        mlflow.set_tags(
-            {
-                "dataset.name": options.data_file.name,
-                "dataset.sha256": file_hash(options.data_file),
-                "dataset.rows": str(len(data)),
-            }
-        )
-        log_figures("train", y.to_numpy(), candidate.train_proba, threshold)
-        log_figures("holdout", target(holdout).to_numpy(), candidate.holdout_proba, threshold)
-        shap_figure = plots.shap_summary(final, prepare_features(data, features))
-        mlflow.log_figure(shap_figure, "plots/shap_summary.png")
-        plt.close(shap_figure)
-        version = log_model(settings, model, final, params, data, train)
-        mlflow.set_tags(
-            {
-                "promotion.decision": "promoted" if decision.promote else "rejected",
-                "promotion.reason": decision.reason,
-            }
-        )
-
-    apply_decision(settings, version, decision)
-    return TrainingOutcome(
-        run.info.run_id, version, threshold, params, candidate.train, candidate.holdout, decision
-    )
-
-
 def log_model(
     settings: Settings,
     model: ChurnModel,
     classifier: Any,
     params: dict[str, Any],
     data: pd.DataFrame,
-    train: pd.DataFrame,
 ) -> str:
     """Log the pyfunc from code with its booster and reference data; return the new version.
 
@@ -323,31 +544,16 @@ def log_model(
             registered_model_name=settings.model_name,
             metadata={"threshold": model.threshold, "features": model.features, "params": params},
         )
-    with warnings.catch_warnings():
-        # MLflow hints that integer columns cannot hold missing values: the training
-        # rows are validated, they have none (the signature above is written, not inferred)
-        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
-        mlflow.log_input(
-            mlflow.data.from_pandas(train, name="train", targets=TARGET), context="training"
-        )
     return str(info.registered_model_version)
 
 
-def apply_decision(settings: Settings, version: str, decision: Decision) -> None:
-    """Tag the version with the gate's verdict and move the alias when it says so."""
+def apply_decision(
+    settings: Settings, version: str, decision: Decision, tags: dict[str, str]
+) -> None:
+    """Tag the version with the verdict and its lineage; move the alias when it says so."""
     client = mlflow.MlflowClient()
-    client.set_model_version_tag(
-        settings.model_name,
-        version,
-        "promotion.decision",
-        "promoted" if decision.promote else "rejected",
-    )
-    client.set_model_version_tag(settings.model_name, version, "promotion.reason", decision.reason)
+    for key, value in tags.items():
+        client.set_model_version_tag(settings.model_name, version, key, value)
     if decision.promote:
         client.set_registered_model_alias(settings.model_name, settings.model_alias, version)
-    log.info(
-        "version %s: %s (%s)",
-        version,
-        "promoted" if decision.promote else "kept out",
-        decision.reason,
-    )
+    log.info("version %s: %s", version, decision.reason)

@@ -50,6 +50,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    or_,
     select,
     update,
 )
@@ -494,11 +495,13 @@ class MetricsStore:
         """Every retraining verdict, oldest first."""
         return self._frame(select(model_events).order_by(model_events.c.at, model_events.c.id))
 
-    def acquire_lock(self, name: str, holder: str, seconds: float) -> bool:
+    def acquire_lock(
+        self, name: str, holder: str, seconds: float, take_from: str | None = None
+    ) -> bool:
         """Take the lock ``name`` for ``seconds`` unless another holder has it; True if taken.
 
-        A new row, or an expired one taken over with a conditional update: of
-        concurrent callers exactly one gets True (the database decides).
+        A new row, or an expired one (or ``take_from``'s, a holder known dead) taken over
+        with a conditional update: of concurrent callers exactly one gets True.
         """
         now = _now()
         row = {"holder": holder, "acquired_at": now, "expires_at": now + timedelta(seconds=seconds)}
@@ -507,7 +510,10 @@ class MetricsStore:
             return True
         except IntegrityError:
             pass
-        expired = update(locks).where(locks.c.name == name, locks.c.expires_at <= now)
+        free = locks.c.expires_at <= now
+        if take_from is not None:
+            free = or_(free, locks.c.holder == take_from)
+        expired = update(locks).where(locks.c.name == name, free)
         return self._retry(self._execute, expired.values(row)) == 1
 
     def release_lock(self, name: str, holder: str) -> None:

@@ -22,10 +22,13 @@ from datetime import UTC, datetime, timedelta
 
 from churnops.monitoring.alerts import LowScore
 from churnops.monitoring.metrics_db import MetricsStore
-from churnops.pipeline.retraining import LOCK
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: The metrics database lock that keeps retrainings one at a time (here, not in
+#: :mod:`churnops.pipeline.retraining`: scoring must not import the training stack).
+LOCK = "retrain"
 
 SUGGESTION = "retraining suggested: run `churnops retrain`"
 

@@ -39,7 +39,7 @@ from churnops.platform.watcher import (
 from churnops.settings import Settings
 
 if TYPE_CHECKING:
-    from churnops.model.registry import TrainingOutcome
+    from churnops.model.registry import Outcome
 
 log = logging.getLogger("churnops.platform")
 SERVER_START_TIMEOUT = 240.0
@@ -81,7 +81,8 @@ def platform_settings(settings: Settings, ports: svc.Ports) -> Settings:
             "prefect_port": ports.prefect,
             "mlflow_port": ports.mlflow,
             "evidently_port": ports.evidently,
-            "mlflow_tracking_uri": svc.mlflow_url(settings, ports.mlflow),
+            "mlflow_tracking_uri": settings.mlflow_tracking_uri
+            or svc.mlflow_url(settings, ports.mlflow),
             # Runners store reports through the UI, as on AWS: several processes then
             # never write one workspace folder at once.
             "evidently_ui_url": settings.evidently_ui_url
@@ -248,8 +249,8 @@ def _ensure_model(settings: Settings, console: Console) -> None:
         )
     console.print(f"no version has alias '{settings.model_alias}': training on {data_file}")
     outcome = _train(settings, data_file, console)
-    if not outcome.decision.promote:
-        raise svc.PlatformError(f"the trained model was not promoted: {outcome.decision.reason}")
+    if outcome.status != "promoted":
+        raise svc.PlatformError(f"the trained model was not promoted: {outcome.reason}")
     console.print(f"  [green]ok[/green] trained and registered version {outcome.version}")
 
 
@@ -260,7 +261,7 @@ def _ensure_project(settings: Settings) -> None:
     project_id(open_workspace(settings), settings.evidently_project)
 
 
-def _train(settings: Settings, data_file: Path, console: Console) -> TrainingOutcome:
+def _train(settings: Settings, data_file: Path, console: Console) -> Outcome:
     from churnops.model.registry import TrainingOptions, train_and_register
 
     with progress_bars(console, "training: ") as report:

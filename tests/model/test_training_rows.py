@@ -1,0 +1,94 @@
+"""Which rows a training fits and which it is judged on: rows known by content, not by file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from churnops.data.reading import load_customer_file
+from churnops.data.schema import TARGET
+from churnops.model.registry import LabeledFile, Split, gate, row_keys, split_rows
+from churnops.model.training import evaluate
+from churnops.settings import get_settings
+
+
+@pytest.fixture
+def files(data_dir: Path) -> tuple[LabeledFile, pd.DataFrame, pd.DataFrame]:
+    def rows(name: str) -> pd.DataFrame:
+        return load_customer_file(data_dir / name, require_target=True)
+
+    training = rows("customer_churn_0.csv")
+    return (
+        LabeledFile("c0.csv", "c0.csv", "0" * 64, training),
+        rows("customer_churn_1.csv"),
+        (rows("customer_churn_synthetic_1.csv")),
+    )
+
+
+def labeled(name: str, frame: pd.DataFrame) -> LabeledFile:
+    return LabeledFile(name, name, name * 8, frame)
+
+
+def keys(frame: pd.DataFrame) -> set[str]:
+    return {k.split(".")[0] for k in row_keys(frame)}
+
+
+def test_a_file_dropped_twice_and_its_late_labels_count_once_newest_labels_win(files) -> None:
+    training, first, _ = files
+    relabeled = first.assign(**{TARGET: 1 - first[TARGET]})
+    split = split_rows(
+        get_settings(),
+        training,
+        [labeled("a.csv", first), labeled("a-again.csv", first), labeled("late.csv", relabeled)],
+        set(),
+    )
+    assert isinstance(split, Split)
+    assert len(split.holdout) == len(first)  # once, not three times
+    assert (split.holdout[TARGET].to_numpy() == relabeled[TARGET].to_numpy()).all()
+    assert not keys(split.fit) & keys(split.holdout)  # never in the fit
+    assert not keys(split.fit) & keys(split.training_holdout)
+    assert set(split.fit_rows) == {0}  # only the training file's fit split is left to fit
+
+
+def test_rows_the_champion_learned_from_leave_the_holdout(files) -> None:
+    settings = get_settings()
+    training, first, synthetic = files
+    window = [labeled("s.csv", synthetic), labeled("c1.csv", first)]
+    seen = set(row_keys(first))
+    assert "unseen by the champion" in split_rows(settings, training, window, seen)
+    half = set(row_keys(first).iloc[: len(first) // 2])
+    split = split_rows(settings, training, window, half)
+    assert len(split.holdout) == len(first) - len(half)
+
+
+def test_a_small_or_one_class_holdout_judges_nothing(files) -> None:
+    settings = get_settings()
+    training, first, _ = files
+    ten = split_rows(settings, training, [labeled("ten.csv", first.head(10))], set())
+    assert ten == (
+        "ten.csv has 10 labeled rows, fewer than the 100 a holdout needs (GATE_MIN_HOLDOUT_ROWS)"
+    )
+    stayed = first[first[TARGET] == 0]
+    one_class = split_rows(settings, training, [labeled("stayed.csv", stayed)], set())
+    assert one_class.startswith(f"stayed.csv has 0 churned and {len(stayed)} stayed rows")
+
+
+def scores(f1_of: float) -> object:
+    """An evaluation whose F1 is about ``f1_of`` (4 rows scored)."""
+    y = [1, 1, 0, 0]
+    proba = {1.0: [0.9, 0.9, 0.1, 0.1], 0.5: [0.9, 0.1, 0.9, 0.1]}[f1_of]
+    return evaluate(pd.Series(y).to_numpy(), pd.Series(proba).to_numpy(), 0.5)
+
+
+def test_the_gate_with_and_without_a_champion() -> None:
+    settings = get_settings()
+    good, poor = scores(1.0), scores(0.5)
+    assert gate(settings, good, None).promote
+    assert not gate(settings, poor, None).promote  # minimums decide without a champion
+    assert not gate(settings, poor, ("1", poor)).promote  # a tie keeps the champion
+    below = get_settings(gate_min_f1=1.1)
+    better = gate(below, good, ("1", poor))
+    assert better.promote and "quality still below its minimum" in better.reason
+    assert gate(settings, poor, ("1", good), force=True).reason.startswith("forced despite")
