@@ -89,7 +89,10 @@ class Settings(BaseSettings):
     optuna_storage: str | None = Field(
         None, description="Optuna RDB storage URL; default: SQLite under CHURNOPS_HOME."
     )
-    optuna_study: str = Field("xgboost-churn", description="Optuna study name.")
+    optuna_study: str = Field(
+        "xgboost-churn-cost",
+        description="Optuna study of the search (two objectives: F1 and predict cost).",
+    )
     cv_folds: int = Field(5, description="Cross-validation folds of the search.")
     holdout_fraction: float = Field(
         0.2, description="Share of the training file held out: in no version's fit, ever."

@@ -63,16 +63,59 @@ def test_cross_validation_reports_every_fold(train_frame: pd.DataFrame) -> None:
     assert f1 > 0.6
 
 
-def test_search_stores_threshold_and_reuses_best_params(
+def trial(f1: float, trees: int, depth: int) -> optuna.trial.FrozenTrial:
+    params = {"n_estimators": trees, "max_depth": depth}
+    distributions = {
+        "n_estimators": optuna.distributions.IntDistribution(20, 800, log=True),
+        "max_depth": optuna.distributions.IntDistribution(2, 8),
+    }
+    return optuna.trial.create_trial(
+        params=params,
+        distributions=distributions,
+        values=[f1, training.predict_cost(params)],
+        user_attrs={"features": FEATURES},
+    )
+
+
+def test_the_cheapest_trial_within_the_tolerance_of_the_best_f1_is_chosen() -> None:
+    best, lean, leaner, cheapest = (
+        trial(0.912, 500, 8),
+        trial(0.9075, 100, 4),
+        trial(0.906, 60, 4),  # 0.006 below the best: out
+        trial(0.85, 20, 2),
+    )
+    assert training.chosen_trial([best, leaner, cheapest]) == best
+    assert training.chosen_trial([best, lean, leaner, cheapest]) == lean
+    assert training.chosen_trial([trial(0.907, 100, 4), lean]) == lean  # same cost: better F1
+
+
+def test_search_stores_threshold_and_returns_the_chosen_params(
     train_frame: pd.DataFrame, tmp_path: Path
 ) -> None:
     study = training.open_study(f"sqlite:///{tmp_path / 'optuna.db'}", "s", 0)
     X = prepare_features(train_frame.head(300))
-    training.search(study, X, target(train_frame.head(300)), 2, 2, 0)
-    assert len(study.trials) == 2
+    chosen = training.search(study, X, target(train_frame.head(300)), 3, 2, 0)
+    assert len(study.trials) == 3
     assert all("threshold" in t.user_attrs for t in study.trials)
-    assert training.stored_params(study, FEATURES) == study.best_params
+    assert all(t.values[1] == training.predict_cost(t.params) for t in study.trials)
+    assert chosen == training.chosen_trial(study.trials).params
+    assert training.stored_params(study, FEATURES) == chosen
     assert training.stored_params(study, ["status"]) is None
+
+
+def test_a_stored_f1_only_study_is_refused_by_name(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="old", storage=storage, direction="maximize")
+    with pytest.raises(ValueError, match=r"study 'old' .* F1-only search.*OPTUNA_STUDY"):
+        training.open_study(storage, "old", 0)
+
+
+def test_inference_costs_are_milliseconds_per_thousand_rows(train_frame: pd.DataFrame) -> None:
+    X = prepare_features(train_frame)
+    small = training.make_classifier(SMALL, 0).fit(X, target(train_frame))
+    costs = training.inference_costs(small, X, repeats=1)
+    assert set(costs) == {"predict_ms_per_1k_rows", "shap_ms_per_1k_rows"}
+    assert all(value > 0 for value in costs.values())
 
 
 def test_default_params_come_from_the_search_space() -> None:

@@ -33,7 +33,6 @@ from typing import Any, Literal
 
 import mlflow
 import numpy as np
-import optuna
 import pandas as pd
 from matplotlib import pyplot as plt
 from mlflow.exceptions import MlflowException
@@ -345,8 +344,9 @@ def choose_params(
     progress: Progress = training._quiet,
     stored_study: bool = True,
 ) -> dict[str, Any]:
-    """Explicit params; else with ``trials`` the best after a search; else the best stored
-    trial or the shipped parameters. A retraining searches in a study of its own, in
+    """Explicit params; else with ``trials`` the search's choice (cheapest within
+    ``training.F1_TOLERANCE`` of the best F1); else the stored study's choice or the
+    shipped parameters. A retraining searches in a study of its own, in
     memory (``stored_study`` False): its F1s are measured on other rows than the stored
     study's, and the best of a mix would not mean much."""
     if options.params is not None:
@@ -355,11 +355,10 @@ def choose_params(
     study = training.open_study(settings.optuna_storage_url, settings.optuna_study, seed)
     if options.trials > 0:
         if not stored_study:
-            sampler = optuna.samplers.TPESampler(seed=seed)
-            study = optuna.create_study(direction="maximize", sampler=sampler)
-        training.search(study, X, y, options.trials, settings.cv_folds, seed, progress)
+            study = training.open_study(None, "retrain", seed)  # in memory
+        chosen = training.search(study, X, y, options.trials, settings.cv_folds, seed, progress)
         if not stored_study:
-            return dict(study.best_params)
+            return chosen
     return training.stored_params(study, list(X.columns)) or training.default_params()
 
 
@@ -440,6 +439,7 @@ def train_and_register(
         mlflow.log_metrics(
             {"cv_f1": cv_f1}
             | {k: v for name, s in scores.items() for k, v in s.scores(METRICS[name]).items()}
+            | training.inference_costs(classifier, prepare_features(final, features))
         )
         mlflow.set_tags(tags)
         log_figures("holdout", target(split.holdout).to_numpy(), candidate, split.holdout)
