@@ -74,7 +74,7 @@ def test_every_cell_ran_and_wrote_nothing_to_stderr(cells: dict[str, NotebookNod
 def test_the_study_ran_three_trials(
     cells: dict[str, NotebookNode],
 ) -> None:
-    assert stdout(cells["study"]).startswith("3 trials; best: trial ")
+    assert stdout(cells["study"]).startswith("3 trials; chosen: trial ")
 
 
 def test_the_model_passes_the_promotion_gate_minimums(cells: dict[str, NotebookNode]) -> None:
