@@ -5,7 +5,11 @@ name and renamed into ``data/input/`` (the moment it lands). It is done when the
 file is in ``processed/`` and its alert is in the alert log. Drops go one after
 the other. The baseline runs the same function, ``per_file.process``, in this
 process with a warm model, so the platform's own overhead (trigger, Prefect,
-flow engine) is the difference.
+flow engine) is the difference. The monitor step's time (Evidently's report and
+its upload, feature attribution) is read from each file's log and printed with
+its share of the drop's latency. Target: p50 1.2 s or less with attribution on
+(``ATTRIBUTION_SAMPLE_ROWS``, on by default). The load average is printed: the
+figures are only as quiet as the machine.
 
     python -m benchmarks.latency                 # uses a running platform, or starts one
     python -m benchmarks.latency --drops 20
@@ -26,6 +30,8 @@ import time
 import uuid
 from pathlib import Path
 
+from pipeline import step_durations
+
 from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.platform.services import PlatformState
 from churnops.settings import Settings, get_settings
@@ -33,6 +39,7 @@ from churnops.settings import Settings, get_settings
 SOURCE = "customer_churn_1.csv"
 START_TIMEOUT = 900.0
 DROP_TIMEOUT = 120.0
+TARGET_P50 = 1.2
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -64,8 +71,9 @@ def start_platform(settings: Settings, env_extra: dict[str, str] | None = None) 
     return process
 
 
-def one_drop(settings: Settings, data: bytes) -> float:
-    """Seconds from landing in input/ to processed/ with the alert logged."""
+def one_drop(settings: Settings, data: bytes) -> tuple[float, float]:
+    """Seconds from landing in input/ to processed/ with the alert logged, and the
+    monitor step's seconds (from the file's log)."""
     storage = LocalDropStorage(settings.drop_dir)
     name = f"latency_{uuid.uuid4().hex[:10]}.csv"
     drop(storage, name, data)
@@ -75,7 +83,13 @@ def one_drop(settings: Settings, data: bytes) -> float:
         if final_stage(settings, name) == "errored" or time.monotonic() > deadline:
             raise SystemExit(f"{name} was not processed; see {settings.home / 'logs'}")
         time.sleep(0.02)
-    return time.perf_counter() - landed
+    return time.perf_counter() - landed, monitor_seconds(settings, name)
+
+
+def monitor_seconds(settings: Settings, name: str) -> float:
+    """The monitor step's seconds, from the file's log (``data/logs/<run>/<name>.log``)."""
+    (log,) = (settings.drop_dir / "data" / "logs").glob(f"*/{glob.escape(name)}.log")
+    return step_durations(log.read_text())["monitor"]
 
 
 def drop(storage: LocalDropStorage, name: str, data: bytes) -> None:
@@ -99,15 +113,18 @@ def alert_logged(settings: Settings, name: str) -> bool:
     return path.exists() and f": {name} (" in path.read_text(errors="replace")
 
 
-def baseline(platform_settings: Settings, source: Path, repeats: int) -> list[float]:
-    """``per_file.process`` called directly, warm model, into a scratch home (after a warm-up)."""
+def baseline(
+    platform_settings: Settings, source: Path, repeats: int
+) -> tuple[list[float], list[float]]:
+    """``per_file.process`` called directly, warm model, into a scratch home (after a
+    warm-up): seconds per file, and its monitor step's."""
     from churnops.pipeline import per_file
 
     scratch = Path(tempfile.mkdtemp(prefix="churnops-baseline-"))
     settings = platform_settings.model_copy(update={"churnops_home": scratch})
     storage = LocalDropStorage(settings.drop_dir)
     storage.create_layout()
-    timings = []
+    timings, monitors = [], []
     for attempt in range(repeats + 1):
         name = f"baseline_{attempt}.csv"
         key = stage_key("input", name)
@@ -118,7 +135,8 @@ def baseline(platform_settings: Settings, source: Path, repeats: int) -> list[fl
             raise SystemExit(f"baseline run {name}: {outcome.status}: {outcome.message}")
         if attempt:  # the first one loads the model and warms the imports
             timings.append(time.perf_counter() - started)
-    return timings
+            monitors.append(monitor_seconds(settings, name))
+    return timings, monitors
 
 
 def main() -> int:
@@ -148,11 +166,17 @@ def main() -> int:
     )
     try:
         data = source.read_bytes()
-        latencies = []
+        latencies, monitors = [], []
         for number in range(args.drops):
-            latencies.append(one_drop(live, data))
-            print(f"drop {number + 1:2d}: {latencies[-1]:.2f}s", flush=True)
-        bare = baseline(live, source, args.baseline_runs)
+            latency, monitor = one_drop(live, data)
+            latencies.append(latency)
+            monitors.append(monitor)
+            print(
+                f"drop {number + 1:2d}: {latency:.2f}s, monitor step {monitor:.2f}s "
+                f"({monitor / latency:.0%}); load average {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+        bare, bare_monitors = baseline(live, source, args.baseline_runs)
     finally:
         if started is not None:
             started.send_signal(signal.SIGINT)
@@ -165,6 +189,11 @@ def main() -> int:
         "max_s": round(max(latencies), 2),
         "baseline_median_s": round(statistics.median(bare), 2),
         "overhead_p50_s": round(percentile(latencies, 50) - statistics.median(bare), 2),
+        "monitor_p50_s": round(percentile(monitors, 50), 2),
+        "monitor_share_of_p50": round(percentile(monitors, 50) / percentile(latencies, 50), 2),
+        "baseline_monitor_median_s": round(statistics.median(bare_monitors), 2),
+        "target_p50_s": TARGET_P50,
+        "load_average": [round(load, 2) for load in os.getloadavg()],
     }
     print(json.dumps(summary, indent=2))
     return 0
