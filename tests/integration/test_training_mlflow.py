@@ -52,6 +52,8 @@ def test_run_has_metrics_tags_and_plots(settings: Settings, first: Outcome) -> N
     for split in ("holdout", "training_holdout"):
         for metric in ("f1", "precision", "recall", "accuracy", "roc_auc", "pr_auc", "log_loss"):
             assert f"{split}_{metric}" in run.data.metrics
+    for cost in ("predict_ms_per_1k_rows", "shap_ms_per_1k_rows"):
+        assert run.data.metrics[cost] > 0
     contexts = {
         {t.key: t.value for t in i.tags}["mlflow.data.context"]: i.dataset.name
         for i in run.inputs.dataset_inputs
