@@ -30,8 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
-from pipeline import step_durations
-
+from benchmarks.pipeline import step_durations
 from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.platform.services import PlatformState
 from churnops.settings import Settings, get_settings
