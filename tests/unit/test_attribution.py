@@ -267,5 +267,6 @@ def test_the_run_summary_and_its_markdown_say_the_biggest_move() -> None:
     assert "complains rose from 3rd to 1st, status fell from 1st to 2nd; report" in line
     outcome = FileOutcome("file.csv", "processed", f"{line}; no threshold crossed", run="R")
     markdown = outcome_markdown(outcome)
-    assert f"|  | attribution NDCG {MOVED.ndcg:.3f} (50 rows, 0.00s): complains rose" in markdown
+    ndcg = f"{MOVED.ndcg:.3f}".replace(".", "\\.")  # markdown-escaped
+    assert f"\n- attribution NDCG {ndcg} \\(50 rows, 0\\.00s\\): complains rose" in markdown
     assert "attribution" not in summary(result(None))

@@ -320,7 +320,8 @@ class LocalDropStorage(DropStorage):
     def _delete_source(self, source: Path, target: Path) -> None:
         """The second half of a move (its first made the new name): only if ``source`` is
         still the moved object. A file dropped under the same name meanwhile stays."""
-        aside = source.with_name(f".{source.name}.{uuid.uuid4().hex[:12]}.tmp")
+        # Not named after the source: a dropped name may already be NAME_MAX long.
+        aside = source.with_name(f".aside-{uuid.uuid4().hex}.tmp")
         os.rename(source, aside)  # atomic: from here no new drop can take that name's entry
         if _same_entry(aside, target):
             aside.unlink()
