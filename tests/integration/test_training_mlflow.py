@@ -95,7 +95,9 @@ def test_reference_data_travels_with_the_version(settings: Settings, first: Outc
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{first.version}")
     reference = model.unwrap_python_model().reference_data()
     assert list(reference.columns) == [*FEATURES, TARGET, PREDICTION, PROBABILITY]
-    assert len(reference) == 840  # the fit rows: the holdout split is in no version's fit
+    # the fit rows: the holdout split (840 of 1,050 rows left) and every row whose features
+    # equal a holdout row's are in no version's fit
+    assert 700 < len(reference) <= 840
     stored = mlflow.artifacts.list_artifacts(
         f"models:/{settings.model_name}/{first.version}/artifacts"
     )

@@ -467,18 +467,27 @@ def train_and_register(
 
 
 def _log_lineage(training_file: LabeledFile, window: Sequence[LabeledFile], split: Split) -> None:
-    """Each input as an MLflow dataset: file name, content hash, the rows used and their
-    digest, in the context it was used in (training, holdout)."""
-    holdout = window[-1] if window else training_file
+    """Each input as an MLflow dataset in the context it was used in: the fit's files (name,
+    content hash, rows used) and the holdout as the rows judged, with their own digest (the
+    same file can be both: then the two are told apart by digest)."""
     files = [training_file, *window]
-    inputs = [(f, "training", split.fit_rows.get(i, 0)) for i, f in enumerate(files)]
-    for labeled, context, rows in [*inputs, (holdout, "holdout", len(split.holdout))]:
+    holdout = split.holdout.drop(columns="_key", errors="ignore")
+    holdout_digest = sha256("\n".join(row_keys(holdout)).encode())
+    holdout_file = window[-1] if window else training_file
+    inputs = [
+        (f.name, f.frame, f.sha256, f.key, "training", split.fit_rows.get(i, 0))
+        for i, f in enumerate(files)
+    ]
+    inputs.append(
+        (holdout_file.name, holdout, holdout_digest, holdout_file.key, "holdout", len(holdout))
+    )
+    for name, frame, digest, key, context, rows in inputs:
         if not rows:
             continue
         dataset = mlflow.data.from_pandas(
-            labeled.frame, name=labeled.name, digest=labeled.sha256[:DIGEST_CHARS], targets=TARGET
+            frame, name=name, digest=digest[:DIGEST_CHARS], targets=TARGET
         )
-        tags = {"sha256": labeled.sha256, "rows": str(rows), "key": labeled.key}
+        tags = {"sha256": digest, "rows": str(rows), "key": key}
         with warnings.catch_warnings():
             # MLflow hints that integer columns cannot hold missing values: the rows are
             # validated, they have none (the model's signature is written, not inferred)

@@ -26,6 +26,7 @@ Decisions:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -83,10 +84,20 @@ class AttributionDrift:
 
     @property
     def movers(self) -> tuple[FeatureAttribution, ...]:
-        """Features whose rank changed, the biggest change first (then the biggest
-        change of mean |SHAP|)."""
+        """Features whose rank changed, the move that matters most first: weighed by
+        position as NDCG weighs it (3rd to 1st outweighs 11th to 8th), then by the change
+        of mean |SHAP|."""
+
+        def weight(rank: int) -> float:
+            return 1 / math.log2(rank + 1)
+
         moved = [f for f in self.features if f.rank_change]
-        moved.sort(key=lambda f: (-abs(f.rank_change), -abs(f.importance - f.reference_importance)))
+        moved.sort(
+            key=lambda f: (
+                -abs(weight(f.rank) - weight(f.reference_rank)),
+                -abs(f.importance - f.reference_importance),
+            )
+        )
         return tuple(moved)
 
     def summary(self, movers: int = 1) -> str:
