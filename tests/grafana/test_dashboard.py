@@ -37,7 +37,8 @@ def test_schema_version_title_and_image_pin() -> None:
     board = dashboard()
     assert board["schemaVersion"] == SCHEMA_VERSION
     assert board["title"] == "Customer Churn Model Evaluation"
-    assert re.search(r"^FROM grafana/grafana:12\.0\.\d+$", DOCKERFILE.read_text(), re.M)
+    pinned = r"^FROM grafana/grafana:12\.0\.\d+@sha256:[0-9a-f]{64}$"  # a tag and its digest
+    assert re.search(pinned, DOCKERFILE.read_text(), re.M)
 
 
 def test_panel_ids_are_unique_and_panels_do_not_overlap() -> None:

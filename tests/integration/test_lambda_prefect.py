@@ -14,7 +14,8 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import StateType
 
-from churnops.platform.watcher import trigger
+from churnops.drop import trigger
+from churnops.platform import watcher
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +142,7 @@ def test_the_platform_trigger_is_configured_by_arguments_not_the_environment(
     """The local watcher passes the API and deployment; it never writes the environment."""
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # must not be used
     monkeypatch.delenv("PREFECT_DEPLOYMENT", raising=False)
-    handle = trigger(prefect_server, f"{FLOW}/{deployment}")
+    handle = watcher.trigger(prefect_server, f"{FLOW}/{deployment}")
     first = handle(s3_event("drop", ["data/input/one.csv"]), None)["results"]
     again = handle(s3_event("drop", ["data/input/one.csv"]), None)["results"]
     assert [r["status"] for r in first + again] == ["created", "skipped"]
