@@ -139,21 +139,19 @@ def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world:
     run = mlflow.MlflowClient().get_run(better.run_id)
     assert run.data.tags["lineage.parent_version"] == "1"
     assert run.data.tags["promotion.decision"] == "promoted"
-    inputs = {
-        i.dataset.name: (i.dataset.digest, {t.key: t.value for t in i.tags})
-        for i in run.inputs.dataset_inputs
-    }
-    for name, context in [
-        ("customer_churn_0.csv", "training"),
-        (SYNTHETIC[0], "training"),
-        (SYNTHETIC[1], "holdout"),
-    ]:
-        digest, tags = inputs[name]
+    inputs = {}
+    for i in run.inputs.dataset_inputs:
+        tags = {t.key: t.value for t in i.tags}
+        inputs[i.dataset.name, tags["mlflow.data.context"]] = (i.dataset.digest, tags)
+    for name in ("customer_churn_0.csv", SYNTHETIC[0]):  # the fit's files, by content
+        digest, tags = inputs[name, "training"]
         assert digest == file_sha(world, name)[:DIGEST_CHARS]
         assert tags["sha256"] == file_sha(world, name)
-        assert tags["mlflow.data.context"] == context
         file_rows = len(load_customer_file(world.data_dir / name, require_target=True))
         assert 0 < int(tags["rows"]) <= file_rows  # the training file's holdout split is out
+    digest, tags = inputs[SYNTHETIC[1], "holdout"]  # the rows judged, by their own digest
+    assert digest == tags["sha256"][:DIGEST_CHARS] != file_sha(world, SYNTHETIC[1])[:DIGEST_CHARS]
+    assert 0 < int(tags["rows"]) <= 1000
 
     events = world.events()
     assert list(events["event"]) == ["refused", "promoted"]

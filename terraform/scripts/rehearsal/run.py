@@ -432,8 +432,8 @@ class Rehearsal:
             "params = json.loads(sys.argv[3])\n"
             "options = TrainingOptions(data_file=Path(sys.argv[2]), params=params)\n"
             "outcome = train_and_register(settings, options)\n"
-            "print(outcome.decision.reason)\n"
-            "sys.exit(0 if outcome.decision.promote else 3)\n"
+            "print(outcome.reason)\n"
+            'sys.exit(0 if outcome.status == "promoted" else 3)\n'
         )
         argv = [
             str(containers.VENV_BIN / "python"),
