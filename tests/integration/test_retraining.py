@@ -321,12 +321,14 @@ def test_a_labeled_file_and_its_late_labels_are_one_holdout_never_in_the_fit(
     _late_labels(world, scored, flipped, "labels.csv")
     _late_labels(world, scored, flipped, "labels-again.csv")
 
+    relabeled = rows.assign(**{TARGET: flipped})
+    holdout = unseen(world, relabeled)  # before: a promoted version learns the holdout too
+
     outcome = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
 
     assert outcome.status in ("promoted", "refused"), outcome.reason
     assert outcome.training_files[0] == "customer_churn_0.csv"
-    relabeled = rows.assign(**{TARGET: flipped})
-    holdout = unseen(world, relabeled)
+    assert len(holdout) == sum(map(sum, outcome.scores["challenger"].confusion)) > 900
     assert outcome.holdout_f1 == pytest.approx(_never_saw(world, holdout, relabeled))
     run = mlflow.MlflowClient().get_run(outcome.run_id)
     used = {
