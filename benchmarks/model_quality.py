@@ -18,8 +18,6 @@ too. Run with `make benchmark-model`.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 
 import mlflow
 import numpy as np
@@ -119,23 +117,14 @@ def shape(model: ChurnModel) -> str:
     return f"{len(dumps)} x {depth}"
 
 
-def fastest(work: Callable[[], object], repeats: int = 3) -> float:
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        timings.append(time.perf_counter() - started)
-    return min(timings)
-
-
 def costs(model: ChurnModel, rows: pd.DataFrame) -> tuple[float, float]:
     """Seconds to predict PREDICT_ROWS rows and to explain SHAP_ROWS rows."""
     booster = model.classifier.get_booster()
     features = prepare_features(rows, model.features).to_numpy(dtype=np.float32)
     many = np.tile(features, (-(-PREDICT_ROWS // len(features)), 1))[:PREDICT_ROWS]
     explained = rows.sample(SHAP_ROWS, random_state=7)
-    predict = fastest(lambda: booster.inplace_predict(many))
-    shap = fastest(lambda: mean_abs_shap(booster, explained, model.features))
+    predict = training.fastest(lambda: booster.inplace_predict(many))
+    shap = training.fastest(lambda: mean_abs_shap(booster, explained, model.features))
     return predict, shap
 
 

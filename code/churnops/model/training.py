@@ -223,6 +223,16 @@ def stored_params(study: optuna.Study, features: list[str]) -> dict[str, Any] | 
     return dict(chosen_trial(trials).params)
 
 
+def fastest(work: Callable[[], object], repeats: int = 3) -> float:
+    """Seconds of the fastest of ``repeats`` calls: the one least disturbed by other work."""
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
 def inference_costs(
     classifier: xgb.XGBClassifier, X: pd.DataFrame, repeats: int = 3
 ) -> dict[str, float]:
@@ -238,16 +248,8 @@ def inference_costs(
     many = np.tile(rows, (-(-PREDICTED_ROWS // len(rows)), 1))[:PREDICTED_ROWS]
     explained = xgb.DMatrix(many[:EXPLAINED_ROWS], feature_names=list(X.columns))
 
-    def fastest(work: Callable[[], object]) -> float:
-        timings = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            work()
-            timings.append(time.perf_counter() - started)
-        return min(timings)
-
-    predict = fastest(lambda: booster.inplace_predict(many))
-    shap = fastest(lambda: booster.predict(explained, pred_contribs=True))
+    predict = fastest(lambda: booster.inplace_predict(many), repeats)
+    shap = fastest(lambda: booster.predict(explained, pred_contribs=True), repeats)
     return {
         "predict_ms_per_1k_rows": predict * 1e3 * 1_000 / PREDICTED_ROWS,
         "shap_ms_per_1k_rows": shap * 1e3 * 1_000 / EXPLAINED_ROWS,
