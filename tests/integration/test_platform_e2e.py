@@ -127,7 +127,7 @@ def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: 
     assert by_name[MALFORMED].state.message.startswith("errored: ")
     assert by_name[GOOD].state.message.startswith("processed: drifted ")
     deadline = time.monotonic() + 15  # `churnops up` prints one line per finished file
-    while not {f"processed {GOOD}", f"errored {MALFORMED}"} <= set(_finished(platform)):
+    while not {f"processed {GOOD}", f"rejected {MALFORMED}"} <= set(_finished(platform)):
         assert time.monotonic() < deadline, platform.output.read_text()[-3000:]
         time.sleep(0.5)
 
