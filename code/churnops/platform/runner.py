@@ -9,8 +9,10 @@ deployment every ``runner_poll_seconds``, proposes Pending through the client's
 with :func:`prefect.flow_engine.run_flow`, one at a time, so the Prefect UI shows
 the usual Pending -> Running -> final states. Both are in Prefect's Python API
 reference; ``run_flow`` is the low-level entry that Prefect's own runners reach
-in their child process, so Prefect is pinned to one minor version in the
-Pipfile and ``tests/integration/test_platform_runner.py`` exercises it.
+in their child process, and Prefect offers no supported way to run a deployment's
+flow warm, so this module is the one place that relies on it. The Pipfile allows
+Prefect's next minor versions; ``tests/integration/test_platform_runner.py``
+exercises it, and CI's ``newest-prefect`` job runs that test on the newest Prefect.
 It serves three deployments: the per-file pipeline, the scheduled reconciler and
 retraining (a runner busy retraining takes no file meanwhile; the others do).
 
