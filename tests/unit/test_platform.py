@@ -187,6 +187,19 @@ def test_every_child_gets_the_usage_data_switches_unless_telemetry_is_on(
         assert {name: env.get(name) for name in NO_USAGE_TELEMETRY} == expected
 
 
+@pytest.mark.parametrize("configured", [None, "http://mlflow.example:5001"])
+def test_up_keeps_a_configured_tracking_server_and_hands_it_to_the_runners(
+    configured: str | None, tmp_path: Path
+) -> None:
+    """A set MLFLOW_TRACKING_URI is the operator's MLflow: `up` must not swap in its own."""
+    settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=configured)
+    ports = services.Ports(prefect=1, mlflow=2, evidently=3)
+    running = launch.platform_settings(settings, ports)
+    expected = configured or services.mlflow_url(settings, 2)
+    assert running.mlflow_tracking_uri == expected
+    assert launch.runner_env(running)["MLFLOW_TRACKING_URI"] == expected
+
+
 @pytest.mark.parametrize("usage_telemetry", ["false", "true"])
 def test_the_churnops_command_runs_with_the_switches_unless_telemetry_is_on(
     usage_telemetry: str,
