@@ -13,15 +13,19 @@ import pytest
 from churnops.drop import claims
 from churnops.drop.keys import decode_event_key
 from churnops.drop.storage import (
+    MAX_KEY_BYTES,
     FileLog,
     LocalDropStorage,
     ObjectExists,
     S3DropStorage,
+    brief,
     log_key,
     name_from_key,
+    name_problem,
     open_drop,
     open_storage,
     run_key,
+    run_name,
     split_run_key,
     stage_key,
 )
@@ -197,7 +201,7 @@ def test_file_log_steps(storage: LocalDropStorage) -> None:
     with pytest.raises(ValueError, match="bad column"), log.step("predict"):
         raise ValueError("bad column\nsecond problem")
     lines = storage.read("data/logs/R1/a b.csv.log").decode().splitlines()
-    assert len(lines) == 5
+    assert len(lines) == 4
     fields = [line.split(" | ") for line in lines]
     assert [f[1:3] for f in fields[:4]] == [
         ["validate", "start"],
@@ -208,8 +212,49 @@ def test_file_log_steps(storage: LocalDropStorage) -> None:
     assert fields[0][0].endswith("+00:00")
     assert fields[1][3].endswith("s") and float(fields[1][3][:-1]) >= 0
     assert fields[1][4] == "1000 rows"
-    assert fields[3][4] == "ValueError: bad column"
-    assert lines[4] == "    second problem"
+    assert fields[3][4] == "ValueError: bad column"  # its first line: the reason, one line
+
+
+def test_an_exception_as_a_reason_is_one_bounded_line() -> None:
+    assert brief(ValueError("bad column\nsecond problem")) == "ValueError: bad column"
+    assert brief(KeyError()) == "KeyError"
+    huge = brief(RuntimeError("x" * 50_000_000 + "\nmore"))
+    assert huge.startswith("RuntimeError: xxx") and len(huge) == 300
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("k" * 979 + ".csv", "the file name is too long (983 bytes)"),
+        ("é" * 504 + ".csv", "the file name is too long (1,012 bytes)"),
+        ("caf\udce9.csv", "the file name 'caf\\xe9.csv' is not UTF-8 text"),
+    ],
+)
+def test_a_name_its_run_cannot_keep_is_cut_and_the_file_refused(name: str, problem: str) -> None:
+    """S3 keys of 983 to 1013 bytes fit input/ but not processing/<run>/; a local name that
+    is not UTF-8 reaches no log or database: the run keeps the file under a cut name."""
+    assert name_problem(name).startswith(problem)
+    kept = run_name(name)
+    assert kept == run_name(name) != run_name(name + "x")  # one cut per name
+    assert not name_problem(kept) and len(kept.encode()) <= 200
+    assert len(run_key("processing", "20261127T061500Z-1a2b3c4d", "k" * 982).encode()) == (
+        MAX_KEY_BYTES
+    )
+    assert not name_problem("k" * 982) and run_name("k" * 982) == "k" * 982
+
+
+def test_a_claim_moves_a_name_that_is_not_utf8_under_a_cut_name(
+    storage: LocalDropStorage,
+) -> None:
+    folder = os.fsencode(storage.root / "data" / "input")
+    with open(os.path.join(folder, b"caf\xe9.csv"), "wb") as out:
+        out.write(b"x\n1\n")
+    held = claims.claim(storage, "data/input/caf\udce9.csv", lease_seconds=30)
+    assert held.name == run_name("caf\udce9.csv") and held.name.startswith("caf.csv~")
+    assert storage.read(held.processing_key) == b"x\n1\n"
+    lease = claims.latest_lease(storage, held.run)
+    assert lease is not None and lease.source_key == "data/input/caf\udce9.csv"
+    assert os.listdir(folder) == []
 
 
 def test_file_log_message(storage: LocalDropStorage) -> None:

@@ -33,6 +33,7 @@ from churnops.drop.storage import (
     ObjectExists,
     name_from_key,
     run_key,
+    run_name,
     split_run_key,
     stage_key,
 )
@@ -47,8 +48,8 @@ RUN_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 def run_id(name: str, version: str, modified: datetime) -> str:
     """``20261127T061500Z-1a2b3c4d``: sortable by drop time, unique per object version."""
-    digest = hashlib.sha256(f"{name}\0{version}".encode()).hexdigest()[:8]
-    return f"{modified.astimezone(UTC):{RUN_TIME_FORMAT}}-{digest}"
+    digest = hashlib.sha256(f"{name}\0{version}".encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{modified.astimezone(UTC):{RUN_TIME_FORMAT}}-{digest[:8]}"
 
 
 def dropped_at(run: str) -> datetime:
@@ -66,7 +67,9 @@ class Lease:
 
     run: str
     attempt: int
+    #: The file's name in its run folder (:func:`~churnops.drop.storage.run_name`).
     name: str
+    #: Where it was dropped (the original name, even when the run's is cut).
     source_key: str
     host: str
     pid: int
@@ -164,12 +167,12 @@ def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: 
         info = storage.stat(key)
         if info is None:
             raise ClaimRefused(f"{name!r} is no longer in input/ (taken by a run, or removed)")
-        run = run_id(name, info.version, info.modified)
+        run, kept = run_id(name, info.version, info.modified), run_name(name)
         previous = latest_lease(storage, run)
         if previous and previous.ended(_now(), lease_seconds):
-            _finish_move_in(storage, run, name, key, info.version)
+            _finish_move_in(storage, run, kept, key, info.version)
         lease = _next_attempt(
-            storage, previous, run, name, key, lease_seconds, flow_run_id, info.version
+            storage, previous, run, kept, key, lease_seconds, flow_run_id, info.version
         )
         return _move_in(storage, lease, info.version)
     stage, run, name = parts

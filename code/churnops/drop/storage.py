@@ -57,6 +57,13 @@ NAME_MAX_BYTES = 255
 _TEMP_BYTES = 18
 #: The longest name of a file the platform writes (its outputs beside a dropped file).
 MAX_WRITTEN_NAME_BYTES = NAME_MAX_BYTES - _TEMP_BYTES
+#: S3's longest key (UTF-8 bytes).
+MAX_KEY_BYTES = 1024
+#: The longest name a run's file keeps: ``data/processing/<run>/<name>`` (the longest
+#: stage; run ids have 25 characters) within S3's key limit.
+MAX_RUN_NAME_BYTES = MAX_KEY_BYTES - len(f"{PREFIX}/processing/{'r' * 25}/")
+#: The most characters an exception takes as a reason (a log line, a database row, an alert).
+MAX_REASON_CHARS = 300
 
 
 class ObjectExists(FileExistsError):
@@ -101,13 +108,46 @@ def run_folders(storage: DropStorage, stage: Stage) -> list[str]:
 
 def log_key(run: str, name: str) -> str:
     """The per-file log of one run: ``data/logs/<run>/<name>.log``; a name too long for
-    that is cut, with a hash of the whole, so even a file refused for its name has a log."""
+    that is cut (:func:`_cut`), so even a file refused for its name has a log."""
     _check_name(name)
-    if len(f"{name}.log".encode()) > NAME_MAX_BYTES:
-        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-        head = name.encode("utf-8", "surrogateescape")[: NAME_MAX_BYTES - 64]
-        name = f"{head.decode('utf-8', 'ignore')}~{digest}"
+    if len(f"{name}.log".encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES:
+        name = _cut(name)
     return f"{LOGS}/{_check_name(run)}/{name}.log"
+
+
+def name_problem(name: str) -> str:
+    """Why a dropped file cannot keep its name in its run, or '': a name that is not
+    UTF-8 (a local folder's) reaches no log, database or event; one that would pass S3's
+    key limit in ``processing/<run>/`` (an S3 key of 983 to 1013 bytes) cannot move there."""
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return f"the file name '{printable(name)}' is not UTF-8 text: rename it"
+    if size > MAX_RUN_NAME_BYTES:
+        return (
+            f"the file name is too long ({size:,} bytes): its run's keys would pass S3's "
+            f"{MAX_KEY_BYTES}; rename it to at most {MAX_WRITTEN_NAME_BYTES} bytes"
+        )
+    return ""
+
+
+def run_name(name: str) -> str:
+    """The name a run keeps a dropped file under: its own, or, when it cannot
+    (:func:`name_problem`: the file is then refused), a cut of it; the claim file
+    keeps the original key."""
+    return _cut(name) if name_problem(name) else name
+
+
+def _cut(name: str) -> str:
+    """``<first bytes>~<hash of the whole>``: UTF-8, at most 200 bytes, one per name."""
+    raw = name.encode("utf-8", "surrogateescape")
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    return f"{raw[: NAME_MAX_BYTES - 64].decode('utf-8', 'ignore')}~{digest}"
+
+
+def printable(key: str) -> str:
+    """A key as logs and the database show it: bytes that are not UTF-8 as ``\\xe9``."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def name_from_key(key: str) -> str:
@@ -643,7 +683,14 @@ class FileLog:
         try:
             yield record
         except BaseException as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            self.write(name, "failed", reason, time.perf_counter() - started)
+            self.write(name, "failed", brief(exc), time.perf_counter() - started)
             raise
         self.write(name, "ok", record.message, time.perf_counter() - started)
+
+
+def brief(exc: BaseException) -> str:
+    """``<class>: <first line>``, at most ``MAX_REASON_CHARS``: an exception as a reason
+    shows it (its whole text may quote a 50 MB value or a server's error page)."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= MAX_REASON_CHARS else f"{text[: MAX_REASON_CHARS - 1]}…"

@@ -23,6 +23,7 @@ attempts that failed or died (a file that kills its runner), the file goes to
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
@@ -30,7 +31,17 @@ from typing import Any, Literal
 from churnops.data.schema import DataValidationError, is_bad_input
 from churnops.drop import claims
 from churnops.drop.keys import is_labels
-from churnops.drop.storage import DropStorage, FileLog, folder_key, run_key
+from churnops.drop.storage import (
+    DropStorage,
+    FileLog,
+    ObjectExists,
+    brief,
+    folder_key,
+    name_from_key,
+    name_problem,
+    printable,
+    run_key,
+)
 from churnops.model.churn_model import LoadedModel, load_aliased_model
 from churnops.monitoring.alerts import (
     Alert,
@@ -256,7 +267,8 @@ def process(
     attempt = _Attempt(settings, storage, held, FileLog(storage, held.run, held.name), steps)
     lease = held.lease
     by = f" (flow run {flow_run_id})" if flow_run_id else ""
-    _note(attempt, "claim", "ok", f"attempt {lease.attempt}: {key} -> {held.processing_key}{by}")
+    moved = f"{printable(key)} -> {held.processing_key}"
+    _note(attempt, "claim", "ok", f"attempt {lease.attempt}: {moved}{by}")
     beat = settings.lease_seconds / 3
     with claims.heartbeat(storage, lease, every=beat, limit=settings.attempt_timeout_seconds):
         outcome = _run_attempt(attempt)
@@ -273,7 +285,7 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             run_id=held.lease.db_id,
             file_name=held.name,
             bucket=attempt.storage.bucket,
-            object_key=held.lease.source_key,
+            object_key=printable(held.lease.source_key),
             flow_run_id=held.lease.flow_run_id or None,
             kind=LABELS if is_labels(held.lease.source_key) else SCORING,
         )
@@ -286,6 +298,8 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
         if held.lease.attempt > attempt.settings.max_attempts:  # the others failed or died
             last = claims.last_reason(attempt.storage, held.run, held.lease.attempt)
             return _give_up(attempt, last)
+        if problem := name_problem(name_from_key(held.lease.source_key)):
+            raise DataValidationError([problem], held.name)
         if not info.regular:
             raise NotARegularFile([f"{held.name!r} is not a regular file: refused, not read"])
         if is_labels(held.lease.source_key):
@@ -302,11 +316,12 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             attempt.store.close()
 
 
-def _errored(attempt: _Attempt, reason: str) -> FileOutcome:
-    """The file is invalid (or given up on): to errored/ with every reason in its log."""
+def _errored(attempt: _Attempt, reason: str, *, as_is: bool = False) -> FileOutcome:
+    """The file is invalid (or given up on, or ``as_is``: cannot start over): to errored/
+    with every reason in its log."""
     held = attempt.claim
     try:
-        if _changed(attempt):
+        if not as_is and _changed(attempt):
             return _start_over(attempt)
         attempt.steps.finish(attempt.storage, held.run, held.name, "errored")
     except Exception as move_error:  # storage down: the file stays, the run is retried
@@ -345,11 +360,12 @@ def _failed(attempt: _Attempt, exc: Exception, *, cap: bool = True) -> FileOutco
     """Not the file's fault: it stays in processing/ and the run is retried later, up to
     ``max_attempts`` attempts in all."""
     held = attempt.claim
-    reason = f"{type(exc).__name__}: {exc}"
+    reason = brief(exc)  # what the state, the database, the alert show; the log has the frames
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    _note(attempt, "finish", "failed", f"{reason}\n{frames}")
     if cap and held.lease.attempt >= attempt.settings.max_attempts:
         return _give_up(attempt, reason)
     log.warning("%s: attempt %s failed: %s", held.name, held.lease.attempt, reason)
-    _note(attempt, "finish", "failed", f"{reason}; the file stays in processing/ for a retry")
     _close_run(attempt, FAILED, error=reason)
     return _outcome(attempt, "failed", reason)
 
@@ -469,12 +485,16 @@ def _start_over(attempt: _Attempt) -> FileOutcome:
     back to its drop folder, where it is a new drop (a new version: a new run), and this
     run closes with its outputs in errored/."""
     held, storage = attempt.claim, attempt.storage
-    storage.move(held.processing_key, held.lease.source_key)
+    source = printable(held.lease.source_key)
+    try:
+        storage.move(held.processing_key, held.lease.source_key)
+    except ObjectExists:  # a newer drop has its name: kept here rather than replace it
+        reason = f"the file changed during its run, and {source} is another drop now: drop it again"
+        return _errored(attempt, reason, as_is=True)
     _move_outputs(storage, held.run, "errored")
     message = (
-        "the file changed during its run (its writer was still writing): back in "
-        f"{held.lease.source_key} to start over as a new run; stale outputs in "
-        f"{folder_key('errored', held.run)}"
+        f"the file changed during its run (its writer was still writing): back in {source} "
+        f"to start over as a new run; stale outputs in {folder_key('errored', held.run)}"
     )
     _note(attempt, "finish", "skipped", message)
     _close_run(attempt, FAILED, error=message)
@@ -497,7 +517,7 @@ def _close_run(attempt: _Attempt, status: str, **values: Any) -> None:
         attempt.store.finish_run(attempt.claim.lease.db_id, status, **values)
     except Exception as exc:
         log.warning("metrics database: could not close run %s: %s", attempt.claim.run, exc)
-        _note(attempt, "metrics", "failed", f"could not record the end: {exc}")
+        _note(attempt, "metrics", "failed", f"could not record the end: {brief(exc)}")
 
 
 def _release(attempt: _Attempt, outcome: FileOutcome) -> None:
@@ -516,7 +536,8 @@ def _release(attempt: _Attempt, outcome: FileOutcome) -> None:
             "%s: lease not closed (%s); it expires in %ss", lease.run, exc, settings.lease_seconds
         )
         return
-    _note(attempt, "retry", "scheduled", f"in {delay:.0f}s (attempt {lease.attempt + 1})")
+    when = f"in {delay:.0f}s (attempt {lease.attempt + 1})"
+    _note(attempt, "retry", "scheduled", f"{when}: the file stays in processing/ for a retry")
 
 
 def _outcome(attempt: _Attempt, status: Status, message: str) -> FileOutcome:

@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 
 from churnops.drop import claims
 from churnops.drop.keys import DROP_PREFIXES, is_candidate
-from churnops.drop.storage import DropStorage, run_folders, run_key
+from churnops.drop.storage import DropStorage, brief, printable, run_folders, run_key
 from churnops.monitoring import ops_metrics
 from churnops.monitoring.metrics_db import MetricsStore
+from churnops.pipeline import per_file
 from churnops.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,12 @@ def _stranded_run(
 
 @contextmanager
 def _skipped_on_error(what: str) -> Iterator[None]:
-    """One key the reconciler cannot handle (a name that is not UTF-8, a storage error on
-    it) is skipped with one line saying why: it must not stop the others."""
+    """One key the reconciler cannot handle (a storage error on it) is skipped with one
+    line saying why: it must not stop the others."""
     try:
         yield
     except Exception as exc:
-        log.warning("reconcile: skipped %s: %s: %s", ascii(what), type(exc).__name__, exc)
+        log.warning("reconcile: skipped %s: %s", printable(what), brief(exc))
 
 
 def _untaken_inputs(
@@ -137,7 +138,6 @@ def _untaken(
     key: str,
 ) -> Action | None:
     name = key[len(prefix) :]
-    name.encode("utf-8")  # a name that is not UTF-8 cannot go to a run, a log or an event
     info = storage.stat(key)
     if info is None:
         return None
@@ -195,9 +195,12 @@ def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[
         closed = []
     work = find_work(settings, storage, now)
     for action in work:
-        log.info("reconcile: %s %s: %s", action.kind, action.key, action.reason)
+        log.info("reconcile: %s %s: %s", action.kind, printable(action.key), action.reason)
         with _skipped_on_error(action.key):  # one submission failing leaves the others
-            submit(action)
+            if printable(action.key) == action.key:
+                submit(action)
+            else:  # no event or flow run carries a name that is not UTF-8: refused here
+                per_file.process(settings, storage, action.key)
     publish_ages(settings, storage, now)
     return [*closed, *work]
 
