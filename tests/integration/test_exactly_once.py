@@ -39,6 +39,7 @@ from churnops.drop.storage import (
     S3DropStorage,
     log_key,
     open_storage,
+    run_name,
     s3_client,
     stage_key,
 )
@@ -597,6 +598,56 @@ def test_a_600_character_key_on_s3_and_postgres_is_bad_input(
     assert recorded.startswith("k" * 500) and len(recorded) == 512  # cut to its column
 
 
+@pytest.mark.parametrize("world", ["s3"], indirect=True)  # no local file takes such a name
+@pytest.mark.parametrize("name", ["k" * 979 + ".csv", "é" * 504 + ".csv", "z" * 1009 + ".csv"])
+def test_a_key_too_long_for_its_run_on_s3_is_refused_once_unchanged(
+    world: World, small_file: bytes, name: str
+) -> None:
+    """983 to 1013 bytes: a valid input/ key whose processing/<run>/ key would pass S3's
+    1024 bytes. The run keeps it under a cut name; the claim file keeps the original key."""
+    key = world.drops.drop(name, small_file)
+
+    outcome = world.process(key)
+
+    assert outcome.status == "errored", outcome.message
+    assert "the file name is too long" in outcome.message and len(outcome.message) < 500
+    assert outcome.name == run_name(name) != name
+    world.check(settled=True, invalid=1)
+    assert world.reconcile() == []  # never retried
+    lease = claims.latest_lease(world.storage, outcome.run)
+    assert lease is not None and lease.source_key == key
+    assert key in world.storage.read(log_key(outcome.run, outcome.name)).decode()
+
+
+def test_a_dependency_failure_is_one_short_line_where_users_look(
+    world: World, small_file: bytes
+) -> None:
+    """Not a validation error: its reason is ``<class>: <first line>``, bounded, in the
+    outcome, the claim, the database row; the file log has the frames, not the text."""
+    key = world.drops.drop("customers.csv", small_file)
+    page = "<html>" * 100_000
+
+    def monitor(*args: Any) -> Any:
+        raise RuntimeError(f"the report server said no\n{page}")
+
+    outcome = world.process(key, per_file.Steps(monitor=monitor))
+
+    assert outcome.status == "failed", outcome
+    reason = "RuntimeError: the report server said no"
+    assert outcome.message == reason
+    lease = claims.latest_lease(world.storage, outcome.run)
+    assert lease is not None and lease.reason == reason
+    store = MetricsStore(world.settings.metrics_db_url)
+    try:
+        assert store.runs().set_index("id").loc[outcome.run_id, "error"] == reason
+    finally:
+        store.close()
+    log = world.storage.read(log_key(outcome.run, "customers.csv")).decode()
+    assert "<html>" not in log and ", in monitor" in log  # the frames, for whoever debugs
+    assert [o.status for o in world.reconcile()] == ["processed"]
+    world.check(settled=True)
+
+
 # --- one bad input never harms another (issue 23) -------------------------------------------------
 def _tuned(world: World, **values: Any) -> World:
     world.settings = world.settings.model_copy(update=values)
@@ -731,19 +782,31 @@ def local_world(tmp_path: Path, mlflow_server: str, session_model: str) -> World
     return World(settings, lambda: _local(settings), Drops(_local(settings)))
 
 
-def test_a_name_that_is_not_utf8_does_not_stop_the_reconciler(
+def test_a_name_that_is_not_utf8_is_refused_once_and_harms_no_other(
     local_world: World, small_file: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """No event or flow run can carry such a name: the reconciler refuses it in process,
+    once, to errored/ under a cut name (the claim file keeps the original), with one alert."""
     folder = os.fsencode(local_world.settings.drop_dir / "data" / "input")
     with open(os.path.join(folder, b"caf\xe9.csv"), "wb") as out:  # Latin-1, not UTF-8
         out.write(small_file)
+    local_world.drops.dropped.append(small_file)
     local_world.drops.drop("fine.csv", small_file)
+
     outcomes = local_world.reconcile()
+
     assert [(o.name, o.status) for o in outcomes] == [("fine.csv", "processed")]
-    skipped = [r.getMessage() for r in caplog.records if "reconcile: skipped" in r.getMessage()]
-    assert skipped and "caf\\udce9.csv" in skipped[0], skipped
-    assert os.path.exists(os.path.join(folder, b"caf\xe9.csv"))  # left alone, reported
-    assert local_world.reconcile() == []  # and again next time, without failing
+    assert os.listdir(folder) == []
+    local_world.check(settled=True, invalid=1)
+    (run,) = {k.split("/")[2] for k in local_world.storage.list_keys("data/errored/")}
+    lease = claims.latest_lease(local_world.storage, run)
+    assert lease is not None and lease.name == run_name("caf\udce9.csv")
+    assert lease.source_key == "data/input/caf\udce9.csv"
+    log = local_world.storage.read(log_key(run, lease.name)).decode()
+    assert "the file name 'caf\\xe9.csv' is not UTF-8 text" in log
+    assert local_world.reconcile() == []  # once: nothing left to warn about
+    assert local_world.settings.alert_log.read_text().count("not UTF-8 text") == 1
+    assert not [r for r in caplog.records if "reconcile: skipped" in r.getMessage()]
 
 
 def test_a_symlink_is_refused_to_errored_without_being_read_or_followed(
@@ -813,3 +876,49 @@ def test_a_file_written_after_its_claim_starts_over_as_a_new_run(
     assert outcome.status == "skipped" and "changed during its run" in outcome.message
     assert [o.status for o in local_world.reconcile()] == ["processed"]
     local_world.check(settled=True)
+
+
+def test_a_same_name_replacement_before_the_claim_is_processed_once(
+    local_world: World, small_file: bytes, data_dir: Path
+) -> None:
+    """What a local folder allows: a file replaced under its name before any claim (a
+    rename over it, or a writer truncating it) is gone by the OS's doing, not ours. Both
+    triggers end: the newest file is processed once, the other trigger is a logged no-op,
+    and nothing the platform wrote is replaced."""
+    second = (data_dir / "customer_churn_2_majority_drifted.csv").read_bytes()
+    key = local_world.drops.drop("customers.csv", small_file)
+    path = local_world.storage.path(key)
+    path.with_name(".newer.tmp").write_bytes(second)
+    os.replace(path.with_name(".newer.tmp"), path)  # the first trigger's file is replaced
+    local_world.drops.dropped = [second]
+
+    first, again = local_world.process(key), local_world.process(key)
+
+    assert (first.status, again.status) == ("processed", "skipped"), (first, again)
+    assert "no longer in input/" in again.message
+    local_world.check(settled=True)
+
+
+def test_a_file_that_changed_during_its_run_whose_name_was_dropped_again_is_kept(
+    local_world: World, small_file: bytes, data_dir: Path
+) -> None:
+    """It cannot go back to input/ (a newer drop has the name, and a move never replaces):
+    it ends in errored/ with why, once, and the newer drop is processed."""
+    more = small_file.split(b"\n", 1)[1]
+    newer = (data_dir / "customer_churn_2_majority_drifted.csv").read_bytes()
+    key = local_world.drops.drop("customers.csv", small_file)
+    local_world.drops.dropped = [small_file + more]
+
+    def still_writing(settings: Settings, storage: DropStorage, processing_key: str, *rest):
+        scored = per_file.score_file(settings, storage, processing_key, *rest)
+        with Path(storage.path(processing_key)).open("ab") as out:
+            out.write(more)
+        local_world.drops.drop("customers.csv", newer)
+        return scored
+
+    outcome = local_world.process(key, per_file.Steps(score_file=still_writing))
+
+    assert outcome.status == "errored" and "is another drop now" in outcome.message, outcome
+    assert [o.status for o in local_world.reconcile()] == ["processed"]
+    local_world.check(settled=True, invalid=1)
+    assert local_world.reconcile() == []
