@@ -13,8 +13,8 @@ processes are measured, so each peak RSS belongs to one measurement:
   whole, the XGBoost booster predicts, ``pyarrow`` writes the CSV. No
   validation, no monitoring, no storage, everything in memory.
 
-Targets (on a 2-core machine): 1M rows in 8 s or less; 10M rows in 90 s or
-less with 2 GB peak RSS or less; the flow at most 2.5 times the floor. The
+Targets (on a 2-core machine): 1M rows in 5 s or less; 10M rows in 40 s or
+less with 1.5 GB peak RSS or less; the flow at most 2.5 times the floor. The
 flow's steps are printed from the file's log, the scoring step split into
 read and validate, predict and write. Peak RSS (``VmHWM``) counts
 everything in the process, imports included. With ``--repeats`` the fastest
@@ -45,7 +45,7 @@ from churnops.settings import Settings, get_settings
 
 SOURCE = "customer_churn_1.csv"
 #: rows -> (seconds, peak RSS MB) targets of the flow; None: not targeted.
-TARGETS = {1_000_000: (8.0, None), 10_000_000: (90.0, 2048.0)}
+TARGETS = {1_000_000: (5.0, None), 10_000_000: (40.0, 1536.0)}
 TARGET_RATIO = 2.5
 CHILD_TIMEOUT = 1800
 
