@@ -1,7 +1,7 @@
 """What feature-attribution drift adds to a file: TreeSHAP time per row budget.
 
 The model is fitted here on the training file with the shipped parameters
-(``default_params.json``: 501 trees, depth 8), as ``make register-model``
+(``default_params.json``: 61 trees, depth 5), as ``make register-model``
 does, and with the tests' fast parameters (60 trees, depth 4), no MLflow.
 For each, the monitor step's extra work is timed: the file's attribution on
 ``ATTRIBUTION_SAMPLE_ROWS`` rows (the default 1,000) and on the whole drift

@@ -11,12 +11,13 @@ a rank change per feature and one NDCG score for the whole order.
 Decisions:
 
 * TreeSHAP is exact but costs about ``trees x leaves x depth^2`` per row, on one
-  core: with the shipped 501-tree, depth-8 model about 2.5 ms a row (the whole
-  50,000-row drift sample: 2 to 4 minutes; ``benchmarks/attribution.py``). So
-  it runs on a seeded uniform sub-sample of the drift sample,
+  core: with the 501-tree, depth-8 model shipped before the lean one about 2.5 ms
+  a row (the whole 50,000-row drift sample: 2 to 4 minutes;
+  ``benchmarks/attribution.py``), with the shipped 61-tree, depth-5 one about
+  0.2 ms. So it runs on a seeded uniform sub-sample of the drift sample,
   ``ATTRIBUTION_SAMPLE_ROWS`` rows (500 by default: about 1.2 s per file with
-  that model, 0.05 s with a 60-tree one). Over 200 such samples of
-  ``customer_churn_1.csv`` or ``customer_churn_synthetic_1.csv`` the shipped
+  the 501-tree model, under 0.1 s with the shipped one). Over 200 such samples of
+  ``customer_churn_1.csv`` or ``customer_churn_synthetic_1.csv`` the 501-tree
   model's NDCG stayed between 0.996 and 1.0; flipping ``complains`` (3rd to
   1st) gives 0.94. The reference gets the same row budget and is
   computed once per loaded model version (it does not change).
