@@ -61,6 +61,18 @@ class ScreenshotError(RuntimeError):
     """The pictures cannot be taken; the message says why and what to do."""
 
 
+#: Chromium without a window or a sandbox, and with no requests of its own (update
+#: checks, field trials): only the page's.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--disable-gpu",
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--hide-scrollbars",
+)
+
+
 # --- pure parts ---------------------------------------------------------------------------
 def find_chromium(which: Callable[[str], str | None] = shutil.which) -> str:
     """The ``chromium`` executable on the PATH; a clear error naming the package if absent."""
@@ -90,13 +102,7 @@ def chromium_command(
     """
     return [
         binary,
-        "--headless",
-        "--disable-gpu",
-        "--no-sandbox",
-        # No update checks, field trials or other requests of its own: only the page's.
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--hide-scrollbars",
+        *CHROMIUM_FLAGS,
         f"--window-size={window[0]},{window[1]}",
         f"--virtual-time-budget={budget_ms}",
         "--run-all-compositor-stages-before-draw",
