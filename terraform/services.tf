@@ -15,6 +15,8 @@ locals {
 
   # An HTTP health check in the flow image, which has Python and no curl.
   http_check = ["CMD", "python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=4).status != 200)"]
+  # Written by terraform/scripts/mlflow_start.py once the worker's MLflow user exists.
+  mlflow_worker_ready = "/tmp/mlflow-worker.ready"
 
   services = {
     "db-init" = local.db_bootstrap
@@ -24,13 +26,15 @@ locals {
       port   = local.listeners.mlflow.port
       cpu    = try(local.sizes.mlflow.cpu, 512)
       memory = try(local.sizes.mlflow.memory, 1024)
+      # Healthy once the worker's user is set up, and the server answers.
       health_check = {
-        command = concat(local.http_check, ["http://127.0.0.1:${local.listeners.mlflow.port}${local.listeners.mlflow.health_path}"])
+        command = ["CMD-SHELL", "test -f ${local.mlflow_worker_ready} && python -c '${local.http_check[2]}' http://127.0.0.1:${local.listeners.mlflow.port}${local.listeners.mlflow.health_path}"]
       }
-      # The basic-auth app: its config file (written first) keeps the user store in
-      # /tmp; the admin is created from the secret at each start.
+      # The basic-auth app, its user store in /tmp: at each start MLflow creates the
+      # admin from the secret, and mlflow_start.py (writing the config first) the
+      # worker's own user, then execs `mlflow server` with these arguments.
       command = [
-        "sh", "-c", "printf '%s\\n' \"$MLFLOW_AUTH_INI\" > \"$MLFLOW_AUTH_CONFIG_PATH\" && exec mlflow server \"$@\"", "mlflow",
+        "python", "-c", file("${path.module}/scripts/mlflow_start.py"),
         "--host", "0.0.0.0",
         "--port", tostring(local.listeners.mlflow.port),
         "--serve-artifacts",
@@ -48,7 +52,9 @@ locals {
         ]))
         MLFLOW_AUTH_CONFIG_PATH    = "/tmp/mlflow-basic-auth.ini"
         MLFLOW_AUTH_INI            = "[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:////tmp/mlflow-basic-auth.db"
-        MLFLOW_AUTH_ADMIN_USERNAME = local.mlflow_user
+        MLFLOW_AUTH_ADMIN_USERNAME = local.mlflow_admin_user
+        MLFLOW_WORKER_USERNAME     = local.mlflow_worker_user
+        MLFLOW_WORKER_READY        = local.mlflow_worker_ready
         PGSSLMODE                  = "require"
         # No job runner: seven huey worker processes ChurnOps never gives work.
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION = "false"
@@ -57,6 +63,7 @@ locals {
       secrets = {
         MLFLOW_BACKEND_STORE_URI       = local.db_url_secrets["mlflow"]
         MLFLOW_AUTH_ADMIN_PASSWORD     = local.credential_refs.mlflow_password
+        MLFLOW_WORKER_PASSWORD         = local.credential_refs.mlflow_worker
         MLFLOW_FLASK_SERVER_SECRET_KEY = local.credential_refs.mlflow_flask_key
       }
     }
@@ -115,13 +122,14 @@ locals {
         PREFECT_DEPLOYMENT    = var.prefect_deployment
         RUNNER_POLL_SECONDS   = "1"
         OPS_METRICS_NAMESPACE = local.ops_metrics_namespace
-        # MLflow's client reads its basic-auth user from these variables.
-        MLFLOW_TRACKING_USERNAME = local.mlflow_user
+        # MLflow's client reads its basic-auth login from these variables: the worker's
+        # own user (EDIT on its experiment and model), not the admin.
+        MLFLOW_TRACKING_USERNAME = local.mlflow_worker_user
       })
       secrets = {
         DATABASE_URL             = local.db_url_secrets["metrics"]
         PREFECT_API_AUTH_STRING  = local.credential_refs.prefect_auth_string
-        MLFLOW_TRACKING_PASSWORD = local.credential_refs.mlflow_password
+        MLFLOW_TRACKING_PASSWORD = local.credential_refs.mlflow_worker
         EVIDENTLY_SECRET         = local.credential_refs.evidently_secret
       }
     }

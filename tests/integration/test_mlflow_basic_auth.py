@@ -1,101 +1,212 @@
-"""MLflow's basic-auth app as the ECS task runs it (terraform/services.tf: the config
-file written from MLFLOW_AUTH_INI, the admin from MLFLOW_AUTH_ADMIN_USERNAME and
-_PASSWORD, the Flask key), and ChurnOps' MLflow client against it: the worker's
-MLFLOW_TRACKING_USERNAME and _PASSWORD get in, nothing else does, and the health
-check the flow and the load balancer use stays open."""
+"""MLflow's basic-auth app as the ECS task runs it (terraform/services.tf: the command
+terraform/scripts/mlflow_start.py with the task's variables), and ChurnOps against it
+with the worker's own login: it trains, registers a version, moves the alias and
+scores; it cannot administer users or permissions, delete, or see anything but its
+experiment and model; nobody without a login gets in; the health check the flow and
+the load balancer use stays open; a restart sets the same user up again."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.server import get_app_client
 
-from churnops.model.churn_model import wait_for_tracking_server
+from churnops.model.churn_model import load_aliased_model, wait_for_tracking_server
+from churnops.model.registry import TrainingOptions, train_and_register
 from churnops.platform.services import free_port, stop_group
-from churnops.settings import get_settings
+from churnops.settings import Settings, get_settings
+from tests.fixtures.model import FAST_PARAMS
 from tests.processes import LOOPBACK, wait_for_port
 
 pytestmark = pytest.mark.integration
 
-USER = "churnops"
-PASSWORD = f"pw-{uuid.uuid4().hex}"
-#: The task's command: write the auth config, then exec the server with its arguments.
-WRITE_CONFIG_THEN_SERVE = (
-    'printf \'%s\\n\' "$MLFLOW_AUTH_INI" > "$MLFLOW_AUTH_CONFIG_PATH" && exec mlflow server "$@"'
-)
+START_SCRIPT = Path(__file__).parents[2] / "terraform" / "scripts" / "mlflow_start.py"
+ADMIN = ("churnops", f"admin-{uuid.uuid4().hex}")
+WORKER = ("churnops-worker", f"worker-{uuid.uuid4().hex}")
+EXPERIMENT = "auth-experiment"
+MODEL = "AuthChurnModel"
+
+
+@dataclass
+class AuthServer:
+    """``python -c <mlflow_start.py> <mlflow server arguments>`` as the task runs it."""
+
+    root: Path
+    port: int = field(default_factory=lambda: free_port(LOOPBACK))
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def ready(self) -> Path:
+        return self.root / "worker.ready"
+
+    def start(self) -> None:
+        bin_dir = str(Path(sys.executable).parent)
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{self.root / 'mlflow.db'}",
+            "MLFLOW_AUTH_CONFIG_PATH": str(self.root / "basic-auth.ini"),
+            "MLFLOW_AUTH_INI": "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+            f"database_uri = sqlite:///{self.root / 'basic-auth.db'}",
+            "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+            "MLFLOW_WORKER_USERNAME": WORKER[0],
+            "MLFLOW_WORKER_PASSWORD": WORKER[1],
+            "MLFLOW_WORKER_READY": str(self.ready),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "flask-key-of-the-test",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            # churnops' settings, which the worker reads too.
+            "MLFLOW_EXPERIMENT": EXPERIMENT,
+            "MODEL_NAME": MODEL,
+        }
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+            env.pop(name, None)
+        command = [sys.executable, "-c", START_SCRIPT.read_text()]
+        command += ["--host", "0.0.0.0", "--port", str(self.port), "--workers", "1"]
+        command += ["--artifacts-destination", str(self.root / "artifacts")]
+        command += ["--app-name", "basic-auth"]
+        command[command.index("0.0.0.0")] = LOOPBACK  # as the rehearsal binds it
+        with (self.root / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        wait_for_port(self.port, self.process, timeout=120)
+        deadline = time.monotonic() + 120
+        while not self.ready.exists():  # what the container's health check waits for
+            assert time.monotonic() < deadline, (self.root / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process, 20)
+            self.process = None
 
 
 @pytest.fixture(scope="module")
-def mlflow_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("mlflow-auth")
-    port = free_port(LOOPBACK)
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic-auth.ini"),
-        "MLFLOW_AUTH_INI": "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
-        f"database_uri = sqlite:///{root / 'basic-auth.db'}",
-        "MLFLOW_AUTH_ADMIN_USERNAME": USER,
-        "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
-    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
-    command = ["sh", "-c", WRITE_CONFIG_THEN_SERVE, "mlflow"]
-    command += ["--host", LOOPBACK, "--port", str(port), "--workers", "1"]
-    command += ["--artifacts-destination", str(root / "artifacts"), "--app-name", "basic-auth"]
-    with (root / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
+    started = AuthServer(tmp_path_factory.mktemp("mlflow-auth"))
+    started.start()
     try:
-        wait_for_port(port, process, timeout=120)
-        yield f"http://{LOOPBACK}:{port}"
+        yield started
     finally:
-        stop_group(process, 20)
+        started.stop()
 
 
-def test_the_health_check_needs_no_login(mlflow_with_auth: str, tmp_path: Path) -> None:
-    settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=mlflow_with_auth)
+def login(monkeypatch: pytest.MonkeyPatch, user: tuple[str, str]) -> None:
+    """MLflow's client reads its login from these, as on the worker."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", user[1])
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+
+def worker_settings(server: AuthServer, home: Path) -> Settings:
+    return get_settings(
+        churnops_home=home,
+        mlflow_tracking_uri=server.url,
+        mlflow_experiment=EXPERIMENT,
+        model_name=MODEL,
+        cv_folds=2,
+    )
+
+
+def test_the_health_check_needs_no_login(server: AuthServer, tmp_path: Path) -> None:
+    settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=server.url)
     wait_for_tracking_server(settings)  # raises MlflowUnavailable when refused
 
 
-def test_the_workers_credentials_get_in(
-    mlflow_with_auth: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", USER)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
-    client = mlflow.MlflowClient(tracking_uri=mlflow_with_auth)
-
-    experiment = client.create_experiment(f"auth-{uuid.uuid4().hex[:8]}")
-
-    assert client.get_experiment(experiment).experiment_id == experiment
-
-
-@pytest.mark.parametrize("password", [None, "wrong"])
+@pytest.mark.parametrize("user", [None, (ADMIN[0], "wrong"), (WORKER[0], ADMIN[1])])
 def test_anyone_else_is_refused(
-    mlflow_with_auth: str, monkeypatch: pytest.MonkeyPatch, password: str | None
+    server: AuthServer, monkeypatch: pytest.MonkeyPatch, user: tuple[str, str] | None
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    if password:
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", USER)
-        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    if user:
+        login(monkeypatch, user)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
     with pytest.raises(MlflowException, match="401"):
-        mlflow.MlflowClient(tracking_uri=mlflow_with_auth).search_experiments(max_results=1)
+        mlflow.MlflowClient(tracking_uri=server.url).search_experiments(max_results=1)
     with pytest.raises(urllib.error.HTTPError, match="401"):
-        urllib.request.urlopen(f"{mlflow_with_auth}/", timeout=10)
+        urllib.request.urlopen(f"{server.url}/", timeout=10)
+
+
+def test_the_worker_trains_registers_moves_the_alias_and_scores(
+    server: AuthServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_dir: Path
+) -> None:
+    """The first version of the (empty) model the start created: runs, the logged model,
+    the version, its tags, the alias; then the model loaded by alias, as a file's run does."""
+    login(monkeypatch, WORKER)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)  # restored after: training sets it
+    settings = worker_settings(server, tmp_path)
+    training = data_dir / "customer_churn_0.csv"
+
+    outcome = train_and_register(settings, TrainingOptions(data_file=training, params=FAST_PARAMS))
+
+    assert outcome.status == "promoted", outcome.reason
+    loaded = load_aliased_model(settings)
+    assert loaded.version == "1"
+    rows = pd.read_csv(training, nrows=20)
+    assert loaded.model.predict(None, rows).isin([0, 1]).all() and len(rows) == 20
+
+
+def test_the_worker_has_edit_on_its_experiment_and_model_and_nothing_else(
+    server: AuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    login(monkeypatch, ADMIN)
+    admin = mlflow.MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+    auth = get_app_client("basic-auth", tracking_uri=server.url)
+    own = admin.get_experiment_by_name(EXPERIMENT).experiment_id
+    other = admin.create_experiment(f"other-{uuid.uuid4().hex[:8]}")
+    admin.create_registered_model(other_model := f"Other{uuid.uuid4().hex[:8]}")
+    assert auth.get_user(WORKER[0]).is_admin is False
+    assert auth.get_user_permission(WORKER[0], "experiment", own).permission == "EDIT"
+    assert auth.get_user_permission(WORKER[0], "registered_model", MODEL).permission == "EDIT"
+
+    login(monkeypatch, WORKER)
+    worker = mlflow.MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+    as_worker = get_app_client("basic-auth", tracking_uri=server.url)
+    refused = pytest.raises(MlflowException, match=r"403|PERMISSION_DENIED")
+    with refused:
+        as_worker.create_user(f"intruder-{uuid.uuid4().hex[:8]}", "pw")
+    with refused:
+        as_worker.update_user_admin(WORKER[0], True)
+    with refused:
+        as_worker.grant_user_permission(WORKER[0], "experiment", other, "MANAGE")
+    with refused:
+        worker.get_experiment(other)
+    with refused:
+        worker.set_registered_model_alias(other_model, "staging", "1")
+    with refused:
+        worker.delete_registered_model(MODEL)  # EDIT: no deleting
+    with refused:
+        worker.delete_experiment(own)
+    assert [e.name for e in worker.search_experiments()] == [EXPERIMENT]
+
+
+def test_a_restart_sets_up_the_same_user_again(
+    server: AuthServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Idempotent: the user store kept (on ECS it starts empty), the user exists, its
+    password and grants are set again; the worker still loads its model."""
+    server.stop()
+    server.start()
+    login(monkeypatch, WORKER)
+    assert load_aliased_model(worker_settings(server, tmp_path)).version == "1"
+    assert "user churnops-worker: EDIT" in (server.root / "server.log").read_text()

@@ -260,7 +260,9 @@ def deployed(
     try:
         loaded = load(settings)
     except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+        # No such model, or a model without the alias (on AWS, MLflow's start creates the
+        # model before its first version: terraform/scripts/mlflow_start.py).
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
         return None, set()
     run_id = mlflow.MlflowClient().get_model_version(loaded.name, loaded.version).run_id

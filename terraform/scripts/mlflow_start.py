@@ -1,0 +1,139 @@
+"""The MLflow container's command (terraform/services.tf): MLflow's basic-auth app, with
+the worker's own login in it.
+
+MLflow keeps its users in a SQLite file of the task (``/tmp``), so every start has a
+fresh user store: MLflow creates the admin from ``MLFLOW_AUTH_ADMIN_USERNAME`` and
+``_PASSWORD``, and this script gives the worker (the flow runners, which score, train,
+register versions and move the alias) a user of its own that is not an admin, through
+MLflow's auth API as the admin: EDIT on the experiment and the registered model it
+works with (churnops' settings ``MLFLOW_EXPERIMENT`` and ``MODEL_NAME``, the worker's
+too), created first when missing so that the worker never creates them (a creator is
+given MANAGE). Nothing else: no other experiment or model (``default_permission =
+NO_PERMISSIONS``), no deleting, no permissions of its own to grant, no users. Idempotent:
+a user that exists gets the secret's password, a grant that exists is set again.
+
+Writes the auth config, then forks: the child waits for the server, sets up the worker's
+user and writes ``MLFLOW_WORKER_READY`` (the container's health check waits for that
+file); the parent becomes ``mlflow server`` with this script's arguments (its
+``--port`` is where the child calls it).
+
+Environment (the passwords come from Secrets Manager through the task's ``secrets``
+and are never printed):
+  MLFLOW_AUTH_INI, MLFLOW_AUTH_CONFIG_PATH   the auth app's config, and where to write it
+  MLFLOW_AUTH_ADMIN_USERNAME, _PASSWORD      the admin (MLflow reads them itself)
+  MLFLOW_WORKER_USERNAME, _PASSWORD          the worker's login (its password: its own secret)
+  MLFLOW_WORKER_READY                        written once the worker's user is set up
+Terraform passes this file as ``python -c <source>``.
+"""
+
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow.server.auth.client import AuthServiceClient
+
+#: What the worker does with both: runs, metrics, artifacts, logged models, versions,
+#: their tags, the alias. EDIT reads and updates; deleting and granting need MANAGE.
+WORKER_PERMISSION = "EDIT"
+START_TIMEOUT = 300.0
+
+
+def log(message: str) -> None:
+    print(f"mlflow-start: {message}", flush=True)
+
+
+def wait_for_server(url: str) -> None:
+    """Until /health answers (it needs no login): the server is still starting."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"mlflow-start: no MLflow at {url}: {exc}") from exc
+            time.sleep(1)
+
+
+def set_up_worker(url: str, username: str, password: str) -> None:
+    """The worker's user and its two grants, as the admin (MLflow's client reads its login
+    from MLFLOW_TRACKING_USERNAME and _PASSWORD)."""
+    os.environ["MLFLOW_TRACKING_USERNAME"] = os.environ["MLFLOW_AUTH_ADMIN_USERNAME"]
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    from churnops.settings import get_settings
+
+    settings = get_settings()
+    auth = get_app_client("basic-auth", tracking_uri=url)
+    client = MlflowClient(tracking_uri=url, registry_uri=url)
+    try:
+        auth.create_user(username, password)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        auth.update_user_password(username, password)
+    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(settings.mlflow_experiment)
+    )
+    try:
+        client.get_registered_model(settings.model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        client.create_registered_model(settings.model_name)
+    grant(auth, username, "experiment", experiment_id)
+    grant(auth, username, "registered_model", settings.model_name)
+    log(
+        f"user {username}: {WORKER_PERMISSION} on experiment {settings.mlflow_experiment}"
+        f" ({experiment_id}) and registered model {settings.model_name}"
+    )
+
+
+def grant(auth: "AuthServiceClient", username: str, kind: str, resource: str) -> None:
+    """Exactly WORKER_PERMISSION on one resource, whatever grant was there."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        auth.grant_user_permission(username, kind, resource, WORKER_PERMISSION)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        auth.revoke_user_permission(username, kind, resource)
+        auth.grant_user_permission(username, kind, resource, WORKER_PERMISSION)
+
+
+def port_of(argv: list[str]) -> str:
+    return argv[argv.index("--port") + 1] if "--port" in argv else "5000"
+
+
+def main(argv: list[str]) -> None:
+    Path(os.environ["MLFLOW_AUTH_CONFIG_PATH"]).write_text(os.environ["MLFLOW_AUTH_INI"] + "\n")
+    ready = Path(os.environ["MLFLOW_WORKER_READY"])
+    ready.unlink(missing_ok=True)
+    if os.fork() == 0:
+        url = f"http://127.0.0.1:{port_of(argv)}"
+        try:
+            wait_for_server(url)
+            set_up_worker(
+                url, os.environ["MLFLOW_WORKER_USERNAME"], os.environ["MLFLOW_WORKER_PASSWORD"]
+            )
+            ready.touch()
+        except BaseException as exc:  # the log says why; the health check fails
+            log(f"the worker's user is not set up: {type(exc).__name__}: {exc}")
+            os._exit(1)
+        os._exit(0)
+    os.execvp("mlflow", ["mlflow", "server", *argv])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
