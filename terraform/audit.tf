@@ -10,51 +10,48 @@ locals {
   trail_arn    = "arn:${data.aws_partition.current.partition}:cloudtrail:${local.region}:${local.account_id}:trail/${local.trail_name}"
 }
 
-resource "aws_s3_bucket" "audit" {
-  # checkov:skip=CKV_AWS_18:This is the log bucket; logging its own access would recurse.
-  # checkov:skip=CKV_AWS_144:Cross-region replication is out of scope for a per-environment log bucket.
-  # checkov:skip=CKV_AWS_145:ALB access logs support SSE-S3 only; the trail's files are SSE-KMS with the platform key (kms_key_id on the trail).
-  # checkov:skip=CKV2_AWS_62:No consumer of object-created events in a log bucket.
-  bucket        = local.audit_bucket
-  force_destroy = var.bucket_force_destroy
+# The drop bucket's hardening (modules/private-bucket) with SSE-S3 and the statements below.
+module "audit_bucket" {
+  source = "./modules/private-bucket"
+
+  name                    = local.audit_bucket
+  force_destroy           = var.bucket_force_destroy
+  policy_documents        = [data.aws_iam_policy_document.audit.json]
+  deny_insecure_transport = var.s3_deny_insecure_transport
 }
 
-resource "aws_s3_bucket_ownership_controls" "audit" {
-  bucket = aws_s3_bucket.audit.id
-
-  rule {
-    object_ownership = "BucketOwnerEnforced"
-  }
+moved {
+  from = aws_s3_bucket.audit
+  to   = module.audit_bucket.aws_s3_bucket.this
 }
 
-resource "aws_s3_bucket_public_access_block" "audit" {
-  bucket                  = aws_s3_bucket.audit.id
-  block_public_acls       = true
-  block_public_policy     = true
-  ignore_public_acls      = true
-  restrict_public_buckets = true
+moved {
+  from = aws_s3_bucket_ownership_controls.audit
+  to   = module.audit_bucket.aws_s3_bucket_ownership_controls.this
 }
 
-resource "aws_s3_bucket_versioning" "audit" {
-  bucket = aws_s3_bucket.audit.id
-
-  versioning_configuration {
-    status = "Enabled"
-  }
+moved {
+  from = aws_s3_bucket_public_access_block.audit
+  to   = module.audit_bucket.aws_s3_bucket_public_access_block.this
 }
 
-resource "aws_s3_bucket_server_side_encryption_configuration" "audit" {
-  bucket = aws_s3_bucket.audit.id
+moved {
+  from = aws_s3_bucket_versioning.audit
+  to   = module.audit_bucket.aws_s3_bucket_versioning.this
+}
 
-  rule {
-    apply_server_side_encryption_by_default {
-      sse_algorithm = "AES256"
-    }
-  }
+moved {
+  from = aws_s3_bucket_server_side_encryption_configuration.audit
+  to   = module.audit_bucket.aws_s3_bucket_server_side_encryption_configuration.this
+}
+
+moved {
+  from = aws_s3_bucket_policy.audit
+  to   = module.audit_bucket.aws_s3_bucket_policy.this[0]
 }
 
 resource "aws_s3_bucket_lifecycle_configuration" "audit" {
-  bucket = aws_s3_bucket.audit.id
+  bucket = module.audit_bucket.id
 
   rule {
     id     = "expire-audit-logs"
@@ -79,11 +76,22 @@ resource "aws_s3_bucket_lifecycle_configuration" "audit" {
 # The ELB log-delivery account of the region (older regions) and service (newer ones).
 data "aws_elb_service_account" "current" {}
 
+locals {
+  # Who writes log files into the bucket, each under its prefix's AWSLogs/<account>/: the
+  # trail (only this trail), and the load balancer through the region's ELB log-delivery
+  # account (older regions) or service (newer ones).
+  audit_writers = {
+    TrailWritesItsFiles          = { prefix = "cloudtrail", type = "Service", identifier = "cloudtrail.amazonaws.com", source_arn = local.trail_arn }
+    LoadBalancerWritesAccessLogs = { prefix = "alb", type = "AWS", identifier = data.aws_elb_service_account.current.arn, source_arn = null }
+    LoadBalancerLogDelivery      = { prefix = "alb", type = "Service", identifier = "logdelivery.elasticloadbalancing.amazonaws.com", source_arn = null }
+  }
+}
+
 data "aws_iam_policy_document" "audit" {
   statement {
     sid       = "TrailChecksTheBucket"
     actions   = ["s3:GetBucketAcl"]
-    resources = [aws_s3_bucket.audit.arn]
+    resources = [module.audit_bucket.arn]
 
     principals {
       type        = "Service"
@@ -94,83 +102,40 @@ data "aws_iam_policy_document" "audit" {
       test     = "StringEquals"
       variable = "aws:SourceArn"
       values   = [local.trail_arn]
-    }
-  }
-
-  statement {
-    sid       = "TrailWritesItsFiles"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.audit.arn}/cloudtrail/AWSLogs/${local.account_id}/*"]
-
-    principals {
-      type        = "Service"
-      identifiers = ["cloudtrail.amazonaws.com"]
-    }
-
-    condition {
-      test     = "StringEquals"
-      variable = "aws:SourceArn"
-      values   = [local.trail_arn]
-    }
-  }
-
-  statement {
-    sid       = "LoadBalancerWritesAccessLogs"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.audit.arn}/alb/AWSLogs/${local.account_id}/*"]
-
-    principals {
-      type        = "AWS"
-      identifiers = [data.aws_elb_service_account.current.arn]
-    }
-  }
-
-  statement {
-    sid       = "LoadBalancerLogDelivery"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.audit.arn}/alb/AWSLogs/${local.account_id}/*"]
-
-    principals {
-      type        = "Service"
-      identifiers = ["logdelivery.elasticloadbalancing.amazonaws.com"]
     }
   }
 
   dynamic "statement" {
-    for_each = var.s3_deny_insecure_transport ? [1] : []
+    for_each = local.audit_writers
 
     content {
-      sid       = "DenyInsecureTransport"
-      effect    = "Deny"
-      actions   = ["s3:*"]
-      resources = [aws_s3_bucket.audit.arn, "${aws_s3_bucket.audit.arn}/*"]
+      sid       = statement.key
+      actions   = ["s3:PutObject"]
+      resources = ["${module.audit_bucket.arn}/${statement.value.prefix}/AWSLogs/${local.account_id}/*"]
 
       principals {
-        type        = "*"
-        identifiers = ["*"]
+        type        = statement.value.type
+        identifiers = [statement.value.identifier]
       }
 
-      condition {
-        test     = "Bool"
-        variable = "aws:SecureTransport"
-        values   = ["false"]
+      dynamic "condition" {
+        for_each = statement.value.source_arn == null ? [] : [statement.value.source_arn]
+
+        content {
+          test     = "StringEquals"
+          variable = "aws:SourceArn"
+          values   = [condition.value]
+        }
       }
     }
   }
-}
-
-resource "aws_s3_bucket_policy" "audit" {
-  bucket = aws_s3_bucket.audit.id
-  policy = data.aws_iam_policy_document.audit.json
-
-  depends_on = [aws_s3_bucket_public_access_block.audit]
 }
 
 resource "aws_cloudtrail" "audit" {
   # checkov:skip=CKV_AWS_252:No SNS per log file; the alarms (alarms.tf) notify, the trail records.
   # checkov:skip=CKV2_AWS_10:The files in S3 are the record; CloudWatch Logs delivery would double the ingestion cost.
   name                          = local.trail_name
-  s3_bucket_name                = aws_s3_bucket.audit.id
+  s3_bucket_name                = module.audit_bucket.bucket_with_policy
   s3_key_prefix                 = "cloudtrail"
   kms_key_id                    = aws_kms_key.platform.arn
   include_global_service_events = true
@@ -188,6 +153,4 @@ resource "aws_cloudtrail" "audit" {
       values = ["${module.s3.bucket_arn}/"]
     }
   }
-
-  depends_on = [aws_s3_bucket_policy.audit]
 }

@@ -287,7 +287,7 @@ module "alb" {
   oidc                = var.ui_oidc
   oidc_client_secret  = var.ui_oidc_client_secret
   uis                 = local.listeners
-  access_logs_bucket  = aws_s3_bucket_policy.audit.bucket
+  access_logs_bucket  = module.audit_bucket.bucket_with_policy
 }
 
 module "rds" {
@@ -338,4 +338,51 @@ module "ecs" {
     mlflow = data.aws_iam_policy_document.mlflow_task.json
     worker = data.aws_iam_policy_document.worker_task.json
   }
+}
+
+# The load balancer's and the Lambda's rules joined the services' calls (modules/ecs):
+# the same rules, new addresses.
+moved {
+  from = module.ecs.aws_vpc_security_group_ingress_rule.extra["Prefect API from the S3-to-Prefect Lambda"]
+  to   = module.ecs.aws_vpc_security_group_ingress_rule.calls["Prefect API from the S3-to-Prefect Lambda"]
+}
+
+moved {
+  from = module.ecs.aws_vpc_security_group_ingress_rule.load_balancer["mlflow"]
+  to   = module.ecs.aws_vpc_security_group_ingress_rule.calls["mlflow"]
+}
+
+moved {
+  from = module.ecs.aws_vpc_security_group_egress_rule.load_balancer["mlflow"]
+  to   = module.ecs.aws_vpc_security_group_egress_rule.calls["mlflow"]
+}
+
+moved {
+  from = module.ecs.aws_vpc_security_group_ingress_rule.load_balancer["prefect-server"]
+  to   = module.ecs.aws_vpc_security_group_ingress_rule.calls["prefect-server"]
+}
+
+moved {
+  from = module.ecs.aws_vpc_security_group_egress_rule.load_balancer["prefect-server"]
+  to   = module.ecs.aws_vpc_security_group_egress_rule.calls["prefect-server"]
+}
+
+moved {
+  from = module.ecs.aws_vpc_security_group_ingress_rule.load_balancer["evidently"]
+  to   = module.ecs.aws_vpc_security_group_ingress_rule.calls["evidently"]
+}
+
+moved {
+  from = module.ecs.aws_vpc_security_group_egress_rule.load_balancer["evidently"]
+  to   = module.ecs.aws_vpc_security_group_egress_rule.calls["evidently"]
+}
+
+moved {
+  from = module.ecs.aws_vpc_security_group_ingress_rule.load_balancer["grafana"]
+  to   = module.ecs.aws_vpc_security_group_ingress_rule.calls["grafana"]
+}
+
+moved {
+  from = module.ecs.aws_vpc_security_group_egress_rule.load_balancer["grafana"]
+  to   = module.ecs.aws_vpc_security_group_egress_rule.calls["grafana"]
 }

@@ -144,6 +144,19 @@ locals {
       for to in g.calls : "${from}>${to}" => { from = from, to = to, port = var.security_groups[to].port }
     }
   ]...)
+
+  # Every way in, (source group, port) into a service's group: the load balancer (keyed
+  # by the service), a service it calls ("from>to"), the extra ones (their description).
+  ingress = merge(
+    { for k, port in var.load_balancer_ports : k => { to = k, port = port, source = var.alb_security_group_id, description = "${k} from the load balancer" } },
+    { for k, c in local.calls : k => { to = c.to, port = c.port, source = aws_security_group.service[c.from].id, description = "${c.to} from ${c.from}" } },
+    { for k, e in var.extra_ingress : k => { to = e.service, port = var.security_groups[e.service].port, source = e.security_group_id, description = k } },
+  )
+  # And its way out of the source group, where the source is the load balancer or a service.
+  egress = merge(
+    { for k, port in var.load_balancer_ports : k => { group = var.alb_security_group_id, port = port, to = k, description = "To the ${k} tasks" } },
+    { for k, c in local.calls : k => { group = aws_security_group.service[c.from].id, port = c.port, to = c.to, description = "${c.from} to ${c.to}" } },
+  )
 }
 
 resource "aws_security_group" "service" {
@@ -154,60 +167,26 @@ resource "aws_security_group" "service" {
   vpc_id      = var.vpc_id
 }
 
-resource "aws_vpc_security_group_ingress_rule" "load_balancer" {
-  for_each = var.load_balancer_ports
-
-  security_group_id            = aws_security_group.service[each.key].id
-  description                  = "${each.key} from the load balancer"
-  ip_protocol                  = "tcp"
-  from_port                    = each.value
-  to_port                      = each.value
-  referenced_security_group_id = var.alb_security_group_id
-}
-
-# The load balancer's way out: to each UI's group on its port only.
-resource "aws_vpc_security_group_egress_rule" "load_balancer" {
-  for_each = var.load_balancer_ports
-
-  security_group_id            = var.alb_security_group_id
-  description                  = "To the ${each.key} tasks"
-  ip_protocol                  = "tcp"
-  from_port                    = each.value
-  to_port                      = each.value
-  referenced_security_group_id = aws_security_group.service[each.key].id
-}
-
 resource "aws_vpc_security_group_ingress_rule" "calls" {
-  for_each = local.calls
+  for_each = local.ingress
 
   security_group_id            = aws_security_group.service[each.value.to].id
-  description                  = "${each.value.to} from ${each.value.from}"
+  description                  = each.value.description
   ip_protocol                  = "tcp"
   from_port                    = each.value.port
   to_port                      = each.value.port
-  referenced_security_group_id = aws_security_group.service[each.value.from].id
+  referenced_security_group_id = each.value.source
 }
 
 resource "aws_vpc_security_group_egress_rule" "calls" {
-  for_each = local.calls
+  for_each = local.egress
 
-  security_group_id            = aws_security_group.service[each.value.from].id
-  description                  = "${each.value.from} to ${each.value.to}"
+  security_group_id            = each.value.group
+  description                  = each.value.description
   ip_protocol                  = "tcp"
   from_port                    = each.value.port
   to_port                      = each.value.port
   referenced_security_group_id = aws_security_group.service[each.value.to].id
-}
-
-resource "aws_vpc_security_group_ingress_rule" "extra" {
-  for_each = var.extra_ingress
-
-  security_group_id            = aws_security_group.service[each.value.service].id
-  description                  = each.key
-  ip_protocol                  = "tcp"
-  from_port                    = var.security_groups[each.value.service].port
-  to_port                      = var.security_groups[each.value.service].port
-  referenced_security_group_id = each.value.security_group_id
 }
 
 # AWS APIs (Secrets Manager, ECR, logs, SNS, CloudWatch) through the NAT or an

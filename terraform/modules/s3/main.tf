@@ -3,51 +3,48 @@ locals {
   prefixes = ["input", "processing", "processed", "errored", "logs"]
 }
 
-resource "aws_s3_bucket" "drop" {
-  # checkov:skip=CKV_AWS_18:CloudTrail data events on this bucket (audit.tf, the trail) record every object read, write and delete.
-  # checkov:skip=CKV_AWS_144:Cross-region replication is out of scope for a per-environment drop bucket.
-  bucket        = var.bucket_name
-  force_destroy = var.force_destroy
+module "bucket" {
+  source = "../private-bucket"
+
+  name                    = var.bucket_name
+  force_destroy           = var.force_destroy
+  kms_key_arn             = var.kms_key_arn
+  deny_insecure_transport = var.deny_insecure_transport
 }
 
-resource "aws_s3_bucket_ownership_controls" "drop" {
-  bucket = aws_s3_bucket.drop.id
-
-  rule {
-    object_ownership = "BucketOwnerEnforced"
-  }
+# The hardening moved into modules/private-bucket: the same resources, new addresses.
+moved {
+  from = aws_s3_bucket.drop
+  to   = module.bucket.aws_s3_bucket.this
 }
 
-resource "aws_s3_bucket_public_access_block" "drop" {
-  bucket                  = aws_s3_bucket.drop.id
-  block_public_acls       = true
-  block_public_policy     = true
-  ignore_public_acls      = true
-  restrict_public_buckets = true
+moved {
+  from = aws_s3_bucket_ownership_controls.drop
+  to   = module.bucket.aws_s3_bucket_ownership_controls.this
 }
 
-resource "aws_s3_bucket_versioning" "drop" {
-  bucket = aws_s3_bucket.drop.id
-
-  versioning_configuration {
-    status = "Enabled"
-  }
+moved {
+  from = aws_s3_bucket_public_access_block.drop
+  to   = module.bucket.aws_s3_bucket_public_access_block.this
 }
 
-resource "aws_s3_bucket_server_side_encryption_configuration" "drop" {
-  bucket = aws_s3_bucket.drop.id
+moved {
+  from = aws_s3_bucket_versioning.drop
+  to   = module.bucket.aws_s3_bucket_versioning.this
+}
 
-  rule {
-    apply_server_side_encryption_by_default {
-      sse_algorithm     = "aws:kms"
-      kms_master_key_id = var.kms_key_arn
-    }
-    bucket_key_enabled = true
-  }
+moved {
+  from = aws_s3_bucket_server_side_encryption_configuration.drop
+  to   = module.bucket.aws_s3_bucket_server_side_encryption_configuration.this
+}
+
+moved {
+  from = aws_s3_bucket_policy.drop
+  to   = module.bucket.aws_s3_bucket_policy.this
 }
 
 resource "aws_s3_bucket_lifecycle_configuration" "drop" {
-  bucket = aws_s3_bucket.drop.id
+  bucket = module.bucket.id
 
   rule {
     id     = "abort-incomplete-uploads"
@@ -81,36 +78,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "drop" {
     }
   }
 
-  depends_on = [aws_s3_bucket_versioning.drop]
-}
-
-data "aws_iam_policy_document" "tls_only" {
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.drop.arn, "${aws_s3_bucket.drop.arn}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
-}
-
-resource "aws_s3_bucket_policy" "drop" {
-  count = var.deny_insecure_transport ? 1 : 0
-
-  bucket = aws_s3_bucket.drop.id
-  policy = data.aws_iam_policy_document.tls_only.json
-
-  depends_on = [aws_s3_bucket_public_access_block.drop]
+  depends_on = [module.bucket] # versioned first
 }
 
 # Zero-byte "folder" markers so the layout is visible in the console and to
@@ -118,15 +86,15 @@ resource "aws_s3_bucket_policy" "drop" {
 resource "aws_s3_object" "prefix" {
   for_each = toset(local.prefixes)
 
-  bucket  = aws_s3_bucket.drop.id
+  bucket  = module.bucket.id
   key     = "data/${each.value}/"
   content = ""
 
-  depends_on = [aws_s3_bucket_server_side_encryption_configuration.drop]
+  depends_on = [module.bucket] # encrypted first
 }
 
 resource "aws_s3_bucket_notification" "drop" {
-  bucket = aws_s3_bucket.drop.id
+  bucket = module.bucket.id
 
   # One configuration per drop folder (S3 filters take one prefix each).
   dynamic "lambda_function" {

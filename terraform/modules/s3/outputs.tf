@@ -1,11 +1,11 @@
 output "bucket_name" {
   description = "Name of the drop bucket."
-  value       = aws_s3_bucket.drop.id
+  value       = module.bucket.id
 }
 
 output "bucket_arn" {
   description = "ARN of the drop bucket."
-  value       = aws_s3_bucket.drop.arn
+  value       = module.bucket.arn
 }
 
 output "data_prefixes" {
