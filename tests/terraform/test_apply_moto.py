@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -210,7 +211,7 @@ def test_no_secret_value_is_in_a_plan(deployment: Deployment) -> None:
         for entry in sm.list_secrets()["SecretList"]
         for value in _secret_values(sm.get_secret_value(SecretId=entry["ARN"])["SecretString"])
     ]
-    assert len(values) >= 14  # the above, the Prefect, MLflow (two) and Evidently credentials
+    assert len(values) >= 15  # the above, the Prefect, MLflow (three) and Evidently credentials
     assert [name for name, value in values if value in plan] == []
 
 
@@ -244,7 +245,6 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     credentials = {"PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD", "EVIDENTLY_SECRET"}
     assert credentials <= set(secrets) and not credentials & set(env)
     assert secrets["PREFECT_API_AUTH_STRING"] == deployment.outputs["prefect_auth_secret_arn"]
-    assert env["MLFLOW_TRACKING_USERNAME"] == "churnops"
     assert "DATABASE_URL" not in env
     assert secrets["DATABASE_URL"] == f"{deployment.outputs['database_url_secret_arn']}:url::"
     # A warm runner (one run at a time, its memory bounding it), reporting to the alarms.
@@ -263,6 +263,39 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     assert "METRICS_DB_PASSWORD" in {s["name"] for s in main["secrets"]}
     repos = deployment.outputs["ecr_repository_urls"]
     assert main["image"].startswith(f"{repos['grafana']}:")
+
+
+def test_the_worker_logs_into_mlflow_as_its_own_user_not_the_admin(
+    deployment: Deployment,
+) -> None:
+    """M4: the worker's task definition (which the deployments' registration runs too)
+    names the worker's MLflow secret; neither it nor its execution role names the
+    admin's. The MLflow task sets that user up at every start (mlflow_start.py) from the
+    same secret, and is healthy only once it has."""
+    admin = deployment.outputs["mlflow_auth_secret_arn"]
+    tasks = _task_definitions(deployment)
+    worker = _container(tasks["worker"], "worker")
+    env = {e["name"]: e["value"] for e in worker["environment"]}
+    secrets = {s["name"]: s["valueFrom"] for s in worker["secrets"]}
+    own = secrets["MLFLOW_TRACKING_PASSWORD"]
+    sm = deployment.client("secretsmanager")
+    assert sm.describe_secret(SecretId=own)["Name"] == "churnops-emu/mlflow/worker"
+    assert env["MLFLOW_TRACKING_USERNAME"] == "churnops-worker"
+    assert [name for name, ref in secrets.items() if ref.startswith(admin)] == []
+    iam = deployment.client("iam")
+    role = tasks["worker"]["executionRoleArn"].rsplit("/", 1)[1]
+    readable = json.dumps(iam.get_role_policy(RoleName=role, PolicyName="execution"))
+    assert own in readable and admin not in readable
+
+    mlflow = _container(tasks["mlflow"], "mlflow")
+    mlflow_env = {e["name"]: e["value"] for e in mlflow["environment"]}
+    mlflow_secrets = {s["name"]: s["valueFrom"] for s in mlflow["secrets"]}
+    assert mlflow_env["MLFLOW_WORKER_USERNAME"] == "churnops-worker"
+    assert mlflow_secrets["MLFLOW_WORKER_PASSWORD"] == own
+    assert mlflow_secrets["MLFLOW_AUTH_ADMIN_PASSWORD"] == f"{admin}:password::"
+    start = Path(__file__).parents[2] / "terraform" / "scripts" / "mlflow_start.py"
+    assert mlflow["command"][:3] == ["python", "-c", start.read_text()]
+    assert mlflow_env["MLFLOW_WORKER_READY"] in mlflow["healthCheck"]["command"][1]
 
 
 def test_every_container_and_the_lambda_send_no_usage_data(deployment: Deployment) -> None:
