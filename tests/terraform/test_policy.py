@@ -434,17 +434,18 @@ def test_each_service_admits_only_its_callers_on_its_port(plan: Plan) -> None:
     Evidently, the Lambda to Prefect. Nothing into the worker; Grafana and Evidently
     call nobody."""
     ingress = sorted(
-        (r.name, r.index, r.after["from_port"])
+        (r.index, r.after["from_port"], r.after["description"])
         for r in plan.of_type("aws_vpc_security_group_ingress_rule")
         if r.module == "module.ecs"
     )
+    lambda_in = "Prefect API from the S3-to-Prefect Lambda"
     assert ingress == sorted(
-        [("load_balancer", ui, port) for ui, port in UI_PORTS.items()]
+        [(ui, port, f"{ui} from the load balancer") for ui, port in UI_PORTS.items()]
         + [
-            ("calls", f"worker>{ui}", UI_PORTS[ui])
+            (f"worker>{ui}", UI_PORTS[ui], f"{ui} from worker")
             for ui in ("prefect-server", "mlflow", "evidently")
         ]
-        + [("extra", "Prefect API from the S3-to-Prefect Lambda", PREFECT_PORT)]
+        + [(lambda_in, PREFECT_PORT, lambda_in)]
     )
     egress = sorted(
         (r.address, r.after["from_port"])
@@ -462,7 +463,7 @@ def test_each_service_admits_only_its_callers_on_its_port(plan: Plan) -> None:
             for ui in ("prefect-server", "mlflow", "evidently")
         ]
         + [
-            (f'module.ecs.aws_vpc_security_group_egress_rule.load_balancer["{ui}"]', port)
+            (f'module.ecs.aws_vpc_security_group_egress_rule.calls["{ui}"]', port)
             for ui, port in UI_PORTS.items()
         ]
     )
