@@ -14,7 +14,8 @@ locals {
   }
 
   # An HTTP health check in the flow image, which has Python and no curl.
-  http_check = ["CMD", "python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=4).status != 200)"]
+  http_check_code = "import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=4).status != 200)"
+  http_check      = ["CMD", "python", "-c", local.http_check_code]
   # Written by terraform/scripts/mlflow_start.py once the worker's MLflow user exists.
   mlflow_worker_ready = "/tmp/mlflow-worker.ready"
 
@@ -28,7 +29,7 @@ locals {
       memory = try(local.sizes.mlflow.memory, 1024)
       # Healthy once the worker's user is set up, and the server answers.
       health_check = {
-        command = ["CMD-SHELL", "test -f ${local.mlflow_worker_ready} && python -c '${local.http_check[2]}' http://127.0.0.1:${local.listeners.mlflow.port}${local.listeners.mlflow.health_path}"]
+        command = ["CMD-SHELL", "test -f ${local.mlflow_worker_ready} && python -c '${local.http_check_code}' http://127.0.0.1:${local.listeners.mlflow.port}${local.listeners.mlflow.health_path}"]
       }
       # The basic-auth app, its user store in /tmp: at each start MLflow creates the
       # admin from the secret, and mlflow_start.py (writing the config first) the
