@@ -47,15 +47,15 @@ def files_to_upload(data_dir: Path, training_file: str) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
-    args = parse_args(argv, settings.churn_data_dir, settings.drop_storage)
-    settings = settings.model_copy(update={"drop_storage": args.target})
+    args = parse_args(argv, settings.model.churn_data_dir, settings.drop.drop_storage)
+    settings = settings.replace(drop_storage=args.target)
     try:
-        files = files_to_upload(args.data_dir, settings.training_file)
+        files = files_to_upload(args.data_dir, settings.model.training_file)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     # Local writes go to a temporary name, then a rename: the watcher sees whole files.
-    storage = open_storage(settings, args.bucket)
+    storage = open_storage(settings.drop, args.bucket)
     for number, path in enumerate(files):
         if number:
             time.sleep(args.interval)

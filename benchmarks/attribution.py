@@ -23,6 +23,7 @@ import pandas as pd
 
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
+from churnops.model.registry import RANDOM_SEED
 from churnops.model.training import default_params, make_classifier
 from churnops.monitoring.attribution import mean_abs_shap
 from churnops.settings import get_settings
@@ -42,11 +43,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000, 50_000])
     args = parser.parse_args()
     settings = get_settings()
-    data = settings.churn_data_dir
-    training = load_customer_file(data / settings.training_file, require_target=True)
+    data = settings.model.churn_data_dir
+    training = load_customer_file(data / settings.model.training_file, require_target=True)
     later = pd.concat([load_customer_file(data / name) for name in LATER_FILES])
     for label, params in (("shipped", default_params()), ("fast (tests)", FAST_PARAMS)):
-        classifier = make_classifier(params, settings.random_seed)
+        classifier = make_classifier(params, RANDOM_SEED)
         classifier.fit(prepare_features(training), target(training))
         booster = classifier.get_booster()
         print(f"\n{label} model: {booster.num_boosted_rounds()} trees, depth {params['max_depth']}")

@@ -28,7 +28,7 @@ def cv_f1(frame, features: list[str], params: dict) -> tuple[float, float]:
 def main() -> int:
     settings = get_settings()
     frame = load_customer_file(
-        settings.churn_data_dir / settings.training_file, require_target=True
+        settings.model.churn_data_dir / settings.model.training_file, require_target=True
     )
     params = training.default_params()
     base, spread = cv_f1(frame, INPUT_COLUMNS, params)

@@ -73,7 +73,7 @@ def start_platform(settings: Settings, env_extra: dict[str, str] | None = None) 
 def one_drop(settings: Settings, data: bytes) -> tuple[float, float]:
     """Seconds from landing in input/ to processed/ with the alert logged, and the
     monitor step's seconds (from the file's log)."""
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     name = f"latency_{uuid.uuid4().hex[:10]}.csv"
     drop(storage, name, data)
     landed = time.perf_counter()
@@ -87,7 +87,7 @@ def one_drop(settings: Settings, data: bytes) -> tuple[float, float]:
 
 def monitor_seconds(settings: Settings, name: str) -> float:
     """The monitor step's seconds, from the file's log (``data/logs/<run>/<name>.log``)."""
-    (log,) = (settings.drop_dir / "data" / "logs").glob(f"*/{glob.escape(name)}.log")
+    (log,) = (settings.drop.drop_dir / "data" / "logs").glob(f"*/{glob.escape(name)}.log")
     return step_durations(log.read_text())["monitor"]
 
 
@@ -102,13 +102,13 @@ def drop(storage: LocalDropStorage, name: str, data: bytes) -> None:
 def final_stage(settings: Settings, name: str) -> str | None:
     """'processed' or 'errored' once the file has reached that folder (in its run folder)."""
     for stage in ("processed", "errored"):
-        if any((settings.drop_dir / "data" / stage).glob(f"*/{glob.escape(name)}")):
+        if any((settings.drop.drop_dir / "data" / stage).glob(f"*/{glob.escape(name)}")):
             return stage
     return None
 
 
 def alert_logged(settings: Settings, name: str) -> bool:
-    path = settings.alert_log
+    path = settings.alerts.alert_log
     return path.exists() and f": {name} (" in path.read_text(errors="replace")
 
 
@@ -120,8 +120,8 @@ def baseline(
     from churnops.pipeline import per_file
 
     scratch = Path(tempfile.mkdtemp(prefix="churnops-baseline-"))
-    settings = platform_settings.model_copy(update={"churnops_home": scratch})
-    storage = LocalDropStorage(settings.drop_dir)
+    settings = platform_settings.replace(churnops_home=scratch)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     timings, monitors = [], []
     for attempt in range(repeats + 1):
@@ -146,7 +146,7 @@ def main() -> int:
     if args.drops < 10:
         parser.error("--drops must be at least 10 for a p95")
     settings = get_settings()
-    source = settings.churn_data_dir / SOURCE
+    source = settings.model.churn_data_dir / SOURCE
     if not source.exists():
         parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
     started = None
@@ -157,8 +157,8 @@ def main() -> int:
         state = PlatformState.load(settings.home)
     assert state is not None
     evidently = state.services["evidently"]["url"]
-    live = settings.model_copy(
-        update={
+    live = settings.replace(
+        **{
             "mlflow_tracking_uri": state.services["mlflow"]["url"],
             "evidently_port": int(str(evidently).rsplit(":", 1)[1]),
         }

@@ -30,7 +30,13 @@ from churnops.data.reading import load_customer_file
 from churnops.data.schema import INPUT_COLUMNS
 from churnops.model import training
 from churnops.model.churn_model import ChurnModel, LoadedModel, load_aliased_model
-from churnops.model.registry import TrainingOptions, train_and_register
+from churnops.model.registry import (
+    CV_FOLDS,
+    HOLDOUT_FRACTION,
+    RANDOM_SEED,
+    TrainingOptions,
+    train_and_register,
+)
 from churnops.monitoring.attribution import mean_abs_shap
 from churnops.settings import Settings, get_settings
 
@@ -76,25 +82,25 @@ def reference_model(train_file: pd.DataFrame) -> ChurnModel:
     return ChurnModel.in_memory(REFERENCE_FEATURES, 0.5, classifier)
 
 
-def baseline_model(train_file: pd.DataFrame, settings: Settings) -> ChurnModel:
+def baseline_model(train_file: pd.DataFrame) -> ChurnModel:
     """The old shipped configuration, fitted as ``churnops train`` fits one."""
-    seed = settings.random_seed
-    fraction = settings.holdout_fraction
+    seed = RANDOM_SEED
+    fraction = HOLDOUT_FRACTION
     train, _ = training.split_holdout(train_file, target(train_file), fraction, seed)
     X, y = prepare_features(train), target(train)
-    threshold, _ = training.cross_validate(BASELINE_PARAMS, X, y, settings.cv_folds, seed)
+    threshold, _ = training.cross_validate(BASELINE_PARAMS, X, y, CV_FOLDS, seed)
     classifier = training.make_classifier(BASELINE_PARAMS, seed).fit(X, y)
     return ChurnModel.in_memory(FEATURES, threshold, classifier)
 
 
 def staging_model(settings: Settings) -> LoadedModel:
     try:
-        return load_aliased_model(settings)
+        return load_aliased_model(settings.model)
     except MlflowException:
         print(f"no staging model in {settings.home}: training one (fast path)")
-        data_file = settings.churn_data_dir / settings.training_file
+        data_file = settings.model.churn_data_dir / settings.model.training_file
         train_and_register(settings, TrainingOptions(data_file=data_file))
-        return load_aliased_model(settings)
+        return load_aliased_model(settings.model)
 
 
 def logged_costs(loaded: LoadedModel) -> str:
@@ -128,15 +134,15 @@ def costs(model: ChurnModel, rows: pd.DataFrame) -> tuple[float, float]:
 
 def main() -> int:
     settings = get_settings()
-    data_dir = settings.churn_data_dir
-    train_file = load_customer_file(data_dir / settings.training_file, require_target=True)
+    data_dir = settings.model.churn_data_dir
+    train_file = load_customer_file(data_dir / settings.model.training_file, require_target=True)
     ours = staging_model(settings)
     print(f"ours: {ours.name} v{ours.version}, threshold {ours.model.threshold:.2f}")
     print(f"  costs logged with the version: {logged_costs(ours)}")
     print("fitting the baseline (cross-validated threshold) ...", flush=True)
     models = {
         "reference": reference_model(train_file),
-        "baseline": baseline_model(train_file, settings),
+        "baseline": baseline_model(train_file),
         "ours": ours.model,
     }
     files = {name: load_customer_file(data_dir / name, require_target=True) for name in FILES}

@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from churnops.settings import Settings, get_settings
+from churnops.settings import GROUPS, Settings, get_settings
 
 SOURCE = "customer_churn_1.csv"
 #: rows -> (seconds, peak RSS MB) targets of the flow; None: not targeted.
@@ -59,18 +59,18 @@ def tracking_uri(settings: Settings, scratch: Path) -> str:
     from churnops.model.registry import TrainingOptions, train_and_register
 
     local_db = settings.home / "mlflow" / "mlflow.db"
-    if settings.mlflow_tracking_uri or local_db.exists():
+    if settings.model.mlflow_tracking_uri or local_db.exists():
         try:
-            model = load_aliased_model(settings)
-            print(f"model: {model.name} v{model.version} from {settings.tracking_uri}")
-            return settings.tracking_uri
+            model = load_aliased_model(settings.model)
+            print(f"model: {model.name} v{model.version} from {settings.model.tracking_uri}")
+            return settings.model.tracking_uri
         except MlflowException as exc:
-            print(f"no usable {settings.model_name}@{settings.model_alias}: {exc}")
-    trained = settings.model_copy(update={"churnops_home": scratch / "model-home"})
+            print(f"no usable {settings.model.model_name}@{settings.model.model_alias}: {exc}")
+    trained = settings.replace(churnops_home=scratch / "model-home")
     print(f"training a model (default parameters) in {trained.home} ...", flush=True)
-    data = settings.churn_data_dir / settings.training_file
+    data = settings.model.churn_data_dir / settings.model.training_file
     train_and_register(trained, TrainingOptions(data_file=data))
-    return trained.tracking_uri
+    return trained.model.tracking_uri
 
 
 def repeated_file(source: Path, rows: int, target: Path) -> Path:
@@ -90,7 +90,7 @@ def repeated_file(source: Path, rows: int, target: Path) -> Path:
 
 def child_env(scratch: Path, uri: str) -> dict[str, str]:
     """The environment minus every ChurnOps and Prefect setting, plus the scratch ones."""
-    fields = {name.upper() for name in Settings.model_fields} - {"CHURN_DATA_DIR"}
+    fields = {name.upper() for g in GROUPS.values() for name in g.model_fields} - {"CHURN_DATA_DIR"}
     env = {k: v for k, v in os.environ.items() if k not in fields and not k.startswith("PREFECT_")}
     return env | {
         "CHURNOPS_HOME": str(scratch),
@@ -191,7 +191,7 @@ def main() -> int:
         args.out.write_text(json.dumps(result))
         return 0
     settings = get_settings()
-    source = settings.churn_data_dir / SOURCE
+    source = settings.model.churn_data_dir / SOURCE
     if not source.exists():
         parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
     scratch = Path(tempfile.mkdtemp(prefix="churnops-bench-pipeline-"))
@@ -249,13 +249,13 @@ def run_pipeline(csv: Path) -> dict:
     started = time.perf_counter()
     SubprocessASGIServer().start()  # the flow's client reuses this one
     startup = time.perf_counter() - started
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     name = csv.name
     shutil.copyfile(csv, storage.path(stage_key("input", name)))
     started = time.perf_counter()
     state = churn_prediction_pipeline(
-        settings.drop_uri, stage_key("input", name), return_state=True
+        settings.drop.drop_uri, stage_key("input", name), return_state=True
     )
     seconds = time.perf_counter() - started
     outcome = state.result(raise_on_failure=False)

@@ -64,7 +64,7 @@ def wait_processed(settings: Settings, names: list[str]) -> float:
         for name in list(pending):
             stage = final_stage(settings, name)
             if stage == "errored":
-                raise SystemExit(f"{name} errored; see {settings.drop_dir / 'data' / 'logs'}")
+                raise SystemExit(f"{name} errored; see {settings.drop.drop_dir / 'data' / 'logs'}")
             if stage == "processed":
                 pending.discard(name)
         if time.monotonic() > deadline:
@@ -74,7 +74,7 @@ def wait_processed(settings: Settings, names: list[str]) -> float:
 
 
 def single_files(settings: Settings, data: bytes, count: int = 3) -> list[float]:
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     timings = []
     for index in range(count):
         name = f"single_{index}.csv"
@@ -85,10 +85,10 @@ def single_files(settings: Settings, data: bytes, count: int = 3) -> list[float]
 
 def crash_recovery(settings: Settings, data: bytes) -> float:
     """Kill the runner holding a file; seconds from the kill until the file is processed."""
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     name = "crash.csv"
     drop(storage, name, data)
-    claims_dir = settings.drop_dir / "data" / "claims"
+    claims_dir = settings.drop.drop_dir / "data" / "claims"
     deadline = time.monotonic() + TIMEOUT
     while True:
         leases = [Lease.from_json(p.read_bytes()) for p in claims_dir.glob("*/*.json")]
@@ -104,7 +104,7 @@ def crash_recovery(settings: Settings, data: bytes) -> float:
 
 def burst(settings: Settings, data: bytes, files: int) -> float:
     """Seconds until a burst of ``files`` is processed; SystemExit unless exactly once."""
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     names = [f"burst_{index:03d}.csv" for index in range(files)]
     for name in names:
         drop(storage, name, data)
@@ -115,13 +115,13 @@ def burst(settings: Settings, data: bytes, files: int) -> float:
 
 def check_exactly_once(settings: Settings, names: list[str]) -> None:
     """Each file once in processed/, nowhere else, and one processed row in the database."""
-    data = settings.drop_dir / "data"
+    data = settings.drop.drop_dir / "data"
     wanted = set(names)
     copies = {
         stage: Counter(p.name for p in (data / stage).glob("*/*") if p.name in wanted)
         for stage in ("processing", "processed", "errored")
     }
-    store = MetricsStore(settings.metrics_db_url)
+    store = MetricsStore(settings.monitoring.metrics_db_url)
     try:
         runs = store.runs()
     finally:
@@ -208,7 +208,7 @@ def main() -> int:
         "--repeats", type=int, default=2, help="more bursts with 1 and with N runners, alternating"
     )
     args = parser.parse_args()
-    source = get_settings().churn_data_dir / SOURCE
+    source = get_settings().model.churn_data_dir / SOURCE
     if not source.exists():
         parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
     scratch = Path(tempfile.mkdtemp(prefix="churnops-recovery-"))

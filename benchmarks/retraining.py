@@ -31,7 +31,7 @@ from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.drop.storage import open_storage, stage_key
 from churnops.model import training
-from churnops.model.registry import Outcome, TrainingOptions, train_and_register
+from churnops.model.registry import RANDOM_SEED, Outcome, TrainingOptions, train_and_register
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
 from churnops.pipeline.retraining import RetrainOptions, retrain
@@ -70,7 +70,6 @@ def run_sequence(label: str, overrides: dict[str, object], data_dir: Path) -> Se
             churn_data_dir=data_dir,
             mlflow_tracking_uri=None,
             database_url=None,
-            optuna_storage=None,
             evidently_ui_url=None,
             alerts_topic_arn=None,
             smtp_host=None,
@@ -78,7 +77,7 @@ def run_sequence(label: str, overrides: dict[str, object], data_dir: Path) -> Se
             **overrides,
         )
         train_and_register(settings, TrainingOptions(data_file=data_dir / TRAINING))
-        storage = open_storage(settings)
+        storage = open_storage(settings.drop)
 
         def submit(settings: Settings, key: str, drop: str, run: str) -> None:
             options = RetrainOptions(trigger="auto", include_run=run)
@@ -98,7 +97,7 @@ def run_sequence(label: str, overrides: dict[str, object], data_dir: Path) -> Se
 
 def f1_of(settings: Settings, outcome: per_file.FileOutcome) -> float:
     """The file's F1 as the pipeline stored it in the metrics database."""
-    store = MetricsStore.from_settings(settings)
+    store = MetricsStore.from_settings(settings.monitoring)
     try:
         metrics = store.metrics(outcome.run_id)
     finally:
@@ -142,7 +141,7 @@ def main() -> None:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     settings = get_settings()
-    data_dir = settings.churn_data_dir.resolve()
+    data_dir = settings.model.churn_data_dir.resolve()
     missing = [n for n in [TRAINING, *FILES] if not (data_dir / n).exists()]
     if missing:
         raise SystemExit(
@@ -153,7 +152,7 @@ def main() -> None:
     for label, overrides in SEQUENCES.items():
         sequences.append(run_sequence(label, overrides, data_dir))
         print(f"{label}: " + ", ".join(f"v{s.version} {s.f1:.3f}" for s in sequences[-1].scored))
-    seed = settings.random_seed
+    seed = RANDOM_SEED
     baselines = {
         "customer_churn_0 only": direct_f1(data_dir, [TRAINING], FILES[2], seed),
         "customer_churn_0 + synthetic 1 + synthetic 2": direct_f1(

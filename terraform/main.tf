@@ -9,7 +9,10 @@ locals {
 
   bucket_name     = coalesce(var.bucket_name, "${local.name}-drop-${local.account_id}")
   task_subnet_ids = length(var.private_subnet_ids) > 0 ? var.private_subnet_ids : var.public_subnet_ids
-  public_tasks    = length(var.private_subnet_ids) == 0
+  # The deployment the Lambda starts: the one the runners register, a name fixed in code
+  # (churnops.pipeline.PIPELINE_DEPLOYMENT; tests/terraform/test_images.py checks both).
+  pipeline_deployment = "churn_prediction_pipeline/churnops"
+  public_tasks        = length(var.private_subnet_ids) == 0
 
   # The UIs: the port inside the task (also the local end of `make tunnel`) and,
   # on the load balancer's one HTTPS listener, the host https://<host>.<ui_domain>.
@@ -261,7 +264,7 @@ module "lambda" {
   # Public subnets give the function no public IP: it needs the endpoint there.
   secretsmanager_endpoint = var.secretsmanager_vpc_endpoint || local.public_tasks
   alarm_topic_arn         = module.sns.topic_arn
-  prefect_deployment      = var.prefect_deployment
+  prefect_deployment      = local.pipeline_deployment
   input_prefix            = "data/input/"
   bucket_arn              = module.s3.bucket_arn
   bucket_account_id       = local.account_id

@@ -165,7 +165,7 @@ output "ops_metrics_namespace" {
 
 output "prefect_deployment" {
   description = "Deployment the Lambda runs."
-  value       = var.prefect_deployment
+  value       = local.pipeline_deployment
 }
 
 output "image_tag" {

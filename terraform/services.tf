@@ -116,12 +116,10 @@ locals {
         AWS_DEFAULT_REGION  = local.region
         PGSSLMODE           = "require"
         PREFECT_HOME        = "/tmp/prefect"
-        # The runner's bucket, home and deployment (the Lambda's), and the metrics the
-        # alarms (alarms.tf) and the autoscaling (scaling.tf) watch.
+        # The runner's bucket and home, and the metrics the alarms (alarms.tf) and the
+        # autoscaling (scaling.tf) watch.
         DROP_BUCKET           = module.s3.bucket_name
         CHURNOPS_HOME         = "/tmp/churnops"
-        PREFECT_DEPLOYMENT    = var.prefect_deployment
-        RUNNER_POLL_SECONDS   = "1"
         OPS_METRICS_NAMESPACE = local.ops_metrics_namespace
         # MLflow's client reads its basic-auth login from these variables: the worker's
         # own user (EDIT on its experiment and model), not the admin.

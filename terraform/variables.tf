@@ -215,12 +215,6 @@ variable "image_tag" {
   type        = string
 }
 
-variable "prefect_deployment" {
-  description = "Prefect deployment the Lambda runs, <flow name>/<deployment name>."
-  type        = string
-  default     = "churn_prediction_pipeline/churnops"
-}
-
 # ---------------------------------------------------------------- database
 variable "db_instance_class" {
   description = "RDS instance class."

@@ -43,7 +43,6 @@ FOREIGN = (
     "SMTP_HOST",
     "LOCAL_DROP_DIR",
     "DROP_STORAGE",
-    "OPTUNA_STORAGE",
 )
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from churnops.model.progress import progress_bars
-from churnops.settings import Settings, get_settings
+from churnops.settings import DropSettings, Settings, get_settings
 
 if TYPE_CHECKING:
     from churnops.drop.storage import DropStorage
@@ -80,10 +80,10 @@ def beside_platform(settings: Settings) -> Settings:
     if state is None:
         return settings
     urls = {name: info.get("url") for name, info in state.services.items()}
-    return settings.model_copy(
-        update={
-            "mlflow_tracking_uri": settings.mlflow_tracking_uri or urls.get("mlflow"),
-            "evidently_ui_url": settings.evidently_ui_url or urls.get("evidently"),
+    return settings.replace(
+        **{
+            "mlflow_tracking_uri": settings.model.mlflow_tracking_uri or urls.get("mlflow"),
+            "evidently_ui_url": settings.monitoring.evidently_ui_url or urls.get("evidently"),
         }
     )
 
@@ -121,9 +121,9 @@ def data_fetch(
     if (
         source is None
         and archive is None
-        and settings.churn_data_dir.resolve() != (target_dir.resolve())
+        and settings.model.churn_data_dir.resolve() != (target_dir.resolve())
     ):
-        source = settings.churn_data_dir  # CHURN_DATA_DIR names a folder of split files
+        source = settings.model.churn_data_dir  # CHURN_DATA_DIR names a folder of split files
     try:
         with console.status("fetching the customer churn data..."):
             written = dataset.fetch(target_dir, source_dir=source, archive=archive)
@@ -150,7 +150,7 @@ def train(
     from churnops.model.registry import TrainingOptions, train_and_register
 
     settings = _settings()
-    data_file = data_file or settings.churn_data_dir / settings.training_file
+    data_file = data_file or settings.model.churn_data_dir / settings.model.training_file
     if not data_file.exists():
         _fail(f"{data_file} does not exist: run `make data` (or pass --data FILE)")
     with progress_bars(console) as report:
@@ -194,12 +194,15 @@ def retrain(
     from churnops.pipeline.retraining import retrain as run_retraining
 
     settings = _settings()
-    training_file = settings.churn_data_dir / settings.training_file
+    training_file = settings.model.churn_data_dir / settings.model.training_file
     if not training_file.exists():
         _fail(f"{training_file} does not exist: run `make data` (or set CHURN_DATA_DIR)")
     with progress_bars(console) as report:
         outcome = run_retraining(
-            settings, open_storage(settings), RetrainOptions(trials=trials, force=force), report
+            settings,
+            open_storage(settings.drop),
+            RetrainOptions(trials=trials, force=force),
+            report,
         )
     _print_verdict(outcome)
     if outcome.status == "skipped":
@@ -210,7 +213,7 @@ def retrain(
 EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5}
 
 
-def _copy_into_drop(settings: Settings, path: Path, folder: str) -> str:
+def _copy_into_drop(drop: DropSettings, path: Path, folder: str) -> str:
     """Put a file into the local drop's ``folder`` (input, labels) unless it is there;
     return its key."""
     from churnops.drop.storage import LocalDropStorage, ObjectExists, stage_key
@@ -218,13 +221,13 @@ def _copy_into_drop(settings: Settings, path: Path, folder: str) -> str:
     if not path.is_file():
         _fail(f"{path} is not a file")
     key = stage_key(folder, path.name)  # type: ignore[arg-type]
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(drop.drop_dir)
     if path.resolve() != storage.path(key):
         try:
             storage.create(key, path.read_bytes())
         except ObjectExists:
             _fail(f"another {path.name} waits in {storage.path(key).parent}: drop it later")
-        console.print(f"copied {path.name} into the drop folder {settings.drop_dir}")
+        console.print(f"copied {path.name} into the drop folder {drop.drop_dir}")
     return key
 
 
@@ -235,32 +238,28 @@ def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStor
 
     if target.startswith("s3://"):
         bucket, _, key = target.removeprefix("s3://").partition("/")
-        storage = S3DropStorage(bucket, s3_client(settings.aws_endpoint_url))
+        storage = S3DropStorage(bucket, s3_client())
         if storage.exists(key):
             return storage, key
-        return storage, _stranded_run(settings, storage, key.rsplit("/", 1)[-1], None) or key
-    local = settings.model_copy(update={"drop_storage": "local"})
-    storage = open_storage(local)
+        return storage, _stranded_run(storage, key.rsplit("/", 1)[-1], None) or key
+    local = settings.replace(drop_storage="local")
+    storage = open_storage(local.drop)
     path = Path(target)
     if path.is_file():
-        stranded = _stranded_run(local, storage, path.name, path.read_bytes())
+        stranded = _stranded_run(storage, path.name, path.read_bytes())
         if stranded:
             return storage, stranded
-    return storage, _copy_into_drop(local, path, folder)
+    return storage, _copy_into_drop(local.drop, path, folder)
 
 
-def _stranded_run(
-    settings: Settings, storage: DropStorage, name: str, data: bytes | None
-) -> str | None:
+def _stranded_run(storage: DropStorage, name: str, data: bytes | None) -> str | None:
     """A dead or failed run holding ``name`` (with these bytes): retrying means re-driving it."""
     from datetime import UTC, datetime
 
     from churnops.drop.storage import run_folders
     from churnops.pipeline.reconcile import stranded_runs
 
-    for action in stranded_runs(
-        settings, storage, datetime.now(UTC), run_folders(storage, "processing")
-    ):
+    for action in stranded_runs(storage, datetime.now(UTC), run_folders(storage, "processing")):
         if action.key.rsplit("/", 1)[-1] != name:
             continue
         if data is None or storage.read(action.key) == data:
@@ -326,9 +325,9 @@ def reconcile(
     settings = _settings()
     if target and target.startswith("s3://"):
         bucket = target.removeprefix("s3://").strip("/")
-        storage: DropStorage = S3DropStorage(bucket, s3_client(settings.aws_endpoint_url))
+        storage: DropStorage = S3DropStorage(bucket, s3_client())
     else:
-        storage = open_storage(settings)
+        storage = open_storage(settings.drop)
     outcomes: list[FileOutcome] = []
 
     def submit(action: reconciler.Action) -> None:
@@ -377,7 +376,7 @@ def report(
     from churnops.monitoring.report import NoRunsYet, write_report
 
     try:
-        files = write_report(_settings(), out)
+        files = write_report(_settings().monitoring, out)
     except NoRunsYet as exc:
         _fail(str(exc))
     console.print(f"[green]{files.runs} runs[/green]: {files.png}")
@@ -399,7 +398,7 @@ def status() -> None:
 
     from churnops.platform.status import collect
 
-    files, services = collect(_settings())
+    files, services = collect(_settings().drop)
     table = Table(title="files")
     for column in ("stage", "run", "file"):
         table.add_column(column)
@@ -418,22 +417,22 @@ def status() -> None:
 @app.command("grant-reader")
 def grant_reader() -> None:
     """Create or update the dashboards' read-only role on the Postgres metrics database."""
-    from churnops.monitoring.db_roles import grant_read_only
+    from churnops.monitoring import db_roles
     from churnops.monitoring.metrics_db import DASHBOARD_TABLES
 
     settings = _settings()
-    if settings.dashboard_db_password is None:
+    if settings.monitoring.dashboard_db_password is None:
         _fail("set DASHBOARD_DB_PASSWORD to the password the read-only role should have")
     try:  # migrates the metrics database first, as DATABASE_URL's user
-        grant_read_only(
-            settings.metrics_db_url,
-            settings.dashboard_db_user,
-            settings.dashboard_db_password.get_secret_value(),
+        db_roles.grant_read_only(
+            settings.monitoring.metrics_db_url,
+            db_roles.DASHBOARD_ROLE,
+            settings.monitoring.dashboard_db_password.get_secret_value(),
         )
     except ValueError as exc:
         _fail(str(exc))
     tables = ", ".join(t.name for t in DASHBOARD_TABLES)
-    console.print(f"role '{settings.dashboard_db_user}' can read {tables}")
+    console.print(f"role '{db_roles.DASHBOARD_ROLE}' can read {tables}")
 
 
 def entry() -> None:
@@ -445,7 +444,7 @@ def entry() -> None:
     (``execve``: same pid, same arguments, nothing imported yet) with one whose
     environment has them, as each child gets them from ``services.child_env``.
     """
-    switches = get_settings().telemetry_env
+    switches = get_settings().platform.telemetry_env
     if any(os.environ.get(name) != value for name, value in switches.items()):
         os.execve(sys.executable, sys.orig_argv, os.environ | switches)
     app()

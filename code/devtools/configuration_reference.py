@@ -36,6 +36,20 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def _table(title: str, group: type, shared: bool = True) -> list[str]:
+    """One group's variables: its own fields (the shared ones are listed once, first)."""
+    own = {
+        name: field
+        for name, field in group.model_fields.items()
+        if not shared or name not in settings.CommonSettings.model_fields
+    }
+    lines = ["", f"## {title}", "", _markdown(inspect.getdoc(group) or ""), ""]
+    lines += ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in own.items():
+        lines.append(f"| `{name.upper()}` | {_default(field)} | {_cell(field.description or '')} |")
+    return lines
+
+
 def render() -> str:
     """The whole reference, as committed."""
     lines = [
@@ -47,11 +61,12 @@ def render() -> str:
         "",
         _markdown(inspect.getdoc(settings) or ""),
         "",
-        "| variable | default | meaning |",
-        "| --- | --- | --- |",
     ]
-    for name, field in settings.Settings.model_fields.items():
-        lines.append(f"| `{name.upper()}` | {_default(field)} | {_cell(field.description or '')} |")
+    groups = {"every group": settings.CommonSettings, **settings.GROUPS}
+    for attribute, group in groups.items():
+        lines += _table(
+            f"{attribute} (`{group.__name__}`)", group, shared=attribute != "every group"
+        )
     lines += [
         "",
         "## The S3 trigger (Lambda)",
@@ -59,7 +74,7 @@ def render() -> str:
         "The Lambda ([trigger.py](../code/churnops/drop/trigger.py)) carries no settings",
         "object (its image has the standard library only); it reads these variables on",
         "each call. The local platform's watcher passes the same values from the settings",
-        "above.",
+        "above; PREFECT_DEPLOYMENT's default is the pipeline's deployment.",
         "",
         "| variable | default | meaning |",
         "| --- | --- | --- |",

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from churnops.model.registry import GATE_MIN_ROC_AUC
 from churnops.monitoring.metrics_db import (
     ATTRIBUTION,
     DRIFT_SCORE,
@@ -33,7 +34,7 @@ from churnops.monitoring.metrics_db import (
     SCORING,
 )
 from churnops.results import ATTRIBUTION_NDCG, QUALITY_METRICS
-from churnops.settings import Settings
+from churnops.settings import MonitoringSettings
 
 HERE = Path(__file__).resolve().parents[1] / "grafana"
 OUTPUT = HERE / "dashboards" / "churn_model_evaluation.json"
@@ -71,8 +72,8 @@ def alert_minimum(metric: str) -> float:
 
     ROC AUC has no alert minimum: it is coloured by the promotion gate instead.
     """
-    defaults = Settings.model_construct()  # the defaults, whatever this shell's environment
-    return defaults.score_minimums.get(metric, defaults.gate_min_roc_auc)
+    defaults = MonitoringSettings.model_construct()  # whatever this shell's environment says
+    return defaults.score_minimums.get(metric, GATE_MIN_ROC_AUC)
 
 
 def target(sql: str, fmt: str) -> dict[str, Any]:

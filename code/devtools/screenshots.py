@@ -35,9 +35,11 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from churnops.monitoring.drift import PROJECT
+from churnops.pipeline import PIPELINE_DEPLOYMENT
 from churnops.pipeline.flow import REJECTED
 from churnops.platform.services import PlatformState, http_ok
-from churnops.settings import Settings, get_settings
+from churnops.settings import ModelSettings, Settings, get_settings
 
 CHROMIUM = "chromium"
 #: The Debian package that puts ``chromium`` on the PATH.
@@ -244,7 +246,6 @@ def flow_run_filter(
 
 def pipeline_runs(
     services: Services,
-    settings: Settings,
     *,
     completed_only: bool = False,
     limit: int = 50,
@@ -252,7 +253,7 @@ def pipeline_runs(
 ) -> list[dict]:
     """The newest flow runs of the file pipeline's deployment, from the Prefect REST API."""
     body = flow_run_filter(
-        settings.prefect_deployment,
+        PIPELINE_DEPLOYMENT,
         completed_only=completed_only,
         limit=limit,
         state_name=state_name,
@@ -272,7 +273,7 @@ def drop_sample(
     rows under a header the schema rejects); return the name."""
     from churnops.drop.storage import LocalDropStorage, ObjectExists, open_storage, stage_key
 
-    source = settings.churn_data_dir / SAMPLE_FILE
+    source = settings.model.churn_data_dir / SAMPLE_FILE
     if not source.is_file():
         raise ScreenshotError(
             f"no file has been processed yet and {source} does not exist to drop one:"
@@ -285,7 +286,7 @@ def drop_sample(
         SAMPLE_FILE.replace(".csv", "_renamed.csv") if invalid else SAMPLE_FILE, now
     )
     if services.drop.startswith("s3://"):
-        storage = open_storage(settings)
+        storage = open_storage(settings.drop)
     else:  # .../drop/data/input: the storage root is two levels up
         storage = LocalDropStorage(Path(services.drop).parents[1])
     try:
@@ -308,7 +309,7 @@ def wait_processed(
     deadline = time.monotonic() + timeout
     last = ""
     while True:
-        runs = [r for r in pipeline_runs(services, settings) if dropped_name(r) == name]
+        runs = [r for r in pipeline_runs(services) if dropped_name(r) == name]
         run = max(runs, key=lambda r: str(r.get("created") or ""), default=None)
         state = (run or {}).get("state") or {}
         now = f"flow run {run['id']} {state.get('name')}" if run else "no flow run yet"
@@ -330,23 +331,23 @@ def wait_processed(
         time.sleep(1.0)
 
 
-def staging_version(services: Services, settings: Settings) -> str:
+def staging_version(services: Services, model: ModelSettings) -> str:
     """The registered model version that has the alias (``staging``), by MLflow's REST API
     (the timeout is this call's argument; no MLflow import for one request)."""
-    query = urllib.parse.urlencode({"name": settings.model_name, "alias": settings.model_alias})
+    query = urllib.parse.urlencode({"name": model.model_name, "alias": model.model_alias})
     url = f"{services.mlflow}/api/2.0/mlflow/registered-models/alias?{query}"
     try:
         return str(_json(url)["model_version"]["version"])
     except (ScreenshotError, KeyError, TypeError) as exc:
         raise ScreenshotError(
-            f"no {settings.model_name}@{settings.model_alias} in MLflow at {services.mlflow}: {exc}"
+            f"no {model.model_name}@{model.model_alias} in MLflow at {services.mlflow}: {exc}"
         ) from None
 
 
-def evidently_report(services: Services, settings: Settings, file_name: str) -> tuple[str, str]:
+def evidently_report(services: Services, file_name: str) -> tuple[str, str]:
     """(project id, snapshot id) of the file's report, from the Evidently UI's API."""
     api = f"{services.evidently}/api/projects"
-    project = settings.evidently_project
+    project = PROJECT
     found = _json(f"{api}/search/{urllib.parse.quote(project, safe='')}")
     if not found:
         raise ScreenshotError(f"no Evidently project {project!r} at {services.evidently}")
@@ -421,31 +422,32 @@ def portable(settings: Settings, cwd: Path) -> Settings:
     The report page says which database it read; in a picture for the README that
     must not be a path of this machine. Other databases are kept as they are.
     """
-    if settings.database_url:
+    if settings.monitoring.database_url:
         return settings
     try:
         database = (settings.home / "metrics.db").relative_to(cwd.resolve())
     except ValueError:
         return settings
-    return settings.model_copy(update={"database_url": f"sqlite:///{database.as_posix()}"})
+    return settings.replace(database_url=f"sqlite:///{database.as_posix()}")
 
 
 def find_pages(
     settings: Settings, services: Services, timeout: float, say: Callable[[str], None]
 ) -> list[Shot]:
     """The pages about the latest processed file (dropping one when there is none)."""
-    run = latest_processed(pipeline_runs(services, settings, completed_only=True, limit=200))
+    run = latest_processed(pipeline_runs(services, completed_only=True, limit=200))
     if run is None:
         name = drop_sample(services, settings, datetime.now(UTC))
         say(f"no file processed yet: dropped {name}, waiting up to {timeout:.0f}s")
         run = wait_processed(services, settings, name, timeout, say)
     file_name = dropped_name(run)
     say(f"file: {file_name} (Prefect flow run {run['id']})")
-    version = staging_version(services, settings)
-    say(f"model: {settings.model_name} version {version} has the alias {settings.model_alias}")
-    project, snapshot = evidently_report(services, settings, file_name)
+    version = staging_version(services, settings.model)
+    model = settings.model
+    say(f"model: {model.model_name} version {version} has the alias {model.model_alias}")
+    project, snapshot = evidently_report(services, file_name)
     say(f"Evidently report: {snapshot}")
-    bad = next(iter(pipeline_runs(services, settings, limit=1, state_name=REJECTED)), None)
+    bad = next(iter(pipeline_runs(services, limit=1, state_name=REJECTED)), None)
     if bad is None:
         name = drop_sample(services, settings, datetime.now(UTC), invalid=True)
         say(f"no file rejected yet: dropped {name}, waiting up to {timeout:.0f}s")
@@ -464,8 +466,8 @@ def find_pages(
         ),
         Shot(
             "mlflow-model-version.png",
-            mlflow_model_version_url(services.mlflow, settings.model_name, version),
-            (f"Version {version}", settings.model_alias),
+            mlflow_model_version_url(services.mlflow, settings.model.model_name, version),
+            (f"Version {version}", settings.model.model_alias),
         ),
         Shot(
             "evidently-report.png",
@@ -491,7 +493,7 @@ def take_all(settings: Settings, out: Path, timeout: float, say: Callable[[str],
     taken = []
     with tempfile.TemporaryDirectory() as tmp:
         try:  # `churnops report`'s page, written aside: .churnops/report stays the user's
-            page = write_report(portable(settings, Path.cwd()), Path(tmp)).html
+            page = write_report(portable(settings, Path.cwd()).monitoring, Path(tmp)).html
         except NoRunsYet as exc:
             raise ScreenshotError(f"`churnops report` has nothing to show: {exc}") from None
         shots.append(

@@ -6,8 +6,8 @@ fresh user store: MLflow creates the admin from ``MLFLOW_AUTH_ADMIN_USERNAME`` a
 ``_PASSWORD``, and this script gives the worker (the flow runners, which score, train,
 register versions and move the alias) a user of its own that is not an admin, through
 MLflow's auth API as the admin: EDIT on the experiment and the registered model it
-works with (churnops' settings ``MLFLOW_EXPERIMENT`` and ``MODEL_NAME``, the worker's
-too), created first when missing so that the worker never creates them (a creator is
+works with (churnops' experiment, a name fixed in code, and its setting ``MODEL_NAME``,
+the worker's too), created first when missing so that the worker never creates them (a creator is
 given MANAGE). Nothing else: no other experiment or model (``default_permission =
 NO_PERMISSIONS``), no deleting, no permissions of its own to grant, no users. Idempotent:
 a user that exists gets the secret's password, a grant that exists is set again.
@@ -68,9 +68,10 @@ def set_up_worker(url: str, username: str, password: str) -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.server import get_app_client
 
+    from churnops.model.registry import EXPERIMENT
     from churnops.settings import get_settings
 
-    settings = get_settings()
+    model = get_settings().model
     auth = get_app_client("basic-auth", tracking_uri=url)
     client = MlflowClient(tracking_uri=url, registry_uri=url)
     try:
@@ -79,23 +80,19 @@ def set_up_worker(url: str, username: str, password: str) -> None:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         auth.update_user_password(username, password)
-    experiment = client.get_experiment_by_name(settings.mlflow_experiment)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment
-        else client.create_experiment(settings.mlflow_experiment)
-    )
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
     try:
-        client.get_registered_model(settings.model_name)
+        client.get_registered_model(model.model_name)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        client.create_registered_model(settings.model_name)
+        client.create_registered_model(model.model_name)
     grant(auth, username, "experiment", experiment_id)
-    grant(auth, username, "registered_model", settings.model_name)
+    grant(auth, username, "registered_model", model.model_name)
     log(
-        f"user {username}: {WORKER_PERMISSION} on experiment {settings.mlflow_experiment}"
-        f" ({experiment_id}) and registered model {settings.model_name}"
+        f"user {username}: {WORKER_PERMISSION} on experiment {EXPERIMENT}"
+        f" ({experiment_id}) and registered model {model.model_name}"
     )
 
 

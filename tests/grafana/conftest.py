@@ -81,7 +81,7 @@ def _fit(reference: pd.DataFrame, depth: int) -> xgb.XGBClassifier:
 
 def _models(settings: Settings, data_dir: Path) -> dict[str, LoadedModel]:
     """Version -> a model fitted on the training file, with its reference data."""
-    training = load_customer_file(data_dir / settings.training_file, require_target=True)
+    training = load_customer_file(data_dir / settings.model.training_file, require_target=True)
     models = {}
     for version, depth in (("1", 3), ("2", 5)):
         model = ChurnModel.in_memory(FEATURES, 0.5, _fit(training, depth))
@@ -95,10 +95,9 @@ def _models(settings: Settings, data_dir: Path) -> dict[str, LoadedModel]:
 
 def run_pipeline(metrics_url: str, data_dir: Path, settings: Settings) -> None:
     """Process every file of :data:`PLAN` into ``metrics_url`` as the flow does."""
-    settings = settings.model_copy(
-        update={"database_url": metrics_url, "local_drop_dir": settings.home / secrets.token_hex(4)}
-    )
-    storage = LocalDropStorage(settings.drop_dir)
+    drop_dir = settings.home / secrets.token_hex(4)
+    settings = settings.replace(database_url=metrics_url, local_drop_dir=drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     models = _models(settings, data_dir)
     run_ids, outcomes = [], []
@@ -173,7 +172,7 @@ def pipeline_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="session")
 def pipeline_sqlite_url(data_dir: Path, pipeline_settings: Settings) -> Iterator[str]:
     """The local default: SQLite under CHURNOPS_HOME, after the planned runs."""
-    url = pipeline_settings.metrics_db_url
+    url = pipeline_settings.monitoring.metrics_db_url
     run_pipeline(url, data_dir, pipeline_settings)
     yield url
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
+from churnops.model.registry import GATE_MIN_ROC_AUC
 from churnops.results import QUALITY_METRICS
-from churnops.settings import Settings
+from churnops.settings import MonitoringSettings
 from devtools import grafana_dashboard
 
 from .dashboard_files import (
@@ -98,9 +99,9 @@ def test_panels_cover_the_issue() -> None:
 
 
 def test_alert_thresholds_are_read_from_each_run_with_the_defaults_as_fallback() -> None:
-    defaults = Settings.model_construct()
+    defaults = MonitoringSettings.model_construct()
     expected = [defaults.score_minimums[m] for m in QUALITY_METRICS if m != "roc_auc"]
-    expected.append(defaults.gate_min_roc_auc)
+    expected.append(GATE_MIN_ROC_AUC)
     stats = [p for p in dashboard()["panels"] if p["type"] == "stat"]
     fallback = [p["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"] for p in stats]
     assert fallback == expected

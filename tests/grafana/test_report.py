@@ -48,7 +48,7 @@ def test_cli_writes_into_churnops_home_by_default(
 def test_no_runs_yet_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = get_settings(churnops_home=tmp_path, database_url=None)
     with pytest.raises(NoRunsYet, match="no pipeline runs"):
-        write_report(settings)
+        write_report(settings.monitoring)
     monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path))
     monkeypatch.delenv("DATABASE_URL", raising=False)
     result = CliRunner().invoke(app, ["report", "--out", str(tmp_path / "out")])

@@ -9,6 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from churnops import retry
 from churnops.monitoring.alerts import Alert, AlertDeliveryError, assess, build_alert, send_alert
 from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
@@ -23,13 +24,15 @@ FILE = "customer_churn_2_majority_drifted.csv"
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return get_settings(churnops_home=tmp_path, alert_retry_wait=0.01, network_timeout_seconds=5)
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setattr(retry, "ALERT_RETRY_WAIT", 0.01)
+    monkeypatch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 5.0)
+    return get_settings(churnops_home=tmp_path)
 
 
 def configure(settings: Settings, **changes: object) -> Settings:
-    """The settings with channel options changed (validated, unlike model_copy)."""
-    return get_settings(**{**settings.model_dump(), **changes})
+    """The settings with channel options changed."""
+    return settings.replace(**changes)
 
 
 @pytest.fixture
@@ -43,13 +46,13 @@ def alert(settings: Settings) -> Alert:
         quality={"f1": 0.4, "precision": 0.9, "recall": 0.3, "accuracy": 0.8},
         report_url="http://127.0.0.1:8000/r/1",
     )
-    return build_alert(FILE, "XGBoostChurnModel", 3, assess(res, settings), res)
+    return build_alert(FILE, "XGBoostChurnModel", 3, assess(res, settings.monitoring), res)
 
 
 def test_sns(moto_server: str, settings: Settings, alert: Alert) -> None:
     topic, queue = sns_topic_to_queue(moto_server)
-    settings = configure(settings, alerts_topic_arn=topic, aws_endpoint_url=moto_server)
-    assert send_alert(alert, settings) == ["log", "sns"]
+    settings = configure(settings, alerts_topic_arn=topic)
+    assert send_alert(alert, settings.alerts) == ["log", "sns"]
     sqs = boto3.client("sqs", endpoint_url=moto_server)
     messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5)["Messages"]
     assert len(messages) == 1
@@ -61,9 +64,9 @@ def test_sns(moto_server: str, settings: Settings, alert: Alert) -> None:
 
 def test_sns_missing_topic_is_reported(moto_server: str, settings: Settings, alert: Alert) -> None:
     arn = "arn:aws:sns:us-east-1:123456789012:no-such-topic"
-    settings = configure(settings, alerts_topic_arn=arn, aws_endpoint_url=moto_server)
+    settings = configure(settings, alerts_topic_arn=arn)
     with pytest.raises(AlertDeliveryError) as err:
-        send_alert(alert, settings)
+        send_alert(alert, settings.alerts)
     assert list(err.value.failures) == ["sns"]
     assert err.value.delivered == ["log"]
 
@@ -75,7 +78,7 @@ def test_email(smtp_server: Mailbox, settings: Settings, alert: Alert) -> None:
         smtp_port=smtp_server.port,
         alert_email_to="ops@example.com, data@example.com",
     )
-    assert send_alert(alert, settings) == ["log", "email"]
+    assert send_alert(alert, settings.alerts) == ["log", "email"]
     (message,) = smtp_server.messages
     assert message["Subject"] == alert.subject
     assert message["From"] == "churnops@localhost"
@@ -93,7 +96,7 @@ def test_email_with_login(smtp_server: Mailbox, settings: Settings, alert: Alert
         smtp_password=SMTP_PASSWORD,
         alert_email_to="ops@example.com",
     )
-    assert send_alert(alert, settings) == ["log", "email"]
+    assert send_alert(alert, settings.alerts) == ["log", "email"]
     assert smtp_server.logins == [SMTP_USER]
     assert len(smtp_server.messages) == 1
 
@@ -110,7 +113,7 @@ def test_email_wrong_password_is_reported_without_retry(
         alert_email_to="ops@example.com",
     )
     with pytest.raises(AlertDeliveryError, match="SMTPAuthenticationError"):
-        send_alert(alert, settings)
+        send_alert(alert, settings.alerts)
     assert smtp_server.messages == []
     assert not [r for r in caplog.records if r.name == "churnops.monitoring.alerts.email"]
 
@@ -128,10 +131,10 @@ def test_retries_then_reports_and_keeps_the_log(
         caplog.at_level(logging.WARNING, logger="churnops.monitoring.alerts"),
         pytest.raises(AlertDeliveryError) as err,
     ):
-        send_alert(alert, settings)
+        send_alert(alert, settings.alerts)
     assert err.value.delivered == ["log"]
     assert "ConnectionRefusedError" in err.value.failures["email"]
     retries = [r for r in caplog.records if r.name == "churnops.monitoring.alerts.email"]
-    assert len(retries) == settings.alert_send_attempts - 1
+    assert len(retries) == retry.ALERT_SEND_ATTEMPTS - 1
     assert any("email failed after retries" in r.getMessage() for r in caplog.records)
-    assert alert.body in settings.alert_log.read_text()
+    assert alert.body in settings.alerts.alert_log.read_text()

@@ -35,15 +35,13 @@ MINIMUM = 0.97
 def processed(session_scoring, data_dir: Path, postgres_url: str, tmp_path_factory):
     """Both files through ``per_file.process``: file name -> (outcome, its metric rows)."""
     settings, _ = session_scoring
-    settings = settings.model_copy(
-        update={
-            "churnops_home": tmp_path_factory.mktemp("attribution-home"),
-            "evidently_ui_url": None,
-            "database_url": postgres_url,
-            "min_attribution_ndcg": MINIMUM,
-        }
+    settings = settings.replace(
+        churnops_home=tmp_path_factory.mktemp("attribution-home"),
+        evidently_ui_url=None,
+        database_url=postgres_url,
+        min_attribution_ndcg=MINIMUM,
     )
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     raw = pd.read_csv(data_dir / "customer_churn_1.csv")
     complains = next(raw_name for raw_name, clean in RAW_COLUMNS.items() if clean == "complains")
@@ -73,7 +71,7 @@ def _ndcg(metrics: pd.DataFrame) -> float:
 def test_the_session_model_leans_on_complains_less_than_on_two_others(session_scoring) -> None:
     """The premise of the engineered drift: complains is important but not first."""
     settings, loaded = session_scoring
-    importance, _ = reference_importance(loaded.model, settings.attribution_sample_rows)
+    importance, _ = reference_importance(loaded.model, settings.monitoring.attribution_sample_rows)
     assert 1 < importance_order(importance, loaded.model.features).index("complains") + 1 <= 4
 
 
@@ -96,7 +94,7 @@ def test_the_drifted_feature_moves_to_the_top_and_is_named(processed, session_sc
     moved = _by_feature(drifted, ATTRIBUTION)["complains"]
     assert moved > 3 * _by_feature(undrifted, ATTRIBUTION)["complains"]
     assert _ndcg(drifted) < 0.95 < 0.98 <= _ndcg(undrifted) <= 1.0
-    importance, _ = reference_importance(loaded.model, settings.attribution_sample_rows)
+    importance, _ = reference_importance(loaded.model, settings.monitoring.attribution_sample_rows)
     before = importance_order(importance, loaded.model.features).index("complains") + 1
     message = done[DRIFTED][0].message
     assert f"complains rose from {ordinal(before)} to 1st" in message
@@ -109,7 +107,7 @@ def test_the_file_log_and_the_alert_say_it(processed) -> None:
     monitor_line = next(line for line in log.splitlines() if "| monitor | ok |" in line)
     assert "attribution NDCG" in monitor_line and "complains rose from" in monitor_line
     assert "attribution drift" in outcome.message
-    alerts = settings.alert_log.read_text()
+    alerts = settings.alerts.alert_log.read_text()
     drifted_alert = alerts[alerts.index(f"attribution drift: {DRIFTED}") :]
     assert f"(alert below {MINIMUM:.3f}) - ATTRIBUTION DRIFT" in drifted_alert
     assert "  - complains rose from" in drifted_alert

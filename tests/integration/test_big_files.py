@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.data.reading import load_customer_file
+from churnops.data import reading
+from churnops.data.reading import CHUNK_ROWS, load_customer_file
 from churnops.data.schema import RAW_COLUMNS
 from churnops.drop.storage import PART_BYTES, LocalDropStorage, S3DropStorage, s3_client, stage_key
 from churnops.model.churn_model import LoadedModel
 from churnops.monitoring.drift import run_monitoring
 from churnops.pipeline import per_file
-from churnops.pipeline.scoring import SAMPLE_SEED, DriftSample
+from churnops.pipeline.scoring import DRIFT_SAMPLE_ROWS, SAMPLE_SEED, DriftSample
 from churnops.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,9 @@ def _many_rows(data_dir: Path, rows: int) -> pd.DataFrame:
 
 def test_the_fast_path_predicts_what_the_pyfunc_predicts(session_scoring, data_dir: Path) -> None:
     settings, loaded = session_scoring
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@{settings.model_alias}")
+    pyfunc = mlflow.pyfunc.load_model(
+        f"models:/{settings.model.model_name}@{settings.model.model_alias}"
+    )
     for name in FILES:
         frame = load_customer_file(data_dir / name)
         expected = pyfunc.predict(frame, params={"probability": True})
@@ -67,28 +70,26 @@ def test_drift_on_the_sample_gives_the_verdicts_of_all_rows(
     raw = pd.read_csv(data_dir / source) if source in FILES else _many_rows(data_dir, 1_000_000)
     frame = raw.rename(columns=RAW_COLUMNS)
     scored = pd.concat([frame, loaded.model.score(frame)], axis=1)
-    sample = DriftSample(settings.drift_sample_rows, SAMPLE_SEED)
-    for start in range(0, len(scored), settings.chunk_rows):
-        sample.add(scored.iloc[start : start + settings.chunk_rows])
-    assert len(sample.frame()) == min(len(scored), settings.drift_sample_rows)
+    sample = DriftSample(DRIFT_SAMPLE_ROWS, SAMPLE_SEED)
+    for start in range(0, len(scored), CHUNK_ROWS):
+        sample.add(scored.iloc[start : start + CHUNK_ROWS])
+    assert len(sample.frame()) == min(len(scored), DRIFT_SAMPLE_ROWS)
     assert _verdicts(settings, loaded, sample.frame()) == _verdicts(settings, loaded, scored)
 
 
 @pytest.mark.parametrize("packing", ["csv", "csv.gz", "parquet"])
 def test_a_big_file_streams_through_s3_with_its_outputs_in_parts(
-    session_scoring, data_dir: Path, moto_server: str, moto_bucket: str, packing: str
+    session_scoring,
+    data_dir: Path,
+    moto_server: str,
+    moto_bucket: str,
+    packing: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """320k rows in 50k-row chunks; the predictions (> 16 MiB) go up in parts."""
     settings, loaded = session_scoring
-    settings = settings.model_copy(
-        update={
-            "drop_storage": "s3",
-            "drop_bucket": moto_bucket,
-            "aws_endpoint_url": moto_server,
-            "chunk_rows": 50_000,
-            "evidently_ui_url": None,
-        }
-    )
+    monkeypatch.setattr(reading, "CHUNK_ROWS", 50_000)
+    settings = settings.replace(drop_storage="s3", drop_bucket=moto_bucket, evidently_ui_url=None)
     raw = _many_rows(data_dir, 320_000)
     data = raw.to_csv(index=False).encode()
     if packing == "csv.gz":
@@ -119,13 +120,12 @@ def test_a_big_file_streams_through_s3_with_its_outputs_in_parts(
 
 
 def test_a_bad_row_in_a_later_chunk_errors_the_file_with_nothing_written(
-    session_scoring, data_dir: Path, tmp_path: Path
+    session_scoring, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings, _ = session_scoring
-    settings = settings.model_copy(
-        update={"churnops_home": tmp_path, "chunk_rows": 300, "evidently_ui_url": None}
-    )
-    storage = LocalDropStorage(settings.drop_dir)
+    monkeypatch.setattr(reading, "CHUNK_ROWS", 300)
+    settings = settings.replace(churnops_home=tmp_path, evidently_ui_url=None)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     lines = (data_dir / FILES[0]).read_text().splitlines()
     lines[1000] = lines[1000].replace(",", ",x", 1)  # file line 1001, in the fourth chunk
@@ -157,8 +157,8 @@ def test_unreadable_files_are_errored_not_retried(
     session_scoring, tmp_path: Path, name: str, data: bytes, reason: str
 ) -> None:
     settings, _ = session_scoring
-    settings = settings.model_copy(update={"churnops_home": tmp_path, "evidently_ui_url": None})
-    storage = LocalDropStorage(settings.drop_dir)
+    settings = settings.replace(churnops_home=tmp_path, evidently_ui_url=None)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     storage.create(stage_key("input", name), data)
 

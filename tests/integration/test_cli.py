@@ -14,7 +14,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 from typer.testing import CliRunner
 
+from churnops import retry
 from churnops.cli import app
+from churnops.model import registry
+from churnops.monitoring import db_roles
 from churnops.platform.services import free_port
 from tests.processes import LOOPBACK
 
@@ -27,7 +30,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path / ".churnops"))
     for name in ("MLFLOW_TRACKING_URI", "DATABASE_URL", "DROP_STORAGE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CV_FOLDS", "2")
+    monkeypatch.setattr(registry, "CV_FOLDS", 2)
     return tmp_path
 
 
@@ -69,8 +72,8 @@ def test_process_exit_codes_for_skipped_and_failed(
     assert "skipped" in result.output
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port(LOOPBACK)}")
-    monkeypatch.setenv("DEPENDENCY_WAIT_SECONDS", "1")
-    monkeypatch.setenv("RETRY_FIRST_SECONDS", "3600")
+    monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 1.0)
+    monkeypatch.setattr(retry, "RETRY_FIRST_SECONDS", 3600.0)
     (home / "a.csv").write_text("x\n1\n")
     result = CliRunner().invoke(app, ["process", str(home / "a.csv")])
     assert result.exit_code == 4, result.output
@@ -100,7 +103,7 @@ def test_grant_reader_on_postgres(
     home: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", postgres_url)
-    monkeypatch.setenv("DASHBOARD_DB_USER", "cli reader")
+    monkeypatch.setattr(db_roles, "DASHBOARD_ROLE", "cli reader")
     monkeypatch.setenv("DASHBOARD_DB_PASSWORD", "s3cret'pw")
     assert "role 'cli reader' can read" in run("grant-reader")
     url = make_url(postgres_url).set(username="cli reader", password="s3cret'pw")

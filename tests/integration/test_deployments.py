@@ -11,42 +11,38 @@ from prefect.client.schemas.responses import DeploymentResponse
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churnops.platform.deployments import register
-from churnops.settings import Settings, get_settings
+from churnops.settings import get_settings
 
 pytestmark = pytest.mark.integration
 
 
-def settings_for(tmp_path: Path, **overrides: object) -> Settings:
+def names_of_this_test() -> tuple[str, str, str]:
     """Deployment names of this test only (other tests share the server)."""
     suffix = f"reg-{uuid.uuid4().hex[:8]}"
-    return get_settings(
-        churnops_home=tmp_path,
-        prefect_deployment=f"churn_prediction_pipeline/{suffix}",
-        reconcile_deployment=f"reconcile/{suffix}",
-        retrain_deployment=f"retrain_model/{suffix}",
-        **overrides,
+    return (
+        f"churn_prediction_pipeline/{suffix}",
+        f"reconcile/{suffix}",
+        f"retrain_model/{suffix}",
     )
 
 
-def read_all(url: str, settings: Settings) -> dict[str, DeploymentResponse]:
-    names = {
-        "pipeline": settings.prefect_deployment,
-        "reconcile": settings.reconcile_deployment,
-        "retrain": settings.retrain_deployment,
-    }
+def read_all(url: str, names: tuple[str, str, str]) -> dict[str, DeploymentResponse]:
     with SyncPrefectClient(url) as client:
-        return {key: client.read_deployment_by_name(name) for key, name in names.items()}
+        return {
+            key: client.read_deployment_by_name(name)
+            for key, name in zip(("pipeline", "reconcile", "retrain"), names, strict=True)
+        }
 
 
 def test_the_three_deployments_are_registered_as_defined_and_twice_changes_nothing(
     prefect_server: str, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, reconcile_interval_seconds=90.0)
+    drop, names = get_settings(churnops_home=tmp_path).drop, names_of_this_test()
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
-        first = register(settings)
-        before = read_all(prefect_server, settings)
-        second = register(settings)
-        after = read_all(prefect_server, settings)
+        first = register(drop, names, interval=90.0)
+        before = read_all(prefect_server, names)
+        second = register(drop, names, interval=90.0)
+        after = read_all(prefect_server, names)
 
     assert first == second
     assert set(first) == {d.id for d in before.values()}
@@ -62,7 +58,7 @@ def test_the_three_deployments_are_registered_as_defined_and_twice_changes_nothi
     assert pipeline.parameters == {}
     assert pipeline.parameter_openapi_schema["required"] == ["drop", "key"]
     assert pipeline.schedules == []
-    assert reconciler.parameters == {"drop": settings.drop_uri}
+    assert reconciler.parameters == {"drop": drop.drop_uri}
     (schedule,) = reconciler.schedules
     assert schedule.schedule.interval.total_seconds() == 90.0 and schedule.active
     assert retrainer.parameters == {} and retrainer.schedules == []
@@ -73,11 +69,11 @@ def test_the_three_deployments_are_registered_as_defined_and_twice_changes_nothi
 
 
 def test_a_changed_definition_is_updated_in_place(prefect_server: str, tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, reconcile_interval_seconds=60.0)
+    drop, names = get_settings(churnops_home=tmp_path).drop, names_of_this_test()
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
-        first = register(settings)
-        second = register(settings.model_copy(update={"reconcile_interval_seconds": 300.0}))
-        reconciler = read_all(prefect_server, settings)["reconcile"]
+        first = register(drop, names, interval=60.0)
+        second = register(drop, names, interval=300.0)
+        reconciler = read_all(prefect_server, names)["reconcile"]
 
     assert first == second
     (schedule,) = reconciler.schedules

@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
-from pydantic import SecretStr
 
+from churnops import retry
 from churnops.drop import claims
 from churnops.drop.storage import (
     DropStorage,
@@ -64,6 +64,8 @@ class World:
     settings: Settings
     make_storage: Callable[[], DropStorage]
     drops: Drops
+    #: Patches the timing constants (churnops.retry) for one test.
+    patch: pytest.MonkeyPatch
 
     @property
     def storage(self) -> DropStorage:
@@ -80,7 +82,7 @@ class World:
         return outcomes
 
     def check(self, **kwargs: Any) -> None:
-        self.drops.check(metrics_url=self.settings.metrics_db_url, **kwargs)
+        self.drops.check(metrics_url=self.settings.monitoring.metrics_db_url, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +96,17 @@ def _settings(home: Path, mlflow_server: str, model: str, **extra: Any) -> Setti
         mlflow_tracking_uri=mlflow_server,
         model_name=model,
         evidently_ui_url=None,
-        reconcile_grace_seconds=0,
-        retry_first_seconds=0,
-        dependency_wait_seconds=2,
         **extra,
     )
+
+
+def _quick(patch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Re-drive at once: no grace for untaken files, no wait before a retry, 2 s for a
+    dependency that is down."""
+    patch.setattr(reconcile, "GRACE_SECONDS", 0.0)
+    patch.setattr(retry, "RETRY_FIRST_SECONDS", 0.0)
+    patch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 2.0)
+    return patch
 
 
 @pytest.fixture(params=STORAGES)
@@ -108,11 +116,12 @@ def world(
     mlflow_server: str,
     session_model: str,
     postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> World:
     """Local folder + SQLite, or a versioned moto bucket + Postgres."""
     if request.param == "local":
         settings = _settings(tmp_path, mlflow_server, session_model)
-        root = settings.drop_dir
+        root = settings.drop.drop_dir
 
         def make() -> DropStorage:
             storage = LocalDropStorage(root)
@@ -131,14 +140,13 @@ def world(
             session_model,
             drop_storage="s3",
             drop_bucket=bucket,
-            aws_endpoint_url=endpoint,
             database_url=postgres_url,
         )
 
         def make() -> DropStorage:
             return S3DropStorage(bucket, s3_client(endpoint))
 
-    return World(settings, make, Drops(make()))
+    return World(settings, make, Drops(make()), _quick(monkeypatch))
 
 
 # --- kill -9 at every point of the journey ------------------------------------------------
@@ -195,7 +203,7 @@ class KillingStorage:
 def _killed_run(settings: Settings, key: str, point: str, env: dict[str, str]) -> None:
     """In a child process: process ``key`` and SIGKILL at ``point``."""
     os.environ.update(env)  # the fork server was started before the moto credentials
-    storage = KillingStorage(open_storage(settings), point)
+    storage = KillingStorage(open_storage(settings.drop), point)
 
     def killer(step: Callable) -> Callable:
         if step.__name__ != point:
@@ -274,7 +282,7 @@ def test_kill_a_late_labels_run_at_any_point_then_reconcile(
     world.check(settled=True)
     if not point.startswith("release"):
         assert [(o.status, o.attempt) for o in outcomes] == [("processed", 2)], outcomes
-    store = MetricsStore(world.settings.metrics_db_url)
+    store = MetricsStore(world.settings.monitoring.metrics_db_url)
     realized = store.realized(scored.run_id)
     store.close()
     assert set(realized["metric"]) >= {"f1", "roc_auc"}
@@ -291,7 +299,6 @@ def test_killed_churnops_process_is_recovered_by_running_it_again(
         "CHURNOPS_HOME": str(settings.home),
         "MLFLOW_TRACKING_URI": mlflow_server,
         "MODEL_NAME": session_model,
-        "RECONCILE_GRACE_SECONDS": "0",
     }
     env.pop("DATABASE_URL", None)
     env.pop("DROP_STORAGE", None)
@@ -299,14 +306,14 @@ def test_killed_churnops_process_is_recovered_by_running_it_again(
     source.write_bytes(small_file)
     churnops = str(Path(sys.executable).with_name("churnops"))
     process = subprocess.Popen([churnops, "process", str(source)], env=env)
-    claims_dir = settings.drop_dir / "data" / "claims"
+    claims_dir = settings.drop.drop_dir / "data" / "claims"
     deadline = time.monotonic() + 60
     while not any(claims_dir.glob("*/*.json")) and process.poll() is None:
         assert time.monotonic() < deadline, "churnops process never claimed the file"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    drops = Drops(LocalDropStorage(settings.drop_dir), [small_file])
+    drops = Drops(LocalDropStorage(settings.drop.drop_dir), [small_file])
     drops.check(settled=False)
 
     retry = subprocess.run(
@@ -314,7 +321,7 @@ def test_killed_churnops_process_is_recovered_by_running_it_again(
     )
     assert retry.returncode == 0, retry.stdout + retry.stderr
     assert "re-driving data/processing/" in retry.stdout  # the same run, not a second copy
-    drops.check(settled=True, metrics_url=settings.metrics_db_url)
+    drops.check(settled=True, metrics_url=settings.monitoring.metrics_db_url)
     done = subprocess.run(
         [churnops, "reconcile"], env=env, capture_output=True, text=True, timeout=120
     )
@@ -345,9 +352,10 @@ def test_metrics_database_down_mid_run_then_back(
     session_model: str,
     postgres_cluster: PostgresCluster,
     small_file: bytes,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = _settings(tmp_path, mlflow_server, session_model, database_url=postgres_cluster.url)
-    world = World(settings, lambda: _local(settings), Drops(_local(settings)))
+    world = World(settings, lambda: _local(settings), Drops(_local(settings)), _quick(monkeypatch))
     key = world.drops.drop("customers.csv", small_file)
     try:
         outcome = world.process(key, _stop_during("record_metrics", postgres_cluster.stop))
@@ -367,10 +375,14 @@ def test_metrics_database_down_mid_run_then_back(
 
 
 def test_mlflow_down_fails_fast_then_the_file_is_processed(
-    tmp_path: Path, mlflow_instance: MlflowServer, session_model: str, small_file: bytes
+    tmp_path: Path,
+    mlflow_instance: MlflowServer,
+    session_model: str,
+    small_file: bytes,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = _settings(tmp_path, mlflow_instance.url, session_model)
-    world = World(settings, lambda: _local(settings), Drops(_local(settings)))
+    world = World(settings, lambda: _local(settings), Drops(_local(settings)), _quick(monkeypatch))
     key = world.drops.drop("customers.csv", small_file)
     mlflow_instance.stop()
     try:
@@ -390,7 +402,7 @@ def test_mlflow_down_fails_fast_then_the_file_is_processed(
 
 
 def _local(settings: Settings) -> LocalDropStorage:
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     return storage
 
@@ -568,7 +580,7 @@ def test_a_hostile_file_is_bad_input_errored_once(
     world: World, small_file: bytes, case: str
 ) -> None:
     name, reason = HOSTILE[case]
-    world.settings = world.settings.model_copy(update={"max_file_bytes": 5_000_000})
+    world.settings = world.settings.replace(max_file_bytes=5_000_000)
 
     outcome = world.process(_drop_as_a_user(world, name, _hostile(case, small_file)))
 
@@ -592,7 +604,7 @@ def test_a_600_character_key_on_s3_and_postgres_is_bad_input(
     assert "the file name is too long" in outcome.message
     world.check(settled=True, invalid=1)
     assert world.reconcile() == []
-    store = MetricsStore(world.settings.metrics_db_url)
+    store = MetricsStore(world.settings.monitoring.metrics_db_url)
     runs = store.runs()
     store.close()
     recorded = runs.set_index("id").loc[outcome.run_id, "file_name"]
@@ -647,7 +659,7 @@ def test_a_dependency_failure_is_one_short_line_where_users_look(
     assert outcome.message == reason
     lease = claims.latest_lease(world.storage, outcome.run)
     assert lease is not None and lease.reason == reason
-    store = MetricsStore(world.settings.metrics_db_url)
+    store = MetricsStore(world.settings.monitoring.metrics_db_url)
     try:
         assert store.runs().set_index("id").loc[outcome.run_id, "error"] == reason
     finally:
@@ -660,7 +672,7 @@ def test_a_dependency_failure_is_one_short_line_where_users_look(
 
 # --- one bad input never harms another (issue 23) -------------------------------------------------
 def _tuned(world: World, **values: Any) -> World:
-    world.settings = world.settings.model_copy(update=values)
+    world.settings = world.settings.replace(**values)
     return world
 
 
@@ -677,12 +689,9 @@ def test_a_frozen_metrics_database_fails_the_attempt_then_the_file_is_processed(
     """SIGSTOP, not a stop: connections stay open and nothing answers. The attempt fails
     within NETWORK_TIMEOUT_SECONDS, the file waits in processing/, and after SIGCONT the
     reconciler's retry processes it."""
-    _tuned(
-        world,
-        database_url=postgres_cluster.url,
-        network_timeout_seconds=2,
-        dependency_wait_seconds=1,
-    )
+    _tuned(world, database_url=postgres_cluster.url)
+    world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 2.0)
+    world.patch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 1.0)
     key = world.drops.drop("customers.csv", small_file)
     freezing = postgres_cluster.frozen()
     try:
@@ -702,9 +711,9 @@ def test_a_frozen_evidently_ui_fails_the_attempt_then_the_file_is_processed(
     _tuned(
         world,
         evidently_ui_url=evidently_process.url,  # type: ignore[attr-defined]
-        evidently_secret=SecretStr(EVIDENTLY_SECRET),  # model_copy does not validate
-        network_timeout_seconds=2,
+        evidently_secret=EVIDENTLY_SECRET,
     )
+    world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 2.0)
     key = world.drops.drop("customers.csv", small_file)
     freeze = partial(os.kill, evidently_process.pid, signal.SIGSTOP)
     try:
@@ -714,7 +723,7 @@ def test_a_frozen_evidently_ui_fails_the_attempt_then_the_file_is_processed(
     assert outcome.status == "failed", outcome
     assert "timed out" in outcome.message.lower(), outcome.message
     world.check(settled=False)
-    _tuned(world, network_timeout_seconds=60)  # a report upload on a loaded machine
+    world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 60.0)  # an upload on a loaded machine
     outcomes = world.reconcile()
     assert [o.status for o in outcomes] == ["processed"], outcomes
     world.check(settled=True)
@@ -723,7 +732,8 @@ def test_a_frozen_evidently_ui_fails_the_attempt_then_the_file_is_processed(
 def test_a_dependency_down_for_every_attempt_gives_up_after_max_attempts(
     world: World, mlflow_instance: MlflowServer, session_model: str, small_file: bytes
 ) -> None:
-    _tuned(world, mlflow_tracking_uri=mlflow_instance.url, max_attempts=2)
+    _tuned(world, mlflow_tracking_uri=mlflow_instance.url)
+    world.patch.setattr(retry, "MAX_ATTEMPTS", 2)
     key = world.drops.drop("customers.csv", small_file)
     mlflow_instance.stop()
     try:
@@ -735,7 +745,7 @@ def test_a_dependency_down_for_every_attempt_gives_up_after_max_attempts(
     assert [o.status for o in outcomes] == ["errored"], outcomes
     assert outcomes[0].message.startswith("gave up after 2 attempts: "), outcomes[0].message
     assert "MLflow" in outcomes[0].message
-    assert "gave up" in world.settings.alert_log.read_text()
+    assert "gave up" in world.settings.alerts.alert_log.read_text()
     world.check(settled=True, invalid=1)
     assert world.reconcile() == []  # never retried again
 
@@ -745,7 +755,7 @@ def test_a_file_that_kills_its_runner_is_quarantined_after_max_attempts(
 ) -> None:
     """Each attempt dies (SIGKILL, as the OOM killer does); after MAX_ATTEMPTS the next
     claim gives up without running the file, and says why."""
-    _tuned(world, max_attempts=2)
+    world.patch.setattr(retry, "MAX_ATTEMPTS", 2)
     key = world.drops.drop("huge.csv", small_file)
     _run_killed(world, key, "score_file")
     _run_killed(world, _processing_key(world), "score_file")
@@ -775,7 +785,7 @@ def test_a_processing_object_deleted_mid_run_closes_the_run_once(
     assert "deleted during its run" in outcome.message
     assert world.reconcile() == []  # closed once: not re-driven every tick
     assert world.reconcile() == []
-    store = MetricsStore(world.settings.metrics_db_url)
+    store = MetricsStore(world.settings.monitoring.metrics_db_url)
     try:
         rows = store.runs()
     finally:
@@ -787,9 +797,11 @@ def test_a_processing_object_deleted_mid_run_closes_the_run_once(
 
 # the local folder only: names, symlinks and writers are file-system matters
 @pytest.fixture
-def local_world(tmp_path: Path, mlflow_server: str, session_model: str) -> World:
+def local_world(
+    tmp_path: Path, mlflow_server: str, session_model: str, monkeypatch: pytest.MonkeyPatch
+) -> World:
     settings = _settings(tmp_path, mlflow_server, session_model)
-    return World(settings, lambda: _local(settings), Drops(_local(settings)))
+    return World(settings, lambda: _local(settings), Drops(_local(settings)), _quick(monkeypatch))
 
 
 def test_a_name_that_is_not_utf8_is_refused_once_and_harms_no_other(
@@ -797,7 +809,7 @@ def test_a_name_that_is_not_utf8_is_refused_once_and_harms_no_other(
 ) -> None:
     """No event or flow run can carry such a name: the reconciler refuses it in process,
     once, to errored/ under a cut name (the claim file keeps the original), with one alert."""
-    folder = os.fsencode(local_world.settings.drop_dir / "data" / "input")
+    folder = os.fsencode(local_world.settings.drop.drop_dir / "data" / "input")
     with open(os.path.join(folder, b"caf\xe9.csv"), "wb") as out:  # Latin-1, not UTF-8
         out.write(small_file)
     local_world.drops.dropped.append(small_file)
@@ -815,7 +827,7 @@ def test_a_name_that_is_not_utf8_is_refused_once_and_harms_no_other(
     log = local_world.storage.read(log_key(run, lease.name)).decode()
     assert "the file name 'caf\\xe9.csv' is not UTF-8 text" in log
     assert local_world.reconcile() == []  # once: nothing left to warn about
-    assert local_world.settings.alert_log.read_text().count("not UTF-8 text") == 1
+    assert local_world.settings.alerts.alert_log.read_text().count("not UTF-8 text") == 1
     assert not [r for r in caplog.records if "reconcile: skipped" in r.getMessage()]
 
 
@@ -825,12 +837,12 @@ def test_a_symlink_is_refused_to_errored_without_being_read_or_followed(
     secret = tmp_path / "outside" / "secret.csv"
     secret.parent.mkdir()
     secret.write_bytes(small_file)
-    link = local_world.settings.drop_dir / "data" / "input" / "link.csv"
+    link = local_world.settings.drop.drop_dir / "data" / "input" / "link.csv"
     link.symlink_to(secret)
     outcome = local_world.process("data/input/link.csv")
     assert outcome.status == "errored", outcome
     assert "not a regular file" in outcome.message
-    errored = local_world.settings.drop_dir / "data" / "errored" / outcome.run / "link.csv"
+    errored = local_world.settings.drop.drop_dir / "data" / "errored" / outcome.run / "link.csv"
     assert errored.is_symlink() and secret.read_bytes() == small_file
     made = [k for k in local_world.storage.list_keys("data/") if "_predictions_" in k]
     assert made == []  # the target was never read into an output
@@ -858,7 +870,7 @@ def test_a_same_name_replacement_during_the_move_in_is_a_second_file(
 ) -> None:
     second = (data_dir / "customer_churn_2_majority_drifted.csv").read_bytes()[:20000]
     second = second.rsplit(b"\n", 1)[0] + b"\n"
-    storage = ReplacingStorage(local_world.settings.drop_dir, second)
+    storage = ReplacingStorage(local_world.settings.drop.drop_dir, second)
     local_world.drops = Drops(storage)
     key = local_world.drops.drop("customers.csv", small_file)
     local_world.drops.dropped.append(second)

@@ -27,6 +27,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from churnops import retry
 from churnops.data.schema import RAW_COLUMNS
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline.flow import churn_prediction_pipeline
@@ -67,14 +68,14 @@ class Platform:
         return received_messages(self.endpoint, self.queue)
 
     def runs(self) -> pd.DataFrame:
-        store = MetricsStore(self.settings.metrics_db_url)
+        store = MetricsStore(self.settings.monitoring.metrics_db_url)
         try:
             return store.runs()
         finally:
             store.close()
 
     def metrics(self, run_id: str) -> pd.DataFrame:
-        store = MetricsStore(self.settings.metrics_db_url)
+        store = MetricsStore(self.settings.monitoring.metrics_db_url)
         try:
             return store.metrics(run_id)
         finally:
@@ -105,12 +106,12 @@ def platform(
         "ALERTS_TOPIC_ARN": topic,
         "DATABASE_URL": postgres_url,
         "MAX_FILE_BYTES": "1000000",
-        "ALERT_RETRY_WAIT": "0.01",
-        "RETRY_FIRST_SECONDS": "3600",
     }
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
+        patch.setattr(retry, "ALERT_RETRY_WAIT", 0.01)
+        patch.setattr(retry, "RETRY_FIRST_SECONDS", 3600.0)
         settings = get_settings()
         # The session's Prefect server (one per session), not a harness of its own.
         with temporary_settings(updates={PREFECT_API_URL: prefect_server}):

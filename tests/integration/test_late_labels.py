@@ -37,16 +37,14 @@ WITH_IDS, WITHOUT_IDS = "customer_churn_1.csv", "customer_churn_synthetic_1.csv"
 def scored(session_scoring, data_dir: Path, postgres_url: str, tmp_path_factory):
     """Both files scored; their outcomes and the truth (the ``Churn`` column they carried)."""
     settings, _ = session_scoring
-    settings = settings.model_copy(
-        update={
-            "churnops_home": tmp_path_factory.mktemp("labels-home"),
-            "database_url": postgres_url,
-            "evidently_ui_url": None,
-            "attribution_sample_rows": 0,
-            "retrain_mode": "suggest",
-        }
+    settings = settings.replace(
+        churnops_home=tmp_path_factory.mktemp("labels-home"),
+        database_url=postgres_url,
+        evidently_ui_url=None,
+        attribution_sample_rows=0,
+        retrain_mode="suggest",
     )
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     truth = {}
     for name in (WITH_IDS, WITHOUT_IDS):
@@ -91,7 +89,7 @@ def test_labels_joined_by_identifier_score_the_run_that_scored_them(scored) -> N
         known[PREDICTION].astype(int).to_numpy(),
         known[PROBABILITY].astype(float).to_numpy(),
     )
-    store = MetricsStore(settings.database_url)
+    store = MetricsStore(settings.monitoring.database_url)
     realized = store.realized(outcomes[WITH_IDS].run_id)
     runs = store.runs().set_index("id")
     store.close()
@@ -101,7 +99,7 @@ def test_labels_joined_by_identifier_score_the_run_that_scored_them(scored) -> N
     assert set(realized["labels_run_id"]) == {outcome.run_id}
     assert realized["labels_arrived_at"].min() >= pd.Timestamp(arrived)
     f1 = realized.set_index("metric").loc["f1"]
-    assert f1["threshold"] == settings.min_f1
+    assert f1["threshold"] == settings.monitoring.min_f1
     assert runs.loc[outcome.run_id, "kind"] == "labels"
     assert runs.loc[outcomes[WITH_IDS].run_id, "kind"] == "scoring"
     rows = storage.read(f"data/processed/{outcome.run}/month1_labels.csv{LABELED_ROWS_SUFFIX}")
@@ -119,7 +117,7 @@ def test_labels_without_identifier_join_by_rows_and_feed_retraining(scored) -> N
 
     assert outcome.status == "processed", outcome.message
     assert "matched by rows" in outcome.message
-    store = MetricsStore(settings.database_url)
+    store = MetricsStore(settings.monitoring.database_url)
     realized = store.realized(outcomes[WITHOUT_IDS].run_id)
     store.close()
     assert set(realized["labeled_rows"]) == {len(labels)}
@@ -180,7 +178,7 @@ def test_a_labels_file_without_usable_labels_is_refused(scored) -> None:
 
 def test_low_realized_scores_alert_and_suggest_retraining(scored) -> None:
     settings, _, _, truth = scored
-    strict = settings.model_copy(update={"min_f1": 0.99})
+    strict = settings.replace(min_f1=0.99)
     labels = _predictions(scored, WITHOUT_IDS)
     labels["Churn"] = truth[WITHOUT_IDS]
 
@@ -188,7 +186,7 @@ def test_low_realized_scores_alert_and_suggest_retraining(scored) -> None:
 
     assert outcome.status == "processed", outcome.message
     assert "low realized scores alert sent by log" in outcome.message
-    alerts = strict.alert_log.read_text()
+    alerts = strict.alerts.alert_log.read_text()
     assert "low realized scores (late labels)" in alerts
     assert "f1:" in alerts and "< minimum 0.990" in alerts
     assert "retraining suggested" in alerts

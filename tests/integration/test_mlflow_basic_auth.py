@@ -24,6 +24,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
+from churnops.model import registry
 from churnops.model.churn_model import load_aliased_model, wait_for_tracking_server
 from churnops.model.registry import TrainingOptions, train_and_register
 from churnops.platform.services import free_port, stop_group
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.integration
 START_SCRIPT = Path(__file__).parents[2] / "terraform" / "scripts" / "mlflow_start.py"
 ADMIN = ("churnops", f"admin-{uuid.uuid4().hex}")
 WORKER = ("churnops-worker", f"worker-{uuid.uuid4().hex}")
-EXPERIMENT = "auth-experiment"
+EXPERIMENT = registry.EXPERIMENT  # a name fixed in code: the worker's and the start's
 MODEL = "AuthChurnModel"
 
 
@@ -72,8 +73,7 @@ class AuthServer:
             "MLFLOW_WORKER_READY": str(self.ready),
             "MLFLOW_FLASK_SERVER_SECRET_KEY": "flask-key-of-the-test",
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            # churnops' settings, which the worker reads too.
-            "MLFLOW_EXPERIMENT": EXPERIMENT,
+            # churnops' setting, which the worker reads too.
             "MODEL_NAME": MODEL,
         }
         for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
@@ -120,15 +120,13 @@ def worker_settings(server: AuthServer, home: Path) -> Settings:
     return get_settings(
         churnops_home=home,
         mlflow_tracking_uri=server.url,
-        mlflow_experiment=EXPERIMENT,
         model_name=MODEL,
-        cv_folds=2,
     )
 
 
 def test_the_health_check_needs_no_login(server: AuthServer, tmp_path: Path) -> None:
     settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=server.url)
-    wait_for_tracking_server(settings)  # raises MlflowUnavailable when refused
+    wait_for_tracking_server(settings.model)  # raises MlflowUnavailable when refused
 
 
 @pytest.mark.parametrize("user", [None, (ADMIN[0], "wrong"), (WORKER[0], ADMIN[1])])
@@ -154,13 +152,14 @@ def test_the_worker_trains_registers_moves_the_alias_and_scores(
     the version, its tags, the alias; then the model loaded by alias, as a file's run does."""
     login(monkeypatch, WORKER)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)  # restored after: training sets it
+    monkeypatch.setattr(registry, "CV_FOLDS", 2)
     settings = worker_settings(server, tmp_path)
     training = data_dir / "customer_churn_0.csv"
 
     outcome = train_and_register(settings, TrainingOptions(data_file=training, params=FAST_PARAMS))
 
     assert outcome.status == "promoted", outcome.reason
-    loaded = load_aliased_model(settings)
+    loaded = load_aliased_model(settings.model)
     assert loaded.version == "1"
     rows = pd.read_csv(training, nrows=20)
     assert loaded.model.predict(None, rows).isin([0, 1]).all() and len(rows) == 20
@@ -208,5 +207,5 @@ def test_a_restart_sets_up_the_same_user_again(
     server.stop()
     server.start()
     login(monkeypatch, WORKER)
-    assert load_aliased_model(worker_settings(server, tmp_path)).version == "1"
+    assert load_aliased_model(worker_settings(server, tmp_path).model).version == "1"
     assert "user churnops-worker: EDIT" in (server.root / "server.log").read_text()

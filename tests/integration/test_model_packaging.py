@@ -29,8 +29,8 @@ def test_the_version_is_logged_from_code_not_pickled(
     session_scoring: tuple[Settings, LoadedModel],
 ) -> None:
     settings, loaded = session_scoring
-    configure_mlflow(settings)
-    uri = f"models:/{settings.model_name}/{loaded.version}"
+    configure_mlflow(settings.model)
+    uri = f"models:/{settings.model.model_name}/{loaded.version}"
     pyfunc = mlflow.models.get_model_info(uri).flavors["python_function"]
     assert Path(pyfunc["model_code_path"]).name == "model_code.py"
     assert "python_model" not in pyfunc  # the key of python_model.pkl
@@ -55,7 +55,7 @@ def test_mlflow_models_predict_scores_the_raw_customer_file(
         "models",
         "predict",
         "-m",
-        f"models:/{settings.model_name}@{settings.model_alias}",
+        f"models:/{settings.model.model_name}@{settings.model.model_alias}",
         "-i",
         str(source),
         "-t",
@@ -66,7 +66,7 @@ def test_mlflow_models_predict_scores_the_raw_customer_file(
         str(output),
     ]
     env = os.environ | {
-        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "MLFLOW_TRACKING_URI": settings.model.tracking_uri,
         # nothing of the model may need unpickling
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
     }

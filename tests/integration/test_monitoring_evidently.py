@@ -13,6 +13,7 @@ from evidently.ui.workspace import Workspace
 
 from churnops.data.features import FEATURES
 from churnops.data.reading import load_customer_file
+from churnops.monitoring import drift
 from churnops.monitoring.drift import run_monitoring
 from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
 from churnops.settings import Settings, get_settings
@@ -106,8 +107,8 @@ def test_runs_land_in_one_project_with_their_tags(
     results: list[MonitoringResult] = [
         monitor(reference, scored(data_dir / n, seed=1), settings, n) for n in names
     ]
-    workspace = Workspace(str(settings.evidently_workspace_dir))
-    projects = workspace.search_project(settings.evidently_project)
+    workspace = Workspace(str(settings.monitoring.evidently_workspace_dir))
+    projects = workspace.search_project(drift.PROJECT)
     assert len(projects) == 1
     project = projects[0]
     stored = {str(s) for s in workspace.list_runs(project.id)}
@@ -120,7 +121,7 @@ def test_runs_land_in_one_project_with_their_tags(
         assert snapshot.metadata["model_version"] == "7"
         assert snapshot.name == name
         assert result.report_url == (
-            f"http://{settings.platform_host}:{settings.evidently_port}"
+            f"http://{settings.platform.platform_host}:{settings.platform.evidently_port}"
             f"/projects/{project.id}/reports/{result.snapshot_id}"
         )
 
@@ -131,7 +132,11 @@ def evidently_ui(evidently_process: subprocess.Popen) -> str:
 
 
 def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
-    data_dir: Path, reference: pd.DataFrame, evidently_ui: str, tmp_path: Path
+    data_dir: Path,
+    reference: pd.DataFrame,
+    evidently_ui: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Through the real ``evidently ui``: the dashboard ChurnOps defines, the series its
     panels plot (one value per file, quality per model version), and a report whose first
@@ -140,8 +145,8 @@ def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
         churnops_home=tmp_path,
         evidently_ui_url=evidently_ui,
         evidently_secret=SECRET,
-        evidently_project="dash",
     )
+    monkeypatch.setattr(drift, "PROJECT", "dash")  # a project of this test's own
     http = requests.Session()
     http.headers["evidently-secret"] = SECRET
     files = {"customer_churn_1.csv": "7", "customer_churn_synthetic_2.csv": "8"}

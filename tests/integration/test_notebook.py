@@ -18,7 +18,9 @@ from nbclient import NotebookClient
 from nbformat import NotebookNode
 
 from churnops.data.dataset import SPLIT_FILES
-from churnops.settings import Settings
+from churnops.model.registry import GATE_MIN_ROC_AUC
+from churnops.monitoring.drift import PROJECT
+from churnops.settings import MonitoringSettings
 from tests.processes import FOREIGN
 
 pytestmark = pytest.mark.integration
@@ -81,8 +83,8 @@ def test_the_model_passes_the_promotion_gate_minimums(cells: dict[str, NotebookN
     found = re.search(r"holdout F1 (\d\.\d+), ROC AUC (\d\.\d+)", stdout(cells["model"]))
     assert found, stdout(cells["model"])
     f1, roc_auc = map(float, found.groups())
-    assert f1 >= Settings.model_fields["gate_min_f1"].default
-    assert roc_auc >= Settings.model_fields["gate_min_roc_auc"].default
+    assert f1 >= MonitoringSettings.model_fields["min_f1"].default
+    assert roc_auc >= GATE_MIN_ROC_AUC
 
 
 def test_the_figures_are_drawn(cells: dict[str, NotebookNode]) -> None:
@@ -107,5 +109,5 @@ def test_the_majority_drifted_file_drifts_above_half_and_is_stored(
     workspace_dir = re.search(r"--workspace (\S+)", stdout(cells["where"])).group(1)
     assert Path(workspace_dir).is_relative_to(work)
     workspace = Workspace(workspace_dir)
-    (project,) = workspace.search_project(Settings.model_fields["evidently_project"].default)
+    (project,) = workspace.search_project(PROJECT)
     assert len(workspace.list_runs(project.id)) == len(shares)

@@ -17,6 +17,7 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from churnops import retry
 from churnops.drop import claims
 from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.monitoring import ops_metrics
@@ -37,9 +38,8 @@ def namespace() -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, moto_server: str, namespace: str) -> Settings:
-    return get_settings(
-        churnops_home=tmp_path, aws_endpoint_url=moto_server, ops_metrics_namespace=namespace
-    )
+    """Publishing to moto: its fixture points boto3 at it (AWS_ENDPOINT_URL)."""
+    return get_settings(churnops_home=tmp_path, ops_metrics_namespace=namespace)
 
 
 def datapoints(endpoint: str, namespace: str, metric: str, statistic: str) -> list[float]:
@@ -61,24 +61,26 @@ def metric_names(endpoint: str, namespace: str) -> set[str]:
     return {m["MetricName"] for m in listing["Metrics"]}
 
 
-def test_nothing_is_published_without_a_namespace(settings: Settings, namespace: str) -> None:
-    off = settings.model_copy(update={"ops_metrics_namespace": None})
-    assert not ops_metrics.publish(off, {ops_metrics.FAILED_RUNS: 1.0})
-    assert ops_metrics.publish(settings, {ops_metrics.FAILED_RUNS: 1.0})
-    assert metric_names(str(settings.aws_endpoint_url), namespace) == {ops_metrics.FAILED_RUNS}
+def test_nothing_is_published_without_a_namespace(
+    settings: Settings, namespace: str, moto_server: str
+) -> None:
+    off = settings.replace(ops_metrics_namespace=None)
+    assert not ops_metrics.publish(off.platform, {ops_metrics.FAILED_RUNS: 1.0})
+    assert ops_metrics.publish(settings.platform, {ops_metrics.FAILED_RUNS: 1.0})
+    assert metric_names(moto_server, namespace) == {ops_metrics.FAILED_RUNS}
 
 
-def test_an_unreachable_cloudwatch_does_not_raise(settings: Settings) -> None:
-    dead = settings.model_copy(
-        update={"aws_endpoint_url": f"http://{LOOPBACK}:{free_port(LOOPBACK)}"}
-    )
-    assert not ops_metrics.publish(dead, {ops_metrics.QUEUED_RUNS: 3.0})
+def test_an_unreachable_cloudwatch_does_not_raise(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{LOOPBACK}:{free_port(LOOPBACK)}")
+    assert not ops_metrics.publish(settings.platform, {ops_metrics.QUEUED_RUNS: 3.0})
 
 
 def test_the_reconciler_publishes_the_oldest_waiting_and_processing_ages(
-    settings: Settings, namespace: str
+    settings: Settings, namespace: str, moto_server: str
 ) -> None:
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     key = stage_key("input", "waiting.csv")
     storage.create(key, b"a,b\n1,2\n")
@@ -91,15 +93,15 @@ def test_the_reconciler_publishes_the_oldest_waiting_and_processing_ages(
     assert 20 * 60 <= ages[ops_metrics.OLDEST_INPUT] < 21 * 60
     assert 45 * 60 <= ages[ops_metrics.OLDEST_PROCESSING] < 46 * 60
 
-    reconcile.publish_ages(settings, storage, datetime.now(UTC))
-    endpoint = str(settings.aws_endpoint_url)
+    reconcile.publish_ages(settings.platform, storage, datetime.now(UTC))
+    endpoint = moto_server
     (oldest_input,) = datapoints(endpoint, namespace, ops_metrics.OLDEST_INPUT, "Maximum")
     (oldest_processing,) = datapoints(endpoint, namespace, ops_metrics.OLDEST_PROCESSING, "Maximum")
     assert oldest_input >= 20 * 60 and oldest_processing >= 45 * 60
 
 
 def test_empty_folders_are_age_zero(settings: Settings) -> None:
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     assert reconcile.oldest_ages(storage, datetime.now(UTC)) == {
         ops_metrics.OLDEST_INPUT: 0.0,
@@ -108,50 +110,53 @@ def test_empty_folders_are_age_zero(settings: Settings) -> None:
 
 
 def test_each_flow_run_says_whether_it_failed(
-    settings: Settings, namespace: str, prefect_server: str, monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    namespace: str,
+    prefect_server: str,
+    moto_server: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """MLflow down: the run fails on a dependency (1). A key already gone: skipped (0)."""
     for name, value in {
         "CHURNOPS_HOME": str(settings.home),
-        "AWS_ENDPOINT_URL": str(settings.aws_endpoint_url),
         "OPS_METRICS_NAMESPACE": namespace,
         "MLFLOW_TRACKING_URI": f"http://{LOOPBACK}:{free_port(LOOPBACK)}",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "DEPENDENCY_WAIT_SECONDS": "0.5",
     }.items():
         monkeypatch.setenv(name, value)
-    storage = LocalDropStorage(settings.drop_dir)
+    monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 0.5)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     key = stage_key("input", "mlflow_down.csv")
     storage.create(key, b"a,b\n1,2\n")
-    drop = settings.drop_dir.as_uri()
+    drop = settings.drop.drop_dir.as_uri()
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
         failed = churn_prediction_pipeline(drop=drop, key=key, return_state=True)
         skipped = churn_prediction_pipeline(
             drop=drop, key=stage_key("input", "gone.csv"), return_state=True
         )
     assert failed.is_failed() and skipped.is_completed()
-    endpoint = str(settings.aws_endpoint_url)
+    endpoint = moto_server
     assert sum(datapoints(endpoint, namespace, ops_metrics.FAILED_RUNS, "Sum")) == 1.0
     assert sum(datapoints(endpoint, namespace, ops_metrics.FAILED_RUNS, "SampleCount")) == 2.0
 
 
 def test_a_runner_publishes_the_runs_waiting_for_it(
-    settings: Settings, namespace: str, prefect_server: str
+    settings: Settings, namespace: str, prefect_server: str, moto_server: str
 ) -> None:
-    fast = settings.model_copy(update={"ops_metrics_seconds": 0.2})
+
     with SyncPrefectClient(prefect_server) as client:
         flow_id = client.create_flow_from_name("churn_prediction_pipeline")
         deployment = client.create_deployment(flow_id=flow_id, name=f"gauge-{uuid.uuid4().hex[:8]}")
         for _ in range(3):
             client.create_flow_run_from_deployment(deployment)
-        runner = FlowRunner(fast, client)
+        runner = FlowRunner(settings, client)
         runner.deployment_ids = [deployment]
         with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
-            gauge = QueueGauge(runner)
+            gauge = QueueGauge(runner, every=0.2)
             gauge.start()
             try:
-                endpoint = str(settings.aws_endpoint_url)
+                endpoint = moto_server
                 deadline = time.monotonic() + 30
                 while not datapoints(endpoint, namespace, ops_metrics.QUEUED_RUNS, "Maximum"):
                     assert time.monotonic() < deadline, "no queue depth published"
@@ -193,9 +198,9 @@ def agent() -> Iterator[str]:
 
 def test_a_run_protects_its_task_while_it_executes(tmp_path: Path, agent: str) -> None:
     settings = get_settings(churnops_home=tmp_path, ecs_agent_uri=agent)
-    with task_protection(settings):
+    with task_protection(settings.platform):
         assert AgentStub.bodies == [b'{"ProtectionEnabled": true, "ExpiresInMinutes": 120}']
     assert AgentStub.bodies[-1] == b'{"ProtectionEnabled": false}'
-    with task_protection(get_settings(churnops_home=tmp_path)):  # not on ECS: no call
+    with task_protection(get_settings(churnops_home=tmp_path).platform):  # not on ECS: no call
         pass
     assert len(AgentStub.bodies) == 2

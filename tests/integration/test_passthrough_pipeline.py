@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnops.data import reading
 from churnops.data.schema import RAW_COLUMNS
 from churnops.drop.storage import LocalDropStorage, log_key, stage_key
 from churnops.monitoring.metrics_db import MetricsStore
@@ -28,13 +29,14 @@ EXTRA = ["customer_id", "region"]
 
 
 @pytest.fixture
-def local(session_scoring, tmp_path: Path) -> tuple[Settings, LocalDropStorage]:
+def local(
+    session_scoring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Settings, LocalDropStorage]:
     """The session model's settings on a fresh local drop, 300-row chunks (4 for 1,050 rows)."""
     settings, _ = session_scoring
-    settings = settings.model_copy(
-        update={"churnops_home": tmp_path, "chunk_rows": 300, "evidently_ui_url": None}
-    )
-    storage = LocalDropStorage(settings.drop_dir)
+    monkeypatch.setattr(reading, "CHUNK_ROWS", 300)
+    settings = settings.replace(churnops_home=tmp_path, evidently_ui_url=None)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     return settings, storage
 
@@ -86,7 +88,7 @@ def test_extra_columns_travel_with_their_rows_and_change_no_prediction(
 
     (sample,) = samples
     assert not set(EXTRA) & set(sample.columns)
-    store = MetricsStore(settings.metrics_db_url)
+    store = MetricsStore(settings.monitoring.metrics_db_url)
     try:
         labels = set(store.metrics(outcome.run_id)["label"].dropna())
     finally:

@@ -26,7 +26,9 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
 from churnops.drop.claims import Lease
 from churnops.drop.storage import LocalDropStorage, stage_key
+from churnops.monitoring.drift import PROJECT
 from churnops.monitoring.metrics_db import DRIFTED_SHARE, MetricsStore
+from churnops.pipeline import PIPELINE_DEPLOYMENT
 from churnops.settings import Settings, get_settings
 from tests.exactly_once import Drops
 from tests.processes import FOREIGN, leftovers
@@ -111,14 +113,14 @@ def _wait_for_state(running: RunningPlatform) -> dict:
 
 def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: Path) -> None:
     settings = platform.settings
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     for name in (GOOD, DRIFTED):
         storage.create(stage_key("input", name), (data_dir / name).read_bytes())
     storage.create(stage_key("input", MALFORMED), b"not,a,churn\nfile,at,all\n")
 
     api = platform.state["services"]["prefect"]["health_url"].removesuffix("/health")
     with SyncPrefectClient(api) as client:
-        deployment = client.read_deployment_by_name(settings.prefect_deployment)
+        deployment = client.read_deployment_by_name(PIPELINE_DEPLOYMENT)
         runs = _wait_for_final_runs(client, deployment.id, platform)
     by_name = {run.name: run for run in runs}
     assert set(by_name) == {GOOD, DRIFTED, MALFORMED}
@@ -142,15 +144,15 @@ def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: 
     assert errored.endswith(f"/{MALFORMED}")
     assert storage.list_keys("data/input/") == storage.list_keys("data/processing/") == []
 
-    workspace = Workspace(str(settings.evidently_workspace_dir))
-    [project] = workspace.search_project(settings.evidently_project)
+    workspace = Workspace(str(settings.monitoring.evidently_workspace_dir))
+    [project] = workspace.search_project(PROJECT)
     tags = [
         workspace.get_run(project.id, snapshot_id).tags
         for snapshot_id in workspace.list_runs(project.id)
     ]
     assert sorted(t[0] for t in tags) == sorted([GOOD, DRIFTED])
 
-    store = MetricsStore.from_settings(settings)
+    store = MetricsStore.from_settings(settings.monitoring)
     try:
         stored = store.runs().set_index("file_name")
         assert stored.loc[GOOD, "status"] == stored.loc[DRIFTED, "status"] == "processed"
@@ -158,18 +160,18 @@ def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: 
         assert str(stored.loc[GOOD, "flow_run_id"]) == str(by_name[GOOD].id)
         metrics = store.metrics(str(stored.loc[DRIFTED, "id"]))
         shares = metrics.loc[metrics["metric"] == DRIFTED_SHARE, "value"].tolist()
-        assert len(shares) == 1 and shares[0] > settings.drift_share_threshold
+        assert len(shares) == 1 and shares[0] > settings.monitoring.drift_share_threshold
         assert store.metrics(str(stored.loc[MALFORMED, "id"])).empty
     finally:
         store.close()
 
-    alerts = settings.alert_log.read_text()
+    alerts = settings.alerts.alert_log.read_text()
     assert f"drift: {DRIFTED}" in alerts
 
 
 def test_a_runner_killed_mid_file_loses_nothing(platform: RunningPlatform, data_dir: Path) -> None:
     """SIGKILL the runner that holds a file: a warm runner re-drives it, the dead one restarts."""
-    storage = LocalDropStorage(platform.settings.drop_dir)
+    storage = LocalDropStorage(platform.settings.drop.drop_dir)
     drops = Drops(storage, [])
     drops.drop("killed.csv", (data_dir / GOOD).read_bytes())
     deadline = time.monotonic() + DONE_TIMEOUT
@@ -182,7 +184,7 @@ def test_a_runner_killed_mid_file_loses_nothing(platform: RunningPlatform, data_
         time.sleep(0.1)
     drops.dropped += [(data_dir / name).read_bytes() for name in (GOOD, DRIFTED)]
     drops.dropped.append(b"not,a,churn\nfile,at,all\n")
-    drops.check(settled=True, invalid=1, metrics_url=platform.settings.metrics_db_url)
+    drops.check(settled=True, invalid=1, metrics_url=platform.settings.monitoring.metrics_db_url)
     assert platform.process.poll() is None  # the platform carried on
     assert "died: restarting it" in platform.output.read_text()
 

@@ -95,7 +95,6 @@ def env(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, s
         "PREFECT_PORT": "0",
         "MLFLOW_PORT": "0",
         "EVIDENTLY_PORT": "0",
-        "CV_FOLDS": "2",
         "RUNNER_PROCESSES": "1",  # one warm runner is enough here, and quicker on 2 cores
         "COLUMNS": "200",
     }

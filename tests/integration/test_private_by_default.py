@@ -139,7 +139,7 @@ def test_up_scores_a_file_without_leaving_loopback(
     try:
         state = _wait(lambda: _state(home), process, output, "the platform to start")
         settings = get_settings(churnops_home=home)
-        LocalDropStorage(settings.drop_dir).create(
+        LocalDropStorage(settings.drop.drop_dir).create(
             stage_key("input", SCORED), (data_dir / SCORED).read_bytes()
         )
         finished = re.compile(rf"file (\w+) {re.escape(SCORED)}")

@@ -27,11 +27,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from churnops import retry
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET
 from churnops.drop.storage import DropStorage, open_storage, stage_key
-from churnops.model import training
+from churnops.model import registry, training
 from churnops.model.churn_model import ChurnModel, load_aliased_model
 from churnops.model.registry import deployed, row_keys
 from churnops.monitoring.metrics_db import MetricsStore
@@ -70,14 +71,14 @@ class World:
 
     def alias_version(self) -> str:
         client = mlflow.MlflowClient()
-        found = client.get_model_version_by_alias(self.settings.model_name, "staging")
+        found = client.get_model_version_by_alias(self.settings.model.model_name, "staging")
         return str(found.version)
 
     def version_tags(self, version: str) -> dict[str, str]:
-        return mlflow.MlflowClient().get_model_version(self.settings.model_name, version).tags
+        return mlflow.MlflowClient().get_model_version(self.settings.model.model_name, version).tags
 
     def events(self):
-        store = MetricsStore.from_settings(self.settings)
+        store = MetricsStore.from_settings(self.settings.monitoring)
         try:
             return store.model_events()
         finally:
@@ -85,26 +86,32 @@ class World:
 
 
 @pytest.fixture
-def world(mlflow_server: str, session_model: str, data_dir: Path, tmp_path: Path) -> World:
-    """A scratch home whose model is a copy of the session model (version 1 = staging)."""
+def world(
+    mlflow_server: str,
+    session_model: str,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> World:
+    """A scratch home whose model is a copy of the session model (version 1 = staging);
+    quick folds, a ROC AUC minimum the fast parameters pass, quick alert retries."""
     name = f"Retrain-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(registry, "CV_FOLDS", 2)
+    monkeypatch.setattr(registry, "GATE_MIN_ROC_AUC", 0.85)
+    monkeypatch.setattr(retry, "ALERT_RETRY_WAIT", 0.01)
     settings = get_settings(
         churnops_home=tmp_path / "home",
         churn_data_dir=data_dir,
         mlflow_tracking_uri=mlflow_server,
         database_url=None,
         model_name=name,
-        cv_folds=2,
         retrain_mode="off",
-        gate_min_f1=0.5,
-        gate_min_roc_auc=0.85,
-        alert_retry_wait=0.01,
     )
     mlflow.set_tracking_uri(mlflow_server)
     client = mlflow.MlflowClient(mlflow_server, registry_uri=mlflow_server)
     copy = client.copy_model_version(f"models:/{session_model}/1", name)
     client.set_registered_model_alias(name, "staging", copy.version)
-    return World(settings, open_storage(settings), data_dir)
+    return World(settings, open_storage(settings.drop), data_dir)
 
 
 def file_sha(world: World, name: str) -> str:
@@ -115,7 +122,7 @@ def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world:
     for name in SYNTHETIC[:2]:
         world.drop(name)
     holdout = unseen(world, load_customer_file(world.data_dir / SYNTHETIC[1], require_target=True))
-    champion_f1 = score(load_aliased_model(world.settings).model, holdout).f1
+    champion_f1 = score(load_aliased_model(world.settings.model).model, holdout).f1
 
     worse = retrain(world.settings, world.storage, RetrainOptions(params=BAD_PARAMS))
     assert worse.status == "refused", worse.reason
@@ -159,7 +166,7 @@ def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world:
     assert list(events["parent_version"]) == ["1", "1"]
     assert set(events["trigger"]) == {"manual"}
     assert events["champion_f1"].iloc[1] == pytest.approx(champion_f1)
-    alerts = world.settings.alert_log.read_text()
+    alerts = world.settings.alerts.alert_log.read_text()
     assert f"ChurnOps: retraining refused version {worse.version}" in alerts
     assert f"ChurnOps: retraining promoted version {better.version}" in alerts
 
@@ -173,15 +180,13 @@ def test_auto_retraining_from_the_alert_step_serves_the_next_file_not_the_curren
 ) -> None:
     """RETRAIN_MODE=auto with an in-process submit: the retraining runs inside the alert
     step of the file that scored low, so the alias moves while that file is scored."""
-    settings = world.settings.model_copy(
-        update={"retrain_mode": "auto", "retrain_cooldown_minutes": 0}
-    )
+    settings = world.settings.replace(retrain_mode="auto", retrain_cooldown_minutes=0)
     world.settings = settings
     outcomes = []
 
-    def submit(settings: Settings, key: str, drop: str, run: str) -> None:
+    def submit(key: str, drop: str, run: str) -> None:
         options = RetrainOptions(trigger="auto", include_run=run, params=FAST_PARAMS, force=True)
-        outcomes.append(retrain(settings, open_storage(settings), options))
+        outcomes.append(retrain(settings, open_storage(settings.drop), options))
 
     steps = per_file.Steps(send_alerts=_with_submit(submit))
     first = world.drop(SYNTHETIC[0], steps=steps)
@@ -204,19 +209,18 @@ def _with_submit(submit: Callable) -> Callable:
     return send_alerts
 
 
-def test_the_retrain_deployment_gets_one_run_per_cooldown_window(
-    prefect_server: str, tmp_path: Path
-) -> None:
+def test_the_retrain_deployment_gets_one_run_per_cooldown_window(prefect_server: str) -> None:
     """Thirty bad files in one window submit with one idempotency key: one flow run."""
     name = f"retrain-{uuid.uuid4().hex[:8]}"
-    settings = get_settings(churnops_home=tmp_path, retrain_deployment=f"retrain_model/{name}")
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
         with get_client(sync_client=True) as client:
             flow_id = client.create_flow_from_name("retrain_model")
             deployment = client.create_deployment(flow_id=flow_id, name=name)
         for run in range(5):
-            submit_to_deployment(settings, "retrain:20261127T060000Z", "s3://b", f"R{run}")
-        submit_to_deployment(settings, "retrain:20261127T070000Z", "s3://b", "R9")
+            submit_to_deployment(
+                "retrain:20261127T060000Z", "s3://b", f"R{run}", f"retrain_model/{name}"
+            )
+        submit_to_deployment("retrain:20261127T070000Z", "s3://b", "R9", f"retrain_model/{name}")
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment]))
@@ -245,7 +249,7 @@ def _retrain_and_die(settings: Settings) -> None:
     def die(*_args: object) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    retrain(settings, open_storage(settings), RetrainOptions(params=FAST_PARAMS), progress=die)
+    retrain(settings, open_storage(settings.drop), RetrainOptions(params=FAST_PARAMS), progress=die)
     os._exit(0)  # not killed: the test fails on the exit code
 
 
@@ -259,7 +263,7 @@ def test_a_retraining_killed_mid_way_leaves_nothing_and_its_lock_is_taken_over(
     child.start()
     child.join(timeout=120)
     assert child.exitcode == -signal.SIGKILL, "the retraining was not killed"
-    store = MetricsStore.from_settings(world.settings)
+    store = MetricsStore.from_settings(world.settings.monitoring)
     assert store.lock_state(LOCK).held(datetime.now(UTC))  # the dead holder's, for an hour
     store.close()
     assert world.alias_version() == "1" and world.events().empty  # nothing half-done
@@ -281,7 +285,7 @@ def _late_labels(world: World, scored: per_file.FileOutcome, churn: pd.Series, n
 
 def unseen(world: World, rows: pd.DataFrame) -> pd.DataFrame:
     """The rows the deployed version did not learn from (its logged row keys)."""
-    _, seen = deployed(world.settings, load_aliased_model)
+    _, seen = deployed(world.settings.model, load_aliased_model)
     return rows[~row_keys(rows).isin(seen)]
 
 
@@ -289,10 +293,9 @@ def _never_saw(world: World, holdout: pd.DataFrame, relabeled: pd.DataFrame) -> 
     """F1 on ``holdout`` of the fast parameters fitted on the training file's fit split
     (with the newest labels of its rows that ``relabeled`` carries too), without any row
     that has the features of a row of either holdout."""
-    settings = world.settings
     rows = load_customer_file(world.data_dir / "customer_churn_0.csv", require_target=True)
     fit, kept_out = training.split_holdout(
-        rows, target(rows), settings.holdout_fraction, settings.random_seed
+        rows, target(rows), registry.HOLDOUT_FRACTION, registry.RANDOM_SEED
     )
     both = pd.concat([fit, relabeled], keys=["fit", "new"]).assign(
         _key=pd.concat([row_keys(fit), row_keys(relabeled)]).to_numpy()
@@ -302,10 +305,10 @@ def _never_saw(world: World, holdout: pd.DataFrame, relabeled: pd.DataFrame) -> 
     fit = fit[~row_keys(fit).str.split(".").str[0].isin(digests)]
     X, y = prepare_features(fit, FEATURES), target(fit)
     threshold, _ = training.cross_validate(
-        FAST_PARAMS, X, y, settings.cv_folds, settings.random_seed
+        FAST_PARAMS, X, y, registry.CV_FOLDS, registry.RANDOM_SEED
     )
     model = ChurnModel.in_memory(
-        FEATURES, threshold, training.make_classifier(FAST_PARAMS, settings.random_seed).fit(X, y)
+        FEATURES, threshold, training.make_classifier(FAST_PARAMS, registry.RANDOM_SEED).fit(X, y)
     )
     return score(model, holdout).f1
 
@@ -362,7 +365,9 @@ def test_a_holdout_too_small_or_of_one_class_moves_nothing(
 
     assert outcome.status == "skipped" and why in outcome.reason, outcome.reason
     assert world.alias_version() == "1" and world.events().empty
-    versions = mlflow.MlflowClient().search_model_versions(f"name = '{world.settings.model_name}'")
+    versions = mlflow.MlflowClient().search_model_versions(
+        f"name = '{world.settings.model.model_name}'"
+    )
     assert [v.version for v in versions] == ["1"]
 
 
@@ -385,7 +390,9 @@ def test_mlflow_down_during_the_refit_promotes_nothing(
         )
     mlflow.set_tracking_uri(live)
     assert world.alias_version() == "1" and world.events().empty
-    versions = mlflow.MlflowClient().search_model_versions(f"name = '{world.settings.model_name}'")
+    versions = mlflow.MlflowClient().search_model_versions(
+        f"name = '{world.settings.model.model_name}'"
+    )
     assert [v.version for v in versions] == ["1"]
     back = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
     assert back.status in ("promoted", "refused"), back.reason  # the lock was released

@@ -25,8 +25,8 @@ NAMES = ["customer_churn_1.csv", "march batch.csv", "a+b.csv", "clientes_año_ü
 
 @pytest.fixture
 def s3(moto_server: str, moto_bucket: str) -> S3DropStorage:
-    settings = get_settings(drop_storage="s3", aws_endpoint_url=moto_server)
-    store = open_storage(settings, moto_bucket)
+    settings = get_settings(drop_storage="s3")  # at moto: its fixture sets AWS_ENDPOINT_URL
+    store = open_storage(settings.drop, moto_bucket)
     assert isinstance(store, S3DropStorage)
     return store
 
@@ -188,9 +188,10 @@ def test_a_file_log_is_read_once_then_only_written(s3: S3DropStorage) -> None:
     assert lines[0] == "an earlier attempt" and len(lines) == 7
 
 
-def test_open_storage_uses_the_endpoint(moto_server: str) -> None:
+def test_open_storage_uses_boto3s_endpoint(moto_server: str) -> None:
+    """AWS_ENDPOINT_URL (moto's, set by its fixture) is boto3's own: ChurnOps passes none."""
     boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="churnops-drop")
-    store = open_storage(get_settings(drop_storage="s3", aws_endpoint_url=moto_server))
+    store = open_storage(get_settings(drop_storage="s3").drop)
     assert isinstance(store, S3DropStorage)
     assert store.bucket == "churnops-drop"
     store.create("data/input/a.csv", b"a")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -11,6 +12,7 @@ import pytest
 from churnops.data.features import FEATURES
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET
+from churnops.model import registry
 from churnops.model.churn_model import configure_mlflow
 from churnops.model.registry import Outcome, TrainingOptions, train_and_register
 from churnops.results import PREDICTION, PROBABILITY
@@ -21,12 +23,18 @@ pytestmark = pytest.mark.integration
 WORSE = {"n_estimators": 2, "max_depth": 1, "learning_rate": 0.01}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def quick_folds() -> Iterator[None]:
+    """Three folds: these tests check what is logged, not how good the model is."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(registry, "CV_FOLDS", 3)
+        yield
+
+
 @pytest.fixture(scope="module")
 def settings(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     home = tmp_path_factory.mktemp("churnops-home")
-    return get_settings(
-        churnops_home=home, mlflow_tracking_uri=mlflow_server, cv_folds=3, gate_min_f1=0.5
-    )
+    return get_settings(churnops_home=home, mlflow_tracking_uri=mlflow_server, min_f1=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +44,12 @@ def first(settings: Settings, data_dir: Path) -> Outcome:
 
 
 def client(settings: Settings) -> mlflow.MlflowClient:
-    configure_mlflow(settings)
+    configure_mlflow(settings.model)
     return mlflow.MlflowClient()
 
 
 def test_first_model_is_registered_and_takes_the_alias(settings: Settings, first: Outcome) -> None:
-    version = client(settings).get_model_version_by_alias(settings.model_name, "staging")
+    version = client(settings).get_model_version_by_alias(settings.model.model_name, "staging")
     assert version.version == first.version == "1"
     assert first.status == "promoted"
     assert version.tags["promotion.decision"] == "promoted"
@@ -74,8 +82,8 @@ def test_run_has_metrics_tags_and_plots(settings: Settings, first: Outcome) -> N
 def test_model_predicts_labels_at_its_threshold(
     settings: Settings, first: Outcome, data_dir: Path
 ) -> None:
-    configure_mlflow(settings)
-    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@staging")
+    configure_mlflow(settings.model)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model.model_name}@staging")
     frame = load_customer_file(data_dir / "customer_churn_1.csv")
     labels = model.predict(frame[FEATURES])
     scored = model.predict(frame[FEATURES], params={"probability": True})
@@ -91,15 +99,15 @@ def test_model_predicts_labels_at_its_threshold(
 
 
 def test_reference_data_travels_with_the_version(settings: Settings, first: Outcome) -> None:
-    configure_mlflow(settings)
-    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{first.version}")
+    configure_mlflow(settings.model)
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model.model_name}/{first.version}")
     reference = model.unwrap_python_model().reference_data()
     assert list(reference.columns) == [*FEATURES, TARGET, PREDICTION, PROBABILITY]
     # the fit rows: the holdout split (840 of 1,050 rows left) and every row whose features
     # equal a holdout row's are in no version's fit
     assert 700 < len(reference) <= 840
     stored = mlflow.artifacts.list_artifacts(
-        f"models:/{settings.model_name}/{first.version}/artifacts"
+        f"models:/{settings.model.model_name}/{first.version}/artifacts"
     )
     assert "reference.parquet" in {Path(f.path).name for f in stored}
 
@@ -113,9 +121,9 @@ def test_worse_challenger_does_not_take_the_alias(
     assert f"of current staging version {first.version}" in worse.reason
     assert worse.champion_f1 > worse.holdout_f1  # the deployed version, on the same rows
     mlflow_client = client(settings)
-    holder = mlflow_client.get_model_version_by_alias(settings.model_name, "staging")
+    holder = mlflow_client.get_model_version_by_alias(settings.model.model_name, "staging")
     assert holder.version == first.version
-    tags = mlflow_client.get_model_version(settings.model_name, worse.version).tags
+    tags = mlflow_client.get_model_version(settings.model.model_name, worse.version).tags
     assert tags["promotion.decision"] == "refused"
     assert tags["promotion.reason"] == worse.reason
 
@@ -124,7 +132,7 @@ def test_worse_challenger_does_not_take_the_alias(
 
     forced = train_and_register(settings, TrainingOptions(data_file=data, params=WORSE, force=True))
     assert forced.status == "promoted" and forced.reason.startswith("forced despite")
-    holder = mlflow_client.get_model_version_by_alias(settings.model_name, "staging")
+    holder = mlflow_client.get_model_version_by_alias(settings.model.model_name, "staging")
     assert holder.version == forced.version
 
 
@@ -136,7 +144,6 @@ def test_a_first_training_in_a_home_that_does_not_exist_yet(
         churnops_home=tmp_path / "new" / "home",
         mlflow_tracking_uri=mlflow_server,
         model_name="FirstInNewHome",
-        cv_folds=2,
     )
     options = TrainingOptions(data_file=data_dir / "customer_churn_0.csv", trials=1)
     outcome = train_and_register(settings, options)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnops.data import reading
 from churnops.data.identifiers import IdentifierCheck
 from churnops.data.reading import CustomerReader, Part, load_customer_file
 from churnops.data.schema import (
@@ -21,6 +22,7 @@ from churnops.data.schema import (
 )
 from churnops.drop.storage import LocalDropStorage, log_key, run_key
 from churnops.model.churn_model import LoadedModel
+from churnops.pipeline import scoring
 from churnops.pipeline.scoring import score_file
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import DEFAULT_ID_COLUMNS, get_settings
@@ -229,10 +231,12 @@ class _RecordingModel:
 
 
 def test_scoring_writes_passthrough_columns_first_and_feeds_the_model_features_only(
-    uci: pd.DataFrame, tmp_path: Path
+    uci: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = get_settings(churnops_home=tmp_path, chunk_rows=300, drift_sample_rows=500)
-    storage = LocalDropStorage(settings.drop_dir)
+    monkeypatch.setattr(reading, "CHUNK_ROWS", 300)
+    monkeypatch.setattr(scoring, "DRIFT_SAMPLE_ROWS", 500)
+    settings = get_settings(churnops_home=tmp_path)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     storage.create_layout()
     frame = with_extras(uci)
     frame.loc[7, "Customer ID"] = frame.loc[2, "Customer ID"]
@@ -275,7 +279,7 @@ def test_cells_a_spreadsheet_would_evaluate_are_neutralised_unless_turned_off(
     tmp_path: Path, neutralise: bool
 ) -> None:
     settings = get_settings(churnops_home=tmp_path, neutralise_formulas=neutralise)
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     frame = with_extras(_valid_rows(6))
     cells = ["=1+2", "+1 555 0100", "-3", "@SUM(A1)", "-1.5e3", "\tx"]
     frame["Region"] = cells
@@ -283,7 +287,7 @@ def test_cells_a_spreadsheet_would_evaluate_are_neutralised_unless_turned_off(
     storage.create(key, frame.to_csv(index=False).encode())
     model = LoadedModel("M", "1", _RecordingModel())  # type: ignore[arg-type]
 
-    scored = score_file(settings, storage, key, "run1", "f.csv", model)
+    scored = score_file(settings.drop, storage, key, "run1", "f.csv", model)
 
     written = pd.read_csv(io.BytesIO(storage.read(scored.predictions_key)), dtype=str)
     safe = ["'=1+2", "'+1 555 0100", "-3", "'@SUM(A1)", "-1.5e3", "'\tx"]  # numbers stay
@@ -295,14 +299,14 @@ def test_a_name_too_long_for_its_outputs_is_bad_input_before_anything_is_written
     tmp_path: Path,
 ) -> None:
     settings = get_settings(churnops_home=tmp_path)
-    storage = LocalDropStorage(settings.drop_dir)
+    storage = LocalDropStorage(settings.drop.drop_dir)
     name = "é" * 110 + ".csv"  # 224 bytes: its predictions file would be named with 241 (237 fit)
     key = run_key("processing", "run1", name)
     storage.create(key, with_extras(_valid_rows(3)).to_csv(index=False).encode())
     model = LoadedModel("M", "1", _RecordingModel())  # type: ignore[arg-type]
 
     with pytest.raises(DataValidationError, match="the file name is too long"):
-        score_file(settings, storage, key, "run1", name, model)
+        score_file(settings.drop, storage, key, "run1", name, model)
     assert storage.list_keys("data/processing/run1/") == [key]
     long_log = log_key("run1", "m" * 255)
     assert len(long_log.rsplit("/", 1)[-1].encode()) <= 255 and long_log.endswith(".log")
@@ -313,8 +317,8 @@ def test_a_name_too_long_for_its_outputs_is_bad_input_before_anything_is_written
 
 def test_id_columns_setting_is_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ID_COLUMNS", "msisdn, Customer Number")
-    assert get_settings().id_columns == ("msisdn", "Customer Number")
+    assert get_settings().drop.id_columns == ("msisdn", "Customer Number")
     monkeypatch.setenv("ID_COLUMNS", "")
-    assert get_settings().id_columns == ()
+    assert get_settings().drop.id_columns == ()
     monkeypatch.delenv("ID_COLUMNS")
-    assert get_settings().id_columns == DEFAULT_ID_COLUMNS
+    assert get_settings().drop.id_columns == DEFAULT_ID_COLUMNS

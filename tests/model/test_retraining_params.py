@@ -4,34 +4,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
-from churnops.model import training
+from churnops.model import registry, training
 from churnops.model.registry import TrainingOptions, choose_params
 from churnops.settings import get_settings
 
 
 def test_stored_or_shipped_without_trials_a_study_of_its_own_with(
-    tmp_path: Path, data_dir: Path
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = get_settings(churnops_home=tmp_path, optuna_storage=None, cv_folds=2)
+    monkeypatch.setattr(registry, "CV_FOLDS", 2)
+    model = get_settings(churnops_home=tmp_path).model
     rows = load_customer_file(data_dir / "customer_churn_0.csv", require_target=True).head(300)
     X, y = prepare_features(rows, FEATURES), target(rows)
     given = {"n_estimators": 5, "max_depth": 2}
     assert (
-        choose_params(settings, TrainingOptions(params=given, trials=3), X, y, stored_study=False)
+        choose_params(model, TrainingOptions(params=given, trials=3), X, y, stored_study=False)
         == given
     )
     assert (
-        choose_params(settings, TrainingOptions(), X, y, stored_study=False)
+        choose_params(model, TrainingOptions(), X, y, stored_study=False)
         == training.default_params()
     )
 
     seen: list[tuple[str, int, int]] = []
     searched = choose_params(
-        settings, TrainingOptions(trials=2), X, y, lambda *step: seen.append(step), False
+        model, TrainingOptions(trials=2), X, y, lambda *step: seen.append(step), False
     )
     assert set(searched) == set(training.default_params()) and searched != given
     assert ("trial", 2, 2) in seen
-    study = training.open_study(settings.optuna_storage_url, settings.optuna_study, 42)
+    study = training.open_study(model.optuna_storage_url, registry.OPTUNA_STUDY, 42)
     assert study.trials == []  # the stored study is not mixed with retraining's rows

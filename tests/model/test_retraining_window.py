@@ -32,7 +32,7 @@ def drop(storage: DropStorage, name: str, data: bytes, days_ago: float, done: bo
 @pytest.fixture
 def world(tmp_path: Path, data_dir: Path) -> tuple[Settings, DropStorage]:
     settings = get_settings(churnops_home=tmp_path)
-    storage = open_storage(settings)
+    storage = open_storage(settings.drop)
     labeled = (data_dir / "customer_churn_1.csv").read_bytes()
     lines = labeled.decode().splitlines()
     unlabeled = "\n".join(",".join(line.split(",")[:-1]) for line in lines) + "\n"
@@ -46,7 +46,7 @@ def world(tmp_path: Path, data_dir: Path) -> tuple[Settings, DropStorage]:
 
 
 def names(settings: Settings, storage: DropStorage, **window: object) -> list[str]:
-    chosen = settings.model_copy(update=window)
+    chosen = settings.replace(**window)
     return [f.name for f in labeled_files(chosen, storage, NOW)]
 
 

@@ -39,7 +39,6 @@ def test_a_file_dropped_twice_and_its_late_labels_count_once_newest_labels_win(f
     training, first, _ = files
     relabeled = first.assign(**{TARGET: 1 - first[TARGET]})
     split = split_rows(
-        get_settings(),
         training,
         [labeled("a.csv", first), labeled("a-again.csv", first), labeled("late.csv", relabeled)],
         set(),
@@ -53,25 +52,21 @@ def test_a_file_dropped_twice_and_its_late_labels_count_once_newest_labels_win(f
 
 
 def test_rows_the_champion_learned_from_leave_the_holdout(files) -> None:
-    settings = get_settings()
     training, first, synthetic = files
     window = [labeled("s.csv", synthetic), labeled("c1.csv", first)]
     seen = set(row_keys(first))
-    assert "unseen by the champion" in split_rows(settings, training, window, seen)
+    assert "unseen by the champion" in split_rows(training, window, seen)
     half = set(row_keys(first).iloc[: len(first) // 2])
-    split = split_rows(settings, training, window, half)
+    split = split_rows(training, window, half)
     assert len(split.holdout) == len(first) - len(half)
 
 
 def test_a_small_or_one_class_holdout_judges_nothing(files) -> None:
-    settings = get_settings()
     training, first, _ = files
-    ten = split_rows(settings, training, [labeled("ten.csv", first.head(10))], set())
-    assert ten == (
-        "ten.csv has 10 labeled rows, fewer than the 100 a holdout needs (GATE_MIN_HOLDOUT_ROWS)"
-    )
+    ten = split_rows(training, [labeled("ten.csv", first.head(10))], set())
+    assert ten == "ten.csv has 10 labeled rows, fewer than the 100 a holdout needs"
     stayed = first[first[TARGET] == 0]
-    one_class = split_rows(settings, training, [labeled("stayed.csv", stayed)], set())
+    one_class = split_rows(training, [labeled("stayed.csv", stayed)], set())
     assert one_class.startswith(f"stayed.csv has 0 churned and {len(stayed)} stayed rows")
 
 
@@ -88,7 +83,7 @@ def test_the_gate_with_and_without_a_champion() -> None:
     assert gate(settings, good, None).promote
     assert not gate(settings, poor, None).promote  # minimums decide without a champion
     assert not gate(settings, poor, ("1", poor)).promote  # a tie keeps the champion
-    below = get_settings(gate_min_f1=1.1)
+    below = get_settings(min_f1=1.1)
     better = gate(below, good, ("1", poor))
     assert better.promote and "quality still below its minimum" in better.reason
     assert gate(settings, poor, ("1", good), force=True).reason.startswith("forced despite")

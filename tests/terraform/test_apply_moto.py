@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from churnops.pipeline import PIPELINE_DEPLOYMENT
 from churnops.platform.launch import mlflow_client_env
 from churnops.settings import NO_USAGE_TELEMETRY
 
@@ -252,7 +253,7 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     assert worker["memory"] == "3072"
     assert env["DROP_BUCKET"] == deployment.outputs["bucket_name"]
     assert env["OPS_METRICS_NAMESPACE"] == deployment.outputs["ops_metrics_namespace"]
-    assert env["PREFECT_DEPLOYMENT"] == deployment.outputs["prefect_deployment"]
+    assert deployment.outputs["prefect_deployment"] == PIPELINE_DEPLOYMENT  # the runners'
     task = deployment.outputs["deployments_task"]
     assert task["task_definition"] == worker["taskDefinitionArn"]
     assert task["command"] == ["python", "-m", "churnops.platform.deployments"]

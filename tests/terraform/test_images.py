@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from churnops.platform.deployments import deployments
-from churnops.settings import Settings
+from churnops.pipeline import PIPELINE_DEPLOYMENT
+from churnops.platform.deployments import NAMES, deployments
+from churnops.settings import get_settings
 
 from .conftest import REPO, TERRAFORM_DIR
 
@@ -41,21 +42,15 @@ def test_base_images_are_pinned() -> None:
 def test_the_image_runs_the_warm_runner_that_serves_the_lambdas_deployment() -> None:
     """One definition of the deployments (platform/deployments.py), no prefect.yaml: the
     image's default command and the worker service run the runner that registers them,
-    and the deployment the Lambda starts is the one the settings name."""
+    and the deployment the Lambda starts is the one the runners register."""
     assert not (ORCHESTRATION / "prefect.yaml").exists()
     dockerfile = (ORCHESTRATION / "Dockerfile").read_text()
     assert 'CMD ["python", "-m", "churnops.platform.runner"]' in dockerfile
     services = (TERRAFORM_DIR / "services.tf").read_text()
     assert 'command = ["python", "-m", "churnops.platform.runner"]' in services
-    assert "PREFECT_DEPLOYMENT    = var.prefect_deployment" in services
-    variables = (TERRAFORM_DIR / "variables.tf").read_text()
-    deployment_default = re.search(
-        r'variable "prefect_deployment".*?default\s+=\s+"([^"]+)"', variables, re.S
-    )
-    assert deployment_default.group(1) == Settings.model_fields["prefect_deployment"].default
-    names = {s.deployment.full_name for s in deployments(Settings())}
-    assert names == {
-        Settings.model_fields["prefect_deployment"].default,
-        Settings.model_fields["reconcile_deployment"].default,
-        Settings.model_fields["retrain_deployment"].default,
-    }
+    main = (TERRAFORM_DIR / "main.tf").read_text()
+    assert "prefect_deployment      = local.pipeline_deployment" in main
+    local = re.search(r'pipeline_deployment = "([^"]+)"', main)
+    assert local is not None and local.group(1) == PIPELINE_DEPLOYMENT
+    names = {s.deployment.full_name for s in deployments(get_settings().drop)}
+    assert names == set(NAMES) and PIPELINE_DEPLOYMENT in names

@@ -40,11 +40,11 @@ def result(share: float = 0.0, quality: dict[str, float] | None = None) -> Monit
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return get_settings(churnops_home=tmp_path, alert_retry_wait=0.01)
+    return get_settings(churnops_home=tmp_path)
 
 
 def test_nothing_crossed(settings: Settings) -> None:
-    a = assess(result(0.5), settings)  # the share must exceed the threshold
+    a = assess(result(0.5), settings.monitoring)  # the share must exceed the threshold
     assert not a.needs_alert
     assert a.summary == "ok"
     with pytest.raises(ValueError, match="nothing to alert about"):
@@ -52,28 +52,30 @@ def test_nothing_crossed(settings: Settings) -> None:
 
 
 def test_drift_only(settings: Settings) -> None:
-    a = assess(result(0.64), settings)
+    a = assess(result(0.64), settings.monitoring)
     assert a.drift and not a.low_scores
     assert a.summary == "drift"
 
 
 def test_low_scores(settings: Settings) -> None:
-    a = assess(result(0.1, {**GOOD, "f1": 0.5, "recall": 0.69, "roc_auc": 0.1}), settings)
+    a = assess(
+        result(0.1, {**GOOD, "f1": 0.5, "recall": 0.69, "roc_auc": 0.1}), settings.monitoring
+    )
     assert not a.drift
     assert a.low_scores == [LowScore("f1", 0.5, 0.7), LowScore("recall", 0.69, 0.7)]
     assert a.summary == "low scores"
 
 
 def test_thresholds_come_from_settings(tmp_path: Path) -> None:
-    strict = get_settings(churnops_home=tmp_path, min_precision=0.95, drift_share_threshold=0.0)
-    a = assess(result(0.01), strict)
+    strict = get_settings(churnops_home=tmp_path, min_f1=0.95, drift_share_threshold=0.0)
+    a = assess(result(0.01), strict.monitoring)
     assert a.drift
-    assert a.low_scores == [LowScore("precision", 0.9, 0.95)]
+    assert a.low_scores == [LowScore("f1", GOOD["f1"], 0.95)]
 
 
 def test_unlabeled_file_can_only_drift(settings: Settings) -> None:
-    assert not assess(result(0.1, {}), settings).needs_alert
-    a = assess(result(0.9, {}), settings)
+    assert not assess(result(0.1, {}), settings.monitoring).needs_alert
+    a = assess(result(0.9, {}), settings.monitoring)
     assert a.summary == "drift"
     body = build_alert("a.csv", "M", 1, a, result(0.9, {})).body
     assert "not measured (the file has no churn label)" in body
@@ -82,7 +84,11 @@ def test_unlabeled_file_can_only_drift(settings: Settings) -> None:
 def test_message(settings: Settings) -> None:
     res = result(0.64, {**GOOD, "f1": 0.512})
     alert = build_alert(
-        "customer_churn_2_majority_drifted.csv", "XGBoostChurnModel", 3, assess(res, settings), res
+        "customer_churn_2_majority_drifted.csv",
+        "XGBoostChurnModel",
+        3,
+        assess(res, settings.monitoring),
+        res,
     )
     assert alert.subject == (
         "[ChurnOps] drift + low scores: customer_churn_2_majority_drifted.csv"
@@ -104,7 +110,7 @@ def test_message(settings: Settings) -> None:
 def test_subject_is_short_ascii(settings: Settings) -> None:
     name = "clientes_año_" + "x" * 150 + "_final.csv"
     res = result(0.9, {**GOOD, "accuracy": 0.1})
-    alert = build_alert(name, "XGBoostChurnModel", 12, assess(res, settings), res)
+    alert = build_alert(name, "XGBoostChurnModel", 12, assess(res, settings.monitoring), res)
     assert len(alert.subject) < 100
     assert alert.subject.isascii()
     assert alert.subject.startswith("[ChurnOps] drift + low scores: clientes_ano_x")
@@ -116,29 +122,29 @@ def test_subject_is_short_ascii(settings: Settings) -> None:
 def test_missing_report_link(settings: Settings) -> None:
     res = result(0.9)
     res.report_url = None
-    alert = build_alert("a.csv", "M", 1, assess(res, settings), res)
+    alert = build_alert("a.csv", "M", 1, assess(res, settings.monitoring), res)
     assert "Evidently report: not available" in alert.body
 
 
 def test_log_only_when_no_channel_is_configured(settings: Settings) -> None:
     res = result(0.9)
-    alert = build_alert("a.csv", "M", 1, assess(res, settings), res)
-    assert send_alert(alert, settings) == ["log"]
-    assert send_alert(alert, settings) == ["log"]
-    text = settings.alert_log.read_text()
+    alert = build_alert("a.csv", "M", 1, assess(res, settings.monitoring), res)
+    assert send_alert(alert, settings.alerts) == ["log"]
+    assert send_alert(alert, settings.alerts) == ["log"]
+    text = settings.alerts.alert_log.read_text()
     assert text.count(f" {alert.subject}\n") == 2
     assert alert.body in text
 
 
 def test_bad_topic_arn_is_reported(settings: Settings) -> None:
-    settings = get_settings(**{**settings.model_dump(), "alerts_topic_arn": "my-topic"})
+    settings = settings.replace(alerts_topic_arn="my-topic")
     res = result(0.9)
-    alert = build_alert("a.csv", "M", 1, assess(res, settings), res)
+    alert = build_alert("a.csv", "M", 1, assess(res, settings.monitoring), res)
     with pytest.raises(AlertDeliveryError, match="not an SNS topic ARN") as err:
-        send_alert(alert, settings)
+        send_alert(alert, settings.alerts)
     assert err.value.delivered == ["log"]
     assert list(err.value.failures) == ["sns"]
-    assert alert.subject in settings.alert_log.read_text()
+    assert alert.subject in settings.alerts.alert_log.read_text()
 
 
 def test_assessment_summary() -> None:

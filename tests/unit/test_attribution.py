@@ -221,7 +221,7 @@ def result(drift: AttributionDrift | None = MOVED) -> MonitoringResult:
 
 def test_metric_rows_carry_a_value_and_rank_per_feature_and_the_ndcg() -> None:
     settings = get_settings(min_attribution_ndcg=0.9)
-    rows = list(metric_rows(result(), settings.alert_thresholds))
+    rows = list(metric_rows(result(), settings.monitoring.alert_thresholds))
     by_metric = {m: [r for r in rows if r["metric"] == m] for m in {r["metric"] for r in rows}}
     (score,) = by_metric[ATTRIBUTION_NDCG]
     assert (score["value"], score["threshold"]) == (MOVED.ndcg, 0.9)
@@ -233,33 +233,43 @@ def test_metric_rows_carry_a_value_and_rank_per_feature_and_the_ndcg() -> None:
 
 
 def test_the_ndcg_threshold_is_stored_only_when_set() -> None:
-    assert ATTRIBUTION_NDCG not in get_settings().alert_thresholds
-    assert get_settings(min_attribution_ndcg=0.95).alert_thresholds[ATTRIBUTION_NDCG] == 0.95
+    assert ATTRIBUTION_NDCG not in get_settings().monitoring.alert_thresholds
+    assert (
+        get_settings(min_attribution_ndcg=0.95).monitoring.alert_thresholds[ATTRIBUTION_NDCG]
+        == 0.95
+    )
 
 
 def test_the_env_variable_sets_the_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIN_ATTRIBUTION_NDCG", "0.9")
     monkeypatch.setenv("ATTRIBUTION_SAMPLE_ROWS", "0")
     settings = get_settings()
-    assert (settings.min_attribution_ndcg, settings.attribution_sample_rows) == (0.9, 0)
+    assert (
+        settings.monitoring.min_attribution_ndcg,
+        settings.monitoring.attribution_sample_rows,
+    ) == (0.9, 0)
 
 
 def test_no_alert_on_attribution_unless_a_minimum_is_set(tmp_path: Path) -> None:
-    assert not assess(result(), get_settings(churnops_home=tmp_path)).needs_alert
-    loose = assess(result(), get_settings(churnops_home=tmp_path, min_attribution_ndcg=0.5))
+    assert not assess(result(), get_settings(churnops_home=tmp_path).monitoring).needs_alert
+    loose = assess(
+        result(), get_settings(churnops_home=tmp_path, min_attribution_ndcg=0.5).monitoring
+    )
     assert not loose.needs_alert
 
 
 def test_the_alert_names_the_biggest_movers(tmp_path: Path) -> None:
     settings = get_settings(churnops_home=tmp_path, min_attribution_ndcg=0.99)
-    assessment = assess(result(), settings)
+    assessment = assess(result(), settings.monitoring)
     assert assessment.attribution_drift and assessment.summary == "attribution drift"
     alert = build_alert("file.csv", "M", 3, assessment, result())
     assert alert.subject.startswith("[ChurnOps] attribution drift: file.csv")
     assert f"NDCG {MOVED.ndcg:.3f}" in alert.body and "alert below 0.990" in alert.body
     assert "  - complains rose from 3rd to 1st (mean |SHAP| 0.7 -> 4)" in alert.body
     assert "status fell from 1st to 2nd" in alert.body
-    assert not assess(result(None), settings).needs_alert  # not measured: nothing to judge
+    assert not assess(
+        result(None), settings.monitoring
+    ).needs_alert  # not measured: nothing to judge
 
 
 def test_the_run_summary_and_its_markdown_say_the_biggest_move() -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from churnops.monitoring.db_roles import grant_read_only
 from churnops.monitoring.metrics_db import MetricsStore, make_engine, metadata
 from churnops.results import ColumnDrift, MonitoringResult
-from churnops.settings import get_settings
+from churnops.settings import OTHER_SCORE_MINIMUMS, get_settings
 
 COLUMNS = [
     ColumnDrift("call_failure", 0.73, "Wasserstein distance (normed)", 0.1, True),
@@ -123,12 +123,12 @@ def test_the_alert_thresholds_in_effect_are_stored_with_their_metrics(
     """A later change of the settings must not recolour what an earlier file was judged by."""
     strict = get_settings(drift_share_threshold=0.25, min_f1=0.9)
     run_id = start(store)
-    store.record_result(run_id, result(), thresholds=strict.alert_thresholds)
+    store.record_result(run_id, result(), thresholds=strict.monitoring.alert_thresholds)
     rows = store.metrics(run_id)
     run_level = rows[rows["label"].isna()].set_index("metric")["threshold"]
     assert run_level["drifted_share"] == 0.25
     assert run_level["f1"] == 0.9
-    assert run_level["precision"] == strict.min_precision
+    assert run_level["precision"] == OTHER_SCORE_MINIMUMS["precision"]
     assert pd.isna(run_level["roc_auc"])  # no alert on ROC AUC
     assert pd.isna(run_level["predicted_churn_rate"])
 
@@ -157,7 +157,9 @@ def test_naive_datetimes_are_refused(store: MetricsStore) -> None:
 
 
 def test_from_settings_uses_a_sqlite_file_under_home(tmp_path: Path) -> None:
-    store = MetricsStore.from_settings(get_settings(churnops_home=tmp_path, database_url=None))
+    store = MetricsStore.from_settings(
+        get_settings(churnops_home=tmp_path, database_url=None).monitoring
+    )
     start(store)
     assert (tmp_path / "metrics.db").is_file()
     assert len(store.runs()) == 1

@@ -144,6 +144,6 @@ def test_local_report_url_follows_the_ui_route() -> None:
     settings = get_settings(platform_host="127.0.0.1", evidently_port=8123)
     project = UUID("00000000-0000-0000-0000-000000000001")
     snapshot = UUID("00000000-0000-0000-0000-000000000002")
-    assert local_report_url(settings, project, snapshot) == (
+    assert local_report_url(settings.platform, project, snapshot) == (
         f"http://127.0.0.1:8123/projects/{project}/reports/{snapshot}"
     )

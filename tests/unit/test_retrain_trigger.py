@@ -44,7 +44,7 @@ class FakeSubmit:
         self.calls: list[tuple[str, str, str]] = []
         self.error = error
 
-    def __call__(self, settings: Settings, key: str, drop: str, run: str) -> None:
+    def __call__(self, key: str, drop: str, run: str) -> None:
         self.calls.append((key, drop, run))
         if self.error:
             raise self.error
@@ -78,11 +78,11 @@ def test_cooling_down_until_the_cooldown_has_passed() -> None:
 # --- the alert step --------------------------------------------------------------------------
 def test_suggest_is_the_default_and_says_what_to_run(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
-    assert settings.retrain_mode == "suggest"
+    assert settings.model.retrain_mode == "suggest"
     submit = FakeSubmit()
     channels, message = alert(settings, LOW, submit)
     assert channels == ("log",) and SUGGESTION in message
-    assert SUGGESTION in settings.alert_log.read_text()
+    assert SUGGESTION in settings.alerts.alert_log.read_text()
     assert submit.calls == []
 
 
@@ -91,10 +91,13 @@ def test_auto_submits_one_retraining_for_the_run_that_scored_low(tmp_path: Path)
     submit = FakeSubmit()
     _, message = alert(settings, LOW, submit)
     ((key, drop, run),) = submit.calls
-    assert key == idempotency_key(datetime.now(UTC), settings.retrain_cooldown_minutes)
+    assert key == idempotency_key(datetime.now(UTC), settings.model.retrain_cooldown_minutes)
     assert (drop, run) == ("s3://b", "R1")
     assert "retraining started" in message and key in message
-    assert f"retraining started (retrain_model/retrain, {key})" in settings.alert_log.read_text()
+    assert (
+        f"retraining started (retrain_model/retrain, {key})"
+        in settings.alerts.alert_log.read_text()
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,7 +117,7 @@ def test_no_retraining_without_low_scores_or_when_off(
 
 def test_auto_waits_for_the_cooldown_after_the_last_retraining(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, retrain_mode="auto", retrain_cooldown_minutes=30)
-    store = MetricsStore.from_settings(settings)
+    store = MetricsStore.from_settings(settings.monitoring)
     assert store.acquire_lock(LOCK, "manual-earlier", 60)
     store.release_lock(LOCK, "manual-earlier")
     store.close()
@@ -140,7 +143,7 @@ def test_submission_names_the_retrain_deployment(
     monkeypatch.setattr(
         "prefect.deployments.run_deployment", lambda name, **kw: calls.append({"name": name, **kw})
     )
-    retrain_trigger.submit_to_deployment(settings_for(tmp_path), "retrain:K", "s3://b", "R1")
+    retrain_trigger.submit_to_deployment("retrain:K", "s3://b", "R1")
     (call,) = calls
     assert call["name"] == "retrain_model/retrain" and call["idempotency_key"] == "retrain:K"
     assert call["parameters"] == {"trigger": "auto", "drop": "s3://b", "include_run": "R1"}
@@ -150,9 +153,9 @@ def test_submission_names_the_retrain_deployment(
 # --- one at a time -----------------------------------------------------------------------------
 def test_a_second_retraining_stops_while_the_first_holds_the_lock(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
-    store = MetricsStore.from_settings(settings)
+    store = MetricsStore.from_settings(settings.monitoring)
     assert store.acquire_lock(LOCK, "manual-first", 60)
-    storage = open_storage(settings)
+    storage = open_storage(settings.drop)
     for trigger in ("manual", "auto"):
         outcome = retrain(settings, storage, RetrainOptions(trigger=trigger))  # type: ignore[arg-type]
         assert outcome.status == "skipped", outcome
@@ -165,7 +168,7 @@ def test_a_second_retraining_stops_while_the_first_holds_the_lock(tmp_path: Path
 def test_an_automatic_retraining_started_in_the_cooldown_stops(tmp_path: Path) -> None:
     """Two submissions across a window boundary: the second run sees the first one's start."""
     settings = settings_for(tmp_path, retrain_cooldown_minutes=60)
-    storage = open_storage(settings)
+    storage = open_storage(settings.drop)
     first = retrain(settings, storage, RetrainOptions(trigger="auto"))
     assert first.status == "skipped" and "no labeled file" in first.reason  # it ran: empty drop
     second = retrain(settings, storage, RetrainOptions(trigger="auto"))

@@ -286,13 +286,19 @@ def test_the_report_picture_names_the_database_relative_to_the_working_folder(
 ) -> None:
     settings = get_settings(churnops_home=tmp_path / "repo" / ".churnops", database_url=None)
     assert (
-        shots.portable(settings, tmp_path / "repo").metrics_db_url
+        shots.portable(settings, tmp_path / "repo").monitoring.metrics_db_url
         == "sqlite:///.churnops/metrics.db"
     )
     elsewhere = tmp_path / "other"
-    assert shots.portable(settings, elsewhere).metrics_db_url == settings.metrics_db_url
+    assert (
+        shots.portable(settings, elsewhere).monitoring.metrics_db_url
+        == settings.monitoring.metrics_db_url
+    )
     postgres = get_settings(database_url="postgresql://u:p@db/metrics")
-    assert shots.portable(postgres, tmp_path).metrics_db_url == "postgresql://u:p@db/metrics"
+    assert (
+        shots.portable(postgres, tmp_path).monitoring.metrics_db_url
+        == "postgresql://u:p@db/metrics"
+    )
 
 
 # --- taking a picture ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Settings: read when asked, explicit overrides win."""
+"""Settings: read when asked, in groups under their flat names; explicit overrides win."""
 
 from __future__ import annotations
 
@@ -13,11 +13,26 @@ def test_environment_is_read_when_asked(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path))
     monkeypatch.setenv("MIN_F1", "0.9")
     settings = get_settings()
-    assert settings.min_f1 == 0.9
-    assert settings.metrics_db_url == f"sqlite:///{tmp_path / 'metrics.db'}"
-    assert settings.drop_dir == tmp_path / "drop"
+    assert settings.monitoring.min_f1 == 0.9
+    assert settings.monitoring.metrics_db_url == f"sqlite:///{tmp_path / 'metrics.db'}"
+    assert settings.drop.drop_dir == tmp_path / "drop"
+    assert {group.home for group in vars(settings).values()} == {tmp_path}
 
 
 def test_explicit_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODEL_ALIAS", "production")
-    assert get_settings(model_alias="canary").model_alias == "canary"
+    assert get_settings(model_alias="canary").model.model_alias == "canary"
+
+
+def test_replace_routes_flat_names_to_their_group_and_validates(tmp_path: Path) -> None:
+    settings = get_settings(churnops_home=tmp_path)
+    changed = settings.replace(drop_storage="s3", min_f1="0.8")
+    assert changed.drop.drop_storage == "s3" and changed.monitoring.min_f1 == 0.8
+    assert changed.model is settings.model  # untouched groups are shared
+    with pytest.raises(ValueError):
+        settings.replace(drop_storage="ftp")
+
+
+def test_an_unknown_name_is_refused() -> None:
+    with pytest.raises(TypeError, match="lease_seconds"):
+        get_settings(lease_seconds=1)

@@ -85,7 +85,7 @@ def test_decode_event_key(event_key: str, key: str) -> None:
 
 def test_open_storage_local_creates_layout(tmp_path: Path) -> None:
     settings = get_settings(drop_storage="local", local_drop_dir=tmp_path / "drop")
-    store = open_storage(settings)
+    store = open_storage(settings.drop)
     assert isinstance(store, LocalDropStorage)
     for folder in ("input", "processing", "processed", "errored", "logs"):
         assert (tmp_path / "drop" / "data" / folder).is_dir()
@@ -95,22 +95,22 @@ def test_the_drop_uri_names_the_storage_whatever_the_settings_say(tmp_path: Path
     """A flow run reads where its trigger saw the file, not where DROP_STORAGE points."""
     s3_settings = get_settings(drop_storage="s3", drop_bucket="configured")
     folder = tmp_path / "a drop ü"
-    local = open_drop(folder.as_uri(), s3_settings)
+    local = open_drop(folder.as_uri())
     assert isinstance(local, LocalDropStorage)
     assert local.root == folder.resolve()
-    assert open_drop(local.uri, s3_settings).root == local.root  # round trip
-    remote = open_drop("s3://from-the-event", get_settings(drop_storage="local"))
+    assert open_drop(local.uri).root == local.root  # round trip
+    remote = open_drop("s3://from-the-event")
     assert isinstance(remote, S3DropStorage)
     assert remote.bucket == "from-the-event"
-    assert s3_settings.drop_uri == "s3://configured"
+    assert s3_settings.drop.drop_uri == "s3://configured"
     local_settings = get_settings(drop_storage="local", local_drop_dir=folder)
-    assert open_drop(local_settings.drop_uri, s3_settings).root == folder.resolve()
+    assert open_drop(local_settings.drop.drop_uri).root == folder.resolve()
 
 
 @pytest.mark.parametrize("uri", ["churnops-drop", "s3://", "s3://bucket/data", "http://x/y", ""])
 def test_a_drop_uri_that_names_no_storage_is_refused(uri: str) -> None:
     with pytest.raises(ValueError, match="neither s3://<bucket> nor file:///<folder>"):
-        open_drop(uri, get_settings())
+        open_drop(uri)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -56,7 +56,7 @@ from churnops.data.schema import (
 )
 
 #: Rows per chunk: about 100 MB of frame at most, whatever the file's size.
-DEFAULT_CHUNK_ROWS = 200_000
+CHUNK_ROWS = 200_000
 #: Failure cases kept for the final message (a broken file can have millions).
 _MAX_FAILURE_ROWS = 50_000
 #: The longest line of a CSV file, or text value of a Parquet file: a longer one is
@@ -108,13 +108,13 @@ class CustomerReader:
         stream: IO[bytes],
         *,
         name: str = "file",
-        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        chunk_rows: int | None = None,
         require_target: bool = False,
         id_columns: Sequence[str] = (),
         max_bytes: int | None = None,
     ) -> None:
         self.name = name
-        self.chunk_rows = chunk_rows
+        self.chunk_rows = chunk_rows or CHUNK_ROWS
         #: The most bytes the file may decode to (gzip inflated, Parquet values), counted
         #: while reading: its stored size bounds neither.
         self.max_bytes = max_bytes

@@ -42,6 +42,9 @@ LeaseState = Literal["running", "failed", "done"]
 HOST = socket.gethostname()
 
 
+#: A run whose heartbeat is older than this is dead (s); its holder beats every third of
+#: it. Long enough for a loaded machine's pauses, short enough to re-drive quickly.
+LEASE_SECONDS = 30.0
 #: The drop time at the start of a run id.
 RUN_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 

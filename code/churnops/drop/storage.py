@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from churnops.drop.keys import DROP_PREFIXES, PREFIX, drop_prefix
 
 if TYPE_CHECKING:
-    from churnops.settings import Settings
+    from churnops.settings import DropSettings
 
 Stage = Literal["input", "labels", "processing", "processed", "errored"]
 #: Where users drop files: customer files to score, and late labels.
@@ -617,8 +617,9 @@ def _code(exc: Any) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def s3_client(endpoint_url: str | None) -> Any:
-    """A boto3 S3 client with bounded retries and timeouts (an outage fails in seconds)."""
+def s3_client(endpoint_url: str | None = None) -> Any:
+    """A boto3 S3 client with bounded retries and timeouts (an outage fails in seconds);
+    at boto3's own endpoint (``AWS_ENDPOINT_URL``, else AWS) unless ``endpoint_url``."""
     import boto3
     from botocore.config import Config
 
@@ -628,15 +629,15 @@ def s3_client(endpoint_url: str | None) -> Any:
     return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 
-def open_drop(uri: str, settings: Settings) -> DropStorage:
+def open_drop(uri: str) -> DropStorage:
     """The drop storage a URI names: ``s3://<bucket>`` or ``file:///<folder>``.
 
     What a flow run is given by its trigger, so the event, not this process's
-    settings, says where the file is; the settings only give the S3 endpoint.
+    settings, says where the file is.
     """
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme == "s3" and parsed.netloc and parsed.path in ("", "/"):
-        return S3DropStorage(parsed.netloc, s3_client(settings.aws_endpoint_url))
+        return S3DropStorage(parsed.netloc, s3_client())
     if parsed.scheme == "file" and parsed.path:
         storage = LocalDropStorage(Path(urllib.request.url2pathname(parsed.path)))
         storage.create_layout()
@@ -644,9 +645,9 @@ def open_drop(uri: str, settings: Settings) -> DropStorage:
     raise ValueError(f"drop {uri!r} is neither s3://<bucket> nor file:///<folder>")
 
 
-def open_storage(settings: Settings, bucket: str | None = None) -> DropStorage:
-    """The default drop of these settings (``settings.drop_uri``), or another bucket."""
-    return open_drop(f"s3://{bucket}" if bucket else settings.drop_uri, settings)
+def open_storage(drop: DropSettings, bucket: str | None = None) -> DropStorage:
+    """The default drop of these settings (``drop.drop_uri``), or another bucket."""
+    return open_drop(f"s3://{bucket}" if bucket else drop.drop_uri)
 
 
 # --- per-file log ---------------------------------------------------------------------

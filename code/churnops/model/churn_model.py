@@ -44,10 +44,11 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.logging_utils import disable_logging
 from tenacity import Retrying, stop_after_delay, wait_exponential
 
+from churnops import retry
 from churnops.data.features import prepare_features
 from churnops.data.schema import RAW_COLUMNS, clean_columns
 from churnops.results import PREDICTION, PROBABILITY
-from churnops.settings import Settings
+from churnops.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ class ModelCache:
 _cache = ModelCache()
 
 
-def configure_mlflow(settings: Settings) -> None:
+def configure_mlflow(model: ModelSettings) -> None:
     """Point MLflow at the configured tracking store (local SQLite by default), quietly.
 
     Every command, flow and benchmark that talks to MLflow comes through here: MLflow
@@ -256,10 +257,10 @@ def configure_mlflow(settings: Settings) -> None:
     links with emoji and no artifact progress bars. The switches are MLflow's own
     configuration objects, set the way ``mlflow.config`` sets its others.
     """
-    if settings.mlflow_tracking_uri is None:
-        settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    if model.mlflow_tracking_uri is None:
+        model.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(model.tracking_uri)
+    mlflow.set_registry_uri(model.tracking_uri)
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)
     MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set(True)
     if not logging.getLogger().isEnabledFor(logging.INFO):
@@ -272,17 +273,17 @@ class MlflowUnavailable(RuntimeError):
     """The tracking server did not answer within the wait: retry the file later."""
 
 
-def wait_for_tracking_server(settings: Settings) -> None:
+def wait_for_tracking_server(model: ModelSettings) -> None:
     """Fail in seconds, not minutes, when an HTTP tracking server is down.
 
     MLflow's own client retries a dead server for about 12 minutes; a quick
     health check with a bounded wait keeps an outage from blocking every file.
     """
-    uri = settings.tracking_uri
+    uri = model.tracking_uri
     if not uri.startswith(("http://", "https://")):
         return
     retrying = Retrying(
-        stop=stop_after_delay(settings.dependency_wait_seconds),
+        stop=stop_after_delay(retry.DEPENDENCY_WAIT_SECONDS),
         wait=wait_exponential(multiplier=0.5, max=4),
         reraise=True,
     )
@@ -290,7 +291,7 @@ def wait_for_tracking_server(settings: Settings) -> None:
         retrying(_health, uri.rstrip("/") + "/health")
     except OSError as exc:
         raise MlflowUnavailable(
-            f"MLflow at {uri} unreachable for {settings.dependency_wait_seconds:.0f}s: {exc}"
+            f"MLflow at {uri} unreachable for {retry.DEPENDENCY_WAIT_SECONDS:.0f}s: {exc}"
         ) from exc
 
 
@@ -299,21 +300,21 @@ def _health(url: str) -> None:
         response.read()
 
 
-def load_aliased_model(settings: Settings, alias: str | None = None) -> LoadedModel:
+def load_aliased_model(model: ModelSettings, alias: str | None = None) -> LoadedModel:
     """Load ``<model_name>@<alias>``, cached per process by version.
 
     The alias is resolved on every call (one cheap registry request) so a moved
     alias is picked up; the model itself is loaded only once per version.
     """
-    configure_mlflow(settings)
-    wait_for_tracking_server(settings)
-    alias = alias or settings.model_alias
+    configure_mlflow(model)
+    wait_for_tracking_server(model)
+    alias = alias or model.model_alias
     client = mlflow.MlflowClient()
-    version = client.get_model_version_by_alias(settings.model_name, alias).version
+    version = client.get_model_version_by_alias(model.model_name, alias).version
 
     def load() -> LoadedModel:
-        log.info("loading %s version %s", settings.model_name, version)
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
-        return LoadedModel(settings.model_name, str(version), pyfunc.unwrap_python_model())
+        log.info("loading %s version %s", model.model_name, version)
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{model.model_name}/{version}")
+        return LoadedModel(model.model_name, str(version), pyfunc.unwrap_python_model())
 
-    return _cache.get((settings.tracking_uri, settings.model_name, str(version)), load)
+    return _cache.get((model.tracking_uri, model.model_name, str(version)), load)

@@ -52,7 +52,7 @@ from churnops.model.churn_model import (
     load_aliased_model,
 )
 from churnops.model.training import Evaluation, Progress
-from churnops.settings import Settings
+from churnops.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,28 @@ FIT_ROWS = "lineage/fit_rows.txt"
 Status = Literal["promoted", "refused", "skipped"]
 #: In a promotion's reason when the new version is better but not yet good enough.
 BELOW_MINIMUM = "quality still below its minimum"
+#: MLflow experiment of the training runs and Optuna study of the search (two
+#: objectives: F1 and predict cost): names, not choices.
+EXPERIMENT = "churn-model-evaluation"
+OPTUNA_STUDY = "xgboost-churn-cost"
+#: Cross-validation folds of the search and of the threshold choice: 5 is the usual
+#: bias/variance middle; tests that train often patch it lower.
+CV_FOLDS = 5
+#: Share of the training file held out, in no version's fit ever: the rows every
+#: version is compared on.
+HOLDOUT_FRACTION = 0.2
+#: Seed of splits, folds, sampler and model: a retraining on the same rows is the same.
+RANDOM_SEED = 42
+#: Holdout ROC AUC a first version needs (no version holds the alias); its F1 needs
+#: MIN_F1, the quality bar the alerts use too.
+GATE_MIN_ROC_AUC = 0.90
+#: F1 a challenger must gain over the alias holder's on the same unseen rows to take the
+#: alias (a tie keeps the holder): noise on a few hundred rows is about this size.
+GATE_MIN_F1_GAIN = 0.01
+#: Fewest unseen labeled rows a challenger is judged on, and fewest churned (and as many
+#: stayed) rows among them: an F1 of a handful of churners says nothing.
+GATE_MIN_HOLDOUT_ROWS = 100
+GATE_MIN_HOLDOUT_POSITIVES = 10
 #: The prefix of each model's scores on each holdout among a run's metrics.
 METRICS = {
     "challenger": "holdout_",
@@ -190,7 +212,7 @@ class Split:
 
 
 def split_rows(
-    settings: Settings, training_file: LabeledFile, window: Sequence[LabeledFile], seen: set[str]
+    training_file: LabeledFile, window: Sequence[LabeledFile], seen: set[str]
 ) -> Split | str:
     """Fit and holdouts, or why there is nothing honest to judge a challenger on.
 
@@ -198,7 +220,7 @@ def split_rows(
     """
     frame = training_file.frame
     fit0, training_holdout = training.split_holdout(
-        frame, target(frame), settings.holdout_fraction, settings.random_seed
+        frame, target(frame), HOLDOUT_FRACTION, RANDOM_SEED
     )
     frames = [fit0, *(f.frame for f in window)]
     rows = pd.concat(
@@ -212,7 +234,7 @@ def split_rows(
             training_holdout.assign(_key=row_keys(training_holdout)),
             (f"{training_file.name} (holdout split)"),
         )
-    refusal = _too_small(settings, newest, holdout_name, len(seen) > 0)
+    refusal = _too_small(newest, holdout_name, len(seen) > 0)
     if refusal:
         return refusal
     judged = {k.split(".")[0] for k in [*newest["_key"], *row_keys(training_holdout)]}
@@ -226,7 +248,7 @@ def split_rows(
     )
 
 
-def _too_small(settings: Settings, holdout: pd.DataFrame, name: str, seen: bool) -> str:
+def _too_small(holdout: pd.DataFrame, name: str, seen: bool) -> str:
     """Why ``holdout`` cannot judge a challenger ('' when it can): too few rows, or too
     few of a class (F1 of a handful of churners, or of none, says nothing)."""
     positives = int(target(holdout).sum()) if len(holdout) else 0
@@ -234,15 +256,15 @@ def _too_small(settings: Settings, holdout: pd.DataFrame, name: str, seen: bool)
     unseen = " unseen by the champion" if seen else ""
     if len(holdout) == 0:
         return f"no labeled rows of {name} are{unseen}: nothing new to judge a challenger on"
-    if len(holdout) < settings.gate_min_holdout_rows:
+    if len(holdout) < GATE_MIN_HOLDOUT_ROWS:
         return (
             f"{name} has {len(holdout)} labeled rows{unseen}, fewer than the "
-            f"{settings.gate_min_holdout_rows} a holdout needs (GATE_MIN_HOLDOUT_ROWS)"
+            f"{GATE_MIN_HOLDOUT_ROWS} a holdout needs"
         )
-    if min(positives, negatives) < settings.gate_min_holdout_positives:
+    if min(positives, negatives) < GATE_MIN_HOLDOUT_POSITIVES:
         return (
             f"{name} has {positives} churned and {negatives} stayed rows{unseen}: a holdout "
-            f"needs {settings.gate_min_holdout_positives} of each (GATE_MIN_HOLDOUT_POSITIVES)"
+            f"needs {GATE_MIN_HOLDOUT_POSITIVES} of each"
         )
     return ""
 
@@ -254,7 +276,7 @@ def score(model: ChurnModel, frame: pd.DataFrame) -> Evaluation:
 
 
 def deployed(
-    settings: Settings, load: Callable[[Settings], LoadedModel]
+    settings: ModelSettings, load: Callable[[ModelSettings], LoadedModel]
 ) -> tuple[LoadedModel | None, set[str]]:
     """The alias holder and the keys of the rows it learned from (none when not logged)."""
     try:
@@ -283,29 +305,31 @@ def gate(
     """The promotion rule, on the newest holdout (both models on the same unseen rows).
 
     With an alias holder: promote when the challenger's F1 beats the champion's by at
-    least ``GATE_MIN_F1_GAIN`` (a tie keeps the champion), below the minimums or not: a
+    least :data:`GATE_MIN_F1_GAIN` (a tie keeps the champion), below the minimums or not: a
     better model serves better even while quality is still low, and the reason says so.
-    The absolute minimums (``GATE_MIN_F1``, ``GATE_MIN_ROC_AUC``) alone decide only when
+    The absolute minimums (``MIN_F1``, :data:`GATE_MIN_ROC_AUC`) alone decide only when
     no version holds the alias: a first model must be good enough on its own.
     """
     below = "; ".join(
         f"holdout {name} {value:.3f} < minimum {minimum:.3f}"
         for name, value, minimum in (
-            ("f1", challenger.f1, settings.gate_min_f1),
-            ("roc_auc", challenger.roc_auc, settings.gate_min_roc_auc),
+            ("f1", challenger.f1, settings.monitoring.min_f1),
+            ("roc_auc", challenger.roc_auc, GATE_MIN_ROC_AUC),
         )
         if value < minimum
     )
     version = champion[0] if champion else None
     if champion is None:
         promote = not below
-        reason = below or f"passes the minimums; no version had alias '{settings.model_alias}'"
+        reason = (
+            below or f"passes the minimums; no version had alias '{settings.model.model_alias}'"
+        )
     else:
-        gain, margin = challenger.f1 - champion[1].f1, settings.gate_min_f1_gain
+        gain, margin = challenger.f1 - champion[1].f1, GATE_MIN_F1_GAIN
         promote = gain > 0 and gain >= margin
         reason = (
             f"holdout f1 {challenger.f1:.3f} {'>=' if promote else '<'} "
-            f"{champion[1].f1:.3f} + {margin:.3f} of current {settings.model_alias} "
+            f"{champion[1].f1:.3f} + {margin:.3f} of current {settings.model.model_alias} "
             f"version {version} on the same rows"
         )
         if promote and below:
@@ -315,7 +339,7 @@ def gate(
     return Decision(promote, reason, version)
 
 
-def _still_champion(settings: Settings, decision: Decision) -> Decision:
+def _still_champion(settings: ModelSettings, decision: Decision) -> Decision:
     """Refuse when the alias moved while this training worked: the challenger was
     judged against a version that no longer serves."""
     if not decision.promote or decision.champion_version is None:
@@ -339,7 +363,7 @@ def _still_champion(settings: Settings, decision: Decision) -> Decision:
 
 # --- the pipeline --------------------------------------------------------------------------
 def choose_params(
-    settings: Settings,
+    settings: ModelSettings,
     options: TrainingOptions,
     X: pd.DataFrame,
     y: pd.Series,
@@ -353,12 +377,12 @@ def choose_params(
     study's, and the best of a mix would not mean much."""
     if options.params is not None:
         return dict(options.params)
-    seed = settings.random_seed
-    study = training.open_study(settings.optuna_storage_url, settings.optuna_study, seed)
+    seed = RANDOM_SEED
+    study = training.open_study(settings.optuna_storage_url, OPTUNA_STUDY, seed)
     if options.trials > 0:
         if not stored_study:
             study = training.open_study(None, "retrain", seed)  # in memory
-        chosen = training.search(study, X, y, options.trials, settings.cv_folds, seed, progress)
+        chosen = training.search(study, X, y, options.trials, CV_FOLDS, seed, progress)
         if not stored_study:
             return chosen
     return training.stored_params(study, list(X.columns)) or training.default_params()
@@ -370,7 +394,7 @@ def fit_digest(keys: pd.Series, params: dict[str, Any], features: list[str]) -> 
     return sha256(text.encode())
 
 
-def _same_fit(settings: Settings, digest: str) -> str | None:
+def _same_fit(settings: ModelSettings, digest: str) -> str | None:
     """A version already fitted on these rows with these parameters, if any."""
     found = mlflow.MlflowClient().search_model_versions(
         f"name = '{settings.model_name}' and tags.`lineage.fit_digest` = '{digest}'"
@@ -383,7 +407,7 @@ def train_and_register(
     options: TrainingOptions,
     progress: Progress = training._quiet,
     window: Sequence[LabeledFile] = (),
-    load: Callable[[Settings], LoadedModel] = load_aliased_model,
+    load: Callable[[ModelSettings], LoadedModel] = load_aliased_model,
 ) -> Outcome:
     """Fit, judge against the champion, log, register, gate: ``churnops train`` with no
     ``window``, a retraining with the labeled files newer than the training file.
@@ -391,26 +415,26 @@ def train_and_register(
     ``load`` loads the champion: the pipeline's loader, so it is what files are scored by.
     """
     settings.home.mkdir(parents=True, exist_ok=True)  # a first run: the local stores live here
-    configure_mlflow(settings)
-    ensure_experiment(settings)
+    configure_mlflow(settings.model)
+    ensure_experiment(settings.model)
     training_file = read_labeled_file(
-        options.data_file or settings.churn_data_dir / settings.training_file
+        options.data_file or settings.model.churn_data_dir / settings.model.training_file
     )
-    champion, seen = deployed(settings, load)
+    champion, seen = deployed(settings.model, load)
     parent = champion.version if champion else None
-    split = split_rows(settings, training_file, window, seen)
+    split = split_rows(training_file, window, seen)
     if isinstance(split, str):
         return Outcome("skipped", split, parent_version=parent)
-    features, seed = options.features, settings.random_seed
+    features, seed = options.features, RANDOM_SEED
     X, y = prepare_features(split.fit, features), target(split.fit)
-    params = choose_params(settings, options, X, y, progress, stored_study=not window)
+    params = choose_params(settings.model, options, X, y, progress, stored_study=not window)
     final = split.fit if not window else pd.concat([split.fit, split.holdout], ignore_index=True)
     digest = fit_digest(final["_key"], params, features)
-    same = None if options.force else _same_fit(settings, digest)
+    same = None if options.force else _same_fit(settings.model, digest)
     if same:
         reason = f"version {same} was fitted on these same rows with these parameters"
         return Outcome("skipped", reason, parent_version=parent)
-    threshold, cv_f1 = training.cross_validate(params, X, y, settings.cv_folds, seed, progress)
+    threshold, cv_f1 = training.cross_validate(params, X, y, CV_FOLDS, seed, progress)
     classifier = training.make_classifier(params, seed).fit(X, y)
     candidate = ChurnModel.in_memory(features, threshold, classifier)
     scores = {"challenger": score(candidate, split.holdout)}
@@ -420,7 +444,7 @@ def train_and_register(
         scores["champion_training"] = score(champion.model, split.training_holdout)
     against = (champion.version, scores["champion"]) if champion else None
     decision = gate(settings, scores["challenger"], against, options.force)
-    decision = _still_champion(settings, decision)
+    decision = _still_champion(settings.model, decision)
     if window:  # the registered version learns the newest holdout too
         classifier = training.make_classifier(params, seed)
         classifier.fit(prepare_features(final, features), target(final))
@@ -450,8 +474,8 @@ def train_and_register(
         plt.close(shap_figure)
         _log_lineage(training_file, window, split)
         mlflow.log_text("\n".join(sorted(final["_key"])), FIT_ROWS)
-        version = log_model(settings, model, classifier, params, final.drop(columns="_key"))
-    apply_decision(settings, version, decision, tags)
+        version = log_model(settings.model, model, classifier, params, final.drop(columns="_key"))
+    apply_decision(settings.model, version, decision, tags)
     return Outcome(
         status,
         decision.reason,
@@ -517,18 +541,18 @@ def log_figures(prefix: str, y: np.ndarray, model: ChurnModel, frame: pd.DataFra
         plt.close(figure)
 
 
-def ensure_experiment(settings: Settings) -> None:
+def ensure_experiment(settings: ModelSettings) -> None:
     """Create the experiment with a local artifact folder on the local default."""
-    if mlflow.get_experiment_by_name(settings.mlflow_experiment) is None:
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         location = None
         if settings.mlflow_tracking_uri is None:
-            location = (settings.mlflow_artifacts_dir / settings.mlflow_experiment).as_uri()
-        mlflow.create_experiment(settings.mlflow_experiment, artifact_location=location)
-    mlflow.set_experiment(settings.mlflow_experiment)
+            location = (settings.mlflow_artifacts_dir / EXPERIMENT).as_uri()
+        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    mlflow.set_experiment(EXPERIMENT)
 
 
 def log_model(
-    settings: Settings,
+    settings: ModelSettings,
     model: ChurnModel,
     classifier: Any,
     params: dict[str, Any],
@@ -559,7 +583,7 @@ def log_model(
 
 
 def apply_decision(
-    settings: Settings, version: str, decision: Decision, tags: dict[str, str]
+    settings: ModelSettings, version: str, decision: Decision, tags: dict[str, str]
 ) -> None:
     """Tag the version with the verdict and its lineage; move the alias when it says so."""
     client = mlflow.MlflowClient()

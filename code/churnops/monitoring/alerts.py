@@ -29,8 +29,9 @@ from tenacity import (
     wait_exponential,
 )
 
+from churnops import retry
 from churnops.results import PREDICTION, MonitoringResult
-from churnops.settings import Settings
+from churnops.settings import AlertSettings, MonitoringSettings
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +99,15 @@ class AlertDeliveryError(RuntimeError):
 
 
 # --- assess ----------------------------------------------------------------------------
-def assess(result: MonitoringResult, settings: Settings) -> Assessment:
+def assess(result: MonitoringResult, monitoring: MonitoringSettings) -> Assessment:
     """Drift when the drifted share exceeds its threshold; low scores below ``min_<metric>``;
     attribution drift when the attribution NDCG is below ``min_attribution_ndcg`` (if set).
 
     An unlabeled file has no scores, so it can only raise drift.
     """
-    low = low_scores(result.quality, settings)
-    threshold = settings.drift_share_threshold
-    ndcg_minimum = settings.min_attribution_ndcg
+    low = low_scores(result.quality, monitoring)
+    threshold = monitoring.drift_share_threshold
+    ndcg_minimum = monitoring.min_attribution_ndcg
     return Assessment(
         drifted_share=result.drifted_share,
         drift_threshold=threshold,
@@ -119,11 +120,11 @@ def assess(result: MonitoringResult, settings: Settings) -> Assessment:
     )
 
 
-def low_scores(scores: Mapping[str, float], settings: Settings) -> list[LowScore]:
+def low_scores(scores: Mapping[str, float], monitoring: MonitoringSettings) -> list[LowScore]:
     """The scores below their ``min_<metric>``: of a labeled file, or realized by late labels."""
     return [
         LowScore(metric, scores[metric], minimum)
-        for metric, minimum in settings.score_minimums.items()
+        for metric, minimum in monitoring.score_minimums.items()
         if metric in scores and scores[metric] < minimum
     ]
 
@@ -268,25 +269,25 @@ def _attribution_lines(a: Assessment, result: MonitoringResult, movers: int = 3)
 
 
 # --- sending -------------------------------------------------------------------------------
-def send_alert(alert: Alert, settings: Settings) -> list[str]:
+def send_alert(alert: Alert, alerts: AlertSettings) -> list[str]:
     """Append to the alert log, then send by SNS / e-mail when configured.
 
     Returns the channels used (``"log"``, ``"sns"``, ``"email"``). Every channel is
-    tried up to ``alert_send_attempts`` times (once for :data:`PERMANENT_ERRORS`);
+    tried up to ``ALERT_SEND_ATTEMPTS`` times (once for :data:`PERMANENT_ERRORS`);
     when one still fails, the others are still tried and
     :class:`AlertDeliveryError` is raised at the end: catch it, note it in the
     file's log and go on processing the file.
     """
-    channels: dict[str, Callable[[], None]] = {"log": lambda: _append_log(alert, settings)}
-    if settings.alerts_topic_arn:
-        channels["sns"] = lambda: _publish_sns(alert, settings)
-    if settings.smtp_host and settings.alert_email_to:
-        channels["email"] = lambda: _send_email(alert, settings)
+    channels: dict[str, Callable[[], None]] = {"log": lambda: _append_log(alert, alerts)}
+    if alerts.alerts_topic_arn:
+        channels["sns"] = lambda: _publish_sns(alert, alerts)
+    if alerts.smtp_host and alerts.alert_email_to:
+        channels["email"] = lambda: _send_email(alert, alerts)
     delivered: list[str] = []
     failures: dict[str, str] = {}
     for channel, send in channels.items():
         try:
-            _retrying(settings, channel)(send)
+            _retrying(channel)(send)
         except Exception as exc:
             log.error("alert %r: %s failed after retries: %s", alert.subject, channel, exc)
             failures[channel] = f"{type(exc).__name__}: {exc}"
@@ -297,56 +298,54 @@ def send_alert(alert: Alert, settings: Settings) -> list[str]:
     return delivered
 
 
-def _retrying(settings: Settings, channel: str) -> Retrying:
+def _retrying(channel: str) -> Retrying:
     return Retrying(
         retry=retry_if_not_exception_type(PERMANENT_ERRORS),
-        stop=stop_after_attempt(max(settings.alert_send_attempts, 1)),
-        wait=wait_exponential(multiplier=settings.alert_retry_wait, max=60),
+        stop=stop_after_attempt(retry.ALERT_SEND_ATTEMPTS),
+        wait=wait_exponential(multiplier=retry.ALERT_RETRY_WAIT, max=60),
         before_sleep=before_sleep_log(logging.getLogger(f"{__name__}.{channel}"), logging.WARNING),
         reraise=True,
     )
 
 
-def _append_log(alert: Alert, settings: Settings) -> None:
+def _append_log(alert: Alert, alerts: AlertSettings) -> None:
     """A readable block per alert: a header line with the time and subject, then the body."""
-    path = settings.alert_log
+    path = alerts.alert_log
     path.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     with path.open("a", encoding="utf-8") as out:
         out.write(f"===== {stamp} {alert.subject}\n{alert.body}\n")
 
 
-def _publish_sns(alert: Alert, settings: Settings) -> None:
+def _publish_sns(alert: Alert, alerts: AlertSettings) -> None:
     import boto3
     from botocore.config import Config
 
-    arn = settings.alerts_topic_arn or ""
+    arn = alerts.alerts_topic_arn or ""
     parts = arn.split(":")
     if len(parts) < 6 or parts[0] != "arn" or parts[2] != "sns":
         raise ValueError(f"ALERTS_TOPIC_ARN {arn!r} is not an SNS topic ARN")
-    timeout = settings.network_timeout_seconds
+    timeout = retry.NETWORK_TIMEOUT_SECONDS
     client = boto3.client(
         "sns",
         region_name=parts[3],  # a topic is published to in its own region
-        endpoint_url=settings.aws_endpoint_url,
         config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1}),
     )
     client.publish(TopicArn=arn, Subject=alert.subject, Message=alert.body)
 
 
-def _send_email(alert: Alert, settings: Settings) -> None:
+def _send_email(alert: Alert, alerts: AlertSettings) -> None:
     message = EmailMessage()
     message["Subject"] = alert.subject
-    message["From"] = settings.alert_email_from
-    message["To"] = ", ".join(_recipients(settings.alert_email_to or ""))
+    message["From"] = alerts.alert_email_from
+    message["To"] = ", ".join(_recipients(alerts.alert_email_to or ""))
     message.set_content(alert.body)
-    host = settings.smtp_host or ""
-    with smtplib.SMTP(host, settings.smtp_port, timeout=settings.network_timeout_seconds) as smtp:
-        if settings.smtp_starttls:
+    host = alerts.smtp_host or ""
+    with smtplib.SMTP(host, alerts.smtp_port, timeout=retry.NETWORK_TIMEOUT_SECONDS) as smtp:
+        if alerts.smtp_user:  # STARTTLS first: a password never crosses in the clear
             smtp.starttls(context=ssl.create_default_context())
-        if settings.smtp_user:
-            password = settings.smtp_password.get_secret_value() if settings.smtp_password else ""
-            smtp.login(settings.smtp_user, password)
+            password = alerts.smtp_password.get_secret_value() if alerts.smtp_password else ""
+            smtp.login(alerts.smtp_user, password)
         smtp.send_message(message)
 
 

@@ -42,6 +42,10 @@ WRITER_PRIVILEGES = sql.SQL("SELECT, INSERT, UPDATE")
 VERSION_TABLE = "alembic_version"
 
 
+#: The dashboards' read-only role (`churnops grant-reader`); Grafana logs in as it.
+DASHBOARD_ROLE = "grafana_reader"
+
+
 class Kind(StrEnum):
     """What a role is for: see the module's docstring."""
 

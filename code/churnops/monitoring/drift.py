@@ -45,10 +45,11 @@ from evidently.core.report import Snapshot
 from evidently.errors import EvidentlyError
 from evidently.ui.workspace import RemoteWorkspace, Workspace, WorkspaceBase
 
+from churnops import retry
 from churnops.data.schema import TARGET
 from churnops.monitoring.evidently_ui import FileReport, ensure_dashboard, file_values
 from churnops.results import PREDICTION, PROBABILITY, ColumnDrift, MonitoringResult
-from churnops.settings import Settings
+from churnops.settings import MonitoringSettings, PlatformSettings, Settings
 
 #: Names of the two classification tasks in the data definition.
 LABELS_TASK = "labels"
@@ -259,17 +260,17 @@ class _BoundedRemoteWorkspace(RemoteWorkspace):
         return response if response_model is None else parse_obj_as(response_model, response.json())
 
 
-def open_workspace(settings: Settings) -> WorkspaceBase:
+def open_workspace(monitoring: MonitoringSettings) -> WorkspaceBase:
     """The remote Evidently UI when configured, else the local workspace folder."""
-    if settings.evidently_ui_url:
-        secret = settings.evidently_secret
+    if monitoring.evidently_ui_url:
+        secret = monitoring.evidently_secret
         return _BoundedRemoteWorkspace(
-            settings.evidently_ui_url,
+            monitoring.evidently_ui_url,
             secret and secret.get_secret_value(),
-            settings.network_timeout_seconds,
+            retry.NETWORK_TIMEOUT_SECONDS,
         )
-    settings.evidently_workspace_dir.mkdir(parents=True, exist_ok=True)
-    return Workspace(str(settings.evidently_workspace_dir))
+    monitoring.evidently_workspace_dir.mkdir(parents=True, exist_ok=True)
+    return Workspace(str(monitoring.evidently_workspace_dir))
 
 
 def project_id(workspace: WorkspaceBase, name: str) -> UUID:
@@ -279,6 +280,8 @@ def project_id(workspace: WorkspaceBase, name: str) -> UUID:
     return project.id
 
 
+#: The Evidently project of the reports: a name, not a choice.
+PROJECT = "churnops"
 #: (workspace location, project name) -> the opened workspace and the project's id.
 _targets: dict[tuple[str, str], tuple[WorkspaceBase, UUID]] = {}
 _targets_lock = threading.Lock()
@@ -286,18 +289,18 @@ _targets_lock = threading.Lock()
 _dashboards: set[tuple[str, str, str]] = set()
 
 
-def _target(settings: Settings) -> tuple[tuple[str, str], WorkspaceBase, UUID]:
+def _target(monitoring: MonitoringSettings) -> tuple[tuple[str, str], WorkspaceBase, UUID]:
     """The workspace and project runs go to, opened once per process.
 
     Opening a local workspace reads every run stored in it (a second or more
     after a few dozen files), so it is not done per file.
     """
-    where = settings.evidently_ui_url or str(settings.evidently_workspace_dir)
-    key = (where, settings.evidently_project)
+    where = monitoring.evidently_ui_url or str(monitoring.evidently_workspace_dir)
+    key = (where, PROJECT)
     with _targets_lock:
         if key not in _targets:
-            workspace = open_workspace(settings)
-            _targets[key] = (workspace, project_id(workspace, settings.evidently_project))
+            workspace = open_workspace(monitoring)
+            _targets[key] = (workspace, project_id(workspace, PROJECT))
         return (key, *_targets[key])
 
 
@@ -308,7 +311,7 @@ def publish(snapshot: Snapshot, settings: Settings, model_tag: str = "") -> tupl
     per process. A failed add forgets the opened workspace, so the retry opens it
     again (and finds or creates the project, should someone have deleted it).
     """
-    key, workspace, project = _target(settings)
+    key, workspace, project = _target(settings.monitoring)
     try:
         ref = workspace.add_run(project, snapshot)
         if (*key, model_tag) not in _dashboards:
@@ -318,15 +321,15 @@ def publish(snapshot: Snapshot, settings: Settings, model_tag: str = "") -> tupl
         with _targets_lock:
             _targets.pop(key, None)
         raise
-    if settings.evidently_ui_url:
+    if settings.monitoring.evidently_ui_url:
         return str(ref.id), ref.url
-    return str(ref.id), local_report_url(settings, project, ref.id)
+    return str(ref.id), local_report_url(settings.platform, project, ref.id)
 
 
-def local_report_url(settings: Settings, project: UUID, snapshot: UUID) -> str:
+def local_report_url(platform: PlatformSettings, project: UUID, snapshot: UUID) -> str:
     """Where ``evidently ui`` serving the local workspace shows the snapshot.
 
     The UI's route is ``/projects/:projectId/reports/:snapshotId`` (the same
     one ``RemoteWorkspace`` links to).
     """
-    return f"http://{settings.platform_host}:{settings.evidently_port}/projects/{project}/reports/{snapshot}"
+    return f"http://{platform.platform_host}:{platform.evidently_port}/projects/{project}/reports/{snapshot}"

@@ -14,7 +14,7 @@ Two tables, named for readable Grafana SQL:
 SQLite under ``CHURNOPS_HOME`` by default, Postgres through ``DATABASE_URL``.
 The schema is kept by Alembic migrations (``churnops/monitoring/migrations``), run once
 per process when a database is first opened. Every write is retried for
-``dependency_wait_seconds`` when the database cannot be reached, then fails
+``DEPENDENCY_WAIT_SECONDS`` when the database cannot be reached, then fails
 with a clear message: an outage must not be mistaken for a bad file.
 Who may read and write them: :mod:`churnops.monitoring.db_roles`.
 """
@@ -59,8 +59,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from tenacity import Retrying as _Retrying
 from tenacity import retry_if_exception, stop_after_delay, wait_exponential
 
+from churnops import retry
 from churnops.results import ATTRIBUTION_NDCG, DRIFTED_SHARE, MonitoringResult
-from churnops.settings import Settings
+from churnops.settings import MonitoringSettings
 
 if TYPE_CHECKING:  # not imported at run time: it loads XGBoost, which reading metrics needs not
     from churnops.monitoring.attribution import AttributionDrift
@@ -223,7 +224,7 @@ def metric_rows(
     """The long rows of one result (without run id and time).
 
     ``thresholds`` (metric -> alert threshold in effect, see
-    ``Settings.alert_thresholds``) go into the ``threshold`` column of their
+    ``MonitoringSettings.alert_thresholds``) go into the ``threshold`` column of their
     metric's row, so the dashboards draw the limits each file was judged by.
     """
     limits = thresholds or {}
@@ -342,11 +343,11 @@ class MetricsStore:
         self._retry(upgrade, self.engine)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MetricsStore:
+    def from_settings(cls, monitoring: MonitoringSettings) -> MetricsStore:
         return cls(
-            settings.metrics_db_url,
-            settings.dependency_wait_seconds,
-            settings.network_timeout_seconds,
+            monitoring.metrics_db_url,
+            retry.DEPENDENCY_WAIT_SECONDS,
+            retry.NETWORK_TIMEOUT_SECONDS,
         )
 
     def _retry(self, function: Callable[..., Any], *args: Any) -> Any:

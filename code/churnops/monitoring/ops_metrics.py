@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from churnops.settings import Settings
+from churnops.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,9 @@ UNITS = {
 }
 
 
-def publish(settings: Settings, values: dict[str, float]) -> bool:
+def publish(platform: PlatformSettings, values: dict[str, float]) -> bool:
     """Put ``values`` (metric name -> value) into the namespace; False when off or failed."""
-    if not settings.ops_metrics_namespace or not values:
+    if not platform.ops_metrics_namespace or not values:
         return False
     import boto3
     from botocore.config import Config
@@ -38,11 +38,10 @@ def publish(settings: Settings, values: dict[str, float]) -> bool:
     try:
         client = boto3.client(
             "cloudwatch",
-            endpoint_url=settings.aws_endpoint_url,
             config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2}),
         )
         client.put_metric_data(
-            Namespace=settings.ops_metrics_namespace,
+            Namespace=platform.ops_metrics_namespace,
             MetricData=[
                 {"MetricName": name, "Value": float(value), "Unit": UNITS.get(name, "None")}
                 for name, value in values.items()

@@ -36,7 +36,7 @@ from churnops.monitoring.metrics_db import (
     MetricsStore,
 )
 from churnops.results import QUALITY_METRICS
-from churnops.settings import Settings
+from churnops.settings import MonitoringSettings
 
 PNG_NAME, HTML_NAME = "report.png", "report.html"
 
@@ -52,16 +52,18 @@ class ReportFiles:
     runs: int
 
 
-def write_report(settings: Settings, out: Path | None = None, latest: int = 20) -> ReportFiles:
+def write_report(
+    monitoring: MonitoringSettings, out: Path | None = None, latest: int = 20
+) -> ReportFiles:
     """Write the PNG and the HTML page into ``out`` (default ``CHURNOPS_HOME/report``)."""
-    folder = out or settings.home / "report"
-    store = MetricsStore.from_settings(settings)
+    folder = out or monitoring.home / "report"
+    store = MetricsStore.from_settings(monitoring)
     try:
         runs, metrics = store.runs(), store.metrics()
     finally:
         store.close()
     runs = runs[runs["kind"] == SCORING]  # a late labels file is not a file scored
-    where = make_url(settings.metrics_db_url).render_as_string(hide_password=True)
+    where = make_url(monitoring.metrics_db_url).render_as_string(hide_password=True)
     if runs.empty:
         raise NoRunsYet(
             f"no pipeline runs in {where} yet: drop a customer file into the input folder "
@@ -72,7 +74,7 @@ def write_report(settings: Settings, out: Path | None = None, latest: int = 20) 
     )
     folder.mkdir(parents=True, exist_ok=True)
     png, page = folder / PNG_NAME, folder / HTML_NAME
-    figure = build_figure(runs, metrics, settings)
+    figure = build_figure(runs, metrics, monitoring)
     figure.savefig(png, dpi=110, bbox_inches="tight")
     plt.close(figure)
     page.write_text(build_html(runs.head(latest), png.read_bytes(), where), encoding="utf-8")
@@ -86,36 +88,38 @@ def _series(metrics: pd.DataFrame, metric: str, by: str | None = None) -> pd.Dat
     return rows.pivot_table(index="recorded_at", columns=columns, values="value", aggfunc="mean")
 
 
-def build_figure(runs: pd.DataFrame, metrics: pd.DataFrame, settings: Settings) -> Figure:
+def build_figure(
+    runs: pd.DataFrame, metrics: pd.DataFrame, monitoring: MonitoringSettings
+) -> Figure:
     """Four panels sharing the time axis, like the dashboard's time series."""
     figure, axes = plt.subplots(4, 1, figsize=(11, 14), sharex=True, layout="constrained")
-    _scores(axes[0], metrics, settings)
-    _drift(axes[1], metrics, settings)
+    _scores(axes[0], metrics, monitoring)
+    _drift(axes[1], metrics, monitoring)
     _feature_drift(axes[2], metrics)
     _volume(axes[3], runs)  # no figure title: the page's heading is the title
     figure.autofmt_xdate()
     return figure
 
 
-def _scores(ax: Axes, metrics: pd.DataFrame, settings: Settings) -> None:
+def _scores(ax: Axes, metrics: pd.DataFrame, monitoring: MonitoringSettings) -> None:
     frames = [s for s in (_series(metrics, m) for m in QUALITY_METRICS) if not s.empty]
     if not frames:
         ax.text(0.5, 0.5, "no labeled files yet", ha="center", transform=ax.transAxes)
     else:
         pd.concat(frames, axis=1).plot(ax=ax, marker="o")
-        floor = min(settings.score_minimums.values())
+        floor = min(monitoring.score_minimums.values())
         ax.axhline(floor, color="red", linestyle="--", label=f"alert below {floor:g}")
         ax.legend(loc="lower left", ncol=3, fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_title("Scores over time")
 
 
-def _drift(ax: Axes, metrics: pd.DataFrame, settings: Settings) -> None:
+def _drift(ax: Axes, metrics: pd.DataFrame, monitoring: MonitoringSettings) -> None:
     share = _series(metrics, DRIFTED_SHARE)
     count = _series(metrics, DRIFTED_COUNT)
     if not share.empty:
         ax.plot(share.index, share[DRIFTED_SHARE], marker="o", label="drifted share")
-    limit = settings.drift_share_threshold
+    limit = monitoring.drift_share_threshold
     ax.axhline(limit, color="red", linestyle="--", label=f"alert above {limit:g}")
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("share of feature columns")

@@ -86,14 +86,16 @@ def churn_prediction_pipeline(drop: str, key: str) -> State:
 
 def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome:
     """The flow's body: the pipeline with its steps as tasks of this flow run."""
-    storage = open_drop(drop, settings)
+    storage = open_drop(drop)
     outcome = per_file.process(
         settings, storage, key, steps=PREFECT_STEPS, flow_run_id=str(flow_run.id or "")
     )
     logger = get_run_logger()
     logger.info("%s %s: %s", outcome.name, outcome.status, outcome.message)
     # Every run says whether it failed (0 or 1): the alarm sums them, and sees that runs happen.
-    ops_metrics.publish(settings, {ops_metrics.FAILED_RUNS: float(outcome.status == "failed")})
+    ops_metrics.publish(
+        settings.platform, {ops_metrics.FAILED_RUNS: float(outcome.status == "failed")}
+    )
     try:
         create_markdown_artifact(
             markdown=outcome_markdown(outcome), description=f"{outcome.name}: {outcome.status}"
@@ -164,14 +166,12 @@ def outcome_state(outcome: per_file.FileOutcome) -> State:
 def reconcile_drops(drop: str | None = None) -> list[dict[str, str]]:
     """Re-drive stranded files: untaken input, dead or failed runs (on a schedule).
 
-    ``drop`` defaults to the settings' drop (``Settings.drop_uri``).
+    ``drop`` defaults to the settings' drop (``DropSettings.drop_uri``).
     """
     settings = get_settings()
-    storage = open_drop(drop or settings.drop_uri, settings)
+    storage = open_drop(drop or settings.drop.drop_uri)
     logger = get_run_logger()
-    actions = reconcile.reconcile(
-        settings, storage, reconcile.submit_to_deployment(settings, storage.uri)
-    )
+    actions = reconcile.reconcile(settings, storage, reconcile.submit_to_deployment(storage.uri))
     for action in actions:
         logger.info("%s %s: %s", action.kind, action.key, action.reason)
     return [asdict(a) for a in actions]
@@ -191,7 +191,7 @@ def retrain_model(
     answer, not a failure. ``include_run`` is the run that asked (automatic runs).
     """
     settings = get_settings()
-    storage = open_drop(drop or settings.drop_uri, settings)
+    storage = open_drop(drop or settings.drop.drop_uri)
     options = RetrainOptions(trials=trials, force=force, trigger=trigger, include_run=include_run)
     outcome = retrain(settings, storage, options)
     get_run_logger().info("%s", outcome.summary())

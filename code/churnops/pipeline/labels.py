@@ -54,7 +54,7 @@ from churnops.drop.keys import is_labels
 from churnops.drop.storage import DropStorage, ObjectExists, folder_key, run_folders, run_key
 from churnops.pipeline.scoring import csv_bytes, neutralised, quality_scores, refuse_long_names
 from churnops.results import PREDICTION, PROBABILITY
-from churnops.settings import Settings
+from churnops.settings import DropSettings
 
 log = logging.getLogger(__name__)
 
@@ -119,20 +119,18 @@ class _Mismatch(Exception):
 
 # --- reading ---------------------------------------------------------------------------
 def text_chunks(
-    settings: Settings, storage: DropStorage, key: str, name: str, columns: Sequence[str] = ()
+    drop: DropSettings, storage: DropStorage, key: str, name: str, columns: Sequence[str] = ()
 ) -> Iterator[pd.DataFrame]:
     """A CSV file as text, cell for cell (blank cells stay ``''``), chunk by chunk, with the
     customer files' encodings, delimiters and limits (:class:`CustomerReader`)."""
     with storage.open_read(key) as stream:
-        reader = CustomerReader(
-            stream, name=name, chunk_rows=settings.chunk_rows, max_bytes=settings.max_file_bytes
-        )
+        reader = CustomerReader(stream, name=name, max_bytes=drop.max_file_bytes)
         yield from reader.text_chunks(columns)
 
 
-def read_table(settings: Settings, storage: DropStorage, key: str, name: str) -> pd.DataFrame:
+def read_table(drop: DropSettings, storage: DropStorage, key: str, name: str) -> pd.DataFrame:
     """A whole CSV file as text (a labels file: at most the size of a predictions file)."""
-    frames = list(text_chunks(settings, storage, key, name))
+    frames = list(text_chunks(drop, storage, key, name))
     if not frames:
         raise DataValidationError(["file has a header but no data rows"], name)
     return pd.concat(frames, ignore_index=True)
@@ -258,7 +256,7 @@ _Match = tuple[ScoringRun, pd.DataFrame, str, bool]
 
 
 def _match(
-    settings: Settings,
+    drop: DropSettings,
     storage: DropStorage,
     candidate: ScoringRun,
     labels: pd.DataFrame,
@@ -269,7 +267,7 @@ def _match(
     key = candidate.predictions_key
     written = {*RAW_COLUMNS, PREDICTION, PROBABILITY} - {label}
     needed = [*written, *([identifier] if identifier else [])]
-    chunks = text_chunks(settings, storage, key, key.rsplit("/", 1)[-1], needed)
+    chunks = text_chunks(drop, storage, key, key.rsplit("/", 1)[-1], needed)
     try:
         matched, matched_by = _rows_of(labels, chunks, identifier)
     finally:
@@ -280,7 +278,7 @@ def _match(
 
 
 def _find(
-    settings: Settings,
+    drop: DropSettings,
     storage: DropStorage,
     labels: pd.DataFrame,
     label: str,
@@ -294,13 +292,13 @@ def _find(
     candidates = scoring_runs(storage, name)
     for at, candidate in enumerate(candidates):
         try:
-            matches.append(_match(settings, storage, candidate, labels, label, identifier))
+            matches.append(_match(drop, storage, candidate, labels, label, identifier))
         except _Mismatch as exc:
             reasons.append(f"run {candidate.run} ({candidate.predictions_key}): {exc}")
             continue
         if matches[-1][3]:  # columns agreed row by row: this run scored these rows
             later = candidates[at + 1 :]
-            matches += _twins(settings, storage, later, matches[-1], labels, label, identifier)
+            matches += _twins(drop, storage, later, matches[-1], labels, label, identifier)
             break
     if not matches:
         raise DataValidationError(_no_match(reasons), name)
@@ -318,7 +316,7 @@ def _find(
 
 
 def _twins(
-    settings: Settings,
+    drop: DropSettings,
     storage: DropStorage,
     others: list[ScoringRun],
     found: _Match,
@@ -334,7 +332,7 @@ def _twins(
         if _size(storage, other.predictions_key) != size:
             continue
         with contextlib.suppress(_Mismatch):
-            twins.append(_match(settings, storage, other, labels, label, identifier))
+            twins.append(_match(drop, storage, other, labels, label, identifier))
     return [t for t in twins if t[3]]
 
 
@@ -351,27 +349,25 @@ def _no_match(reasons: list[str]) -> list[str]:
 
 # --- the step --------------------------------------------------------------------------
 def join_labels(
-    settings: Settings, storage: DropStorage, processing_key: str, run: str, name: str
+    drop: DropSettings, storage: DropStorage, processing_key: str, run: str, name: str
 ) -> LabelsJoin:
     """Join the run's labels file to its scoring run, score it, write the labelled rows."""
     info = storage.stat(processing_key)
     if info is None:
         raise FileNotFoundError(processing_key)
-    refuse_oversize(info.size, settings.max_file_bytes, name)
+    refuse_oversize(info.size, drop.max_file_bytes, name)
     refuse_long_names(name, labeled_rows_name(name), f"{name}{JOIN_SUFFIX}")
-    labels = read_table(settings, storage, processing_key, name)
+    labels = read_table(drop, storage, processing_key, name)
     label = label_column(labels, name)
     values = parse_labels(labels[label], name)
     if not values.notna().any():
         raise DataValidationError(["no row has a label: fill in 'Churn' (1 or 0)"], name)
-    identifier = split_columns(labels.columns, settings.id_columns).identifier
-    if identifier and settings.neutralise_formulas:  # as its predictions file holds them,
+    identifier = split_columns(labels.columns, drop.id_columns).identifier
+    if identifier and drop.neutralise_formulas:  # as its predictions file holds them,
         labels[identifier] = neutralised(labels[identifier])  # whatever a spreadsheet kept
     if identifier and not _unique(labels[identifier]):
         identifier = None  # empty or repeated (a warning when scored): match by rows
-    (scoring, matched, matched_by, _), twins = _find(
-        settings, storage, labels, label, identifier, name
-    )
+    (scoring, matched, matched_by, _), twins = _find(drop, storage, labels, label, identifier, name)
     known = values.notna().to_numpy()
     actual = values[known].to_numpy(np.int8)
     scores = quality_scores(

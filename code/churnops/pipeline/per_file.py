@@ -14,7 +14,7 @@ scores are stored and judged (:mod:`churnops.pipeline.labels`).
 An invalid file ends in ``errored/`` (:func:`churnops.data.schema.is_bad_input` decides).
 Any other failure (database, MLflow, storage or network down, a bug) is not the
 file's fault: the file stays in ``processing/<run>/``, the attempt is marked failed
-with a time to retry, and the reconciler re-drives it. After ``max_attempts``
+with a time to retry, and the reconciler re-drives it. After :data:`~churnops.retry.MAX_ATTEMPTS`
 attempts that failed or died (a file that kills its runner), the file goes to
 ``errored/`` as "gave up after N attempts: <last reason>", with an alert.
 ``logs/<run>/<name>.log`` tells the story.
@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from churnops import retry
 from churnops.data.schema import DataValidationError, is_bad_input
 from churnops.drop import claims
 from churnops.drop.keys import is_labels
@@ -61,9 +62,13 @@ from churnops.pipeline import retrain_trigger
 from churnops.pipeline.labels import LabelsJoin, join_labels
 from churnops.pipeline.scoring import ScoredFile, score_file
 from churnops.results import MonitoringResult
-from churnops.settings import Settings
+from churnops.settings import ModelSettings, MonitoringSettings, Settings
 
 log = logging.getLogger(__name__)
+
+#: An attempt still running after this stops renewing its lease, so the reconciler
+#: re-drives its run (s): the backstop behind every network timeout.
+ATTEMPT_TIMEOUT_SECONDS = 3600.0
 
 Status = Literal["processed", "errored", "failed", "skipped"]
 
@@ -94,7 +99,7 @@ def monitor(
 ) -> MonitoringResult:
     """Drift on the file's sample, with the exact counts and scores of every row, and
     feature-attribution drift on (part of) the same sample (first: the report shows it)."""
-    rows = settings.attribution_sample_rows
+    rows = settings.monitoring.attribution_sample_rows
     attribution = attribution_drift(model, scored.sample, rows) if rows else None
     result = run_monitoring(
         model.model.reference_data(),
@@ -112,9 +117,9 @@ def monitor(
 
 
 def record_metrics(
-    settings: Settings, store: MetricsStore, run_id: str, result: MonitoringResult
+    monitoring: MonitoringSettings, store: MetricsStore, run_id: str, result: MonitoringResult
 ) -> None:
-    store.record_result(run_id, result, thresholds=settings.alert_thresholds)
+    store.record_result(run_id, result, thresholds=monitoring.alert_thresholds)
 
 
 def send_alerts(
@@ -134,7 +139,7 @@ def send_alerts(
     the alert says which. A failed delivery is reported, never raised: it must
     not cost the file.
     """
-    assessment = assess(result, settings)
+    assessment = assess(result, settings.monitoring)
     if not assessment.needs_alert:
         return (), "no threshold crossed"
     alert = build_alert(name, model.name, model.version, assessment, result)
@@ -150,7 +155,7 @@ def _deliver(
         alert = replace(alert, body=f"{alert.body}\n{retraining}\n")
     note = f"; {retraining}" if retraining else ""
     try:
-        channels = send_alert(alert, settings)
+        channels = send_alert(alert, settings.alerts)
     except AlertDeliveryError as exc:
         log.warning("alert for %s: %s", alert.file_name, exc)
         return tuple(exc.delivered), f"{summary}; {exc}{note}"
@@ -158,7 +163,11 @@ def _deliver(
 
 
 def record_realized(
-    settings: Settings, store: MetricsStore, labels_run_id: str, name: str, joined: LabelsJoin
+    monitoring: MonitoringSettings,
+    store: MetricsStore,
+    labels_run_id: str,
+    name: str,
+    joined: LabelsJoin,
 ) -> None:
     """The realized scores, stored against the scoring run with the labels' arrival time."""
     store.record_realized(
@@ -169,7 +178,7 @@ def record_realized(
         matched_by=joined.matched_by,
         labeled_rows=joined.labeled_rows,
         scores=joined.scores,
-        thresholds=settings.alert_thresholds,
+        thresholds=monitoring.alert_thresholds,
     )
 
 
@@ -184,7 +193,7 @@ def alert_realized(
 ) -> tuple[tuple[str, ...], str]:
     """Alert when a realized score is below its minimum; low scores suggest or start a
     retraining (``RETRAIN_MODE``) that learns from this labels ``run`` too."""
-    low = low_scores(joined.scores, settings)
+    low = low_scores(joined.scores, settings.monitoring)
     if not low:
         return (), "realized scores at or above their minimums"
     scoring = joined.scoring
@@ -217,7 +226,7 @@ def _move_outputs(storage: DropStorage, run: str, stage: str) -> None:
 class Steps:
     """The steps of :func:`process`; the flow passes them wrapped as Prefect tasks."""
 
-    load_model: Callable[[Settings], LoadedModel] = load_aliased_model
+    load_model: Callable[[ModelSettings], LoadedModel] = load_aliased_model
     score_file: Callable[..., ScoredFile] = score_file
     monitor: Callable[..., MonitoringResult] = monitor
     record_metrics: Callable[..., None] = record_metrics
@@ -259,7 +268,7 @@ def process(
     """Claim ``key`` (a file in input/, or a run in processing/ to re-drive) and process it."""
     try:
         held = claims.claim(
-            storage, key, lease_seconds=settings.lease_seconds, flow_run_id=flow_run_id
+            storage, key, lease_seconds=claims.LEASE_SECONDS, flow_run_id=flow_run_id
         )
     except claims.ClaimRefused as exc:
         log.info("skipping %s: %s", key, exc)
@@ -269,8 +278,8 @@ def process(
     by = f" (flow run {flow_run_id})" if flow_run_id else ""
     moved = f"{printable(key)} -> {held.processing_key}"
     _note(attempt, "claim", "ok", f"attempt {lease.attempt}: {moved}{by}")
-    beat = settings.lease_seconds / 3
-    with claims.heartbeat(storage, lease, every=beat, limit=settings.attempt_timeout_seconds):
+    beat = claims.LEASE_SECONDS / 3
+    with claims.heartbeat(storage, lease, every=beat, limit=ATTEMPT_TIMEOUT_SECONDS):
         outcome = _run_attempt(attempt)
     _release(attempt, outcome)
     return outcome
@@ -280,7 +289,7 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
     """The steps, with the outcome decided by what failed, if anything."""
     held = attempt.claim
     try:
-        attempt.store = MetricsStore.from_settings(attempt.settings)
+        attempt.store = MetricsStore.from_settings(attempt.settings.monitoring)
         attempt.store.start_run(
             run_id=held.lease.db_id,
             file_name=held.name,
@@ -295,7 +304,7 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
         info = attempt.storage.stat(held.processing_key)
         if info is None:
             return _complete_finish(attempt)
-        if held.lease.attempt > attempt.settings.max_attempts:  # the others failed or died
+        if held.lease.attempt > retry.MAX_ATTEMPTS:  # the others failed or died
             last = claims.last_reason(attempt.storage, held.run, held.lease.attempt)
             return _give_up(attempt, last)
         if problem := name_problem(name_from_key(held.lease.source_key)):
@@ -332,10 +341,10 @@ def _errored(attempt: _Attempt, reason: str, *, as_is: bool = False) -> FileOutc
 
 
 def _rejected(attempt: _Attempt, reasons: str) -> FileOutcome:
-    """The file is invalid: to errored/, and an alert (``alert_on_rejected``): an upstream
+    """The file is invalid: to errored/, and an alert: an upstream
     export that starts failing is news."""
     outcome = _errored(attempt, reasons)
-    if outcome.status == "errored" and attempt.settings.alert_on_rejected:
+    if outcome.status == "errored":
         held = attempt.claim
         alert = build_rejection_alert(held.name, held.run, reasons)
         outcome.alert_channels, sent = _deliver(attempt.settings, alert, "rejected file", "")
@@ -346,7 +355,7 @@ def _rejected(attempt: _Attempt, reasons: str) -> FileOutcome:
 def _give_up(attempt: _Attempt, last_reason: str) -> FileOutcome:
     """The attempts are used up: to errored/, never retried again, and an alert says so."""
     held = attempt.claim
-    tried = min(held.lease.attempt, attempt.settings.max_attempts)
+    tried = min(held.lease.attempt, retry.MAX_ATTEMPTS)
     reason = f"gave up after {tried} attempts: {last_reason}"
     outcome = _errored(attempt, reason)
     if outcome.status == "errored":
@@ -358,12 +367,12 @@ def _give_up(attempt: _Attempt, last_reason: str) -> FileOutcome:
 
 def _failed(attempt: _Attempt, exc: Exception, *, cap: bool = True) -> FileOutcome:
     """Not the file's fault: it stays in processing/ and the run is retried later, up to
-    ``max_attempts`` attempts in all."""
+    ``MAX_ATTEMPTS`` attempts in all."""
     held = attempt.claim
     reason = brief(exc)  # what the state, the database, the alert show; the log has the frames
     frames = "".join(traceback.format_tb(exc.__traceback__))
     _note(attempt, "finish", "failed", f"{reason}\n{frames}")
-    if cap and held.lease.attempt >= attempt.settings.max_attempts:
+    if cap and held.lease.attempt >= retry.MAX_ATTEMPTS:
         return _give_up(attempt, reason)
     log.warning("%s: attempt %s failed: %s", held.name, held.lease.attempt, reason)
     _close_run(attempt, FAILED, error=reason)
@@ -382,18 +391,18 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
     settings, storage, steps = attempt.settings, attempt.storage, attempt.steps
     held, file_log = attempt.claim, attempt.file_log
     with file_log.step("load model") as record:
-        model = steps.load_model(settings)
+        model = steps.load_model(settings.model)
         record.message = f"{model.name} version {model.version}"
     with file_log.step("score") as record:
         scored = steps.score_file(
-            settings, storage, held.processing_key, held.run, held.name, model
+            settings.drop, storage, held.processing_key, held.run, held.name, model
         )
         record.message = scoring_summary(scored)
     with file_log.step("monitor") as record:
         result: MonitoringResult = steps.monitor(settings, model, scored, held.name)
         record.message = summary(result)
     with file_log.step("store metrics"):
-        steps.record_metrics(settings, attempt.store, held.lease.db_id, result)
+        steps.record_metrics(settings.monitoring, attempt.store, held.lease.db_id, result)
     with file_log.step("alert") as record:
         channels, alert_message = steps.send_alerts(
             settings, result, held.name, model, drop=storage.uri, run=held.run
@@ -426,10 +435,12 @@ def _join_labels(attempt: _Attempt) -> FileOutcome:
     settings, storage, steps = attempt.settings, attempt.storage, attempt.steps
     held, file_log = attempt.claim, attempt.file_log
     with file_log.step("join labels") as record:
-        joined = steps.join_labels(settings, storage, held.processing_key, held.run, held.name)
+        joined = steps.join_labels(settings.drop, storage, held.processing_key, held.run, held.name)
         record.message = joined.summary()
     with file_log.step("store metrics"):
-        steps.record_realized(settings, attempt.store, held.lease.db_id, held.name, joined)
+        steps.record_realized(
+            settings.monitoring, attempt.store, held.lease.db_id, held.name, joined
+        )
     with file_log.step("alert") as record:
         channels, alert_message = steps.alert_realized(
             settings, joined, held.name, drop=storage.uri, run=held.run
@@ -522,18 +533,18 @@ def _close_run(attempt: _Attempt, status: str, **values: Any) -> None:
 
 def _release(attempt: _Attempt, outcome: FileOutcome) -> None:
     """Close the lease; if storage fails here, the lease expires and the run is re-driven."""
-    settings, lease = attempt.settings, attempt.claim.lease
+    lease = attempt.claim.lease
     try:
         if outcome.status != "failed":
             claims.release(attempt.storage, lease, "done", outcome.status)
             return
         delay = claims.retry_delay(
-            lease.attempt, settings.retry_first_seconds, settings.retry_max_seconds
+            lease.attempt, retry.RETRY_FIRST_SECONDS, retry.RETRY_MAX_SECONDS
         )
         claims.release(attempt.storage, lease, "failed", outcome.message, retry_in=delay)
     except Exception as exc:
         log.warning(
-            "%s: lease not closed (%s); it expires in %ss", lease.run, exc, settings.lease_seconds
+            "%s: lease not closed (%s); it expires in %ss", lease.run, exc, claims.LEASE_SECONDS
         )
         return
     when = f"in {delay:.0f}s (attempt {lease.attempt + 1})"

@@ -2,7 +2,7 @@
 
 Three kinds of stranded work, each with the reason written to the logs:
 
-* a file in ``input/`` or ``labels/`` older than ``reconcile_grace_seconds`` that no run took
+* a file in ``input/`` or ``labels/`` older than :data:`GRACE_SECONDS` that no run took
   (a lost trigger, a Lambda failure, the platform down);
 * a run in ``processing/`` whose attempt died (crash, kill -9, OOM, redeploy:
   its lease expired or its process is gone) or failed on a dependency and is
@@ -23,15 +23,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from churnops import pipeline
 from churnops.drop import claims
 from churnops.drop.keys import DROP_PREFIXES, is_candidate
 from churnops.drop.storage import DropStorage, brief, printable, run_folders, run_key
 from churnops.monitoring import ops_metrics
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
-from churnops.settings import Settings
+from churnops.settings import MonitoringSettings, PlatformSettings, Settings
 
 log = logging.getLogger(__name__)
+
+#: A file in input/ or labels/ older than this that no run took is re-driven (s): the
+#: trigger's own retries are over by then.
+GRACE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -50,37 +55,33 @@ class Action:
 Submit = Callable[[Action], None]
 
 
-def find_work(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
+def find_work(storage: DropStorage, now: datetime) -> list[Action]:
     """Every stranded input file and run, oldest first."""
     runs = run_folders(storage, "processing")
     return [
-        *stranded_runs(settings, storage, now, runs),
-        *_untaken_inputs(settings, storage, now, runs),
+        *stranded_runs(storage, now, runs),
+        *_untaken_inputs(storage, now, runs),
     ]
 
 
-def stranded_runs(
-    settings: Settings, storage: DropStorage, now: datetime, runs: list[str]
-) -> list[Action]:
+def stranded_runs(storage: DropStorage, now: datetime, runs: list[str]) -> list[Action]:
     """Of the ``runs`` in processing/, those whose attempt died, or failed and is due a retry."""
     actions = []
     for run in runs:
         with _skipped_on_error(f"processing/{run}"):
-            if action := _stranded_run(settings, storage, now, run):
+            if action := _stranded_run(storage, now, run):
                 actions.append(action)
     return actions
 
 
-def _stranded_run(
-    settings: Settings, storage: DropStorage, now: datetime, run: str
-) -> Action | None:
+def _stranded_run(storage: DropStorage, now: datetime, run: str) -> Action | None:
     lease = claims.latest_lease(storage, run)
     if lease is None:
         log.warning("run folder processing/%s has no claim file: left alone", run)
         return None
     key = run_key("processing", run, lease.name)
     marker = f"{run}#{lease.attempt + 1}"
-    if lease.holder_gone(now, settings.lease_seconds):
+    if lease.holder_gone(now, claims.LEASE_SECONDS):
         why = f"attempt {lease.attempt} died (no heartbeat since {lease.heartbeat})"
         return Action("redrive", key, why, marker, lease.flow_run_id)
     if lease.retry_due(now) or lease.state == "done":
@@ -99,9 +100,7 @@ def _skipped_on_error(what: str) -> Iterator[None]:
         log.warning("reconcile: skipped %s: %s", printable(what), brief(exc))
 
 
-def _untaken_inputs(
-    settings: Settings, storage: DropStorage, now: datetime, runs: list[str]
-) -> list[Action]:
+def _untaken_inputs(storage: DropStorage, now: datetime, runs: list[str]) -> list[Action]:
     """Dropped files (input/, labels/) no run took; ``runs`` (in processing/) take their
     dropped copy themselves.
 
@@ -117,7 +116,7 @@ def _untaken_inputs(
                 ignored.append(key)
                 continue
             with _skipped_on_error(key):
-                if action := _untaken(settings, storage, now, runs, prefix, key):
+                if action := _untaken(storage, now, runs, prefix, key):
                     actions.append(action)
     if ignored:
         shown = ", ".join(ascii(k) for k in ignored[:5]) + (", ..." if len(ignored) > 5 else "")
@@ -130,7 +129,6 @@ def _untaken_inputs(
 
 
 def _untaken(
-    settings: Settings,
     storage: DropStorage,
     now: datetime,
     runs: list[str],
@@ -142,28 +140,30 @@ def _untaken(
     if info is None:
         return None
     age = (now - info.modified).total_seconds()
-    if age < settings.reconcile_grace_seconds:
+    if age < GRACE_SECONDS:
         return None
     run = claims.run_id(name, info.version, info.modified)
     if run in runs:
         return None
     lease = claims.latest_lease(storage, run)
-    if lease and not lease.ended(now, settings.lease_seconds):
+    if lease and not lease.ended(now, claims.LEASE_SECONDS):
         return None  # being claimed right now
     folder = prefix.rstrip("/").rsplit("/", 1)[-1]
     why = f"waited {age:.0f}s in {folder}/ and no run took it"
     return Action("trigger", key, why, f"{run}#{folder}")
 
 
-def close_dead_runs(settings: Settings, storage: DropStorage, now: datetime) -> list[Action]:
+def close_dead_runs(
+    monitoring: MonitoringSettings, storage: DropStorage, now: datetime
+) -> list[Action]:
     """Database rows still ``running`` whose attempt has ended or died: close them."""
     actions = []
-    store = MetricsStore.from_settings(settings)
+    store = MetricsStore.from_settings(monitoring)
     try:
         for row_id in store.running():
             run, _, attempt = row_id.rpartition(".")
             lease = _lease(storage, run, attempt)
-            if lease is None or not lease.ended(now, settings.lease_seconds):
+            if lease is None or not lease.ended(now, claims.LEASE_SECONDS):
                 continue
             if lease.state == "running":
                 why = f"attempt died (no heartbeat since {lease.heartbeat})"
@@ -189,11 +189,11 @@ def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[
     """Close dead database rows, then submit every stranded file; return what was done."""
     now = datetime.now(UTC)
     try:
-        closed = close_dead_runs(settings, storage, now)
+        closed = close_dead_runs(settings.monitoring, storage, now)
     except Exception as exc:  # the database down must not stop the files from moving
         log.warning("reconcile: metrics database not checked: %s", exc)
         closed = []
-    work = find_work(settings, storage, now)
+    work = find_work(storage, now)
     for action in work:
         log.info("reconcile: %s %s: %s", action.kind, printable(action.key), action.reason)
         with _skipped_on_error(action.key):  # one submission failing leaves the others
@@ -201,20 +201,20 @@ def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[
                 submit(action)
             else:  # no event or flow run carries a name that is not UTF-8: refused here
                 per_file.process(settings, storage, action.key)
-    publish_ages(settings, storage, now)
+    publish_ages(settings.platform, storage, now)
     return [*closed, *work]
 
 
-def publish_ages(settings: Settings, storage: DropStorage, now: datetime) -> None:
+def publish_ages(platform: PlatformSettings, storage: DropStorage, now: datetime) -> None:
     """The file-age metrics the alarms watch, when they are on (``OPS_METRICS_NAMESPACE``)."""
-    if not settings.ops_metrics_namespace:
+    if not platform.ops_metrics_namespace:
         return
     try:
         ages = oldest_ages(storage, now)
     except Exception as exc:  # the listing failed: the alarm sees no data, not a crash
         log.warning("reconcile: file ages not measured: %s", exc)
         return
-    ops_metrics.publish(settings, ages)
+    ops_metrics.publish(platform, ages)
 
 
 def oldest_ages(storage: DropStorage, now: datetime) -> dict[str, float]:
@@ -243,7 +243,7 @@ def _age(moments: list[datetime], now: datetime) -> float:
     return max(0.0, (now - min(moments)).total_seconds()) if moments else 0.0
 
 
-def submit_to_deployment(settings: Settings, drop: str) -> Submit:
+def submit_to_deployment(drop: str, deployment: str = pipeline.PIPELINE_DEPLOYMENT) -> Submit:
     """Submit by creating a flow run of the pipeline deployment (one per marker) for a
     file of ``drop`` (the URI of the storage the reconciler looked at)."""
     from prefect.client.orchestration import get_client
@@ -254,7 +254,7 @@ def submit_to_deployment(settings: Settings, drop: str) -> Submit:
         if action.dead_flow_run_id:
             _mark_crashed(get_client, Crashed, action)
         run_deployment(
-            settings.prefect_deployment,
+            deployment,
             parameters={"drop": drop, "key": action.key},
             timeout=0,
             as_subflow=False,

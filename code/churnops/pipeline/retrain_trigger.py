@@ -20,9 +20,10 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from churnops import pipeline
 from churnops.monitoring.alerts import LowScore
 from churnops.monitoring.metrics_db import MetricsStore
-from churnops.settings import Settings
+from churnops.settings import MonitoringSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,9 @@ LOCK = "retrain"
 
 SUGGESTION = "retraining suggested: run `churnops retrain`"
 
-#: ``submit(settings, idempotency_key, drop, run)``: start one retraining for the file
+#: ``submit(idempotency_key, drop, run)``: start one retraining for the file
 #: of ``run`` in the drop ``drop`` (the flow's default submits to the deployment).
-Submit = Callable[[Settings, str, str, str], None]
+Submit = Callable[[str, str, str], None]
 
 
 def idempotency_key(now: datetime, cooldown_minutes: float) -> str:
@@ -51,9 +52,9 @@ def cooling_down(last_start: datetime | None, now: datetime, cooldown_minutes: f
     return last_start is not None and now - last_start < timedelta(minutes=cooldown_minutes)
 
 
-def last_start(settings: Settings) -> datetime | None:
+def last_start(monitoring: MonitoringSettings) -> datetime | None:
     """When the last retraining (manual or automatic) took the lock."""
-    store = MetricsStore.from_settings(settings)
+    store = MetricsStore.from_settings(monitoring)
     try:
         state = store.lock_state(LOCK)
     finally:
@@ -68,32 +69,34 @@ def on_low_scores(
     realized by late labels); the note for its alert ('' when nothing). A failed
     submission is noted, never raised: it must not cost the file.
     """
-    if not low or settings.retrain_mode == "off":
+    if not low or settings.model.retrain_mode == "off":
         return ""
-    if settings.retrain_mode == "suggest":
+    if settings.model.retrain_mode == "suggest":
         return SUGGESTION
     now = datetime.now(UTC)
     try:
-        last = last_start(settings)
-        if cooling_down(last, now, settings.retrain_cooldown_minutes):
+        last = last_start(settings.monitoring)
+        if cooling_down(last, now, settings.model.retrain_cooldown_minutes):
             return (
                 f"retraining not started: the last one started at {last:%Y-%m-%d %H:%M:%S} UTC "
-                f"(cooldown {settings.retrain_cooldown_minutes:g} minutes)"
+                f"(cooldown {settings.model.retrain_cooldown_minutes:g} minutes)"
             )
-        key = idempotency_key(now, settings.retrain_cooldown_minutes)
-        submit(settings, key, drop, run)
+        key = idempotency_key(now, settings.model.retrain_cooldown_minutes)
+        submit(key, drop, run)
     except Exception as exc:
         log.warning("retraining not started: %s", exc)
         return f"retraining could not be started ({type(exc).__name__}: {exc}); {SUGGESTION}"
-    return f"retraining started ({settings.retrain_deployment}, {key})"
+    return f"retraining started ({pipeline.RETRAIN_DEPLOYMENT}, {key})"
 
 
-def submit_to_deployment(settings: Settings, key: str, drop: str, run: str) -> None:
+def submit_to_deployment(
+    key: str, drop: str, run: str, deployment: str = pipeline.RETRAIN_DEPLOYMENT
+) -> None:
     """One flow run of the retrain deployment per idempotency key (Prefect dedupes)."""
     from prefect.deployments import run_deployment
 
     run_deployment(
-        settings.retrain_deployment,
+        deployment,
         parameters={"trigger": "auto", "drop": drop or None, "include_run": run or None},
         timeout=0,
         as_subflow=False,

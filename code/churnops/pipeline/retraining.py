@@ -53,9 +53,13 @@ from churnops.monitoring.alerts import Alert, AlertDeliveryError, send_alert
 from churnops.monitoring.metrics_db import LockState, MetricsStore
 from churnops.pipeline import labels
 from churnops.pipeline.retrain_trigger import LOCK
-from churnops.settings import Settings
+from churnops.settings import DropSettings, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
+
+#: A retraining's lock expires after this long, so a crashed holder frees it (min): a
+#: search with trials takes minutes, never an hour.
+LOCK_MINUTES = 60.0
 
 __all__ = ["DIGEST_CHARS", "LOCK", "RetrainOptions", "labeled_files", "retrain", "score"]
 Trigger = Literal["manual", "auto"]
@@ -94,13 +98,13 @@ def labeled_source(storage: DropStorage, run: str) -> tuple[str | None, str]:
     return None, rows_of
 
 
-def read_labeled(settings: Settings, storage: DropStorage, key: str) -> LabeledFile | None:
+def read_labeled(drop: DropSettings, storage: DropStorage, key: str) -> LabeledFile | None:
     """The file at ``key`` if it is a valid customer file with the label, else None."""
     data = storage.read(key)
     name = key.rsplit("/", 1)[-1]
     try:
         frame = load_customer_file(
-            data, name=name, require_target=True, max_bytes=settings.max_file_bytes
+            data, name=name, require_target=True, max_bytes=drop.max_file_bytes
         )
     except Exception as exc:
         if not is_bad_input(exc):
@@ -118,18 +122,18 @@ def labeled_files(
     ``retrain_window_days`` when set), oldest first. The rows of a scoring run are
     learned once: from its newest late labels, else from its own ``Churn`` column."""
     runs = sorted({*run_folders(storage, "processed"), *([include_run] if include_run else [])})
-    oldest = now - timedelta(days=settings.retrain_window_days or 0)
+    oldest = now - timedelta(days=settings.model.retrain_window_days or 0)
     found: list[LabeledFile] = []
     learned: set[str] = set()  # scoring runs whose rows are in the window already
     for run in reversed(runs):
-        if len(found) >= settings.retrain_window_files:
+        if len(found) >= settings.model.retrain_window_files:
             break
-        if settings.retrain_window_days and claims.dropped_at(run) < oldest:
+        if settings.model.retrain_window_days and claims.dropped_at(run) < oldest:
             break
         key, rows_of = labeled_source(storage, run)
         if key is None or rows_of in learned:
             continue
-        labeled = read_labeled(settings, storage, key)
+        labeled = read_labeled(settings.drop, storage, key)
         if labeled is not None:
             found.append(labeled)
             learned.add(rows_of)
@@ -142,22 +146,22 @@ def retrain(
     storage: DropStorage,
     options: RetrainOptions | None = None,
     progress: Progress = training._quiet,
-    load: Callable[[Settings], LoadedModel] = load_aliased_model,
+    load: Callable[[ModelSettings], LoadedModel] = load_aliased_model,
 ) -> Outcome:
     """Train a challenger on the window, gate it against the deployed champion, record it.
 
     ``load`` loads the champion: the pipeline's loader, so it is what files are scored by.
     """
     options = options or RetrainOptions()
-    store = MetricsStore.from_settings(settings)
+    store = MetricsStore.from_settings(settings.monitoring)
     holder = f"{options.trigger}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         state = store.lock_state(LOCK)
-        waited = _why_not_now(settings, state, options.trigger)
+        waited = _why_not_now(settings.model, state, options.trigger)
         if waited:
             return Outcome("skipped", waited)
         dead = state.holder if state is not None and not _alive(state.holder) else None
-        seconds = settings.retrain_lock_minutes * 60
+        seconds = LOCK_MINUTES * 60
         if not store.acquire_lock(LOCK, holder, seconds, take_from=dead):
             return Outcome("skipped", _lock_holder(store.lock_state(LOCK)))
         try:
@@ -178,7 +182,7 @@ def retrain(
         store.close()
 
 
-def _why_not_now(settings: Settings, state: LockState | None, trigger: Trigger) -> str:
+def _why_not_now(model: ModelSettings, state: LockState | None, trigger: Trigger) -> str:
     """Why this retraining must not start: another one runs, or an automatic one comes
     too soon after the last start (``RETRAIN_COOLDOWN_MINUTES``); '' when it may."""
     now = datetime.now(UTC)
@@ -186,12 +190,12 @@ def _why_not_now(settings: Settings, state: LockState | None, trigger: Trigger) 
         return _lock_holder(state)
     if trigger != "auto" or state is None:
         return ""
-    ready = state.acquired_at + timedelta(minutes=settings.retrain_cooldown_minutes)
+    ready = state.acquired_at + timedelta(minutes=model.retrain_cooldown_minutes)
     if now >= ready:
         return ""
     return (
         f"the last retraining started at {state.acquired_at:%Y-%m-%d %H:%M:%S} UTC; "
-        f"automatic ones wait {settings.retrain_cooldown_minutes:g} minutes "
+        f"automatic ones wait {model.retrain_cooldown_minutes:g} minutes "
         f"(RETRAIN_COOLDOWN_MINUTES), until {ready:%H:%M:%S} UTC"
     )
 
@@ -225,7 +229,7 @@ def _lock_holder(state: LockState | None) -> str:
 def _record(settings: Settings, store: MetricsStore, trigger: Trigger, outcome: Outcome) -> Outcome:
     """The verdict in ``model_events`` (dashboards) and as an alert (people)."""
     store.record_model_event(
-        model_name=settings.model_name,
+        model_name=settings.model.model_name,
         version=outcome.version,
         parent_version=outcome.parent_version,
         event=outcome.status,
@@ -235,23 +239,23 @@ def _record(settings: Settings, store: MetricsStore, trigger: Trigger, outcome: 
         trigger=trigger,
         mlflow_run_id=outcome.run_id,
     )
-    alert = retrain_alert(settings, outcome)
+    alert = retrain_alert(settings.model, outcome)
     try:
-        channels = send_alert(alert, settings)
+        channels = send_alert(alert, settings.alerts)
     except AlertDeliveryError as exc:  # the verdict stands; it is in MLflow and the database
         log.warning("retraining alert: %s", exc)
         channels = exc.delivered
     return replace(outcome, alert_channels=tuple(channels))
 
 
-def retrain_alert(settings: Settings, outcome: Outcome) -> Alert:
+def retrain_alert(model: ModelSettings, outcome: Outcome) -> Alert:
     """``ChurnOps: retraining promoted version 3`` (or refused), with the figures."""
     below = "; quality still below minimum" if BELOW_MINIMUM in outcome.reason else ""
     body = "\n".join(
         [
             f"ChurnOps retraining: version {outcome.version} {outcome.status}",
             "",
-            f"Model:    {settings.model_name}",
+            f"Model:    {model.model_name}",
             f"Reason:   {outcome.reason}",
             f"Holdout:  {outcome.holdout_file} (the newest labeled rows)",
             *(f"F1 {line}" for line in outcome.score_lines()),
@@ -262,7 +266,7 @@ def retrain_alert(settings: Settings, outcome: Outcome) -> Alert:
     subject = f"ChurnOps: retraining {outcome.status} version {outcome.version}{below}"
     return Alert(
         file_name=outcome.holdout_file or "",
-        model_name=settings.model_name,
+        model_name=model.model_name,
         model_version=outcome.version or "",
         subject=subject[:99],
         body=body + "\n",

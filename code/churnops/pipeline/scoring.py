@@ -36,13 +36,16 @@ from churnops.data.schema import RAW_COLUMNS, TARGET, DataValidationError
 from churnops.drop.storage import MAX_WRITTEN_NAME_BYTES, DropStorage, ObjectExists, run_key
 from churnops.model.churn_model import LoadedModel
 from churnops.results import PREDICTION, PROBABILITY
-from churnops.settings import Settings
+from churnops.settings import DropSettings
 
 log = logging.getLogger(__name__)
 
 _RAW_NAMES = {clean: raw for raw, clean in RAW_COLUMNS.items()}
 #: The drift sample is the same for the same file, run after run.
 SAMPLE_SEED = 20_26
+#: Rows of a file's seeded uniform sample that drift is measured on (counts, churn rate
+#: and quality scores use every row): enough for stable per-column tests, bounded memory.
+DRIFT_SAMPLE_ROWS = 50_000
 
 
 @dataclass
@@ -74,7 +77,7 @@ def predictions_name(name: str, model: LoadedModel) -> str:
 
 
 def score_file(
-    settings: Settings,
+    drop: DropSettings,
     storage: DropStorage,
     processing_key: str,
     run: str,
@@ -87,11 +90,11 @@ def score_file(
     model version on the same rows gives the same bytes, so they are kept,
     never rewritten (a rewrite would leave two versions in a versioned bucket).
     """
-    check_size(storage, processing_key, name, settings.max_file_bytes)
+    check_size(storage, processing_key, name, drop.max_file_bytes)
     refuse_long_names(name, predictions_name(name, model))
     key = run_key("processing", run, predictions_name(name, model))
     kept = storage.exists(key)
-    sample = DriftSample(settings.drift_sample_rows, SAMPLE_SEED)
+    sample = DriftSample(DRIFT_SAMPLE_ROWS, SAMPLE_SEED)
     labels = _Labels()
     seconds = {"read and validate": 0.0, "predict": 0.0, "write": 0.0}
     chunks = 0
@@ -99,9 +102,8 @@ def score_file(
         reader = CustomerReader(
             stream,
             name=name,
-            chunk_rows=settings.chunk_rows,
-            id_columns=settings.id_columns,
-            max_bytes=settings.max_file_bytes,
+            id_columns=drop.id_columns,
+            max_bytes=drop.max_file_bytes,
         )
         for part in _timed(reader.parts(), seconds, "read and validate"):
             frame = part.frame  # the contract's columns only: pass-through ones never go further
@@ -110,7 +112,7 @@ def score_file(
             seconds["predict"] += time.perf_counter() - started
             started = time.perf_counter()
             passthrough = part.passthrough
-            if settings.neutralise_formulas:
+            if drop.neutralise_formulas:
                 passthrough = passthrough.apply(neutralised)
             written = (passthrough, frame.rename(columns=_RAW_NAMES), scored)
             out.write(csv_bytes(*written, header=chunks == 0))

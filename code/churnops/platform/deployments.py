@@ -1,7 +1,7 @@
 """The three Prefect deployments of ChurnOps, defined and registered in one place.
 
 ``churn_prediction_pipeline/churnops`` (one run per dropped file, started by the
-trigger), ``reconcile/churnops`` (every ``reconcile_interval_seconds``) and
+trigger), ``reconcile/churnops`` (every :data:`RECONCILE_INTERVAL_SECONDS`) and
 ``retrain_model/retrain`` (on demand or submitted by the alert step). They are
 served by warm runners (:mod:`churnops.platform.runner`) on this machine and on
 ECS alike, so they name no work pool: a runner polls for the scheduled runs of
@@ -31,11 +31,16 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
 
+from churnops.pipeline import PIPELINE_DEPLOYMENT, RECONCILE_DEPLOYMENT, RETRAIN_DEPLOYMENT
 from churnops.pipeline.flow import churn_prediction_pipeline, reconcile_drops, retrain_model
-from churnops.settings import Settings, get_settings
+from churnops.settings import DropSettings, get_settings
 
 log = logging.getLogger("churnops.deployments")
 TAGS = ["churnops"]
+#: How often the scheduled reconciler runs (s): a lost file waits about a minute more.
+RECONCILE_INTERVAL_SECONDS = 60.0
+#: The names of the pipeline's, the reconciler's and retraining's deployments.
+NAMES = (PIPELINE_DEPLOYMENT, RECONCILE_DEPLOYMENT, RETRAIN_DEPLOYMENT)
 PIPELINE_DESCRIPTION = "One run per file dropped into data/input/ (started by the drop trigger)."
 RECONCILE_DESCRIPTION = "Re-drives stranded files: untaken input, dead or failed runs."
 RETRAIN_DESCRIPTION = "Retrains on the labeled files processed since and gates the new version."
@@ -68,15 +73,19 @@ def _deployment(flow: Flow, name: str, **options: Any) -> RunnerDeployment:
     )
 
 
-def deployments(settings: Settings) -> list[Served]:
+def deployments(
+    drop: DropSettings,
+    names: tuple[str, str, str] = NAMES,
+    interval: float = RECONCILE_INTERVAL_SECONDS,
+) -> list[Served]:
     """The one list of deployments: the per-file pipeline, the reconciler, retraining."""
-    interval = timedelta(seconds=settings.reconcile_interval_seconds)
+    pipeline, reconciler, retrainer = names
     flows: list[tuple[Flow, RunnerDeployment]] = [
         (
             churn_prediction_pipeline,
             _deployment(
                 churn_prediction_pipeline,
-                settings.prefect_deployment,
+                pipeline,
                 description=PIPELINE_DESCRIPTION,
             ),
         ),
@@ -84,17 +93,15 @@ def deployments(settings: Settings) -> list[Served]:
             reconcile_drops,
             _deployment(
                 reconcile_drops,
-                settings.reconcile_deployment,
+                reconciler,
                 description=RECONCILE_DESCRIPTION,
-                parameters={"drop": settings.drop_uri},
-                interval=interval,
+                parameters={"drop": drop.drop_uri},
+                interval=timedelta(seconds=interval),
             ),
         ),
         (
             retrain_model,
-            _deployment(
-                retrain_model, settings.retrain_deployment, description=RETRAIN_DESCRIPTION
-            ),
+            _deployment(retrain_model, retrainer, description=RETRAIN_DESCRIPTION),
         ),
     ]
     return [Served(flow, deployment) for flow, deployment in flows]
@@ -136,14 +143,20 @@ def _intervals(schedules: list[Any]) -> list[tuple[float, bool]]:
     )
 
 
-def register(settings: Settings) -> dict[UUID, Flow]:
+def register(
+    drop: DropSettings,
+    names: tuple[str, str, str] = NAMES,
+    interval: float = RECONCILE_INTERVAL_SECONDS,
+) -> dict[UUID, Flow]:
     """Create or update each deployment unless it is already as defined; id -> its flow.
 
     Against the API of the current Prefect settings (``PREFECT_API_URL``), which is
     also the one :meth:`RunnerDeployment.apply` writes to.
     """
     with get_client(sync_client=True) as client:
-        return {_register(client, served): served.flow for served in deployments(settings)}
+        return {
+            _register(client, served): served.flow for served in deployments(drop, names, interval)
+        }
 
 
 def _register(client: SyncPrefectClient, served: Served) -> UUID:
@@ -164,7 +177,7 @@ def _register(client: SyncPrefectClient, served: Served) -> UUID:
 def main() -> int:
     """``python -m churnops.platform.deployments``: register against ``PREFECT_API_URL``."""
     logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s", stream=sys.stdout)
-    registered = register(get_settings())
+    registered = register(get_settings().drop)
     for deployment_id, flow in registered.items():
         print(f"{flow.name}: {deployment_id}")
     return 0

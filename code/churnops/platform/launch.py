@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from churnops.model.progress import progress_bars
+from churnops.pipeline import PIPELINE_DEPLOYMENT, RECONCILE_DEPLOYMENT
 from churnops.platform import services as svc
 from churnops.platform.watcher import (
     BucketPoller,
@@ -36,7 +37,7 @@ from churnops.platform.watcher import (
     start_deployment_run,
     trigger,
 )
-from churnops.settings import Settings
+from churnops.settings import PlatformSettings, Settings
 
 if TYPE_CHECKING:
     from churnops.model.registry import Outcome
@@ -75,18 +76,18 @@ class Platform:
 
 def platform_settings(settings: Settings, ports: svc.Ports) -> Settings:
     """The settings every part uses while the platform runs: the servers' real ports."""
-    return settings.model_copy(
-        update={
+    return settings.replace(
+        **{
             "churnops_home": settings.home,
             "prefect_port": ports.prefect,
             "mlflow_port": ports.mlflow,
             "evidently_port": ports.evidently,
-            "mlflow_tracking_uri": settings.mlflow_tracking_uri
-            or svc.mlflow_url(settings, ports.mlflow),
+            "mlflow_tracking_uri": settings.model.mlflow_tracking_uri
+            or svc.mlflow_url(settings.platform, ports.mlflow),
             # Runners store reports through the UI, as on AWS: several processes then
             # never write one workspace folder at once.
-            "evidently_ui_url": settings.evidently_ui_url
-            or f"http://{settings.platform_host}:{ports.evidently}",
+            "evidently_ui_url": settings.monitoring.evidently_ui_url
+            or f"http://{settings.platform.platform_host}:{ports.evidently}",
         }
     )
 
@@ -94,16 +95,18 @@ def platform_settings(settings: Settings, ports: svc.Ports) -> Settings:
 def runner_env(settings: Settings) -> dict[str, str]:
     """Environment of the runner: the same settings, pointed at the platform's servers."""
     return svc.child_env(
-        settings,
+        settings.platform,
         {
             "CHURNOPS_HOME": str(settings.home),
-            "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
-            "PREFECT_API_URL": svc.prefect_api_url(settings, settings.prefect_port),
+            "MLFLOW_TRACKING_URI": str(settings.model.mlflow_tracking_uri),
+            "PREFECT_API_URL": svc.prefect_api_url(
+                settings.platform, settings.platform.prefect_port
+            ),
             "PREFECT_HOME": str(settings.home / "prefect"),
-            "PREFECT_PORT": str(settings.prefect_port),
-            "MLFLOW_PORT": str(settings.mlflow_port),
-            "EVIDENTLY_PORT": str(settings.evidently_port),
-            "EVIDENTLY_UI_URL": str(settings.evidently_ui_url),
+            "PREFECT_PORT": str(settings.platform.prefect_port),
+            "MLFLOW_PORT": str(settings.platform.mlflow_port),
+            "EVIDENTLY_PORT": str(settings.platform.evidently_port),
+            "EVIDENTLY_UI_URL": str(settings.monitoring.evidently_ui_url),
             "PREFECT_LOGGING_LEVEL": "INFO",
             **mlflow_client_env(),
         },
@@ -137,7 +140,7 @@ def run(settings: Settings, console: Console, errors: Console | None = None) -> 
     code = 0
     try:
         _stop_leftovers(home, console)
-        ports = svc.choose_ports(settings)
+        ports = svc.choose_ports(settings.platform)
         settings = platform_settings(settings, ports)
         platform.settings = settings
         _start_servers(platform, ports)
@@ -226,10 +229,10 @@ def _ensure_model(settings: Settings, console: Console) -> None:
 
         from churnops.model.churn_model import configure_mlflow
 
-        configure_mlflow(settings)
+        configure_mlflow(settings.model)
         try:
             version = mlflow.MlflowClient().get_model_version_by_alias(
-                settings.model_name, settings.model_alias
+                settings.model.model_name, settings.model.model_alias
             )
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
@@ -237,17 +240,18 @@ def _ensure_model(settings: Settings, console: Console) -> None:
             version = None
     if version is not None:
         console.print(
-            f"  [green]ok[/green] {settings.model_name}@{settings.model_alias}"
+            f"  [green]ok[/green] {settings.model.model_name}@{settings.model.model_alias}"
             f" is version {version.version}"
         )
         return
-    data_file = settings.churn_data_dir / settings.training_file
+    model = settings.model
+    data_file = model.churn_data_dir / model.training_file
     if not data_file.exists():
         raise svc.PlatformError(
-            f"no {settings.model_name}@{settings.model_alias} and no training file {data_file}:"
+            f"no {model.model_name}@{model.model_alias} and no training file {data_file}:"
             " run `make data` (or set CHURN_DATA_DIR)"
         )
-    console.print(f"no version has alias '{settings.model_alias}': training on {data_file}")
+    console.print(f"no version has alias '{settings.model.model_alias}': training on {data_file}")
     outcome = _train(settings, data_file, console)
     if outcome.status != "promoted":
         raise svc.PlatformError(f"the trained model was not promoted: {outcome.reason}")
@@ -256,9 +260,9 @@ def _ensure_model(settings: Settings, console: Console) -> None:
 
 def _ensure_project(settings: Settings) -> None:
     """Create the Evidently project once, before runners could race to create two."""
-    from churnops.monitoring.drift import open_workspace, project_id
+    from churnops.monitoring.drift import PROJECT, open_workspace, project_id
 
-    project_id(open_workspace(settings), settings.evidently_project)
+    project_id(open_workspace(settings.monitoring), PROJECT)
 
 
 def _train(settings: Settings, data_file: Path, console: Console) -> Outcome:
@@ -271,7 +275,7 @@ def _train(settings: Settings, data_file: Path, console: Console) -> Outcome:
 def _start_runner(platform: Platform) -> None:
     """``runner_processes`` flow runners, started together; wait until each serves."""
     settings = platform.settings
-    count = max(1, settings.runner_processes)
+    count = max(1, settings.platform.runner_processes)
     for index in range(count):
         svc.ready_file(settings.home, index).unlink(missing_ok=True)
         platform.runners.append(
@@ -280,7 +284,7 @@ def _start_runner(platform: Platform) -> None:
                 [svc.bin_path("python"), "-m", "churnops.platform.runner", str(index)],
                 settings.home / "logs" / f"runner-{index}.log",
                 runner_env(settings),
-                url=f"http://{settings.platform_host}:{settings.prefect_port}/deployments",
+                url=f"http://{settings.platform.platform_host}:{settings.platform.prefect_port}/deployments",
             )
         )
     for runner in platform.runners:
@@ -294,29 +298,27 @@ def _start_runner(platform: Platform) -> None:
             RUNNER_START_TIMEOUT,
         )
     platform.console.print(
-        f"  [green]ok[/green] {count} runner(s) serve deployment {settings.prefect_deployment}"
+        f"  [green]ok[/green] {count} runner(s) serve deployment {PIPELINE_DEPLOYMENT}"
     )
 
 
 def _start_watcher(platform: Platform) -> None:
     settings = platform.settings
-    api = svc.prefect_api_url(settings, settings.prefect_port)
-    handler = trigger(api, settings.prefect_deployment, settings.drop_uri)
-    dispatcher = Dispatcher(handler, settings.drop_bucket, _report(platform))
+    api = svc.prefect_api_url(settings.platform, settings.platform.prefect_port)
+    handler = trigger(api, PIPELINE_DEPLOYMENT, settings.drop.drop_uri)
+    dispatcher = Dispatcher(handler, settings.drop.drop_bucket, _report(platform))
     # The dispatcher prints one line per trigger; the handler's own INFO lines are for AWS.
     logging.getLogger("s3_to_prefect").setLevel(logging.WARNING)
-    if settings.drop_storage == "s3":
+    if settings.drop.drop_storage == "s3":
         import boto3
 
-        client = boto3.client("s3", endpoint_url=settings.aws_endpoint_url)
-        platform.watcher = BucketPoller(
-            client, settings.drop_bucket, dispatcher, settings.drop_poll_seconds
-        )
+        client = boto3.client("s3")
+        platform.watcher = BucketPoller(client, settings.drop.drop_bucket, dispatcher)
     else:
         from churnops.drop.storage import LocalDropStorage
 
-        LocalDropStorage(settings.drop_dir).create_layout()
-        platform.watcher = FolderWatcher(settings.drop_dir, dispatcher)
+        LocalDropStorage(settings.drop.drop_dir).create_layout()
+        platform.watcher = FolderWatcher(settings.drop.drop_dir, dispatcher)
     platform.watcher.start()
 
 
@@ -351,9 +353,9 @@ def _write_state(platform: Platform) -> None:
 
 
 def _drop_location(settings: Settings, folder: str = "input") -> str:
-    if settings.drop_storage == "s3":
-        return f"s3://{settings.drop_bucket}/data/{folder}/"
-    return str(settings.drop_dir / "data" / folder)
+    if settings.drop.drop_storage == "s3":
+        return f"s3://{settings.drop.drop_bucket}/data/{folder}/"
+    return str(settings.drop.drop_dir / "data" / folder)
 
 
 def _print_summary(platform: Platform) -> None:
@@ -373,12 +375,12 @@ def _print_summary(platform: Platform) -> None:
     )
 
 
-def _request_reconcile(settings: Settings) -> None:
+def _request_reconcile(platform: PlatformSettings) -> None:
     """A reconcile run now: a warm runner re-drives what the dead one held."""
-    api = svc.prefect_api_url(settings, settings.prefect_port)
+    api = svc.prefect_api_url(platform, platform.prefect_port)
     try:
         start_deployment_run(
-            api, settings.reconcile_deployment, f"runner-died-{time.time():.0f}", "runner died"
+            api, RECONCILE_DEPLOYMENT, f"runner-died-{time.time():.0f}", "runner died"
         )
     except Exception as exc:  # the restarted runner reconciles at its start anyway
         log.warning("no reconcile run requested: %s", exc)
@@ -387,10 +389,10 @@ def _request_reconcile(settings: Settings) -> None:
 class FinishedFiles:
     """One console line per file whose flow run has ended, read from the Prefect API."""
 
-    def __init__(self, settings: Settings, console: Console) -> None:
-        self.api = svc.prefect_api_url(settings, settings.prefect_port)
+    def __init__(self, platform: PlatformSettings, console: Console) -> None:
+        self.api = svc.prefect_api_url(platform, platform.prefect_port)
         # The reconciler's deployment has the same name: the flow's name tells them apart.
-        self.flow, _, self.deployment = settings.prefect_deployment.partition("/")
+        self.flow, _, self.deployment = PIPELINE_DEPLOYMENT.partition("/")
         self.console = console
         self.since = datetime.now(UTC)
         self.shown: set[str] = set()
@@ -441,7 +443,7 @@ def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
     A child that keeps failing (:class:`RestartBudget`) stops the platform with its log.
     """
     budget = RestartBudget()
-    finished = FinishedFiles(platform.settings, platform.console)
+    finished = FinishedFiles(platform.settings.platform, platform.console)
     try:
         while not stop_requested.wait(1.0):
             finished.print_new()
@@ -469,7 +471,7 @@ def _restart(platform: Platform, child: svc.Service) -> None:
     child.start()
     _write_state(platform)  # `churnops status` checks the new pid
     if child in platform.runners:
-        _request_reconcile(platform.settings)
+        _request_reconcile(platform.settings.platform)
 
 
 class RestartBudget:

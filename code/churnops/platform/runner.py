@@ -4,7 +4,7 @@ A ``flow.serve()`` runner or a process worker starts every flow run in a fresh
 Python process: importing pandas, XGBoost, MLflow and Evidently alone costs
 seconds, and its default poll adds up to 10 s more. This runner imports all of
 that and loads the staging model once, polls the API for scheduled runs of the
-deployment every ``runner_poll_seconds``, proposes Pending through the client's
+deployment every :data:`POLL_SECONDS`, proposes Pending through the client's
 ``set_flow_run_state`` (as Prefect's own runner does) and executes each run here
 with :func:`prefect.flow_engine.run_flow`, one at a time, so the Prefect UI shows
 the usual Pending -> Running -> final states. Both are in Prefect's Python API
@@ -53,14 +53,20 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.states import Pending
 
 from churnops.monitoring import ops_metrics
+from churnops.pipeline import RECONCILE_DEPLOYMENT
 from churnops.pipeline.flow import churn_prediction_pipeline
 from churnops.platform.deployments import register
 from churnops.platform.services import ready_file
-from churnops.settings import Settings, get_settings
+from churnops.settings import PlatformSettings, Settings, get_settings
 
 log = logging.getLogger("churnops.runner")
 #: A run's scale-in protection lapses after this long should the runner hang (the ECS default).
 PROTECTION_MINUTES = 120
+#: How often an idle runner asks Prefect for a due run (s), locally and on ECS: at most
+#: this much is added to a file's latency, a cheap query per runner.
+POLL_SECONDS = 0.5
+#: How often each runner publishes the queued flow runs (s): CloudWatch's own resolution.
+OPS_METRICS_SECONDS = 60.0
 
 
 class FlowRunner:
@@ -75,7 +81,7 @@ class FlowRunner:
 
     def deploy(self) -> list[UUID]:
         """Create or update the deployments these processes serve (no work pool)."""
-        self.flows = register(self.settings)
+        self.flows = register(self.settings.drop)
         self.deployment_ids = list(self.flows)
         return self.deployment_ids
 
@@ -97,7 +103,7 @@ class FlowRunner:
         from churnops.model.churn_model import load_aliased_model
         from churnops.monitoring.drift import build_report, data_definition
 
-        model = load_aliased_model(self.settings)
+        model = load_aliased_model(self.settings.model)
         reference = model.model.reference_data().head(200)
         definition = data_definition(model.model.features, labeled=True)
         build_report(model.model.features, labeled=True).run(
@@ -111,7 +117,7 @@ class FlowRunner:
         from prefect.deployments import run_deployment
 
         run_deployment(
-            self.settings.reconcile_deployment,
+            RECONCILE_DEPLOYMENT,
             timeout=0,
             as_subflow=False,
             flow_run_name="reconcile at runner start",
@@ -148,7 +154,7 @@ class FlowRunner:
             log.info("flow run %s not taken: %s", run.id, reason)
             return
         started = time.perf_counter()
-        with task_protection(self.settings):
+        with task_protection(self.settings.platform):
             final = run_flow(
                 self.flows.get(run.deployment_id, churn_prediction_pipeline),
                 flow_run=self.client.read_flow_run(run.id),
@@ -174,19 +180,20 @@ class FlowRunner:
                 log.warning("talking to Prefect failed: %s", exc)
                 run = None
             if run is None:
-                time.sleep(self.settings.runner_poll_seconds)
+                time.sleep(POLL_SECONDS)
 
 
 class QueueGauge(threading.Thread):
-    """Publishes the number of due, untaken runs every ``ops_metrics_seconds``.
+    """Publishes the number of due, untaken runs every ``every`` seconds.
 
     A thread with its own client, so a runner busy with a long run still reports: the
     autoscaling and the alarms must see the queue exactly when every runner is busy.
     """
 
-    def __init__(self, runner: FlowRunner) -> None:
+    def __init__(self, runner: FlowRunner, every: float = OPS_METRICS_SECONDS) -> None:
         super().__init__(name="queue-gauge", daemon=True)
         self.runner = runner
+        self.every = every
         self.stopped = threading.Event()
         # Prefect's settings are context variables: the thread talks to the same API.
         self.context = contextvars.copy_context()
@@ -195,28 +202,28 @@ class QueueGauge(threading.Thread):
         self.context.run(self._publish)
 
     def _publish(self) -> None:
-        settings = self.runner.settings
+        platform = self.runner.settings.platform
         with get_client(sync_client=True) as client:
-            while not self.stopped.wait(settings.ops_metrics_seconds):
+            while not self.stopped.wait(self.every):
                 try:
                     queued = len(self.runner.due_runs(client))
                 except Exception as exc:  # the API restarting: the next tick tries again
                     log.warning("queue depth not read: %s", exc)
                     continue
-                ops_metrics.publish(settings, {ops_metrics.QUEUED_RUNS: float(queued)})
+                ops_metrics.publish(platform, {ops_metrics.QUEUED_RUNS: float(queued)})
 
 
 @contextmanager
-def task_protection(settings: Settings) -> Iterator[None]:
+def task_protection(platform: PlatformSettings) -> Iterator[None]:
     """Inside an ECS service task: no scale-in or deployment stops it while this runs."""
-    if not settings.ecs_agent_uri:
+    if not platform.ecs_agent_uri:
         yield
         return
-    _protect(settings.ecs_agent_uri, True)
+    _protect(platform.ecs_agent_uri, True)
     try:
         yield
     finally:
-        _protect(settings.ecs_agent_uri, False)
+        _protect(platform.ecs_agent_uri, False)
 
 
 def _protect(agent_uri: str, enabled: bool) -> None:
@@ -265,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         runner.warm_up()
         runner.reconcile_now()  # a runner starts after a stop or a crash: look around
         gauge = QueueGauge(runner)
-        if settings.ops_metrics_namespace:
+        if settings.platform.ops_metrics_namespace:
             gauge.start()
         ready.write_text(str(deployment_ids[0]))
         try:

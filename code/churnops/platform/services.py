@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from churnops.drop.claims import pid_alive
-from churnops.settings import Settings
+from churnops.settings import PlatformSettings, Settings
 
 #: Variables that would point a child at another Prefect server, profile or database.
 FOREIGN_PREFECT_ENV = (
@@ -89,11 +89,11 @@ def choose_port(host: str, configured: int, setting: str) -> int:
 
 
 # --- child processes ---------------------------------------------------------------------
-def child_env(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
+def child_env(platform: PlatformSettings, extra: dict[str, str]) -> dict[str, str]:
     """This process's environment minus foreign Prefect variables, plus the libraries'
-    usage-data switches (``settings.telemetry_env``), plus ``extra``: every child's."""
+    usage-data switches (``PlatformSettings.telemetry_env``), plus ``extra``: every child's."""
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN_PREFECT_ENV}
-    return env | settings.telemetry_env | extra
+    return env | platform.telemetry_env | extra
 
 
 def bin_path(name: str) -> str:
@@ -248,44 +248,44 @@ class Ports:
     evidently: int
 
 
-def choose_ports(settings: Settings) -> Ports:
-    host = settings.platform_host
+def choose_ports(platform: PlatformSettings) -> Ports:
+    host = platform.platform_host
     return Ports(
-        prefect=choose_port(host, settings.prefect_port, "prefect_port"),
-        mlflow=choose_port(host, settings.mlflow_port, "mlflow_port"),
-        evidently=choose_port(host, settings.evidently_port, "evidently_port"),
+        prefect=choose_port(host, platform.prefect_port, "prefect_port"),
+        mlflow=choose_port(host, platform.mlflow_port, "mlflow_port"),
+        evidently=choose_port(host, platform.evidently_port, "evidently_port"),
     )
 
 
-def prefect_api_url(settings: Settings, port: int) -> str:
-    return f"http://{settings.platform_host}:{port}/api"
+def prefect_api_url(platform: PlatformSettings, port: int) -> str:
+    return f"http://{platform.platform_host}:{port}/api"
 
 
-def mlflow_url(settings: Settings, port: int) -> str:
-    return f"http://{settings.platform_host}:{port}"
+def mlflow_url(platform: PlatformSettings, port: int) -> str:
+    return f"http://{platform.platform_host}:{port}"
 
 
 def server_services(settings: Settings, ports: Ports) -> list[Service]:
     """Prefect, MLflow and the Evidently UI, all with their state under CHURNOPS_HOME."""
-    home, host, logs = settings.home, settings.platform_host, settings.home / LOG_DIR
+    home, host, logs = settings.home, settings.platform.platform_host, settings.home / LOG_DIR
     prefect_home = home / "prefect"
     prefect_home.mkdir(parents=True, exist_ok=True)
-    settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-    settings.evidently_workspace_dir.mkdir(parents=True, exist_ok=True)
+    settings.model.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+    settings.monitoring.evidently_workspace_dir.mkdir(parents=True, exist_ok=True)
     prefect_env = child_env(
-        settings,
+        settings.platform,
         {
             "PREFECT_HOME": str(prefect_home),
             "PREFECT_API_DATABASE_CONNECTION_URL": (
                 f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
             ),
-            "PREFECT_UI_API_URL": prefect_api_url(settings, ports.prefect),
+            "PREFECT_UI_API_URL": prefect_api_url(settings.platform, ports.prefect),
         },
     )
     # MLflow's job runner (GenAI jobs, unused here) adds seven worker processes that
     # outlive the server by seconds when it stops; without it the group is two processes.
-    mlflow_env = child_env(settings, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    api = prefect_api_url(settings, ports.prefect)
+    mlflow_env = child_env(settings.platform, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    api = prefect_api_url(settings.platform, ports.prefect)
     return [
         Service(
             "prefect",
@@ -303,7 +303,7 @@ def server_services(settings: Settings, ports: Ports) -> list[Service]:
                 "--backend-store-uri",
                 f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
                 "--artifacts-destination",
-                str(settings.mlflow_artifacts_dir),
+                str(settings.model.mlflow_artifacts_dir),
                 "--host",
                 host,
                 "--port",
@@ -313,8 +313,8 @@ def server_services(settings: Settings, ports: Ports) -> list[Service]:
             ],
             logs / "mlflow.log",
             mlflow_env,
-            url=mlflow_url(settings, ports.mlflow),
-            health_url=f"{mlflow_url(settings, ports.mlflow)}/health",
+            url=mlflow_url(settings.platform, ports.mlflow),
+            health_url=f"{mlflow_url(settings.platform, ports.mlflow)}/health",
         ),
         Service(
             "evidently",
@@ -322,14 +322,14 @@ def server_services(settings: Settings, ports: Ports) -> list[Service]:
                 bin_path("evidently"),
                 "ui",
                 "--workspace",
-                str(settings.evidently_workspace_dir),
+                str(settings.monitoring.evidently_workspace_dir),
                 "--host",
                 host,
                 "--port",
                 str(ports.evidently),
             ],
             logs / "evidently.log",
-            child_env(settings, {}),
+            child_env(settings.platform, {}),
             url=f"http://{host}:{ports.evidently}",
             health_url=f"http://{host}:{ports.evidently}/api/version",
         ),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from churnops.drop.storage import DROP_STAGES, STAGES, DropStorage, folder_key, open_storage
 from churnops.platform.services import PlatformState, http_ok, pid_alive
-from churnops.settings import Settings
+from churnops.settings import DropSettings
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,6 @@ def service_health(state: PlatformState | None) -> list[ServiceHealth]:
     return health
 
 
-def collect(settings: Settings) -> tuple[list[FileState], list[ServiceHealth]]:
-    state = PlatformState.load(settings.home)
-    return list_files(open_storage(settings)), service_health(state)
+def collect(drop: DropSettings) -> tuple[list[FileState], list[ServiceHealth]]:
+    state = PlatformState.load(drop.home)
+    return list_files(open_storage(drop)), service_health(state)

@@ -212,11 +212,17 @@ class FolderWatcher(FileSystemEventHandler):
 
 
 # --- S3-compatible endpoint --------------------------------------------------------------------
+#: How often the platform lists an S3 drop bucket for new files (s) (a folder is watched).
+POLL_SECONDS = 5.0
+
+
 class BucketPoller:
     """List ``data/input/`` and ``data/labels/`` of a bucket every ``interval`` seconds;
     report new (key, ETag)."""
 
-    def __init__(self, client: Any, bucket: str, dispatcher: Dispatcher, interval: float) -> None:
+    def __init__(
+        self, client: Any, bucket: str, dispatcher: Dispatcher, interval: float = POLL_SECONDS
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.dispatcher = dispatcher

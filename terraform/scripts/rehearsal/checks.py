@@ -22,7 +22,7 @@ import psycopg2
 import yaml
 from psycopg2 import sql
 
-from churnops.settings import Settings
+from churnops.pipeline import RECONCILE_DEPLOYMENT
 from terraform.scripts.rehearsal import containers, images
 from terraform.scripts.rehearsal.deployment import WiringError
 from terraform.scripts.rehearsal.mapping import LOCAL_SSLMODE, STRICT_SSLMODES
@@ -161,8 +161,7 @@ def check_reconciler(r: Rehearsal) -> None:
     """A run of the reconciler's deployment, made by its schedule, completed."""
     worker = r.worker()
     api = PrefectApi(worker.env)
-    default = Settings.model_fields["reconcile_deployment"].default
-    name = worker.env.get("RECONCILE_DEPLOYMENT", default)
+    name = RECONCILE_DEPLOYMENT
     deployment = api.deployment(name)
     intervals = [(s.get("schedule") or {}).get("interval") for s in deployment.get("schedules", [])]
     if not any(intervals):

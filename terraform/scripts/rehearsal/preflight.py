@@ -63,9 +63,10 @@ def check_runner_settings(r: Rehearsal) -> None:
     worker = r.worker()
     code = (
         "import json\nfrom churnops.settings import get_settings\ns = get_settings()\n"
-        "print(json.dumps({'drop': s.drop_uri, 'DATABASE_URL': s.database_url,"
-        " 'MLFLOW_TRACKING_URI': s.mlflow_tracking_uri,"
-        " 'EVIDENTLY_UI_URL': s.evidently_ui_url, 'ALERTS_TOPIC_ARN': s.alerts_topic_arn}))"
+        "print(json.dumps({'drop': s.drop.drop_uri, 'DATABASE_URL': s.monitoring.database_url,"
+        " 'MLFLOW_TRACKING_URI': s.model.mlflow_tracking_uri,"
+        " 'EVIDENTLY_UI_URL': s.monitoring.evidently_ui_url,"
+        " 'ALERTS_TOPIC_ARN': s.alerts.alerts_topic_arn}))"
     )
     done = subprocess.run(
         [str(containers.VENV_BIN / "python"), "-c", code],

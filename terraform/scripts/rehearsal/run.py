@@ -427,8 +427,10 @@ class Rehearsal:
         code = (
             "import json, sys\nfrom pathlib import Path\n"
             "from churnops.model.registry import TrainingOptions, train_and_register\n"
+            "from churnops.model import registry\n"
             "from churnops.settings import get_settings\n"
-            "settings = get_settings(churnops_home=Path(sys.argv[1]), cv_folds=2)\n"
+            "registry.CV_FOLDS = 2  # a rehearsal's model need not be good, only quick\n"
+            "settings = get_settings(churnops_home=Path(sys.argv[1]))\n"
             "params = json.loads(sys.argv[3])\n"
             "options = TrainingOptions(data_file=Path(sys.argv[2]), params=params)\n"
             "outcome = train_and_register(settings, options)\n"
