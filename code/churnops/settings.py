@@ -246,8 +246,9 @@ class AlertSettings(CommonSettings):
     smtp_port: int = Field(25, description="Its port.")
     smtp_user: str | None = Field(
         None,
-        description="SMTP login user; with a login, the connection is upgraded with STARTTLS "
-        "first (a password never crosses in the clear).",
+        description="SMTP login user. The connection is upgraded with STARTTLS whenever the "
+        "server offers it; a login without it is refused unless the server is on this "
+        "machine (a password never crosses a network in the clear).",
     )
     smtp_password: SecretStr | None = Field(None, description="SMTP login password.")
     alert_email_from: str = Field("churnops@localhost", description="Sender of alert e-mails.")

@@ -73,7 +73,7 @@ def test_process_exit_codes_for_skipped_and_failed(
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port(LOOPBACK)}")
     monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 1.0)
-    monkeypatch.setattr(retry, "RETRY_FIRST_SECONDS", 3600.0)
+    monkeypatch.setattr(retry, "RUN", retry.Backoff(3600.0, 3600.0))
     (home / "a.csv").write_text("x\n1\n")
     result = CliRunner().invoke(app, ["process", str(home / "a.csv")])
     assert result.exit_code == 4, result.output

@@ -104,7 +104,7 @@ def _quick(patch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """Re-drive at once: no grace for untaken files, no wait before a retry, 2 s for a
     dependency that is down."""
     patch.setattr(reconcile, "GRACE_SECONDS", 0.0)
-    patch.setattr(retry, "RETRY_FIRST_SECONDS", 0.0)
+    patch.setattr(retry, "RUN", retry.Backoff(0.0, 0.0))
     patch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 2.0)
     return patch
 

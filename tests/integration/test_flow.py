@@ -110,8 +110,7 @@ def platform(
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
-        patch.setattr(retry, "ALERT_RETRY_WAIT", 0.01)
-        patch.setattr(retry, "RETRY_FIRST_SECONDS", 3600.0)
+        patch.setattr(retry, "RUN", retry.Backoff(3600.0, 3600.0))
         settings = get_settings()
         # The session's Prefect server (one per session), not a harness of its own.
         with temporary_settings(updates={PREFECT_API_URL: prefect_server}):

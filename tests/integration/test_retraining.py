@@ -27,7 +27,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from churnops import retry
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET
@@ -94,11 +93,10 @@ def world(
     monkeypatch: pytest.MonkeyPatch,
 ) -> World:
     """A scratch home whose model is a copy of the session model (version 1 = staging);
-    quick folds, a ROC AUC minimum the fast parameters pass, quick alert retries."""
+    quick folds, a ROC AUC minimum the fast parameters pass."""
     name = f"Retrain-{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(registry, "CV_FOLDS", 2)
     monkeypatch.setattr(registry, "GATE_MIN_ROC_AUC", 0.85)
-    monkeypatch.setattr(retry, "ALERT_RETRY_WAIT", 0.01)
     settings = get_settings(
         churnops_home=tmp_path / "home",
         churn_data_dir=data_dir,

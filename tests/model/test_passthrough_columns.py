@@ -245,7 +245,7 @@ def test_scoring_writes_passthrough_columns_first_and_feeds_the_model_features_o
     model = _RecordingModel()
 
     scored = score_file(
-        settings,
+        settings.drop,
         storage,
         key,
         "run1",

@@ -311,11 +311,6 @@ def heartbeat(
         thread.join(timeout=every + 5)
 
 
-def retry_delay(attempt: int, first: float, cap: float) -> float:
-    """Back-off before attempt ``attempt + 1``: first, 2x, 4x, ... at most ``cap``."""
-    return min(cap, first * 2 ** max(0, attempt - 1))
-
-
 def pid_alive(pid: int) -> bool:
     """A process with this pid exists on this host (it may belong to another user)."""
     try:

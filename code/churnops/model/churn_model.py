@@ -42,7 +42,6 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.logging_utils import disable_logging
-from tenacity import Retrying, stop_after_delay, wait_exponential
 
 from churnops import retry
 from churnops.data.features import prepare_features
@@ -282,11 +281,7 @@ def wait_for_tracking_server(model: ModelSettings) -> None:
     uri = model.tracking_uri
     if not uri.startswith(("http://", "https://")):
         return
-    retrying = Retrying(
-        stop=stop_after_delay(retry.DEPENDENCY_WAIT_SECONDS),
-        wait=wait_exponential(multiplier=0.5, max=4),
-        reraise=True,
-    )
+    retrying = retry.call(lambda exc: isinstance(exc, OSError))
     try:
         retrying(_health, uri.rstrip("/") + "/health")
     except OSError as exc:

@@ -12,8 +12,10 @@ still in the alert log unless that too is named in the error.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import smtplib
+import socket
 import ssl
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -21,13 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
-from tenacity import (
-    Retrying,
-    before_sleep_log,
-    retry_if_not_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
+from tenacity import Retrying
 
 from churnops import retry
 from churnops.results import PREDICTION, MonitoringResult
@@ -273,7 +269,8 @@ def send_alert(alert: Alert, alerts: AlertSettings) -> list[str]:
     """Append to the alert log, then send by SNS / e-mail when configured.
 
     Returns the channels used (``"log"``, ``"sns"``, ``"email"``). Every channel is
-    tried up to ``ALERT_SEND_ATTEMPTS`` times (once for :data:`PERMANENT_ERRORS`);
+    tried as every call to a dependency is (:func:`churnops.retry.call`; once for
+    :data:`PERMANENT_ERRORS`);
     when one still fails, the others are still tried and
     :class:`AlertDeliveryError` is raised at the end: catch it, note it in the
     file's log and go on processing the file.
@@ -299,12 +296,9 @@ def send_alert(alert: Alert, alerts: AlertSettings) -> list[str]:
 
 
 def _retrying(channel: str) -> Retrying:
-    return Retrying(
-        retry=retry_if_not_exception_type(PERMANENT_ERRORS),
-        stop=stop_after_attempt(retry.ALERT_SEND_ATTEMPTS),
-        wait=wait_exponential(multiplier=retry.ALERT_RETRY_WAIT, max=60),
-        before_sleep=before_sleep_log(logging.getLogger(f"{__name__}.{channel}"), logging.WARNING),
-        reraise=True,
+    return retry.call(
+        lambda exc: not isinstance(exc, PERMANENT_ERRORS),
+        log=logging.getLogger(f"{__name__}.{channel}"),
     )
 
 
@@ -342,11 +336,23 @@ def _send_email(alert: Alert, alerts: AlertSettings) -> None:
     message.set_content(alert.body)
     host = alerts.smtp_host or ""
     with smtplib.SMTP(host, alerts.smtp_port, timeout=retry.NETWORK_TIMEOUT_SECONDS) as smtp:
-        if alerts.smtp_user:  # STARTTLS first: a password never crosses in the clear
+        smtp.ehlo()
+        if smtp.has_extn("starttls"):
             smtp.starttls(context=ssl.create_default_context())
+        elif alerts.smtp_user and not _on_this_machine(host):
+            raise ValueError(f"SMTP server {host} offers no STARTTLS: no password in the clear")
+        if alerts.smtp_user:
             password = alerts.smtp_password.get_secret_value() if alerts.smtp_password else ""
             smtp.login(alerts.smtp_user, password)
         smtp.send_message(message)
+
+
+def _on_this_machine(host: str) -> bool:
+    """``host`` is a loopback address (a local relay): a login needs no TLS there."""
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except OSError:
+        return False
 
 
 def _recipients(value: str) -> list[str]:

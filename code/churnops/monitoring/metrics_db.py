@@ -56,8 +56,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from tenacity import Retrying as _Retrying
-from tenacity import retry_if_exception, stop_after_delay, wait_exponential
 
 from churnops import retry
 from churnops.results import ATTRIBUTION_NDCG, DRIFTED_SHARE, MonitoringResult
@@ -264,8 +262,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str | URL, timeout: float = 30.0) -> Engine:
-    """An engine for ``url`` whose every wait is bounded by ``timeout`` seconds.
+def make_engine(url: str | URL, timeout: float | None = None) -> Engine:
+    """An engine for ``url`` whose every wait is bounded by ``timeout`` seconds (default
+    :data:`churnops.retry.NETWORK_TIMEOUT_SECONDS`).
 
     Postgres: the connection (``connect_timeout``), each statement on the server
     (``statement_timeout``) and, on the client, each wait for an answer
@@ -275,6 +274,7 @@ def make_engine(url: str | URL, timeout: float = 30.0) -> Engine:
     would pick psycopg 3 for it).
     """
     url = make_url(url)
+    timeout = retry.NETWORK_TIMEOUT_SECONDS if timeout is None else timeout
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg2")
     if url.get_backend_name() == "postgresql":
@@ -337,27 +337,22 @@ def fitted(table: Table, row: dict[str, Any]) -> dict[str, Any]:
 class MetricsStore:
     """Writes and reads pipeline runs and their metrics."""
 
-    def __init__(self, url: str | URL, wait_seconds: float = 10.0, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str | URL, wait_seconds: float | None = None, timeout: float | None = None
+    ) -> None:
+        """``wait_seconds`` and ``timeout``: the retry policy's (:mod:`churnops.retry`)
+        unless given."""
         self.engine = make_engine(url, timeout)
-        self.wait_seconds = wait_seconds
+        self.wait_seconds = retry.DEPENDENCY_WAIT_SECONDS if wait_seconds is None else wait_seconds
         self._retry(upgrade, self.engine)
 
     @classmethod
     def from_settings(cls, monitoring: MonitoringSettings) -> MetricsStore:
-        return cls(
-            monitoring.metrics_db_url,
-            retry.DEPENDENCY_WAIT_SECONDS,
-            retry.NETWORK_TIMEOUT_SECONDS,
-        )
+        return cls(monitoring.metrics_db_url)
 
     def _retry(self, function: Callable[..., Any], *args: Any) -> Any:
         """Call ``function``; retry while the database is unreachable, then say so."""
-        retrying = _Retrying(
-            retry=retry_if_exception(_is_unreachable),
-            stop=stop_after_delay(self.wait_seconds),
-            wait=wait_exponential(multiplier=0.5, max=4),
-            reraise=True,
-        )
+        retrying = retry.call(_is_unreachable, within=self.wait_seconds)
         try:
             return retrying(function, *args)
         except DBAPIError as exc:

@@ -538,9 +538,7 @@ def _release(attempt: _Attempt, outcome: FileOutcome) -> None:
         if outcome.status != "failed":
             claims.release(attempt.storage, lease, "done", outcome.status)
             return
-        delay = claims.retry_delay(
-            lease.attempt, retry.RETRY_FIRST_SECONDS, retry.RETRY_MAX_SECONDS
-        )
+        delay = retry.RUN.delay(lease.attempt)
         claims.release(attempt.storage, lease, "failed", outcome.message, retry_in=delay)
     except Exception as exc:
         log.warning(
