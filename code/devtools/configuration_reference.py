@@ -62,11 +62,9 @@ def render() -> str:
         _markdown(inspect.getdoc(settings) or ""),
         "",
     ]
-    groups = {"every group": settings.CommonSettings, **settings.GROUPS}
-    for attribute, group in groups.items():
-        lines += _table(
-            f"{attribute} (`{group.__name__}`)", group, shared=attribute != "every group"
-        )
+    lines += _table("every group (`CommonSettings`)", settings.CommonSettings, shared=False)
+    for attribute, group in settings.GROUPS.items():
+        lines += _table(f"{attribute}: `settings.{attribute}` (`{group.__name__}`)", group)
     lines += [
         "",
         "## The S3 trigger (Lambda)",
