@@ -210,8 +210,16 @@ def _until(condition: Callable[[], bool], seconds: float = 180.0) -> bool:
     return False
 
 
-def test_a_killed_mlflow_server_is_restarted_by_up(tmp_path: Path) -> None:
-    settings = get_settings(churnops_home=tmp_path, platform_host=LOOPBACK, mlflow_port=0)
+def _settings(tmp_path: Path, prefect_server: str, **extra: object):  # type: ignore[no-untyped-def]
+    """A platform's settings whose Prefect is the session's server: the supervisor's
+    console lines and reconcile requests get their answers at once (against a closed port
+    each look costs seconds of the clients' retries)."""
+    port = urlsplit(prefect_server).port
+    return get_settings(churnops_home=tmp_path, platform_host=LOOPBACK, prefect_port=port, **extra)
+
+
+def test_a_killed_mlflow_server_is_restarted_by_up(tmp_path: Path, prefect_server: str) -> None:
+    settings = _settings(tmp_path, prefect_server, mlflow_port=0)
     ports = services.Ports(prefect=0, mlflow=services.free_port(LOOPBACK), evidently=0)
     mlflow = next(s for s in services.server_services(settings, ports) if s.name == "mlflow")
     platform = launch.Platform(settings, Console(file=io.StringIO()), servers=[mlflow])
@@ -230,11 +238,11 @@ def _child(tmp_path: Path, name: str, command: list[str]) -> services.Service:
 
 
 def test_a_runner_killed_again_and_again_is_restarted_but_a_crash_loop_stops_the_platform(
-    tmp_path: Path,
+    tmp_path: Path, prefect_server: str
 ) -> None:
     """SIGKILL (the OOM killer: a file that kills its runner, bounded by MAX_ATTEMPTS) uses
     no restart budget; a child that keeps exiting on its own stops the platform."""
-    settings = get_settings(churnops_home=tmp_path, platform_host=LOOPBACK)
+    settings = _settings(tmp_path, prefect_server)
     killed = _child(tmp_path, "runner-0", ["sleep", "600"])
     platform = launch.Platform(settings, Console(file=io.StringIO()), runners=[killed])
     killed.start()
