@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -226,34 +227,55 @@ _CHILDREN.set_forkserver_preload(
 )
 
 
-def _run_killed(world: World, key: str, point: str) -> None:
+def _run_killed(world: World, *kills: tuple[str, str]) -> None:
+    """Process each ``(key, point)`` in a child of its own, killed at ``point``, one after
+    the other (children at once would share the local Evidently workspace, which takes
+    one writer)."""
     env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-    child = _CHILDREN.Process(target=_killed_run, args=(world.settings, key, point, env))
-    child.start()
-    child.join(timeout=120)
-    if child.exitcode is None:
-        child.kill()
-    assert child.exitcode == -signal.SIGKILL, f"the child was not killed at {point!r}"
+    for key, point in kills:
+        child = _CHILDREN.Process(target=_killed_run, args=(world.settings, key, point, env))
+        child.start()
+        child.join(timeout=120)
+        if child.exitcode is None:
+            child.kill()
+        assert child.exitcode == -signal.SIGKILL, f"the child was not killed at {point!r}"
 
 
-@pytest.mark.parametrize("point", KILL_POINTS)
-def test_kill_at_any_point_then_reconcile(world: World, small_file: bytes, point: str) -> None:
-    key = world.drops.drop("customers.csv", small_file)
-    _run_killed(world, key, point)
-    if "(half move)" in point:  # maybe in two places until recovery finishes the move
-        assert {o.data for o in originals(world.storage)} == {small_file}
-    else:
-        world.check(settled=False)  # the file is somewhere, once, unchanged
+def _variants(small_file: bytes, count: int) -> list[bytes]:
+    """``count`` different files (the last ``i`` rows left out), one per kill point."""
+    lines = small_file.splitlines(keepends=True)
+    return [b"".join(lines[: len(lines) - i]) for i in range(count)]
 
-    outcomes = world.reconcile()
+
+def _by_name(outcomes: list[per_file.FileOutcome]) -> dict[str, list[per_file.FileOutcome]]:
+    found: dict[str, list[per_file.FileOutcome]] = {}
+    for outcome in outcomes:
+        found.setdefault(outcome.name, []).append(outcome)
+    return found
+
+
+def test_kill_at_any_point_then_reconcile(world: World, small_file: bytes) -> None:
+    """One file per kill point, each killed in its own process; one reconcile recovers all."""
+    files = dict(zip(KILL_POINTS, _variants(small_file, len(KILL_POINTS)), strict=True))
+    names = {point: f"customers-{n}.csv" for n, point in enumerate(KILL_POINTS)}
+    _run_killed(world, *((world.drops.drop(names[p], data), p) for p, data in files.items()))
+    # The file is somewhere, once, unchanged; a half move may leave it in two places
+    # until recovery finishes the move.
+    found = Counter(o.data for o in originals(world.storage))
+    assert set(found) == set(files.values()), found
+    for point, data in files.items():
+        assert found[data] >= 1 if "(half move)" in point else found[data] == 1, point
+
+    outcomes = _by_name(world.reconcile())
     world.check(settled=True)
-    after_finish = point.startswith(("release", "finish"))
-    if not point.startswith("release"):
-        assert [o.status for o in outcomes] == ["processed"], outcomes
-        assert outcomes[0].attempt == 2  # the killed one was attempt 1
-    else:
-        assert outcomes == []  # nothing was left to do
-    assert after_finish or "the previous attempt" not in str(outcomes)
+    for point, name in names.items():
+        mine = outcomes.get(name, [])
+        if point.startswith("release"):
+            assert mine == [], (point, mine)  # nothing was left to do
+            continue
+        assert [(o.status, o.attempt) for o in mine] == [("processed", 2)], (point, mine)
+        # the killed one was attempt 1
+        assert point.startswith("finish") or "the previous attempt" not in str(mine), point
     assert world.reconcile() == []  # settled: a second pass finds nothing
 
 
@@ -268,24 +290,32 @@ LABELS_KILL_POINTS = [
 ]
 
 
-@pytest.mark.parametrize("point", LABELS_KILL_POINTS)
 def test_kill_a_late_labels_run_at_any_point_then_reconcile(
-    world: World, small_file: bytes, point: str
+    world: World, small_file: bytes
 ) -> None:
-    scored = world.process(world.drops.drop("customers.csv", small_file))
-    assert scored.status == "processed" and scored.predictions_key, scored.message
-    labels = world.storage.read(scored.predictions_key)  # the file carries Churn already
-    key = world.drops.drop("customers_labels.csv", labels, folder="labels")
-    _run_killed(world, key, point)
+    """A scored file per kill point; each one's labels run killed at its point."""
+    kills, scored = [], {}
+    for n, data in enumerate(_variants(small_file, len(LABELS_KILL_POINTS))):
+        point = LABELS_KILL_POINTS[n]
+        outcome = world.process(world.drops.drop(f"customers-{n}.csv", data))
+        assert outcome.status == "processed" and outcome.predictions_key, outcome.message
+        labels = world.storage.read(outcome.predictions_key)  # the file carries Churn already
+        name = f"customers-{n}_labels.csv"
+        kills.append((world.drops.drop(name, labels, folder="labels"), point))
+        scored[name] = (point, outcome.run_id)
+    _run_killed(world, *kills)
 
-    outcomes = world.reconcile()
+    outcomes = _by_name(world.reconcile())
     world.check(settled=True)
-    if not point.startswith("release"):
-        assert [(o.status, o.attempt) for o in outcomes] == [("processed", 2)], outcomes
     store = MetricsStore(world.settings.monitoring.metrics_db_url)
-    realized = store.realized(scored.run_id)
-    store.close()
-    assert set(realized["metric"]) >= {"f1", "roc_auc"}
+    try:
+        for name, (point, run_id) in scored.items():
+            if not point.startswith("release"):
+                mine = [(o.status, o.attempt) for o in outcomes.get(name, [])]
+                assert mine == [("processed", 2)], (point, outcomes.get(name))
+            assert set(store.realized(run_id)["metric"]) >= {"f1", "roc_auc"}, point
+    finally:
+        store.close()
     assert world.reconcile() == []
 
 
@@ -757,8 +787,8 @@ def test_a_file_that_kills_its_runner_is_quarantined_after_max_attempts(
     claim gives up without running the file, and says why."""
     world.patch.setattr(retry, "MAX_ATTEMPTS", 2)
     key = world.drops.drop("huge.csv", small_file)
-    _run_killed(world, key, "score_file")
-    _run_killed(world, _processing_key(world), "score_file")
+    _run_killed(world, (key, "score_file"))
+    _run_killed(world, (_processing_key(world), "score_file"))
     outcomes = world.reconcile()
     assert [(o.status, o.attempt) for o in outcomes] == [("errored", 3)], outcomes
     assert outcomes[0].message.startswith("gave up after 2 attempts: attempt 2 died")
