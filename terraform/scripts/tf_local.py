@@ -227,7 +227,7 @@ def emulator_tfvars(network: dict[str, object]) -> dict[str, object]:
         "secret_recovery_window_days": 0,
         "log_retention_days": 7,
         # A fixed runner: moto's Application Auto Scaling has no ListTagsForResource, which
-        # the provider reads; tests/terraform/test_scaling_plan.py checks the scaling on a plan.
+        # the provider reads; tests/terraform/test_policy.py checks the scaling on a plan.
         "worker_max_count": 1,
         **network,
     }

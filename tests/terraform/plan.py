@@ -18,6 +18,10 @@ from .conftest import tf_local
 REFERENCE = re.compile(r"^(?P<type>aws_\w+)\.(?P<name>[\w-]+)(?:\[(?P<index>[^\]]+)\])?(?:\.\w+)*$")
 
 
+#: An override that leaves the variable at its default (the emulator's tfvars set it).
+DEFAULT: Any = object()
+
+
 class UnresolvedReference(AssertionError):
     """An attribute points at something the plan cannot name (a variable, a module output)."""
 
@@ -28,8 +32,10 @@ def plan_module(
     """Plan the root module with the emulator's variables and ``overrides``; the plan as JSON.
 
     A ``RuntimeError`` carries terraform's output when the plan fails (a precondition).
+    An override :data:`DEFAULT` leaves that variable out: its default applies.
     """
     tfvars = {**tf_local.emulator_tfvars(tf_local.create_network(endpoint)), **overrides}
+    tfvars = {name: value for name, value in tfvars.items() if value is not DEFAULT}
     module_dir = tf_local.prepare_workdir(workdir, endpoint, tfvars)
     env = tf_local.emulator_env(endpoint, cli_config)
     tf_local.terraform(module_dir, env, "init", "-input=false", "-no-color", capture=True)

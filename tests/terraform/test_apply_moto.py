@@ -615,7 +615,7 @@ def test_alarms_go_to_the_alerts_topic(deployment: Deployment) -> None:
 
 def test_the_emulator_runs_a_fixed_runner(deployment: Deployment) -> None:
     """worker_max_count = worker_min_count (moto cannot tag scalable targets): no scaling
-    here; tests/terraform/test_scaling_plan.py checks it on a plan."""
+    here; tests/terraform/test_policy.py checks it on a plan."""
     scaling = deployment.client("application-autoscaling")
     assert scaling.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"] == []
     ecs = deployment.client("ecs")

@@ -2,10 +2,12 @@
 nothing unauthenticated is reachable from outside, and the Lambda runs in the VPC.
 
 Three configurations are planned: "production" (HTTPS, Cognito, the load balancer
-open to 0.0.0.0/0: the widest the module allows), "oidc" (the same with an OIDC
-provider) and "development" (allow_insecure_http, no certificate, no private
-subnets). Configurations the module must refuse are planned too. The checkers
-are also run on altered copies of the production plan, so each can be seen to fail.
+open to 0.0.0.0/0: the widest the module allows; the default runner sizing, whose
+autoscaling is checked here, since the emulator apply runs a fixed runner), "oidc"
+(the same with an OIDC provider) and "development" (allow_insecure_http, no
+certificate, no private subnets). Configurations the module must refuse are planned
+too. The checkers are also run on altered copies of the production plan, so each can
+be seen to fail.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pytest
 from churnops.platform.services import stop_group
 
 from .conftest import tf_local
-from .plan import Plan, Resource, plan_module
+from .plan import DEFAULT, Plan, Resource, plan_module
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +47,7 @@ OIDC = {
 }
 GITHUB_OIDC = "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com"
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
-    "production": {"allowed_cidr_blocks": ["0.0.0.0/0"]},
+    "production": {"allowed_cidr_blocks": ["0.0.0.0/0"], "worker_max_count": DEFAULT},
     "oidc": {
         "allowed_cidr_blocks": ["0.0.0.0/0"],
         "ui_authentication": "oidc",
@@ -630,3 +632,68 @@ def test_a_lambda_outside_the_vpc_is_found(production: Plan) -> None:
     assert lambdas_outside_the_vpc(altered(production, no_vpc)) == [
         "module.lambda.aws_lambda_function.this"
     ]
+
+
+# --- the runners' autoscaling (moto cannot apply it: no ListTagsForResource) ---------------
+NAMESPACE = "ChurnOps/churnops-emu"
+
+
+def _created(plan: Plan, address: str) -> dict[str, Any]:
+    (change,) = [r for r in plan.raw["resource_changes"] if r["address"] == address]
+    assert change["change"]["actions"] == ["create"], address
+    return change["change"]["after"]
+
+
+def _references(plan: Plan, resource: str, attribute: str) -> list[str]:
+    config = plan.raw["configuration"]["root_module"]["resources"]
+    (found,) = [r for r in config if r["address"] == resource]
+    return found["expressions"][attribute]["references"]
+
+
+def test_the_worker_service_scales_between_its_minimum_and_maximum(production: Plan) -> None:
+    target = _created(production, "aws_appautoscaling_target.runners[0]")
+    assert target["service_namespace"] == "ecs"
+    assert target["scalable_dimension"] == "ecs:service:DesiredCount"
+    assert target["resource_id"] == "service/churnops-emu/worker"
+    assert (target["min_capacity"], target["max_capacity"]) == (1, 4)
+
+
+def test_queued_runs_add_tasks_and_an_idle_queue_removes_them(production: Plan) -> None:
+    out = _created(production, "aws_appautoscaling_policy.runners_out[0]")
+    (config,) = out["step_scaling_policy_configuration"]
+    steps = [
+        (
+            s["metric_interval_lower_bound"],
+            s["metric_interval_upper_bound"],
+            s["scaling_adjustment"],
+        )
+        for s in config["step_adjustment"]
+    ]
+    assert sorted(steps, key=lambda s: float(s[0])) == [
+        ("0", "4", 1),
+        ("4", "14", 2),
+        ("14", "", 4),
+    ]
+    assert config["adjustment_type"] == "ChangeInCapacity"
+    (inward,) = _created(production, "aws_appautoscaling_policy.runners_in[0]")[
+        "step_scaling_policy_configuration"
+    ]
+    ((step,),) = [inward["step_adjustment"]]
+    assert step["scaling_adjustment"] == -1 and step["metric_interval_upper_bound"] == "0"
+    assert inward["cooldown"] == 300
+
+    queued = _created(production, "aws_cloudwatch_metric_alarm.runs_queued[0]")
+    idle = _created(production, "aws_cloudwatch_metric_alarm.runners_idle[0]")
+    for alarm in (queued, idle):
+        assert (alarm["namespace"], alarm["metric_name"]) == (NAMESPACE, "QueuedFlowRuns")
+        assert alarm["statistic"] == "Maximum" and alarm["period"] == 60
+    assert queued["comparison_operator"] == "GreaterThanOrEqualToThreshold"
+    assert queued["threshold"] == 1 and queued["evaluation_periods"] == 1
+    assert idle["comparison_operator"] == "LessThanThreshold"
+    assert idle["threshold"] == 1 and idle["evaluation_periods"] == 10
+    assert "aws_appautoscaling_policy.runners_out[0]" in _references(
+        production, "aws_cloudwatch_metric_alarm.runs_queued", "alarm_actions"
+    )
+    assert "aws_appautoscaling_policy.runners_in[0]" in _references(
+        production, "aws_cloudwatch_metric_alarm.runners_idle", "alarm_actions"
+    )
