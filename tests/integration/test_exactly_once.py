@@ -47,11 +47,13 @@ from churnops.drop.storage import (
 )
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file, reconcile
+from churnops.platform.services import free_port
 from churnops.settings import Settings, get_settings
 from tests.exactly_once import Drops, originals
 from tests.fixtures.evidently_ui import SECRET as EVIDENTLY_SECRET
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.postgres import PostgresCluster
+from tests.processes import LOOPBACK
 
 pytestmark = pytest.mark.integration
 
@@ -760,17 +762,15 @@ def test_a_frozen_evidently_ui_fails_the_attempt_then_the_file_is_processed(
 
 
 def test_a_dependency_down_for_every_attempt_gives_up_after_max_attempts(
-    world: World, mlflow_instance: MlflowServer, session_model: str, small_file: bytes
+    world: World, small_file: bytes
 ) -> None:
-    _tuned(world, mlflow_tracking_uri=mlflow_instance.url)
+    """MLflow down (nothing listens on its port; stopping the session's server is
+    test_mlflow_down_fails_fast_then_the_file_is_processed) for both attempts."""
+    _tuned(world, mlflow_tracking_uri=f"http://{LOOPBACK}:{free_port(LOOPBACK)}")
     world.patch.setattr(retry, "MAX_ATTEMPTS", 2)
     key = world.drops.drop("customers.csv", small_file)
-    mlflow_instance.stop()
-    try:
-        first = world.process(key)
-        outcomes = world.reconcile()
-    finally:
-        mlflow_instance.start()
+    first = world.process(key)
+    outcomes = world.reconcile()
     assert first.status == "failed", first
     assert [o.status for o in outcomes] == ["errored"], outcomes
     assert outcomes[0].message.startswith("gave up after 2 attempts: "), outcomes[0].message
