@@ -1,23 +1,26 @@
-"""The whole local platform: ``churnops up`` in a subprocess, three drops, checked through the APIs.
+"""The whole local platform: ``churnops up`` in a subprocess, killed and started again,
+then three drops, checked through the APIs.
 
-Starts from a CHURNOPS_HOME that holds a trained staging model (the session's
-``trained_home``), so the platform starts without training; the supervisor test
-covers the first start that trains.
+The first start trains the model (empty CHURNOPS_HOME, default training); it is killed
+with SIGKILL, and nothing of it may keep running; the restart asks for the very ports
+the killed platform had (free although connections to them just closed: TIME_WAIT)
+and finds the model by its alias, so it trains once, as ``make demo`` twice must. The
+other tests use that restarted platform.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from evidently.ui.workspace import Workspace
@@ -29,14 +32,17 @@ from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.monitoring.drift import PROJECT
 from churnops.monitoring.metrics_db import DRIFTED_SHARE, MetricsStore
 from churnops.pipeline import PIPELINE_DEPLOYMENT
+from churnops.platform import services
 from churnops.settings import Settings, get_settings
 from tests.exactly_once import Drops
-from tests.processes import FOREIGN, leftovers
+from tests.processes import FOREIGN, LOOPBACK, leftovers
 
 pytestmark = pytest.mark.integration
 
-START_TIMEOUT = 600.0  # four services and the runners, on a busy 2-core machine
+START_TIMEOUT = 900.0  # training included, on a busy 2-core machine
 DONE_TIMEOUT = 300.0
+GONE_TIMEOUT = 30.0
+SERVERS = ("prefect", "mlflow", "evidently")
 GOOD, DRIFTED, MALFORMED = (
     "customer_churn_1.csv",
     "customer_churn_2_majority_drifted.csv",
@@ -44,71 +50,159 @@ GOOD, DRIFTED, MALFORMED = (
 )
 
 
-@dataclass
-class RunningPlatform:
-    home: Path
-    process: subprocess.Popen
-    output: Path
-    state: dict
-    settings: Settings
+class Up:
+    """One ``churnops up`` subprocess on a home, its output in a file."""
+
+    def __init__(self, home: Path, env: dict[str, str], label: str) -> None:
+        self.home = home
+        self.output = home.parent / f"up-{label}.log"
+        with self.output.open("wb") as out:
+            self.process = subprocess.Popen(
+                [str(Path(sys.executable).with_name("churnops")), "up"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
 
     def logs(self) -> str:
-        parts = [f"--- churnops up\n{self.output.read_text(errors='replace')[-4000:]}"]
-        for log in sorted((self.home / "logs").glob("*.log")):
+        parts = [f"--- {self.output.name}\n{self.text()[-4000:]}"]
+        for log in sorted((self.home / services.LOG_DIR).glob("*.log")):
             parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
         return "\n".join(parts)
 
+    def wait_ready(self) -> dict:
+        """This process's platform.json: written once every service answers."""
+        path = self.home / services.STATE_FILE
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            state = json.loads(path.read_text()) if path.exists() else {}
+            if state.get("pid") == self.process.pid:
+                return state
+            if self.process.poll() is not None:
+                pytest.fail(f"churnops up exited early:\n{self.logs()}", pytrace=False)
+            if time.monotonic() > deadline:
+                pytest.fail(f"not ready in {START_TIMEOUT:.0f}s:\n{self.logs()}", pytrace=False)
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Ctrl-C, as an operator would; SIGKILL and the groups' cleanup if it hangs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=240)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        services.terminate_groups([r.pid for r in _records(self.home)], grace=5)
+
+
+@dataclass
+class RunningPlatform:
+    """The restarted platform, and what was seen of the killed one."""
+
+    up: Up
+    state: dict
+    settings: Settings
+    first_ports: dict[str, int]
+    first_children: set[str]
+    left_after_kill: list[str] = field(default_factory=list)
+
+    @property
+    def home(self) -> Path:
+        return self.up.home
+
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.up.process
+
+    @property
+    def output(self) -> Path:
+        return self.up.output
+
+    def logs(self) -> str:
+        return self.up.logs()
+
 
 @pytest.fixture(scope="module")
-def platform(
-    tmp_path_factory: pytest.TempPathFactory, data_dir: Path, trained_home: Path
-) -> Iterator[RunningPlatform]:
+def platform(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[RunningPlatform]:
     home = tmp_path_factory.mktemp("platform") / "home"
-    shutil.copytree(trained_home, home)  # a staging model: `up` starts without training
-    output = home.parent / "up.log"
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
     env |= {
         "CHURNOPS_HOME": str(home),
         "CHURN_DATA_DIR": str(data_dir),
+        "PLATFORM_HOST": LOOPBACK,
         "PREFECT_PORT": "0",
         "MLFLOW_PORT": "0",
         "EVIDENTLY_PORT": "0",
         "COLUMNS": "200",
     }
-    churnops = str(Path(sys.executable).with_name("churnops"))
-    with output.open("wb") as out:
-        process = subprocess.Popen(
-            [churnops, "up"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    running = RunningPlatform(home, process, output, {}, get_settings(churnops_home=home))
+    started: list[Up] = []
     try:
-        running.state = _wait_for_state(running)
-        yield running
+        # One warm runner while it trains: quicker on 2 cores.
+        first = Up(home, env | {"RUNNER_PROCESSES": "1"}, "first")
+        started.append(first)
+        ports = _ports(first.wait_ready())
+        records = _records(home)
+        pgids = [r.pid for r in records]
+        first.process.kill()  # SIGKILL: `up` can stop nothing itself
+        first.process.wait()
+        deadline = time.monotonic() + GONE_TIMEOUT
+        while _whats_left(home, pgids, ports) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = _whats_left(home, pgids, ports)
+        again = env | {f"{n.upper()}_PORT": str(p) for n, p in ports.items()}
+        second = Up(home, again, "second")
+        started.append(second)
+        state = second.wait_ready()
+        yield RunningPlatform(
+            second, state, get_settings(churnops_home=home), ports, {r.name for r in records}, left
+        )
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=240)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        for up in reversed(started):
+            up.stop()
 
 
-def _wait_for_state(running: RunningPlatform) -> dict:
-    """platform.json appears once every service answers and the watcher runs."""
-    path = running.home / "platform.json"
-    deadline = time.monotonic() + START_TIMEOUT
-    while not path.exists():
-        if running.process.poll() is not None:
-            pytest.fail(f"churnops up exited early:\n{running.logs()}", pytrace=False)
-        if time.monotonic() > deadline:
-            pytest.fail(f"the platform did not start in {START_TIMEOUT:.0f}s:\n{running.logs()}")
-        time.sleep(1)
-    return json.loads(path.read_text())
+def _records(home: Path) -> list[services.ChildRecord]:
+    paths = (home / services.LOG_DIR).glob(f"*{services.CHILD_RECORD_SUFFIX}")
+    return [r for p in paths if (r := services.ChildRecord.load(p)) is not None]
+
+
+def _ports(state: dict) -> dict[str, int]:
+    return {name: urlsplit(state["services"][name]["url"]).port for name in SERVERS}
+
+
+def _busy(ports: dict[str, int]) -> list[str]:
+    """The ports a new platform could not take (the probe ``churnops up`` uses)."""
+    busy = []
+    for name, port in ports.items():
+        try:
+            services.choose_port(LOOPBACK, port, f"{name}_port")
+        except services.PlatformError:
+            busy.append(f"{name}:{port}")
+    return busy
+
+
+def _whats_left(home: Path, pgids: list[int], ports: dict[str, int]) -> list[str]:
+    groups = [f"group {pgid}: {members}" for pgid, members in services.live_groups(pgids).items()]
+    return groups + leftovers(home) + _busy(ports)
+
+
+def test_a_killed_platform_leaves_nothing_running_and_restarts_on_its_ports(
+    platform: RunningPlatform,
+) -> None:
+    names = platform.first_children
+    assert set(SERVERS) < names and all(n.startswith("runner") for n in names - set(SERVERS))
+    assert platform.left_after_kill == [], platform.up.logs()
+    assert _ports(platform.state) == platform.first_ports
+    assert all(services.http_ok(platform.state["services"][name]["health_url"]) for name in SERVERS)
+    output = platform.up.text()
+    assert "training" not in output, output
+    assert "is version 1" in output, output
+    assert "left running" not in output, output  # nothing was left for it to stop
 
 
 def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: Path) -> None:
@@ -221,13 +315,16 @@ def test_retrain_in_a_second_terminal_uses_the_platforms_servers(
 
 
 def test_the_platform_stops_clean(platform: RunningPlatform) -> None:
+    """Ctrl-C: everything stops, the reaper too (it saw no death of `up`)."""
     platform.process.send_signal(signal.SIGINT)
     assert platform.process.wait(timeout=240) == 0, platform.logs()
     assert not (platform.home / "platform.json").exists()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + GONE_TIMEOUT
     while leftovers(platform.home) and time.monotonic() < deadline:
         time.sleep(1)
     assert leftovers(platform.home) == []
+    reaper = (platform.home / services.LOG_DIR / "reaper.log").read_text()
+    assert f"(pid {platform.process.pid}) died" not in reaper
 
 
 def _wait_for_final_runs(client: SyncPrefectClient, deployment_id, platform: RunningPlatform):
