@@ -6,16 +6,24 @@ nothing else is an original; once settled, each one is in ``processed/`` (or
 ``errored/`` when it is invalid), each processed run has its predictions (a
 labels run: its labelled rows and join), and the metrics database has one
 processed row per processed run and no ``running`` row.
+
+:func:`check_records_agree` checks that the four records of a run tell one story: the
+stage of its original, its ``pipeline_runs`` row, its Prefect flow run's state (read
+back from the server) and the last ``finish`` line of its log.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
 
 from churnops.drop import claims
 from churnops.drop.keys import DROP_PREFIXES, is_labels
-from churnops.drop.storage import DropStorage, folder_key, run_key, stage_key
+from churnops.drop.storage import DropStorage, folder_key, log_key, run_key, stage_key
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline.labels import JOIN_SUFFIX, LABELED_ROWS_SUFFIX
 
@@ -94,3 +102,61 @@ class Drops:
         assert (rows["status"] == "running").sum() == 0, rows[["id", "status", "error"]]
         per_run = rows[rows["status"] == "processed"]["id"].str.rsplit(".", n=1).str[0]
         assert Counter(per_run) == Counter(processed_runs), rows[["id", "status"]]
+
+
+#: One story per outcome of a run's latest attempt, as each record tells it: where its
+#: original is, its ``pipeline_runs`` status, its flow run's state (type, name), the
+#: status of its log's last ``finish`` line. A file that changed during its run went
+#: back to its drop folder to start over: that run closed failed, its flow Completed.
+STORIES = {
+    "processed": ("processed", "processed", ("COMPLETED", "Completed"), "ok"),
+    "errored": ("errored", "errored", ("FAILED", "Rejected"), "errored"),
+    "failed": ("processing", "failed", ("FAILED", "Failed"), "failed"),
+    "started over": (None, "failed", ("COMPLETED", "Completed"), "skipped"),
+}
+
+
+def run_story(storage: DropStorage, run: str) -> tuple[str | None, str]:
+    """Where the run's original is (None: in no run folder) and the status of the last
+    ``finish`` line of its log."""
+    lease = claims.latest_lease(storage, run)
+    assert lease is not None, f"run {run} has no claim file"
+    stages = [
+        stage
+        for stage in ("processing", "processed", "errored")
+        if storage.exists(run_key(stage, run, lease.name))  # type: ignore[arg-type]
+    ]
+    assert len(stages) <= 1, (run, stages)
+    lines = storage.read(log_key(run, lease.name)).decode().splitlines()
+    finishes = [line.split(" | ")[2] for line in lines if line.split(" | ")[1:2] == ["finish"]]
+    ends = [status for status in finishes if status != "start"]
+    assert ends, f"the log of run {run} has no finish line:\n" + "\n".join(lines)
+    return (stages[0] if stages else None), ends[-1]
+
+
+def check_records_agree(
+    storage: DropStorage, metrics_url: str, flow_run_ids: Iterable[UUID | str]
+) -> None:
+    """After each flow run: its state on the Prefect server, its ``pipeline_runs`` row,
+    the stage of its file and the file's log tell one of :data:`STORIES` (a flow run
+    that did not take its file, ``skipped``, has no row and ends Completed)."""
+    store = MetricsStore(metrics_url)
+    try:
+        runs = store.runs()
+    finally:
+        store.close()
+    for flow_run_id in flow_run_ids:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(str(flow_run_id))).state
+        assert state is not None, flow_run_id
+        rows = runs[runs["flow_run_id"] == str(flow_run_id)]
+        if rows.empty:
+            assert state.is_completed() and state.message.startswith("skipped:"), state
+            continue
+        [(row_id, status)] = rows[["id", "status"]].itertuples(index=False)
+        run = row_id.rsplit(".", 1)[0]
+        latest = claims.latest_lease(storage, run)
+        assert latest is not None and latest.db_id == row_id, (row_id, latest)
+        stage, log_status = run_story(storage, run)
+        told = (stage, status, (state.type.value, state.name), log_status)
+        assert told in STORIES.values(), (run, told, state.message)

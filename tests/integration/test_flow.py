@@ -29,9 +29,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churnops import retry
 from churnops.data.schema import RAW_COLUMNS
+from churnops.drop.storage import S3DropStorage
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline.flow import churn_prediction_pipeline
 from churnops.settings import Settings, get_settings
+from tests.exactly_once import check_records_agree
 from tests.fixtures.model import SESSION_MODEL
 from tests.fixtures.moto import received_messages, sns_topic_to_queue
 
@@ -51,7 +53,15 @@ class Platform:
     def drop(self, name: str, data: bytes):
         key = f"data/input/{name}"
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
-        return churn_prediction_pipeline(drop=f"s3://{self.bucket}", key=key, return_state=True)
+        return self.trigger(key)
+
+    def trigger(self, key: str):
+        """Run the flow for ``key``; then its four records must agree (every test here)."""
+        state = churn_prediction_pipeline(drop=f"s3://{self.bucket}", key=key, return_state=True)
+        storage = S3DropStorage(self.bucket, self.s3)
+        metrics_url = self.settings.monitoring.metrics_db_url
+        check_records_agree(storage, metrics_url, [state.state_details.flow_run_id])
+        return state
 
     def keys(self, stage: str) -> set[str]:
         """The file names in a stage's folders (its run folders included)."""
@@ -198,9 +208,7 @@ def test_special_characters_in_names(platform: Platform, data_dir: Path) -> None
 def test_a_second_trigger_is_a_no_op(platform: Platform, data_dir: Path) -> None:
     name = "twice.csv"
     platform.drop(name, (data_dir / "customer_churn_1.csv").read_bytes())
-    state = churn_prediction_pipeline(
-        drop=f"s3://{platform.bucket}", key=f"data/input/{name}", return_state=True
-    )
+    state = platform.trigger(f"data/input/{name}")
     assert state.is_completed()
     assert state.result()["status"] == "skipped"
     assert "no longer in input/" in state.message
