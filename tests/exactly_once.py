@@ -102,6 +102,13 @@ class Drops:
         assert (rows["status"] == "running").sum() == 0, rows[["id", "status", "error"]]
         per_run = rows[rows["status"] == "processed"]["id"].str.rsplit(".", n=1).str[0]
         assert Counter(per_run) == Counter(processed_runs), rows[["id", "status"]]
+        status = dict(zip(runs["id"], runs["status"], strict=True))
+        for original in found:  # the three records a run without Prefect has agree
+            lease = claims.latest_lease(self.storage, original.run)
+            assert lease is not None, original.key
+            stage, row, _, log_status = STORIES[original.stage]
+            told = (run_story(self.storage, original.run), status.get(lease.db_id))
+            assert told == ((stage, log_status), row), (original.key, told)
 
 
 #: One story per outcome of a run's latest attempt, as each record tells it: where its

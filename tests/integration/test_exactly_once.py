@@ -281,6 +281,17 @@ def test_kill_at_any_point_then_reconcile(world: World, small_file: bytes) -> No
     assert world.reconcile() == []  # settled: a second pass finds nothing
 
 
+def test_an_invalid_file_killed_before_its_release_ends_errored_in_every_record(
+    world: World,
+) -> None:
+    """The file left processing/ before the kill: nothing to re-drive, and its row, stage
+    and log say errored."""
+    key = world.drops.drop("invalid.csv", b"not,a,churn\nfile,at,all\n")
+    _run_killed(world, (key, "release: all done, lease not closed"))
+    assert world.reconcile() == []
+    world.check(settled=True, invalid=1)
+
+
 #: The labels steps, and the storage points they share with scoring.
 LABELS_KILL_POINTS = [
     "claim (half move): file in its run, still in input/",
