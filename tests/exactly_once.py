@@ -69,9 +69,23 @@ class Drops:
         self.dropped.append(data)
         return key
 
-    def check(self, *, settled: bool, invalid: int = 0, metrics_url: str | None = None) -> None:
+    def check(
+        self,
+        *,
+        settled: bool,
+        invalid: int = 0,
+        metrics_url: str | None = None,
+        waiting: bool = False,
+    ) -> None:
+        """``waiting``: the runs in processing/ failed (the database up) and wait for a
+        retry: their rows and logs must say failed."""
         found = originals(self.storage)
         assert Counter(o.data for o in found) == Counter(self.dropped), [o.key for o in found]
+        if waiting:
+            assert metrics_url, "the rows are checked against the metrics database"
+            waiting_runs = [o for o in found if o.stage == "processing"]
+            assert waiting_runs, [o.key for o in found]
+            self.check_stories(metrics_url, waiting_runs)
         if not settled:
             return
         stages = Counter(o.stage for o in found)
@@ -102,11 +116,20 @@ class Drops:
         assert (rows["status"] == "running").sum() == 0, rows[["id", "status", "error"]]
         per_run = rows[rows["status"] == "processed"]["id"].str.rsplit(".", n=1).str[0]
         assert Counter(per_run) == Counter(processed_runs), rows[["id", "status"]]
+        self.check_stories(url, found)
+
+    def check_stories(self, url: str, found: list[Original]) -> None:
+        """The three records a run has without Prefect (stage, row, log) tell one story."""
+        store = MetricsStore(url)
+        try:
+            runs = store.runs()
+        finally:
+            store.close()
         status = dict(zip(runs["id"], runs["status"], strict=True))
-        for original in found:  # the three records a run without Prefect has agree
+        for original in found:
             lease = claims.latest_lease(self.storage, original.run)
             assert lease is not None, original.key
-            stage, row, _, log_status = STORIES[original.stage]
+            stage, row, _, log_status = next(s for s in STORIES.values() if s[0] == original.stage)
             told = (run_story(self.storage, original.run), status.get(lease.db_id))
             assert told == ((stage, log_status), row), (original.key, told)
 

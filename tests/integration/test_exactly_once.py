@@ -436,7 +436,7 @@ def test_mlflow_down_fails_fast_then_the_file_is_processed(
         mlflow_instance.start()
     assert outcome.status == "failed", outcome
     assert "MLflow" in outcome.message and "unreachable" in outcome.message
-    world.check(settled=False)
+    world.check(settled=False, waiting=True)
     assert world.storage.list_keys("data/errored/") == []
 
     outcomes = world.reconcile()
@@ -765,7 +765,7 @@ def test_a_frozen_evidently_ui_fails_the_attempt_then_the_file_is_processed(
         os.kill(evidently_process.pid, signal.SIGCONT)
     assert outcome.status == "failed", outcome
     assert "timed out" in outcome.message.lower(), outcome.message
-    world.check(settled=False)
+    world.check(settled=False, waiting=True)
     world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 60.0)  # an upload on a loaded machine
     outcomes = world.reconcile()
     assert [o.status for o in outcomes] == ["processed"], outcomes
