@@ -5,7 +5,8 @@ originals (``input/<name>``, ``labels/<name>`` or ``<stage>/<run>/<name>``);
 nothing else is an original; once settled, each one is in ``processed/`` (or
 ``errored/`` when it is invalid), each processed run has its predictions (a
 labels run: its labelled rows and join), and the metrics database has one
-processed row per processed run and no ``running`` row.
+processed row per processed run and no ``running`` row; each run's stage, row
+and log tell the same story (:data:`STORIES`).
 
 :func:`check_records_agree` checks that the four records of a run tell one story: the
 stage of its original, its ``pipeline_runs`` row, its Prefect flow run's state (read
@@ -17,9 +18,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from uuid import UUID
 
-from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
 
 from churnops.drop import claims
 from churnops.drop.keys import DROP_PREFIXES, is_labels
@@ -165,21 +165,21 @@ def run_story(storage: DropStorage, run: str) -> tuple[str | None, str]:
 
 
 def check_records_agree(
-    storage: DropStorage, metrics_url: str, flow_run_ids: Iterable[UUID | str]
+    storage: DropStorage, metrics_url: str, flow_runs: Iterable[FlowRun]
 ) -> None:
-    """After each flow run: its state on the Prefect server, its ``pipeline_runs`` row,
-    the stage of its file and the file's log tell one of :data:`STORIES` (a flow run
-    that did not take its file, ``skipped``, has no row and ends Completed)."""
+    """After each flow run: its state as its Prefect server holds it (``flow_runs`` read
+    back from the server), its ``pipeline_runs`` row, the stage of its file and the file's
+    log tell one of :data:`STORIES` (a flow run that did not take its file, ``skipped``,
+    has no row and ends Completed)."""
     store = MetricsStore(metrics_url)
     try:
         runs = store.runs()
     finally:
         store.close()
-    for flow_run_id in flow_run_ids:
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(UUID(str(flow_run_id))).state
-        assert state is not None, flow_run_id
-        rows = runs[runs["flow_run_id"] == str(flow_run_id)]
+    for flow_run in flow_runs:
+        state = flow_run.state
+        assert state is not None, flow_run.id
+        rows = runs[runs["flow_run_id"] == str(flow_run.id)]
         if rows.empty:
             assert state.is_completed() and state.message.startswith("skipped:"), state
             continue

@@ -60,7 +60,9 @@ class Platform:
         state = churn_prediction_pipeline(drop=f"s3://{self.bucket}", key=key, return_state=True)
         storage = S3DropStorage(self.bucket, self.s3)
         metrics_url = self.settings.monitoring.metrics_db_url
-        check_records_agree(storage, metrics_url, [state.state_details.flow_run_id])
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        check_records_agree(storage, metrics_url, [flow_run])
         return state
 
     def keys(self, stage: str) -> set[str]:

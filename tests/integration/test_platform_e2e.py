@@ -34,7 +34,7 @@ from churnops.monitoring.metrics_db import DRIFTED_SHARE, MetricsStore
 from churnops.pipeline import PIPELINE_DEPLOYMENT
 from churnops.platform import services
 from churnops.settings import Settings, get_settings
-from tests.exactly_once import Drops
+from tests.exactly_once import Drops, check_records_agree
 from tests.processes import FOREIGN, LOOPBACK, leftovers
 
 pytestmark = pytest.mark.integration
@@ -220,6 +220,7 @@ def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: 
     assert set(by_name) == {GOOD, DRIFTED, MALFORMED}
     states = {name: run.state.name for name, run in by_name.items()}
     assert states == {GOOD: "Completed", DRIFTED: "Completed", MALFORMED: "Rejected"}, states
+    check_records_agree(storage, settings.monitoring.metrics_db_url, runs)
     assert by_name[MALFORMED].state.message.startswith("errored: ")
     assert by_name[GOOD].state.message.startswith("processed: drifted ")
     deadline = time.monotonic() + 15  # `churnops up` prints one line per finished file
