@@ -17,7 +17,7 @@ def test_the_staging_version_comes_from_the_registry(
 ) -> None:
     services = Services("http://unused", mlflow_server, "http://unused", str(tmp_path))
     settings = get_settings(churnops_home=tmp_path, model_name=session_model)
-    assert staging_version(services, settings) == "1"
+    assert staging_version(services, settings.model) == "1"
     missing = get_settings(churnops_home=tmp_path, model_name="NoSuchModel")
     with pytest.raises(ScreenshotError, match="no NoSuchModel@staging in MLflow"):
-        staging_version(services, missing)
+        staging_version(services, missing.model)
