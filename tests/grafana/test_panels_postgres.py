@@ -16,7 +16,7 @@ from churnops.data.features import FEATURES
 from churnops.monitoring.db_roles import grant_read_only
 from churnops.monitoring.metrics_db import ATTRIBUTION_RANK
 from churnops.results import QUALITY_METRICS
-from churnops.settings import Settings
+from churnops.settings import MonitoringSettings
 
 from .conftest import FIRST_RUN, LABELED, LAST_RUN, PLAN, RUN_SPACING, started_at
 from .dashboard_files import dashboard, panel_sql
@@ -148,16 +148,18 @@ def test_stat_is_coloured_by_the_minimum_stored_with_the_latest_file(reader: Any
     (config,) = stat["transformations"]
     threshold_sql = panel_sql(stat, config["options"]["configRefId"])
     (latest,) = run(reader, threshold_sql, everything()).rows
-    assert latest[1] == Settings.model_construct().min_f1
+    assert latest[1] == MonitoringSettings.model_construct().min_f1
     scores = run(reader, panel_sql(panel("Scores over time")), everything())
     minimum = [
         v
         for m, v in zip(scores.column("metric"), scores.column("value"), strict=True)
         if m == "alert minimum"
     ]
-    assert minimum == [Settings.model_construct().min_f1] * len(PROCESSED_RUNS)
+    assert minimum == [MonitoringSettings.model_construct().min_f1] * len(PROCESSED_RUNS)
     drift = run(reader, panel_sql(panel("Drifted columns")), everything())
-    assert set(drift.column("alert above")) == {Settings.model_construct().drift_share_threshold}
+    assert set(drift.column("alert above")) == {
+        MonitoringSettings.model_construct().drift_share_threshold
+    }
 
 
 def test_stat_shows_the_latest_file(reader: Any) -> None:

@@ -18,7 +18,7 @@ from .conftest import BROKEN_FILE, PLAN
 def test_report_writes_the_figure_and_the_runs_page(
     pipeline_sqlite_url: str, pipeline_settings: Settings, tmp_path: Path
 ) -> None:
-    files = write_report(pipeline_settings, tmp_path / "report")
+    files = write_report(pipeline_settings.monitoring, tmp_path / "report")
     assert files.runs == len(PLAN)
     assert files.png.read_bytes().startswith(b"\x89PNG")
     page = files.html.read_text()
