@@ -471,8 +471,8 @@ def _complete_finish(attempt: _Attempt) -> FileOutcome:
         if storage.exists(run_key(stage, held.run, held.name)):  # type: ignore[arg-type]
             _move_outputs(storage, held.run, stage)
             message = f"the previous attempt had moved the file to {stage}/: finished its move"
-            _note(attempt, "finish", "ok", message)
             status: Status = "processed" if stage == "processed" else "errored"
+            _note(attempt, "finish", "ok" if status == "processed" else status, message)
             _close_run(attempt, status, error=None if stage == "processed" else message)
             return _outcome(attempt, status, message)
     _move_outputs(storage, held.run, "errored")  # the run folder closes, once
