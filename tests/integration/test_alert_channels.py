@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import socket
 from pathlib import Path
 
 import boto3
 import pytest
+from aiosmtpd.controller import Controller
 
 from churnops import retry
 from churnops.monitoring.alerts import Alert, AlertDeliveryError, assess, build_alert, send_alert
@@ -100,6 +103,47 @@ def test_email_with_login(smtp_server: Mailbox, settings: Settings, alert: Alert
     assert send_alert(alert, settings.alerts) == ["log", "email"]
     assert smtp_server.logins == [SMTP_USER]
     assert len(smtp_server.messages) == 1
+
+
+def _address_beside_loopback() -> str:
+    """This machine's address on its outbound interface (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the route
+        return sock.getsockname()[0]
+
+
+def test_a_login_to_a_server_off_this_machine_without_starttls_is_refused(
+    settings: Settings, alert: Alert
+) -> None:
+    """A password goes in the clear only to a relay on loopback; elsewhere it is refused."""
+    host = _address_beside_loopback()
+    assert not ipaddress.ip_address(host).is_loopback
+    mailbox = Mailbox(host, free_port(host))
+    controller = Controller(
+        mailbox,
+        hostname=host,
+        port=mailbox.port,
+        authenticator=mailbox.authenticate,
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        with pytest.raises(AlertDeliveryError, match="offers no STARTTLS") as err:
+            send_alert(
+                alert,
+                configure(
+                    settings,
+                    smtp_host=host,
+                    smtp_port=mailbox.port,
+                    smtp_user=SMTP_USER,
+                    smtp_password=SMTP_PASSWORD,
+                    alert_email_to="ops@example.com",
+                ).alerts,
+            )
+    finally:
+        controller.stop()
+    assert err.value.delivered == ["log"]
+    assert mailbox.logins == [] and mailbox.messages == []
 
 
 def test_email_wrong_password_is_reported_without_retry(
