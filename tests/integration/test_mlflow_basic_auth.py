@@ -8,14 +8,12 @@ the load balancer use stays open; a restart sets the same user up again."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -27,10 +25,9 @@ from mlflow.server import get_app_client
 from churnops.model import registry
 from churnops.model.churn_model import load_aliased_model, wait_for_tracking_server
 from churnops.model.registry import TrainingOptions, train_and_register
-from churnops.platform.services import free_port, stop_group
 from churnops.settings import Settings, get_settings
+from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.model import FAST_PARAMS
-from tests.processes import LOOPBACK, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -41,26 +38,29 @@ EXPERIMENT = registry.EXPERIMENT  # a name fixed in code: the worker's and the s
 MODEL = "AuthChurnModel"
 
 
-@dataclass
-class AuthServer:
+class AuthServer(MlflowServer):
     """``python -c <mlflow_start.py> <mlflow server arguments>`` as the task runs it."""
-
-    root: Path
-    port: int = field(default_factory=lambda: free_port(LOOPBACK))
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def ready(self) -> Path:
         return self.root / "worker.ready"
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
+        arguments = super().command()[2:]  # the same store, port and worker count
+        store = arguments.index("--backend-store-uri")
+        del arguments[store : store + 2]  # the start script reads it from the variables
+        return [
+            sys.executable,
+            "-c",
+            START_SCRIPT.read_text(),
+            *arguments,
+            "--app-name",
+            "basic-auth",
+        ]
+
+    def env(self) -> dict[str, str]:
         bin_dir = str(Path(sys.executable).parent)
-        env = {
-            **os.environ,
+        env = super().env() | {
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{self.root / 'mlflow.db'}",
             "MLFLOW_AUTH_CONFIG_PATH": str(self.root / "basic-auth.ini"),
@@ -72,31 +72,18 @@ class AuthServer:
             "MLFLOW_WORKER_PASSWORD": WORKER[1],
             "MLFLOW_WORKER_READY": str(self.ready),
             "MLFLOW_FLASK_SERVER_SECRET_KEY": "flask-key-of-the-test",
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             # churnops' setting, which the worker reads too.
             "MODEL_NAME": MODEL,
         }
         for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
             env.pop(name, None)
-        command = [sys.executable, "-c", START_SCRIPT.read_text()]
-        command += ["--host", "0.0.0.0", "--port", str(self.port), "--workers", "1"]
-        command += ["--artifacts-destination", str(self.root / "artifacts")]
-        command += ["--app-name", "basic-auth"]
-        command[command.index("0.0.0.0")] = LOOPBACK  # as the rehearsal binds it
-        with (self.root / "server.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        wait_for_port(self.port, self.process, timeout=120)
+        return env
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + 120
         while not self.ready.exists():  # what the container's health check waits for
             assert time.monotonic() < deadline, (self.root / "server.log").read_text()[-3000:]
             time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_group(self.process, 20)
-            self.process = None
 
 
 @pytest.fixture(scope="module")
