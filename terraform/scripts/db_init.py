@@ -1,21 +1,13 @@
-"""Database bootstrap, run as the one-off ECS task db-init by `make apply`
-(terraform/scripts/post_apply.py database): no service's task sees the master secret.
+"""Database bootstrap: the one-off ECS task db-init (`post_apply.py database`), so no
+service's task sees the master secret. Idempotent; Terraform passes it as ``python -c``.
 
-Gives each service its own login with exactly its grants, through churnops's
-``churnops.monitoring.db_roles.ensure_role`` (the one definition of the roles,
-shared with ``churnops grant-reader``): an ``owner`` role owns its database
-(MLflow, Prefect), a ``writer`` (the flow) or ``reader`` (Grafana) role gets its
-grants on the metrics database after its migrations ran as the administrator.
-
-Environment (the passwords come from Secrets Manager through the task's
-``secrets`` and are never printed):
-  DB_HOST, DB_PORT, DB_ADMIN_DATABASE    where the RDS instance is, and its first database
-  DB_ADMIN_USER, DB_ADMIN_PASSWORD       the master user (the RDS-managed secret)
-  DB_ROLES                               JSON list, in order, of {key, kind, name, database}
-  DB_PASSWORD_<KEY>                      each role's password (its own secret)
-PGSSLMODE is honoured by libpq. Runs in the flow image, which carries churnops;
-Terraform passes this file as ``python -c <source>``. Idempotent: every apply runs it.
-"""
+Each service gets its own login through ``churnops.monitoring.db_roles.ensure_role``
+(shared with ``churnops grant-reader``): ``owner`` roles own their database (MLflow,
+Prefect); ``writer`` (the flow) and ``reader`` (Grafana) get grants on the metrics
+database after its migrations. Environment (passwords from Secrets Manager):
+  DB_HOST, DB_PORT, DB_ADMIN_DATABASE, DB_ADMIN_USER, DB_ADMIN_PASSWORD  the master login
+  DB_ROLES           JSON list, in order, of {key, kind, name, database}
+  DB_PASSWORD_<KEY>  each role's password"""
 
 import json
 import os

@@ -1,12 +1,9 @@
-"""After `make push-images`: stop the deploy when ECR's scan of a pushed image finds a
-CRITICAL vulnerability (the repositories scan on push).
+"""After `make push-images`: stop the deploy when ECR's scan-on-push finds a CRITICAL
+vulnerability in a pushed image, or its scan does not finish in time (exit 1, naming it).
 
   image_scan.py REPOSITORIES_JSON IMAGE_TAG [--region R] [--timeout 600]
 
-REPOSITORIES_JSON is `terraform output -json ecr_repository_urls` (key -> repository
-URL). Exits 1 naming each image with critical findings, or whose scan did not finish
-in time. Standard library and boto3 only.
-"""
+REPOSITORIES_JSON is `terraform output -json ecr_repository_urls`."""
 
 from __future__ import annotations
 

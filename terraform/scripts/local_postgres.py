@@ -1,12 +1,7 @@
-"""A throwaway PostgreSQL cluster (initdb + pg_ctl, no Docker).
-
-The tests' session cluster (tests/fixtures/postgres.py) and `make rehearse-aws`'s
-stand-in for RDS are both made here. The server refuses to run as root, so as root
-the cluster belongs to the ``postgres`` user (commands through ``runuser``);
-otherwise it runs as the current user. It listens on 127.0.0.1 on a free port; TCP
-logins need a password (scram), so role passwords are really checked. Standard
-library only.
-"""
+"""A throwaway PostgreSQL cluster (initdb + pg_ctl, no Docker): the tests' session cluster
+and `make rehearse-aws`'s stand-in for RDS. As root it belongs to ``postgres``
+(``runuser``: the server refuses root). It listens on a free 127.0.0.1 port with scram
+logins, so role passwords are really checked."""
 
 from __future__ import annotations
 

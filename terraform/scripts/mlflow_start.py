@@ -1,30 +1,15 @@
-"""The MLflow container's command (terraform/services.tf): MLflow's basic-auth app, with
-the worker's own login in it.
+"""The MLflow container's command (terraform/services.tf, as ``python -c <source>``):
+MLflow's basic-auth app with a non-admin login for the worker.
 
-MLflow keeps its users in a SQLite file of the task (``/tmp``), so every start has a
-fresh user store: MLflow creates the admin from ``MLFLOW_AUTH_ADMIN_USERNAME`` and
-``_PASSWORD``, and this script gives the worker (the flow runners, which score, train,
-register versions and move the alias) a user of its own that is not an admin, through
-MLflow's auth API as the admin: EDIT on the experiment and the registered model it
-works with (churnops' experiment, a name fixed in code, and its setting ``MODEL_NAME``,
-the worker's too), created first when missing so that the worker never creates them (a creator is
-given MANAGE). Nothing else: no other experiment or model (``default_permission =
-NO_PERMISSIONS``), no deleting, no permissions of its own to grant, no users. Idempotent:
-a user that exists gets the secret's password, a grant that exists is set again.
-
-Writes the auth config, then forks: the child waits for the server, sets up the worker's
-user and writes ``MLFLOW_WORKER_READY`` (the container's health check waits for that
-file); the parent becomes ``mlflow server`` with this script's arguments (its
-``--port`` is where the child calls it).
-
-Environment (the passwords come from Secrets Manager through the task's ``secrets``
-and are never printed):
-  MLFLOW_AUTH_INI, MLFLOW_AUTH_CONFIG_PATH   the auth app's config, and where to write it
-  MLFLOW_AUTH_ADMIN_USERNAME, _PASSWORD      the admin (MLflow reads them itself)
-  MLFLOW_WORKER_USERNAME, _PASSWORD          the worker's login (its password: its own secret)
-  MLFLOW_WORKER_READY                        written once the worker's user is set up
-Terraform passes this file as ``python -c <source>``.
-"""
+The user store is a SQLite file in the task's ``/tmp``, fresh at every start: MLflow
+creates the admin from ``MLFLOW_AUTH_ADMIN_USERNAME``/``_PASSWORD``; this script then
+gives ``MLFLOW_WORKER_USERNAME``/``_PASSWORD`` EDIT on churnops' experiment and
+``MODEL_NAME`` only, creating both first (a creator would get MANAGE). With
+``default_permission = NO_PERMISSIONS`` it can delete, grant and see nothing else.
+Idempotent. It writes the auth config from ``MLFLOW_AUTH_INI``, then forks: the child
+waits for the server, sets up the user and touches ``MLFLOW_WORKER_READY`` (the health
+check waits for it); the parent execs ``mlflow server`` with this script's arguments.
+Passwords come from Secrets Manager and are never printed."""
 
 import os
 import sys

@@ -1,26 +1,15 @@
 """After `terraform apply`: write .env, wait for the services, register the Prefect deployments.
 
-Reads `terraform output -json` from a file (or stdin with "-"). Subcommands:
-  env          OUTPUTS [--env-file .env]   write the non-secret settings and print the URLs
-  database     OUTPUTS [--timeout 900]     bootstrap the database: the one-off task db-init
-                                           (its own roles; the only holder of the RDS master
-                                           secret) migrates and gives each service's role its
-                                           password and grants, and must exit 0; the services
-                                           retry until their roles exist
-  wait         OUTPUTS [--timeout 900]     wait until every ECS service is stable (its tasks
-                                           running and passing their health checks)
-  deployments  OUTPUTS [--timeout 900]     register the Prefect deployments from inside the
-                                           VPC: a one-off task of the worker's task definition
-                                           runs `python -m churnops.platform.deployments`
-                                           (the function every runner calls at start) and
-                                           must exit 0
+OUTPUTS is `terraform output -json` in a file (or "-" for stdin):
+  env          OUTPUTS [--env-file .env]  write the non-secret settings, print the URLs
+  database     OUTPUTS [--timeout 900]    run the one-off task db-init (the only holder of
+                                          the RDS master secret): migrations, roles, grants
+  wait         OUTPUTS [--timeout 900]    until every ECS service is stable and healthy
+  deployments  OUTPUTS [--timeout 900]    a one-off task of the worker's definition runs
+                                          `python -m churnops.platform.deployments`
 
-The Prefect API is internal and asks for a credential, so the registration runs
-where the runners run, with their network, role and secrets: nothing to reach
-from this machine, no secret here. No secret is taken on the command line or
-printed: the database URLs and credentials stay in Secrets Manager and reach the
-tasks through their task definitions.
-"""
+Both one-off tasks run inside the VPC with the task's role and secrets: the Prefect API
+is internal, and no secret is taken on the command line or printed here."""
 
 from __future__ import annotations
 

@@ -1,20 +1,13 @@
-"""Rehearse the AWS wiring on this machine: `make rehearse-aws`.
+"""Rehearse the AWS wiring on this machine: `make rehearse-aws` (see rehearsal/run.py).
 
-Applies the root module against a fresh moto server (as `make apply-local`), then
-runs every ECS container of the applied task definitions as a local process, with
-its command, environment and secrets (from moto's Secrets Manager), against moto
-(S3, SNS, Secrets Manager) and a throwaway local Postgres standing in for RDS; then
-drops a file into the bucket and gives the Lambda handler S3's event for it, and
-checks that the file is processed through that wiring (see rehearsal/run.py).
-Grafana's server is skipped: its binary comes with its image, and there is no
-Docker here. Stops everything it started at the end.
+Applies the root module against a fresh moto (as `make apply-local`), runs every ECS
+container of the task definitions as a local process with its command, environment
+and secrets, against moto and a throwaway Postgres for RDS, then drops a file and
+checks it is processed through that wiring. Grafana's server is skipped (its binary
+comes with its image; no Docker here). A failure names the container and the variable.
 
-  rehearse.py [--workdir DIR]       apply in DIR (a fresh moto), rehearse, clean up
-  rehearse.py --reuse --workdir DIR rehearse against an existing `make apply-local`
-                                    (its workdir, e.g. .churnops/terraform-local)
-
-A failure names the container and the variable (or the check) that is wrong.
-"""
+  rehearse.py [--workdir DIR]        apply in DIR (a fresh moto), rehearse, clean up
+  rehearse.py --reuse --workdir DIR  rehearse an existing `make apply-local` workdir"""
 
 from __future__ import annotations
 

@@ -1,16 +1,10 @@
 """Terraform against an emulator (moto) and the provider mirror, for tests and `make apply-local`.
 
-Subcommands:
-  cli-config OUT        write a Terraform CLI config to OUT: a filesystem mirror of the
-                        AWS provider when one is found (TF_PLUGIN_MIRROR, else a few usual
-                        roots), direct installation otherwise; prints OUT.
-  up   --workdir DIR    start moto on a free loopback port (unless --endpoint), create a
-                        VPC and subnets in it, copy the root module to DIR with the
-                        emulator override, `terraform init` and `apply`; prints outputs.
-  down --workdir DIR    `terraform destroy` in DIR and stop the moto server it started.
-
-Only the standard library and boto3 (for the test network); no secret is printed.
-"""
+cli-config OUT      a Terraform CLI config using a filesystem mirror of the AWS
+                    provider when one is found (TF_PLUGIN_MIRROR, usual roots)
+up --workdir DIR    start moto (unless --endpoint), create a VPC and subnets, copy
+                    the root module with the emulator override, init and apply
+down --workdir DIR  destroy, and stop the moto server `up` started"""
 
 from __future__ import annotations
 

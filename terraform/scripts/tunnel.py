@@ -1,17 +1,11 @@
-"""`make tunnel SERVICE=<ui>`: a UI of the platform on http://localhost:<port>, through an
-SSM port forward into one of its ECS tasks (ECS Exec). IAM decides who may open it
-(ecs:ExecuteCommand and ssm:StartSession on the task); nothing is opened in the
-load balancer or the security groups.
-
-Reads `terraform output -json` (a file, or "-" for stdin) for the cluster, the region
-and the service's port, finds a running task of the service, and hands over to
-`aws ssm start-session` (AWS CLI and its Session Manager plugin needed; Ctrl-C closes).
+"""`make tunnel SERVICE=<ui>`: a platform UI on http://localhost:<port> through an SSM
+port forward into one of its ECS tasks (ECS Exec), so IAM decides who may open it and
+nothing is opened in the load balancer or security groups.
 
   tunnel.py OUTPUTS SERVICE [--local-port N] [--print]
 
---print only prints the command. Standard library and boto3 only; no secret is read
-or printed (the hint names the secret's ARN).
-"""
+OUTPUTS is `terraform output -json` (or "-"); needs the AWS CLI and its Session Manager
+plugin. --print only prints the command. No secret is read or printed."""
 
 from __future__ import annotations
 

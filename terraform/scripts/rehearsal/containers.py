@@ -1,13 +1,10 @@
 """A container definition -> the command, environment and folder of a local process.
 
-The environment is built as ECS builds it, from nothing but: the image's ENV, what
-Fargate adds (region), the task definition's ``environment``, and its ``secrets``
-fetched from the emulator's Secrets Manager. Nothing leaks in from the shell that
-runs the rehearsal, so a variable the task definition forgot stays missing. Two
-stand-ins are added: fake credentials for the task role and ``AWS_ENDPOINT_URL``
-pointing at moto (S3, SNS, Secrets Manager). Every value then goes through the
-:class:`~rehearsal.mapping.Mapper` and the container's path prefixes.
-"""
+The environment is built as ECS builds it, from the image's ENV, the region, the task
+definition's ``environment`` and its ``secrets`` (from moto's Secrets Manager) and
+nothing from this shell, so a forgotten variable stays missing. Added stand-ins: fake
+task-role credentials and ``AWS_ENDPOINT_URL``; then every value goes through the
+:class:`~rehearsal.mapping.Mapper` and the path prefixes."""
 
 from __future__ import annotations
 

@@ -1,17 +1,11 @@
 """What cannot be the same on this machine, and what stands in for it.
 
-Inside AWS a container reaches the others by Cloud Map names, the load balancer by
-its DNS name or a UI host name, the database by the RDS address; it writes under
-``/tmp`` and volume mounts such as ``/mnt/...``. Here every service listens on a
-127.0.0.1 port of its own, the database is a local Postgres, and each path is a
-folder of the rehearsal. :class:`Mapper` rewrites exactly those parts of a value
-(host and port, a path prefix, ``sslmode``) and keeps everything else, user names,
-passwords, database names and URL paths included, so a wrong one still fails.
-
-A name it cannot map is a wiring error naming the container and variable: an
-unknown Cloud Map service, a port no container of that service listens on, a
-load-balancer URL that no rule forwards, the database on a port it does not use.
-"""
+In AWS a container reaches the others by Cloud Map names, the load balancer by DNS or
+UI host names, the database at RDS; it writes under ``/tmp`` and volume mounts. Here
+each service has a 127.0.0.1 port, the database is a local Postgres, each path a
+folder. :class:`Mapper` rewrites exactly host and port, path prefixes and ``sslmode``
+and keeps the rest (users, passwords, database names, URL paths), so a wrong one still
+fails; a name it cannot map is a wiring error naming the container and variable."""
 
 from __future__ import annotations
 

@@ -1,14 +1,8 @@
-"""Checks of the wiring before anything starts: what ECS would refuse or a runner
-would get wrong at once.
-
-* each task's execution role may read (and decrypt) the secrets of its containers,
-  as ECS must before it starts them (and the Lambda's role those it names);
-* churnops, reading the worker's environment, names this deployment's bucket and
-  topic and a database, MLflow, Evidently UI and Prefect API of its own;
-* every service logs in to the database as a role of its own, not as the master user
-  (only the init containers, which set the roles up, may);
-* where the RDS master user's password is, for the local stand-in of RDS.
-"""
+"""Checks of the wiring before anything starts, what ECS would refuse or a runner get wrong:
+each execution role may read its containers' secrets (the Lambda's role too); the
+worker's settings name this deployment's bucket, topic, database and servers; every
+service logs in to the database as its own role, never the master user (only init
+containers may); and where the RDS master password is, for the local stand-in."""
 
 from __future__ import annotations
 

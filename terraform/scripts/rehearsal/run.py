@@ -1,26 +1,16 @@
-"""The rehearsal itself: the applied deployment's containers as local processes, in the
-order ECS and `make apply` start them, then one file through the whole wiring.
+"""The rehearsal: the applied deployment's containers as local processes, in the order ECS
+and `make apply` start them, then one file through the whole wiring.
 
-1. the database: the RDS master user and first database, in a local Postgres;
-2. every container, prepared (command, environment, secrets; see containers.py),
-   each execution role allowed to read its secrets, the runner's settings naming
-   this deployment's resources;
-3. the init containers (what other containers depend on), then the servers (the
-   tasks behind a port) until their health checks and the load balancer's pass,
-   then the tasks without a port (the worker), with no model registered yet, as
-   after a first apply;
-4. what `make apply` runs after terraform (terraform/scripts/post_apply.py) and,
-   meanwhile, a model trained with the worker's environment, given ``staging``;
-5. a file uploaded to ``data/input/`` and the Lambda handler given the event the
-   bucket's notification sends, then: the flow run completed, the file and its
-   predictions in ``data/processed/<run>/``, its row in the metrics database, an
-   alert on the topic, the report in the Evidently UI; the reconciler's scheduled
-   run completed; the dashboards' role reading every dashboard table with its own
-   login, and writing none.
+1. the RDS master user and first database, in a local Postgres;
+2. every container prepared (containers.py), its execution role allowed its secrets;
+3. init containers, then servers until their and the load balancer's health checks
+   pass, then the worker, with no model registered yet, as after a first apply;
+4. post_apply.py's steps and, meanwhile, a model trained in the worker's environment;
+5. a file uploaded and the Lambda given the bucket notification's event; then checked:
+   the flow run, processed/ outputs, the metrics row, the alert, the Evidently report,
+   the reconciler's run, and the dashboards' role reading (never writing) its tables.
 
-Nothing is left behind: the processes are stopped, the objects and the alert queue
-the rehearsal added to the emulator are removed.
-"""
+Everything it started or added to the emulator is removed at the end."""
 
 from __future__ import annotations
 
