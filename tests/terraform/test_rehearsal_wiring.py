@@ -58,9 +58,7 @@ def _task(service: str, ports: tuple[int, ...], target_groups: dict | None = Non
         (),
         None,
     )
-    return Task(
-        service, f"arn:td/{service}:1", (container,), {}, target_groups or {}, (), (), None, None
-    )
+    return Task(service, f"arn:td/{service}:1", (container,), {}, target_groups or {}, (), None)
 
 
 @pytest.fixture
@@ -77,10 +75,10 @@ def mapper() -> Mapper:
         },
         discovery={f"mlflow.{NS}": "mlflow", f"prefect-server.{NS}": "prefect-server"},
         namespaces=(NS,),
-        load_balancers={ALB: LoadBalancer(ALB, False, (), {443: Listener(443, "HTTPS", rules)})},
+        load_balancers={ALB: LoadBalancer(ALB, {443: Listener(443, "HTTPS", rules)})},
         target_group_health={},
-        database=Database(DB_HOST, 5432, "churnops", "metrics", (), None),
-        function=Function("f", "arn:f", {}, None, (), "arn:role", 30.0),
+        database=Database(DB_HOST, 5432, "churnops", "metrics", None),
+        function=Function("f", "arn:f", {}, None, "arn:role", 30.0),
         bucket="b",
     )
     return Mapper(deployment, {("mlflow", 5000): 15000, ("prefect-server", 4200): 14200}, 15432)

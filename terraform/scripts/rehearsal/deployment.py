@@ -101,9 +101,7 @@ class Task:
     target_groups: dict[str, tuple[str, int]]
     #: Cloud Map service ARNs the service registers in
     registries: tuple[str, ...]
-    security_groups: tuple[str, ...]
     execution_role_arn: str | None
-    task_role_arn: str | None
     #: a task definition run on demand (RunTask by `make apply`), not an ECS service
     one_off: bool = False
 
@@ -149,8 +147,6 @@ class Listener:
 @dataclass(frozen=True)
 class LoadBalancer:
     dns_name: str
-    internal: bool
-    security_groups: tuple[str, ...]
     listeners: dict[int, Listener]
 
 
@@ -162,7 +158,6 @@ class Database:
     port: int
     master_username: str
     database: str
-    security_groups: tuple[str, ...]
     #: the RDS-managed master secret, when the instance manages its password
     master_secret_arn: str | None
 
@@ -175,7 +170,6 @@ class Function:
     arn: str
     environment: dict[str, str]
     image_command: list[str] | None
-    security_groups: tuple[str, ...]
     role_arn: str
     timeout: float
 
@@ -210,18 +204,12 @@ def read(
     aws: Aws, bucket: str, function_name: str, one_off: tuple[dict[str, Any], ...] = ()
 ) -> Deployment:
     """The deployment as the emulator's APIs describe it; ``one_off``: terraform outputs
-    naming task definitions that `make apply` runs on demand (cluster, task_definition,
-    container, security_groups)."""
+    naming task definitions that `make apply` runs on demand (task_definition, container)."""
     tasks = read_tasks(aws)
     ecs = aws.client("ecs")
     for run in one_off:
         definition = ecs.describe_task_definition(taskDefinition=run["task_definition"])
-        service = {
-            "serviceName": run["container"],
-            "networkConfiguration": {
-                "awsvpcConfiguration": {"securityGroups": run.get("security_groups", [])}
-            },
-        }
+        service = {"serviceName": run["container"]}
         tasks[run["container"]] = replace(
             _task(service, definition["taskDefinition"]), one_off=True
         )
@@ -256,7 +244,6 @@ def read_tasks(aws: Aws) -> dict[str, Task]:
 
 def _task(service: dict[str, Any], definition: dict[str, Any]) -> Task:
     name = service["serviceName"]
-    network = service.get("networkConfiguration", {}).get("awsvpcConfiguration", {})
     return Task(
         service=name,
         definition_arn=definition["taskDefinitionArn"],
@@ -267,9 +254,7 @@ def _task(service: dict[str, Any], definition: dict[str, Any]) -> Task:
             for lb in service.get("loadBalancers", [])
         },
         registries=tuple(r["registryArn"] for r in service.get("serviceRegistries", [])),
-        security_groups=tuple(network.get("securityGroups", [])),
         execution_role_arn=definition.get("executionRoleArn"),
-        task_role_arn=definition.get("taskRoleArn"),
     )
 
 
@@ -311,8 +296,6 @@ def read_load_balancers(aws: Aws) -> tuple[dict[str, LoadBalancer], dict[str, di
         }
         balancers[lb["DNSName"]] = LoadBalancer(
             dns_name=lb["DNSName"],
-            internal=lb.get("Scheme") == "internal",
-            security_groups=tuple(lb.get("SecurityGroups", [])),
             listeners=listeners,
         )
     health = {tg["TargetGroupArn"]: tg for tg in elb.describe_target_groups()["TargetGroups"]}
@@ -363,7 +346,6 @@ def read_database(aws: Aws) -> Database:
         port=int(db["Endpoint"]["Port"]),
         master_username=db["MasterUsername"],
         database=db.get("DBName") or "postgres",
-        security_groups=tuple(g["VpcSecurityGroupId"] for g in db.get("VpcSecurityGroups", [])),
         master_secret_arn=(db.get("MasterUserSecret") or {}).get("SecretArn"),
     )
 
@@ -380,7 +362,6 @@ def read_function(aws: Aws, name: str) -> Function | None:
         arn=config["FunctionArn"],
         environment=dict(config.get("Environment", {}).get("Variables", {})),
         image_command=image.get("Command"),
-        security_groups=tuple(config.get("VpcConfig", {}).get("SecurityGroupIds", [])),
         role_arn=config["Role"],
         timeout=float(config.get("Timeout", 3)),
     )
