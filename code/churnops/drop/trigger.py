@@ -1,22 +1,18 @@
 """S3 -> Prefect: start one ``churn_prediction_pipeline`` flow run per new dropped file
-(an input file in ``data/input/`` or a late labels file in ``data/labels/``).
+(``data/input/`` or late labels in ``data/labels/``).
 
-The AWS Lambda runs this module (``code/s3_to_prefect_lambda/`` imports it; its
-image carries it with :mod:`churnops.drop.keys` and no dependencies: standard library
-only, so the retry loop is written out here; boto3, which the Lambda Python base
-image ships, is imported only to read a secret). The local platform's file-drop
-watcher calls :func:`handle_event` with S3-shaped events and a :class:`Config`
-made from its own settings. Nothing happens at import time; the Lambda reads its
-environment (:data:`ENVIRONMENT`, listed in ``docs/configuration.md``) on each call.
+The AWS Lambda runs this module (``code/s3_to_prefect_lambda/``): standard library
+only, with :mod:`churnops.drop.keys`, so the retry loop is written out here (boto3,
+in the Lambda base image, only reads a secret). The local watcher calls
+:func:`handle_event` with S3-shaped events and a :class:`Config` from its settings.
+The Lambda reads its environment (:data:`ENVIRONMENT`, in ``docs/configuration.md``)
+on each call, never at import.
 
-S3 delivers events at least once, so each flow run carries an idempotency key made
-of bucket, key and the object's version (or the event's sequencer): Prefect returns
-the existing run for a repeated key. The handler raises, so that Lambda retries the
-event, when the Prefect API cannot be reached or refuses the credential (401), or
-the secret cannot be read; any other problem is reported as the record's
-``failed`` outcome and logged. After its retries Lambda sends the event to the
-on-failure destination (an SQS queue, alarmed).
-"""
+S3 delivers at least once, so each run's idempotency key is bucket, key and object
+version (or sequencer): Prefect returns the existing run for a repeated key. The
+handler raises, so Lambda retries and finally sends the event to its alarmed SQS
+on-failure queue, when the Prefect API is unreachable or refuses the credential (401)
+or the secret cannot be read; any other problem is the record's ``failed`` outcome."""
 
 from __future__ import annotations
 

@@ -1,19 +1,12 @@
-"""The three Prefect deployments of ChurnOps, defined and registered in one place.
+"""The three Prefect deployments of ChurnOps, defined and registered in one place:
+``churn_prediction_pipeline/churnops`` (a run per dropped file), ``reconcile/churnops``
+(every :data:`RECONCILE_INTERVAL_SECONDS`) and ``retrain_model/retrain``. Warm runners
+(:mod:`churnops.platform.runner`) serve them here and on ECS, so they name no work pool.
 
-``churn_prediction_pipeline/churnops`` (one run per dropped file, started by the
-trigger), ``reconcile/churnops`` (every :data:`RECONCILE_INTERVAL_SECONDS`) and
-``retrain_model/retrain`` (on demand or submitted by the alert step). They are
-served by warm runners (:mod:`churnops.platform.runner`) on this machine and on
-ECS alike, so they name no work pool: a runner polls for the scheduled runs of
-these deployments and executes them in its own process.
-
-:func:`register` is what every runner calls when it starts, and what ``make
-apply`` runs once inside the VPC (``python -m churnops.platform.deployments`` as
-a one-off task of the runner's task definition, see terraform/scripts/post_apply.py).
-It is idempotent: a deployment that already says what this code says is left
-untouched. Updating one would not be harmless: Prefect replaces its schedules and
-deletes the reconciler's runs already scheduled.
-"""
+:func:`register` runs at every runner's start and once in the VPC at ``make apply``
+(``python -m churnops.platform.deployments``, see terraform/scripts/post_apply.py). A
+deployment that already says what this code says is left untouched: an update would
+replace its schedules and delete the reconciler's scheduled runs."""
 
 from __future__ import annotations
 

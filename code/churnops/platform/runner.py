@@ -1,32 +1,23 @@
-"""What runs the ``churnops`` deployment: one warm process executing flow runs in process.
+"""What runs the ``churnops`` deployments: one warm process executing flow runs in process.
 
-A ``flow.serve()`` runner or a process worker starts every flow run in a fresh
-Python process: importing pandas, XGBoost, MLflow and Evidently alone costs
-seconds, and its default poll adds up to 10 s more. This runner imports all of
-that and loads the staging model once, polls the API for scheduled runs of the
-deployment every :data:`POLL_SECONDS`, proposes Pending through the client's
-``set_flow_run_state`` (as Prefect's own runner does) and executes each run here
-with :func:`prefect.flow_engine.run_flow`, one at a time, so the Prefect UI shows
-the usual Pending -> Running -> final states. Both are in Prefect's Python API
-reference; ``run_flow`` is the low-level entry that Prefect's own runners reach
-in their child process, and Prefect offers no supported way to run a deployment's
-flow warm, so this module is the one place that relies on it. The Pipfile allows
-Prefect's next minor versions; ``tests/integration/test_platform_runner.py``
-exercises it, and CI's ``newest-prefect`` job runs that test on the newest Prefect.
-It serves three deployments: the per-file pipeline, the scheduled reconciler and
-retraining (a runner busy retraining takes no file meanwhile; the others do).
+A ``flow.serve()`` runner or a process worker starts each flow run in a fresh Python
+process (seconds of imports, up to 10 s more of polling). This runner imports
+everything and loads the staging model once, polls the API every
+:data:`POLL_SECONDS` for scheduled runs of its deployments (the per-file pipeline,
+the reconciler, retraining), proposes Pending with ``set_flow_run_state`` and runs
+each here with :func:`prefect.flow_engine.run_flow`, so the UI shows the usual states.
+``run_flow`` is the entry Prefect's own runners reach in their child process; Prefect
+offers no supported way to run a deployment's flow warm, so this is the one module
+relying on it, and CI's ``newest-prefect`` job runs
+``tests/integration/test_platform_runner.py`` on the newest Prefect.
 
 ``churnops up`` starts ``runner_processes`` of them (``python -m
-churnops.platform.runner INDEX``): several files at once, each process with
-its memory bounded by one run. Two runners cannot both take a run: Prefect
-refuses the second Pending, and the file's claim admits one winner anyway.
-SIGTERM stops a runner after the run in progress.
-
-On ECS the runners are a service scaled on Prefect's queue depth (terraform/scaling.tf):
-with ``OPS_METRICS_NAMESPACE`` set, each runner publishes how many runs are due and
-untaken (:class:`QueueGauge`), and while a run executes it protects its task from
-scale-in and deployments through the ECS agent (``ECS_AGENT_URI``).
-"""
+churnops.platform.runner INDEX``); Prefect refuses a second Pending and the file's
+claim admits one winner, so two runners never both take a run. SIGTERM stops a
+runner after its run in progress. On ECS they scale on queue depth
+(terraform/scaling.tf): with ``OPS_METRICS_NAMESPACE`` set each publishes the due,
+untaken runs (:class:`QueueGauge`) and protects its task from scale-in while a run
+executes (``ECS_AGENT_URI``)."""
 
 from __future__ import annotations
 

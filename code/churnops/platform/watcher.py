@@ -1,20 +1,15 @@
-"""The drop trigger of the local platform: S3-shaped events for the Lambda handler.
+"""The drop trigger of the local platform: S3-shaped events for the Lambda's handler
+(:func:`churnops.drop.trigger.handle_event`), from one of two watchers:
 
-On AWS, S3 notifies the Lambda of each new object. Locally the same handler
-(:func:`churnops.drop.trigger.handle_event`) is called by one of two watchers:
+* :class:`FolderWatcher` (local folder): watchdog events on ``data/input/`` and
+  ``data/labels/`` once the writer is done (close-write, or a whole file appeared by
+  rename or link and stayed unchanged for a quiet period; a writer going on later
+  changes the claimed version and the run starts over);
+* :class:`BucketPoller` (S3-compatible): lists both folders every few seconds and
+  reports keys not seen with that ETag.
 
-* :class:`FolderWatcher` (local drop folder): watchdog events on ``data/input/`` and
-  ``data/labels/``, once the file's writer is done: it closed the file (inotify's
-  close-write), or the file appeared whole (a rename or a link) and stayed unchanged for a
-  quiet period. A writer that goes on after that changes the version its run claimed,
-  and the run starts over (:mod:`churnops.pipeline.per_file`);
-* :class:`BucketPoller` (an S3-compatible endpoint): lists the same two folders every
-  few seconds and reports keys it has not seen with that ETag.
-
-Both also report what is already waiting when they start (files dropped while
-the platform was down); the handler's idempotency key (bucket, key, sequencer)
-keeps a file seen twice from starting two runs.
-"""
+Both report what already waits when they start; the handler's idempotency key
+keeps a file seen twice from starting two runs."""
 
 from __future__ import annotations
 
