@@ -34,7 +34,6 @@ def parse_args(
 
 
 def files_to_upload(data_dir: Path, training_file: str) -> list[Path]:
-    """The data files in name order, without the training file."""
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir} is not a folder: run `make data` or pass --data-dir")
     files = sorted(p for p in data_dir.glob("customer_churn_*.csv") if p.name != training_file)

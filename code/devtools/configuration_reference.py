@@ -51,7 +51,6 @@ def _table(title: str, group: type, shared: bool = True) -> list[str]:
 
 
 def render() -> str:
-    """The whole reference, as committed."""
     lines = [
         "# Configuration",
         "",

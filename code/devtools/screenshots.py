@@ -115,12 +115,10 @@ def chromium_command(
 
 
 def prefect_flow_run_url(ui: str, flow_run_id: str) -> str:
-    """The Prefect UI's page of one flow run."""
     return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
 
 
 def mlflow_model_version_url(ui: str, model: str, version: str) -> str:
-    """The MLflow UI's page of one registered model version (a hash route)."""
     return f"{ui.rstrip('/')}/#/models/{urllib.parse.quote(model, safe='')}/versions/{version}"
 
 
@@ -209,7 +207,6 @@ class Shot:
     expect: tuple[str, ...]
 
     def missing(self, text: str) -> list[str]:
-        """The expected texts that ``text`` (the rendered DOM) lacks."""
         return [e for e in self.expect if e not in text]
 
 

@@ -86,7 +86,6 @@ def remove(cluster: Cluster) -> None:
 
 @contextlib.contextmanager
 def throwaway_cluster() -> Iterator[Cluster]:
-    """A running cluster for the ``with`` block, removed afterwards."""
     cluster = create()
     try:
         yield cluster

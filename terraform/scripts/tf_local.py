@@ -254,7 +254,6 @@ EMULATOR_UNDELETABLE = ("aws_efs_file_system_policy.evidently",)
 
 
 def destroy(module_dir: Path, env: dict[str, str], *extra: str, capture: bool = False) -> str:
-    """`terraform destroy` against the emulator."""
     state = terraform(module_dir, env, "state", "list", capture=True).split()
     forget = [address for address in EMULATOR_UNDELETABLE if address in state]
     if forget:

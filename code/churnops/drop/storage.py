@@ -259,7 +259,6 @@ class LocalDropStorage(DropStorage):
         return f"LocalDropStorage({str(self.root)!r})"
 
     def create_layout(self) -> None:
-        """Create the stage folders."""
         for folder in (*STAGES, "logs", "claims"):
             (self.root / PREFIX / folder).mkdir(parents=True, exist_ok=True)
 

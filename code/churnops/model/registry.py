@@ -97,8 +97,6 @@ METRICS = {
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """What a training was asked to do."""
-
     #: The training file (default: ``TRAINING_FILE`` in ``CHURN_DATA_DIR``).
     data_file: Path | None = None
     trials: int = 0
@@ -125,8 +123,6 @@ class LabeledFile:
 
 @dataclass(frozen=True)
 class Decision:
-    """The promotion gate's verdict and why."""
-
     promote: bool
     reason: str
     champion_version: str | None = None
@@ -271,7 +267,6 @@ def _too_small(holdout: pd.DataFrame, name: str, seen: bool) -> str:
 
 # --- the champion ----------------------------------------------------------------------------
 def score(model: ChurnModel, frame: pd.DataFrame) -> Evaluation:
-    """The model as it is, at its own threshold."""
     return training.evaluate(target(frame).to_numpy(), model.predict_proba(frame), model.threshold)
 
 

@@ -66,7 +66,6 @@ def make_classifier(params: dict[str, Any], seed: int) -> xgb.XGBClassifier:
 def split_holdout(
     df: pd.DataFrame, target: pd.Series, fraction: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stratified train/holdout split of the training file."""
     train, holdout = train_test_split(df, test_size=fraction, stratify=target, random_state=seed)
     return train, holdout
 
@@ -86,7 +85,6 @@ def out_of_fold_proba(
     seed: int,
     progress: Progress = _quiet,
 ) -> np.ndarray:
-    """Stratified k-fold probabilities for every training row."""
     proba = np.zeros(len(y), dtype=float)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for i, (fit_idx, val_idx) in enumerate(splitter.split(X, y), start=1):
@@ -280,7 +278,6 @@ class Evaluation:
 
 
 def evaluate(y: np.ndarray, proba: np.ndarray, threshold: float) -> Evaluation:
-    """Every score the model is judged by."""
     labels = (proba >= threshold).astype(int)
     return Evaluation(
         f1=metrics.f1_score(y, labels, zero_division=0),

@@ -23,8 +23,6 @@ class WiringError(RuntimeError):
 
 @dataclass(frozen=True)
 class Aws:
-    """Clients on the emulator, with its fake credentials."""
-
     endpoint: str
     region: str = REGION
 
@@ -40,8 +38,6 @@ class Aws:
 
 @dataclass(frozen=True)
 class Container:
-    """One container definition of a task definition."""
-
     service: str
     name: str
     image: str

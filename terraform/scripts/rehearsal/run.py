@@ -259,7 +259,6 @@ class Rehearsal:
         self._start_tasks([t for t in self.services() if not t.ports])
 
     def services(self) -> list[Task]:
-        """The ECS services' tasks (not the one-off tasks `make apply` runs)."""
         return [t for t in self.deployment.tasks.values() if not t.one_off]
 
     def bootstrap_database(self) -> None:

@@ -73,17 +73,14 @@ class PrefectApi:
 
 # ---------------------------------------------------------------------------- Postgres
 def database_port(url: str) -> int:
-    """The port of a Postgres URL."""
     return urlsplit(url).port or 5432
 
 
 def admin_url_of(url: str, database: str) -> str:
-    """The same login's URL of another database."""
     return url.rsplit("/", 1)[0] + f"/{database}"
 
 
 def login_of(url: str) -> str:
-    """The user name a database URL logs in as."""
     return urlsplit(url).username or "?"
 
 
