@@ -1,17 +1,12 @@
 """What feature-attribution drift adds to a file: TreeSHAP time per row budget.
 
-The model is fitted here on the training file with the shipped parameters
-(``default_params.json``: 61 trees, depth 5), as ``make register-model``
-does, and with the tests' fast parameters (60 trees, depth 4), no MLflow.
-For each, the monitor step's extra work is timed: the file's attribution on
-``ATTRIBUTION_SAMPLE_ROWS`` rows (the default 1,000) and on the whole drift
-sample (50,000 rows), the reference's attribution (once per model version
-and process), beside the booster's plain prediction of the same 50,000 rows.
-Rows are drawn with replacement from the later data files.
+Fitted here, without MLflow, with the shipped parameters and with the tests' fast ones;
+for each, the monitor step's extra work is timed: the file's attribution on
+``ATTRIBUTION_SAMPLE_ROWS`` and on the whole 50,000-row drift sample, the reference's
+(once per version and process), beside a plain prediction of the same 50,000 rows
+drawn from the later data files.
 
-    python -m benchmarks.attribution
-    python -m benchmarks.attribution --rows 1000 5000 50000
-"""
+    python -m benchmarks.attribution [--rows 1000 5000 50000]"""
 
 from __future__ import annotations
 

@@ -1,19 +1,12 @@
 """Quality and cost: our staging model beside the reference project's and our old one.
 
-All three are trained on customer_churn_0.csv only. The reference model is rebuilt
-from its published configuration (11 columns without tariff_plan and age, fitted on
-an 80% split with random_state 42, threshold 0.5). The baseline is the configuration
-shipped before the search weighed cost (501 trees of depth 8), fitted here as
-``churnops train`` fits a configuration: on the 80% split, the threshold chosen out of
-fold (the other 20% is in no version's fit). Ours is the ``staging`` version of CHURNOPS_HOME's
-registry, trained there first (fast path: the shipped parameters) when none exists.
-
-Cost, measured here now (load average printed; the fastest of three): XGBoost's
-``inplace_predict`` on 1M rows (the later files' rows repeated) and TreeSHAP as the
-monitor runs it, on 500 rows; targets for ours 1.0 s and 0.1 s, beside the baseline.
-The per-1,000-row costs the version logged to MLflow when it was trained are printed
-too. Run with `make benchmark-model`.
-"""
+All are trained on customer_churn_0.csv only: the reference rebuilt from its published
+configuration (11 columns, 80% split, random_state 42, threshold 0.5); the baseline
+(501 trees of depth 8, shipped before the search weighed cost) fitted as ``churnops
+train`` fits one; ours, the ``staging`` version of CHURNOPS_HOME (trained first when
+none exists). Cost, the fastest of three with the load average printed: ``inplace_predict``
+on 1M rows and TreeSHAP on 500, targets 1.0 s and 0.1 s, beside the costs the version
+logged when trained. Run with `make benchmark-model`."""
 
 from __future__ import annotations
 

@@ -1,25 +1,18 @@
 """Recovery and bursts on the local platform, beside the single-file time of the same run.
 
-Three figures, each on a real ``churnops up`` in a scratch home:
+Each on a real ``churnops up`` in a scratch home:
 
-* single file: drop-to-processed of one file with the platform idle (median of 3);
-* crash: a runner is killed with SIGKILL while it holds a file (its claim file
-  names its pid); the time from the kill until that file is in processed/
-  (the platform restarts the runner, which reconciles at start);
-* burst: N files dropped at once, time until all are processed, with
-  ``RUNNER_PROCESSES=1`` and with ``--runners`` (one per core by default), on
-  platforms started one after the other, alternating (``--repeats``), each
-  burst checked to be processed exactly once: one original per file in
-  processed/ and nothing of it left in processing/ or errored/, one processed
-  row per file in the metrics database;
-* cold: the same file through ``churnops process`` in a fresh process per file
-  (what a worker that starts a process, or a task, per run pays: imports and the
-  model load on top of the work), against the same MLflow server, and the
-  imports alone in a fresh interpreter.
+* single file: drop-to-processed of one file on an idle platform (median of 3);
+* crash: SIGKILL the runner holding a file (its claim names the pid); time from the
+  kill until that file is in processed/ (the runner is restarted and reconciles);
+* burst: N files at once with ``RUNNER_PROCESSES=1`` and with ``--runners``, on
+  platforms alternated ``--repeats`` times, each checked exactly once (one original
+  in processed/, nothing in processing/ or errored/, one processed row per file);
+* cold: the same file through ``churnops process`` in a fresh process per file (what
+  a process-per-run worker pays), and the imports alone in a fresh interpreter.
 
     python -m benchmarks.recovery              # or: make benchmark-recovery
-    python -m benchmarks.recovery --files 30 --rows 1000 --runners 2
-"""
+    python -m benchmarks.recovery --files 30 --rows 1000 --runners 2"""
 
 from __future__ import annotations
 

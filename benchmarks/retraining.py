@@ -1,19 +1,14 @@
 """Does retraining help? Synthetic files 1, 2, 3 dropped in order, with and without it.
 
-Each sequence starts from a fresh temporary home (local SQLite MLflow, metrics
-database, drop folder) whose version 1 is trained on customer_churn_0.csv with
-the shipped parameters, then drops customer_churn_synthetic_1, _2 and _3 through
-``per_file.process`` (the flow's step sequence). With ``RETRAIN_MODE=auto`` the
-alert step of a file that scores below a minimum runs the retraining in this
-process (where the platform would submit the retrain deployment), with
-``RETRAIN_COOLDOWN_MINUTES=0``: the files come seconds apart here, hours apart in
-production. Printed: the version that scored each file and its F1, per sequence,
-beside the F1 on file 3 of a model trained on customer_churn_0 only and on
-customer_churn_0 + synthetic 1 + 2 (shipped parameters, threshold chosen out of
-fold): what retraining could reach if it always promoted.
+Each sequence starts in a fresh temporary home whose version 1 is trained on
+customer_churn_0.csv with the shipped parameters, then processes the three files
+through ``per_file.process``. With ``RETRAIN_MODE=auto`` and no cooldown (the files
+come seconds apart here), the alert step of a file below a minimum retrains in this
+process. Printed per sequence: the version that scored each file and its F1, beside
+the F1 on file 3 of models fitted on customer_churn_0 alone and with synthetic 1 + 2:
+what retraining could reach if it always promoted.
 
-Run with `make benchmark-retraining` (a few minutes on 2 cores).
-"""
+Run with `make benchmark-retraining` (a few minutes on 2 cores)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,13 @@
 """``make screenshots``: the README's pictures of what users browse, from the running demo.
 
-Run against a platform started by ``make demo`` (``churnops up``)::
-
     python -m devtools.screenshots [--out docs/screenshots]
 
-It reads where the services are from the platform's state file, makes sure a
-file has been processed (else it drops a copy of the drifted data file under a
-unique name and waits for its flow run), finds through the services' own APIs
-what to show (Prefect: the latest run that processed a file; MLflow: the
-version with the alias ``staging``; Evidently: that file's report), writes the
-``churnops report`` page, and takes one PNG of each page with headless
-Chromium (Debian's package ``chromium``; nothing is installed here). Each page
-must show texts that only the rendered page has (the file name, the version,
-the report's id) before its picture is kept, so a blank single-page app fails
-loudly instead of ending up in the README.
-"""
+Finds the services in the platform's state file; when no file has been processed it
+drops a uniquely named copy of the drifted data file and waits for its run. It asks
+the services' APIs what to show (Prefect's latest processed run, MLflow's ``staging``
+version, that file's Evidently report), writes the ``churnops report`` page and takes
+a PNG of each with headless Chromium (Debian's ``chromium``). A picture is kept only
+when the page's DOM shows texts only the rendered page has, so a blank page fails."""
 
 from __future__ import annotations
 
