@@ -318,16 +318,13 @@ def reconcile(
 
     Exits 4 when a re-driven file failed again (its dependency is still down).
     """
-    from churnops.drop.storage import S3DropStorage, open_storage, s3_client
+    from churnops.drop.storage import open_drop, open_storage
     from churnops.pipeline import reconcile as reconciler
     from churnops.pipeline.per_file import process as process_file
 
     settings = _settings()
-    if target and target.startswith("s3://"):
-        bucket = target.removeprefix("s3://").strip("/")
-        storage: DropStorage = S3DropStorage(bucket, s3_client())
-    else:
-        storage = open_storage(settings.drop)
+    s3 = target and target.startswith("s3://")
+    storage = open_drop(target) if s3 else open_storage(settings.drop)
     outcomes: list[FileOutcome] = []
 
     def submit(action: reconciler.Action) -> None:
