@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from churnops.platform.services import free_port
 
@@ -168,21 +169,23 @@ def emulator_env(endpoint: str, cli_config: Path | None = None) -> dict[str, str
     return env
 
 
+def emulator_client(endpoint: str, service: str, region: str = REGION) -> Any:
+    """A boto3 client on the emulator, with its fake credentials."""
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
 def create_network(endpoint: str) -> dict[str, object]:
     """What an account brings: a VPC with two public and two private subnets, and
     an ACM certificate for the UIs' domain (the module requires HTTPS)."""
-    import boto3
-
-    def client(service: str):
-        return boto3.client(
-            service,
-            endpoint_url=endpoint,
-            region_name=REGION,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
-
-    ec2 = client("ec2")
+    ec2 = emulator_client(endpoint, "ec2")
     vpc_id = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
     subnets: dict[str, list[str]] = {"public": [], "private": []}
     for index, (kind, zone) in enumerate(
@@ -192,7 +195,7 @@ def create_network(endpoint: str) -> dict[str, object]:
             VpcId=vpc_id, CidrBlock=f"10.42.{index}.0/24", AvailabilityZone=f"{REGION}{zone}"
         )
         subnets[kind].append(subnet["Subnet"]["SubnetId"])
-    certificate = client("acm").request_certificate(
+    certificate = emulator_client(endpoint, "acm").request_certificate(
         DomainName=f"*.{UI_DOMAIN}", ValidationMethod="DNS"
     )
     return {

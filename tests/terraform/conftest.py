@@ -11,7 +11,6 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 import pytest
 
 from churnops.platform.services import stop_group
@@ -73,13 +72,7 @@ class Deployment:
         self.destroyed = True
 
     def client(self, service: str):
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint,
-            region_name=tf_local.REGION,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
+        return tf_local.emulator_client(self.endpoint, service)
 
 
 class _EarlyApply:

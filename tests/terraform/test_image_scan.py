@@ -9,7 +9,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from .conftest import TERRAFORM_DIR, tf_local
@@ -46,13 +45,7 @@ image_scan = _load()
 def ecr(tmp_path: Path) -> Iterator[tuple[object, str, dict[str, str]]]:
     moto, endpoint = tf_local.start_moto(tmp_path / "moto.log")
     try:
-        client = boto3.client(
-            "ecr",
-            endpoint_url=endpoint,
-            region_name=tf_local.REGION,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
+        client = tf_local.emulator_client(endpoint, "ecr")
         urls = {}
         for name in ("churnops-emu-orchestration", "churnops-emu-grafana"):
             repo = client.create_repository(

@@ -12,9 +12,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import boto3
-
-REGION = "us-east-1"
+from terraform.scripts.tf_local import REGION, emulator_client
 
 
 class WiringError(RuntimeError):
@@ -27,13 +25,7 @@ class Aws:
     region: str = REGION
 
     def client(self, service: str) -> Any:
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint,
-            region_name=self.region,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
+        return emulator_client(self.endpoint, service, self.region)
 
 
 @dataclass(frozen=True)
