@@ -14,10 +14,11 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import psycopg2
 
+from churnops.platform import watcher
 from terraform.scripts.rehearsal.deployment import WiringError
 
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
@@ -138,35 +139,24 @@ def _matches(status: int, codes: str) -> bool:
 def s3_event(
     bucket: str, key: str, head: dict[str, Any], configuration_id: str, region: str
 ) -> dict[str, Any]:
-    """The record S3 sends for a new object: keys URL-encoded (space -> '+', '/' kept)."""
+    """The record S3 sends for a new object: the local watcher's record (keys URL-encoded,
+    space -> '+', '/' kept) with the fields only the real notification has."""
+    event = watcher.s3_event(bucket, key, head["ContentLength"], f"{time.time_ns():X}")
+    (record,) = event["Records"]
     now = datetime.now(UTC)
-    record = {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
+    record |= {
         "awsRegion": region,
         "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
-        "eventName": "ObjectCreated:Put",
         "userIdentity": {"principalId": "AWS:REHEARSAL"},
         "requestParameters": {"sourceIPAddress": "127.0.0.1"},
         "responseElements": {"x-amz-request-id": "REHEARSAL", "x-amz-id-2": "REHEARSAL"},
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "configurationId": configuration_id,
-            "bucket": {
-                "name": bucket,
-                "ownerIdentity": {"principalId": "REHEARSAL"},
-                "arn": f"arn:aws:s3:::{bucket}",
-            },
-            "object": {
-                "key": quote_plus(key, safe="/"),
-                "size": head["ContentLength"],
-                "eTag": head["ETag"].strip('"'),
-                **({"versionId": head["VersionId"]} if head.get("VersionId") else {}),
-                "sequencer": f"{time.time_ns():X}",
-            },
-        },
     }
-    return {"Records": [record]}
+    record["s3"]["configurationId"] = configuration_id
+    record["s3"]["bucket"]["ownerIdentity"] = {"principalId": "REHEARSAL"}
+    record["s3"]["object"]["eTag"] = head["ETag"].strip('"')
+    if head.get("VersionId"):
+        record["s3"]["object"]["versionId"] = head["VersionId"]
+    return event
 
 
 def notification_for(configs: list[dict[str, Any]], function_arn: str, key: str) -> str:
