@@ -44,6 +44,7 @@ class FakePrefect:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by idempotency key
     failures: list[int] = field(default_factory=list)  # statuses of the next answers
     stalls: int = 0  # next requests answered after the client's timeout
+    late: int = 0  # next requests carried out, but answered after the client's timeout
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -56,7 +57,11 @@ class FakePrefect:
             if self.failures:
                 status = self.failures.pop(0)
                 return status, {"detail": f"injected {status}"}
-            return self._route(method, path, body)
+            status, payload = self._route(method, path, body)
+            if self.late:
+                self.late -= 1
+                return -1, None
+            return status, payload
 
     def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         if method == "GET" and path == f"/api/deployments/name/{DEPLOYMENT}":
@@ -457,6 +462,18 @@ def test_a_timeout_is_retried(handler: ModuleType, prefect: FakePrefect) -> None
 
     assert outcome["status"] == "created"
     assert len(prefect.posts()) == 3  # warm-up, the stalled try, the retry
+
+
+def test_a_run_created_by_a_post_that_timed_out_is_reported_created_not_a_duplicate(
+    handler: ModuleType, prefect: FakePrefect
+) -> None:
+    handler.lambda_handler(event(record("data/input/warm.csv")), None)
+    prefect.late = 1  # the server creates the run, its answer comes after the timeout
+
+    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+
+    assert outcome["status"] == "created"
+    assert len(prefect.runs) == 2  # the retry got the same run back: one run for the file
 
 
 def test_persistent_timeouts_raise(handler: ModuleType, prefect: FakePrefect) -> None:

@@ -298,8 +298,11 @@ def start_flow_run(
 
 
 def _create_flow_run(config: Config, deployment_id: str, body: dict) -> tuple[str, bool]:
-    status, run = _request(config, "POST", f"/deployments/{deployment_id}/create_flow_run", body)
-    return run["id"], status == CREATED
+    """The run's id, and whether this call created it: a 200 after a POST that timed
+    out is our own run (the server took the first POST), not a duplicate event's."""
+    path = f"/deployments/{deployment_id}/create_flow_run"
+    status, run, resent = _request(config, "POST", path, body)
+    return run["id"], status == CREATED or resent
 
 
 def _deployment_id(config: Config) -> str:
@@ -308,7 +311,7 @@ def _deployment_id(config: Config) -> str:
     if cache_key not in _DEPLOYMENT_IDS:
         flow, name = (urllib.parse.quote(part, safe="") for part in config.deployment.split("/"))
         try:
-            _, deployment = _request(config, "GET", f"/deployments/name/{flow}/{name}")
+            _, deployment, _ = _request(config, "GET", f"/deployments/name/{flow}/{name}")
         except PrefectRequestError as exc:
             if exc.status == 404:
                 raise PrefectRequestError(
@@ -319,11 +322,16 @@ def _deployment_id(config: Config) -> str:
     return _DEPLOYMENT_IDS[cache_key]
 
 
-def _request(config: Config, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
-    """Status and JSON of a request; transient failures (5xx, 408, 429, network) are retried."""
+def _request(
+    config: Config, method: str, path: str, body: dict | None = None
+) -> tuple[int, Any, bool]:
+    """Status and JSON of a request, and whether an earlier attempt may have reached the
+    server (it timed out or lost its answer); transient failures (5xx, 408, 429,
+    network) are retried."""
     url = config.api_url + path
     data = None if body is None else json.dumps(body).encode()
     problem = ""
+    resent = False
     for attempt in range(config.retries + 1):
         if attempt:
             wait = config.backoff * 2 ** (attempt - 1)
@@ -334,7 +342,7 @@ def _request(config: Config, method: str, path: str, body: dict | None = None) -
             with urllib.request.urlopen(
                 _build(config, method, url, data), timeout=config.timeout
             ) as r:
-                return r.status, _json(r.read(), url)
+                return r.status, _json(r.read(), url), resent
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
                 raise PrefectUnauthorized(f"{method} {url}: HTTP 401 {_detail(exc)}") from exc
@@ -343,6 +351,7 @@ def _request(config: Config, method: str, path: str, body: dict | None = None) -
             problem = f"HTTP {exc.code}"
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out
             problem = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+            resent = resent or not isinstance(getattr(exc, "reason", exc), ConnectionRefusedError)
     raise PrefectUnavailable(f"{method} {url} failed {config.retries + 1} times, last: {problem}")
 
 
