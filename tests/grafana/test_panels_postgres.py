@@ -160,10 +160,7 @@ def test_stat_is_coloured_by_the_minimum_stored_with_the_latest_file(reader: Any
     assert set(drift.column("alert above")) == {
         MonitoringSettings.model_construct().drift_share_threshold
     }
-
-
-def test_stat_shows_the_latest_file(reader: Any) -> None:
-    (latest,) = run(reader, panel_sql(panel("Latest F1")), everything()).rows
+    (latest,) = run(reader, panel_sql(panel("Latest F1")), everything()).rows  # the latest file
     table = run(reader, panel_sql(panel("Latest runs")), everything())
     newest_processed = next(
         row for row in table.rows if row[table.columns.index("status")] == "processed"
@@ -171,19 +168,18 @@ def test_stat_shows_the_latest_file(reader: Any) -> None:
     assert latest[1] == pytest.approx(newest_processed[table.columns.index("f1")])
 
 
-def test_drift_share_crosses_the_line_for_the_drifted_file(reader: Any) -> None:
+def test_drift_share_crosses_the_line_for_the_drifted_file_and_columns_are_named(
+    reader: Any,
+) -> None:
     result = run(reader, panel_sql(panel("Drifted columns")), everything())
     shares = result.column("drifted share")
     assert max(shares) > 0.5 > min(shares)
     assert all(float(c).is_integer() for c in result.column("drifted columns"))
-
-
-def test_per_column_series_are_named_by_column(reader: Any) -> None:
-    result = run(reader, panel_sql(panel("Drift score per column")), everything())
+    result = run(reader, panel_sql(panel("Drift score per column")), everything())  # by column
     assert {"call_failure", "churn_prediction"} <= set(result.column("metric"))
 
 
-def test_attribution_has_every_feature_and_the_ndcg_per_processed_file(reader: Any) -> None:
+def test_attribution_has_every_feature_ndcg_and_the_stored_rank_order(reader: Any) -> None:
     result = run(reader, panel_sql(panel("Feature attribution (mean |SHAP|)")), everything())
     series: dict[str, list[float]] = {}
     for metric, value in zip(result.column("metric"), result.column("value"), strict=True):
@@ -192,11 +188,7 @@ def test_attribution_has_every_feature_and_the_ndcg_per_processed_file(reader: A
     assert all(len(values) == len(PROCESSED_RUNS) for values in series.values())
     assert all(0 < v <= 1 for v in series.pop("NDCG vs reference"))
     assert all(v >= 0 for values in series.values() for v in values)
-
-
-def test_attribution_values_are_in_the_order_of_the_stored_ranks(reader: Any) -> None:
-    """The panel draws each file's mean |SHAP|: the feature ranked first has the most."""
-    result = run(reader, panel_sql(panel("Feature attribution (mean |SHAP|)")), everything())
+    # Each file's mean |SHAP|, in the order of the stored ranks: the first has the most.
     value = {
         (t, m): v
         for t, m, v in zip(*(result.column(c) for c in ("time", "metric", "value")), strict=True)
@@ -242,11 +234,6 @@ def test_time_range_and_variables_filter(reader: Any) -> None:
     one_file = run(reader, table, everything(file=["customer_churn_1.csv"]))
     assert set(one_file.column("file")) == {"customer_churn_1.csv"}
     assert len(one_file.rows) == 2
-
-
-def test_the_dashboard_role_cannot_write(reader: Any) -> None:
-    with reader.cursor() as cursor, pytest.raises(psycopg2.errors.InsufficientPrivilege):
-        cursor.execute("DELETE FROM run_metrics")
 
 
 def test_expander_refuses_what_it_does_not_know() -> None:

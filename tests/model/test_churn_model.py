@@ -61,15 +61,12 @@ def test_predict_takes_the_raw_header_and_the_clean_names(
     pd.testing.assert_series_equal(labels, expected[PREDICTION], check_exact=True)
 
 
-def test_predict_names_a_missing_column_by_its_header(model: ChurnModel, data_dir: Path) -> None:
+def test_predict_names_a_missing_column_by_its_header_and_refuses_two_spellings(
+    model: ChurnModel, frame: pd.DataFrame, data_dir: Path
+) -> None:
     raw = pd.read_csv(data_dir / SOURCE).drop(columns="Age")
     with pytest.raises(ValueError, match=r"missing column\(s\): 'Age' \(age\)"):
         model.predict(None, raw)  # type: ignore[arg-type]
-
-
-def test_predict_refuses_a_column_under_two_spellings(
-    model: ChurnModel, frame: pd.DataFrame
-) -> None:
     both = frame.assign(Age=frame["age"])
     with pytest.raises(ValueError, match="two spellings: age"):
         model.predict(None, both)  # type: ignore[arg-type]
@@ -85,9 +82,6 @@ def test_the_config_and_artifacts_rebuild_the_model(
     empty.load_context(PythonModelContext(artifacts, model.config()))
     assert (empty.features, empty.threshold) == (model.features, model.threshold)
     pd.testing.assert_frame_equal(empty.score(frame), model.score(frame), check_exact=True)
-
-
-def test_a_version_without_its_config_is_refused(artifacts: dict[str, str]) -> None:
     with pytest.raises(RuntimeError, match="model_config lacks features or threshold"):
         ChurnModel().load_context(PythonModelContext(artifacts, None))
 

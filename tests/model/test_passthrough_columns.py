@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -109,10 +110,12 @@ def test_a_misspelled_feature_is_missing_and_named() -> None:
 
 
 def test_a_column_given_twice_is_an_error() -> None:
-    problems = problems_of(csv([*HEADER, "id", "id"], GOOD_ROW + ",1,2"))
-    assert problems == ["column 'id' appears 2 times"]
-    problems = problems_of(csv([*HEADER, "age"], GOOD_ROW + ",30"))
-    assert problems == ["columns 'Age', 'age' are the same column 'age'"]
+    assert problems_of(csv([*HEADER, "id", "id"], GOOD_ROW + ",1,2")) == [
+        "column 'id' appears 2 times"
+    ]
+    assert problems_of(csv([*HEADER, "age"], GOOD_ROW + ",30")) == [
+        "columns 'Age', 'age' are the same column 'age'"
+    ]
 
 
 # --- reading: text as written, apart from the features --------------------------------------
@@ -230,28 +233,28 @@ class _RecordingModel:
         return pd.DataFrame({PREDICTION: (proba > 0.5).astype("int8"), PROBABILITY: proba})
 
 
+def _score(
+    tmp_path: Path, frame: pd.DataFrame, name: str = "f.csv", **settings: object
+) -> tuple[LocalDropStorage, str, _RecordingModel, Callable[[], scoring.ScoredFile]]:
+    """The file stored in processing/, and the call that scores it with a recording model."""
+    drop = get_settings(churnops_home=tmp_path, **settings).drop
+    storage = LocalDropStorage(drop.drop_dir)
+    key = run_key("processing", "run1", name)
+    storage.create(key, frame.to_csv(index=False).encode())
+    model = _RecordingModel()
+    loaded = LoadedModel("M", "1", model)  # type: ignore[arg-type]
+    return storage, key, model, lambda: score_file(drop, storage, key, "run1", name, loaded)
+
+
 def test_scoring_writes_passthrough_columns_first_and_feeds_the_model_features_only(
     uci: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(reading, "CHUNK_ROWS", 300)
     monkeypatch.setattr(scoring, "DRIFT_SAMPLE_ROWS", 500)
-    settings = get_settings(churnops_home=tmp_path)
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
     frame = with_extras(uci)
     frame.loc[7, "Customer ID"] = frame.loc[2, "Customer ID"]
-    key = run_key("processing", "run1", "f.csv")
-    storage.create(key, frame.to_csv(index=False).encode())
-    model = _RecordingModel()
-
-    scored = score_file(
-        settings.drop,
-        storage,
-        key,
-        "run1",
-        "f.csv",
-        LoadedModel("M", "1", model),  # type: ignore[arg-type]
-    )
+    storage, _, model, score = _score(tmp_path, frame)
+    scored = score()
 
     data = storage.read(scored.predictions_key)
     written = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
@@ -278,16 +281,11 @@ def _valid_rows(count: int) -> pd.DataFrame:
 def test_cells_a_spreadsheet_would_evaluate_are_neutralised_unless_turned_off(
     tmp_path: Path, neutralise: bool
 ) -> None:
-    settings = get_settings(churnops_home=tmp_path, neutralise_formulas=neutralise)
-    storage = LocalDropStorage(settings.drop.drop_dir)
     frame = with_extras(_valid_rows(6))
     cells = ["=1+2", "+1 555 0100", "-3", "@SUM(A1)", "-1.5e3", "\tx"]
     frame["Region"] = cells
-    key = run_key("processing", "run1", "f.csv")
-    storage.create(key, frame.to_csv(index=False).encode())
-    model = LoadedModel("M", "1", _RecordingModel())  # type: ignore[arg-type]
-
-    scored = score_file(settings.drop, storage, key, "run1", "f.csv", model)
+    storage, _, _, score = _score(tmp_path, frame, neutralise_formulas=neutralise)
+    scored = score()
 
     written = pd.read_csv(io.BytesIO(storage.read(scored.predictions_key)), dtype=str)
     safe = ["'=1+2", "'+1 555 0100", "-3", "'@SUM(A1)", "-1.5e3", "'\tx"]  # numbers stay
@@ -298,15 +296,10 @@ def test_cells_a_spreadsheet_would_evaluate_are_neutralised_unless_turned_off(
 def test_a_name_too_long_for_its_outputs_is_bad_input_before_anything_is_written(
     tmp_path: Path,
 ) -> None:
-    settings = get_settings(churnops_home=tmp_path)
-    storage = LocalDropStorage(settings.drop.drop_dir)
     name = "é" * 110 + ".csv"  # 224 bytes: its predictions file would be named with 241 (237 fit)
-    key = run_key("processing", "run1", name)
-    storage.create(key, with_extras(_valid_rows(3)).to_csv(index=False).encode())
-    model = LoadedModel("M", "1", _RecordingModel())  # type: ignore[arg-type]
-
+    storage, key, _, score = _score(tmp_path, with_extras(_valid_rows(3)), name)
     with pytest.raises(DataValidationError, match="the file name is too long"):
-        score_file(settings.drop, storage, key, "run1", name, model)
+        score()
     assert storage.list_keys("data/processing/run1/") == [key]
     long_log = log_key("run1", "m" * 255)
     assert len(long_log.rsplit("/", 1)[-1].encode()) <= 255 and long_log.endswith(".log")

@@ -7,6 +7,7 @@ import gzip
 import io
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,7 @@ def test_size_limit() -> None:
 def test_message_names_the_file() -> None:
     with pytest.raises(DataValidationError, match=r"^bad.csv is invalid \(1 problem"):
         validate(
-            clean_columns(pd.read_csv(__import__("io").BytesIO(csv(GOOD_ROW)))).drop(columns="age"),
+            clean_columns(pd.read_csv(io.BytesIO(csv(GOOD_ROW)))).drop(columns="age"),
             source="bad.csv",
         )
 
@@ -140,34 +141,44 @@ def uci_frame(uci_bytes: bytes) -> pd.DataFrame:
     return load_customer_file(uci_bytes, require_target=True)
 
 
-def test_plain_csv_has_no_notes(uci_bytes: bytes, uci_frame: pd.DataFrame) -> None:
-    read = read_customer_file(uci_bytes, name="ok.csv", require_target=True)
-    assert read.notes == ()
-    pd.testing.assert_frame_equal(read.frame, uci_frame)
+def _utf(codec: str, bom: bytes = b"") -> Callable[[bytes], bytes]:
+    return lambda data: bom + data.decode().encode(codec)
 
 
-def test_utf8_bom_is_accepted_without_note(uci_bytes: bytes, uci_frame: pd.DataFrame) -> None:
-    read = read_customer_file(codecs.BOM_UTF8 + uci_bytes, name="ok.csv")
-    assert read.notes == ()
-    assert read.frame.columns[0] == "call_failure"
-    pd.testing.assert_frame_equal(read.frame, uci_frame)
+def _raw_parquet(data: bytes) -> bytes:
+    return _parquet(pd.read_csv(io.BytesIO(data)))
+
+
+SEMICOLON = "columns separated by ';' (not ',')"
 
 
 @pytest.mark.parametrize(
-    ("bom", "codec", "note"),
+    ("encode", "notes"),
     [
-        (codecs.BOM_UTF16_LE, "utf-16-le", "decoded as UTF-16 LE (BOM)"),
-        (codecs.BOM_UTF16_BE, "utf-16-be", "decoded as UTF-16 BE (BOM)"),
-        (codecs.BOM_UTF32_LE, "utf-32-le", "decoded as UTF-32 LE (BOM)"),
-        (b"", "utf-16-le", "decoded as UTF-16 LE (no BOM; guessed from its NUL bytes)"),
+        (lambda data: data, ()),
+        (lambda data: codecs.BOM_UTF8 + data, ()),
+        (_utf("utf-16-le", codecs.BOM_UTF16_LE), ("decoded as UTF-16 LE (BOM)",)),
+        (_utf("utf-16-be", codecs.BOM_UTF16_BE), ("decoded as UTF-16 BE (BOM)",)),
+        (_utf("utf-32-le", codecs.BOM_UTF32_LE), ("decoded as UTF-32 LE (BOM)",)),
+        (_utf("utf-16-le"), ("decoded as UTF-16 LE (no BOM; guessed from its NUL bytes)",)),
+        (lambda data: data.replace(b",", b";"), (SEMICOLON,)),
+        (lambda data: data.replace(b",", b"\t"), ("columns separated by tabs (not ',')",)),
+        (lambda data: data.replace(b",", b"|"), ("columns separated by '|' (not ',')",)),
+        (gzip.compress, ("gzip-compressed",)),
+        (lambda data: gzip.compress(data.replace(b",", b";")), ("gzip-compressed", SEMICOLON)),
+        (_raw_parquet, ("read as Parquet",)),  # by row groups
+        (lambda data: _parquet(clean_columns(pd.read_csv(io.BytesIO(data)))), ("read as Parquet",)),
+    ],
+    ids=[
+        *("csv", "utf8-bom", "utf16le-bom", "utf16be-bom", "utf32le-bom", "utf16le"),
+        *("semicolon", "tab", "pipe", "gzip", "gzip-semicolon", "parquet", "parquet-clean"),
     ],
 )
-def test_utf16_and_utf32_are_decoded_with_a_note(
-    uci_bytes: bytes, uci_frame: pd.DataFrame, bom: bytes, codec: str, note: str
+def test_encodings_delimiters_and_formats_are_read_with_a_note(
+    uci_bytes: bytes, uci_frame: pd.DataFrame, encode: Callable[[bytes], bytes], notes: tuple
 ) -> None:
-    data = bom + uci_bytes.decode().encode(codec)
-    read = read_customer_file(data, name="ok.csv", require_target=True)
-    assert read.notes == (note,)
+    read = read_customer_file(encode(uci_bytes), name="ok.csv", require_target=True)
+    assert read.notes == notes
     pd.testing.assert_frame_equal(read.frame, uci_frame)
 
 
@@ -177,23 +188,6 @@ def test_latin1_text_is_named_not_utf8() -> None:
     assert problems_of(data) == [
         f"not UTF-8 text: byte 0xe9 at offset {offset} (line 1); save the file as CSV UTF-8"
     ]
-
-
-@pytest.mark.parametrize(
-    ("sep", "note"),
-    [
-        (";", "columns separated by ';' (not ',')"),
-        ("\t", "columns separated by tabs (not ',')"),
-        ("|", "columns separated by '|' (not ',')"),
-    ],
-)
-def test_other_delimiters_are_accepted_with_a_note(
-    uci_bytes: bytes, uci_frame: pd.DataFrame, sep: str, note: str
-) -> None:
-    data = uci_bytes.replace(b",", sep.encode())
-    read = read_customer_file(data, name="ok.csv", require_target=True)
-    assert read.notes == (note,)
-    pd.testing.assert_frame_equal(read.frame, uci_frame)
 
 
 def test_decimal_commas_of_a_semicolon_file_are_not_numbers(uci_bytes: bytes) -> None:
@@ -290,16 +284,7 @@ def test_problems_of_every_chunk_are_named_once() -> None:
     ]
 
 
-def test_gzip_is_read_with_a_note(uci_bytes: bytes, uci_frame: pd.DataFrame) -> None:
-    read = read_customer_file(gzip.compress(uci_bytes), name="ok.csv.gz", require_target=True)
-    assert read.notes == ("gzip-compressed",)
-    pd.testing.assert_frame_equal(read.frame, uci_frame)
-
-
-def test_gzip_keeps_the_csv_rules(uci_bytes: bytes) -> None:
-    data = gzip.compress(uci_bytes.replace(b",", b";"))
-    read = read_customer_file(data, name="ok.csv.gz", require_target=True)
-    assert read.notes == ("gzip-compressed", "columns separated by ';' (not ',')")
+def test_gzip_keeps_the_csv_rules() -> None:
     bad = gzip.compress(csv("8,0,38,0,4370,71,5,17,3,1,1,30,197.64,5"))
     assert problems_of(bad) == ["column 'churn' out of range in_range(0, 1): values 5 (lines 2)"]
 
@@ -315,17 +300,6 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False, row_group_size=400)
     return buffer.getvalue()
-
-
-@pytest.mark.parametrize("header", ["raw", "clean"])
-def test_parquet_is_read_by_row_groups(
-    uci_bytes: bytes, uci_frame: pd.DataFrame, header: str
-) -> None:
-    frame = pd.read_csv(io.BytesIO(uci_bytes))
-    data = _parquet(frame if header == "raw" else clean_columns(frame))
-    read = read_customer_file(data, name="ok.parquet", require_target=True)
-    assert read.notes == ("read as Parquet",)
-    pd.testing.assert_frame_equal(read.frame, uci_frame)
 
 
 def test_parquet_problems_name_their_rows(uci_bytes: bytes) -> None:

@@ -39,13 +39,10 @@ def deployment(terraform_bin: str) -> Iterator[Deployment]:
 def test_outputs_give_every_ui_the_bucket_and_the_topic(deployment: Deployment) -> None:
     out = deployment.outputs
     domain = deployment.tfvars["ui_domain"]
-    for key, host in (
-        ("mlflow_url", "mlflow"),
-        ("prefect_ui_url", "prefect"),
-        ("evidently_url", "evidently"),
-        ("grafana_url", "grafana"),
-    ):
-        assert out[key] == f"https://{host}.{domain}", key
+    for host in UI_HOSTS:
+        assert out[f"{host}_url" if host != "prefect" else "prefect_ui_url"] == (
+            f"https://{host}.{domain}"
+        )
     # The CLI reaches the API through `make tunnel`: the load balancer signs in browsers only.
     assert out["prefect_api_url"] == "http://localhost:4200/api"
     assert set(out["ui_urls"]) == {"mlflow", "prefect-server", "evidently", "grafana"}
@@ -112,8 +109,7 @@ def test_lambda_runs_in_the_private_subnets_with_its_secret_and_failure_queue(
     # Not AWSLambdaVPCAccessExecutionRole: its logs:* on every log group undoes WriteOwnLogs.
     assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
     assert sorted(iam.list_role_policies(RoleName=role)["PolicyNames"]) == ["trigger", "vpc-access"]
-    eni = iam.get_role_policy(RoleName=role, PolicyName="vpc-access")["PolicyDocument"]
-    eni = json.loads(eni) if isinstance(eni, str) else eni
+    eni = _role_policy(deployment, role, "vpc-access")
     assert {a for s in eni["Statement"] for a in _as_list(s["Action"])} == {
         "ec2:CreateNetworkInterface",
         "ec2:DescribeNetworkInterfaces",
@@ -122,8 +118,7 @@ def test_lambda_runs_in_the_private_subnets_with_its_secret_and_failure_queue(
         "ec2:AssignPrivateIpAddresses",
         "ec2:UnassignPrivateIpAddresses",
     }
-    doc = iam.get_role_policy(RoleName=role, PolicyName="trigger")["PolicyDocument"]
-    doc = json.loads(doc) if isinstance(doc, str) else doc
+    doc = _role_policy(deployment, role, "trigger")
     resources = {s["Sid"]: _as_list(s["Resource"]) for s in doc["Statement"]}
     assert resources["ReadPrefectAuthString"] == [deployment.outputs["prefect_auth_secret_arn"]]
     actions = {a for s in doc["Statement"] for a in _as_list(s["Action"])}
@@ -234,8 +229,8 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
 
     _, worker = by_name["worker"]
     container = _container(worker, "worker")
-    env = {e["name"]: e["value"] for e in container["environment"]}
-    secrets = {s["name"]: s["valueFrom"] for s in container["secrets"]}
+    env = _env(container)
+    secrets = _secrets(container)
     assert env["DROP_STORAGE"] == "s3"
     assert env["ALERTS_TOPIC_ARN"] == deployment.outputs["alerts_topic_arn"]
     assert env["PREFECT_API_URL"].endswith(":4200/api")
@@ -276,8 +271,8 @@ def test_the_worker_logs_into_mlflow_as_its_own_user_not_the_admin(
     admin = deployment.outputs["mlflow_auth_secret_arn"]
     tasks = _task_definitions(deployment)
     worker = _container(tasks["worker"], "worker")
-    env = {e["name"]: e["value"] for e in worker["environment"]}
-    secrets = {s["name"]: s["valueFrom"] for s in worker["secrets"]}
+    env = _env(worker)
+    secrets = _secrets(worker)
     own = secrets["MLFLOW_TRACKING_PASSWORD"]
     sm = deployment.client("secretsmanager")
     assert sm.describe_secret(SecretId=own)["Name"] == "churnops-emu/mlflow/worker"
@@ -289,8 +284,8 @@ def test_the_worker_logs_into_mlflow_as_its_own_user_not_the_admin(
     assert own in readable and admin not in readable
 
     mlflow = _container(tasks["mlflow"], "mlflow")
-    mlflow_env = {e["name"]: e["value"] for e in mlflow["environment"]}
-    mlflow_secrets = {s["name"]: s["valueFrom"] for s in mlflow["secrets"]}
+    mlflow_env = _env(mlflow)
+    mlflow_secrets = _secrets(mlflow)
     assert mlflow_env["MLFLOW_WORKER_USERNAME"] == "churnops-worker"
     assert mlflow_secrets["MLFLOW_WORKER_PASSWORD"] == own
     assert mlflow_secrets["MLFLOW_AUTH_ADMIN_PASSWORD"] == f"{admin}:password::"
@@ -314,7 +309,7 @@ def test_every_container_and_the_lambda_send_no_usage_data(deployment: Deploymen
     ]
     assert {c["name"] for _, c in containers} >= EXPECTED_SERVICES | {"db-init"}
     for task, container in containers:
-        env = {e["name"]: e["value"] for e in container.get("environment", [])}
+        env = _env(container)
         assert env.items() >= NO_USAGE_TELEMETRY.items(), (task, container["name"])
     function = deployment.client("lambda").get_function_configuration(
         FunctionName=deployment.outputs["lambda_function_name"]
@@ -351,11 +346,11 @@ def test_the_database_bootstrap_is_a_one_off_task_alone_with_the_master_secret(
     repos = deployment.outputs["ecr_repository_urls"]
     assert init["image"].startswith(f"{repos['orchestration']}:")
     assert init["command"][:2] == ["python", "-c"] and "ensure_role" in init["command"][2]
-    env = {e["name"]: e["value"] for e in init["environment"]}
+    env = _env(init)
     assert [
         (r["key"], r["kind"], r["name"], r["database"]) for r in json.loads(env["DB_ROLES"])
     ] == expected
-    secrets = {s["name"]: s["valueFrom"] for s in init["secrets"]}
+    secrets = _secrets(init)
     assert secrets["DB_ADMIN_PASSWORD"] == f"{master}:password::"
     sm = deployment.client("secretsmanager")
     for key, *_ in expected:
@@ -491,10 +486,7 @@ def test_an_audit_trail_records_the_drop_bucket_and_the_load_balancer(
 
 def test_mlflow_accepts_only_its_own_host_names(deployment: Deployment) -> None:
     """Not "*": the Host header check (DNS rebinding) stays on."""
-    env = {
-        e["name"]: e["value"]
-        for e in _container(_task_definitions(deployment)["mlflow"], "mlflow")["environment"]
-    }
+    env = _env(_container(_task_definitions(deployment)["mlflow"], "mlflow"))
     hosts = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     assert "*" not in hosts
     assert hosts == [
@@ -506,10 +498,7 @@ def test_mlflow_accepts_only_its_own_host_names(deployment: Deployment) -> None:
 
 
 def test_worker_role_is_scoped_to_data_prefixes_topic_and_key(deployment: Deployment) -> None:
-    iam = deployment.client("iam")
-    doc = iam.get_role_policy(RoleName="churnops-emu-worker-task", PolicyName="application")
-    doc = doc["PolicyDocument"]
-    doc = json.loads(doc) if isinstance(doc, str) else doc
+    doc = _role_policy(deployment, "churnops-emu-worker-task", "application")
     bucket = deployment.outputs["bucket_name"]
     statements = {s["Sid"]: s for s in doc["Statement"]}
     metrics = statements.pop("PublishOpsMetrics")  # no resource ARN exists: a condition
@@ -706,8 +695,18 @@ def _container(task: dict, name: str) -> dict:
     return container
 
 
-def _has(task: dict, name: str) -> bool:
-    return any(c["name"] == name for c in task["containerDefinitions"])
+def _env(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("environment", [])}
+
+
+def _secrets(container: dict) -> dict[str, str]:
+    return {s["name"]: s["valueFrom"] for s in container["secrets"]}
+
+
+def _role_policy(deployment: Deployment, role: str, name: str) -> dict:
+    doc = deployment.client("iam").get_role_policy(RoleName=role, PolicyName=name)
+    doc = doc["PolicyDocument"]
+    return json.loads(doc) if isinstance(doc, str) else doc
 
 
 #: Keys of a secret's JSON that are not secret (they appear in the state by design).

@@ -14,7 +14,11 @@ from churnops.settings import get_settings
 from .conftest import REPO, TERRAFORM_DIR
 
 ORCHESTRATION = REPO / "code" / "orchestration"
-DOCKERFILES = [ORCHESTRATION / "Dockerfile", REPO / "code" / "s3_to_prefect_lambda" / "Dockerfile"]
+DOCKERFILES = [
+    ORCHESTRATION / "Dockerfile",
+    REPO / "code" / "s3_to_prefect_lambda" / "Dockerfile",
+    REPO / "code" / "grafana" / "Dockerfile",
+]
 
 
 def test_dockerfiles_pass_hadolint() -> None:
@@ -24,6 +28,7 @@ def test_dockerfiles_pass_hadolint() -> None:
         [str(hadolint), *map(str, DOCKERFILES)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "code/grafana/Dockerfile" in (TERRAFORM_DIR / "aws.mk").read_text()  # built there
 
 
 def test_base_images_are_pinned() -> None:

@@ -79,8 +79,17 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
 
 
 # --- the plans ------------------------------------------------------------------------------
+class Plans(dict[str, Plan | RuntimeError]):
+    """The plans by configuration; ``plans[name]`` fails the test if it did not plan."""
+
+    def __getitem__(self, name: str) -> Plan:
+        result = super().__getitem__(name)
+        assert isinstance(result, Plan), f"{name} did not plan: {result}"
+        return result
+
+
 @pytest.fixture(scope="module")
-def planned(terraform_bin: str) -> Iterator[dict[str, Plan | RuntimeError]]:
+def planned(terraform_bin: str) -> Iterator[Plans]:
     """Every configuration planned against one moto server, three at a time."""
     root = Path(tempfile.mkdtemp(prefix="churnops-tf-policy-"))
     moto, endpoint = tf_local.start_moto(root / "moto.log")
@@ -96,25 +105,20 @@ def planned(terraform_bin: str) -> Iterator[dict[str, Plan | RuntimeError]]:
 
     try:
         with ThreadPoolExecutor(3) as pool:
-            yield dict(zip(jobs, pool.map(plan, enumerate(jobs)), strict=True))
+            yield Plans(zip(jobs, pool.map(plan, enumerate(jobs)), strict=True))
     finally:
         stop_group(moto, 5)
         shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=list(CONFIGURATIONS))
-def plan(request: pytest.FixtureRequest, planned: dict[str, Plan | RuntimeError]) -> Plan:
-    result = planned[request.param]
-    if isinstance(result, RuntimeError):
-        pytest.fail(f"{request.param} did not plan: {result}")
-    return result
+def plan(request: pytest.FixtureRequest, planned: Plans) -> Plan:
+    return planned[request.param]
 
 
 @pytest.fixture(scope="module")
-def production(planned: dict[str, Plan | RuntimeError]) -> Plan:
-    result = planned["production"]
-    assert isinstance(result, Plan), result
-    return result
+def production(planned: Plans) -> Plan:
+    return planned["production"]
 
 
 # --- the checkers -----------------------------------------------------------------------------
@@ -239,13 +243,12 @@ def test_control_planes_are_forwarded_to_only_after_sign_in(plan: Plan) -> None:
 
 
 def test_every_ui_behind_the_load_balancer_signs_in_first(
-    planned: dict[str, Plan | RuntimeError],
+    planned: Plans,
 ) -> None:
     """Stricter than the policy (Grafana too), and not vacuous: each of the four UIs is
     forwarded to, by a rule that signs in with the configured provider."""
     for name, provider in (("production", "authenticate-cognito"), ("oidc", "authenticate-oidc")):
         plan = planned[name]
-        assert isinstance(plan, Plan), plan
         found = {
             group.after["name"]: actions[0]["type"] for _, _, actions, group, _ in forwards(plan)
         }
@@ -257,10 +260,9 @@ def test_every_ui_behind_the_load_balancer_signs_in_first(
 
 
 def test_development_without_a_certificate_forwards_nothing(
-    planned: dict[str, Plan | RuntimeError],
+    planned: Plans,
 ) -> None:
     plan = planned["development"]
-    assert isinstance(plan, Plan), plan
     assert list(forwards(plan)) == []
     assert [(lis.after["port"], lis.after["protocol"]) for lis in plan.of_type(*LISTENERS)] == [
         (80, "HTTP")
@@ -269,10 +271,8 @@ def test_development_without_a_certificate_forwards_nothing(
 
 
 @pytest.mark.parametrize("name", list(REFUSED))
-def test_unsafe_configurations_are_refused(
-    planned: dict[str, Plan | RuntimeError], name: str
-) -> None:
-    result = planned[name]
+def test_unsafe_configurations_are_refused(planned: Plans, name: str) -> None:
+    result = planned.get(name)
     assert isinstance(result, RuntimeError), f"{name} planned"
     assert REFUSED[name][1] in str(result)
 
@@ -327,7 +327,7 @@ def test_failed_invocations_go_to_an_encrypted_queue_with_alarms(plan: Plan) -> 
 
 
 def test_ecs_exec_is_off_unless_asked_and_only_the_uis_can_be_tunnelled_into(
-    planned: dict[str, Plan | RuntimeError],
+    planned: Plans,
 ) -> None:
     """ECS Exec (`make tunnel`) is off by default (a session sees the secrets in the
     environment); with tunnel_enabled, on the four UIs' services only, never the worker,
@@ -335,7 +335,6 @@ def test_ecs_exec_is_off_unless_asked_and_only_the_uis_can_be_tunnelled_into(
     enabled = {}
     for name in ("production", "tunnel"):
         plan = planned[name]
-        assert isinstance(plan, Plan), plan
         enabled[name] = {
             s.after["name"]
             for s in plan.of_type("aws_ecs_service")
@@ -347,13 +346,7 @@ def test_ecs_exec_is_off_unless_asked_and_only_the_uis_can_be_tunnelled_into(
         "production": set(),
         "tunnel": {"mlflow", "prefect-server", "evidently", "grafana"},
     }
-    (config,) = [
-        r
-        for r in planned["tunnel"].raw["configuration"]["root_module"]["resources"]
-        if r["address"] == "data.aws_iam_policy_document.tunnel_operator"
-    ]
-    statements = config["expressions"]["statement"]
-    actions = {a for s in statements for a in s["actions"]["constant_value"]}
+    actions = _document_actions(planned["tunnel"], "data.aws_iam_policy_document.tunnel_operator")
     assert actions == {
         "ecs:ListTasks",
         "ecs:DescribeTasks",
@@ -363,10 +356,6 @@ def test_ecs_exec_is_off_unless_asked_and_only_the_uis_can_be_tunnelled_into(
     }
     # Its one document (AWS-StartPortForwardingSession) is in the resource ARNs, which
     # name the cluster and so are known only after apply: the actions above hold no shell.
-
-
-def _as_list(value: Any) -> list:
-    return value if isinstance(value, list) else [value]
 
 
 def test_exec_sessions_are_encrypted_and_logged(plan: Plan) -> None:
@@ -379,12 +368,11 @@ def test_exec_sessions_are_encrypted_and_logged(plan: Plan) -> None:
     assert cluster.unknown["configuration"][0]["execute_command_configuration"][0]["kms_key_id"]
 
 
-def test_container_insights_is_a_variable(planned: dict[str, Plan | RuntimeError]) -> None:
+def test_container_insights_is_a_variable(planned: Plans) -> None:
     """On by default (its performance logs in a group with retention and the key), off in
     the minimal profile's setting."""
     for name, value in (("production", "enabled"), ("tunnel", "disabled")):
         plan = planned[name]
-        assert isinstance(plan, Plan), plan
         (cluster,) = plan.of_type("aws_ecs_cluster")
         assert cluster.after["setting"] == [{"name": "containerInsights", "value": value}]
         groups = [
@@ -494,12 +482,11 @@ def test_the_database_admits_its_clients_and_efs_only_evidently(plan: Plan) -> N
 
 
 def test_the_secrets_manager_endpoint_admits_every_task(
-    planned: dict[str, Plan | RuntimeError],
+    planned: Plans,
 ) -> None:
     """H1: with private DNS on, every task resolves Secrets Manager to the endpoint and
     fetches its secrets through it: its group must admit theirs, not only the Lambda's."""
     plan = planned["development"]
-    assert isinstance(plan, Plan), plan
     (endpoint,) = plan.of_type("aws_vpc_endpoint")
     assert endpoint.after["private_dns_enabled"] is True
     (group,) = (g for g in plan.of_type("aws_security_group") if g.name == "endpoint")
@@ -534,14 +521,12 @@ def _document_actions(plan: Plan, address: str) -> set[str]:
     }
 
 
-def test_github_roles_trust_one_exact_subject_each(planned: dict[str, Plan | RuntimeError]) -> None:
+def test_github_roles_trust_one_exact_subject_each(planned: Plans) -> None:
     """M8: plan on pull requests (read only), push from main, apply in the environment."""
     production = planned["production"]
-    assert isinstance(production, Plan), production
     assert not list(production.of_type("aws_iam_openid_connect_provider"))
     assert not [r for r in production.of_type("aws_iam_role") if r.name == "github"]
     plan = planned["tunnel"]
-    assert isinstance(plan, Plan), plan
     subjects = {}
     for role in (r for r in plan.of_type("aws_iam_role") if r.name == "github"):
         (statement,) = json.loads(role.after["assume_role_policy"])["Statement"]
@@ -580,58 +565,60 @@ def altered(plan: Plan, change: Any) -> Plan:
     return Plan(raw)
 
 
-def test_a_forward_without_sign_in_is_found(production: Plan) -> None:
-    def drop_sign_in(after: dict) -> None:
-        rule = after['module.alb.aws_lb_listener_rule.ui["mlflow"]']
-        rule["action"] = [a for a in rule["action"] if a["type"] == "forward"]
-
-    assert unauthenticated_forwards(altered(production, drop_sign_in)) == [
-        'module.alb.aws_lb_listener_rule.ui["mlflow"] forwards to churnops-emu-mlflow'
-        " on public module.alb.aws_lb.this"
-    ]
-
-
-def test_a_forward_without_sign_in_on_an_internal_load_balancer_is_allowed(
-    production: Plan,
+def _drop_sign_in(
+    after: dict, prefix: str = 'module.alb.aws_lb_listener_rule.ui["mlflow"]'
 ) -> None:
-    def internal_without_sign_in(after: dict) -> None:
-        after["module.alb.aws_lb.this"]["internal"] = True
-        for key, value in after.items():
-            if key.startswith("module.alb.aws_lb_listener_rule.ui"):
-                value["action"] = [a for a in value["action"] if a["type"] == "forward"]
-
-    assert unauthenticated_forwards(altered(production, internal_without_sign_in)) == []
+    for key, value in after.items():
+        if key.startswith(prefix):
+            value["action"] = [a for a in value["action"] if a["type"] == "forward"]
 
 
-def test_open_ingress_to_another_port_is_found(production: Plan) -> None:
-    def open_mlflow(after: dict) -> None:
-        group = after['module.ecs.aws_security_group.service["mlflow"]']
-        group["ingress"] = [
-            {"cidr_blocks": ["0.0.0.0/0"], "from_port": 5000, "to_port": 5000, "protocol": "tcp"}
-        ]
+def _internal_without_sign_in(after: dict) -> None:
+    after["module.alb.aws_lb.this"]["internal"] = True
+    _drop_sign_in(after, "module.alb.aws_lb_listener_rule.ui")
 
-    assert ingress_violations(altered(production, open_mlflow)) == [
-        'module.ecs.aws_security_group.service["mlflow"]: tcp 5000-5000 from anywhere'
+
+def _open_mlflow(after: dict) -> None:
+    group = after['module.ecs.aws_security_group.service["mlflow"]']
+    group["ingress"] = [
+        {"cidr_blocks": ["0.0.0.0/0"], "from_port": 5000, "to_port": 5000, "protocol": "tcp"}
     ]
 
 
-def test_open_443_without_an_https_listener_is_found(production: Plan) -> None:
-    def plain_http(after: dict) -> None:
-        listener = after["module.alb.aws_lb_listener.https[0]"]
-        listener["protocol"] = "HTTP"
-
-    assert ingress_violations(altered(production, plain_http)) == [
-        "module.alb.aws_security_group.alb: tcp 443-443 from anywhere"
-    ]
-
-
-def test_a_lambda_outside_the_vpc_is_found(production: Plan) -> None:
-    def no_vpc(after: dict) -> None:
-        after["module.lambda.aws_lambda_function.this"]["vpc_config"] = []
-
-    assert lambdas_outside_the_vpc(altered(production, no_vpc)) == [
-        "module.lambda.aws_lambda_function.this"
-    ]
+@pytest.mark.parametrize(
+    ("checker", "change", "found"),
+    [
+        (
+            unauthenticated_forwards,
+            _drop_sign_in,
+            [
+                'module.alb.aws_lb_listener_rule.ui["mlflow"] forwards to churnops-emu-mlflow'
+                " on public module.alb.aws_lb.this"
+            ],
+        ),
+        (unauthenticated_forwards, _internal_without_sign_in, []),  # internal: allowed
+        (
+            ingress_violations,
+            _open_mlflow,
+            ['module.ecs.aws_security_group.service["mlflow"]: tcp 5000-5000 from anywhere'],
+        ),
+        (
+            ingress_violations,  # 443 open without an HTTPS listener
+            lambda after: after["module.alb.aws_lb_listener.https[0]"].update(protocol="HTTP"),
+            ["module.alb.aws_security_group.alb: tcp 443-443 from anywhere"],
+        ),
+        (
+            lambdas_outside_the_vpc,
+            lambda after: after["module.lambda.aws_lambda_function.this"].update(vpc_config=[]),
+            ["module.lambda.aws_lambda_function.this"],
+        ),
+    ],
+    ids=["forward-without-sign-in", "internal-lb", "open-5000", "443-plain-http", "lambda-no-vpc"],
+)
+def test_the_checkers_find_what_an_altered_plan_breaks(
+    production: Plan, checker: Any, change: Any, found: list[str]
+) -> None:
+    assert checker(altered(production, change)) == found
 
 
 # --- the runners' autoscaling (moto cannot apply it: no ListTagsForResource) ---------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -121,42 +122,34 @@ def stubbed_ecs(exit_code: int | None, task: dict = TASK) -> tuple[object, Stubb
     return ecs, stubber
 
 
-def test_the_deployments_are_registered_by_a_one_off_task_in_the_vpc(
-    tmp_path: Path, capsys
+@pytest.mark.parametrize(
+    ("step", "task", "what", "log"),
+    [
+        (post_apply.register_deployments, TASK, "registering the deployments", "worker"),
+        # M3: the task db-init with its own command (no override), network and roles.
+        (
+            post_apply.bootstrap_database,
+            OUTPUTS["db_bootstrap_task"]["value"],
+            "bootstrapping the database",
+            "db-init",
+        ),
+    ],
+    ids=["deployments", "database"],
+)
+@pytest.mark.parametrize("exit_code", [0, 1, None])
+def test_a_one_off_task_in_the_vpc_that_does_not_exit_0_fails_the_apply_naming_its_log(
+    tmp_path: Path, capsys, step: Any, task: dict, what: str, log: str, exit_code: int | None
 ) -> None:
     out = post_apply.load_outputs(str(write_outputs(tmp_path)))
-    ecs, stubber = stubbed_ecs(exit_code=0)
-    assert post_apply.register_deployments(out, ecs=ecs, poll=0) == TASK_ARN
-    stubber.assert_no_pending_responses()
-    assert "registering the deployments: done" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("exit_code", [1, None])
-def test_a_registration_that_does_not_exit_0_fails_the_apply(
-    tmp_path: Path, exit_code: int | None
-) -> None:
-    out = post_apply.load_outputs(str(write_outputs(tmp_path)))
-    ecs, _ = stubbed_ecs(exit_code=exit_code)
-    with pytest.raises(SystemExit, match="registering the deployments failed") as failure:
-        post_apply.register_deployments(out, ecs=ecs, poll=0)
-    assert "/ecs/churnops-stg/worker" in str(failure.value)
-
-
-def test_the_database_is_bootstrapped_by_its_own_one_off_task(tmp_path: Path, capsys) -> None:
-    """M3: the task db-init with its own command (no override), network and roles."""
-    out = post_apply.load_outputs(str(write_outputs(tmp_path)))
-    ecs, stubber = stubbed_ecs(exit_code=0, task=OUTPUTS["db_bootstrap_task"]["value"])
-    assert post_apply.bootstrap_database(out, ecs=ecs, poll=0) == TASK_ARN
-    stubber.assert_no_pending_responses()
-    assert "bootstrapping the database: done" in capsys.readouterr().out
-
-
-def test_a_failed_bootstrap_fails_the_apply_naming_its_log(tmp_path: Path) -> None:
-    out = post_apply.load_outputs(str(write_outputs(tmp_path)))
-    ecs, _ = stubbed_ecs(exit_code=1, task=OUTPUTS["db_bootstrap_task"]["value"])
-    with pytest.raises(SystemExit, match="bootstrapping the database failed") as failure:
-        post_apply.bootstrap_database(out, ecs=ecs, poll=0)
-    assert "/ecs/churnops-stg/db-init" in str(failure.value)
+    ecs, stubber = stubbed_ecs(exit_code, task)
+    if exit_code == 0:
+        assert step(out, ecs=ecs, poll=0) == TASK_ARN
+        stubber.assert_no_pending_responses()
+        assert f"{what}: done" in capsys.readouterr().out
+        return
+    with pytest.raises(SystemExit, match=f"{what} failed") as failure:
+        step(out, ecs=ecs, poll=0)
+    assert f"/ecs/churnops-stg/{log}" in str(failure.value)
 
 
 def test_make_apply_bootstraps_the_database_before_it_waits_for_the_services() -> None:

@@ -41,20 +41,8 @@ def test_terraform_validate(terraform_bin: str, tf_env: dict[str, str], tmp_path
 def test_checkov_has_no_failed_check() -> None:
     checkov = Path(sys.executable).parent / "checkov"
     assert checkov.exists(), "checkov is missing from the virtualenv (pipenv install --dev)"
-    result = run(
-        [
-            str(checkov),
-            "-d",
-            str(TERRAFORM_DIR),
-            "--framework",
-            "terraform",
-            "-o",
-            "json",
-            "--quiet",
-            "--compact",
-            "--skip-download",
-        ],
-    )
+    flags = ["--framework", "terraform", "-o", "json", "--quiet", "--compact", "--skip-download"]
+    result = run([str(checkov), "-d", str(TERRAFORM_DIR), *flags])
     reports = json.loads(result.stdout or "[]")
     reports = reports if isinstance(reports, list) else [reports]
     failed = [
@@ -109,17 +97,16 @@ def test_scripts_compile() -> None:
         py_compile.compile(str(script), doraise=True)
 
 
-def test_cli_config_uses_mirror_from_env(tmp_path: Path, monkeypatch) -> None:
+def test_cli_config_uses_the_mirror_from_env_or_installs_directly(
+    tmp_path: Path, monkeypatch
+) -> None:
     mirror = tmp_path / "mirror"
     (mirror / "registry.terraform.io" / "hashicorp" / "aws").mkdir(parents=True)
     monkeypatch.setenv("TF_PLUGIN_MIRROR", str(mirror))
     text = tf_local.write_cli_config(tmp_path / "cli.rc").read_text()
     assert f'path    = "{mirror}"' in text
     assert "filesystem_mirror" in text
-
-
-def test_cli_config_without_mirror_installs_directly(monkeypatch) -> None:
-    monkeypatch.delenv("TF_PLUGIN_MIRROR", raising=False)
+    monkeypatch.delenv("TF_PLUGIN_MIRROR")
     monkeypatch.setattr(tf_local, "MIRROR_ROOTS", ())
     assert tf_local.find_mirror() is None
     assert "direct {}" in tf_local.cli_config_text(None)

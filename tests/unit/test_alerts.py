@@ -51,19 +51,17 @@ def test_nothing_crossed(settings: Settings) -> None:
         build_alert("a.csv", "M", 1, a, result(0.5))
 
 
-def test_drift_only(settings: Settings) -> None:
+def test_drift_only_or_low_scores_only(settings: Settings) -> None:
     a = assess(result(0.64), settings.monitoring)
     assert a.drift and not a.low_scores
     assert a.summary == "drift"
-
-
-def test_low_scores(settings: Settings) -> None:
-    a = assess(
-        result(0.1, {**GOOD, "f1": 0.5, "recall": 0.69, "roc_auc": 0.1}), settings.monitoring
-    )
+    low = {**GOOD, "f1": 0.5, "recall": 0.69, "roc_auc": 0.1}
+    a = assess(result(0.1, low), settings.monitoring)
     assert not a.drift
     assert a.low_scores == [LowScore("f1", 0.5, 0.7), LowScore("recall", 0.69, 0.7)]
     assert a.summary == "low scores"
+    both = Assessment(0.9, 0.5, True, [LowScore("f1", 0.1, 0.7)])
+    assert both.summary == "drift + low scores"
 
 
 def test_thresholds_come_from_settings(tmp_path: Path) -> None:
@@ -119,16 +117,11 @@ def test_subject_is_short_ascii(settings: Settings) -> None:
     assert name in alert.body
 
 
-def test_missing_report_link(settings: Settings) -> None:
+def test_log_only_when_no_channel_is_configured(settings: Settings) -> None:
     res = result(0.9)
     res.report_url = None
     alert = build_alert("a.csv", "M", 1, assess(res, settings.monitoring), res)
     assert "Evidently report: not available" in alert.body
-
-
-def test_log_only_when_no_channel_is_configured(settings: Settings) -> None:
-    res = result(0.9)
-    alert = build_alert("a.csv", "M", 1, assess(res, settings.monitoring), res)
     assert send_alert(alert, settings.alerts) == ["log"]
     assert send_alert(alert, settings.alerts) == ["log"]
     text = settings.alerts.alert_log.read_text()
@@ -145,8 +138,3 @@ def test_bad_topic_arn_is_reported(settings: Settings) -> None:
     assert err.value.delivered == ["log"]
     assert list(err.value.failures) == ["sns"]
     assert alert.subject in settings.alerts.alert_log.read_text()
-
-
-def test_assessment_summary() -> None:
-    a = Assessment(0.9, 0.5, True, [LowScore("f1", 0.1, 0.7)])
-    assert a.summary == "drift + low scores"

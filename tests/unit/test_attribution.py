@@ -38,12 +38,11 @@ def test_the_same_importances_give_ndcg_1_and_no_move() -> None:
     assert [f.feature for f in drift.features] == list(REFERENCE)
     assert [f.rank for f in drift.features] == [1, 2, 3, 4, 5]
     assert "same order" in drift.summary()
-
-
-def test_scaled_importances_keep_the_order() -> None:
-    """Only the order counts: a file where everything matters twice as much has not moved."""
+    # Only the order counts: a file where everything matters twice as much has not moved.
     drift = compare(REFERENCE, {f: 2 * v for f, v in REFERENCE.items()}, rows=1, reference_rows=1)
     assert drift.ndcg == 1.0 and drift.movers == ()
+    with pytest.raises(ValueError, match="different features"):
+        compare(REFERENCE, {"status": 1.0}, rows=1, reference_rows=1)
 
 
 def test_a_feature_rising_to_the_top_lowers_ndcg_and_is_the_biggest_mover() -> None:
@@ -87,11 +86,6 @@ def test_ties_keep_the_reference_order() -> None:
     drift = compare(REFERENCE, current, rows=1, reference_rows=1)
     assert [f.feature for f in drift.features[-2:]] == ["age", "tariff"]
     assert drift.movers == ()
-
-
-def test_different_features_are_refused() -> None:
-    with pytest.raises(ValueError, match="different features"):
-        compare(REFERENCE, {"status": 1.0}, rows=1, reference_rows=1)
 
 
 @pytest.mark.parametrize(
@@ -232,30 +226,19 @@ def test_metric_rows_carry_a_value_and_rank_per_feature_and_the_ndcg() -> None:
     assert not [r for r in metric_rows(result(None)) if r["metric"].startswith("attribution")]
 
 
-def test_the_ndcg_threshold_is_stored_only_when_set() -> None:
-    assert ATTRIBUTION_NDCG not in get_settings().monitoring.alert_thresholds
-    assert (
-        get_settings(min_attribution_ndcg=0.95).monitoring.alert_thresholds[ATTRIBUTION_NDCG]
-        == 0.95
-    )
-
-
-def test_the_env_variable_sets_the_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_minimum_is_set_by_its_variable_and_stored_and_judged_only_when_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unset = get_settings(churnops_home=tmp_path).monitoring
+    assert ATTRIBUTION_NDCG not in unset.alert_thresholds
+    assert not assess(result(), unset).needs_alert
+    loose = get_settings(churnops_home=tmp_path, min_attribution_ndcg=0.5).monitoring
+    assert loose.alert_thresholds[ATTRIBUTION_NDCG] == 0.5
+    assert not assess(result(), loose).needs_alert
     monkeypatch.setenv("MIN_ATTRIBUTION_NDCG", "0.9")
     monkeypatch.setenv("ATTRIBUTION_SAMPLE_ROWS", "0")
-    settings = get_settings()
-    assert (
-        settings.monitoring.min_attribution_ndcg,
-        settings.monitoring.attribution_sample_rows,
-    ) == (0.9, 0)
-
-
-def test_no_alert_on_attribution_unless_a_minimum_is_set(tmp_path: Path) -> None:
-    assert not assess(result(), get_settings(churnops_home=tmp_path).monitoring).needs_alert
-    loose = assess(
-        result(), get_settings(churnops_home=tmp_path, min_attribution_ndcg=0.5).monitoring
-    )
-    assert not loose.needs_alert
+    from_env = get_settings().monitoring
+    assert (from_env.min_attribution_ndcg, from_env.attribution_sample_rows) == (0.9, 0)
 
 
 def test_the_alert_names_the_biggest_movers(tmp_path: Path) -> None:
@@ -267,9 +250,7 @@ def test_the_alert_names_the_biggest_movers(tmp_path: Path) -> None:
     assert f"NDCG {MOVED.ndcg:.3f}" in alert.body and "alert below 0.990" in alert.body
     assert "  - complains rose from 3rd to 1st (mean |SHAP| 0.7 -> 4)" in alert.body
     assert "status fell from 1st to 2nd" in alert.body
-    assert not assess(
-        result(None), settings.monitoring
-    ).needs_alert  # not measured: nothing to judge
+    assert not assess(result(None), settings.monitoring).needs_alert  # not measured
 
 
 def test_the_run_summary_and_its_markdown_say_the_biggest_move() -> None:

@@ -39,7 +39,6 @@ class FakePrefect:
     """Just enough of the Prefect 3 REST API: deployment by name, create_flow_run."""
 
     deployment_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    deployment_exists: bool = True
     requests: list[dict[str, Any]] = field(default_factory=list)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by idempotency key
     failures: list[int] = field(default_factory=list)  # statuses of the next answers
@@ -65,8 +64,6 @@ class FakePrefect:
 
     def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         if method == "GET" and path == f"/api/deployments/name/{DEPLOYMENT}":
-            if not self.deployment_exists:
-                return 404, {"detail": "Deployment not found"}
             return 200, {"id": self.deployment_id, "name": "churnops"}
         if method == "POST" and path == f"/api/deployments/{self.deployment_id}/create_flow_run":
             key = body["idempotency_key"]
@@ -354,31 +351,8 @@ def test_other_events_are_skipped(
     assert prefect.requests == []
 
 
-# --- duplicates and the deployment cache ---------------------------------------------------
-def test_a_duplicate_event_returns_the_existing_run(
-    handler: ModuleType, prefect: FakePrefect
-) -> None:
-    first = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"][0]
-    again = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"][0]
-
-    assert first["status"] == "created"
-    assert again["status"] == "skipped"
-    assert again["flow_run_id"] == first["flow_run_id"]
-    assert again["reason"].startswith("duplicate event")
-    assert len(prefect.runs) == 1
-
-
-def test_a_new_upload_of_the_same_key_is_a_new_run(
-    handler: ModuleType, prefect: FakePrefect
-) -> None:
-    results = handler.lambda_handler(
-        event(record("data/input/a.csv", "0061"), record("data/input/a.csv", "0062")), None
-    )["results"]
-
-    assert [r["status"] for r in results] == ["created", "created"]
-    assert results[0]["flow_run_id"] != results[1]["flow_run_id"]
-
-
+# --- the deployment cache (duplicates, a recreated or missing deployment: against real
+# Prefect in tests/integration/test_lambda_prefect.py) ------------------------------------
 def test_the_deployment_is_looked_up_once_while_warm(
     handler: ModuleType, prefect: FakePrefect
 ) -> None:
@@ -387,31 +361,6 @@ def test_the_deployment_is_looked_up_once_while_warm(
 
     assert len(prefect.gets()) == 1
     assert len(prefect.posts()) == 2
-
-
-def test_a_recreated_deployment_is_looked_up_again(
-    handler: ModuleType, prefect: FakePrefect
-) -> None:
-    handler.lambda_handler(event(record("data/input/a.csv")), None)
-    prefect.deployment_id = str(uuid.uuid4())
-
-    [outcome] = handler.lambda_handler(event(record("data/input/b.csv")), None)["results"]
-
-    assert outcome["status"] == "created"
-    assert len(prefect.gets()) == 2
-    assert (
-        prefect.posts()[-1]["path"] == f"/api/deployments/{prefect.deployment_id}/create_flow_run"
-    )
-
-
-def test_a_missing_deployment_fails_the_record(handler: ModuleType, prefect: FakePrefect) -> None:
-    prefect.deployment_exists = False
-
-    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
-
-    assert outcome["status"] == "failed"
-    assert f"deployment '{DEPLOYMENT}' not found" in outcome["reason"]
-    assert prefect.posts() == []
 
 
 # --- Prefect errors -----------------------------------------------------------------------
@@ -590,6 +539,14 @@ def test_the_deployment_name_comes_from_the_environment(
         ({"eventSource": "aws:s3"}, "the record has no 's3' section"),
         ({"s3": {"bucket": {"name": BUCKET}, "object": {}}}, "no s3.object.key"),
         ("not a record", "the record has no 's3' section"),
+        (
+            {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": BUCKET}, "object": {"key": "data/input/b.csv"}},
+            },
+            "cannot deduplicate",  # neither versionId nor sequencer
+        ),
     ],
 )
 def test_a_malformed_record_fails_alone(
@@ -600,19 +557,7 @@ def test_a_malformed_record_fails_alone(
     assert results[0]["status"] == "failed"
     assert reason in results[0]["reason"]
     assert results[1]["status"] == "created"
-
-
-def test_a_record_without_version_or_sequencer_fails(
-    handler: ModuleType, prefect: FakePrefect
-) -> None:
-    bare = record("data/input/a.csv")
-    del bare["s3"]["object"]["sequencer"]
-
-    [outcome] = handler.lambda_handler(event(bare), None)["results"]
-
-    assert outcome["status"] == "failed"
-    assert "cannot deduplicate" in outcome["reason"]
-    assert prefect.requests == []
+    assert len(prefect.posts()) == 1
 
 
 @pytest.mark.parametrize("bad", [{}, {"Records": "x"}, [], None])

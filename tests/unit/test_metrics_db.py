@@ -63,6 +63,8 @@ def test_tables_and_indexes_are_created_on_first_use(store: MetricsStore) -> Non
     }
     indexes = {i["name"] for i in inspector.get_indexes("run_metrics")}
     assert {"ix_run_metrics_recorded_at", "ix_run_metrics_metric_recorded_at"} <= indexes
+    with store.engine.connect() as conn:  # the migrations build exactly the declared schema
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
 
 
 def test_run_lifecycle(store: MetricsStore) -> None:
@@ -82,20 +84,25 @@ def test_run_lifecycle(store: MetricsStore) -> None:
     assert (run["rows"], run["model_version"], run["flow_run_id"]) == (1050, "3", "f-1")
     assert run["finished_at"].tzinfo is not None
     assert timedelta(0) <= run["finished_at"] - run["started_at"] < timedelta(minutes=1)
+    errored = start(store)
+    store.finish_run(errored, "errored", error="missing column 'churn'")
+    run = store.runs().set_index("id").loc[errored]
+    assert (run["status"], run["error"]) == ("errored", "missing column 'churn'")
+    assert pd.isna(run["rows"])
 
 
-def test_errored_run_keeps_the_reason(store: MetricsStore) -> None:
-    run_id = start(store)
-    store.finish_run(run_id, "errored", error="missing column 'churn'")
-    run = store.runs().iloc[0]
-    assert (run["status"], run["error"], run["rows"]) == ("errored", "missing column 'churn'", None)
-
-
-def test_bad_status_and_unknown_run_are_refused(store: MetricsStore) -> None:
+def test_what_the_store_refuses(store: MetricsStore) -> None:
     with pytest.raises(ValueError, match="finish status"):
         store.finish_run(start(store), "running")
     with pytest.raises(KeyError, match="no pipeline run"):
         store.finish_run("nope", "processed")
+    with pytest.raises(Exception, match="naive datetime"):
+        start(store, started_at=datetime(2025, 1, 1))
+    with pytest.raises(ValueError, match="need PostgreSQL"):
+        grant_read_only(store.engine, "grafana_reader", "secret")
+    with pytest.raises(IntegrityError):  # metrics need an existing run
+        store.record_result("no-such-run", result())
+    assert store.metrics().empty
 
 
 def test_record_result_writes_the_long_rows(store: MetricsStore) -> None:
@@ -116,15 +123,12 @@ def test_record_result_writes_the_long_rows(store: MetricsStore) -> None:
     flags = rows[rows["metric"] == "column_drifted"].set_index("label")["value"].to_dict()
     assert flags == {"call_failure": 1.0, "complains": 0.0, "churn_prediction": 0.0}
 
-
-def test_the_alert_thresholds_in_effect_are_stored_with_their_metrics(
-    store: MetricsStore,
-) -> None:
-    """A later change of the settings must not recolour what an earlier file was judged by."""
+    # The thresholds in effect are stored with their metrics: a later change of the
+    # settings must not recolour what an earlier file was judged by.
     strict = get_settings(drift_share_threshold=0.25, min_f1=0.9)
-    run_id = start(store)
-    store.record_result(run_id, result(), thresholds=strict.monitoring.alert_thresholds)
-    rows = store.metrics(run_id)
+    judged = start(store)
+    store.record_result(judged, result(), thresholds=strict.monitoring.alert_thresholds)
+    rows = store.metrics(judged)
     run_level = rows[rows["label"].isna()].set_index("metric")["threshold"]
     assert run_level["drifted_share"] == 0.25
     assert run_level["f1"] == 0.9
@@ -145,17 +149,6 @@ def test_quality_is_written_by_name_and_absent_when_unlabeled(store: MetricsStor
     assert {r.run_id for r in rows} == {labeled}
 
 
-def test_metrics_need_an_existing_run(store: MetricsStore) -> None:
-    with pytest.raises(IntegrityError):
-        store.record_result("no-such-run", result())
-    assert store.metrics().empty
-
-
-def test_naive_datetimes_are_refused(store: MetricsStore) -> None:
-    with pytest.raises(Exception, match="naive datetime"):
-        start(store, started_at=datetime(2025, 1, 1))
-
-
 def test_from_settings_uses_a_sqlite_file_under_home(tmp_path: Path) -> None:
     store = MetricsStore.from_settings(
         get_settings(churnops_home=tmp_path, database_url=None).monitoring
@@ -163,17 +156,6 @@ def test_from_settings_uses_a_sqlite_file_under_home(tmp_path: Path) -> None:
     start(store)
     assert (tmp_path / "metrics.db").is_file()
     assert len(store.runs()) == 1
-
-
-def test_grant_read_only_refuses_sqlite(store: MetricsStore) -> None:
-    with pytest.raises(ValueError, match="need PostgreSQL"):
-        grant_read_only(store.engine, "grafana_reader", "secret")
-
-
-def test_migrations_build_exactly_the_declared_schema(store: MetricsStore) -> None:
-    with store.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), metadata)
-    assert diff == []
 
 
 def test_a_database_from_before_migrations_is_upgraded_in_place(tmp_path: Path) -> None:

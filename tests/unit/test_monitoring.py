@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import numpy as np
@@ -90,48 +91,46 @@ def test_prediction_drift_is_reported_but_not_counted_in_the_share() -> None:
     assert (result.drifted_count, result.drifted_share) == (0, 0.0)
 
 
-def test_unlabeled_file_gets_drift_and_no_quality() -> None:
+def test_unlabeled_file_gets_drift_and_no_quality_one_class_no_roc_auc() -> None:
     result = extract(frame(0, 0.0), frame(1, 3.0).drop(columns="churn"))
     assert result.quality == {}
     assert result.drifted_count == 1
-
-
-def test_single_class_file_leaves_out_the_undefined_roc_auc() -> None:
+    # A single-class file leaves out the undefined ROC AUC.
     result = extract(frame(0, 0.0), frame(1, 0.0, positive_rate=0.0))
     assert "roc_auc" not in result.quality
     assert set(result.quality) == {"f1", "precision", "recall", "accuracy"}
 
 
 @pytest.mark.parametrize(
-    ("frame_name", "drop", "message"),
+    ("frame_name", "change", "message"),
     [
-        ("current", PROBABILITY, "current data lacks column\\(s\\): churn_probability"),
-        ("reference", "churn", "reference data lacks column\\(s\\): churn"),
-        ("current", "shifted", "current data lacks column\\(s\\): shifted"),
+        (
+            "current",
+            lambda f: f.drop(columns=PROBABILITY),
+            "current data lacks column\\(s\\): churn_pr",
+        ),
+        (
+            "reference",
+            lambda f: f.drop(columns="churn"),
+            "reference data lacks column\\(s\\): churn",
+        ),
+        (
+            "current",
+            lambda f: f.drop(columns="shifted"),
+            "current data lacks column\\(s\\): shifted",
+        ),
+        ("current", lambda f: f.iloc[:0], "current data has no rows"),
     ],
 )
-def test_missing_columns_are_named(
-    tmp_path: Path, frame_name: str, drop: str, message: str
+def test_missing_columns_and_an_empty_file_are_named(
+    tmp_path: Path, frame_name: str, change: Any, message: str
 ) -> None:
     frames = {"reference": frame(0, 0.0), "current": frame(1, 0.0)}
-    frames[frame_name] = frames[frame_name].drop(columns=drop)
+    frames[frame_name] = change(frames[frame_name])
     with pytest.raises(ValueError, match=message):
         run_monitoring(
             frames["reference"],
             frames["current"],
-            feature_columns=FEATURES,
-            settings=get_settings(churnops_home=tmp_path),
-            file_name="f.csv",
-            model_version="1",
-            model_name="m",
-        )
-
-
-def test_empty_current_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="current data has no rows"):
-        run_monitoring(
-            frame(0, 0.0),
-            frame(1, 0.0).iloc[:0],
             feature_columns=FEATURES,
             settings=get_settings(churnops_home=tmp_path),
             file_name="f.csv",

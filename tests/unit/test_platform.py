@@ -87,7 +87,9 @@ def test_temporary_and_partial_names_are_ignored(name: str, expected: bool) -> N
     assert is_candidate(name) is expected
 
 
-def test_wait_stable_returns_only_once_the_writer_stopped(tmp_path: Path) -> None:
+def test_wait_stable_returns_only_once_the_writer_stopped_and_none_once_gone(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "growing.csv"
     path.write_bytes(b"x")
 
@@ -103,9 +105,6 @@ def test_wait_stable_returns_only_once_the_writer_stopped(tmp_path: Path) -> Non
     writer.join()
     assert stable is not None and stable.st_size == path.stat().st_size == 801
     assert stable.st_mtime_ns == path.stat().st_mtime_ns
-
-
-def test_wait_stable_gives_none_for_a_file_that_went_away(tmp_path: Path) -> None:
     assert wait_stable(tmp_path / "gone.csv") is None
 
 
@@ -233,21 +232,6 @@ def test_a_busy_configured_port_is_named_with_the_way_out(listener_reuses_addres
     assert services.choose_port("127.0.0.1", 0, "mlflow_port") > 0
 
 
-def test_a_second_platform_on_the_same_home_is_refused(tmp_path: Path) -> None:
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        (tmp_path / services.PID_FILE).write_text(str(other.pid))
-        with pytest.raises(services.PlatformError, match=f"already runs on .*pid {other.pid}"):
-            services.take_pid_file(tmp_path)
-    finally:
-        other.kill()
-        other.wait()
-    # the owner is gone: the stale PID file is replaced
-    assert services.take_pid_file(tmp_path).read_text() == str(os.getpid())
-    services.release_files(tmp_path)
-    assert not (tmp_path / services.PID_FILE).exists()
-
-
 def test_stopping_a_service_takes_its_whole_process_group(tmp_path: Path) -> None:
     script = (
         "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
@@ -268,55 +252,28 @@ def test_stopping_a_service_takes_its_whole_process_group(tmp_path: Path) -> Non
 
 
 def test_simulation_script_uploads_every_file_but_the_training_one(tmp_path: Path) -> None:
+    def simulate(data: Path) -> subprocess.CompletedProcess:
+        env = dict(os.environ, CHURNOPS_HOME=str(tmp_path / "home"), DROP_STORAGE="local")
+        env.pop("LOCAL_DROP_DIR", None)
+        script = str(ROOT / "upload_simulation_script.py")
+        arguments = ["--interval", "0", "--data-dir", str(data), "--target", "local"]
+        command = [sys.executable, script, *arguments]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    missing = simulate(tmp_path / "nope")
+    assert missing.returncode == 1
+    assert "nope is not a folder" in missing.stderr
     data = tmp_path / "data"
     data.mkdir()
     for name in ("customer_churn_0.csv", "customer_churn_1.csv", "customer_churn_2_x.csv"):
         (data / name).write_text("a\n1\n")
-    env = dict(os.environ, CHURNOPS_HOME=str(tmp_path / "home"), DROP_STORAGE="local")
-    env.pop("LOCAL_DROP_DIR", None)
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "upload_simulation_script.py"),
-            "--interval",
-            "0",
-            "--data-dir",
-            str(data),
-            "--target",
-            "local",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    done = simulate(data)
     assert done.returncode == 0, done.stderr
     inbox = tmp_path / "home" / "drop" / "data" / "input"
     assert sorted(p.name for p in inbox.iterdir()) == [
         "customer_churn_1.csv",
         "customer_churn_2_x.csv",
     ]
-
-
-def test_simulation_script_names_a_missing_data_folder(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "upload_simulation_script.py"),
-            "--data-dir",
-            str(tmp_path / "nope"),
-            "--target",
-            "local",
-        ],
-        env=dict(os.environ, CHURNOPS_HOME=str(tmp_path)),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert done.returncode == 1
-    assert "nope is not a folder" in done.stderr
 
 
 def _tcp_states(port: int) -> set[str]:
@@ -486,6 +443,8 @@ def test_a_second_up_on_the_same_home_says_so_in_one_line(tmp_path: Path) -> Non
         state = json.dumps({"pid": other.pid, "drop_dir": "-", "services": {}})
         (tmp_path / services.STATE_FILE).write_text(state)
         code, lines = _run_up(tmp_path)
+        with pytest.raises(services.PlatformError, match=f"already runs on .*pid {other.pid}"):
+            services.take_pid_file(tmp_path)
     finally:
         other.kill()
         other.wait()
@@ -496,6 +455,10 @@ def test_a_second_up_on_the_same_home_says_so_in_one_line(tmp_path: Path) -> Non
     # the running platform's files are its own
     assert (tmp_path / services.PID_FILE).read_text() == str(other.pid)
     assert (tmp_path / services.STATE_FILE).read_text() == state
+    # the owner is gone: the stale PID file is replaced
+    assert services.take_pid_file(tmp_path).read_text() == str(os.getpid())
+    services.release_files(tmp_path)
+    assert not (tmp_path / services.PID_FILE).exists()
 
 
 def test_a_start_up_error_is_one_line_and_leaves_no_files(tmp_path: Path) -> None:

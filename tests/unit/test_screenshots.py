@@ -63,22 +63,12 @@ def test_chromium_is_found_on_the_path(fake_chromium: Path) -> None:
     assert os.access(found, os.X_OK)
 
 
-def test_no_chromium_on_the_path_names_the_debian_package(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no chromium
-    with pytest.raises(shots.ScreenshotError) as raised:
-        shots.find_chromium()
-    message = str(raised.value)
-    assert "`chromium` is not on the PATH" in message
-    assert "Debian's package `chromium`" in message
-    assert "apt-get install -y chromium" in message
-
-
-def test_the_command_fails_before_anything_else_without_chromium(
+def test_without_chromium_the_command_names_the_debian_package_before_anything_else(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no chromium
+    with pytest.raises(shots.ScreenshotError, match="Debian's package `chromium`"):
+        shots.find_chromium()
     monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path / "home"))
     assert shots.main(["--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
@@ -123,30 +113,20 @@ def test_the_chromium_command_is_headless_with_the_fixed_window(tmp_path: Path) 
     assert "--virtual-time-budget=45000" in longer
 
 
-def test_page_urls() -> None:
-    run = "4e73eaad-587f-465b-a594-bb32855745c7"
-    assert (
-        shots.prefect_flow_run_url("http://127.0.0.1:4200/", run)
-        == f"http://127.0.0.1:4200/runs/flow-run/{run}"
-    )
-    assert (
-        shots.mlflow_model_version_url("http://127.0.0.1:5000", "XGBoostChurnModel", "3")
-        == "http://127.0.0.1:5000/#/models/XGBoostChurnModel/versions/3"
-    )
-    assert (
-        shots.mlflow_model_version_url("http://m", "churn model/a", "1")
-        == "http://m/#/models/churn%20model%2Fa/versions/1"
-    )
-    assert shots.evidently_report_url("http://127.0.0.1:8000", "p1", "s2") == (
-        "http://127.0.0.1:8000/projects/p1/reports/s2"
-    )
-
-
-def test_the_report_page_is_a_file_url(tmp_path: Path) -> None:
-    page = tmp_path / "my report" / "report.html"
-    url = shots.file_url(page)
-    assert url.startswith("file:///")
-    assert url.endswith("/my%20report/report.html")
+def test_page_urls(tmp_path: Path) -> None:
+    assert [
+        shots.prefect_flow_run_url("http://127.0.0.1:4200/", "4e73"),
+        shots.mlflow_model_version_url("http://127.0.0.1:5000", "XGBoostChurnModel", "3"),
+        shots.mlflow_model_version_url("http://m", "churn model/a", "1"),
+        shots.evidently_report_url("http://127.0.0.1:8000", "p1", "s2"),
+    ] == [
+        "http://127.0.0.1:4200/runs/flow-run/4e73",
+        "http://127.0.0.1:5000/#/models/XGBoostChurnModel/versions/3",
+        "http://m/#/models/churn%20model%2Fa/versions/1",
+        "http://127.0.0.1:8000/projects/p1/reports/s2",
+    ]
+    url = shots.file_url(tmp_path / "my report" / "report.html")  # the report page
+    assert url.startswith("file:///") and url.endswith("/my%20report/report.html")
 
 
 def test_a_dropped_copy_gets_a_new_name_each_second() -> None:
@@ -218,25 +198,18 @@ def _run(run_id: str, key: str, state: str, message: str, end: str | None) -> di
 
 
 def test_the_latest_processed_run_is_picked_not_an_errored_or_skipped_one() -> None:
+    done = "COMPLETED"
     runs = [
-        _run(
-            "a", "data/input/old.csv", "COMPLETED", "processed: 0 drifted", "2026-11-27T06:00:00Z"
-        ),
-        _run(
-            "b",
-            "data/input/bad.csv",
-            "COMPLETED",
-            "errored: no column churn",
-            "2026-11-27T08:00:00Z",
-        ),
+        _run("a", "data/input/old.csv", done, "processed: 0 drifted", "2026-11-27T06:00:00Z"),
+        _run("b", "data/input/bad.csv", done, "errored: no column churn", "2026-11-27T08:00:00Z"),
         _run(
             "c",
             "data/processing/20261127T070000Z-1a2b3c4d/new.csv",
-            "COMPLETED",
+            done,
             "processed: drifted 7 columns",
             "2026-11-27T07:00:00Z",
         ),
-        _run("d", "data/input/dup.csv", "COMPLETED", "skipped: taken", "2026-11-27T09:00:00Z"),
+        _run("d", "data/input/dup.csv", done, "skipped: taken", "2026-11-27T09:00:00Z"),
         _run("e", "data/input/down.csv", "FAILED", "failed: MLflow down", "2026-11-27T10:00:00Z"),
         _run("f", "data/input/now.csv", "RUNNING", "", None),
     ]
@@ -262,19 +235,21 @@ def test_the_prefect_filter_asks_for_the_pipeline_deployment() -> None:
     waiting = shots.flow_run_filter("f/d", completed_only=False, limit=50)
     assert "flow_runs" not in waiting
     assert waiting["sort"] == "EXPECTED_START_TIME_DESC"
+    rejected = shots.flow_run_filter("f/d", completed_only=False, limit=1, state_name="Rejected")
+    assert rejected["flow_runs"] == {"state": {"name": {"any_": ["Rejected"]}}}
+    assert shots.rejected({"state": {"type": "FAILED", "name": "Rejected"}})
+    assert not shots.rejected({"state": {"type": "FAILED", "name": "Failed"}})
 
 
 def test_the_newest_evidently_report_of_the_file_is_picked() -> None:
     reports = [
-        {"id": "1", "name": "a.csv", "timestamp": "2026-11-27T06:00:00", "metadata": {}},
-        {"id": "2", "name": "b.csv", "timestamp": "2026-11-27T09:00:00", "metadata": {}},
-        {"id": "3", "name": "a.csv", "timestamp": "2026-11-27T07:00:00", "metadata": {}},
-        {
-            "id": "4",
-            "name": None,
-            "timestamp": "2026-11-27T05:00:00",
-            "metadata": {"file_name": "c.csv"},
-        },
+        {"id": id_, "name": name, "timestamp": f"2026-11-27T0{hour}:00:00", "metadata": meta}
+        for id_, name, hour, meta in [
+            ("1", "a.csv", 6, {}),
+            ("2", "b.csv", 9, {}),
+            ("3", "a.csv", 7, {}),
+            ("4", None, 5, {"file_name": "c.csv"}),
+        ]
     ]
     assert shots.report_of(reports, "a.csv")["id"] == "3"
     assert shots.report_of(reports, "c.csv")["id"] == "4"
@@ -285,20 +260,16 @@ def test_the_report_picture_names_the_database_relative_to_the_working_folder(
     tmp_path: Path,
 ) -> None:
     settings = get_settings(churnops_home=tmp_path / "repo" / ".churnops", database_url=None)
-    assert (
-        shots.portable(settings, tmp_path / "repo").monitoring.metrics_db_url
-        == "sqlite:///.churnops/metrics.db"
-    )
-    elsewhere = tmp_path / "other"
-    assert (
-        shots.portable(settings, elsewhere).monitoring.metrics_db_url
-        == settings.monitoring.metrics_db_url
-    )
     postgres = get_settings(database_url="postgresql://u:p@db/metrics")
-    assert (
-        shots.portable(postgres, tmp_path).monitoring.metrics_db_url
-        == "postgresql://u:p@db/metrics"
-    )
+    assert [
+        shots.portable(settings, tmp_path / "repo").monitoring.metrics_db_url,
+        shots.portable(settings, tmp_path / "other").monitoring.metrics_db_url,
+        shots.portable(postgres, tmp_path).monitoring.metrics_db_url,
+    ] == [
+        "sqlite:///.churnops/metrics.db",
+        settings.monitoring.metrics_db_url,
+        "postgresql://u:p@db/metrics",
+    ]
 
 
 # --- taking a picture ---------------------------------------------------------------------------
@@ -312,10 +283,8 @@ def test_a_page_is_pictured_once_it_shows_its_texts(
     assert path == tmp_path / "out" / "m.png"
     with Image.open(path) as image:
         assert image.size == (1400, 900)
-    calls = fake_chromium.read_text().splitlines()
-    assert len(calls) == 1  # one load gives the picture and the DOM
-    assert "--dump-dom" in calls[0]
-    assert "--screenshot=" in calls[0]
+    (call,) = fake_chromium.read_text().splitlines()  # one load: the picture and the DOM
+    assert "--dump-dom" in call and "--screenshot=" in call
     assert not said
 
 
@@ -327,14 +296,8 @@ def test_a_page_that_stays_blank_fails_after_a_longer_try(
     shot = shots.Shot("p.png", "http://p/runs/flow-run/1", ("new.csv", "Completed"))
     with pytest.raises(shots.ScreenshotError, match=r"did not show \['new.csv', 'Completed'\]"):
         shots.take(shots.find_chromium(), shot, tmp_path / "out", said.append)
-    calls = fake_chromium.read_text().splitlines()
-    assert [
-        "--virtual-time-budget=15000" in calls[0],
-        "--virtual-time-budget=45000" in calls[1],
-    ] == [
-        True,
-        True,
-    ]
+    first, second = fake_chromium.read_text().splitlines()
+    assert "--virtual-time-budget=15000" in first and "--virtual-time-budget=45000" in second
     assert len(said) == 2
     assert not (tmp_path / "out" / "p.png").exists()
 
@@ -363,12 +326,3 @@ def test_optimising_keeps_the_picture(tmp_path: Path) -> None:
         assert image.size == (1400, 900)
         assert image.convert("RGB").getpixel((700, 450)) == (250, 250, 250)
     assert list(tmp_path.iterdir()) == [png]
-
-
-def test_a_rejected_run_is_found_by_its_state_name() -> None:
-    body = shots.flow_run_filter(
-        "churn_prediction_pipeline/churnops", completed_only=False, limit=1, state_name="Rejected"
-    )
-    assert body["flow_runs"] == {"state": {"name": {"any_": ["Rejected"]}}}
-    assert shots.rejected({"state": {"type": "FAILED", "name": "Rejected"}})
-    assert not shots.rejected({"state": {"type": "FAILED", "name": "Failed"}})

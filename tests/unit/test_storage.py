@@ -7,11 +7,11 @@ import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from churnops.drop import claims
-from churnops.drop.keys import decode_event_key
 from churnops.drop.storage import (
     MAX_KEY_BYTES,
     FileLog,
@@ -53,34 +53,21 @@ def test_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["data/processing/a.csv", "input/a.csv", "data/input/", "data/input/sub/a.csv"]
-)
-def test_name_from_key_rejects_keys_outside_input(key: str) -> None:
-    with pytest.raises(ValueError, match="data/input/"):
-        name_from_key(key)
-
-
-@pytest.mark.parametrize("name", ["", "x/y.csv", ".."])
-def test_stage_key_rejects_bad_names(name: str) -> None:
-    with pytest.raises(ValueError, match="invalid file name"):
-        stage_key("input", name)
-
-
-def test_stage_key_rejects_unknown_stage() -> None:
-    with pytest.raises(ValueError, match="unknown stage 'done'"):
-        stage_key("done", "a.csv")  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("event_key", "key"),
+    ("function", "argument", "message"),
     [
-        ("data/input/march+batch.csv", "data/input/march batch.csv"),
-        ("data/input/a%2Bb.csv", "data/input/a+b.csv"),
-        ("data/input/clientes_a%C3%B1o_%C3%BC.csv", "data/input/clientes_año_ü.csv"),
+        *((name_from_key, key, "data/input/") for key in ("data/processing/a.csv", "input/a.csv")),
+        *((name_from_key, key, "data/input/") for key in ("data/input/", "data/input/sub/a.csv")),
+        *(
+            (lambda name: stage_key("input", name), n, "invalid file name")
+            for n in ("", "x/y", "..")
+        ),
+        (lambda stage: stage_key(stage, "a.csv"), "done", "unknown stage 'done'"),
     ],
 )
-def test_decode_event_key(event_key: str, key: str) -> None:
-    assert decode_event_key(event_key) == key
+def test_keys_outside_the_layout_are_refused(function: Any, argument: str, message: str) -> None:
+    """(Event keys are decoded in tests/unit/test_lambda_handler.py.)"""
+    with pytest.raises(ValueError, match=message):
+        function(argument)
 
 
 def test_open_storage_local_creates_layout(tmp_path: Path) -> None:
@@ -122,6 +109,8 @@ def test_write_read_list_exists(storage: LocalDropStorage, name: str) -> None:
     assert storage.list_keys("data/input/") == [key]
     assert storage.list_keys("data/processed/") == []
     assert not storage.exists(stage_key("processed", name))
+    with pytest.raises(FileNotFoundError):
+        storage.read(stage_key("processed", name))
 
 
 def test_list_is_a_string_prefix(storage: LocalDropStorage) -> None:
@@ -136,19 +125,17 @@ def test_list_is_a_string_prefix(storage: LocalDropStorage) -> None:
     assert len(storage.list_keys("")) == 4
 
 
-def test_read_missing_raises(storage: LocalDropStorage) -> None:
-    with pytest.raises(FileNotFoundError):
-        storage.read("data/input/none.csv")
-
-
 @pytest.mark.parametrize("key", ["/etc/passwd", "data/../../x", ""])
 def test_keys_cannot_leave_the_root(storage: LocalDropStorage, key: str) -> None:
     with pytest.raises(ValueError, match="invalid key"):
         storage.read(key)
 
 
-def test_move_creates_parents_and_never_replaces(storage: LocalDropStorage) -> None:
+def test_create_and_move_create_parents_and_never_replace(storage: LocalDropStorage) -> None:
     storage.create("data/input/a.csv", b"new")
+    with pytest.raises(ObjectExists):
+        storage.create("data/input/a.csv", b"second")
+    assert storage.list_keys("data/input/") == ["data/input/a.csv"]  # no temp file left
     storage.create("data/archive/2024/a.csv", b"old")
     with pytest.raises(ObjectExists):
         storage.move("data/input/a.csv", "data/archive/2024/a.csv")
@@ -157,14 +144,6 @@ def test_move_creates_parents_and_never_replaces(storage: LocalDropStorage) -> N
     storage.move("data/input/a.csv", "data/new/deep/a.csv")
     assert storage.read("data/new/deep/a.csv") == b"new"
     assert not storage.exists("data/input/a.csv")
-
-
-def test_create_never_replaces(storage: LocalDropStorage) -> None:
-    storage.create("data/processed/R/a.csv", b"first")
-    with pytest.raises(ObjectExists):
-        storage.create("data/processed/R/a.csv", b"second")
-    assert storage.read("data/processed/R/a.csv") == b"first"
-    assert storage.list_keys("data/processed/") == ["data/processed/R/a.csv"]  # no temp left
 
 
 def test_written_files_get_the_usual_permissions(storage: LocalDropStorage) -> None:
@@ -186,12 +165,6 @@ def test_move_of_a_changed_version_is_refused(storage: LocalDropStorage) -> None
     with pytest.raises(FileNotFoundError):
         storage.move("data/input/a.csv", "data/processing/R/a.csv", version=version)
     assert storage.read("data/input/a.csv") == b"second drop"
-
-
-def test_append_line(storage: LocalDropStorage) -> None:
-    storage.append_line("data/logs/a.csv.log", "one")
-    storage.append_line("data/logs/a.csv.log", "two\n")
-    assert storage.read("data/logs/a.csv.log") == b"one\ntwo\n"
 
 
 def test_file_log_steps(storage: LocalDropStorage) -> None:
@@ -257,7 +230,10 @@ def test_a_claim_moves_a_name_that_is_not_utf8_under_a_cut_name(
     assert os.listdir(folder) == []
 
 
-def test_file_log_message(storage: LocalDropStorage) -> None:
+def test_append_line_and_file_log_message(storage: LocalDropStorage) -> None:
+    storage.append_line("data/logs/a.csv.log", "one")
+    storage.append_line("data/logs/a.csv.log", "two\n")
+    assert storage.read("data/logs/a.csv.log") == b"one\ntwo\n"
     FileLog(storage, "R1", "a.csv").write("claim", "ok", "moved to data/processing/")
     (line,) = storage.read("data/logs/R1/a.csv.log").decode().splitlines()
     assert line.endswith(" | claim | ok |  | moved to data/processing/")
