@@ -48,6 +48,9 @@ class MonitoringResult:
     snapshot_id: str | None = None
     #: Feature-attribution drift; None when not measured (ATTRIBUTION_SAMPLE_ROWS=0).
     attribution: AttributionDrift | None = None
+    #: Seconds of the monitor step's parts ("report": Evidently's computation and plots,
+    #: "store": the snapshot's save or upload), for the file's log and the benchmark.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def drifted_columns(self) -> list[ColumnDrift]:

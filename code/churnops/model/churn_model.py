@@ -76,6 +76,7 @@ class ChurnModel(PythonModel):
         self._threshold = threshold
         self._classifier: xgb.XGBClassifier | None = None
         self._reference_path: str | None = None
+        self._reference: pd.DataFrame | None = None
 
     @classmethod
     def in_memory(
@@ -124,7 +125,7 @@ class ChurnModel(PythonModel):
         for old, new in (("features", "_features"), ("threshold", "_threshold")):
             if old in state:
                 state[new] = state.pop(old)
-        self.__dict__.update(state)
+        self.__dict__.update({"_reference": None, **state})
 
     def load_context(self, context: PythonModelContext) -> None:
         config = context.model_config or {}
@@ -200,10 +201,15 @@ class ChurnModel(PythonModel):
         return scored[PREDICTION]
 
     def reference_data(self) -> pd.DataFrame:
-        """Training rows with target and prediction: what new files are compared with."""
+        """Training rows with target and prediction: what new files are compared with.
+
+        Read once per loaded model (the registry's :class:`ModelCache` keeps one per
+        version), not per file; callers must not change the frame."""
         if self._reference_path is None:
             raise RuntimeError("model context not loaded: no reference data path")
-        return pd.read_parquet(self._reference_path)
+        if self._reference is None:
+            self._reference = pd.read_parquet(self._reference_path)
+        return self._reference
 
 
 @dataclass(frozen=True)

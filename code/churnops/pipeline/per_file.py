@@ -400,7 +400,7 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
         record.message = scoring_summary(scored)
     with file_log.step("monitor") as record:
         result: MonitoringResult = steps.monitor(settings, model, scored, held.name)
-        record.message = summary(result)
+        record.message = summary(result, timed=True)
     with file_log.step("store metrics"):
         steps.record_metrics(settings.monitoring, attempt.store, held.lease.db_id, result)
     with file_log.step("alert") as record:
@@ -573,11 +573,13 @@ def scoring_summary(scored: ScoredFile) -> str:
     )
 
 
-def summary(result: MonitoringResult) -> str:
-    """One line on drift and scores, for logs and run messages."""
+def summary(result: MonitoringResult, *, timed: bool = False) -> str:
+    """One line on drift and scores, for logs and run messages; ``timed``: with the
+    report's and the store's seconds too (the file's log: the benchmark reads them)."""
     quality = ", ".join(f"{k} {v:.3f}" for k, v in result.quality.items()) or "unlabeled"
     attribution = f"{result.attribution.summary(movers=2)}; " if result.attribution else ""
+    times = "".join(f"{part} {s:.2f}s; " for part, s in result.seconds.items() if timed)
     return (
         f"drifted {result.drifted_count} columns (share {result.drifted_share:.2f}); "
-        f"{quality}; {attribution}report {result.report_url}"
+        f"{quality}; {attribution}{times}report {result.report_url}"
     )
