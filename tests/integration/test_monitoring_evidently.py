@@ -120,6 +120,8 @@ def test_runs_land_in_one_project_with_their_tags(
         assert "XGBoostChurnModel:v7" in snapshot.tags
         assert snapshot.metadata["model_version"] == "7"
         assert snapshot.name == name
+        # Each plot once: on the report's page, not again in each metric's stored result.
+        assert snapshot.widgets and not [r for r in snapshot.metric_results.values() if r.widget]
         assert result.report_url == (
             f"http://{settings.platform.platform_host}:{settings.platform.evidently_port}"
             f"/projects/{project.id}/reports/{result.snapshot_id}"
@@ -207,3 +209,7 @@ def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
     assert not [t for t in titles if "(reference)" in t], titles
     figures = [w for w in flat if w["type"] == "big_graph"]  # before: 3 confusion matrices
     assert len(figures) == 2, titles  # one confusion matrix (F1's), the ROC curve
+    tabs = [t["title"] for w in flat for t in w.get("tabs") or []]
+    drifted_columns = len(FEATURES) + 1  # each feature and the prediction: both its tabs
+    assert tabs.count("DATA DRIFT") == tabs.count("DATA DISTRIBUTION") == drifted_columns
+    assert '"template"' not in data.text  # no 7.5 kB of plotly styling per figure

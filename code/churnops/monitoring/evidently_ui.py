@@ -4,7 +4,8 @@ project dashboard ChurnOps defines through Evidently's API.
 The report is one :class:`FileReport` container (Evidently's own way of composing
 a preset): it computes each metric once and renders, in order, a summary of the
 file (rows, drifted features, churn rate, scores on this file, attribution NDCG),
-each column's drift, then one confusion matrix and one ROC curve. The quality
+each column's drift, then one confusion matrix and one ROC curve; its figures carry
+no plotly template (:func:`without_template`). The quality
 metrics' reference-side counters are left out: the reference is the training data,
 so its scores are in-sample (F1 0.98, ROC AUC 1.00) and compare with nothing.
 
@@ -134,6 +135,8 @@ class FileReport(MetricContainer):
             for w in ws
             if w.type != "counter"
         ]
+        for widget in widgets:
+            without_template(widget)
         return widgets
 
     def summary(self, context: Any) -> BaseWidgetInfo:
@@ -151,6 +154,23 @@ class FileReport(MetricContainer):
         if ATTRIBUTION_NDCG in fact:
             counters.append(CounterData(ATTRIBUTION_NDCG, f"{fact[ATTRIBUTION_NDCG]:.3f}"))
         return counter(counters=counters, title="Summary")
+
+
+def without_template(widget: Any) -> None:
+    """Drop plotly's default template from each figure of ``widget`` (tabs, groups and
+    additional graphs included): 7.5 kB of styling per figure, the third of a file's
+    snapshot, which the UI parses on every upload; the UI's dark mode sets its own, the
+    light one draws plotly.js's plain style (white background). The data stay as they are."""
+    params = getattr(widget, "params", None)  # a widget's; a PlotlyGraphInfo has .layout
+    for layout in (
+        getattr(widget, "layout", None),
+        isinstance(params, dict) and params.get("layout"),
+    ):
+        if isinstance(layout, dict):
+            layout.pop("template", None)
+    tabs = [tab.widget for tab in getattr(widget, "tabs", [])]
+    for child in [*getattr(widget, "widgets", []), *tabs, *getattr(widget, "additionalGraphs", [])]:
+        without_template(child)
 
 
 # --- the project's dashboard --------------------------------------------------------------
