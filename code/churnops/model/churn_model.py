@@ -25,7 +25,7 @@ import logging
 import threading
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,8 @@ THRESHOLD_CONFIG = "threshold"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 #: Clean column name -> the raw UCI header it comes from.
 RAW_NAMES: dict[str, str] = {clean: raw for raw, clean in RAW_COLUMNS.items()}
+#: Re-entrant: a memoized value may use another (the attribution uses the reference).
+_memo_lock = threading.RLock()
 
 
 class ChurnModel(PythonModel):
@@ -76,7 +78,7 @@ class ChurnModel(PythonModel):
         self._threshold = threshold
         self._classifier: xgb.XGBClassifier | None = None
         self._reference_path: str | None = None
-        self._reference: pd.DataFrame | None = None
+        self._memo: dict[Hashable, Any] = {}
 
     @classmethod
     def in_memory(
@@ -125,7 +127,7 @@ class ChurnModel(PythonModel):
         for old, new in (("features", "_features"), ("threshold", "_threshold")):
             if old in state:
                 state[new] = state.pop(old)
-        self.__dict__.update({"_reference": None, **state})
+        self.__dict__.update({"_memo": {}, **state})
 
     def load_context(self, context: PythonModelContext) -> None:
         config = context.model_config or {}
@@ -203,13 +205,21 @@ class ChurnModel(PythonModel):
     def reference_data(self) -> pd.DataFrame:
         """Training rows with target and prediction: what new files are compared with.
 
-        Read once per loaded model (the registry's :class:`ModelCache` keeps one per
-        version), not per file; callers must not change the frame."""
-        if self._reference_path is None:
+        Read once per loaded model (:meth:`memo`), not per file; callers must not change
+        the frame."""
+        path = self._reference_path
+        if path is None:
             raise RuntimeError("model context not loaded: no reference data path")
-        if self._reference is None:
-            self._reference = pd.read_parquet(self._reference_path)
-        return self._reference
+        return self.memo("reference", lambda: pd.read_parquet(path))
+
+    def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per loaded model and ``key``: what depends only on the model
+        version (its reference frame, the reference's attribution) is kept with the model,
+        so the registry's :class:`ModelCache` (one model per version) is its only cache."""
+        with _memo_lock:
+            if key not in self._memo:
+                self._memo[key] = compute()
+            return self._memo[key]
 
 
 @dataclass(frozen=True)

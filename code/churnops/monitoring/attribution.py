@@ -28,9 +28,7 @@ Decisions:
 from __future__ import annotations
 
 import math
-import threading
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -187,26 +185,16 @@ def subsample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
 
 
 # --- against a loaded model -------------------------------------------------------------------
-#: ChurnModel -> {row budget: (reference importances, rows used)}. The registry
-#: cache hands out one ChurnModel per (tracking URI, name, version), so this is one
-#: computation per version and process; keyed by the object, not by name and
-#: version, another model under the same name (another server, a test) never
-#: gets this one's numbers, and an entry goes when its model is dropped.
-_references: weakref.WeakKeyDictionary[ChurnModel, dict[int, tuple[dict[str, float], int]]] = (
-    weakref.WeakKeyDictionary()
-)
-_references_lock = threading.Lock()
-
-
 def reference_importance(model: ChurnModel, rows: int) -> tuple[dict[str, float], int]:
-    """Mean |SHAP| on (at most ``rows`` rows of) the model's reference data, computed once."""
-    with _references_lock:
-        by_rows = _references.setdefault(model, {})
-        if rows not in by_rows:
-            reference = subsample(model.reference_data(), rows)
-            booster = model.classifier.get_booster()
-            by_rows[rows] = (mean_abs_shap(booster, reference, model.features), len(reference))
-        return by_rows[rows]
+    """Mean |SHAP| on (at most ``rows`` rows of) the model's reference data, and the rows
+    used: computed once per loaded model and row budget (:meth:`ChurnModel.memo`)."""
+
+    def compute() -> tuple[dict[str, float], int]:
+        reference = subsample(model.reference_data(), rows)
+        booster = model.classifier.get_booster()
+        return mean_abs_shap(booster, reference, model.features), len(reference)
+
+    return model.memo(("attribution reference", rows), compute)
 
 
 def attribution_drift(model: LoadedModel, sample: pd.DataFrame, rows: int) -> AttributionDrift:
