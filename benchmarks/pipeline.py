@@ -294,7 +294,7 @@ def run_floor(csv: Path) -> dict:
     from churnops.data.schema import clean_name
     from churnops.model.churn_model import load_aliased_model
 
-    model = load_aliased_model(get_settings()).model
+    model = load_aliased_model(get_settings().model).model
     booster = model.classifier.get_booster()  # the floor: nothing between file and booster
     out = csv.with_name(f"{csv.stem}.floor.csv")
     started = time.perf_counter()

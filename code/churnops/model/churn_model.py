@@ -325,7 +325,11 @@ def load_aliased_model(model: ModelSettings, alias: str | None = None) -> Loaded
 
     def load() -> LoadedModel:
         log.info("loading %s version %s", model.model_name, version)
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{model.model_name}/{version}")
+        # No dependency check: it scans every installed distribution (about half of a
+        # cold load) for a warning configure_mlflow silences unless verbose.
+        pyfunc = mlflow.pyfunc.load_model(
+            f"models:/{model.model_name}/{version}", suppress_warnings=True
+        )
         return LoadedModel(model.model_name, str(version), pyfunc.unwrap_python_model())
 
     return _cache.get((model.tracking_uri, model.model_name, str(version)), load)
