@@ -434,7 +434,9 @@ class CustomerReader:
         passthrough = raw[list(columns.passthrough)]
         if self._ids is not None and not self._header:
             self._ids.add(passthrough[self._ids.column])
-        frame = self._validated(raw[list(columns.known)].rename(columns=columns.known))
+        frame = raw[list(columns.known)]  # a new frame: named in place, not copied again
+        frame.columns = list(columns.known.values())
+        frame = self._validated(frame)
         return None if frame is None else Part(frame, passthrough)
 
     def _passthrough_notes(self) -> list[str]:
@@ -456,7 +458,7 @@ class CustomerReader:
         """The typed chunk, or None with its failures kept for the final message."""
         self.rows += len(frame)
         try:
-            return self.schema.validate(frame, lazy=True)
+            return self.schema.validate(frame, lazy=True, inplace=True)  # the chunk is ours
         except SchemaErrors as exc:
             kept = sum(len(f) for f in self._failures)
             if kept < _MAX_FAILURE_ROWS:
