@@ -458,7 +458,7 @@ class CustomerReader:
         """The typed chunk, or None with its failures kept for the final message."""
         self.rows += len(frame)
         try:
-            return self.schema.validate(frame, lazy=True, inplace=True)  # the chunk is ours
+            return self.schema.validate(frame, lazy=True)
         except SchemaErrors as exc:
             kept = sum(len(f) for f in self._failures)
             if kept < _MAX_FAILURE_ROWS:
