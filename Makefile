@@ -14,10 +14,6 @@ CHURN_DATA_DIR ?= data
 export CHURN_DATA_DIR
 DATA_FILES := data/customer_churn_0.csv data/customer_churn_1.csv data/customer_churn_2_majority_drifted.csv
 TRIALS ?= 0
-# The service tiers mostly wait (servers starting, schedules): pytest-xdist workers,
-# each test file on one worker (tests/conftest.py's scheduler). The unit tier is serial.
-TEST_WORKERS ?= 4
-PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: help install data register-model train demo up test test-unit test-rest quality format \
 	optuna-dashboard benchmark-model benchmark-features benchmark-latency benchmark-pipeline \
@@ -59,13 +55,14 @@ status: install ## Files by stage and the health of the platform's services
 screenshots: install data ## README pictures (docs/screenshots/) of the running demo; needs Debian's chromium
 	$(RUN) python -m devtools.screenshots
 
-test: test-unit test-rest ## Install and run the whole test suite, every tier
+test: install data ## Install and run the whole test suite, every tier
+	$(RUN) pytest
 
 test-unit: install ## The unit tier (tests/unit): no data files, no services
 	$(RUN) pytest tests/unit
 
 test-rest: install data ## Every tier but unit (CI runs it after test-unit)
-	$(RUN) pytest --ignore=tests/unit $(PARALLEL)
+	$(RUN) pytest --ignore=tests/unit
 
 quality: install ## Lint and format checks (pre-commit hooks on every file)
 	$(RUN) pre-commit run --all-files

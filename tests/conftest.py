@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-from xdist.scheduler import LoadGroupScheduling
 
 from churnops.settings import NO_USAGE_TELEMETRY
 
@@ -33,45 +32,3 @@ def data_dir() -> Path:
             pytrace=False,
         )
     return folder
-
-
-#: Test files whose module fixtures or waits take longest (``--durations``), slowest
-#: first: under pytest-xdist each starts on a worker of its own at once, and the short
-#: files fill the other workers meanwhile. A file not named here keeps its place.
-SLOWEST_FIRST = (
-    "terraform-apply",  # the xdist_group of tests/terraform/conftest.py
-    "tests/integration/test_exactly_once.py",
-    "tests/integration/test_platform_e2e.py",
-    "tests/integration/test_private_by_default.py",
-    "tests/terraform/test_policy.py",
-)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On a pytest-xdist worker, the slowest files and groups first (a stable sort: the
-    order within each is kept)."""
-    if not hasattr(config, "workerinput"):
-        return
-    rank = {name: n for n, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(_group(item), len(rank)))
-
-
-def _group(item: pytest.Item) -> str:
-    """The item's xdist_group, else its file."""
-    mark = item.get_closest_marker("xdist_group")
-    return str(mark.args[0]) if mark else item.nodeid.split("::")[0]
-
-
-class FileScheduling(LoadGroupScheduling):
-    """pytest-xdist's ``loadgroup`` where a test outside any ``xdist_group`` goes with its
-    file (as ``loadfile``): a module's fixtures (a platform, a trained model) are built
-    once, on one worker, and the groups spanning files still share one worker."""
-
-    def _split_scope(self, nodeid: str) -> str:
-        scope = super()._split_scope(nodeid)
-        return nodeid.split("::")[0] if scope == nodeid else scope
-
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log) -> FileScheduling:
-    return FileScheduling(config, log)

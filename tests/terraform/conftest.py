@@ -134,34 +134,23 @@ USES_APPLY = ("test_apply_moto.py", "test_rehearsal.py")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Begin the apply now, unless this is a pytest-xdist worker: every worker collects
-    every test, and only the one that runs the apply group (see ``xdist_group`` below)
-    begins it, when its first check asks (:func:`_early`)."""
     global _EARLY
-    worker = hasattr(session.config, "workerinput")
-    if not worker and any(item.path.name in USES_APPLY for item in session.items):
+    if any(item.path.name in USES_APPLY for item in session.items):
         _EARLY = _EarlyApply()
 
 
 #: The apply checks run after this module (about 100 s into the suite, when the
 #: background apply is done), so the destroy that follows them overlaps the rest.
 RUN_CHECKS_AFTER = "test_exactly_once.py"
-#: The pytest-xdist group of the tests that share the apply (they share this process's
-#: ``_EARLY``).
-APPLY_GROUP = "terraform-apply"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Apply checks mid-suite, the destroy check last: no test waits for the provider.
 
     The rehearsal (test_rehearsal.py) goes first among them: it leaves the deployment
-    as it found it, while the last apply check changes the bucket's notification.
-    Under pytest-xdist they are one group: one worker, one apply."""
+    as it found it, while the last apply check changes the bucket's notification."""
     destroy = [i for i in items if i.name == "test_destroy_leaves_nothing_behind"]
     checks = [i for i in items if i.path.name in USES_APPLY and i not in destroy]
-    for item in checks + destroy:
-        item.add_marker(pytest.mark.xdist_group(APPLY_GROUP))
     checks.sort(key=lambda i: i.path.name != "test_rehearsal.py")
     rest = [i for i in items if i not in destroy and i not in checks]
     anchor = [n for n, i in enumerate(rest) if i.path.name == RUN_CHECKS_AFTER]
@@ -175,10 +164,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _early() -> _EarlyApply:
-    """The apply of this process, begun now if collection did not begin it."""
-    global _EARLY
-    if _EARLY is None:
-        _EARLY = _EarlyApply()
+    assert _EARLY is not None, f"the apply begins when collection selects one of {USES_APPLY}"
     return _EARLY
 
 
