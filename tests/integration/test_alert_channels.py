@@ -10,7 +10,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from aiosmtpd.controller import Controller
 
 from churnops import retry
 from churnops.monitoring.alerts import Alert, AlertDeliveryError, assess, build_alert, send_alert
@@ -18,7 +17,7 @@ from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import Settings, get_settings
 from tests.fixtures.moto import sns_topic_to_queue
-from tests.fixtures.smtp import SMTP_PASSWORD, SMTP_USER, Mailbox
+from tests.fixtures.smtp import SMTP_PASSWORD, SMTP_USER, Mailbox, running_mailbox
 from tests.processes import LOOPBACK
 
 pytestmark = pytest.mark.integration
@@ -118,30 +117,21 @@ def test_a_login_to_a_server_off_this_machine_without_starttls_is_refused(
     """A password goes in the clear only to a relay on loopback; elsewhere it is refused."""
     host = _address_beside_loopback()
     assert not ipaddress.ip_address(host).is_loopback
-    mailbox = Mailbox(host, free_port(host))
-    controller = Controller(
-        mailbox,
-        hostname=host,
-        port=mailbox.port,
-        authenticator=mailbox.authenticate,
-        auth_require_tls=False,
-    )
-    controller.start()
-    try:
-        with pytest.raises(AlertDeliveryError, match="offers no STARTTLS") as err:
-            send_alert(
-                alert,
-                configure(
-                    settings,
-                    smtp_host=host,
-                    smtp_port=mailbox.port,
-                    smtp_user=SMTP_USER,
-                    smtp_password=SMTP_PASSWORD,
-                    alert_email_to="ops@example.com",
-                ).alerts,
-            )
-    finally:
-        controller.stop()
+    with (
+        running_mailbox(host) as mailbox,
+        pytest.raises(AlertDeliveryError, match="offers no STARTTLS") as err,
+    ):
+        send_alert(
+            alert,
+            configure(
+                settings,
+                smtp_host=host,
+                smtp_port=mailbox.port,
+                smtp_user=SMTP_USER,
+                smtp_password=SMTP_PASSWORD,
+                alert_email_to="ops@example.com",
+            ).alerts,
+        )
     assert err.value.delivered == ["log"]
     assert mailbox.logins == [] and mailbox.messages == []
 
