@@ -311,20 +311,21 @@ def _print_outcome(outcome: FileOutcome) -> None:
 def reconcile(
     target: Annotated[
         str | None,
-        typer.Argument(help="s3://bucket to reconcile (default: the configured drop storage)"),
+        typer.Argument(
+            help="drop to reconcile, s3://bucket or file:///folder (default: the configured one)"
+        ),
     ] = None,
 ) -> None:
     """Re-drive stranded files now, in this process: untaken input, dead or failed runs.
 
     Exits 4 when a re-driven file failed again (its dependency is still down).
     """
-    from churnops.drop.storage import open_drop, open_storage
+    from churnops.drop.storage import open_drop
     from churnops.pipeline import reconcile as reconciler
     from churnops.pipeline.per_file import process as process_file
 
     settings = _settings()
-    s3 = target and target.startswith("s3://")
-    storage = open_drop(target) if s3 else open_storage(settings.drop)
+    storage = open_drop(target or settings.drop.drop_uri)
     outcomes: list[FileOutcome] = []
 
     def submit(action: reconciler.Action) -> None:

@@ -70,6 +70,7 @@ def test_process_exit_codes_for_skipped_and_failed(
     result = CliRunner().invoke(app, ["process", f"s3://{moto_bucket}/data/input/gone.csv"])
     assert result.exit_code == 5, result.output
     assert "skipped" in result.output
+    assert "nothing to reconcile" in run("reconcile", f"s3://{moto_bucket}")
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port(LOOPBACK)}")
     monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 1.0)
