@@ -251,7 +251,7 @@ class CustomerReader:
                 **self._as_written(),
             )
             with reader:
-                for raw in _without_copies(reader):
+                for raw in reader:
                     yield self._csv_chunk(raw)
         except UnicodeDecodeError as exc:
             problem = f"not valid {encoding} text ({exc.reason}); save the file as CSV UTF-8"
@@ -434,7 +434,9 @@ class CustomerReader:
         passthrough = raw[list(columns.passthrough)]
         if self._ids is not None and not self._header:
             self._ids.add(passthrough[self._ids.column])
-        frame = raw[list(columns.known)]  # a new frame: named in place, not copied again
+        # A new frame of its own (.loc takes; [] would tie it to ``raw`` as a "copy of a
+        # slice"): named and validated in place, never copied again.
+        frame = raw.loc[:, list(columns.known)]
         frame.columns = list(columns.known.values())
         frame = self._validated(frame)
         return None if frame is None else Part(frame, passthrough)
@@ -455,10 +457,14 @@ class CustomerReader:
         return bool(self._problems or self._header or self._failures or self._short)
 
     def _validated(self, frame: pd.DataFrame) -> pd.DataFrame | None:
-        """The typed chunk, or None with its failures kept for the final message."""
+        """The typed chunk, or None with its failures kept for the final message.
+
+        Validated in place: ``frame`` is this chunk's own (see :meth:`_part`), so
+        a defensive copy of every chunk (and its consolidation) would buy nothing.
+        """
         self.rows += len(frame)
         try:
-            return self.schema.validate(frame, lazy=True)
+            return self.schema.validate(frame, lazy=True, inplace=True)
         except SchemaErrors as exc:
             kept = sum(len(f) for f in self._failures)
             if kept < _MAX_FAILURE_ROWS:
@@ -479,18 +485,6 @@ class CustomerReader:
 
 
 # --- helpers -----------------------------------------------------------------------------
-def _without_copies(reader: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """Chunks built under copy-on-write (pandas 3's default): pandas then does not copy
-    every column it has just parsed, the read of a chunk takes about a third of the time.
-    Set around the read only, never while the caller runs: the option is process-wide."""
-    while True:
-        with pd.option_context("mode.copy_on_write", True):
-            raw = next(reader, None)
-        if raw is None:
-            return
-        yield raw
-
-
 def _buffered(stream: IO[bytes]) -> io.BufferedReader:
     """A reader that can peek at the head without consuming it."""
     if isinstance(stream, io.BufferedReader):
