@@ -434,9 +434,9 @@ class CustomerReader:
         passthrough = raw[list(columns.passthrough)]
         if self._ids is not None and not self._header:
             self._ids.add(passthrough[self._ids.column])
-        # A new frame of its own (.loc takes; [] would tie it to ``raw`` as a "copy of a
-        # slice"): named and validated in place, never copied again.
-        frame = raw.loc[:, list(columns.known)]
+        frame = raw  # the chunk's own: its pass-through columns set apart, it is not copied
+        for name in columns.passthrough:
+            del frame[name]
         frame.columns = list(columns.known.values())
         frame = self._validated(frame)
         return None if frame is None else Part(frame, passthrough)

@@ -113,10 +113,11 @@ def score_file(
             passthrough = part.passthrough
             if drop.neutralise_formulas:
                 passthrough = passthrough.apply(neutralised)
-            written = (passthrough, frame.rename(columns=_RAW_NAMES), scored)
+            # copy=False: pandas 2 copies every column of a renamed or joined frame.
+            written = (passthrough, frame.rename(columns=_RAW_NAMES, copy=False), scored)
             out.write(csv_bytes(*written, header=chunks == 0))
             seconds["write"] += time.perf_counter() - started
-            rows = pd.concat([frame, scored], axis=1)
+            rows = pd.concat([frame, scored], axis=1, copy=False)
             sample.add(rows)
             labels.add(rows)
             chunks += 1
