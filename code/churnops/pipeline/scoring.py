@@ -326,6 +326,7 @@ def quality_scores(
     of memory where scikit-learn added about 30 bytes a row (300 MB).
     """
     churner, flagged = np.asarray(actual) == 1, np.asarray(predicted) == 1
+    probability = np.asarray(probability)
     tp = int(np.count_nonzero(flagged & churner))
     fp = int(np.count_nonzero(flagged & ~churner))
     fn = int(np.count_nonzero(~flagged & churner))
