@@ -250,11 +250,8 @@ def extract_result(
 class _BoundedRemoteWorkspace(RemoteWorkspace):
     """Evidently's client, with a timeout on every request: its own sends without one, so a
     frozen UI would block a run for as long as it is frozen. The rest is Evidently's
-    ``RemoteBase._request``, which takes no timeout to pass on."""
-
-    def __init__(self, base_url: str, secret: str | None, timeout: float) -> None:
-        self.timeout = timeout  # the constructor already asks the server for its version
-        super().__init__(base_url, secret)
+    ``RemoteBase._request``, which takes no timeout to pass on. The timeout is read at
+    each request: the workspace is kept for the process (:func:`_target`)."""
 
     def _request(  # type: ignore[override]
         self,
@@ -271,7 +268,7 @@ class _BoundedRemoteWorkspace(RemoteWorkspace):
             path, method, query_params, body, cookies, headers, form_data=form_data
         )
         with requests.Session() as session:
-            response = session.send(request.prepare(), timeout=self.timeout)
+            response = session.send(request.prepare(), timeout=retry.NETWORK_TIMEOUT_SECONDS)
         if response.status_code >= 400:
             try:
                 detail = response.json()["detail"]
@@ -288,9 +285,7 @@ def open_workspace(monitoring: MonitoringSettings) -> WorkspaceBase:
     if monitoring.evidently_ui_url:
         secret = monitoring.evidently_secret
         return _BoundedRemoteWorkspace(
-            monitoring.evidently_ui_url,
-            secret and secret.get_secret_value(),
-            retry.NETWORK_TIMEOUT_SECONDS,
+            monitoring.evidently_ui_url, secret and secret.get_secret_value()
         )
     monitoring.evidently_workspace_dir.mkdir(parents=True, exist_ok=True)
     return Workspace(str(monitoring.evidently_workspace_dir))
