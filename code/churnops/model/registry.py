@@ -21,6 +21,7 @@ champion has seen. The rule that moves the alias is :func:`gate`.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import tempfile
@@ -68,6 +69,23 @@ BELOW_MINIMUM = "quality still below its minimum"
 #: objectives: F1 and predict cost): names, not choices.
 EXPERIMENT = "churn-model-evaluation"
 OPTUNA_STUDY = "xgboost-churn-cost"
+#: What a version needs installed to load and score, pinned to this environment's
+#: versions. Written, not inferred: MLflow's inference imports the model in a
+#: subprocess (about 6 s of every training) and lists whatever that import happened to
+#: load (colorama, tornado, rich...).
+MODEL_PACKAGES = (
+    "churnops",
+    "mlflow",
+    "cloudpickle",
+    "numpy",
+    "pandas",
+    "pandera",
+    "pyarrow",
+    "pydantic-settings",
+    "scikit-learn",
+    "scipy",
+    "xgboost",
+)
 #: Cross-validation folds of the search and of the threshold choice: 5 is the usual
 #: bias/variance middle; tests that train often patch it lower.
 CV_FOLDS = 5
@@ -571,6 +589,7 @@ def log_model(
             artifacts={XGB_ARTIFACT: str(booster_path), REFERENCE_ARTIFACT: str(reference_path)},
             signature=model.model_signature(data),
             input_example=example,
+            pip_requirements=[f"{n}=={importlib.metadata.version(n)}" for n in MODEL_PACKAGES],
             registered_model_name=settings.model_name,
             metadata={"threshold": model.threshold, "features": model.features, "params": params},
         )
