@@ -23,6 +23,7 @@ from churnops.drop import trigger
 from churnops.drop.keys import encode_event_key, is_candidate
 from churnops.drop.storage import LocalDropStorage, run_key, stage_key
 from churnops.platform import launch, services
+from churnops.platform import watcher as watcher_module
 from churnops.platform.status import list_files, service_health
 from churnops.platform.watcher import (
     Dispatcher,
@@ -120,15 +121,18 @@ def collecting_dispatcher() -> tuple[Dispatcher, list[dict[str, Any]], threading
     return Dispatcher(handler, "drop", lambda result: None), events, seen
 
 
-def test_folder_watcher_reports_waiting_and_new_files_once_whole(tmp_path: Path) -> None:
+def test_folder_watcher_reports_waiting_and_new_files_once_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watcher_module, "SETTLE_SECONDS", 0.05)
     storage = LocalDropStorage(tmp_path)
     storage.create_layout()
     storage.create(stage_key("input", "before start.csv"), b"a,b\n1,2\n")
     dispatcher, events, _ = collecting_dispatcher()
-    watcher = FolderWatcher(tmp_path, dispatcher, settle=0.05)
+    watcher = FolderWatcher(tmp_path, dispatcher)
     watcher.start()
     try:
-        storage.create(stage_key("input", "new+1.csv"), b"a,b\n3,4\n")  # temp name, then rename
+        storage.create(stage_key("input", "new+1.csv"), b"a,b\n3,4\n")  # temp name, then link
         (tmp_path / "data/input/.hidden.csv").write_bytes(b"ignored")
         storage.create(stage_key("labels", "late.csv"), b"a,b\n5,6\n")
         (tmp_path / "data/labels/sub").mkdir()
@@ -141,6 +145,26 @@ def test_folder_watcher_reports_waiting_and_new_files_once_whole(tmp_path: Path)
     assert keys == {"data/input/before+start.csv", "data/input/new%2B1.csv", "data/labels/late.csv"}
     sizes = {e["Records"][0]["s3"]["object"]["size"] for e in events}
     assert sizes == {8}
+
+
+def test_a_file_renamed_into_input_is_sent_without_the_quiet_period(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename is atomic: the file is whole when it appears, nothing to wait for."""
+    monkeypatch.setattr(watcher_module, "SETTLE_SECONDS", 3600.0)
+    storage = LocalDropStorage(tmp_path)
+    storage.create_layout()
+    dispatcher, events, seen = collecting_dispatcher()
+    watcher = FolderWatcher(tmp_path, dispatcher)
+    watcher.start()
+    try:
+        partial = tmp_path / "data/input/.renamed.csv.part"
+        partial.write_bytes(b"a,b\n1,2\n")
+        partial.rename(tmp_path / "data/input/renamed.csv")
+        assert seen.wait(30), "a renamed-in file waited for the quiet period"
+    finally:
+        watcher.stop()
+    assert [_key(e) for e in events] == ["data/input/renamed.csv"]
 
 
 def _key(event: dict[str, Any]) -> str:
@@ -473,13 +497,16 @@ def test_a_start_up_error_is_one_line_and_leaves_no_files(tmp_path: Path) -> Non
     assert not (tmp_path / services.PID_FILE).exists()
 
 
-def test_a_slow_writer_is_reported_once_it_closed_the_file(tmp_path: Path) -> None:
+def test_a_slow_writer_is_reported_once_it_closed_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Pauses longer than the quiet period do not report a half-written file: the
     close-write does, with the whole size."""
+    monkeypatch.setattr(watcher_module, "SETTLE_SECONDS", 0.05)
     storage = LocalDropStorage(tmp_path)
     storage.create_layout()
     dispatcher, events, seen = collecting_dispatcher()
-    watcher = FolderWatcher(tmp_path, dispatcher, settle=0.05)
+    watcher = FolderWatcher(tmp_path, dispatcher)
     watcher.start()
     try:
         with (tmp_path / "data/input/slow.csv").open("wb") as out:

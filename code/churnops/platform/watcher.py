@@ -119,17 +119,21 @@ class Dispatcher:
 
 
 # --- local folder --------------------------------------------------------------------------
+#: The quiet period of a file that appeared without a close-write of its own (s).
+SETTLE_SECONDS = 1.0
+
+
 class FolderWatcher(FileSystemEventHandler):
     """Watch ``<drop>/data/input/`` and ``<drop>/data/labels/``; trigger a run per settled
-    new file."""
+    new file. A file renamed into them is complete (a rename is atomic): it is sent at
+    once, without the quiet period."""
 
-    def __init__(self, drop_dir: Path, dispatcher: Dispatcher, settle: float = 1.0) -> None:
+    def __init__(self, drop_dir: Path, dispatcher: Dispatcher) -> None:
         self.drop_dir = drop_dir
         self.folders = [drop_dir / prefix for prefix in DROP_PREFIXES]
         self.dispatcher = dispatcher
-        #: The quiet period of a file that appeared without a close-write of its own.
-        self.settle = settle
-        self._queue: queue.Queue[Path | None] = queue.Queue()
+        #: (path, quiet period to wait) of the files to look at.
+        self._queue: queue.Queue[tuple[Path, float] | None] = queue.Queue()
         self._queued: set[Path] = set()
         #: Files written to since they were last closed: their close-write reports them.
         self._writing: set[Path] = set()
@@ -170,9 +174,9 @@ class FolderWatcher(FileSystemEventHandler):
         self._enqueue(path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        self._enqueue(Path(str(event.dest_path)))
+        self._enqueue(Path(str(event.dest_path)), renamed=True)
 
-    def _enqueue(self, path: Path) -> None:
+    def _enqueue(self, path: Path, renamed: bool = False) -> None:
         if path.parent not in self.folders or not is_candidate(path.name):
             return  # hidden, temporary or partial: the writer renames it when done
         if path.is_dir() and not path.is_symlink():
@@ -183,7 +187,7 @@ class FolderWatcher(FileSystemEventHandler):
             if path in self._queued:
                 return
             self._queued.add(path)
-        self._queue.put(path)
+        self._queue.put((path, 0.0 if renamed else SETTLE_SECONDS))
 
     def _first_look(self, path: Path) -> bool:
         """True once per path (a folder gets one log line, not one per event)."""
@@ -193,10 +197,11 @@ class FolderWatcher(FileSystemEventHandler):
         return new
 
     def _work(self) -> None:
-        while (path := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            path, settle = item
             with self._lock:
                 self._queued.discard(path)
-            stable = wait_stable(path, self.settle)
+            stable = wait_stable(path, settle)
             if stable is None:
                 continue  # gone already (taken by a run, or removed)
             with self._lock:
