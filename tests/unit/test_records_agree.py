@@ -37,6 +37,7 @@ def test_a_flow_state_that_tells_another_story_fails_the_check(tmp_path: Path) -
         per_file.finish(storage, held.run, held.name, "processed")
         FileLog(storage, held.run, held.name).write("finish", "ok")
         store.finish_run(held.lease.db_id, "processed")
+        claims.release(storage, held.lease, "done", "processed")
     finally:
         store.close()
 
