@@ -18,13 +18,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from uuid import UUID
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 
 from churnops.drop import claims
 from churnops.drop.keys import DROP_PREFIXES, is_labels
-from churnops.drop.storage import DropStorage, folder_key, log_key, run_key, stage_key
-from churnops.monitoring.metrics_db import MetricsStore
+from churnops.drop.storage import CLAIMS, DropStorage, folder_key, log_key, run_key, stage_key
+from churnops.monitoring.metrics_db import FAILED, MetricsStore
 from churnops.pipeline.labels import JOIN_SUFFIX, LABELED_ROWS_SUFFIX
 
 
@@ -164,29 +167,64 @@ def run_story(storage: DropStorage, run: str) -> tuple[str | None, str]:
     return (stages[0] if stages else None), ends[-1]
 
 
+def leases(storage: DropStorage) -> list[claims.Lease]:
+    """Every attempt's lease in the storage."""
+    return [claims.Lease.from_json(storage.read(k)) for k in storage.list_keys(f"{CLAIMS}/")]
+
+
+def read_flow_runs(storage: DropStorage, started: Iterable[str]) -> list[FlowRun]:
+    """From the current Prefect server: the flow runs ``started`` and those of every lease
+    in ``storage`` (a killed child's flow run is known by its lease only)."""
+    ids = {UUID(i) for i in started} | {
+        UUID(x.flow_run_id) for x in leases(storage) if x.flow_run_id
+    }
+    with get_client(sync_client=True) as client:
+        found = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    assert {r.id for r in found} == ids, ids - {r.id for r in found}
+    return found
+
+
 def check_records_agree(
     storage: DropStorage, metrics_url: str, flow_runs: Iterable[FlowRun]
 ) -> None:
     """After each flow run: its state as its Prefect server holds it (``flow_runs`` read
     back from the server), its ``pipeline_runs`` row, the stage of its file and the file's
     log tell one of :data:`STORIES` (a flow run that did not take its file, ``skipped``,
-    has no row and ends Completed)."""
+    has no row and ends Completed). An attempt a later one took over from tells its own
+    story: it died (its lease says running): Crashed, its row (if it got one) failed and
+    the log says so; or it failed on a dependency: Failed, its row failed."""
     store = MetricsStore(metrics_url)
     try:
         runs = store.runs()
     finally:
         store.close()
+    status = dict(zip(runs["id"], runs["status"], strict=True))
+    by_flow_run = {x.flow_run_id: x for x in leases(storage)}
     for flow_run in flow_runs:
         state = flow_run.state
         assert state is not None, flow_run.id
-        rows = runs[runs["flow_run_id"] == str(flow_run.id)]
-        if rows.empty:
+        lease = by_flow_run.get(str(flow_run.id))
+        if lease is None:
             assert state.is_completed() and state.message.startswith("skipped:"), state
             continue
-        [(row_id, status)] = rows[["id", "status"]].itertuples(index=False)
-        run = row_id.rsplit(".", 1)[0]
-        latest = claims.latest_lease(storage, run)
-        assert latest is not None and latest.db_id == row_id, (row_id, latest)
-        stage, log_status = run_story(storage, run)
-        told = (stage, status, (state.type.value, state.name), log_status)
-        assert told in STORIES.values(), (run, told, state.message)
+        latest = claims.latest_lease(storage, lease.run)
+        assert latest is not None, lease
+        row = status.get(lease.db_id)
+        if lease.attempt < latest.attempt:
+            log = storage.read(log_key(lease.run, lease.name)).decode()
+            if lease.state == "running":
+                told = (row in (None, FAILED), state.type.value, f"attempt {lease.attempt} died")
+                assert told[:2] == (True, "CRASHED") and told[2] in log, (lease, told, state)
+            else:
+                assert (row, state.type.value) == (FAILED, "FAILED"), (lease, row, state)
+            continue
+        stage, log_status = run_story(storage, lease.run)
+        told = (stage, row, (state.type.value, state.name), log_status)
+        if lease.state == "running" and stage in ("processed", "errored"):
+            # Killed after its row and stage were final, before its lease closed: nothing
+            # is left to re-drive, so no reconciler pass looks at it and its flow run is
+            # still Running (a known gap: finding it would mean listing every claim).
+            story = STORIES[stage]
+            assert (row, state.type.value, log_status) == (story[1], "RUNNING", story[3]), told
+            continue
+        assert told in STORIES.values(), (lease.run, told, state.message)

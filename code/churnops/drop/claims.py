@@ -11,6 +11,20 @@ The claim file is a lease: its holder rewrites the heartbeat while it works.
 A lease whose heartbeat is older than ``lease_seconds`` (or whose process on
 this host is gone) is dead, and the reconciler may re-drive its run as the
 next attempt. A failed attempt (a dependency down) records when to retry.
+
+**The lease is the one liveness signal.** Whether an attempt is alive is decided here
+and nowhere else: by the heartbeat (renewed for at most :data:`MAX_ATTEMPT_SECONDS`,
+the backstop behind every network timeout) and, on the same host, the holder's pid.
+It works the same on a local folder and on S3, with or without Prefect (``churnops
+process``, the reconciler's in-process path). The other records of a run follow its
+verdict: the reconciler closes a dead attempt's ``pipeline_runs`` row
+(:func:`churnops.pipeline.reconcile.close_dead_runs`), marks its flow run Crashed
+(:func:`churnops.pipeline.reconcile.mark_crashed`), and the next attempt writes "died"
+in the file's log. Prefect's own liveness is not used: its flow heartbeat is off in the
+runner (it cost up to a second per file, and a heartbeat of Prefect's cannot tell a
+storage-side run whose holder died) and so its server's zombie detection, which acts on
+missed heartbeats, never judges these runs; a second judge could call a run dead that
+the lease says lives.
 """
 
 from __future__ import annotations
@@ -45,6 +59,9 @@ HOST = socket.gethostname()
 #: A run whose heartbeat is older than this is dead (s); its holder beats every third of
 #: it. Long enough for a loaded machine's pauses, short enough to re-drive quickly.
 LEASE_SECONDS = 30.0
+#: An attempt still running after this stops renewing its lease, so the reconciler
+#: re-drives its run (s): the backstop behind every network timeout.
+MAX_ATTEMPT_SECONDS = 3600.0
 #: The drop time at the start of a run id.
 RUN_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -272,11 +289,18 @@ def release(
     return ended
 
 
+def lease(storage: DropStorage, run: str, attempt: int) -> Lease | None:
+    """The lease of one attempt, or None when it has none."""
+    try:
+        return Lease.from_json(storage.read(claim_key(run, attempt)))
+    except FileNotFoundError:
+        return None
+
+
 def last_reason(storage: DropStorage, run: str, attempt: int) -> str:
     """Why the attempt before ``attempt`` ended: its failure, or that it died (killed, OOM)."""
-    try:
-        previous = Lease.from_json(storage.read(claim_key(run, attempt - 1)))
-    except FileNotFoundError:
+    previous = lease(storage, run, attempt - 1)
+    if previous is None:
         return "the earlier attempts left no claim"
     if previous.state == "running":
         return (
@@ -288,7 +312,10 @@ def last_reason(storage: DropStorage, run: str, attempt: int) -> str:
 
 @contextmanager
 def heartbeat(
-    storage: DropStorage, lease: Lease, every: float, limit: float = float("inf")
+    storage: DropStorage,
+    lease: Lease,
+    every: float = LEASE_SECONDS / 3,
+    limit: float = MAX_ATTEMPT_SECONDS,
 ) -> Iterator[None]:
     """Keep the lease alive from a thread while the body runs, for at most ``limit``
     seconds: a body blocked beyond every timeout then loses its lease and is re-driven."""

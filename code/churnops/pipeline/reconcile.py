@@ -150,7 +150,8 @@ def _untaken(
         return None  # being claimed right now
     folder = prefix.rstrip("/").rsplit("/", 1)[-1]
     why = f"waited {age:.0f}s in {folder}/ and no run took it"
-    return Action("trigger", key, why, f"{run}#{folder}")
+    dead = lease.flow_run_id if lease and lease.state == "running" else ""  # died claiming it
+    return Action("trigger", key, why, f"{run}#{folder}", dead)
 
 
 def close_dead_runs(
@@ -162,7 +163,7 @@ def close_dead_runs(
     try:
         for row_id in store.running():
             run, _, attempt = row_id.rpartition(".")
-            lease = _lease(storage, run, attempt)
+            lease = claims.lease(storage, run, int(attempt)) if run and attempt.isdigit() else None
             if lease is None or not lease.ended(now, claims.LEASE_SECONDS):
                 continue
             if lease.state == "running":
@@ -174,15 +175,6 @@ def close_dead_runs(
     finally:
         store.close()
     return actions
-
-
-def _lease(storage: DropStorage, run: str, attempt: str) -> claims.Lease | None:
-    if not run or not attempt.isdigit():
-        return None  # a row from before claims existed
-    try:
-        return claims.Lease.from_json(storage.read(claims.claim_key(run, int(attempt))))
-    except FileNotFoundError:
-        return None
 
 
 def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[Action]:
@@ -197,6 +189,8 @@ def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[
     for action in work:
         log.info("reconcile: %s %s: %s", action.kind, printable(action.key), action.reason)
         with _skipped_on_error(action.key):  # one submission failing leaves the others
+            if action.dead_flow_run_id:
+                mark_crashed(action.dead_flow_run_id, action.reason)
             if printable(action.key) == action.key:
                 submit(action)
             else:  # no event or flow run carries a name that is not UTF-8: refused here
@@ -246,13 +240,9 @@ def _age(moments: list[datetime], now: datetime) -> float:
 def submit_to_deployment(drop: str, deployment: str = pipeline.PIPELINE_DEPLOYMENT) -> Submit:
     """Submit by creating a flow run of the pipeline deployment (one per marker) for a
     file of ``drop`` (the URI of the storage the reconciler looked at)."""
-    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-    from prefect.states import Crashed
 
     def submit(action: Action) -> None:
-        if action.dead_flow_run_id:
-            _mark_crashed(get_client, Crashed, action)
         run_deployment(
             deployment,
             parameters={"drop": drop, "key": action.key},
@@ -265,13 +255,16 @@ def submit_to_deployment(drop: str, deployment: str = pipeline.PIPELINE_DEPLOYME
     return submit
 
 
-def _mark_crashed(get_client: Callable, crashed: Callable, action: Action) -> None:
-    """The dead attempt's flow run: Crashed, so the Prefect UI tells the truth."""
-    with get_client(sync_client=True) as client:
-        try:
-            run = client.read_flow_run(action.dead_flow_run_id)
-        except Exception as exc:  # the run is gone or the id is not one: nothing to fix
-            log.info("flow run %s not marked crashed: %s", action.dead_flow_run_id, exc)
-            return
-        if run.state is None or not run.state.is_final():
-            client.set_flow_run_state(run.id, crashed(message=action.reason), force=True)
+def mark_crashed(flow_run_id: str, reason: str) -> None:
+    """The flow run of an attempt the lease says died: Crashed, so Prefect's record agrees
+    with the others (Prefect does not judge liveness itself: see the module docstring)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is None or not run.state.is_final():
+                client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
+    except Exception as exc:  # the run is gone, or Prefect is down: the re-drive goes on
+        log.info("flow run %s not marked crashed: %s", flow_run_id, brief(exc))
