@@ -17,14 +17,15 @@ and nowhere else: by the heartbeat (renewed for at most :data:`MAX_ATTEMPT_SECON
 the backstop behind every network timeout) and, on the same host, the holder's pid.
 It works the same on a local folder and on S3, with or without Prefect (``churnops
 process``, the reconciler's in-process path). The other records of a run follow its
-verdict: the reconciler closes a dead attempt's ``pipeline_runs`` row
-(:func:`churnops.pipeline.reconcile.close_dead_runs`), marks its flow run Crashed
-(:func:`churnops.pipeline.reconcile.mark_crashed`), and the next attempt writes "died"
-in the file's log. Prefect's own liveness is not used: its flow heartbeat is off in the
-runner (it cost up to a second per file, and a heartbeat of Prefect's cannot tell a
-storage-side run whose holder died) and so its server's zombie detection, which acts on
-missed heartbeats, never judges these runs; a second judge could call a run dead that
-the lease says lives.
+verdict: the attempt that takes over from a dead one writes "died" in the file's log
+and closes its ``pipeline_runs`` row (as the reconciler's
+:func:`churnops.pipeline.reconcile.close_dead_runs` does for a row left running), and
+its flow marks the dead attempts' flow runs Crashed
+(:func:`churnops.pipeline.flow.mark_crashed`). Prefect's own liveness is not used: its
+flow heartbeat is off in the runner (it cost up to a second per file, and a heartbeat of
+Prefect's cannot tell a storage-side run whose holder died) and so its server's zombie
+detection, which acts on missed heartbeats, never judges these runs; a second judge
+could call a run dead that the lease says lives.
 """
 
 from __future__ import annotations
@@ -295,6 +296,13 @@ def lease(storage: DropStorage, run: str, attempt: int) -> Lease | None:
         return Lease.from_json(storage.read(claim_key(run, attempt)))
     except FileNotFoundError:
         return None
+
+
+def died(storage: DropStorage, run: str, attempt: int) -> list[Lease]:
+    """The attempts before ``attempt`` that died: their leases still say running (each
+    successor's claim judged its predecessor dead)."""
+    earlier = (lease(storage, run, n) for n in range(1, attempt))
+    return [x for x in earlier if x is not None and x.state == "running"]
 
 
 def last_reason(storage: DropStorage, run: str, attempt: int) -> str:

@@ -326,7 +326,8 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
 
 def _close_dead_predecessor(attempt: _Attempt) -> None:
     """A predecessor that died (its lease still says running) closed neither its row nor
-    its log: both say it died, as its flow run (Crashed by the reconciler) does."""
+    its log: both say it died, as its flow run will
+    (:func:`churnops.pipeline.flow.mark_crashed`)."""
     held = attempt.claim
     previous = claims.lease(attempt.storage, held.run, held.lease.attempt - 1)
     if previous is None or previous.state != "running":

@@ -48,8 +48,6 @@ class Action:
     reason: str
     #: The idempotency marker of this submission (the same work twice: one flow run).
     marker: str = ""
-    #: The Prefect flow run of a dead attempt, to be marked Crashed.
-    dead_flow_run_id: str = ""
 
 
 Submit = Callable[[Action], None]
@@ -83,7 +81,7 @@ def _stranded_run(storage: DropStorage, now: datetime, run: str) -> Action | Non
     marker = f"{run}#{lease.attempt + 1}"
     if lease.holder_gone(now, claims.LEASE_SECONDS):
         why = f"attempt {lease.attempt} died (no heartbeat since {lease.heartbeat})"
-        return Action("redrive", key, why, marker, lease.flow_run_id)
+        return Action("redrive", key, why, marker)
     if lease.retry_due(now) or lease.state == "done":
         why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
         return Action("redrive", key, why, marker)
@@ -150,8 +148,7 @@ def _untaken(
         return None  # being claimed right now
     folder = prefix.rstrip("/").rsplit("/", 1)[-1]
     why = f"waited {age:.0f}s in {folder}/ and no run took it"
-    dead = lease.flow_run_id if lease and lease.state == "running" else ""  # died claiming it
-    return Action("trigger", key, why, f"{run}#{folder}", dead)
+    return Action("trigger", key, why, f"{run}#{folder}")
 
 
 def close_dead_runs(
@@ -189,8 +186,6 @@ def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[
     for action in work:
         log.info("reconcile: %s %s: %s", action.kind, printable(action.key), action.reason)
         with _skipped_on_error(action.key):  # one submission failing leaves the others
-            if action.dead_flow_run_id:
-                mark_crashed(action.dead_flow_run_id, action.reason)
             if printable(action.key) == action.key:
                 submit(action)
             else:  # no event or flow run carries a name that is not UTF-8: refused here
@@ -253,18 +248,3 @@ def submit_to_deployment(drop: str, deployment: str = pipeline.PIPELINE_DEPLOYME
         )
 
     return submit
-
-
-def mark_crashed(flow_run_id: str, reason: str) -> None:
-    """The flow run of an attempt the lease says died: Crashed, so Prefect's record agrees
-    with the others (Prefect does not judge liveness itself: see the module docstring)."""
-    from prefect.client.orchestration import get_client
-    from prefect.states import Crashed
-
-    try:
-        with get_client(sync_client=True) as client:
-            run = client.read_flow_run(flow_run_id)
-            if run.state is None or not run.state.is_final():
-                client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
-    except Exception as exc:  # the run is gone, or Prefect is down: the re-drive goes on
-        log.info("flow run %s not marked crashed: %s", flow_run_id, brief(exc))
