@@ -12,6 +12,7 @@ what the platform does, the reconciler (which marks the dead flow run Crashed).
 
 from __future__ import annotations
 
+import contextvars
 import gzip
 import io
 import multiprocessing
@@ -555,8 +556,14 @@ def test_concurrent_and_duplicate_events_process_a_drop_once(
 ) -> None:
     key = world.drops.drop("customers.csv", small_file)
     outcomes: list[per_file.FileOutcome] = []
-    threads = [threading.Thread(target=lambda: outcomes.append(world.process(key)))]
-    threads += [threading.Thread(target=lambda: outcomes.append(world.process(key)))]
+    # each thread in this test's context: its Prefect settings (the session's server)
+    threads = [
+        threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(lambda: outcomes.append(world.process(key)),),
+        )
+        for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
