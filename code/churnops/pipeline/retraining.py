@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -158,7 +157,7 @@ def retrain(
     """
     options = options or RetrainOptions()
     store = MetricsStore.from_settings(settings.monitoring)
-    holder = f"{options.trigger}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    holder = f"{options.trigger}-{claims.HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         state = store.lock_state(LOCK)
         waited = _why_not_now(settings.model, state, options.trigger)
@@ -210,16 +209,9 @@ def _alive(holder: str) -> bool:
     """False when the holder (``<trigger>-<host>-<pid>-<nonce>``) ran on this host and its
     process is gone: its lock is taken over. Another host's holder is alive until expiry."""
     parts = holder.split("-", 1)[-1].rsplit("-", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != claims.HOST or not parts[1].isdigit():
         return True
-    pid = parts[1]
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return claims.pid_alive(int(parts[1]))
 
 
 def _lock_holder(state: LockState | None) -> str:
