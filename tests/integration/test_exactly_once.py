@@ -3,11 +3,12 @@
 Real parts throughout: the local folder and S3 on a moto server, SQLite and a
 real Postgres (stopped and started), the session's MLflow and Prefect servers.
 Every trigger runs the Prefect flow (``churn_prediction_pipeline``, in process,
-against the session's server), so each check reads four records back: the
-file's stage, its ``pipeline_runs`` row, its flow run's state and its log
-(:func:`tests.exactly_once.check_records_agree`). A SIGKILL is a real one, sent
-by a forked child to itself at a chosen point inside its flow run; recovery is
-what the platform does, the reconciler (which marks the dead flow run Crashed).
+against the session's server), so each check reads five records back: the
+file's stage, its ``pipeline_runs`` row, its flow run's state, its log and its
+lease (:func:`tests.exactly_once.check_records_agree`). A SIGKILL is a real one,
+sent by a forked child to itself at a chosen point inside its flow run; recovery
+is what the platform does: the reconciler re-drives, and the attempt that takes
+over marks the dead flow run Crashed.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def world(
 
 @pytest.fixture(autouse=True)
 def _prefect(prefect_server: str) -> Iterator[None]:
-    """Flow runs and the reconciler's Crashed marks go to the session's Prefect server."""
+    """Flow runs and their Crashed marks go to the session's Prefect server."""
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
         yield
 
