@@ -7,25 +7,15 @@ id. Each attempt at a run writes ``data/claims/<run>/<attempt>.json`` with a
 conditional create, so of two concurrent claimers exactly one wins, on S3 as
 locally. The winner then moves the file into ``processing/<run>/``.
 
-The claim file is a lease: its holder rewrites the heartbeat while it works.
-A lease whose heartbeat is older than ``lease_seconds`` (or whose process on
-this host is gone) is dead, and the reconciler may re-drive its run as the
-next attempt. A failed attempt (a dependency down) records when to retry.
-
-**The lease is the one liveness signal.** Whether an attempt is alive is decided here
-and nowhere else: by the heartbeat (renewed for at most :data:`MAX_ATTEMPT_SECONDS`,
-the backstop behind every network timeout) and, on the same host, the holder's pid.
-It works the same on a local folder and on S3, with or without Prefect (``churnops
-process``, the reconciler's in-process path). The other records of a run follow its
-verdict: the attempt that takes over from a dead one writes "died" in the file's log
-and closes its ``pipeline_runs`` row (as the reconciler's
-:func:`churnops.pipeline.reconcile.close_dead_runs` does for a row left running), and
-its flow marks the dead attempts' flow runs Crashed
-(:func:`churnops.pipeline.flow.mark_crashed`). Prefect's own liveness is not used: its
-flow heartbeat is off in the runner (it cost up to a second per file, and a heartbeat of
-Prefect's cannot tell a storage-side run whose holder died) and so its server's zombie
-detection, which acts on missed heartbeats, never judges these runs; a second judge
-could call a run dead that the lease says lives.
+The claim file is a lease, **the one judge of liveness**: its holder rewrites the
+heartbeat while it works, for at most :data:`MAX_ATTEMPT_SECONDS` (the backstop behind
+every network timeout). A lease whose heartbeat is older than ``lease_seconds`` (or
+whose process on this host is gone) is dead, on S3 as locally, with or without
+Prefect; the reconciler may re-drive its run as the next attempt, which writes "died"
+in the file's log, closes the dead one's row and marks its flow run Crashed
+(:func:`churnops.pipeline.flow.mark_crashed`). Prefect's flow heartbeat is off in the
+runner: a second judge could call a run dead that the lease says lives. A failed
+attempt (a dependency down) records when to retry.
 """
 
 from __future__ import annotations
