@@ -5,12 +5,12 @@ originals (``input/<name>``, ``labels/<name>`` or ``<stage>/<run>/<name>``);
 nothing else is an original; once settled, each one is in ``processed/`` (or
 ``errored/`` when it is invalid), each processed run has its predictions (a
 labels run: its labelled rows and join), and the metrics database has one
-processed row per processed run and no ``running`` row; each run's stage, row
-and log tell the same story (:data:`STORIES`).
+processed row per processed run and no ``running`` row; each run's stage, row,
+log and lease tell the same story (:data:`STORIES`).
 
-:func:`check_records_agree` checks that the four records of a run tell one story: the
-stage of its original, its ``pipeline_runs`` row, its Prefect flow run's state (read
-back from the server) and the last ``finish`` line of its log.
+:func:`check_records_agree` checks that the records of every flow run tell one story:
+the stage of its original, its ``pipeline_runs`` row, its Prefect flow run's state (read
+back from the server), its ``finish`` line in the log and its lease.
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
+from uuid import UUID
 
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 
 from churnops.drop import claims
 from churnops.drop.keys import DROP_PREFIXES, is_labels
-from churnops.drop.storage import DropStorage, folder_key, log_key, run_key, stage_key
+from churnops.drop.storage import CLAIMS, DropStorage, folder_key, log_key, run_key, stage_key
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline.labels import JOIN_SUFFIX, LABELED_ROWS_SUFFIX
 
@@ -119,7 +123,7 @@ class Drops:
         self.check_stories(url, found)
 
     def check_stories(self, url: str, found: list[Original]) -> None:
-        """The three records a run has without Prefect (stage, row, log) tell one story."""
+        """The records a run has without Prefect (stage, row, log, lease) tell one story."""
         store = MetricsStore(url)
         try:
             runs = store.runs()
@@ -129,64 +133,138 @@ class Drops:
         for original in found:
             lease = claims.latest_lease(self.storage, original.run)
             assert lease is not None, original.key
-            stage, row, _, log_status = next(s for s in STORIES.values() if s[0] == original.stage)
-            told = (run_story(self.storage, original.run), status.get(lease.db_id))
-            assert told == ((stage, log_status), row), (original.key, told)
+            told = (original.stage, status.get(lease.db_id))
+            told += (log_end(self.storage, lease), lease.state)
+            stories = {(s.stage, s.row, s.log, s.lease) for s in STORIES.values()}
+            assert told in stories, (original.key, told)
 
 
-#: One story per outcome of a run's latest attempt, as each record tells it: where its
-#: original is, its ``pipeline_runs`` status, its flow run's state (type, name), the
-#: status of its log's last ``finish`` line. A file that changed during its run went
-#: back to its drop folder to start over: that run closed failed, its flow Completed.
+class Story(NamedTuple):
+    """A run's outcome as each of its records tells it."""
+
+    #: Where the file's original is: a stage, None (in no run folder) or TAKEN_OVER (a
+    #: later attempt of the run holds it; that attempt tells the file's story).
+    stage: str | None
+    #: Its attempt's ``pipeline_runs`` status (None: the attempt has no row).
+    row: str | None
+    #: Its flow run's state: (type, name).
+    state: tuple[str, str]
+    #: How the log says the attempt ended (:func:`log_end`).
+    log: str
+    #: The state of the attempt's lease (its claim file).
+    lease: str
+
+
+TAKEN_OVER = "taken over"
+
+#: Every story an attempt may tell, and, where a record tells it differently from the
+#: others, why. The file's story is that of its latest attempt; earlier ones were taken over.
 STORIES = {
-    "processed": ("processed", "processed", ("COMPLETED", "Completed"), "ok"),
-    "errored": ("errored", "errored", ("FAILED", "Rejected"), "errored"),
-    "failed": ("processing", "failed", ("FAILED", "Failed"), "failed"),
-    "started over": (None, "failed", ("COMPLETED", "Completed"), "skipped"),
+    "processed": Story("processed", "processed", ("COMPLETED", "Completed"), "ok", "done"),
+    "errored": Story("errored", "errored", ("FAILED", "Rejected"), "errored", "done"),
+    "failed, waiting for its retry": Story(
+        "processing", "failed", ("FAILED", "Failed"), "failed", "failed"
+    ),
+    # The file changed during its run: it went back to its drop folder to start over as a
+    # new run; this one did not fail the flow (nothing was wrong with the file yet).
+    "started over": Story(None, "failed", ("COMPLETED", "Completed"), "skipped", "done"),
+    # Someone deleted the original from processing/ during the run: nowhere is right.
+    "deleted mid-run": Story(None, "errored", ("FAILED", "Rejected"), "errored", "done"),
+    "failed, then retried": Story(TAKEN_OVER, "failed", ("FAILED", "Failed"), "failed", "failed"),
+    # Killed (SIGKILL, OOM): it could not end its lease, row, log or flow run; the attempt
+    # that took over wrote "died" in the log, closed its row and marked its flow run
+    # Crashed (churnops.pipeline.flow.mark_crashed).
+    "died": Story(TAKEN_OVER, "failed", ("CRASHED", "Crashed"), "died", "running"),
+    # ... killed before it had started its row.
+    "died before its row": Story(TAKEN_OVER, None, ("CRASHED", "Crashed"), "died", "running"),
+    # Killed after its stage, row and log were final, before its lease closed: nothing is
+    # left to re-drive, so no later attempt marks its flow run, which stays Running (a
+    # known gap: finding it would mean reading every claim file).
+    "killed before release, processed": Story(
+        "processed", "processed", ("RUNNING", "Running"), "ok", "running"
+    ),
+    "killed before release, errored": Story(
+        "errored", "errored", ("RUNNING", "Running"), "errored", "running"
+    ),
 }
 
 
-def run_story(storage: DropStorage, run: str) -> tuple[str | None, str]:
-    """Where the run's original is (None: in no run folder) and the status of the last
-    ``finish`` line of its log."""
-    lease = claims.latest_lease(storage, run)
-    assert lease is not None, f"run {run} has no claim file"
+def stage_of(storage: DropStorage, lease: claims.Lease) -> str | None:
+    """Where the original of ``lease``'s run is, as :attr:`Story.stage` says."""
+    latest = claims.latest_lease(storage, lease.run)
+    assert latest is not None, f"run {lease.run} has no claim file"
+    if lease.attempt < latest.attempt:
+        return TAKEN_OVER
     stages = [
         stage
         for stage in ("processing", "processed", "errored")
-        if storage.exists(run_key(stage, run, lease.name))  # type: ignore[arg-type]
+        if storage.exists(run_key(stage, lease.run, lease.name))  # type: ignore[arg-type]
     ]
-    assert len(stages) <= 1, (run, stages)
-    lines = storage.read(log_key(run, lease.name)).decode().splitlines()
-    finishes = [line.split(" | ")[2] for line in lines if line.split(" | ")[1:2] == ["finish"]]
-    ends = [status for status in finishes if status != "start"]
-    assert ends, f"the log of run {run} has no finish line:\n" + "\n".join(lines)
-    return (stages[0] if stages else None), ends[-1]
+    assert len(stages) <= 1, (lease.run, stages)
+    return stages[0] if stages else None
+
+
+def log_end(storage: DropStorage, lease: claims.Lease) -> str:
+    """How the run's log says ``lease``'s attempt ended: "died" when a later attempt wrote
+    so, else the status of the last ``finish`` line of its part of the log (from its
+    ``claim`` line to the next)."""
+    lines = storage.read(log_key(lease.run, lease.name)).decode().splitlines()
+    part, ends = 0, []
+    for line in lines:
+        _, step, status, _, text = (line.split(" | ", 4) + [""] * 5)[:5]
+        if step == "claim" and text.startswith("attempt "):
+            part = int(text.split()[1].rstrip(":"))
+        elif step == "finish" and status == "died" and text.startswith(f"attempt {lease.attempt} "):
+            return "died"
+        elif step == "finish" and status != "start" and part == lease.attempt:
+            ends.append(status)
+    assert ends, f"the log of attempt {lease.attempt} has no finish line:\n" + "\n".join(lines)
+    return ends[-1]
+
+
+def leases(storage: DropStorage) -> list[claims.Lease]:
+    """Every attempt's lease in the storage."""
+    return [claims.Lease.from_json(storage.read(k)) for k in storage.list_keys(f"{CLAIMS}/")]
+
+
+def read_flow_runs(storage: DropStorage, started: Iterable[str]) -> list[FlowRun]:
+    """From the current Prefect server: the flow runs ``started`` and those of every lease
+    in ``storage`` (a killed child's flow run is known by its lease only)."""
+    ids = {UUID(i) for i in started} | {
+        UUID(x.flow_run_id) for x in leases(storage) if x.flow_run_id
+    }
+    with get_client(sync_client=True) as client:
+        found = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    assert {r.id for r in found} == ids, ids - {r.id for r in found}
+    return found
 
 
 def check_records_agree(
     storage: DropStorage, metrics_url: str, flow_runs: Iterable[FlowRun]
 ) -> None:
-    """After each flow run: its state as its Prefect server holds it (``flow_runs`` read
-    back from the server), its ``pipeline_runs`` row, the stage of its file and the file's
-    log tell one of :data:`STORIES` (a flow run that did not take its file, ``skipped``,
-    has no row and ends Completed)."""
+    """After each flow run, its five records tell one of :data:`STORIES`: the stage of its
+    file, its attempt's ``pipeline_runs`` row, its state as its Prefect server holds it
+    (``flow_runs`` read back from the server), the file's log and the attempt's lease. A
+    flow run that did not take its file (``skipped``) has no lease and ends Completed."""
     store = MetricsStore(metrics_url)
     try:
         runs = store.runs()
     finally:
         store.close()
+    status = dict(zip(runs["id"], runs["status"], strict=True))
+    by_flow_run = {x.flow_run_id: x for x in leases(storage)}
     for flow_run in flow_runs:
         state = flow_run.state
         assert state is not None, flow_run.id
-        rows = runs[runs["flow_run_id"] == str(flow_run.id)]
-        if rows.empty:
+        lease = by_flow_run.get(str(flow_run.id))
+        if lease is None:
             assert state.is_completed() and state.message.startswith("skipped:"), state
             continue
-        [(row_id, status)] = rows[["id", "status"]].itertuples(index=False)
-        run = row_id.rsplit(".", 1)[0]
-        latest = claims.latest_lease(storage, run)
-        assert latest is not None and latest.db_id == row_id, (row_id, latest)
-        stage, log_status = run_story(storage, run)
-        told = (stage, status, (state.type.value, state.name), log_status)
-        assert told in STORIES.values(), (run, told, state.message)
+        told = Story(
+            stage_of(storage, lease),
+            status.get(lease.db_id),
+            (state.type.value, state.name),
+            log_end(storage, lease),
+            lease.state,
+        )
+        assert told in STORIES.values(), (lease.run, lease.attempt, told, state.message)

@@ -1,13 +1,19 @@
 """Every file exactly once, whatever happens: kills, outages, duplicates, clashes.
 
 Real parts throughout: the local folder and S3 on a moto server, SQLite and a
-real Postgres (stopped and started), the session's MLflow server (stopped and
-started). A SIGKILL is a real one, sent by a forked child to itself at a
-chosen point; recovery is what the platform does, the reconciler.
+real Postgres (stopped and started), the session's MLflow and Prefect servers.
+Every trigger runs the Prefect flow (``churn_prediction_pipeline``, in process,
+against the session's server), so each check reads five records back: the
+file's stage, its ``pipeline_runs`` row, its flow run's state, its log and its
+lease (:func:`tests.exactly_once.check_records_agree`). A SIGKILL is a real one,
+sent by a forked child to itself at a chosen point inside its flow run; recovery
+is what the platform does: the reconciler re-drives, and the attempt that takes
+over marks the dead flow run Crashed.
 """
 
 from __future__ import annotations
 
+import contextvars
 import gzip
 import io
 import multiprocessing
@@ -20,7 +26,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churnops import retry
 from churnops.drop import claims
@@ -46,10 +53,10 @@ from churnops.drop.storage import (
     stage_key,
 )
 from churnops.monitoring.metrics_db import MetricsStore
-from churnops.pipeline import per_file, reconcile
+from churnops.pipeline import flow, per_file, reconcile
 from churnops.platform.services import free_port
 from churnops.settings import Settings, get_settings
-from tests.exactly_once import Drops, originals
+from tests.exactly_once import Drops, check_records_agree, originals, read_flow_runs
 from tests.fixtures.evidently_ui import SECRET as EVIDENTLY_SECRET
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.postgres import PostgresCluster
@@ -69,13 +76,22 @@ class World:
     drops: Drops
     #: Patches the timing constants (churnops.retry) for one test.
     patch: pytest.MonkeyPatch
+    #: The flow runs this test started in process (killed children's are in their leases).
+    flow_runs: list[str] = field(default_factory=list)
 
     @property
     def storage(self) -> DropStorage:
         return self.drops.storage
 
-    def process(self, key: str, steps: per_file.Steps = per_file.PLAIN_STEPS):
-        return per_file.process(self.settings, self.storage, key, steps=steps)
+    def process(
+        self, key: str, steps: per_file.Steps = per_file.PLAIN_STEPS
+    ) -> per_file.FileOutcome:
+        """One trigger: a flow run of ``churn_prediction_pipeline`` for ``key``."""
+        outcome, flow_run_id = _run_flow(
+            self.patch, lambda: self.settings, self.storage, key, steps
+        )
+        self.flow_runs.append(flow_run_id)
+        return outcome
 
     def reconcile(self) -> list[per_file.FileOutcome]:
         outcomes = []
@@ -85,7 +101,28 @@ class World:
         return outcomes
 
     def check(self, **kwargs: Any) -> None:
-        self.drops.check(metrics_url=self.settings.monitoring.metrics_db_url, **kwargs)
+        """The files (:meth:`Drops.check`), then the four records of every flow run."""
+        url = self.settings.monitoring.metrics_db_url
+        self.drops.check(metrics_url=url, **kwargs)
+        if kwargs.get("settled"):
+            check_records_agree(self.storage, url, read_flow_runs(self.storage, self.flow_runs))
+
+
+def _run_flow(
+    patch: pytest.MonkeyPatch,
+    settings: Callable[[], Settings],
+    storage: DropStorage,
+    key: str,
+    steps: per_file.Steps,
+) -> tuple[per_file.FileOutcome, str]:
+    """Run the flow in process on this ``storage`` object (one that may kill or replace),
+    these ``settings`` and ``steps`` (as the flow's tasks); its outcome and flow run id."""
+    patch.setattr(flow, "PREFECT_STEPS", steps.wrapped(flow.as_task))
+    patch.setattr(flow, "get_settings", settings)
+    patch.setattr(flow, "open_drop", lambda drop: storage)
+    state = flow.churn_prediction_pipeline(drop=storage.uri, key=key, return_state=True)
+    outcome = per_file.FileOutcome(**state.result(raise_on_failure=False))
+    return outcome, str(state.state_details.flow_run_id)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +189,13 @@ def world(
     return World(settings, make, Drops(make()), _quick(monkeypatch))
 
 
+@pytest.fixture(autouse=True)
+def _prefect(prefect_server: str) -> Iterator[None]:
+    """Flow runs and their Crashed marks go to the session's Prefect server."""
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        yield
+
+
 # --- kill -9 at every point of the journey ------------------------------------------------
 #: Step functions by name, and points inside storage calls.
 KILL_POINTS = [
@@ -204,8 +248,9 @@ class KillingStorage:
 
 
 def _killed_run(settings: Settings, key: str, point: str, env: dict[str, str]) -> None:
-    """In a child process: process ``key`` and SIGKILL at ``point``."""
+    """In a child process: a flow run for ``key`` that SIGKILLs itself at ``point``."""
     os.environ.update(env)  # the fork server was started before the moto credentials
+    api = env.pop("PREFECT_API_URL")
     storage = KillingStorage(open_storage(settings.drop), point)
 
     def killer(step: Callable) -> Callable:
@@ -217,7 +262,9 @@ def _killed_run(settings: Settings, key: str, point: str, env: dict[str, str]) -
 
         return die
 
-    per_file.process(settings, storage, key, steps=per_file.PLAIN_STEPS.wrapped(killer))
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        steps = per_file.PLAIN_STEPS.wrapped(killer)
+        _run_flow(pytest.MonkeyPatch(), lambda: settings, storage, key, steps)
     os._exit(0)  # not killed: the test fails on the exit code
 
 
@@ -225,7 +272,7 @@ def _killed_run(settings: Settings, key: str, point: str, env: dict[str, str]) -
 #: Arrow: a plain fork of the test process would deadlock in their thread pools.
 _CHILDREN = multiprocessing.get_context("forkserver")
 _CHILDREN.set_forkserver_preload(
-    ["churnops.pipeline.per_file", "churnops.model.churn_model", "churnops.monitoring.drift"]
+    ["churnops.pipeline.flow", "churnops.model.churn_model", "churnops.monitoring.drift"]
 )
 
 
@@ -234,6 +281,7 @@ def _run_killed(world: World, *kills: tuple[str, str]) -> None:
     the other (children at once would share the local Evidently workspace, which takes
     one writer)."""
     env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     for key, point in kills:
         child = _CHILDREN.Process(target=_killed_run, args=(world.settings, key, point, env))
         child.start()
@@ -509,8 +557,14 @@ def test_concurrent_and_duplicate_events_process_a_drop_once(
 ) -> None:
     key = world.drops.drop("customers.csv", small_file)
     outcomes: list[per_file.FileOutcome] = []
-    threads = [threading.Thread(target=lambda: outcomes.append(world.process(key)))]
-    threads += [threading.Thread(target=lambda: outcomes.append(world.process(key)))]
+    # each thread in this test's context: its Prefect settings (the session's server)
+    threads = [
+        threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(lambda: outcomes.append(world.process(key)),),
+        )
+        for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

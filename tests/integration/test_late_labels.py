@@ -121,7 +121,7 @@ def test_labels_without_identifier_join_by_rows_and_feed_retraining(scored) -> N
     realized = store.realized(outcomes[WITHOUT_IDS].run_id)
     store.close()
     assert set(realized["labeled_rows"]) == {len(labels)}
-    window = retraining.labeled_files(settings, storage, datetime.now(UTC))
+    window = retraining.labeled_files(settings.model, settings.drop, storage, datetime.now(UTC))
     learned = {f.name: f.rows for f in window}
     assert learned[f"synthetic_1_labeled.csv{LABELED_ROWS_SUFFIX}"] == len(labels)
     assert WITHOUT_IDS not in learned  # the unlabeled original teaches nothing
@@ -130,7 +130,7 @@ def test_labels_without_identifier_join_by_rows_and_feed_retraining(scored) -> N
     time.sleep(1.1)  # newer by its drop time: run ids order by the second of the drop
     again = _drop_labels(scored, "synthetic_1_corrected.csv", labels)
     assert again.status == "processed", again.message
-    window = retraining.labeled_files(settings, storage, datetime.now(UTC))
+    window = retraining.labeled_files(settings.model, settings.drop, storage, datetime.now(UTC))
     learned = {f.name: f.rows for f in window}
     assert learned[f"synthetic_1_corrected.csv{LABELED_ROWS_SUFFIX}"] < len(labels)
     assert f"synthetic_1_labeled.csv{LABELED_ROWS_SUFFIX}" not in learned  # newest labels only

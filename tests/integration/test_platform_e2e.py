@@ -286,6 +286,12 @@ def test_a_runner_killed_mid_file_loses_nothing(platform: RunningPlatform, data_
     drops.check(settled=True, invalid=1, metrics_url=platform.settings.monitoring.metrics_db_url)
     assert platform.process.poll() is None  # the platform carried on
     assert "died: restarting it" in platform.output.read_text()
+    api = platform.state["services"]["prefect"]["health_url"].removesuffix("/health")
+    with SyncPrefectClient(api) as client:
+        deployment = client.read_deployment_by_name(PIPELINE_DEPLOYMENT)
+        runs = _wait_for_final_runs(client, deployment.id, platform, {*FILES, "killed.csv"})
+    # the killed attempt's flow run too: Crashed, marked by the attempt that took over
+    check_records_agree(storage, platform.settings.monitoring.metrics_db_url, runs)
 
 
 def _finished(platform: RunningPlatform) -> list[str]:
@@ -340,13 +346,15 @@ def _file_name(run: FlowRun) -> str:
     return run.name.removesuffix(" (reconciled)")
 
 
-def _wait_for_final_runs(client: SyncPrefectClient, deployment_id, platform: RunningPlatform):
+def _wait_for_final_runs(
+    client: SyncPrefectClient, deployment_id, platform: RunningPlatform, names=frozenset(FILES)
+):
     ids = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
     deadline = time.monotonic() + DONE_TIMEOUT
     while True:
         runs = client.read_flow_runs(deployment_filter=ids)
         done = all(run.state and run.state.is_final() for run in runs)
-        if done and {_file_name(run) for run in runs} == set(FILES):
+        if done and {_file_name(run) for run in runs} == names:
             return runs
         if time.monotonic() > deadline:
             states = [(r.name, r.state and r.state.name) for r in runs]

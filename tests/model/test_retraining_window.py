@@ -47,13 +47,13 @@ def world(tmp_path: Path, data_dir: Path) -> tuple[Settings, DropStorage]:
 
 def names(settings: Settings, storage: DropStorage, **window: object) -> list[str]:
     chosen = settings.replace(**window)
-    return [f.name for f in labeled_files(chosen, storage, NOW)]
+    return [f.name for f in labeled_files(chosen.model, chosen.drop, storage, NOW)]
 
 
 def test_only_labeled_customer_files_oldest_first(world) -> None:
     settings, storage = world
     assert names(settings, storage) == ["a.csv", "c.csv", "d.csv"]
-    (first, *_) = labeled_files(settings, storage, NOW)
+    (first, *_) = labeled_files(settings.model, settings.drop, storage, NOW)
     assert first.key.startswith("data/processed/") and first.rows == 1050
     assert first.dropped_at is not None and abs(first.dropped_at - (NOW - timedelta(5))) < (
         timedelta(seconds=2)
@@ -78,6 +78,6 @@ def test_the_run_that_asked_counts_while_it_is_still_finishing(world, data_dir: 
     labeled = (data_dir / "customer_churn_1.csv").read_bytes()
     run = drop(storage, "e.csv", labeled, days_ago=0, done=False)  # still in processing/
     assert names(settings, storage)[-1] == "d.csv"
-    window = labeled_files(settings, storage, NOW, include_run=run)
+    window = labeled_files(settings.model, settings.drop, storage, NOW, include_run=run)
     assert [f.name for f in window][-1] == "e.csv"
     assert window[-1].key.startswith("data/processing/")

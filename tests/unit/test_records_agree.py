@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 from prefect.client.schemas.objects import FlowRun
-from prefect.states import Completed, Failed
+from prefect.states import Completed, Crashed, Failed, Running
 
 from churnops.drop import claims
 from churnops.drop.storage import FileLog, LocalDropStorage, stage_key
@@ -34,16 +34,19 @@ def test_a_flow_state_that_tells_another_story_fails_the_check(tmp_path: Path) -
             object_key="data/input/a.csv",
             flow_run_id=str(flow_run.id),
         )
+        file_log = FileLog(storage, held.run, held.name)
+        file_log.write("claim", "ok", f"attempt 1: data/input/a.csv -> {held.processing_key}")
         per_file.finish(storage, held.run, held.name, "processed")
-        FileLog(storage, held.run, held.name).write("finish", "ok")
+        file_log.write("finish", "ok")
         store.finish_run(held.lease.db_id, "processed")
+        claims.release(storage, held.lease, "done", "processed")
     finally:
         store.close()
 
     check_records_agree(storage, url, [flow_run])  # processed everywhere
-    for state in (Failed(name="Rejected"), Failed()):
+    for state in (Failed(name="Rejected"), Failed(), Crashed(), Running()):
         with pytest.raises(AssertionError, match="processed"):
             check_records_agree(storage, url, [flow_run.model_copy(update={"state": state})])
-    FileLog(storage, held.run, held.name).write("finish", "errored")
+    file_log.write("finish", "errored")
     with pytest.raises(AssertionError, match="errored"):
         check_records_agree(storage, url, [flow_run])

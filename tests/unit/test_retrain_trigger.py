@@ -52,7 +52,15 @@ class FakeSubmit:
 
 def alert(settings: Settings, quality: dict[str, float], submit: FakeSubmit, share: float = 0.0):
     return per_file.send_alerts(
-        settings, result(quality, share), "f.csv", MODEL, drop="s3://b", run="R1", submit=submit
+        settings.monitoring,
+        settings.model,
+        settings.alerts,
+        result(quality, share),
+        "f.csv",
+        MODEL,
+        drop="s3://b",
+        run="R1",
+        submit=submit,
     )
 
 

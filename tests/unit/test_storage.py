@@ -240,7 +240,7 @@ def test_append_line_and_file_log_message(storage: LocalDropStorage) -> None:
 
 
 def test_a_run_blocked_past_its_time_stops_renewing_its_lease(tmp_path: Path) -> None:
-    """The backstop behind every network timeout (ATTEMPT_TIMEOUT_SECONDS): a run stuck
+    """The backstop behind every network timeout (claims.MAX_ATTEMPT_SECONDS): a run stuck
     in a call loses its lease although its process lives, so the reconciler re-drives it."""
     storage = LocalDropStorage(tmp_path)
     storage.create_layout()

@@ -7,10 +7,15 @@ id. Each attempt at a run writes ``data/claims/<run>/<attempt>.json`` with a
 conditional create, so of two concurrent claimers exactly one wins, on S3 as
 locally. The winner then moves the file into ``processing/<run>/``.
 
-The claim file is a lease: its holder rewrites the heartbeat while it works.
-A lease whose heartbeat is older than ``lease_seconds`` (or whose process on
-this host is gone) is dead, and the reconciler may re-drive its run as the
-next attempt. A failed attempt (a dependency down) records when to retry.
+The claim file is a lease, **the one judge of liveness**: its holder rewrites the
+heartbeat while it works, for at most :data:`MAX_ATTEMPT_SECONDS` (the backstop behind
+every network timeout). A lease whose heartbeat is older than ``lease_seconds`` (or
+whose process on this host is gone) is dead, on S3 as locally, with or without
+Prefect; the reconciler may re-drive its run as the next attempt, which writes "died"
+in the file's log, closes the dead one's row and marks its flow run Crashed
+(:func:`churnops.pipeline.flow.mark_crashed`). Prefect's flow heartbeat is off in the
+runner: a second judge could call a run dead that the lease says lives. A failed
+attempt (a dependency down) records when to retry.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ HOST = socket.gethostname()
 #: A run whose heartbeat is older than this is dead (s); its holder beats every third of
 #: it. Long enough for a loaded machine's pauses, short enough to re-drive quickly.
 LEASE_SECONDS = 30.0
+#: An attempt still running after this stops renewing its lease, so the reconciler
+#: re-drives its run (s): the backstop behind every network timeout.
+MAX_ATTEMPT_SECONDS = 3600.0
 #: The drop time at the start of a run id.
 RUN_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
@@ -272,11 +280,25 @@ def release(
     return ended
 
 
+def lease(storage: DropStorage, run: str, attempt: int) -> Lease | None:
+    """The lease of one attempt, or None when it has none."""
+    try:
+        return Lease.from_json(storage.read(claim_key(run, attempt)))
+    except FileNotFoundError:
+        return None
+
+
+def died(storage: DropStorage, run: str, attempt: int) -> list[Lease]:
+    """The attempts before ``attempt`` that died: their leases still say running (each
+    successor's claim judged its predecessor dead)."""
+    earlier = (lease(storage, run, n) for n in range(1, attempt))
+    return [x for x in earlier if x is not None and x.state == "running"]
+
+
 def last_reason(storage: DropStorage, run: str, attempt: int) -> str:
     """Why the attempt before ``attempt`` ended: its failure, or that it died (killed, OOM)."""
-    try:
-        previous = Lease.from_json(storage.read(claim_key(run, attempt - 1)))
-    except FileNotFoundError:
+    previous = lease(storage, run, attempt - 1)
+    if previous is None:
         return "the earlier attempts left no claim"
     if previous.state == "running":
         return (
@@ -288,7 +310,10 @@ def last_reason(storage: DropStorage, run: str, attempt: int) -> str:
 
 @contextmanager
 def heartbeat(
-    storage: DropStorage, lease: Lease, every: float, limit: float = float("inf")
+    storage: DropStorage,
+    lease: Lease,
+    every: float = LEASE_SECONDS / 3,
+    limit: float = MAX_ATTEMPT_SECONDS,
 ) -> Iterator[None]:
     """Keep the lease alive from a thread while the body runs, for at most ``limit``
     seconds: a body blocked beyond every timeout then loses its lease and is re-driven."""

@@ -25,11 +25,13 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, Crashed, Failed, State
 
 from churnops.data.schema import is_bad_input
-from churnops.drop.storage import open_drop
+from churnops.drop import claims
+from churnops.drop.storage import DropStorage, open_drop
 from churnops.monitoring import ops_metrics
 from churnops.pipeline import per_file, reconcile
 from churnops.pipeline.retraining import RetrainOptions, retrain
@@ -92,6 +94,8 @@ def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome
     )
     logger = get_run_logger()
     logger.info("%s %s: %s", outcome.name, outcome.status, outcome.message)
+    if outcome.run and outcome.attempt:
+        mark_crashed(storage, outcome.run, outcome.attempt)
     # Every run says whether it failed (0 or 1): the alarm sums them, and sees that runs happen.
     ops_metrics.publish(
         settings.platform, {ops_metrics.FAILED_RUNS: float(outcome.status == "failed")}
@@ -103,6 +107,23 @@ def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome
     except Exception as exc:  # the API hiccuped: the file's outcome stands, its summary is lost
         logger.warning("no summary artifact for %s: %s", outcome.name, exc)
     return outcome
+
+
+def mark_crashed(storage: DropStorage, run: str, attempt: int) -> None:
+    """The flow runs of the attempts before ``attempt`` that died (their leases say so:
+    :mod:`churnops.drop.claims` is the one judge): Crashed, as their rows and the log say
+    (closed by the attempt that took over). Prefect does not judge liveness itself."""
+    for dead in claims.died(storage, run, attempt):
+        if not dead.flow_run_id:
+            continue
+        try:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(dead.flow_run_id).state
+                if state is None or not state.is_final():
+                    reason = claims.last_reason(storage, run, dead.attempt + 1)
+                    client.set_flow_run_state(dead.flow_run_id, Crashed(message=reason), force=True)
+        except Exception as exc:  # the run is gone, or the API hiccuped: the file's outcome stands
+            get_run_logger().warning("flow run %s not marked Crashed: %s", dead.flow_run_id, exc)
 
 
 def outcome_markdown(outcome: per_file.FileOutcome) -> str:

@@ -62,13 +62,9 @@ from churnops.pipeline import retrain_trigger
 from churnops.pipeline.labels import LabelsJoin, join_labels
 from churnops.pipeline.scoring import ScoredFile, score_file
 from churnops.results import MonitoringResult
-from churnops.settings import ModelSettings, MonitoringSettings, Settings
+from churnops.settings import AlertSettings, ModelSettings, MonitoringSettings, Settings
 
 log = logging.getLogger(__name__)
-
-#: An attempt still running after this stops renewing its lease, so the reconciler
-#: re-drives its run (s): the backstop behind every network timeout.
-ATTEMPT_TIMEOUT_SECONDS = 3600.0
 
 Status = Literal["processed", "errored", "failed", "skipped"]
 
@@ -123,7 +119,9 @@ def record_metrics(
 
 
 def send_alerts(
-    settings: Settings,
+    monitoring: MonitoringSettings,
+    retraining: ModelSettings,
+    alerts: AlertSettings,
     result: MonitoringResult,
     name: str,
     model: LoadedModel,
@@ -139,23 +137,24 @@ def send_alerts(
     the alert says which. A failed delivery is reported, never raised: it must
     not cost the file.
     """
-    assessment = assess(result, settings.monitoring)
+    assessment = assess(result, monitoring)
     if not assessment.needs_alert:
         return (), "no threshold crossed"
     alert = build_alert(name, model.name, model.version, assessment, result)
-    retraining = retrain_trigger.on_low_scores(settings, assessment.low_scores, drop, run, submit)
-    return _deliver(settings, alert, assessment.summary, retraining)
+    low = assessment.low_scores
+    note = retrain_trigger.on_low_scores(retraining, monitoring, low, drop, run, submit)
+    return _deliver(alerts, alert, assessment.summary, note)
 
 
 def _deliver(
-    settings: Settings, alert: Alert, summary: str, retraining: str
+    alerts: AlertSettings, alert: Alert, summary: str, retraining: str
 ) -> tuple[tuple[str, ...], str]:
     """Send ``alert`` (with the retraining note); a failed delivery is reported, not raised."""
     if retraining:
         alert = replace(alert, body=f"{alert.body}\n{retraining}\n")
     note = f"; {retraining}" if retraining else ""
     try:
-        channels = send_alert(alert, settings.alerts)
+        channels = send_alert(alert, alerts)
     except AlertDeliveryError as exc:
         log.warning("alert for %s: %s", alert.file_name, exc)
         return tuple(exc.delivered), f"{summary}; {exc}{note}"
@@ -183,7 +182,9 @@ def record_realized(
 
 
 def alert_realized(
-    settings: Settings,
+    monitoring: MonitoringSettings,
+    retraining: ModelSettings,
+    alerts: AlertSettings,
     joined: LabelsJoin,
     name: str,
     *,
@@ -193,15 +194,15 @@ def alert_realized(
 ) -> tuple[tuple[str, ...], str]:
     """Alert when a realized score is below its minimum; low scores suggest or start a
     retraining (``RETRAIN_MODE``) that learns from this labels ``run`` too."""
-    low = low_scores(joined.scores, settings.monitoring)
+    low = low_scores(joined.scores, monitoring)
     if not low:
         return (), "realized scores at or above their minimums"
     scoring = joined.scoring
     alert = build_labels_alert(
         name, joined.scoring_file, scoring.model_name, scoring.model_version, joined.summary(), low
     )
-    retraining = retrain_trigger.on_low_scores(settings, low, drop, run, submit)
-    return _deliver(settings, alert, "low realized scores", retraining)
+    note = retrain_trigger.on_low_scores(retraining, monitoring, low, drop, run, submit)
+    return _deliver(alerts, alert, "low realized scores", note)
 
 
 def finish(storage: DropStorage, run: str, name: str, stage: str) -> str:
@@ -278,8 +279,7 @@ def process(
     by = f" (flow run {flow_run_id})" if flow_run_id else ""
     moved = f"{printable(key)} -> {held.processing_key}"
     _note(attempt, "claim", "ok", f"attempt {lease.attempt}: {moved}{by}")
-    beat = claims.LEASE_SECONDS / 3
-    with claims.heartbeat(storage, lease, every=beat, limit=ATTEMPT_TIMEOUT_SECONDS):
+    with claims.heartbeat(storage, lease):
         outcome = _run_attempt(attempt)
     _release(attempt, outcome)
     return outcome
@@ -298,9 +298,8 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             flow_run_id=held.lease.flow_run_id or None,
             kind=LABELS if is_labels(held.lease.source_key) else SCORING,
         )
-        if held.lease.attempt > 1:  # a dead predecessor never closed its row
-            previous = claims.db_id(held.run, held.lease.attempt - 1)
-            attempt.store.close_if_running(previous, "the attempt died; the next one took over")
+        if held.lease.attempt > 1:
+            _close_dead_predecessor(attempt)
         info = attempt.storage.stat(held.processing_key)
         if info is None:
             return _complete_finish(attempt)
@@ -325,6 +324,20 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             attempt.store.close()
 
 
+def _close_dead_predecessor(attempt: _Attempt) -> None:
+    """A predecessor that died (its lease still says running) closed neither its row nor
+    its log: both say it died, as its flow run will
+    (:func:`churnops.pipeline.flow.mark_crashed`)."""
+    held = attempt.claim
+    previous = claims.lease(attempt.storage, held.run, held.lease.attempt - 1)
+    if previous is None or previous.state != "running":
+        return
+    reason = claims.last_reason(attempt.storage, held.run, held.lease.attempt)
+    _note(attempt, "finish", "died", reason)
+    if attempt.store is not None:
+        attempt.store.close_if_running(previous.db_id, reason)
+
+
 def _errored(attempt: _Attempt, reason: str, *, as_is: bool = False) -> FileOutcome:
     """The file is invalid (or given up on, or ``as_is``: cannot start over): to errored/
     with every reason in its log."""
@@ -347,7 +360,7 @@ def _rejected(attempt: _Attempt, reasons: str) -> FileOutcome:
     if outcome.status == "errored":
         held = attempt.claim
         alert = build_rejection_alert(held.name, held.run, reasons)
-        outcome.alert_channels, sent = _deliver(attempt.settings, alert, "rejected file", "")
+        outcome.alert_channels, sent = _deliver(attempt.settings.alerts, alert, "rejected file", "")
         _note(attempt, "alert", "ok", sent)
     return outcome
 
@@ -361,7 +374,9 @@ def _give_up(attempt: _Attempt, last_reason: str) -> FileOutcome:
     if outcome.status == "errored":
         where = run_key("errored", held.run, held.name)
         alert = build_gave_up_alert(held.name, reason, where)
-        outcome.alert_channels, outcome.message = _deliver(attempt.settings, alert, reason, "")
+        outcome.alert_channels, outcome.message = _deliver(
+            attempt.settings.alerts, alert, reason, ""
+        )
     return outcome
 
 
@@ -405,7 +420,14 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
         steps.record_metrics(settings.monitoring, attempt.store, held.lease.db_id, result)
     with file_log.step("alert") as record:
         channels, alert_message = steps.send_alerts(
-            settings, result, held.name, model, drop=storage.uri, run=held.run
+            settings.monitoring,
+            settings.model,
+            settings.alerts,
+            result,
+            held.name,
+            model,
+            drop=storage.uri,
+            run=held.run,
         )
         record.message = alert_message
     if _changed(attempt):
@@ -443,7 +465,13 @@ def _join_labels(attempt: _Attempt) -> FileOutcome:
         )
     with file_log.step("alert") as record:
         channels, alert_message = steps.alert_realized(
-            settings, joined, held.name, drop=storage.uri, run=held.run
+            settings.monitoring,
+            settings.model,
+            settings.alerts,
+            joined,
+            held.name,
+            drop=storage.uri,
+            run=held.run,
         )
         record.message = alert_message
     if _changed(attempt):

@@ -48,8 +48,6 @@ class Action:
     reason: str
     #: The idempotency marker of this submission (the same work twice: one flow run).
     marker: str = ""
-    #: The Prefect flow run of a dead attempt, to be marked Crashed.
-    dead_flow_run_id: str = ""
 
 
 Submit = Callable[[Action], None]
@@ -83,7 +81,7 @@ def _stranded_run(storage: DropStorage, now: datetime, run: str) -> Action | Non
     marker = f"{run}#{lease.attempt + 1}"
     if lease.holder_gone(now, claims.LEASE_SECONDS):
         why = f"attempt {lease.attempt} died (no heartbeat since {lease.heartbeat})"
-        return Action("redrive", key, why, marker, lease.flow_run_id)
+        return Action("redrive", key, why, marker)
     if lease.retry_due(now) or lease.state == "done":
         why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
         return Action("redrive", key, why, marker)
@@ -162,7 +160,7 @@ def close_dead_runs(
     try:
         for row_id in store.running():
             run, _, attempt = row_id.rpartition(".")
-            lease = _lease(storage, run, attempt)
+            lease = claims.lease(storage, run, int(attempt)) if run and attempt.isdigit() else None
             if lease is None or not lease.ended(now, claims.LEASE_SECONDS):
                 continue
             if lease.state == "running":
@@ -174,15 +172,6 @@ def close_dead_runs(
     finally:
         store.close()
     return actions
-
-
-def _lease(storage: DropStorage, run: str, attempt: str) -> claims.Lease | None:
-    if not run or not attempt.isdigit():
-        return None  # a row from before claims existed
-    try:
-        return claims.Lease.from_json(storage.read(claims.claim_key(run, int(attempt))))
-    except FileNotFoundError:
-        return None
 
 
 def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[Action]:
@@ -246,13 +235,9 @@ def _age(moments: list[datetime], now: datetime) -> float:
 def submit_to_deployment(drop: str, deployment: str = pipeline.PIPELINE_DEPLOYMENT) -> Submit:
     """Submit by creating a flow run of the pipeline deployment (one per marker) for a
     file of ``drop`` (the URI of the storage the reconciler looked at)."""
-    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-    from prefect.states import Crashed
 
     def submit(action: Action) -> None:
-        if action.dead_flow_run_id:
-            _mark_crashed(get_client, Crashed, action)
         run_deployment(
             deployment,
             parameters={"drop": drop, "key": action.key},
@@ -263,15 +248,3 @@ def submit_to_deployment(drop: str, deployment: str = pipeline.PIPELINE_DEPLOYME
         )
 
     return submit
-
-
-def _mark_crashed(get_client: Callable, crashed: Callable, action: Action) -> None:
-    """The dead attempt's flow run: Crashed, so the Prefect UI tells the truth."""
-    with get_client(sync_client=True) as client:
-        try:
-            run = client.read_flow_run(action.dead_flow_run_id)
-        except Exception as exc:  # the run is gone or the id is not one: nothing to fix
-            log.info("flow run %s not marked crashed: %s", action.dead_flow_run_id, exc)
-            return
-        if run.state is None or not run.state.is_final():
-            client.set_flow_run_state(run.id, crashed(message=action.reason), force=True)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from churnops import pipeline
 from churnops.monitoring.alerts import LowScore
 from churnops.monitoring.metrics_db import MetricsStore
-from churnops.settings import MonitoringSettings, Settings
+from churnops.settings import ModelSettings, MonitoringSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +63,30 @@ def last_start(monitoring: MonitoringSettings) -> datetime | None:
 
 
 def on_low_scores(
-    settings: Settings, low: list[LowScore], drop: str, run: str, submit: Submit
+    model: ModelSettings,
+    monitoring: MonitoringSettings,
+    low: list[LowScore],
+    drop: str,
+    run: str,
+    submit: Submit,
 ) -> str:
     """What ``RETRAIN_MODE`` does about a file's ``low`` scores (of a labeled file, or
     realized by late labels); the note for its alert ('' when nothing). A failed
     submission is noted, never raised: it must not cost the file.
     """
-    if not low or settings.model.retrain_mode == "off":
+    if not low or model.retrain_mode == "off":
         return ""
-    if settings.model.retrain_mode == "suggest":
+    if model.retrain_mode == "suggest":
         return SUGGESTION
     now = datetime.now(UTC)
     try:
-        last = last_start(settings.monitoring)
-        if cooling_down(last, now, settings.model.retrain_cooldown_minutes):
+        last = last_start(monitoring)
+        if cooling_down(last, now, model.retrain_cooldown_minutes):
             return (
                 f"retraining not started: the last one started at {last:%Y-%m-%d %H:%M:%S} UTC "
-                f"(cooldown {settings.model.retrain_cooldown_minutes:g} minutes)"
+                f"(cooldown {model.retrain_cooldown_minutes:g} minutes)"
             )
-        key = idempotency_key(now, settings.model.retrain_cooldown_minutes)
+        key = idempotency_key(now, model.retrain_cooldown_minutes)
         submit(key, drop, run)
     except Exception as exc:
         log.warning("retraining not started: %s", exc)

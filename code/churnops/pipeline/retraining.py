@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -53,7 +52,7 @@ from churnops.monitoring.alerts import Alert, AlertDeliveryError, send_alert
 from churnops.monitoring.metrics_db import LockState, MetricsStore
 from churnops.pipeline import labels
 from churnops.pipeline.retrain_trigger import LOCK
-from churnops.settings import DropSettings, ModelSettings, Settings
+from churnops.settings import AlertSettings, DropSettings, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -116,24 +115,28 @@ def read_labeled(drop: DropSettings, storage: DropStorage, key: str) -> LabeledF
 
 
 def labeled_files(
-    settings: Settings, storage: DropStorage, now: datetime, include_run: str | None = None
+    model: ModelSettings,
+    drop: DropSettings,
+    storage: DropStorage,
+    now: datetime,
+    include_run: str | None = None,
 ) -> list[LabeledFile]:
     """The window: newest ``retrain_window_files`` labeled files (within
     ``retrain_window_days`` when set), oldest first. The rows of a scoring run are
     learned once: from its newest late labels, else from its own ``Churn`` column."""
     runs = sorted({*run_folders(storage, "processed"), *([include_run] if include_run else [])})
-    oldest = now - timedelta(days=settings.model.retrain_window_days or 0)
+    oldest = now - timedelta(days=model.retrain_window_days or 0)
     found: list[LabeledFile] = []
     learned: set[str] = set()  # scoring runs whose rows are in the window already
     for run in reversed(runs):
-        if len(found) >= settings.model.retrain_window_files:
+        if len(found) >= model.retrain_window_files:
             break
-        if settings.model.retrain_window_days and claims.dropped_at(run) < oldest:
+        if model.retrain_window_days and claims.dropped_at(run) < oldest:
             break
         key, rows_of = labeled_source(storage, run)
         if key is None or rows_of in learned:
             continue
-        labeled = read_labeled(settings.drop, storage, key)
+        labeled = read_labeled(drop, storage, key)
         if labeled is not None:
             found.append(labeled)
             learned.add(rows_of)
@@ -154,7 +157,7 @@ def retrain(
     """
     options = options or RetrainOptions()
     store = MetricsStore.from_settings(settings.monitoring)
-    holder = f"{options.trigger}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    holder = f"{options.trigger}-{claims.HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         state = store.lock_state(LOCK)
         waited = _why_not_now(settings.model, state, options.trigger)
@@ -165,7 +168,9 @@ def retrain(
         if not store.acquire_lock(LOCK, holder, seconds, take_from=dead):
             return Outcome("skipped", _lock_holder(store.lock_state(LOCK)))
         try:
-            window = labeled_files(settings, storage, datetime.now(UTC), options.include_run)
+            window = labeled_files(
+                settings.model, settings.drop, storage, datetime.now(UTC), options.include_run
+            )
             if not window:
                 nothing = "no labeled file has been processed (in the window): nothing to learn"
                 return Outcome("skipped", nothing)
@@ -174,7 +179,7 @@ def retrain(
             )
             outcome = train_and_register(settings, chosen, progress, window, load)
             if outcome.status != "skipped":
-                outcome = _record(settings, store, options.trigger, outcome)
+                outcome = _record(settings.model, settings.alerts, store, options.trigger, outcome)
             return outcome
         finally:
             store.release_lock(LOCK, holder)
@@ -204,16 +209,9 @@ def _alive(holder: str) -> bool:
     """False when the holder (``<trigger>-<host>-<pid>-<nonce>``) ran on this host and its
     process is gone: its lock is taken over. Another host's holder is alive until expiry."""
     parts = holder.split("-", 1)[-1].rsplit("-", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != claims.HOST or not parts[1].isdigit():
         return True
-    pid = parts[1]
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return claims.pid_alive(int(parts[1]))
 
 
 def _lock_holder(state: LockState | None) -> str:
@@ -226,10 +224,16 @@ def _lock_holder(state: LockState | None) -> str:
 
 
 # --- telling people ------------------------------------------------------------------------
-def _record(settings: Settings, store: MetricsStore, trigger: Trigger, outcome: Outcome) -> Outcome:
+def _record(
+    model: ModelSettings,
+    alerts: AlertSettings,
+    store: MetricsStore,
+    trigger: Trigger,
+    outcome: Outcome,
+) -> Outcome:
     """The verdict in ``model_events`` (dashboards) and as an alert (people)."""
     store.record_model_event(
-        model_name=settings.model.model_name,
+        model_name=model.model_name,
         version=outcome.version,
         parent_version=outcome.parent_version,
         event=outcome.status,
@@ -239,9 +243,9 @@ def _record(settings: Settings, store: MetricsStore, trigger: Trigger, outcome: 
         trigger=trigger,
         mlflow_run_id=outcome.run_id,
     )
-    alert = retrain_alert(settings.model, outcome)
+    alert = retrain_alert(model, outcome)
     try:
-        channels = send_alert(alert, settings.alerts)
+        channels = send_alert(alert, alerts)
     except AlertDeliveryError as exc:  # the verdict stands; it is in MLflow and the database
         log.warning("retraining alert: %s", exc)
         channels = exc.delivered

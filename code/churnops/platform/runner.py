@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             # Prefect's flow heartbeat thread sleeps in 1 s steps and is joined at the
             # end of every run: up to a second per file. A dead runner's runs are found
-            # by their leases instead, and the reconciler marks their flow runs Crashed.
+            # by their leases instead; the attempt that takes over marks them Crashed.
             with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 runner.serve()
         finally:
