@@ -69,9 +69,9 @@ def test_extra_columns_travel_with_their_rows_and_change_no_prediction(
     storage.create(stage_key("input", "ids.csv"), extended.to_csv(index=False).encode())
     samples: list[pd.DataFrame] = []
 
-    def monitor(settings, model, scored, name):  # the real step, its input recorded
+    def monitor(monitoring, platform, model, scored, name):  # the real step, input recorded
         samples.append(scored.sample)
-        return per_file.monitor(settings, model, scored, name)
+        return per_file.monitor(monitoring, platform, model, scored, name)
 
     steps = dataclasses.replace(per_file.PLAIN_STEPS, monitor=monitor)
     plain = _predictions(

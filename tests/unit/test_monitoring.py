@@ -127,12 +127,14 @@ def test_missing_columns_and_an_empty_file_are_named(
 ) -> None:
     frames = {"reference": frame(0, 0.0), "current": frame(1, 0.0)}
     frames[frame_name] = change(frames[frame_name])
+    settings = get_settings(churnops_home=tmp_path)
     with pytest.raises(ValueError, match=message):
         run_monitoring(
             frames["reference"],
             frames["current"],
             feature_columns=FEATURES,
-            settings=get_settings(churnops_home=tmp_path),
+            monitoring=settings.monitoring,
+            platform=settings.platform,
             file_name="f.csv",
             model_version="1",
             model_name="m",

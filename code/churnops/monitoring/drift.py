@@ -59,7 +59,7 @@ from churnops import retry
 from churnops.data.schema import TARGET
 from churnops.monitoring.evidently_ui import FileReport, ensure_dashboard, file_values
 from churnops.results import PREDICTION, PROBABILITY, ColumnDrift, MonitoringResult
-from churnops.settings import MonitoringSettings, PlatformSettings, Settings
+from churnops.settings import MonitoringSettings, PlatformSettings
 
 #: Names of the two classification tasks in the data definition.
 LABELS_TASK = "labels"
@@ -94,7 +94,8 @@ def run_monitoring(
     current: pd.DataFrame,
     *,
     feature_columns: list[str],
-    settings: Settings,
+    monitoring: MonitoringSettings,
+    platform: PlatformSettings,
     file_name: str,
     model_version: str,
     model_name: str,
@@ -138,7 +139,7 @@ def run_monitoring(
     if totals.quality is not None:
         result.quality = dict(totals.quality)
     started = time.perf_counter()
-    result.snapshot_id, result.report_url = publish(snapshot, settings, model_tag)
+    result.snapshot_id, result.report_url = publish(snapshot, monitoring, platform, model_tag)
     result.seconds = seconds | {"store": time.perf_counter() - started}
     return result
 
@@ -322,14 +323,19 @@ def _target(monitoring: MonitoringSettings) -> tuple[tuple[str, str], WorkspaceB
         return (key, *_targets[key])
 
 
-def publish(snapshot: Snapshot, settings: Settings, model_tag: str = "") -> tuple[str, str]:
+def publish(
+    snapshot: Snapshot,
+    monitoring: MonitoringSettings,
+    platform: PlatformSettings,
+    model_tag: str = "",
+) -> tuple[str, str]:
     """Add the run to the workspace; return its snapshot id and the UI's URL for it.
 
     The project's dashboard gets its panels (and one for a new ``model_tag``) once
     per process. A failed add forgets the opened workspace, so the retry opens it
     again (and finds or creates the project, should someone have deleted it).
     """
-    key, workspace, project = _target(settings.monitoring)
+    key, workspace, project = _target(monitoring)
     try:
         ref = workspace.add_run(project, snapshot)
         if (*key, model_tag) not in _dashboards:
@@ -339,9 +345,9 @@ def publish(snapshot: Snapshot, settings: Settings, model_tag: str = "") -> tupl
         with _targets_lock:
             _targets.pop(key, None)
         raise
-    if settings.monitoring.evidently_ui_url:
+    if monitoring.evidently_ui_url:
         return str(ref.id), ref.url
-    return str(ref.id), local_report_url(settings.platform, project, ref.id)
+    return str(ref.id), local_report_url(platform, project, ref.id)
 
 
 def local_report_url(platform: PlatformSettings, project: UUID, snapshot: UUID) -> str:

@@ -62,7 +62,13 @@ from churnops.pipeline import retrain_trigger
 from churnops.pipeline.labels import LabelsJoin, join_labels
 from churnops.pipeline.scoring import ScoredFile, score_file
 from churnops.results import MonitoringResult
-from churnops.settings import AlertSettings, ModelSettings, MonitoringSettings, Settings
+from churnops.settings import (
+    AlertSettings,
+    ModelSettings,
+    MonitoringSettings,
+    PlatformSettings,
+    Settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +97,22 @@ class FileOutcome:
 
 # --- the steps -----------------------------------------------------------------------
 def monitor(
-    settings: Settings, model: LoadedModel, scored: ScoredFile, name: str
+    monitoring: MonitoringSettings,
+    platform: PlatformSettings,
+    model: LoadedModel,
+    scored: ScoredFile,
+    name: str,
 ) -> MonitoringResult:
     """Drift on the file's sample, with the exact counts and scores of every row, and
     feature-attribution drift on (part of) the same sample (first: the report shows it)."""
-    rows = settings.monitoring.attribution_sample_rows
+    rows = monitoring.attribution_sample_rows
     attribution = attribution_drift(model, scored.sample, rows) if rows else None
     result = run_monitoring(
         model.model.reference_data(),
         scored.sample,
         feature_columns=model.model.features,
-        settings=settings,
+        monitoring=monitoring,
+        platform=platform,
         file_name=name,
         model_version=model.version,
         model_name=model.name,
@@ -414,7 +425,9 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
         )
         record.message = scoring_summary(scored)
     with file_log.step("monitor") as record:
-        result: MonitoringResult = steps.monitor(settings, model, scored, held.name)
+        result: MonitoringResult = steps.monitor(
+            settings.monitoring, settings.platform, model, scored, held.name
+        )
         record.message = summary(result, timed=True)
     with file_log.step("store metrics"):
         steps.record_metrics(settings.monitoring, attempt.store, held.lease.db_id, result)
