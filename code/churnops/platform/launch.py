@@ -37,7 +37,7 @@ from churnops.platform.watcher import (
     start_deployment_run,
     trigger,
 )
-from churnops.settings import PlatformSettings, Settings
+from churnops.settings import DropSettings, MonitoringSettings, PlatformSettings, Settings
 
 if TYPE_CHECKING:
     from churnops.model.registry import Outcome
@@ -146,7 +146,7 @@ def run(settings: Settings, console: Console, errors: Console | None = None) -> 
         _start_servers(platform, ports)
         if not stop_requested.is_set():
             _ensure_model(settings, console)
-            _ensure_project(settings)
+            _ensure_project(settings.monitoring)
         if not stop_requested.is_set():
             _start_runner(platform)
         if not stop_requested.is_set():
@@ -258,11 +258,11 @@ def _ensure_model(settings: Settings, console: Console) -> None:
     console.print(f"  [green]ok[/green] trained and registered version {outcome.version}")
 
 
-def _ensure_project(settings: Settings) -> None:
+def _ensure_project(monitoring: MonitoringSettings) -> None:
     """Create the Evidently project once, before runners could race to create two."""
     from churnops.monitoring.drift import PROJECT, open_workspace, project_id
 
-    project_id(open_workspace(settings.monitoring), PROJECT)
+    project_id(open_workspace(monitoring), PROJECT)
 
 
 def _train(settings: Settings, data_file: Path, console: Console) -> Outcome:
@@ -344,18 +344,18 @@ def _write_state(platform: Platform) -> None:
         for s in platform.children()
     }
     entries["watcher"] = {
-        "url": _drop_location(settings),
+        "url": _drop_location(settings.drop),
         "health_url": None,
         "pid": os.getpid(),
         "log": None,
     }
-    svc.PlatformState(os.getpid(), _drop_location(settings), entries).save(settings.home)
+    svc.PlatformState(os.getpid(), _drop_location(settings.drop), entries).save(settings.home)
 
 
-def _drop_location(settings: Settings, folder: str = "input") -> str:
-    if settings.drop.drop_storage == "s3":
-        return f"s3://{settings.drop.drop_bucket}/data/{folder}/"
-    return str(settings.drop.drop_dir / "data" / folder)
+def _drop_location(drop: DropSettings, folder: str = "input") -> str:
+    if drop.drop_storage == "s3":
+        return f"s3://{drop.drop_bucket}/data/{folder}/"
+    return str(drop.drop_dir / "data" / folder)
 
 
 def _print_summary(platform: Platform) -> None:
@@ -365,8 +365,8 @@ def _print_summary(platform: Platform) -> None:
     table.add_column("where")
     for service in platform.children():
         table.add_row(service.name, service.url)
-    table.add_row("drop folder", _drop_location(settings))
-    table.add_row("labels folder", _drop_location(settings, "labels"))
+    table.add_row("drop folder", _drop_location(settings.drop))
+    table.add_row("labels folder", _drop_location(settings.drop, "labels"))
     table.add_row("state", str(settings.home))
     table.add_row("logs", str(settings.home / "logs"))
     platform.console.print(table)
