@@ -61,8 +61,8 @@ test: install data ## Install and run the whole test suite, every tier
 test-unit: install ## The unit tier (tests/unit): no data files, no services
 	$(RUN) pytest tests/unit
 
-test-rest: install data ## Every tier but unit (CI runs it after test-unit)
-	$(RUN) pytest --ignore=tests/unit
+test-rest: install data ## Every tier but unit (CI runs it after test-unit); prints the slowest tests
+	$(RUN) pytest --ignore=tests/unit --durations=15
 
 quality: install ## Lint and format checks (pre-commit hooks on every file)
 	$(RUN) pre-commit run --all-files
