@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,17 +123,31 @@ def collecting_dispatcher() -> tuple[Dispatcher, list[dict[str, Any]], threading
     return Dispatcher(handler, "drop", lambda result: None), events, seen
 
 
+@contextmanager
+def watching(
+    root: Path, monkeypatch: pytest.MonkeyPatch, settle: float, waiting: tuple[str, ...] = ()
+) -> Iterator[tuple[LocalDropStorage, list[dict[str, Any]], threading.Event]]:
+    """A started FolderWatcher on ``root`` with the quiet period ``settle``, the files
+    ``waiting`` in input/ before it starts; the storage, the events sent, one was sent."""
+    monkeypatch.setattr(watcher_module, "SETTLE_SECONDS", settle)
+    storage = LocalDropStorage(root)
+    storage.create_layout()
+    for name in waiting:
+        storage.create(stage_key("input", name), b"a,b\n1,2\n")
+    dispatcher, events, seen = collecting_dispatcher()
+    watcher = FolderWatcher(root, dispatcher)
+    watcher.start()
+    try:
+        yield storage, events, seen
+    finally:
+        watcher.stop()
+
+
 def test_folder_watcher_reports_waiting_and_new_files_once_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(watcher_module, "SETTLE_SECONDS", 0.05)
-    storage = LocalDropStorage(tmp_path)
-    storage.create_layout()
-    storage.create(stage_key("input", "before start.csv"), b"a,b\n1,2\n")
-    dispatcher, events, _ = collecting_dispatcher()
-    watcher = FolderWatcher(tmp_path, dispatcher)
-    watcher.start()
-    try:
+    waiting = ("before start.csv",)
+    with watching(tmp_path, monkeypatch, 0.05, waiting) as (storage, events, _):
         storage.create(stage_key("input", "new+1.csv"), b"a,b\n3,4\n")  # temp name, then link
         (tmp_path / "data/input/.hidden.csv").write_bytes(b"ignored")
         storage.create(stage_key("labels", "late.csv"), b"a,b\n5,6\n")
@@ -139,8 +155,6 @@ def test_folder_watcher_reports_waiting_and_new_files_once_whole(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len({_key(e) for e in events}) < 3:
             time.sleep(0.05)
-    finally:
-        watcher.stop()
     keys = {_key(e) for e in events}
     assert keys == {"data/input/before+start.csv", "data/input/new%2B1.csv", "data/labels/late.csv"}
     sizes = {e["Records"][0]["s3"]["object"]["size"] for e in events}
@@ -151,19 +165,11 @@ def test_a_file_renamed_into_input_is_sent_without_the_quiet_period(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A rename is atomic: the file is whole when it appears, nothing to wait for."""
-    monkeypatch.setattr(watcher_module, "SETTLE_SECONDS", 3600.0)
-    storage = LocalDropStorage(tmp_path)
-    storage.create_layout()
-    dispatcher, events, seen = collecting_dispatcher()
-    watcher = FolderWatcher(tmp_path, dispatcher)
-    watcher.start()
-    try:
+    with watching(tmp_path, monkeypatch, 3600.0) as (_, events, seen):
         partial = tmp_path / "data/input/.renamed.csv.part"
         partial.write_bytes(b"a,b\n1,2\n")
         partial.rename(tmp_path / "data/input/renamed.csv")
         assert seen.wait(30), "a renamed-in file waited for the quiet period"
-    finally:
-        watcher.stop()
     assert [_key(e) for e in events] == ["data/input/renamed.csv"]
 
 
@@ -502,13 +508,7 @@ def test_a_slow_writer_is_reported_once_it_closed_the_file(
 ) -> None:
     """Pauses longer than the quiet period do not report a half-written file: the
     close-write does, with the whole size."""
-    monkeypatch.setattr(watcher_module, "SETTLE_SECONDS", 0.05)
-    storage = LocalDropStorage(tmp_path)
-    storage.create_layout()
-    dispatcher, events, seen = collecting_dispatcher()
-    watcher = FolderWatcher(tmp_path, dispatcher)
-    watcher.start()
-    try:
+    with watching(tmp_path, monkeypatch, 0.05) as (_, events, seen):
         with (tmp_path / "data/input/slow.csv").open("wb") as out:
             for _ in range(6):
                 out.write(b"x" * 100)
@@ -516,6 +516,4 @@ def test_a_slow_writer_is_reported_once_it_closed_the_file(
                 time.sleep(0.25)
         assert seen.wait(30)
         time.sleep(0.5)  # anything reported late would be in by now
-    finally:
-        watcher.stop()
     assert [e["Records"][0]["s3"]["object"]["size"] for e in events] == [600]
