@@ -172,11 +172,11 @@ STORIES = {
     "deleted mid-run": Story(None, "errored", ("FAILED", "Rejected"), "errored", "done"),
     "failed, then retried": Story(TAKEN_OVER, "failed", ("FAILED", "Failed"), "failed", "failed"),
     # Killed (SIGKILL, OOM): it could not end its lease, row, log or flow run; the attempt
-    # that took over wrote "died" in the log, closed its row and marked its flow run
-    # Crashed (churnops.pipeline.flow.mark_crashed).
-    "died": Story(TAKEN_OVER, "failed", ("CRASHED", "Crashed"), "died", "running"),
+    # that took over wrote "died" in the log, closed its row, marked its flow run Crashed
+    # (churnops.pipeline.flow.mark_crashed) and ended its lease "died".
+    "died": Story(TAKEN_OVER, "failed", ("CRASHED", "Crashed"), "died", "died"),
     # ... killed before it had started its row.
-    "died before its row": Story(TAKEN_OVER, None, ("CRASHED", "Crashed"), "died", "running"),
+    "died before its row": Story(TAKEN_OVER, None, ("CRASHED", "Crashed"), "died", "died"),
     # Killed after its stage, row and log were final, before its lease closed: nothing is
     # left to re-drive, so no later attempt marks its flow run, which stays Running (a
     # known gap: finding it would mean reading every claim file).

@@ -26,7 +26,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import flow, per_file, reconcile
 from churnops.platform.services import free_port
 from churnops.settings import Settings, get_settings
-from tests.exactly_once import Drops, check_records_agree, originals, read_flow_runs
+from tests.exactly_once import Drops, check_records_agree, leases, originals, read_flow_runs
 from tests.fixtures.evidently_ui import SECRET as EVIDENTLY_SECRET
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.postgres import PostgresCluster
@@ -83,9 +83,7 @@ class World:
     def storage(self) -> DropStorage:
         return self.drops.storage
 
-    def process(
-        self, key: str, steps: per_file.Steps = per_file.PLAIN_STEPS
-    ) -> per_file.FileOutcome:
+    def process(self, key: str, steps: per_file.Steps = flow.STEPS) -> per_file.FileOutcome:
         """One trigger: a flow run of ``churn_prediction_pipeline`` for ``key``."""
         outcome, flow_run_id = _run_flow(
             self.patch, lambda: self.settings, self.storage, key, steps
@@ -263,7 +261,7 @@ def _killed_run(settings: Settings, key: str, point: str, env: dict[str, str]) -
         return die
 
     with temporary_settings(updates={PREFECT_API_URL: api}):
-        steps = per_file.PLAIN_STEPS.wrapped(killer)
+        steps = flow.STEPS.wrapped(killer)
         _run_flow(pytest.MonkeyPatch(), lambda: settings, storage, key, steps)
     os._exit(0)  # not killed: the test fails on the exit code
 
@@ -434,7 +432,7 @@ def _stop_during(step_name: str, stop: Callable[[], None]) -> per_file.Steps:
 
         return stopping
 
-    return per_file.PLAIN_STEPS.wrapped(wrap)
+    return flow.STEPS.wrapped(wrap)
 
 
 def test_metrics_database_down_mid_run_then_back(
@@ -749,7 +747,7 @@ def test_a_dependency_failure_is_one_short_line_where_users_look(
     def monitor(*args: Any) -> Any:
         raise RuntimeError(f"the report server said no\n{page}")
 
-    outcome = world.process(key, per_file.Steps(monitor=monitor))
+    outcome = world.process(key, replace(flow.STEPS, monitor=monitor))
 
     assert outcome.status == "failed", outcome
     reason = "RuntimeError: the report server said no"
@@ -861,6 +859,22 @@ def test_a_file_that_kills_its_runner_is_quarantined_after_max_attempts(
     assert world.reconcile() == []
 
 
+def test_an_attempt_killed_while_closing_a_dead_one_leaves_both_to_the_next(
+    world: World, small_file: bytes
+) -> None:
+    """Attempt 1 dies; attempt 2 dies while marking its flow run Crashed (its log and
+    row closed, its lease still running); attempt 3 closes both, and each record of
+    every attempt agrees (world.check)."""
+    key = world.drops.drop("customers.csv", small_file)
+    _run_killed(world, (key, "score_file"))
+    _run_killed(world, (_processing_key(world), "mark_crashed"))
+    outcomes = world.reconcile()
+    assert [(o.status, o.attempt) for o in outcomes] == [("processed", 3)], outcomes
+    world.check(settled=True)
+    ends = {x.attempt: x.state for x in leases(world.storage)}
+    assert ends == {1: "died", 2: "died", 3: "done"}, ends
+
+
 def test_a_processing_object_deleted_mid_run_closes_the_run_once(
     world: World, small_file: bytes
 ) -> None:
@@ -874,7 +888,7 @@ def test_a_processing_object_deleted_mid_run_closes_the_run_once(
             Path(storage.path(processing_key)).unlink()
         return per_file.score_file(settings, storage, processing_key, *rest)
 
-    steps = per_file.Steps(score_file=delete)
+    steps = replace(flow.STEPS, score_file=delete)
     outcome = world.process(key, steps)
     assert outcome.status == "errored", outcome
     assert "deleted during its run" in outcome.message
@@ -989,7 +1003,7 @@ def test_a_file_written_after_its_claim_starts_over_as_a_new_run(
             out.write(more)
         return scored
 
-    outcome = local_world.process(key, per_file.Steps(score_file=still_writing))
+    outcome = local_world.process(key, replace(flow.STEPS, score_file=still_writing))
     assert outcome.status == "skipped" and "changed during its run" in outcome.message
     assert [o.status for o in local_world.reconcile()] == ["processed"]
     local_world.check(settled=True)
@@ -1039,7 +1053,7 @@ def test_a_file_that_changed_during_its_run_whose_name_was_dropped_again_is_kept
         local_world.drops.drop("customers.csv", newer)
         return scored
 
-    outcome = local_world.process(key, per_file.Steps(score_file=still_writing))
+    outcome = local_world.process(key, replace(flow.STEPS, score_file=still_writing))
 
     assert outcome.status == "errored" and "is another drop now" in outcome.message, outcome
     assert [o.status for o in local_world.reconcile()] == ["processed"]

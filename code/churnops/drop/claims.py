@@ -12,8 +12,8 @@ heartbeat while it works, for at most :data:`MAX_ATTEMPT_SECONDS` (the backstop 
 every network timeout). A lease whose heartbeat is older than ``lease_seconds`` (or
 whose process on this host is gone) is dead, on S3 as locally, with or without
 Prefect; the reconciler may re-drive its run as the next attempt, which writes "died"
-in the file's log, closes the dead one's row and marks its flow run Crashed
-(:func:`churnops.pipeline.flow.mark_crashed`). Prefect's flow heartbeat is off in the
+in the file's log, closes the dead one's row, marks its flow run Crashed and ends its
+lease ``died``, once. Prefect's flow heartbeat is off in the
 runner: a second judge could call a run dead that the lease says lives. A failed
 attempt (a dependency down) records when to retry.
 """
@@ -43,7 +43,7 @@ from churnops.drop.storage import (
     stage_key,
 )
 
-LeaseState = Literal["running", "failed", "done"]
+LeaseState = Literal["running", "failed", "done", "died"]
 HOST = socket.gethostname()
 
 
@@ -289,10 +289,18 @@ def lease(storage: DropStorage, run: str, attempt: int) -> Lease | None:
 
 
 def died(storage: DropStorage, run: str, attempt: int) -> list[Lease]:
-    """The attempts before ``attempt`` that died: their leases still say running (each
-    successor's claim judged its predecessor dead)."""
+    """The attempts before ``attempt`` that died and nobody has closed yet: their leases
+    still say running (each successor's claim judged its predecessor dead)."""
     earlier = (lease(storage, run, n) for n in range(1, attempt))
     return [x for x in earlier if x is not None and x.state == "running"]
+
+
+def death(dead: Lease) -> str:
+    """Why an attempt whose lease was left running ended."""
+    return (
+        f"attempt {dead.attempt} died (no heartbeat since {dead.heartbeat}): "
+        "its process was killed, perhaps out of memory"
+    )
 
 
 def last_reason(storage: DropStorage, run: str, attempt: int) -> str:
@@ -300,12 +308,7 @@ def last_reason(storage: DropStorage, run: str, attempt: int) -> str:
     previous = lease(storage, run, attempt - 1)
     if previous is None:
         return "the earlier attempts left no claim"
-    if previous.state == "running":
-        return (
-            f"attempt {previous.attempt} died (no heartbeat since {previous.heartbeat}): "
-            "its process was killed, perhaps out of memory"
-        )
-    return previous.reason
+    return death(previous) if previous.state == "running" else previous.reason
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -30,8 +30,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Crashed, Failed, State
 
 from churnops.data.schema import is_bad_input
-from churnops.drop import claims
-from churnops.drop.storage import DropStorage, open_drop
+from churnops.drop.storage import open_drop
 from churnops.monitoring import ops_metrics
 from churnops.pipeline import per_file, reconcile
 from churnops.pipeline.retraining import RetrainOptions, retrain
@@ -72,7 +71,26 @@ def as_task(step: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-PREFECT_STEPS = per_file.PLAIN_STEPS.wrapped(as_task)
+def mark_crashed(crashed: dict[str, str]) -> None:
+    """Crashed, the flow runs of attempts that died (id: why), as their leases, rows and
+    logs say (:mod:`churnops.drop.claims` is the one judge: Prefect does not judge
+    liveness itself). A run already final is left as it is."""
+    try:
+        with get_client(sync_client=True) as client:
+            for flow_run_id, reason in crashed.items():
+                try:
+                    state = client.read_flow_run(flow_run_id).state
+                    if state is None or not state.is_final():
+                        client.set_flow_run_state(flow_run_id, Crashed(message=reason), force=True)
+                except Exception as exc:  # the run is gone: the others are still marked
+                    get_run_logger().warning("flow run %s not marked: %s", flow_run_id, exc)
+    except Exception as exc:  # the API is down: the file's outcome stands
+        get_run_logger().warning("flow runs %s not marked Crashed: %s", list(crashed), exc)
+
+
+#: The flow's steps: the plain ones, and Prefect told of the attempts that died.
+STEPS = replace(per_file.PLAIN_STEPS, mark_crashed=mark_crashed)
+PREFECT_STEPS = STEPS.wrapped(as_task)
 
 
 @flow(name="churn_prediction_pipeline")
@@ -94,8 +112,6 @@ def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome
     )
     logger = get_run_logger()
     logger.info("%s %s: %s", outcome.name, outcome.status, outcome.message)
-    if outcome.run and outcome.attempt:
-        mark_crashed(storage, outcome.run, outcome.attempt)
     # Every run says whether it failed (0 or 1): the alarm sums them, and sees that runs happen.
     ops_metrics.publish(
         settings.platform, {ops_metrics.FAILED_RUNS: float(outcome.status == "failed")}
@@ -107,23 +123,6 @@ def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome
     except Exception as exc:  # the API hiccuped: the file's outcome stands, its summary is lost
         logger.warning("no summary artifact for %s: %s", outcome.name, exc)
     return outcome
-
-
-def mark_crashed(storage: DropStorage, run: str, attempt: int) -> None:
-    """The flow runs of the attempts before ``attempt`` that died (their leases say so:
-    :mod:`churnops.drop.claims` is the one judge): Crashed, as their rows and the log say
-    (closed by the attempt that took over). Prefect does not judge liveness itself."""
-    for dead in claims.died(storage, run, attempt):
-        if not dead.flow_run_id:
-            continue
-        try:
-            with get_client(sync_client=True) as client:
-                state = client.read_flow_run(dead.flow_run_id).state
-                if state is None or not state.is_final():
-                    reason = claims.last_reason(storage, run, dead.attempt + 1)
-                    client.set_flow_run_state(dead.flow_run_id, Crashed(message=reason), force=True)
-        except Exception as exc:  # the run is gone, or the API hiccuped: the file's outcome stands
-            get_run_logger().warning("flow run %s not marked Crashed: %s", dead.flow_run_id, exc)
 
 
 def outcome_markdown(outcome: per_file.FileOutcome) -> str:

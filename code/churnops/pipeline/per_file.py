@@ -247,6 +247,8 @@ class Steps:
     record_realized: Callable[..., None] = record_realized
     alert_realized: Callable[..., tuple[tuple[str, ...], str]] = alert_realized
     finish: Callable[..., str] = finish
+    #: Marks the flow runs of dead attempts (id: why) Crashed; without Prefect, none.
+    mark_crashed: Callable[[dict[str, str]], None] = lambda crashed: None
 
     def wrapped(self, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Steps:
         """The same steps, each passed through ``wrap`` (for example ``prefect.task``)."""
@@ -309,8 +311,7 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             flow_run_id=held.lease.flow_run_id or None,
             kind=LABELS if is_labels(held.lease.source_key) else SCORING,
         )
-        if held.lease.attempt > 1:
-            _close_dead_predecessor(attempt)
+        _close_dead_predecessors(attempt)
         info = attempt.storage.stat(held.processing_key)
         if info is None:
             return _complete_finish(attempt)
@@ -335,18 +336,21 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             attempt.store.close()
 
 
-def _close_dead_predecessor(attempt: _Attempt) -> None:
-    """A predecessor that died (its lease still says running) closed neither its row nor
-    its log: both say it died, as its flow run will
-    (:func:`churnops.pipeline.flow.mark_crashed`)."""
+def _close_dead_predecessors(attempt: _Attempt) -> None:
+    """Earlier attempts that died (their leases still say running) closed neither their
+    row, log nor flow run: this attempt closes each, then ends its lease ``died`` so
+    that none is closed twice. A kill midway leaves the lease running: the next
+    attempt closes it again (closing a row or a flow run twice is harmless)."""
     held = attempt.claim
-    previous = claims.lease(attempt.storage, held.run, held.lease.attempt - 1)
-    if previous is None or previous.state != "running":
-        return
-    reason = claims.last_reason(attempt.storage, held.run, held.lease.attempt)
-    _note(attempt, "finish", "died", reason)
-    if attempt.store is not None:
-        attempt.store.close_if_running(previous.db_id, reason)
+    dead = claims.died(attempt.storage, held.run, held.lease.attempt)
+    for lease in dead:
+        _note(attempt, "finish", "died", claims.death(lease))
+        if attempt.store is not None:
+            attempt.store.close_if_running(lease.db_id, claims.death(lease))
+    if crashed := {x.flow_run_id: claims.death(x) for x in dead if x.flow_run_id}:
+        attempt.steps.mark_crashed(crashed)
+    for lease in dead:
+        claims.release(attempt.storage, lease, "died", claims.death(lease))
 
 
 def _errored(attempt: _Attempt, reason: str, *, as_is: bool = False) -> FileOutcome:
