@@ -72,7 +72,8 @@ OPTUNA_STUDY = "xgboost-churn-cost"
 #: What a version needs installed to load and score, pinned to this environment's
 #: versions. Written, not inferred: MLflow's inference imports the model in a
 #: subprocess (about 6 s of every training) and lists whatever that import happened to
-#: load (colorama, tornado, rich...).
+#: load (colorama, tornado, rich...). tests/unit/test_model_requirements.py checks it
+#: against what the model's code imports.
 MODEL_PACKAGES = (
     "churnops",
     "mlflow",
@@ -84,6 +85,7 @@ MODEL_PACKAGES = (
     "pydantic-settings",
     "scikit-learn",
     "scipy",
+    "tenacity",
     "xgboost",
 )
 #: Cross-validation folds of the search and of the threshold choice: 5 is the usual
