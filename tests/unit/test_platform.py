@@ -173,6 +173,26 @@ def test_a_file_renamed_into_input_is_sent_without_the_quiet_period(
     assert [_key(e) for e in events] == ["data/input/renamed.csv"]
 
 
+def test_a_file_renamed_over_one_still_settling_is_sent_once_as_renamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file that waited is gone (replaced by its writer): only the new one is sent
+    (twice at most, as one version: the handler's idempotency key makes it one run)."""
+    with watching(tmp_path, monkeypatch, 1.0) as (storage, events, seen):
+        storage.create(stage_key("input", "same.csv"), b"a,b\n1,2\n")  # settles for 1 s
+        partial = tmp_path / "data/input/.same.csv.part"
+        partial.write_bytes(b"a,b\n1,2\n3,4\n")
+        partial.rename(tmp_path / "data/input/same.csv")
+        assert seen.wait(30), "nothing was sent"
+        time.sleep(2.0)  # a second event would come within the quiet period
+    final = (tmp_path / "data/input/same.csv").lstat()
+    sent = {
+        (e["Records"][0]["s3"]["object"]["size"], e["Records"][0]["s3"]["object"]["sequencer"])
+        for e in events
+    }
+    assert sent == {(final.st_size, file_sequencer(final))}
+
+
 def _key(event: dict[str, Any]) -> str:
     return event["Records"][0]["s3"]["object"]["key"]
 
