@@ -8,6 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import boto3
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -85,6 +86,16 @@ def test_process_exit_codes_for_skipped_and_failed(
     output = run("reconcile")
     assert "nothing to reconcile" not in output
     assert f"waiting a.csv (run {waiting[0].parent.name}): attempt 2 at 20" in output, output
+    # The same on the bucket: `reconcile s3://...` reads the bucket, not the local drop.
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.put_object(Bucket=moto_bucket, Key="data/input/b.csv", Body=b"x\n1\n")
+    result = CliRunner().invoke(app, ["process", f"s3://{moto_bucket}/data/input/b.csv"])
+    assert result.exit_code == 4, result.output
+    listed = s3.list_objects_v2(Bucket=moto_bucket, Prefix="data/processing/")["Contents"]
+    (run_id,) = {x["Key"].split("/")[2] for x in listed if x["Key"].endswith("/b.csv")}
+    output = run("reconcile", f"s3://{moto_bucket}")
+    assert f"waiting b.csv (run {run_id}): attempt 2 at 20" in output, output
+    assert "a.csv" not in output
 
 
 def test_process_a_missing_file_fails_clearly(home: Path) -> None:
