@@ -1,5 +1,5 @@
-"""What tests share about processes and ports: waiting for a server's port, a clean
-environment for a platform, a search for leftover processes. A free port and the
+"""What tests share about processes and ports: waiting for a condition or a server's
+port, a clean environment for a platform, a search for leftover processes. A free port and the
 process-group stop are the platform's own (:mod:`churnops.platform.services`)."""
 
 from __future__ import annotations
@@ -8,9 +8,20 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
+
+
+def eventually(condition: Callable[[], object], seconds: float, interval: float = 0.1) -> bool:
+    """Poll ``condition`` until it holds or ``seconds`` pass; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def wait_for_port(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -28,6 +27,7 @@ from churnops.model.registry import TrainingOptions, train_and_register
 from churnops.settings import Settings, get_settings
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.model import FAST_PARAMS
+from tests.processes import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -80,10 +80,10 @@ class AuthServer(MlflowServer):
         return env
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 120
-        while not self.ready.exists():  # what the container's health check waits for
-            assert time.monotonic() < deadline, (self.root / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+        log = (
+            self.root / "server.log"
+        )  # the ready file: what the container's health check waits for
+        assert eventually(self.ready.exists, 120, 0.5), log.read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")

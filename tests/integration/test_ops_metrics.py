@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,7 @@ from churnops.pipeline.flow import churn_prediction_pipeline
 from churnops.platform.runner import FlowRunner, QueueGauge, task_protection
 from churnops.platform.services import free_port
 from churnops.settings import Settings, get_settings
-from tests.processes import LOOPBACK
+from tests.processes import LOOPBACK, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -157,14 +156,12 @@ def test_a_runner_publishes_the_runs_waiting_for_it(
             gauge.start()
             try:
                 endpoint = moto_server
-                deadline = time.monotonic() + 30
-                while not datapoints(endpoint, namespace, ops_metrics.QUEUED_RUNS, "Maximum"):
-                    assert time.monotonic() < deadline, "no queue depth published"
-                    time.sleep(0.2)
+                queued = (endpoint, namespace, ops_metrics.QUEUED_RUNS, "Maximum")
+                assert eventually(lambda: datapoints(*queued), 30, 0.2), "no queue depth published"
             finally:
                 gauge.stopped.set()
                 gauge.join(timeout=10)
-    assert max(datapoints(endpoint, namespace, ops_metrics.QUEUED_RUNS, "Maximum")) == 3.0
+    assert max(datapoints(*queued)) == 3.0
 
 
 class AgentStub(BaseHTTPRequestHandler):

@@ -36,7 +36,7 @@ from churnops.pipeline import PIPELINE_DEPLOYMENT
 from churnops.platform import services
 from churnops.settings import Settings, get_settings
 from tests.exactly_once import Drops, check_records_agree
-from tests.processes import FOREIGN, LOOPBACK, leftovers
+from tests.processes import FOREIGN, LOOPBACK, eventually, leftovers
 
 pytestmark = pytest.mark.integration
 
@@ -151,9 +151,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterat
         pgids = [r.pid for r in records]
         first.process.kill()  # SIGKILL: `up` can stop nothing itself
         first.process.wait()
-        deadline = time.monotonic() + GONE_TIMEOUT
-        while _whats_left(home, pgids, ports) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        eventually(lambda: not _whats_left(home, pgids, ports), GONE_TIMEOUT, 0.5)
         left = _whats_left(home, pgids, ports)
         again = env | {f"{n.upper()}_PORT": str(p) for n, p in ports.items()}
         second = Up(home, again, "second")
@@ -227,10 +225,8 @@ def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: 
     check_records_agree(storage, settings.monitoring.metrics_db_url, runs)
     assert by_name[MALFORMED].state.message.startswith("errored: ")
     assert by_name[GOOD].state.message.startswith("processed: drifted ")
-    deadline = time.monotonic() + 15  # `churnops up` prints one line per finished file
-    while not {f"processed {GOOD}", f"rejected {MALFORMED}"} <= set(_finished(platform)):
-        assert time.monotonic() < deadline, platform.output.read_text()[-3000:]
-        time.sleep(0.5)
+    finished = {f"processed {GOOD}", f"rejected {MALFORMED}"}  # one line per file from `up`
+    assert eventually(lambda: finished <= set(_finished(platform)), 15, 0.5), platform.logs()
 
     processed = {k.rsplit("/", 1)[1]: k for k in storage.list_keys("data/processed/")}
     assert {GOOD, DRIFTED} <= set(processed)
@@ -273,14 +269,14 @@ def test_a_runner_killed_mid_file_loses_nothing(platform: RunningPlatform, data_
     storage = LocalDropStorage(platform.settings.drop.drop_dir)
     drops = Drops(storage, [])
     drops.drop("killed.csv", (data_dir / GOOD).read_bytes())
-    deadline = time.monotonic() + DONE_TIMEOUT
-    while not (leases := _leases(storage, "killed.csv")):
-        assert time.monotonic() < deadline, platform.logs()
-        time.sleep(0.02)
-    os.kill(leases[0].pid, signal.SIGKILL)
-    while not ((last := _leases(storage, "killed.csv")[-1]).attempt > 1 and last.state == "done"):
-        assert time.monotonic() < deadline, platform.logs()
-        time.sleep(0.1)
+    assert eventually(lambda: _leases(storage, "killed.csv"), DONE_TIMEOUT, 0.02), platform.logs()
+    os.kill(_leases(storage, "killed.csv")[0].pid, signal.SIGKILL)
+
+    def redriven() -> bool:
+        last = _leases(storage, "killed.csv")[-1]
+        return last.attempt > 1 and last.state == "done"
+
+    assert eventually(redriven, DONE_TIMEOUT), platform.logs()
     drops.dropped += [(data_dir / name).read_bytes() for name in (GOOD, DRIFTED)]
     drops.dropped.append(b"not,a,churn\nfile,at,all\n")
     drops.check(settled=True, invalid=1, metrics_url=platform.settings.monitoring.metrics_db_url)
@@ -330,9 +326,7 @@ def test_the_platform_stops_clean(platform: RunningPlatform) -> None:
     platform.process.send_signal(signal.SIGINT)
     assert platform.process.wait(timeout=240) == 0, platform.logs()
     assert not (platform.home / "platform.json").exists()
-    deadline = time.monotonic() + GONE_TIMEOUT
-    while leftovers(platform.home) and time.monotonic() < deadline:
-        time.sleep(1)
+    eventually(lambda: not leftovers(platform.home), GONE_TIMEOUT, 1)
     assert leftovers(platform.home) == []
     reaper = (platform.home / services.LOG_DIR / "reaper.log").read_text()
     assert f"(pid {platform.process.pid}) died" not in reaper

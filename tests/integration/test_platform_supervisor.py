@@ -9,8 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -19,7 +17,7 @@ from rich.console import Console
 
 from churnops.platform import launch, services
 from churnops.settings import get_settings
-from tests.processes import LOOPBACK
+from tests.processes import LOOPBACK, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -47,15 +45,6 @@ class Supervised:
         services.stop_all(svc_stop, grace=10)
 
 
-def _until(condition: Callable[[], bool], seconds: float = 180.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _settings(tmp_path: Path, prefect_server: str, **extra: object):  # type: ignore[no-untyped-def]
     """A platform's settings whose Prefect is the session's server: the supervisor's
     console lines and reconcile requests get their answers at once (against a closed port
@@ -70,11 +59,11 @@ def test_a_killed_mlflow_server_is_restarted_by_up(tmp_path: Path, prefect_serve
     mlflow = next(s for s in services.server_services(settings, ports) if s.name == "mlflow")
     platform = launch.Platform(settings, Console(file=io.StringIO()), servers=[mlflow])
     mlflow.start()
-    assert _until(mlflow.healthy), mlflow.tail()
+    assert eventually(mlflow.healthy, 180, 0.2), mlflow.tail()
     first = mlflow.pid
     with Supervised(platform) as supervised:
         os.kill(first, signal.SIGKILL)
-        assert _until(lambda: mlflow.pid != first and mlflow.healthy()), mlflow.tail()
+        assert eventually(lambda: mlflow.pid != first and mlflow.healthy(), 180, 0.2), mlflow.tail()
         assert not supervised.code  # the platform still runs
     assert "mlflow died: restarting it" in platform.console.file.getvalue()
 
@@ -96,7 +85,7 @@ def test_a_runner_killed_again_and_again_is_restarted_but_a_crash_loop_stops_the
         for _ in range(launch.MAX_RESTARTS + 2):
             pid = killed.pid
             os.kill(pid, signal.SIGKILL)
-            assert _until(lambda pid=pid: killed.pid != pid and killed.alive(), 30)
+            assert eventually(lambda pid=pid: killed.pid != pid and killed.alive(), 30, 0.2)
         assert not supervised.code
     crashing = _child(tmp_path, "runner-1", [sys.executable, "-c", "raise SystemExit(1)"])
     platform = launch.Platform(settings, Console(file=io.StringIO()), runners=[crashing])

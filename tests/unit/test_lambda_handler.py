@@ -225,24 +225,28 @@ def event(*records: dict[str, Any]) -> dict[str, Any]:
     return {"Records": list(records)}
 
 
+def invoke(handler: ModuleType, *records: dict[str, Any] | str) -> list[dict[str, Any]]:
+    """The handler's outcomes for one event of ``records`` (a key stands for its record)."""
+    found = [record(r) if isinstance(r, str) else r for r in records]
+    return handler.lambda_handler(event(*found), None)["results"]
+
+
 # --- the happy path and key decoding -------------------------------------------------------
 def test_creates_a_flow_run_with_bucket_key_and_idempotency_key(
     handler: ModuleType, prefect: FakePrefect
 ) -> None:
-    result = handler.lambda_handler(event(record("data/input/customer_churn_1.csv")), None)
+    results = invoke(handler, "data/input/customer_churn_1.csv")
 
     [post] = prefect.posts()
     run_id = next(iter(prefect.runs.values()))["id"]
-    assert result == {
-        "results": [
-            {
-                "bucket": BUCKET,
-                "key": "data/input/customer_churn_1.csv",
-                "status": "created",
-                "flow_run_id": run_id,
-            }
-        ]
-    }
+    assert results == [
+        {
+            "bucket": BUCKET,
+            "key": "data/input/customer_churn_1.csv",
+            "status": "created",
+            "flow_run_id": run_id,
+        }
+    ]
     assert post["body"] == {
         "parameters": {"drop": f"s3://{BUCKET}", "key": "data/input/customer_churn_1.csv"},
         "idempotency_key": f"s3://{BUCKET}/data/input/customer_churn_1.csv#0062A1B2C3D4E5F601",
@@ -264,7 +268,7 @@ def test_creates_a_flow_run_with_bucket_key_and_idempotency_key(
 def test_url_encoded_keys_are_decoded(
     handler: ModuleType, prefect: FakePrefect, encoded: str, decoded: str
 ) -> None:
-    [outcome] = handler.lambda_handler(event(record(encoded)), None)["results"]
+    [outcome] = invoke(handler, encoded)
 
     assert outcome["status"] == "created"
     assert outcome["key"] == decoded
@@ -272,7 +276,7 @@ def test_url_encoded_keys_are_decoded(
 
 
 def test_version_id_wins_over_sequencer(handler: ModuleType, prefect: FakePrefect) -> None:
-    handler.lambda_handler(event(record("data/input/a.csv", versionId="v3")), None)
+    invoke(handler, record("data/input/a.csv", versionId="v3"))
 
     assert prefect.posts()[0]["body"]["idempotency_key"] == f"s3://{BUCKET}/data/input/a.csv#v3"
 
@@ -289,7 +293,7 @@ def test_several_records_each_get_an_outcome_and_a_log_line(
         "data/input/two.csv",
     ]
     with caplog.at_level(logging.INFO, logger="s3_to_prefect"):
-        results = handler.lambda_handler(event(*map(record, keys)), None)["results"]
+        results = invoke(handler, *keys)
 
     assert [(r["key"], r["status"]) for r in results] == [
         ("data/input/one.csv", "created"),
@@ -311,9 +315,7 @@ def test_input_prefix_comes_from_the_environment(
     handler: ModuleType, prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("INPUT_PREFIX", "incoming/")
-    results = handler.lambda_handler(
-        event(record("incoming/a.csv"), record("data/input/a.csv")), None
-    )["results"]
+    results = invoke(handler, "incoming/a.csv", "data/input/a.csv")
 
     assert [r["status"] for r in results] == ["created", "skipped"]
 
@@ -321,9 +323,7 @@ def test_input_prefix_comes_from_the_environment(
 def test_a_labels_file_starts_a_run_of_the_same_deployment(
     handler: ModuleType, prefect: FakePrefect
 ) -> None:
-    results = handler.lambda_handler(
-        event(record("data/labels/a_predictions.csv"), record("data/labels/old/b.csv")), None
-    )["results"]
+    results = invoke(handler, "data/labels/a_predictions.csv", "data/labels/old/b.csv")
 
     assert [r["status"] for r in results] == ["created", "skipped"]
     assert prefect.posts()[0]["body"]["parameters"]["key"] == "data/labels/a_predictions.csv"
@@ -342,9 +342,7 @@ def test_a_labels_file_starts_a_run_of_the_same_deployment(
 def test_other_events_are_skipped(
     handler: ModuleType, prefect: FakePrefect, change: dict, reason: str
 ) -> None:
-    [outcome] = handler.lambda_handler(event({**record("data/input/a.csv"), **change}), None)[
-        "results"
-    ]
+    [outcome] = invoke(handler, {**record("data/input/a.csv"), **change})
 
     assert outcome["status"] == "skipped"
     assert outcome["reason"] == reason
@@ -356,8 +354,8 @@ def test_other_events_are_skipped(
 def test_the_deployment_is_looked_up_once_while_warm(
     handler: ModuleType, prefect: FakePrefect
 ) -> None:
-    handler.lambda_handler(event(record("data/input/a.csv")), None)
-    handler.lambda_handler(event(record("data/input/b.csv")), None)
+    invoke(handler, "data/input/a.csv")
+    invoke(handler, "data/input/b.csv")
 
     assert len(prefect.gets()) == 1
     assert len(prefect.posts()) == 2
@@ -368,12 +366,10 @@ def test_the_deployment_is_looked_up_once_while_warm(
 def test_a_refusal_fails_the_record_without_retrying(
     handler: ModuleType, prefect: FakePrefect, status: int
 ) -> None:
-    handler.lambda_handler(event(record("data/input/warm.csv")), None)  # caches the deployment
+    invoke(handler, "data/input/warm.csv")  # caches the deployment
     prefect.failures = [status]
 
-    results = handler.lambda_handler(
-        event(record("data/input/a.csv"), record("data/input/b.csv")), None
-    )["results"]
+    results = invoke(handler, "data/input/a.csv", "data/input/b.csv")
 
     assert results[0]["status"] == "failed"
     assert results[0]["reason"] == f"Prefect API answered HTTP {status}: injected {status}"
@@ -387,7 +383,7 @@ def test_transient_errors_are_retried(
 ) -> None:
     prefect.failures = [status, status]  # lookup fails twice, third try answers
 
-    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+    [outcome] = invoke(handler, "data/input/a.csv")
 
     assert outcome["status"] == "created"
     assert len(prefect.gets()) == 3
@@ -399,15 +395,15 @@ def test_persistent_server_errors_raise_for_lambda_to_retry(
     prefect.failures = [503] * 3
 
     with pytest.raises(handler.PrefectUnavailable, match="failed 3 times, last: HTTP 503"):
-        handler.lambda_handler(event(record("data/input/a.csv")), None)
+        invoke(handler, "data/input/a.csv")
     assert prefect.posts() == []
 
 
 def test_a_timeout_is_retried(handler: ModuleType, prefect: FakePrefect) -> None:
-    handler.lambda_handler(event(record("data/input/warm.csv")), None)
+    invoke(handler, "data/input/warm.csv")
     prefect.stalls = 1
 
-    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+    [outcome] = invoke(handler, "data/input/a.csv")
 
     assert outcome["status"] == "created"
     assert len(prefect.posts()) == 3  # warm-up, the stalled try, the retry
@@ -416,10 +412,10 @@ def test_a_timeout_is_retried(handler: ModuleType, prefect: FakePrefect) -> None
 def test_a_run_created_by_a_post_that_timed_out_is_reported_created_not_a_duplicate(
     handler: ModuleType, prefect: FakePrefect
 ) -> None:
-    handler.lambda_handler(event(record("data/input/warm.csv")), None)
+    invoke(handler, "data/input/warm.csv")
     prefect.late = 1  # the server creates the run, its answer comes after the timeout
 
-    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+    [outcome] = invoke(handler, "data/input/a.csv")
 
     assert outcome["status"] == "created"
     assert len(prefect.runs) == 2  # the retry got the same run back: one run for the file
@@ -429,14 +425,14 @@ def test_persistent_timeouts_raise(handler: ModuleType, prefect: FakePrefect) ->
     prefect.stalls = 3
 
     with pytest.raises(handler.PrefectUnavailable, match="failed 3 times, last: TimeoutError"):
-        handler.lambda_handler(event(record("data/input/a.csv")), None)
+        invoke(handler, "data/input/a.csv")
 
 
 def test_a_refused_connection_raises(handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREFECT_API_URL", f"http://{LOOPBACK}:{free_port(LOOPBACK)}/api")
 
     with pytest.raises(handler.PrefectUnavailable, match="Connection refused"):
-        handler.lambda_handler(event(record("data/input/a.csv")), None)
+        invoke(handler, "data/input/a.csv")
 
 
 def test_a_non_json_answer_names_the_likely_cause(
@@ -446,7 +442,7 @@ def test_a_non_json_answer_names_the_likely_cause(
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     monkeypatch.setenv("PREFECT_API_URL", f"http://{LOOPBACK}:{server.server_address[1]}")
     try:
-        [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+        [outcome] = invoke(handler, "data/input/a.csv")
     finally:
         server.shutdown()
         server.server_close()
@@ -475,7 +471,7 @@ def test_import_needs_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     module = load_handler()
 
     with pytest.raises(ValueError, match="PREFECT_API_URL is not set"):
-        module.lambda_handler(event(record("data/input/a.csv")), None)
+        invoke(module, "data/input/a.csv")
 
 
 @pytest.mark.parametrize(
@@ -493,7 +489,7 @@ def test_bad_settings_are_named(
     monkeypatch.setenv(variable, value)
 
     with pytest.raises(ValueError, match=message):
-        handler.lambda_handler(event(record("data/input/a.csv")), None)
+        invoke(handler, "data/input/a.csv")
 
 
 @pytest.mark.parametrize(
@@ -517,7 +513,7 @@ def test_credentials_are_sent(
 ) -> None:
     monkeypatch.setenv(variable, value)
 
-    handler.lambda_handler(event(record("data/input/a.csv")), None)
+    invoke(handler, "data/input/a.csv")
 
     assert {r["headers"]["Authorization"] for r in prefect.requests} == {header}
 
@@ -527,7 +523,7 @@ def test_the_deployment_name_comes_from_the_environment(
 ) -> None:
     monkeypatch.setenv("PREFECT_DEPLOYMENT", "churn_prediction_pipeline/other")
 
-    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+    [outcome] = invoke(handler, "data/input/a.csv")
 
     assert outcome["status"] == "failed"
     assert prefect.gets()[0]["path"] == "/api/deployments/name/churn_prediction_pipeline/other"
@@ -572,7 +568,7 @@ def test_an_event_without_records_is_refused(handler: ModuleType, bad: Any) -> N
 def test_hidden_temporary_and_partial_files_start_no_run(
     handler: ModuleType, prefect: FakePrefect, name: str
 ) -> None:
-    [outcome] = handler.lambda_handler(event(record(f"data/input/{name}")), None)["results"]
+    [outcome] = invoke(handler, f"data/input/{name}")
     assert outcome["status"] == "skipped"
     assert outcome["reason"].startswith("a hidden, temporary or partial file")
     assert prefect.posts() == []
@@ -610,8 +606,8 @@ def basic(auth_string: str) -> str:
 def test_the_auth_string_is_read_from_the_secret_once_while_warm(
     handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets
 ) -> None:
-    handler.lambda_handler(event(record("data/input/a.csv")), None)
-    handler.lambda_handler(event(record("data/input/b.csv")), None)
+    invoke(handler, "data/input/a.csv")
+    invoke(handler, "data/input/b.csv")
 
     assert {r["headers"]["Authorization"] for r in prefect.requests} == {basic("churnops:s3cret")}
     assert secrets.reads == [SECRET_ARN]
@@ -621,10 +617,10 @@ def test_the_secret_is_read_again_once_its_time_is_up(
     handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(handler, "SECRET_TTL_SECONDS", 0.0)
-    handler.lambda_handler(event(record("data/input/a.csv")), None)
+    invoke(handler, "data/input/a.csv")
     secrets.values[SECRET_ARN] = "churnops:rotated"
 
-    handler.lambda_handler(event(record("data/input/b.csv")), None)
+    invoke(handler, "data/input/b.csv")
 
     assert secrets.reads == [SECRET_ARN, SECRET_ARN]
     assert prefect.posts()[-1]["headers"]["Authorization"] == basic("churnops:rotated")
@@ -636,9 +632,9 @@ def test_a_refused_credential_fails_the_invocation_and_the_retry_reads_the_secre
     prefect.failures = [401]
 
     with pytest.raises(handler.PrefectUnauthorized, match="HTTP 401"):
-        handler.lambda_handler(event(record("data/input/a.csv")), None)
+        invoke(handler, "data/input/a.csv")
     secrets.values[SECRET_ARN] = "churnops:rotated"
-    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+    [outcome] = invoke(handler, "data/input/a.csv")
 
     assert outcome["status"] == "created"
     assert secrets.reads == [SECRET_ARN, SECRET_ARN]
@@ -650,7 +646,7 @@ def test_an_auth_string_in_the_environment_needs_no_secret(
 ) -> None:
     monkeypatch.setenv("PREFECT_API_AUTH_STRING", "local:pass")
 
-    handler.lambda_handler(event(record("data/input/a.csv")), None)
+    invoke(handler, "data/input/a.csv")
 
     assert secrets.reads == []
     assert prefect.requests[0]["headers"]["Authorization"] == basic("local:pass")
@@ -662,5 +658,5 @@ def test_a_secret_that_is_not_an_auth_string_is_named(
     secrets.values[SECRET_ARN] = "only-a-password"
 
     with pytest.raises(ValueError, match="does not hold a Prefect auth string"):
-        handler.lambda_handler(event(record("data/input/a.csv")), None)
+        invoke(handler, "data/input/a.csv")
     assert prefect.requests == []

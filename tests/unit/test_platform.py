@@ -35,6 +35,7 @@ from churnops.platform.watcher import (
     wait_stable,
 )
 from churnops.settings import NO_USAGE_TELEMETRY, get_settings
+from tests.processes import eventually
 
 ROOT = Path(__file__).parents[2]
 
@@ -152,9 +153,7 @@ def test_folder_watcher_reports_waiting_and_new_files_once_whole(
         (tmp_path / "data/input/.hidden.csv").write_bytes(b"ignored")
         storage.create(stage_key("labels", "late.csv"), b"a,b\n5,6\n")
         (tmp_path / "data/labels/sub").mkdir()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len({_key(e) for e in events}) < 3:
-            time.sleep(0.05)
+        eventually(lambda: len({_key(e) for e in events}) >= 3, 30, 0.05)
     keys = {_key(e) for e in events}
     assert keys == {"data/input/before+start.csv", "data/input/new%2B1.csv", "data/labels/late.csv"}
     sizes = {e["Records"][0]["s3"]["object"]["size"] for e in events}
@@ -291,9 +290,7 @@ def test_stopping_a_service_takes_its_whole_process_group(tmp_path: Path) -> Non
         "sleeper", [sys.executable, "-c", script], tmp_path / "s.log", dict(os.environ), "-"
     )
     service.start()
-    deadline = time.monotonic() + 30
-    while "up" not in service.tail() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: "up" in service.tail(), 30)
     assert service.pid is not None
     pgid = service.pid
     service.stop(grace=5)
@@ -348,10 +345,7 @@ def test_a_port_left_in_time_wait_by_a_stopped_server_is_free_again() -> None:
         accepted, _ = server.accept()
     accepted.close()  # the server side closes first: its end of the connection waits
     client.close()
-    deadline = time.monotonic() + 10
-    while _tcp_states(port) != {"06"} and time.monotonic() < deadline:  # 06: TIME_WAIT
-        time.sleep(0.01)
-    assert _tcp_states(port) == {"06"}
+    assert eventually(lambda: _tcp_states(port) == {"06"}, 10, 0.01)  # 06: TIME_WAIT
     with socket.socket() as naive, pytest.raises(OSError):
         naive.bind(("127.0.0.1", port))  # what the probe did before: refused for 60 s
     assert services.choose_port("127.0.0.1", port, "prefect_port") == port
@@ -429,19 +423,10 @@ def _start_service_then_get_killed(
     child = int(parent.stdout.readline())
     assert services.ChildRecord.load(log.with_suffix(services.CHILD_RECORD_SUFFIX))
     assert services.live_groups([child])
-    deadline = time.monotonic() + 30
-    while ready is not None and not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    eventually(lambda: ready is None or ready.exists(), 30, 0.02)
     parent.kill()
     parent.wait()
     return child
-
-
-def _gone_within(pgid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while services.live_groups([pgid]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not services.live_groups([pgid])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
@@ -451,7 +436,7 @@ def test_a_service_gets_sigterm_when_the_process_that_started_it_is_killed(
     command = [str(shutil.which("sleep")), "300"]
     child = _start_service_then_get_killed(tmp_path, command, reaper=False)
     try:
-        assert _gone_within(child, 10)
+        assert eventually(lambda: not services.live_groups([child]), 10, 0.05)
     finally:
         services.terminate_groups([child], grace=1)
 
@@ -466,12 +451,10 @@ def test_the_reaper_kills_a_service_that_outlives_its_killed_parent(tmp_path: Pa
     command = [sys.executable, "-c", stubborn]
     child = _start_service_then_get_killed(tmp_path, command, reaper=True, ready=ready)
     try:
-        assert _gone_within(child, 15)
+        assert eventually(lambda: not services.live_groups([child]), 15, 0.05)
         log = tmp_path / services.LOG_DIR / "reaper.log"
-        deadline = time.monotonic() + 10  # the reaper writes its line once the group is gone
-        while "stopped sleeper (pid" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "stopped sleeper (pid" in log.read_text()
+        # the reaper writes its line once the group is gone
+        assert eventually(lambda: "stopped sleeper (pid" in log.read_text(), 10, 0.05)
         assert not list((tmp_path / services.LOG_DIR).glob(f"*{services.CHILD_RECORD_SUFFIX}"))
     finally:
         services.terminate_groups([child], grace=1)
