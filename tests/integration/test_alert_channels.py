@@ -15,7 +15,7 @@ from churnops import retry
 from churnops.monitoring.alerts import Alert, AlertDeliveryError, assess, build_alert, send_alert
 from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
-from churnops.settings import Settings, get_settings
+from churnops.settings import AlertSettings, Settings, get_settings
 from tests.fixtures.moto import sns_topic_to_queue
 from tests.fixtures.smtp import SMTP_PASSWORD, SMTP_USER, Mailbox, running_mailbox
 from tests.processes import LOOPBACK
@@ -33,9 +33,10 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return get_settings(churnops_home=tmp_path)
 
 
-def configure(settings: Settings, **changes: object) -> Settings:
-    """The settings with channel options changed."""
-    return settings.replace(**changes)
+def mailing(settings: Settings, host: str, port: int, **changes: object) -> AlertSettings:
+    """Alerts mailed to ops@example.com through ``host``:``port``, with ``changes``."""
+    changes = {"alert_email_to": "ops@example.com", **changes}
+    return settings.replace(smtp_host=host, smtp_port=port, **changes).alerts
 
 
 @pytest.fixture
@@ -54,8 +55,7 @@ def alert(settings: Settings) -> Alert:
 
 def test_sns(moto_server: str, settings: Settings, alert: Alert) -> None:
     topic, queue = sns_topic_to_queue(moto_server)
-    settings = configure(settings, alerts_topic_arn=topic)
-    assert send_alert(alert, settings.alerts) == ["log", "sns"]
+    assert send_alert(alert, settings.replace(alerts_topic_arn=topic).alerts) == ["log", "sns"]
     sqs = boto3.client("sqs", endpoint_url=moto_server)
     messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5)["Messages"]
     assert len(messages) == 1
@@ -67,21 +67,16 @@ def test_sns(moto_server: str, settings: Settings, alert: Alert) -> None:
 
 def test_sns_missing_topic_is_reported(moto_server: str, settings: Settings, alert: Alert) -> None:
     arn = "arn:aws:sns:us-east-1:123456789012:no-such-topic"
-    settings = configure(settings, alerts_topic_arn=arn)
     with pytest.raises(AlertDeliveryError) as err:
-        send_alert(alert, settings.alerts)
+        send_alert(alert, settings.replace(alerts_topic_arn=arn).alerts)
     assert list(err.value.failures) == ["sns"]
     assert err.value.delivered == ["log"]
 
 
 def test_email(smtp_server: Mailbox, settings: Settings, alert: Alert) -> None:
-    settings = configure(
-        settings,
-        smtp_host=smtp_server.host,
-        smtp_port=smtp_server.port,
-        alert_email_to="ops@example.com, data@example.com",
-    )
-    assert send_alert(alert, settings.alerts) == ["log", "email"]
+    to = "ops@example.com, data@example.com"
+    alerts = mailing(settings, smtp_server.host, smtp_server.port, alert_email_to=to)
+    assert send_alert(alert, alerts) == ["log", "email"]
     (message,) = smtp_server.messages
     assert message["Subject"] == alert.subject
     assert message["From"] == "churnops@localhost"
@@ -91,15 +86,9 @@ def test_email(smtp_server: Mailbox, settings: Settings, alert: Alert) -> None:
 
 
 def test_email_with_login(smtp_server: Mailbox, settings: Settings, alert: Alert) -> None:
-    settings = configure(
-        settings,
-        smtp_host=smtp_server.host,
-        smtp_port=smtp_server.port,
-        smtp_user=SMTP_USER,
-        smtp_password=SMTP_PASSWORD,
-        alert_email_to="ops@example.com",
-    )
-    assert send_alert(alert, settings.alerts) == ["log", "email"]
+    login = {"smtp_user": SMTP_USER, "smtp_password": SMTP_PASSWORD}
+    alerts = mailing(settings, smtp_server.host, smtp_server.port, **login)
+    assert send_alert(alert, alerts) == ["log", "email"]
     assert smtp_server.logins == [SMTP_USER]
     assert len(smtp_server.messages) == 1
 
@@ -121,17 +110,8 @@ def test_a_login_to_a_server_off_this_machine_without_starttls_is_refused(
         running_mailbox(host) as mailbox,
         pytest.raises(AlertDeliveryError, match="offers no STARTTLS") as err,
     ):
-        send_alert(
-            alert,
-            configure(
-                settings,
-                smtp_host=host,
-                smtp_port=mailbox.port,
-                smtp_user=SMTP_USER,
-                smtp_password=SMTP_PASSWORD,
-                alert_email_to="ops@example.com",
-            ).alerts,
-        )
+        login = {"smtp_user": SMTP_USER, "smtp_password": SMTP_PASSWORD}
+        send_alert(alert, mailing(settings, host, mailbox.port, **login))
     assert err.value.delivered == ["log"]
     assert mailbox.logins == [] and mailbox.messages == []
 
@@ -139,16 +119,10 @@ def test_a_login_to_a_server_off_this_machine_without_starttls_is_refused(
 def test_email_wrong_password_is_reported_without_retry(
     smtp_server: Mailbox, settings: Settings, alert: Alert, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = configure(
-        settings,
-        smtp_host=smtp_server.host,
-        smtp_port=smtp_server.port,
-        smtp_user=SMTP_USER,
-        smtp_password="wrong",
-        alert_email_to="ops@example.com",
-    )
+    login = {"smtp_user": SMTP_USER, "smtp_password": "wrong"}
+    alerts = mailing(settings, smtp_server.host, smtp_server.port, **login)
     with pytest.raises(AlertDeliveryError, match="SMTPAuthenticationError"):
-        send_alert(alert, settings.alerts)
+        send_alert(alert, alerts)
     assert smtp_server.messages == []
     assert not [r for r in caplog.records if r.name == "churnops.monitoring.alerts.email"]
 
@@ -156,20 +130,15 @@ def test_email_wrong_password_is_reported_without_retry(
 def test_retries_then_reports_and_keeps_the_log(
     settings: Settings, alert: Alert, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = configure(
-        settings,
-        smtp_host="127.0.0.1",
-        smtp_port=free_port(LOOPBACK),  # nothing listens there
-        alert_email_to="ops@example.com",
-    )
+    alerts = mailing(settings, LOOPBACK, free_port(LOOPBACK))  # nothing listens there
     with (
         caplog.at_level(logging.WARNING, logger="churnops.monitoring.alerts"),
         pytest.raises(AlertDeliveryError) as err,
     ):
-        send_alert(alert, settings.alerts)
+        send_alert(alert, alerts)
     assert err.value.delivered == ["log"]
     assert "ConnectionRefusedError" in err.value.failures["email"]
     retries = [r for r in caplog.records if r.name == "churnops.monitoring.alerts.email"]
     assert retries  # tried again while the wait lasted (churnops.retry.call)
     assert any("email failed after retries" in r.getMessage() for r in caplog.records)
-    assert alert.body in settings.alerts.alert_log.read_text()
+    assert alert.body in alerts.alert_log.read_text()

@@ -11,6 +11,7 @@ import io
 import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,18 +81,12 @@ class Platform:
         return received_messages(self.endpoint, self.queue)
 
     def runs(self) -> pd.DataFrame:
-        store = MetricsStore(self.settings.monitoring.metrics_db_url)
-        try:
+        with closing(MetricsStore(self.settings.monitoring.metrics_db_url)) as store:
             return store.runs()
-        finally:
-            store.close()
 
     def metrics(self, run_id: str) -> pd.DataFrame:
-        store = MetricsStore(self.settings.monitoring.metrics_db_url)
-        try:
+        with closing(MetricsStore(self.settings.monitoring.metrics_db_url)) as store:
             return store.metrics(run_id)
-        finally:
-            store.close()
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,14 @@ def settings(tmp_path: Path) -> Settings:
     return get_settings(churnops_home=tmp_path, evidently_ui_url=None, evidently_workspace=None)
 
 
-def monitor(reference: pd.DataFrame, current: pd.DataFrame, settings: Settings, name: str):
+def monitor(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    settings: Settings,
+    name: str,
+    version: str = "7",
+    **extra: object,
+):
     return run_monitoring(
         reference,
         current,
@@ -50,8 +57,9 @@ def monitor(reference: pd.DataFrame, current: pd.DataFrame, settings: Settings, 
         monitoring=settings.monitoring,
         platform=settings.platform,
         file_name=name,
-        model_version="7",
+        model_version=version,
         model_name="XGBoostChurnModel",
+        **extra,
     )
 
 
@@ -156,17 +164,7 @@ def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
     results = {}
     for name, version in files.items():
         current = scored(data_dir / name, seed=1)
-        results[name] = run_monitoring(
-            reference,
-            current,
-            feature_columns=FEATURES,
-            monitoring=settings.monitoring,
-            platform=settings.platform,
-            file_name=name,
-            model_version=version,
-            model_name="XGBoostChurnModel",
-            attribution_ndcg=0.9,
-        )
+        results[name] = monitor(reference, current, settings, name, version, attribution_ndcg=0.9)
     [project] = [
         p for p in http.get(f"{evidently_ui}/api/v2/projects").json() if p["name"] == "dash"
     ]

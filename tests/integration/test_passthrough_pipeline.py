@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +89,8 @@ def test_extra_columns_travel_with_their_rows_and_change_no_prediction(
 
     (sample,) = samples
     assert not set(EXTRA) & set(sample.columns)
-    store = MetricsStore(settings.monitoring.metrics_db_url)
-    try:
+    with closing(MetricsStore(settings.monitoring.metrics_db_url)) as store:
         labels = set(store.metrics(outcome.run_id)["label"].dropna())
-    finally:
-        store.close()
     assert labels and not set(EXTRA) & labels  # drift is measured on features only
     log = storage.read(log_key(outcome.run, "ids.csv")).decode()
     assert "passed through unchanged: 'customer_id' (identifier), 'region'" in log

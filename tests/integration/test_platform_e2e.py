@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -247,8 +248,7 @@ def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: 
     ]
     assert sorted(t[0] for t in tags) == sorted([GOOD, DRIFTED])
 
-    store = MetricsStore.from_settings(settings.monitoring)
-    try:
+    with closing(MetricsStore.from_settings(settings.monitoring)) as store:
         stored = store.runs().set_index("file_name")
         assert stored.loc[GOOD, "status"] == stored.loc[DRIFTED, "status"] == "processed"
         assert stored.loc[MALFORMED, "status"] == "errored"
@@ -257,8 +257,6 @@ def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: 
         shares = metrics.loc[metrics["metric"] == DRIFTED_SHARE, "value"].tolist()
         assert len(shares) == 1 and shares[0] > settings.monitoring.drift_share_threshold
         assert store.metrics(str(stored.loc[MALFORMED, "id"])).empty
-    finally:
-        store.close()
 
     alerts = settings.alerts.alert_log.read_text()
     assert f"drift: {DRIFTED}" in alerts

@@ -16,6 +16,7 @@ import os
 import signal
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,11 +78,8 @@ class World:
         return mlflow.MlflowClient().get_model_version(self.settings.model.model_name, version).tags
 
     def events(self):
-        store = MetricsStore.from_settings(self.settings.monitoring)
-        try:
+        with closing(MetricsStore.from_settings(self.settings.monitoring)) as store:
             return store.model_events()
-        finally:
-            store.close()
 
 
 @pytest.fixture
@@ -261,9 +259,8 @@ def test_a_retraining_killed_mid_way_leaves_nothing_and_its_lock_is_taken_over(
     child.start()
     child.join(timeout=120)
     assert child.exitcode == -signal.SIGKILL, "the retraining was not killed"
-    store = MetricsStore.from_settings(world.settings.monitoring)
-    assert store.lock_state(LOCK).held(datetime.now(UTC))  # the dead holder's, for an hour
-    store.close()
+    with closing(MetricsStore.from_settings(world.settings.monitoring)) as store:
+        assert store.lock_state(LOCK).held(datetime.now(UTC))  # the dead holder's, for an hour
     assert world.alias_version() == "1" and world.events().empty  # nothing half-done
 
     after = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
