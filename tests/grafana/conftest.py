@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
-from churnops.drop.storage import LocalDropStorage, stage_key
+from churnops.drop.storage import DropStorage, open_storage, stage_key
 from churnops.model.churn_model import ChurnModel, LoadedModel
 from churnops.model.registry import reference_frame
 from churnops.monitoring.metrics_db import MetricsStore, pipeline_runs, run_metrics
@@ -97,8 +97,7 @@ def run_pipeline(metrics_url: str, data_dir: Path, settings: Settings) -> None:
     """Process every file of :data:`PLAN` into ``metrics_url`` as the flow does."""
     drop_dir = settings.home / secrets.token_hex(4)
     settings = settings.replace(database_url=metrics_url, local_drop_dir=drop_dir)
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
+    storage = open_storage(settings.drop)
     models = _models(settings, data_dir)
     run_ids, outcomes = [], []
     for planned in PLAN:
@@ -119,7 +118,7 @@ def run_pipeline(metrics_url: str, data_dir: Path, settings: Settings) -> None:
     _record_retraining(metrics_url)
 
 
-def _label_late(settings: Settings, storage: LocalDropStorage, scored: FileOutcome) -> None:
+def _label_late(settings: Settings, storage: DropStorage, scored: FileOutcome) -> None:
     """The run's predictions file, its ``Churn`` column already filled, as late labels."""
     assert scored.predictions_key is not None
     name = scored.predictions_key.rsplit("/", 1)[-1]

@@ -17,7 +17,7 @@ import pytest
 
 from churnops.data.features import FEATURES
 from churnops.data.schema import RAW_COLUMNS
-from churnops.drop.storage import LocalDropStorage, stage_key
+from churnops.drop.storage import open_storage, stage_key
 from churnops.monitoring.attribution import importance_order, ordinal, reference_importance
 from churnops.monitoring.metrics_db import ATTRIBUTION, ATTRIBUTION_RANK, MetricsStore
 from churnops.pipeline import per_file
@@ -41,8 +41,7 @@ def processed(session_scoring, data_dir: Path, postgres_url: str, tmp_path_facto
         database_url=postgres_url,
         min_attribution_ndcg=MINIMUM,
     )
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
+    storage = open_storage(settings.drop)
     raw = pd.read_csv(data_dir / "customer_churn_1.csv")
     complains = next(raw_name for raw_name, clean in RAW_COLUMNS.items() if clean == "complains")
     raw[complains] = 1 - raw[complains]

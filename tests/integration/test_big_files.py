@@ -18,7 +18,7 @@ import pytest
 from churnops.data import reading
 from churnops.data.reading import CHUNK_ROWS, load_customer_file
 from churnops.data.schema import RAW_COLUMNS
-from churnops.drop.storage import PART_BYTES, LocalDropStorage, S3DropStorage, s3_client, stage_key
+from churnops.drop.storage import PART_BYTES, DropStorage, S3DropStorage, s3_client, stage_key
 from churnops.model.churn_model import LoadedModel
 from churnops.monitoring.drift import run_monitoring
 from churnops.pipeline import per_file
@@ -121,13 +121,10 @@ def test_a_big_file_streams_through_s3_with_its_outputs_in_parts(
 
 
 def test_a_bad_row_in_a_later_chunk_errors_the_file_with_nothing_written(
-    session_scoring, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    scoring_drop: tuple[Settings, DropStorage], data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings, _ = session_scoring
+    settings, storage = scoring_drop
     monkeypatch.setattr(reading, "CHUNK_ROWS", 300)
-    settings = settings.replace(churnops_home=tmp_path, evidently_ui_url=None)
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
     lines = (data_dir / FILES[0]).read_text().splitlines()
     lines[1000] = lines[1000].replace(",", ",x", 1)  # file line 1001, in the fourth chunk
     storage.create(stage_key("input", "late.csv"), ("\n".join(lines) + "\n").encode())
@@ -155,12 +152,9 @@ def _rows(count: int) -> bytes:
     ],
 )
 def test_unreadable_files_are_errored_not_retried(
-    session_scoring, tmp_path: Path, name: str, data: bytes, reason: str
+    scoring_drop: tuple[Settings, DropStorage], name: str, data: bytes, reason: str
 ) -> None:
-    settings, _ = session_scoring
-    settings = settings.replace(churnops_home=tmp_path, evidently_ui_url=None)
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
+    settings, storage = scoring_drop
     storage.create(stage_key("input", name), data)
 
     outcome = per_file.process(settings, storage, stage_key("input", name))

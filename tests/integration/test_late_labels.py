@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.drop.storage import LocalDropStorage, log_key, stage_key
+from churnops.drop.storage import log_key, open_storage, stage_key
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file, retraining
 from churnops.pipeline.labels import LABELED_ROWS_SUFFIX
@@ -44,8 +44,7 @@ def scored(session_scoring, data_dir: Path, postgres_url: str, tmp_path_factory)
         attribution_sample_rows=0,
         retrain_mode="suggest",
     )
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
+    storage = open_storage(settings.drop)
     truth = {}
     for name in (WITH_IDS, WITHOUT_IDS):
         frame = pd.read_csv(data_dir / name)

@@ -18,7 +18,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churnops import retry
 from churnops.drop import claims
-from churnops.drop.storage import LocalDropStorage, stage_key
+from churnops.drop.storage import open_storage, stage_key
 from churnops.monitoring import ops_metrics
 from churnops.pipeline import reconcile
 from churnops.pipeline.flow import churn_prediction_pipeline
@@ -79,8 +79,7 @@ def test_an_unreachable_cloudwatch_does_not_raise(
 def test_the_reconciler_publishes_the_oldest_waiting_and_processing_ages(
     settings: Settings, namespace: str, moto_server: str
 ) -> None:
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
+    storage = open_storage(settings.drop)
     key = stage_key("input", "waiting.csv")
     storage.create(key, b"a,b\n1,2\n")
     landed = datetime.now(UTC) - timedelta(minutes=20)
@@ -100,8 +99,7 @@ def test_the_reconciler_publishes_the_oldest_waiting_and_processing_ages(
 
 
 def test_empty_folders_are_age_zero(settings: Settings) -> None:
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
+    storage = open_storage(settings.drop)
     assert reconcile.oldest_ages(storage, datetime.now(UTC)) == {
         ops_metrics.OLDEST_INPUT: 0.0,
         ops_metrics.OLDEST_PROCESSING: 0.0,
@@ -124,8 +122,7 @@ def test_each_flow_run_says_whether_it_failed(
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 0.5)
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
+    storage = open_storage(settings.drop)
     key = stage_key("input", "mlflow_down.csv")
     storage.create(key, b"a,b\n1,2\n")
     drop = settings.drop.drop_dir.as_uri()

@@ -17,7 +17,7 @@ import pytest
 
 from churnops.data import reading
 from churnops.data.schema import RAW_COLUMNS
-from churnops.drop.storage import LocalDropStorage, log_key, stage_key
+from churnops.drop.storage import DropStorage, log_key, stage_key
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
 from churnops.results import PREDICTION, PROBABILITY
@@ -31,15 +31,11 @@ EXTRA = ["customer_id", "region"]
 
 @pytest.fixture
 def local(
-    session_scoring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> tuple[Settings, LocalDropStorage]:
-    """The session model's settings on a fresh local drop, 300-row chunks (4 for 1,050 rows)."""
-    settings, _ = session_scoring
+    scoring_drop: tuple[Settings, DropStorage], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Settings, DropStorage]:
+    """The session model on a fresh local drop, 300-row chunks (4 for 1,050 rows)."""
     monkeypatch.setattr(reading, "CHUNK_ROWS", 300)
-    settings = settings.replace(churnops_home=tmp_path, evidently_ui_url=None)
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
-    return settings, storage
+    return scoring_drop
 
 
 def _with_extras(raw: pd.DataFrame) -> pd.DataFrame:
@@ -53,7 +49,7 @@ def _with_extras(raw: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _predictions(storage: LocalDropStorage, outcome: per_file.FileOutcome) -> pd.DataFrame:
+def _predictions(storage: DropStorage, outcome: per_file.FileOutcome) -> pd.DataFrame:
     assert outcome.status == "processed", outcome.message
     assert outcome.predictions_key is not None
     data = storage.read(outcome.predictions_key)
@@ -61,7 +57,7 @@ def _predictions(storage: LocalDropStorage, outcome: per_file.FileOutcome) -> pd
 
 
 def test_extra_columns_travel_with_their_rows_and_change_no_prediction(
-    local: tuple[Settings, LocalDropStorage], data_dir: Path
+    local: tuple[Settings, DropStorage], data_dir: Path
 ) -> None:
     settings, storage = local
     raw = pd.read_csv(data_dir / SOURCE)
@@ -119,7 +115,7 @@ def test_extra_columns_travel_with_their_rows_and_change_no_prediction(
     ids=["misspelled feature", "output name taken"],
 )
 def test_header_errors_send_the_file_to_errored(
-    local: tuple[Settings, LocalDropStorage],
+    local: tuple[Settings, DropStorage],
     data_dir: Path,
     rename: dict[str, str],
     problems: list[str],
