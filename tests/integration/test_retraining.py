@@ -20,6 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -34,7 +35,7 @@ from churnops.data.schema import TARGET
 from churnops.drop.storage import DropStorage, open_storage, stage_key
 from churnops.model import registry, training
 from churnops.model.churn_model import ChurnModel, load_aliased_model
-from churnops.model.registry import deployed, row_keys
+from churnops.model.registry import Outcome, deployed, row_keys
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
 from churnops.pipeline.flow import retrain_model
@@ -76,6 +77,16 @@ class World:
 
     def version_tags(self, version: str) -> dict[str, str]:
         return mlflow.MlflowClient().get_model_version(self.settings.model.model_name, version).tags
+
+    def retrain(self, params: dict = FAST_PARAMS, **kwargs: Any) -> Outcome:
+        return retrain(self.settings, self.storage, RetrainOptions(params=params), **kwargs)
+
+    def assert_unchanged(self) -> None:
+        """Nothing moved: the alias on version 1, the only version, and no event."""
+        assert self.alias_version() == "1" and self.events().empty
+        name = self.settings.model.model_name
+        versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+        assert [v.version for v in versions] == ["1"]
 
     def events(self):
         with closing(MetricsStore.from_settings(self.settings.monitoring)) as store:
@@ -120,7 +131,7 @@ def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world:
     holdout = unseen(world, load_customer_file(world.data_dir / SYNTHETIC[1], require_target=True))
     champion_f1 = score(load_aliased_model(world.settings.model).model, holdout).f1
 
-    worse = retrain(world.settings, world.storage, RetrainOptions(params=BAD_PARAMS))
+    worse = world.retrain(BAD_PARAMS)
     assert worse.status == "refused", worse.reason
     assert worse.champion_f1 == pytest.approx(champion_f1)  # the deployed version itself
     assert f"< {champion_f1:.3f} + 0.010 of current staging version 1" in worse.reason
@@ -130,7 +141,7 @@ def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world:
     assert tags["promotion.reason"] == worse.reason
     assert tags["lineage.parent_version"] == "1"
 
-    better = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+    better = world.retrain(FAST_PARAMS)
     assert better.status == "promoted", better.reason
     assert better.holdout_f1 >= champion_f1 and better.parent_version == "1"
     assert world.alias_version() == better.version
@@ -166,7 +177,7 @@ def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world:
     assert f"ChurnOps: retraining refused version {worse.version}" in alerts
     assert f"ChurnOps: retraining promoted version {better.version}" in alerts
 
-    again = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+    again = world.retrain()
     assert again.status == "skipped" and "unseen by the champion" in again.reason
     assert world.alias_version() == better.version
 
@@ -263,7 +274,7 @@ def test_a_retraining_killed_mid_way_leaves_nothing_and_its_lock_is_taken_over(
         assert store.lock_state(LOCK).held(datetime.now(UTC))  # the dead holder's, for an hour
     assert world.alias_version() == "1" and world.events().empty  # nothing half-done
 
-    after = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+    after = world.retrain()
     assert after.status in ("promoted", "refused"), after  # taken over, not waited for
     assert len(world.events()) == 1
 
@@ -322,7 +333,7 @@ def test_a_labeled_file_and_its_late_labels_are_one_holdout_never_in_the_fit(
     relabeled = rows.assign(**{TARGET: flipped})
     holdout = unseen(world, relabeled)  # before: a promoted version learns the holdout too
 
-    outcome = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+    outcome = world.retrain()
 
     assert outcome.status in ("promoted", "refused"), outcome.reason
     assert outcome.training_files[0] == "customer_churn_0.csv"
@@ -356,14 +367,10 @@ def test_a_holdout_too_small_or_of_one_class_moves_nothing(
     done = per_file.process(world.settings, world.storage, stage_key("input", "small.csv"))
     assert done.status == "processed", done.message
 
-    outcome = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+    outcome = world.retrain()
 
     assert outcome.status == "skipped" and why in outcome.reason, outcome.reason
-    assert world.alias_version() == "1" and world.events().empty
-    versions = mlflow.MlflowClient().search_model_versions(
-        f"name = '{world.settings.model.model_name}'"
-    )
-    assert [v.version for v in versions] == ["1"]
+    world.assert_unchanged()
 
 
 def test_mlflow_down_during_the_refit_promotes_nothing(
@@ -377,17 +384,8 @@ def test_mlflow_down_during_the_refit_promotes_nothing(
         mlflow.set_tracking_uri(f"http://{LOOPBACK}:{free_port(LOOPBACK)}")
 
     with pytest.raises(Exception, match=r"127\.0\.0\.1|onnect"):
-        retrain(
-            world.settings,
-            world.storage,
-            RetrainOptions(params=FAST_PARAMS),
-            progress=mlflow_goes_down,
-        )
+        world.retrain(progress=mlflow_goes_down)
     mlflow.set_tracking_uri(live)
-    assert world.alias_version() == "1" and world.events().empty
-    versions = mlflow.MlflowClient().search_model_versions(
-        f"name = '{world.settings.model.model_name}'"
-    )
-    assert [v.version for v in versions] == ["1"]
-    back = retrain(world.settings, world.storage, RetrainOptions(params=FAST_PARAMS))
+    world.assert_unchanged()
+    back = world.retrain()
     assert back.status in ("promoted", "refused"), back.reason  # the lock was released
