@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -22,6 +24,12 @@ def eventually(condition: Callable[[], object], seconds: float, interval: float 
             return False
         time.sleep(interval)
     return True
+
+
+def run_python(code: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (what this process imported does not count)."""
+    command = [sys.executable, "-c", code, *args]
+    return subprocess.run(command, capture_output=True, text=True, **kwargs)
 
 
 def wait_for_port(

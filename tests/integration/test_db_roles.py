@@ -28,6 +28,7 @@ from sqlalchemy.pool import NullPool
 from churnops.monitoring.db_roles import Kind, Role, ensure_role
 from churnops.monitoring.metrics_db import DASHBOARD_TABLES, MetricsStore, metadata
 from churnops.results import MonitoringResult
+from tests.processes import run_python
 
 pytestmark = pytest.mark.integration
 
@@ -70,9 +71,7 @@ def _init(admin: URL, roles: dict[str, Role]) -> subprocess.CompletedProcess[str
         ),
         **{f"DB_PASSWORD_{key.upper()}": r.password for key, r in roles.items()},
     }
-    return subprocess.run(
-        [sys.executable, "-c", SCRIPT.read_text()], env=env, capture_output=True, text=True
-    )
+    return run_python(SCRIPT.read_text(), env=env)
 
 
 @pytest.fixture(scope="module")

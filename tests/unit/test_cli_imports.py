@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.processes import run_python
 
 HEAVY = ("pandas", "xgboost", "mlflow", "evidently", "prefect", "sklearn", "optuna", "shap")
 
@@ -26,13 +26,8 @@ print(json.dumps({"code": result.exit_code, "output": result.output,
 )
 def test_light_commands_import_no_ml_library(command: list[str], tmp_path: Path) -> None:
     """A fresh interpreter per command: what this test process imported does not count."""
-    done = subprocess.run(
-        [sys.executable, "-c", f"HEAVY = {HEAVY!r}\n{PROBE}", *command],
-        capture_output=True,
-        text=True,
-        env={"CHURNOPS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        check=True,
-    )
+    env = {"CHURNOPS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    done = run_python(f"HEAVY = {HEAVY!r}\n{PROBE}", *command, env=env, check=True)
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["code"] == 0, report["output"]
     assert report["loaded"] == [], report["loaded"]
@@ -48,11 +43,6 @@ def test_the_scoring_path_imports_nothing_of_training(tmp_path: Path) -> None:
         "    or m in ('churnops.model.training', 'churnops.model.registry',\n"
         "             'churnops.pipeline.retraining'))))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        env={"CHURNOPS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        check=True,
-    )
+    env = {"CHURNOPS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    done = run_python(probe, env=env, check=True)
     assert json.loads(done.stdout.splitlines()[-1]) == []

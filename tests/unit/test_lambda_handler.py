@@ -9,7 +9,6 @@ import base64
 import json
 import logging
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ import pytest
 
 from churnops.drop import trigger
 from churnops.platform.services import free_port
-from tests.processes import LOOPBACK
+from tests.processes import LOOPBACK, run_python
 
 HANDLER_FILE = Path(__file__).parents[2] / "code" / "s3_to_prefect_lambda" / "lambda_function.py"
 DEPLOYMENT = "churn_prediction_pipeline/churnops"
@@ -149,9 +148,7 @@ def test_the_lambda_entry_point_is_the_trigger_module() -> None:
         "import lambda_function, churnops.drop.trigger as trigger; "
         "assert lambda_function.lambda_handler is trigger.lambda_handler"
     )  # the runtime imports it with its folder (LAMBDA_TASK_ROOT) on the path
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=HANDLER_FILE.parent, capture_output=True, text=True
-    )
+    done = run_python(code, cwd=HANDLER_FILE.parent)
     assert done.returncode == 0, done.stderr
 
 
@@ -161,9 +158,7 @@ def test_the_image_modules_need_only_the_standard_library() -> None:
         "import sys; before = set(sys.modules); import churnops.drop.trigger; "
         "print('\\n'.join(sorted(set(sys.modules) - before)))"
     )
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
+    loaded = run_python(code, check=True).stdout.split()
     outside = {m.split(".")[0] for m in loaded} - set(sys.stdlib_module_names) - {"churnops"}
     assert outside == set(), outside
     ours = sorted(m for m in loaded if m.startswith("churnops"))

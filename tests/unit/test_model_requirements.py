@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import importlib.util
-import subprocess
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from churnops.model.registry import MODEL_PACKAGES
+from tests.processes import run_python
 
 #: Prints the churnops modules that loading a version imports (model_code, as MLflow runs it).
 LOADED = (
@@ -54,10 +53,7 @@ def _with_requirements(packages: Iterable[str]) -> set[str]:
 def test_a_version_requires_every_package_its_code_imports() -> None:
     """Each distribution a churnops module of the model imports is listed, or required
     by a listed one: a version served from its requirements alone loads."""
-    child = subprocess.run(
-        [sys.executable, "-c", LOADED], capture_output=True, text=True, check=True
-    )
-    modules = child.stdout.split()
+    modules = run_python(LOADED, check=True).stdout.split()
     assert "churnops.model.churn_model" in modules, modules
     owners = importlib.metadata.packages_distributions()
     needed = {

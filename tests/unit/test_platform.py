@@ -35,7 +35,7 @@ from churnops.platform.watcher import (
     wait_stable,
 )
 from churnops.settings import NO_USAGE_TELEMETRY, get_settings
-from tests.processes import eventually
+from tests.processes import eventually, run_python
 
 ROOT = Path(__file__).parents[2]
 
@@ -262,9 +262,7 @@ def test_the_churnops_command_runs_with_the_switches_unless_telemetry_is_on(
     )
     env = {k: v for k, v in os.environ.items() if k not in NO_USAGE_TELEMETRY}
     env["USAGE_TELEMETRY"] = usage_telemetry
-    done = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
-    )
+    done = run_python(probe, env=env, check=True)
     expected = [None] * 3 if usage_telemetry == "true" else list(NO_USAGE_TELEMETRY.values())
     assert json.loads(done.stdout) == expected
 
