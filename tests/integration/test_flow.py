@@ -81,8 +81,10 @@ class Platform:
         return received_messages(self.endpoint, self.queue)
 
     def runs(self) -> pd.DataFrame:
+        """This bucket's rows (other modules' files share the session's database)."""
         with closing(MetricsStore(self.settings.monitoring.metrics_db_url)) as store:
-            return store.runs()
+            runs = store.runs()
+        return runs[runs["bucket"] == self.bucket]
 
     def metrics(self, run_id: str) -> pd.DataFrame:
         with closing(MetricsStore(self.settings.monitoring.metrics_db_url)) as store:
