@@ -9,11 +9,9 @@ down --workdir DIR  destroy, and stop the moto server `up` started"""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from churnops.platform.services import free_port
+from churnops.platform.services import free_port, terminate_groups
 
 TERRAFORM_DIR = Path(__file__).resolve().parent.parent
 OVERRIDE_TEMPLATE = TERRAFORM_DIR / "local" / "emulator_override.tf.tpl"
@@ -130,25 +128,6 @@ def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float
         except OSError:
             time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
-def stop_process_group(pid: int) -> None:
-    """Stop the moto server an earlier command started (its pid from the state file).
-
-    Not :func:`churnops.platform.services.stop_group`: that one waits on a child's
-    Popen, and ``down`` runs in another process than ``up``, which started it."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    for _ in range(50):
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def emulator_env(endpoint: str, cli_config: Path | None = None) -> dict[str, str]:
@@ -293,7 +272,7 @@ def down(workdir: Path) -> None:
         print(f"destroy took {time.monotonic() - started:.0f}s")
     finally:
         if "moto_pid" in state:
-            stop_process_group(int(state["moto_pid"]))
+            terminate_groups([int(state["moto_pid"])], grace=5.0)
         (workdir / "emulator.json").unlink(missing_ok=True)
 
 
