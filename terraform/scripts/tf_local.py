@@ -130,19 +130,20 @@ def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def emulator_credentials(endpoint: str, region: str = REGION) -> dict[str, str]:
+    """What points a process at the emulator: its endpoint, the region and fake keys."""
+    return {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+
+
 def emulator_env(endpoint: str, cli_config: Path | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
-        AWS_DEFAULT_REGION=REGION,
-        AWS_REGION=REGION,
-        AWS_ENDPOINT_URL=endpoint,
-        TF_IN_AUTOMATION="1",
-        TF_INPUT="0",
-    )
-    env.pop("AWS_PROFILE", None)
-    env.pop("AWS_SESSION_TOKEN", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN")}
+    env |= emulator_credentials(endpoint) | {"TF_IN_AUTOMATION": "1", "TF_INPUT": "0"}
     if cli_config is not None:
         env["TF_CLI_CONFIG_FILE"] = str(cli_config)
     return env
