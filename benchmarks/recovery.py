@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -114,11 +115,8 @@ def check_exactly_once(settings: Settings, names: list[str]) -> None:
         stage: Counter(p.name for p in (data / stage).glob("*/*") if p.name in wanted)
         for stage in ("processing", "processed", "errored")
     }
-    store = MetricsStore(settings.monitoring.metrics_db_url)
-    try:
+    with closing(MetricsStore(settings.monitoring.metrics_db_url)) as store:
         runs = store.runs()
-    finally:
-        store.close()
     rows = Counter(runs[runs["status"] == "processed"]["file_name"])
     wrong = [
         f"{name}: {copies['processed'][name]} in processed/, {rows[name]} processed rows,"

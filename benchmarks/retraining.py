@@ -16,6 +16,7 @@ import logging
 import tempfile
 import time
 import warnings
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -92,11 +93,8 @@ def run_sequence(label: str, overrides: dict[str, object], data_dir: Path) -> Se
 
 def f1_of(settings: Settings, outcome: per_file.FileOutcome) -> float:
     """The file's F1 as the pipeline stored it in the metrics database."""
-    store = MetricsStore.from_settings(settings.monitoring)
-    try:
+    with closing(MetricsStore.from_settings(settings.monitoring)) as store:
         metrics = store.metrics(outcome.run_id)
-    finally:
-        store.close()
     return float(metrics.loc[metrics["metric"] == "f1", "value"].iloc[0])
 
 
