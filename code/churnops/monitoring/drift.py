@@ -179,10 +179,7 @@ def data_definition(feature_columns: list[str], labeled: bool) -> DataDefinition
 
 
 def build_report(
-    feature_columns: list[str],
-    labeled: bool,
-    *,
-    facts: list[str] | None = None,
+    feature_columns: list[str], labeled: bool, *, facts: list[str] | None = None
 ) -> Report:
     """A drift test per feature and on the prediction, quality when labeled, in one
     :class:`FileReport` that opens with the file's summary; ``facts``: the names of the
