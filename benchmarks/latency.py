@@ -33,12 +33,11 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks.pipeline import step_durations
+from benchmarks.pipeline import source_file, step_durations
 from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.platform.services import PlatformState
 from churnops.settings import Settings, get_settings
 
-SOURCE = "customer_churn_1.csv"
 START_TIMEOUT = 900.0
 DROP_TIMEOUT = 120.0
 TARGET_P50 = 1.2
@@ -163,9 +162,7 @@ def main() -> int:
     if args.drops < 10:
         parser.error("--drops must be at least 10 for a p95")
     settings = get_settings()
-    source = settings.model.churn_data_dir / SOURCE
-    if not source.exists():
-        parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
+    source = source_file(parser, settings)
     started = None
     state = PlatformState.load(settings.home)
     if state is None:

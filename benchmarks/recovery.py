@@ -33,13 +33,13 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.latency import drop, final_stage, start_platform
+from benchmarks.pipeline import source_file
 from churnops.drop.claims import Lease
 from churnops.drop.storage import LocalDropStorage
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.platform.services import PlatformState
 from churnops.settings import Settings, get_settings
 
-SOURCE = "customer_churn_1.csv"
 TIMEOUT = 900.0
 #: What a fresh process imports before it can run the flow (the flow module imports the rest
 #: lazily: the model, Evidently and the metrics database are loaded by the steps).
@@ -199,9 +199,7 @@ def main() -> int:
         "--repeats", type=int, default=2, help="more bursts with 1 and with N runners, alternating"
     )
     args = parser.parse_args()
-    source = get_settings().model.churn_data_dir / SOURCE
-    if not source.exists():
-        parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
+    source = source_file(parser, get_settings())
     scratch = Path(tempfile.mkdtemp(prefix="churnops-recovery-"))
     rows_file = scratch / "rows.csv"
     pd.read_csv(source).head(args.rows).to_csv(rows_file, index=False)
