@@ -77,9 +77,8 @@ def start_platform(settings: Settings, env_extra: dict[str, str] | None = None) 
 def one_drop(settings: Settings, data: bytes) -> tuple[float, dict[str, float]]:
     """Seconds from landing in input/ to processed/ with the alert logged, and the
     monitor step's seconds and its parts' (from the file's log)."""
-    storage = LocalDropStorage(settings.drop.drop_dir)
     name = f"latency_{uuid.uuid4().hex[:10]}.csv"
-    drop(storage, name, data)
+    drop(settings, name, data)
     landed = time.perf_counter()
     deadline = time.monotonic() + DROP_TIMEOUT
     while not (final_stage(settings, name) == "processed" and alert_logged(settings, name)):
@@ -102,9 +101,9 @@ def monitor_seconds(settings: Settings, name: str) -> dict[str, float]:
     return {"monitor": step_durations(text)["monitor"], **parts}
 
 
-def drop(storage: LocalDropStorage, name: str, data: bytes) -> None:
+def drop(settings: Settings, name: str, data: bytes) -> None:
     """Write under a temporary name, then rename into input/: the file lands whole."""
-    target = storage.path(stage_key("input", name))
+    target = LocalDropStorage(settings.drop.drop_dir).path(stage_key("input", name))
     temporary = target.with_name(f".{name}.part")
     temporary.write_bytes(data)
     temporary.rename(target)

@@ -35,7 +35,6 @@ import pandas as pd
 from benchmarks.latency import drop, final_stage, start_platform
 from benchmarks.pipeline import source_file
 from churnops.drop.claims import Lease
-from churnops.drop.storage import LocalDropStorage
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.platform.services import PlatformState
 from churnops.settings import Settings, get_settings
@@ -68,20 +67,18 @@ def wait_processed(settings: Settings, names: list[str]) -> float:
 
 
 def single_files(settings: Settings, data: bytes, count: int = 3) -> list[float]:
-    storage = LocalDropStorage(settings.drop.drop_dir)
     timings = []
     for index in range(count):
         name = f"single_{index}.csv"
-        drop(storage, name, data)
+        drop(settings, name, data)
         timings.append(wait_processed(settings, [name]))
     return timings
 
 
 def crash_recovery(settings: Settings, data: bytes) -> float:
     """Kill the runner holding a file; seconds from the kill until the file is processed."""
-    storage = LocalDropStorage(settings.drop.drop_dir)
     name = "crash.csv"
-    drop(storage, name, data)
+    drop(settings, name, data)
     claims_dir = settings.drop.drop_dir / "data" / "claims"
     deadline = time.monotonic() + TIMEOUT
     while True:
@@ -98,10 +95,9 @@ def crash_recovery(settings: Settings, data: bytes) -> float:
 
 def burst(settings: Settings, data: bytes, files: int) -> float:
     """Seconds until a burst of ``files`` is processed; SystemExit unless exactly once."""
-    storage = LocalDropStorage(settings.drop.drop_dir)
     names = [f"burst_{index:03d}.csv" for index in range(files)]
     for name in names:
-        drop(storage, name, data)
+        drop(settings, name, data)
     seconds = wait_processed(settings, names)
     check_exactly_once(settings, names)
     return seconds
