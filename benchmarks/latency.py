@@ -33,12 +33,11 @@ import time
 import uuid
 from pathlib import Path
 
-from benchmarks.pipeline import step_durations
+from benchmarks.pipeline import source_file, step_durations
 from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.platform.services import PlatformState
 from churnops.settings import Settings, get_settings
 
-SOURCE = "customer_churn_1.csv"
 START_TIMEOUT = 900.0
 DROP_TIMEOUT = 120.0
 TARGET_P50 = 1.2
@@ -78,9 +77,8 @@ def start_platform(settings: Settings, env_extra: dict[str, str] | None = None) 
 def one_drop(settings: Settings, data: bytes) -> tuple[float, dict[str, float]]:
     """Seconds from landing in input/ to processed/ with the alert logged, and the
     monitor step's seconds and its parts' (from the file's log)."""
-    storage = LocalDropStorage(settings.drop.drop_dir)
     name = f"latency_{uuid.uuid4().hex[:10]}.csv"
-    drop(storage, name, data)
+    drop(settings, name, data)
     landed = time.perf_counter()
     deadline = time.monotonic() + DROP_TIMEOUT
     while not (final_stage(settings, name) == "processed" and alert_logged(settings, name)):
@@ -103,9 +101,9 @@ def monitor_seconds(settings: Settings, name: str) -> dict[str, float]:
     return {"monitor": step_durations(text)["monitor"], **parts}
 
 
-def drop(storage: LocalDropStorage, name: str, data: bytes) -> None:
+def drop(settings: Settings, name: str, data: bytes) -> None:
     """Write under a temporary name, then rename into input/: the file lands whole."""
-    target = storage.path(stage_key("input", name))
+    target = LocalDropStorage(settings.drop.drop_dir).path(stage_key("input", name))
     temporary = target.with_name(f".{name}.part")
     temporary.write_bytes(data)
     temporary.rename(target)
@@ -163,9 +161,7 @@ def main() -> int:
     if args.drops < 10:
         parser.error("--drops must be at least 10 for a p95")
     settings = get_settings()
-    source = settings.model.churn_data_dir / SOURCE
-    if not source.exists():
-        parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
+    source = source_file(parser, settings)
     started = None
     state = PlatformState.load(settings.home)
     if state is None:

@@ -77,12 +77,10 @@ def reference_model(train_file: pd.DataFrame) -> ChurnModel:
 
 def baseline_model(train_file: pd.DataFrame) -> ChurnModel:
     """The old shipped configuration, fitted as ``churnops train`` fits one."""
-    seed = RANDOM_SEED
-    fraction = HOLDOUT_FRACTION
-    train, _ = training.split_holdout(train_file, target(train_file), fraction, seed)
+    train, _ = training.split_holdout(train_file, target(train_file), HOLDOUT_FRACTION, RANDOM_SEED)
     X, y = prepare_features(train), target(train)
-    threshold, _ = training.cross_validate(BASELINE_PARAMS, X, y, CV_FOLDS, seed)
-    classifier = training.make_classifier(BASELINE_PARAMS, seed).fit(X, y)
+    threshold, _ = training.cross_validate(BASELINE_PARAMS, X, y, CV_FOLDS, RANDOM_SEED)
+    classifier = training.make_classifier(BASELINE_PARAMS, RANDOM_SEED).fit(X, y)
     return ChurnModel.in_memory(FEATURES, threshold, classifier)
 
 

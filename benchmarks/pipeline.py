@@ -75,6 +75,14 @@ def tracking_uri(settings: Settings, scratch: Path) -> str:
     return trained.model.tracking_uri
 
 
+def source_file(parser: argparse.ArgumentParser, settings: Settings) -> Path:
+    """The data file these benchmarks drop (``SOURCE``); a usage error says how to get it."""
+    source = settings.model.churn_data_dir / SOURCE
+    if not source.exists():
+        parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
+    return source
+
+
 def repeated_file(source: Path, rows: int, target: Path) -> Path:
     """``source``'s header and its data rows repeated up to exactly ``rows`` rows.
 
@@ -195,9 +203,7 @@ def main() -> int:
         args.out.write_text(json.dumps(result))
         return 0
     settings = get_settings()
-    source = settings.model.churn_data_dir / SOURCE
-    if not source.exists():
-        parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
+    source = source_file(parser, settings)
     scratch = Path(tempfile.mkdtemp(prefix="churnops-bench-pipeline-"))
     try:
         uri = tracking_uri(settings, scratch)

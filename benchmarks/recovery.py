@@ -27,18 +27,18 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
 
 from benchmarks.latency import drop, final_stage, start_platform
+from benchmarks.pipeline import source_file
 from churnops.drop.claims import Lease
-from churnops.drop.storage import LocalDropStorage
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.platform.services import PlatformState
 from churnops.settings import Settings, get_settings
 
-SOURCE = "customer_churn_1.csv"
 TIMEOUT = 900.0
 #: What a fresh process imports before it can run the flow (the flow module imports the rest
 #: lazily: the model, Evidently and the metrics database are loaded by the steps).
@@ -67,20 +67,18 @@ def wait_processed(settings: Settings, names: list[str]) -> float:
 
 
 def single_files(settings: Settings, data: bytes, count: int = 3) -> list[float]:
-    storage = LocalDropStorage(settings.drop.drop_dir)
     timings = []
     for index in range(count):
         name = f"single_{index}.csv"
-        drop(storage, name, data)
+        drop(settings, name, data)
         timings.append(wait_processed(settings, [name]))
     return timings
 
 
 def crash_recovery(settings: Settings, data: bytes) -> float:
     """Kill the runner holding a file; seconds from the kill until the file is processed."""
-    storage = LocalDropStorage(settings.drop.drop_dir)
     name = "crash.csv"
-    drop(storage, name, data)
+    drop(settings, name, data)
     claims_dir = settings.drop.drop_dir / "data" / "claims"
     deadline = time.monotonic() + TIMEOUT
     while True:
@@ -97,10 +95,9 @@ def crash_recovery(settings: Settings, data: bytes) -> float:
 
 def burst(settings: Settings, data: bytes, files: int) -> float:
     """Seconds until a burst of ``files`` is processed; SystemExit unless exactly once."""
-    storage = LocalDropStorage(settings.drop.drop_dir)
     names = [f"burst_{index:03d}.csv" for index in range(files)]
     for name in names:
-        drop(storage, name, data)
+        drop(settings, name, data)
     seconds = wait_processed(settings, names)
     check_exactly_once(settings, names)
     return seconds
@@ -114,11 +111,8 @@ def check_exactly_once(settings: Settings, names: list[str]) -> None:
         stage: Counter(p.name for p in (data / stage).glob("*/*") if p.name in wanted)
         for stage in ("processing", "processed", "errored")
     }
-    store = MetricsStore(settings.monitoring.metrics_db_url)
-    try:
+    with closing(MetricsStore(settings.monitoring.metrics_db_url)) as store:
         runs = store.runs()
-    finally:
-        store.close()
     rows = Counter(runs[runs["status"] == "processed"]["file_name"])
     wrong = [
         f"{name}: {copies['processed'][name]} in processed/, {rows[name]} processed rows,"
@@ -201,9 +195,7 @@ def main() -> int:
         "--repeats", type=int, default=2, help="more bursts with 1 and with N runners, alternating"
     )
     args = parser.parse_args()
-    source = get_settings().model.churn_data_dir / SOURCE
-    if not source.exists():
-        parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
+    source = source_file(parser, get_settings())
     scratch = Path(tempfile.mkdtemp(prefix="churnops-recovery-"))
     rows_file = scratch / "rows.csv"
     pd.read_csv(source).head(args.rows).to_csv(rows_file, index=False)

@@ -16,6 +16,7 @@ import logging
 import tempfile
 import time
 import warnings
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -92,22 +93,19 @@ def run_sequence(label: str, overrides: dict[str, object], data_dir: Path) -> Se
 
 def f1_of(settings: Settings, outcome: per_file.FileOutcome) -> float:
     """The file's F1 as the pipeline stored it in the metrics database."""
-    store = MetricsStore.from_settings(settings.monitoring)
-    try:
+    with closing(MetricsStore.from_settings(settings.monitoring)) as store:
         metrics = store.metrics(outcome.run_id)
-    finally:
-        store.close()
     return float(metrics.loc[metrics["metric"] == "f1", "value"].iloc[0])
 
 
-def direct_f1(data_dir: Path, trained_on: list[str], scored: str, seed: int) -> float:
+def direct_f1(data_dir: Path, trained_on: list[str], scored: str) -> float:
     """F1 on ``scored`` of the shipped parameters fitted on ``trained_on``."""
     frames = [load_customer_file(data_dir / n, require_target=True) for n in trained_on]
     train = pd.concat(frames, ignore_index=True)
     X, y = prepare_features(train, FEATURES), target(train)
     params = training.default_params()
-    threshold, _ = training.cross_validate(params, X, y, 5, seed)
-    model = training.make_classifier(params, seed).fit(X, y)
+    threshold, _ = training.cross_validate(params, X, y, 5, RANDOM_SEED)
+    model = training.make_classifier(params, RANDOM_SEED).fit(X, y)
     test = load_customer_file(data_dir / scored, require_target=True)
     proba = model.predict_proba(prepare_features(test, FEATURES))[:, 1]
     return training.evaluate(target(test).to_numpy(), proba, threshold).f1
@@ -147,11 +145,10 @@ def main() -> None:
     for label, overrides in SEQUENCES.items():
         sequences.append(run_sequence(label, overrides, data_dir))
         print(f"{label}: " + ", ".join(f"v{s.version} {s.f1:.3f}" for s in sequences[-1].scored))
-    seed = RANDOM_SEED
     baselines = {
-        "customer_churn_0 only": direct_f1(data_dir, [TRAINING], FILES[2], seed),
+        "customer_churn_0 only": direct_f1(data_dir, [TRAINING], FILES[2]),
         "customer_churn_0 + synthetic 1 + synthetic 2": direct_f1(
-            data_dir, [TRAINING, *FILES[:2]], FILES[2], seed
+            data_dir, [TRAINING, *FILES[:2]], FILES[2]
         ),
     }
     report(sequences, baselines)

@@ -19,6 +19,8 @@ from churnops.platform.services import free_port
 
 SUPERUSER = "postgres"
 HOST = "127.0.0.1"
+#: Local socket trusted, TCP logins by password (scram); no syncing: the cluster is thrown away.
+INITDB_ARGS = ("--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
 
 
 class PostgresError(RuntimeError):
@@ -94,26 +96,12 @@ def throwaway_cluster() -> Iterator[Cluster]:
 
 
 def _init(cluster: Cluster) -> None:
-    """initdb with the superuser's password; local socket trusted, TCP needs the password."""
+    """initdb with the superuser's password (:data:`INITDB_ARGS`)."""
     pwfile = cluster.root / "pwfile"
     pwfile.write_text(cluster.password + "\n")
     if os.geteuid() == 0:
         shutil.chown(pwfile, SUPERUSER, SUPERUSER)
-    _run(
-        [
-            "initdb",
-            "-D",
-            str(cluster.data),
-            "-U",
-            SUPERUSER,
-            f"--pwfile={pwfile}",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]
-    )
+    _run(["initdb", "-D", str(cluster.data), "-U", SUPERUSER, f"--pwfile={pwfile}", *INITDB_ARGS])
 
 
 def _as_owner(command: list[str]) -> list[str]:

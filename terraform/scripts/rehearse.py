@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from churnops.platform.services import terminate_groups
 from terraform.scripts import local_postgres, tf_local
 from terraform.scripts.rehearsal.run import Applied, Rehearsal, RehearsalFailed
 
@@ -70,7 +71,7 @@ def _discard(workdir: Path) -> None:
     if state_file.exists():
         state = json.loads(state_file.read_text())
         if "moto_pid" in state:
-            tf_local.stop_process_group(int(state["moto_pid"]))
+            terminate_groups([int(state["moto_pid"])], grace=5.0)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -9,11 +9,9 @@ down --workdir DIR  destroy, and stop the moto server `up` started"""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from churnops.platform.services import free_port
+from churnops.platform.services import free_port, terminate_groups
 
 TERRAFORM_DIR = Path(__file__).resolve().parent.parent
 OVERRIDE_TEMPLATE = TERRAFORM_DIR / "local" / "emulator_override.tf.tpl"
@@ -132,38 +130,20 @@ def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-def stop_process_group(pid: int) -> None:
-    """Stop the moto server an earlier command started (its pid from the state file).
-
-    Not :func:`churnops.platform.services.stop_group`: that one waits on a child's
-    Popen, and ``down`` runs in another process than ``up``, which started it."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    for _ in range(50):
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+def emulator_credentials(endpoint: str, region: str = REGION) -> dict[str, str]:
+    """What points a process at the emulator: its endpoint, the region and fake keys."""
+    return {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+        "AWS_ENDPOINT_URL": endpoint,
+    }
 
 
 def emulator_env(endpoint: str, cli_config: Path | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
-        AWS_DEFAULT_REGION=REGION,
-        AWS_REGION=REGION,
-        AWS_ENDPOINT_URL=endpoint,
-        TF_IN_AUTOMATION="1",
-        TF_INPUT="0",
-    )
-    env.pop("AWS_PROFILE", None)
-    env.pop("AWS_SESSION_TOKEN", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN")}
+    env |= emulator_credentials(endpoint) | {"TF_IN_AUTOMATION": "1", "TF_INPUT": "0"}
     if cli_config is not None:
         env["TF_CLI_CONFIG_FILE"] = str(cli_config)
     return env
@@ -293,7 +273,7 @@ def down(workdir: Path) -> None:
         print(f"destroy took {time.monotonic() - started:.0f}s")
     finally:
         if "moto_pid" in state:
-            stop_process_group(int(state["moto_pid"]))
+            terminate_groups([int(state["moto_pid"])], grace=5.0)
         (workdir / "emulator.json").unlink(missing_ok=True)
 
 

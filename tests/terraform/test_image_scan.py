@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from churnops.platform.services import terminate_groups
+
 from .conftest import TERRAFORM_DIR, tf_local
 
 pytestmark = pytest.mark.integration
@@ -55,7 +57,7 @@ def ecr(tmp_path: Path) -> Iterator[tuple[object, str, dict[str, str]]]:
             urls[name] = repo["repositoryUri"]
         yield client, endpoint, urls
     finally:
-        tf_local.stop_process_group(moto.pid)
+        terminate_groups([moto.pid], grace=5.0)
 
 
 def _findings(endpoint: str, repository: str, counts: dict[str, int]) -> None:

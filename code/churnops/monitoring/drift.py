@@ -57,8 +57,9 @@ from evidently.ui.workspace import RemoteWorkspace, Workspace, WorkspaceBase
 
 from churnops import retry
 from churnops.data.schema import TARGET
+from churnops.monitoring import evidently_ui
 from churnops.monitoring.evidently_ui import FileReport, ensure_dashboard, file_values
-from churnops.results import PREDICTION, PROBABILITY, ColumnDrift, MonitoringResult
+from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, ColumnDrift, MonitoringResult
 from churnops.settings import MonitoringSettings, PlatformSettings
 
 #: Names of the two classification tasks in the data definition.
@@ -66,16 +67,8 @@ LABELS_TASK = "labels"
 SCORES_TASK = "scores"
 
 #: Evidently metric type -> key of ``MonitoringResult.quality``.
-_QUALITY_TYPES = {
-    "Accuracy": "accuracy",
-    "Precision": "precision",
-    "Recall": "recall",
-    "F1Score": "f1",
-    "RocAuc": "roc_auc",
-}
+_QUALITY_TYPES = dict(zip(evidently_ui.QUALITY_TYPES, QUALITY_METRICS, strict=True))
 _METRIC_TYPE_PREFIX = "evidently:metric_v2:"
-_DRIFT_TEST_ID = "drift"
-_FAILED = "FAIL"
 
 
 @dataclass(frozen=True)
@@ -186,10 +179,7 @@ def data_definition(feature_columns: list[str], labeled: bool) -> DataDefinition
 
 
 def build_report(
-    feature_columns: list[str],
-    labeled: bool,
-    *,
-    facts: list[str] | None = None,
+    feature_columns: list[str], labeled: bool, *, facts: list[str] | None = None
 ) -> Report:
     """A drift test per feature and on the prediction, quality when labeled, in one
     :class:`FileReport` that opens with the file's summary; ``facts``: the names of the
@@ -215,9 +205,9 @@ def extract_result(
 ) -> MonitoringResult:
     """Turn ``Snapshot.dict()`` (metrics with their configs, tests) into a result."""
     drifted_by_metric = {
-        test["metric_config"]["metric_id"]: test["status"] == _FAILED
+        test["metric_config"]["metric_id"]: test["status"] == evidently_ui.FAILED
         for test in report["tests"]
-        if test["id"] == _DRIFT_TEST_ID
+        if test["id"] == evidently_ui.DRIFT_TEST
     }
     columns: dict[str, ColumnDrift] = {}
     quality: dict[str, float] = {}

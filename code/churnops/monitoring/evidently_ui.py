@@ -41,7 +41,8 @@ ROWS = "rows in the file"
 ATTRIBUTION_NDCG = "attribution NDCG"
 #: Label metrics with their summary names; ROC AUC is computed on the scores task.
 _LABEL_METRICS = {"F1": F1Score, "precision": Precision, "recall": Recall, "accuracy": Accuracy}
-_DRIFT_TEST = "drift"
+#: The id of a ``ValueDrift`` test, and the status of a failed one (the column drifted).
+DRIFT_TEST, FAILED = "drift", "FAIL"
 
 
 class DriftedFeatures(CountMetric):
@@ -62,7 +63,7 @@ class DriftedFeaturesCalculation(CountCalculation[DriftedFeatures]):
 
 def _drifted(context: Any, column: str) -> bool:
     result = context.calculate_metric(ValueDrift(column=column).to_calculation())
-    return any(t.id == _DRIFT_TEST and t.status.value == "FAIL" for t in result.tests or [])
+    return any(t.id == DRIFT_TEST and t.status.value == FAILED for t in result.tests or [])
 
 
 class FileValue(SingleValueMetric):
@@ -174,7 +175,8 @@ def without_template(widget: Any) -> None:
 
 
 # --- the project's dashboard --------------------------------------------------------------
-QUALITY_METRICS = ("F1Score", "Precision", "Recall", "Accuracy", "RocAuc")
+#: Evidently's metric types of the scores, in the order of churnops.results.QUALITY_METRICS.
+QUALITY_TYPES = ("F1Score", "Precision", "Recall", "Accuracy", "RocAuc")
 OVERVIEW_TAB = "Overview"
 
 
@@ -212,7 +214,7 @@ def dashboard_panels(model_tags: Sequence[str]) -> list[DashboardPanelPlot]:
         panels.append(
             line_plot_panel(
                 f"Quality scores, {tag}",
-                [PanelMetric(metric=m, tags=[tag], legend=m) for m in QUALITY_METRICS],
+                [PanelMetric(metric=m, tags=[tag], legend=m) for m in QUALITY_TYPES],
                 description="On each labeled file scored by this model version",
                 size="half",
             )

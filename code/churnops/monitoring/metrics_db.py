@@ -132,10 +132,7 @@ run_metrics = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column(
-        "run_id",
-        String(36),
-        ForeignKey("pipeline_runs.id", ondelete="CASCADE"),
-        nullable=False,
+        "run_id", String(36), ForeignKey("pipeline_runs.id", ondelete="CASCADE"), nullable=False
     ),
     Column("metric", String(64), nullable=False),
     Column("label", String(255), nullable=True),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,11 +58,8 @@ def write_report(
 ) -> ReportFiles:
     """Write the PNG and the HTML page into ``out`` (default ``CHURNOPS_HOME/report``)."""
     folder = out or monitoring.home / "report"
-    store = MetricsStore.from_settings(monitoring)
-    try:
+    with closing(MetricsStore.from_settings(monitoring)) as store:
         runs, metrics = store.runs(), store.metrics()
-    finally:
-        store.close()
     runs = runs[runs["kind"] == SCORING]  # a late labels file is not a file scored
     where = make_url(monitoring.metrics_db_url).render_as_string(hide_password=True)
     if runs.empty:

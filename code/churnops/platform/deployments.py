@@ -59,10 +59,7 @@ def _deployment(flow: Flow, name: str, **options: Any) -> RunnerDeployment:
     # A module path, not a file path relative to the current directory: the same
     # entrypoint wherever the code is installed, so a re-registration finds no change.
     return flow.to_deployment(
-        name=name_of(name, flow),
-        tags=TAGS,
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        **options,
+        name=name_of(name, flow), tags=TAGS, entrypoint_type=EntrypointType.MODULE_PATH, **options
     )
 
 
@@ -76,11 +73,7 @@ def deployments(
     flows: list[tuple[Flow, RunnerDeployment]] = [
         (
             churn_prediction_pipeline,
-            _deployment(
-                churn_prediction_pipeline,
-                pipeline,
-                description=PIPELINE_DESCRIPTION,
-            ),
+            _deployment(churn_prediction_pipeline, pipeline, description=PIPELINE_DESCRIPTION),
         ),
         (
             reconcile_drops,
@@ -92,38 +85,31 @@ def deployments(
                 interval=timedelta(seconds=interval),
             ),
         ),
-        (
-            retrain_model,
-            _deployment(retrain_model, retrainer, description=RETRAIN_DESCRIPTION),
-        ),
+        (retrain_model, _deployment(retrain_model, retrainer, description=RETRAIN_DESCRIPTION)),
     ]
     return [Served(flow, deployment) for flow, deployment in flows]
 
 
 def fingerprint(served: Served) -> dict[str, Any]:
     """What this code decides about a deployment, as it reads back from the API."""
-    wanted = served.deployment
-    return {
-        "description": wanted.description,
-        "entrypoint": wanted.entrypoint,
-        "parameters": wanted.parameters,
-        "parameter_schema": parameter_schema(served.flow).model_dump(exclude_unset=True),
-        "tags": sorted(wanted.tags),
-        "work_pool_name": wanted.work_pool_name,
-        "schedules": _intervals(wanted.schedules or []),
-    }
+    schema = parameter_schema(served.flow).model_dump(exclude_unset=True)
+    return _facts(served.deployment, schema, served.deployment.schedules or [])
 
 
 def registered_fingerprint(existing: DeploymentResponse) -> dict[str, Any]:
     """The same facts of a deployment read from the API."""
+    return _facts(existing, existing.parameter_openapi_schema, existing.schedules)
+
+
+def _facts(deployment: Any, schema: Any, schedules: list[Any]) -> dict[str, Any]:
     return {
-        "description": existing.description,
-        "entrypoint": existing.entrypoint,
-        "parameters": existing.parameters,
-        "parameter_schema": existing.parameter_openapi_schema,
-        "tags": sorted(existing.tags),
-        "work_pool_name": existing.work_pool_name,
-        "schedules": _intervals(existing.schedules),
+        "description": deployment.description,
+        "entrypoint": deployment.entrypoint,
+        "parameters": deployment.parameters,
+        "parameter_schema": schema,
+        "tags": sorted(deployment.tags),
+        "work_pool_name": deployment.work_pool_name,
+        "schedules": _intervals(schedules),
     }
 
 

@@ -196,10 +196,7 @@ def _on_signals(stop_requested: threading.Event) -> dict[int, object]:
         stop_requested.set()
         raise KeyboardInterrupt
 
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handle)
-    return previous
+    return {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _restore_signals(previous: dict[int, object]) -> None:
@@ -338,18 +335,13 @@ def _report(platform: Platform) -> Callable[[dict], None]:
 
 
 def _write_state(platform: Platform) -> None:
-    settings = platform.settings
+    settings, drop = platform.settings, _drop_location(platform.settings.drop)
     entries: dict[str, dict[str, str | int | None]] = {
         s.name: {"url": s.url, "health_url": s.health_url, "pid": s.pid, "log": str(s.log)}
         for s in platform.children()
     }
-    entries["watcher"] = {
-        "url": _drop_location(settings.drop),
-        "health_url": None,
-        "pid": os.getpid(),
-        "log": None,
-    }
-    svc.PlatformState(os.getpid(), _drop_location(settings.drop), entries).save(settings.home)
+    entries["watcher"] = {"url": drop, "health_url": None, "pid": os.getpid(), "log": None}
+    svc.PlatformState(os.getpid(), drop, entries).save(settings.home)
 
 
 def _drop_location(drop: DropSettings, folder: str = "input") -> str:

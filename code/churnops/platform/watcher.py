@@ -66,11 +66,7 @@ def s3_event(bucket: str, key: str, size: int, sequencer: str) -> dict[str, Any]
                 "s3": {
                     "s3SchemaVersion": "1.0",
                     "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                    "object": {
-                        "key": encode_event_key(key),
-                        "size": size,
-                        "sequencer": sequencer,
-                    },
+                    "object": {"key": encode_event_key(key), "size": size, "sequencer": sequencer},
                 },
             }
         ]

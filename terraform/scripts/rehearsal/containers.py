@@ -16,6 +16,7 @@ from pathlib import Path
 from terraform.scripts.rehearsal import images
 from terraform.scripts.rehearsal.deployment import Aws, Container, Task, WiringError, secret_value
 from terraform.scripts.rehearsal.mapping import Mapper, Paths, command
+from terraform.scripts.tf_local import emulator_credentials
 
 #: Where the image's python and console scripts are: this virtualenv's bin folder.
 VENV_BIN = Path(sys.executable).parent
@@ -126,12 +127,7 @@ def environment(
         "HOSTNAME": container.name,
     }
     env |= {k: paths.value(v) for k, v in facts.env.items()}
-    env |= {"AWS_REGION": aws.region, "AWS_DEFAULT_REGION": aws.region}
-    env |= {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_ENDPOINT_URL": aws.endpoint,
-    }
+    env |= emulator_credentials(aws.endpoint, aws.region)
     values = {
         name: (value, where(container, name)) for name, value in container.environment.items()
     }

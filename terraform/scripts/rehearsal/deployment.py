@@ -282,10 +282,7 @@ def read_load_balancers(aws: Aws) -> tuple[dict[str, LoadBalancer], dict[str, di
                 "Listeners"
             ]
         }
-        balancers[lb["DNSName"]] = LoadBalancer(
-            dns_name=lb["DNSName"],
-            listeners=listeners,
-        )
+        balancers[lb["DNSName"]] = LoadBalancer(dns_name=lb["DNSName"], listeners=listeners)
     health = {tg["TargetGroupArn"]: tg for tg in elb.describe_target_groups()["TargetGroups"]}
     return balancers, health
 

@@ -17,6 +17,7 @@ from terraform.scripts.rehearsal import images
 from terraform.scripts.rehearsal.containers import SYSTEM_PATH, VENV_BIN
 from terraform.scripts.rehearsal.deployment import Aws, Function, WiringError
 from terraform.scripts.rehearsal.mapping import Mapper
+from terraform.scripts.tf_local import emulator_credentials
 
 #: Top-level packages the Lambda Python base image has besides the standard library.
 BASE_IMAGE_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
@@ -56,24 +57,14 @@ def invoke(function: Function, event: dict[str, Any], mapper: Mapper, aws: Aws, 
         "LANG": "C.UTF-8",
         "LAMBDA_TASK_ROOT": str(task_root),
         "AWS_LAMBDA_FUNCTION_NAME": function.name,
-        "AWS_REGION": aws.region,
-        "AWS_DEFAULT_REGION": aws.region,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_ENDPOINT_URL": aws.endpoint,
+        **emulator_credentials(aws.endpoint, aws.region),
     }
     for name, value in function.environment.items():
         env[name] = mapper.variable(name, value, f"Lambda {function.name}, variable {name}", {})
+    argv = [str(VENV_BIN / "python"), "-I", "-c", BOOTSTRAP, handler, ",".join(BASE_IMAGE_PACKAGES)]
     try:
         done = subprocess.run(
-            [
-                str(VENV_BIN / "python"),
-                "-I",
-                "-c",
-                BOOTSTRAP,
-                handler,
-                ",".join(BASE_IMAGE_PACKAGES),
-            ],
+            argv,
             input=json.dumps(event),
             env=env,
             cwd=task_root,

@@ -77,12 +77,7 @@ def check_runner_settings(r: Rehearsal) -> None:
     read = json.loads(done.stdout.splitlines()[-1])
     problems = [
         f"{name} is unset: churnops would use its local default"
-        for name in (
-            "DATABASE_URL",
-            "MLFLOW_TRACKING_URI",
-            "EVIDENTLY_UI_URL",
-            "ALERTS_TOPIC_ARN",
-        )
+        for name in ("DATABASE_URL", "MLFLOW_TRACKING_URI", "EVIDENTLY_UI_URL", "ALERTS_TOPIC_ARN")
         if not read[name]
     ]
     if not worker.env.get("PREFECT_API_URL"):

@@ -218,20 +218,10 @@ class Rehearsal:
     def run_inits(self) -> None:
         """Containers others depend on to finish (SUCCESS, COMPLETE): every task's at once,
         as ECS starts the tasks."""
-        jobs = [
-            (task, name) for task in self.deployment.tasks.values() for name in task.waited_for()
-        ]
-        errors: list[str] = []
-        threads = [
-            threading.Thread(target=self._run_to_end, args=(task, name, errors))
-            for task, name in jobs
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise WiringError("\n".join(errors))
+        _in_parallel(
+            self._run_to_end,
+            [(t, name) for t in self.deployment.tasks.values() for name in t.waited_for()],
+        )
 
     def _run_to_end(self, task: Task, name: str, errors: list[str]) -> None:
         local = self.local[task.container(name).label]
@@ -276,17 +266,7 @@ class Rehearsal:
                 if container.name in task.waited_for() or local.skipped:
                     continue
                 waiting.append((task, local, self._start(local)))
-        errors: list[str] = []
-        threads = [
-            threading.Thread(target=self._wait_healthy, args=(task, local, process, errors))
-            for task, local, process in waiting
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise WiringError("\n".join(errors))
+        _in_parallel(self._wait_healthy, waiting)
 
     def _start(self, local: containers.Local) -> Process:
         process = self.supervisor.start(local.label, local.argv, local.env, local.cwd)
@@ -478,6 +458,18 @@ class Rehearsal:
         if len(workers) != 1:
             raise WiringError(f"expected one worker container, found {[w.label for w in workers]}")
         return workers[0]
+
+
+def _in_parallel(target: Any, jobs: list[tuple[Any, ...]]) -> None:
+    """``target(*job, errors)`` for every job at once; one WiringError with every error."""
+    errors: list[str] = []
+    threads = [threading.Thread(target=target, args=(*job, errors)) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise WiringError("\n".join(errors))
 
 
 def _names_of(task: Task) -> set[str]:

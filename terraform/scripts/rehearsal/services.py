@@ -95,10 +95,8 @@ def connect(url: str) -> Iterator[Any]:
     """An autocommit connection from a SQLAlchemy or libpq URL."""
     conn = psycopg2.connect(_libpq(url), connect_timeout=10)
     conn.autocommit = True
-    try:
+    with contextlib.closing(conn):
         yield conn
-    finally:
-        conn.close()
 
 
 @contextlib.contextmanager
@@ -109,10 +107,8 @@ def connect_kw(login: dict[str, Any]) -> Iterator[Any]:
     except psycopg2.OperationalError as exc:
         raise WiringError(f"login {login['user']} to {login['dbname']} failed: {exc}") from None
     conn.autocommit = True
-    try:
+    with contextlib.closing(conn):
         yield conn
-    finally:
-        conn.close()
 
 
 # ---------------------------------------------------------------------------- HTTP
