@@ -342,15 +342,15 @@ def _close_dead_predecessors(attempt: _Attempt) -> None:
     that none is closed twice. A kill midway leaves the lease running: the next
     attempt closes it again (closing a row or a flow run twice is harmless)."""
     held = attempt.claim
-    dead = claims.died(attempt.storage, held.run, held.lease.attempt)
-    for lease in dead:
-        _note(attempt, "finish", "died", claims.death(lease))
+    dead = {x: claims.death(x) for x in claims.died(attempt.storage, held.run, held.lease.attempt)}
+    for lease, reason in dead.items():
+        _note(attempt, "finish", "died", reason)
         if attempt.store is not None:
-            attempt.store.close_if_running(lease.db_id, claims.death(lease))
-    if crashed := {x.flow_run_id: claims.death(x) for x in dead if x.flow_run_id}:
+            attempt.store.close_if_running(lease.db_id, reason)
+    if crashed := {x.flow_run_id: reason for x, reason in dead.items() if x.flow_run_id}:
         attempt.steps.mark_crashed(crashed)
-    for lease in dead:
-        claims.release(attempt.storage, lease, "died", claims.death(lease))
+    for lease, reason in dead.items():
+        claims.release(attempt.storage, lease, "died", reason)
 
 
 def _errored(attempt: _Attempt, reason: str, *, as_is: bool = False) -> FileOutcome:

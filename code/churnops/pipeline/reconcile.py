@@ -80,8 +80,7 @@ def _stranded_run(storage: DropStorage, now: datetime, run: str) -> Action | Non
     key = run_key("processing", run, lease.name)
     marker = f"{run}#{lease.attempt + 1}"
     if lease.holder_gone(now, claims.LEASE_SECONDS):
-        why = f"attempt {lease.attempt} died (no heartbeat since {lease.heartbeat})"
-        return Action("redrive", key, why, marker)
+        return Action("redrive", key, claims.death(lease), marker)
     if lease.retry_due(now) or lease.state == "done":
         why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
         return Action("redrive", key, why, marker)
@@ -164,7 +163,7 @@ def close_dead_runs(
             if lease is None or not lease.ended(now, claims.LEASE_SECONDS):
                 continue
             if lease.state == "running":
-                why = f"attempt died (no heartbeat since {lease.heartbeat})"
+                why = claims.death(lease)
             else:
                 why = f"attempt ended ({lease.state}: {lease.reason}) but its row was not closed"
             if store.close_if_running(row_id, why):
