@@ -253,7 +253,7 @@ def run_pipeline(csv: Path) -> dict:
     from prefect.server.api.server import SubprocessASGIServer
 
     from churnops.drop.storage import LocalDropStorage, log_key, stage_key
-    from churnops.pipeline.flow import churn_prediction_pipeline
+    from churnops.pipeline.flow import churn_prediction_pipeline, without_prefect_heartbeat
 
     settings = get_settings()
     started = time.perf_counter()
@@ -264,9 +264,10 @@ def run_pipeline(csv: Path) -> dict:
     name = csv.name
     shutil.copyfile(csv, storage.path(stage_key("input", name)))
     started, cpu = time.perf_counter(), time.process_time()
-    state = churn_prediction_pipeline(
-        settings.drop.drop_uri, stage_key("input", name), return_state=True
-    )
+    with without_prefect_heartbeat():  # as in the platform's runner
+        state = churn_prediction_pipeline(
+            settings.drop.drop_uri, stage_key("input", name), return_state=True
+        )
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     outcome = state.result(raise_on_failure=False)
     if not isinstance(outcome, dict) or outcome["status"] != "processed":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, replace
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed, Crashed, Failed, State
 
 from churnops.data.schema import is_bad_input
@@ -69,6 +71,16 @@ def as_task(step: Callable[..., Any]) -> Callable[..., Any]:
         return result
 
     return call
+
+
+def without_prefect_heartbeat() -> AbstractContextManager:
+    """Prefect settings under which flow runs send no heartbeat, wherever they run.
+
+    Liveness is the leases' job (:mod:`churnops.drop.claims`): the attempt that takes
+    over a dead one marks its flow run Crashed (:func:`mark_crashed`). Prefect's own
+    heartbeat thread would judge it twice, and it sleeps in 1 s steps and is joined at
+    the end of every run: up to a second more per file."""
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def mark_crashed(crashed: dict[str, str]) -> None:

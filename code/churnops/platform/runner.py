@@ -40,12 +40,11 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.flow_engine import run_flow
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Pending
 
 from churnops.monitoring import ops_metrics
 from churnops.pipeline import RECONCILE_DEPLOYMENT
-from churnops.pipeline.flow import churn_prediction_pipeline
+from churnops.pipeline.flow import churn_prediction_pipeline, without_prefect_heartbeat
 from churnops.platform.deployments import register
 from churnops.platform.services import ready_file
 from churnops.settings import PlatformSettings, Settings, get_settings
@@ -267,10 +266,7 @@ def main(argv: list[str] | None = None) -> None:
             gauge.start()
         ready.write_text(str(deployment_ids[0]))
         try:
-            # Prefect's flow heartbeat thread sleeps in 1 s steps and is joined at the
-            # end of every run: up to a second per file. A dead runner's runs are found
-            # by their leases instead; the attempt that takes over marks them Crashed.
-            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            with without_prefect_heartbeat():
                 runner.serve()
         finally:
             gauge.stopped.set()
