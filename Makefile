@@ -15,7 +15,8 @@ export CHURN_DATA_DIR
 DATA_FILES := data/customer_churn_0.csv data/customer_churn_1.csv data/customer_churn_2_majority_drifted.csv
 TRIALS ?= 0
 
-.PHONY: help install data register-model train demo up test test-unit test-rest quality format \
+.PHONY: help install data register-model train demo up test test-unit test-rest lane-integration \
+	lane-deployment quality format \
 	optuna-dashboard benchmark-model benchmark-features benchmark-latency benchmark-pipeline \
 	benchmark-recovery benchmark-retraining \
 	simulate-file-drops status screenshots rehearse-aws docs clean
@@ -55,14 +56,21 @@ status: install ## Files by stage and the health of the platform's services
 screenshots: install data ## README pictures (docs/screenshots/) of the running demo; needs Debian's chromium
 	$(RUN) python -m devtools.screenshots
 
-test: install data ## Install and run the whole test suite, every tier
-	$(RUN) pytest
+test: test-unit test-rest ## Install and run every tier: unit first, then the rest
 
 test-unit: install ## The unit tier (tests/unit): no data files, no services
 	$(RUN) pytest tests/unit
 
-test-rest: install data ## Every tier but unit (CI runs it after test-unit); prints the slowest tests
-	$(RUN) pytest --ignore=tests/unit --durations=15
+# Two lanes at once, each a pytest session of its own (its own servers): most of a test
+# waits on a server or a subprocess, so two share the 2 cores of a small machine well.
+test-rest: install data ## Every tier but unit, in two lanes at once; prints the slowest tests
+	$(MAKE) --no-print-directory -j2 --output-sync=target lane-integration lane-deployment
+
+lane-integration:
+	$(RUN) pytest tests/integration --durations=10
+
+lane-deployment:
+	$(RUN) pytest tests/platform tests/terraform tests/grafana tests/model --durations=10
 
 quality: install ## Lint and format checks (pre-commit hooks on every file)
 	$(RUN) pre-commit run --all-files

@@ -139,9 +139,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _EARLY = _EarlyApply()
 
 
-#: The apply checks run after this module (about 100 s into the suite, when the
+#: The apply checks run after this module (about 100 s into the lane, when the
 #: background apply is done), so the destroy that follows them overlaps the rest.
-RUN_CHECKS_AFTER = "test_exactly_once.py"
+RUN_CHECKS_AFTER = "test_platform_supervisor.py"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

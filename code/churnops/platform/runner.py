@@ -9,7 +9,7 @@ each here with :func:`prefect.flow_engine.run_flow`, so the UI shows the usual s
 ``run_flow`` is the entry Prefect's own runners reach in their child process; Prefect
 offers no supported way to run a deployment's flow warm, so this is the one module
 relying on it, and CI's ``newest-prefect`` job runs
-``tests/integration/test_platform_runner.py`` on the newest Prefect.
+``tests/platform/test_platform_runner.py`` on the newest Prefect.
 
 ``churnops up`` starts ``runner_processes`` of them (``python -m
 churnops.platform.runner INDEX``); Prefect refuses a second Pending and the file's
