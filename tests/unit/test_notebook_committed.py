@@ -1,7 +1,7 @@
 """The walkthrough notebook is committed clean: valid, without outputs or execution counts.
 
 Outputs hold machine paths, figures and numbers of one run; they belong to whoever
-executes it (`tests/integration/test_notebook.py` does, on every `make test`).
+executes it (`tests/model/test_notebook.py` does, on every `make test`).
 """
 
 from __future__ import annotations

@@ -23,8 +23,6 @@ from churnops.monitoring.drift import PROJECT
 from churnops.settings import MonitoringSettings
 from tests.processes import FOREIGN
 
-pytestmark = pytest.mark.integration
-
 NOTEBOOK = Path(__file__).resolve().parents[2] / "code" / "notebooks" / "churn_walkthrough.ipynb"
 TRAINING, LATER, DRIFTED = SPLIT_FILES
 #: Generous: the notebook takes ~30 s alone on two cores, more beside a busy suite.
