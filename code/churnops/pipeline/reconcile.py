@@ -3,7 +3,8 @@
 Three kinds of stranded work, each with the reason written to the logs:
 
 * a file in ``input/`` or ``labels/`` older than :data:`GRACE_SECONDS` that no run took
-  (a lost trigger, a Lambda failure, the platform down);
+  (a lost trigger, a Lambda failure, the platform down), or at once when the attempt
+  that claimed it died before moving it;
 * a run in ``processing/`` whose attempt died (crash, kill -9, OOM, redeploy:
   its lease expired or its process is gone) or failed on a dependency and is
   due for its retry;
@@ -136,15 +137,18 @@ def _untaken(
     info = storage.stat(key)
     if info is None:
         return None
-    age = (now - info.modified).total_seconds()
-    if age < GRACE_SECONDS:
-        return None
     run = claims.run_id(name, info.version, info.modified)
     if run in runs:
         return None
     lease = claims.latest_lease(storage, run)
+    if lease and lease.holder_gone(now, claims.LEASE_SECONDS):
+        # Its trigger came and the attempt died claiming it: nothing is on its way.
+        return Action("trigger", key, claims.death(lease), f"{run}#{lease.attempt + 1}")
     if lease and not lease.ended(now, claims.LEASE_SECONDS):
         return None  # being claimed right now
+    age = (now - info.modified).total_seconds()
+    if age < GRACE_SECONDS:
+        return None  # its trigger may still be on its way
     folder = prefix.rstrip("/").rsplit("/", 1)[-1]
     why = f"waited {age:.0f}s in {folder}/ and no run took it"
     return Action("trigger", key, why, f"{run}#{folder}")
