@@ -26,6 +26,13 @@ def eventually(condition: Callable[[], object], seconds: float, interval: float 
     return True
 
 
+def dead_pid() -> int:
+    """The pid of a process of this host that has ended (and was reaped)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid
+
+
 def run_python(code: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """``code`` in a fresh interpreter (what this process imported does not count)."""
     command = [sys.executable, "-c", code, *args]

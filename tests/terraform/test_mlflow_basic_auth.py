@@ -88,12 +88,8 @@ class AuthServer(MlflowServer):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
-    started = AuthServer(tmp_path_factory.mktemp("mlflow-auth"))
-    started.start()
-    try:
+    with AuthServer(tmp_path_factory.mktemp("mlflow-auth")) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def login(monkeypatch: pytest.MonkeyPatch, user: tuple[str, str]) -> None:

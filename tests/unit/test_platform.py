@@ -35,7 +35,7 @@ from churnops.platform.watcher import (
     wait_stable,
 )
 from churnops.settings import NO_USAGE_TELEMETRY, get_settings
-from tests.processes import eventually, run_python
+from tests.processes import dead_pid, eventually, run_python
 
 ROOT = Path(__file__).parents[2]
 
@@ -354,12 +354,6 @@ def _sleeper(*command: str) -> subprocess.Popen:
     return subprocess.Popen(list(command), start_new_session=True)
 
 
-def _dead_pid() -> int:
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    return gone.pid
-
-
 def _record(home: Path, record: services.ChildRecord) -> None:
     (home / services.LOG_DIR).mkdir(exist_ok=True)
     record.save(home / services.LOG_DIR / f"{record.name}{services.CHILD_RECORD_SUFFIX}")
@@ -368,7 +362,7 @@ def _record(home: Path, record: services.ChildRecord) -> None:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="identifies processes through /proc")
 def test_only_what_a_killed_platform_left_is_stopped(tmp_path: Path) -> None:
     sleep = shutil.which("sleep") or "sleep"
-    dead = _dead_pid()
+    dead = dead_pid()
     ours, stranger, reused, kept = (_sleeper(sleep, "300") for _ in range(4))
     # The leader exited and left a worker in its group (as MLflow's job runner may).
     worker = "import time; time.sleep(300)"

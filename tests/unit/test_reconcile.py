@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +11,8 @@ import pytest
 from churnops.drop import claims
 from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.pipeline import reconcile
+from tests.exactly_once import leases
+from tests.processes import dead_pid
 
 
 class DiesMovingIn(LocalDropStorage):
@@ -29,10 +30,8 @@ def test_a_file_whose_claim_died_is_redriven_at_once_a_fresh_one_waits(tmp_path:
     storage.create(fresh, b"a,b\n3,4\n")
     with pytest.raises(RuntimeError, match="killed"):
         claims.claim(DiesMovingIn(tmp_path), died, lease_seconds=claims.LEASE_SECONDS)
-    (lease,) = [claims.Lease.from_json(storage.read(k)) for k in storage.list_keys("data/claims/")]
-    ended = subprocess.Popen(["true"])  # a process of this host that has ended
-    ended.wait()
-    storage.replace(lease.key, replace(lease, pid=ended.pid).to_json())
+    (lease,) = leases(storage)
+    storage.replace(lease.key, replace(lease, pid=dead_pid()).to_json())
 
     actions = reconcile.find_work(storage, datetime.now(UTC))
 

@@ -79,13 +79,18 @@ def _stranded_run(storage: DropStorage, now: datetime, run: str) -> Action | Non
         log.warning("run folder processing/%s has no claim file: left alone", run)
         return None
     key = run_key("processing", run, lease.name)
-    marker = f"{run}#{lease.attempt + 1}"
+    marker = _next_attempt(lease)
     if lease.holder_gone(now, claims.LEASE_SECONDS):
         return Action("redrive", key, claims.death(lease), marker)
     if lease.retry_due(now) or lease.state == "done":
         why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
         return Action("redrive", key, why, marker)
     return None
+
+
+def _next_attempt(lease: claims.Lease) -> str:
+    """The marker of a re-drive after ``lease``'s attempt: one flow run per attempt."""
+    return f"{lease.run}#{lease.attempt + 1}"
 
 
 @contextmanager
@@ -143,7 +148,7 @@ def _untaken(
     lease = claims.latest_lease(storage, run)
     if lease and lease.holder_gone(now, claims.LEASE_SECONDS):
         # Its trigger came and the attempt died claiming it: nothing is on its way.
-        return Action("trigger", key, claims.death(lease), f"{run}#{lease.attempt + 1}")
+        return Action("trigger", key, claims.death(lease), _next_attempt(lease))
     if lease and not lease.ended(now, claims.LEASE_SECONDS):
         return None  # being claimed right now
     age = (now - info.modified).total_seconds()
