@@ -177,15 +177,6 @@ STORIES = {
     "died": Story(TAKEN_OVER, "failed", ("CRASHED", "Crashed"), "died", "died"),
     # ... killed before it had started its row.
     "died before its row": Story(TAKEN_OVER, None, ("CRASHED", "Crashed"), "died", "died"),
-    # Killed after its stage, row and log were final, before its lease closed: nothing is
-    # left to re-drive, so no later attempt marks its flow run, which stays Running (a
-    # known gap: finding it would mean reading every claim file).
-    "killed before release, processed": Story(
-        "processed", "processed", ("RUNNING", "Running"), "ok", "running"
-    ),
-    "killed before release, errored": Story(
-        "errored", "errored", ("RUNNING", "Running"), "errored", "running"
-    ),
 }
 
 

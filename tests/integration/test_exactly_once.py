@@ -93,9 +93,8 @@ class World:
 
     def reconcile(self) -> list[per_file.FileOutcome]:
         outcomes = []
-        reconcile.reconcile(
-            self.settings, self.storage, lambda a: outcomes.append(self.process(a.key))
-        )
+        submit = lambda a: outcomes.append(self.process(a.key))  # noqa: E731
+        reconcile.reconcile(self.settings, self.storage, submit, flow.PrefectFlowRuns())
         return outcomes
 
     def check(self, **kwargs: Any) -> None:

@@ -1,16 +1,19 @@
-"""The reconciler's choice of stranded input files, on a local drop folder."""
+"""The reconciler's choice of stranded input files and of flow runs left running, on a
+local drop folder and SQLite."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from churnops.drop import claims
 from churnops.drop.storage import LocalDropStorage, stage_key
+from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import reconcile
+from churnops.settings import get_settings
 from tests.exactly_once import leases
 from tests.processes import dead_pid
 
@@ -39,3 +42,60 @@ def test_a_file_whose_claim_died_is_redriven_at_once_a_fresh_one_waits(tmp_path:
         actions
     )  # fresh.csv is within its grace: its trigger may be on its way
     assert "attempt 1 died" in actions[0].reason
+
+
+class FakeFlowRuns:
+    """The orchestrator's side of :func:`reconcile.end_flow_runs`: what it reads, what it ends."""
+
+    def __init__(self, unfinished: dict[str, datetime]) -> None:
+        self.running, self.ended = unfinished, {}
+
+    def unfinished(self) -> dict[str, datetime]:
+        return self.running
+
+    def end(self, endings: dict[str, tuple[str, str]]) -> None:
+        self.ended.update(endings)
+
+
+def test_flow_runs_left_running_are_ended_as_their_attempts_ended(tmp_path: Path) -> None:
+    """Killed after its row closed (lease still running): ended as its row says, its lease
+    ``done``; a failed attempt that ended long ago: Failed; one that claimed nothing in
+    MAX_ATTEMPT_SECONDS: died; a live one and a fresh one without a claim: left alone."""
+    storage = LocalDropStorage(tmp_path / "drop")
+    storage.create_layout()
+    monitoring = get_settings(churnops_home=tmp_path).monitoring
+    store = MetricsStore.from_settings(monitoring)
+    now = datetime.now(UTC)
+    held = {}
+    for name in ("killed", "failed", "live"):
+        storage.create(stage_key("input", f"{name}.csv"), name.encode())
+        claim = claims.claim(storage, f"data/input/{name}.csv", lease_seconds=60, flow_run_id=name)
+        store.start_run(
+            run_id=claim.lease.db_id, file_name=name, bucket="", object_key="", flow_run_id=name
+        )
+        held[name] = claim.lease
+    store.finish_run(held["killed"].db_id, "processed")
+    store.finish_run(held["failed"].db_id, "failed")
+    store.close()
+    storage.replace(held["killed"].key, replace(held["killed"], pid=dead_pid()).to_json())
+    long_ago = (now - timedelta(seconds=2 * claims.LEASE_SECONDS)).isoformat()
+    failed = replace(held["failed"], state="failed", heartbeat=long_ago, reason="MLflow down")
+    storage.replace(failed.key, failed.to_json())
+    flow_runs = FakeFlowRuns(
+        {
+            **dict.fromkeys(("killed", "failed", "live", "fresh"), now),
+            "lost": now - timedelta(seconds=claims.MAX_ATTEMPT_SECONDS + 1),
+        }
+    )
+
+    actions = reconcile.end_flow_runs(monitoring, storage, now, flow_runs)
+
+    assert {k: status for k, (status, _) in flow_runs.ended.items()} == {
+        "killed": "processed",
+        "failed": "failed",
+        "lost": "died",
+    }
+    assert flow_runs.ended["failed"][1] == "MLflow down"
+    assert {a.key for a in actions} == {"killed", "failed", "lost"}
+    by_run = {x.flow_run_id: x.state for x in leases(storage)}
+    assert by_run == {"killed": "done", "failed": "failed", "live": "running"}

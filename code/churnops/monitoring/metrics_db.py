@@ -538,6 +538,14 @@ class MetricsStore:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
+    def attempts_of(self, flow_run_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """Flow run id -> (row id, status) of the attempt each of these flow runs made
+        (one at most; a flow run that claimed nothing has no row)."""
+        query = select(pipeline_runs.c.flow_run_id, pipeline_runs.c.id, pipeline_runs.c.status)
+        query = query.where(pipeline_runs.c.flow_run_id.in_(flow_run_ids))
+        with self.engine.connect() as conn:
+            return {flow_run: (row, status) for flow_run, row, status in conn.execute(query)}
+
     def runs(self) -> pd.DataFrame:
         """All runs, newest first."""
         query = select(pipeline_runs).order_by(pipeline_runs.c.started_at.desc())

@@ -18,15 +18,26 @@ step of a labeled file that scored below a minimum (``RETRAIN_MODE=auto``).
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, replace
+from datetime import datetime
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed, Crashed, Failed, State
@@ -86,18 +97,57 @@ def without_prefect_heartbeat() -> AbstractContextManager:
 def mark_crashed(crashed: dict[str, str]) -> None:
     """Crashed, the flow runs of attempts that died (id: why), as their leases, rows and
     logs say (:mod:`churnops.drop.claims` is the one judge: Prefect does not judge
-    liveness itself). A run already final is left as it is."""
-    try:
+    liveness itself)."""
+    PrefectFlowRuns().end({flow_run_id: ("died", why) for flow_run_id, why in crashed.items()})
+
+
+#: The state a flow run ends in, by how its attempt ended (``per_file.Status`` or died).
+ENDING_STATES: dict[str, Callable[..., State]] = {
+    "processed": Completed,
+    "skipped": Completed,
+    "errored": functools.partial(Failed, name=REJECTED),
+    "failed": Failed,
+    "died": Crashed,
+}
+
+
+class PrefectFlowRuns:
+    """The pipeline's flow runs on the Prefect API, for the reconciler
+    (:class:`churnops.pipeline.reconcile.FlowRuns`) and :func:`mark_crashed`."""
+
+    def unfinished(self) -> dict[str, datetime]:
+        running = FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+        )
+        pipeline = FlowFilter(name=FlowFilterName(any_=[churn_prediction_pipeline.name]))
         with get_client(sync_client=True) as client:
-            for flow_run_id, reason in crashed.items():
-                try:
-                    state = client.read_flow_run(flow_run_id).state
-                    if state is None or not state.is_final():
-                        client.set_flow_run_state(flow_run_id, Crashed(message=reason), force=True)
-                except Exception as exc:  # the run is gone: the others are still marked
-                    get_run_logger().warning("flow run %s not marked: %s", flow_run_id, exc)
-    except Exception as exc:  # the API is down: the file's outcome stands
-        get_run_logger().warning("flow runs %s not marked Crashed: %s", list(crashed), exc)
+            runs = client.read_flow_runs(flow_filter=pipeline, flow_run_filter=running)
+        return {str(r.id): r.start_time or r.created for r in runs if r.start_time or r.created}
+
+    def end(self, endings: dict[str, tuple[str, str]]) -> None:
+        """Each flow run (id: (status, why)) ended in its state; one already final is left
+        as it is, and one that cannot be marked does not stop the others."""
+        logger = _logger()
+        try:
+            with get_client(sync_client=True) as client:
+                for flow_run_id, (status, why) in endings.items():
+                    try:
+                        state = client.read_flow_run(flow_run_id).state
+                        if state is None or not state.is_final():
+                            ending = ENDING_STATES[status](message=f"{status}: {why}")
+                            client.set_flow_run_state(flow_run_id, ending, force=True)
+                    except Exception as exc:  # the run is gone: the others are still marked
+                        logger.warning("flow run %s not marked: %s", flow_run_id, exc)
+        except Exception as exc:  # the API is down: the file's outcome stands
+            logger.warning("flow runs %s not marked: %s", list(endings), exc)
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The flow run's logger (seen on its Prefect page), or this module's outside one."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 #: The flow's steps: the plain ones, and Prefect told of the attempts that died.
@@ -196,14 +246,16 @@ def outcome_state(outcome: per_file.FileOutcome) -> State:
 
 @flow(name="reconcile")
 def reconcile_drops(drop: str | None = None) -> list[dict[str, str]]:
-    """Re-drive stranded files: untaken input, dead or failed runs (on a schedule).
+    """Re-drive stranded files (untaken input, dead or failed runs) and end the flow runs
+    whose attempt ended unreported (on a schedule).
 
     ``drop`` defaults to the settings' drop (``DropSettings.drop_uri``).
     """
     settings = get_settings()
     storage = open_drop(drop or settings.drop.drop_uri)
     logger = get_run_logger()
-    actions = reconcile.reconcile(settings, storage, reconcile.submit_to_deployment(storage.uri))
+    submit = reconcile.submit_to_deployment(storage.uri)
+    actions = reconcile.reconcile(settings, storage, submit, PrefectFlowRuns())
     for action in actions:
         logger.info("%s %s: %s", action.kind, action.key, action.reason)
     return [asdict(a) for a in actions]

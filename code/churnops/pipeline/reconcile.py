@@ -1,6 +1,6 @@
 """Nothing stays stuck: find stranded drops and re-drive them, idempotently.
 
-Three kinds of stranded work, each with the reason written to the logs:
+Four kinds of stranded work, each with the reason written to the logs:
 
 * a file in ``input/`` or ``labels/`` older than :data:`GRACE_SECONDS` that no run took
   (a lost trigger, a Lambda failure, the platform down), or at once when the attempt
@@ -8,7 +8,8 @@ Three kinds of stranded work, each with the reason written to the logs:
 * a run in ``processing/`` whose attempt died (crash, kill -9, OOM, redeploy:
   its lease expired or its process is gone) or failed on a dependency and is
   due for its retry;
-* a metrics database row still ``running`` for an attempt that has ended.
+* a metrics database row still ``running`` for an attempt that has ended;
+* a flow run still running whose attempt has ended (:func:`end_flow_runs`).
 
 :func:`reconcile` decides and hands each key to ``submit``: the platform
 creates a flow run of the pipeline deployment (:func:`submit_to_deployment`),
@@ -23,13 +24,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from churnops import pipeline
 from churnops.drop import claims
 from churnops.drop.keys import DROP_PREFIXES, is_candidate
 from churnops.drop.storage import DropStorage, brief, printable, run_folders, run_key
 from churnops.monitoring import ops_metrics
-from churnops.monitoring.metrics_db import MetricsStore
+from churnops.monitoring.metrics_db import ERRORED, FAILED, PROCESSED, MetricsStore
 from churnops.pipeline import per_file
 from churnops.settings import MonitoringSettings, PlatformSettings, Settings
 
@@ -44,7 +46,8 @@ GRACE_SECONDS = 60.0
 class Action:
     """One thing the reconciler did or asks for."""
 
-    kind: str  # "trigger" (untaken input) | "redrive" (run in processing) | "close-run"
+    #: "trigger" (untaken input) | "redrive" (run in processing) | "close-run" | "end-flow-run"
+    kind: str
     key: str
     reason: str
     #: The idempotency marker of this submission (the same work twice: one flow run).
@@ -182,8 +185,85 @@ def close_dead_runs(
     return actions
 
 
-def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[Action]:
-    """Close dead database rows, then submit every stranded file; return what was done."""
+class FlowRuns(Protocol):
+    """The pipeline's flow runs as the orchestrator holds them
+    (:class:`churnops.pipeline.flow.PrefectFlowRuns`)."""
+
+    def unfinished(self) -> dict[str, datetime]:
+        """The pipeline's flow runs still running: id -> when each started."""
+        ...
+
+    def end(self, endings: dict[str, tuple[str, str]]) -> None:
+        """End each flow run (id -> (status, why)) as its attempt ended."""
+        ...
+
+
+def end_flow_runs(
+    monitoring: MonitoringSettings, storage: DropStorage, now: datetime, flow_runs: FlowRuns
+) -> list[Action]:
+    """Flow runs still running whose attempt has ended: ended as their records say.
+
+    Their process died after the file's outcome was stored and before the flow run was
+    told: between its last move and the end of its lease (the lease is ended here
+    ``done``), or after that. Nothing is left to re-drive, so no later attempt would
+    mark them. A flow run that claimed nothing within ``MAX_ATTEMPT_SECONDS`` died
+    before its claim (its file, still in its drop folder, is triggered again).
+    """
+    unfinished = flow_runs.unfinished()
+    if not unfinished:
+        return []
+    store = MetricsStore.from_settings(monitoring)
+    try:
+        attempts = store.attempts_of(list(unfinished))
+    finally:
+        store.close()
+    endings = {}
+    for flow_run_id, started in unfinished.items():
+        with _skipped_on_error(f"flow run {flow_run_id}"):
+            if ending := _ending(storage, now, attempts.get(flow_run_id), started):
+                endings[flow_run_id] = ending
+    if endings:
+        flow_runs.end(endings)
+    return [
+        Action("end-flow-run", run, f"{status}: {why}") for run, (status, why) in endings.items()
+    ]
+
+
+def _ending(
+    storage: DropStorage, now: datetime, attempt: tuple[str, str] | None, started: datetime
+) -> tuple[str, str] | None:
+    """(status, why) of a running flow run whose attempt has ended, as
+    :class:`FlowRuns` ends it (a :data:`per_file.Status` or "died"); None while it may
+    still be working, or when the attempt that takes over its file will mark it."""
+    if attempt is None:
+        if (now - started).total_seconds() < claims.MAX_ATTEMPT_SECONDS:
+            return None
+        return "died", f"it claimed no file in {claims.MAX_ATTEMPT_SECONDS:.0f} s"
+    row_id, status = attempt
+    run, _, number = row_id.rpartition(".")
+    lease = claims.lease(storage, run, int(number))
+    if lease is None or not lease.ended(now, claims.LEASE_SECONDS):
+        return None
+    if lease.state == "running":  # its holder is gone
+        if status not in (PROCESSED, ERRORED):
+            return None  # its file waits in processing/: the next attempt marks it
+        why = f"attempt {lease.attempt} {status} its file, then died before ending its lease"
+        claims.release(storage, lease, "done", why)
+        return status, why
+    ended = datetime.fromisoformat(lease.heartbeat)  # a live flow run reports at once
+    if (now - ended).total_seconds() < claims.LEASE_SECONDS:
+        return None
+    if lease.state in ("died", "failed"):
+        return lease.state, lease.reason
+    # done: processed, rejected, or started over as a new run (its row failed)
+    return {FAILED: "skipped"}.get(status, status), f"attempt {lease.attempt} ended, unreported"
+
+
+def reconcile(
+    settings: Settings, storage: DropStorage, submit: Submit, flow_runs: FlowRuns | None = None
+) -> list[Action]:
+    """Close dead database rows, then submit every stranded file, then end the
+    ``flow_runs`` left running (none without an orchestrator); return what was done."""
     now = datetime.now(UTC)
     try:
         closed = close_dead_runs(settings.monitoring, storage, now)
@@ -198,8 +278,14 @@ def reconcile(settings: Settings, storage: DropStorage, submit: Submit) -> list[
                 submit(action)
             else:  # no event or flow run carries a name that is not UTF-8: refused here
                 per_file.process(settings, storage, action.key)
+    ended = []
+    if flow_runs is not None:
+        try:
+            ended = end_flow_runs(settings.monitoring, storage, now, flow_runs)
+        except Exception as exc:  # the API or the database down: the next pass ends them
+            log.warning("reconcile: flow runs not checked: %s", brief(exc))
     publish_ages(settings.platform, storage, now)
-    return [*closed, *work]
+    return [*closed, *work, *ended]
 
 
 def publish_ages(platform: PlatformSettings, storage: DropStorage, now: datetime) -> None:
