@@ -3,7 +3,6 @@ a critical finding, or a scan that never finished, stops the deploy."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from churnops.platform.services import terminate_groups
+from terraform.scripts import image_scan
 
 from .conftest import TERRAFORM_DIR, tf_local
 
@@ -28,19 +28,6 @@ MANIFEST = {
     },
     "layers": [],
 }
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "image_scan", TERRAFORM_DIR / "scripts" / "image_scan.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-image_scan = _load()
 
 
 @pytest.fixture
