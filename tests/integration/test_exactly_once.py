@@ -208,6 +208,7 @@ KILL_POINTS = [
     "finish: original moved, outputs not",
     "finish (half move): outputs in processed/, still in processing/",
     "release: all done, lease not closed",
+    "report: lease closed, flow run not told",
 ]
 
 
@@ -239,7 +240,9 @@ class KillingStorage:
         self.inner.move(src, dst, **kwargs)
 
     def replace(self, key: str, data: bytes) -> None:
-        if self.point.startswith("release") and b'"done"' in data:
+        if self.point.startswith(("release", "report")) and b'"done"' in data:
+            if self.point.startswith("report"):
+                self.inner.replace(key, data)
             _die()
         self.inner.replace(key, data)
 
@@ -328,7 +331,7 @@ def test_kill_at_any_point_then_reconcile(world: World, small_file: bytes) -> No
     world.check(settled=True)
     for point, name in names.items():
         mine = outcomes.get(name, [])
-        if point.startswith("release"):
+        if point.startswith(("release", "report")):
             assert mine == [], (point, mine)  # nothing was left to do
             continue
         assert [(o.status, o.attempt) for o in mine] == [("processed", 2)], (point, mine)

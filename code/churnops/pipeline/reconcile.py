@@ -250,8 +250,11 @@ def _ending(
         why = f"attempt {lease.attempt} {status} its file, then died before ending its lease"
         claims.release(storage, lease, "done", why)
         return status, why
-    ended = datetime.fromisoformat(lease.heartbeat)  # a live flow run reports at once
-    if (now - ended).total_seconds() < claims.LEASE_SECONDS:
+    # Ended: its flow run reports at once, unless its process died (it is gone from this
+    # host, or it has not reported in LEASE_SECONDS).
+    gone = lease.host == claims.HOST and not claims.pid_alive(lease.pid)
+    ended = datetime.fromisoformat(lease.heartbeat)
+    if not gone and (now - ended).total_seconds() < claims.LEASE_SECONDS:
         return None
     if lease.state in ("died", "failed"):
         return lease.state, lease.reason
