@@ -160,12 +160,14 @@ def test_folder_watcher_reports_waiting_and_new_files_once_whole(
     assert sizes == {8}
 
 
+@pytest.mark.parametrize("written_in", ["data/input", "data"], ids=["in the folder", "outside"])
 def test_a_file_renamed_into_input_is_sent_without_the_quiet_period(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written_in: str
 ) -> None:
-    """A rename is atomic: the file is whole when it appears, nothing to wait for."""
+    """A rename is atomic: the file is whole when it appears, nothing to wait for, whether
+    it was written under a temporary name in the folder or elsewhere (``mv``)."""
     with watching(tmp_path, monkeypatch, 3600.0) as (_, events, seen):
-        partial = tmp_path / "data/input/.renamed.csv.part"
+        partial = tmp_path / written_in / ".renamed.csv.part"
         partial.write_bytes(b"a,b\n1,2\n")
         partial.rename(tmp_path / "data/input/renamed.csv")
         assert seen.wait(30), "a renamed-in file waited for the quiet period"

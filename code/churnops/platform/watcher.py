@@ -2,8 +2,8 @@
 (:func:`churnops.drop.trigger.handle_event`), from one of two watchers:
 
 * :class:`FolderWatcher` (local folder): watchdog events on ``data/input/`` and
-  ``data/labels/`` once the writer is done (close-write, or a whole file appeared by
-  rename or link and stayed unchanged for a quiet period; a writer going on later
+  ``data/labels/`` once the writer is done (close-write, a rename into the folder, or
+  a whole file appeared by link and stayed unchanged for a quiet period; a writer going on later
   changes the claimed version and the run starts over);
 * :class:`BucketPoller` (S3-compatible): lists both folders every few seconds and
   reports keys not seen with that ETag.
@@ -26,6 +26,7 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from churnops.drop.keys import DROP_PREFIXES, PREFIX, drop_prefix, encode_event_key, is_candidate
 from churnops.drop.trigger import Config, handle_event, start_flow_run
@@ -119,6 +120,17 @@ class Dispatcher:
 SETTLE_SECONDS = 1.0
 
 
+def _observer() -> BaseObserver:
+    """On Linux, inotify reporting a file renamed in from outside the watched folders as
+    moved (``generate_full_events``), not as created: it is whole, and is sent without
+    the quiet period. Elsewhere, the platform's default observer."""
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except Exception:  # no inotify on this system
+        return Observer()
+    return InotifyObserver(generate_full_events=True)
+
+
 class FolderWatcher(FileSystemEventHandler):
     """Watch ``<drop>/data/input/`` and ``<drop>/data/labels/``; trigger a run per settled
     new file. A file renamed into them is complete (a rename is atomic): it is sent at
@@ -135,7 +147,7 @@ class FolderWatcher(FileSystemEventHandler):
         self._writing: set[Path] = set()
         self._seen: set[Path] = set()
         self._lock = threading.Lock()
-        self._observer = Observer()
+        self._observer = _observer()
         self._worker = threading.Thread(target=self._work, name="drop-dispatch", daemon=True)
 
     def start(self) -> None:
@@ -170,7 +182,9 @@ class FolderWatcher(FileSystemEventHandler):
         self._enqueue(path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        self._enqueue(Path(str(event.dest_path)), renamed=True)
+        """Renamed in (from the folder or from elsewhere), or out (no destination)."""
+        if event.dest_path:
+            self._enqueue(Path(str(event.dest_path)), renamed=True)
 
     def _enqueue(self, path: Path, renamed: bool = False) -> None:
         if path.parent not in self.folders or not is_candidate(path.name):
