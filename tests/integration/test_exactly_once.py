@@ -38,7 +38,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Completed, Pending, Running, Scheduled
 
 from churnops import retry
 from churnops.drop import claims
@@ -1072,3 +1075,31 @@ def test_a_file_that_changed_during_its_run_whose_name_was_dropped_again_is_kept
     assert [o.status for o in local_world.reconcile()] == ["processed"]
     local_world.check(settled=True, invalid=1)
     assert local_world.reconcile() == []
+
+
+def test_the_reconciler_sees_the_pipelines_taken_and_running_flow_runs_and_ends_them() -> None:
+    """PrefectFlowRuns against the session's server: a run left Pending (its runner died
+    before starting it) or Running is unfinished, a scheduled or a final one is not, and
+    each ends in the state its attempt's ending names."""
+    parameters = {"drop": "file:///nowhere", "key": "data/input/x.csv"}
+    states = {"pending": Pending(), "running": Running(), "scheduled": Scheduled()}
+    states["completed"] = Completed()
+    with get_client(sync_client=True) as client:
+        ids = {
+            name: str(
+                client.create_flow_run(
+                    flow.churn_prediction_pipeline, parameters=parameters, state=state
+                ).id
+            )
+            for name, state in states.items()
+        }
+    unfinished = flow.PrefectFlowRuns().unfinished()
+    assert {name for name, i in ids.items() if i in unfinished} == {"pending", "running"}
+
+    flow.PrefectFlowRuns().end(
+        {ids["pending"]: ("died", "gone"), ids["running"]: ("errored", "bad")}
+    )
+    with get_client(sync_client=True) as client:
+        ended = {name: client.read_flow_run(ids[name]).state for name in ("pending", "running")}
+    assert (ended["pending"].type, ended["pending"].message) == (StateType.CRASHED, "died: gone")
+    assert (ended["running"].type, ended["running"].name) == (StateType.FAILED, flow.REJECTED)

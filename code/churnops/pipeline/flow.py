@@ -116,13 +116,15 @@ class PrefectFlowRuns:
     (:class:`churnops.pipeline.reconcile.FlowRuns`) and :func:`mark_crashed`."""
 
     def unfinished(self) -> dict[str, datetime]:
-        running = FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
-        )
+        """Taken by a runner (Pending) or running: id -> since when."""
+        taken = FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
         pipeline = FlowFilter(name=FlowFilterName(any_=[churn_prediction_pipeline.name]))
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(flow_filter=pipeline, flow_run_filter=running)
-        return {str(r.id): r.start_time or r.created for r in runs if r.start_time or r.created}
+            runs = client.read_flow_runs(
+                flow_filter=pipeline,
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=taken)),
+            )
+        return {str(r.id): r.state.timestamp for r in runs if r.state is not None}
 
     def end(self, endings: dict[str, tuple[str, str]]) -> None:
         """Each flow run (id: (status, why)) ended in its state; one already final is left

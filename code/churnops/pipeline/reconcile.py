@@ -190,7 +190,7 @@ class FlowRuns(Protocol):
     (:class:`churnops.pipeline.flow.PrefectFlowRuns`)."""
 
     def unfinished(self) -> dict[str, datetime]:
-        """The pipeline's flow runs still running: id -> when each started."""
+        """The pipeline's flow runs taken by a runner or running: id -> since when."""
         ...
 
     def end(self, endings: dict[str, tuple[str, str]]) -> None:
@@ -206,8 +206,8 @@ def end_flow_runs(
     Their process died after the file's outcome was stored and before the flow run was
     told: between its last move and the end of its lease (the lease is ended here
     ``done``), or after that. Nothing is left to re-drive, so no later attempt would
-    mark them. A flow run that claimed nothing within ``MAX_ATTEMPT_SECONDS`` died
-    before its claim (its file, still in its drop folder, is triggered again).
+    mark them. A flow run that claimed nothing within ``MAX_ATTEMPT_SECONDS`` of being
+    taken died before its claim (its file, still in its drop folder, is triggered again).
     """
     unfinished = flow_runs.unfinished()
     if not unfinished:
