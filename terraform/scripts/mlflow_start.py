@@ -6,9 +6,11 @@ creates the admin from ``MLFLOW_AUTH_ADMIN_USERNAME``/``_PASSWORD``; this script
 gives ``MLFLOW_WORKER_USERNAME``/``_PASSWORD`` EDIT on churnops' experiment and
 ``MODEL_NAME`` only, creating both first (a creator would get MANAGE). With
 ``default_permission = NO_PERMISSIONS`` it can delete, grant and see nothing else.
-Idempotent. It writes the auth config from ``MLFLOW_AUTH_INI``, then forks: the child
-waits for the server, sets up the user and touches ``MLFLOW_WORKER_READY`` (the health
-check waits for it); the parent execs ``mlflow server`` with this script's arguments.
+Idempotent. It writes the auth config from ``MLFLOW_AUTH_INI``, then forks twice: the
+grandchild waits for the server, sets up the user and touches ``MLFLOW_WORKER_READY``
+(the health check waits for it), an orphan that the task's init process reaps (the
+server would leave its own ended child a zombie); the parent execs ``mlflow server``
+with this script's arguments.
 Passwords come from Secrets Manager and are never printed."""
 
 import os
@@ -102,19 +104,28 @@ def main(argv: list[str]) -> None:
     Path(os.environ["MLFLOW_AUTH_CONFIG_PATH"]).write_text(os.environ["MLFLOW_AUTH_INI"] + "\n")
     ready = Path(os.environ["MLFLOW_WORKER_READY"])
     ready.unlink(missing_ok=True)
-    if os.fork() == 0:
-        url = f"http://127.0.0.1:{port_of(argv)}"
-        try:
-            wait_for_server(url)
-            set_up_worker(
-                url, os.environ["MLFLOW_WORKER_USERNAME"], os.environ["MLFLOW_WORKER_PASSWORD"]
-            )
-            ready.touch()
-        except BaseException as exc:  # the log says why; the health check fails
-            log(f"the worker's user is not set up: {type(exc).__name__}: {exc}")
-            os._exit(1)
+    child = os.fork()
+    if child == 0:
+        if os.fork() == 0:  # not the server's child: the task's init reaps it when it ends
+            os._exit(set_up(argv, ready))
         os._exit(0)
+    os.waitpid(child, 0)
     os.execvp("mlflow", ["mlflow", "server", *argv])
+
+
+def set_up(argv: list[str], ready: Path) -> int:
+    """The worker's user, once the server answers; touches ``ready``. The exit status."""
+    url = f"http://127.0.0.1:{port_of(argv)}"
+    try:
+        wait_for_server(url)
+        set_up_worker(
+            url, os.environ["MLFLOW_WORKER_USERNAME"], os.environ["MLFLOW_WORKER_PASSWORD"]
+        )
+        ready.touch()
+    except BaseException as exc:  # the log says why; the health check fails
+        log(f"the worker's user is not set up: {type(exc).__name__}: {exc}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -388,6 +388,8 @@ def test_every_container_has_a_health_check_and_deploys_roll(deployment: Deploym
             check = container["healthCheck"]
             assert check["command"][0] in {"CMD", "CMD-SHELL"}, name
             assert check["startPeriod"] > 0 and check["retries"] >= 1
+            # PID 1 reaps orphans: MLflow's set-up process, ECS Exec's agent.
+            assert container["linuxParameters"]["initProcessEnabled"] is True, name
     worker = _container(_task_definitions(deployment)["worker"], "worker")
     assert worker["stopTimeout"] == 120  # Fargate's most: the runs in flight finish
     assert worker["healthCheck"]["command"] == ["CMD-SHELL", "test -f /tmp/churnops/runner.ready.0"]

@@ -107,6 +107,18 @@ def worker_settings(server: AuthServer, home: Path) -> Settings:
     )
 
 
+def test_the_set_up_process_leaves_the_server_no_zombie(server: AuthServer) -> None:
+    """The set-up ran in a grandchild, not a child the server would never wait for."""
+    assert server.process is not None
+    pid = server.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    states = {
+        child: Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        for child in children
+    }
+    assert "Z" not in states.values(), states
+
+
 def test_the_health_check_needs_no_login(server: AuthServer, tmp_path: Path) -> None:
     settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=server.url)
     wait_for_tracking_server(settings.model)  # raises MlflowUnavailable when refused

@@ -60,7 +60,10 @@ locals {
         stopTimeout = s.stop_timeout
         # The servers write caches and temporary files under their home.
         readonlyRootFilesystem = false
-        logConfiguration       = local.log_configuration[svc]
+        # An init process as PID 1: it reaps orphans (MLflow's set-up, ECS Exec's agent)
+        # and passes the stop signal on.
+        linuxParameters  = { initProcessEnabled = true }
+        logConfiguration = local.log_configuration[svc]
       }],
     )
   }
