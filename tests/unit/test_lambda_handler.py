@@ -394,6 +394,16 @@ def test_persistent_server_errors_raise_for_lambda_to_retry(
     assert prefect.posts() == []
 
 
+def test_one_request_with_the_default_retries_ends_within_the_lambdas_timeout() -> None:
+    """Every try timing out, with the waits between them: under the function's timeout."""
+    variables = HANDLER_FILE.parents[2] / "terraform/modules/s3-to-prefect-lambda/variables.tf"
+    block = variables.read_text().split('variable "timeout"')[1].split("}")[0]
+    lambda_timeout = float(re.search(r"default\s*=\s*(\d+)", block)[1])
+    config = trigger.Config.from_env({"PREFECT_API_URL": "http://prefect/api"})
+    waits = sum(config.backoff * 2**n for n in range(config.retries))
+    assert config.timeout * (config.retries + 1) + waits < lambda_timeout
+
+
 def test_a_timeout_is_retried(handler: ModuleType, prefect: FakePrefect) -> None:
     invoke(handler, "data/input/warm.csv")
     prefect.stalls = 1

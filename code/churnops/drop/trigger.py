@@ -60,11 +60,12 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "PREFECT_DEPLOYMENT": (DEFAULT_DEPLOYMENT, "Deployment to start, `<flow>/<deployment>`."),
     "INPUT_PREFIX": (INPUT_PREFIX, "Folder of input files; labels are read from `data/labels/`."),
     "PREFECT_HTTP_TIMEOUT": ("5", "Seconds per request to Prefect."),
-    "PREFECT_HTTP_RETRIES": ("3", "Retries of a request after the first try."),
+    "PREFECT_HTTP_RETRIES": ("4", "Retries of a request after the first try."),
     "PREFECT_HTTP_BACKOFF": (
-        "0.5",
+        "0.2",
         "First wait between tries (s), doubling: the worst case stays under the Lambda's 30 s "
-        "timeout.",
+        "timeout. Short: a busy local Prefect server (SQLite) answers 503 at once and the "
+        "next try a moment later.",
     ),
 }
 

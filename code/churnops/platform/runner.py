@@ -54,7 +54,7 @@ log = logging.getLogger("churnops.runner")
 PROTECTION_MINUTES = 120
 #: How often an idle runner asks Prefect for a due run (s), locally and on ECS: at most
 #: this much is added to a file's latency, a cheap query per runner.
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.25
 #: How often each runner publishes the queued flow runs (s): CloudWatch's own resolution.
 OPS_METRICS_SECONDS = 60.0
 
