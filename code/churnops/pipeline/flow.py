@@ -235,15 +235,10 @@ def _escape(text: str) -> str:
 
 
 def outcome_state(outcome: per_file.FileOutcome) -> State:
-    """Completed (processed, skipped), Rejected (errored) or Failed, its message saying
-    what happened."""
-    data = asdict(outcome)
+    """Completed (processed, skipped), Rejected (errored) or Failed
+    (:data:`ENDING_STATES`), its message saying what happened."""
     message = f"{outcome.status}: {outcome.message}"
-    if outcome.status == "failed":
-        return Failed(message=message, data=data)
-    if outcome.status == "errored":
-        return Failed(name=REJECTED, message=message, data=data)
-    return Completed(message=message, data=data)
+    return ENDING_STATES[outcome.status](message=message, data=asdict(outcome))
 
 
 @flow(name="reconcile")
