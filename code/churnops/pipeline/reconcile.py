@@ -31,7 +31,7 @@ from churnops.drop import claims
 from churnops.drop.keys import DROP_PREFIXES, is_candidate
 from churnops.drop.storage import DropStorage, brief, printable, run_folders, run_key
 from churnops.monitoring import ops_metrics
-from churnops.monitoring.metrics_db import ERRORED, FAILED, PROCESSED, MetricsStore
+from churnops.monitoring.metrics_db import ERRORED, FAILED, PROCESSED, RUNNING, MetricsStore
 from churnops.pipeline import per_file
 from churnops.settings import MonitoringSettings, PlatformSettings, Settings
 
@@ -258,6 +258,8 @@ def _ending(
         return None
     if lease.state in ("died", "failed"):
         return lease.state, lease.reason
+    if status == RUNNING:
+        return None  # its row is closed first (close_dead_runs), then its flow run
     # done: processed, rejected, or started over as a new run (its row failed)
     return {FAILED: "skipped"}.get(status, status), f"attempt {lease.attempt} ended, unreported"
 
