@@ -97,7 +97,9 @@ def without_prefect_heartbeat() -> AbstractContextManager:
 def mark_crashed(crashed: dict[str, str]) -> None:
     """Crashed, the flow runs of attempts that died (id: why), as their leases, rows and
     logs say (:mod:`churnops.drop.claims` is the one judge: Prefect does not judge
-    liveness itself)."""
+    liveness itself). The attempt that takes over marks them at once; the reconciler
+    (:func:`churnops.pipeline.reconcile.end_flow_runs`) ends those no attempt takes over,
+    a reconcile interval later at most."""
     PrefectFlowRuns().end({flow_run_id: ("died", why) for flow_run_id, why in crashed.items()})
 
 
