@@ -75,6 +75,11 @@ class Deployment:
         return tf_local.emulator_client(self.endpoint, service)
 
 
+#: What terraform says when its provider retried an AuthorizeSecurityGroup call that a
+#: loaded moto had already carried out: the rule "already exists".
+EMULATOR_RETRY_RACE = "InvalidPermission.Duplicate"
+
+
 class _EarlyApply:
     """``terraform init`` and ``apply`` on a moto server of their own, in a thread.
 
@@ -107,9 +112,22 @@ class _EarlyApply:
         return deployment
 
     def _apply(self) -> Deployment:
-        self.moto, endpoint = tf_local.start_moto(self.root / "moto.log")
+        """Apply; once more on a fresh moto server if the provider retried a call that moto
+        had done (:data:`EMULATOR_RETRY_RACE`: the same load race as the destroy's, but
+        the rule it made is in no state, so a second apply on that server fails alike)."""
         cli_config = tf_local.write_cli_config(self.root / "terraform.rc")
-        deployment = Deployment(endpoint, self.root / "work", cli_config)
+        try:
+            return self._apply_on_new_moto(self.root / "work", cli_config)
+        except RuntimeError as exc:
+            if EMULATOR_RETRY_RACE not in str(exc):
+                raise
+        assert self.moto is not None
+        stop_group(self.moto, 5)
+        return self._apply_on_new_moto(self.root / "again", cli_config)
+
+    def _apply_on_new_moto(self, workdir: Path, cli_config: Path) -> Deployment:
+        self.moto, endpoint = tf_local.start_moto(self.root / "moto.log")
+        deployment = Deployment(endpoint, workdir, cli_config)
         deployment.tf("init", "-input=false", "-no-color")
         deployment.apply()
         return deployment
