@@ -8,7 +8,9 @@ process with a warm model, so the platform's own overhead (trigger, Prefect,
 flow engine) is the difference. The monitor step's time is read from each file's
 log and printed with its share of the drop's latency, and split into its parts:
 feature attribution, Evidently's report (metrics and plots) and its store (the
-snapshot's upload to the UI; in the baseline, its save to a local workspace).
+snapshot's upload to the UI; in the baseline, its save to a local workspace). Where
+each drop's time went is printed too: until its flow run existed (watcher and
+trigger), until a runner started it, and its steps from claim to finish.
 Target: p50 1.2 s or less with attribution on (``ATTRIBUTION_SAMPLE_ROWS``, on
 by default). The load average is printed: the
 figures are only as quiet as the machine.
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 from benchmarks.pipeline import source_file, step_durations
@@ -43,6 +46,9 @@ DROP_TIMEOUT = 120.0
 TARGET_P50 = 1.2
 #: The monitor step's parts in its log line: "(500 rows, 0.05s)", "report 0.61s", "store 0.2s".
 MONITOR_PARTS = re.compile(r"(\d+ rows, |report |store )([0-9.]+)s")
+MONITOR_KEYS = ("attribution", "report", "store")
+#: Where a drop's time goes (:func:`segments`).
+SEGMENTS = ("trigger", "pickup", "steps")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,10 +80,12 @@ def start_platform(settings: Settings, env_extra: dict[str, str] | None = None) 
     return process
 
 
-def one_drop(settings: Settings, data: bytes) -> tuple[float, dict[str, float]]:
+def one_drop(settings: Settings, data: bytes, api: str) -> tuple[float, dict[str, float]]:
     """Seconds from landing in input/ to processed/ with the alert logged, and the
-    monitor step's seconds and its parts' (from the file's log)."""
+    monitor step's seconds and its parts' (from the file's log), and where the drop's
+    time went (:func:`segments`)."""
     name = f"latency_{uuid.uuid4().hex[:10]}.csv"
+    landed_at = time.time()
     drop(settings, name, data)
     landed = time.perf_counter()
     deadline = time.monotonic() + DROP_TIMEOUT
@@ -85,7 +93,31 @@ def one_drop(settings: Settings, data: bytes) -> tuple[float, dict[str, float]]:
         if final_stage(settings, name) == "errored" or time.monotonic() > deadline:
             raise SystemExit(f"{name} was not processed; see {settings.home / 'logs'}")
         time.sleep(0.02)
-    return time.perf_counter() - landed, monitor_seconds(settings, name)
+    latency = time.perf_counter() - landed
+    return latency, monitor_seconds(settings, name) | segments(settings, name, api, landed_at)
+
+
+def segments(settings: Settings, name: str, api: str, landed_at: float) -> dict[str, float]:
+    """Where a drop's time went: until its flow run existed (the watcher and the trigger),
+    until a runner started it, and from the claim to the end of its finish step (the
+    flow run's times from the Prefect API, the steps' from the file's log)."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with SyncPrefectClient(api) as client:
+        (run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+    (log,) = (settings.drop.drop_dir / "data" / "logs").glob(f"*/{glob.escape(name)}.log")
+    lines = log.read_text().splitlines()
+    claimed = datetime.fromisoformat(lines[0].split(" | ")[0]).timestamp()
+    finished = [line for line in lines if " | finish | ok | " in line][-1]
+    assert run.created is not None and run.start_time is not None, run
+    return {
+        "trigger": run.created.timestamp() - landed_at,
+        "pickup": run.start_time.timestamp() - run.created.timestamp(),
+        "steps": datetime.fromisoformat(finished.split(" | ")[0]).timestamp() - claimed,
+    }
 
 
 def monitor_seconds(settings: Settings, name: str) -> dict[str, float]:
@@ -179,14 +211,16 @@ def main() -> int:
     try:
         data = source.read_bytes()
         latencies, monitors = [], []
+        api = str(state.services["prefect"]["health_url"]).removesuffix("/health")
         for number in range(args.drops):
-            latency, monitor = one_drop(live, data)
+            latency, monitor = one_drop(live, data, api)
             latencies.append(latency)
             monitors.append(monitor)
-            parts = ", ".join(f"{k} {v:.2f}s" for k, v in monitor.items() if k != "monitor")
+            parts = ", ".join(f"{k} {monitor[k]:.2f}s" for k in MONITOR_KEYS if k in monitor)
+            went = ", ".join(f"{k} {monitor[k]:.2f}s" for k in SEGMENTS)
             print(
-                f"drop {number + 1:2d}: {latency:.2f}s, monitor step {monitor['monitor']:.2f}s "
-                f"({monitor['monitor'] / latency:.0%}: {parts}); "
+                f"drop {number + 1:2d}: {latency:.2f}s ({went}), monitor step "
+                f"{monitor['monitor']:.2f}s ({monitor['monitor'] / latency:.0%}: {parts}); "
                 f"load average {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
@@ -203,7 +237,8 @@ def main() -> int:
         "max_s": round(max(latencies), 2),
         "baseline_median_s": round(statistics.median(bare), 2),
         "overhead_p50_s": round(percentile(latencies, 50) - statistics.median(bare), 2),
-        "monitor_p50_s": part_p50(monitors),
+        "segments_p50_s": {k: v for k, v in part_p50(monitors).items() if k in SEGMENTS},
+        "monitor_p50_s": {k: v for k, v in part_p50(monitors).items() if k not in SEGMENTS},
         "monitor_share_of_p50": round(
             percentile([m["monitor"] for m in monitors], 50) / percentile(latencies, 50), 2
         ),
