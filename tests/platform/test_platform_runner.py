@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.states import Completed
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Completed, Scheduled
 
+from churnops.pipeline import RECONCILE_DEPLOYMENT
 from churnops.platform.runner import FlowRunner
 from churnops.settings import get_settings
 
@@ -45,3 +49,31 @@ def test_a_run_another_runner_finished_is_not_run_again(runner: FlowRunner) -> N
     assert after.state.message == done.message
     assert after.run_count == 0  # never started here
     assert runner.next_run() is None
+
+
+def test_a_starting_runner_deletes_the_reconcile_runs_it_missed_and_reconciles_once(
+    prefect_server: str, tmp_path: Path
+) -> None:
+    """Runs that fell due while the platform was down would each repeat the reconcile at
+    start: they are deleted; one not yet due stays."""
+    flow, name = RECONCILE_DEPLOYMENT.split("/")
+    now = datetime.now(UTC)
+    with (
+        SyncPrefectClient(prefect_server) as client,
+        temporary_settings(updates={PREFECT_API_URL: prefect_server}),
+    ):
+        deployment = client.create_deployment(flow_id=client.create_flow_from_name(flow), name=name)
+        runs = {
+            when: client.create_flow_run_from_deployment(
+                deployment, state=Scheduled(scheduled_time=now + timedelta(minutes=when))
+            ).id
+            for when in (-30, -2, 30)
+        }
+        FlowRunner(get_settings(churnops_home=tmp_path), client).reconcile_now()
+
+        left = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment]))
+        )
+    assert runs[30] in {r.id for r in left}
+    assert not {runs[-30], runs[-2]} & {r.id for r in left}
+    assert [r.name for r in left if r.id != runs[30]] == ["reconcile at runner start"]

@@ -30,15 +30,24 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from uuid import UUID
 
 from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.responses import SetStateStatus
+from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow
 from prefect.states import Pending
 
@@ -103,9 +112,22 @@ class FlowRunner:
         log.info("warm: %s version %s loaded", model.name, model.version)
 
     def reconcile_now(self) -> None:
-        """One reconcile run right away: work stranded while the platform was down."""
+        """One reconcile run right away: work stranded while the platform was down. The
+        scheduled reconcile runs that fell due meanwhile are deleted first: each would
+        only repeat it, one after another, ahead of the first dropped files."""
         from prefect.deployments import run_deployment
 
+        reconciler = self.client.read_deployment_by_name(RECONCILE_DEPLOYMENT)
+        missed = self.client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[reconciler.id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)),
+            ),
+        )
+        for run in missed:
+            with suppress(ObjectNotFound):  # another runner deleted it first
+                self.client.delete_flow_run(run.id)
         run_deployment(
             RECONCILE_DEPLOYMENT,
             timeout=0,
