@@ -88,7 +88,11 @@ def test_flow_runs_left_running_are_ended_as_their_attempts_ended(tmp_path: Path
         }
     )
 
-    actions = reconcile.end_flow_runs(monitoring, storage, now, flow_runs)
+    store = MetricsStore.from_settings(monitoring)
+    try:
+        actions = reconcile.end_flow_runs(store, storage, now, flow_runs)
+    finally:
+        store.close()
 
     assert {k: status for k, (status, _) in flow_runs.ended.items()} == {
         "killed": "processed",

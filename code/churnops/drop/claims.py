@@ -112,9 +112,13 @@ class Lease:
         """A running attempt nobody works on any more (crash, kill, OOM, redeploy)."""
         if self.state != "running":
             return False
-        if self.host == HOST and not pid_alive(self.pid):
+        if self.process_gone():
             return True
         return now - datetime.fromisoformat(self.heartbeat) > timedelta(seconds=lease_seconds)
+
+    def process_gone(self) -> bool:
+        """Its process was on this host and is gone (elsewhere, only time tells)."""
+        return self.host == HOST and not pid_alive(self.pid)
 
     def ended(self, now: datetime, lease_seconds: float) -> bool:
         """Nobody works on this attempt any more: it finished, failed, or its holder died."""

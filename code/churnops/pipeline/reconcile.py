@@ -162,26 +162,20 @@ def _untaken(
     return Action("trigger", key, why, f"{run}#{folder}")
 
 
-def close_dead_runs(
-    monitoring: MonitoringSettings, storage: DropStorage, now: datetime
-) -> list[Action]:
+def close_dead_runs(store: MetricsStore, storage: DropStorage, now: datetime) -> list[Action]:
     """Database rows still ``running`` whose attempt has ended or died: close them."""
     actions = []
-    store = MetricsStore.from_settings(monitoring)
-    try:
-        for row_id in store.running():
-            run, _, attempt = row_id.rpartition(".")
-            lease = claims.lease(storage, run, int(attempt)) if run and attempt.isdigit() else None
-            if lease is None or not lease.ended(now, claims.LEASE_SECONDS):
-                continue
-            if lease.state == "running":
-                why = claims.death(lease)
-            else:
-                why = f"attempt ended ({lease.state}: {lease.reason}) but its row was not closed"
-            if store.close_if_running(row_id, why):
-                actions.append(Action("close-run", row_id, why))
-    finally:
-        store.close()
+    for row_id in store.running():
+        run, _, attempt = row_id.rpartition(".")
+        lease = claims.lease(storage, run, int(attempt)) if run and attempt.isdigit() else None
+        if lease is None or not lease.ended(now, claims.LEASE_SECONDS):
+            continue
+        if lease.state == "running":
+            why = claims.death(lease)
+        else:
+            why = f"attempt ended ({lease.state}: {lease.reason}) but its row was not closed"
+        if store.close_if_running(row_id, why):
+            actions.append(Action("close-run", row_id, why))
     return actions
 
 
@@ -199,7 +193,7 @@ class FlowRuns(Protocol):
 
 
 def end_flow_runs(
-    monitoring: MonitoringSettings, storage: DropStorage, now: datetime, flow_runs: FlowRuns
+    store: MetricsStore, storage: DropStorage, now: datetime, flow_runs: FlowRuns
 ) -> list[Action]:
     """Flow runs still running whose attempt has ended: ended as their records say.
 
@@ -212,11 +206,7 @@ def end_flow_runs(
     unfinished = flow_runs.unfinished()
     if not unfinished:
         return []
-    store = MetricsStore.from_settings(monitoring)
-    try:
-        attempts = store.attempts_of(list(unfinished))
-    finally:
-        store.close()
+    attempts = store.attempts_of(list(unfinished))
     endings = {}
     for flow_run_id, started in unfinished.items():
         with _skipped_on_error(f"flow run {flow_run_id}"):
@@ -252,16 +242,16 @@ def _ending(
         return status, why
     # Ended: its flow run reports at once, unless its process died (it is gone from this
     # host, or it has not reported in LEASE_SECONDS).
-    gone = lease.host == claims.HOST and not claims.pid_alive(lease.pid)
     ended = datetime.fromisoformat(lease.heartbeat)
-    if not gone and (now - ended).total_seconds() < claims.LEASE_SECONDS:
+    if not lease.process_gone() and (now - ended).total_seconds() < claims.LEASE_SECONDS:
         return None
     if lease.state in ("died", "failed"):
         return lease.state, lease.reason
     if status == RUNNING:
         return None  # its row is closed first (close_dead_runs), then its flow run
     # done: processed, rejected, or started over as a new run (its row failed)
-    return {FAILED: "skipped"}.get(status, status), f"attempt {lease.attempt} ended, unreported"
+    outcome = "skipped" if status == FAILED else status
+    return outcome, f"attempt {lease.attempt} ended, unreported"
 
 
 def reconcile(
@@ -270,27 +260,48 @@ def reconcile(
     """Close dead database rows, then submit every stranded file, then end the
     ``flow_runs`` left running (none without an orchestrator); return what was done."""
     now = datetime.now(UTC)
+    store = _open_store(settings.monitoring)
     try:
-        closed = close_dead_runs(settings.monitoring, storage, now)
-    except Exception as exc:  # the database down must not stop the files from moving
-        log.warning("reconcile: metrics database not checked: %s", exc)
-        closed = []
-    work = find_work(storage, now)
-    for action in work:
-        log.info("reconcile: %s %s: %s", action.kind, printable(action.key), action.reason)
-        with _skipped_on_error(action.key):  # one submission failing leaves the others
-            if printable(action.key) == action.key:
-                submit(action)
-            else:  # no event or flow run carries a name that is not UTF-8: refused here
-                per_file.process(settings, storage, action.key)
-    ended = []
-    if flow_runs is not None:
-        try:
-            ended = end_flow_runs(settings.monitoring, storage, now, flow_runs)
-        except Exception as exc:  # the API or the database down: the next pass ends them
-            log.warning("reconcile: flow runs not checked: %s", brief(exc))
+        closed = _checked("metrics database not checked", close_dead_runs, store, storage, now)
+        work = find_work(storage, now)
+        for action in work:
+            log.info("reconcile: %s %s: %s", action.kind, printable(action.key), action.reason)
+            with _skipped_on_error(action.key):  # one submission failing leaves the others
+                if printable(action.key) == action.key:
+                    submit(action)
+                else:  # no event or flow run carries a name that is not UTF-8: refused here
+                    per_file.process(settings, storage, action.key)
+        ended = []
+        if flow_runs is not None:
+            ended = _checked("flow runs not checked", end_flow_runs, store, storage, now, flow_runs)
+    finally:
+        if store is not None:
+            store.close()
     publish_ages(settings.platform, storage, now)
     return [*closed, *work, *ended]
+
+
+def _open_store(monitoring: MonitoringSettings) -> MetricsStore | None:
+    """The metrics database for one pass (opened once: down, it costs one wait), or None."""
+    try:
+        return MetricsStore.from_settings(monitoring)
+    except Exception as exc:  # the database down must not stop the files from moving
+        log.warning("reconcile: metrics database not checked: %s", brief(exc))
+        return None
+
+
+def _checked(
+    what: str, check: Callable[..., list[Action]], store: MetricsStore | None, *args: object
+) -> list[Action]:
+    """What ``check`` did with the database; nothing, said in one line, when it is down
+    or the check fails (the next pass does it)."""
+    if store is None:
+        return []
+    try:
+        return check(store, *args)
+    except Exception as exc:
+        log.warning("reconcile: %s: %s", what, brief(exc))
+        return []
 
 
 def publish_ages(platform: PlatformSettings, storage: DropStorage, now: datetime) -> None:
