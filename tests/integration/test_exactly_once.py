@@ -215,6 +215,10 @@ KILL_POINTS = [
 ]
 
 
+#: Points after which nothing is left to re-drive: only the records are settled.
+AFTER_THE_WORK = ("release", "report")
+
+
 #: The move a "(half move)" point dies in, between making the copy and deleting the source.
 HALF_MOVES = {"claim (half move)": 1, "finish (half move)": 2}
 
@@ -243,7 +247,7 @@ class KillingStorage:
         self.inner.move(src, dst, **kwargs)
 
     def replace(self, key: str, data: bytes) -> None:
-        if self.point.startswith(("release", "report")) and b'"done"' in data:
+        if self.point.startswith(AFTER_THE_WORK) and b'"done"' in data:
             if self.point.startswith("report"):
                 self.inner.replace(key, data)
             _die()
@@ -334,7 +338,7 @@ def test_kill_at_any_point_then_reconcile(world: World, small_file: bytes) -> No
     world.check(settled=True)
     for point, name in names.items():
         mine = outcomes.get(name, [])
-        if point.startswith(("release", "report")):
+        if point.startswith(AFTER_THE_WORK):
             assert mine == [], (point, mine)  # nothing was left to do
             continue
         assert [(o.status, o.attempt) for o in mine] == [("processed", 2)], (point, mine)
@@ -1082,8 +1086,12 @@ def test_the_reconciler_sees_the_pipelines_taken_and_running_flow_runs_and_ends_
     before starting it) or Running is unfinished, a scheduled or a final one is not, and
     each ends in the state its attempt's ending names."""
     parameters = {"drop": "file:///nowhere", "key": "data/input/x.csv"}
-    states = {"pending": Pending(), "running": Running(), "scheduled": Scheduled()}
-    states["completed"] = Completed()
+    states = {
+        "pending": Pending(),
+        "running": Running(),
+        "scheduled": Scheduled(),
+        "completed": Completed(),
+    }
     with get_client(sync_client=True) as client:
         ids = {
             name: str(
