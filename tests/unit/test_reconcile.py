@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from churnops import retry
 from churnops.drop import claims
 from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import reconcile
+from churnops.platform.services import free_port
 from churnops.settings import get_settings
 from tests.exactly_once import leases
-from tests.processes import dead_pid
+from tests.processes import LOOPBACK, dead_pid
 
 
 class DiesMovingIn(LocalDropStorage):
@@ -103,3 +105,29 @@ def test_flow_runs_left_running_are_ended_as_their_attempts_ended(tmp_path: Path
     assert {a.key for a in actions} == {"killed", "failed", "lost"}
     by_run = {x.flow_run_id: x.state for x in leases(storage)}
     assert by_run == {"killed": "done", "failed": "failed", "live": "running"}
+
+
+def test_with_the_database_down_the_files_still_move_after_one_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No row closed and no flow run ended, said in one line; the stranded file is
+    submitted all the same."""
+    monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(reconcile, "GRACE_SECONDS", 0.0)
+    settings = get_settings(
+        churnops_home=tmp_path,
+        database_url=f"postgresql://churnops@{LOOPBACK}:{free_port(LOOPBACK)}/x",
+    )
+    storage = LocalDropStorage(tmp_path / "drop")
+    storage.create_layout()
+    key = stage_key("input", "waiting.csv")
+    storage.create(key, b"a,b\n1,2\n")
+    submitted: list[str] = []
+    flow_runs = FakeFlowRuns({"some": datetime.now(UTC)})
+
+    actions = reconcile.reconcile(settings, storage, lambda a: submitted.append(a.key), flow_runs)
+
+    assert submitted == [key] and [a.kind for a in actions] == ["trigger"]
+    assert flow_runs.ended == {}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "metrics database not checked" in warnings[0], warnings
