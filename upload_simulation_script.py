@@ -1,8 +1,8 @@
 """Simulate customer files arriving: upload each data file into the drop's input folder.
 
-Every ``customer_churn_*.csv`` except the training file goes to ``data/input/``
-of the drop (the local drop folder or an S3 bucket), ``--interval`` seconds
-apart, so a running platform (``churnops up``) picks each one up.
+Every ``customer_churn_*.csv`` except the training file goes to ``data/input/`` of the
+drop (the local folder or an S3 bucket), ``--interval`` seconds apart, for a running
+platform (``churnops up``) to pick up.
 
     python upload_simulation_script.py --interval 5
     python upload_simulation_script.py --target s3 --bucket my-drop-bucket
@@ -19,42 +19,30 @@ from churnops.drop.storage import ObjectExists, open_storage, stage_key
 from churnops.settings import get_settings
 
 
-def parse_args(
-    argv: list[str] | None, default_data: Path, default_target: str
-) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
+    settings = get_settings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between uploads")
-    parser.add_argument("--data-dir", type=Path, default=default_data, help="folder of CSV files")
-    parser.add_argument("--target", choices=("local", "s3"), default=default_target)
+    parser.add_argument(
+        "--data-dir", type=Path, default=settings.model.churn_data_dir, help="folder of CSV files"
+    )
+    parser.add_argument("--target", choices=("local", "s3"), default=settings.drop.drop_storage)
     parser.add_argument("--bucket", default=None, help="drop bucket (default: DROP_BUCKET)")
     args = parser.parse_args(argv)
     if args.interval < 0:
         parser.error(f"--interval must be at least 0, got {args.interval}")
-    return args
-
-
-def files_to_upload(data_dir: Path, training_file: str) -> list[Path]:
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"{data_dir} is not a folder: run `make data` or pass --data-dir")
-    files = sorted(p for p in data_dir.glob("customer_churn_*.csv") if p.name != training_file)
+    training = settings.model.training_file
+    files = sorted(p for p in args.data_dir.glob("customer_churn_*.csv") if p.name != training)
     if not files:
-        raise FileNotFoundError(
-            f"no customer_churn_*.csv files besides {training_file} in {data_dir}"
+        problem = (
+            f"no customer_churn_*.csv files besides {training} in {args.data_dir}"
+            if args.data_dir.is_dir()
+            else f"{args.data_dir} is not a folder: run `make data` or pass --data-dir"
         )
-    return files
-
-
-def main(argv: list[str] | None = None) -> int:
-    settings = get_settings()
-    args = parse_args(argv, settings.model.churn_data_dir, settings.drop.drop_storage)
-    settings = settings.replace(drop_storage=args.target)
-    try:
-        files = files_to_upload(args.data_dir, settings.model.training_file)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     # Local writes go to a temporary name, then a rename: the watcher sees whole files.
-    storage = open_storage(settings.drop, args.bucket)
+    storage = open_storage(settings.replace(drop_storage=args.target).drop, args.bucket)
     for number, path in enumerate(files):
         if number:
             time.sleep(args.interval)

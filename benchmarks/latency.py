@@ -1,19 +1,12 @@
 """Drop-to-processed latency of the local platform, beside the bare in-process cost.
 
-Each drop is ``customer_churn_1.csv`` under a new name, written to a temporary
-name and renamed into ``data/input/`` (the moment it lands). It is done when the
-file is in ``processed/`` and its alert is in the alert log. Drops go one after
-the other. The baseline runs the same function, ``per_file.process``, in this
-process with a warm model, so the platform's own overhead (trigger, Prefect,
-flow engine) is the difference. The monitor step's time is read from each file's
-log and printed with its share of the drop's latency, and split into its parts:
-feature attribution, Evidently's report (metrics and plots) and its store (the
-snapshot's upload to the UI; in the baseline, its save to a local workspace). Where
-each drop's time went is printed too: until its flow run existed (watcher and
-trigger), until a runner started it, and its steps from claim to finish.
-Target: p50 1.2 s or less with attribution on (``ATTRIBUTION_SAMPLE_ROWS``, on
-by default). The load average is printed: the
-figures are only as quiet as the machine.
+Each drop is ``customer_churn_1.csv`` under a new name, renamed into ``data/input/``
+one after the other; it is done when the file is in ``processed/`` and its alert is
+logged. The baseline runs ``per_file.process`` in this process with a warm model, so the
+difference is the platform's own overhead. Printed per drop: where its time went (until
+its flow run existed, until a runner started it, its steps from claim to finish) and the
+monitor step with its parts (attribution, Evidently's report, its store). Target: p50
+1.2 s or less with attribution on, beside the load average.
 
     python -m benchmarks.latency                 # uses a running platform, or starts one
     python -m benchmarks.latency --drops 20
@@ -36,6 +29,8 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.pipeline import source_file, step_durations
 from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.platform.services import PlatformState
@@ -47,15 +42,13 @@ TARGET_P50 = 1.2
 #: The monitor step's parts in its log line: "(500 rows, 0.05s)", "report 0.61s", "store 0.2s".
 MONITOR_PARTS = re.compile(r"(\d+ rows, |report |store )([0-9.]+)s")
 MONITOR_KEYS = ("attribution", "report", "store")
-#: Where a drop's time goes (:func:`segments`).
+#: Where a drop's time goes (:func:`figures`).
 SEGMENTS = ("trigger", "pickup", "steps")
 
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, round(q / 100 * len(ordered) + 0.4999))
-    return ordered[min(rank, len(ordered)) - 1]
+    return float(np.percentile(values, q, method="inverted_cdf"))
 
 
 def start_platform(settings: Settings, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
@@ -81,9 +74,8 @@ def start_platform(settings: Settings, env_extra: dict[str, str] | None = None) 
 
 
 def one_drop(settings: Settings, data: bytes, api: str) -> tuple[float, dict[str, float]]:
-    """Seconds from landing in input/ to processed/ with the alert logged, and the
-    monitor step's seconds and its parts' (from the file's log), and where the drop's
-    time went (:func:`segments`)."""
+    """Seconds from landing in input/ to processed/ with the alert logged, and the drop's
+    :func:`figures`."""
     name = f"latency_{uuid.uuid4().hex[:10]}.csv"
     landed_at = time.time()
     drop(settings, name, data)
@@ -94,13 +86,25 @@ def one_drop(settings: Settings, data: bytes, api: str) -> tuple[float, dict[str
             raise SystemExit(f"{name} was not processed; see {settings.home / 'logs'}")
         time.sleep(0.02)
     latency = time.perf_counter() - landed
-    return latency, monitor_seconds(settings, name) | segments(settings, name, api, landed_at)
+    return latency, figures(settings, name, api, landed_at)
 
 
-def segments(settings: Settings, name: str, api: str, landed_at: float) -> dict[str, float]:
-    """Where a drop's time went: until its flow run existed (the watcher and the trigger),
-    until a runner started it, and from the claim to the end of its finish step (the
-    flow run's times from the Prefect API, the steps' from the file's log)."""
+def figures(
+    settings: Settings, name: str, api: str | None = None, landed_at: float = 0.0
+) -> dict[str, float]:
+    """The monitor step's seconds and its parts', from the file's log; with ``api``, where
+    the drop's time went (:data:`SEGMENTS`): until its flow run existed, until a runner
+    started it (from Prefect), from the claim to the end of its finish step."""
+    (log,) = (settings.drop.drop_dir / "data" / "logs").glob(f"*/{glob.escape(name)}.log")
+    text = log.read_text()
+    lines = text.splitlines()
+    line = next(line for line in lines if " | monitor | ok | " in line)
+    found = {"monitor": step_durations(text)["monitor"]} | {
+        ("attribution" if "rows" in p else p.strip()): float(s)
+        for p, s in MONITOR_PARTS.findall(line)
+    }
+    if api is None:
+        return found
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
@@ -108,29 +112,14 @@ def segments(settings: Settings, name: str, api: str, landed_at: float) -> dict[
         (run,) = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
         )
-    (log,) = (settings.drop.drop_dir / "data" / "logs").glob(f"*/{glob.escape(name)}.log")
-    lines = log.read_text().splitlines()
     claimed = datetime.fromisoformat(lines[0].split(" | ")[0]).timestamp()
     finished = [line for line in lines if " | finish | ok | " in line][-1]
     assert run.created is not None and run.start_time is not None, run
-    return {
+    return found | {
         "trigger": run.created.timestamp() - landed_at,
         "pickup": run.start_time.timestamp() - run.created.timestamp(),
         "steps": datetime.fromisoformat(finished.split(" | ")[0]).timestamp() - claimed,
     }
-
-
-def monitor_seconds(settings: Settings, name: str) -> dict[str, float]:
-    """The monitor step's seconds and its parts', from the file's log
-    (``data/logs/<run>/<name>.log``)."""
-    (log,) = (settings.drop.drop_dir / "data" / "logs").glob(f"*/{glob.escape(name)}.log")
-    text = log.read_text()
-    line = next(line for line in text.splitlines() if " | monitor | ok | " in line)
-    parts = {
-        ("attribution" if "rows" in p else p.strip()): float(s)
-        for p, s in MONITOR_PARTS.findall(line)
-    }
-    return {"monitor": step_durations(text)["monitor"], **parts}
 
 
 def drop(settings: Settings, name: str, data: bytes) -> None:
@@ -176,7 +165,7 @@ def baseline(
             raise SystemExit(f"baseline run {name}: {outcome.status}: {outcome.message}")
         if attempt:  # the first one loads the model and warms the imports
             timings.append(time.perf_counter() - started)
-            monitors.append(monitor_seconds(settings, name))
+            monitors.append(figures(settings, name))
     return timings, monitors
 
 
@@ -201,12 +190,10 @@ def main() -> int:
         started = start_platform(settings)
         state = PlatformState.load(settings.home)
     assert state is not None
-    evidently = state.services["evidently"]["url"]
+    evidently = str(state.services["evidently"]["url"])
     live = settings.replace(
-        **{
-            "mlflow_tracking_uri": state.services["mlflow"]["url"],
-            "evidently_port": int(str(evidently).rsplit(":", 1)[1]),
-        }
+        mlflow_tracking_uri=state.services["mlflow"]["url"],
+        evidently_port=int(evidently.rsplit(":", 1)[1]),
     )
     try:
         data = source.read_bytes()

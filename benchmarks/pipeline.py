@@ -1,29 +1,13 @@
 """Time and peak memory of the flow on big files, beside the floor of the same work.
 
-For each size (the 1,050-row ``customer_churn_1.csv``, then files of 1M and
-10M rows made by repeating its rows; about 100 MB and 1 GB of CSV) two fresh
-processes are measured, so each peak RSS belongs to one measurement:
-
-* pipeline: the real flow ``churn_prediction_pipeline(drop, key)`` on the
-  local drop folder, with a local ephemeral Prefect server. The file is put in
-  ``data/input/`` and the flow called; its wall time is timed after the
-  server is up (the server's startup is shown apart and left out of the ratio).
-  The model is loaded inside the timed flow (its ``load model`` step);
-* floor: what the least work costs on the same file: ``pyarrow`` reads it
-  whole, the XGBoost booster predicts, ``pyarrow`` writes the CSV. No
-  validation, no monitoring, no storage, everything in memory.
-
-Targets (on a 2-core machine): 1M rows in 5 s or less; 10M rows in 40 s or
-less with 1.5 GB peak RSS or less; the flow at most 2.5 times the floor. The
-flow's steps are printed from the file's log, the scoring step split into
-read and validate, predict and write. Each time has its CPU seconds beside it
-(all threads of the measured process; the Prefect server's are not counted): on a
-shared machine they move less with the load than the wall time does. Peak RSS (``VmHWM``) counts
-everything in the process, imports included. With ``--repeats`` the fastest
-time of each counts beside the highest peak RSS. The model is the
-``staging`` version of CHURNOPS_HOME's registry, or one trained first
-(default parameters) in a scratch home; runs write into a scratch home,
-never into CHURNOPS_HOME.
+Sizes: the 1,050-row ``customer_churn_1.csv``, then its rows repeated to 1M and 10M rows.
+Each measurement is a fresh process, so each peak RSS (``VmHWM``, imports included) is
+its own. pipeline: the real flow on the local drop folder with an ephemeral Prefect server
+(its startup shown apart, out of the ratio). floor: ``pyarrow`` read, booster predict,
+``pyarrow`` write, in memory. Targets (2 cores): 1M rows in 5 s; 10M rows in 40 s at
+1.5 GB peak; the flow at most 2.5 times the floor. CPU seconds are printed beside each
+time (they move less with the machine's load). The model is CHURNOPS_HOME's ``staging``
+version, or one trained first in a scratch home; runs never write into CHURNOPS_HOME.
 
     python -m benchmarks.pipeline            # or: make benchmark-pipeline
     python -m benchmarks.pipeline --rows 200000 --repeats 3
@@ -84,10 +68,8 @@ def source_file(parser: argparse.ArgumentParser, settings: Settings) -> Path:
 
 
 def repeated_file(source: Path, rows: int, target: Path) -> Path:
-    """``source``'s header and its data rows repeated up to exactly ``rows`` rows.
-
-    Written block by block: this process stays small (see :func:`peak_rss_mb`).
-    """
+    """``source``'s header and its data rows repeated up to exactly ``rows`` rows, written
+    block by block so this process stays small."""
     header, *lines = source.read_text().splitlines()
     block = "\n".join(lines) + "\n"
     with target.open("w") as out:
@@ -146,38 +128,30 @@ def print_table(results: list[tuple[int, dict, dict]]) -> None:
     misses = []
     for rows, pipe, floor in results:
         ratio = pipe["seconds"] / floor["seconds"]
-        seconds, rss = TARGETS.get(rows, (None, None))
-        target = (
-            f"{_target(seconds)} / {_target(rss)} / <= {TARGET_RATIO}" if rows in TARGETS else ""
+        limits = (*TARGETS[rows], TARGET_RATIO) if rows in TARGETS else ()
+        target = " / ".join("-" if limit is None else f"<= {limit:g}" for limit in limits)
+        measured = (
+            f"{pipe['seconds']:.1f} s",
+            f"{pipe['peak_rss_mb']:.0f} MB",
+            f"ratio {ratio:.2f}",
         )
+        values = (pipe["seconds"], pipe["peak_rss_mb"], ratio)
+        misses += [
+            f"{rows:,} rows: {text}"
+            for text, value, limit in zip(measured, values, limits, strict=False)
+            if limit is not None and value > limit
+        ]
         print(
             f"{rows:>10,} | {pipe['seconds']:>7.2f} | {pipe['cpu_seconds']:>6.2f} | "
             f"{pipe['peak_rss_mb']:>7.0f} | {floor['seconds']:>7.2f} | "
             f"{floor['cpu_seconds']:>6.2f} | {floor['peak_rss_mb']:>8.0f} | {ratio:>5.2f} | "
             f"{target:<21} | {pipe['startup_seconds']:>17.2f} | {pipe['load_before']:.2f}"
         )
-        if rows in TARGETS:
-            misses += [
-                f"{rows:,} rows: {text}"
-                for missed, text in (
-                    (seconds is not None and pipe["seconds"] > seconds, f"{pipe['seconds']:.1f} s"),
-                    (
-                        rss is not None and pipe["peak_rss_mb"] > rss,
-                        f"{pipe['peak_rss_mb']:.0f} MB",
-                    ),
-                    (ratio > TARGET_RATIO, f"ratio {ratio:.2f}"),
-                )
-                if missed
-            ]
     for rows, pipe, _ in results:
         print(f"\nflow steps, {rows:,} rows (from the file's log):")
         for step, seconds in pipe["steps"].items():
             print(f"  {step:<22} {seconds:8.3f} s")
     print("\n" + ("missed: " + "; ".join(misses) if misses else "all targets met"))
-
-
-def _target(value: float | None) -> str:
-    return "-" if value is None else f"<= {value:g}"
 
 
 def main() -> int:
@@ -235,11 +209,8 @@ def main() -> int:
 
 # --- children -------------------------------------------------------------------------
 def peak_rss_mb() -> float:
-    """This process's peak RSS: ``VmHWM`` on Linux.
-
-    ``ru_maxrss`` would not do: a child starts with its parent's high-water
-    mark at fork time, and keeps it across exec.
-    """
+    """This process's peak RSS: ``VmHWM`` on Linux (``ru_maxrss`` keeps the parent's
+    high-water mark from the fork across exec)."""
     status = Path("/proc/self/status")
     if status.exists():
         for line in status.read_text().splitlines():

@@ -1,15 +1,8 @@
-"""Recovery and bursts on the local platform, beside the single-file time of the same run.
-
-Each on a real ``churnops up`` in a scratch home:
-
-* single file: drop-to-processed of one file on an idle platform (median of 3);
-* crash: SIGKILL the runner holding a file (its claim names the pid); time from the
-  kill until that file is in processed/ (the runner is restarted and reconciles);
-* burst: N files at once with ``RUNNER_PROCESSES=1`` and with ``--runners``, on
-  platforms alternated ``--repeats`` times, each checked exactly once (one original
-  in processed/, nothing in processing/ or errored/, one processed row per file);
-* cold: the same file through ``churnops process`` in a fresh process per file (what
-  a process-per-run worker pays), and the imports alone in a fresh interpreter.
+"""Recovery and bursts on a real ``churnops up`` in a scratch home, beside the single-file
+time of the same run (median of 3): a runner holding a file killed with SIGKILL, time
+until that file is processed; bursts of N files with ``RUNNER_PROCESSES=1`` and with
+``--runners``, alternated ``--repeats`` times, each checked exactly once; the same file
+through ``churnops process`` in a fresh process, and the imports alone.
 
     python -m benchmarks.recovery              # or: make benchmark-recovery
     python -m benchmarks.recovery --files 30 --rows 1000 --runners 2"""
@@ -163,12 +156,8 @@ def import_seconds(count: int = 3) -> list[float]:
 
 
 def with_platform(runners: int, rows_file: Path, measure, seed: Path) -> dict:
-    """Start a platform with ``runners`` runner processes, measure, stop.
-
-    The first platform trains the model in ``seed``; the others start in a scratch home
-    holding a copy of its MLflow store (artifact URIs are server-relative), so no
-    platform trains again and every burst is scored by the same model.
-    """
+    """Start a platform with ``runners`` runners, measure, stop. The first trains the model
+    in ``seed``; the others start with a copy of its MLflow store: one model for all."""
     first = not (seed / "mlflow").exists()
     home = seed if first else Path(tempfile.mkdtemp(prefix=f"churnops-recovery-{runners}-"))
     if not first:

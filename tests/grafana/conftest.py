@@ -1,13 +1,8 @@
-"""A metrics database filled by the pipeline itself, for the dashboard and report tests.
-
-:func:`run_pipeline` drops every file of :data:`PLAN` into a local drop folder
-and processes it with ``per_file.process``, the step sequence the flow runs
-(claim, score, monitor, store metrics, alert, finish). Two things differ from
-the flow, both inputs rather than code: each model version is a small XGBoost
-fitted here and handed in as the ``load_model`` step (no MLflow), and once
-processed the runs are re-stamped six hours apart, so every time series has
-several points. Then the predictions of :data:`LABELED` come back as a late
-labels file, and one retraining verdict is recorded, for the panels of both.
+"""A metrics database filled by the pipeline itself (``per_file.process``, the flow's
+steps), for the dashboard and report tests. Two inputs differ from the flow: each model
+version is a small XGBoost handed in as the ``load_model`` step (no MLflow), and the runs
+are re-stamped six hours apart so every series has several points. Then one run's
+predictions come back as late labels, and one retraining verdict is recorded.
 """
 
 from __future__ import annotations
@@ -15,6 +10,7 @@ from __future__ import annotations
 import secrets
 import shutil
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,25 +124,23 @@ def _label_late(settings: Settings, storage: DropStorage, scored: FileOutcome) -
 
 
 def _record_retraining(metrics_url: str) -> None:
-    store = MetricsStore(metrics_url)
-    store.record_model_event(
-        at=LAST_RUN,
-        model_name=MODEL_NAME,
-        version="2",
-        parent_version="1",
-        event="promoted",
-        reason="challenger F1 0.81 beats champion F1 0.74 on customer_churn_synthetic_1.csv",
-        holdout_f1=0.81,
-        champion_f1=0.74,
-        trigger="manual",
-    )
-    store.close()
+    with closing(MetricsStore(metrics_url)) as store:
+        store.record_model_event(
+            at=LAST_RUN,
+            model_name=MODEL_NAME,
+            version="2",
+            parent_version="1",
+            event="promoted",
+            reason="challenger F1 0.81 beats champion F1 0.74 on customer_churn_synthetic_1.csv",
+            holdout_f1=0.81,
+            champion_f1=0.74,
+            trigger="manual",
+        )
 
 
 def _spread_in_time(metrics_url: str, run_ids: list[str | None]) -> None:
     """Run ``i`` started at :func:`started_at`, its metrics 5 min later, done 1 min after."""
-    store = MetricsStore(metrics_url)
-    with store.engine.begin() as conn:
+    with closing(MetricsStore(metrics_url)) as store, store.engine.begin() as conn:
         for index, run_id in enumerate(run_ids):
             start = started_at(index)
             conn.execute(
@@ -159,7 +153,6 @@ def _spread_in_time(metrics_url: str, run_ids: list[str | None]) -> None:
                 .where(run_metrics.c.run_id == run_id)
                 .values(recorded_at=start + timedelta(minutes=5))
             )
-    store.close()
 
 
 @pytest.fixture(scope="session")

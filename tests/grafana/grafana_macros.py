@@ -1,18 +1,8 @@
-"""Expand a panel's SQL the way Grafana does before it reaches Postgres.
-
-Three passes, in Grafana's order:
-
-1. the browser replaces template variables (``$var``, ``${var}``,
-   ``${var:format}``, ``[[var]]``); a multi-value or "All" variable of an SQL
-   data source becomes a quoted, comma-separated list;
-2. the backend's global substitutions (``pkg/tsdb/.../sqleng``):
-   ``$__interval``, ``$__interval_ms``, ``$__unixEpochFrom()``, ``$__unixEpochTo()``;
-3. the Postgres macro engine (``pkg/tsdb/grafana-postgresql-datasource/macros.go``):
-   ``$__timeFilter``, ``$__timeGroup``, ``$__timeGroupAlias``, ... with the
-   same output text.
-
-Anything it does not know (a variable, a format, a macro, an interval) raises
-:class:`UnknownMacro` instead of sending half-expanded SQL to the database.
+"""Expand a panel's SQL as Grafana does before it reaches Postgres, in Grafana's order:
+template variables (a multi-value or "All" one becomes a quoted list), the backend's
+global substitutions (``$__interval``, ``$__unixEpochFrom()``, ...), then the Postgres
+macros of ``macros.go`` (``$__timeFilter``, ``$__timeGroup``, ...) with the same text.
+Anything not modelled raises :class:`UnknownMacro` rather than send half-expanded SQL.
 """
 
 from __future__ import annotations

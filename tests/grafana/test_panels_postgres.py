@@ -147,19 +147,18 @@ def test_stat_is_coloured_by_the_minimum_stored_with_the_latest_file(reader: Any
     stat = panel("Latest F1")
     (config,) = stat["transformations"]
     threshold_sql = panel_sql(stat, config["options"]["configRefId"])
+    defaults = MonitoringSettings.model_construct()
     (latest,) = run(reader, threshold_sql, everything()).rows
-    assert latest[1] == MonitoringSettings.model_construct().min_f1
+    assert latest[1] == defaults.min_f1
     scores = run(reader, panel_sql(panel("Scores over time")), everything())
     minimum = [
         v
         for m, v in zip(scores.column("metric"), scores.column("value"), strict=True)
         if m == "alert minimum"
     ]
-    assert minimum == [MonitoringSettings.model_construct().min_f1] * len(PROCESSED_RUNS)
+    assert minimum == [defaults.min_f1] * len(PROCESSED_RUNS)
     drift = run(reader, panel_sql(panel("Drifted columns")), everything())
-    assert set(drift.column("alert above")) == {
-        MonitoringSettings.model_construct().drift_share_threshold
-    }
+    assert set(drift.column("alert above")) == {defaults.drift_share_threshold}
     (latest,) = run(reader, panel_sql(panel("Latest F1")), everything()).rows  # the latest file
     table = run(reader, panel_sql(panel("Latest runs")), everything())
     newest_processed = next(
