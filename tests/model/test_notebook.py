@@ -1,9 +1,5 @@
-"""The walkthrough notebook runs from top to bottom on the package as it is, with no server.
-
-Executed once in a fresh ``python3`` kernel (nbclient) in a temporary folder, with
-CHURN_DATA_DIR from the session's data folder and none of the session's service
-variables: a notebook that needed MLflow or Prefect would fail here.
-"""
+"""The walkthrough notebook runs from top to bottom in a fresh kernel, in a temporary folder,
+with none of the session's service variables: one that needed MLflow or Prefect fails."""
 
 from __future__ import annotations
 
@@ -71,9 +67,7 @@ def test_every_cell_ran_and_wrote_nothing_to_stderr(cells: dict[str, NotebookNod
     assert noise == {}
 
 
-def test_the_study_ran_three_trials(
-    cells: dict[str, NotebookNode],
-) -> None:
+def test_the_study_ran_three_trials(cells: dict[str, NotebookNode]) -> None:
     assert stdout(cells["study"]).startswith("3 trials; chosen: trial ")
 
 

@@ -56,6 +56,11 @@ def uci(data_dir: Path) -> pd.DataFrame:
     return pd.read_csv(data_dir / "customer_churn_1.csv")
 
 
+def valid_rows(count: int) -> pd.DataFrame:
+    """A valid customer frame, raw UCI header, with no data file."""
+    return pd.read_csv(io.BytesIO(csv(HEADER, *[GOOD_ROW] * count)))
+
+
 def with_extras(uci: pd.DataFrame) -> pd.DataFrame:
     """The file with an identifier first and a region last, values a number parser would change."""
     frame = uci.copy()
@@ -152,7 +157,7 @@ def test_parquet_passthrough_columns_are_text(uci: pd.DataFrame) -> None:
 def test_quoted_text_is_read_whole_wherever_the_sniffed_head_ends() -> None:
     """Commas, quotes and line breaks inside values; the 64 KiB looked at first end in a quote."""
     notes = ["two\nlines" + "z" * 70_000, "a,b", 'say "hi"', "plain"] * 3
-    frame = pd.read_csv(io.BytesIO(csv(HEADER, *[GOOD_ROW] * len(notes))))
+    frame = valid_rows(len(notes))
     frame["note"] = notes
     data = frame.to_csv(index=False).encode()
     assert data[:65_536].count(b'"') % 2 == 1  # the head ends inside a quoted value
@@ -270,18 +275,11 @@ def test_scoring_writes_passthrough_columns_first_and_feeds_the_model_features_o
     )
 
 
-def _valid_rows(count: int) -> pd.DataFrame:
-    """A valid customer frame, raw UCI header, with no data file."""
-    return pd.DataFrame(
-        [[8, 0, 38, 0, 4370, 71, 5, 17, 3, 1, 1, 30, 197.64, 0]] * count, columns=[*RAW_COLUMNS]
-    )
-
-
 @pytest.mark.parametrize("neutralise", [True, False])
 def test_cells_a_spreadsheet_would_evaluate_are_neutralised_unless_turned_off(
     tmp_path: Path, neutralise: bool
 ) -> None:
-    frame = with_extras(_valid_rows(6))
+    frame = with_extras(valid_rows(6))
     cells = ["=1+2", "+1 555 0100", "-3", "@SUM(A1)", "-1.5e3", "\tx"]
     frame["Region"] = cells
     storage, _, _, score = _score(tmp_path, frame, neutralise_formulas=neutralise)
@@ -297,7 +295,7 @@ def test_a_name_too_long_for_its_outputs_is_bad_input_before_anything_is_written
     tmp_path: Path,
 ) -> None:
     name = "é" * 110 + ".csv"  # 224 bytes: its predictions file would be named with 241 (237 fit)
-    storage, key, _, score = _score(tmp_path, with_extras(_valid_rows(3)), name)
+    storage, key, _, score = _score(tmp_path, with_extras(valid_rows(3)), name)
     with pytest.raises(DataValidationError, match="the file name is too long"):
         score()
     assert storage.list_keys("data/processing/run1/") == [key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,19 +22,12 @@ def test_stored_or_shipped_without_trials_a_study_of_its_own_with(
     rows = load_customer_file(data_dir / "customer_churn_0.csv", require_target=True).head(300)
     X, y = prepare_features(rows, FEATURES), target(rows)
     given = {"n_estimators": 5, "max_depth": 2}
-    assert (
-        choose_params(model, TrainingOptions(params=given, trials=3), X, y, stored_study=False)
-        == given
-    )
-    assert (
-        choose_params(model, TrainingOptions(), X, y, stored_study=False)
-        == training.default_params()
-    )
+    unstored = partial(choose_params, model, X=X, y=y, stored_study=False)
+    assert unstored(TrainingOptions(params=given, trials=3)) == given
+    assert unstored(TrainingOptions()) == training.default_params()
 
     seen: list[tuple[str, int, int]] = []
-    searched = choose_params(
-        model, TrainingOptions(trials=2), X, y, lambda *step: seen.append(step), False
-    )
+    searched = unstored(TrainingOptions(trials=2), progress=lambda *step: seen.append(step))
     assert set(searched) == set(training.default_params()) and searched != given
     assert ("trial", 2, 2) in seen
     study = training.open_study(model.optuna_storage_url, registry.OPTUNA_STUDY, 42)
