@@ -75,13 +75,19 @@ def reference_model(train_file: pd.DataFrame) -> ChurnModel:
     return ChurnModel.in_memory(REFERENCE_FEATURES, 0.5, classifier)
 
 
-def baseline_model(train_file: pd.DataFrame) -> ChurnModel:
-    """The old shipped configuration, fitted as ``churnops train`` fits one."""
-    train, _ = training.split_holdout(train_file, target(train_file), HOLDOUT_FRACTION, RANDOM_SEED)
+def fitted(params: dict, train: pd.DataFrame) -> ChurnModel:
+    """``params`` fitted on every row of ``train``, the threshold cross-validated, as
+    ``churnops train`` fits a version."""
     X, y = prepare_features(train), target(train)
-    threshold, _ = training.cross_validate(BASELINE_PARAMS, X, y, CV_FOLDS, RANDOM_SEED)
-    classifier = training.make_classifier(BASELINE_PARAMS, RANDOM_SEED).fit(X, y)
+    threshold, _ = training.cross_validate(params, X, y, CV_FOLDS, RANDOM_SEED)
+    classifier = training.make_classifier(params, RANDOM_SEED).fit(X, y)
     return ChurnModel.in_memory(FEATURES, threshold, classifier)
+
+
+def baseline_model(train_file: pd.DataFrame) -> ChurnModel:
+    """The old shipped configuration, fitted on the split ``churnops train`` fits on."""
+    train, _ = training.split_holdout(train_file, target(train_file), HOLDOUT_FRACTION, RANDOM_SEED)
+    return fitted(BASELINE_PARAMS, train)
 
 
 def staging_model(settings: Settings) -> LoadedModel:

@@ -59,15 +59,6 @@ def wait_processed(settings: Settings, names: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def single_files(settings: Settings, data: bytes, count: int = 3) -> list[float]:
-    timings = []
-    for index in range(count):
-        name = f"single_{index}.csv"
-        drop(settings, name, data)
-        timings.append(wait_processed(settings, [name]))
-    return timings
-
-
 def crash_recovery(settings: Settings, data: bytes) -> float:
     """Kill the runner holding a file; seconds from the kill until the file is processed."""
     name = "crash.csv"
@@ -86,9 +77,9 @@ def crash_recovery(settings: Settings, data: bytes) -> float:
     return wait_processed(settings, [name])
 
 
-def burst(settings: Settings, data: bytes, files: int) -> float:
-    """Seconds until a burst of ``files`` is processed; SystemExit unless exactly once."""
-    names = [f"burst_{index:03d}.csv" for index in range(files)]
+def burst(settings: Settings, data: bytes, names: list[str]) -> float:
+    """Seconds until the files ``names`` dropped at once are processed; SystemExit unless
+    each exactly once."""
     for name in names:
         drop(settings, name, data)
     seconds = wait_processed(settings, names)
@@ -190,19 +181,20 @@ def main() -> int:
     pd.read_csv(source).head(args.rows).to_csv(rows_file, index=False)
     seed = scratch / "home"
     bursts: dict[int, list[float]] = {1: [], args.runners: []}
+    names = [f"burst_{index:03d}.csv" for index in range(args.files)]
 
     def everything(settings: Settings, data: bytes) -> dict:
-        single = single_files(settings, data)
+        single = [burst(settings, data, [f"single_{index}.csv"]) for index in range(3)]
         figures = {
             "single_file_median_s": round(statistics.median(single), 2),
             "cold_process_median_s": round(statistics.median(cold_process(settings, rows_file)), 2),
             "crash_to_processed_s": round(crash_recovery(settings, data), 2),
         }
-        bursts[args.runners].append(burst(settings, data, args.files))
+        bursts[args.runners].append(burst(settings, data, names))
         return figures
 
     def one_burst(settings: Settings, data: bytes) -> dict:
-        return {"burst_s": burst(settings, data, args.files)}
+        return {"burst_s": burst(settings, data, names)}
 
     try:
         figures = with_platform(args.runners, rows_file, everything, seed)

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from churnops.data.features import FEATURES, prepare_features, target
+from benchmarks.model_quality import fitted
+from churnops.data.features import target
 from churnops.data.reading import load_customer_file
 from churnops.drop.storage import open_storage, stage_key
 from churnops.model import training
-from churnops.model.registry import RANDOM_SEED, Outcome, TrainingOptions, train_and_register
+from churnops.model.registry import Outcome, TrainingOptions, train_and_register
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
 from churnops.pipeline.retraining import RetrainOptions, retrain
@@ -101,14 +102,9 @@ def f1_of(settings: Settings, outcome: per_file.FileOutcome) -> float:
 def direct_f1(data_dir: Path, trained_on: list[str], scored: str) -> float:
     """F1 on ``scored`` of the shipped parameters fitted on ``trained_on``."""
     frames = [load_customer_file(data_dir / n, require_target=True) for n in trained_on]
-    train = pd.concat(frames, ignore_index=True)
-    X, y = prepare_features(train, FEATURES), target(train)
-    params = training.default_params()
-    threshold, _ = training.cross_validate(params, X, y, 5, RANDOM_SEED)
-    model = training.make_classifier(params, RANDOM_SEED).fit(X, y)
+    model = fitted(training.default_params(), pd.concat(frames, ignore_index=True))
     test = load_customer_file(data_dir / scored, require_target=True)
-    proba = model.predict_proba(prepare_features(test, FEATURES))[:, 1]
-    return training.evaluate(target(test).to_numpy(), proba, threshold).f1
+    return training.evaluate(target(test).to_numpy(), model.predict_proba(test), model.threshold).f1
 
 
 def report(sequences: list[Sequence], baselines: dict[str, float]) -> None:
