@@ -18,6 +18,7 @@ from .dashboard_files import (
     REPO,
     dashboard,
     datasource,
+    panel_sql,
 )
 
 #: Dashboard JSON schema version of the pinned Grafana 12.0 image.
@@ -98,13 +99,10 @@ def test_alert_thresholds_are_read_from_each_run_with_the_defaults_as_fallback()
     for stat in stats:
         (config,) = stat["transformations"]
         assert config["id"] == "configFromData"
-        (threshold_query,) = [
-            t for t in stat["targets"] if t["refId"] == config["options"]["configRefId"]
-        ]
-        assert "m.threshold" in threshold_query["rawSql"]
+        assert "m.threshold" in panel_sql(stat, config["options"]["configRefId"])
     panels = {p["title"]: p for p in dashboard()["panels"]}
-    assert "avg(m.threshold)" in panels["Drifted columns"]["targets"][0]["rawSql"]
-    assert "min(m.threshold)" in panels["Scores over time"]["targets"][0]["rawSql"]
+    assert "avg(m.threshold)" in panel_sql(panels["Drifted columns"])
+    assert "min(m.threshold)" in panel_sql(panels["Scores over time"])
 
 
 def test_datasource_settings_come_from_what_terraform_passes() -> None:

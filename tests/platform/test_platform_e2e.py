@@ -1,11 +1,7 @@
-"""The whole local platform: ``churnops up`` in a subprocess, killed and started again,
-then three drops, checked through the APIs.
-
-The first start trains the model (empty CHURNOPS_HOME, default training); it is killed
-with SIGKILL, and nothing of it may keep running; the restart asks for the very ports
-the killed platform had (free although connections to them just closed: TIME_WAIT)
-and finds the model by its alias, so it trains once, as ``make demo`` twice must. The
-other tests use that restarted platform.
+"""The whole local platform: ``churnops up`` in a subprocess, killed with SIGKILL (nothing
+of it may keep running) and started again on the very same ports (TIME_WAIT), where it
+finds the model by its alias and trains no more, as ``make demo`` twice must. The other
+tests drop files on that restarted platform and check them through the APIs.
 """
 
 from __future__ import annotations
@@ -45,7 +41,7 @@ START_TIMEOUT = 900.0  # training included, on a busy 2-core machine
 DONE_TIMEOUT = 300.0
 GONE_TIMEOUT = 30.0
 SERVERS = ("prefect", "mlflow", "evidently")
-GOOD, DRIFTED, MALFORMED = (
+FILES = GOOD, DRIFTED, MALFORMED = (
     "customer_churn_1.csv",
     "customer_churn_2_majority_drifted.csv",
     "malformed.csv",
@@ -112,21 +108,6 @@ class RunningPlatform:
     first_ports: dict[str, int]
     first_children: set[str]
     left_after_kill: list[str] = field(default_factory=list)
-
-    @property
-    def home(self) -> Path:
-        return self.up.home
-
-    @property
-    def process(self) -> subprocess.Popen:
-        return self.up.process
-
-    @property
-    def output(self) -> Path:
-        return self.up.output
-
-    def logs(self) -> str:
-        return self.up.logs()
 
 
 @pytest.fixture(scope="module")
@@ -212,10 +193,7 @@ def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: 
         storage.create(stage_key("input", name), (data_dir / name).read_bytes())
     storage.create(stage_key("input", MALFORMED), b"not,a,churn\nfile,at,all\n")
 
-    api = platform.state["services"]["prefect"]["health_url"].removesuffix("/health")
-    with SyncPrefectClient(api) as client:
-        deployment = client.read_deployment_by_name(PIPELINE_DEPLOYMENT)
-        runs = _wait_for_final_runs(client, deployment.id, platform)
+    runs = _final_runs(platform, FILES)
     # One run decides each file; a run the reconciler added on a slow machine (a file left
     # in input/ past its grace) ends 'skipped:', and the records must agree with it too.
     deciding = [run for run in runs if not (run.state.message or "").startswith("skipped:")]
@@ -227,7 +205,7 @@ def test_three_drops_end_where_they_should(platform: RunningPlatform, data_dir: 
     assert by_name[MALFORMED].state.message.startswith("errored: ")
     assert by_name[GOOD].state.message.startswith("processed: drifted ")
     finished = {f"processed {GOOD}", f"rejected {MALFORMED}"}  # one line per file from `up`
-    assert eventually(lambda: finished <= set(_finished(platform)), 15, 0.5), platform.logs()
+    assert eventually(lambda: finished <= set(_finished(platform)), 15, 0.5), platform.up.logs()
 
     processed = {k.rsplit("/", 1)[1]: k for k in storage.list_keys("data/processed/")}
     assert {GOOD, DRIFTED} <= set(processed)
@@ -267,30 +245,29 @@ def test_a_runner_killed_mid_file_loses_nothing(platform: RunningPlatform, data_
     storage = LocalDropStorage(platform.settings.drop.drop_dir)
     drops = Drops(storage, [])
     drops.drop("killed.csv", (data_dir / GOOD).read_bytes())
-    assert eventually(lambda: _leases(storage, "killed.csv"), DONE_TIMEOUT, 0.02), platform.logs()
+    assert eventually(lambda: _leases(storage, "killed.csv"), DONE_TIMEOUT, 0.02), (
+        platform.up.logs()
+    )
     os.kill(_leases(storage, "killed.csv")[0].pid, signal.SIGKILL)
 
     def redriven() -> bool:
         last = _leases(storage, "killed.csv")[-1]
         return last.attempt > 1 and last.state == "done"
 
-    assert eventually(redriven, DONE_TIMEOUT), platform.logs()
+    assert eventually(redriven, DONE_TIMEOUT), platform.up.logs()
     drops.dropped += [(data_dir / name).read_bytes() for name in (GOOD, DRIFTED)]
     drops.dropped.append(b"not,a,churn\nfile,at,all\n")
     drops.check(settled=True, invalid=1, metrics_url=platform.settings.monitoring.metrics_db_url)
-    assert platform.process.poll() is None  # the platform carried on
-    assert "died: restarting it" in platform.output.read_text()
-    api = platform.state["services"]["prefect"]["health_url"].removesuffix("/health")
-    with SyncPrefectClient(api) as client:
-        deployment = client.read_deployment_by_name(PIPELINE_DEPLOYMENT)
-        runs = _wait_for_final_runs(client, deployment.id, platform, {*FILES, "killed.csv"})
+    assert platform.up.process.poll() is None  # the platform carried on
+    assert "died: restarting it" in platform.up.text()
+    runs = _final_runs(platform, {*FILES, "killed.csv"})
     # the killed attempt's flow run too: Crashed, marked by the attempt that took over
     check_records_agree(storage, platform.settings.monitoring.metrics_db_url, runs)
 
 
 def _finished(platform: RunningPlatform) -> list[str]:
     """``<status> <file>`` of the console's lines about finished files."""
-    lines = platform.output.read_text(errors="replace").splitlines()
+    lines = platform.up.text().splitlines()
     return [" ".join(line.split()[1:3]) for line in lines if line.strip().startswith("file ")]
 
 
@@ -306,7 +283,7 @@ def test_retrain_in_a_second_terminal_uses_the_platforms_servers(
     """`churnops retrain` beside `churnops up`, as the docs give it: the same CHURNOPS_HOME
     and nothing else set. It finds the platform's MLflow from the platform's own state."""
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN}
-    env |= {"CHURNOPS_HOME": str(platform.home), "CHURN_DATA_DIR": str(data_dir)}
+    env |= {"CHURNOPS_HOME": str(platform.up.home), "CHURN_DATA_DIR": str(data_dir)}
     churnops = str(Path(sys.executable).with_name("churnops"))
     done = subprocess.run(
         [churnops, "retrain"], capture_output=True, text=True, env=env, timeout=1200
@@ -321,16 +298,13 @@ def test_retrain_in_a_second_terminal_uses_the_platforms_servers(
 
 def test_the_platform_stops_clean(platform: RunningPlatform) -> None:
     """Ctrl-C: everything stops, the reaper too (it saw no death of `up`)."""
-    platform.process.send_signal(signal.SIGINT)
-    assert platform.process.wait(timeout=240) == 0, platform.logs()
-    assert not (platform.home / "platform.json").exists()
-    eventually(lambda: not leftovers(platform.home), GONE_TIMEOUT, 1)
-    assert leftovers(platform.home) == []
-    reaper = (platform.home / services.LOG_DIR / "reaper.log").read_text()
-    assert f"(pid {platform.process.pid}) died" not in reaper
-
-
-FILES = (GOOD, DRIFTED, MALFORMED)
+    platform.up.process.send_signal(signal.SIGINT)
+    assert platform.up.process.wait(timeout=240) == 0, platform.up.logs()
+    assert not (platform.up.home / "platform.json").exists()
+    eventually(lambda: not leftovers(platform.up.home), GONE_TIMEOUT, 1)
+    assert leftovers(platform.up.home) == []
+    reaper = (platform.up.home / services.LOG_DIR / "reaper.log").read_text()
+    assert f"(pid {platform.up.process.pid}) died" not in reaper
 
 
 def _file_name(run: FlowRun) -> str:
@@ -338,20 +312,23 @@ def _file_name(run: FlowRun) -> str:
     return run.name.removesuffix(" (reconciled)")
 
 
-def _wait_for_final_runs(
-    client: SyncPrefectClient, deployment_id, platform: RunningPlatform, names=frozenset(FILES)
-):
-    ids = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-    deadline = time.monotonic() + DONE_TIMEOUT
-    while True:
-        runs = client.read_flow_runs(deployment_filter=ids)
-        done = all(run.state and run.state.is_final() for run in runs)
-        if done and {_file_name(run) for run in runs} == names:
-            return runs
-        if time.monotonic() > deadline:
-            states = [(r.name, r.state and r.state.name) for r in runs]
-            pytest.fail(
-                f"the drops were not done in {DONE_TIMEOUT:.0f}s: {states}\n{platform.logs()}",
-                pytrace=False,
-            )
-        time.sleep(1)
+def _final_runs(platform: RunningPlatform, names) -> list[FlowRun]:
+    """The pipeline's flow runs once each has ended and there are runs for ``names``."""
+    api = platform.state["services"]["prefect"]["health_url"].removesuffix("/health")
+    with SyncPrefectClient(api) as client:
+        deployment = client.read_deployment_by_name(PIPELINE_DEPLOYMENT)
+        ids = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        deadline = time.monotonic() + DONE_TIMEOUT
+        while True:
+            runs = client.read_flow_runs(deployment_filter=ids)
+            done = all(run.state and run.state.is_final() for run in runs)
+            if done and {_file_name(run) for run in runs} == set(names):
+                return runs
+            if time.monotonic() > deadline:
+                states = [(r.name, r.state and r.state.name) for r in runs]
+                pytest.fail(
+                    f"the drops were not done in {DONE_TIMEOUT:.0f}s: {states}\n"
+                    f"{platform.up.logs()}",
+                    pytrace=False,
+                )
+            time.sleep(1)

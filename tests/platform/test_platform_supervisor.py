@@ -22,7 +22,6 @@ from tests.processes import LOOPBACK, eventually
 pytestmark = pytest.mark.integration
 
 
-# --- the supervisor of `churnops up`: servers and runners restarted, a budget for crash loops -----
 class Supervised:
     """``launch._supervise`` in a thread over a platform of real children."""
 
@@ -41,14 +40,13 @@ class Supervised:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(timeout=30)
-        svc_stop = [c for c in self.platform.children() if c.process is not None]
-        services.stop_all(svc_stop, grace=10)
+        started = [c for c in self.platform.children() if c.process is not None]
+        services.stop_all(started, grace=10)
 
 
 def _settings(tmp_path: Path, prefect_server: str, **extra: object):  # type: ignore[no-untyped-def]
-    """A platform's settings whose Prefect is the session's server: the supervisor's
-    console lines and reconcile requests get their answers at once (against a closed port
-    each look costs seconds of the clients' retries)."""
+    """Settings whose Prefect is the session's server: against a closed port each of the
+    supervisor's requests would cost seconds of retries."""
     port = urlsplit(prefect_server).port
     return get_settings(churnops_home=tmp_path, platform_host=LOOPBACK, prefect_port=port, **extra)
 
