@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import io
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -18,19 +17,13 @@ from churnops.data.schema import DataValidationError
 from tests.processes import LOOPBACK
 
 
-def uci_archive(data_dir: Path) -> bytes:
-    """A zip shaped like the UCI download, rebuilt from the three split files."""
-    whole = pd.concat(pd.read_csv(data_dir / name) for name in dataset.SPLIT_FILES)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("Customer Churn.csv", whole.to_csv(index=False))
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def archive_server(tmp_path: Path, data_dir: Path) -> Iterator[str]:
-    """Serves the archive over real HTTP on loopback."""
-    (tmp_path / "uci.zip").write_bytes(uci_archive(data_dir))
+    """Serves a zip shaped like the UCI download, rebuilt from the three split files, over
+    real HTTP on loopback."""
+    whole = pd.concat(pd.read_csv(data_dir / name) for name in dataset.SPLIT_FILES)
+    with zipfile.ZipFile(tmp_path / "uci.zip", "w") as archive:
+        archive.writestr("Customer Churn.csv", whole.to_csv(index=False))
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

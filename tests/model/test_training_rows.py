@@ -23,7 +23,7 @@ def files(data_dir: Path) -> tuple[LabeledFile, pd.DataFrame, pd.DataFrame]:
     return (
         LabeledFile("c0.csv", "c0.csv", "0" * 64, training),
         rows("customer_churn_1.csv"),
-        (rows("customer_churn_synthetic_1.csv")),
+        rows("customer_churn_synthetic_1.csv"),
     )
 
 
