@@ -120,13 +120,7 @@ def prefect() -> Iterator[FakePrefect]:
 @pytest.fixture
 def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> ModuleType:
     """The handler module, cold (empty cache), with the Lambda's environment."""
-    for name in (
-        "PREFECT_API_KEY",
-        "PREFECT_API_AUTH_STRING",
-        "PREFECT_API_AUTH_STRING_SECRET_ID",
-        "PREFECT_DEPLOYMENT",
-        "INPUT_PREFIX",
-    ):
+    for name in trigger.ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PREFECT_API_URL", prefect.url)
     monkeypatch.setenv("PREFECT_HTTP_TIMEOUT", str(CLIENT_TIMEOUT))
