@@ -435,13 +435,15 @@ def test_the_reaper_kills_a_service_that_outlives_its_killed_parent(tmp_path: Pa
         services.terminate_groups([child], grace=1)
 
 
-def _run_up(home: Path, **overrides: object) -> tuple[int, list[str]]:
-    out = io.StringIO()
+def _up_error(home: Path, **overrides: object) -> str:
+    """``churnops up`` that fails: its one line on the error console."""
+    out, err = io.StringIO(), io.StringIO()
     settings = get_settings(churnops_home=home, **overrides)
-    err = io.StringIO()
     code = launch.run(settings, Console(file=out, width=200), Console(file=err, width=200))
     assert "error:" not in out.getvalue(), "errors go to the error console only"
-    return code, err.getvalue().splitlines()
+    assert code == 1
+    [line] = err.getvalue().splitlines()
+    return line
 
 
 def test_a_second_up_on_the_same_home_says_so_in_one_line(tmp_path: Path) -> None:
@@ -450,16 +452,14 @@ def test_a_second_up_on_the_same_home_says_so_in_one_line(tmp_path: Path) -> Non
         (tmp_path / services.PID_FILE).write_text(str(other.pid))
         state = json.dumps({"pid": other.pid, "drop_dir": "-", "services": {}})
         (tmp_path / services.STATE_FILE).write_text(state)
-        code, lines = _run_up(tmp_path)
+        line = _up_error(tmp_path)
         with pytest.raises(services.PlatformError, match=f"already runs on .*pid {other.pid}"):
             services.take_pid_file(tmp_path)
     finally:
         other.kill()
         other.wait()
-    assert code == 1
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(f"error: the platform already runs on {tmp_path.resolve()}")
-    assert f"(pid {other.pid})" in lines[0]
+    assert line.startswith(f"error: the platform already runs on {tmp_path.resolve()}")
+    assert f"(pid {other.pid})" in line
     # the running platform's files are its own
     assert (tmp_path / services.PID_FILE).read_text() == str(other.pid)
     assert (tmp_path / services.STATE_FILE).read_text() == state
@@ -474,10 +474,8 @@ def test_a_start_up_error_is_one_line_and_leaves_no_files(tmp_path: Path) -> Non
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        code, lines = _run_up(tmp_path, platform_host="127.0.0.1", prefect_port=port)
-    assert code == 1
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(f"error: port {port} on 127.0.0.1 (PREFECT_PORT) is in use")
+        line = _up_error(tmp_path, platform_host="127.0.0.1", prefect_port=port)
+    assert line.startswith(f"error: port {port} on 127.0.0.1 (PREFECT_PORT) is in use")
     assert not (tmp_path / services.PID_FILE).exists()
 
 
