@@ -66,11 +66,9 @@ class FakePrefect:
         if method == "GET" and path == f"/api/deployments/name/{DEPLOYMENT}":
             return 200, {"id": self.deployment_id, "name": "churnops"}
         if method == "POST" and path == f"/api/deployments/{self.deployment_id}/create_flow_run":
-            key = body["idempotency_key"]
-            if key in self.runs:
-                return 200, self.runs[key]
-            self.runs[key] = {"id": str(uuid.uuid4()), **body}
-            return 201, self.runs[key]
+            created = body["idempotency_key"] not in self.runs
+            run = self.runs.setdefault(body["idempotency_key"], {"id": str(uuid.uuid4()), **body})
+            return (201 if created else 200), run
         return 404, {"detail": "Not Found"}
 
     def posts(self) -> list[dict[str, Any]]:
