@@ -146,7 +146,7 @@ def _loaded(classifier: xgb.XGBClassifier, reference: pd.DataFrame, path: Path) 
     return LoadedModel("Tiny", "1", ChurnModel.in_memory(FEATURES, 0.5, classifier, path))
 
 
-def test_a_file_like_the_reference_does_not_move_and_a_shifted_one_does(
+def test_a_file_like_the_reference_does_not_move_a_shifted_one_does_a_zero_budget_fails(
     classifier: xgb.XGBClassifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = _loaded(classifier, _frame(400, seed=4), tmp_path / "reference.parquet")
@@ -164,6 +164,8 @@ def test_a_file_like_the_reference_does_not_move_and_a_shifted_one_does(
     assert everyone_complains.ndcg < 0.9
     assert everyone_complains.movers[0].describe() == "complains rose from 2nd to 1st"
     assert len(reads) == 1  # the reference's attribution is computed once per model
+    with pytest.raises(ValueError, match="positive"):  # a row budget of zero
+        attribution_drift(model, _frame(50, seed=8), 0)
 
 
 def test_the_reference_is_not_shared_between_models_of_the_same_name_and_version(
@@ -182,12 +184,6 @@ def test_the_reference_is_not_shared_between_models_of_the_same_name_and_version
         assert drift.ndcg == 1.0 and drift.movers == ()
         orders.append([f.feature for f in drift.features])
     assert orders[0] != orders[1]
-
-
-def test_a_row_budget_of_zero_is_refused(classifier: xgb.XGBClassifier, tmp_path: Path) -> None:
-    model = _loaded(classifier, _frame(50, seed=7), tmp_path / "reference.parquet")
-    with pytest.raises(ValueError, match="positive"):
-        attribution_drift(model, _frame(50, seed=8), 0)
 
 
 # --- where the result goes ------------------------------------------------------------------
