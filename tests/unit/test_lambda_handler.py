@@ -1,6 +1,5 @@
-"""The S3 -> Prefect Lambda handler against a small fake Prefect API over real HTTP,
-and its credential read from a faked Secrets Manager (moto's and a real Prefect server
-that requires the auth string: tests/integration/test_lambda_secrets.py)."""
+"""The S3 -> Prefect Lambda handler against a fake Prefect API over real HTTP, and its
+credential from a fake Secrets Manager (real ones: tests/integration/test_lambda_secrets.py)."""
 
 from __future__ import annotations
 
@@ -62,14 +61,14 @@ class FakePrefect:
             return status, payload
 
     def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        if not path.startswith("/api/"):
+            return 200, b"<html>UI</html>"  # the UI's page, not its API
         if method == "GET" and path == f"/api/deployments/name/{DEPLOYMENT}":
             return 200, {"id": self.deployment_id, "name": "churnops"}
         if method == "POST" and path == f"/api/deployments/{self.deployment_id}/create_flow_run":
-            key = body["idempotency_key"]
-            if key in self.runs:
-                return 200, self.runs[key]
-            self.runs[key] = {"id": str(uuid.uuid4()), **body}
-            return 201, self.runs[key]
+            created = body["idempotency_key"] not in self.runs
+            run = self.runs.setdefault(body["idempotency_key"], {"id": str(uuid.uuid4()), **body})
+            return (201 if created else 200), run
         return 404, {"detail": "Not Found"}
 
     def posts(self) -> list[dict[str, Any]]:
@@ -79,34 +78,33 @@ class FakePrefect:
         return [r for r in self.requests if r["method"] == "GET"]
 
 
-def _handler_class(fake: FakePrefect) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length)) if length else None
-            status, payload = fake.answer(self.command, self.path, dict(self.headers), body)
-            if status < 0:
-                time.sleep(CLIENT_TIMEOUT * 3)
-                return
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+class Handler(BaseHTTPRequestHandler):
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        status, payload = self.server.fake.answer(  # type: ignore[attr-defined]
+            self.command, self.path, dict(self.headers), body
+        )
+        if status < 0:
+            time.sleep(CLIENT_TIMEOUT * 3)
+            return
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-        do_GET = do_POST = _serve
+    do_GET = do_POST = _serve
 
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet: the fake records its requests itself."""
-
-    return Handler
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the fake records its requests itself."""
 
 
 @pytest.fixture
 def prefect() -> Iterator[FakePrefect]:
     fake = FakePrefect()
-    server = ThreadingHTTPServer((LOOPBACK, free_port(LOOPBACK)), _handler_class(fake))
+    server = ThreadingHTTPServer((LOOPBACK, free_port(LOOPBACK)), Handler)
+    server.fake = fake  # type: ignore[attr-defined]
     server.daemon_threads = True
     server.handle_error = lambda request, address: None  # stalled clients hang up
     fake.url = f"http://{LOOPBACK}:{server.server_address[1]}/api"
@@ -120,34 +118,23 @@ def prefect() -> Iterator[FakePrefect]:
 @pytest.fixture
 def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> ModuleType:
     """The handler module, cold (empty cache), with the Lambda's environment."""
-    for name in (
-        "PREFECT_API_KEY",
-        "PREFECT_API_AUTH_STRING",
-        "PREFECT_API_AUTH_STRING_SECRET_ID",
-        "PREFECT_DEPLOYMENT",
-        "INPUT_PREFIX",
-    ):
+    for name in trigger.ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PREFECT_API_URL", prefect.url)
     monkeypatch.setenv("PREFECT_HTTP_TIMEOUT", str(CLIENT_TIMEOUT))
     monkeypatch.setenv("PREFECT_HTTP_RETRIES", "2")
     monkeypatch.setenv("PREFECT_HTTP_BACKOFF", "0.01")
-    return load_handler()
-
-
-def load_handler() -> ModuleType:
-    """The handler module with empty caches (a cold Lambda)."""
     trigger._DEPLOYMENT_IDS.clear()
     trigger.forget_secrets()
     return trigger
 
 
 def test_the_lambda_entry_point_is_the_trigger_module() -> None:
-    """``lambda_function.lambda_handler`` as the Lambda runtime imports it, from its folder."""
+    """As the Lambda runtime imports it: with its folder (LAMBDA_TASK_ROOT) on the path."""
     code = (
         "import lambda_function, churnops.drop.trigger as trigger; "
         "assert lambda_function.lambda_handler is trigger.lambda_handler"
-    )  # the runtime imports it with its folder (LAMBDA_TASK_ROOT) on the path
+    )
     done = run_python(code, cwd=HANDLER_FILE.parent)
     assert done.returncode == 0, done.stderr
 
@@ -174,34 +161,26 @@ def test_the_image_modules_need_only_the_standard_library() -> None:
 
 
 def test_boto3_is_the_one_import_beyond_the_standard_library_and_the_base_image_has_it() -> None:
-    """Reading the secret needs boto3: imported inside ``secrets_manager_value`` only,
-    and the image is built on the AWS Lambda Python base image, which ships boto3."""
-    assert _imports_outside_stdlib(Path(trigger.__file__)) == {"boto3": {"secrets_manager_value"}}
+    """Only ``secrets_manager_value`` imports it: the AWS Lambda Python base image ships it."""
+    tree = ast.parse(Path(trigger.__file__).read_text())
+    where = {  # node -> the innermost function around it (ast.walk goes outside in)
+        node: function.name
+        for function in ast.walk(tree)
+        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+        for node in ast.walk(function)
+    }
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {(alias.name, where.get(node, "<module>")) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            imported.add((node.module or "", where.get(node, "<module>")))
+    ours = set(sys.stdlib_module_names) | {"churnops"}
+    assert {(n, at) for n, at in imported if n.split(".")[0] not in ours} == {
+        ("boto3", "secrets_manager_value")
+    }
     dockerfile = HANDLER_FILE.with_name("Dockerfile").read_text()
     assert re.search(r"^FROM public\.ecr\.aws/lambda/python:3\.\d+$", dockerfile, re.M)
-
-
-def _imports_outside_stdlib(path: Path) -> dict[str, set[str]]:
-    """Top-level package -> where it is imported: ``<module>`` or a function's name."""
-    found: dict[str, set[str]] = {}
-
-    def visit(node: ast.AST, where: str) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
-                visit(child, child.name)
-                continue
-            names: list[str] = []
-            if isinstance(child, ast.Import):
-                names = [alias.name for alias in child.names]
-            elif isinstance(child, ast.ImportFrom) and not child.level:
-                names = [child.module or ""]
-            for top in (name.split(".")[0] for name in names):
-                if top not in sys.stdlib_module_names and top != "churnops":
-                    found.setdefault(top, set()).add(where)
-            visit(child, where)
-
-    visit(ast.parse(path.read_text()), "<module>")
-    return found
 
 
 def record(key: str, sequencer: str = "0062A1B2C3D4E5F601", **obj: str) -> dict[str, Any]:
@@ -216,8 +195,12 @@ def record(key: str, sequencer: str = "0062A1B2C3D4E5F601", **obj: str) -> dict[
     }
 
 
-def event(*records: dict[str, Any]) -> dict[str, Any]:
+def event(*records: Any) -> dict[str, Any]:
     return {"Records": list(records)}
+
+
+def basic(auth_string: str) -> str:
+    return "Basic " + base64.b64encode(auth_string.encode()).decode()
 
 
 def invoke(handler: ModuleType, *records: dict[str, Any] | str) -> list[dict[str, Any]]:
@@ -230,21 +213,15 @@ def invoke(handler: ModuleType, *records: dict[str, Any] | str) -> list[dict[str
 def test_creates_a_flow_run_with_bucket_key_and_idempotency_key(
     handler: ModuleType, prefect: FakePrefect
 ) -> None:
-    results = invoke(handler, "data/input/customer_churn_1.csv")
+    key = "data/input/customer_churn_1.csv"
+    results = invoke(handler, key)
 
     [post] = prefect.posts()
     run_id = next(iter(prefect.runs.values()))["id"]
-    assert results == [
-        {
-            "bucket": BUCKET,
-            "key": "data/input/customer_churn_1.csv",
-            "status": "created",
-            "flow_run_id": run_id,
-        }
-    ]
+    assert results == [{"bucket": BUCKET, "key": key, "status": "created", "flow_run_id": run_id}]
     assert post["body"] == {
-        "parameters": {"drop": f"s3://{BUCKET}", "key": "data/input/customer_churn_1.csv"},
-        "idempotency_key": f"s3://{BUCKET}/data/input/customer_churn_1.csv#0062A1B2C3D4E5F601",
+        "parameters": {"drop": f"s3://{BUCKET}", "key": key},
+        "idempotency_key": f"s3://{BUCKET}/{key}#0062A1B2C3D4E5F601",
         "name": "customer_churn_1.csv",
     }
     assert post["headers"]["Content-Type"] == "application/json"
@@ -290,14 +267,8 @@ def test_several_records_each_get_an_outcome_and_a_log_line(
     with caplog.at_level(logging.INFO, logger="s3_to_prefect"):
         results = invoke(handler, *keys)
 
-    assert [(r["key"], r["status"]) for r in results] == [
-        ("data/input/one.csv", "created"),
-        ("data/processed/one.csv", "skipped"),
-        ("data/input/", "skipped"),
-        ("data/input/archive/", "skipped"),
-        ("data/input/archive/old.csv", "skipped"),
-        ("data/input/two.csv", "created"),
-    ]
+    statuses = ["created", "skipped", "skipped", "skipped", "skipped", "created"]
+    assert [(r["key"], r["status"]) for r in results] == list(zip(keys, statuses, strict=True))
     assert results[1]["reason"] == "key is outside 'data/input/' and 'data/labels/'"
     assert results[2]["reason"] == results[3]["reason"] == "folder marker"
     assert "subfolder" in results[4]["reason"]
@@ -384,12 +355,16 @@ def test_transient_errors_are_retried(
     assert len(prefect.gets()) == 3
 
 
-def test_persistent_server_errors_raise_for_lambda_to_retry(
-    handler: ModuleType, prefect: FakePrefect
+@pytest.mark.parametrize(
+    ("fault", "injected", "last"),
+    [("failures", [503] * 3, "HTTP 503"), ("stalls", 3, "TimeoutError")],
+)
+def test_persistent_server_errors_and_timeouts_raise_for_lambda_to_retry(
+    handler: ModuleType, prefect: FakePrefect, fault: str, injected: Any, last: str
 ) -> None:
-    prefect.failures = [503] * 3
+    setattr(prefect, fault, injected)
 
-    with pytest.raises(handler.PrefectUnavailable, match="failed 3 times, last: HTTP 503"):
+    with pytest.raises(handler.PrefectUnavailable, match=f"failed 3 times, last: {last}"):
         invoke(handler, "data/input/a.csv")
     assert prefect.posts() == []
 
@@ -404,33 +379,18 @@ def test_one_request_with_the_default_retries_ends_within_the_lambdas_timeout() 
     assert config.timeout * (config.retries + 1) + waits < lambda_timeout
 
 
-def test_a_timeout_is_retried(handler: ModuleType, prefect: FakePrefect) -> None:
-    invoke(handler, "data/input/warm.csv")
-    prefect.stalls = 1
-
-    [outcome] = invoke(handler, "data/input/a.csv")
-
-    assert outcome["status"] == "created"
-    assert len(prefect.posts()) == 3  # warm-up, the stalled try, the retry
-
-
-def test_a_run_created_by_a_post_that_timed_out_is_reported_created_not_a_duplicate(
-    handler: ModuleType, prefect: FakePrefect
+@pytest.mark.parametrize("fault", ["stalls", "late"])  # late: the run made, its answer late
+def test_a_timeout_is_retried_and_a_run_it_created_is_reported_created_not_a_duplicate(
+    handler: ModuleType, prefect: FakePrefect, fault: str
 ) -> None:
     invoke(handler, "data/input/warm.csv")
-    prefect.late = 1  # the server creates the run, its answer comes after the timeout
+    setattr(prefect, fault, 1)
 
     [outcome] = invoke(handler, "data/input/a.csv")
 
     assert outcome["status"] == "created"
+    assert len(prefect.posts()) == 3  # warm-up, the try that timed out, the retry
     assert len(prefect.runs) == 2  # the retry got the same run back: one run for the file
-
-
-def test_persistent_timeouts_raise(handler: ModuleType, prefect: FakePrefect) -> None:
-    prefect.stalls = 3
-
-    with pytest.raises(handler.PrefectUnavailable, match="failed 3 times, last: TimeoutError"):
-        invoke(handler, "data/input/a.csv")
 
 
 def test_a_refused_connection_raises(handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -441,42 +401,22 @@ def test_a_refused_connection_raises(handler: ModuleType, monkeypatch: pytest.Mo
 
 
 def test_a_non_json_answer_names_the_likely_cause(
-    handler: ModuleType, monkeypatch: pytest.MonkeyPatch
+    handler: ModuleType, prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = ThreadingHTTPServer((LOOPBACK, free_port(LOOPBACK)), _html_handler())
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    monkeypatch.setenv("PREFECT_API_URL", f"http://{LOOPBACK}:{server.server_address[1]}")
-    try:
-        [outcome] = invoke(handler, "data/input/a.csv")
-    finally:
-        server.shutdown()
-        server.server_close()
+    monkeypatch.setenv("PREFECT_API_URL", prefect.url.removesuffix("/api"))  # the UI's page
+
+    [outcome] = invoke(handler, "data/input/a.csv")
 
     assert outcome["status"] == "failed"
     assert "is PREFECT_API_URL the API (ending in /api)?" in outcome["reason"]
 
 
-def _html_handler() -> type[BaseHTTPRequestHandler]:
-    class Html(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "15")
-            self.end_headers()
-            self.wfile.write(b"<html>UI</html>")
-
-        def log_message(self, format: str, *args: object) -> None:
-            """Quiet."""
-
-    return Html
-
-
 # --- configuration and bad input ------------------------------------------------------------
-def test_import_needs_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    module = load_handler()
+def test_import_needs_no_environment(handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_API_URL")
 
     with pytest.raises(ValueError, match="PREFECT_API_URL is not set"):
-        invoke(module, "data/input/a.csv")
+        invoke(handler, "data/input/a.csv")
 
 
 @pytest.mark.parametrize(
@@ -501,11 +441,7 @@ def test_bad_settings_are_named(
     ("variable", "value", "header"),
     [
         ("PREFECT_API_KEY", "pnu_secret", "Bearer pnu_secret"),
-        (
-            "PREFECT_API_AUTH_STRING",
-            "admin:pass word",
-            "Basic " + base64.b64encode(b"admin:pass word").decode(),
-        ),
+        ("PREFECT_API_AUTH_STRING", "admin:pass word", basic("admin:pass word")),
     ],
 )
 def test_credentials_are_sent(
@@ -540,13 +476,10 @@ def test_the_deployment_name_comes_from_the_environment(
         ({"eventSource": "aws:s3"}, "the record has no 's3' section"),
         ({"s3": {"bucket": {"name": BUCKET}, "object": {}}}, "no s3.object.key"),
         ("not a record", "the record has no 's3' section"),
+        # neither versionId nor sequencer
         (
-            {
-                "eventSource": "aws:s3",
-                "eventName": "ObjectCreated:Put",
-                "s3": {"bucket": {"name": BUCKET}, "object": {"key": "data/input/b.csv"}},
-            },
-            "cannot deduplicate",  # neither versionId nor sequencer
+            {"s3": {"bucket": {"name": BUCKET}, "object": {"key": "data/input/b.csv"}}},
+            "cannot deduplicate",
         ),
     ],
 )
@@ -602,10 +535,6 @@ def secrets(handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> FakeSecrets
     monkeypatch.setattr(handler, "secrets_manager_value", fake.read)
     monkeypatch.setenv("PREFECT_API_AUTH_STRING_SECRET_ID", SECRET_ARN)
     return fake
-
-
-def basic(auth_string: str) -> str:
-    return "Basic " + base64.b64encode(auth_string.encode()).decode()
 
 
 def test_the_auth_string_is_read_from_the_secret_once_while_warm(

@@ -1,8 +1,5 @@
-"""The walkthrough notebook is committed clean: valid, without outputs or execution counts.
-
-Outputs hold machine paths, figures and numbers of one run; they belong to whoever
-executes it (`tests/model/test_notebook.py` does, on every `make test`).
-"""
+"""The walkthrough notebook is committed valid, without outputs or execution counts: those
+belong to whoever runs it (tests/model/test_notebook.py does, on every `make test`)."""
 
 from __future__ import annotations
 

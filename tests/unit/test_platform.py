@@ -38,6 +38,7 @@ from churnops.settings import NO_USAGE_TELEMETRY, get_settings
 from tests.processes import dead_pid, eventually, run_python
 
 ROOT = Path(__file__).parents[2]
+PORTS = services.Ports(prefect=1, mlflow=2, evidently=3)
 
 
 @pytest.mark.parametrize(
@@ -77,15 +78,8 @@ def test_sequencer_differs_per_drop_and_is_stable_for_one(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [
-        ("a.csv", True),
-        (".a.csv.x1.tmp", False),
-        ("a.csv.part", False),
-        (".hidden", False),
-        ("a.csv~", False),
-        ("a.tmp", False),
-        ("b c.csv", True),
-    ],
+    [("a.csv", True), ("b c.csv", True)]
+    + [(name, False) for name in (".a.csv.x1.tmp", "a.csv.part", ".hidden", "a.csv~", "a.tmp")],
 )
 def test_temporary_and_partial_names_are_ignored(name: str, expected: bool) -> None:
     assert is_candidate(name) is expected
@@ -112,18 +106,6 @@ def test_wait_stable_returns_only_once_the_writer_stopped_and_none_once_gone(
     assert wait_stable(tmp_path / "gone.csv") is None
 
 
-def collecting_dispatcher() -> tuple[Dispatcher, list[dict[str, Any]], threading.Event]:
-    events: list[dict[str, Any]] = []
-    seen = threading.Event()
-
-    def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
-        events.append(event)
-        seen.set()
-        return {"results": [{"status": "created"}]}
-
-    return Dispatcher(handler, "drop", lambda result: None), events, seen
-
-
 @contextmanager
 def watching(
     root: Path, monkeypatch: pytest.MonkeyPatch, settle: float, waiting: tuple[str, ...] = ()
@@ -135,8 +117,15 @@ def watching(
     storage.create_layout()
     for name in waiting:
         storage.create(stage_key("input", name), b"a,b\n1,2\n")
-    dispatcher, events, seen = collecting_dispatcher()
-    watcher = FolderWatcher(root, dispatcher)
+    events: list[dict[str, Any]] = []
+    seen = threading.Event()
+
+    def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
+        events.append(event)
+        seen.set()
+        return {"results": [{"status": "created"}]}
+
+    watcher = FolderWatcher(root, Dispatcher(handler, "drop", lambda result: None))
     watcher.start()
     try:
         yield storage, events, seen
@@ -153,11 +142,10 @@ def test_folder_watcher_reports_waiting_and_new_files_once_whole(
         (tmp_path / "data/input/.hidden.csv").write_bytes(b"ignored")
         storage.create(stage_key("labels", "late.csv"), b"a,b\n5,6\n")
         (tmp_path / "data/labels/sub").mkdir()
-        eventually(lambda: len({_key(e) for e in events}) >= 3, 30, 0.05)
-    keys = {_key(e) for e in events}
+        eventually(lambda: len({_object(e)["key"] for e in events}) >= 3, 30, 0.05)
+    keys = {_object(e)["key"] for e in events}
     assert keys == {"data/input/before+start.csv", "data/input/new%2B1.csv", "data/labels/late.csv"}
-    sizes = {e["Records"][0]["s3"]["object"]["size"] for e in events}
-    assert sizes == {8}
+    assert {_object(e)["size"] for e in events} == {8}
 
 
 @pytest.mark.parametrize("written_in", ["data/input", "data"], ids=["in the folder", "outside"])
@@ -171,7 +159,7 @@ def test_a_file_renamed_into_input_is_sent_without_the_quiet_period(
         partial.write_bytes(b"a,b\n1,2\n")
         partial.rename(tmp_path / "data/input/renamed.csv")
         assert seen.wait(30), "a renamed-in file waited for the quiet period"
-    assert [_key(e) for e in events] == ["data/input/renamed.csv"]
+    assert [_object(e)["key"] for e in events] == ["data/input/renamed.csv"]
 
 
 def test_a_file_renamed_over_one_still_settling_is_sent_once_as_renamed(
@@ -187,15 +175,12 @@ def test_a_file_renamed_over_one_still_settling_is_sent_once_as_renamed(
         assert seen.wait(30), "nothing was sent"
         time.sleep(2.0)  # a second event would come within the quiet period
     final = (tmp_path / "data/input/same.csv").lstat()
-    sent = {
-        (e["Records"][0]["s3"]["object"]["size"], e["Records"][0]["s3"]["object"]["sequencer"])
-        for e in events
-    }
+    sent = {(_object(e)["size"], _object(e)["sequencer"]) for e in events}
     assert sent == {(final.st_size, file_sequencer(final))}
 
 
-def _key(event: dict[str, Any]) -> str:
-    return event["Records"][0]["s3"]["object"]["key"]
+def _object(event: dict[str, Any]) -> dict[str, Any]:
+    return event["Records"][0]["s3"]["object"]
 
 
 def test_status_lists_every_file_by_stage(tmp_path: Path) -> None:
@@ -229,9 +214,8 @@ def test_every_child_gets_the_usage_data_switches_unless_telemetry_is_on(
     for name in NO_USAGE_TELEMETRY:  # set for the test session by tests/conftest.py
         monkeypatch.delenv(name)
     settings = get_settings(churnops_home=tmp_path, usage_telemetry=usage_telemetry)
-    ports = services.Ports(prefect=1, mlflow=2, evidently=3)
-    envs = [s.env for s in services.server_services(settings, ports)]
-    envs.append(launch.runner_env(launch.platform_settings(settings, ports)))
+    envs = [s.env for s in services.server_services(settings, PORTS)]
+    envs.append(launch.runner_env(launch.platform_settings(settings, PORTS)))
     expected = dict.fromkeys(NO_USAGE_TELEMETRY) if usage_telemetry else NO_USAGE_TELEMETRY
     for env in envs:
         assert {name: env.get(name) for name in NO_USAGE_TELEMETRY} == expected
@@ -243,8 +227,7 @@ def test_up_keeps_a_configured_tracking_server_and_hands_it_to_the_runners(
 ) -> None:
     """A set MLFLOW_TRACKING_URI is the operator's MLflow: `up` must not swap in its own."""
     settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=configured)
-    ports = services.Ports(prefect=1, mlflow=2, evidently=3)
-    running = launch.platform_settings(settings, ports)
+    running = launch.platform_settings(settings, PORTS)
     expected = configured or services.mlflow_url(settings.platform, 2)
     assert running.model.mlflow_tracking_uri == expected
     assert launch.runner_env(running)["MLFLOW_TRACKING_URI"] == expected
@@ -356,11 +339,6 @@ def _sleeper(*command: str) -> subprocess.Popen:
     return subprocess.Popen(list(command), start_new_session=True)
 
 
-def _record(home: Path, record: services.ChildRecord) -> None:
-    (home / services.LOG_DIR).mkdir(exist_ok=True)
-    record.save(home / services.LOG_DIR / f"{record.name}{services.CHILD_RECORD_SUFFIX}")
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="identifies processes through /proc")
 def test_only_what_a_killed_platform_left_is_stopped(tmp_path: Path) -> None:
     sleep = shutil.which("sleep") or "sleep"
@@ -371,6 +349,7 @@ def test_only_what_a_killed_platform_left_is_stopped(tmp_path: Path) -> None:
     script = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {worker!r}])"
     orphaned = _sleeper(sys.executable, "-c", script)
     orphaned.wait()
+    (tmp_path / services.LOG_DIR).mkdir()
     try:
         of_dead = {"parent": dead, "parent_started": 1}
         for name, process, command, changes in [
@@ -380,8 +359,10 @@ def test_only_what_a_killed_platform_left_is_stopped(tmp_path: Path) -> None:
             ("kept", kept, [sleep, "300"], {}),  # its platform (this process) still runs
             ("runner", orphaned, [sys.executable, "-c", script], of_dead),
         ]:
-            record = services.ChildRecord.of(name, process.pid, command)
-            _record(tmp_path, dataclasses.replace(record, **changes))
+            record = dataclasses.replace(
+                services.ChildRecord.of(name, process.pid, command), **changes
+            )
+            record.save(tmp_path / services.LOG_DIR / f"{name}{services.CHILD_RECORD_SUFFIX}")
         (tmp_path / services.STATE_FILE).write_text(json.dumps({"pid": dead}))
 
         stopped = services.stop_leftovers(tmp_path, grace=5)
@@ -454,13 +435,15 @@ def test_the_reaper_kills_a_service_that_outlives_its_killed_parent(tmp_path: Pa
         services.terminate_groups([child], grace=1)
 
 
-def _run_up(home: Path, **overrides: object) -> tuple[int, list[str]]:
-    out = io.StringIO()
+def _up_error(home: Path, **overrides: object) -> str:
+    """``churnops up`` that fails: its one line on the error console."""
+    out, err = io.StringIO(), io.StringIO()
     settings = get_settings(churnops_home=home, **overrides)
-    err = io.StringIO()
     code = launch.run(settings, Console(file=out, width=200), Console(file=err, width=200))
     assert "error:" not in out.getvalue(), "errors go to the error console only"
-    return code, err.getvalue().splitlines()
+    assert code == 1
+    [line] = err.getvalue().splitlines()
+    return line
 
 
 def test_a_second_up_on_the_same_home_says_so_in_one_line(tmp_path: Path) -> None:
@@ -469,16 +452,14 @@ def test_a_second_up_on_the_same_home_says_so_in_one_line(tmp_path: Path) -> Non
         (tmp_path / services.PID_FILE).write_text(str(other.pid))
         state = json.dumps({"pid": other.pid, "drop_dir": "-", "services": {}})
         (tmp_path / services.STATE_FILE).write_text(state)
-        code, lines = _run_up(tmp_path)
+        line = _up_error(tmp_path)
         with pytest.raises(services.PlatformError, match=f"already runs on .*pid {other.pid}"):
             services.take_pid_file(tmp_path)
     finally:
         other.kill()
         other.wait()
-    assert code == 1
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(f"error: the platform already runs on {tmp_path.resolve()}")
-    assert f"(pid {other.pid})" in lines[0]
+    assert line.startswith(f"error: the platform already runs on {tmp_path.resolve()}")
+    assert f"(pid {other.pid})" in line
     # the running platform's files are its own
     assert (tmp_path / services.PID_FILE).read_text() == str(other.pid)
     assert (tmp_path / services.STATE_FILE).read_text() == state
@@ -493,10 +474,8 @@ def test_a_start_up_error_is_one_line_and_leaves_no_files(tmp_path: Path) -> Non
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        code, lines = _run_up(tmp_path, platform_host="127.0.0.1", prefect_port=port)
-    assert code == 1
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(f"error: port {port} on 127.0.0.1 (PREFECT_PORT) is in use")
+        line = _up_error(tmp_path, platform_host="127.0.0.1", prefect_port=port)
+    assert line.startswith(f"error: port {port} on 127.0.0.1 (PREFECT_PORT) is in use")
     assert not (tmp_path / services.PID_FILE).exists()
 
 
@@ -513,4 +492,4 @@ def test_a_slow_writer_is_reported_once_it_closed_the_file(
                 time.sleep(0.25)
         assert seen.wait(30)
         time.sleep(0.5)  # anything reported late would be in by now
-    assert [e["Records"][0]["s3"]["object"]["size"] for e in events] == [600]
+    assert [_object(e)["size"] for e in events] == [600]

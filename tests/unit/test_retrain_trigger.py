@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from unittest.mock import Mock
 
 import pytest
 
@@ -37,20 +38,7 @@ def settings_for(tmp_path: Path, **overrides: object) -> Settings:
     return get_settings(churnops_home=tmp_path, database_url=None, **overrides)
 
 
-class FakeSubmit:
-    """Records submissions instead of creating flow runs."""
-
-    def __init__(self, error: Exception | None = None) -> None:
-        self.calls: list[tuple[str, str, str]] = []
-        self.error = error
-
-    def __call__(self, key: str, drop: str, run: str) -> None:
-        self.calls.append((key, drop, run))
-        if self.error:
-            raise self.error
-
-
-def alert(settings: Settings, quality: dict[str, float], submit: FakeSubmit, share: float = 0.0):
+def alert(settings: Settings, quality: dict[str, float], submit: Mock, share: float = 0.0):
     return per_file.send_alerts(
         settings.monitoring,
         settings.model,
@@ -87,18 +75,19 @@ def test_cooling_down_until_the_cooldown_has_passed() -> None:
 def test_suggest_is_the_default_and_says_what_to_run(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     assert settings.model.retrain_mode == "suggest"
-    submit = FakeSubmit()
+    submit = Mock()
     channels, message = alert(settings, LOW, submit)
     assert channels == ("log",) and SUGGESTION in message
     assert SUGGESTION in settings.alerts.alert_log.read_text()
-    assert submit.calls == []
+    submit.assert_not_called()
 
 
 def test_auto_submits_one_retraining_for_the_run_that_scored_low(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, retrain_mode="auto")
-    submit = FakeSubmit()
+    submit = Mock()
     _, message = alert(settings, LOW, submit)
-    ((key, drop, run),) = submit.calls
+    key, drop, run = submit.call_args.args
+    submit.assert_called_once()
     assert key == idempotency_key(datetime.now(UTC), settings.model.retrain_cooldown_minutes)
     assert (drop, run) == ("s3://b", "R1")
     assert "retraining started" in message and key in message
@@ -117,10 +106,11 @@ def test_no_retraining_without_low_scores_or_when_off(
     tmp_path: Path, mode: str, quality: dict[str, float], share: float
 ) -> None:
     settings = settings_for(tmp_path, retrain_mode=mode)
-    submit = FakeSubmit()
+    submit = Mock()
     channels, message = alert(settings, quality, submit, share)
     assert channels == ("log",)  # an alert went out all the same
-    assert submit.calls == [] and "retrain" not in message
+    submit.assert_not_called()
+    assert "retrain" not in message
 
 
 def test_auto_waits_for_the_cooldown_after_the_last_retraining(tmp_path: Path) -> None:
@@ -129,15 +119,15 @@ def test_auto_waits_for_the_cooldown_after_the_last_retraining(tmp_path: Path) -
     assert store.acquire_lock(LOCK, "manual-earlier", 60)
     store.release_lock(LOCK, "manual-earlier")
     store.close()
-    submit = FakeSubmit()
+    submit = Mock()
     _, message = alert(settings, LOW, submit)
-    assert submit.calls == []
+    submit.assert_not_called()
     assert "retraining not started" in message and "cooldown 30 minutes" in message
 
 
 def test_a_failed_submission_is_noted_and_costs_nothing(tmp_path: Path) -> None:
     settings = settings_for(tmp_path, retrain_mode="auto")
-    submit = FakeSubmit(ConnectionError("Prefect API down"))
+    submit = Mock(side_effect=ConnectionError("Prefect API down"))
     channels, message = alert(settings, LOW, submit)
     assert channels == ("log",)
     assert "retraining could not be started (ConnectionError: Prefect API down)" in message

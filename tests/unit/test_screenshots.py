@@ -1,14 +1,11 @@
 """``make screenshots``: finding Chromium, the pages' URLs, and what is picked to show.
-
-No test needs Chromium: a stand-in ``chromium`` script (a few lines of Python) takes
-its place where a command is run; the real pictures are checked by looking at them.
-"""
+A stand-in ``chromium`` script takes Chromium's place; the real pictures are checked by eye."""
 
 from __future__ import annotations
 
-import os
 import stat
 import sys
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -56,40 +53,27 @@ def fake_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return log
 
 
-# --- finding Chromium -------------------------------------------------------------------------
-def test_chromium_is_found_on_the_path(fake_chromium: Path) -> None:
-    found = shots.find_chromium()
-    assert Path(found).name == "chromium"
-    assert os.access(found, os.X_OK)
-
-
-def test_without_chromium_the_command_names_the_debian_package_before_anything_else(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no chromium
-    with pytest.raises(shots.ScreenshotError, match="Debian's package `chromium`"):
-        shots.find_chromium()
-    monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path / "home"))
-    assert shots.main(["--out", str(tmp_path / "out")]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: `chromium` is not on the PATH")
-    assert "apt-get install -y chromium" in err
-    assert not (tmp_path / "out").exists()
-    assert not (tmp_path / "home").exists()  # nothing dropped, nothing written
-
-
-def test_the_command_says_to_start_the_demo_when_it_does_not_run(
+# --- finding Chromium (on the PATH: every test of taking a picture) ----------------------------
+def test_the_command_names_the_debian_package_without_chromium_then_the_demo_not_running(
     fake_chromium: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path / "home"))
-    assert shots.main(["--out", str(tmp_path / "out")]) == 1
-    assert (
-        capsys.readouterr().err
-        == "error: the demo is not running: start the demo first: make demo\n"
-    )
+    with monkeypatch.context() as without_chromium:
+        without_chromium.setenv("PATH", str(tmp_path))  # chromium is in bin/, not here
+        with pytest.raises(shots.ScreenshotError, match="Debian's package `chromium`"):
+            shots.find_chromium()
+        assert shots.main(["--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: `chromium` is not on the PATH")
+    assert "apt-get install -y chromium" in err
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "home").exists()  # nothing dropped, nothing written
+    assert shots.main(["--out", str(tmp_path / "out")]) == 1  # chromium there, the demo not
+    err = capsys.readouterr().err
+    assert err == "error: the demo is not running: start the demo first: make demo\n"
 
 
 # --- the command and the URLs -------------------------------------------------------------------
@@ -109,8 +93,6 @@ def test_the_chromium_command_is_headless_with_the_fixed_window(tmp_path: Path) 
     assert {"--headless", "--disable-background-networking", "--disable-component-update"} <= set(
         shots.CHROMIUM_FLAGS
     )
-    longer = shots.chromium_command("chromium", "http://h/x", png, budget_ms=45000)
-    assert "--virtual-time-budget=45000" in longer
 
 
 def test_page_urls(tmp_path: Path) -> None:
@@ -130,31 +112,23 @@ def test_page_urls(tmp_path: Path) -> None:
 
 
 def test_a_dropped_copy_gets_a_new_name_each_second() -> None:
-    from datetime import UTC, datetime, timedelta, timezone
-
-    at = datetime(2026, 11, 27, 6, 15, 0, tzinfo=UTC)
-    name = shots.unique_drop_name("customer_churn_2_majority_drifted.csv", at)
-    assert name == "customer_churn_2_majority_drifted-20261127T061500Z.csv"
-    later = shots.unique_drop_name(
-        "customer_churn_2_majority_drifted.csv", at + timedelta(seconds=1)
-    )
-    assert later != name
+    at, dropped = datetime(2026, 11, 27, 6, 15, 0, tzinfo=UTC), "customer_churn_2_drifted.csv"
+    name = shots.unique_drop_name(dropped, at)
+    assert name == "customer_churn_2_drifted-20261127T061500Z.csv"
+    assert shots.unique_drop_name(dropped, at + timedelta(seconds=1)) != name
     local = at.astimezone(timezone(timedelta(hours=2)))
     assert shots.unique_drop_name("a.csv", local) == "a-20261127T061500Z.csv"
 
 
 # --- the running demo ---------------------------------------------------------------------------
+LOCAL = "http://127.0.0.1"
+
+
 def _state(**overrides: dict) -> PlatformState:
     services = {
-        "prefect": {
-            "url": "http://127.0.0.1:4200",
-            "health_url": "http://127.0.0.1:4200/api/health",
-        },
-        "mlflow": {"url": "http://127.0.0.1:5000/", "health_url": "http://127.0.0.1:5000/health"},
-        "evidently": {
-            "url": "http://127.0.0.1:8000",
-            "health_url": "http://127.0.0.1:8000/api/version",
-        },
+        "prefect": {"url": f"{LOCAL}:4200", "health_url": f"{LOCAL}:4200/api/health"},
+        "mlflow": {"url": f"{LOCAL}:5000/", "health_url": f"{LOCAL}:5000/health"},
+        "evidently": {"url": f"{LOCAL}:8000", "health_url": f"{LOCAL}:8000/api/version"},
     } | overrides
     return PlatformState(pid=1, drop_dir=".churnops/drop/data/input", services=services)
 
@@ -162,18 +136,10 @@ def _state(**overrides: dict) -> PlatformState:
 def test_the_running_services_come_from_the_platform_state() -> None:
     checked: list[str] = []
     found = shots.running_services(_state(), healthy=lambda url: checked.append(url) or True)
-    assert found == shots.Services(
-        "http://127.0.0.1:4200",
-        "http://127.0.0.1:5000",
-        "http://127.0.0.1:8000",
-        ".churnops/drop/data/input",
-    )
-    assert found.prefect_api == "http://127.0.0.1:4200/api"
-    assert checked == [
-        "http://127.0.0.1:4200/api/health",
-        "http://127.0.0.1:5000/health",
-        "http://127.0.0.1:8000/api/version",
-    ]
+    urls = (f"{LOCAL}:4200", f"{LOCAL}:5000", f"{LOCAL}:8000")  # mlflow's / stripped
+    assert found == shots.Services(*urls, ".churnops/drop/data/input")
+    assert found.prefect_api == f"{LOCAL}:4200/api"
+    assert checked == [s["health_url"] for s in _state().services.values()]
 
 
 def test_a_demo_that_does_not_run_or_answer_says_start_the_demo_first() -> None:
@@ -198,17 +164,11 @@ def _run(run_id: str, key: str, state: str, message: str, end: str | None) -> di
 
 
 def test_the_latest_processed_run_is_picked_not_an_errored_or_skipped_one() -> None:
-    done = "COMPLETED"
+    done, processing = "COMPLETED", "data/processing/20261127T070000Z-1a2b3c4d"
     runs = [
         _run("a", "data/input/old.csv", done, "processed: 0 drifted", "2026-11-27T06:00:00Z"),
         _run("b", "data/input/bad.csv", done, "errored: no column churn", "2026-11-27T08:00:00Z"),
-        _run(
-            "c",
-            "data/processing/20261127T070000Z-1a2b3c4d/new.csv",
-            done,
-            "processed: drifted 7 columns",
-            "2026-11-27T07:00:00Z",
-        ),
+        _run("c", f"{processing}/new.csv", done, "processed: 7 drifted", "2026-11-27T07:00:00Z"),
         _run("d", "data/input/dup.csv", done, "skipped: taken", "2026-11-27T09:00:00Z"),
         _run("e", "data/input/down.csv", "FAILED", "failed: MLflow down", "2026-11-27T10:00:00Z"),
         _run("f", "data/input/now.csv", "RUNNING", "", None),
@@ -278,8 +238,10 @@ def test_a_page_is_pictured_once_it_shows_its_texts(
 ) -> None:
     monkeypatch.setenv("FAKE_DOM", "<h1>Version 3</h1> @ staging")
     said: list[str] = []
+    chromium = shots.find_chromium()
+    assert Path(chromium).name == "chromium"  # the stand-in, found on the PATH
     shot = shots.Shot("m.png", "http://m/#/models/x/versions/3", ("Version 3", "staging"))
-    path = shots.take(shots.find_chromium(), shot, tmp_path / "out", said.append)
+    path = shots.take(chromium, shot, tmp_path / "out", said.append)
     assert path == tmp_path / "out" / "m.png"
     with Image.open(path) as image:
         assert image.size == (1400, 900)

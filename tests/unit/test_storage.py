@@ -6,6 +6,7 @@ import os
 import stat
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +58,11 @@ def test_keys() -> None:
     [
         *((name_from_key, key, "data/input/") for key in ("data/processing/a.csv", "input/a.csv")),
         *((name_from_key, key, "data/input/") for key in ("data/input/", "data/input/sub/a.csv")),
-        *(
-            (lambda name: stage_key("input", name), n, "invalid file name")
-            for n in ("", "x/y", "..")
-        ),
+        *((partial(stage_key, "input"), name, "invalid file name") for name in ("", "x/y", "..")),
         (lambda stage: stage_key(stage, "a.csv"), "done", "unknown stage 'done'"),
     ],
 )
 def test_keys_outside_the_layout_are_refused(function: Any, argument: str, message: str) -> None:
-    """(Event keys are decoded in tests/unit/test_lambda_handler.py.)"""
     with pytest.raises(ValueError, match=message):
         function(argument)
 
@@ -167,7 +164,7 @@ def test_move_of_a_changed_version_is_refused(storage: LocalDropStorage) -> None
     assert storage.read("data/input/a.csv") == b"second drop"
 
 
-def test_file_log_steps(storage: LocalDropStorage) -> None:
+def test_file_log_steps_lines_and_appended_lines(storage: LocalDropStorage) -> None:
     log = FileLog(storage, "R1", "a b.csv")
     with log.step("validate") as step:
         step.message = "1000 rows"
@@ -186,6 +183,11 @@ def test_file_log_steps(storage: LocalDropStorage) -> None:
     assert fields[1][3].endswith("s") and float(fields[1][3][:-1]) >= 0
     assert fields[1][4] == "1000 rows"
     assert fields[3][4] == "ValueError: bad column"  # its first line: the reason, one line
+    log.write("claim", "ok", "moved to data/processing/")
+    assert storage.read(log.key).decode().endswith(" | claim | ok |  | moved to data/processing/\n")
+    storage.append_line("data/logs/a.csv.log", "one")
+    storage.append_line("data/logs/a.csv.log", "two\n")
+    assert storage.read("data/logs/a.csv.log") == b"one\ntwo\n"
 
 
 def test_an_exception_as_a_reason_is_one_bounded_line() -> None:
@@ -230,20 +232,9 @@ def test_a_claim_moves_a_name_that_is_not_utf8_under_a_cut_name(
     assert os.listdir(folder) == []
 
 
-def test_append_line_and_file_log_message(storage: LocalDropStorage) -> None:
-    storage.append_line("data/logs/a.csv.log", "one")
-    storage.append_line("data/logs/a.csv.log", "two\n")
-    assert storage.read("data/logs/a.csv.log") == b"one\ntwo\n"
-    FileLog(storage, "R1", "a.csv").write("claim", "ok", "moved to data/processing/")
-    (line,) = storage.read("data/logs/R1/a.csv.log").decode().splitlines()
-    assert line.endswith(" | claim | ok |  | moved to data/processing/")
-
-
-def test_a_run_blocked_past_its_time_stops_renewing_its_lease(tmp_path: Path) -> None:
+def test_a_run_blocked_past_its_time_stops_renewing_its_lease(storage: LocalDropStorage) -> None:
     """The backstop behind every network timeout (claims.MAX_ATTEMPT_SECONDS): a run stuck
     in a call loses its lease although its process lives, so the reconciler re-drives it."""
-    storage = LocalDropStorage(tmp_path)
-    storage.create_layout()
     storage.create(stage_key("input", "a.csv"), b"x")
     held = claims.claim(storage, "data/input/a.csv", lease_seconds=0.5)
     with claims.heartbeat(storage, held.lease, every=0.05, limit=0.2):
@@ -253,16 +244,14 @@ def test_a_run_blocked_past_its_time_stops_renewing_its_lease(tmp_path: Path) ->
         assert lease.holder_gone(datetime.now(UTC), lease_seconds=0.5)
 
 
-def test_a_symlink_is_moved_as_itself_and_never_read(tmp_path: Path) -> None:
-    storage = LocalDropStorage(tmp_path / "drop")
-    storage.create_layout()
-    target = tmp_path / "secret"
+def test_a_symlink_is_moved_as_itself_and_never_read(storage: LocalDropStorage) -> None:
+    target = storage.root / "secret"
     target.write_bytes(b"secret")
-    (tmp_path / "drop/data/input/link.csv").symlink_to(target)
+    storage.path("data/input/link.csv").symlink_to(target)
     info = storage.stat("data/input/link.csv")
     assert info is not None and not info.regular
     storage.move("data/input/link.csv", "data/errored/R/link.csv")
-    assert (tmp_path / "drop/data/errored/R/link.csv").is_symlink()
+    assert storage.path("data/errored/R/link.csv").is_symlink()
     with pytest.raises(OSError):
         storage.read("data/errored/R/link.csv")
 
