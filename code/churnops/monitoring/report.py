@@ -1,10 +1,5 @@
-"""``churnops report``: the Grafana dashboard's time series without Grafana.
-
-For the local default (SQLite, no Grafana running): reads the metrics
-database and writes ``report.png`` (scores, drifted share with its alert
-line, per-column drift scores, rows processed and files errored, over time)
-and ``report.html`` (the figure embedded, and the latest runs with links to
-their Evidently reports).
+"""``churnops report``: the Grafana dashboard's time series without Grafana, as
+``report.png`` and ``report.html`` (the figure and the latest runs, with their links).
 """
 
 from __future__ import annotations
@@ -43,7 +38,7 @@ PNG_NAME, HTML_NAME = "report.png", "report.html"
 
 
 class NoRunsYet(LookupError):
-    """The metrics database holds no pipeline run: nothing to plot."""
+    pass
 
 
 @dataclass(frozen=True)
@@ -89,7 +84,7 @@ def _series(metrics: pd.DataFrame, metric: str, by: str | None = None) -> pd.Dat
 def build_figure(
     runs: pd.DataFrame, metrics: pd.DataFrame, monitoring: MonitoringSettings
 ) -> Figure:
-    """Four panels sharing the time axis, like the dashboard's time series."""
+    """Four panels sharing the time axis, like the dashboard's."""
     figure, axes = plt.subplots(4, 1, figsize=(11, 14), sharex=True, layout="constrained")
     _scores(axes[0], metrics, monitoring)
     _drift(axes[1], metrics, monitoring)
