@@ -37,7 +37,6 @@ from churnops.data.schema import (
     DataValidationError,
     build_schema,
     describe_failures,
-    header_problems,
     repeated_columns,
     sample_text,
     shorten,
@@ -376,7 +375,8 @@ class CustomerReader:
     # --- columns ---------------------------------------------------------------------------
     def _layout(self, header: Sequence[object]) -> None:
         self.columns = split_columns(header, self.id_columns, require_target=self.require_target)
-        self._header = header_problems(self.columns)
+        missing = (f"missing column '{c}'" for c in self.columns.missing)
+        self._header = [*missing, *self.columns.problems]
         if self.columns.identifier is not None:
             self._ids = IdentifierCheck(self.columns.identifier, *self._unit)
 

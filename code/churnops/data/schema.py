@@ -197,11 +197,6 @@ def find_identifier(columns: Sequence[str], id_names: Sequence[str]) -> str | No
     return next((by_key[id_key(n)] for n in id_names if id_key(n) in by_key), None)
 
 
-def header_problems(columns: Columns) -> list[str]:
-    """Every problem visible from the header alone."""
-    return [*(f"missing column '{c}'" for c in columns.missing), *columns.problems]
-
-
 def describe_failures(failures: pd.DataFrame, unit: str = "line", first: int = 2) -> list[str]:
     """pandera's failure cases as one sentence per problem; index 0 is ``unit`` ``first``
     (file line 2 under the header, or Parquet row 1)."""

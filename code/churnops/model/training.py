@@ -67,23 +67,6 @@ def best_threshold(y: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
     return float(THRESHOLDS[best]), float(scores[best])
 
 
-def out_of_fold_proba(
-    params: dict[str, Any],
-    X: pd.DataFrame,
-    y: pd.Series,
-    folds: int,
-    seed: int,
-    progress: Progress = _quiet,
-) -> np.ndarray:
-    proba = np.zeros(len(y), dtype=float)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for i, (fit_idx, val_idx) in enumerate(splitter.split(X, y), start=1):
-        model = make_classifier(params, seed).fit(X.iloc[fit_idx], y.iloc[fit_idx])
-        proba[val_idx] = model.predict_proba(X.iloc[val_idx])[:, 1]
-        progress("fold", i, folds)
-    return proba
-
-
 def cross_validate(
     params: dict[str, Any],
     X: pd.DataFrame,
@@ -93,7 +76,12 @@ def cross_validate(
     progress: Progress = _quiet,
 ) -> tuple[float, float]:
     """Cross-validated (threshold, F1): the threshold is chosen out of fold too."""
-    proba = out_of_fold_proba(params, X, y, folds, seed, progress)
+    proba = np.zeros(len(y), dtype=float)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for i, (fit_idx, val_idx) in enumerate(splitter.split(X, y), start=1):
+        model = make_classifier(params, seed).fit(X.iloc[fit_idx], y.iloc[fit_idx])
+        proba[val_idx] = model.predict_proba(X.iloc[val_idx])[:, 1]
+        progress("fold", i, folds)
     return best_threshold(y.to_numpy(), proba)
 
 

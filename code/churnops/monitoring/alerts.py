@@ -306,7 +306,8 @@ def _send_email(alert: Alert, alerts: AlertSettings) -> None:
     message = EmailMessage()
     message["Subject"] = alert.subject
     message["From"] = alerts.alert_email_from
-    message["To"] = ", ".join(_recipients(alerts.alert_email_to or ""))
+    recipients = (alerts.alert_email_to or "").split(",")
+    message["To"] = ", ".join(r.strip() for r in recipients if r.strip())
     message.set_content(alert.body)
     host = alerts.smtp_host or ""
     with smtplib.SMTP(host, alerts.smtp_port, timeout=retry.NETWORK_TIMEOUT_SECONDS) as smtp:
@@ -328,7 +329,3 @@ def _on_this_machine(host: str) -> bool:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except OSError:
         return False
-
-
-def _recipients(value: str) -> list[str]:
-    return [r.strip() for r in value.split(",") if r.strip()]
