@@ -47,8 +47,7 @@ from churnops.data.schema import (
 CHUNK_ROWS = 200_000
 #: Failure cases kept for the final message (a broken file can have millions).
 _MAX_FAILURE_ROWS = 50_000
-#: The longest line of a CSV file, or text value of a Parquet file: a longer one is
-#: refused as it is met, never buffered whole (a 4 MB gzip can hold a 4 GiB line).
+#: The longest CSV line or Parquet text value, refused as met (a 4 MB gzip can hold a 4 GiB line).
 MAX_LINE_BYTES = 1 << 20
 
 #: Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
@@ -102,9 +101,7 @@ class CustomerReader:
     ) -> None:
         self.name = name
         self.chunk_rows = chunk_rows or CHUNK_ROWS
-        #: Bytes the file may decode to, counted while reading (its size bounds neither
-        #: gzip nor Parquet).
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes  # decoded bytes, counted while reading
         self.require_target = require_target
         self.id_columns = tuple(id_columns)
         self.schema = build_schema(require_target)

@@ -57,8 +57,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
 _FLOAT_COLUMNS = {"customer_value"}
 
 
-#: Problems named in one message, and the characters each may take: a file's values
-#: are cut to fit (a 50 MB value must not reach the log, the database and the console).
+#: Problems named in one message, and the characters of each (a 50 MB value is cut).
 MAX_PROBLEMS = 20
 MAX_PROBLEM_CHARS = 500
 
@@ -203,8 +202,7 @@ def describe_failures(failures: pd.DataFrame, unit: str = "line", first: int = 2
     problems: list[str] = []
     failures = failures.assign(failure_case=failures["failure_case"].map(shorten))
     failures = failures.drop_duplicates(["column", "check", "failure_case", "index"])
-    # A value that cannot be coerced also fails the range check with a TypeError,
-    # and a missing value also fails coercion: report each once, by its cause.
+    # a bad value also fails the range check, a missing one coercion: once, by cause
     failures = failures[~failures["failure_case"].str.startswith("TypeError(")]
     is_coercion = failures["check"].astype(str).str.startswith(("coerce_dtype", "dtype"))
     failures = failures[~(is_coercion & failures["failure_case"].isin(["nan", "<NA>", "None"]))]

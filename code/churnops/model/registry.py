@@ -48,8 +48,7 @@ from churnops.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 
-#: MLflow keeps at most 36 characters of a dataset digest: a SHA-256 prefix (128 bits);
-#: the whole hash is the input's ``sha256`` tag.
+#: MLflow keeps 36 characters of a digest; the whole hash is the ``sha256`` tag.
 DIGEST_CHARS = 32
 #: The run artifact listing the key of every row the registered version learned from.
 FIT_ROWS = "lineage/fit_rows.txt"
@@ -81,8 +80,7 @@ HOLDOUT_FRACTION = 0.2
 RANDOM_SEED = 42
 #: Holdout ROC AUC a first version needs (its F1 needs MIN_F1, as the alerts).
 GATE_MIN_ROC_AUC = 0.90
-#: F1 a challenger must gain over the holder's on the same rows: about the noise of a
-#: few hundred rows.
+#: F1 a challenger must gain over the holder's: the noise of a few hundred rows.
 GATE_MIN_F1_GAIN = 0.01
 #: Fewest unseen rows a challenger is judged on, and fewest of each class among them:
 #: an F1 of a handful of churners says nothing.
@@ -266,8 +264,7 @@ def deployed(
     try:
         loaded = load(settings)
     except MlflowException as exc:
-        # No such model, or a model without the alias (on AWS, MLflow's start creates the
-        # model before its first version: terraform/scripts/mlflow_start.py).
+        # no such model, or no alias yet (on AWS the model is made before any version)
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
         return None, set()
@@ -417,9 +414,9 @@ def train_and_register(
     against = (champion.version, scores["champion"]) if champion else None
     decision = gate(settings, scores["challenger"], against, options.force)
     decision = _still_champion(settings.model, decision)
-    if window:  # the registered version learns the newest holdout too
-        classifier = training.make_classifier(params, seed)
-        classifier.fit(prepare_features(final, features), target(final))
+    if window:  # the registered version learns the newest holdout too (X: the final rows)
+        X, y = prepare_features(final, features), target(final)
+        classifier = training.make_classifier(params, seed).fit(X, y)
     model = ChurnModel.in_memory(features, threshold, classifier)
     status: Status = "promoted" if decision.promote else "refused"
     tags = {
@@ -436,11 +433,11 @@ def train_and_register(
         mlflow.log_metrics(
             {"cv_f1": cv_f1}
             | {k: v for name, s in scores.items() for k, v in s.scores(METRICS[name]).items()}
-            | training.inference_costs(classifier, prepare_features(final, features))
+            | training.inference_costs(classifier, X)
         )
         mlflow.set_tags(tags)
         log_figures("holdout", target(split.holdout).to_numpy(), candidate, split.holdout)
-        shap_figure = plots.shap_summary(classifier, prepare_features(final, features))
+        shap_figure = plots.shap_summary(classifier, X)
         mlflow.log_figure(shap_figure, "plots/shap_summary.png")
         plt.close(shap_figure)
         _log_lineage(training_file, window, split)

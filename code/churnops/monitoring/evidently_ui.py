@@ -193,16 +193,15 @@ def dashboard_panels(model_tags: Sequence[str]) -> list[DashboardPanelPlot]:
             size="half",
         ),
     ]
-    for tag in sorted(model_tags):
-        panels.append(
-            line_plot_panel(
-                f"Quality scores, {tag}",
-                [PanelMetric(metric=m, tags=[tag], legend=m) for m in QUALITY_TYPES],
-                description="On each labeled file scored by this model version",
-                size="half",
-            )
+    return panels + [
+        line_plot_panel(
+            f"Quality scores, {tag}",
+            [PanelMetric(metric=m, tags=[tag], legend=m) for m in QUALITY_TYPES],
+            description="On each labeled file scored by this model version",
+            size="half",
         )
-    return panels
+        for tag in sorted(model_tags)
+    ]
 
 
 def ensure_dashboard(workspace: WorkspaceBase, project: Any, model_tag: str) -> None:

@@ -121,11 +121,15 @@ def _drift(ax: Axes, metrics: pd.DataFrame, monitoring: MonitoringSettings) -> N
         right.plot(count.index, count[DRIFTED_COUNT], "s:", color="grey", label="drifted columns")
     right.set_ylabel("drifted columns")
     right.set_ylim(bottom=0)
+    _legend_beside(ax, right)
+    ax.set_title("Drifted columns")
+
+
+def _legend_beside(ax: Axes, right: Axes) -> None:
+    """One legend for both axes, past the right one: inside, it covered the points near 1."""
     right.yaxis.set_major_locator(MaxNLocator(integer=True))
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    # Beside the plot, past the right axis: inside, it covered the points near 1.
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)
-    ax.set_title("Drifted columns")
 
 
 def _feature_drift(ax: Axes, metrics: pd.DataFrame) -> None:
@@ -147,9 +151,7 @@ def _volume(ax: Axes, runs: pd.DataFrame) -> None:
     right.step(ordered["started_at"], errored, where="post", color="red", label="files errored")
     right.set_ylabel("files errored (cumulative)")
     right.set_ylim(0, max(errored.max(), 1) * 1.15)
-    right.yaxis.set_major_locator(MaxNLocator(integer=True))
-    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)
+    _legend_beside(ax, right)
     ax.set_title("Rows processed and files errored")
     ax.set_xlabel("time (UTC)")
 
