@@ -451,20 +451,31 @@ def _buffered(stream: IO[bytes]) -> io.BufferedReader:
     return io.BufferedReader(raw, buffer_size=_SNIFF_BYTES)
 
 
-class _RawAdapter(io.RawIOBase):
-    """Any object with ``read(n)`` (an S3 body, a GzipFile) as a raw stream."""
+class _Passing(io.RawIOBase):
+    """The bytes of any object with ``read(n)`` (an S3 body, a GzipFile) as a raw stream,
+    each block checked (:meth:`_check`) before it passes; ``_lines``: the block's first line.
+    Reads of at most MAX_LINE_BYTES: a line within one read is shorter than the limit."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], name: str = "file") -> None:
         self._stream = stream
+        self._name = name
+        self._lines = 1
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._stream.read(len(buffer))
+        data = self._stream.read(min(len(buffer), MAX_LINE_BYTES))
+        self._check(data)
+        self._lines += data.count(b"\n")
         buffer[: len(data)] = data
         return len(data)
 
+    def _check(self, data: bytes) -> None:
+        """Raise a :class:`DataValidationError` for a block that must not pass."""
+
+
+class _RawAdapter(_Passing):
     def seekable(self) -> bool:
         return bool(getattr(self._stream, "seekable", lambda: False)())
 
@@ -475,23 +486,16 @@ class _RawAdapter(io.RawIOBase):
         return self._stream.tell()
 
 
-class _Bounded(io.RawIOBase):
-    """Pass decoded bytes through, counted (``spend``), refusing a line longer than
+class _Bounded(_Passing):
+    """Decoded bytes, counted (``spend``), refusing a line longer than
     :data:`MAX_LINE_BYTES` as it is met: pandas would buffer the whole line."""
 
     def __init__(self, stream: IO[bytes], spend: Callable[[int], None], name: str) -> None:
-        self._stream = stream
+        super().__init__(stream, name)
         self._spend = spend
-        self._name = name
-        self._lines = 1
         self._line_bytes = 0  # since the last line break
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        # Reads of at most MAX_LINE_BYTES: a line within one read is shorter than the limit.
-        data = self._stream.read(min(len(buffer), MAX_LINE_BYTES))
+    def _check(self, data: bytes) -> None:
         self._spend(len(data))
         first = data.find(b"\n")
         self._line_bytes += len(data) if first < 0 else first
@@ -499,27 +503,18 @@ class _Bounded(io.RawIOBase):
             problem = f"line {self._lines} is longer than {MAX_LINE_BYTES:,} bytes, the limit"
             raise DataValidationError([problem], self._name)
         if first >= 0:
-            self._lines += data.count(b"\n")
             self._line_bytes = len(data) - data.rfind(b"\n") - 1
-        buffer[: len(data)] = data
-        return len(data)
 
 
-class _Utf8Checked(io.RawIOBase):
-    """Pass bytes through, failing on the first invalid UTF-8 or NUL byte, with its line."""
+class _Utf8Checked(_Passing):
+    """Failing on the first invalid UTF-8 or NUL byte, with its line."""
 
     def __init__(self, stream: io.BufferedReader, name: str) -> None:
-        self._stream = stream
-        self._name = name
+        super().__init__(stream, name)
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._offset = 0
-        self._lines = 1
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._stream.read(len(buffer))
+    def _check(self, data: bytes) -> None:
         pending = self._decoder.getstate()[0]  # the start of a character cut by the last block
         try:
             self._decoder.decode(data, final=not data)
@@ -538,9 +533,6 @@ class _Utf8Checked(io.RawIOBase):
             problem = f"line {line} holds a NUL byte (offset {self._offset + nul}); remove it"
             raise DataValidationError([problem], self._name)
         self._offset += len(data)
-        self._lines += data.count(b"\n")
-        buffer[: len(data)] = data
-        return len(data)
 
 
 @contextlib.contextmanager
