@@ -70,12 +70,12 @@ def run_monitoring(
     only drift is measured; ``totals``: a sample's whole file."""
     labeled = TARGET in current.columns
     _check_frames(reference, current, feature_columns)
-    rows = totals.rows if totals is not None else len(current)
-    facts = file_values(rows, attribution_ndcg)
+    totals = totals or Totals(len(current), float(current[PREDICTION].mean()), None)
+    facts = file_values(totals.rows, attribution_ndcg)
     report = build_report(feature_columns, labeled, facts=list(facts))
     definition = data_definition(feature_columns, labeled)
     metadata = {"file_name": file_name, "model_name": model_name, "model_version": model_version}
-    if totals is not None and totals.rows > len(current):
+    if totals.rows > len(current):
         metadata["sample"] = f"{len(current):,} of {totals.rows:,} rows (seeded, uniform)"
     model_tag = f"{model_name}:v{model_version}"
     started = time.perf_counter()
@@ -88,7 +88,6 @@ def run_monitoring(
     )
     drop_widget_copies(snapshot)
     seconds = {"report": time.perf_counter() - started}
-    totals = totals or Totals(len(current), float(current[PREDICTION].mean()), None)
     result = extract_result(
         snapshot.dict(),
         feature_columns,
