@@ -112,7 +112,7 @@ def ndcg(reference: Mapping[str, float], order: Sequence[str]) -> float:
     sum of gain / log2(i + 1), over the reference's own order's DCG (1.0 when no
     attribution at all). SageMaker Clarify's attribution score (it flags below 0.9)."""
     gains = np.array([reference[f] for f in order], dtype=float)
-    ideal = np.sort(np.array([reference[f] for f in order], dtype=float))[::-1]
+    ideal = np.sort(gains)[::-1]
     discounts = 1.0 / np.log2(np.arange(2, len(order) + 2))
     best = float(ideal @ discounts)
     return float(gains @ discounts) / best if best > 0 else 1.0
