@@ -1,9 +1,5 @@
-"""Get the UCI Iranian churn data and split it into the files the platform uses.
-
-The UCI file (3,150 customers) is split into three consecutive thirds, in file
-order: the first trains the model, the second is a later labeled file and the
-third (whose columns mostly drift) shows what decay looks like. ``--from DIR``
-or ``CHURN_DATA_DIR`` copies already split files instead of downloading.
+"""Get the UCI Iranian churn data (3,150 customers) and split it into three consecutive
+thirds: the training file, a later labeled file, and one whose columns mostly drift.
 """
 
 from __future__ import annotations
@@ -33,7 +29,6 @@ class DataFetchError(RuntimeError):
 
 
 def download(url: str = UCI_ARCHIVE_URL, timeout: float = 60) -> bytes:
-    """The UCI archive's bytes."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.read()

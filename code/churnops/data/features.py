@@ -6,10 +6,8 @@ import pandas as pd
 
 from churnops.data.schema import INPUT_COLUMNS, TARGET
 
-#: Columns left out of the model. None: dropping any column, or `tariff_plan`
-#: and `age` together as the seed project did, gives no cross-validated F1
-#: gain beyond the noise between shuffles (docs/model.md, "Feature choice";
-#: `make benchmark-features` prints the evidence).
+#: None: dropping any column gives no CV F1 gain beyond the noise (docs/model.md,
+#: "Feature choice"; `make benchmark-features`).
 DROPPED_FEATURES: tuple[str, ...] = ()
 FEATURES: list[str] = [c for c in INPUT_COLUMNS if c not in DROPPED_FEATURES]
 

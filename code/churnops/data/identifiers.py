@@ -1,9 +1,6 @@
-"""Empty and repeated customer identifiers, over a file read in chunks.
-
-Neither makes a file invalid: its rows are still scored, and the counts with
-the first few rows go into the file's log, so whoever acts on the predictions
-knows which rows cannot be matched to one customer. Which column is the
-identifier is decided by :func:`churnops.data.schema.split_columns`.
+"""Empty and repeated customer identifiers, over a file read in chunks: not errors, but
+noted in the file's log, so whoever acts on the predictions knows which rows cannot be
+matched to one customer.
 """
 
 from __future__ import annotations
@@ -18,20 +15,15 @@ EXAMPLES = 5
 
 
 class IdentifierCheck:
-    """Counts the empty values of one identifier column and the values seen on an earlier row.
+    """Counts one identifier column's empty values and those seen on an earlier row.
 
-    Repeats are found across chunks by keeping the hash of every distinct value
-    seen so far in one sorted array: 8 bytes per distinct identifier (16 while
-    a chunk is merged in), 160 MB for the 20M rows of a file at ``MAX_FILE_BYTES``.
-    Python's string hash (salted per process) is only compared within one read;
-    two different identifiers share a 64-bit hash with odds of about n^2 / 2^65,
-    1 in 100,000 for 20M identifiers, and then one row is reported repeated.
+    Repeats are found by a sorted array of the 64-bit hash of each distinct value: 160 MB
+    for a file of 20M rows; a hash collision (1 in 100,000 there) notes one row too many.
     """
 
     def __init__(self, column: str, unit: str = "line", first: int = 2) -> None:
         self.column = column
-        #: How rows are named: file lines (index 0 is line 2), or Parquet rows from 1.
-        self.unit, self.first = unit, first
+        self.unit, self.first = unit, first  # index 0 is line 2, or Parquet row 1
         self.empty = 0
         self.repeated = 0
         self._empty_rows: list[int] = []
@@ -39,7 +31,7 @@ class IdentifierCheck:
         self._seen = np.empty(0, dtype=np.int64)
 
     def add(self, values: pd.Series) -> None:
-        """One chunk of the column (text); its index numbers the file's data rows from 0."""
+        """One chunk of the column (text), indexed by data row from 0."""
         empty = _is_empty(values)
         self.empty += int(empty.sum())
         self._empty_rows += values.index[empty][: EXAMPLES - len(self._empty_rows)].tolist()
@@ -50,7 +42,7 @@ class IdentifierCheck:
             self._repeats.append((str(value), int(row)))
 
     def _repeat_mask(self, hashes: np.ndarray) -> np.ndarray:
-        """Which values were seen before: on an earlier row of this chunk or in an earlier chunk."""
+        """Which values were seen before, in this chunk or an earlier one."""
         order = np.argsort(hashes, kind="stable")  # equal hashes keep their row order
         ordered = hashes[order]
         seen = np.zeros(len(ordered), dtype=bool)
@@ -64,7 +56,7 @@ class IdentifierCheck:
         return repeat
 
     def notes(self) -> list[str]:
-        """One line per kind of problem found, with its count and the first rows (file lines)."""
+        """One line per kind of problem found, with its count and the first rows."""
         notes = []
         if self.empty:
             rows = ", ".join(str(r + self.first) for r in self._empty_rows)

@@ -1,20 +1,9 @@
-"""Reading customer files in chunks: CSV (any usual encoding and delimiter), gzip, Parquet.
+"""Customer files read in chunks from a stream (memory does not grow with the file): CSV
+in any usual encoding and delimiter, gzip, Parquet, decided by content, not name.
 
-:class:`CustomerReader` reads from a binary stream (a local file, an S3
-GetObject body) and yields validated frames of at most ``chunk_rows`` rows,
-so memory does not grow with the file. Row numbers in problems are file
-lines (the header is line 1), across chunks. Every chunk is validated even
-after a bad one, so the one :class:`DataValidationError` raised at the end
-names every problem of the file, as reading it whole would.
-
-The format is decided by the content, not the name: gzip is unpacked and
-read as CSV, Parquet is read by row groups, Excel, zip and PDF files get one
-clear message.
-
-Columns that are no part of the contract (a customer identifier, a region)
-are read as text, exactly as written, and kept apart from the validated
-columns (:class:`Part`): :mod:`churnops.pipeline.scoring` writes them into the
-predictions file and feeds only the validated columns to the model.
+Every chunk is validated, even after a bad one, so the one :class:`DataValidationError`
+at the end names every problem with its file line (the header is line 1). Columns outside
+the contract pass through as text, as written (:class:`Part`).
 """
 
 from __future__ import annotations
@@ -48,7 +37,6 @@ from churnops.data.schema import (
     DataValidationError,
     build_schema,
     describe_failures,
-    header_problems,
     repeated_columns,
     sample_text,
     shorten,
@@ -59,8 +47,7 @@ from churnops.data.schema import (
 CHUNK_ROWS = 200_000
 #: Failure cases kept for the final message (a broken file can have millions).
 _MAX_FAILURE_ROWS = 50_000
-#: The longest line of a CSV file, or text value of a Parquet file: a longer one is
-#: refused as it is met, never buffered whole (a 4 MB gzip can hold a 4 GiB line).
+#: The longest CSV line or Parquet text value, refused as met (a 4 MB gzip can hold a 4 GiB line).
 MAX_LINE_BYTES = 1 << 20
 
 #: Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
@@ -88,19 +75,18 @@ _SNIFF_BYTES = 65536
 
 @dataclass(frozen=True, eq=False)  # eq=False: a DataFrame has no truth value to compare
 class Part:
-    """One chunk of a file: its validated columns, and the pass-through ones on the same index."""
+    """One chunk: the validated columns (clean names) and, on the same index, every other
+    column as text (headers as in the file)."""
 
-    #: The features (and the label), clean names, typed and validated.
     frame: pd.DataFrame
-    #: Every other column as text, headers as in the file, in file order.
     passthrough: pd.DataFrame
 
 
 class CustomerReader:
     """One customer file, read chunk by chunk; ``notes`` say how it was read.
 
-    ``id_columns`` are the names the identifier column may have (tried in order);
-    its empty and repeated values are noted, not errors.
+    ``id_columns``: the names the identifier may have, tried in order; its empty and
+    repeated values are noted, not errors.
     """
 
     def __init__(
@@ -115,16 +101,13 @@ class CustomerReader:
     ) -> None:
         self.name = name
         self.chunk_rows = chunk_rows or CHUNK_ROWS
-        #: The most bytes the file may decode to (gzip inflated, Parquet values), counted
-        #: while reading: its stored size bounds neither.
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes  # decoded bytes, counted while reading
         self.require_target = require_target
         self.id_columns = tuple(id_columns)
         self.schema = build_schema(require_target)
         self.notes: list[str] = []
         self.rows = 0
-        #: How the header splits; known once the header is read.
-        self.columns: Columns | None = None
+        self.columns: Columns | None = None  # known once the header is read
         self._stream = _buffered(stream)
         self._problems: list[str] = []
         self._header: list[str] = []
@@ -133,25 +116,27 @@ class CustomerReader:
         self._decoded = 0
         #: How problems name rows: file lines (the header is line 1), or Parquet rows from 1.
         self._unit = ("line", 2)
-        #: Rows with fewer fields than the header: (file line, fields), the first few, and all.
+        #: The first few rows with fewer fields than the header (file line, fields).
         self._short: list[tuple[int, int]] = []
         self._short_count = 0
-        #: Read every cell as written, with no contract (:meth:`text_chunks`).
-        self._text: set[str] | None = None
+        self._text: set[str] | None = None  # read as written, no contract (text_chunks)
 
     def parts(self) -> Iterator[Part]:
-        """Validated chunks with their pass-through columns; a :class:`DataValidationError`
-        at the end names every problem."""
+        """Validated chunks; a :class:`DataValidationError` at the end names every problem."""
         for raw in self._raw_chunks():
             part = self._part(raw)
-            if part is not None and len(part.frame) and not self._invalid():
+            invalid = self._problems or self._header or self._failures or self._short
+            if part is not None and len(part.frame) and not invalid:
                 yield part
             if self._structural():
                 break  # every chunk would fail the same way: the header is wrong
         if self.rows == 0 and not self._problems:
             self._problems.append("file has a header but no data rows")
             self._failures.clear()
-        problems = [*self._problems, *self._header, *self._short_text(), *self._failure_text()]
+        failures = []
+        if self._failures:
+            failures = describe_failures(pd.concat(self._failures, ignore_index=True), *self._unit)
+        problems = [*self._problems, *self._header, *self._short_text(), *failures]
         if problems:
             raise DataValidationError(list(dict.fromkeys(problems)), self.name)
         self.notes += self._passthrough_notes()
@@ -161,17 +146,13 @@ class CustomerReader:
         return (part.frame for part in self.parts())
 
     def text_chunks(self, columns: Sequence[str] = ()) -> Iterator[pd.DataFrame]:
-        """Every cell as text as written ('' when blank), no contract checked: for the CSV
-        files the platform wrote (predictions, and labels made from them), read with the
-        same formats, encodings, delimiters and limits. ``columns``: only these, if given."""
+        """Every cell (of ``columns``, if given) as written, '' when blank, no contract: for
+        the CSV files the platform wrote, read with the same formats and limits."""
         self._text = set(columns)
         yield from self._raw_chunks()
 
     def read_all(self) -> CustomerFile:
-        """The whole file as one frame (for files known to be small: training, tests).
-
-        The validated columns only: pass-through columns are left out.
-        """
+        """The validated columns as one frame (for files known to be small)."""
         frames = list(self.chunks())  # at least one: a file without rows raises
         return CustomerFile(pd.concat(frames) if len(frames) > 1 else frames[0], tuple(self.notes))
 
@@ -198,7 +179,7 @@ class CustomerReader:
             raise DataValidationError([f"not a readable gzip file: {exc}"], self.name) from exc
 
     def _parquet_or_csv_chunks(self) -> Iterator[pd.DataFrame]:
-        """A Parquet file starts and ends with ``PAR1``; a CSV header might only start so."""
+        # A Parquet file starts and ends with PAR1; a CSV header might only start so.
         with _seekable(self._stream) as source:
             source.seek(-4, io.SEEK_END)
             if source.read(4) != _PARQUET:
@@ -211,13 +192,16 @@ class CustomerReader:
                 schema = pq.ParquetFile(source).schema_arrow
                 self.notes.append("read as Parquet")
                 self._unit = ("row", 1)
-                self._layout(_parquet_columns(schema))
+                self._layout([n for n in schema.names if n not in _pandas_index(schema)])
                 # Text stays dictionary-encoded until counted: 190 KB can decode to 4 GB.
                 text = [f.name for f in schema if pa.types.is_string(f.type) or _is_binary(f)]
                 parquet = pq.ParquetFile(source, read_dictionary=text)
                 self._refuse_decoded(_uncompressed_bytes(parquet.metadata))
                 for batch in parquet.iter_batches(batch_size=self.chunk_rows):
-                    yield self._indexed(self._as_text(self._decoded_batch(batch)).to_pandas())
+                    frame = self._as_text(self._decoded_batch(batch)).to_pandas()
+                    # numbered on from the previous batch: file rows, as in CSV
+                    frame.index = pd.RangeIndex(self.rows, self.rows + len(frame))
+                    yield frame
             except (pa.ArrowException, OSError) as exc:  # a corrupt footer is an OSError
                 first = str(exc).strip().splitlines()[0]
                 raise DataValidationError(
@@ -263,7 +247,7 @@ class CustomerReader:
             raise DataValidationError([f"not a parsable CSV file: {first}"], self.name) from exc
 
     def _as_written(self) -> dict[str, object]:
-        """How pandas reads the columns kept as text: '007' is not 7, 'NA' not missing."""
+        """Text kept as written: '007' is not 7, 'NA' not missing."""
         if self._text is None:  # pass-through columns as text, the contract's parsed
             return {"converters": dict.fromkeys(self._passthrough(), str)}
         wanted = self._text
@@ -277,7 +261,6 @@ class CustomerReader:
         return _Bounded(stream, self._spend, self.name)
 
     def _spend(self, size: int) -> None:
-        """Count decoded bytes, refusing the file as soon as they pass ``max_bytes``."""
         self._decoded += size
         self._refuse_decoded(self._decoded)
 
@@ -288,7 +271,7 @@ class CustomerReader:
             )
 
     def _decoded_batch(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """A Parquet batch with its text decoded, after counting what it decodes to."""
+        """The batch with its text decoded, once what it decodes to is counted."""
         size = 0
         for name, column in zip(batch.schema.names, batch.columns, strict=True):
             lengths = _text_lengths(column)
@@ -309,10 +292,8 @@ class CustomerReader:
         return pa.RecordBatch.from_arrays(decoded, names=batch.schema.names)
 
     def _encoding(self, head: bytes) -> tuple[str, str]:
-        """(name, codec): a BOM decides, else UTF-8 (no silent cp1252 guess); notes the rest.
-
-        A UTF-8 BOM gets no note: it is what "CSV UTF-8" export writes, the format we ask for.
-        """
+        """(name, codec): a BOM decides, else UTF-8 (no silent cp1252 guess). A UTF-8 BOM
+        gets no note: "CSV UTF-8" export writes it, the format we ask for."""
         for bom, encoding, codec in _BOMS:
             if head.startswith(bom):
                 if encoding != "UTF-8":
@@ -327,11 +308,8 @@ class CustomerReader:
         return "UTF-8", "utf-8"
 
     def _csv_header(self, text_head: str, sep: str, *, complete: bool) -> None:
-        """Split the header before reading, so pass-through columns are read as text.
-
-        pandas itself names the columns (as it will for the chunks); the csv
-        module sees the names before pandas renames a repeated one ('id.1').
-        """
+        """Split the header before reading, so pass-through columns are read as text: pandas
+        names the columns as for the chunks; csv sees them before pandas renames a repeat."""
         line, ended = _header_line(text_head)
         if not ended and not complete:
             problem = f"the header line is longer than {_SNIFF_BYTES // 1024} KiB"
@@ -391,16 +369,11 @@ class CustomerReader:
             f"{self._short_count} lines have fewer fields than the header's {header}: {shown}{more}"
         ]
 
-    def _indexed(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Number a Parquet batch's rows on from the previous batch (file rows, as in CSV)."""
-        frame.index = pd.RangeIndex(self.rows, self.rows + len(frame))
-        return frame
-
     # --- columns ---------------------------------------------------------------------------
     def _layout(self, header: Sequence[object]) -> None:
-        """Split the header (the one rule: :func:`split_columns`) and keep its problems."""
         self.columns = split_columns(header, self.id_columns, require_target=self.require_target)
-        self._header = header_problems(self.columns)
+        missing = (f"missing column '{c}'" for c in self.columns.missing)
+        self._header = [*missing, *self.columns.problems]
         if self.columns.identifier is not None:
             self._ids = IdentifierCheck(self.columns.identifier, *self._unit)
 
@@ -408,10 +381,8 @@ class CustomerReader:
         return self.columns.passthrough if self.columns is not None else ()
 
     def _as_text(self, batch: pa.RecordBatch) -> pa.Table:
-        """A Parquet batch with its pass-through columns cast to text, as a CSV file has them.
-
-        pandas' metadata goes: it would turn the text back into the column's old type.
-        """
+        """The batch with its pass-through columns as text, as in a CSV file (pandas'
+        metadata goes: it would turn the text back into the old type)."""
         table = pa.Table.from_batches([batch])
         index = _pandas_index(table.schema)
         keep = [at for at, name in enumerate(table.column_names) if name not in index]
@@ -427,7 +398,6 @@ class CustomerReader:
         return table
 
     def _part(self, raw: pd.DataFrame) -> Part | None:
-        """Split a raw chunk, validate its contract columns, track its identifiers."""
         if self.columns is None or self.columns.header != tuple(str(c) for c in raw.columns):
             raise DataValidationError(["could not read the header line"], self.name)
         columns = self.columns
@@ -442,7 +412,6 @@ class CustomerReader:
         return None if frame is None else Part(frame, passthrough)
 
     def _passthrough_notes(self) -> list[str]:
-        """Which columns passed through, and the identifier's empty and repeated values."""
         if not self._passthrough():
             return []
         identifier = self._ids.column if self._ids is not None else None
@@ -453,15 +422,9 @@ class CustomerReader:
         return [f"passed through unchanged: {', '.join(names)}", *ids]
 
     # --- validation ------------------------------------------------------------------------
-    def _invalid(self) -> bool:
-        return bool(self._problems or self._header or self._failures or self._short)
-
     def _validated(self, frame: pd.DataFrame) -> pd.DataFrame | None:
-        """The typed chunk, or None with its failures kept for the final message.
-
-        Validated in place: ``frame`` is this chunk's own (see :meth:`_part`), so
-        a defensive copy of every chunk (and its consolidation) would buy nothing.
-        """
+        """The typed chunk, or None with its failures kept for the final message. In place:
+        the frame is this chunk's own, a copy would buy nothing."""
         self.rows += len(frame)
         try:
             return self.schema.validate(frame, lazy=True, inplace=True)
@@ -478,11 +441,6 @@ class CustomerReader:
             for f in self._failures
         )
 
-    def _failure_text(self) -> list[str]:
-        if not self._failures:
-            return []
-        return describe_failures(pd.concat(self._failures, ignore_index=True), *self._unit)
-
 
 # --- helpers -----------------------------------------------------------------------------
 def _buffered(stream: IO[bytes]) -> io.BufferedReader:
@@ -493,20 +451,31 @@ def _buffered(stream: IO[bytes]) -> io.BufferedReader:
     return io.BufferedReader(raw, buffer_size=_SNIFF_BYTES)
 
 
-class _RawAdapter(io.RawIOBase):
-    """Any object with ``read(n)`` (an S3 body, a GzipFile) as a raw stream."""
+class _Passing(io.RawIOBase):
+    """The bytes of any object with ``read(n)`` (an S3 body, a GzipFile) as a raw stream,
+    each block checked (:meth:`_check`) before it passes; ``_lines``: the block's first line.
+    Reads of at most MAX_LINE_BYTES: a line within one read is shorter than the limit."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], name: str = "file") -> None:
         self._stream = stream
+        self._name = name
+        self._lines = 1
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._stream.read(len(buffer))
+        data = self._stream.read(min(len(buffer), MAX_LINE_BYTES))
+        self._check(data)
+        self._lines += data.count(b"\n")
         buffer[: len(data)] = data
         return len(data)
 
+    def _check(self, data: bytes) -> None:
+        """Raise a :class:`DataValidationError` for a block that must not pass."""
+
+
+class _RawAdapter(_Passing):
     def seekable(self) -> bool:
         return bool(getattr(self._stream, "seekable", lambda: False)())
 
@@ -517,23 +486,16 @@ class _RawAdapter(io.RawIOBase):
         return self._stream.tell()
 
 
-class _Bounded(io.RawIOBase):
-    """Pass decoded bytes through, counted (``spend``), refusing a line longer than
+class _Bounded(_Passing):
+    """Decoded bytes, counted (``spend``), refusing a line longer than
     :data:`MAX_LINE_BYTES` as it is met: pandas would buffer the whole line."""
 
     def __init__(self, stream: IO[bytes], spend: Callable[[int], None], name: str) -> None:
-        self._stream = stream
+        super().__init__(stream, name)
         self._spend = spend
-        self._name = name
-        self._lines = 1
         self._line_bytes = 0  # since the last line break
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        # Reads of at most MAX_LINE_BYTES: a line within one read is shorter than the limit.
-        data = self._stream.read(min(len(buffer), MAX_LINE_BYTES))
+    def _check(self, data: bytes) -> None:
         self._spend(len(data))
         first = data.find(b"\n")
         self._line_bytes += len(data) if first < 0 else first
@@ -541,27 +503,18 @@ class _Bounded(io.RawIOBase):
             problem = f"line {self._lines} is longer than {MAX_LINE_BYTES:,} bytes, the limit"
             raise DataValidationError([problem], self._name)
         if first >= 0:
-            self._lines += data.count(b"\n")
             self._line_bytes = len(data) - data.rfind(b"\n") - 1
-        buffer[: len(data)] = data
-        return len(data)
 
 
-class _Utf8Checked(io.RawIOBase):
-    """Pass bytes through, failing on the first invalid UTF-8 byte with its offset and line."""
+class _Utf8Checked(_Passing):
+    """Failing on the first invalid UTF-8 or NUL byte, with its line."""
 
     def __init__(self, stream: io.BufferedReader, name: str) -> None:
-        self._stream = stream
-        self._name = name
+        super().__init__(stream, name)
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._offset = 0
-        self._lines = 1
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._stream.read(len(buffer))
+    def _check(self, data: bytes) -> None:
         pending = self._decoder.getstate()[0]  # the start of a character cut by the last block
         try:
             self._decoder.decode(data, final=not data)
@@ -580,9 +533,6 @@ class _Utf8Checked(io.RawIOBase):
             problem = f"line {line} holds a NUL byte (offset {self._offset + nul}); remove it"
             raise DataValidationError([problem], self._name)
         self._offset += len(data)
-        self._lines += data.count(b"\n")
-        buffer[: len(data)] = data
-        return len(data)
 
 
 @contextlib.contextmanager
@@ -597,23 +547,19 @@ def _seekable(stream: io.BufferedReader) -> Iterator[IO[bytes]]:
         yield spooled
 
 
-def _is_xlsx(stream: io.BufferedReader) -> bool:
-    """An .xlsx file is a zip archive with the workbook under ``xl/``."""
-    try:
-        with _seekable(stream) as source, zipfile.ZipFile(source) as archive:
-            names = archive.namelist()
-    except zipfile.BadZipFile:
-        return False
-    return any(n.startswith("xl/") for n in names)
-
-
 def _reject_other_formats(head: bytes, stream: io.BufferedReader, name: str) -> None:
     """One clear message for a workbook, archive or PDF instead of a codec error."""
     for magic, kind, advice in _FORMATS:
         if not head.startswith(magic):
             continue
-        if magic.startswith(b"PK") and _is_xlsx(stream):
-            kind, advice = "an Excel workbook (.xlsx)", _EXCEL_ADVICE
+        if magic.startswith(b"PK"):  # an .xlsx file is a zip with the workbook under xl/
+            with (
+                contextlib.suppress(zipfile.BadZipFile),
+                _seekable(stream) as source,
+                zipfile.ZipFile(source) as archive,
+            ):
+                if any(n.startswith("xl/") for n in archive.namelist()):
+                    kind, advice = "an Excel workbook (.xlsx)", _EXCEL_ADVICE
         raise DataValidationError([f"{name} is {kind}, not a CSV file: {advice}"], name)
 
 
@@ -648,7 +594,7 @@ def _is_binary(field: pa.Field) -> bool:
 
 
 def _text_lengths(column: pa.Array) -> pa.Array | None:
-    """The byte length of each text value (a dictionary's counted per row), or None."""
+    """The byte length of each text value (a dictionary's per row), or None if not text."""
     if pa.types.is_dictionary(column.type):
         return pc.take(pc.binary_length(column.dictionary), column.indices)
     kind = column.type
@@ -658,7 +604,7 @@ def _text_lengths(column: pa.Array) -> pa.Array | None:
 
 
 def _uncompressed_bytes(metadata: pq.FileMetaData) -> int:
-    """What the file's pages hold uncompressed (dictionary-encoded text decodes to more)."""
+    """What the pages hold uncompressed (dictionary-encoded text decodes to more)."""
     return sum(
         metadata.row_group(g).column(c).total_uncompressed_size
         for g in range(metadata.num_row_groups)
@@ -672,12 +618,6 @@ def _pandas_index(schema: pa.Schema) -> set[str]:
     return {name for name in index if isinstance(name, str)}
 
 
-def _parquet_columns(schema: pa.Schema) -> list[str]:
-    """The columns of a Parquet file's data."""
-    index = _pandas_index(schema)
-    return [name for name in schema.names if name not in index]
-
-
 def _header_line(text: str) -> tuple[str, bool]:
     """The first line that is not blank (the header), and whether a line break ends it."""
     found = re.search(r"^[^\r\n]*\S[^\r\n]*([\r\n]?)", text, re.MULTILINE)
@@ -687,10 +627,8 @@ def _header_line(text: str) -> tuple[str, bool]:
 
 
 def _delimiter(text: str) -> str:
-    """The delimiter that splits the header line into the most fields (',' on a tie).
-
-    Only the header is looked at: the data rows of a ';' file may hold decimal commas.
-    """
+    """The delimiter that splits the header into the most fields (',' on a tie); only the
+    header: the data rows of a ';' file may hold decimal commas."""
     header = _header_line(text)[0].strip()
     fields = {d: len(next(csv.reader([header], delimiter=d))) for d in _DELIMITERS}
     return max(_DELIMITERS, key=fields.__getitem__)
@@ -708,14 +646,6 @@ def _repeated_header_rows(df: pd.DataFrame) -> list[int]:
 
 
 # --- whole-file helpers -----------------------------------------------------------------------
-def _open(source: Path | bytes) -> IO[bytes]:
-    return source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
-
-
-def _label(source: Path | bytes, name: str | None) -> str:
-    return name or (source.name if isinstance(source, Path) else "file")
-
-
 def refuse_oversize(size: int, max_bytes: int | None, name: str) -> None:
     """The one size rule, applied before a file is read."""
     if max_bytes is not None and size > max_bytes:
@@ -731,18 +661,12 @@ def read_customer_file(
     max_bytes: int | None = None,
     require_target: bool = False,
 ) -> CustomerFile:
-    """Read, clean and validate a whole customer file, with notes on how it was read.
-
-    Accepted beyond plain UTF-8 CSV, each with a note: gzip, Parquet, UTF-16/UTF-32
-    (by BOM, or UTF-16 by its NUL bytes) and columns separated by ';', tabs or
-    '|'. Decimal commas ("185,85") are not converted: they are reported as
-    "must be numeric", since guessing decimal vs thousands separators could
-    change values silently.
-    """
-    label = _label(source, name)
-    size = source.stat().st_size if isinstance(source, Path) else len(source)
-    refuse_oversize(size, max_bytes, label)
-    with _open(source) as stream:
+    """Read and validate a whole customer file, with notes on how it was read. Decimal
+    commas ("185,85") are reported as "must be numeric", not guessed at."""
+    path = isinstance(source, Path)
+    label = name or (source.name if path else "file")
+    refuse_oversize(source.stat().st_size if path else len(source), max_bytes, label)
+    with source.open("rb") if path else io.BytesIO(source) as stream:
         reader = CustomerReader(
             stream, name=label, require_target=require_target, max_bytes=max_bytes
         )

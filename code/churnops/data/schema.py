@@ -1,14 +1,7 @@
-"""The customer file contract: raw columns, cleaning, types, ranges, validation.
-
-Files arrive with the UCI header (``Call  Failure`` with two spaces, ``Churn``).
-:func:`clean_columns` turns any spelling of it into snake_case, and
-:func:`validate` checks a frame with pandera and reports every problem of the
-file in one :class:`DataValidationError`. Reading files (formats, encodings,
-chunks) is :mod:`churnops.data.reading`.
-
-Any other column (a customer identifier, a region, ...) is no part of the
-contract: :func:`split_columns` sets it apart to pass through, untouched, into
-the predictions file. It is never validated, scored or monitored.
+"""The customer file contract: the UCI columns (any spelling, cleaned to snake_case), their
+types and ranges, checked with pandera; every problem of a file in one
+:class:`DataValidationError`. Any other column passes through (:func:`split_columns`),
+never validated, scored or monitored.
 """
 
 from __future__ import annotations
@@ -50,52 +43,41 @@ INPUT_COLUMNS: list[str] = [c for c in RAW_COLUMNS.values() if c != TARGET]
 #: The columns scoring adds: no column of a customer file may be named so.
 OUTPUT_COLUMNS: tuple[str, ...] = (PREDICTION, PROBABILITY)
 
-# Valid ranges. Counts are open-ended (new customers may use the service more
-# than the training customers did); coded columns take their documented codes.
-_UNBOUNDED = None
+#: Valid ranges. Counts are open-ended (new customers may use the service more than the
+#: training customers did); coded columns take their documented codes. Unlisted: (0, None).
 _RANGES: dict[str, tuple[float, float | None]] = {
-    "call_failure": (0, _UNBOUNDED),
     "complains": (0, 1),
-    "subscription_length": (0, _UNBOUNDED),
     "charge_amount": (0, 10),
-    "seconds_of_use": (0, _UNBOUNDED),
-    "frequency_of_use": (0, _UNBOUNDED),
-    "frequency_of_sms": (0, _UNBOUNDED),
-    "distinct_called_numbers": (0, _UNBOUNDED),
     "age_group": (1, 5),
     "tariff_plan": (1, 2),
     "status": (1, 2),
     "age": (0, 120),
-    "customer_value": (0, _UNBOUNDED),
     TARGET: (0, 1),
 }
 _FLOAT_COLUMNS = {"customer_value"}
 
 
-#: Problems named in one message, and the characters each may take: a file's values
-#: are cut to fit (a 50 MB value must not reach the log, the database and the console).
+#: Problems named in one message, and the characters of each (a 50 MB value is cut).
 MAX_PROBLEMS = 20
 MAX_PROBLEM_CHARS = 500
 
 
 class DataValidationError(ValueError):
-    """The input is bad (its content or its name): it goes to ``errored/`` with
-    ``problems``, every reason, and is never retried."""
+    """The input is bad (content or name): it goes to ``errored/`` with every reason
+    (``problems``) and is never retried."""
 
     def __init__(self, problems: list[str], source: str = "file") -> None:
         more = len(problems) - MAX_PROBLEMS
         problems = [shorten(p, MAX_PROBLEM_CHARS) for p in problems[:MAX_PROBLEMS]]
         self.problems = problems + [f"... and {more} more problem(s)"] * (more > 0)
-        self.source = source = shorten(source, 300)
-        problems = self.problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source} is invalid ({len(problems)} problem(s)):\n{lines}")
+        self.source = shorten(source, 300)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{self.source} is invalid ({len(self.problems)} problem(s)):\n{lines}")
 
 
 def is_bad_input(exc: BaseException) -> bool:
-    """The one rule every path (scoring, labels, retraining, the reconciler) classifies a
-    failure by: the input's fault (errored with the reason, never retried), or not (a
-    dependency failed: retried, up to ``MAX_ATTEMPTS``)."""
+    """The one rule every path classifies a failure by: the input's fault (errored, never
+    retried), or a dependency's (retried up to ``MAX_ATTEMPTS``)."""
     return isinstance(exc, DataValidationError)
 
 
@@ -110,7 +92,7 @@ def clean_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _column(name: str, require: bool) -> pa.Column:
-    low, high = _RANGES[name]
+    low, high = _RANGES.get(name, (0, None))
     check = pa.Check.ge(low) if high is None else pa.Check.in_range(low, high)
     dtype = float if name in _FLOAT_COLUMNS else "int64"
     return pa.Column(dtype, checks=check, nullable=False, coerce=True, required=require)
@@ -133,32 +115,24 @@ class CustomerFile:
 
 @dataclass(frozen=True)
 class Columns:
-    """How a file's header splits into the contract's columns and the ones passed through."""
+    """How a file's header (pandas' labels, file order) splits: the contract's columns
+    (raw -> clean name), the ones passed through (raw, file order) and among them the
+    identifier; the required columns it lacks and its other problems."""
 
-    #: The header as read (pandas' column labels), in file order.
     header: tuple[str, ...]
-    #: Raw header -> clean name, for the features and the label.
     known: dict[str, str]
-    #: Every other column, raw header, in file order: passed through untouched.
     passthrough: tuple[str, ...]
-    #: The pass-through column that identifies customers, if any.
     identifier: str | None
-    #: Required columns the header lacks (clean names).
     missing: tuple[str, ...]
-    #: Header errors besides missing columns (output names taken, a column twice, ...).
     problems: tuple[str, ...]
 
 
 def split_columns(
     header: Sequence[object], id_names: Sequence[str] = (), *, require_target: bool = False
 ) -> Columns:
-    """The one rule for which columns are the contract's and which pass through.
-
-    A column whose clean name is a feature or the label is the contract's; any
-    other passes through. A pass-through column may not take an output column's
-    name (the predictions file would hold it twice). The identifier is the first
-    pass-through column matching ``id_names`` (tried in order, see :func:`id_key`).
-    """
+    """The one rule: a column whose clean name is a feature or the label is the contract's,
+    any other passes through, but not under an output column's name (the predictions file
+    would hold it twice). The identifier: the first matching ``id_names``, in order."""
     names = tuple(str(c) for c in header)
     wanted = {*INPUT_COLUMNS, TARGET}
     known = {raw: clean_name(raw) for raw in names if clean_name(raw) in wanted}
@@ -210,8 +184,7 @@ def _misspellings(passthrough: Sequence[str], missing: Sequence[str]) -> list[st
 
 
 def id_key(name: str) -> str:
-    """What identifier names are compared by: ``'Customer ID'``, ``'customer_id'``,
-    ``'CustomerID'`` are all ``'customerid'``."""
+    """``'Customer ID'``, ``'customer_id'``, ``'CustomerID'`` -> ``'customerid'``."""
     return clean_name(name).replace("_", "")
 
 
@@ -223,20 +196,13 @@ def find_identifier(columns: Sequence[str], id_names: Sequence[str]) -> str | No
     return next((by_key[id_key(n)] for n in id_names if id_key(n) in by_key), None)
 
 
-def header_problems(columns: Columns) -> list[str]:
-    """Every problem visible from the header alone."""
-    return [*(f"missing column '{c}'" for c in columns.missing), *columns.problems]
-
-
 def describe_failures(failures: pd.DataFrame, unit: str = "line", first: int = 2) -> list[str]:
-    """Turn pandera's failure-case table into one sentence per problem; rows are named as
-    file lines (``unit`` "line": the header is line 1, so index 0 is line ``first`` 2)
-    or, in a Parquet file, as rows counted from 1."""
+    """pandera's failure cases as one sentence per problem; index 0 is ``unit`` ``first``
+    (file line 2 under the header, or Parquet row 1)."""
     problems: list[str] = []
     failures = failures.assign(failure_case=failures["failure_case"].map(shorten))
     failures = failures.drop_duplicates(["column", "check", "failure_case", "index"])
-    # A value that cannot be coerced also fails the range check with a TypeError,
-    # and a missing value also fails coercion: report each once, by its cause.
+    # a bad value also fails the range check, a missing one coercion: once, by cause
     failures = failures[~failures["failure_case"].str.startswith("TypeError(")]
     is_coercion = failures["check"].astype(str).str.startswith(("coerce_dtype", "dtype"))
     failures = failures[~(is_coercion & failures["failure_case"].isin(["nan", "<NA>", "None"]))]
@@ -271,8 +237,8 @@ def sample_text(values: object, limit: int = 5) -> str:
 
 
 def shorten(value: object, limit: int = 60) -> str:
-    """A value as a message shows it: a whole float as the integer it was written as
-    (9, not 9.0), text over ``limit`` characters cut, with its length."""
+    """A value as a message shows it: 9, not 9.0; over ``limit`` characters cut."""
+
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value)

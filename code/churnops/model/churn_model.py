@@ -1,22 +1,10 @@
 """The registered model: an MLflow pyfunc carrying its threshold and reference data.
 
-``mlflow.pyfunc.load_model("models:/XGBoostChurnModel@staging").predict(df)``
-returns labels at the model's own decision threshold; pass
-``params={"probability": True}`` (or use :meth:`ChurnModel.predict_proba` via
-``unwrap_python_model()``) for the churn probability too. ``df`` may carry the raw
-UCI header of a customer file (``Call  Failure``, ...) or the clean names: the
-signature lists both spellings as optional columns and :meth:`ChurnModel.predict`
-cleans the names itself, so ``mlflow models predict -i customers.csv -t csv`` takes
-the file users drop as it is.
-
-The model is logged as MLflow *models from code*, not as a pickled instance:
-:mod:`churnops.model.model_code` is the logged code, the features and threshold are
-the logged ``model_config``, the booster and reference data are artifacts. A pickle
-is code that runs when it is loaded and ties a version to the class layout and the
-CloudPickle version of the day it was logged (MLflow warns on every such log, and
-``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` makes it refuse to load one); a version
-logged from code is plain data plus a file that imports this class, so any churnops
-that knows the config keys loads it.
+``predict`` returns labels at the model's threshold (``params={"probability": True}``: the
+probability too), for a frame with a customer file's raw header or clean names, so
+``mlflow models predict -i customers.csv -t csv`` takes a dropped file as it is. Logged as
+*models from code* (:mod:`churnops.model.model_code`, the ``model_config`` and artifacts),
+not a pickle, which would run code on load and tie a version to the class layout.
 """
 
 from __future__ import annotations
@@ -28,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import numpy as np
@@ -53,25 +41,20 @@ log = logging.getLogger(__name__)
 
 XGB_ARTIFACT = "xgb_model"
 REFERENCE_ARTIFACT = "reference_data"
-#: Keys of the logged ``model_config``: what a version needs besides its artifacts.
 FEATURES_CONFIG = "features"
 THRESHOLD_CONFIG = "threshold"
-#: The file logged as the model's code (models from code: nothing is pickled). Found
-#: by path, not imported: running it calls ``mlflow.models.set_model``.
+#: Found by path, not imported: running it calls ``mlflow.models.set_model``.
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 #: Clean column name -> the raw UCI header it comes from.
 RAW_NAMES: dict[str, str] = {clean: raw for raw, clean in RAW_COLUMNS.items()}
 #: Re-entrant: a memoized value may use another (the attribution uses the reference).
 _memo_lock = threading.RLock()
+_T = TypeVar("_T")
 
 
 class ChurnModel(PythonModel):
-    """XGBoost booster + decision threshold + the training reference data.
-
-    Loaded from the registry, an instance is made empty by the logged code
-    (:mod:`churnops.model.model_code`) and filled by :meth:`load_context` from the
-    logged ``model_config`` and artifacts.
-    """
+    """XGBoost booster + decision threshold + the training reference data (made empty by
+    the logged code and filled by :meth:`load_context`)."""
 
     def __init__(self, features: list[str] | None = None, threshold: float | None = None) -> None:
         self._features = features
@@ -88,28 +71,20 @@ class ChurnModel(PythonModel):
         classifier: xgb.XGBClassifier,
         reference: Path | None = None,
     ) -> ChurnModel:
-        """A model around a classifier fitted in this process (scores without MLflow);
-        ``reference`` is a Parquet file of its reference data, for monitoring."""
+        """A model around a classifier fitted in this process; ``reference``: a Parquet
+        file of its reference data."""
         model = cls(features, threshold)
         model._classifier = classifier
         model._reference_path = str(reference) if reference else None
         return model
 
     def config(self) -> dict[str, Any]:
-        """The ``model_config`` to log: what :meth:`load_context` reads back."""
         return {FEATURES_CONFIG: list(self.features), THRESHOLD_CONFIG: float(self.threshold)}
 
     def model_signature(self, data: pd.DataFrame) -> ModelSignature:
-        """What MLflow checks before :meth:`predict`: every feature under its raw UCI
-        header and under its clean name, typed as in ``data`` (clean names).
-
-        MLflow drops input columns the schema does not name and refuses a frame that
-        lacks a required one, so both spellings are listed and none is required: a
-        customer file (raw header, maybe ``Churn``, which is dropped) and a clean
-        frame both get through, and :meth:`predict` says which feature is missing.
-        Integer columns are ``long``, not ``double``: MLflow does not convert int64
-        to double (it may lose digits), and a CSV file reads counts as int64.
-        """
+        """Every feature under its raw header and its clean name, none required (MLflow
+        drops unnamed columns and refuses a frame lacking a required one; :meth:`predict`
+        names what is missing). Counts are ``long``: MLflow will not cast int64 to double."""
         specs = []
         for spelling in (RAW_NAMES, {}):
             for feature in self.features:
@@ -120,9 +95,7 @@ class ChurnModel(PythonModel):
         return ModelSignature(inputs=Schema(specs), outputs=outputs, params=params)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickle a version logged before models from code (``features``, ``threshold``
-        were plain attributes then); such versions have no ``model_config``.
-        """
+        """Unpickle a version logged before models from code (plain attributes then)."""
         state = dict(state)
         for old, new in (("features", "_features"), ("threshold", "_threshold")):
             if old in state:
@@ -143,32 +116,23 @@ class ChurnModel(PythonModel):
 
     @property
     def features(self) -> list[str]:
-        """The model's input columns, in order (clean names)."""
-        if self._features is None:
-            raise RuntimeError("model context not loaded: load it with mlflow.pyfunc.load_model")
-        return self._features
+        return _loaded(self._features)
 
     @property
     def threshold(self) -> float:
-        """The decision threshold: a probability at or above it is a churner."""
-        if self._threshold is None:
-            raise RuntimeError("model context not loaded: load it with mlflow.pyfunc.load_model")
-        return self._threshold
+        """A probability at or above it is a churner."""
+        return _loaded(self._threshold)
 
     @property
     def classifier(self) -> xgb.XGBClassifier:
-        if self._classifier is None:
-            raise RuntimeError("model context not loaded: load it with mlflow.pyfunc.load_model")
-        return self._classifier
+        return _loaded(self._classifier)
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
-        """Churn probability of every row (clean column names)."""
         return self.classifier.predict_proba(prepare_features(df, self.features))[:, 1]
 
     def fast_proba(self, df: pd.DataFrame) -> np.ndarray:
-        """:meth:`predict_proba` through the booster itself: the same preparation, the same
-        numbers, without the scikit-learn wrapper's checks and copies (the pipeline's path).
-        """
+        """:meth:`predict_proba` through the booster: the same numbers, without the wrapper's
+        checks and copies."""
         features = prepare_features(df, self.features).to_numpy()
         return self.classifier.get_booster().inplace_predict(features)
 
@@ -177,7 +141,6 @@ class ChurnModel(PythonModel):
         return self._labelled(self.fast_proba(df), df.index)
 
     def _labelled(self, proba: np.ndarray, index: pd.Index) -> pd.DataFrame:
-        """The churn label at the model's threshold beside the probability."""
         return pd.DataFrame(
             {PREDICTION: (proba >= self.threshold).astype("int8"), PROBABILITY: proba},
             index=index,
@@ -189,7 +152,6 @@ class ChurnModel(PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame | pd.Series:
-        """Labels (or labels and probabilities) of a frame with raw or clean column names."""
         frame = clean_columns(model_input)
         twice = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
         if twice:
@@ -203,19 +165,16 @@ class ChurnModel(PythonModel):
         return scored[PREDICTION]
 
     def reference_data(self) -> pd.DataFrame:
-        """Training rows with target and prediction: what new files are compared with.
-
-        Read once per loaded model (:meth:`memo`), not per file; callers must not change
-        the frame."""
+        """Training rows with target and prediction, read once per loaded model (callers
+        must not change the frame)."""
         path = self._reference_path
         if path is None:
             raise RuntimeError("model context not loaded: no reference data path")
         return self.memo("reference", lambda: pd.read_parquet(path))
 
     def memo(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """``compute()``, once per loaded model and ``key``: what depends only on the model
-        version (its reference frame, the reference's attribution) is kept with the model,
-        so the registry's :class:`ModelCache` (one model per version) is its only cache."""
+        """``compute()``, once per loaded model and ``key``: kept with the model, so
+        :class:`ModelCache` is the only cache."""
         with _memo_lock:
             if key not in self._memo:
                 self._memo[key] = compute()
@@ -224,19 +183,14 @@ class ChurnModel(PythonModel):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A loaded registry model version."""
-
     name: str
     version: str
     model: ChurnModel
 
 
 class ModelCache:
-    """Loaded versions, the ``keep`` most recently used ones per model.
-
-    An alias that moves loads the new version once; older versions are dropped
-    (a file being scored holds its own reference to the version it started with).
-    """
+    """Loaded versions, the ``keep`` most recently used per model (a file being scored
+    holds its own reference to its version)."""
 
     def __init__(self, keep: int = 2) -> None:
         self.keep = keep
@@ -248,14 +202,11 @@ class ModelCache:
         with self._lock:
             if key not in self._loaded:
                 self._loaded[key] = load()
-                self._evict(key[:2])
+                versions = [k for k in self._loaded if k[:2] == key[:2]]  # least recent first
+                for old in versions[: max(0, len(versions) - self.keep)]:
+                    del self._loaded[old]
             self._loaded.move_to_end(key)
             return self._loaded[key]
-
-    def _evict(self, model: tuple[str, str]) -> None:
-        versions = [k for k in self._loaded if k[:2] == model]  # least recently used first
-        for key in versions[: max(0, len(versions) - self.keep)]:
-            del self._loaded[key]
 
     def __len__(self) -> int:
         return len(self._loaded)
@@ -265,13 +216,8 @@ _cache = ModelCache()
 
 
 def configure_mlflow(model: ModelSettings) -> None:
-    """Point MLflow at the configured tracking store (local SQLite by default), quietly.
-
-    Every command, flow and benchmark that talks to MLflow comes through here: MLflow
-    prints no INFO lines (unless the root logger is at INFO: ``churnops -v``), no run
-    links with emoji and no artifact progress bars. The switches are MLflow's own
-    configuration objects, set the way ``mlflow.config`` sets its others.
-    """
+    """Point MLflow at the configured tracking store, quietly: no INFO lines (unless
+    ``churnops -v``), run links or progress bars."""
     if model.mlflow_tracking_uri is None:
         model.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(model.tracking_uri)
@@ -279,9 +225,7 @@ def configure_mlflow(model: ModelSettings) -> None:
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(False)
     MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.set(True)
     if not logging.getLogger().isEnabledFor(logging.INFO):
-        # MLflow's switch for its event stream: INFO lines and notices such as
-        # "Successfully registered model" (its failures still raise).
-        disable_logging()
+        disable_logging()  # its failures still raise
 
 
 class MlflowUnavailable(RuntimeError):
@@ -289,11 +233,7 @@ class MlflowUnavailable(RuntimeError):
 
 
 def wait_for_tracking_server(model: ModelSettings) -> None:
-    """Fail in seconds, not minutes, when an HTTP tracking server is down.
-
-    MLflow's own client retries a dead server for about 12 minutes; a quick
-    health check with a bounded wait keeps an outage from blocking every file.
-    """
+    """Fail in seconds when an HTTP tracking server is down (MLflow retries ~12 minutes)."""
     uri = model.tracking_uri
     if not uri.startswith(("http://", "https://")):
         return
@@ -312,11 +252,8 @@ def _health(url: str) -> None:
 
 
 def load_aliased_model(model: ModelSettings, alias: str | None = None) -> LoadedModel:
-    """Load ``<model_name>@<alias>``, cached per process by version.
-
-    The alias is resolved on every call (one cheap registry request) so a moved
-    alias is picked up; the model itself is loaded only once per version.
-    """
+    """Load ``<model_name>@<alias>``: the alias resolved per call, the model loaded once
+    per version."""
     configure_mlflow(model)
     wait_for_tracking_server(model)
     alias = alias or model.model_alias
@@ -325,11 +262,16 @@ def load_aliased_model(model: ModelSettings, alias: str | None = None) -> Loaded
 
     def load() -> LoadedModel:
         log.info("loading %s version %s", model.model_name, version)
-        # No dependency check: it scans every installed distribution (about half of a
-        # cold load) for a warning configure_mlflow silences unless verbose.
+        # no dependency check: half of a cold load, for a warning silenced anyway
         pyfunc = mlflow.pyfunc.load_model(
             f"models:/{model.model_name}/{version}", suppress_warnings=True
         )
         return LoadedModel(model.model_name, str(version), pyfunc.unwrap_python_model())
 
     return _cache.get((model.tracking_uri, model.model_name, str(version)), load)
+
+
+def _loaded(value: _T | None) -> _T:
+    if value is None:
+        raise RuntimeError("model context not loaded: load it with mlflow.pyfunc.load_model")
+    return value

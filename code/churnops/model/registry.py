@@ -1,21 +1,12 @@
-"""The one training pipeline: fit a challenger, judge it beside the deployed champion on
-rows neither has learned from, log it, register it, and move the alias when the gate says so.
+"""The one training pipeline (:func:`train_and_register`): fit a challenger, judge it beside
+the champion on rows neither learned from, log, register, and move the alias if
+:func:`gate` says so. ``train``: the holdout is the training file's split; ``retrain``:
+the newest labeled file's rows the champion has not seen.
 
-``churnops train`` and ``churnops retrain`` are its two cases (:func:`train_and_register`):
-
-- **train**: the window is the training file alone; the holdout is its stratified split;
-- **retrain** (:mod:`churnops.pipeline.retraining`): the window is the training file plus
-  the labeled files processed since; the holdout is the newest labeled file's rows that
-  the champion has not learned from.
-
-Rows are known by content, not by file name: a digest of each row's features, with its
-occurrence number in its file (:func:`row_keys`). A file dropped twice, or a file and its
-late labels, count once, and the newest labels win. No row of a holdout is in the fit.
-The training file's holdout split is in no version's fit, ever: every verdict reports
-both models on it beside the newest holdout. The registered version is then refit on
-the fit rows plus the newest holdout (the next file it meets is newer still); the digests
-of every row it learned from are logged with it, so the next retraining knows what the
-champion has seen. The rule that moves the alias is :func:`gate`.
+Rows are known by content (:func:`row_keys`), so a file dropped twice counts once and the
+newest labels win. The training file's split is in no version's fit, ever. A retrained
+version is refit with the newest holdout too, and the keys of every row it learned from
+are logged with it (:data:`FIT_ROWS`) for the next retraining.
 """
 
 from __future__ import annotations
@@ -57,23 +48,17 @@ from churnops.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 
-#: MLflow keeps at most 36 characters of a dataset digest: a SHA-256 prefix (128 bits);
-#: the whole hash is the input's ``sha256`` tag.
+#: MLflow keeps 36 characters of a digest; the whole hash is the ``sha256`` tag.
 DIGEST_CHARS = 32
 #: The run artifact listing the key of every row the registered version learned from.
 FIT_ROWS = "lineage/fit_rows.txt"
 Status = Literal["promoted", "refused", "skipped"]
 #: In a promotion's reason when the new version is better but not yet good enough.
 BELOW_MINIMUM = "quality still below its minimum"
-#: MLflow experiment of the training runs and Optuna study of the search (two
-#: objectives: F1 and predict cost): names, not choices.
 EXPERIMENT = "churn-model-evaluation"
 OPTUNA_STUDY = "xgboost-churn-cost"
-#: What a version needs installed to load and score, pinned to this environment's
-#: versions. Written, not inferred: MLflow's inference imports the model in a
-#: subprocess (about 6 s of every training) and lists whatever that import happened to
-#: load (colorama, tornado, rich...). tests/unit/test_model_requirements.py checks it
-#: against what the model's code imports.
+#: What a version needs to load and score, pinned to this environment. Written, not
+#: inferred: inference costs about 6 s a training and lists whatever happened to load.
 MODEL_PACKAGES = (
     "churnops",
     "mlflow",
@@ -88,22 +73,17 @@ MODEL_PACKAGES = (
     "tenacity",
     "xgboost",
 )
-#: Cross-validation folds of the search and of the threshold choice: 5 is the usual
-#: bias/variance middle; tests that train often patch it lower.
-CV_FOLDS = 5
-#: Share of the training file held out, in no version's fit ever: the rows every
-#: version is compared on.
+CV_FOLDS = 5  # tests that train often patch it lower
+#: Share of the training file held out, in no version's fit ever.
 HOLDOUT_FRACTION = 0.2
 #: Seed of splits, folds, sampler and model: a retraining on the same rows is the same.
 RANDOM_SEED = 42
-#: Holdout ROC AUC a first version needs (no version holds the alias); its F1 needs
-#: MIN_F1, the quality bar the alerts use too.
+#: Holdout ROC AUC a first version needs (its F1 needs MIN_F1, as the alerts).
 GATE_MIN_ROC_AUC = 0.90
-#: F1 a challenger must gain over the alias holder's on the same unseen rows to take the
-#: alias (a tie keeps the holder): noise on a few hundred rows is about this size.
+#: F1 a challenger must gain over the holder's: the noise of a few hundred rows.
 GATE_MIN_F1_GAIN = 0.01
-#: Fewest unseen labeled rows a challenger is judged on, and fewest churned (and as many
-#: stayed) rows among them: an F1 of a handful of churners says nothing.
+#: Fewest unseen rows a challenger is judged on, and fewest of each class among them:
+#: an F1 of a handful of churners says nothing.
 GATE_MIN_HOLDOUT_ROWS = 100
 GATE_MIN_HOLDOUT_POSITIVES = 10
 #: The prefix of each model's scores on each holdout among a run's metrics.
@@ -122,13 +102,12 @@ class TrainingOptions:
     trials: int = 0
     force: bool = False
     features: list[str] = field(default_factory=lambda: list(FEATURES))
-    #: Parameters to use as given (no search, no stored trial): for tests and experiments.
-    params: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None  # as given: no search, no stored trial
 
 
 @dataclass(frozen=True)
 class LabeledFile:
-    """One labeled input: where it came from and its rows (features and ``Churn``)."""
+    """One labeled input: where it came from and its rows (features and label)."""
 
     name: str
     key: str
@@ -150,11 +129,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The verdict of a training: ``skipped`` registered no version (and says why).
-
-    ``scores`` holds ``challenger`` and ``champion`` on the newest holdout and
-    ``challenger_training`` and ``champion_training`` on the training file's holdout.
-    """
+    """The verdict of a training (``skipped``: no version, and why); ``scores`` as in
+    :data:`METRICS`: both models on the newest and on the training file's holdout."""
 
     status: Status
     reason: str
@@ -177,7 +153,6 @@ class Outcome:
         return self.scores["champion"].f1 if "champion" in self.scores else None
 
     def summary(self) -> str:
-        """One line: what happened to which version, and why."""
         if self.status == "skipped":
             return f"skipped: {self.reason}"
         parent = f" (parent version {self.parent_version})" if self.parent_version else ""
@@ -203,23 +178,20 @@ def sha256(data: bytes) -> str:
 
 
 def read_labeled_file(path: Path) -> LabeledFile:
-    """A labeled customer file on disk (the training file)."""
     data = path.read_bytes()
     frame = load_customer_file(data, name=path.name, require_target=True)
     return LabeledFile(path.name, path.name, sha256(data), frame[[*FEATURES, TARGET]])
 
 
 def row_keys(frame: pd.DataFrame) -> pd.Series:
-    """``<digest of the row's features>.<occurrence>``: a row's identity whatever file or
-    label carries it (the n-th copy of a row inside one file stays a row of its own)."""
+    """``<digest of the features>.<occurrence>``: a row's identity whatever file carries it
+    (the n-th copy inside one file stays a row of its own)."""
     digests = pd.util.hash_pandas_object(frame[FEATURES], index=False).map("{:016x}".format)
     return digests + "." + digests.groupby(digests).cumcount().astype(str)
 
 
 @dataclass(frozen=True)
 class Split:
-    """The rows of one training: what the challenger fits, what both models are judged on."""
-
     fit: pd.DataFrame
     holdout: pd.DataFrame  # the newest holdout: the gate decides on it
     training_holdout: pd.DataFrame  # the training file's split: in no version's fit
@@ -230,10 +202,8 @@ class Split:
 def split_rows(
     training_file: LabeledFile, window: Sequence[LabeledFile], seen: set[str]
 ) -> Split | str:
-    """Fit and holdouts, or why there is nothing honest to judge a challenger on.
-
-    ``seen``: keys of the rows the champion learned from; they leave the newest holdout.
-    """
+    """Fit and holdouts, or why there is nothing honest to judge on; ``seen``: keys of the
+    rows the champion learned from, left out of the newest holdout."""
     frame = training_file.frame
     fit0, training_holdout = training.split_holdout(
         frame, target(frame), HOLDOUT_FRACTION, RANDOM_SEED
@@ -246,10 +216,8 @@ def split_rows(
         newest = rows[(rows["_source"] == len(window)) & ~rows["_key"].isin(seen)]
         holdout_name = window[-1].name
     else:
-        newest, holdout_name = (
-            training_holdout.assign(_key=row_keys(training_holdout)),
-            (f"{training_file.name} (holdout split)"),
-        )
+        newest = training_holdout.assign(_key=row_keys(training_holdout))
+        holdout_name = f"{training_file.name} (holdout split)"
     refusal = _too_small(newest, holdout_name, len(seen) > 0)
     if refusal:
         return refusal
@@ -265,8 +233,7 @@ def split_rows(
 
 
 def _too_small(holdout: pd.DataFrame, name: str, seen: bool) -> str:
-    """Why ``holdout`` cannot judge a challenger ('' when it can): too few rows, or too
-    few of a class (F1 of a handful of churners, or of none, says nothing)."""
+    """Why ``holdout`` cannot judge a challenger: too few rows, or of a class ('' if it can)."""
     positives = int(target(holdout).sum()) if len(holdout) else 0
     negatives = len(holdout) - positives
     unseen = " unseen by the champion" if seen else ""
@@ -297,8 +264,7 @@ def deployed(
     try:
         loaded = load(settings)
     except MlflowException as exc:
-        # No such model, or a model without the alias (on AWS, MLflow's start creates the
-        # model before its first version: terraform/scripts/mlflow_start.py).
+        # no such model, or no alias yet (on AWS the model is made before any version)
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
         return None, set()
@@ -317,14 +283,9 @@ def gate(
     champion: tuple[str, Evaluation] | None,
     force: bool = False,
 ) -> Decision:
-    """The promotion rule, on the newest holdout (both models on the same unseen rows).
-
-    With an alias holder: promote when the challenger's F1 beats the champion's by at
-    least :data:`GATE_MIN_F1_GAIN` (a tie keeps the champion), below the minimums or not: a
-    better model serves better even while quality is still low, and the reason says so.
-    The absolute minimums (``MIN_F1``, :data:`GATE_MIN_ROC_AUC`) alone decide only when
-    no version holds the alias: a first model must be good enough on its own.
-    """
+    """The promotion rule, on the newest holdout. With a champion: promote on an F1 gain of
+    :data:`GATE_MIN_F1_GAIN`, below the minimums or not (a better model serves better; the
+    reason says so). Without: a first model must pass the minimums on its own."""
     below = "; ".join(
         f"holdout {name} {value:.3f} < minimum {minimum:.3f}"
         for name, value, minimum in (
@@ -355,8 +316,7 @@ def gate(
 
 
 def _still_champion(settings: ModelSettings, decision: Decision) -> Decision:
-    """Refuse when the alias moved while this training worked: the challenger was
-    judged against a version that no longer serves."""
+    """Refuse when the alias moved meanwhile: the challenger was judged against another."""
     if not decision.promote or decision.champion_version is None:
         return decision
     try:
@@ -385,11 +345,9 @@ def choose_params(
     progress: Progress = training._quiet,
     stored_study: bool = True,
 ) -> dict[str, Any]:
-    """Explicit params; else with ``trials`` the search's choice (cheapest within
-    ``training.F1_TOLERANCE`` of the best F1); else the stored study's choice or the
-    shipped parameters. A retraining searches in a study of its own, in
-    memory (``stored_study`` False): its F1s are measured on other rows than the stored
-    study's, and the best of a mix would not mean much."""
+    """Explicit params; else the search's choice with ``trials``; else the stored study's or
+    the shipped ones. A retraining (``stored_study`` False) searches in memory: its F1s are
+    on other rows than the stored study's."""
     if options.params is not None:
         return dict(options.params)
     seed = RANDOM_SEED
@@ -404,13 +362,12 @@ def choose_params(
 
 
 def fit_digest(keys: pd.Series, params: dict[str, Any], features: list[str]) -> str:
-    """What makes a version: its fit rows, parameters and features (unchanged: no new one)."""
+    """What makes a version: fit rows, parameters, features (unchanged: no new one)."""
     text = json.dumps([sorted(keys), params, features], sort_keys=True, default=str)
     return sha256(text.encode())
 
 
 def _same_fit(settings: ModelSettings, digest: str) -> str | None:
-    """A version already fitted on these rows with these parameters, if any."""
     found = mlflow.MlflowClient().search_model_versions(
         f"name = '{settings.model_name}' and tags.`lineage.fit_digest` = '{digest}'"
     )
@@ -424,11 +381,8 @@ def train_and_register(
     window: Sequence[LabeledFile] = (),
     load: Callable[[ModelSettings], LoadedModel] = load_aliased_model,
 ) -> Outcome:
-    """Fit, judge against the champion, log, register, gate: ``churnops train`` with no
-    ``window``, a retraining with the labeled files newer than the training file.
-
-    ``load`` loads the champion: the pipeline's loader, so it is what files are scored by.
-    """
+    """``churnops train`` without ``window``, a retraining with the labeled files since.
+    ``load``: the pipeline's loader, so the champion is what files are scored by."""
     settings.home.mkdir(parents=True, exist_ok=True)  # a first run: the local stores live here
     configure_mlflow(settings.model)
     ensure_experiment(settings.model)
@@ -460,9 +414,9 @@ def train_and_register(
     against = (champion.version, scores["champion"]) if champion else None
     decision = gate(settings, scores["challenger"], against, options.force)
     decision = _still_champion(settings.model, decision)
-    if window:  # the registered version learns the newest holdout too
-        classifier = training.make_classifier(params, seed)
-        classifier.fit(prepare_features(final, features), target(final))
+    if window:  # the registered version learns the newest holdout too (X: the final rows)
+        X, y = prepare_features(final, features), target(final)
+        classifier = training.make_classifier(params, seed).fit(X, y)
     model = ChurnModel.in_memory(features, threshold, classifier)
     status: Status = "promoted" if decision.promote else "refused"
     tags = {
@@ -474,17 +428,16 @@ def train_and_register(
     }
     name = f"{'retrain' if window else 'train'}-{Path(split.holdout_name.split()[0]).stem}"
     with mlflow.start_run(run_name=name) as run:
-        # features and threshold as in the model_config, which MLflow logs as params
-        # too when it logs the model: the same values, so it does not fail on a change
+        # as in the model_config, which MLflow logs as params too: the same values
         mlflow.log_params({**params, **model.config()})
         mlflow.log_metrics(
             {"cv_f1": cv_f1}
             | {k: v for name, s in scores.items() for k, v in s.scores(METRICS[name]).items()}
-            | training.inference_costs(classifier, prepare_features(final, features))
+            | training.inference_costs(classifier, X)
         )
         mlflow.set_tags(tags)
         log_figures("holdout", target(split.holdout).to_numpy(), candidate, split.holdout)
-        shap_figure = plots.shap_summary(classifier, prepare_features(final, features))
+        shap_figure = plots.shap_summary(classifier, X)
         mlflow.log_figure(shap_figure, "plots/shap_summary.png")
         plt.close(shap_figure)
         _log_lineage(training_file, window, split)
@@ -508,9 +461,8 @@ def train_and_register(
 
 
 def _log_lineage(training_file: LabeledFile, window: Sequence[LabeledFile], split: Split) -> None:
-    """Each input as an MLflow dataset in the context it was used in: the fit's files (name,
-    content hash, rows used) and the holdout as the rows judged, with their own digest (the
-    same file can be both: then the two are told apart by digest)."""
+    """Each input as an MLflow dataset: the fit's files, and the holdout's rows with their
+    own digest (a file can be both)."""
     files = [training_file, *window]
     holdout = split.holdout.drop(columns="_key", errors="ignore")
     holdout_digest = sha256("\n".join(row_keys(holdout)).encode())
@@ -530,21 +482,19 @@ def _log_lineage(training_file: LabeledFile, window: Sequence[LabeledFile], spli
         )
         tags = {"sha256": digest, "rows": str(rows), "key": key}
         with warnings.catch_warnings():
-            # MLflow hints that integer columns cannot hold missing values: the rows are
-            # validated, they have none (the model's signature is written, not inferred)
+            # validated rows have no missing values to warn about
             warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
             mlflow.log_input(dataset, context=context, tags=tags)
 
 
 # --- MLflow --------------------------------------------------------------------------------
 def reference_frame(df: pd.DataFrame, model: ChurnModel) -> pd.DataFrame:
-    """The training rows with target, prediction and probability (clean names)."""
+    """The training rows with target, prediction and probability."""
     reference = df[[*model.features, TARGET]].reset_index(drop=True)
     return pd.concat([reference, model.score(reference)], axis=1)
 
 
 def log_figures(prefix: str, y: np.ndarray, model: ChurnModel, frame: pd.DataFrame) -> None:
-    """The confusion matrix and curves of one split, as run artifacts."""
     proba = model.predict_proba(frame)
     labels = (proba >= model.threshold).astype(int)
     for name, figure in {
@@ -573,11 +523,8 @@ def log_model(
     params: dict[str, Any],
     data: pd.DataFrame,
 ) -> str:
-    """Log the pyfunc from code with its booster and reference data; return the new version.
-
-    The example has the raw UCI header of a customer file: it is what the model is
-    shown with, and what MLflow tries through its serving path when logging.
-    """
+    """Log the pyfunc from code, booster and reference data; return the new version. The
+    example has a customer file's raw header: what the model is shown."""
     example = data[model.features].head(5).rename(columns=RAW_NAMES)
     with tempfile.TemporaryDirectory() as tmp:
         booster_path = Path(tmp) / "xgb_model.json"
@@ -601,7 +548,6 @@ def log_model(
 def apply_decision(
     settings: ModelSettings, version: str, decision: Decision, tags: dict[str, str]
 ) -> None:
-    """Tag the version with the verdict and its lineage; move the alias when it says so."""
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(settings.model_name, version, key, value)

@@ -1,8 +1,5 @@
-"""Fit the churn classifier: Optuna search, cross-validated threshold, evaluation.
-
-Plain functions on frames; MLflow logging and registration live in
-:mod:`churnops.model.registry`, the command in :mod:`churnops.cli`.
-"""
+"""Fit the churn classifier: Optuna search, cross-validated threshold, evaluation (plain
+functions on frames; MLflow is :mod:`churnops.model.registry`)."""
 
 from __future__ import annotations
 
@@ -32,8 +29,7 @@ PREDICTED_ROWS, EXPLAINED_ROWS = 100_000, 1_000
 #: Trials this close to the best cross-validated F1 count as equally good: the cheapest ships.
 F1_TOLERANCE = 0.005
 
-Progress = Callable[[str, int, int], None]
-"""Callback ``(what, done, total)`` for visible progress (trials, folds)."""
+Progress = Callable[[str, int, int], None]  # (what, done, total): trials, folds
 
 
 def _quiet(_: str, __: int, ___: int) -> None:
@@ -41,18 +37,13 @@ def _quiet(_: str, __: int, ___: int) -> None:
 
 
 def default_params() -> dict[str, Any]:
-    """The choice of a 50-trial search (:func:`search`, seed 42) on the training file's
-    80% split, shipped with the package: 61 trees of depth 5.
-
-    ``churnops train --trials N`` searches again; the fast default path reuses
-    the best stored trial, or these when no study exists yet.
-    """
+    """The choice of a 50-trial search (seed 42) on the training file's 80% split: 61 trees
+    of depth 5; used when no study exists yet."""
     text = resources.files("churnops.model").joinpath("default_params.json").read_text()
     return json.loads(text)
 
 
 def make_classifier(params: dict[str, Any], seed: int) -> xgb.XGBClassifier:
-    """An XGBoost classifier with fixed, reproducible settings around ``params``."""
     return xgb.XGBClassifier(
         **params,
         objective="binary:logistic",
@@ -66,32 +57,14 @@ def make_classifier(params: dict[str, Any], seed: int) -> xgb.XGBClassifier:
 def split_holdout(
     df: pd.DataFrame, target: pd.Series, fraction: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    train, holdout = train_test_split(df, test_size=fraction, stratify=target, random_state=seed)
-    return train, holdout
+    return tuple(train_test_split(df, test_size=fraction, stratify=target, random_state=seed))
 
 
 def best_threshold(y: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
-    """The threshold that maximises F1 on these probabilities, and that F1."""
+    """The threshold that maximises F1, and that F1."""
     scores = [metrics.f1_score(y, proba >= t, zero_division=0) for t in THRESHOLDS]
     best = int(np.argmax(scores))
     return float(THRESHOLDS[best]), float(scores[best])
-
-
-def out_of_fold_proba(
-    params: dict[str, Any],
-    X: pd.DataFrame,
-    y: pd.Series,
-    folds: int,
-    seed: int,
-    progress: Progress = _quiet,
-) -> np.ndarray:
-    proba = np.zeros(len(y), dtype=float)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for i, (fit_idx, val_idx) in enumerate(splitter.split(X, y), start=1):
-        model = make_classifier(params, seed).fit(X.iloc[fit_idx], y.iloc[fit_idx])
-        proba[val_idx] = model.predict_proba(X.iloc[val_idx])[:, 1]
-        progress("fold", i, folds)
-    return proba
 
 
 def cross_validate(
@@ -103,20 +76,19 @@ def cross_validate(
     progress: Progress = _quiet,
 ) -> tuple[float, float]:
     """Cross-validated (threshold, F1): the threshold is chosen out of fold too."""
-    proba = out_of_fold_proba(params, X, y, folds, seed, progress)
+    proba = np.zeros(len(y), dtype=float)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for i, (fit_idx, val_idx) in enumerate(splitter.split(X, y), start=1):
+        model = make_classifier(params, seed).fit(X.iloc[fit_idx], y.iloc[fit_idx])
+        proba[val_idx] = model.predict_proba(X.iloc[val_idx])[:, 1]
+        progress("fold", i, folds)
     return best_threshold(y.to_numpy(), proba)
 
 
 def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
-    """The search space (ranges around what worked on this data).
-
-    Lean models only: 50 to 300 trees of depth 3 to 6 predict 1M rows in about a
-    second and explain 500 in well under 0.1 s on two cores, where 501 trees of depth
-    8 took 4.5 s and 1.2 s. The floor of 50 trees and the ceiling on the learning rate
-    matter: from 20 trees up, the cheapest trial within the CV noise
-    (:func:`chosen_trial`) was a few steep trees (29 x 3, rate 0.29) that lost 0.03
-    to 0.05 F1 on the later files.
-    """
+    """Lean models only (1M rows predicted in about a second). The floor of 50 trees and
+    the learning rate's ceiling matter: below, the cheapest trial within the noise was a
+    few steep trees that lost 0.03 to 0.05 F1 on later files."""
     return {
         "n_estimators": trial.suggest_int("n_estimators", 50, 300, log=True),
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
@@ -132,24 +104,14 @@ def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
 
 
 def predict_cost(params: dict[str, Any]) -> int:
-    """Tree nodes a row passes at most when scored: trees x depth (the search's cost).
-
-    Counted, not timed: a timing on a shared machine measures the neighbours too, and
-    the same search on the same rows must choose the same model. Prediction walks one
-    path per tree; TreeSHAP's cost (trees x leaves x depth^2) falls faster still with
-    depth. What a version costs in seconds is measured by :func:`inference_costs`.
-    """
+    """Tree nodes a row passes at most: trees x depth. Counted, not timed, so the same
+    search on the same rows chooses the same model on a busy machine."""
     return int(params["n_estimators"]) * int(params["max_depth"])
 
 
 def open_study(storage: str | None, name: str, seed: int) -> optuna.Study:
-    """The persistent study (SQLite by default, so optuna-dashboard can open it), or
-    with ``storage`` None one in memory.
-
-    Two objectives, cross-validated F1 (up) and :func:`predict_cost` (down): the
-    sampler explores the whole trade-off, not only the best F1, so cheap models that
-    are as good are found. A study stored by an F1-only search cannot take them.
-    """
+    """The stored study (in memory when ``storage`` is None), on two objectives: CV F1 up,
+    :func:`predict_cost` down, so cheap models as good are found."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=name,
@@ -175,10 +137,7 @@ def search(
     seed: int,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
-    """Run ``n_trials`` more trials; return the chosen parameters (:func:`chosen_params`).
-
-    Each trial stores its CV threshold and feature set as attributes.
-    """
+    """Run ``n_trials`` more trials; return the chosen parameters (:func:`stored_params`)."""
     features = list(X.columns)
 
     def objective(trial: optuna.Trial) -> tuple[float, int]:
@@ -203,12 +162,7 @@ def search(
 
 
 def chosen_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial:
-    """The cheapest trial whose CV F1 is within :data:`F1_TOLERANCE` of the best one's.
-
-    A difference of 0.005 in the F1 of about 850 training rows is noise; a model
-    five times smaller predicts and explains every file five times faster.
-    Equal cost: the better F1.
-    """
+    """The cheapest trial within :data:`F1_TOLERANCE` of the best CV F1 (then the better F1)."""
     best = max(t.values[0] for t in trials)
     good = [t for t in trials if t.values[0] >= best - F1_TOLERANCE]
     return min(good, key=lambda t: (predict_cost(t.params), -t.values[0]))
@@ -239,13 +193,8 @@ def fastest(work: Callable[[], object], repeats: int = 3) -> float:
 def inference_costs(
     classifier: xgb.XGBClassifier, X: pd.DataFrame, repeats: int = 3
 ) -> dict[str, float]:
-    """Milliseconds per 1,000 rows to score (the pipeline's ``inplace_predict``) and to
-    explain (TreeSHAP, the monitor's attribution): logged with every version.
-
-    Timed on ``X`` repeated to 100,000 rows for prediction and 1,000 for TreeSHAP (so
-    fixed overheads do not count); the fastest of ``repeats``, the least disturbed by
-    other work on the machine.
-    """
+    """Milliseconds per 1,000 rows to score and to explain (TreeSHAP), on ``X`` repeated to
+    :data:`PREDICTED_ROWS` and :data:`EXPLAINED_ROWS` rows: logged with every version."""
     booster = classifier.get_booster()
     rows = X.to_numpy(dtype=np.float32)
     many = np.tile(rows, (-(-PREDICTED_ROWS // len(rows)), 1))[:PREDICTED_ROWS]
@@ -261,8 +210,6 @@ def inference_costs(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Scores of a model on one labeled frame at its decision threshold."""
-
     f1: float
     precision: float
     recall: float

@@ -1,13 +1,6 @@
-"""Decide whether a processed file needs attention, and tell someone.
-
-:func:`assess` compares a :class:`MonitoringResult` with the thresholds in the
-settings; :func:`build_alert` writes the message; :func:`send_alert` appends it
-to the alert log (always) and sends it by SNS and e-mail when configured.
-
-A failed send must never cost the file: :func:`send_alert` tries every channel,
-then raises :class:`AlertDeliveryError` naming the channels that failed. The
-caller logs it and carries on moving the file to ``processed``; the alert is
-still in the alert log unless that too is named in the error.
+"""Decide whether a processed file needs attention (:func:`assess`), and tell someone: the
+alert log always, SNS and e-mail when configured. A failed send never costs the file:
+every channel is tried, then :class:`AlertDeliveryError` names those that failed.
 """
 
 from __future__ import annotations
@@ -38,8 +31,6 @@ PERMANENT_ERRORS = (ValueError, smtplib.SMTPAuthenticationError)
 
 @dataclass(frozen=True)
 class LowScore:
-    """A score below its minimum."""
-
     metric: str
     value: float
     minimum: float
@@ -53,7 +44,6 @@ class Assessment:
     drift_threshold: float
     drift: bool
     low_scores: list[LowScore] = field(default_factory=list)
-    #: MIN_ATTRIBUTION_NDCG in effect (None: off) and whether the file's NDCG fell below it.
     attribution_minimum: float | None = None
     attribution_drift: bool = False
 
@@ -63,7 +53,7 @@ class Assessment:
 
     @property
     def summary(self) -> str:
-        """What crossed, joined by " + ": ``"drift + attribution drift"``; ``"ok"`` if nothing."""
+        """``"drift + attribution drift"``, or ``"ok"`` if nothing crossed."""
         crossed = (
             ("drift", self.drift),
             ("low scores", self.low_scores),
@@ -96,11 +86,8 @@ class AlertDeliveryError(RuntimeError):
 
 # --- assess ----------------------------------------------------------------------------
 def assess(result: MonitoringResult, monitoring: MonitoringSettings) -> Assessment:
-    """Drift when the drifted share exceeds its threshold; low scores below ``min_<metric>``;
-    attribution drift when the attribution NDCG is below ``min_attribution_ndcg`` (if set).
-
-    An unlabeled file has no scores, so it can only raise drift.
-    """
+    """Drift above its share threshold, scores below ``min_<metric>``, attribution NDCG below
+    ``min_attribution_ndcg`` (if set)."""
     low = low_scores(result.quality, monitoring)
     threshold = monitoring.drift_share_threshold
     ndcg_minimum = monitoring.min_attribution_ndcg
@@ -177,14 +164,13 @@ def build_labels_alert(
 
 
 def build_gave_up_alert(file_name: str, reason: str, where: str) -> Alert:
-    """The alert when a file's attempts are used up (a dependency down too long, or a file
-    that kills its runner): it went to ``where`` instead of being retried again."""
+    """The alert when a file's attempts are used up: it went to ``where``."""
     body = f"ChurnOps gave up on {file_name}: {reason}\nThe file is in {where}.\n"
     return Alert(file_name, "", "", _subject("gave up", file_name, "no model"), body)
 
 
 def build_rejection_alert(file_name: str, run: str, reasons: str) -> Alert:
-    """The alert for a file rejected as invalid: an upstream export may have started failing."""
+    """A rejected file: an upstream export may have started failing."""
     body = (
         f"ChurnOps alert: rejected file\n\nFile:  {file_name}\n"
         f"Moved: data/errored/{run}/ (log data/logs/{run}/{file_name}.log)\n\n{reasons}\n"
@@ -209,12 +195,8 @@ def _subject(summary: str, file_name: str, model: str) -> str:
     return (head + name + tail)[:SUBJECT_MAX]
 
 
-def _features(result: MonitoringResult) -> list[str]:
-    """The feature columns (the prediction column is measured too, but is not a feature)."""
-    return [c.column for c in result.columns if c.column != PREDICTION]
-
-
 def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -> str:
+    features = sum(c.column != PREDICTION for c in result.columns)  # the prediction is none
     lines = [
         f"ChurnOps alert: {a.summary}",
         "",
@@ -222,7 +204,7 @@ def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -
         f"Model: {model}",
         f"Rows:  {result.rows}, predicted churn rate {result.predicted_churn_rate:.1%}",
         "",
-        f"Data drift: {result.drifted_count} of {len(_features(result))} features drifted "
+        f"Data drift: {result.drifted_count} of {features} features drifted "
         f"(share {a.drifted_share:.1%}, alert above {a.drift_threshold:.1%})"
         + (" - DRIFT" if a.drift else ""),
     ]
@@ -246,7 +228,6 @@ def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -
 
 
 def _attribution_lines(a: Assessment, result: MonitoringResult, movers: int = 3) -> list[str]:
-    """The attribution NDCG against its minimum, and the features that moved most."""
     drift = result.attribution
     if drift is None:
         return []
@@ -266,15 +247,9 @@ def _attribution_lines(a: Assessment, result: MonitoringResult, movers: int = 3)
 
 # --- sending -------------------------------------------------------------------------------
 def send_alert(alert: Alert, alerts: AlertSettings) -> list[str]:
-    """Append to the alert log, then send by SNS / e-mail when configured.
-
-    Returns the channels used (``"log"``, ``"sns"``, ``"email"``). Every channel is
-    tried as every call to a dependency is (:func:`churnops.retry.call`; once for
-    :data:`PERMANENT_ERRORS`);
-    when one still fails, the others are still tried and
-    :class:`AlertDeliveryError` is raised at the end: catch it, note it in the
-    file's log and go on processing the file.
-    """
+    """Append to the alert log, then send by SNS / e-mail when configured; return the
+    channels used. Each is retried (once for :data:`PERMANENT_ERRORS`); one failing does
+    not stop the others, and :class:`AlertDeliveryError` is raised at the end."""
     channels: dict[str, Callable[[], None]] = {"log": lambda: _append_log(alert, alerts)}
     if alerts.alerts_topic_arn:
         channels["sns"] = lambda: _publish_sns(alert, alerts)
@@ -303,7 +278,6 @@ def _retrying(channel: str) -> Retrying:
 
 
 def _append_log(alert: Alert, alerts: AlertSettings) -> None:
-    """A readable block per alert: a header line with the time and subject, then the body."""
     path = alerts.alert_log
     path.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
@@ -332,7 +306,8 @@ def _send_email(alert: Alert, alerts: AlertSettings) -> None:
     message = EmailMessage()
     message["Subject"] = alert.subject
     message["From"] = alerts.alert_email_from
-    message["To"] = ", ".join(_recipients(alerts.alert_email_to or ""))
+    recipients = (alerts.alert_email_to or "").split(",")
+    message["To"] = ", ".join(r.strip() for r in recipients if r.strip())
     message.set_content(alert.body)
     host = alerts.smtp_host or ""
     with smtplib.SMTP(host, alerts.smtp_port, timeout=retry.NETWORK_TIMEOUT_SECONDS) as smtp:
@@ -348,12 +323,9 @@ def _send_email(alert: Alert, alerts: AlertSettings) -> None:
 
 
 def _on_this_machine(host: str) -> bool:
-    """``host`` is a loopback address (a local relay): a login needs no TLS there."""
+    """A loopback relay: a login needs no TLS there."""
+
     try:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except OSError:
         return False
-
-
-def _recipients(value: str) -> list[str]:
-    return [r.strip() for r in value.split(",") if r.strip()]

@@ -1,28 +1,11 @@
 """Feature-attribution drift: does the model lean on the same features as in training?
 
-Value drift (:mod:`churnops.monitoring.drift`) says the inputs moved; it does not
-say whether the model's *reasons* moved. Like SageMaker Model Monitor's
-explainability monitor, every scored file gets the mean absolute SHAP value of
-each feature (its global importance), computed with XGBoost's own TreeSHAP
-(``Booster.predict(..., pred_contribs=True)``, on the log-odds scale), and its
-importance order is compared with the order on the model's reference data:
-a rank change per feature and one NDCG score for the whole order.
-
-Decisions:
-
-* TreeSHAP is exact but costs about ``trees x leaves x depth^2`` per row, on one
-  core: with the 501-tree, depth-8 model shipped before the lean one about 2.5 ms
-  a row (the whole 50,000-row drift sample: 2 to 4 minutes;
-  ``benchmarks/attribution.py``), with the shipped 61-tree, depth-5 one about
-  0.2 ms. So it runs on a seeded uniform sub-sample of the drift sample,
-  ``ATTRIBUTION_SAMPLE_ROWS`` rows (500 by default: about 1.2 s per file with
-  the 501-tree model, under 0.1 s with the shipped one). Over 200 such samples of
-  ``customer_churn_1.csv`` or ``customer_churn_synthetic_1.csv`` the 501-tree
-  model's NDCG stayed between 0.996 and 1.0; flipping ``complains`` (3rd to
-  1st) gives 0.94. The reference gets the same row budget and is
-  computed once per loaded model version (it does not change).
-* Ties (features the model never splits on have 0) keep the reference order,
-  so equal values never show as a move.
+Value drift says the inputs moved, not whether the model's *reasons* did. As SageMaker's
+explainability monitor does, each file's mean |TreeSHAP| per feature (log-odds) is ranked
+against the reference's: a rank change per feature, one NDCG for the order. TreeSHAP
+costs ``trees x leaves x depth^2`` per row, so it runs on a seeded sub-sample
+(``ATTRIBUTION_SAMPLE_ROWS``; over 200 samples of 500 rows the NDCG stayed within 0.996
+to 1.0, a flipped ``complains`` gives 0.94). Ties keep the reference order.
 """
 
 from __future__ import annotations
@@ -48,7 +31,7 @@ SAMPLE_SEED = 563
 
 @dataclass(frozen=True)
 class FeatureAttribution:
-    """One feature's mean |SHAP| and importance rank (1 = most important), file vs reference."""
+    """One feature's mean |SHAP| and rank (1 = most important), file vs reference."""
 
     feature: str
     importance: float
@@ -71,21 +54,18 @@ class FeatureAttribution:
 
 @dataclass(frozen=True)
 class AttributionDrift:
-    """The file's feature-attribution order against the reference's (see :func:`ndcg`)."""
+    """The file's attribution order (``features``) against the reference's (:func:`ndcg`)."""
 
     ndcg: float
-    #: Every feature, in the file's importance order.
     features: tuple[FeatureAttribution, ...]
     rows: int
     reference_rows: int
-    #: Time it took (the reference's included, for the file that computed it).
-    seconds: float = 0.0
+    seconds: float = 0.0  # the reference's included, for the file that computed it
 
     @property
     def movers(self) -> tuple[FeatureAttribution, ...]:
-        """Features whose rank changed, the move that matters most first: weighed by
-        position as NDCG weighs it (3rd to 1st outweighs 11th to 8th), then by the change
-        of mean |SHAP|."""
+        """Features whose rank changed, weighed by position as NDCG does (3rd to 1st
+        outweighs 11th to 8th), then by the change of mean |SHAP|."""
 
         def weight(rank: int) -> float:
             return 1 / math.log2(rank + 1)
@@ -100,8 +80,7 @@ class AttributionDrift:
         return tuple(moved)
 
     def summary(self, movers: int = 1) -> str:
-        """``"attribution NDCG 0.945 (1000 rows, 0.03s): complains rose from 3rd to 1st"``
-        (no ';': one part of a log line)."""
+        """``"attribution NDCG 0.945 (1000 rows, 0.03s): complains rose from 3rd to 1st"``."""
         moved = ", ".join(f.describe() for f in self.movers[:movers]) or "same order"
         return f"attribution NDCG {self.ndcg:.3f} ({self.rows} rows, {self.seconds:.2f}s): {moved}"
 
@@ -116,11 +95,8 @@ def ordinal(n: int) -> str:
 def mean_abs_shap(
     booster: xgb.Booster, frame: pd.DataFrame, features: list[str]
 ) -> dict[str, float]:
-    """Feature -> mean |TreeSHAP contribution| over the rows of ``frame`` (log-odds).
-
-    The features are prepared as for scoring (:func:`prepare_features`, like
-    ``ChurnModel.fast_proba``); XGBoost's last column, the bias, is dropped.
-    """
+    """Feature -> mean |TreeSHAP contribution| (log-odds), prepared as for scoring; XGBoost's
+    last column, the bias, is dropped."""
     prepared = prepare_features(frame, features)
     contributions = booster.predict(xgb.DMatrix(prepared), pred_contribs=True)[:, :-1]
     return dict(zip(features, np.abs(contributions).mean(axis=0).tolist(), strict=True))
@@ -132,24 +108,11 @@ def importance_order(importance: Mapping[str, float], ties: Sequence[str]) -> li
 
 
 def ndcg(reference: Mapping[str, float], order: Sequence[str]) -> float:
-    """Normalised discounted cumulative gain of ``order`` against the reference importances.
-
-    With ``g(f)`` the reference mean |SHAP| of feature ``f`` and ``order`` the
-    file's features from most to least important::
-
-        DCG  = sum over positions i = 1..n of g(order[i]) / log2(i + 1)
-        IDCG = the same sum over the reference's own order (the largest possible)
-        NDCG = DCG / IDCG
-
-    1.0: the file ranks the features as the reference does (or differs only
-    between features of equal reference importance); lower when features that
-    mattered in training sink and minor ones rise, weighted by how much they
-    mattered and how near the top they are. A model with no attribution at all
-    (IDCG 0) gives 1.0. This is the score SageMaker Clarify's attribution
-    monitor computes (it flags below 0.9).
-    """
+    """NDCG of the file's ``order`` with the reference mean |SHAP| as gains: DCG =
+    sum of gain / log2(i + 1), over the reference's own order's DCG (1.0 when no
+    attribution at all). SageMaker Clarify's attribution score (it flags below 0.9)."""
     gains = np.array([reference[f] for f in order], dtype=float)
-    ideal = np.sort(np.array([reference[f] for f in order], dtype=float))[::-1]
+    ideal = np.sort(gains)[::-1]
     discounts = 1.0 / np.log2(np.arange(2, len(order) + 2))
     best = float(ideal @ discounts)
     return float(gains @ discounts) / best if best > 0 else 1.0
@@ -163,10 +126,7 @@ def compare(
     reference_rows: int,
     seconds: float = 0.0,
 ) -> AttributionDrift:
-    """The file's importances (``current``) against the reference's, feature by feature.
-
-    Both map the same features (in the model's order) to their mean |SHAP|.
-    """
+    """The file's importances (``current``) against the reference's: the same features."""
     if set(reference) != set(current):
         raise ValueError(f"different features: {sorted(set(reference) ^ set(current))}")
     reference_order = importance_order(reference, list(reference))
@@ -186,8 +146,7 @@ def subsample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
 
 # --- against a loaded model -------------------------------------------------------------------
 def reference_importance(model: ChurnModel, rows: int) -> tuple[dict[str, float], int]:
-    """Mean |SHAP| on (at most ``rows`` rows of) the model's reference data, and the rows
-    used: computed once per loaded model and row budget (:meth:`ChurnModel.memo`)."""
+    """Mean |SHAP| on at most ``rows`` reference rows, and the rows used: once per model."""
 
     def compute() -> tuple[dict[str, float], int]:
         reference = subsample(model.reference_data(), rows)

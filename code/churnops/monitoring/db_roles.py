@@ -1,21 +1,13 @@
-"""The database roles of the platform, one per service, and their grants.
+"""Who may do what in Postgres, one role per service (``churnops grant-reader`` locally,
+the ECS init containers on AWS, as the administrator):
 
-The one definition of who may do what in Postgres, used locally by
-``churnops grant-reader`` and on AWS by the ECS init containers
-(``terraform/scripts/db_init.py``), which run it as the administrator:
+* ``writer`` (the flow): read, insert, update the metrics tables; no DDL, no DELETE (the
+  administrator migrates first);
+* ``reader`` (Grafana): SELECT on :data:`~churnops.monitoring.metrics_db.DASHBOARD_TABLES`;
+* ``owner`` (MLflow, Prefect): owns its own database, which no one else may connect to.
 
-* ``writer`` (the flow): reads, inserts and updates the metrics tables; no DDL
-  and no DELETE. The migrations run as the administrator first (:func:`ensure_role`
-  upgrades the schema before granting), so the tables are not the writer's.
-* ``reader`` (Grafana): SELECT on :data:`~churnops.monitoring.metrics_db.DASHBOARD_TABLES`
-  only; a table added later is readable once it is in that list and this runs again.
-* ``owner`` (MLflow, Prefect): owns its own database, where its server runs its
-  own migrations; nobody else but the administrator can connect to it.
-
-Every call is idempotent (every task start runs it) and serialised by an advisory
-lock, so init containers starting together neither migrate twice nor race on a
-GRANT. Passwords are sent as SCRAM verifiers computed here (libpq's
-``PQencryptPasswordConn``), never as text a server log could keep.
+Idempotent and serialised by an advisory lock (init containers start together); passwords
+go as SCRAM verifiers, never as text a server log could keep.
 """
 
 from __future__ import annotations
@@ -40,15 +32,11 @@ LOCK_KEY = 0x636875726E6F7073
 #: What the flow may do to each of its tables; alembic_version is only read.
 WRITER_PRIVILEGES = sql.SQL("SELECT, INSERT, UPDATE")
 VERSION_TABLE = "alembic_version"
-
-
 #: The dashboards' read-only role (`churnops grant-reader`); Grafana logs in as it.
 DASHBOARD_ROLE = "grafana_reader"
 
 
 class Kind(StrEnum):
-    """What a role is for: see the module's docstring."""
-
     OWNER = "owner"
     WRITER = "writer"
     READER = "reader"
@@ -65,12 +53,8 @@ class Role:
 
 
 def ensure_role(admin: Engine | str | URL, role: Role) -> None:
-    """Create or update ``role`` with exactly its grants, as the administrator ``admin``.
-
-    ``admin`` is a PostgreSQL (psycopg2) URL or engine of a user who may create
-    roles and databases: the RDS master user on AWS, a superuser locally.
-    Statements are composed with :mod:`psycopg2.sql`, so any role name is taken literally.
-    """
+    """Create or update ``role`` with exactly its grants, as ``admin`` (a user who may create
+    roles and databases); any role name is taken literally (:mod:`psycopg2.sql`)."""
     url = _admin_url(admin)
     if not role.name:
         raise ValueError("role name is empty")
@@ -105,11 +89,8 @@ def _admin_url(admin: Engine | str | URL) -> URL:
 
 @contextmanager
 def _locked(url: URL) -> Iterator[Any]:
-    """A driver cursor (autocommit, for CREATE DATABASE) holding the lock of role changes.
-
-    Advisory locks belong to one database: that of the administrator's URL, the
-    same for every init container (the metrics database).
-    """
+    """An autocommit cursor (for CREATE DATABASE) holding the lock of role changes, on the
+    administrator's database, the same for every init container."""
     engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
@@ -124,7 +105,7 @@ def _locked(url: URL) -> Iterator[Any]:
 
 
 def _grant_on_metrics(url: URL, role: Role) -> None:
-    """Migrate the metrics database as the administrator, then grant, in one transaction."""
+    """Migrate as the administrator, then grant, in one transaction."""
     engine = create_engine(url, poolclass=NullPool)
     try:
         upgrade(engine)  # the schema first: the roles get no DDL
@@ -137,11 +118,8 @@ def _grant_on_metrics(url: URL, role: Role) -> None:
 
 
 def _ensure_login(cursor: Any, role: Role) -> None:
-    """A login with the password; refuses to touch a superuser or the administrator itself.
-
-    CREATE states every attribute; ALTER sets only LOGIN and the password, since a
-    non-superuser administrator (RDS) may not restate the superuser attribute.
-    """
+    """A login with the password, never a superuser's or the administrator's. ALTER sets
+    only LOGIN and the password: RDS's administrator may not restate the superuser one."""
     cursor.execute(
         "SELECT rolsuper, rolname = current_user FROM pg_roles WHERE rolname = %s", (role.name,)
     )
@@ -158,8 +136,7 @@ def _ensure_login(cursor: Any, role: Role) -> None:
     cursor.execute(
         sql.SQL(statement).format(who=sql.Identifier(role.name), password=sql.Literal(verifier))
     )
-    # The administrator must be able to act as the role (PostgreSQL 16 asks it to
-    # create a database owned by the role); a superuser is already.
+    # PostgreSQL 16 asks the administrator to act as the role to give it a database
     cursor.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role.name)))
 
 
@@ -175,11 +152,8 @@ def _ensure_owned_database(cursor: Any, owner: str, database: str) -> None:
 
 
 def _metrics_grants(role: Role, database: str) -> list[sql.Composed]:
-    """Take everything away from the role, then give exactly what its kind needs.
-
-    PUBLIC loses CONNECT and TEMP on the metrics database and CREATE on its
-    schema (PostgreSQL before 15 grants them), so each role connects by its own grant.
-    """
+    """Take everything away, then give exactly what the kind needs; PUBLIC loses what
+    PostgreSQL before 15 grants it."""
     who, db = sql.Identifier(role.name), sql.Identifier(database)
     statements = [
         sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db),

@@ -1,41 +1,14 @@
-"""Drift and quality of a scored file against the model's reference, with Evidently 0.7.
+"""Drift and quality of a scored file against the model's reference, with Evidently 0.7:
+one report per file, stored in a workspace (a folder or a remote UI) and summarised as a
+:class:`MonitoringResult`.
 
-One Evidently report per file: a drift test per feature column and on the
-prediction column (prediction drift) and, when the file carries the label, F1,
-precision, recall, accuracy and ROC AUC. The run is stored as a snapshot in an
-Evidently workspace (a local folder, or a remote Evidently UI) and summarised
-as a :class:`MonitoringResult`.
-
-Decisions:
-
-* The drifted share counts the **feature columns only**: "most inputs drifted"
-  is the data-drift signal the alert is about. Prediction drift is a separate
-  signal: the prediction column is in ``MonitoringResult.columns`` with its own
-  test and flag, but not in ``drifted_count`` / ``drifted_share``.
-* Individual metrics rather than ``DataDriftPreset`` / ``ClassificationPreset``:
-  the drift preset computes every column's drift three times (``ValueDrift``,
-  ``DriftedColumnsCount`` and its legacy ``DataDriftTable`` widget) and the
-  classification preset adds PR tables, curves and per-label metrics; on a
-  1M-row file that is ~11 s more. So the report holds one ``ValueDrift`` per
-  column, and the drifted count and share are counted from their verdicts.
-* Drift is measured on a seeded uniform sample of a big file
-  (``DRIFT_SAMPLE_ROWS``, see :mod:`churnops.pipeline.scoring`); row counts, the churn
-  rate and the quality scores stored and alerted on are exact over every row
-  (``Totals``). A file within the sample size is its own sample: there the
-  report's numbers and the stored ones agree.
-* What one 1,050-row file's monitor step costs (2-core machine): the report
-  0.45 to 0.8 s of CPU, about half of it plotly building each column's two drift
-  plots; then the snapshot's upload, which the UI parses. Nothing is computed
-  twice: the drifted count reads the ``ValueDrift`` tests, the database gets the
-  report's own values. The stored snapshot keeps each plot once and without
-  plotly's template (0.95 MB before, 0.26 MB now: :func:`drop_widget_copies`,
-  :func:`churnops.monitoring.evidently_ui.without_template`): the upload takes
-  half as long. The reference frame is read once per loaded model; Evidently
-  recomputes its side of each drift test per report (it cannot take them given).
-* Label metrics use the ``churn_prediction`` labels (classification
-  ``labels``); ROC AUC uses ``churn_probability`` (classification ``scores``).
-  One task with both would make Evidently derive labels from the probability
-  at 0.5 and ignore the model's labels.
+- The drifted share counts feature columns only; prediction drift is its own flag.
+- One ``ValueDrift`` per column, not the presets: they compute each column's drift three
+  times and add tables nothing reads (about 11 s more on 1M rows).
+- Drift is measured on a seeded sample of a big file; rows, churn rate and scores are
+  exact over every row (:class:`Totals`).
+- Labels come from the ``labels`` task, ROC AUC from ``scores``: one task with both would
+  make Evidently derive labels at 0.5 and ignore the model's threshold.
 """
 
 from __future__ import annotations
@@ -62,7 +35,6 @@ from churnops.monitoring.evidently_ui import FileReport, ensure_dashboard, file_
 from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, ColumnDrift, MonitoringResult
 from churnops.settings import MonitoringSettings, PlatformSettings
 
-#: Names of the two classification tasks in the data definition.
 LABELS_TASK = "labels"
 SCORES_TASK = "scores"
 
@@ -73,12 +45,11 @@ _METRIC_TYPE_PREFIX = "evidently:metric_v2:"
 
 @dataclass(frozen=True)
 class Totals:
-    """What is counted over every row of a file whose drift is measured on a sample."""
+    """What is counted over every row of a file whose drift is measured on a sample;
+    ``quality`` None: take the report's (the sample is the whole file)."""
 
     rows: int
     predicted_churn_rate: float
-    #: Exact scores (:func:`churnops.pipeline.scoring.quality_scores`), empty when unlabeled;
-    #: None: take the report's (the current data is the whole file).
     quality: dict[str, float] | None
 
 
@@ -95,21 +66,16 @@ def run_monitoring(
     totals: Totals | None = None,
     attribution_ndcg: float | None = None,
 ) -> MonitoringResult:
-    """Run the report for one scored file, store it in the workspace, return its numbers.
-
-    ``current`` may lack the ``churn`` label: then only drift is measured and
-    ``quality`` stays empty. When ``current`` is a sample of a bigger file,
-    ``totals`` holds the counts and scores of all its rows: the result carries
-    those, and the report's metadata says how many rows its charts show.
-    """
+    """Run the report for one scored file, store it, return its numbers. Without the label
+    only drift is measured; ``totals``: a sample's whole file."""
     labeled = TARGET in current.columns
     _check_frames(reference, current, feature_columns)
-    rows = totals.rows if totals is not None else len(current)
-    facts = file_values(rows, attribution_ndcg)
+    totals = totals or Totals(len(current), float(current[PREDICTION].mean()), None)
+    facts = file_values(totals.rows, attribution_ndcg)
     report = build_report(feature_columns, labeled, facts=list(facts))
     definition = data_definition(feature_columns, labeled)
     metadata = {"file_name": file_name, "model_name": model_name, "model_version": model_version}
-    if totals is not None and totals.rows > len(current):
+    if totals.rows > len(current):
         metadata["sample"] = f"{len(current):,} of {totals.rows:,} rows (seeded, uniform)"
     model_tag = f"{model_name}:v{model_version}"
     started = time.perf_counter()
@@ -122,7 +88,6 @@ def run_monitoring(
     )
     drop_widget_copies(snapshot)
     seconds = {"report": time.perf_counter() - started}
-    totals = totals or Totals(len(current), float(current[PREDICTION].mean()), None)
     result = extract_result(
         snapshot.dict(),
         feature_columns,
@@ -138,9 +103,8 @@ def run_monitoring(
 
 
 def drop_widget_copies(snapshot: Snapshot) -> None:
-    """Keep each plot once in the snapshot: in the report's page (``widgets``, which the UI
-    and the HTML download show), not again in every metric's result, where nothing reads
-    it (the dashboard reads the values). Halves what is saved or uploaded per file."""
+    """Keep each plot once, in the report's page, not again in each metric's result where
+    nothing reads it: halves each upload."""
     for result in snapshot.metric_results.values():
         result.widget = None
 
@@ -162,7 +126,7 @@ def _check_frames(reference: pd.DataFrame, current: pd.DataFrame, features: list
 
 
 def data_definition(feature_columns: list[str], labeled: bool) -> DataDefinition:
-    """Every column typed up front, so Evidently infers nothing (a pass per column saved)."""
+    """Every column typed up front, so Evidently infers nothing."""
     classification = [
         BinaryClassification(name=LABELS_TASK, target=TARGET, prediction_labels=PREDICTION),
         BinaryClassification(name=SCORES_TASK, target=TARGET, prediction_probas=PROBABILITY),
@@ -181,15 +145,8 @@ def data_definition(feature_columns: list[str], labeled: bool) -> DataDefinition
 def build_report(
     feature_columns: list[str], labeled: bool, *, facts: list[str] | None = None
 ) -> Report:
-    """A drift test per feature and on the prediction, quality when labeled, in one
-    :class:`FileReport` that opens with the file's summary; ``facts``: the names of the
-    current dataset's metadata values it shows (:func:`file_values`; none by default).
-
-    ``include_tests`` gives each ``ValueDrift`` its pass/fail test: Evidently's
-    own verdict on the column, read back as ``ColumnDrift.drifted``. Quality
-    metrics get no default tests: those compare against a dummy model, an
-    extra pass over the data that nothing here uses.
-    """
+    """One :class:`FileReport`; ``include_tests`` gives each ``ValueDrift`` the verdict
+    read back as ``ColumnDrift.drifted``; ``facts``: see :func:`file_values`."""
     content = FileReport(
         features=feature_columns,
         labeled=labeled,
@@ -239,10 +196,8 @@ def extract_result(
 
 
 class _BoundedRemoteWorkspace(RemoteWorkspace):
-    """Evidently's client, with a timeout on every request: its own sends without one, so a
-    frozen UI would block a run for as long as it is frozen. The rest is Evidently's
-    ``RemoteBase._request``, which takes no timeout to pass on. The timeout is read at
-    each request: the workspace is kept for the process (:func:`_target`)."""
+    """Evidently's ``RemoteBase._request`` with a timeout (it sends without one, so a frozen
+    UI would block a run as long as it is frozen)."""
 
     def _request(  # type: ignore[override]
         self,
@@ -283,7 +238,6 @@ def open_workspace(monitoring: MonitoringSettings) -> WorkspaceBase:
 
 
 def project_id(workspace: WorkspaceBase, name: str) -> UUID:
-    """The id of the project called ``name``, created on first use."""
     found = workspace.search_project(name)
     project = found[0] if found else workspace.create_project(name, "ChurnOps drift and quality")
     return project.id
@@ -299,11 +253,7 @@ _dashboards: set[tuple[str, str, str]] = set()
 
 
 def _target(monitoring: MonitoringSettings) -> tuple[tuple[str, str], WorkspaceBase, UUID]:
-    """The workspace and project runs go to, opened once per process.
-
-    Opening a local workspace reads every run stored in it (a second or more
-    after a few dozen files), so it is not done per file.
-    """
+    """The workspace and project, opened once per process (a local one reads every run)."""
     where = monitoring.evidently_ui_url or str(monitoring.evidently_workspace_dir)
     key = (where, PROJECT)
     with _targets_lock:
@@ -319,12 +269,8 @@ def publish(
     platform: PlatformSettings,
     model_tag: str = "",
 ) -> tuple[str, str]:
-    """Add the run to the workspace; return its snapshot id and the UI's URL for it.
-
-    The project's dashboard gets its panels (and one for a new ``model_tag``) once
-    per process. A failed add forgets the opened workspace, so the retry opens it
-    again (and finds or creates the project, should someone have deleted it).
-    """
+    """Add the run; return its snapshot id and URL. The dashboard gets its panels once per
+    process and model tag. A failed add forgets the workspace: the retry opens it again."""
     key, workspace, project = _target(monitoring)
     try:
         ref = workspace.add_run(project, snapshot)
@@ -341,9 +287,6 @@ def publish(
 
 
 def local_report_url(platform: PlatformSettings, project: UUID, snapshot: UUID) -> str:
-    """Where ``evidently ui`` serving the local workspace shows the snapshot.
+    """Where ``evidently ui`` serving the local workspace shows the snapshot."""
 
-    The UI's route is ``/projects/:projectId/reports/:snapshotId`` (the same
-    one ``RemoteWorkspace`` links to).
-    """
     return f"http://{platform.platform_host}:{platform.evidently_port}/projects/{project}/reports/{snapshot}"

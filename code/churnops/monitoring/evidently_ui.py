@@ -1,18 +1,9 @@
-"""What a person sees in the Evidently UI: a report that opens with a summary, and a
-project dashboard ChurnOps defines through Evidently's API.
+"""What a person sees in the Evidently UI: a report that opens with a summary
+(:class:`FileReport`, each metric computed once), and the project's dashboard.
 
-The report is one :class:`FileReport` container (Evidently's own way of composing
-a preset): it computes each metric once and renders, in order, a summary of the
-file (rows, drifted features, churn rate, scores on this file, attribution NDCG),
-each column's drift, then one confusion matrix and one ROC curve; its figures carry
-no plotly template (:func:`without_template`). The quality
-metrics' reference-side counters are left out: the reference is the training data,
-so its scores are in-sample (F1 0.98, ROC AUC 1.00) and compare with nothing.
-
-Two small metrics carry ChurnOps' numbers into Evidently so the dashboard can plot
-them: :class:`DriftedFeatures` (counted from the report's own ``ValueDrift`` tests,
-no drift computed again) and :class:`FileValue` (a number measured outside the
-report: the file's exact row count, the attribution NDCG).
+The reference-side quality counters are left out: the reference is the training data, so
+its scores are in-sample. :class:`DriftedFeatures` and :class:`FileValue` carry ChurnOps'
+numbers into Evidently so the dashboard can plot them.
 """
 
 from __future__ import annotations
@@ -46,8 +37,7 @@ DRIFT_TEST, FAILED = "drift", "FAIL"
 
 
 class DriftedFeatures(CountMetric):
-    """How many of ``columns`` drifted, and their share: the verdicts of the report's
-    own ``ValueDrift`` tests (read from the context, not computed again)."""
+    """How many of ``columns`` drifted, and their share, from the report's own tests."""
 
     columns: list[str]
 
@@ -67,9 +57,8 @@ def _drifted(context: Any, column: str) -> bool:
 
 
 class FileValue(SingleValueMetric):
-    """A number ChurnOps measured outside the report, named ``what``: read from the
-    current dataset's metadata (a value in the metric's own config would make each
-    value a dashboard series of its own)."""
+    """A number measured outside the report, named ``what``, read from the current dataset's
+    metadata (in the config, each value would be a dashboard series of its own)."""
 
     what: str
 
@@ -97,8 +86,7 @@ class FileReport(MetricContainer):
     labeled: bool
     labels_task: str
     scores_task: str
-    #: Names of the FileValues in the current dataset's metadata (:func:`file_values`).
-    facts: list[str]
+    facts: list[str]  # names of the FileValues (file_values)
 
     def generate_metrics(self, context: Any) -> Sequence[Any]:
         facts = [FileValue(what=what) for what in self.facts]
@@ -108,8 +96,7 @@ class FileReport(MetricContainer):
         return [ValueDrift(column=c) for c in [*self.features, PREDICTION]]
 
     def quality(self) -> list[Any]:
-        """Quality without default tests (they compare with a dummy model: an extra pass);
-        the confusion matrix once, on F1."""
+        """No default tests (a dummy model, an extra pass); the confusion matrix on F1."""
         if not self.labeled:
             return []
         return [
@@ -122,8 +109,7 @@ class FileReport(MetricContainer):
     def render(
         self, context: Any, child_widgets: list[tuple[Any, list[BaseWidgetInfo]]] | None = None
     ) -> list[BaseWidgetInfo]:
-        """The summary, each column's drift, then the quality figures (no counters: the
-        summary has this file's scores; the reference's are in-sample)."""
+        """The summary, each column's drift, then the quality figures without counters."""
         children = child_widgets or []
         drift_ids = {m.metric_id for m in self.drift()}
         quality_ids = {m.metric_id for m in self.quality()}
@@ -141,7 +127,6 @@ class FileReport(MetricContainer):
         return widgets
 
     def summary(self, context: Any) -> BaseWidgetInfo:
-        """Rows, drifted features, this file's scores, the attribution NDCG: one widget."""
         fact = {w: context.get_metric_result(FileValue(what=w)).value for w in self.facts}
         drifted = context.get_metric_result(DriftedFeatures(columns=self.features))
         share = f"{drifted.count.value:.0f} of {len(self.features)} ({drifted.share.value:.0%})"
@@ -158,10 +143,8 @@ class FileReport(MetricContainer):
 
 
 def without_template(widget: Any) -> None:
-    """Drop plotly's default template from each figure of ``widget`` (tabs, groups and
-    additional graphs included): 7.5 kB of styling per figure, the third of a file's
-    snapshot, which the UI parses on every upload; the UI's dark mode sets its own, the
-    light one draws plotly.js's plain style (white background). The data stay as they are."""
+    """Drop plotly's default template from every figure of ``widget``: a third of a
+    snapshot, parsed on every upload; the UI sets its own."""
     params = getattr(widget, "params", None)  # a widget's; a PlotlyGraphInfo has .layout
     for layout in (
         getattr(widget, "layout", None),
@@ -210,24 +193,19 @@ def dashboard_panels(model_tags: Sequence[str]) -> list[DashboardPanelPlot]:
             size="half",
         ),
     ]
-    for tag in sorted(model_tags):
-        panels.append(
-            line_plot_panel(
-                f"Quality scores, {tag}",
-                [PanelMetric(metric=m, tags=[tag], legend=m) for m in QUALITY_TYPES],
-                description="On each labeled file scored by this model version",
-                size="half",
-            )
+    return panels + [
+        line_plot_panel(
+            f"Quality scores, {tag}",
+            [PanelMetric(metric=m, tags=[tag], legend=m) for m in QUALITY_TYPES],
+            description="On each labeled file scored by this model version",
+            size="half",
         )
-    return panels
+        for tag in sorted(model_tags)
+    ]
 
 
 def ensure_dashboard(workspace: WorkspaceBase, project: Any, model_tag: str) -> None:
-    """Create the dashboard's panels, and a quality panel for a model version new to it.
-
-    Called once per process and model version; a dashboard that already has every
-    panel is left alone (a person's own panels and tabs stay).
-    """
+    """Add the missing panels (a quality one per new model version); a person's own stay."""
     current = workspace.get_dashboard(project)
     titles = {p.title for p in current.panels}
     tags = {tag for p in current.panels for v in p.values for tag in v.tags}

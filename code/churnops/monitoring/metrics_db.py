@@ -1,22 +1,11 @@
-"""The metrics database behind the Grafana dashboards (SQLAlchemy 2).
+"""The metrics database behind the Grafana dashboards (SQLAlchemy 2; SQLite by default,
+Postgres through ``DATABASE_URL``; schema by Alembic, upgraded once per process).
 
-Two tables, named for readable Grafana SQL:
-
-* ``pipeline_runs``: one row per processed file (who, what, when, outcome);
-* ``run_metrics``: a long table, one row per number: ``metric`` says what it
-  is, ``label`` which column it is about (per-column drift) and ``method`` how
-  it was measured, so a panel is one ``WHERE metric = '...'`` away.
-* ``model_events``: one row per retraining verdict (a version promoted or
-  refused, why, and both holdout F1s), so a panel shows model versions over time.
-
-``locks`` holds named leases (one retraining at a time) and is not for dashboards.
-
-SQLite under ``CHURNOPS_HOME`` by default, Postgres through ``DATABASE_URL``.
-The schema is kept by Alembic migrations (``churnops/monitoring/migrations``), run once
-per process when a database is first opened. Every write is retried for
-``DEPENDENCY_WAIT_SECONDS`` when the database cannot be reached, then fails
-with a clear message: an outage must not be mistaken for a bad file.
-Who may read and write them: :mod:`churnops.monitoring.db_roles`.
+``pipeline_runs`` has a row per file, ``run_metrics`` a row per number (``metric``,
+``label``: the column, ``method``), so a panel is one ``WHERE metric = ...`` away;
+``realized_scores`` from late labels, ``model_events`` per retraining verdict, ``locks``
+(not for dashboards). A write is retried for ``DEPENDENCY_WAIT_SECONDS`` while the
+database is unreachable, then fails clearly: an outage is not a bad file.
 """
 
 from __future__ import annotations
@@ -61,7 +50,7 @@ from churnops import retry
 from churnops.results import ATTRIBUTION_NDCG, DRIFTED_SHARE, MonitoringResult
 from churnops.settings import MonitoringSettings
 
-if TYPE_CHECKING:  # not imported at run time: it loads XGBoost, which reading metrics needs not
+if TYPE_CHECKING:  # it loads XGBoost, which reading metrics needs not
     from churnops.monitoring.attribution import AttributionDrift
 
 RUNNING, PROCESSED, ERRORED, FAILED = "running", "processed", "errored", "failed"
@@ -77,15 +66,14 @@ DRIFTED_COUNT = "drifted_count"
 DRIFT_SCORE = "drift_score"
 COLUMN_DRIFTED = "column_drifted"
 PREDICTED_CHURN_RATE = "predicted_churn_rate"
-#: Per feature (``label``): the file's mean |SHAP| and its importance rank (1 = most
-#: important); with ATTRIBUTION_NDCG, once per run (see churnops.monitoring.attribution).
+#: Per feature (``label``): the file's mean |SHAP| and its rank (1 = most important).
 ATTRIBUTION = "attribution"
 ATTRIBUTION_RANK = "attribution_rank"
 ATTRIBUTION_METHOD = "mean |SHAP| (TreeSHAP)"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC in and out, also on SQLite (which stores naive text)."""
+    """Timezone-aware UTC in and out, also on SQLite."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -119,7 +107,6 @@ pipeline_runs = Table(
     Column("finished_at", UtcDateTime, nullable=True),
     Column("report_url", Text, nullable=True),
     Column("error", Text, nullable=True),
-    #: ``scoring`` (a customer file) or ``labels`` (late labels of a scoring run).
     Column("kind", String(16), nullable=False, server_default=SCORING),
     CheckConstraint(f"status IN {STATUSES!r}", name="ck_pipeline_runs_status"),
     CheckConstraint(f"kind IN {KINDS!r}", name="ck_pipeline_runs_kind"),
@@ -203,8 +190,6 @@ locks = Table(
 
 @dataclass(frozen=True)
 class LockState:
-    """Who took a named lock last, when, and until when it holds."""
-
     holder: str
     acquired_at: datetime
     expires_at: datetime
@@ -216,12 +201,8 @@ class LockState:
 def metric_rows(
     result: MonitoringResult, thresholds: Mapping[str, float] | None = None
 ) -> Iterator[dict[str, Any]]:
-    """The long rows of one result (without run id and time).
-
-    ``thresholds`` (metric -> alert threshold in effect, see
-    ``MonitoringSettings.alert_thresholds``) go into the ``threshold`` column of their
-    metric's row, so the dashboards draw the limits each file was judged by.
-    """
+    """The long rows of one result, with the alert ``thresholds`` in effect, so the
+    dashboards draw the limits each file was judged by."""
     limits = thresholds or {}
     yield {
         "metric": DRIFTED_SHARE,
@@ -243,7 +224,6 @@ def metric_rows(
 def _attribution_rows(
     attribution: AttributionDrift, minimum: float | None
 ) -> Iterator[dict[str, Any]]:
-    """The run's NDCG with its alert minimum, and a mean |SHAP| and a rank per feature."""
     yield {"metric": ATTRIBUTION_NDCG, "value": attribution.ndcg, "threshold": minimum}
     for feature in attribution.features:
         yield {
@@ -260,16 +240,9 @@ def _now() -> datetime:
 
 
 def make_engine(url: str | URL, timeout: float | None = None) -> Engine:
-    """An engine for ``url`` whose every wait is bounded by ``timeout`` seconds (default
-    :data:`churnops.retry.NETWORK_TIMEOUT_SECONDS`).
-
-    Postgres: the connection (``connect_timeout``), each statement on the server
-    (``statement_timeout``) and, on the client, each wait for an answer
-    (:func:`_wait_bounded`: a frozen server answers nothing, not even a timeout).
-    SQLite gets its folder, that lock timeout and foreign keys. A bare
-    ``postgresql://`` URL means psycopg2, the driver ChurnOps installs (SQLAlchemy 2.1
-    would pick psycopg 3 for it).
-    """
+    """An engine whose every wait is bounded by ``timeout`` seconds: on Postgres the
+    connection, each statement and each wait for an answer (:func:`_wait_bounded`: a frozen
+    server answers nothing); SQLite's lock. A bare ``postgresql://`` means psycopg2."""
     url = make_url(url)
     timeout = retry.NETWORK_TIMEOUT_SECONDS if timeout is None else timeout
     if url.drivername == "postgresql":
@@ -291,12 +264,8 @@ def make_engine(url: str | URL, timeout: float | None = None) -> Engine:
 
 
 def _wait_bounded(conn: Any) -> None:
-    """psycopg2's wait for an answer, bounded by the connection's ``connect_timeout``.
-
-    A wait callback is the one client-side bound psycopg2 offers; it is process-wide,
-    so it reads its bound from each connection. The message is one SQLAlchemy takes
-    for a lost connection: the pool drops it, and the store's retry sees "unreachable".
-    """
+    """psycopg2's wait for an answer, bounded by the connection's ``connect_timeout`` (the
+    callback is process-wide). SQLAlchemy takes the message for a lost connection."""
     import psycopg2
     from psycopg2.extensions import POLL_OK, POLL_READ, POLL_WRITE, parse_dsn
 
@@ -319,9 +288,8 @@ def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
 
 
 def fitted(table: Table, row: dict[str, Any]) -> dict[str, Any]:
-    """The row with each text cut to its column's length: a dropped file's name or key may
-    be longer than Postgres holds (a 600-character S3 key), and its run must still be
-    recorded, as errored, not fail the insert forever."""
+    """The row with each text cut to its column's length: a 600-character S3 key's run must
+    still be recorded (as errored), not fail the insert forever."""
     cut = {}
     for name, value in row.items():
         length = getattr(table.c[name].type, "length", None)
@@ -337,8 +305,6 @@ class MetricsStore:
     def __init__(
         self, url: str | URL, wait_seconds: float | None = None, timeout: float | None = None
     ) -> None:
-        """``wait_seconds`` and ``timeout``: the retry policy's (:mod:`churnops.retry`)
-        unless given."""
         self.engine = make_engine(url, timeout)
         self.wait_seconds = retry.DEPENDENCY_WAIT_SECONDS if wait_seconds is None else wait_seconds
         self._retry(upgrade, self.engine)
@@ -348,7 +314,6 @@ class MetricsStore:
         return cls(monitoring.metrics_db_url)
 
     def _retry(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Call ``function``; retry while the database is unreachable, then say so."""
         retrying = retry.call(_is_unreachable, within=self.wait_seconds)
         try:
             return retrying(function, *args)
@@ -374,7 +339,6 @@ class MetricsStore:
         run_id: str | None = None,
         kind: str = SCORING,
     ) -> str:
-        """Record a file as being processed; return the run id (new unless given)."""
         run_id = run_id or str(uuid.uuid4())
         row = {
             "id": run_id,
@@ -388,12 +352,16 @@ class MetricsStore:
             "status": RUNNING,
             "started_at": started_at or _now(),
         }
-        self._retry(self._execute, insert(pipeline_runs), fitted(pipeline_runs, row))
+        self._write(insert(pipeline_runs), fitted(pipeline_runs, row))
         return run_id
 
     def _execute(self, statement: Any, rows: Any = None) -> int:
         with self.engine.begin() as conn:
             return conn.execute(statement, rows).rowcount
+
+    def _write(self, statement: Any, rows: Any = None) -> int:
+        """One transaction, retried while the database is unreachable; the rows it hit."""
+        return self._retry(self._execute, statement, rows)
 
     def finish_run(
         self,
@@ -407,7 +375,7 @@ class MetricsStore:
         model_version: str | None = None,
         finished_at: datetime | None = None,
     ) -> None:
-        """Close a run as processed, errored or failed; unset arguments keep their value."""
+        """Close a run; unset arguments keep their value."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"finish status must be one of {FINAL_STATUSES}, not {status!r}")
         given = {
@@ -420,7 +388,7 @@ class MetricsStore:
         values = {k: v for k, v in given.items() if v is not None}
         values |= {"status": status, "finished_at": finished_at or _now()}
         statement = update(pipeline_runs).where(pipeline_runs.c.id == run_id).values(values)
-        if self._retry(self._execute, statement) != 1:
+        if self._write(statement) != 1:
             raise KeyError(f"no pipeline run with id {run_id!r}")
 
     def record_result(
@@ -431,14 +399,13 @@ class MetricsStore:
         thresholds: Mapping[str, float] | None = None,
         recorded_at: datetime | None = None,
     ) -> int:
-        """Write every number of ``result`` (with the alert thresholds in effect) in one
-        transaction; return how many rows."""
+        """Every number of ``result`` in one transaction; return how many rows."""
         stamp = {"run_id": run_id, "recorded_at": recorded_at or _now()}
         rows = [
             {"label": None, "method": None, "threshold": None, **row, **stamp}
             for row in metric_rows(result, thresholds)
         ]
-        self._retry(self._execute, insert(run_metrics), rows)
+        self._write(insert(run_metrics), rows)
         return len(rows)
 
     def record_realized(
@@ -453,8 +420,7 @@ class MetricsStore:
         scores: Mapping[str, float],
         thresholds: Mapping[str, float] | None = None,
     ) -> int:
-        """The realized scores of scoring run ``run_id`` from one labels file, in one
-        transaction, with the minimums in effect; return how many rows."""
+        """The realized scores of run ``run_id`` from one labels file; how many rows."""
         limits = thresholds or {}
         common = {
             "run_id": run_id,
@@ -468,38 +434,30 @@ class MetricsStore:
             {**common, "metric": metric, "value": value, "threshold": limits.get(metric)}
             for metric, value in scores.items()
         ]
-        self._retry(
-            self._execute, insert(realized_scores), [fitted(realized_scores, r) for r in rows]
-        )
+        self._write(insert(realized_scores), [fitted(realized_scores, r) for r in rows])
         return len(rows)
 
     def realized(self, run_id: str | None = None) -> pd.DataFrame:
         """Realized scores (of one scoring run, or all), oldest labels first."""
-        query = select(realized_scores).order_by(realized_scores.c.id)
-        if run_id is not None:
-            query = query.where(realized_scores.c.run_id == run_id)
-        return self._frame(query)
+        return self._frame(realized_scores, run_id)
 
     def record_model_event(self, **row: Any) -> None:
         """One retraining verdict (columns of ``model_events``; ``at`` defaults to now)."""
-        self._retry(self._execute, insert(model_events), {"at": _now(), **row})
+        self._write(insert(model_events), {"at": _now(), **row})
 
     def model_events(self) -> pd.DataFrame:
-        """Every retraining verdict, oldest first."""
         return self._frame(select(model_events).order_by(model_events.c.at, model_events.c.id))
 
     def acquire_lock(
         self, name: str, holder: str, seconds: float, take_from: str | None = None
     ) -> bool:
-        """Take the lock ``name`` for ``seconds`` unless another holder has it; True if taken.
-
-        A new row, or an expired one (or ``take_from``'s, a holder known dead) taken over
-        with a conditional update: of concurrent callers exactly one gets True.
-        """
+        """Take the lock ``name`` for ``seconds`` unless another holder has it (an expired
+        one's, or ``take_from``'s, a holder known dead, is taken over by a conditional
+        update): of concurrent callers exactly one gets True."""
         now = _now()
         row = {"holder": holder, "acquired_at": now, "expires_at": now + timedelta(seconds=seconds)}
         try:
-            self._retry(self._execute, insert(locks), {"name": name, **row})
+            self._write(insert(locks), {"name": name, **row})
             return True
         except IntegrityError:
             pass
@@ -507,12 +465,12 @@ class MetricsStore:
         if take_from is not None:
             free = or_(free, locks.c.holder == take_from)
         expired = update(locks).where(locks.c.name == name, free)
-        return self._retry(self._execute, expired.values(row)) == 1
+        return self._write(expired.values(row)) == 1
 
     def release_lock(self, name: str, holder: str) -> None:
         """End ``holder``'s lock now; the row keeps when it was taken (the last start)."""
         mine = update(locks).where(locks.c.name == name, locks.c.holder == holder)
-        self._retry(self._execute, mine.values(expires_at=_now()))
+        self._write(mine.values(expires_at=_now()))
 
     def lock_state(self, name: str) -> LockState | None:
         """The lock's last holder, or None when it was never taken."""
@@ -530,7 +488,7 @@ class MetricsStore:
             .where(pipeline_runs.c.id == run_id, pipeline_runs.c.status == RUNNING)
             .values(status=FAILED, error=error, finished_at=_now())
         )
-        return self._retry(self._execute, statement) == 1
+        return self._write(statement) == 1
 
     def running(self) -> list[str]:
         """Ids of the runs still marked running (for the reconciler)."""
@@ -539,8 +497,7 @@ class MetricsStore:
             return list(conn.execute(query).scalars())
 
     def attempts_of(self, flow_run_ids: list[str]) -> dict[str, tuple[str, str]]:
-        """Flow run id -> (row id, status) of the attempt each of these flow runs made
-        (one at most; a flow run that claimed nothing has no row)."""
+        """Flow run id -> (row id, status) of its attempt (none if it claimed nothing)."""
         query = select(pipeline_runs.c.flow_run_id, pipeline_runs.c.id, pipeline_runs.c.status)
         query = query.where(pipeline_runs.c.flow_run_id.in_(flow_run_ids))
         with self.engine.connect() as conn:
@@ -553,12 +510,15 @@ class MetricsStore:
 
     def metrics(self, run_id: str | None = None) -> pd.DataFrame:
         """The metric rows of one run (or of all runs), in insertion order."""
-        query = select(run_metrics).order_by(run_metrics.c.id)
-        if run_id is not None:
-            query = query.where(run_metrics.c.run_id == run_id)
-        return self._frame(query)
+        return self._frame(run_metrics, run_id)
 
-    def _frame(self, query: Any) -> pd.DataFrame:
+    def _frame(self, query: Any, run_id: str | None = None) -> pd.DataFrame:
+        """A query's rows, or a table's by id (of one run if ``run_id``)."""
+        if isinstance(query, Table):
+            table = query
+            query = select(table).order_by(table.c.id)
+            if run_id is not None:
+                query = query.where(table.c.run_id == run_id)
         with self.engine.connect() as conn:
             result = conn.execute(query)
             return pd.DataFrame(result.mappings().all(), columns=list(result.keys()))
@@ -588,11 +548,8 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def upgrade(engine: Engine) -> None:
-    """``alembic upgrade head``, once per database and process.
-
-    A database made before migrations existed (tables, no ``alembic_version``)
-    is stamped at the first revision, which is the schema it has.
-    """
+    """``alembic upgrade head``, once per database and process. A database made before
+    migrations (tables, no ``alembic_version``) is stamped at 0001, the schema it has."""
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import inspect

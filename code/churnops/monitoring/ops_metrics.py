@@ -1,11 +1,6 @@
-"""Operational metrics for CloudWatch: what the alarms and the runners' autoscaling watch.
-
-CloudWatch knows nothing of Prefect's flow runs or of how long a file has waited
-in the drop bucket, so ChurnOps says it: the reconciler (every minute) the age of
-the oldest file in ``input/`` and in ``processing/``, each flow run whether it
-failed, and each runner how many flow runs wait for one. Nothing is published
-unless ``OPS_METRICS_NAMESPACE`` is set (terraform sets it on ECS), so the local
-platform needs no AWS. Publishing never fails the caller: an error is logged.
+"""Operational metrics for CloudWatch's alarms and the runners' autoscaling: the oldest
+file's age in ``input/`` and ``processing/``, failed and queued flow runs. Published only
+with ``OPS_METRICS_NAMESPACE`` set (on ECS); a failure is logged, never raised.
 """
 
 from __future__ import annotations

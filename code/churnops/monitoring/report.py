@@ -1,10 +1,5 @@
-"""``churnops report``: the Grafana dashboard's time series without Grafana.
-
-For the local default (SQLite, no Grafana running): reads the metrics
-database and writes ``report.png`` (scores, drifted share with its alert
-line, per-column drift scores, rows processed and files errored, over time)
-and ``report.html`` (the figure embedded, and the latest runs with links to
-their Evidently reports).
+"""``churnops report``: the Grafana dashboard's time series without Grafana, as
+``report.png`` and ``report.html`` (the figure and the latest runs, with their links).
 """
 
 from __future__ import annotations
@@ -43,7 +38,7 @@ PNG_NAME, HTML_NAME = "report.png", "report.html"
 
 
 class NoRunsYet(LookupError):
-    """The metrics database holds no pipeline run: nothing to plot."""
+    pass
 
 
 @dataclass(frozen=True)
@@ -89,7 +84,7 @@ def _series(metrics: pd.DataFrame, metric: str, by: str | None = None) -> pd.Dat
 def build_figure(
     runs: pd.DataFrame, metrics: pd.DataFrame, monitoring: MonitoringSettings
 ) -> Figure:
-    """Four panels sharing the time axis, like the dashboard's time series."""
+    """Four panels sharing the time axis, like the dashboard's."""
     figure, axes = plt.subplots(4, 1, figsize=(11, 14), sharex=True, layout="constrained")
     _scores(axes[0], metrics, monitoring)
     _drift(axes[1], metrics, monitoring)
@@ -126,11 +121,15 @@ def _drift(ax: Axes, metrics: pd.DataFrame, monitoring: MonitoringSettings) -> N
         right.plot(count.index, count[DRIFTED_COUNT], "s:", color="grey", label="drifted columns")
     right.set_ylabel("drifted columns")
     right.set_ylim(bottom=0)
+    _legend_beside(ax, right)
+    ax.set_title("Drifted columns")
+
+
+def _legend_beside(ax: Axes, right: Axes) -> None:
+    """One legend for both axes, past the right one: inside, it covered the points near 1."""
     right.yaxis.set_major_locator(MaxNLocator(integer=True))
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    # Beside the plot, past the right axis: inside, it covered the points near 1.
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)
-    ax.set_title("Drifted columns")
 
 
 def _feature_drift(ax: Axes, metrics: pd.DataFrame) -> None:
@@ -152,9 +151,7 @@ def _volume(ax: Axes, runs: pd.DataFrame) -> None:
     right.step(ordered["started_at"], errored, where="post", color="red", label="files errored")
     right.set_ylabel("files errored (cumulative)")
     right.set_ylim(0, max(errored.max(), 1) * 1.15)
-    right.yaxis.set_major_locator(MaxNLocator(integer=True))
-    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)
+    _legend_beside(ax, right)
     ax.set_title("Rows processed and files errored")
     ax.set_xlabel("time (UTC)")
 
