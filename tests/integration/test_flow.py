@@ -52,7 +52,7 @@ class Platform:
         return self.trigger(key)
 
     def trigger(self, key: str):
-        """Run the flow for ``key``; then its four records must agree (every test here)."""
+        """Run the flow for ``key``; then its five records must agree (every test here)."""
         state = churn_prediction_pipeline(drop=f"s3://{self.bucket}", key=key, return_state=True)
         storage = S3DropStorage(self.bucket, self.s3)
         metrics_url = self.settings.monitoring.metrics_db_url
