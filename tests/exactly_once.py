@@ -1,26 +1,21 @@
 """The exactly-once invariant, checked one way for every fault test.
 
-Every byte-string ever dropped is found exactly once, unchanged, among the
-originals (``input/<name>``, ``labels/<name>`` or ``<stage>/<run>/<name>``);
-nothing else is an original; once settled, each one is in ``processed/`` (or
-``errored/`` when it is invalid), each processed run has its predictions (a
-labels run: its labelled rows and join), and the metrics database has one
-processed row per processed run and no ``running`` row; each run's stage, row,
-log and lease tell the same story (:data:`STORIES`).
-
-:func:`check_records_agree` checks that the records of every flow run tell one story:
-the stage of its original, its ``pipeline_runs`` row, its Prefect flow run's state (read
-back from the server), its ``finish`` line in the log and its lease.
+Every dropped byte-string is found exactly once, unchanged, among the originals; once
+settled, each is in ``processed/`` with its outputs (or ``errored/``), with one processed
+row per processed run; and every attempt's records (stage, row, flow run state, log,
+lease) tell one of :data:`STORIES`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from uuid import UUID
 
+import pandas as pd
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
@@ -110,11 +105,7 @@ class Drops:
             self.check_database(metrics_url, found)
 
     def check_database(self, url: str, found: list[Original]) -> None:
-        store = MetricsStore(url)
-        try:
-            runs = store.runs()
-        finally:
-            store.close()
+        runs = pipeline_runs(url)
         processed_runs = {o.run for o in found if o.stage == "processed"}
         rows = runs[runs["id"].str.rsplit(".", n=1).str[0].isin(processed_runs)]
         assert (rows["status"] == "running").sum() == 0, rows[["id", "status", "error"]]
@@ -124,19 +115,23 @@ class Drops:
 
     def check_stories(self, url: str, found: list[Original]) -> None:
         """The records a run has without Prefect (stage, row, log, lease) tell one story."""
-        store = MetricsStore(url)
-        try:
-            runs = store.runs()
-        finally:
-            store.close()
-        status = dict(zip(runs["id"], runs["status"], strict=True))
+        status = _statuses(url)
+        stories = {s._replace(state=None) for s in STORIES.values()}
         for original in found:
             lease = claims.latest_lease(self.storage, original.run)
             assert lease is not None, original.key
-            told = (original.stage, status.get(lease.db_id))
-            told += (log_end(self.storage, lease), lease.state)
-            stories = {(s.stage, s.row, s.log, s.lease) for s in STORIES.values()}
+            told = _told(self.storage, status, lease, None)
             assert told in stories, (original.key, told)
+
+
+def pipeline_runs(url: str) -> pd.DataFrame:
+    with closing(MetricsStore(url)) as store:
+        return store.runs()
+
+
+def _statuses(url: str) -> dict[str, str]:
+    runs = pipeline_runs(url)
+    return dict(zip(runs["id"], runs["status"], strict=True))
 
 
 class Story(NamedTuple):
@@ -147,8 +142,8 @@ class Story(NamedTuple):
     stage: str | None
     #: Its attempt's ``pipeline_runs`` status (None: the attempt has no row).
     row: str | None
-    #: Its flow run's state: (type, name).
-    state: tuple[str, str]
+    #: Its flow run's state: (type, name); None where Prefect is not asked.
+    state: tuple[str, str] | None
     #: How the log says the attempt ended (:func:`log_end`).
     log: str
     #: The state of the attempt's lease (its claim file).
@@ -230,19 +225,24 @@ def read_flow_runs(storage: DropStorage, started: Iterable[str]) -> list[FlowRun
     return found
 
 
+def _told(
+    storage: DropStorage, status: dict[str, str], lease: claims.Lease, run: FlowRun | None
+) -> Story:
+    return Story(
+        stage_of(storage, lease),
+        status.get(lease.db_id),
+        (run.state.type.value, run.state.name) if run and run.state else None,
+        log_end(storage, lease),
+        lease.state,
+    )
+
+
 def check_records_agree(
     storage: DropStorage, metrics_url: str, flow_runs: Iterable[FlowRun]
 ) -> None:
-    """After each flow run, its five records tell one of :data:`STORIES`: the stage of its
-    file, its attempt's ``pipeline_runs`` row, its state as its Prefect server holds it
-    (``flow_runs`` read back from the server), the file's log and the attempt's lease. A
-    flow run that did not take its file (``skipped``) has no lease and ends Completed."""
-    store = MetricsStore(metrics_url)
-    try:
-        runs = store.runs()
-    finally:
-        store.close()
-    status = dict(zip(runs["id"], runs["status"], strict=True))
+    """After each flow run (as its server holds it), its five records tell one of
+    :data:`STORIES`. A flow run that did not take its file has no lease, ends Completed."""
+    status = _statuses(metrics_url)
     by_flow_run = {x.flow_run_id: x for x in leases(storage)}
     for flow_run in flow_runs:
         state = flow_run.state
@@ -251,11 +251,5 @@ def check_records_agree(
         if lease is None:
             assert state.is_completed() and state.message.startswith("skipped:"), state
             continue
-        told = Story(
-            stage_of(storage, lease),
-            status.get(lease.db_id),
-            (state.type.value, state.name),
-            log_end(storage, lease),
-            lease.state,
-        )
+        told = _told(storage, status, lease, flow_run)
         assert told in STORIES.values(), (lease.run, lease.attempt, told, state.message)

@@ -1,6 +1,6 @@
-"""What tests share about processes and ports: waiting for a condition or a server's
-port, a clean environment for a platform, a search for leftover processes. A free port and the
-process-group stop are the platform's own (:mod:`churnops.platform.services`)."""
+"""What tests share about processes: waiting for a condition or a port, a race of threads,
+a clean environment for a platform, leftover processes. A free port and the process-group
+stop are the platform's own (:mod:`churnops.platform.services`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,22 @@ def eventually(condition: Callable[[], object], seconds: float, interval: float 
             return False
         time.sleep(interval)
     return True
+
+
+def at_once(count: int, action: Callable[[int], Any]) -> list[Any]:
+    """``action(0)`` to ``action(count - 1)`` in threads released together: their results,
+    or the exceptions they raised."""
+    barrier = threading.Barrier(count)
+
+    def run(n: int) -> Any:
+        barrier.wait()
+        try:
+            return action(n)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(run, range(count)))
 
 
 def dead_pid() -> int:

@@ -1,12 +1,6 @@
-"""Feature-attribution drift through the real pipeline: the session model from the
-MLflow server, ``per_file.process`` and the metrics in Postgres.
-
-The session model leans on ``status``, ``frequency_of_use`` and ``complains`` (in
-that order on its reference data). A copy of ``customer_churn_1.csv`` where every
-customer's complaint flag is flipped (most customers now complain) makes
-``complains`` the feature the model leans on most; ``customer_churn_synthetic_1.csv``
-moves no feature that way.
-"""
+"""Feature-attribution drift through ``per_file.process`` with the session model, metrics in
+Postgres. Flipping every complaint flag of ``customer_churn_1.csv`` makes ``complains`` (3rd
+on the reference) the feature the model leans on most; synthetic file 1 moves none."""
 
 from __future__ import annotations
 

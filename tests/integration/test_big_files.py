@@ -1,8 +1,5 @@
-"""Big files on real parts: streamed through a moto bucket, the fast path, drift on a sample.
-
-The files here are small enough for a test suite (a few hundred thousand rows
-at most, built in memory); the 1M- and 10M-row files live in the benchmark.
-"""
+"""Big files (up to 400k rows here; 1M and 10M in the benchmark): streamed through a moto
+bucket, the fast path, drift on a sample."""
 
 from __future__ import annotations
 

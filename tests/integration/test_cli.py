@@ -35,9 +35,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def run(*args: str) -> str:
+def run(*args: str, code: int = 0) -> str:
+    """The command's output, once it exited with ``code``."""
     result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     return result.output
 
 
@@ -58,9 +59,7 @@ def test_fetch_train_and_process_a_file(home: Path, data_dir: Path) -> None:
 
     invalid = home / "notes.csv"
     invalid.write_text("not,a,churn\nfile,at,all\n")
-    result = CliRunner().invoke(app, ["process", str(invalid)])
-    assert result.exit_code == 3, result.output
-    assert "missing column" in result.output
+    assert "missing column" in run("process", str(invalid), code=3)
     assert "nothing to reconcile" in run("reconcile")
 
 
@@ -68,18 +67,15 @@ def test_process_exit_codes_for_skipped_and_failed(
     home: Path, moto_server: str, moto_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    result = CliRunner().invoke(app, ["process", f"s3://{moto_bucket}/data/input/gone.csv"])
-    assert result.exit_code == 5, result.output
-    assert "skipped" in result.output
+    assert "skipped" in run("process", f"s3://{moto_bucket}/data/input/gone.csv", code=5)
     assert "nothing to reconcile" in run("reconcile", f"s3://{moto_bucket}")
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port(LOOPBACK)}")
     monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 1.0)
     monkeypatch.setattr(retry, "RUN", retry.Backoff(3600.0, 3600.0))
     (home / "a.csv").write_text("x\n1\n")
-    result = CliRunner().invoke(app, ["process", str(home / "a.csv")])
-    assert result.exit_code == 4, result.output
-    assert "MLflow" in result.output and "unreachable" in result.output
+    result = run("process", str(home / "a.csv"), code=4)
+    assert "MLflow" in result and "unreachable" in result
     waiting = list((home / ".churnops/drop/data/processing").glob("*/a.csv"))
     assert len(waiting) == 1
     # Asked to reconcile before the retry is due: the file is named, with its next attempt.
@@ -89,8 +85,7 @@ def test_process_exit_codes_for_skipped_and_failed(
     # The same on the bucket: `reconcile s3://...` reads the bucket, not the local drop.
     s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
     s3.put_object(Bucket=moto_bucket, Key="data/input/b.csv", Body=b"x\n1\n")
-    result = CliRunner().invoke(app, ["process", f"s3://{moto_bucket}/data/input/b.csv"])
-    assert result.exit_code == 4, result.output
+    run("process", f"s3://{moto_bucket}/data/input/b.csv", code=4)
     listed = s3.list_objects_v2(Bucket=moto_bucket, Prefix="data/processing/")["Contents"]
     (run_id,) = {x["Key"].split("/")[2] for x in listed if x["Key"].endswith("/b.csv")}
     output = run("reconcile", f"s3://{moto_bucket}")
@@ -99,16 +94,12 @@ def test_process_exit_codes_for_skipped_and_failed(
 
 
 def test_process_a_missing_file_fails_clearly(home: Path) -> None:
-    result = CliRunner().invoke(app, ["process", "nope.csv"])
-    assert result.exit_code == 1
-    assert "nope.csv is not a file" in result.output
+    assert "nope.csv is not a file" in run("process", "nope.csv", code=1)
 
 
 def test_train_without_data_says_what_to_do(home: Path, monkeypatch) -> None:
     monkeypatch.setenv("CHURN_DATA_DIR", str(home / "empty"))
-    result = CliRunner().invoke(app, ["train"])
-    assert result.exit_code == 1
-    assert "run `make data`" in result.output
+    assert "run `make data`" in run("train", code=1)
 
 
 def test_grant_reader_on_postgres(
@@ -153,9 +144,8 @@ def test_retrain_prints_the_verdict_and_a_refusal_exits_0(
     }.items():
         monkeypatch.setenv(variable, value)
 
-    nothing = CliRunner().invoke(app, ["retrain"])
-    assert nothing.exit_code == 5, nothing.output
-    assert "skipped: no labeled file" in nothing.output
+    nothing = run("retrain", code=5)
+    assert "skipped: no labeled file" in nothing
 
     processed = run("process", str(data_dir / "customer_churn_synthetic_1.csv"))
     assert "retraining suggested: run `churnops retrain`" in processed  # the default mode

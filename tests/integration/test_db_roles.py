@@ -1,11 +1,6 @@
-"""One database role per service, against a real PostgreSQL cluster.
-
-The roles are made by ``terraform/scripts/db_init.py`` exactly as the ECS init
-containers run it (``python -c``, the administrator's and the role's credentials
-in the environment), on a metrics database of this module's own (fresh, so the
-migrations run from nothing), twice and concurrently. Then each role logs in with
-its own password and may do what its service needs, and nothing more.
-"""
+"""One database role per service on a real PostgreSQL cluster, made twice by
+``terraform/scripts/db_init.py`` as the ECS init container runs it, on a fresh metrics
+database: each role logs in with its password and may do what its service needs, no more."""
 
 from __future__ import annotations
 
@@ -152,6 +147,11 @@ def test_the_flow_cannot_delete_change_the_schema_or_reach_other_databases(
 
 
 def test_grafana_reads_the_dashboard_tables_and_nothing_else(platform: Platform) -> None:
+    """SELECT on DASHBOARD_TABLES only: not on another table, nor on one made later."""
+    admin = create_engine(platform.admin, poolclass=NullPool)
+    with admin.begin() as conn:
+        conn.execute(text("CREATE TABLE later_metrics (value float)"))
+    admin.dispose()
     reader = platform.login("grafana")
     try:
         with reader.connect() as conn:
@@ -161,6 +161,7 @@ def test_grafana_reads_the_dashboard_tables_and_nothing_else(platform: Platform)
         assert NOT_FOR_DASHBOARDS not in {t.name for t in DASHBOARD_TABLES}
         for statement in (
             f"SELECT * FROM {NOT_FOR_DASHBOARDS}",
+            "SELECT * FROM later_metrics",
             "SELECT * FROM alembic_version",
             "INSERT INTO run_metrics (run_id, metric, value, recorded_at) "
             "VALUES ('x', 'm', 1, now())",

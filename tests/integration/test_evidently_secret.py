@@ -3,9 +3,6 @@ writes from ChurnOps only when the settings carry the same secret."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -15,59 +12,42 @@ from evidently.errors import EvidentlyError
 
 from churnops import retry
 from churnops.monitoring.drift import open_workspace, project_id
-from churnops.settings import get_settings
-from tests.fixtures.evidently_ui import SECRET
+from churnops.settings import MonitoringSettings, get_settings
+from tests.fixtures.evidently_ui import SECRET, EvidentlyUI
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def evidently_ui(evidently_process: subprocess.Popen) -> str:
-    """The URL of the UI."""
-    return evidently_process.url  # type: ignore[attr-defined]
+def _monitoring(home: Path, ui: EvidentlyUI, secret: str | None = SECRET) -> MonitoringSettings:
+    return get_settings(
+        churnops_home=home, evidently_ui_url=ui.url, evidently_secret=secret
+    ).monitoring
 
 
-def test_the_secret_in_the_settings_lets_churnops_write(evidently_ui: str, tmp_path: Path) -> None:
-    settings = get_settings(
-        churnops_home=tmp_path, evidently_ui_url=evidently_ui, evidently_secret=SECRET
-    )
+def test_the_secret_in_the_settings_lets_churnops_write(
+    evidently_ui: EvidentlyUI, tmp_path: Path
+) -> None:
     name = f"churnops-{uuid.uuid4().hex[:8]}"
-
-    created = project_id(open_workspace(settings.monitoring), name)
-
-    assert project_id(open_workspace(settings.monitoring), name) == created
+    created = project_id(open_workspace(_monitoring(tmp_path, evidently_ui)), name)
+    assert project_id(open_workspace(_monitoring(tmp_path, evidently_ui)), name) == created
 
 
 @pytest.mark.parametrize("secret", [None, "wrong"])
 def test_without_the_secret_writes_are_refused(
-    evidently_ui: str, tmp_path: Path, secret: str | None
+    evidently_ui: EvidentlyUI, tmp_path: Path, secret: str | None
 ) -> None:
-    settings = get_settings(
-        churnops_home=tmp_path, evidently_ui_url=evidently_ui, evidently_secret=secret
-    )
-
+    monitoring = _monitoring(tmp_path, evidently_ui, secret)
     with pytest.raises(EvidentlyError, match="Not enough permissions"):
-        project_id(open_workspace(settings.monitoring), f"churnops-{uuid.uuid4().hex[:8]}")
+        project_id(open_workspace(monitoring), f"churnops-{uuid.uuid4().hex[:8]}")
 
 
 def test_a_frozen_ui_fails_the_call_in_bounded_time_then_works_again(
-    evidently_ui: str,
-    evidently_process: subprocess.Popen,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    evidently_ui: EvidentlyUI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGSTOP'ed, the UI accepts connections and answers nothing: NETWORK_TIMEOUT_SECONDS
     ends the wait (the run fails and is retried), and after SIGCONT it works."""
-    settings = get_settings(
-        churnops_home=tmp_path,
-        evidently_ui_url=evidently_ui,
-        evidently_secret=SECRET,
-    )
+    monitoring = _monitoring(tmp_path, evidently_ui)
     monkeypatch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 1.0)
-    os.kill(evidently_process.pid, signal.SIGSTOP)
-    try:
-        with pytest.raises(requests.Timeout):
-            open_workspace(settings.monitoring)
-    finally:
-        os.kill(evidently_process.pid, signal.SIGCONT)
-    assert project_id(open_workspace(settings.monitoring), f"churnops-{uuid.uuid4().hex[:8]}")
+    with evidently_ui.frozen(), pytest.raises(requests.Timeout):
+        open_workspace(monitoring)
+    assert project_id(open_workspace(monitoring), f"churnops-{uuid.uuid4().hex[:8]}")

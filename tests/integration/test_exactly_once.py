@@ -1,14 +1,9 @@
 """Every file exactly once, whatever happens: kills, outages, duplicates, clashes.
 
-Real parts throughout: the local folder and S3 on a moto server, SQLite and a
-real Postgres (stopped and started), the session's MLflow and Prefect servers.
-Every trigger runs the Prefect flow (``churn_prediction_pipeline``, in process,
-against the session's server), so each check reads five records back: the
-file's stage, its ``pipeline_runs`` row, its flow run's state, its log and its
-lease (:func:`tests.exactly_once.check_records_agree`). A SIGKILL is a real one,
-sent by a forked child to itself at a chosen point inside its flow run; recovery
-is what the platform does: the reconciler re-drives, and the attempt that takes
-over marks the dead flow run Crashed.
+Real parts: the local folder + SQLite and S3 on moto + Postgres, the session's MLflow and
+Prefect servers. Every trigger runs the Prefect flow in process, so each check reads five
+records back (:func:`tests.exactly_once.check_records_agree`). A SIGKILL is real, sent by a
+forked child to itself at a chosen point; recovery is the reconciler's re-drive.
 """
 
 from __future__ import annotations
@@ -21,13 +16,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +53,19 @@ from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import flow, per_file, reconcile
 from churnops.platform.services import free_port
 from churnops.settings import Settings, get_settings
-from tests.exactly_once import Drops, check_records_agree, leases, originals, read_flow_runs
+from tests.exactly_once import (
+    Drops,
+    check_records_agree,
+    leases,
+    originals,
+    pipeline_runs,
+    read_flow_runs,
+)
 from tests.fixtures.evidently_ui import SECRET as EVIDENTLY_SECRET
+from tests.fixtures.evidently_ui import EvidentlyUI
 from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.postgres import PostgresCluster
-from tests.processes import LOOPBACK
+from tests.processes import LOOPBACK, at_once
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +77,6 @@ class World:
     """A drop storage, its settings and the drops made in it."""
 
     settings: Settings
-    make_storage: Callable[[], DropStorage]
     drops: Drops
     #: Patches the timing constants (churnops.retry) for one test.
     patch: pytest.MonkeyPatch
@@ -86,11 +87,12 @@ class World:
     def storage(self) -> DropStorage:
         return self.drops.storage
 
+    def runs(self) -> pd.DataFrame:
+        return pipeline_runs(self.settings.monitoring.metrics_db_url)
+
     def process(self, key: str, steps: per_file.Steps = flow.STEPS) -> per_file.FileOutcome:
         """One trigger: a flow run of ``churn_prediction_pipeline`` for ``key``."""
-        outcome, flow_run_id = _run_flow(
-            self.patch, lambda: self.settings, self.storage, key, steps
-        )
+        outcome, flow_run_id = _run_flow(self.patch, self.settings, self.storage, key, steps)
         self.flow_runs.append(flow_run_id)
         return outcome
 
@@ -101,7 +103,7 @@ class World:
         return outcomes
 
     def check(self, **kwargs: Any) -> None:
-        """The files (:meth:`Drops.check`), then the four records of every flow run."""
+        """The files (:meth:`Drops.check`), then the five records of every flow run."""
         url = self.settings.monitoring.metrics_db_url
         self.drops.check(metrics_url=url, **kwargs)
         if kwargs.get("settled"):
@@ -110,7 +112,7 @@ class World:
 
 def _run_flow(
     patch: pytest.MonkeyPatch,
-    settings: Callable[[], Settings],
+    settings: Settings,
     storage: DropStorage,
     key: str,
     steps: per_file.Steps,
@@ -118,7 +120,7 @@ def _run_flow(
     """Run the flow in process on this ``storage`` object (one that may kill or replace),
     these ``settings`` and ``steps`` (as the flow's tasks); its outcome and flow run id."""
     patch.setattr(flow, "PREFECT_STEPS", steps.wrapped(flow.as_task))
-    patch.setattr(flow, "get_settings", settings)
+    patch.setattr(flow, "get_settings", lambda: settings)
     patch.setattr(flow, "open_drop", lambda drop: storage)
     state = flow.churn_prediction_pipeline(drop=storage.uri, key=key, return_state=True)
     outcome = per_file.FileOutcome(**state.result(raise_on_failure=False))
@@ -160,33 +162,27 @@ def world(
 ) -> World:
     """Local folder + SQLite, or a versioned moto bucket + Postgres."""
     if request.param == "local":
-        settings = _settings(tmp_path, mlflow_server, session_model)
-        root = settings.drop.drop_dir
+        return _local_world(_settings(tmp_path, mlflow_server, session_model), monkeypatch)
+    endpoint = request.getfixturevalue("moto_server")
+    bucket = request.getfixturevalue("moto_bucket")
+    boto3.client("s3", endpoint_url=endpoint).put_bucket_versioning(
+        Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    settings = _settings(
+        tmp_path,
+        mlflow_server,
+        session_model,
+        drop_storage="s3",
+        drop_bucket=bucket,
+        database_url=postgres_url,
+    )
+    return World(settings, Drops(S3DropStorage(bucket, s3_client(endpoint))), _quick(monkeypatch))
 
-        def make() -> DropStorage:
-            storage = LocalDropStorage(root)
-            storage.create_layout()
-            return storage
 
-    else:
-        endpoint = request.getfixturevalue("moto_server")
-        bucket = request.getfixturevalue("moto_bucket")
-        boto3.client("s3", endpoint_url=endpoint).put_bucket_versioning(
-            Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
-        )
-        settings = _settings(
-            tmp_path,
-            mlflow_server,
-            session_model,
-            drop_storage="s3",
-            drop_bucket=bucket,
-            database_url=postgres_url,
-        )
-
-        def make() -> DropStorage:
-            return S3DropStorage(bucket, s3_client(endpoint))
-
-    return World(settings, make, Drops(make()), _quick(monkeypatch))
+def _local_world(settings: Settings, patch: pytest.MonkeyPatch) -> World:
+    storage = LocalDropStorage(settings.drop.drop_dir)
+    storage.create_layout()
+    return World(settings, Drops(storage), _quick(patch))
 
 
 @pytest.fixture(autouse=True)
@@ -227,6 +223,23 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _before(step_name: str, action: Callable[[], None]) -> per_file.Steps:
+    """The flow's steps, with ``action`` (a kill, a dependency taken down) just before
+    ``step_name`` runs."""
+
+    def wrap(step: Callable) -> Callable:
+        if step.__name__ != step_name:
+            return step
+
+        def first_the_action(*args: Any, **kwargs: Any) -> Any:
+            action()
+            return step(*args, **kwargs)
+
+        return first_the_action
+
+    return flow.STEPS.wrapped(wrap)
+
+
 class KillingStorage:
     """A storage that SIGKILLs its process at a chosen storage call."""
 
@@ -259,19 +272,8 @@ def _killed_run(settings: Settings, key: str, point: str, env: dict[str, str]) -
     os.environ.update(env)  # the fork server was started before the moto credentials
     api = env.pop("PREFECT_API_URL")
     storage = KillingStorage(open_storage(settings.drop), point)
-
-    def killer(step: Callable) -> Callable:
-        if step.__name__ != point:
-            return step
-
-        def die(*args: Any, **kwargs: Any) -> Any:
-            _die()
-
-        return die
-
     with temporary_settings(updates={PREFECT_API_URL: api}):
-        steps = flow.STEPS.wrapped(killer)
-        _run_flow(pytest.MonkeyPatch(), lambda: settings, storage, key, steps)
+        _run_flow(pytest.MonkeyPatch(), settings, storage, key, _before(point, _die))
     os._exit(0)  # not killed: the test fails on the exit code
 
 
@@ -386,15 +388,12 @@ def test_kill_a_late_labels_run_at_any_point_then_reconcile(
 
     outcomes = _by_name(world.reconcile())
     world.check(settled=True)
-    store = MetricsStore(world.settings.monitoring.metrics_db_url)
-    try:
+    with closing(MetricsStore(world.settings.monitoring.metrics_db_url)) as store:
         for name, (point, run_id) in scored.items():
             if not point.startswith("release"):
                 mine = [(o.status, o.attempt) for o in outcomes.get(name, [])]
                 assert mine == [("processed", 2)], (point, outcomes.get(name))
             assert set(store.realized(run_id)["metric"]) >= {"f1", "roc_auc"}, point
-    finally:
-        store.close()
     assert world.reconcile() == []
 
 
@@ -439,22 +438,6 @@ def test_killed_churnops_process_is_recovered_by_running_it_again(
 
 
 # --- outages: a dependency down is not a bad file ---------------------------------------------
-def _stop_during(step_name: str, stop: Callable[[], None]) -> per_file.Steps:
-    """Steps that take a dependency down just before ``step_name`` runs."""
-
-    def wrap(step: Callable) -> Callable:
-        if step.__name__ != step_name:
-            return step
-
-        def stopping(*args: Any, **kwargs: Any) -> Any:
-            stop()
-            return step(*args, **kwargs)
-
-        return stopping
-
-    return flow.STEPS.wrapped(wrap)
-
-
 def test_metrics_database_down_mid_run_then_back(
     tmp_path: Path,
     mlflow_server: str,
@@ -464,10 +447,10 @@ def test_metrics_database_down_mid_run_then_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = _settings(tmp_path, mlflow_server, session_model, database_url=postgres_cluster.url)
-    world = World(settings, lambda: _local(settings), Drops(_local(settings)), _quick(monkeypatch))
+    world = _local_world(settings, monkeypatch)
     key = world.drops.drop("customers.csv", small_file)
     try:
-        outcome = world.process(key, _stop_during("record_metrics", postgres_cluster.stop))
+        outcome = world.process(key, _before("record_metrics", postgres_cluster.stop))
         assert outcome.status == "failed", outcome
         assert "unreachable" in outcome.message
         world.check(settled=False)
@@ -491,7 +474,7 @@ def test_mlflow_down_fails_fast_then_the_file_is_processed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = _settings(tmp_path, mlflow_instance.url, session_model)
-    world = World(settings, lambda: _local(settings), Drops(_local(settings)), _quick(monkeypatch))
+    world = _local_world(settings, monkeypatch)
     key = world.drops.drop("customers.csv", small_file)
     mlflow_instance.stop()
     try:
@@ -508,12 +491,6 @@ def test_mlflow_down_fails_fast_then_the_file_is_processed(
     outcomes = world.reconcile()
     assert [o.status for o in outcomes] == ["processed"]
     world.check(settled=True)
-
-
-def _local(settings: Settings) -> LocalDropStorage:
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
-    return storage
 
 
 # --- duplicates, concurrency, re-drops and name clashes ------------------------------------------
@@ -536,21 +513,8 @@ def any_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Drop
 def test_concurrent_claims_of_one_drop_have_one_winner(any_storage: DropStorage) -> None:
     drops = Drops(any_storage)
     key = drops.drop("customers.csv", b"a,b\n1,2\n")
-    barrier = threading.Barrier(8)
-    results: list[object] = []
-
-    def claimer() -> None:
-        barrier.wait()
-        try:
-            results.append(claims.claim(any_storage, key, lease_seconds=30))
-        except claims.ClaimRefused as exc:
-            results.append(exc)
-
-    threads = [threading.Thread(target=claimer) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = at_once(8, lambda _: claims.claim(any_storage, key, lease_seconds=30))
+    assert all(isinstance(r, claims.Claim | claims.ClaimRefused) for r in results), results
     winners = [r for r in results if isinstance(r, claims.Claim)]
     assert len(winners) == 1, results
     assert len(any_storage.list_keys(f"data/claims/{winners[0].run}/")) == 1
@@ -574,19 +538,8 @@ def test_concurrent_and_duplicate_events_process_a_drop_once(
     world: World, small_file: bytes
 ) -> None:
     key = world.drops.drop("customers.csv", small_file)
-    outcomes: list[per_file.FileOutcome] = []
-    # each thread in this test's context: its Prefect settings (the session's server)
-    threads = [
-        threading.Thread(
-            target=contextvars.copy_context().run,
-            args=(lambda: outcomes.append(world.process(key)),),
-        )
-        for _ in range(2)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    contexts = [contextvars.copy_context() for _ in range(2)]  # its Prefect settings
+    outcomes = at_once(2, lambda n: contexts[n].run(world.process, key))
     outcomes.append(world.process(key))  # a late duplicate event
     assert sorted(o.status for o in outcomes) == ["processed", "skipped", "skipped"]
     world.check(settled=True)
@@ -719,10 +672,7 @@ def test_a_600_character_key_on_s3_and_postgres_is_bad_input(
     assert "the file name is too long" in outcome.message
     world.check(settled=True, invalid=1)
     assert world.reconcile() == []
-    store = MetricsStore(world.settings.monitoring.metrics_db_url)
-    runs = store.runs()
-    store.close()
-    recorded = runs.set_index("id").loc[outcome.run_id, "file_name"]
+    recorded = world.runs().set_index("id").loc[outcome.run_id, "file_name"]
     assert recorded.startswith("k" * 500) and len(recorded) == 512  # cut to its column
 
 
@@ -774,11 +724,7 @@ def test_a_dependency_failure_is_one_short_line_where_users_look(
     assert outcome.message == reason
     lease = claims.latest_lease(world.storage, outcome.run)
     assert lease is not None and lease.reason == reason
-    store = MetricsStore(world.settings.monitoring.metrics_db_url)
-    try:
-        assert store.runs().set_index("id").loc[outcome.run_id, "error"] == reason
-    finally:
-        store.close()
+    assert world.runs().set_index("id").loc[outcome.run_id, "error"] == reason
     log = world.storage.read(log_key(outcome.run, "customers.csv")).decode()
     assert "<html>" not in log and ", in monitor" in log  # the frames, for whoever debugs
     assert [o.status for o in world.reconcile()] == ["processed"]
@@ -810,7 +756,7 @@ def test_a_frozen_metrics_database_fails_the_attempt_then_the_file_is_processed(
     key = world.drops.drop("customers.csv", small_file)
     freezing = postgres_cluster.frozen()
     try:
-        outcome = world.process(key, _stop_during("record_metrics", freezing.__enter__))
+        outcome = world.process(key, _before("record_metrics", freezing.__enter__))
     finally:
         freezing.__exit__(None, None, None)
     assert outcome.status == "failed", outcome
@@ -821,20 +767,16 @@ def test_a_frozen_metrics_database_fails_the_attempt_then_the_file_is_processed(
 
 
 def test_a_frozen_evidently_ui_fails_the_attempt_then_the_file_is_processed(
-    world: World, evidently_process: subprocess.Popen, small_file: bytes
+    world: World, evidently_ui: EvidentlyUI, small_file: bytes
 ) -> None:
-    _tuned(
-        world,
-        evidently_ui_url=evidently_process.url,  # type: ignore[attr-defined]
-        evidently_secret=EVIDENTLY_SECRET,
-    )
+    _tuned(world, evidently_ui_url=evidently_ui.url, evidently_secret=EVIDENTLY_SECRET)
     world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 2.0)
     key = world.drops.drop("customers.csv", small_file)
-    freeze = partial(os.kill, evidently_process.pid, signal.SIGSTOP)
+    freezing = evidently_ui.frozen()
     try:
-        outcome = world.process(key, _stop_during("monitor", freeze))
+        outcome = world.process(key, _before("monitor", freezing.__enter__))
     finally:
-        os.kill(evidently_process.pid, signal.SIGCONT)
+        freezing.__exit__(None, None, None)
     assert outcome.status == "failed", outcome
     assert "timed out" in outcome.message.lower(), outcome.message
     world.check(settled=False, waiting=True)
@@ -914,11 +856,7 @@ def test_a_processing_object_deleted_mid_run_closes_the_run_once(
     assert "deleted during its run" in outcome.message
     assert world.reconcile() == []  # closed once: not re-driven every tick
     assert world.reconcile() == []
-    store = MetricsStore(world.settings.monitoring.metrics_db_url)
-    try:
-        rows = store.runs()
-    finally:
-        store.close()
+    rows = world.runs()
     mine = rows[rows["id"].str.startswith(f"{outcome.run}.")]
     assert list(mine["status"]) == ["errored"], mine[["id", "status"]]
     world.check(settled=True)
@@ -929,8 +867,7 @@ def test_a_processing_object_deleted_mid_run_closes_the_run_once(
 def local_world(
     tmp_path: Path, mlflow_server: str, session_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> World:
-    settings = _settings(tmp_path, mlflow_server, session_model)
-    return World(settings, lambda: _local(settings), Drops(_local(settings)), _quick(monkeypatch))
+    return _local_world(_settings(tmp_path, mlflow_server, session_model), monkeypatch)
 
 
 def test_a_name_that_is_not_utf8_is_refused_once_and_harms_no_other(
@@ -1008,27 +945,6 @@ def test_a_same_name_replacement_during_the_move_in_is_a_second_file(
     local_world.check(settled=True)
 
 
-def test_a_file_written_after_its_claim_starts_over_as_a_new_run(
-    local_world: World, small_file: bytes
-) -> None:
-    """The writer was not done: the run's outputs are stale, the file goes back to input/
-    and its final content is processed as a new run."""
-    more = small_file.split(b"\n", 1)[1]
-    key = local_world.drops.drop("customers.csv", small_file)
-    local_world.drops.dropped = [small_file + more]
-
-    def still_writing(settings: Settings, storage: DropStorage, processing_key: str, *rest):
-        scored = per_file.score_file(settings, storage, processing_key, *rest)
-        with Path(storage.path(processing_key)).open("ab") as out:  # the writer's open file
-            out.write(more)
-        return scored
-
-    outcome = local_world.process(key, replace(flow.STEPS, score_file=still_writing))
-    assert outcome.status == "skipped" and "changed during its run" in outcome.message
-    assert [o.status for o in local_world.reconcile()] == ["processed"]
-    local_world.check(settled=True)
-
-
 def test_a_same_name_replacement_before_the_claim(
     world: World, small_file: bytes, data_dir: Path
 ) -> None:
@@ -1056,28 +972,39 @@ def test_a_same_name_replacement_before_the_claim(
     assert world.reconcile() == []
 
 
-def test_a_file_that_changed_during_its_run_whose_name_was_dropped_again_is_kept(
-    local_world: World, small_file: bytes, data_dir: Path
+@pytest.mark.parametrize(
+    ("dropped_again", "status", "why"),
+    [(False, "skipped", "changed during its run"), (True, "errored", "is another drop now")],
+)
+def test_a_file_written_after_its_claim_starts_over_unless_its_name_was_dropped_again(
+    local_world: World,
+    small_file: bytes,
+    data_dir: Path,
+    dropped_again: bool,
+    status: str,
+    why: str,
 ) -> None:
-    """It cannot go back to input/ (a newer drop has the name, and a move never replaces):
-    it ends in errored/ with why, once, and the newer drop is processed."""
+    """The writer was not done: the run's outputs are stale and the file goes back to input/,
+    its final content processed as a new run. If a newer drop took the name (a move never
+    replaces), it ends in errored/ with why, once, and the newer drop is processed."""
     more = small_file.split(b"\n", 1)[1]
-    newer = (data_dir / "customer_churn_2_majority_drifted.csv").read_bytes()
     key = local_world.drops.drop("customers.csv", small_file)
     local_world.drops.dropped = [small_file + more]
 
     def still_writing(settings: Settings, storage: DropStorage, processing_key: str, *rest):
         scored = per_file.score_file(settings, storage, processing_key, *rest)
-        with Path(storage.path(processing_key)).open("ab") as out:
+        with Path(storage.path(processing_key)).open("ab") as out:  # the writer's open file
             out.write(more)
-        local_world.drops.drop("customers.csv", newer)
+        if dropped_again:
+            newer = (data_dir / "customer_churn_2_majority_drifted.csv").read_bytes()
+            local_world.drops.drop("customers.csv", newer)
         return scored
 
     outcome = local_world.process(key, replace(flow.STEPS, score_file=still_writing))
 
-    assert outcome.status == "errored" and "is another drop now" in outcome.message, outcome
+    assert outcome.status == status and why in outcome.message, outcome
     assert [o.status for o in local_world.reconcile()] == ["processed"]
-    local_world.check(settled=True, invalid=1)
+    local_world.check(settled=True, invalid=int(dropped_again))
     assert local_world.reconcile() == []
 
 

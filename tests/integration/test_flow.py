@@ -1,9 +1,6 @@
-"""The Prefect flow end to end on real parts: S3 and SNS on moto, Postgres, MLflow.
-
-Flows run under Prefect's test harness; every assertion reads the result back
-from the service that holds it (the bucket, the queue behind the topic, the
-metrics database, the flow run's state).
-"""
+"""The Prefect flow end to end on real parts: S3 and SNS on moto, Postgres, MLflow, the
+session's Prefect server; every assertion reads the result back from the service that
+holds it."""
 
 from __future__ import annotations
 
@@ -35,12 +32,10 @@ from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline.flow import churn_prediction_pipeline
 from churnops.settings import Settings, get_settings
 from tests.exactly_once import check_records_agree
-from tests.fixtures.model import SESSION_MODEL
+from tests.fixtures.model import SESSION_MODEL as MODEL
 from tests.fixtures.moto import received_messages, sns_topic_to_queue
 
 pytestmark = pytest.mark.integration
-
-MODEL = SESSION_MODEL
 
 
 @dataclass
@@ -57,7 +52,7 @@ class Platform:
         return self.trigger(key)
 
     def trigger(self, key: str):
-        """Run the flow for ``key``; then its four records must agree (every test here)."""
+        """Run the flow for ``key``; then its five records must agree (every test here)."""
         state = churn_prediction_pipeline(drop=f"s3://{self.bucket}", key=key, return_state=True)
         storage = S3DropStorage(self.bucket, self.s3)
         metrics_url = self.settings.monitoring.metrics_db_url
@@ -162,27 +157,22 @@ def test_labeled_file_is_scored_stored_and_kept(platform: Platform, data_dir: Pa
     assert set(metrics.loc[metrics["metric"] == "drift_score", "label"]) >= {"call_failure"}
 
 
-def test_drifted_file_raises_the_drift_alert(platform: Platform, data_dir: Path) -> None:
-    name = "customer_churn_2_majority_drifted.csv"
+@pytest.mark.parametrize(
+    ("name", "subject", "says"),
+    [
+        ("customer_churn_2_majority_drifted.csv", "drift", "call_failure"),
+        ("customer_churn_synthetic_1.csv", "low scores", "< minimum 0.700"),
+    ],
+)
+def test_a_drifted_or_low_scoring_file_raises_its_alert(
+    platform: Platform, data_dir: Path, name: str, subject: str, says: str
+) -> None:
     platform.alerts()  # start from an empty queue
     state = platform.drop(name, (data_dir / name).read_bytes())
     assert state.is_completed()
-    alerts = [a for a in platform.alerts() if name in a["Message"]]
-    assert len(alerts) == 1
-    assert "drift" in alerts[0]["Subject"]
-    assert "call_failure" in alerts[0]["Message"]
-    assert state.result()["report_url"] in alerts[0]["Message"]
-
-
-def test_synthetic_file_raises_the_score_alert(platform: Platform, data_dir: Path) -> None:
-    name = "customer_churn_synthetic_1.csv"
-    platform.alerts()
-    state = platform.drop(name, (data_dir / name).read_bytes())
-    assert state.is_completed()
-    alerts = [a for a in platform.alerts() if name in a["Message"]]
-    assert len(alerts) == 1
-    assert "low scores" in alerts[0]["Subject"]
-    assert "< minimum 0.700" in alerts[0]["Message"]
+    [alert] = [a for a in platform.alerts() if name in a["Message"]]
+    assert subject in alert["Subject"] and says in alert["Message"]
+    assert state.result()["report_url"] in alert["Message"]
 
 
 def test_unlabeled_file_gets_drift_only(platform: Platform, data_dir: Path) -> None:

@@ -1,11 +1,5 @@
-"""Late labels through the real pipeline: the session model, a local drop, real Postgres.
-
-Two customer files are scored first, one with a ``customer_id`` and one
-without. Their predictions files, with ``Churn`` filled in, are then dropped
-into ``data/labels/``: joined by identifier (some rows only, shuffled, some
-labels blank) and by rows; and files that match no run, or hold other rows,
-end in ``errored/`` with the reason.
-"""
+"""Late labels through the real pipeline (session model, local drop, Postgres): two files
+scored, one with a ``customer_id``, then their predictions dropped back with ``Churn``."""
 
 from __future__ import annotations
 
@@ -64,9 +58,10 @@ def _predictions(scored, name: str) -> pd.DataFrame:
     )
 
 
-def _drop_labels(scored, name: str, frame: pd.DataFrame, settings: Settings | None = None):
+def _drop_labels(scored, name: str, labels: pd.DataFrame | bytes, settings: Settings | None = None):
     base, storage, _, _ = scored
-    storage.create(stage_key("labels", name), frame.to_csv(index=False).encode())
+    data = labels if isinstance(labels, bytes) else labels.to_csv(index=False).encode()
+    storage.create(stage_key("labels", name), data)
     return per_file.process(settings or base, storage, stage_key("labels", name))
 
 
@@ -233,24 +228,19 @@ def _ragged(data: bytes) -> bytes:
 def test_a_bad_labels_file_is_bad_input_errored_not_retried(
     scored, name: str, make: Callable[[bytes], bytes], reason: str
 ) -> None:
-    settings, storage, _, _ = scored
-    storage.create(stage_key("labels", name), make(_labels_bytes(scored)))
-
-    outcome = per_file.process(settings, storage, stage_key("labels", name))
+    outcome = _drop_labels(scored, name, make(_labels_bytes(scored)))
 
     assert outcome.status == "errored", outcome.message
     assert reason in outcome.message
-    assert storage.exists(f"data/errored/{outcome.run}/{name}")
+    assert scored[1].exists(f"data/errored/{outcome.run}/{name}")
 
 
 @pytest.mark.parametrize(("name", "pack"), [("semicolons.csv", "';'"), ("packed.csv.gz", "gzip")])
 def test_a_labels_file_is_read_like_a_customer_file(scored, name: str, pack: str) -> None:
-    settings, storage, _, _ = scored
     text = _labels_bytes(scored)
-    data = gzip.compress(text) if pack == "gzip" else text.replace(b",", b";")
-    storage.create(stage_key("labels", name), data)
-
-    outcome = per_file.process(settings, storage, stage_key("labels", name))
+    outcome = _drop_labels(
+        scored, name, gzip.compress(text) if pack == "gzip" else text.replace(b",", b";")
+    )
 
     assert outcome.status == "processed", outcome.message
     assert "matched by rows" in outcome.message
@@ -265,7 +255,7 @@ def test_labels_that_fit_two_identical_runs_say_so(scored) -> None:
     rescored = per_file.process(settings, storage, stage_key("input", "again.csv"))
     assert rescored.status == "processed", rescored.message
 
-    outcome = _drop_labels(scored, "twice.csv", pd.read_csv(io.BytesIO(_labels_bytes(scored))))
+    outcome = _drop_labels(scored, "twice.csv", _labels_bytes(scored))
 
     assert outcome.status == "processed", outcome.message
     assert f"(run {rescored.run}," in outcome.message

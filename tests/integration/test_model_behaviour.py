@@ -1,9 +1,5 @@
-"""Behavioural tests of the registered model (in the style of Made-With-ML).
-
-Directional: a change that should raise churn risk does not lower it.
-Invariance: what must not matter (row order, column order, the label column
-being present) does not change a single prediction.
-"""
+"""Behavioural tests of the registered model (Made-With-ML style): directional (what should
+raise churn risk does not lower it) and invariance (row and column order, the label)."""
 
 from __future__ import annotations
 

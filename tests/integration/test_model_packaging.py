@@ -1,7 +1,4 @@
-"""The registered model as MLflow's own tools see it: logged from code, served on a raw file.
-
-Uses the session model (trained and registered once on the session's MLflow server).
-"""
+"""The session model as MLflow's own tools see it: logged from code, served on a raw file."""
 
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from churnops.monitoring import drift
 from churnops.monitoring.drift import run_monitoring
 from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
 from churnops.settings import Settings, get_settings
-from tests.fixtures.evidently_ui import SECRET
+from tests.fixtures.evidently_ui import SECRET, EvidentlyUI
 
 pytestmark = pytest.mark.integration
 
@@ -137,15 +136,10 @@ def test_runs_land_in_one_project_with_their_tags(
         )
 
 
-@pytest.fixture(scope="module")
-def evidently_ui(evidently_process: subprocess.Popen) -> str:
-    return evidently_process.url  # type: ignore[attr-defined]
-
-
 def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
     data_dir: Path,
     reference: pd.DataFrame,
-    evidently_ui: str,
+    evidently_ui: EvidentlyUI,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -154,7 +148,7 @@ def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
     widget is the summary, with one confusion matrix and no in-sample reference scores."""
     settings = get_settings(
         churnops_home=tmp_path,
-        evidently_ui_url=evidently_ui,
+        evidently_ui_url=evidently_ui.url,
         evidently_secret=SECRET,
     )
     monkeypatch.setattr(drift, "PROJECT", "dash")  # a project of this test's own
@@ -166,9 +160,9 @@ def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
         current = scored(data_dir / name, seed=1)
         results[name] = monitor(reference, current, settings, name, version, attribution_ndcg=0.9)
     [project] = [
-        p for p in http.get(f"{evidently_ui}/api/v2/projects").json() if p["name"] == "dash"
+        p for p in http.get(f"{evidently_ui.url}/api/v2/projects").json() if p["name"] == "dash"
     ]
-    api = f"{evidently_ui}/api/v2"
+    api = f"{evidently_ui.url}/api/v2"
 
     dashboard = http.get(f"{api}/dashboards/{project['id']}").json()
     panels = {p["title"]: p for p in dashboard["panels"]}
@@ -197,7 +191,7 @@ def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
     assert len(v7) == 5 and all(len(values) == 1 for values in v7)  # one file, five scores
 
     first = results["customer_churn_1.csv"]
-    data = http.get(f"{evidently_ui}/api/projects/{project['id']}/{first.snapshot_id}/data")
+    data = http.get(f"{evidently_ui.url}/api/projects/{project['id']}/{first.snapshot_id}/data")
     widgets = data.json()["widgets"]
     flat = [w for group in widgets for w in (group.get("widgets") or [group])]
     summary = flat[0]

@@ -92,9 +92,10 @@ def test_the_reconciler_publishes_the_oldest_waiting_and_processing_ages(
     assert 45 * 60 <= ages[ops_metrics.OLDEST_PROCESSING] < 46 * 60
 
     reconcile.publish_ages(settings.platform, storage, datetime.now(UTC))
-    endpoint = moto_server
-    (oldest_input,) = datapoints(endpoint, namespace, ops_metrics.OLDEST_INPUT, "Maximum")
-    (oldest_processing,) = datapoints(endpoint, namespace, ops_metrics.OLDEST_PROCESSING, "Maximum")
+    (oldest_input,) = datapoints(moto_server, namespace, ops_metrics.OLDEST_INPUT, "Maximum")
+    (oldest_processing,) = datapoints(
+        moto_server, namespace, ops_metrics.OLDEST_PROCESSING, "Maximum"
+    )
     assert oldest_input >= 20 * 60 and oldest_processing >= 45 * 60
 
 
@@ -132,9 +133,8 @@ def test_each_flow_run_says_whether_it_failed(
             drop=drop, key=stage_key("input", "gone.csv"), return_state=True
         )
     assert failed.is_failed() and skipped.is_completed()
-    endpoint = moto_server
-    assert sum(datapoints(endpoint, namespace, ops_metrics.FAILED_RUNS, "Sum")) == 1.0
-    assert sum(datapoints(endpoint, namespace, ops_metrics.FAILED_RUNS, "SampleCount")) == 2.0
+    assert sum(datapoints(moto_server, namespace, ops_metrics.FAILED_RUNS, "Sum")) == 1.0
+    assert sum(datapoints(moto_server, namespace, ops_metrics.FAILED_RUNS, "SampleCount")) == 2.0
 
 
 def test_a_runner_publishes_the_runs_waiting_for_it(
@@ -152,8 +152,7 @@ def test_a_runner_publishes_the_runs_waiting_for_it(
             gauge = QueueGauge(runner, every=0.2)
             gauge.start()
             try:
-                endpoint = moto_server
-                queued = (endpoint, namespace, ops_metrics.QUEUED_RUNS, "Maximum")
+                queued = (moto_server, namespace, ops_metrics.QUEUED_RUNS, "Maximum")
                 assert eventually(lambda: datapoints(*queued), 30, 0.2), "no queue depth published"
             finally:
                 gauge.stopped.set()

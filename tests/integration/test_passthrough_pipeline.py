@@ -1,8 +1,5 @@
-"""An identifier and other extra columns through the real pipeline with the session model.
-
-The predictions file carries them, row-aligned and unchanged; the model, the
-drift report and the metrics database never see them.
-"""
+"""Extra columns through the real pipeline: the predictions file carries them unchanged,
+row-aligned; the model, the drift report and the metrics database never see them."""
 
 from __future__ import annotations
 
