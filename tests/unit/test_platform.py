@@ -245,7 +245,7 @@ def test_up_keeps_a_configured_tracking_server_and_hands_it_to_the_runners(
     settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=configured)
     ports = services.Ports(prefect=1, mlflow=2, evidently=3)
     running = launch.platform_settings(settings, ports)
-    expected = configured or services.mlflow_url(settings.platform, 2)
+    expected = configured or services.server_url(settings.platform, 2)
     assert running.model.mlflow_tracking_uri == expected
     assert launch.runner_env(running)["MLFLOW_TRACKING_URI"] == expected
 
