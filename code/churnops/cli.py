@@ -58,6 +58,10 @@ app.add_typer(data_app, name="data")
 # Long paths, URLs and tables stay whole when the output is a file or a pipe.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, soft_wrap=True)
+Trials = Annotated[
+    int, typer.Option(help="Optuna trials to run first; 0 reuses the best stored parameters.")
+]
+Force = Annotated[bool, typer.Option(help="Move the alias even if the gate says no.")]
 
 
 def _settings() -> Settings:
@@ -106,11 +110,8 @@ def data_fetch(
 
     settings = _settings()
     target_dir = target or Path("data")
-    if (
-        source is None
-        and archive is None
-        and settings.model.churn_data_dir.resolve() != (target_dir.resolve())
-    ):
+    elsewhere = settings.model.churn_data_dir.resolve() != target_dir.resolve()
+    if source is None and archive is None and elsewhere:
         source = settings.model.churn_data_dir  # CHURN_DATA_DIR names a folder of split files
     try:
         with console.status("fetching the customer churn data..."):
@@ -128,11 +129,8 @@ def train(
         Path | None,
         typer.Option("--data", help="Labeled training file (default: the training split)."),
     ] = None,
-    trials: Annotated[
-        int,
-        typer.Option(help="Optuna trials to run; 0 reuses the best stored parameters."),
-    ] = 0,
-    force: Annotated[bool, typer.Option(help="Move the alias even if the gate says no.")] = False,
+    trials: Trials = 0,
+    force: Force = False,
 ) -> None:
     """Train XGBoost, log it to MLflow, register it and gate the staging alias."""
     from churnops.model.registry import TrainingOptions, train_and_register
@@ -141,10 +139,9 @@ def train(
     data_file = data_file or settings.model.churn_data_dir / settings.model.training_file
     if not data_file.exists():
         _fail(f"{data_file} does not exist: run `make data` (or pass --data FILE)")
+    options = TrainingOptions(data_file=data_file, trials=trials, force=force)
     with progress_bars(console) as report:
-        outcome = train_and_register(
-            settings, TrainingOptions(data_file=data_file, trials=trials, force=force), report
-        )
+        outcome = train_and_register(settings, options, report)
     _print_verdict(outcome)
     if outcome.status != "skipped":
         console.print(f"  parameters: {json.dumps(outcome.params)}")
@@ -164,11 +161,8 @@ def _print_verdict(outcome: Outcome) -> None:
 
 @app.command()
 def retrain(
-    trials: Annotated[
-        int,
-        typer.Option(help="Optuna trials to run first; 0 reuses the best stored parameters."),
-    ] = 0,
-    force: Annotated[bool, typer.Option(help="Move the alias even if the gate says no.")] = False,
+    trials: Trials = 0,
+    force: Force = False,
 ) -> None:
     """Retrain on the training file plus the labeled files processed since, and gate it.
 
@@ -183,13 +177,9 @@ def retrain(
     training_file = settings.model.churn_data_dir / settings.model.training_file
     if not training_file.exists():
         _fail(f"{training_file} does not exist: run `make data` (or set CHURN_DATA_DIR)")
+    options = RetrainOptions(trials=trials, force=force)
     with progress_bars(console) as report:
-        outcome = run_retraining(
-            settings,
-            open_storage(settings.drop),
-            RetrainOptions(trials=trials, force=force),
-            report,
-        )
+        outcome = run_retraining(settings, open_storage(settings.drop), options, report)
     _print_verdict(outcome)
     if outcome.status == "skipped":
         raise typer.Exit(EXIT_CODES["skipped"])

@@ -59,8 +59,8 @@ CHROMIUM_FLAGS = (
 
 
 # --- pure parts ---------------------------------------------------------------------------
-def find_chromium(which: Callable[[str], str | None] = shutil.which) -> str:
-    found = which(CHROMIUM)
+def find_chromium() -> str:
+    found = shutil.which(CHROMIUM)
     if found is None:
         raise ScreenshotError(
             f"`{CHROMIUM}` is not on the PATH: install Debian's package `{CHROMIUM}`"
@@ -70,12 +70,7 @@ def find_chromium(which: Callable[[str], str | None] = shutil.which) -> str:
 
 
 def chromium_command(
-    binary: str,
-    url: str,
-    screenshot: Path,
-    *,
-    budget_ms: int = BUDGET_MS,
-    window: tuple[int, int] = WINDOW,
+    binary: str, url: str, screenshot: Path, budget_ms: int = BUDGET_MS
 ) -> list[str]:
     """Headless Chromium writing a PNG of ``url`` and printing its DOM from the same load,
     so checking the DOM checks the picture. Compositing every frame before drawing keeps
@@ -83,7 +78,7 @@ def chromium_command(
     return [
         binary,
         *CHROMIUM_FLAGS,
-        f"--window-size={window[0]},{window[1]}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
         f"--virtual-time-budget={budget_ms}",
         "--run-all-compositor-stages-before-draw",
         f"--screenshot={screenshot}",
@@ -304,14 +299,13 @@ def staging_version(services: Services, model: ModelSettings) -> str:
 def evidently_report(services: Services, file_name: str) -> tuple[str, str]:
     """(project id, snapshot id) of the file's report, from the Evidently UI's API."""
     api = f"{services.evidently}/api/projects"
-    project = PROJECT
-    found = _json(f"{api}/search/{urllib.parse.quote(project, safe='')}")
+    found = _json(f"{api}/search/{urllib.parse.quote(PROJECT, safe='')}")
     if not found:
-        raise ScreenshotError(f"no Evidently project {project!r} at {services.evidently}")
+        raise ScreenshotError(f"no Evidently project {PROJECT!r} at {services.evidently}")
     project_id = str(found[0]["id"])
     report = report_of(_json(f"{api}/{project_id}/reports"), file_name)
     if report is None:
-        raise ScreenshotError(f"no Evidently report of {file_name} in project {project!r}")
+        raise ScreenshotError(f"no Evidently report of {file_name} in project {PROJECT!r}")
     return project_id, str(report["id"])
 
 

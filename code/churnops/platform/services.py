@@ -379,14 +379,6 @@ def live_groups(pgids: list[int]) -> dict[int, list[int]]:
     return found
 
 
-def command_line(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace")
-
-
 @dataclass(frozen=True)
 class ChildRecord:
     """Who a child of ``up`` is, so that a later ``up`` can stop it and nothing else."""
@@ -413,11 +405,12 @@ class ChildRecord:
         except (OSError, ValueError, TypeError):
             return None
 
-    def parent_alive(self) -> bool:
-        return running(self.parent, self.parent_started)
-
     def looks_ours(self, pid: int) -> bool:
-        line = command_line(pid)
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        line = raw.replace(b"\0", b" ").decode(errors="replace")
         return bool(line) and any(word in line for word in (*self.command[:1], *OUR_COMMANDS))
 
     def leftovers(self) -> list[int]:
@@ -456,7 +449,8 @@ def stop_leftovers(home: Path, grace: float = 10.0) -> list[ChildRecord]:
     stale = {
         path: record
         for path in sorted((home / LOG_DIR).glob(f"*{CHILD_RECORD_SUFFIX}"))
-        if (record := ChildRecord.load(path)) is None or not record.parent_alive()
+        if (record := ChildRecord.load(path)) is None
+        or not running(record.parent, record.parent_started)
     }
     alive = [r for r in stale.values() if r is not None and r.leftovers()]
     terminate_groups([r.pid for r in alive], grace)
