@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_type_hints
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -283,15 +283,6 @@ class PlatformSettings(CommonSettings):
         return {} if self.usage_telemetry else dict(NO_USAGE_TELEMETRY)
 
 
-GROUPS: dict[str, type[CommonSettings]] = {
-    "drop": DropSettings,
-    "model": ModelSettings,
-    "monitoring": MonitoringSettings,
-    "alerts": AlertSettings,
-    "platform": PlatformSettings,
-}
-
-
 @dataclass(frozen=True)
 class Settings:
     """The five groups, read together."""
@@ -317,6 +308,10 @@ class Settings:
             )
         _refuse_unknown(changes)
         return Settings(**groups)
+
+
+#: The groups, by their attribute on :class:`Settings`.
+GROUPS: dict[str, type[CommonSettings]] = get_type_hints(Settings)
 
 
 def _refuse_unknown(names: dict[str, object]) -> None:
