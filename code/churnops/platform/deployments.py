@@ -98,10 +98,7 @@ def register(
     interval: float = RECONCILE_INTERVAL_SECONDS,
 ) -> dict[UUID, Flow]:
     """Create or update each deployment unless it is already as defined; id -> its flow.
-
-    Against the API of the current Prefect settings (``PREFECT_API_URL``), which is
-    also the one :meth:`RunnerDeployment.apply` writes to.
-    """
+    On ``PREFECT_API_URL``'s server, where :meth:`RunnerDeployment.apply` writes too."""
     with get_client(sync_client=True) as client:
         return {
             _register(client, flow, deployment): flow

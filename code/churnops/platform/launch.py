@@ -399,10 +399,8 @@ def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
                 if child.alive():
                     continue
                 if not budget.allow(child.name, child.process, time.monotonic()):
-                    platform.console.print(
-                        f"[red]error:[/red] {child.name} stopped unexpectedly; its log"
-                        f" {child.log}:\n{escape(child.tail(2000))}"
-                    )
+                    failure = child.failure("stopped unexpectedly", 2000)
+                    platform.console.print(f"[red]error:[/red] {escape(failure)}")
                     return 1
                 _restart(platform, child)
     except KeyboardInterrupt:

@@ -154,6 +154,9 @@ class Service:
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
+    def failure(self, what: str, chars: int = 3000) -> str:
+        return f"{self.name} {what}; its log {self.log}:\n{self.tail(chars)}"
+
     def stop(self, grace: float = 20.0) -> None:
         if self.process is None:
             return
@@ -207,19 +210,13 @@ def wait_until(
         for service in list(pending):
             if not service.alive():
                 code = service.process.returncode if service.process else None
-                raise PlatformError(
-                    f"{service.name} exited (code {code}) while starting;"
-                    f" its log {service.log}:\n{service.tail()}"
-                )
+                raise PlatformError(service.failure(f"exited (code {code}) while starting"))
             if ready(service):
                 pending.remove(service)
                 on_ready(service)
         if pending and time.monotonic() > deadline:
-            late = pending[0]
-            raise PlatformError(
-                f"{late.name} did not become healthy within {timeout:.0f}s;"
-                f" its log {late.log}:\n{late.tail()}"
-            )
+            late = f"did not become healthy within {timeout:.0f}s"
+            raise PlatformError(pending[0].failure(late))
         if pending:
             time.sleep(0.3)
 
@@ -233,9 +230,9 @@ class Ports:
 
 
 def choose_ports(platform: PlatformSettings) -> Ports:
-    settings = ("prefect_port", "mlflow_port", "evidently_port")
+    names = ("prefect_port", "mlflow_port", "evidently_port")
     host = platform.platform_host
-    return Ports(*(choose_port(host, getattr(platform, name), name) for name in settings))
+    return Ports(*(choose_port(host, getattr(platform, name), name) for name in names))
 
 
 def server_url(platform: PlatformSettings, port: int) -> str:
