@@ -74,17 +74,19 @@ class FlowRunner:
         """Load the staging model and run one small report, so the first file is fast.
         Without a model (none yet, MLflow down) the runner serves anyway: a file's run
         then fails on its model step and is retried."""
-        from evidently import Dataset
-
-        from churnops.model.churn_model import load_aliased_model
-        from churnops.monitoring.drift import build_report, data_definition
-
         try:
+            from evidently import Dataset
+
+            from churnops.model.churn_model import load_aliased_model
+            from churnops.monitoring.drift import build_report, data_definition
+
             model = load_aliased_model(self.settings.model)
             reference = model.model.reference_data().head(200)
             definition = data_definition(model.model.features, labeled=True)
-            dataset = Dataset.from_pandas(reference, data_definition=definition)
-            build_report(model.model.features, labeled=True).run(dataset, dataset)
+            build_report(model.model.features, labeled=True).run(
+                Dataset.from_pandas(reference, data_definition=definition),
+                Dataset.from_pandas(reference, data_definition=definition),
+            )
         except Exception as exc:
             log.warning("not warm, the first run loads the model: %s", exc)
             return
