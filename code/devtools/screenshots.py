@@ -176,9 +176,6 @@ class Shot:
     url: str
     expect: tuple[str, ...]
 
-    def missing(self, text: str) -> list[str]:
-        return [e for e in self.expect if e not in text]
-
 
 # --- talking to the services --------------------------------------------------------------
 def _json(url: str, body: dict | None = None, timeout: float = 30.0) -> Any:
@@ -336,7 +333,7 @@ def take(binary: str, shot: Shot, out: Path, say: Callable[[str], None]) -> Path
         for budget in (BUDGET_MS, RETRY_BUDGET_MS):
             png.unlink(missing_ok=True)
             dom = run_chromium(chromium_command(binary, shot.url, png, budget_ms=budget)).stdout
-            missing = shot.missing(dom)
+            missing = [text for text in shot.expect if text not in dom]
             if not missing:
                 break
             say(f"  {shot.file_name}: {missing} not rendered within {budget} ms of virtual time")
