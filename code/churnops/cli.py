@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from churnops.model.progress import progress_bars
-from churnops.settings import DropSettings, Settings, get_settings
+from churnops.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from churnops.drop.storage import DropStorage
@@ -23,8 +23,7 @@ if TYPE_CHECKING:
 
 
 class _App(typer.Typer):
-    """The command: an expected error (a service down or misconfigured, a bad file, a
-    missing path) ends in one line naming it, never in a traceback."""
+    """An expected error (a service down, a bad file, a missing path) ends in one line."""
 
     def __call__(self, *args: object, **kwargs: object) -> object:
         try:
@@ -58,33 +57,26 @@ data_app = typer.Typer(help="Get the customer churn data.")
 app.add_typer(data_app, name="data")
 # Long paths, URLs and tables stay whole when the output is a file or a pipe.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-
-
-#: Errors go to stderr, so a pipe or a file of the output keeps only results.
 errors = Console(stderr=True, soft_wrap=True)
+Trials = Annotated[
+    int, typer.Option(help="Optuna trials to run first; 0 reuses the best stored parameters.")
+]
+Force = Annotated[bool, typer.Option(help="Move the alias even if the gate says no.")]
 
 
 def _settings() -> Settings:
-    """The settings, read now (MLflow is quieted where it is configured: configure_mlflow),
-    pointed at the platform running on this home when there is one."""
-    return beside_platform(get_settings())
-
-
-def beside_platform(settings: Settings) -> Settings:
-    """The settings pointed at the servers of a ``churnops up`` running on this home
-    (its ``platform.json``), unless MLFLOW_TRACKING_URI or EVIDENTLY_UI_URL name others:
-    a command in a second terminal uses the platform's registry and reports."""
+    """The settings, pointed at the servers of a ``churnops up`` running on this home
+    unless MLFLOW_TRACKING_URI or EVIDENTLY_UI_URL name others."""
     from churnops.platform.services import PlatformState
 
+    settings = get_settings()
     state = PlatformState.load(settings.home)
     if state is None:
         return settings
     urls = {name: info.get("url") for name, info in state.services.items()}
     return settings.replace(
-        **{
-            "mlflow_tracking_uri": settings.model.mlflow_tracking_uri or urls.get("mlflow"),
-            "evidently_ui_url": settings.monitoring.evidently_ui_url or urls.get("evidently"),
-        }
+        mlflow_tracking_uri=settings.model.mlflow_tracking_uri or urls.get("mlflow"),
+        evidently_ui_url=settings.monitoring.evidently_ui_url or urls.get("evidently"),
     )
 
 
@@ -118,11 +110,8 @@ def data_fetch(
 
     settings = _settings()
     target_dir = target or Path("data")
-    if (
-        source is None
-        and archive is None
-        and settings.model.churn_data_dir.resolve() != (target_dir.resolve())
-    ):
+    elsewhere = settings.model.churn_data_dir.resolve() != target_dir.resolve()
+    if source is None and archive is None and elsewhere:
         source = settings.model.churn_data_dir  # CHURN_DATA_DIR names a folder of split files
     try:
         with console.status("fetching the customer churn data..."):
@@ -140,11 +129,8 @@ def train(
         Path | None,
         typer.Option("--data", help="Labeled training file (default: the training split)."),
     ] = None,
-    trials: Annotated[
-        int,
-        typer.Option(help="Optuna trials to run; 0 reuses the best stored parameters."),
-    ] = 0,
-    force: Annotated[bool, typer.Option(help="Move the alias even if the gate says no.")] = False,
+    trials: Trials = 0,
+    force: Force = False,
 ) -> None:
     """Train XGBoost, log it to MLflow, register it and gate the staging alias."""
     from churnops.model.registry import TrainingOptions, train_and_register
@@ -153,10 +139,9 @@ def train(
     data_file = data_file or settings.model.churn_data_dir / settings.model.training_file
     if not data_file.exists():
         _fail(f"{data_file} does not exist: run `make data` (or pass --data FILE)")
+    options = TrainingOptions(data_file=data_file, trials=trials, force=force)
     with progress_bars(console) as report:
-        outcome = train_and_register(
-            settings, TrainingOptions(data_file=data_file, trials=trials, force=force), report
-        )
+        outcome = train_and_register(settings, options, report)
     _print_verdict(outcome)
     if outcome.status != "skipped":
         console.print(f"  parameters: {json.dumps(outcome.params)}")
@@ -164,7 +149,6 @@ def train(
 
 
 def _print_verdict(outcome: Outcome) -> None:
-    """The verdict line, both models' scores on both holdouts, the inputs and the run."""
     colour = {"promoted": "green"}.get(outcome.status, "yellow")
     console.print(f"[{colour}]{escape(outcome.summary())}[/{colour}]")
     if outcome.status == "skipped":
@@ -177,17 +161,13 @@ def _print_verdict(outcome: Outcome) -> None:
 
 @app.command()
 def retrain(
-    trials: Annotated[
-        int,
-        typer.Option(help="Optuna trials to run first; 0 reuses the best stored parameters."),
-    ] = 0,
-    force: Annotated[bool, typer.Option(help="Move the alias even if the gate says no.")] = False,
+    trials: Trials = 0,
+    force: Force = False,
 ) -> None:
     """Retrain on the training file plus the labeled files processed since, and gate it.
 
-    The newest labeled rows the deployed version has not learned from are the holdout
-    both are judged on. Exit code 0 when promoted or refused (an answer, not an
-    error), 5 when skipped (nothing new to learn, or another retraining is running).
+    Both versions are judged on the newest labeled rows the deployed one has not learned.
+    Exit code 0 when promoted or refused, 5 when skipped (nothing new, or already running).
     """
     from churnops.drop.storage import open_storage
     from churnops.pipeline.retraining import RetrainOptions
@@ -197,13 +177,9 @@ def retrain(
     training_file = settings.model.churn_data_dir / settings.model.training_file
     if not training_file.exists():
         _fail(f"{training_file} does not exist: run `make data` (or set CHURN_DATA_DIR)")
+    options = RetrainOptions(trials=trials, force=force)
     with progress_bars(console) as report:
-        outcome = run_retraining(
-            settings,
-            open_storage(settings.drop),
-            RetrainOptions(trials=trials, force=force),
-            report,
-        )
+        outcome = run_retraining(settings, open_storage(settings.drop), options, report)
     _print_verdict(outcome)
     if outcome.status == "skipped":
         raise typer.Exit(EXIT_CODES["skipped"])
@@ -213,28 +189,16 @@ def retrain(
 EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5}
 
 
-def _copy_into_drop(drop: DropSettings, path: Path, folder: str) -> str:
-    """Put a file into the local drop's ``folder`` (input, labels) unless it is there;
-    return its key."""
-    from churnops.drop.storage import LocalDropStorage, ObjectExists, stage_key
-
-    if not path.is_file():
-        _fail(f"{path} is not a file")
-    key = stage_key(folder, path.name)  # type: ignore[arg-type]
-    storage = LocalDropStorage(drop.drop_dir)
-    if path.resolve() != storage.path(key):
-        try:
-            storage.create(key, path.read_bytes())
-        except ObjectExists:
-            _fail(f"another {path.name} waits in {storage.path(key).parent}: drop it later")
-        console.print(f"copied {path.name} into the drop folder {drop.drop_dir}")
-    return key
-
-
 def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStorage, str]:
-    """The storage and key of a target: a local file (dropped into ``folder``), or
-    ``s3://bucket/key``."""
-    from churnops.drop.storage import S3DropStorage, open_storage, s3_client
+    """The storage and key of ``s3://bucket/key``, or of a local file put into the local
+    drop's ``folder`` unless it is there."""
+    from churnops.drop.storage import (
+        LocalDropStorage,
+        ObjectExists,
+        S3DropStorage,
+        s3_client,
+        stage_key,
+    )
 
     if target.startswith("s3://"):
         bucket, _, key = target.removeprefix("s3://").partition("/")
@@ -242,14 +206,21 @@ def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStor
         if storage.exists(key):
             return storage, key
         return storage, _stranded_run(storage, key.rsplit("/", 1)[-1], None) or key
-    local = settings.replace(drop_storage="local")
-    storage = open_storage(local.drop)
+    local = LocalDropStorage(settings.drop.drop_dir)
+    local.create_layout()
     path = Path(target)
-    if path.is_file():
-        stranded = _stranded_run(storage, path.name, path.read_bytes())
-        if stranded:
-            return storage, stranded
-    return storage, _copy_into_drop(local.drop, path, folder)
+    if not path.is_file():
+        _fail(f"{path} is not a file")
+    if stranded := _stranded_run(local, path.name, path.read_bytes()):
+        return local, stranded
+    key = stage_key(folder, path.name)  # type: ignore[arg-type]
+    if path.resolve() != local.path(key):
+        try:
+            local.create(key, path.read_bytes())
+        except ObjectExists:
+            _fail(f"another {path.name} waits in {local.path(key).parent}: drop it later")
+        console.print(f"copied {path.name} into the drop folder {local.root}")
+    return local, key
 
 
 def _stranded_run(storage: DropStorage, name: str, data: bytes | None) -> str | None:
@@ -284,10 +255,9 @@ def process(
 ) -> None:
     """Run the pipeline once on one file, in this process (no server needed).
 
-    Exit codes: 0 processed, 3 invalid (moved to errored/), 4 failed on a
-    dependency (the file waits in processing/ for `churnops reconcile`),
-    5 skipped (already taken by another run). Run again after a crash or a
-    failure, it re-drives the stranded run holding the same file.
+    Exit codes: 0 processed, 3 invalid (moved to errored/), 4 failed on a dependency
+    (the file waits in processing/), 5 skipped (taken by another run). Run again after
+    a crash or a failure: it re-drives the stranded run holding the same file.
     """
     from churnops.pipeline.per_file import process as process_file
 
@@ -347,8 +317,7 @@ def reconcile(
 
 
 def _waiting_for_retry(storage: DropStorage) -> list[str]:
-    """A line per file in processing/ whose attempt failed and whose retry is not due
-    yet: the name, the time of the next attempt and why the last one failed."""
+    """A line per file in processing/ whose failed attempt's retry is not due yet."""
     from churnops.drop import claims
     from churnops.drop.storage import run_folders
 
@@ -397,15 +366,11 @@ def status() -> None:
     from churnops.platform.status import collect
 
     files, services = collect(_settings().drop)
-    table = Table(title="files")
-    for column in ("stage", "run", "file"):
-        table.add_column(column)
+    table = Table("stage", "run", "file", title="files")
     for file in files:
         table.add_row(file.stage, file.run, file.name)
     console.print(table if files else "no files in the drop folder")
-    health = Table(title="services")
-    for column in ("service", "health", "where", "checked by"):
-        health.add_column(column)
+    health = Table("service", "health", "where", "checked by", title="services")
     for service in services:
         verdict = "[green]healthy[/green]" if service.healthy else "[red]down[/red]"
         health.add_row(service.name, verdict, service.url, service.detail)
@@ -434,14 +399,9 @@ def grant_reader() -> None:
 
 
 def entry() -> None:
-    """The ``churnops`` command: :data:`app`, in a process whose libraries send no usage data.
-
-    Prefect decides at import, MLflow and Evidently at each event, from the environment
-    only (no API turns them off), and nothing in ChurnOps writes ``os.environ``. So while
-    USAGE_TELEMETRY is off and a switch is missing, this process first replaces itself
-    (``execve``: same pid, same arguments, nothing imported yet) with one whose
-    environment has them, as each child gets them from ``services.child_env``.
-    """
+    """:data:`app` in a process whose libraries send no usage data: they read their off
+    switches only from the environment, which ChurnOps never writes, so while one is
+    missing this process first replaces itself (``execve``) with one that has them."""
     switches = get_settings().platform.telemetry_env
     if any(os.environ.get(name) != value for name, value in switches.items()):
         os.execve(sys.executable, sys.orig_argv, os.environ | switches)

@@ -1,17 +1,11 @@
-"""All configuration of ChurnOps, read from the environment when asked for.
+"""All configuration of ChurnOps, read from the environment by :func:`get_settings`.
 
-The settings come in five groups (drop, model, monitoring, alerts, platform); a
-function takes the group it reads. Each setting's environment variable is its
-field name in upper case (``DATABASE_URL``, ``MLFLOW_TRACKING_URI``, ...), with no
-group prefix. Defaults give the local platform: everything lives under
-``CHURNOPS_HOME`` (``.churnops``), which every group reads. Nothing here reads the
-environment at import time: call :func:`get_settings`. Tunables nobody should
-change are constants beside the code that uses them, not settings.
+Five groups (drop, model, monitoring, alerts, platform); a function takes the group it
+reads. Each variable is its field's name in upper case, with no group prefix. The
+defaults give the local platform, with all state under ``CHURNOPS_HOME``.
 
-Prefect's and MLflow's clients read their own credentials on AWS
-(``PREFECT_API_AUTH_STRING``, ``MLFLOW_TRACKING_USERNAME`` and ``_PASSWORD``, from
-the task's secrets); Evidently's is passed by ChurnOps, so it is a setting here.
-boto3 reads its own too, ``AWS_ENDPOINT_URL`` included (an emulator such as moto).
+Prefect's, MLflow's and boto3's clients read their own credentials and endpoints
+(``PREFECT_API_AUTH_STRING``, ``MLFLOW_TRACKING_USERNAME``, ``AWS_ENDPOINT_URL``, ...).
 """
 
 from __future__ import annotations
@@ -19,15 +13,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_type_hints
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from churnops.results import ATTRIBUTION_NDCG, DRIFTED_SHARE
 
-#: Usual names of a customer identifier column, tried in order (case, spaces and
-#: underscores ignored: 'Customer ID' is 'customer_id').
+#: Usual names of a customer identifier column, tried in order.
 DEFAULT_ID_COLUMNS: tuple[str, ...] = (
     "customer_id",
     "client_id",
@@ -41,20 +34,16 @@ DEFAULT_ID_COLUMNS: tuple[str, ...] = (
     "id",
 )
 
-#: The documented off switch of every library that sends usage data, as each reads it:
-#: Evidently (any DO_NOT_TRACK; its UI sends an event per request otherwise), Prefect's
-#: client (DO_NOT_TRACK 1/true/yes) and server (heartbeats), MLflow (DO_NOT_TRACK "true"
-#: only, or its own variable). What every process ChurnOps starts gets while
-#: USAGE_TELEMETRY is off; terraform/main.tf's local.no_usage_telemetry is the same map for
-#: ECS and the Lambda (tests/terraform/test_apply_moto.py checks that they agree).
+#: The off switch of every library that sends usage data, as each reads it (MLflow takes
+#: DO_NOT_TRACK only as "true"), for every process ChurnOps starts while USAGE_TELEMETRY is
+#: off; terraform/main.tf's local.no_usage_telemetry is the same map (a test checks).
 NO_USAGE_TELEMETRY: dict[str, str] = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 
-#: Alert floors of a labeled file's other scores; the F1's is MIN_F1, the one quality
-#: bar (the promotion gate's too). Fixed: F1 already balances precision and recall.
+#: Alert floors of a labeled file's other scores; the F1's is MIN_F1, the quality bar.
 OTHER_SCORE_MINIMUMS: dict[str, float] = {"precision": 0.7, "recall": 0.7, "accuracy": 0.7}
 
 
@@ -104,14 +93,12 @@ class DropSettings(CommonSettings):
     @field_validator("id_columns", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
-        """``ID_COLUMNS=customer_id,msisdn`` (an environment variable is one string)."""
         if isinstance(value, str):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
 
     @property
     def drop_uri(self) -> str:
-        """The default drop: ``s3://<DROP_BUCKET>`` or ``file:///<drop folder>``."""
         return f"s3://{self.drop_bucket}" if self.drop_storage == "s3" else self.drop_dir.as_uri()
 
     @property
@@ -228,10 +215,9 @@ class MonitoringSettings(CommonSettings):
 
     @property
     def alert_thresholds(self) -> dict[str, float]:
-        """Metric -> its alert threshold: the drifted share alerts above it, the scores
-        below it. Stored with every run's metrics, so dashboards show what was in effect."""
+        """Metric -> its alert threshold (the drifted share alerts above it, scores below)."""
         thresholds = {DRIFTED_SHARE: self.drift_share_threshold, **self.score_minimums}
-        if self.min_attribution_ndcg is not None:  # alerts below it, when set
+        if self.min_attribution_ndcg is not None:
             thresholds[ATTRIBUTION_NDCG] = self.min_attribution_ndcg
         return thresholds
 
@@ -293,24 +279,13 @@ class PlatformSettings(CommonSettings):
 
     @property
     def telemetry_env(self) -> dict[str, str]:
-        """Variables a process ChurnOps starts gets so that its libraries send no usage
-        data; none with USAGE_TELEMETRY on."""
+        """What a process ChurnOps starts gets so that its libraries send no usage data."""
         return {} if self.usage_telemetry else dict(NO_USAGE_TELEMETRY)
-
-
-#: The groups, by their attribute on :class:`Settings`.
-GROUPS: dict[str, type[CommonSettings]] = {
-    "drop": DropSettings,
-    "model": ModelSettings,
-    "monitoring": MonitoringSettings,
-    "alerts": AlertSettings,
-    "platform": PlatformSettings,
-}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The one place where ChurnOps is configured: the five groups, read together."""
+    """The five groups, read together."""
 
     drop: DropSettings
     model: ModelSettings
@@ -335,6 +310,10 @@ class Settings:
         return Settings(**groups)
 
 
+#: The groups, by their attribute on :class:`Settings`.
+GROUPS: dict[str, type[CommonSettings]] = get_type_hints(Settings)
+
+
 def _refuse_unknown(names: dict[str, object]) -> None:
     known = {name for group in GROUPS.values() for name in group.model_fields}
     if unknown := sorted(set(names) - known):
@@ -342,8 +321,7 @@ def _refuse_unknown(names: dict[str, object]) -> None:
 
 
 def get_settings(**overrides: object) -> Settings:
-    """Read the settings from the environment now (explicit overrides, by their flat
-    names, win): ``get_settings(churnops_home=tmp, min_f1=0.9)``."""
+    """The settings, read now; overrides by flat name: ``get_settings(min_f1=0.9)``."""
     _refuse_unknown(overrides)
     return Settings(
         **{

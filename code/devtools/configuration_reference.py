@@ -1,7 +1,5 @@
-"""Write ``docs/configuration.md`` from the settings' field descriptions and the
-Lambda's :data:`~churnops.drop.trigger.ENVIRONMENT`: the one reference of every
-variable, so no prose repeats a default (``make docs``; a unit test fails when the
-committed file is not this module's output)."""
+"""Write ``docs/configuration.md``, the one reference of every variable, from the settings'
+field descriptions and the Lambda's ``ENVIRONMENT`` (``make docs``; a unit test checks it)."""
 
 from __future__ import annotations
 
@@ -19,7 +17,6 @@ REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def _markdown(rst: str) -> str:
-    """The docstring's reStructuredText roles and double backticks, as Markdown."""
     return re.sub(r":\w+:`([^`]+)`", r"`\1()`", rst).replace("``", "`")
 
 
@@ -37,7 +34,7 @@ def _cell(text: str) -> str:
 
 
 def _table(title: str, group: type, shared: bool = True) -> list[str]:
-    """One group's variables: its own fields (the shared ones are listed once, first)."""
+    """One group's variables (the shared ones are listed once, first)."""
     own = {
         name: field
         for name, field in group.model_fields.items()

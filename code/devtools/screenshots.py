@@ -1,13 +1,6 @@
-"""``make screenshots``: the README's pictures of what users browse, from the running demo.
-
-    python -m devtools.screenshots [--out docs/screenshots]
-
-Finds the services in the platform's state file; when no file has been processed it
-drops a uniquely named copy of the drifted data file and waits for its run. It asks
-the services' APIs what to show (Prefect's latest processed run, MLflow's ``staging``
-version, that file's Evidently report), writes the ``churnops report`` page and takes
-a PNG of each with headless Chromium (Debian's ``chromium``). A picture is kept only
-when the page's DOM shows texts only the rendered page has, so a blank page fails."""
+"""``make screenshots``: the README's pictures, taken from the running demo by headless
+Chromium (dropping a sample file first when none has been processed). A picture is kept
+only when the page's DOM shows texts only the rendered page has: a blank page fails."""
 
 from __future__ import annotations
 
@@ -34,9 +27,8 @@ from churnops.pipeline.flow import REJECTED
 from churnops.platform.services import PlatformState, http_ok
 from churnops.settings import ModelSettings, Settings, get_settings
 
+#: The executable, and the Debian package that puts it on the PATH.
 CHROMIUM = "chromium"
-#: The Debian package that puts ``chromium`` on the PATH.
-DEBIAN_PACKAGE = "chromium"
 WINDOW = (1400, 900)
 #: Virtual milliseconds Chromium lets a page run (requests, timers) before the picture.
 BUDGET_MS = 15_000
@@ -49,15 +41,13 @@ SAMPLE_FILE = "customer_churn_2_majority_drifted.csv"
 OUT_DIR = Path("docs/screenshots")
 SERVERS = ("prefect", "mlflow", "evidently")
 START_DEMO = "start the demo first: make demo"
-FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 class ScreenshotError(RuntimeError):
     """The pictures cannot be taken; the message says why and what to do."""
 
 
-#: Chromium without a window or a sandbox, and with no requests of its own (update
-#: checks, field trials): only the page's.
+#: No window, no sandbox, no requests of Chromium's own (update checks, field trials).
 CHROMIUM_FLAGS = (
     "--headless",
     "--disable-gpu",
@@ -69,36 +59,26 @@ CHROMIUM_FLAGS = (
 
 
 # --- pure parts ---------------------------------------------------------------------------
-def find_chromium(which: Callable[[str], str | None] = shutil.which) -> str:
-    """The ``chromium`` executable on the PATH; a clear error naming the package if absent."""
-    found = which(CHROMIUM)
+def find_chromium() -> str:
+    found = shutil.which(CHROMIUM)
     if found is None:
         raise ScreenshotError(
-            f"`{CHROMIUM}` is not on the PATH: install Debian's package `{DEBIAN_PACKAGE}`"
-            f" (sudo apt-get install -y {DEBIAN_PACKAGE}), then run `make screenshots` again"
+            f"`{CHROMIUM}` is not on the PATH: install Debian's package `{CHROMIUM}`"
+            f" (sudo apt-get install -y {CHROMIUM}), then run `make screenshots` again"
         )
     return found
 
 
 def chromium_command(
-    binary: str,
-    url: str,
-    screenshot: Path,
-    *,
-    budget_ms: int = BUDGET_MS,
-    window: tuple[int, int] = WINDOW,
+    binary: str, url: str, screenshot: Path, budget_ms: int = BUDGET_MS
 ) -> list[str]:
-    """Headless Chromium writing a PNG of ``url`` and printing its DOM, from one page load.
-
-    The DOM is taken at the same moment as the picture, so checking its text
-    checks what the picture shows. Compositing every frame before drawing keeps
-    canvas pages whole: without it Prefect's run graph was pictured in about
-    half the loads with its time axis labels piled up at the left.
-    """
+    """Headless Chromium writing a PNG of ``url`` and printing its DOM from the same load,
+    so checking the DOM checks the picture. Compositing every frame before drawing keeps
+    canvas pages whole (else Prefect's run graph had its axis labels piled up)."""
     return [
         binary,
         *CHROMIUM_FLAGS,
-        f"--window-size={window[0]},{window[1]}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
         f"--virtual-time-budget={budget_ms}",
         "--run-all-compositor-stages-before-draw",
         f"--screenshot={screenshot}",
@@ -116,7 +96,6 @@ def mlflow_model_version_url(ui: str, model: str, version: str) -> str:
 
 
 def evidently_report_url(ui: str, project: str, snapshot: str) -> str:
-    """The Evidently UI's page of one report (``/projects/:projectId/reports/:snapshotId``)."""
     return f"{ui.rstrip('/')}/projects/{project}/reports/{snapshot}"
 
 
@@ -125,15 +104,13 @@ def file_url(path: Path) -> str:
 
 
 def unique_drop_name(source: str, now: datetime) -> str:
-    """``customer_churn_2_majority_drifted-20261127T061500Z.csv``: a new name each second."""
+    """``name-20261127T061500Z.csv``: a new name each second."""
     path = PurePosixPath(source)
     return f"{path.stem}-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}{path.suffix}"
 
 
 @dataclass(frozen=True)
 class Services:
-    """The base URLs of the running demo's servers and where files are dropped."""
-
     prefect: str
     mlflow: str
     evidently: str
@@ -163,26 +140,26 @@ def running_services(
 
 
 def dropped_name(run: dict[str, Any]) -> str:
-    """The file a pipeline flow run is about: the last part of its ``key`` parameter."""
+    """The file a pipeline flow run is about (its ``key`` parameter)."""
     key = str((run.get("parameters") or {}).get("key") or "")
     return key.rsplit("/", 1)[-1]
 
 
 def processed(run: dict[str, Any]) -> bool:
-    """The flow run ended Completed with the outcome ``processed`` (not errored or skipped)."""
+    """The flow run ended Completed with the outcome ``processed``."""
     state = run.get("state") or {}
     message = state.get("message") or ""
     return state.get("type") == "COMPLETED" and message.startswith("processed:")
 
 
 def latest_processed(runs: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The processed run that ended last (runs as the Prefect API returns them)."""
+    """The processed run that ended last."""
     done = [r for r in runs if processed(r) and r.get("end_time")]
     return max(done, key=lambda r: str(r["end_time"]), default=None)
 
 
 def report_of(reports: Iterable[dict[str, Any]], file_name: str) -> dict[str, Any] | None:
-    """The newest Evidently report of ``file_name`` (its name, or its metadata's file name)."""
+    """The newest Evidently report of ``file_name`` (its name, or its metadata's)."""
     mine = [
         r
         for r in reports
@@ -193,14 +170,11 @@ def report_of(reports: Iterable[dict[str, Any]], file_name: str) -> dict[str, An
 
 @dataclass(frozen=True)
 class Shot:
-    """One picture: the page, its file, and texts the rendered page must contain."""
+    """One picture: its file, the page, and texts the rendered page must contain."""
 
     file_name: str
     url: str
     expect: tuple[str, ...]
-
-    def missing(self, text: str) -> list[str]:
-        return [e for e in self.expect if e not in text]
 
 
 # --- talking to the services --------------------------------------------------------------
@@ -216,10 +190,9 @@ def _json(url: str, body: dict | None = None, timeout: float = 30.0) -> Any:
 
 
 def flow_run_filter(
-    deployment: str, *, completed_only: bool, limit: int, state_name: str | None = None
+    deployment: str, *, completed_only: bool = False, limit: int = 50, state_name: str | None = None
 ) -> dict[str, Any]:
-    """The Prefect API's filter for the newest runs of ``flow/deployment`` (ended in the
-    state ``state_name``, when given)."""
+    """The Prefect API's filter for the newest runs of ``flow/deployment``."""
     flow, _, name = deployment.partition("/")
     body: dict[str, Any] = {
         "flows": {"name": {"any_": [flow]}},
@@ -234,33 +207,21 @@ def flow_run_filter(
     return body
 
 
-def pipeline_runs(
-    services: Services,
-    *,
-    completed_only: bool = False,
-    limit: int = 50,
-    state_name: str | None = None,
-) -> list[dict]:
-    """The newest flow runs of the file pipeline's deployment, from the Prefect REST API."""
-    body = flow_run_filter(
-        PIPELINE_DEPLOYMENT,
-        completed_only=completed_only,
-        limit=limit,
-        state_name=state_name,
-    )
+def pipeline_runs(services: Services, **filters: Any) -> list[dict]:
+    """The newest flow runs of the file pipeline's deployment (:func:`flow_run_filter`)."""
+    body = flow_run_filter(PIPELINE_DEPLOYMENT, **filters)
     return _json(f"{services.prefect_api}/flow_runs/filter", body)
 
 
 def rejected(run: dict[str, Any]) -> bool:
-    """The flow run ended Rejected: its file was invalid and went to errored/."""
     return ((run.get("state") or {}).get("name")) == REJECTED
 
 
 def drop_sample(
     services: Services, settings: Settings, now: datetime, *, invalid: bool = False
 ) -> str:
-    """Copy the drifted data file into the drop folder under a new name (``invalid``: its
-    rows under a header the schema rejects); return the name."""
+    """Copy the drifted data file into the drop folder under a new name (``invalid``: with
+    a header the schema rejects); return the name."""
     from churnops.drop.storage import LocalDropStorage, ObjectExists, open_storage, stage_key
 
     source = settings.model.churn_data_dir / SAMPLE_FILE
@@ -294,8 +255,7 @@ def wait_processed(
     say: Callable[[str], None],
     done: Callable[[dict[str, Any]], bool] = processed,
 ) -> dict:
-    """The flow run that processed (``done``) the dropped file ``name``; an error when it
-    ends otherwise."""
+    """The flow run that processed (``done``) the dropped file ``name``."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -308,7 +268,7 @@ def wait_processed(
             last = now
         if run is not None and done(run):
             return run
-        if run is not None and state.get("type") in FINAL_STATES:
+        if run is not None and state.get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             raise ScreenshotError(
                 f"{name} was not processed: {state.get('message') or state.get('name')}"
                 f" (Prefect: {prefect_flow_run_url(services.prefect, run['id'])})"
@@ -322,8 +282,7 @@ def wait_processed(
 
 
 def staging_version(services: Services, model: ModelSettings) -> str:
-    """The registered model version that has the alias (``staging``), by MLflow's REST API
-    (the timeout is this call's argument; no MLflow import for one request)."""
+    """The model version with the alias, by MLflow's REST API (no MLflow import)."""
     query = urllib.parse.urlencode({"name": model.model_name, "alias": model.model_alias})
     url = f"{services.mlflow}/api/2.0/mlflow/registered-models/alias?{query}"
     try:
@@ -337,20 +296,19 @@ def staging_version(services: Services, model: ModelSettings) -> str:
 def evidently_report(services: Services, file_name: str) -> tuple[str, str]:
     """(project id, snapshot id) of the file's report, from the Evidently UI's API."""
     api = f"{services.evidently}/api/projects"
-    project = PROJECT
-    found = _json(f"{api}/search/{urllib.parse.quote(project, safe='')}")
+    found = _json(f"{api}/search/{urllib.parse.quote(PROJECT, safe='')}")
     if not found:
-        raise ScreenshotError(f"no Evidently project {project!r} at {services.evidently}")
+        raise ScreenshotError(f"no Evidently project {PROJECT!r} at {services.evidently}")
     project_id = str(found[0]["id"])
     report = report_of(_json(f"{api}/{project_id}/reports"), file_name)
     if report is None:
-        raise ScreenshotError(f"no Evidently report of {file_name} in project {project!r}")
+        raise ScreenshotError(f"no Evidently report of {file_name} in project {PROJECT!r}")
     return project_id, str(report["id"])
 
 
 # --- pictures -----------------------------------------------------------------------------
 def run_chromium(command: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run Chromium; a clear error when it fails or hangs (its stderr, not its D-Bus noise)."""
+    """Run Chromium; an error with its stderr (not its D-Bus noise) when it fails or hangs."""
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT, check=False
@@ -375,7 +333,7 @@ def take(binary: str, shot: Shot, out: Path, say: Callable[[str], None]) -> Path
         for budget in (BUDGET_MS, RETRY_BUDGET_MS):
             png.unlink(missing_ok=True)
             dom = run_chromium(chromium_command(binary, shot.url, png, budget_ms=budget)).stdout
-            missing = shot.missing(dom)
+            missing = [text for text in shot.expect if text not in dom]
             if not missing:
                 break
             say(f"  {shot.file_name}: {missing} not rendered within {budget} ms of virtual time")
@@ -407,11 +365,8 @@ def optimise(png: Path) -> None:
 
 
 def portable(settings: Settings, cwd: Path) -> Settings:
-    """Settings naming the default SQLite metrics database relative to ``cwd``.
-
-    The report page says which database it read; in a picture for the README that
-    must not be a path of this machine. Other databases are kept as they are.
-    """
+    """Settings naming the default SQLite metrics database relative to ``cwd``: the report
+    page names its database, and the README's picture must not show this machine's path."""
     if settings.monitoring.database_url:
         return settings
     try:
@@ -424,26 +379,31 @@ def portable(settings: Settings, cwd: Path) -> Settings:
 def find_pages(
     settings: Settings, services: Services, timeout: float, say: Callable[[str], None]
 ) -> list[Shot]:
-    """The pages about the latest processed file (dropping one when there is none)."""
-    run = latest_processed(pipeline_runs(services, completed_only=True, limit=200))
-    if run is None:
-        name = drop_sample(services, settings, datetime.now(UTC))
-        say(f"no file processed yet: dropped {name}, waiting up to {timeout:.0f}s")
-        run = wait_processed(services, settings, name, timeout, say)
+    """The pages about the latest processed and rejected files (dropping one if none)."""
+
+    def run_of(found: dict | None, outcome: str) -> dict:
+        if found is None:
+            invalid = outcome == "rejected"
+            name = drop_sample(services, settings, datetime.now(UTC), invalid=invalid)
+            say(f"no file {outcome} yet: dropped {name}, waiting up to {timeout:.0f}s")
+            done = rejected if invalid else processed
+            found = wait_processed(services, settings, name, timeout, say, done=done)
+        say(f"{outcome} file: {dropped_name(found)} (Prefect flow run {found['id']})")
+        return found
+
+    run = run_of(
+        latest_processed(pipeline_runs(services, completed_only=True, limit=200)), "processed"
+    )
     file_name = dropped_name(run)
-    say(f"file: {file_name} (Prefect flow run {run['id']})")
     version = staging_version(services, settings.model)
     model = settings.model
     say(f"model: {model.model_name} version {version} has the alias {model.model_alias}")
     project, snapshot = evidently_report(services, file_name)
     say(f"Evidently report: {snapshot}")
-    bad = next(iter(pipeline_runs(services, limit=1, state_name=REJECTED)), None)
-    if bad is None:
-        name = drop_sample(services, settings, datetime.now(UTC), invalid=True)
-        say(f"no file rejected yet: dropped {name}, waiting up to {timeout:.0f}s")
-        bad = wait_processed(services, settings, name, timeout, say, done=rejected)
-    say(f"rejected file: {dropped_name(bad)} (Prefect flow run {bad['id']})")
-    shots = [
+    bad = run_of(
+        next(iter(pipeline_runs(services, limit=1, state_name=REJECTED)), None), "rejected"
+    )
+    return [
         Shot(
             "prefect-flow-run.png",
             prefect_flow_run_url(services.prefect, run["id"]),
@@ -470,11 +430,9 @@ def find_pages(
             ("Drifted feature share", "Rows per file"),
         ),
     ]
-    return shots
 
 
 def take_all(settings: Settings, out: Path, timeout: float, say: Callable[[str], None]) -> list:
-    """Every picture into ``out``; ScreenshotError says what is missing."""
     binary = find_chromium()
     services = running_services(PlatformState.load(settings.home))
     shots = find_pages(settings, services, timeout, say)

@@ -228,7 +228,7 @@ def test_up_keeps_a_configured_tracking_server_and_hands_it_to_the_runners(
     """A set MLFLOW_TRACKING_URI is the operator's MLflow: `up` must not swap in its own."""
     settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=configured)
     running = launch.platform_settings(settings, PORTS)
-    expected = configured or services.mlflow_url(settings.platform, 2)
+    expected = configured or services.server_url(settings.platform, 2)
     assert running.model.mlflow_tracking_uri == expected
     assert launch.runner_env(running)["MLFLOW_TRACKING_URI"] == expected
 

@@ -1,25 +1,20 @@
-"""The three Prefect deployments of ChurnOps, defined and registered in one place:
-``churn_prediction_pipeline/churnops`` (a run per dropped file), ``reconcile/churnops``
-(every :data:`RECONCILE_INTERVAL_SECONDS`) and ``retrain_model/retrain``. Warm runners
-(:mod:`churnops.platform.runner`) serve them here and on ECS, so they name no work pool.
+"""The three Prefect deployments of ChurnOps (the per-file pipeline, the scheduled
+reconciler, retraining), served by the warm runners, so with no work pool.
 
-:func:`register` runs at every runner's start and once in the VPC at ``make apply``
-(``python -m churnops.platform.deployments``, see terraform/scripts/post_apply.py). A
-deployment that already says what this code says is left untouched: an update would
-replace its schedules and delete the reconciler's scheduled runs."""
+:func:`register` runs at every runner's start and at ``make apply``
+(terraform/scripts/post_apply.py). A deployment already as defined is left untouched:
+an update would replace its schedules and delete the reconciler's scheduled runs."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.responses import DeploymentResponse
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.exceptions import ObjectNotFound
 from prefect.utilities.callables import parameter_schema
@@ -32,34 +27,25 @@ log = logging.getLogger("churnops.deployments")
 TAGS = ["churnops"]
 #: How often the scheduled reconciler runs (s): a lost file waits about a minute more.
 RECONCILE_INTERVAL_SECONDS = 60.0
-#: The names of the pipeline's, the reconciler's and retraining's deployments.
 NAMES = (PIPELINE_DEPLOYMENT, RECONCILE_DEPLOYMENT, RETRAIN_DEPLOYMENT)
 PIPELINE_DESCRIPTION = "One run per file dropped into data/input/ (started by the drop trigger)."
 RECONCILE_DESCRIPTION = "Re-drives stranded files: untaken input, dead or failed runs."
 RETRAIN_DESCRIPTION = "Retrains on the labeled files processed since and gates the new version."
 
 
-@dataclass(frozen=True)
-class Served:
-    """A flow and the deployment that serves it."""
-
+class Served(NamedTuple):
     flow: Flow
     deployment: RunnerDeployment
 
 
-def name_of(deployment: str, flow: Flow) -> str:
-    """``<flow>/<name>`` -> name; a ValueError when the flow part is not this flow."""
-    flow_name, _, name = deployment.partition("/")
-    if flow_name != flow.name or not name:
-        raise ValueError(f"deployment {deployment!r} must be '{flow.name}/<name>'")
-    return name
-
-
 def _deployment(flow: Flow, name: str, **options: Any) -> RunnerDeployment:
-    # A module path, not a file path relative to the current directory: the same
-    # entrypoint wherever the code is installed, so a re-registration finds no change.
+    """``name`` is ``<flow>/<name>``. The entrypoint is a module path: the same wherever
+    the code is installed, so a re-registration finds no change."""
+    flow_name, _, short = name.partition("/")
+    if flow_name != flow.name or not short:
+        raise ValueError(f"deployment {name!r} must be '{flow.name}/<name>'")
     return flow.to_deployment(
-        name=name_of(name, flow), tags=TAGS, entrypoint_type=EntrypointType.MODULE_PATH, **options
+        name=short, tags=TAGS, entrypoint_type=EntrypointType.MODULE_PATH, **options
     )
 
 
@@ -70,38 +56,22 @@ def deployments(
 ) -> list[Served]:
     """The one list of deployments: the per-file pipeline, the reconciler, retraining."""
     pipeline, reconciler, retrainer = names
-    flows: list[tuple[Flow, RunnerDeployment]] = [
-        (
-            churn_prediction_pipeline,
-            _deployment(churn_prediction_pipeline, pipeline, description=PIPELINE_DESCRIPTION),
-        ),
-        (
-            reconcile_drops,
-            _deployment(
-                reconcile_drops,
-                reconciler,
-                description=RECONCILE_DESCRIPTION,
-                parameters={"drop": drop.drop_uri},
-                interval=timedelta(seconds=interval),
-            ),
-        ),
-        (retrain_model, _deployment(retrain_model, retrainer, description=RETRAIN_DESCRIPTION)),
+    reconcile_options = {
+        "parameters": {"drop": drop.drop_uri},
+        "interval": timedelta(seconds=interval),
+    }
+    return [
+        Served(flow, _deployment(flow, name, description=description, **options))
+        for flow, name, description, options in (
+            (churn_prediction_pipeline, pipeline, PIPELINE_DESCRIPTION, {}),
+            (reconcile_drops, reconciler, RECONCILE_DESCRIPTION, reconcile_options),
+            (retrain_model, retrainer, RETRAIN_DESCRIPTION, {}),
+        )
     ]
-    return [Served(flow, deployment) for flow, deployment in flows]
-
-
-def fingerprint(served: Served) -> dict[str, Any]:
-    """What this code decides about a deployment, as it reads back from the API."""
-    schema = parameter_schema(served.flow).model_dump(exclude_unset=True)
-    return _facts(served.deployment, schema, served.deployment.schedules or [])
-
-
-def registered_fingerprint(existing: DeploymentResponse) -> dict[str, Any]:
-    """The same facts of a deployment read from the API."""
-    return _facts(existing, existing.parameter_openapi_schema, existing.schedules)
 
 
 def _facts(deployment: Any, schema: Any, schedules: list[Any]) -> dict[str, Any]:
+    """What this code decides about a deployment, as it reads back from the API."""
     return {
         "description": deployment.description,
         "entrypoint": deployment.entrypoint,
@@ -128,26 +98,28 @@ def register(
     interval: float = RECONCILE_INTERVAL_SECONDS,
 ) -> dict[UUID, Flow]:
     """Create or update each deployment unless it is already as defined; id -> its flow.
-
-    Against the API of the current Prefect settings (``PREFECT_API_URL``), which is
-    also the one :meth:`RunnerDeployment.apply` writes to.
-    """
+    On ``PREFECT_API_URL``'s server, where :meth:`RunnerDeployment.apply` writes too."""
     with get_client(sync_client=True) as client:
         return {
-            _register(client, served): served.flow for served in deployments(drop, names, interval)
+            _register(client, flow, deployment): flow
+            for flow, deployment in deployments(drop, names, interval)
         }
 
 
-def _register(client: SyncPrefectClient, served: Served) -> UUID:
-    full_name = served.deployment.full_name
+def _register(client: SyncPrefectClient, flow: Flow, deployment: RunnerDeployment) -> UUID:
+    full_name = deployment.full_name
     try:
         existing = client.read_deployment_by_name(full_name)
     except ObjectNotFound:
         existing = None
-    if existing is not None and registered_fingerprint(existing) == fingerprint(served):
+    schema = parameter_schema(flow).model_dump(exclude_unset=True)
+    wanted = _facts(deployment, schema, deployment.schedules or [])
+    if existing is not None and wanted == _facts(
+        existing, existing.parameter_openapi_schema, existing.schedules
+    ):
         log.info("deployment %s is up to date (%s)", full_name, existing.id)
         return existing.id
-    deployment_id = served.deployment.apply()
+    deployment_id = deployment.apply()
     done = "updated" if existing else "created"
     log.info("deployment %s %s (%s)", full_name, done, deployment_id)
     return deployment_id

@@ -1,11 +1,8 @@
-"""``churnops up``: start the whole local platform, show where it is, stop it cleanly.
+"""``churnops up``: start the local platform, supervise it, stop it cleanly.
 
-Order matters: the servers first (in parallel), then training when no model has
-the alias, then the runner (it creates the deployment and warms up), and the
-drop watcher last, so that no trigger arrives before a deployment exists.
-Stopping goes the other way: watcher, runner (it finishes the run in progress),
-servers.
-"""
+Servers, then a model if none has the alias, then the runners (they create the
+deployments), then the watcher: no trigger comes before a deployment exists.
+Stopping goes the other way."""
 
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -38,9 +35,6 @@ from churnops.platform.watcher import (
     trigger,
 )
 from churnops.settings import DropSettings, MonitoringSettings, PlatformSettings, Settings
-
-if TYPE_CHECKING:
-    from churnops.model.registry import Outcome
 
 log = logging.getLogger("churnops.platform")
 SERVER_START_TIMEOUT = 240.0
@@ -77,31 +71,26 @@ class Platform:
 def platform_settings(settings: Settings, ports: svc.Ports) -> Settings:
     """The settings every part uses while the platform runs: the servers' real ports."""
     return settings.replace(
-        **{
-            "churnops_home": settings.home,
-            "prefect_port": ports.prefect,
-            "mlflow_port": ports.mlflow,
-            "evidently_port": ports.evidently,
-            "mlflow_tracking_uri": settings.model.mlflow_tracking_uri
-            or svc.mlflow_url(settings.platform, ports.mlflow),
-            # Runners store reports through the UI, as on AWS: several processes then
-            # never write one workspace folder at once.
-            "evidently_ui_url": settings.monitoring.evidently_ui_url
-            or f"http://{settings.platform.platform_host}:{ports.evidently}",
-        }
+        churnops_home=settings.home,
+        prefect_port=ports.prefect,
+        mlflow_port=ports.mlflow,
+        evidently_port=ports.evidently,
+        mlflow_tracking_uri=settings.model.mlflow_tracking_uri
+        or svc.server_url(settings.platform, ports.mlflow),
+        # Runners store reports through the UI, as on AWS: one writer of the workspace.
+        evidently_ui_url=settings.monitoring.evidently_ui_url
+        or svc.server_url(settings.platform, ports.evidently),
     )
 
 
 def runner_env(settings: Settings) -> dict[str, str]:
-    """Environment of the runner: the same settings, pointed at the platform's servers."""
+    """The runners' settings, pointed at the platform's servers."""
     return svc.child_env(
         settings.platform,
         {
             "CHURNOPS_HOME": str(settings.home),
             "MLFLOW_TRACKING_URI": str(settings.model.mlflow_tracking_uri),
-            "PREFECT_API_URL": svc.prefect_api_url(
-                settings.platform, settings.platform.prefect_port
-            ),
+            "PREFECT_API_URL": svc.prefect_api_url(settings.platform),
             "PREFECT_HOME": str(settings.home / "prefect"),
             "PREFECT_PORT": str(settings.platform.prefect_port),
             "MLFLOW_PORT": str(settings.platform.mlflow_port),
@@ -114,18 +103,14 @@ def runner_env(settings: Settings) -> dict[str, str]:
 
 
 def mlflow_client_env() -> dict[str, str]:
-    """MLflow's client timeout and retries (it would retry a dead or frozen server for ~12
-    minutes per request), read only from its environment: one file that the local runners
-    and the ECS worker (terraform/services.tf) both take them from."""
+    """MLflow's client timeout and retries (else ~12 minutes per request to a dead server),
+    from the one file the ECS worker (terraform/services.tf) reads too."""
     text = resources.files("churnops.platform").joinpath("mlflow_client.json").read_text()
     return json.loads(text)
 
 
 def run(settings: Settings, console: Console, errors: Console | None = None) -> int:
-    """Start everything, block until Ctrl-C (or a service dies), stop everything.
-
-    Progress goes to ``console``, a start-up error to ``errors`` (stderr by default).
-    """
+    """Start everything, block until Ctrl-C (or a service dies), stop everything."""
     errors = errors or Console(stderr=True)
     home = settings.home
     try:
@@ -166,12 +151,13 @@ def run(settings: Settings, console: Console, errors: Console | None = None) -> 
             console.print("[green]stopped[/green]: state kept in " + escape(str(home)))
         svc.release_files(home)
         svc.release_reaper(reaper)
-        _restore_signals(previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
     return code
 
 
 def _print_error(errors: Console, exc: svc.PlatformError) -> None:
-    """One logical line (no wrapping; log tails keep their own lines), no markup from it."""
+    """One logical line (log tails keep their own lines), no markup from it."""
     errors.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
 
 
@@ -199,11 +185,6 @@ def _on_signals(stop_requested: threading.Event) -> dict[int, object]:
     return {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def _restore_signals(previous: dict[int, object]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)  # type: ignore[arg-type]
-
-
 def _start_servers(platform: Platform, ports: svc.Ports) -> None:
     platform.servers = svc.server_services(platform.settings, ports)
     for server in platform.servers:
@@ -219,37 +200,39 @@ def _start_servers(platform: Platform, ports: svc.Ports) -> None:
 
 
 def _ensure_model(settings: Settings, console: Console) -> None:
-    """Train and register (fast path, no search) when no version has the alias."""
+    """Train and register (no search) when no version has the alias."""
+    model = settings.model
     with console.status("checking the model registry (loading MLflow)..."):
         import mlflow
         from mlflow.exceptions import MlflowException
 
         from churnops.model.churn_model import configure_mlflow
 
-        configure_mlflow(settings.model)
+        configure_mlflow(model)
         try:
-            version = mlflow.MlflowClient().get_model_version_by_alias(
-                settings.model.model_name, settings.model.model_alias
+            found = mlflow.MlflowClient().get_model_version_by_alias(
+                model.model_name, model.model_alias
             )
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
-            version = None
-    if version is not None:
+            found = None
+    if found is not None:
         console.print(
-            f"  [green]ok[/green] {settings.model.model_name}@{settings.model.model_alias}"
-            f" is version {version.version}"
+            f"  [green]ok[/green] {model.model_name}@{model.model_alias} is version {found.version}"
         )
         return
-    model = settings.model
     data_file = model.churn_data_dir / model.training_file
     if not data_file.exists():
         raise svc.PlatformError(
             f"no {model.model_name}@{model.model_alias} and no training file {data_file}:"
             " run `make data` (or set CHURN_DATA_DIR)"
         )
-    console.print(f"no version has alias '{settings.model.model_alias}': training on {data_file}")
-    outcome = _train(settings, data_file, console)
+    console.print(f"no version has alias '{model.model_alias}': training on {data_file}")
+    from churnops.model.registry import TrainingOptions, train_and_register
+
+    with progress_bars(console, "training: ") as report:
+        outcome = train_and_register(settings, TrainingOptions(data_file=data_file), report)
     if outcome.status != "promoted":
         raise svc.PlatformError(f"the trained model was not promoted: {outcome.reason}")
     console.print(f"  [green]ok[/green] trained and registered version {outcome.version}")
@@ -262,29 +245,19 @@ def _ensure_project(monitoring: MonitoringSettings) -> None:
     project_id(open_workspace(monitoring), PROJECT)
 
 
-def _train(settings: Settings, data_file: Path, console: Console) -> Outcome:
-    from churnops.model.registry import TrainingOptions, train_and_register
-
-    with progress_bars(console, "training: ") as report:
-        return train_and_register(settings, TrainingOptions(data_file=data_file), report)
-
-
 def _start_runner(platform: Platform) -> None:
     """``runner_processes`` flow runners, started together; wait until each serves."""
     settings = platform.settings
     count = max(1, settings.platform.runner_processes)
+    url = svc.server_url(settings.platform, settings.platform.prefect_port)
     for index in range(count):
         svc.ready_file(settings.home, index).unlink(missing_ok=True)
-        platform.runners.append(
-            svc.Service(
-                f"runner-{index}",
-                [svc.bin_path("python"), "-m", "churnops.platform.runner", str(index)],
-                settings.home / "logs" / f"runner-{index}.log",
-                runner_env(settings),
-                url=f"http://{settings.platform.platform_host}:{settings.platform.prefect_port}/deployments",
-            )
+        command = [svc.bin_path("python"), "-m", "churnops.platform.runner", str(index)]
+        log = settings.home / svc.LOG_DIR / f"runner-{index}.log"
+        runner = svc.Service(
+            f"runner-{index}", command, log, runner_env(settings), f"{url}/deployments"
         )
-    for runner in platform.runners:
+        platform.runners.append(runner)
         runner.start()
     with platform.console.status(
         f"starting {count} flow runner(s) (deployments, imports, loading the model)..."
@@ -301,10 +274,10 @@ def _start_runner(platform: Platform) -> None:
 
 def _start_watcher(platform: Platform) -> None:
     settings = platform.settings
-    api = svc.prefect_api_url(settings.platform, settings.platform.prefect_port)
+    api = svc.prefect_api_url(settings.platform)
     handler = trigger(api, PIPELINE_DEPLOYMENT, settings.drop.drop_uri)
     dispatcher = Dispatcher(handler, settings.drop.drop_bucket, _report(platform))
-    # The dispatcher prints one line per trigger; the handler's own INFO lines are for AWS.
+    # The handler's own INFO lines are for AWS: the dispatcher prints one per trigger.
     logging.getLogger("s3_to_prefect").setLevel(logging.WARNING)
     if settings.drop.drop_storage == "s3":
         import boto3
@@ -324,7 +297,7 @@ def _report(platform: Platform) -> Callable[[dict], None]:
         """A line per flow run started or trigger failed; a duplicate trigger is not news."""
         log.info("trigger %s", result)
         key, status = result.get("key"), result.get("status")
-        if status == "skipped" and result.get("flow_run_id"):  # its run was already started
+        if status == "skipped" and result.get("flow_run_id"):
             return
         detail = result.get("flow_run_id") or result.get("reason") or ""
         word = {"created": "run started", "skipped": "ignored"}.get(str(status), str(status))
@@ -352,9 +325,7 @@ def _drop_location(drop: DropSettings, folder: str = "input") -> str:
 
 def _print_summary(platform: Platform) -> None:
     settings = platform.settings
-    table = Table(title="ChurnOps local platform", show_lines=False)
-    table.add_column("service")
-    table.add_column("where")
+    table = Table("service", "where", title="ChurnOps local platform")
     for service in platform.children():
         table.add_row(service.name, service.url)
     table.add_row("drop folder", _drop_location(settings.drop))
@@ -367,22 +338,11 @@ def _print_summary(platform: Platform) -> None:
     )
 
 
-def _request_reconcile(platform: PlatformSettings) -> None:
-    """A reconcile run now: a warm runner re-drives what the dead one held."""
-    api = svc.prefect_api_url(platform, platform.prefect_port)
-    try:
-        start_deployment_run(
-            api, RECONCILE_DEPLOYMENT, f"runner-died-{time.time():.0f}", "runner died"
-        )
-    except Exception as exc:  # the restarted runner reconciles at its start anyway
-        log.warning("no reconcile run requested: %s", exc)
-
-
 class FinishedFiles:
     """One console line per file whose flow run has ended, read from the Prefect API."""
 
     def __init__(self, platform: PlatformSettings, console: Console) -> None:
-        self.api = svc.prefect_api_url(platform, platform.prefect_port)
+        self.api = svc.prefect_api_url(platform)
         # The reconciler's deployment has the same name: the flow's name tells them apart.
         self.flow, _, self.deployment = PIPELINE_DEPLOYMENT.partition("/")
         self.console = console
@@ -428,12 +388,8 @@ def _finished_line(name: str, state: Any) -> str:
 
 
 def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
-    """Wait for a stop signal; restart a child (server or runner) that dies.
-
-    A runner holds nothing but warm caches: its run in progress is re-driven by the
-    reconciler (the restarted runner reconciles at once); a server's state is on disk.
-    A child that keeps failing (:class:`RestartBudget`) stops the platform with its log.
-    """
+    """Wait for a stop signal; restart a child that dies (a runner's run in progress is
+    re-driven by the reconciler, a server's state is on disk) within :class:`RestartBudget`."""
     budget = RestartBudget()
     finished = FinishedFiles(platform.settings.platform, platform.console)
     try:
@@ -443,10 +399,8 @@ def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
                 if child.alive():
                     continue
                 if not budget.allow(child.name, child.process, time.monotonic()):
-                    platform.console.print(
-                        f"[red]error:[/red] {child.name} stopped unexpectedly; its log"
-                        f" {child.log}:\n{escape(child.tail(2000))}"
-                    )
+                    failure = child.failure("stopped unexpectedly", 2000)
+                    platform.console.print(f"[red]error:[/red] {escape(failure)}")
                     return 1
                 _restart(platform, child)
     except KeyboardInterrupt:
@@ -462,17 +416,21 @@ def _restart(platform: Platform, child: svc.Service) -> None:
     child.stop(grace=5)  # what is left of its process group (workers holding the port)
     child.start()
     _write_state(platform)  # `churnops status` checks the new pid
-    if child in platform.runners:
-        _request_reconcile(platform.settings.platform)
+    if child not in platform.runners:
+        return
+    # A reconcile run now: a warm runner re-drives what the dead one held.
+    api = svc.prefect_api_url(platform.settings.platform)
+    try:
+        start_deployment_run(
+            api, RECONCILE_DEPLOYMENT, f"runner-died-{time.time():.0f}", "runner died"
+        )
+    except Exception as exc:  # the restarted runner reconciles at its start anyway
+        log.warning("no reconcile run requested: %s", exc)
 
 
 class RestartBudget:
-    """At most MAX_RESTARTS restarts of one child within RESTART_WINDOW_SECONDS.
-
-    A child killed by SIGKILL (the OOM killer, ``kill -9``) is restarted without using the
-    budget: a file that kills its runner is bounded by its own attempts (``MAX_ATTEMPTS``),
-    then quarantined, and must not take the platform down with it.
-    """
+    """At most MAX_RESTARTS restarts of one child within RESTART_WINDOW_SECONDS; a SIGKILL
+    (OOM) is free: a file killing its runner is bounded by its own ``MAX_ATTEMPTS``."""
 
     def __init__(self) -> None:
         self.restarts: dict[str, list[float]] = {}

@@ -1,23 +1,11 @@
-"""What runs the ``churnops`` deployments: one warm process executing flow runs in process.
-
-A ``flow.serve()`` runner or a process worker starts each flow run in a fresh Python
-process (seconds of imports, up to 10 s more of polling). This runner imports
-everything and loads the staging model once, polls the API every
-:data:`POLL_SECONDS` for scheduled runs of its deployments (the per-file pipeline,
-the reconciler, retraining), proposes Pending with ``set_flow_run_state`` and runs
-each here with :func:`prefect.flow_engine.run_flow`, so the UI shows the usual states.
-``run_flow`` is the entry Prefect's own runners reach in their child process; Prefect
-offers no supported way to run a deployment's flow warm, so this is the one module
-relying on it, and CI's ``newest-prefect`` job runs
-``tests/platform/test_platform_runner.py`` on the newest Prefect.
-
-``churnops up`` starts ``runner_processes`` of them (``python -m
-churnops.platform.runner INDEX``); Prefect refuses a second Pending and the file's
-claim admits one winner, so two runners never both take a run. SIGTERM stops a
-runner after its run in progress. On ECS they scale on queue depth
-(terraform/scaling.tf): with ``OPS_METRICS_NAMESPACE`` set each publishes the due,
-untaken runs (:class:`QueueGauge`) and protects its task from scale-in while a run
-executes (``ECS_AGENT_URI``)."""
+"""The warm runner of the ``churnops`` deployments: imports and the staging model are
+loaded once, then each due flow run is proposed Pending and executed here with
+:func:`prefect.flow_engine.run_flow` (the entry Prefect's own runners reach in their child
+process; no supported API runs a deployment warm, so CI's ``newest-prefect`` job runs
+``tests/platform/test_platform_runner.py``). Prefect admits one Pending and the file's
+claim one winner, so several runners never take one run. SIGTERM stops a runner after
+its run in progress. On ECS each protects its task from scale-in while a run executes
+and, with ``OPS_METRICS_NAMESPACE``, publishes the queue depth (:class:`QueueGauge`)."""
 
 from __future__ import annotations
 
@@ -59,12 +47,11 @@ from churnops.platform.services import ready_file
 from churnops.settings import PlatformSettings, Settings, get_settings
 
 log = logging.getLogger("churnops.runner")
-#: A run's scale-in protection lapses after this long should the runner hang (the ECS default).
+#: A run's scale-in protection lapses after this long should the runner hang (ECS default).
 PROTECTION_MINUTES = 120
-#: How often an idle runner asks Prefect for a due run (s), locally and on ECS: at most
-#: this much is added to a file's latency, a cheap query per runner.
+#: How often an idle runner asks for a due run (s): at most this much added to a latency.
 POLL_SECONDS = 0.25
-#: How often each runner publishes the queued flow runs (s): CloudWatch's own resolution.
+#: How often each runner publishes the queued flow runs (s): CloudWatch's resolution.
 OPS_METRICS_SECONDS = 60.0
 
 
@@ -79,42 +66,35 @@ class FlowRunner:
         self.flows: dict[UUID, Flow] = {}
 
     def deploy(self) -> list[UUID]:
-        """Create or update the deployments these processes serve (no work pool)."""
         self.flows = register(self.settings.drop)
         self.deployment_ids = list(self.flows)
         return self.deployment_ids
 
     def warm_up(self) -> None:
         """Load the staging model and run one small report, so the first file is fast.
-
-        Without a model (a platform just deployed, MLflow down) the runner serves anyway:
-        a file's run then fails on its model step and is retried, and retraining or the
-        reconciler need no warm model.
-        """
+        Without a model (none yet, MLflow down) the runner serves anyway: a file's run
+        then fails on its model step and is retried."""
         try:
-            self._warm_up()
+            from evidently import Dataset
+
+            from churnops.model.churn_model import load_aliased_model
+            from churnops.monitoring.drift import build_report, data_definition
+
+            model = load_aliased_model(self.settings.model)
+            reference = model.model.reference_data().head(200)
+            definition = data_definition(model.model.features, labeled=True)
+            build_report(model.model.features, labeled=True).run(
+                Dataset.from_pandas(reference, data_definition=definition),
+                Dataset.from_pandas(reference, data_definition=definition),
+            )
         except Exception as exc:
             log.warning("not warm, the first run loads the model: %s", exc)
-
-    def _warm_up(self) -> None:
-        from evidently import Dataset
-
-        from churnops.model.churn_model import load_aliased_model
-        from churnops.monitoring.drift import build_report, data_definition
-
-        model = load_aliased_model(self.settings.model)
-        reference = model.model.reference_data().head(200)
-        definition = data_definition(model.model.features, labeled=True)
-        build_report(model.model.features, labeled=True).run(
-            Dataset.from_pandas(reference, data_definition=definition),
-            Dataset.from_pandas(reference, data_definition=definition),
-        )
+            return
         log.info("warm: %s version %s loaded", model.name, model.version)
 
     def reconcile_now(self) -> None:
-        """One reconcile run right away: work stranded while the platform was down. The
-        scheduled reconcile runs that fell due meanwhile are deleted first: each would
-        only repeat it, one after another, ahead of the first dropped files."""
+        """One reconcile run right away, after deleting the scheduled ones that fell due
+        while the platform was down: each would only repeat it, ahead of dropped files."""
         from prefect.deployments import run_deployment
 
         reconciler = self.client.read_deployment_by_name(RECONCILE_DEPLOYMENT)
@@ -143,12 +123,9 @@ class FlowRunner:
         )
 
     def next_run(self) -> FlowRun | None:
-        """The run due first, or None; the query also marks the deployments as polled.
-
-        One at a time: a run fetched in a batch could be taken and finished by
-        another runner while this one works through the batch, and Prefect lets a
-        Completed run without a persisted result go back to Pending (a re-run).
-        """
+        """The run due first, or None (the query also marks the deployments as polled).
+        One at a time: another runner could finish a batched run, and Prefect lets a
+        Completed run without a persisted result go back to Pending."""
         runs = self.due_runs()
         return min(
             runs, key=lambda r: r.next_scheduled_start_time or datetime.now(UTC), default=None
@@ -196,11 +173,8 @@ class FlowRunner:
 
 
 class QueueGauge(threading.Thread):
-    """Publishes the number of due, untaken runs every ``every`` seconds.
-
-    A thread with its own client, so a runner busy with a long run still reports: the
-    autoscaling and the alarms must see the queue exactly when every runner is busy.
-    """
+    """Publishes the number of due, untaken runs every ``every`` seconds, from a thread
+    with its own client: scaling must see the queue exactly when every runner is busy."""
 
     def __init__(self, runner: FlowRunner, every: float = OPS_METRICS_SECONDS) -> None:
         super().__init__(name="queue-gauge", daemon=True)
@@ -228,9 +202,6 @@ class QueueGauge(threading.Thread):
 @contextmanager
 def task_protection(platform: PlatformSettings) -> Iterator[None]:
     """Inside an ECS service task: no scale-in or deployment stops it while this runs."""
-    if not platform.ecs_agent_uri:
-        yield
-        return
     _protect(platform.ecs_agent_uri, True)
     try:
         yield
@@ -238,8 +209,9 @@ def task_protection(platform: PlatformSettings) -> Iterator[None]:
         _protect(platform.ecs_agent_uri, False)
 
 
-def _protect(agent_uri: str, enabled: bool) -> None:
-    """PUT the task's protection to the ECS agent; a refusal is logged, never raised."""
+def _protect(agent_uri: str | None, enabled: bool) -> None:
+    if not agent_uri:
+        return
     body = {"ProtectionEnabled": enabled}
     if enabled:
         body["ExpiresInMinutes"] = PROTECTION_MINUTES
@@ -259,9 +231,9 @@ def _protect(agent_uri: str, enabled: bool) -> None:
         log.warning("task protection %s refused: %s", enabled, answer)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main() -> None:
     """``python -m churnops.platform.runner [INDEX]``: runner INDEX of ``churnops up``."""
-    index = int((argv if argv is not None else sys.argv[1:] or ["0"])[0])
+    index = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     # Prefect owns the root logger's configuration; ours gets its own handler.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s runner-{index} %(name)s %(message)s"))

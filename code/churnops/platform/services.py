@@ -1,14 +1,8 @@
-"""Process supervision of the platform's servers: ports, start, health, stop.
+"""The platform's child processes: ports, start, health, stop.
 
-Each service is a child process in its own session (process group), with its
-log in ``CHURNOPS_HOME/logs/``; stopping terminates the whole group, then kills
-it, so no grandchild (uvicorn workers, Prefect services) outlives the platform.
-
-When ``churnops up`` itself is killed (SIGKILL, the OOM killer) it cannot stop
-anything, so two more lines of defence: on Linux every child gets SIGTERM from
-the kernel when ``up`` dies (``PR_SET_PDEATHSIG``), and each child leaves a
-record (``logs/<name>.child.json``) that the next ``up`` uses to stop whatever
-is still running before it chooses ports.
+Each child leads its own process group, so stopping it stops its grandchildren too.
+A killed ``up`` cannot stop anything: the kernel SIGTERMs its children (Linux), a
+reaper process stops the rest, and each child's record lets the next ``up`` do so.
 """
 
 from __future__ import annotations
@@ -44,18 +38,15 @@ FOREIGN_PREFECT_ENV = (
 STATE_FILE = "platform.json"
 PID_FILE = "platform.pid"
 LOG_DIR = "logs"
-#: Beside each child's log while it runs: who it is, so that a later ``up`` can stop it.
 CHILD_RECORD_SUFFIX = ".child.json"
-#: Words in the command line of every process the platform starts (servers, runner, workers).
+#: Words in the command line of every process the platform starts.
 OUR_COMMANDS = ("churnops", "prefect", "mlflow", "evidently")
 PR_SET_PDEATHSIG = 1
-#: Written by each runner once it serves the deployments (removed when it stops).
-READY_FILE = "runner.ready"
 
 
 def ready_file(home: Path, index: int) -> Path:
-    """The ready file of runner ``index`` under CHURNOPS_HOME."""
-    return home / f"{READY_FILE}.{index}"
+    """Written by runner ``index`` once it serves the deployments."""
+    return home / f"runner.ready.{index}"
 
 
 class PlatformError(RuntimeError):
@@ -74,9 +65,7 @@ def choose_port(host: str, configured: int, setting: str) -> int:
     """The configured port if it is free, a free one for 0; a clear error when busy."""
     if configured == 0:
         return free_port(host)
-    with socket.socket() as sock:
-        # As the servers do: sockets in TIME_WAIT after a stop must not count as in use,
-        # while a listener still does.
+    with socket.socket() as sock:  # as the servers bind: TIME_WAIT is free, a listener not
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, configured))
@@ -90,8 +79,7 @@ def choose_port(host: str, configured: int, setting: str) -> int:
 
 # --- child processes ---------------------------------------------------------------------
 def child_env(platform: PlatformSettings, extra: dict[str, str]) -> dict[str, str]:
-    """This process's environment minus foreign Prefect variables, plus the libraries'
-    usage-data switches (``PlatformSettings.telemetry_env``), plus ``extra``: every child's."""
+    """Every child's environment: ours without foreign Prefect variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN_PREFECT_ENV}
     return env | platform.telemetry_env | extra
 
@@ -102,11 +90,8 @@ def bin_path(name: str) -> str:
 
 
 def parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the kernel SIGTERM the child when this process dies.
-
-    Linux only (``prctl``); None elsewhere. The signal follows the death of the
-    *thread* that starts the child, so children are started from the main thread.
-    """
+    """A ``preexec_fn`` making the kernel SIGTERM the child when the starting *thread*
+    dies (Linux ``prctl``; None elsewhere), so children are started from the main thread."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -169,8 +154,10 @@ class Service:
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
+    def failure(self, what: str, chars: int = 3000) -> str:
+        return f"{self.name} {what}; its log {self.log}:\n{self.tail(chars)}"
+
     def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM the process group, wait, then SIGKILL what is left."""
         if self.process is None:
             return
         stop_group(self.process, grace)
@@ -178,7 +165,7 @@ class Service:
 
 
 def stop_all(services: list[Service], grace: float) -> None:
-    """SIGTERM every service first, then wait: they stop in parallel, not one by one."""
+    """SIGTERM every service first, then wait: they stop in parallel."""
     for service in services:
         if service.process is not None:
             _signal_group(service.process.pid, signal.SIGTERM)
@@ -223,19 +210,13 @@ def wait_until(
         for service in list(pending):
             if not service.alive():
                 code = service.process.returncode if service.process else None
-                raise PlatformError(
-                    f"{service.name} exited (code {code}) while starting;"
-                    f" its log {service.log}:\n{service.tail()}"
-                )
+                raise PlatformError(service.failure(f"exited (code {code}) while starting"))
             if ready(service):
                 pending.remove(service)
                 on_ready(service)
         if pending and time.monotonic() > deadline:
-            late = pending[0]
-            raise PlatformError(
-                f"{late.name} did not become healthy within {timeout:.0f}s;"
-                f" its log {late.log}:\n{late.tail()}"
-            )
+            late = f"did not become healthy within {timeout:.0f}s"
+            raise PlatformError(pending[0].failure(late))
         if pending:
             time.sleep(0.3)
 
@@ -249,89 +230,48 @@ class Ports:
 
 
 def choose_ports(platform: PlatformSettings) -> Ports:
+    names = ("prefect_port", "mlflow_port", "evidently_port")
     host = platform.platform_host
-    return Ports(
-        prefect=choose_port(host, platform.prefect_port, "prefect_port"),
-        mlflow=choose_port(host, platform.mlflow_port, "mlflow_port"),
-        evidently=choose_port(host, platform.evidently_port, "evidently_port"),
-    )
+    return Ports(*(choose_port(host, getattr(platform, name), name) for name in names))
 
 
-def prefect_api_url(platform: PlatformSettings, port: int) -> str:
-    return f"http://{platform.platform_host}:{port}/api"
-
-
-def mlflow_url(platform: PlatformSettings, port: int) -> str:
+def server_url(platform: PlatformSettings, port: int) -> str:
     return f"http://{platform.platform_host}:{port}"
+
+
+def prefect_api_url(platform: PlatformSettings, port: int | None = None) -> str:
+    return f"{server_url(platform, platform.prefect_port if port is None else port)}/api"
 
 
 def server_services(settings: Settings, ports: Ports) -> list[Service]:
     """Prefect, MLflow and the Evidently UI, all with their state under CHURNOPS_HOME."""
     home, host, logs = settings.home, settings.platform.platform_host, settings.home / LOG_DIR
     prefect_home = home / "prefect"
-    prefect_home.mkdir(parents=True, exist_ok=True)
-    settings.model.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-    settings.monitoring.evidently_workspace_dir.mkdir(parents=True, exist_ok=True)
-    prefect_env = child_env(
-        settings.platform,
-        {
-            "PREFECT_HOME": str(prefect_home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": (
-                f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
-            ),
-            "PREFECT_UI_API_URL": prefect_api_url(settings.platform, ports.prefect),
-        },
-    )
-    # MLflow's job runner (GenAI jobs, unused here) adds seven worker processes that
-    # outlive the server by seconds when it stops; without it the group is two processes.
-    mlflow_env = child_env(settings.platform, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    api = prefect_api_url(settings.platform, ports.prefect)
+    artifacts = settings.model.mlflow_artifacts_dir
+    workspace = settings.monitoring.evidently_workspace_dir
+    for folder in (prefect_home, artifacts, workspace):
+        folder.mkdir(parents=True, exist_ok=True)
+    prefect_env = {
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+        "PREFECT_UI_API_URL": prefect_api_url(settings.platform, ports.prefect),
+    }
+    # MLflow's job runner (GenAI jobs, unused here) adds seven workers that outlive it.
+    mlflow_env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow_args = ["server", "--backend-store-uri", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"]
+    mlflow_args += ["--artifacts-destination", str(artifacts), "--workers", "1"]
+
+    def service(name: str, args: list[str], port: int, health: str, env: dict) -> Service:
+        url = f"http://{host}:{port}"
+        command = [bin_path(name), *args, "--host", host, "--port", str(port)]
+        env = child_env(settings.platform, env)
+        return Service(name, command, logs / f"{name}.log", env, url, url + health)
+
     return [
-        Service(
-            "prefect",
-            [bin_path("prefect"), "server", "start", "--host", host, "--port", str(ports.prefect)],
-            logs / "prefect.log",
-            prefect_env,
-            url=f"http://{host}:{ports.prefect}",
-            health_url=f"{api}/health",
-        ),
-        Service(
-            "mlflow",
-            [
-                bin_path("mlflow"),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(settings.model.mlflow_artifacts_dir),
-                "--host",
-                host,
-                "--port",
-                str(ports.mlflow),
-                "--workers",
-                "1",
-            ],
-            logs / "mlflow.log",
-            mlflow_env,
-            url=mlflow_url(settings.platform, ports.mlflow),
-            health_url=f"{mlflow_url(settings.platform, ports.mlflow)}/health",
-        ),
-        Service(
-            "evidently",
-            [
-                bin_path("evidently"),
-                "ui",
-                "--workspace",
-                str(settings.monitoring.evidently_workspace_dir),
-                "--host",
-                host,
-                "--port",
-                str(ports.evidently),
-            ],
-            logs / "evidently.log",
-            child_env(settings.platform, {}),
-            url=f"http://{host}:{ports.evidently}",
-            health_url=f"http://{host}:{ports.evidently}/api/version",
+        service("prefect", ["server", "start"], ports.prefect, "/api/health", prefect_env),
+        service("mlflow", mlflow_args, ports.mlflow, "/health", mlflow_env),
+        service(
+            "evidently", ["ui", "--workspace", str(workspace)], ports.evidently, "/api/version", {}
         ),
     ]
 
@@ -346,19 +286,22 @@ class PlatformState:
     services: dict[str, dict[str, str | int | None]]
 
     def save(self, home: Path) -> None:
-        path = home / STATE_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(tmp, path)
+        _write_json(home / STATE_FILE, asdict(self))
 
     @classmethod
     def load(cls, home: Path) -> PlatformState | None:
-        """The state of a platform that is still running there, else None."""
+        """The state of a platform still running there, else None."""
         path = home / STATE_FILE
         if not path.exists():
             return None
         state = cls(**json.loads(path.read_text()))
         return state if pid_alive(state.pid) else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def take_pid_file(home: Path) -> Path:
@@ -368,14 +311,13 @@ def take_pid_file(home: Path) -> Path:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        text = path.read_text().strip()
-        other = int(text) if text.isdigit() else 0
+        other = _owner(path)
         if other and other != os.getpid() and pid_alive(other):
             raise PlatformError(
                 f"the platform already runs on {home} (pid {other}): use `churnops status`,"
                 " or stop it (Ctrl-C in its terminal) before starting it again"
             ) from None
-        path.unlink(missing_ok=True)  # left by a platform that did not stop cleanly
+        path.unlink(missing_ok=True)  # stale
         return take_pid_file(home)
     with os.fdopen(fd, "w") as out:
         out.write(str(os.getpid()))
@@ -390,7 +332,6 @@ def release_files(home: Path) -> None:
 
 
 def _owner(path: Path) -> int | None:
-    """The pid a state or PID file names, None when there is none."""
     try:
         text = path.read_text().strip()
         return int(text) if text.isdigit() else int(json.loads(text)["pid"])
@@ -409,14 +350,13 @@ def _proc_stat(pid: int) -> list[str] | None:
 
 
 def start_time(pid: int) -> int | None:
-    """When the process started (clock ticks after boot): a reused pid has another one."""
+    """Clock ticks after boot: a reused pid has another start time."""
     fields = _proc_stat(pid)
     return int(fields[19]) if fields else None
 
 
 def running(pid: int, started: int | None = None) -> bool:
-    """That process (started then, if known) runs: a zombie, such as a killed ``up`` its
-    shell has not reaped yet, does not."""
+    """That process (started then, if known) runs; a zombie (a killed ``up``) does not."""
     if not Path("/proc").is_dir():
         return pid_alive(pid)
     fields = _proc_stat(pid)
@@ -426,10 +366,7 @@ def running(pid: int, started: int | None = None) -> bool:
 
 
 def live_groups(pgids: list[int]) -> dict[int, list[int]]:
-    """The members of each of these process groups that still run (zombies hold nothing).
-
-    Empty where there is no /proc (not Linux): nothing is then found to stop.
-    """
+    """The running members of each of these process groups; empty without /proc."""
     found: dict[int, list[int]] = {}
     proc = Path("/proc")
     for entry in proc.iterdir() if proc.is_dir() else ():
@@ -437,14 +374,6 @@ def live_groups(pgids: list[int]) -> dict[int, list[int]]:
         if fields and int(fields[2]) in pgids and fields[0] not in ("Z", "X"):
             found.setdefault(int(fields[2]), []).append(int(entry.name))
     return found
-
-
-def command_line(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace")
 
 
 @dataclass(frozen=True)
@@ -464,9 +393,7 @@ class ChildRecord:
         return cls(name, pid, start_time(pid), command, parent, start_time(parent))
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        os.replace(tmp, path)
+        _write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> ChildRecord | None:
@@ -475,19 +402,20 @@ class ChildRecord:
         except (OSError, ValueError, TypeError):
             return None
 
-    def parent_alive(self) -> bool:
-        return running(self.parent, self.parent_started)
-
     def looks_ours(self, pid: int) -> bool:
-        line = command_line(pid)
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        line = raw.replace(b"\0", b" ").decode(errors="replace")
         return bool(line) and any(word in line for word in (*self.command[:1], *OUR_COMMANDS))
 
     def leftovers(self) -> list[int]:
         """Live processes of the child's group, if that group is still the one we started."""
         members = live_groups([self.pid]).get(self.pid, [])
-        if self.pid in members:  # a group leader with our pid: the very process we started?
+        if self.pid in members:
             ours = start_time(self.pid) == self.started and self.looks_ours(self.pid)
-        else:  # leader gone, workers left: a group id is not reused while it has members
+        else:  # leader gone: a group id is not reused while it has members
             ours = all(self.looks_ours(pid) for pid in members)
         return members if ours else []
 
@@ -513,15 +441,13 @@ def _wait_gone(pgids: list[int], timeout: float) -> bool:
 
 
 def stop_leftovers(home: Path, grace: float = 10.0) -> list[ChildRecord]:
-    """Stop the children a killed platform left running; forget its records and state.
-
-    Returns the children that still ran. A record whose ``up`` still lives, or whose
-    pid now belongs to another program, is never acted on.
-    """
+    """Stop (and return) the children a killed platform left running; forget its records
+    and state. A record whose ``up`` lives, or whose pid is another program's, is kept."""
     stale = {
         path: record
         for path in sorted((home / LOG_DIR).glob(f"*{CHILD_RECORD_SUFFIX}"))
-        if (record := ChildRecord.load(path)) is None or not record.parent_alive()
+        if (record := ChildRecord.load(path)) is None
+        or not running(record.parent, record.parent_started)
     }
     alive = [r for r in stale.values() if r is not None and r.leftovers()]
     terminate_groups([r.pid for r in alive], grace)
@@ -529,26 +455,20 @@ def stop_leftovers(home: Path, grace: float = 10.0) -> list[ChildRecord]:
         path.unlink(missing_ok=True)
     owner = _owner(home / STATE_FILE)
     if owner is not None and not running(owner):
-        (home / STATE_FILE).unlink(missing_ok=True)  # `status` and waiters must not trust it
+        (home / STATE_FILE).unlink(missing_ok=True)
     return alive
 
 
 # --- a watchdog that outlives `up` -------------------------------------------------------------
 #: Short: with ``up`` dead its servers go too, so no run in progress can finish anyway.
 REAPER_GRACE = 5.0
-#: What ``up`` writes to the reaper's pipe after a clean stop (a killed ``up`` writes nothing).
 RELEASED = b"released"
 
 
 def start_reaper(home: Path, grace: float = REAPER_GRACE) -> subprocess.Popen | None:
-    """A process that stops this process's children if it dies without stopping them.
-
-    The parent-death signal reaches only the direct children, and once ``up`` is dead
-    nobody escalates when one of them does not stop (a runner retrying a Prefect server
-    that is gone takes a minute). The reaper waits on a pipe only this process holds;
-    when it closes without :func:`release_reaper` having said so (this process died), it
-    runs :func:`stop_leftovers`. None if it cannot start.
-    """
+    """A process running :func:`stop_leftovers` when this one dies without stopping its
+    children: the parent-death signal reaches only them, and nobody would SIGKILL one
+    that ignores it. It waits on a pipe that :func:`release_reaper` closes cleanly."""
     log = home / LOG_DIR / "reaper.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     code = "import sys; from churnops.platform.services import reap; reap(*sys.argv[1:])"
@@ -566,7 +486,6 @@ def start_reaper(home: Path, grace: float = REAPER_GRACE) -> subprocess.Popen | 
 
 
 def release_reaper(reaper: subprocess.Popen | None) -> None:
-    """After a clean stop: tell the reaper it has nothing to do."""
     if reaper is None or reaper.stdin is None:
         return
     with contextlib.suppress(OSError):
@@ -577,7 +496,6 @@ def release_reaper(reaper: subprocess.Popen | None) -> None:
 
 
 def reap(home: str, grace: str, parent: str) -> None:
-    """The reaper's body: once ``up`` (``parent``) has died, stop what it left running."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.stdin.buffer.read() == RELEASED:  # EOF comes when `up` closes the pipe or dies
         return

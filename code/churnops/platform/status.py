@@ -57,5 +57,4 @@ def service_health(state: PlatformState | None) -> list[ServiceHealth]:
 
 
 def collect(drop: DropSettings) -> tuple[list[FileState], list[ServiceHealth]]:
-    state = PlatformState.load(drop.home)
-    return list_files(open_storage(drop)), service_health(state)
+    return list_files(open_storage(drop)), service_health(PlatformState.load(drop.home))

@@ -1,15 +1,7 @@
-"""The drop trigger of the local platform: S3-shaped events for the Lambda's handler
-(:func:`churnops.drop.trigger.handle_event`), from one of two watchers:
-
-* :class:`FolderWatcher` (local folder): watchdog events on ``data/input/`` and
-  ``data/labels/`` once the writer is done (close-write, a rename into the folder, or
-  a whole file appeared by link and stayed unchanged for a quiet period; a writer going on later
-  changes the claimed version and the run starts over);
-* :class:`BucketPoller` (S3-compatible): lists both folders every few seconds and
-  reports keys not seen with that ETag.
-
-Both report what already waits when they start; the handler's idempotency key
-keeps a file seen twice from starting two runs."""
+"""The local platform's drop trigger: S3-shaped events for the Lambda's handler
+(:func:`churnops.drop.trigger.handle_event`) from :class:`FolderWatcher` (a local folder)
+or :class:`BucketPoller` (S3). Both report what already waits when they start; the
+handler's idempotency key keeps a file seen twice from starting two runs."""
 
 from __future__ import annotations
 
@@ -36,22 +28,18 @@ Handler = Callable[[Mapping[str, Any], object], Mapping[str, Any]]
 
 
 def trigger(api_url: str, deployment: str, drop: str | None = None) -> Handler:
-    """The Lambda's handling of an event, configured by arguments instead of the environment.
-
-    ``drop`` is what the flow runs are told to read (the local folder's ``file://``
-    URI); None keeps the Lambda's ``s3://<event bucket>``.
-    """
+    """The Lambda's handling of an event, configured by arguments; ``drop`` is what the
+    flow runs read (a ``file://`` URI), None the Lambda's ``s3://<event bucket>``."""
     config = dataclasses.replace(_config(api_url, deployment), drop=drop)
     return lambda event, context: handle_event(event, config)
 
 
 def start_deployment_run(api_url: str, deployment: str, idempotency_key: str, name: str) -> None:
-    """One run of a deployment through the Lambda's Prefect client (a stdlib HTTP call)."""
+    """One run of a deployment through the Lambda's Prefect client."""
     start_flow_run(_config(api_url, deployment), {}, idempotency_key, name)
 
 
 def _config(api_url: str, deployment: str) -> Config:
-    """The Lambda's Config, from values (its defaults for the rest)."""
     return Config.from_env({"PREFECT_API_URL": api_url, "PREFECT_DEPLOYMENT": deployment})
 
 
@@ -75,8 +63,8 @@ def s3_event(bucket: str, key: str, size: int, sequencer: str) -> dict[str, Any]
 
 
 def file_sequencer(stat: os.stat_result) -> str:
-    """Unique per drop of a file, stable for one drop: the inode and its change time tell
-    a same-name replacement apart even with the same size and a copied mtime."""
+    """Unique per drop, stable for one: the inode and ctime tell a same-name replacement
+    apart even with the same size and a copied mtime."""
     return f"{stat.st_ino:X}{stat.st_ctime_ns:X}{stat.st_mtime_ns:X}{stat.st_size:08X}"
 
 
@@ -97,7 +85,7 @@ def wait_stable(path: Path, interval: float = 0.15, timeout: float = 60.0) -> os
 
 
 class Dispatcher:
-    """Calls the handler for each reported file, one at a time, off the event thread."""
+    """Calls the handler for each reported file, one at a time."""
 
     def __init__(self, handler: Handler, bucket: str, on_result: Callable[[dict], None]) -> None:
         self.handler = handler
@@ -121,9 +109,8 @@ SETTLE_SECONDS = 1.0
 
 
 def _observer() -> BaseObserver:
-    """On Linux, inotify reporting a file renamed in from outside the watched folders as
-    moved (``generate_full_events``), not as created: it is whole, and is sent without
-    the quiet period. Elsewhere, the platform's default observer."""
+    """Linux: inotify reporting a file renamed in from elsewhere as moved (whole, sent
+    without the quiet period), not created. Elsewhere, the default observer."""
     try:
         from watchdog.observers.inotify import InotifyObserver
     except Exception:  # no inotify on this system
@@ -132,18 +119,17 @@ def _observer() -> BaseObserver:
 
 
 class FolderWatcher(FileSystemEventHandler):
-    """Watch ``<drop>/data/input/`` and ``<drop>/data/labels/``; trigger a run per settled
-    new file. A file renamed into them is complete (a rename is atomic): it is sent at
-    once, without the quiet period."""
+    """Trigger a run per new file in the drop folders once its writer is done: a
+    close-write, a rename in (atomic: sent at once), or a file unchanged for
+    :data:`SETTLE_SECONDS`. A writer going on later changes the claimed version."""
 
     def __init__(self, drop_dir: Path, dispatcher: Dispatcher) -> None:
         self.drop_dir = drop_dir
         self.folders = [drop_dir / prefix for prefix in DROP_PREFIXES]
         self.dispatcher = dispatcher
-        #: (path, quiet period to wait) of the files to look at.
         self._queue: queue.Queue[tuple[Path, float] | None] = queue.Queue()
         self._queued: set[Path] = set()
-        #: Files written to since they were last closed: their close-write reports them.
+        #: Written to since last closed: their close-write reports them.
         self._writing: set[Path] = set()
         self._seen: set[Path] = set()
         self._lock = threading.Lock()
@@ -166,7 +152,6 @@ class FolderWatcher(FileSystemEventHandler):
         self._observer.join(timeout=10)
         self._worker.join(timeout=30)
 
-    # watchdog callbacks (observer thread)
     def on_created(self, event: FileSystemEvent) -> None:
         self._enqueue(Path(str(event.src_path)))
 
@@ -175,36 +160,28 @@ class FolderWatcher(FileSystemEventHandler):
             self._writing.add(Path(str(event.src_path)))
 
     def on_closed(self, event: FileSystemEvent) -> None:
-        """Close-write: the writer is done (inotify's IN_CLOSE_WRITE)."""
         path = Path(str(event.src_path))
         with self._lock:
             self._writing.discard(path)
         self._enqueue(path)
 
     def on_moved(self, event: FileSystemEvent) -> None:
-        """Renamed in (from the folder or from elsewhere), or out (no destination)."""
-        if event.dest_path:
+        if event.dest_path:  # else renamed out
             self._enqueue(Path(str(event.dest_path)), renamed=True)
 
     def _enqueue(self, path: Path, renamed: bool = False) -> None:
         if path.parent not in self.folders or not is_candidate(path.name):
             return  # hidden, temporary or partial: the writer renames it when done
-        if path.is_dir() and not path.is_symlink():
-            if self._first_look(path):
-                log.info("ignored the folder %s: only files directly in it are processed", path)
-            return
+        folder = path.is_dir() and not path.is_symlink()
+        marks = self._seen if folder else self._queued  # a folder: logged once
         with self._lock:
-            if path in self._queued:
+            if path in marks:
                 return
-            self._queued.add(path)
+            marks.add(path)
+        if folder:
+            log.info("ignored the folder %s: only files directly in it are processed", path)
+            return
         self._queue.put((path, 0.0 if renamed else SETTLE_SECONDS))
-
-    def _first_look(self, path: Path) -> bool:
-        """True once per path (a folder gets one log line, not one per event)."""
-        with self._lock:
-            new = path not in self._seen
-            self._seen.add(path)
-        return new
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -222,13 +199,12 @@ class FolderWatcher(FileSystemEventHandler):
 
 
 # --- S3-compatible endpoint --------------------------------------------------------------------
-#: How often the platform lists an S3 drop bucket for new files (s) (a folder is watched).
+#: How often the platform lists an S3 drop bucket for new files (s).
 POLL_SECONDS = 5.0
 
 
 class BucketPoller:
-    """List ``data/input/`` and ``data/labels/`` of a bucket every ``interval`` seconds;
-    report new (key, ETag)."""
+    """List the drop folders of a bucket every ``interval`` seconds; report new (key, ETag)."""
 
     def __init__(
         self, client: Any, bucket: str, dispatcher: Dispatcher, interval: float = POLL_SECONDS
@@ -249,7 +225,7 @@ class BucketPoller:
         self._thread.join(timeout=30)
 
     def poll_once(self) -> int:
-        """Report every new object; returns how many were reported."""
+        """Report every new object; returns how many."""
         reported = 0
         for obj in self._dropped_objects():
             key, etag = obj["Key"], obj["ETag"].strip('"')
