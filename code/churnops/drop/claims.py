@@ -88,7 +88,7 @@ class Lease:
     @property
     def db_id(self) -> str:
         """The metrics database row of this attempt."""
-        return db_id(self.run, self.attempt)
+        return f"{self.run}.{self.attempt}"
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode()
@@ -118,11 +118,6 @@ class Lease:
         return self.state == "failed" and (
             not self.retry_at or now >= datetime.fromisoformat(self.retry_at)
         )
-
-
-def db_id(run: str, attempt: int) -> str:
-    """``<run>.<attempt>``: the metrics database row of one attempt."""
-    return f"{run}.{attempt}"
 
 
 def claim_key(run: str, attempt: int) -> str:

@@ -80,13 +80,8 @@ class LabelsJoin:
     labeled_rows: int
     scores: dict[str, float]
     arrived_at: datetime
-    labeled_rows_key: str
     #: Older runs that scored the same rows the same way: the newest is joined.
     also_fits: tuple[str, ...] = ()
-
-    @property
-    def scoring_file(self) -> str:
-        return self.scoring.file_name
 
     def summary(self) -> str:
         scores = ", ".join(f"{k} {v:.3f}" for k, v in self.scores.items() if k != "log_loss")
@@ -96,7 +91,7 @@ class LabelsJoin:
             else ""
         )
         return (
-            f"labels for {self.scoring_file} (run {self.scoring.run}, "
+            f"labels for {self.scoring.file_name} (run {self.scoring.run}, "
             f"{self.scoring.model_name} v{self.scoring.model_version}) matched by "
             f"{self.matched_by}: {self.labeled_rows} of {self.rows} rows labeled; {scores}{twins}"
         )
@@ -332,7 +327,7 @@ def join_labels(
         pd.to_numeric(matched[PREDICTION][known]).to_numpy(np.int8),
         pd.to_numeric(matched[PROBABILITY][known]).to_numpy(float),
     )
-    rows_key = _write_labeled_rows(storage, run, name, matched[known], actual)
+    _write_labeled_rows(storage, run, name, matched[known], actual)
     record = {"scoring_run": scoring.run, "predictions_key": scoring.predictions_key}
     _create(storage, run_key("processing", run, f"{name}{JOIN_SUFFIX}"), json.dumps(record))
     return LabelsJoin(
@@ -342,7 +337,6 @@ def join_labels(
         labeled_rows=int(known.sum()),
         scores=scores,
         arrived_at=claims.dropped_at(run),
-        labeled_rows_key=rows_key,
         also_fits=tuple(twins),
     )
 
@@ -371,11 +365,10 @@ def _create(storage: DropStorage, key: str, text: str | bytes) -> None:
 
 def _write_labeled_rows(
     storage: DropStorage, run: str, name: str, matched: pd.DataFrame, actual: np.ndarray
-) -> str:
+) -> None:
     """The labelled rows as a customer file (UCI headers, ``Churn`` last), for retraining."""
     key = run_key("processing", run, labeled_rows_name(name))
     features = [c for c in RAW_COLUMNS if c in matched.columns and clean_name(c) != TARGET]
     frame = matched[features].apply(pd.to_numeric).reset_index(drop=True)
     label = pd.DataFrame({next(r for r in RAW_COLUMNS if clean_name(r) == TARGET): actual})
     _create(storage, key, csv_bytes(frame, label))
-    return key

@@ -194,7 +194,7 @@ def alert_realized(
         return (), "realized scores at or above their minimums"
     scoring = joined.scoring
     alert = build_labels_alert(
-        name, joined.scoring_file, scoring.model_name, scoring.model_version, joined.summary(), low
+        name, scoring.file_name, scoring.model_name, scoring.model_version, joined.summary(), low
     )
     note = retrain_trigger.on_low_scores(retraining, monitoring, low, drop, run, submit)
     return _deliver(alerts, alert, "low realized scores", note)
@@ -478,22 +478,20 @@ def _processed(attempt: _Attempt, message: str, **values: Any) -> FileOutcome:
 def _complete_finish(attempt: _Attempt) -> FileOutcome:
     """The original already left processing/: move what the last attempt left behind."""
     held, storage = attempt.claim, attempt.storage
-    for stage in ("processed", "errored"):
-        if storage.exists(run_key(stage, held.run, held.name)):  # type: ignore[arg-type]
-            _move_outputs(storage, held.run, stage)
-            message = f"the previous attempt had moved the file to {stage}/: finished its move"
-            status: Status = "processed" if stage == "processed" else "errored"
-            _note(attempt, "finish", "ok" if status == "processed" else status, message)
-            _close_run(attempt, status, error=None if stage == "processed" else message)
-            return _outcome(attempt, status, message)
-    _move_outputs(storage, held.run, "errored")  # the run folder closes, once
-    message = (
-        f"{held.processing_key} was deleted during its run and is in no final folder: "
-        f"run closed, its outputs (if any) in {folder_key('errored', held.run)}"
-    )
-    _note(attempt, "finish", "errored", message)
-    _close_run(attempt, "errored", error=message)
-    return _outcome(attempt, "errored", message)
+    stages = ("processed", "errored")
+    found = [s for s in stages if storage.exists(run_key(s, held.run, held.name))]
+    stage: Status = found[0] if found else "errored"  # type: ignore[assignment]
+    _move_outputs(storage, held.run, stage)  # the run folder closes, once
+    if found:
+        message = f"the previous attempt had moved the file to {stage}/: finished its move"
+    else:
+        message = (
+            f"{held.processing_key} was deleted during its run and is in no final folder: "
+            f"run closed, its outputs (if any) in {folder_key('errored', held.run)}"
+        )
+    _note(attempt, "finish", "ok" if stage == "processed" else stage, message)
+    _close_run(attempt, stage, error=None if stage == "processed" else message)
+    return _outcome(attempt, stage, message)
 
 
 def _changed(attempt: _Attempt) -> bool:

@@ -46,10 +46,7 @@ Submit = Callable[[Action], None]
 def find_work(storage: DropStorage, now: datetime) -> list[Action]:
     """Every stranded input file and run, oldest first."""
     runs = run_folders(storage, "processing")
-    return [
-        *stranded_runs(storage, now, runs),
-        *_untaken_inputs(storage, now, runs),
-    ]
+    return [*stranded_runs(storage, now, runs), *_untaken_inputs(storage, now, runs)]
 
 
 def stranded_runs(storage: DropStorage, now: datetime, runs: list[str]) -> list[Action]:
@@ -57,24 +54,17 @@ def stranded_runs(storage: DropStorage, now: datetime, runs: list[str]) -> list[
     actions = []
     for run in runs:
         with _skipped_on_error(f"processing/{run}"):
-            if action := _stranded_run(storage, now, run):
-                actions.append(action)
+            lease = claims.latest_lease(storage, run)
+            if lease is None:
+                log.warning("run folder processing/%s has no claim file: left alone", run)
+                continue
+            key = run_key("processing", run, lease.name)
+            if lease.holder_gone(now, claims.LEASE_SECONDS):
+                actions.append(Action("redrive", key, claims.death(lease), _next_attempt(lease)))
+            elif lease.retry_due(now) or lease.state == "done":
+                why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
+                actions.append(Action("redrive", key, why, _next_attempt(lease)))
     return actions
-
-
-def _stranded_run(storage: DropStorage, now: datetime, run: str) -> Action | None:
-    lease = claims.latest_lease(storage, run)
-    if lease is None:
-        log.warning("run folder processing/%s has no claim file: left alone", run)
-        return None
-    key = run_key("processing", run, lease.name)
-    marker = _next_attempt(lease)
-    if lease.holder_gone(now, claims.LEASE_SECONDS):
-        return Action("redrive", key, claims.death(lease), marker)
-    if lease.retry_due(now) or lease.state == "done":
-        why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
-        return Action("redrive", key, why, marker)
-    return None
 
 
 def _next_attempt(lease: claims.Lease) -> str:
@@ -98,8 +88,23 @@ def _untaken_inputs(storage: DropStorage, now: datetime, runs: list[str]) -> lis
     ignored: list[str] = []
     for prefix, key in _dropped_keys(storage, ignored):
         with _skipped_on_error(key):
-            if action := _untaken(storage, now, runs, prefix, key):
-                actions.append(action)
+            info = storage.stat(key)
+            if info is None:
+                continue
+            run = claims.run_id(key[len(prefix) :], info.version, info.modified)
+            lease = claims.latest_lease(storage, run) if run not in runs else None
+            if lease and lease.holder_gone(now, claims.LEASE_SECONDS):
+                # Its trigger came and the attempt died claiming it: nothing is on its way.
+                actions.append(Action("trigger", key, claims.death(lease), _next_attempt(lease)))
+                continue
+            age = (now - info.modified).total_seconds()
+            # Taken by a run, being claimed right now, or its trigger may still be on its way.
+            if run in runs or (lease and not lease.ended(now, claims.LEASE_SECONDS)):
+                continue
+            if age >= GRACE_SECONDS:
+                folder = prefix.rstrip("/").rsplit("/", 1)[-1]
+                why = f"waited {age:.0f}s in {folder}/ and no run took it"
+                actions.append(Action("trigger", key, why, f"{run}#{folder}"))
     if ignored:
         shown = ", ".join(ascii(k) for k in ignored[:5]) + (", ..." if len(ignored) > 5 else "")
         log.info(
@@ -122,34 +127,6 @@ def _dropped_keys(storage: DropStorage, ignored: list[str] | None = None) -> lis
             elif ignored is not None:
                 ignored.append(key)
     return found
-
-
-def _untaken(
-    storage: DropStorage,
-    now: datetime,
-    runs: list[str],
-    prefix: str,
-    key: str,
-) -> Action | None:
-    name = key[len(prefix) :]
-    info = storage.stat(key)
-    if info is None:
-        return None
-    run = claims.run_id(name, info.version, info.modified)
-    if run in runs:
-        return None
-    lease = claims.latest_lease(storage, run)
-    if lease and lease.holder_gone(now, claims.LEASE_SECONDS):
-        # Its trigger came and the attempt died claiming it: nothing is on its way.
-        return Action("trigger", key, claims.death(lease), _next_attempt(lease))
-    if lease and not lease.ended(now, claims.LEASE_SECONDS):
-        return None  # being claimed right now
-    age = (now - info.modified).total_seconds()
-    if age < GRACE_SECONDS:
-        return None  # its trigger may still be on its way
-    folder = prefix.rstrip("/").rsplit("/", 1)[-1]
-    why = f"waited {age:.0f}s in {folder}/ and no run took it"
-    return Action("trigger", key, why, f"{run}#{folder}")
 
 
 def close_dead_runs(store: MetricsStore, storage: DropStorage, now: datetime) -> list[Action]:

@@ -38,7 +38,7 @@ from churnops.model.training import Progress
 from churnops.monitoring.alerts import Alert, AlertDeliveryError, send_alert
 from churnops.monitoring.metrics_db import LockState, MetricsStore
 from churnops.pipeline import labels
-from churnops.pipeline.retrain_trigger import LOCK
+from churnops.pipeline.retrain_trigger import LOCK, cooling_down
 from churnops.settings import AlertSettings, DropSettings, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,10 @@ def _why_not_now(model: ModelSettings, state: LockState | None, trigger: Trigger
     now = datetime.now(UTC)
     if state is not None and state.held(now) and _alive(state.holder):
         return _lock_holder(state)
-    if trigger != "auto" or state is None:
+    last = state.acquired_at if state is not None else None
+    if trigger != "auto" or not cooling_down(last, now, model.retrain_cooldown_minutes):
         return ""
     ready = state.acquired_at + timedelta(minutes=model.retrain_cooldown_minutes)
-    if now >= ready:
-        return ""
     return (
         f"the last retraining started at {state.acquired_at:%Y-%m-%d %H:%M:%S} UTC; "
         f"automatic ones wait {model.retrain_cooldown_minutes:g} minutes "
