@@ -18,8 +18,6 @@ from tenacity import Retrying, before_sleep_log, retry_if_exception, stop_after_
 
 @dataclass(frozen=True)
 class Backoff:
-    """Waits that double from ``first`` up to ``longest`` seconds."""
-
     first: float
     longest: float
 

@@ -87,7 +87,6 @@ class Lease:
 
     @property
     def db_id(self) -> str:
-        """The metrics database row of this attempt."""
         return f"{self.run}.{self.attempt}"
 
     def to_json(self) -> bytes:
@@ -114,7 +113,6 @@ class Lease:
         return self.state != "running" or self.holder_gone(now, lease_seconds)
 
     def retry_due(self, now: datetime) -> bool:
-        """A failed attempt whose back-off has passed."""
         return self.state == "failed" and (
             not self.retry_at or now >= datetime.fromisoformat(self.retry_at)
         )
@@ -125,13 +123,11 @@ def claim_key(run: str, attempt: int) -> str:
 
 
 def latest_lease(storage: DropStorage, run: str) -> Lease | None:
-    """The newest attempt's lease of a run, or None when it never had one."""
     keys = storage.list_keys(f"{CLAIMS}/{run}/")
     return _read_lease(storage, keys[-1]) if keys else None
 
 
 def lease(storage: DropStorage, run: str, attempt: int) -> Lease | None:
-    """The lease of one attempt, or None when it has none."""
     return _read_lease(storage, claim_key(run, attempt))
 
 

@@ -145,7 +145,6 @@ def churn_prediction_pipeline(drop: str, key: str) -> State:
 
 
 def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome:
-    """The flow's body: the pipeline with its steps as tasks of this flow run."""
     storage = open_drop(drop)
     outcome = per_file.process(
         settings, storage, key, steps=PREFECT_STEPS, flow_run_id=str(flow_run.id or "")

@@ -71,8 +71,6 @@ class NotARegularFile(DataValidationError):
 
 @dataclass
 class FileOutcome:
-    """How one trigger for one file ended."""
-
     name: str
     status: Status
     message: str
@@ -278,7 +276,6 @@ def process(
 
 
 def _run_attempt(attempt: _Attempt) -> FileOutcome:
-    """The steps, with the outcome decided by what failed, if anything."""
     held = attempt.claim
     try:
         attempt.store = MetricsStore.from_settings(attempt.settings.monitoring)
@@ -458,7 +455,6 @@ def _join_labels(attempt: _Attempt) -> FileOutcome:
 
 
 def _alerting(attempt: _Attempt) -> tuple[MonitoringSettings, ModelSettings, AlertSettings]:
-    """The settings the alert steps take first."""
     return attempt.settings.monitoring, attempt.settings.model, attempt.settings.alerts
 
 

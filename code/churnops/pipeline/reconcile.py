@@ -44,7 +44,6 @@ Submit = Callable[[Action], None]
 
 
 def find_work(storage: DropStorage, now: datetime) -> list[Action]:
-    """Every stranded input file and run, oldest first."""
     runs = run_folders(storage, "processing")
     return [*stranded_runs(storage, now, runs), *_untaken_inputs(storage, now, runs)]
 

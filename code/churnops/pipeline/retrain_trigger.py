@@ -36,12 +36,10 @@ def idempotency_key(now: datetime, cooldown_minutes: float) -> str:
 
 
 def cooling_down(last_start: datetime | None, now: datetime, cooldown_minutes: float) -> bool:
-    """True while the last retraining started less than the cooldown ago."""
     return last_start is not None and now - last_start < timedelta(minutes=cooldown_minutes)
 
 
 def last_start(monitoring: MonitoringSettings) -> datetime | None:
-    """When the last retraining (manual or automatic) took the lock."""
     store = MetricsStore.from_settings(monitoring)
     try:
         state = store.lock_state(LOCK)

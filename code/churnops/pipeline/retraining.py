@@ -81,7 +81,6 @@ def labeled_source(storage: DropStorage, run: str) -> tuple[str | None, str]:
 
 
 def read_labeled(drop: DropSettings, storage: DropStorage, key: str) -> LabeledFile | None:
-    """The file at ``key`` if it is a valid customer file with the label, else None."""
     data = storage.read(key)
     name = key.rsplit("/", 1)[-1]
     try:

@@ -41,8 +41,6 @@ DRIFT_SAMPLE_ROWS = 50_000
 
 @dataclass
 class ScoredFile:
-    """What scoring a file produced, for monitoring, the metrics and the log."""
-
     rows: int
     predictions_key: str
     predicted_churn_rate: float
@@ -175,7 +173,6 @@ def _sink(storage: DropStorage, key: str, kept: bool) -> Iterator[IO[bytes]]:
 
 
 def _timed(chunks: Iterator[Part], seconds: dict[str, float], step: str) -> Iterator[Part]:
-    """Yield from ``chunks``, adding the time spent producing each to ``seconds[step]``."""
     while True:
         started = time.perf_counter()
         chunk = next(chunks, None)
@@ -202,7 +199,6 @@ def csv_bytes(*frames: pd.DataFrame, header: bool = True) -> bytes:
 
 
 def _arrow(name: str, column: pd.Series) -> pa.Array:
-    """A numeric column as it is, a text column as strings (missing: null)."""
     if column.dtype.kind in "iuf":
         if column.isna().to_numpy().any():
             raise ValueError("missing values cannot be written: the file would not read back")
