@@ -1,21 +1,12 @@
 """Who works on which drop: runs, claims and leases, on the drop storage itself.
 
-A drop's identity is its content version (S3 version id, or ETag and time;
-locally inode, mtime and size), never its name: a new file with an old name
-is a new run, and every claimer of one object version computes the same run
-id. Each attempt at a run writes ``data/claims/<run>/<attempt>.json`` with a
-conditional create, so of two concurrent claimers exactly one wins, on S3 as
-locally. The winner then moves the file into ``processing/<run>/``.
-
-The claim file is a lease, **the one judge of liveness**: its holder rewrites the
-heartbeat while it works, for at most :data:`MAX_ATTEMPT_SECONDS` (the backstop behind
-every network timeout). A lease whose heartbeat is older than ``lease_seconds`` (or
-whose process on this host is gone) is dead, on S3 as locally, with or without
-Prefect; the reconciler may re-drive its run as the next attempt, which writes "died"
-in the file's log, closes the dead one's row, marks its flow run Crashed and ends its
-lease ``died``, once. Prefect's flow heartbeat is off in the
-runner: a second judge could call a run dead that the lease says lives. A failed
-attempt (a dependency down) records when to retry.
+A run is one object version (a new file with an old name is a new run), so every claimer
+computes the same run id. Each attempt conditionally creates ``data/claims/<run>/<attempt>.json``:
+of two claimers exactly one wins, then moves the file into ``processing/<run>/``. That
+lease is the one judge of liveness (Prefect's heartbeat is off in the runner): its holder
+beats for at most :data:`MAX_ATTEMPT_SECONDS`; a lease whose heartbeat is older than
+``lease_seconds``, or whose process on this host is gone, is dead, and the next attempt
+closes it once.
 """
 
 from __future__ import annotations
@@ -47,13 +38,11 @@ LeaseState = Literal["running", "failed", "done", "died"]
 HOST = socket.gethostname()
 
 
-#: A run whose heartbeat is older than this is dead (s); its holder beats every third of
-#: it. Long enough for a loaded machine's pauses, short enough to re-drive quickly.
+#: A lease whose heartbeat is older than this is dead (s); its holder beats every third of
+#: it: long enough for a loaded machine's pauses, short enough to re-drive quickly.
 LEASE_SECONDS = 30.0
-#: An attempt still running after this stops renewing its lease, so the reconciler
-#: re-drives its run (s): the backstop behind every network timeout.
+#: An attempt stops renewing its lease after this (s): the backstop behind every timeout.
 MAX_ATTEMPT_SECONDS = 3600.0
-#: The drop time at the start of a run id.
 RUN_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
@@ -98,8 +87,7 @@ class Lease:
 
     @property
     def db_id(self) -> str:
-        """The metrics database row of this attempt."""
-        return db_id(self.run, self.attempt)
+        return f"{self.run}.{self.attempt}"
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode()
@@ -125,15 +113,9 @@ class Lease:
         return self.state != "running" or self.holder_gone(now, lease_seconds)
 
     def retry_due(self, now: datetime) -> bool:
-        """A failed attempt whose back-off has passed."""
         return self.state == "failed" and (
             not self.retry_at or now >= datetime.fromisoformat(self.retry_at)
         )
-
-
-def db_id(run: str, attempt: int) -> str:
-    """``<run>.<attempt>``: the metrics database row of one attempt."""
-    return f"{run}.{attempt}"
 
 
 def claim_key(run: str, attempt: int) -> str:
@@ -141,12 +123,17 @@ def claim_key(run: str, attempt: int) -> str:
 
 
 def latest_lease(storage: DropStorage, run: str) -> Lease | None:
-    """The newest attempt's lease of a run, or None when it never had one."""
     keys = storage.list_keys(f"{CLAIMS}/{run}/")
-    if not keys:
-        return None
+    return _read_lease(storage, keys[-1]) if keys else None
+
+
+def lease(storage: DropStorage, run: str, attempt: int) -> Lease | None:
+    return _read_lease(storage, claim_key(run, attempt))
+
+
+def _read_lease(storage: DropStorage, key: str) -> Lease | None:
     try:
-        return Lease.from_json(storage.read(keys[-1]))
+        return Lease.from_json(storage.read(key))
     except FileNotFoundError:
         return None
 
@@ -172,90 +159,31 @@ class ClaimRefused(Exception):
 
 
 def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: str = "") -> Claim:
-    """Take ``key`` (an input file, or a run in processing/ to re-drive) for this process.
-
-    Raises :class:`ClaimRefused` when it is gone, or held by a live attempt.
-    """
+    """Take ``key`` (an input file, or a run in processing/ to re-drive) for this process;
+    :class:`ClaimRefused` when it is gone, or held by a live attempt. Of two claimers of
+    one attempt, exactly one creates its claim file."""
     parts = split_run_key(key)
     if parts is None:
-        name = name_from_key(key)
+        dropped = name_from_key(key)
         info = storage.stat(key)
         if info is None:
-            raise ClaimRefused(f"{name!r} is no longer in input/ (taken by a run, or removed)")
-        run, kept = run_id(name, info.version, info.modified), run_name(name)
+            raise ClaimRefused(f"{dropped!r} is no longer in input/ (taken by a run, or removed)")
+        run, name = run_id(dropped, info.version, info.modified), run_name(dropped)
+        source, version = key, info.version
         previous = latest_lease(storage, run)
         if previous and previous.ended(_now(), lease_seconds):
-            _finish_move_in(storage, run, kept, key, info.version)
-        lease = _next_attempt(
-            storage, previous, run, kept, key, lease_seconds, flow_run_id, info.version
-        )
-        return _move_in(storage, lease, info.version)
-    stage, run, name = parts
-    if stage != "processing":
-        raise ClaimRefused(f"{key} is in {stage}/: that run has ended")
-    previous = latest_lease(storage, run)
-    source = previous.source_key if previous else stage_key("input", name)
-    version = previous.source_version if previous else ""
-    lease = _next_attempt(storage, previous, run, name, source, lease_seconds, flow_run_id, version)
-    processing_key = run_key("processing", run, name)
-    if version and (info := storage.stat(source)) is not None and info.version == version:
-        storage.move(source, processing_key, version=version)  # the copy is there: source goes
-    return Claim(lease, processing_key)
-
-
-def _finish_move_in(storage: DropStorage, run: str, name: str, key: str, version: str) -> None:
-    """An input file whose run already holds its copy: a move-in cut short (kill -9).
-
-    The earlier attempt copied the file into its run but died before removing
-    it from input/. The copy is the same object, so only the input file goes.
-    """
-    for stage in ("processing", "processed", "errored"):
-        copy = run_key(stage, run, name)
-        if storage.exists(copy):
-            storage.move(key, copy, version=version)
-            raise ClaimRefused(
-                f"{name!r} is already in {stage}/{run}/: removed the copy a cut-short move "
-                "left in input/"
-            )
-
-
-def _next_attempt(
-    storage: DropStorage,
-    previous: Lease | None,
-    run: str,
-    name: str,
-    source: str,
-    lease_seconds: float,
-    flow_run_id: str,
-    source_version: str,
-) -> Lease:
-    """Create the claim file of the run's next attempt: exactly one claimer wins it."""
+            _finish_move_in(storage, run, name, key, version)
+    else:
+        stage, run, name = parts
+        if stage != "processing":
+            raise ClaimRefused(f"{key} is in {stage}/: that run has ended")
+        previous = latest_lease(storage, run)
+        source = previous.source_key if previous else stage_key("input", name)
+        version = previous.source_version if previous else ""
     if previous and not previous.ended(_now(), lease_seconds):
         raise ClaimRefused(f"run {run} is being worked on (attempt {previous.attempt})")
     attempt = previous.attempt + 1 if previous else 1
-    lease = _new_lease(run, attempt, name, source, flow_run_id, source_version)
-    try:
-        storage.create(lease.key, lease.to_json())
-    except ObjectExists:
-        raise ClaimRefused(f"attempt {attempt} of run {run} was taken by another run") from None
-    return lease
-
-
-def _move_in(storage: DropStorage, lease: Lease, version: str) -> Claim:
-    """Move the claimed input version into the run's processing folder."""
-    processing_key = run_key("processing", lease.run, lease.name)
-    try:
-        storage.move(lease.source_key, processing_key, version=version)
-    except FileNotFoundError:
-        release(storage, lease, "done", "the file left input/ before it could be moved")
-        raise ClaimRefused(f"{lease.name!r} left input/ before it could be moved") from None
-    return Claim(lease, processing_key)
-
-
-def _new_lease(
-    run: str, attempt: int, name: str, source: str, flow_run_id: str, source_version: str
-) -> Lease:
-    return Lease(
+    lease = Lease(
         run=run,
         attempt=attempt,
         name=name,
@@ -265,8 +193,34 @@ def _new_lease(
         state="running",
         heartbeat=_now().isoformat(),
         flow_run_id=flow_run_id,
-        source_version=source_version,
+        source_version=version,
     )
+    try:
+        storage.create(lease.key, lease.to_json())
+    except ObjectExists:
+        raise ClaimRefused(f"attempt {attempt} of run {run} was taken by another run") from None
+    processing_key = run_key("processing", run, name)
+    if parts is None:
+        try:
+            storage.move(key, processing_key, version=version)
+        except FileNotFoundError:
+            release(storage, lease, "done", "the file left input/ before it could be moved")
+            raise ClaimRefused(f"{name!r} left input/ before it could be moved") from None
+    elif version and (info := storage.stat(source)) is not None and info.version == version:
+        storage.move(source, processing_key, version=version)  # the copy is there: source goes
+    return Claim(lease, processing_key)
+
+
+def _finish_move_in(storage: DropStorage, run: str, name: str, key: str, version: str) -> None:
+    """A move-in cut short (killed after the copy): the input file, the same object, goes."""
+    for stage in ("processing", "processed", "errored"):
+        copy = run_key(stage, run, name)
+        if storage.exists(copy):
+            storage.move(key, copy, version=version)
+            raise ClaimRefused(
+                f"{name!r} is already in {stage}/{run}/: removed the copy a cut-short move "
+                "left in input/"
+            )
 
 
 def release(
@@ -284,17 +238,8 @@ def release(
     return ended
 
 
-def lease(storage: DropStorage, run: str, attempt: int) -> Lease | None:
-    """The lease of one attempt, or None when it has none."""
-    try:
-        return Lease.from_json(storage.read(claim_key(run, attempt)))
-    except FileNotFoundError:
-        return None
-
-
 def died(storage: DropStorage, run: str, attempt: int) -> list[Lease]:
-    """The attempts before ``attempt`` that died and nobody has closed yet: their leases
-    still say running (each successor's claim judged its predecessor dead)."""
+    """The attempts before ``attempt`` that died and nobody closed: their leases say running."""
     earlier = (lease(storage, run, n) for n in range(1, attempt))
     return [x for x in earlier if x is not None and x.state == "running"]
 
@@ -322,8 +267,8 @@ def heartbeat(
     every: float = LEASE_SECONDS / 3,
     limit: float = MAX_ATTEMPT_SECONDS,
 ) -> Iterator[None]:
-    """Keep the lease alive from a thread while the body runs, for at most ``limit``
-    seconds: a body blocked beyond every timeout then loses its lease and is re-driven."""
+    """Keep the lease alive from a thread while the body runs, for at most ``limit`` s (a
+    body blocked beyond every timeout loses its lease and is re-driven)."""
     stop = threading.Event()
     deadline = time.monotonic() + limit
 

@@ -1,18 +1,12 @@
-"""The drop bucket: where customer files arrive, wait, and end up.
+"""The drop bucket, S3 or a local folder with the same key layout. Every claimed drop
+gets a run folder of its own, and nothing is ever written over::
 
-One key layout on both back ends, S3 or a local folder standing in for it.
-Every claimed drop gets a run folder of its own, so no input can collide with
-anything the platform writes, and nothing is ever written over::
-
-    data/input/<name>                      dropped files
+    data/input/<name>                      dropped files (late labels: data/labels/)
     data/processing/<run>/<name>           a claimed file (and its outputs, while it runs)
-    data/processed/<run>/<name>            the original, unchanged ...
-    data/processed/<run>/<predictions>     ... and what the run made of it
+    data/processed/<run>/<name>            the original, unchanged, and its predictions
     data/errored/<run>/<name>              an invalid file (the log says why)
     data/logs/<run>/<name>.log             the file's story, a line per step
-    data/claims/<run>/<attempt>.json       who works on a run (see churnops.drop.claims)
-
-Keys are always '/'-separated and relative, exactly as S3 shows them.
+    data/claims/<run>/<attempt>.json       who works on a run (churnops.drop.claims)
 """
 
 from __future__ import annotations
@@ -39,30 +33,24 @@ if TYPE_CHECKING:
     from churnops.settings import DropSettings
 
 Stage = Literal["input", "labels", "processing", "processed", "errored"]
-#: Where users drop files: customer files to score, and late labels.
 DROP_STAGES: tuple[Stage, ...] = ("input", "labels")
-#: Where a run's folder lives, from claim to end.
 RUN_STAGES: tuple[Stage, ...] = ("processing", "processed", "errored")
 STAGES: tuple[Stage, ...] = (*DROP_STAGES, *RUN_STAGES)
 LOGS = f"{PREFIX}/logs"
 CLAIMS = f"{PREFIX}/claims"
-#: Size of the parts a big output is uploaded in (S3's minimum is 5 MiB).
+#: Parts a big output is uploaded in (S3's minimum is 5 MiB).
 PART_BYTES = 16 * 1024 * 1024
 #: S3 user metadata naming the dropped object version a copy came from.
 ORIGIN = "churnops-origin"
-#: The longest file name (UTF-8 bytes) a local file system takes (NAME_MAX); S3 takes
-#: longer keys, but a drop must work the same on both back ends.
+#: NAME_MAX of a local file system: a drop must work the same on both back ends.
 NAME_MAX_BYTES = 255
-#: What :meth:`LocalDropStorage.create` adds to a name it writes first: ``.<name>.<hex12>.tmp``.
-_TEMP_BYTES = 18
-#: The longest name of a file the platform writes (its outputs beside a dropped file).
-MAX_WRITTEN_NAME_BYTES = NAME_MAX_BYTES - _TEMP_BYTES
+#: The longest name of a file the platform writes: ``.<name>.<hex12>.tmp`` must fit.
+MAX_WRITTEN_NAME_BYTES = NAME_MAX_BYTES - 18
 #: S3's longest key (UTF-8 bytes).
 MAX_KEY_BYTES = 1024
-#: The longest name a run's file keeps: ``data/processing/<run>/<name>`` (the longest
-#: stage; run ids have 25 characters) within S3's key limit.
+#: The longest name a run keeps in ``data/processing/<run>/`` (run ids: 25 characters).
 MAX_RUN_NAME_BYTES = MAX_KEY_BYTES - len(f"{PREFIX}/processing/{'r' * 25}/")
-#: The most characters an exception takes as a reason (a log line, a database row, an alert).
+#: The most characters an exception takes as a reason (a log line, a row, an alert).
 MAX_REASON_CHARS = 300
 
 
@@ -81,18 +69,6 @@ def _check_name(name: str) -> str:
     return name
 
 
-def stage_key(stage: Stage, name: str) -> str:
-    """``stage_key("input", "a.csv")`` -> ``"data/input/a.csv"`` (a stage's folder)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}: expected one of {', '.join(STAGES)}")
-    return f"{PREFIX}/{stage}/{_check_name(name)}"
-
-
-def run_key(stage: Stage, run: str, name: str) -> str:
-    """``run_key("processed", "R", "a.csv")`` -> ``"data/processed/R/a.csv"``."""
-    return f"{stage_key(stage, run)}/{_check_name(name)}"
-
-
 def folder_key(stage: Stage, run: str | None = None) -> str:
     """``data/<stage>/`` or ``data/<stage>/<run>/``: the prefix of a folder's keys."""
     if stage not in STAGES:
@@ -100,15 +76,24 @@ def folder_key(stage: Stage, run: str | None = None) -> str:
     return f"{PREFIX}/{stage}/" + (f"{_check_name(run)}/" if run else "")
 
 
+def stage_key(stage: Stage, name: str) -> str:
+    """``stage_key("input", "a.csv")`` -> ``"data/input/a.csv"``."""
+    return folder_key(stage) + _check_name(name)
+
+
+def run_key(stage: Stage, run: str, name: str) -> str:
+    """``run_key("processed", "R", "a.csv")`` -> ``"data/processed/R/a.csv"``."""
+    return folder_key(stage, run) + _check_name(name)
+
+
 def run_folders(storage: DropStorage, stage: Stage) -> list[str]:
-    """The runs that have a folder in ``data/<stage>/``, oldest first (run ids sort by time)."""
+    """The runs with a folder in ``data/<stage>/``, oldest first (run ids sort by time)."""
     prefix = folder_key(stage)
     return sorted({k[len(prefix) :].split("/", 1)[0] for k in storage.list_keys(prefix)})
 
 
 def log_key(run: str, name: str) -> str:
-    """The per-file log of one run: ``data/logs/<run>/<name>.log``; a name too long for
-    that is cut (:func:`_cut`), so even a file refused for its name has a log."""
+    """``data/logs/<run>/<name>.log``; a name too long is cut, so a refused file has a log."""
     _check_name(name)
     if len(f"{name}.log".encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES:
         name = _cut(name)
@@ -116,9 +101,8 @@ def log_key(run: str, name: str) -> str:
 
 
 def name_problem(name: str) -> str:
-    """Why a dropped file cannot keep its name in its run, or '': a name that is not
-    UTF-8 (a local folder's) reaches no log, database or event; one that would pass S3's
-    key limit in ``processing/<run>/`` (an S3 key of 983 to 1013 bytes) cannot move there."""
+    """Why a dropped file cannot keep its name in its run (not UTF-8: no log, row or event
+    takes it; too long for S3 in ``processing/<run>/``), or ''."""
     try:
         size = len(name.encode())
     except UnicodeEncodeError:
@@ -132,9 +116,8 @@ def name_problem(name: str) -> str:
 
 
 def run_name(name: str) -> str:
-    """The name a run keeps a dropped file under: its own, or, when it cannot
-    (:func:`name_problem`: the file is then refused), a cut of it; the claim file
-    keeps the original key."""
+    """The name a run keeps a file under: its own, or a cut of a refused one (the claim
+    keeps the original key)."""
     return _cut(name) if name_problem(name) else name
 
 
@@ -173,50 +156,40 @@ def split_run_key(key: str) -> tuple[Stage, str, str] | None:
 # --- storage -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ObjectInfo:
-    """What identifies one version of an object: its size, version and time."""
-
     size: int
     version: str
     modified: datetime
-    #: False for what a local folder can hold besides files (a symlink, a FIFO, a device):
-    #: such an object is moved like any other, and refused without being read.
+    #: False for a symlink, FIFO or device in a local folder: moved, refused, never read.
     regular: bool = True
 
 
 class DropStorage(ABC):
-    """Byte-level access to the drop bucket by key.
-
-    Writes never replace an object (:class:`ObjectExists`), except :meth:`replace`,
-    which only the platform's own bookkeeping (claims) uses.
-    """
+    """The drop bucket by key. Writes never replace an object (:class:`ObjectExists`),
+    except :meth:`replace`, for the platform's own bookkeeping (claims)."""
 
     uri: str
     #: What the metrics database records as the run's bucket.
     bucket: str
 
-    @abstractmethod
     def read(self, key: str) -> bytes:
-        """The object's bytes; FileNotFoundError when it does not exist."""
+        with self.open_read(key) as stream:
+            return stream.read()
 
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:
-        """Size, version and time of the object; None when it does not exist."""
+        """None when the object does not exist."""
 
     @abstractmethod
     def create(self, key: str, data: bytes) -> None:
-        """Write a new object; :class:`ObjectExists` when the key is taken (atomic)."""
+        """Write a new object atomically; :class:`ObjectExists` when the key is taken."""
 
     @abstractmethod
     def open_read(self, key: str) -> AbstractContextManager[IO[bytes]]:
-        """A stream of the object's bytes (big files are never held whole in memory)."""
+        """A stream of the object (big files are never held whole); FileNotFoundError."""
 
     @abstractmethod
     def create_streamed(self, key: str) -> AbstractContextManager[IO[bytes]]:
-        """Write a new object as a stream; it appears only when the block ends cleanly.
-
-        :class:`ObjectExists` at the end when the key is taken; after an error
-        nothing appears.
-        """
+        """A new object written as a stream; it appears only if the block ends cleanly."""
 
     @abstractmethod
     def replace(self, key: str, data: bytes) -> None:
@@ -228,12 +201,9 @@ class DropStorage(ABC):
 
     @abstractmethod
     def move(self, src: str, dst: str, *, version: str | None = None) -> None:
-        """Move an object to a free key.
-
-        FileNotFoundError when ``src`` is gone (or is no longer ``version``);
-        :class:`ObjectExists` when ``dst`` holds other bytes. When ``dst``
-        already holds the same object (a move cut short), only ``src`` goes.
-        """
+        """Move an object to a free key. FileNotFoundError when ``src`` is gone (or is no
+        longer ``version``); :class:`ObjectExists` when ``dst`` holds other bytes; when it
+        holds the same object (a move cut short), only ``src`` goes."""
 
     @abstractmethod
     def append_line(self, key: str, line: str) -> None:
@@ -269,10 +239,6 @@ class LocalDropStorage(DropStorage):
             raise ValueError(f"invalid key {key!r}: expected a relative '/'-separated key")
         return self.root.joinpath(*parts)
 
-    def read(self, key: str) -> bytes:
-        with self.open_read(key) as stream:
-            return stream.read()
-
     def stat(self, key: str) -> ObjectInfo | None:
         """The entry itself (lstat): a symlink is never followed, a folder is no object."""
         try:
@@ -306,8 +272,8 @@ class LocalDropStorage(DropStorage):
 
     @contextmanager
     def create_streamed(self, key: str) -> Iterator[IO[bytes]]:
-        # Write beside the target, then link: readers never see half a file, and
-        # link (unlike rename) fails when the target exists.
+        # Write beside, then link: never half a file, and link (unlike rename) fails
+        # when the target exists.
         tmp = self._temp_beside(key)
         try:
             with _new_file(tmp) as out:
@@ -319,20 +285,16 @@ class LocalDropStorage(DropStorage):
             tmp.unlink(missing_ok=True)
 
     def replace(self, key: str, data: bytes) -> None:
-        os.replace(self._write_temp(key, data), self.path(key))
+        tmp = self._temp_beside(key)
+        with _new_file(tmp) as out:
+            out.write(data)
+        os.replace(tmp, self.path(key))
 
     def _temp_beside(self, key: str) -> Path:
         """A fresh temporary name beside the key's file (the listing skips it)."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-
-    def _write_temp(self, key: str, data: bytes) -> Path:
-        """A complete temporary file beside the key's file, with the usual permissions."""
-        tmp = self._temp_beside(key)
-        with _new_file(tmp) as out:
-            out.write(data)
-        return tmp
 
     def list_keys(self, prefix: str) -> list[str]:
         folder = self.path(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
@@ -354,11 +316,13 @@ class LocalDropStorage(DropStorage):
             if not _same_entry(source, target):
                 raise ObjectExists(f"{dst} exists already: not replacing it") from None
         self._delete_source(source, target)
-        self._remove_if_empty_run_folder(source.parent)
+        if source.parent.parent.parent == self.root / PREFIX:  # a run folder goes, as on S3
+            with suppress(OSError):  # not empty: another file of the run is still there
+                source.parent.rmdir()
 
     def _delete_source(self, source: Path, target: Path) -> None:
-        """The second half of a move (its first made the new name): only if ``source`` is
-        still the moved object. A file dropped under the same name meanwhile stays."""
+        """The move's second half, only if ``source`` is still the moved object: a file
+        dropped under the same name meanwhile stays."""
         # Not named after the source: a dropped name may already be NAME_MAX long.
         aside = source.with_name(f".aside-{uuid.uuid4().hex}.tmp")
         os.rename(source, aside)  # atomic: from here no new drop can take that name's entry
@@ -370,14 +334,6 @@ class LocalDropStorage(DropStorage):
         except FileExistsError:  # and a newer still: keep this one under a name of its own
             os.link(aside, source.with_name(f"{uuid.uuid4().hex[:8]}-{source.name}"))
         aside.unlink()
-
-    def _remove_if_empty_run_folder(self, folder: Path) -> None:
-        """A run folder (``data/<stage>/<run>/``) its last move emptied goes, as on S3,
-        which has no folders; stage folders stay."""
-        if folder.parent.parent != self.root / PREFIX:
-            return
-        with suppress(OSError):  # not empty: another file of the run is still there
-            folder.rmdir()
 
     def append_line(self, key: str, line: str) -> None:
         target = self.path(key)
@@ -398,7 +354,6 @@ def _new_file(path: Path) -> IO[bytes]:
 
 
 def _is_temp(key: str) -> bool:
-    """Half-written files of :meth:`LocalDropStorage.create`."""
     base = key.rsplit("/", 1)[-1]
     return base.startswith(".") and base.endswith(".tmp")
 
@@ -414,13 +369,6 @@ class S3DropStorage(DropStorage):
 
     def __repr__(self) -> str:
         return f"S3DropStorage({self.bucket!r})"
-
-    def read(self, key: str) -> bytes:
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-        except self.client.exceptions.NoSuchKey as exc:
-            raise FileNotFoundError(f"s3://{self.bucket}/{key}") from exc
-        return response["Body"].read()
 
     def stat(self, key: str) -> ObjectInfo | None:
         head = self._head(key)
@@ -493,10 +441,7 @@ class S3DropStorage(DropStorage):
             raise
 
     def _delete_source(self, key: str, head: dict) -> None:
-        """The second half of a move: delete exactly the version that was copied.
-
-        Never a newer drop of that name.
-        """
+        """The move's second half: exactly the version copied, never a newer drop."""
         version = head.get("VersionId")
         if version and version != "null":
             self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
@@ -504,12 +449,8 @@ class S3DropStorage(DropStorage):
             self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=head["ETag"])
 
     def append_line(self, key: str, line: str) -> None:
-        """Rewrite the object with the line added (S3 cannot append).
-
-        Fine for small logs with one writer at a time (the lease holder): the
-        object is read once, then this instance keeps what it wrote, so each
-        further line costs one PUT and no GET.
-        """
+        """Rewrite the object with the line added (S3 cannot append): fine for small logs
+        with one writer (the lease holder), which keeps what it wrote: one PUT a line."""
         old = self._written.get(key)
         if old is None:
             try:
@@ -522,10 +463,8 @@ class S3DropStorage(DropStorage):
 
 
 class _PartWriter(io.RawIOBase):
-    """Upload in parts of ``PART_BYTES`` as bytes arrive; a small object is one PUT.
-
-    Both end with ``If-None-Match: *``, so an object is never replaced.
-    """
+    """Parts of ``PART_BYTES`` uploaded as bytes arrive, a small object one PUT; both end
+    with ``If-None-Match: *``, so an object is never replaced."""
 
     def __init__(self, storage: S3DropStorage, key: str) -> None:
         self.storage, self.key = storage, key
@@ -564,10 +503,10 @@ class _PartWriter(io.RawIOBase):
             return
         if self.buffer:
             self._upload_part()
-        client = self.storage.client
+        client, bucket = self.storage.client, self.storage.bucket
         try:
             client.complete_multipart_upload(
-                Bucket=self.storage.bucket,
+                Bucket=bucket,
                 Key=self.key,
                 UploadId=self.upload_id,
                 MultipartUpload={"Parts": self.parts},
@@ -575,9 +514,7 @@ class _PartWriter(io.RawIOBase):
             )
         except client.exceptions.ClientError as exc:
             if _taken(exc):
-                raise ObjectExists(
-                    f"s3://{self.storage.bucket}/{self.key} exists already"
-                ) from None
+                raise ObjectExists(f"s3://{bucket}/{self.key} exists already") from None
             raise
         self.upload_id = None
 
@@ -599,11 +536,8 @@ def _info(head: dict) -> ObjectInfo:
 
 
 def _origin(head: dict) -> str:
-    """The version of the object as it was dropped, carried along every move.
-
-    A copy's ETag is not its source's when the source was a multipart upload,
-    so a move cut short is recognised by this metadata instead.
-    """
+    """The version as dropped, carried along every move: a copy of a multipart upload has
+    another ETag, so a move cut short is recognised by this."""
     return head.get("Metadata", {}).get(ORIGIN) or _info(head).version
 
 
@@ -617,8 +551,7 @@ def _code(exc: Any) -> str:
 
 
 def s3_client(endpoint_url: str | None = None) -> Any:
-    """A boto3 S3 client with bounded retries and timeouts (an outage fails in seconds);
-    at boto3's own endpoint (``AWS_ENDPOINT_URL``, else AWS) unless ``endpoint_url``."""
+    """A boto3 S3 client whose outage fails in seconds (bounded retries and timeouts)."""
     import boto3
     from botocore.config import Config
 
@@ -629,11 +562,8 @@ def s3_client(endpoint_url: str | None = None) -> Any:
 
 
 def open_drop(uri: str) -> DropStorage:
-    """The drop storage a URI names: ``s3://<bucket>`` or ``file:///<folder>``.
-
-    What a flow run is given by its trigger, so the event, not this process's
-    settings, says where the file is.
-    """
+    """The drop a URI names, ``s3://<bucket>`` or ``file:///<folder>``: a flow run's
+    trigger, not this process's settings, says where its file is."""
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme == "s3" and parsed.netloc and parsed.path in ("", "/"):
         return S3DropStorage(parsed.netloc, s3_client())
@@ -689,8 +619,8 @@ class FileLog:
 
 
 def brief(exc: BaseException) -> str:
-    """``<class>: <first line>``, at most ``MAX_REASON_CHARS``: an exception as a reason
-    shows it (its whole text may quote a 50 MB value or a server's error page)."""
+    """``<class>: <first line>``, at most ``MAX_REASON_CHARS`` (the whole text may quote a
+    50 MB value or a server's error page)."""
     lines = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
     return text if len(text) <= MAX_REASON_CHARS else f"{text[: MAX_REASON_CHARS - 1]}…"

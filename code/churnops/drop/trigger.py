@@ -1,18 +1,12 @@
-"""S3 -> Prefect: start one ``churn_prediction_pipeline`` flow run per new dropped file
-(``data/input/`` or late labels in ``data/labels/``).
+"""S3 -> Prefect: one ``churn_prediction_pipeline`` flow run per new dropped file.
 
-The AWS Lambda runs this module (``code/s3_to_prefect_lambda/``): standard library
-only, with :mod:`churnops.drop.keys`, so the retry loop is written out here (boto3,
-in the Lambda base image, only reads a secret). The local watcher calls
-:func:`handle_event` with S3-shaped events and a :class:`Config` from its settings.
-The Lambda reads its environment (:data:`ENVIRONMENT`, in ``docs/configuration.md``)
-on each call, never at import.
-
-S3 delivers at least once, so each run's idempotency key is bucket, key and object
-version (or sequencer): Prefect returns the existing run for a repeated key. The
-handler raises, so Lambda retries and finally sends the event to its alarmed SQS
-on-failure queue, when the Prefect API is unreachable or refuses the credential (401)
-or the secret cannot be read; any other problem is the record's ``failed`` outcome."""
+The AWS Lambda runs this module: standard library only (with :mod:`churnops.drop.keys`;
+boto3, in the Lambda image, only reads a secret), so the retry loop is written out here.
+The local watcher calls :func:`handle_event` with S3-shaped events. S3 delivers at least
+once, so the idempotency key is bucket, key and version (or sequencer). The handler
+raises, so Lambda retries and then dead-letters the event, when Prefect is unreachable or
+refuses the credential; any other problem is the record's ``failed`` outcome.
+"""
 
 from __future__ import annotations
 
@@ -91,8 +85,6 @@ class PrefectRequestError(Exception):
 
 @dataclass(frozen=True)
 class Config:
-    """What one invocation needs from the environment."""
-
     api_url: str
     deployment: str
     #: The drop folders that start runs: input files and late labels files.
@@ -107,11 +99,7 @@ class Config:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], read_secret: SecretReader | None = None) -> Self:
-        """Read and check the variables; a ValueError names the one that is wrong.
-
-        ``read_secret`` reads ``PREFECT_API_AUTH_STRING_SECRET_ID``'s value (default:
-        Secrets Manager through boto3, cached for ``SECRET_TTL_SECONDS``).
-        """
+        """Read and check the variables; a ValueError names the one that is wrong."""
         api_url = env.get("PREFECT_API_URL", "").strip().rstrip("/")
         if not api_url:
             raise ValueError(
@@ -177,9 +165,8 @@ def cached_secret(secret_id: str) -> str:
 
 
 def secrets_manager_value(secret_id: str) -> str:
-    """``GetSecretValue`` with boto3: the Lambda Python base image ships it, so the
-    image needs no requirements; imported here, the module itself stays standard
-    library only (the local platform never calls this)."""
+    """``GetSecretValue`` with boto3, which the Lambda base image ships (imported here: the
+    module stays standard library only)."""
     import boto3
 
     client = boto3.client("secretsmanager")
@@ -299,8 +286,8 @@ def start_flow_run(
 
 
 def _create_flow_run(config: Config, deployment_id: str, body: dict) -> tuple[str, bool]:
-    """The run's id, and whether this call created it: a 200 after a POST that timed
-    out is our own run (the server took the first POST), not a duplicate event's."""
+    """The run's id, and whether this call created it (a 200 after a POST that timed out is
+    our own run, not a duplicate event's)."""
     path = f"/deployments/{deployment_id}/create_flow_run"
     status, run, resent = _request(config, "POST", path, body)
     return run["id"], status == CREATED or resent
@@ -326,9 +313,8 @@ def _deployment_id(config: Config) -> str:
 def _request(
     config: Config, method: str, path: str, body: dict | None = None
 ) -> tuple[int, Any, bool]:
-    """Status and JSON of a request, and whether an earlier attempt may have reached the
-    server (it timed out or lost its answer); transient failures (5xx, 408, 429,
-    network) are retried."""
+    """Status, JSON, and whether an earlier try may have reached the server; transient
+    failures (5xx, 408, 429, network) are retried."""
     url = config.api_url + path
     data = None if body is None else json.dumps(body).encode()
     problem = ""

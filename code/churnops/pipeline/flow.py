@@ -1,18 +1,9 @@
-"""The Prefect flows: a thin shell over :mod:`churnops.pipeline.per_file` and
-:mod:`churnops.pipeline.reconcile`.
+"""The Prefect flows: a thin shell over :mod:`.per_file`, :mod:`.reconcile` and
+:mod:`.retraining`.
 
-``churn_prediction_pipeline(drop, key)`` processes one dropped file, each
-step a Prefect task. Its run ends Completed when the file was processed or was
-not to be taken (``skipped: ...``); **Rejected** (a Failed-type state) when the
-file is invalid (``errored: ...``, the file in ``errored/``); and Failed when a
-dependency failed: the file then waits in ``processing/`` and the scheduled
-``reconcile`` flow re-drives it once the dependency is back. Rejected is of the
-Failed type because the run delivered no predictions: Prefect's red badge, its
-failed-run filters and automations show it; its name tells it from an outage.
-
-``retrain_model`` retrains through the promotion gate
-(:func:`churnops.pipeline.retraining.retrain`), on demand or submitted by the alert
-step of a labeled file that scored below a minimum (``RETRAIN_MODE=auto``).
+A file's flow run ends Completed (processed, or not to be taken), **Rejected** (the file
+is invalid: a Failed-type state, so Prefect's failed-run filters show it, and its name
+tells it from an outage) or Failed (a dependency was down: the reconciler re-drives it).
 """
 
 from __future__ import annotations
@@ -54,14 +45,9 @@ REJECTED = "Rejected"
 
 
 def as_task(step: Callable[..., Any]) -> Callable[..., Any]:
-    """``step`` as a Prefect task; an invalid file ends the task Rejected, not raised.
-
-    A raised error would log an ERROR with a traceback for an expected outcome; the
-    task ends in a Completed-type state named Rejected (the step did its job: it
-    judged the file) and the error is raised again here, in the flow, for
-    :func:`per_file.process` to route the file to ``errored/``. Data frames travel
-    between tasks in memory: no caching, no input hashing.
-    """
+    """``step`` as a Prefect task (no caching: frames travel in memory). An invalid file
+    ends the task Completed-type "Rejected", not with an ERROR traceback for an expected
+    outcome; the error is raised again in the flow, which routes the file to errored/."""
 
     @functools.wraps(step)
     def judged(*args: Any, **kwargs: Any) -> Any:
@@ -85,21 +71,14 @@ def as_task(step: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def without_prefect_heartbeat() -> AbstractContextManager:
-    """Prefect settings under which flow runs send no heartbeat, wherever they run.
-
-    Liveness is the leases' job (:mod:`churnops.drop.claims`): the attempt that takes
-    over a dead one marks its flow run Crashed (:func:`mark_crashed`). Prefect's own
-    heartbeat thread would judge it twice, and it sleeps in 1 s steps and is joined at
-    the end of every run: up to a second more per file."""
+    """No Prefect flow heartbeat: liveness is the leases' job, and its thread, joined at the
+    end of every run, costs up to a second per file."""
     return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def mark_crashed(crashed: dict[str, str]) -> None:
-    """Crashed, the flow runs of attempts that died (id: why), as their leases, rows and
-    logs say (:mod:`churnops.drop.claims` is the one judge: Prefect does not judge
-    liveness itself). The attempt that takes over marks them at once; the reconciler
-    (:func:`churnops.pipeline.reconcile.end_flow_runs`) ends those no attempt takes over,
-    a reconcile interval later at most."""
+    """Crashed, the flow runs of attempts that died (id: why): the attempt taking over marks
+    them at once, not a reconcile interval later (:func:`.reconcile.end_flow_runs`)."""
     PrefectFlowRuns().end({flow_run_id: ("died", why) for flow_run_id, why in crashed.items()})
 
 
@@ -114,8 +93,7 @@ ENDING_STATES: dict[str, Callable[..., State]] = {
 
 
 class PrefectFlowRuns:
-    """The pipeline's flow runs on the Prefect API, for the reconciler
-    (:class:`churnops.pipeline.reconcile.FlowRuns`) and :func:`mark_crashed`."""
+    """The pipeline's flow runs on the Prefect API (:class:`.reconcile.FlowRuns`)."""
 
     def unfinished(self) -> dict[str, datetime]:
         """Taken by a runner (Pending) or running: id -> since when."""
@@ -161,17 +139,12 @@ PREFECT_STEPS = STEPS.wrapped(as_task)
 
 @flow(name="churn_prediction_pipeline")
 def churn_prediction_pipeline(drop: str, key: str) -> State:
-    """Score, monitor, store and alert for the file ``key`` of the ``drop``.
-
-    ``drop`` names the storage (``s3://<bucket>`` or ``file:///<folder>``), as the
-    trigger saw it. ``key`` is the object's real key (already URL-decoded):
-    ``data/input/<name>``, or ``data/processing/<run>/<name>`` to re-drive a run.
-    """
+    """Process the file ``key`` (URL-decoded; a run in processing/ to re-drive it) of the
+    ``drop`` the trigger saw (``s3://<bucket>`` or ``file:///<folder>``)."""
     return outcome_state(process_key(get_settings(), drop, key))
 
 
 def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome:
-    """The flow's body: the pipeline with its steps as tasks of this flow run."""
     storage = open_drop(drop)
     outcome = per_file.process(
         settings, storage, key, steps=PREFECT_STEPS, flow_run_id=str(flow_run.id or "")
@@ -193,11 +166,7 @@ def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome
 
 def outcome_markdown(outcome: per_file.FileOutcome) -> str:
     """The run's summary on its Prefect page: a table of what happened and where to look,
-    then the details as a list (a rejected file's reasons, one per item).
-
-    Every text from the file or the message is escaped: a '*' or '_' in a reason
-    must render as written, and a '|' in a cell must not split it.
-    """
+    then the details as a list; every text is escaped, so it renders as written."""
     rows = [("outcome", f"**{_STATUS_WORDS.get(outcome.status, outcome.status)}**")]
     if outcome.model_version:
         rows.append(("model version", _escape(outcome.model_version)))
@@ -237,19 +206,14 @@ def _escape(text: str) -> str:
 
 
 def outcome_state(outcome: per_file.FileOutcome) -> State:
-    """Completed (processed, skipped), Rejected (errored) or Failed
-    (:data:`ENDING_STATES`), its message saying what happened."""
+    """The flow run's end state (:data:`ENDING_STATES`), its message saying what happened."""
     message = f"{outcome.status}: {outcome.message}"
     return ENDING_STATES[outcome.status](message=message, data=asdict(outcome))
 
 
 @flow(name="reconcile")
 def reconcile_drops(drop: str | None = None) -> list[dict[str, str]]:
-    """Re-drive stranded files (untaken input, dead or failed runs) and end the flow runs
-    whose attempt ended unreported (on a schedule).
-
-    ``drop`` defaults to the settings' drop (``DropSettings.drop_uri``).
-    """
+    """Re-drive stranded files and end flow runs left running (``drop``: the settings')."""
     settings = get_settings()
     storage = open_drop(drop or settings.drop.drop_uri)
     logger = get_run_logger()
@@ -268,11 +232,8 @@ def retrain_model(
     trials: int = 0,
     force: bool = False,
 ) -> State:
-    """Retrain on the labeled files processed in ``drop`` and gate the new version.
-
-    Completed whatever the verdict (promoted, refused, skipped): a refusal is an
-    answer, not a failure. ``include_run`` is the run that asked (automatic runs).
-    """
+    """Retrain on the labeled files in ``drop`` and gate the new version; Completed whatever
+    the verdict (a refusal is an answer). ``include_run``: the run that asked (auto)."""
     settings = get_settings()
     storage = open_drop(drop or settings.drop.drop_uri)
     options = RetrainOptions(trials=trials, force=force, trigger=trigger, include_run=include_run)

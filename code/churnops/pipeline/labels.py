@@ -1,29 +1,12 @@
 """Late labels: join a labels file to the run that scored its rows, and score that run.
 
-Churn is known weeks after scoring. A user drops into ``data/labels/`` the
-predictions file the platform wrote (``processed/<run>/<stem>_predictions_<model>_v<n>.csv``)
-with its ``Churn`` column filled in: 1 churned, 0 stayed, blank not known yet.
-:func:`join_labels` finds the scoring run those rows came from:
-
-- **by identifier** when the file has one (``ID_COLUMNS``) naming each customer
-  once: every identifier must be a row of the run's predictions; the file may
-  hold only some of them (partial labels);
-- **by rows** otherwise (no identifier, or one empty or repeated somewhere): the
-  file must hold the predictions file's rows, all of them, in order.
-
-Either way the columns the labels file shares with the predictions file (the
-features, ``churn_prediction``, ``churn_probability``) must agree, row by row,
-so a labels file cannot be joined to the wrong month's customers. Runs whose
-predictions file name starts the labels file's name are tried first.
-
-The realized scores (F1, precision, recall, accuracy, ROC AUC) compare the
-labels with the predictions the platform stored, not with the labels file's
-copy. The labelled rows (features and ``Churn``) are written beside the labels
-file as ``<name>.labeled-rows.csv``, and the join as ``<name>.join.json``:
-retraining learns from the rows, the newest labels of each scoring run only.
-
-A labels file that matches no run, or matches a run but holds other rows, is
-invalid (:class:`DataValidationError`) and ends in ``errored/`` like any bad file.
+A labels file is a predictions file the platform wrote, dropped into ``data/labels/`` with
+``Churn`` filled in (1, 0, blank: not known yet). It is matched by identifier when one
+(``ID_COLUMNS``) names each customer once (it may hold only some rows), else by rows (all
+of them, in order); either way the columns it shares with the predictions must agree row
+by row, so it cannot be joined to the wrong month. Scores compare the labels with the
+stored predictions. The labelled rows (for retraining) and the join are written beside it;
+a file that fits no run is invalid and ends in ``errored/``.
 """
 
 from __future__ import annotations
@@ -40,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from churnops.data.identifiers import IdentifierCheck
-from churnops.data.reading import CustomerReader, refuse_oversize
+from churnops.data.reading import CustomerReader
 from churnops.data.schema import (
     RAW_COLUMNS,
     TARGET,
@@ -52,7 +35,13 @@ from churnops.data.schema import (
 from churnops.drop import claims
 from churnops.drop.keys import is_labels
 from churnops.drop.storage import DropStorage, ObjectExists, folder_key, run_folders, run_key
-from churnops.pipeline.scoring import csv_bytes, neutralised, quality_scores, refuse_long_names
+from churnops.pipeline.scoring import (
+    check_size,
+    csv_bytes,
+    neutralised,
+    quality_scores,
+    refuse_long_names,
+)
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import DropSettings
 
@@ -91,13 +80,8 @@ class LabelsJoin:
     labeled_rows: int
     scores: dict[str, float]
     arrived_at: datetime
-    labeled_rows_key: str
     #: Older runs that scored the same rows the same way: the newest is joined.
     also_fits: tuple[str, ...] = ()
-
-    @property
-    def scoring_file(self) -> str:
-        return self.scoring.file_name
 
     def summary(self) -> str:
         scores = ", ".join(f"{k} {v:.3f}" for k, v in self.scores.items() if k != "log_loss")
@@ -107,7 +91,7 @@ class LabelsJoin:
             else ""
         )
         return (
-            f"labels for {self.scoring_file} (run {self.scoring.run}, "
+            f"labels for {self.scoring.file_name} (run {self.scoring.run}, "
             f"{self.scoring.model_name} v{self.scoring.model_version}) matched by "
             f"{self.matched_by}: {self.labeled_rows} of {self.rows} rows labeled; {scores}{twins}"
         )
@@ -121,8 +105,7 @@ class _Mismatch(Exception):
 def text_chunks(
     drop: DropSettings, storage: DropStorage, key: str, name: str, columns: Sequence[str] = ()
 ) -> Iterator[pd.DataFrame]:
-    """A CSV file as text, cell for cell (blank cells stay ``''``), chunk by chunk, with the
-    customer files' encodings, delimiters and limits (:class:`CustomerReader`)."""
+    """A CSV file as text chunks (blank cells stay ``''``), read as customer files are."""
     with storage.open_read(key) as stream:
         reader = CustomerReader(stream, name=name, max_bytes=drop.max_file_bytes)
         yield from reader.text_chunks(columns)
@@ -185,20 +168,11 @@ def scoring_runs(storage: DropStorage, labels_name: str) -> list[ScoringRun]:
 
 
 # --- matching --------------------------------------------------------------------------
-def _compared_columns(labels: pd.DataFrame, predictions: pd.DataFrame, label: str) -> list[str]:
-    """The columns both files hold that the platform wrote (features and outputs)."""
-    written = {*RAW_COLUMNS, PREDICTION, PROBABILITY} - {label}
-    return [c for c in predictions.columns if c in written and c in labels.columns]
-
-
 def _rows_of(
     labels: pd.DataFrame, chunks: Iterator[pd.DataFrame], identifier: str | None
 ) -> tuple[pd.DataFrame, str]:
-    """The predictions rows of the labels rows, in their order; and how they were matched.
-
-    By identifier when both files name each customer once; by rows otherwise. The
-    predictions file is streamed: only rows the labels file may need are kept.
-    """
+    """The predictions rows of the labels rows, in their order, and how they matched (by
+    identifier when both files name each customer once); only rows needed are kept."""
     ids = IdentifierCheck(identifier) if identifier else None
     wanted = set(labels[identifier]) if identifier else set()
     by_id: list[pd.DataFrame] = []
@@ -229,11 +203,6 @@ def _rows_of(
             "identifier a labels file must keep every row of the predictions file, in order"
         )
     return pd.concat(by_row, ignore_index=True), "rows (no identifier)"
-
-
-def _unique(ids: pd.Series) -> bool:
-    """Every value given, none twice: the identifier names one customer per row."""
-    return not (ids.duplicated().any() or (ids.str.strip() == "").any())
 
 
 def _check_same(labels: pd.DataFrame, matched: pd.DataFrame, columns: list[str]) -> None:
@@ -272,7 +241,7 @@ def _match(
         matched, matched_by = _rows_of(labels, chunks, identifier)
     finally:
         chunks.close()
-    columns = _compared_columns(labels, matched, label)
+    columns = [c for c in matched.columns if c in written and c in labels.columns]
     _check_same(labels.reset_index(drop=True), matched, columns)
     return candidate, matched, matched_by, bool(columns)
 
@@ -286,7 +255,7 @@ def _find(
     name: str,
 ) -> tuple[_Match, list[str]]:
     """The run that scored these rows (a name match first, then the newest), and the other
-    runs whose identical predictions fit them too; every reason when none fits."""
+    runs whose identical predictions (files of the same size) fit them too."""
     reasons: list[str] = []
     matches: list[_Match] = []
     candidates = scoring_runs(storage, name)
@@ -297,8 +266,13 @@ def _find(
             reasons.append(f"run {candidate.run} ({candidate.predictions_key}): {exc}")
             continue
         if matches[-1][3]:  # columns agreed row by row: this run scored these rows
-            later = candidates[at + 1 :]
-            matches += _twins(drop, storage, later, matches[-1], labels, label, identifier)
+            size = _size(storage, candidate.predictions_key)
+            for other in candidates[at + 1 :]:
+                if _size(storage, other.predictions_key) != size:
+                    continue
+                with contextlib.suppress(_Mismatch):
+                    twin = _match(drop, storage, other, labels, label, identifier)
+                    matches += [twin] if twin[3] else []
             break
     if not matches:
         raise DataValidationError(_no_match(reasons), name)
@@ -313,27 +287,6 @@ def _find(
         )
     newest = max(matches, key=lambda m: m[0].run)
     return newest, [m[0].run for m in matches if m is not newest]
-
-
-def _twins(
-    drop: DropSettings,
-    storage: DropStorage,
-    others: list[ScoringRun],
-    found: _Match,
-    labels: pd.DataFrame,
-    label: str,
-    identifier: str | None,
-) -> list[_Match]:
-    """Other runs that fit as well: the same rows scored again, so predictions files of the
-    same size (only those are read)."""
-    size = _size(storage, found[0].predictions_key)
-    twins = []
-    for other in others:
-        if _size(storage, other.predictions_key) != size:
-            continue
-        with contextlib.suppress(_Mismatch):
-            twins.append(_match(drop, storage, other, labels, label, identifier))
-    return [t for t in twins if t[3]]
 
 
 def _size(storage: DropStorage, key: str) -> int | None:
@@ -352,10 +305,7 @@ def join_labels(
     drop: DropSettings, storage: DropStorage, processing_key: str, run: str, name: str
 ) -> LabelsJoin:
     """Join the run's labels file to its scoring run, score it, write the labelled rows."""
-    info = storage.stat(processing_key)
-    if info is None:
-        raise FileNotFoundError(processing_key)
-    refuse_oversize(info.size, drop.max_file_bytes, name)
+    check_size(storage, processing_key, name, drop.max_file_bytes)
     refuse_long_names(name, labeled_rows_name(name), f"{name}{JOIN_SUFFIX}")
     labels = read_table(drop, storage, processing_key, name)
     label = label_column(labels, name)
@@ -365,7 +315,9 @@ def join_labels(
     identifier = split_columns(labels.columns, drop.id_columns).identifier
     if identifier and drop.neutralise_formulas:  # as its predictions file holds them,
         labels[identifier] = neutralised(labels[identifier])  # whatever a spreadsheet kept
-    if identifier and not _unique(labels[identifier]):
+    if identifier and (
+        labels[identifier].duplicated().any() or (labels[identifier].str.strip() == "").any()
+    ):
         identifier = None  # empty or repeated (a warning when scored): match by rows
     (scoring, matched, matched_by, _), twins = _find(drop, storage, labels, label, identifier, name)
     known = values.notna().to_numpy()
@@ -375,7 +327,7 @@ def join_labels(
         pd.to_numeric(matched[PREDICTION][known]).to_numpy(np.int8),
         pd.to_numeric(matched[PROBABILITY][known]).to_numpy(float),
     )
-    rows_key = _write_labeled_rows(storage, run, name, matched[known], actual)
+    _write_labeled_rows(storage, run, name, matched[known], actual)
     record = {"scoring_run": scoring.run, "predictions_key": scoring.predictions_key}
     _create(storage, run_key("processing", run, f"{name}{JOIN_SUFFIX}"), json.dumps(record))
     return LabelsJoin(
@@ -385,7 +337,6 @@ def join_labels(
         labeled_rows=int(known.sum()),
         scores=scores,
         arrived_at=claims.dropped_at(run),
-        labeled_rows_key=rows_key,
         also_fits=tuple(twins),
     )
 
@@ -414,11 +365,10 @@ def _create(storage: DropStorage, key: str, text: str | bytes) -> None:
 
 def _write_labeled_rows(
     storage: DropStorage, run: str, name: str, matched: pd.DataFrame, actual: np.ndarray
-) -> str:
+) -> None:
     """The labelled rows as a customer file (UCI headers, ``Churn`` last), for retraining."""
     key = run_key("processing", run, labeled_rows_name(name))
     features = [c for c in RAW_COLUMNS if c in matched.columns and clean_name(c) != TARGET]
     frame = matched[features].apply(pd.to_numeric).reset_index(drop=True)
     label = pd.DataFrame({next(r for r in RAW_COLUMNS if clean_name(r) == TARGET): actual})
     _create(storage, key, csv_bytes(frame, label))
-    return key

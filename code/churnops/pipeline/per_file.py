@@ -1,23 +1,13 @@
-"""What happens to one dropped file: :func:`process`, the one step sequence.
-
-The flow (:mod:`churnops.pipeline.flow`) passes the steps wrapped as Prefect tasks;
-``churnops process``, the reconciler, tests and benchmarks call the same
-function with the plain steps. A file's journey::
+"""What happens to one dropped file: :func:`process`, the one step sequence, which the
+flow runs with its steps as Prefect tasks and the CLI, reconciler and tests run plainly::
 
     input/<name> -> processing/<run>/<name> -> processed/<run>/ (with its predictions)
                                              -> errored/<run>/   (the file is invalid)
 
-A late labels file (``labels/<name>``) takes the same journey, with other steps in
-the middle: it is joined to the run that scored its rows, and that run's realized
-scores are stored and judged (:mod:`churnops.pipeline.labels`).
-
-An invalid file ends in ``errored/`` (:func:`churnops.data.schema.is_bad_input` decides).
-Any other failure (database, MLflow, storage or network down, a bug) is not the
-file's fault: the file stays in ``processing/<run>/``, the attempt is marked failed
-with a time to retry, and the reconciler re-drives it. After :data:`~churnops.retry.MAX_ATTEMPTS`
-attempts that failed or died (a file that kills its runner), the file goes to
-``errored/`` as "gave up after N attempts: <last reason>", with an alert.
-``logs/<run>/<name>.log`` tells the story.
+A late labels file (``labels/<name>``) is joined to the run that scored its rows instead
+(:mod:`churnops.pipeline.labels`). Any failure that is not the file's fault leaves it in
+``processing/`` for the reconciler to re-drive, up to :data:`~churnops.retry.MAX_ATTEMPTS`
+attempts (failed or died); then it goes to ``errored/`` with an alert.
 """
 
 from __future__ import annotations
@@ -81,8 +71,6 @@ class NotARegularFile(DataValidationError):
 
 @dataclass
 class FileOutcome:
-    """How one trigger for one file ended."""
-
     name: str
     status: Status
     message: str
@@ -103,8 +91,8 @@ def monitor(
     scored: ScoredFile,
     name: str,
 ) -> MonitoringResult:
-    """Drift on the file's sample, with the exact counts and scores of every row, and
-    feature-attribution drift on (part of) the same sample (first: the report shows it)."""
+    """Drift on the file's sample with every row's counts and scores, and attribution drift
+    (first: the report shows it)."""
     rows = monitoring.attribution_sample_rows
     attribution = attribution_drift(model, scored.sample, rows) if rows else None
     result = run_monitoring(
@@ -141,13 +129,8 @@ def send_alerts(
     run: str = "",
     submit: retrain_trigger.Submit = retrain_trigger.submit_to_deployment,
 ) -> tuple[tuple[str, ...], str]:
-    """Alert when a threshold is crossed. Returns (channels used, what happened).
-
-    Low scores also suggest or start a retraining (``RETRAIN_MODE``, see
-    :mod:`churnops.pipeline.retrain_trigger`) of the file's ``run`` in ``drop``;
-    the alert says which. A failed delivery is reported, never raised: it must
-    not cost the file.
-    """
+    """(channels used, what happened) of alerting when a threshold is crossed; low scores
+    also suggest or start a retraining (:mod:`churnops.pipeline.retrain_trigger`)."""
     assessment = assess(result, monitoring)
     if not assessment.needs_alert:
         return (), "no threshold crossed"
@@ -203,25 +186,21 @@ def alert_realized(
     run: str = "",
     submit: retrain_trigger.Submit = retrain_trigger.submit_to_deployment,
 ) -> tuple[tuple[str, ...], str]:
-    """Alert when a realized score is below its minimum; low scores suggest or start a
-    retraining (``RETRAIN_MODE``) that learns from this labels ``run`` too."""
+    """Alert when a realized score is below its minimum (and maybe retrain, as above)."""
     low = low_scores(joined.scores, monitoring)
     if not low:
         return (), "realized scores at or above their minimums"
     scoring = joined.scoring
     alert = build_labels_alert(
-        name, joined.scoring_file, scoring.model_name, scoring.model_version, joined.summary(), low
+        name, scoring.file_name, scoring.model_name, scoring.model_version, joined.summary(), low
     )
     note = retrain_trigger.on_low_scores(retraining, monitoring, low, drop, run, submit)
     return _deliver(alerts, alert, "low realized scores", note)
 
 
 def finish(storage: DropStorage, run: str, name: str, stage: str) -> str:
-    """Move the run's folder from ``processing/`` to ``stage``: the original first.
-
-    Once the original has left ``processing/`` the run is over; a re-drive of
-    a run cut short here only moves what is left (see :func:`_complete_finish`).
-    """
+    """Move the run's folder to ``stage``, the original first: once it has left
+    ``processing/`` the run is over (a re-drive only moves the rest)."""
     original = run_key(stage, run, name)  # type: ignore[arg-type]
     storage.move(run_key("processing", run, name), original)
     _move_outputs(storage, run, stage)
@@ -261,8 +240,6 @@ PLAIN_STEPS = Steps()
 # --- one file, start to end -------------------------------------------------------------
 @dataclass
 class _Attempt:
-    """What one attempt at a run works with."""
-
     settings: Settings
     storage: DropStorage
     claim: claims.Claim
@@ -299,7 +276,6 @@ def process(
 
 
 def _run_attempt(attempt: _Attempt) -> FileOutcome:
-    """The steps, with the outcome decided by what failed, if anything."""
     held = attempt.claim
     try:
         attempt.store = MetricsStore.from_settings(attempt.settings.monitoring)
@@ -337,10 +313,8 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
 
 
 def _close_dead_predecessors(attempt: _Attempt) -> None:
-    """Earlier attempts that died (their leases still say running) closed neither their
-    row, log nor flow run: this attempt closes each, then ends its lease ``died`` so
-    that none is closed twice. A kill midway leaves the lease running: the next
-    attempt closes it again (closing a row or a flow run twice is harmless)."""
+    """Close the row, log and flow run of each earlier attempt that died, then end its
+    lease ``died``; killed midway, the next attempt closes them again (harmless)."""
     held = attempt.claim
     dead = {x: claims.death(x) for x in claims.died(attempt.storage, held.run, held.lease.attempt)}
     for lease, reason in dead.items():
@@ -354,8 +328,7 @@ def _close_dead_predecessors(attempt: _Attempt) -> None:
 
 
 def _errored(attempt: _Attempt, reason: str, *, as_is: bool = False) -> FileOutcome:
-    """The file is invalid (or given up on, or ``as_is``: cannot start over): to errored/
-    with every reason in its log."""
+    """To errored/ with the reason in its log (``as_is``: even if it changed meanwhile)."""
     held = attempt.claim
     try:
         if not as_is and _changed(attempt):
@@ -369,8 +342,7 @@ def _errored(attempt: _Attempt, reason: str, *, as_is: bool = False) -> FileOutc
 
 
 def _rejected(attempt: _Attempt, reasons: str) -> FileOutcome:
-    """The file is invalid: to errored/, and an alert: an upstream
-    export that starts failing is news."""
+    """An invalid file: to errored/, with an alert (an upstream export failing is news)."""
     outcome = _errored(attempt, reasons)
     if outcome.status == "errored":
         held = attempt.claim
@@ -396,8 +368,7 @@ def _give_up(attempt: _Attempt, last_reason: str) -> FileOutcome:
 
 
 def _failed(attempt: _Attempt, exc: Exception, *, cap: bool = True) -> FileOutcome:
-    """Not the file's fault: it stays in processing/ and the run is retried later, up to
-    ``MAX_ATTEMPTS`` attempts in all."""
+    """Not the file's fault: it stays in processing/ for a retry, ``MAX_ATTEMPTS`` in all."""
     held = attempt.claim
     reason = brief(exc)  # what the state, the database, the alert show; the log has the frames
     frames = "".join(traceback.format_tb(exc.__traceback__))
@@ -437,35 +408,21 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
         steps.record_metrics(settings.monitoring, attempt.store, held.lease.db_id, result)
     with file_log.step("alert") as record:
         channels, alert_message = steps.send_alerts(
-            settings.monitoring,
-            settings.model,
-            settings.alerts,
-            result,
-            held.name,
-            model,
-            drop=storage.uri,
-            run=held.run,
+            *_alerting(attempt), result, held.name, model, drop=storage.uri, run=held.run
         )
         record.message = alert_message
-    if _changed(attempt):
-        return _start_over(attempt)
-    with file_log.step("finish") as record:
-        record.message = steps.finish(storage, held.run, held.name, "processed")
-    _close_run(
+    outcome = _processed(
         attempt,
-        "processed",
+        f"{summary(result)}; {alert_message}",
         rows=scored.rows,
         report_url=result.report_url,
         model_name=model.name,
         model_version=model.version,
     )
-    outcome = _outcome(attempt, "processed", f"{summary(result)}; {alert_message}")
-    outcome.model_version = model.version
-    outcome.predictions_key = run_key(
-        "processed", held.run, scored.predictions_key.rsplit("/", 1)[-1]
-    )
-    outcome.report_url = result.report_url
-    outcome.alert_channels = channels
+    if outcome.status == "processed":
+        name = scored.predictions_key.rsplit("/", 1)[-1]
+        outcome.predictions_key = run_key("processed", held.run, name)
+        outcome.report_url, outcome.alert_channels = result.report_url, channels
     return outcome
 
 
@@ -482,52 +439,55 @@ def _join_labels(attempt: _Attempt) -> FileOutcome:
         )
     with file_log.step("alert") as record:
         channels, alert_message = steps.alert_realized(
-            settings.monitoring,
-            settings.model,
-            settings.alerts,
-            joined,
-            held.name,
-            drop=storage.uri,
-            run=held.run,
+            *_alerting(attempt), joined, held.name, drop=storage.uri, run=held.run
         )
         record.message = alert_message
+    outcome = _processed(
+        attempt,
+        f"{joined.summary()}; {alert_message}",
+        rows=joined.rows,
+        model_name=joined.scoring.model_name,
+        model_version=joined.scoring.model_version,
+    )
+    if outcome.status == "processed":
+        outcome.alert_channels = channels
+    return outcome
+
+
+def _alerting(attempt: _Attempt) -> tuple[MonitoringSettings, ModelSettings, AlertSettings]:
+    return attempt.settings.monitoring, attempt.settings.model, attempt.settings.alerts
+
+
+def _processed(attempt: _Attempt, message: str, **values: Any) -> FileOutcome:
+    """The last step of a run whose steps all went well (unless its file changed)."""
     if _changed(attempt):
         return _start_over(attempt)
-    with file_log.step("finish") as record:
-        record.message = steps.finish(storage, held.run, held.name, "processed")
-    scoring = joined.scoring
-    _close_run(
-        attempt,
-        "processed",
-        rows=joined.rows,
-        model_name=scoring.model_name,
-        model_version=scoring.model_version,
-    )
-    outcome = _outcome(attempt, "processed", f"{joined.summary()}; {alert_message}")
-    outcome.model_version = scoring.model_version
-    outcome.alert_channels = channels
+    held = attempt.claim
+    with attempt.file_log.step("finish") as record:
+        record.message = attempt.steps.finish(attempt.storage, held.run, held.name, "processed")
+    _close_run(attempt, "processed", **values)
+    outcome = _outcome(attempt, "processed", message)
+    outcome.model_version = values["model_version"]
     return outcome
 
 
 def _complete_finish(attempt: _Attempt) -> FileOutcome:
     """The original already left processing/: move what the last attempt left behind."""
     held, storage = attempt.claim, attempt.storage
-    for stage in ("processed", "errored"):
-        if storage.exists(run_key(stage, held.run, held.name)):  # type: ignore[arg-type]
-            _move_outputs(storage, held.run, stage)
-            message = f"the previous attempt had moved the file to {stage}/: finished its move"
-            status: Status = "processed" if stage == "processed" else "errored"
-            _note(attempt, "finish", "ok" if status == "processed" else status, message)
-            _close_run(attempt, status, error=None if stage == "processed" else message)
-            return _outcome(attempt, status, message)
-    _move_outputs(storage, held.run, "errored")  # the run folder closes, once
-    message = (
-        f"{held.processing_key} was deleted during its run and is in no final folder: "
-        f"run closed, its outputs (if any) in {folder_key('errored', held.run)}"
-    )
-    _note(attempt, "finish", "errored", message)
-    _close_run(attempt, "errored", error=message)
-    return _outcome(attempt, "errored", message)
+    stages = ("processed", "errored")
+    found = [s for s in stages if storage.exists(run_key(s, held.run, held.name))]
+    stage: Status = found[0] if found else "errored"  # type: ignore[assignment]
+    _move_outputs(storage, held.run, stage)  # the run folder closes, once
+    if found:
+        message = f"the previous attempt had moved the file to {stage}/: finished its move"
+    else:
+        message = (
+            f"{held.processing_key} was deleted during its run and is in no final folder: "
+            f"run closed, its outputs (if any) in {folder_key('errored', held.run)}"
+        )
+    _note(attempt, "finish", "ok" if stage == "processed" else stage, message)
+    _close_run(attempt, stage, error=None if stage == "processed" else message)
+    return _outcome(attempt, stage, message)
 
 
 def _changed(attempt: _Attempt) -> bool:
@@ -537,9 +497,8 @@ def _changed(attempt: _Attempt) -> bool:
 
 
 def _start_over(attempt: _Attempt) -> FileOutcome:
-    """The file changed during its run: what the run made of it is stale. The file goes
-    back to its drop folder, where it is a new drop (a new version: a new run), and this
-    run closes with its outputs in errored/."""
+    """The file changed during its run: back to its drop folder as a new drop, and this
+    run closes with its stale outputs in errored/."""
     held, storage = attempt.claim, attempt.storage
     source = printable(held.lease.source_key)
     try:
@@ -566,7 +525,7 @@ def _original_gone(attempt: _Attempt) -> bool:
 
 
 def _close_run(attempt: _Attempt, status: str, **values: Any) -> None:
-    """Record the end in the metrics database; when it is down, the lease still says it."""
+    """Record the end in the database; when it is down, the lease still says it."""
     if attempt.store is None:
         return
     try:
@@ -619,8 +578,8 @@ def scoring_summary(scored: ScoredFile) -> str:
 
 
 def summary(result: MonitoringResult, *, timed: bool = False) -> str:
-    """One line on drift and scores, for logs and run messages; ``timed``: with the
-    report's and the store's seconds too (the file's log: the benchmark reads them)."""
+    """One line on drift and scores; ``timed``: with the report's and the store's seconds
+    (the file's log, which the benchmark reads)."""
     quality = ", ".join(f"{k} {v:.3f}" for k, v in result.quality.items()) or "unlabeled"
     attribution = f"{result.attribution.summary(movers=2)}; " if result.attribution else ""
     times = "".join(f"{part} {s:.2f}s; " for part, s in result.seconds.items() if timed)

@@ -1,20 +1,9 @@
-"""Nothing stays stuck: find stranded drops and re-drive them, idempotently.
+"""Nothing stays stuck: find stranded work and re-drive it, idempotently.
 
-Four kinds of stranded work, each with the reason written to the logs:
-
-* a file in ``input/`` or ``labels/`` older than :data:`GRACE_SECONDS` that no run took
-  (a lost trigger, a Lambda failure, the platform down), or at once when the attempt
-  that claimed it died before moving it;
-* a run in ``processing/`` whose attempt died (crash, kill -9, OOM, redeploy:
-  its lease expired or its process is gone) or failed on a dependency and is
-  due for its retry;
-* a metrics database row still ``running`` for an attempt that has ended;
-* a flow run still running whose attempt has ended (:func:`end_flow_runs`).
-
-:func:`reconcile` decides and hands each key to ``submit``: the platform
-creates a flow run of the pipeline deployment (:func:`submit_to_deployment`),
-``churnops reconcile`` processes it in process. Claims make a second
-submission of the same work a no-op, so overlapping reconcilers are safe.
+Stranded are: a dropped file no run took within :data:`GRACE_SECONDS` (at once when its
+claiming attempt died); a run in ``processing/`` whose attempt died or is due a retry; a
+database row still ``running`` for an ended attempt; a flow run still running for an ended
+attempt. Claims make a second submission a no-op, so overlapping reconcilers are safe.
 """
 
 from __future__ import annotations
@@ -37,15 +26,12 @@ from churnops.settings import MonitoringSettings, PlatformSettings, Settings
 
 log = logging.getLogger(__name__)
 
-#: A file in input/ or labels/ older than this that no run took is re-driven (s): the
-#: trigger's own retries are over by then.
+#: A dropped file no run took is re-driven after this (s): the trigger's retries are over.
 GRACE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
 class Action:
-    """One thing the reconciler did or asks for."""
-
     #: "trigger" (untaken input) | "redrive" (run in processing) | "close-run" | "end-flow-run"
     kind: str
     key: str
@@ -58,12 +44,8 @@ Submit = Callable[[Action], None]
 
 
 def find_work(storage: DropStorage, now: datetime) -> list[Action]:
-    """Every stranded input file and run, oldest first."""
     runs = run_folders(storage, "processing")
-    return [
-        *stranded_runs(storage, now, runs),
-        *_untaken_inputs(storage, now, runs),
-    ]
+    return [*stranded_runs(storage, now, runs), *_untaken_inputs(storage, now, runs)]
 
 
 def stranded_runs(storage: DropStorage, now: datetime, runs: list[str]) -> list[Action]:
@@ -71,24 +53,17 @@ def stranded_runs(storage: DropStorage, now: datetime, runs: list[str]) -> list[
     actions = []
     for run in runs:
         with _skipped_on_error(f"processing/{run}"):
-            if action := _stranded_run(storage, now, run):
-                actions.append(action)
+            lease = claims.latest_lease(storage, run)
+            if lease is None:
+                log.warning("run folder processing/%s has no claim file: left alone", run)
+                continue
+            key = run_key("processing", run, lease.name)
+            if lease.holder_gone(now, claims.LEASE_SECONDS):
+                actions.append(Action("redrive", key, claims.death(lease), _next_attempt(lease)))
+            elif lease.retry_due(now) or lease.state == "done":
+                why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
+                actions.append(Action("redrive", key, why, _next_attempt(lease)))
     return actions
-
-
-def _stranded_run(storage: DropStorage, now: datetime, run: str) -> Action | None:
-    lease = claims.latest_lease(storage, run)
-    if lease is None:
-        log.warning("run folder processing/%s has no claim file: left alone", run)
-        return None
-    key = run_key("processing", run, lease.name)
-    marker = _next_attempt(lease)
-    if lease.holder_gone(now, claims.LEASE_SECONDS):
-        return Action("redrive", key, claims.death(lease), marker)
-    if lease.retry_due(now) or lease.state == "done":
-        why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
-        return Action("redrive", key, why, marker)
-    return None
 
 
 def _next_attempt(lease: claims.Lease) -> str:
@@ -98,8 +73,7 @@ def _next_attempt(lease: claims.Lease) -> str:
 
 @contextmanager
 def _skipped_on_error(what: str) -> Iterator[None]:
-    """One key the reconciler cannot handle (a storage error on it) is skipped with one
-    line saying why: it must not stop the others."""
+    """A key the reconciler cannot handle is skipped with one line: it must not stop the others."""
     try:
         yield
     except Exception as exc:
@@ -107,23 +81,29 @@ def _skipped_on_error(what: str) -> Iterator[None]:
 
 
 def _untaken_inputs(storage: DropStorage, now: datetime, runs: list[str]) -> list[Action]:
-    """Dropped files (input/, labels/) no run took; ``runs`` (in processing/) take their
-    dropped copy themselves.
-
-    A kill between the two halves of a move-in leaves the file in input/ and in
-    its run's folder; re-driving the run finishes the move.
-    """
-    actions = []
-    ignored = []
-    for prefix in DROP_PREFIXES:
-        for key in storage.list_keys(prefix):
-            name = key[len(prefix) :]
-            if "/" in name or not is_candidate(name):
-                ignored.append(key)
+    """Dropped files no run took; ``runs`` (in processing/) take their dropped copy (left by
+    a move-in cut short) themselves."""
+    actions: list[Action] = []
+    ignored: list[str] = []
+    for prefix, key in _dropped_keys(storage, ignored):
+        with _skipped_on_error(key):
+            info = storage.stat(key)
+            if info is None:
                 continue
-            with _skipped_on_error(key):
-                if action := _untaken(storage, now, runs, prefix, key):
-                    actions.append(action)
+            run = claims.run_id(key[len(prefix) :], info.version, info.modified)
+            lease = claims.latest_lease(storage, run) if run not in runs else None
+            if lease and lease.holder_gone(now, claims.LEASE_SECONDS):
+                # Its trigger came and the attempt died claiming it: nothing is on its way.
+                actions.append(Action("trigger", key, claims.death(lease), _next_attempt(lease)))
+                continue
+            age = (now - info.modified).total_seconds()
+            # Taken by a run, being claimed right now, or its trigger may still be on its way.
+            if run in runs or (lease and not lease.ended(now, claims.LEASE_SECONDS)):
+                continue
+            if age >= GRACE_SECONDS:
+                folder = prefix.rstrip("/").rsplit("/", 1)[-1]
+                why = f"waited {age:.0f}s in {folder}/ and no run took it"
+                actions.append(Action("trigger", key, why, f"{run}#{folder}"))
     if ignored:
         shown = ", ".join(ascii(k) for k in ignored[:5]) + (", ..." if len(ignored) > 5 else "")
         log.info(
@@ -134,32 +114,18 @@ def _untaken_inputs(storage: DropStorage, now: datetime, runs: list[str]) -> lis
     return actions
 
 
-def _untaken(
-    storage: DropStorage,
-    now: datetime,
-    runs: list[str],
-    prefix: str,
-    key: str,
-) -> Action | None:
-    name = key[len(prefix) :]
-    info = storage.stat(key)
-    if info is None:
-        return None
-    run = claims.run_id(name, info.version, info.modified)
-    if run in runs:
-        return None
-    lease = claims.latest_lease(storage, run)
-    if lease and lease.holder_gone(now, claims.LEASE_SECONDS):
-        # Its trigger came and the attempt died claiming it: nothing is on its way.
-        return Action("trigger", key, claims.death(lease), _next_attempt(lease))
-    if lease and not lease.ended(now, claims.LEASE_SECONDS):
-        return None  # being claimed right now
-    age = (now - info.modified).total_seconds()
-    if age < GRACE_SECONDS:
-        return None  # its trigger may still be on its way
-    folder = prefix.rstrip("/").rsplit("/", 1)[-1]
-    why = f"waited {age:.0f}s in {folder}/ and no run took it"
-    return Action("trigger", key, why, f"{run}#{folder}")
+def _dropped_keys(storage: DropStorage, ignored: list[str] | None = None) -> list[tuple[str, str]]:
+    """(folder, key) of the files directly in a drop folder, not hidden or partial; the
+    other keys are added to ``ignored``."""
+    found = []
+    for prefix in DROP_PREFIXES:
+        for key in storage.list_keys(prefix):
+            name = key[len(prefix) :]
+            if "/" not in name and is_candidate(name):
+                found.append((prefix, key))
+            elif ignored is not None:
+                ignored.append(key)
+    return found
 
 
 def close_dead_runs(store: MetricsStore, storage: DropStorage, now: datetime) -> list[Action]:
@@ -180,8 +146,7 @@ def close_dead_runs(store: MetricsStore, storage: DropStorage, now: datetime) ->
 
 
 class FlowRuns(Protocol):
-    """The pipeline's flow runs as the orchestrator holds them
-    (:class:`churnops.pipeline.flow.PrefectFlowRuns`)."""
+    """The pipeline's flow runs (:class:`churnops.pipeline.flow.PrefectFlowRuns`)."""
 
     def unfinished(self) -> dict[str, datetime]:
         """The pipeline's flow runs taken by a runner or running: id -> since when."""
@@ -195,14 +160,9 @@ class FlowRuns(Protocol):
 def end_flow_runs(
     store: MetricsStore, storage: DropStorage, now: datetime, flow_runs: FlowRuns
 ) -> list[Action]:
-    """Flow runs still running whose attempt has ended: ended as their records say.
-
-    Their process died after the file's outcome was stored and before the flow run was
-    told: between its last move and the end of its lease (the lease is ended here
-    ``done``), or after that. Nothing is left to re-drive, so no later attempt would
-    mark them. A flow run that claimed nothing within ``MAX_ATTEMPT_SECONDS`` of being
-    taken died before its claim (its file, still in its drop folder, is triggered again).
-    """
+    """Flow runs still running whose attempt has ended (its process died after the file's
+    outcome was stored, so no later attempt marks them), or that claimed nothing within
+    ``MAX_ATTEMPT_SECONDS``: ended as their records say."""
     unfinished = flow_runs.unfinished()
     if not unfinished:
         return []
@@ -222,9 +182,8 @@ def end_flow_runs(
 def _ending(
     storage: DropStorage, now: datetime, attempt: tuple[str, str] | None, started: datetime
 ) -> tuple[str, str] | None:
-    """(status, why) of a running flow run whose attempt has ended, as
-    :class:`FlowRuns` ends it (a :data:`per_file.Status` or "died"); None while it may
-    still be working, or when the attempt that takes over its file will mark it."""
+    """(status, why) of a running flow run whose attempt has ended (a :data:`per_file.Status`
+    or "died"); None while it may still work, or when the attempt taking over will mark it."""
     if attempt is None:
         if (now - started).total_seconds() < claims.MAX_ATTEMPT_SECONDS:
             return None
@@ -240,8 +199,8 @@ def _ending(
         why = f"attempt {lease.attempt} {status} its file, then died before ending its lease"
         claims.release(storage, lease, "done", why)
         return status, why
-    # Ended: its flow run reports at once, unless its process died (it is gone from this
-    # host, or it has not reported in LEASE_SECONDS).
+    # Ended: its flow run reports at once, unless its process died (gone from this host,
+    # or silent for LEASE_SECONDS).
     ended = datetime.fromisoformat(lease.heartbeat)
     if not lease.process_gone() and (now - ended).total_seconds() < claims.LEASE_SECONDS:
         return None
@@ -257,8 +216,7 @@ def _ending(
 def reconcile(
     settings: Settings, storage: DropStorage, submit: Submit, flow_runs: FlowRuns | None = None
 ) -> list[Action]:
-    """Close dead database rows, then submit every stranded file, then end the
-    ``flow_runs`` left running (none without an orchestrator); return what was done."""
+    """Close dead rows, submit every stranded file, end the ``flow_runs`` left running."""
     now = datetime.now(UTC)
     store = _open_store(settings.monitoring)
     try:
@@ -293,8 +251,7 @@ def _open_store(monitoring: MonitoringSettings) -> MetricsStore | None:
 def _checked(
     what: str, check: Callable[..., list[Action]], store: MetricsStore | None, *args: object
 ) -> list[Action]:
-    """What ``check`` did with the database; nothing, said in one line, when it is down
-    or the check fails (the next pass does it)."""
+    """What ``check`` did; nothing, said in one line, when the database is down or it fails."""
     if store is None:
         return []
     try:
@@ -317,20 +274,10 @@ def publish_ages(platform: PlatformSettings, storage: DropStorage, now: datetime
 
 
 def oldest_ages(storage: DropStorage, now: datetime) -> dict[str, float]:
-    """Seconds since the oldest file waiting in a drop folder (input/, labels/) landed, and
-    since the oldest run still in processing/ was dropped; 0 when there is none.
-
-    A run's age counts from its drop (its id starts with the drop time): a file retried
-    for an hour in processing/ is an hour old, whatever its last attempt.
-    """
-    landed = [
-        info.modified
-        for prefix in DROP_PREFIXES
-        for key in storage.list_keys(prefix)
-        if "/" not in key[len(prefix) :]
-        and is_candidate(key[len(prefix) :])
-        and (info := storage.stat(key)) is not None
-    ]
+    """Seconds since the oldest file waiting in a drop folder landed, and since the oldest
+    run in processing/ was dropped (not its last attempt); 0 when there is none."""
+    stats = (storage.stat(key) for _, key in _dropped_keys(storage))
+    landed = [info.modified for info in stats if info is not None]
     dropped = [claims.dropped_at(run) for run in run_folders(storage, "processing")]
     return {
         ops_metrics.OLDEST_INPUT: _age(landed, now),
@@ -343,8 +290,7 @@ def _age(moments: list[datetime], now: datetime) -> float:
 
 
 def submit_to_deployment(drop: str, deployment: str = pipeline.PIPELINE_DEPLOYMENT) -> Submit:
-    """Submit by creating a flow run of the pipeline deployment (one per marker) for a
-    file of ``drop`` (the URI of the storage the reconciler looked at)."""
+    """Submit a flow run of the pipeline deployment (one per marker) for a file of ``drop``."""
     from prefect.deployments import run_deployment
 
     def submit(action: Action) -> None:

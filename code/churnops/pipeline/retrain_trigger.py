@@ -1,17 +1,7 @@
-"""When a labeled file scores below a minimum: suggest a retraining, or start one.
-
-``RETRAIN_MODE`` decides, in the pipeline's alert step (:func:`per_file.send_alerts`):
-
-- ``off``: nothing;
-- ``suggest`` (the default): the alert says "retraining suggested: run `churnops retrain`";
-  a person decides, since a new version changes what every later file is scored by;
-- ``auto``: the alert step also submits one run of the ``retrain_model`` deployment.
-
-A burst of bad files starts one retraining, not thirty: no submission while the
-last retraining started less than ``RETRAIN_COOLDOWN_MINUTES`` ago, and the
-submissions of one cooldown window share a Prefect idempotency key, so Prefect
-creates one flow run for all of them. The retraining itself checks the cooldown
-again and holds a lock (:mod:`churnops.pipeline.retraining`): two runs cannot both promote.
+"""What ``RETRAIN_MODE`` does when a labeled file scores below a minimum: ``off``;
+``suggest`` (the default: a new version changes every later score, so a person decides);
+``auto``: submit one ``retrain_model`` run. A burst starts one retraining: none within
+``RETRAIN_COOLDOWN_MINUTES`` of the last start, and one idempotency key per window.
 """
 
 from __future__ import annotations
@@ -27,14 +17,12 @@ from churnops.settings import ModelSettings, MonitoringSettings
 
 log = logging.getLogger(__name__)
 
-#: The metrics database lock that keeps retrainings one at a time (here, not in
-#: :mod:`churnops.pipeline.retraining`: scoring must not import the training stack).
+#: The lock that keeps retrainings one at a time (here: scoring imports no training stack).
 LOCK = "retrain"
 
 SUGGESTION = "retraining suggested: run `churnops retrain`"
 
-#: ``submit(idempotency_key, drop, run)``: start one retraining for the file
-#: of ``run`` in the drop ``drop`` (the flow's default submits to the deployment).
+#: ``submit(idempotency_key, drop, run)``: start one retraining for the file of ``run``.
 Submit = Callable[[str, str, str], None]
 
 
@@ -48,12 +36,10 @@ def idempotency_key(now: datetime, cooldown_minutes: float) -> str:
 
 
 def cooling_down(last_start: datetime | None, now: datetime, cooldown_minutes: float) -> bool:
-    """True while the last retraining started less than the cooldown ago."""
     return last_start is not None and now - last_start < timedelta(minutes=cooldown_minutes)
 
 
 def last_start(monitoring: MonitoringSettings) -> datetime | None:
-    """When the last retraining (manual or automatic) took the lock."""
     store = MetricsStore.from_settings(monitoring)
     try:
         state = store.lock_state(LOCK)
@@ -70,10 +56,8 @@ def on_low_scores(
     run: str,
     submit: Submit,
 ) -> str:
-    """What ``RETRAIN_MODE`` does about a file's ``low`` scores (of a labeled file, or
-    realized by late labels); the note for its alert ('' when nothing). A failed
-    submission is noted, never raised: it must not cost the file.
-    """
+    """The alert's note on what ``RETRAIN_MODE`` did about ``low`` scores ('' for nothing);
+    a failed submission is noted, never raised."""
     if not low or model.retrain_mode == "off":
         return ""
     if model.retrain_mode == "suggest":

@@ -1,22 +1,9 @@
-"""Retrain the model on newly labeled files: the retraining case of the one training pipeline.
+"""Retrain on newly labeled files: the retraining case of the one training pipeline.
 
-:func:`retrain` is what ``churnops retrain`` and the Prefect flow ``retrain_model``
-run. The window is the training file (``TRAINING_FILE``) plus the labeled files
-processed since, newest ``RETRAIN_WINDOW_FILES`` (and, when set, dropped in the last
-``RETRAIN_WINDOW_DAYS``). A file is labeled when its original in
-``data/processed/<run>/`` carries the ``Churn`` column, or when it is a late labels
-file: then its labelled rows (:mod:`churnops.pipeline.labels`) are learned from. The
-rows of a scoring run are learned once, from its newest labels.
-
-:func:`churnops.model.registry.train_and_register` fits, judges on the newest labeled
-rows the deployed champion has not learned from, registers and gates, as ``churnops
-train`` does. Promoted or refused, the verdict is tagged on the MLflow run and version,
-stored in ``model_events`` and sent as an alert, in the same words.
-
-At most one retraining runs at a time: a named lock in the metrics database (see
-:meth:`~churnops.monitoring.metrics_db.MetricsStore.acquire_lock`); a second one
-that starts meanwhile stops and says so. A lock whose holder died on this host is
-taken over at once; elsewhere it expires after ``RETRAIN_LOCK_MINUTES``.
+The window is the training file plus the newest labeled files processed since
+(``RETRAIN_WINDOW_FILES``, ``RETRAIN_WINDOW_DAYS``): files with ``Churn``, or the labelled
+rows of late labels, each scoring run's rows once. One retraining at a time: a lock in the
+metrics database, taken over at once from a dead holder on this host, else on expiry.
 """
 
 from __future__ import annotations
@@ -51,13 +38,12 @@ from churnops.model.training import Progress
 from churnops.monitoring.alerts import Alert, AlertDeliveryError, send_alert
 from churnops.monitoring.metrics_db import LockState, MetricsStore
 from churnops.pipeline import labels
-from churnops.pipeline.retrain_trigger import LOCK
+from churnops.pipeline.retrain_trigger import LOCK, cooling_down
 from churnops.settings import AlertSettings, DropSettings, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 
-#: A retraining's lock expires after this long, so a crashed holder frees it (min): a
-#: search with trials takes minutes, never an hour.
+#: A retraining's lock expires after this (min), so a crashed holder frees it.
 LOCK_MINUTES = 60.0
 
 __all__ = ["DIGEST_CHARS", "LOCK", "RetrainOptions", "labeled_files", "retrain", "score"]
@@ -66,8 +52,6 @@ Trigger = Literal["manual", "auto"]
 
 @dataclass(frozen=True)
 class RetrainOptions:
-    """What a retraining was asked to do."""
-
     trials: int = 0
     force: bool = False
     trigger: Trigger = "manual"
@@ -80,9 +64,8 @@ class RetrainOptions:
 
 # --- the data ------------------------------------------------------------------------------
 def labeled_source(storage: DropStorage, run: str) -> tuple[str | None, str]:
-    """What the run has to learn from, in processed/ or still in processing/, and whose rows
-    those are: its original file (its claim names it) and the run itself, or the labelled
-    rows of a late labels file and the scoring run they were joined to."""
+    """The key a run has to learn from (processed/ or processing/) and whose rows those are:
+    its original file and itself, or a labels file's labelled rows and its scoring run."""
     lease = claims.latest_lease(storage, run)
     if lease is None:
         return None, run
@@ -98,7 +81,6 @@ def labeled_source(storage: DropStorage, run: str) -> tuple[str | None, str]:
 
 
 def read_labeled(drop: DropSettings, storage: DropStorage, key: str) -> LabeledFile | None:
-    """The file at ``key`` if it is a valid customer file with the label, else None."""
     data = storage.read(key)
     name = key.rsplit("/", 1)[-1]
     try:
@@ -121,9 +103,7 @@ def labeled_files(
     now: datetime,
     include_run: str | None = None,
 ) -> list[LabeledFile]:
-    """The window: newest ``retrain_window_files`` labeled files (within
-    ``retrain_window_days`` when set), oldest first. The rows of a scoring run are
-    learned once: from its newest late labels, else from its own ``Churn`` column."""
+    """The window, oldest first; a scoring run's rows once: its newest labels, else its own."""
     runs = sorted({*run_folders(storage, "processed"), *([include_run] if include_run else [])})
     oldest = now - timedelta(days=model.retrain_window_days or 0)
     found: list[LabeledFile] = []
@@ -151,10 +131,8 @@ def retrain(
     progress: Progress = training._quiet,
     load: Callable[[ModelSettings], LoadedModel] = load_aliased_model,
 ) -> Outcome:
-    """Train a challenger on the window, gate it against the deployed champion, record it.
-
-    ``load`` loads the champion: the pipeline's loader, so it is what files are scored by.
-    """
+    """Train a challenger on the window, gate it against the champion (loaded by ``load``,
+    as files are scored), record it."""
     options = options or RetrainOptions()
     store = MetricsStore.from_settings(settings.monitoring)
     holder = f"{options.trigger}-{claims.HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -188,16 +166,15 @@ def retrain(
 
 
 def _why_not_now(model: ModelSettings, state: LockState | None, trigger: Trigger) -> str:
-    """Why this retraining must not start: another one runs, or an automatic one comes
-    too soon after the last start (``RETRAIN_COOLDOWN_MINUTES``); '' when it may."""
+    """Why this retraining must not start (another runs, or an automatic one is within the
+    cooldown); '' when it may."""
     now = datetime.now(UTC)
     if state is not None and state.held(now) and _alive(state.holder):
         return _lock_holder(state)
-    if trigger != "auto" or state is None:
+    last = state.acquired_at if state is not None else None
+    if trigger != "auto" or not cooling_down(last, now, model.retrain_cooldown_minutes):
         return ""
     ready = state.acquired_at + timedelta(minutes=model.retrain_cooldown_minutes)
-    if now >= ready:
-        return ""
     return (
         f"the last retraining started at {state.acquired_at:%Y-%m-%d %H:%M:%S} UTC; "
         f"automatic ones wait {model.retrain_cooldown_minutes:g} minutes "
@@ -206,8 +183,7 @@ def _why_not_now(model: ModelSettings, state: LockState | None, trigger: Trigger
 
 
 def _alive(holder: str) -> bool:
-    """False when the holder (``<trigger>-<host>-<pid>-<nonce>``) ran on this host and its
-    process is gone: its lock is taken over. Another host's holder is alive until expiry."""
+    """False when the holder (``<trigger>-<host>-<pid>-<nonce>``) ran on this host and is gone."""
     parts = holder.split("-", 1)[-1].rsplit("-", 2)
     if len(parts) != 3 or parts[0] != claims.HOST or not parts[1].isdigit():
         return True
