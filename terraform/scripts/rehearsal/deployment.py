@@ -119,7 +119,6 @@ class Rule:
     """A load-balancer listener rule (or its default action), in evaluation order."""
 
     hosts: tuple[str, ...]
-    paths: tuple[str, ...]
     #: the action a request ends in: ("forward", target group ARN) or ("fixed-response", code)
     outcome: tuple[str, str]
     authenticated: bool
@@ -298,15 +297,14 @@ def _priority(rule: dict[str, Any]) -> int:
 
 
 def _rule(raw: dict[str, Any]) -> Rule:
-    hosts: list[str] = []
-    paths: list[str] = []
-    for condition in raw.get("Conditions", []):
-        field_name = condition.get("Field")
-        values = condition.get("Values") or []
-        if field_name == "host-header":
-            hosts += condition.get("HostHeaderConfig", {}).get("Values", values)
-        elif field_name == "path-pattern":
-            paths += condition.get("PathPatternConfig", {}).get("Values", values)
+    hosts = [
+        host
+        for condition in raw.get("Conditions", [])
+        if condition.get("Field") == "host-header"
+        for host in condition.get("HostHeaderConfig", {}).get(
+            "Values", condition.get("Values") or []
+        )
+    ]
     actions = sorted(raw.get("Actions", []), key=lambda a: a.get("Order", 0))
     last = actions[-1] if actions else {"Type": "none"}
     if last["Type"] == "forward":
@@ -318,7 +316,6 @@ def _rule(raw: dict[str, Any]) -> Rule:
         outcome = (last["Type"], str(last.get("FixedResponseConfig", {}).get("StatusCode", "")))
     return Rule(
         hosts=tuple(hosts),
-        paths=tuple(paths),
         outcome=outcome,
         authenticated=any(a["Type"].startswith("authenticate") for a in actions),
     )
@@ -359,52 +356,27 @@ def read_notification(aws: Aws, bucket: str) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------- secrets
 def secret_value(aws: Aws, value_from: str, where: str) -> str:
-    """What ECS injects for a ``valueFrom``: a Secrets Manager secret (whole, or one JSON
-    key with the ``arn:...:secret:name:json-key:version-stage:version-id`` form) or an SSM
-    parameter. A WiringError names ``where`` (the container and variable) and why."""
-    if ":ssm:" in value_from or not value_from.startswith("arn:"):
-        name = (
-            value_from.split(":parameter", 1)[-1] if value_from.startswith("arn:") else value_from
-        )
-        try:
-            reply = aws.client("ssm").get_parameter(Name=name, WithDecryption=True)
-        except aws.client("ssm").exceptions.ParameterNotFound:
-            raise WiringError(f"{where}: valueFrom {value_from}: no such SSM parameter") from None
-        return reply["Parameter"]["Value"]
+    """What ECS injects for a Secrets Manager ``valueFrom``: the whole secret, or one JSON key
+    (``arn:...:secret:name:json-key::``). A WiringError names ``where`` and why."""
     parts = value_from.split(":")
     arn, json_key = ":".join(parts[:7]), (parts[7] if len(parts) > 7 else "")
-    stage = parts[8] if len(parts) > 8 and parts[8] else None
-    version = parts[9] if len(parts) > 9 and parts[9] else None
-    text = _secret_string(aws, arn, stage, version, f"{where}: valueFrom {value_from}")
+    where = f"{where}: valueFrom {value_from}"
+    sm = aws.client("secretsmanager")
+    try:
+        text = sm.get_secret_value(SecretId=arn)["SecretString"]
+    except sm.exceptions.ResourceNotFoundException:
+        raise WiringError(f"{where}: no such secret (or no value) in Secrets Manager") from None
+    except KeyError:
+        raise WiringError(f"{where}: the secret holds binary data, ECS injects text only") from None
     if not json_key:
         return text
     try:
         document = json.loads(text)
     except ValueError:
         raise WiringError(
-            f"{where}: valueFrom {value_from} asks for JSON key {json_key!r}"
-            " but the secret is not JSON"
+            f"{where} asks for JSON key {json_key!r} but the secret is not JSON"
         ) from None
     if not isinstance(document, dict) or json_key not in document:
         keys = ", ".join(sorted(document)) if isinstance(document, dict) else "none"
-        raise WiringError(
-            f"{where}: valueFrom {value_from}: the secret has no JSON key {json_key!r}"
-            f" (keys: {keys})"
-        )
+        raise WiringError(f"{where}: the secret has no JSON key {json_key!r} (keys: {keys})")
     return str(document[json_key])
-
-
-def _secret_string(aws: Aws, arn: str, stage: str | None, version: str | None, where: str) -> str:
-    sm = aws.client("secretsmanager")
-    options: dict[str, str] = {"SecretId": arn}
-    if stage:
-        options["VersionStage"] = stage
-    if version:
-        options["VersionId"] = version
-    try:
-        reply = sm.get_secret_value(**options)
-    except sm.exceptions.ResourceNotFoundException:
-        raise WiringError(f"{where}: no such secret (or no value) in Secrets Manager") from None
-    if "SecretString" not in reply:
-        raise WiringError(f"{where}: the secret holds binary data, ECS injects text only")
-    return reply["SecretString"]
