@@ -4,7 +4,6 @@ deployment of the whole root module against moto, applied early in the backgroun
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import subprocess
 import tempfile
@@ -64,8 +63,7 @@ class Deployment:
 
     def apply(self, *extra: str) -> None:
         self.tf("apply", "-auto-approve", "-input=false", "-no-color", "-parallelism=20", *extra)
-        raw = json.loads(self.tf("output", "-json"))
-        self.outputs = {k: v["value"] for k, v in raw.items()}
+        self.outputs = tf_local.outputs(self.module_dir, self.env)
 
     def destroy(self) -> None:
         tf_local.destroy(self.module_dir, self.env, "-parallelism=20", capture=True)
