@@ -93,10 +93,11 @@ class _EarlyApply:
         self.future: Future[Deployment] = self.executor.submit(self._apply)
         self.destroyed: Future[Deployment] | None = None
 
-    def begin_destroy(self) -> None:
-        """``terraform destroy`` in the thread: its waiters sleep about 75 s too."""
+    def destroy(self) -> Future[Deployment]:
+        """``terraform destroy`` in the thread (its waiters sleep about 75 s too), begun once."""
         if self.destroyed is None:
             self.destroyed = self.executor.submit(self._destroy)
+        return self.destroyed
 
     def _destroy(self) -> Deployment:
         """Destroy; once more if the first fails. Under load the AWS provider retries a
@@ -132,10 +133,8 @@ class _EarlyApply:
 
     def close(self) -> None:
         """Wait for the destroy (begun here if no test did), stop moto."""
-        self.begin_destroy()
-        assert self.destroyed is not None
         with contextlib.suppress(Exception):  # a failed apply or destroy: a test reported it
-            self.destroyed.result()
+            self.destroy().result()
         if self.moto is not None:
             stop_group(self.moto, 5)
             self.moto.wait(timeout=10)
@@ -179,22 +178,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         _EARLY.close()
 
 
-def _early() -> _EarlyApply:
+def early() -> _EarlyApply:
+    """The apply begun in the background; ``.future`` is the deployment once applied."""
     assert _EARLY is not None, f"the apply begins when collection selects one of {USES_APPLY}"
     return _EARLY
-
-
-def early_apply() -> Future[Deployment]:
-    return _early().future
-
-
-def begin_destroy() -> None:
-    _early().begin_destroy()
-
-
-def destroyed() -> Future[Deployment]:
-    """The deployment once destroyed (the destroy begins now if it has not yet)."""
-    early = _early()
-    early.begin_destroy()
-    assert early.destroyed is not None
-    return early.destroyed

@@ -23,14 +23,13 @@ import yaml
 from psycopg2 import sql
 
 from churnops.pipeline import RECONCILE_DEPLOYMENT
-from terraform.scripts.rehearsal import containers, images
+from terraform.scripts.rehearsal import containers, images, lambda_runtime
 from terraform.scripts.rehearsal.deployment import WiringError
 from terraform.scripts.rehearsal.mapping import LOCAL_SSLMODE, STRICT_SSLMODES
 from terraform.scripts.rehearsal.services import (
     PrefectApi,
     admin_url_of,
     connect,
-    connect_kw,
     login_of,
     notification_for,
     s3_event,
@@ -71,21 +70,13 @@ def drop_file(r: Rehearsal) -> Drop:
     except ValueError as exc:
         raise WiringError(f"the bucket notification: {exc}") from None
     event = s3_event(bucket, key, head, configuration, r.aws.region)
-    outcome = invoke_lambda(r, event)
+    outcome = lambda_runtime.invoke(r.function(), event, r.mapper, r.aws, r.root / "lambda")
     (result,) = outcome["results"]
     if result.get("status") != "created":
         raise WiringError(f"the Lambda handler did not start a flow run: {json.dumps(result)}")
     r.report.facts["dropped"] = f"s3://{bucket}/{key}"
     r.report.facts["lambda"] = f"created flow run {result['flow_run_id']}"
     return Drop(key, result["flow_run_id"], queue)
-
-
-def invoke_lambda(r: Rehearsal, event: dict[str, Any]) -> dict[str, Any]:
-    """The function's handler, in a folder holding what its image holds, with the
-    function's environment; as the Lambda runtime calls it."""
-    from terraform.scripts.rehearsal.lambda_runtime import invoke
-
-    return invoke(r.function(), event, r.mapper, r.aws, r.root / "lambda")
 
 
 def check_processed(r: Rehearsal, drop: Drop) -> None:
@@ -149,7 +140,8 @@ def _report_stored(r: Rehearsal, report_url: str | None) -> str:
     project, snapshot = found.groups()
     base = report_url[: found.start()]
     try:
-        listed = _get_json(f"{base}/api/projects/{project}/snapshots")
+        with urllib.request.urlopen(f"{base}/api/projects/{project}/snapshots", timeout=10) as got:
+            listed = json.loads(got.read())
     except OSError as exc:
         raise WiringError(f"the Evidently UI at {base} does not list {project}: {exc}") from None
     if snapshot not in {str(s.get("id")) for s in listed}:
@@ -196,7 +188,7 @@ def check_reader(r: Rehearsal) -> None:
         raise WiringError("no Grafana container in the task definitions")
     login = datasource_login(grafana[0])
     counts = {}
-    with connect_kw(login) as conn, conn.cursor() as cur:
+    with connect(**login) as conn, conn.cursor() as cur:
         for table in DASHBOARD_TABLES:
             try:
                 cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table.name)))
@@ -274,8 +266,3 @@ def datasource_login(grafana: containers.Local) -> dict[str, Any]:
         "password": fill(source["secureJsonData"]["password"]),
         "sslmode": LOCAL_SSLMODE if sslmode in STRICT_SSLMODES else sslmode,
     }
-
-
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
