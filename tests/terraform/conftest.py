@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,13 +47,20 @@ def tf_env(tf_cli_config: Path) -> dict[str, str]:
     return env
 
 
-class Deployment:
-    """The root module in a work folder, applied against the moto server at ``endpoint``."""
+#: An override that leaves the variable at its default (the emulator's tfvars set it).
+DEFAULT: Any = object()
 
-    def __init__(self, endpoint: str, workdir: Path, cli_config: Path) -> None:
+
+class Deployment:
+    """The root module in a work folder, with the emulator's variables and ``overrides``
+    (:data:`DEFAULT`: the variable's default), against the moto server at ``endpoint``."""
+
+    def __init__(
+        self, endpoint: str, workdir: Path, cli_config: Path, overrides: dict[str, Any]
+    ) -> None:
         self.endpoint = endpoint
-        self.network = tf_local.create_network(endpoint)
-        self.tfvars = tf_local.emulator_tfvars(self.network)
+        tfvars = {**tf_local.emulator_tfvars(tf_local.create_network(endpoint)), **overrides}
+        self.tfvars = {name: value for name, value in tfvars.items() if value is not DEFAULT}
         self.module_dir = tf_local.prepare_workdir(workdir, endpoint, self.tfvars)
         self.env = tf_local.emulator_env(endpoint, cli_config)
         self.destroyed = False
@@ -126,7 +134,7 @@ class _EarlyApply:
 
     def _apply_on_new_moto(self, workdir: Path, cli_config: Path) -> Deployment:
         self.moto, endpoint = tf_local.start_moto(self.root / "moto.log")
-        deployment = Deployment(endpoint, workdir, cli_config)
+        deployment = Deployment(endpoint, workdir, cli_config, {})
         deployment.tf("init", "-input=false", "-no-color")
         deployment.apply()
         return deployment
