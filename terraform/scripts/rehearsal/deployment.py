@@ -9,7 +9,7 @@ APIs, as ECS and Lambda would see it, not from terraform's state file.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from terraform.scripts.tf_local import REGION, emulator_client
@@ -177,12 +177,11 @@ class Deployment:
     bucket: str
     notification: list[dict[str, Any]] = field(default_factory=list)
 
-    def service_of_target_group(self, arn: str) -> tuple[str, str, int]:
-        """(service, container, port) behind a target group."""
+    def service_of_target_group(self, arn: str) -> tuple[str, int]:
+        """(service, container port) behind a target group."""
         for task in self.tasks.values():
             if arn in task.target_groups:
-                container, port = task.target_groups[arn]
-                return task.service, container, port
+                return task.service, task.target_groups[arn][1]
         raise WiringError(f"target group {arn} has no ECS service behind it")
 
 
@@ -197,9 +196,7 @@ def read(
     for run in one_off:
         definition = ecs.describe_task_definition(taskDefinition=run["task_definition"])
         service = {"serviceName": run["container"]}
-        tasks[run["container"]] = replace(
-            _task(service, definition["taskDefinition"]), one_off=True
-        )
+        tasks[run["container"]] = _task(service, definition["taskDefinition"], one_off=True)
     discovery, namespaces = read_discovery(aws, tasks)
     balancers, health = read_load_balancers(aws)
     return Deployment(
@@ -211,7 +208,9 @@ def read(
         database=read_database(aws),
         function=read_function(aws, function_name),
         bucket=bucket,
-        notification=read_notification(aws, bucket),
+        notification=aws.client("s3")
+        .get_bucket_notification_configuration(Bucket=bucket)
+        .get("LambdaFunctionConfigurations", []),
     )
 
 
@@ -229,7 +228,7 @@ def read_tasks(aws: Aws) -> dict[str, Task]:
     return tasks
 
 
-def _task(service: dict[str, Any], definition: dict[str, Any]) -> Task:
+def _task(service: dict[str, Any], definition: dict[str, Any], one_off: bool = False) -> Task:
     name = service["serviceName"]
     return Task(
         service=name,
@@ -242,6 +241,7 @@ def _task(service: dict[str, Any], definition: dict[str, Any]) -> Task:
         },
         registries=tuple(r["registryArn"] for r in service.get("serviceRegistries", [])),
         execution_role_arn=definition.get("executionRoleArn"),
+        one_off=one_off,
     )
 
 
@@ -347,11 +347,6 @@ def read_function(aws: Aws, name: str) -> Function | None:
         role_arn=config["Role"],
         timeout=float(config.get("Timeout", 3)),
     )
-
-
-def read_notification(aws: Aws, bucket: str) -> list[dict[str, Any]]:
-    config = aws.client("s3").get_bucket_notification_configuration(Bucket=bucket)
-    return config.get("LambdaFunctionConfigurations", [])
 
 
 # ---------------------------------------------------------------------------- secrets
