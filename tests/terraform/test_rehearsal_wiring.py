@@ -16,9 +16,8 @@ import boto3
 import pytest
 
 from churnops.drop.keys import decode_event_key
+from terraform.scripts.rehearsal import checks, images, lambda_runtime
 from terraform.scripts.rehearsal import iam as rehearsal_iam
-from terraform.scripts.rehearsal import images, lambda_runtime, preflight
-from terraform.scripts.rehearsal.checks import datasource_login
 from terraform.scripts.rehearsal.containers import OWN_PLACES, Local
 from terraform.scripts.rehearsal.deployment import (
     Aws,
@@ -234,7 +233,7 @@ def test_the_dashboards_login_is_built_as_grafanas_provisioning_builds_it(tmp_pa
     }
     container = _task("grafana", (3000,)).containers[0]
     local = Local(container, [], env, tmp_path, {}, None, Paths({}))
-    assert datasource_login(local) == {
+    assert checks.datasource_login(local) == {
         "host": "127.0.0.1",
         "port": 5999,
         "dbname": "metrics",
@@ -244,7 +243,7 @@ def test_the_dashboards_login_is_built_as_grafanas_provisioning_builds_it(tmp_pa
     }
     del env["METRICS_DB_USER"]
     with pytest.raises(WiringError, match=r"container grafana/grafana: .* needs \$METRICS_DB_USER"):
-        datasource_login(local)
+        checks.datasource_login(local)
 
 
 def test_what_a_container_writes_outside_tmp_and_its_volumes_stays_in_its_folder(
@@ -275,11 +274,11 @@ def test_a_service_logging_in_as_the_master_user_is_named(mapper: Mapper, tmp_pa
             "prefect-server/prefect-server": local("prefect-server", None),
         },
     )
-    preflight.check_database_logins(rehearsal)
+    checks.check_database_logins(rehearsal)
     assert (
         rehearsal.report.facts["database logins"]
         == "mlflow/mlflow as x, worker/worker as churnops_flow"
     )
     rehearsal.local["mlflow/mlflow"] = local("mlflow", "churnops")
     with pytest.raises(WiringError, match=r"container mlflow/mlflow logs in .* as the master user"):
-        preflight.check_database_logins(rehearsal)
+        checks.check_database_logins(rehearsal)

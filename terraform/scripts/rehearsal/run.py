@@ -28,7 +28,7 @@ from typing import Any
 from psycopg2 import sql
 
 from churnops.platform.services import free_port, stop_group
-from terraform.scripts.rehearsal import checks, containers, images, preflight
+from terraform.scripts.rehearsal import checks, containers, images
 from terraform.scripts.rehearsal.deployment import (
     Aws,
     Deployment,
@@ -139,9 +139,9 @@ class Rehearsal:
         try:
             self._step("database", self.provision_database)
             self._step("containers", self.prepare_containers)
-            self._step("secrets' permissions", lambda: preflight.check_secret_permissions(self))
-            self._step("runner settings", lambda: preflight.check_runner_settings(self))
-            self._step("database logins", lambda: preflight.check_database_logins(self))
+            self._step("secrets' permissions", lambda: checks.check_secret_permissions(self))
+            self._step("runner settings", lambda: checks.check_runner_settings(self))
+            self._step("database logins", lambda: checks.check_database_logins(self))
             self._step("init containers", self.run_inits)
             self._step("database bootstrap", self.bootstrap_database)
             self._step("servers", self.start_servers)
@@ -180,7 +180,7 @@ class Rehearsal:
         """What RDS creates: the master user (not a superuser: CREATEDB, CREATEROLE) with its
         password, owning the instance's first database."""
         db = self.deployment.database
-        users, password, source = preflight.master_login(self.aws, self.deployment)
+        users, password, source = checks.master_login(self.aws, self.deployment)
         self.master_users = users
         with connect(self.admin_url) as conn, conn.cursor() as cur:
             for user in users:
