@@ -31,9 +31,7 @@ class PrefectApi:
     def __init__(self, env: dict[str, str]) -> None:
         self.url = env["PREFECT_API_URL"].rstrip("/")
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if env.get("PREFECT_API_KEY"):
-            self.headers["Authorization"] = f"Bearer {env['PREFECT_API_KEY']}"
-        elif env.get("PREFECT_API_AUTH_STRING"):
+        if env.get("PREFECT_API_AUTH_STRING"):
             token = base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
             self.headers["Authorization"] = f"Basic {token}"
 
@@ -109,15 +107,8 @@ def healthy(url: str, codes: str = "200-399") -> tuple[bool, str]:
         status = exc.code
     except OSError as exc:
         return False, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-    return _matches(status, codes), f"HTTP {status}"
-
-
-def _matches(status: int, codes: str) -> bool:
-    for part in codes.split(","):
-        low, _, high = part.strip().partition("-")
-        if int(low) <= status <= int(high or low):
-            return True
-    return False
+    ranges = [part.strip().partition("-") for part in codes.split(",")]
+    return any(int(low) <= status <= int(high or low) for low, _, high in ranges), f"HTTP {status}"
 
 
 def s3_event(
