@@ -143,7 +143,12 @@ class Rehearsal:
             self._step("runner settings", lambda: checks.check_runner_settings(self))
             self._step("database logins", lambda: checks.check_database_logins(self))
             self._step("init containers", self.run_inits)
-            self._step("database bootstrap", self.bootstrap_database)
+            # post_apply.py database, before the services need their roles (on AWS they
+            # retry until it has run).
+            self._step(
+                "database bootstrap",
+                lambda: self.run_one_off("db_bootstrap_task", "the database bootstrap"),
+            )
             self._step("servers", self.start_servers)
             self._step("workers", self.start_workers)
             # A first apply has no model yet: the runner must start without one.
@@ -276,13 +281,6 @@ class Rehearsal:
     def services(self) -> list[Task]:
         return [t for t in self.deployment.tasks.values() if not t.one_off]
 
-    def bootstrap_database(self) -> None:
-        """post_apply.py database: the one-off task db-init, before the services need
-        their roles (on AWS they retry until it has run)."""
-        if "db_bootstrap_task" not in self.applied.outputs:
-            raise WiringError("no terraform output db_bootstrap_task (post_apply.py database)")
-        self.run_one_off(self.applied.outputs["db_bootstrap_task"], "the database bootstrap")
-
     def _start_tasks(self, tasks: list[Task]) -> None:
         waiting = []
         for task in tasks:
@@ -385,13 +383,14 @@ class Rehearsal:
         self._run_checked(
             "post_apply.py env", [*post_apply, "env", str(outputs), "--env-file", str(env_file)]
         )
-        if "deployments_task" not in self.applied.outputs:
-            raise WiringError("no terraform output deployments_task (post_apply.py deployments)")
-        self.run_one_off(self.applied.outputs["deployments_task"], "the deployments' registration")
+        self.run_one_off("deployments_task", "the deployments' registration")
 
-    def run_one_off(self, task: dict[str, Any], what: str) -> None:
-        """post_apply.py's RunTask of a task definition, its container's command overridden
-        when the output names one; here that container, locally."""
+    def run_one_off(self, output: str, what: str) -> None:
+        """post_apply.py's RunTask of the task definition terraform output ``output`` names,
+        its container's command overridden when the output names one; here that container."""
+        if output not in self.applied.outputs:
+            raise WiringError(f"no terraform output {output} ({what}, post_apply.py)")
+        task = self.applied.outputs[output]
         definition = task["task_definition"]
         owners = [t for t in self.deployment.tasks.values() if definition in _names_of(t)]
         if not owners:
