@@ -52,14 +52,9 @@ class Cluster:
         _run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
 
 
-def missing_binaries() -> list[str]:
-    """The server binaries this needs that are not on PATH."""
-    return [b for b in ("initdb", "pg_ctl") if shutil.which(b) is None]
-
-
 def create() -> Cluster:
     """Initialise and start a fresh cluster under a new folder in the temp dir."""
-    missing = missing_binaries()
+    missing = [binary for binary in ("initdb", "pg_ctl") if shutil.which(binary) is None]
     if missing:
         raise PostgresError(f"PostgreSQL binaries not on PATH: {', '.join(missing)}")
     # The temp dir, not a caller's folder: the postgres user must be able to reach it.
@@ -78,11 +73,8 @@ def create() -> Cluster:
 
 def remove(cluster: Cluster) -> None:
     """Stop the server (whatever state it is in) and delete its folder."""
-    subprocess.run(
-        _as_owner(["pg_ctl", "-D", str(cluster.data), "-m", "fast", "-w", "stop"]),
-        capture_output=True,
-        check=False,
-    )
+    with contextlib.suppress(PostgresError):
+        cluster.stop()
     shutil.rmtree(cluster.root, ignore_errors=True)
 
 

@@ -1,17 +1,12 @@
 """The MLflow container's command (terraform/services.tf, as ``python -c <source>``):
-MLflow's basic-auth app with a non-admin login for the worker.
+MLflow's basic-auth app, and a login for the worker that can delete, grant and see nothing
+but churnops' experiment and ``MODEL_NAME`` (EDIT on both, created first: a creator gets
+MANAGE). The user store starts empty at every start; idempotent; no password printed.
 
-The user store is a SQLite file in the task's ``/tmp``, fresh at every start: MLflow
-creates the admin from ``MLFLOW_AUTH_ADMIN_USERNAME``/``_PASSWORD``; this script then
-gives ``MLFLOW_WORKER_USERNAME``/``_PASSWORD`` EDIT on churnops' experiment and
-``MODEL_NAME`` only, creating both first (a creator would get MANAGE). With
-``default_permission = NO_PERMISSIONS`` it can delete, grant and see nothing else.
-Idempotent. It writes the auth config from ``MLFLOW_AUTH_INI``, then forks twice: the
-grandchild waits for the server, sets up the user and touches ``MLFLOW_WORKER_READY``
-(the health check waits for it), an orphan that the task's init process reaps (the
-server would leave its own ended child a zombie); the parent execs ``mlflow server``
-with this script's arguments.
-Passwords come from Secrets Manager and are never printed."""
+It writes the auth config from ``MLFLOW_AUTH_INI`` and execs ``mlflow server`` with its own
+arguments. The set-up runs in a grandchild (an orphan the task's init reaps: the server
+would leave an ended child a zombie), which touches ``MLFLOW_WORKER_READY`` for the health
+check once the user is set up."""
 
 import os
 import sys

@@ -73,16 +73,27 @@ def wait(out: dict, timeout: float) -> None:
 
 
 # ----------------------------------------------------------------- one-off tasks
-def run_one_off(task: dict, what: str, ecs: Any, region: str, timeout: float, poll: float) -> str:
-    """Run a one-off task (output ``*_task``) in the VPC and wait for it; its task ARN.
+#: The one-off tasks of `make apply`, by step: the terraform output naming it, what it does.
+ONE_OFF = {
+    "database": ("db_bootstrap_task", "bootstrapping the database"),
+    "deployments": ("deployments_task", "registering the deployments"),
+}
+
+
+def run_one_off(
+    out: dict, step: str, ecs: Any = None, timeout: float = 900, poll: float = 10
+) -> str:
+    """Run a one-off task of :data:`ONE_OFF` in the VPC and wait for it; its task ARN.
 
     ``command``, when the output has one, overrides the container's. SystemExit when the
     task cannot start or does not exit 0 (its log is in the container's log group).
     """
+    output, what = ONE_OFF[step]
+    task = out[output]
     if ecs is None:
         import boto3
 
-        ecs = boto3.client("ecs", region_name=region)
+        ecs = boto3.client("ecs", region_name=out["aws_region"])
     network = {
         "subnets": task["subnets"],
         "securityGroups": task["security_groups"],
@@ -122,18 +133,6 @@ def run_one_off(task: dict, what: str, ecs: Any, region: str, timeout: float, po
     return arn
 
 
-def register_deployments(out: dict, ecs: Any = None, timeout: float = 900, poll: float = 10) -> str:
-    """The Prefect deployments, registered from inside the VPC (the worker's definition)."""
-    task = out["deployments_task"]
-    return run_one_off(task, "registering the deployments", ecs, out["aws_region"], timeout, poll)
-
-
-def bootstrap_database(out: dict, ecs: Any = None, timeout: float = 900, poll: float = 10) -> str:
-    """The services' database roles and the metrics schema (task db-init)."""
-    task = out["db_bootstrap_task"]
-    return run_one_off(task, "bootstrapping the database", ecs, out["aws_region"], timeout, poll)
-
-
 def _wait_stopped(ecs: Any, cluster: str, arn: str, timeout: float, poll: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -162,12 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     out = load_outputs(args.outputs)
     if args.command == "env":
         write_env(out, args.env_file)
-    elif args.command == "database":
-        bootstrap_database(out, timeout=args.timeout)
     elif args.command == "wait":
         wait(out, args.timeout)
     else:
-        register_deployments(out, timeout=args.timeout)
+        run_one_off(out, args.command, timeout=args.timeout)
     return 0
 
 

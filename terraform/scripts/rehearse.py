@@ -12,26 +12,20 @@ comes with its image; no Docker here). A failure names the container and the var
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from churnops.platform.services import terminate_groups
 from terraform.scripts import local_postgres, tf_local
 from terraform.scripts.rehearsal.run import Applied, Rehearsal, RehearsalFailed
 
 
 def applied(workdir: Path) -> Applied:
     """The emulator and the outputs of an applied workdir (tf_local.py up)."""
-    state = json.loads((workdir / "emulator.json").read_text())
-    env = tf_local.emulator_env(state["endpoint"], workdir / "terraform.rc")
-    raw = json.loads(
-        tf_local.terraform(workdir / "terraform", env, "output", "-json", capture=True)
-    )
-    return Applied(state["endpoint"], {k: v["value"] for k, v in raw.items()})
+    endpoint, env = tf_local.workdir_env(workdir)
+    return Applied(endpoint, tf_local.outputs(workdir / "terraform", env))
 
 
 def rehearse(target: Applied, data_dir: Path) -> str:
@@ -60,19 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if not args.reuse:
-            _discard(args.workdir)
+            tf_local.stop_emulator(args.workdir)  # no destroy: moto's state goes with it
+            shutil.rmtree(args.workdir, ignore_errors=True)
     print("rehearsal passed")
     return 0
-
-
-def _discard(workdir: Path) -> None:
-    """Stop the moto server `up` started; its state goes with it (no destroy needed)."""
-    state_file = workdir / "emulator.json"
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
-        if "moto_pid" in state:
-            terminate_groups([int(state["moto_pid"])], grace=5.0)
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -40,11 +40,8 @@ COPY_IGNORE = shutil.ignore_patterns(".terraform", "*.tfstate", "*.tfstate.*", "
 
 # ----------------------------------------------------------------- provider mirror
 def find_mirror() -> Path | None:
-    """Directory holding registry.terraform.io/hashicorp/aws, or None.
-
-    TF_PLUGIN_MIRROR wins; otherwise each usual root and its children and
-    grandchildren are tried (e.g. <root>/tf-plugins/registry.terraform.io/...).
-    """
+    """Directory holding registry.terraform.io/hashicorp/aws, or None: TF_PLUGIN_MIRROR, else
+    a usual root or a folder up to two levels below it (<root>/tf-plugins/registry...)."""
     explicit = os.environ.get("TF_PLUGIN_MIRROR")
     if explicit:
         path = Path(explicit).expanduser()
@@ -52,20 +49,11 @@ def find_mirror() -> Path | None:
             raise SystemExit(f"TF_PLUGIN_MIRROR={explicit} holds no {PROVIDER_PATH}")
         return path
     for root in MIRROR_ROOTS:
-        level = [Path(root).expanduser()]
-        for _depth in range(3):
-            for candidate in level:
-                if (candidate / PROVIDER_PATH).is_dir():
-                    return candidate
-            level = [child for parent in level for child in _subdirs(parent)]
+        for below in ("", "*/", "*/*/"):
+            found = sorted(Path(root).expanduser().glob(f"{below}{PROVIDER_PATH}"))
+            if found:
+                return found[0].parents[2]
     return None
-
-
-def _subdirs(path: Path) -> list[Path]:
-    try:
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
-    except OSError:
-        return []
 
 
 def cli_config_text(mirror: Path | None) -> str:
@@ -92,10 +80,9 @@ def write_cli_config(out: Path) -> Path:
 
 # ----------------------------------------------------------------- moto
 def moto_server_binary() -> str:
-    beside = Path(sys.executable).parent / "moto_server"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("moto_server")
+    found = shutil.which(
+        "moto_server", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    )
     if not found:
         raise SystemExit("moto_server not found (install moto[server] in the virtualenv)")
     return found
@@ -263,18 +250,34 @@ def up(workdir: Path, endpoint: str | None) -> None:
     print(terraform(module_dir, env, "output", "-no-color", capture=True))
 
 
+def outputs(module_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    raw = json.loads(terraform(module_dir, env, "output", "-json", capture=True))
+    return {name: output["value"] for name, output in raw.items()}
+
+
+def workdir_env(workdir: Path) -> tuple[str, dict[str, str]]:
+    """The endpoint and terraform environment of a workdir `up` applied."""
+    endpoint = json.loads((workdir / "emulator.json").read_text())["endpoint"]
+    return endpoint, emulator_env(endpoint, workdir / "terraform.rc")
+
+
+def stop_emulator(workdir: Path) -> None:
+    """Stop the moto server `up` started, if it did (its state goes with it)."""
+    state_file = workdir / "emulator.json"
+    if state_file.exists():
+        pid = json.loads(state_file.read_text()).get("moto_pid")
+        if pid:
+            terminate_groups([int(pid)], grace=5.0)
+        state_file.unlink()
+
+
 def down(workdir: Path) -> None:
-    state = json.loads((workdir / "emulator.json").read_text())
-    module_dir = workdir / "terraform"
-    env = emulator_env(state["endpoint"], workdir / "terraform.rc")
     try:
         started = time.monotonic()
-        destroy(module_dir, env)
+        destroy(workdir / "terraform", workdir_env(workdir)[1])
         print(f"destroy took {time.monotonic() - started:.0f}s")
     finally:
-        if "moto_pid" in state:
-            terminate_groups([int(state["moto_pid"])], grace=5.0)
-        (workdir / "emulator.json").unlink(missing_ok=True)
+        stop_emulator(workdir)
 
 
 def main(argv: list[str] | None = None) -> int:

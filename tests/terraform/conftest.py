@@ -4,12 +4,12 @@ deployment of the whole root module against moto, applied early in the backgroun
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import subprocess
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,13 +47,20 @@ def tf_env(tf_cli_config: Path) -> dict[str, str]:
     return env
 
 
-class Deployment:
-    """The root module in a work folder, applied against the moto server at ``endpoint``."""
+#: An override that leaves the variable at its default (the emulator's tfvars set it).
+DEFAULT: Any = object()
 
-    def __init__(self, endpoint: str, workdir: Path, cli_config: Path) -> None:
+
+class Deployment:
+    """The root module in a work folder, with the emulator's variables and ``overrides``
+    (:data:`DEFAULT`: the variable's default), against the moto server at ``endpoint``."""
+
+    def __init__(
+        self, endpoint: str, workdir: Path, cli_config: Path, overrides: dict[str, Any]
+    ) -> None:
         self.endpoint = endpoint
-        self.network = tf_local.create_network(endpoint)
-        self.tfvars = tf_local.emulator_tfvars(self.network)
+        tfvars = {**tf_local.emulator_tfvars(tf_local.create_network(endpoint)), **overrides}
+        self.tfvars = {name: value for name, value in tfvars.items() if value is not DEFAULT}
         self.module_dir = tf_local.prepare_workdir(workdir, endpoint, self.tfvars)
         self.env = tf_local.emulator_env(endpoint, cli_config)
         self.destroyed = False
@@ -64,8 +71,7 @@ class Deployment:
 
     def apply(self, *extra: str) -> None:
         self.tf("apply", "-auto-approve", "-input=false", "-no-color", "-parallelism=20", *extra)
-        raw = json.loads(self.tf("output", "-json"))
-        self.outputs = {k: v["value"] for k, v in raw.items()}
+        self.outputs = tf_local.outputs(self.module_dir, self.env)
 
     def destroy(self) -> None:
         tf_local.destroy(self.module_dir, self.env, "-parallelism=20", capture=True)
@@ -95,10 +101,11 @@ class _EarlyApply:
         self.future: Future[Deployment] = self.executor.submit(self._apply)
         self.destroyed: Future[Deployment] | None = None
 
-    def begin_destroy(self) -> None:
-        """``terraform destroy`` in the thread: its waiters sleep about 75 s too."""
+    def destroy(self) -> Future[Deployment]:
+        """``terraform destroy`` in the thread (its waiters sleep about 75 s too), begun once."""
         if self.destroyed is None:
             self.destroyed = self.executor.submit(self._destroy)
+        return self.destroyed
 
     def _destroy(self) -> Deployment:
         """Destroy; once more if the first fails. Under load the AWS provider retries a
@@ -127,17 +134,15 @@ class _EarlyApply:
 
     def _apply_on_new_moto(self, workdir: Path, cli_config: Path) -> Deployment:
         self.moto, endpoint = tf_local.start_moto(self.root / "moto.log")
-        deployment = Deployment(endpoint, workdir, cli_config)
+        deployment = Deployment(endpoint, workdir, cli_config, {})
         deployment.tf("init", "-input=false", "-no-color")
         deployment.apply()
         return deployment
 
     def close(self) -> None:
         """Wait for the destroy (begun here if no test did), stop moto."""
-        self.begin_destroy()
-        assert self.destroyed is not None
         with contextlib.suppress(Exception):  # a failed apply or destroy: a test reported it
-            self.destroyed.result()
+            self.destroy().result()
         if self.moto is not None:
             stop_group(self.moto, 5)
             self.moto.wait(timeout=10)
@@ -181,22 +186,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         _EARLY.close()
 
 
-def _early() -> _EarlyApply:
+def early() -> _EarlyApply:
+    """The apply begun in the background; ``.future`` is the deployment once applied."""
     assert _EARLY is not None, f"the apply begins when collection selects one of {USES_APPLY}"
     return _EARLY
-
-
-def early_apply() -> Future[Deployment]:
-    return _early().future
-
-
-def begin_destroy() -> None:
-    _early().begin_destroy()
-
-
-def destroyed() -> Future[Deployment]:
-    """The deployment once destroyed (the destroy begins now if it has not yet)."""
-    early = _early()
-    early.begin_destroy()
-    assert early.destroyed is not None
-    return early.destroyed

@@ -12,14 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .conftest import tf_local
+from .conftest import Deployment
 
 #: ``aws_lb.this``, ``aws_lb_listener.https[0]``, ``aws_lb_target_group.this.arn``
 REFERENCE = re.compile(r"^(?P<type>aws_\w+)\.(?P<name>[\w-]+)(?:\[(?P<index>[^\]]+)\])?(?:\.\w+)*$")
-
-
-#: An override that leaves the variable at its default (the emulator's tfvars set it).
-DEFAULT: Any = object()
 
 
 class UnresolvedReference(AssertionError):
@@ -30,21 +26,11 @@ def plan_module(
     endpoint: str, workdir: Path, cli_config: Path, overrides: dict[str, Any]
 ) -> dict[str, Any]:
     """Plan the root module with the emulator's variables and ``overrides``; the plan as JSON.
-
-    A ``RuntimeError`` carries terraform's output when the plan fails (a precondition).
-    An override :data:`DEFAULT` leaves that variable out: its default applies.
-    """
-    tfvars = {**tf_local.emulator_tfvars(tf_local.create_network(endpoint)), **overrides}
-    tfvars = {name: value for name, value in tfvars.items() if value is not DEFAULT}
-    module_dir = tf_local.prepare_workdir(workdir, endpoint, tfvars)
-    env = tf_local.emulator_env(endpoint, cli_config)
-    tf_local.terraform(module_dir, env, "init", "-input=false", "-no-color", capture=True)
-    tf_local.terraform(
-        module_dir, env, "plan", "-input=false", "-no-color", "-out=plan.bin", capture=True
-    )
-    return json.loads(
-        tf_local.terraform(module_dir, env, "show", "-json", "plan.bin", capture=True)
-    )
+    A ``RuntimeError`` carries terraform's output when the plan fails (a precondition)."""
+    deployment = Deployment(endpoint, workdir, cli_config, overrides)
+    deployment.tf("init", "-input=false", "-no-color")
+    deployment.tf("plan", "-input=false", "-no-color", "-out=plan.bin")
+    return json.loads(deployment.tf("show", "-json", "plan.bin"))
 
 
 @dataclass(frozen=True)
@@ -82,6 +68,15 @@ class Plan:
 
     def of_type(self, *types: str) -> Iterator[Resource]:
         return (r for r in self.resources.values() if r.type in types)
+
+    def configuration(self, address: str) -> dict[str, Any]:
+        """The root module's configuration of a resource or data source."""
+        (found,) = [
+            r
+            for r in self.raw["configuration"]["root_module"]["resources"]
+            if r["address"] == address
+        ]
+        return found
 
     def expressions(self, resource: Resource) -> dict[str, Any]:
         """The configuration's expressions of the resource (not those of dynamic blocks)."""

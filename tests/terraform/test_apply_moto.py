@@ -16,7 +16,7 @@ from churnops.pipeline import PIPELINE_DEPLOYMENT
 from churnops.platform.launch import mlflow_client_env
 from churnops.settings import NO_USAGE_TELEMETRY
 
-from .conftest import Deployment, begin_destroy, destroyed, early_apply
+from .conftest import Deployment, early
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +26,10 @@ UI_HOSTS = {"mlflow", "prefect", "evidently", "grafana"}
 
 @pytest.fixture(scope="module")
 def deployment(terraform_bin: str) -> Iterator[Deployment]:
-    """The deployment :func:`~tests.terraform.conftest.pytest_collection_finish` began.
-
-    When the checks are done it is destroyed in the background, and
-    ``test_destroy_leaves_nothing_behind``, moved to the end of the session by
-    ``conftest.py``, checks what the destroy left.
-    """
-    yield early_apply().result()
-    begin_destroy()
+    """The session's deployment (conftest.py); destroyed in the background after the checks,
+    and ``test_destroy_leaves_nothing_behind``, run last, checks what the destroy left."""
+    yield early().future.result()
+    early().destroy()
 
 
 def test_outputs_give_every_ui_the_bucket_and_the_topic(deployment: Deployment) -> None:
@@ -185,13 +181,7 @@ def test_no_secret_value_is_in_the_state(deployment: Deployment) -> None:
     """Every value of every secret in Secrets Manager, grepped for in the raw state."""
     state = deployment.tf("state", "pull")
     assert '"resources"' in state
-    sm = deployment.client("secretsmanager")
-    checked = 0
-    for entry in sm.list_secrets()["SecretList"]:
-        for value in _secret_values(sm.get_secret_value(SecretId=entry["ARN"])["SecretString"]):
-            assert value not in state, f"a value of {entry['Name']} is in the state"
-            checked += 1
-    assert checked >= 10  # master, four roles (password and url), Grafana's admin, ...
+    assert _secrets_in(deployment, state) == []
 
 
 def test_no_secret_value_is_in_a_plan(deployment: Deployment) -> None:
@@ -201,14 +191,7 @@ def test_no_secret_value_is_in_a_plan(deployment: Deployment) -> None:
     deployment.tf("plan", "-refresh=false", "-input=false", "-no-color", "-out=secrets.plan")
     plan = deployment.tf("show", "-json", "secrets.plan")
     assert '"resource_changes"' in plan
-    sm = deployment.client("secretsmanager")
-    values = [
-        (entry["Name"], value)
-        for entry in sm.list_secrets()["SecretList"]
-        for value in _secret_values(sm.get_secret_value(SecretId=entry["ARN"])["SecretString"])
-    ]
-    assert len(values) >= 15  # the above, the Prefect, MLflow (three) and Evidently credentials
-    assert [name for name, value in values if value in plan] == []
+    assert _secrets_in(deployment, plan) == []
 
 
 def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
@@ -630,7 +613,7 @@ def test_disable_lambda_removes_the_notification(deployment: Deployment) -> None
 
 
 def test_destroy_leaves_nothing_behind(terraform_bin: str) -> None:
-    deployment = destroyed().result()
+    deployment = early().destroy().result()
     assert deployment.destroyed
     c = deployment.client
     assert c("s3").list_buckets()["Buckets"] == []
@@ -713,6 +696,20 @@ def _role_policy(deployment: Deployment, role: str, name: str) -> dict:
 
 #: Keys of a secret's JSON that are not secret (they appear in the state by design).
 NOT_SECRET_KEYS = {"username", "host", "port", "dbname", "engine", "dbInstanceIdentifier"}
+
+
+def _secrets_in(deployment: Deployment, text: str) -> list[str]:
+    """The names of the secrets a value of which is in ``text``."""
+    sm = deployment.client("secretsmanager")
+    values = [
+        (entry["Name"], value)
+        for entry in sm.list_secrets()["SecretList"]
+        for value in _secret_values(sm.get_secret_value(SecretId=entry["ARN"])["SecretString"])
+    ]
+    # The master, four roles (password and url), Grafana's admin, Prefect, MLflow (three),
+    # Evidently: not a vacuous check.
+    assert len(values) >= 15
+    return [name for name, value in values if value in text]
 
 
 def _secret_values(secret_string: str) -> list[str]:

@@ -80,10 +80,9 @@ class AuthServer(MlflowServer):
         return env
 
     def wait_ready(self) -> None:
-        log = (
-            self.root / "server.log"
-        )  # the ready file: what the container's health check waits for
-        assert eventually(self.ready.exists, 120, 0.5), log.read_text()[-3000:]
+        # The ready file: what the container's health check waits for.
+        log = (self.root / "server.log").read_text
+        assert eventually(self.ready.exists, 120, 0.5), log()[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +129,9 @@ def test_anyone_else_is_refused(
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     if user:
         login(monkeypatch, user)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
     with pytest.raises(MlflowException, match="401"):
         mlflow.MlflowClient(tracking_uri=server.url).search_experiments(max_results=1)

@@ -25,8 +25,8 @@ import pytest
 
 from churnops.platform.services import stop_group
 
-from .conftest import tf_local
-from .plan import DEFAULT, Plan, Resource, plan_module
+from .conftest import DEFAULT, tf_local
+from .plan import Plan, Resource, plan_module
 
 pytestmark = pytest.mark.integration
 
@@ -474,7 +474,7 @@ def test_the_database_admits_its_clients_and_efs_only_evidently(plan: Plan) -> N
         r.index for r in plan.of_type("aws_vpc_security_group_egress_rule") if r.name == "database"
     }
     assert database == {"mlflow", "prefect-server", "worker", "grafana", "db-init"}
-    (efs,) = (r for r in root["resources"] if r["address"] == "aws_security_group.efs")
+    efs = plan.configuration("aws_security_group.efs")
     assert (
         efs["expressions"]["ingress"]["references"][0]
         == 'module.ecs.security_group_ids["evidently"]'
@@ -511,12 +511,9 @@ def test_cognito_requires_mfa(production: Plan) -> None:
 def _document_actions(plan: Plan, address: str) -> set[str]:
     """The actions of a policy document's statements, from the configuration (the
     rendered JSON is unknown until apply when it names a resource's ARN)."""
-    (config,) = [
-        r for r in plan.raw["configuration"]["root_module"]["resources"] if r["address"] == address
-    ]
     return {
         action
-        for statement in config["expressions"]["statement"]
+        for statement in plan.configuration(address)["expressions"]["statement"]
         for action in statement.get("actions", {}).get("constant_value", [])
     }
 
@@ -631,12 +628,6 @@ def _created(plan: Plan, address: str) -> dict[str, Any]:
     return change["change"]["after"]
 
 
-def _references(plan: Plan, resource: str, attribute: str) -> list[str]:
-    config = plan.raw["configuration"]["root_module"]["resources"]
-    (found,) = [r for r in config if r["address"] == resource]
-    return found["expressions"][attribute]["references"]
-
-
 def test_the_worker_service_scales_between_its_minimum_and_maximum(production: Plan) -> None:
     target = _created(production, "aws_appautoscaling_target.runners[0]")
     assert target["service_namespace"] == "ecs"
@@ -678,9 +669,6 @@ def test_queued_runs_add_tasks_and_an_idle_queue_removes_them(production: Plan) 
     assert queued["threshold"] == 1 and queued["evaluation_periods"] == 1
     assert idle["comparison_operator"] == "LessThanThreshold"
     assert idle["threshold"] == 1 and idle["evaluation_periods"] == 10
-    assert "aws_appautoscaling_policy.runners_out[0]" in _references(
-        production, "aws_cloudwatch_metric_alarm.runs_queued", "alarm_actions"
-    )
-    assert "aws_appautoscaling_policy.runners_in[0]" in _references(
-        production, "aws_cloudwatch_metric_alarm.runners_idle", "alarm_actions"
-    )
+    for alarm, policy in (("runs_queued", "runners_out"), ("runners_idle", "runners_in")):
+        actions = production.configuration(f"aws_cloudwatch_metric_alarm.{alarm}")["expressions"]
+        assert f"aws_appautoscaling_policy.{policy}[0]" in actions["alarm_actions"]["references"]

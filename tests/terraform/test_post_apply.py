@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import boto3
 import pytest
@@ -125,10 +124,10 @@ def stubbed_ecs(exit_code: int | None, task: dict = TASK) -> tuple[object, Stubb
 @pytest.mark.parametrize(
     ("step", "task", "what", "log"),
     [
-        (post_apply.register_deployments, TASK, "registering the deployments", "worker"),
+        ("deployments", TASK, "registering the deployments", "worker"),
         # M3: the task db-init with its own command (no override), network and roles.
         (
-            post_apply.bootstrap_database,
+            "database",
             OUTPUTS["db_bootstrap_task"]["value"],
             "bootstrapping the database",
             "db-init",
@@ -138,17 +137,17 @@ def stubbed_ecs(exit_code: int | None, task: dict = TASK) -> tuple[object, Stubb
 )
 @pytest.mark.parametrize("exit_code", [0, 1, None])
 def test_a_one_off_task_in_the_vpc_that_does_not_exit_0_fails_the_apply_naming_its_log(
-    tmp_path: Path, capsys, step: Any, task: dict, what: str, log: str, exit_code: int | None
+    tmp_path: Path, capsys, step: str, task: dict, what: str, log: str, exit_code: int | None
 ) -> None:
     out = post_apply.load_outputs(str(write_outputs(tmp_path)))
     ecs, stubber = stubbed_ecs(exit_code, task)
     if exit_code == 0:
-        assert step(out, ecs=ecs, poll=0) == TASK_ARN
+        assert post_apply.run_one_off(out, step, ecs=ecs, poll=0) == TASK_ARN
         stubber.assert_no_pending_responses()
         assert f"{what}: done" in capsys.readouterr().out
         return
     with pytest.raises(SystemExit, match=f"{what} failed") as failure:
-        step(out, ecs=ecs, poll=0)
+        post_apply.run_one_off(out, step, ecs=ecs, poll=0)
     assert f"/ecs/churnops-stg/{log}" in str(failure.value)
 
 

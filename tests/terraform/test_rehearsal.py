@@ -15,7 +15,7 @@ import pytest
 from terraform.scripts.rehearsal.run import Applied, Rehearsal, RehearsalFailed
 from tests.fixtures.postgres import PostgresCluster
 
-from .conftest import early_apply
+from .conftest import early
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 def test_the_applied_wiring_processes_a_dropped_file_end_to_end(
     terraform_bin: str, postgres_cluster: PostgresCluster, data_dir: Path, tmp_path: Path
 ) -> None:
-    deployment = early_apply().result()
+    deployment = early().future.result()
     applied = Applied(deployment.endpoint, deployment.outputs)
     report = Rehearsal(applied, postgres_cluster.admin_url(), data_dir, tmp_path).run()
     print(report.text())
@@ -49,7 +49,7 @@ def test_the_applied_wiring_processes_a_dropped_file_end_to_end(
 
 
 def test_the_rehearsal_left_the_deployment_as_it_found_it(terraform_bin: str) -> None:
-    deployment = early_apply().result()
+    deployment = early().future.result()
     listed = deployment.client("s3").list_objects_v2(Bucket=deployment.outputs["bucket_name"])
     keys = {o["Key"] for o in listed.get("Contents", [])}
     # Only the folder markers the module creates are left under data/.
@@ -64,7 +64,7 @@ def test_a_wrong_port_in_a_task_definition_is_named_before_anything_starts(
 ) -> None:
     """The worker's MLflow URL on a port MLflow does not listen on, in a new revision of
     its task definition; the service goes back to its own revision afterwards."""
-    deployment = early_apply().result()
+    deployment = early().future.result()
     ecs = deployment.client("ecs")
     cluster = deployment.outputs["ecs_cluster_name"]
     (service,) = ecs.describe_services(cluster=cluster, services=["worker"])["services"]

@@ -16,9 +16,8 @@ import boto3
 import pytest
 
 from churnops.drop.keys import decode_event_key
+from terraform.scripts.rehearsal import checks, images, lambda_runtime
 from terraform.scripts.rehearsal import iam as rehearsal_iam
-from terraform.scripts.rehearsal import images, lambda_runtime, preflight
-from terraform.scripts.rehearsal.checks import datasource_login
 from terraform.scripts.rehearsal.containers import OWN_PLACES, Local
 from terraform.scripts.rehearsal.deployment import (
     Aws,
@@ -43,20 +42,10 @@ MLFLOW_TG = "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/mlflow/1"
 
 
 def _task(service: str, ports: tuple[int, ...], target_groups: dict | None = None) -> Task:
-    container = Container(
-        service,
-        service,
-        "1.dkr.ecr/x/orchestration:t",
-        None,
-        None,
-        {},
-        {},
-        True,
-        (),
-        ports,
-        None,
-        (),
-        None,
+    image = "1.dkr.ecr/x/orchestration:t"
+    mappings = [{"containerPort": port} for port in ports]
+    container = Container.from_api(
+        service, {"name": service, "image": image, "portMappings": mappings}
     )
     return Task(service, f"arn:td/{service}:1", (container,), {}, target_groups or {}, (), None)
 
@@ -64,8 +53,8 @@ def _task(service: str, ports: tuple[int, ...], target_groups: dict | None = Non
 @pytest.fixture
 def mapper() -> Mapper:
     rules = (
-        Rule(("mlflow.example.org",), (), ("forward", MLFLOW_TG), authenticated=True),
-        Rule((), (), ("fixed-response", "404"), authenticated=False),
+        Rule(("mlflow.example.org",), ("forward", MLFLOW_TG), authenticated=True),
+        Rule((), ("fixed-response", "404"), authenticated=False),
     )
     deployment = Deployment(
         tasks={
@@ -244,7 +233,7 @@ def test_the_dashboards_login_is_built_as_grafanas_provisioning_builds_it(tmp_pa
     }
     container = _task("grafana", (3000,)).containers[0]
     local = Local(container, [], env, tmp_path, {}, None, Paths({}))
-    assert datasource_login(local) == {
+    assert checks.datasource_login(local) == {
         "host": "127.0.0.1",
         "port": 5999,
         "dbname": "metrics",
@@ -254,7 +243,7 @@ def test_the_dashboards_login_is_built_as_grafanas_provisioning_builds_it(tmp_pa
     }
     del env["METRICS_DB_USER"]
     with pytest.raises(WiringError, match=r"container grafana/grafana: .* needs \$METRICS_DB_USER"):
-        datasource_login(local)
+        checks.datasource_login(local)
 
 
 def test_what_a_container_writes_outside_tmp_and_its_volumes_stays_in_its_folder(
@@ -268,35 +257,28 @@ def test_what_a_container_writes_outside_tmp_and_its_volumes_stays_in_its_folder
 
 
 def test_a_service_logging_in_as_the_master_user_is_named(mapper: Mapper, tmp_path: Path) -> None:
-    def local(task: Task, user: str) -> Local:
+    def local(service: str, user: str | None) -> Local:
         url = f"postgresql+psycopg2://{user}:pw@127.0.0.1:15432/metrics"
-        return Local(task.containers[0], [], {"DATABASE_URL": url}, tmp_path, {}, None, Paths({}))
+        env = {"DATABASE_URL": url} if user else {}
+        container = mapper.deployment.tasks[service].containers[0]
+        return Local(container, [], env, tmp_path, {}, None, Paths({}))
 
-    worker, mlflow = mapper.deployment.tasks["worker"], mapper.deployment.tasks["mlflow"]
     rehearsal = SimpleNamespace(
         deployment=mapper.deployment,
         mapper=mapper,
         master_users=["churnops"],
         report=SimpleNamespace(facts={}),
         local={
-            "worker/worker": local(worker, "churnops_flow"),
-            "mlflow/mlflow": local(mlflow, "x"),
+            "worker/worker": local("worker", "churnops_flow"),
+            "mlflow/mlflow": local("mlflow", "x"),
+            "prefect-server/prefect-server": local("prefect-server", None),
         },
     )
-    rehearsal.local["prefect-server/prefect-server"] = Local(
-        mapper.deployment.tasks["prefect-server"].containers[0],
-        [],
-        {},
-        tmp_path,
-        {},
-        None,
-        Paths({}),
-    )
-    preflight.check_database_logins(rehearsal)
+    checks.check_database_logins(rehearsal)
     assert (
         rehearsal.report.facts["database logins"]
         == "mlflow/mlflow as x, worker/worker as churnops_flow"
     )
-    rehearsal.local["mlflow/mlflow"] = local(mlflow, "churnops")
+    rehearsal.local["mlflow/mlflow"] = local("mlflow", "churnops")
     with pytest.raises(WiringError, match=r"container mlflow/mlflow logs in .* as the master user"):
-        preflight.check_database_logins(rehearsal)
+        checks.check_database_logins(rehearsal)

@@ -9,7 +9,7 @@ APIs, as ECS and Lambda would see it, not from terraform's state file.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from terraform.scripts.tf_local import REGION, emulator_client
@@ -119,7 +119,6 @@ class Rule:
     """A load-balancer listener rule (or its default action), in evaluation order."""
 
     hosts: tuple[str, ...]
-    paths: tuple[str, ...]
     #: the action a request ends in: ("forward", target group ARN) or ("fixed-response", code)
     outcome: tuple[str, str]
     authenticated: bool
@@ -178,12 +177,11 @@ class Deployment:
     bucket: str
     notification: list[dict[str, Any]] = field(default_factory=list)
 
-    def service_of_target_group(self, arn: str) -> tuple[str, str, int]:
-        """(service, container, port) behind a target group."""
+    def service_of_target_group(self, arn: str) -> tuple[str, int]:
+        """(service, container port) behind a target group."""
         for task in self.tasks.values():
             if arn in task.target_groups:
-                container, port = task.target_groups[arn]
-                return task.service, container, port
+                return task.service, task.target_groups[arn][1]
         raise WiringError(f"target group {arn} has no ECS service behind it")
 
 
@@ -198,9 +196,7 @@ def read(
     for run in one_off:
         definition = ecs.describe_task_definition(taskDefinition=run["task_definition"])
         service = {"serviceName": run["container"]}
-        tasks[run["container"]] = replace(
-            _task(service, definition["taskDefinition"]), one_off=True
-        )
+        tasks[run["container"]] = _task(service, definition["taskDefinition"], one_off=True)
     discovery, namespaces = read_discovery(aws, tasks)
     balancers, health = read_load_balancers(aws)
     return Deployment(
@@ -212,7 +208,9 @@ def read(
         database=read_database(aws),
         function=read_function(aws, function_name),
         bucket=bucket,
-        notification=read_notification(aws, bucket),
+        notification=aws.client("s3")
+        .get_bucket_notification_configuration(Bucket=bucket)
+        .get("LambdaFunctionConfigurations", []),
     )
 
 
@@ -230,7 +228,7 @@ def read_tasks(aws: Aws) -> dict[str, Task]:
     return tasks
 
 
-def _task(service: dict[str, Any], definition: dict[str, Any]) -> Task:
+def _task(service: dict[str, Any], definition: dict[str, Any], one_off: bool = False) -> Task:
     name = service["serviceName"]
     return Task(
         service=name,
@@ -243,6 +241,7 @@ def _task(service: dict[str, Any], definition: dict[str, Any]) -> Task:
         },
         registries=tuple(r["registryArn"] for r in service.get("serviceRegistries", [])),
         execution_role_arn=definition.get("executionRoleArn"),
+        one_off=one_off,
     )
 
 
@@ -298,15 +297,14 @@ def _priority(rule: dict[str, Any]) -> int:
 
 
 def _rule(raw: dict[str, Any]) -> Rule:
-    hosts: list[str] = []
-    paths: list[str] = []
-    for condition in raw.get("Conditions", []):
-        field_name = condition.get("Field")
-        values = condition.get("Values") or []
-        if field_name == "host-header":
-            hosts += condition.get("HostHeaderConfig", {}).get("Values", values)
-        elif field_name == "path-pattern":
-            paths += condition.get("PathPatternConfig", {}).get("Values", values)
+    hosts = [
+        host
+        for condition in raw.get("Conditions", [])
+        if condition.get("Field") == "host-header"
+        for host in condition.get("HostHeaderConfig", {}).get(
+            "Values", condition.get("Values") or []
+        )
+    ]
     actions = sorted(raw.get("Actions", []), key=lambda a: a.get("Order", 0))
     last = actions[-1] if actions else {"Type": "none"}
     if last["Type"] == "forward":
@@ -318,7 +316,6 @@ def _rule(raw: dict[str, Any]) -> Rule:
         outcome = (last["Type"], str(last.get("FixedResponseConfig", {}).get("StatusCode", "")))
     return Rule(
         hosts=tuple(hosts),
-        paths=tuple(paths),
         outcome=outcome,
         authenticated=any(a["Type"].startswith("authenticate") for a in actions),
     )
@@ -352,59 +349,29 @@ def read_function(aws: Aws, name: str) -> Function | None:
     )
 
 
-def read_notification(aws: Aws, bucket: str) -> list[dict[str, Any]]:
-    config = aws.client("s3").get_bucket_notification_configuration(Bucket=bucket)
-    return config.get("LambdaFunctionConfigurations", [])
-
-
 # ---------------------------------------------------------------------------- secrets
 def secret_value(aws: Aws, value_from: str, where: str) -> str:
-    """What ECS injects for a ``valueFrom``: a Secrets Manager secret (whole, or one JSON
-    key with the ``arn:...:secret:name:json-key:version-stage:version-id`` form) or an SSM
-    parameter. A WiringError names ``where`` (the container and variable) and why."""
-    if ":ssm:" in value_from or not value_from.startswith("arn:"):
-        name = (
-            value_from.split(":parameter", 1)[-1] if value_from.startswith("arn:") else value_from
-        )
-        try:
-            reply = aws.client("ssm").get_parameter(Name=name, WithDecryption=True)
-        except aws.client("ssm").exceptions.ParameterNotFound:
-            raise WiringError(f"{where}: valueFrom {value_from}: no such SSM parameter") from None
-        return reply["Parameter"]["Value"]
+    """What ECS injects for a Secrets Manager ``valueFrom``: the whole secret, or one JSON key
+    (``arn:...:secret:name:json-key::``). A WiringError names ``where`` and why."""
     parts = value_from.split(":")
     arn, json_key = ":".join(parts[:7]), (parts[7] if len(parts) > 7 else "")
-    stage = parts[8] if len(parts) > 8 and parts[8] else None
-    version = parts[9] if len(parts) > 9 and parts[9] else None
-    text = _secret_string(aws, arn, stage, version, f"{where}: valueFrom {value_from}")
+    where = f"{where}: valueFrom {value_from}"
+    sm = aws.client("secretsmanager")
+    try:
+        text = sm.get_secret_value(SecretId=arn)["SecretString"]
+    except sm.exceptions.ResourceNotFoundException:
+        raise WiringError(f"{where}: no such secret (or no value) in Secrets Manager") from None
+    except KeyError:
+        raise WiringError(f"{where}: the secret holds binary data, ECS injects text only") from None
     if not json_key:
         return text
     try:
         document = json.loads(text)
     except ValueError:
         raise WiringError(
-            f"{where}: valueFrom {value_from} asks for JSON key {json_key!r}"
-            " but the secret is not JSON"
+            f"{where} asks for JSON key {json_key!r} but the secret is not JSON"
         ) from None
     if not isinstance(document, dict) or json_key not in document:
         keys = ", ".join(sorted(document)) if isinstance(document, dict) else "none"
-        raise WiringError(
-            f"{where}: valueFrom {value_from}: the secret has no JSON key {json_key!r}"
-            f" (keys: {keys})"
-        )
+        raise WiringError(f"{where}: the secret has no JSON key {json_key!r} (keys: {keys})")
     return str(document[json_key])
-
-
-def _secret_string(aws: Aws, arn: str, stage: str | None, version: str | None, where: str) -> str:
-    sm = aws.client("secretsmanager")
-    options: dict[str, str] = {"SecretId": arn}
-    if stage:
-        options["VersionStage"] = stage
-    if version:
-        options["VersionId"] = version
-    try:
-        reply = sm.get_secret_value(**options)
-    except sm.exceptions.ResourceNotFoundException:
-        raise WiringError(f"{where}: no such secret (or no value) in Secrets Manager") from None
-    if "SecretString" not in reply:
-        raise WiringError(f"{where}: the secret holds binary data, ECS injects text only")
-    return reply["SecretString"]

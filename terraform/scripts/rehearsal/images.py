@@ -94,21 +94,9 @@ def facts(dockerfile: Path) -> Facts:
 
 def _instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, argument) pairs, continuation lines joined, comments dropped."""
-    lines, current = [], ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not current and (not line or line.startswith("#")):
-            continue
-        if line.endswith("\\"):
-            current += line[:-1] + " "
-            continue
-        lines.append(current + line)
-        current = ""
-    pairs = []
-    for line in lines:
-        instruction, _, argument = line.partition(" ")
-        pairs.append((instruction.upper(), argument.strip()))
-    return pairs
+    lines = [line.strip() for line in re.sub(r"\\[ \t]*\n[ \t]*", " ", text).splitlines()]
+    pairs = [line.partition(" ") for line in lines if line and not line.startswith("#")]
+    return [(instruction.upper(), argument.strip()) for instruction, _, argument in pairs]
 
 
 def _env_pairs(argument: str) -> dict[str, str]:

@@ -141,7 +141,7 @@ class Mapper:
                     f"{where}: the load balancer answers {scheme}://{host}:{wanted} itself"
                     f" ({kind} {detail}), it forwards it to no service"
                 )
-            service, _container, target_port = self.deployment.service_of_target_group(detail)
+            service, target_port = self.deployment.service_of_target_group(detail)
             target = self._service_port(service, target_port, "http", where)
             signed = ", behind sign-in" if rule.authenticated else ""
             return Target(

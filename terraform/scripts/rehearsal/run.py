@@ -19,16 +19,16 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from psycopg2 import sql
 
-from churnops.platform.services import free_port
-from terraform.scripts.rehearsal import checks, containers, images, preflight
+from churnops.platform.services import free_port, stop_group
+from terraform.scripts.rehearsal import checks, containers, images
 from terraform.scripts.rehearsal.deployment import (
     Aws,
     Deployment,
@@ -38,7 +38,6 @@ from terraform.scripts.rehearsal.deployment import (
     read,
 )
 from terraform.scripts.rehearsal.mapping import LOOPBACK, Mapper
-from terraform.scripts.rehearsal.processes import Process, Supervisor
 from terraform.scripts.rehearsal.services import connect, database_port, healthy
 
 SCRIPTS = Path(__file__).resolve().parents[1]
@@ -48,6 +47,31 @@ TRAINING_FILE = "customer_churn_0.csv"
 INIT_TIMEOUT = 180.0
 HEALTH_TIMEOUT = 240.0
 TRAIN_TIMEOUT = 300.0
+
+
+@dataclass
+class Process:
+    """A container as a local process in its own session (stopping it stops its group)."""
+
+    label: str
+    popen: subprocess.Popen
+    log: Path
+
+    def tail(self, lines: int = 30) -> str:
+        """The end of its output, indented, for a failure message."""
+        try:
+            last = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            last = []
+        return "\n".join(f"    {line}" for line in last) or "    (no output)"
+
+    def wait(self, timeout: float) -> int | None:
+        """Its exit code, or None (and it is stopped) when it ran longer than ``timeout``."""
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop_group(self.popen, 10)
+            return None
 
 
 class RehearsalFailed(RuntimeError):
@@ -102,7 +126,6 @@ class Rehearsal:
             outputs["lambda_function_name"],
             tuple(outputs[k] for k in ("db_bootstrap_task",) if k in outputs),
         )
-        self.supervisor = Supervisor(self.root / "logs")
         self.processes: dict[str, Process] = {}
         self.local: dict[str, containers.Local] = {}
         self.cleanups: list[Any] = []
@@ -116,11 +139,16 @@ class Rehearsal:
         try:
             self._step("database", self.provision_database)
             self._step("containers", self.prepare_containers)
-            self._step("secrets' permissions", lambda: preflight.check_secret_permissions(self))
-            self._step("runner settings", lambda: preflight.check_runner_settings(self))
-            self._step("database logins", lambda: preflight.check_database_logins(self))
+            self._step("secrets' permissions", lambda: checks.check_secret_permissions(self))
+            self._step("runner settings", lambda: checks.check_runner_settings(self))
+            self._step("database logins", lambda: checks.check_database_logins(self))
             self._step("init containers", self.run_inits)
-            self._step("database bootstrap", self.bootstrap_database)
+            # post_apply.py database, before the services need their roles (on AWS they
+            # retry until it has run).
+            self._step(
+                "database bootstrap",
+                lambda: self.run_one_off("db_bootstrap_task", "the database bootstrap"),
+            )
             self._step("servers", self.start_servers)
             self._step("workers", self.start_workers)
             # A first apply has no model yet: the runner must start without one.
@@ -134,7 +162,8 @@ class Rehearsal:
         finally:
             notes = self.mapper.notes if hasattr(self, "mapper") else []
             self.report.mapped = list(dict.fromkeys(notes))
-            self.supervisor.stop_all()
+            for process in reversed(self.processes.values()):
+                stop_group(process.popen, 10)
             for cleanup in reversed(self.cleanups):
                 with contextlib.suppress(Exception):
                     cleanup()
@@ -156,7 +185,7 @@ class Rehearsal:
         """What RDS creates: the master user (not a superuser: CREATEDB, CREATEROLE) with its
         password, owning the instance's first database."""
         db = self.deployment.database
-        users, password, source = preflight.master_login(self.aws, self.deployment)
+        users, password, source = checks.master_login(self.aws, self.deployment)
         self.master_users = users
         with connect(self.admin_url) as conn, conn.cursor() as cur:
             for user in users:
@@ -223,21 +252,22 @@ class Rehearsal:
             [(t, name) for t in self.deployment.tasks.values() for name in t.waited_for()],
         )
 
-    def _run_to_end(self, task: Task, name: str, errors: list[str]) -> None:
+    def _run_to_end(self, task: Task, name: str) -> None:
         local = self.local[task.container(name).label]
         if local.skipped:
-            errors.append(
+            raise WiringError(
                 f"container {local.label}: its image {images.repository(local.container.image)}"
                 f" cannot run here ({local.skipped}), yet another container waits for it"
             )
-            return
+        self._run_to_exit(local, f"container {local.label}")
+
+    def _run_to_exit(self, local: containers.Local, what: str) -> None:
         began = time.monotonic()
         process = self._start(local)
-        code = self.supervisor.wait(process, INIT_TIMEOUT)
+        code = process.wait(INIT_TIMEOUT)
         if code != 0:
-            what = f"exited with {code}" if code is not None else f"ran over {INIT_TIMEOUT:.0f}s"
-            errors.append(f"container {local.label} {what}; its output ends:\n{process.tail()}")
-            return
+            ended = f"exited with {code}" if code is not None else f"ran over {INIT_TIMEOUT:.0f}s"
+            raise WiringError(f"{what} {ended}; its output ends:\n{process.tail()}")
         self.report.ran[local.label] = f"exited 0 after {time.monotonic() - began:.1f}s"
 
     def start_servers(self) -> None:
@@ -251,13 +281,6 @@ class Rehearsal:
     def services(self) -> list[Task]:
         return [t for t in self.deployment.tasks.values() if not t.one_off]
 
-    def bootstrap_database(self) -> None:
-        """post_apply.py database: the one-off task db-init, before the services need
-        their roles (on AWS they retry until it has run)."""
-        if "db_bootstrap_task" not in self.applied.outputs:
-            raise WiringError("no terraform output db_bootstrap_task (post_apply.py database)")
-        self.run_one_off(self.applied.outputs["db_bootstrap_task"], "the database bootstrap")
-
     def _start_tasks(self, tasks: list[Task]) -> None:
         waiting = []
         for task in tasks:
@@ -269,13 +292,22 @@ class Rehearsal:
         _in_parallel(self._wait_healthy, waiting)
 
     def _start(self, local: containers.Local) -> Process:
-        process = self.supervisor.start(local.label, local.argv, local.env, local.cwd)
-        self.processes[local.label] = process
-        return process
+        log = self.root / "logs" / f"{local.label.replace('/', '.')}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                local.argv,
+                env=local.env,
+                cwd=local.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes[local.label] = Process(local.label, popen, log)
+        return self.processes[local.label]
 
-    def _wait_healthy(
-        self, task: Task, local: containers.Local, process: Process, errors: list[str]
-    ) -> None:
+    def _wait_healthy(self, task: Task, local: containers.Local, process: Process) -> None:
         began = time.monotonic()
         checks = self._health_checks(task, local)
         deadline = began + HEALTH_TIMEOUT
@@ -283,11 +315,10 @@ class Rehearsal:
         last: dict[str, str] = {}
         while pending and time.monotonic() < deadline:
             if process.popen.poll() is not None:
-                errors.append(
+                raise WiringError(
                     f"container {local.label} exited with {process.popen.returncode};"
                     f" its output ends:\n{process.tail()}"
                 )
-                return
             for name, check in list(pending.items()):
                 ok, last[name] = check()
                 if ok:
@@ -295,11 +326,10 @@ class Rehearsal:
             time.sleep(1)
         if pending:
             failing = "; ".join(f"{name} last said {last.get(name)}" for name in pending)
-            errors.append(
+            raise WiringError(
                 f"container {local.label} not healthy after {HEALTH_TIMEOUT:.0f}s: {failing};"
                 f" its output ends:\n{process.tail()}"
             )
-            return
         names = ", ".join(checks) or "running (no health check defined)"
         self.report.ran[local.label] = f"healthy after {time.monotonic() - began:.1f}s: {names}"
 
@@ -353,13 +383,14 @@ class Rehearsal:
         self._run_checked(
             "post_apply.py env", [*post_apply, "env", str(outputs), "--env-file", str(env_file)]
         )
-        if "deployments_task" not in self.applied.outputs:
-            raise WiringError("no terraform output deployments_task (post_apply.py deployments)")
-        self.run_one_off(self.applied.outputs["deployments_task"], "the deployments' registration")
+        self.run_one_off("deployments_task", "the deployments' registration")
 
-    def run_one_off(self, task: dict[str, Any], what: str) -> None:
-        """post_apply.py's RunTask of a task definition, its container's command overridden
-        when the output names one; here that container, locally."""
+    def run_one_off(self, output: str, what: str) -> None:
+        """post_apply.py's RunTask of the task definition terraform output ``output`` names,
+        its container's command overridden when the output names one; here that container."""
+        if output not in self.applied.outputs:
+            raise WiringError(f"no terraform output {output} ({what}, post_apply.py)")
+        task = self.applied.outputs[output]
         definition = task["task_definition"]
         owners = [t for t in self.deployment.tasks.values() if definition in _names_of(t)]
         if not owners:
@@ -369,16 +400,8 @@ class Rehearsal:
         if task.get("command"):
             local = containers.with_command(local, task["command"], self.mapper)
             local.container = replace(container, name=f"{container.name}-run")
-        began = time.monotonic()
-        process = self._start(local)
-        code = self.supervisor.wait(process, INIT_TIMEOUT)
-        if code != 0:
-            command = " ".join(task.get("command") or local.container.command or [])
-            raise WiringError(
-                f"{what} ({command} in {local.label})"
-                f" ended with {code}; its output ends:\n{process.tail()}"
-            )
-        self.report.ran[local.label] = f"exited 0 after {time.monotonic() - began:.1f}s"
+        command = " ".join(task.get("command") or local.container.command or [])
+        self._run_to_exit(local, f"{what} ({command} in {local.label})")
 
     def _run_checked(self, what: str, argv: list[str]) -> None:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
@@ -461,13 +484,10 @@ class Rehearsal:
 
 
 def _in_parallel(target: Any, jobs: list[tuple[Any, ...]]) -> None:
-    """``target(*job, errors)`` for every job at once; one WiringError with every error."""
-    errors: list[str] = []
-    threads = [threading.Thread(target=target, args=(*job, errors)) for job in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    """``target(*job)`` for every job at once; one WiringError with every job's."""
+    with ThreadPoolExecutor(max(1, len(jobs))) as pool:
+        futures = [pool.submit(target, *job) for job in jobs]
+    errors = [str(f.exception()) for f in futures if f.exception() is not None]
     if errors:
         raise WiringError("\n".join(errors))
 

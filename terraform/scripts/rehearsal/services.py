@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -30,9 +31,7 @@ class PrefectApi:
     def __init__(self, env: dict[str, str]) -> None:
         self.url = env["PREFECT_API_URL"].rstrip("/")
         self.headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if env.get("PREFECT_API_KEY"):
-            self.headers["Authorization"] = f"Bearer {env['PREFECT_API_KEY']}"
-        elif env.get("PREFECT_API_AUTH_STRING"):
+        if env.get("PREFECT_API_AUTH_STRING"):
             token = base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
             self.headers["Authorization"] = f"Basic {token}"
 
@@ -44,9 +43,6 @@ class PrefectApi:
         with urllib.request.urlopen(request, timeout=30) as response:
             payload = response.read()
         return json.loads(payload) if payload else None
-
-    def flow_run(self, run_id: str) -> dict[str, Any]:
-        return self.call("GET", f"/flow_runs/{run_id}")
 
     def deployment(self, name: str) -> dict[str, Any]:
         flow, _, deployment = name.partition("/")
@@ -65,7 +61,7 @@ class PrefectApi:
         """The flow run once it has ended, or None after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = self.flow_run(run_id)
+            run = self.call("GET", f"/flow_runs/{run_id}")
             if (run.get("state") or {}).get("type") in TERMINAL:
                 return run
             time.sleep(1)
@@ -85,27 +81,17 @@ def login_of(url: str) -> str:
     return urlsplit(url).username or "?"
 
 
-def _libpq(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme.split('+', 1)[0]}{sep}{rest}"
-
-
 @contextlib.contextmanager
-def connect(url: str) -> Iterator[Any]:
-    """An autocommit connection from a SQLAlchemy or libpq URL."""
-    conn = psycopg2.connect(_libpq(url), connect_timeout=10)
-    conn.autocommit = True
-    with contextlib.closing(conn):
-        yield conn
-
-
-@contextlib.contextmanager
-def connect_kw(login: dict[str, Any]) -> Iterator[Any]:
-    """An autocommit connection from libpq keywords; a failed login is a WiringError."""
+def connect(url: str = "", **login: Any) -> Iterator[Any]:
+    """An autocommit connection from a SQLAlchemy or libpq URL, or from libpq keywords;
+    a failed login is a WiringError."""
     try:
-        conn = psycopg2.connect(connect_timeout=10, **login)
+        conn = psycopg2.connect(
+            re.sub(r"^(\w+)\+\w+://", r"\1://", url), connect_timeout=10, **login
+        )
     except psycopg2.OperationalError as exc:
-        raise WiringError(f"login {login['user']} to {login['dbname']} failed: {exc}") from None
+        who = login.get("user") or login_of(url)
+        raise WiringError(f"login {who} to {login.get('dbname') or url} failed: {exc}") from None
     conn.autocommit = True
     with contextlib.closing(conn):
         yield conn
@@ -121,15 +107,8 @@ def healthy(url: str, codes: str = "200-399") -> tuple[bool, str]:
         status = exc.code
     except OSError as exc:
         return False, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-    return _matches(status, codes), f"HTTP {status}"
-
-
-def _matches(status: int, codes: str) -> bool:
-    for part in codes.split(","):
-        low, _, high = part.strip().partition("-")
-        if int(low) <= status <= int(high or low):
-            return True
-    return False
+    ranges = [part.strip().partition("-") for part in codes.split(",")]
+    return any(int(low) <= status <= int(high or low) for low, _, high in ranges), f"HTTP {status}"
 
 
 def s3_event(
