@@ -16,8 +16,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from churnops.platform.services import free_port, terminate_groups
 
@@ -102,6 +103,36 @@ def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
     endpoint = f"http://127.0.0.1:{port}"
     wait_for_http(f"{endpoint}/moto-api/", proc)
     return proc, endpoint
+
+
+#: What terraform says when its provider retried an AuthorizeSecurityGroup call that a
+#: loaded moto had already carried out: the rule "already exists". The rule is in moto
+#: but in no state, so a second apply on that server fails alike; a fresh one does not.
+EMULATOR_RETRY_RACE = "InvalidPermission.Duplicate"
+
+T = TypeVar("T")
+
+
+def on_fresh_moto(
+    log_path: Path,
+    apply: Callable[[str, str], T],
+    started: Callable[[subprocess.Popen], None],
+) -> T:
+    """``apply(endpoint, attempt)`` against a moto server of its own; once more on a fresh
+    server (``attempt`` "again") when it failed with :data:`EMULATOR_RETRY_RACE` only.
+
+    ``started`` gets each server as it starts: the caller stops the last one, which stays
+    running after a success or any other failure (its state is what a destroy needs)."""
+    for attempt in ("first", "again"):
+        proc, endpoint = start_moto(log_path)
+        started(proc)
+        try:
+            return apply(endpoint, attempt)
+        except RuntimeError as exc:
+            if attempt == "again" or EMULATOR_RETRY_RACE not in str(exc):
+                raise
+        terminate_groups([proc.pid], grace=5.0)
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
@@ -233,13 +264,28 @@ def destroy(module_dir: Path, env: dict[str, str], *extra: str, capture: bool = 
 
 
 def up(workdir: Path, endpoint: str | None) -> None:
+    """Apply against ``endpoint``, or a moto started here (:func:`on_fresh_moto`); the
+    state file tells `down` what to destroy against and what to stop."""
     workdir.mkdir(parents=True, exist_ok=True)
-    state = {}
-    if endpoint is None:
-        proc, endpoint = start_moto(workdir / "moto.log")
-        state["moto_pid"] = proc.pid
-    state["endpoint"] = endpoint
-    (workdir / "emulator.json").write_text(json.dumps(state))
+    state: dict[str, object] = {}
+
+    def record(**fields: object) -> None:
+        state.update(fields)
+        (workdir / "emulator.json").write_text(json.dumps(state))
+
+    def apply(endpoint: str, attempt: str = "first") -> None:
+        record(endpoint=endpoint)
+        if attempt == "again":  # the first attempt's state names another server's resources
+            shutil.rmtree(workdir / "terraform")
+        _apply(workdir, endpoint)
+
+    if endpoint is not None:
+        apply(endpoint)
+    else:
+        on_fresh_moto(workdir / "moto.log", apply, lambda proc: record(moto_pid=proc.pid))
+
+
+def _apply(workdir: Path, endpoint: str) -> None:
     cli_config = write_cli_config(workdir / "terraform.rc")
     module_dir = prepare_workdir(workdir, endpoint, emulator_tfvars(create_network(endpoint)))
     env = emulator_env(endpoint, cli_config)

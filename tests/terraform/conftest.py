@@ -81,11 +81,6 @@ class Deployment:
         return tf_local.emulator_client(self.endpoint, service)
 
 
-#: What terraform says when its provider retried an AuthorizeSecurityGroup call that a
-#: loaded moto had already carried out: the rule "already exists".
-EMULATOR_RETRY_RACE = "InvalidPermission.Duplicate"
-
-
 class _EarlyApply:
     """``terraform init`` and ``apply`` on a moto server of their own, in a thread.
 
@@ -119,25 +114,19 @@ class _EarlyApply:
         return deployment
 
     def _apply(self) -> Deployment:
-        """Apply; once more on a fresh moto server if the provider retried a call that moto
-        had done (:data:`EMULATOR_RETRY_RACE`: the same load race as the destroy's, but
-        the rule it made is in no state, so a second apply on that server fails alike)."""
+        """Apply on a moto server of its own (a fresh one after the emulator's retry race)."""
         cli_config = tf_local.write_cli_config(self.root / "terraform.rc")
-        try:
-            return self._apply_on_new_moto(self.root / "work", cli_config)
-        except RuntimeError as exc:
-            if EMULATOR_RETRY_RACE not in str(exc):
-                raise
-        assert self.moto is not None
-        stop_group(self.moto, 5)
-        return self._apply_on_new_moto(self.root / "again", cli_config)
 
-    def _apply_on_new_moto(self, workdir: Path, cli_config: Path) -> Deployment:
-        self.moto, endpoint = tf_local.start_moto(self.root / "moto.log")
-        deployment = Deployment(endpoint, workdir, cli_config, {})
-        deployment.tf("init", "-input=false", "-no-color")
-        deployment.apply()
-        return deployment
+        def apply(endpoint: str, attempt: str) -> Deployment:
+            deployment = Deployment(endpoint, self.root / attempt, cli_config, {})
+            deployment.tf("init", "-input=false", "-no-color")
+            deployment.apply()
+            return deployment
+
+        def started(proc: subprocess.Popen) -> None:
+            self.moto = proc
+
+        return tf_local.on_fresh_moto(self.root / "moto.log", apply, started)
 
     def close(self) -> None:
         """Wait for the destroy (begun here if no test did), stop moto."""

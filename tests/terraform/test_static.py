@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from churnops.platform.services import terminate_groups
+
 from .conftest import REPO, TERRAFORM_DIR, tf_local
 
 SKIP_RE = re.compile(r"#\s*checkov:skip=([A-Z0-9_]+)(:?)(.*)")
@@ -124,3 +128,32 @@ def test_the_provider_lock_is_committed_and_pins_the_aws_provider() -> None:
     assert re.search(r'provider "registry.terraform.io/hashicorp/aws" \{\s+version\s+= "5\.', text)
     assert re.search(r'"h1:[A-Za-z0-9+/=]{44}"', text)
     assert tf_local.COPY_IGNORE(str(TERRAFORM_DIR), [lock.name]) == set()
+
+
+def test_only_the_emulators_retry_race_applies_again_and_on_a_fresh_moto(tmp_path: Path) -> None:
+    """The provider's retried AuthorizeSecurityGroup fails a loaded moto's apply; that
+    error alone starts one more apply, on a new server, the old one stopped."""
+    servers: list[subprocess.Popen] = []
+    tried: list[tuple[str, str]] = []
+
+    def race_once(endpoint: str, attempt: str) -> str:
+        tried.append((endpoint, attempt))
+        if attempt == "first":
+            raise RuntimeError(f"apply failed\n{tf_local.EMULATOR_RETRY_RACE}: rule exists")
+        return endpoint
+
+    def denied(endpoint: str, attempt: str) -> str:
+        raise RuntimeError("apply failed\nAccessDenied")
+
+    log = tmp_path / "moto.log"
+    try:
+        endpoint = tf_local.on_fresh_moto(log, race_once, servers.append)
+        assert [attempt for _, attempt in tried] == ["first", "again"]
+        assert endpoint == tried[1][0] != tried[0][0]
+        assert servers[0].wait(timeout=10) is not None and servers[1].poll() is None
+
+        with pytest.raises(RuntimeError, match="AccessDenied"):
+            tf_local.on_fresh_moto(log, denied, servers.append)
+        assert len(servers) == 3 and servers[2].poll() is None  # left for the destroy
+    finally:
+        terminate_groups([server.pid for server in servers], grace=5.0)
