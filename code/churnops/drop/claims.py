@@ -160,53 +160,36 @@ class ClaimRefused(Exception):
 
 def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: str = "") -> Claim:
     """Take ``key`` (an input file, or a run in processing/ to re-drive) for this process;
-    :class:`ClaimRefused` when it is gone, or held by a live attempt. Of two claimers of
-    one attempt, exactly one creates its claim file."""
+    :class:`ClaimRefused` when it is gone, or held by a live attempt."""
     parts = split_run_key(key)
     if parts is None:
-        dropped = name_from_key(key)
+        name = name_from_key(key)
         info = storage.stat(key)
         if info is None:
-            raise ClaimRefused(f"{dropped!r} is no longer in input/ (taken by a run, or removed)")
-        run, name = run_id(dropped, info.version, info.modified), run_name(dropped)
-        source, version = key, info.version
+            raise ClaimRefused(f"{name!r} is no longer in input/ (taken by a run, or removed)")
+        run, kept = run_id(name, info.version, info.modified), run_name(name)
         previous = latest_lease(storage, run)
         if previous and previous.ended(_now(), lease_seconds):
-            _finish_move_in(storage, run, name, key, version)
-    else:
-        stage, run, name = parts
-        if stage != "processing":
-            raise ClaimRefused(f"{key} is in {stage}/: that run has ended")
-        previous = latest_lease(storage, run)
-        source = previous.source_key if previous else stage_key("input", name)
-        version = previous.source_version if previous else ""
-    if previous and not previous.ended(_now(), lease_seconds):
-        raise ClaimRefused(f"run {run} is being worked on (attempt {previous.attempt})")
-    attempt = previous.attempt + 1 if previous else 1
-    lease = Lease(
-        run=run,
-        attempt=attempt,
-        name=name,
-        source_key=source,
-        host=HOST,
-        pid=os.getpid(),
-        state="running",
-        heartbeat=_now().isoformat(),
-        flow_run_id=flow_run_id,
-        source_version=version,
-    )
-    try:
-        storage.create(lease.key, lease.to_json())
-    except ObjectExists:
-        raise ClaimRefused(f"attempt {attempt} of run {run} was taken by another run") from None
-    processing_key = run_key("processing", run, name)
-    if parts is None:
+            _finish_move_in(storage, run, kept, key, info.version)
+        lease = _next_attempt(
+            storage, previous, run, kept, key, lease_seconds, flow_run_id, info.version
+        )
+        processing_key = run_key("processing", run, kept)
         try:
-            storage.move(key, processing_key, version=version)
+            storage.move(key, processing_key, version=info.version)
         except FileNotFoundError:
             release(storage, lease, "done", "the file left input/ before it could be moved")
-            raise ClaimRefused(f"{name!r} left input/ before it could be moved") from None
-    elif version and (info := storage.stat(source)) is not None and info.version == version:
+            raise ClaimRefused(f"{kept!r} left input/ before it could be moved") from None
+        return Claim(lease, processing_key)
+    stage, run, name = parts
+    if stage != "processing":
+        raise ClaimRefused(f"{key} is in {stage}/: that run has ended")
+    previous = latest_lease(storage, run)
+    source = previous.source_key if previous else stage_key("input", name)
+    version = previous.source_version if previous else ""
+    lease = _next_attempt(storage, previous, run, name, source, lease_seconds, flow_run_id, version)
+    processing_key = run_key("processing", run, name)
+    if version and (info := storage.stat(source)) is not None and info.version == version:
         storage.move(source, processing_key, version=version)  # the copy is there: source goes
     return Claim(lease, processing_key)
 
@@ -221,6 +204,39 @@ def _finish_move_in(storage: DropStorage, run: str, name: str, key: str, version
                 f"{name!r} is already in {stage}/{run}/: removed the copy a cut-short move "
                 "left in input/"
             )
+
+
+def _next_attempt(
+    storage: DropStorage,
+    previous: Lease | None,
+    run: str,
+    name: str,
+    source: str,
+    lease_seconds: float,
+    flow_run_id: str,
+    source_version: str,
+) -> Lease:
+    """Create the claim file of the run's next attempt: exactly one claimer wins it."""
+    if previous and not previous.ended(_now(), lease_seconds):
+        raise ClaimRefused(f"run {run} is being worked on (attempt {previous.attempt})")
+    attempt = previous.attempt + 1 if previous else 1
+    lease = Lease(
+        run=run,
+        attempt=attempt,
+        name=name,
+        source_key=source,
+        host=HOST,
+        pid=os.getpid(),
+        state="running",
+        heartbeat=_now().isoformat(),
+        flow_run_id=flow_run_id,
+        source_version=source_version,
+    )
+    try:
+        storage.create(lease.key, lease.to_json())
+    except ObjectExists:
+        raise ClaimRefused(f"attempt {attempt} of run {run} was taken by another run") from None
+    return lease
 
 
 def release(
