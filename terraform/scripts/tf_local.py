@@ -241,10 +241,15 @@ def prepare_workdir(workdir: Path, endpoint: str, tfvars: dict[str, object]) -> 
 
 
 def terraform(module_dir: Path, env: dict[str, str], *args: str, capture: bool = False) -> str:
+    """Run terraform; uncaptured, its progress streams and its errors are still kept: the
+    error raised names them (what :func:`on_fresh_moto` reads)."""
     cmd = ["terraform", f"-chdir={module_dir}", *args]
-    result = subprocess.run(cmd, env=env, check=False, text=True, capture_output=capture)
+    out = subprocess.PIPE if capture else None
+    result = subprocess.run(cmd, env=env, text=True, stdout=out, stderr=subprocess.PIPE)
+    if not capture:
+        sys.stderr.write(result.stderr)
     if result.returncode != 0:
-        detail = f"\n{result.stdout}\n{result.stderr}" if capture else ""
+        detail = "".join(f"\n{part}" for part in (result.stdout, result.stderr) if part)
         raise RuntimeError(f"{' '.join(args[:1])} failed with {result.returncode}{detail}")
     return result.stdout if capture else ""
 

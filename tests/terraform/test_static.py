@@ -157,3 +157,20 @@ def test_only_the_emulators_retry_race_applies_again_and_on_a_fresh_moto(tmp_pat
         assert len(servers) == 3 and servers[2].poll() is None  # left for the destroy
     finally:
         terminate_groups([server.pid for server in servers], grace=5.0)
+
+
+def test_terraforms_errors_are_named_whether_or_not_its_output_is_captured(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`make apply-local` streams terraform's progress; the error raised must still carry
+    terraform's stderr, which is what the retry-race rule reads."""
+    fake = tmp_path / "terraform"
+    race = f"{tf_local.EMULATOR_RETRY_RACE}: rule exists"
+    fake.write_text(f"#!/bin/sh\necho planning\necho '{race}' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    for capture in (True, False):
+        with pytest.raises(RuntimeError, match=f"^apply failed with 1\n(planning\n\n)?{race}\n$"):
+            tf_local.terraform(tmp_path, env, "apply", capture=capture)
+    shown = capfd.readouterr()
+    assert (shown.out, shown.err) == ("planning\n", f"{race}\n")  # uncaptured: streamed
