@@ -91,7 +91,8 @@ def connect(url: str = "", **login: Any) -> Iterator[Any]:
         )
     except psycopg2.OperationalError as exc:
         who = login.get("user") or login_of(url)
-        raise WiringError(f"login {who} to {login.get('dbname') or url} failed: {exc}") from None
+        database = login.get("dbname") or urlsplit(url).path.lstrip("/")  # the URL has a password
+        raise WiringError(f"login {who} to {database} failed: {exc}") from None
     conn.autocommit = True
     with contextlib.closing(conn):
         yield conn
