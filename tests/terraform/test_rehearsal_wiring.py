@@ -16,6 +16,7 @@ import boto3
 import pytest
 
 from churnops.drop.keys import decode_event_key
+from churnops.platform.services import free_port
 from terraform.scripts.rehearsal import checks, images, lambda_runtime
 from terraform.scripts.rehearsal import iam as rehearsal_iam
 from terraform.scripts.rehearsal.containers import OWN_PLACES, Local
@@ -33,7 +34,7 @@ from terraform.scripts.rehearsal.deployment import (
     secret_value,
 )
 from terraform.scripts.rehearsal.mapping import Mapper, Paths, command
-from terraform.scripts.rehearsal.services import notification_for, s3_event
+from terraform.scripts.rehearsal.services import connect, notification_for, s3_event
 
 NS = "churnops-emu.internal"
 DB_HOST = "churnops-emu.abc.us-east-1.rds.amazonaws.com"
@@ -282,3 +283,10 @@ def test_a_service_logging_in_as_the_master_user_is_named(mapper: Mapper, tmp_pa
     rehearsal.local["mlflow/mlflow"] = local("mlflow", "churnops")
     with pytest.raises(WiringError, match=r"container mlflow/mlflow logs in .* as the master user"):
         checks.check_database_logins(rehearsal)
+
+
+def test_a_failed_database_login_names_user_and_database_but_never_the_password() -> None:
+    url = f"postgresql+psycopg2://admin:s3cret-pw@127.0.0.1:{free_port('127.0.0.1')}/metrics"
+    with pytest.raises(WiringError, match=r"^login admin to metrics failed") as error, connect(url):
+        pass
+    assert "s3cret-pw" not in str(error.value)
