@@ -59,6 +59,7 @@ def test_keys() -> None:
         *((name_from_key, key, "data/input/") for key in ("data/processing/a.csv", "input/a.csv")),
         *((name_from_key, key, "data/input/") for key in ("data/input/", "data/input/sub/a.csv")),
         *((partial(stage_key, "input"), name, "invalid file name") for name in ("", "x/y", "..")),
+        *((lambda run: run_key("processed", run, "a.csv"), run, "invalid") for run in ("", "..")),
         (lambda stage: stage_key(stage, "a.csv"), "done", "unknown stage 'done'"),
     ],
 )

@@ -83,7 +83,7 @@ def stage_key(stage: Stage, name: str) -> str:
 
 def run_key(stage: Stage, run: str, name: str) -> str:
     """``run_key("processed", "R", "a.csv")`` -> ``"data/processed/R/a.csv"``."""
-    return folder_key(stage, run) + _check_name(name)
+    return folder_key(stage) + f"{_check_name(run)}/{_check_name(name)}"
 
 
 def run_folders(storage: DropStorage, stage: Stage) -> list[str]:
