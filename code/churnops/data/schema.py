@@ -43,15 +43,24 @@ INPUT_COLUMNS: list[str] = [c for c in RAW_COLUMNS.values() if c != TARGET]
 #: The columns scoring adds: no column of a customer file may be named so.
 OUTPUT_COLUMNS: tuple[str, ...] = (PREDICTION, PROBABILITY)
 
-#: Valid ranges. Counts are open-ended (new customers may use the service more than the
-#: training customers did); coded columns take their documented codes. Unlisted: (0, None).
+#: Valid ranges, one per column (a new column without one fails loudly). Counts are
+#: open-ended (new customers may use the service more than the training customers did);
+#: coded columns take their documented codes.
+_UNBOUNDED = None
 _RANGES: dict[str, tuple[float, float | None]] = {
+    "call_failure": (0, _UNBOUNDED),
     "complains": (0, 1),
+    "subscription_length": (0, _UNBOUNDED),
     "charge_amount": (0, 10),
+    "seconds_of_use": (0, _UNBOUNDED),
+    "frequency_of_use": (0, _UNBOUNDED),
+    "frequency_of_sms": (0, _UNBOUNDED),
+    "distinct_called_numbers": (0, _UNBOUNDED),
     "age_group": (1, 5),
     "tariff_plan": (1, 2),
     "status": (1, 2),
     "age": (0, 120),
+    "customer_value": (0, _UNBOUNDED),
     TARGET: (0, 1),
 }
 _FLOAT_COLUMNS = {"customer_value"}
@@ -92,7 +101,7 @@ def clean_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _column(name: str, require: bool) -> pa.Column:
-    low, high = _RANGES.get(name, (0, None))
+    low, high = _RANGES[name]
     check = pa.Check.ge(low) if high is None else pa.Check.in_range(low, high)
     dtype = float if name in _FLOAT_COLUMNS else "int64"
     return pa.Column(dtype, checks=check, nullable=False, coerce=True, required=require)
