@@ -4,7 +4,9 @@ A **call** to a dependency inside a step is tried again while it is down, for at
 :data:`DEPENDENCY_WAIT_SECONDS`; a **run** whose attempt failed stays in ``processing/``
 and the reconciler re-drives it after :data:`RUN`'s wait, :data:`MAX_ATTEMPTS` in all. Not
 Prefect task retries: a step's retry must not outlive the lease, and a run's retry must
-survive the process. Constants, not settings (tests patch them).
+survive the process. Two waits stay outside on purpose: the Lambda's trigger (standard
+library only, within its 30 s timeout) and boto3's own retries inside one S3 request.
+Constants, not settings (tests patch them).
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
 Five groups (drop, model, monitoring, alerts, platform); a function takes the group it
 reads. Each variable is its field's name in upper case, with no group prefix. The
-defaults give the local platform, with all state under ``CHURNOPS_HOME``.
+defaults give the local platform, with all state under ``CHURNOPS_HOME``. Nothing here
+reads the environment at import time. Tunables nobody should change are constants beside
+the code that uses them, not settings.
 
 Prefect's, MLflow's and boto3's clients read their own credentials and endpoints
-(``PREFECT_API_AUTH_STRING``, ``MLFLOW_TRACKING_USERNAME``, ``AWS_ENDPOINT_URL``, ...).
+(``PREFECT_API_AUTH_STRING``, ``MLFLOW_TRACKING_USERNAME``, ``AWS_ENDPOINT_URL``, ...);
+Evidently's is passed by ChurnOps, so it is a setting here.
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 
 The AWS Lambda runs this module: standard library only (with :mod:`churnops.drop.keys`;
 boto3, in the Lambda image, only reads a secret), so the retry loop is written out here.
-The local watcher calls :func:`handle_event` with S3-shaped events. S3 delivers at least
+The local watcher calls :func:`handle_event` with S3-shaped events. The Lambda reads its
+environment (:data:`ENVIRONMENT`) on each call, never at import. S3 delivers at least
 once, so the idempotency key is bucket, key and version (or sequencer). The handler
 raises, so Lambda retries and then dead-letters the event, when Prefect is unreachable or
-refuses the credential; any other problem is the record's ``failed`` outcome.
+refuses the credential or the secret cannot be read; any other problem is the record's
+``failed`` outcome.
 """
 
 from __future__ import annotations

@@ -242,7 +242,8 @@ def _now() -> datetime:
 def make_engine(url: str | URL, timeout: float | None = None) -> Engine:
     """An engine whose every wait is bounded by ``timeout`` seconds: on Postgres the
     connection, each statement and each wait for an answer (:func:`_wait_bounded`: a frozen
-    server answers nothing); SQLite's lock. A bare ``postgresql://`` means psycopg2."""
+    server answers nothing); SQLite's lock. A bare ``postgresql://`` means psycopg2, the driver we
+    install (SQLAlchemy 2.1 would pick psycopg 3)."""
     url = make_url(url)
     timeout = retry.NETWORK_TIMEOUT_SECONDS if timeout is None else timeout
     if url.drivername == "postgresql":
