@@ -20,8 +20,9 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -754,11 +755,9 @@ def test_a_frozen_metrics_database_fails_the_attempt_then_the_file_is_processed(
     world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 2.0)
     world.patch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 1.0)
     key = world.drops.drop("customers.csv", small_file)
-    freezing = postgres_cluster.frozen()
-    try:
-        outcome = world.process(key, _before("record_metrics", freezing.__enter__))
-    finally:
-        freezing.__exit__(None, None, None)
+    with ExitStack() as thawed:  # thawed at the end only if it was frozen
+        freeze = partial(thawed.enter_context, postgres_cluster.frozen())
+        outcome = world.process(key, _before("record_metrics", freeze))
     assert outcome.status == "failed", outcome
     assert "unreachable" in outcome.message
     world.check(settled=False)
@@ -772,11 +771,9 @@ def test_a_frozen_evidently_ui_fails_the_attempt_then_the_file_is_processed(
     _tuned(world, evidently_ui_url=evidently_ui.url, evidently_secret=EVIDENTLY_SECRET)
     world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 2.0)
     key = world.drops.drop("customers.csv", small_file)
-    freezing = evidently_ui.frozen()
-    try:
-        outcome = world.process(key, _before("monitor", freezing.__enter__))
-    finally:
-        freezing.__exit__(None, None, None)
+    with ExitStack() as thawed:  # thawed at the end only if it was frozen
+        freeze = partial(thawed.enter_context, evidently_ui.frozen())
+        outcome = world.process(key, _before("monitor", freeze))
     assert outcome.status == "failed", outcome
     assert "timed out" in outcome.message.lower(), outcome.message
     world.check(settled=False, waiting=True)
