@@ -253,9 +253,9 @@ def _start_runner(platform: Platform) -> None:
     for index in range(count):
         svc.ready_file(settings.home, index).unlink(missing_ok=True)
         command = [svc.bin_path("python"), "-m", "churnops.platform.runner", str(index)]
-        log = settings.home / svc.LOG_DIR / f"runner-{index}.log"
+        log_path = settings.home / svc.LOG_DIR / f"runner-{index}.log"
         runner = svc.Service(
-            f"runner-{index}", command, log, runner_env(settings), f"{url}/deployments"
+            f"runner-{index}", command, log_path, runner_env(settings), f"{url}/deployments"
         )
         platform.runners.append(runner)
         runner.start()
