@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from churnops.drop import trigger
+from churnops.drop.keys import encode_event_key
 from churnops.platform.services import free_port
 from tests.processes import LOOPBACK, run_python
 
@@ -103,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def prefect() -> Iterator[FakePrefect]:
     fake = FakePrefect()
-    server = ThreadingHTTPServer((LOOPBACK, free_port(LOOPBACK)), Handler)
+    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
     server.fake = fake  # type: ignore[attr-defined]
     server.daemon_threads = True
     server.handle_error = lambda request, address: None  # stalled clients hang up
@@ -235,11 +236,15 @@ def test_creates_a_flow_run_with_bucket_key_and_idempotency_key(
         ("data/input/a%2Bb.csv", "data/input/a+b.csv"),
         ("data/input/clientes_a%C3%B1o_%C3%BC.csv", "data/input/clientes_año_ü.csv"),
         ("data/input/50%25+off%2C+q%3F.csv", "data/input/50% off, q?.csv"),
+        ("data/input/a%C3%B1o+%C3%BC.csv", "data/input/año ü.csv"),
+        ("data/input/50%25_off%26more%3D1.csv", "data/input/50%_off&more=1.csv"),
     ],
 )
-def test_url_encoded_keys_are_decoded(
+def test_url_encoded_keys_are_decoded_and_the_watcher_encodes_them_alike(
     handler: ModuleType, prefect: FakePrefect, encoded: str, decoded: str
 ) -> None:
+    """The local watcher builds the events the Lambda reads: per segment, as S3 does."""
+    assert encode_event_key(decoded) == encoded
     [outcome] = invoke(handler, encoded)
 
     assert outcome["status"] == "created"
@@ -412,26 +417,24 @@ def test_a_non_json_answer_names_the_likely_cause(
 
 
 # --- configuration and bad input ------------------------------------------------------------
-def test_import_needs_no_environment(handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PREFECT_API_URL")
-
-    with pytest.raises(ValueError, match="PREFECT_API_URL is not set"):
-        invoke(handler, "data/input/a.csv")
-
-
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
+        # unset (None): the module was imported without it, and only its use fails
+        ("PREFECT_API_URL", None, "PREFECT_API_URL is not set"),
         ("PREFECT_DEPLOYMENT", "churnops", "must look like <flow>/<deployment>"),
         ("PREFECT_HTTP_TIMEOUT", "soon", "PREFECT_HTTP_TIMEOUT='soon' is not a valid float"),
         ("PREFECT_HTTP_RETRIES", "-1", "PREFECT_HTTP_RETRIES='-1' must be at least 0"),
         ("PREFECT_HTTP_TIMEOUT", "0", "PREFECT_HTTP_TIMEOUT='0' must be above 0"),
     ],
 )
-def test_bad_settings_are_named(
-    handler: ModuleType, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+def test_missing_and_bad_settings_are_named(
+    handler: ModuleType, monkeypatch: pytest.MonkeyPatch, variable: str, value: Any, message: str
 ) -> None:
-    monkeypatch.setenv(variable, value)
+    if value is None:
+        monkeypatch.delenv(variable)
+    else:
+        monkeypatch.setenv(variable, value)
 
     with pytest.raises(ValueError, match=message):
         invoke(handler, "data/input/a.csv")
@@ -501,7 +504,9 @@ def test_an_event_without_records_is_refused(handler: ModuleType, bad: Any) -> N
 
 
 @pytest.mark.parametrize(
-    "name", [".hidden.csv", "upload.csv.tmp", "upload.csv.part", "a.csv.crdownload", "a.csv~"]
+    "name",
+    # .a.csv.x1.tmp: the temporary name the local drop writes under
+    [".hidden.csv", ".a.csv.x1.tmp", "upload.csv.tmp", "a.csv.part", "a.csv.crdownload", "a.csv~"],
 )
 def test_hidden_temporary_and_partial_files_start_no_run(
     handler: ModuleType, prefect: FakePrefect, name: str

@@ -22,7 +22,6 @@ import pytest
 from rich.console import Console
 
 from churnops.drop import trigger
-from churnops.drop.keys import encode_event_key, is_candidate
 from churnops.drop.storage import LocalDropStorage, run_key, stage_key
 from churnops.platform import launch, services
 from churnops.platform import watcher as watcher_module
@@ -39,19 +38,6 @@ from tests.processes import dead_pid, eventually, run_python
 
 ROOT = Path(__file__).parents[2]
 PORTS = services.Ports(prefect=1, mlflow=2, evidently=3)
-
-
-@pytest.mark.parametrize(
-    ("key", "encoded"),
-    [
-        ("data/input/march batch.csv", "data/input/march+batch.csv"),
-        ("data/input/a+b.csv", "data/input/a%2Bb.csv"),
-        ("data/input/año ü.csv", "data/input/a%C3%B1o+%C3%BC.csv"),
-        ("data/input/50%_off&more=1.csv", "data/input/50%25_off%26more%3D1.csv"),
-    ],
-)
-def test_keys_are_encoded_per_segment_as_s3_events_do(key: str, encoded: str) -> None:
-    assert encode_event_key(key) == encoded
 
 
 def test_the_lambda_handler_reads_back_the_real_key_of_a_built_event() -> None:
@@ -74,15 +60,6 @@ def test_sequencer_differs_per_drop_and_is_stable_for_one(tmp_path: Path) -> Non
     os.utime(other, ns=(first.st_atime_ns, first.st_mtime_ns))
     os.replace(other, path)
     assert file_sequencer(os.lstat(path)) != file_sequencer(first)
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [("a.csv", True), ("b c.csv", True)]
-    + [(name, False) for name in (".a.csv.x1.tmp", "a.csv.part", ".hidden", "a.csv~", "a.tmp")],
-)
-def test_temporary_and_partial_names_are_ignored(name: str, expected: bool) -> None:
-    assert is_candidate(name) is expected
 
 
 def test_wait_stable_returns_only_once_the_writer_stopped_and_none_once_gone(
