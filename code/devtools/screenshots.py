@@ -5,6 +5,7 @@ only when the page's DOM shows texts only the rendered page has: a blank page fa
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -99,10 +100,6 @@ def evidently_report_url(ui: str, project: str, snapshot: str) -> str:
     return f"{ui.rstrip('/')}/projects/{project}/reports/{snapshot}"
 
 
-def file_url(path: Path) -> str:
-    return path.resolve().as_uri()
-
-
 def unique_drop_name(source: str, now: datetime) -> str:
     """``name-20261127T061500Z.csv``: a new name each second."""
     path = PurePosixPath(source)
@@ -115,10 +112,6 @@ class Services:
     mlflow: str
     evidently: str
     drop: str
-
-    @property
-    def prefect_api(self) -> str:
-        return f"{self.prefect}/api"
 
 
 def running_services(
@@ -210,7 +203,7 @@ def flow_run_filter(
 def pipeline_runs(services: Services, **filters: Any) -> list[dict]:
     """The newest flow runs of the file pipeline's deployment (:func:`flow_run_filter`)."""
     body = flow_run_filter(PIPELINE_DEPLOYMENT, **filters)
-    return _json(f"{services.prefect_api}/flow_runs/filter", body)
+    return _json(f"{services.prefect}/api/flow_runs/filter", body)
 
 
 def rejected(run: dict[str, Any]) -> bool:
@@ -447,7 +440,7 @@ def take_all(settings: Settings, out: Path, timeout: float, say: Callable[[str],
         shots.append(
             Shot(
                 "churnops-report.png",
-                file_url(page),
+                page.resolve().as_uri(),
                 ("Customer Churn Model Evaluation", "Latest runs"),
             )
         )
@@ -471,10 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to wait for a dropped file to be processed",
     )
     args = parser.parse_args(argv)
-
-    def say(line: str) -> None:
-        print(line, flush=True)
-
+    say = functools.partial(print, flush=True)
     try:
         taken = take_all(get_settings(), args.out, args.timeout, say)
     except ScreenshotError as exc:
