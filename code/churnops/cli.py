@@ -192,17 +192,11 @@ EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5}
 def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStorage, str]:
     """The storage and key of ``s3://bucket/key``, or of a local file put into the local
     drop's ``folder`` unless it is there."""
-    from churnops.drop.storage import (
-        LocalDropStorage,
-        ObjectExists,
-        S3DropStorage,
-        s3_client,
-        stage_key,
-    )
+    from churnops.drop.storage import LocalDropStorage, ObjectExists, open_drop, stage_key
 
     if target.startswith("s3://"):
         bucket, _, key = target.removeprefix("s3://").partition("/")
-        storage = S3DropStorage(bucket, s3_client())
+        storage = open_drop(f"s3://{bucket}")
         if storage.exists(key):
             return storage, key
         return storage, _stranded_run(storage, key.rsplit("/", 1)[-1], None) or key

@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -55,6 +54,17 @@ class Platform:
 
     def children(self) -> list[svc.Service]:
         return [*self.servers, *self.runners]
+
+    def show_trigger(self, result: dict) -> None:
+        """A line per flow run started or trigger failed; a duplicate trigger is not news."""
+        log.info("trigger %s", result)
+        key, status = result.get("key"), result.get("status")
+        if status == "skipped" and result.get("flow_run_id"):
+            return
+        detail = result.get("flow_run_id") or result.get("reason") or ""
+        word = {"created": "run started", "skipped": "ignored"}.get(str(status), str(status))
+        colour = {"created": "green", "skipped": "yellow"}.get(str(status), "red")
+        self.console.print(f"  drop [{colour}]{word}[/{colour}] {key} {detail}")
 
     def stop(self) -> None:
         if self.watcher is not None:
@@ -109,9 +119,8 @@ def mlflow_client_env() -> dict[str, str]:
     return json.loads(text)
 
 
-def run(settings: Settings, console: Console, errors: Console | None = None) -> int:
+def run(settings: Settings, console: Console, errors: Console) -> int:
     """Start everything, block until Ctrl-C (or a service dies), stop everything."""
-    errors = errors or Console(stderr=True)
     home = settings.home
     try:
         svc.take_pid_file(home)
@@ -276,7 +285,7 @@ def _start_watcher(platform: Platform) -> None:
     settings = platform.settings
     api = svc.prefect_api_url(settings.platform)
     handler = trigger(api, PIPELINE_DEPLOYMENT, settings.drop.drop_uri)
-    dispatcher = Dispatcher(handler, settings.drop.drop_bucket, _report(platform))
+    dispatcher = Dispatcher(handler, settings.drop.drop_bucket, platform.show_trigger)
     # The handler's own INFO lines are for AWS: the dispatcher prints one per trigger.
     logging.getLogger("s3_to_prefect").setLevel(logging.WARNING)
     if settings.drop.drop_storage == "s3":
@@ -290,21 +299,6 @@ def _start_watcher(platform: Platform) -> None:
         LocalDropStorage(settings.drop.drop_dir).create_layout()
         platform.watcher = FolderWatcher(settings.drop.drop_dir, dispatcher)
     platform.watcher.start()
-
-
-def _report(platform: Platform) -> Callable[[dict], None]:
-    def show(result: dict) -> None:
-        """A line per flow run started or trigger failed; a duplicate trigger is not news."""
-        log.info("trigger %s", result)
-        key, status = result.get("key"), result.get("status")
-        if status == "skipped" and result.get("flow_run_id"):
-            return
-        detail = result.get("flow_run_id") or result.get("reason") or ""
-        word = {"created": "run started", "skipped": "ignored"}.get(str(status), str(status))
-        colour = {"created": "green", "skipped": "yellow"}.get(str(status), "red")
-        platform.console.print(f"  drop [{colour}]{word}[/{colour}] {key} {detail}")
-
-    return show
 
 
 def _write_state(platform: Platform) -> None:
