@@ -383,8 +383,8 @@ def _finished_line(name: str, state: Any) -> str:
 
 def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
     """Wait for a stop signal; restart a child that dies (a runner's run in progress is
-    re-driven by the reconciler, a server's state is on disk) within :class:`RestartBudget`."""
-    budget = RestartBudget()
+    re-driven by the reconciler, a server's state is on disk) within :func:`_may_restart`."""
+    restarts: dict[str, list[float]] = {}
     finished = FinishedFiles(platform.settings.platform, platform.console)
     try:
         while not stop_requested.wait(1.0):
@@ -392,7 +392,7 @@ def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
             for child in platform.children():
                 if child.alive():
                     continue
-                if not budget.allow(child.name, child.process, time.monotonic()):
+                if not _may_restart(restarts, child, time.monotonic()):
                     failure = child.failure("stopped unexpectedly", 2000)
                     platform.console.print(f"[red]error:[/red] {escape(failure)}")
                     return 1
@@ -422,16 +422,11 @@ def _restart(platform: Platform, child: svc.Service) -> None:
         log.warning("no reconcile run requested: %s", exc)
 
 
-class RestartBudget:
+def _may_restart(restarts: dict[str, list[float]], child: svc.Service, now: float) -> bool:
     """At most MAX_RESTARTS restarts of one child within RESTART_WINDOW_SECONDS; a SIGKILL
     (OOM) is free: a file killing its runner is bounded by its own ``MAX_ATTEMPTS``."""
-
-    def __init__(self) -> None:
-        self.restarts: dict[str, list[float]] = {}
-
-    def allow(self, name: str, process: Any, now: float) -> bool:
-        if process is not None and process.returncode == -signal.SIGKILL:
-            return True
-        recent = [t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW_SECONDS]
-        self.restarts[name] = [*recent, now]
-        return len(recent) < MAX_RESTARTS
+    if child.process is not None and child.process.returncode == -signal.SIGKILL:
+        return True
+    recent = [t for t in restarts.get(child.name, []) if now - t < RESTART_WINDOW_SECONDS]
+    restarts[child.name] = [*recent, now]
+    return len(recent) < MAX_RESTARTS
