@@ -194,7 +194,8 @@ class CustomerReader:
                 self._unit = ("row", 1)
                 self._layout([n for n in schema.names if n not in _pandas_index(schema)])
                 # Text stays dictionary-encoded until counted: 190 KB can decode to 4 GB.
-                text = [f.name for f in schema if pa.types.is_string(f.type) or _is_binary(f)]
+                kinds = (pa.types.is_string, pa.types.is_binary, pa.types.is_large_binary)
+                text = [f.name for f in schema if any(kind(f.type) for kind in kinds)]
                 parquet = pq.ParquetFile(source, read_dictionary=text)
                 self._refuse_decoded(_uncompressed_bytes(parquet.metadata))
                 for batch in parquet.iter_batches(batch_size=self.chunk_rows):
@@ -587,10 +588,6 @@ def _guess_utf16(sample: bytes) -> str | None:
     if even.count(0) >= 0.9 * len(even) and 0 not in odd:
         return "UTF-16 BE"
     return None
-
-
-def _is_binary(field: pa.Field) -> bool:
-    return pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)
 
 
 def _text_lengths(column: pa.Array) -> pa.Array | None:

@@ -21,7 +21,7 @@ import urllib.request
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -375,12 +375,8 @@ class S3DropStorage(DropStorage):
         return None if head is None else _info(head)
 
     def create(self, key: str, data: bytes) -> None:
-        try:
+        with _never_replacing(self.client, f"s3://{self.bucket}/{key}"):
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
-        except self.client.exceptions.ClientError as exc:
-            if _taken(exc):
-                raise ObjectExists(f"s3://{self.bucket}/{key} exists already") from None
-            raise
 
     @contextmanager
     def open_read(self, key: str) -> Iterator[IO[bytes]]:
@@ -388,10 +384,8 @@ class S3DropStorage(DropStorage):
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
         except self.client.exceptions.NoSuchKey as exc:
             raise FileNotFoundError(f"s3://{self.bucket}/{key}") from exc
-        try:
+        with closing(body):
             yield body
-        finally:
-            body.close()
 
     @contextmanager
     def create_streamed(self, key: str) -> Iterator[IO[bytes]]:
@@ -504,7 +498,7 @@ class _PartWriter(io.RawIOBase):
         if self.buffer:
             self._upload_part()
         client, bucket = self.storage.client, self.storage.bucket
-        try:
+        with _never_replacing(client, f"s3://{bucket}/{self.key}"):
             client.complete_multipart_upload(
                 Bucket=bucket,
                 Key=self.key,
@@ -512,10 +506,6 @@ class _PartWriter(io.RawIOBase):
                 MultipartUpload={"Parts": self.parts},
                 IfNoneMatch="*",
             )
-        except client.exceptions.ClientError as exc:
-            if _taken(exc):
-                raise ObjectExists(f"s3://{bucket}/{self.key} exists already") from None
-            raise
         self.upload_id = None
 
     def abort(self) -> None:
@@ -541,9 +531,15 @@ def _origin(head: dict) -> str:
     return head.get("Metadata", {}).get(ORIGIN) or _info(head).version
 
 
-def _taken(exc: Any) -> bool:
+@contextmanager
+def _never_replacing(client: Any, where: str) -> Iterator[None]:
     """A conditional write (``If-None-Match: *``) refused: the key holds an object."""
-    return _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict")
+    try:
+        yield
+    except client.exceptions.ClientError as exc:
+        if _code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            raise
+        raise ObjectExists(f"{where} exists already") from None
 
 
 def _code(exc: Any) -> str:

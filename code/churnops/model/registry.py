@@ -350,13 +350,12 @@ def choose_params(
     on other rows than the stored study's."""
     if options.params is not None:
         return dict(options.params)
-    seed = RANDOM_SEED
-    study = training.open_study(settings.optuna_storage_url, OPTUNA_STUDY, seed)
+    memory = options.trials > 0 and not stored_study
+    url, name = (None, "retrain") if memory else (settings.optuna_storage_url, OPTUNA_STUDY)
+    study = training.open_study(url, name, RANDOM_SEED)
     if options.trials > 0:
-        if not stored_study:
-            study = training.open_study(None, "retrain", seed)  # in memory
-        chosen = training.search(study, X, y, options.trials, CV_FOLDS, seed, progress)
-        if not stored_study:
+        chosen = training.search(study, X, y, options.trials, CV_FOLDS, RANDOM_SEED, progress)
+        if memory:
             return chosen
     return training.stored_params(study, list(X.columns)) or training.default_params()
 
@@ -463,24 +462,19 @@ def train_and_register(
 def _log_lineage(training_file: LabeledFile, window: Sequence[LabeledFile], split: Split) -> None:
     """Each input as an MLflow dataset: the fit's files, and the holdout's rows with their
     own digest (a file can be both)."""
-    files = [training_file, *window]
     holdout = split.holdout.drop(columns="_key", errors="ignore")
-    holdout_digest = sha256("\n".join(row_keys(holdout)).encode())
-    holdout_file = window[-1] if window else training_file
-    inputs = [
-        (f.name, f.frame, f.sha256, f.key, "training", split.fit_rows.get(i, 0))
-        for i, f in enumerate(files)
+    digest = sha256("\n".join(row_keys(holdout)).encode())
+    held_out = replace(window[-1] if window else training_file, frame=holdout, sha256=digest)
+    files = [
+        (f, "training", split.fit_rows.get(i, 0)) for i, f in enumerate([training_file, *window])
     ]
-    inputs.append(
-        (holdout_file.name, holdout, holdout_digest, holdout_file.key, "holdout", len(holdout))
-    )
-    for name, frame, digest, key, context, rows in inputs:
+    for file, context, rows in [*files, (held_out, "holdout", len(holdout))]:
         if not rows:
             continue
         dataset = mlflow.data.from_pandas(
-            frame, name=name, digest=digest[:DIGEST_CHARS], targets=TARGET
+            file.frame, name=file.name, digest=file.sha256[:DIGEST_CHARS], targets=TARGET
         )
-        tags = {"sha256": digest, "rows": str(rows), "key": key}
+        tags = {"sha256": file.sha256, "rows": str(rows), "key": file.key}
         with warnings.catch_warnings():
             # validated rows have no missing values to warn about
             warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)

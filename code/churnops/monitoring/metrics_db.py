@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import (
@@ -49,9 +49,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from churnops import retry
 from churnops.results import ATTRIBUTION_NDCG, DRIFTED_SHARE, MonitoringResult
 from churnops.settings import MonitoringSettings
-
-if TYPE_CHECKING:  # it loads XGBoost, which reading metrics needs not
-    from churnops.monitoring.attribution import AttributionDrift
 
 RUNNING, PROCESSED, ERRORED, FAILED = "running", "processed", "errored", "failed"
 STATUSES = (RUNNING, PROCESSED, ERRORED, FAILED)
@@ -217,22 +214,13 @@ def metric_rows(
         detail = {"label": column.column, "method": column.method, "threshold": column.threshold}
         yield {"metric": DRIFT_SCORE, "value": column.score, **detail}
         yield {"metric": COLUMN_DRIFTED, "value": float(column.drifted), **detail}
-    if result.attribution is not None:
-        yield from _attribution_rows(result.attribution, limits.get(ATTRIBUTION_NDCG))
-
-
-def _attribution_rows(
-    attribution: AttributionDrift, minimum: float | None
-) -> Iterator[dict[str, Any]]:
-    yield {"metric": ATTRIBUTION_NDCG, "value": attribution.ndcg, "threshold": minimum}
-    for feature in attribution.features:
-        yield {
-            "metric": ATTRIBUTION,
-            "label": feature.feature,
-            "value": feature.importance,
-            "method": ATTRIBUTION_METHOD,
-        }
-        yield {"metric": ATTRIBUTION_RANK, "label": feature.feature, "value": float(feature.rank)}
+    if (attribution := result.attribution) is not None:
+        minimum, method = limits.get(ATTRIBUTION_NDCG), ATTRIBUTION_METHOD
+        yield {"metric": ATTRIBUTION_NDCG, "value": attribution.ndcg, "threshold": minimum}
+        for feature in attribution.features:
+            label = {"label": feature.feature}
+            yield {"metric": ATTRIBUTION, "value": feature.importance, **label, "method": method}
+            yield {"metric": ATTRIBUTION_RANK, "value": float(feature.rank), **label}
 
 
 def _now() -> datetime:
@@ -411,29 +399,17 @@ class MetricsStore:
 
     def record_realized(
         self,
-        *,
         run_id: str,
-        labels_run_id: str,
-        labels_file: str,
-        arrived_at: datetime,
-        matched_by: str,
-        labeled_rows: int,
         scores: Mapping[str, float],
         thresholds: Mapping[str, float] | None = None,
+        **labels: Any,
     ) -> int:
-        """The realized scores of run ``run_id`` from one labels file; how many rows."""
+        """The realized scores of run ``run_id`` from one labels file (``labels``: the other
+        columns of ``realized_scores``); how many rows."""
         limits = thresholds or {}
-        common = {
-            "run_id": run_id,
-            "labels_run_id": labels_run_id,
-            "labels_file": labels_file,
-            "labels_arrived_at": arrived_at,
-            "matched_by": matched_by,
-            "labeled_rows": labeled_rows,
-        }
         rows = [
-            {**common, "metric": metric, "value": value, "threshold": limits.get(metric)}
-            for metric, value in scores.items()
+            {"run_id": run_id, **labels, "metric": m, "value": v, "threshold": limits.get(m)}
+            for m, v in scores.items()
         ]
         self._write(insert(realized_scores), [fitted(realized_scores, r) for r in rows])
         return len(rows)
