@@ -143,8 +143,8 @@ class Rehearsal:
                 "database bootstrap",
                 lambda: self.run_one_off("db_bootstrap_task", "the database bootstrap"),
             )
-            self._step("servers", self.start_servers)
-            self._step("workers", self.start_workers)
+            self._step("servers", lambda: self.start_services(servers=True))
+            self._step("workers", lambda: self.start_services(servers=False))
             # A first apply has no model yet: the runner must start without one.
             training = self._step("training", self.start_training)
             self._step("after apply", self.after_apply)
@@ -264,20 +264,14 @@ class Rehearsal:
             raise WiringError(f"{what} {ended}; its output ends:\n{process.tail()}")
         self.report.ran[local.label] = f"exited 0 after {time.monotonic() - began:.1f}s"
 
-    def start_servers(self) -> None:
-        """The tasks behind a port, until each container's health check and the load
-        balancer's target group health check pass."""
-        self._start_tasks([t for t in self.services() if t.ports])
-
-    def start_workers(self) -> None:
-        self._start_tasks([t for t in self.services() if not t.ports])
-
     def services(self) -> list[Task]:
         return [t for t in self.deployment.tasks.values() if not t.one_off]
 
-    def _start_tasks(self, tasks: list[Task]) -> None:
+    def start_services(self, servers: bool) -> None:
+        """The services behind a port (``servers``) or the others, until each container's
+        health check and its load balancer target group's health check pass."""
         waiting = []
-        for task in tasks:
+        for task in (t for t in self.services() if bool(t.ports) == servers):
             for container in task.containers:
                 local = self.local[container.label]
                 if container.name in task.waited_for() or local.skipped:
