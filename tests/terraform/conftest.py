@@ -20,10 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = REPO / "terraform"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "integration: starts real services (moto, terraform apply)")
-
-
 @pytest.fixture(scope="session")
 def terraform_bin() -> str:
     """Terraform is required (installed on CI): missing it is a failure, not a skip."""

@@ -6,6 +6,7 @@ start of the session (see ``conftest.py``); the last test destroys it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,23 @@ def deployment(terraform_bin: str) -> Iterator[Deployment]:
     and ``test_destroy_leaves_nothing_behind``, run last, checks what the destroy left."""
     yield early().future.result()
     early().destroy()
+
+
+@pytest.fixture(scope="module")
+def services(deployment: Deployment) -> dict[str, tuple[dict, dict]]:
+    """Each ECS service and its task definition, by service name."""
+    ecs = deployment.client("ecs")
+    cluster = deployment.outputs["ecs_cluster_name"]
+    arns = ecs.list_services(cluster=cluster)["serviceArns"]
+    return {
+        s["serviceName"]: (s, ecs.describe_task_definition(taskDefinition=s["taskDefinition"]))
+        for s in ecs.describe_services(cluster=cluster, services=arns)["services"]
+    }
+
+
+@pytest.fixture(scope="module")
+def tasks(services: dict[str, tuple[dict, dict]]) -> dict[str, dict]:
+    return {name: task["taskDefinition"] for name, (_, task) in services.items()}
 
 
 def test_outputs_give_every_ui_the_bucket_and_the_topic(deployment: Deployment) -> None:
@@ -194,23 +212,16 @@ def test_no_secret_value_is_in_a_plan(deployment: Deployment) -> None:
     assert _secrets_in(deployment, plan) == []
 
 
-def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
-    ecs = deployment.client("ecs")
-    cluster = deployment.outputs["ecs_cluster_name"]
-    arns = ecs.list_services(cluster=cluster)["serviceArns"]
-    services = ecs.describe_services(cluster=cluster, services=arns)["services"]
-    assert {s["serviceName"] for s in services} == EXPECTED_SERVICES
-    by_name = {}
-    for service in services:
+def test_ecs_services_and_task_definitions(
+    deployment: Deployment, services: dict, tasks: dict[str, dict]
+) -> None:
+    assert set(services) == EXPECTED_SERVICES
+    for name, (service, _) in services.items():
         assert service["launchType"] == "FARGATE"
-        task = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])
-        by_name[service["serviceName"]] = (service, task["taskDefinition"])
-        assert task["taskDefinition"]["executionRoleArn"] != task["taskDefinition"]["taskRoleArn"]
+        assert tasks[name]["executionRoleArn"] != tasks[name]["taskRoleArn"]
+        assert service["loadBalancers"] or name == "worker", name
 
-    for name in EXPECTED_SERVICES - {"worker"}:
-        assert by_name[name][0]["loadBalancers"], name
-
-    _, worker = by_name["worker"]
+    worker = tasks["worker"]
     container = _container(worker, "worker")
     env = _env(container)
     secrets = _secrets(container)
@@ -237,22 +248,20 @@ def test_ecs_services_and_task_definitions(deployment: Deployment) -> None:
     assert task["command"] == ["python", "-m", "churnops.platform.deployments"]
     assert set(task["subnets"]) == set(deployment.tfvars["private_subnet_ids"])
 
-    _, grafana = by_name["grafana"]
-    main = _container(grafana, "grafana")
+    main = _container(tasks["grafana"], "grafana")
     assert "METRICS_DB_PASSWORD" in {s["name"] for s in main["secrets"]}
     repos = deployment.outputs["ecr_repository_urls"]
     assert main["image"].startswith(f"{repos['grafana']}:")
 
 
 def test_the_worker_logs_into_mlflow_as_its_own_user_not_the_admin(
-    deployment: Deployment,
+    deployment: Deployment, tasks: dict[str, dict]
 ) -> None:
     """M4: the worker's task definition (which the deployments' registration runs too)
     names the worker's MLflow secret; neither it nor its execution role names the
     admin's. The MLflow task sets that user up at every start (mlflow_start.py) from the
     same secret, and is healthy only once it has."""
     admin = deployment.outputs["mlflow_auth_secret_arn"]
-    tasks = _task_definitions(deployment)
     worker = _container(tasks["worker"], "worker")
     env = _env(worker)
     secrets = _secrets(worker)
@@ -301,7 +310,7 @@ def test_every_container_and_the_lambda_send_no_usage_data(deployment: Deploymen
 
 
 def test_the_database_bootstrap_is_a_one_off_task_alone_with_the_master_secret(
-    deployment: Deployment,
+    deployment: Deployment, tasks: dict[str, dict]
 ) -> None:
     """M3: db_init.py as the master user, for every service's role, in a task of its own
     that `make apply` runs (post_apply.py database); no service's task definition or
@@ -314,9 +323,8 @@ def test_the_database_bootstrap_is_a_one_off_task_alone_with_the_master_secret(
     ]
     master = deployment.outputs["db_master_secret_arn"]
     ecs, iam = deployment.client("ecs"), deployment.client("iam")
-    services = _task_definitions(deployment)
-    assert "db-init" not in services
-    for name, task in services.items():
+    assert "db-init" not in tasks
+    for name, task in tasks.items():
         assert master not in json.dumps(task["containerDefinitions"]), name
         assert [c["name"] for c in task["containerDefinitions"]] == [name], name
         role = task["executionRoleArn"].rsplit("/", 1)[1]
@@ -345,7 +353,9 @@ def test_the_database_bootstrap_is_a_one_off_task_alone_with_the_master_secret(
     assert group["IpPermissions"] == []
 
 
-def test_every_container_has_a_health_check_and_deploys_roll(deployment: Deployment) -> None:
+def test_every_container_has_a_health_check_and_deploys_roll(
+    deployment: Deployment, tasks: dict[str, dict]
+) -> None:
     """Init containers are exempt: not essential, run to their end, and the service's
     container starts only on their SUCCESS (so a check would never be read)."""
     # moto keeps no deployment configuration: read it from the state.
@@ -361,7 +371,7 @@ def test_every_container_has_a_health_check_and_deploys_roll(deployment: Deploym
         assert service["deployment_minimum_healthy_percent"] == 100, service["name"]
         assert service["deployment_maximum_percent"] == 200
         assert service["deployment_circuit_breaker"] == [{"enable": True, "rollback": True}]
-    for name, task in _task_definitions(deployment).items():
+    for name, task in tasks.items():
         for container in task["containerDefinitions"]:
             if container["name"] == "init":
                 assert container["essential"] is False
@@ -373,13 +383,13 @@ def test_every_container_has_a_health_check_and_deploys_roll(deployment: Deploym
             assert check["startPeriod"] > 0 and check["retries"] >= 1
             # PID 1 reaps orphans: MLflow's set-up process, ECS Exec's agent.
             assert container["linuxParameters"]["initProcessEnabled"] is True, name
-    worker = _container(_task_definitions(deployment)["worker"], "worker")
+    worker = _container(tasks["worker"], "worker")
     assert worker["stopTimeout"] == 120  # Fargate's most: the runs in flight finish
     assert worker["healthCheck"]["command"] == ["CMD-SHELL", "test -f /tmp/churnops/runner.ready.0"]
 
 
 def test_evidently_workspace_is_on_encrypted_efs_from_evidently_only(
-    deployment: Deployment,
+    deployment: Deployment, tasks: dict[str, dict]
 ) -> None:
     efs = deployment.client("efs")
     fs_id = deployment.outputs["evidently_file_system_id"]
@@ -413,7 +423,7 @@ def test_evidently_workspace_is_on_encrypted_efs_from_evidently_only(
         "StringEquals": {"elasticfilesystem:AccessPointArn": access_point["AccessPointArn"]}
     }
 
-    task = _task_definitions(deployment)["evidently"]
+    task = tasks["evidently"]
     (volume,) = task["volumes"]
     config = volume["efsVolumeConfiguration"]
     assert config["fileSystemId"] == fs_id
@@ -469,9 +479,11 @@ def test_an_audit_trail_records_the_drop_bucket_and_the_load_balancer(
     assert all(block["PublicAccessBlockConfiguration"].values())
 
 
-def test_mlflow_accepts_only_its_own_host_names(deployment: Deployment) -> None:
+def test_mlflow_accepts_only_its_own_host_names(
+    deployment: Deployment, tasks: dict[str, dict]
+) -> None:
     """Not "*": the Host header check (DNS rebinding) stays on."""
-    env = _env(_container(_task_definitions(deployment)["mlflow"], "mlflow"))
+    env = _env(_container(tasks["mlflow"], "mlflow"))
     hosts = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     assert "*" not in hosts
     assert hosts == [
@@ -542,7 +554,7 @@ def test_ecr_repositories_scan_on_push(deployment: Deployment) -> None:
     assert all(r["imageScanningConfiguration"]["scanOnPush"] for r in repos)
 
 
-def test_alarms_go_to_the_alerts_topic(deployment: Deployment) -> None:
+def test_alarms_go_to_the_alerts_topic(deployment: Deployment, services: dict) -> None:
     topic = deployment.outputs["alerts_topic_arn"]
     namespace = deployment.outputs["ops_metrics_namespace"]
     alarms = {
@@ -571,11 +583,7 @@ def test_alarms_go_to_the_alerts_topic(deployment: Deployment) -> None:
     pattern = json.loads(rule["EventPattern"])
     assert pattern["detail-type"] == ["ECS Task State Change"]
     assert pattern["detail"]["stopCode"] == ["EssentialContainerExited", "TaskFailedToStart"]
-    ecs = deployment.client("ecs")
-    (cluster,) = ecs.describe_clusters(clusters=[deployment.outputs["ecs_cluster_name"]])[
-        "clusters"
-    ]
-    assert pattern["detail"]["clusterArn"] == [cluster["clusterArn"]]
+    assert pattern["detail"]["clusterArn"] == [services["worker"][0]["clusterArn"]]
     (target,) = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
     assert target["Arn"] == topic
     policy = json.loads(
@@ -587,15 +595,12 @@ def test_alarms_go_to_the_alerts_topic(deployment: Deployment) -> None:
     assert crash["Condition"]["ArnEquals"]["aws:SourceArn"] == rule["Arn"]
 
 
-def test_the_emulator_runs_a_fixed_runner(deployment: Deployment) -> None:
+def test_the_emulator_runs_a_fixed_runner(deployment: Deployment, services: dict) -> None:
     """worker_max_count = worker_min_count (moto cannot tag scalable targets): no scaling
     here; tests/terraform/test_policy.py checks it on a plan."""
     scaling = deployment.client("application-autoscaling")
     assert scaling.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"] == []
-    ecs = deployment.client("ecs")
-    cluster = deployment.outputs["ecs_cluster_name"]
-    (worker,) = ecs.describe_services(cluster=cluster, services=["worker"])["services"]
-    assert worker["desiredCount"] == 1
+    assert services["worker"][0]["desiredCount"] == 1
 
 
 def test_disable_lambda_removes_the_notification(deployment: Deployment) -> None:
@@ -656,20 +661,6 @@ def test_destroy_leaves_nothing_behind(terraform_bin: str) -> None:
     assert states <= {"PendingDeletion"}
 
 
-def _task_definitions(deployment: Deployment) -> dict[str, dict]:
-    ecs = deployment.client("ecs")
-    cluster = deployment.outputs["ecs_cluster_name"]
-    services = ecs.describe_services(
-        cluster=cluster, services=ecs.list_services(cluster=cluster)["serviceArns"]
-    )["services"]
-    return {
-        s["serviceName"]: ecs.describe_task_definition(taskDefinition=s["taskDefinition"])[
-            "taskDefinition"
-        ]
-        for s in services
-    }
-
-
 def _modules(module: dict) -> list[dict]:
     """A module of ``terraform show -json`` and all its descendants."""
     return [module, *(m for child in module.get("child_modules", []) for m in _modules(child))]
@@ -689,8 +680,7 @@ def _secrets(container: dict) -> dict[str, str]:
 
 
 def _role_policy(deployment: Deployment, role: str, name: str) -> dict:
-    doc = deployment.client("iam").get_role_policy(RoleName=role, PolicyName=name)
-    doc = doc["PolicyDocument"]
+    doc = deployment.client("iam").get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
     return json.loads(doc) if isinstance(doc, str) else doc
 
 
@@ -715,13 +705,11 @@ def _secrets_in(deployment: Deployment, text: str) -> list[str]:
 def _secret_values(secret_string: str) -> list[str]:
     """The secret parts of a secret: the whole string, or each value of its JSON but
     the connection details."""
-    try:
+    with contextlib.suppress(json.JSONDecodeError):
         document = json.loads(secret_string)
-    except json.JSONDecodeError:
-        return [secret_string]
-    if not isinstance(document, dict):
-        return [secret_string]
-    return [str(v) for k, v in document.items() if k not in NOT_SECRET_KEYS]
+        if isinstance(document, dict):
+            return [str(v) for k, v in document.items() if k not in NOT_SECRET_KEYS]
+    return [secret_string]
 
 
 def _as_list(value):

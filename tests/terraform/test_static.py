@@ -1,4 +1,5 @@
-"""Static checks of terraform/: fmt, validate, checkov, and the helper scripts."""
+"""Static checks of terraform/: fmt, validate, checkov, the variables' templates (the
+minimal profile of terraform/README.md among them), and the helper scripts."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from churnops.platform.services import terminate_groups
 from .conftest import REPO, TERRAFORM_DIR, tf_local
 
 SKIP_RE = re.compile(r"#\s*checkov:skip=([A-Z0-9_]+)(:?)(.*)")
+DECLARED = set(
+    re.findall(r'^variable "([^"]+)"', (TERRAFORM_DIR / "variables.tf").read_text(), re.M)
+)
+MINIMAL = TERRAFORM_DIR / "vars" / "minimal.tfvars.template"
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
@@ -72,12 +77,27 @@ def test_every_checkov_skip_gives_a_reason() -> None:
 
 
 def test_template_documents_every_variable() -> None:
-    declared = set(
-        re.findall(r'^variable "([^"]+)"', (TERRAFORM_DIR / "variables.tf").read_text(), re.M)
-    )
     template = (TERRAFORM_DIR / "vars" / "stg.tfvars.template").read_text()
     documented = set(re.findall(r"^#?\s*([a-z_0-9]+)\s*=", template, re.M))
-    assert declared <= documented, sorted(declared - documented)
+    assert documented >= DECLARED, sorted(DECLARED - documented)
+
+
+def test_the_minimal_profile_sets_only_declared_variables() -> None:
+    assigned = set(re.findall(r"^([a-z_0-9]+)\s*=", MINIMAL.read_text(), re.M))
+    assert assigned and assigned <= DECLARED, sorted(assigned - DECLARED)
+    assert {"service_sizes", "worker_max_count", "private_subnet_ids"} <= assigned
+
+
+def test_the_readme_prices_the_minimal_sizes() -> None:
+    """Each size of the template is in the README's minimal column (cpu units / 1024)."""
+    readme = (TERRAFORM_DIR / "README.md").read_text()
+    sizes = re.findall(
+        r'^\s+"?([a-z-]+)"?\s+= \{ cpu = (\d+), memory = (\d+) \}', MINIMAL.read_text(), re.M
+    )
+    assert len(sizes) == 5
+    for _service, cpu, memory in sizes:
+        vcpu = f"{int(cpu) / 1024:g} vCPU, {int(memory) / 1024:g} GB"
+        assert vcpu in readme, vcpu
 
 
 def test_no_secret_in_outputs_or_defaults() -> None:

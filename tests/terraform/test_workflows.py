@@ -12,6 +12,7 @@ import yaml
 from .conftest import REPO, TERRAFORM_DIR
 
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
+PLAN = REPO / ".github" / "workflows" / "plan.yml"
 #: `uses: owner/repo[/path]@<40 hex> # v1.2.3`: a commit, and the tag it is, for people.
 PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+(\.\d+){0,2}$")
 #: A `terraform [-chdir=...] apply ...` command line.
@@ -69,19 +70,12 @@ def test_apply_plan_applies_only_the_saved_plan() -> None:
 
 
 def test_pull_requests_get_a_plan_and_nothing_applied() -> None:
-    plan = load(REPO / ".github" / "workflows" / "plan.yml")
-    assert set(plan["on"]) == {"pull_request"}
-    scripts = "\n".join(
-        step.get("run", "") for _, step in steps(REPO / ".github/workflows/plan.yml")
-    )
+    assert set(load(PLAN)["on"]) == {"pull_request"}
+    scripts = "\n".join(step.get("run", "") for _, step in steps(PLAN))
     assert "make plan" in scripts and "PLAN=" in scripts
     assert "gh pr comment" in scripts
     assert not TERRAFORM_APPLY.search(scripts) and "apply-plan" not in scripts
-    uploads = [
-        s
-        for _, s in steps(REPO / ".github/workflows/plan.yml")
-        if "upload-artifact" in s.get("uses", "")
-    ]
+    uploads = [s for _, s in steps(PLAN) if "upload-artifact" in s.get("uses", "")]
     assert uploads and uploads[0]["with"]["path"] == "plan.txt"
 
 
@@ -112,7 +106,7 @@ def test_deploy_applies_the_plan_job_s_plan_after_approval() -> None:
     # An unknown name would create an unprotected environment.
     environment = deploy["on"]["workflow_dispatch"]["inputs"]["environment"]
     assert environment["type"] == "choice" and environment["default"] in environment["options"]
-    pr = load(REPO / ".github" / "workflows" / "plan.yml")["jobs"]["plan"]
+    pr = load(PLAN)["jobs"]["plan"]
     (pr_role,) = [s for s in pr["steps"] if "configure-aws-credentials" in s.get("uses", "")]
     assert pr_role["with"]["role-to-assume"] == "${{ secrets.AWS_PLAN_ROLE_ARN }}"
 

@@ -1,18 +1,9 @@
-"""The rehearsal's checks (see run.py).
-
-Before anything starts, what ECS would refuse or a runner get wrong: each execution role
-(and the Lambda's) may read its secrets; the worker's settings name this deployment's
-bucket, topic, database and servers; no service logs in to the database as the master
-user (one-off tasks may). Then, once the platform runs, a file goes into the bucket's
-``data/input/`` and the Lambda handler gets the event the bucket's notification sends:
-the flow run completed, the file and its predictions are in ``data/processed/<run>/``,
-its metrics row, its Evidently report and an alert exist; the reconciler's scheduled run
-completed; the dashboards' role reads every dashboard table with its own login.
-"""
+"""The rehearsal's checks, in the order run.py runs them: before anything starts, what ECS
+would refuse or a runner get wrong; once the platform runs, one file dropped into the
+bucket, followed to everything its run leaves behind."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import secrets
@@ -160,26 +151,20 @@ def check_database_logins(r: Rehearsal) -> None:
     )
 
 
-def master_login(aws: Aws, deployment: Deployment) -> tuple[list[str], str, str]:
-    """The RDS master user name(s), its password and where it was found: the instance's
-    managed secret, else the secret whose JSON names the master user.
+def master_login(aws: Aws, deployment: Deployment) -> tuple[list[str], str]:
+    """The RDS master user name(s) and its password, from the instance's managed secret
+    (the module sets manage_master_user_password).
 
     moto's managed secret names its own user (``admin``), not the instance's master user
     as RDS does: then the secret's user is the master here (what its readers log in as)
     and the instance's name another login with its rights."""
-    sm = aws.client("secretsmanager")
     db = deployment.database
-    if db.master_secret_arn:
-        value = json.loads(sm.get_secret_value(SecretId=db.master_secret_arn)["SecretString"])
-        users = list(dict.fromkeys([value.get("username", ""), db.master_username]))
-        return [u for u in users if u], value["password"], "the instance's RDS-managed secret"
-    for page in sm.get_paginator("list_secrets").paginate():
-        for entry in page["SecretList"]:
-            with contextlib.suppress(Exception):
-                value = json.loads(sm.get_secret_value(SecretId=entry["ARN"])["SecretString"])
-                if value.get("username") == db.master_username and value.get("password"):
-                    return [db.master_username], value["password"], f"secret {entry['Name']}"
-    raise WiringError(f"no secret holds the password of the RDS master user {db.master_username}")
+    if not db.master_secret_arn:
+        raise WiringError(f"the RDS instance manages no secret for {db.master_username}")
+    sm = aws.client("secretsmanager")
+    value = json.loads(sm.get_secret_value(SecretId=db.master_secret_arn)["SecretString"])
+    users = list(dict.fromkeys([value.get("username", ""), db.master_username]))
+    return [u for u in users if u], value["password"]
 
 
 # ---------------------------------------------------------------------------- end to end

@@ -20,7 +20,8 @@ from terraform.scripts.tf_local import emulator_credentials
 
 #: Where the image's python and console scripts are: this virtualenv's bin folder.
 VENV_BIN = Path(sys.executable).parent
-SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: What every process here starts from (a container's, the Lambda's): nothing of this shell.
+BASE_ENV = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 #: Where a container may write in its own filesystem besides /tmp: here, folders of the
 #: container, so that nothing it writes lands in this machine's own (a volume mounted
 #: below one of them still wins: the longest prefix is mapped).
@@ -120,12 +121,7 @@ def environment(
         raise WiringError(
             f"{where(container)}: {', '.join(sorted(both))} in environment and secrets"
         )
-    env = {
-        "PATH": f"{VENV_BIN}:{SYSTEM_PATH}",
-        "HOME": str(_folder(home / "home")),
-        "LANG": "C.UTF-8",
-        "HOSTNAME": container.name,
-    }
+    env = {**BASE_ENV, "HOME": str(_folder(home / "home")), "HOSTNAME": container.name}
     env |= {k: paths.value(v) for k, v in facts.env.items()}
     env |= emulator_credentials(aws.endpoint, aws.region)
     values = {

@@ -186,14 +186,15 @@ class Deployment:
 
 
 # ---------------------------------------------------------------------------- reading
-def read(
-    aws: Aws, bucket: str, function_name: str, one_off: tuple[dict[str, Any], ...] = ()
-) -> Deployment:
-    """The deployment as the emulator's APIs describe it; ``one_off``: terraform outputs
-    naming task definitions that `make apply` runs on demand (task_definition, container)."""
+def read(aws: Aws, outputs: dict[str, Any]) -> Deployment:
+    """The deployment as the emulator's APIs describe it, found from terraform's outputs:
+    the bucket, the Lambda, and db_bootstrap_task, the task definition `make apply` runs
+    on demand (not a service)."""
     tasks = read_tasks(aws)
-    ecs = aws.client("ecs")
-    for run in one_off:
+    bucket = outputs["bucket_name"]
+    if "db_bootstrap_task" in outputs:
+        run = outputs["db_bootstrap_task"]
+        ecs = aws.client("ecs")
         definition = ecs.describe_task_definition(taskDefinition=run["task_definition"])
         service = {"serviceName": run["container"]}
         tasks[run["container"]] = _task(service, definition["taskDefinition"], one_off=True)
@@ -206,7 +207,7 @@ def read(
         load_balancers=balancers,
         target_group_health=health,
         database=read_database(aws),
-        function=read_function(aws, function_name),
+        function=read_function(aws, outputs["lambda_function_name"]),
         bucket=bucket,
         notification=aws.client("s3")
         .get_bucket_notification_configuration(Bucket=bucket)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from terraform.scripts.rehearsal import images
-from terraform.scripts.rehearsal.containers import SYSTEM_PATH, VENV_BIN
+from terraform.scripts.rehearsal.containers import BASE_ENV, VENV_BIN
 from terraform.scripts.rehearsal.deployment import Aws, Function, WiringError
 from terraform.scripts.rehearsal.mapping import Mapper
 from terraform.scripts.tf_local import emulator_credentials
@@ -53,8 +53,7 @@ def invoke(function: Function, event: dict[str, Any], mapper: Mapper, aws: Aws, 
     task_root = images.build_folder(image, root)
     handler = (function.image_command or images.facts(image.dockerfile).cmd or [""])[0]
     env = {
-        "PATH": f"{VENV_BIN}:{SYSTEM_PATH}",
-        "LANG": "C.UTF-8",
+        **BASE_ENV,
         "LAMBDA_TASK_ROOT": str(task_root),
         "AWS_LAMBDA_FUNCTION_NAME": function.name,
         **emulator_credentials(aws.endpoint, aws.region),

@@ -85,11 +85,12 @@ class Mapper:
                     f"{where}: the database {host} listens on {database.port}, not {port}"
                 )
             return Target(self.postgres_port, "the database (local Postgres)")
+        wanted = port if port is not None else DEFAULT_PORTS.get(scheme.lower())
         if host in self.deployment.discovery:
-            return self._service_port(self.deployment.discovery[host], port, scheme, where)
+            return self._service_port(self.deployment.discovery[host], wanted, where)
         balancer = self._balancer_for(host)
         if balancer is not None:
-            return self._through_balancer(balancer, host, port, scheme, where)
+            return self._through_balancer(balancer, host, wanted, scheme, where)
         known = ", ".join(sorted(self.deployment.discovery)) or "none"
         raise WiringError(
             f"{where}: {host} is not a name of this deployment"
@@ -98,9 +99,8 @@ class Mapper:
             f" database: {database.address})"
         )
 
-    def _service_port(self, service: str, port: int | None, scheme: str, where: str) -> Target:
+    def _service_port(self, service: str, wanted: int | None, where: str) -> Target:
         listening = self.deployment.tasks[service].ports
-        wanted = port if port is not None else DEFAULT_PORTS.get(scheme.lower())
         if wanted not in listening:
             ports = ", ".join(map(str, listening)) or "none"
             raise WiringError(
@@ -118,9 +118,8 @@ class Mapper:
         return None
 
     def _through_balancer(
-        self, lb: LoadBalancer, host: str, port: int | None, scheme: str, where: str
+        self, lb: LoadBalancer, host: str, wanted: int | None, scheme: str, where: str
     ) -> Target:
-        wanted = port if port is not None else DEFAULT_PORTS.get(scheme.lower())
         listener = lb.listeners.get(wanted or 0)
         if listener is None:
             ports = ", ".join(map(str, sorted(lb.listeners))) or "none"
@@ -142,7 +141,7 @@ class Mapper:
                     f" ({kind} {detail}), it forwards it to no service"
                 )
             service, target_port = self.deployment.service_of_target_group(detail)
-            target = self._service_port(service, target_port, "http", where)
+            target = self._service_port(service, target_port, where)
             signed = ", behind sign-in" if rule.authenticated else ""
             return Target(
                 target.port,

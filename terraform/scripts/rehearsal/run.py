@@ -119,13 +119,7 @@ class Rehearsal:
 
     def __post_init__(self) -> None:
         self.aws = Aws(self.applied.endpoint)
-        outputs = self.applied.outputs
-        self.deployment: Deployment = read(
-            self.aws,
-            outputs["bucket_name"],
-            outputs["lambda_function_name"],
-            tuple(outputs[k] for k in ("db_bootstrap_task",) if k in outputs),
-        )
+        self.deployment: Deployment = read(self.aws, self.applied.outputs)
         self.processes: dict[str, Process] = {}
         self.local: dict[str, containers.Local] = {}
         self.cleanups: list[Any] = []
@@ -149,8 +143,8 @@ class Rehearsal:
                 "database bootstrap",
                 lambda: self.run_one_off("db_bootstrap_task", "the database bootstrap"),
             )
-            self._step("servers", self.start_servers)
-            self._step("workers", self.start_workers)
+            self._step("servers", lambda: self.start_services(servers=True))
+            self._step("workers", lambda: self.start_services(servers=False))
             # A first apply has no model yet: the runner must start without one.
             training = self._step("training", self.start_training)
             self._step("after apply", self.after_apply)
@@ -185,7 +179,7 @@ class Rehearsal:
         """What RDS creates: the master user (not a superuser: CREATEDB, CREATEROLE) with its
         password, owning the instance's first database."""
         db = self.deployment.database
-        users, password, source = checks.master_login(self.aws, self.deployment)
+        users, password = checks.master_login(self.aws, self.deployment)
         self.master_users = users
         with connect(self.admin_url) as conn, conn.cursor() as cur:
             for user in users:
@@ -210,7 +204,7 @@ class Rehearsal:
                     )
                 )
         self.report.facts["database"] = (
-            f"master user {' and '.join(users)} (password from {source}),"
+            f"master user {' and '.join(users)} (password from its RDS-managed secret),"
             f" database {db.database}, at {LOOPBACK}:{database_port(self.admin_url)}"
         )
 
@@ -270,20 +264,14 @@ class Rehearsal:
             raise WiringError(f"{what} {ended}; its output ends:\n{process.tail()}")
         self.report.ran[local.label] = f"exited 0 after {time.monotonic() - began:.1f}s"
 
-    def start_servers(self) -> None:
-        """The tasks behind a port, until each container's health check and the load
-        balancer's target group health check pass."""
-        self._start_tasks([t for t in self.services() if t.ports])
-
-    def start_workers(self) -> None:
-        self._start_tasks([t for t in self.services() if not t.ports])
-
     def services(self) -> list[Task]:
         return [t for t in self.deployment.tasks.values() if not t.one_off]
 
-    def _start_tasks(self, tasks: list[Task]) -> None:
+    def start_services(self, servers: bool) -> None:
+        """The services behind a port (``servers``) or the others, until each container's
+        health check and its load balancer target group's health check pass."""
         waiting = []
-        for task in tasks:
+        for task in (t for t in self.services() if bool(t.ports) == servers):
             for container in task.containers:
                 local = self.local[container.label]
                 if container.name in task.waited_for() or local.skipped:
@@ -291,8 +279,10 @@ class Rehearsal:
                 waiting.append((task, local, self._start(local)))
         _in_parallel(self._wait_healthy, waiting)
 
-    def _start(self, local: containers.Local) -> Process:
-        log = self.root / "logs" / f"{local.label.replace('/', '.')}.log"
+    def _start(self, local: containers.Local, label: str = "") -> Process:
+        """``local``'s process, stopped at the end, named ``label`` (else the container's)."""
+        label = label or local.label
+        log = self.root / "logs" / f"{label.replace('/', '.')}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             popen = subprocess.Popen(
@@ -304,8 +294,8 @@ class Rehearsal:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.processes[local.label] = Process(local.label, popen, log)
-        return self.processes[local.label]
+        self.processes[label] = Process(label, popen, log)
+        return self.processes[label]
 
     def _wait_healthy(self, task: Task, local: containers.Local, process: Process) -> None:
         began = time.monotonic()
@@ -380,9 +370,12 @@ class Rehearsal:
         outputs.write_text(json.dumps({k: {"value": v} for k, v in mapped.items()}))
         post_apply = [sys.executable, str(SCRIPTS / "post_apply.py")]
         env_file = self.root / ".env"
-        self._run_checked(
-            "post_apply.py env", [*post_apply, "env", str(outputs), "--env-file", str(env_file)]
-        )
+        argv = [*post_apply, "env", str(outputs), "--env-file", str(env_file)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
+            raise WiringError(f"post_apply.py env exited with {done.returncode}:\n{tail}")
+        self.report.ran["post_apply.py env"] = "exited 0"
         self.run_one_off("deployments_task", "the deployments' registration")
 
     def run_one_off(self, output: str, what: str) -> None:
@@ -403,15 +396,8 @@ class Rehearsal:
         command = " ".join(task.get("command") or local.container.command or [])
         self._run_to_exit(local, f"{what} ({command} in {local.label})")
 
-    def _run_checked(self, what: str, argv: list[str]) -> None:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-        if done.returncode != 0:
-            tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
-            raise WiringError(f"{what} exited with {done.returncode}:\n{tail}")
-        self.report.ran[what] = "exited 0"
-
     # ------------------------------------------------------------------ 5. model
-    def start_training(self) -> subprocess.Popen:
+    def start_training(self) -> Process:
         """Train and register a quick model with the worker's environment (its MLflow URL,
         credentials, model name), as a user would from inside the VPC."""
         worker = self.worker()
@@ -437,26 +423,14 @@ class Rehearsal:
             str(self.data_dir / TRAINING_FILE),
             json.dumps(QUICK_PARAMS),
         ]
-        log = (self.root / "logs" / "training.log").open("wb")
-        return subprocess.Popen(
-            argv,
-            env=worker.env,
-            cwd=worker.cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        return self._start(replace(worker, argv=argv), "training")
 
-    def finish_training(self, training: subprocess.Popen) -> None:
-        try:
-            code = training.wait(timeout=TRAIN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            training.kill()
-            code = None
-        log = (self.root / "logs" / "training.log").read_text(errors="replace")
+    def finish_training(self, training: Process) -> None:
+        code = training.wait(TRAIN_TIMEOUT)
         if code != 0:
-            tail = "\n".join(log.splitlines()[-30:])
-            raise WiringError(f"training with the worker's environment ended with {code}:\n{tail}")
+            raise WiringError(
+                f"training with the worker's environment ended with {code}:\n{training.tail()}"
+            )
         model = self.worker().env.get("MODEL_NAME", "XGBoostChurnModel")
         self.report.facts["model"] = f"{model} trained and given the alias staging"
 
