@@ -399,17 +399,29 @@ class MetricsStore:
 
     def record_realized(
         self,
+        *,
         run_id: str,
+        labels_run_id: str,
+        labels_file: str,
+        arrived_at: datetime,
+        matched_by: str,
+        labeled_rows: int,
         scores: Mapping[str, float],
         thresholds: Mapping[str, float] | None = None,
-        **labels: Any,
     ) -> int:
-        """The realized scores of run ``run_id`` from one labels file (``labels``: the other
-        columns of ``realized_scores``); how many rows."""
+        """The realized scores of run ``run_id`` from one labels file; how many rows."""
         limits = thresholds or {}
+        common = {
+            "run_id": run_id,
+            "labels_run_id": labels_run_id,
+            "labels_file": labels_file,
+            "labels_arrived_at": arrived_at,
+            "matched_by": matched_by,
+            "labeled_rows": labeled_rows,
+        }
         rows = [
-            {"run_id": run_id, **labels, "metric": m, "value": v, "threshold": limits.get(m)}
-            for m, v in scores.items()
+            {**common, "metric": metric, "value": value, "threshold": limits.get(metric)}
+            for metric, value in scores.items()
         ]
         self._write(insert(realized_scores), [fitted(realized_scores, r) for r in rows])
         return len(rows)

@@ -164,14 +164,14 @@ def record_realized(
 ) -> None:
     """The realized scores, stored against the scoring run with the labels' arrival time."""
     store.record_realized(
-        joined.scoring.run_id,
-        joined.scores,
-        monitoring.alert_thresholds,
+        run_id=joined.scoring.run_id,
         labels_run_id=labels_run_id,
         labels_file=name,
-        labels_arrived_at=joined.arrived_at,
+        arrived_at=joined.arrived_at,
         matched_by=joined.matched_by,
         labeled_rows=joined.labeled_rows,
+        scores=joined.scores,
+        thresholds=monitoring.alert_thresholds,
     )
 
 
