@@ -132,6 +132,7 @@ def on_fresh_moto(
             if attempt == "again" or EMULATOR_RETRY_RACE not in str(exc):
                 raise
         terminate_groups([proc.pid], grace=5.0)
+        proc.wait(timeout=10)  # reaped: no zombie beside the second server
     raise AssertionError("unreachable: the second attempt returns or raises")
 
 

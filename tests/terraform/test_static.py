@@ -4,6 +4,7 @@ minimal profile of terraform/README.md among them), and the helper scripts."""
 from __future__ import annotations
 
 import json
+import os
 import py_compile
 import re
 import shutil
@@ -194,3 +195,39 @@ def test_terraforms_errors_are_named_whether_or_not_its_output_is_captured(
             tf_local.terraform(tmp_path, env, "apply", capture=capture)
     shown = capfd.readouterr()
     assert (shown.out, shown.err) == ("planning\n", f"{race}\n")  # uncaptured: streamed
+
+
+def test_apply_local_meets_the_retry_race_then_applies_on_a_fresh_moto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make apply-local` (tf_local.up) with a terraform whose first apply meets the race:
+    that moto is stopped, the second apply runs on a new one from a clean module folder,
+    and the state file names the server `down` destroys against and stops."""
+    applied, fake = tmp_path / "applied", tmp_path / "bin" / "terraform"
+    fake.parent.mkdir()
+    fake.write_text(
+        f"""#!/bin/sh
+[ "$2" = apply ] || exit 0
+module="${{1#-chdir=}}"
+echo "$AWS_ENDPOINT_URL" >> {applied}
+[ -e "$module/stale" ] && exit 2
+[ $(wc -l < {applied}) -gt 1 ] && exit 0
+touch "$module/stale"
+echo '{tf_local.EMULATOR_RETRY_RACE}: rule exists' >&2
+exit 1
+"""
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    workdir = tmp_path / "work"
+    try:
+        tf_local.up(workdir, None)
+        first, second = applied.read_text().split()
+        state = json.loads((workdir / "emulator.json").read_text())
+        assert state["endpoint"] == second != first
+        tf_local.wait_for_http(f"{second}/moto-api/", timeout=5)
+        with pytest.raises(TimeoutError):
+            tf_local.wait_for_http(f"{first}/moto-api/", timeout=1)
+    finally:
+        tf_local.stop_emulator(workdir)
+    assert not (workdir / "emulator.json").exists()
