@@ -25,15 +25,7 @@ from uuid import UUID
 
 from prefect import Flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterId,
-    FlowRunFilter,
-    FlowRunFilterExpectedStartTime,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow
@@ -98,12 +90,8 @@ class FlowRunner:
         from prefect.deployments import run_deployment
 
         reconciler = self.client.read_deployment_by_name(RECONCILE_DEPLOYMENT)
-        missed = self.client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[reconciler.id])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)),
-            ),
+        missed = self.client.get_scheduled_flow_runs_for_deployments(
+            deployment_ids=[reconciler.id], scheduled_before=datetime.now(UTC)
         )
         for run in missed:
             with suppress(ObjectNotFound):  # another runner deleted it first
