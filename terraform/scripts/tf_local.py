@@ -261,12 +261,18 @@ EMULATOR_UNDELETABLE = ("aws_efs_file_system_policy.evidently",)
 
 
 def destroy(module_dir: Path, env: dict[str, str], *extra: str, capture: bool = False) -> str:
+    """Destroy; once more if the first fails. Under load the AWS provider retries a
+    DeleteTargetGroup that moto already did and stops on its TargetGroupNotFound; a second
+    destroy refreshes the state first and finishes what is left."""
     state = terraform(module_dir, env, "state", "list", capture=True).split()
     forget = [address for address in EMULATOR_UNDELETABLE if address in state]
     if forget:
         terraform(module_dir, env, "state", "rm", *forget, capture=True)
     args = ("destroy", "-auto-approve", "-input=false", "-no-color", *extra)
-    return terraform(module_dir, env, *args, capture=capture)
+    try:
+        return terraform(module_dir, env, *args, capture=capture)
+    except RuntimeError:
+        return terraform(module_dir, env, *args, capture=capture)
 
 
 def up(workdir: Path, endpoint: str | None) -> None:

@@ -99,14 +99,8 @@ class _EarlyApply:
         return self.destroyed
 
     def _destroy(self) -> Deployment:
-        """Destroy; once more if the first fails. Under load the AWS provider retries a
-        DeleteTargetGroup that moto already did and stops on its TargetGroupNotFound;
-        a second destroy refreshes the state first and finishes what is left."""
         deployment = self.future.result()
-        try:
-            deployment.destroy()
-        except RuntimeError:
-            deployment.destroy()
+        deployment.destroy()
         return deployment
 
     def _apply(self) -> Deployment:

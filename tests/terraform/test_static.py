@@ -231,3 +231,20 @@ exit 1
     finally:
         tf_local.stop_emulator(workdir)
     assert not (workdir / "emulator.json").exists()
+
+
+def test_a_destroy_that_fails_once_is_run_again(tmp_path: Path) -> None:
+    """The provider's retried DeleteTargetGroup stops a loaded moto's destroy; the second
+    destroy finishes it (make destroy-local and the tests alike). A second failure raises."""
+    fake, tries = tmp_path / "terraform", tmp_path / "tries"
+    fake.write_text(
+        f'#!/bin/sh\n[ "$2" = destroy ] || exit 0\necho x >> {tries}\n'
+        f"[ $(wc -l < {tries}) -gt $FAILURES ] || {{ echo TargetGroupNotFound >&2; exit 1; }}\n"
+    )
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "FAILURES": "1"}
+    tf_local.destroy(tmp_path, env, capture=True)
+    assert len(tries.read_text().split()) == 2
+    with pytest.raises(RuntimeError, match="TargetGroupNotFound"):
+        tf_local.destroy(tmp_path, {**env, "FAILURES": "5"}, capture=True)
+    assert len(tries.read_text().split()) == 4
