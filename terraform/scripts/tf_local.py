@@ -123,17 +123,18 @@ def on_fresh_moto(
 
     ``started`` gets each server as it starts: the caller stops the last one, which stays
     running after a success or any other failure (its state is what a destroy needs)."""
-    for attempt in ("first", "again"):
-        proc, endpoint = start_moto(log_path)
-        started(proc)
-        try:
-            return apply(endpoint, attempt)
-        except RuntimeError as exc:
-            if attempt == "again" or EMULATOR_RETRY_RACE not in str(exc):
-                raise
-        terminate_groups([proc.pid], grace=5.0)
-        proc.wait(timeout=10)  # reaped: no zombie beside the second server
-    raise AssertionError("unreachable: the second attempt returns or raises")
+    proc, endpoint = start_moto(log_path)
+    started(proc)
+    try:
+        return apply(endpoint, "first")
+    except RuntimeError as exc:
+        if EMULATOR_RETRY_RACE not in str(exc):
+            raise
+    terminate_groups([proc.pid], grace=5.0)
+    proc.wait(timeout=10)  # reaped: no zombie beside the second server
+    proc, endpoint = start_moto(log_path)
+    started(proc)
+    return apply(endpoint, "again")
 
 
 def wait_for_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
