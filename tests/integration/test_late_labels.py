@@ -204,6 +204,39 @@ def test_an_identifier_given_twice_when_scored_joins_by_rows(scored, data_dir: P
     assert f"(run {outcome.run}," in joined.message and "matched by rows" in joined.message
 
 
+def test_identifiers_and_churn_alone_join_the_one_run_with_those_customers(
+    scored, data_dir: Path
+) -> None:
+    """No other column tells runs apart: one run with those customers joins, two are
+    refused; 'Churn' alone, without an identifier, never joins."""
+    settings, storage, _, _ = scored
+
+    def score(name: str, source: str) -> per_file.FileOutcome:
+        frame = pd.read_csv(data_dir / source).drop(columns="Churn")
+        frame.insert(0, "customer_id", [f"E{i:06d}" for i in range(len(frame))])
+        storage.create(stage_key("input", name), frame.to_csv(index=False).encode())
+        outcome = per_file.process(settings, storage, stage_key("input", name))
+        assert outcome.status == "processed", outcome.message
+        return outcome
+
+    first = score("e_ids.csv", WITH_IDS)
+    ids = [f"E{i:06d}" for i in range(120)]
+    labels = pd.DataFrame({"customer_id": ids, "Churn": [str(i % 2) for i in range(120)]})
+
+    joined = _drop_labels(scored, "e_labels.csv", labels)
+    assert joined.status == "processed", joined.message
+    assert f"(run {first.run}," in joined.message
+    assert "matched by identifier 'customer_id'" in joined.message
+
+    churn_only = pd.DataFrame({"Churn": [str(i % 2) for i in range(1050)]})
+    assert "only 'Churn' to go by" in _errored(scored, "churn_only.csv", churn_only)
+
+    second = score("e_ids_again.csv", "customer_churn_2_majority_drifted.csv")
+    message = _errored(scored, "e_labels_again.csv", labels)
+    assert "they fit several runs" in message
+    assert first.run in message and second.run in message
+
+
 def _labels_bytes(scored) -> bytes:
     _, _, _, truth = scored
     labels = _predictions(scored, WITHOUT_IDS)

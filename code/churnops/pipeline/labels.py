@@ -55,6 +55,8 @@ JOIN_SUFFIX = ".join.json"
 _PREDICTIONS = re.compile(r"^(?P<stem>.+)_predictions_(?P<model>.+)_v(?P<version>[^_]+)\.csv$")
 #: Probabilities written by Arrow read back exactly; a spreadsheet may round them.
 PROBABILITY_TOLERANCE = 1e-6
+#: How a labels file without a usable identifier matched its run.
+BY_ROWS = "rows (no identifier)"
 _LABEL_VALUES = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
 
 
@@ -202,7 +204,7 @@ def _rows_of(
             f"it has {many} rows, the labels file {len(labels)}; without an "
             "identifier a labels file must keep every row of the predictions file, in order"
         )
-    return pd.concat(by_row, ignore_index=True), "rows (no identifier)"
+    return pd.concat(by_row, ignore_index=True), BY_ROWS
 
 
 def _check_same(labels: pd.DataFrame, matched: pd.DataFrame, columns: list[str]) -> None:
@@ -276,15 +278,14 @@ def _find(
             break
     if not matches:
         raise DataValidationError(_no_match(reasons), name)
-    if not all(m[3] for m in matches):
-        runs = ", ".join(m[0].run for m in matches)
-        raise DataValidationError(
-            [
-                f"only identifiers and 'Churn' to go by, and they fit several runs ({runs}): "
-                "keep the predictions file's other columns (features, churn_prediction)"
-            ],
-            name,
-        )
+    if not matches[0][3]:  # no column to tell runs apart: one run by identifier, or none
+        keep = "keep the predictions file's other columns (features, churn_prediction)"
+        if matches[0][2] == BY_ROWS:
+            raise DataValidationError([f"only 'Churn' to go by: {keep}"], name)
+        if len(matches) > 1:
+            runs = ", ".join(m[0].run for m in matches)
+            problem = f"only identifiers and 'Churn' to go by, and they fit several runs ({runs})"
+            raise DataValidationError([f"{problem}: {keep}"], name)
     newest = max(matches, key=lambda m: m[0].run)
     return newest, [m[0].run for m in matches if m is not newest]
 
