@@ -139,7 +139,8 @@ class ModelSettings(CommonSettings):
     retrain_cooldown_minutes: float = Field(
         60.0,
         ge=0,
-        description="An automatic retraining starts at most once per this many minutes.",
+        description="Automatic retrainings wait this many minutes after the last verdict "
+        "(promoted or refused, manual or automatic).",
     )
 
     @property

@@ -113,12 +113,17 @@ def test_no_retraining_without_low_scores_or_when_off(
     assert "retrain" not in message
 
 
-def test_auto_waits_for_the_cooldown_after_the_last_retraining(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, retrain_mode="auto", retrain_cooldown_minutes=30)
+def verdict(settings: Settings, trigger: str = "manual") -> None:
     store = MetricsStore.from_settings(settings.monitoring)
-    assert store.acquire_lock(LOCK, "manual-earlier", 60)
-    store.release_lock(LOCK, "manual-earlier")
+    store.record_model_event(
+        model_name="M", version="2", event="refused", reason="r", trigger=trigger
+    )
     store.close()
+
+
+def test_auto_waits_for_the_cooldown_after_the_last_verdict(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, retrain_mode="auto", retrain_cooldown_minutes=30)
+    verdict(settings)
     submit = Mock()
     _, message = alert(settings, LOW, submit)
     submit.assert_not_called()
@@ -163,13 +168,17 @@ def test_a_second_retraining_stops_while_the_first_holds_the_lock(tmp_path: Path
     assert store.model_events().empty
 
 
-def test_an_automatic_retraining_started_in_the_cooldown_stops(tmp_path: Path) -> None:
-    """Two submissions across a window boundary: the second run sees the first one's start."""
+def test_an_automatic_retraining_in_the_cooldown_of_a_verdict_stops(tmp_path: Path) -> None:
+    """A retraining that trained nothing holds nothing back (a manual one before any file
+    was labeled, say); one across a window boundary from a verdict stops."""
     settings = settings_for(tmp_path, retrain_cooldown_minutes=60)
     storage = open_storage(settings.drop)
-    first = retrain(settings, storage, RetrainOptions(trigger="auto"))
-    assert first.status == "skipped" and "no labeled file" in first.reason  # it ran: empty drop
-    second = retrain(settings, storage, RetrainOptions(trigger="auto"))
-    assert second.status == "skipped" and "automatic ones wait 60 minutes" in second.reason
+    for trigger in ("manual", "auto", "auto"):
+        skipped = retrain(settings, storage, RetrainOptions(trigger=trigger))  # type: ignore[arg-type]
+        assert skipped.status == "skipped" and "no labeled file" in skipped.reason
+
+    verdict(settings, "auto")
+    waits = retrain(settings, storage, RetrainOptions(trigger="auto"))
+    assert waits.status == "skipped" and "automatic ones wait 60 minutes" in waits.reason
     manual = retrain(settings, storage, RetrainOptions(trigger="manual"))
     assert "no labeled file" in manual.reason  # people are not held back by the cooldown

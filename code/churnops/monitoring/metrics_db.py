@@ -38,6 +38,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    func,
     insert,
     or_,
     select,
@@ -433,6 +434,12 @@ class MetricsStore:
     def record_model_event(self, **row: Any) -> None:
         """One retraining verdict (columns of ``model_events``; ``at`` defaults to now)."""
         self._write(insert(model_events), {"at": _now(), **row})
+
+    def last_verdict_at(self) -> datetime | None:
+        """When the last retraining reached a verdict, if one did: the cooldown counts from
+        it (a retraining that skipped or failed trained nothing, so it holds nothing back)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.max(model_events.c.at))).scalar()
 
     def model_events(self) -> pd.DataFrame:
         return self._frame(select(model_events).order_by(model_events.c.at, model_events.c.id))

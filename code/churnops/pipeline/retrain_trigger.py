@@ -35,17 +35,16 @@ def idempotency_key(now: datetime, cooldown_minutes: float) -> str:
     return f"retrain:{start:%Y%m%dT%H%M%SZ}"
 
 
-def cooling_down(last_start: datetime | None, now: datetime, cooldown_minutes: float) -> bool:
-    return last_start is not None and now - last_start < timedelta(minutes=cooldown_minutes)
+def cooling_down(last_verdict: datetime | None, now: datetime, cooldown_minutes: float) -> bool:
+    return last_verdict is not None and now - last_verdict < timedelta(minutes=cooldown_minutes)
 
 
-def last_start(monitoring: MonitoringSettings) -> datetime | None:
+def last_verdict(monitoring: MonitoringSettings) -> datetime | None:
     store = MetricsStore.from_settings(monitoring)
     try:
-        state = store.lock_state(LOCK)
+        return store.last_verdict_at()
     finally:
         store.close()
-    return state.acquired_at if state else None
 
 
 def on_low_scores(
@@ -64,10 +63,10 @@ def on_low_scores(
         return SUGGESTION
     now = datetime.now(UTC)
     try:
-        last = last_start(monitoring)
+        last = last_verdict(monitoring)
         if cooling_down(last, now, model.retrain_cooldown_minutes):
             return (
-                f"retraining not started: the last one started at {last:%Y-%m-%d %H:%M:%S} UTC "
+                f"retraining not started: the last one ended at {last:%Y-%m-%d %H:%M:%S} UTC "
                 f"(cooldown {model.retrain_cooldown_minutes:g} minutes)"
             )
         key = idempotency_key(now, model.retrain_cooldown_minutes)

@@ -138,7 +138,7 @@ def retrain(
     holder = f"{options.trigger}-{claims.HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         state = store.lock_state(LOCK)
-        waited = _why_not_now(settings.model, state, options.trigger)
+        waited = _why_not_now(settings.model, state, options.trigger, store.last_verdict_at())
         if waited:
             return Outcome("skipped", waited)
         dead = state.holder if state is not None and not _alive(state.holder) else None
@@ -165,18 +165,21 @@ def retrain(
         store.close()
 
 
-def _why_not_now(model: ModelSettings, state: LockState | None, trigger: Trigger) -> str:
+def _why_not_now(
+    model: ModelSettings, state: LockState | None, trigger: Trigger, last: datetime | None
+) -> str:
     """Why this retraining must not start (another runs, or an automatic one is within the
-    cooldown); '' when it may."""
+    cooldown of the ``last`` verdict); '' when it may."""
     now = datetime.now(UTC)
     if state is not None and state.held(now) and _alive(state.holder):
         return _lock_holder(state)
-    last = state.acquired_at if state is not None else None
-    if trigger != "auto" or not cooling_down(last, now, model.retrain_cooldown_minutes):
+    if trigger != "auto" or last is None:
         return ""
-    ready = state.acquired_at + timedelta(minutes=model.retrain_cooldown_minutes)
+    if not cooling_down(last, now, model.retrain_cooldown_minutes):
+        return ""
+    ready = last + timedelta(minutes=model.retrain_cooldown_minutes)
     return (
-        f"the last retraining started at {state.acquired_at:%Y-%m-%d %H:%M:%S} UTC; "
+        f"the last retraining ended at {last:%Y-%m-%d %H:%M:%S} UTC; "
         f"automatic ones wait {model.retrain_cooldown_minutes:g} minutes "
         f"(RETRAIN_COOLDOWN_MINUTES), until {ready:%H:%M:%S} UTC"
     )
