@@ -6,7 +6,7 @@
 
 locals {
   # MLflow's client timeout and retries, identical on the local platform: the values of
-  # code/churnops/platform/mlflow_client.json, written here because this module is
+  # MLFLOW_CLIENT_ENV in code/churnops/settings.py, written here because this module is
   # applied from a copy of terraform/ alone (test_apply_moto checks that they agree).
   mlflow_client_env = {
     MLFLOW_HTTP_REQUEST_MAX_RETRIES = "2"

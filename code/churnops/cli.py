@@ -393,10 +393,10 @@ def grant_reader() -> None:
 
 
 def entry() -> None:
-    """:data:`app` in a process whose libraries send no usage data: they read their off
-    switches only from the environment, which ChurnOps never writes, so while one is
-    missing this process first replaces itself (``execve``) with one that has them."""
-    switches = get_settings().platform.telemetry_env
+    """:data:`app` in a process with :attr:`~churnops.settings.PlatformSettings.process_env`
+    (the libraries read those only from the environment, which ChurnOps never writes): while
+    one is missing, this process first replaces itself (``execve``) with one that has them."""
+    switches = get_settings().platform.process_env
     if any(os.environ.get(name) != value for name, value in switches.items()):
         os.execve(sys.executable, sys.orig_argv, os.environ | switches)
     app()

@@ -29,7 +29,7 @@ class Backoff:
 
 
 #: Timeout of one network call (s): the metrics database, Evidently UI, SNS and SMTP
-#: (MLflow's client takes its own from churnops/platform/mlflow_client.json).
+#: (MLflow's client takes its own: churnops.settings.MLFLOW_CLIENT_ENV).
 NETWORK_TIMEOUT_SECONDS = 30.0
 #: How long a step keeps trying a dependency that is down (s): a restart's blip passes.
 DEPENDENCY_WAIT_SECONDS = 10.0

@@ -46,6 +46,15 @@ NO_USAGE_TELEMETRY: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 
+#: MLflow's client reads its timeout and retries only from the environment (unset: about
+#: 12 minutes per request to a dead server). Every process ChurnOps runs gets them, as it
+#: gets the switches above; terraform/services.tf's local.mlflow_client_env is the same map
+#: for the ECS worker (a test checks).
+MLFLOW_CLIENT_ENV: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
 #: Alert floors of a labeled file's other scores; the F1's is MIN_F1, the quality bar.
 OTHER_SCORE_MINIMUMS: dict[str, float] = {"precision": 0.7, "recall": 0.7, "accuracy": 0.7}
 
@@ -282,9 +291,10 @@ class PlatformSettings(CommonSettings):
     )
 
     @property
-    def telemetry_env(self) -> dict[str, str]:
-        """What a process ChurnOps starts gets so that its libraries send no usage data."""
-        return {} if self.usage_telemetry else dict(NO_USAGE_TELEMETRY)
+    def process_env(self) -> dict[str, str]:
+        """What every process ChurnOps runs gets: MLflow's client bounds and, unless
+        USAGE_TELEMETRY is on, the libraries' usage-data off switches."""
+        return MLFLOW_CLIENT_ENV | ({} if self.usage_telemetry else NO_USAGE_TELEMETRY)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import pytest
 
 from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.platform.services import PlatformState
-from churnops.settings import NO_USAGE_TELEMETRY, get_settings
+from churnops.settings import MLFLOW_CLIENT_ENV, NO_USAGE_TELEMETRY, get_settings
 from tests.processes import FOREIGN
 
 pytestmark = pytest.mark.integration
@@ -147,11 +147,12 @@ def test_up_scores_a_file_without_leaving_loopback(
             f"{SCORED} to be scored",
         )
         assert outcome[1] == "processed", output.read_text()[-3000:]
-        # The platform and each child carry the switches: `up` itself through its
-        # entry point, the servers and the runner through their spawned environment.
+        # The platform and each child carry the switches and MLflow's client bounds: `up`
+        # itself (the watcher) through its entry point, the servers and the runner through
+        # their spawned environment.
         for name, entry in state.services.items():
             environ = Path(f"/proc/{entry['pid']}/environ").read_bytes().split(b"\0")
-            for variable, value in NO_USAGE_TELEMETRY.items():
+            for variable, value in (NO_USAGE_TELEMETRY | MLFLOW_CLIENT_ENV).items():
                 assert f"{variable}={value}".encode() in environ, (name, variable)
         os.kill(state.pid, signal.SIGINT)
         assert process.wait(timeout=TIMEOUT) == 0, output.read_text()[-3000:]

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from churnops.pipeline import PIPELINE_DEPLOYMENT
-from churnops.platform.launch import mlflow_client_env
-from churnops.settings import NO_USAGE_TELEMETRY
+from churnops.settings import MLFLOW_CLIENT_ENV, NO_USAGE_TELEMETRY
 
 from .conftest import Deployment, early
 
@@ -230,7 +229,7 @@ def test_ecs_services_and_task_definitions(
     assert env["PREFECT_API_URL"].endswith(":4200/api")
     assert {"MLFLOW_TRACKING_URI", "EVIDENTLY_UI_URL"} <= set(env)
     # MLflow's client bounds, the very ones the local runners get.
-    assert mlflow_client_env().items() <= env.items()
+    assert MLFLOW_CLIENT_ENV.items() <= env.items()
     # Service credentials come as ECS secrets, never as plain environment variables.
     credentials = {"PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD", "EVIDENTLY_SECRET"}
     assert credentials <= set(secrets) and not credentials & set(env)

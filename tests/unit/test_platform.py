@@ -33,7 +33,7 @@ from churnops.platform.watcher import (
     s3_event,
     wait_stable,
 )
-from churnops.settings import NO_USAGE_TELEMETRY, get_settings
+from churnops.settings import MLFLOW_CLIENT_ENV, NO_USAGE_TELEMETRY, get_settings
 from tests.processes import dead_pid, eventually, run_python
 
 ROOT = Path(__file__).parents[2]
@@ -196,6 +196,7 @@ def test_every_child_gets_the_usage_data_switches_unless_telemetry_is_on(
     expected = dict.fromkeys(NO_USAGE_TELEMETRY) if usage_telemetry else NO_USAGE_TELEMETRY
     for env in envs:
         assert {name: env.get(name) for name in NO_USAGE_TELEMETRY} == expected
+        assert MLFLOW_CLIENT_ENV.items() <= env.items()
 
 
 @pytest.mark.parametrize("configured", [None, "http://mlflow.example:5001"])

@@ -6,7 +6,6 @@ Stopping goes the other way."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -14,7 +13,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -107,16 +105,8 @@ def runner_env(settings: Settings) -> dict[str, str]:
             "EVIDENTLY_PORT": str(settings.platform.evidently_port),
             "EVIDENTLY_UI_URL": str(settings.monitoring.evidently_ui_url),
             "PREFECT_LOGGING_LEVEL": "INFO",
-            **mlflow_client_env(),
         },
     )
-
-
-def mlflow_client_env() -> dict[str, str]:
-    """MLflow's client timeout and retries (else ~12 minutes per request to a dead server),
-    from the one file the ECS worker (terraform/services.tf) reads too."""
-    text = resources.files("churnops.platform").joinpath("mlflow_client.json").read_text()
-    return json.loads(text)
 
 
 def run(settings: Settings, console: Console, errors: Console) -> int:
