@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
@@ -289,7 +290,10 @@ def reconcile(
     from churnops.pipeline.per_file import process as process_file
 
     settings = _settings()
-    storage = open_drop(target or settings.drop.drop_uri)
+    try:
+        storage = open_drop(target or settings.drop.drop_uri)
+    except ValueError as exc:
+        _fail(str(exc))
     outcomes: list[FileOutcome] = []
 
     def submit(action: reconciler.Action) -> None:
@@ -393,12 +397,17 @@ def grant_reader() -> None:
 
 
 def entry() -> None:
-    """:data:`app` in a process with :attr:`~churnops.settings.PlatformSettings.process_env`
+    """:data:`app` in a process with :meth:`~churnops.settings.PlatformSettings.process_env`
     (the libraries read those only from the environment, which ChurnOps never writes): while
     one is missing, this process first replaces itself (``execve``) with one that has them."""
-    switches = get_settings().platform.process_env
-    if any(os.environ.get(name) != value for name, value in switches.items()):
-        os.execve(sys.executable, sys.orig_argv, os.environ | switches)
+    try:
+        wanted = get_settings().platform.process_env(os.environ)
+    except ValidationError as exc:  # a variable a user set: named, with no traceback
+        problems = [f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
+        errors.print(f"[red]error:[/red] invalid setting: {escape('; '.join(problems))}")
+        raise SystemExit(2) from None
+    if wanted != dict(os.environ):
+        os.execve(sys.executable, sys.orig_argv, wanted)
     app()
 
 

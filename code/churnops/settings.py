@@ -14,6 +14,7 @@ Evidently's is passed by ChurnOps, so it is a setting here.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, get_type_hints
@@ -290,11 +291,12 @@ class PlatformSettings(CommonSettings):
         "scale-in and deployments while a flow run executes. Unset: no protection asked.",
     )
 
-    @property
-    def process_env(self) -> dict[str, str]:
-        """What every process ChurnOps runs gets: MLflow's client bounds and, unless
-        USAGE_TELEMETRY is on, the libraries' usage-data off switches."""
-        return MLFLOW_CLIENT_ENV | ({} if self.usage_telemetry else NO_USAGE_TELEMETRY)
+    def process_env(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """``environ`` as every process ChurnOps runs gets it: MLflow's client bounds where
+        it sets none and, unless USAGE_TELEMETRY is on, the libraries' usage-data off
+        switches (whatever it sets)."""
+        switches = {} if self.usage_telemetry else NO_USAGE_TELEMETRY
+        return MLFLOW_CLIENT_ENV | dict(environ) | switches
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,22 @@ def test_the_scoring_path_imports_nothing_of_training(tmp_path: Path) -> None:
     env = {"CHURNOPS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     done = run_python(probe, env=env, check=True)
     assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "code", "said"),
+    [
+        (["status"], {"RETRAIN_MODE": "automatic"}, 2, "invalid setting: RETRAIN_MODE: "),
+        (["reconcile", "ftp://x"], {}, 1, "'ftp://x' is neither s3://<bucket> nor file:///"),
+    ],
+)
+def test_a_bad_setting_or_argument_is_one_line_not_a_traceback(
+    command: list[str], env: dict[str, str], code: int, said: str, tmp_path: Path
+) -> None:
+    """The installed command, as a user runs it."""
+    churnops = str(Path(sys.executable).with_name("churnops"))
+    env = {"CHURNOPS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", **env}
+    done = subprocess.run([churnops, *command], capture_output=True, text=True, env=env)
+    assert done.returncode == code, done.stderr
+    assert done.stderr.startswith("error: ") and said in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

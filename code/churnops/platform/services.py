@@ -81,7 +81,7 @@ def choose_port(host: str, configured: int, setting: str) -> int:
 def child_env(platform: PlatformSettings, extra: dict[str, str]) -> dict[str, str]:
     """Every child's environment: ours without foreign Prefect variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN_PREFECT_ENV}
-    return env | platform.process_env | extra
+    return platform.process_env(env) | extra
 
 
 def bin_path(name: str) -> str:
