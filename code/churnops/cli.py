@@ -53,14 +53,19 @@ def _one_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}{hint}"
 
 
-app = _App(help="ChurnOps: train, deploy and continuously evaluate churn models.")
-data_app = typer.Typer(help="Get the customer churn data.")
+# Markdown: a docstring's lines are one paragraph, wrapped to the terminal, not cut there.
+app = _App(
+    help="ChurnOps: train, deploy and continuously evaluate churn models.",
+    rich_markup_mode="markdown",
+)
+data_app = typer.Typer(help="Get the customer churn data.", rich_markup_mode="markdown")
 app.add_typer(data_app, name="data")
 # Long paths, URLs and tables stay whole when the output is a file or a pipe.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 errors = Console(stderr=True, soft_wrap=True)
 Trials = Annotated[
-    int, typer.Option(help="Optuna trials to run first; 0 reuses the best stored parameters.")
+    int,
+    typer.Option(min=0, help="Optuna trials to run first; 0 reuses the best stored parameters."),
 ]
 Force = Annotated[bool, typer.Option(help="Move the alias even if the gate says no.")]
 
@@ -87,7 +92,11 @@ def _fail(message: str) -> None:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log what each step does (INFO).")
+    ] = False,
+) -> None:
     """ChurnOps: train, deploy and continuously evaluate churn models."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
 
@@ -237,7 +246,7 @@ def _stranded_run(storage: DropStorage, name: str, data: bytes | None) -> str | 
 @app.command()
 def process(
     target: Annotated[
-        str, typer.Argument(help="A CSV file path, or s3://bucket/data/input/<name>")
+        str, typer.Argument(help="A CSV file path, or s3://bucket/data/input/name.csv")
     ],
     labels: Annotated[
         bool,
