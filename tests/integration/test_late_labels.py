@@ -153,6 +153,8 @@ def test_labels_with_other_rows_are_refused_with_the_reason(scored) -> None:
     by_id["Churn"] = truth[WITH_IDS]
     by_id.loc[3, "customer_id"] = "NOBODY"
     assert "identifier(s) are not among its rows: 'NOBODY'" in _errored(scored, "ids.csv", by_id)
+    respelled = by_id.rename(columns={"customer_id": "Customer ID"}).head(100)
+    assert "it has no column 'Customer ID'" in _errored(scored, "respelled.csv", respelled)
 
     by_rows = _predictions(scored, WITHOUT_IDS)
     by_rows["Churn"] = truth[WITHOUT_IDS]

@@ -200,8 +200,9 @@ def _rows_of(
         return matched, f"identifier '{identifier}'"
     if len(labels) != rows:
         many = f"more than {len(labels)}" if rows > len(labels) else str(rows)
+        unnamed = f"it has no column '{identifier}'; " if identifier and ids is None else ""
         raise _Mismatch(
-            f"it has {many} rows, the labels file {len(labels)}; without an "
+            f"{unnamed}it has {many} rows, the labels file {len(labels)}; without an "
             "identifier a labels file must keep every row of the predictions file, in order"
         )
     return pd.concat(by_row, ignore_index=True), BY_ROWS
