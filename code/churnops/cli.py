@@ -196,7 +196,7 @@ def retrain(
 
 
 #: ``churnops process`` exit codes, one per outcome (documented in docs/pipeline.md).
-EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5}
+EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5, "died": 5}
 
 
 def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStorage, str]:

@@ -16,11 +16,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -832,6 +833,45 @@ def test_an_attempt_killed_while_closing_a_dead_one_leaves_both_to_the_next(
     world.check(settled=True)
     ends = {x.attempt: x.state for x in leases(world.storage)}
     assert ends == {1: "died", 2: "died", 3: "done"}, ends
+
+
+def test_an_attempt_stalled_past_its_lease_changes_nothing_once_woken(
+    world: World, small_file: bytes
+) -> None:
+    """SIGSTOP, not a kill: attempt 1 stalls in scoring (a stopped process beats no more)
+    while attempt 2 takes over its lapsed lease and processes the file. Woken, attempt 1
+    writes its predictions (the same bytes), then stores, alerts and moves nothing, and its
+    stray copy leaves: nothing is left to re-drive, every record agrees."""
+    world.patch.setattr(claims, "LEASE_SECONDS", 0.5)
+    world.patch.setattr(claims, "heartbeat", lambda *args, **kwargs: nullcontext())
+    key = world.drops.drop("customers.csv", small_file)
+    stalled, woken = threading.Event(), threading.Event()
+
+    def stalled_score(*args: Any) -> Any:
+        stalled.set()
+        assert woken.wait(timeout=120)
+        return per_file.score_file(*args)
+
+    steps = replace(per_file.PLAIN_STEPS, score_file=stalled_score)
+    first: list[per_file.FileOutcome] = []
+    run = lambda: first.append(per_file.process(world.settings, world.storage, key, steps=steps))  # noqa: E731
+    zombie = threading.Thread(target=run)
+    zombie.start()
+    assert stalled.wait(timeout=60)
+    time.sleep(1.0)  # its lease lapses
+    second = world.process(_processing_key(world))
+    woken.set()
+    zombie.join(timeout=120)
+
+    assert second.status == "processed", second
+    assert [o.status for o in first] == ["died"], first
+    assert "attempt 2 took over" in first[0].message
+    assert world.reconcile() == []  # nothing left in processing/ to re-drive
+    world.check(settled=True)
+    assert {x.attempt: x.state for x in leases(world.storage)} == {1: "died", 2: "done"}
+    with closing(MetricsStore(world.settings.monitoring.metrics_db_url)) as store:
+        stored = set(store.metrics()["run_id"])
+    assert stored == {second.run_id}, stored  # the woken attempt stored no metrics
 
 
 def test_a_processing_object_deleted_mid_run_closes_the_run_once(

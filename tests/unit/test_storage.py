@@ -144,6 +144,15 @@ def test_create_and_move_create_parents_and_never_replace(storage: LocalDropStor
     assert not storage.exists("data/input/a.csv")
 
 
+def test_a_move_onto_the_same_bytes_is_done_as_on_s3(storage: LocalDropStorage) -> None:
+    """Equal content counts as the moved object (S3 compares ETags): the source leaves."""
+    storage.create("data/processing/R/p.csv", b"same")
+    storage.create("data/processed/R/p.csv", b"same")
+    storage.move("data/processing/R/p.csv", "data/processed/R/p.csv")
+    assert not storage.exists("data/processing/R/p.csv")
+    assert storage.read("data/processed/R/p.csv") == b"same"
+
+
 def test_written_files_get_the_usual_permissions(storage: LocalDropStorage) -> None:
     old = os.umask(0o022)
     try:
@@ -243,6 +252,23 @@ def test_a_run_blocked_past_its_time_stops_renewing_its_lease(storage: LocalDrop
         lease = claims.latest_lease(storage, held.run)
         assert lease is not None and lease.state == "running"
         assert lease.holder_gone(datetime.now(UTC), lease_seconds=0.5)
+
+
+def test_a_heartbeat_woken_after_its_takeover_never_revives_its_lease(
+    storage: LocalDropStorage,
+) -> None:
+    """A stopped process resumed: its successor ended its lease "died"; it stays so."""
+    storage.create(stage_key("input", "a.csv"), b"x")
+    held = claims.claim(storage, "data/input/a.csv", lease_seconds=0.5)
+    time.sleep(0.6)  # stalled: the lease lapses
+    successor = claims.claim(storage, held.processing_key, lease_seconds=0.5)
+    claims.release(storage, held.lease, "died", claims.death(held.lease))
+    with claims.heartbeat(storage, held.lease, every=0.05):
+        time.sleep(0.3)
+    assert claims.taken_over(storage, held.lease)
+    assert not claims.taken_over(storage, successor.lease)
+    lease = claims.lease(storage, held.run, 1)
+    assert lease is not None and lease.state == "died"
 
 
 def test_a_symlink_is_moved_as_itself_and_never_read(storage: LocalDropStorage) -> None:

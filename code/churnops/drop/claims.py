@@ -254,6 +254,12 @@ def release(
     return ended
 
 
+def taken_over(storage: DropStorage, lease: Lease) -> bool:
+    """A later attempt of the run exists: this one stalled past its lease (a stopped or
+    starved process) and was declared dead, so it must change nothing more."""
+    return storage.exists(claim_key(lease.run, lease.attempt + 1))
+
+
 def died(storage: DropStorage, run: str, attempt: int) -> list[Lease]:
     """The attempts before ``attempt`` that died and nobody closed: their leases say running."""
     earlier = (lease(storage, run, n) for n in range(1, attempt))
@@ -264,7 +270,7 @@ def death(dead: Lease) -> str:
     """Why an attempt whose lease was left running ended."""
     return (
         f"attempt {dead.attempt} died (no heartbeat since {dead.heartbeat}): "
-        "its process was killed, perhaps out of memory"
+        "its process was killed (out of memory?), stopped or stalled"
     )
 
 
@@ -291,6 +297,8 @@ def heartbeat(
     def beat() -> None:
         while not stop.wait(every) and time.monotonic() < deadline:
             try:
+                if taken_over(storage, lease):  # woken after a stall: never revive its lease
+                    return
                 storage.replace(lease.key, replace(lease, heartbeat=_now().isoformat()).to_json())
             except Exception:  # storage hiccup: the next beat tries again
                 continue

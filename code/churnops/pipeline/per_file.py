@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -62,11 +63,18 @@ from churnops.settings import (
 
 log = logging.getLogger(__name__)
 
-Status = Literal["processed", "errored", "failed", "skipped"]
+#: died: this attempt stalled past its lease and was taken over (:class:`TakenOver`).
+Status = Literal["processed", "errored", "failed", "skipped", "died"]
 
 
 class NotARegularFile(DataValidationError):
     """A symlink, FIFO or device in a local drop folder: never read, never followed."""
+
+
+class TakenOver(Exception):
+    """A later attempt took the run over while this one stalled past its lease (a stopped
+    or starved process): that one closed this attempt's row, log, flow run and lease as
+    died, and does its work; this one stores, alerts and moves nothing more."""
 
 
 @dataclass
@@ -271,7 +279,8 @@ def process(
     _note(attempt, "claim", "ok", f"attempt {lease.attempt}: {moved}{by}")
     with claims.heartbeat(storage, lease):
         outcome = _run_attempt(attempt)
-    _release(attempt, outcome)
+    if outcome.status != "died":  # its successor ended its lease
+        _release(attempt, outcome)
     return outcome
 
 
@@ -302,6 +311,8 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             return _join_labels(attempt)
         return _score_and_monitor(attempt)
     except Exception as exc:
+        if isinstance(exc, TakenOver) or claims.taken_over(attempt.storage, held.lease):
+            return _taken_over(attempt)
         if is_bad_input(exc):
             return _rejected(attempt, str(exc))
         if _original_gone(attempt):  # deleted mid-run: close the run now, never retry it
@@ -331,9 +342,12 @@ def _errored(attempt: _Attempt, reason: str, *, as_is: bool = False) -> FileOutc
     """To errored/ with the reason in its log (``as_is``: even if it changed meanwhile)."""
     held = attempt.claim
     try:
+        _still_held(attempt)
         if not as_is and _changed(attempt):
             return _start_over(attempt)
         attempt.steps.finish(attempt.storage, held.run, held.name, "errored")
+    except TakenOver:
+        return _taken_over(attempt)
     except Exception as move_error:  # storage down: the file stays, the run is retried
         return _failed(attempt, move_error, cap=False)
     _note(attempt, "finish", "errored", reason)
@@ -404,6 +418,7 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
             settings.monitoring, settings.platform, model, scored, held.name
         )
         record.message = summary(result, timed=True)
+    _still_held(attempt)
     with file_log.step("store metrics"):
         steps.record_metrics(settings.monitoring, attempt.store, held.lease.db_id, result)
     with file_log.step("alert") as record:
@@ -433,6 +448,7 @@ def _join_labels(attempt: _Attempt) -> FileOutcome:
     with file_log.step("join labels") as record:
         joined = steps.join_labels(settings.drop, storage, held.processing_key, held.run, held.name)
         record.message = joined.summary()
+    _still_held(attempt)
     with file_log.step("store metrics"):
         steps.record_realized(
             settings.monitoring, attempt.store, held.lease.db_id, held.name, joined
@@ -460,6 +476,7 @@ def _alerting(attempt: _Attempt) -> tuple[MonitoringSettings, ModelSettings, Ale
 
 def _processed(attempt: _Attempt, message: str, **values: Any) -> FileOutcome:
     """The last step of a run whose steps all went well (unless its file changed)."""
+    _still_held(attempt)
     if _changed(attempt):
         return _start_over(attempt)
     held = attempt.claim
@@ -488,6 +505,27 @@ def _complete_finish(attempt: _Attempt) -> FileOutcome:
     _note(attempt, "finish", "ok" if stage == "processed" else stage, message)
     _close_run(attempt, stage, error=None if stage == "processed" else message)
     return _outcome(attempt, stage, message)
+
+
+def _still_held(attempt: _Attempt) -> None:
+    """Before each step that stores, alerts or moves: :class:`TakenOver` if a later attempt
+    took the run over (one storage look-up)."""
+    if claims.taken_over(attempt.storage, attempt.claim.lease):
+        raise TakenOver(attempt.claim.lease.attempt)
+
+
+def _taken_over(attempt: _Attempt) -> FileOutcome:
+    """Woken after its takeover: what it wrote into the run folder since (a predictions
+    file, the same bytes as its successor's) goes where the run ended, and it ends died."""
+    held, storage = attempt.claim, attempt.storage
+    ended = [s for s in ("processed", "errored") if storage.exists(run_key(s, held.run, held.name))]
+    if ended:
+        with suppress(FileNotFoundError):  # moved by its successor meanwhile
+            _move_outputs(storage, held.run, ended[0])
+    n = held.lease.attempt
+    message = f"attempt {n} stalled past its lease; attempt {n + 1} took over: nothing changed"
+    log.warning("%s: %s", held.name, message)
+    return _outcome(attempt, "died", message)
 
 
 def _changed(attempt: _Attempt) -> bool:
