@@ -289,10 +289,12 @@ def test_the_move_that_empties_a_run_folder_removes_it_and_stage_folders_stay(
     storage.create("data/input/a.csv", b"x")
     storage.move("data/input/a.csv", "data/processing/R/a.csv")
     storage.create("data/processing/R/a_predictions.csv", b"y")
+    partial = storage.root / "data/processing/R/.a_predictions.csv.0123456789ab.tmp"
+    partial.write_bytes(b"half a file")  # an attempt killed mid-write left it
     storage.move("data/processing/R/a.csv", "data/processed/R/a.csv")
-    assert (storage.root / "data/processing/R").is_dir()  # its predictions are still there
+    assert partial.exists()  # its predictions are still there
     storage.move("data/processing/R/a_predictions.csv", "data/processed/R/a_predictions.csv")
-    assert not (storage.root / "data/processing/R").exists()
+    assert not (storage.root / "data/processing/R").exists()  # leftovers and all
     assert (storage.root / "data/processing").is_dir() and (storage.root / "data/input").is_dir()
     assert storage.list_keys("data/processed/R/") == [
         "data/processed/R/a.csv",

@@ -318,8 +318,7 @@ class LocalDropStorage(DropStorage):
                 raise ObjectExists(f"{dst} exists already: not replacing it") from None
         self._delete_source(source, target)
         if source.parent.parent.parent == self.root / PREFIX:  # a run folder goes, as on S3
-            with suppress(OSError):  # not empty: another file of the run is still there
-                source.parent.rmdir()
+            _remove_if_only_leftovers(source.parent)
 
     def _delete_source(self, source: Path, target: Path) -> None:
         """The move's second half, only if ``source`` is still the moved object: a file
@@ -347,6 +346,17 @@ def _same_entry(a: Path, b: Path) -> bool:
     """Two names of one inode (lstat: a symlink is the link, not its target)."""
     sa, sb = a.lstat(), b.lstat()
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _remove_if_only_leftovers(folder: Path) -> None:
+    """Remove a run folder left with nothing but the partial writes of attempts killed
+    mid-write (``.<name>.<hex>.tmp``: no listing shows them, no attempt finishes them)."""
+    with suppress(OSError):  # another file of the run is still there, or a move's aside
+        left = list(folder.iterdir())
+        if all(_is_temp(p.name) and not p.name.startswith(".aside-") for p in left):
+            for partial in left:
+                partial.unlink(missing_ok=True)
+            folder.rmdir()
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
