@@ -874,6 +874,36 @@ def test_an_attempt_stalled_past_its_lease_changes_nothing_once_woken(
     assert stored == {second.run_id}, stored  # the woken attempt stored no metrics
 
 
+class BlindStorage:
+    """A storage whose look-ups fail once ``blind`` is set (its other calls work)."""
+
+    def __init__(self, inner: DropStorage) -> None:
+        self.inner, self.blind = inner, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def exists(self, key: str) -> bool:
+        if self.blind:
+            raise ConnectionError("storage look-ups time out")
+        return self.inner.exists(key)
+
+
+def test_storage_look_ups_failing_mid_run_fail_the_attempt_then_it_is_processed(
+    world: World, small_file: bytes
+) -> None:
+    """The takeover check is a storage call too: down, it fails the attempt (retried),
+    never escapes it."""
+    key = world.drops.drop("customers.csv", small_file)
+    blind = BlindStorage(world.storage)
+    steps = _before("monitor", lambda: setattr(blind, "blind", True))
+    outcome, flow_run_id = _run_flow(world.patch, world.settings, blind, key, steps)  # type: ignore[arg-type]
+    world.flow_runs.append(flow_run_id)
+    assert outcome.status == "failed" and "look-ups time out" in outcome.message, outcome
+    assert [o.status for o in world.reconcile()] == ["processed"]
+    world.check(settled=True)
+
+
 def test_a_processing_object_deleted_mid_run_closes_the_run_once(
     world: World, small_file: bytes
 ) -> None:

@@ -311,7 +311,7 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             return _join_labels(attempt)
         return _score_and_monitor(attempt)
     except Exception as exc:
-        if isinstance(exc, TakenOver) or claims.taken_over(attempt.storage, held.lease):
+        if isinstance(exc, TakenOver) or _superseded(attempt):
             return _taken_over(attempt)
         if is_bad_input(exc):
             return _rejected(attempt, str(exc))
@@ -512,6 +512,14 @@ def _still_held(attempt: _Attempt) -> None:
     took the run over (one storage look-up)."""
     if claims.taken_over(attempt.storage, attempt.claim.lease):
         raise TakenOver(attempt.claim.lease.attempt)
+
+
+def _superseded(attempt: _Attempt) -> bool:
+    """:func:`_still_held`'s question on a failure path, where storage itself may be down."""
+    try:
+        return claims.taken_over(attempt.storage, attempt.claim.lease)
+    except Exception:  # not known to be taken over: the failure is handled as such
+        return False
 
 
 def _taken_over(attempt: _Attempt) -> FileOutcome:
