@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -526,10 +525,13 @@ def _taken_over(attempt: _Attempt) -> FileOutcome:
     """Woken after its takeover: what it wrote into the run folder since (a predictions
     file, the same bytes as its successor's) goes where the run ended, and it ends died."""
     held, storage = attempt.claim, attempt.storage
-    ended = [s for s in ("processed", "errored") if storage.exists(run_key(s, held.run, held.name))]
-    if ended:
-        with suppress(FileNotFoundError):  # moved by its successor meanwhile
+    try:
+        stages = ("processed", "errored")
+        ended = [s for s in stages if storage.exists(run_key(s, held.run, held.name))]
+        if ended:
             _move_outputs(storage, held.run, ended[0])
+    except Exception as exc:  # moved by its successor meanwhile, or storage down: re-driven
+        log.info("%s: outputs of a taken-over attempt not moved: %s", held.name, brief(exc))
     n = held.lease.attempt
     message = f"attempt {n} stalled past its lease; attempt {n + 1} took over: nothing changed"
     log.warning("%s: %s", held.name, message)
