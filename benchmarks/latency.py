@@ -74,14 +74,14 @@ def start_platform(settings: Settings, env_extra: dict[str, str] | None = None) 
 
 
 def one_drop(settings: Settings, data: bytes, api: str) -> tuple[float, dict[str, float]]:
-    """Seconds from landing in input/ to processed/ with the alert logged, and the drop's
-    :func:`figures`."""
+    """Seconds from landing in input/ to processed/ with the alert and the finish logged
+    (the original moves before the outputs and the log line), and the drop's :func:`figures`."""
     name = f"latency_{uuid.uuid4().hex[:10]}.csv"
     landed_at = time.time()
     drop(settings, name, data)
     landed = time.perf_counter()
     deadline = time.monotonic() + DROP_TIMEOUT
-    while not (final_stage(settings, name) == "processed" and alert_logged(settings, name)):
+    while not (final_stage(settings, name) == "processed" and logged(settings, name)):
         if final_stage(settings, name) == "errored" or time.monotonic() > deadline:
             raise SystemExit(f"{name} was not processed; see {settings.home / 'logs'}")
         time.sleep(0.02)
@@ -138,9 +138,13 @@ def final_stage(settings: Settings, name: str) -> str | None:
     return None
 
 
-def alert_logged(settings: Settings, name: str) -> bool:
+def logged(settings: Settings, name: str) -> bool:
+    """Its alert is in the alert log, and its finish in its own log."""
     path = settings.alerts.alert_log
-    return path.exists() and f": {name} (" in path.read_text(errors="replace")
+    if not (path.exists() and f": {name} (" in path.read_text(errors="replace")):
+        return False
+    logs = (settings.drop.drop_dir / "data" / "logs").glob(f"*/{glob.escape(name)}.log")
+    return any(" | finish | ok | " in log.read_text() for log in logs)
 
 
 def baseline(
