@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from churnops import retry
 from churnops.monitoring.alerts import (
+    Alert,
     AlertDeliveryError,
     Assessment,
     LowScore,
@@ -138,3 +144,38 @@ def test_bad_topic_arn_is_reported(settings: Settings) -> None:
     assert err.value.delivered == ["log"]
     assert list(err.value.failures) == ["sns"]
     assert alert.subject in settings.alerts.alert_log.read_text()
+
+
+@pytest.fixture
+def trickling_smtp() -> Iterator[tuple[str, int]]:
+    """An SMTP server that answers a byte every 0.2 s and never a whole line (for 10 s):
+    each socket read is quick, so no per-read timeout ends the wait."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        with connection:
+            ends = time.monotonic() + 10
+            while not stop.wait(0.2) and time.monotonic() < ends:
+                connection.sendall(b"2")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[:2]
+    stop.set()
+    server.close()
+
+
+def test_an_smtp_server_trickling_bytes_is_given_up_on(
+    trickling_smtp: tuple[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 0.1)
+    host, port = trickling_smtp
+    settings = get_settings(
+        churnops_home=tmp_path, smtp_host=host, smtp_port=port, alert_email_to="ops@example.com"
+    )
+    alert = Alert("f.csv", "M", "1", "ChurnOps: drift", "body")
+    with pytest.raises(AlertDeliveryError, match="did not finish within 1 s") as raised:
+        send_alert(alert, settings.alerts)
+    assert raised.value.delivered == ["log"]

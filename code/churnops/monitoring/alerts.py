@@ -10,6 +10,7 @@ import logging
 import smtplib
 import socket
 import ssl
+import threading
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -254,7 +255,8 @@ def send_alert(alert: Alert, alerts: AlertSettings) -> list[str]:
     if alerts.alerts_topic_arn:
         channels["sns"] = lambda: _publish_sns(alert, alerts)
     if alerts.smtp_host and alerts.alert_email_to:
-        channels["email"] = lambda: _send_email(alert, alerts)
+        email = lambda: _send_email(alert, alerts)  # noqa: E731
+        channels["email"] = lambda: _within(retry.NETWORK_TIMEOUT_SECONDS, email)
     delivered: list[str] = []
     failures: dict[str, str] = {}
     for channel, send in channels.items():
@@ -300,6 +302,29 @@ def _publish_sns(alert: Alert, alerts: AlertSettings) -> None:
         config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1}),
     )
     client.publish(TopicArn=arn, Subject=alert.subject, Message=alert.body)
+
+
+def _within(seconds: float, send: Callable[[], None]) -> None:
+    """``send()`` given up after ``seconds`` in all. smtplib's timeout is per socket
+    call, so a server trickling a byte at a time would hold the alert step for ever; its
+    daemon thread is left to end with that connection."""
+    ended: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            send()
+        except BaseException as exc:  # handed to the caller
+            ended.append(exc)
+        else:
+            ended.append(None)
+
+    thread = threading.Thread(target=run, name="alert-email", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not ended:
+        raise TimeoutError(f"the SMTP server did not finish within {seconds:g} s")
+    if ended[0] is not None:
+        raise ended[0]
 
 
 def _send_email(alert: Alert, alerts: AlertSettings) -> None:
