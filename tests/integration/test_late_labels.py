@@ -246,6 +246,12 @@ def _labels_bytes(scored) -> bytes:
     return labels.to_csv(index=False).encode()
 
 
+def _unlabeled(data: bytes) -> bytes:
+    """Every row's Churn (the last column) blank."""
+    header, *rows = data.decode().splitlines()
+    return "\n".join([header, *(row.rsplit(",", 1)[0] + "," for row in rows)]).encode()
+
+
 def _ragged(data: bytes) -> bytes:
     """Line 6 with one field more than the header."""
     return b"\n".join(line + b",x" * (at == 5) for at, line in enumerate(data.split(b"\n")))
@@ -257,7 +263,8 @@ def _ragged(data: bytes) -> bytes:
         ("latin1.csv", lambda b: b.replace(b"\n", b"\n\xe9", 1), "not UTF-8 text: byte 0xe9"),
         ("ragged.csv", _ragged, "Expected 16 fields in line 6, saw 17"),
         ("empty.csv", lambda b: b"", "file is empty"),
-        ("header.csv", lambda b: b.split(b"\n")[0] + b"\n", "no row has a label"),
+        ("header.csv", lambda b: b.split(b"\n")[0] + b"\n", "a header but no data rows"),
+        ("unlabeled.csv", _unlabeled, "no row has a label"),
     ],
 )
 def test_a_bad_labels_file_is_bad_input_errored_not_retried(

@@ -115,7 +115,7 @@ def text_chunks(
 
 def read_table(drop: DropSettings, storage: DropStorage, key: str, name: str) -> pd.DataFrame:
     """A whole CSV file as text (a labels file: at most the size of a predictions file)."""
-    frames = list(text_chunks(drop, storage, key, name))
+    frames = [f for f in text_chunks(drop, storage, key, name) if not f.empty]
     if not frames:
         raise DataValidationError(["file has a header but no data rows"], name)
     return pd.concat(frames, ignore_index=True)
