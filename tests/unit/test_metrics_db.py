@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from churnops.monitoring.db_roles import grant_read_only
 from churnops.monitoring.metrics_db import MetricsStore, make_engine, metadata
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import OTHER_SCORE_MINIMUMS, get_settings
+from tests.processes import run_python
 
 COLUMNS = [
     ColumnDrift("call_failure", 0.73, "Wasserstein distance (normed)", 0.1, True),
@@ -237,3 +239,34 @@ def test_a_lock_has_one_holder_until_it_is_released_or_expires(store: MetricsSto
     time.sleep(0.01)
     assert store.acquire_lock("retrain", "third", seconds=60)  # the second one's expired
     assert store.lock_state("retrain").holder == "third"
+
+
+#: In a fresh interpreter: the first opening of ``sys.argv[1]`` killed (SIGKILL) right
+#: after it created the table ``pipeline_runs``, midway through its migrations.
+KILLED_MIDWAY = """
+import os, signal, sys
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+@event.listens_for(Engine, "after_cursor_execute")
+def die(conn, cursor, statement, *args):
+    if statement.lstrip().upper().startswith("CREATE TABLE PIPELINE_RUNS"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+from churnops.monitoring.metrics_db import MetricsStore
+MetricsStore(sys.argv[1])
+"""
+
+
+def test_a_first_opening_killed_midway_leaves_a_database_the_next_one_migrates(
+    tmp_path: Path,
+) -> None:
+    """SQLite's DDL runs in the migration's transaction: a platform killed while it made
+    the database leaves nothing half made (it left tables without their version, and every
+    later opening failed on "table pipeline_runs already exists")."""
+    url = f"sqlite:///{tmp_path / 'metrics.db'}"
+    killed = run_python(KILLED_MIDWAY, url)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    store = MetricsStore(url)
+    assert store.runs().empty
+    store.close()

@@ -556,10 +556,30 @@ def upgrade(engine: Engine) -> None:
             return
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
-        with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            tables = set(inspect(conn).get_table_names())
-            if "alembic_version" not in tables and pipeline_runs.name in tables:
-                command.stamp(config, "0001")
-            command.upgrade(config, "head")
+        migrating = _all_or_nothing(engine)
+        try:
+            with migrating.begin() as conn:
+                config.attributes["connection"] = conn
+                tables = set(inspect(conn).get_table_names())
+                if "alembic_version" not in tables and pipeline_runs.name in tables:
+                    command.stamp(config, "0001")
+                command.upgrade(config, "head")
+        finally:
+            if migrating is not engine:
+                migrating.dispose()
         _upgraded.add(key)
+
+
+def _all_or_nothing(engine: Engine) -> Engine:
+    """The engine to migrate with. SQLite: one whose DDL runs in the migration's one
+    transaction, taken at once (``BEGIN IMMEDIATE``), so a process killed midway leaves
+    nothing half made and two first openings wait their turn. pysqlite commits each DDL
+    statement by itself (SQLAlchemy's pysqlite notes give this fix); Postgres' DDL is
+    transactional as it is."""
+    if engine.url.get_backend_name() != "sqlite":
+        return engine
+    bounds = {"timeout": retry.NETWORK_TIMEOUT_SECONDS, "isolation_level": None}
+    migrating = create_engine(engine.url, connect_args=bounds)
+    event.listen(migrating, "connect", _sqlite_foreign_keys)
+    event.listen(migrating, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    return migrating
