@@ -228,7 +228,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str | URL, timeout: float | None = None) -> Engine:
+def make_engine(
+    url: str | URL, timeout: float | None = None, *, all_or_nothing: bool = False
+) -> Engine:
     """An engine whose every wait is bounded by ``timeout`` seconds: on Postgres the
     connection, each statement and each wait for an answer (:func:`_wait_bounded`: a frozen
     server answers nothing); SQLite's lock. A bare ``postgresql://`` means psycopg2, the driver we
@@ -248,8 +250,12 @@ def make_engine(url: str | URL, timeout: float | None = None) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": timeout})
+    # all_or_nothing: transactions left to SQLAlchemy, taken at once (:func:`_all_or_nothing`)
+    own = {"isolation_level": None} if all_or_nothing else {}
+    engine = create_engine(url, connect_args={"timeout": timeout} | own)
     event.listen(engine, "connect", _sqlite_foreign_keys)
+    if all_or_nothing:
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return engine
 
 
@@ -578,8 +584,4 @@ def _all_or_nothing(engine: Engine) -> Engine:
     transactional as it is."""
     if engine.url.get_backend_name() != "sqlite":
         return engine
-    bounds = {"timeout": retry.NETWORK_TIMEOUT_SECONDS, "isolation_level": None}
-    migrating = create_engine(engine.url, connect_args=bounds)
-    event.listen(migrating, "connect", _sqlite_foreign_keys)
-    event.listen(migrating, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-    return migrating
+    return make_engine(engine.url, all_or_nothing=True)

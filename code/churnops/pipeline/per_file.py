@@ -490,9 +490,8 @@ def _processed(attempt: _Attempt, message: str, **values: Any) -> FileOutcome:
 def _complete_finish(attempt: _Attempt) -> FileOutcome:
     """The original already left processing/: move what the last attempt left behind."""
     held, storage = attempt.claim, attempt.storage
-    stages = ("processed", "errored")
-    found = [s for s in stages if storage.exists(run_key(s, held.run, held.name))]
-    stage: Status = found[0] if found else "errored"  # type: ignore[assignment]
+    found = _ended_in(attempt)
+    stage: Status = found or "errored"
     _move_outputs(storage, held.run, stage)  # the run folder closes, once
     if found:
         message = f"the previous attempt had moved the file to {stage}/: finished its move"
@@ -504,6 +503,13 @@ def _complete_finish(attempt: _Attempt) -> FileOutcome:
     _note(attempt, "finish", "ok" if stage == "processed" else stage, message)
     _close_run(attempt, stage, error=None if stage == "processed" else message)
     return _outcome(attempt, stage, message)
+
+
+def _ended_in(attempt: _Attempt) -> Literal["processed", "errored"] | None:
+    """The final folder the run's original is in, if it left processing/ for one."""
+    held, storage = attempt.claim, attempt.storage
+    stages: tuple[Literal["processed", "errored"], ...] = ("processed", "errored")
+    return next((s for s in stages if storage.exists(run_key(s, held.run, held.name))), None)
 
 
 def _still_held(attempt: _Attempt) -> None:
@@ -526,10 +532,8 @@ def _taken_over(attempt: _Attempt) -> FileOutcome:
     file, the same bytes as its successor's) goes where the run ended, and it ends died."""
     held, storage = attempt.claim, attempt.storage
     try:
-        stages = ("processed", "errored")
-        ended = [s for s in stages if storage.exists(run_key(s, held.run, held.name))]
-        if ended:
-            _move_outputs(storage, held.run, ended[0])
+        if ended := _ended_in(attempt):
+            _move_outputs(storage, held.run, ended)
     except Exception as exc:  # moved by its successor meanwhile, or storage down: re-driven
         log.info("%s: outputs of a taken-over attempt not moved: %s", held.name, brief(exc))
     n = held.lease.attempt
