@@ -67,10 +67,10 @@ test-rest: install data ## Every tier but unit, in two lanes at once; prints the
 	$(MAKE) --no-print-directory -j2 --output-sync=target lane-integration lane-deployment
 
 lane-integration:
-	$(RUN) pytest tests/integration --durations=10
+	$(RUN) pytest tests/integration tests/model --durations=10
 
 lane-deployment:
-	$(RUN) pytest tests/platform tests/terraform tests/grafana tests/model --durations=10
+	$(RUN) pytest tests/platform tests/terraform tests/grafana --durations=10
 
 quality: install ## Lint and format checks (pre-commit hooks on every file)
 	$(RUN) pre-commit run --all-files
