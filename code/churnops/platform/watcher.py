@@ -204,7 +204,9 @@ POLL_SECONDS = 5.0
 
 
 class BucketPoller:
-    """List the drop folders of a bucket every ``interval`` seconds; report new (key, ETag)."""
+    """List the drop folders of a bucket every ``interval`` seconds; report each new object
+    version: (key, ETag and time), as the claim tells drops apart. A file dropped again
+    with the same bytes is a new drop (its ETag alone would hide it until the reconciler)."""
 
     def __init__(
         self, client: Any, bucket: str, dispatcher: Dispatcher, interval: float = POLL_SECONDS
@@ -213,7 +215,10 @@ class BucketPoller:
         self.bucket = bucket
         self.dispatcher = dispatcher
         self.interval = interval
+        #: (key, sequencer) of the drops listed last time: one gone is forgotten.
         self.seen: set[tuple[str, str]] = set()
+        #: Keys logged once as not drops (in a subfolder).
+        self.ignored: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bucket-poller", daemon=True)
 
@@ -227,15 +232,18 @@ class BucketPoller:
     def poll_once(self) -> int:
         """Report every new object; returns how many."""
         reported = 0
+        listed: set[tuple[str, str]] = set()
         for obj in self._dropped_objects():
             key, etag = obj["Key"], obj["ETag"].strip('"')
-            if (key, etag) in self.seen or not is_candidate(key.rsplit("/", 1)[-1]):
-                continue
-            self.seen.add((key, etag))
             stamp = f"{etag}:{obj['LastModified'].isoformat()}".encode()
             sequencer = hashlib.sha256(stamp).hexdigest()[:24].upper()
+            listed.add((key, sequencer))
+            if (key, sequencer) in self.seen or not is_candidate(key.rsplit("/", 1)[-1]):
+                continue
+            self.seen.add((key, sequencer))
             self.dispatcher.send(key, obj["Size"], sequencer)
             reported += 1
+        self.seen &= listed
         return reported
 
     def _dropped_objects(self) -> Iterator[dict]:
@@ -246,8 +254,8 @@ class BucketPoller:
                 for obj in page.get("Contents", []):
                     if drop_prefix(obj["Key"]):
                         yield obj
-                    elif (obj["Key"], "ignored") not in self.seen:  # one line per key
-                        self.seen.add((obj["Key"], "ignored"))
+                    elif obj["Key"] not in self.ignored:  # one line per key
+                        self.ignored.add(obj["Key"])
                         log.info(
                             "ignored %s: only keys directly in %s are drops", obj["Key"], prefix
                         )
