@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from rich.console import Console
 
+from churnops.platform import launch
 from churnops.platform.watcher import BucketPoller, Dispatcher
+from churnops.settings import get_settings
 
 pytestmark = pytest.mark.integration
 
@@ -66,3 +72,44 @@ def test_a_file_dropped_again_with_the_same_bytes_is_reported_again(
     assert poller.poll_once() == 0
     assert len(set(sequencers)) == 2
     assert len(poller.seen) == 1  # what left the bucket is forgotten
+
+
+@pytest.mark.parametrize("problem", ["NoSuchBucket", "Unable to locate credentials"])
+def test_up_with_a_drop_bucket_it_cannot_list_says_so_in_one_line_and_starts_nothing(
+    moto_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
+) -> None:
+    """Before: every service started, then a warning every 5 s for ever."""
+    monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("DROP_STORAGE", "s3")
+    monkeypatch.setenv("DROP_BUCKET", "no-such-bucket")
+    if problem != "NoSuchBucket":
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance to ask
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # its credentials are cached
+    out, errors = io.StringIO(), io.StringIO()
+
+    code = launch.run(get_settings(), Console(file=out, width=200), Console(file=errors, width=200))
+
+    assert code == 1
+    line = errors.getvalue().strip()
+    assert "\n" not in line and "s3://no-such-bucket" in line and problem in line, line
+    assert not list(tmp_path.glob("logs/prefect*")), out.getvalue()  # no server started
+
+
+def test_a_listing_that_keeps_failing_is_logged_once_and_its_recovery_once(
+    moto_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = boto3.client("s3", endpoint_url=moto_server)
+    bucket = f"later-{time.time_ns()}"
+    poller = BucketPoller(client, bucket, Dispatcher(lambda e, c: {}, bucket, print), 60)
+    caplog.set_level(logging.INFO, "churnops.watcher")
+
+    failing = poller.poll_logged(poller.poll_logged(poller.poll_logged("")))
+    client.create_bucket(Bucket=bucket)
+    assert poller.poll_logged(poller.poll_logged(failing)) == ""
+
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "NoSuchBucket" in lines[0] and "works again" in lines[1]

@@ -21,6 +21,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from churnops.drop.keys import DROP_PREFIXES, PREFIX, drop_prefix, encode_event_key, is_candidate
+from churnops.drop.storage import brief
 from churnops.drop.trigger import Config, handle_event, start_flow_run
 
 log = logging.getLogger("churnops.watcher")
@@ -203,6 +204,16 @@ class FolderWatcher(FileSystemEventHandler):
 POLL_SECONDS = 5.0
 
 
+def bucket_problem(client: Any, bucket: str) -> str:
+    """Why the drop bucket cannot be listed (missing, no credentials, endpoint down), in
+    one line, or '': ``churnops up`` checks before it starts anything."""
+    try:
+        client.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/", MaxKeys=1)
+    except Exception as exc:
+        return f"cannot list the drop bucket s3://{bucket} (DROP_BUCKET): {brief(exc)}"
+    return ""
+
+
 class BucketPoller:
     """List the drop folders of a bucket every ``interval`` seconds; report each new object
     version: (key, ETag and time), as the claim tells drops apart. A file dropped again
@@ -261,9 +272,20 @@ class BucketPoller:
                         )
 
     def _loop(self) -> None:
+        failing = ""
         while not self._stop.is_set():
-            try:
-                self.poll_once()
-            except Exception as exc:  # endpoint down for a moment: try again next round
-                log.warning("listing s3://%s/%s/ failed: %s", self.bucket, PREFIX, exc)
+            failing = self.poll_logged(failing)
             self._stop.wait(self.interval)
+
+    def poll_logged(self, failing: str) -> str:
+        """One round; ``failing``: why the last one failed. A failure is logged when it
+        starts or changes, not every round, and the recovery once."""
+        try:
+            self.poll_once()
+        except Exception as exc:  # endpoint down for a moment: try again next round
+            if brief(exc) != failing:
+                log.warning("listing s3://%s/%s/ failed, retrying: %s", self.bucket, PREFIX, exc)
+            return brief(exc)
+        if failing:
+            log.warning("listing s3://%s/%s/ works again", self.bucket, PREFIX)
+        return ""
