@@ -58,6 +58,22 @@ def test_writes_and_moves_never_replace(s3: S3DropStorage) -> None:
     assert s3.read("data/input/a.csv") == b"other"
 
 
+def test_a_move_keeps_the_objects_headers(s3: S3DropStorage) -> None:
+    """The original ends unchanged, headers too: a gzipped CSV uploaded with
+    ``Content-Encoding: gzip`` is still one once processed."""
+    headers = {
+        "ContentEncoding": "gzip",
+        "ContentType": "text/csv",
+        "ContentDisposition": 'attachment; filename="march.csv"',
+        "CacheControl": "no-cache",
+        "ContentLanguage": "fr",
+    }
+    s3.client.put_object(Bucket=s3.bucket, Key="data/input/march.csv", Body=b"gz", **headers)
+    s3.move("data/input/march.csv", "data/processed/R/march.csv")
+    head = s3.client.head_object(Bucket=s3.bucket, Key="data/processed/R/march.csv")
+    assert {name: head.get(name) for name in headers} == headers
+
+
 def test_a_move_cut_short_is_completed(s3: S3DropStorage) -> None:
     """Copied but not deleted (a kill between the two): the next move only deletes."""
     s3.create("data/processing/R/a.csv", b"rows")

@@ -43,6 +43,15 @@ CLAIMS = f"{PREFIX}/claims"
 PART_BYTES = 16 * 1024 * 1024
 #: S3 user metadata naming the dropped object version a copy came from.
 ORIGIN = "churnops-origin"
+#: The headers of an object a move carries to its copy, as S3's HEAD names them.
+COPIED_HEADERS = (
+    "CacheControl",
+    "ContentDisposition",
+    "ContentEncoding",
+    "ContentLanguage",
+    "ContentType",
+    "Expires",
+)
 #: NAME_MAX of a local file system: a drop must work the same on both back ends.
 NAME_MAX_BYTES = 255
 #: The longest name of a file the platform writes: ``.<name>.<hex12>.tmp`` must fit.
@@ -439,7 +448,7 @@ class S3DropStorage(DropStorage):
                 CopySourceIfMatch=head["ETag"],
                 MetadataDirective="REPLACE",
                 Metadata={**head.get("Metadata", {}), ORIGIN: _origin(head)},
-                ContentType=head.get("ContentType") or "binary/octet-stream",
+                **{"ContentType": "binary/octet-stream"} | _headers(head),
             )
         elif _origin(target) != _origin(head) and target["ETag"] != head["ETag"]:
             raise ObjectExists(f"s3://{self.bucket}/{dst} exists already: not replacing it")
@@ -542,6 +551,12 @@ def _info(head: dict) -> ObjectInfo:
     if not version or version == "null":
         version = f"{head['ETag'].strip(chr(34))}@{head['LastModified'].isoformat()}"
     return ObjectInfo(head["ContentLength"], version, head["LastModified"])
+
+
+def _headers(head: dict) -> dict[str, Any]:
+    """The object's own headers, which a copy given new metadata (``REPLACE``) loses unless
+    given again: a dropped ``.csv`` stored gzipped with ``Content-Encoding: gzip`` stays so."""
+    return {name: head[name] for name in COPIED_HEADERS if head.get(name)}
 
 
 def _origin(head: dict) -> str:
