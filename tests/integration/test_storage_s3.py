@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import boto3
 import pytest
+from boto3.s3.transfer import TransferConfig
 
 from churnops.drop import claims
 from churnops.drop.keys import decode_event_key
@@ -72,6 +75,17 @@ def test_a_move_keeps_the_objects_headers(s3: S3DropStorage) -> None:
     s3.move("data/input/march.csv", "data/processed/R/march.csv")
     head = s3.client.head_object(Bucket=s3.bucket, Key="data/processed/R/march.csv")
     assert {name: head.get(name) for name in headers} == headers
+
+
+def test_a_file_uploaded_in_parts_reads_back_once_moved(s3: S3DropStorage) -> None:
+    """As boto3's upload_file and `aws s3 cp` upload a big file: in parts, with CRC32s."""
+    data = b"x,y\n" + b"1,2\n" * (3 * 1024 * 1024)  # 12 MiB: three parts
+    in_parts = TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20)
+    s3.client.upload_fileobj(io.BytesIO(data), s3.bucket, "data/input/big.csv", Config=in_parts)
+
+    s3.move("data/input/big.csv", "data/processing/R/big.csv")
+
+    assert s3.read("data/processing/R/big.csv") == data
 
 
 def test_a_move_cut_short_is_completed(s3: S3DropStorage) -> None:
