@@ -7,6 +7,7 @@ import io
 import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
 from churnops.drop import claims
 from churnops.drop.keys import decode_event_key
@@ -164,6 +165,73 @@ def test_a_move_takes_only_the_version_it_was_given(s3: S3DropStorage) -> None:
     with pytest.raises(FileNotFoundError):
         s3.move("data/input/a.csv", "data/processing/R/a.csv", version=january.version)
     assert s3.read("data/input/a.csv") == b"february"
+
+
+def _dropped_again_before(s3: S3DropStorage, operation: str, key: str, data: bytes) -> None:
+    """The user drops ``data`` under ``key`` right before the move's next ``operation``."""
+    real = getattr(s3.client, operation)
+
+    def racing(**kwargs: object) -> object:
+        s3.client.put_object(Bucket=s3.bucket, Key=key, Body=data)
+        setattr(s3.client, operation, real)
+        return real(**kwargs)
+
+    setattr(s3.client, operation, racing)
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+def test_a_file_dropped_again_between_the_copy_and_the_delete_stays(
+    s3: S3DropStorage, versioned: bool
+) -> None:
+    """The move is done (the claimed version is copied) and the newer drop is left to be
+    processed as itself, as a local folder does; before, the refused delete failed the
+    claim with a traceback and left its lease running."""
+    if versioned:
+        s3.client.put_bucket_versioning(
+            Bucket=s3.bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
+    s3.create("data/input/a.csv", b"january")
+    january = s3.stat("data/input/a.csv")
+    _dropped_again_before(s3, "delete_object", "data/input/a.csv", b"february")
+
+    s3.move("data/input/a.csv", "data/processing/R/a.csv", version=january.version)
+
+    assert s3.read("data/processing/R/a.csv") == b"january"
+    assert s3.read("data/input/a.csv") == b"february"
+
+
+def test_a_versioned_move_copies_the_version_it_checked(s3: S3DropStorage) -> None:
+    """A drop between the check and the copy: the copy still takes the checked version."""
+    s3.client.put_bucket_versioning(Bucket=s3.bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.create("data/input/a.csv", b"january")
+    january = s3.stat("data/input/a.csv")
+    _dropped_again_before(s3, "copy_object", "data/input/a.csv", b"february")
+
+    s3.move("data/input/a.csv", "data/processing/R/a.csv", version=january.version)
+
+    assert s3.read("data/processing/R/a.csv") == b"january"
+    assert s3.read("data/input/a.csv") == b"february"
+
+
+def test_a_copy_refused_as_another_version_is_a_source_gone(
+    s3: S3DropStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 refuses the copy (412 on CopySourceIfMatch) when a drop replaced the source
+    after the check: the claim is then refused in one line, not failed with a traceback."""
+    s3.create("data/input/a.csv", b"january")
+
+    def refused(**kwargs: object) -> None:
+        error = {"Error": {"Code": "PreconditionFailed", "Message": "At least one ..."}}
+        raise ClientError(error, "CopyObject")
+
+    monkeypatch.setattr(s3.client, "copy_object", refused)
+    with pytest.raises(claims.ClaimRefused, match="left input/ before it could be moved"):
+        claims.claim(s3, "data/input/a.csv", lease_seconds=30)
+    assert [lease.state for lease in _leases(s3)] == ["done"]
+
+
+def _leases(s3: S3DropStorage) -> list[claims.Lease]:
+    return [claims.Lease.from_json(s3.read(k)) for k in s3.list_keys("data/claims/")]
 
 
 def test_event_key_from_a_real_listing(s3: S3DropStorage) -> None:

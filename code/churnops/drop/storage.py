@@ -441,10 +441,22 @@ class S3DropStorage(DropStorage):
             raise FileNotFoundError(f"s3://{self.bucket}/{src} is gone (or another version)")
         target = self._head(dst)
         if target is None:
+            self._copy(src, dst, head)
+        elif _origin(target) != _origin(head) and target["ETag"] != head["ETag"]:
+            raise ObjectExists(f"s3://{self.bucket}/{dst} exists already: not replacing it")
+        self._delete_source(src, head)
+
+    def _copy(self, src: str, dst: str, head: dict) -> None:
+        """Copy exactly the version ``head`` describes (its version id in a versioned
+        bucket, else its ETag): a source replaced since is FileNotFoundError, as gone."""
+        source = {"Bucket": self.bucket, "Key": src}
+        if _versioned(head):
+            source["VersionId"] = head["VersionId"]
+        try:
             self.client.copy_object(
                 Bucket=self.bucket,
                 Key=dst,
-                CopySource={"Bucket": self.bucket, "Key": src},
+                CopySource=source,
                 CopySourceIfMatch=head["ETag"],
                 # A checksum of its own: a multipart source's is its parts' (moto even
                 # gives the copy that one, and every read of it then fails its check).
@@ -453,25 +465,32 @@ class S3DropStorage(DropStorage):
                 Metadata={**head.get("Metadata", {}), ORIGIN: _origin(head)},
                 **{"ContentType": "binary/octet-stream"} | _headers(head),
             )
-        elif _origin(target) != _origin(head) and target["ETag"] != head["ETag"]:
-            raise ObjectExists(f"s3://{self.bucket}/{dst} exists already: not replacing it")
-        self._delete_source(src, head)
+        except self.client.exceptions.ClientError as exc:
+            if _code(exc) not in (*_REPLACED, *_MISSING):
+                raise
+            raise FileNotFoundError(
+                f"s3://{self.bucket}/{src} is gone (or another version)"
+            ) from exc
 
     def _head(self, key: str) -> dict | None:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)
         except self.client.exceptions.ClientError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if _code(exc) in _MISSING:
                 return None
             raise
 
     def _delete_source(self, key: str, head: dict) -> None:
-        """The move's second half: exactly the version copied, never a newer drop."""
-        version = head.get("VersionId")
-        if version and version != "null":
-            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
-        else:
+        """The move's second half: exactly the version copied, never a newer drop (a
+        refused delete: one took the name since the copy, and stays to be processed)."""
+        if _versioned(head):
+            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=head["VersionId"])
+            return
+        try:
             self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=head["ETag"])
+        except self.client.exceptions.ClientError as exc:
+            if _code(exc) not in (*_REPLACED, *_MISSING):
+                raise
 
     def append_line(self, key: str, line: str) -> None:
         """Rewrite the object with the line added (S3 cannot append): fine for small logs
@@ -548,6 +567,16 @@ class _PartWriter(io.RawIOBase):
                 )
 
 
+#: Error codes of S3 for a key with no object, and for a condition on an object version
+#: that no longer holds (the key holds another object now).
+_MISSING = ("404", "NoSuchKey", "NotFound")
+_REPLACED = ("PreconditionFailed", "412")
+
+
+def _versioned(head: dict) -> bool:
+    return head.get("VersionId") not in (None, "", "null")
+
+
 def _info(head: dict) -> ObjectInfo:
     """Size, version and time from a HEAD answer (ETag and time without versioning)."""
     version = head.get("VersionId") or ""
@@ -574,7 +603,7 @@ def _never_replacing(client: Any, where: str) -> Iterator[None]:
     try:
         yield
     except client.exceptions.ClientError as exc:
-        if _code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+        if _code(exc) not in (*_REPLACED, "ConditionalRequestConflict"):
             raise
         raise ObjectExists(f"{where} exists already") from None
 
