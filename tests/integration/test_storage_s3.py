@@ -286,6 +286,27 @@ def test_a_file_log_is_read_once_then_only_written(s3: S3DropStorage) -> None:
     assert lines[0] == "an earlier attempt" and len(lines) == 7
 
 
+def test_two_writers_of_one_log_keep_each_others_lines(s3: S3DropStorage) -> None:
+    """Two attempts in two processes write one run's log: a stalled attempt woken after
+    its successor wrote the run's story. Before, the woken one's next line rewrote the log
+    from what it had written itself, and the successor's story was gone."""
+    stalled, successor = s3, S3DropStorage(s3.bucket, s3.client)
+    key = "data/logs/R3/a.csv.log"
+    stalled.append_line(key, "attempt 1: claim")
+    successor.append_line(key, "attempt 2: claim")
+    successor.append_line(key, "attempt 2: finish")
+    stalled.append_line(key, "attempt 1: score failed")
+    successor.append_line(key, "attempt 2: done")
+
+    assert s3.read(key).decode().splitlines() == [
+        "attempt 1: claim",
+        "attempt 2: claim",
+        "attempt 2: finish",
+        "attempt 1: score failed",
+        "attempt 2: done",
+    ]
+
+
 def test_open_storage_uses_boto3s_endpoint(moto_server: str) -> None:
     """AWS_ENDPOINT_URL (moto's, set by its fixture) is boto3's own: ChurnOps passes none."""
     boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="churnops-drop")

@@ -62,6 +62,8 @@ MAX_KEY_BYTES = 1024
 MAX_RUN_NAME_BYTES = MAX_KEY_BYTES - len(f"{PREFIX}/processing/{'r' * 25}/")
 #: The most characters an exception takes as a reason (a log line, a row, an alert).
 MAX_REASON_CHARS = 300
+#: Tries of a log line whose object another writer changed meanwhile (S3).
+APPEND_TRIES = 5
 
 
 class ObjectExists(FileExistsError):
@@ -393,7 +395,8 @@ class S3DropStorage(DropStorage):
         self.bucket = bucket
         self.client = client
         self.uri = f"s3://{bucket}"
-        self._written: dict[str, bytes] = {}  # logs this instance wrote (append_line)
+        #: Logs this instance wrote (append_line): bytes and ETag.
+        self._written: dict[str, tuple[bytes, str]] = {}
 
     def __repr__(self) -> str:
         return f"S3DropStorage({self.bucket!r})"
@@ -493,17 +496,34 @@ class S3DropStorage(DropStorage):
                 raise
 
     def append_line(self, key: str, line: str) -> None:
-        """Rewrite the object with the line added (S3 cannot append): fine for small logs
-        with one writer (the lease holder), which keeps what it wrote: one PUT a line."""
-        old = self._written.get(key)
-        if old is None:
+        """Rewrite the object with the line added (S3 cannot append): one PUT a line, on
+        condition that the object is still what this instance last wrote or read. Another
+        writer's lines (a stalled attempt woken beside its successor, in its own process)
+        are then read back in, never written over."""
+        added = (line.rstrip("\n") + "\n").encode("utf-8")
+        for _ in range(APPEND_TRIES):
+            old, etag = self._written.get(key) or self._read_tagged(key)
+            condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
             try:
-                old = self.read(key)
-            except FileNotFoundError:
-                old = b""
-        new = old + (line.rstrip("\n") + "\n").encode("utf-8")
-        self.replace(key, new)
-        self._written[key] = new
+                with _never_replacing(self.client, f"s3://{self.bucket}/{key}"):
+                    answer = self.client.put_object(
+                        Bucket=self.bucket, Key=key, Body=old + added, **condition
+                    )
+            except ObjectExists:  # another writer's line came first: read it, try again
+                self._written.pop(key, None)
+                continue
+            self._written[key] = (old + added, answer["ETag"])
+            return
+        raise ObjectExists(f"s3://{self.bucket}/{key} kept changing: line not added")
+
+    def _read_tagged(self, key: str) -> tuple[bytes, str | None]:
+        """The object's bytes and ETag; nothing and None when there is none yet."""
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+        except self.client.exceptions.NoSuchKey:
+            return b"", None
+        with closing(answer["Body"]) as body:
+            return body.read(), answer["ETag"]
 
 
 class _PartWriter(io.RawIOBase):
