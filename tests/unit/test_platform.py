@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -158,6 +159,23 @@ def test_a_file_renamed_over_one_still_settling_is_sent_once_as_renamed(
 
 def _object(event: dict[str, Any]) -> dict[str, Any]:
     return event["Records"][0]["s3"]["object"]
+
+
+def test_a_trigger_prefect_did_not_answer_is_one_line_saying_what_happens_next(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: three lines, one saying 'Lambda will retry the event', which nothing does
+    for the local watchers (the reconciler takes the file later)."""
+
+    def unreachable(event: Any, context: object) -> Any:
+        raise trigger.PrefectUnavailable("POST http://127.0.0.1:1/api/x failed 5 times")
+
+    shown: list[dict] = []
+    Dispatcher(unreachable, "drop", shown.append).send("data/input/a.csv", 1, "01")
+
+    (result,) = shown
+    assert result["status"] == "failed" and "the reconciler starts it" in result["reason"]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_status_lists_every_file_by_stage(tmp_path: Path) -> None:

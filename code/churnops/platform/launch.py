@@ -286,8 +286,9 @@ def _start_watcher(platform: Platform) -> None:
     api = svc.prefect_api_url(settings.platform)
     handler = trigger(api, PIPELINE_DEPLOYMENT, settings.drop.drop_uri)
     dispatcher = Dispatcher(handler, settings.drop.drop_bucket, platform.show_trigger)
-    # The handler's own INFO lines are for AWS: the dispatcher prints one per trigger.
-    logging.getLogger("s3_to_prefect").setLevel(logging.WARNING)
+    # The handler's own lines are for AWS (where Lambda retries a failed event): the
+    # dispatcher prints one per trigger.
+    logging.getLogger("s3_to_prefect").setLevel(logging.CRITICAL)
     if settings.drop.drop_storage == "s3":
         platform.watcher = BucketPoller(s3_client(), settings.drop.drop_bucket, dispatcher)
     else:

@@ -97,8 +97,10 @@ class Dispatcher:
         try:
             response = self.handler(s3_event(self.bucket, key, size, sequencer), None)
         except Exception as exc:  # Prefect unreachable after retries: say so, keep watching
-            log.error("trigger for %s failed: %s", key, exc)
-            self.on_result({"key": key, "status": "failed", "reason": str(exc)})
+            # Nothing sends this event again (no Lambda retry here): the reconciler takes
+            # files left in input/. One line, through on_result.
+            reason = f"{exc}; the reconciler starts it once Prefect answers"
+            self.on_result({"key": key, "status": "failed", "reason": reason})
             return
         for result in response.get("results", []):
             self.on_result(result)
