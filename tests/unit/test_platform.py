@@ -196,6 +196,18 @@ def test_status_lists_every_file_by_stage(tmp_path: Path) -> None:
     ]
 
 
+def test_status_lists_no_folder_markers() -> None:
+    """The bucket Terraform makes holds zero-byte markers (``data/input/``): no files."""
+
+    class Bucket:
+        def list_keys(self, prefix: str) -> list[str]:
+            keys = ["data/input/", "data/input/a.csv", "data/processed/", "data/processed/R/"]
+            return [k for k in keys if k.startswith(prefix)]
+
+    listed = [(f.stage, f.name) for f in list_files(Bucket())]  # type: ignore[arg-type]
+    assert listed == [("input", "a.csv")]
+
+
 def test_status_without_a_running_platform_says_so() -> None:
     [health] = service_health(None)
     assert not health.healthy

@@ -27,15 +27,16 @@ class ServiceHealth:
 
 def list_files(storage: DropStorage) -> list[FileState]:
     """Every file by stage, drops (input, labels) first; later stages by run (with their
-    predictions files)."""
+    predictions files). Folder markers (``data/input/``, as the bucket's layout has) are
+    no files."""
     files = []
     for stage in STAGES:
         prefix = folder_key(stage)
         for key in storage.list_keys(prefix):
             rest = key[len(prefix) :]
-            if stage in DROP_STAGES and "/" not in rest:
+            if stage in DROP_STAGES and rest and "/" not in rest:
                 files.append(FileState(rest, stage, key))
-            elif stage not in DROP_STAGES and rest.count("/") == 1:
+            elif stage not in DROP_STAGES and rest.count("/") == 1 and not rest.endswith("/"):
                 run, name = rest.split("/")
                 files.append(FileState(name, stage, key, run))
     return files
