@@ -99,9 +99,11 @@ def run_key(stage: Stage, run: str, name: str) -> str:
 
 
 def run_folders(storage: DropStorage, stage: Stage) -> list[str]:
-    """The runs with a folder in ``data/<stage>/``, oldest first (run ids sort by time)."""
+    """The runs with a folder in ``data/<stage>/``, oldest first (run ids sort by time);
+    the stage's own folder marker names none."""
     prefix = folder_key(stage)
-    return sorted({k[len(prefix) :].split("/", 1)[0] for k in storage.list_keys(prefix)})
+    runs = {k[len(prefix) :].split("/", 1)[0] for k in storage.list_keys(prefix)}
+    return sorted(run for run in runs if run)
 
 
 def log_key(run: str, name: str) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
-from churnops.drop.keys import DROP_PREFIXES, decode_event_key, is_candidate
+from churnops.drop.keys import DROP_PREFIXES, decode_event_key, is_candidate, is_folder_marker
 
 LOGGER = logging.getLogger("s3_to_prefect")
 LOGGER.setLevel(logging.INFO)  # the Lambda runtime's root logger stops at WARNING
@@ -258,7 +258,7 @@ def _skip_reason(record: Mapping[str, Any], key: str) -> str | None:
     prefix = next((p for p in DROP_PREFIXES if key.startswith(p)), None)
     if prefix is None:
         return f"key is outside {' and '.join(map(repr, DROP_PREFIXES))}"
-    if key.endswith("/"):
+    if is_folder_marker(key):
         return "folder marker"
     if "/" in key[len(prefix) :]:
         return f"key is in a subfolder of {prefix!r}: only files directly in it are processed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from churnops.drop.keys import is_folder_marker
 from churnops.drop.storage import DROP_STAGES, STAGES, DropStorage, folder_key, open_storage
 from churnops.platform.services import PlatformState, http_ok, pid_alive
 from churnops.settings import DropSettings
@@ -34,9 +35,11 @@ def list_files(storage: DropStorage) -> list[FileState]:
         prefix = folder_key(stage)
         for key in storage.list_keys(prefix):
             rest = key[len(prefix) :]
-            if stage in DROP_STAGES and rest and "/" not in rest:
+            if is_folder_marker(key):
+                continue
+            if stage in DROP_STAGES and "/" not in rest:
                 files.append(FileState(rest, stage, key))
-            elif stage not in DROP_STAGES and rest.count("/") == 1 and not rest.endswith("/"):
+            elif stage not in DROP_STAGES and rest.count("/") == 1:
                 run, name = rest.split("/")
                 files.append(FileState(name, stage, key, run))
     return files

@@ -20,7 +20,14 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from churnops.drop.keys import DROP_PREFIXES, PREFIX, drop_prefix, encode_event_key, is_candidate
+from churnops.drop.keys import (
+    DROP_PREFIXES,
+    PREFIX,
+    drop_prefix,
+    encode_event_key,
+    is_candidate,
+    is_folder_marker,
+)
 from churnops.drop.storage import brief
 from churnops.drop.trigger import Config, handle_event, start_flow_run
 
@@ -267,8 +274,8 @@ class BucketPoller:
                 for obj in page.get("Contents", []):
                     if drop_prefix(obj["Key"]):
                         yield obj
-                    elif obj["Key"] not in self.ignored:  # one line per key
-                        self.ignored.add(obj["Key"])
+                    elif not is_folder_marker(obj["Key"]) and obj["Key"] not in self.ignored:
+                        self.ignored.add(obj["Key"])  # one line per key
                         log.info(
                             "ignored %s: only keys directly in %s are drops", obj["Key"], prefix
                         )
