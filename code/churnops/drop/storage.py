@@ -645,6 +645,16 @@ def s3_client(endpoint_url: str | None = None) -> Any:
     return boto3.client("s3", endpoint_url=endpoint_url, config=config)
 
 
+def bucket_problem(client: Any, bucket: str) -> str:
+    """Why the drop bucket cannot be listed (missing, no credentials, endpoint down), in
+    one line, or '': checked before anything else is done with it."""
+    try:
+        client.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/", MaxKeys=1)
+    except Exception as exc:
+        return f"cannot list the drop bucket s3://{bucket}: {brief(exc)}"
+    return ""
+
+
 def open_drop(uri: str) -> DropStorage:
     """The drop a URI names, ``s3://<bucket>`` or ``file:///<folder>``: a flow run's
     trigger, not this process's settings, says where its file is."""

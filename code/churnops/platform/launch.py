@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from churnops.drop.storage import LocalDropStorage, s3_client
+from churnops.drop.storage import LocalDropStorage, bucket_problem, s3_client
 from churnops.model.progress import progress_bars
 from churnops.pipeline import PIPELINE_DEPLOYMENT, RECONCILE_DEPLOYMENT
 from churnops.platform import services as svc
@@ -29,7 +29,6 @@ from churnops.platform.watcher import (
     BucketPoller,
     Dispatcher,
     FolderWatcher,
-    bucket_problem,
     start_deployment_run,
     trigger,
 )
@@ -278,7 +277,7 @@ def _check_drop_bucket(drop: DropSettings) -> None:
     """A drop bucket that cannot be listed (missing, no credentials, endpoint down) is one
     line before anything starts, not a warning every poll once everything has."""
     if drop.drop_storage == "s3" and (problem := bucket_problem(s3_client(), drop.drop_bucket)):
-        raise svc.PlatformError(problem)
+        raise svc.PlatformError(f"{problem} (DROP_BUCKET)")
 
 
 def _start_watcher(platform: Platform) -> None:

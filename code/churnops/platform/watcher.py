@@ -213,16 +213,6 @@ class FolderWatcher(FileSystemEventHandler):
 POLL_SECONDS = 5.0
 
 
-def bucket_problem(client: Any, bucket: str) -> str:
-    """Why the drop bucket cannot be listed (missing, no credentials, endpoint down), in
-    one line, or '': ``churnops up`` checks before it starts anything."""
-    try:
-        client.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/", MaxKeys=1)
-    except Exception as exc:
-        return f"cannot list the drop bucket s3://{bucket} (DROP_BUCKET): {brief(exc)}"
-    return ""
-
-
 class BucketPoller:
     """List the drop folders of a bucket every ``interval`` seconds; report each new object
     version: (key, ETag and time), as the claim tells drops apart. A file dropped again
