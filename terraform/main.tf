@@ -265,7 +265,6 @@ module "lambda" {
   secretsmanager_endpoint = var.secretsmanager_vpc_endpoint || local.public_tasks
   alarm_topic_arn         = module.sns.topic_arn
   prefect_deployment      = local.pipeline_deployment
-  input_prefix            = "data/input/"
   bucket_arn              = module.s3.bucket_arn
   bucket_account_id       = local.account_id
   reserved_concurrency    = var.lambda_reserved_concurrency

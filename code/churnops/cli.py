@@ -202,11 +202,11 @@ EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5, "died": 5
 def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStorage, str]:
     """The storage and key of ``s3://bucket/key``, or of a local file put into the local
     drop's ``folder`` unless it is there."""
-    from churnops.drop.storage import LocalDropStorage, ObjectExists, open_drop, stage_key
+    from churnops.drop.storage import LocalDropStorage, ObjectExists, stage_key
 
     if target.startswith("s3://"):
         bucket, _, key = target.removeprefix("s3://").partition("/")
-        storage = open_drop(f"s3://{bucket}")
+        storage = _open_bucket(bucket, key)
         if storage.exists(key):
             return storage, key
         return storage, _stranded_run(storage, key.rsplit("/", 1)[-1], None) or key
@@ -225,6 +225,22 @@ def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStor
             _fail(f"another {path.name} waits in {local.path(key).parent}: drop it later")
         console.print(f"copied {path.name} into the drop folder {local.root}")
     return local, key
+
+
+def _open_bucket(bucket: str, key: str) -> DropStorage:
+    """The bucket of an ``s3://`` target, once it can be listed and ``key`` is a drop (or
+    a run in processing/): else one line, not a traceback."""
+    from churnops.drop.storage import bucket_problem, name_from_key, open_drop, split_run_key
+
+    if split_run_key(key) is None:
+        try:
+            name_from_key(key)
+        except ValueError as exc:
+            _fail(str(exc))
+    storage = open_drop(f"s3://{bucket}")
+    if problem := bucket_problem(storage.client, bucket):  # type: ignore[attr-defined]
+        _fail(problem)
+    return storage
 
 
 def _stranded_run(storage: DropStorage, name: str, data: bytes | None) -> str | None:

@@ -97,6 +97,23 @@ def test_process_a_missing_file_fails_clearly(home: Path) -> None:
     assert "nope.csv is not a file" in run("process", "nope.csv", code=1)
 
 
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        ("s3://no-such-bucket/data/input/a.csv", "cannot list the drop bucket s3://no-such-bucket"),
+        ("s3://{bucket}/a.csv", "key 'a.csv' is not a file directly in 'data/input/'"),
+    ],
+)
+def test_process_an_s3_target_it_cannot_take_is_one_line(
+    home: Path, moto_server: str, moto_bucket: str, target: str, said: str
+) -> None:
+    """Before: a 140-line traceback (NoSuchBucket; a ValueError for a key outside the drop
+    folders)."""
+    output = run("process", target.format(bucket=moto_bucket), code=1)
+    assert said in output and "Traceback" not in output, output
+    assert len(output.strip().splitlines()) <= 2, output
+
+
 def test_train_without_data_says_what_to_do(home: Path, monkeypatch) -> None:
     monkeypatch.setenv("CHURN_DATA_DIR", str(home / "empty"))
     assert "run `make data`" in run("train", code=1)

@@ -854,7 +854,8 @@ def test_an_attempt_stalled_past_its_lease_changes_nothing_once_woken(
 
     steps = replace(per_file.PLAIN_STEPS, score_file=stalled_score)
     first: list[per_file.FileOutcome] = []
-    run = lambda: first.append(per_file.process(world.settings, world.storage, key, steps=steps))  # noqa: E731
+    own = _own_view(world.storage)  # its process's, as each flow run opens its drop
+    run = lambda: first.append(per_file.process(world.settings, own, key, steps=steps))  # noqa: E731
     zombie = threading.Thread(target=run)
     zombie.start()
     assert stalled.wait(timeout=60)
@@ -872,6 +873,13 @@ def test_an_attempt_stalled_past_its_lease_changes_nothing_once_woken(
     with closing(MetricsStore(world.settings.monitoring.metrics_db_url)) as store:
         stored = {r for r in store.metrics()["run_id"] if r.startswith(f"{second.run}.")}
     assert stored == {second.run_id}, stored  # the woken attempt stored no metrics
+
+
+def _own_view(storage: DropStorage) -> DropStorage:
+    """The same drop as another process opens it (nothing it wrote remembered)."""
+    if isinstance(storage, S3DropStorage):
+        return S3DropStorage(storage.bucket, storage.client)
+    return storage
 
 
 class BlindStorage:

@@ -43,7 +43,7 @@ def deployment(client: SyncPrefectClient) -> str:
 @pytest.fixture
 def handler(prefect_server: str, deployment: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The Lambda handler's module, pointed at the session's Prefect server."""
-    for name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING", "INPUT_PREFIX"):
+    for name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
     monkeypatch.setenv("PREFECT_DEPLOYMENT", f"{FLOW}/{deployment}")

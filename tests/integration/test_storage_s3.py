@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import boto3
 import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
 from churnops.drop import claims
 from churnops.drop.keys import decode_event_key
@@ -56,6 +60,33 @@ def test_writes_and_moves_never_replace(s3: S3DropStorage) -> None:
         s3.move("data/input/a.csv", "data/processed/R/a.csv")
     assert s3.read("data/processed/R/a.csv") == b"first"
     assert s3.read("data/input/a.csv") == b"other"
+
+
+def test_a_move_keeps_the_objects_headers(s3: S3DropStorage) -> None:
+    """The original ends unchanged, headers too: a gzipped CSV uploaded with
+    ``Content-Encoding: gzip`` is still one once processed."""
+    headers = {
+        "ContentEncoding": "gzip",
+        "ContentType": "text/csv",
+        "ContentDisposition": 'attachment; filename="march.csv"',
+        "CacheControl": "no-cache",
+        "ContentLanguage": "fr",
+    }
+    s3.client.put_object(Bucket=s3.bucket, Key="data/input/march.csv", Body=b"gz", **headers)
+    s3.move("data/input/march.csv", "data/processed/R/march.csv")
+    head = s3.client.head_object(Bucket=s3.bucket, Key="data/processed/R/march.csv")
+    assert {name: head.get(name) for name in headers} == headers
+
+
+def test_a_file_uploaded_in_parts_reads_back_once_moved(s3: S3DropStorage) -> None:
+    """As boto3's upload_file and `aws s3 cp` upload a big file: in parts, with CRC32s."""
+    data = b"x,y\n" + b"1,2\n" * (3 * 1024 * 1024)  # 12 MiB: three parts
+    in_parts = TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20)
+    s3.client.upload_fileobj(io.BytesIO(data), s3.bucket, "data/input/big.csv", Config=in_parts)
+
+    s3.move("data/input/big.csv", "data/processing/R/big.csv")
+
+    assert s3.read("data/processing/R/big.csv") == data
 
 
 def test_a_move_cut_short_is_completed(s3: S3DropStorage) -> None:
@@ -136,6 +167,73 @@ def test_a_move_takes_only_the_version_it_was_given(s3: S3DropStorage) -> None:
     assert s3.read("data/input/a.csv") == b"february"
 
 
+def _dropped_again_before(s3: S3DropStorage, operation: str, key: str, data: bytes) -> None:
+    """The user drops ``data`` under ``key`` right before the move's next ``operation``."""
+    real = getattr(s3.client, operation)
+
+    def racing(**kwargs: object) -> object:
+        s3.client.put_object(Bucket=s3.bucket, Key=key, Body=data)
+        setattr(s3.client, operation, real)
+        return real(**kwargs)
+
+    setattr(s3.client, operation, racing)
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+def test_a_file_dropped_again_between_the_copy_and_the_delete_stays(
+    s3: S3DropStorage, versioned: bool
+) -> None:
+    """The move is done (the claimed version is copied) and the newer drop is left to be
+    processed as itself, as a local folder does; before, the refused delete failed the
+    claim with a traceback and left its lease running."""
+    if versioned:
+        s3.client.put_bucket_versioning(
+            Bucket=s3.bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
+    s3.create("data/input/a.csv", b"january")
+    january = s3.stat("data/input/a.csv")
+    _dropped_again_before(s3, "delete_object", "data/input/a.csv", b"february")
+
+    s3.move("data/input/a.csv", "data/processing/R/a.csv", version=january.version)
+
+    assert s3.read("data/processing/R/a.csv") == b"january"
+    assert s3.read("data/input/a.csv") == b"february"
+
+
+def test_a_versioned_move_copies_the_version_it_checked(s3: S3DropStorage) -> None:
+    """A drop between the check and the copy: the copy still takes the checked version."""
+    s3.client.put_bucket_versioning(Bucket=s3.bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.create("data/input/a.csv", b"january")
+    january = s3.stat("data/input/a.csv")
+    _dropped_again_before(s3, "copy_object", "data/input/a.csv", b"february")
+
+    s3.move("data/input/a.csv", "data/processing/R/a.csv", version=january.version)
+
+    assert s3.read("data/processing/R/a.csv") == b"january"
+    assert s3.read("data/input/a.csv") == b"february"
+
+
+def test_a_copy_refused_as_another_version_is_a_source_gone(
+    s3: S3DropStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 refuses the copy (412 on CopySourceIfMatch) when a drop replaced the source
+    after the check: the claim is then refused in one line, not failed with a traceback."""
+    s3.create("data/input/a.csv", b"january")
+
+    def refused(**kwargs: object) -> None:
+        error = {"Error": {"Code": "PreconditionFailed", "Message": "At least one ..."}}
+        raise ClientError(error, "CopyObject")
+
+    monkeypatch.setattr(s3.client, "copy_object", refused)
+    with pytest.raises(claims.ClaimRefused, match="left input/ before it could be moved"):
+        claims.claim(s3, "data/input/a.csv", lease_seconds=30)
+    assert [lease.state for lease in _leases(s3)] == ["done"]
+
+
+def _leases(s3: S3DropStorage) -> list[claims.Lease]:
+    return [claims.Lease.from_json(s3.read(k)) for k in s3.list_keys("data/claims/")]
+
+
 def test_event_key_from_a_real_listing(s3: S3DropStorage) -> None:
     """Keys as S3 URL-encodes them (EncodingType=url, like event notifications) decode back."""
     key = stage_key("input", "march batch a+b ñ.csv")
@@ -186,6 +284,27 @@ def test_a_file_log_is_read_once_then_only_written(s3: S3DropStorage) -> None:
     assert gets == ["GET"]
     lines = s3.read(log.key).decode().splitlines()
     assert lines[0] == "an earlier attempt" and len(lines) == 7
+
+
+def test_two_writers_of_one_log_keep_each_others_lines(s3: S3DropStorage) -> None:
+    """Two attempts in two processes write one run's log: a stalled attempt woken after
+    its successor wrote the run's story. Before, the woken one's next line rewrote the log
+    from what it had written itself, and the successor's story was gone."""
+    stalled, successor = s3, S3DropStorage(s3.bucket, s3.client)
+    key = "data/logs/R3/a.csv.log"
+    stalled.append_line(key, "attempt 1: claim")
+    successor.append_line(key, "attempt 2: claim")
+    successor.append_line(key, "attempt 2: finish")
+    stalled.append_line(key, "attempt 1: score failed")
+    successor.append_line(key, "attempt 2: done")
+
+    assert s3.read(key).decode().splitlines() == [
+        "attempt 1: claim",
+        "attempt 2: claim",
+        "attempt 2: finish",
+        "attempt 1: score failed",
+        "attempt 2: done",
+    ]
 
 
 def test_open_storage_uses_boto3s_endpoint(moto_server: str) -> None:

@@ -104,7 +104,7 @@ def test_lambda_runs_in_the_private_subnets_with_its_secret_and_failure_queue(
     assert env["PREFECT_API_AUTH_STRING_SECRET_ID"] == deployment.outputs["prefect_auth_secret_arn"]
     assert "PREFECT_API_AUTH_STRING" not in env
     assert env["PREFECT_DEPLOYMENT"] == "churn_prediction_pipeline/churnops"
-    assert env["INPUT_PREFIX"] == "data/input/"
+    assert "INPUT_PREFIX" not in env  # the drop folders are keys.DROP_PREFIXES, not a setting
     assert set(config["VpcConfig"]["SubnetIds"]) == set(deployment.tfvars["private_subnet_ids"])
     (group,) = config["VpcConfig"]["SecurityGroupIds"]
 

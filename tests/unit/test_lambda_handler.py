@@ -282,13 +282,16 @@ def test_several_records_each_get_an_outcome_and_a_log_line(
     assert lines == results
 
 
-def test_input_prefix_comes_from_the_environment(
+def test_the_drop_folders_are_not_a_setting(
     handler: ModuleType, prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("INPUT_PREFIX", "incoming/")
+    """The runs and the reconciler read data/input/ and data/labels/ only: a run started
+    for another folder's file failed with a traceback and the file was never processed."""
+    monkeypatch.setenv("INPUT_PREFIX", "incoming/")  # once a setting: no longer read
     results = invoke(handler, "incoming/a.csv", "data/input/a.csv")
 
-    assert [r["status"] for r in results] == ["created", "skipped"]
+    assert [r["status"] for r in results] == ["skipped", "created"]
+    assert "INPUT_PREFIX" not in handler.ENVIRONMENT
 
 
 def test_a_labels_file_starts_a_run_of_the_same_deployment(

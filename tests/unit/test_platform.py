@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -47,7 +48,7 @@ def test_the_lambda_handler_reads_back_the_real_key_of_a_built_event() -> None:
     assert record["eventSource"] == "aws:s3"
     assert record["eventName"] == "ObjectCreated:Put"
     assert trigger._parse_record(record) == ("drop", key, sequencer)
-    assert trigger._skip_reason(record, key, ("data/input/",)) is None
+    assert trigger._skip_reason(record, key) is None
 
 
 def test_sequencer_differs_per_drop_and_is_stable_for_one(tmp_path: Path) -> None:
@@ -160,6 +161,23 @@ def _object(event: dict[str, Any]) -> dict[str, Any]:
     return event["Records"][0]["s3"]["object"]
 
 
+def test_a_trigger_prefect_did_not_answer_is_one_line_saying_what_happens_next(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before: three lines, one saying 'Lambda will retry the event', which nothing does
+    for the local watchers (the reconciler takes the file later)."""
+
+    def unreachable(event: Any, context: object) -> Any:
+        raise trigger.PrefectUnavailable("POST http://127.0.0.1:1/api/x failed 5 times")
+
+    shown: list[dict] = []
+    Dispatcher(unreachable, "drop", shown.append).send("data/input/a.csv", 1, "01")
+
+    (result,) = shown
+    assert result["status"] == "failed" and "the reconciler starts it" in result["reason"]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_status_lists_every_file_by_stage(tmp_path: Path) -> None:
     storage = LocalDropStorage(tmp_path)
     storage.create_layout()
@@ -176,6 +194,18 @@ def test_status_lists_every_file_by_stage(tmp_path: Path) -> None:
         ("processed", "R1", "c.csv"),
         ("errored", "R1", "d.csv"),
     ]
+
+
+def test_status_lists_no_folder_markers() -> None:
+    """The bucket Terraform makes holds zero-byte markers (``data/input/``): no files."""
+
+    class Bucket:
+        def list_keys(self, prefix: str) -> list[str]:
+            keys = ["data/input/", "data/input/a.csv", "data/processed/", "data/processed/R/"]
+            return [k for k in keys if k.startswith(prefix)]
+
+    listed = [(f.stage, f.name) for f in list_files(Bucket())]  # type: ignore[arg-type]
+    assert listed == [("input", "a.csv")]
 
 
 def test_status_without_a_running_platform_says_so() -> None:

@@ -47,6 +47,34 @@ def test_a_file_whose_claim_died_is_redriven_at_once_a_fresh_one_waits(tmp_path:
     assert "attempt 1 died" in actions[0].reason
 
 
+class LaidOutByTerraform(LocalDropStorage):
+    """A bucket as Terraform lays it out: a zero-byte marker per folder (aws_s3_object.prefix)."""
+
+    def list_keys(self, prefix: str) -> list[str]:
+        markers = [f"data/{f}/" for f in ("input", "processing", "processed", "errored", "logs")]
+        return sorted(super().list_keys(prefix) + [m for m in markers if m.startswith(prefix)])
+
+
+def test_folder_markers_are_no_runs_and_no_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: the data/processing/ marker was a run named '', so the file ages the alarms
+    and the 'reconciler silent' alarm watch failed every minute ('time data '' does not
+    match format') and were never published; the reconciler also warned about it and
+    listed data/input/ among the keys it ignores, every minute."""
+    storage = LaidOutByTerraform(tmp_path)
+    storage.create_layout()
+    now = datetime.now(UTC)
+    caplog.set_level("INFO", "churnops.pipeline.reconcile")
+
+    assert reconcile.oldest_ages(storage, now) == {
+        "OldestInputSeconds": 0.0,
+        "OldestProcessingSeconds": 0.0,
+    }
+    assert reconcile.find_work(storage, now) == []
+    assert caplog.records == []
+
+
 class FakeFlowRuns:
     """The orchestrator's side of :func:`reconcile.end_flow_runs`: what it reads, what it ends."""
 

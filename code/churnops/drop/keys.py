@@ -26,6 +26,12 @@ def drop_prefix(key: str) -> str | None:
     return None
 
 
+def is_folder_marker(key: str) -> bool:
+    """A zero-byte ``data/input/``-style key that only shows a folder (the bucket's layout
+    has them, as consoles make them): no file, no run, nothing to report."""
+    return key.endswith("/")
+
+
 def is_labels(key: str) -> bool:
     """A key dropped into ``data/labels/``: its run joins labels, it is not scored."""
     return key.startswith(LABELS_PREFIX)

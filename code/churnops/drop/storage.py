@@ -43,6 +43,15 @@ CLAIMS = f"{PREFIX}/claims"
 PART_BYTES = 16 * 1024 * 1024
 #: S3 user metadata naming the dropped object version a copy came from.
 ORIGIN = "churnops-origin"
+#: The headers of an object a move carries to its copy, as S3's HEAD names them.
+COPIED_HEADERS = (
+    "CacheControl",
+    "ContentDisposition",
+    "ContentEncoding",
+    "ContentLanguage",
+    "ContentType",
+    "Expires",
+)
 #: NAME_MAX of a local file system: a drop must work the same on both back ends.
 NAME_MAX_BYTES = 255
 #: The longest name of a file the platform writes: ``.<name>.<hex12>.tmp`` must fit.
@@ -53,6 +62,8 @@ MAX_KEY_BYTES = 1024
 MAX_RUN_NAME_BYTES = MAX_KEY_BYTES - len(f"{PREFIX}/processing/{'r' * 25}/")
 #: The most characters an exception takes as a reason (a log line, a row, an alert).
 MAX_REASON_CHARS = 300
+#: Tries of a log line whose object another writer changed meanwhile (S3).
+APPEND_TRIES = 5
 
 
 class ObjectExists(FileExistsError):
@@ -88,9 +99,11 @@ def run_key(stage: Stage, run: str, name: str) -> str:
 
 
 def run_folders(storage: DropStorage, stage: Stage) -> list[str]:
-    """The runs with a folder in ``data/<stage>/``, oldest first (run ids sort by time)."""
+    """The runs with a folder in ``data/<stage>/``, oldest first (run ids sort by time);
+    the stage's own folder marker names none."""
     prefix = folder_key(stage)
-    return sorted({k[len(prefix) :].split("/", 1)[0] for k in storage.list_keys(prefix)})
+    runs = {k[len(prefix) :].split("/", 1)[0] for k in storage.list_keys(prefix)}
+    return sorted(run for run in runs if run)
 
 
 def log_key(run: str, name: str) -> str:
@@ -384,7 +397,8 @@ class S3DropStorage(DropStorage):
         self.bucket = bucket
         self.client = client
         self.uri = f"s3://{bucket}"
-        self._written: dict[str, bytes] = {}  # logs this instance wrote (append_line)
+        #: Logs this instance wrote (append_line): bytes and ETag.
+        self._written: dict[str, tuple[bytes, str]] = {}
 
     def __repr__(self) -> str:
         return f"S3DropStorage({self.bucket!r})"
@@ -432,47 +446,86 @@ class S3DropStorage(DropStorage):
             raise FileNotFoundError(f"s3://{self.bucket}/{src} is gone (or another version)")
         target = self._head(dst)
         if target is None:
-            self.client.copy_object(
-                Bucket=self.bucket,
-                Key=dst,
-                CopySource={"Bucket": self.bucket, "Key": src},
-                CopySourceIfMatch=head["ETag"],
-                MetadataDirective="REPLACE",
-                Metadata={**head.get("Metadata", {}), ORIGIN: _origin(head)},
-                ContentType=head.get("ContentType") or "binary/octet-stream",
-            )
+            self._copy(src, dst, head)
         elif _origin(target) != _origin(head) and target["ETag"] != head["ETag"]:
             raise ObjectExists(f"s3://{self.bucket}/{dst} exists already: not replacing it")
         self._delete_source(src, head)
+
+    def _copy(self, src: str, dst: str, head: dict) -> None:
+        """Copy exactly the version ``head`` describes (its version id in a versioned
+        bucket, else its ETag): a source replaced since is FileNotFoundError, as gone."""
+        source = {"Bucket": self.bucket, "Key": src}
+        if _versioned(head):
+            source["VersionId"] = head["VersionId"]
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=dst,
+                CopySource=source,
+                CopySourceIfMatch=head["ETag"],
+                # A checksum of its own: a multipart source's is its parts' (moto even
+                # gives the copy that one, and every read of it then fails its check).
+                ChecksumAlgorithm="CRC32",
+                MetadataDirective="REPLACE",
+                Metadata={**head.get("Metadata", {}), ORIGIN: _origin(head)},
+                **{"ContentType": "binary/octet-stream"} | _headers(head),
+            )
+        except self.client.exceptions.ClientError as exc:
+            if _code(exc) not in (*_REPLACED, *_MISSING):
+                raise
+            raise FileNotFoundError(
+                f"s3://{self.bucket}/{src} is gone (or another version)"
+            ) from exc
 
     def _head(self, key: str) -> dict | None:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)
         except self.client.exceptions.ClientError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if _code(exc) in _MISSING:
                 return None
             raise
 
     def _delete_source(self, key: str, head: dict) -> None:
-        """The move's second half: exactly the version copied, never a newer drop."""
-        version = head.get("VersionId")
-        if version and version != "null":
-            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
-        else:
+        """The move's second half: exactly the version copied, never a newer drop (a
+        refused delete: one took the name since the copy, and stays to be processed)."""
+        if _versioned(head):
+            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=head["VersionId"])
+            return
+        try:
             self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=head["ETag"])
+        except self.client.exceptions.ClientError as exc:
+            if _code(exc) not in (*_REPLACED, *_MISSING):
+                raise
 
     def append_line(self, key: str, line: str) -> None:
-        """Rewrite the object with the line added (S3 cannot append): fine for small logs
-        with one writer (the lease holder), which keeps what it wrote: one PUT a line."""
-        old = self._written.get(key)
-        if old is None:
+        """Rewrite the object with the line added (S3 cannot append): one PUT a line, on
+        condition that the object is still what this instance last wrote or read. Another
+        writer's lines (a stalled attempt woken beside its successor, in its own process)
+        are then read back in, never written over."""
+        added = (line.rstrip("\n") + "\n").encode("utf-8")
+        for _ in range(APPEND_TRIES):
+            old, etag = self._written.get(key) or self._read_tagged(key)
+            condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
             try:
-                old = self.read(key)
-            except FileNotFoundError:
-                old = b""
-        new = old + (line.rstrip("\n") + "\n").encode("utf-8")
-        self.replace(key, new)
-        self._written[key] = new
+                with _never_replacing(self.client, f"s3://{self.bucket}/{key}"):
+                    answer = self.client.put_object(
+                        Bucket=self.bucket, Key=key, Body=old + added, **condition
+                    )
+            except ObjectExists:  # another writer's line came first: read it, try again
+                self._written.pop(key, None)
+                continue
+            self._written[key] = (old + added, answer["ETag"])
+            return
+        raise ObjectExists(f"s3://{self.bucket}/{key} kept changing: line not added")
+
+    def _read_tagged(self, key: str) -> tuple[bytes, str | None]:
+        """The object's bytes and ETag; nothing and None when there is none yet."""
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+        except self.client.exceptions.NoSuchKey:
+            return b"", None
+        with closing(answer["Body"]) as body:
+            return body.read(), answer["ETag"]
 
 
 class _PartWriter(io.RawIOBase):
@@ -536,12 +589,28 @@ class _PartWriter(io.RawIOBase):
                 )
 
 
+#: Error codes of S3 for a key with no object, and for a condition on an object version
+#: that no longer holds (the key holds another object now).
+_MISSING = ("404", "NoSuchKey", "NotFound")
+_REPLACED = ("PreconditionFailed", "412")
+
+
+def _versioned(head: dict) -> bool:
+    return head.get("VersionId") not in (None, "", "null")
+
+
 def _info(head: dict) -> ObjectInfo:
     """Size, version and time from a HEAD answer (ETag and time without versioning)."""
     version = head.get("VersionId") or ""
     if not version or version == "null":
         version = f"{head['ETag'].strip(chr(34))}@{head['LastModified'].isoformat()}"
     return ObjectInfo(head["ContentLength"], version, head["LastModified"])
+
+
+def _headers(head: dict) -> dict[str, Any]:
+    """The object's own headers, which a copy given new metadata (``REPLACE``) loses unless
+    given again: a dropped ``.csv`` stored gzipped with ``Content-Encoding: gzip`` stays so."""
+    return {name: head[name] for name in COPIED_HEADERS if head.get(name)}
 
 
 def _origin(head: dict) -> str:
@@ -556,7 +625,7 @@ def _never_replacing(client: Any, where: str) -> Iterator[None]:
     try:
         yield
     except client.exceptions.ClientError as exc:
-        if _code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+        if _code(exc) not in (*_REPLACED, "ConditionalRequestConflict"):
             raise
         raise ObjectExists(f"{where} exists already") from None
 
@@ -574,6 +643,16 @@ def s3_client(endpoint_url: str | None = None) -> Any:
         retries={"max_attempts": 4, "mode": "standard"}, connect_timeout=5, read_timeout=60
     )
     return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def bucket_problem(client: Any, bucket: str) -> str:
+    """Why the drop bucket cannot be listed (missing, no credentials, endpoint down), in
+    one line, or '': checked before anything else is done with it."""
+    try:
+        client.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}/", MaxKeys=1)
+    except Exception as exc:
+        return f"cannot list the drop bucket s3://{bucket}: {brief(exc)}"
+    return ""
 
 
 def open_drop(uri: str) -> DropStorage:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
-from churnops.drop.keys import INPUT_PREFIX, LABELS_PREFIX, decode_event_key, is_candidate
+from churnops.drop.keys import DROP_PREFIXES, decode_event_key, is_candidate, is_folder_marker
 
 LOGGER = logging.getLogger("s3_to_prefect")
 LOGGER.setLevel(logging.INFO)  # the Lambda runtime's root logger stops at WARNING
@@ -54,7 +54,6 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
         f"{SECRET_TTL_SECONDS:g} s while warm and read again after Prefect answers 401.",
     ),
     "PREFECT_DEPLOYMENT": (DEFAULT_DEPLOYMENT, "Deployment to start, `<flow>/<deployment>`."),
-    "INPUT_PREFIX": (INPUT_PREFIX, "Folder of input files; labels are read from `data/labels/`."),
     "PREFECT_HTTP_TIMEOUT": ("5", "Seconds per request to Prefect."),
     "PREFECT_HTTP_RETRIES": ("4", "Retries of a request after the first try."),
     "PREFECT_HTTP_BACKOFF": (
@@ -89,8 +88,6 @@ class PrefectRequestError(Exception):
 class Config:
     api_url: str
     deployment: str
-    #: The drop folders that start runs: input files and late labels files.
-    prefixes: tuple[str, ...]
     timeout: float
     retries: int
     backoff: float
@@ -117,7 +114,6 @@ class Config:
         return cls(
             api_url=api_url,
             deployment=deployment,
-            prefixes=(env.get("INPUT_PREFIX") or INPUT_PREFIX, LABELS_PREFIX),
             timeout=_number(env, "PREFECT_HTTP_TIMEOUT", float, positive=True),
             retries=int(_number(env, "PREFECT_HTTP_RETRIES", int)),
             backoff=_number(env, "PREFECT_HTTP_BACKOFF", float),
@@ -215,7 +211,7 @@ def handle_record(record: Any, config: Config) -> dict[str, Any]:
     except ValueError as exc:
         return {"bucket": None, "key": None, "status": "failed", "reason": str(exc)}
     outcome: dict[str, Any] = {"bucket": bucket, "key": key}
-    reason = _skip_reason(record, key, config.prefixes)
+    reason = _skip_reason(record, key)
     if reason:
         return {**outcome, "status": "skipped", "reason": reason}
     if not version:
@@ -250,18 +246,19 @@ def _parse_record(record: Any) -> tuple[str, str, str | None]:
     return bucket, key, obj.get("versionId") or obj.get("sequencer")
 
 
-def _skip_reason(record: Mapping[str, Any], key: str, prefixes: tuple[str, ...]) -> str | None:
-    """Why the record starts no flow run, or None when it should start one."""
+def _skip_reason(record: Mapping[str, Any], key: str) -> str | None:
+    """Why the record starts no flow run, or None when it should start one: only a file
+    directly in a drop folder (``keys.DROP_PREFIXES``, the folders every part reads)."""
     source = record.get("eventSource", "aws:s3")
     if source != "aws:s3":
         return f"event source {source!r} is not aws:s3"
     name = record.get("eventName", "ObjectCreated:")
     if not name.startswith("ObjectCreated:"):
         return f"event {name!r} is not an object creation"
-    prefix = next((p for p in prefixes if key.startswith(p)), None)
+    prefix = next((p for p in DROP_PREFIXES if key.startswith(p)), None)
     if prefix is None:
-        return f"key is outside {' and '.join(map(repr, prefixes))}"
-    if key.endswith("/"):
+        return f"key is outside {' and '.join(map(repr, DROP_PREFIXES))}"
+    if is_folder_marker(key):
         return "folder marker"
     if "/" in key[len(prefix) :]:
         return f"key is in a subfolder of {prefix!r}: only files directly in it are processed"

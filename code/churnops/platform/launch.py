@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from churnops.drop.storage import LocalDropStorage, bucket_problem, s3_client
 from churnops.model.progress import progress_bars
 from churnops.pipeline import PIPELINE_DEPLOYMENT, RECONCILE_DEPLOYMENT
 from churnops.platform import services as svc
@@ -124,6 +125,7 @@ def run(settings: Settings, console: Console, errors: Console) -> int:
     code = 0
     try:
         _stop_leftovers(home, console)
+        _check_drop_bucket(settings.drop)
         ports = svc.choose_ports(settings.platform)
         settings = platform_settings(settings, ports)
         platform.settings = settings
@@ -271,21 +273,24 @@ def _start_runner(platform: Platform) -> None:
     )
 
 
+def _check_drop_bucket(drop: DropSettings) -> None:
+    """A drop bucket that cannot be listed (missing, no credentials, endpoint down) is one
+    line before anything starts, not a warning every poll once everything has."""
+    if drop.drop_storage == "s3" and (problem := bucket_problem(s3_client(), drop.drop_bucket)):
+        raise svc.PlatformError(f"{problem} (DROP_BUCKET)")
+
+
 def _start_watcher(platform: Platform) -> None:
     settings = platform.settings
     api = svc.prefect_api_url(settings.platform)
     handler = trigger(api, PIPELINE_DEPLOYMENT, settings.drop.drop_uri)
     dispatcher = Dispatcher(handler, settings.drop.drop_bucket, platform.show_trigger)
-    # The handler's own INFO lines are for AWS: the dispatcher prints one per trigger.
-    logging.getLogger("s3_to_prefect").setLevel(logging.WARNING)
+    # The handler's own lines are for AWS (where Lambda retries a failed event): the
+    # dispatcher prints one per trigger.
+    logging.getLogger("s3_to_prefect").setLevel(logging.CRITICAL)
     if settings.drop.drop_storage == "s3":
-        import boto3
-
-        client = boto3.client("s3")
-        platform.watcher = BucketPoller(client, settings.drop.drop_bucket, dispatcher)
+        platform.watcher = BucketPoller(s3_client(), settings.drop.drop_bucket, dispatcher)
     else:
-        from churnops.drop.storage import LocalDropStorage
-
         LocalDropStorage(settings.drop.drop_dir).create_layout()
         platform.watcher = FolderWatcher(settings.drop.drop_dir, dispatcher)
     platform.watcher.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from churnops.drop.keys import is_folder_marker
 from churnops.drop.storage import DROP_STAGES, STAGES, DropStorage, folder_key, open_storage
 from churnops.platform.services import PlatformState, http_ok, pid_alive
 from churnops.settings import DropSettings
@@ -27,12 +28,15 @@ class ServiceHealth:
 
 def list_files(storage: DropStorage) -> list[FileState]:
     """Every file by stage, drops (input, labels) first; later stages by run (with their
-    predictions files)."""
+    predictions files). Folder markers (``data/input/``, as the bucket's layout has) are
+    no files."""
     files = []
     for stage in STAGES:
         prefix = folder_key(stage)
         for key in storage.list_keys(prefix):
             rest = key[len(prefix) :]
+            if is_folder_marker(key):
+                continue
             if stage in DROP_STAGES and "/" not in rest:
                 files.append(FileState(rest, stage, key))
             elif stage not in DROP_STAGES and rest.count("/") == 1:

@@ -20,7 +20,15 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from churnops.drop.keys import DROP_PREFIXES, PREFIX, drop_prefix, encode_event_key, is_candidate
+from churnops.drop.keys import (
+    DROP_PREFIXES,
+    PREFIX,
+    drop_prefix,
+    encode_event_key,
+    is_candidate,
+    is_folder_marker,
+)
+from churnops.drop.storage import brief
 from churnops.drop.trigger import Config, handle_event, start_flow_run
 
 log = logging.getLogger("churnops.watcher")
@@ -96,8 +104,10 @@ class Dispatcher:
         try:
             response = self.handler(s3_event(self.bucket, key, size, sequencer), None)
         except Exception as exc:  # Prefect unreachable after retries: say so, keep watching
-            log.error("trigger for %s failed: %s", key, exc)
-            self.on_result({"key": key, "status": "failed", "reason": str(exc)})
+            # Nothing sends this event again (no Lambda retry here): the reconciler takes
+            # files left in input/. One line, through on_result.
+            reason = f"{exc}; the reconciler starts it once Prefect answers"
+            self.on_result({"key": key, "status": "failed", "reason": reason})
             return
         for result in response.get("results", []):
             self.on_result(result)
@@ -204,7 +214,9 @@ POLL_SECONDS = 5.0
 
 
 class BucketPoller:
-    """List the drop folders of a bucket every ``interval`` seconds; report new (key, ETag)."""
+    """List the drop folders of a bucket every ``interval`` seconds; report each new object
+    version: (key, ETag and time), as the claim tells drops apart. A file dropped again
+    with the same bytes is a new drop (its ETag alone would hide it until the reconciler)."""
 
     def __init__(
         self, client: Any, bucket: str, dispatcher: Dispatcher, interval: float = POLL_SECONDS
@@ -213,7 +225,10 @@ class BucketPoller:
         self.bucket = bucket
         self.dispatcher = dispatcher
         self.interval = interval
+        #: (key, sequencer) of the drops listed last time: one gone is forgotten.
         self.seen: set[tuple[str, str]] = set()
+        #: Keys logged once as not drops (in a subfolder).
+        self.ignored: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bucket-poller", daemon=True)
 
@@ -227,15 +242,18 @@ class BucketPoller:
     def poll_once(self) -> int:
         """Report every new object; returns how many."""
         reported = 0
+        listed: set[tuple[str, str]] = set()
         for obj in self._dropped_objects():
             key, etag = obj["Key"], obj["ETag"].strip('"')
-            if (key, etag) in self.seen or not is_candidate(key.rsplit("/", 1)[-1]):
-                continue
-            self.seen.add((key, etag))
             stamp = f"{etag}:{obj['LastModified'].isoformat()}".encode()
             sequencer = hashlib.sha256(stamp).hexdigest()[:24].upper()
+            listed.add((key, sequencer))
+            if (key, sequencer) in self.seen or not is_candidate(key.rsplit("/", 1)[-1]):
+                continue
+            self.seen.add((key, sequencer))
             self.dispatcher.send(key, obj["Size"], sequencer)
             reported += 1
+        self.seen &= listed
         return reported
 
     def _dropped_objects(self) -> Iterator[dict]:
@@ -246,16 +264,27 @@ class BucketPoller:
                 for obj in page.get("Contents", []):
                     if drop_prefix(obj["Key"]):
                         yield obj
-                    elif (obj["Key"], "ignored") not in self.seen:  # one line per key
-                        self.seen.add((obj["Key"], "ignored"))
+                    elif not is_folder_marker(obj["Key"]) and obj["Key"] not in self.ignored:
+                        self.ignored.add(obj["Key"])  # one line per key
                         log.info(
                             "ignored %s: only keys directly in %s are drops", obj["Key"], prefix
                         )
 
     def _loop(self) -> None:
+        failing = ""
         while not self._stop.is_set():
-            try:
-                self.poll_once()
-            except Exception as exc:  # endpoint down for a moment: try again next round
-                log.warning("listing s3://%s/%s/ failed: %s", self.bucket, PREFIX, exc)
+            failing = self.poll_logged(failing)
             self._stop.wait(self.interval)
+
+    def poll_logged(self, failing: str) -> str:
+        """One round; ``failing``: why the last one failed. A failure is logged when it
+        starts or changes, not every round, and the recovery once."""
+        try:
+            self.poll_once()
+        except Exception as exc:  # endpoint down for a moment: try again next round
+            if brief(exc) != failing:
+                log.warning("listing s3://%s/%s/ failed, retrying: %s", self.bucket, PREFIX, exc)
+            return brief(exc)
+        if failing:
+            log.warning("listing s3://%s/%s/ works again", self.bucket, PREFIX)
+        return ""

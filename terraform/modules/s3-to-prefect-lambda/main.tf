@@ -179,7 +179,6 @@ resource "aws_lambda_function" "this" {
         PREFECT_API_URL                   = var.prefect_api_url
         PREFECT_API_AUTH_STRING_SECRET_ID = var.prefect_auth_secret_arn
         PREFECT_DEPLOYMENT                = var.prefect_deployment
-        INPUT_PREFIX                      = var.input_prefix
       },
       var.extra_environment,
     )

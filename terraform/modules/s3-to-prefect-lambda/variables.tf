@@ -73,12 +73,6 @@ variable "prefect_deployment" {
   default     = "churn_prediction_pipeline/churnops"
 }
 
-variable "input_prefix" {
-  description = "Prefix of the input files (INPUT_PREFIX)."
-  type        = string
-  default     = "data/input/"
-}
-
 variable "extra_environment" {
   description = "Further non-secret environment variables."
   type        = map(string)
