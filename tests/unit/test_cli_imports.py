@@ -54,6 +54,7 @@ def test_the_scoring_path_imports_nothing_of_training(tmp_path: Path) -> None:
     ("command", "env", "code", "said"),
     [
         (["status"], {"RETRAIN_MODE": "automatic"}, 2, "invalid setting: RETRAIN_MODE: "),
+        (["up"], {"PREFECT_PORT": "70000"}, 2, "invalid setting: PREFECT_PORT: "),
         (["reconcile", "ftp://x"], {}, 1, "'ftp://x' is neither s3://<bucket> nor file:///"),
     ],
 )
