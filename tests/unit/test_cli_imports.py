@@ -55,6 +55,8 @@ def test_the_scoring_path_imports_nothing_of_training(tmp_path: Path) -> None:
     [
         (["status"], {"RETRAIN_MODE": "automatic"}, 2, "invalid setting: RETRAIN_MODE: "),
         (["up"], {"PREFECT_PORT": "70000"}, 2, "invalid setting: PREFECT_PORT: "),
+        # the metrics database down: one line after the retries, not a traceback
+        (["report"], {"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/m"}, 1, "unreachable"),
         (["reconcile", "ftp://x"], {}, 1, "'ftp://x' is neither s3://<bucket> nor file:///"),
     ],
 )
