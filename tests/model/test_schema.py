@@ -280,8 +280,44 @@ def test_problems_of_every_chunk_are_named_once() -> None:
     with pytest.raises(DataValidationError) as caught:
         _chunked(csv(bad, GOOD_ROW, GOOD_ROW, bad), chunk_rows=2)
     assert caught.value.problems == [
-        "column 'call_failure' must be numeric ('int64'); bad values x, x (lines 2, 5)"
+        "column 'call_failure' must be numeric ('int64', whole numbers); "
+        "bad values x, x (lines 2, 5)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        (  # a fraction in an integer column was cut to 0: a label too
+            "8,0,38,0,4370,71,5,17,3,1,1,30,197.64,0.5",
+            "column 'churn' must be numeric ('int64', whole numbers); bad values 0.5 (lines 2)",
+        ),
+        (
+            "8,0,38,0,4370,71,5,17,3,1,1,25.5,197.64,0",
+            "column 'age' must be numeric ('int64', whole numbers); bad values 25.5 (lines 2)",
+        ),
+        (  # named as -9223372036854775808, what coercion made of it
+            "8,0,38,0,1e308,71,5,17,3,1,1,30,197.64,0",
+            "column 'seconds_of_use' must be numeric ('int64', whole numbers); "
+            "bad values 1e+308 (lines 2)",
+        ),
+        (  # XGBoost fails on inf, and on what float32 makes inf: retried as a dependency
+            "8,0,38,0,4370,71,5,17,3,1,1,30,inf,0",
+            "column 'customer_value' out of range less_than(3.4e38): values inf (lines 2)",
+        ),
+        (
+            "8,0,38,0,4370,71,5,17,3,1,1,30,1e39,0",
+            "column 'customer_value' out of range less_than(3.4e38): values 1e+39 (lines 2)",
+        ),
+    ],
+)
+def test_a_number_the_model_cannot_take_as_written_is_named(row: str, problem: str) -> None:
+    assert problems_of(csv(row)) == [problem]
+
+
+def test_whole_numbers_written_as_decimals_are_taken() -> None:
+    frame = load_customer_file(csv("8.0,0,38,0,4370.0,71,5,17,3,1,1,30,3.4e37,1.0"))
+    assert frame["seconds_of_use"].tolist() == [4370] and frame["churn"].tolist() == [1]
 
 
 def test_gzip_keeps_the_csv_rules() -> None:

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
@@ -64,6 +65,8 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     TARGET: (0, 1),
 }
 _FLOAT_COLUMNS = {"customer_value"}
+#: XGBoost reads features as float32: a larger value (or inf) fails it, as if a dependency had.
+_LARGEST_FLOAT = float(np.finfo(np.float32).max)
 
 
 #: Problems named in one message, and the characters of each (a 50 MB value is cut).
@@ -102,16 +105,33 @@ def clean_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 def _column(name: str, require: bool) -> pa.Column:
     low, high = _RANGES[name]
-    check = pa.Check.ge(low) if high is None else pa.Check.in_range(low, high)
+    checks = [pa.Check.ge(low) if high is None else pa.Check.in_range(low, high)]
+    if name in _FLOAT_COLUMNS:
+        checks.append(pa.Check(lambda s: s < _LARGEST_FLOAT, name="less_than(3.4e38)"))
     dtype = float if name in _FLOAT_COLUMNS else "int64"
-    return pa.Column(dtype, checks=check, nullable=False, coerce=True, required=require)
+    return pa.Column(dtype, checks=checks, nullable=False, coerce=True, required=require)
 
 
 def build_schema(require_target: bool) -> pa.DataFrameSchema:
     """The pandera schema of a clean customer frame."""
     columns = {c: _column(c, True) for c in INPUT_COLUMNS}
     columns[TARGET] = _column(TARGET, require_target)
-    return pa.DataFrameSchema(columns, strict=True, name="customer file")
+    parser = pa.Parser(_fractions_as_text)
+    return pa.DataFrameSchema(columns, strict=True, name="customer file", parsers=parser)
+
+
+def _fractions_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Integer columns' values that are no int64 (0.5, 1e308, inf) become text, so that the
+    type check names them: coercion would cut 0.5 to 0 (a label too) and 1e308 to -2**63."""
+    changed = {}
+    for name in frame.columns.intersection(list(_RANGES)).difference(list(_FLOAT_COLUMNS)):
+        column = frame[name]
+        if not pd.api.types.is_float_dtype(column):
+            continue  # read as integers (fine) or as text (the type check names it)
+        unfit = column.notna() & ((column % 1 != 0) | ~(column.abs() < 2**63))  # inf, too
+        if unfit.any():
+            changed[name] = column.astype(object).where(~unfit, column.map(str))
+    return frame.assign(**changed) if changed else frame
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: a DataFrame has no truth value to compare
@@ -228,8 +248,10 @@ def describe_failures(failures: pd.DataFrame, unit: str = "line", first: int = 2
         elif check == "not_nullable":
             problems.append(f"column '{column}' has {len(cases)} missing value(s){where}")
         elif check.startswith("coerce_dtype") or check.startswith("dtype"):
+            dtype = check.split("(")[-1].rstrip(")")
+            whole = "" if column in _FLOAT_COLUMNS else ", whole numbers"
             problems.append(
-                f"column '{column}' must be numeric ({check.split('(')[-1].rstrip(')')}); "
+                f"column '{column}' must be numeric ({dtype}{whole}); "
                 f"bad values {sample_text(cases)}{where}"
             )
         else:
@@ -248,7 +270,7 @@ def sample_text(values: object, limit: int = 5) -> str:
 def shorten(value: object, limit: int = 60) -> str:
     """A value as a message shows it: 9, not 9.0; over ``limit`` characters cut."""
 
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         value = int(value)
     text = str(value)
     if len(text) <= limit:
