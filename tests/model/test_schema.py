@@ -441,3 +441,13 @@ def test_messages_are_short_whatever_the_values() -> None:
     assert shorten(9.0) == "9" and shorten(value) == "7" + "x" * 35 + "... (200,001 characters)"
     (problem,) = problems_of(csv(GOOD_ROW.replace("8,", f"{value},", 1)))
     assert len(problem) < 200
+
+
+def test_values_no_type_takes_are_one_problem_in_file_order() -> None:
+    """pandera reports them twice (coercion, then dtype), each in an order of its own: two
+    problems whose values and lines did not match, from line 13 down."""
+    rows = [f"8,{'yes' if i % 2 else 'no'},38,0,4370,71,5,17,3,1,1,30,197.64,0" for i in range(12)]
+    assert problems_of(csv(*rows)) == [
+        "column 'complains' must be numeric ('int64', whole numbers); bad values "
+        "no, yes, no, yes, no, ... (12 in all) (lines 2, 3, 4, 5, 6, ... (12 in all))"
+    ]

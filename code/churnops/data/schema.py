@@ -229,14 +229,17 @@ def describe_failures(failures: pd.DataFrame, unit: str = "line", first: int = 2
     """pandera's failure cases as one sentence per problem; index 0 is ``unit`` ``first``
     (file line 2 under the header, or Parquet row 1)."""
     problems: list[str] = []
-    failures = failures.assign(failure_case=failures["failure_case"].map(shorten))
+    # coercion is reported by two checks, each in its own order: one check, in file order
+    check = failures["check"].astype(str).str.replace(r"^coerce_dtype\(", "dtype(", regex=True)
+    failures = failures.assign(failure_case=failures["failure_case"].map(shorten), check=check)
     failures = failures.drop_duplicates(["column", "check", "failure_case", "index"])
     # a bad value also fails the range check, a missing one coercion: once, by cause
     failures = failures[~failures["failure_case"].str.startswith("TypeError(")]
-    is_coercion = failures["check"].astype(str).str.startswith(("coerce_dtype", "dtype"))
+    is_coercion = failures["check"].astype(str).str.startswith("dtype(")
     failures = failures[~(is_coercion & failures["failure_case"].isin(["nan", "<NA>", "None"]))]
     grouped = failures.groupby(["column", "check"], dropna=False, sort=False)
-    for (column, check), group in grouped:
+    for (column, check), unordered in grouped:
+        group = unordered.sort_values("index", key=_row_order, kind="stable")
         cases = group["failure_case"].tolist()
         rows = group["index"].dropna().astype(int).tolist()
         where = f" ({unit}s {sample_text(r + first for r in rows)})" if rows else ""
@@ -247,7 +250,7 @@ def describe_failures(failures: pd.DataFrame, unit: str = "line", first: int = 2
             problems.append(f"unexpected column '{cases[0]}'")
         elif check == "not_nullable":
             problems.append(f"column '{column}' has {len(cases)} missing value(s){where}")
-        elif check.startswith("coerce_dtype") or check.startswith("dtype"):
+        elif check.startswith("dtype("):
             dtype = check.split("(")[-1].rstrip(")")
             whole = "" if column in _FLOAT_COLUMNS else ", whole numbers"
             problems.append(
@@ -258,7 +261,12 @@ def describe_failures(failures: pd.DataFrame, unit: str = "line", first: int = 2
             problems.append(
                 f"column '{column}' out of range {check}: values {sample_text(cases)}{where}"
             )
-    return list(dict.fromkeys(problems))  # coercion is reported by two checks
+    return list(dict.fromkeys(problems))
+
+
+def _row_order(index: pd.Series) -> pd.Series:
+    """pandera's failure index as numbers (None for a missing column: last)."""
+    return pd.to_numeric(index, errors="coerce")
 
 
 def sample_text(values: object, limit: int = 5) -> str:
