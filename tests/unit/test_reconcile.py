@@ -154,7 +154,11 @@ def test_a_redrive_whose_flow_run_ended_before_claiming_gets_a_new_one(
     assert len(runs) == 1
     for flow_run in runs.values():
         flow_run.state = Failed(message="OSError: [Errno 28] No space left on device")
-    submit(action)
-    submit(action)  # overlapping reconcilers: one new flow run between them
+    submit(action)  # it ended during this pass: it may have claimed, left alone
+    assert len(runs) == 1
+    next_pass = reconcile.submit_to_deployment("file:///drop")
+    next_pass(action)
+    next_pass(action)  # overlapping reconcilers: one new flow run between them
+    reconcile.submit_to_deployment("file:///drop")(action)
     assert len(runs) == 2
     assert [run.state.is_final() for run in runs.values()] == [True, False]

@@ -295,13 +295,17 @@ RESUBMIT_SECONDS = 60.0
 
 
 def submit_to_deployment(drop: str, deployment: str = pipeline.PIPELINE_DEPLOYMENT) -> Submit:
-    """Submit a flow run of the pipeline deployment (one per marker) for a file of ``drop``.
+    """Submit a flow run of the pipeline deployment (one per marker) for a file of ``drop``,
+    for one pass of the reconciler (made before it reads the claims).
 
-    A marker names the attempt its run is to claim; its flow run ended with the file still
-    stranded means it failed before claiming (a full disk, a storage error writing the
+    A marker names the attempt its run is to claim; its flow run ended before this pass with
+    the file still stranded failed before claiming (a full disk, a storage error writing the
     claim file): Prefect would answer the same ended run for ever, so a new one is made,
-    one per marker and :data:`RESUBMIT_SECONDS` (overlapping reconcilers share it)."""
+    one per marker and :data:`RESUBMIT_SECONDS` (overlapping reconcilers share it). One
+    that ended during this pass may have moved the file on: left alone."""
     from prefect.deployments import run_deployment
+
+    started = datetime.now(UTC)
 
     def submit(action: Action) -> None:
         def run(key: str) -> Any:
@@ -314,8 +318,8 @@ def submit_to_deployment(drop: str, deployment: str = pipeline.PIPELINE_DEPLOYME
                 flow_run_name=f"{action.key.rsplit('/', 1)[-1]} (reconciled)",
             )
 
-        flow_run = run(f"reconcile:{action.marker}")
-        if flow_run.state is not None and flow_run.state.is_final():
+        state = run(f"reconcile:{action.marker}").state
+        if state is not None and state.is_final() and state.timestamp < started:
             run(f"reconcile:{action.marker}@{time.time() // RESUBMIT_SECONDS:.0f}")
 
     return submit
