@@ -471,3 +471,13 @@ def test_a_slow_writer_is_reported_once_it_closed_the_file(
         assert seen.wait(30)
         time.sleep(0.5)  # anything reported late would be in by now
     assert [_object(e)["size"] for e in events] == [600]
+
+
+def test_two_servers_given_one_port_is_one_line_before_either_starts(tmp_path: Path) -> None:
+    """It was the second server's bind error and its log, after the first had started."""
+    line = _up_error(tmp_path, prefect_port=47124, mlflow_port=47124, evidently_port=0)
+    assert line == (
+        "error: PREFECT_PORT and MLFLOW_PORT are both 47124: give each server its own port, "
+        "or 0 to pick free ones"
+    )
+    assert not list((tmp_path / services.LOG_DIR).glob("prefect*"))  # nothing was started
