@@ -451,3 +451,13 @@ def test_values_no_type_takes_are_one_problem_in_file_order() -> None:
         "column 'complains' must be numeric ('int64', whole numbers); bad values "
         "no, yes, no, yes, no, ... (12 in all) (lines 2, 3, 4, 5, 6, ... (12 in all))"
     ]
+
+
+def test_rows_one_field_longer_than_the_header_are_named_not_shifted() -> None:
+    """pandas took each row's first field as an index: every value moved one column on, and
+    the problems named the wrong columns and values, on 'lines 2, 2, 2'."""
+    rows = [f"{GOOD_ROW}," for _ in range(3)]  # a delimiter at the end of each row only
+    assert problems_of(csv(*rows)) == [
+        "the rows have 15 fields, the header 14: a delimiter at the end of each row, "
+        "or a column without a name in the header?"
+    ]

@@ -325,6 +325,15 @@ class CustomerReader:
     def _csv_chunk(self, raw: pd.DataFrame) -> pd.DataFrame:
         if self._text is not None:
             return raw
+        if not isinstance(raw.index, pd.RangeIndex):
+            # Rows one field longer than the header: pandas took the first as an index, and
+            # a delimiter ending each row shifted every column onto the next one's values.
+            header = len(raw.columns)
+            problem = (
+                f"the rows have {header + raw.index.nlevels} fields, the header {header}: a "
+                "delimiter at the end of each row, or a column without a name in the header?"
+            )
+            raise DataValidationError([problem], self.name)
         if repeated := _repeated_header_rows(raw):
             self._problems.append(
                 f"the header line is repeated at lines {sample_text(repeated)} "
