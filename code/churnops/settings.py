@@ -275,7 +275,11 @@ class PlatformSettings(CommonSettings):
         "the `churnops` command and every process it starts run with each library's off "
         "switch (DO_NOT_TRACK, MLFLOW_DISABLE_TELEMETRY, PREFECT_SERVER_ANALYTICS_ENABLED).",
     )
-    platform_host: str = Field("127.0.0.1", description="Address the local services bind to.")
+    platform_host: str = Field(
+        "127.0.0.1",
+        description="Address the local services bind to. They have no sign-in: another "
+        "address (0.0.0.0) opens Prefect's API and the Evidently UI to its whole network.",
+    )
     prefect_port: int = Field(
         4200, ge=0, le=MAX_PORT, description="Local Prefect server port (0: a free one)."
     )
