@@ -461,3 +461,17 @@ def test_rows_one_field_longer_than_the_header_are_named_not_shifted() -> None:
         "the rows have 15 fields, the header 14: a delimiter at the end of each row, "
         "or a column without a name in the header?"
     ]
+
+
+@pytest.mark.parametrize(
+    ("above", "sep"), [("sep=;", ";"), ("Customer export, December", ","), ("\n\nTitle", ",")]
+)
+def test_a_line_above_the_header_is_named_not_every_column_missing(above: str, sep: str) -> None:
+    """Excel's delimiter hint or a report's title above the table: it was 13 'missing
+    column' problems (14 with 'no data rows')."""
+    data = f"{above}\n{HEADER.replace(',', sep)}\n{GOOD_ROW.replace(',', sep)}\n".encode()
+    line = 2 + above.count("\n")
+    first = above.strip().splitlines()[0]
+    assert problems_of(data) == [
+        f"the header is line {line}, not line {line - 1} ('{first}'): delete the line(s) above it"
+    ]
