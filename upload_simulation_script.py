@@ -15,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from churnops.drop.storage import ObjectExists, open_storage, stage_key
+from botocore.exceptions import BotoCoreError, ClientError
+
+from churnops.drop.storage import ObjectExists, brief, open_storage, stage_key
 from churnops.settings import get_settings
 
 
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         except ObjectExists:
             print(f"not uploaded: {path.name} still waits in {key} (not taken yet)", flush=True)
             continue
+        except (BotoCoreError, ClientError, OSError) as exc:  # no credentials, no bucket, ...
+            print(f"error: {path.name} not uploaded: {brief(exc)}", file=sys.stderr)
+            return 1
         print(f"uploaded {path.name} -> {storage!r} {key}", flush=True)
     return 0
 

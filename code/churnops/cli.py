@@ -37,8 +37,16 @@ class _App(typer.Typer):
 
 
 def _expected(exc: Exception) -> bool:
-    """Errors of the world, not of ChurnOps: OS and network, MLflow, the database, data."""
-    names = {"MlflowException", "OperationalError", "DataValidationError", "MlflowUnavailable"}
+    """Errors of the world, not of ChurnOps: OS and network, MLflow, the database, S3, data."""
+    names = {
+        "MlflowException",
+        "OperationalError",
+        "DataValidationError",
+        "MlflowUnavailable",
+        "MetricsDatabaseUnavailable",  # the database's OperationalError, after the retries
+        "BotoCoreError",  # S3: no credentials, endpoint unreachable
+        "ClientError",  # S3: no such bucket, access denied
+    }
     return isinstance(exc, OSError) or bool(names & {c.__name__ for c in type(exc).__mro__})
 
 

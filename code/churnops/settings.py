@@ -56,6 +56,9 @@ MLFLOW_CLIENT_ENV: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 
+#: The highest TCP port: a setting beyond it is refused when read, not when bound.
+MAX_PORT = 65535
+
 #: Alert floors of a labeled file's other scores; the F1's is MIN_F1, the quality bar.
 OTHER_SCORE_MINIMUMS: dict[str, float] = {"precision": 0.7, "recall": 0.7, "accuracy": 0.7}
 
@@ -88,6 +91,7 @@ class DropSettings(CommonSettings):
     )
     max_file_bytes: int = Field(
         2 * 1024**3,
+        ge=1,
         description="Largest accepted file, as stored (checked before reading) and as decoded "
         "(gzip inflated, Parquet values; counted while reading). 2 GiB: about 20M rows of CSV, "
         "streamed in flat memory.",
@@ -196,10 +200,11 @@ class MonitoringSettings(CommonSettings):
         "(one core) with the shipped 61-tree model: 500 rows add under 0.1 s per file.",
     )
     drift_share_threshold: float = Field(
-        0.5, description="Alert when the share of drifted columns is above."
+        0.5, ge=0.0, le=1.0, description="Alert when the share of drifted columns is above."
     )
     min_f1: float = Field(
         0.70,
+        ge=0.0,
         description="The quality bar: alert when a labeled file's F1 is below (precision, "
         "recall and accuracy alert below a fixed 0.7), and the holdout F1 a first model "
         "version needs to take the alias.",
@@ -243,7 +248,7 @@ class AlertSettings(CommonSettings):
     smtp_host: str | None = Field(
         None, description="SMTP server for alert e-mails (with ALERT_EMAIL_TO)."
     )
-    smtp_port: int = Field(25, description="Its port.")
+    smtp_port: int = Field(25, ge=1, le=MAX_PORT, description="Its port.")
     smtp_user: str | None = Field(
         None,
         description="SMTP login user. The connection is upgraded with STARTTLS whenever the "
@@ -270,12 +275,23 @@ class PlatformSettings(CommonSettings):
         "the `churnops` command and every process it starts run with each library's off "
         "switch (DO_NOT_TRACK, MLFLOW_DISABLE_TELEMETRY, PREFECT_SERVER_ANALYTICS_ENABLED).",
     )
-    platform_host: str = Field("127.0.0.1", description="Address the local services bind to.")
-    prefect_port: int = Field(4200, description="Local Prefect server port (0: a free one).")
-    mlflow_port: int = Field(5000, description="Local MLflow server port (0: a free one).")
-    evidently_port: int = Field(8000, description="Local Evidently UI port (0: a free one).")
+    platform_host: str = Field(
+        "127.0.0.1",
+        description="Address the local services bind to. They have no sign-in: another "
+        "address (0.0.0.0) opens Prefect's API and the Evidently UI to its whole network.",
+    )
+    prefect_port: int = Field(
+        4200, ge=0, le=MAX_PORT, description="Local Prefect server port (0: a free one)."
+    )
+    mlflow_port: int = Field(
+        5000, ge=0, le=MAX_PORT, description="Local MLflow server port (0: a free one)."
+    )
+    evidently_port: int = Field(
+        8000, ge=0, le=MAX_PORT, description="Local Evidently UI port (0: a free one)."
+    )
     runner_processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
         description="Flow runner processes of `churnops up` (files processed at once); "
         "default: the number of cores.",
     )

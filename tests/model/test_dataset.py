@@ -59,3 +59,12 @@ def test_copy_from_a_folder(data_dir: Path, tmp_path: Path) -> None:
 def test_copy_from_a_folder_without_the_files(tmp_path: Path) -> None:
     with pytest.raises(dataset.DataFetchError, match=r"lacks customer_churn_0\.csv"):
         dataset.fetch(tmp_path / "out", source_dir=tmp_path)
+
+
+def test_an_archive_that_is_no_zip_says_what_to_give(tmp_path: Path) -> None:
+    """A CSV passed as --archive, or a proxy's page saved as the download: it was
+    zipfile's BadZipFile traceback."""
+    archive = tmp_path / "customer_churn.csv"
+    archive.write_bytes(b"Call  Failure,Complains\n8,0\n")
+    with pytest.raises(dataset.DataFetchError, match=r"^not a zip archive .*--from DIR"):
+        dataset.fetch(tmp_path / "out", archive=archive)

@@ -280,8 +280,44 @@ def test_problems_of_every_chunk_are_named_once() -> None:
     with pytest.raises(DataValidationError) as caught:
         _chunked(csv(bad, GOOD_ROW, GOOD_ROW, bad), chunk_rows=2)
     assert caught.value.problems == [
-        "column 'call_failure' must be numeric ('int64'); bad values x, x (lines 2, 5)"
+        "column 'call_failure' must be numeric ('int64', whole numbers); "
+        "bad values x, x (lines 2, 5)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        (  # a fraction in an integer column was cut to 0: a label too
+            "8,0,38,0,4370,71,5,17,3,1,1,30,197.64,0.5",
+            "column 'churn' must be numeric ('int64', whole numbers); bad values 0.5 (lines 2)",
+        ),
+        (
+            "8,0,38,0,4370,71,5,17,3,1,1,25.5,197.64,0",
+            "column 'age' must be numeric ('int64', whole numbers); bad values 25.5 (lines 2)",
+        ),
+        (  # named as -9223372036854775808, what coercion made of it
+            "8,0,38,0,1e308,71,5,17,3,1,1,30,197.64,0",
+            "column 'seconds_of_use' must be numeric ('int64', whole numbers); "
+            "bad values 1e+308 (lines 2)",
+        ),
+        (  # XGBoost fails on inf, and on what float32 makes inf: retried as a dependency
+            "8,0,38,0,4370,71,5,17,3,1,1,30,inf,0",
+            "column 'customer_value' out of range less_than(3.4e38): values inf (lines 2)",
+        ),
+        (
+            "8,0,38,0,4370,71,5,17,3,1,1,30,1e39,0",
+            "column 'customer_value' out of range less_than(3.4e38): values 1e+39 (lines 2)",
+        ),
+    ],
+)
+def test_a_number_the_model_cannot_take_as_written_is_named(row: str, problem: str) -> None:
+    assert problems_of(csv(row)) == [problem]
+
+
+def test_whole_numbers_written_as_decimals_are_taken() -> None:
+    frame = load_customer_file(csv("8.0,0,38,0,4370.0,71,5,17,3,1,1,30,3.4e37,1.0"))
+    assert frame["seconds_of_use"].tolist() == [4370] and frame["churn"].tolist() == [1]
 
 
 def test_gzip_keeps_the_csv_rules() -> None:
@@ -405,3 +441,37 @@ def test_messages_are_short_whatever_the_values() -> None:
     assert shorten(9.0) == "9" and shorten(value) == "7" + "x" * 35 + "... (200,001 characters)"
     (problem,) = problems_of(csv(GOOD_ROW.replace("8,", f"{value},", 1)))
     assert len(problem) < 200
+
+
+def test_values_no_type_takes_are_one_problem_in_file_order() -> None:
+    """pandera reports them twice (coercion, then dtype), each in an order of its own: two
+    problems whose values and lines did not match, from line 13 down."""
+    rows = [f"8,{'yes' if i % 2 else 'no'},38,0,4370,71,5,17,3,1,1,30,197.64,0" for i in range(12)]
+    assert problems_of(csv(*rows)) == [
+        "column 'complains' must be numeric ('int64', whole numbers); bad values "
+        "no, yes, no, yes, no, ... (12 in all) (lines 2, 3, 4, 5, 6, ... (12 in all))"
+    ]
+
+
+def test_rows_one_field_longer_than_the_header_are_named_not_shifted() -> None:
+    """pandas took each row's first field as an index: every value moved one column on, and
+    the problems named the wrong columns and values, on 'lines 2, 2, 2'."""
+    rows = [f"{GOOD_ROW}," for _ in range(3)]  # a delimiter at the end of each row only
+    assert problems_of(csv(*rows)) == [
+        "the rows have 15 fields, the header 14: a delimiter at the end of each row, "
+        "or a column without a name in the header?"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("above", "sep"), [("sep=;", ";"), ("Customer export, December", ","), ("\n\nTitle", ",")]
+)
+def test_a_line_above_the_header_is_named_not_every_column_missing(above: str, sep: str) -> None:
+    """Excel's delimiter hint or a report's title above the table: it was 13 'missing
+    column' problems (14 with 'no data rows')."""
+    data = f"{above}\n{HEADER.replace(',', sep)}\n{GOOD_ROW.replace(',', sep)}\n".encode()
+    line = 2 + above.count("\n")
+    first = above.strip().splitlines()[0]
+    assert problems_of(data) == [
+        f"the header is line {line}, not line {line - 1} ('{first}'): delete the line(s) above it"
+    ]

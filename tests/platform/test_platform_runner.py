@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prefect import flow
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -77,3 +81,32 @@ def test_a_starting_runner_deletes_the_reconcile_runs_it_missed_and_reconciles_o
     assert runs[30] in {r.id for r in left}
     assert not {runs[-30], runs[-2]} & {r.id for r in left}
     assert [r.name for r in left if r.id != runs[30]] == ["reconcile at runner start"]
+
+
+@flow(name="churn_prediction_pipeline")
+def _stopped_midway() -> str:
+    """A run during which the runner is told to stop (`churnops up` stopped with Ctrl-C)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.5)  # the signal is handled meanwhile
+    return "finished"
+
+
+def test_a_stop_during_a_run_lets_the_run_finish(runner: FlowRunner, prefect_server: str) -> None:
+    """Prefect's flow engine raised TerminationSignal in the run's step: the file's run
+    Crashed mid-score and waited in processing/ for a re-drive, though the runner said
+    'stopping after the run in progress' (and `up`, 'finishing their runs')."""
+    runner.flows = {runner.deployment_ids[0]: _stopped_midway}
+    created = runner.client.create_flow_run_from_deployment(runner.deployment_ids[0])
+
+    def stop(signum: int, frame: object) -> None:  # the runner's own handler, as in main()
+        runner.stopping = True
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+            runner.execute(runner.client.read_flow_run(created.id))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    state = runner.client.read_flow_run(created.id).state
+    assert state is not None and state.is_completed(), state
+    assert runner.stopping

@@ -54,6 +54,21 @@ def test_the_scoring_path_imports_nothing_of_training(tmp_path: Path) -> None:
     ("command", "env", "code", "said"),
     [
         (["status"], {"RETRAIN_MODE": "automatic"}, 2, "invalid setting: RETRAIN_MODE: "),
+        (["up"], {"PREFECT_PORT": "70000"}, 2, "invalid setting: PREFECT_PORT: "),
+        # the metrics database down: one line after the retries, not a traceback
+        (["report"], {"DATABASE_URL": "postgresql://u:p@127.0.0.1:1/m"}, 1, "unreachable"),
+        (  # S3 unreachable (or no credentials): botocore's error, one line
+            ["reconcile", "s3://drop"],
+            {
+                "AWS_ENDPOINT_URL": "http://127.0.0.1:1",
+                "AWS_ACCESS_KEY_ID": "x",
+                "AWS_SECRET_ACCESS_KEY": "x",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_MAX_ATTEMPTS": "1",
+            },
+            1,
+            "EndpointConnectionError: Could not connect",
+        ),
         (["reconcile", "ftp://x"], {}, 1, "'ftp://x' is neither s3://<bucket> nor file:///"),
     ],
 )

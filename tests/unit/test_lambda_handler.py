@@ -497,8 +497,17 @@ def test_an_event_without_records_is_refused(handler: ModuleType, bad: Any) -> N
 
 @pytest.mark.parametrize(
     "name",
-    # .a.csv.x1.tmp: the temporary name the local drop writes under
-    [".hidden.csv", ".a.csv.x1.tmp", "upload.csv.tmp", "a.csv.part", "a.csv.crdownload", "a.csv~"],
+    # .a.csv.x1.tmp: the temporary name the local drop writes under; ~$a.csv: Excel's owner
+    # file of an open a.csv (was errored with 14 problems, and alerted, at each opening)
+    [
+        ".hidden.csv",
+        ".a.csv.x1.tmp",
+        "upload.csv.tmp",
+        "a.csv.part",
+        "a.csv.crdownload",
+        "a.csv~",
+        "~$a.csv",
+    ],
 )
 def test_hidden_temporary_and_partial_files_start_no_run(
     handler: ModuleType, prefect: FakePrefect, name: str

@@ -290,12 +290,13 @@ def test_stopping_a_service_takes_its_whole_process_group(tmp_path: Path) -> Non
 
 
 def test_simulation_script_uploads_every_file_but_the_training_one(tmp_path: Path) -> None:
-    def simulate(data: Path) -> subprocess.CompletedProcess:
+    def simulate(data: Path, target: str = "local", **aws: str) -> subprocess.CompletedProcess:
         env = dict(os.environ, CHURNOPS_HOME=str(tmp_path / "home"), DROP_STORAGE="local")
         env.pop("LOCAL_DROP_DIR", None)
         script = str(ROOT / "upload_simulation_script.py")
-        arguments = ["--interval", "0", "--data-dir", str(data), "--target", "local"]
+        arguments = ["--interval", "0", "--data-dir", str(data), "--target", target]
         command = [sys.executable, script, *arguments]
+        env |= aws
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
     missing = simulate(tmp_path / "nope")
@@ -312,6 +313,21 @@ def test_simulation_script_uploads_every_file_but_the_training_one(tmp_path: Pat
         "customer_churn_1.csv",
         "customer_churn_2_x.csv",
     ]
+    # a bucket it cannot reach: one line, not botocore's traceback
+    unreachable = simulate(
+        data,
+        "s3",
+        AWS_ENDPOINT_URL="http://127.0.0.1:1",
+        AWS_ACCESS_KEY_ID="x",
+        AWS_SECRET_ACCESS_KEY="x",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_MAX_ATTEMPTS="1",
+    )
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith(
+        "error: customer_churn_1.csv not uploaded: EndpointConnectionError"
+    )
+    assert len(unreachable.stderr.splitlines()) == 1, unreachable.stderr
 
 
 def _tcp_states(port: int) -> set[str]:
@@ -501,3 +517,13 @@ def test_a_slow_writer_is_reported_once_it_closed_the_file(
         assert seen.wait(30)
         time.sleep(0.5)  # anything reported late would be in by now
     assert [_object(e)["size"] for e in events] == [600]
+
+
+def test_two_servers_given_one_port_is_one_line_before_either_starts(tmp_path: Path) -> None:
+    """It was the second server's bind error and its log, after the first had started."""
+    line = _up_error(tmp_path, prefect_port=47124, mlflow_port=47124, evidently_port=0)
+    assert line == (
+        "error: PREFECT_PORT and MLFLOW_PORT are both 47124: give each server its own port, "
+        "or 0 to pick free ones"
+    )
+    assert not list((tmp_path / services.LOG_DIR).glob("prefect*"))  # nothing was started

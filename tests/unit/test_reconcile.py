@@ -156,3 +156,37 @@ def test_with_the_database_down_the_files_still_move_after_one_wait(
     assert flow_runs.ended == {}
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "metrics database not checked" in warnings[0], warnings
+
+
+def test_a_redrive_whose_flow_run_ended_before_claiming_gets_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk failed the claim file's write: the flow run ended, its file stayed in
+    processing/ with the same lease, so every later round asked Prefect for the same
+    idempotency key and got that ended run back: stuck for ever."""
+    from types import SimpleNamespace
+
+    from prefect.states import Failed, Scheduled
+
+    runs: dict[str, SimpleNamespace] = {}  # Prefect's idempotency: one flow run per key
+
+    def run_deployment(name: str, *, idempotency_key: str, **kwargs: object) -> SimpleNamespace:
+        return runs.setdefault(idempotency_key, SimpleNamespace(state=Scheduled()))
+
+    monkeypatch.setattr("prefect.deployments.run_deployment", run_deployment)
+    monkeypatch.setattr(reconcile, "time", SimpleNamespace(time=lambda: 1_800_000_000.0))
+    submit = reconcile.submit_to_deployment("file:///drop")
+    action = reconcile.Action("redrive", "data/processing/R/a.csv", "attempt 1 failed", "R#2")
+    submit(action)
+    submit(action)  # a second reconciler meanwhile: the same flow run
+    assert len(runs) == 1
+    for flow_run in runs.values():
+        flow_run.state = Failed(message="OSError: [Errno 28] No space left on device")
+    submit(action)  # it ended during this pass: it may have claimed, left alone
+    assert len(runs) == 1
+    next_pass = reconcile.submit_to_deployment("file:///drop")
+    next_pass(action)
+    next_pass(action)  # overlapping reconcilers: one new flow run between them
+    reconcile.submit_to_deployment("file:///drop")(action)
+    assert len(runs) == 2
+    assert [run.state.is_final() for run in runs.values()] == [True, False]

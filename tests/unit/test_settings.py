@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from churnops.settings import get_settings
 
@@ -36,3 +37,35 @@ def test_replace_routes_flat_names_to_their_group_and_validates(tmp_path: Path) 
 def test_an_unknown_name_is_refused() -> None:
     with pytest.raises(TypeError, match="lease_seconds"):
         get_settings(lease_seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PREFECT_PORT", "-1"),
+        ("MLFLOW_PORT", "99999"),
+        ("EVIDENTLY_PORT", "65536"),
+        ("SMTP_PORT", "0"),
+        ("RUNNER_PROCESSES", "0"),
+        ("MAX_FILE_BYTES", "-5"),
+        ("DRIFT_SHARE_THRESHOLD", "-1"),
+        ("DRIFT_SHARE_THRESHOLD", "7"),
+        ("MIN_F1", "-3"),
+    ],
+)
+def test_a_value_out_of_its_range_is_refused_when_read(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not later as a traceback (a port past 65535 failed bind() in `churnops up`), a
+    silently changed count (0 runners ran 1) or a threshold no file can cross or miss."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.lower()):
+        get_settings()
+
+
+@pytest.mark.parametrize(("name", "value"), [("PREFECT_PORT", "0"), ("MIN_F1", "1")])
+def test_the_ends_of_a_range_are_taken(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(name, value)
+    get_settings()

@@ -42,6 +42,11 @@ def download(url: str = UCI_ARCHIVE_URL, timeout: float = 60) -> bytes:
 
 def extract_csv(archive: bytes) -> bytes:
     """The one CSV inside the UCI zip archive (it may be nested one zip deep)."""
+    if not zipfile.is_zipfile(io.BytesIO(archive)):  # a CSV, a proxy's HTML page, a cut file
+        raise DataFetchError(
+            f"not a zip archive ({len(archive):,} bytes starting {archive[:16]!r}): give the "
+            "UCI archive, or point --from DIR at a folder with the customer_churn_*.csv files"
+        )
     with zipfile.ZipFile(io.BytesIO(archive)) as outer:
         names = outer.namelist()
         csvs = [n for n in names if n.lower().endswith(".csv")]

@@ -319,12 +319,38 @@ class CustomerReader:
             return
         named = pd.read_csv(io.StringIO(line), sep=sep, skipinitialspace=True, nrows=0)
         self._layout(named.columns)
+        if self.columns is not None and not self.columns.known:
+            self._refuse_lines_above_the_header(text_head, line)
         written = next(csv.reader([line], delimiter=sep, skipinitialspace=True), [])
         self._header += repeated_columns(written)
+
+    def _refuse_lines_above_the_header(self, text_head: str, first: str) -> None:
+        """Line 1 names no contract column but a line soon after does (Excel's 'sep=;'
+        hint, a report's title above the table): one problem saying so, not 13 missing
+        columns."""
+        lines = text_head.splitlines()
+        start = lines.index(first)
+        for number, line in enumerate(lines[start + 1 : start + 5], start=start + 2):
+            names = next(csv.reader([line], delimiter=_delimiter(line)), [])
+            if split_columns(names).known:
+                problem = (
+                    f"the header is line {number}, not line {start + 1} ({shorten(first)!r}): "
+                    "delete the line(s) above it"
+                )
+                raise DataValidationError([problem], self.name)
 
     def _csv_chunk(self, raw: pd.DataFrame) -> pd.DataFrame:
         if self._text is not None:
             return raw
+        if not isinstance(raw.index, pd.RangeIndex):
+            # Rows one field longer than the header: pandas took the first as an index, and
+            # a delimiter ending each row shifted every column onto the next one's values.
+            header = len(raw.columns)
+            problem = (
+                f"the rows have {header + raw.index.nlevels} fields, the header {header}: a "
+                "delimiter at the end of each row, or a column without a name in the header?"
+            )
+            raise DataValidationError([problem], self.name)
         if repeated := _repeated_header_rows(raw):
             self._problems.append(
                 f"the header line is repeated at lines {sample_text(repeated)} "

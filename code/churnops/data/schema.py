@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
@@ -64,6 +65,8 @@ _RANGES: dict[str, tuple[float, float | None]] = {
     TARGET: (0, 1),
 }
 _FLOAT_COLUMNS = {"customer_value"}
+#: XGBoost reads features as float32: a larger value (or inf) fails it, as if a dependency had.
+_LARGEST_FLOAT = float(np.finfo(np.float32).max)
 
 
 #: Problems named in one message, and the characters of each (a 50 MB value is cut).
@@ -102,16 +105,33 @@ def clean_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 def _column(name: str, require: bool) -> pa.Column:
     low, high = _RANGES[name]
-    check = pa.Check.ge(low) if high is None else pa.Check.in_range(low, high)
+    checks = [pa.Check.ge(low) if high is None else pa.Check.in_range(low, high)]
+    if name in _FLOAT_COLUMNS:
+        checks.append(pa.Check(lambda s: s < _LARGEST_FLOAT, name="less_than(3.4e38)"))
     dtype = float if name in _FLOAT_COLUMNS else "int64"
-    return pa.Column(dtype, checks=check, nullable=False, coerce=True, required=require)
+    return pa.Column(dtype, checks=checks, nullable=False, coerce=True, required=require)
 
 
 def build_schema(require_target: bool) -> pa.DataFrameSchema:
     """The pandera schema of a clean customer frame."""
     columns = {c: _column(c, True) for c in INPUT_COLUMNS}
     columns[TARGET] = _column(TARGET, require_target)
-    return pa.DataFrameSchema(columns, strict=True, name="customer file")
+    parser = pa.Parser(_fractions_as_text)
+    return pa.DataFrameSchema(columns, strict=True, name="customer file", parsers=parser)
+
+
+def _fractions_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Integer columns' values that are no int64 (0.5, 1e308, inf) become text, so that the
+    type check names them: coercion would cut 0.5 to 0 (a label too) and 1e308 to -2**63."""
+    changed = {}
+    for name in frame.columns.intersection(list(_RANGES)).difference(list(_FLOAT_COLUMNS)):
+        column = frame[name]
+        if not pd.api.types.is_float_dtype(column):
+            continue  # read as integers (fine) or as text (the type check names it)
+        unfit = column.notna() & ((column % 1 != 0) | ~(column.abs() < 2**63))  # inf, too
+        if unfit.any():
+            changed[name] = column.astype(object).where(~unfit, column.map(str))
+    return frame.assign(**changed) if changed else frame
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: a DataFrame has no truth value to compare
@@ -209,14 +229,17 @@ def describe_failures(failures: pd.DataFrame, unit: str = "line", first: int = 2
     """pandera's failure cases as one sentence per problem; index 0 is ``unit`` ``first``
     (file line 2 under the header, or Parquet row 1)."""
     problems: list[str] = []
-    failures = failures.assign(failure_case=failures["failure_case"].map(shorten))
+    # coercion is reported by two checks, each in its own order: one check, in file order
+    check = failures["check"].astype(str).str.replace(r"^coerce_dtype\(", "dtype(", regex=True)
+    failures = failures.assign(failure_case=failures["failure_case"].map(shorten), check=check)
     failures = failures.drop_duplicates(["column", "check", "failure_case", "index"])
     # a bad value also fails the range check, a missing one coercion: once, by cause
     failures = failures[~failures["failure_case"].str.startswith("TypeError(")]
-    is_coercion = failures["check"].astype(str).str.startswith(("coerce_dtype", "dtype"))
+    is_coercion = failures["check"].astype(str).str.startswith("dtype(")
     failures = failures[~(is_coercion & failures["failure_case"].isin(["nan", "<NA>", "None"]))]
     grouped = failures.groupby(["column", "check"], dropna=False, sort=False)
-    for (column, check), group in grouped:
+    for (column, check), unordered in grouped:
+        group = unordered.sort_values("index", key=_row_order, kind="stable")
         cases = group["failure_case"].tolist()
         rows = group["index"].dropna().astype(int).tolist()
         where = f" ({unit}s {sample_text(r + first for r in rows)})" if rows else ""
@@ -227,16 +250,23 @@ def describe_failures(failures: pd.DataFrame, unit: str = "line", first: int = 2
             problems.append(f"unexpected column '{cases[0]}'")
         elif check == "not_nullable":
             problems.append(f"column '{column}' has {len(cases)} missing value(s){where}")
-        elif check.startswith("coerce_dtype") or check.startswith("dtype"):
+        elif check.startswith("dtype("):
+            dtype = check.split("(")[-1].rstrip(")")
+            whole = "" if column in _FLOAT_COLUMNS else ", whole numbers"
             problems.append(
-                f"column '{column}' must be numeric ({check.split('(')[-1].rstrip(')')}); "
+                f"column '{column}' must be numeric ({dtype}{whole}); "
                 f"bad values {sample_text(cases)}{where}"
             )
         else:
             problems.append(
                 f"column '{column}' out of range {check}: values {sample_text(cases)}{where}"
             )
-    return list(dict.fromkeys(problems))  # coercion is reported by two checks
+    return list(dict.fromkeys(problems))
+
+
+def _row_order(index: pd.Series) -> pd.Series:
+    """pandera's failure index as numbers (None for a missing column: last)."""
+    return pd.to_numeric(index, errors="coerce")
 
 
 def sample_text(values: object, limit: int = 5) -> str:
@@ -248,7 +278,7 @@ def sample_text(values: object, limit: int = 5) -> str:
 def shorten(value: object, limit: int = 60) -> str:
     """A value as a message shows it: 9, not 9.0; over ``limit`` characters cut."""
 
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         value = int(value)
     text = str(value)
     if len(text) <= limit:

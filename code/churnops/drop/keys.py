@@ -38,9 +38,10 @@ def is_labels(key: str) -> bool:
 
 
 def is_candidate(name: str) -> bool:
-    """Not hidden, temporary or partial (``.x``, ``x.part``, ``x.tmp``, ``x~``)."""
+    """Not hidden, temporary or partial (``.x``, ``x.part``, ``x.tmp``, ``x~``), nor the
+    owner file Excel keeps beside a workbook while it is open (``~$x.csv``, a few bytes)."""
     return bool(name) and not (
-        name.startswith(".") or name.endswith((".part", ".tmp", ".crdownload", "~"))
+        name.startswith((".", "~$")) or name.endswith((".part", ".tmp", ".crdownload", "~"))
     )
 
 

@@ -9,11 +9,12 @@ attempt. Claims make a second submission a no-op, so overlapping reconcilers are
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from churnops import pipeline
 from churnops.drop import claims
@@ -291,18 +292,36 @@ def _age(moments: list[datetime], now: datetime) -> float:
     return max(0.0, (now - min(moments)).total_seconds()) if moments else 0.0
 
 
+#: A marker whose flow run has ended gets a new one at most this often (s).
+RESUBMIT_SECONDS = 60.0
+
+
 def submit_to_deployment(drop: str, deployment: str = pipeline.PIPELINE_DEPLOYMENT) -> Submit:
-    """Submit a flow run of the pipeline deployment (one per marker) for a file of ``drop``."""
+    """Submit a flow run of the pipeline deployment (one per marker) for a file of ``drop``,
+    for one pass of the reconciler (made before it reads the claims).
+
+    A marker names the attempt its run is to claim; its flow run ended before this pass with
+    the file still stranded failed before claiming (a full disk, a storage error writing the
+    claim file): Prefect would answer the same ended run for ever, so a new one is made,
+    one per marker and :data:`RESUBMIT_SECONDS` (overlapping reconcilers share it). One
+    that ended during this pass may have moved the file on: left alone."""
     from prefect.deployments import run_deployment
 
+    started = datetime.now(UTC)
+
     def submit(action: Action) -> None:
-        run_deployment(
-            deployment,
-            parameters={"drop": drop, "key": action.key},
-            timeout=0,
-            as_subflow=False,
-            idempotency_key=f"reconcile:{action.marker}",
-            flow_run_name=f"{action.key.rsplit('/', 1)[-1]} (reconciled)",
-        )
+        def run(key: str) -> Any:
+            return run_deployment(
+                deployment,
+                parameters={"drop": drop, "key": action.key},
+                timeout=0,
+                as_subflow=False,
+                idempotency_key=key,
+                flow_run_name=f"{action.key.rsplit('/', 1)[-1]} (reconciled)",
+            )
+
+        state = run(f"reconcile:{action.marker}").state
+        if state is not None and state.is_final() and state.timestamp < started:
+            run(f"reconcile:{action.marker}@{time.time() // RESUBMIT_SECONDS:.0f}")
 
     return submit

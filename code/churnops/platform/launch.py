@@ -249,7 +249,7 @@ def _ensure_project(monitoring: MonitoringSettings) -> None:
 def _start_runner(platform: Platform) -> None:
     """``runner_processes`` flow runners, started together; wait until each serves."""
     settings = platform.settings
-    count = max(1, settings.platform.runner_processes)
+    count = settings.platform.runner_processes
     url = svc.server_url(settings.platform, settings.platform.prefect_port)
     for index in range(count):
         svc.ready_file(settings.home, index).unlink(missing_ok=True)

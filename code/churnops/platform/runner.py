@@ -17,10 +17,12 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import TypeVar
 from uuid import UUID
 
 from prefect import Flow
@@ -39,6 +41,7 @@ from churnops.platform.services import ready_file
 from churnops.settings import PlatformSettings, Settings, get_settings
 
 log = logging.getLogger("churnops.runner")
+T = TypeVar("T")
 #: A run's scale-in protection lapses after this long should the runner hang (ECS default).
 PROTECTION_MINUTES = 120
 #: How often an idle runner asks for a due run (s): at most this much added to a latency.
@@ -132,7 +135,8 @@ class FlowRunner:
             return
         started = time.perf_counter()
         with task_protection(self.settings.platform):
-            final = run_flow(
+            final = off_the_main_thread(
+                run_flow,
                 self.flows.get(run.deployment_id, churn_prediction_pipeline),
                 flow_run=self.client.read_flow_run(run.id),
                 return_type="state",
@@ -185,6 +189,16 @@ class QueueGauge(threading.Thread):
                     log.warning("queue depth not read: %s", exc)
                     continue
                 ops_metrics.publish(platform, {ops_metrics.QUEUED_RUNS: float(queued)})
+
+
+def off_the_main_thread(call: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """``call`` in a thread of its own (with this context: Prefect's settings), waited for.
+    In the main thread Prefect's flow engine swaps the runner's SIGTERM handler for one
+    raising TerminationSignal: a stop crashed the run in progress instead of ending the
+    runner after it. Signal handlers are only installed from the main thread."""
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="flow-run") as pool:
+        return pool.submit(context.run, call, *args, **kwargs).result()
 
 
 @contextmanager

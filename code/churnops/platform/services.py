@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import signal
@@ -230,8 +231,17 @@ class Ports:
 
 
 def choose_ports(platform: PlatformSettings) -> Ports:
+    """Each server's port; two given the same one are refused before either starts (the
+    second failed to bind, and `up` ended with its log instead of one line)."""
     names = ("prefect_port", "mlflow_port", "evidently_port")
     host = platform.platform_host
+    given = [n.upper() for n in names if getattr(platform, n)]
+    for first, second in itertools.combinations(given, 2):
+        if (port := getattr(platform, first.lower())) == getattr(platform, second.lower()):
+            raise PlatformError(
+                f"{first} and {second} are both {port}: give each server its own port, "
+                "or 0 to pick free ones"
+            )
     return Ports(*(choose_port(host, getattr(platform, name), name) for name in names))
 
 
