@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from churnops.model.progress import progress_bars
-from churnops.settings import Settings, get_settings
+from churnops.settings import Settings, get_settings, hide_credentials
 
 if TYPE_CHECKING:
     from churnops.drop.storage import DropStorage
@@ -43,7 +43,7 @@ def _expected(exc: Exception) -> bool:
 
 
 def _one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split())[:300]
+    text = " ".join(hide_credentials(str(exc)).split())[:300]
     if "mlflow-artifacts" in text:
         return (
             "this home's models are served by the platform's MLflow server: start "

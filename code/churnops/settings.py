@@ -14,6 +14,8 @@ Evidently's is passed by ChurnOps, so it is a setting here.
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,24 @@ MLFLOW_CLIENT_ENV: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
+
+#: ``scheme://user:password@``: the password of a URL quoted in a message.
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
+
+
+def hide_credentials(text: str) -> str:
+    """``text`` with the password of every URL in it as ``***`` (as SQLAlchemy shows a
+    database URL): a setting's URL may carry one (``MLFLOW_TRACKING_URI``), and libraries
+    quote the URL they failed on in their errors, which become log lines and run records."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without its ``user:password@``, for a request that needs no login."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
 
 #: Alert floors of a labeled file's other scores; the F1's is MIN_F1, the quality bar.
 OTHER_SCORE_MINIMUMS: dict[str, float] = {"precision": 0.7, "recall": 0.7, "accuracy": 0.7}
