@@ -186,6 +186,20 @@ class ModelSettings(CommonSettings):
         return f"sqlite:///{self.home / 'optuna.db'}"
 
 
+def _database_url_problem(url: str) -> str | None:
+    """What makes ``url`` no SQLAlchemy URL of SQLite or PostgreSQL (psycopg2), if anything."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        return "its port (or host) is not valid"
+    if parts.scheme.partition("+")[0] not in ("sqlite", "postgresql"):
+        return "not a sqlite:/// or postgresql:// URL (SQLAlchemy's form: postgres:// is not)"
+    if parts.netloc.count("@") > 1:
+        return "an '@' in its user or password must be written %40"
+    return None
+
+
 class MonitoringSettings(CommonSettings):
     """Evidently, the metrics database, and the thresholds that raise alerts."""
 
@@ -233,6 +247,15 @@ class MonitoringSettings(CommonSettings):
         "(complains rising from 3rd to 1st gives about 0.94 with the shipped model) and how "
         "little depends on the model: pick a value from your model's NDCG history.",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        """A URL the metrics database can be opened with, or a one-line refusal when the
+        command starts (not a traceback at the first file), echoing no part of it."""
+        if value is not None and (problem := _database_url_problem(value)):
+            raise ValueError(problem)
+        return value
 
     @property
     def metrics_db_url(self) -> str:

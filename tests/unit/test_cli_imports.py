@@ -55,6 +55,10 @@ def test_the_scoring_path_imports_nothing_of_training(tmp_path: Path) -> None:
     [
         (["status"], {"RETRAIN_MODE": "automatic"}, 2, "invalid setting: RETRAIN_MODE: "),
         (["reconcile", "ftp://x"], {}, 1, "'ftp://x' is neither s3://<bucket> nor file:///"),
+        # each was a traceback at the first use of the database (report, process, a runner)
+        (["report"], {"DATABASE_URL": "postgresql://u:pw@h:5432x/m"}, 2, "DATABASE_URL: "),
+        (["report"], {"DATABASE_URL": "postgres://u:pw@h/m"}, 2, "not a sqlite:/// or "),
+        (["report"], {"DATABASE_URL": "postgresql://u:p@w@h/m"}, 2, "must be written %40"),
     ],
 )
 def test_a_bad_setting_or_argument_is_one_line_not_a_traceback(
@@ -67,3 +71,4 @@ def test_a_bad_setting_or_argument_is_one_line_not_a_traceback(
     assert done.returncode == code, done.stderr
     assert done.stderr.startswith("error: ") and said in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert ":pw@" not in done.stderr and ":p@w" not in done.stderr  # no password echoed
