@@ -118,17 +118,24 @@ def _grant_on_metrics(url: URL, role: Role) -> None:
 
 
 def _ensure_login(cursor: Any, role: Role) -> None:
-    """A login with the password, never a superuser's or the administrator's. ALTER sets
-    only LOGIN and the password: RDS's administrator may not restate the superuser one."""
+    """A login with the password and nothing else, never a superuser's or the
+    administrator's. An existing role loses CREATEDB, CREATEROLE and every role it was
+    granted (``pg_write_all_data`` would let a reader write); RDS's administrator may not
+    restate SUPERUSER, REPLICATION or BYPASSRLS, so a role with one of them is refused."""
     cursor.execute(
-        "SELECT rolsuper, rolname = current_user FROM pg_roles WHERE rolname = %s", (role.name,)
+        "SELECT rolsuper OR rolreplication OR rolbypassrls, rolname = current_user "
+        "FROM pg_roles WHERE rolname = %s",
+        (role.name,),
     )
     found = cursor.fetchone()
     if found and (found[0] or found[1]):
-        raise ValueError(f"role {role.name!r} is a superuser or the administrator: pick another")
+        raise ValueError(
+            f"role {role.name!r} is a superuser or the administrator, or may replicate or "
+            "bypass row security: pick another"
+        )
     verifier = encrypt_password(role.password, role.name, cursor.connection)
     statement = (
-        "ALTER ROLE {who} WITH LOGIN PASSWORD {password}"
+        "ALTER ROLE {who} WITH LOGIN NOCREATEDB NOCREATEROLE PASSWORD {password}"
         if found
         else "CREATE ROLE {who} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
         "PASSWORD {password}"
@@ -136,8 +143,20 @@ def _ensure_login(cursor: Any, role: Role) -> None:
     cursor.execute(
         sql.SQL(statement).format(who=sql.Identifier(role.name), password=sql.Literal(verifier))
     )
+    _revoke_memberships(cursor, role.name)
     # PostgreSQL 16 asks the administrator to act as the role to give it a database
     cursor.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role.name)))
+
+
+def _revoke_memberships(cursor: Any, name: str) -> None:
+    """The role is a member of no other role: it holds only what is granted to it here."""
+    cursor.execute(
+        "SELECT m.roleid::regrole::text FROM pg_auth_members m "
+        "JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = %s",
+        (name,),
+    )
+    for (granted,) in cursor.fetchall():
+        cursor.execute(sql.SQL("REVOKE {} FROM {}").format(sql.SQL(granted), sql.Identifier(name)))
 
 
 def _ensure_owned_database(cursor: Any, owner: str, database: str) -> None:
