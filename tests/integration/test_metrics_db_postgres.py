@@ -18,7 +18,7 @@ from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable, MetricsSt
 from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
 from tests.fixtures.postgres import PostgresCluster
-from tests.processes import LOOPBACK, at_once
+from tests.processes import LOOPBACK, at_once, run_python
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +187,44 @@ def test_concurrent_lock_takers_have_one_winner_also_after_expiry(store: Metrics
             {"n": name},
         )
     assert sorted(race(60)) == [False] * 5 + [True]  # taking over an expired one
+
+
+#: A first opening in a fresh interpreter: the per-process "upgraded once" set is empty.
+FIRST_OPENING = (
+    "import sys\n"
+    "from churnops.monitoring.metrics_db import MetricsStore\n"
+    "MetricsStore(sys.argv[1], wait_seconds=0).close()\n"
+)
+
+
+def test_first_openings_of_a_fresh_database_at_once_all_migrate_it(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    """Runners' first files on a fresh Postgres database (locally, as its owner) migrate it
+    at the same time: the second CREATE TABLE failed on pg_type's unique index. Each DDL
+    statement is slowed down here, so the migrations overlap every time."""
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_cluster.admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = postgres_cluster.admin_url(name)
+    fresh = create_engine(url, isolation_level="AUTOCOMMIT")
+    with fresh.connect() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION slow_ddl() RETURNS event_trigger LANGUAGE plpgsql "
+                "AS $$ BEGIN PERFORM pg_sleep(0.2); END $$"
+            )
+        )
+        conn.execute(
+            text("CREATE EVENT TRIGGER slow_ddl ON ddl_command_end EXECUTE FUNCTION slow_ddl()")
+        )
+    fresh.dispose()
+    openings = at_once(3, lambda _: run_python(FIRST_OPENING, url, timeout=120))
+    assert [o.returncode for o in openings] == [0, 0, 0], [o.stderr[-600:] for o in openings]
+    store = MetricsStore(url)
+    try:
+        assert store.runs().empty  # the schema is whole, at its version
+    finally:
+        store.close()

@@ -42,6 +42,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import URL, make_url
@@ -565,6 +566,7 @@ def upgrade(engine: Engine) -> None:
         migrating = _all_or_nothing(engine)
         try:
             with migrating.begin() as conn:
+                _one_migration_at_a_time(conn)
                 config.attributes["connection"] = conn
                 tables = set(inspect(conn).get_table_names())
                 if "alembic_version" not in tables and pipeline_runs.name in tables:
@@ -574,6 +576,19 @@ def upgrade(engine: Engine) -> None:
             if migrating is not engine:
                 migrating.dispose()
         _upgraded.add(key)
+
+
+#: Postgres advisory lock of the migrations ("churnops" + 1; db_roles holds "churnops"
+#: itself while it migrates, on another connection).
+MIGRATION_LOCK_KEY = 0x636875726E6F7074
+
+
+def _one_migration_at_a_time(conn: Any) -> None:
+    """Postgres: the migration's transaction waits for any other first. Two runners' first
+    files on a fresh database both found no tables, and the second's CREATE TABLE failed on
+    pg_type's unique index (an IntegrityError, the file retried). SQLite: BEGIN IMMEDIATE."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
 def _all_or_nothing(engine: Engine) -> Engine:
