@@ -360,6 +360,18 @@ class MetricsStore:
         """One transaction, retried while the database is unreachable; the rows it hit."""
         return self._retry(self._execute, statement, rows)
 
+    def _write_once(self, stored: Any, statement: Any, rows: Any) -> None:
+        """:meth:`_write` of rows stored once, unless the query ``stored`` finds them: a
+        connection lost after the server committed but before its answer arrived fails the
+        try that stored them, and the retry must not store them again."""
+
+        def once() -> None:
+            with self.engine.begin() as conn:
+                if conn.execute(stored.limit(1)).first() is None:
+                    conn.execute(statement, rows)
+
+        self._retry(once)
+
     def finish_run(
         self,
         run_id: str,
@@ -396,13 +408,15 @@ class MetricsStore:
         thresholds: Mapping[str, float] | None = None,
         recorded_at: datetime | None = None,
     ) -> int:
-        """Every number of ``result`` in one transaction; return how many rows."""
+        """Every number of ``result`` in one transaction, once per run (a retry after a lost
+        answer stores nothing twice); return how many rows."""
         stamp = {"run_id": run_id, "recorded_at": recorded_at or _now()}
         rows = [
             {"label": None, "method": None, "threshold": None, **row, **stamp}
             for row in metric_rows(result, thresholds)
         ]
-        self._write(insert(run_metrics), rows)
+        stored = select(run_metrics.c.id).where(run_metrics.c.run_id == run_id)
+        self._write_once(stored, insert(run_metrics), rows)
         return len(rows)
 
     def record_realized(
@@ -417,7 +431,8 @@ class MetricsStore:
         scores: Mapping[str, float],
         thresholds: Mapping[str, float] | None = None,
     ) -> int:
-        """The realized scores of run ``run_id`` from one labels file; how many rows."""
+        """The realized scores of run ``run_id`` from one labels file (its run ``labels_run_id``
+        stores them once); how many rows."""
         limits = thresholds or {}
         common = {
             "run_id": run_id,
@@ -431,7 +446,12 @@ class MetricsStore:
             {**common, "metric": metric, "value": value, "threshold": limits.get(metric)}
             for metric, value in scores.items()
         ]
-        self._write(insert(realized_scores), [fitted(realized_scores, r) for r in rows])
+        stored = select(realized_scores.c.id).where(
+            realized_scores.c.labels_run_id == labels_run_id
+        )
+        self._write_once(
+            stored, insert(realized_scores), [fitted(realized_scores, r) for r in rows]
+        )
         return len(rows)
 
     def realized(self, run_id: str | None = None) -> pd.DataFrame:
