@@ -504,12 +504,13 @@ class MetricsStore:
             row = conn.execute(query).first()
         return LockState(*row) if row else None
 
-    def close_if_running(self, run_id: str, error: str) -> bool:
-        """Mark a run ``failed`` if it is still ``running`` (its attempt died); True if it was."""
+    def close_if_running(self, run_id: str, error: str, status: str = FAILED) -> bool:
+        """Close a run still ``running`` as ``status`` (``failed``: its attempt died; or how
+        its attempt ended when only the row's closing failed); True if it was running."""
         statement = (
             update(pipeline_runs)
             .where(pipeline_runs.c.id == run_id, pipeline_runs.c.status == RUNNING)
-            .values(status=FAILED, error=error, finished_at=_now())
+            .values(status=status, error=error, finished_at=_now())
         )
         return self._write(statement) == 1
 
