@@ -19,9 +19,11 @@ from enum import StrEnum
 from typing import Any
 
 from psycopg2 import sql
+from psycopg2.errors import InsufficientPrivilege
 from psycopg2.extensions import encrypt_password
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.pool import NullPool
 
 from churnops.monitoring.metrics_db import DASHBOARD_TABLES, metadata, upgrade
@@ -61,12 +63,22 @@ def ensure_role(admin: Engine | str | URL, role: Role) -> None:
     database = role.database or url.database
     if not database:
         raise ValueError("no database: give the role one or put one in the URL")
-    with _locked(url) as cursor:
-        _ensure_login(cursor, role)
-        if role.kind is Kind.OWNER:
-            _ensure_owned_database(cursor, role.name, database)
-        else:
-            _grant_on_metrics(url.set(database=database), role)
+    try:
+        with _locked(url) as cursor:
+            _ensure_login(cursor, role)
+            if role.kind is Kind.OWNER:
+                _ensure_owned_database(cursor, role.name, database)
+            else:
+                _grant_on_metrics(url.set(database=database), role)
+    except (InsufficientPrivilege, ProgrammingError) as exc:
+        cause = getattr(exc, "orig", exc)
+        if not isinstance(cause, InsufficientPrivilege):
+            raise
+        first = str(cause).strip().splitlines()[0]
+        raise ValueError(
+            f"{url.username!r} may not set up database roles ({first}): use the URL of the "
+            "database's administrator, a user who may create roles"
+        ) from exc
 
 
 def grant_read_only(admin: Engine | str | URL, role: str, password: str) -> None:
