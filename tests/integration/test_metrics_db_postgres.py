@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import pytest
 from psycopg2 import errors
@@ -15,8 +16,10 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from churnops.monitoring.db_roles import grant_read_only
 from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable, MetricsStore
+from churnops.monitoring.report import write_report
 from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
+from churnops.settings import get_settings
 from tests.fixtures.postgres import PostgresCluster
 from tests.processes import LOOPBACK, at_once, run_python
 
@@ -228,3 +231,25 @@ def test_first_openings_of_a_fresh_database_at_once_all_migrate_it(
         assert store.runs().empty  # the schema is whole, at its version
     finally:
         store.close()
+
+
+def test_the_report_draws_as_the_dashboards_read_only_role(
+    store: MetricsStore, postgres_url: str, tmp_path: Path
+) -> None:
+    """`churnops report` draws the dashboards' series, so their role is the one to read them
+    with; it failed on alembic_version (359 lines of traceback): it migrated before reading."""
+    run_id = store.start_run(file_name="reported.csv", bucket="b", object_key="k")
+    store.record_result(
+        run_id,
+        MonitoringResult(
+            rows=5, drifted_count=0, drifted_share=0.0, columns=[], predicted_churn_rate=0.2
+        ),
+    )
+    store.finish_run(run_id, "processed", rows=5, model_name="m", model_version="1")
+    grant_read_only(store.engine, "report_reader", "report-pw")
+    reader = make_url(postgres_url).set(username="report_reader", password="report-pw")
+    monitoring = get_settings(
+        churnops_home=tmp_path, database_url=reader.render_as_string(hide_password=False)
+    ).monitoring
+    files = write_report(monitoring, tmp_path / "report")
+    assert files.runs >= 1 and files.png.stat().st_size > 0

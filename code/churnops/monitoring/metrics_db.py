@@ -300,15 +300,29 @@ class MetricsStore:
     """Writes and reads pipeline runs and their metrics."""
 
     def __init__(
-        self, url: str | URL, wait_seconds: float | None = None, timeout: float | None = None
+        self,
+        url: str | URL,
+        wait_seconds: float | None = None,
+        timeout: float | None = None,
+        *,
+        migrate: bool = True,
     ) -> None:
         self.engine = make_engine(url, timeout)
         self.wait_seconds = retry.DEPENDENCY_WAIT_SECONDS if wait_seconds is None else wait_seconds
-        self._retry(upgrade, self.engine)
+        if migrate:
+            self._retry(upgrade, self.engine)
 
     @classmethod
     def from_settings(cls, monitoring: MonitoringSettings) -> MetricsStore:
         return cls(monitoring.metrics_db_url)
+
+    @classmethod
+    def for_reading(cls, monitoring: MonitoringSettings) -> MetricsStore:
+        """A store that only reads: a server database is not migrated (its user may be the
+        dashboards' role, which reads the dashboard tables and not even alembic_version);
+        this home's SQLite file is made when missing."""
+        url = monitoring.metrics_db_url
+        return cls(url, migrate=make_url(url).get_backend_name() == "sqlite")
 
     def _retry(self, function: Callable[..., Any], *args: Any) -> Any:
         retrying = retry.call(_is_unreachable, within=self.wait_seconds)
