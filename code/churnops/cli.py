@@ -391,13 +391,13 @@ def grant_reader() -> None:
     from churnops.monitoring.metrics_db import DASHBOARD_TABLES
 
     settings = _settings()
-    if settings.monitoring.dashboard_db_password is None:
+    secret = settings.monitoring.dashboard_db_password
+    password = secret.get_secret_value() if secret else ""
+    if not password:  # an empty one made a role nobody can log in as, and said it could read
         _fail("set DASHBOARD_DB_PASSWORD to the password the read-only role should have")
     try:  # migrates the metrics database first, as DATABASE_URL's user
         db_roles.grant_read_only(
-            settings.monitoring.metrics_db_url,
-            db_roles.DASHBOARD_ROLE,
-            settings.monitoring.dashboard_db_password.get_secret_value(),
+            settings.monitoring.metrics_db_url, db_roles.DASHBOARD_ROLE, password
         )
     except ValueError as exc:
         _fail(str(exc))
