@@ -38,7 +38,13 @@ class _App(typer.Typer):
 
 def _expected(exc: Exception) -> bool:
     """Errors of the world, not of ChurnOps: OS and network, MLflow, the database, data."""
-    names = {"MlflowException", "OperationalError", "DataValidationError", "MlflowUnavailable"}
+    names = {
+        "MlflowException",
+        "OperationalError",
+        "DataValidationError",
+        "MlflowUnavailable",
+        "MetricsDatabaseUnavailable",
+    }
     return isinstance(exc, OSError) or bool(names & {c.__name__ for c in type(exc).__mro__})
 
 
