@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from churnops.monitoring.db_roles import grant_read_only
 from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable, MetricsStore
-from churnops.monitoring.report import write_report
+from churnops.monitoring.report import NoRunsYet, write_report
 from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import get_settings
@@ -253,3 +253,18 @@ def test_the_report_draws_as_the_dashboards_read_only_role(
     ).monitoring
     files = write_report(monitoring, tmp_path / "report")
     assert files.runs >= 1 and files.png.stat().st_size > 0
+
+
+def test_the_report_on_a_fresh_database_says_no_runs_yet(
+    postgres_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """Its administrator's report migrates a database nothing wrote to yet, then says so."""
+    name = f"empty_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_cluster.admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = postgres_cluster.admin_url(name)
+    monitoring = get_settings(churnops_home=tmp_path, database_url=url).monitoring
+    with pytest.raises(NoRunsYet, match="no pipeline runs in"):
+        write_report(monitoring, tmp_path / "report")

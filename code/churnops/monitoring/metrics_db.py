@@ -46,13 +46,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 
 from churnops import retry
 from churnops.results import ATTRIBUTION_NDCG, DRIFTED_SHARE, MonitoringResult
 from churnops.settings import MonitoringSettings
 
 RUNNING, PROCESSED, ERRORED, FAILED = "running", "processed", "errored", "failed"
+#: Postgres' SQLSTATE of "permission denied".
+INSUFFICIENT_PRIVILEGE = "42501"
 STATUSES = (RUNNING, PROCESSED, ERRORED, FAILED)
 #: Statuses that end a run; FAILED means "a dependency failed, the file waits for a retry".
 FINAL_STATUSES = (PROCESSED, ERRORED, FAILED)
@@ -318,11 +320,16 @@ class MetricsStore:
 
     @classmethod
     def for_reading(cls, monitoring: MonitoringSettings) -> MetricsStore:
-        """A store that only reads: a server database is not migrated (its user may be the
-        dashboards' role, which reads the dashboard tables and not even alembic_version);
-        this home's SQLite file is made when missing."""
-        url = monitoring.metrics_db_url
-        return cls(url, migrate=make_url(url).get_backend_name() == "sqlite")
+        """A store that only reads, migrated first when its user may: not when it is the
+        dashboards' role, which reads the dashboard tables and not even alembic_version."""
+        store = cls(monitoring.metrics_db_url, migrate=False)
+        try:
+            store._retry(upgrade, store.engine)
+        except ProgrammingError as exc:
+            if getattr(exc.orig, "pgcode", None) != INSUFFICIENT_PRIVILEGE:
+                store.close()
+                raise
+        return store
 
     def _retry(self, function: Callable[..., Any], *args: Any) -> Any:
         retrying = retry.call(_is_unreachable, within=self.wait_seconds)
