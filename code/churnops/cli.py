@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from churnops.model.progress import progress_bars
-from churnops.settings import Settings, get_settings
+from churnops.settings import Settings, get_settings, hide_credentials
 
 if TYPE_CHECKING:
     from churnops.drop.storage import DropStorage
@@ -51,7 +51,7 @@ def _expected(exc: Exception) -> bool:
 
 
 def _one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split())[:300]
+    text = " ".join(hide_credentials(str(exc)).split())[:300]
     if "mlflow-artifacts" in text:
         return (
             "this home's models are served by the platform's MLflow server: start "
@@ -415,13 +415,13 @@ def grant_reader() -> None:
     from churnops.monitoring.metrics_db import DASHBOARD_TABLES
 
     settings = _settings()
-    if settings.monitoring.dashboard_db_password is None:
+    secret = settings.monitoring.dashboard_db_password
+    password = secret.get_secret_value() if secret else ""
+    if not password:  # an empty one made a role nobody can log in as, and said it could read
         _fail("set DASHBOARD_DB_PASSWORD to the password the read-only role should have")
     try:  # migrates the metrics database first, as DATABASE_URL's user
         db_roles.grant_read_only(
-            settings.monitoring.metrics_db_url,
-            db_roles.DASHBOARD_ROLE,
-            settings.monitoring.dashboard_db_password.get_secret_value(),
+            settings.monitoring.metrics_db_url, db_roles.DASHBOARD_ROLE, password
         )
     except ValueError as exc:
         _fail(str(exc))

@@ -14,6 +14,8 @@ Evidently's is passed by ChurnOps, so it is a setting here.
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,24 @@ MLFLOW_CLIENT_ENV: dict[str, str] = {
 
 #: The highest TCP port: a setting beyond it is refused when read, not when bound.
 MAX_PORT = 65535
+
+#: ``scheme://user:password@``: the password of a URL quoted in a message.
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
+
+
+def hide_credentials(text: str) -> str:
+    """``text`` with the password of every URL in it as ``***`` (as SQLAlchemy shows a
+    database URL): a setting's URL may carry one (``MLFLOW_TRACKING_URI``), and libraries
+    quote the URL they failed on in their errors, which become log lines and run records."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without its ``user:password@``, for a request that needs no login."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
 
 #: Alert floors of a labeled file's other scores; the F1's is MIN_F1, the quality bar.
 OTHER_SCORE_MINIMUMS: dict[str, float] = {"precision": 0.7, "recall": 0.7, "accuracy": 0.7}
@@ -170,6 +190,20 @@ class ModelSettings(CommonSettings):
         return f"sqlite:///{self.home / 'optuna.db'}"
 
 
+def _database_url_problem(url: str) -> str | None:
+    """What makes ``url`` no SQLAlchemy URL of SQLite or PostgreSQL (psycopg2), if anything."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (parsing it is the check)
+    except ValueError:
+        return "its port (or host) is not valid"
+    if parts.scheme.partition("+")[0] not in ("sqlite", "postgresql"):
+        return "not a sqlite:/// or postgresql:// URL (SQLAlchemy's form: postgres:// is not)"
+    if parts.netloc.count("@") > 1:
+        return "an '@' in its user or password must be written %40"
+    return None
+
+
 class MonitoringSettings(CommonSettings):
     """Evidently, the metrics database, and the thresholds that raise alerts."""
 
@@ -218,6 +252,15 @@ class MonitoringSettings(CommonSettings):
         "(complains rising from 3rd to 1st gives about 0.94 with the shipped model) and how "
         "little depends on the model: pick a value from your model's NDCG history.",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        """A URL the metrics database can be opened with, or a one-line refusal when the
+        command starts (not a traceback at the first file), echoing no part of it."""
+        if value is not None and (problem := _database_url_problem(value)):
+            raise ValueError(problem)
+        return value
 
     @property
     def metrics_db_url(self) -> str:

@@ -140,6 +140,25 @@ def test_grant_reader_on_postgres(
         owner.dispose()
 
 
+def test_grant_reader_as_a_user_who_may_not_create_roles_says_so_in_one_line(
+    home: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DATABASE_URL of the flow's own role, say: a 51-line InsufficientPrivilege traceback."""
+    owner = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with owner.connect() as conn:
+        conn.execute(text("DROP ROLE IF EXISTS plain_user"))
+        conn.execute(text("CREATE ROLE plain_user LOGIN PASSWORD 'plain-pw'"))
+        database = make_url(postgres_url).database
+        conn.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO plain_user'))
+    owner.dispose()
+    url = make_url(postgres_url).set(username="plain_user", password="plain-pw")
+    monkeypatch.setenv("DATABASE_URL", url.render_as_string(hide_password=False))
+    monkeypatch.setenv("DASHBOARD_DB_PASSWORD", "x")
+    output = run("grant-reader", code=1)
+    assert "'plain_user' may not set up database roles" in output, output
+    assert "Traceback" not in output and "plain-pw" not in output
+
+
 def test_retrain_prints_the_verdict_and_a_refusal_exits_0(
     home: Path,
     data_dir: Path,

@@ -262,3 +262,37 @@ def test_a_superuser_or_the_administrator_is_never_turned_into_a_service_role(
     admin_name = platform.admin.username or ""
     with pytest.raises(ValueError, match="superuser or the administrator"):
         ensure_role(platform.admin, Role(Kind.READER, admin_name, "x", platform.metrics))
+
+
+def test_a_role_made_before_loses_what_its_kind_does_not_need(platform: Platform) -> None:
+    """An existing role was given its password and grants but kept its attributes and the
+    roles it was a member of: a reader made by hand with pg_write_all_data (or CREATEROLE)
+    could still write, and `churnops grant-reader` said it could only read."""
+    role = Role(Kind.READER, f"made_by_hand_{SUFFIX}", "hand-pw", platform.metrics)
+    admin = create_engine(platform.admin, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {role.name} LOGIN CREATEDB CREATEROLE"))
+        conn.execute(text(f"GRANT pg_read_all_data, pg_write_all_data TO {role.name}"))
+    for _ in range(2):  # and again: idempotent
+        ensure_role(platform.admin, role)
+    with admin.connect() as conn:
+        kept = conn.execute(
+            text(
+                "SELECT rolcreatedb, rolcreaterole, (SELECT count(*) FROM pg_auth_members m "
+                "WHERE m.member = r.oid) FROM pg_roles r WHERE rolname = :r"
+            ),
+            {"r": role.name},
+        ).one()
+        conn.execute(text(f"ALTER ROLE {role.name} REPLICATION"))
+    admin.dispose()
+    assert tuple(kept) == (False, False, 0)
+    reader = create_engine(
+        platform.admin.set(username=role.name, password=role.password), poolclass=NullPool
+    )
+    try:
+        _refused(reader, "DELETE FROM run_metrics")
+        _refused(reader, f"SELECT * FROM {NOT_FOR_DASHBOARDS}")
+    finally:
+        reader.dispose()
+    with pytest.raises(ValueError, match="may replicate"):
+        ensure_role(platform.admin, role)

@@ -6,6 +6,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import pytest
 from psycopg2 import errors
@@ -15,10 +16,12 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from churnops.monitoring.db_roles import grant_read_only
 from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable, MetricsStore
+from churnops.monitoring.report import NoRunsYet, write_report
 from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
+from churnops.settings import get_settings
 from tests.fixtures.postgres import PostgresCluster
-from tests.processes import LOOPBACK, at_once
+from tests.processes import LOOPBACK, at_once, run_python
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +190,81 @@ def test_concurrent_lock_takers_have_one_winner_also_after_expiry(store: Metrics
             {"n": name},
         )
     assert sorted(race(60)) == [False] * 5 + [True]  # taking over an expired one
+
+
+#: A first opening in a fresh interpreter: the per-process "upgraded once" set is empty.
+FIRST_OPENING = (
+    "import sys\n"
+    "from churnops.monitoring.metrics_db import MetricsStore\n"
+    "MetricsStore(sys.argv[1], wait_seconds=0).close()\n"
+)
+
+
+def test_first_openings_of_a_fresh_database_at_once_all_migrate_it(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    """Runners' first files on a fresh Postgres database (locally, as its owner) migrate it
+    at the same time: the second CREATE TABLE failed on pg_type's unique index. Each DDL
+    statement is slowed down here, so the migrations overlap every time."""
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_cluster.admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = postgres_cluster.admin_url(name)
+    fresh = create_engine(url, isolation_level="AUTOCOMMIT")
+    with fresh.connect() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION slow_ddl() RETURNS event_trigger LANGUAGE plpgsql "
+                "AS $$ BEGIN PERFORM pg_sleep(0.2); END $$"
+            )
+        )
+        conn.execute(
+            text("CREATE EVENT TRIGGER slow_ddl ON ddl_command_end EXECUTE FUNCTION slow_ddl()")
+        )
+    fresh.dispose()
+    openings = at_once(3, lambda _: run_python(FIRST_OPENING, url, timeout=120))
+    assert [o.returncode for o in openings] == [0, 0, 0], [o.stderr[-600:] for o in openings]
+    store = MetricsStore(url)
+    try:
+        assert store.runs().empty  # the schema is whole, at its version
+    finally:
+        store.close()
+
+
+def test_the_report_draws_as_the_dashboards_read_only_role(
+    store: MetricsStore, postgres_url: str, tmp_path: Path
+) -> None:
+    """`churnops report` draws the dashboards' series, so their role is the one to read them
+    with; it failed on alembic_version (359 lines of traceback): it migrated before reading."""
+    run_id = store.start_run(file_name="reported.csv", bucket="b", object_key="k")
+    store.record_result(
+        run_id,
+        MonitoringResult(
+            rows=5, drifted_count=0, drifted_share=0.0, columns=[], predicted_churn_rate=0.2
+        ),
+    )
+    store.finish_run(run_id, "processed", rows=5, model_name="m", model_version="1")
+    grant_read_only(store.engine, "report_reader", "report-pw")
+    reader = make_url(postgres_url).set(username="report_reader", password="report-pw")
+    monitoring = get_settings(
+        churnops_home=tmp_path, database_url=reader.render_as_string(hide_password=False)
+    ).monitoring
+    files = write_report(monitoring, tmp_path / "report")
+    assert files.runs >= 1 and files.png.stat().st_size > 0
+
+
+def test_the_report_on_a_fresh_database_says_no_runs_yet(
+    postgres_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """Its administrator's report migrates a database nothing wrote to yet, then says so."""
+    name = f"empty_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_cluster.admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = postgres_cluster.admin_url(name)
+    monitoring = get_settings(churnops_home=tmp_path, database_url=url).monitoring
+    with pytest.raises(NoRunsYet, match="no pipeline runs in"):
+        write_report(monitoring, tmp_path / "report")

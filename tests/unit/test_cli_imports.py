@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from churnops.platform.services import free_port
 from tests.processes import run_python
 
 HEAVY = ("pandas", "xgboost", "mlflow", "evidently", "prefect", "sklearn", "optuna", "shap")
@@ -70,6 +71,11 @@ def test_the_scoring_path_imports_nothing_of_training(tmp_path: Path) -> None:
             "EndpointConnectionError: Could not connect",
         ),
         (["reconcile", "ftp://x"], {}, 1, "'ftp://x' is neither s3://<bucket> nor file:///"),
+        # each was a traceback at the first use of the database (report, process, a runner)
+        (["report"], {"DATABASE_URL": "postgresql://u:pw@h:5432x/m"}, 2, "DATABASE_URL: "),
+        (["report"], {"DATABASE_URL": "postgres://u:pw@h/m"}, 2, "not a sqlite:/// or "),
+        (["report"], {"DATABASE_URL": "postgresql://u:p@w@h/m"}, 2, "must be written %40"),
+        (["grant-reader"], {"DASHBOARD_DB_PASSWORD": ""}, 1, "set DASHBOARD_DB_PASSWORD"),
     ],
 )
 def test_a_bad_setting_or_argument_is_one_line_not_a_traceback(
@@ -81,4 +87,21 @@ def test_a_bad_setting_or_argument_is_one_line_not_a_traceback(
     done = subprocess.run([churnops, *command], capture_output=True, text=True, env=env)
     assert done.returncode == code, done.stderr
     assert done.stderr.startswith("error: ") and said in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert ":pw@" not in done.stderr and ":p@w" not in done.stderr  # no password echoed
+
+
+def test_retrain_with_the_metrics_database_down_is_one_line(tmp_path: Path) -> None:
+    """MetricsDatabaseUnavailable was no expected error: 642 lines of traceback."""
+    (tmp_path / "customer_churn_0.csv").write_text("x\n")
+    env = {
+        "CHURNOPS_HOME": str(tmp_path / "home"),
+        "CHURN_DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"postgresql://u:pw@127.0.0.1:{free_port('127.0.0.1')}/m",
+        "PATH": "/usr/bin:/bin",
+    }
+    churnops = str(Path(sys.executable).with_name("churnops"))
+    done = subprocess.run([churnops, "retrain"], capture_output=True, text=True, env=env)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: MetricsDatabaseUnavailable: metrics database")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr

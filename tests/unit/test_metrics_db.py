@@ -12,7 +12,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from churnops.monitoring.db_roles import grant_read_only
 from churnops.monitoring.metrics_db import MetricsStore, make_engine, metadata
@@ -270,3 +270,36 @@ def test_a_first_opening_killed_midway_leaves_a_database_the_next_one_migrates(
     store = MetricsStore(url)
     assert store.runs().empty
     store.close()
+
+
+def test_a_write_whose_commit_answer_is_lost_is_not_stored_twice(
+    store: MetricsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server committed, then the connection broke before its answer arrived (found on
+    Postgres behind a proxy that dropped the COMMIT's answer: the retry stored every metric
+    of the file a second time under the same run). Here each write's first commit succeeds,
+    then fails."""
+    run_id, labels = start(store), start(store, kind="labels")
+    dialect, lost = store.engine.dialect, []
+    commit = dialect.do_commit
+
+    def commit_then_lose_the_answer(dbapi_connection: object) -> None:
+        commit(dbapi_connection)
+        if not lost:
+            lost.append(True)
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(dialect, "do_commit", commit_then_lose_the_answer)
+    written = store.record_result(run_id, result())
+    assert lost and len(store.metrics(run_id)) == written
+    lost.clear()
+    store.record_realized(
+        run_id=run_id,
+        labels_run_id=labels,
+        labels_file="labels.csv",
+        arrived_at=datetime.now(UTC),
+        matched_by="rows",
+        labeled_rows=10,
+        scores={"f1": 0.8, "roc_auc": 0.9},
+    )
+    assert lost and len(store.realized(run_id)) == 2

@@ -190,3 +190,30 @@ def test_a_redrive_whose_flow_run_ended_before_claiming_gets_a_new_one(
     reconcile.submit_to_deployment("file:///drop")(action)
     assert len(runs) == 2
     assert [run.state.is_final() for run in runs.values()] == [True, False]
+
+
+def test_a_row_left_running_by_a_finished_attempt_is_closed_as_its_file_ended(
+    tmp_path: Path,
+) -> None:
+    """The database failed only the row's closing (down, or UPDATE revoked, right after the
+    metrics were stored): the file is in processed/ and its lease says so. The row was closed
+    ``failed``, so the dashboards dropped a processed file (found on Postgres: REVOKE UPDATE
+    ON pipeline_runs, a drop, the grant back, a reconcile). A dead attempt's row: failed."""
+    storage = LocalDropStorage(tmp_path / "drop")
+    storage.create_layout()
+    store = MetricsStore.from_settings(get_settings(churnops_home=tmp_path).monitoring)
+    held = {}
+    for name in ("processed", "errored", "dead"):
+        storage.create(stage_key("input", f"{name}.csv"), name.encode())
+        held[name] = claims.claim(storage, f"data/input/{name}.csv", lease_seconds=60).lease
+        store.start_run(run_id=held[name].db_id, file_name=name, bucket="", object_key="")
+    for name in ("processed", "errored"):
+        claims.release(storage, held[name], "done", name)
+    storage.replace(held["dead"].key, replace(held["dead"], pid=dead_pid()).to_json())
+    try:
+        closed = reconcile.close_dead_runs(store, storage, datetime.now(UTC))
+        status = dict(zip(store.runs()["file_name"], store.runs()["status"], strict=True))
+    finally:
+        store.close()
+    assert len(closed) == 3
+    assert status == {"processed": "processed", "errored": "errored", "dead": "failed"}

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from churnops.drop.keys import DROP_PREFIXES, PREFIX, drop_prefix
+from churnops.settings import hide_credentials
 
 if TYPE_CHECKING:
     from churnops.settings import DropSettings
@@ -714,7 +715,7 @@ class FileLog:
 
 def brief(exc: BaseException) -> str:
     """``<class>: <first line>``, at most ``MAX_REASON_CHARS`` (the whole text may quote a
-    50 MB value or a server's error page)."""
-    lines = str(exc).strip().splitlines()
+    50 MB value or a server's error page), no URL's password in it."""
+    lines = hide_credentials(str(exc)).strip().splitlines()
     text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
     return text if len(text) <= MAX_REASON_CHARS else f"{text[: MAX_REASON_CHARS - 1]}…"

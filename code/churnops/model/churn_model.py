@@ -35,7 +35,7 @@ from churnops import retry
 from churnops.data.features import prepare_features
 from churnops.data.schema import RAW_COLUMNS, clean_columns
 from churnops.results import PREDICTION, PROBABILITY
-from churnops.settings import ModelSettings
+from churnops.settings import ModelSettings, hide_credentials, without_credentials
 
 log = logging.getLogger(__name__)
 
@@ -233,16 +233,18 @@ class MlflowUnavailable(RuntimeError):
 
 
 def wait_for_tracking_server(model: ModelSettings) -> None:
-    """Fail in seconds when an HTTP tracking server is down (MLflow retries ~12 minutes)."""
+    """Fail in seconds when an HTTP tracking server is down (MLflow retries ~12 minutes).
+    Its /health needs no login: credentials in the URI are left out of the probe."""
     uri = model.tracking_uri
     if not uri.startswith(("http://", "https://")):
         return
     retrying = retry.call(lambda exc: isinstance(exc, OSError))
-    try:
-        retrying(_health, uri.rstrip("/") + "/health")
+    try:  # urllib takes a URL's user:password@ for part of the host name (a DNS look-up)
+        retrying(_health, without_credentials(uri).rstrip("/") + "/health")
     except OSError as exc:
+        where = hide_credentials(uri)
         raise MlflowUnavailable(
-            f"MLflow at {uri} unreachable for {retry.DEPENDENCY_WAIT_SECONDS:.0f}s: {exc}"
+            f"MLflow at {where} unreachable for {retry.DEPENDENCY_WAIT_SECONDS:.0f}s: {exc}"
         ) from exc
 
 

@@ -19,9 +19,11 @@ from enum import StrEnum
 from typing import Any
 
 from psycopg2 import sql
+from psycopg2.errors import InsufficientPrivilege
 from psycopg2.extensions import encrypt_password
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.pool import NullPool
 
 from churnops.monitoring.metrics_db import DASHBOARD_TABLES, metadata, upgrade
@@ -61,12 +63,22 @@ def ensure_role(admin: Engine | str | URL, role: Role) -> None:
     database = role.database or url.database
     if not database:
         raise ValueError("no database: give the role one or put one in the URL")
-    with _locked(url) as cursor:
-        _ensure_login(cursor, role)
-        if role.kind is Kind.OWNER:
-            _ensure_owned_database(cursor, role.name, database)
-        else:
-            _grant_on_metrics(url.set(database=database), role)
+    try:
+        with _locked(url) as cursor:
+            _ensure_login(cursor, role)
+            if role.kind is Kind.OWNER:
+                _ensure_owned_database(cursor, role.name, database)
+            else:
+                _grant_on_metrics(url.set(database=database), role)
+    except (InsufficientPrivilege, ProgrammingError) as exc:
+        cause = getattr(exc, "orig", exc)
+        if not isinstance(cause, InsufficientPrivilege):
+            raise
+        first = str(cause).strip().splitlines()[0]
+        raise ValueError(
+            f"{url.username!r} may not set up database roles ({first}): use the URL of the "
+            "database's administrator, a user who may create roles"
+        ) from exc
 
 
 def grant_read_only(admin: Engine | str | URL, role: str, password: str) -> None:
@@ -118,17 +130,24 @@ def _grant_on_metrics(url: URL, role: Role) -> None:
 
 
 def _ensure_login(cursor: Any, role: Role) -> None:
-    """A login with the password, never a superuser's or the administrator's. ALTER sets
-    only LOGIN and the password: RDS's administrator may not restate the superuser one."""
+    """A login with the password and nothing else, never a superuser's or the
+    administrator's. An existing role loses CREATEDB, CREATEROLE and every role it was
+    granted (``pg_write_all_data`` would let a reader write); RDS's administrator may not
+    restate SUPERUSER, REPLICATION or BYPASSRLS, so a role with one of them is refused."""
     cursor.execute(
-        "SELECT rolsuper, rolname = current_user FROM pg_roles WHERE rolname = %s", (role.name,)
+        "SELECT rolsuper OR rolreplication OR rolbypassrls, rolname = current_user "
+        "FROM pg_roles WHERE rolname = %s",
+        (role.name,),
     )
     found = cursor.fetchone()
     if found and (found[0] or found[1]):
-        raise ValueError(f"role {role.name!r} is a superuser or the administrator: pick another")
+        raise ValueError(
+            f"role {role.name!r} is a superuser or the administrator, or may replicate or "
+            "bypass row security: pick another"
+        )
     verifier = encrypt_password(role.password, role.name, cursor.connection)
     statement = (
-        "ALTER ROLE {who} WITH LOGIN PASSWORD {password}"
+        "ALTER ROLE {who} WITH LOGIN NOCREATEDB NOCREATEROLE PASSWORD {password}"
         if found
         else "CREATE ROLE {who} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
         "PASSWORD {password}"
@@ -136,8 +155,20 @@ def _ensure_login(cursor: Any, role: Role) -> None:
     cursor.execute(
         sql.SQL(statement).format(who=sql.Identifier(role.name), password=sql.Literal(verifier))
     )
+    _revoke_memberships(cursor, role.name)
     # PostgreSQL 16 asks the administrator to act as the role to give it a database
     cursor.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role.name)))
+
+
+def _revoke_memberships(cursor: Any, name: str) -> None:
+    """The role is a member of no other role: it holds only what is granted to it here."""
+    cursor.execute(
+        "SELECT m.roleid::regrole::text FROM pg_auth_members m "
+        "JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = %s",
+        (name,),
+    )
+    for (granted,) in cursor.fetchall():
+        cursor.execute(sql.SQL("REVOKE {} FROM {}").format(sql.SQL(granted), sql.Identifier(name)))
 
 
 def _ensure_owned_database(cursor: Any, owner: str, database: str) -> None:

@@ -42,16 +42,19 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 
 from churnops import retry
 from churnops.results import ATTRIBUTION_NDCG, DRIFTED_SHARE, MonitoringResult
 from churnops.settings import MonitoringSettings
 
 RUNNING, PROCESSED, ERRORED, FAILED = "running", "processed", "errored", "failed"
+#: Postgres' SQLSTATE of "permission denied".
+INSUFFICIENT_PRIVILEGE = "42501"
 STATUSES = (RUNNING, PROCESSED, ERRORED, FAILED)
 #: Statuses that end a run; FAILED means "a dependency failed, the file waits for a retry".
 FINAL_STATUSES = (PROCESSED, ERRORED, FAILED)
@@ -299,15 +302,34 @@ class MetricsStore:
     """Writes and reads pipeline runs and their metrics."""
 
     def __init__(
-        self, url: str | URL, wait_seconds: float | None = None, timeout: float | None = None
+        self,
+        url: str | URL,
+        wait_seconds: float | None = None,
+        timeout: float | None = None,
+        *,
+        migrate: bool = True,
     ) -> None:
         self.engine = make_engine(url, timeout)
         self.wait_seconds = retry.DEPENDENCY_WAIT_SECONDS if wait_seconds is None else wait_seconds
-        self._retry(upgrade, self.engine)
+        if migrate:
+            self._retry(upgrade, self.engine)
 
     @classmethod
     def from_settings(cls, monitoring: MonitoringSettings) -> MetricsStore:
         return cls(monitoring.metrics_db_url)
+
+    @classmethod
+    def for_reading(cls, monitoring: MonitoringSettings) -> MetricsStore:
+        """A store that only reads, migrated first when its user may: not when it is the
+        dashboards' role, which reads the dashboard tables and not even alembic_version."""
+        store = cls(monitoring.metrics_db_url, migrate=False)
+        try:
+            store._retry(upgrade, store.engine)
+        except ProgrammingError as exc:
+            if getattr(exc.orig, "pgcode", None) != INSUFFICIENT_PRIVILEGE:
+                store.close()
+                raise
+        return store
 
     def _retry(self, function: Callable[..., Any], *args: Any) -> Any:
         retrying = retry.call(_is_unreachable, within=self.wait_seconds)
@@ -359,6 +381,18 @@ class MetricsStore:
         """One transaction, retried while the database is unreachable; the rows it hit."""
         return self._retry(self._execute, statement, rows)
 
+    def _write_once(self, stored: Any, statement: Any, rows: Any) -> None:
+        """:meth:`_write` of rows stored once, unless the query ``stored`` finds them: a
+        connection lost after the server committed but before its answer arrived fails the
+        try that stored them, and the retry must not store them again."""
+
+        def once() -> None:
+            with self.engine.begin() as conn:
+                if conn.execute(stored.limit(1)).first() is None:
+                    conn.execute(statement, rows)
+
+        self._retry(once)
+
     def finish_run(
         self,
         run_id: str,
@@ -395,13 +429,15 @@ class MetricsStore:
         thresholds: Mapping[str, float] | None = None,
         recorded_at: datetime | None = None,
     ) -> int:
-        """Every number of ``result`` in one transaction; return how many rows."""
+        """Every number of ``result`` in one transaction, once per run (a retry after a lost
+        answer stores nothing twice); return how many rows."""
         stamp = {"run_id": run_id, "recorded_at": recorded_at or _now()}
         rows = [
             {"label": None, "method": None, "threshold": None, **row, **stamp}
             for row in metric_rows(result, thresholds)
         ]
-        self._write(insert(run_metrics), rows)
+        stored = select(run_metrics.c.id).where(run_metrics.c.run_id == run_id)
+        self._write_once(stored, insert(run_metrics), rows)
         return len(rows)
 
     def record_realized(
@@ -416,7 +452,8 @@ class MetricsStore:
         scores: Mapping[str, float],
         thresholds: Mapping[str, float] | None = None,
     ) -> int:
-        """The realized scores of run ``run_id`` from one labels file; how many rows."""
+        """The realized scores of run ``run_id`` from one labels file (its run ``labels_run_id``
+        stores them once); how many rows."""
         limits = thresholds or {}
         common = {
             "run_id": run_id,
@@ -430,7 +467,12 @@ class MetricsStore:
             {**common, "metric": metric, "value": value, "threshold": limits.get(metric)}
             for metric, value in scores.items()
         ]
-        self._write(insert(realized_scores), [fitted(realized_scores, r) for r in rows])
+        stored = select(realized_scores.c.id).where(
+            realized_scores.c.labels_run_id == labels_run_id
+        )
+        self._write_once(
+            stored, insert(realized_scores), [fitted(realized_scores, r) for r in rows]
+        )
         return len(rows)
 
     def realized(self, run_id: str | None = None) -> pd.DataFrame:
@@ -483,12 +525,13 @@ class MetricsStore:
             row = conn.execute(query).first()
         return LockState(*row) if row else None
 
-    def close_if_running(self, run_id: str, error: str) -> bool:
-        """Mark a run ``failed`` if it is still ``running`` (its attempt died); True if it was."""
+    def close_if_running(self, run_id: str, error: str, status: str = FAILED) -> bool:
+        """Close a run still ``running`` as ``status`` (``failed``: its attempt died; or how
+        its attempt ended when only the row's closing failed); True if it was running."""
         statement = (
             update(pipeline_runs)
             .where(pipeline_runs.c.id == run_id, pipeline_runs.c.status == RUNNING)
-            .values(status=FAILED, error=error, finished_at=_now())
+            .values(status=status, error=error, finished_at=_now())
         )
         return self._write(statement) == 1
 
@@ -565,6 +608,7 @@ def upgrade(engine: Engine) -> None:
         migrating = _all_or_nothing(engine)
         try:
             with migrating.begin() as conn:
+                _one_migration_at_a_time(conn)
                 config.attributes["connection"] = conn
                 tables = set(inspect(conn).get_table_names())
                 if "alembic_version" not in tables and pipeline_runs.name in tables:
@@ -574,6 +618,19 @@ def upgrade(engine: Engine) -> None:
             if migrating is not engine:
                 migrating.dispose()
         _upgraded.add(key)
+
+
+#: Postgres advisory lock of the migrations ("churnops" + 1; db_roles holds "churnops"
+#: itself while it migrates, on another connection).
+MIGRATION_LOCK_KEY = 0x636875726E6F7074
+
+
+def _one_migration_at_a_time(conn: Any) -> None:
+    """Postgres: the migration's transaction waits for any other first. Two runners' first
+    files on a fresh database both found no tables, and the second's CREATE TABLE failed on
+    pg_type's unique index (an IntegrityError, the file retried). SQLite: BEGIN IMMEDIATE."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
 def _all_or_nothing(engine: Engine) -> Engine:

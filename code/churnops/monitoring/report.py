@@ -53,7 +53,7 @@ def write_report(
 ) -> ReportFiles:
     """Write the PNG and the HTML page into ``out`` (default ``CHURNOPS_HOME/report``)."""
     folder = out or monitoring.home / "report"
-    with closing(MetricsStore.from_settings(monitoring)) as store:
+    with closing(MetricsStore.for_reading(monitoring)) as store:
         runs, metrics = store.runs(), store.metrics()
     runs = runs[runs["kind"] == SCORING]  # a late labels file is not a file scored
     where = make_url(monitoring.metrics_db_url).render_as_string(hide_password=True)

@@ -139,13 +139,21 @@ def close_dead_runs(store: MetricsStore, storage: DropStorage, now: datetime) ->
         lease = claims.lease(storage, run, int(attempt)) if run and attempt.isdigit() else None
         if lease is None or not lease.ended(now, claims.LEASE_SECONDS):
             continue
-        if lease.state == "running":
-            why = claims.death(lease)
-        else:
-            why = f"attempt ended ({lease.state}: {lease.reason}) but its row was not closed"
-        if store.close_if_running(row_id, why):
+        status, why = _row_ending(lease)
+        if store.close_if_running(row_id, why, status):
             actions.append(Action("close-run", row_id, why))
     return actions
+
+
+def _row_ending(lease: claims.Lease) -> tuple[str, str]:
+    """(status, why) of the row of an ended attempt: as its lease says when it finished its
+    file (the database failed only the row's closing: the file is in processed/ or errored/,
+    its metrics stored), else failed."""
+    if lease.state == "running":
+        return FAILED, claims.death(lease)
+    why = f"attempt ended ({lease.state}: {lease.reason}) but its row was not closed"
+    finished = lease.state == "done" and lease.reason in (PROCESSED, ERRORED)
+    return (lease.reason if finished else FAILED), why
 
 
 class FlowRuns(Protocol):

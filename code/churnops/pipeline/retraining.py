@@ -21,7 +21,7 @@ from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET, is_bad_input
 from churnops.drop import claims
 from churnops.drop.keys import is_labels
-from churnops.drop.storage import DropStorage, run_folders, run_key
+from churnops.drop.storage import DropStorage, brief, run_folders, run_key
 from churnops.model import training
 from churnops.model.churn_model import LoadedModel, load_aliased_model
 from churnops.model.registry import (
@@ -210,19 +210,26 @@ def _record(
     trigger: Trigger,
     outcome: Outcome,
 ) -> Outcome:
-    """The verdict in ``model_events`` (dashboards) and as an alert (people)."""
-    store.record_model_event(
-        model_name=model.model_name,
-        version=outcome.version,
-        parent_version=outcome.parent_version,
-        event=outcome.status,
-        reason=outcome.reason,
-        holdout_f1=outcome.holdout_f1,
-        champion_f1=outcome.champion_f1,
-        trigger=trigger,
-        mlflow_run_id=outcome.run_id,
-    )
+    """The verdict in ``model_events`` (dashboards) and as an alert (people). The alias has
+    moved already: a database that fails the record must not also keep people from hearing
+    of it (the alert says what was not recorded)."""
     alert = retrain_alert(model, outcome)
+    try:
+        store.record_model_event(
+            model_name=model.model_name,
+            version=outcome.version,
+            parent_version=outcome.parent_version,
+            event=outcome.status,
+            reason=outcome.reason,
+            holdout_f1=outcome.holdout_f1,
+            champion_f1=outcome.champion_f1,
+            trigger=trigger,
+            mlflow_run_id=outcome.run_id,
+        )
+    except Exception as exc:
+        missing = f"Not recorded in the metrics database (dashboards, cooldown): {brief(exc)}"
+        log.warning("retraining verdict: %s", missing)
+        alert = replace(alert, body=f"{alert.body}{missing}\n")
     try:
         channels = send_alert(alert, alerts)
     except AlertDeliveryError as exc:  # the verdict stands; it is in MLflow and the database

@@ -1,0 +1,38 @@
+"""A retraining's verdict reaches people even when the metrics database fails to record it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from churnops.model.registry import Outcome
+from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable
+from churnops.pipeline import retraining
+from churnops.settings import get_settings
+
+
+class DownStore:
+    """A metrics store whose database fails the write (down, or INSERT revoked)."""
+
+    def record_model_event(self, **row: object) -> None:
+        raise MetricsDatabaseUnavailable("metrics database unreachable for 10s: refused")
+
+
+def test_a_verdict_the_database_did_not_record_is_still_alerted(tmp_path: Path) -> None:
+    """The alias had moved; the failed record raised past the alert, so a promotion went
+    unannounced (found on Postgres with INSERT on model_events revoked: version 2 took the
+    alias, alerts.log had nothing, the CLI a 294-line traceback)."""
+    settings = get_settings(churnops_home=tmp_path)
+    outcome = Outcome("promoted", "passes the minimums", version="2", parent_version="1")
+
+    told = retraining._record(
+        settings.model,
+        settings.alerts,
+        DownStore(),
+        "manual",
+        outcome,  # type: ignore[arg-type]
+    )
+
+    assert told.status == "promoted" and told.alert_channels == ("log",)
+    sent = settings.alerts.alert_log.read_text()
+    assert "retraining promoted version 2" in sent
+    assert "Not recorded in the metrics database" in sent and "unreachable" in sent
