@@ -187,7 +187,6 @@ def retrain(
     Both versions are judged on the newest labeled rows the deployed one has not learned.
     Exit code 0 when promoted or refused, 5 when skipped (nothing new, or already running).
     """
-    from churnops.drop.storage import open_storage
     from churnops.pipeline.retraining import RetrainOptions
     from churnops.pipeline.retraining import retrain as run_retraining
 
@@ -197,7 +196,7 @@ def retrain(
         _fail(f"{training_file} does not exist: run `make data` (or set CHURN_DATA_DIR)")
     options = RetrainOptions(trials=trials, force=force)
     with progress_bars(console) as report:
-        outcome = run_retraining(settings, open_storage(settings.drop), options, report)
+        outcome = run_retraining(settings, _drop(settings.drop.drop_uri), options, report)
     _print_verdict(outcome)
     if outcome.status == "skipped":
         raise typer.Exit(EXIT_CODES["skipped"])
@@ -236,17 +235,30 @@ def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStor
 
 
 def _open_bucket(bucket: str, key: str) -> DropStorage:
-    """The bucket of an ``s3://`` target, once it can be listed and ``key`` is a drop (or
-    a run in processing/): else one line, not a traceback."""
-    from churnops.drop.storage import bucket_problem, name_from_key, open_drop, split_run_key
+    """The bucket of an ``s3://`` target, once ``key`` is a drop (or a run in
+    processing/): else one line, not a traceback."""
+    from churnops.drop.storage import name_from_key, split_run_key
 
     if split_run_key(key) is None:
         try:
             name_from_key(key)
         except ValueError as exc:
             _fail(str(exc))
-    storage = open_drop(f"s3://{bucket}")
-    if problem := bucket_problem(storage.client, bucket):  # type: ignore[attr-defined]
+    return _drop(f"s3://{bucket}")
+
+
+def _drop(uri: str) -> DropStorage:
+    """The drop ``uri`` names, once a bucket can be listed (missing, no credentials,
+    endpoint down: one line, not a traceback)."""
+    from churnops.drop.storage import S3DropStorage, bucket_problem, open_drop
+
+    try:
+        storage = open_drop(uri)
+    except ValueError as exc:
+        _fail(str(exc))
+    if isinstance(storage, S3DropStorage) and (
+        problem := bucket_problem(storage.client, storage.bucket)
+    ):
         _fail(problem)
     return storage
 
@@ -318,15 +330,11 @@ def reconcile(
 
     Exits 4 when a re-driven file failed again (its dependency is still down).
     """
-    from churnops.drop.storage import open_drop
     from churnops.pipeline import reconcile as reconciler
     from churnops.pipeline.per_file import process as process_file
 
     settings = _settings()
-    try:
-        storage = open_drop(target or settings.drop.drop_uri)
-    except ValueError as exc:
-        _fail(str(exc))
+    storage = _drop(target or settings.drop.drop_uri)
     outcomes: list[FileOutcome] = []
 
     def submit(action: reconciler.Action) -> None:
@@ -394,9 +402,12 @@ def status() -> None:
     """Every dropped file with its stage, and the health of every platform service."""
     from rich.table import Table
 
-    from churnops.platform.status import collect
+    from churnops.platform.services import PlatformState
+    from churnops.platform.status import list_files, service_health
 
-    files, services = collect(_settings().drop)
+    drop = _settings().drop
+    files = list_files(_drop(drop.drop_uri))
+    services = service_health(PlatformState.load(drop.home))
     table = Table("stage", "run", "file", title="files")
     for file in files:
         table.add_row(file.stage, file.run, file.name)

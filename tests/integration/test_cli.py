@@ -114,6 +114,18 @@ def test_process_an_s3_target_it_cannot_take_is_one_line(
     assert len(output.strip().splitlines()) <= 2, output
 
 
+@pytest.mark.parametrize("command", [["reconcile", "s3://no-such-bucket"], ["status"]])
+def test_a_drop_bucket_it_cannot_list_is_one_line(
+    home: Path, moto_server: str, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Before: a traceback of some 130 lines ending in NoSuchBucket."""
+    monkeypatch.setenv("DROP_STORAGE", "s3")
+    monkeypatch.setenv("DROP_BUCKET", "no-such-bucket")
+    output = run(*command, code=1)
+    assert "cannot list the drop bucket s3://no-such-bucket" in output, output
+    assert len(output.strip().splitlines()) <= 2, output
+
+
 def test_train_without_data_says_what_to_do(home: Path, monkeypatch) -> None:
     monkeypatch.setenv("CHURN_DATA_DIR", str(home / "empty"))
     assert "run `make data`" in run("train", code=1)

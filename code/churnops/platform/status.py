@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from churnops.drop.keys import is_folder_marker
-from churnops.drop.storage import DROP_STAGES, STAGES, DropStorage, folder_key, open_storage
+from churnops.drop.storage import DROP_STAGES, STAGES, DropStorage, folder_key
 from churnops.platform.services import PlatformState, http_ok, pid_alive
-from churnops.settings import DropSettings
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,3 @@ def service_health(state: PlatformState | None) -> list[ServiceHealth]:
             ok, detail = bool(pid) and pid_alive(int(pid or 0)), f"process {pid}"
         health.append(ServiceHealth(name, str(info.get("url") or "-"), ok, detail))
     return health
-
-
-def collect(drop: DropSettings) -> tuple[list[FileState], list[ServiceHealth]]:
-    return list_files(open_storage(drop)), service_health(PlatformState.load(drop.home))
