@@ -52,13 +52,20 @@ def _expected(exc: Exception) -> bool:
 
 def _one_line(exc: Exception) -> str:
     text = " ".join(hide_credentials(str(exc)).split())[:300]
-    if "mlflow-artifacts" in text:
-        return (
-            "this home's models are served by the platform's MLflow server: start "
-            "`churnops up` (commands beside it use it), or set MLFLOW_TRACKING_URI to its URL"
-        )
+    if served := _served_by_the_platform(text):
+        return served
     hint = "; is `churnops up` running? or set MLFLOW_TRACKING_URI" if "mlflow" in text else ""
     return f"{type(exc).__name__}: {text}{hint}"
+
+
+def _served_by_the_platform(text: str) -> str | None:
+    """What to do when MLflow's answer means the platform's server is needed, else None."""
+    if "mlflow-artifacts" not in text:
+        return None
+    return (
+        "this home's models are served by the platform's MLflow server: start "
+        "`churnops up` (commands beside it use it), or set MLFLOW_TRACKING_URI to its URL"
+    )
 
 
 # Markdown: a docstring's lines are one paragraph, wrapped to the terminal, not cut there.
@@ -310,7 +317,10 @@ def process(
 
 def _print_outcome(outcome: FileOutcome) -> None:
     colour = {"processed": "green", "skipped": "yellow"}.get(outcome.status, "red")
-    console.print(f"[{colour}]{outcome.status}[/{colour}] {outcome.name}: {outcome.message}")
+    message = outcome.message
+    if outcome.status == "failed" and (served := _served_by_the_platform(message)):
+        message = served  # MLflow's own words name a URI scheme, not what to do
+    console.print(f"[{colour}]{outcome.status}[/{colour}] {outcome.name}: {escape(message)}")
     for field in ("run", "attempt", "model_version", "predictions_key", "report_url"):
         value = getattr(outcome, field)
         if value is not None:

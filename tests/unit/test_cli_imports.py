@@ -105,3 +105,21 @@ def test_retrain_with_the_metrics_database_down_is_one_line(tmp_path: Path) -> N
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith("error: MetricsDatabaseUnavailable: metrics database")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_file_failed_for_want_of_the_platforms_mlflow_says_what_to_do(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`churnops process` on a home whose models the stopped platform serves: it printed
+    MLflow's 'When an mlflow-artifacts URI was supplied, the tracking URI must be...'."""
+    from churnops import cli
+    from churnops.pipeline.per_file import FileOutcome
+
+    mlflow_says = (
+        "MlflowException: When an mlflow-artifacts URI was supplied, the tracking URI must "
+        "be a valid http or https URI, but it was currently set to sqlite://x/mlflow.db."
+    )
+    cli._print_outcome(FileOutcome("a.csv", "failed", mlflow_says, run="R", attempt=1))
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("failed a.csv: this home's models are served by the platform's")
+    assert "start `churnops up`" in first
