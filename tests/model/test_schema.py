@@ -464,14 +464,15 @@ def test_rows_one_field_longer_than_the_header_are_named_not_shifted() -> None:
 
 
 @pytest.mark.parametrize(
-    ("above", "sep"), [("sep=;", ";"), ("Customer export, December", ","), ("\n\nTitle", ",")]
+    ("above", "sep"),
+    [("sep=;", ";"), ("Customer export, December", ","), ("\n\nTitle", ","), ("A\fB", ",")],
 )
 def test_a_line_above_the_header_is_named_not_every_column_missing(above: str, sep: str) -> None:
     """Excel's delimiter hint or a report's title above the table: it was 13 'missing
     column' problems (14 with 'no data rows')."""
     data = f"{above}\n{HEADER.replace(',', sep)}\n{GOOD_ROW.replace(',', sep)}\n".encode()
     line = 2 + above.count("\n")
-    first = above.strip().splitlines()[0]
+    first = above.strip().split("\n")[0]  # a form feed breaks no line of a CSV
     assert problems_of(data) == [
-        f"the header is line {line}, not line {line - 1} ('{first}'): delete the line(s) above it"
+        f"the header is line {line}, not line {line - 1} ({first!r}): delete the line(s) above it"
     ]

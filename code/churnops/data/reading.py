@@ -328,7 +328,7 @@ class CustomerReader:
         """Line 1 names no contract column but a line soon after does (Excel's 'sep=;'
         hint, a report's title above the table): one problem saying so, not 13 missing
         columns."""
-        lines = text_head.splitlines()
+        lines = re.split(r"\r\n?|\n", text_head)  # as _header_line splits (not \f, \x1c)
         start = lines.index(first)
         for number, line in enumerate(lines[start + 1 : start + 5], start=start + 2):
             names = next(csv.reader([line], delimiter=_delimiter(line)), [])
