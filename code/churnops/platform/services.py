@@ -235,12 +235,11 @@ def choose_ports(platform: PlatformSettings) -> Ports:
     second failed to bind, and `up` ended with its log instead of one line)."""
     names = ("prefect_port", "mlflow_port", "evidently_port")
     host = platform.platform_host
-    given = [n.upper() for n in names if getattr(platform, n)]
-    for first, second in itertools.combinations(given, 2):
-        if (port := getattr(platform, first.lower())) == getattr(platform, second.lower()):
+    for first, second in itertools.combinations(names, 2):
+        if (port := getattr(platform, first)) and port == getattr(platform, second):
             raise PlatformError(
-                f"{first} and {second} are both {port}: give each server its own port, "
-                "or 0 to pick free ones"
+                f"{first.upper()} and {second.upper()} are both {port}: give each server "
+                "its own port, or 0 to pick free ones"
             )
     return Ports(*(choose_port(host, getattr(platform, name), name) for name in names))
 
