@@ -229,6 +229,22 @@ def test_every_child_gets_the_usage_data_switches_unless_telemetry_is_on(
         assert MLFLOW_CLIENT_ENV.items() <= env.items()
 
 
+def test_the_servers_run_without_the_credentials_only_the_runners_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect, MLflow and the Evidently UI got the SMTP and database passwords and the AWS
+    keys in their environment, which none of them reads (least privilege)."""
+    given = {name: f"secret-{name}" for name in services.CREDENTIALS_ENV}
+    given["DATABASE_URL"] = "postgresql://flow:secret@127.0.0.1/metrics"
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    settings = get_settings(churnops_home=tmp_path)
+    for server in services.server_services(settings, PORTS):
+        assert not given.keys() & server.env.keys(), server.name
+    runner = launch.runner_env(launch.platform_settings(settings, PORTS))
+    assert {name: runner[name] for name in given} == given
+
+
 @pytest.mark.parametrize("configured", [None, "http://mlflow.example:5001"])
 def test_up_keeps_a_configured_tracking_server_and_hands_it_to_the_runners(
     configured: str | None, tmp_path: Path

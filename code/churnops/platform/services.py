@@ -36,6 +36,15 @@ FOREIGN_PREFECT_ENV = (
     "PREFECT_SERVER_DATABASE_CONNECTION_URL",
     "PREFECT_API_DATABASE_CONNECTION_URL",
 )
+#: Credentials only ChurnOps' own processes use (alerts, the metrics database, S3): the
+#: servers it starts (Prefect, MLflow, the Evidently UI) run without them.
+CREDENTIALS_ENV = (
+    "SMTP_PASSWORD",
+    "DASHBOARD_DB_PASSWORD",
+    "DATABASE_URL",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
 STATE_FILE = "platform.json"
 PID_FILE = "platform.pid"
 LOG_DIR = "logs"
@@ -273,7 +282,9 @@ def server_services(settings: Settings, ports: Ports) -> list[Service]:
     def service(name: str, args: list[str], port: int, health: str, env: dict) -> Service:
         url = f"http://{host}:{port}"
         command = [bin_path(name), *args, "--host", host, "--port", str(port)]
-        env = child_env(settings.platform, env)
+        env = {
+            k: v for k, v in child_env(settings.platform, env).items() if k not in CREDENTIALS_ENV
+        }
         return Service(name, command, logs / f"{name}.log", env, url, url + health)
 
     return [
