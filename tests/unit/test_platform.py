@@ -535,6 +535,16 @@ def test_a_slow_writer_is_reported_once_it_closed_the_file(
     assert [_object(e)["size"] for e in events] == [600]
 
 
+def test_a_drop_folder_that_cannot_be_made_is_one_line_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    """It was a FileNotFoundError once the servers had started and a model was trained."""
+    (tmp_path / "a-file").write_text("")
+    line = _up_error(tmp_path, local_drop_dir=tmp_path / "a-file" / "drop", prefect_port=0)
+    assert line.startswith("error: cannot make the drop folder ") and "LOCAL_DROP_DIR" in line
+    assert not list((tmp_path / services.LOG_DIR).glob("prefect*"))  # nothing was started
+
+
 def test_two_servers_given_one_port_is_one_line_before_either_starts(tmp_path: Path) -> None:
     """It was the second server's bind error and its log, after the first had started."""
     line = _up_error(tmp_path, prefect_port=47124, mlflow_port=47124, evidently_port=0)

@@ -125,7 +125,7 @@ def run(settings: Settings, console: Console, errors: Console) -> int:
     code = 0
     try:
         _stop_leftovers(home, console)
-        _check_drop_bucket(settings.drop)
+        _check_drop(settings.drop)
         ports = svc.choose_ports(settings.platform)
         settings = platform_settings(settings, ports)
         platform.settings = settings
@@ -273,11 +273,20 @@ def _start_runner(platform: Platform) -> None:
     )
 
 
-def _check_drop_bucket(drop: DropSettings) -> None:
-    """A drop bucket that cannot be listed (missing, no credentials, endpoint down) is one
-    line before anything starts, not a warning every poll once everything has."""
-    if drop.drop_storage == "s3" and (problem := bucket_problem(s3_client(), drop.drop_bucket)):
-        raise svc.PlatformError(f"{problem} (DROP_BUCKET)")
+def _check_drop(drop: DropSettings) -> None:
+    """A drop bucket that cannot be listed (missing, no credentials, endpoint down), or a
+    drop folder that cannot be made, is one line before anything starts: not a warning
+    every poll, or an error once the servers have started and a model was trained."""
+    if drop.drop_storage == "s3":
+        if problem := bucket_problem(s3_client(), drop.drop_bucket):
+            raise svc.PlatformError(f"{problem} (DROP_BUCKET)")
+        return
+    try:
+        LocalDropStorage(drop.drop_dir).create_layout()
+    except OSError as exc:
+        raise svc.PlatformError(
+            f"cannot make the drop folder {drop.drop_dir} (LOCAL_DROP_DIR): {exc.strerror}"
+        ) from None
 
 
 def _start_watcher(platform: Platform) -> None:
@@ -291,7 +300,6 @@ def _start_watcher(platform: Platform) -> None:
     if settings.drop.drop_storage == "s3":
         platform.watcher = BucketPoller(s3_client(), settings.drop.drop_bucket, dispatcher)
     else:
-        LocalDropStorage(settings.drop.drop_dir).create_layout()
         platform.watcher = FolderWatcher(settings.drop.drop_dir, dispatcher)
     platform.watcher.start()
 
