@@ -340,11 +340,12 @@ def reconcile(
 
     Exits 4 when a re-driven file failed again (its dependency is still down).
     """
+    settings = _settings()
+    storage = _drop(target or settings.drop.drop_uri)  # a wrong target: said before the imports
+
     from churnops.pipeline import reconcile as reconciler
     from churnops.pipeline.per_file import process as process_file
 
-    settings = _settings()
-    storage = _drop(target or settings.drop.drop_uri)
     outcomes: list[FileOutcome] = []
 
     def submit(action: reconciler.Action) -> None:
