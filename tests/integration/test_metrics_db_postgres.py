@@ -206,12 +206,7 @@ def test_first_openings_of_a_fresh_database_at_once_all_migrate_it(
     """Runners' first files on a fresh Postgres database (locally, as its owner) migrate it
     at the same time: the second CREATE TABLE failed on pg_type's unique index. Each DDL
     statement is slowed down here, so the migrations overlap every time."""
-    name = f"fresh_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(postgres_cluster.admin_url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = postgres_cluster.admin_url(name)
+    url = postgres_cluster.new_database("fresh")
     fresh = create_engine(url, isolation_level="AUTOCOMMIT")
     with fresh.connect() as conn:
         conn.execute(
@@ -259,12 +254,7 @@ def test_the_report_on_a_fresh_database_says_no_runs_yet(
     postgres_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
     """Its administrator's report migrates a database nothing wrote to yet, then says so."""
-    name = f"empty_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(postgres_cluster.admin_url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = postgres_cluster.admin_url(name)
+    url = postgres_cluster.new_database("empty")
     monitoring = get_settings(churnops_home=tmp_path, database_url=url).monitoring
     with pytest.raises(NoRunsYet, match="no pipeline runs in"):
         write_report(monitoring, tmp_path / "report")
