@@ -333,14 +333,16 @@ class MetricsStore:
 
     def _retry(self, function: Callable[..., Any], *args: Any) -> Any:
         retrying = retry.call(_is_unreachable, within=self.wait_seconds)
+        started = time.monotonic()
         try:
             return retrying(function, *args)
         except DBAPIError as exc:
             if not _is_unreachable(exc):
                 raise
             where = self.engine.url.render_as_string(hide_password=True)
+            waited = time.monotonic() - started  # a frozen server: its timeouts, past the wait
             raise MetricsDatabaseUnavailable(
-                f"metrics database {where} unreachable for {self.wait_seconds:.0f}s: "
+                f"metrics database {where} unreachable for {waited:.0f}s: "
                 f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}"
             ) from exc
 
