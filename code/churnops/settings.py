@@ -153,7 +153,10 @@ class ModelSettings(CommonSettings):
         "customer_churn_0.csv", description="Default training file in CHURN_DATA_DIR."
     )
     mlflow_tracking_uri: str | None = Field(
-        None, description="Tracking server or store; default: SQLite under CHURNOPS_HOME."
+        None,
+        description="Tracking server or store; default: SQLite under CHURNOPS_HOME. A login "
+        "goes in MLFLOW_TRACKING_USERNAME and _PASSWORD, not in the URL: ChurnOps hides a "
+        "URL's password in what it writes, but Prefect records a failed step's error as is.",
     )
     model_name: str = Field("XGBoostChurnModel", description="Registered model name.")
     model_alias: str = Field(
