@@ -303,3 +303,7 @@ def test_a_write_whose_commit_answer_is_lost_is_not_stored_twice(
         scores={"f1": 0.8, "roc_auc": 0.9},
     )
     assert lost and len(store.realized(run_id)) == 2
+    lost.clear()
+    assert store.acquire_lock("retrain", "me", 60)  # its retry found its own row: taken
+    assert lost and store.lock_state("retrain").holder == "me"
+    assert not store.acquire_lock("retrain", "another", 60)

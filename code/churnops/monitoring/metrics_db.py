@@ -499,7 +499,8 @@ class MetricsStore:
     ) -> bool:
         """Take the lock ``name`` for ``seconds`` unless another holder has it (an expired
         one's, or ``take_from``'s, a holder known dead, is taken over by a conditional
-        update): of concurrent callers exactly one gets True."""
+        update): of concurrent callers exactly one gets True. ``holder``'s own row is taken
+        too: an insert whose commit's answer was lost is retried and finds it."""
         now = _now()
         row = {"holder": holder, "acquired_at": now, "expires_at": now + timedelta(seconds=seconds)}
         try:
@@ -507,7 +508,7 @@ class MetricsStore:
             return True
         except IntegrityError:
             pass
-        free = locks.c.expires_at <= now
+        free = or_(locks.c.expires_at <= now, locks.c.holder == holder)
         if take_from is not None:
             free = or_(free, locks.c.holder == take_from)
         expired = update(locks).where(locks.c.name == name, free)
