@@ -78,6 +78,9 @@ class FakePrefect:
     def gets(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["method"] == "GET"]
 
+    def authorizations(self) -> list[str | None]:
+        return [r["headers"].get("Authorization") for r in self.requests]
+
 
 class Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
@@ -116,9 +119,10 @@ def prefect() -> Iterator[FakePrefect]:
     server.server_close()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> ModuleType:
-    """The handler module, cold (empty cache), with the Lambda's environment."""
+    """The handler module, cold (empty cache), with the Lambda's environment (every test
+    here calls ``trigger`` with it)."""
     for name in trigger.ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PREFECT_API_URL", prefect.url)
@@ -204,29 +208,34 @@ def basic(auth_string: str) -> str:
     return "Basic " + base64.b64encode(auth_string.encode()).decode()
 
 
-def invoke(handler: ModuleType, *records: dict[str, Any] | str) -> list[dict[str, Any]]:
+def invoke(*records: Any) -> list[dict[str, Any]]:
     """The handler's outcomes for one event of ``records`` (a key stands for its record)."""
     found = [record(r) if isinstance(r, str) else r for r in records]
-    return handler.lambda_handler(event(*found), None)["results"]
+    return trigger.lambda_handler(event(*found), None)["results"]
 
 
 # --- the happy path and key decoding -------------------------------------------------------
+@pytest.mark.parametrize(
+    ("extra", "version"),
+    [({}, "0062A1B2C3D4E5F601"), ({"versionId": "v3"}, "v3")],
+    ids=["sequencer", "version id wins"],
+)
 def test_creates_a_flow_run_with_bucket_key_and_idempotency_key(
-    handler: ModuleType, prefect: FakePrefect
+    prefect: FakePrefect, extra: dict, version: str
 ) -> None:
     key = "data/input/customer_churn_1.csv"
-    results = invoke(handler, key)
+    results = invoke(record(key, **extra))
 
     [post] = prefect.posts()
     run_id = next(iter(prefect.runs.values()))["id"]
     assert results == [{"bucket": BUCKET, "key": key, "status": "created", "flow_run_id": run_id}]
     assert post["body"] == {
         "parameters": {"drop": f"s3://{BUCKET}", "key": key},
-        "idempotency_key": f"s3://{BUCKET}/{key}#0062A1B2C3D4E5F601",
+        "idempotency_key": f"s3://{BUCKET}/{key}#{version}",
         "name": "customer_churn_1.csv",
     }
     assert post["headers"]["Content-Type"] == "application/json"
-    assert "Authorization" not in post["headers"]
+    assert prefect.authorizations() == [None, None]
 
 
 @pytest.mark.parametrize(
@@ -241,109 +250,92 @@ def test_creates_a_flow_run_with_bucket_key_and_idempotency_key(
     ],
 )
 def test_url_encoded_keys_are_decoded_and_the_watcher_encodes_them_alike(
-    handler: ModuleType, prefect: FakePrefect, encoded: str, decoded: str
+    prefect: FakePrefect, encoded: str, decoded: str
 ) -> None:
     """The local watcher builds the events the Lambda reads: per segment, as S3 does."""
     assert encode_event_key(decoded) == encoded
-    [outcome] = invoke(handler, encoded)
+    [outcome] = invoke(encoded)
 
-    assert outcome["status"] == "created"
-    assert outcome["key"] == decoded
+    assert (outcome["status"], outcome["key"]) == ("created", decoded)
     assert prefect.posts()[0]["body"]["parameters"] == {"drop": f"s3://{BUCKET}", "key": decoded}
 
 
-def test_version_id_wins_over_sequencer(handler: ModuleType, prefect: FakePrefect) -> None:
-    invoke(handler, record("data/input/a.csv", versionId="v3"))
-
-    assert prefect.posts()[0]["body"]["idempotency_key"] == f"s3://{BUCKET}/data/input/a.csv#v3"
-
-
 def test_several_records_each_get_an_outcome_and_a_log_line(
-    handler: ModuleType, prefect: FakePrefect, caplog: pytest.LogCaptureFixture
+    prefect: FakePrefect, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    keys = [
-        "data/input/one.csv",
-        "data/processed/one.csv",
-        "data/input/",
-        "data/input/archive/",
-        "data/input/archive/old.csv",
-        "data/input/two.csv",
-    ]
+    """A labels file starts a run of the same deployment. The drop folders are no setting:
+    the runs and the reconciler read data/input/ and data/labels/ only, and a run started
+    for another folder's file failed with a traceback, the file never processed."""
+    monkeypatch.setenv("INPUT_PREFIX", "incoming/")  # once a setting: no longer read
+    keys = ["data/input/one.csv", "incoming/a.csv", "data/labels/a_predictions.csv"]
     with caplog.at_level(logging.INFO, logger="s3_to_prefect"):
-        results = invoke(handler, *keys)
+        results = invoke(*keys)
 
-    statuses = ["created", "skipped", "skipped", "skipped", "skipped", "created"]
-    assert [(r["key"], r["status"]) for r in results] == list(zip(keys, statuses, strict=True))
-    assert results[1]["reason"] == "key is outside 'data/input/' and 'data/labels/'"
-    assert results[2]["reason"] == results[3]["reason"] == "folder marker"
-    assert "subfolder" in results[4]["reason"]
-    assert [p["body"]["parameters"]["key"] for p in prefect.posts()] == [keys[0], keys[5]]
+    assert [(r["key"], r["status"]) for r in results] == list(
+        zip(keys, ["created", "skipped", "created"], strict=True)
+    )
+    assert [p["body"]["parameters"]["key"] for p in prefect.posts()] == [keys[0], keys[2]]
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "s3_to_prefect"]
     assert lines == results
+    assert "INPUT_PREFIX" not in trigger.ENVIRONMENT
 
 
-def test_the_drop_folders_are_not_a_setting(
-    handler: ModuleType, prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The runs and the reconciler read data/input/ and data/labels/ only: a run started
-    for another folder's file failed with a traceback and the file was never processed."""
-    monkeypatch.setenv("INPUT_PREFIX", "incoming/")  # once a setting: no longer read
-    results = invoke(handler, "incoming/a.csv", "data/input/a.csv")
-
-    assert [r["status"] for r in results] == ["skipped", "created"]
-    assert "INPUT_PREFIX" not in handler.ENVIRONMENT
-
-
-def test_a_labels_file_starts_a_run_of_the_same_deployment(
-    handler: ModuleType, prefect: FakePrefect
-) -> None:
-    results = invoke(handler, "data/labels/a_predictions.csv", "data/labels/old/b.csv")
-
-    assert [r["status"] for r in results] == ["created", "skipped"]
-    assert prefect.posts()[0]["body"]["parameters"]["key"] == "data/labels/a_predictions.csv"
+OUTSIDE = "key is outside 'data/input/' and 'data/labels/'"
+SUBFOLDER = "key is in a subfolder of {!r}: only files directly in it are processed"
+HIDDEN = "a hidden, temporary or partial file (.name, .tmp, .part, ~)"
 
 
 @pytest.mark.parametrize(
-    ("change", "reason"),
+    ("skipped", "reason"),
     [
         (
-            {"eventName": "ObjectRemoved:Delete"},
+            {**record("data/input/a.csv"), "eventName": "ObjectRemoved:Delete"},
             "event 'ObjectRemoved:Delete' is not an object creation",
         ),
-        ({"eventSource": "aws:sqs"}, "event source 'aws:sqs' is not aws:s3"),
+        (
+            {**record("data/input/a.csv"), "eventSource": "aws:sqs"},
+            "event source 'aws:sqs' is not aws:s3",
+        ),
+        ("data/processed/one.csv", OUTSIDE),
+        ("incoming/a.csv", OUTSIDE),
+        ("data/input/", "folder marker"),
+        ("data/input/archive/", "folder marker"),
+        ("data/input/archive/old.csv", SUBFOLDER.format("data/input/")),
+        ("data/labels/old/b.csv", SUBFOLDER.format("data/labels/")),
+        # .a.csv.x1.tmp: the temporary name the local drop writes under; ~$a.csv: Excel's
+        # owner file of an open a.csv (was errored with 14 problems, and alerted, at each opening)
+        *(
+            (f"data/input/{name}", HIDDEN)
+            for name in (".hidden.csv", ".a.csv.x1.tmp", "upload.csv.tmp", "a.csv.part")
+        ),
+        *((f"data/input/{name}", HIDDEN) for name in ("a.csv.crdownload", "a.csv~", "~$a.csv")),
     ],
 )
-def test_other_events_are_skipped(
-    handler: ModuleType, prefect: FakePrefect, change: dict, reason: str
+def test_a_record_that_is_no_new_drop_is_skipped_with_the_reason(
+    prefect: FakePrefect, skipped: Any, reason: str
 ) -> None:
-    [outcome] = invoke(handler, {**record("data/input/a.csv"), **change})
+    [outcome] = invoke(skipped)
 
-    assert outcome["status"] == "skipped"
-    assert outcome["reason"] == reason
+    assert (outcome["status"], outcome["reason"]) == ("skipped", reason)
     assert prefect.requests == []
 
 
 # --- the deployment cache (duplicates, a recreated or missing deployment: against real
 # Prefect in tests/integration/test_lambda_prefect.py) ------------------------------------
-def test_the_deployment_is_looked_up_once_while_warm(
-    handler: ModuleType, prefect: FakePrefect
-) -> None:
-    invoke(handler, "data/input/a.csv")
-    invoke(handler, "data/input/b.csv")
+def test_the_deployment_is_looked_up_once_while_warm(prefect: FakePrefect) -> None:
+    invoke("data/input/a.csv")
+    invoke("data/input/b.csv")
 
-    assert len(prefect.gets()) == 1
-    assert len(prefect.posts()) == 2
+    assert (len(prefect.gets()), len(prefect.posts())) == (1, 2)
 
 
 # --- Prefect errors -----------------------------------------------------------------------
 @pytest.mark.parametrize("status", [400, 403, 409, 422])
-def test_a_refusal_fails_the_record_without_retrying(
-    handler: ModuleType, prefect: FakePrefect, status: int
-) -> None:
-    invoke(handler, "data/input/warm.csv")  # caches the deployment
+def test_a_refusal_fails_the_record_without_retrying(prefect: FakePrefect, status: int) -> None:
+    invoke("data/input/warm.csv")  # caches the deployment
     prefect.failures = [status]
 
-    results = invoke(handler, "data/input/a.csv", "data/input/b.csv")
+    results = invoke("data/input/a.csv", "data/input/b.csv")
 
     assert results[0]["status"] == "failed"
     assert results[0]["reason"] == f"Prefect API answered HTTP {status}: injected {status}"
@@ -352,12 +344,10 @@ def test_a_refusal_fails_the_record_without_retrying(
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 408])
-def test_transient_errors_are_retried(
-    handler: ModuleType, prefect: FakePrefect, status: int
-) -> None:
+def test_transient_errors_are_retried(prefect: FakePrefect, status: int) -> None:
     prefect.failures = [status, status]  # lookup fails twice, third try answers
 
-    [outcome] = invoke(handler, "data/input/a.csv")
+    [outcome] = invoke("data/input/a.csv")
 
     assert outcome["status"] == "created"
     assert len(prefect.gets()) == 3
@@ -368,13 +358,20 @@ def test_transient_errors_are_retried(
     [("failures", [503] * 3, "HTTP 503"), ("stalls", 3, "TimeoutError")],
 )
 def test_persistent_server_errors_and_timeouts_raise_for_lambda_to_retry(
-    handler: ModuleType, prefect: FakePrefect, fault: str, injected: Any, last: str
+    prefect: FakePrefect, fault: str, injected: Any, last: str
 ) -> None:
     setattr(prefect, fault, injected)
 
-    with pytest.raises(handler.PrefectUnavailable, match=f"failed 3 times, last: {last}"):
-        invoke(handler, "data/input/a.csv")
+    with pytest.raises(trigger.PrefectUnavailable, match=f"failed 3 times, last: {last}"):
+        invoke("data/input/a.csv")
     assert prefect.posts() == []
+
+
+def test_a_refused_connection_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", f"http://{LOOPBACK}:{free_port(LOOPBACK)}/api")
+
+    with pytest.raises(trigger.PrefectUnavailable, match="Connection refused"):
+        invoke("data/input/a.csv")
 
 
 def test_one_request_with_the_default_retries_ends_within_the_lambdas_timeout() -> None:
@@ -389,31 +386,24 @@ def test_one_request_with_the_default_retries_ends_within_the_lambdas_timeout() 
 
 @pytest.mark.parametrize("fault", ["stalls", "late"])  # late: the run made, its answer late
 def test_a_timeout_is_retried_and_a_run_it_created_is_reported_created_not_a_duplicate(
-    handler: ModuleType, prefect: FakePrefect, fault: str
+    prefect: FakePrefect, fault: str
 ) -> None:
-    invoke(handler, "data/input/warm.csv")
+    invoke("data/input/warm.csv")
     setattr(prefect, fault, 1)
 
-    [outcome] = invoke(handler, "data/input/a.csv")
+    [outcome] = invoke("data/input/a.csv")
 
     assert outcome["status"] == "created"
     assert len(prefect.posts()) == 3  # warm-up, the try that timed out, the retry
     assert len(prefect.runs) == 2  # the retry got the same run back: one run for the file
 
 
-def test_a_refused_connection_raises(handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PREFECT_API_URL", f"http://{LOOPBACK}:{free_port(LOOPBACK)}/api")
-
-    with pytest.raises(handler.PrefectUnavailable, match="Connection refused"):
-        invoke(handler, "data/input/a.csv")
-
-
 def test_a_non_json_answer_names_the_likely_cause(
-    handler: ModuleType, prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
+    prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PREFECT_API_URL", prefect.url.removesuffix("/api"))  # the UI's page
 
-    [outcome] = invoke(handler, "data/input/a.csv")
+    [outcome] = invoke("data/input/a.csv")
 
     assert outcome["status"] == "failed"
     assert "is PREFECT_API_URL the API (ending in /api)?" in outcome["reason"]
@@ -432,7 +422,7 @@ def test_a_non_json_answer_names_the_likely_cause(
     ],
 )
 def test_missing_and_bad_settings_are_named(
-    handler: ModuleType, monkeypatch: pytest.MonkeyPatch, variable: str, value: Any, message: str
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: Any, message: str
 ) -> None:
     if value is None:
         monkeypatch.delenv(variable)
@@ -440,26 +430,15 @@ def test_missing_and_bad_settings_are_named(
         monkeypatch.setenv(variable, value)
 
     with pytest.raises(ValueError, match=message):
-        invoke(handler, "data/input/a.csv")
-
-
-def test_an_api_key_is_sent_as_a_bearer_token(
-    handler: ModuleType, prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The auth string's header: test_an_auth_string_in_the_environment_needs_no_secret."""
-    monkeypatch.setenv("PREFECT_API_KEY", "pnu_secret")
-
-    invoke(handler, "data/input/a.csv")
-
-    assert {r["headers"]["Authorization"] for r in prefect.requests} == {"Bearer pnu_secret"}
+        invoke("data/input/a.csv")
 
 
 def test_the_deployment_name_comes_from_the_environment(
-    handler: ModuleType, prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
+    prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PREFECT_DEPLOYMENT", "churn_prediction_pipeline/other")
 
-    [outcome] = invoke(handler, "data/input/a.csv")
+    [outcome] = invoke("data/input/a.csv")
 
     assert outcome["status"] == "failed"
     assert prefect.gets()[0]["path"] == "/api/deployments/name/churn_prediction_pipeline/other"
@@ -478,10 +457,8 @@ def test_the_deployment_name_comes_from_the_environment(
         ),
     ],
 )
-def test_a_malformed_record_fails_alone(
-    handler: ModuleType, prefect: FakePrefect, bad: Any, reason: str
-) -> None:
-    results = handler.lambda_handler(event(bad, record("data/input/a.csv")), None)["results"]
+def test_a_malformed_record_fails_alone(prefect: FakePrefect, bad: Any, reason: str) -> None:
+    results = trigger.lambda_handler(event(bad, record("data/input/a.csv")), None)["results"]
 
     assert results[0]["status"] == "failed"
     assert reason in results[0]["reason"]
@@ -490,35 +467,12 @@ def test_a_malformed_record_fails_alone(
 
 
 @pytest.mark.parametrize("bad", [{}, {"Records": "x"}, [], None])
-def test_an_event_without_records_is_refused(handler: ModuleType, bad: Any) -> None:
+def test_an_event_without_records_is_refused(bad: Any) -> None:
     with pytest.raises(ValueError, match="not an S3 event notification"):
-        handler.lambda_handler(bad, None)
+        trigger.lambda_handler(bad, None)
 
 
-@pytest.mark.parametrize(
-    "name",
-    # .a.csv.x1.tmp: the temporary name the local drop writes under; ~$a.csv: Excel's owner
-    # file of an open a.csv (was errored with 14 problems, and alerted, at each opening)
-    [
-        ".hidden.csv",
-        ".a.csv.x1.tmp",
-        "upload.csv.tmp",
-        "a.csv.part",
-        "a.csv.crdownload",
-        "a.csv~",
-        "~$a.csv",
-    ],
-)
-def test_hidden_temporary_and_partial_files_start_no_run(
-    handler: ModuleType, prefect: FakePrefect, name: str
-) -> None:
-    [outcome] = invoke(handler, f"data/input/{name}")
-    assert outcome["status"] == "skipped"
-    assert outcome["reason"].startswith("a hidden, temporary or partial file")
-    assert prefect.posts() == []
-
-
-# --- the auth string from Secrets Manager ---------------------------------------------------
+# --- the credential: an API key, an auth string, or one from Secrets Manager ----------------
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:churnops/prefect-auth-AbCdEf"
 
 
@@ -535,68 +489,73 @@ class FakeSecrets:
 
 
 @pytest.fixture
-def secrets(handler: ModuleType, monkeypatch: pytest.MonkeyPatch) -> FakeSecrets:
+def secrets(monkeypatch: pytest.MonkeyPatch) -> FakeSecrets:
     """The handler reads PREFECT_API_AUTH_STRING_SECRET_ID from a fake Secrets Manager."""
     fake = FakeSecrets()
-    monkeypatch.setattr(handler, "secrets_manager_value", fake.read)
+    monkeypatch.setattr(trigger, "secrets_manager_value", fake.read)
     monkeypatch.setenv("PREFECT_API_AUTH_STRING_SECRET_ID", SECRET_ARN)
     return fake
 
 
-def test_the_auth_string_is_read_from_the_secret_once_while_warm(
-    handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets
+@pytest.mark.parametrize(
+    ("variable", "value", "header"),
+    [
+        ("PREFECT_API_KEY", "pnu_secret", "Bearer pnu_secret"),
+        ("PREFECT_API_AUTH_STRING", "local:pass word", basic("local:pass word")),
+    ],
+)
+def test_a_credential_in_the_environment_is_sent_and_the_secret_not_read(
+    prefect: FakePrefect,
+    secrets: FakeSecrets,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    header: str,
 ) -> None:
-    invoke(handler, "data/input/a.csv")
-    invoke(handler, "data/input/b.csv")
+    monkeypatch.setenv(variable, value)
 
-    assert {r["headers"]["Authorization"] for r in prefect.requests} == {basic("churnops:s3cret")}
-    assert secrets.reads == [SECRET_ARN]
+    invoke("data/input/a.csv")
+
+    assert secrets.reads == []
+    assert prefect.authorizations() == [header, header]
 
 
-def test_the_secret_is_read_again_once_its_time_is_up(
-    handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("expired", [False, True], ids=["warm", "expired"])
+def test_the_auth_string_is_read_from_the_secret_once_until_its_time_is_up(
+    prefect: FakePrefect, secrets: FakeSecrets, monkeypatch: pytest.MonkeyPatch, expired: bool
 ) -> None:
-    monkeypatch.setattr(handler, "SECRET_TTL_SECONDS", 0.0)
-    invoke(handler, "data/input/a.csv")
+    if expired:
+        monkeypatch.setattr(trigger, "SECRET_TTL_SECONDS", 0.0)
+    invoke("data/input/a.csv")
     secrets.values[SECRET_ARN] = "churnops:rotated"
 
-    invoke(handler, "data/input/b.csv")
+    invoke("data/input/b.csv")
 
-    assert secrets.reads == [SECRET_ARN, SECRET_ARN]
-    assert prefect.posts()[-1]["headers"]["Authorization"] == basic("churnops:rotated")
+    assert secrets.reads == [SECRET_ARN] * (1 + expired)
+    last = basic("churnops:rotated" if expired else "churnops:s3cret")
+    assert prefect.authorizations() == [basic("churnops:s3cret")] * 2 + [last]
 
 
 def test_a_refused_credential_fails_the_invocation_and_the_retry_reads_the_secret_again(
-    handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets
+    prefect: FakePrefect, secrets: FakeSecrets
 ) -> None:
     prefect.failures = [401]
 
-    with pytest.raises(handler.PrefectUnauthorized, match="HTTP 401"):
-        invoke(handler, "data/input/a.csv")
+    with pytest.raises(trigger.PrefectUnauthorized, match="HTTP 401"):
+        invoke("data/input/a.csv")
     secrets.values[SECRET_ARN] = "churnops:rotated"
-    [outcome] = invoke(handler, "data/input/a.csv")
+    [outcome] = invoke("data/input/a.csv")
 
     assert outcome["status"] == "created"
     assert secrets.reads == [SECRET_ARN, SECRET_ARN]
     assert prefect.requests[-1]["headers"]["Authorization"] == basic("churnops:rotated")
 
 
-def test_an_auth_string_in_the_environment_needs_no_secret(
-    handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "local:pass word")
-
-    invoke(handler, "data/input/a.csv")
-
-    assert secrets.reads == []
-    assert {r["headers"]["Authorization"] for r in prefect.requests} == {basic("local:pass word")}
-
-
 def test_a_secret_that_is_not_an_auth_string_is_named(
-    handler: ModuleType, prefect: FakePrefect, secrets: FakeSecrets
+    prefect: FakePrefect, secrets: FakeSecrets
 ) -> None:
     secrets.values[SECRET_ARN] = "only-a-password"
 
     with pytest.raises(ValueError, match="does not hold a Prefect auth string"):
-        invoke(handler, "data/input/a.csv")
+        invoke("data/input/a.csv")
     assert prefect.requests == []
