@@ -1,8 +1,8 @@
 """Expand a panel's SQL as Grafana does before it reaches Postgres, in Grafana's order:
 template variables (a multi-value or "All" one becomes a quoted list), the backend's
-global substitutions (``$__interval``, ``$__unixEpochFrom()``, ...), then the Postgres
-macros of ``macros.go`` (``$__timeFilter``, ``$__timeGroup``, ...) with the same text.
-Anything not modelled raises :class:`UnknownMacro` rather than send half-expanded SQL.
+``$__interval``, then the Postgres macros of ``macros.go`` that the dashboard uses
+(``$__timeFilter``, ``$__timeGroupAlias``) with the same text. Anything not modelled
+raises :class:`UnknownMacro` rather than send half-expanded SQL.
 """
 
 from __future__ import annotations
@@ -86,10 +86,7 @@ def _format_interval(interval: timedelta) -> str:
 
 
 def _global_substitutions(sql: str, query: Query) -> str:
-    sql = sql.replace("$__interval_ms", str(int(query.interval / timedelta(milliseconds=1))))
-    sql = sql.replace("$__interval", _format_interval(query.interval))
-    sql = sql.replace("$__unixEpochFrom()", str(int(query.time_from.timestamp())))
-    return sql.replace("$__unixEpochTo()", str(int(query.time_to.timestamp())))
+    return sql.replace("$__interval", _format_interval(query.interval))
 
 
 def _rfc3339(stamp: datetime) -> str:
@@ -111,42 +108,21 @@ def _go_number(value: float) -> str:
 
 
 def _macros(sql: str, query: Query) -> str:
-    def evaluate(match: re.Match[str]) -> str:
-        name, args = match.group(1), [a.strip() for a in match.group(2).split(",")]
-        # macros.go: "$__timeGroup(...)," directly followed by a comma means the alias form.
-        end = sql.find(match.group(0)) + len(match.group(0))
-        if name == "__timeGroup" and sql[end : end + 1] == ",":
-            name = "__timeGroupAlias"
-        return _macro(name, args, query)
-
-    return _MACRO.sub(evaluate, sql)
+    return _MACRO.sub(lambda m: _macro(m[1], [a.strip() for a in m[2].split(",")], query), sql)
 
 
 def _macro(name: str, args: list[str], query: Query) -> str:
-    start, end = _rfc3339(query.time_from), _rfc3339(query.time_to)
     column = args[0]
-    needs_column = ("__time", "__timeEpoch", "__timeFilter", "__timeGroup", "__unixEpochFilter")
-    if name in needs_column and not column:
+    if name in ("__timeFilter", "__timeGroupAlias") and not column:
         raise UnknownMacro(f"missing time column argument for macro ${name}")
     match name:
-        case "__time":
-            return f'{column} AS "time"'
-        case "__timeEpoch":
-            return f'extract(epoch from {column}) as "time"'
         case "__timeFilter":
+            start, end = _rfc3339(query.time_from), _rfc3339(query.time_to)
             return f"{column} BETWEEN '{start}' AND '{end}'"
-        case "__timeFrom":
-            return f"'{start}'"
-        case "__timeTo":
-            return f"'{end}'"
-        case "__timeGroup" | "__timeGroupAlias":
+        case "__timeGroupAlias":
             if len(args) != 2:
                 raise UnknownMacro(f"${name} needs (column, interval); fill values not modelled")
             step = _go_number(_seconds(args[1]))
-            group = f"floor(extract(epoch from {column})/{step})*{step}"
-            return group + (' AS "time"' if name == "__timeGroupAlias" else "")
-        case "__unixEpochFilter":
-            low, high = int(query.time_from.timestamp()), int(query.time_to.timestamp())
-            return f"{column} >= {low} AND {column} <= {high}"
+            return f'floor(extract(epoch from {column})/{step})*{step} AS "time"'
         case _:
             raise UnknownMacro(f"unknown macro ${name}")
