@@ -202,14 +202,11 @@ def _spelled_twice(known: dict[str, str]) -> list[str]:
 def _misspellings(passthrough: Sequence[str], missing: Sequence[str]) -> list[str]:
     """Name the pass-through column that looks like a missing one ('Complaints', 'Complains')."""
     raw_of = {clean: raw for raw, clean in RAW_COLUMNS.items()}
-    hints = []
-    for raw in passthrough:
-        close = difflib.get_close_matches(clean_name(raw), missing, n=1, cutoff=0.8)
-        if close:
-            hints.append(
-                f"column '{raw}' is no feature or label: is it '{raw_of[close[0]]}' misspelled?"
-            )
-    return hints
+    return [
+        f"column '{raw}' is no feature or label: is it '{raw_of[close[0]]}' misspelled?"
+        for raw in passthrough
+        if (close := difflib.get_close_matches(clean_name(raw), missing, n=1, cutoff=0.8))
+    ]
 
 
 def id_key(name: str) -> str:
