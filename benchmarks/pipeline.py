@@ -33,6 +33,8 @@ SOURCE = "customer_churn_1.csv"
 #: rows -> (seconds, peak RSS MB) targets of the flow; None: not targeted.
 TARGETS = {1_000_000: (5.0, None), 10_000_000: (40.0, 1536.0)}
 TARGET_RATIO = 2.5
+#: How a missed target is printed: seconds, peak RSS, ratio (the order of the limits).
+MISS_FORMATS = ("{:.1f} s", "{:.0f} MB", "ratio {:.2f}")
 CHILD_TIMEOUT = 1800
 
 
@@ -130,15 +132,10 @@ def print_table(results: list[tuple[int, dict, dict]]) -> None:
         ratio = pipe["seconds"] / floor["seconds"]
         limits = (*TARGETS[rows], TARGET_RATIO) if rows in TARGETS else ()
         target = " / ".join("-" if limit is None else f"<= {limit:g}" for limit in limits)
-        measured = (
-            f"{pipe['seconds']:.1f} s",
-            f"{pipe['peak_rss_mb']:.0f} MB",
-            f"ratio {ratio:.2f}",
-        )
         values = (pipe["seconds"], pipe["peak_rss_mb"], ratio)
         misses += [
-            f"{rows:,} rows: {text}"
-            for text, value, limit in zip(measured, values, limits, strict=False)
+            f"{rows:,} rows: " + form.format(value)
+            for form, value, limit in zip(MISS_FORMATS, values, limits, strict=False)
             if limit is not None and value > limit
         ]
         print(

@@ -81,12 +81,9 @@ def split(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def write_split(raw: bytes, target_dir: Path) -> list[Path]:
     """Check the UCI file and write the split files with the original header."""
     target_dir.mkdir(parents=True, exist_ok=True)
-    written = []
     for name, part in split(check_uci(raw)).items():
-        path = target_dir / name
-        part.to_csv(path, index=False)
-        written.append(path)
-    return written
+        part.to_csv(target_dir / name, index=False)
+    return [target_dir / name for name in SPLIT_FILES]
 
 
 def copy_from(source_dir: Path, target_dir: Path) -> list[Path]:
@@ -96,12 +93,10 @@ def copy_from(source_dir: Path, target_dir: Path) -> list[Path]:
     if missing:
         raise DataFetchError(f"{source_dir} lacks {', '.join(missing)}")
     target_dir.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for path in files:
-        destination = target_dir / path.name
+    copied = [target_dir / path.name for path in files]
+    for path, destination in zip(files, copied, strict=True):
         if path.resolve() != destination.resolve():
             shutil.copyfile(path, destination)
-        copied.append(destination)
     return copied
 
 

@@ -169,7 +169,8 @@ class CustomerReader:
             yield from self._csv_chunks(self._stream)
 
     def _gzip_chunks(self) -> Iterator[pd.DataFrame]:
-        unpacked = _buffered(self._bounded(gzip.GzipFile(fileobj=self._stream, mode="rb")))
+        gzipped = gzip.GzipFile(fileobj=self._stream, mode="rb")
+        unpacked = _buffered(_Bounded(gzipped, self._spend, self.name))
         try:
             head = unpacked.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
             _reject_other_formats(head, unpacked, self.name)
@@ -211,7 +212,7 @@ class CustomerReader:
 
     def _csv_chunks(self, stream: io.BufferedReader) -> Iterator[pd.DataFrame]:
         if not isinstance(stream.raw, _Bounded):  # gzip is bounded where it is unpacked
-            stream = _buffered(self._bounded(stream))
+            stream = _buffered(_Bounded(stream, self._spend, self.name))
         head = stream.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
         encoding, codec = self._encoding(head)
         text_head = head.decode(codec, errors="ignore").removeprefix("\ufeff")
@@ -257,9 +258,6 @@ class CustomerReader:
             "keep_default_na": False,
             "usecols": (lambda c: c in wanted) if wanted else None,
         }
-
-    def _bounded(self, stream: IO[bytes]) -> _Bounded:
-        return _Bounded(stream, self._spend, self.name)
 
     def _spend(self, size: int) -> None:
         self._decoded += size

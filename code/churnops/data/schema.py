@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from pandera.errors import SchemaErrors
 
 from churnops.results import PREDICTION, PROBABILITY
 
@@ -202,14 +201,11 @@ def _spelled_twice(known: dict[str, str]) -> list[str]:
 def _misspellings(passthrough: Sequence[str], missing: Sequence[str]) -> list[str]:
     """Name the pass-through column that looks like a missing one ('Complaints', 'Complains')."""
     raw_of = {clean: raw for raw, clean in RAW_COLUMNS.items()}
-    hints = []
-    for raw in passthrough:
-        close = difflib.get_close_matches(clean_name(raw), missing, n=1, cutoff=0.8)
-        if close:
-            hints.append(
-                f"column '{raw}' is no feature or label: is it '{raw_of[close[0]]}' misspelled?"
-            )
-    return hints
+    return [
+        f"column '{raw}' is no feature or label: is it '{raw_of[close[0]]}' misspelled?"
+        for raw in passthrough
+        if (close := difflib.get_close_matches(clean_name(raw), missing, n=1, cutoff=0.8))
+    ]
 
 
 def id_key(name: str) -> str:
@@ -277,7 +273,6 @@ def sample_text(values: object, limit: int = 5) -> str:
 
 def shorten(value: object, limit: int = 60) -> str:
     """A value as a message shows it: 9, not 9.0; over ``limit`` characters cut."""
-
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         value = int(value)
     text = str(value)
@@ -285,13 +280,3 @@ def shorten(value: object, limit: int = 60) -> str:
         return text
     cut = f"... ({len(text):,} characters)"
     return text[: max(limit - len(cut), 10)] + cut  # at most ``limit``: shortening it keeps it
-
-
-def validate(
-    df: pd.DataFrame, *, require_target: bool = False, source: str = "file"
-) -> pd.DataFrame:
-    """Return the typed frame, or raise one error naming every problem."""
-    try:
-        return build_schema(require_target).validate(df, lazy=True)
-    except SchemaErrors as exc:
-        raise DataValidationError(describe_failures(exc.failure_cases), source) from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import timeit
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -182,12 +182,7 @@ def stored_params(study: optuna.Study, features: list[str]) -> dict[str, Any] | 
 
 def fastest(work: Callable[[], object], repeats: int = 3) -> float:
     """Seconds of the fastest of ``repeats`` calls: the one least disturbed by other work."""
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        timings.append(time.perf_counter() - started)
-    return min(timings)
+    return min(timeit.repeat(work, number=1, repeat=repeats))
 
 
 def inference_costs(

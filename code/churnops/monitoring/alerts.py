@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
-from tenacity import Retrying
-
 from churnops import retry
 from churnops.results import PREDICTION, MonitoringResult
 from churnops.settings import AlertSettings, MonitoringSettings
@@ -260,8 +258,12 @@ def send_alert(alert: Alert, alerts: AlertSettings) -> list[str]:
     delivered: list[str] = []
     failures: dict[str, str] = {}
     for channel, send in channels.items():
+        retrying = retry.call(
+            lambda exc: not isinstance(exc, PERMANENT_ERRORS),
+            log=logging.getLogger(f"{__name__}.{channel}"),
+        )
         try:
-            _retrying(channel)(send)
+            retrying(send)
         except Exception as exc:
             log.error("alert %r: %s failed after retries: %s", alert.subject, channel, exc)
             failures[channel] = f"{type(exc).__name__}: {exc}"
@@ -270,13 +272,6 @@ def send_alert(alert: Alert, alerts: AlertSettings) -> list[str]:
     if failures:
         raise AlertDeliveryError(failures, delivered)
     return delivered
-
-
-def _retrying(channel: str) -> Retrying:
-    return retry.call(
-        lambda exc: not isinstance(exc, PERMANENT_ERRORS),
-        log=logging.getLogger(f"{__name__}.{channel}"),
-    )
 
 
 def _append_log(alert: Alert, alerts: AlertSettings) -> None:
@@ -349,7 +344,6 @@ def _send_email(alert: Alert, alerts: AlertSettings) -> None:
 
 def _on_this_machine(host: str) -> bool:
     """A loopback relay: a login needs no TLS there."""
-
     try:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except OSError:

@@ -288,5 +288,4 @@ def publish(
 
 def local_report_url(platform: PlatformSettings, project: UUID, snapshot: UUID) -> str:
     """Where ``evidently ui`` serving the local workspace shows the snapshot."""
-
     return f"http://{platform.platform_host}:{platform.evidently_port}/projects/{project}/reports/{snapshot}"

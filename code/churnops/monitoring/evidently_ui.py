@@ -166,29 +166,21 @@ OVERVIEW_TAB = "Overview"
 def dashboard_panels(model_tags: Sequence[str]) -> list[DashboardPanelPlot]:
     """Drifted share, rows per file, attribution NDCG; quality over time per model version
     (``model_tags``: the ``<model>:v<version>`` tags runs carry)."""
+
+    def metric(name: str, legend: str, **labels: str) -> list[PanelMetric]:
+        return [PanelMetric(metric=name, metric_labels=labels, legend=legend)]
+
     panels = [
         line_plot_panel(
             "Drifted feature share",
-            [
-                PanelMetric(
-                    metric="DriftedFeatures", metric_labels={"value_type": "share"}, legend="share"
-                )
-            ],
+            metric("DriftedFeatures", "share", value_type="share"),
             description="Share of the features whose drift test failed, per file",
             size="half",
         ),
-        bar_plot_panel(
-            "Rows per file",
-            [PanelMetric(metric="FileValue", metric_labels={"what": ROWS}, legend="rows")],
-            size="half",
-        ),
+        bar_plot_panel("Rows per file", metric("FileValue", "rows", what=ROWS), size="half"),
         line_plot_panel(
             "Attribution NDCG",
-            [
-                PanelMetric(
-                    metric="FileValue", metric_labels={"what": ATTRIBUTION_NDCG}, legend="NDCG"
-                )
-            ],
+            metric("FileValue", "NDCG", what=ATTRIBUTION_NDCG),
             description="1: the model leans on the features in the reference's order",
             size="half",
         ),

@@ -256,7 +256,7 @@ def make_engine(
     # all_or_nothing: transactions left to SQLAlchemy, taken at once (:func:`_all_or_nothing`)
     own = {"isolation_level": None} if all_or_nothing else {}
     engine = create_engine(url, connect_args={"timeout": timeout} | own)
-    event.listen(engine, "connect", _sqlite_foreign_keys)
+    event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA foreign_keys = ON"))
     if all_or_nothing:
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return engine
@@ -280,10 +280,6 @@ def _wait_bounded(conn: Any) -> None:
             raise psycopg2.OperationalError(f"unexpected poll state {state}")
         reading = [conn.fileno()] if state == POLL_READ else []
         _select.select(reading, [] if reading else [conn.fileno()], [], left)
-
-
-def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.execute("PRAGMA foreign_keys = ON")
 
 
 def fitted(table: Table, row: dict[str, Any]) -> dict[str, Any]:
@@ -383,17 +379,19 @@ class MetricsStore:
         """One transaction, retried while the database is unreachable; the rows it hit."""
         return self._retry(self._execute, statement, rows)
 
-    def _write_once(self, stored: Any, statement: Any, rows: Any) -> None:
-        """:meth:`_write` of rows stored once, unless the query ``stored`` finds them: a
+    def _write_once(self, table: Table, column: str, key: str, rows: list[dict]) -> int:
+        """Insert ``rows`` into ``table`` unless it holds rows whose ``column`` is ``key``: a
         connection lost after the server committed but before its answer arrived fails the
-        try that stored them, and the retry must not store them again."""
+        try that stored them, and the retry must not store them again. How many rows."""
+        stored = select(table.c.id).where(table.c[column] == key).limit(1)
 
         def once() -> None:
             with self.engine.begin() as conn:
-                if conn.execute(stored.limit(1)).first() is None:
-                    conn.execute(statement, rows)
+                if conn.execute(stored).first() is None:
+                    conn.execute(insert(table), [fitted(table, row) for row in rows])
 
         self._retry(once)
+        return len(rows)
 
     def finish_run(
         self,
@@ -438,9 +436,7 @@ class MetricsStore:
             {"label": None, "method": None, "threshold": None, **row, **stamp}
             for row in metric_rows(result, thresholds)
         ]
-        stored = select(run_metrics.c.id).where(run_metrics.c.run_id == run_id)
-        self._write_once(stored, insert(run_metrics), rows)
-        return len(rows)
+        return self._write_once(run_metrics, "run_id", run_id, rows)
 
     def record_realized(
         self,
@@ -469,13 +465,7 @@ class MetricsStore:
             {**common, "metric": metric, "value": value, "threshold": limits.get(metric)}
             for metric, value in scores.items()
         ]
-        stored = select(realized_scores.c.id).where(
-            realized_scores.c.labels_run_id == labels_run_id
-        )
-        self._write_once(
-            stored, insert(realized_scores), [fitted(realized_scores, r) for r in rows]
-        )
-        return len(rows)
+        return self._write_once(realized_scores, "labels_run_id", labels_run_id, rows)
 
     def realized(self, run_id: str | None = None) -> pd.DataFrame:
         """Realized scores (of one scoring run, or all), oldest labels first."""
@@ -611,7 +601,12 @@ def upgrade(engine: Engine) -> None:
         migrating = _all_or_nothing(engine)
         try:
             with migrating.begin() as conn:
-                _one_migration_at_a_time(conn)
+                # Postgres: this transaction waits for any other migration first. Two runners'
+                # first files on a fresh database both found no tables, and the second's CREATE
+                # TABLE failed on pg_type's unique index. SQLite: BEGIN IMMEDIATE does it.
+                if conn.dialect.name == "postgresql":
+                    lock = {"key": MIGRATION_LOCK_KEY}
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), lock)
                 config.attributes["connection"] = conn
                 tables = set(inspect(conn).get_table_names())
                 if "alembic_version" not in tables and pipeline_runs.name in tables:
@@ -626,14 +621,6 @@ def upgrade(engine: Engine) -> None:
 #: Postgres advisory lock of the migrations ("churnops" + 1; db_roles holds "churnops"
 #: itself while it migrates, on another connection).
 MIGRATION_LOCK_KEY = 0x636875726E6F7074
-
-
-def _one_migration_at_a_time(conn: Any) -> None:
-    """Postgres: the migration's transaction waits for any other first. Two runners' first
-    files on a fresh database both found no tables, and the second's CREATE TABLE failed on
-    pg_type's unique index (an IntegrityError, the file retried). SQLite: BEGIN IMMEDIATE."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
 def _all_or_nothing(engine: Engine) -> Engine:
