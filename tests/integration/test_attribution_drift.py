@@ -4,6 +4,7 @@ on the reference) the feature the model leans on most; synthetic file 1 moves no
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -11,11 +12,10 @@ import pytest
 
 from churnops.data.features import FEATURES
 from churnops.data.schema import RAW_COLUMNS
-from churnops.drop.storage import open_storage, stage_key
 from churnops.monitoring.attribution import importance_order, ordinal, reference_importance
 from churnops.monitoring.metrics_db import ATTRIBUTION, ATTRIBUTION_RANK, MetricsStore
-from churnops.pipeline import per_file
 from churnops.results import ATTRIBUTION_NDCG
+from tests.fixtures.model import drop_and_process, session_drop
 
 pytestmark = pytest.mark.integration
 
@@ -28,26 +28,22 @@ MINIMUM = 0.97
 @pytest.fixture(scope="module")
 def processed(session_scoring, data_dir: Path, postgres_url: str, tmp_path_factory):
     """Both files through ``per_file.process``: file name -> (outcome, its metric rows)."""
-    settings, _ = session_scoring
-    settings = settings.replace(
-        churnops_home=tmp_path_factory.mktemp("attribution-home"),
-        evidently_ui_url=None,
+    settings, storage = session_drop(
+        session_scoring,
+        tmp_path_factory.mktemp("attribution-home"),
         database_url=postgres_url,
         min_attribution_ndcg=MINIMUM,
     )
-    storage = open_storage(settings.drop)
     raw = pd.read_csv(data_dir / "customer_churn_1.csv")
     complains = next(raw_name for raw_name, clean in RAW_COLUMNS.items() if clean == "complains")
     raw[complains] = 1 - raw[complains]
-    storage.create(stage_key("input", DRIFTED), raw.to_csv(index=False).encode())
-    storage.create(stage_key("input", UNDRIFTED), (data_dir / UNDRIFTED).read_bytes())
-    store = MetricsStore(postgres_url)
+    drifted, undrifted = raw.to_csv(index=False).encode(), (data_dir / UNDRIFTED).read_bytes()
     done = {}
-    for name in (DRIFTED, UNDRIFTED):
-        outcome = per_file.process(settings, storage, stage_key("input", name))
-        assert outcome.status == "processed", outcome.message
-        done[name] = (outcome, store.metrics(outcome.run_id))
-    store.close()
+    with closing(MetricsStore(postgres_url)) as store:
+        for name, data in ((DRIFTED, drifted), (UNDRIFTED, undrifted)):
+            outcome = drop_and_process(settings, storage, name, data)
+            assert outcome.status == "processed", outcome.message
+            done[name] = (outcome, store.metrics(outcome.run_id))
     return settings, storage, done
 
 

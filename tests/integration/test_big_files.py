@@ -15,12 +15,12 @@ import pytest
 from churnops.data import reading
 from churnops.data.reading import CHUNK_ROWS, load_customer_file
 from churnops.data.schema import RAW_COLUMNS
-from churnops.drop.storage import PART_BYTES, DropStorage, S3DropStorage, s3_client, stage_key
+from churnops.drop.storage import PART_BYTES, DropStorage, S3DropStorage, s3_client
 from churnops.model.churn_model import LoadedModel
 from churnops.monitoring.drift import run_monitoring
-from churnops.pipeline import per_file
 from churnops.pipeline.scoring import DRIFT_SAMPLE_ROWS, SAMPLE_SEED, DriftSample
 from churnops.settings import Settings
+from tests.fixtures.model import drop_and_process
 
 pytestmark = pytest.mark.integration
 
@@ -98,9 +98,7 @@ def test_a_big_file_streams_through_s3_with_its_outputs_in_parts(
         data = buffer.getvalue()
     storage = S3DropStorage(moto_bucket, s3_client(moto_server))
     name = f"everyone.{packing}"
-    storage.create(stage_key("input", name), data)
-
-    outcome = per_file.process(settings, storage, stage_key("input", name))
+    outcome = drop_and_process(settings, storage, name, data)
 
     assert outcome.status == "processed", outcome.message
     assert outcome.predictions_key is not None
@@ -124,9 +122,7 @@ def test_a_bad_row_in_a_later_chunk_errors_the_file_with_nothing_written(
     monkeypatch.setattr(reading, "CHUNK_ROWS", 300)
     lines = (data_dir / FILES[0]).read_text().splitlines()
     lines[1000] = lines[1000].replace(",", ",x", 1)  # file line 1001, in the fourth chunk
-    storage.create(stage_key("input", "late.csv"), ("\n".join(lines) + "\n").encode())
-
-    outcome = per_file.process(settings, storage, stage_key("input", "late.csv"))
+    outcome = drop_and_process(settings, storage, "late.csv", ("\n".join(lines) + "\n").encode())
 
     assert outcome.status == "errored"
     assert "(lines 1001)" in outcome.message
@@ -152,9 +148,7 @@ def test_unreadable_files_are_errored_not_retried(
     scoring_drop: tuple[Settings, DropStorage], name: str, data: bytes, reason: str
 ) -> None:
     settings, storage = scoring_drop
-    storage.create(stage_key("input", name), data)
-
-    outcome = per_file.process(settings, storage, stage_key("input", name))
+    outcome = drop_and_process(settings, storage, name, data)
 
     assert outcome.status == "errored", outcome.message
     assert reason in outcome.message

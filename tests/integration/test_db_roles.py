@@ -9,20 +9,19 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from psycopg2 import errors
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from churnops.monitoring.db_roles import Kind, Role, ensure_role
 from churnops.monitoring.metrics_db import DASHBOARD_TABLES, MetricsStore, metadata
-from churnops.results import MonitoringResult
+from tests.fixtures.postgres import NO_DRIFT, PostgresCluster, processed_run, refused
 from tests.processes import run_python
 
 pytestmark = pytest.mark.integration
@@ -35,18 +34,22 @@ NOT_FOR_DASHBOARDS = "locks"
 
 @dataclass(frozen=True)
 class Platform:
-    """The administrator's URL and the four services' roles."""
+    """The administrator's URL and the four services' roles. Its engines keep no pool
+    (NullPool): nothing to dispose of."""
 
     admin: URL
     metrics: str
     roles: dict[str, Role]
 
-    def login(self, service: str, database: str | None = None) -> Engine:
+    def url(self, service: str, database: str | None = None, **parts: str) -> URL:
+        """The service's login, to its own database unless ``database`` is given."""
         role = self.roles[service]
-        url = self.admin.set(
-            username=role.name, password=role.password, database=database or role.database
+        return self.admin.set(
+            username=role.name, password=role.password, database=database or role.database, **parts
         )
-        return create_engine(url, poolclass=NullPool)
+
+    def login(self, service: str, database: str | None = None) -> Engine:
+        return create_engine(self.url(service, database), poolclass=NullPool)
 
 
 def _init(admin: URL, roles: dict[str, Role]) -> subprocess.CompletedProcess[str]:
@@ -70,14 +73,10 @@ def _init(admin: URL, roles: dict[str, Role]) -> subprocess.CompletedProcess[str
 
 
 @pytest.fixture(scope="module")
-def platform(postgres_url: str) -> Iterator[Platform]:
+def platform(postgres_cluster: PostgresCluster) -> Platform:
     """A fresh metrics database, then the bootstrap twice (every apply runs it)."""
-    root = make_url(postgres_url)
-    metrics = f"metrics_{SUFFIX}"
-    engine = create_engine(root, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{metrics}"'))
-    admin = root.set(database=metrics)
+    admin = make_url(postgres_cluster.new_database("metrics"))
+    metrics = admin.database or ""
     roles = {
         "worker": Role(Kind.WRITER, f"flow_{SUFFIX}", "flow-pw", metrics),
         "grafana": Role(Kind.READER, f"grafana_{SUFFIX}", "grafana-pw", metrics),
@@ -91,14 +90,7 @@ def platform(postgres_url: str) -> Iterator[Platform]:
             assert f"{role.kind} role {role.name} ready" in run.stdout
             assert role.password not in run.stdout + run.stderr
         assert admin.password not in run.stdout + run.stderr
-    yield Platform(admin, metrics, roles)
-    engine.dispose()
-
-
-def _refused(engine: Engine, statement: str) -> None:
-    with engine.connect() as conn, pytest.raises(ProgrammingError) as caught:
-        conn.execute(text(statement))
-    assert isinstance(caught.value.orig, errors.InsufficientPrivilege), statement
+    return Platform(admin, metrics, roles)
 
 
 def _cannot_connect(engine: Engine) -> None:
@@ -107,84 +99,61 @@ def _cannot_connect(engine: Engine) -> None:
 
 
 def test_the_flow_writes_runs_and_metrics_through_metrics_store(platform: Platform) -> None:
-    role = platform.roles["worker"]
-    url = platform.admin.set(username=role.name, password=role.password)
-    store = MetricsStore(url)  # its upgrade finds the schema at head: no DDL
-    try:
-        run_id = store.start_run(file_name="a.csv", bucket="b", object_key="data/processing/a")
-        store.record_result(
-            run_id,
-            MonitoringResult(
-                rows=3, drifted_count=0, drifted_share=0.0, columns=[], predicted_churn_rate=0.1
-            ),
-        )
-        store.finish_run(run_id, "processed", rows=3, model_name="m", model_version="1")
+    # its upgrade finds the schema at head: no DDL
+    with closing(MetricsStore(platform.url("worker"))) as store:
+        run_id = processed_run(store, "a.csv", NO_DRIFT)
         assert store.acquire_lock("retrain", "me", 60)
         store.release_lock("retrain", "me")
         assert list(store.runs()["id"]) == [run_id]
-    finally:
-        store.close()
 
 
 def test_the_flow_cannot_delete_change_the_schema_or_reach_other_databases(
     platform: Platform,
 ) -> None:
     writer = platform.login("worker")
-    try:
-        for statement in (
-            "DELETE FROM pipeline_runs",
-            "CREATE TABLE intruder (id int)",
-            "DROP TABLE run_metrics",
-            "ALTER TABLE pipeline_runs ADD COLUMN x int",
-            "UPDATE alembic_version SET version_num = 'x'",
-            "CREATE TEMP TABLE scratch (id int)",
-        ):
-            _refused(writer, statement)
-    finally:
-        writer.dispose()
+    for statement in (
+        "DELETE FROM pipeline_runs",
+        "CREATE TABLE intruder (id int)",
+        "DROP TABLE run_metrics",
+        "ALTER TABLE pipeline_runs ADD COLUMN x int",
+        "UPDATE alembic_version SET version_num = 'x'",
+        "CREATE TEMP TABLE scratch (id int)",
+    ):
+        refused(writer, statement)
     for other in ("mlflow", "prefect"):
         _cannot_connect(platform.login("worker", platform.roles[other].database))
 
 
 def test_grafana_reads_the_dashboard_tables_and_nothing_else(platform: Platform) -> None:
     """SELECT on DASHBOARD_TABLES only: not on another table, nor on one made later."""
-    admin = create_engine(platform.admin, poolclass=NullPool)
-    with admin.begin() as conn:
+    with create_engine(platform.admin, poolclass=NullPool).begin() as conn:
         conn.execute(text("CREATE TABLE later_metrics (value float)"))
-    admin.dispose()
     reader = platform.login("grafana")
-    try:
-        with reader.connect() as conn:
-            for table in DASHBOARD_TABLES:
-                conn.execute(text(f"SELECT count(*) FROM {table.name}")).scalar()
-        assert NOT_FOR_DASHBOARDS in metadata.tables
-        assert NOT_FOR_DASHBOARDS not in {t.name for t in DASHBOARD_TABLES}
-        for statement in (
-            f"SELECT * FROM {NOT_FOR_DASHBOARDS}",
-            "SELECT * FROM later_metrics",
-            "SELECT * FROM alembic_version",
-            "INSERT INTO run_metrics (run_id, metric, value, recorded_at) "
-            "VALUES ('x', 'm', 1, now())",
-            "UPDATE pipeline_runs SET status = 'failed'",
-            "DELETE FROM run_metrics",
-            "CREATE TABLE intruder (id int)",
-        ):
-            _refused(reader, statement)
-    finally:
-        reader.dispose()
+    with reader.connect() as conn:
+        for table in DASHBOARD_TABLES:
+            conn.execute(text(f"SELECT count(*) FROM {table.name}")).scalar()
+    assert NOT_FOR_DASHBOARDS in metadata.tables
+    assert NOT_FOR_DASHBOARDS not in {t.name for t in DASHBOARD_TABLES}
+    for statement in (
+        f"SELECT * FROM {NOT_FOR_DASHBOARDS}",
+        "SELECT * FROM later_metrics",
+        "SELECT * FROM alembic_version",
+        "INSERT INTO run_metrics (run_id, metric, value, recorded_at) VALUES ('x', 'm', 1, now())",
+        "UPDATE pipeline_runs SET status = 'failed'",
+        "DELETE FROM run_metrics",
+        "CREATE TABLE intruder (id int)",
+    ):
+        refused(reader, statement)
     _cannot_connect(platform.login("grafana", platform.roles["mlflow"].database))
 
 
 def test_mlflow_and_prefect_own_their_database_and_reach_no_other(platform: Platform) -> None:
     for service, other in (("mlflow", "prefect"), ("prefect", "mlflow")):
         owner = platform.login(service)
-        try:
-            with owner.begin() as conn:  # what their servers' migrations do
-                conn.execute(text("CREATE TABLE experiments (id serial PRIMARY KEY, name text)"))
-                conn.execute(text("INSERT INTO experiments (name) VALUES ('churn')"))
-                conn.execute(text("DROP TABLE experiments"))
-        finally:
-            owner.dispose()
+        with owner.begin() as conn:  # what their servers' migrations do
+            conn.execute(text("CREATE TABLE experiments (id serial PRIMARY KEY, name text)"))
+            conn.execute(text("INSERT INTO experiments (name) VALUES ('churn')"))
+            conn.execute(text("DROP TABLE experiments"))
         _cannot_connect(platform.login(service, platform.roles[other].database))
         _cannot_connect(platform.login(service, platform.metrics))
 
@@ -193,19 +162,9 @@ def test_prefect_and_mlflow_migrate_their_own_database_as_their_role(
     platform: Platform, tmp_path: Path
 ) -> None:
     """What the servers do at their first start, with the URL their secret holds."""
-    prefect, mlflow = platform.roles["prefect"], platform.roles["mlflow"]
-    as_prefect = platform.admin.set(
-        drivername="postgresql+asyncpg",
-        username=prefect.name,
-        password=prefect.password,
-        database=prefect.database,
-    )
-    as_mlflow = platform.admin.set(
-        drivername="postgresql+psycopg2",
-        username=mlflow.name,
-        password=mlflow.password,
-        database=mlflow.database,
-    )
+    prefect = platform.roles["prefect"]
+    as_prefect = platform.url("prefect", drivername="postgresql+asyncpg")
+    as_mlflow = platform.url("mlflow", drivername="postgresql+psycopg2")
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect"),
@@ -217,15 +176,12 @@ def test_prefect_and_mlflow_migrate_their_own_database_as_their_role(
     ):
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
-    engine = create_engine(platform.admin.set(database=prefect.database), poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            owners = conn.execute(
-                text("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")
-            ).scalars()
-            assert list(owners) == [prefect.name]
-    finally:
-        engine.dispose()
+    as_admin = platform.admin.set(database=prefect.database)
+    with create_engine(as_admin, poolclass=NullPool).connect() as conn:
+        owners = conn.execute(
+            text("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")
+        ).scalars()
+        assert list(owners) == [prefect.name]
 
 
 def test_a_password_from_a_new_secret_replaces_the_old_one(platform: Platform) -> None:
@@ -244,15 +200,11 @@ def test_a_password_from_a_new_secret_replaces_the_old_one(platform: Platform) -
 
 def test_no_password_is_sent_as_text(platform: Platform) -> None:
     """The server keeps a SCRAM verifier computed by the client, not the password."""
-    engine = create_engine(platform.admin, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            stored = conn.execute(
-                text("SELECT rolpassword FROM pg_authid WHERE rolname = :r"),
-                {"r": platform.roles["worker"].name},
-            ).scalar()
-    finally:
-        engine.dispose()
+    with create_engine(platform.admin, poolclass=NullPool).connect() as conn:
+        stored = conn.execute(
+            text("SELECT rolpassword FROM pg_authid WHERE rolname = :r"),
+            {"r": platform.roles["worker"].name},
+        ).scalar()
     assert stored.startswith("SCRAM-SHA-256$")
 
 
@@ -284,15 +236,11 @@ def test_a_role_made_before_loses_what_its_kind_does_not_need(platform: Platform
             {"r": role.name},
         ).one()
         conn.execute(text(f"ALTER ROLE {role.name} REPLICATION"))
-    admin.dispose()
     assert tuple(kept) == (False, False, 0)
     reader = create_engine(
         platform.admin.set(username=role.name, password=role.password), poolclass=NullPool
     )
-    try:
-        _refused(reader, "DELETE FROM run_metrics")
-        _refused(reader, f"SELECT * FROM {NOT_FOR_DASHBOARDS}")
-    finally:
-        reader.dispose()
+    refused(reader, "DELETE FROM run_metrics")
+    refused(reader, f"SELECT * FROM {NOT_FOR_DASHBOARDS}")
     with pytest.raises(ValueError, match="may replicate"):
         ensure_role(platform.admin, role)

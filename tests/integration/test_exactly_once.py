@@ -23,7 +23,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +63,6 @@ from tests.exactly_once import (
     read_flow_runs,
 )
 from tests.fixtures.evidently_ui import SECRET as EVIDENTLY_SECRET
-from tests.fixtures.evidently_ui import EvidentlyUI
-from tests.fixtures.mlflow_server import MlflowServer
-from tests.fixtures.postgres import PostgresCluster
 from tests.processes import LOOPBACK, at_once
 
 pytestmark = pytest.mark.integration
@@ -92,9 +88,13 @@ class World:
     def runs(self) -> pd.DataFrame:
         return pipeline_runs(self.settings.monitoring.metrics_db_url)
 
-    def process(self, key: str, steps: per_file.Steps = flow.STEPS) -> per_file.FileOutcome:
-        """One trigger: a flow run of ``churn_prediction_pipeline`` for ``key``."""
-        outcome, flow_run_id = _run_flow(self.patch, self.settings, self.storage, key, steps)
+    def process(
+        self, key: str, steps: per_file.Steps = flow.STEPS, storage: Any = None
+    ) -> per_file.FileOutcome:
+        """One trigger: a flow run of ``churn_prediction_pipeline`` for ``key`` (on
+        ``storage``, a wrapper of this world's, if given)."""
+        storage = storage or self.storage
+        outcome, flow_run_id = _run_flow(self.patch, self.settings, storage, key, steps)
         self.flow_runs.append(flow_run_id)
         return outcome
 
@@ -153,6 +153,17 @@ def _quick(patch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return patch
 
 
+def _s3_storage(request: pytest.FixtureRequest, versioned: bool) -> S3DropStorage:
+    """A new moto bucket, versioned or not."""
+    endpoint = request.getfixturevalue("moto_server")
+    bucket = request.getfixturevalue("moto_bucket")
+    if versioned:
+        boto3.client("s3", endpoint_url=endpoint).put_bucket_versioning(
+            Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
+    return S3DropStorage(bucket, s3_client(endpoint))
+
+
 @pytest.fixture(params=STORAGES)
 def world(
     request: pytest.FixtureRequest,
@@ -165,20 +176,16 @@ def world(
     """Local folder + SQLite, or a versioned moto bucket + Postgres."""
     if request.param == "local":
         return _local_world(_settings(tmp_path, mlflow_server, session_model), monkeypatch)
-    endpoint = request.getfixturevalue("moto_server")
-    bucket = request.getfixturevalue("moto_bucket")
-    boto3.client("s3", endpoint_url=endpoint).put_bucket_versioning(
-        Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
-    )
+    storage = _s3_storage(request, versioned=True)
     settings = _settings(
         tmp_path,
         mlflow_server,
         session_model,
         drop_storage="s3",
-        drop_bucket=bucket,
+        drop_bucket=storage.bucket,
         database_url=postgres_url,
     )
-    return World(settings, Drops(S3DropStorage(bucket, s3_client(endpoint))), _quick(monkeypatch))
+    return World(settings, Drops(storage), _quick(monkeypatch))
 
 
 def _local_world(settings: Settings, patch: pytest.MonkeyPatch) -> World:
@@ -212,6 +219,8 @@ KILL_POINTS = [
     "report: lease closed, flow run not told",
 ]
 
+
+NOT_A_CHURN_FILE = b"not,a,churn\nfile,at,all\n"
 
 #: Points after which nothing is left to re-drive: only the records are settled.
 AFTER_THE_WORK = ("release", "report")
@@ -356,7 +365,7 @@ def test_an_invalid_file_killed_before_its_release_ends_errored_in_every_record(
 ) -> None:
     """The file left processing/ before the kill: nothing to re-drive, and its row, stage
     and log say errored."""
-    key = world.drops.drop("invalid.csv", b"not,a,churn\nfile,at,all\n")
+    key = world.drops.drop("invalid.csv", NOT_A_CHURN_FILE)
     _run_killed(world, (key, "release: all done, lease not closed"))
     assert world.reconcile() == []
     world.check(settled=True, invalid=1)
@@ -440,76 +449,86 @@ def test_killed_churnops_process_is_recovered_by_running_it_again(
 
 
 # --- outages: a dependency down is not a bad file ---------------------------------------------
-def test_metrics_database_down_mid_run_then_back(
-    tmp_path: Path,
-    mlflow_server: str,
-    session_model: str,
-    postgres_cluster: PostgresCluster,
-    small_file: bytes,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    settings = _settings(tmp_path, mlflow_server, session_model, database_url=postgres_cluster.url)
-    world = _local_world(settings, monkeypatch)
-    key = world.drops.drop("customers.csv", small_file)
-    try:
-        outcome = world.process(key, _before("record_metrics", postgres_cluster.stop))
-        assert outcome.status == "failed", outcome
-        assert "unreachable" in outcome.message
-        world.check(settled=False)
-        assert world.storage.list_keys("data/errored/") == []
-        lease = claims.latest_lease(world.storage, outcome.run)
-        assert lease is not None and lease.state == "failed"
-        log = world.storage.read(f"data/logs/{outcome.run}/customers.csv.log").decode()
-        assert "stays in processing/ for a retry" in log
-    finally:
-        postgres_cluster.start()
-    outcomes = world.reconcile()
-    assert [o.status for o in outcomes] == ["processed"]
-    world.check(settled=True)
+#: The step a dependency goes down before, what the failed attempt's reason says, and
+#: whether the attempt could close its row (not when the metrics database is down).
+OUTAGES = {
+    "metrics database stopped": ("record_metrics", ("unreachable",), False),
+    "metrics database frozen": ("record_metrics", ("unreachable",), False),
+    "MLflow stopped": ("load_aliased_model", ("MLflow", "unreachable"), True),
+    "Evidently UI frozen": ("monitor", ("timed out",), True),
+}
 
 
-def test_mlflow_down_fails_fast_then_the_file_is_processed(
-    tmp_path: Path,
-    mlflow_instance: MlflowServer,
-    session_model: str,
-    small_file: bytes,
-    monkeypatch: pytest.MonkeyPatch,
+def _outage(
+    case: str, world: World, request: pytest.FixtureRequest, back: ExitStack
+) -> Callable[[], None]:
+    """Points ``world`` at the dependency of ``case``, with short waits; what takes the
+    dependency down (``back`` brings it up again). Frozen is SIGSTOP, not a stop:
+    connections stay open and nothing answers, not even a timeout."""
+    if case.startswith("metrics database"):
+        service = request.getfixturevalue("postgres_cluster")
+        _tuned(world, database_url=service.url)
+        world.patch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 1.0)
+    elif case.startswith("Evidently"):
+        service = request.getfixturevalue("evidently_ui")
+        _tuned(world, evidently_ui_url=service.url, evidently_secret=EVIDENTLY_SECRET)
+    else:  # the session's MLflow server, which ``world`` uses already
+        service = request.getfixturevalue("mlflow_instance")
+    if case.endswith("frozen"):
+        world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 2.0)
+        return lambda: back.enter_context(service.frozen())
+
+    def stop() -> None:
+        back.callback(service.start)
+        service.stop()
+
+    return stop
+
+
+@pytest.mark.parametrize(
+    ("outage", "world"),
+    [
+        ("metrics database stopped", "local"),
+        ("metrics database frozen", "local"),
+        ("metrics database frozen", "s3"),
+        ("MLflow stopped", "local"),
+        ("Evidently UI frozen", "local"),
+        ("Evidently UI frozen", "s3"),
+    ],
+    indirect=["world"],
+)
+def test_a_dependency_down_mid_run_fails_the_attempt_then_the_file_is_processed(
+    world: World, small_file: bytes, request: pytest.FixtureRequest, outage: str
 ) -> None:
-    settings = _settings(tmp_path, mlflow_instance.url, session_model)
-    world = _local_world(settings, monkeypatch)
+    """The attempt fails fast (a frozen one within NETWORK_TIMEOUT_SECONDS), the file
+    waits in processing/ with its lease failed, and once the dependency is back the
+    reconciler's retry processes it."""
+    step, says, rows_closed = OUTAGES[outage]
     key = world.drops.drop("customers.csv", small_file)
-    mlflow_instance.stop()
-    try:
-        started = time.monotonic()
-        outcome = world.process(key)
-        print(f"MLflow down: failed after {time.monotonic() - started:.1f}s")
-    finally:
-        mlflow_instance.start()
+    with ExitStack() as back:  # brought back at the end only if it went down
+        outcome = world.process(key, _before(step, _outage(outage, world, request, back)))
     assert outcome.status == "failed", outcome
-    assert "MLflow" in outcome.message and "unreachable" in outcome.message
-    world.check(settled=False, waiting=True)
+    assert all(part in outcome.message for part in says), outcome.message
+    world.check(settled=False, waiting=rows_closed)
     assert world.storage.list_keys("data/errored/") == []
-
+    lease = claims.latest_lease(world.storage, outcome.run)
+    assert lease is not None and lease.state == "failed"
+    log = world.storage.read(log_key(outcome.run, "customers.csv")).decode()
+    assert "stays in processing/ for a retry" in log
+    world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 60.0)  # an upload on a loaded machine
     outcomes = world.reconcile()
-    assert [o.status for o in outcomes] == ["processed"]
+    assert [o.status for o in outcomes] == ["processed"], outcomes
     world.check(settled=True)
 
 
 # --- duplicates, concurrency, re-drops and name clashes ------------------------------------------
 @pytest.fixture(params=["local", "s3-versioned", "s3-unversioned"])
-def any_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DropStorage]:
-    if request.param == "local":
-        storage = LocalDropStorage(tmp_path)
-        storage.create_layout()
-        yield storage
-        return
-    endpoint = request.getfixturevalue("moto_server")
-    bucket = request.getfixturevalue("moto_bucket")
-    if request.param == "s3-versioned":
-        boto3.client("s3", endpoint_url=endpoint).put_bucket_versioning(
-            Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
-        )
-    yield S3DropStorage(bucket, s3_client(endpoint))
+def any_storage(request: pytest.FixtureRequest, tmp_path: Path) -> DropStorage:
+    if request.param != "local":
+        return _s3_storage(request, versioned=request.param == "s3-versioned")
+    storage = LocalDropStorage(tmp_path)
+    storage.create_layout()
+    return storage
 
 
 def test_concurrent_claims_of_one_drop_have_one_winner(any_storage: DropStorage) -> None:
@@ -574,7 +593,7 @@ def test_names_never_clash(world: World, small_file: bytes, names: tuple[str, st
 
 
 def test_an_invalid_file_is_errored_once(world: World) -> None:
-    outcome = world.process(world.drops.drop("notes.csv", b"not,a,churn\nfile,at,all\n"))
+    outcome = world.process(world.drops.drop("notes.csv", NOT_A_CHURN_FILE))
     assert outcome.status == "errored"
     assert "missing column" in outcome.message
     world.check(settled=True, invalid=1)
@@ -746,49 +765,12 @@ def _processing_key(world: World) -> str:
     return f"data/processing/{run}/{lease.name}"
 
 
-def test_a_frozen_metrics_database_fails_the_attempt_then_the_file_is_processed(
-    world: World, postgres_cluster: PostgresCluster, small_file: bytes
-) -> None:
-    """SIGSTOP, not a stop: connections stay open and nothing answers. The attempt fails
-    within NETWORK_TIMEOUT_SECONDS, the file waits in processing/, and after SIGCONT the
-    reconciler's retry processes it."""
-    _tuned(world, database_url=postgres_cluster.url)
-    world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 2.0)
-    world.patch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 1.0)
-    key = world.drops.drop("customers.csv", small_file)
-    with ExitStack() as thawed:  # thawed at the end only if it was frozen
-        freeze = partial(thawed.enter_context, postgres_cluster.frozen())
-        outcome = world.process(key, _before("record_metrics", freeze))
-    assert outcome.status == "failed", outcome
-    assert "unreachable" in outcome.message
-    world.check(settled=False)
-    assert [o.status for o in world.reconcile()] == ["processed"]
-    world.check(settled=True)
-
-
-def test_a_frozen_evidently_ui_fails_the_attempt_then_the_file_is_processed(
-    world: World, evidently_ui: EvidentlyUI, small_file: bytes
-) -> None:
-    _tuned(world, evidently_ui_url=evidently_ui.url, evidently_secret=EVIDENTLY_SECRET)
-    world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 2.0)
-    key = world.drops.drop("customers.csv", small_file)
-    with ExitStack() as thawed:  # thawed at the end only if it was frozen
-        freeze = partial(thawed.enter_context, evidently_ui.frozen())
-        outcome = world.process(key, _before("monitor", freeze))
-    assert outcome.status == "failed", outcome
-    assert "timed out" in outcome.message.lower(), outcome.message
-    world.check(settled=False, waiting=True)
-    world.patch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 60.0)  # an upload on a loaded machine
-    outcomes = world.reconcile()
-    assert [o.status for o in outcomes] == ["processed"], outcomes
-    world.check(settled=True)
-
-
 def test_a_dependency_down_for_every_attempt_gives_up_after_max_attempts(
     world: World, small_file: bytes
 ) -> None:
     """MLflow down (nothing listens on its port; stopping the session's server is
-    test_mlflow_down_fails_fast_then_the_file_is_processed) for both attempts."""
+    test_a_dependency_down_mid_run_fails_the_attempt_then_the_file_is_processed) for both
+    attempts."""
     _tuned(world, mlflow_tracking_uri=f"http://{LOOPBACK}:{free_port(LOOPBACK)}")
     world.patch.setattr(retry, "MAX_ATTEMPTS", 2)
     key = world.drops.drop("customers.csv", small_file)
@@ -905,8 +887,7 @@ def test_storage_look_ups_failing_mid_run_fail_the_attempt_then_it_is_processed(
     key = world.drops.drop("customers.csv", small_file)
     blind = BlindStorage(world.storage)
     steps = _before("monitor", lambda: setattr(blind, "blind", True))
-    outcome, flow_run_id = _run_flow(world.patch, world.settings, blind, key, steps)  # type: ignore[arg-type]
-    world.flow_runs.append(flow_run_id)
+    outcome = world.process(key, steps, storage=blind)
     assert outcome.status == "failed" and "look-ups time out" in outcome.message, outcome
     assert [o.status for o in world.reconcile()] == ["processed"]
     world.check(settled=True)

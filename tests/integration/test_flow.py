@@ -31,7 +31,7 @@ from churnops.drop.storage import S3DropStorage
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline.flow import churn_prediction_pipeline
 from churnops.settings import Settings, get_settings
-from tests.exactly_once import check_records_agree
+from tests.exactly_once import check_records_agree, pipeline_runs
 from tests.fixtures.model import SESSION_MODEL as MODEL
 from tests.fixtures.moto import received_messages, sns_topic_to_queue
 
@@ -77,8 +77,7 @@ class Platform:
 
     def runs(self) -> pd.DataFrame:
         """This bucket's rows (other modules' files share the session's database)."""
-        with closing(MetricsStore(self.settings.monitoring.metrics_db_url)) as store:
-            runs = store.runs()
+        runs = pipeline_runs(self.settings.monitoring.metrics_db_url)
         return runs[runs["bucket"] == self.bucket]
 
     def metrics(self, run_id: str) -> pd.DataFrame:

@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
-from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
@@ -66,8 +65,10 @@ def s3_event(bucket: str, keys: list[str], sequencer: str = "0065F0A1B2C3D4E5F6"
     }
 
 
-def runs_of(client: SyncPrefectClient, deployment_id: UUID) -> list[Any]:
-    ids = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+def runs_of(client: SyncPrefectClient, deployment: str) -> list[Any]:
+    """The flow runs of the deployment now named ``deployment``."""
+    found = client.read_deployment_by_name(f"{FLOW}/{deployment}")
+    ids = DeploymentFilter(id=DeploymentFilterId(any_=[found.id]))
     return client.read_flow_runs(deployment_filter=ids)
 
 
@@ -81,8 +82,7 @@ def test_new_files_start_scheduled_runs_and_duplicates_do_not(
     again = handler.lambda_handler(event, None)["results"]
 
     assert [r["status"] for r in first] == ["created", "created", "skipped"]
-    deployment_id = client.read_deployment_by_name(f"{FLOW}/{deployment}").id
-    runs = {str(run.id): run for run in runs_of(client, deployment_id)}
+    runs = {str(run.id): run for run in runs_of(client, deployment)}
     assert set(runs) == {r["flow_run_id"] for r in first[:2]}
     for outcome, key in zip(first, KEYS.values(), strict=False):
         run = runs[outcome["flow_run_id"]]
@@ -93,7 +93,7 @@ def test_new_files_start_scheduled_runs_and_duplicates_do_not(
         ("skipped", r["flow_run_id"]) for r in first[:2]
     ]
     assert all(r["reason"].startswith("duplicate event") for r in again[:2])
-    assert len(runs_of(client, deployment_id)) == 2
+    assert len(runs_of(client, deployment)) == 2
 
 
 def test_a_new_upload_under_the_same_key_starts_another_run(
@@ -106,8 +106,7 @@ def test_a_new_upload_under_the_same_key_starts_another_run(
     second = handler.lambda_handler(s3_event(bucket, [key], "0002"), None)["results"][0]
 
     assert (first["status"], second["status"]) == ("created", "created")
-    deployment_id = client.read_deployment_by_name(f"{FLOW}/{deployment}").id
-    assert len(runs_of(client, deployment_id)) == 2
+    assert len(runs_of(client, deployment)) == 2
 
 
 def test_a_recreated_deployment_is_found_again(
@@ -117,12 +116,12 @@ def test_a_recreated_deployment_is_found_again(
     handler.lambda_handler(s3_event(bucket, ["data/input/a.csv"]), None)  # caches the id
     old = client.read_deployment_by_name(f"{FLOW}/{deployment}").id
     client.delete_deployment(old)
-    new = client.create_deployment(flow_id=client.create_flow_from_name(FLOW), name=deployment)
+    client.create_deployment(flow_id=client.create_flow_from_name(FLOW), name=deployment)
 
     [outcome] = handler.lambda_handler(s3_event(bucket, ["data/input/b.csv"]), None)["results"]
 
     assert outcome["status"] == "created"
-    assert [str(run.id) for run in runs_of(client, new)] == [outcome["flow_run_id"]]
+    assert [str(run.id) for run in runs_of(client, deployment)] == [outcome["flow_run_id"]]
 
 
 def test_a_missing_deployment_fails_the_record_without_raising(
@@ -146,6 +145,5 @@ def test_the_platform_trigger_is_configured_by_arguments_not_the_environment(
     first = handle(s3_event("drop", ["data/input/one.csv"]), None)["results"]
     again = handle(s3_event("drop", ["data/input/one.csv"]), None)["results"]
     assert [r["status"] for r in first + again] == ["created", "skipped"]
-    target = client.read_deployment_by_name(f"{FLOW}/{deployment}")
-    assert [run.parameters["key"] for run in runs_of(client, target.id)] == ["data/input/one.csv"]
+    assert [run.parameters["key"] for run in runs_of(client, deployment)] == ["data/input/one.csv"]
     assert "PREFECT_DEPLOYMENT" not in os.environ

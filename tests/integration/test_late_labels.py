@@ -7,6 +7,7 @@ import gzip
 import io
 import time
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,13 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.drop.storage import log_key, open_storage, stage_key
+from churnops.drop.storage import log_key
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file, retraining
 from churnops.pipeline.labels import LABELED_ROWS_SUFFIX
 from churnops.pipeline.scoring import quality_scores
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
+from tests.fixtures.model import drop_and_process, session_drop
 
 pytestmark = pytest.mark.integration
 
@@ -30,23 +32,20 @@ WITH_IDS, WITHOUT_IDS = "customer_churn_1.csv", "customer_churn_synthetic_1.csv"
 @pytest.fixture(scope="module")
 def scored(session_scoring, data_dir: Path, postgres_url: str, tmp_path_factory):
     """Both files scored; their outcomes and the truth (the ``Churn`` column they carried)."""
-    settings, _ = session_scoring
-    settings = settings.replace(
-        churnops_home=tmp_path_factory.mktemp("labels-home"),
+    settings, storage = session_drop(
+        session_scoring,
+        tmp_path_factory.mktemp("labels-home"),
         database_url=postgres_url,
-        evidently_ui_url=None,
         attribution_sample_rows=0,
         retrain_mode="suggest",
     )
-    storage = open_storage(settings.drop)
-    truth = {}
+    truth, outcomes = {}, {}
     for name in (WITH_IDS, WITHOUT_IDS):
         frame = pd.read_csv(data_dir / name)
         truth[name] = frame.pop("Churn").to_numpy()
         if name == WITH_IDS:
             frame.insert(0, "customer_id", [f"C{i:06d}" for i in range(len(frame))])
-        storage.create(stage_key("input", name), frame.to_csv(index=False).encode())
-    outcomes = {n: per_file.process(settings, storage, stage_key("input", n)) for n in truth}
+        outcomes[name] = drop_and_process(settings, storage, name, _csv(frame))
     assert all(o.status == "processed" for o in outcomes.values()), outcomes
     return settings, storage, outcomes, truth
 
@@ -58,11 +57,21 @@ def _predictions(scored, name: str) -> pd.DataFrame:
     )
 
 
+def _labeled(scored, name: str) -> pd.DataFrame:
+    """The predictions of ``name`` with the ``Churn`` it carried when scored."""
+    labels = _predictions(scored, name)
+    labels["Churn"] = scored[3][name]
+    return labels
+
+
+def _csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False).encode()
+
+
 def _drop_labels(scored, name: str, labels: pd.DataFrame | bytes, settings: Settings | None = None):
     base, storage, _, _ = scored
-    data = labels if isinstance(labels, bytes) else labels.to_csv(index=False).encode()
-    storage.create(stage_key("labels", name), data)
-    return per_file.process(settings or base, storage, stage_key("labels", name))
+    data = labels if isinstance(labels, bytes) else _csv(labels)
+    return drop_and_process(settings or base, storage, name, data, folder="labels")
 
 
 def test_labels_joined_by_identifier_score_the_run_that_scored_them(scored) -> None:
@@ -83,10 +92,9 @@ def test_labels_joined_by_identifier_score_the_run_that_scored_them(scored) -> N
         known[PREDICTION].astype(int).to_numpy(),
         known[PROBABILITY].astype(float).to_numpy(),
     )
-    store = MetricsStore(settings.monitoring.database_url)
-    realized = store.realized(outcomes[WITH_IDS].run_id)
-    runs = store.runs().set_index("id")
-    store.close()
+    with closing(MetricsStore(settings.monitoring.database_url)) as store:
+        realized = store.realized(outcomes[WITH_IDS].run_id)
+        runs = store.runs().set_index("id")
     got = dict(zip(realized["metric"], realized["value"], strict=True))
     assert got == pytest.approx(expected)
     assert set(realized["labeled_rows"]) == {len(known)}
@@ -103,17 +111,15 @@ def test_labels_joined_by_identifier_score_the_run_that_scored_them(scored) -> N
 
 
 def test_labels_without_identifier_join_by_rows_and_feed_retraining(scored) -> None:
-    settings, storage, outcomes, truth = scored
-    labels = _predictions(scored, WITHOUT_IDS)
-    labels["Churn"] = truth[WITHOUT_IDS]
+    settings, storage, outcomes, _ = scored
+    labels = _labeled(scored, WITHOUT_IDS)
 
     outcome = _drop_labels(scored, "synthetic_1_labeled.csv", labels)
 
     assert outcome.status == "processed", outcome.message
     assert "matched by rows" in outcome.message
-    store = MetricsStore(settings.monitoring.database_url)
-    realized = store.realized(outcomes[WITHOUT_IDS].run_id)
-    store.close()
+    with closing(MetricsStore(settings.monitoring.database_url)) as store:
+        realized = store.realized(outcomes[WITHOUT_IDS].run_id)
     assert set(realized["labeled_rows"]) == {len(labels)}
     window = retraining.labeled_files(settings.model, settings.drop, storage, datetime.now(UTC))
     learned = {f.name: f.rows for f in window}
@@ -148,16 +154,13 @@ def test_a_labels_file_of_rows_never_scored_matches_no_run(scored, data_dir: Pat
 
 
 def test_labels_with_other_rows_are_refused_with_the_reason(scored) -> None:
-    _, _, _, truth = scored
-    by_id = _predictions(scored, WITH_IDS)
-    by_id["Churn"] = truth[WITH_IDS]
+    by_id = _labeled(scored, WITH_IDS)
     by_id.loc[3, "customer_id"] = "NOBODY"
     assert "identifier(s) are not among its rows: 'NOBODY'" in _errored(scored, "ids.csv", by_id)
     respelled = by_id.rename(columns={"customer_id": "Customer ID"}).head(100)
     assert "it has no column 'Customer ID'" in _errored(scored, "respelled.csv", respelled)
 
-    by_rows = _predictions(scored, WITHOUT_IDS)
-    by_rows["Churn"] = truth[WITHOUT_IDS]
+    by_rows = _labeled(scored, WITHOUT_IDS)
     assert "must keep every row" in _errored(scored, "fewer.csv", by_rows.head(500))
 
     changed = by_rows.copy()
@@ -173,12 +176,9 @@ def test_a_labels_file_without_usable_labels_is_refused(scored) -> None:
 
 
 def test_low_realized_scores_alert_and_suggest_retraining(scored) -> None:
-    settings, _, _, truth = scored
-    strict = settings.replace(min_f1=0.99)
-    labels = _predictions(scored, WITHOUT_IDS)
-    labels["Churn"] = truth[WITHOUT_IDS]
+    strict = scored[0].replace(min_f1=0.99)
 
-    outcome = _drop_labels(scored, "strict.csv", labels, strict)
+    outcome = _drop_labels(scored, "strict.csv", _labeled(scored, WITHOUT_IDS), strict)
 
     assert outcome.status == "processed", outcome.message
     assert "low realized scores alert sent by log" in outcome.message
@@ -194,8 +194,7 @@ def test_an_identifier_given_twice_when_scored_joins_by_rows(scored, data_dir: P
     churn = frame.pop("Churn")
     frame.insert(0, "customer_id", [f"D{i:06d}" for i in range(len(frame))])
     frame.loc[5, "customer_id"] = frame.loc[4, "customer_id"]  # a warning when scored
-    storage.create(stage_key("input", "dup_ids.csv"), frame.to_csv(index=False).encode())
-    outcome = per_file.process(settings, storage, stage_key("input", "dup_ids.csv"))
+    outcome = drop_and_process(settings, storage, "dup_ids.csv", _csv(frame))
     assert outcome.status == "processed" and outcome.predictions_key, outcome.message
     labels = pd.read_csv(io.BytesIO(storage.read(outcome.predictions_key)), dtype=str)
     labels["Churn"] = churn.astype(str)
@@ -216,8 +215,7 @@ def test_identifiers_and_churn_alone_join_the_one_run_with_those_customers(
     def score(name: str, source: str) -> per_file.FileOutcome:
         frame = pd.read_csv(data_dir / source).drop(columns="Churn")
         frame.insert(0, "customer_id", [f"E{i:06d}" for i in range(len(frame))])
-        storage.create(stage_key("input", name), frame.to_csv(index=False).encode())
-        outcome = per_file.process(settings, storage, stage_key("input", name))
+        outcome = drop_and_process(settings, storage, name, _csv(frame))
         assert outcome.status == "processed", outcome.message
         return outcome
 
@@ -240,10 +238,7 @@ def test_identifiers_and_churn_alone_join_the_one_run_with_those_customers(
 
 
 def _labels_bytes(scored) -> bytes:
-    _, _, _, truth = scored
-    labels = _predictions(scored, WITHOUT_IDS)
-    labels["Churn"] = truth[WITHOUT_IDS]
-    return labels.to_csv(index=False).encode()
+    return _csv(_labeled(scored, WITHOUT_IDS))
 
 
 def _unlabeled(data: bytes) -> bytes:
@@ -292,9 +287,8 @@ def test_labels_that_fit_two_identical_runs_say_so(scored) -> None:
     """Last in the module: it scores the same file a second time."""
     settings, storage, outcomes, _ = scored
     original = f"data/processed/{outcomes[WITHOUT_IDS].run}/{WITHOUT_IDS}"
-    storage.create(stage_key("input", "again.csv"), storage.read(original))
     time.sleep(1.1)  # a newer run id
-    rescored = per_file.process(settings, storage, stage_key("input", "again.csv"))
+    rescored = drop_and_process(settings, storage, "again.csv", storage.read(original))
     assert rescored.status == "processed", rescored.message
 
     outcome = _drop_labels(scored, "twice.csv", _labels_bytes(scored))

@@ -6,14 +6,15 @@ import re
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 
 import pytest
-from psycopg2 import errors
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import NullPool
 
 from churnops.monitoring.db_roles import grant_read_only
 from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable, MetricsStore
@@ -21,7 +22,7 @@ from churnops.monitoring.report import NoRunsYet, write_report
 from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import get_settings
-from tests.fixtures.postgres import PostgresCluster
+from tests.fixtures.postgres import NO_DRIFT, PostgresCluster, processed_run, refused
 from tests.processes import LOOPBACK, at_once, run_python
 
 pytestmark = pytest.mark.integration
@@ -33,20 +34,11 @@ NASTY_PASSWORD = "pa'ss\"word; DROP TABLE pipeline_runs; -- %s \\"
 
 @pytest.fixture(scope="module")
 def store(postgres_url: str) -> Iterator[MetricsStore]:
-    store = MetricsStore(postgres_url)
-    yield store
-    store.close()
-
-
-def login(postgres_url: str, role: str, password: str) -> Engine:
-    url = make_url(postgres_url).set(username=role, password=password)
-    return create_engine(url)
+    with closing(MetricsStore(postgres_url)) as store:
+        yield store
 
 
 def test_run_and_metrics_round_trip_through_sql(store: MetricsStore) -> None:
-    run_id = store.start_run(
-        file_name="customer_churn_1.csv", bucket="b", object_key="data/processing/x.csv"
-    )
     result = MonitoringResult(
         rows=10,
         drifted_count=1,
@@ -55,8 +47,7 @@ def test_run_and_metrics_round_trip_through_sql(store: MetricsStore) -> None:
         predicted_churn_rate=0.2,
         quality={"f1": 0.8},
     )
-    store.record_result(run_id, result)
-    store.finish_run(run_id, "processed", rows=10, model_name="m", model_version="1")
+    run_id = processed_run(store, "customer_churn_1.csv", result)
     with store.engine.connect() as conn:
         status, finished = conn.execute(
             text("SELECT status, finished_at FROM pipeline_runs WHERE id = :id"), {"id": run_id}
@@ -104,24 +95,20 @@ def test_read_only_role_with_a_nasty_name(store: MetricsStore, postgres_url: str
         assert list(tables) == expected  # none dropped
     assert roles == [(NASTY_ROLE,)]
 
-    reader = login(postgres_url, NASTY_ROLE, NASTY_PASSWORD)
-    try:
-        with reader.connect() as conn:
-            for table in ("run_metrics", "pipeline_runs", "model_events"):
-                count = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
-                assert isinstance(count, int)
-        for statement in (
-            "INSERT INTO pipeline_runs (id, file_name, bucket, object_key, status, started_at) "
-            "VALUES ('x', 'f', 'b', 'k', 'running', now())",
-            "UPDATE run_metrics SET value = 0",
-            "DELETE FROM pipeline_runs",
-            "CREATE TABLE intruder (id int)",
-        ):
-            with reader.connect() as conn, pytest.raises(ProgrammingError) as caught:
-                conn.execute(text(statement))
-            assert isinstance(caught.value.orig, errors.InsufficientPrivilege), statement
-    finally:
-        reader.dispose()
+    url = make_url(postgres_url).set(username=NASTY_ROLE, password=NASTY_PASSWORD)
+    reader = create_engine(url, poolclass=NullPool)
+    with reader.connect() as conn:
+        for table in ("run_metrics", "pipeline_runs", "model_events"):
+            count = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+            assert isinstance(count, int)
+    for statement in (
+        "INSERT INTO pipeline_runs (id, file_name, bucket, object_key, status, started_at) "
+        "VALUES ('x', 'f', 'b', 'k', 'running', now())",
+        "UPDATE run_metrics SET value = 0",
+        "DELETE FROM pipeline_runs",
+        "CREATE TABLE intruder (id int)",
+    ):
+        refused(reader, statement)
 
 
 def test_concurrent_starts_of_one_attempt_have_one_winner(store: MetricsStore) -> None:
@@ -145,38 +132,26 @@ def test_a_frozen_database_fails_the_call_in_bounded_time_then_works_again(
 ) -> None:
     """SIGSTOP'ed, the server answers nothing: the client's bound (NETWORK_TIMEOUT_SECONDS)
     ends the wait, the store says the database is unreachable, and it recovers on SIGCONT."""
-    store = MetricsStore(postgres_cluster.url, wait_seconds=1, timeout=2)
-    try:
-        _start(store, "warm")  # a pooled connection, open when the server freezes
-        outcome: list[BaseException | None] = []
+    with closing(MetricsStore(postgres_cluster.url, wait_seconds=1, timeout=2)) as store:
+        start = partial(store.start_run, bucket="b", object_key="k")
+        start(file_name="warm.csv")  # a pooled connection, open when the server freezes
+        outcome: list[Exception] = []
+
+        def frozen_call() -> None:
+            try:
+                start(file_name="frozen.csv")
+            except Exception as exc:
+                outcome.append(exc)
+
         with postgres_cluster.frozen():
-            worker = threading.Thread(target=lambda: outcome.append(_error(store)))
+            worker = threading.Thread(target=frozen_call)
             worker.start()
             worker.join(timeout=120)  # a generous backstop: unbounded would hang forever
             assert not worker.is_alive(), "a frozen database blocked the call"
         assert isinstance(outcome[0], MetricsDatabaseUnavailable), outcome
         said = re.search(r"unreachable for (\d+)s", str(outcome[0]))
         assert said and int(said[1]) >= 2, outcome  # the time it waited, not the 1 s wait
-        _start(store, "after")
-    finally:
-        store.close()
-
-
-def _start(store: MetricsStore, name: str) -> None:
-    store.start_run(
-        run_id=f"frozen-{name}-{uuid.uuid4().hex[:6]}.1",
-        file_name=f"{name}.csv",
-        bucket="b",
-        object_key=f"data/input/{name}.csv",
-    )
-
-
-def _error(store: MetricsStore) -> BaseException | None:
-    try:
-        _start(store, "frozen")
-    except Exception as exc:
-        return exc
-    return None
+        start(file_name="after.csv")
 
 
 def test_concurrent_lock_takers_have_one_winner_also_after_expiry(store: MetricsStore) -> None:
@@ -224,11 +199,8 @@ def test_first_openings_of_a_fresh_database_at_once_all_migrate_it(
     fresh.dispose()
     openings = at_once(3, lambda _: run_python(FIRST_OPENING, url, timeout=120))
     assert [o.returncode for o in openings] == [0, 0, 0], [o.stderr[-600:] for o in openings]
-    store = MetricsStore(url)
-    try:
+    with closing(MetricsStore(url)) as store:
         assert store.runs().empty  # the schema is whole, at its version
-    finally:
-        store.close()
 
 
 def test_the_report_draws_as_the_dashboards_read_only_role(
@@ -236,14 +208,7 @@ def test_the_report_draws_as_the_dashboards_read_only_role(
 ) -> None:
     """`churnops report` draws the dashboards' series, so their role is the one to read them
     with; it failed on alembic_version (359 lines of traceback): it migrated before reading."""
-    run_id = store.start_run(file_name="reported.csv", bucket="b", object_key="k")
-    store.record_result(
-        run_id,
-        MonitoringResult(
-            rows=5, drifted_count=0, drifted_share=0.0, columns=[], predicted_churn_rate=0.2
-        ),
-    )
-    store.finish_run(run_id, "processed", rows=5, model_name="m", model_version="1")
+    processed_run(store, "reported.csv", NO_DRIFT)
     grant_read_only(store.engine, "report_reader", "report-pw")
     reader = make_url(postgres_url).set(username="report_reader", password="report-pw")
     monitoring = get_settings(

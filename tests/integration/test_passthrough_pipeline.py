@@ -19,6 +19,7 @@ from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
+from tests.fixtures.model import drop_and_process
 
 pytestmark = pytest.mark.integration
 
@@ -57,10 +58,8 @@ def test_extra_columns_travel_with_their_rows_and_change_no_prediction(
     local: tuple[Settings, DropStorage], data_dir: Path
 ) -> None:
     settings, storage = local
-    raw = pd.read_csv(data_dir / SOURCE)
-    extended = _with_extras(raw)
-    storage.create(stage_key("input", "plain.csv"), (data_dir / SOURCE).read_bytes())
-    storage.create(stage_key("input", "ids.csv"), extended.to_csv(index=False).encode())
+    original = (data_dir / SOURCE).read_bytes()
+    extended = _with_extras(pd.read_csv(io.BytesIO(original)))
     samples: list[pd.DataFrame] = []
 
     def monitor(monitoring, platform, model, scored, name):  # the real step, input recorded
@@ -68,9 +67,8 @@ def test_extra_columns_travel_with_their_rows_and_change_no_prediction(
         return per_file.monitor(monitoring, platform, model, scored, name)
 
     steps = dataclasses.replace(per_file.PLAIN_STEPS, monitor=monitor)
-    plain = _predictions(
-        storage, per_file.process(settings, storage, stage_key("input", "plain.csv"))
-    )
+    plain = _predictions(storage, drop_and_process(settings, storage, "plain.csv", original))
+    storage.create(stage_key("input", "ids.csv"), extended.to_csv(index=False).encode())
     outcome = per_file.process(settings, storage, stage_key("input", "ids.csv"), steps=steps)
     written = _predictions(storage, outcome)
 
@@ -119,9 +117,8 @@ def test_header_errors_send_the_file_to_errored(
 ) -> None:
     settings, storage = local
     frame = _with_extras(pd.read_csv(data_dir / SOURCE)).rename(columns=rename)
-    storage.create(stage_key("input", "bad.csv"), frame.to_csv(index=False).encode())
 
-    outcome = per_file.process(settings, storage, stage_key("input", "bad.csv"))
+    outcome = drop_and_process(settings, storage, "bad.csv", frame.to_csv(index=False).encode())
 
     assert outcome.status == "errored"
     lines = outcome.message.splitlines()

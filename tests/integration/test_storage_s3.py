@@ -21,6 +21,7 @@ from churnops.drop.storage import (
     stage_key,
 )
 from churnops.settings import get_settings
+from tests.exactly_once import leases
 
 pytestmark = pytest.mark.integration
 
@@ -218,11 +219,7 @@ def test_a_copy_refused_as_another_version_is_a_source_gone(
     monkeypatch.setattr(s3.client, "copy_object", refused)
     with pytest.raises(claims.ClaimRefused, match="left input/ before it could be moved"):
         claims.claim(s3, "data/input/a.csv", lease_seconds=30)
-    assert [lease.state for lease in _leases(s3)] == ["done"]
-
-
-def _leases(s3: S3DropStorage) -> list[claims.Lease]:
-    return [claims.Lease.from_json(s3.read(k)) for k in s3.list_keys("data/claims/")]
+    assert [lease.state for lease in leases(s3)] == ["done"]
 
 
 def test_event_key_from_a_real_listing(s3: S3DropStorage) -> None:
