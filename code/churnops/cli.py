@@ -69,10 +69,8 @@ def _served_by_the_platform(text: str) -> str | None:
 
 
 # Markdown: a docstring's lines are one paragraph, wrapped to the terminal, not cut there.
-app = _App(
-    help="ChurnOps: train, deploy and continuously evaluate churn models.",
-    rich_markup_mode="markdown",
-)
+# The app's help is its callback's docstring (main).
+app = _App(rich_markup_mode="markdown")
 data_app = typer.Typer(help="Get the customer churn data.", rich_markup_mode="markdown")
 app.add_typer(data_app, name="data")
 # Long paths, URLs and tables stay whole when the output is a file or a pipe.

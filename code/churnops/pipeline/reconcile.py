@@ -107,11 +107,8 @@ def _untaken_inputs(storage: DropStorage, now: datetime, runs: list[str]) -> lis
                 actions.append(Action("trigger", key, why, f"{run}#{folder}"))
     if ignored:
         shown = ", ".join(ascii(k) for k in ignored[:5]) + (", ..." if len(ignored) > 5 else "")
-        log.info(
-            "reconcile: ignored %d key(s) (subfolders, hidden or partial files): %s",
-            len(ignored),
-            shown,
-        )
+        what = "subfolders, hidden or partial files"
+        log.info("reconcile: ignored %d key(s) (%s): %s", len(ignored), what, shown)
     return actions
 
 
