@@ -154,15 +154,12 @@ def _row_ending(lease: claims.Lease) -> tuple[str, str]:
 
 
 class FlowRuns(Protocol):
-    """The pipeline's flow runs (:class:`churnops.pipeline.flow.PrefectFlowRuns`)."""
+    """The pipeline's flow runs (:class:`churnops.pipeline.flow.PrefectFlowRuns` says what
+    each method does): the unfinished ones, and ending them as their attempts ended."""
 
-    def unfinished(self) -> dict[str, datetime]:
-        """The pipeline's flow runs taken by a runner or running: id -> since when."""
-        ...
+    def unfinished(self) -> dict[str, datetime]: ...
 
-    def end(self, endings: dict[str, tuple[str, str]]) -> None:
-        """End each flow run (id -> (status, why)) as its attempt ended."""
-        ...
+    def end(self, endings: dict[str, tuple[str, str]]) -> None: ...
 
 
 def end_flow_runs(
