@@ -173,9 +173,7 @@ def _why_not_now(
     now = datetime.now(UTC)
     if state is not None and state.held(now) and _alive(state.holder):
         return _lock_holder(state)
-    if trigger != "auto" or last is None:
-        return ""
-    if not cooling_down(last, now, model.retrain_cooldown_minutes):
+    if trigger != "auto" or not cooling_down(last, now, model.retrain_cooldown_minutes):
         return ""
     ready = last + timedelta(minutes=model.retrain_cooldown_minutes)
     return (
