@@ -211,8 +211,7 @@ def handle_record(record: Any, config: Config) -> dict[str, Any]:
     except ValueError as exc:
         return {"bucket": None, "key": None, "status": "failed", "reason": str(exc)}
     outcome: dict[str, Any] = {"bucket": bucket, "key": key}
-    reason = _skip_reason(record, key)
-    if reason:
+    if reason := _skip_reason(record, key):
         return {**outcome, "status": "skipped", "reason": reason}
     if not version:
         reason = "the record has neither s3.object.versionId nor s3.object.sequencer"

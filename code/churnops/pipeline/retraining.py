@@ -142,8 +142,7 @@ def retrain(
         if waited:
             return Outcome("skipped", waited)
         dead = state.holder if state is not None and not _alive(state.holder) else None
-        seconds = LOCK_MINUTES * 60
-        if not store.acquire_lock(LOCK, holder, seconds, take_from=dead):
+        if not store.acquire_lock(LOCK, holder, LOCK_MINUTES * 60, take_from=dead):
             return Outcome("skipped", _lock_holder(store.lock_state(LOCK)))
         try:
             window = labeled_files(
