@@ -69,10 +69,8 @@ def _served_by_the_platform(text: str) -> str | None:
 
 
 # Markdown: a docstring's lines are one paragraph, wrapped to the terminal, not cut there.
-app = _App(
-    help="ChurnOps: train, deploy and continuously evaluate churn models.",
-    rich_markup_mode="markdown",
-)
+# The app's help is its callback's docstring (main).
+app = _App(rich_markup_mode="markdown")
 data_app = typer.Typer(help="Get the customer churn data.", rich_markup_mode="markdown")
 app.add_typer(data_app, name="data")
 # Long paths, URLs and tables stay whole when the output is a file or a pipe.
@@ -216,11 +214,22 @@ EXIT_CODES = {"processed": 0, "errored": 3, "failed": 4, "skipped": 5, "died": 5
 def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStorage, str]:
     """The storage and key of ``s3://bucket/key``, or of a local file put into the local
     drop's ``folder`` unless it is there."""
-    from churnops.drop.storage import LocalDropStorage, ObjectExists, stage_key
+    from churnops.drop.storage import (
+        LocalDropStorage,
+        ObjectExists,
+        name_from_key,
+        split_run_key,
+        stage_key,
+    )
 
     if target.startswith("s3://"):
         bucket, _, key = target.removeprefix("s3://").partition("/")
-        storage = _open_bucket(bucket, key)
+        if split_run_key(key) is None:  # not a drop (nor a run in processing/): one line
+            try:
+                name_from_key(key)
+            except ValueError as exc:
+                _fail(str(exc))
+        storage = _drop(f"s3://{bucket}")
         if storage.exists(key):
             return storage, key
         return storage, _stranded_run(storage, key.rsplit("/", 1)[-1], None) or key
@@ -239,19 +248,6 @@ def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStor
             _fail(f"another {path.name} waits in {local.path(key).parent}: drop it later")
         console.print(f"copied {path.name} into the drop folder {local.root}")
     return local, key
-
-
-def _open_bucket(bucket: str, key: str) -> DropStorage:
-    """The bucket of an ``s3://`` target, once ``key`` is a drop (or a run in
-    processing/): else one line, not a traceback."""
-    from churnops.drop.storage import name_from_key, split_run_key
-
-    if split_run_key(key) is None:
-        try:
-            name_from_key(key)
-        except ValueError as exc:
-            _fail(str(exc))
-    return _drop(f"s3://{bucket}")
 
 
 def _drop(uri: str) -> DropStorage:

@@ -193,20 +193,6 @@ class ModelSettings(CommonSettings):
         return f"sqlite:///{self.home / 'optuna.db'}"
 
 
-def _database_url_problem(url: str) -> str | None:
-    """What makes ``url`` no SQLAlchemy URL of SQLite or PostgreSQL (psycopg2), if anything."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 (parsing it is the check)
-    except ValueError:
-        return "its port (or host) is not valid"
-    if parts.scheme.partition("+")[0] not in ("sqlite", "postgresql"):
-        return "not a sqlite:/// or postgresql:// URL (SQLAlchemy's form: postgres:// is not)"
-    if parts.netloc.count("@") > 1:
-        return "an '@' in its user or password must be written %40"
-    return None
-
-
 class MonitoringSettings(CommonSettings):
     """Evidently, the metrics database, and the thresholds that raise alerts."""
 
@@ -259,10 +245,21 @@ class MonitoringSettings(CommonSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
-        """A URL the metrics database can be opened with, or a one-line refusal when the
-        command starts (not a traceback at the first file), echoing no part of it."""
-        if value is not None and (problem := _database_url_problem(value)):
-            raise ValueError(problem)
+        """A SQLAlchemy URL of SQLite or PostgreSQL (psycopg2), or a one-line refusal when
+        the command starts (not a traceback at the first file), echoing no part of it."""
+        if value is None:
+            return None
+        try:
+            parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018 (parsing it is the check)
+        except ValueError:
+            raise ValueError("its port (or host) is not valid") from None
+        if parts.scheme.partition("+")[0] not in ("sqlite", "postgresql"):
+            raise ValueError(
+                "not a sqlite:/// or postgresql:// URL (SQLAlchemy's form: postgres:// is not)"
+            )
+        if parts.netloc.count("@") > 1:
+            raise ValueError("an '@' in its user or password must be written %40")
         return value
 
     @property

@@ -57,10 +57,6 @@ def dropped_at(run: str) -> datetime:
     return datetime.strptime(run.split("-", 1)[0], RUN_TIME_FORMAT).replace(tzinfo=UTC)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True)
 class Lease:
     """One attempt at a run, as stored in its claim file."""
@@ -100,9 +96,8 @@ class Lease:
         """A running attempt nobody works on any more (crash, kill, OOM, redeploy)."""
         if self.state != "running":
             return False
-        if self.process_gone():
-            return True
-        return now - datetime.fromisoformat(self.heartbeat) > timedelta(seconds=lease_seconds)
+        silent = now - datetime.fromisoformat(self.heartbeat) > timedelta(seconds=lease_seconds)
+        return self.process_gone() or silent
 
     def process_gone(self) -> bool:
         """Its process was on this host and is gone (elsewhere, only time tells)."""
@@ -169,7 +164,7 @@ def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: 
             raise ClaimRefused(f"{name!r} is no longer in input/ (taken by a run, or removed)")
         run, kept = run_id(name, info.version, info.modified), run_name(name)
         previous = latest_lease(storage, run)
-        if previous and previous.ended(_now(), lease_seconds):
+        if previous and previous.ended(datetime.now(UTC), lease_seconds):
             _finish_move_in(storage, run, kept, key, info.version)
         lease = _next_attempt(
             storage, previous, run, kept, key, lease_seconds, flow_run_id, info.version
@@ -217,7 +212,7 @@ def _next_attempt(
     source_version: str,
 ) -> Lease:
     """Create the claim file of the run's next attempt: exactly one claimer wins it."""
-    if previous and not previous.ended(_now(), lease_seconds):
+    if previous and not previous.ended(datetime.now(UTC), lease_seconds):
         raise ClaimRefused(f"run {run} is being worked on (attempt {previous.attempt})")
     attempt = previous.attempt + 1 if previous else 1
     lease = Lease(
@@ -228,7 +223,7 @@ def _next_attempt(
         host=HOST,
         pid=os.getpid(),
         state="running",
-        heartbeat=_now().isoformat(),
+        heartbeat=datetime.now(UTC).isoformat(),
         flow_run_id=flow_run_id,
         source_version=source_version,
     )
@@ -247,7 +242,7 @@ def release(
     retry_in: float | None = None,
 ) -> Lease:
     """End an attempt: ``done``, or ``failed`` with when to try again."""
-    now = _now()
+    now = datetime.now(UTC)
     retry_at = (now + timedelta(seconds=retry_in)).isoformat() if retry_in is not None else ""
     ended = replace(lease, state=state, heartbeat=now.isoformat(), reason=reason, retry_at=retry_at)
     storage.replace(ended.key, ended.to_json())
@@ -299,7 +294,9 @@ def heartbeat(
             try:
                 if taken_over(storage, lease):  # woken after a stall: never revive its lease
                     return
-                storage.replace(lease.key, replace(lease, heartbeat=_now().isoformat()).to_json())
+                storage.replace(
+                    lease.key, replace(lease, heartbeat=datetime.now(UTC).isoformat()).to_json()
+                )
             except Exception:  # storage hiccup: the next beat tries again
                 continue
 

@@ -328,7 +328,7 @@ class LocalDropStorage(DropStorage):
         try:
             os.link(source, target, follow_symlinks=False)  # fails when dst exists
         except FileExistsError:
-            if not (_same_entry(source, target) or _same_bytes(source, target)):
+            if not _same_object(source, target):
                 raise ObjectExists(f"{dst} exists already: not replacing it") from None
         self._delete_source(source, target)
         if source.parent.parent.parent == self.root / PREFIX:  # a run folder goes, as on S3
@@ -340,7 +340,7 @@ class LocalDropStorage(DropStorage):
         # Not named after the source: a dropped name may already be NAME_MAX long.
         aside = source.with_name(f".aside-{uuid.uuid4().hex}.tmp")
         os.rename(source, aside)  # atomic: from here no new drop can take that name's entry
-        if _same_entry(aside, target) or _same_bytes(aside, target):
+        if _same_object(aside, target):
             aside.unlink()
             return
         try:  # a newer drop: put it back
@@ -356,10 +356,14 @@ class LocalDropStorage(DropStorage):
             out.write(line.rstrip("\n") + "\n")
 
 
-def _same_entry(a: Path, b: Path) -> bool:
-    """Two names of one inode (lstat: a symlink is the link, not its target)."""
+def _same_object(a: Path, b: Path) -> bool:
+    """Two names of one inode, or two regular files with the same content: a move whose
+    target holds its bytes is done, as S3DropStorage takes equal ETags (a duplicate output
+    of a stalled attempt). lstat: a symlink or FIFO is never followed, never read."""
     sa, sb = a.lstat(), b.lstat()
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
+        return True
+    return stat.S_ISREG(sa.st_mode) and stat.S_ISREG(sb.st_mode) and filecmp.cmp(a, b, False)
 
 
 def _remove_if_only_leftovers(folder: Path) -> None:
@@ -371,14 +375,6 @@ def _remove_if_only_leftovers(folder: Path) -> None:
             for partial in left:
                 partial.unlink(missing_ok=True)
             folder.rmdir()
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    """Two regular files with the same content: a move whose target holds its bytes is
-    done, as S3DropStorage takes equal ETags (a duplicate output of a stalled attempt)."""
-    if not (stat.S_ISREG(a.lstat().st_mode) and stat.S_ISREG(b.lstat().st_mode)):
-        return False  # a symlink or FIFO is never read
-    return filecmp.cmp(a, b, shallow=False)
 
 
 def _new_file(path: Path) -> IO[bytes]:
@@ -602,9 +598,8 @@ def _versioned(head: dict) -> bool:
 
 def _info(head: dict) -> ObjectInfo:
     """Size, version and time from a HEAD answer (ETag and time without versioning)."""
-    version = head.get("VersionId") or ""
-    if not version or version == "null":
-        version = f"{head['ETag'].strip(chr(34))}@{head['LastModified'].isoformat()}"
+    stamp = f"{head['ETag'].strip(chr(34))}@{head['LastModified'].isoformat()}"
+    version = head["VersionId"] if _versioned(head) else stamp
     return ObjectInfo(head["ContentLength"], version, head["LastModified"])
 
 

@@ -211,8 +211,7 @@ def handle_record(record: Any, config: Config) -> dict[str, Any]:
     except ValueError as exc:
         return {"bucket": None, "key": None, "status": "failed", "reason": str(exc)}
     outcome: dict[str, Any] = {"bucket": bucket, "key": key}
-    reason = _skip_reason(record, key)
-    if reason:
+    if reason := _skip_reason(record, key):
         return {**outcome, "status": "skipped", "reason": reason}
     if not version:
         reason = "the record has neither s3.object.versionId nor s3.object.sequencer"
@@ -241,9 +240,7 @@ def _parse_record(record: Any) -> tuple[str, str, str | None]:
     obj = s3.get("object") or {}
     if not bucket or not obj.get("key"):
         raise ValueError("the record has no s3.bucket.name or no s3.object.key")
-    # S3 URL-encodes keys in events: space -> '+', '+' -> '%2B', UTF-8 bytes -> %XX.
-    key = decode_event_key(obj["key"])
-    return bucket, key, obj.get("versionId") or obj.get("sequencer")
+    return bucket, decode_event_key(obj["key"]), obj.get("versionId") or obj.get("sequencer")
 
 
 def _skip_reason(record: Mapping[str, Any], key: str) -> str | None:
@@ -271,25 +268,25 @@ def _skip_reason(record: Mapping[str, Any], key: str) -> str | None:
 def start_flow_run(
     config: Config, parameters: dict[str, Any], idempotency_key: str, name: str
 ) -> tuple[str, bool]:
-    """Create a flow run of the deployment: its id, and whether it is new."""
+    """Create a flow run of the deployment: its id, and whether this call created it (a 200
+    after a POST that timed out is our own run, not a duplicate event's)."""
     body = {"parameters": parameters, "idempotency_key": idempotency_key, "name": name}
     try:
-        return _create_flow_run(config, _deployment_id(config), body)
+        status, run, resent = _request(config, "POST", _create_path(config), body)
     except PrefectRequestError as exc:
         if exc.status != 404:
             raise
-    # The cached id is stale (deployment re-created): look it up once more.
-    LOGGER.info("deployment %s not found by its cached id, looking it up again", config.deployment)
-    _DEPLOYMENT_IDS.pop((config.api_url, config.deployment), None)
-    return _create_flow_run(config, _deployment_id(config), body)
-
-
-def _create_flow_run(config: Config, deployment_id: str, body: dict) -> tuple[str, bool]:
-    """The run's id, and whether this call created it (a 200 after a POST that timed out is
-    our own run, not a duplicate event's)."""
-    path = f"/deployments/{deployment_id}/create_flow_run"
-    status, run, resent = _request(config, "POST", path, body)
+        # The cached id is stale (deployment re-created): look it up once more.
+        LOGGER.info(
+            "deployment %s not found by its cached id, looking it up again", config.deployment
+        )
+        _DEPLOYMENT_IDS.pop((config.api_url, config.deployment), None)
+        status, run, resent = _request(config, "POST", _create_path(config), body)
     return run["id"], status == CREATED or resent
+
+
+def _create_path(config: Config) -> str:
+    return f"/deployments/{_deployment_id(config)}/create_flow_run"
 
 
 def _deployment_id(config: Config) -> str:

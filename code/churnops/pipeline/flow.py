@@ -167,7 +167,8 @@ def process_key(settings: Settings, drop: str, key: str) -> per_file.FileOutcome
 def outcome_markdown(outcome: per_file.FileOutcome) -> str:
     """The run's summary on its Prefect page: a table of what happened and where to look,
     then the details as a list; every text is escaped, so it renders as written."""
-    rows = [("outcome", f"**{_STATUS_WORDS.get(outcome.status, outcome.status)}**")]
+    status = "rejected" if outcome.status == "errored" else outcome.status
+    rows = [("outcome", f"**{status}**")]
     if outcome.model_version:
         rows.append(("model version", _escape(outcome.model_version)))
     if outcome.alert_channels:
@@ -181,9 +182,6 @@ def outcome_markdown(outcome: per_file.FileOutcome) -> str:
     table = "\n".join("| " + k + " | " + v.replace("|", "\\|") + " |" for k, v in rows)
     details = "\n".join(f"- {_escape(line)}" for line in _detail_lines(outcome))
     return f"### {_escape(outcome.name)}\n\n| | |\n| --- | --- |\n{table}\n\n{details}\n"
-
-
-_STATUS_WORDS = {"errored": "rejected"}
 
 
 def _detail_lines(outcome: per_file.FileOutcome) -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from churnops import retry
@@ -252,7 +252,7 @@ class _Attempt:
     claim: claims.Claim
     file_log: FileLog
     steps: Steps
-    store: MetricsStore | None = field(default=None)
+    store: MetricsStore | None = None
 
 
 def process(
@@ -310,11 +310,11 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
             return _join_labels(attempt)
         return _score_and_monitor(attempt)
     except Exception as exc:
-        if isinstance(exc, TakenOver) or _superseded(attempt):
+        if isinstance(exc, TakenOver) or _known(claims.taken_over, attempt.storage, held.lease):
             return _taken_over(attempt)
         if is_bad_input(exc):
             return _rejected(attempt, str(exc))
-        if _original_gone(attempt):  # deleted mid-run: close the run now, never retry it
+        if _known(_gone, attempt.storage, held.processing_key):  # deleted mid-run: never retried
             return _complete_finish(attempt)
         return _failed(attempt, exc)
     finally:
@@ -519,11 +519,12 @@ def _still_held(attempt: _Attempt) -> None:
         raise TakenOver(attempt.claim.lease.attempt)
 
 
-def _superseded(attempt: _Attempt) -> bool:
-    """:func:`_still_held`'s question on a failure path, where storage itself may be down."""
+def _known(question: Callable[..., bool], *args: Any) -> bool:
+    """A question to storage on a failure path, where storage itself may be down: not known
+    (taken over, or gone) is False, and the failure is handled as such (a retry)."""
     try:
-        return claims.taken_over(attempt.storage, attempt.claim.lease)
-    except Exception:  # not known to be taken over: the failure is handled as such
+        return question(*args)
+    except Exception:
         return False
 
 
@@ -568,12 +569,9 @@ def _start_over(attempt: _Attempt) -> FileOutcome:
     return _outcome(attempt, "skipped", message)
 
 
-def _original_gone(attempt: _Attempt) -> bool:
+def _gone(storage: DropStorage, key: str) -> bool:
     """The file left processing/ during the attempt (deleted, or moved by its finish)."""
-    try:
-        return not attempt.storage.exists(attempt.claim.processing_key)
-    except Exception:  # storage down: not known to be gone, so the run is retried
-        return False
+    return not storage.exists(key)
 
 
 def _close_run(attempt: _Attempt, status: str, **values: Any) -> None:

@@ -107,11 +107,8 @@ def _untaken_inputs(storage: DropStorage, now: datetime, runs: list[str]) -> lis
                 actions.append(Action("trigger", key, why, f"{run}#{folder}"))
     if ignored:
         shown = ", ".join(ascii(k) for k in ignored[:5]) + (", ..." if len(ignored) > 5 else "")
-        log.info(
-            "reconcile: ignored %d key(s) (subfolders, hidden or partial files): %s",
-            len(ignored),
-            shown,
-        )
+        what = "subfolders, hidden or partial files"
+        log.info("reconcile: ignored %d key(s) (%s): %s", len(ignored), what, shown)
     return actions
 
 
@@ -157,15 +154,12 @@ def _row_ending(lease: claims.Lease) -> tuple[str, str]:
 
 
 class FlowRuns(Protocol):
-    """The pipeline's flow runs (:class:`churnops.pipeline.flow.PrefectFlowRuns`)."""
+    """The pipeline's flow runs (:class:`churnops.pipeline.flow.PrefectFlowRuns` says what
+    each method does): the unfinished ones, and ending them as their attempts ended."""
 
-    def unfinished(self) -> dict[str, datetime]:
-        """The pipeline's flow runs taken by a runner or running: id -> since when."""
-        ...
+    def unfinished(self) -> dict[str, datetime]: ...
 
-    def end(self, endings: dict[str, tuple[str, str]]) -> None:
-        """End each flow run (id -> (status, why)) as its attempt ended."""
-        ...
+    def end(self, endings: dict[str, tuple[str, str]]) -> None: ...
 
 
 def end_flow_runs(

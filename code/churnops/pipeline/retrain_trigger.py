@@ -39,14 +39,6 @@ def cooling_down(last_verdict: datetime | None, now: datetime, cooldown_minutes:
     return last_verdict is not None and now - last_verdict < timedelta(minutes=cooldown_minutes)
 
 
-def last_verdict(monitoring: MonitoringSettings) -> datetime | None:
-    store = MetricsStore.from_settings(monitoring)
-    try:
-        return store.last_verdict_at()
-    finally:
-        store.close()
-
-
 def on_low_scores(
     model: ModelSettings,
     monitoring: MonitoringSettings,
@@ -63,7 +55,11 @@ def on_low_scores(
         return SUGGESTION
     now = datetime.now(UTC)
     try:
-        last = last_verdict(monitoring)
+        store = MetricsStore.from_settings(monitoring)
+        try:
+            last = store.last_verdict_at()
+        finally:
+            store.close()
         if cooling_down(last, now, model.retrain_cooldown_minutes):
             return (
                 f"retraining not started: the last one ended at {last:%Y-%m-%d %H:%M:%S} UTC "

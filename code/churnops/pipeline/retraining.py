@@ -142,8 +142,7 @@ def retrain(
         if waited:
             return Outcome("skipped", waited)
         dead = state.holder if state is not None and not _alive(state.holder) else None
-        seconds = LOCK_MINUTES * 60
-        if not store.acquire_lock(LOCK, holder, seconds, take_from=dead):
+        if not store.acquire_lock(LOCK, holder, LOCK_MINUTES * 60, take_from=dead):
             return Outcome("skipped", _lock_holder(store.lock_state(LOCK)))
         try:
             window = labeled_files(
@@ -173,9 +172,7 @@ def _why_not_now(
     now = datetime.now(UTC)
     if state is not None and state.held(now) and _alive(state.holder):
         return _lock_holder(state)
-    if trigger != "auto" or last is None:
-        return ""
-    if not cooling_down(last, now, model.retrain_cooldown_minutes):
+    if trigger != "auto" or not cooling_down(last, now, model.retrain_cooldown_minutes):
         return ""
     ready = last + timedelta(minutes=model.retrain_cooldown_minutes)
     return (
