@@ -413,12 +413,16 @@ def status() -> None:
     from churnops.platform.status import list_files, service_health
 
     drop = _settings().drop
-    files = list_files(_drop(drop.drop_uri))
+    if drop.drop_storage == "local" and not drop.drop_dir.is_dir():  # a look makes nothing
+        console.print(f"no drop folder at {drop.drop_dir} yet: churnops up makes it")
+        files = []
+    else:
+        files = list_files(_drop(drop.drop_uri))
+        table = Table("stage", "run", "file", title="files")
+        for file in files:
+            table.add_row(file.stage, file.run, file.name)
+        console.print(table if files else "no files in the drop folder")
     services = service_health(PlatformState.load(drop.home))
-    table = Table("stage", "run", "file", title="files")
-    for file in files:
-        table.add_row(file.stage, file.run, file.name)
-    console.print(table if files else "no files in the drop folder")
     health = Table("service", "health", "where", "checked by", title="services")
     for service in services:
         verdict = "[green]healthy[/green]" if service.healthy else "[red]down[/red]"

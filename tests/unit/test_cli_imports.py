@@ -28,12 +28,14 @@ print(json.dumps({"code": result.exit_code, "output": result.output,
     "command", [["--help"], ["status"], ["train", "--help"], ["retrain", "--help"]]
 )
 def test_light_commands_import_no_ml_library(command: list[str], tmp_path: Path) -> None:
-    """A fresh interpreter per command: what this test process imported does not count."""
-    env = {"CHURNOPS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    """A fresh interpreter per command: what this test process imported does not count.
+    A home that does not exist yet (a typo, or before the first ``churnops up``) stays so."""
+    env = {"CHURNOPS_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
     done = run_python(f"HEAVY = {HEAVY!r}\n{PROBE}", *command, env=env, check=True)
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["code"] == 0, report["output"]
     assert report["loaded"] == [], report["loaded"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_scoring_path_imports_nothing_of_training(tmp_path: Path) -> None:
