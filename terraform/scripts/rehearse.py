@@ -22,21 +22,6 @@ from terraform.scripts import local_postgres, tf_local
 from terraform.scripts.rehearsal.run import Applied, Rehearsal, RehearsalFailed
 
 
-def applied(workdir: Path) -> Applied:
-    """The emulator and the outputs of an applied workdir (tf_local.py up)."""
-    endpoint, env = tf_local.workdir_env(workdir)
-    return Applied(endpoint, tf_local.outputs(workdir / "terraform", env))
-
-
-def rehearse(target: Applied, data_dir: Path) -> str:
-    """The rehearsal against ``target`` with a Postgres of its own; its report."""
-    with (
-        local_postgres.throwaway_cluster() as cluster,
-        tempfile.TemporaryDirectory(prefix="churnops-rehearsal-") as root,
-    ):
-        return Rehearsal(target, cluster.url(), data_dir, Path(root)).run().text()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -48,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.reuse:
             tf_local.up(args.workdir, None)
-        print(rehearse(applied(args.workdir), data_dir))
+        endpoint, env = tf_local.workdir_env(args.workdir)
+        applied = Applied(endpoint, tf_local.outputs(args.workdir / "terraform", env))
+        with (
+            local_postgres.throwaway_cluster() as cluster,
+            tempfile.TemporaryDirectory(prefix="churnops-rehearsal-") as root,
+        ):
+            print(Rehearsal(applied, cluster.url(), data_dir, Path(root)).run().text())
     except RehearsalFailed as exc:
         print(f"rehearsal failed: {exc}", file=sys.stderr)
         return 1

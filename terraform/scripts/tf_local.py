@@ -80,20 +80,16 @@ def write_cli_config(out: Path) -> Path:
 
 
 # ----------------------------------------------------------------- moto
-def moto_server_binary() -> str:
-    found = shutil.which(
+def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
+    binary = shutil.which(
         "moto_server", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
     )
-    if not found:
+    if not binary:
         raise SystemExit("moto_server not found (install moto[server] in the virtualenv)")
-    return found
-
-
-def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port("127.0.0.1")
     log = log_path.open("ab")
     proc = subprocess.Popen(
-        [moto_server_binary(), "-H", "127.0.0.1", "-p", str(port)],
+        [binary, "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -173,13 +169,8 @@ def emulator_client(endpoint: str, service: str, region: str = REGION) -> Any:
     """A boto3 client on the emulator, with its fake credentials."""
     import boto3
 
-    return boto3.client(
-        service,
-        endpoint_url=endpoint,
-        region_name=region,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    keys = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    return boto3.client(service, endpoint_url=endpoint, region_name=region, **keys)
 
 
 def create_network(endpoint: str) -> dict[str, object]:
@@ -187,23 +178,18 @@ def create_network(endpoint: str) -> dict[str, object]:
     an ACM certificate for the UIs' domain (the module requires HTTPS)."""
     ec2 = emulator_client(endpoint, "ec2")
     vpc_id = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
-    subnets: dict[str, list[str]] = {"public": [], "private": []}
-    for index, (kind, zone) in enumerate(
-        [("public", "a"), ("public", "b"), ("private", "a"), ("private", "b")],
-    ):
-        subnet = ec2.create_subnet(
-            VpcId=vpc_id, CidrBlock=f"10.42.{index}.0/24", AvailabilityZone=f"{REGION}{zone}"
-        )
-        subnets[kind].append(subnet["Subnet"]["SubnetId"])
+    network: dict[str, object] = {"vpc_id": vpc_id}
+    for number, kind in enumerate(("public", "private")):
+        network[f"{kind}_subnet_ids"] = [
+            ec2.create_subnet(
+                VpcId=vpc_id, CidrBlock=f"10.42.{2 * number + i}.0/24", AvailabilityZone=zone
+            )["Subnet"]["SubnetId"]
+            for i, zone in enumerate((f"{REGION}a", f"{REGION}b"))
+        ]
     certificate = emulator_client(endpoint, "acm").request_certificate(
         DomainName=f"*.{UI_DOMAIN}", ValidationMethod="DNS"
     )
-    return {
-        "vpc_id": vpc_id,
-        "public_subnet_ids": subnets["public"],
-        "private_subnet_ids": subnets["private"],
-        "certificate_arn": certificate["CertificateArn"],
-    }
+    return network | {"certificate_arn": certificate["CertificateArn"]}
 
 
 def emulator_tfvars(network: dict[str, object]) -> dict[str, object]:
@@ -290,23 +276,18 @@ def up(workdir: Path, endpoint: str | None) -> None:
         record(endpoint=endpoint)
         if attempt == "again":  # the first attempt's state names another server's resources
             shutil.rmtree(workdir / "terraform")
-        _apply(workdir, endpoint)
+        env = emulator_env(endpoint, write_cli_config(workdir / "terraform.rc"))
+        module_dir = prepare_workdir(workdir, endpoint, emulator_tfvars(create_network(endpoint)))
+        terraform(module_dir, env, "init", "-input=false", "-no-color")
+        started = time.monotonic()
+        terraform(module_dir, env, "apply", "-auto-approve", "-input=false", "-no-color")
+        print(f"apply took {time.monotonic() - started:.0f}s against {endpoint}")
+        print(terraform(module_dir, env, "output", "-no-color", capture=True))
 
     if endpoint is not None:
         apply(endpoint)
     else:
         on_fresh_moto(workdir / "moto.log", apply, lambda proc: record(moto_pid=proc.pid))
-
-
-def _apply(workdir: Path, endpoint: str) -> None:
-    cli_config = write_cli_config(workdir / "terraform.rc")
-    module_dir = prepare_workdir(workdir, endpoint, emulator_tfvars(create_network(endpoint)))
-    env = emulator_env(endpoint, cli_config)
-    terraform(module_dir, env, "init", "-input=false", "-no-color")
-    started = time.monotonic()
-    terraform(module_dir, env, "apply", "-auto-approve", "-input=false", "-no-color")
-    print(f"apply took {time.monotonic() - started:.0f}s against {endpoint}")
-    print(terraform(module_dir, env, "output", "-no-color", capture=True))
 
 
 def outputs(module_dir: Path, env: dict[str, str]) -> dict[str, Any]:

@@ -71,17 +71,9 @@ def session_target(ecs: Any, cluster: str, service: str) -> str:
 def start_session_command(region: str, target: str, port: int, local_port: int) -> list[str]:
     parameters = {"portNumber": [str(port)], "localPortNumber": [str(local_port)]}
     return [
-        "aws",
-        "ssm",
-        "start-session",
-        "--region",
-        region,
-        "--target",
-        target,
-        "--document-name",
-        "AWS-StartPortForwardingSession",
-        "--parameters",
-        json.dumps(parameters),
+        *("aws", "ssm", "start-session", "--region", region, "--target", target),
+        *("--document-name", "AWS-StartPortForwardingSession"),
+        *("--parameters", json.dumps(parameters)),
     ]
 
 

@@ -1,5 +1,5 @@
-"""Fixtures of the Terraform tests: the CLI config (provider mirror), and the
-deployment of the whole root module against moto, applied early in the background."""
+"""Fixtures of the Terraform tests: terraform itself, and the deployment of the whole
+root module against moto, applied early in the background."""
 
 from __future__ import annotations
 
@@ -28,19 +28,6 @@ def terraform_bin() -> str:
     version = subprocess.run([path, "version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("Terraform v1."), version.stdout
     return path
-
-
-@pytest.fixture(scope="session")
-def tf_cli_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CLI config using the local provider mirror when there is one."""
-    return tf_local.write_cli_config(tmp_path_factory.mktemp("tfcli") / "terraform.rc")
-
-
-@pytest.fixture(scope="session")
-def tf_env(tf_cli_config: Path) -> dict[str, str]:
-    env = tf_local.emulator_env("http://127.0.0.1:1", tf_cli_config)
-    env.pop("AWS_ENDPOINT_URL")
-    return env
 
 
 #: An override that leaves the variable at its default (the emulator's tfvars set it).

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
+import uuid
 
 import pytest
 
-from churnops.platform.services import terminate_groups
 from terraform.scripts import image_scan
 
 from .conftest import TERRAFORM_DIR, tf_local
@@ -31,20 +29,17 @@ MANIFEST = {
 
 
 @pytest.fixture
-def ecr(tmp_path: Path) -> Iterator[tuple[object, str, dict[str, str]]]:
-    moto, endpoint = tf_local.start_moto(tmp_path / "moto.log")
-    try:
-        client = tf_local.emulator_client(endpoint, "ecr")
-        urls = {}
-        for name in ("churnops-emu-orchestration", "churnops-emu-grafana"):
-            repo = client.create_repository(
-                repositoryName=name, imageScanningConfiguration={"scanOnPush": True}
-            )["repository"]
-            client.put_image(repositoryName=name, imageManifest=json.dumps(MANIFEST), imageTag=TAG)
-            urls[name] = repo["repositoryUri"]
-        yield client, endpoint, urls
-    finally:
-        terminate_groups([moto.pid], grace=5.0)
+def ecr(moto_server: str) -> tuple[object, dict[str, str]]:
+    """Two repositories of this test (the moto server is the session's) with an image."""
+    client = tf_local.emulator_client(moto_server, "ecr")
+    urls = {}
+    for name in (f"orchestration-{uuid.uuid4().hex[:8]}", f"grafana-{uuid.uuid4().hex[:8]}"):
+        repo = client.create_repository(
+            repositoryName=name, imageScanningConfiguration={"scanOnPush": True}
+        )["repository"]
+        client.put_image(repositoryName=name, imageManifest=json.dumps(MANIFEST), imageTag=TAG)
+        urls[name] = repo["repositoryUri"]
+    return client, urls
 
 
 def _findings(endpoint: str, repository: str, counts: dict[str, int]) -> None:
@@ -66,21 +61,20 @@ def _findings(endpoint: str, repository: str, counts: dict[str, int]) -> None:
 
 
 def test_an_unfinished_scan_blocks_the_deploy(ecr) -> None:
-    client, _, urls = ecr
+    client, urls = ecr
     problems = image_scan.blocking_findings(client, urls, TAG, timeout=0, poll=0)
     assert problems == [f"{name}:{TAG}: scan PENDING" for name in urls]
 
 
-def test_a_critical_finding_blocks_the_deploy_and_lesser_ones_do_not(ecr) -> None:
-    client, endpoint, urls = ecr
+def test_a_critical_finding_blocks_the_deploy_and_lesser_ones_do_not(ecr, moto_server: str) -> None:
+    client, urls = ecr
+    orchestration, grafana = urls
     for name in urls:
         client.start_image_scan(repositoryName=name, imageId={"imageTag": TAG})
-    _findings(endpoint, "churnops-emu-orchestration", {"CRITICAL": 2, "HIGH": 5})
-    _findings(endpoint, "churnops-emu-grafana", {"HIGH": 3, "MEDIUM": 1})
+    _findings(moto_server, orchestration, {"CRITICAL": 2, "HIGH": 5})
+    _findings(moto_server, grafana, {"HIGH": 3, "MEDIUM": 1})
     problems = image_scan.blocking_findings(client, urls, TAG, timeout=5, poll=0.1)
-    assert problems == [
-        f"churnops-emu-orchestration:{TAG}: {{'CRITICAL': 2}} (see the ECR console's scan)"
-    ]
+    assert problems == [f"{orchestration}:{TAG}: {{'CRITICAL': 2}} (see the ECR console's scan)"]
 
 
 def test_push_images_runs_the_gate_after_the_pushes() -> None:

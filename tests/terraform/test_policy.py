@@ -20,8 +20,6 @@ from typing import Any
 
 import pytest
 
-from churnops.platform.services import stop_group
-
 from .conftest import DEFAULT, tf_local
 from .plan import Plan, Resource, plan_module
 
@@ -86,17 +84,16 @@ class Plans(dict[str, Plan | RuntimeError]):
 
 
 @pytest.fixture(scope="module")
-def planned(terraform_bin: str) -> Iterator[Plans]:
-    """Every configuration planned against one moto server, three at a time."""
+def planned(terraform_bin: str, moto_server: str) -> Iterator[Plans]:
+    """Every configuration planned against the session's moto server, three at a time."""
     root = Path(tempfile.mkdtemp(prefix="churnops-tf-policy-"))
-    moto, endpoint = tf_local.start_moto(root / "moto.log")
     cli_config = tf_local.write_cli_config(root / "terraform.rc")
     jobs = {**CONFIGURATIONS, **{name: vars_ for name, (vars_, _) in REFUSED.items()}}
 
     def plan(item: tuple[int, str]) -> Plan | RuntimeError:
         number, name = item
         try:
-            return Plan(plan_module(endpoint, root / str(number), cli_config, jobs[name]))
+            return Plan(plan_module(moto_server, root / str(number), cli_config, jobs[name]))
         except RuntimeError as exc:
             return exc
 
@@ -104,7 +101,6 @@ def planned(terraform_bin: str) -> Iterator[Plans]:
         with ThreadPoolExecutor(3) as pool:
             yield Plans(zip(jobs, pool.map(plan, enumerate(jobs)), strict=True))
     finally:
-        stop_group(moto, 5)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -297,10 +293,7 @@ def test_the_lambda_may_only_reach_prefect_and_secrets_manager(plan: Plan) -> No
     (from_lambda,) = (
         r for r in plan.of_type("aws_vpc_security_group_ingress_rule") if "Lambda" in r.index
     )
-    assert (from_lambda.after["from_port"], from_lambda.after["to_port"]) == (
-        PREFECT_PORT,
-        PREFECT_PORT,
-    )
+    assert from_lambda.after["from_port"] == from_lambda.after["to_port"] == PREFECT_PORT
 
 
 def test_failed_invocations_go_to_an_encrypted_queue_with_alarms(plan: Plan) -> None:

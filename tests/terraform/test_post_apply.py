@@ -24,9 +24,6 @@ OUTPUTS = {
     "evidently_url": {"value": "http://lb:8000"},
     "grafana_url": {"value": "http://lb:3000"},
     "ui_urls": {"value": {"mlflow": "http://lb:5000", "grafana": "http://lb:3000"}},
-    "internal_urls": {
-        "value": {"mlflow": "http://mlflow.x:5000", "evidently": "http://evidently.x:8000"}
-    },
     "lambda_function_name": {"value": "churnops-stg-s3-to-prefect"},
     "ecs_cluster_name": {"value": "churnops-stg"},
     "ecs_service_names": {"value": {"worker": "worker"}},
@@ -82,6 +79,7 @@ def stubbed_ecs(exit_code: int | None, task: dict = TASK) -> tuple[object, Stubb
         "ecs", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x"
     )
     stubber = Stubber(ecs)
+    override = {"name": task["container"], "command": task.get("command")}
     stubber.add_response(
         "run_task",
         {"tasks": [{"taskArn": TASK_ARN, "lastStatus": "PROVISIONING"}], "failures": []},
@@ -98,11 +96,7 @@ def stubbed_ecs(exit_code: int | None, task: dict = TASK) -> tuple[object, Stubb
                     "assignPublicIp": "DISABLED",
                 }
             },
-            "overrides": {
-                "containerOverrides": [{"name": task["container"], "command": task["command"]}]
-            }
-            if "command" in task
-            else {},
+            "overrides": {"containerOverrides": [override]} if "command" in task else {},
         },
     )
     described = {"cluster": "churnops-stg", "tasks": [TASK_ARN]}

@@ -34,14 +34,14 @@ def test_terraform_fmt(terraform_bin: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_terraform_validate(terraform_bin: str, tf_env: dict[str, str], tmp_path: Path) -> None:
-    # Validate a copy so that no .terraform/ is written into the working tree.
+def test_terraform_validate(terraform_bin: str, tmp_path: Path) -> None:
+    # Validate a copy so that no .terraform/ is written into the working tree, with the
+    # provider mirror when there is one.
     module_dir = tmp_path / "terraform"
     shutil.copytree(TERRAFORM_DIR, module_dir, ignore=tf_local.COPY_IGNORE)
-    init = run(
-        [terraform_bin, f"-chdir={module_dir}", "init", "-backend=false", "-input=false"], tf_env
-    )
-    assert init.returncode == 0, init.stdout + init.stderr
+    tf_env = tf_local.emulator_env("http://127.0.0.1:1", tf_local.write_cli_config(tmp_path / "rc"))
+    tf_env.pop("AWS_ENDPOINT_URL")
+    tf_local.terraform(module_dir, tf_env, "init", "-backend=false", "-input=false", capture=True)
     result = run([terraform_bin, f"-chdir={module_dir}", "validate", "-json"], tf_env)
     report = json.loads(result.stdout)
     assert report["valid"], json.dumps(report["diagnostics"], indent=2)
@@ -151,31 +151,18 @@ def test_the_provider_lock_is_committed_and_pins_the_aws_provider() -> None:
     assert tf_local.COPY_IGNORE(str(TERRAFORM_DIR), [lock.name]) == set()
 
 
-def test_only_the_emulators_retry_race_applies_again_and_on_a_fresh_moto(tmp_path: Path) -> None:
-    """The provider's retried AuthorizeSecurityGroup fails a loaded moto's apply; that
-    error alone starts one more apply, on a new server, the old one stopped."""
+def test_an_apply_error_but_the_emulators_retry_race_is_not_tried_again(tmp_path: Path) -> None:
+    """Any other error is raised at once, its moto left running for the destroy (the race
+    itself: test_apply_local_meets_the_retry_race_then_applies_on_a_fresh_moto)."""
     servers: list[subprocess.Popen] = []
-    tried: list[tuple[str, str]] = []
-
-    def race_once(endpoint: str, attempt: str) -> str:
-        tried.append((endpoint, attempt))
-        if attempt == "first":
-            raise RuntimeError(f"apply failed\n{tf_local.EMULATOR_RETRY_RACE}: rule exists")
-        return endpoint
 
     def denied(endpoint: str, attempt: str) -> str:
         raise RuntimeError("apply failed\nAccessDenied")
 
-    log = tmp_path / "moto.log"
     try:
-        endpoint = tf_local.on_fresh_moto(log, race_once, servers.append)
-        assert [attempt for _, attempt in tried] == ["first", "again"]
-        assert endpoint == tried[1][0] != tried[0][0]
-        assert servers[0].wait(timeout=10) is not None and servers[1].poll() is None
-
         with pytest.raises(RuntimeError, match="AccessDenied"):
-            tf_local.on_fresh_moto(log, denied, servers.append)
-        assert len(servers) == 3 and servers[2].poll() is None  # left for the destroy
+            tf_local.on_fresh_moto(tmp_path / "moto.log", denied, servers.append)
+        assert len(servers) == 1 and servers[0].poll() is None
     finally:
         terminate_groups([server.pid for server in servers], grace=5.0)
 

@@ -24,7 +24,6 @@ from terraform.scripts.rehearsal.deployment import Aws, Deployment, WiringError
 from terraform.scripts.rehearsal.mapping import LOCAL_SSLMODE, LOOPBACK, STRICT_SSLMODES
 from terraform.scripts.rehearsal.services import (
     PrefectApi,
-    admin_url_of,
     connect,
     login_of,
     notification_for,
@@ -134,7 +133,7 @@ def check_database_logins(r: Rehearsal) -> None:
             if container.name in inits:
                 continue
             users = {login_of(v) for v in local.env.values() if port in v and "://" in v}
-            if images.repository(container.image) == "grafana" and container.essential:
+            if _is_grafana(local):
                 users.add(datasource_login(local)["user"])
             if users:
                 logins[container.label] = users
@@ -241,7 +240,7 @@ def _check_outputs(r: Rehearsal, drop: Drop) -> None:
 
 
 def _run_row(r: Rehearsal, flow_run_id: str) -> tuple[str, str | None]:
-    url = admin_url_of(r.admin_url, r.deployment.database.database)
+    url = r.admin_url.rsplit("/", 1)[0] + f"/{r.deployment.database.database}"
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT id, status, report_url FROM pipeline_runs WHERE flow_run_id = %s",
@@ -300,11 +299,7 @@ def check_reader(r: Rehearsal) -> None:
     Grafana container's environment: SELECT on every dashboard table, no writes."""
     from churnops.monitoring.metrics_db import DASHBOARD_TABLES
 
-    grafana = [
-        local
-        for local in r.local.values()
-        if images.repository(local.container.image) == "grafana" and local.container.essential
-    ]
+    grafana = [local for local in r.local.values() if _is_grafana(local)]
     if not grafana:
         raise WiringError("no Grafana container in the task definitions")
     login = datasource_login(grafana[0])
@@ -333,6 +328,10 @@ def check_reader(r: Rehearsal) -> None:
     r.report.facts["dashboard role"] = (
         f"{login['user']} reads {', '.join(f'{t} ({n})' for t, n in counts.items())}; cannot delete"
     )
+
+
+def _is_grafana(local: containers.Local) -> bool:
+    return images.repository(local.container.image) == "grafana" and local.container.essential
 
 
 def _listen_for_alerts(r: Rehearsal) -> str:

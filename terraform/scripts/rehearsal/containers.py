@@ -55,14 +55,14 @@ def where(container: Container, variable: str | None = None, secret: bool = Fals
     return place
 
 
-def prepare(
-    task: Task, container: Container, mapper: Mapper, aws: Aws, root: Path, volumes: Path
-) -> Local:
-    """The local form of ``container``: argv, environment, working folder, health check."""
+def prepare(task: Task, container: Container, mapper: Mapper, aws: Aws, root: Path) -> Local:
+    """The local form of ``container``: argv, environment, working folder, health check;
+    its files under ``root``/fs, its volumes' under ``root``/volumes."""
     image = images.image_of(container.image)
     facts = images.facts(image.dockerfile)
     ports = {p: mapper.ports[(task.service, p)] for p in task.ports}
-    home = root / container.label.replace("/", ".")
+    home = root / "fs" / container.label.replace("/", ".")
+    volumes = root / "volumes"
     if home.exists():
         shutil.rmtree(home)
     workdir = container.working_directory or facts.workdir

@@ -126,15 +126,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class Listener:
-    port: int
     protocol: str
     rules: tuple[Rule, ...]
-
-
-@dataclass(frozen=True)
-class LoadBalancer:
-    dns_name: str
-    listeners: dict[int, Listener]
 
 
 @dataclass(frozen=True)
@@ -169,7 +162,8 @@ class Deployment:
     #: Cloud Map: fully qualified name -> ECS service
     discovery: dict[str, str]
     namespaces: tuple[str, ...]
-    load_balancers: dict[str, LoadBalancer]
+    #: DNS name -> its listeners by port
+    load_balancers: dict[str, dict[int, Listener]]
     target_group_health: dict[str, dict[str, Any]]
     database: Database
     #: None when the emulator has no such function (a failed apply)
@@ -269,20 +263,20 @@ def read_discovery(aws: Aws, tasks: dict[str, Task]) -> tuple[dict[str, str], tu
     return names, tuple(namespaces.values())
 
 
-def read_load_balancers(aws: Aws) -> tuple[dict[str, LoadBalancer], dict[str, dict[str, Any]]]:
-    """Load balancers by DNS name, and each target group's health check."""
+def read_load_balancers(
+    aws: Aws,
+) -> tuple[dict[str, dict[int, Listener]], dict[str, dict[str, Any]]]:
+    """Load balancers' listeners by DNS name, and each target group's health check."""
     elb = aws.client("elbv2")
-    balancers = {}
-    for lb in elb.describe_load_balancers()["LoadBalancers"]:
-        listeners = {
-            listener["Port"]: Listener(
-                listener["Port"], listener["Protocol"], _rules(elb, listener["ListenerArn"])
-            )
+    balancers = {
+        lb["DNSName"]: {
+            listener["Port"]: Listener(listener["Protocol"], _rules(elb, listener["ListenerArn"]))
             for listener in elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])[
                 "Listeners"
             ]
         }
-        balancers[lb["DNSName"]] = LoadBalancer(dns_name=lb["DNSName"], listeners=listeners)
+        for lb in elb.describe_load_balancers()["LoadBalancers"]
+    }
     health = {tg["TargetGroupArn"]: tg for tg in elb.describe_target_groups()["TargetGroups"]}
     return balancers, health
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from terraform.scripts.rehearsal.deployment import Deployment, LoadBalancer, WiringError
+from terraform.scripts.rehearsal.deployment import Deployment, WiringError
 
 LOOPBACK = "127.0.0.1"
 #: What libpq's and asyncpg's sslmode become: the local Postgres has no TLS (RDS forces it).
@@ -68,8 +68,8 @@ class Mapper:
     def _ui_hosts(self) -> set[str]:
         return {
             host
-            for lb in self.deployment.load_balancers.values()
-            for listener in lb.listeners.values()
+            for listeners in self.deployment.load_balancers.values()
+            for listener in listeners.values()
             for rule in listener.rules
             for host in rule.hosts
             if "*" not in host and "?" not in host
@@ -108,23 +108,27 @@ class Mapper:
             )
         return Target(self.ports[(service, wanted)], f"ECS service {service} port {wanted}")
 
-    def _balancer_for(self, host: str) -> LoadBalancer | None:
-        for lb in self.deployment.load_balancers.values():
-            if host == lb.dns_name.lower():
-                return lb
-            for listener in lb.listeners.values():
-                if any(fnmatch.fnmatch(host, h.lower()) for r in listener.rules for h in r.hosts):
-                    return lb
+    def _balancer_for(self, host: str) -> str | None:
+        """The DNS name of the load balancer ``host`` names (itself, or a rule's host)."""
+        for dns_name, listeners in self.deployment.load_balancers.items():
+            if host == dns_name.lower() or any(
+                fnmatch.fnmatch(host, h.lower())
+                for listener in listeners.values()
+                for r in listener.rules
+                for h in r.hosts
+            ):
+                return dns_name
         return None
 
     def _through_balancer(
-        self, lb: LoadBalancer, host: str, wanted: int | None, scheme: str, where: str
+        self, lb: str, host: str, wanted: int | None, scheme: str, where: str
     ) -> Target:
-        listener = lb.listeners.get(wanted or 0)
+        listeners = self.deployment.load_balancers[lb]
+        listener = listeners.get(wanted or 0)
         if listener is None:
-            ports = ", ".join(map(str, sorted(lb.listeners))) or "none"
+            ports = ", ".join(map(str, sorted(listeners))) or "none"
             raise WiringError(
-                f"{where}: the load balancer {lb.dns_name} has no listener on port {wanted}"
+                f"{where}: the load balancer {lb} has no listener on port {wanted}"
                 f" (listeners: {ports})"
             )
         if scheme and listener.protocol.lower() != scheme.lower():

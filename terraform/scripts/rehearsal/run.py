@@ -114,7 +114,6 @@ class Rehearsal:
     admin_url: str
     data_dir: Path
     root: Path
-    say: Any = print
     report: Report = field(default_factory=Report)
 
     def __post_init__(self) -> None:
@@ -166,12 +165,12 @@ class Rehearsal:
 
     def _step(self, name: str, action: Any) -> Any:
         began = time.monotonic()
-        self.say(f"rehearsal: {name} ...")
+        print(f"rehearsal: {name} ...")
         try:
             result = action()
         except WiringError as exc:
             raise RehearsalFailed(f"{name}: {exc}") from None
-        self.say(f"rehearsal: {name} done in {time.monotonic() - began:.1f}s")
+        print(f"rehearsal: {name} done in {time.monotonic() - began:.1f}s")
         return result
 
     # ------------------------------------------------------------------ 1. database
@@ -181,28 +180,19 @@ class Rehearsal:
         db = self.deployment.database
         users, password = checks.master_login(self.aws, self.deployment)
         self.master_users = users
+        master = sql.Identifier(users[0])
         with connect(self.admin_url) as conn, conn.cursor() as cur:
             for user in users:
                 cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
-                verb = "ALTER" if cur.fetchone() else "CREATE"
-                cur.execute(
-                    sql.SQL("{} ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {}").format(
-                        sql.SQL(verb), sql.Identifier(user), sql.Literal(password)
-                    )
-                )
+                verb = sql.SQL("ALTER" if cur.fetchone() else "CREATE")
+                role = sql.SQL("{} ROLE {} LOGIN CREATEDB CREATEROLE PASSWORD {}")
+                cur.execute(role.format(verb, sql.Identifier(user), sql.Literal(password)))
                 if user != users[0]:  # another name of the same master: all its rights
-                    cur.execute(
-                        sql.SQL("GRANT {} TO {}").format(
-                            sql.Identifier(users[0]), sql.Identifier(user)
-                        )
-                    )
+                    cur.execute(sql.SQL("GRANT {} TO {}").format(master, sql.Identifier(user)))
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db.database,))
             if not cur.fetchone():
-                cur.execute(
-                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                        sql.Identifier(db.database), sql.Identifier(users[0])
-                    )
-                )
+                owned = sql.SQL("CREATE DATABASE {} OWNER {}")
+                cur.execute(owned.format(sql.Identifier(db.database), master))
         self.report.facts["database"] = (
             f"master user {' and '.join(users)} (password from its RDS-managed secret),"
             f" database {db.database}, at {LOOPBACK}:{database_port(self.admin_url)}"
@@ -222,12 +212,7 @@ class Rehearsal:
             for container in task.containers:
                 try:
                     self.local[container.label] = containers.prepare(
-                        task,
-                        container,
-                        self.mapper,
-                        self.aws,
-                        self.root / "fs",
-                        self.root / "volumes",
+                        task, container, self.mapper, self.aws, self.root
                     )
                 except WiringError as exc:
                     problems.append(str(exc))
@@ -385,7 +370,7 @@ class Rehearsal:
             raise WiringError(f"no terraform output {output} ({what}, post_apply.py)")
         task = self.applied.outputs[output]
         definition = task["task_definition"]
-        owners = [t for t in self.deployment.tasks.values() if definition in _names_of(t)]
+        owners = [t for t in self.deployment.tasks.values() if t.definition_arn == definition]
         if not owners:
             raise WiringError(f"{what}: no task definition {definition} in the deployment")
         container = owners[0].container(task["container"])
@@ -466,18 +451,12 @@ def _in_parallel(target: Any, jobs: list[tuple[Any, ...]]) -> None:
         raise WiringError("\n".join(errors))
 
 
-def _names_of(task: Task) -> set[str]:
-    """How a task definition may be named: ARN, family:revision, family."""
-    family_revision = task.definition_arn.rsplit("/", 1)[-1]
-    return {task.definition_arn, family_revision, family_revision.rsplit(":", 1)[0]}
-
-
 def _versions(s3: Any, bucket: str) -> set[tuple[str, str]]:
-    found = set()
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        for entry in page.get("Versions", []) + page.get("DeleteMarkers", []):
-            found.add((entry["Key"], entry["VersionId"]))
-    return found
+    return {
+        (entry["Key"], entry["VersionId"])
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket)
+        for entry in page.get("Versions", []) + page.get("DeleteMarkers", [])
+    }
 
 
 def _remove_new_versions(s3: Any, bucket: str, before: set[tuple[str, str]]) -> None:

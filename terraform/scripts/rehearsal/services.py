@@ -73,10 +73,6 @@ def database_port(url: str) -> int:
     return urlsplit(url).port or 5432
 
 
-def admin_url_of(url: str, database: str) -> str:
-    return url.rsplit("/", 1)[0] + f"/{database}"
-
-
 def login_of(url: str) -> str:
     return urlsplit(url).username or "?"
 
