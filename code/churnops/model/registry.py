@@ -316,23 +316,27 @@ def gate(
 
 
 def _still_champion(settings: ModelSettings, decision: Decision) -> Decision:
-    """Refuse when the alias moved meanwhile: the challenger was judged against another."""
-    if not decision.promote or decision.champion_version is None:
+    """Refuse when the alias moved meanwhile (a first version too: another may have taken
+    it): the challenger was judged against another. Asked last, just before the alias is
+    set: logging a version takes seconds, in which another training can promote."""
+    if not decision.promote:
         return decision
     try:
-        now = mlflow.MlflowClient().get_model_version_by_alias(
+        holder = mlflow.MlflowClient().get_model_version_by_alias(
             settings.model_name, settings.model_alias
         )
+        now = str(holder.version)
     except MlflowException:
         now = None
-    if now is not None and str(now.version) == decision.champion_version:
+    if now == decision.champion_version:
         return decision
-    moved = f"version {now.version}" if now else "no version"
+    was = decision.champion_version
     return replace(
         decision,
         promote=False,
-        reason=f"'{settings.model_alias}' moved to {moved} while training against "
-        f"version {decision.champion_version}: not promoted ({decision.reason})",
+        reason=f"'{settings.model_alias}' moved to {f'version {now}' if now else 'no version'} "
+        f"while training against {f'version {was}' if was else 'no version'}: not promoted "
+        f"({decision.reason})",
     )
 
 
@@ -412,15 +416,11 @@ def train_and_register(
         scores["champion_training"] = score(champion.model, split.training_holdout)
     against = (champion.version, scores["champion"]) if champion else None
     decision = gate(settings, scores["challenger"], against, options.force)
-    decision = _still_champion(settings.model, decision)
     if window:  # the registered version learns the newest holdout too (X: the final rows)
         X, y = prepare_features(final, features), target(final)
         classifier = training.make_classifier(params, seed).fit(X, y)
     model = ChurnModel.in_memory(features, threshold, classifier)
-    status: Status = "promoted" if decision.promote else "refused"
     tags = {
-        "promotion.decision": status,
-        "promotion.reason": decision.reason,
         "lineage.parent_version": parent or "",
         "lineage.holdout": split.holdout_name,
         "lineage.fit_digest": digest,
@@ -434,7 +434,6 @@ def train_and_register(
             | {k: v for name, s in scores.items() for k, v in s.scores(METRICS[name]).items()}
             | training.inference_costs(classifier, X)
         )
-        mlflow.set_tags(tags)
         log_figures("holdout", target(split.holdout).to_numpy(), candidate, split.holdout)
         shap_figure = plots.shap_summary(classifier, X)
         mlflow.log_figure(shap_figure, "plots/shap_summary.png")
@@ -442,6 +441,10 @@ def train_and_register(
         _log_lineage(training_file, window, split)
         mlflow.log_text("\n".join(sorted(final["_key"])), FIT_ROWS)
         version = log_model(settings.model, model, classifier, params, final.drop(columns="_key"))
+        decision = _still_champion(settings.model, decision)
+        status: Status = "promoted" if decision.promote else "refused"
+        tags |= {"promotion.decision": status, "promotion.reason": decision.reason}
+        mlflow.set_tags(tags)
     apply_decision(settings.model, version, decision, tags)
     return Outcome(
         status,
