@@ -87,3 +87,16 @@ def test_the_gate_with_and_without_a_champion() -> None:
     better = gate(below, good, ("1", poor))
     assert better.promote and "quality still below its minimum" in better.reason
     assert gate(settings, poor, ("1", good), force=True).reason.startswith("forced despite")
+
+
+def test_a_training_judges_the_champion_only_on_holdout_rows_it_did_not_learn(files) -> None:
+    """``churnops train --data`` naming a file a retraining had learned from: the champion
+    was scored on its own training rows (F1 0.919, ROC AUC 0.998 against the challenger's
+    0.800), and the challenger refused on that."""
+    training, _, _ = files
+    holdout = split_rows(training, [], set()).holdout
+    learned = set(holdout["_key"].iloc[:50])
+    split = split_rows(training, [], learned)
+    assert len(split.holdout) == len(holdout) - 50
+    assert not set(split.holdout["_key"]) & learned
+    assert "unseen by the champion" in split_rows(training, [], set(holdout["_key"]))

@@ -215,8 +215,9 @@ def split_rows(
     if window:
         newest = rows[(rows["_source"] == len(window)) & ~rows["_key"].isin(seen)]
         holdout_name = window[-1].name
-    else:
+    else:  # ``--data`` may name a file a retraining learned from: its rows judge nothing
         newest = training_holdout.assign(_key=row_keys(training_holdout))
+        newest = newest[~newest["_key"].isin(seen)]
         holdout_name = f"{training_file.name} (holdout split)"
     refusal = _too_small(newest, holdout_name, len(seen) > 0)
     if refusal:
