@@ -40,6 +40,7 @@ from churnops.model.churn_model import (
     XGB_ARTIFACT,
     ChurnModel,
     LoadedModel,
+    MlflowUnavailable,
     configure_mlflow,
     load_aliased_model,
 )
@@ -254,8 +255,27 @@ def _too_small(holdout: pd.DataFrame, name: str, seen: bool) -> str:
 
 
 # --- the champion ----------------------------------------------------------------------------
+class UnloadableChampion(RuntimeError):
+    """The alias names a version that does not load (its artifacts gone or broken): no
+    verdict against it can be made."""
+
+
 def score(model: ChurnModel, frame: pd.DataFrame) -> Evaluation:
     return training.evaluate(target(frame).to_numpy(), model.predict_proba(frame), model.threshold)
+
+
+def _holder(settings: ModelSettings) -> str | None:
+    """The version holding the alias; None when none does (on AWS the model is made before
+    any version)."""
+    try:
+        holder = mlflow.MlflowClient().get_model_version_by_alias(
+            settings.model_name, settings.model_alias
+        )
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        return None
+    return str(holder.version)
 
 
 def deployed(
@@ -264,11 +284,16 @@ def deployed(
     """The alias holder and the keys of the rows it learned from (none when not logged)."""
     try:
         loaded = load(settings)
-    except MlflowException as exc:
-        # no such model, or no alias yet (on AWS the model is made before any version)
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        return None, set()
+    except MlflowUnavailable:
+        raise
+    except Exception as exc:  # no alias yet, or a version whose artifacts are gone or broken
+        if (version := _holder(settings)) is None:
+            return None, set()
+        raise UnloadableChampion(
+            f"{settings.model_name} version {version} ('{settings.model_alias}') does not "
+            "load: move the alias to a version that loads, or delete it, then train again "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
     run_id = mlflow.MlflowClient().get_model_version(loaded.name, loaded.version).run_id
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=FIT_ROWS)
@@ -322,14 +347,7 @@ def _still_champion(settings: ModelSettings, decision: Decision) -> Decision:
     set: logging a version takes seconds, in which another training can promote."""
     if not decision.promote:
         return decision
-    try:
-        holder = mlflow.MlflowClient().get_model_version_by_alias(
-            settings.model_name, settings.model_alias
-        )
-        now = str(holder.version)
-    except MlflowException:
-        now = None
-    if now == decision.champion_version:
+    if (now := _holder(settings)) == decision.champion_version:
         return decision
     was = decision.champion_version
     return replace(
