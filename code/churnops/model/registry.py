@@ -234,6 +234,17 @@ def split_rows(
     )
 
 
+def refit_rows(split: Split, retraining: bool) -> pd.DataFrame:
+    """The rows the registered version learns: the fit, and after a retraining the newest
+    holdout too (the next file is newer still), but for copies of the training file's split
+    (a later file may repeat a customer row), which stays in no version's fit."""
+    if not retraining:
+        return split.fit
+    held = set(row_keys(split.training_holdout).str.split(".").str[0])
+    newest = split.holdout[~split.holdout["_key"].str.split(".").str[0].isin(held)]
+    return pd.concat([split.fit, newest], ignore_index=True)
+
+
 def _too_small(holdout: pd.DataFrame, name: str, seen: bool) -> str:
     """Why ``holdout`` cannot judge a challenger: too few rows, or of a class ('' if it can)."""
     positives = int(target(holdout).sum()) if len(holdout) else 0
@@ -419,7 +430,7 @@ def train_and_register(
     features, seed = options.features, RANDOM_SEED
     X, y = prepare_features(split.fit, features), target(split.fit)
     params = choose_params(settings.model, options, X, y, progress, stored_study=not window)
-    final = split.fit if not window else pd.concat([split.fit, split.holdout], ignore_index=True)
+    final = refit_rows(split, bool(window))
     digest = fit_digest(final["_key"], params, features)
     same = None if options.force else _same_fit(settings.model, digest)
     if same:
