@@ -28,6 +28,8 @@ from churnops.model.registry import (
     HOLDOUT_FRACTION,
     RANDOM_SEED,
     TrainingOptions,
+    deployed,
+    row_keys,
     train_and_register,
 )
 from churnops.monitoring.attribution import mean_abs_shap
@@ -100,6 +102,17 @@ def staging_model(settings: Settings) -> LoadedModel:
         return load_aliased_model(settings.model)
 
 
+def retrained_rows(seen: set[str], training: pd.DataFrame, frame: pd.DataFrame) -> int:
+    """Rows of ``frame`` the version learned beyond the training file (``seen``: its
+    ``lineage/fit_rows.txt``): a retraining learned the file, so its F1 there is no test."""
+
+    def digests(frame: pd.DataFrame) -> pd.Series:
+        return row_keys(frame).str.split(".").str[0]
+
+    beyond = {k.split(".")[0] for k in seen} - set(digests(training))
+    return int(digests(frame).isin(beyond).sum())
+
+
 def logged_costs(loaded: LoadedModel) -> str:
     """The inference costs the version logged when it was trained, if it did."""
     client = mlflow.MlflowClient()
@@ -136,13 +149,22 @@ def main() -> int:
     ours = staging_model(settings)
     print(f"ours: {ours.name} v{ours.version}, threshold {ours.model.threshold:.2f}")
     print(f"  costs logged with the version: {logged_costs(ours)}")
+    files = {name: load_customer_file(data_dir / name, require_target=True) for name in FILES}
+    _, seen = deployed(settings.model, lambda _: ours)
+    for name, frame in files.items():
+        if learned := retrained_rows(seen, train_file, frame):
+            print(
+                f"ours (v{ours.version}) learned {learned} rows of {name} in a retraining: its "
+                f"F1 there is no test. Benchmark a version trained on "
+                f"{settings.model.training_file} only (`churnops train` in a fresh CHURNOPS_HOME)"
+            )
+            return 2
     print("fitting the baseline (cross-validated threshold) ...", flush=True)
     models = {
         "reference": reference_model(train_file),
         "baseline": baseline_model(train_file),
         "ours": ours.model,
     }
-    files = {name: load_customer_file(data_dir / name, require_target=True) for name in FILES}
     later = pd.concat(files.values(), ignore_index=True)
     print(f"\nF1 >= {MIN_F1} and ROC AUC >= {MIN_ROC_AUC} on each file (the bar is ours)")
     print(f"{'model':10} {'trees x depth':>13} {'threshold':>9}", end="")

@@ -43,6 +43,7 @@ def _expected(exc: Exception) -> bool:
         "OperationalError",
         "DataValidationError",
         "MlflowUnavailable",
+        "UnloadableChampion",  # the alias names a version whose artifacts are gone
         "MetricsDatabaseUnavailable",  # the database's OperationalError, after the retries
         "BotoCoreError",  # S3: no credentials, endpoint unreachable
         "ClientError",  # S3: no such bucket, access denied
@@ -54,7 +55,8 @@ def _one_line(exc: Exception) -> str:
     text = " ".join(hide_credentials(str(exc)).split())[:300]
     if served := _served_by_the_platform(text):
         return served
-    hint = "; is `churnops up` running? or set MLFLOW_TRACKING_URI" if "mlflow" in text else ""
+    server = "mlflow" in text and type(exc).__name__ != "UnloadableChampion"  # a path's word
+    hint = "; is `churnops up` running? or set MLFLOW_TRACKING_URI" if server else ""
     return f"{type(exc).__name__}: {text}{hint}"
 
 

@@ -149,3 +149,47 @@ def test_a_first_training_in_a_home_that_does_not_exist_yet(
     outcome = train_and_register(settings, options)
     assert outcome.status == "promoted", outcome.reason
     assert (tmp_path / "new" / "home" / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("champion", [False, True], ids=["no-champion", "champion"])
+def test_no_promotion_when_the_alias_moved_while_the_version_was_logged(
+    champion: bool,
+    mlflow_server: str,
+    tmp_path: Path,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another training promoted while this one logged its version (seconds): this one was
+    judged against what held the alias before, so it must not take it. Two `churnops
+    train` at once both said promoted, and the alias went to the one that ended last,
+    the worse of the two (the check ran before the logging, not after)."""
+    name = f"Raced{'After' if champion else 'First'}"
+    settings = get_settings(
+        churnops_home=tmp_path, mlflow_tracking_uri=mlflow_server, model_name=name
+    )
+    data = data_dir / "customer_churn_0.csv"
+    if champion:
+        options = TrainingOptions(data_file=data, params=WORSE, force=True)
+        assert train_and_register(settings, options).status == "promoted"
+    real = registry.log_model
+
+    def another_training_promotes_meanwhile(*args: object) -> str:
+        monkeypatch.setattr(registry, "log_model", real)
+        other = real(*args)
+        client(settings).set_registered_model_alias(name, "staging", other)
+        return real(*args)
+
+    monkeypatch.setattr(registry, "log_model", another_training_promotes_meanwhile)
+    raced = train_and_register(settings, TrainingOptions(data_file=data))
+    was = "version 1" if champion else "no version"
+    other = str(int(raced.version) - 1)
+    assert raced.status == "refused"
+    assert raced.reason.startswith(
+        f"'staging' moved to version {other} while training against {was}"
+    )
+    mlflow_client = client(settings)
+    assert mlflow_client.get_model_version_by_alias(name, "staging").version == other
+    assert (
+        mlflow_client.get_model_version(name, raced.version).tags["promotion.decision"] == "refused"
+    )
+    assert mlflow_client.get_run(raced.run_id).data.tags["promotion.reason"] == raced.reason

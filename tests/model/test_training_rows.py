@@ -9,7 +9,7 @@ import pytest
 
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET
-from churnops.model.registry import LabeledFile, Split, gate, row_keys, split_rows
+from churnops.model.registry import LabeledFile, Split, gate, refit_rows, row_keys, split_rows
 from churnops.model.training import evaluate
 from churnops.settings import get_settings
 
@@ -87,3 +87,31 @@ def test_the_gate_with_and_without_a_champion() -> None:
     better = gate(below, good, ("1", poor))
     assert better.promote and "quality still below its minimum" in better.reason
     assert gate(settings, poor, ("1", good), force=True).reason.startswith("forced despite")
+
+
+def test_a_training_judges_the_champion_only_on_holdout_rows_it_did_not_learn(files) -> None:
+    """``churnops train --data`` naming a file a retraining had learned from: the champion
+    was scored on its own training rows (F1 0.919, ROC AUC 0.998 against the challenger's
+    0.800), and the challenger refused on that."""
+    training, _, _ = files
+    holdout = split_rows(training, [], set()).holdout
+    learned = set(holdout["_key"].iloc[:50])
+    split = split_rows(training, [], learned)
+    assert len(split.holdout) == len(holdout) - 50
+    assert not set(split.holdout["_key"]) & learned
+    assert "unseen by the champion" in split_rows(training, [], set(holdout["_key"]))
+
+
+def test_a_retrained_version_learns_no_copy_of_the_training_files_split(files) -> None:
+    """customer_churn_1.csv repeats 16 rows of the training file's holdout split: the
+    registered version, refit with the newest holdout, learned them, and the next verdict
+    scored it on that split as on rows it never saw."""
+    training, first, _ = files
+    split = split_rows(training, [labeled("c1.csv", first)], set())
+    digests = split.holdout["_key"].str.split(".").str[0]
+    repeated = int(digests.isin(keys(split.training_holdout)).sum())
+    assert repeated == 16  # the data repeats customers across files
+    refit = refit_rows(split, retraining=True)
+    assert not keys(refit) & keys(split.training_holdout)
+    assert len(refit) == len(split.fit) + len(split.holdout) - repeated
+    assert refit_rows(split, retraining=False) is split.fit

@@ -129,3 +129,29 @@ def test_a_file_failed_for_want_of_the_platforms_mlflow_says_what_to_do(
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("failed a.csv: this home's models are served by the platform's")
     assert "start `churnops up`" in first
+
+
+def test_a_staging_version_that_does_not_load_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version whose booster file was gone held the alias: `churnops train` and `retrain`
+    were 200 lines of XGBoostError traceback (its path's 'mlflow' also drew the hint that
+    the server was down); with its whole folder gone, MLflow's 'does not exist' was taken
+    for 'no version has the alias' and the gate said so."""
+    from churnops import cli
+    from churnops.model import registry
+    from churnops.settings import get_settings
+
+    def broken(_: object) -> object:
+        raise RuntimeError("Opening /h/mlflow/artifacts/xgb_model.json failed\n[bt] (0) 0x7f")
+
+    settings = get_settings(churnops_home=Path("/nonexistent")).model
+    monkeypatch.setattr(registry, "_holder", lambda _: None)  # no alias yet: a first model
+    assert registry.deployed(settings, broken) == (None, set())
+    monkeypatch.setattr(registry, "_holder", lambda _: "3")
+    with pytest.raises(registry.UnloadableChampion) as raised:
+        registry.deployed(settings, broken)
+    said = cli._one_line(raised.value)
+    assert cli._expected(raised.value)
+    assert said.startswith(
+        "UnloadableChampion: XGBoostChurnModel version 3 ('staging') does not load: move"
+    ), said
+    assert said.endswith("(RuntimeError: Opening /h/mlflow/artifacts/xgb_model.json failed)")

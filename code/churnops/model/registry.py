@@ -40,6 +40,7 @@ from churnops.model.churn_model import (
     XGB_ARTIFACT,
     ChurnModel,
     LoadedModel,
+    MlflowUnavailable,
     configure_mlflow,
     load_aliased_model,
 )
@@ -215,8 +216,9 @@ def split_rows(
     if window:
         newest = rows[(rows["_source"] == len(window)) & ~rows["_key"].isin(seen)]
         holdout_name = window[-1].name
-    else:
+    else:  # ``--data`` may name a file a retraining learned from: its rows judge nothing
         newest = training_holdout.assign(_key=row_keys(training_holdout))
+        newest = newest[~newest["_key"].isin(seen)]
         holdout_name = f"{training_file.name} (holdout split)"
     refusal = _too_small(newest, holdout_name, len(seen) > 0)
     if refusal:
@@ -230,6 +232,17 @@ def split_rows(
         holdout_name,
         fit["_source"].value_counts().to_dict(),
     )
+
+
+def refit_rows(split: Split, retraining: bool) -> pd.DataFrame:
+    """The rows the registered version learns: the fit, and after a retraining the newest
+    holdout too (the next file is newer still), but for copies of the training file's split
+    (a later file may repeat a customer row), which stays in no version's fit."""
+    if not retraining:
+        return split.fit
+    held = set(row_keys(split.training_holdout).str.split(".").str[0])
+    newest = split.holdout[~split.holdout["_key"].str.split(".").str[0].isin(held)]
+    return pd.concat([split.fit, newest], ignore_index=True)
 
 
 def _too_small(holdout: pd.DataFrame, name: str, seen: bool) -> str:
@@ -253,8 +266,27 @@ def _too_small(holdout: pd.DataFrame, name: str, seen: bool) -> str:
 
 
 # --- the champion ----------------------------------------------------------------------------
+class UnloadableChampion(RuntimeError):
+    """The alias names a version that does not load (its artifacts gone or broken): no
+    verdict against it can be made."""
+
+
 def score(model: ChurnModel, frame: pd.DataFrame) -> Evaluation:
     return training.evaluate(target(frame).to_numpy(), model.predict_proba(frame), model.threshold)
+
+
+def _holder(settings: ModelSettings) -> str | None:
+    """The version holding the alias; None when none does (on AWS the model is made before
+    any version)."""
+    try:
+        holder = mlflow.MlflowClient().get_model_version_by_alias(
+            settings.model_name, settings.model_alias
+        )
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        return None
+    return str(holder.version)
 
 
 def deployed(
@@ -263,11 +295,16 @@ def deployed(
     """The alias holder and the keys of the rows it learned from (none when not logged)."""
     try:
         loaded = load(settings)
-    except MlflowException as exc:
-        # no such model, or no alias yet (on AWS the model is made before any version)
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        return None, set()
+    except MlflowUnavailable:
+        raise
+    except Exception as exc:  # no alias yet, or a version whose artifacts are gone or broken
+        if (version := _holder(settings)) is None:
+            return None, set()
+        raise UnloadableChampion(
+            f"{settings.model_name} version {version} ('{settings.model_alias}') does not "
+            "load: move the alias to a version that loads, or delete it, then train again "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
     run_id = mlflow.MlflowClient().get_model_version(loaded.name, loaded.version).run_id
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=FIT_ROWS)
@@ -316,23 +353,20 @@ def gate(
 
 
 def _still_champion(settings: ModelSettings, decision: Decision) -> Decision:
-    """Refuse when the alias moved meanwhile: the challenger was judged against another."""
-    if not decision.promote or decision.champion_version is None:
+    """Refuse when the alias moved meanwhile (a first version too: another may have taken
+    it): the challenger was judged against another. Asked last, just before the alias is
+    set: logging a version takes seconds, in which another training can promote."""
+    if not decision.promote:
         return decision
-    try:
-        now = mlflow.MlflowClient().get_model_version_by_alias(
-            settings.model_name, settings.model_alias
-        )
-    except MlflowException:
-        now = None
-    if now is not None and str(now.version) == decision.champion_version:
+    if (now := _holder(settings)) == decision.champion_version:
         return decision
-    moved = f"version {now.version}" if now else "no version"
+    was = decision.champion_version
     return replace(
         decision,
         promote=False,
-        reason=f"'{settings.model_alias}' moved to {moved} while training against "
-        f"version {decision.champion_version}: not promoted ({decision.reason})",
+        reason=f"'{settings.model_alias}' moved to {f'version {now}' if now else 'no version'} "
+        f"while training against {f'version {was}' if was else 'no version'}: not promoted "
+        f"({decision.reason})",
     )
 
 
@@ -396,7 +430,7 @@ def train_and_register(
     features, seed = options.features, RANDOM_SEED
     X, y = prepare_features(split.fit, features), target(split.fit)
     params = choose_params(settings.model, options, X, y, progress, stored_study=not window)
-    final = split.fit if not window else pd.concat([split.fit, split.holdout], ignore_index=True)
+    final = refit_rows(split, bool(window))
     digest = fit_digest(final["_key"], params, features)
     same = None if options.force else _same_fit(settings.model, digest)
     if same:
@@ -412,15 +446,11 @@ def train_and_register(
         scores["champion_training"] = score(champion.model, split.training_holdout)
     against = (champion.version, scores["champion"]) if champion else None
     decision = gate(settings, scores["challenger"], against, options.force)
-    decision = _still_champion(settings.model, decision)
     if window:  # the registered version learns the newest holdout too (X: the final rows)
         X, y = prepare_features(final, features), target(final)
         classifier = training.make_classifier(params, seed).fit(X, y)
     model = ChurnModel.in_memory(features, threshold, classifier)
-    status: Status = "promoted" if decision.promote else "refused"
     tags = {
-        "promotion.decision": status,
-        "promotion.reason": decision.reason,
         "lineage.parent_version": parent or "",
         "lineage.holdout": split.holdout_name,
         "lineage.fit_digest": digest,
@@ -434,7 +464,6 @@ def train_and_register(
             | {k: v for name, s in scores.items() for k, v in s.scores(METRICS[name]).items()}
             | training.inference_costs(classifier, X)
         )
-        mlflow.set_tags(tags)
         log_figures("holdout", target(split.holdout).to_numpy(), candidate, split.holdout)
         shap_figure = plots.shap_summary(classifier, X)
         mlflow.log_figure(shap_figure, "plots/shap_summary.png")
@@ -442,6 +471,10 @@ def train_and_register(
         _log_lineage(training_file, window, split)
         mlflow.log_text("\n".join(sorted(final["_key"])), FIT_ROWS)
         version = log_model(settings.model, model, classifier, params, final.drop(columns="_key"))
+        decision = _still_champion(settings.model, decision)
+        status: Status = "promoted" if decision.promote else "refused"
+        tags |= {"promotion.decision": status, "promotion.reason": decision.reason}
+        mlflow.set_tags(tags)
     apply_decision(settings.model, version, decision, tags)
     return Outcome(
         status,
