@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from churnops.cli import app
+from churnops.monitoring import report
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.monitoring.report import NoRunsYet, write_report
 from churnops.settings import Settings, get_settings
@@ -19,7 +22,7 @@ def test_report_writes_the_figure_and_the_runs_page(
     pipeline_sqlite_url: str, pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     files = write_report(pipeline_settings.monitoring, tmp_path / "report")
-    assert files.runs == len(PLAN)
+    assert files.runs == len(PLAN) + 1  # the re-driven run's failed attempt too
     assert files.png.read_bytes().startswith(b"\x89PNG")
     page = files.html.read_text()
     assert "data:image/png;base64," in page
@@ -31,6 +34,26 @@ def test_report_writes_the_figure_and_the_runs_page(
     assert len(urls) == len(PLAN) - 1
     assert all(f'<a href="{url}"' in page for url in urls)
     assert "errored" in page and "missing column" in page  # the broken file's reason
+
+
+def test_report_draws_each_processed_file_once(
+    pipeline_sqlite_url: str,
+    pipeline_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The re-driven run's failed attempt stored its metrics too: they are no file's."""
+    figures: list[Figure] = []
+    build = report.build_figure
+
+    def kept(*args: Any) -> Figure:
+        figures.append(build(*args))
+        return figures[-1]
+
+    monkeypatch.setattr(report, "build_figure", kept)
+    write_report(pipeline_settings.monitoring, tmp_path / "report")
+    shares = figures[0].axes[1].lines[0]  # the drifted share, a point per file
+    assert len(shares.get_xdata()) == len([p for p in PLAN if not p.errored])
 
 
 def test_cli_writes_into_churnops_home_by_default(

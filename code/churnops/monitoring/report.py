@@ -62,8 +62,10 @@ def write_report(
             f"no pipeline runs in {where} yet: drop a customer file into the input folder "
             "and let the pipeline process it, then run the report again"
         )
+    # A failed attempt's metrics stay stored; its re-drive stores the file's again.
+    processed = runs[runs["status"] == PROCESSED]
     metrics = metrics.merge(
-        runs[["id", "file_name", "model_version"]], left_on="run_id", right_on="id"
+        processed[["id", "file_name", "model_version"]], left_on="run_id", right_on="id"
     )
     folder.mkdir(parents=True, exist_ok=True)
     png, page = folder / PNG_NAME, folder / HTML_NAME
