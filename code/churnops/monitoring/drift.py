@@ -286,6 +286,13 @@ def publish(
     return str(ref.id), local_report_url(platform, project, ref.id)
 
 
+def withdraw(monitoring: MonitoringSettings, snapshot_id: str) -> None:
+    """Delete a stored report whose attempt failed afterwards: its re-drive stores the file's
+    report again, and one file is one report (and one dashboard point)."""
+    _, workspace, project = _target(monitoring)
+    workspace.delete_run(project, snapshot_id)
+
+
 def local_report_url(platform: PlatformSettings, project: UUID, snapshot: UUID) -> str:
     """Where ``evidently ui`` serving the local workspace shows the snapshot."""
     return f"http://{platform.platform_host}:{platform.evidently_port}/projects/{project}/reports/{snapshot}"
