@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from evidently.errors import EvidentlyError
 from evidently.ui.workspace import Workspace
 
 from churnops.data.features import FEATURES
@@ -134,6 +135,33 @@ def test_runs_land_in_one_project_with_their_tags(
             f"http://{settings.platform.platform_host}:{settings.platform.evidently_port}"
             f"/projects/{project.id}/reports/{result.snapshot_id}"
         )
+
+
+def test_a_project_lost_by_the_ui_is_made_again_with_its_dashboard(
+    data_dir: Path,
+    reference: pd.DataFrame,
+    evidently_ui: EvidentlyUI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The UI restarted over a deleted workspace: the attempt that finds the project gone
+    fails, and its retry makes the project again, with the dashboard's panels."""
+    settings = get_settings(
+        churnops_home=tmp_path, evidently_ui_url=evidently_ui.url, evidently_secret=SECRET
+    )
+    monkeypatch.setattr(drift, "PROJECT", "lost")  # a project of this test's own
+    current = scored(data_dir / "customer_churn_1.csv", seed=1)
+    monitor(reference, current, settings, "before.csv")
+    workspace = drift.open_workspace(settings.monitoring)
+    (lost,) = workspace.search_project("lost")
+    workspace.delete_project(lost.id)
+    with pytest.raises(EvidentlyError, match="project not found"):
+        monitor(reference, current, settings, "after.csv")
+    monitor(reference, current, settings, "after.csv")  # the re-drive
+    (made,) = workspace.search_project("lost")
+    assert made.id != lost.id
+    titles = {p.title for p in workspace.get_dashboard(made.id).panels}
+    assert {"Drifted feature share", "Rows per file"} <= titles
 
 
 def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(

@@ -248,8 +248,9 @@ PROJECT = "churnops"
 #: (workspace location, project name) -> the opened workspace and the project's id.
 _targets: dict[tuple[str, str], tuple[WorkspaceBase, UUID]] = {}
 _targets_lock = threading.Lock()
-#: (workspace location, project name, model tag) whose dashboard panels exist.
-_dashboards: set[tuple[str, str, str]] = set()
+#: (project id, model tag) whose dashboard panels exist: by id, so a project made again
+#: (its workspace lost, the UI restarted) gets its panels again.
+_dashboards: set[tuple[UUID, str]] = set()
 
 
 def _target(monitoring: MonitoringSettings) -> tuple[tuple[str, str], WorkspaceBase, UUID]:
@@ -274,9 +275,9 @@ def publish(
     key, workspace, project = _target(monitoring)
     try:
         ref = workspace.add_run(project, snapshot)
-        if (*key, model_tag) not in _dashboards:
+        if (project, model_tag) not in _dashboards:
             ensure_dashboard(workspace, project, model_tag)
-            _dashboards.add((*key, model_tag))
+            _dashboards.add((project, model_tag))
     except Exception:
         with _targets_lock:
             _targets.pop(key, None)
