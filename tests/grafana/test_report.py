@@ -13,7 +13,7 @@ from churnops.cli import app
 from churnops.monitoring import report
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.monitoring.report import NoRunsYet, write_report
-from churnops.settings import Settings, get_settings
+from churnops.settings import MonitoringSettings, Settings, get_settings
 
 from .conftest import BROKEN_FILE, PLAN
 
@@ -54,6 +54,32 @@ def test_report_draws_each_processed_file_once(
     write_report(pipeline_settings.monitoring, tmp_path / "report")
     shares = figures[0].axes[1].lines[0]  # the drifted share, a point per file
     assert len(shares.get_xdata()) == len([p for p in PLAN if not p.errored])
+
+
+def test_report_draws_the_limits_each_file_was_judged_by(
+    pipeline_sqlite_url: str,
+    pipeline_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The runs stored the defaults; a shell with other minimums draws the stored ones."""
+    figures: list[Figure] = []
+    build = report.build_figure
+
+    def kept(*args: Any) -> Figure:
+        figures.append(build(*args))
+        return figures[-1]
+
+    monkeypatch.setattr(report, "build_figure", kept)
+    other = pipeline_settings.replace(min_f1=0.95, drift_share_threshold=0.2)
+    write_report(other.monitoring, tmp_path / "report")
+    defaults = MonitoringSettings.model_construct()
+    for ax, label, stored in (
+        (figures[0].axes[0], "alert minimum", defaults.min_f1),
+        (figures[0].axes[1], "alert above", defaults.drift_share_threshold),
+    ):
+        (line,) = [x for x in ax.lines if x.get_label() == label]
+        assert set(line.get_ydata()) == {stored}, label
 
 
 def test_cli_writes_into_churnops_home_by_default(
