@@ -109,6 +109,25 @@ def test_unlabeled_file_gets_drift_only(
     assert result.predicted_churn_rate == pytest.approx(current[PREDICTION].mean())
 
 
+def test_a_sampled_file_s_summary_shows_the_scores_of_every_row(
+    data_dir: Path, reference: pd.DataFrame, settings: Settings
+) -> None:
+    """The report sees a sample; its summary says "F1 on this file": the every-row F1 the
+    alert and the metrics database have, not the sample's."""
+    whole = scored(data_dir / "customer_churn_synthetic_1.csv", seed=1)
+    every_row = {**dict.fromkeys(QUALITY_METRICS, 0.123), "f1": 0.456}
+    totals = drift.Totals(len(whole), float(whole[PREDICTION].mean()), every_row)
+    result = monitor(reference, whole.head(300), settings, "big.csv", totals=totals)
+    assert result.quality == every_row
+    workspace = Workspace(str(settings.monitoring.evidently_workspace_dir))
+    (project,) = workspace.search_project(drift.PROJECT)
+    snapshot = workspace.get_run(project.id, result.snapshot_id)
+    assert snapshot is not None and snapshot.widgets[0].title == "Summary"
+    counters = {c["label"]: c["value"] for c in snapshot.widgets[0].params["counters"]}
+    assert counters["F1 on this file"] == "0.456"
+    assert counters["ROC AUC on this file"] == "0.123"
+
+
 def test_runs_land_in_one_project_with_their_tags(
     data_dir: Path, reference: pd.DataFrame, settings: Settings
 ) -> None:

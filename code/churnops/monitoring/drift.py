@@ -71,7 +71,7 @@ def run_monitoring(
     labeled = TARGET in current.columns
     _check_frames(reference, current, feature_columns)
     totals = totals or Totals(len(current), float(current[PREDICTION].mean()), None)
-    facts = file_values(totals.rows, attribution_ndcg)
+    facts = file_values(totals.rows, attribution_ndcg, totals.quality)
     report = build_report(feature_columns, labeled, facts=list(facts))
     definition = data_definition(feature_columns, labeled)
     metadata = {"file_name": file_name, "model_name": model_name, "model_version": model_version}
