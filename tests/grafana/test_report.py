@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +12,15 @@ from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from churnops.cli import app
+from churnops.drop import claims
+from churnops.drop.storage import DropStorage, open_storage, run_key, stage_key
 from churnops.monitoring import report
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.monitoring.report import NoRunsYet, write_report
+from churnops.pipeline.per_file import PLAIN_STEPS, process
 from churnops.settings import MonitoringSettings, Settings, get_settings
 
-from .conftest import BROKEN_FILE, PLAN
+from .conftest import BROKEN_FILE, PLAN, _models
 
 
 def test_report_writes_the_figure_and_the_runs_page(
@@ -80,6 +85,41 @@ def test_report_draws_the_limits_each_file_was_judged_by(
     ):
         (line,) = [x for x in ax.lines if x.get_label() == label]
         assert set(line.get_ydata()) == {stored}, label
+
+
+class Killed(BaseException):
+    """The attempt's process dies: nothing of the pipeline's own handling runs."""
+
+
+def test_a_file_whose_attempt_died_after_its_move_keeps_its_metrics(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempt 1 stores the metrics, moves the file to processed/ and dies before closing
+    its row (closed failed by attempt 2, which finishes the move): the file still shows."""
+    settings = get_settings(churnops_home=tmp_path, evidently_ui_url=None)
+    storage = open_storage(settings.drop)
+    model = _models(settings, data_dir)["1"]
+    steps = replace(PLAIN_STEPS, load_model=lambda _settings: model)
+
+    def dies_after_the_move(storage: DropStorage, run: str, name: str, stage: str) -> str:
+        storage.move(run_key("processing", run, name), run_key(stage, run, name))
+        raise Killed
+
+    name = "customer_churn_1.csv"
+    shutil.copyfile(data_dir / name, storage.path(stage_key("input", name)))
+    dying = replace(steps, finish=dies_after_the_move)
+    with pytest.raises(Killed):
+        process(settings, storage, stage_key("input", name), steps=dying)
+    monkeypatch.setattr(claims, "LEASE_SECONDS", 0.0)  # its heartbeat is old at once
+    (run,) = {key.split("/")[2] for key in storage.list_keys("data/claims/")}
+    outcome = process(settings, storage, run_key("processing", run, name), steps=steps)
+    assert (outcome.status, outcome.attempt) == ("processed", 2)
+    store = MetricsStore(settings.monitoring.metrics_db_url)
+    metrics, runs = store.metrics(), store.runs()
+    store.close()
+    share = metrics[metrics["metric"] == "drifted_share"]
+    shown = share.merge(runs, left_on="run_id", right_on="id")
+    assert shown["status"].tolist() == ["processed"]
 
 
 def test_cli_writes_into_churnops_home_by_default(

@@ -516,6 +516,9 @@ def _complete_finish(attempt: _Attempt) -> FileOutcome:
             f"run closed, its outputs (if any) in {folder_key('errored', held.run)}"
         )
     _note(attempt, "finish", "ok" if stage == "processed" else stage, message)
+    if stage == "processed" and attempt.store is not None:  # the file's metrics, shown
+        earlier = [f"{held.run}.{n}" for n in range(1, held.lease.attempt)]
+        attempt.store.adopt_metrics(held.lease.db_id, earlier)
     _close_run(attempt, stage, error=None if stage == "processed" else message)
     return _outcome(attempt, stage, message)
 
