@@ -228,6 +228,7 @@ class MonitoringSettings(CommonSettings):
     min_f1: float = Field(
         0.70,
         ge=0.0,
+        le=1.0,
         description="The quality bar: alert when a labeled file's F1 is below (precision, "
         "recall and accuracy alert below a fixed 0.7), and the holdout F1 a first model "
         "version needs to take the alias.",

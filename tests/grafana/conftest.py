@@ -1,7 +1,8 @@
 """A metrics database filled by the pipeline itself (``per_file.process``, the flow's
 steps), for the dashboard and report tests. Two inputs differ from the flow: each model
 version is a small XGBoost handed in as the ``load_model`` step (no MLflow), and the runs
-are re-stamped six hours apart so every series has several points. Then one run's
+are re-stamped six hours apart so every series has several points. One run's first attempt
+fails after storing its metrics (its folder move) and is re-driven. Then one run's
 predictions come back as late labels, and one retraining verdict is recorded.
 """
 
@@ -14,6 +15,7 @@ from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -23,11 +25,11 @@ from sqlalchemy.engine import make_url
 
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
-from churnops.drop.storage import DropStorage, open_storage, stage_key
+from churnops.drop.storage import DropStorage, open_storage, run_key, stage_key
 from churnops.model.churn_model import ChurnModel, LoadedModel
 from churnops.model.registry import reference_frame
 from churnops.monitoring.metrics_db import MetricsStore, pipeline_runs, run_metrics
-from churnops.pipeline.per_file import PLAIN_STEPS, FileOutcome, process
+from churnops.pipeline.per_file import PLAIN_STEPS, FileOutcome, Steps, process
 from churnops.settings import Settings, get_settings
 
 MODEL_NAME = "XGBoostChurnModel"
@@ -63,6 +65,8 @@ PLAN = [
 LAST_RUN = FIRST_RUN + RUN_SPACING * (len(PLAN) - 1)
 #: The run whose predictions come back as late labels (its file carries ``Churn``).
 LABELED = 2
+#: The run whose first attempt fails at its folder move, after its metrics are stored.
+REDRIVEN = 5
 
 
 def started_at(index: int) -> datetime:
@@ -95,8 +99,9 @@ def run_pipeline(metrics_url: str, data_dir: Path, settings: Settings) -> None:
     settings = settings.replace(database_url=metrics_url, local_drop_dir=drop_dir)
     storage = open_storage(settings.drop)
     models = _models(settings, data_dir)
-    run_ids, outcomes = [], []
-    for planned in PLAN:
+    run_ids: list[list[str | None]] = []
+    outcomes = []
+    for index, planned in enumerate(PLAN):
         key = stage_key("input", planned.file_name)
         source = storage.path(key)
         if planned.errored:
@@ -105,13 +110,31 @@ def run_pipeline(metrics_url: str, data_dir: Path, settings: Settings) -> None:
             shutil.copyfile(data_dir / planned.file_name, source)
         model = models[planned.model_version]
         steps = replace(PLAIN_STEPS, load_model=lambda _settings, model=model: model)
-        outcome = process(settings, storage, key, steps=steps)
+        attempts = [process(settings, storage, key, steps=_failing_once(steps, index))]
+        if attempts[0].status == "failed":  # re-driven as the reconciler does
+            redrive = run_key("processing", attempts[0].run or "", planned.file_name)
+            attempts.append(process(settings, storage, redrive, steps=steps))
+        outcome = attempts[-1]
         assert outcome.status == ("errored" if planned.errored else "processed"), outcome
-        run_ids.append(outcome.run_id)
+        run_ids.append([a.run_id for a in attempts])
         outcomes.append(outcome)
     _spread_in_time(metrics_url, run_ids)
     _label_late(settings, storage, outcomes[LABELED])
     _record_retraining(metrics_url)
+
+
+def _failing_once(steps: Steps, index: int) -> Steps:
+    """The :data:`REDRIVEN` run's folder move fails once (storage down), else ``steps``."""
+    if index != REDRIVEN:
+        return steps
+    failures = [OSError("storage unavailable")]
+
+    def finish(*args: Any) -> str:
+        if failures:
+            raise failures.pop()
+        return steps.finish(*args)
+
+    return replace(steps, finish=finish)
 
 
 def _label_late(settings: Settings, storage: DropStorage, scored: FileOutcome) -> None:
@@ -138,21 +161,23 @@ def _record_retraining(metrics_url: str) -> None:
         )
 
 
-def _spread_in_time(metrics_url: str, run_ids: list[str | None]) -> None:
-    """Run ``i`` started at :func:`started_at`, its metrics 5 min later, done 1 min after."""
+def _spread_in_time(metrics_url: str, run_ids: list[list[str | None]]) -> None:
+    """Run ``i`` started at :func:`started_at`, its metrics 5 min later, done 1 min after;
+    an earlier attempt of it the same, an hour before each later one."""
     with closing(MetricsStore(metrics_url)) as store, store.engine.begin() as conn:
-        for index, run_id in enumerate(run_ids):
-            start = started_at(index)
-            conn.execute(
-                update(pipeline_runs)
-                .where(pipeline_runs.c.id == run_id)
-                .values(started_at=start, finished_at=start + timedelta(minutes=6))
-            )
-            conn.execute(
-                update(run_metrics)
-                .where(run_metrics.c.run_id == run_id)
-                .values(recorded_at=start + timedelta(minutes=5))
-            )
+        for index, attempts in enumerate(run_ids):
+            for before, run_id in enumerate(reversed(attempts)):
+                start = started_at(index) - timedelta(hours=before)
+                conn.execute(
+                    update(pipeline_runs)
+                    .where(pipeline_runs.c.id == run_id)
+                    .values(started_at=start, finished_at=start + timedelta(minutes=6))
+                )
+                conn.execute(
+                    update(run_metrics)
+                    .where(run_metrics.c.run_id == run_id)
+                    .values(recorded_at=start + timedelta(minutes=5))
+                )
 
 
 @pytest.fixture(scope="session")

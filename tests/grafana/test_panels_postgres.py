@@ -18,7 +18,7 @@ from churnops.monitoring.metrics_db import ATTRIBUTION_RANK
 from churnops.results import QUALITY_METRICS
 from churnops.settings import MonitoringSettings
 
-from .conftest import FIRST_RUN, LABELED, LAST_RUN, PLAN, RUN_SPACING, started_at
+from .conftest import FIRST_RUN, LABELED, LAST_RUN, PLAN, REDRIVEN, RUN_SPACING, started_at
 from .dashboard_files import dashboard, panel_sql
 from .grafana_macros import ALL, Query, UnknownMacro, expand
 
@@ -194,7 +194,8 @@ def test_attribution_has_every_feature_ndcg_and_the_stored_rank_order(reader: An
     }
     ranks = run(
         reader,
-        "SELECT $__timeGroupAlias(recorded_at, $__interval), label, value FROM run_metrics "
+        "SELECT $__timeGroupAlias(recorded_at, $__interval), label, value FROM run_metrics m "
+        "JOIN pipeline_runs r ON r.id = m.run_id AND r.status = 'processed' "
         f"WHERE metric = '{ATTRIBUTION_RANK}' ORDER BY 1, value",
         everything(),
     )
@@ -207,6 +208,18 @@ def test_attribution_has_every_feature_ndcg_and_the_stored_rank_order(reader: An
         assert shown == sorted(shown, reverse=True), (time, order, shown)
 
 
+def test_a_redriven_file_is_one_point_of_its_processed_attempt(reader: Any) -> None:
+    """Its failed attempt stored the same metrics an hour before: they are no file's."""
+    at = (started_at(REDRIVEN) + timedelta(minutes=5)).timestamp()
+    failed_at = at - timedelta(hours=1).total_seconds()
+    for title in ("Scores over time", "Drifted columns", "Feature attribution (mean |SHAP|)"):
+        times = set(run(reader, panel_sql(panel(title)), everything()).column("time"))
+        assert at in times and failed_at not in times, title
+    one_file = everything(file=[PLAN[REDRIVEN].file_name], model_version=["2"])
+    (latest,) = run(reader, panel_sql(panel("Latest F1")), one_file).rows
+    assert latest[0].timestamp() == at
+
+
 def test_volume_counts_rows_and_the_errored_file(reader: Any) -> None:
     result = run(reader, panel_sql(panel("Rows processed and files errored")), everything())
     assert sum(result.column("files errored")) == 1
@@ -215,10 +228,11 @@ def test_volume_counts_rows_and_the_errored_file(reader: Any) -> None:
 
 def test_table_lists_runs_newest_first_with_report_links(reader: Any) -> None:
     result = run(reader, panel_sql(panel("Latest runs")), everything())
-    assert len(result.rows) == len(PLAN)
+    assert len(result.rows) == len(PLAN) + 1  # the re-driven run's failed attempt too
     assert result.column("started") == sorted(result.column("started"), reverse=True)
-    by_status = dict(zip(result.column("report"), result.column("status"), strict=True))
-    assert by_status.pop(None) == "errored"
+    statuses = list(zip(result.column("report"), result.column("status"), strict=True))
+    assert sorted(s for url, s in statuses if url is None) == ["errored", "failed"]
+    by_status = {url: s for url, s in statuses if url is not None}
     assert all(re.match(r"^http://.+/projects/.+/reports/.+$", url) for url in by_status)
     assert set(result.column("model version")) == set(VERSIONS)
 
@@ -227,7 +241,7 @@ def test_time_range_and_variables_filter(reader: Any) -> None:
     table = panel_sql(panel("Latest runs"))
     later = everything()
     later.time_from = FIRST_RUN + RUN_SPACING / 2
-    assert len(run(reader, table, later).rows) == len(PLAN) - 1
+    assert len(run(reader, table, later).rows) == len(PLAN)  # less the first, plus a failed
     version_2 = run(reader, table, everything(model_version=["2"]))
     assert set(version_2.column("model version")) == {"2"}
     one_file = run(reader, table, everything(file=["customer_churn_1.csv"]))

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from churnops.cli import app
+from churnops.drop import claims
+from churnops.drop.storage import DropStorage, open_storage, run_key, stage_key
+from churnops.monitoring import report
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.monitoring.report import NoRunsYet, write_report
-from churnops.settings import Settings, get_settings
+from churnops.pipeline.per_file import PLAIN_STEPS, process
+from churnops.settings import MonitoringSettings, Settings, get_settings
 
-from .conftest import BROKEN_FILE, PLAN
+from .conftest import BROKEN_FILE, PLAN, _models
 
 
 def test_report_writes_the_figure_and_the_runs_page(
     pipeline_sqlite_url: str, pipeline_settings: Settings, tmp_path: Path
 ) -> None:
     files = write_report(pipeline_settings.monitoring, tmp_path / "report")
-    assert files.runs == len(PLAN)
+    assert files.runs == len(PLAN) + 1  # the re-driven run's failed attempt too
     assert files.png.read_bytes().startswith(b"\x89PNG")
     page = files.html.read_text()
     assert "data:image/png;base64," in page
@@ -31,6 +39,87 @@ def test_report_writes_the_figure_and_the_runs_page(
     assert len(urls) == len(PLAN) - 1
     assert all(f'<a href="{url}"' in page for url in urls)
     assert "errored" in page and "missing column" in page  # the broken file's reason
+
+
+def test_report_draws_each_processed_file_once(
+    pipeline_sqlite_url: str,
+    pipeline_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The re-driven run's failed attempt stored its metrics too: they are no file's."""
+    figures: list[Figure] = []
+    build = report.build_figure
+
+    def kept(*args: Any) -> Figure:
+        figures.append(build(*args))
+        return figures[-1]
+
+    monkeypatch.setattr(report, "build_figure", kept)
+    write_report(pipeline_settings.monitoring, tmp_path / "report")
+    shares = figures[0].axes[1].lines[0]  # the drifted share, a point per file
+    assert len(shares.get_xdata()) == len([p for p in PLAN if not p.errored])
+
+
+def test_report_draws_the_limits_each_file_was_judged_by(
+    pipeline_sqlite_url: str,
+    pipeline_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The runs stored the defaults; a shell with other minimums draws the stored ones."""
+    figures: list[Figure] = []
+    build = report.build_figure
+
+    def kept(*args: Any) -> Figure:
+        figures.append(build(*args))
+        return figures[-1]
+
+    monkeypatch.setattr(report, "build_figure", kept)
+    other = pipeline_settings.replace(min_f1=0.95, drift_share_threshold=0.2)
+    write_report(other.monitoring, tmp_path / "report")
+    defaults = MonitoringSettings.model_construct()
+    for ax, label, stored in (
+        (figures[0].axes[0], "alert minimum", defaults.min_f1),
+        (figures[0].axes[1], "alert above", defaults.drift_share_threshold),
+    ):
+        (line,) = [x for x in ax.lines if x.get_label() == label]
+        assert set(line.get_ydata()) == {stored}, label
+
+
+class Killed(BaseException):
+    """The attempt's process dies: nothing of the pipeline's own handling runs."""
+
+
+def test_a_file_whose_attempt_died_after_its_move_keeps_its_metrics(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempt 1 stores the metrics, moves the file to processed/ and dies before closing
+    its row (closed failed by attempt 2, which finishes the move): the file still shows."""
+    settings = get_settings(churnops_home=tmp_path, evidently_ui_url=None)
+    storage = open_storage(settings.drop)
+    model = _models(settings, data_dir)["1"]
+    steps = replace(PLAIN_STEPS, load_model=lambda _settings: model)
+
+    def dies_after_the_move(storage: DropStorage, run: str, name: str, stage: str) -> str:
+        storage.move(run_key("processing", run, name), run_key(stage, run, name))
+        raise Killed
+
+    name = "customer_churn_1.csv"
+    shutil.copyfile(data_dir / name, storage.path(stage_key("input", name)))
+    dying = replace(steps, finish=dies_after_the_move)
+    with pytest.raises(Killed):
+        process(settings, storage, stage_key("input", name), steps=dying)
+    monkeypatch.setattr(claims, "LEASE_SECONDS", 0.0)  # its heartbeat is old at once
+    (run,) = {key.split("/")[2] for key in storage.list_keys("data/claims/")}
+    outcome = process(settings, storage, run_key("processing", run, name), steps=steps)
+    assert (outcome.status, outcome.attempt) == ("processed", 2)
+    store = MetricsStore(settings.monitoring.metrics_db_url)
+    metrics, runs = store.metrics(), store.runs()
+    store.close()
+    share = metrics[metrics["metric"] == "drifted_share"]
+    shown = share.merge(runs, left_on="run_id", right_on="id")
+    assert shown["status"].tolist() == ["processed"]
 
 
 def test_cli_writes_into_churnops_home_by_default(

@@ -50,6 +50,7 @@ from churnops.drop.storage import (
     s3_client,
     stage_key,
 )
+from churnops.monitoring import drift
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import flow, per_file, reconcile
 from churnops.platform.services import free_port
@@ -519,6 +520,11 @@ def test_a_dependency_down_mid_run_fails_the_attempt_then_the_file_is_processed(
     outcomes = world.reconcile()
     assert [o.status for o in outcomes] == ["processed"], outcomes
     world.check(settled=True)
+    monitoring = world.settings.monitoring
+    if not monitoring.evidently_ui_url:  # a workspace of this test's own: one file, one report
+        workspace = drift.open_workspace(monitoring)
+        (project,) = workspace.search_project(drift.PROJECT)
+        assert len(workspace.list_runs(project.id)) == 1
 
 
 # --- duplicates, concurrency, re-drops and name clashes ------------------------------------------

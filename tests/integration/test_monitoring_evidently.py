@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from evidently.errors import EvidentlyError
 from evidently.ui.workspace import Workspace
 
 from churnops.data.features import FEATURES
@@ -108,6 +109,25 @@ def test_unlabeled_file_gets_drift_only(
     assert result.predicted_churn_rate == pytest.approx(current[PREDICTION].mean())
 
 
+def test_a_sampled_file_s_summary_shows_the_scores_of_every_row(
+    data_dir: Path, reference: pd.DataFrame, settings: Settings
+) -> None:
+    """The report sees a sample; its summary says "F1 on this file": the every-row F1 the
+    alert and the metrics database have, not the sample's."""
+    whole = scored(data_dir / "customer_churn_synthetic_1.csv", seed=1)
+    every_row = {**dict.fromkeys(QUALITY_METRICS, 0.123), "f1": 0.456}
+    totals = drift.Totals(len(whole), float(whole[PREDICTION].mean()), every_row)
+    result = monitor(reference, whole.head(300), settings, "big.csv", totals=totals)
+    assert result.quality == every_row
+    workspace = Workspace(str(settings.monitoring.evidently_workspace_dir))
+    (project,) = workspace.search_project(drift.PROJECT)
+    snapshot = workspace.get_run(project.id, result.snapshot_id)
+    assert snapshot is not None and snapshot.widgets[0].title == "Summary"
+    counters = {c["label"]: c["value"] for c in snapshot.widgets[0].params["counters"]}
+    assert counters["F1 on this file"] == "0.456"
+    assert counters["ROC AUC on this file"] == "0.123"
+
+
 def test_runs_land_in_one_project_with_their_tags(
     data_dir: Path, reference: pd.DataFrame, settings: Settings
 ) -> None:
@@ -134,6 +154,33 @@ def test_runs_land_in_one_project_with_their_tags(
             f"http://{settings.platform.platform_host}:{settings.platform.evidently_port}"
             f"/projects/{project.id}/reports/{result.snapshot_id}"
         )
+
+
+def test_a_project_lost_by_the_ui_is_made_again_with_its_dashboard(
+    data_dir: Path,
+    reference: pd.DataFrame,
+    evidently_ui: EvidentlyUI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The UI restarted over a deleted workspace: the attempt that finds the project gone
+    fails, and its retry makes the project again, with the dashboard's panels."""
+    settings = get_settings(
+        churnops_home=tmp_path, evidently_ui_url=evidently_ui.url, evidently_secret=SECRET
+    )
+    monkeypatch.setattr(drift, "PROJECT", "lost")  # a project of this test's own
+    current = scored(data_dir / "customer_churn_1.csv", seed=1)
+    monitor(reference, current, settings, "before.csv")
+    workspace = drift.open_workspace(settings.monitoring)
+    (lost,) = workspace.search_project("lost")
+    workspace.delete_project(lost.id)
+    with pytest.raises(EvidentlyError, match="project not found"):
+        monitor(reference, current, settings, "after.csv")
+    monitor(reference, current, settings, "after.csv")  # the re-drive
+    (made,) = workspace.search_project("lost")
+    assert made.id != lost.id
+    titles = {p.title for p in workspace.get_dashboard(made.id).panels}
+    assert {"Drifted feature share", "Rows per file"} <= titles
 
 
 def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(

@@ -111,6 +111,17 @@ def test_message(settings: Settings) -> None:
     assert "Evidently report: http://127.0.0.1:8000/projects/p/reports/r" in body
 
 
+def test_a_value_just_past_its_limit_reads_past_it(tmp_path: Path) -> None:
+    """Rounded to the usual digits, both would print the same: more digits, not "0.700 <
+    minimum 0.700" or a share "above" an equal-looking limit."""
+    edge = get_settings(churnops_home=tmp_path, drift_share_threshold=0.5384)
+    res = result(7 / 13, {**GOOD, "f1": 0.6996, "precision": 0.69999})
+    body = build_alert("a.csv", "M", 1, assess(res, edge.monitoring), res).body
+    assert "  - f1: 0.6996 < minimum 0.7000" in body
+    assert "  - precision: 0.69999 < minimum 0.70000" in body
+    assert "(share 53.85%, alert above 53.84%) - DRIFT" in body
+
+
 def test_subject_is_short_ascii(settings: Settings) -> None:
     name = "clientes_año_" + "x" * 150 + "_final.csv"
     res = result(0.9, {**GOOD, "accuracy": 0.1})

@@ -51,6 +51,7 @@ def test_an_unknown_name_is_refused() -> None:
         ("DRIFT_SHARE_THRESHOLD", "-1"),
         ("DRIFT_SHARE_THRESHOLD", "7"),
         ("MIN_F1", "-3"),
+        ("MIN_F1", "70"),  # a percentage: every labeled file would alert, no model promote
     ],
 )
 def test_a_value_out_of_its_range_is_refused_when_read(

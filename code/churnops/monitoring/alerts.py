@@ -151,7 +151,7 @@ def build_labels_alert(
         f"Join:         {detail}",
         "",
         "Realized scores below their minimum:",
-        *(f"  - {s.metric}: {s.value:.3f} < minimum {s.minimum:.3f}" for s in low),
+        *(_low_line(s) for s in low),
     ]
     return Alert(
         file_name=scoring_file,
@@ -196,6 +196,7 @@ def _subject(summary: str, file_name: str, model: str) -> str:
 
 def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -> str:
     features = sum(c.column != PREDICTION for c in result.columns)  # the prediction is none
+    share, limit = _apart(a.drifted_share, a.drift_threshold, 1, "%")
     lines = [
         f"ChurnOps alert: {a.summary}",
         "",
@@ -204,8 +205,7 @@ def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -
         f"Rows:  {result.rows}, predicted churn rate {result.predicted_churn_rate:.1%}",
         "",
         f"Data drift: {result.drifted_count} of {features} features drifted "
-        f"(share {a.drifted_share:.1%}, alert above {a.drift_threshold:.1%})"
-        + (" - DRIFT" if a.drift else ""),
+        f"(share {share}, alert above {limit})" + (" - DRIFT" if a.drift else ""),
     ]
     if any(c.column == PREDICTION and c.drifted for c in result.columns):
         lines.append("Prediction drift: the predictions' distribution moved too (not in the share)")
@@ -217,13 +217,29 @@ def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -
     lines.append("")
     if a.low_scores:
         lines.append("Scores below their minimum:")
-        lines += [f"  - {s.metric}: {s.value:.3f} < minimum {s.minimum:.3f}" for s in a.low_scores]
+        lines += [_low_line(s) for s in a.low_scores]
     elif result.quality:
         lines.append("Scores: all at or above their minimum.")
     else:
         lines.append("Scores: not measured (the file has no churn label).")
     lines += ["", f"Evidently report: {result.report_url or 'not available'}"]
     return "\n".join(lines) + "\n"
+
+
+def _low_line(score: LowScore) -> str:
+    value, minimum = _apart(score.value, score.minimum, 3, "f")
+    return f"  - {score.metric}: {value} < minimum {minimum}"
+
+
+def _apart(value: float, limit: float, digits: int, kind: str) -> tuple[str, str]:
+    """Both numbers with ``digits`` decimals, more when that would print them equal: an
+    F1 of 0.6996 under a minimum of 0.7 reads "0.6996 < minimum 0.7000", not "0.700 <
+    minimum 0.700"."""
+    while True:
+        shown = f"{value:.{digits}{kind}}", f"{limit:.{digits}{kind}}"
+        if shown[0] != shown[1] or value == limit or digits >= 12:
+            return shown
+        digits += 1
 
 
 def _attribution_lines(a: Assessment, result: MonitoringResult, movers: int = 3) -> list[str]:

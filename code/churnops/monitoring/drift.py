@@ -71,7 +71,7 @@ def run_monitoring(
     labeled = TARGET in current.columns
     _check_frames(reference, current, feature_columns)
     totals = totals or Totals(len(current), float(current[PREDICTION].mean()), None)
-    facts = file_values(totals.rows, attribution_ndcg)
+    facts = file_values(totals.rows, attribution_ndcg, totals.quality)
     report = build_report(feature_columns, labeled, facts=list(facts))
     definition = data_definition(feature_columns, labeled)
     metadata = {"file_name": file_name, "model_name": model_name, "model_version": model_version}
@@ -248,8 +248,9 @@ PROJECT = "churnops"
 #: (workspace location, project name) -> the opened workspace and the project's id.
 _targets: dict[tuple[str, str], tuple[WorkspaceBase, UUID]] = {}
 _targets_lock = threading.Lock()
-#: (workspace location, project name, model tag) whose dashboard panels exist.
-_dashboards: set[tuple[str, str, str]] = set()
+#: (project id, model tag) whose dashboard panels exist: by id, so a project made again
+#: (its workspace lost, the UI restarted) gets its panels again.
+_dashboards: set[tuple[UUID, str]] = set()
 
 
 def _target(monitoring: MonitoringSettings) -> tuple[tuple[str, str], WorkspaceBase, UUID]:
@@ -274,9 +275,9 @@ def publish(
     key, workspace, project = _target(monitoring)
     try:
         ref = workspace.add_run(project, snapshot)
-        if (*key, model_tag) not in _dashboards:
+        if (project, model_tag) not in _dashboards:
             ensure_dashboard(workspace, project, model_tag)
-            _dashboards.add((*key, model_tag))
+            _dashboards.add((project, model_tag))
     except Exception:
         with _targets_lock:
             _targets.pop(key, None)
@@ -284,6 +285,13 @@ def publish(
     if monitoring.evidently_ui_url:
         return str(ref.id), ref.url
     return str(ref.id), local_report_url(platform, project, ref.id)
+
+
+def withdraw(monitoring: MonitoringSettings, snapshot_id: str) -> None:
+    """Delete a stored report whose attempt failed afterwards: its re-drive stores the file's
+    report again, and one file is one report (and one dashboard point)."""
+    _, workspace, project = _target(monitoring)
+    workspace.delete_run(project, snapshot_id)
 
 
 def local_report_url(platform: PlatformSettings, project: UUID, snapshot: UUID) -> str:

@@ -25,13 +25,15 @@ from evidently.sdk.models import DashboardModel, DashboardPanelPlot, DashboardTa
 from evidently.sdk.panels import bar_plot_panel, line_plot_panel
 from evidently.ui.workspace import WorkspaceBase
 
-from churnops.results import PREDICTION
+from churnops.results import PREDICTION, QUALITY_METRICS
 
 #: FileValue names (``what``), shown in the summary and plotted on the dashboard.
 ROWS = "rows in the file"
 ATTRIBUTION_NDCG = "attribution NDCG"
 #: Label metrics with their summary names; ROC AUC is computed on the scores task.
 _LABEL_METRICS = {"F1": F1Score, "precision": Precision, "recall": Recall, "accuracy": Accuracy}
+#: The summary's counter of each score (``churnops.results.QUALITY_METRICS`` order).
+SCORE_COUNTERS = [f"{name} on this file" for name in [*_LABEL_METRICS, "ROC AUC"]]
 #: The id of a ``ValueDrift`` test, and the status of a failed one (the column drifted).
 DRIFT_TEST, FAILED = "drift", "FAIL"
 
@@ -71,9 +73,16 @@ class FileValueCalculation(SingleValueCalculation[FileValue]):
         return self.metric.what
 
 
-def file_values(rows: int, attribution_ndcg: float | None) -> dict[str, str]:
-    """The current dataset's metadata that the :class:`FileValue` metrics read."""
+def file_values(
+    rows: int, attribution_ndcg: float | None, quality: dict[str, float] | None = None
+) -> dict[str, str]:
+    """The current dataset's metadata that the :class:`FileValue` metrics read; ``quality``:
+    the scores over every row of a file whose report sees a sample (the summary shows them,
+    as the alert and the metrics database do)."""
     values = {ROWS: str(rows)}
+    scores = quality or {}
+    counters = zip(QUALITY_METRICS, SCORE_COUNTERS, strict=True)
+    values |= {counter: repr(scores[m]) for m, counter in counters if m in scores}
     if attribution_ndcg is not None:
         values[ATTRIBUTION_NDCG] = repr(attribution_ndcg)
     return values
@@ -133,10 +142,9 @@ class FileReport(MetricContainer):
         counters = [CounterData(ROWS, f"{fact[ROWS]:,.0f}")] if ROWS in fact else []
         counters.append(CounterData("drifted features", share))
         if self.labeled:
-            names = [*_LABEL_METRICS, "ROC AUC"]
-            for name, metric in zip(names, self.quality(), strict=True):
-                score = context.get_metric_result(metric).value
-                counters.append(CounterData(f"{name} on this file", f"{score:.3f}"))
+            for name, metric in zip(SCORE_COUNTERS, self.quality(), strict=True):
+                score = fact[name] if name in fact else context.get_metric_result(metric).value
+                counters.append(CounterData(name, f"{score:.3f}"))
         if ATTRIBUTION_NDCG in fact:
             counters.append(CounterData(ATTRIBUTION_NDCG, f"{fact[ATTRIBUTION_NDCG]:.3f}"))
         return counter(counters=counters, title="Summary")

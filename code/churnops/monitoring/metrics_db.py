@@ -518,6 +518,16 @@ class MetricsStore:
             row = conn.execute(query).first()
         return LockState(*row) if row else None
 
+    def adopt_metrics(self, run_id: str, earlier: list[str]) -> int:
+        """The metrics of the latest of the ``earlier`` attempts (oldest first) that stored
+        any become ``run_id``'s: one that died after moving its file to processed/ is
+        closed failed, and the dashboards read processed runs' metrics only. How many."""
+        for attempt in reversed(earlier):
+            moved = update(run_metrics).where(run_metrics.c.run_id == attempt)
+            if adopted := self._write(moved.values(run_id=run_id)):
+                return adopted
+        return 0
+
     def close_if_running(self, run_id: str, error: str, status: str = FAILED) -> bool:
         """Close a run still ``running`` as ``status`` (``failed``: its attempt died; or how
         its attempt ended when only the row's closing failed); True if it was running."""

@@ -62,8 +62,10 @@ def write_report(
             f"no pipeline runs in {where} yet: drop a customer file into the input folder "
             "and let the pipeline process it, then run the report again"
         )
+    # A failed attempt's metrics stay stored; its re-drive stores the file's again.
+    processed = runs[runs["status"] == PROCESSED]
     metrics = metrics.merge(
-        runs[["id", "file_name", "model_version"]], left_on="run_id", right_on="id"
+        processed[["id", "file_name", "model_version"]], left_on="run_id", right_on="id"
     )
     folder.mkdir(parents=True, exist_ok=True)
     png, page = folder / PNG_NAME, folder / HTML_NAME
@@ -101,7 +103,7 @@ def _scores(ax: Axes, metrics: pd.DataFrame, monitoring: MonitoringSettings) -> 
     else:
         pd.concat(frames, axis=1).plot(ax=ax, marker="o")
         floor = min(monitoring.score_minimums.values())
-        ax.axhline(floor, color="red", linestyle="--", label=f"alert below {floor:g}")
+        _limit_line(ax, _stored_limit(metrics, QUALITY_METRICS, floor), "alert minimum")
         ax.legend(loc="lower left", ncol=3, fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_title("Scores over time")
@@ -111,9 +113,9 @@ def _drift(ax: Axes, metrics: pd.DataFrame, monitoring: MonitoringSettings) -> N
     share = _series(metrics, DRIFTED_SHARE)
     count = _series(metrics, DRIFTED_COUNT)
     if not share.empty:
-        ax.plot(share.index, share[DRIFTED_SHARE], marker="o", label="drifted share")
-    limit = monitoring.drift_share_threshold
-    ax.axhline(limit, color="red", linestyle="--", label=f"alert above {limit:g}")
+        share[DRIFTED_SHARE].plot(ax=ax, marker="o", label="drifted share")
+    limit = _stored_limit(metrics, [DRIFTED_SHARE], monitoring.drift_share_threshold)
+    _limit_line(ax, limit, "alert above")
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("share of feature columns")
     right = ax.twinx()
@@ -123,6 +125,19 @@ def _drift(ax: Axes, metrics: pd.DataFrame, monitoring: MonitoringSettings) -> N
     right.set_ylim(bottom=0)
     _legend_beside(ax, right)
     ax.set_title("Drifted columns")
+
+
+def _stored_limit(metrics: pd.DataFrame, names: list[str], fallback: float) -> pd.Series:
+    """The lowest threshold stored with the runs' ``names`` metrics per time: the limit each
+    file was judged by, as the dashboard draws it (``fallback``, the setting, for runs
+    stored without one), not the setting of the shell that draws the report."""
+    rows = metrics[metrics["metric"].isin(names)]
+    return rows.groupby("recorded_at")["threshold"].min().fillna(fallback)
+
+
+def _limit_line(ax: Axes, limit: pd.Series, label: str) -> None:
+    style = {"markersize": 14, "drawstyle": "steps-post", "label": label}
+    limit.plot(ax=ax, style="r_--", **style)  # as pandas draws the series beside it
 
 
 def _legend_beside(ax: Axes, right: Axes) -> None:

@@ -46,7 +46,7 @@ from churnops.monitoring.alerts import (
     send_alert,
 )
 from churnops.monitoring.attribution import attribution_drift
-from churnops.monitoring.drift import Totals, run_monitoring
+from churnops.monitoring.drift import Totals, run_monitoring, withdraw
 from churnops.monitoring.metrics_db import FAILED, LABELS, SCORING, MetricsStore
 from churnops.pipeline import retrain_trigger
 from churnops.pipeline.labels import LabelsJoin, join_labels
@@ -417,27 +417,42 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
             settings.monitoring, settings.platform, model, scored, held.name
         )
         record.message = summary(result, timed=True)
-    _still_held(attempt)
-    with file_log.step("store metrics"):
-        steps.record_metrics(settings.monitoring, attempt.store, held.lease.db_id, result)
-    with file_log.step("alert") as record:
-        channels, alert_message = steps.send_alerts(
-            *_alerting(attempt), result, held.name, model, drop=storage.uri, run=held.run
+    try:
+        _still_held(attempt)
+        with file_log.step("store metrics"):
+            steps.record_metrics(settings.monitoring, attempt.store, held.lease.db_id, result)
+        with file_log.step("alert") as record:
+            channels, alert_message = steps.send_alerts(
+                *_alerting(attempt), result, held.name, model, drop=storage.uri, run=held.run
+            )
+            record.message = alert_message
+        outcome = _processed(
+            attempt,
+            f"{summary(result)}; {alert_message}",
+            rows=scored.rows,
+            report_url=result.report_url,
+            model_name=model.name,
+            model_version=model.version,
         )
-        record.message = alert_message
-    outcome = _processed(
-        attempt,
-        f"{summary(result)}; {alert_message}",
-        rows=scored.rows,
-        report_url=result.report_url,
-        model_name=model.name,
-        model_version=model.version,
-    )
+    except Exception:
+        _withdraw_report(attempt, result)
+        raise
     if outcome.status == "processed":
         name = scored.predictions_key.rsplit("/", 1)[-1]
         outcome.predictions_key = run_key("processed", held.run, name)
         outcome.report_url, outcome.alert_channels = result.report_url, channels
     return outcome
+
+
+def _withdraw_report(attempt: _Attempt, result: MonitoringResult) -> None:
+    """This attempt failed (or was taken over) after storing its Evidently report: the run
+    that ends it stores its own, so this one goes (a failure here is only logged)."""
+    if not result.snapshot_id:
+        return
+    try:
+        withdraw(attempt.settings.monitoring, result.snapshot_id)
+    except Exception as exc:
+        log.warning("%s: report %s not withdrawn: %s", attempt.claim.name, result.report_url, exc)
 
 
 def _join_labels(attempt: _Attempt) -> FileOutcome:
@@ -501,6 +516,9 @@ def _complete_finish(attempt: _Attempt) -> FileOutcome:
             f"run closed, its outputs (if any) in {folder_key('errored', held.run)}"
         )
     _note(attempt, "finish", "ok" if stage == "processed" else stage, message)
+    if stage == "processed" and attempt.store is not None:  # the file's metrics, shown
+        earlier = [f"{held.run}.{n}" for n in range(1, held.lease.attempt)]
+        attempt.store.adopt_metrics(held.lease.db_id, earlier)
     _close_run(attempt, stage, error=None if stage == "processed" else message)
     return _outcome(attempt, stage, message)
 
