@@ -73,7 +73,8 @@ def test_a_small_or_one_class_holdout_judges_nothing(files) -> None:
 def scores(f1_of: float) -> object:
     """An evaluation whose F1 is about ``f1_of`` (4 rows scored)."""
     y = [1, 1, 0, 0]
-    proba = {1.0: [0.9, 0.9, 0.1, 0.1], 0.5: [0.9, 0.1, 0.9, 0.1]}[f1_of]
+    proba = {1.0: [0.9, 0.9, 0.1, 0.1], 0.8: [0.9, 0.9, 0.9, 0.1], 0.5: [0.9, 0.1, 0.9, 0.1]}
+    proba = proba[f1_of]
     return evaluate(pd.Series(y).to_numpy(), pd.Series(proba).to_numpy(), 0.5)
 
 
@@ -83,8 +84,8 @@ def test_the_gate_with_and_without_a_champion() -> None:
     assert gate(settings, good, None).promote
     assert not gate(settings, poor, None).promote  # minimums decide without a champion
     assert not gate(settings, poor, ("1", poor)).promote  # a tie keeps the champion
-    below = get_settings(min_f1=1.1)
-    better = gate(below, good, ("1", poor))
+    below = get_settings(min_f1=0.9)  # MIN_F1 stops at 1
+    better = gate(below, scores(0.8), ("1", poor))
     assert better.promote and "quality still below its minimum" in better.reason
     assert gate(settings, poor, ("1", good), force=True).reason.startswith("forced despite")
 
