@@ -527,6 +527,50 @@ def test_a_dependency_down_mid_run_fails_the_attempt_then_the_file_is_processed(
         assert len(workspace.list_runs(project.id)) == 1
 
 
+def _failing_after(step_name: str) -> per_file.Steps:
+    """The flow's steps, ``step_name`` failing right after it did its work."""
+
+    def wrap(step: Callable) -> Callable:
+        if step.__name__ != step_name:
+            return step
+
+        def then_fail(*args: Any, **kwargs: Any) -> Any:
+            step(*args, **kwargs)
+            raise RuntimeError(f"failed after {step_name}")
+
+        return then_fail
+
+    return flow.STEPS.wrapped(wrap)
+
+
+@pytest.mark.parametrize("world", ["local"], indirect=True)
+def test_a_redrive_that_fails_after_its_move_keeps_one_report_and_its_own_metrics(
+    world: World, small_file: bytes
+) -> None:
+    """Attempt 1 fails before its move (its report withdrawn: the file is re-driven);
+    attempt 2 moves the file and then fails, so it finishes the run itself: its report and
+    its metrics stay, and attempt 1's metrics are not added to its own."""
+    key = world.drops.drop("customers.csv", small_file)
+    first = world.process(key, _before("finish", lambda: _raise(RuntimeError("no move"))))
+    assert first.status == "failed", first
+    outcomes: list[per_file.FileOutcome] = []
+    redrive = lambda a: outcomes.append(world.process(a.key, _failing_after("finish")))  # noqa: E731
+    reconcile.reconcile(world.settings, world.storage, redrive, flow.PrefectFlowRuns())
+    assert [o.status for o in outcomes] == ["processed"], outcomes
+    world.check(settled=True)
+    store = MetricsStore(world.settings.monitoring.metrics_db_url)
+    with closing(store):
+        one, two = (store.metrics(f"{first.run}.{n}") for n in (1, 2))
+    assert len(one) == len(two) > 0
+    workspace = drift.open_workspace(world.settings.monitoring)
+    (project,) = workspace.search_project(drift.PROJECT)
+    assert len(workspace.list_runs(project.id)) == 1
+
+
+def _raise(exc: Exception) -> None:
+    raise exc
+
+
 # --- duplicates, concurrency, re-drops and name clashes ------------------------------------------
 @pytest.fixture(params=["local", "s3-versioned", "s3-unversioned"])
 def any_storage(request: pytest.FixtureRequest, tmp_path: Path) -> DropStorage:

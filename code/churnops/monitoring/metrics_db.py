@@ -521,7 +521,10 @@ class MetricsStore:
     def adopt_metrics(self, run_id: str, earlier: list[str]) -> int:
         """The metrics of the latest of the ``earlier`` attempts (oldest first) that stored
         any become ``run_id``'s: one that died after moving its file to processed/ is
-        closed failed, and the dashboards read processed runs' metrics only. How many."""
+        closed failed, and the dashboards read processed runs' metrics only. None when
+        ``run_id`` stored its own (it moved the file, then failed only its row's closing)."""
+        if not self.metrics(run_id).empty:
+            return 0
         for attempt in reversed(earlier):
             moved = update(run_metrics).where(run_metrics.c.run_id == attempt)
             if adopted := self._write(moved.values(run_id=run_id)):

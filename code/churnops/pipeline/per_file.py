@@ -435,7 +435,8 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
             model_version=model.version,
         )
     except Exception:
-        _withdraw_report(attempt, result)
+        if not _known(_gone, storage, held.processing_key):  # re-driven: its re-drive reports
+            _withdraw_report(attempt, result)
         raise
     if outcome.status == "processed":
         name = scored.predictions_key.rsplit("/", 1)[-1]
@@ -445,8 +446,9 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
 
 
 def _withdraw_report(attempt: _Attempt, result: MonitoringResult) -> None:
-    """This attempt failed (or was taken over) after storing its Evidently report: the run
-    that ends it stores its own, so this one goes (a failure here is only logged)."""
+    """This attempt failed (or was taken over) after storing its Evidently report, its file
+    still in processing/: the attempt that ends the run stores its own, so this one goes (a
+    failure here is only logged). A file already moved to processed/ keeps it."""
     if not result.snapshot_id:
         return
     try:
