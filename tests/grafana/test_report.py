@@ -41,41 +41,33 @@ def test_report_writes_the_figure_and_the_runs_page(
     assert "errored" in page and "missing column" in page  # the broken file's reason
 
 
-def test_report_draws_each_processed_file_once(
-    pipeline_sqlite_url: str,
-    pipeline_settings: Settings,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The re-driven run's failed attempt stored its metrics too: they are no file's."""
-    figures: list[Figure] = []
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """The figures the report draws, kept to be looked at."""
+    drawn: list[Figure] = []
     build = report.build_figure
 
     def kept(*args: Any) -> Figure:
-        figures.append(build(*args))
-        return figures[-1]
+        drawn.append(build(*args))
+        return drawn[-1]
 
     monkeypatch.setattr(report, "build_figure", kept)
+    return drawn
+
+
+def test_report_draws_each_processed_file_once(
+    pipeline_sqlite_url: str, pipeline_settings: Settings, tmp_path: Path, figures: list[Figure]
+) -> None:
+    """The re-driven run's failed attempt stored its metrics too: they are no file's."""
     write_report(pipeline_settings.monitoring, tmp_path / "report")
     shares = figures[0].axes[1].lines[0]  # the drifted share, a point per file
     assert len(shares.get_xdata()) == len([p for p in PLAN if not p.errored])
 
 
 def test_report_draws_the_limits_each_file_was_judged_by(
-    pipeline_sqlite_url: str,
-    pipeline_settings: Settings,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    pipeline_sqlite_url: str, pipeline_settings: Settings, tmp_path: Path, figures: list[Figure]
 ) -> None:
     """The runs stored the defaults; a shell with other minimums draws the stored ones."""
-    figures: list[Figure] = []
-    build = report.build_figure
-
-    def kept(*args: Any) -> Figure:
-        figures.append(build(*args))
-        return figures[-1]
-
-    monkeypatch.setattr(report, "build_figure", kept)
     other = pipeline_settings.replace(min_f1=0.95, drift_share_threshold=0.2)
     write_report(other.monitoring, tmp_path / "report")
     defaults = MonitoringSettings.model_construct()
