@@ -253,6 +253,8 @@ class _Attempt:
     file_log: FileLog
     steps: Steps
     store: MetricsStore | None = None
+    #: The file's monitoring result once its Evidently report is stored.
+    published: MonitoringResult | None = None
 
 
 def process(
@@ -311,11 +313,13 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
         return _score_and_monitor(attempt)
     except Exception as exc:
         if isinstance(exc, TakenOver) or _known(claims.taken_over, attempt.storage, held.lease):
+            _withdraw_report(attempt)
             return _taken_over(attempt)
         if is_bad_input(exc):
             return _rejected(attempt, str(exc))
         if _known(_gone, attempt.storage, held.processing_key):  # deleted mid-run: never retried
             return _complete_finish(attempt)
+        _withdraw_report(attempt)
         return _failed(attempt, exc)
     finally:
         if attempt.store is not None:
@@ -417,27 +421,23 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
             settings.monitoring, settings.platform, model, scored, held.name
         )
         record.message = summary(result, timed=True)
-    try:
-        _still_held(attempt)
-        with file_log.step("store metrics"):
-            steps.record_metrics(settings.monitoring, attempt.store, held.lease.db_id, result)
-        with file_log.step("alert") as record:
-            channels, alert_message = steps.send_alerts(
-                *_alerting(attempt), result, held.name, model, drop=storage.uri, run=held.run
-            )
-            record.message = alert_message
-        outcome = _processed(
-            attempt,
-            f"{summary(result)}; {alert_message}",
-            rows=scored.rows,
-            report_url=result.report_url,
-            model_name=model.name,
-            model_version=model.version,
+    attempt.published = result
+    _still_held(attempt)
+    with file_log.step("store metrics"):
+        steps.record_metrics(settings.monitoring, attempt.store, held.lease.db_id, result)
+    with file_log.step("alert") as record:
+        channels, alert_message = steps.send_alerts(
+            *_alerting(attempt), result, held.name, model, drop=storage.uri, run=held.run
         )
-    except Exception:
-        if not _known(_gone, storage, held.processing_key):  # re-driven: its re-drive reports
-            _withdraw_report(attempt, result)
-        raise
+        record.message = alert_message
+    outcome = _processed(
+        attempt,
+        f"{summary(result)}; {alert_message}",
+        rows=scored.rows,
+        report_url=result.report_url,
+        model_name=model.name,
+        model_version=model.version,
+    )
     if outcome.status == "processed":
         name = scored.predictions_key.rsplit("/", 1)[-1]
         outcome.predictions_key = run_key("processed", held.run, name)
@@ -445,11 +445,12 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
     return outcome
 
 
-def _withdraw_report(attempt: _Attempt, result: MonitoringResult) -> None:
+def _withdraw_report(attempt: _Attempt) -> None:
     """This attempt failed (or was taken over) after storing its Evidently report, its file
     still in processing/: the attempt that ends the run stores its own, so this one goes (a
     failure here is only logged). A file already moved to processed/ keeps it."""
-    if not result.snapshot_id:
+    result = attempt.published
+    if result is None or not result.snapshot_id:
         return
     try:
         withdraw(attempt.settings.monitoring, result.snapshot_id)
