@@ -156,18 +156,23 @@ def test_runs_land_in_one_project_with_their_tags(
         )
 
 
+@pytest.fixture
+def ui_settings(evidently_ui: EvidentlyUI, tmp_path: Path) -> Settings:
+    """Settings that publish to the real ``evidently ui`` of the session."""
+    return get_settings(
+        churnops_home=tmp_path, evidently_ui_url=evidently_ui.url, evidently_secret=SECRET
+    )
+
+
 def test_a_project_lost_by_the_ui_is_made_again_with_its_dashboard(
     data_dir: Path,
     reference: pd.DataFrame,
-    evidently_ui: EvidentlyUI,
-    tmp_path: Path,
+    ui_settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The UI restarted over a deleted workspace: the attempt that finds the project gone
     fails, and its retry makes the project again, with the dashboard's panels."""
-    settings = get_settings(
-        churnops_home=tmp_path, evidently_ui_url=evidently_ui.url, evidently_secret=SECRET
-    )
+    settings = ui_settings
     monkeypatch.setattr(drift, "PROJECT", "lost")  # a project of this test's own
     current = scored(data_dir / "customer_churn_1.csv", seed=1)
     monitor(reference, current, settings, "before.csv")
@@ -186,18 +191,14 @@ def test_a_project_lost_by_the_ui_is_made_again_with_its_dashboard(
 def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
     data_dir: Path,
     reference: pd.DataFrame,
+    ui_settings: Settings,
     evidently_ui: EvidentlyUI,
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Through the real ``evidently ui``: the dashboard ChurnOps defines, the series its
     panels plot (one value per file, quality per model version), and a report whose first
     widget is the summary, with one confusion matrix and no in-sample reference scores."""
-    settings = get_settings(
-        churnops_home=tmp_path,
-        evidently_ui_url=evidently_ui.url,
-        evidently_secret=SECRET,
-    )
+    settings = ui_settings
     monkeypatch.setattr(drift, "PROJECT", "dash")  # a project of this test's own
     http = requests.Session()
     http.headers["evidently-secret"] = SECRET
