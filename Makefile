@@ -16,7 +16,7 @@ DATA_FILES := data/customer_churn_0.csv data/customer_churn_1.csv data/customer_
 TRIALS ?= 0
 
 .PHONY: help install data register-model train demo up test test-unit test-rest lane-integration \
-	lane-deployment quality format \
+	lane-others quality format \
 	optuna-dashboard benchmark-model benchmark-features benchmark-latency benchmark-pipeline \
 	benchmark-recovery benchmark-retraining \
 	simulate-file-drops status screenshots rehearse-aws docs clean
@@ -66,13 +66,13 @@ test-unit: install ## The unit tier (tests/unit): no data files, no services
 # Two lanes at once, each a pytest session of its own (its own servers): most of a test
 # waits on a server or a subprocess, so two share the 2 cores of a small machine well.
 test-rest: install data ## Every tier but unit, in two lanes at once; prints the slowest tests
-	$(MAKE) --no-print-directory -j2 --output-sync=target lane-integration lane-deployment
+	$(MAKE) --no-print-directory -j2 --output-sync=target lane-integration lane-others
 
 lane-integration:
-	$(RUN) pytest tests/integration tests/model --durations=10
+	$(RUN) pytest tests/integration --durations=10
 
-lane-deployment:
-	$(RUN) pytest tests/platform tests/terraform tests/grafana --durations=10
+lane-others:
+	$(RUN) pytest tests/model tests/platform tests/terraform tests/grafana --durations=10
 
 quality: install ## Lint and format checks (pre-commit hooks on every file)
 	$(RUN) pre-commit run --all-files
