@@ -166,6 +166,13 @@ STORIES = {
     # Someone deleted the original from processing/ during the run: nowhere is right.
     "deleted mid-run": Story(None, "errored", ("FAILED", "Rejected"), "errored", "done"),
     "failed, then retried": Story(TAKEN_OVER, "failed", ("FAILED", "Failed"), "failed", "failed"),
+    # Storage would not move the file into its run (S3 archived it): it is still in input/.
+    "not moved in, waiting for its retry": Story(
+        None, "failed", ("FAILED", "Failed"), "failed", "failed"
+    ),
+    "not moved in, given up": Story(
+        None, "errored", ("FAILED", "Rejected"), "errored", "unmovable"
+    ),
     # Killed (SIGKILL, OOM): it could not end its lease, row, log or flow run; the attempt
     # that took over wrote "died" in the log, closed its row, marked its flow run Crashed
     # (churnops.pipeline.flow.mark_crashed) and ended its lease "died".

@@ -41,9 +41,11 @@ from prefect.states import Completed, Pending, Running, Scheduled
 from churnops import retry
 from churnops.drop import claims
 from churnops.drop.storage import (
+    RUN_STAGES,
     DropStorage,
     LocalDropStorage,
     S3DropStorage,
+    folder_key,
     log_key,
     open_storage,
     run_name,
@@ -833,6 +835,47 @@ def test_a_dependency_down_for_every_attempt_gives_up_after_max_attempts(
     assert "gave up" in world.settings.alerts.alert_log.read_text()
     world.check(settled=True, invalid=1)
     assert world.reconcile() == []  # never retried again
+
+
+@pytest.mark.parametrize("world", ["s3"], indirect=True)  # an archived object: S3's own
+def test_a_file_that_cannot_be_moved_in_fails_then_is_given_up_once_and_stays_unchanged(
+    world: World, small_file: bytes
+) -> None:
+    """An object S3 will not copy (archived to Glacier by a lifecycle rule; alike a KMS key
+    or a policy that denies us, or an object over the 5 GB copy limit) stays in input/: its
+    attempts fail as any, then its run gives up once, with an alert, and is left alone."""
+    world.patch.setattr(retry, "MAX_ATTEMPTS", 2)
+    storage = world.storage
+    assert isinstance(storage, S3DropStorage)
+    key = stage_key("input", "archived.csv")
+    storage.client.put_object(
+        Bucket=storage.bucket, Key=key, Body=small_file, StorageClass="GLACIER"
+    )
+    dropped = storage.client.head_object(Bucket=storage.bucket, Key=key)
+
+    url = world.settings.monitoring.metrics_db_url
+    first = world.process(key)
+    assert first.status == "failed", first
+    assert "could not move it into processing/" in first.message, first.message
+    check_records_agree(storage, url, read_flow_runs(storage, world.flow_runs))  # waiting
+    outcomes = world.reconcile()
+    assert [(o.status, o.attempt) for o in outcomes] == [("errored", 2)], outcomes
+    assert outcomes[0].message.startswith("gave up after 2 attempts: could not move"), outcomes
+    alerts = world.settings.alerts.alert_log.read_text()
+    assert alerts.count("] gave up: archived.csv") == 1, alerts
+    assert "The file is in data/input/archived.csv." in alerts, alerts
+    assert world.reconcile() == []  # never retried again
+    assert world.process(key).status == "skipped"  # nor by a trigger (the watcher's, say)
+
+    assert storage.list_keys("data/input/") == [key]
+    now = storage.client.head_object(Bucket=storage.bucket, Key=key)
+    assert (now["VersionId"], now["ETag"]) == (dropped["VersionId"], dropped["ETag"])
+    assert not [k for s in RUN_STAGES for k in storage.list_keys(folder_key(s))]
+    rows = world.runs().set_index("id")["status"]
+    mine = rows[rows.index.str.startswith(f"{first.run}.")].to_dict()  # Postgres: the session's
+    assert mine == {first.run_id: "failed", outcomes[0].run_id: "errored"}, mine
+    assert [x.state for x in leases(storage)] == ["failed", "unmovable"]
+    check_records_agree(storage, url, read_flow_runs(storage, world.flow_runs))
 
 
 def test_a_file_that_kills_its_runner_is_quarantined_after_max_attempts(

@@ -34,7 +34,7 @@ def test_a_file_whose_claim_died_is_redriven_at_once_a_fresh_one_waits(tmp_path:
     died, fresh = stage_key("input", "died.csv"), stage_key("input", "fresh.csv")
     storage.create(died, b"a,b\n1,2\n")
     storage.create(fresh, b"a,b\n3,4\n")
-    with pytest.raises(RuntimeError, match="killed"):
+    with pytest.raises(claims.MoveInFailed, match="killed"):
         claims.claim(DiesMovingIn(tmp_path), died, lease_seconds=claims.LEASE_SECONDS)
     (lease,) = leases(storage)
     storage.replace(lease.key, replace(lease, pid=dead_pid()).to_json())
@@ -45,6 +45,28 @@ def test_a_file_whose_claim_died_is_redriven_at_once_a_fresh_one_waits(tmp_path:
         actions
     )  # fresh.csv is within its grace: its trigger may be on its way
     assert "attempt 1 died" in actions[0].reason
+
+
+def test_a_file_that_would_not_move_in_is_triggered_when_its_retry_is_due_never_once_given_up(
+    tmp_path: Path,
+) -> None:
+    storage = LocalDropStorage(tmp_path)
+    storage.create_layout()
+    key = stage_key("input", "archived.csv")
+    storage.create(key, b"a,b\n1,2\n")
+    with pytest.raises(claims.MoveInFailed):
+        claims.claim(DiesMovingIn(tmp_path), key, lease_seconds=claims.LEASE_SECONDS)
+    (lease,) = leases(storage)
+    failed = claims.release(storage, lease, "failed", "could not move it", retry_in=600.0)
+    past_grace = datetime.now(UTC) + timedelta(seconds=reconcile.GRACE_SECONDS + 1)
+
+    assert reconcile.find_work(storage, past_grace) == []  # its retry is not due yet
+    due = reconcile.find_work(storage, past_grace + timedelta(seconds=600))
+    assert [(a.kind, a.key, a.marker) for a in due] == [("trigger", key, f"{lease.run}#2")]
+    claims.release(storage, failed, "unmovable", "errored")  # the last attempt gave up
+    assert reconcile.find_work(storage, past_grace + timedelta(seconds=600)) == []
+    with pytest.raises(claims.ClaimRefused, match=r"gave up on 'archived\.csv'"):
+        claims.claim(storage, key, lease_seconds=claims.LEASE_SECONDS)
 
 
 class LaidOutByTerraform(LocalDropStorage):

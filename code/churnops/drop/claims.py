@@ -34,7 +34,9 @@ from churnops.drop.storage import (
     stage_key,
 )
 
-LeaseState = Literal["running", "failed", "done", "died"]
+#: "unmovable": the run gave up on a file it could not move into processing/; it stays in
+#: input/ and is never claimed again (a new drop of it is a new run).
+LeaseState = Literal["running", "failed", "done", "died", "unmovable"]
 HOST = socket.gethostname()
 
 
@@ -153,9 +155,19 @@ class ClaimRefused(Exception):
     """The key cannot be claimed now; the message says why (for the file's log)."""
 
 
+class MoveInFailed(Exception):
+    """The claim is won but storage would not move the file into processing/ (S3 will not
+    copy an object archived to Glacier, one a KMS key or a policy denies us, one over its
+    5 GB copy limit): the file is still in input/ and ``held`` must be ended."""
+
+    def __init__(self, held: Claim, cause: Exception) -> None:
+        super().__init__(f"could not move it into processing/: {cause}")
+        self.held, self.cause = held, cause
+
+
 def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: str = "") -> Claim:
     """Take ``key`` (an input file, or a run in processing/ to re-drive) for this process;
-    :class:`ClaimRefused` when it is gone, or held by a live attempt."""
+    :class:`ClaimRefused` when it is gone, held by a live attempt or given up on."""
     parts = split_run_key(key)
     if parts is None:
         name = name_from_key(key)
@@ -164,6 +176,9 @@ def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: 
             raise ClaimRefused(f"{name!r} is no longer in input/ (taken by a run, or removed)")
         run, kept = run_id(name, info.version, info.modified), run_name(name)
         previous = latest_lease(storage, run)
+        if previous and previous.state == "unmovable":
+            why = f"it would not move into processing/ in {previous.attempt} attempts"
+            raise ClaimRefused(f"run {run} gave up on {kept!r}: {why} (see its log)")
         if previous and previous.ended(datetime.now(UTC), lease_seconds):
             _finish_move_in(storage, run, kept, key, info.version)
         lease = _next_attempt(
@@ -175,6 +190,8 @@ def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: 
         except FileNotFoundError:
             release(storage, lease, "done", "the file left input/ before it could be moved")
             raise ClaimRefused(f"{kept!r} left input/ before it could be moved") from None
+        except Exception as exc:
+            raise MoveInFailed(Claim(lease, processing_key), exc) from exc
         return Claim(lease, processing_key)
     stage, run, name = parts
     if stage != "processing":

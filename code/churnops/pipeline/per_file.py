@@ -266,6 +266,7 @@ def process(
     flow_run_id: str = "",
 ) -> FileOutcome:
     """Claim ``key`` (a file in input/, or a run in processing/ to re-drive) and process it."""
+    not_moved: claims.MoveInFailed | None = None
     try:
         held = claims.claim(
             storage, key, lease_seconds=claims.LEASE_SECONDS, flow_run_id=flow_run_id
@@ -273,30 +274,38 @@ def process(
     except claims.ClaimRefused as exc:
         log.info("skipping %s: %s", key, exc)
         return FileOutcome(key.rsplit("/", 1)[-1], "skipped", str(exc))
+    except claims.MoveInFailed as exc:
+        held, not_moved = exc.held, exc
     attempt = _Attempt(settings, storage, held, FileLog(storage, held.run, held.name), steps)
     lease = held.lease
     by = f" (flow run {flow_run_id})" if flow_run_id else ""
-    moved = f"{printable(key)} -> {held.processing_key}"
+    moved = f"{printable(key)} -> {held.processing_key}{' (not moved)' if not_moved else ''}"
     _note(attempt, "claim", "ok", f"attempt {lease.attempt}: {moved}{by}")
     with claims.heartbeat(storage, lease):
-        outcome = _run_attempt(attempt)
+        outcome = _not_moved_in(attempt, not_moved) if not_moved else _run_attempt(attempt)
     if outcome.status != "died":  # its successor ended its lease
-        _release(attempt, outcome)
+        _release(attempt, outcome, "unmovable" if not_moved else "done")
     return outcome
+
+
+def _start_row(attempt: _Attempt) -> None:
+    """Open the metrics database and start this attempt's row."""
+    held = attempt.claim
+    attempt.store = MetricsStore.from_settings(attempt.settings.monitoring)
+    attempt.store.start_run(
+        run_id=held.lease.db_id,
+        file_name=held.name,
+        bucket=attempt.storage.bucket,
+        object_key=printable(held.lease.source_key),
+        flow_run_id=held.lease.flow_run_id or None,
+        kind=LABELS if is_labels(held.lease.source_key) else SCORING,
+    )
 
 
 def _run_attempt(attempt: _Attempt) -> FileOutcome:
     held = attempt.claim
     try:
-        attempt.store = MetricsStore.from_settings(attempt.settings.monitoring)
-        attempt.store.start_run(
-            run_id=held.lease.db_id,
-            file_name=held.name,
-            bucket=attempt.storage.bucket,
-            object_key=printable(held.lease.source_key),
-            flow_run_id=held.lease.flow_run_id or None,
-            kind=LABELS if is_labels(held.lease.source_key) else SCORING,
-        )
+        _start_row(attempt)
         _close_dead_predecessors(attempt)
         info = attempt.storage.stat(held.processing_key)
         if info is None:
@@ -381,6 +390,36 @@ def _give_up(attempt: _Attempt, last_reason: str) -> FileOutcome:
         outcome.alert_channels, outcome.message = _deliver(
             attempt.settings.alerts, alert, reason, ""
         )
+    return outcome
+
+
+def _not_moved_in(attempt: _Attempt, exc: claims.MoveInFailed) -> FileOutcome:
+    """The file would not move into processing/: it stays in input/, unchanged. The attempt
+    fails as any (its row, log and lease say so; retried after ``retry.RUN``'s wait); the
+    last one gives up with an alert, and the run's file is never claimed again."""
+    held = attempt.claim
+    reason = f"could not move it into processing/: {brief(exc.cause)}"
+    gave_up = held.lease.attempt >= retry.MAX_ATTEMPTS
+    if gave_up:
+        reason = f"gave up after {held.lease.attempt} attempts: {reason}"
+    status: Status = "errored" if gave_up else "failed"
+    _note(attempt, "finish", status, reason)
+    try:
+        _start_row(attempt)
+        _close_run(attempt, status, error=reason)
+    except Exception as db_error:  # the lease and the log still tell it
+        log.warning("metrics database: no row for run %s: %s", held.run, brief(db_error))
+    finally:
+        if attempt.store is not None:
+            attempt.store.close()
+    outcome = _outcome(attempt, status, reason)
+    if gave_up:
+        alert = build_gave_up_alert(held.name, reason, printable(held.lease.source_key))
+        outcome.alert_channels, outcome.message = _deliver(
+            attempt.settings.alerts, alert, reason, ""
+        )
+    else:
+        log.warning("%s: attempt %s failed: %s", held.name, held.lease.attempt, reason)
     return outcome
 
 
@@ -606,12 +645,13 @@ def _close_run(attempt: _Attempt, status: str, **values: Any) -> None:
         _note(attempt, "metrics", "failed", f"could not record the end: {brief(exc)}")
 
 
-def _release(attempt: _Attempt, outcome: FileOutcome) -> None:
-    """Close the lease; if storage fails here, the lease expires and the run is re-driven."""
+def _release(attempt: _Attempt, outcome: FileOutcome, ended: claims.LeaseState) -> None:
+    """Close the lease (``ended`` unless the attempt failed); if storage fails here, the
+    lease expires and the run is re-driven."""
     lease = attempt.claim.lease
     try:
         if outcome.status != "failed":
-            claims.release(attempt.storage, lease, "done", outcome.status)
+            claims.release(attempt.storage, lease, ended, outcome.status)
             return
         delay = retry.RUN.delay(lease.attempt)
         claims.release(attempt.storage, lease, "failed", outcome.message, retry_in=delay)

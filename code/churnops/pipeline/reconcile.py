@@ -97,6 +97,11 @@ def _untaken_inputs(storage: DropStorage, now: datetime, runs: list[str]) -> lis
                 # Its trigger came and the attempt died claiming it: nothing is on its way.
                 actions.append(Action("trigger", key, claims.death(lease), _next_attempt(lease)))
                 continue
+            if lease and lease.state in ("failed", "unmovable"):  # it would not move in
+                if lease.retry_due(now):
+                    why = f"attempt {lease.attempt} failed: {lease.reason}"
+                    actions.append(Action("trigger", key, why, _next_attempt(lease)))
+                continue
             age = (now - info.modified).total_seconds()
             # Taken by a run, being claimed right now, or its trigger may still be on its way.
             if run in runs or (lease and not lease.ended(now, claims.LEASE_SECONDS)):
