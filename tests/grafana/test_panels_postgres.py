@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from churnops.data.features import FEATURES
@@ -135,6 +136,42 @@ def test_realized_scores_are_drawn_at_the_time_the_labeled_file_was_scored(reade
     assert at_scoring
     realized = dict(zip(result.column("metric"), result.column("value"), strict=True))
     assert realized == pytest.approx(at_scoring)  # the same labels, scored twice
+
+
+def test_realized_scores_keep_the_processed_labels_when_later_ones_fail(
+    reader: Any, pipeline_postgres_url: str
+) -> None:
+    """A second labels file for the same run arrives later and its run fails: the panel
+    still draws the processed labels' scores (before: none, until the retry succeeded)."""
+    title = "Realized scores (late labels)"
+    before = run(reader, panel_sql(panel(title)), everything()).rows
+    engine = create_engine(pipeline_postgres_url)
+    try:
+        with engine.begin() as conn:
+            (scored, arrived) = conn.execute(
+                text("SELECT DISTINCT run_id, labels_arrived_at FROM realized_scores")
+            ).one()
+            conn.execute(
+                text(
+                    "INSERT INTO pipeline_runs (id, file_name, bucket, object_key, status, "
+                    "started_at, kind) VALUES ('later-labels.1', 'later.csv', 'local', "
+                    "'data/labels/later.csv', 'failed', :at, 'labels')"
+                ),
+                {"at": arrived + timedelta(hours=1)},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO realized_scores (run_id, labels_run_id, labels_file, "
+                    "labels_arrived_at, matched_by, labeled_rows, metric, value) VALUES "
+                    "(:run, 'later-labels.1', 'later.csv', :at, 'customer_id', 9, 'f1', 0.1)"
+                ),
+                {"run": scored, "at": arrived + timedelta(hours=1)},
+            )
+        assert run(reader, panel_sql(panel(title)), everything()).rows == before
+    finally:
+        with engine.begin() as conn:  # its realized scores go with it (ON DELETE CASCADE)
+            conn.execute(text("DELETE FROM pipeline_runs WHERE id = 'later-labels.1'"))
+        engine.dispose()
 
 
 def test_model_versions_list_the_retraining_verdict(reader: Any) -> None:
