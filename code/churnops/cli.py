@@ -309,11 +309,13 @@ def process(
     settings = _settings()
     storage, key = _open_target(settings, target, "labels" if labels else "input")
     outcome = process_file(settings, storage, key)
-    _print_outcome(outcome)
+    _print_outcome(outcome, ui_running=settings.monitoring.evidently_ui_url is not None)
     raise typer.Exit(EXIT_CODES[outcome.status])
 
 
-def _print_outcome(outcome: FileOutcome) -> None:
+def _print_outcome(outcome: FileOutcome, *, ui_running: bool) -> None:
+    """The outcome and its fields; a report stored with no Evidently UI running is at the
+    address `churnops up` serves it on (its default port)."""
     colour = {"processed": "green", "skipped": "yellow"}.get(outcome.status, "red")
     message = outcome.message
     if outcome.status == "failed" and (served := _served_by_the_platform(message)):
@@ -321,6 +323,8 @@ def _print_outcome(outcome: FileOutcome) -> None:
     console.print(f"[{colour}]{outcome.status}[/{colour}] {outcome.name}: {escape(message)}")
     for field in ("run", "attempt", "model_version", "predictions_key", "report_url"):
         value = getattr(outcome, field)
+        if field == "report_url" and value is not None and not ui_running:
+            value = f"{value} (start `churnops up` to open it)"
         if value is not None:
             console.print(f"  {field}: {value}")
 
@@ -349,7 +353,7 @@ def reconcile(
     def submit(action: reconciler.Action) -> None:
         console.print(f"{action.kind} {action.key}: {action.reason}")
         outcomes.append(process_file(settings, storage, action.key))
-        _print_outcome(outcomes[-1])
+        _print_outcome(outcomes[-1], ui_running=settings.monitoring.evidently_ui_url is not None)
 
     actions = reconciler.reconcile(settings, storage, submit)
     for action in actions:

@@ -48,6 +48,9 @@ def test_fetch_train_and_process_a_file(home: Path, data_dir: Path) -> None:
     assert "version 1 promoted: passes the minimums" in output
     output = run("process", "data/customer_churn_1.csv")
     assert "processed customer_churn_1.csv" in output
+    # No platform runs: the report is where `churnops up` will serve it, and it says so.
+    assert "report_url: http://127.0.0.1:8000/projects/" in output, output
+    assert "(start `churnops up` to open it)" in output, output
     processed = home / ".churnops/drop/data/processed"
     (original,) = processed.glob("*/customer_churn_1.csv")
     assert original.read_bytes() == (data_dir / "customer_churn_1.csv").read_bytes()
