@@ -125,7 +125,9 @@ def test_a_file_failed_for_want_of_the_platforms_mlflow_says_what_to_do(
         "MlflowException: When an mlflow-artifacts URI was supplied, the tracking URI must "
         "be a valid http or https URI, but it was currently set to sqlite://x/mlflow.db."
     )
-    cli._print_outcome(FileOutcome("a.csv", "failed", mlflow_says, run="R", attempt=1))
+    cli._print_outcome(
+        FileOutcome("a.csv", "failed", mlflow_says, run="R", attempt=1), ui_running=False
+    )
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("failed a.csv: this home's models are served by the platform's")
     assert "start `churnops up`" in first
