@@ -843,8 +843,9 @@ def test_a_file_that_cannot_be_moved_in_fails_then_is_given_up_once_and_stays_un
 ) -> None:
     """An object S3 will not copy (archived to Glacier by a lifecycle rule; alike a KMS key
     or a policy that denies us, or an object over the 5 GB copy limit) stays in input/: its
-    attempts fail as any, then its run gives up once, with an alert, and is left alone."""
-    world.patch.setattr(retry, "MAX_ATTEMPTS", 2)
+    attempts fail as any (the first here dies before its move), then its run gives up once,
+    with an alert, and is left alone."""
+    world.patch.setattr(retry, "MAX_ATTEMPTS", 3)
     storage = world.storage
     assert isinstance(storage, S3DropStorage)
     key = stage_key("input", "archived.csv")
@@ -854,13 +855,14 @@ def test_a_file_that_cannot_be_moved_in_fails_then_is_given_up_once_and_stays_un
     dropped = storage.client.head_object(Bucket=storage.bucket, Key=key)
 
     url = world.settings.monitoring.metrics_db_url
-    first = world.process(key)
-    assert first.status == "failed", first
-    assert "could not move it into processing/" in first.message, first.message
+    _run_killed(world, (key, "claim: lease written, file not yet moved"))
+    (second,) = world.reconcile()
+    assert (second.status, second.attempt) == ("failed", 2), second
+    assert "could not move it into processing/" in second.message, second.message
     check_records_agree(storage, url, read_flow_runs(storage, world.flow_runs))  # waiting
     outcomes = world.reconcile()
-    assert [(o.status, o.attempt) for o in outcomes] == [("errored", 2)], outcomes
-    assert outcomes[0].message.startswith("gave up after 2 attempts: could not move"), outcomes
+    assert [(o.status, o.attempt) for o in outcomes] == [("errored", 3)], outcomes
+    assert outcomes[0].message.startswith("gave up after 3 attempts: could not move"), outcomes
     alerts = world.settings.alerts.alert_log.read_text()
     assert alerts.count("] gave up: archived.csv") == 1, alerts
     assert "The file is in data/input/archived.csv." in alerts, alerts
@@ -872,9 +874,9 @@ def test_a_file_that_cannot_be_moved_in_fails_then_is_given_up_once_and_stays_un
     assert (now["VersionId"], now["ETag"]) == (dropped["VersionId"], dropped["ETag"])
     assert not [k for s in RUN_STAGES for k in storage.list_keys(folder_key(s))]
     rows = world.runs().set_index("id")["status"]
-    mine = rows[rows.index.str.startswith(f"{first.run}.")].to_dict()  # Postgres: the session's
-    assert mine == {first.run_id: "failed", outcomes[0].run_id: "errored"}, mine
-    assert [x.state for x in leases(storage)] == ["failed", "unmovable"]
+    mine = rows[rows.index.str.startswith(f"{second.run}.")].to_dict()  # Postgres: the session's
+    assert mine == {second.run_id: "failed", outcomes[0].run_id: "errored"}, mine
+    assert [x.state for x in leases(storage)] == ["died", "failed", "unmovable"]
     check_records_agree(storage, url, read_flow_runs(storage, world.flow_runs))
 
 

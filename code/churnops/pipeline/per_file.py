@@ -403,15 +403,15 @@ def _not_moved_in(attempt: _Attempt, exc: claims.MoveInFailed) -> FileOutcome:
     if gave_up:
         reason = f"gave up after {held.lease.attempt} attempts: {reason}"
     status: Status = "errored" if gave_up else "failed"
-    _note(attempt, "finish", status, reason)
     try:
         _start_row(attempt)
-        _close_run(attempt, status, error=reason)
+        _close_dead_predecessors(attempt)
     except Exception as db_error:  # the lease and the log still tell it
         log.warning("metrics database: no row for run %s: %s", held.run, brief(db_error))
-    finally:
-        if attempt.store is not None:
-            attempt.store.close()
+    _note(attempt, "finish", status, reason)
+    _close_run(attempt, status, error=reason)
+    if attempt.store is not None:
+        attempt.store.close()
     outcome = _outcome(attempt, status, reason)
     if gave_up:
         alert = build_gave_up_alert(held.name, reason, printable(held.lease.source_key))
