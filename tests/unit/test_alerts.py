@@ -158,8 +158,8 @@ def test_bad_topic_arn_is_reported(settings: Settings) -> None:
 
 
 @pytest.fixture
-def trickling_smtp() -> Iterator[tuple[str, int]]:
-    """An SMTP server that answers a byte every 0.2 s and never a whole line (for 10 s):
+def trickling_server() -> Iterator[tuple[str, int]]:
+    """An SMTP or HTTP server that answers a byte every 0.2 s and never a whole line (for 10 s):
     each socket read is quick, so no per-read timeout ends the wait."""
     server = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
@@ -177,15 +177,26 @@ def trickling_smtp() -> Iterator[tuple[str, int]]:
     server.close()
 
 
-def test_an_smtp_server_trickling_bytes_is_given_up_on(
-    trickling_smtp: tuple[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("channel", ["email", "sns"])
+def test_a_server_trickling_bytes_is_given_up_on(
+    trickling_server: tuple[str, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    channel: str,
 ) -> None:
+    """Before, SNS (botocore's timeout is per read, as smtplib's) waited as long as the
+    server trickled: 10 s here."""
     monkeypatch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 1.0)
     monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 0.1)
-    host, port = trickling_smtp
-    settings = get_settings(
-        churnops_home=tmp_path, smtp_host=host, smtp_port=port, alert_email_to="ops@example.com"
-    )
+    host, port = trickling_server
+    if channel == "sns":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(name, "testing")
+        where = {"alerts_topic_arn": "arn:aws:sns:us-east-1:123456789012:churn-alerts"}
+    else:
+        where = {"smtp_host": host, "smtp_port": port, "alert_email_to": "ops@example.com"}
+    settings = get_settings(churnops_home=tmp_path, **where)
     alert = Alert("f.csv", "M", "1", "ChurnOps: drift", "body")
     with pytest.raises(AlertDeliveryError, match="did not finish within 1 s") as raised:
         send_alert(alert, settings.alerts)

@@ -267,10 +267,9 @@ def send_alert(alert: Alert, alerts: AlertSettings) -> list[str]:
     not stop the others, and :class:`AlertDeliveryError` is raised at the end."""
     channels: dict[str, Callable[[], None]] = {"log": lambda: _append_log(alert, alerts)}
     if alerts.alerts_topic_arn:
-        channels["sns"] = lambda: _publish_sns(alert, alerts)
+        channels["sns"] = lambda: _within("SNS", lambda: _publish_sns(alert, alerts))
     if alerts.smtp_host and alerts.alert_email_to:
-        email = lambda: _send_email(alert, alerts)  # noqa: E731
-        channels["email"] = lambda: _within(retry.NETWORK_TIMEOUT_SECONDS, email)
+        channels["email"] = lambda: _within("the SMTP server", lambda: _send_email(alert, alerts))
     delivered: list[str] = []
     failures: dict[str, str] = {}
     for channel, send in channels.items():
@@ -315,10 +314,11 @@ def _publish_sns(alert: Alert, alerts: AlertSettings) -> None:
     client.publish(TopicArn=arn, Subject=alert.subject, Message=alert.body)
 
 
-def _within(seconds: float, send: Callable[[], None]) -> None:
-    """``send()`` given up after ``seconds`` in all. smtplib's timeout is per socket
-    call, so a server trickling a byte at a time would hold the alert step for ever; its
-    daemon thread is left to end with that connection."""
+def _within(server: str, send: Callable[[], None]) -> None:
+    """``send()`` given up after ``retry.NETWORK_TIMEOUT_SECONDS`` in all. smtplib's and
+    botocore's timeouts are per socket call, so a server trickling a byte at a time would
+    hold the alert step for ever; its daemon thread is left to end with that connection."""
+    seconds = retry.NETWORK_TIMEOUT_SECONDS
     ended: list[BaseException | None] = []
 
     def run() -> None:
@@ -329,11 +329,11 @@ def _within(seconds: float, send: Callable[[], None]) -> None:
         else:
             ended.append(None)
 
-    thread = threading.Thread(target=run, name="alert-email", daemon=True)
+    thread = threading.Thread(target=run, name="alert-send", daemon=True)
     thread.start()
     thread.join(seconds)
     if not ended:
-        raise TimeoutError(f"the SMTP server did not finish within {seconds:g} s")
+        raise TimeoutError(f"{server} did not finish within {seconds:g} s")
     if ended[0] is not None:
         raise ended[0]
 
