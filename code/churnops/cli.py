@@ -369,19 +369,14 @@ def reconcile(
 
 
 def _waiting_for_retry(storage: DropStorage) -> list[str]:
-    """A line per file in processing/ whose failed attempt's retry is not due yet."""
-    from churnops.drop import claims
-    from churnops.drop.storage import run_folders
+    """A line per run whose failed attempt's retry is not due yet."""
+    from churnops.pipeline.reconcile import waiting_for_retry
 
-    lines = []
-    for run in run_folders(storage, "processing"):
-        lease = claims.latest_lease(storage, run)
-        if lease is not None and lease.state == "failed" and lease.retry_at:
-            lines.append(
-                f"waiting {lease.name} (run {run}): attempt {lease.attempt + 1} at"
-                f" {lease.retry_at}; attempt {lease.attempt} failed: {lease.reason}"
-            )
-    return lines
+    return [
+        f"waiting {x.name} (run {x.run}): attempt {x.attempt + 1} at {x.retry_at};"
+        f" attempt {x.attempt} failed: {x.reason}"
+        for x in waiting_for_retry(storage)
+    ]
 
 
 @app.command()

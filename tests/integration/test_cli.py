@@ -91,9 +91,15 @@ def test_process_exit_codes_for_skipped_and_failed(
     run("process", f"s3://{moto_bucket}/data/input/b.csv", code=4)
     listed = s3.list_objects_v2(Bucket=moto_bucket, Prefix="data/processing/")["Contents"]
     (run_id,) = {x["Key"].split("/")[2] for x in listed if x["Key"].endswith("/b.csv")}
+    # ... and a file S3 will not move in (archived) waits in input/.
+    s3.put_object(
+        Bucket=moto_bucket, Key="data/input/c.csv", Body=b"x\n1\n", StorageClass="GLACIER"
+    )
+    result = run("process", f"s3://{moto_bucket}/data/input/c.csv", code=4)
+    assert "could not move it into processing/: ObjectNotInActiveTierError" in result, result
     output = run("reconcile", f"s3://{moto_bucket}")
     assert f"waiting b.csv (run {run_id}): attempt 2 at 20" in output, output
-    assert "a.csv" not in output
+    assert "waiting c.csv (run " in output and "a.csv" not in output, output
 
 
 def test_process_a_missing_file_fails_clearly(home: Path) -> None:

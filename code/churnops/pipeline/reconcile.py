@@ -133,6 +133,17 @@ def _dropped_keys(storage: DropStorage, ignored: list[str] | None = None) -> lis
     return found
 
 
+def waiting_for_retry(storage: DropStorage) -> list[claims.Lease]:
+    """The failed attempts whose run waits for its retry: in processing/, or still in its
+    drop folder (it would not move in)."""
+    runs = run_folders(storage, "processing")
+    for prefix, key in _dropped_keys(storage):
+        if (info := storage.stat(key)) is not None:
+            runs.append(claims.run_id(key[len(prefix) :], info.version, info.modified))
+    latest = (claims.latest_lease(storage, run) for run in runs)
+    return [x for x in latest if x is not None and x.state == "failed" and x.retry_at]
+
+
 def close_dead_runs(store: MetricsStore, storage: DropStorage, now: datetime) -> list[Action]:
     """Database rows still ``running`` whose attempt has ended or died: close them."""
     actions = []
