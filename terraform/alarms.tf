@@ -19,7 +19,7 @@ locals {
 # ------------------------------------------------------------------ files and runs
 resource "aws_cloudwatch_metric_alarm" "file_waiting" {
   alarm_name          = "${local.name}-file-waiting-in-input"
-  alarm_description   = "A file has waited more than ${var.alarm_file_age_minutes} minutes in data/input/ (or data/labels/) and no run took it: the trigger and the reconciler both missed it, or every runner is busy. See the Prefect UI and the worker's logs."
+  alarm_description   = "A file has waited more than ${var.alarm_file_age_minutes} minutes in data/input/ (or data/labels/) and no run took it: the trigger and the reconciler both missed it, every runner is busy, or S3 would not move it (archived to Glacier, denied: a 'gave up' alert and data/logs/<run>/<name>.log say so). See the Prefect UI and the worker's logs."
   namespace           = local.ops_metrics_namespace
   metric_name         = "OldestInputSeconds"
   statistic           = "Maximum"
