@@ -859,6 +859,8 @@ def test_a_file_that_cannot_be_moved_in_fails_then_is_given_up_once_and_stays_un
     (second,) = world.reconcile()
     assert (second.status, second.attempt) == ("failed", 2), second
     assert "could not move it into processing/" in second.message, second.message
+    log = storage.read(log_key(second.run, "archived.csv")).decode()
+    assert "the file stays in its drop folder for a retry" in log, log
     check_records_agree(storage, url, read_flow_runs(storage, world.flow_runs))  # waiting
     outcomes = world.reconcile()
     assert [(o.status, o.attempt) for o in outcomes] == [("errored", 3)], outcomes

@@ -661,7 +661,8 @@ def _release(attempt: _Attempt, outcome: FileOutcome, ended: claims.LeaseState) 
         )
         return
     when = f"in {delay:.0f}s (attempt {lease.attempt + 1})"
-    _note(attempt, "retry", "scheduled", f"{when}: the file stays in processing/ for a retry")
+    where = "its drop folder" if ended == "unmovable" else "processing/"  # it would not move
+    _note(attempt, "retry", "scheduled", f"{when}: the file stays in {where} for a retry")
 
 
 def _outcome(attempt: _Attempt, status: Status, message: str) -> FileOutcome:
