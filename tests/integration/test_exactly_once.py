@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -837,21 +838,32 @@ def test_a_dependency_down_for_every_attempt_gives_up_after_max_attempts(
     assert world.reconcile() == []  # never retried again
 
 
-@pytest.mark.parametrize("world", ["s3"], indirect=True)  # an archived object: S3's own
+@pytest.mark.parametrize("world", ["s3"], indirect=True)  # S3's own refusals
+@pytest.mark.parametrize("refusal", ["archived", "locked"])
 def test_a_file_that_cannot_be_moved_in_fails_then_is_given_up_once_and_stays_unchanged(
-    world: World, small_file: bytes
+    world: World, small_file: bytes, refusal: str
 ) -> None:
     """An object S3 will not copy (archived to Glacier by a lifecycle rule; alike a KMS key
-    or a policy that denies us, or an object over the 5 GB copy limit) stays in input/: its
-    attempts fail as any (the first here dies before its move), then its run gives up once,
-    with an alert, and is left alone."""
+    or a policy that denies us, or an object over the 5 GB copy limit), or will copy but
+    not delete (Object Lock), stays in input/: its attempts fail as any (the first here
+    dies before its move), then its run gives up once, with an alert, and is left alone."""
     world.patch.setattr(retry, "MAX_ATTEMPTS", 3)
     storage = world.storage
     assert isinstance(storage, S3DropStorage)
-    key = stage_key("input", "archived.csv")
-    storage.client.put_object(
-        Bucket=storage.bucket, Key=key, Body=small_file, StorageClass="GLACIER"
-    )
+    key, bucket = stage_key("input", "archived.csv"), storage.bucket
+    if refusal == "archived":
+        storage.client.put_object(Bucket=bucket, Key=key, Body=small_file, StorageClass="GLACIER")
+    else:
+        lock = {"ObjectLockEnabled": "Enabled"}
+        storage.client.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration=lock)
+        until = datetime.now(UTC) + timedelta(days=1)
+        storage.client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=small_file,
+            ObjectLockMode="COMPLIANCE",
+            ObjectLockRetainUntilDate=until,
+        )
     dropped = storage.client.head_object(Bucket=storage.bucket, Key=key)
 
     url = world.settings.monitoring.metrics_db_url

@@ -158,7 +158,8 @@ class ClaimRefused(Exception):
 class MoveInFailed(Exception):
     """The claim is won but storage would not move the file into processing/ (S3 will not
     copy an object archived to Glacier, one a KMS key or a policy denies us, one over its
-    5 GB copy limit): the file is still in input/ and ``held`` must be ended."""
+    5 GB copy limit; nor delete one under Object Lock): the file is still in input/ (and
+    maybe copied into processing/) and ``held`` must be ended."""
 
     def __init__(self, held: Claim, cause: Exception) -> None:
         super().__init__(f"could not move it into processing/: {cause}")
@@ -202,7 +203,12 @@ def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: 
     lease = _next_attempt(storage, previous, run, name, source, lease_seconds, flow_run_id, version)
     processing_key = run_key("processing", run, name)
     if version and (info := storage.stat(source)) is not None and info.version == version:
-        storage.move(source, processing_key, version=version)  # the copy is there: source goes
+        try:  # the copy is there: the source goes
+            storage.move(source, processing_key, version=version)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # it cannot be deleted (S3 Object Lock, a policy)
+            raise MoveInFailed(Claim(lease, processing_key), exc) from exc
     return Claim(lease, processing_key)
 
 

@@ -396,12 +396,14 @@ def _give_up(attempt: _Attempt, last_reason: str) -> FileOutcome:
 def _not_moved_in(attempt: _Attempt, exc: claims.MoveInFailed) -> FileOutcome:
     """The file would not move into processing/: it stays in input/, unchanged. The attempt
     fails as any (its row, log and lease say so; retried after ``retry.RUN``'s wait); the
-    last one gives up with an alert, and the run's file is never claimed again."""
+    last one gives up with an alert, removes the copy a move that could not delete its
+    source left in processing/, and the run's file is never claimed again."""
     held = attempt.claim
     reason = f"could not move it into processing/: {brief(exc.cause)}"
     gave_up = held.lease.attempt >= retry.MAX_ATTEMPTS
     if gave_up:
         reason = f"gave up after {held.lease.attempt} attempts: {reason}"
+        _remove_copy(attempt)
     status: Status = "errored" if gave_up else "failed"
     try:
         _start_row(attempt)
@@ -421,6 +423,17 @@ def _not_moved_in(attempt: _Attempt, exc: claims.MoveInFailed) -> FileOutcome:
     else:
         log.warning("%s: attempt %s failed: %s", held.name, held.lease.attempt, reason)
     return outcome
+
+
+def _remove_copy(attempt: _Attempt) -> None:
+    """The file in exactly one place, its drop folder: a copy in processing/ goes (moved
+    onto the original, only the copy is deleted; restored, if the original went meanwhile)."""
+    held = attempt.claim
+    try:
+        if attempt.storage.exists(held.processing_key):
+            attempt.storage.move(held.processing_key, held.lease.source_key)
+    except Exception as exc:
+        _note(attempt, "cleanup", "failed", f"its copy in processing/ stays: {brief(exc)}")
 
 
 def _failed(attempt: _Attempt, exc: Exception, *, cap: bool = True) -> FileOutcome:
