@@ -55,9 +55,16 @@ def _one_line(exc: Exception) -> str:
     text = " ".join(hide_credentials(str(exc)).split())[:300]
     if served := _served_by_the_platform(text):
         return served
-    server = "mlflow" in text and type(exc).__name__ != "UnloadableChampion"  # a path's word
-    hint = "; is `churnops up` running? or set MLFLOW_TRACKING_URI" if server else ""
+    hint = "; is `churnops up` running? or set MLFLOW_TRACKING_URI" if _no_mlflow(exc) else ""
     return f"{type(exc).__name__}: {text}{hint}"
+
+
+def _no_mlflow(exc: Exception) -> bool:
+    """MLflow did not answer: the wait for its server, or its client's request, failed (by
+    type: the word "mlflow" is also in its artifacts' paths)."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    failed = "MlflowException" in names and getattr(exc, "error_code", "") == "INTERNAL_ERROR"
+    return "MlflowUnavailable" in names or failed
 
 
 def _served_by_the_platform(text: str) -> str | None:

@@ -157,3 +157,18 @@ def test_a_staging_version_that_does_not_load_is_one_line(monkeypatch: pytest.Mo
         "UnloadableChampion: XGBoostChurnModel version 3 ('staging') does not load: move"
     ), said
     assert said.endswith("(RuntimeError: Opening /h/mlflow/artifacts/xgb_model.json failed)")
+
+
+def test_the_hint_that_mlflow_is_down_goes_by_the_error_not_by_a_word_in_it() -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    from churnops import cli
+    from churnops.model.churn_model import MlflowUnavailable
+
+    hint = "is `churnops up` running?"
+    assert hint in cli._one_line(MlflowUnavailable("MLflow at http://h:5000 unreachable"))
+    assert hint in cli._one_line(MlflowException("API request to http://h:5000/api failed"))
+    assert hint not in cli._one_line(OSError("/home/u/mlflow/artifacts/model.json is missing"))
+    missing = MlflowException("Registered Model with name=M not found", RESOURCE_DOES_NOT_EXIST)
+    assert hint not in cli._one_line(missing)
