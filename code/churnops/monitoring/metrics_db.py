@@ -282,6 +282,11 @@ def _wait_bounded(conn: Any) -> None:
         _select.select(reading, [] if reading else [conn.fileno()], [], left)
 
 
+def _any(table: Table, column: str, key: str) -> Any:
+    """The query for one row of ``table`` whose ``column`` is ``key`` (is any stored?)."""
+    return select(table.c.id).where(table.c[column] == key).limit(1)
+
+
 def fitted(table: Table, row: dict[str, Any]) -> dict[str, Any]:
     """The row with each text cut to its column's length: a 600-character S3 key's run must
     still be recorded (as errored), not fail the insert forever."""
@@ -383,11 +388,10 @@ class MetricsStore:
         """Insert ``rows`` into ``table`` unless it holds rows whose ``column`` is ``key``: a
         connection lost after the server committed but before its answer arrived fails the
         try that stored them, and the retry must not store them again. How many rows."""
-        stored = select(table.c.id).where(table.c[column] == key).limit(1)
 
         def once() -> None:
             with self.engine.begin() as conn:
-                if conn.execute(stored).first() is None:
+                if conn.execute(_any(table, column, key)).first() is None:
                     conn.execute(insert(table), [fitted(table, row) for row in rows])
 
         self._retry(once)
@@ -523,8 +527,9 @@ class MetricsStore:
         any become ``run_id``'s: one that died after moving its file to processed/ is
         closed failed, and the dashboards read processed runs' metrics only. None when
         ``run_id`` stored its own (it moved the file, then failed only its row's closing)."""
-        if not self.metrics(run_id).empty:
-            return 0
+        with self.engine.connect() as conn:
+            if conn.execute(_any(run_metrics, "run_id", run_id)).first() is not None:
+                return 0
         for attempt in reversed(earlier):
             moved = update(run_metrics).where(run_metrics.c.run_id == attempt)
             if adopted := self._write(moved.values(run_id=run_id)):
