@@ -381,15 +381,23 @@ def _rejected(attempt: _Attempt, reasons: str) -> FileOutcome:
 def _give_up(attempt: _Attempt, last_reason: str) -> FileOutcome:
     """The attempts are used up: to errored/, never retried again, and an alert says so."""
     held = attempt.claim
-    tried = min(held.lease.attempt, retry.MAX_ATTEMPTS)
-    reason = f"gave up after {tried} attempts: {last_reason}"
-    outcome = _errored(attempt, reason)
+    outcome = _errored(attempt, _gave_up(attempt, last_reason))
     if outcome.status == "errored":
-        where = run_key("errored", held.run, held.name)
-        alert = build_gave_up_alert(held.name, reason, where)
-        outcome.alert_channels, outcome.message = _deliver(
-            attempt.settings.alerts, alert, reason, ""
-        )
+        _alert_gave_up(attempt, outcome, run_key("errored", held.run, held.name))
+    return outcome
+
+
+def _gave_up(attempt: _Attempt, last_reason: str) -> str:
+    tried = min(attempt.claim.lease.attempt, retry.MAX_ATTEMPTS)
+    return f"gave up after {tried} attempts: {last_reason}"
+
+
+def _alert_gave_up(attempt: _Attempt, outcome: FileOutcome, where: str) -> FileOutcome:
+    """The alert that a run was given up on (``outcome`` says why; its file is ``where``)."""
+    alert = build_gave_up_alert(attempt.claim.name, outcome.message, where)
+    outcome.alert_channels, outcome.message = _deliver(
+        attempt.settings.alerts, alert, outcome.message, ""
+    )
     return outcome
 
 
@@ -402,7 +410,7 @@ def _not_moved_in(attempt: _Attempt, exc: claims.MoveInFailed) -> FileOutcome:
     reason = f"could not move it into processing/: {brief(exc.cause)}"
     gave_up = held.lease.attempt >= retry.MAX_ATTEMPTS
     if gave_up:
-        reason = f"gave up after {held.lease.attempt} attempts: {reason}"
+        reason = _gave_up(attempt, reason)
         _remove_copy(attempt)
     status: Status = "errored" if gave_up else "failed"
     try:
@@ -416,12 +424,8 @@ def _not_moved_in(attempt: _Attempt, exc: claims.MoveInFailed) -> FileOutcome:
         attempt.store.close()
     outcome = _outcome(attempt, status, reason)
     if gave_up:
-        alert = build_gave_up_alert(held.name, reason, printable(held.lease.source_key))
-        outcome.alert_channels, outcome.message = _deliver(
-            attempt.settings.alerts, alert, reason, ""
-        )
-    else:
-        log.warning("%s: attempt %s failed: %s", held.name, held.lease.attempt, reason)
+        return _alert_gave_up(attempt, outcome, printable(held.lease.source_key))
+    log.warning("%s: attempt %s failed: %s", held.name, held.lease.attempt, reason)
     return outcome
 
 
