@@ -105,6 +105,17 @@ def test_alert_thresholds_are_read_from_each_run_with_the_defaults_as_fallback()
     assert "min(m.threshold)" in panel_sql(panels["Scores over time"])
 
 
+def test_a_stat_just_below_its_minimum_does_not_show_the_minimum() -> None:
+    """The stat turns red below the threshold; its text must not read as the threshold
+    itself (F1 0.6996 against 0.7 printed "70.0%" in red at 1 decimal)."""
+    for stat in (p for p in dashboard()["panels"] if p["type"] == "stat"):
+        defaults = stat["fieldConfig"]["defaults"]
+        assert defaults["unit"] == "percentunit", stat["title"]
+        minimum = defaults["thresholds"]["steps"][1]["value"]
+        shown = [f"{100 * v:.{defaults['decimals']}f}" for v in (minimum - 0.0004, minimum)]
+        assert shown[0] != shown[1], (stat["title"], shown)
+
+
 def test_datasource_settings_come_from_what_terraform_passes() -> None:
     text = DATASOURCES_YAML.read_text()
     used = set(re.findall(r"\$\{?([A-Z_]+)\}?", text.split("apiVersion", 1)[1]))
