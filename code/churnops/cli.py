@@ -164,7 +164,10 @@ def train(
     trials: Trials = 0,
     force: Force = False,
 ) -> None:
-    """Train XGBoost, log it to MLflow, register it and gate the staging alias."""
+    """Train XGBoost, log it to MLflow, register it and gate the staging alias.
+
+    Exit code 0 also when this fit already made a version (it is not registered twice).
+    """
     from churnops.model.registry import TrainingOptions, train_and_register
 
     settings = _settings()

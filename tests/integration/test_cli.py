@@ -46,6 +46,7 @@ def test_fetch_train_and_process_a_file(home: Path, data_dir: Path) -> None:
     assert "data files in data" in run("data", "fetch", "--from", str(data_dir))
     output = run("train")
     assert "version 1 promoted: passes the minimums" in output
+    assert "skipped: version 1 was fitted on these same rows" in run("train")  # exit 0
     output = run("process", "data/customer_churn_1.csv")
     assert "processed customer_churn_1.csv" in output
     # No platform runs: the report is where `churnops up` will serve it, and it says so.
