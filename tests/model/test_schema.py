@@ -42,6 +42,9 @@ def csv(*rows: str, header: str = HEADER) -> bytes:
     return "\n".join([header, *rows]).encode() + b"\n"
 
 
+BIG = csv(*[GOOD_ROW] * 20_000)  # past the 64 KiB looked at first
+
+
 def problems_of(data: bytes, **kwargs: object) -> list[str]:
     with pytest.raises(DataValidationError) as caught:
         load_customer_file(data, name="bad.csv", **kwargs)
@@ -99,23 +102,19 @@ def test_every_problem_is_named_in_one_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("data", "expected"),
+    ("data", "expected", "limits"),
     [
-        (b"", "file is empty"),
-        (b"  \n\n", "file is empty"),
-        (csv(), "header but no data rows"),
-        (b"\x89PNG\x00\x00\x01", "binary"),
-        (csv('1,2,"3'), "not a parsable CSV"),
+        (b"", "file is empty", {}),
+        (b"  \n\n", "file is empty", {}),
+        (csv(), "header but no data rows", {}),
+        (b"\x89PNG\x00\x00\x01", "binary", {}),
+        (csv('1,2,"3'), "not a parsable CSV", {}),
+        (csv(GOOD_ROW), "over the limit of 10 bytes", {"max_bytes": 10}),
     ],
 )
-def test_unreadable_files(data: bytes, expected: str) -> None:
+def test_unreadable_files(data: bytes, expected: str, limits: dict[str, int]) -> None:
     with pytest.raises(DataValidationError, match=expected):
-        read_customer_file(data, name="bad.csv")
-
-
-def test_size_limit() -> None:
-    with pytest.raises(DataValidationError, match="over the limit of 10 bytes"):
-        read_customer_file(csv(GOOD_ROW), max_bytes=10)
+        read_customer_file(data, name="bad.csv", **limits)
 
 
 def test_message_names_the_file() -> None:
@@ -250,12 +249,6 @@ def test_a_bad_file_is_named_in_exact_problems(data: bytes, problems: list[str])
     assert problems_of(data) == problems
 
 
-def test_a_nul_byte_past_the_head_looked_at_first_is_refused() -> None:
-    late = csv(*[GOOD_ROW] * 20_000) + b"a\x00b\n"  # past the 64 KiB looked at first
-    (problem,) = problems_of(late)
-    assert problem.startswith("line 20002 holds a NUL byte")
-
-
 def test_decimal_commas_of_a_semicolon_file_are_not_numbers(uci_bytes: bytes) -> None:
     data = uci_bytes.replace(b",", b";").replace(b".", b",")
     problems = problems_of(data)
@@ -287,10 +280,12 @@ EXCEL = "export it as CSV (File > Save As > CSV UTF-8)"
         ),
         (_zip("customers.csv"), "bad.csv is a zip archive, not a CSV file: extract the CSV"),
         (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj", "bad.csv is a PDF document, not a CSV file"),
+        (b"PAR1\x15\x04\x15\x00" + bytes(16) + b"PAR1", "not a readable Parquet file"),
+        (BIG + b"a\x00b\n", "line 20002 holds a NUL byte"),
     ],
-    ids=["xlsx", "xls", "zip", "pdf"],
+    ids=["xlsx", "xls", "zip", "pdf", "corrupt-parquet", "nul-past-the-head"],
 )
-def test_other_formats_get_one_clear_message(data: bytes, problem: str) -> None:
+def test_other_formats_and_broken_files_get_one_clear_message(data: bytes, problem: str) -> None:
     (only,) = problems_of(data)
     assert only.startswith(problem)
 
@@ -376,15 +371,11 @@ def test_a_corrupt_parquet_is_named(uci_bytes: bytes) -> None:
     broken = data[:4] + bytes(len(data) - 8) + data[-4:]
     (problem,) = problems_of(broken)
     assert problem.startswith("not a readable Parquet file")
-    (problem,) = problems_of(b"PAR1\x15\x04\x15\x00" + bytes(16) + b"PAR1")
-    assert problem.startswith("not a readable Parquet file")
 
 
 def test_a_bad_byte_far_into_a_big_file_is_named_by_offset_and_line() -> None:
-    rows = [GOOD_ROW] * 20_000
-    data = csv(*rows)
-    at = len(data) - 30
-    broken = data[:at] + b"\xff" + data[at + 1 :]
+    at = len(BIG) - 30
+    broken = BIG[:at] + b"\xff" + BIG[at + 1 :]
     line = broken.count(b"\n", 0, at) + 1
     with pytest.raises(DataValidationError) as caught:
         _chunked(broken, chunk_rows=1_000)
