@@ -145,7 +145,6 @@ def test_the_lambda_entry_point_is_the_trigger_module() -> None:
 
 
 def test_the_image_modules_need_only_the_standard_library() -> None:
-    """What the Lambda image carries imports nothing that is not in the standard library."""
     code = (
         "import sys; before = set(sys.modules); import churnops.drop.trigger; "
         "print('\\n'.join(sorted(set(sys.modules) - before)))"

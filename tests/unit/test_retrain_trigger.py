@@ -139,9 +139,7 @@ def test_a_failed_submission_is_noted_and_costs_nothing(tmp_path: Path) -> None:
     assert SUGGESTION in message
 
 
-def test_submission_names_the_retrain_deployment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_submission_names_the_retrain_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict] = []
     monkeypatch.setattr(
         "prefect.deployments.run_deployment", lambda name, **kw: calls.append({"name": name, **kw})
