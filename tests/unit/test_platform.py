@@ -535,6 +535,30 @@ def test_a_slow_writer_is_reported_once_it_closed_the_file(
     assert [_object(e)["size"] for e in events] == [600]
 
 
+@pytest.mark.parametrize("how", ["written", "renamed in"])
+def test_an_empty_file_its_writer_closed_is_sent_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Whole, though empty: its run rejects it now, as on S3, not the reconciler a minute
+    later; one created empty and then written is sent once, whole."""
+    with watching(tmp_path, monkeypatch, 0.05) as (_, events, seen):
+        empty = tmp_path / ("data/input/empty.csv" if how == "written" else "data/.empty")
+        empty.touch()
+        if how == "renamed in":
+            empty.rename(tmp_path / "data/input/empty.csv")
+        assert seen.wait(30), "an empty file was not sent"
+        (tmp_path / "data/input/later.csv").touch()
+        with (tmp_path / "data/input/later.csv").open("ab") as out:
+            out.write(b"a,b\n1,2\n")
+        eventually(lambda: len(events) >= 2, 30, 0.05)
+        time.sleep(0.5)  # anything reported late would be in by now
+    sent = [(_object(e)["key"], _object(e)["size"]) for e in events]
+    assert sent[0] == ("data/input/empty.csv", 0) and sent[-1] == ("data/input/later.csv", 8)
+    # Its empty version may be sent too (its run finds it written), and the whole one twice
+    # (one version: one run, by the handler's idempotency key).
+    assert set(sent[1:]) - {("data/input/later.csv", 0)} == {("data/input/later.csv", 8)}
+
+
 def test_a_drop_folder_that_cannot_be_made_is_one_line_before_anything_starts(
     tmp_path: Path,
 ) -> None:

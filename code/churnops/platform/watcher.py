@@ -141,6 +141,8 @@ class FolderWatcher(FileSystemEventHandler):
         self._queued: set[Path] = set()
         #: Written to since last closed: their close-write reports them.
         self._writing: set[Path] = set()
+        #: Closed or renamed in since last written: whole, even when empty.
+        self._whole: set[Path] = set()
         self._seen: set[Path] = set()
         self._lock = threading.Lock()
         self._observer = _observer()
@@ -166,25 +168,29 @@ class FolderWatcher(FileSystemEventHandler):
         self._enqueue(Path(str(event.src_path)))
 
     def on_modified(self, event: FileSystemEvent) -> None:
+        path = Path(str(event.src_path))
         with self._lock:
-            self._writing.add(Path(str(event.src_path)))
+            self._writing.add(path)
+            self._whole.discard(path)
 
     def on_closed(self, event: FileSystemEvent) -> None:
         path = Path(str(event.src_path))
         with self._lock:
             self._writing.discard(path)
-        self._enqueue(path)
+        self._enqueue(path, whole=True)
 
     def on_moved(self, event: FileSystemEvent) -> None:
         if event.dest_path:  # else renamed out
-            self._enqueue(Path(str(event.dest_path)), renamed=True)
+            self._enqueue(Path(str(event.dest_path)), renamed=True, whole=True)
 
-    def _enqueue(self, path: Path, renamed: bool = False) -> None:
+    def _enqueue(self, path: Path, renamed: bool = False, whole: bool = False) -> None:
         if path.parent not in self.folders or not is_candidate(path.name):
             return  # hidden, temporary or partial: the writer renames it when done
         folder = path.is_dir() and not path.is_symlink()
         marks = self._seen if folder else self._queued  # a folder: logged once
         with self._lock:
+            if whole and not folder:  # closed by its writer or renamed in, maybe queued
+                self._whole.add(path)
             if path in marks:
                 return
             marks.add(path)
@@ -202,8 +208,11 @@ class FolderWatcher(FileSystemEventHandler):
             if stable is None:
                 continue  # gone already (taken by a run, or removed)
             with self._lock:
-                if path in self._writing or stable.st_size == 0:
-                    continue  # being written (or not yet): its close-write reports it
+                # Being written, or created and not yet written: its close-write reports
+                # it. An empty file its writer closed is sent: S3 sends an empty object too.
+                if path in self._writing or (stable.st_size == 0 and path not in self._whole):
+                    continue
+                self._whole.discard(path)
             key = path.relative_to(self.drop_dir).as_posix()
             self.dispatcher.send(key, stable.st_size, file_sequencer(stable))
 
