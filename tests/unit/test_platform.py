@@ -186,9 +186,11 @@ def test_status_lists_every_file_by_stage(tmp_path: Path) -> None:
         storage.create(run_key(stage, "R1", name), b"x")  # type: ignore[arg-type]
     storage.create("data/logs/R1/d.csv.log", b"why")
     storage.create(stage_key("labels", "l.csv"), b"x")
+    storage.create("data/input/sub/nested.csv", b"x")  # no run takes it: shown, not hidden
     listed = [(f.stage, f.run, f.name) for f in list_files(storage)]
     assert listed == [
         ("input", "", "a.csv"),
+        ("input, ignored", "", "sub/nested.csv"),
         ("labels", "", "l.csv"),
         ("processing", "R1", "b.csv"),
         ("processed", "R1", "c.csv"),

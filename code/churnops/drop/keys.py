@@ -17,6 +17,22 @@ LABELS_PREFIX = f"{PREFIX}/labels/"
 DROP_PREFIXES = (INPUT_PREFIX, LABELS_PREFIX)
 
 
+def not_a_drop(key: str) -> str | None:
+    """Why ``key`` is no drop, or None when it is: a file directly in a drop folder, not
+    hidden, temporary or partial. The one rule of the trigger, the pollers, the reconciler
+    and ``churnops status``."""
+    prefix = next((p for p in DROP_PREFIXES if key.startswith(p)), None)
+    if prefix is None:
+        return f"key is outside {' and '.join(map(repr, DROP_PREFIXES))}"
+    if is_folder_marker(key):
+        return "folder marker"
+    if "/" in key[len(prefix) :]:
+        return f"key is in a subfolder of {prefix!r}: only files directly in it are processed"
+    if not is_candidate(key[len(prefix) :]):
+        return "a hidden, temporary or partial file (.name, .tmp, .part, ~)"
+    return None
+
+
 def drop_prefix(key: str) -> str | None:
     """The drop folder ``key`` is directly in (``data/input/``, ``data/labels/``), or None."""
     for prefix in DROP_PREFIXES:

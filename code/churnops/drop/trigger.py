@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
-from churnops.drop.keys import DROP_PREFIXES, decode_event_key, is_candidate, is_folder_marker
+from churnops.drop.keys import decode_event_key, not_a_drop
 
 LOGGER = logging.getLogger("s3_to_prefect")
 LOGGER.setLevel(logging.INFO)  # the Lambda runtime's root logger stops at WARNING
@@ -252,16 +252,7 @@ def _skip_reason(record: Mapping[str, Any], key: str) -> str | None:
     name = record.get("eventName", "ObjectCreated:")
     if not name.startswith("ObjectCreated:"):
         return f"event {name!r} is not an object creation"
-    prefix = next((p for p in DROP_PREFIXES if key.startswith(p)), None)
-    if prefix is None:
-        return f"key is outside {' and '.join(map(repr, DROP_PREFIXES))}"
-    if is_folder_marker(key):
-        return "folder marker"
-    if "/" in key[len(prefix) :]:
-        return f"key is in a subfolder of {prefix!r}: only files directly in it are processed"
-    if not is_candidate(key[len(prefix) :]):
-        return "a hidden, temporary or partial file (.name, .tmp, .part, ~)"
-    return None
+    return not_a_drop(key)
 
 
 # --- Prefect REST API -------------------------------------------------------------------

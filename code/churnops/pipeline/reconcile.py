@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from churnops import pipeline
 from churnops.drop import claims
-from churnops.drop.keys import DROP_PREFIXES, is_candidate, is_folder_marker
+from churnops.drop.keys import DROP_PREFIXES, is_folder_marker, not_a_drop
 from churnops.drop.storage import DropStorage, brief, printable, run_folders, run_key
 from churnops.monitoring import ops_metrics
 from churnops.monitoring.metrics_db import ERRORED, FAILED, PROCESSED, RUNNING, MetricsStore
@@ -123,12 +123,9 @@ def _dropped_keys(storage: DropStorage, ignored: list[str] | None = None) -> lis
     found = []
     for prefix in DROP_PREFIXES:
         for key in storage.list_keys(prefix):
-            name = key[len(prefix) :]
-            if is_folder_marker(key):
-                continue
-            if "/" not in name and is_candidate(name):
+            if not_a_drop(key) is None:
                 found.append((prefix, key))
-            elif ignored is not None:
+            elif ignored is not None and not is_folder_marker(key):
                 ignored.append(key)
     return found
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from churnops.drop.keys import is_folder_marker
+from churnops.drop.keys import is_folder_marker, not_a_drop
 from churnops.drop.storage import DROP_STAGES, STAGES, DropStorage, folder_key
 from churnops.platform.services import PlatformState, http_ok, pid_alive
 
@@ -28,7 +28,8 @@ class ServiceHealth:
 def list_files(storage: DropStorage) -> list[FileState]:
     """Every file by stage, drops (input, labels) first; later stages by run (with their
     predictions files). Folder markers (``data/input/``, as the bucket's layout has) are
-    no files."""
+    no files; one in a drop folder that no run will take (in a subfolder, hidden or
+    partial) is listed as ``ignored``, so no dropped file goes unseen."""
     files = []
     for stage in STAGES:
         prefix = folder_key(stage)
@@ -36,8 +37,10 @@ def list_files(storage: DropStorage) -> list[FileState]:
             rest = key[len(prefix) :]
             if is_folder_marker(key):
                 continue
-            if stage in DROP_STAGES and "/" not in rest:
-                files.append(FileState(rest, stage, key))
+            if stage in DROP_STAGES:
+                files.append(
+                    FileState(rest, f"{stage}, ignored" if not_a_drop(key) else stage, key)
+                )
             elif stage not in DROP_STAGES and rest.count("/") == 1:
                 run, name = rest.split("/")
                 files.append(FileState(name, stage, key, run))

@@ -23,10 +23,10 @@ from watchdog.observers.api import BaseObserver
 from churnops.drop.keys import (
     DROP_PREFIXES,
     PREFIX,
-    drop_prefix,
     encode_event_key,
     is_candidate,
     is_folder_marker,
+    not_a_drop,
 )
 from churnops.drop.storage import brief
 from churnops.drop.trigger import Config, handle_event, start_flow_run
@@ -257,7 +257,7 @@ class BucketPoller:
             stamp = f"{etag}:{obj['LastModified'].isoformat()}".encode()
             sequencer = hashlib.sha256(stamp).hexdigest()[:24].upper()
             listed.add((key, sequencer))
-            if (key, sequencer) in self.seen or not is_candidate(key.rsplit("/", 1)[-1]):
+            if (key, sequencer) in self.seen:
                 continue
             self.seen.add((key, sequencer))
             self.dispatcher.send(key, obj["Size"], sequencer)
@@ -271,13 +271,12 @@ class BucketPoller:
         for prefix in DROP_PREFIXES:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
-                    if drop_prefix(obj["Key"]):
+                    key = obj["Key"]
+                    if (why := not_a_drop(key)) is None:
                         yield obj
-                    elif not is_folder_marker(obj["Key"]) and obj["Key"] not in self.ignored:
-                        self.ignored.add(obj["Key"])  # one line per key
-                        log.info(
-                            "ignored %s: only keys directly in %s are drops", obj["Key"], prefix
-                        )
+                    elif not is_folder_marker(key) and key not in self.ignored:
+                        self.ignored.add(key)  # one line per key
+                        log.info("ignored %s: %s", key, why)
 
     def _loop(self) -> None:
         failing = ""
