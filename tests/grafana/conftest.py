@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -20,8 +19,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import xgboost as xgb
-from sqlalchemy import create_engine, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import update
 
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
@@ -31,6 +29,7 @@ from churnops.model.registry import reference_frame
 from churnops.monitoring.metrics_db import MetricsStore, pipeline_runs, run_metrics
 from churnops.pipeline.per_file import PLAIN_STEPS, FileOutcome, Steps, process
 from churnops.settings import Settings, get_settings
+from tests.fixtures.postgres import PostgresCluster
 
 MODEL_NAME = "XGBoostChurnModel"
 FIRST_RUN = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
@@ -187,23 +186,18 @@ def pipeline_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def pipeline_sqlite_url(data_dir: Path, pipeline_settings: Settings) -> Iterator[str]:
+def pipeline_sqlite_url(data_dir: Path, pipeline_settings: Settings) -> str:
     """The local default: SQLite under CHURNOPS_HOME, after the planned runs."""
     url = pipeline_settings.monitoring.metrics_db_url
     run_pipeline(url, data_dir, pipeline_settings)
-    yield url
+    return url
 
 
 @pytest.fixture(scope="session")
 def pipeline_postgres_url(
-    postgres_url: str, data_dir: Path, pipeline_settings: Settings
-) -> Iterator[str]:
+    postgres_cluster: PostgresCluster, data_dir: Path, pipeline_settings: Settings
+) -> str:
     """A database of its own in the throwaway cluster, after the planned runs."""
-    name = f"churnops_grafana_{secrets.token_hex(4)}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    url = postgres_cluster.new_database("churnops_grafana")
     run_pipeline(url, data_dir, pipeline_settings)
-    yield url
+    return url

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 
 READER = "grafana_dashboard_reader"
 PANELS = dashboard()["panels"]
+PANEL = {p["title"]: p for p in PANELS}
 VARIABLES = {v["name"]: v["query"] for v in dashboard()["templating"]["list"]}
 FILES = sorted({p.file_name for p in PLAN})
 #: Errored runs have no model version: the dashboard shows them as "unknown".
@@ -77,9 +78,9 @@ def run(reader: Any, sql: str, query: Query) -> Rows:
         return Rows(cursor)
 
 
-def panel(title: str) -> dict[str, Any]:
-    (found,) = [p for p in PANELS if p["title"] == title]
-    return found
+def drawn(reader: Any, title: str, query: Query | None = None) -> Rows:
+    """What the panel called ``title`` draws (its query A), by default of everything."""
+    return run(reader, panel_sql(PANEL[title]), query or everything())
 
 
 def expected_columns(panel: dict[str, Any]) -> set[str]:
@@ -117,17 +118,17 @@ def test_panel_returns_rows_with_the_columns_it_uses(reader: Any, panel: dict[st
 
 
 def test_scores_have_a_point_per_processed_file_and_metric(reader: Any) -> None:
-    result = run(reader, panel_sql(panel("Scores over time")), everything())
+    result = drawn(reader, "Scores over time")
     assert len(result.rows) == len(PROCESSED_RUNS) * (len(QUALITY_METRICS) + 1)
     assert set(result.column("metric")) == {*QUALITY_METRICS, "alert minimum"}
     assert len(set(result.column("time"))) == len(PROCESSED_RUNS)
 
 
 def test_realized_scores_are_drawn_at_the_time_the_labeled_file_was_scored(reader: Any) -> None:
-    result = run(reader, panel_sql(panel("Realized scores (late labels)")), everything())
+    result = drawn(reader, "Realized scores (late labels)")
     assert set(result.column("metric")) == {*QUALITY_METRICS, "alert minimum"}
     assert set(result.column("time")) == {started_at(LABELED).timestamp()}
-    scores = run(reader, panel_sql(panel("Scores over time")), everything())
+    scores = drawn(reader, "Scores over time")
     at_scoring = {
         m: v
         for t, m, v in zip(*(scores.column(c) for c in ("time", "metric", "value")), strict=True)
@@ -144,7 +145,7 @@ def test_realized_scores_keep_the_processed_labels_when_later_ones_fail(
     """A second labels file for the same run arrives later and its run fails: the panel
     still draws the processed labels' scores (before: none, until the retry succeeded)."""
     title = "Realized scores (late labels)"
-    before = run(reader, panel_sql(panel(title)), everything()).rows
+    before = drawn(reader, title).rows
     engine = create_engine(pipeline_postgres_url)
     try:
         with engine.begin() as conn:
@@ -167,7 +168,7 @@ def test_realized_scores_keep_the_processed_labels_when_later_ones_fail(
                 ),
                 {"run": scored, "at": arrived + timedelta(hours=1)},
             )
-        assert run(reader, panel_sql(panel(title)), everything()).rows == before
+        assert drawn(reader, title).rows == before
     finally:
         with engine.begin() as conn:  # its realized scores go with it (ON DELETE CASCADE)
             conn.execute(text("DELETE FROM pipeline_runs WHERE id = 'later-labels.1'"))
@@ -175,29 +176,29 @@ def test_realized_scores_keep_the_processed_labels_when_later_ones_fail(
 
 
 def test_model_versions_list_the_retraining_verdict(reader: Any) -> None:
-    result = run(reader, panel_sql(panel("Model versions (retraining)")), everything())
+    result = drawn(reader, "Model versions (retraining)")
     assert result.column("event") == ["promoted"]
     assert result.column("version") == ["2"] and result.column("parent") == ["1"]
 
 
 def test_stat_is_coloured_by_the_minimum_stored_with_the_latest_file(reader: Any) -> None:
-    stat = panel("Latest F1")
+    stat = PANEL["Latest F1"]
     (config,) = stat["transformations"]
     threshold_sql = panel_sql(stat, config["options"]["configRefId"])
     defaults = MonitoringSettings.model_construct()
     (latest,) = run(reader, threshold_sql, everything()).rows
     assert latest[1] == defaults.min_f1
-    scores = run(reader, panel_sql(panel("Scores over time")), everything())
+    scores = drawn(reader, "Scores over time")
     minimum = [
         v
         for m, v in zip(scores.column("metric"), scores.column("value"), strict=True)
         if m == "alert minimum"
     ]
     assert minimum == [defaults.min_f1] * len(PROCESSED_RUNS)
-    drift = run(reader, panel_sql(panel("Drifted columns")), everything())
+    drift = drawn(reader, "Drifted columns")
     assert set(drift.column("alert above")) == {defaults.drift_share_threshold}
-    (latest,) = run(reader, panel_sql(panel("Latest F1")), everything()).rows  # the latest file
-    table = run(reader, panel_sql(panel("Latest runs")), everything())
+    (latest,) = drawn(reader, "Latest F1").rows  # the latest file
+    table = drawn(reader, "Latest runs")
     newest_processed = next(
         row for row in table.rows if row[table.columns.index("status")] == "processed"
     )
@@ -207,16 +208,16 @@ def test_stat_is_coloured_by_the_minimum_stored_with_the_latest_file(reader: Any
 def test_drift_share_crosses_the_line_for_the_drifted_file_and_columns_are_named(
     reader: Any,
 ) -> None:
-    result = run(reader, panel_sql(panel("Drifted columns")), everything())
+    result = drawn(reader, "Drifted columns")
     shares = result.column("drifted share")
     assert max(shares) > 0.5 > min(shares)
     assert all(float(c).is_integer() for c in result.column("drifted columns"))
-    result = run(reader, panel_sql(panel("Drift score per column")), everything())  # by column
+    result = drawn(reader, "Drift score per column")  # by column
     assert {"call_failure", "churn_prediction"} <= set(result.column("metric"))
 
 
 def test_attribution_has_every_feature_ndcg_and_the_stored_rank_order(reader: Any) -> None:
-    result = run(reader, panel_sql(panel("Feature attribution (mean |SHAP|)")), everything())
+    result = drawn(reader, "Feature attribution (mean |SHAP|)")
     series: dict[str, list[float]] = {}
     for metric, value in zip(result.column("metric"), result.column("value"), strict=True):
         series.setdefault(metric, []).append(value)
@@ -250,21 +251,21 @@ def test_a_redriven_file_is_one_point_of_its_processed_attempt(reader: Any) -> N
     at = (started_at(REDRIVEN) + timedelta(minutes=5)).timestamp()
     failed_at = at - timedelta(hours=1).total_seconds()
     for title in ("Scores over time", "Drifted columns", "Feature attribution (mean |SHAP|)"):
-        times = set(run(reader, panel_sql(panel(title)), everything()).column("time"))
+        times = set(drawn(reader, title).column("time"))
         assert at in times and failed_at not in times, title
     one_file = everything(file=[PLAN[REDRIVEN].file_name], model_version=["2"])
-    (latest,) = run(reader, panel_sql(panel("Latest F1")), one_file).rows
+    (latest,) = drawn(reader, "Latest F1", one_file).rows
     assert latest[0].timestamp() == at
 
 
 def test_volume_counts_rows_and_the_errored_file(reader: Any) -> None:
-    result = run(reader, panel_sql(panel("Rows processed and files errored")), everything())
+    result = drawn(reader, "Rows processed and files errored")
     assert sum(result.column("files errored")) == 1
     assert sum(result.column("rows processed")) == 2 * (1050 + 1050 + 1000)
 
 
 def test_table_lists_runs_newest_first_with_report_links(reader: Any) -> None:
-    result = run(reader, panel_sql(panel("Latest runs")), everything())
+    result = drawn(reader, "Latest runs")
     assert len(result.rows) == len(PLAN) + 1  # the re-driven run's failed attempt too
     assert result.column("started") == sorted(result.column("started"), reverse=True)
     statuses = list(zip(result.column("report"), result.column("status"), strict=True))
@@ -275,7 +276,7 @@ def test_table_lists_runs_newest_first_with_report_links(reader: Any) -> None:
 
 
 def test_time_range_and_variables_filter(reader: Any) -> None:
-    table = panel_sql(panel("Latest runs"))
+    table = panel_sql(PANEL["Latest runs"])
     later = everything()
     later.time_from = FIRST_RUN + RUN_SPACING / 2
     assert len(run(reader, table, later).rows) == len(PLAN)  # less the first, plus a failed
