@@ -194,21 +194,18 @@ def test_database_is_private_encrypted_with_one_secret_per_role(deployment: Depl
         assert other["password"] != flow["password"], role
 
 
-def test_no_secret_value_is_in_the_state(deployment: Deployment) -> None:
-    """Every value of every secret in Secrets Manager, grepped for in the raw state."""
-    state = deployment.tf("state", "pull")
-    assert '"resources"' in state
-    assert _secrets_in(deployment, state) == []
-
-
-def test_no_secret_value_is_in_a_plan(deployment: Deployment) -> None:
-    """A plan of the applied module (``terraform show -json``): what a pull request's
-    plan shows. Not refreshed: the state is checked above; this is what the
-    configuration would write."""
-    deployment.tf("plan", "-refresh=false", "-input=false", "-no-color", "-out=secrets.plan")
-    plan = deployment.tf("show", "-json", "secrets.plan")
-    assert '"resource_changes"' in plan
-    assert _secrets_in(deployment, plan) == []
+@pytest.mark.parametrize("where", ["state", "plan"])
+def test_no_secret_value_is_in_the_state_or_a_plan(deployment: Deployment, where: str) -> None:
+    """Every value of every secret in Secrets Manager, grepped for in the raw state, and
+    in a plan of the applied module (``terraform show -json``): what a pull request's plan
+    shows. The plan is not refreshed: it is what the configuration would write."""
+    if where == "state":
+        text, key = deployment.tf("state", "pull"), '"resources"'
+    else:
+        deployment.tf("plan", "-refresh=false", "-input=false", "-no-color", "-out=secrets.plan")
+        text, key = deployment.tf("show", "-json", "secrets.plan"), '"resource_changes"'
+    assert key in text
+    assert _secrets_in(deployment, text) == []
 
 
 def test_ecs_services_and_task_definitions(
@@ -269,9 +266,8 @@ def test_the_worker_logs_into_mlflow_as_its_own_user_not_the_admin(
     assert sm.describe_secret(SecretId=own)["Name"] == "churnops-emu/mlflow/worker"
     assert env["MLFLOW_TRACKING_USERNAME"] == "churnops-worker"
     assert [name for name, ref in secrets.items() if ref.startswith(admin)] == []
-    iam = deployment.client("iam")
     role = tasks["worker"]["executionRoleArn"].rsplit("/", 1)[1]
-    readable = json.dumps(iam.get_role_policy(RoleName=role, PolicyName="execution"))
+    readable = json.dumps(_role_policy(deployment, role, "execution"))
     assert own in readable and admin not in readable
 
     mlflow = _container(tasks["mlflow"], "mlflow")
@@ -321,16 +317,17 @@ def test_the_database_bootstrap_is_a_one_off_task_alone_with_the_master_secret(
         ("prefect", "owner", "prefect", "prefect"),
     ]
     master = deployment.outputs["db_master_secret_arn"]
-    ecs, iam = deployment.client("ecs"), deployment.client("iam")
     assert "db-init" not in tasks
     for name, task in tasks.items():
         assert master not in json.dumps(task["containerDefinitions"]), name
         assert [c["name"] for c in task["containerDefinitions"]] == [name], name
         role = task["executionRoleArn"].rsplit("/", 1)[1]
-        assert master not in json.dumps(iam.get_role_policy(RoleName=role, PolicyName="execution"))
+        assert master not in json.dumps(_role_policy(deployment, role, "execution")), name
 
     out = deployment.outputs["db_bootstrap_task"]
-    task = ecs.describe_task_definition(taskDefinition=out["task_definition"])["taskDefinition"]
+    task = deployment.client("ecs").describe_task_definition(taskDefinition=out["task_definition"])[
+        "taskDefinition"
+    ]
     (init,) = task["containerDefinitions"]
     assert init["name"] == out["container"] == "db-init"
     repos = deployment.outputs["ecr_repository_urls"]
@@ -620,28 +617,27 @@ def test_destroy_leaves_nothing_behind(terraform_bin: str) -> None:
     deployment = early().destroy().result()
     assert deployment.destroyed
     c = deployment.client
-    assert c("s3").list_buckets()["Buckets"] == []
-    assert c("lambda").list_functions()["Functions"] == []
-    assert c("sns").list_topics()["Topics"] == []
-    assert c("rds").describe_db_instances()["DBInstances"] == []
-    assert c("ecr").describe_repositories()["repositories"] == []
-    assert c("elbv2").describe_load_balancers()["LoadBalancers"] == []
-    assert c("elbv2").describe_target_groups()["TargetGroups"] == []
-    assert c("secretsmanager").list_secrets()["SecretList"] == []
-    assert c("logs").describe_log_groups()["logGroups"] == []
-    assert c("iam").list_roles()["Roles"] == []
-    assert c("servicediscovery").list_namespaces()["Namespaces"] == []
-    assert c("cognito-idp").list_user_pools(MaxResults=10)["UserPools"] == []
+    for service, call, key in (
+        ("s3", "list_buckets", "Buckets"),
+        ("lambda", "list_functions", "Functions"),
+        ("sns", "list_topics", "Topics"),
+        ("rds", "describe_db_instances", "DBInstances"),
+        ("ecr", "describe_repositories", "repositories"),
+        ("elbv2", "describe_load_balancers", "LoadBalancers"),
+        ("elbv2", "describe_target_groups", "TargetGroups"),
+        ("secretsmanager", "list_secrets", "SecretList"),
+        ("logs", "describe_log_groups", "logGroups"),
+        ("iam", "list_roles", "Roles"),
+        ("servicediscovery", "list_namespaces", "Namespaces"),
+        ("efs", "describe_file_systems", "FileSystems"),
+        ("cloudwatch", "describe_alarms", "MetricAlarms"),
+        ("events", "list_rules", "Rules"),
+    ):
+        assert getattr(c(service), call)()[key] == [], (service, call)
     assert c("sqs").list_queues().get("QueueUrls", []) == []
-    assert c("efs").describe_file_systems()["FileSystems"] == []
-    assert c("cloudwatch").describe_alarms()["MetricAlarms"] == []
-    assert c("events").list_rules()["Rules"] == []
-    assert (
-        c("application-autoscaling").describe_scalable_targets(ServiceNamespace="ecs")[
-            "ScalableTargets"
-        ]
-        == []
-    )
+    assert c("cognito-idp").list_user_pools(MaxResults=10)["UserPools"] == []
+    scaling = c("application-autoscaling").describe_scalable_targets(ServiceNamespace="ecs")
+    assert scaling["ScalableTargets"] == []
     ecs = c("ecs")
     active = [
         cl
