@@ -213,10 +213,6 @@ def check_processed(r: Rehearsal, drop: Drop) -> None:
         raise WiringError(
             f"flow run {run_id} ended {state['type']}: {state.get('message')}\n{logs}"
         )
-    _check_outputs(r, drop)
-
-
-def _check_outputs(r: Rehearsal, drop: Drop) -> None:
     s3 = r.aws.client("s3")
     name = drop.key.rsplit("/", 1)[-1]
     listed = s3.list_objects_v2(Bucket=r.deployment.bucket, Prefix="data/processed/")

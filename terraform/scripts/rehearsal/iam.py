@@ -80,6 +80,4 @@ def _matches(statement: dict[str, Any], action: str, resource: str) -> bool:
 
 
 def _listed(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
+    return [] if value is None else value if isinstance(value, list) else [value]

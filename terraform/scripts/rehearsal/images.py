@@ -80,12 +80,10 @@ def facts(dockerfile: Path) -> Facts:
             found.env.update(_env_pairs(argument))
         elif instruction == "WORKDIR":
             found.workdir = _expand(argument.strip(), found.env)
-        elif instruction in ("CMD", "ENTRYPOINT"):
-            value = _exec_form(argument)
-            if instruction == "CMD":
-                found.cmd = value
-            else:
-                found.entrypoint = value
+        elif instruction == "CMD":
+            found.cmd = _exec_form(argument)
+        elif instruction == "ENTRYPOINT":
+            found.entrypoint = _exec_form(argument)
         elif instruction == "COPY" and "--from" not in argument:
             words = [w for w in shlex.split(argument) if not w.startswith("--")]
             found.copies.append((words[:-1], _expand(words[-1], found.env)))
