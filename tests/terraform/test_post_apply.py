@@ -70,6 +70,7 @@ def test_env_file_has_the_settings_and_no_secret(tmp_path: Path, capsys) -> None
 
 
 TASK = OUTPUTS["deployments_task"]["value"]
+BOOTSTRAP = OUTPUTS["db_bootstrap_task"]["value"]
 TASK_ARN = "arn:aws:ecs:eu-west-1:1:task/churnops-stg/0123456789abcdef"
 
 
@@ -120,12 +121,7 @@ def stubbed_ecs(exit_code: int | None, task: dict = TASK) -> tuple[object, Stubb
     [
         ("deployments", TASK, "registering the deployments", "worker"),
         # M3: the task db-init with its own command (no override), network and roles.
-        (
-            "database",
-            OUTPUTS["db_bootstrap_task"]["value"],
-            "bootstrapping the database",
-            "db-init",
-        ),
+        ("database", BOOTSTRAP, "bootstrapping the database", "db-init"),
     ],
     ids=["deployments", "database"],
 )
