@@ -39,9 +39,9 @@ class Cluster:
     def data(self) -> Path:
         return self.root / "data"
 
-    def url(self, database: str = "postgres", driver: str = "postgresql+psycopg2") -> str:
+    def url(self, database: str = "postgres") -> str:
         """The superuser's URL (password included) of ``database``."""
-        return f"{driver}://{SUPERUSER}:{self.password}@{HOST}:{self.port}/{database}"
+        return f"postgresql+psycopg2://{SUPERUSER}:{self.password}@{HOST}:{self.port}/{database}"
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses={HOST} -c fsync=off"

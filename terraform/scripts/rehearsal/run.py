@@ -57,10 +57,10 @@ class Process:
     popen: subprocess.Popen
     log: Path
 
-    def tail(self, lines: int = 30) -> str:
+    def tail(self) -> str:
         """The end of its output, indented, for a failure message."""
         try:
-            last = self.log.read_text(errors="replace").splitlines()[-lines:]
+            last = self.log.read_text(errors="replace").splitlines()[-30:]
         except OSError:
             last = []
         return "\n".join(f"    {line}" for line in last) or "    (no output)"
