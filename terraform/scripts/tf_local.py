@@ -87,15 +87,15 @@ def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
     if not binary:
         raise SystemExit("moto_server not found (install moto[server] in the virtualenv)")
     port = free_port("127.0.0.1")
-    log = log_path.open("ab")
-    proc = subprocess.Popen(
-        [binary, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        # AWS's managed policies exist in an account (the Lambda's VPC access policy).
-        env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
-    )
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [binary, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # AWS's managed policies exist in an account (the Lambda's VPC access policy).
+            env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
+        )
     endpoint = f"http://127.0.0.1:{port}"
     wait_for_http(f"{endpoint}/moto-api/", proc)
     return proc, endpoint
