@@ -1,11 +1,10 @@
-"""What tests share about processes: waiting for a condition or a port, a race of threads,
-a clean environment for a platform, leftover processes. A free port and the process-group
-stop are the platform's own (:mod:`churnops.platform.services`)."""
+"""What tests share about processes: waiting for a condition, a race of threads, a clean
+environment for a platform, leftover processes. A free port, starting a server and the
+process-group stop are the platform's own (:mod:`churnops.platform.services`)."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -55,22 +54,6 @@ def run_python(code: str, *args: str, **kwargs: Any) -> subprocess.CompletedProc
     """``code`` in a fresh interpreter (what this process imported does not count)."""
     command = [sys.executable, "-c", code, *args]
     return subprocess.run(command, capture_output=True, text=True, **kwargs)
-
-
-def wait_for_port(
-    port: int, process: subprocess.Popen | None = None, timeout: float = 60.0
-) -> None:
-    """Block until the port accepts connections; RuntimeError if the process dies first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with code {process.returncode} before listening")
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {LOOPBACK}:{port} after {timeout:.0f}s")
 
 
 #: Variables of the caller's environment that would point the platform elsewhere.
