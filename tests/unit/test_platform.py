@@ -552,7 +552,8 @@ def test_an_empty_file_its_writer_closed_is_sent_at_once(
         (tmp_path / "data/input/later.csv").touch()
         with (tmp_path / "data/input/later.csv").open("ab") as out:
             out.write(b"a,b\n1,2\n")
-        eventually(lambda: len(events) >= 2, 30, 0.05)
+        whole = ("data/input/later.csv", 8)
+        eventually(lambda: whole in [(_object(e)["key"], _object(e)["size"]) for e in events], 30)
         time.sleep(0.5)  # anything reported late would be in by now
     sent = [(_object(e)["key"], _object(e)["size"]) for e in events]
     assert sent[0] == ("data/input/empty.csv", 0) and sent[-1] == ("data/input/later.csv", 8)
