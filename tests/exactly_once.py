@@ -198,17 +198,18 @@ def stage_of(storage: DropStorage, lease: claims.Lease) -> str | None:
 
 
 def log_end(storage: DropStorage, lease: claims.Lease) -> str:
-    """How the run's log says ``lease``'s attempt ended: "died" when a later attempt wrote
-    so, else the status of the last ``finish`` line of its part of the log (from its
-    ``claim`` line to the next)."""
+    """How the run's log says ``lease``'s attempt ended: "died" (or "failed", when it could
+    not write so itself) when a later attempt wrote so, else the status of the last
+    ``finish`` line of its part of the log (from its ``claim`` line to the next)."""
     lines = storage.read(log_key(lease.run, lease.name)).decode().splitlines()
     part, ends = 0, []
     for line in lines:
         _, step, status, _, text = (line.split(" | ", 4) + [""] * 5)[:5]
         if step == "claim" and text.startswith("attempt "):
             part = int(text.split()[1].rstrip(":"))
-        elif step == "finish" and status == "died" and text.startswith(f"attempt {lease.attempt} "):
-            return "died"
+        elif step == "finish" and status in ("died", "failed") and part > lease.attempt:
+            if text.startswith(f"attempt {lease.attempt} "):
+                return status
         elif step == "finish" and status != "start" and part == lease.attempt:
             ends.append(status)
     assert ends, f"the log of attempt {lease.attempt} has no finish line:\n" + "\n".join(lines)

@@ -9,6 +9,7 @@ forked child to itself at a chosen point; recovery is the reconciler's re-drive.
 from __future__ import annotations
 
 import contextvars
+import errno
 import gzip
 import io
 import multiprocessing
@@ -49,6 +50,7 @@ from churnops.drop.storage import (
     folder_key,
     log_key,
     open_storage,
+    run_key,
     run_name,
     s3_client,
     stage_key,
@@ -999,6 +1001,46 @@ def test_storage_look_ups_failing_mid_run_fail_the_attempt_then_it_is_processed(
     outcome = world.process(key, steps, storage=blind)
     assert outcome.status == "failed" and "look-ups time out" in outcome.message, outcome
     assert [o.status for o in world.reconcile()] == ["processed"]
+    world.check(settled=True)
+
+
+class FullDisk:
+    """A storage whose writes fail with ENOSPC while ``full`` (moves, renames on one disk,
+    and reads work)."""
+
+    def __init__(self, inner: DropStorage) -> None:
+        self.inner, self.full = inner, False
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if name not in ("create", "create_streamed", "replace", "append_line"):
+            return attribute
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            if self.full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return attribute(*args, **kwargs)
+
+        return write
+
+
+def test_a_full_disk_fails_the_attempt_and_its_retries_then_the_file_is_processed_once(
+    world: World, small_file: bytes
+) -> None:
+    """Full from the scoring step on: not the file's fault (failed, not errored), though
+    neither its log nor its claim can say so. A retry while it is still full cannot take
+    the run; once there is room, the claim's silence ends it (the one liveness rule) and
+    the next attempt processes the file, unchanged, once, every record agreeing."""
+    key = world.drops.drop("customers.csv", small_file)
+    disk = FullDisk(world.storage)
+    outcome = world.process(key, _before("score_file", lambda: setattr(disk, "full", True)), disk)
+    assert outcome.status == "failed" and "No space left" in outcome.message, outcome
+    again = world.process(run_key("processing", outcome.run, "customers.csv"), storage=disk)
+    assert again.status != "processed", again
+    disk.full = False
+    world.patch.setattr(claims, "LEASE_SECONDS", 0.5)
+    time.sleep(1.0)  # the failed attempt's claim says running, and beats no more
+    assert [(o.status, o.attempt) for o in world.reconcile()] == [("processed", 2)]
     world.check(settled=True)
 
 

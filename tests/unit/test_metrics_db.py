@@ -198,6 +198,7 @@ def test_close_if_running_touches_only_running_rows(store: MetricsStore) -> None
     assert (runs.loc[dead, "status"], runs.loc[dead, "error"]) == ("failed", "the attempt died")
     assert runs.loc[done, "status"] == "processed" and runs.loc[done, "error"] is None
     assert store.running() == []
+    assert (store.failed_with(dead), store.failed_with(done)) == ("the attempt died", None)
 
 
 def test_a_bare_postgresql_url_uses_the_installed_driver() -> None:

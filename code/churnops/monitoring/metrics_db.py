@@ -546,6 +546,15 @@ class MetricsStore:
         )
         return self._write(statement) == 1
 
+    def failed_with(self, run_id: str) -> str | None:
+        """The error of the run when its row says ``failed``, else None."""
+        query = select(pipeline_runs.c.error).where(
+            pipeline_runs.c.id == run_id, pipeline_runs.c.status == FAILED
+        )
+        with self.engine.connect() as conn:
+            error = conn.execute(query).scalar_one_or_none()
+        return None if error is None else str(error)
+
     def running(self) -> list[str]:
         """Ids of the runs still marked running (for the reconciler)."""
         query = select(pipeline_runs.c.id).where(pipeline_runs.c.status == RUNNING)

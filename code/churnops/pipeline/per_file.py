@@ -337,17 +337,25 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
 
 def _close_dead_predecessors(attempt: _Attempt) -> None:
     """Close the row, log and flow run of each earlier attempt that died, then end its
-    lease ``died``; killed midway, the next attempt closes them again (harmless)."""
+    lease ``died``; killed midway, the next attempt closes them again (harmless). One whose
+    row it closed itself says ``failed`` did not die: it failed where its log and lease
+    could not be written (a full disk), and they get its row's words."""
     held = attempt.claim
-    dead = {x: claims.death(x) for x in claims.died(attempt.storage, held.run, held.lease.attempt)}
-    for lease, reason in dead.items():
-        _note(attempt, "finish", "died", reason)
-        if attempt.store is not None:
+    ended: dict[claims.Lease, tuple[claims.LeaseState, str]] = {}
+    for lease in claims.died(attempt.storage, held.run, held.lease.attempt):
+        death = claims.death(lease)  # also the words of a row the reconciler closed
+        error = attempt.store.failed_with(lease.db_id) if attempt.store is not None else None
+        failed = f"attempt {lease.attempt} failed: {error}"
+        ended[lease] = ("failed", failed) if error not in (None, death) else ("died", death)
+    dead = {x: reason for x, (state, reason) in ended.items() if state == "died"}
+    for lease, (state, reason) in ended.items():
+        _note(attempt, "finish", state, reason)
+        if state == "died" and attempt.store is not None:
             attempt.store.close_if_running(lease.db_id, reason)
     if crashed := {x.flow_run_id: reason for x, reason in dead.items() if x.flow_run_id}:
         attempt.steps.mark_crashed(crashed)
-    for lease, reason in dead.items():
-        claims.release(attempt.storage, lease, "died", reason)
+    for lease, (state, reason) in ended.items():
+        claims.release(attempt.storage, lease, state, reason)
 
 
 def _errored(attempt: _Attempt, reason: str, *, as_is: bool = False) -> FileOutcome:
