@@ -345,14 +345,16 @@ def _close_dead_predecessors(attempt: _Attempt) -> None:
     for lease in claims.died(attempt.storage, held.run, held.lease.attempt):
         death = claims.death(lease)  # also the words of a row the reconciler closed
         error = attempt.store.failed_with(lease.db_id) if attempt.store is not None else None
-        failed = f"attempt {lease.attempt} failed: {error}"
-        ended[lease] = ("failed", failed) if error not in (None, death) else ("died", death)
-    dead = {x: reason for x, (state, reason) in ended.items() if state == "died"}
+        if error in (None, death):
+            ended[lease] = ("died", death)
+        else:
+            ended[lease] = ("failed", f"attempt {lease.attempt} failed: {error}")
     for lease, (state, reason) in ended.items():
         _note(attempt, "finish", state, reason)
         if state == "died" and attempt.store is not None:
             attempt.store.close_if_running(lease.db_id, reason)
-    if crashed := {x.flow_run_id: reason for x, reason in dead.items() if x.flow_run_id}:
+    crashed = {x.flow_run_id: why for x, (s, why) in ended.items() if s == "died" and x.flow_run_id}
+    if crashed:
         attempt.steps.mark_crashed(crashed)
     for lease, (state, reason) in ended.items():
         claims.release(attempt.storage, lease, state, reason)

@@ -19,7 +19,14 @@ from typing import Any, Protocol
 from churnops import pipeline
 from churnops.drop import claims
 from churnops.drop.keys import DROP_PREFIXES, is_folder_marker, not_a_drop
-from churnops.drop.storage import DropStorage, brief, printable, run_folders, run_key
+from churnops.drop.storage import (
+    DropStorage,
+    ObjectInfo,
+    brief,
+    printable,
+    run_folders,
+    run_key,
+)
 from churnops.monitoring import ops_metrics
 from churnops.monitoring.metrics_db import ERRORED, FAILED, PROCESSED, RUNNING, MetricsStore
 from churnops.pipeline import per_file
@@ -91,7 +98,7 @@ def _untaken_inputs(storage: DropStorage, now: datetime, runs: list[str]) -> lis
             info = storage.stat(key)
             if info is None:
                 continue
-            run = claims.run_id(key[len(prefix) :], info.version, info.modified)
+            run = _run_of(prefix, key, info)
             lease = claims.latest_lease(storage, run) if run not in runs else None
             if lease and lease.holder_gone(now, claims.LEASE_SECONDS):
                 # Its trigger came and the attempt died claiming it: nothing is on its way.
@@ -130,13 +137,18 @@ def _dropped_keys(storage: DropStorage, ignored: list[str] | None = None) -> lis
     return found
 
 
+def _run_of(prefix: str, key: str, info: ObjectInfo) -> str:
+    """The run a dropped file's claim would take (its name, version and time)."""
+    return claims.run_id(key[len(prefix) :], info.version, info.modified)
+
+
 def waiting_for_retry(storage: DropStorage) -> list[claims.Lease]:
     """The failed attempts whose run waits for its retry: in processing/, or still in its
     drop folder (it would not move in)."""
     runs = run_folders(storage, "processing")
     for prefix, key in _dropped_keys(storage):
         if (info := storage.stat(key)) is not None:
-            runs.append(claims.run_id(key[len(prefix) :], info.version, info.modified))
+            runs.append(_run_of(prefix, key, info))
     latest = (claims.latest_lease(storage, run) for run in runs)
     return [x for x in latest if x is not None and x.state == "failed" and x.retry_at]
 
