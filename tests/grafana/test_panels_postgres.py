@@ -23,8 +23,6 @@ from .conftest import FIRST_RUN, LABELED, LAST_RUN, PLAN, REDRIVEN, RUN_SPACING,
 from .dashboard_files import dashboard, panel_sql
 from .grafana_macros import ALL, Query, UnknownMacro, expand
 
-pytestmark = pytest.mark.integration
-
 READER = "grafana_dashboard_reader"
 PANELS = dashboard()["panels"]
 PANEL = {p["title"]: p for p in PANELS}

@@ -20,8 +20,6 @@ from tests.fixtures.moto import sns_topic_to_queue
 from tests.fixtures.smtp import SMTP_PASSWORD, SMTP_USER, Mailbox, running_mailbox
 from tests.processes import LOOPBACK
 
-pytestmark = pytest.mark.integration
-
 FILE = "customer_churn_2_majority_drifted.csv"
 
 

@@ -17,8 +17,6 @@ from churnops.monitoring.metrics_db import ATTRIBUTION, ATTRIBUTION_RANK, Metric
 from churnops.results import ATTRIBUTION_NDCG
 from tests.fixtures.model import drop_and_process, session_drop
 
-pytestmark = pytest.mark.integration
-
 DRIFTED = "complaints_flipped.csv"
 UNDRIFTED = "customer_churn_synthetic_1.csv"
 #: Between the two files' NDCG (about 0.93 and 0.995 with the session model).

@@ -22,8 +22,6 @@ from churnops.pipeline.scoring import DRIFT_SAMPLE_ROWS, SAMPLE_SEED, DriftSampl
 from churnops.settings import Settings
 from tests.fixtures.model import drop_and_process
 
-pytestmark = pytest.mark.integration
-
 FILES = ["customer_churn_1.csv", "customer_churn_2_majority_drifted.csv"]
 
 

@@ -22,8 +22,6 @@ from churnops.platform.services import free_port
 from tests.fixtures.postgres import refused
 from tests.processes import LOOPBACK
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -24,8 +24,6 @@ from churnops.monitoring.metrics_db import DASHBOARD_TABLES, MetricsStore, metad
 from tests.fixtures.postgres import NO_DRIFT, PostgresCluster, processed_run, refused
 from tests.processes import run_python
 
-pytestmark = pytest.mark.integration
-
 SCRIPT = Path(__file__).parents[2] / "terraform" / "scripts" / "db_init.py"
 SUFFIX = uuid.uuid4().hex[:6]
 #: Not a dashboard table: the reader must not see it.

@@ -5,15 +5,12 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churnops.platform.deployments import register
 from churnops.settings import get_settings
-
-pytestmark = pytest.mark.integration
 
 
 def names_of_this_test() -> tuple[str, str, str]:

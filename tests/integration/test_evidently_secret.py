@@ -15,8 +15,6 @@ from churnops.monitoring.drift import open_workspace, project_id
 from churnops.settings import MonitoringSettings, get_settings
 from tests.fixtures.evidently_ui import SECRET, EvidentlyUI
 
-pytestmark = pytest.mark.integration
-
 
 def _monitoring(home: Path, ui: EvidentlyUI, secret: str | None = SECRET) -> MonitoringSettings:
     return get_settings(

@@ -71,8 +71,6 @@ from tests.exactly_once import (
 from tests.fixtures.evidently_ui import SECRET as EVIDENTLY_SECRET
 from tests.processes import LOOPBACK, at_once
 
-pytestmark = pytest.mark.integration
-
 STORAGES = ["local", "s3"]
 
 

@@ -35,8 +35,6 @@ from tests.exactly_once import check_records_agree, pipeline_runs
 from tests.fixtures.model import SESSION_MODEL as MODEL
 from tests.fixtures.moto import received_messages, sns_topic_to_queue
 
-pytestmark = pytest.mark.integration
-
 
 @dataclass
 class Platform:

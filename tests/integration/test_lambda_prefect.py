@@ -16,8 +16,6 @@ from prefect.client.schemas.objects import StateType
 from churnops.drop import trigger
 from churnops.platform import watcher
 
-pytestmark = pytest.mark.integration
-
 FLOW = "churn_prediction_pipeline"
 KEYS = {  # as S3 encodes them in events -> decoded
     "data/input/march+batch.csv": "data/input/march batch.csv",

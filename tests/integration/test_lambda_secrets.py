@@ -25,7 +25,6 @@ from tests.unit.test_lambda_handler import (
     record,
 )
 
-pytestmark = pytest.mark.integration
 __all__ = ["handler", "prefect"]  # fixtures, used by name
 
 

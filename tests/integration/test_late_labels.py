@@ -24,8 +24,6 @@ from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
 from tests.fixtures.model import drop_and_process, session_drop
 
-pytestmark = pytest.mark.integration
-
 WITH_IDS, WITHOUT_IDS = "customer_churn_1.csv", "customer_churn_synthetic_1.csv"
 
 

@@ -25,8 +25,6 @@ from churnops.settings import get_settings
 from tests.fixtures.postgres import NO_DRIFT, PostgresCluster, processed_run, refused
 from tests.processes import LOOPBACK, at_once, run_python
 
-pytestmark = pytest.mark.integration
-
 #: Quotes, a space, a statement separator and a comment: must all be taken literally.
 NASTY_ROLE = "grafana \"reader'; DROP TABLE run_metrics; --"
 NASTY_PASSWORD = "pa'ss\"word; DROP TABLE pipeline_runs; -- %s \\"

@@ -14,8 +14,6 @@ from churnops.data.schema import TARGET
 from churnops.model.churn_model import ChurnModel, LoadedModel
 from churnops.settings import Settings
 
-pytestmark = pytest.mark.integration
-
 SOURCE = "customer_churn_1.csv"
 
 

@@ -10,14 +10,11 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import pytest
 
 from churnops.data.reading import load_customer_file
 from churnops.model.churn_model import ChurnModel, LoadedModel, configure_mlflow
 from churnops.results import PREDICTION
 from churnops.settings import Settings
-
-pytestmark = pytest.mark.integration
 
 SOURCE = "customer_churn_1.csv"
 

@@ -19,8 +19,6 @@ from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, Monitorin
 from churnops.settings import Settings, get_settings
 from tests.fixtures.evidently_ui import SECRET, EvidentlyUI
 
-pytestmark = pytest.mark.integration
-
 
 def scored(path: Path, seed: int) -> pd.DataFrame:
     """Stand-in predictions: the label with 10% flipped, a score consistent with it."""

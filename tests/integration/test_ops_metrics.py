@@ -27,8 +27,6 @@ from churnops.platform.services import free_port
 from churnops.settings import Settings, get_settings
 from tests.processes import LOOPBACK, eventually
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def namespace() -> str:

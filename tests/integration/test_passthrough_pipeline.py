@@ -21,8 +21,6 @@ from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings
 from tests.fixtures.model import drop_and_process
 
-pytestmark = pytest.mark.integration
-
 SOURCE = "customer_churn_1.csv"
 EXTRA = ["customer_id", "region"]
 

@@ -43,8 +43,6 @@ from churnops.settings import Settings, get_settings
 from tests.fixtures.model import FAST_PARAMS
 from tests.processes import LOOPBACK
 
-pytestmark = pytest.mark.integration
-
 #: A model that barely learns: worse than the champion on any file.
 BAD_PARAMS = {"n_estimators": 2, "max_depth": 1, "learning_rate": 0.01}
 SYNTHETIC = [f"customer_churn_synthetic_{i}.csv" for i in (1, 2, 3)]

@@ -9,8 +9,6 @@ import pytest
 from churnops.settings import get_settings
 from devtools.screenshots import ScreenshotError, Services, staging_version
 
-pytestmark = pytest.mark.integration
-
 
 def test_the_staging_version_comes_from_the_registry(
     mlflow_server: str, session_model: str, tmp_path: Path

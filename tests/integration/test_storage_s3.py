@@ -23,8 +23,6 @@ from churnops.drop.storage import (
 from churnops.settings import get_settings
 from tests.exactly_once import leases
 
-pytestmark = pytest.mark.integration
-
 NAMES = ["customer_churn_1.csv", "march batch.csv", "a+b.csv", "clientes_año_ü.csv"]
 
 

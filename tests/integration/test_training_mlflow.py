@@ -18,8 +18,6 @@ from churnops.model.registry import Outcome, TrainingOptions, train_and_register
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings, get_settings
 
-pytestmark = pytest.mark.integration
-
 WORSE = {"n_estimators": 2, "max_depth": 1, "learning_rate": 0.01}
 
 

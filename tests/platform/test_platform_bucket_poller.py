@@ -16,8 +16,6 @@ from churnops.platform import launch
 from churnops.platform.watcher import BucketPoller, Dispatcher
 from churnops.settings import get_settings
 
-pytestmark = pytest.mark.integration
-
 
 def test_new_keys_are_reported_once_and_a_rewrite_again(moto_server: str, moto_bucket: str) -> None:
     client = boto3.client("s3", endpoint_url=moto_server)

@@ -35,8 +35,6 @@ from churnops.settings import Settings, get_settings
 from tests.exactly_once import Drops, check_records_agree
 from tests.processes import FOREIGN, LOOPBACK, eventually, leftovers
 
-pytestmark = pytest.mark.integration
-
 START_TIMEOUT = 900.0  # training included, on a busy 2-core machine
 DONE_TIMEOUT = 300.0
 GONE_TIMEOUT = 30.0

@@ -21,8 +21,6 @@ from churnops.pipeline import RECONCILE_DEPLOYMENT
 from churnops.platform.runner import FlowRunner
 from churnops.settings import get_settings
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def runner(prefect_server: str, tmp_path: Path) -> Iterator[FlowRunner]:

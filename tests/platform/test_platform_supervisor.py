@@ -12,14 +12,11 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 from rich.console import Console
 
 from churnops.platform import launch, services
 from churnops.settings import get_settings
 from tests.processes import LOOPBACK, eventually
-
-pytestmark = pytest.mark.integration
 
 
 class Supervised:

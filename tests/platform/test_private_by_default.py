@@ -25,8 +25,6 @@ from churnops.platform.services import PlatformState
 from churnops.settings import MLFLOW_CLIENT_ENV, NO_USAGE_TELEMETRY, get_settings
 from tests.processes import FOREIGN
 
-pytestmark = pytest.mark.integration
-
 SCORED = "customer_churn_1.csv"
 TIMEOUT = 300.0
 #: Variables by which MLflow or Prefect detect CI or a test run and send nothing by

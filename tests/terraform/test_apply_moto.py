@@ -18,8 +18,6 @@ from churnops.settings import MLFLOW_CLIENT_ENV, NO_USAGE_TELEMETRY
 
 from .conftest import Deployment, early
 
-pytestmark = pytest.mark.integration
-
 EXPECTED_SERVICES = {"mlflow", "prefect-server", "worker", "evidently", "grafana"}
 UI_HOSTS = {"mlflow", "prefect", "evidently", "grafana"}
 

@@ -13,8 +13,6 @@ from terraform.scripts import image_scan
 
 from .conftest import TERRAFORM_DIR, tf_local
 
-pytestmark = pytest.mark.integration
-
 TAG = "abc123"
 MANIFEST = {
     "schemaVersion": 2,

@@ -29,8 +29,6 @@ from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.model import FAST_PARAMS
 from tests.processes import eventually
 
-pytestmark = pytest.mark.integration
-
 START_SCRIPT = Path(__file__).parents[2] / "terraform" / "scripts" / "mlflow_start.py"
 ADMIN = ("churnops", f"admin-{uuid.uuid4().hex}")
 WORKER = ("churnops-worker", f"worker-{uuid.uuid4().hex}")

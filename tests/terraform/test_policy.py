@@ -23,8 +23,6 @@ import pytest
 from .conftest import DEFAULT, tf_local
 from .plan import Plan, Resource, plan_module
 
-pytestmark = pytest.mark.integration
-
 OPEN = {"0.0.0.0/0", "::/0"}
 AUTHENTICATE = {"authenticate-cognito", "authenticate-oidc"}
 CONTROL_PLANES = ("prefect", "mlflow", "evidently")

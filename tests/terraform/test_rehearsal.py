@@ -17,8 +17,6 @@ from tests.fixtures.postgres import PostgresCluster
 
 from .conftest import early
 
-pytestmark = pytest.mark.integration
-
 
 def test_the_applied_wiring_processes_a_dropped_file_end_to_end(
     terraform_bin: str, postgres_cluster: PostgresCluster, data_dir: Path, tmp_path: Path
