@@ -253,3 +253,24 @@ def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
     assert tabs.count("DATA DISTRIBUTION") == len(FEATURES) + 1  # and the prediction's
     assert tabs.count("DATA DRIFT") == len(FEATURES)  # values by row: numerical columns
     assert '"template"' not in data.text  # no 7.5 kB of plotly styling per figure
+
+
+def test_a_report_stored_in_the_ui_is_withdrawn(
+    data_dir: Path,
+    reference: pd.DataFrame,
+    ui_settings: Settings,
+    evidently_ui: EvidentlyUI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attempt that fails after storing its report withdraws it from the real UI too (the
+    platform's and AWS' case), so its re-drive's report is the file's only one."""
+    monkeypatch.setattr(drift, "PROJECT", "withdrawn")  # a project of this test's own
+    current = scored(data_dir / "customer_churn_1.csv", seed=1)
+    kept, failed = (monitor(reference, current, ui_settings, n) for n in ("kept", "failed"))
+    drift.withdraw(ui_settings.monitoring, failed.snapshot_id)
+    workspace = drift.open_workspace(ui_settings.monitoring)
+    (project,) = workspace.search_project("withdrawn")
+    http = requests.Session()
+    http.headers["evidently-secret"] = SECRET
+    reports = http.get(f"{evidently_ui.url}/api/projects/{project.id}/reports").json()
+    assert [r["id"] for r in reports] == [kept.snapshot_id]
