@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -9,9 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from evidently import Dataset
+from evidently.ui.workspace import Workspace
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from churnops.monitoring.drift import (
+    PROJECT,
     build_report,
     data_definition,
     extract_result,
@@ -136,3 +141,36 @@ def test_local_report_url_follows_the_ui_route() -> None:
     assert local_report_url(settings.platform, project, snapshot) == (
         f"http://127.0.0.1:8123/projects/{project}/reports/{snapshot}"
     )
+
+
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process on a New York clock, UTC-5 in winter (``time.tzset`` reads TZ)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("new_york")
+def test_a_report_is_stamped_in_utc_whatever_the_local_clock(tmp_path: Path) -> None:
+    """The Evidently UI shows a report's time as stored, with no zone: it is UTC, as the
+    file's log, its run id, the metrics database and ``churnops report`` say."""
+    settings = get_settings(churnops_home=tmp_path, evidently_ui_url=None)
+    result = run_monitoring(
+        frame(0, 0.0),
+        frame(1, 0.0),
+        feature_columns=FEATURES,
+        monitoring=settings.monitoring,
+        platform=settings.platform,
+        file_name="f.csv",
+        model_version="1",
+        model_name="m",
+    )
+    workspace = Workspace(str(settings.monitoring.evidently_workspace_dir))
+    (project,) = workspace.search_project(PROJECT)
+    snapshot = workspace.get_run(project.id, result.snapshot_id)
+    assert snapshot is not None
+    utc = datetime.now(UTC).replace(tzinfo=None)
+    assert abs(snapshot.timestamp - utc) < timedelta(minutes=1), (snapshot.timestamp, utc)

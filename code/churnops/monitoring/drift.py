@@ -17,6 +17,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -85,6 +86,7 @@ def run_monitoring(
         name=file_name,
         tags=[file_name, model_tag],
         metadata=metadata,
+        timestamp=utc_now(),
     )
     drop_widget_copies(snapshot)
     seconds = {"report": time.perf_counter() - started}
@@ -100,6 +102,13 @@ def run_monitoring(
     result.snapshot_id, result.report_url = publish(snapshot, monitoring, platform, model_tag)
     result.seconds = seconds | {"store": time.perf_counter() - started}
     return result
+
+
+def utc_now() -> datetime:
+    """Now in UTC without a zone: Evidently stores and compares naive times and stamps a
+    report with the local clock by default, so under TZ=America/New_York its reports were
+    five hours off every other time ChurnOps shows (all UTC)."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def drop_widget_copies(snapshot: Snapshot) -> None:
