@@ -570,6 +570,22 @@ def test_a_redrive_that_fails_after_its_move_keeps_one_report_and_its_own_metric
     assert len(workspace.list_runs(project.id)) == 1
 
 
+@pytest.mark.parametrize("world", ["local"], indirect=True)
+def test_a_report_the_ui_stored_after_its_attempt_gave_up_waiting_is_withdrawn(
+    world: World, small_file: bytes
+) -> None:
+    """A frozen Evidently UI stores a report after the attempt's request timed out: the
+    attempt fails not knowing it, and its re-drive withdraws it before storing its own."""
+    key = world.drops.drop("customers.csv", small_file)
+    first = world.process(key, _failing_after("monitor"))  # stored, then the wait ended
+    assert first.status == "failed", first
+    assert [o.status for o in world.reconcile()] == ["processed"]
+    world.check(settled=True)
+    workspace = drift.open_workspace(world.settings.monitoring)
+    (project,) = workspace.search_project(drift.PROJECT)
+    assert len(workspace.list_runs(project.id)) == 1
+
+
 def _raise(exc: Exception) -> None:
     raise exc
 

@@ -263,10 +263,12 @@ def test_a_report_stored_in_the_ui_is_withdrawn(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An attempt that fails after storing its report withdraws it from the real UI too (the
-    platform's and AWS' case), so its re-drive's report is the file's only one."""
+    platform's and AWS' case), so its re-drive's report is the file's only one; a re-drive
+    finds its run's reports there by their metadata."""
     monkeypatch.setattr(drift, "PROJECT", "withdrawn")  # a project of this test's own
     current = scored(data_dir / "customer_churn_1.csv", seed=1)
-    kept, failed = (monitor(reference, current, ui_settings, n) for n in ("kept", "failed"))
+    kept, failed = (monitor(reference, current, ui_settings, n, run=n) for n in ("kept", "failed"))
+    assert drift.reports_of(ui_settings.monitoring, "failed") == [failed.snapshot_id]
     drift.withdraw(ui_settings.monitoring, failed.snapshot_id)
     workspace = drift.open_workspace(ui_settings.monitoring)
     (project,) = workspace.search_project("withdrawn")

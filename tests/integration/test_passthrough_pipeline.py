@@ -60,9 +60,9 @@ def test_extra_columns_travel_with_their_rows_and_change_no_prediction(
     extended = _with_extras(pd.read_csv(io.BytesIO(original)))
     samples: list[pd.DataFrame] = []
 
-    def monitor(monitoring, platform, model, scored, name):  # the real step, input recorded
+    def monitor(monitoring, platform, model, scored, name, run):  # the real step, input recorded
         samples.append(scored.sample)
-        return per_file.monitor(monitoring, platform, model, scored, name)
+        return per_file.monitor(monitoring, platform, model, scored, name, run)
 
     steps = dataclasses.replace(per_file.PLAIN_STEPS, monitor=monitor)
     plain = _predictions(storage, drop_and_process(settings, storage, "plain.csv", original))

@@ -66,9 +66,11 @@ def run_monitoring(
     model_name: str,
     totals: Totals | None = None,
     attribution_ndcg: float | None = None,
+    run: str = "",
 ) -> MonitoringResult:
     """Run the report for one scored file, store it, return its numbers. Without the label
-    only drift is measured; ``totals``: a sample's whole file."""
+    only drift is measured; ``totals``: a sample's whole file; ``run``: the drop's run, in
+    the report's metadata (:func:`reports_of`)."""
     labeled = TARGET in current.columns
     _check_frames(reference, current, feature_columns)
     totals = totals or Totals(len(current), float(current[PREDICTION].mean()), None)
@@ -76,6 +78,7 @@ def run_monitoring(
     report = build_report(feature_columns, labeled, facts=list(facts))
     definition = data_definition(feature_columns, labeled)
     metadata = {"file_name": file_name, "model_name": model_name, "model_version": model_version}
+    metadata |= {RUN_KEY: run} if run else {}
     if totals.rows > len(current):
         metadata["sample"] = f"{len(current):,} of {totals.rows:,} rows (seeded, uniform)"
     model_tag = f"{model_name}:v{model_version}"
@@ -234,6 +237,12 @@ class _BoundedRemoteWorkspace(RemoteWorkspace):
         response.raise_for_status()
         return response if response_model is None else parse_obj_as(response_model, response.json())
 
+    def run_metadata(self, project_id: Any) -> dict[str, dict[str, Any]]:
+        """Snapshot id -> metadata of every report of the project (Evidently's client
+        lists no metadata; the UI's own listing does)."""
+        listed = self._request(f"/api/projects/{project_id}/snapshots", "GET").json()
+        return {str(s["id"]): s.get("metadata") or {} for s in listed}
+
     def delete_run(self, project_id: Any, snapshot_id: Any) -> None:
         """The UI's own delete (Evidently's client raises NotImplementedError here, so a
         failed attempt's report stayed beside its re-drive's: one file, two points)."""
@@ -306,6 +315,22 @@ def withdraw(monitoring: MonitoringSettings, snapshot_id: str) -> None:
     report again, and one file is one report (and one dashboard point)."""
     _, workspace, project = _target(monitoring)
     workspace.delete_run(project, snapshot_id)
+
+
+#: The report metadata naming the drop's run (``<drop time>-<hash>``).
+RUN_KEY = "run"
+
+
+def reports_of(monitoring: MonitoringSettings, run: str) -> list[str]:
+    """The ids of the stored reports of ``run``: read on a re-drive only (a local workspace
+    reads each report to see its metadata)."""
+    _, workspace, project = _target(monitoring)
+    if isinstance(workspace, _BoundedRemoteWorkspace):
+        stored = workspace.run_metadata(project)
+    else:
+        ids = workspace.list_runs(project)
+        stored = {str(i): getattr(workspace.get_run(project, i), "metadata", {}) for i in ids}
+    return [snapshot for snapshot, metadata in stored.items() if metadata.get(RUN_KEY) == run]
 
 
 def local_report_url(platform: PlatformSettings, project: UUID, snapshot: UUID) -> str:

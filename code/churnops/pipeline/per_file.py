@@ -46,7 +46,7 @@ from churnops.monitoring.alerts import (
     send_alert,
 )
 from churnops.monitoring.attribution import attribution_drift
-from churnops.monitoring.drift import Totals, run_monitoring, withdraw
+from churnops.monitoring.drift import Totals, reports_of, run_monitoring, withdraw
 from churnops.monitoring.metrics_db import FAILED, LABELS, SCORING, MetricsStore
 from churnops.pipeline import retrain_trigger
 from churnops.pipeline.labels import LabelsJoin, join_labels
@@ -97,9 +97,10 @@ def monitor(
     model: LoadedModel,
     scored: ScoredFile,
     name: str,
+    run: str = "",
 ) -> MonitoringResult:
     """Drift on the file's sample with every row's counts and scores, and attribution drift
-    (first: the report shows it)."""
+    (first: the report shows it); ``run`` tags the report (:func:`_withdraw_report`)."""
     rows = monitoring.attribution_sample_rows
     attribution = attribution_drift(model, scored.sample, rows) if rows else None
     result = run_monitoring(
@@ -113,6 +114,7 @@ def monitor(
         model_name=model.name,
         totals=Totals(scored.rows, scored.predicted_churn_rate, scored.quality),
         attribution_ndcg=attribution.ndcg if attribution else None,
+        run=run,
     )
     result.attribution = attribution
     return result
@@ -483,8 +485,10 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
         )
         record.message = scoring_summary(scored)
     with file_log.step("monitor") as record:
+        if held.lease.attempt > 1:
+            _withdraw_report(attempt, earlier=True)
         result: MonitoringResult = steps.monitor(
-            settings.monitoring, settings.platform, model, scored, held.name
+            settings.monitoring, settings.platform, model, scored, held.name, held.run
         )
         record.message = summary(result, timed=True)
     attempt.published = result
@@ -511,17 +515,21 @@ def _score_and_monitor(attempt: _Attempt) -> FileOutcome:
     return outcome
 
 
-def _withdraw_report(attempt: _Attempt) -> None:
+def _withdraw_report(attempt: _Attempt, *, earlier: bool = False) -> None:
     """This attempt failed (or was taken over) after storing its Evidently report, its file
     still in processing/: the attempt that ends the run stores its own, so this one goes (a
-    failure here is only logged). A file already moved to processed/ keeps it."""
-    result = attempt.published
-    if result is None or not result.snapshot_id:
-        return
+    failure here is only logged). A file already moved to processed/ keeps it. ``earlier``:
+    a re-drive withdraws every report its run has so far, also one the UI stored after an
+    earlier attempt stopped waiting for its answer (a frozen UI), which it never knew."""
+    monitoring, result = attempt.settings.monitoring, attempt.published
+    own = [result.snapshot_id] if result is not None and result.snapshot_id else []
     try:
-        withdraw(attempt.settings.monitoring, result.snapshot_id)
+        for snapshot in reports_of(monitoring, attempt.claim.run) if earlier else own:
+            withdraw(monitoring, snapshot)
     except Exception as exc:
-        log.warning("%s: report %s not withdrawn: %s", attempt.claim.name, result.report_url, exc)
+        log.warning(
+            "%s: reports of run %s not withdrawn: %s", attempt.claim.name, attempt.claim.run, exc
+        )
 
 
 def _join_labels(attempt: _Attempt) -> FileOutcome:
