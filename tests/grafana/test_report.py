@@ -64,6 +64,18 @@ def test_report_draws_each_processed_file_once(
     assert len(shares.get_xdata()) == len([p for p in PLAN if not p.errored])
 
 
+def test_report_draws_the_late_labels_at_the_time_their_file_was_scored(
+    pipeline_sqlite_url: str, pipeline_settings: Settings, tmp_path: Path, figures: list[Figure]
+) -> None:
+    """The dashboard's "Realized scores (late labels)": without Grafana (the SQLite default)
+    the report is the only place a user sees how a model did once the labels came."""
+    write_report(pipeline_settings.monitoring, tmp_path / "report")
+    (ax,) = [a for a in figures[0].axes if a.get_title().startswith("Realized scores")]
+    f1 = [line for line in ax.lines if line.get_label() == "f1"]
+    assert len(f1) == 1 and len(f1[0].get_xdata()) == 1  # the one labeled run
+    assert "log_loss" not in {line.get_label() for line in ax.lines}  # the dashboard's five
+
+
 def test_report_draws_the_limits_each_file_was_judged_by(
     pipeline_sqlite_url: str, pipeline_settings: Settings, tmp_path: Path, figures: list[Figure]
 ) -> None:

@@ -54,8 +54,8 @@ def write_report(
     """Write the PNG and the HTML page into ``out`` (default ``CHURNOPS_HOME/report``)."""
     folder = out or monitoring.home / "report"
     with closing(MetricsStore.for_reading(monitoring)) as store:
-        runs, metrics = store.runs(), store.metrics()
-    runs = runs[runs["kind"] == SCORING]  # a late labels file is not a file scored
+        every_run, metrics, realized = store.runs(), store.metrics(), store.realized()
+    runs = every_run[every_run["kind"] == SCORING]  # a late labels file is not a file scored
     where = make_url(monitoring.metrics_db_url).render_as_string(hide_password=True)
     if runs.empty:
         raise NoRunsYet(
@@ -69,7 +69,7 @@ def write_report(
     )
     folder.mkdir(parents=True, exist_ok=True)
     png, page = folder / PNG_NAME, folder / HTML_NAME
-    figure = build_figure(runs, metrics, monitoring)
+    figure = build_figure(runs, metrics, monitoring, realized_scores(realized, every_run))
     figure.savefig(png, dpi=110, bbox_inches="tight")
     plt.close(figure)
     page.write_text(build_html(runs.head(latest), png.read_bytes(), where), encoding="utf-8")
@@ -83,15 +83,32 @@ def _series(metrics: pd.DataFrame, metric: str, by: str | None = None) -> pd.Dat
     return rows.pivot_table(index="recorded_at", columns=columns, values="value", aggfunc="mean")
 
 
+def realized_scores(realized: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The late labels' scores of each scoring run, from its newest processed labels file, at
+    the time the run started (the dashboard's "Realized scores (late labels)"), with
+    ``started_at`` and ``threshold``."""
+    done = runs.loc[runs["status"] == PROCESSED, "id"]
+    rows = realized[realized["labels_run_id"].isin(done) & realized["metric"].isin(QUALITY_METRICS)]
+    rows = rows[
+        rows["labels_arrived_at"] == rows.groupby("run_id")["labels_arrived_at"].transform("max")
+    ]
+    return rows.merge(runs[["id", "started_at"]], left_on="run_id", right_on="id")
+
+
 def build_figure(
-    runs: pd.DataFrame, metrics: pd.DataFrame, monitoring: MonitoringSettings
+    runs: pd.DataFrame,
+    metrics: pd.DataFrame,
+    monitoring: MonitoringSettings,
+    realized: pd.DataFrame | None = None,
 ) -> Figure:
-    """Four panels sharing the time axis, like the dashboard's."""
-    figure, axes = plt.subplots(4, 1, figsize=(11, 14), sharex=True, layout="constrained")
+    """Five panels sharing the time axis, like the dashboard's (``realized``:
+    :func:`realized_scores`)."""
+    figure, axes = plt.subplots(5, 1, figsize=(11, 17), sharex=True, layout="constrained")
     _scores(axes[0], metrics, monitoring)
     _drift(axes[1], metrics, monitoring)
     _feature_drift(axes[2], metrics)
-    _volume(axes[3], runs)  # no figure title: the page's heading is the title
+    _realized(axes[3], realized if realized is not None else pd.DataFrame(), monitoring)
+    _volume(axes[4], runs)  # no figure title: the page's heading is the title
     figure.autofmt_xdate()
     return figure
 
@@ -107,6 +124,20 @@ def _scores(ax: Axes, metrics: pd.DataFrame, monitoring: MonitoringSettings) -> 
         ax.legend(loc="lower left", ncol=3, fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_title("Scores over time")
+
+
+def _realized(ax: Axes, realized: pd.DataFrame, monitoring: MonitoringSettings) -> None:
+    if realized.empty:
+        ax.text(0.5, 0.5, "no late labels yet", ha="center", transform=ax.transAxes)
+    else:
+        scores = realized.pivot_table(index="started_at", columns="metric", values="value")
+        scores.plot(ax=ax, marker="o")
+        floor = min(monitoring.score_minimums.values())
+        limit = realized.groupby("started_at")["threshold"].min().fillna(floor)
+        _limit_line(ax, limit, "alert minimum")
+        ax.legend(loc="lower left", ncol=3, fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Realized scores (late labels), at the time the file was scored")
 
 
 def _drift(ax: Axes, metrics: pd.DataFrame, monitoring: MonitoringSettings) -> None:
