@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import shutil
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,16 @@ def test_report_draws_the_limits_each_file_was_judged_by(
     ):
         (line,) = [x for x in ax.lines if x.get_label() == label]
         assert set(line.get_ydata()) == {stored}, label
+
+
+def test_a_report_of_rejected_files_only_lists_them(tmp_path: Path) -> None:
+    """No file processed yet, only rejected ones: the page lists them, with their reasons."""
+    settings = get_settings(churnops_home=tmp_path, evidently_ui_url=None)
+    with closing(MetricsStore.from_settings(settings.monitoring)) as store:
+        run = store.start_run(file_name="renamed.csv", bucket="b", object_key="data/input/x")
+        store.finish_run(run, "errored", error="missing column 'complains'")
+    files = write_report(settings.monitoring)
+    assert files.runs == 1 and "missing column" in html.unescape(files.html.read_text())
 
 
 class Killed(BaseException):

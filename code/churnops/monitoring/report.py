@@ -167,6 +167,10 @@ def _stored_limit(metrics: pd.DataFrame, names: list[str], fallback: float) -> p
 
 
 def _limit_line(ax: Axes, limit: pd.Series, label: str) -> None:
+    """The limit as a dashed red step line; none without runs (no file processed yet: pandas
+    refuses to plot an empty series, and the report of only rejected files failed)."""
+    if limit.empty:
+        return
     style = {"markersize": 14, "drawstyle": "steps-post", "label": label}
     limit.plot(ax=ax, style="r_--", **style)  # as pandas draws the series beside it
 
