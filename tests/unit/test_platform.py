@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -580,3 +581,22 @@ def test_two_servers_given_one_port_is_one_line_before_either_starts(tmp_path: P
         "or 0 to pick free ones"
     )
     assert not list((tmp_path / services.LOG_DIR).glob("prefect*"))  # nothing was started
+
+
+def test_the_platform_logs_times_in_utc_whatever_the_local_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A service's start line and a runner's log lines say UTC, as every other time does."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        record = logging.LogRecord("churnops", logging.INFO, __file__, 1, "hello", None, None)
+        line = services.UtcFormatter("%(asctime)s %(message)s").format(record)
+        stamp = services.utc_stamp()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    assert line == f"{utc}.{int(record.msecs):03d}Z hello"
+    written = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs(datetime.now(UTC) - written) < timedelta(minutes=1), stamp

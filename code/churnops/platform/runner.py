@@ -37,7 +37,7 @@ from churnops.monitoring import ops_metrics
 from churnops.pipeline import RECONCILE_DEPLOYMENT
 from churnops.pipeline.flow import churn_prediction_pipeline, without_prefect_heartbeat
 from churnops.platform.deployments import register
-from churnops.platform.services import ready_file
+from churnops.platform.services import UtcFormatter, ready_file
 from churnops.settings import PlatformSettings, Settings, get_settings
 
 log = logging.getLogger("churnops.runner")
@@ -238,7 +238,7 @@ def main() -> None:
     index = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     # Prefect owns the root logger's configuration; ours gets its own handler.
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(f"%(asctime)s runner-{index} %(name)s %(message)s"))
+    handler.setFormatter(UtcFormatter(f"%(asctime)s runner-{index} %(name)s %(message)s"))
     logging.getLogger("churnops").addHandler(handler)
     logging.getLogger("churnops").setLevel(logging.INFO)
     settings = get_settings()

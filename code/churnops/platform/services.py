@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import itertools
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,6 +26,22 @@ from pathlib import Path
 
 from churnops.drop.claims import pid_alive
 from churnops.settings import PlatformSettings, Settings
+
+
+def utc_stamp() -> str:
+    """Now, as the platform's logs write it: UTC and labelled, like the files' logs, run ids
+    and alerts (the machine's clock may be any zone's: ``TZ=America/New_York`` wrote 11:42
+    beside a file log's 16:42+00:00)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class UtcFormatter(logging.Formatter):
+    """``%(asctime)s`` in UTC, labelled (:func:`utc_stamp`, with milliseconds)."""
+
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
+
 
 #: Variables that would point a child at another Prefect server, profile or database.
 FOREIGN_PREFECT_ENV = (
@@ -138,7 +155,7 @@ class Service:
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
-            out.write(f"\n--- {time.strftime('%F %T')} {' '.join(self.command)}\n".encode())
+            out.write(f"\n--- {utc_stamp()} {' '.join(self.command)}\n".encode())
             out.flush()
             self.process = subprocess.Popen(
                 self.command,
@@ -525,4 +542,4 @@ def reap(home: str, grace: str, parent: str) -> None:
     stopped = stop_leftovers(Path(home), float(grace))
     if stopped:
         names = ", ".join(f"{r.name} (pid {r.pid})" for r in stopped)
-        print(f"{time.strftime('%F %T')} up (pid {parent}) died; stopped {names}", flush=True)
+        print(f"{utc_stamp()} up (pid {parent}) died; stopped {names}", flush=True)
