@@ -430,9 +430,9 @@ def status() -> None:
         files = []
     else:
         files = list_files(_drop(drop.drop_uri))
-        table = Table("stage", "run", "file", title="files")
+        table = Table("stage", "run", "file", "note", title="files")
         for file in files:
-            table.add_row(file.stage, file.run, file.name)
+            table.add_row(file.stage, file.run, file.name, escape(file.note))
         console.print(table if files else "no files in the drop folder")
     services = service_health(PlatformState.load(drop.home))
     health = Table("service", "health", "where", "checked by", title="services")

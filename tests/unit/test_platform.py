@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from churnops.drop import trigger
+from churnops.drop import claims, trigger
 from churnops.drop.storage import LocalDropStorage, run_key, stage_key
 from churnops.platform import launch, services
 from churnops.platform import watcher as watcher_module
@@ -197,6 +197,30 @@ def test_status_lists_every_file_by_stage(tmp_path: Path) -> None:
         ("processed", "R1", "c.csv"),
         ("errored", "R1", "d.csv"),
     ]
+
+
+def test_status_says_which_file_in_processing_waits_for_its_retry(tmp_path: Path) -> None:
+    """Its attempt failed (Prefect: Failed, the database: failed): not 'processing' alone."""
+    storage = LocalDropStorage(tmp_path)
+    storage.create_layout()
+    for run in ("R1", "R2"):
+        storage.create(run_key("processing", run, "b.csv"), b"x")
+    retry_at = "2026-12-05T17:32:54+00:00"
+    failed = claims.Lease(
+        "R1", 2, "b.csv", "data/input/b.csv", "h", 1, "failed", retry_at, retry_at=retry_at
+    )
+    storage.create(
+        failed.key, dataclasses.replace(failed, reason="ReadTimeout: read timed out").to_json()
+    )
+    running = dataclasses.replace(failed, run="R2", attempt=1, state="running", retry_at="")
+    storage.create(running.key, running.to_json())
+    storage.create(run_key("processing", "R1", "b_predictions.csv"), b"x")
+    notes = {(f.run, f.name): f.note for f in list_files(storage)}
+    assert notes == {
+        ("R1", "b.csv"): f"attempt 2 failed, retry at {retry_at}: ReadTimeout: read timed out",
+        ("R1", "b_predictions.csv"): "",
+        ("R2", "b.csv"): "",
+    }
 
 
 def test_status_lists_no_folder_markers() -> None:

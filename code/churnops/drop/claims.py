@@ -109,6 +109,11 @@ class Lease:
         """Nobody works on this attempt any more: it finished, failed, or its holder died."""
         return self.state != "running" or self.holder_gone(now, lease_seconds)
 
+    @property
+    def waits_for_retry(self) -> bool:
+        """It failed, and its run waits for the retry it scheduled."""
+        return self.state == "failed" and bool(self.retry_at)
+
     def retry_due(self, now: datetime) -> bool:
         return self.state == "failed" and (
             not self.retry_at or now >= datetime.fromisoformat(self.retry_at)

@@ -150,7 +150,7 @@ def waiting_for_retry(storage: DropStorage) -> list[claims.Lease]:
         if (info := storage.stat(key)) is not None:
             runs.append(_run_of(prefix, key, info))
     latest = (claims.latest_lease(storage, run) for run in runs)
-    return [x for x in latest if x is not None and x.state == "failed" and x.retry_at]
+    return [x for x in latest if x is not None and x.waits_for_retry]
 
 
 def close_dead_runs(store: MetricsStore, storage: DropStorage, now: datetime) -> list[Action]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
+from churnops.drop import claims
 from churnops.drop.keys import is_folder_marker, not_a_drop
 from churnops.drop.storage import DROP_STAGES, STAGES, DropStorage, folder_key
 from churnops.platform.services import PlatformState, http_ok, pid_alive
@@ -15,6 +17,7 @@ class FileState:
     stage: str
     key: str
     run: str = ""
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ def list_files(storage: DropStorage) -> list[FileState]:
     """Every file by stage, drops (input, labels) first; later stages by run (with their
     predictions files). Folder markers (``data/input/``, as the bucket's layout has) are
     no files; one in a drop folder that no run will take (in a subfolder, hidden or
-    partial) is listed as ``ignored``, so no dropped file goes unseen."""
+    partial) is listed as ``ignored``, so no dropped file goes unseen; one in processing/
+    whose attempt failed says so, and when it is retried."""
     files = []
     for stage in STAGES:
         prefix = folder_key(stage)
@@ -43,8 +47,20 @@ def list_files(storage: DropStorage) -> list[FileState]:
                 )
             elif stage not in DROP_STAGES and rest.count("/") == 1:
                 run, name = rest.split("/")
-                files.append(FileState(name, stage, key, run))
+                note = _waiting(storage, run, name) if stage == "processing" else ""
+                files.append(FileState(name, stage, key, run, note))
     return files
+
+
+def _waiting(storage: DropStorage, run: str, name: str) -> str:
+    """Why the file ``name`` of a run in processing/ is not worked on: its attempt failed
+    (its flow run and its database row say failed) and it waits for its retry; else
+    nothing (also on the run's other files, its predictions)."""
+    lease = claims.latest_lease(storage, run)
+    if lease is None or not lease.waits_for_retry or lease.name != name:
+        return ""
+    at = datetime.fromisoformat(lease.retry_at).isoformat(timespec="seconds")
+    return f"attempt {lease.attempt} failed, retry at {at}: {lease.reason}"
 
 
 def service_health(state: PlatformState | None) -> list[ServiceHealth]:
