@@ -103,6 +103,15 @@ def test_a_report_of_rejected_files_only_lists_them(tmp_path: Path) -> None:
     assert files.runs == 1 and "missing column" in html.unescape(files.html.read_text())
 
 
+def test_a_report_of_a_home_without_a_database_makes_nothing(tmp_path: Path) -> None:
+    """A mistyped CHURNOPS_HOME is said, not made (with an empty database) and then said
+    to have no runs."""
+    home = tmp_path / "typo"
+    with pytest.raises(NoRunsYet, match=r"no metrics database at .*typo"):
+        write_report(get_settings(churnops_home=home).monitoring)
+    assert not home.exists()
+
+
 class Killed(BaseException):
     """The attempt's process dies: nothing of the pipeline's own handling runs."""
 

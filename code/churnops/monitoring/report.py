@@ -53,6 +53,7 @@ def write_report(
 ) -> ReportFiles:
     """Write the PNG and the HTML page into ``out`` (default ``CHURNOPS_HOME/report``)."""
     folder = out or monitoring.home / "report"
+    _check_exists(monitoring.metrics_db_url)
     with closing(MetricsStore.for_reading(monitoring)) as store:
         every_run, metrics, realized = store.runs(), store.metrics(), store.realized()
     runs = every_run[every_run["kind"] == SCORING]  # a late labels file is not a file scored
@@ -74,6 +75,19 @@ def write_report(
     plt.close(figure)
     page.write_text(build_html(runs.head(latest), png.read_bytes(), where), encoding="utf-8")
     return ReportFiles(png=png, html=page, runs=len(runs))
+
+
+def _check_exists(url: str) -> None:
+    """A look makes nothing (as ``churnops status``): a SQLite file that is not there yet
+    (a CHURNOPS_HOME mistyped, or the relative default in another folder) is said, not
+    created empty with its folder and then reported as having no runs."""
+    parsed = make_url(url)
+    file = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if file and file != ":memory:" and not Path(file).exists():
+        raise NoRunsYet(
+            f"no pipeline runs: no metrics database at {file} (is CHURNOPS_HOME the "
+            "platform's? the pipeline makes it when it processes its first file)"
+        )
 
 
 def _series(metrics: pd.DataFrame, metric: str, by: str | None = None) -> pd.DataFrame:
