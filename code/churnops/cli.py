@@ -422,7 +422,7 @@ def status() -> None:
     from rich.table import Table
 
     from churnops.platform.services import PlatformState
-    from churnops.platform.status import list_files, service_health
+    from churnops.platform.status import list_files, service_health, stage_counts
 
     drop = _settings().drop
     if drop.drop_storage == "local" and not drop.drop_dir.is_dir():  # a look makes nothing
@@ -434,6 +434,8 @@ def status() -> None:
         for file in files:
             table.add_row(file.stage, file.run, file.name, escape(file.note))
         console.print(table if files else "no files in the drop folder")
+        if files:
+            console.print(f"files: {stage_counts(files)}")
     services = service_health(PlatformState.load(drop.home))
     health = Table("service", "health", "where", "checked by", title="services")
     for service in services:

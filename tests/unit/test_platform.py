@@ -27,7 +27,7 @@ from churnops.drop import claims, trigger
 from churnops.drop.storage import LocalDropStorage, run_key, stage_key
 from churnops.platform import launch, services
 from churnops.platform import watcher as watcher_module
-from churnops.platform.status import list_files, service_health
+from churnops.platform.status import list_files, service_health, stage_counts
 from churnops.platform.watcher import (
     Dispatcher,
     FolderWatcher,
@@ -221,6 +221,19 @@ def test_status_says_which_file_in_processing_waits_for_its_retry(tmp_path: Path
         ("R1", "b_predictions.csv"): "",
         ("R2", "b.csv"): "",
     }
+
+
+def test_status_counts_files_waiting_and_runs_by_stage(tmp_path: Path) -> None:
+    """Under a table of 600 lines (300 files), one line says how many are where."""
+    storage = LocalDropStorage(tmp_path)
+    storage.create_layout()
+    storage.create(stage_key("input", "a.csv"), b"x")
+    storage.create(stage_key("input", "b.csv"), b"x")
+    for run in ("R1", "R2"):
+        for name in ("c.csv", "c_predictions.csv"):
+            storage.create(run_key("processed", run, name), b"x")
+    storage.create(run_key("errored", "R3", "d.csv"), b"x")
+    assert stage_counts(list_files(storage)) == "2 input, 2 processed, 1 errored"
 
 
 def test_status_lists_no_folder_markers() -> None:

@@ -52,6 +52,16 @@ def list_files(storage: DropStorage) -> list[FileState]:
     return files
 
 
+def stage_counts(files: list[FileState]) -> str:
+    """One line under a long table: files waiting in the drop folders, runs in the later
+    stages (a processed run holds its predictions beside the file), e.g. ``2 input, 270
+    processed, 30 errored``."""
+    counts: dict[str, set[str]] = {}
+    for file in files:
+        counts.setdefault(file.stage, set()).add(file.run or file.key)
+    return ", ".join(f"{len(found)} {stage}" for stage, found in counts.items())
+
+
 def _waiting(storage: DropStorage, run: str, name: str) -> str:
     """Why the file ``name`` of a run in processing/ is not worked on: its attempt failed
     (its flow run and its database row say failed) and it waits for its retry; else
