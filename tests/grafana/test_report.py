@@ -41,6 +41,7 @@ def test_report_writes_the_figure_and_the_runs_page(
     assert len(urls) == len(PLAN) - 1
     assert all(f'<a href="{url}"' in page for url in urls)
     assert "errored" in page and "missing column" in page  # the broken file's reason
+    assert "challenger F1 0.81 beats champion F1 0.74" in page  # the retraining verdict
 
 
 @pytest.fixture

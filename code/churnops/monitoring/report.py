@@ -56,6 +56,7 @@ def write_report(
     _check_exists(monitoring.metrics_db_url)
     with closing(MetricsStore.for_reading(monitoring)) as store:
         every_run, metrics, realized = store.runs(), store.metrics(), store.realized()
+        events = store.model_events().tail(latest)
     runs = every_run[every_run["kind"] == SCORING]  # a late labels file is not a file scored
     where = make_url(monitoring.metrics_db_url).render_as_string(hide_password=True)
     if runs.empty:
@@ -73,7 +74,9 @@ def write_report(
     figure = build_figure(runs, metrics, monitoring, realized_scores(realized, every_run))
     figure.savefig(png, dpi=110, bbox_inches="tight")
     plt.close(figure)
-    page.write_text(build_html(runs.head(latest), png.read_bytes(), where), encoding="utf-8")
+    page.write_text(
+        build_html(runs.head(latest), png.read_bytes(), where, events), encoding="utf-8"
+    )
     return ReportFiles(png=png, html=page, runs=len(runs))
 
 
@@ -230,28 +233,54 @@ def _link(url: object) -> str:
     return f'<a href="{html.escape(url)}" target="_blank" rel="noopener">Evidently report</a>'
 
 
-def build_html(runs: pd.DataFrame, png: bytes, database: str) -> str:
-    """A self-contained page: the figure inline, then the latest runs."""
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table of cells already escaped."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def _runs_table(runs: pd.DataFrame) -> str:
     header = ["started (UTC)", "file", "model version", "status", "rows", "report", "error"]
-    body = "\n".join(
-        "<tr>"
-        + "".join(
-            f"<td>{c}</td>"
-            for c in (
-                _cell(row.started_at.strftime("%Y-%m-%d %H:%M")),
-                _cell(row.file_name),
-                _cell(row.model_version),
-                f'<span class="{_cell(row.status)}">{_cell(row.status)}</span>',
-                _cell(None if pd.isna(row.rows) else int(row.rows)),
-                _link(row.report_url),
-                _cell(row.error),
-            )
-        )
-        + "</tr>"
+    rows = [
+        [
+            _cell(row.started_at.strftime("%Y-%m-%d %H:%M")),
+            _cell(row.file_name),
+            _cell(row.model_version),
+            f'<span class="{_cell(row.status)}">{_cell(row.status)}</span>',
+            _cell(None if pd.isna(row.rows) else int(row.rows)),
+            _link(row.report_url),
+            _cell(row.error),
+        ]
         for row in runs.itertuples()
-    )
+    ]
+    return _table(header, rows)
+
+
+def _events_table(events: pd.DataFrame) -> str:
+    """The retraining verdicts, newest first (the dashboard's "Model versions" table)."""
+    if events.empty:
+        return "<p>No retraining yet.</p>"
+    header = ["at (UTC)", "version", "parent", "event", "trigger", "challenger f1", "reason"]
+    rows = [
+        [
+            _cell(row.at.strftime("%Y-%m-%d %H:%M")),
+            *(_cell(v) for v in (row.version, row.parent_version, row.event, row.trigger)),
+            _cell(None if pd.isna(row.holdout_f1) else f"{row.holdout_f1:.3f}"),
+            _cell(row.reason),
+        ]
+        for row in events.iloc[::-1].itertuples()
+    ]
+    return _table(header, rows)
+
+
+def build_html(
+    runs: pd.DataFrame, png: bytes, database: str, events: pd.DataFrame | None = None
+) -> str:
+    """A self-contained page: the figure inline, the latest runs, the retraining verdicts."""
     image = base64.b64encode(png).decode("ascii")
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    verdicts = _events_table(events if events is not None else pd.DataFrame())
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -269,12 +298,9 @@ th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
 <p>Generated {generated} from {html.escape(database)}.</p>
 <img src="data:image/png;base64,{image}" alt="scores, drift and volume over time">
 <h2>Latest runs</h2>
-<table>
-<thead><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr></thead>
-<tbody>
-{body}
-</tbody>
-</table>
+{_runs_table(runs)}
+<h2>Model versions (retraining)</h2>
+{verdicts}
 </body>
 </html>
 """
