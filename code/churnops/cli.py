@@ -404,7 +404,8 @@ def report(
         files = write_report(_settings().monitoring, out)
     except NoRunsYet as exc:
         _fail(str(exc))
-    console.print(f"[green]{files.runs} runs[/green]: {files.png}")
+    attempts = f" ({files.runs} runs, with retried attempts)" if files.runs > files.files else ""
+    console.print(f"[green]{files.files} files[/green]{attempts}: {files.png}")
     console.print(f"  open {files.html}")
 
 

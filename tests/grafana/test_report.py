@@ -30,6 +30,7 @@ def test_report_writes_the_figure_and_the_runs_page(
 ) -> None:
     files = write_report(pipeline_settings.monitoring, tmp_path / "report")
     assert files.runs == len(PLAN) + 1  # the re-driven run's failed attempt too
+    assert files.files == len(PLAN)  # as churnops status counts them
     assert files.png.read_bytes().startswith(b"\x89PNG")
     page = files.html.read_text()
     assert "data:image/png;base64," in page

@@ -46,6 +46,8 @@ class ReportFiles:
     png: Path
     html: Path
     runs: int
+    #: Files (late labels aside): a run's attempts (``<run>.<attempt>`` rows) are one file.
+    files: int
 
 
 def write_report(
@@ -77,7 +79,8 @@ def write_report(
     page.write_text(
         build_html(runs.head(latest), png.read_bytes(), where, events), encoding="utf-8"
     )
-    return ReportFiles(png=png, html=page, runs=len(runs))
+    files = runs["id"].str.replace(r"\.\d+$", "", regex=True).nunique()
+    return ReportFiles(png=png, html=page, runs=len(runs), files=files)
 
 
 def _check_exists(url: str) -> None:
