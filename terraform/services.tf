@@ -211,9 +211,15 @@ data "aws_iam_policy_document" "worker_task" {
     }
   }
 
+  # The bucket is versioned: a move copies and deletes exactly the version it claimed,
+  # which S3 authorizes as GetObjectVersion and DeleteObjectVersion (not GetObject and
+  # DeleteObject); an upload cut short is aborted (the drop storage, churnops.drop.storage).
   statement {
-    sid       = "ReadWriteDataPrefixes"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    sid = "ReadWriteDataPrefixes"
+    actions = [
+      "s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:AbortMultipartUpload",
+      "s3:DeleteObject", "s3:DeleteObjectVersion",
+    ]
     resources = ["${module.s3.bucket_arn}/data/*"]
   }
 

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from churnops.drop.storage import PART_BYTES, S3DropStorage
 from churnops.pipeline import PIPELINE_DEPLOYMENT
 from churnops.settings import MLFLOW_CLIENT_ENV, NO_USAGE_TELEMETRY
+from terraform.scripts.rehearsal import iam as rehearsal_iam
+from terraform.scripts.rehearsal.deployment import Aws
 
 from .conftest import Deployment, early
 
@@ -502,6 +505,33 @@ def test_worker_role_is_scoped_to_data_prefixes_topic_and_key(deployment: Deploy
     assert "arn:aws:ecs:us-east-1:123456789012:task/churnops-emu/*" in resources
     assert "*" not in resources
     assert f"arn:aws:s3:::{bucket}/*" not in resources
+
+
+def test_the_worker_role_allows_every_request_a_files_moves_make(deployment: Deployment) -> None:
+    """Moto checks no IAM: the requests the drop storage makes on the deployed (versioned)
+    bucket are recorded, and the worker's task role must allow each as AWS would (a move
+    copies and deletes exactly the version it claimed; an unfinished upload is aborted)."""
+    s3 = deployment.client("s3")
+    requests: list[tuple[str, dict]] = []
+    s3.meta.events.register(
+        "before-parameter-build.s3",
+        lambda params, model, **_: requests.append((model.name, params)),
+    )
+    drop = S3DropStorage(deployment.outputs["bucket_name"], s3)
+    drop.create("data/input/role check.csv", b"a,b\n1,2\n")
+    drop.move("data/input/role check.csv", "data/processing/role check.csv")
+    drop.append_line("data/logs/role check.log", "claimed")
+    with drop.open_read("data/processing/role check.csv") as body:
+        body.read()
+    drop.list_keys("data/processing/")
+    with contextlib.suppress(OSError), drop.create_streamed("data/processed/r/p.csv") as out:
+        out.write(b"x" * PART_BYTES)
+        raise OSError("the run failed mid-upload")
+    role = deployment.client("iam").get_role(RoleName="churnops-emu-worker-task")["Role"]
+    policies = rehearsal_iam.Policies(Aws(deployment.endpoint), role["Arn"])
+    needed = {p for op, params in requests for p in rehearsal_iam.s3_permissions(op, params)}
+    assert {action for action, _ in needed} >= {"s3:GetObjectVersion", "s3:DeleteObjectVersion"}
+    assert [p for p in sorted(needed) if not policies.allows(*p)] == []
 
 
 def test_alb_signs_users_in_before_it_forwards_to_a_ui(deployment: Deployment) -> None:

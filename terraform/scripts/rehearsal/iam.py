@@ -81,3 +81,35 @@ def _matches(statement: dict[str, Any], action: str, resource: str) -> bool:
 
 def _listed(value: Any) -> list[str]:
     return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def s3_permissions(operation: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """The IAM actions, with their resources, S3 checks for one request (``operation`` and
+    the boto3 parameters), as AWS documents them: moto checks none of them. A request
+    naming a version needs the ``...Version`` action instead (the drop bucket is versioned,
+    and a move copies and deletes exactly the version it claimed)."""
+    bucket = f"arn:aws:s3:::{params['Bucket']}"
+    target = f"{bucket}/{params.get('Key', '')}"
+    versioned = "VersionId" in params
+    if operation == "ListObjectsV2":
+        return [("s3:ListBucket", bucket)]
+    if operation in ("HeadObject", "GetObject"):
+        return [("s3:GetObjectVersion" if versioned else "s3:GetObject", target)]
+    if operation == "DeleteObject":
+        return [("s3:DeleteObjectVersion" if versioned else "s3:DeleteObject", target)]
+    if operation in ("PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"):
+        return [("s3:PutObject", target)]
+    if operation == "CopyObject":
+        return [_copy_source_permission(params["CopySource"]), ("s3:PutObject", target)]
+    return [(f"s3:{operation}", target)]  # AbortMultipartUpload and most others: their name
+
+
+def _copy_source_permission(source: dict[str, str] | str) -> tuple[str, str]:
+    """Reading a copy's source: ``GetObjectVersion`` when the source names its version
+    (boto3 turns its dict into the ``bucket/key?versionId=`` header as it builds the request)."""
+    if isinstance(source, str):
+        path, _, version = source.partition("?versionId=")
+        bucket, _, key = unquote(path).partition("/")
+        source = {"Bucket": bucket, "Key": key} | ({"VersionId": version} if version else {})
+    action = "s3:GetObjectVersion" if "VersionId" in source else "s3:GetObject"
+    return action, f"arn:aws:s3:::{source['Bucket']}/{source['Key']}"
