@@ -10,8 +10,8 @@ variable "project" {
   default     = "churnops"
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,20}$", var.project))
-    error_message = "project must be 2-21 lowercase letters, digits or dashes, starting with a letter."
+    condition     = length(var.project) <= 21 && can(regex("^[a-z](-?[a-z0-9])+$", var.project))
+    error_message = "project must be 2-21 lowercase letters, digits or single dashes, starting with a letter and ending with a letter or digit (the database's names allow no other)."
   }
 }
 
@@ -23,6 +23,11 @@ variable "environment" {
   validation {
     condition     = can(regex("^[a-z][a-z0-9]{1,9}$", var.environment))
     error_message = "environment must be 2-10 lowercase letters or digits, starting with a letter."
+  }
+
+  validation {
+    condition     = length(var.project) + length(var.environment) <= 29
+    error_message = "project and environment may have 29 characters together: <project>-<environment>-<ui> names the load balancer's target groups, cut at 32 characters, and must still tell the four UIs apart."
   }
 }
 

@@ -48,8 +48,10 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
         "ui_oidc_client_secret": "not-a-real-client-secret",
     },
     "development": {"allow_insecure_http": True, "certificate_arn": None, "private_subnet_ids": []},
-    # The minimal profile's switches, with the tunnel on and the GitHub roles.
+    # The minimal profile's switches, with the tunnel on and the GitHub roles; a longer
+    # project: "churnops-monitoring-emu-prefect-server" is cut to 32 characters at a dash.
     "tunnel": {
+        "project": "churnops-monitoring",
         "tunnel_enabled": True,
         "container_insights": False,
         "github_repository": "acme/churnops",
@@ -68,6 +70,13 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         "narrow allowed_cidr_blocks",
     ),
     "certificate without domain": ({"ui_domain": None}, "needs ui_domain"),
+    # The database's names allow no dash at the end and no two in a row.
+    "project ending with a dash": ({"project": "churnops-"}, "single dashes"),
+    # Four target groups of the same 32 characters, which only the apply would refuse.
+    "names too long to tell the UIs apart": (
+        {"project": "customer-churn-models", "environment": "staging001"},
+        "29 characters together",
+    ),
 }
 
 

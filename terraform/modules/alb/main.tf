@@ -72,7 +72,9 @@ resource "aws_lb_target_group" "this" {
   # checkov:skip=CKV_AWS_378:TLS ends at the load balancer; the targets are private tasks inside the VPC.
   for_each = local.uis
 
-  name                 = substr("${var.name}-${each.key}", 0, 32)
+  # At most 32 characters, not ending with a dash ("<name>-prefect-" cut there); the root
+  # module's variables keep <name> short enough for the UIs' names to stay apart.
+  name                 = trimsuffix(substr("${var.name}-${each.key}", 0, 32), "-")
   port                 = each.value.port
   protocol             = "HTTP"
   target_type          = "ip"
