@@ -277,12 +277,29 @@ variable "log_retention_days" {
 }
 
 variable "service_sizes" {
-  description = "CPU units and memory (MiB) per service; missing services use the defaults of the ecs module."
+  description = "CPU units and memory (MiB) per service (mlflow, \"prefect-server\", worker, evidently, grafana); missing services keep their defaults (services.tf)."
   type = map(object({
     cpu    = number
     memory = number
   }))
   default = {}
+
+  # A misspelt service would keep its default without a word.
+  validation {
+    condition     = alltrue([for k in keys(var.service_sizes) : contains(["mlflow", "prefect-server", "worker", "evidently", "grafana"], k)])
+    error_message = "service_sizes names a service that does not exist: the services are mlflow, \"prefect-server\", worker, evidently and grafana."
+  }
+
+  # What Fargate runs (else only ECS's RegisterTaskDefinition refuses it, mid-apply).
+  validation {
+    condition = alltrue([for s in values(var.service_sizes) : (
+      s.cpu == 256 ? contains([512, 1024, 2048], s.memory) :
+      contains([512, 1024, 2048, 4096], s.cpu) ? s.memory >= 2 * s.cpu && s.memory <= min(8 * s.cpu, 30720) && s.memory % 1024 == 0 :
+      contains([8192, 16384], s.cpu) ? s.memory >= 2 * s.cpu && s.memory <= 7.5 * s.cpu && s.memory % (s.cpu / 2) == 0 :
+      false
+    )])
+    error_message = "service_sizes: Fargate runs cpu 256 with memory 512, 1024 or 2048; cpu 512, 1024, 2048 or 4096 with 2 to 8 times as much memory (at most 30720) in steps of 1024; cpu 8192 or 16384 with 2 to 7.5 times as much in steps of cpu / 2."
+  }
 }
 
 variable "worker_min_count" {

@@ -52,6 +52,13 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
     # project: "churnops-monitoring-emu-prefect-server" is cut to 32 characters at a dash.
     "tunnel": {
         "project": "churnops-monitoring",
+        "service_sizes": {
+            "mlflow": {"cpu": 256, "memory": 1024},
+            "prefect-server": {"cpu": 512, "memory": 1024},
+            "worker": {"cpu": 1024, "memory": 2048},
+            "evidently": {"cpu": 256, "memory": 512},
+            "grafana": {"cpu": 256, "memory": 512},
+        },
         "tunnel_enabled": True,
         "container_insights": False,
         "github_repository": "acme/churnops",
@@ -76,6 +83,15 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "names too long to tell the UIs apart": (
         {"project": "customer-churn-models", "environment": "staging001"},
         "29 characters together",
+    ),
+    # Sizes only ECS would refuse, mid-apply, or ignore without a word.
+    "a size Fargate does not run": (
+        {"service_sizes": {"worker": {"cpu": 1024, "memory": 512}}},
+        "Fargate runs",
+    ),
+    "a size for no service": (
+        {"service_sizes": {"prefect_server": {"cpu": 512, "memory": 1024}}},
+        "does not exist",
     ),
 }
 
