@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -228,9 +228,18 @@ def prepare_workdir(workdir: Path, endpoint: str, tfvars: dict[str, object]) -> 
     return module_dir
 
 
+def require_terraform(env: Mapping[str, str]) -> None:
+    """Terraform on the PATH, or one line saying so (not a traceback from subprocess)."""
+    if shutil.which("terraform", path=env.get("PATH")) is None:
+        raise SystemExit(
+            "terraform is not on PATH: install Terraform >= 1.11 (terraform/README.md)"
+        )
+
+
 def terraform(module_dir: Path, env: dict[str, str], *args: str, capture: bool = False) -> str:
     """Run terraform; uncaptured, its progress streams and its errors are still kept: the
     error raised names them (what :func:`on_fresh_moto` reads)."""
+    require_terraform(env)
     cmd = ["terraform", f"-chdir={module_dir}", *args]
     out = subprocess.PIPE if capture else None
     result = subprocess.run(cmd, env=env, text=True, stdout=out, stderr=subprocess.PIPE)
@@ -265,6 +274,7 @@ def destroy(module_dir: Path, env: dict[str, str], *extra: str, capture: bool = 
 def up(workdir: Path, endpoint: str | None) -> None:
     """Apply against ``endpoint``, or a moto started here (:func:`on_fresh_moto`); the
     state file tells `down` what to destroy against and what to stop."""
+    require_terraform(os.environ)  # before a moto server is started for nothing
     workdir.mkdir(parents=True, exist_ok=True)
     state: dict[str, object] = {}
 

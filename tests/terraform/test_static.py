@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from churnops.platform.services import terminate_groups
+from terraform.scripts import rehearse
 
 from .conftest import REPO, TERRAFORM_DIR, tf_local
 
@@ -218,6 +219,21 @@ exit 1
     finally:
         tf_local.stop_emulator(workdir)
     assert not (workdir / "emulator.json").exists()
+
+
+def test_without_terraform_apply_local_and_the_rehearsal_say_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make apply-local` and `make rehearse-aws` on a machine without Terraform: one line
+    naming it (not subprocess's FileNotFoundError traceback), and no moto started."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(tf_local, "start_moto", lambda *_: pytest.fail("moto was started"))
+    for main in (
+        lambda: tf_local.main(["up", "--workdir", str(tmp_path / "local")]),
+        lambda: rehearse.main(["--workdir", str(tmp_path / "rehearsal")]),
+    ):
+        with pytest.raises(SystemExit, match=r"^terraform is not on PATH: install Terraform"):
+            main()
 
 
 def test_a_destroy_that_fails_once_is_run_again(tmp_path: Path) -> None:
