@@ -306,8 +306,12 @@ def outputs(module_dir: Path, env: dict[str, str]) -> dict[str, Any]:
 
 
 def workdir_env(workdir: Path) -> tuple[str, dict[str, str]]:
-    """The endpoint and terraform environment of a workdir `up` applied."""
-    endpoint = json.loads((workdir / "emulator.json").read_text())["endpoint"]
+    """The endpoint and terraform environment of a workdir `up` applied; one line when
+    there is none (`make destroy-local`, or a rehearsal's --reuse, before any apply-local)."""
+    state = workdir / "emulator.json"
+    if not state.is_file():
+        raise SystemExit(f"{workdir} holds no apply against moto: run `make apply-local` first")
+    endpoint = json.loads(state.read_text())["endpoint"]
     return endpoint, emulator_env(endpoint, workdir / "terraform.rc")
 
 

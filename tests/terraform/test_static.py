@@ -236,6 +236,19 @@ def test_without_terraform_apply_local_and_the_rehearsal_say_so_in_one_line(
             main()
 
 
+def test_destroy_local_and_a_reuse_rehearsal_before_any_apply_local_say_so(tmp_path: Path) -> None:
+    """`make destroy-local` or `rehearse --reuse` on a workdir no apply-local made: one line
+    naming what to run, not a FileNotFoundError traceback."""
+    for main in (
+        lambda: tf_local.main(["down", "--workdir", str(tmp_path)]),
+        lambda: rehearse.main(["--reuse", "--workdir", str(tmp_path)]),
+    ):
+        with pytest.raises(
+            SystemExit, match=r"holds no apply against moto: run `make apply-local`"
+        ):
+            main()
+
+
 def test_a_destroy_that_fails_once_is_run_again(tmp_path: Path) -> None:
     """The provider's retried DeleteTargetGroup stops a loaded moto's destroy; the second
     destroy finishes it (make destroy-local and the tests alike). A second failure raises."""
