@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 from terraform.scripts import local_postgres, tf_local
-from terraform.scripts.rehearsal.run import Applied, Rehearsal, RehearsalFailed
+from terraform.scripts.rehearsal.checks import DROPPED_FILE
+from terraform.scripts.rehearsal.run import TRAINING_FILE, Applied, Rehearsal, RehearsalFailed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="rehearse an existing apply-local")
     args = parser.parse_args(argv)
     data_dir = Path(os.environ.get("CHURN_DATA_DIR", "data")).resolve()
+    missing = [name for name in (TRAINING_FILE, DROPPED_FILE) if not (data_dir / name).is_file()]
+    if missing:  # before a 2-minute apply, not as a wiring error after it
+        raise SystemExit(f"no {' or '.join(missing)} in {data_dir}: run `make data`")
     try:
         if not args.reuse:
             tf_local.up(args.workdir, None)

@@ -249,6 +249,17 @@ def test_destroy_local_and_a_reuse_rehearsal_before_any_apply_local_say_so(tmp_p
             main()
 
 
+def test_a_rehearsal_without_the_data_says_so_before_it_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No data/ yet (`make data` not run, or CHURN_DATA_DIR elsewhere): one line, before the
+    apply, not a failed training reported as a wiring error minutes later."""
+    monkeypatch.setenv("CHURN_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(tf_local, "up", lambda *_: pytest.fail("applied without the data"))
+    with pytest.raises(SystemExit, match=r"^no customer_churn_0.csv or .* run `make data`$"):
+        rehearse.main(["--workdir", str(tmp_path / "rehearsal")])
+
+
 def test_a_destroy_that_fails_once_is_run_again(tmp_path: Path) -> None:
     """The provider's retried DeleteTargetGroup stops a loaded moto's destroy; the second
     destroy finishes it (make destroy-local and the tests alike). A second failure raises."""
