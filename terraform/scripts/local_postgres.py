@@ -52,11 +52,16 @@ class Cluster:
         _run(["pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop"])
 
 
+def missing_binaries() -> str:
+    """What of PostgreSQL is not on the PATH, in one line, or '' (checked before any work)."""
+    missing = [binary for binary in ("initdb", "pg_ctl") if shutil.which(binary) is None]
+    return f"PostgreSQL binaries not on PATH: {', '.join(missing)}" if missing else ""
+
+
 def create() -> Cluster:
     """Initialise and start a fresh cluster under a new folder in the temp dir."""
-    missing = [binary for binary in ("initdb", "pg_ctl") if shutil.which(binary) is None]
-    if missing:
-        raise PostgresError(f"PostgreSQL binaries not on PATH: {', '.join(missing)}")
+    if missing := missing_binaries():
+        raise PostgresError(missing)
     # The temp dir, not a caller's folder: the postgres user must be able to reach it.
     root = Path(tempfile.mkdtemp(prefix="churnops-pg-"))
     if os.geteuid() == 0:

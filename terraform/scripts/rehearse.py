@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [name for name in (TRAINING_FILE, DROPPED_FILE) if not (data_dir / name).is_file()]
     if missing:  # before a 2-minute apply, not as a wiring error after it
         raise SystemExit(f"no {' or '.join(missing)} in {data_dir}: run `make data`")
+    if postgres := local_postgres.missing_binaries():  # RDS's stand-in, needed after the apply
+        raise SystemExit(f"{postgres}: install PostgreSQL (initdb and pg_ctl)")
     try:
         if not args.reuse:
             tf_local.up(args.workdir, None)

@@ -260,6 +260,22 @@ def test_a_rehearsal_without_the_data_says_so_before_it_applies(
         rehearse.main(["--workdir", str(tmp_path / "rehearsal")])
 
 
+def test_a_rehearsal_without_postgres_says_so_before_it_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No initdb or pg_ctl (RDS's stand-in): one line before the apply, not the throwaway
+    cluster's traceback after it."""
+    for name in (rehearse.TRAINING_FILE, rehearse.DROPPED_FILE):
+        (tmp_path / name).write_text("a\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "terraform").symlink_to(shutil.which("terraform") or "/bin/true")
+    monkeypatch.setenv("CHURN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(tf_local, "up", lambda *_: pytest.fail("applied without PostgreSQL"))
+    with pytest.raises(SystemExit, match=r"^PostgreSQL binaries not on PATH: initdb, pg_ctl"):
+        rehearse.main(["--workdir", str(tmp_path / "rehearsal")])
+
+
 def test_a_destroy_that_fails_once_is_run_again(tmp_path: Path) -> None:
     """The provider's retried DeleteTargetGroup stops a loaded moto's destroy; the second
     destroy finishes it (make destroy-local and the tests alike). A second failure raises."""
