@@ -31,11 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="rehearse an existing apply-local")
     args = parser.parse_args(argv)
     data_dir = Path(os.environ.get("CHURN_DATA_DIR", "data")).resolve()
-    missing = [name for name in (TRAINING_FILE, DROPPED_FILE) if not (data_dir / name).is_file()]
-    if missing:  # before a 2-minute apply, not as a wiring error after it
-        raise SystemExit(f"no {' or '.join(missing)} in {data_dir}: run `make data`")
-    if postgres := local_postgres.missing_binaries():  # RDS's stand-in, needed after the apply
-        raise SystemExit(f"{postgres}: install PostgreSQL (initdb and pg_ctl)")
+    require_tools_and_data(data_dir)
     try:
         if not args.reuse:
             tf_local.up(args.workdir, None)
@@ -55,6 +51,18 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(args.workdir, ignore_errors=True)
     print("rehearsal passed")
     return 0
+
+
+def require_tools_and_data(data_dir: Path) -> None:
+    """What a rehearsal needs, each missing one in one line before the 2-minute apply (not
+    a traceback, or a wiring error, after it): Terraform, the data, PostgreSQL (RDS's
+    stand-in)."""
+    tf_local.require_terraform(os.environ)
+    missing = [name for name in (TRAINING_FILE, DROPPED_FILE) if not (data_dir / name).is_file()]
+    if missing:
+        raise SystemExit(f"no {' or '.join(missing)} in {data_dir}: run `make data`")
+    if postgres := local_postgres.missing_binaries():
+        raise SystemExit(f"{postgres}: install PostgreSQL (initdb and pg_ctl)")
 
 
 if __name__ == "__main__":

@@ -221,8 +221,19 @@ exit 1
     assert not (workdir / "emulator.json").exists()
 
 
+@pytest.fixture
+def rehearsal_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """CHURN_DATA_DIR holding the two files a rehearsal reads (whatever ./data holds)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in (rehearse.TRAINING_FILE, rehearse.DROPPED_FILE):
+        (data / name).write_text("a\n")
+    monkeypatch.setenv("CHURN_DATA_DIR", str(data))
+    return data
+
+
 def test_without_terraform_apply_local_and_the_rehearsal_say_so_in_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rehearsal_data: Path
 ) -> None:
     """`make apply-local` and `make rehearse-aws` on a machine without Terraform: one line
     naming it (not subprocess's FileNotFoundError traceback), and no moto started."""
@@ -236,7 +247,9 @@ def test_without_terraform_apply_local_and_the_rehearsal_say_so_in_one_line(
             main()
 
 
-def test_destroy_local_and_a_reuse_rehearsal_before_any_apply_local_say_so(tmp_path: Path) -> None:
+def test_destroy_local_and_a_reuse_rehearsal_before_any_apply_local_say_so(
+    tmp_path: Path, rehearsal_data: Path
+) -> None:
     """`make destroy-local` or `rehearse --reuse` on a workdir no apply-local made: one line
     naming what to run, not a FileNotFoundError traceback."""
     for main in (
@@ -261,15 +274,12 @@ def test_a_rehearsal_without_the_data_says_so_before_it_applies(
 
 
 def test_a_rehearsal_without_postgres_says_so_before_it_applies(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rehearsal_data: Path
 ) -> None:
     """No initdb or pg_ctl (RDS's stand-in): one line before the apply, not the throwaway
     cluster's traceback after it."""
-    for name in (rehearse.TRAINING_FILE, rehearse.DROPPED_FILE):
-        (tmp_path / name).write_text("a\n")
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "terraform").symlink_to(shutil.which("terraform") or "/bin/true")
-    monkeypatch.setenv("CHURN_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     monkeypatch.setattr(tf_local, "up", lambda *_: pytest.fail("applied without PostgreSQL"))
     with pytest.raises(SystemExit, match=r"^PostgreSQL binaries not on PATH: initdb, pg_ctl"):
