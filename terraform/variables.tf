@@ -368,7 +368,7 @@ variable "github_oidc_provider_arn" {
 }
 
 variable "github_state_bucket" {
-  description = "Bucket of the Terraform state (vars/<env>.backend.hcl), which the plan and push roles read (the push role also writes its lock file)."
+  description = "Bucket of the Terraform state (vars/<env>.backend.tfvars), which the plan and push roles read (the push role also writes its lock file)."
   type        = string
   default     = null
 }

@@ -10,7 +10,7 @@ terraform {
   }
 
   # Partial configuration: bucket, key, region (and optionally dynamodb_table
-  # or use_lockfile) come from `terraform init -backend-config=vars/<env>.backend.hcl`.
-  # See vars/backend.hcl.template. Nothing here is tied to one account.
+  # or use_lockfile) come from `terraform init -backend-config=vars/<env>.backend.tfvars`.
+  # See vars/backend.tfvars.template. Nothing here is tied to one account.
   backend "s3" {}
 }
