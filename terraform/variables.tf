@@ -41,6 +41,12 @@ variable "tags" {
 variable "vpc_id" {
   description = "Id of the existing VPC to deploy into."
   type        = string
+
+  # A placeholder plans (nothing looks the VPC up) and fails half-way through the apply.
+  validation {
+    condition     = !strcontains(var.vpc_id, "REPLACE")
+    error_message = "vpc_id still holds the template's REPLACE placeholder: fill it in (vars/<env>.tfvars)."
+  }
 }
 
 variable "public_subnet_ids" {
@@ -51,12 +57,22 @@ variable "public_subnet_ids" {
     condition     = length(var.public_subnet_ids) >= 2
     error_message = "The load balancer needs at least two subnets in different availability zones."
   }
+
+  validation {
+    condition     = alltrue([for s in var.public_subnet_ids : !strcontains(s, "REPLACE")])
+    error_message = "public_subnet_ids still holds the template's REPLACE placeholder: fill it in (vars/<env>.tfvars)."
+  }
 }
 
 variable "private_subnet_ids" {
   description = "Private subnets (with a NAT route) for the ECS tasks, the database and the Evidently workspace's EFS mount targets (one subnet per availability zone). Empty: the public subnets are used and the tasks get a public IP."
   type        = list(string)
   default     = []
+
+  validation {
+    condition     = alltrue([for s in var.private_subnet_ids : !strcontains(s, "REPLACE")])
+    error_message = "private_subnet_ids still holds the template's REPLACE placeholder: fill it in (vars/<env>.tfvars)."
+  }
 }
 
 variable "allowed_cidr_blocks" {
@@ -79,6 +95,11 @@ variable "certificate_arn" {
   description = "ACM certificate of the HTTPS listener, covering <ui>.<ui_domain> of every UI (e.g. *.<ui_domain>). Required unless allow_insecure_http."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.certificate_arn == null ? true : !strcontains(var.certificate_arn, "REPLACE")
+    error_message = "certificate_arn still holds the template's REPLACE placeholder: fill it in (vars/<env>.tfvars)."
+  }
 }
 
 variable "allow_insecure_http" {
@@ -91,6 +112,11 @@ variable "ui_domain" {
   description = "Domain of the UIs: https://mlflow.<ui_domain>, prefect., evidently., grafana. (required with certificate_arn)."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.ui_domain == null ? true : !strcontains(var.ui_domain, "REPLACE")
+    error_message = "ui_domain still holds the template's REPLACE placeholder: fill it in (vars/<env>.tfvars)."
+  }
 }
 
 variable "route53_zone_id" {
@@ -109,6 +135,12 @@ variable "ui_users" {
   description = "E-mail addresses given a user in the Cognito user pool (Cognito e-mails each a temporary password; nobody can sign up alone)."
   type        = list(string)
   default     = []
+
+  # Cognito refuses a user name that is not an e-mail address, mid-apply.
+  validation {
+    condition     = alltrue([for u in var.ui_users : can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", u)) && !strcontains(u, "REPLACE")])
+    error_message = "ui_users must be e-mail addresses (not the template's REPLACE placeholder)."
+  }
 }
 
 variable "ui_oidc" {
@@ -184,8 +216,8 @@ variable "alert_email" {
   type        = string
 
   validation {
-    condition     = can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", var.alert_email))
-    error_message = "alert_email must be an e-mail address."
+    condition     = can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", var.alert_email)) && !strcontains(var.alert_email, "REPLACE")
+    error_message = "alert_email must be an e-mail address (not the template's REPLACE placeholder)."
   }
 }
 

@@ -93,6 +93,13 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"service_sizes": {"prefect_server": {"cpu": 512, "memory": 1024}}},
         "does not exist",
     ),
+    # Values that plan and fail half-way through the apply: the template's placeholders
+    # (nothing looks the VPC up at plan), a Cognito user name that is not an address.
+    "the template's placeholders left in": (
+        {"vpc_id": "vpc-REPLACE", "alert_email": "REPLACE@example.com"},
+        "vpc_id still holds",
+    ),
+    "a UI user that is not an e-mail address": ({"ui_users": ["alice"]}, "ui_users must be"),
 }
 
 
