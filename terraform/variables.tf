@@ -191,6 +191,12 @@ variable "bucket_name" {
   description = "Name of the drop bucket. Null: <project>-<environment>-drop-<account id>."
   type        = string
   default     = null
+
+  # S3's rule for a name; otherwise only CreateBucket refuses it, mid-apply.
+  validation {
+    condition     = var.bucket_name == null ? true : can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.bucket_name))
+    error_message = "bucket_name must be 3-63 lowercase letters, digits, dots or dashes, starting and ending with a letter or digit (S3's rule)."
+  }
 }
 
 variable "bucket_force_destroy" {
@@ -244,6 +250,12 @@ variable "lambda_reserved_concurrency" {
   description = "Reserved concurrent executions of the Lambda."
   type        = number
   default     = 5
+
+  # 0 throttles every event: files would wait for the reconciler (lambda_enabled pauses).
+  validation {
+    condition     = var.lambda_reserved_concurrency >= 1
+    error_message = "lambda_reserved_concurrency must be at least 1 (0 throttles every event; set lambda_enabled = false to pause the trigger)."
+  }
 }
 
 # ---------------------------------------------------------------- images
@@ -269,6 +281,11 @@ variable "db_allocated_storage" {
   description = "Allocated storage in GiB."
   type        = number
   default     = 20
+
+  validation {
+    condition     = var.db_allocated_storage >= 20
+    error_message = "db_allocated_storage must be at least 20 GiB (the minimum of the database's gp3 storage)."
+  }
 }
 
 variable "db_multi_az" {

@@ -100,6 +100,10 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         "vpc_id still holds",
     ),
     "a UI user that is not an e-mail address": ({"ui_users": ["alice"]}, "ui_users must be"),
+    # What only CreateBucket or CreateDBInstance refuses, and a trigger that never runs.
+    "a bucket name S3 refuses": ({"bucket_name": "My_Bucket"}, "bucket_name must be"),
+    "less storage than gp3 has": ({"db_allocated_storage": 5}, "at least 20 GiB"),
+    "a Lambda throttled for good": ({"lambda_reserved_concurrency": 0}, "at least 1"),
 }
 
 
