@@ -23,7 +23,6 @@ TF_PLAN_FLAGS ?=
 TF_LAMBDA_SWITCH := $(TF_DIR)/vars/$(TF_ENV).lambda.tfvars
 TF_OUTPUTS := .churnops/terraform-$(TF_ENV)-outputs.json
 TF_LOCAL_WORKDIR ?= .churnops/terraform-local
-ENV_FILE ?= .env
 IMAGE_TAG ?= $(shell git rev-parse --short=12 HEAD)
 # The tag in the state, for targeted applies that must not roll the images.
 TF_DEPLOYED_TAG = $(shell $(TF) output -raw image_tag 2>/dev/null)
@@ -62,7 +61,7 @@ apply-plan: tf-init $(TF_PREREQ) ## Apply exactly a saved plan (PLAN=file of `ma
 post-apply: $(TF_PREREQ) ## After an apply: write .env, bootstrap the database, wait for the services, register the Prefect deployments
 	@mkdir -p $(dir $(TF_OUTPUTS))
 	@$(TF) output -json > $(TF_OUTPUTS)
-	$(TF_PY) $(TF_DIR)/scripts/post_apply.py env $(TF_OUTPUTS) --env-file $(ENV_FILE)
+	$(TF_PY) $(TF_DIR)/scripts/post_apply.py urls $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py database $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py wait $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py deployments $(TF_OUTPUTS)

@@ -1,7 +1,7 @@
-"""After `terraform apply`: write .env, wait for the services, register the Prefect deployments.
+"""After `terraform apply`: print the URLs, wait for the services, register the Prefect deployments.
 
 OUTPUTS is `terraform output -json` in a file (or "-" for stdin):
-  env          OUTPUTS [--env-file .env]  write the non-secret settings, print the URLs
+  urls         OUTPUTS                    print the UIs' URLs, the bucket and the topic
   database     OUTPUTS [--timeout 900]    run the one-off task db-init (the only holder of
                                           the RDS master secret): migrations, roles, grants
   wait         OUTPUTS [--timeout 900]    until every ECS service is stable and healthy
@@ -26,29 +26,11 @@ def load_outputs(source: str) -> dict:
     return {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in raw.items()}
 
 
-# ----------------------------------------------------------------- .env
-def env_lines(out: dict) -> list[str]:
-    values = {
-        "DROP_STORAGE": "s3",
-        "AWS_REGION": out["aws_region"],
-        "DROP_BUCKET": out["bucket_name"],
-        "ALERTS_TOPIC_ARN": out["alerts_topic_arn"],
-        "MLFLOW_TRACKING_URI": out["mlflow_url"],
-        "PREFECT_API_URL": out["prefect_api_url"],
-        "PREFECT_UI_URL": out["prefect_ui_url"],
-        "EVIDENTLY_UI_URL": out["evidently_url"],
-        "GRAFANA_URL": out["grafana_url"],
-        "LAMBDA_FUNCTION_NAME": out["lambda_function_name"],
-        "ECS_CLUSTER": out["ecs_cluster_name"],
-        "DATABASE_URL_SECRET_ARN": out["database_url_secret_arn"],
-    }
-    header = "# Written by `make apply` from the terraform outputs. No secrets here."
-    return [header, *(f"{k}={v}" for k, v in values.items())]
-
-
-def write_env(out: dict, env_file: Path) -> None:
-    env_file.write_text("\n".join(env_lines(out)) + "\n")
-    print(f"wrote {env_file}")
+# ----------------------------------------------------------------- urls
+def print_urls(out: dict) -> None:
+    """Where the deployment is. Written to no file: a `.env` at the root, which `pipenv run`
+    loads into every command, pointed `make demo` and `make train` at the deployment's bucket
+    and servers instead of this machine's."""
     for name, url in sorted(out["ui_urls"].items()):
         print(f"  {name:<15} {url}")
     print(f"  {'bucket':<15} s3://{out['bucket_name']}/data/input/")
@@ -149,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    env_p = sub.add_parser("env")
-    env_p.add_argument("outputs")
-    env_p.add_argument("--env-file", type=Path, default=Path(".env"))
+    sub.add_parser("urls").add_argument("outputs")
     for name in ("database", "wait", "deployments"):
         waiting = sub.add_parser(name)
         waiting.add_argument("outputs")
@@ -159,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     out = load_outputs(args.outputs)
-    if args.command == "env":
-        write_env(out, args.env_file)
+    if args.command == "urls":
+        print_urls(out)
     elif args.command == "wait":
         wait(out, args.timeout)
     else:

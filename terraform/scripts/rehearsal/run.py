@@ -342,7 +342,7 @@ class Rehearsal:
 
     # ------------------------------------------------------------------ 4. after apply
     def after_apply(self) -> None:
-        """What `make apply` runs once terraform has applied (post_apply.py): the .env from
+        """What `make apply` runs once terraform has applied (post_apply.py): the URLs from
         the outputs mapped to the local services (its service wait is the health checks
         above), then the deployments' registration, the one-off task it starts."""
         outputs = self.root / "outputs.json"
@@ -354,13 +354,12 @@ class Rehearsal:
         del self.mapper.notes[noted:]  # the same names as the containers': no new mapping
         outputs.write_text(json.dumps({k: {"value": v} for k, v in mapped.items()}))
         post_apply = [sys.executable, str(SCRIPTS / "post_apply.py")]
-        env_file = self.root / ".env"
-        argv = [*post_apply, "env", str(outputs), "--env-file", str(env_file)]
+        argv = [*post_apply, "urls", str(outputs)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
         if done.returncode != 0:
             tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
-            raise WiringError(f"post_apply.py env exited with {done.returncode}:\n{tail}")
-        self.report.ran["post_apply.py env"] = "exited 0"
+            raise WiringError(f"post_apply.py urls exited with {done.returncode}:\n{tail}")
+        self.report.ran["post_apply.py urls"] = "exited 0"
         self.run_one_off("deployments_task", "the deployments' registration")
 
     def run_one_off(self, output: str, what: str) -> None:
