@@ -191,3 +191,59 @@ def test_no_promotion_when_the_alias_moved_while_the_version_was_logged(
         mlflow_client.get_model_version(name, raced.version).tags["promotion.decision"] == "refused"
     )
     assert mlflow_client.get_run(raced.run_id).data.tags["promotion.reason"] == raced.reason
+
+
+class _NotChurnOps(mlflow.pyfunc.PythonModel):
+    def predict(self, context: object, model_input: pd.DataFrame, params: object = None) -> list:
+        return [0] * len(model_input)
+
+
+def _log_users_model(kind: str, name: str, data: Path) -> str:
+    """A model a user registered by hand, as the MLflow docs show: a pyfunc of their own
+    class, or a scikit-learn LogisticRegression on other feature names."""
+    from sklearn.linear_model import LogisticRegression
+
+    frame = load_customer_file(data, require_target=True)
+    features = frame[FEATURES].rename(columns=lambda c: f"f_{c}")
+    with mlflow.start_run():
+        if kind == "pyfunc":
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=_NotChurnOps(),
+                pip_requirements=["mlflow"],
+                registered_model_name=name,
+            )
+        else:
+            fitted = LogisticRegression(max_iter=50).fit(features, frame[TARGET])
+            info = mlflow.sklearn.log_model(
+                fitted,
+                name="model",
+                pip_requirements=["scikit-learn"],
+                registered_model_name=name,
+            )
+    return str(info.registered_model_version)
+
+
+@pytest.mark.parametrize("kind", ["pyfunc", "sklearn"])
+def test_the_alias_moved_to_a_users_own_model_is_one_line(
+    kind: str, mlflow_server: str, tmp_path: Path, data_dir: Path
+) -> None:
+    """A user moved `staging` to a model of their own (the MLflow UI): each dropped file
+    failed with MLflow's "Unable to retrieve base model object from pyfunc." (scikit-learn)
+    or "AttributeError: 'P' object has no attribute 'score'" (a pyfunc), and `churnops
+    train --force` and `retrain` ended in an AttributeError traceback."""
+    from churnops.model.churn_model import NotAChurnModel, load_aliased_model
+
+    name = f"UsersOwn{kind.title()}"
+    settings = get_settings(
+        churnops_home=tmp_path, mlflow_tracking_uri=mlflow_server, model_name=name
+    )
+    data = data_dir / "customer_churn_0.csv"
+    configure_mlflow(settings.model)
+    version = _log_users_model(kind, name, data)
+    client(settings).set_registered_model_alias(name, "staging", version)
+    with pytest.raises(NotAChurnModel, match=f"{name} version {version} is not a ChurnOps"):
+        load_aliased_model(settings.model)
+    options = TrainingOptions(data_file=data, params=WORSE, force=True)
+    with pytest.raises(registry.UnloadableChampion, match=f"version {version} .* does not load"):
+        train_and_register(settings, options)

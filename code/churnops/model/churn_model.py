@@ -26,8 +26,9 @@ from mlflow.environment_variables import (
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR,
     MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT,
 )
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.pyfunc import PyFuncModel, PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.logging_utils import disable_logging
 
@@ -268,9 +269,33 @@ def load_aliased_model(model: ModelSettings, alias: str | None = None) -> Loaded
         pyfunc = mlflow.pyfunc.load_model(
             f"models:/{model.model_name}/{version}", suppress_warnings=True
         )
-        return LoadedModel(model.model_name, str(version), pyfunc.unwrap_python_model())
+        inner = churn_model(pyfunc, model.model_name, version)
+        return LoadedModel(model.model_name, str(version), inner)
 
     return _cache.get((model.tracking_uri, model.model_name, str(version)), load)
+
+
+class NotAChurnModel(RuntimeError):
+    """The alias names a version ChurnOps did not log (a user's own scikit-learn or pyfunc
+    model, moved to by hand): it has no threshold or reference data to score and monitor a
+    file with, so no file is scored by it."""
+
+
+def churn_model(pyfunc: PyFuncModel, name: str, version: str) -> ChurnModel:
+    """The :class:`ChurnModel` inside a loaded version, else :class:`NotAChurnModel` naming
+    what it is (MLflow's own words, "Unable to retrieve base model object", or an
+    AttributeError at the first file, said neither)."""
+    try:
+        inner = pyfunc.unwrap_python_model()
+    except MlflowException:  # another flavor: scikit-learn, XGBoost's own, ...
+        inner = None
+    if isinstance(inner, ChurnModel):
+        return inner
+    what = type(inner).__name__ if inner is not None else pyfunc.loader_module
+    raise NotAChurnModel(
+        f"{name} version {version} is not a ChurnOps model ({what}): no threshold, features or "
+        "reference data; point the alias at a version `churnops train` registered"
+    )
 
 
 def _loaded(value: _T | None) -> _T:
