@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +16,12 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from churnops.pipeline.scoring import DriftSample, predictions_name, quality_scores
+from churnops.data.schema import RAW_COLUMNS
+from churnops.drop.storage import LocalDropStorage, folder_key, run_key
+from churnops.model.churn_model import LoadedModel
+from churnops.pipeline.scoring import DriftSample, predictions_name, quality_scores, score_file
+from churnops.results import PREDICTION, PROBABILITY
+from churnops.settings import get_settings
 
 
 def _sampled(frame: pd.DataFrame, size: int, chunk: int) -> pd.DataFrame:
@@ -77,3 +84,40 @@ def test_predictions_name_drops_the_format_suffix(name: str, stem: str) -> None:
         name, version = "M", "3"
 
     assert predictions_name(name, Model()) == f"{stem}_predictions_M_v3.csv"  # type: ignore[arg-type]
+
+
+class _ConstantModel:
+    """The model's scoring interface: every row a churner at 0.75."""
+
+    def score(self, frame: pd.DataFrame) -> pd.DataFrame:
+        proba = np.full(len(frame), 0.75, dtype="float32")
+        return pd.DataFrame({PREDICTION: np.ones(len(frame), "int8"), PROBABILITY: proba})
+
+
+def test_predictions_of_another_version_by_an_earlier_attempt_are_set_aside(
+    tmp_path: Path,
+) -> None:
+    """Attempt 1 scored with version 1 and failed in monitoring; the alias moved; attempt 2
+    scored with version 2: both predictions files reached processed/<run>/, the metrics row
+    saying version 2, and late labels made from the version 1 file were joined to it."""
+    drop = get_settings(churnops_home=tmp_path).drop
+    storage = LocalDropStorage(drop.drop_dir)
+    row = "8,0,38,0,4370,71,5,17,3,1,1,30,197.64,0"
+    key = run_key("processing", "run1", "f.csv")
+    storage.create(key, "\n".join([",".join(RAW_COLUMNS), row, row]).encode() + b"\n")
+    earlier = run_key("processing", "run1", "f_predictions_M_v1.csv")
+    storage.create(earlier, b"stale")
+
+    def score(version: str) -> list[str]:
+        loaded = LoadedModel("M", version, _ConstantModel())  # type: ignore[arg-type]
+        return list(score_file(drop, storage, key, "run1", "f.csv", loaded).notes)
+
+    assert score("1") == [] and storage.read(earlier) == b"stale"  # the same version: kept
+    assert score("2") == [
+        "f_predictions_M_v1.csv, by an earlier attempt with another version: in errored/run1/"
+    ]
+    assert storage.list_keys(folder_key("processing", "run1")) == [
+        key,
+        run_key("processing", "run1", "f_predictions_M_v2.csv"),
+    ]
+    assert storage.read(run_key("errored", "run1", "f_predictions_M_v1.csv")) == b"stale"

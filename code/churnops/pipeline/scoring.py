@@ -24,7 +24,13 @@ import pyarrow.csv as pa_csv
 
 from churnops.data.reading import CustomerReader, Part, refuse_oversize
 from churnops.data.schema import RAW_COLUMNS, TARGET, DataValidationError
-from churnops.drop.storage import MAX_WRITTEN_NAME_BYTES, DropStorage, ObjectExists, run_key
+from churnops.drop.storage import (
+    MAX_WRITTEN_NAME_BYTES,
+    DropStorage,
+    ObjectExists,
+    folder_key,
+    run_key,
+)
 from churnops.model.churn_model import LoadedModel
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import DropSettings
@@ -57,12 +63,17 @@ class ScoredFile:
 
 def predictions_name(name: str, model: LoadedModel) -> str:
     """``<stem>_predictions_<model>_v<version>.csv`` (never equal to ``name`` itself)."""
+    return f"{_predictions_prefix(name)}{model.name}_v{model.version}.csv"
+
+
+def _predictions_prefix(name: str) -> str:
+    """``<stem>_predictions_``: how the predictions of ``name`` by any version begin."""
     stem = PurePosixPath(name).name
     for suffix in (".csv.gz", ".parquet", ".csv", ".gz"):
         if stem.lower().endswith(suffix) and len(stem) > len(suffix):
             stem = stem[: -len(suffix)]
             break
-    return f"{stem}_predictions_{model.name}_v{model.version}.csv"
+    return f"{stem}_predictions_"
 
 
 def score_file(
@@ -80,6 +91,7 @@ def score_file(
     refuse_long_names(name, predictions_name(name, model))
     key = run_key("processing", run, predictions_name(name, model))
     kept = storage.exists(key)
+    set_aside = set_aside_stale(storage, run, name, key)
     sample = DriftSample(DRIFT_SAMPLE_ROWS, SAMPLE_SEED)
     labels = _Labels()
     seconds = {"read and validate": 0.0, "predict": 0.0, "write": 0.0}
@@ -116,11 +128,27 @@ def score_file(
         predicted_churn_rate=labels.churn_rate(),
         sample=sample.frame(),
         quality=labels.quality(),
-        notes=tuple(reader.notes),
+        notes=(*reader.notes, *set_aside),
         seconds=seconds,
         chunks=chunks,
         kept_earlier_predictions=kept,
     )
+
+
+def set_aside_stale(storage: DropStorage, run: str, name: str, key: str) -> list[str]:
+    """Move predictions an earlier attempt wrote with another version (the alias moved
+    between attempts) to ``errored/<run>/``, as a restarted run's stale outputs go: left
+    beside this attempt's, they reached ``processed/`` naming a version that did not score
+    the run, and late labels could be joined to them. Returns a note per file moved."""
+    prefix = folder_key("processing", run)
+    stem = _predictions_prefix(name)
+    notes = []
+    for stale in storage.list_keys(prefix):
+        found = stale[len(prefix) :]
+        if stale != key and found.startswith(stem) and found.endswith(".csv"):
+            storage.move(stale, run_key("errored", run, found))
+            notes.append(f"{found}, by an earlier attempt with another version: in errored/{run}/")
+    return notes
 
 
 def check_size(storage: DropStorage, key: str, name: str, max_bytes: int) -> None:
