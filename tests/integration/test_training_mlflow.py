@@ -224,15 +224,16 @@ def _log_users_model(kind: str, name: str, data: Path) -> str:
     return str(info.registered_model_version)
 
 
-@pytest.mark.parametrize("kind", ["pyfunc", "sklearn"])
-def test_the_alias_moved_to_a_users_own_model_is_one_line(
+@pytest.mark.parametrize("kind", ["pyfunc", "sklearn", "deleted"])
+def test_an_alias_moved_by_hand_to_what_does_not_score_is_one_line(
     kind: str, mlflow_server: str, tmp_path: Path, data_dir: Path
 ) -> None:
-    """A user moved `staging` to a model of their own (the MLflow UI): each dropped file
-    failed with MLflow's "Unable to retrieve base model object from pyfunc." (scikit-learn)
-    or "AttributeError: 'P' object has no attribute 'score'" (a pyfunc), and `churnops
-    train --force` and `retrain` ended in an AttributeError traceback."""
-    from churnops.model.churn_model import NotAChurnModel, load_aliased_model
+    """A user moved `staging` to a model of their own (the MLflow UI), or deleted it: each
+    dropped file failed with MLflow's "Unable to retrieve base model object from pyfunc."
+    (scikit-learn), "AttributeError: 'P' object has no attribute 'score'" (a pyfunc) or
+    "Registered model alias staging not found." (no model, no remedy), and `churnops train
+    --force` and `retrain` ended in an AttributeError traceback."""
+    from churnops.model.churn_model import NoAliasedVersion, UnloadableVersion, load_aliased_model
 
     name = f"UsersOwn{kind.title()}"
     settings = get_settings(
@@ -240,10 +241,17 @@ def test_the_alias_moved_to_a_users_own_model_is_one_line(
     )
     data = data_dir / "customer_churn_0.csv"
     configure_mlflow(settings.model)
-    version = _log_users_model(kind, name, data)
+    version = _log_users_model("pyfunc" if kind == "deleted" else kind, name, data)
     client(settings).set_registered_model_alias(name, "staging", version)
-    with pytest.raises(NotAChurnModel, match=f"{name} version {version} is not a ChurnOps"):
+    if kind == "deleted":
+        client(settings).delete_registered_model_alias(name, "staging")
+        with pytest.raises(NoAliasedVersion, match=f"no version of {name} has alias 'staging'"):
+            load_aliased_model(settings.model)
+        return
+    said = f"{name} version {version} \\('staging'\\) does not load \\(NotAChurnModel: not a"
+    with pytest.raises(UnloadableVersion, match=said):
         load_aliased_model(settings.model)
     options = TrainingOptions(data_file=data, params=WORSE, force=True)
-    with pytest.raises(registry.UnloadableChampion, match=f"version {version} .* does not load"):
+    said = f"version {version} .* does not load: .* \\(NotAChurnModel: not a ChurnOps model"
+    with pytest.raises(registry.UnloadableChampion, match=said):
         train_and_register(settings, options)

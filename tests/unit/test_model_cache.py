@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from churnops.model.churn_model import LoadedModel, ModelCache
 
 
@@ -28,3 +32,27 @@ def test_other_models_keep_their_versions() -> None:
     cache.get(("uri", "B", "1"), _loader(loads, "B1"))
     cache.get(("uri", "A", "1"), _loader(loads, "A1"))
     assert loads == ["A1", "B1"] and len(cache) == 2
+
+
+def test_a_version_whose_artifacts_are_gone_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The alias held a version whose artifact folder was deleted: each dropped file failed
+    with MLflow's "MlflowException: No such artifact: ''", naming no model or version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from churnops.model import churn_model
+    from churnops.settings import get_settings
+
+    def gone(*_: object, **__: object) -> None:
+        raise MlflowException("No such artifact: ''")
+
+    monkeypatch.setattr(churn_model, "aliased_version", lambda name, alias: "7")
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", gone)
+    settings = get_settings(churnops_home=tmp_path, model_name="Gone").model
+    with pytest.raises(churn_model.UnloadableVersion) as raised:
+        churn_model.load_aliased_model(settings)
+    assert str(raised.value) == (
+        "Gone version 7 ('staging') does not load (MlflowException: No such artifact: '')"
+    )

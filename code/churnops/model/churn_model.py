@@ -260,19 +260,50 @@ def load_aliased_model(model: ModelSettings, alias: str | None = None) -> Loaded
     configure_mlflow(model)
     wait_for_tracking_server(model)
     alias = alias or model.model_alias
-    client = mlflow.MlflowClient()
-    version = client.get_model_version_by_alias(model.model_name, alias).version
+    version = aliased_version(model.model_name, alias)
+    if version is None:
+        raise NoAliasedVersion(
+            f"no version of {model.model_name} has alias '{alias}': train one (`churnops "
+            "train`), or point the alias at a version in MLflow"
+        )
 
     def load() -> LoadedModel:
         log.info("loading %s version %s", model.model_name, version)
-        # no dependency check: half of a cold load, for a warning silenced anyway
-        pyfunc = mlflow.pyfunc.load_model(
-            f"models:/{model.model_name}/{version}", suppress_warnings=True
-        )
-        inner = churn_model(pyfunc, model.model_name, version)
-        return LoadedModel(model.model_name, str(version), inner)
+        try:  # no dependency check: half of a cold load, for a warning silenced anyway
+            pyfunc = mlflow.pyfunc.load_model(
+                f"models:/{model.model_name}/{version}", suppress_warnings=True
+            )
+            inner = churn_model(pyfunc)
+        except Exception as exc:
+            cause = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            raise UnloadableVersion(
+                f"{model.model_name} version {version} ('{alias}') does not load ({cause})"
+            ) from exc
+        return LoadedModel(model.model_name, version, inner)
 
-    return _cache.get((model.tracking_uri, model.model_name, str(version)), load)
+    return _cache.get((model.tracking_uri, model.model_name, version), load)
+
+
+class NoAliasedVersion(LookupError):
+    """No version holds the alias, or no model has the name: MLflow says "Registered model
+    alias staging not found" without the model or what to do."""
+
+
+class UnloadableVersion(RuntimeError):
+    """The alias holder does not load as a ChurnModel (its artifacts gone or broken, or not
+    a ChurnOps model), named with its version: MLflow's own words ("No such artifact: ''")
+    name neither."""
+
+
+def aliased_version(name: str, alias: str) -> str | None:
+    """The version of ``name`` holding ``alias``; None when none does or there is no such
+    model (on AWS the model is made before any version)."""
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        return None
 
 
 class NotAChurnModel(RuntimeError):
@@ -281,7 +312,7 @@ class NotAChurnModel(RuntimeError):
     file with, so no file is scored by it."""
 
 
-def churn_model(pyfunc: PyFuncModel, name: str, version: str) -> ChurnModel:
+def churn_model(pyfunc: PyFuncModel) -> ChurnModel:
     """The :class:`ChurnModel` inside a loaded version, else :class:`NotAChurnModel` naming
     what it is (MLflow's own words, "Unable to retrieve base model object", or an
     AttributeError at the first file, said neither)."""
@@ -293,8 +324,8 @@ def churn_model(pyfunc: PyFuncModel, name: str, version: str) -> ChurnModel:
         return inner
     what = type(inner).__name__ if inner is not None else pyfunc.loader_module
     raise NotAChurnModel(
-        f"{name} version {version} is not a ChurnOps model ({what}): no threshold, features or "
-        "reference data; point the alias at a version `churnops train` registered"
+        f"not a ChurnOps model ({what}): no threshold, features or reference data; point "
+        "the alias at a version `churnops train` registered"
     )
 
 

@@ -41,6 +41,8 @@ from churnops.model.churn_model import (
     ChurnModel,
     LoadedModel,
     MlflowUnavailable,
+    UnloadableVersion,
+    aliased_version,
     configure_mlflow,
     load_aliased_model,
 )
@@ -276,17 +278,8 @@ def score(model: ChurnModel, frame: pd.DataFrame) -> Evaluation:
 
 
 def _holder(settings: ModelSettings) -> str | None:
-    """The version holding the alias; None when none does (on AWS the model is made before
-    any version)."""
-    try:
-        holder = mlflow.MlflowClient().get_model_version_by_alias(
-            settings.model_name, settings.model_alias
-        )
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        return None
-    return str(holder.version)
+    """The version holding the alias; None when none does."""
+    return aliased_version(settings.model_name, settings.model_alias)
 
 
 def deployed(
@@ -300,10 +293,11 @@ def deployed(
     except Exception as exc:  # no alias yet, or a version whose artifacts are gone or broken
         if (version := _holder(settings)) is None:
             return None, set()
+        shown = exc.__cause__ if isinstance(exc, UnloadableVersion) and exc.__cause__ else exc
         raise UnloadableChampion(
             f"{settings.model_name} version {version} ('{settings.model_alias}') does not "
             "load: move the alias to a version that loads, or delete it, then train again "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            f"({type(shown).__name__}: {(str(shown).splitlines() or [''])[0]})"
         ) from exc
     run_id = mlflow.MlflowClient().get_model_version(loaded.name, loaded.version).run_id
     try:
