@@ -7,6 +7,7 @@ from pathlib import Path
 from unittest.mock import Mock
 
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churnops.drop.storage import open_storage
 from churnops.model.churn_model import LoadedModel
@@ -144,11 +145,36 @@ def test_submission_names_the_retrain_deployment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(
         "prefect.deployments.run_deployment", lambda name, **kw: calls.append({"name": name, **kw})
     )
-    retrain_trigger.submit_to_deployment("retrain:K", "s3://b", "R1")
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:1/api"}):
+        retrain_trigger.submit_to_deployment("retrain:K", "s3://b", "R1")
     (call,) = calls
     assert call["name"] == "retrain_model/retrain" and call["idempotency_key"] == "retrain:K"
     assert call["parameters"] == {"trigger": "auto", "drop": "s3://b", "include_run": "R1"}
     assert call["timeout"] == 0 and call["as_subflow"] is False
+
+
+def test_no_submission_without_the_platforms_prefect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`RETRAIN_MODE=auto churnops process` (no PREFECT_API_URL): Prefect started a server of
+    its own under ~/.prefect, outside CHURNOPS_HOME, for 5 to 30 s, found no deployment there,
+    and the alert said "retraining could not be started (ObjectNotFound: None)"."""
+    from prefect.exceptions import ObjectNotFound
+
+    calls: list[str] = []
+    monkeypatch.setattr("prefect.deployments.run_deployment", lambda name, **_: calls.append(name))
+    none = pytest.raises(LookupError, match=r"no Prefect API to start it on \(PREFECT_API_URL")
+    with temporary_settings({PREFECT_API_URL: None}), none:
+        retrain_trigger.submit_to_deployment("retrain:K", "s3://b", "R1")
+    assert calls == []
+
+    def missing(name: str, **_: object) -> None:
+        raise ObjectNotFound(None)
+
+    monkeypatch.setattr("prefect.deployments.run_deployment", missing)
+    secret = temporary_settings({PREFECT_API_URL: "http://u:secret@127.0.0.1:1/api"})
+    with secret, pytest.raises(LookupError) as raised:
+        retrain_trigger.submit_to_deployment("retrain:K", "s3://b", "R1")
+    assert "no deployment retrain_model/retrain on the Prefect API http://" in str(raised.value)
+    assert "secret" not in str(raised.value)
 
 
 # --- one at a time -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from churnops import pipeline
 from churnops.monitoring.alerts import LowScore
 from churnops.monitoring.metrics_db import MetricsStore
-from churnops.settings import ModelSettings, MonitoringSettings
+from churnops.settings import ModelSettings, MonitoringSettings, hide_credentials
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +76,25 @@ def on_low_scores(
 def submit_to_deployment(
     key: str, drop: str, run: str, deployment: str = pipeline.RETRAIN_DEPLOYMENT
 ) -> None:
-    """One flow run of the retrain deployment per idempotency key (Prefect dedupes)."""
+    """One flow run of the retrain deployment per idempotency key (Prefect dedupes). Only
+    to a Prefect API that was named (the platform's runners have it): without one, Prefect
+    started a throwaway server of its own under ~/.prefect, which has no deployment, and the
+    alert said "ObjectNotFound: None"."""
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import get_current_settings
 
-    run_deployment(
-        deployment,
-        parameters={"trigger": "auto", "drop": drop or None, "include_run": run or None},
-        timeout=0,
-        as_subflow=False,
-        idempotency_key=key,
-        flow_run_name=f"retrain after {run}" if run else "retrain (auto)",
-    )
+    if not (api := get_current_settings().api.url):
+        raise LookupError("no Prefect API to start it on (PREFECT_API_URL): not a platform run")
+    try:
+        run_deployment(
+            deployment,
+            parameters={"trigger": "auto", "drop": drop or None, "include_run": run or None},
+            timeout=0,
+            as_subflow=False,
+            idempotency_key=key,
+            flow_run_name=f"retrain after {run}" if run else "retrain (auto)",
+        )
+    except ObjectNotFound:  # its words: "None"
+        where = hide_credentials(api)
+        raise LookupError(f"no deployment {deployment} on the Prefect API {where}") from None
