@@ -166,7 +166,8 @@ def train(
 ) -> None:
     """Train XGBoost, log it to MLflow, register it and gate the staging alias.
 
-    Exit code 0 also when this fit already made a version (it is not registered twice).
+    Exit code 0 when promoted or refused, and when this fit already made a version (it is
+    not registered twice); 5 when nothing was trained (a holdout too small to judge on).
     """
     from churnops.model.registry import TrainingOptions, train_and_register
 
@@ -178,6 +179,8 @@ def train(
     with progress_bars(console) as report:
         outcome = train_and_register(settings, options, report)
     _print_verdict(outcome)
+    if outcome.status == "skipped" and outcome.version is None:  # no model to show for it
+        raise typer.Exit(EXIT_CODES["skipped"])
     if outcome.status != "skipped":
         console.print(f"  parameters: {json.dumps(outcome.params)}")
         console.print(f"  threshold (cross-validated): {outcome.threshold:.2f}")

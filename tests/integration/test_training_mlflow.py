@@ -127,6 +127,7 @@ def test_worse_challenger_does_not_take_the_alias(
 
     again = train_and_register(settings, TrainingOptions(data_file=data, params=WORSE))
     assert again.status == "skipped" and f"version {worse.version} was fitted" in again.reason
+    assert again.version == worse.version  # `churnops train` exits 0: that version stands
 
     forced = train_and_register(settings, TrainingOptions(data_file=data, params=WORSE, force=True))
     assert forced.status == "promoted" and forced.reason.startswith("forced despite")

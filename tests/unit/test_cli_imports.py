@@ -172,3 +172,28 @@ def test_the_hint_that_mlflow_is_down_goes_by_the_error_not_by_a_word_in_it() ->
     assert hint not in cli._one_line(OSError("/home/u/mlflow/artifacts/model.json is missing"))
     missing = MlflowException("Registered Model with name=M not found", RESOURCE_DOES_NOT_EXIST)
     assert hint not in cli._one_line(missing)
+
+
+@pytest.mark.parametrize(
+    ("version", "code"), [(None, 5), ("3", 0)], ids=["nothing-trained", "same-fit"]
+)
+def test_train_exits_0_only_when_a_version_stands_for_the_fit(
+    version: str | None, code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`churnops train --data` on a file whose holdout split was too small trained nothing
+    and exited 0, as when the same fit had made a version: `make register-model` and
+    scripts went on with no model."""
+    from typer.testing import CliRunner
+
+    from churnops.cli import app
+    from churnops.model import registry
+
+    reason = "small.csv (holdout split) has 60 labeled rows, fewer than the 100 a holdout needs"
+    outcome = registry.Outcome("skipped", reason, version=version)
+    monkeypatch.setattr(registry, "train_and_register", lambda *_: outcome)
+    monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path))
+    data = tmp_path / "small.csv"
+    data.write_text("x\n")
+    result = CliRunner().invoke(app, ["train", "--data", str(data)])
+    assert result.exit_code == code, result.output
+    assert f"skipped: {reason}" in result.output

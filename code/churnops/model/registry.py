@@ -132,8 +132,9 @@ class Decision:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The verdict of a training (``skipped``: no version, and why); ``scores`` as in
-    :data:`METRICS`: both models on the newest and on the training file's holdout."""
+    """The verdict of a training (``skipped``: no new version, and why; ``version`` then
+    names the one this same fit made, if any); ``scores`` as in :data:`METRICS`: both
+    models on the newest and on the training file's holdout."""
 
     status: Status
     reason: str
@@ -429,7 +430,7 @@ def train_and_register(
     same = None if options.force else _same_fit(settings.model, digest)
     if same:
         reason = f"version {same} was fitted on these same rows with these parameters"
-        return Outcome("skipped", reason, parent_version=parent)
+        return Outcome("skipped", reason, version=same, parent_version=parent)
     threshold, cv_f1 = training.cross_validate(params, X, y, CV_FOLDS, seed, progress)
     classifier = training.make_classifier(params, seed).fit(X, y)
     candidate = ChurnModel.in_memory(features, threshold, classifier)
