@@ -50,3 +50,49 @@ def test_a_flow_state_that_tells_another_story_fails_the_check(tmp_path: Path) -
     file_log.write("finish", "errored")
     with pytest.raises(AssertionError, match="errored"):
         check_records_agree(storage, url, [flow_run])
+
+
+def test_a_run_whose_outputs_failed_to_move_still_names_what_scored_it(tmp_path: Path) -> None:
+    """The finish moved the file to processed/, then failed moving its predictions (a
+    storage hiccup): the run was completed as processed, but its row named no model,
+    version, rows or report, and neither did the outcome (as after an attempt that died
+    right after its finish)."""
+    import numpy as np
+    import pandas as pd
+
+    from churnops.data.schema import RAW_COLUMNS
+    from churnops.drop.storage import run_key
+    from churnops.model.churn_model import LoadedModel
+    from churnops.results import PREDICTION, PROBABILITY, MonitoringResult
+    from churnops.settings import get_settings
+
+    class Constant:
+        def score(self, frame: pd.DataFrame) -> pd.DataFrame:
+            ones = np.ones(len(frame))
+            return pd.DataFrame({PREDICTION: ones.astype("int8"), PROBABILITY: ones * 0.75})
+
+    def finish_then_fail(storage: LocalDropStorage, run: str, name: str, stage: str) -> str:
+        storage.move(run_key("processing", run, name), run_key(stage, run, name))
+        raise ConnectionError("storage hiccup while moving the outputs")
+
+    result = MonitoringResult(2, 0, 0.0, [], 1.0, report_url="http://ui/r/1")
+    steps = per_file.Steps(
+        load_model=lambda _: LoadedModel("M", "4", Constant()),  # type: ignore[arg-type]
+        monitor=lambda *_: result,
+        send_alerts=lambda *_, **__: ((), "no threshold crossed"),
+        finish=finish_then_fail,
+    )
+    settings = get_settings(churnops_home=tmp_path, database_url=None, evidently_ui_url=None)
+    storage = LocalDropStorage(settings.drop.drop_dir)
+    storage.create_layout()
+    row = "8,0,38,0,4370,71,5,17,3,1,1,30,197.64,0"
+    storage.create(stage_key("input", "a.csv"), f"{','.join(RAW_COLUMNS)}\n{row}\n{row}\n".encode())
+    outcome = per_file.process(settings, storage, stage_key("input", "a.csv"), steps=steps)
+    assert (outcome.status, outcome.model_version) == ("processed", "4")
+    store = MetricsStore.from_settings(settings.monitoring)
+    try:
+        (run,) = store.runs().to_dict("records")
+    finally:
+        store.close()
+    assert (run["model_name"], run["model_version"], run["rows"]) == ("M", "4", 2)
+    assert run["report_url"] == "http://ui/r/1"

@@ -50,7 +50,7 @@ from churnops.monitoring.drift import Totals, reports_of, run_monitoring, withdr
 from churnops.monitoring.metrics_db import FAILED, LABELS, SCORING, MetricsStore
 from churnops.pipeline import retrain_trigger
 from churnops.pipeline.labels import LabelsJoin, join_labels
-from churnops.pipeline.scoring import ScoredFile, score_file
+from churnops.pipeline.scoring import ScoredFile, score_file, scored_by
 from churnops.results import MonitoringResult
 from churnops.settings import (
     AlertSettings,
@@ -593,11 +593,30 @@ def _complete_finish(attempt: _Attempt) -> FileOutcome:
             f"run closed, its outputs (if any) in {folder_key('errored', held.run)}"
         )
     _note(attempt, "finish", "ok" if stage == "processed" else stage, message)
-    if stage == "processed" and attempt.store is not None:  # the file's metrics, shown
-        earlier = [f"{held.run}.{n}" for n in range(1, held.lease.attempt)]
-        attempt.store.adopt_metrics(held.lease.db_id, earlier)
-    _close_run(attempt, stage, error=None if stage == "processed" else message)
-    return _outcome(attempt, stage, message)
+    scored: dict[str, Any] = {}
+    if stage == "processed":
+        scored = _what_scored(attempt)
+        if attempt.store is not None:  # the file's metrics, shown
+            earlier = [f"{held.run}.{n}" for n in range(1, held.lease.attempt)]
+            attempt.store.adopt_metrics(held.lease.db_id, earlier)
+    _close_run(attempt, stage, error=None if stage == "processed" else message, **scored)
+    outcome = _outcome(attempt, stage, message)
+    outcome.model_version = scored.get("model_version")
+    return outcome
+
+
+def _what_scored(attempt: _Attempt) -> dict[str, Any]:
+    """The model and version that scored a run found in processed/ (its predictions' name),
+    and its rows and report when this attempt got that far: the attempt that moved it died,
+    or failed moving the rest, before closing its row, which then named no version."""
+    held, result = attempt.claim, attempt.published
+    keys = attempt.storage.list_keys(folder_key("processed", held.run))
+    values: dict[str, Any] = {}
+    if by := scored_by(held.name, keys):
+        values |= {"model_name": by[0], "model_version": by[1]}
+    if result is not None:
+        values |= {"rows": result.rows, "report_url": result.report_url}
+    return values
 
 
 def _ended_in(attempt: _Attempt) -> Literal["processed", "errored"] | None:

@@ -76,6 +76,20 @@ def _predictions_prefix(name: str) -> str:
     return f"{stem}_predictions_"
 
 
+#: What follows a predictions file's prefix: ``<model>_v<version>.csv``.
+_SCORED_BY = re.compile(r"^(?P<model>.+)_v(?P<version>[^_]+)\.csv$")
+
+
+def scored_by(name: str, keys: list[str]) -> tuple[str, str] | None:
+    """(model, version) that the predictions of ``name`` among ``keys`` name, if any."""
+    prefix = _predictions_prefix(name)
+    for key in keys:
+        found = key.rsplit("/", 1)[-1]
+        if found.startswith(prefix) and (match := _SCORED_BY.match(found[len(prefix) :])):
+            return match["model"], match["version"]
+    return None
+
+
 def score_file(
     drop: DropSettings,
     storage: DropStorage,
