@@ -160,7 +160,9 @@ class ModelSettings(CommonSettings):
     )
     model_name: str = Field("XGBoostChurnModel", description="Registered model name.")
     model_alias: str = Field(
-        "staging", description="Alias of the version the pipeline scores with."
+        "staging",
+        description="Alias of the version the pipeline scores with (not 'latest' or "
+        "'v<N>', which MLflow reads as versions).",
     )
     retrain_mode: Literal["off", "suggest", "auto"] = Field(
         "suggest",
@@ -179,6 +181,18 @@ class ModelSettings(CommonSettings):
         description="Automatic retrainings wait this many minutes after the last verdict "
         "(promoted or refused, manual or automatic).",
     )
+
+    @field_validator("model_alias")
+    @classmethod
+    def _settable_alias(cls, value: str) -> str:
+        """An alias MLflow can set: it reads ``latest`` as the newest version (scored with,
+        refused or not: the gate bypassed) and ``v<N>`` as version N, and refuses to set
+        either, which only a training found, after registering a version."""
+        if value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
+            raise ValueError(f"'{value}' is reserved by MLflow for a version: name another")
+        if not re.fullmatch(r"[\w\-]{1,255}", value):
+            raise ValueError("an alias is 1 to 255 letters, digits, '_' or '-'")
+        return value
 
     @property
     def tracking_uri(self) -> str:

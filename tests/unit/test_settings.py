@@ -64,6 +64,20 @@ def test_a_value_out_of_its_range_is_refused_when_read(
         get_settings()
 
 
+@pytest.mark.parametrize("alias", ["latest", "Latest", "v2", "V10", "my alias", ""])
+def test_an_alias_mlflow_reserves_or_refuses_is_refused_when_read(
+    alias: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MODEL_ALIAS=latest scored every file with the newest version, refused ones too (the
+    gate bypassed: MLflow reads 'latest' as that version), and MODEL_ALIAS=v2 failed only
+    after `churnops train` had registered a version ("Version alias name 'v2' is reserved")."""
+    monkeypatch.setenv("MODEL_ALIAS", alias)
+    with pytest.raises(ValidationError, match="model_alias"):
+        get_settings()
+    monkeypatch.setenv("MODEL_ALIAS", "production-2")
+    assert get_settings().model.model_alias == "production-2"
+
+
 @pytest.mark.parametrize(("name", "value"), [("PREFECT_PORT", "0"), ("MIN_F1", "1")])
 def test_the_ends_of_a_range_are_taken(
     name: str, value: str, monkeypatch: pytest.MonkeyPatch
