@@ -256,3 +256,27 @@ def test_an_alias_moved_by_hand_to_what_does_not_score_is_one_line(
     said = f"version {version} .* does not load: .* \\(NotAChurnModel: not a ChurnOps model"
     with pytest.raises(registry.UnloadableChampion, match=said):
         train_and_register(settings, options)
+
+
+def test_a_model_deleted_and_registered_again_is_not_scored_by_its_old_self(
+    mlflow_server: str, tmp_path: Path, data_dir: Path
+) -> None:
+    """Deleted in the MLflow UI and trained again, the model numbers its versions from 1
+    anew: a long-lived runner kept scoring with the deleted version 1 it had loaded (its
+    cache knew a version by number only), under the new version 1's name."""
+    from churnops.model.churn_model import load_aliased_model
+
+    name = "DeletedAndAgain"
+    settings = get_settings(
+        churnops_home=tmp_path, mlflow_tracking_uri=mlflow_server, model_name=name
+    )
+    data = data_dir / "customer_churn_0.csv"
+    fast = {"n_estimators": 30, "max_depth": 4, "learning_rate": 0.2}
+    first = train_and_register(settings, TrainingOptions(data_file=data, params=fast))
+    old = load_aliased_model(settings.model)
+    assert old.model.classifier.get_booster().num_boosted_rounds() == 30
+    client(settings).delete_registered_model(name)
+    again = train_and_register(settings, TrainingOptions(data_file=data))
+    assert first.version == again.version == "1" and again.status == "promoted"
+    new = load_aliased_model(settings.model)
+    assert new.model.classifier.get_booster().num_boosted_rounds() == 61  # the shipped ones

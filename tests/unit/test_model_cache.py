@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -48,7 +49,8 @@ def test_a_version_whose_artifacts_are_gone_is_named(
     def gone(*_: object, **__: object) -> None:
         raise MlflowException("No such artifact: ''")
 
-    monkeypatch.setattr(churn_model, "aliased_version", lambda name, alias: "7")
+    holder = SimpleNamespace(version="7", source="models:/m-1")
+    monkeypatch.setattr(churn_model, "_aliased", lambda name, alias: holder)
     monkeypatch.setattr(mlflow.pyfunc, "load_model", gone)
     settings = get_settings(churnops_home=tmp_path, model_name="Gone").model
     with pytest.raises(churn_model.UnloadableVersion) as raised:

@@ -22,6 +22,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.environment_variables import (
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR,
     MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT,
@@ -195,11 +196,12 @@ class ModelCache:
 
     def __init__(self, keep: int = 2) -> None:
         self.keep = keep
-        self._loaded: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, ...], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[str, str, str], load: Callable[[], LoadedModel]) -> LoadedModel:
-        """The model under ``key`` (tracking URI, name, version), loaded on first use."""
+    def get(self, key: tuple[str, ...], load: Callable[[], LoadedModel]) -> LoadedModel:
+        """The model under ``key`` (tracking URI, name, then what tells the version apart),
+        loaded on first use."""
         with self._lock:
             if key not in self._loaded:
                 self._loaded[key] = load()
@@ -260,12 +262,14 @@ def load_aliased_model(model: ModelSettings, alias: str | None = None) -> Loaded
     configure_mlflow(model)
     wait_for_tracking_server(model)
     alias = alias or model.model_alias
-    version = aliased_version(model.model_name, alias)
-    if version is None:
+    found = _aliased(model.model_name, alias)
+    if found is None:
         raise NoAliasedVersion(
             f"no version of {model.model_name} has alias '{alias}': train one (`churnops "
             "train`), or point the alias at a version in MLflow"
         )
+    # by its logged model too: a model deleted and registered again numbers from 1 anew
+    version, source = str(found.version), str(found.source)
 
     def load() -> LoadedModel:
         log.info("loading %s version %s", model.model_name, version)
@@ -281,7 +285,7 @@ def load_aliased_model(model: ModelSettings, alias: str | None = None) -> Loaded
             ) from exc
         return LoadedModel(model.model_name, version, inner)
 
-    return _cache.get((model.tracking_uri, model.model_name, version), load)
+    return _cache.get((model.tracking_uri, model.model_name, version, source), load)
 
 
 class NoAliasedVersion(LookupError):
@@ -298,8 +302,13 @@ class UnloadableVersion(RuntimeError):
 def aliased_version(name: str, alias: str) -> str | None:
     """The version of ``name`` holding ``alias``; None when none does or there is no such
     model (on AWS the model is made before any version)."""
+    found = _aliased(name, alias)
+    return None if found is None else str(found.version)
+
+
+def _aliased(name: str, alias: str) -> ModelVersion | None:
     try:
-        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
