@@ -180,8 +180,8 @@ def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world:
     assert set(events["trigger"]) == {"manual"}
     assert events["champion_f1"].iloc[1] == pytest.approx(champion_f1)
     alerts = world.settings.alerts.alert_log.read_text()
-    assert f"ChurnOps: retraining refused version {worse.version}" in alerts
-    assert f"ChurnOps: retraining promoted version {better.version}" in alerts
+    assert f"[ChurnOps] retraining refused version {worse.version}" in alerts
+    assert f"[ChurnOps] retraining promoted version {better.version}" in alerts
 
     again = world.retrain()
     assert again.status == "skipped" and "unseen by the champion" in again.reason

@@ -34,5 +34,5 @@ def test_a_verdict_the_database_did_not_record_is_still_alerted(tmp_path: Path) 
 
     assert told.status == "promoted" and told.alert_channels == ("log",)
     sent = settings.alerts.alert_log.read_text()
-    assert "retraining promoted version 2" in sent
+    assert "[ChurnOps] retraining promoted version 2" in sent
     assert "Not recorded in the metrics database" in sent and "unreachable" in sent

@@ -24,6 +24,8 @@ from churnops.settings import AlertSettings, MonitoringSettings
 log = logging.getLogger(__name__)
 
 SUBJECT_MAX = 99  # SNS: "less than 100 characters"
+#: How every alert's subject begins, so one mail filter catches them all.
+SUBJECT_PREFIX = "[ChurnOps]"
 #: Errors that another try cannot fix: bad configuration, rejected credentials.
 PERMANENT_ERRORS = (ValueError, smtplib.SMTPAuthenticationError)
 
@@ -185,7 +187,7 @@ def _ascii(text: str) -> str:
 
 
 def _subject(summary: str, file_name: str, model: str) -> str:
-    head, tail = f"[ChurnOps] {summary}: ", f" ({_ascii(model)})" if model else ""
+    head, tail = f"{SUBJECT_PREFIX} {summary}: ", f" ({_ascii(model)})" if model else ""
     name = _ascii(file_name)
     room = SUBJECT_MAX - len(head) - len(tail)
     if len(name) > room:  # keep both ends: the start names the batch, the end its type

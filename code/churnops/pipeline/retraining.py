@@ -35,7 +35,13 @@ from churnops.model.registry import (
     train_and_register,
 )
 from churnops.model.training import Progress
-from churnops.monitoring.alerts import Alert, AlertDeliveryError, send_alert
+from churnops.monitoring.alerts import (
+    SUBJECT_MAX,
+    SUBJECT_PREFIX,
+    Alert,
+    AlertDeliveryError,
+    send_alert,
+)
 from churnops.monitoring.metrics_db import LockState, MetricsStore
 from churnops.pipeline import labels
 from churnops.pipeline.retrain_trigger import LOCK, cooling_down
@@ -236,7 +242,7 @@ def _record(
 
 
 def retrain_alert(model: ModelSettings, outcome: Outcome) -> Alert:
-    """``ChurnOps: retraining promoted version 3`` (or refused), with the figures."""
+    """``[ChurnOps] retraining promoted version 3`` (or refused), with the figures."""
     below = "; quality still below minimum" if BELOW_MINIMUM in outcome.reason else ""
     body = "\n".join(
         [
@@ -250,11 +256,11 @@ def retrain_alert(model: ModelSettings, outcome: Outcome) -> Alert:
             f"MLflow run: {outcome.run_id}",
         ]
     )
-    subject = f"ChurnOps: retraining {outcome.status} version {outcome.version}{below}"
+    subject = f"{SUBJECT_PREFIX} retraining {outcome.status} version {outcome.version}{below}"
     return Alert(
         file_name=outcome.holdout_file or "",
         model_name=model.model_name,
         model_version=outcome.version or "",
-        subject=subject[:99],
+        subject=subject[:SUBJECT_MAX],
         body=body + "\n",
     )
