@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from churnops.model.registry import Outcome
+from churnops.model.training import Evaluation
 from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable
 from churnops.pipeline import retraining
 from churnops.settings import get_settings
@@ -36,3 +37,15 @@ def test_a_verdict_the_database_did_not_record_is_still_alerted(tmp_path: Path) 
     sent = settings.alerts.alert_log.read_text()
     assert "[ChurnOps] retraining promoted version 2" in sent
     assert "Not recorded in the metrics database" in sent and "unreachable" in sent
+
+
+def test_scores_on_the_same_rows_are_one_line_on_other_rows_two() -> None:
+    """`train` judges on the training file's holdout itself: it printed the line twice."""
+    one, other = (
+        Evaluation(f1, 0.8, 0.8, 0.9, 0.95, 0.8, 0.3, [[1, 0], [0, 1]]) for f1 in (0.8, 0.7)
+    )
+    same = {"challenger": one, "challenger_training": one}
+    trained = Outcome("promoted", "ok", holdout_file="c0.csv (holdout split)", scores=same)
+    assert trained.score_lines() == ["on c0.csv (holdout split): challenger f1 0.800 auc 0.950"]
+    apart = {"challenger": one, "challenger_training": other}
+    assert len(Outcome("promoted", "ok", holdout_file="c3.csv", scores=apart).score_lines()) == 2

@@ -163,16 +163,18 @@ class Outcome:
         return f"version {self.version} {self.status}{parent}: {self.reason}"
 
     def score_lines(self) -> list[str]:
-        """F1 and ROC AUC of both models on both holdouts, one line per holdout."""
-        lines = []
+        """F1 and ROC AUC of both models on both holdouts, one line per holdout; once when
+        they are the same rows (``train`` judges on the training file's holdout itself)."""
+        lines, said = [], []
         for holdout, suffix in ((self.holdout_file, ""), ("training file's holdout", "_training")):
             pairs = [
                 f"{who} f1 {s.f1:.3f} auc {s.roc_auc:.3f}"
                 for who in ("challenger", "champion")
                 if (s := self.scores.get(who + suffix)) is not None
             ]
-            if pairs:
+            if pairs and pairs != said:
                 lines.append(f"on {holdout}: {', '.join(pairs)}")
+            said = pairs
         return lines
 
 
