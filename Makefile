@@ -82,7 +82,7 @@ format: install ## Format the code
 	$(RUN) ruff check --fix code tests benchmarks upload_simulation_script.py
 
 optuna-dashboard: install ## Open the Optuna study in optuna-dashboard
-	$(RUN) optuna-dashboard sqlite:///.churnops/optuna.db
+	$(RUN) optuna-dashboard sqlite:///$${CHURNOPS_HOME:-.churnops}/optuna.db
 
 benchmark-model: install data ## Our staging model beside the reference project's model, same files
 	$(RUN) python -m benchmarks.model_quality

@@ -159,7 +159,7 @@ def data_fetch(
 def train(
     data_file: Annotated[
         Path | None,
-        typer.Option("--data", help="Labeled training file (default: the training split)."),
+        typer.Option("--data", help="Labeled training file (default: TRAINING_FILE in CHURN_DATA_DIR)."),
     ] = None,
     trials: Trials = 0,
     force: Force = False,
