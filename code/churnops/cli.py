@@ -159,7 +159,9 @@ def data_fetch(
 def train(
     data_file: Annotated[
         Path | None,
-        typer.Option("--data", help="Labeled training file (default: TRAINING_FILE in CHURN_DATA_DIR)."),
+        typer.Option(
+            "--data", help="Labeled training file (default: TRAINING_FILE in CHURN_DATA_DIR)."
+        ),
     ] = None,
     trials: Trials = 0,
     force: Force = False,
