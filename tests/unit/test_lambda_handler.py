@@ -373,14 +373,32 @@ def test_a_refused_connection_raises(monkeypatch: pytest.MonkeyPatch) -> None:
         invoke("data/input/a.csv")
 
 
-def test_one_request_with_the_default_retries_ends_within_the_lambdas_timeout() -> None:
-    """Every try timing out, with the waits between them: under the function's timeout."""
-    variables = HANDLER_FILE.parents[2] / "terraform/modules/s3-to-prefect-lambda/variables.tf"
-    block = variables.read_text().split('variable "timeout"')[1].split("}")[0]
-    lambda_timeout = float(re.search(r"default\s*=\s*(\d+)", block)[1])
-    config = trigger.Config.from_env({"PREFECT_API_URL": "http://prefect/api"})
-    waits = sum(config.backoff * 2**n for n in range(config.retries))
-    assert config.timeout * (config.retries + 1) + waits < lambda_timeout
+class LambdaContext:
+    """What the handler reads of the Lambda's context: the invocation's time left."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self.deadline - time.monotonic()) * 1000)
+
+
+def test_the_handler_gives_up_in_its_own_words_before_the_lambdas_timeout(
+    prefect: FakePrefect,
+) -> None:
+    """A cold start's lookup and create, each with its retries, outlasted the 30 s timeout
+    (Lambda logs only "Task timed out"). With time for one stalled try, one is made."""
+    prefect.stalls = 3
+    context = LambdaContext(trigger.DEADLINE_MARGIN_SECONDS + CLIENT_TIMEOUT + 0.3)
+    found = event(record("data/input/a.csv"))
+
+    with pytest.raises(trigger.PrefectUnavailable) as unavailable:
+        trigger.lambda_handler(found, context)
+
+    message = str(unavailable.value)
+    assert "failed 1 times, last: TimeoutError" in message
+    assert message.endswith("then no time left before the Lambda's timeout")
+    assert len(prefect.gets()) == 1 and prefect.posts() == []
 
 
 @pytest.mark.parametrize("fault", ["stalls", "late"])  # late: the run made, its answer late

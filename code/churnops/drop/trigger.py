@@ -16,13 +16,14 @@ import base64
 import http.client
 import json
 import logging
+import math
 import os
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Self
 
 from churnops.drop.keys import decode_event_key, not_a_drop
@@ -41,6 +42,13 @@ SECRET_TTL_SECONDS = 300.0
 #: Secret values by id, with the monotonic time they were read.
 _SECRETS: dict[str, tuple[str, float]] = {}
 
+#: Kept back from the Lambda's timeout: a cold start's two requests, each retried, could
+#: outlast it, and Lambda then logs only "Task timed out"; the handler gives up first, in
+#: its own words (PrefectUnavailable: the event is retried).
+DEADLINE_MARGIN_SECONDS = 2.0
+#: A try starts only with this much time left before that deadline.
+MIN_TRY_SECONDS = 0.5
+
 #: The Lambda's environment: variable -> (default, meaning). The one list of what
 #: :meth:`Config.from_env` reads; ``docs/configuration.md`` is generated from it.
 ENVIRONMENT: dict[str, tuple[str | None, str]] = {
@@ -58,9 +66,9 @@ ENVIRONMENT: dict[str, tuple[str | None, str]] = {
     "PREFECT_HTTP_RETRIES": ("4", "Retries of a request after the first try."),
     "PREFECT_HTTP_BACKOFF": (
         "0.2",
-        "First wait between tries (s), doubling: the worst case stays under the Lambda's 30 s "
-        "timeout. Short: a busy local Prefect server (SQLite) answers 503 at once and the "
-        "next try a moment later.",
+        "First wait between tries (s), doubling. Short: a busy local Prefect server (SQLite) "
+        "answers 503 at once and the next try a moment later. In the Lambda, tries stop "
+        f"{DEADLINE_MARGIN_SECONDS:g} s before its timeout (the event is retried).",
     ),
 }
 
@@ -95,6 +103,8 @@ class Config:
     #: The drop the flow run is told to read (``file:///<folder>`` for the local
     #: platform's folder); None: the event's bucket, ``s3://<bucket>``.
     drop: str | None = None
+    #: ``time.monotonic()`` by which the invocation must be over; None: no deadline.
+    deadline: float | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], read_secret: SecretReader | None = None) -> Self:
@@ -178,8 +188,13 @@ def forget_secrets() -> None:
 
 # --- the handler ------------------------------------------------------------------------
 def lambda_handler(event: Mapping[str, Any], context: object) -> dict[str, list[dict]]:
-    """The Lambda entry point: the configuration comes from the function's environment."""
-    return handle_event(event, Config.from_env(os.environ))
+    """The Lambda entry point: the configuration comes from the function's environment, the
+    deadline from the invocation's time left."""
+    config = Config.from_env(os.environ)
+    if left_ms := getattr(context, "get_remaining_time_in_millis", None):
+        deadline = time.monotonic() + left_ms() / 1000 - DEADLINE_MARGIN_SECONDS
+        config = replace(config, deadline=deadline)
+    return handle_event(event, config)
 
 
 def handle_event(event: Mapping[str, Any], config: Config) -> dict[str, list[dict]]:
@@ -306,15 +321,22 @@ def _request(
     data = None if body is None else json.dumps(body).encode()
     problem = ""
     resent = False
+    tries = 0
     for attempt in range(config.retries + 1):
+        wait = config.backoff * 2 ** (attempt - 1) if attempt else 0.0
+        left = _time_left(config) - wait
+        if left < MIN_TRY_SECONDS:
+            problem = f"{problem}; then " if problem else ""
+            problem += "no time left before the Lambda's timeout"
+            break
         if attempt:
-            wait = config.backoff * 2 ** (attempt - 1)
             # Quiet until it gives up (PrefectUnavailable): a busy server often answers the retry.
             LOGGER.info("%s %s: %s; retrying in %.1fs", method, url, problem, wait)
             time.sleep(wait)
+        tries += 1
         try:
             with urllib.request.urlopen(
-                _build(config, method, url, data), timeout=config.timeout
+                _build(config, method, url, data), timeout=min(config.timeout, left)
             ) as r:
                 return r.status, _json(r.read(), url), resent
         except urllib.error.HTTPError as exc:
@@ -326,7 +348,12 @@ def _request(
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out
             problem = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
             resent = resent or not isinstance(getattr(exc, "reason", exc), ConnectionRefusedError)
-    raise PrefectUnavailable(f"{method} {url} failed {config.retries + 1} times, last: {problem}")
+    raise PrefectUnavailable(f"{method} {url} failed {tries} times, last: {problem}")
+
+
+def _time_left(config: Config) -> float:
+    """Seconds before the invocation's deadline; without one, no limit."""
+    return math.inf if config.deadline is None else config.deadline - time.monotonic()
 
 
 def _build(config: Config, method: str, url: str, data: bytes | None) -> urllib.request.Request:
