@@ -93,6 +93,8 @@ data "aws_iam_policy_document" "github_read" {
       "s3:GetBucket*", "s3:GetEncryptionConfiguration", "s3:GetLifecycleConfiguration",
       "s3:GetAccelerateConfiguration", "s3:GetReplicationConfiguration", "s3:ListBucket",
       "secretsmanager:DescribeSecret", "secretsmanager:GetResourcePolicy",
+      # Plan opens the ephemeral passwords (auth.tf): a random string, nothing read.
+      "secretsmanager:GetRandomPassword",
       "servicediscovery:Get*", "servicediscovery:List*",
       "sns:GetTopicAttributes", "sns:GetSubscriptionAttributes", "sns:ListTagsForResource",
       "sns:ListSubscriptionsByTopic",
@@ -126,9 +128,17 @@ data "aws_iam_policy_document" "github_read" {
   }
 }
 
-# The deploy workflow's plan job: images of main into the three repositories, and the
-# state lock of its saved plan (an S3 lock file beside the state).
+# The deploy workflow's plan job: images of main into the three repositories, the state
+# lock of its saved plan (an S3 lock file beside the state), and the refresh of the secret
+# versions (the provider reads a version with GetSecretValue). Only this role: main's code
+# runs with these secrets anyway; a pull request's plan skips the refresh (plan.yml).
 data "aws_iam_policy_document" "github_push" {
+  statement {
+    sid       = "RefreshSecretVersions"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = ["arn:${data.aws_partition.current.partition}:secretsmanager:${local.region}:${local.account_id}:secret:${local.name}/*"]
+  }
+
   statement {
     sid       = "EcrAuth"
     actions   = ["ecr:GetAuthorizationToken"]

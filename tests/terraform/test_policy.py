@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import DEFAULT, tf_local
+from .conftest import DEFAULT, REPO, tf_local
 from .plan import Plan, Resource, plan_module
 
 OPEN = {"0.0.0.0/0", "::/0"}
@@ -569,10 +569,15 @@ def test_github_roles_trust_one_exact_subject_each(planned: Plans) -> None:
     writes = ("Put", "Create", "Update", "Delete", "Upload", "Start", "Run", "Invoke", "Modify")
     assert not [a for a in read if any(a.split(":")[1].startswith(w) for w in writes)]
     assert "secretsmanager:GetSecretValue" not in read and "logs:GetLogEvents" not in read
+    assert "secretsmanager:GetRandomPassword" in read  # plan opens the ephemeral passwords
+    assert "-refresh=false" in (REPO / ".github/workflows/plan.yml").read_text()  # no reads
     assert not [a for a in read if a.endswith(":*") or a == "*"]
     push = _document_actions(plan, "data.aws_iam_policy_document.github_push")
     assert {"ecr:PutImage", "ecr:DescribeImageScanFindings"} <= push
-    assert not [a for a in push if not a.startswith(("ecr:", "s3:"))]
+    # Beside the images and the lock: the deploy plan's refresh of the platform's secrets.
+    assert [a for a in push if not a.startswith(("ecr:", "s3:"))] == [
+        "secretsmanager:GetSecretValue"
+    ]
 
 
 # --- the checkers can fail --------------------------------------------------------------------
