@@ -271,7 +271,8 @@ def release(
 ) -> Lease:
     """End an attempt: ``done``, or ``failed`` with when to try again."""
     now = datetime.now(UTC)
-    retry_at = (now + timedelta(seconds=retry_in)).isoformat() if retry_in is not None else ""
+    due = now + timedelta(seconds=retry_in) if retry_in is not None else None
+    retry_at = due.isoformat(timespec="seconds") if due else ""  # printed by status, reconcile
     ended = replace(lease, state=state, heartbeat=now.isoformat(), reason=reason, retry_at=retry_at)
     storage.replace(ended.key, ended.to_json())
     return ended

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from churnops.drop import claims
 from churnops.drop.keys import is_folder_marker, not_a_drop
@@ -69,8 +68,7 @@ def _waiting(storage: DropStorage, run: str, name: str) -> str:
     lease = claims.latest_lease(storage, run)
     if lease is None or not lease.waits_for_retry or lease.name != name:
         return ""
-    at = datetime.fromisoformat(lease.retry_at).isoformat(timespec="seconds")
-    return f"attempt {lease.attempt} failed, retry at {at}: {lease.reason}"
+    return f"attempt {lease.attempt} failed, retry at {lease.retry_at}: {lease.reason}"
 
 
 def service_health(state: PlatformState | None) -> list[ServiceHealth]:
