@@ -524,7 +524,8 @@ def _withdraw_report(attempt: _Attempt, *, earlier: bool = False) -> None:
     monitoring, result = attempt.settings.monitoring, attempt.published
     own = [result.snapshot_id] if result is not None and result.snapshot_id else []
     try:
-        for snapshot in reports_of(monitoring, attempt.claim.run) if earlier else own:
+        run = attempt.claim.run
+        for snapshot in reports_of(monitoring, run, claims.dropped_at(run)) if earlier else own:
             withdraw(monitoring, snapshot)
     except Exception as exc:
         log.warning(
