@@ -323,7 +323,7 @@ RUN_KEY = "run"
 
 def reports_of(monitoring: MonitoringSettings, run: str, since: datetime) -> list[str]:
     """The ids of the stored reports of ``run``, which began at ``since``: read on a re-drive
-    only. A local workspace reads a report to see its metadata (13 ms each), so only those
+    only. A local workspace reads a report to see its metadata (3.5 ms each), so only those
     stored after ``since`` less a day (clocks differ) are read: the rest are older."""
     _, workspace, project = _target(monitoring)
     if isinstance(workspace, _BoundedRemoteWorkspace):
