@@ -252,7 +252,7 @@ data "aws_iam_policy_document" "worker_task" {
   # A runner protects its own task from scale-in while a run executes (through the ECS agent).
   statement {
     sid       = "ProtectOwnTasks"
-    actions   = ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
+    actions   = ["ecs:UpdateTaskProtection"] # set, never read (runner.task_protection)
     resources = ["arn:${data.aws_partition.current.partition}:ecs:${local.region}:${local.account_id}:task/${local.name}/*"]
 
     # The worker's tasks only (the service's tags propagate to its tasks).

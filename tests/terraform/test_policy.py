@@ -601,6 +601,22 @@ def test_github_roles_trust_one_exact_subject_each(planned: Plans) -> None:
     ]
 
 
+def test_the_workers_role_grants_what_its_code_calls_and_no_more(production: Plan) -> None:
+    """Each action for a call of the worker's code: the drop storage's (a versioned bucket:
+    a move reads and deletes one version), the alert, the KMS key of both, its metrics, and
+    the protection of its own task, which the runner sets and never reads."""
+    actions = _document_actions(production, "data.aws_iam_policy_document.worker_task")
+    s3 = {"ListBucket", "GetObject", "GetObjectVersion", "PutObject", "AbortMultipartUpload"}
+    s3 |= {"DeleteObject", "DeleteObjectVersion"}
+    assert actions == {f"s3:{a}" for a in s3} | {
+        "sns:Publish",
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+        "cloudwatch:PutMetricData",
+        "ecs:UpdateTaskProtection",
+    }
+
+
 # --- the checkers can fail --------------------------------------------------------------------
 def altered(plan: Plan, change: Any) -> Plan:
     """A copy of the plan with ``change(raw_resource_changes)`` applied."""
