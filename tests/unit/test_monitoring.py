@@ -24,7 +24,7 @@ from churnops.monitoring.drift import (
     run_monitoring,
 )
 from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
-from churnops.settings import get_settings
+from churnops.settings import Settings, get_settings
 
 FEATURES = ["stable", "shifted"]
 ROWS = 400
@@ -59,6 +59,20 @@ def report_dict(reference: pd.DataFrame, current: pd.DataFrame) -> dict:
 def extract(reference: pd.DataFrame, current: pd.DataFrame) -> MonitoringResult:
     return extract_result(
         report_dict(reference, current), FEATURES, rows=len(current), predicted_churn_rate=0.0
+    )
+
+
+def stored(settings: Settings, reference: pd.DataFrame, current: pd.DataFrame) -> MonitoringResult:
+    """``run_monitoring`` of file ``f.csv`` by model ``m`` v1, stored in ``settings``' workspace."""
+    return run_monitoring(
+        reference,
+        current,
+        feature_columns=FEATURES,
+        monitoring=settings.monitoring,
+        platform=settings.platform,
+        file_name="f.csv",
+        model_version="1",
+        model_name="m",
     )
 
 
@@ -122,16 +136,7 @@ def test_missing_columns_and_an_empty_file_are_named(
     frames[frame_name] = changed.drop(columns=column) if column else changed.iloc[:0]
     settings = get_settings(churnops_home=tmp_path)
     with pytest.raises(ValueError, match=message):
-        run_monitoring(
-            frames["reference"],
-            frames["current"],
-            feature_columns=FEATURES,
-            monitoring=settings.monitoring,
-            platform=settings.platform,
-            file_name="f.csv",
-            model_version="1",
-            model_name="m",
-        )
+        stored(settings, frames["reference"], frames["current"])
 
 
 def test_local_report_url_follows_the_ui_route() -> None:
@@ -158,16 +163,7 @@ def test_a_report_is_stamped_in_utc_whatever_the_local_clock(tmp_path: Path) -> 
     """The Evidently UI shows a report's time as stored, with no zone: it is UTC, as the
     file's log, its run id, the metrics database and ``churnops report`` say."""
     settings = get_settings(churnops_home=tmp_path, evidently_ui_url=None)
-    result = run_monitoring(
-        frame(0, 0.0),
-        frame(1, 0.0),
-        feature_columns=FEATURES,
-        monitoring=settings.monitoring,
-        platform=settings.platform,
-        file_name="f.csv",
-        model_version="1",
-        model_name="m",
-    )
+    result = stored(settings, frame(0, 0.0), frame(1, 0.0))
     workspace = Workspace(str(settings.monitoring.evidently_workspace_dir))
     (project,) = workspace.search_project(PROJECT)
     snapshot = workspace.get_run(project.id, result.snapshot_id)
