@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from churnops.model.registry import Outcome
 from churnops.model.training import Evaluation
 from churnops.monitoring.metrics_db import MetricsDatabaseUnavailable
 from churnops.pipeline import retraining
+from churnops.pipeline.retraining import RetrainOptions
 from churnops.settings import get_settings
 
 
@@ -49,3 +52,21 @@ def test_scores_on_the_same_rows_are_one_line_on_other_rows_two() -> None:
     assert trained.score_lines() == ["on c0.csv (holdout split): challenger f1 0.800 auc 0.950"]
     apart = {"challenger": one, "challenger_training": other}
     assert len(Outcome("promoted", "ok", holdout_file="c3.csv", scores=apart).score_lines()) == 2
+
+
+def test_an_automatic_retraining_that_fails_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's alert said "retraining started"; its failure was told only in Prefect."""
+    settings = get_settings(churnops_home=tmp_path)
+    monkeypatch.setattr(retraining, "labeled_files", lambda *args: ["a labeled file"])
+
+    def fails(*args: object) -> None:
+        raise RuntimeError("the champion does not load")
+
+    monkeypatch.setattr(retraining, "train_and_register", fails)
+    for trigger in ("manual", "auto"):  # manual: the person at the terminal sees it
+        with pytest.raises(RuntimeError):
+            retraining.retrain(settings, None, RetrainOptions(trigger=trigger))  # type: ignore[arg-type]
+    sent = settings.alerts.alert_log.read_text()
+    assert sent.count("[ChurnOps] retraining failed: RuntimeError: the champion does not") == 1

@@ -160,7 +160,12 @@ def retrain(
             chosen = TrainingOptions(
                 trials=options.trials, force=options.force, params=options.params
             )
-            outcome = train_and_register(settings, chosen, progress, window, load)
+            try:
+                outcome = train_and_register(settings, chosen, progress, window, load)
+            except Exception as exc:
+                if options.trigger == "auto":  # a file's alert said it started: say it ended
+                    _tell_failed(settings.model, settings.alerts, exc)
+                raise
             if outcome.status != "skipped":
                 outcome = _record(settings.model, settings.alerts, store, options.trigger, outcome)
             return outcome
@@ -239,6 +244,23 @@ def _record(
         log.warning("retraining alert: %s", exc)
         channels = exc.delivered
     return replace(outcome, alert_channels=tuple(channels))
+
+
+def _tell_failed(model: ModelSettings, alerts: AlertSettings, exc: Exception) -> None:
+    """An automatic retraining that ended in an error, told as its verdict would be (else
+    only its Prefect flow run said so, after an alert had said it started)."""
+    reason = brief(exc)
+    alert = Alert(
+        file_name="",
+        model_name=model.model_name,
+        model_version="",
+        subject=f"{SUBJECT_PREFIX} retraining failed: {reason}"[:SUBJECT_MAX],
+        body=f"ChurnOps retraining (auto) failed:\n\n{reason}\n\nIts flow run has the traceback.\n",
+    )
+    try:
+        send_alert(alert, alerts)
+    except AlertDeliveryError as exc_delivery:
+        log.warning("retraining alert: %s", exc_delivery)
 
 
 def retrain_alert(model: ModelSettings, outcome: Outcome) -> Alert:
