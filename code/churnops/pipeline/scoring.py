@@ -82,12 +82,18 @@ _SCORED_BY = re.compile(r"^(?P<model>.+)_v(?P<version>[^_]+)\.csv$")
 
 def scored_by(name: str, keys: list[str]) -> tuple[str, str] | None:
     """(model, version) that the predictions of ``name`` among ``keys`` name, if any."""
-    prefix = _predictions_prefix(name)
+    return next(iter(_predictions_of(name, keys).values()), None)
+
+
+def _predictions_of(name: str, keys: list[str]) -> dict[str, tuple[str, str]]:
+    """The keys among ``keys`` that are predictions of ``name``, each with the (model,
+    version) its name says: the one rule for telling them apart."""
+    prefix, found = _predictions_prefix(name), {}
     for key in keys:
-        found = key.rsplit("/", 1)[-1]
-        if found.startswith(prefix) and (match := _SCORED_BY.match(found[len(prefix) :])):
-            return match["model"], match["version"]
-    return None
+        base = key.rsplit("/", 1)[-1]
+        if base.startswith(prefix) and (match := _SCORED_BY.match(base[len(prefix) :])):
+            found[key] = (match["model"], match["version"])
+    return found
 
 
 def score_file(
@@ -104,8 +110,9 @@ def score_file(
     check_size(storage, processing_key, name, drop.max_file_bytes)
     refuse_long_names(name, predictions_name(name, model))
     key = run_key("processing", run, predictions_name(name, model))
-    kept = storage.exists(key)
-    set_aside = set_aside_stale(storage, run, name, key)
+    earlier = _predictions_of(name, storage.list_keys(folder_key("processing", run)))
+    kept = key in earlier  # one listing: what an earlier attempt wrote, by any version
+    set_aside = set_aside_stale(storage, run, [k for k in earlier if k != key])
     sample = DriftSample(DRIFT_SAMPLE_ROWS, SAMPLE_SEED)
     labels = _Labels()
     seconds = {"read and validate": 0.0, "predict": 0.0, "write": 0.0}
@@ -149,19 +156,16 @@ def score_file(
     )
 
 
-def set_aside_stale(storage: DropStorage, run: str, name: str, key: str) -> list[str]:
-    """Move predictions an earlier attempt wrote with another version (the alias moved
-    between attempts) to ``errored/<run>/``, as a restarted run's stale outputs go: left
-    beside this attempt's, they reached ``processed/`` naming a version that did not score
-    the run, and late labels could be joined to them. Returns a note per file moved."""
-    prefix = folder_key("processing", run)
-    stem = _predictions_prefix(name)
+def set_aside_stale(storage: DropStorage, run: str, stale: list[str]) -> list[str]:
+    """Move the ``stale`` predictions an earlier attempt wrote with another version (the
+    alias moved between attempts) to ``errored/<run>/``, as a restarted run's stale outputs
+    go: left beside this attempt's, they reached ``processed/`` naming a version that did
+    not score the run, and late labels could be joined to them. A note per file moved."""
     notes = []
-    for stale in storage.list_keys(prefix):
-        found = stale[len(prefix) :]
-        if stale != key and found.startswith(stem) and found.endswith(".csv"):
-            storage.move(stale, run_key("errored", run, found))
-            notes.append(f"{found}, by an earlier attempt with another version: in errored/{run}/")
+    for key in stale:
+        found = key.rsplit("/", 1)[-1]
+        storage.move(key, run_key("errored", run, found))
+        notes.append(f"{found}, by an earlier attempt with another version: in errored/{run}/")
     return notes
 
 
