@@ -238,12 +238,16 @@ def _record(
         missing = f"Not recorded in the metrics database (dashboards, cooldown): {brief(exc)}"
         log.warning("retraining verdict: %s", missing)
         alert = replace(alert, body=f"{alert.body}{missing}\n")
+    return replace(outcome, alert_channels=_send(alert, alerts))
+
+
+def _send(alert: Alert, alerts: AlertSettings) -> tuple[str, ...]:
+    """The channels that took it; a failed delivery is logged: what it tells stands."""
     try:
-        channels = send_alert(alert, alerts)
-    except AlertDeliveryError as exc:  # the verdict stands; it is in MLflow and the database
+        return tuple(send_alert(alert, alerts))
+    except AlertDeliveryError as exc:
         log.warning("retraining alert: %s", exc)
-        channels = exc.delivered
-    return replace(outcome, alert_channels=tuple(channels))
+        return tuple(exc.delivered)
 
 
 def _tell_failed(model: ModelSettings, alerts: AlertSettings, exc: Exception) -> None:
@@ -257,10 +261,7 @@ def _tell_failed(model: ModelSettings, alerts: AlertSettings, exc: Exception) ->
         subject=f"{SUBJECT_PREFIX} retraining failed: {reason}"[:SUBJECT_MAX],
         body=f"ChurnOps retraining (auto) failed:\n\n{reason}\n\nIts flow run has the traceback.\n",
     )
-    try:
-        send_alert(alert, alerts)
-    except AlertDeliveryError as exc_delivery:
-        log.warning("retraining alert: %s", exc_delivery)
+    _send(alert, alerts)
 
 
 def retrain_alert(model: ModelSettings, outcome: Outcome) -> Alert:
