@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +38,7 @@ from churnops.pipeline.scoring import (
     check_size,
     csv_bytes,
     neutralised,
+    predictions_of,
     quality_scores,
     refuse_long_names,
 )
@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 LABELED_ROWS_SUFFIX = ".labeled-rows.csv"
 #: Suffix of the join record written beside a labels file (which run, how).
 JOIN_SUFFIX = ".join.json"
-#: ``<stem>_predictions_<model>_v<version>.csv`` (:func:`scoring.predictions_name`).
-_PREDICTIONS = re.compile(r"^(?P<stem>.+)_predictions_(?P<model>.+)_v(?P<version>[^_]+)\.csv$")
 #: Probabilities written by Arrow read back exactly; a spreadsheet may round them.
 PROBABILITY_TOLERANCE = 1e-6
 #: How a labels file without a usable identifier matched its run.
@@ -157,13 +155,9 @@ def scoring_runs(storage: DropStorage, labels_name: str) -> list[ScoringRun]:
         lease = claims.latest_lease(storage, run)
         if lease is None or is_labels(lease.source_key):
             continue
-        for key in storage.list_keys(folder_key("processed", run)):
-            name = key.rsplit("/", 1)[-1]
-            match = _PREDICTIONS.match(name)
-            if match and name != lease.name:
-                found.append(
-                    ScoringRun(run, lease.name, key, match["model"], match["version"], lease.db_id)
-                )
+        keys = storage.list_keys(folder_key("processed", run))
+        for key, (model, version) in predictions_of(lease.name, keys).items():
+            found.append(ScoringRun(run, lease.name, key, model, version, lease.db_id))
     stem = labels_name.rsplit(".", 1)[0]
     named = [s for s in found if stem.startswith(s.predictions_key.rsplit("/", 1)[-1][:-4])]
     return named + [s for s in found if s not in named]

@@ -50,7 +50,7 @@ from churnops.monitoring.drift import Totals, reports_of, run_monitoring, withdr
 from churnops.monitoring.metrics_db import FAILED, LABELS, SCORING, MetricsStore
 from churnops.pipeline import retrain_trigger
 from churnops.pipeline.labels import LabelsJoin, join_labels
-from churnops.pipeline.scoring import ScoredFile, score_file, scored_by
+from churnops.pipeline.scoring import ScoredFile, predictions_of, score_file
 from churnops.results import MonitoringResult
 from churnops.settings import (
     AlertSettings,
@@ -613,7 +613,7 @@ def _what_scored(attempt: _Attempt) -> dict[str, Any]:
     held, result = attempt.claim, attempt.published
     keys = attempt.storage.list_keys(folder_key("processed", held.run))
     values: dict[str, Any] = {}
-    if by := scored_by(held.name, keys):
+    if by := next(iter(predictions_of(held.name, keys).values()), None):
         values |= {"model_name": by[0], "model_version": by[1]}
     if result is not None:
         values |= {"rows": result.rows, "report_url": result.report_url}

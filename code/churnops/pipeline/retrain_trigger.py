@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 from churnops import pipeline
@@ -55,11 +56,8 @@ def on_low_scores(
         return SUGGESTION
     now = datetime.now(UTC)
     try:
-        store = MetricsStore.from_settings(monitoring)
-        try:
+        with closing(MetricsStore.from_settings(monitoring)) as store:
             last = store.last_verdict_at()
-        finally:
-            store.close()
         if cooling_down(last, now, model.retrain_cooldown_minutes):
             return (
                 f"retraining not started: the last one ended at {last:%Y-%m-%d %H:%M:%S} UTC "

@@ -80,14 +80,10 @@ def _predictions_prefix(name: str) -> str:
 _SCORED_BY = re.compile(r"^(?P<model>.+)_v(?P<version>[^_]+)\.csv$")
 
 
-def scored_by(name: str, keys: list[str]) -> tuple[str, str] | None:
-    """(model, version) that the predictions of ``name`` among ``keys`` name, if any."""
-    return next(iter(_predictions_of(name, keys).values()), None)
-
-
-def _predictions_of(name: str, keys: list[str]) -> dict[str, tuple[str, str]]:
+def predictions_of(name: str, keys: list[str]) -> dict[str, tuple[str, str]]:
     """The keys among ``keys`` that are predictions of ``name``, each with the (model,
-    version) its name says: the one rule for telling them apart."""
+    version) its name says: the one rule for telling them apart (scoring, finishing a
+    run, joining late labels)."""
     prefix, found = _predictions_prefix(name), {}
     for key in keys:
         base = key.rsplit("/", 1)[-1]
@@ -110,7 +106,7 @@ def score_file(
     check_size(storage, processing_key, name, drop.max_file_bytes)
     refuse_long_names(name, predictions_name(name, model))
     key = run_key("processing", run, predictions_name(name, model))
-    earlier = _predictions_of(name, storage.list_keys(folder_key("processing", run)))
+    earlier = predictions_of(name, storage.list_keys(folder_key("processing", run)))
     kept = key in earlier  # one listing: what an earlier attempt wrote, by any version
     set_aside = set_aside_stale(storage, run, [k for k in earlier if k != key])
     sample = DriftSample(DRIFT_SAMPLE_ROWS, SAMPLE_SEED)
