@@ -204,23 +204,13 @@ def _ensure_model(settings: Settings, console: Console) -> None:
     """Train and register (no search) when no version has the alias."""
     model = settings.model
     with console.status("checking the model registry (loading MLflow)..."):
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        from churnops.model.churn_model import configure_mlflow
+        from churnops.model.churn_model import aliased_version, configure_mlflow
 
         configure_mlflow(model)
-        try:
-            found = mlflow.MlflowClient().get_model_version_by_alias(
-                model.model_name, model.model_alias
-            )
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            found = None
-    if found is not None:
+        version = aliased_version(model.model_name, model.model_alias)
+    if version is not None:
         console.print(
-            f"  [green]ok[/green] {model.model_name}@{model.model_alias} is version {found.version}"
+            f"  [green]ok[/green] {model.model_name}@{model.model_alias} is version {version}"
         )
         return
     data_file = model.churn_data_dir / model.training_file
