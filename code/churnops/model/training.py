@@ -3,6 +3,7 @@ functions on frames; MLflow is :mod:`churnops.model.registry`)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import timeit
@@ -147,14 +148,9 @@ def search(
         trial.set_user_attr("threshold", threshold)
         return f1, predict_cost(params)
 
-    done = 0
-
-    def callback(_: optuna.Study, __: optuna.trial.FrozenTrial) -> None:
-        nonlocal done
-        done += 1
-        progress("trial", done, n_trials)
-
-    study.optimize(objective, n_trials=n_trials, callbacks=[callback])
+    done = itertools.count(1)
+    report = [lambda *_: progress("trial", next(done), n_trials)]  # after each trial
+    study.optimize(objective, n_trials=n_trials, callbacks=report)
     chosen = stored_params(study, features)
     if chosen is None:
         raise ValueError(f"no trial of the search completed (n_trials={n_trials})")

@@ -44,7 +44,7 @@ def list_files(storage: DropStorage) -> list[FileState]:
                 files.append(
                     FileState(rest, f"{stage}, ignored" if not_a_drop(key) else stage, key)
                 )
-            elif stage not in DROP_STAGES and rest.count("/") == 1:
+            elif rest.count("/") == 1:
                 run, name = rest.split("/")
                 note = _waiting(storage, run, name) if stage == "processing" else ""
                 files.append(FileState(name, stage, key, run, note))
