@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -320,14 +320,12 @@ def heartbeat(
 
     def beat() -> None:
         while not stop.wait(every) and time.monotonic() < deadline:
-            try:
+            with suppress(Exception):  # storage hiccup: the next beat tries again
                 if taken_over(storage, lease):  # woken after a stall: never revive its lease
                     return
                 storage.replace(
                     lease.key, replace(lease, heartbeat=datetime.now(UTC).isoformat()).to_json()
                 )
-            except Exception:  # storage hiccup: the next beat tries again
-                continue
 
     thread = threading.Thread(target=beat, name=f"lease-{lease.run}", daemon=True)
     thread.start()

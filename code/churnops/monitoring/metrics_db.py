@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -497,11 +498,9 @@ class MetricsStore:
         too: an insert whose commit's answer was lost is retried and finds it."""
         now = _now()
         row = {"holder": holder, "acquired_at": now, "expires_at": now + timedelta(seconds=seconds)}
-        try:
+        with suppress(IntegrityError):  # taken: try the takeover below
             self._write(insert(locks), {"name": name, **row})
             return True
-        except IntegrityError:
-            pass
         free = or_(locks.c.expires_at <= now, locks.c.holder == holder)
         if take_from is not None:
             free = or_(free, locks.c.holder == take_from)

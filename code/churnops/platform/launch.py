@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -379,7 +380,7 @@ def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
     re-driven by the reconciler, a server's state is on disk) within :func:`_may_restart`."""
     restarts: dict[str, list[float]] = {}
     finished = FinishedFiles(platform.settings.platform, platform.console)
-    try:
+    with suppress(KeyboardInterrupt):
         while not stop_requested.wait(1.0):
             finished.print_new()
             for child in platform.children():
@@ -390,8 +391,6 @@ def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
                     platform.console.print(f"[red]error:[/red] {escape(failure)}")
                     return 1
                 _restart(platform, child)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
