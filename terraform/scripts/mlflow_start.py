@@ -91,10 +91,6 @@ def grant(auth: "AuthServiceClient", username: str, kind: str, resource: str) ->
         auth.grant_user_permission(username, kind, resource, WORKER_PERMISSION)
 
 
-def port_of(argv: list[str]) -> str:
-    return argv[argv.index("--port") + 1] if "--port" in argv else "5000"
-
-
 def main(argv: list[str]) -> None:
     Path(os.environ["MLFLOW_AUTH_CONFIG_PATH"]).write_text(os.environ["MLFLOW_AUTH_INI"] + "\n")
     ready = Path(os.environ["MLFLOW_WORKER_READY"])
@@ -110,7 +106,8 @@ def main(argv: list[str]) -> None:
 
 def set_up(argv: list[str], ready: Path) -> int:
     """The worker's user, once the server answers; touches ``ready``. The exit status."""
-    url = f"http://127.0.0.1:{port_of(argv)}"
+    port = argv[argv.index("--port") + 1] if "--port" in argv else "5000"  # mlflow's default
+    url = f"http://127.0.0.1:{port}"
     try:
         wait_for_server(url)
         set_up_worker(
