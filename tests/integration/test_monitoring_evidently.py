@@ -1,7 +1,10 @@
-"""run_monitoring on the real customer files, stored in a real local Evidently workspace."""
+"""run_monitoring on the real customer files, stored in a real local Evidently workspace or
+published to a real ``evidently ui`` started with EVIDENTLY_SECRET (as the ECS task is), which
+takes writes from ChurnOps only when the settings carry the same secret."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,12 +15,13 @@ import requests
 from evidently.errors import EvidentlyError
 from evidently.ui.workspace import Workspace
 
+from churnops import retry
 from churnops.data.features import FEATURES
 from churnops.data.reading import load_customer_file
 from churnops.monitoring import drift
 from churnops.monitoring.drift import run_monitoring
 from churnops.results import PREDICTION, PROBABILITY, QUALITY_METRICS, MonitoringResult
-from churnops.settings import Settings, get_settings
+from churnops.settings import MonitoringSettings, Settings, get_settings
 from tests.fixtures.evidently_ui import SECRET, EvidentlyUI
 
 NOW = datetime.now(UTC)
@@ -165,6 +169,41 @@ def ui_settings(evidently_ui: EvidentlyUI, tmp_path: Path) -> Settings:
     )
 
 
+@pytest.fixture
+def http() -> requests.Session:
+    """A client of the UI's own API, with its secret."""
+    session = requests.Session()
+    session.headers["evidently-secret"] = SECRET
+    return session
+
+
+def _new_project(monitoring: MonitoringSettings) -> str:
+    return drift.project_id(drift.open_workspace(monitoring), f"churnops-{uuid.uuid4().hex[:8]}")
+
+
+def test_the_secret_in_the_settings_lets_churnops_write(ui_settings: Settings) -> None:
+    name = f"churnops-{uuid.uuid4().hex[:8]}"
+    created = drift.project_id(drift.open_workspace(ui_settings.monitoring), name)
+    assert drift.project_id(drift.open_workspace(ui_settings.monitoring), name) == created
+
+
+@pytest.mark.parametrize("secret", [None, "wrong"])
+def test_without_the_secret_writes_are_refused(ui_settings: Settings, secret: str | None) -> None:
+    with pytest.raises(EvidentlyError, match="Not enough permissions"):
+        _new_project(ui_settings.replace(evidently_secret=secret).monitoring)
+
+
+def test_a_frozen_ui_fails_the_call_in_bounded_time_then_works_again(
+    ui_settings: Settings, evidently_ui: EvidentlyUI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGSTOP'ed, the UI accepts connections and answers nothing: NETWORK_TIMEOUT_SECONDS
+    ends the wait (the run fails and is retried), and after SIGCONT it works."""
+    monkeypatch.setattr(retry, "NETWORK_TIMEOUT_SECONDS", 1.0)
+    with evidently_ui.frozen(), pytest.raises(requests.Timeout):
+        drift.open_workspace(ui_settings.monitoring)
+    assert _new_project(ui_settings.monitoring)
+
+
 def test_a_project_lost_by_the_ui_is_made_again_with_its_dashboard(
     data_dir: Path,
     reference: pd.DataFrame,
@@ -194,6 +233,7 @@ def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
     reference: pd.DataFrame,
     ui_settings: Settings,
     evidently_ui: EvidentlyUI,
+    http: requests.Session,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Through the real ``evidently ui``: the dashboard ChurnOps defines, the series its
@@ -201,8 +241,6 @@ def test_the_ui_has_the_dashboard_panels_and_each_report_opens_with_a_summary(
     widget is the summary, with one confusion matrix and no in-sample reference scores."""
     settings = ui_settings
     monkeypatch.setattr(drift, "PROJECT", "dash")  # a project of this test's own
-    http = requests.Session()
-    http.headers["evidently-secret"] = SECRET
     files = {"customer_churn_1.csv": "7", "customer_churn_synthetic_2.csv": "8"}
     results = {}
     for name, version in files.items():
@@ -263,6 +301,7 @@ def test_a_report_stored_in_the_ui_is_withdrawn(
     reference: pd.DataFrame,
     ui_settings: Settings,
     evidently_ui: EvidentlyUI,
+    http: requests.Session,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An attempt that fails after storing its report withdraws it from the real UI too (the
@@ -275,8 +314,6 @@ def test_a_report_stored_in_the_ui_is_withdrawn(
     drift.withdraw(ui_settings.monitoring, failed.snapshot_id)
     workspace = drift.open_workspace(ui_settings.monitoring)
     (project,) = workspace.search_project("withdrawn")
-    http = requests.Session()
-    http.headers["evidently-secret"] = SECRET
     reports = http.get(f"{evidently_ui.url}/api/projects/{project.id}/reports").json()
     assert [r["id"] for r in reports] == [kept.snapshot_id]
 
