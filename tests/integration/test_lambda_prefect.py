@@ -1,10 +1,12 @@
-"""The S3 -> Prefect Lambda handler against a real Prefect server."""
+"""The one registration of the deployments, and the S3 -> Prefect Lambda handler that
+starts their runs, against the session's Prefect server."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -12,11 +14,16 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churnops.drop import trigger
 from churnops.platform import watcher
+from churnops.platform.deployments import register
+from churnops.settings import get_settings
 
 FLOW = "churn_prediction_pipeline"
+REGISTERED = (FLOW, "reconcile", "retrain_model")
 KEYS = {  # as S3 encodes them in events -> decoded
     "data/input/march+batch.csv": "data/input/march batch.csv",
     "data/input/a%2Bb_a%C3%B1o.csv": "data/input/a+b_año.csv",
@@ -27,6 +34,62 @@ KEYS = {  # as S3 encodes them in events -> decoded
 def client(prefect_server: str) -> Iterator[SyncPrefectClient]:
     with SyncPrefectClient(prefect_server) as client:
         yield client
+
+
+@pytest.fixture
+def names() -> tuple[str, ...]:
+    """Names for the three deployments of this test only (other tests share the server)."""
+    suffix = f"reg-{uuid.uuid4().hex[:8]}"
+    return tuple(f"{flow}/{suffix}" for flow in REGISTERED)
+
+
+def read_all(client: SyncPrefectClient, names: tuple[str, ...]) -> dict[str, DeploymentResponse]:
+    """Each deployment as the server holds it, by its flow's name."""
+    pairs = zip(REGISTERED, names, strict=True)
+    return {flow: client.read_deployment_by_name(name) for flow, name in pairs}
+
+
+def test_the_three_deployments_are_registered_as_defined_and_twice_changes_nothing(
+    prefect_server: str, client: SyncPrefectClient, names: tuple[str, ...], tmp_path: Path
+) -> None:
+    drop = get_settings(churnops_home=tmp_path).drop
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        first = register(drop, names, interval=90.0)
+        before = read_all(client, names)
+        second = register(drop, names, interval=90.0)
+        after = read_all(client, names)
+
+    assert first == second
+    assert set(first) == {d.id for d in before.values()}
+    assert {flow.name for flow in first.values()} == set(REGISTERED)
+    for deployment in after.values():
+        assert deployment.work_pool_name is None  # served by the warm runners
+        assert deployment.tags == ["churnops"]
+    pipeline, reconciler, retrainer = after.values()
+    assert pipeline.parameters == {}
+    assert pipeline.parameter_openapi_schema["required"] == ["drop", "key"]
+    assert pipeline.schedules == []
+    assert reconciler.parameters == {"drop": drop.drop_uri}
+    (schedule,) = reconciler.schedules
+    assert schedule.schedule.interval.total_seconds() == 90.0 and schedule.active
+    assert retrainer.parameters == {} and retrainer.schedules == []
+    # The second call wrote nothing: no update, the same schedule (an update replaces it).
+    for flow, deployment in after.items():
+        assert deployment.updated == before[flow].updated, flow
+    assert [s.id for s in reconciler.schedules] == [s.id for s in before["reconcile"].schedules]
+
+
+def test_a_changed_definition_is_updated_in_place(
+    prefect_server: str, client: SyncPrefectClient, names: tuple[str, ...], tmp_path: Path
+) -> None:
+    drop = get_settings(churnops_home=tmp_path).drop
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        first = register(drop, names, interval=60.0)
+        second = register(drop, names, interval=300.0)
+
+    assert first == second
+    (schedule,) = read_all(client, names)["reconcile"].schedules
+    assert schedule.schedule.interval.total_seconds() == 300.0
 
 
 @pytest.fixture
