@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import socket
 from pathlib import Path
 
-import boto3
 import pytest
 
 from churnops import retry
@@ -16,7 +14,7 @@ from churnops.monitoring.alerts import Alert, AlertDeliveryError, assess, build_
 from churnops.platform.services import free_port
 from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import AlertSettings, Settings, get_settings
-from tests.fixtures.moto import sns_topic_to_queue
+from tests.fixtures.moto import received_messages, sns_topic_to_queue
 from tests.fixtures.smtp import SMTP_PASSWORD, SMTP_USER, Mailbox, running_mailbox
 from tests.processes import LOOPBACK
 
@@ -54,10 +52,7 @@ def alert(settings: Settings) -> Alert:
 def test_sns(moto_server: str, settings: Settings, alert: Alert) -> None:
     topic, queue = sns_topic_to_queue(moto_server)
     assert send_alert(alert, settings.replace(alerts_topic_arn=topic).alerts) == ["log", "sns"]
-    sqs = boto3.client("sqs", endpoint_url=moto_server)
-    messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5)["Messages"]
-    assert len(messages) == 1
-    envelope = json.loads(messages[0]["Body"])
+    (envelope,) = received_messages(moto_server, queue)
     assert envelope["Subject"] == f"[ChurnOps] drift + low scores: {FILE} (XGBoostChurnModel v3)"
     assert envelope["Message"] == alert.body
     assert "  - recall: 0.300 < minimum 0.700" in envelope["Message"]
