@@ -178,24 +178,15 @@ def world(
     monkeypatch: pytest.MonkeyPatch,
 ) -> World:
     """Local folder + SQLite, or a versioned moto bucket + Postgres."""
+    settings = _settings(tmp_path, mlflow_server, session_model)
     if request.param == "local":
-        return _local_world(_settings(tmp_path, mlflow_server, session_model), monkeypatch)
-    storage = _s3_storage(request, versioned=True)
-    settings = _settings(
-        tmp_path,
-        mlflow_server,
-        session_model,
-        drop_storage="s3",
-        drop_bucket=storage.bucket,
-        database_url=postgres_url,
-    )
+        storage: DropStorage = LocalDropStorage(settings.drop.drop_dir)
+        storage.create_layout()
+    else:
+        storage = _s3_storage(request, versioned=True)
+        s3 = {"drop_storage": "s3", "drop_bucket": storage.bucket, "database_url": postgres_url}
+        settings = settings.replace(**s3)
     return World(settings, Drops(storage), _quick(monkeypatch))
-
-
-def _local_world(settings: Settings, patch: pytest.MonkeyPatch) -> World:
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
-    return World(settings, Drops(storage), _quick(patch))
 
 
 @pytest.fixture(autouse=True)
@@ -238,19 +229,25 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _before(step_name: str, action: Callable[[], None]) -> per_file.Steps:
-    """The flow's steps, with ``action`` (a kill, a dependency taken down) just before
-    ``step_name`` runs."""
+def _around(
+    step_name: str,
+    before: Callable[[], None] = lambda: None,
+    after: Callable[[], None] = lambda: None,
+) -> per_file.Steps:
+    """The flow's steps, with ``before`` (a kill, a dependency taken down) just before
+    ``step_name`` runs and ``after`` (a failure) right after it did its work."""
 
     def wrap(step: Callable) -> Callable:
         if step.__name__ != step_name:
             return step
 
-        def first_the_action(*args: Any, **kwargs: Any) -> Any:
-            action()
-            return step(*args, **kwargs)
+        def with_the_actions(*args: Any, **kwargs: Any) -> Any:
+            before()
+            done = step(*args, **kwargs)
+            after()
+            return done
 
-        return first_the_action
+        return with_the_actions
 
     return flow.STEPS.wrapped(wrap)
 
@@ -288,7 +285,7 @@ def _killed_run(settings: Settings, key: str, point: str, env: dict[str, str]) -
     api = env.pop("PREFECT_API_URL")
     storage = KillingStorage(open_storage(settings.drop), point)
     with temporary_settings(updates={PREFECT_API_URL: api}):
-        _run_flow(pytest.MonkeyPatch(), settings, storage, key, _before(point, _die))
+        _run_flow(pytest.MonkeyPatch(), settings, storage, key, _around(point, _die))
     os._exit(0)  # not killed: the test fails on the exit code
 
 
@@ -510,7 +507,7 @@ def test_a_dependency_down_mid_run_fails_the_attempt_then_the_file_is_processed(
     step, says, rows_closed = OUTAGES[outage]
     key = world.drops.drop("customers.csv", small_file)
     with ExitStack() as back:  # brought back at the end only if it went down
-        outcome = world.process(key, _before(step, _outage(outage, world, request, back)))
+        outcome = world.process(key, _around(step, _outage(outage, world, request, back)))
     assert outcome.status == "failed", outcome
     assert all(part in outcome.message for part in says), outcome.message
     world.check(settled=False, waiting=rows_closed)
@@ -530,22 +527,6 @@ def test_a_dependency_down_mid_run_fails_the_attempt_then_the_file_is_processed(
         assert len(workspace.list_runs(project.id)) == 1
 
 
-def _failing_after(step_name: str) -> per_file.Steps:
-    """The flow's steps, ``step_name`` failing right after it did its work."""
-
-    def wrap(step: Callable) -> Callable:
-        if step.__name__ != step_name:
-            return step
-
-        def then_fail(*args: Any, **kwargs: Any) -> Any:
-            step(*args, **kwargs)
-            raise RuntimeError(f"failed after {step_name}")
-
-        return then_fail
-
-    return flow.STEPS.wrapped(wrap)
-
-
 @pytest.mark.parametrize("world", ["local"], indirect=True)
 def test_a_redrive_that_fails_after_its_move_keeps_one_report_and_its_own_metrics(
     world: World, small_file: bytes
@@ -554,10 +535,11 @@ def test_a_redrive_that_fails_after_its_move_keeps_one_report_and_its_own_metric
     attempt 2 moves the file and then fails, so it finishes the run itself: its report and
     its metrics stay, and attempt 1's metrics are not added to its own."""
     key = world.drops.drop("customers.csv", small_file)
-    first = world.process(key, _before("finish", lambda: _raise(RuntimeError("no move"))))
+    first = world.process(key, _around("finish", _failure("no move")))
     assert first.status == "failed", first
     outcomes: list[per_file.FileOutcome] = []
-    redrive = lambda a: outcomes.append(world.process(a.key, _failing_after("finish")))  # noqa: E731
+    fails = _around("finish", after=_failure("failed after its move"))
+    redrive = lambda a: outcomes.append(world.process(a.key, fails))  # noqa: E731
     reconcile.reconcile(world.settings, world.storage, redrive, flow.PrefectFlowRuns())
     assert [o.status for o in outcomes] == ["processed"], outcomes
     world.check(settled=True)
@@ -577,7 +559,7 @@ def test_a_report_the_ui_stored_after_its_attempt_gave_up_waiting_is_withdrawn(
     """A frozen Evidently UI stores a report after the attempt's request timed out: the
     attempt fails not knowing it, and its re-drive withdraws it before storing its own."""
     key = world.drops.drop("customers.csv", small_file)
-    first = world.process(key, _failing_after("monitor"))  # stored, then the wait ended
+    first = world.process(key, _around("monitor", after=_failure("stored, then failed")))
     assert first.status == "failed", first
     assert [o.status for o in world.reconcile()] == ["processed"]
     world.check(settled=True)
@@ -586,8 +568,13 @@ def test_a_report_the_ui_stored_after_its_attempt_gave_up_waiting_is_withdrawn(
     assert len(workspace.list_runs(project.id)) == 1
 
 
-def _raise(exc: Exception) -> None:
-    raise exc
+def _failure(why: str) -> Callable[[], None]:
+    """An action that fails with ``RuntimeError(why)``."""
+
+    def fail() -> None:
+        raise RuntimeError(why)
+
+    return fail
 
 
 # --- duplicates, concurrency, re-drops and name clashes ------------------------------------------
@@ -989,19 +976,27 @@ def _own_view(storage: DropStorage) -> DropStorage:
     return storage
 
 
-class BlindStorage:
-    """A storage whose look-ups fail once ``blind`` is set (its other calls work)."""
+class FailingStorage:
+    """A storage whose ``calls`` raise ``error`` once ``failing`` is set (its other calls
+    work: on a full disk, moves, renames on one disk and reads do)."""
 
-    def __init__(self, inner: DropStorage) -> None:
-        self.inner, self.blind = inner, False
+    def __init__(self, inner: DropStorage, calls: tuple[str, ...], error: Exception) -> None:
+        self.inner, self.calls, self.error, self.failing = inner, calls, error, False
+
+    def fail(self) -> None:
+        self.failing = True
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        attribute = getattr(self.inner, name)
+        if name not in self.calls:
+            return attribute
 
-    def exists(self, key: str) -> bool:
-        if self.blind:
-            raise ConnectionError("storage look-ups time out")
-        return self.inner.exists(key)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.failing:
+                raise self.error
+            return attribute(*args, **kwargs)
+
+        return call
 
 
 def test_storage_look_ups_failing_mid_run_fail_the_attempt_then_it_is_processed(
@@ -1010,32 +1005,11 @@ def test_storage_look_ups_failing_mid_run_fail_the_attempt_then_it_is_processed(
     """The takeover check is a storage call too: down, it fails the attempt (retried),
     never escapes it."""
     key = world.drops.drop("customers.csv", small_file)
-    blind = BlindStorage(world.storage)
-    steps = _before("monitor", lambda: setattr(blind, "blind", True))
-    outcome = world.process(key, steps, storage=blind)
+    blind = FailingStorage(world.storage, ("exists",), ConnectionError("storage look-ups time out"))
+    outcome = world.process(key, _around("monitor", blind.fail), storage=blind)
     assert outcome.status == "failed" and "look-ups time out" in outcome.message, outcome
     assert [o.status for o in world.reconcile()] == ["processed"]
     world.check(settled=True)
-
-
-class FullDisk:
-    """A storage whose writes fail with ENOSPC while ``full`` (moves, renames on one disk,
-    and reads work)."""
-
-    def __init__(self, inner: DropStorage) -> None:
-        self.inner, self.full = inner, False
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.inner, name)
-        if name not in ("create", "create_streamed", "replace", "append_line"):
-            return attribute
-
-        def write(*args: Any, **kwargs: Any) -> Any:
-            if self.full:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return attribute(*args, **kwargs)
-
-        return write
 
 
 def test_a_full_disk_fails_the_attempt_and_its_retries_then_the_file_is_processed_once(
@@ -1046,12 +1020,13 @@ def test_a_full_disk_fails_the_attempt_and_its_retries_then_the_file_is_processe
     the run; once there is room, the claim's silence ends it (the one liveness rule) and
     the next attempt processes the file, unchanged, once, every record agreeing."""
     key = world.drops.drop("customers.csv", small_file)
-    disk = FullDisk(world.storage)
-    outcome = world.process(key, _before("score_file", lambda: setattr(disk, "full", True)), disk)
+    writes = ("create", "create_streamed", "replace", "append_line")
+    disk = FailingStorage(world.storage, writes, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    outcome = world.process(key, _around("score_file", disk.fail), disk)
     assert outcome.status == "failed" and "No space left" in outcome.message, outcome
     again = world.process(run_key("processing", outcome.run, "customers.csv"), storage=disk)
     assert again.status != "processed", again
-    disk.full = False
+    disk.failing = False
     world.patch.setattr(claims, "LEASE_SECONDS", 0.5)
     time.sleep(1.0)  # the failed attempt's claim says running, and beats no more
     assert [(o.status, o.attempt) for o in world.reconcile()] == [("processed", 2)]
@@ -1083,57 +1058,52 @@ def test_a_processing_object_deleted_mid_run_closes_the_run_once(
     world.check(settled=True)
 
 
-# the local folder only: names, symlinks and writers are file-system matters
-@pytest.fixture
-def local_world(
-    tmp_path: Path, mlflow_server: str, session_model: str, monkeypatch: pytest.MonkeyPatch
-) -> World:
-    return _local_world(_settings(tmp_path, mlflow_server, session_model), monkeypatch)
-
-
+# --- the local folder only: names, symlinks and writers are file-system matters --------------
+@pytest.mark.parametrize("world", ["local"], indirect=True)
 def test_a_name_that_is_not_utf8_is_refused_once_and_harms_no_other(
-    local_world: World, small_file: bytes, caplog: pytest.LogCaptureFixture
+    world: World, small_file: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     """No event or flow run can carry such a name: the reconciler refuses it in process,
     once, to errored/ under a cut name (the claim file keeps the original), with one alert."""
-    folder = os.fsencode(local_world.settings.drop.drop_dir / "data" / "input")
+    folder = os.fsencode(world.settings.drop.drop_dir / "data" / "input")
     with open(os.path.join(folder, b"caf\xe9.csv"), "wb") as out:  # Latin-1, not UTF-8
         out.write(small_file)
-    local_world.drops.dropped.append(small_file)
-    local_world.drops.drop("fine.csv", small_file)
+    world.drops.dropped.append(small_file)
+    world.drops.drop("fine.csv", small_file)
 
-    outcomes = local_world.reconcile()
+    outcomes = world.reconcile()
 
     assert [(o.name, o.status) for o in outcomes] == [("fine.csv", "processed")]
     assert os.listdir(folder) == []
-    local_world.check(settled=True, invalid=1)
-    (run,) = {k.split("/")[2] for k in local_world.storage.list_keys("data/errored/")}
-    lease = claims.latest_lease(local_world.storage, run)
+    world.check(settled=True, invalid=1)
+    (run,) = {k.split("/")[2] for k in world.storage.list_keys("data/errored/")}
+    lease = claims.latest_lease(world.storage, run)
     assert lease is not None and lease.name == run_name("caf\udce9.csv")
     assert lease.source_key == "data/input/caf\udce9.csv"
-    log = local_world.storage.read(log_key(run, lease.name)).decode()
+    log = world.storage.read(log_key(run, lease.name)).decode()
     assert "the file name 'caf\\xe9.csv' is not UTF-8 text" in log
-    assert local_world.reconcile() == []  # once: nothing left to warn about
-    assert local_world.settings.alerts.alert_log.read_text().count("not UTF-8 text") == 1
+    assert world.reconcile() == []  # once: nothing left to warn about
+    assert world.settings.alerts.alert_log.read_text().count("not UTF-8 text") == 1
     assert not [r for r in caplog.records if "reconcile: skipped" in r.getMessage()]
 
 
+@pytest.mark.parametrize("world", ["local"], indirect=True)
 def test_a_symlink_is_refused_to_errored_without_being_read_or_followed(
-    local_world: World, small_file: bytes, tmp_path: Path
+    world: World, small_file: bytes, tmp_path: Path
 ) -> None:
     secret = tmp_path / "outside" / "secret.csv"
     secret.parent.mkdir()
     secret.write_bytes(small_file)
-    link = local_world.settings.drop.drop_dir / "data" / "input" / "link.csv"
+    link = world.settings.drop.drop_dir / "data" / "input" / "link.csv"
     link.symlink_to(secret)
-    outcome = local_world.process("data/input/link.csv")
+    outcome = world.process("data/input/link.csv")
     assert outcome.status == "errored", outcome
     assert "not a regular file" in outcome.message
-    errored = local_world.settings.drop.drop_dir / "data" / "errored" / outcome.run / "link.csv"
+    errored = world.settings.drop.drop_dir / "data" / "errored" / outcome.run / "link.csv"
     assert errored.is_symlink() and secret.read_bytes() == small_file
-    made = [k for k in local_world.storage.list_keys("data/") if "_predictions_" in k]
+    made = [k for k in world.storage.list_keys("data/") if "_predictions_" in k]
     assert made == []  # the target was never read into an output
-    assert local_world.reconcile() == []
+    assert world.reconcile() == []
 
 
 class ReplacingStorage(LocalDropStorage):
@@ -1152,18 +1122,19 @@ class ReplacingStorage(LocalDropStorage):
         super()._delete_source(source, target)
 
 
+@pytest.mark.parametrize("world", ["local"], indirect=True)
 def test_a_same_name_replacement_during_the_move_in_is_a_second_file(
-    local_world: World, small_file: bytes, data_dir: Path
+    world: World, small_file: bytes, data_dir: Path
 ) -> None:
     second = (data_dir / "customer_churn_2_majority_drifted.csv").read_bytes()[:20000]
     second = second.rsplit(b"\n", 1)[0] + b"\n"
-    storage = ReplacingStorage(local_world.settings.drop.drop_dir, second)
-    local_world.drops = Drops(storage)
-    key = local_world.drops.drop("customers.csv", small_file)
-    local_world.drops.dropped.append(second)
-    assert local_world.process(key).status == "processed"
-    assert [o.status for o in local_world.reconcile()] == ["processed"]
-    local_world.check(settled=True)
+    storage = ReplacingStorage(world.settings.drop.drop_dir, second)
+    world.drops = Drops(storage)
+    key = world.drops.drop("customers.csv", small_file)
+    world.drops.dropped.append(second)
+    assert world.process(key).status == "processed"
+    assert [o.status for o in world.reconcile()] == ["processed"]
+    world.check(settled=True)
 
 
 def test_a_same_name_replacement_before_the_claim(
@@ -1193,12 +1164,13 @@ def test_a_same_name_replacement_before_the_claim(
     assert world.reconcile() == []
 
 
+@pytest.mark.parametrize("world", ["local"], indirect=True)
 @pytest.mark.parametrize(
     ("dropped_again", "status", "why"),
     [(False, "skipped", "changed during its run"), (True, "errored", "is another drop now")],
 )
 def test_a_file_written_after_its_claim_starts_over_unless_its_name_was_dropped_again(
-    local_world: World,
+    world: World,
     small_file: bytes,
     data_dir: Path,
     dropped_again: bool,
@@ -1209,8 +1181,8 @@ def test_a_file_written_after_its_claim_starts_over_unless_its_name_was_dropped_
     its final content processed as a new run. If a newer drop took the name (a move never
     replaces), it ends in errored/ with why, once, and the newer drop is processed."""
     more = small_file.split(b"\n", 1)[1]
-    key = local_world.drops.drop("customers.csv", small_file)
-    local_world.drops.dropped = [small_file + more]
+    key = world.drops.drop("customers.csv", small_file)
+    world.drops.dropped = [small_file + more]
 
     def still_writing(settings: Settings, storage: DropStorage, processing_key: str, *rest):
         scored = per_file.score_file(settings, storage, processing_key, *rest)
@@ -1218,15 +1190,15 @@ def test_a_file_written_after_its_claim_starts_over_unless_its_name_was_dropped_
             out.write(more)
         if dropped_again:
             newer = (data_dir / "customer_churn_2_majority_drifted.csv").read_bytes()
-            local_world.drops.drop("customers.csv", newer)
+            world.drops.drop("customers.csv", newer)
         return scored
 
-    outcome = local_world.process(key, replace(flow.STEPS, score_file=still_writing))
+    outcome = world.process(key, replace(flow.STEPS, score_file=still_writing))
 
     assert outcome.status == status and why in outcome.message, outcome
-    assert [o.status for o in local_world.reconcile()] == ["processed"]
-    local_world.check(settled=True, invalid=int(dropped_again))
-    assert local_world.reconcile() == []
+    assert [o.status for o in world.reconcile()] == ["processed"]
+    world.check(settled=True, invalid=int(dropped_again))
+    assert world.reconcile() == []
 
 
 def test_the_reconciler_sees_the_pipelines_taken_and_running_flow_runs_and_ends_them() -> None:
