@@ -1,23 +1,57 @@
-"""Training end to end against a real MLflow tracking server."""
+"""Training and retraining through the promotion gate against the session's real MLflow
+server. Retraining tests work on a copy of the session model (moving its alias must not
+change what others score with) and labeled files processed by ``per_file.process``; a ROC
+AUC minimum the fast model passes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import io
+import multiprocessing
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from churnops.data.features import FEATURES
+from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET
-from churnops.model import registry
-from churnops.model.churn_model import configure_mlflow
-from churnops.model.registry import Outcome, TrainingOptions, train_and_register
+from churnops.drop.storage import DropStorage, open_storage, stage_key
+from churnops.model import registry, training
+from churnops.model.churn_model import (
+    ChurnModel,
+    NoAliasedVersion,
+    UnloadableVersion,
+    configure_mlflow,
+    load_aliased_model,
+)
+from churnops.model.registry import Outcome, TrainingOptions, deployed, row_keys, train_and_register
+from churnops.monitoring.metrics_db import MetricsStore
+from churnops.pipeline import per_file
+from churnops.pipeline.flow import retrain_model
+from churnops.pipeline.labels import LABELED_ROWS_SUFFIX
+from churnops.pipeline.retrain_trigger import submit_to_deployment
+from churnops.pipeline.retraining import DIGEST_CHARS, LOCK, RetrainOptions, retrain, score
+from churnops.platform.services import free_port
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings, get_settings
+from tests.fixtures.model import FAST_PARAMS
+from tests.processes import LOOPBACK
 
+#: A model that barely learns: worse than the champion on any file.
 WORSE = {"n_estimators": 2, "max_depth": 1, "learning_rate": 0.01}
 
 
@@ -234,8 +268,6 @@ def test_an_alias_moved_by_hand_to_what_does_not_score_is_one_line(
     (scikit-learn), "AttributeError: 'P' object has no attribute 'score'" (a pyfunc) or
     "Registered model alias staging not found." (no model, no remedy), and `churnops train
     --force` and `retrain` ended in an AttributeError traceback."""
-    from churnops.model.churn_model import NoAliasedVersion, UnloadableVersion, load_aliased_model
-
     name = f"UsersOwn{kind.title()}"
     settings = get_settings(
         churnops_home=tmp_path, mlflow_tracking_uri=mlflow_server, model_name=name
@@ -264,8 +296,6 @@ def test_a_model_deleted_and_registered_again_is_not_scored_by_its_old_self(
     """Deleted in the MLflow UI and trained again, the model numbers its versions from 1
     anew: a long-lived runner kept scoring with the deleted version 1 it had loaded (its
     cache knew a version by number only), under the new version 1's name."""
-    from churnops.model.churn_model import load_aliased_model
-
     name = "DeletedAndAgain"
     settings = get_settings(
         churnops_home=tmp_path, mlflow_tracking_uri=mlflow_server, model_name=name
@@ -280,3 +310,351 @@ def test_a_model_deleted_and_registered_again_is_not_scored_by_its_old_self(
     assert first.version == again.version == "1" and again.status == "promoted"
     new = load_aliased_model(settings.model)
     assert new.model.classifier.get_booster().num_boosted_rounds() == 61  # the shipped ones
+
+
+SYNTHETIC = [f"customer_churn_synthetic_{i}.csv" for i in (1, 2, 3)]
+LABELED = [f"labels{again}.csv{LABELED_ROWS_SUFFIX}" for again in ("", "-again")]
+
+
+@dataclass
+class World:
+    settings: Settings
+    storage: DropStorage
+    data_dir: Path
+    dropped: int = 0
+
+    def drop(
+        self, name: str, as_name: str | None = None, steps: per_file.Steps = per_file.PLAIN_STEPS
+    ) -> per_file.FileOutcome:
+        key = stage_key("input", as_name or name)
+        return self.process(key, (self.data_dir / name).read_bytes(), steps)
+
+    def process(
+        self, key: str, data: bytes, steps: per_file.Steps = per_file.PLAIN_STEPS
+    ) -> per_file.FileOutcome:
+        """Drop ``data`` at ``key`` a second after the previous drop, and process it. The
+        window orders drops by their run ids, to the second (S3 keeps no finer time):
+        two drops within one second would be in either order."""
+        self.storage.create(key, data)
+        self.dropped += 1
+        stamp = time.time() - 3600 + self.dropped
+        os.utime(self.storage.path(key), (stamp, stamp))
+        outcome = per_file.process(self.settings, self.storage, key, steps=steps)
+        assert outcome.status == "processed", outcome.message
+        return outcome
+
+    def alias_version(self) -> str:
+        client = mlflow.MlflowClient()
+        found = client.get_model_version_by_alias(self.settings.model.model_name, "staging")
+        return str(found.version)
+
+    def version_tags(self, version: str) -> dict[str, str]:
+        return mlflow.MlflowClient().get_model_version(self.settings.model.model_name, version).tags
+
+    def retrain(self, params: dict = FAST_PARAMS, **kwargs: Any) -> Outcome:
+        return retrain(self.settings, self.storage, RetrainOptions(params=params), **kwargs)
+
+    def assert_unchanged(self) -> None:
+        """Nothing moved: the alias on version 1, the only version, and no event."""
+        assert self.alias_version() == "1" and self.events().empty
+        name = self.settings.model.model_name
+        versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+        assert [v.version for v in versions] == ["1"]
+
+    def events(self):
+        with closing(MetricsStore.from_settings(self.settings.monitoring)) as store:
+            return store.model_events()
+
+
+@pytest.fixture
+def world(
+    mlflow_server: str,
+    session_model: str,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> World:
+    """A scratch home whose model is a copy of the session model (version 1 = staging);
+    quick folds, a ROC AUC minimum the fast parameters pass."""
+    name = f"Retrain-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(registry, "CV_FOLDS", 2)
+    monkeypatch.setattr(registry, "GATE_MIN_ROC_AUC", 0.85)
+    settings = get_settings(
+        churnops_home=tmp_path / "home",
+        churn_data_dir=data_dir,
+        mlflow_tracking_uri=mlflow_server,
+        database_url=None,
+        model_name=name,
+        retrain_mode="off",
+    )
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    copy = client.copy_model_version(f"models:/{session_model}/1", name)
+    client.set_registered_model_alias(name, "staging", copy.version)
+    return World(settings, open_storage(settings.drop), data_dir)
+
+
+def file_sha(world: World, name: str) -> str:
+    return hashlib.sha256((world.data_dir / name).read_bytes()).hexdigest()
+
+
+def test_a_worse_challenger_is_refused_a_better_one_promoted_with_lineage(world: World) -> None:
+    for name in SYNTHETIC[:2]:
+        world.drop(name)
+    holdout = unseen(world, load_customer_file(world.data_dir / SYNTHETIC[1], require_target=True))
+    champion_f1 = score(load_aliased_model(world.settings.model).model, holdout).f1
+
+    worse = world.retrain(WORSE)
+    assert worse.status == "refused", worse.reason
+    assert worse.champion_f1 == pytest.approx(champion_f1)  # the deployed version itself
+    assert f"< {champion_f1:.3f} + 0.010 of current staging version 1" in worse.reason
+    assert world.alias_version() == "1"
+    tags = world.version_tags(worse.version)
+    assert tags["promotion.decision"] == "refused"
+    assert tags["promotion.reason"] == worse.reason
+    assert tags["lineage.parent_version"] == "1"
+
+    better = world.retrain(FAST_PARAMS)
+    assert better.status == "promoted", better.reason
+    assert better.holdout_f1 >= champion_f1 and better.parent_version == "1"
+    assert world.alias_version() == better.version
+    assert world.version_tags(better.version)["promotion.decision"] == "promoted"
+    # and the rows of synthetic 2 the champion learned from (copies of training rows)
+    assert better.training_files[:2] == ("customer_churn_0.csv", SYNTHETIC[0])
+    assert better.holdout_file == SYNTHETIC[1]
+
+    run = mlflow.MlflowClient().get_run(better.run_id)
+    assert run.data.tags["lineage.parent_version"] == "1"
+    assert run.data.tags["promotion.decision"] == "promoted"
+    inputs = {}
+    for i in run.inputs.dataset_inputs:
+        tags = {t.key: t.value for t in i.tags}
+        inputs[i.dataset.name, tags["mlflow.data.context"]] = (i.dataset.digest, tags)
+    for name in ("customer_churn_0.csv", SYNTHETIC[0]):  # the fit's files, by content
+        digest, tags = inputs[name, "training"]
+        assert digest == file_sha(world, name)[:DIGEST_CHARS]
+        assert tags["sha256"] == file_sha(world, name)
+        file_rows = len(load_customer_file(world.data_dir / name, require_target=True))
+        assert 0 < int(tags["rows"]) <= file_rows  # the training file's holdout split is out
+    digest, tags = inputs[SYNTHETIC[1], "holdout"]  # the rows judged, by their own digest
+    assert digest == tags["sha256"][:DIGEST_CHARS] != file_sha(world, SYNTHETIC[1])[:DIGEST_CHARS]
+    assert 0 < int(tags["rows"]) <= 1000
+
+    events = world.events()
+    assert list(events["event"]) == ["refused", "promoted"]
+    assert list(events["version"]) == [worse.version, better.version]
+    assert list(events["parent_version"]) == ["1", "1"]
+    assert set(events["trigger"]) == {"manual"}
+    assert events["champion_f1"].iloc[1] == pytest.approx(champion_f1)
+    alerts = world.settings.alerts.alert_log.read_text()
+    assert f"[ChurnOps] retraining refused version {worse.version}" in alerts
+    assert f"[ChurnOps] retraining promoted version {better.version}" in alerts
+
+    again = world.retrain()
+    assert again.status == "skipped" and "unseen by the champion" in again.reason
+    assert world.alias_version() == better.version
+
+
+def test_auto_retraining_from_the_alert_step_serves_the_next_file_not_the_current_one(
+    world: World,
+) -> None:
+    """RETRAIN_MODE=auto with an in-process submit: the retraining runs inside the alert
+    step of the file that scored low, so the alias moves while that file is scored."""
+    settings = world.settings.replace(retrain_mode="auto", retrain_cooldown_minutes=0)
+    world.settings = settings
+    outcomes = []
+
+    def submit(key: str, drop: str, run: str) -> None:
+        options = RetrainOptions(trigger="auto", include_run=run, params=FAST_PARAMS, force=True)
+        outcomes.append(retrain(settings, open_storage(settings.drop), options))
+
+    steps = per_file.Steps(send_alerts=_with_submit(submit))
+    first = world.drop(SYNTHETIC[0], steps=steps)
+    (retrained,) = outcomes
+    assert retrained.status == "promoted" and retrained.holdout_file == SYNTHETIC[0]
+    assert first.model_version == "1"  # the file that asked keeps the version it started with
+    assert first.predictions_key.endswith("_v1.csv")
+    assert "retraining started" in first.message
+    assert world.alias_version() == retrained.version
+    assert world.events()["trigger"].tolist() == ["auto"]
+
+    second = world.drop(SYNTHETIC[0], as_name="again.csv")
+    assert second.model_version == retrained.version  # the next file gets the new one
+
+
+def _with_submit(submit: Callable) -> Callable:
+    def send_alerts(*args, **kwargs):
+        return per_file.send_alerts(*args, **{**kwargs, "submit": submit})
+
+    return send_alerts
+
+
+def test_the_retrain_deployment_gets_one_run_per_cooldown_window(prefect_server: str) -> None:
+    """Thirty bad files in one window submit with one idempotency key: one flow run."""
+    name = f"retrain-{uuid.uuid4().hex[:8]}"
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        with get_client(sync_client=True) as client:
+            flow_id = client.create_flow_from_name("retrain_model")
+            deployment = client.create_deployment(flow_id=flow_id, name=name)
+        for run in range(5):
+            submit_to_deployment(
+                "retrain:20261127T060000Z", "s3://b", f"R{run}", f"retrain_model/{name}"
+            )
+        submit_to_deployment("retrain:20261127T070000Z", "s3://b", "R9", f"retrain_model/{name}")
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment]))
+            )
+    assert sorted(r.parameters["include_run"] for r in runs) == ["R0", "R9"]
+    assert {r.parameters["trigger"] for r in runs} == {"auto"}
+
+
+def test_the_retrain_flow_completes_with_the_verdict(
+    prefect_server: str, mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing processed yet: the flow run ends Completed, saying why it skipped."""
+    monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        state = retrain_model(trigger="manual", return_state=True)
+    assert state.is_completed()
+    assert state.message.startswith("skipped: no labeled file")
+
+
+# --- kill -9 mid-retraining --------------------------------------------------------------------
+def _retrain_and_die(settings: Settings) -> None:
+    """In a child: retrain, and SIGKILL itself at the first progress line (mid cross-validation)."""
+
+    def die(*_args: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    retrain(settings, open_storage(settings.drop), RetrainOptions(params=FAST_PARAMS), progress=die)
+    os._exit(0)  # not killed: the test fails on the exit code
+
+
+def test_a_retraining_killed_mid_way_leaves_nothing_and_its_lock_is_taken_over(
+    world: World,
+) -> None:
+    world.drop(SYNTHETIC[0])
+    child = multiprocessing.get_context("forkserver").Process(
+        target=_retrain_and_die, args=(world.settings,)
+    )
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -signal.SIGKILL, "the retraining was not killed"
+    with closing(MetricsStore.from_settings(world.settings.monitoring)) as store:
+        assert store.lock_state(LOCK).held(datetime.now(UTC))  # the dead holder's, for an hour
+    assert world.alias_version() == "1" and world.events().empty  # nothing half-done
+
+    after = world.retrain()
+    assert after.status in ("promoted", "refused"), after  # taken over, not waited for
+    assert len(world.events()) == 1
+
+
+# --- the holdout: rows the challenger never saw ------------------------------------------------
+def _late_labels(world: World, scored: per_file.FileOutcome, churn: pd.Series, name: str) -> None:
+    """Drop the predictions file of ``scored`` back with ``churn`` as its labels."""
+    labels = pd.read_csv(io.BytesIO(world.storage.read(scored.predictions_key)))
+    labels["Churn"] = churn.to_numpy()
+    world.process(stage_key("labels", name), labels.to_csv(index=False).encode())
+
+
+def unseen(world: World, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows the deployed version did not learn from (its logged row keys)."""
+    _, seen = deployed(world.settings.model, load_aliased_model)
+    return rows[~row_keys(rows).isin(seen)]
+
+
+def _never_saw(world: World, holdout: pd.DataFrame, relabeled: pd.DataFrame) -> float:
+    """F1 on ``holdout`` of the fast parameters fitted on the training file's fit split
+    (with the newest labels of its rows that ``relabeled`` carries too), without any row
+    that has the features of a row of either holdout."""
+    rows = load_customer_file(world.data_dir / "customer_churn_0.csv", require_target=True)
+    fit, kept_out = training.split_holdout(
+        rows, target(rows), registry.HOLDOUT_FRACTION, registry.RANDOM_SEED
+    )
+    both = pd.concat([fit, relabeled], keys=["fit", "new"]).assign(
+        _key=pd.concat([row_keys(fit), row_keys(relabeled)]).to_numpy()
+    )
+    fit = both.drop_duplicates("_key", keep="last")
+    digests = {key.split(".")[0] for key in [*row_keys(holdout), *row_keys(kept_out)]}
+    fit = fit[~row_keys(fit).str.split(".").str[0].isin(digests)]
+    X, y = prepare_features(fit, FEATURES), target(fit)
+    threshold, _ = training.cross_validate(
+        FAST_PARAMS, X, y, registry.CV_FOLDS, registry.RANDOM_SEED
+    )
+    model = ChurnModel.in_memory(
+        FEATURES, threshold, training.make_classifier(FAST_PARAMS, registry.RANDOM_SEED).fit(X, y)
+    )
+    return score(model, holdout).f1
+
+
+def test_a_labeled_file_and_its_late_labels_are_one_holdout_never_in_the_fit(
+    world: World,
+) -> None:
+    """The leak once seen: a file scored with its own Churn, then its labels dropped twice,
+    contradicting it. The rows count once, with the newest labels, only in the holdout."""
+    scored = world.drop(SYNTHETIC[0])
+    rows = load_customer_file(world.data_dir / SYNTHETIC[0], require_target=True)
+    flipped = 1 - rows[TARGET]
+    _late_labels(world, scored, flipped, "labels.csv")
+    _late_labels(world, scored, flipped, "labels-again.csv")
+
+    relabeled = rows.assign(**{TARGET: flipped})
+    holdout = unseen(world, relabeled)  # before: a promoted version learns the holdout too
+
+    outcome = world.retrain()
+
+    assert outcome.status in ("promoted", "refused"), outcome.reason
+    assert outcome.training_files[0] == "customer_churn_0.csv"
+    assert len(holdout) == sum(map(sum, outcome.scores["challenger"].confusion)) > 900
+    assert outcome.holdout_f1 == pytest.approx(_never_saw(world, holdout, relabeled))
+    run = mlflow.MlflowClient().get_run(outcome.run_id)
+    used = {
+        (i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+        for i in run.inputs.dataset_inputs
+    }
+    (held,) = [name for name, context in used if context == "holdout"]
+    assert held.endswith(LABELED_ROWS_SUFFIX)  # one holdout: the newest labels, once
+    assert {name for name, _ in used} <= {"customer_churn_0.csv", held, *LABELED}
+    assert "champion_holdout_f1" in run.data.metrics
+    assert "champion_training_holdout_f1" in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        (slice(0, 10), "fewer than the 100 a holdout needs"),
+        ("stayed", "0 churned and"),
+    ],
+)
+def test_a_holdout_too_small_or_of_one_class_moves_nothing(
+    world: World, rows: slice | str, why: str
+) -> None:
+    frame = pd.read_csv(world.data_dir / SYNTHETIC[0])
+    frame = frame[frame["Churn"] == 0] if rows == "stayed" else frame.iloc[rows]
+    world.process(stage_key("input", "small.csv"), frame.to_csv(index=False).encode())
+
+    outcome = world.retrain()
+
+    assert outcome.status == "skipped" and why in outcome.reason, outcome.reason
+    world.assert_unchanged()
+
+
+def test_mlflow_down_during_the_refit_promotes_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.drop(SYNTHETIC[0])
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    live = mlflow.get_tracking_uri()
+
+    def mlflow_goes_down(*_args: object) -> None:
+        mlflow.set_tracking_uri(f"http://{LOOPBACK}:{free_port(LOOPBACK)}")
+
+    with pytest.raises(Exception, match=r"127\.0\.0\.1|onnect"):
+        world.retrain(progress=mlflow_goes_down)
+    mlflow.set_tracking_uri(live)
+    world.assert_unchanged()
+    back = world.retrain()
+    assert back.status in ("promoted", "refused"), back.reason  # the lock was released
