@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,9 @@ class World:
 
     def runs(self) -> pd.DataFrame:
         return pipeline_runs(self.settings.monitoring.metrics_db_url)
+
+    def tune(self, **values: Any) -> None:
+        self.settings = self.settings.replace(**values)
 
     def process(
         self, key: str, steps: per_file.Steps = flow.STEPS, storage: Any = None
@@ -468,11 +472,11 @@ def _outage(
     connections stay open and nothing answers, not even a timeout."""
     if case.startswith("metrics database"):
         service = request.getfixturevalue("postgres_cluster")
-        _tuned(world, database_url=service.url)
+        world.tune(database_url=service.url)
         world.patch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 1.0)
     elif case.startswith("Evidently"):
         service = request.getfixturevalue("evidently_ui")
-        _tuned(world, evidently_ui_url=service.url, evidently_secret=EVIDENTLY_SECRET)
+        world.tune(evidently_ui_url=service.url, evidently_secret=EVIDENTLY_SECRET)
     else:  # the session's MLflow server, which ``world`` uses already
         service = request.getfixturevalue("mlflow_instance")
     if case.endswith("frozen"):
@@ -725,7 +729,7 @@ def test_a_hostile_file_is_bad_input_errored_once(
     world: World, small_file: bytes, case: str
 ) -> None:
     name, reason = HOSTILE[case]
-    world.settings = world.settings.replace(max_file_bytes=5_000_000)
+    world.tune(max_file_bytes=5_000_000)
 
     outcome = world.process(_drop_as_a_user(world, name, _hostile(case, small_file)))
 
@@ -809,11 +813,6 @@ def test_a_dependency_failure_is_one_short_line_where_users_look(
 
 
 # --- one bad input never harms another (issue 23) -------------------------------------------------
-def _tuned(world: World, **values: Any) -> World:
-    world.settings = world.settings.replace(**values)
-    return world
-
-
 def _processing_key(world: World) -> str:
     (run,) = {k.split("/")[2] for k in world.storage.list_keys("data/processing/")}
     lease = claims.latest_lease(world.storage, run)
@@ -827,7 +826,7 @@ def test_a_dependency_down_for_every_attempt_gives_up_after_max_attempts(
     """MLflow down (nothing listens on its port; stopping the session's server is
     test_a_dependency_down_mid_run_fails_the_attempt_then_the_file_is_processed) for both
     attempts."""
-    _tuned(world, mlflow_tracking_uri=f"http://{LOOPBACK}:{free_port(LOOPBACK)}")
+    world.tune(mlflow_tracking_uri=f"http://{LOOPBACK}:{free_port(LOOPBACK)}")
     world.patch.setattr(retry, "MAX_ATTEMPTS", 2)
     key = world.drops.drop("customers.csv", small_file)
     first = world.process(key)
@@ -854,19 +853,13 @@ def test_a_file_that_cannot_be_moved_in_fails_then_is_given_up_once_and_stays_un
     storage = world.storage
     assert isinstance(storage, S3DropStorage)
     key, bucket = stage_key("input", "archived.csv"), storage.bucket
-    if refusal == "archived":
-        storage.client.put_object(Bucket=bucket, Key=key, Body=small_file, StorageClass="GLACIER")
-    else:
+    kept: dict[str, Any] = {"StorageClass": "GLACIER"}
+    if refusal == "locked":
         lock = {"ObjectLockEnabled": "Enabled"}
         storage.client.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration=lock)
         until = datetime.now(UTC) + timedelta(days=1)
-        storage.client.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=small_file,
-            ObjectLockMode="COMPLIANCE",
-            ObjectLockRetainUntilDate=until,
-        )
+        kept = {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": until}
+    storage.client.put_object(Bucket=bucket, Key=key, Body=small_file, **kept)
     dropped = storage.client.head_object(Bucket=storage.bucket, Key=key)
 
     url = world.settings.monitoring.metrics_db_url
@@ -1213,14 +1206,8 @@ def test_the_reconciler_sees_the_pipelines_taken_and_running_flow_runs_and_ends_
         "completed": Completed(),
     }
     with get_client(sync_client=True) as client:
-        ids = {
-            name: str(
-                client.create_flow_run(
-                    flow.churn_prediction_pipeline, parameters=parameters, state=state
-                ).id
-            )
-            for name, state in states.items()
-        }
+        create = partial(client.create_flow_run, flow.churn_prediction_pipeline)
+        ids = {name: str(create(parameters=parameters, state=s).id) for name, s in states.items()}
     unfinished = flow.PrefectFlowRuns().unfinished()
     assert {name for name, i in ids.items() if i in unfinished} == {"pending", "running"}
 
