@@ -223,45 +223,43 @@ def _xlsx() -> bytes:
     return out.getvalue()
 
 
+#: A malformed file made from 50 good rows, and what its rejection says.
 MALFORMED = {
-    "empty.csv": (lambda d: b"", "file is empty"),
-    "header_only.csv": (lambda d: _csv(_good(d).head(0)), "header but no data rows"),
-    "binary.csv": (lambda d: b"\x89PNG\r\n\x1a\n\x00\x00\x00", "binary, not a CSV"),
-    "broken_quotes.csv": (lambda d: b'a,b\n1,"2\n3,4', "not a parsable CSV"),
-    "excel.xlsx": (lambda d: _xlsx(), "is an Excel workbook (.xlsx)"),
-    "concatenated.csv": (
-        lambda d: _csv(_good(d)) + _csv(_good(d)),
-        "the header line is repeated at lines 52",
-    ),
+    "empty.csv": (lambda good: b"", "file is empty"),
+    "header_only.csv": (lambda good: _csv(good.head(0)), "header but no data rows"),
+    "binary.csv": (lambda good: b"\x89PNG\r\n\x1a\n\x00\x00\x00", "binary, not a CSV"),
+    "broken_quotes.csv": (lambda good: b'a,b\n1,"2\n3,4', "not a parsable CSV"),
+    "excel.xlsx": (lambda good: _xlsx(), "is an Excel workbook (.xlsx)"),
+    "concatenated.csv": (lambda good: _csv(good) * 2, "the header line is repeated at lines 52"),
     "missing_column.csv": (
-        lambda d: _csv(_good(d).drop(columns="Status")),
+        lambda good: _csv(good.drop(columns="Status")),
         "missing column 'status'",
     ),
-    "output_column.csv": (  # other extra columns pass through (test_passthrough_pipeline.py)
-        lambda d: _csv(_good(d).assign(churn_probability=0.5)),
+    "output_column.csv": (  # other extra columns pass through (test_session_model.py)
+        lambda good: _csv(good.assign(churn_probability=0.5)),
         "column 'churn_probability' takes the name of an output column",
     ),
     "text_in_numbers.csv": (
-        lambda d: _csv(_good(d).astype({"Age": object}).assign(Age="old")),
+        lambda good: _csv(good.astype({"Age": object}).assign(Age="old")),
         "'age' must be numeric",
     ),
     "out_of_range.csv": (
-        lambda d: _csv(_good(d).assign(**{"Age Group": 9})),
+        lambda good: _csv(good.assign(**{"Age Group": 9})),
         "'age_group' out of range",
     ),
     "missing_values.csv": (
-        lambda d: _csv(_good(d).assign(Complains=None)),
+        lambda good: _csv(good.assign(Complains=None)),
         "'complains' has 50 missing value(s)",
     ),
     "negative_counts.csv": (
-        lambda d: _csv(_good(d).assign(**{"Seconds of Use": -5})),
+        lambda good: _csv(good.assign(**{"Seconds of Use": -5})),
         "'seconds_of_use' out of range",
     ),
     "too_large.csv": (
-        lambda d: _csv(pd.concat([pd.read_csv(d / "customer_churn_1.csv")] * 30)),
+        lambda good: _csv(pd.concat([good] * 700)),
         "over the limit of 1,000,000 bytes",
     ),
-    "json.csv": (lambda d: b'{"customers": [1, 2, 3]}', "missing column"),
+    "json.csv": (lambda good: b'{"customers": [1, 2, 3]}', "missing column"),
 }
 
 
@@ -270,7 +268,7 @@ def test_malformed_file_ends_in_errored_with_its_reason(
     platform: Platform, data_dir: Path, name: str
 ) -> None:
     make, expected = MALFORMED[name]
-    state = platform.drop(name, make(data_dir))
+    state = platform.drop(name, make(_good(data_dir)))
     assert state.is_failed() and state.name == "Rejected"
     assert state.message.startswith("errored:")
     assert expected in state.message
