@@ -72,11 +72,8 @@ class FakePrefect:
             return (201 if created else 200), run
         return 404, {"detail": "Not Found"}
 
-    def posts(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["method"] == "POST"]
-
-    def gets(self) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["method"] == "GET"]
+    def sent(self, method: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == method]
 
     def authorizations(self) -> list[str | None]:
         return [r["headers"].get("Authorization") for r in self.requests]
@@ -199,10 +196,6 @@ def record(key: str, sequencer: str = "0062A1B2C3D4E5F601", **obj: str) -> dict[
     }
 
 
-def event(*records: Any) -> dict[str, Any]:
-    return {"Records": list(records)}
-
-
 def basic(auth_string: str) -> str:
     return "Basic " + base64.b64encode(auth_string.encode()).decode()
 
@@ -210,7 +203,7 @@ def basic(auth_string: str) -> str:
 def invoke(*records: Any) -> list[dict[str, Any]]:
     """The handler's outcomes for one event of ``records`` (a key stands for its record)."""
     found = [record(r) if isinstance(r, str) else r for r in records]
-    return trigger.lambda_handler(event(*found), None)["results"]
+    return trigger.lambda_handler({"Records": found}, None)["results"]
 
 
 # --- the happy path and key decoding -------------------------------------------------------
@@ -225,7 +218,7 @@ def test_creates_a_flow_run_with_bucket_key_and_idempotency_key(
     key = "data/input/customer_churn_1.csv"
     results = invoke(record(key, **extra))
 
-    [post] = prefect.posts()
+    [post] = prefect.sent("POST")
     run_id = next(iter(prefect.runs.values()))["id"]
     assert results == [{"bucket": BUCKET, "key": key, "status": "created", "flow_run_id": run_id}]
     assert post["body"] == {
@@ -256,7 +249,8 @@ def test_url_encoded_keys_are_decoded_and_the_watcher_encodes_them_alike(
     [outcome] = invoke(encoded)
 
     assert (outcome["status"], outcome["key"]) == ("created", decoded)
-    assert prefect.posts()[0]["body"]["parameters"] == {"drop": f"s3://{BUCKET}", "key": decoded}
+    [post] = prefect.sent("POST")
+    assert post["body"]["parameters"] == {"drop": f"s3://{BUCKET}", "key": decoded}
 
 
 def test_several_records_each_get_an_outcome_and_a_log_line(
@@ -273,7 +267,7 @@ def test_several_records_each_get_an_outcome_and_a_log_line(
     assert [(r["key"], r["status"]) for r in results] == list(
         zip(keys, ["created", "skipped", "created"], strict=True)
     )
-    assert [p["body"]["parameters"]["key"] for p in prefect.posts()] == [keys[0], keys[2]]
+    assert [p["body"]["parameters"]["key"] for p in prefect.sent("POST")] == [keys[0], keys[2]]
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "s3_to_prefect"]
     assert lines == results
     assert "INPUT_PREFIX" not in trigger.ENVIRONMENT
@@ -325,7 +319,7 @@ def test_the_deployment_is_looked_up_once_while_warm(prefect: FakePrefect) -> No
     invoke("data/input/a.csv")
     invoke("data/input/b.csv")
 
-    assert (len(prefect.gets()), len(prefect.posts())) == (1, 2)
+    assert (len(prefect.sent("GET")), len(prefect.sent("POST"))) == (1, 2)
 
 
 # --- Prefect errors -----------------------------------------------------------------------
@@ -339,7 +333,7 @@ def test_a_refusal_fails_the_record_without_retrying(prefect: FakePrefect, statu
     assert results[0]["status"] == "failed"
     assert results[0]["reason"] == f"Prefect API answered HTTP {status}: injected {status}"
     assert results[1]["status"] == "created"
-    assert len(prefect.posts()) == 3
+    assert len(prefect.sent("POST")) == 3
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 408])
@@ -349,7 +343,7 @@ def test_transient_errors_are_retried(prefect: FakePrefect, status: int) -> None
     [outcome] = invoke("data/input/a.csv")
 
     assert outcome["status"] == "created"
-    assert len(prefect.gets()) == 3
+    assert len(prefect.sent("GET")) == 3
 
 
 @pytest.mark.parametrize(
@@ -363,7 +357,7 @@ def test_persistent_server_errors_and_timeouts_raise_for_lambda_to_retry(
 
     with pytest.raises(trigger.PrefectUnavailable, match=f"failed 3 times, last: {last}"):
         invoke("data/input/a.csv")
-    assert prefect.posts() == []
+    assert prefect.sent("POST") == []
 
 
 def test_a_refused_connection_raises(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -390,7 +384,7 @@ def test_the_handler_gives_up_in_its_own_words_before_the_lambdas_timeout(
     (Lambda logs only "Task timed out"). With time for one stalled try, one is made."""
     prefect.stalls = 3
     context = LambdaContext(trigger.DEADLINE_MARGIN_SECONDS + CLIENT_TIMEOUT + 0.3)
-    found = event(record("data/input/a.csv"))
+    found = {"Records": [record("data/input/a.csv")]}
 
     with pytest.raises(trigger.PrefectUnavailable) as unavailable:
         trigger.lambda_handler(found, context)
@@ -398,7 +392,7 @@ def test_the_handler_gives_up_in_its_own_words_before_the_lambdas_timeout(
     message = str(unavailable.value)
     assert "failed 1 times, last: TimeoutError" in message
     assert message.endswith("then no time left before the Lambda's timeout")
-    assert len(prefect.gets()) == 1 and prefect.posts() == []
+    assert len(prefect.sent("GET")) == 1 and prefect.sent("POST") == []
 
 
 @pytest.mark.parametrize("fault", ["stalls", "late"])  # late: the run made, its answer late
@@ -411,7 +405,7 @@ def test_a_timeout_is_retried_and_a_run_it_created_is_reported_created_not_a_dup
     [outcome] = invoke("data/input/a.csv")
 
     assert outcome["status"] == "created"
-    assert len(prefect.posts()) == 3  # warm-up, the try that timed out, the retry
+    assert len(prefect.sent("POST")) == 3  # warm-up, the try that timed out, the retry
     assert len(prefect.runs) == 2  # the retry got the same run back: one run for the file
 
 
@@ -458,7 +452,7 @@ def test_the_deployment_name_comes_from_the_environment(
     [outcome] = invoke("data/input/a.csv")
 
     assert outcome["status"] == "failed"
-    assert prefect.gets()[0]["path"] == "/api/deployments/name/churn_prediction_pipeline/other"
+    assert prefect.sent("GET")[0]["path"] == "/api/deployments/name/churn_prediction_pipeline/other"
 
 
 @pytest.mark.parametrize(
@@ -475,12 +469,13 @@ def test_the_deployment_name_comes_from_the_environment(
     ],
 )
 def test_a_malformed_record_fails_alone(prefect: FakePrefect, bad: Any, reason: str) -> None:
-    results = trigger.lambda_handler(event(bad, record("data/input/a.csv")), None)["results"]
+    records = [bad, record("data/input/a.csv")]
+    results = trigger.lambda_handler({"Records": records}, None)["results"]
 
     assert results[0]["status"] == "failed"
     assert reason in results[0]["reason"]
     assert results[1]["status"] == "created"
-    assert len(prefect.posts()) == 1
+    assert len(prefect.sent("POST")) == 1
 
 
 @pytest.mark.parametrize("bad", [{}, {"Records": "x"}, [], None])

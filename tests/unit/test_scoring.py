@@ -7,14 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import (
-    accuracy_score,
-    f1_score,
-    log_loss,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
+from sklearn import metrics
 
 from churnops.data.schema import RAW_COLUMNS
 from churnops.drop.storage import LocalDropStorage, folder_key, run_key
@@ -60,12 +53,12 @@ def test_quality_scores_are_sklearns() -> None:
     scores = quality_scores(actual, predicted, probability)
     assert scores == pytest.approx(
         {
-            "accuracy": accuracy_score(actual, predicted),
-            "precision": precision_score(actual, predicted),
-            "recall": recall_score(actual, predicted),
-            "f1": f1_score(actual, predicted),
-            "roc_auc": roc_auc_score(actual, probability),
-            "log_loss": log_loss(actual, probability),
+            "accuracy": metrics.accuracy_score(actual, predicted),
+            "precision": metrics.precision_score(actual, predicted),
+            "recall": metrics.recall_score(actual, predicted),
+            "f1": metrics.f1_score(actual, predicted),
+            "roc_auc": metrics.roc_auc_score(actual, probability),
+            "log_loss": metrics.log_loss(actual, probability),
         }
     )
 
