@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import py_compile
 import re
 import shutil
 import subprocess
@@ -116,11 +115,6 @@ def test_no_machine_paths_in_committed_terraform_files() -> None:
     for path in files:
         if path.exists() and path.suffix not in {".pyc"}:
             assert not pattern.search(path.read_text()), path
-
-
-def test_scripts_compile() -> None:
-    for script in (TERRAFORM_DIR / "scripts").glob("*.py"):
-        py_compile.compile(str(script), doraise=True)
 
 
 def test_cli_config_uses_the_mirror_from_env_or_installs_directly(
