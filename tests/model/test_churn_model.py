@@ -14,12 +14,7 @@ from mlflow.pyfunc import PythonModelContext
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import RAW_COLUMNS, TARGET
-from churnops.model.churn_model import (
-    MODEL_CODE,
-    REFERENCE_ARTIFACT,
-    XGB_ARTIFACT,
-    ChurnModel,
-)
+from churnops.model.churn_model import MODEL_CODE, REFERENCE_ARTIFACT, XGB_ARTIFACT, ChurnModel
 from churnops.results import PREDICTION, PROBABILITY
 
 SOURCE = "customer_churn_0.csv"

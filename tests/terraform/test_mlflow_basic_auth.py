@@ -97,11 +97,7 @@ def login(monkeypatch: pytest.MonkeyPatch, user: tuple[str, str]) -> None:
 
 
 def worker_settings(server: AuthServer, home: Path) -> Settings:
-    return get_settings(
-        churnops_home=home,
-        mlflow_tracking_uri=server.url,
-        model_name=MODEL,
-    )
+    return get_settings(churnops_home=home, mlflow_tracking_uri=server.url, model_name=MODEL)
 
 
 def test_the_set_up_process_leaves_the_server_no_zombie(server: AuthServer) -> None:

@@ -274,9 +274,7 @@ def test_the_policy_holds(plan: Plan, checker: Any) -> None:
     assert checker(plan) == []
 
 
-def test_every_ui_behind_the_load_balancer_signs_in_first(
-    planned: Plans,
-) -> None:
+def test_every_ui_behind_the_load_balancer_signs_in_first(planned: Plans) -> None:
     """Stricter than the policy (Grafana too), and not vacuous: each of the four UIs is
     forwarded to, by a rule that signs in with the configured provider."""
     for name, provider in (("production", "authenticate-cognito"), ("oidc", "authenticate-oidc")):
@@ -291,9 +289,7 @@ def test_every_ui_behind_the_load_balancer_signs_in_first(
         assert unauthenticated_forwards(plan, targets=lambda group: True) == []
 
 
-def test_development_without_a_certificate_forwards_nothing(
-    planned: Plans,
-) -> None:
+def test_development_without_a_certificate_forwards_nothing(planned: Plans) -> None:
     plan = planned["development"]
     assert list(forwards(plan)) == []
     assert [(lis.after["port"], lis.after["protocol"]) for lis in plan.of_type(*LISTENERS)] == [
@@ -523,9 +519,7 @@ def test_the_database_admits_its_clients_and_efs_only_evidently(plan: Plan) -> N
     )
 
 
-def test_the_secrets_manager_endpoint_admits_every_task(
-    planned: Plans,
-) -> None:
+def test_the_secrets_manager_endpoint_admits_every_task(planned: Plans) -> None:
     """H1: with private DNS on, every task resolves Secrets Manager to the endpoint and
     fetches its secrets through it: its group must admit theirs, not only the Lambda's."""
     plan = planned["development"]

@@ -179,10 +179,7 @@ def trickling_server() -> Iterator[tuple[str, int]]:
 
 @pytest.mark.parametrize("channel", ["email", "sns"])
 def test_a_server_trickling_bytes_is_given_up_on(
-    trickling_server: tuple[str, int],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    channel: str,
+    trickling_server: tuple[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, channel: str
 ) -> None:
     """Before, SNS (botocore's timeout is per read, as smtplib's) waited as long as the
     server trickled: 10 s here."""

@@ -485,9 +485,7 @@ def _start_service_then_get_killed(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
-def test_a_service_gets_sigterm_when_the_process_that_started_it_is_killed(
-    tmp_path: Path,
-) -> None:
+def test_a_service_gets_sigterm_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
     command = [str(shutil.which("sleep")), "300"]
     child = _start_service_then_get_killed(tmp_path, command, reaper=False)
     try:

@@ -87,9 +87,7 @@ class _ConstantModel:
         return pd.DataFrame({PREDICTION: np.ones(len(frame), "int8"), PROBABILITY: proba})
 
 
-def test_predictions_of_another_version_by_an_earlier_attempt_are_set_aside(
-    tmp_path: Path,
-) -> None:
+def test_predictions_of_another_version_by_an_earlier_attempt_are_set_aside(tmp_path: Path) -> None:
     """Attempt 1 scored with version 1 and failed in monitoring; the alias moved; attempt 2
     scored with version 2: both predictions files reached processed/<run>/, the metrics row
     saying version 2, and late labels made from the version 1 file were joined to it."""

@@ -228,9 +228,7 @@ def test_a_name_its_run_cannot_keep_is_cut_and_the_file_refused(name: str, probl
     assert not name_problem("k" * 982) and run_name("k" * 982) == "k" * 982
 
 
-def test_a_claim_moves_a_name_that_is_not_utf8_under_a_cut_name(
-    storage: LocalDropStorage,
-) -> None:
+def test_a_claim_moves_a_name_that_is_not_utf8_under_a_cut_name(storage: LocalDropStorage) -> None:
     folder = os.fsencode(storage.root / "data" / "input")
     with open(os.path.join(folder, b"caf\xe9.csv"), "wb") as out:
         out.write(b"x\n1\n")
