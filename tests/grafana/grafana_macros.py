@@ -48,7 +48,7 @@ class Query:
 def expand(sql: str, query: Query) -> str:
     """The SQL text Postgres receives for ``sql`` under ``query``."""
     sql = _VARIABLE.sub(lambda m: _variable(m, query), sql)
-    sql = _global_substitutions(sql, query)
+    sql = sql.replace("$__interval", _format_interval(query.interval))
     sql = _macros(sql, query)
     leftover = re.findall(r"\$\{?\w+", sql)
     if leftover:
@@ -77,16 +77,11 @@ def _variable(match: re.Match[str], query: Query) -> str:
 def _format_interval(interval: timedelta) -> str:
     """gtime.FormatInterval: the largest whole unit."""
     ms = int(interval / timedelta(milliseconds=1))
-    for unit, size in (("y", 31536000000), ("d", 86400000), ("h", 3600000), ("m", 60000)):
+    for unit in ("y", "d", "h", "m", "s", "ms"):  # not weeks
+        size = round(_UNIT_SECONDS[unit] * 1000)
         if ms >= size:
             return f"{ms // size}{unit}"
-    if ms >= 1000:
-        return f"{ms // 1000}s"
-    return f"{ms}ms" if ms >= 1 else "1ms"
-
-
-def _global_substitutions(sql: str, query: Query) -> str:
-    return sql.replace("$__interval", _format_interval(query.interval))
+    return "1ms"
 
 
 def _rfc3339(stamp: datetime) -> str:
