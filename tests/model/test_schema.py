@@ -140,10 +140,6 @@ def _utf(codec: str, bom: bytes = b"") -> Callable[[bytes], bytes]:
     return lambda data: bom + data.decode().encode(codec)
 
 
-def _raw_parquet(data: bytes) -> bytes:
-    return _parquet(pd.read_csv(io.BytesIO(data)))
-
-
 SEMICOLON = "columns separated by ';' (not ',')"
 
 
@@ -161,7 +157,8 @@ SEMICOLON = "columns separated by ';' (not ',')"
         (lambda data: data.replace(b",", b"|"), ("columns separated by '|' (not ',')",)),
         (gzip.compress, ("gzip-compressed",)),
         (lambda data: gzip.compress(data.replace(b",", b";")), ("gzip-compressed", SEMICOLON)),
-        (_raw_parquet, ("read as Parquet",)),  # by row groups
+        # by row groups (_parquet), under the raw and the clean header
+        (lambda data: _parquet(pd.read_csv(io.BytesIO(data))), ("read as Parquet",)),
         (lambda data: _parquet(clean_columns(pd.read_csv(io.BytesIO(data)))), ("read as Parquet",)),
     ],
     ids=[

@@ -46,20 +46,15 @@ def frame(seed: int, shift: float, positive_rate: float = 0.3) -> pd.DataFrame:
     )
 
 
-def report_dict(reference: pd.DataFrame, current: pd.DataFrame) -> dict:
+def extract(reference: pd.DataFrame, current: pd.DataFrame) -> MonitoringResult:
+    """The result read out of a real Evidently report of ``current`` against ``reference``."""
     labeled = "churn" in current.columns
     definition = data_definition(FEATURES, labeled)
     snapshot = build_report(FEATURES, labeled).run(
         Dataset.from_pandas(current, data_definition=definition),
         Dataset.from_pandas(reference, data_definition=definition),
     )
-    return snapshot.dict()
-
-
-def extract(reference: pd.DataFrame, current: pd.DataFrame) -> MonitoringResult:
-    return extract_result(
-        report_dict(reference, current), FEATURES, rows=len(current), predicted_churn_rate=0.0
-    )
+    return extract_result(snapshot.dict(), FEATURES, rows=len(current), predicted_churn_rate=0.0)
 
 
 def stored(settings: Settings, reference: pd.DataFrame, current: pd.DataFrame) -> MonitoringResult:

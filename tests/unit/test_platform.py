@@ -383,12 +383,8 @@ def test_simulation_script_uploads_every_file_but_the_training_one(tmp_path: Pat
 
 def _tcp_states(port: int) -> set[str]:
     """States (hex, as in /proc/net/tcp) of the IPv4 sockets bound to ``port`` locally."""
-    states = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        if int(local.rsplit(":", 1)[1], 16) == port:
-            states.add(state)
-    return states
+    entries = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return {entry[3] for entry in entries if int(entry[1].rsplit(":", 1)[1], 16) == port}
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp (Linux)")
