@@ -1,4 +1,5 @@
-"""The local platform's building blocks: drop events, settling files, status, ports, PID file."""
+"""The local platform's building blocks: drop events, settling files, status, ports, PID file,
+the runner's warm-up."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from churnops.drop import claims, trigger
 from churnops.drop.storage import LocalDropStorage, run_key, stage_key
 from churnops.platform import launch, services
 from churnops.platform import watcher as watcher_module
+from churnops.platform.runner import FlowRunner
 from churnops.platform.status import list_files, service_health, stage_counts
 from churnops.platform.watcher import (
     Dispatcher,
@@ -626,3 +628,16 @@ def test_the_platform_logs_times_in_utc_whatever_the_local_clock(
     assert line == f"{utc}.{int(record.msecs):03d}Z hello"
     written = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert abs(datetime.now(UTC) - written) < timedelta(minutes=1), stamp
+
+
+def test_no_staging_model_is_a_warning_not_a_crash(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A runner without a model to load still serves (a platform just deployed has none)."""
+    settings = get_settings(
+        churnops_home=tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
+    )
+    runner = FlowRunner(settings, client=None)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="churnops.runner"):
+        runner.warm_up()
+    assert "not warm, the first run loads the model" in caplog.text
