@@ -1,7 +1,9 @@
-"""Training pieces: features, threshold choice, cross-validation, stored parameters."""
+"""Training pieces: features, threshold choice, cross-validation, stored parameters, and
+the parameters a retraining fits with."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,9 @@ import pytest
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import INPUT_COLUMNS
-from churnops.model import training
+from churnops.model import registry, training
+from churnops.model.registry import TrainingOptions, choose_params
+from churnops.settings import get_settings
 
 SMALL = {"n_estimators": 20, "max_depth": 2, "learning_rate": 0.3}
 
@@ -121,3 +125,23 @@ def test_inference_costs_are_milliseconds_per_thousand_rows(train_frame: pd.Data
 def test_default_params_come_from_the_search_space() -> None:
     params = training.default_params()
     assert training.suggest_params(optuna.trial.FixedTrial(params)) == params
+
+
+def test_stored_or_shipped_without_trials_a_study_of_its_own_with(
+    train_frame: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "CV_FOLDS", 2)
+    model = get_settings(churnops_home=tmp_path).model
+    rows = train_frame.head(300)
+    X, y = prepare_features(rows, FEATURES), target(rows)
+    given = {"n_estimators": 5, "max_depth": 2}
+    unstored = partial(choose_params, model, X=X, y=y, stored_study=False)
+    assert unstored(TrainingOptions(params=given, trials=3)) == given
+    assert unstored(TrainingOptions()) == training.default_params()
+
+    seen: list[tuple[str, int, int]] = []
+    searched = unstored(TrainingOptions(trials=2), progress=lambda *step: seen.append(step))
+    assert set(searched) == set(training.default_params()) and searched != given
+    assert ("trial", 2, 2) in seen
+    study = training.open_study(model.optuna_storage_url, registry.OPTUNA_STUDY, 42)
+    assert study.trials == []  # the stored study is not mixed with retraining's rows

@@ -1,4 +1,6 @@
-"""Which rows a training fits and which it is judged on: rows known by content, not by file."""
+"""Which rows a training fits and which it is judged on: rows known by content, not by file;
+and `make benchmark-model`, whose F1 on later files is only a test where the version never
+learned them."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from benchmarks.model_quality import retrained_rows
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import TARGET
 from churnops.model.registry import LabeledFile, Split, gate, refit_rows, row_keys, split_rows
@@ -116,3 +119,15 @@ def test_a_retrained_version_learns_no_copy_of_the_training_files_split(files) -
     assert not keys(refit) & keys(split.training_holdout)
     assert len(refit) == len(split.fit) + len(split.holdout) - repeated
     assert refit_rows(split, retraining=False) is split.fit
+
+
+def test_a_version_retrained_on_a_benchmark_file_is_refused(data_dir: Path) -> None:
+    """On a home whose staging version a retraining had fitted on customer_churn_1.csv, the
+    benchmark printed its F1 there as the model's quality (rows it learned from)."""
+    training = load_customer_file(data_dir / "customer_churn_0.csv", require_target=True)
+    later = load_customer_file(data_dir / "customer_churn_1.csv", require_target=True)
+    trained = set(row_keys(training))
+    assert retrained_rows(trained, training, later) == 0  # a copy of a training row is not
+    in_training = row_keys(later).str.split(".").str[0].isin({k.split(".")[0] for k in trained})
+    retrained = trained | set(row_keys(later))
+    assert retrained_rows(retrained, training, later) == len(later) - int(in_training.sum())
