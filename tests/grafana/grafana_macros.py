@@ -2,15 +2,28 @@
 template variables (a multi-value or "All" one becomes a quoted list), the backend's
 ``$__interval``, then the Postgres macros of ``macros.go`` that the dashboard uses
 (``$__timeFilter``, ``$__timeGroupAlias``) with the same text. Anything not modelled
-raises :class:`UnknownMacro` rather than send half-expanded SQL.
+raises :class:`UnknownMacro` rather than send half-expanded SQL. And where the Grafana
+image's files live.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+GRAFANA = REPO / "code" / "grafana"
+DOCKERFILE = GRAFANA / "Dockerfile"
+DASHBOARD_JSON = GRAFANA / "dashboards" / "churn_model_evaluation.json"
+DATASOURCES_YAML = GRAFANA / "provisioning" / "datasources" / "metrics.yaml"
+PROVIDERS_YAML = GRAFANA / "provisioning" / "dashboards" / "churnops.yaml"
 
 #: The value Grafana stores for the "All" option.
 ALL = "$__all"
@@ -49,7 +62,7 @@ def expand(sql: str, query: Query) -> str:
     """The SQL text Postgres receives for ``sql`` under ``query``."""
     sql = _VARIABLE.sub(lambda m: _variable(m, query), sql)
     sql = sql.replace("$__interval", _format_interval(query.interval))
-    sql = _macros(sql, query)
+    sql = _MACRO.sub(lambda m: _macro(m[1], [a.strip() for a in m[2].split(",")], query), sql)
     leftover = re.findall(r"\$\{?\w+", sql)
     if leftover:
         raise UnknownMacro(f"left unexpanded: {', '.join(leftover)}")
@@ -102,10 +115,6 @@ def _go_number(value: float) -> str:
     return f"{value:g}" if value != int(value) else str(int(value))
 
 
-def _macros(sql: str, query: Query) -> str:
-    return _MACRO.sub(lambda m: _macro(m[1], [a.strip() for a in m[2].split(",")], query), sql)
-
-
 def _macro(name: str, args: list[str], query: Query) -> str:
     column = args[0]
     if name in ("__timeFilter", "__timeGroupAlias") and not column:
@@ -121,3 +130,18 @@ def _macro(name: str, args: list[str], query: Query) -> str:
             return f'floor(extract(epoch from {column})/{step})*{step} AS "time"'
         case _:
             raise UnknownMacro(f"unknown macro ${name}")
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD_JSON.read_text())
+
+
+def datasource() -> dict[str, Any]:
+    (source,) = yaml.safe_load(DATASOURCES_YAML.read_text())["datasources"]
+    return source
+
+
+def panel_sql(panel: dict[str, Any], ref_id: str = "A") -> str:
+    """The SQL of one of the panel's queries (A: the data; B: a stat's threshold)."""
+    (query,) = [t for t in panel["targets"] if t["refId"] == ref_id]
+    return query["rawSql"]

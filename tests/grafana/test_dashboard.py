@@ -11,7 +11,7 @@ from churnops.model.registry import GATE_MIN_ROC_AUC
 from churnops.results import QUALITY_METRICS
 from churnops.settings import MonitoringSettings
 
-from .dashboard_files import (
+from .grafana_macros import (
     DATASOURCES_YAML,
     DOCKERFILE,
     PROVIDERS_YAML,

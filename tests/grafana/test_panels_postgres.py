@@ -20,8 +20,7 @@ from churnops.results import QUALITY_METRICS
 from churnops.settings import MonitoringSettings
 
 from .conftest import FIRST_RUN, LABELED, LAST_RUN, PLAN, REDRIVEN, RUN_SPACING, started_at
-from .dashboard_files import dashboard, panel_sql
-from .grafana_macros import ALL, Query, UnknownMacro, expand
+from .grafana_macros import ALL, Query, UnknownMacro, dashboard, expand, panel_sql
 
 READER = "grafana_dashboard_reader"
 PANELS = dashboard()["panels"]
