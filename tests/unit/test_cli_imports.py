@@ -1,15 +1,31 @@
-"""`churnops --help` and `churnops status` answer without loading the ML stack."""
+"""`churnops --help` and `churnops status` answer without loading the ML stack; an error is
+one line; a password in a configured URL (``MLFLOW_TRACKING_URI=http://user:pw@host``) is
+used, never written: not in a run's reason, the CLI's error line or the MLflow health probe's
+host name."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+from typer.testing import CliRunner
 
+from churnops import cli, retry
+from churnops.cli import _one_line, app
+from churnops.drop.storage import brief
+from churnops.model import registry
+from churnops.model.churn_model import MlflowUnavailable, wait_for_tracking_server
+from churnops.pipeline.per_file import FileOutcome
 from churnops.platform.services import free_port
+from churnops.settings import get_settings
 from tests.processes import run_python
 
 HEAVY = ("pandas", "xgboost", "mlflow", "evidently", "prefect", "sklearn", "optuna", "shap")
@@ -97,8 +113,6 @@ def test_the_metrics_database_down_is_one_line(
 ) -> None:
     """MetricsDatabaseUnavailable (after the retries, shortened here) was no expected error:
     640 lines of traceback. In process: the one-line rule is the app's, as installed."""
-    from churnops import cli, retry
-
     (tmp_path / "customer_churn_0.csv").write_text("x\n")
     monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 0.3)
     monkeypatch.setenv("CHURNOPS_HOME", str(tmp_path / "home"))
@@ -118,9 +132,6 @@ def test_a_file_failed_for_want_of_the_platforms_mlflow_says_what_to_do(
 ) -> None:
     """`churnops process` on a home whose models the stopped platform serves: it printed
     MLflow's 'When an mlflow-artifacts URI was supplied, the tracking URI must be...'."""
-    from churnops import cli
-    from churnops.pipeline.per_file import FileOutcome
-
     mlflow_says = (
         "MlflowException: When an mlflow-artifacts URI was supplied, the tracking URI must "
         "be a valid http or https URI, but it was currently set to sqlite://x/mlflow.db."
@@ -138,9 +149,6 @@ def test_a_staging_version_that_does_not_load_is_one_line(monkeypatch: pytest.Mo
     were 200 lines of XGBoostError traceback (its path's 'mlflow' also drew the hint that
     the server was down); with its whole folder gone, MLflow's 'does not exist' was taken
     for 'no version has the alias' and the gate said so."""
-    from churnops import cli
-    from churnops.model import registry
-    from churnops.settings import get_settings
 
     def broken(_: object) -> object:
         raise RuntimeError("Opening /h/mlflow/artifacts/xgb_model.json failed\n[bt] (0) 0x7f")
@@ -160,12 +168,6 @@ def test_a_staging_version_that_does_not_load_is_one_line(monkeypatch: pytest.Mo
 
 
 def test_the_hint_that_mlflow_is_down_goes_by_the_error_not_by_a_word_in_it() -> None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
-
-    from churnops import cli
-    from churnops.model.churn_model import MlflowUnavailable
-
     hint = "is `churnops up` running?"
     assert hint in cli._one_line(MlflowUnavailable("MLflow at http://h:5000 unreachable"))
     assert hint in cli._one_line(MlflowException("API request to http://h:5000/api failed"))
@@ -183,11 +185,6 @@ def test_train_exits_0_only_when_a_version_stands_for_the_fit(
     """`churnops train --data` on a file whose holdout split was too small trained nothing
     and exited 0, as when the same fit had made a version: `make register-model` and
     scripts went on with no model."""
-    from typer.testing import CliRunner
-
-    from churnops.cli import app
-    from churnops.model import registry
-
     reason = "small.csv (holdout split) has 60 labeled rows, fewer than the 100 a holdout needs"
     outcome = registry.Outcome("skipped", reason, version=version)
     monkeypatch.setattr(registry, "train_and_register", lambda *_: outcome)
@@ -197,3 +194,65 @@ def test_train_exits_0_only_when_a_version_stands_for_the_fit(
     result = CliRunner().invoke(app, ["train", "--data", str(data)])
     assert result.exit_code == code, result.output
     assert f"skipped: {reason}" in result.output
+
+
+# --- a password in a configured URL ---------------------------------------------------------
+SECRET = "MLsecretPW"
+
+
+class _Health(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[int]:
+    """An MLflow-like /health on a free loopback port (no login asked, as MLflow's)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_tracking_uri_with_a_login_passes_the_health_check(
+    health_server: int, tmp_path: Path
+) -> None:
+    """urllib took ``user:pw@127.0.0.1`` for the host: a name look-up of the password, and
+    every file failed on an MLflow that was up."""
+    uri = f"http://mluser:{SECRET}@127.0.0.1:{health_server}"
+    settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=uri)
+    wait_for_tracking_server(settings.model)
+
+
+def test_an_unreachable_tracking_server_is_named_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 0.2)
+    uri = f"http://mluser:{SECRET}@127.0.0.1:{free_port('127.0.0.1')}"
+    settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=uri)
+    with pytest.raises(MlflowUnavailable) as raised:
+        wait_for_tracking_server(settings.model)
+    assert SECRET not in str(raised.value)
+    assert "http://mluser:***@127.0.0.1" in str(raised.value)
+    assert "Name or service not known" not in str(raised.value)
+
+
+def test_a_reason_and_an_error_line_hide_a_quoted_urls_password() -> None:
+    """MLflow's client quotes the URL it failed on; that text became the run's reason (its
+    log, claim, database row, flow run state) and the CLI's error line."""
+    exc = RuntimeError(f"API request to http://mluser:{SECRET}@10.0.0.5:5000/api/2.0 failed")
+    for line in (brief(exc), _one_line(exc)):
+        assert SECRET not in line
+        assert "http://mluser:***@10.0.0.5:5000/api/2.0" in line
+    assert brief(RuntimeError("s3://bucket/data/input/a.csv")).endswith(
+        "s3://bucket/data/input/a.csv"
+    )
