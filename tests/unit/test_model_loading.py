@@ -11,12 +11,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
 
+import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from churnops.model import churn_model
 from churnops.model.churn_model import LoadedModel, ModelCache
 from churnops.model.registry import MODEL_PACKAGES
+from churnops.settings import get_settings
 from tests.processes import run_python
 
 #: Prints the churnops modules that loading a version imports (model_code, as MLflow runs it).
@@ -100,11 +104,6 @@ def test_a_version_whose_artifacts_are_gone_is_named(
 ) -> None:
     """The alias held a version whose artifact folder was deleted: each dropped file failed
     with MLflow's "MlflowException: No such artifact: ''", naming no model or version."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from churnops.model import churn_model
-    from churnops.settings import get_settings
 
     def gone(*_: object, **__: object) -> None:
         raise MlflowException("No such artifact: ''")

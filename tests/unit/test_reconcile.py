@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from unittest.mock import ANY
 
 import pytest
+from prefect.states import Failed, Scheduled
 
 from churnops import retry
 from churnops.drop import claims
@@ -186,10 +188,6 @@ def test_a_redrive_whose_flow_run_ended_before_claiming_gets_a_new_one(
     """A full disk failed the claim file's write: the flow run ended, its file stayed in
     processing/ with the same lease, so every later round asked Prefect for the same
     idempotency key and got that ended run back: stuck for ever."""
-    from types import SimpleNamespace
-
-    from prefect.states import Failed, Scheduled
-
     runs: dict[str, SimpleNamespace] = {}  # Prefect's idempotency: one flow run per key
 
     def run_deployment(name: str, *, idempotency_key: str, **kwargs: object) -> SimpleNamespace:

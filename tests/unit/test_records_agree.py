@@ -7,14 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 from uuid import uuid4
 
+import numpy as np
+import pandas as pd
 import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Completed, Crashed, Failed, Running
 
+from churnops.data.schema import RAW_COLUMNS
 from churnops.drop import claims
-from churnops.drop.storage import FileLog, LocalDropStorage, stage_key
+from churnops.drop.storage import FileLog, LocalDropStorage, run_key, stage_key
+from churnops.model.churn_model import LoadedModel
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import per_file
+from churnops.results import PREDICTION, PROBABILITY, MonitoringResult
+from churnops.settings import get_settings
 from tests.exactly_once import check_records_agree
 
 
@@ -57,14 +63,6 @@ def test_a_run_whose_outputs_failed_to_move_still_names_what_scored_it(tmp_path:
     storage hiccup): the run was completed as processed, but its row named no model,
     version, rows or report, and neither did the outcome (as after an attempt that died
     right after its finish)."""
-    import numpy as np
-    import pandas as pd
-
-    from churnops.data.schema import RAW_COLUMNS
-    from churnops.drop.storage import run_key
-    from churnops.model.churn_model import LoadedModel
-    from churnops.results import PREDICTION, PROBABILITY, MonitoringResult
-    from churnops.settings import get_settings
 
     class Constant:
         def score(self, frame: pd.DataFrame) -> pd.DataFrame:

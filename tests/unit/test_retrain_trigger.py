@@ -8,6 +8,7 @@ from pathlib import Path
 from unittest.mock import Mock
 
 import pytest
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from churnops.drop.storage import open_storage
@@ -160,8 +161,6 @@ def test_no_submission_without_the_platforms_prefect(monkeypatch: pytest.MonkeyP
     """`RETRAIN_MODE=auto churnops process` (no PREFECT_API_URL): Prefect started a server of
     its own under ~/.prefect, outside CHURNOPS_HOME, for 5 to 30 s, found no deployment there,
     and the alert said "retraining could not be started (ObjectNotFound: None)"."""
-    from prefect.exceptions import ObjectNotFound
-
     calls: list[str] = []
     monkeypatch.setattr("prefect.deployments.run_deployment", lambda name, **_: calls.append(name))
     none = pytest.raises(LookupError, match=r"no Prefect API to start it on \(PREFECT_API_URL")
