@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -367,23 +367,17 @@ def test_a_refused_connection_raises(monkeypatch: pytest.MonkeyPatch) -> None:
         invoke("data/input/a.csv")
 
 
-class LambdaContext:
-    """What the handler reads of the Lambda's context: the invocation's time left."""
-
-    def __init__(self, seconds: float) -> None:
-        self.deadline = time.monotonic() + seconds
-
-    def get_remaining_time_in_millis(self) -> int:
-        return int((self.deadline - time.monotonic()) * 1000)
-
-
 def test_the_handler_gives_up_in_its_own_words_before_the_lambdas_timeout(
     prefect: FakePrefect,
 ) -> None:
     """A cold start's lookup and create, each with its retries, outlasted the 30 s timeout
     (Lambda logs only "Task timed out"). With time for one stalled try, one is made."""
     prefect.stalls = 3
-    context = LambdaContext(trigger.DEADLINE_MARGIN_SECONDS + CLIENT_TIMEOUT + 0.3)
+    deadline = time.monotonic() + trigger.DEADLINE_MARGIN_SECONDS + CLIENT_TIMEOUT + 0.3
+    # What the handler reads of the Lambda's context: the invocation's time left.
+    context = SimpleNamespace(
+        get_remaining_time_in_millis=lambda: int((deadline - time.monotonic()) * 1000)
+    )
     found = {"Records": [record("data/input/a.csv")]}
 
     with pytest.raises(trigger.PrefectUnavailable) as unavailable:
