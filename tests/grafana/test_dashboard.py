@@ -1,5 +1,5 @@
 """The dashboard JSON, its provisioning and the image agree with each other and with terraform
-(hadolint checks the image's Dockerfile with the others: tests/terraform/test_images.py)."""
+(hadolint checks the image's Dockerfile with the others: tests/terraform/test_workflows.py)."""
 
 from __future__ import annotations
 
