@@ -10,7 +10,7 @@ locals {
   bucket_name     = coalesce(var.bucket_name, "${local.name}-drop-${local.account_id}")
   task_subnet_ids = length(var.private_subnet_ids) > 0 ? var.private_subnet_ids : var.public_subnet_ids
   # The deployment the Lambda starts: the one the runners register, a name fixed in code
-  # (churnops.pipeline.PIPELINE_DEPLOYMENT; tests/terraform/test_images.py checks both).
+  # (churnops.pipeline.PIPELINE_DEPLOYMENT; tests/terraform/test_workflows.py checks both).
   pipeline_deployment = "churn_prediction_pipeline/churnops"
   public_tasks        = length(var.private_subnet_ids) == 0
 
