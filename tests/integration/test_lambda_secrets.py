@@ -19,13 +19,14 @@ from tests.unit.test_lambda_handler import (
     DEPLOYMENT,
     FakePrefect,
     basic,
-    event,
     handler,
     prefect,
     record,
 )
 
 __all__ = ["handler", "prefect"]  # fixtures, used by name
+#: The S3 event of one dropped file.
+A_DROP = {"Records": [record("data/input/a.csv")]}
 
 
 def test_the_auth_string_comes_from_moto_secrets_manager(
@@ -38,7 +39,7 @@ def test_the_auth_string_comes_from_moto_secrets_manager(
     )
     monkeypatch.setenv("PREFECT_API_AUTH_STRING_SECRET_ID", secret["ARN"])
 
-    [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+    [outcome] = handler.lambda_handler(A_DROP, None)["results"]
 
     assert outcome["status"] == "created"
     assert {r["headers"]["Authorization"] for r in prefect.requests} == {
@@ -68,9 +69,9 @@ def test_a_prefect_server_that_requires_the_auth_string_takes_the_run(
         monkeypatch.setenv("PREFECT_API_URL", url)
 
         with pytest.raises(handler.PrefectUnauthorized):
-            handler.lambda_handler(event(record("data/input/a.csv")), None)
+            handler.lambda_handler(A_DROP, None)
         monkeypatch.setenv("PREFECT_API_AUTH_STRING_SECRET_ID", secret["ARN"])
-        [outcome] = handler.lambda_handler(event(record("data/input/a.csv")), None)["results"]
+        [outcome] = handler.lambda_handler(A_DROP, None)["results"]
         with temporary_settings(updates=authorized), get_client(sync_client=True) as client:
             run = client.read_flow_run(outcome["flow_run_id"])
 
