@@ -147,7 +147,8 @@ def test_a_failed_submission_is_noted_and_costs_nothing(tmp_path: Path) -> None:
 def test_submission_names_the_retrain_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict] = []
     monkeypatch.setattr(
-        "prefect.deployments.run_deployment", lambda name, **kw: calls.append({"name": name, **kw})
+        "prefect.deployments.run_deployment",
+        lambda name, **kw: calls.append({"name": name, **kw}) or Mock(state=None),
     )
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:1/api"}):
         retrain_trigger.submit_to_deployment("retrain:K", "s3://b", "R1")

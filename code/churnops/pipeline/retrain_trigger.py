@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from churnops import pipeline
 from churnops.monitoring.alerts import LowScore
@@ -74,25 +75,34 @@ def on_low_scores(
 def submit_to_deployment(
     key: str, drop: str, run: str, deployment: str = pipeline.RETRAIN_DEPLOYMENT
 ) -> None:
-    """One flow run of the retrain deployment per idempotency key (Prefect dedupes). Only
-    to a Prefect API that was named (the platform's runners have it): without one, Prefect
-    started a throwaway server of its own under ~/.prefect, which has no deployment, and the
-    alert said "ObjectNotFound: None"."""
+    """One flow run of the retrain deployment per idempotency key (Prefect dedupes), until
+    it ends: Prefect answers an ended run for ever, and one that ended within its window
+    recorded no verdict (else the cooldown stops us first): it skipped or failed, which
+    holds nothing back, so ``<key>@<its id>`` starts the next (the same for every file of
+    the burst). Only to a Prefect API that was named (the platform's runners have it):
+    without one, Prefect started a throwaway server of its own under ~/.prefect, which has
+    no deployment, and the alert said "ObjectNotFound: None"."""
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import get_current_settings
 
     if not (api := get_current_settings().api.url):
         raise LookupError("no Prefect API to start it on (PREFECT_API_URL): not a platform run")
-    try:
-        run_deployment(
+
+    def start(idempotency: str) -> Any:
+        return run_deployment(
             deployment,
             parameters={"trigger": "auto", "drop": drop or None, "include_run": run or None},
             timeout=0,
             as_subflow=False,
-            idempotency_key=key,
+            idempotency_key=idempotency,
             flow_run_name=f"retrain after {run}" if run else "retrain (auto)",
         )
+
+    try:
+        started = start(key)
+        while started.state is not None and started.state.is_final():
+            started = start(f"{key}@{started.id}")
     except ObjectNotFound:  # its words: "None"
         where = hide_credentials(api)
         raise LookupError(f"no deployment {deployment} on the Prefect API {where}") from None
