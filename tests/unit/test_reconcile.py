@@ -5,6 +5,7 @@ telling another story (the flow run as the Prefect client models it)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -113,9 +114,10 @@ class FakeFlowRuns:
 
     def __init__(self, unfinished: dict[str, datetime]) -> None:
         self.running, self.ended = unfinished, {}
+        self.retrainings: dict[str, datetime] = {}
 
-    def unfinished(self) -> dict[str, datetime]:
-        return self.running
+    def unfinished(self, flow: str = "churn_prediction_pipeline") -> dict[str, datetime]:
+        return self.running if flow == "churn_prediction_pipeline" else self.retrainings
 
     def end(self, endings: dict[str, tuple[str, str]]) -> None:
         self.ended.update(endings)
@@ -319,3 +321,28 @@ def test_a_run_whose_outputs_failed_to_move_still_names_what_scored_it(tmp_path:
         store.close()
     assert (run["model_name"], run["model_version"], run["rows"]) == ("M", "4", 2)
     assert run["report_url"] == "http://ui/r/1"
+
+
+def test_a_retraining_whose_runner_was_killed_is_ended_crashed(tmp_path: Path) -> None:
+    """A runner killed mid-retraining (OOM, a stop's grace passed) left its flow run Running
+    for ever, and an automatic retraining's idempotency key answered it for the rest of its
+    window: none started. Ended died once no live process holds the lock; not while one does,
+    nor in the first LEASE_SECONDS of a run (or after a release: its run reports at once)."""
+    store = MetricsStore.from_settings(get_settings(churnops_home=tmp_path).monitoring)
+    now = datetime.now(UTC)
+    old = now - timedelta(seconds=2 * claims.LEASE_SECONDS)
+    flow_runs = FakeFlowRuns({})
+    flow_runs.retrainings = {"killed": old, "fresh": now}
+    try:
+        live = f"auto-{claims.HOST}-{os.getpid()}-n1"
+        assert store.acquire_lock(reconcile.retrain_trigger.LOCK, live, 3600)
+        assert reconcile.end_retrainings(store, now, flow_runs) == []
+        store.release_lock(reconcile.retrain_trigger.LOCK, live)
+        assert reconcile.end_retrainings(store, now, flow_runs) == []  # just released
+        dead = f"manual-{claims.HOST}-{dead_pid()}-n2"
+        assert store.acquire_lock(reconcile.retrain_trigger.LOCK, dead, 3600, take_from=live)
+        actions = reconcile.end_retrainings(store, now, flow_runs)
+    finally:
+        store.close()
+    assert flow_runs.ended == {"killed": ("died", ANY)}
+    assert [a.key for a in actions] == ["killed"]

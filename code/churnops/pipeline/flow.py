@@ -95,13 +95,12 @@ ENDING_STATES: dict[str, Callable[..., State]] = {
 class PrefectFlowRuns:
     """The pipeline's flow runs on the Prefect API (:class:`.reconcile.FlowRuns`)."""
 
-    def unfinished(self) -> dict[str, datetime]:
-        """Taken by a runner (Pending) or running: id -> since when."""
+    def unfinished(self, flow: str = reconcile.PIPELINE_FLOW) -> dict[str, datetime]:
+        """Taken by a runner (Pending) or running, of ``flow``: id -> since when."""
         taken = FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
-        pipeline = FlowFilter(name=FlowFilterName(any_=[churn_prediction_pipeline.name]))
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(
-                flow_filter=pipeline,
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=taken)),
             )
         return {str(r.id): r.state.timestamp for r in runs if r.state is not None}

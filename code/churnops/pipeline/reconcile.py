@@ -29,7 +29,7 @@ from churnops.drop.storage import (
 )
 from churnops.monitoring import ops_metrics
 from churnops.monitoring.metrics_db import ERRORED, FAILED, PROCESSED, RUNNING, MetricsStore
-from churnops.pipeline import per_file
+from churnops.pipeline import per_file, retrain_trigger
 from churnops.settings import MonitoringSettings, PlatformSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -178,11 +178,17 @@ def _row_ending(lease: claims.Lease) -> tuple[str, str]:
     return (lease.reason if finished else FAILED), why
 
 
+#: The flows whose runs :func:`end_flow_runs` and :func:`end_retrainings` end.
+PIPELINE_FLOW = pipeline.PIPELINE_DEPLOYMENT.partition("/")[0]
+RETRAIN_FLOW = pipeline.RETRAIN_DEPLOYMENT.partition("/")[0]
+
+
 class FlowRuns(Protocol):
     """The pipeline's flow runs (:class:`churnops.pipeline.flow.PrefectFlowRuns` says what
-    each method does): the unfinished ones, and ending them as their attempts ended."""
+    each method does): the unfinished ones (of ``flow``), and ending them as their attempts
+    ended."""
 
-    def unfinished(self) -> dict[str, datetime]: ...
+    def unfinished(self, flow: str = PIPELINE_FLOW) -> dict[str, datetime]: ...
 
     def end(self, endings: dict[str, tuple[str, str]]) -> None: ...
 
@@ -207,6 +213,30 @@ def end_flow_runs(
     return [
         Action("end-flow-run", run, f"{status}: {why}") for run, (status, why) in endings.items()
     ]
+
+
+def end_retrainings(store: MetricsStore, now: datetime, flow_runs: FlowRuns) -> list[Action]:
+    """Retraining flow runs left running by a process that died (its runner killed: the OOM
+    killer, a stop's grace passed): a live retraining holds the lock from its first moments,
+    so with no live holder one running for LEASE_SECONDS is dead; not within LEASE_SECONDS
+    of the lock's release either (the retraining that released it reports its end at once)."""
+    lock = store.lock_state(retrain_trigger.LOCK)
+    if lock is not None and (
+        retrain_trigger.alive(lock.holder)
+        if lock.held(now)
+        else (now - lock.expires_at).total_seconds() < claims.LEASE_SECONDS
+    ):
+        return []
+    running = flow_runs.unfinished(RETRAIN_FLOW).items()
+    why = "its process died (no live retraining holds the lock)"
+    endings = {
+        flow_run_id: ("died", why)
+        for flow_run_id, since in running
+        if (now - since).total_seconds() >= claims.LEASE_SECONDS
+    }
+    if endings:
+        flow_runs.end(endings)
+    return [Action("end-flow-run", flow_run_id, f"died: {why}") for flow_run_id in endings]
 
 
 def _ending(
@@ -262,6 +292,7 @@ def reconcile(
         ended = []
         if flow_runs is not None:
             ended = _checked("flow runs not checked", end_flow_runs, store, storage, now, flow_runs)
+            ended += _checked("retrainings not checked", end_retrainings, store, now, flow_runs)
     finally:
         if store is not None:
             store.close()

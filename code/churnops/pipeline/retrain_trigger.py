@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from churnops import pipeline
+from churnops.drop import claims
 from churnops.monitoring.alerts import LowScore
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.settings import ModelSettings, MonitoringSettings, hide_credentials
@@ -21,6 +22,16 @@ log = logging.getLogger(__name__)
 
 #: The lock that keeps retrainings one at a time (here: scoring imports no training stack).
 LOCK = "retrain"
+
+
+def alive(holder: str) -> bool:
+    """False when the lock's holder (``<trigger>-<host>-<pid>-<nonce>``) ran on this host
+    and is gone."""
+    parts = holder.split("-", 1)[-1].rsplit("-", 2)
+    if len(parts) != 3 or parts[0] != claims.HOST or not parts[1].isdigit():
+        return True
+    return claims.pid_alive(int(parts[1]))
+
 
 SUGGESTION = "retraining suggested: run `churnops retrain`"
 

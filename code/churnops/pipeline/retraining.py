@@ -44,7 +44,7 @@ from churnops.monitoring.alerts import (
 )
 from churnops.monitoring.metrics_db import LockState, MetricsStore
 from churnops.pipeline import labels
-from churnops.pipeline.retrain_trigger import LOCK, cooling_down
+from churnops.pipeline.retrain_trigger import LOCK, alive, cooling_down
 from churnops.settings import AlertSettings, DropSettings, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def retrain(
         waited = _why_not_now(settings.model, state, options.trigger, store.last_verdict_at())
         if waited:
             return Outcome("skipped", waited)
-        dead = state.holder if state is not None and not _alive(state.holder) else None
+        dead = state.holder if state is not None and not alive(state.holder) else None
         if not store.acquire_lock(LOCK, holder, LOCK_MINUTES * 60, take_from=dead):
             return Outcome("skipped", _lock_holder(store.lock_state(LOCK)))
         try:
@@ -181,7 +181,7 @@ def _why_not_now(
     """Why this retraining must not start (another runs, or an automatic one is within the
     cooldown of the ``last`` verdict); '' when it may."""
     now = datetime.now(UTC)
-    if state is not None and state.held(now) and _alive(state.holder):
+    if state is not None and state.held(now) and alive(state.holder):
         return _lock_holder(state)
     if trigger != "auto" or not cooling_down(last, now, model.retrain_cooldown_minutes):
         return ""
@@ -191,14 +191,6 @@ def _why_not_now(
         f"automatic ones wait {model.retrain_cooldown_minutes:g} minutes "
         f"(RETRAIN_COOLDOWN_MINUTES), until {ready:%H:%M:%S} UTC"
     )
-
-
-def _alive(holder: str) -> bool:
-    """False when the holder (``<trigger>-<host>-<pid>-<nonce>``) ran on this host and is gone."""
-    parts = holder.split("-", 1)[-1].rsplit("-", 2)
-    if len(parts) != 3 or parts[0] != claims.HOST or not parts[1].isdigit():
-        return True
-    return claims.pid_alive(int(parts[1]))
 
 
 def _lock_holder(state: LockState | None) -> str:
