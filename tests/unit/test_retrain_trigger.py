@@ -198,7 +198,7 @@ def test_a_second_retraining_stops_while_the_first_holds_the_lock(tmp_path: Path
 def test_an_automatic_retraining_in_the_cooldown_of_a_verdict_stops(tmp_path: Path) -> None:
     """A retraining that trained nothing holds nothing back (a manual one before any file
     was labeled, say); one across a window boundary from a verdict stops."""
-    settings = settings_for(tmp_path, retrain_cooldown_minutes=60)
+    settings = settings_for(tmp_path, retrain_cooldown_minutes=60, retrain_mode="auto")
     storage = open_storage(settings.drop)
     for trigger in ("manual", "auto", "auto"):
         skipped = retrain(settings, storage, RetrainOptions(trigger=trigger))  # type: ignore[arg-type]
@@ -256,7 +256,7 @@ def test_an_automatic_retraining_that_fails_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file's alert said "retraining started"; its failure was told only in Prefect."""
-    settings = get_settings(churnops_home=tmp_path)
+    settings = get_settings(churnops_home=tmp_path, retrain_mode="auto")
     monkeypatch.setattr(retraining, "labeled_files", lambda *args: ["a labeled file"])
 
     def fails(*args: object) -> None:
@@ -268,3 +268,18 @@ def test_an_automatic_retraining_that_fails_says_so(
             retraining.retrain(settings, None, RetrainOptions(trigger=trigger))  # type: ignore[arg-type]
     sent = settings.alerts.alert_log.read_text()
     assert sent.count("[ChurnOps] retraining failed: RuntimeError: the champion does not") == 1
+
+
+def test_an_automatic_retraining_submitted_before_retrain_mode_changed_stops(
+    tmp_path: Path,
+) -> None:
+    """Submitted under RETRAIN_MODE=auto, still queued when the platform stopped, it ran on
+    the next day's start under 'suggest' and moved the alias nobody had asked to move."""
+    settings = settings_for(tmp_path)
+    for mode in ("suggest", "off"):
+        skipped = retrain(
+            settings.replace(retrain_mode=mode),
+            open_storage(settings.drop),
+            RetrainOptions(trigger="auto"),
+        )
+        assert skipped.status == "skipped" and f"RETRAIN_MODE is '{mode}'" in skipped.reason

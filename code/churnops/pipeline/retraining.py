@@ -178,11 +178,14 @@ def retrain(
 def _why_not_now(
     model: ModelSettings, state: LockState | None, trigger: Trigger, last: datetime | None
 ) -> str:
-    """Why this retraining must not start (another runs, or an automatic one is within the
-    cooldown of the ``last`` verdict); '' when it may."""
+    """Why this retraining must not start (another runs; or an automatic one, submitted
+    when ``RETRAIN_MODE`` was 'auto' and queued across a restart that changed it, or within
+    the cooldown of the ``last`` verdict); '' when it may."""
     now = datetime.now(UTC)
     if state is not None and state.held(now) and alive(state.holder):
         return _lock_holder(state)
+    if trigger == "auto" and model.retrain_mode != "auto":
+        return f"RETRAIN_MODE is '{model.retrain_mode}' now: automatic retrainings do not run"
     if trigger != "auto" or not cooling_down(last, now, model.retrain_cooldown_minutes):
         return ""
     ready = last + timedelta(minutes=model.retrain_cooldown_minutes)
