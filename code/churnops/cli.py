@@ -478,7 +478,11 @@ def entry() -> None:
     try:
         wanted = get_settings().platform.process_env(os.environ)
     except ValidationError as exc:  # a variable a user set: named, with no traceback
-        problems = [f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
+        named = [
+            (".".join(map(str, e["loc"])).upper(), e["msg"].removeprefix("Value error, "))
+            for e in exc.errors()
+        ]
+        problems = [f"{name}: {msg}" if name else msg for name, msg in named]
         errors.print(f"[red]error:[/red] invalid setting: {escape('; '.join(problems))}")
         raise SystemExit(2) from None
     if wanted != dict(os.environ):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, get_type_hints
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from churnops.results import ATTRIBUTION_NDCG, DRIFTED_SHARE
@@ -316,8 +316,16 @@ class AlertSettings(CommonSettings):
     smtp_password: SecretStr | None = Field(None, description="SMTP login password.")
     alert_email_from: str = Field("churnops@localhost", description="Sender of alert e-mails.")
     alert_email_to: str | None = Field(
-        None, description="Recipients of alert e-mails, comma-separated."
+        None, description="Recipients of alert e-mails, comma-separated (with SMTP_HOST)."
     )
+
+    @model_validator(mode="after")
+    def _email_needs_both(self) -> AlertSettings:
+        """Half an e-mail set-up sent nothing and said nothing (found by a hunt)."""
+        if bool(self.smtp_host) != bool(self.alert_email_to):
+            unset = "ALERT_EMAIL_TO" if self.smtp_host else "SMTP_HOST"
+            raise ValueError(f"alert e-mails need SMTP_HOST and ALERT_EMAIL_TO: {unset} is unset")
+        return self
 
     @property
     def alert_log(self) -> Path:

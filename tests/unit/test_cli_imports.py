@@ -74,6 +74,8 @@ def test_the_scoring_path_imports_nothing_of_training(tmp_path: Path) -> None:
     [
         (["status"], {"RETRAIN_MODE": "automatic"}, 2, "invalid setting: RETRAIN_MODE: "),
         (["up"], {"PREFECT_PORT": "70000"}, 2, "invalid setting: PREFECT_PORT: "),
+        (["status"], {"SMTP_HOST": "mail"}, 2, "ALERT_EMAIL_TO is unset"),
+        (["status"], {"ALERT_EMAIL_TO": "ops@example.com"}, 2, "SMTP_HOST is unset"),
         (  # S3 unreachable (or no credentials): botocore's error, one line
             ["reconcile", "s3://drop"],
             {

@@ -270,7 +270,7 @@ def send_alert(alert: Alert, alerts: AlertSettings) -> list[str]:
     channels: dict[str, Callable[[], None]] = {"log": lambda: _append_log(alert, alerts)}
     if alerts.alerts_topic_arn:
         channels["sns"] = lambda: _within("SNS", lambda: _publish_sns(alert, alerts))
-    if alerts.smtp_host and alerts.alert_email_to:
+    if alerts.smtp_host:  # with its recipients (the settings refuse one alone)
         channels["email"] = lambda: _within("the SMTP server", lambda: _send_email(alert, alerts))
     delivered: list[str] = []
     failures: dict[str, str] = {}
