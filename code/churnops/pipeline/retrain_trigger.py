@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -24,9 +26,14 @@ log = logging.getLogger(__name__)
 LOCK = "retrain"
 
 
+def lock_holder(trigger: str) -> str:
+    """This process's name on the lock: ``<trigger>-<host>-<pid>-<nonce>``, read by
+    :func:`alive`."""
+    return f"{trigger}-{claims.HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def alive(holder: str) -> bool:
-    """False when the lock's holder (``<trigger>-<host>-<pid>-<nonce>``) ran on this host
-    and is gone."""
+    """False when the lock's holder (:func:`lock_holder`) ran on this host and is gone."""
     parts = holder.split("-", 1)[-1].rsplit("-", 2)
     if len(parts) != 3 or parts[0] != claims.HOST or not parts[1].isdigit():
         return True

@@ -9,8 +9,6 @@ metrics database, taken over at once from a dead holder on this host, else on ex
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -44,7 +42,7 @@ from churnops.monitoring.alerts import (
 )
 from churnops.monitoring.metrics_db import LockState, MetricsStore
 from churnops.pipeline import labels
-from churnops.pipeline.retrain_trigger import LOCK, alive, cooling_down
+from churnops.pipeline.retrain_trigger import LOCK, alive, cooling_down, lock_holder
 from churnops.settings import AlertSettings, DropSettings, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -141,7 +139,7 @@ def retrain(
     as files are scored), record it."""
     options = options or RetrainOptions()
     store = MetricsStore.from_settings(settings.monitoring)
-    holder = f"{options.trigger}-{claims.HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    holder = lock_holder(options.trigger)
     try:
         state = store.lock_state(LOCK)
         waited = _why_not_now(settings.model, state, options.trigger, store.last_verdict_at())
