@@ -229,7 +229,8 @@ def prepare_workdir(workdir: Path, endpoint: str, tfvars: dict[str, object]) -> 
 
 
 def require_terraform(env: Mapping[str, str]) -> None:
-    """Terraform on the PATH, or one line saying so (not a traceback from subprocess)."""
+    """Terraform on the PATH, or one line saying so (not a traceback from subprocess): once,
+    where a command starts (`up`, `down`, the rehearsal), not before each terraform run."""
     if shutil.which("terraform", path=env.get("PATH")) is None:
         raise SystemExit(
             "terraform is not on PATH: install Terraform >= 1.11 (terraform/README.md)"
@@ -239,7 +240,6 @@ def require_terraform(env: Mapping[str, str]) -> None:
 def terraform(module_dir: Path, env: dict[str, str], *args: str, capture: bool = False) -> str:
     """Run terraform; uncaptured, its progress streams and its errors are still kept: the
     error raised names them (what :func:`on_fresh_moto` reads)."""
-    require_terraform(env)
     cmd = ["terraform", f"-chdir={module_dir}", *args]
     out = subprocess.PIPE if capture else None
     result = subprocess.run(cmd, env=env, text=True, stdout=out, stderr=subprocess.PIPE)
@@ -328,7 +328,9 @@ def stop_emulator(workdir: Path) -> None:
 def down(workdir: Path) -> None:
     try:
         started = time.monotonic()
-        destroy(workdir / "terraform", workdir_env(workdir)[1])
+        env = workdir_env(workdir)[1]
+        require_terraform(env)
+        destroy(workdir / "terraform", env)
         print(f"destroy took {time.monotonic() - started:.0f}s")
     finally:
         stop_emulator(workdir)
