@@ -83,13 +83,16 @@ def run_monitoring(
         metadata["sample"] = f"{len(current):,} of {totals.rows:,} rows (seeded, uniform)"
     model_tag = f"{model_name}:v{model_version}"
     started = time.perf_counter()
+    # Now in UTC without a zone: Evidently stores and compares naive times and stamps a
+    # report with the local clock by default, so under TZ=America/New_York its reports were
+    # five hours off every other time ChurnOps shows (all UTC).
     snapshot = report.run(
         Dataset.from_pandas(current, data_definition=definition, metadata=facts),
         Dataset.from_pandas(reference, data_definition=definition),
         name=file_name,
         tags=[file_name, model_tag],
         metadata=metadata,
-        timestamp=utc_now(),
+        timestamp=datetime.now(UTC).replace(tzinfo=None),
     )
     drop_widget_copies(snapshot)
     seconds = {"report": time.perf_counter() - started}
@@ -105,13 +108,6 @@ def run_monitoring(
     result.snapshot_id, result.report_url = publish(snapshot, monitoring, platform, model_tag)
     result.seconds = seconds | {"store": time.perf_counter() - started}
     return result
-
-
-def utc_now() -> datetime:
-    """Now in UTC without a zone: Evidently stores and compares naive times and stamps a
-    report with the local clock by default, so under TZ=America/New_York its reports were
-    five hours off every other time ChurnOps shows (all UTC)."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def drop_widget_copies(snapshot: Snapshot) -> None:

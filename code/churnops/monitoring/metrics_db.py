@@ -228,10 +228,6 @@ def metric_rows(
             yield {"metric": ATTRIBUTION_RANK, "value": float(feature.rank), **label}
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def make_engine(
     url: str | URL, timeout: float | None = None, *, all_or_nothing: bool = False
 ) -> Engine:
@@ -372,7 +368,7 @@ class MetricsStore:
             "model_name": model_name,
             "model_version": model_version,
             "status": RUNNING,
-            "started_at": started_at or _now(),
+            "started_at": started_at or datetime.now(UTC),
         }
         self._write(insert(pipeline_runs), fitted(pipeline_runs, row))
         return run_id
@@ -421,7 +417,7 @@ class MetricsStore:
             "model_version": model_version,
         }
         values = {k: v for k, v in given.items() if v is not None}
-        values |= {"status": status, "finished_at": finished_at or _now()}
+        values |= {"status": status, "finished_at": finished_at or datetime.now(UTC)}
         statement = update(pipeline_runs).where(pipeline_runs.c.id == run_id).values(values)
         if self._write(statement) != 1:
             raise KeyError(f"no pipeline run with id {run_id!r}")
@@ -436,7 +432,7 @@ class MetricsStore:
     ) -> int:
         """Every number of ``result`` in one transaction, once per run (a retry after a lost
         answer stores nothing twice); return how many rows."""
-        stamp = {"run_id": run_id, "recorded_at": recorded_at or _now()}
+        stamp = {"run_id": run_id, "recorded_at": recorded_at or datetime.now(UTC)}
         rows = [
             {"label": None, "method": None, "threshold": None, **row, **stamp}
             for row in metric_rows(result, thresholds)
@@ -478,7 +474,7 @@ class MetricsStore:
 
     def record_model_event(self, **row: Any) -> None:
         """One retraining verdict (columns of ``model_events``; ``at`` defaults to now)."""
-        self._write(insert(model_events), {"at": _now(), **row})
+        self._write(insert(model_events), {"at": datetime.now(UTC), **row})
 
     def last_verdict_at(self) -> datetime | None:
         """When the last retraining reached a verdict, if one did: the cooldown counts from
@@ -496,7 +492,7 @@ class MetricsStore:
         one's, or ``take_from``'s, a holder known dead, is taken over by a conditional
         update): of concurrent callers exactly one gets True. ``holder``'s own row is taken
         too: an insert whose commit's answer was lost is retried and finds it."""
-        now = _now()
+        now = datetime.now(UTC)
         row = {"holder": holder, "acquired_at": now, "expires_at": now + timedelta(seconds=seconds)}
         with suppress(IntegrityError):  # taken: try the takeover below
             self._write(insert(locks), {"name": name, **row})
@@ -510,7 +506,7 @@ class MetricsStore:
     def release_lock(self, name: str, holder: str) -> None:
         """End ``holder``'s lock now; the row keeps when it was taken (the last start)."""
         mine = update(locks).where(locks.c.name == name, locks.c.holder == holder)
-        self._write(mine.values(expires_at=_now()))
+        self._write(mine.values(expires_at=datetime.now(UTC)))
 
     def lock_state(self, name: str) -> LockState | None:
         """The lock's last holder, or None when it was never taken."""
@@ -541,7 +537,7 @@ class MetricsStore:
         statement = (
             update(pipeline_runs)
             .where(pipeline_runs.c.id == run_id, pipeline_runs.c.status == RUNNING)
-            .values(status=status, error=error, finished_at=_now())
+            .values(status=status, error=error, finished_at=datetime.now(UTC))
         )
         return self._write(statement) == 1
 
