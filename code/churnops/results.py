@@ -20,6 +20,9 @@ DRIFTED_SHARE = "drifted_share"
 #: NDCG of the file's feature-attribution order against the reference's (a metric and an
 #: alert key, see :mod:`churnops.monitoring.attribution`).
 ATTRIBUTION_NDCG = "attribution_ndcg"
+#: What a message says for a report stored with no link: one in the local workspace while
+#: EVIDENTLY_PORT=0 and no platform runs has no port yet (the next `up` picks one).
+NO_REPORT_LINK = "stored, no link (EVIDENTLY_PORT=0: `churnops up` shows it in the Evidently UI)"
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,8 @@ class MonitoringResult:
     @property
     def drifted_columns(self) -> list[ColumnDrift]:
         return [c for c in self.columns if c.drifted]
+
+    @property
+    def report_where(self) -> str:
+        """The report's link for a message, or why it has none."""
+        return self.report_url or NO_REPORT_LINK

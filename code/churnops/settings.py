@@ -353,7 +353,11 @@ class PlatformSettings(CommonSettings):
         5000, ge=0, le=MAX_PORT, description="Local MLflow server port (0: a free one)."
     )
     evidently_port: int = Field(
-        8000, ge=0, le=MAX_PORT, description="Local Evidently UI port (0: a free one)."
+        8000,
+        ge=0,
+        le=MAX_PORT,
+        description="Local Evidently UI port (0: a free one; a report stored while no "
+        "platform runs then has no link, its port not picked yet).",
     )
     runner_processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,

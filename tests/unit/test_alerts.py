@@ -25,7 +25,7 @@ from churnops.monitoring.alerts import (
 )
 from churnops.pipeline.flow import outcome_markdown
 from churnops.pipeline.per_file import FileOutcome
-from churnops.results import ColumnDrift, MonitoringResult
+from churnops.results import NO_REPORT_LINK, ColumnDrift, MonitoringResult
 from churnops.settings import Settings, get_settings
 
 GOOD = {"f1": 0.9, "precision": 0.9, "recall": 0.9, "accuracy": 0.9, "roc_auc": 0.95}
@@ -143,7 +143,7 @@ def test_log_only_when_no_channel_is_configured(settings: Settings) -> None:
     res = result(0.9)
     res.report_url = None
     alert = build_alert("a.csv", "M", 1, assess(res, settings.monitoring), res)
-    assert "Evidently report: not available" in alert.body
+    assert f"Evidently report: {NO_REPORT_LINK}" in alert.body
     assert send_alert(alert, settings.alerts) == ["log"]
     assert send_alert(alert, settings.alerts) == ["log"]
     text = settings.alerts.alert_log.read_text()

@@ -148,6 +148,13 @@ def test_local_report_url_follows_the_ui_route() -> None:
     )
 
 
+def test_no_local_report_url_while_the_ui_port_is_yet_to_be_picked() -> None:
+    """EVIDENTLY_PORT=0 with no platform running: no UI has a port (the link said :0)."""
+    settings = get_settings(evidently_port=0)
+    project = UUID("00000000-0000-0000-0000-000000000001")
+    assert local_report_url(settings.platform, project, project) is None
+
+
 @pytest.fixture
 def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """This process on a New York clock, UTC-5 in winter (``time.tzset`` reads TZ)."""

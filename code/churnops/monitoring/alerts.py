@@ -224,7 +224,7 @@ def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -
         lines.append("Scores: all at or above their minimum.")
     else:
         lines.append("Scores: not measured (the file has no churn label).")
-    lines += ["", f"Evidently report: {result.report_url or 'not available'}"]
+    lines += ["", f"Evidently report: {result.report_where}"]
     return "\n".join(lines) + "\n"
 
 

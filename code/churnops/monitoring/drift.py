@@ -288,7 +288,7 @@ def publish(
     monitoring: MonitoringSettings,
     platform: PlatformSettings,
     model_tag: str = "",
-) -> tuple[str, str]:
+) -> tuple[str, str | None]:
     """Add the run; return its snapshot id and URL. The dashboard gets its panels once per
     process and model tag. A failed add forgets the workspace: the retry opens it again."""
     key, workspace, project = _target(monitoring)
@@ -338,6 +338,11 @@ def _stored_at(snapshot_id: UUID | str) -> float:
     return int.from_bytes(uid.bytes[:6]) / 1000 if uid.version == 7 else math.inf
 
 
-def local_report_url(platform: PlatformSettings, project: UUID, snapshot: UUID) -> str:
-    """Where ``evidently ui`` serving the local workspace shows the snapshot."""
+def local_report_url(platform: PlatformSettings, project: UUID, snapshot: UUID) -> str | None:
+    """Where ``evidently ui`` serving the local workspace shows the snapshot; None when
+    EVIDENTLY_PORT is 0 (a free one): no UI runs (``up`` gives its runners the UI's URL),
+    and the next ``up`` picks a port nobody knows yet. A link to port 0 went to the alert,
+    the file's log and the metrics database (found by a hunt)."""
+    if platform.evidently_port == 0:
+        return None
     return f"http://{platform.platform_host}:{platform.evidently_port}/projects/{project}/reports/{snapshot}"

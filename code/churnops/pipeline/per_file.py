@@ -752,5 +752,5 @@ def summary(result: MonitoringResult, *, timed: bool = False) -> str:
     times = "".join(f"{part} {s:.2f}s; " for part, s in result.seconds.items() if timed)
     return (
         f"drifted {result.drifted_count} columns (share {result.drifted_share:.2f}); "
-        f"{quality}; {attribution}{times}report {result.report_url}"
+        f"{quality}; {attribution}{times}report {result.report_where}"
     )
