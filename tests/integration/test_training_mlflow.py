@@ -465,9 +465,10 @@ def test_auto_retraining_from_the_alert_step_serves_the_next_file_not_the_curren
     world.settings = settings
     outcomes = []
 
-    def submit(key: str, drop: str, run: str) -> None:
+    def submit(key: str, drop: str, run: str) -> str:
         options = RetrainOptions(trigger="auto", include_run=run, params=FAST_PARAMS, force=True)
         outcomes.append(retrain(settings, open_storage(settings.drop), options))
+        return key
 
     steps = per_file.Steps(send_alerts=_with_submit(submit))
     first = world.drop(SYNTHETIC[0], steps=steps)
@@ -494,17 +495,18 @@ def test_the_retrain_deployment_gets_one_run_per_cooldown_window(prefect_server:
     """Thirty bad files in one window submit with one idempotency key: one flow run. One
     that ended with no verdict (skipped: a holdout too small) holds nothing back: the next
     bad file of its window starts another (Prefect answered the ended run, and its alert
-    said "retraining started")."""
+    said "retraining started"). Each submission returns the key of the run it made or
+    found, which its alert names (R5's and R6's named the window's key, not R5's run)."""
     name = f"retrain-{uuid.uuid4().hex[:8]}"
+    window = "retrain:20261127T060000Z"
+    keys = []
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
         with get_client(sync_client=True) as client:
             flow_id = client.create_flow_from_name("retrain_model")
             deployment = client.create_deployment(flow_id=flow_id, name=name)
         mine = DeploymentFilter(id=DeploymentFilterId(any_=[deployment]))
         for run in range(7):
-            submit_to_deployment(
-                "retrain:20261127T060000Z", "s3://b", f"R{run}", f"retrain_model/{name}"
-            )
+            keys.append(submit_to_deployment(window, "s3://b", f"R{run}", f"retrain_model/{name}"))
             if run == 4:  # R0's retraining ends, skipped
                 with get_client(sync_client=True) as client:
                     (first,) = client.read_flow_runs(deployment_filter=mine)
@@ -514,6 +516,9 @@ def test_the_retrain_deployment_gets_one_run_per_cooldown_window(prefect_server:
             runs = client.read_flow_runs(deployment_filter=mine)
     assert sorted(r.parameters["include_run"] for r in runs) == ["R0", "R5", "R9"]
     assert {r.parameters["trigger"] for r in runs} == {"auto"}
+    (second,) = [r for r in runs if r.parameters["include_run"] == "R5"]
+    assert keys == [window] * 5 + [f"{window}@{first.id}"] * 2
+    assert second.idempotency_key == keys[-1]
 
 
 def test_the_retrain_flow_completes_with_the_verdict(

@@ -88,16 +88,17 @@ def test_suggest_is_the_default_and_says_what_to_run(tmp_path: Path) -> None:
 
 
 def test_auto_submits_one_retraining_for_the_run_that_scored_low(tmp_path: Path) -> None:
+    """The alert names the key of the run submitted: ``<key>@<id>`` after an ended one."""
     settings = settings_for(tmp_path, retrain_mode="auto")
-    submit = Mock()
+    submit = Mock(return_value="retrain:W@ended-run-id")
     _, message = alert(settings, LOW, submit)
     key, drop, run = submit.call_args.args
     submit.assert_called_once()
     assert key == idempotency_key(datetime.now(UTC), settings.model.retrain_cooldown_minutes)
     assert (drop, run) == ("s3://b", "R1")
-    assert "retraining started" in message and key in message
+    assert "retraining started" in message and "retrain:W@ended-run-id" in message
     assert (
-        f"retraining started (retrain_model/retrain, {key})"
+        "retraining started (retrain_model/retrain, retrain:W@ended-run-id)"
         in settings.alerts.alert_log.read_text()
     )
 
@@ -151,7 +152,7 @@ def test_submission_names_the_retrain_deployment(monkeypatch: pytest.MonkeyPatch
         lambda name, **kw: calls.append({"name": name, **kw}) or Mock(state=None),
     )
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:1/api"}):
-        retrain_trigger.submit_to_deployment("retrain:K", "s3://b", "R1")
+        assert retrain_trigger.submit_to_deployment("retrain:K", "s3://b", "R1") == "retrain:K"
     (call,) = calls
     assert call["name"] == "retrain_model/retrain" and call["idempotency_key"] == "retrain:K"
     assert call["parameters"] == {"trigger": "auto", "drop": "s3://b", "include_run": "R1"}

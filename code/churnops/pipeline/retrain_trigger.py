@@ -42,8 +42,9 @@ def alive(holder: str) -> bool:
 
 SUGGESTION = "retraining suggested: run `churnops retrain`"
 
-#: ``submit(idempotency_key, drop, run)``: start one retraining for the file of ``run``.
-Submit = Callable[[str, str, str], None]
+#: ``submit(idempotency_key, drop, run)``: start one retraining for the file of ``run``;
+#: returns the idempotency key of the flow run it made or found (the alert names it).
+Submit = Callable[[str, str, str], str]
 
 
 def idempotency_key(now: datetime, cooldown_minutes: float) -> str:
@@ -82,8 +83,7 @@ def on_low_scores(
                 f"retraining not started: the last one ended at {last:%Y-%m-%d %H:%M:%S} UTC "
                 f"(cooldown {model.retrain_cooldown_minutes:g} minutes)"
             )
-        key = idempotency_key(now, model.retrain_cooldown_minutes)
-        submit(key, drop, run)
+        key = submit(idempotency_key(now, model.retrain_cooldown_minutes), drop, run)
     except Exception as exc:
         log.warning("retraining not started: %s", exc)
         return f"retraining could not be started ({type(exc).__name__}: {exc}); {SUGGESTION}"
@@ -92,14 +92,15 @@ def on_low_scores(
 
 def submit_to_deployment(
     key: str, drop: str, run: str, deployment: str = pipeline.RETRAIN_DEPLOYMENT
-) -> None:
+) -> str:
     """One flow run of the retrain deployment per idempotency key (Prefect dedupes), until
     it ends: Prefect answers an ended run for ever, and one that ended within its window
     recorded no verdict (else the cooldown stops us first): it skipped or failed, which
     holds nothing back, so ``<key>@<its id>`` starts the next (the same for every file of
-    the burst). Only to a Prefect API that was named (the platform's runners have it):
-    without one, Prefect started a throwaway server of its own under ~/.prefect, which has
-    no deployment, and the alert said "ObjectNotFound: None"."""
+    the burst), the key returned: the alert named ``key``, not the run it started. Only to
+    a Prefect API that was named (the platform's runners have it): without one, Prefect
+    started a throwaway server of its own under ~/.prefect, which has no deployment, and
+    the alert said "ObjectNotFound: None"."""
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import get_current_settings
@@ -117,10 +118,13 @@ def submit_to_deployment(
             flow_run_name=f"retrain after {run}" if run else "retrain (auto)",
         )
 
+    submitted = key
     try:
-        started = start(key)
+        started = start(submitted)
         while started.state is not None and started.state.is_final():
-            started = start(f"{key}@{started.id}")
+            submitted = f"{key}@{started.id}"
+            started = start(submitted)
     except ObjectNotFound:  # its words: "None"
         where = hide_credentials(api)
         raise LookupError(f"no deployment {deployment} on the Prefect API {where}") from None
+    return submitted
