@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import uuid
 from pathlib import Path
 
 import boto3
+import mlflow
 import pytest
+from rich.console import Console
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
@@ -17,8 +20,11 @@ from typer.testing import CliRunner
 from churnops import retry
 from churnops.cli import app
 from churnops.model import registry
+from churnops.model.churn_model import aliased_version
 from churnops.monitoring import db_roles
+from churnops.platform import launch
 from churnops.platform.services import free_port
+from churnops.settings import get_settings
 from tests.fixtures.postgres import refused
 from tests.processes import LOOPBACK
 
@@ -229,3 +235,22 @@ def test_a_service_down_is_one_line_not_a_traceback(tmp_path: Path, data_dir: Pa
     last = done.stderr.strip().splitlines()[-1]
     assert "Traceback" not in done.stderr and last.startswith("error: "), done.stderr
     assert "MLFLOW_TRACKING_URI" in last
+
+
+def test_up_trains_a_model_whose_alias_was_deleted(
+    home: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registered model no version of which holds the alias (deleted by hand): `up`'s model
+    step said "training", skipped on version 1's identical fit and stopped the platform
+    ("the trained model was not promoted")."""
+    monkeypatch.setenv("CHURN_DATA_DIR", str(data_dir))
+    run("train")
+    model = get_settings().model
+    client = mlflow.MlflowClient(model.tracking_uri, model.tracking_uri)
+    client.delete_registered_model_alias(model.model_name, model.model_alias)
+    console = Console(file=io.StringIO(), width=200)
+    launch._ensure_model(get_settings(), console)  # the step of `churnops up`
+    output = console.file.getvalue()
+    assert "no version has alias 'staging'" in output, output
+    assert "trained and registered version 2" in output, output
+    assert aliased_version(model.model_name, model.model_alias) == "2"

@@ -398,6 +398,9 @@ def fit_digest(keys: pd.Series, params: dict[str, Any], features: list[str]) -> 
 
 
 def _same_fit(settings: ModelSettings, digest: str) -> str | None:
+    """The version this fit already made. Asked only while a version holds the alias: with
+    none holding it (deleted), `up` said "training", skipped on version 1's fit, and stopped
+    ("not promoted"); the fit is made and gated again instead."""
     found = mlflow.MlflowClient().search_model_versions(
         f"name = '{settings.model_name}' and tags.`lineage.fit_digest` = '{digest}'"
     )
@@ -429,7 +432,7 @@ def train_and_register(
     params = choose_params(settings.model, options, X, y, progress, stored_study=not window)
     final = refit_rows(split, bool(window))
     digest = fit_digest(final["_key"], params, features)
-    same = None if options.force else _same_fit(settings.model, digest)
+    same = None if options.force or champion is None else _same_fit(settings.model, digest)
     if same:
         reason = f"version {same} was fitted on these same rows with these parameters"
         return Outcome("skipped", reason, version=same, parent_version=parent)
