@@ -517,6 +517,35 @@ def _up_error(home: Path, **overrides: object) -> str:
     return line
 
 
+def test_up_names_the_drop_folder_it_no_longer_watches_while_files_wait_there(
+    tmp_path: Path,
+) -> None:
+    """LOCAL_DROP_DIR changed between two ``up``s of a home: the files waiting in the old
+    folder were seen by nobody, and nothing said so."""
+    old, new = tmp_path / "old-drop", tmp_path / "new-drop"
+    storage = LocalDropStorage(old)
+    storage.create_layout()
+    for key in (stage_key("input", "a.csv"), stage_key("labels", "b.csv")):
+        storage.create(key, b"x\n1\n")
+    storage.create(run_key("processed", "r1", "c.csv"), b"x\n1\n")  # done: not waiting
+    clash = {"prefect_port": 47124, "mlflow_port": 47124}  # `up` stops after the note
+
+    def up(drop: Path) -> str:
+        out = io.StringIO()
+        settings = get_settings(churnops_home=tmp_path / "home", local_drop_dir=drop, **clash)
+        launch.run(settings, Console(file=out, width=400), Console(file=io.StringIO()))
+        return out.getvalue()
+
+    assert "waiting" not in up(old)
+    said = up(new)
+    assert f"{old.resolve()}, has files waiting (1 input, 1 labels)" in said, said
+    assert "(LOCAL_DROP_DIR)" in said
+    assert "waiting" not in up(new)  # said once, at the change
+    (old / "data" / "input" / "a.csv").unlink()
+    (old / "data" / "labels" / "b.csv").unlink()
+    assert "waiting" not in up(old) + up(new)  # nothing waits there
+
+
 def test_a_second_up_on_the_same_home_says_so_in_one_line(tmp_path: Path) -> None:
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

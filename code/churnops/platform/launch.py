@@ -26,6 +26,7 @@ from churnops.drop.storage import LocalDropStorage, bucket_problem, s3_client
 from churnops.model.progress import progress_bars
 from churnops.pipeline import PIPELINE_DEPLOYMENT, RECONCILE_DEPLOYMENT
 from churnops.platform import services as svc
+from churnops.platform.status import list_files, stage_counts
 from churnops.platform.watcher import (
     BucketPoller,
     Dispatcher,
@@ -40,6 +41,11 @@ SERVER_START_TIMEOUT = 240.0
 RUNNER_START_TIMEOUT = 300.0
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 600.0
+#: The drop the last ``up`` of a home watched (a file in the home): a local folder's path,
+#: or the bucket's URI.
+DROP_RECORD = "drop.last"
+#: Where a file waits for a platform: dropped, or in a run nobody finished.
+WAITING_STAGES = ("input", "labels", "processing")
 
 
 @dataclass
@@ -127,6 +133,7 @@ def run(settings: Settings, console: Console, errors: Console) -> int:
     try:
         _stop_leftovers(home, console)
         _check_drop(settings.drop)
+        _note_previous_drop(settings.drop, console)
         ports = svc.choose_ports(settings.platform)
         settings = platform_settings(settings, ports)
         platform.settings = settings
@@ -278,6 +285,27 @@ def _check_drop(drop: DropSettings) -> None:
         raise svc.PlatformError(
             f"cannot make the drop folder {drop.drop_dir} (LOCAL_DROP_DIR): {exc.strerror}"
         ) from None
+
+
+def _note_previous_drop(drop: DropSettings, console: Console) -> None:
+    """One line when the last ``up`` of this home watched another local drop folder where
+    files still wait: this platform does not see them (LOCAL_DROP_DIR changed between two
+    ``up``s, and they waited silently). Said at the change, not at every start after it."""
+    record = drop.home / DROP_RECORD
+    previous = record.read_text() if record.exists() else ""
+    current = drop.drop_uri if drop.drop_storage == "s3" else str(drop.drop_dir)
+    record.write_text(current)
+    if previous in ("", current) or previous.startswith("s3://"):
+        return
+    files = list_files(LocalDropStorage(Path(previous)))
+    waiting = [file for file in files if file.stage in WAITING_STAGES]
+    if waiting:
+        console.print(
+            f"[yellow]the drop folder of the last `up` on this home, {escape(previous)}, has "
+            f"files waiting ({stage_counts(waiting)})[/yellow]; this one watches "
+            f"{escape(_drop_location(drop))} (LOCAL_DROP_DIR)",
+            soft_wrap=True,
+        )
 
 
 def _start_watcher(platform: Platform) -> None:
