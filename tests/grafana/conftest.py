@@ -3,7 +3,8 @@ steps), for the dashboard and report tests. Two inputs differ from the flow: eac
 version is a small XGBoost handed in as the ``load_model`` step (no MLflow), and the runs
 are re-stamped six hours apart so every series has several points. One run's first attempt
 fails after storing its metrics (its folder move) and is re-driven. Then one run's
-predictions come back as late labels, and one retraining verdict is recorded.
+predictions come back as late labels (their run stamped between two scoring runs), and one
+retraining verdict is recorded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import xgboost as xgb
-from sqlalchemy import update
+from sqlalchemy import Connection, update
 
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
@@ -66,10 +67,19 @@ LAST_RUN = FIRST_RUN + RUN_SPACING * (len(PLAN) - 1)
 LABELED = 2
 #: The run whose first attempt fails at its folder move, after its metrics are stored.
 REDRIVEN = 5
+#: The late labels file: the predictions of the :data:`LABELED` run.
+LABELS_FILE = (
+    f"{PLAN[LABELED].file_name.removesuffix('.csv')}_predictions_{MODEL_NAME}"
+    f"_v{PLAN[LABELED].model_version}.csv"
+)
 
 
 def started_at(index: int) -> datetime:
     return FIRST_RUN + RUN_SPACING * index
+
+
+#: When the late labels' run started: between the labeled run and the next.
+LABELS_AT = started_at(LABELED) + RUN_SPACING / 2
 
 
 def _fit(reference: pd.DataFrame, depth: int) -> xgb.XGBClassifier:
@@ -118,7 +128,9 @@ def run_pipeline(metrics_url: str, data_dir: Path, settings: Settings) -> None:
         run_ids.append([a.run_id for a in attempts])
         outcomes.append(outcome)
     _spread_in_time(metrics_url, run_ids)
-    _label_late(settings, storage, outcomes[LABELED])
+    labels_run = _label_late(settings, storage, outcomes[LABELED])
+    with closing(MetricsStore(metrics_url)) as store, store.engine.begin() as conn:
+        _stamp(conn, labels_run, LABELS_AT)
     _record_retraining(metrics_url)
 
 
@@ -136,13 +148,25 @@ def _failing_once(steps: Steps, index: int) -> Steps:
     return replace(steps, finish=finish)
 
 
-def _label_late(settings: Settings, storage: DropStorage, scored: FileOutcome) -> None:
-    """The run's predictions file, its ``Churn`` column already filled, as late labels."""
+def _label_late(settings: Settings, storage: DropStorage, scored: FileOutcome) -> str:
+    """The run's predictions file, its ``Churn`` column already filled, as late labels: the
+    id of their run."""
     assert scored.predictions_key is not None
     name = scored.predictions_key.rsplit("/", 1)[-1]
+    assert name == LABELS_FILE
     storage.create(stage_key("labels", name), storage.read(scored.predictions_key))
     outcome = process(settings, storage, stage_key("labels", name))
-    assert outcome.status == "processed", outcome
+    assert outcome.status == "processed" and outcome.run_id is not None, outcome
+    return outcome.run_id
+
+
+def _stamp(conn: Connection, run_id: str, start: datetime) -> None:
+    """The run started at ``start``, done 6 min later."""
+    conn.execute(
+        update(pipeline_runs)
+        .where(pipeline_runs.c.id == run_id)
+        .values(started_at=start, finished_at=start + timedelta(minutes=6))
+    )
 
 
 def _record_retraining(metrics_url: str) -> None:
@@ -167,11 +191,7 @@ def _spread_in_time(metrics_url: str, run_ids: list[list[str | None]]) -> None:
         for index, attempts in enumerate(run_ids):
             for before, run_id in enumerate(reversed(attempts)):
                 start = started_at(index) - timedelta(hours=before)
-                conn.execute(
-                    update(pipeline_runs)
-                    .where(pipeline_runs.c.id == run_id)
-                    .values(started_at=start, finished_at=start + timedelta(minutes=6))
-                )
+                _stamp(conn, run_id, start)
                 conn.execute(
                     update(run_metrics)
                     .where(run_metrics.c.run_id == run_id)

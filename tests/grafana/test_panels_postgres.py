@@ -19,14 +19,25 @@ from churnops.monitoring.metrics_db import ATTRIBUTION_RANK
 from churnops.results import QUALITY_METRICS
 from churnops.settings import MonitoringSettings
 
-from .conftest import FIRST_RUN, LABELED, LAST_RUN, PLAN, REDRIVEN, RUN_SPACING, started_at
+from .conftest import (
+    FIRST_RUN,
+    LABELED,
+    LABELS_AT,
+    LABELS_FILE,
+    LAST_RUN,
+    PLAN,
+    REDRIVEN,
+    RUN_SPACING,
+    started_at,
+)
 from .grafana_macros import ALL, Query, UnknownMacro, dashboard, expand, panel_sql
 
 READER = "grafana_dashboard_reader"
 PANELS = dashboard()["panels"]
 PANEL = {p["title"]: p for p in PANELS}
 VARIABLES = {v["name"]: v["query"] for v in dashboard()["templating"]["list"]}
-FILES = sorted({p.file_name for p in PLAN})
+#: Every run's file: the planned ones and the late labels.
+FILES = sorted({p.file_name for p in PLAN} | {LABELS_FILE})
 #: Errored runs have no model version: the dashboard shows them as "unknown".
 VERSIONS = sorted({"unknown" if p.errored else p.model_version for p in PLAN})
 PROCESSED_RUNS = [p for p in PLAN if not p.errored]
@@ -263,20 +274,36 @@ def test_volume_counts_rows_and_the_errored_file(reader: Any) -> None:
 
 def test_table_lists_runs_newest_first_with_report_links(reader: Any) -> None:
     result = drawn(reader, "Latest runs")
-    assert len(result.rows) == len(PLAN) + 1  # the re-driven run's failed attempt too
+    assert len(result.rows) == len(PLAN) + 2  # the re-driven run's failed attempt, the labels
     assert result.column("started") == sorted(result.column("started"), reverse=True)
     statuses = list(zip(result.column("report"), result.column("status"), strict=True))
-    assert sorted(s for url, s in statuses if url is None) == ["errored", "failed"]
+    # no report: the errored file, the failed attempt, and the late labels (processed)
+    assert sorted(s for url, s in statuses if url is None) == ["errored", "failed", "processed"]
     by_status = {url: s for url, s in statuses if url is not None}
     assert all(re.match(r"^http://.+/projects/.+/reports/.+$", url) for url in by_status)
     assert set(result.column("model version")) == set(VERSIONS)
+
+
+def test_table_lists_the_late_labels_run_with_its_kind(reader: Any) -> None:
+    """A labels file's run was on no panel: a failed or errored one went unseen."""
+    result = drawn(reader, "Latest runs")
+    kinds = dict(zip(result.column("file"), result.column("kind"), strict=True))
+    assert kinds[LABELS_FILE] == "labels"
+    assert {kind for file, kind in kinds.items() if file != LABELS_FILE} == {"scoring"}
+    (labels,) = [row for row in result.rows if row[result.columns.index("kind")] == "labels"]
+    assert labels[result.columns.index("started")] == LABELS_AT
+    assert labels[result.columns.index("status")] == "processed"
+    assert labels[result.columns.index("model version")] == PLAN[LABELED].model_version
+    scoring_only = everything(file=sorted({p.file_name for p in PLAN}))
+    assert "labels" not in drawn(reader, "Latest runs", scoring_only).column("kind")
 
 
 def test_time_range_and_variables_filter(reader: Any) -> None:
     table = panel_sql(PANEL["Latest runs"])
     later = everything()
     later.time_from = FIRST_RUN + RUN_SPACING / 2
-    assert len(run(reader, table, later).rows) == len(PLAN)  # less the first, plus a failed
+    # less the first, plus a failed attempt and the labels
+    assert len(run(reader, table, later).rows) == len(PLAN) + 1
     version_2 = run(reader, table, everything(model_version=["2"]))
     assert set(version_2.column("model version")) == {"2"}
     one_file = run(reader, table, everything(file=["customer_churn_1.csv"]))
