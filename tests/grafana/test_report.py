@@ -22,7 +22,7 @@ from churnops.monitoring.report import NoRunsYet, write_report
 from churnops.pipeline.per_file import PLAIN_STEPS, process
 from churnops.settings import MonitoringSettings, Settings, get_settings
 
-from .conftest import BROKEN_FILE, PLAN, _models
+from .conftest import BROKEN_FILE, LABELS_FILE, PLAN, _models
 
 
 def test_report_writes_the_figure_and_the_runs_page(
@@ -36,6 +36,7 @@ def test_report_writes_the_figure_and_the_runs_page(
     assert "data:image/png;base64," in page
     for planned in PLAN:
         assert planned.file_name in page
+    assert f"<td>{LABELS_FILE}</td><td>1</td><td>labels</td>" in page  # the late labels' run
     store = MetricsStore(pipeline_sqlite_url)
     urls = store.runs()["report_url"].dropna().tolist()
     store.close()

@@ -76,8 +76,9 @@ def write_report(
     figure = build_figure(runs, metrics, monitoring, realized_scores(realized, every_run))
     figure.savefig(png, dpi=110, bbox_inches="tight")
     plt.close(figure)
+    # The table lists late labels' runs too, as the dashboard's "Latest runs" does.
     page.write_text(
-        build_html(runs.head(latest), png.read_bytes(), where, events), encoding="utf-8"
+        build_html(every_run.head(latest), png.read_bytes(), where, events), encoding="utf-8"
     )
     files = runs["id"].str.replace(r"\.\d+$", "", regex=True).nunique()
     return ReportFiles(png=png, html=page, runs=len(runs), files=files)
@@ -244,12 +245,22 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _runs_table(runs: pd.DataFrame) -> str:
-    header = ["started (UTC)", "file", "model version", "status", "rows", "report", "error"]
+    header = [
+        "started (UTC)",
+        "file",
+        "model version",
+        "kind",
+        "status",
+        "rows",
+        "report",
+        "error",
+    ]
     rows = [
         [
             _cell(row.started_at.strftime("%Y-%m-%d %H:%M")),
             _cell(row.file_name),
             _cell(row.model_version),
+            _cell(row.kind),
             f'<span class="{_cell(row.status)}">{_cell(row.status)}</span>',
             _cell(None if pd.isna(row.rows) else int(row.rows)),
             _link(row.report_url),
