@@ -4,6 +4,7 @@ holds it."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import time
 import zipfile
@@ -226,10 +227,13 @@ def _xlsx() -> bytes:
 #: A malformed file made from 50 good rows, and what its rejection says.
 MALFORMED = {
     "empty.csv": (lambda good: b"", "file is empty"),
+    "blank.csv": (lambda good: b"  \n\n", "file is empty"),
     "header_only.csv": (lambda good: _csv(good.head(0)), "header but no data rows"),
     "binary.csv": (lambda good: b"\x89PNG\r\n\x1a\n\x00\x00\x00", "binary, not a CSV"),
     "broken_quotes.csv": (lambda good: b'a,b\n1,"2\n3,4', "not a parsable CSV"),
     "excel.xlsx": (lambda good: _xlsx(), "is an Excel workbook (.xlsx)"),
+    "cut.csv.gz": (lambda good: gzip.compress(_csv(good))[:200], "not a readable gzip file"),
+    "broken.parquet": (lambda good: b"PAR1" + bytes(64) + b"PAR1", "not a readable Parquet file"),
     "concatenated.csv": (lambda good: _csv(good) * 2, "the header line is repeated at lines 52"),
     "missing_column.csv": (
         lambda good: _csv(good.drop(columns="Status")),

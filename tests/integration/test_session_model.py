@@ -277,30 +277,6 @@ def test_a_bad_row_in_a_later_chunk_errors_the_file_with_nothing_written(
     assert storage.list_keys("data/processed/") == storage.list_keys("data/processing/") == []
 
 
-def _rows(count: int) -> bytes:
-    """A valid UCI file of ``count`` different rows."""
-    row = "8,0,38,0,{},71,5,17,3,1,1,30,197.64,0"
-    return "\n".join([",".join(RAW_COLUMNS), *(row.format(n) for n in range(count))]).encode()
-
-
-@pytest.mark.parametrize(
-    ("name", "data", "reason"),
-    [
-        ("header.csv", ",".join(RAW_COLUMNS).encode() + b"\n", "header but no data rows"),
-        ("cut.csv.gz", gzip.compress(_rows(5000))[:8000], "not a readable gzip file"),
-        ("broken.parquet", b"PAR1" + bytes(64) + b"PAR1", "not a readable Parquet file"),
-    ],
-)
-def test_unreadable_files_are_errored_not_retried(
-    scoring_drop: tuple[Settings, DropStorage], name: str, data: bytes, reason: str
-) -> None:
-    settings, storage = scoring_drop
-    outcome = drop_and_process(settings, storage, name, data)
-
-    assert outcome.status == "errored", outcome.message
-    assert reason in outcome.message
-
-
 EXTRA = ["customer_id", "region"]
 
 

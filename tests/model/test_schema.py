@@ -107,27 +107,6 @@ def test_every_problem_is_named_in_one_error() -> None:
     assert len(problems) == len(set(problems)) == 5
 
 
-@pytest.mark.parametrize(
-    ("data", "expected", "limits"),
-    [
-        (b"", "file is empty", {}),
-        (b"  \n\n", "file is empty", {}),
-        (csv(), "header but no data rows", {}),
-        (b"\x89PNG\x00\x00\x01", "binary", {}),
-        (csv('1,2,"3'), "not a parsable CSV", {}),
-        (csv(GOOD_ROW), "over the limit of 10 bytes", {"max_bytes": 10}),
-    ],
-)
-def test_unreadable_files(data: bytes, expected: str, limits: dict[str, int]) -> None:
-    with pytest.raises(DataValidationError, match=expected):
-        read_customer_file(data, name="bad.csv", **limits)
-
-
-def test_message_names_the_file() -> None:
-    with pytest.raises(DataValidationError, match=r"^bad.csv is invalid \(1 problem"):
-        load_customer_file(csv(GOOD_ROW.replace("8,", "x,", 1)), name="bad.csv")
-
-
 # --- wrong file formats: accepted with a note, or one clear message ----------------------
 
 
