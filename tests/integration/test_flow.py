@@ -192,16 +192,6 @@ def test_special_characters_in_names(platform: Platform, data_dir: Path) -> None
     assert f"customer churn+1 é_predictions_{MODEL}_v1.csv" in platform.keys("processed")
 
 
-def test_a_second_trigger_is_a_no_op(platform: Platform, data_dir: Path) -> None:
-    name = "twice.csv"
-    platform.drop(name, (data_dir / "customer_churn_1.csv").read_bytes())
-    state = platform.trigger(f"data/input/{name}")
-    assert state.is_completed()
-    assert state.result()["status"] == "skipped"
-    assert "no longer in input/" in state.message
-    assert (platform.runs()["file_name"] == name).sum() == 1
-
-
 def test_a_semicolon_file_is_read_and_the_log_says_so(platform: Platform, data_dir: Path) -> None:
     state = platform.drop("semicolons.csv", _csv(_good(data_dir), sep=";"))
     assert state.result()["status"] == "processed"
@@ -327,18 +317,3 @@ def rendered_artifact(state) -> str:
         [artifact] = client.read_artifacts(flow_run_filter=ids)
     assert artifact.type == "markdown"
     return MarkdownIt("commonmark").enable("table").render(artifact.data)
-
-
-def test_an_unexpected_error_fails_the_run_and_the_file_waits_for_a_retry(
-    platform: Platform, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Not the file's fault: it stays in processing/, never in errored/."""
-    monkeypatch.setenv("MODEL_ALIAS", "no-such-alias")
-    state = platform.drop("no_model.csv", (data_dir / "customer_churn_1.csv").read_bytes())
-    assert state.is_failed()
-    assert "no_model.csv" in platform.keys("processing")
-    assert "no_model.csv" not in platform.keys("errored")
-    outcome = state.result(raise_on_failure=False)
-    assert "stays in processing/ for a retry" in platform.log(outcome)
-    run = platform.runs().set_index("file_name").loc["no_model.csv"]
-    assert run["status"] == "failed" and "no-such-alias" in run["error"]
