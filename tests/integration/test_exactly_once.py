@@ -652,14 +652,6 @@ def test_names_never_clash(world: World, small_file: bytes, names: tuple[str, st
     assert len(world.storage.list_keys("data/processed/")) == 4
 
 
-def test_an_invalid_file_is_errored_once(world: World) -> None:
-    outcome = world.process(world.drops.drop("notes.csv", NOT_A_CHURN_FILE))
-    assert outcome.status == "errored"
-    assert "missing column" in outcome.message
-    world.check(settled=True, invalid=1)
-    assert world.reconcile() == []
-
-
 # --- hostile inputs: bad input, errored once with its reason, never retried -----------------
 def _gzip_streamed(piece: bytes, times: int) -> bytes:
     """``piece`` repeated ``times`` times, gzip-compressed a piece at a time (no big buffer)."""
