@@ -100,21 +100,6 @@ def test_a_feature_named_in_the_id_list_stays_a_feature() -> None:
     assert columns.identifier is None and "Status" in columns.known
 
 
-@pytest.mark.parametrize("name", ["churn_prediction", "Churn Probability"])
-def test_a_column_named_like_an_output_is_an_error(name: str) -> None:
-    (problem,) = problems_of(csv([*HEADER, name], GOOD_ROW + ",1"))
-    assert problem.startswith(f"column '{name}' takes the name of an output column")
-
-
-def test_a_misspelled_feature_is_missing_and_named() -> None:
-    header = [h if h != "Complains" else "Complaints" for h in HEADER]
-    problems = problems_of(csv(header, GOOD_ROW))
-    assert problems == [
-        "missing column 'complains'",
-        "column 'Complaints' is no feature or label: is it 'Complains' misspelled?",
-    ]
-
-
 def test_a_column_given_twice_is_an_error() -> None:
     assert problems_of(csv([*HEADER, "id", "id"], GOOD_ROW + ",1,2")) == [
         "column 'id' appears 2 times"
