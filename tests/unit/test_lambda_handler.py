@@ -438,17 +438,6 @@ def test_missing_and_bad_settings_are_named(
         invoke("data/input/a.csv")
 
 
-def test_the_deployment_name_comes_from_the_environment(
-    prefect: FakePrefect, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PREFECT_DEPLOYMENT", "churn_prediction_pipeline/other")
-
-    [outcome] = invoke("data/input/a.csv")
-
-    assert outcome["status"] == "failed"
-    assert prefect.sent("GET")[0]["path"] == "/api/deployments/name/churn_prediction_pipeline/other"
-
-
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [
