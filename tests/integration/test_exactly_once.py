@@ -60,7 +60,7 @@ from churnops.monitoring import drift
 from churnops.monitoring.metrics_db import MetricsStore
 from churnops.pipeline import flow, per_file, reconcile
 from churnops.platform.services import free_port
-from churnops.settings import Settings, get_settings
+from churnops.settings import Settings
 from tests.exactly_once import (
     Drops,
     check_records_agree,
@@ -70,6 +70,7 @@ from tests.exactly_once import (
     read_flow_runs,
 )
 from tests.fixtures.evidently_ui import SECRET as EVIDENTLY_SECRET
+from tests.fixtures.model import model_settings
 from tests.processes import LOOPBACK, at_once
 
 STORAGES = ["local", "s3"]
@@ -142,16 +143,6 @@ def small_file(data_dir: Path) -> bytes:
     return pd.read_csv(data_dir / "customer_churn_1.csv").head(120).to_csv(index=False).encode()
 
 
-def _settings(home: Path, mlflow_server: str, model: str, **extra: Any) -> Settings:
-    return get_settings(
-        churnops_home=home,
-        mlflow_tracking_uri=mlflow_server,
-        model_name=model,
-        evidently_ui_url=None,
-        **extra,
-    )
-
-
 def _quick(patch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """Re-drive at once: no grace for untaken files, no wait before a retry, 2 s for a
     dependency that is down."""
@@ -182,7 +173,7 @@ def world(
     monkeypatch: pytest.MonkeyPatch,
 ) -> World:
     """Local folder + SQLite, or a versioned moto bucket + Postgres."""
-    settings = _settings(tmp_path, mlflow_server, session_model)
+    settings = model_settings(tmp_path, mlflow_server, session_model, evidently_ui_url=None)
     if request.param == "local":
         storage: DropStorage = LocalDropStorage(settings.drop.drop_dir)
         storage.create_layout()
@@ -417,7 +408,9 @@ def test_killed_churnops_process_is_recovered_by_running_it_again(
     tmp_path: Path, mlflow_server: str, session_model: str, small_file: bytes
 ) -> None:
     """The real command, killed with SIGKILL once it holds the file."""
-    settings = _settings(tmp_path / "home", mlflow_server, session_model)
+    settings = model_settings(
+        tmp_path / "home", mlflow_server, session_model, evidently_ui_url=None
+    )
     env = {
         **os.environ,
         "CHURNOPS_HOME": str(settings.home),

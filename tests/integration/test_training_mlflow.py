@@ -49,7 +49,7 @@ from churnops.pipeline.retraining import DIGEST_CHARS, LOCK, RetrainOptions, ret
 from churnops.platform.services import free_port
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings, get_settings
-from tests.fixtures.model import FAST_PARAMS
+from tests.fixtures.model import FAST_PARAMS, model_settings
 from tests.processes import LOOPBACK
 
 #: A model that barely learns: worse than the champion on any file.
@@ -174,11 +174,7 @@ def test_a_first_training_in_a_home_that_does_not_exist_yet(
     mlflow_server: str, tmp_path: Path, data_dir: Path
 ) -> None:
     """No CHURNOPS_HOME folder yet (the Optuna study lives there): it is created."""
-    settings = get_settings(
-        churnops_home=tmp_path / "new" / "home",
-        mlflow_tracking_uri=mlflow_server,
-        model_name="FirstInNewHome",
-    )
+    settings = model_settings(tmp_path / "new" / "home", mlflow_server, "FirstInNewHome")
     options = TrainingOptions(data_file=data_dir / "customer_churn_0.csv", trials=1)
     outcome = train_and_register(settings, options)
     assert outcome.status == "promoted", outcome.reason
@@ -198,9 +194,7 @@ def test_no_promotion_when_the_alias_moved_while_the_version_was_logged(
     train` at once both said promoted, and the alias went to the one that ended last,
     the worse of the two (the check ran before the logging, not after)."""
     name = f"Raced{'After' if champion else 'First'}"
-    settings = get_settings(
-        churnops_home=tmp_path, mlflow_tracking_uri=mlflow_server, model_name=name
-    )
+    settings = model_settings(tmp_path, mlflow_server, name)
     data = data_dir / "customer_churn_0.csv"
     if champion:
         options = TrainingOptions(data_file=data, params=WORSE, force=True)
@@ -270,9 +264,7 @@ def test_an_alias_moved_by_hand_to_what_does_not_score_is_one_line(
     "Registered model alias staging not found." (no model, no remedy), and `churnops train
     --force` and `retrain` ended in an AttributeError traceback."""
     name = f"UsersOwn{kind.title()}"
-    settings = get_settings(
-        churnops_home=tmp_path, mlflow_tracking_uri=mlflow_server, model_name=name
-    )
+    settings = model_settings(tmp_path, mlflow_server, name)
     data = data_dir / "customer_churn_0.csv"
     configure_mlflow(settings.model)
     version = _log_users_model("pyfunc" if kind == "deleted" else kind, name, data)
@@ -298,9 +290,7 @@ def test_a_model_deleted_and_registered_again_is_not_scored_by_its_old_self(
     anew: a long-lived runner kept scoring with the deleted version 1 it had loaded (its
     cache knew a version by number only), under the new version 1's name."""
     name = "DeletedAndAgain"
-    settings = get_settings(
-        churnops_home=tmp_path, mlflow_tracking_uri=mlflow_server, model_name=name
-    )
+    settings = model_settings(tmp_path, mlflow_server, name)
     data = data_dir / "customer_churn_0.csv"
     fast = {"n_estimators": 30, "max_depth": 4, "learning_rate": 0.2}
     first = train_and_register(settings, TrainingOptions(data_file=data, params=fast))
@@ -380,12 +370,12 @@ def world(
     name = f"Retrain-{uuid.uuid4().hex[:8]}"
     monkeypatch.setattr(registry, "CV_FOLDS", 2)
     monkeypatch.setattr(registry, "GATE_MIN_ROC_AUC", 0.85)
-    settings = get_settings(
-        churnops_home=tmp_path / "home",
+    settings = model_settings(
+        tmp_path / "home",
+        mlflow_server,
+        name,
         churn_data_dir=data_dir,
-        mlflow_tracking_uri=mlflow_server,
         database_url=None,
-        model_name=name,
         retrain_mode="off",
     )
     mlflow.set_tracking_uri(mlflow_server)
