@@ -224,9 +224,10 @@ def test_labels_without_identifier_join_by_rows_and_feed_retraining(scored) -> N
     assert f"synthetic_1_labeled.csv{LABELED_ROWS_SUFFIX}" not in learned  # newest labels only
 
 
-def _errored(scored, name: str, frame: pd.DataFrame) -> str:
+def _errored(scored, name: str, labels: pd.DataFrame | bytes) -> str:
+    """The reason a labels file was refused: bad input, in errored/, named in its log."""
     _, storage, _, _ = scored
-    outcome = _drop_labels(scored, name, frame)
+    outcome = _drop_labels(scored, name, labels)
     assert outcome.status == "errored", outcome.message
     assert storage.exists(f"data/errored/{outcome.run}/{name}")
     assert name in storage.read(log_key(outcome.run, name)).decode()
@@ -353,11 +354,7 @@ def _ragged(data: bytes) -> bytes:
 def test_a_bad_labels_file_is_bad_input_errored_not_retried(
     scored, name: str, make: Callable[[bytes], bytes], reason: str
 ) -> None:
-    outcome = _drop_labels(scored, name, make(_labels_bytes(scored)))
-
-    assert outcome.status == "errored", outcome.message
-    assert reason in outcome.message
-    assert scored[1].exists(f"data/errored/{outcome.run}/{name}")
+    assert reason in _errored(scored, name, make(_labels_bytes(scored)))
 
 
 @pytest.mark.parametrize(("name", "pack"), [("semicolons.csv", "';'"), ("packed.csv.gz", "gzip")])
