@@ -1,16 +1,18 @@
-"""What tests share about processes: waiting for a condition, a race of threads, a clean
-environment for a platform, leftover processes. A free port, starting a server and the
-process-group stop are the platform's own (:mod:`churnops.platform.services`)."""
+"""What tests share about processes: waiting for a condition, a race of threads, a frozen
+server, a clean environment for a platform, leftover processes. A free port, starting a
+server and the process-group stop are the platform's own (:mod:`churnops.platform.services`)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,20 @@ def at_once(count: int, action: Callable[[int], Any]) -> list[Any]:
 
     with ThreadPoolExecutor(count) as pool:
         return list(pool.map(run, range(count)))
+
+
+@contextmanager
+def frozen(*pids: int) -> Iterator[None]:
+    """The processes stopped (SIGSTOP), not ended: their connections stay open and nothing
+    answers, not even a timeout. SIGCONT at the end, to those still there."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def dead_pid() -> int:
