@@ -303,15 +303,6 @@ def test_chunks_number_rows_across_the_file(uci_bytes: bytes, uci_frame: pd.Data
     pd.testing.assert_frame_equal(pd.concat(chunks), uci_frame)
 
 
-def test_a_bad_row_in_a_later_chunk_is_named_by_its_file_line() -> None:
-    rows = [GOOD_ROW] * 5 + ["8,7,38,0,4370,71,5,17,3,1,1,30,197.64,0"] + [GOOD_ROW] * 3
-    with pytest.raises(DataValidationError) as caught:
-        _chunked(csv(*rows), chunk_rows=4)
-    assert caught.value.problems == [
-        "column 'complains' out of range in_range(0, 1): values 7 (lines 7)"
-    ]
-
-
 def test_problems_of_every_chunk_are_named_once() -> None:
     bad = "x,0,38,0,4370,71,5,17,3,1,1,30,197.64,0"
     with pytest.raises(DataValidationError) as caught:
