@@ -167,19 +167,6 @@ def test_a_file_without_extra_columns_has_no_note(uci: pd.DataFrame) -> None:
 # --- identifiers: empty and repeated values are notes, with their rows ---------------------
 
 
-def test_empty_and_repeated_identifiers_are_noted_across_chunks(uci: pd.DataFrame) -> None:
-    frame = with_extras(uci)
-    frame.loc[[4, 900], "Customer ID"] = ""  # rows 6 and 902 of the file
-    frame.loc[[10, 450, 1000], "Customer ID"] = "000003"  # row 5's value on rows 12, 452, 1002
-    parts, notes = read(frame.to_csv(index=False).encode(), chunk_rows=400)
-    assert notes[1:] == [
-        "identifier 'Customer ID' is empty on 2 row(s) (lines 6, 902)",
-        "identifier 'Customer ID' repeats an earlier row's value on 3 row(s): "
-        "'000003' at line 12, '000003' at line 452, '000003' at line 1002",
-    ]
-    assert sum(len(p.frame) for p in parts) == len(frame)  # still scored, every row
-
-
 @pytest.mark.parametrize("chunk", [97, 333, 5_000, 20_000])
 def test_repeats_are_what_pandas_finds_whatever_the_chunking(chunk: int) -> None:
     rng = np.random.default_rng(5)
