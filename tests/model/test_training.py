@@ -8,7 +8,6 @@ import pickle
 from functools import partial
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import optuna
 import pandas as pd
@@ -20,9 +19,9 @@ from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import INPUT_COLUMNS, RAW_COLUMNS, TARGET
 from churnops.model import registry, training
-from churnops.model.churn_model import MODEL_CODE, REFERENCE_ARTIFACT, XGB_ARTIFACT, ChurnModel
+from churnops.model.churn_model import REFERENCE_ARTIFACT, XGB_ARTIFACT, ChurnModel
 from churnops.model.registry import TrainingOptions, choose_params
-from churnops.results import PREDICTION, PROBABILITY
+from churnops.results import PREDICTION
 from churnops.settings import get_settings
 
 SMALL = {"n_estimators": 20, "max_depth": 2, "learning_rate": 0.3}
@@ -238,31 +237,3 @@ def test_the_signature_lists_both_spellings_none_required(
     types = dict(zip(inputs.input_names(), inputs.input_types(), strict=True))
     assert {types["Customer Value"].name, types["customer_value"].name} == {"double"}
     assert {types["Call  Failure"].name, types["call_failure"].name} == {"long"}
-
-
-def test_saved_from_code_it_scores_a_raw_file_through_mlflow(
-    model: ChurnModel,
-    frame: pd.DataFrame,
-    artifacts: dict[str, str],
-    data_dir: Path,
-    tmp_path: Path,
-) -> None:
-    """MLflow enforces the signature before predict: a raw header must get through it."""
-    mlflow.pyfunc.save_model(
-        path=tmp_path / "model",
-        python_model=str(MODEL_CODE),
-        model_config=model.config(),
-        artifacts=artifacts,
-        signature=model.model_signature(frame),
-        pip_requirements=["churnops"],  # skips requirement inference (a subprocess)
-    )
-    assert not list((tmp_path / "model").rglob("*.pkl"))
-    loaded = mlflow.pyfunc.load_model(str(tmp_path / "model"))
-    assert isinstance(loaded.unwrap_python_model(), ChurnModel)
-    expected = model.score(frame)
-    raw = pd.read_csv(data_dir / SOURCE)  # with the Churn column, which MLflow drops
-    scored = loaded.predict(raw, params={"probability": True})
-    assert list(scored.columns) == [PREDICTION, PROBABILITY]
-    pd.testing.assert_frame_equal(scored, expected, check_exact=True)
-    clean = loaded.predict(frame.drop(columns=TARGET))
-    assert (clean.to_numpy() == expected[PREDICTION].to_numpy()).all()
