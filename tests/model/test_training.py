@@ -122,14 +122,6 @@ def test_a_stored_f1_only_study_is_refused_by_name(tmp_path: Path) -> None:
         training.open_study(storage, "old", 0)
 
 
-def test_inference_costs_are_milliseconds_per_thousand_rows(frame: pd.DataFrame) -> None:
-    X = prepare_features(frame)
-    small = training.make_classifier(SMALL, 0).fit(X, target(frame))
-    costs = training.inference_costs(small, X, repeats=1)
-    assert set(costs) == {"predict_ms_per_1k_rows", "shap_ms_per_1k_rows"}
-    assert all(value > 0 for value in costs.values())
-
-
 def test_default_params_come_from_the_search_space() -> None:
     params = training.default_params()
     assert training.suggest_params(optuna.trial.FixedTrial(params)) == params
