@@ -88,19 +88,6 @@ def test_a_file_uploaded_in_parts_reads_back_once_moved(s3: S3DropStorage) -> No
     assert s3.read("data/processing/R/big.csv") == data
 
 
-def test_a_move_cut_short_is_completed(s3: S3DropStorage) -> None:
-    """Copied but not deleted (a kill between the two): the next move only deletes."""
-    s3.create("data/processing/R/a.csv", b"rows")
-    s3.client.copy_object(
-        Bucket=s3.bucket,
-        Key="data/processed/R/a.csv",
-        CopySource={"Bucket": s3.bucket, "Key": "data/processing/R/a.csv"},
-    )
-    s3.move("data/processing/R/a.csv", "data/processed/R/a.csv")
-    assert s3.list_keys("data/processing/") == []
-    assert s3.read("data/processed/R/a.csv") == b"rows"
-
-
 def test_a_multipart_upload_moved_halfway_is_recognised(s3: S3DropStorage) -> None:
     """A copy's ETag differs from a multipart source's: the origin metadata tells them apart."""
     key, parts = "data/input/big.csv", [b"a" * 5 * 1024 * 1024, b"tail"]
