@@ -192,18 +192,12 @@ def test_special_characters_in_names(platform: Platform, data_dir: Path) -> None
     assert f"customer churn+1 é_predictions_{MODEL}_v1.csv" in platform.keys("processed")
 
 
-def test_a_semicolon_file_is_read_and_the_log_says_so(platform: Platform, data_dir: Path) -> None:
-    state = platform.drop("semicolons.csv", _csv(_good(data_dir), sep=";"))
-    assert state.result()["status"] == "processed"
-    assert "columns separated by ';'" in platform.log(state.result())
-
-
 def _good(data_dir: Path) -> pd.DataFrame:
     return pd.read_csv(data_dir / "customer_churn_1.csv").head(50)
 
 
-def _csv(frame: pd.DataFrame, **kwargs: object) -> bytes:
-    return frame.to_csv(index=False, **kwargs).encode()
+def _csv(frame: pd.DataFrame) -> bytes:
+    return frame.to_csv(index=False).encode()
 
 
 def _xlsx() -> bytes:
