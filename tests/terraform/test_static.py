@@ -389,10 +389,6 @@ def test_a_host_alone_and_its_port_variable_are_mapped_together(mapper: Mapper) 
     ("value", "message"),
     [
         (f"http://mlflw.{NS}:5000", f"mlflw.{NS} is not a name of this deployment"),
-        (
-            f"http://mlflow.{NS}:5001",
-            "port 5001 of ECS service mlflow: its containers listen on 5000",
-        ),
         (f"http://prefect-server.{NS}/api", "port 80 of ECS service prefect-server"),
         (f"{DB_HOST}:5433", "listens on 5432, not 5433"),
         (f"http://{ALB}:4200/api", "has no listener on port 4200"),
