@@ -60,21 +60,15 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
     return drawn
 
 
-def test_report_draws_each_processed_file_once(
+def test_report_draws_each_processed_file_once_and_its_late_labels_at_its_time(
     pipeline_sqlite_url: str, pipeline_settings: Settings, tmp_path: Path, figures: list[Figure]
 ) -> None:
-    """The re-driven run's failed attempt stored its metrics too: they are no file's."""
+    """The re-driven run's failed attempt stored its metrics too: they are no file's. The
+    dashboard's "Realized scores (late labels)": without Grafana (the SQLite default) the
+    report is the only place a user sees how a model did once the labels came."""
     write_report(pipeline_settings.monitoring, tmp_path / "report")
     shares = figures[0].axes[1].lines[0]  # the drifted share, a point per file
     assert len(shares.get_xdata()) == len([p for p in PLAN if not p.errored])
-
-
-def test_report_draws_the_late_labels_at_the_time_their_file_was_scored(
-    pipeline_sqlite_url: str, pipeline_settings: Settings, tmp_path: Path, figures: list[Figure]
-) -> None:
-    """The dashboard's "Realized scores (late labels)": without Grafana (the SQLite default)
-    the report is the only place a user sees how a model did once the labels came."""
-    write_report(pipeline_settings.monitoring, tmp_path / "report")
     (ax,) = [a for a in figures[0].axes if a.get_title().startswith("Realized scores")]
     f1 = [line for line in ax.lines if line.get_label() == "f1"]
     assert len(f1) == 1 and len(f1[0].get_xdata()) == 1  # the one labeled run
