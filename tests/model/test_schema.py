@@ -338,13 +338,6 @@ def test_parquet_problems_name_their_rows(uci_bytes: bytes) -> None:
     assert problems == ["column 'age_group' out of range in_range(1, 5): values 9 (rows 901)"]
 
 
-def test_a_corrupt_parquet_is_named(uci_bytes: bytes) -> None:
-    data = _parquet(pd.read_csv(io.BytesIO(uci_bytes)))
-    broken = data[:4] + bytes(len(data) - 8) + data[-4:]
-    (problem,) = problems_of(broken)
-    assert problem.startswith("not a readable Parquet file")
-
-
 def test_a_bad_byte_far_into_a_big_file_is_named_by_offset_and_line() -> None:
     at = len(BIG) - 30
     broken = BIG[:at] + b"\xff" + BIG[at + 1 :]
