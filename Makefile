@@ -81,8 +81,8 @@ format: install ## Format the code
 	$(RUN) ruff format code tests benchmarks upload_simulation_script.py
 	$(RUN) ruff check --fix code tests benchmarks upload_simulation_script.py
 
-optuna-dashboard: install ## Open the Optuna study in optuna-dashboard
-	$(RUN) optuna-dashboard sqlite:///$${CHURNOPS_HOME:-.churnops}/optuna.db
+optuna-dashboard: install ## Open the training search's Optuna study in optuna-dashboard (PORT=n, 0: a free one)
+	$(RUN) python -m devtools.optuna_dashboard $(if $(PORT),--port $(PORT))
 
 benchmark-model: install data ## Our staging model beside the reference project's model, same files
 	$(RUN) python -m benchmarks.model_quality
