@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks import pipeline
+from benchmarks import model_quality, pipeline
 
 
 def test_a_pipeline_run_of_untargeted_sizes_checks_no_target():
@@ -19,3 +19,13 @@ def test_a_pipeline_run_of_one_targeted_size_names_the_other():
         "missed: 1,000,000 rows: 6.1 s (10,000,000 rows not measured)"
     )
     assert pipeline.targets_verdict([], [1050, 1_000_000, 10_000_000]) == "all targets met"
+
+
+def test_the_quality_bar_names_each_miss_with_its_file():
+    misses = model_quality.bar_misses("a.csv", 0.819, 0.974) + model_quality.bar_misses(
+        "b.csv", 0.772, 0.96996
+    )
+    assert model_quality.bar_verdict(misses) == (
+        "ours: the bar missed: F1 0.772 < 0.815 on b.csv; ROC AUC 0.96996 < 0.97 on b.csv"
+    )
+    assert model_quality.bar_verdict([]) == "ours: the bar met"
