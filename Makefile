@@ -108,7 +108,13 @@ rehearse-aws: install data ## Apply to moto, run every ECS container here as a p
 docs: install ## Regenerate docs/configuration.md from the settings' descriptions
 	$(RUN) python -m devtools.configuration_reference
 
-clean: ## Remove local state (.churnops: MLflow, Optuna, metrics, drop folder)
+# Refused while `churnops up` runs on it: its servers would go on without their databases.
+clean: ## Remove local state (.churnops: MLflow, Optuna, metrics, drop folder), unless the platform runs on it
+	@pid=$$(cat .churnops/platform.pid 2>/dev/null); \
+	if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null; then \
+		echo "error: the platform runs on .churnops (pid $$pid): stop it (Ctrl-C in its terminal), then make clean" >&2; \
+		exit 1; \
+	fi
 	rm -rf .churnops
 
 -include terraform/aws.mk

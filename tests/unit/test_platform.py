@@ -569,6 +569,24 @@ def test_a_second_up_on_the_same_home_says_so_in_one_line(tmp_path: Path) -> Non
     assert not (tmp_path / services.PID_FILE).exists()
 
 
+def test_make_clean_keeps_the_state_a_running_platform_uses(tmp_path: Path) -> None:
+    home = tmp_path / ".churnops"
+    home.mkdir()
+    (home / services.PID_FILE).write_text(str(os.getpid()))  # this test stands for `up`
+
+    def clean() -> subprocess.CompletedProcess:
+        command = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "clean"]
+        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    refused = clean()
+    assert refused.returncode != 0
+    assert f"error: the platform runs on .churnops (pid {os.getpid()}): stop it" in refused.stderr
+    assert (home / services.PID_FILE).exists()
+    (home / services.PID_FILE).write_text(str(dead_pid()))  # stopped, or killed
+    assert clean().returncode == 0
+    assert not home.exists()
+
+
 def test_a_start_up_error_is_one_line_and_leaves_no_files(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
