@@ -18,6 +18,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from churnops.drop.storage import ObjectExists, brief, open_storage, stage_key
+from churnops.platform.services import PlatformState
 from churnops.settings import get_settings
 
 
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"error: {problem}", file=sys.stderr)
         return 1
+    if args.target == "local" and PlatformState.load(settings.home) is None:
+        # Not an error (the files wait and the next `up` takes them), but said: else the
+        # uploads look done and nothing happens.
+        print(f"note: no platform runs on {settings.home}: the files wait until `make demo`")
     # Local writes go to a temporary name, then a rename: the watcher sees whole files.
     storage = open_storage(settings.replace(drop_storage=args.target).drop, args.bucket)
     for number, path in enumerate(files):

@@ -361,6 +361,8 @@ def test_simulation_script_uploads_every_file_but_the_training_one(tmp_path: Pat
         (data / name).write_text("a\n1\n")
     done = simulate(data)
     assert done.returncode == 0, done.stderr
+    home = (tmp_path / "home").resolve()
+    assert done.stdout.startswith(f"note: no platform runs on {home}: the files wait until")
     inbox = tmp_path / "home" / "drop" / "data" / "input"
     assert sorted(p.name for p in inbox.iterdir()) == [
         "customer_churn_1.csv",
