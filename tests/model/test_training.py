@@ -115,13 +115,6 @@ def test_search_stores_threshold_and_returns_the_chosen_params(
     assert training.stored_params(study, ["status"]) is None
 
 
-def test_a_stored_f1_only_study_is_refused_by_name(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    optuna.create_study(study_name="old", storage=storage, direction="maximize")
-    with pytest.raises(ValueError, match=r"study 'old' .* F1-only search.*OPTUNA_STUDY"):
-        training.open_study(storage, "old", 0)
-
-
 def test_default_params_come_from_the_search_space() -> None:
     params = training.default_params()
     assert training.suggest_params(optuna.trial.FixedTrial(params)) == params

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from churnops import cli, retry
 from churnops.cli import _one_line, app
 from churnops.drop.storage import brief
-from churnops.model import registry
+from churnops.model import registry, training
 from churnops.model.churn_model import MlflowUnavailable, wait_for_tracking_server
 from churnops.pipeline.per_file import FileOutcome
 from churnops.platform.services import free_port
@@ -167,6 +168,19 @@ def test_a_staging_version_that_does_not_load_is_one_line(monkeypatch: pytest.Mo
         "UnloadableChampion: XGBoostChurnModel version 3 ('staging') does not load: move"
     ), said
     assert said.endswith("(RuntimeError: Opening /h/mlflow/artifacts/xgb_model.json failed)")
+
+
+def test_a_stored_f1_only_study_is_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    """`churnops train` on it was a traceback telling to set OPTUNA_STUDY, a setting no more."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="old", storage=storage, direction="maximize")
+    with pytest.raises(training.StaleStudy) as raised:
+        training.open_study(storage, "old", 0)
+    assert cli._expected(raised.value)
+    assert cli._one_line(raised.value) == (
+        f"StaleStudy: Optuna study 'old' in {storage} was made by the F1-only search; the "
+        "search has two objectives now: move that database aside, then train again"
+    )
 
 
 def test_the_hint_that_mlflow_is_down_goes_by_the_error_not_by_a_word_in_it() -> None:

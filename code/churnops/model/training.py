@@ -110,6 +110,11 @@ def predict_cost(params: dict[str, Any]) -> int:
     return int(params["n_estimators"]) * int(params["max_depth"])
 
 
+class StaleStudy(RuntimeError):
+    """The stored study was made by the F1-only search: its trials have one objective, the
+    search two, so none of them can be reused or added to."""
+
+
 def open_study(storage: str | None, name: str, seed: int) -> optuna.Study:
     """The stored study (in memory when ``storage`` is None), on two objectives: CV F1 up,
     :func:`predict_cost` down, so cheap models as good are found."""
@@ -122,9 +127,9 @@ def open_study(storage: str | None, name: str, seed: int) -> optuna.Study:
         load_if_exists=True,
     )
     if len(study.directions) != len(OBJECTIVES):
-        raise ValueError(
+        raise StaleStudy(
             f"Optuna study {name!r} in {storage} was made by the F1-only search; the "
-            "search has two objectives now: set OPTUNA_STUDY to a new name"
+            "search has two objectives now: move that database aside, then train again"
         )
     return study
 
