@@ -134,7 +134,7 @@ def data_fetch(
         Path | None, typer.Option(help="Use this downloaded UCI zip archive.")
     ] = None,
     target: Annotated[
-        Path | None, typer.Option(help="Where to write the files (default: CHURN_DATA_DIR).")
+        Path | None, typer.Option(help="Where to write the files (default: data).")
     ] = None,
 ) -> None:
     """Download the UCI archive, check it and split it into the platform's files."""
@@ -143,9 +143,12 @@ def data_fetch(
 
     settings = _settings()
     target_dir = target or Path("data")
+    # A CHURN_DATA_DIR that is set names a folder of split files to copy; unset, its default
+    # is no source (a --target elsewhere downloads, as without it).
+    named = "churn_data_dir" in settings.model.model_fields_set
     elsewhere = settings.model.churn_data_dir.resolve() != target_dir.resolve()
-    if source is None and archive is None and elsewhere:
-        source = settings.model.churn_data_dir  # CHURN_DATA_DIR names a folder of split files
+    if source is None and archive is None and named and elsewhere:
+        source = settings.model.churn_data_dir
     try:
         with console.status("fetching the customer churn data..."):
             written = dataset.fetch(target_dir, source_dir=source, archive=archive)

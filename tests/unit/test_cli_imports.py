@@ -183,6 +183,23 @@ def test_a_stored_f1_only_study_is_one_line_saying_what_to_do(tmp_path: Path) ->
     )
 
 
+def test_data_fetch_copies_from_churn_data_dir_only_when_it_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Unset, its default ("data") was taken for a source: `data fetch --target DIR` said
+    "data lacks customer_churn_0.csv, ..." instead of downloading."""
+    from churnops.data import dataset
+
+    asked = []
+    monkeypatch.setattr(dataset, "fetch", lambda target, **how: asked.append(how) or [])
+    monkeypatch.delenv("CHURN_DATA_DIR", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(app, ["data", "fetch", "--target", str(tmp_path)]).exit_code == 0
+    monkeypatch.setenv("CHURN_DATA_DIR", str(tmp_path / "shared"))
+    assert runner.invoke(app, ["data", "fetch", "--target", str(tmp_path)]).exit_code == 0
+    assert [how["source_dir"] for how in asked] == [None, tmp_path / "shared"]
+
+
 def test_the_hint_that_mlflow_is_down_goes_by_the_error_not_by_a_word_in_it() -> None:
     hint = "is `churnops up` running?"
     assert hint in cli._one_line(MlflowUnavailable("MLflow at http://h:5000 unreachable"))
