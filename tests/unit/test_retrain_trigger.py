@@ -87,6 +87,23 @@ def test_suggest_is_the_default_and_says_what_to_run(tmp_path: Path) -> None:
     submit.assert_not_called()
 
 
+def test_the_retraining_benchmarks_submit_is_called_as_the_deployments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make benchmark-retraining` submitted with a stale signature: every call raised in the
+    alert step, and its RETRAIN_MODE=auto sequence retrained nothing, like the one without."""
+    from benchmarks import retraining as benchmark
+
+    settings = settings_for(tmp_path, retrain_mode="auto", retrain_cooldown_minutes=0)
+    asked: list[RetrainOptions] = []
+    monkeypatch.setattr(benchmark, "retrain", lambda _s, _d, options: asked.append(options) or 7)
+    outcomes: list = []
+    _, message = alert(settings, LOW, benchmark.retrain_here(settings, Mock(), outcomes))
+    assert "retraining started" in message
+    assert outcomes == [7]
+    assert [(o.trigger, o.include_run) for o in asked] == [("auto", "R1")]
+
+
 def test_auto_submits_one_retraining_for_the_run_that_scored_low(tmp_path: Path) -> None:
     """The alert names the key of the run submitted: ``<key>@<id>`` after an ended one."""
     settings = settings_for(tmp_path, retrain_mode="auto")
