@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 
+from benchmarks.pipeline import data_files
 from churnops.data.features import prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import INPUT_COLUMNS
@@ -27,9 +28,8 @@ def cv_f1(frame, features: list[str], params: dict) -> tuple[float, float]:
 
 def main() -> int:
     settings = get_settings()
-    frame = load_customer_file(
-        settings.model.churn_data_dir / settings.model.training_file, require_target=True
-    )
+    (training_file,) = data_files(settings, settings.model.training_file)
+    frame = load_customer_file(training_file, require_target=True)
     params = training.default_params()
     base, spread = cv_f1(frame, INPUT_COLUMNS, params)
     print(f"{'configuration':32} {'cv F1':>7} {'spread':>7} {'vs all':>7}")

@@ -186,7 +186,7 @@ def main() -> int:
     if args.drops < 10:
         parser.error("--drops must be at least 10 for a p95")
     settings = get_settings()
-    source = source_file(parser, settings)
+    source = source_file(settings)
     started = None
     state = PlatformState.load(settings.home)
     if state is None:

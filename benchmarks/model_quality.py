@@ -19,6 +19,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from sklearn.model_selection import train_test_split
 
+from benchmarks.pipeline import data_files
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import INPUT_COLUMNS
@@ -171,7 +172,8 @@ def costs(model: ChurnModel, rows: pd.DataFrame) -> tuple[float, float]:
 def main() -> int:
     settings = get_settings()
     data_dir = settings.model.churn_data_dir
-    train_file = load_customer_file(data_dir / settings.model.training_file, require_target=True)
+    training_file, *_ = data_files(settings, settings.model.training_file, *FILES)
+    train_file = load_customer_file(training_file, require_target=True)
     ours = staging_model(settings)
     print(f"ours: {ours.name} v{ours.version}, threshold {ours.model.threshold:.2f}")
     print(f"  costs logged with the version: {logged_costs(ours)}")

@@ -61,12 +61,20 @@ def tracking_uri(settings: Settings, scratch: Path) -> str:
     return trained.model.tracking_uri
 
 
-def source_file(parser: argparse.ArgumentParser, settings: Settings) -> Path:
-    """The data file these benchmarks drop (``SOURCE``); a usage error says how to get it."""
-    source = settings.model.churn_data_dir / SOURCE
-    if not source.exists():
-        parser.error(f"{source} not found: run `make data` or set CHURN_DATA_DIR")
-    return source
+def data_files(settings: Settings, *names: str) -> list[Path]:
+    """The named files of CHURN_DATA_DIR; without one, one line saying how to get it (not
+    pandas' FileNotFoundError traceback)."""
+    folder = settings.model.churn_data_dir
+    if missing := [name for name in names if not (folder / name).exists()]:
+        raise SystemExit(
+            f"error: {', '.join(missing)} not in {folder}: run `make data` or set CHURN_DATA_DIR"
+        )
+    return [folder / name for name in names]
+
+
+def source_file(settings: Settings) -> Path:
+    """The data file these benchmarks drop (``SOURCE``)."""
+    return data_files(settings, SOURCE)[0]
 
 
 def repeated_file(source: Path, rows: int, target: Path) -> Path:
@@ -186,7 +194,7 @@ def main() -> int:
         args.out.write_text(json.dumps(result))
         return 0
     settings = get_settings()
-    source = source_file(parser, settings)
+    source = source_file(settings)
     scratch = Path(tempfile.mkdtemp(prefix="churnops-bench-pipeline-"))
     try:
         uri = tracking_uri(settings, scratch)

@@ -175,7 +175,7 @@ def main() -> int:
         "--repeats", type=int, default=2, help="more bursts with 1 and with N runners, alternating"
     )
     args = parser.parse_args()
-    source = source_file(parser, get_settings())
+    source = source_file(get_settings())
     scratch = Path(tempfile.mkdtemp(prefix="churnops-recovery-"))
     rows_file = scratch / "rows.csv"
     pd.read_csv(source).head(args.rows).to_csv(rows_file, index=False)

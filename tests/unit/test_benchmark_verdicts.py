@@ -1,8 +1,13 @@
-"""The benchmarks' verdict lines: what they say was checked is what the run measured."""
+"""The benchmarks' own lines: a verdict says what the run measured; missing data is one line."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from benchmarks import model_quality, pipeline
+from churnops.settings import get_settings
 
 
 def test_a_pipeline_run_of_untargeted_sizes_checks_no_target():
@@ -29,3 +34,15 @@ def test_the_quality_bar_names_each_miss_with_its_file():
         "ours: the bar missed: F1 0.772 < 0.815 on b.csv; ROC AUC 0.96996 < 0.97 on b.csv"
     )
     assert model_quality.bar_verdict([]) == "ours: the bar met"
+
+
+def test_missing_data_files_are_named_in_one_line(tmp_path: Path) -> None:
+    """benchmark-model and benchmark-features were pandas' FileNotFoundError traceback."""
+    (tmp_path / "a.csv").write_text("x\n")
+    settings = get_settings(churn_data_dir=tmp_path)
+    assert pipeline.data_files(settings, "a.csv") == [tmp_path / "a.csv"]
+    with pytest.raises(SystemExit) as missing:
+        pipeline.data_files(settings, "a.csv", "b.csv", "c.csv")
+    assert str(missing.value) == (
+        f"error: b.csv, c.csv not in {tmp_path}: run `make data` or set CHURN_DATA_DIR"
+    )
