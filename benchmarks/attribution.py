@@ -6,7 +6,8 @@ for each, the monitor step's extra work is timed: the file's attribution on
 (once per version and process), beside a plain prediction of the same 50,000 rows
 drawn from the later data files.
 
-    python -m benchmarks.attribution [--rows 1000 5000 50000]"""
+    python -m benchmarks.attribution [--rows 1000 5000 50000]
+    # default: ATTRIBUTION_SAMPLE_ROWS (500) and the whole drift sample (50,000)"""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from functools import partial
 
 import pandas as pd
 
+from benchmarks.pipeline import data_files
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.model.registry import RANDOM_SEED
 from churnops.model.training import default_params, fastest, make_classifier
 from churnops.monitoring.attribution import mean_abs_shap
+from churnops.pipeline.scoring import DRIFT_SAMPLE_ROWS
 from churnops.settings import get_settings
 
 FAST_PARAMS = {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.2}
@@ -28,14 +31,21 @@ LATER_FILES = ("customer_churn_1.csv", "customer_churn_2_majority_drifted.csv")
 seconds = partial(fastest, repeats=1)
 
 
+def row_budgets(sample_rows: int) -> list[int]:
+    """The file's budget as configured (0 is attribution off: nothing to time), then the
+    whole drift sample: the default said 1,000 rows, which no setting gives."""
+    return [rows for rows in (sample_rows, DRIFT_SAMPLE_ROWS) if rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000, 50_000])
+    parser.add_argument("--rows", type=int, nargs="+", default=None)
     args = parser.parse_args()
     settings = get_settings()
-    data = settings.model.churn_data_dir
-    training = load_customer_file(data / settings.model.training_file, require_target=True)
-    later = pd.concat([load_customer_file(data / name) for name in LATER_FILES])
+    rows_timed = args.rows or row_budgets(settings.monitoring.attribution_sample_rows)
+    training_file, *later_files = data_files(settings, settings.model.training_file, *LATER_FILES)
+    training = load_customer_file(training_file, require_target=True)
+    later = pd.concat([load_customer_file(path) for path in later_files])
     for label, params in (("shipped", default_params()), ("fast (tests)", FAST_PARAMS)):
         classifier = make_classifier(params, RANDOM_SEED)
         classifier.fit(prepare_features(training), target(training))
@@ -43,7 +53,7 @@ def main() -> None:
         print(f"\n{label} model: {booster.num_boosted_rounds()} trees, depth {params['max_depth']}")
         reference = seconds(lambda b=booster: mean_abs_shap(b, training, FEATURES))
         print(f"  reference ({len(training):,} rows, once per version): {reference:7.2f} s")
-        for rows in args.rows:
+        for rows in rows_timed:
             sample = later.sample(rows, replace=True, random_state=7)
             shap = seconds(lambda b=booster, s=sample: mean_abs_shap(b, s, FEATURES))
             features = prepare_features(sample).to_numpy()
