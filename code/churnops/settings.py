@@ -203,8 +203,12 @@ class ModelSettings(CommonSettings):
         return self.home / "mlflow" / "artifacts"
 
     @property
+    def optuna_database(self) -> Path:
+        return self.home / "optuna.db"
+
+    @property
     def optuna_storage_url(self) -> str:
-        return f"sqlite:///{self.home / 'optuna.db'}"
+        return f"sqlite:///{self.optuna_database}"
 
 
 class MonitoringSettings(CommonSettings):

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from churnops.model.registry import OPTUNA_STUDY
 from churnops.platform.services import PlatformError, choose_port
-from churnops.settings import get_settings
+from churnops.settings import ModelSettings, get_settings
 
 DEFAULT_PORT = 8080
 HOST = "127.0.0.1"
@@ -24,14 +23,15 @@ class NoStudy(RuntimeError):
     """No study database to show; the message says how to make one."""
 
 
-def study_storage(database: Path) -> str:
-    """The SQLite URL of ``database``, refused when training has not written it yet."""
+def study_storage(model: ModelSettings) -> str:
+    """The SQLite URL of the study database, refused when training has not written it yet."""
+    database = model.optuna_database
     if not database.exists():
         raise NoStudy(
             f"no Optuna study at {database}: run `make register-model TRIALS=20` first "
             "(a search stores its trials there; is CHURNOPS_HOME the one you trained in?)"
         )
-    return f"sqlite:///{database}"
+    return model.optuna_storage_url
 
 
 def trial_count(storage: str) -> int:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        storage = study_storage(get_settings().home / "optuna.db")
+        storage = study_storage(get_settings().model)
         port = choose_port(HOST, args.port, "port")
     except (NoStudy, PlatformError) as exc:
         print(f"error: {exc}", file=sys.stderr)
