@@ -87,6 +87,7 @@ def main() -> None:
             raise SystemExit(f"{REFERENCE} is stale: run `make docs`")
         return
     REFERENCE.write_text(render())
+    print(f"wrote {REFERENCE}")
 
 
 if __name__ == "__main__":
