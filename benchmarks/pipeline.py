@@ -132,7 +132,7 @@ def print_table(results: list[tuple[int, dict, dict]]) -> None:
     """Rows, flow and floor time and peak RSS, their ratio, with the targets."""
     print(
         f"\n{'rows':>10} | {'flow s':>7} | {'cpu s':>6} | {'flow MB':>7} | {'floor s':>7} | "
-        f"{'cpu s':>6} | {'floor MB':>8} | {'ratio':>5} | target s / MB / ratio | "
+        f"{'cpu s':>6} | {'floor MB':>8} | {'ratio':>6} | target s / MB / ratio | "
         "prefect startup s | load avg"
     )
     misses = []
@@ -149,7 +149,7 @@ def print_table(results: list[tuple[int, dict, dict]]) -> None:
         print(
             f"{rows:>10,} | {pipe['seconds']:>7.2f} | {pipe['cpu_seconds']:>6.2f} | "
             f"{pipe['peak_rss_mb']:>7.0f} | {floor['seconds']:>7.2f} | "
-            f"{floor['cpu_seconds']:>6.2f} | {floor['peak_rss_mb']:>8.0f} | {ratio:>5.2f} | "
+            f"{floor['cpu_seconds']:>6.2f} | {floor['peak_rss_mb']:>8.0f} | {ratio:>6.2f} | "
             f"{target:<21} | {pipe['startup_seconds']:>17.2f} | {pipe['load_before']:.2f}"
         )
     for rows, pipe, _ in results:
