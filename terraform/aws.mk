@@ -58,7 +58,7 @@ apply-plan: tf-init $(TF_PREREQ) ## Apply exactly a saved plan (PLAN=file of `ma
 	$(TF) apply -input=false $(abspath $(PLAN))
 	@$(MAKE) --no-print-directory post-apply
 
-post-apply: $(TF_PREREQ) ## After an apply: write .env, bootstrap the database, wait for the services, register the Prefect deployments
+post-apply: $(TF_PREREQ) ## After an apply: print the URLs, bootstrap the database, wait for the services, register the Prefect deployments
 	@mkdir -p $(dir $(TF_OUTPUTS))
 	@$(TF) output -json > $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py urls $(TF_OUTPUTS)
