@@ -6,7 +6,7 @@
 #   make plan | apply | destroy          TF_ENV=stg (default), IMAGE_TAG=<git sha>
 #   make plan PLAN=f; make apply-plan PLAN=f   save a plan, review it, apply exactly it
 #                                        (what .github/workflows/deploy.yml does)
-#   make disable-lambda | enable-lambda  stop / resume triggering on data/input/
+#   make disable-lambda | enable-lambda  stop / resume triggering on data/input/ and data/labels/
 #   make tunnel SERVICE=mlflow           a UI on http://localhost:<port> through SSM (ECS Exec)
 #   make apply-local | destroy-local     the whole module against moto on loopback
 #   make tf-check                        fmt, validate, checkov
@@ -83,12 +83,12 @@ push-images: ## Build and push the three images to ECR with IMAGE_TAG (needs Doc
 destroy: tf-init ## Remove the platform from AWS (set db_deletion_protection = false first)
 	$(TF) destroy -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(or $(TF_DEPLOYED_TAG),$(IMAGE_TAG))
 
-disable-lambda: tf-init ## Stop triggering the Lambda on new files in data/input/
+disable-lambda: tf-init ## Stop triggering the Lambda on new files in data/input/ and data/labels/
 	echo 'lambda_enabled = false' > $(TF_LAMBDA_SWITCH)
 	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(TF_DEPLOYED_TAG) \
 		-target=module.s3.aws_s3_bucket_notification.drop
 
-enable-lambda: tf-init ## Trigger the Lambda again on new files in data/input/
+enable-lambda: tf-init ## Trigger the Lambda again on new files in data/input/ and data/labels/
 	echo 'lambda_enabled = true' > $(TF_LAMBDA_SWITCH)
 	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(TF_DEPLOYED_TAG) \
 		-target=module.s3.aws_s3_bucket_notification.drop

@@ -229,7 +229,7 @@ variable "alert_email" {
 
 # ---------------------------------------------------------------- lambda
 variable "lambda_enabled" {
-  description = "Whether new files under data/input/ trigger the Lambda (`make disable-lambda` / `make enable-lambda`)."
+  description = "Whether new files under data/input/ and data/labels/ trigger the Lambda (`make disable-lambda` / `make enable-lambda`)."
   type        = bool
   default     = true
 }
