@@ -15,6 +15,7 @@ monitor step with its parts (attribution, Evidently's report, its store). Target
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.pipeline import source_file, step_durations
+from benchmarks.pipeline import peak_rss_mb, source_file, step_durations
 from churnops.drop.storage import LocalDropStorage, stage_key
 from churnops.platform.services import PlatformState
 from churnops.settings import Settings, get_settings
@@ -173,6 +174,24 @@ def baseline(
     return timings, monitors
 
 
+def tree_peak_rss_mb(root: int) -> float:
+    """The platform's memory (the README's figure): the peak RSS of ``root`` (``churnops
+    up``) and of every process under it (servers, runners), summed: their peaks need not
+    coincide, so an upper bound of the whole tree's at any one moment."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):  # ended meanwhile
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    pids, total = [root], 0.0
+    while pids:
+        pid = pids.pop()
+        with contextlib.suppress(OSError):
+            total += peak_rss_mb(pid)
+        pids += children.get(pid, [])
+    return total
+
+
 def part_p50(monitors: list[dict[str, float]]) -> dict[str, float]:
     """The p50 of the monitor step and of each of its parts."""
     return {k: round(percentile([m[k] for m in monitors if k in m], 50), 2) for k in monitors[0]}
@@ -215,6 +234,7 @@ def main() -> int:
                 f"load average {os.getloadavg()[0]:.2f}",
                 flush=True,
             )
+        platform_mb = tree_peak_rss_mb(state.pid)
         bare, bare_monitors = baseline(live, source, args.baseline_runs)
     finally:
         if started is not None:
@@ -235,6 +255,7 @@ def main() -> int:
         ),
         "baseline_monitor_median_s": part_p50(bare_monitors),
         "target_p50_s": TARGET_P50,
+        "platform_peak_rss_mb": round(platform_mb),
         "load_average": [round(load, 2) for load in os.getloadavg()],
     }
     print(json.dumps(summary, indent=2))

@@ -225,10 +225,10 @@ def main() -> int:
 
 
 # --- children -------------------------------------------------------------------------
-def peak_rss_mb() -> float:
-    """This process's peak RSS: ``VmHWM`` on Linux (``ru_maxrss`` keeps the parent's
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak RSS: ``VmHWM`` on Linux (``ru_maxrss`` keeps the parent's
     high-water mark from the fork across exec)."""
-    status = Path("/proc/self/status")
+    status = Path(f"/proc/{pid}/status")
     if status.exists():
         for line in status.read_text().splitlines():
             if line.startswith("VmHWM:"):
