@@ -31,14 +31,16 @@ TF_VENV_BIN := $(if $(wildcard .venv/bin),.venv/bin/,)
 TF_PREREQ := $(if $(VENV_STAMP),install,)
 TF_VAR_ARGS = -var-file=$(abspath $(TF_VARS_FILE)) \
 	$(if $(wildcard $(TF_LAMBDA_SWITCH)),-var-file=$(abspath $(TF_LAMBDA_SWITCH)),)
+# What a target needs, checked before it changes anything (one line naming what is missing).
+TF_PREFLIGHT = $(TF_PY) $(TF_DIR)/scripts/preflight.py --tfvars $(TF_VARS_FILE) \
+	--backend $(TF_BACKEND_CONFIG) --outputs $(TF_OUTPUTS)
 DOCKERFILES := $(wildcard code/orchestration/Dockerfile code/s3_to_prefect_lambda/Dockerfile code/grafana/Dockerfile)
 
 .PHONY: tf-init plan apply apply-plan post-apply destroy push-images disable-lambda enable-lambda \
 	apply-local destroy-local tf-check hadolint
 
-tf-init:
-	@test -f $(TF_VARS_FILE) || { echo "missing $(TF_VARS_FILE): copy $(TF_DIR)/vars/stg.tfvars.template"; exit 1; }
-	@test -f $(TF_BACKEND_CONFIG) || { echo "missing $(TF_BACKEND_CONFIG): copy $(TF_DIR)/vars/backend.tfvars.template"; exit 1; }
+tf-init: $(TF_PREREQ)
+	@$(TF_PREFLIGHT) vars credentials
 	$(TF) init -input=false -reconfigure -backend-config=$(abspath $(TF_BACKEND_CONFIG))
 
 plan: tf-init ## Show what `make apply` would change in AWS (TF_ENV=stg); PLAN=file saves it for apply-plan
@@ -47,6 +49,7 @@ plan: tf-init ## Show what `make apply` would change in AWS (TF_ENV=stg); PLAN=f
 # The repositories first (the images need them), then the images, then the plan of
 # everything, applied once you have read it and answered yes.
 apply: tf-init $(TF_PREREQ) ## Provision the platform in AWS: push the images, apply the plan you confirm, post-apply
+	@$(if $(filter 1,$(SKIP_IMAGES)),,$(TF_PREFLIGHT) docker aws-cli)
 	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(IMAGE_TAG) -target=module.ecr
 	@if [ "$(SKIP_IMAGES)" = "1" ]; then echo "SKIP_IMAGES=1: images $(IMAGE_TAG) must already be in ECR"; \
 		else $(MAKE) --no-print-directory push-images IMAGE_TAG=$(IMAGE_TAG); fi
@@ -54,20 +57,19 @@ apply: tf-init $(TF_PREREQ) ## Provision the platform in AWS: push the images, a
 	@$(MAKE) --no-print-directory post-apply
 
 apply-plan: tf-init $(TF_PREREQ) ## Apply exactly a saved plan (PLAN=file of `make plan PLAN=file`), then post-apply
-	@test -n "$(PLAN)" || { echo "PLAN=<file> is required: make plan PLAN=<file> first"; exit 1; }
+	@$(TF_PREFLIGHT) plan --plan "$(PLAN)"
 	$(TF) apply -input=false $(abspath $(PLAN))
 	@$(MAKE) --no-print-directory post-apply
 
 post-apply: $(TF_PREREQ) ## After an apply: print the URLs, bootstrap the database, wait for the services, register the Prefect deployments
-	@mkdir -p $(dir $(TF_OUTPUTS))
-	@$(TF) output -json > $(TF_OUTPUTS)
+	@$(TF_PREFLIGHT) credentials outputs
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py urls $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py database $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py wait $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py deployments $(TF_OUTPUTS)
 
-push-images: ## Build and push the three images to ECR with IMAGE_TAG (needs Docker); a critical scan finding stops here
-	@mkdir -p .churnops
+push-images: $(TF_PREREQ) ## Build and push the three images to ECR with IMAGE_TAG (needs Docker); a critical scan finding stops here
+	@$(TF_PREFLIGHT) credentials docker aws-cli outputs
 	$(TF) output -json ecr_repository_urls > .churnops/ecr-repositories.json
 	@set -e; \
 	repo() { $(TF_PY) -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' .churnops/ecr-repositories.json $$1; }; \
@@ -96,8 +98,7 @@ enable-lambda: tf-init ## Trigger the Lambda again on new files in data/input/ a
 .PHONY: tunnel
 tunnel: tf-init $(TF_PREREQ) ## A UI on localhost through SSM, SERVICE=mlflow|prefect-server|evidently|grafana (AWS CLI + Session Manager plugin)
 	@test -n "$(SERVICE)" || { echo "usage: make tunnel SERVICE=mlflow|prefect-server|evidently|grafana"; exit 1; }
-	@mkdir -p $(dir $(TF_OUTPUTS))
-	@$(TF) output -json > $(TF_OUTPUTS)
+	@$(TF_PREFLIGHT) aws-cli session-manager-plugin outputs
 	$(TF_PY) $(TF_DIR)/scripts/tunnel.py $(TF_OUTPUTS) $(SERVICE)
 
 apply-local: $(TF_PREREQ) ## Apply the whole module against moto on loopback (no AWS account)

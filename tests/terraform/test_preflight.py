@@ -1,0 +1,145 @@
+"""The AWS targets of aws.mk without what they need (filled-in tfvars, credentials, Docker,
+the AWS CLI and its plugin, an applied state, a saved plan): one line naming it, before
+anything is applied, pushed or written (terraform/scripts/preflight.py)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from terraform.scripts import preflight
+
+from .conftest import REPO, TERRAFORM_DIR
+
+#: Nothing an AWS SDK could find credentials in: no keys, no profile files, no instance role.
+NO_CREDENTIALS = {
+    "AWS_CONFIG_FILE": "/nonexistent/config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def without_credentials(env: dict[str, str]) -> dict[str, str]:
+    kept = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    return kept | NO_CREDENTIALS
+
+
+def fake_command(bin_dir: Path, name: str, script: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+
+
+def missing(*checks: str, **options: object) -> str:
+    """The one-line message of the first failing check, '' when all pass."""
+    args = argparse.Namespace(**{"tfvars": None, "backend": None, "plan": None} | options)
+    try:
+        preflight.run_checks(list(checks), args)
+    except preflight.Missing as exc:
+        return str(exc)
+    return ""
+
+
+def test_tfvars_copied_but_not_filled_in_name_the_values_left(tmp_path: Path) -> None:
+    """The README's first step copies the templates; a `make plan` before filling them in
+    named nothing of the kind (Terraform failed on a subnet id or the backend bucket)."""
+    tfvars, backend = tmp_path / "stg.tfvars", tmp_path / "stg.backend.tfvars"
+    assert missing("vars", tfvars=tfvars, backend=backend).startswith(f"missing {tfvars}: copy")
+    tfvars.write_text((TERRAFORM_DIR / "vars" / "stg.tfvars.template").read_text())
+    backend.write_text((TERRAFORM_DIR / "vars" / "backend.tfvars.template").read_text())
+    message = missing("vars", tfvars=tfvars, backend=backend)
+    assert message.startswith(f"{tfvars} still has REPLACE values: fill in vpc_id, ")
+    assert "image_tag" not in message  # make gives it on the command line
+    tfvars.write_text(tfvars.read_text().replace("REPLACE", "x"))
+    assert missing("vars", tfvars=tfvars, backend=backend) == (
+        f"{backend} still has REPLACE values: fill in bucket"
+    )
+    backend.write_text(backend.read_text().replace("REPLACE", "x"))
+    assert missing("vars", tfvars=tfvars, backend=backend) == ""
+
+
+def test_credentials_docker_the_cli_and_a_saved_plan_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in NO_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    assert missing("credentials").startswith("no AWS credentials found: set AWS_PROFILE")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    assert missing("credentials") == ""
+
+    fake_command(
+        tmp_path / "bin", "docker", "echo 'Cannot connect to the Docker daemon' >&2; exit 1"
+    )
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert missing("docker").startswith("Docker's daemon does not answer")
+    assert missing("aws-cli").startswith("aws is not on PATH")
+    assert missing("session-manager-plugin").startswith("session-manager-plugin is not on PATH")
+
+    plan = tmp_path / "stg.tfplan"
+    assert missing("plan") == "PLAN=<file> is required: make plan PLAN=<file> first"
+    assert missing("plan", plan=str(plan)) == f"no saved plan {plan}: make plan PLAN={plan} first"
+
+
+@pytest.mark.parametrize(
+    ("terraform", "message"),
+    [
+        (
+            'echo "Error: Backend initialization required, please run \\"terraform init\\"" >&2;'
+            " echo 'more lines of the box' >&2; exit 1",
+            'terraform output failed (Backend initialization required, please run "terraform'
+            ' init"): run make plan or make apply first',
+        ),
+        ("echo '{}'", "the state holds no deployment (no outputs): make apply first"),
+    ],
+)
+def test_no_readable_deployment_writes_no_outputs_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, terraform: str, message: str
+) -> None:
+    """`make post-apply`, `push-images` and `tunnel` wrote `terraform output`'s stdout to
+    their outputs file whatever it was: an empty file was left behind."""
+    fake_command(tmp_path / "bin", "terraform", terraform)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    out = tmp_path / "churnops" / "outputs.json"
+    assert missing("outputs", outputs=out) == message
+    assert not out.exists()
+    fake_command(tmp_path / "bin", "terraform", """echo '{"aws_region": {"value": "x"}}'""")
+    assert missing("outputs", outputs=out) == ""
+    assert '"aws_region"' in out.read_text()
+
+
+@pytest.mark.parametrize("target", ["plan", "apply", "post-apply", "push-images", "destroy"])
+def test_an_aws_target_without_credentials_says_so_in_one_line(tmp_path: Path, target: str) -> None:
+    """Through make, as a user runs it: one line, and no outputs file written."""
+    vars_dir = tmp_path / "vars"
+    vars_dir.mkdir()
+    (vars_dir / "stg.tfvars").write_text('vpc_id = "vpc-1"\n')
+    (vars_dir / "stg.backend.tfvars").write_text('bucket = "state"\n')
+    outputs = tmp_path / "outputs.json"
+    result = subprocess.run(
+        [
+            *("make", "--no-print-directory", "-C", str(REPO), target),
+            f"TF_VARS_FILE={vars_dir / 'stg.tfvars'}",
+            f"TF_BACKEND_CONFIG={vars_dir / 'stg.backend.tfvars'}",
+            f"TF_OUTPUTS={outputs}",
+        ],
+        env=without_credentials(dict(os.environ)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line]
+    said = [line for line in lines if not line.startswith("make: ***")]
+    assert result.returncode != 0
+    assert said == [
+        "error: no AWS credentials found: set AWS_PROFILE (aws sso login --profile ...) or"
+        " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    ], lines
+    assert not outputs.exists()
