@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from churnops.platform.services import free_port, terminate_groups
+from churnops.platform.services import free_port, live_groups, terminate_groups
 
 TERRAFORM_DIR = Path(__file__).resolve().parent.parent
 OVERRIDE_TEMPLATE = TERRAFORM_DIR / "local" / "emulator_override.tf.tpl"
@@ -97,7 +97,11 @@ def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
             env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
         )
     endpoint = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{endpoint}/moto-api/", proc)
+    try:
+        wait_for_http(f"{endpoint}/moto-api/", proc)
+    except BaseException:  # Ctrl-C too: no caller has its pid yet to stop it
+        terminate_groups([proc.pid], grace=5.0)
+        raise
     return proc, endpoint
 
 
@@ -242,13 +246,21 @@ def terraform(module_dir: Path, env: dict[str, str], *args: str, capture: bool =
     error raised names them (what :func:`on_fresh_moto` reads)."""
     cmd = ["terraform", f"-chdir={module_dir}", *args]
     out = subprocess.PIPE if capture else None
-    result = subprocess.run(cmd, env=env, text=True, stdout=out, stderr=subprocess.PIPE)
+    with subprocess.Popen(cmd, env=env, text=True, stdout=out, stderr=subprocess.PIPE) as proc:
+        try:
+            stdout, stderr = proc.communicate()
+        except KeyboardInterrupt:
+            # Ctrl-C reached terraform too: it stops gracefully and writes its state, which
+            # `down` destroys from. subprocess.run would kill it a quarter second later.
+            stdout, stderr = proc.communicate()
+            sys.stderr.write(stderr)
+            raise
     if not capture:
-        sys.stderr.write(result.stderr)
-    if result.returncode != 0:
-        detail = "".join(f"\n{part}" for part in (result.stdout, result.stderr) if part)
-        raise RuntimeError(f"{' '.join(args[:1])} failed with {result.returncode}{detail}")
-    return result.stdout if capture else ""
+        sys.stderr.write(stderr)
+    if proc.returncode != 0:
+        detail = "".join(f"\n{part}" for part in (stdout, stderr) if part)
+        raise RuntimeError(f"{' '.join(args[:1])} failed with {proc.returncode}{detail}")
+    return stdout if capture else ""
 
 
 #: What moto keeps but cannot delete (it has no DeleteFileSystemPolicy): forgotten
@@ -275,6 +287,8 @@ def up(workdir: Path, endpoint: str | None) -> None:
     """Apply against ``endpoint``, or a moto started here (:func:`on_fresh_moto`); the
     state file tells `down` what to destroy against and what to stop."""
     require_terraform(os.environ)  # before a moto server is started for nothing
+    if endpoint is None:
+        clear_previous(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     state: dict[str, object] = {}
 
@@ -300,6 +314,27 @@ def up(workdir: Path, endpoint: str | None) -> None:
         on_fresh_moto(workdir / "moto.log", apply, lambda proc: record(moto_pid=proc.pid))
 
 
+def recorded_moto(workdir: Path) -> int | None:
+    """The pid of the moto server an `up` on ``workdir`` started, if it records one."""
+    state = workdir / "emulator.json"
+    if not state.is_file():
+        return None
+    return json.loads(state.read_text()).get("moto_pid")
+
+
+def clear_previous(workdir: Path) -> None:
+    """Before `up` starts a moto server: one an earlier `up` left running is refused (a
+    second would orphan it); the state of an earlier apply whose server is gone names
+    nothing that exists, so the apply starts from none."""
+    pid = recorded_moto(workdir)
+    if pid and live_groups([int(pid)]):
+        raise SystemExit(
+            f"{workdir} holds an apply against moto (pid {pid}): make destroy-local first"
+        )
+    (workdir / "emulator.json").unlink(missing_ok=True)
+    shutil.rmtree(workdir / "terraform", ignore_errors=True)
+
+
 def outputs(module_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     raw = json.loads(terraform(module_dir, env, "output", "-json", capture=True))
     return {name: output["value"] for name, output in raw.items()}
@@ -317,15 +352,15 @@ def workdir_env(workdir: Path) -> tuple[str, dict[str, str]]:
 
 def stop_emulator(workdir: Path) -> None:
     """Stop the moto server `up` started, if it did (its state goes with it)."""
-    state_file = workdir / "emulator.json"
-    if state_file.exists():
-        pid = json.loads(state_file.read_text()).get("moto_pid")
-        if pid:
-            terminate_groups([int(pid)], grace=5.0)
-        state_file.unlink()
+    pid = recorded_moto(workdir)
+    if pid:
+        terminate_groups([int(pid)], grace=5.0)
+    (workdir / "emulator.json").unlink(missing_ok=True)
 
 
 def down(workdir: Path) -> None:
+    """Destroy, stop the moto server, and remove the module's copy: its state and
+    backups describe a server that is no more."""
     try:
         started = time.monotonic()
         env = workdir_env(workdir)[1]
@@ -334,6 +369,7 @@ def down(workdir: Path) -> None:
         print(f"destroy took {time.monotonic() - started:.0f}s")
     finally:
         stop_emulator(workdir)
+    shutil.rmtree(workdir / "terraform")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,11 +388,30 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "cli-config":
         print(write_cli_config(args.out))
-    elif args.command == "up":
-        up(args.workdir, args.endpoint)
-    else:
-        down(args.workdir)
+        return 0
+    try:
+        if args.command == "up":
+            up(args.workdir, args.endpoint)
+        else:
+            down(args.workdir)
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        raise SystemExit(stopped(args.command, exc)) from None
     return 0
+
+
+def stopped(command: str, exc: BaseException) -> str:
+    """One line for a failed or interrupted `up` or `down`, below Terraform's own errors:
+    what is left, and what removes it (not a traceback of this script)."""
+    if isinstance(exc, KeyboardInterrupt):
+        reason = "interrupted"
+    else:
+        reason = str(exc).splitlines()[0] + ", errors above"
+    if command == "up":
+        return (
+            f"apply-local stopped ({reason}): its moto server and what was applied are"
+            " kept; make destroy-local removes them"
+        )
+    return f"destroy-local stopped ({reason}): its moto server is stopped all the same"
 
 
 if __name__ == "__main__":
