@@ -96,23 +96,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     outputs = load_outputs(args.outputs)
     try:
         port = service_port(outputs, args.service)
+        if not args.print and not (shutil.which("aws") and shutil.which("session-manager-plugin")):
+            raise TunnelError("needs the AWS CLI and its Session Manager plugin on PATH")
         ecs = boto3.client("ecs", region_name=outputs["aws_region"])
         target = session_target(ecs, outputs["ecs_cluster_name"], args.service)
     except TunnelError as exc:
         print(f"tunnel: {exc}", file=sys.stderr)
+        return 1
+    except (BotoCoreError, ClientError) as exc:  # no credentials, no access, no network
+        print(f"tunnel: cannot find a task of {args.service}: {exc}", file=sys.stderr)
         return 1
     local_port = args.local_port or port
     command = start_session_command(outputs["aws_region"], target, port, local_port)
     if args.print:
         print(" ".join(command))
         return 0
-    if not shutil.which("aws") or not shutil.which("session-manager-plugin"):
-        print("tunnel: needs the AWS CLI and its Session Manager plugin on PATH", file=sys.stderr)
-        return 1
     print(hint(outputs, args.service, local_port), flush=True)
     os.execvp(command[0], command)
     return 0  # not reached

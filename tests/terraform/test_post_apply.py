@@ -12,6 +12,7 @@ and its task-role policy is checked on the moto deployment (test_apply_moto.py).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,31 @@ def test_print_gives_the_port_forward_into_the_task(
     assert printed[printed.index("--document-name") + 1] == "AWS-StartPortForwardingSession"
     parameters = json.loads("".join(printed[printed.index("--parameters") + 1 :]))
     assert parameters == {"portNumber": ["5000"], "localPortNumber": ["15000"]}
+
+
+def test_without_credentials_or_the_cli_the_tunnel_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tunnel.py on saved outputs (someone given only the operator policy): without
+    credentials it ended in botocore's NoCredentialsError traceback, and without the AWS
+    CLI it asked ECS first."""
+    outputs = write_outputs(tmp_path)
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setattr(tunnel.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert tunnel.main([str(outputs), "mlflow"]) == 1
+    assert capsys.readouterr().err == (
+        "tunnel: cannot find a task of mlflow: Unable to locate credentials\n"
+    )
+    monkeypatch.setattr(tunnel.shutil, "which", lambda name: None)
+    monkeypatch.setattr("boto3.client", lambda *_, **__: pytest.fail("asked ECS without the CLI"))
+    assert tunnel.main([str(outputs), "mlflow"]) == 1
+    assert capsys.readouterr().err == (
+        "tunnel: needs the AWS CLI and its Session Manager plugin on PATH\n"
+    )
 
 
 def test_the_hint_names_the_secret_not_its_value() -> None:
