@@ -24,6 +24,7 @@ resource "aws_iam_openid_connect_provider" "github" {
 }
 
 data "aws_iam_policy_document" "github_trust" {
+  # checkov:skip=CKV_AWS_358:checkov crashes on this document (TypeError on the conditional provider ARN) and never ran it; test_github_roles_trust_one_exact_subject_each checks the subject on the plan.
   for_each = local.github_roles
 
   statement {

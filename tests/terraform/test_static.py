@@ -86,6 +86,9 @@ def test_checkov_has_no_failed_check() -> None:
         for c in r.get("results", {}).get("failed_checks", [])
     ]
     assert not failed, "\n".join(failed)
+    # A check that crashes logs a traceback and counts as neither passed nor failed.
+    crashed = re.findall(r"Failed to run check \S+ on \S+", result.stdout + result.stderr)
+    assert not crashed, crashed
     passed = sum(r.get("summary", {}).get("passed", 0) for r in reports)
     assert passed > 100, "checkov scanned suspiciously little"
 
