@@ -86,11 +86,13 @@ destroy: tf-init ## Remove the platform from AWS (set db_deletion_protection = f
 	$(TF) destroy -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(or $(TF_DEPLOYED_TAG),$(IMAGE_TAG))
 
 disable-lambda: tf-init ## Stop triggering the Lambda on new files in data/input/ and data/labels/
+	@$(TF_PREFLIGHT) outputs
 	echo 'lambda_enabled = false' > $(TF_LAMBDA_SWITCH)
 	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(TF_DEPLOYED_TAG) \
 		-target=module.s3.aws_s3_bucket_notification.drop
 
 enable-lambda: tf-init ## Trigger the Lambda again on new files in data/input/ and data/labels/
+	@$(TF_PREFLIGHT) outputs
 	echo 'lambda_enabled = true' > $(TF_LAMBDA_SWITCH)
 	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(TF_DEPLOYED_TAG) \
 		-target=module.s3.aws_s3_bucket_notification.drop

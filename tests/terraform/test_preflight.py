@@ -143,3 +143,42 @@ def test_an_aws_target_without_credentials_says_so_in_one_line(tmp_path: Path, t
         " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
     ], lines
     assert not outputs.exists()
+
+
+@pytest.mark.parametrize("target", ["disable-lambda", "enable-lambda"])
+def test_the_lambda_switch_needs_a_deployment(tmp_path: Path, target: str) -> None:
+    """Before any apply, the switch was written (a later make apply would take it) and a
+    targeted apply of the bucket's notification ran with an empty image tag: Terraform
+    applies a target's dependencies too, the bucket and the Lambda among them."""
+    fake_command(
+        tmp_path / "bin",
+        "terraform",
+        f'echo "$@" >> {tmp_path / "calls"}; case "$*" in *" output "*) echo "{{}}";; esac',
+    )
+    vars_dir = tmp_path / "vars"
+    vars_dir.mkdir()
+    (vars_dir / "stg.tfvars").write_text('vpc_id = "vpc-1"\n')
+    (vars_dir / "stg.backend.tfvars").write_text('bucket = "state"\n')
+    switch = tmp_path / "stg.lambda.tfvars"
+    env = without_credentials(dict(os.environ)) | {
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+    }
+    result = subprocess.run(
+        [
+            *("make", "--no-print-directory", "-C", str(REPO), target),
+            f"TF_VARS_FILE={vars_dir / 'stg.tfvars'}",
+            f"TF_BACKEND_CONFIG={vars_dir / 'stg.backend.tfvars'}",
+            f"TF_OUTPUTS={tmp_path / 'outputs.json'}",
+            f"TF_LAMBDA_SWITCH={switch}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "error: the state holds no deployment (no outputs): make apply first" in result.stderr
+    assert not switch.exists()
+    assert " apply " not in (tmp_path / "calls").read_text()
