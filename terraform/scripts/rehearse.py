@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except RehearsalFailed as exc:
         print(f"rehearsal failed: {exc}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # the apply (or init) failed: Terraform's errors are above
+        print(f"rehearsal failed: {tf_local.stopped_by(exc)}", file=sys.stderr)
+        return 1
     finally:
         if not args.reuse:
             tf_local.stop_emulator(args.workdir)  # no destroy: moto's state goes with it

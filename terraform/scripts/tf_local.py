@@ -399,13 +399,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def stopped_by(exc: BaseException) -> str:
+    """A terraform run's failure in a few words: its errors were streamed above."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return str(exc).splitlines()[0] + ", errors above"
+
+
 def stopped(command: str, exc: BaseException) -> str:
     """One line for a failed or interrupted `up` or `down`, below Terraform's own errors:
     what is left, and what removes it (not a traceback of this script)."""
-    if isinstance(exc, KeyboardInterrupt):
-        reason = "interrupted"
-    else:
-        reason = str(exc).splitlines()[0] + ", errors above"
+    reason = stopped_by(exc)
     if command == "up":
         return (
             f"apply-local stopped ({reason}): its moto server and what was applied are"

@@ -308,6 +308,21 @@ def test_a_rehearsal_without_postgres_says_so_before_it_applies(
         rehearse.main(["--workdir", str(tmp_path / "rehearsal")])
 
 
+def test_a_rehearsal_whose_apply_fails_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Terraform's errors stream above; the rehearsal ended in tf_local's RuntimeError
+    traceback below them."""
+
+    def fails(*_: object) -> None:
+        raise RuntimeError("apply failed with 1\nError: creating ...")
+
+    monkeypatch.setattr(rehearse, "require_tools_and_data", lambda *_: None)
+    monkeypatch.setattr(tf_local, "up", fails)
+    assert rehearse.main(["--workdir", str(tmp_path / "rehearsal")]) == 1
+    assert capsys.readouterr().err == "rehearsal failed: apply failed with 1, errors above\n"
+
+
 def test_a_destroy_that_fails_once_is_run_again(tmp_path: Path) -> None:
     """The provider's retried DeleteTargetGroup stops a loaded moto's destroy; the second
     destroy finishes it (make destroy-local and the tests alike). A second failure raises."""
