@@ -39,8 +39,10 @@ DOCKERFILES := $(wildcard code/orchestration/Dockerfile code/s3_to_prefect_lambd
 .PHONY: tf-init plan apply apply-plan post-apply destroy push-images disable-lambda enable-lambda \
 	apply-local destroy-local tf-check hadolint
 
+# TF_NEEDS: what a target checks besides (set per target; make gives it to tf-init too),
+# so that it is named before terraform init.
 tf-init: $(TF_PREREQ)
-	@$(TF_PREFLIGHT) vars credentials
+	@$(TF_PREFLIGHT) vars credentials $(TF_NEEDS) --plan "$(PLAN)"
 	$(TF) init -input=false -reconfigure -backend-config=$(abspath $(TF_BACKEND_CONFIG))
 
 plan: tf-init ## Show what `make apply` would change in AWS (TF_ENV=stg); PLAN=file saves it for apply-plan
@@ -48,16 +50,16 @@ plan: tf-init ## Show what `make apply` would change in AWS (TF_ENV=stg); PLAN=f
 
 # The repositories first (the images need them), then the images, then the plan of
 # everything, applied once you have read it and answered yes.
+apply: TF_NEEDS = $(if $(filter 1,$(SKIP_IMAGES)),,docker aws-cli)
 apply: tf-init $(TF_PREREQ) ## Provision the platform in AWS: push the images, apply the plan you confirm, post-apply
-	@$(if $(filter 1,$(SKIP_IMAGES)),,$(TF_PREFLIGHT) docker aws-cli)
 	$(TF) apply -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(IMAGE_TAG) -target=module.ecr
 	@if [ "$(SKIP_IMAGES)" = "1" ]; then echo "SKIP_IMAGES=1: images $(IMAGE_TAG) must already be in ECR"; \
 		else $(MAKE) --no-print-directory push-images IMAGE_TAG=$(IMAGE_TAG); fi
 	$(TF) apply $(TF_VAR_ARGS) -var=image_tag=$(IMAGE_TAG)
 	@$(MAKE) --no-print-directory post-apply
 
+apply-plan: TF_NEEDS = plan
 apply-plan: tf-init $(TF_PREREQ) ## Apply exactly a saved plan (PLAN=file of `make plan PLAN=file`), then post-apply
-	@$(TF_PREFLIGHT) plan --plan "$(PLAN)"
 	$(TF) apply -input=false $(abspath $(PLAN))
 	@$(MAKE) --no-print-directory post-apply
 
@@ -98,9 +100,10 @@ enable-lambda: tf-init ## Trigger the Lambda again on new files in data/input/ a
 		-target=module.s3.aws_s3_bucket_notification.drop
 
 .PHONY: tunnel
+tunnel: TF_NEEDS = aws-cli session-manager-plugin
 tunnel: tf-init $(TF_PREREQ) ## A UI on localhost through SSM, SERVICE=mlflow|prefect-server|evidently|grafana (AWS CLI + Session Manager plugin)
 	@test -n "$(SERVICE)" || { echo "usage: make tunnel SERVICE=mlflow|prefect-server|evidently|grafana"; exit 1; }
-	@$(TF_PREFLIGHT) aws-cli session-manager-plugin outputs
+	@$(TF_PREFLIGHT) outputs
 	$(TF_PY) $(TF_DIR)/scripts/tunnel.py $(TF_OUTPUTS) $(SERVICE)
 
 apply-local: $(TF_PREREQ) ## Apply the whole module against moto on loopback (no AWS account)

@@ -115,34 +115,72 @@ def test_no_readable_deployment_writes_no_outputs_file(
     assert '"aws_region"' in out.read_text()
 
 
-@pytest.mark.parametrize("target", ["plan", "apply", "post-apply", "push-images", "destroy"])
-def test_an_aws_target_without_credentials_says_so_in_one_line(tmp_path: Path, target: str) -> None:
-    """Through make, as a user runs it: one line, and no outputs file written."""
+def run_make(tmp_path: Path, *args: str, credentials: bool) -> subprocess.CompletedProcess:
+    """make TARGET as a user runs it, with filled-in tfvars of tmp_path, its outputs and
+    Lambda switch in tmp_path, and a terraform of tmp_path/bin when there is one (it
+    records its calls in tmp_path/calls and has an empty state)."""
+    fake_command(
+        tmp_path / "bin",
+        "terraform",
+        f'echo "$@" >> {tmp_path / "calls"}; case "$*" in *" output "*) echo "{{}}";; esac',
+    )
     vars_dir = tmp_path / "vars"
-    vars_dir.mkdir()
+    vars_dir.mkdir(exist_ok=True)
     (vars_dir / "stg.tfvars").write_text('vpc_id = "vpc-1"\n')
     (vars_dir / "stg.backend.tfvars").write_text('bucket = "state"\n')
-    outputs = tmp_path / "outputs.json"
-    result = subprocess.run(
+    env = without_credentials(dict(os.environ))
+    env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    if credentials:
+        env |= {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    return subprocess.run(
         [
-            *("make", "--no-print-directory", "-C", str(REPO), target),
+            *("make", "--no-print-directory", "-C", str(REPO), *args),
             f"TF_VARS_FILE={vars_dir / 'stg.tfvars'}",
             f"TF_BACKEND_CONFIG={vars_dir / 'stg.backend.tfvars'}",
-            f"TF_OUTPUTS={outputs}",
+            f"TF_OUTPUTS={tmp_path / 'outputs.json'}",
+            f"TF_LAMBDA_SWITCH={tmp_path / 'stg.lambda.tfvars'}",
         ],
-        env=without_credentials(dict(os.environ)),
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line]
-    said = [line for line in lines if not line.startswith("make: ***")]
+
+
+def said(result: subprocess.CompletedProcess) -> list[str]:
+    """What a failed make printed besides its own 'make: ***' line."""
     assert result.returncode != 0
-    assert said == [
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if line and not line.startswith("make: ***")]
+
+
+@pytest.mark.parametrize("target", ["plan", "apply", "post-apply", "push-images", "destroy"])
+def test_an_aws_target_without_credentials_says_so_in_one_line(tmp_path: Path, target: str) -> None:
+    """Through make: one line, no terraform run, and no outputs file written."""
+    assert said(run_make(tmp_path, target, credentials=False)) == [
         "error: no AWS credentials found: set AWS_PROFILE (aws sso login --profile ...) or"
         " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-    ], lines
-    assert not outputs.exists()
+    ]
+    assert not (tmp_path / "calls").exists()
+    assert not (tmp_path / "outputs.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (("apply-plan", "PLAN=gone.tfplan"), "error: no saved plan gone.tfplan: make plan"),
+        (("apply",), "error: Docker's daemon does not answer"),
+    ],
+)
+def test_a_missing_plan_or_docker_is_named_before_terraform_init(
+    tmp_path: Path, args: tuple[str, ...], line: str
+) -> None:
+    """apply-plan ran terraform init before it looked for the plan file; apply looked for
+    Docker after init (and, before the preflight, after ECR was applied)."""
+    fake_command(tmp_path / "bin", "docker", "exit 1")  # no daemon answers `docker info`
+    result = run_make(tmp_path, *args, credentials=True)
+    assert [text[: len(line)] for text in said(result)] == [line]
+    assert not (tmp_path / "calls").exists()
 
 
 @pytest.mark.parametrize("target", ["disable-lambda", "enable-lambda"])
@@ -150,35 +188,7 @@ def test_the_lambda_switch_needs_a_deployment(tmp_path: Path, target: str) -> No
     """Before any apply, the switch was written (a later make apply would take it) and a
     targeted apply of the bucket's notification ran with an empty image tag: Terraform
     applies a target's dependencies too, the bucket and the Lambda among them."""
-    fake_command(
-        tmp_path / "bin",
-        "terraform",
-        f'echo "$@" >> {tmp_path / "calls"}; case "$*" in *" output "*) echo "{{}}";; esac',
-    )
-    vars_dir = tmp_path / "vars"
-    vars_dir.mkdir()
-    (vars_dir / "stg.tfvars").write_text('vpc_id = "vpc-1"\n')
-    (vars_dir / "stg.backend.tfvars").write_text('bucket = "state"\n')
-    switch = tmp_path / "stg.lambda.tfvars"
-    env = without_credentials(dict(os.environ)) | {
-        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-    }
-    result = subprocess.run(
-        [
-            *("make", "--no-print-directory", "-C", str(REPO), target),
-            f"TF_VARS_FILE={vars_dir / 'stg.tfvars'}",
-            f"TF_BACKEND_CONFIG={vars_dir / 'stg.backend.tfvars'}",
-            f"TF_OUTPUTS={tmp_path / 'outputs.json'}",
-            f"TF_LAMBDA_SWITCH={switch}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode != 0
-    assert "error: the state holds no deployment (no outputs): make apply first" in result.stderr
-    assert not switch.exists()
+    result = run_make(tmp_path, target, credentials=True)
+    assert said(result)[-1] == "error: the state holds no deployment (no outputs): make apply first"
+    assert not (tmp_path / "stg.lambda.tfvars").exists()
     assert " apply " not in (tmp_path / "calls").read_text()
