@@ -262,6 +262,8 @@ def test_without_credentials_or_the_cli_the_tunnel_says_so_in_one_line(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # boto3's default session keeps the credentials an earlier test's client resolved
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     monkeypatch.setattr(tunnel.shutil, "which", lambda name: f"/usr/bin/{name}")
     assert tunnel.main([str(outputs), "mlflow"]) == 1
     assert capsys.readouterr().err == (

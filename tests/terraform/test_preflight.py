@@ -128,7 +128,10 @@ def run_make(tmp_path: Path, *args: str, credentials: bool) -> subprocess.Comple
     vars_dir.mkdir(exist_ok=True)
     (vars_dir / "stg.tfvars").write_text('vpc_id = "vpc-1"\n')
     (vars_dir / "stg.backend.tfvars").write_text('bucket = "state"\n')
-    env = without_credentials(dict(os.environ))
+    # A make of its own, as a user's: not a child of the lane's `make -j` (its jobserver
+    # warning and "make[2]:" lines are not what a user sees).
+    parent_make = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    env = without_credentials({k: v for k, v in os.environ.items() if k not in parent_make})
     env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
     if credentials:
         env |= {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
