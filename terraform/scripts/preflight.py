@@ -5,10 +5,10 @@ CLI halfway through, after ECR was applied or an image pushed.
   preflight.py CHECK... [--tfvars F] [--backend F] [--plan F] [--outputs F]
 
 CHECK is one of: vars (the tfvars and backend files exist, REPLACE values filled in),
-credentials (AWS credentials are found), docker (its daemon answers), aws-cli,
-session-manager-plugin, plan (the saved plan file exists), outputs (`terraform output
--json` of the deployment, written to --outputs only when the state holds one: no empty
-outputs file is left behind)."""
+credentials (AWS credentials are found, and AWS takes them: STS GetCallerIdentity), docker
+(its daemon answers), aws-cli, session-manager-plugin, plan (the saved plan file exists),
+outputs (`terraform output -json` of the deployment, written to --outputs only when the
+state holds one: no empty outputs file is left behind)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 TERRAFORM_DIR = Path(__file__).resolve().parent.parent
 #: What the templates put where a value must be filled in (a comment may still say REPLACE).
@@ -43,12 +44,67 @@ def check_credentials() -> None:
     """The chain Terraform's provider also reads (environment, profile, SSO, web identity,
     instance role); boto3 gives up on the instance metadata after a second."""
     import boto3
+    from botocore.exceptions import BotoCoreError
 
-    if boto3.Session().get_credentials() is None:
+    try:
+        session = boto3.Session()
+        credentials = session.get_credentials()
+    except BotoCoreError as exc:  # AWS_PROFILE names no profile, a config file is broken
+        raise Missing(
+            f"AWS credentials cannot be read ({one_line(exc)}): check AWS_PROFILE and ~/.aws/config"
+        ) from None
+    if credentials is None:
         raise Missing(
             "no AWS credentials found: set AWS_PROFILE (aws sso login --profile ...) or"
             " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
         )
+    check_identity(session, credentials.method)
+
+
+#: How boto3 found the credentials (Credentials.method) -> what renews them.
+RENEWAL = {
+    "env": "set new AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if"
+    " yours are temporary)",
+    "sso": "aws sso login --profile {profile}",
+    "shared-credentials-file": "new keys in profile {profile}: aws configure --profile {profile}",
+    "config-file": "new keys in profile {profile}: aws configure --profile {profile}",
+}
+
+
+def check_identity(session: Any, method: str) -> None:
+    """Found is not enough: expired or revoked credentials (an SSO session ends after hours)
+    failed in Terraform's long error, after init. STS GetCallerIdentity needs no permission
+    and is the cheapest call: AWS says whether it takes them. Only the targets that talk to
+    AWS run this check (the local ones and the rehearsal never call preflight)."""
+    from botocore import exceptions as aws_errors
+    from botocore.config import Config
+
+    profile = session.profile_name
+    source = "the keys in AWS_ACCESS_KEY_ID" if method == "env" else f"profile {profile} ({method})"
+    renewal = RENEWAL.get(method, "renew the credentials of profile {profile}").format(
+        profile=profile
+    )
+    # Any region answers; the global endpoint's when none is configured (Terraform's comes
+    # from the tfvars). A second attempt for a blip, no more: one line soon, not retries.
+    config = Config(retries={"total_max_attempts": 2, "mode": "standard"}, connect_timeout=10)
+    sts = session.client("sts", region_name=session.region_name or "us-east-1", config=config)
+    try:
+        sts.get_caller_identity()
+    except aws_errors.ClientError as exc:  # ExpiredToken, InvalidClientTokenId, ...
+        error = exc.response.get("Error", {})
+        reason = f"{error.get('Code')}: {error.get('Message')}"
+        raise Missing(f"AWS refused {source} ({reason}): {renewal}") from None
+    except (aws_errors.ConnectionError, aws_errors.HTTPClientError) as exc:
+        raise Missing(
+            f"AWS STS did not answer to check {source} ({one_line(exc)}): check the network"
+            " (a proxy: HTTPS_PROXY) and run it again"
+        ) from None
+    except aws_errors.BotoCoreError as exc:  # an SSO token expired, a credential process failed
+        raise Missing(f"{source} cannot be used ({one_line(exc)}): {renewal}") from None
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def check_command(name: str, what: str) -> None:

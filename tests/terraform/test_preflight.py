@@ -5,8 +5,12 @@ anything is applied, pushed or written (terraform/scripts/preflight.py)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,51 @@ NO_CREDENTIALS = {
 def without_credentials(env: dict[str, str]) -> dict[str, str]:
     kept = {k: v for k, v in env.items() if not k.startswith("AWS_")}
     return kept | NO_CREDENTIALS
+
+
+#: What STS answers GetCallerIdentity with credentials it takes.
+IDENTITY = (
+    '<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+    "<GetCallerIdentityResult><Arn>arn:aws:iam::123456789012:user/ops</Arn>"
+    "<UserId>AIDAEXAMPLE</UserId><Account>123456789012</Account></GetCallerIdentityResult>"
+    "<ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></GetCallerIdentityResponse>"
+)
+
+
+def sts_refusal(code: str, message: str) -> str:
+    """What STS answers (HTTP 403) to credentials it refuses."""
+    return (
+        '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>'
+        f"<Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
+        "<RequestId>1</RequestId></ErrorResponse>"
+    )
+
+
+@contextlib.contextmanager
+def sts_endpoint(status: int, body: str) -> Iterator[str]:
+    """A real endpoint on loopback answering every request with ``status`` and ``body``
+    (boto3 and Terraform call it when AWS_ENDPOINT_URL_STS names it): no internet needed."""
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Length", str(len(body.encode())))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def fake_command(bin_dir: Path, name: str, script: str) -> None:
@@ -73,7 +122,9 @@ def test_credentials_docker_the_cli_and_a_saved_plan_are_named(
     assert missing("credentials").startswith("no AWS credentials found: set AWS_PROFILE")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    assert missing("credentials") == ""
+    with sts_endpoint(200, IDENTITY) as sts:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts)
+        assert missing("credentials") == ""
 
     fake_command(
         tmp_path / "bin", "docker", "echo 'Cannot connect to the Docker daemon' >&2; exit 1"
@@ -86,6 +137,74 @@ def test_credentials_docker_the_cli_and_a_saved_plan_are_named(
     plan = tmp_path / "stg.tfplan"
     assert missing("plan") == "PLAN=<file> is required: make plan PLAN=<file> first"
     assert missing("plan", plan=str(plan)) == f"no saved plan {plan}: make plan PLAN={plan} first"
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("ExpiredToken", "The security token included in the request is expired"),
+        ("InvalidClientTokenId", "The security token included in the request is invalid."),
+        ("SignatureDoesNotMatch", "The request signature we calculated does not match"),
+    ],
+)
+def test_credentials_aws_refuses_are_named_before_terraform_runs(
+    monkeypatch: pytest.MonkeyPatch, code: str, message: str
+) -> None:
+    """Credentials found but expired or revoked passed the check (boto3 only said they
+    exist); Terraform's long error came after init. STS is asked who they are: a refusal
+    is one line naming where the credentials came from and what to do."""
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in NO_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    with sts_endpoint(403, sts_refusal(code, message)) as sts:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts)
+        assert missing("credentials") == (
+            f"AWS refused the keys in AWS_ACCESS_KEY_ID ({code}: {message}): set new"
+            " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if yours"
+            " are temporary)"
+        )
+
+
+def test_an_expired_sso_profile_names_the_login_and_no_network_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile of SSO whose token has expired (no cached token at all here) and a
+    profile that does not exist: botocore's errors, which were tracebacks. Nothing listening
+    where STS should be: one line too."""
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "config"
+    config.write_text(
+        "[profile ops]\nsso_start_url = https://example.awsapps.com/start\n"
+        "sso_region = us-east-1\nsso_account_id = 123456789012\n"
+        "sso_role_name = Admin\nregion = us-east-1\n"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))  # no cached SSO token under ~/.aws/sso
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_PROFILE", "ops")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:1")
+    message = missing("credentials")
+    assert message.startswith("profile ops (sso) cannot be used (")
+    assert message.endswith("): aws sso login --profile ops")
+    assert "\n" not in message
+    monkeypatch.setenv("AWS_PROFILE", "gone")  # was botocore's ProfileNotFound traceback
+    assert missing("credentials") == (
+        "AWS credentials cannot be read (The config profile (gone) could not be found):"
+        " check AWS_PROFILE and ~/.aws/config"
+    )
+
+    monkeypatch.delenv("AWS_PROFILE")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    assert missing("credentials") == (
+        "AWS STS did not answer to check the keys in AWS_ACCESS_KEY_ID (Could not connect to"
+        ' the endpoint URL: "http://127.0.0.1:1/"): check the network (a proxy:'
+        " HTTPS_PROXY) and run it again"
+    )
 
 
 @pytest.mark.parametrize(
@@ -118,7 +237,8 @@ def test_no_readable_deployment_writes_no_outputs_file(
 def run_make(tmp_path: Path, *args: str, credentials: bool) -> subprocess.CompletedProcess:
     """make TARGET as a user runs it, with filled-in tfvars of tmp_path, its outputs and
     Lambda switch in tmp_path, and a terraform of tmp_path/bin when there is one (it
-    records its calls in tmp_path/calls and has an empty state)."""
+    records its calls in tmp_path/calls and has an empty state); STS is a local endpoint
+    that takes any credentials."""
     fake_command(
         tmp_path / "bin",
         "terraform",
@@ -135,19 +255,20 @@ def run_make(tmp_path: Path, *args: str, credentials: bool) -> subprocess.Comple
     env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
     if credentials:
         env |= {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
-    return subprocess.run(
-        [
-            *("make", "--no-print-directory", "-C", str(REPO), *args),
-            f"TF_VARS_FILE={vars_dir / 'stg.tfvars'}",
-            f"TF_BACKEND_CONFIG={vars_dir / 'stg.backend.tfvars'}",
-            f"TF_OUTPUTS={tmp_path / 'outputs.json'}",
-            f"TF_LAMBDA_SWITCH={tmp_path / 'stg.lambda.tfvars'}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    with sts_endpoint(200, IDENTITY) as sts:  # takes the keys; no call leaves loopback
+        return subprocess.run(
+            [
+                *("make", "--no-print-directory", "-C", str(REPO), *args),
+                f"TF_VARS_FILE={vars_dir / 'stg.tfvars'}",
+                f"TF_BACKEND_CONFIG={vars_dir / 'stg.backend.tfvars'}",
+                f"TF_OUTPUTS={tmp_path / 'outputs.json'}",
+                f"TF_LAMBDA_SWITCH={tmp_path / 'stg.lambda.tfvars'}",
+            ],
+            env=env | {"AWS_ENDPOINT_URL_STS": sts},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
 
 def said(result: subprocess.CompletedProcess) -> list[str]:
