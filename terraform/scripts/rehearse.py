@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +22,9 @@ from pathlib import Path
 from terraform.scripts import local_postgres, tf_local
 from terraform.scripts.rehearsal.checks import DROPPED_FILE
 from terraform.scripts.rehearsal.run import TRAINING_FILE, Applied, Rehearsal, RehearsalFailed
+
+#: A shell's exit status for a command that SIGINT (Ctrl-C) ended.
+INTERRUPTED = 128 + signal.SIGINT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,10 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(os.environ.get("CHURN_DATA_DIR", "data")).resolve()
     require_tools_and_data(data_dir)
     try:
-        if not args.reuse:
-            tf_local.up(args.workdir, None)
-        endpoint, env = tf_local.workdir_env(args.workdir)
-        applied = Applied(endpoint, tf_local.outputs(args.workdir / "terraform", env))
+        return rehearse(args.workdir, args.reuse, data_dir)
+    except KeyboardInterrupt as exc:  # as apply-local's: one line, below the clean-up
+        print(
+            f"rehearsal stopped ({tf_local.stopped_by(exc)}): {left_behind(args)}", file=sys.stderr
+        )
+        return INTERRUPTED
+
+
+def rehearse(workdir: Path, reuse: bool, data_dir: Path) -> int:
+    """Apply (unless ``reuse``), rehearse, clean up: on a failure and on Ctrl-C too."""
+    try:
+        if not reuse:
+            tf_local.up(workdir, None)
+        endpoint, env = tf_local.workdir_env(workdir)
+        applied = Applied(endpoint, tf_local.outputs(workdir / "terraform", env))
         with (
             local_postgres.throwaway_cluster() as cluster,
             tempfile.TemporaryDirectory(prefix="churnops-rehearsal-") as root,
@@ -49,11 +64,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rehearsal failed: {tf_local.stopped_by(exc)}", file=sys.stderr)
         return 1
     finally:
-        if not args.reuse:
-            tf_local.stop_emulator(args.workdir)  # no destroy: moto's state goes with it
-            shutil.rmtree(args.workdir, ignore_errors=True)
+        if not reuse:
+            tf_local.stop_emulator(workdir)  # no destroy: moto's state goes with it
+            shutil.rmtree(workdir, ignore_errors=True)
     print("rehearsal passed")
     return 0
+
+
+def left_behind(args: argparse.Namespace) -> str:
+    """What an interrupted rehearsal leaves: nothing of its own; a reused apply-local stays."""
+    if args.reuse:
+        return (
+            f"its PostgreSQL and processes are stopped; the apply-local in {args.workdir} is"
+            " kept (make destroy-local removes it)"
+        )
+    return "its moto server, PostgreSQL and processes are stopped, its work folder removed"
 
 
 def require_tools_and_data(data_dir: Path) -> None:

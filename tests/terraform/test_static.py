@@ -8,6 +8,7 @@ rehearsal on the applied module is test_rehearsal.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -321,6 +322,49 @@ def test_a_rehearsal_whose_apply_fails_says_so_in_one_line(
     monkeypatch.setattr(tf_local, "up", fails)
     assert rehearse.main(["--workdir", str(tmp_path / "rehearsal")]) == 1
     assert capsys.readouterr().err == "rehearsal failed: apply failed with 1, errors above\n"
+
+
+@pytest.mark.parametrize("during", ["apply", "rehearsal"])
+def test_ctrl_c_in_a_rehearsal_is_one_line_after_its_clean_up(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    during: str,
+) -> None:
+    """Ctrl-C in `make rehearse-aws` cleaned up, then printed a KeyboardInterrupt traceback.
+    As apply-local's (tf_local.stopped_by): one line, once the clean-up is done; exit 130."""
+    workdir = tmp_path / "rehearsal"
+    cleaned: list[str] = []
+
+    def apply(*_: object) -> None:
+        (workdir / "terraform").mkdir(parents=True)
+        if during == "apply":
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def cluster():
+        try:
+            yield SimpleNamespace(url=lambda: "postgresql://127.0.0.1:1/postgres")
+        finally:
+            cleaned.append("postgres")
+
+    def rehearsal(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rehearse, "require_tools_and_data", lambda *_: None)
+    monkeypatch.setattr(tf_local, "up", apply)
+    monkeypatch.setattr(tf_local, "workdir_env", lambda *_: ("http://127.0.0.1:1", {}))
+    monkeypatch.setattr(tf_local, "outputs", lambda *_: {})
+    monkeypatch.setattr(tf_local, "stop_emulator", lambda *_: cleaned.append("moto"))
+    monkeypatch.setattr(rehearse.local_postgres, "throwaway_cluster", cluster)
+    monkeypatch.setattr(rehearse, "Rehearsal", rehearsal)
+    assert rehearse.main(["--workdir", str(workdir)]) == 130
+    assert cleaned == (["moto"] if during == "apply" else ["postgres", "moto"])
+    assert not workdir.exists()
+    assert capsys.readouterr().err == (
+        "rehearsal stopped (interrupted): its moto server, PostgreSQL and processes are"
+        " stopped, its work folder removed\n"
+    )
 
 
 def test_a_destroy_that_fails_once_is_run_again(tmp_path: Path) -> None:
