@@ -70,18 +70,11 @@ post-apply: $(TF_PREREQ) ## After an apply: print the URLs, bootstrap the databa
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py wait $(TF_OUTPUTS)
 	$(TF_PY) $(TF_DIR)/scripts/post_apply.py deployments $(TF_OUTPUTS)
 
-push-images: $(TF_PREREQ) ## Build and push the three images to ECR with IMAGE_TAG (needs Docker); a critical scan finding stops here
+push-images: $(TF_PREREQ) ## Build the three images, then push them to ECR with IMAGE_TAG (needs Docker); a critical scan finding stops here
 	@$(TF_PREFLIGHT) credentials docker aws-cli outputs
 	$(TF) output -json ecr_repository_urls > .churnops/ecr-repositories.json
-	@set -e; \
-	repo() { $(TF_PY) -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' .churnops/ecr-repositories.json $$1; }; \
-	region=$$($(TF) output -raw aws_region); registry=$$(repo orchestration | cut -d/ -f1); \
-	aws ecr get-login-password --region $$region | docker login --username AWS --password-stdin $$registry; \
-	build() { docker build --platform linux/amd64 --provenance=false -f $$2 -t $$(repo $$1):$(IMAGE_TAG) $$3 \
-		&& docker push $$(repo $$1):$(IMAGE_TAG); }; \
-	build orchestration code/orchestration/Dockerfile . ; \
-	build s3-to-prefect-lambda code/s3_to_prefect_lambda/Dockerfile code ; \
-	build grafana code/grafana/Dockerfile code/grafana; \
+	@set -e; region=$$($(TF) output -raw aws_region); \
+	$(TF_PY) -m terraform.scripts.push_images .churnops/ecr-repositories.json $(IMAGE_TAG) --region $$region; \
 	$(TF_PY) $(TF_DIR)/scripts/image_scan.py .churnops/ecr-repositories.json $(IMAGE_TAG) --region $$region
 
 destroy: tf-init ## Remove the platform from AWS (set db_deletion_protection = false first)

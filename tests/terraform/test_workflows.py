@@ -9,6 +9,7 @@ a critical finding, or a scan that never finished, stops the deploy.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import yaml
 from churnops.pipeline import PIPELINE_DEPLOYMENT
 from churnops.platform.deployments import NAMES, deployments
 from churnops.settings import get_settings
-from terraform.scripts import image_scan
+from terraform.scripts import image_scan, push_images
 
 from .conftest import REPO, TERRAFORM_DIR, tf_local
 
@@ -248,7 +249,103 @@ def test_a_critical_finding_blocks_the_deploy_and_lesser_ones_do_not(ecr, moto_s
 
 
 def test_push_images_runs_the_gate_after_the_pushes() -> None:
+    """The builds and pushes are push_images.py's (tested below), the scan's gate after them."""
     recipe = (TERRAFORM_DIR / "aws.mk").read_text().split("\npush-images:")[1].split("\n\n")[0]
+    assert "-m terraform.scripts.push_images .churnops/ecr-repositories.json" in recipe
+    assert "docker push" not in recipe
     assert recipe.rstrip().endswith(
         "scripts/image_scan.py .churnops/ecr-repositories.json $(IMAGE_TAG) --region $$region"
     )
+
+
+#: What `terraform output -json ecr_repository_urls` gives (registry/prefix/repository).
+ECR_URLS = {
+    name: f"123456789012.dkr.ecr.us-east-1.amazonaws.com/churnops-stg/{name}"
+    for name in ("grafana", "orchestration", "s3-to-prefect-lambda")
+}
+
+
+class FolderEcr:
+    """ECR's describe_images over a folder: a file per repository whose tag was pushed."""
+
+    class exceptions:  # as boto3's client.exceptions
+        class ImageNotFoundException(Exception):
+            pass
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def describe_images(self, repositoryName: str, imageIds: list[dict]) -> dict:
+        if not (self.folder / repositoryName.rsplit("/", 1)[-1]).exists():
+            raise self.exceptions.ImageNotFoundException(repositoryName)
+        return {"imageDetails": [{"imageTags": [imageIds[0]["imageTag"]]}]}
+
+
+def test_push_images_builds_all_before_pushing_and_a_second_run_pushes_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Docker engine exists here: a fake `docker` on PATH records the calls and fails the
+    build or push of an image named by FAIL_BUILD / FAIL_PUSH; a push leaves a file in the
+    fake ECR folder. The recipe built and pushed each image in turn: a failure on the second
+    left the first pushed, unsaid, and (ECR's tags are immutable) a second run failed on it."""
+    calls, ecr = tmp_path / "calls", tmp_path / "ecr"
+    ecr.mkdir()
+    (tmp_path / "bin").mkdir()
+    docker = tmp_path / "bin" / "docker"
+    docker.write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        'case "$1" in\n'
+        '  build) [ -n "$FAIL_BUILD" ] && case "$*" in *"$FAIL_BUILD"*) exit 1;; esac;;\n'
+        '  push) [ -n "$FAIL_PUSH" ] && case "$2" in *"$FAIL_PUSH"*) exit 1;; esac\n'
+        f'        touch {ecr}/$(basename "${{2%:*}}");;\n'
+        "esac\nexit 0\n"
+    )
+    docker.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+
+    def docker_did() -> list[str]:
+        """'build <image>:<tag>' or 'push <image>:<tag>' per call, in order."""
+        done = []
+        for words in (line.split() for line in calls.read_text().splitlines()):
+            image = words[words.index("-t") + 1] if words[0] == "build" else words[1]
+            done.append(f"{words[0]} {image.rsplit('/', 1)[-1]}")
+        return done
+
+    def run(**failing: str) -> str:
+        calls.unlink(missing_ok=True)
+        for name in ("FAIL_BUILD", "FAIL_PUSH"):
+            monkeypatch.setenv(name, failing.get(name, ""))
+        try:
+            return "\n".join(push_images.publish(ECR_URLS, TAG, FolderEcr(ecr)))
+        except push_images.Stopped as exc:
+            return str(exc)
+
+    said = run(FAIL_BUILD="s3-to-prefect-lambda")
+    assert said == "building s3-to-prefect-lambda failed (docker's error above): nothing pushed"
+    assert docker_did() == [f"build orchestration:{TAG}", f"build s3-to-prefect-lambda:{TAG}"]
+    assert list(ecr.iterdir()) == []
+
+    said = run(FAIL_PUSH="s3-to-prefect-lambda")
+    assert said == (
+        f"pushing s3-to-prefect-lambda:{TAG} failed (docker's error above): in ECR under"
+        f" {TAG}: orchestration; not yet: s3-to-prefect-lambda, grafana. make push-images"
+        f" IMAGE_TAG={TAG} again pushes those (a tag in ECR is not pushed twice: ECR keeps it)"
+    )
+    assert docker_did() == [
+        f"build orchestration:{TAG}",
+        f"build s3-to-prefect-lambda:{TAG}",
+        f"build grafana:{TAG}",
+        f"push orchestration:{TAG}",
+        f"push s3-to-prefect-lambda:{TAG}",
+    ]
+
+    assert run() == (
+        f"pushed under {TAG}: s3-to-prefect-lambda, grafana (already in ECR: orchestration)"
+    )
+    assert docker_did() == [
+        f"build s3-to-prefect-lambda:{TAG}",
+        f"build grafana:{TAG}",
+        f"push s3-to-prefect-lambda:{TAG}",
+        f"push grafana:{TAG}",
+    ]
+    assert sorted(path.name for path in ecr.iterdir()) == sorted(ECR_URLS)

@@ -23,7 +23,7 @@ LAMBDA_TASK_ROOT = "/var/task"
 
 @dataclass(frozen=True)
 class Image:
-    """An image of terraform/aws.mk's push-images, by ECR repository name."""
+    """An image that `make push-images` builds (push_images.py), by ECR repository name."""
 
     dockerfile: Path
     context: Path
@@ -32,7 +32,7 @@ class Image:
 
 
 #: ECR repository (last part of the image URI's path) -> its Dockerfile and build context,
-#: as `make push-images` builds them.
+#: what `make push-images` builds (terraform/scripts/push_images.py) and the rehearsal reads.
 IMAGES = {
     "orchestration": Image(REPO / "code/orchestration/Dockerfile", REPO),
     "s3-to-prefect-lambda": Image(REPO / "code/s3_to_prefect_lambda/Dockerfile", REPO / "code"),
