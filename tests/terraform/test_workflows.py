@@ -349,3 +349,23 @@ def test_push_images_builds_all_before_pushing_and_a_second_run_pushes_the_rest(
         f"push grafana:{TAG}",
     ]
     assert sorted(path.name for path in ecr.iterdir()) == sorted(ECR_URLS)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_every_job_that_runs_make_has_the_lock_s_python_first(path: Path) -> None:
+    """`make` installs the locked environment (the lock's Python) and runs the scripts with
+    it: deploy.yml's push-images once ran them with the runner's python3 (TF_PY), which has
+    no boto3, and its plan job had no Python 3.11 to install the lock with."""
+    wanted = re.search(r'python_version = "([\d.]+)"', (REPO / "Pipfile").read_text())[1]
+    for job, spec in load(path)["jobs"].items():
+        runs = [i for i, s in enumerate(spec["steps"]) if re.search(r"\bmake\b", s.get("run", ""))]
+        if not runs:
+            continue
+        pythons = [
+            i
+            for i, s in enumerate(spec["steps"][: runs[0]])
+            if "actions/setup-python" in s.get("uses", "")
+            and str(s["with"]["python-version"]) == wanted
+        ]
+        assert pythons, (path.name, job)
+        assert not any("TF_PY=" in spec["steps"][i]["run"] for i in runs), (path.name, job)
