@@ -51,8 +51,11 @@ locals {
           "localhost:*",
           "127.0.0.1:*",
         ]))
-        MLFLOW_AUTH_CONFIG_PATH    = "/tmp/mlflow-basic-auth.ini"
-        MLFLOW_AUTH_INI            = "[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:////tmp/mlflow-basic-auth.db"
+        MLFLOW_AUTH_CONFIG_PATH = "/tmp/mlflow-basic-auth.ini"
+        # auth_cache_ttl_seconds: MLflow's own cache of a checked login. Without it every
+        # request paid a password hash check (tens of ms of CPU by design). A cached login
+        # outlives a password change for up to a minute; the logins change only at a start.
+        MLFLOW_AUTH_INI            = "[mlflow]\ndefault_permission = NO_PERMISSIONS\ndatabase_uri = sqlite:////tmp/mlflow-basic-auth.db\nauth_cache_ttl_seconds = 60"
         MLFLOW_AUTH_ADMIN_USERNAME = local.mlflow_admin_user
         MLFLOW_WORKER_USERNAME     = local.mlflow_worker_user
         MLFLOW_WORKER_READY        = local.mlflow_worker_ready

@@ -8,6 +8,7 @@ the load balancer use stays open; a restart sets the same user up again."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -30,6 +31,7 @@ from tests.fixtures.model import FAST_PARAMS
 from tests.processes import eventually
 
 START_SCRIPT = Path(__file__).parents[2] / "terraform" / "scripts" / "mlflow_start.py"
+SERVICES_TF = START_SCRIPT.parents[1] / "services.tf"
 ADMIN = ("churnops", f"admin-{uuid.uuid4().hex}")
 WORKER = ("churnops-worker", f"worker-{uuid.uuid4().hex}")
 EXPERIMENT = registry.EXPERIMENT  # a name fixed in code: the worker's and the start's
@@ -62,8 +64,7 @@ class AuthServer(MlflowServer):
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{self.root / 'mlflow.db'}",
             "MLFLOW_AUTH_CONFIG_PATH": str(self.root / "basic-auth.ini"),
-            "MLFLOW_AUTH_INI": "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
-            f"database_uri = sqlite:///{self.root / 'basic-auth.db'}",
+            "MLFLOW_AUTH_INI": task_auth_ini(self.root / "basic-auth.db"),
             "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN[0],
             "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
             "MLFLOW_WORKER_USERNAME": WORKER[0],
@@ -87,6 +88,14 @@ class AuthServer(MlflowServer):
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     with AuthServer(tmp_path_factory.mktemp("mlflow-auth")) as started:
         yield started
+
+
+def task_auth_ini(database: Path) -> str:
+    """The task's MLFLOW_AUTH_INI (terraform/services.tf), its user store at ``database``."""
+    found = re.search(r'MLFLOW_AUTH_INI\s*=\s*"(.*)"', SERVICES_TF.read_text())
+    assert found, "no MLFLOW_AUTH_INI in services.tf"
+    ini = found[1].encode().decode("unicode_escape")
+    return re.sub(r"(?m)^database_uri = .*$", f"database_uri = sqlite:///{database}", ini)
 
 
 def login(monkeypatch: pytest.MonkeyPatch, user: tuple[str, str]) -> None:
