@@ -111,13 +111,20 @@ rehearse-aws: install data ## Apply to moto, run every ECS container here as a p
 docs: install ## Regenerate docs/configuration.md from the settings' descriptions
 	$(RUN) python -m devtools.configuration_reference
 
-# Refused while `churnops up` runs on it: its servers would go on without their databases.
-clean: ## Remove local state (.churnops: MLflow, Optuna, metrics, drop folder), unless the platform runs on it
-	@pid=$$(cat .churnops/platform.pid 2>/dev/null); \
-	if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null; then \
-		echo "error: the platform runs on .churnops (pid $$pid): stop it (Ctrl-C in its terminal), then make clean" >&2; \
-		exit 1; \
-	fi
+# Refused while `churnops up` runs on .churnops or CHURNOPS_HOME: its servers would go on
+# without their databases. A CHURNOPS_HOME elsewhere is a folder the user named (it may be
+# $HOME): it is kept, with a line saying how to remove it.
+clean: ## Remove .churnops (MLflow, Optuna, metrics, drop folder) unless the platform runs on it; keeps a CHURNOPS_HOME elsewhere
+	@for home in .churnops "$${CHURNOPS_HOME:-.churnops}"; do \
+		pid=$$(cat "$$home/platform.pid" 2>/dev/null); \
+		if [ -n "$$pid" ] && kill -0 "$$pid" 2>/dev/null; then \
+			echo "error: the platform runs on $$home (pid $$pid): stop it (Ctrl-C in its terminal), then make clean" >&2; \
+			exit 1; \
+		fi; \
+	done
 	rm -rf .churnops
+	@if [ "$$(realpath -m "$${CHURNOPS_HOME:-.churnops}")" != "$$(realpath -m .churnops)" ]; then \
+		echo "kept CHURNOPS_HOME $$CHURNOPS_HOME: remove it yourself with rm -rf $$CHURNOPS_HOME"; \
+	fi
 
 -include terraform/aws.mk

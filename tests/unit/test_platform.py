@@ -571,22 +571,49 @@ def test_a_second_up_on_the_same_home_says_so_in_one_line(tmp_path: Path) -> Non
     assert not (tmp_path / services.PID_FILE).exists()
 
 
+def _make_clean(cwd: Path, home: Path | None = None) -> subprocess.CompletedProcess:
+    """``make clean`` in ``cwd``, with ``CHURNOPS_HOME`` set to ``home`` or unset."""
+    env = {k: v for k, v in os.environ.items() if k != "CHURNOPS_HOME"}
+    if home is not None:
+        env["CHURNOPS_HOME"] = str(home)
+    command = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "clean"]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
 def test_make_clean_keeps_the_state_a_running_platform_uses(tmp_path: Path) -> None:
     home = tmp_path / ".churnops"
     home.mkdir()
     (home / services.PID_FILE).write_text(str(os.getpid()))  # this test stands for `up`
 
-    def clean() -> subprocess.CompletedProcess:
-        command = ["make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "clean"]
-        return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-
-    refused = clean()
+    refused = _make_clean(tmp_path)
     assert refused.returncode != 0
     assert f"error: the platform runs on .churnops (pid {os.getpid()}): stop it" in refused.stderr
     assert (home / services.PID_FILE).exists()
     (home / services.PID_FILE).write_text(str(dead_pid()))  # stopped, or killed
-    assert clean().returncode == 0
+    assert _make_clean(tmp_path).returncode == 0
     assert not home.exists()
+
+
+def test_make_clean_keeps_a_churnops_home_named_elsewhere(tmp_path: Path) -> None:
+    """A folder the user named (CHURNOPS_HOME=$HOME, say) is never deleted: one line says it
+    is kept and how to remove it, and a platform running on it is refused as on .churnops."""
+    repo, named = tmp_path / "repo", tmp_path / "named"
+    (repo / ".churnops").mkdir(parents=True)
+    named.mkdir()
+    (named / services.PID_FILE).write_text(str(os.getpid()))  # this test stands for `up`
+
+    refused = _make_clean(repo, named)
+    assert refused.returncode != 0
+    assert f"error: the platform runs on {named} (pid {os.getpid()}): stop it" in refused.stderr
+    assert (repo / ".churnops").exists()
+    (named / services.PID_FILE).write_text(str(dead_pid()))  # stopped, or killed
+    kept = _make_clean(repo, named)
+    assert kept.returncode == 0, kept.stderr
+    assert not (repo / ".churnops").exists()
+    assert (named / services.PID_FILE).exists()
+    notes = [line for line in kept.stdout.splitlines() if str(named) in line]
+    assert notes == [f"kept CHURNOPS_HOME {named}: remove it yourself with rm -rf {named}"]
+    assert _make_clean(repo, repo / ".churnops").stdout == "rm -rf .churnops\n"
 
 
 def test_a_start_up_error_is_one_line_and_leaves_no_files(tmp_path: Path) -> None:
