@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from contextlib import suppress
+from contextlib import ExitStack, closing, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -364,9 +364,14 @@ class FinishedFiles:
         self.console = console
         self.since = datetime.now(UTC)
         self.shown: set[str] = set()
+        #: One client for every look: building one (its SSL context) each second was most
+        #: of an idle ``up``'s CPU. Opened at the first look, closed by :meth:`close`.
+        self.client: Any = None
+        self._opened = ExitStack()
 
     def print_new(self) -> None:
-        """Print the runs that ended since the last look (an API hiccup: next time)."""
+        """Print the runs that ended since the last look (an API hiccup: next time, with a
+        new client)."""
         from prefect.client.orchestration import SyncPrefectClient
         from prefect.client.schemas import filters
 
@@ -376,12 +381,14 @@ class FinishedFiles:
         named = filters.DeploymentFilter(name=filters.DeploymentFilterName(any_=[self.deployment]))
         flow = filters.FlowFilter(name=filters.FlowFilterName(any_=[self.flow]))
         try:
-            with SyncPrefectClient(self.api) as client:
-                runs = client.read_flow_runs(
-                    flow_run_filter=ended, deployment_filter=named, flow_filter=flow
-                )
+            if self.client is None:
+                self.client = self._opened.enter_context(SyncPrefectClient(self.api))
+            runs = self.client.read_flow_runs(
+                flow_run_filter=ended, deployment_filter=named, flow_filter=flow
+            )
         except Exception as exc:
             log.debug("finished runs not read: %s", exc)
+            self.close()
             return
         for run in sorted(runs, key=lambda r: r.end_time or self.since):
             if str(run.id) in self.shown or run.state is None or not run.state.is_final():
@@ -389,6 +396,12 @@ class FinishedFiles:
             self.shown.add(str(run.id))
             self.since = max(self.since, run.end_time or self.since)
             self.console.print(_finished_line(run.name, run.state), soft_wrap=True)
+
+    def close(self) -> None:
+        """Close the client; the next look opens another."""
+        self.client = None
+        with suppress(Exception):  # a client the hiccup left broken
+            self._opened.close()
 
 
 def _finished_line(name: str, state: Any) -> str:
@@ -408,7 +421,7 @@ def _supervise(platform: Platform, stop_requested: threading.Event) -> int:
     re-driven by the reconciler, a server's state is on disk) within :func:`_may_restart`."""
     restarts: dict[str, list[float]] = {}
     finished = FinishedFiles(platform.settings.platform, platform.console)
-    with suppress(KeyboardInterrupt):
+    with closing(finished), suppress(KeyboardInterrupt):
         while not stop_requested.wait(1.0):
             finished.print_new()
             for child in platform.children():
