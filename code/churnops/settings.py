@@ -351,17 +351,26 @@ class PlatformSettings(CommonSettings):
         "address (0.0.0.0) opens Prefect's API and the Evidently UI to its whole network.",
     )
     prefect_port: int = Field(
-        4200, ge=0, le=MAX_PORT, description="Local Prefect server port (0: a free one)."
+        4200,
+        ge=0,
+        le=MAX_PORT,
+        description="Local Prefect server port (0: the last `up`'s of this home while it is "
+        "free, else a free one).",
     )
     mlflow_port: int = Field(
-        5000, ge=0, le=MAX_PORT, description="Local MLflow server port (0: a free one)."
+        5000,
+        ge=0,
+        le=MAX_PORT,
+        description="Local MLflow server port (0: the last `up`'s of this home while it is "
+        "free, else a free one).",
     )
     evidently_port: int = Field(
         8000,
         ge=0,
         le=MAX_PORT,
-        description="Local Evidently UI port (0: a free one; a report stored while no "
-        "platform runs then has no link, its port not picked yet).",
+        description="Local Evidently UI port (0: the last `up`'s of this home while it is "
+        "free, so stored report links keep working, else a free one; a report stored while "
+        "no platform runs then has no link).",
     )
     runner_processes: int = Field(
         default_factory=lambda: os.cpu_count() or 1,

@@ -392,6 +392,27 @@ def _tcp_states(port: int) -> set[str]:
     return {entry[3] for entry in entries if int(entry[1].rsplit(":", 1)[1], 16) == port}
 
 
+def test_a_free_port_setting_takes_the_port_the_last_up_of_the_home_used(tmp_path: Path) -> None:
+    """EVIDENTLY_PORT=0 picked a new port at every ``up``: the report links already stored
+    (metrics database, alerts, file logs) went to a port nobody served any more."""
+    free = {"prefect_port": 0, "mlflow_port": 0, "evidently_port": 0}
+    settings = get_settings(churnops_home=tmp_path, platform_host="127.0.0.1", **free)
+    first = launch.choose_ports(settings)
+    assert launch.choose_ports(settings) == first  # nothing listens there now
+    with socket.socket() as sock:  # another program took the Evidently UI's port meanwhile
+        sock.bind(("127.0.0.1", first.evidently))
+        sock.listen()
+        second = launch.choose_ports(settings)
+    assert (second.prefect, second.mlflow) == (first.prefect, first.mlflow)
+    assert second.evidently not in (first.evidently, 0)
+    assert launch.choose_ports(settings) == second  # the last `up`'s, not the one before
+    configured = get_settings(
+        churnops_home=tmp_path, platform_host="127.0.0.1", **free | {"mlflow_port": first.prefect}
+    )
+    third = launch.choose_ports(configured)  # a configured port wins, and is not shared
+    assert third.mlflow == first.prefect and third.prefect not in (first.prefect, 0)
+
+
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp (Linux)")
 def test_a_port_left_in_time_wait_by_a_stopped_server_is_free_again() -> None:
     with socket.socket() as server:

@@ -44,6 +44,8 @@ RESTART_WINDOW_SECONDS = 600.0
 #: The drop the last ``up`` of a home watched (a file in the home): a local folder's path,
 #: or the bucket's URI.
 DROP_RECORD = "drop.last"
+#: The servers' ports the last ``up`` of a home used (a file in the home beside it).
+PORTS_RECORD = "ports.last"
 #: Where a file waits for a platform: dropped, or in a run nobody finished.
 WAITING_STAGES = ("input", "labels", "processing")
 
@@ -134,7 +136,7 @@ def run(settings: Settings, console: Console, errors: Console) -> int:
         _stop_leftovers(home, console)
         _check_drop(settings.drop)
         _note_previous_drop(settings.drop, console)
-        ports = svc.choose_ports(settings.platform)
+        ports = choose_ports(settings)
         settings = platform_settings(settings, ports)
         platform.settings = settings
         _start_servers(platform, ports)
@@ -285,6 +287,20 @@ def _check_drop(drop: DropSettings) -> None:
         raise svc.PlatformError(
             f"cannot make the drop folder {drop.drop_dir} (LOCAL_DROP_DIR): {exc.strerror}"
         ) from None
+
+
+def choose_ports(settings: Settings) -> svc.Ports:
+    """The servers' ports (:func:`services.choose_ports`). A setting of 0 takes the port the
+    last ``up`` of this home used while it is free: the report links stored then (metrics
+    database, alerts, file logs) name the Evidently UI's port, and went stale at each start."""
+    record = settings.home / PORTS_RECORD
+    try:
+        previous = svc.Ports(*map(int, record.read_text().split()))
+    except (OSError, ValueError, TypeError):  # none yet, or not three numbers
+        previous = None
+    ports = svc.choose_ports(settings.platform, previous)
+    record.write_text(f"{ports.prefect} {ports.mlflow} {ports.evidently}")
+    return ports
 
 
 def _note_previous_drop(drop: DropSettings, console: Console) -> None:

@@ -88,19 +88,27 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def choose_port(host: str, configured: int, setting: str) -> int:
-    """The configured port if it is free, a free one for 0; a clear error when busy."""
-    if configured == 0:
-        return free_port(host)
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not bind ``port`` now, or None when it could."""
     with socket.socket() as sock:  # as the servers bind: TIME_WAIT is free, a listener not
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, configured))
+            sock.bind((host, port))
         except OSError as exc:
-            raise PlatformError(
-                f"port {configured} on {host} ({setting.upper()}) is in use ({exc.strerror}):"
-                f" stop what uses it, or set {setting.upper()}=0 to pick a free port"
-            ) from None
+            return exc
+    return None
+
+
+def choose_port(host: str, configured: int, setting: str, previous: int = 0) -> int:
+    """The configured port if it is free; for 0, ``previous`` (the last ``up``'s) if it is
+    free, else a free one; a clear error when a configured port is busy."""
+    if configured == 0:
+        return previous if previous and bind_error(host, previous) is None else free_port(host)
+    if (exc := bind_error(host, configured)) is not None:
+        raise PlatformError(
+            f"port {configured} on {host} ({setting.upper()}) is in use ({exc.strerror}):"
+            f" stop what uses it, or set {setting.upper()}=0 to pick a free port"
+        )
     return configured
 
 
@@ -256,9 +264,10 @@ class Ports:
     evidently: int
 
 
-def choose_ports(platform: PlatformSettings) -> Ports:
+def choose_ports(platform: PlatformSettings, previous: Ports | None = None) -> Ports:
     """Each server's port; two given the same one are refused before either starts (the
-    second failed to bind, and `up` ended with its log instead of one line)."""
+    second failed to bind, and `up` ended with its log instead of one line). A setting of
+    0 takes the server's ``previous`` port unless another server has it."""
     names = ("prefect_port", "mlflow_port", "evidently_port")
     host = platform.platform_host
     for first, second in itertools.combinations(names, 2):
@@ -267,7 +276,14 @@ def choose_ports(platform: PlatformSettings) -> Ports:
                 f"{first.upper()} and {second.upper()} are both {port}: give each server "
                 "its own port, or 0 to pick free ones"
             )
-    return Ports(*(choose_port(host, getattr(platform, name), name) for name in names))
+    taken = {getattr(platform, name) for name in names} - {0}
+    chosen: list[int] = []
+    for name in names:
+        last = getattr(previous, name.removesuffix("_port"), 0)
+        last = 0 if last in taken else last
+        chosen.append(choose_port(host, getattr(platform, name), name, last))
+        taken.add(chosen[-1])
+    return Ports(*chosen)
 
 
 def server_url(platform: PlatformSettings, port: int) -> str:
