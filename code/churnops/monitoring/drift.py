@@ -341,8 +341,8 @@ def _stored_at(snapshot_id: UUID | str) -> float:
 def local_report_url(platform: PlatformSettings, project: UUID, snapshot: UUID) -> str | None:
     """Where ``evidently ui`` serving the local workspace shows the snapshot; None when
     EVIDENTLY_PORT is 0 (a free one): no UI runs (``up`` gives its runners the UI's URL),
-    and the next ``up`` picks a port nobody knows yet. A link to port 0 went to the alert,
-    the file's log and the metrics database (found by a hunt)."""
+    and the next ``up`` takes the last one's port only while it is free. A link to port 0
+    went to the alert, the file's log and the metrics database (found by a hunt)."""
     if platform.evidently_port == 0:
         return None
     return f"http://{platform.platform_host}:{platform.evidently_port}/projects/{project}/reports/{snapshot}"
