@@ -285,10 +285,23 @@ def _killed_run(settings: Settings, key: str, point: str, env: dict[str, str]) -
 
 
 #: Children come from a fork server that imported the stack but never ran XGBoost or
-#: Arrow: a plain fork of the test process would deadlock in their thread pools.
+#: Arrow: a plain fork of the test process would deadlock in their thread pools. It imports
+#: what each child would import again (this module, where the child's target is; Alembic,
+#: Prefect's engines): a third of the children's CPU was those imports.
 _CHILDREN = multiprocessing.get_context("forkserver")
 _CHILDREN.set_forkserver_preload(
-    ["churnops.pipeline.flow", "churnops.model.churn_model", "churnops.monitoring.drift"]
+    [
+        "churnops.pipeline.flow",
+        "churnops.model.churn_model",
+        "churnops.monitoring.drift",
+        "alembic.command",
+        "alembic.config",
+        "prefect.flow_engine",
+        "prefect.task_engine",
+        "sqlalchemy.dialects.postgresql",
+        "sqlalchemy.dialects.sqlite",
+        __name__,
+    ]
 )
 
 
