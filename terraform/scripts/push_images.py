@@ -45,11 +45,23 @@ def login(registry: str, region: str) -> None:
 
 
 def in_ecr(ecr: Any, url: str, tag: str) -> bool:
-    """Whether ECR holds ``tag`` in the repository of ``url`` (an earlier run pushed it)."""
+    """Whether ECR holds ``tag`` in the repository of ``url`` (an earlier run pushed it).
+    Any other answer (no such repository, access denied) is one line, before any build."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    repository = url.split("/", 1)[1]
     try:
-        ecr.describe_images(repositoryName=url.split("/", 1)[1], imageIds=[{"imageTag": tag}])
+        ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
     except ecr.exceptions.ImageNotFoundException:
         return False
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise Stopped(
+            f"ECR cannot say whether {repository} holds {tag}"
+            f" ({error.get('Code')}: {error.get('Message')}): nothing built or pushed"
+        ) from None
+    except BotoCoreError as exc:
+        raise Stopped(f"ECR did not answer ({exc}): nothing built or pushed") from None
     return True
 
 

@@ -258,38 +258,23 @@ def test_push_images_runs_the_gate_after_the_pushes() -> None:
     )
 
 
-#: What `terraform output -json ecr_repository_urls` gives (registry/prefix/repository).
-ECR_URLS = {
-    name: f"123456789012.dkr.ecr.us-east-1.amazonaws.com/churnops-stg/{name}"
-    for name in ("grafana", "orchestration", "s3-to-prefect-lambda")
-}
-
-
-class FolderEcr:
-    """ECR's describe_images over a folder: a file per repository whose tag was pushed."""
-
-    class exceptions:  # as boto3's client.exceptions
-        class ImageNotFoundException(Exception):
-            pass
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def describe_images(self, repositoryName: str, imageIds: list[dict]) -> dict:
-        if not (self.folder / repositoryName.rsplit("/", 1)[-1]).exists():
-            raise self.exceptions.ImageNotFoundException(repositoryName)
-        return {"imageDetails": [{"imageTags": [imageIds[0]["imageTag"]]}]}
-
-
 def test_push_images_builds_all_before_pushing_and_a_second_run_pushes_the_rest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto_server: str
 ) -> None:
-    """No Docker engine exists here: a fake `docker` on PATH records the calls and fails the
-    build or push of an image named by FAIL_BUILD / FAIL_PUSH; a push leaves a file in the
-    fake ECR folder. The recipe built and pushed each image in turn: a failure on the second
-    left the first pushed, unsaid, and (ECR's tags are immutable) a second run failed on it."""
-    calls, ecr = tmp_path / "calls", tmp_path / "ecr"
-    ecr.mkdir()
+    """ECR is moto's; no Docker engine exists here: a fake `docker` on PATH records the calls
+    and fails the build or push of an image named by FAIL_BUILD / FAIL_PUSH, and each push it
+    let through is put into moto's repository. The recipe built and pushed each image in
+    turn: a failure on the second left the first pushed, unsaid, and (ECR's tags are
+    immutable) a second run failed on it."""
+    client = tf_local.emulator_client(moto_server, "ecr")
+    prefix = f"churnops-{uuid.uuid4().hex[:8]}"
+    urls = {
+        name: client.create_repository(repositoryName=f"{prefix}/{name}")["repository"][
+            "repositoryUri"
+        ]
+        for name in ("grafana", "orchestration", "s3-to-prefect-lambda")
+    }
+    calls = tmp_path / "calls"
     (tmp_path / "bin").mkdir()
     docker = tmp_path / "bin" / "docker"
     docker.write_text(
@@ -297,7 +282,7 @@ def test_push_images_builds_all_before_pushing_and_a_second_run_pushes_the_rest(
         'case "$1" in\n'
         '  build) [ -n "$FAIL_BUILD" ] && case "$*" in *"$FAIL_BUILD"*) exit 1;; esac;;\n'
         '  push) [ -n "$FAIL_PUSH" ] && case "$2" in *"$FAIL_PUSH"*) exit 1;; esac\n'
-        f'        touch {ecr}/$(basename "${{2%:*}}");;\n'
+        f'        echo "pushed $2" >> {calls};;\n'
         "esac\nexit 0\n"
     )
     docker.chmod(0o755)
@@ -307,8 +292,9 @@ def test_push_images_builds_all_before_pushing_and_a_second_run_pushes_the_rest(
         """'build <image>:<tag>' or 'push <image>:<tag>' per call, in order."""
         done = []
         for words in (line.split() for line in calls.read_text().splitlines()):
-            image = words[words.index("-t") + 1] if words[0] == "build" else words[1]
-            done.append(f"{words[0]} {image.rsplit('/', 1)[-1]}")
+            if words[0] in ("build", "push"):
+                image = words[words.index("-t") + 1] if words[0] == "build" else words[1]
+                done.append(f"{words[0]} {image.rsplit('/', 1)[-1]}")
         return done
 
     def run(**failing: str) -> str:
@@ -316,14 +302,20 @@ def test_push_images_builds_all_before_pushing_and_a_second_run_pushes_the_rest(
         for name in ("FAIL_BUILD", "FAIL_PUSH"):
             monkeypatch.setenv(name, failing.get(name, ""))
         try:
-            return "\n".join(push_images.publish(ECR_URLS, TAG, FolderEcr(ecr)))
+            said = "\n".join(push_images.publish(urls, TAG, client))
         except push_images.Stopped as exc:
-            return str(exc)
+            said = str(exc)
+        for line in calls.read_text().splitlines():  # what the fake docker let through
+            if line.startswith("pushed "):
+                repository, tag = line.split()[1].split("/", 1)[1].rsplit(":", 1)
+                manifest = json.dumps(MANIFEST)
+                client.put_image(repositoryName=repository, imageManifest=manifest, imageTag=tag)
+        return said
 
     said = run(FAIL_BUILD="s3-to-prefect-lambda")
     assert said == "building s3-to-prefect-lambda failed (docker's error above): nothing pushed"
     assert docker_did() == [f"build orchestration:{TAG}", f"build s3-to-prefect-lambda:{TAG}"]
-    assert list(ecr.iterdir()) == []
+    assert not any(client.list_images(repositoryName=f"{prefix}/{n}")["imageIds"] for n in urls)
 
     said = run(FAIL_PUSH="s3-to-prefect-lambda")
     assert said == (
@@ -348,7 +340,20 @@ def test_push_images_builds_all_before_pushing_and_a_second_run_pushes_the_rest(
         f"push s3-to-prefect-lambda:{TAG}",
         f"push grafana:{TAG}",
     ]
-    assert sorted(path.name for path in ecr.iterdir()) == sorted(ECR_URLS)
+    assert all(client.list_images(repositoryName=f"{prefix}/{n}")["imageIds"] for n in urls)
+
+
+def test_push_images_says_in_one_line_that_ecr_refused_before_building(moto_server: str) -> None:
+    """A repository ECR does not have (a wrong TF_ENV, an apply not run): a boto3 traceback."""
+    client = tf_local.emulator_client(moto_server, "ecr")
+    missing = f"churnops-{uuid.uuid4().hex[:8]}/orchestration"
+    url = f"123456789012.dkr.ecr.{tf_local.REGION}.amazonaws.com/{missing}"
+    with pytest.raises(push_images.Stopped) as stopped:
+        push_images.publish({"orchestration": url}, TAG, client)
+    assert str(stopped.value).startswith(
+        f"ECR cannot say whether {missing} holds {TAG} (RepositoryNotFoundException: "
+    )
+    assert str(stopped.value).endswith("): nothing built or pushed")
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
