@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -22,9 +21,6 @@ from pathlib import Path
 from terraform.scripts import local_postgres, tf_local
 from terraform.scripts.rehearsal.checks import DROPPED_FILE
 from terraform.scripts.rehearsal.run import TRAINING_FILE, Applied, Rehearsal, RehearsalFailed
-
-#: A shell's exit status for a command that SIGINT (Ctrl-C) ended.
-INTERRUPTED = 128 + signal.SIGINT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"rehearsal stopped ({tf_local.stopped_by(exc)}): {left_behind(args)}", file=sys.stderr
         )
-        return INTERRUPTED
+        return tf_local.INTERRUPTED
 
 
 def rehearse(workdir: Path, reuse: bool, data_dir: Path) -> int:

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ MIRROR_ROOTS = (
     "~/.local/share/terraform/plugins",
 )
 REGION = "us-east-1"
+#: A shell's exit status for a command that SIGINT (Ctrl-C) ended.
+INTERRUPTED = 128 + signal.SIGINT
 #: The emulator's UIs are https://<ui>.UI_DOMAIN behind a moto-made certificate.
 UI_DOMAIN = "churnops-emu.example.com"
 #: The committed .terraform.lock.hcl is copied: every init checks the provider against it.
@@ -394,8 +397,11 @@ def main(argv: list[str] | None = None) -> int:
             up(args.workdir, args.endpoint)
         else:
             down(args.workdir)
-    except (RuntimeError, KeyboardInterrupt) as exc:
+    except RuntimeError as exc:
         raise SystemExit(stopped(args.command, exc)) from None
+    except KeyboardInterrupt as exc:  # a shell's status for Ctrl-C, as rehearse-aws's
+        print(stopped(args.command, exc), file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 
