@@ -1,6 +1,7 @@
 """What tests share about processes: waiting for a condition, a race of threads, a frozen
-server, a clean environment for a platform, leftover processes. A free port, starting a
-server and the process-group stop are the platform's own (:mod:`churnops.platform.services`)."""
+server, an HTTP stand-in on loopback, a clean environment for a platform, leftover
+processes. A free port, starting a server and the process-group stop are the platform's
+own (:mod:`churnops.platform.services`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,25 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 LOOPBACK = "127.0.0.1"
+
+
+@contextmanager
+def http_server(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
+    """``handler`` served on a free loopback port by a thread until the block ends: a
+    stand-in for a service off this machine (an archive, STS, ECS's agent, Prefect's API)."""
+    server = ThreadingHTTPServer((LOOPBACK, 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def eventually(condition: Callable[[], object], seconds: float, interval: float = 0.1) -> bool:

@@ -8,11 +8,10 @@ import ipaddress
 import logging
 import os
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import boto3
@@ -33,7 +32,7 @@ from churnops.results import ColumnDrift, MonitoringResult
 from churnops.settings import AlertSettings, Settings, get_settings
 from tests.fixtures.moto import received_messages, sns_topic_to_queue
 from tests.fixtures.smtp import SMTP_PASSWORD, SMTP_USER, Mailbox, running_mailbox
-from tests.processes import LOOPBACK, eventually
+from tests.processes import LOOPBACK, eventually, http_server
 
 FILE = "customer_churn_2_majority_drifted.csv"
 
@@ -284,13 +283,9 @@ class AgentStub(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def agent() -> Iterator[str]:
-    server = ThreadingHTTPServer((LOOPBACK, 0), AgentStub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     AgentStub.bodies.clear()
-    try:
-        yield f"http://{LOOPBACK}:{server.server_address[1]}/v4/abc"
-    finally:
-        server.shutdown()
+    with http_server(AgentStub) as server:
+        yield f"http://{LOOPBACK}:{server.server_port}/v4/abc"
 
 
 def test_a_run_protects_its_task_while_it_executes(tmp_path: Path, agent: str) -> None:

@@ -7,7 +7,6 @@ import codecs
 import gzip
 import http.server
 import io
-import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -37,7 +36,7 @@ from churnops.data.schema import (
     clean_name,
     shorten,
 )
-from tests.processes import LOOPBACK
+from tests.processes import LOOPBACK, http_server
 
 HEADER = ",".join(RAW_COLUMNS)
 GOOD_ROW = "8,0,38,0,4370,71,5,17,3,1,1,30,197.64,0"
@@ -410,10 +409,8 @@ def archive_server(tmp_path: Path, data_dir: Path) -> Iterator[str]:
     with zipfile.ZipFile(tmp_path / "uci.zip", "w") as archive:
         archive.writestr("Customer Churn.csv", whole.to_csv(index=False))
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://{LOOPBACK}:{server.server_address[1]}"
-    server.shutdown()
+    with http_server(handler) as server:
+        yield f"http://{LOOPBACK}:{server.server_port}"
 
 
 def test_download_check_and_split_reproduce_the_files(

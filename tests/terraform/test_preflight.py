@@ -8,14 +8,14 @@ import argparse
 import contextlib
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from terraform.scripts import preflight
+from tests.processes import LOOPBACK, http_server
 
 from .conftest import REPO, TERRAFORM_DIR
 
@@ -67,14 +67,8 @@ def sts_endpoint(status: int, body: str) -> Iterator[str]:
         def log_message(self, *_: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Answer) as server:
+        yield f"http://{LOOPBACK}:{server.server_port}"
 
 
 def fake_command(bin_dir: Path, name: str, script: str) -> None:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import optuna
@@ -27,7 +26,7 @@ from churnops.model.churn_model import MlflowUnavailable, wait_for_tracking_serv
 from churnops.pipeline.per_file import FileOutcome
 from churnops.platform.services import free_port
 from churnops.settings import get_settings
-from tests.processes import run_python
+from tests.processes import http_server, run_python
 
 HEAVY = ("pandas", "xgboost", "mlflow", "evidently", "prefect", "sklearn", "optuna", "shap")
 
@@ -246,14 +245,8 @@ class _Health(BaseHTTPRequestHandler):
 @pytest.fixture
 def health_server() -> Iterator[int]:
     """An MLflow-like /health on a free loopback port (no login asked, as MLflow's)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(_Health) as server:
+        yield server.server_port
 
 
 def test_a_tracking_uri_with_a_login_passes_the_health_check(

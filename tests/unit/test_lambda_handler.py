@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -24,7 +24,7 @@ import pytest
 from churnops.drop import trigger
 from churnops.drop.keys import encode_event_key
 from churnops.platform.services import free_port
-from tests.processes import LOOPBACK, run_python
+from tests.processes import LOOPBACK, http_server, run_python
 
 HANDLER_FILE = Path(__file__).parents[2] / "code" / "s3_to_prefect_lambda" / "lambda_function.py"
 DEPLOYMENT = "churn_prediction_pipeline/churnops"
@@ -104,16 +104,11 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def prefect() -> Iterator[FakePrefect]:
     fake = FakePrefect()
-    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-    server.fake = fake  # type: ignore[attr-defined]
-    server.daemon_threads = True
-    server.handle_error = lambda request, address: None  # stalled clients hang up
-    fake.url = f"http://{LOOPBACK}:{server.server_address[1]}/api"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
+    with http_server(Handler) as server:
+        server.fake = fake  # type: ignore[attr-defined]
+        server.handle_error = lambda request, address: None  # stalled clients hang up
+        fake.url = f"http://{LOOPBACK}:{server.server_port}/api"
+        yield fake
 
 
 @pytest.fixture(autouse=True)
