@@ -356,13 +356,7 @@ def test_every_container_has_a_health_check_and_deploys_roll(
     """Init containers are exempt: not essential, run to their end, and the service's
     container starts only on their SUCCESS (so a check would never be read)."""
     # moto keeps no deployment configuration: read it from the state.
-    state = json.loads(deployment.tf("show", "-json"))
-    services = [
-        r["values"]
-        for module in _modules(state["values"]["root_module"])
-        for r in module.get("resources", [])
-        if r["type"] == "aws_ecs_service"
-    ]
+    services = [r["values"] for r in _state_resources(deployment) if r["type"] == "aws_ecs_service"]
     assert {s["name"] for s in services} == EXPECTED_SERVICES
     for service in services:
         assert service["deployment_minimum_healthy_percent"] == 100, service["name"]
@@ -537,8 +531,16 @@ def test_the_worker_role_allows_every_request_a_files_moves_make(deployment: Dep
 def test_alb_signs_users_in_before_it_forwards_to_a_ui(deployment: Deployment) -> None:
     elb = deployment.client("elbv2")
     (lb,) = elb.describe_load_balancers(Names=["churnops-emu"])["LoadBalancers"]
-    (listener,) = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
-    assert (listener["Port"], listener["Protocol"]) == (443, "HTTPS")
+    listeners = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
+    assert {(li["Port"], li["Protocol"]) for li in listeners} == {(443, "HTTPS")}
+    # Judge the one in the state: a loaded moto may carry out twice a CreateListener the
+    # provider retried, and the second listener has no rules (AWS would answer with the first).
+    (arn,) = [
+        r["values"]["arn"]
+        for r in _state_resources(deployment)
+        if r["address"] == "module.alb.aws_lb_listener.https[0]"
+    ]
+    (listener,) = [li for li in listeners if li["ListenerArn"] == arn]
     assert listener["Certificates"][0]["CertificateArn"] == deployment.tfvars["certificate_arn"]
     assert listener["DefaultActions"][0]["Type"] == "fixed-response"
     rules = [r for r in elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]]
@@ -684,9 +686,14 @@ def test_destroy_leaves_nothing_behind(terraform_bin: str) -> None:
     assert states <= {"PendingDeletion"}
 
 
-def _modules(module: dict) -> list[dict]:
-    """A module of ``terraform show -json`` and all its descendants."""
-    return [module, *(m for child in module.get("child_modules", []) for m in _modules(child))]
+def _state_resources(deployment: Deployment) -> list[dict]:
+    """Every resource of the deployment's state (``terraform show -json``), modules' too."""
+
+    def modules(module: dict) -> list[dict]:
+        return [module, *(m for child in module.get("child_modules", []) for m in modules(child))]
+
+    root = json.loads(deployment.tf("show", "-json"))["values"]["root_module"]
+    return [r for module in modules(root) for r in module.get("resources", [])]
 
 
 def _container(task: dict, name: str) -> dict:
