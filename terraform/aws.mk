@@ -72,10 +72,8 @@ post-apply: $(TF_PREREQ) ## After an apply: print the URLs, bootstrap the databa
 
 push-images: $(TF_PREREQ) ## Build the three images, then push them to ECR with IMAGE_TAG (needs Docker); a critical scan finding stops here
 	@$(TF_PREFLIGHT) credentials docker aws-cli outputs
-	$(TF) output -json ecr_repository_urls > .churnops/ecr-repositories.json
-	@set -e; region=$$($(TF) output -raw aws_region); \
-	$(TF_PY) -m terraform.scripts.push_images .churnops/ecr-repositories.json $(IMAGE_TAG) --region $$region; \
-	$(TF_PY) $(TF_DIR)/scripts/image_scan.py .churnops/ecr-repositories.json $(IMAGE_TAG) --region $$region
+	$(TF_PY) -m terraform.scripts.push_images $(TF_OUTPUTS) $(IMAGE_TAG)
+	$(TF_PY) -m terraform.scripts.image_scan $(TF_OUTPUTS) $(IMAGE_TAG)
 
 destroy: tf-init ## Remove the platform from AWS (set db_deletion_protection = false first)
 	$(TF) destroy -input=false -auto-approve $(TF_VAR_ARGS) -var=image_tag=$(or $(TF_DEPLOYED_TAG),$(IMAGE_TAG))

@@ -1,18 +1,18 @@
 """After `make push-images`: stop the deploy when ECR's scan-on-push finds a CRITICAL
 vulnerability in a pushed image, or its scan does not finish in time (exit 1, naming it).
 
-  image_scan.py REPOSITORIES_JSON IMAGE_TAG [--region R] [--timeout 600]
+  python -m terraform.scripts.image_scan OUTPUTS IMAGE_TAG [--timeout 600]
 
-REPOSITORIES_JSON is `terraform output -json ecr_repository_urls`."""
+OUTPUTS is the deployment's `terraform output -json` in a file (make's TF_OUTPUTS)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from terraform.scripts.post_apply import load_outputs
 
 BLOCKING = ("CRITICAL",)
 
@@ -57,18 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("repositories", type=Path)
+    parser.add_argument("outputs")
     parser.add_argument("tag")
-    parser.add_argument("--region")
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
 
     import boto3
 
-    ecr = boto3.client("ecr", region_name=args.region)
-    problems = blocking_findings(
-        ecr, json.loads(args.repositories.read_text()), args.tag, args.timeout
-    )
+    outputs = load_outputs(args.outputs)
+    ecr = boto3.client("ecr", region_name=outputs["aws_region"])
+    problems = blocking_findings(ecr, outputs["ecr_repository_urls"], args.tag, args.timeout)
     for problem in problems:
         print(f"image scan: {problem}", file=sys.stderr)
     if problems:

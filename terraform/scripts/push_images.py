@@ -1,9 +1,9 @@
 """`make push-images`: the three images built, then pushed to ECR under IMAGE_TAG.
 
-  python -m terraform.scripts.push_images REPOSITORIES_JSON IMAGE_TAG --region R
+  python -m terraform.scripts.push_images OUTPUTS IMAGE_TAG
 
-REPOSITORIES_JSON is `terraform output -json ecr_repository_urls`. Every image is built
-before any is pushed: a failed build pushes nothing. ECR's tags are immutable
+OUTPUTS is the deployment's `terraform output -json` in a file (make's TF_OUTPUTS).
+Every image is built before any is pushed: a failed build pushes nothing. ECR's tags are immutable
 (modules/ecr): a tag once pushed stays, and a second push of it fails. So a push that
 fails midway names what is in ECR and what is not, and the next run builds and pushes
 only what ECR does not hold under the tag. ECR scans each image as it is pushed: make
@@ -12,12 +12,11 @@ runs image_scan.py next, which stops the deploy on a critical finding."""
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
+from terraform.scripts.post_apply import load_outputs
 from terraform.scripts.rehearsal.images import IMAGES
 
 
@@ -95,17 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("repositories", type=Path)
+    parser.add_argument("outputs")
     parser.add_argument("tag")
-    parser.add_argument("--region", required=True)
     args = parser.parse_args(argv)
 
     import boto3
 
-    repositories = json.loads(args.repositories.read_text())
+    outputs = load_outputs(args.outputs)
+    repositories, region = outputs["ecr_repository_urls"], outputs["aws_region"]
     try:
-        login(next(iter(repositories.values())).split("/", 1)[0], args.region)
-        lines = publish(repositories, args.tag, boto3.client("ecr", region_name=args.region))
+        login(next(iter(repositories.values())).split("/", 1)[0], region)
+        lines = publish(repositories, args.tag, boto3.client("ecr", region_name=region))
     except Stopped as exc:
         print(f"push-images: {exc}", file=sys.stderr)
         return 1

@@ -249,13 +249,29 @@ def test_a_critical_finding_blocks_the_deploy_and_lesser_ones_do_not(ecr, moto_s
 
 
 def test_push_images_runs_the_gate_after_the_pushes() -> None:
-    """The builds and pushes are push_images.py's (tested below), the scan's gate after them."""
+    """The builds and pushes are push_images.py's (tested below), the scan's gate after them;
+    both read the outputs file the preflight's `outputs` check wrote."""
     recipe = (TERRAFORM_DIR / "aws.mk").read_text().split("\npush-images:")[1].split("\n\n")[0]
-    assert "-m terraform.scripts.push_images .churnops/ecr-repositories.json" in recipe
     assert "docker push" not in recipe
-    assert recipe.rstrip().endswith(
-        "scripts/image_scan.py .churnops/ecr-repositories.json $(IMAGE_TAG) --region $$region"
-    )
+    assert "outputs" in recipe.splitlines()[1]
+    assert recipe.rstrip().splitlines()[-2:] == [
+        "\t$(TF_PY) -m terraform.scripts.push_images $(TF_OUTPUTS) $(IMAGE_TAG)",
+        "\t$(TF_PY) -m terraform.scripts.image_scan $(TF_OUTPUTS) $(IMAGE_TAG)",
+    ]
+
+
+def test_the_gate_finds_the_repositories_and_region_in_the_outputs(
+    ecr, moto_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    _, urls = ecr
+    outputs = tmp_path / "outputs.json"
+    values = {"ecr_repository_urls": urls, "aws_region": tf_local.REGION}
+    outputs.write_text(json.dumps({k: {"value": v} for k, v in values.items()}))
+    for name, value in tf_local.emulator_credentials(moto_server).items():
+        monkeypatch.setenv(name, value)
+    assert image_scan.main([str(outputs), TAG, "--timeout", "0"]) == 1
+    said = capsys.readouterr().err.splitlines()
+    assert said == [f"image scan: {name}:{TAG}: scan PENDING" for name in urls]
 
 
 def test_push_images_builds_all_before_pushing_and_a_second_run_pushes_the_rest(
