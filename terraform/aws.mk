@@ -95,7 +95,7 @@ tunnel: TF_NEEDS = aws-cli session-manager-plugin
 tunnel: tf-init $(TF_PREREQ) ## A UI on localhost through SSM, SERVICE=mlflow|prefect-server|evidently|grafana (AWS CLI + Session Manager plugin)
 	@test -n "$(SERVICE)" || { echo "usage: make tunnel SERVICE=mlflow|prefect-server|evidently|grafana"; exit 1; }
 	@$(TF_PREFLIGHT) outputs
-	$(TF_PY) $(TF_DIR)/scripts/tunnel.py $(TF_OUTPUTS) $(SERVICE)
+	$(TF_PY) -m terraform.scripts.tunnel $(TF_OUTPUTS) $(SERVICE)
 
 apply-local: $(TF_PREREQ) ## Apply the whole module against moto on loopback (no AWS account)
 	$(TF_PY) $(TF_DIR)/scripts/tf_local.py up --workdir $(TF_LOCAL_WORKDIR)

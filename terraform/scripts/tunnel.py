@@ -2,7 +2,7 @@
 port forward into one of its ECS tasks (ECS Exec), so IAM decides who may open it and
 nothing is opened in the load balancer or security groups.
 
-  tunnel.py OUTPUTS SERVICE [--local-port N] [--print]
+  python -m terraform.scripts.tunnel OUTPUTS SERVICE [--local-port N] [--print]
 
 OUTPUTS is `terraform output -json` (or "-"); needs the AWS CLI and its Session Manager
 plugin. --print only prints the command. No secret is read or printed."""
@@ -15,8 +15,9 @@ import os
 import shutil
 import sys
 import urllib.parse
-from pathlib import Path
 from typing import Any
+
+from terraform.scripts.post_apply import load_outputs
 
 #: The secret a user needs on the far side of the tunnel, by service (an output name).
 SIGN_IN = {
@@ -28,11 +29,6 @@ SIGN_IN = {
 
 class TunnelError(RuntimeError):
     """No tunnel can be opened; the message says why and what to do."""
-
-
-def load_outputs(source: str) -> dict[str, Any]:
-    raw = json.load(sys.stdin) if source == "-" else json.loads(Path(source).read_text())
-    return {k: (v["value"] if isinstance(v, dict) and "value" in v else v) for k, v in raw.items()}
 
 
 def service_port(outputs: dict[str, Any], service: str) -> int:

@@ -293,5 +293,5 @@ def test_make_tunnel_needs_a_service() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (
-        "terraform/scripts/tunnel.py .churnops/terraform-stg-outputs.json grafana" in result.stdout
+        "-m terraform.scripts.tunnel .churnops/terraform-stg-outputs.json grafana" in result.stdout
     )
