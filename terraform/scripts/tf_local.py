@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -108,10 +109,15 @@ def start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
     return proc, endpoint
 
 
-#: What terraform says when its provider retried an AuthorizeSecurityGroup call that a
-#: loaded moto had already carried out: the rule "already exists". The rule is in moto
-#: but in no state, so a second apply on that server fails alike; a fresh one does not.
-EMULATOR_RETRY_RACE = "InvalidPermission.Duplicate"
+#: What terraform says when its provider's SDK retried a create (after a transport error on
+#: loopback) that a loaded moto had already carried out: the thing "already exists" (a rule:
+#: InvalidPermission.Duplicate, a role: EntityAlreadyExists, a log group, a secret, ...).
+#: It is in moto but in no state, so a second apply on that server fails alike; a fresh one
+#: does not. On a fresh server nothing else can exist: a module that names two things alike
+#: fails the second apply too, which raises.
+EMULATOR_RETRY_RACE = re.compile(
+    r"already exists?|Duplicate|ResourceExists|ResourceConflict|PriorityInUse", re.IGNORECASE
+)
 
 T = TypeVar("T")
 
@@ -131,7 +137,7 @@ def on_fresh_moto(
     try:
         return apply(endpoint, "first")
     except RuntimeError as exc:
-        if EMULATOR_RETRY_RACE not in str(exc):
+        if not EMULATOR_RETRY_RACE.search(str(exc)):
             raise
     terminate_groups([proc.pid], grace=5.0)
     proc.wait(timeout=10)  # reaped: no zombie beside the second server

@@ -197,7 +197,7 @@ def test_terraforms_errors_are_named_whether_or_not_its_output_is_captured(
     """`make apply-local` streams terraform's progress; the error raised must still carry
     terraform's stderr, which is what the retry-race rule reads."""
     fake = tmp_path / "terraform"
-    race = f"{tf_local.EMULATOR_RETRY_RACE}: rule exists"
+    race = "InvalidPermission.Duplicate: rule exists"
     fake.write_text(f"#!/bin/sh\necho planning\necho '{race}' >&2\nexit 1\n")
     fake.chmod(0o755)
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
@@ -224,7 +224,7 @@ echo "$AWS_ENDPOINT_URL" >> {applied}
 [ -e "$module/stale" ] && exit 2
 [ $(wc -l < {applied}) -gt 1 ] && exit 0
 touch "$module/stale"
-echo '{tf_local.EMULATOR_RETRY_RACE}: rule exists' >&2
+echo 'creating IAM Role (worker): EntityAlreadyExists: Role with name worker already exists.' >&2
 exit 1
 """
     )
