@@ -296,6 +296,13 @@ def test_a_write_whose_commit_answer_is_lost_is_not_stored_twice(
     )
     assert lost and len(store.realized(run_id)) == 2
     lost.clear()
+    assert start(store, run_id="run-3") == "run-3"  # its retry found its own row
+    assert lost and len(store.runs()) == 3
+    lost.clear()
+    verdict = {"model_name": "M", "reason": "why", "trigger": "auto", "event": "promoted"}
+    store.record_model_event(version="2", mlflow_run_id="mlflow-run", **verdict)
+    assert lost and len(store.model_events()) == 1
+    lost.clear()
     assert store.acquire_lock("retrain", "me", 60)  # its retry found its own row: taken
     assert lost and store.lock_state("retrain").holder == "me"
     assert not store.acquire_lock("retrain", "another", 60)

@@ -370,7 +370,7 @@ class MetricsStore:
             "status": RUNNING,
             "started_at": started_at or datetime.now(UTC),
         }
-        self._write(insert(pipeline_runs), fitted(pipeline_runs, row))
+        self._write_once(pipeline_runs, "id", run_id, [row])
         return run_id
 
     def _execute(self, statement: Any, rows: Any = None) -> int:
@@ -473,8 +473,13 @@ class MetricsStore:
         return self._frame(realized_scores, run_id)
 
     def record_model_event(self, **row: Any) -> None:
-        """One retraining verdict (columns of ``model_events``; ``at`` defaults to now)."""
-        self._write(insert(model_events), {"at": datetime.now(UTC), **row})
+        """One retraining verdict (columns of ``model_events``; ``at`` defaults to now), once
+        per MLflow run when it names one."""
+        row = {"at": datetime.now(UTC), **row}
+        if run := row.get("mlflow_run_id"):
+            self._write_once(model_events, "mlflow_run_id", run, [row])
+        else:
+            self._write(insert(model_events), row)
 
     def last_verdict_at(self) -> datetime | None:
         """When the last retraining reached a verdict, if one did: the cooldown counts from
