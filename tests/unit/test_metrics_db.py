@@ -298,6 +298,8 @@ def test_a_write_whose_commit_answer_is_lost_is_not_stored_twice(
     lost.clear()
     assert start(store, run_id="run-3") == "run-3"  # its retry found its own row
     assert lost and len(store.runs()) == 3
+    with pytest.raises(IntegrityError):  # another start of that attempt: not its row
+        start(store, run_id="run-3")
     lost.clear()
     verdict = {"model_name": "M", "reason": "why", "trigger": "auto", "event": "promoted"}
     store.record_model_event(version="2", mlflow_run_id="mlflow-run", **verdict)

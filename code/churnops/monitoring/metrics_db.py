@@ -370,8 +370,25 @@ class MetricsStore:
             "status": RUNNING,
             "started_at": started_at or datetime.now(UTC),
         }
-        self._write_once(pipeline_runs, "id", run_id, [row])
+        tries = []
+
+        def insert_row() -> None:
+            tries.append(1)
+            try:
+                self._execute(insert(pipeline_runs), fitted(pipeline_runs, row))
+            except IntegrityError:
+                # The row's id is one attempt's: of concurrent starts one wins. A retry that
+                # finds the row this call stored (its commit's answer was lost) wins too.
+                if len(tries) == 1 or self._started_at(run_id) != row["started_at"]:
+                    raise
+
+        self._retry(insert_row)
         return run_id
+
+    def _started_at(self, run_id: str) -> datetime | None:
+        query = select(pipeline_runs.c.started_at).where(pipeline_runs.c.id == run_id)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar()
 
     def _execute(self, statement: Any, rows: Any = None) -> int:
         with self.engine.begin() as conn:
