@@ -204,10 +204,7 @@ def _print_verdict(outcome: Outcome) -> None:
 
 
 @app.command()
-def retrain(
-    trials: Trials = 0,
-    force: Force = False,
-) -> None:
+def retrain(trials: Trials = 0, force: Force = False) -> None:
     """Retrain on the training file plus the labeled files processed since, and gate it.
 
     Both versions are judged on the newest labeled rows the deployed one has not learned.

@@ -12,11 +12,7 @@ import pandas as pd
 import shap
 import xgboost as xgb
 from matplotlib.figure import Figure
-from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    PrecisionRecallDisplay,
-    RocCurveDisplay,
-)
+from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
 
 def confusion_matrix(y: np.ndarray, labels: np.ndarray, title: str) -> Figure:

@@ -245,16 +245,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _runs_table(runs: pd.DataFrame) -> str:
-    header = [
-        "started (UTC)",
-        "file",
-        "model version",
-        "kind",
-        "status",
-        "rows",
-        "report",
-        "error",
-    ]
+    header = ["started (UTC)", "file", "model version", "kind", "status", "rows", "report", "error"]
     rows = [
         [
             _cell(row.started_at.strftime("%Y-%m-%d %H:%M")),

@@ -19,14 +19,7 @@ from typing import Any, Protocol
 from churnops import pipeline
 from churnops.drop import claims
 from churnops.drop.keys import DROP_PREFIXES, is_folder_marker, not_a_drop
-from churnops.drop.storage import (
-    DropStorage,
-    ObjectInfo,
-    brief,
-    printable,
-    run_folders,
-    run_key,
-)
+from churnops.drop.storage import DropStorage, ObjectInfo, brief, printable, run_folders, run_key
 from churnops.monitoring import ops_metrics
 from churnops.monitoring.metrics_db import ERRORED, FAILED, PROCESSED, RUNNING, MetricsStore
 from churnops.pipeline import per_file, retrain_trigger

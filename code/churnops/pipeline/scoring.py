@@ -115,10 +115,7 @@ def score_file(
     chunks = 0
     with storage.open_read(processing_key) as stream, _sink(storage, key, kept) as out:
         reader = CustomerReader(
-            stream,
-            name=name,
-            id_columns=drop.id_columns,
-            max_bytes=drop.max_file_bytes,
+            stream, name=name, id_columns=drop.id_columns, max_bytes=drop.max_file_bytes
         )
         for part in _timed(reader.parts(), seconds, "read and validate"):
             frame = part.frame  # the contract's columns only: pass-through ones never go further
