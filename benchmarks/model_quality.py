@@ -34,6 +34,7 @@ from churnops.model.registry import (
     row_keys,
     train_and_register,
 )
+from churnops.monitoring.alerts import apart
 from churnops.monitoring.attribution import mean_abs_shap
 from churnops.settings import Settings, get_settings
 
@@ -127,22 +128,14 @@ def logged_costs(loaded: LoadedModel) -> str:
 
 
 def bar_misses(file_name: str, f1: float, roc_auc: float) -> list[str]:
-    """What of the bar ours misses on ``file_name`` (empty: met there)."""
-    misses = []
-    if f1 < MIN_F1:
-        misses.append(f"F1 {below(f1, MIN_F1)} < {MIN_F1} on {file_name}")
-    if roc_auc < MIN_ROC_AUC:
-        misses.append(f"ROC AUC {below(roc_auc, MIN_ROC_AUC)} < {MIN_ROC_AUC} on {file_name}")
-    return misses
-
-
-def below(value: float, minimum: float) -> str:
-    """``value`` with the decimals that show it below ``minimum`` (0.96996 is "0.9700"
-    at four, which read as no miss of 0.97)."""
-    digits = 3
-    while round(value, digits) >= minimum and digits < 9:
-        digits += 1
-    return f"{value:.{digits}f}"
+    """What of the bar ours misses on ``file_name`` (empty: met there), each value with the
+    decimals that show it below its minimum (0.96996 is "0.970" at three: no miss of 0.97)."""
+    bar = (("F1", f1, MIN_F1), ("ROC AUC", roc_auc, MIN_ROC_AUC))
+    return [
+        f"{name} {apart(value, minimum, 3, 'f')[0]} < {minimum} on {file_name}"
+        for name, value, minimum in bar
+        if value < minimum
+    ]
 
 
 def bar_verdict(misses: list[str]) -> str:

@@ -198,7 +198,7 @@ def _subject(summary: str, file_name: str, model: str) -> str:
 
 def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -> str:
     features = sum(c.column != PREDICTION for c in result.columns)  # the prediction is none
-    share, limit = _apart(a.drifted_share, a.drift_threshold, 1, "%")
+    share, limit = apart(a.drifted_share, a.drift_threshold, 1, "%")
     lines = [
         f"ChurnOps alert: {a.summary}",
         "",
@@ -229,11 +229,11 @@ def _body(file_name: str, model: str, a: Assessment, result: MonitoringResult) -
 
 
 def _low_line(score: LowScore) -> str:
-    value, minimum = _apart(score.value, score.minimum, 3, "f")
+    value, minimum = apart(score.value, score.minimum, 3, "f")
     return f"  - {score.metric}: {value} < minimum {minimum}"
 
 
-def _apart(value: float, limit: float, digits: int, kind: str) -> tuple[str, str]:
+def apart(value: float, limit: float, digits: int, kind: str) -> tuple[str, str]:
     """Both numbers with ``digits`` decimals, more when that would print them equal: an
     F1 of 0.6996 under a minimum of 0.7 reads "0.6996 < minimum 0.7000", not "0.700 <
     minimum 0.700"."""
