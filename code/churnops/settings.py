@@ -60,6 +60,8 @@ MLFLOW_CLIENT_ENV: dict[str, str] = {
 
 #: The highest TCP port: a setting beyond it is refused when read, not when bound.
 MAX_PORT = 65535
+#: A port setting of the local platform (0: pick one).
+Port = Annotated[int, Field(ge=0, le=MAX_PORT)]
 
 #: ``scheme://user:password@``: the password of a URL quoted in a message.
 _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/@:]*):[^\s/@]*@")
@@ -350,24 +352,18 @@ class PlatformSettings(CommonSettings):
         description="Address the local services bind to. They have no sign-in: another "
         "address (0.0.0.0) opens Prefect's API and the Evidently UI to its whole network.",
     )
-    prefect_port: int = Field(
+    prefect_port: Port = Field(
         4200,
-        ge=0,
-        le=MAX_PORT,
         description="Local Prefect server port (0: the last `up`'s of this home while it is "
         "free, else a free one).",
     )
-    mlflow_port: int = Field(
+    mlflow_port: Port = Field(
         5000,
-        ge=0,
-        le=MAX_PORT,
         description="Local MLflow server port (0: the last `up`'s of this home while it is "
         "free, else a free one).",
     )
-    evidently_port: int = Field(
+    evidently_port: Port = Field(
         8000,
-        ge=0,
-        le=MAX_PORT,
         description="Local Evidently UI port (0: the last `up`'s of this home while it is "
         "free, so stored report links keep working, else a free one; a report stored while "
         "no platform runs then has no link).",
