@@ -37,6 +37,8 @@ RAW_COLUMNS: dict[str, str] = {
     "Customer Value": "customer_value",
     "Churn": TARGET,
 }
+#: Clean name -> the raw UCI header (what a predictions file and a model's example show).
+RAW_NAMES: dict[str, str] = {clean: raw for raw, clean in RAW_COLUMNS.items()}
 
 #: Every input column (all but the target), clean names.
 INPUT_COLUMNS: list[str] = [c for c in RAW_COLUMNS.values() if c != TARGET]
@@ -200,9 +202,8 @@ def _spelled_twice(known: dict[str, str]) -> list[str]:
 
 def _misspellings(passthrough: Sequence[str], missing: Sequence[str]) -> list[str]:
     """Name the pass-through column that looks like a missing one ('Complaints', 'Complains')."""
-    raw_of = {clean: raw for raw, clean in RAW_COLUMNS.items()}
     return [
-        f"column '{raw}' is no feature or label: is it '{raw_of[close[0]]}' misspelled?"
+        f"column '{raw}' is no feature or label: is it '{RAW_NAMES[close[0]]}' misspelled?"
         for raw in passthrough
         if (close := difflib.get_close_matches(clean_name(raw), missing, n=1, cutoff=0.8))
     ]

@@ -35,7 +35,7 @@ from mlflow.utils.logging_utils import disable_logging
 
 from churnops import retry
 from churnops.data.features import prepare_features
-from churnops.data.schema import RAW_COLUMNS, clean_columns
+from churnops.data.schema import RAW_NAMES, clean_columns
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import ModelSettings, hide_credentials, without_credentials
 
@@ -47,8 +47,6 @@ FEATURES_CONFIG = "features"
 THRESHOLD_CONFIG = "threshold"
 #: Found by path, not imported: running it calls ``mlflow.models.set_model``.
 MODEL_CODE = Path(__file__).with_name("model_code.py")
-#: Clean column name -> the raw UCI header it comes from.
-RAW_NAMES: dict[str, str] = {clean: raw for raw, clean in RAW_COLUMNS.items()}
 #: Re-entrant: a memoized value may use another (the attribution uses the reference).
 _memo_lock = threading.RLock()
 _T = TypeVar("_T")

@@ -31,11 +31,10 @@ from mlflow.exceptions import MlflowException
 
 from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
-from churnops.data.schema import TARGET
+from churnops.data.schema import RAW_NAMES, TARGET
 from churnops.model import plots, training
 from churnops.model.churn_model import (
     MODEL_CODE,
-    RAW_NAMES,
     REFERENCE_ARTIFACT,
     XGB_ARTIFACT,
     ChurnModel,

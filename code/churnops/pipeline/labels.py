@@ -25,6 +25,7 @@ from churnops.data.identifiers import IdentifierCheck
 from churnops.data.reading import CustomerReader
 from churnops.data.schema import (
     RAW_COLUMNS,
+    RAW_NAMES,
     TARGET,
     DataValidationError,
     clean_name,
@@ -366,5 +367,5 @@ def _write_labeled_rows(
     key = run_key("processing", run, labeled_rows_name(name))
     features = [c for c in RAW_COLUMNS if c in matched.columns and clean_name(c) != TARGET]
     frame = matched[features].apply(pd.to_numeric).reset_index(drop=True)
-    label = pd.DataFrame({next(r for r in RAW_COLUMNS if clean_name(r) == TARGET): actual})
+    label = pd.DataFrame({RAW_NAMES[TARGET]: actual})
     _create(storage, key, csv_bytes(frame, label))

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from churnops.data.reading import CustomerReader, Part, refuse_oversize
-from churnops.data.schema import RAW_COLUMNS, TARGET, DataValidationError
+from churnops.data.schema import RAW_NAMES, TARGET, DataValidationError
 from churnops.drop.storage import (
     MAX_WRITTEN_NAME_BYTES,
     DropStorage,
@@ -37,7 +37,6 @@ from churnops.settings import DropSettings
 
 log = logging.getLogger(__name__)
 
-_RAW_NAMES = {clean: raw for raw, clean in RAW_COLUMNS.items()}
 #: The drift sample is the same for the same file, run after run.
 SAMPLE_SEED = 20_26
 #: Rows of a file's seeded uniform sample that drift is measured on (counts, churn rate
@@ -127,7 +126,7 @@ def score_file(
             if drop.neutralise_formulas:
                 passthrough = passthrough.apply(neutralised)
             # copy=False: pandas 2 copies every column of a renamed or joined frame.
-            written = (passthrough, frame.rename(columns=_RAW_NAMES, copy=False), scored)
+            written = (passthrough, frame.rename(columns=RAW_NAMES, copy=False), scored)
             out.write(csv_bytes(*written, header=chunks == 0))
             seconds["write"] += time.perf_counter() - started
             rows = pd.concat([frame, scored], axis=1, copy=False)
