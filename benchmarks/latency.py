@@ -23,7 +23,6 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -34,7 +33,7 @@ import numpy as np
 
 from benchmarks.pipeline import peak_rss_mb, source_file, step_durations
 from churnops.drop.storage import LocalDropStorage, stage_key
-from churnops.platform.services import PlatformState
+from churnops.platform.services import PlatformState, bin_path
 from churnops.settings import Settings, get_settings
 
 START_TIMEOUT = 900.0
@@ -60,7 +59,7 @@ def start_platform(settings: Settings, env_extra: dict[str, str] | None = None) 
     settings.home.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("churnops")), "up"],
+            [bin_path("churnops"), "up"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

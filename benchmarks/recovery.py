@@ -29,7 +29,7 @@ from benchmarks.latency import drop, final_stage, start_platform
 from benchmarks.pipeline import source_file
 from churnops.drop.claims import Lease
 from churnops.monitoring.metrics_db import MetricsStore
-from churnops.platform.services import PlatformState
+from churnops.platform.services import PlatformState, bin_path
 from churnops.settings import Settings, get_settings
 
 TIMEOUT = 900.0
@@ -122,7 +122,7 @@ def cold_process(settings: Settings, rows_file: Path, count: int = 3) -> list[fl
         MLFLOW_TRACKING_URI=str(state.services["mlflow"]["url"]),
         EVIDENTLY_UI_URL=str(state.services["evidently"]["url"]),
     )
-    churnops = str(Path(sys.executable).with_name("churnops"))
+    churnops = bin_path("churnops")
     timings = []
     for index in range(count):
         target = rows_file.with_name(f"cold_{index}.csv")
