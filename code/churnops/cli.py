@@ -434,7 +434,6 @@ def status() -> None:
     drop = _settings().drop
     if drop.drop_storage == "local" and not drop.drop_dir.is_dir():  # a look makes nothing
         console.print(f"no drop folder at {drop.drop_dir} yet: churnops up makes it")
-        files = []
     else:
         files = list_files(_drop(drop.drop_uri))
         table = Table("stage", "run", "file", "note", title="files")
