@@ -4,6 +4,7 @@ root module against moto, applied early in the background."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +29,23 @@ def terraform_bin() -> str:
     version = subprocess.run([path, "version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("Terraform v1."), version.stdout
     return path
+
+
+#: Nothing an AWS SDK could find credentials in: no keys, no profile files, no instance role.
+NO_CREDENTIALS = {
+    "AWS_CONFIG_FILE": "/nonexistent/config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@pytest.fixture
+def no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AWS_* variable in this process's environment but :data:`NO_CREDENTIALS`."""
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in NO_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
 
 
 #: An override that leaves the variable at its default (the emulator's tfvars set it).

@@ -12,7 +12,6 @@ and its task-role policy is checked on the moto deployment (test_apply_moto.py).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -250,6 +249,7 @@ def test_print_gives_the_port_forward_into_the_task(
     assert parameters == {"portNumber": ["5000"], "localPortNumber": ["15000"]}
 
 
+@pytest.mark.usefixtures("no_credentials")
 def test_without_credentials_or_the_cli_the_tunnel_says_so_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -257,11 +257,6 @@ def test_without_credentials_or_the_cli_the_tunnel_says_so_in_one_line(
     credentials it ended in botocore's NoCredentialsError traceback, and without the AWS
     CLI it asked ECS first."""
     outputs = write_outputs(tmp_path)
-    for name in [name for name in os.environ if name.startswith("AWS_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     # boto3's default session keeps the credentials an earlier test's client resolved
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     monkeypatch.setattr(tunnel.shutil, "which", lambda name: f"/usr/bin/{name}")

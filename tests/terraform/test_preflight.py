@@ -17,14 +17,7 @@ import pytest
 from terraform.scripts import preflight
 from tests.processes import LOOPBACK, http_server
 
-from .conftest import REPO, TERRAFORM_DIR
-
-#: Nothing an AWS SDK could find credentials in: no keys, no profile files, no instance role.
-NO_CREDENTIALS = {
-    "AWS_CONFIG_FILE": "/nonexistent/config",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
+from .conftest import NO_CREDENTIALS, REPO, TERRAFORM_DIR
 
 
 def without_credentials(env: dict[str, str]) -> dict[str, str]:
@@ -107,12 +100,8 @@ def test_tfvars_copied_but_not_filled_in_name_the_values_left(tmp_path: Path) ->
 
 
 def test_credentials_docker_the_cli_and_a_saved_plan_are_named(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_credentials: None
 ) -> None:
-    for name in [name for name in os.environ if name.startswith("AWS_")]:
-        monkeypatch.delenv(name)
-    for name, value in NO_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
     assert missing("credentials").startswith("no AWS credentials found: set AWS_PROFILE")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
@@ -142,15 +131,11 @@ def test_credentials_docker_the_cli_and_a_saved_plan_are_named(
     ],
 )
 def test_credentials_aws_refuses_are_named_before_terraform_runs(
-    monkeypatch: pytest.MonkeyPatch, code: str, message: str
+    monkeypatch: pytest.MonkeyPatch, no_credentials: None, code: str, message: str
 ) -> None:
     """Credentials found but expired or revoked passed the check (boto3 only said they
     exist); Terraform's long error came after init. STS is asked who they are: a refusal
     is one line naming where the credentials came from and what to do."""
-    for name in [name for name in os.environ if name.startswith("AWS_")]:
-        monkeypatch.delenv(name)
-    for name, value in NO_CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     with sts_endpoint(403, sts_refusal(code, message)) as sts:
@@ -163,13 +148,11 @@ def test_credentials_aws_refuses_are_named_before_terraform_runs(
 
 
 def test_an_expired_sso_profile_names_the_login_and_no_network_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_credentials: None
 ) -> None:
     """A profile of SSO whose token has expired (no cached token at all here) and a
     profile that does not exist: botocore's errors, which were tracebacks. Nothing listening
     where STS should be: one line too."""
-    for name in [name for name in os.environ if name.startswith("AWS_")]:
-        monkeypatch.delenv(name)
     config = tmp_path / "config"
     config.write_text(
         "[profile ops]\nsso_start_url = https://example.awsapps.com/start\n"
