@@ -31,6 +31,15 @@ def terraform_bin() -> str:
     return path
 
 
+def fake_command(bin_dir: Path, name: str, script: str) -> Path:
+    """An executable shell script ``bin_dir/name`` standing in for a tool (terraform, docker)."""
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return path
+
+
 #: Nothing an AWS SDK could find credentials in: no keys, no profile files, no instance role.
 NO_CREDENTIALS = {
     "AWS_CONFIG_FILE": "/nonexistent/config",

@@ -14,7 +14,7 @@ import pytest
 
 from churnops.platform.services import live_groups, terminate_groups
 
-from .conftest import tf_local
+from .conftest import fake_command, tf_local
 
 
 def test_ctrl_c_lets_terraform_stop_gracefully_and_write_its_state(
@@ -24,12 +24,12 @@ def test_ctrl_c_lets_terraform_stop_gracefully_and_write_its_state(
     terraform a quarter second later, before it wrote its state ("Please wait for Terraform
     to exit or data loss may occur"), and the script printed a KeyboardInterrupt traceback."""
     ready, state = tmp_path / "ready", tmp_path / "state"
-    fake = tmp_path / "terraform"
-    fake.write_text(
-        f"#!/bin/sh\ntrap 'sleep 1; echo saved > {state}; exit 1' INT\ntouch {ready}\n"
-        "while :; do sleep 0.1; done\n"
+    fake_command(
+        tmp_path,
+        "terraform",
+        f"trap 'sleep 1; echo saved > {state}; exit 1' INT\ntouch {ready}\n"
+        "while :; do sleep 0.1; done",
     )
-    fake.chmod(0o755)
     communicate = subprocess.Popen.communicate
     calls: list[subprocess.Popen] = []
 

@@ -17,7 +17,7 @@ import pytest
 from terraform.scripts import preflight
 from tests.processes import LOOPBACK, http_server
 
-from .conftest import NO_CREDENTIALS, REPO, TERRAFORM_DIR
+from .conftest import NO_CREDENTIALS, REPO, TERRAFORM_DIR, fake_command
 
 
 def without_credentials(env: dict[str, str]) -> dict[str, str]:
@@ -62,13 +62,6 @@ def sts_endpoint(status: int, body: str) -> Iterator[str]:
 
     with http_server(Answer) as server:
         yield f"http://{LOOPBACK}:{server.server_port}"
-
-
-def fake_command(bin_dir: Path, name: str, script: str) -> None:
-    bin_dir.mkdir(exist_ok=True)
-    path = bin_dir / name
-    path.write_text(f"#!/bin/sh\n{script}\n")
-    path.chmod(0o755)
 
 
 def missing(*checks: str, **options: object) -> str:

@@ -42,7 +42,7 @@ from terraform.scripts.rehearsal.deployment import (
 from terraform.scripts.rehearsal.mapping import Mapper, Paths, command
 from terraform.scripts.rehearsal.services import connect, notification_for, s3_event
 
-from .conftest import REPO, TERRAFORM_DIR, tf_local
+from .conftest import REPO, TERRAFORM_DIR, fake_command, tf_local
 
 SKIP_RE = re.compile(r"#\s*checkov:skip=([A-Z0-9_]+)(:?)(.*)")
 DECLARED = set(
@@ -196,10 +196,8 @@ def test_terraforms_errors_are_named_whether_or_not_its_output_is_captured(
 ) -> None:
     """`make apply-local` streams terraform's progress; the error raised must still carry
     terraform's stderr, which is what the retry-race rule reads."""
-    fake = tmp_path / "terraform"
     race = "InvalidPermission.Duplicate: rule exists"
-    fake.write_text(f"#!/bin/sh\necho planning\necho '{race}' >&2\nexit 1\n")
-    fake.chmod(0o755)
+    fake_command(tmp_path, "terraform", f"echo planning\necho '{race}' >&2\nexit 1")
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
     for capture in (True, False):
         with pytest.raises(RuntimeError, match=f"^apply failed with 1\n(planning\n\n)?{race}\n$"):
@@ -214,21 +212,19 @@ def test_apply_local_meets_the_retry_race_then_applies_on_a_fresh_moto(
     """`make apply-local` (tf_local.up) with a terraform whose first apply meets the race:
     that moto is stopped, the second apply runs on a new one from a clean module folder,
     and the state file names the server `down` destroys against and stops."""
-    applied, fake = tmp_path / "applied", tmp_path / "bin" / "terraform"
-    fake.parent.mkdir()
-    fake.write_text(
-        f"""#!/bin/sh
-[ "$2" = apply ] || exit 0
+    applied = tmp_path / "applied"
+    fake = fake_command(
+        tmp_path / "bin",
+        "terraform",
+        f"""[ "$2" = apply ] || exit 0
 module="${{1#-chdir=}}"
 echo "$AWS_ENDPOINT_URL" >> {applied}
 [ -e "$module/stale" ] && exit 2
 [ $(wc -l < {applied}) -gt 1 ] && exit 0
 touch "$module/stale"
 echo 'creating IAM Role (worker): EntityAlreadyExists: Role with name worker already exists.' >&2
-exit 1
-"""
+exit 1""",
     )
-    fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
     workdir = tmp_path / "work"
     try:
@@ -370,12 +366,13 @@ def test_ctrl_c_in_a_rehearsal_is_one_line_after_its_clean_up(
 def test_a_destroy_that_fails_once_is_run_again(tmp_path: Path) -> None:
     """The provider's retried DeleteTargetGroup stops a loaded moto's destroy; the second
     destroy finishes it (make destroy-local and the tests alike). A second failure raises."""
-    fake, tries = tmp_path / "terraform", tmp_path / "tries"
-    fake.write_text(
-        f'#!/bin/sh\n[ "$2" = destroy ] || exit 0\necho x >> {tries}\n'
-        f"[ $(wc -l < {tries}) -gt $FAILURES ] || {{ echo TargetGroupNotFound >&2; exit 1; }}\n"
+    tries = tmp_path / "tries"
+    fake_command(
+        tmp_path,
+        "terraform",
+        f'[ "$2" = destroy ] || exit 0\necho x >> {tries}\n'
+        f"[ $(wc -l < {tries}) -gt $FAILURES ] || {{ echo TargetGroupNotFound >&2; exit 1; }}",
     )
-    fake.chmod(0o755)
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "FAILURES": "1"}
     tf_local.destroy(tmp_path, env, capture=True)
     assert len(tries.read_text().split()) == 2

@@ -25,7 +25,7 @@ from churnops.platform.deployments import NAMES, deployments
 from churnops.settings import get_settings
 from terraform.scripts import image_scan, push_images
 
-from .conftest import REPO, TERRAFORM_DIR, tf_local
+from .conftest import REPO, TERRAFORM_DIR, fake_command, tf_local
 
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 PLAN = REPO / ".github" / "workflows" / "plan.yml"
@@ -291,17 +291,16 @@ def test_push_images_builds_all_before_pushing_and_a_second_run_pushes_the_rest(
         for name in ("grafana", "orchestration", "s3-to-prefect-lambda")
     }
     calls = tmp_path / "calls"
-    (tmp_path / "bin").mkdir()
-    docker = tmp_path / "bin" / "docker"
-    docker.write_text(
-        f'#!/bin/sh\necho "$*" >> {calls}\n'
+    fake_command(
+        tmp_path / "bin",
+        "docker",
+        f'echo "$*" >> {calls}\n'
         'case "$1" in\n'
         '  build) [ -n "$FAIL_BUILD" ] && case "$*" in *"$FAIL_BUILD"*) exit 1;; esac;;\n'
         '  push) [ -n "$FAIL_PUSH" ] && case "$2" in *"$FAIL_PUSH"*) exit 1;; esac\n'
         f'        echo "pushed $2" >> {calls};;\n'
-        "esac\nexit 0\n"
+        "esac\nexit 0",
     )
-    docker.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
 
     def docker_did() -> list[str]:
