@@ -538,6 +538,10 @@ def test_container_insights_is_a_variable(planned: Plans) -> None:
 SERVICES = ("mlflow", "prefect-server", "worker", "evidently", "grafana")
 #: The database bootstrap: a one-off task with a group of its own (module ecs), no service.
 ONE_OFF = ("db-init",)
+#: Who may log in to the database (Evidently keeps its workspace on EFS).
+DATABASE_CLIENTS = ("mlflow", "prefect-server", "worker", "grafana", "db-init")
+#: The UIs the worker calls (Grafana it does not).
+WORKER_CALLS = ("prefect-server", "mlflow", "evidently")
 UI_PORTS = {"mlflow": 5000, "prefect-server": 4200, "evidently": 8000, "grafana": 3000}
 
 
@@ -580,10 +584,7 @@ def test_each_service_admits_only_its_callers_on_its_port(plan: Plan) -> None:
     lambda_in = "Prefect API from the S3-to-Prefect Lambda"
     assert ingress == sorted(
         [(ui, port, f"{ui} from the load balancer") for ui, port in UI_PORTS.items()]
-        + [
-            (f"worker>{ui}", UI_PORTS[ui], f"{ui} from worker")
-            for ui in ("prefect-server", "mlflow", "evidently")
-        ]
+        + [(f"worker>{ui}", UI_PORTS[ui], f"{ui} from worker") for ui in WORKER_CALLS]
         + [(lambda_in, PREFECT_PORT, lambda_in)]
     )
     egress = sorted(
@@ -592,14 +593,11 @@ def test_each_service_admits_only_its_callers_on_its_port(plan: Plan) -> None:
         if r.after.get("cidr_ipv4") is None and r.module in ("", "module.ecs")
     )
     assert egress == sorted(
-        [
-            (f'aws_vpc_security_group_egress_rule.database["{s}"]', 5432)
-            for s in ("mlflow", "prefect-server", "worker", "grafana", "db-init")
-        ]
+        [(f'aws_vpc_security_group_egress_rule.database["{s}"]', 5432) for s in DATABASE_CLIENTS]
         + [("aws_vpc_security_group_egress_rule.efs", 2049)]
         + [
             (f'module.ecs.aws_vpc_security_group_egress_rule.calls["worker>{ui}"]', UI_PORTS[ui])
-            for ui in ("prefect-server", "mlflow", "evidently")
+            for ui in WORKER_CALLS
         ]
         + [
             (f'module.ecs.aws_vpc_security_group_egress_rule.calls["{ui}"]', port)
@@ -622,7 +620,7 @@ def test_the_database_admits_its_clients_and_efs_only_evidently(plan: Plan) -> N
     database = {
         r.index for r in plan.of_type("aws_vpc_security_group_egress_rule") if r.name == "database"
     }
-    assert database == {"mlflow", "prefect-server", "worker", "grafana", "db-init"}
+    assert database == set(DATABASE_CLIENTS)
     efs = plan.configuration("aws_security_group.efs")
     assert (
         efs["expressions"]["ingress"]["references"][0]
