@@ -19,12 +19,6 @@ from tests.processes import LOOPBACK, http_server
 
 from .conftest import NO_CREDENTIALS, REPO, TERRAFORM_DIR, fake_command
 
-
-def without_credentials(env: dict[str, str]) -> dict[str, str]:
-    kept = {k: v for k, v in env.items() if not k.startswith("AWS_")}
-    return kept | NO_CREDENTIALS
-
-
 #: What STS answers GetCallerIdentity with credentials it takes.
 IDENTITY = (
     '<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
@@ -221,7 +215,8 @@ def run_make(tmp_path: Path, *args: str, credentials: bool) -> subprocess.Comple
     # A make of its own, as a user's: not a child of the lane's `make -j` (its jobserver
     # warning and "make[2]:" lines are not what a user sees).
     parent_make = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
-    env = without_credentials({k: v for k, v in os.environ.items() if k not in parent_make})
+    env = {k: v for k, v in os.environ.items() if k not in parent_make}
+    env = {k: v for k, v in env.items() if not k.startswith("AWS_")} | NO_CREDENTIALS
     env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
     if credentials:
         env |= {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
