@@ -48,21 +48,19 @@ def test_ctrl_c_lets_terraform_stop_gracefully_and_write_its_state(
     assert state.read_text() == "saved\n"
 
 
+#: What a stopped apply-local leaves, and what removes it.
+KEPT = "its moto server and what was applied are kept; make destroy-local removes them"
+
+
 @pytest.mark.parametrize(
     ("command", "error", "line"),
     [
         (
             "up",
             RuntimeError("apply failed with 1\nError: creating ..."),
-            "apply-local stopped (apply failed with 1, errors above): its moto server and"
-            " what was applied are kept; make destroy-local removes them",
+            f"apply-local stopped (apply failed with 1, errors above): {KEPT}",
         ),
-        (
-            "up",
-            KeyboardInterrupt(),
-            "apply-local stopped (interrupted): its moto server and what was applied are"
-            " kept; make destroy-local removes them",
-        ),
+        ("up", KeyboardInterrupt(), f"apply-local stopped (interrupted): {KEPT}"),
         (
             "down",
             RuntimeError("destroy failed with 1\nError: ..."),
