@@ -16,7 +16,6 @@ import os
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
 from sklearn.model_selection import train_test_split
 
 from benchmarks.pipeline import data_files
@@ -24,7 +23,12 @@ from churnops.data.features import FEATURES, prepare_features, target
 from churnops.data.reading import load_customer_file
 from churnops.data.schema import INPUT_COLUMNS
 from churnops.model import training
-from churnops.model.churn_model import ChurnModel, LoadedModel, load_aliased_model
+from churnops.model.churn_model import (
+    ChurnModel,
+    LoadedModel,
+    NoAliasedVersion,
+    load_aliased_model,
+)
 from churnops.model.registry import (
     CV_FOLDS,
     HOLDOUT_FRACTION,
@@ -98,7 +102,7 @@ def baseline_model(train_file: pd.DataFrame) -> ChurnModel:
 def staging_model(settings: Settings) -> LoadedModel:
     try:
         return load_aliased_model(settings.model)
-    except MlflowException:
+    except NoAliasedVersion:
         print(f"no staging model in {settings.home}: training one (fast path)")
         data_file = settings.model.churn_data_dir / settings.model.training_file
         train_and_register(settings, TrainingOptions(data_file=data_file))

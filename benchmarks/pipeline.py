@@ -43,7 +43,7 @@ def tracking_uri(settings: Settings, scratch: Path) -> str:
     """CHURNOPS_HOME's registry when it has a staging model, else a freshly trained one."""
     from mlflow.exceptions import MlflowException
 
-    from churnops.model.churn_model import load_aliased_model
+    from churnops.model.churn_model import NoAliasedVersion, load_aliased_model
     from churnops.model.registry import TrainingOptions, train_and_register
 
     local_db = settings.home / "mlflow" / "mlflow.db"
@@ -52,7 +52,7 @@ def tracking_uri(settings: Settings, scratch: Path) -> str:
             model = load_aliased_model(settings.model)
             print(f"model: {model.name} v{model.version} from {settings.model.tracking_uri}")
             return settings.model.tracking_uri
-        except MlflowException as exc:
+        except (MlflowException, NoAliasedVersion) as exc:
             print(f"no usable {settings.model.model_name}@{settings.model.model_alias}: {exc}")
     trained = settings.replace(churnops_home=scratch / "model-home")
     print(f"training a model (default parameters) in {trained.home} ...", flush=True)
