@@ -55,3 +55,7 @@ def test_the_attribution_benchmark_times_the_configured_budget_by_default() -> N
         50_000,
     ]
     assert attribution.row_budgets(0) == [50_000]  # attribution off: no file budget
+
+
+def test_a_pipeline_size_given_twice_or_the_source_s_is_measured_once():
+    assert pipeline.big_sizes([1050, 10_000, 10_000, 1_000_000]) == [10_000, 1_000_000]
