@@ -43,7 +43,7 @@ from churnops.pipeline.scoring import DRIFT_SAMPLE_ROWS, SAMPLE_SEED, DriftSampl
 from churnops.results import PREDICTION, PROBABILITY
 from churnops.settings import Settings, get_settings
 from devtools.screenshots import ScreenshotError, Services, staging_version
-from tests.fixtures.model import drop_and_process
+from tests.fixtures.model import drop_and_process, session_drop
 
 SOURCE = "customer_churn_1.csv"
 
@@ -256,11 +256,11 @@ def test_a_big_file_streams_through_s3_with_its_outputs_in_parts(
 
 @pytest.fixture
 def local(
-    scoring_drop: tuple[Settings, DropStorage], monkeypatch: pytest.MonkeyPatch
+    session_scoring: tuple[Settings, LoadedModel], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Settings, DropStorage]:
-    """The session model on a fresh local drop, 300-row chunks (4 for 1,050 rows)."""
+    """The session model on a fresh local drop, no Evidently UI; 300-row chunks (4 for 1,050)."""
     monkeypatch.setattr(reading, "CHUNK_ROWS", 300)
-    return scoring_drop
+    return session_drop(session_scoring, tmp_path)
 
 
 def test_a_bad_row_in_a_later_chunk_errors_the_file_with_nothing_written(
