@@ -192,8 +192,6 @@ def test_retrain_prints_the_verdict_and_a_refusal_exits_0(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """On a copy of the session model: retraining moves aliases."""
-    import mlflow
-
     name = f"CliRetrain-{uuid.uuid4().hex[:8]}"
     client = mlflow.MlflowClient(mlflow_server, registry_uri=mlflow_server)
     copy = client.copy_model_version(f"models:/{session_model}/1", name)
