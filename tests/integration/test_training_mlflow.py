@@ -12,10 +12,11 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -463,7 +464,7 @@ def test_auto_retraining_from_the_alert_step_serves_the_next_file_not_the_curren
         outcomes.append(retrain(settings, open_storage(settings.drop), options))
         return key
 
-    steps = per_file.Steps(send_alerts=_with_submit(submit))
+    steps = per_file.Steps(send_alerts=partial(per_file.send_alerts, submit=submit))
     first = world.drop(SYNTHETIC[0], steps=steps)
     (retrained,) = outcomes
     assert retrained.status == "promoted" and retrained.holdout_file == SYNTHETIC[0]
@@ -475,13 +476,6 @@ def test_auto_retraining_from_the_alert_step_serves_the_next_file_not_the_curren
 
     second = world.drop(SYNTHETIC[0], as_name="again.csv")
     assert second.model_version == retrained.version  # the next file gets the new one
-
-
-def _with_submit(submit: Callable) -> Callable:
-    def send_alerts(*args, **kwargs):
-        return per_file.send_alerts(*args, **{**kwargs, "submit": submit})
-
-    return send_alerts
 
 
 def test_the_retrain_deployment_gets_one_run_per_cooldown_window(prefect_server: str) -> None:
