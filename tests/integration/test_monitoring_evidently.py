@@ -141,9 +141,7 @@ def test_runs_land_in_one_project_with_their_tags(
         monitor(reference, scored(data_dir / n, seed=1), settings, n) for n in names
     ]
     workspace = Workspace(str(settings.monitoring.evidently_workspace_dir))
-    projects = workspace.search_project(drift.PROJECT)
-    assert len(projects) == 1
-    project = projects[0]
+    (project,) = workspace.search_project(drift.PROJECT)  # one project
     stored = {str(s) for s in workspace.list_runs(project.id)}
     assert stored == {r.snapshot_id for r in results}
     for name, result in zip(names, results, strict=True):
@@ -212,16 +210,15 @@ def test_a_project_lost_by_the_ui_is_made_again_with_its_dashboard(
 ) -> None:
     """The UI restarted over a deleted workspace: the attempt that finds the project gone
     fails, and its retry makes the project again, with the dashboard's panels."""
-    settings = ui_settings
     monkeypatch.setattr(drift, "PROJECT", "lost")  # a project of this test's own
     current = scored(data_dir / "customer_churn_1.csv", seed=1)
-    monitor(reference, current, settings, "before.csv")
-    workspace = drift.open_workspace(settings.monitoring)
+    monitor(reference, current, ui_settings, "before.csv")
+    workspace = drift.open_workspace(ui_settings.monitoring)
     (lost,) = workspace.search_project("lost")
     workspace.delete_project(lost.id)
     with pytest.raises(EvidentlyError, match="project not found"):
-        monitor(reference, current, settings, "after.csv")
-    monitor(reference, current, settings, "after.csv")  # the re-drive
+        monitor(reference, current, ui_settings, "after.csv")
+    monitor(reference, current, ui_settings, "after.csv")  # the re-drive
     (made,) = workspace.search_project("lost")
     assert made.id != lost.id
     titles = {p.title for p in workspace.get_dashboard(made.id).panels}
