@@ -83,21 +83,9 @@ def test_mlflow_models_predict_scores_the_raw_customer_file(
     source = data_dir / SOURCE
     assert "Call  Failure" in pd.read_csv(source, nrows=0).columns
     output = tmp_path / "predictions.json"
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "models",
-        "predict",
-        "-m",
-        f"models:/{settings.model.model_name}@{settings.model.model_alias}",
-        "-i",
-        str(source),
-        "-t",
-        "csv",
-        "--env-manager",
-        "local",
-        "-o",
-        str(output),
-    ]
+    uri = f"models:/{settings.model.model_name}@{settings.model.model_alias}"
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "predict", "-m", uri]
+    command += ["-i", str(source), "-t", "csv", "--env-manager", "local", "-o", str(output)]
     env = os.environ | {
         "MLFLOW_TRACKING_URI": settings.model.tracking_uri,
         # nothing of the model may need unpickling
