@@ -203,10 +203,7 @@ def test_a_frozen_ui_fails_the_call_in_bounded_time_then_works_again(
 
 
 def test_a_project_lost_by_the_ui_is_made_again_with_its_dashboard(
-    data_dir: Path,
-    reference: pd.DataFrame,
-    ui_settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
+    data_dir: Path, reference: pd.DataFrame, ui_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The UI restarted over a deleted workspace: the attempt that finds the project gone
     fails, and its retry makes the project again, with the dashboard's panels."""

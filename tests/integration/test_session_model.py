@@ -342,10 +342,7 @@ def test_extra_columns_travel_with_their_rows_and_change_no_prediction(
     ids=["misspelled feature", "output name taken"],
 )
 def test_header_errors_send_the_file_to_errored(
-    local: tuple[Settings, DropStorage],
-    data_dir: Path,
-    rename: dict[str, str],
-    problems: list[str],
+    local: tuple[Settings, DropStorage], data_dir: Path, rename: dict[str, str], problems: list[str]
 ) -> None:
     settings, storage = local
     frame = _with_extras(pd.read_csv(data_dir / SOURCE)).rename(columns=rename)
