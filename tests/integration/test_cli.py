@@ -196,12 +196,9 @@ def test_retrain_prints_the_verdict_and_a_refusal_exits_0(
     client = mlflow.MlflowClient(mlflow_server, registry_uri=mlflow_server)
     copy = client.copy_model_version(f"models:/{session_model}/1", name)
     client.set_registered_model_alias(name, "staging", copy.version)
-    for variable, value in {
-        "MLFLOW_TRACKING_URI": mlflow_server,
-        "MODEL_NAME": name,
-        "CHURN_DATA_DIR": str(data_dir),
-    }.items():
-        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MODEL_NAME", name)
+    monkeypatch.setenv("CHURN_DATA_DIR", str(data_dir))
 
     nothing = run("retrain", code=5)
     assert "skipped: no labeled file" in nothing
