@@ -326,13 +326,6 @@ def _variants(small_file: bytes, count: int) -> list[bytes]:
     return [b"".join(lines[: len(lines) - i]) for i in range(count)]
 
 
-def _by_name(outcomes: list[per_file.FileOutcome]) -> dict[str, list[per_file.FileOutcome]]:
-    found: dict[str, list[per_file.FileOutcome]] = {}
-    for outcome in outcomes:
-        found.setdefault(outcome.name, []).append(outcome)
-    return found
-
-
 def _kill_points(world: World, points: list[str]) -> list[str]:
     """Every point on the local folder; on S3 the points inside storage calls and the
     first step's: a step dies alike on both (its file waits in processing/, its lease
@@ -356,10 +349,10 @@ def test_kill_at_any_point_then_reconcile(world: World, small_file: bytes) -> No
     for point, data in files.items():
         assert found[data] >= 1 if "(half move)" in point else found[data] == 1, point
 
-    outcomes = _by_name(world.reconcile())
+    outcomes = world.reconcile()
     world.check(settled=True)
     for point, name in names.items():
-        mine = outcomes.get(name, [])
+        mine = [o for o in outcomes if o.name == name]
         if point.startswith(AFTER_THE_WORK):
             assert mine == [], (point, mine)  # nothing was left to do
             continue
@@ -406,13 +399,13 @@ def test_kill_a_late_labels_run_at_any_point_then_reconcile(
         scored[name] = (point, outcome.run_id)
     _run_killed(world, *kills)
 
-    outcomes = _by_name(world.reconcile())
+    outcomes = world.reconcile()
     world.check(settled=True)
     with closing(MetricsStore(world.settings.monitoring.metrics_db_url)) as store:
         for name, (point, run_id) in scored.items():
             if not point.startswith("release"):
-                mine = [(o.status, o.attempt) for o in outcomes.get(name, [])]
-                assert mine == [("processed", 2)], (point, outcomes.get(name))
+                mine = [o for o in outcomes if o.name == name]
+                assert [(o.status, o.attempt) for o in mine] == [("processed", 2)], (point, mine)
             assert set(store.realized(run_id)["metric"]) >= {"f1", "roc_auc"}, point
     assert world.reconcile() == []
 
