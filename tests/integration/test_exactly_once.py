@@ -439,15 +439,12 @@ def test_killed_churnops_process_is_recovered_by_running_it_again(
     drops = Drops(LocalDropStorage(settings.drop.drop_dir), [small_file])
     drops.check(settled=False)
 
-    retry = subprocess.run(
-        [churnops, "process", str(source)], env=env, capture_output=True, text=True, timeout=120
-    )
+    run = partial(subprocess.run, env=env, capture_output=True, text=True, timeout=120)
+    retry = run([churnops, "process", str(source)])
     assert retry.returncode == 0, retry.stdout + retry.stderr
     assert "re-driving data/processing/" in retry.stdout  # the same run, not a second copy
     drops.check(settled=True, metrics_url=settings.monitoring.metrics_db_url)
-    done = subprocess.run(
-        [churnops, "reconcile"], env=env, capture_output=True, text=True, timeout=120
-    )
+    done = run([churnops, "reconcile"])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "nothing to reconcile" in done.stdout
 
