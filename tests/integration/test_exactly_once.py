@@ -73,8 +73,6 @@ from tests.fixtures.evidently_ui import SECRET as EVIDENTLY_SECRET
 from tests.fixtures.model import model_settings
 from tests.processes import LOOPBACK, at_once
 
-STORAGES = ["local", "s3"]
-
 
 @dataclass
 class World:
@@ -163,7 +161,7 @@ def _s3_storage(request: pytest.FixtureRequest, versioned: bool) -> S3DropStorag
     return S3DropStorage(bucket, s3_client(endpoint))
 
 
-@pytest.fixture(params=STORAGES)
+@pytest.fixture(params=["local", "s3"])
 def world(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -208,9 +206,6 @@ KILL_POINTS = [
     "release: all done, lease not closed",
     "report: lease closed, flow run not told",
 ]
-
-
-NOT_A_CHURN_FILE = b"not,a,churn\nfile,at,all\n"
 
 #: Points after which nothing is left to re-drive: only the records are settled.
 AFTER_THE_WORK = ("release", "report")
@@ -367,7 +362,7 @@ def test_an_invalid_file_killed_before_its_release_ends_errored_in_every_record(
 ) -> None:
     """The file left processing/ before the kill: nothing to re-drive, and its row, stage
     and log say errored."""
-    key = world.drops.drop("invalid.csv", NOT_A_CHURN_FILE)
+    key = world.drops.drop("invalid.csv", b"not,a,churn\nfile,at,all\n")
     _run_killed(world, (key, "release: all done, lease not closed"))
     assert world.reconcile() == []
     world.check(settled=True, invalid=1)
