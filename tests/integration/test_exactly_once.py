@@ -1146,12 +1146,7 @@ def test_a_same_name_replacement_before_the_claim(
     [(False, "skipped", "changed during its run"), (True, "errored", "is another drop now")],
 )
 def test_a_file_written_after_its_claim_starts_over_unless_its_name_was_dropped_again(
-    world: World,
-    small_file: bytes,
-    data_dir: Path,
-    dropped_again: bool,
-    status: str,
-    why: str,
+    world: World, small_file: bytes, data_dir: Path, dropped_again: bool, status: str, why: str
 ) -> None:
     """The writer was not done: the run's outputs are stale and the file goes back to input/,
     its final content processed as a new run. If a newer drop took the name (a move never
