@@ -538,8 +538,7 @@ def test_a_redrive_that_fails_after_its_move_keeps_one_report_and_its_own_metric
     reconcile.reconcile(world.settings, world.storage, redrive, flow.PrefectFlowRuns())
     assert [o.status for o in outcomes] == ["processed"], outcomes
     world.check(settled=True)
-    store = MetricsStore(world.settings.monitoring.metrics_db_url)
-    with closing(store):
+    with closing(MetricsStore(world.settings.monitoring.metrics_db_url)) as store:
         one, two = (store.metrics(f"{first.run}.{n}") for n in (1, 2))
     assert len(one) == len(two) > 0
     workspace = drift.open_workspace(world.settings.monitoring)
