@@ -221,9 +221,8 @@ def test_no_promotion_when_the_alias_moved_while_the_version_was_logged(
     )
     mlflow_client = client(settings)
     assert mlflow_client.get_model_version_by_alias(name, "staging").version == other
-    assert (
-        mlflow_client.get_model_version(name, raced.version).tags["promotion.decision"] == "refused"
-    )
+    tags = mlflow_client.get_model_version(name, raced.version).tags
+    assert tags["promotion.decision"] == "refused"
     assert mlflow_client.get_run(raced.run_id).data.tags["promotion.reason"] == raced.reason
 
 
