@@ -219,13 +219,10 @@ def test_each_flow_run_says_whether_it_failed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """MLflow down: the run fails on a dependency (1). A key already gone: skipped (0)."""
-    for name, value in {
-        "CHURNOPS_HOME": str(metered.home),
-        "OPS_METRICS_NAMESPACE": namespace,
-        "MLFLOW_TRACKING_URI": f"http://{LOOPBACK}:{free_port(LOOPBACK)}",
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    }.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CHURNOPS_HOME", str(metered.home))
+    monkeypatch.setenv("OPS_METRICS_NAMESPACE", namespace)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://{LOOPBACK}:{free_port(LOOPBACK)}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setattr(retry, "DEPENDENCY_WAIT_SECONDS", 0.5)
     storage = open_storage(metered.drop)
     key = stage_key("input", "mlflow_down.csv")
