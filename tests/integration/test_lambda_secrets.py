@@ -48,10 +48,7 @@ def test_the_auth_string_comes_from_moto_secrets_manager(
 
 
 def test_a_prefect_server_that_requires_the_auth_string_takes_the_run(
-    handler: ModuleType,
-    moto_server: str,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    handler: ModuleType, moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A real Prefect server started with PREFECT_SERVER_API_AUTH_STRING (as the ECS
     task is) refuses the trigger without the credential and takes the run with the
