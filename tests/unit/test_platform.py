@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest.mock import MagicMock, Mock
 
 import pytest
 from rich.console import Console
@@ -93,24 +94,24 @@ def watching(
     root: Path, monkeypatch: pytest.MonkeyPatch, settle: float, waiting: tuple[str, ...] = ()
 ) -> Iterator[tuple[LocalDropStorage, list[dict[str, Any]], threading.Event]]:
     """A started FolderWatcher on ``root`` with the quiet period ``settle``, the files
-    ``waiting`` in input/ before it starts; the storage, the events sent, one was sent."""
+    ``waiting`` in input/ before it starts; the storage, the S3 objects sent, one was sent."""
     monkeypatch.setattr(watcher_module, "SETTLE_SECONDS", settle)
     storage = LocalDropStorage(root)
     storage.create_layout()
     for name in waiting:
         storage.create(stage_key("input", name), b"a,b\n1,2\n")
-    events: list[dict[str, Any]] = []
+    objects: list[dict[str, Any]] = []
     seen = threading.Event()
 
     def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
-        events.append(event)
+        objects.append(event["Records"][0]["s3"]["object"])
         seen.set()
         return {"results": [{"status": "created"}]}
 
     watcher = FolderWatcher(root, Dispatcher(handler, "drop", lambda result: None))
     watcher.start()
     try:
-        yield storage, events, seen
+        yield storage, objects, seen
     finally:
         watcher.stop()
 
@@ -119,15 +120,15 @@ def test_folder_watcher_reports_waiting_and_new_files_once_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     waiting = ("before start.csv",)
-    with watching(tmp_path, monkeypatch, 0.05, waiting) as (storage, events, _):
+    with watching(tmp_path, monkeypatch, 0.05, waiting) as (storage, objects, _):
         storage.create(stage_key("input", "new+1.csv"), b"a,b\n3,4\n")  # temp name, then link
         (tmp_path / "data/input/.hidden.csv").write_bytes(b"ignored")
         storage.create(stage_key("labels", "late.csv"), b"a,b\n5,6\n")
         (tmp_path / "data/labels/sub").mkdir()
-        eventually(lambda: len({_object(e)["key"] for e in events}) >= 3, 30, 0.05)
-    keys = {_object(e)["key"] for e in events}
+        eventually(lambda: len({o["key"] for o in objects}) >= 3, 30, 0.05)
+    keys = {o["key"] for o in objects}
     assert keys == {"data/input/before+start.csv", "data/input/new%2B1.csv", "data/labels/late.csv"}
-    assert {_object(e)["size"] for e in events} == {8}
+    assert {o["size"] for o in objects} == {8}
 
 
 @pytest.mark.parametrize("written_in", ["data/input", "data"], ids=["in the folder", "outside"])
@@ -136,12 +137,12 @@ def test_a_file_renamed_into_input_is_sent_without_the_quiet_period(
 ) -> None:
     """A rename is atomic: the file is whole when it appears, nothing to wait for, whether
     it was written under a temporary name in the folder or elsewhere (``mv``)."""
-    with watching(tmp_path, monkeypatch, 3600.0) as (_, events, seen):
+    with watching(tmp_path, monkeypatch, 3600.0) as (_, objects, seen):
         partial = tmp_path / written_in / ".renamed.csv.part"
         partial.write_bytes(b"a,b\n1,2\n")
         partial.rename(tmp_path / "data/input/renamed.csv")
         assert seen.wait(30), "a renamed-in file waited for the quiet period"
-    assert [_object(e)["key"] for e in events] == ["data/input/renamed.csv"]
+    assert [o["key"] for o in objects] == ["data/input/renamed.csv"]
 
 
 def test_a_file_renamed_over_one_still_settling_is_sent_once_as_renamed(
@@ -149,7 +150,7 @@ def test_a_file_renamed_over_one_still_settling_is_sent_once_as_renamed(
 ) -> None:
     """The file that waited is gone (replaced by its writer): only the new one is sent
     (twice at most, as one version: the handler's idempotency key makes it one run)."""
-    with watching(tmp_path, monkeypatch, 1.0) as (storage, events, seen):
+    with watching(tmp_path, monkeypatch, 1.0) as (storage, objects, seen):
         storage.create(stage_key("input", "same.csv"), b"a,b\n1,2\n")  # settles for 1 s
         partial = tmp_path / "data/input/.same.csv.part"
         partial.write_bytes(b"a,b\n1,2\n3,4\n")
@@ -157,12 +158,8 @@ def test_a_file_renamed_over_one_still_settling_is_sent_once_as_renamed(
         assert seen.wait(30), "nothing was sent"
         time.sleep(2.0)  # a second event would come within the quiet period
     final = (tmp_path / "data/input/same.csv").lstat()
-    sent = {(_object(e)["size"], _object(e)["sequencer"]) for e in events}
+    sent = {(o["size"], o["sequencer"]) for o in objects}
     assert sent == {(final.st_size, file_sequencer(final))}
-
-
-def _object(event: dict[str, Any]) -> dict[str, Any]:
-    return event["Records"][0]["s3"]["object"]
 
 
 def test_a_trigger_prefect_did_not_answer_is_one_line_saying_what_happens_next(
@@ -653,7 +650,7 @@ def test_a_slow_writer_is_reported_once_it_closed_the_file(
 ) -> None:
     """Pauses longer than the quiet period do not report a half-written file: the
     close-write does, with the whole size."""
-    with watching(tmp_path, monkeypatch, 0.05) as (_, events, seen):
+    with watching(tmp_path, monkeypatch, 0.05) as (_, objects, seen):
         with (tmp_path / "data/input/slow.csv").open("wb") as out:
             for _ in range(6):
                 out.write(b"x" * 100)
@@ -661,7 +658,7 @@ def test_a_slow_writer_is_reported_once_it_closed_the_file(
                 time.sleep(0.25)
         assert seen.wait(30)
         time.sleep(0.5)  # anything reported late would be in by now
-    assert [_object(e)["size"] for e in events] == [600]
+    assert [o["size"] for o in objects] == [600]
 
 
 @pytest.mark.parametrize("how", ["written", "renamed in"])
@@ -670,7 +667,7 @@ def test_an_empty_file_its_writer_closed_is_sent_at_once(
 ) -> None:
     """Whole, though empty: its run rejects it now, as on S3, not the reconciler a minute
     later; one created empty and then written is sent once, whole."""
-    with watching(tmp_path, monkeypatch, 0.05) as (_, events, seen):
+    with watching(tmp_path, monkeypatch, 0.05) as (_, objects, seen):
         empty = tmp_path / ("data/input/empty.csv" if how == "written" else "data/.empty")
         empty.touch()
         if how == "renamed in":
@@ -680,9 +677,9 @@ def test_an_empty_file_its_writer_closed_is_sent_at_once(
         with (tmp_path / "data/input/later.csv").open("ab") as out:
             out.write(b"a,b\n1,2\n")
         whole = ("data/input/later.csv", 8)
-        eventually(lambda: whole in [(_object(e)["key"], _object(e)["size"]) for e in events], 30)
+        eventually(lambda: whole in [(o["key"], o["size"]) for o in objects], 30)
         time.sleep(0.5)  # anything reported late would be in by now
-    sent = [(_object(e)["key"], _object(e)["size"]) for e in events]
+    sent = [(o["key"], o["size"]) for o in objects]
     assert sent[0] == ("data/input/empty.csv", 0) and sent[-1] == ("data/input/later.csv", 8)
     # Its empty version may be sent too (its run finds it written), and the whole one twice
     # (one version: one run, by the handler's idempotency key).
@@ -741,29 +738,6 @@ def test_no_staging_model_is_a_warning_not_a_crash(
     assert "not warm, the first run loads the model" in caplog.text
 
 
-class _CountedClient:
-    """A Prefect client that counts how many were made and answers no ended run."""
-
-    made: list[_CountedClient] = []
-    fail_next = False
-
-    def __init__(self, api: str) -> None:
-        self.closed = False
-        _CountedClient.made.append(self)
-
-    def __enter__(self) -> _CountedClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.closed = True
-
-    def read_flow_runs(self, **filters: Any) -> list:
-        if _CountedClient.fail_next:
-            _CountedClient.fail_next = False
-            raise OSError("the server restarts")
-        return []
-
-
 def test_the_finished_files_line_reuses_one_prefect_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -771,42 +745,34 @@ def test_the_finished_files_line_reuses_one_prefect_client(
     context) was most of an idle ``up``'s CPU (py-spy: 36 of 42 samples)."""
     import prefect.client.orchestration
 
-    monkeypatch.setattr(prefect.client.orchestration, "SyncPrefectClient", _CountedClient)
-    monkeypatch.setattr(_CountedClient, "made", [])
+    made: list[MagicMock] = []  # the Prefect clients, each answering no ended run
+
+    def client(api: str) -> MagicMock:
+        made.append(MagicMock(**{"__enter__.return_value.read_flow_runs.return_value": []}))
+        return made[-1]
+
+    monkeypatch.setattr(prefect.client.orchestration, "SyncPrefectClient", client)
     finished = launch.FinishedFiles(get_settings().platform, Console(file=io.StringIO()))
     for _ in range(3):
         finished.print_new()
-    assert len(_CountedClient.made) == 1
-    _CountedClient.fail_next = True  # an API hiccup: the next look starts afresh
+    assert len(made) == 1
+    hiccup = OSError("the server restarts")  # an API hiccup: the next look starts afresh
+    made[0].__enter__.return_value.read_flow_runs.side_effect = hiccup
     finished.print_new()
     finished.print_new()
-    assert len(_CountedClient.made) == 2 and _CountedClient.made[0].closed
+    assert len(made) == 2 and made[0].__exit__.called
     finished.close()
-    assert _CountedClient.made[1].closed
-
-
-class _QueueClient:
-    """The Prefect calls a polling runner makes, recorded; one run is due."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def get_scheduled_flow_runs_for_deployments(self, **query: Any) -> list[str]:
-        self.calls.append("get_scheduled_flow_runs")
-        return ["due"]
-
-    def read_flow_runs(self, **query: Any) -> list[str]:
-        self.calls.append("read_flow_runs")
-        return ["due"]
+    assert made[1].__exit__.called
 
 
 def test_an_idle_runner_polls_with_a_plain_read_and_marks_its_deployments_now_and_then() -> None:
     """The poll that marks the deployments as polled cost the server 6.4 ms against 2.7 ms
     for reading the same runs; two idle runners polled 8 times a second (8% of a core)."""
-    client = _QueueClient()
-    runner = FlowRunner(get_settings(), client)  # type: ignore[arg-type]
+    marking, reading = "get_scheduled_flow_runs_for_deployments", "read_flow_runs"
+    client = Mock(**{f"{marking}.return_value": ["due"], f"{reading}.return_value": ["due"]})
+    runner = FlowRunner(get_settings(), client)
     assert [runner.due_runs() for _ in range(4)] == [["due"]] * 4
-    assert client.calls == ["get_scheduled_flow_runs"] + ["read_flow_runs"] * 3
+    assert [name for name, *_ in client.method_calls] == [marking] + [reading] * 3
     runner.marked -= runner_module.MARK_POLLED_SECONDS  # Prefect's foreman waits 60 s
     runner.due_runs()
-    assert client.calls[-1] == "get_scheduled_flow_runs"
+    assert client.method_calls[-1][0] == marking
