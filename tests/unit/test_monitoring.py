@@ -236,10 +236,8 @@ def test_undefined_scores_are_left_out() -> None:
     [("a.csv", "a"), ("a.csv.gz", "a"), ("a.parquet", "a"), ("march.2025.csv", "march.2025")],
 )
 def test_predictions_name_drops_the_format_suffix(name: str, stem: str) -> None:
-    class Model:
-        name, version = "M", "3"
-
-    assert predictions_name(name, Model()) == f"{stem}_predictions_M_v3.csv"  # type: ignore[arg-type]
+    model = LoadedModel("M", "3", None)  # type: ignore[arg-type]
+    assert predictions_name(name, model) == f"{stem}_predictions_M_v3.csv"
 
 
 class _ConstantModel:

@@ -230,27 +230,17 @@ def test_an_automatic_retraining_in_the_cooldown_of_a_verdict_stops(tmp_path: Pa
 
 
 # --- the verdict ------------------------------------------------------------------------------
-class DownStore:
-    """A metrics store whose database fails the write (down, or INSERT revoked)."""
-
-    def record_model_event(self, **row: object) -> None:
-        raise MetricsDatabaseUnavailable("metrics database unreachable for 10s: refused")
-
-
 def test_a_verdict_the_database_did_not_record_is_still_alerted(tmp_path: Path) -> None:
     """The alias had moved; the failed record raised past the alert, so a promotion went
     unannounced (found on Postgres with INSERT on model_events revoked: version 2 took the
     alias, alerts.log had nothing, the CLI a 294-line traceback)."""
     settings = get_settings(churnops_home=tmp_path)
     outcome = Outcome("promoted", "passes the minimums", version="2", parent_version="1")
+    # a metrics store whose database fails the write (down, or INSERT revoked)
+    unreachable = MetricsDatabaseUnavailable("metrics database unreachable for 10s: refused")
+    down = Mock(spec=["record_model_event"], **{"record_model_event.side_effect": unreachable})
 
-    told = retraining._record(
-        settings.model,
-        settings.alerts,
-        DownStore(),
-        "manual",
-        outcome,  # type: ignore[arg-type]
-    )
+    told = retraining._record(settings.model, settings.alerts, down, "manual", outcome)
 
     assert told.status == "promoted" and told.alert_channels == ("log",)
     sent = settings.alerts.alert_log.read_text()
