@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
+from functools import partial
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import optuna
@@ -232,31 +232,14 @@ def test_train_exits_0_only_when_a_version_stands_for_the_fit(
 SECRET = "MLsecretPW"
 
 
-class _Health(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/health" else 404)
-        self.end_headers()
-        self.wfile.write(b"OK")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def health_server() -> Iterator[int]:
-    """An MLflow-like /health on a free loopback port (no login asked, as MLflow's)."""
-    with http_server(_Health) as server:
-        yield server.server_port
-
-
-def test_a_tracking_uri_with_a_login_passes_the_health_check(
-    health_server: int, tmp_path: Path
-) -> None:
+def test_a_tracking_uri_with_a_login_passes_the_health_check(tmp_path: Path) -> None:
     """urllib took ``user:pw@127.0.0.1`` for the host: a name look-up of the password, and
     every file failed on an MLflow that was up."""
-    uri = f"http://mluser:{SECRET}@127.0.0.1:{health_server}"
-    settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=uri)
-    wait_for_tracking_server(settings.model)
+    (tmp_path / "health").write_text("OK")  # an MLflow-like /health, no login asked
+    with http_server(partial(SimpleHTTPRequestHandler, directory=str(tmp_path))) as server:
+        uri = f"http://mluser:{SECRET}@127.0.0.1:{server.server_port}"
+        settings = get_settings(churnops_home=tmp_path, mlflow_tracking_uri=uri)
+        wait_for_tracking_server(settings.model)
 
 
 def test_an_unreachable_tracking_server_is_named_without_its_password(
