@@ -88,7 +88,8 @@ def test_the_ends_of_a_range_are_taken(
     name: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(name, value)
-    get_settings()
+    read = {field: v for group in vars(get_settings()).values() for field, v in vars(group).items()}
+    assert read[name.lower()] == float(value)
 
 
 def test_the_committed_reference_is_current() -> None:
