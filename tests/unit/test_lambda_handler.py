@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -112,8 +112,8 @@ def prefect() -> Iterator[FakePrefect]:
 
 
 @pytest.fixture(autouse=True)
-def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> ModuleType:
-    """The handler module, cold (empty cache), with the Lambda's environment (every test
+def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> None:
+    """The handler module cold (empty cache), with the Lambda's environment (every test
     here calls ``trigger`` with it)."""
     for name in trigger.ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
@@ -123,7 +123,6 @@ def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> ModuleType
     monkeypatch.setenv("PREFECT_HTTP_BACKOFF", "0.01")
     trigger._DEPLOYMENT_IDS.clear()
     trigger.forget_secrets()
-    return trigger
 
 
 def test_the_lambda_entry_point_is_the_trigger_module() -> None:
@@ -146,11 +145,8 @@ def test_the_image_modules_need_only_the_standard_library() -> None:
     assert outside == set(), outside
     ours = sorted(m for m in loaded if m.startswith("churnops"))
     assert ours == ["churnops", "churnops.drop", "churnops.drop.keys", "churnops.drop.trigger"]
-    copied = " ".join(
-        line
-        for line in HANDLER_FILE.with_name("Dockerfile").read_text().splitlines()
-        if line.startswith("COPY ")
-    ).split()
+    dockerfile = HANDLER_FILE.with_name("Dockerfile").read_text()
+    copied = " ".join(re.findall(r"^COPY (.*)$", dockerfile, re.M)).split()
     for module in ours:
         path = module.replace(".", "/")
         assert f"{path}/__init__.py" in copied or f"{path}.py" in copied, module
