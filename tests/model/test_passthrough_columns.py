@@ -33,8 +33,8 @@ HEADER = list(RAW_COLUMNS)
 GOOD_ROW = "8,0,38,0,4370,71,5,17,3,1,1,30,197.64,0"
 
 
-def csv(header: list[str], *rows: str, sep: str = ",") -> bytes:
-    return "\n".join([sep.join(header), *rows]).encode() + b"\n"
+def csv(header: list[str], *rows: str) -> bytes:
+    return "\n".join([",".join(header), *rows]).encode() + b"\n"
 
 
 def read(data: bytes, chunk_rows: int = 1000) -> tuple[list[Part], list[str]]:
@@ -132,9 +132,7 @@ def test_passthrough_columns_are_read_as_written_and_kept_apart(
 def test_parquet_passthrough_columns_are_text(uci: pd.DataFrame) -> None:
     frame = uci.copy()
     frame["account"] = pd.array([7, None, *range(len(frame) - 2)], dtype="Int64")
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False, row_group_size=400)
-    parts, notes = read(buffer.getvalue(), chunk_rows=400)
+    parts, notes = read(frame.to_parquet(index=False, row_group_size=400), chunk_rows=400)
     passthrough = pd.concat(p.passthrough for p in parts)
     assert passthrough["account"].tolist()[:3] == ["7", None, "0"]  # not 7.0, nan
     assert "identifier 'account' is empty on 1 row(s) (rows 2)" in notes

@@ -325,9 +325,7 @@ def test_a_corrupt_gzip_is_named(uci_bytes: bytes, cut: float) -> None:
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False, row_group_size=400)
-    return buffer.getvalue()
+    return frame.to_parquet(index=False, row_group_size=400)
 
 
 def test_parquet_problems_name_their_rows(uci_bytes: bytes) -> None:
