@@ -233,13 +233,10 @@ def test_status_says_which_file_in_processing_waits_for_its_retry(tmp_path: Path
 
 def test_status_lists_no_folder_markers() -> None:
     """The bucket Terraform makes holds zero-byte markers (``data/input/``): no files."""
-
-    class Bucket:
-        def list_keys(self, prefix: str) -> list[str]:
-            keys = ["data/input/", "data/input/a.csv", "data/processed/", "data/processed/R/"]
-            return [k for k in keys if k.startswith(prefix)]
-
-    listed = [(f.stage, f.name) for f in list_files(Bucket())]  # type: ignore[arg-type]
+    keys = ["data/input/", "data/input/a.csv", "data/processed/", "data/processed/R/"]
+    bucket = Mock(spec=["list_keys"])
+    bucket.list_keys.side_effect = lambda prefix: [k for k in keys if k.startswith(prefix)]
+    listed = [(f.stage, f.name) for f in list_files(bucket)]
     assert listed == [("input", "a.csv")]
 
 
