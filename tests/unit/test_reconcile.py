@@ -6,6 +6,7 @@ telling another story (the flow run as the Prefect client models it)."""
 from __future__ import annotations
 
 import os
+from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -151,11 +152,8 @@ def test_flow_runs_left_running_are_ended_as_their_attempts_ended(tmp_path: Path
     unfinished = dict.fromkeys(("killed", "failed", "live", "fresh"), now) | {"lost": lost}
     flow_runs = FakeFlowRuns(unfinished)
 
-    store = MetricsStore.from_settings(monitoring)
-    try:
+    with closing(MetricsStore.from_settings(monitoring)) as store:
         actions = reconcile.end_flow_runs(store, storage, now, flow_runs)
-    finally:
-        store.close()
 
     assert flow_runs.ended == {
         "killed": ("processed", ANY),
@@ -232,20 +230,18 @@ def test_a_row_left_running_by_a_finished_attempt_is_closed_as_its_file_ended(
     ON pipeline_runs, a drop, the grant back, a reconcile). A dead attempt's row: failed."""
     storage = LocalDropStorage(tmp_path / "drop")
     storage.create_layout()
-    store = MetricsStore.from_settings(get_settings(churnops_home=tmp_path).monitoring)
-    held = {}
-    for name in ("processed", "errored", "dead"):
-        storage.create(stage_key("input", f"{name}.csv"), name.encode())
-        held[name] = claims.claim(storage, f"data/input/{name}.csv", lease_seconds=60).lease
-        store.start_run(run_id=held[name].db_id, file_name=name, bucket="", object_key="")
-    for name in ("processed", "errored"):
-        claims.release(storage, held[name], "done", name)
-    storage.replace(held["dead"].key, replace(held["dead"], pid=dead_pid()).to_json())
-    try:
+    monitoring = get_settings(churnops_home=tmp_path).monitoring
+    with closing(MetricsStore.from_settings(monitoring)) as store:
+        held = {}
+        for name in ("processed", "errored", "dead"):
+            storage.create(stage_key("input", f"{name}.csv"), name.encode())
+            held[name] = claims.claim(storage, f"data/input/{name}.csv", lease_seconds=60).lease
+            store.start_run(run_id=held[name].db_id, file_name=name, bucket="", object_key="")
+        for name in ("processed", "errored"):
+            claims.release(storage, held[name], "done", name)
+        storage.replace(held["dead"].key, replace(held["dead"], pid=dead_pid()).to_json())
         closed = reconcile.close_dead_runs(store, storage, datetime.now(UTC))
         status = dict(zip(store.runs()["file_name"], store.runs()["status"], strict=True))
-    finally:
-        store.close()
     assert len(closed) == 3
     assert status == {"processed": "processed", "errored": "errored", "dead": "failed"}
 
@@ -258,8 +254,7 @@ def test_a_flow_state_that_tells_another_story_fails_the_check(tmp_path: Path) -
     flow_run = FlowRun(id=uuid4(), flow_id=uuid4(), state=Completed())
     held = claims.claim(storage, "data/input/a.csv", lease_seconds=60, flow_run_id=str(flow_run.id))
     url = f"sqlite:///{tmp_path / 'metrics.db'}"
-    store = MetricsStore(url)
-    try:
+    with closing(MetricsStore(url)) as store:
         store.start_run(
             run_id=held.lease.db_id,
             file_name=held.name,
@@ -273,8 +268,6 @@ def test_a_flow_state_that_tells_another_story_fails_the_check(tmp_path: Path) -
         file_log.write("finish", "ok")
         store.finish_run(held.lease.db_id, "processed")
         claims.release(storage, held.lease, "done", "processed")
-    finally:
-        store.close()
 
     check_records_agree(storage, url, [flow_run])  # processed everywhere
     for state in (Failed(name="Rejected"), Failed(), Crashed(), Running()):
@@ -314,11 +307,8 @@ def test_a_run_whose_outputs_failed_to_move_still_names_what_scored_it(tmp_path:
     storage.create(stage_key("input", "a.csv"), f"{','.join(RAW_COLUMNS)}\n{row}\n{row}\n".encode())
     outcome = per_file.process(settings, storage, stage_key("input", "a.csv"), steps=steps)
     assert (outcome.status, outcome.model_version) == ("processed", "4")
-    store = MetricsStore.from_settings(settings.monitoring)
-    try:
+    with closing(MetricsStore.from_settings(settings.monitoring)) as store:
         (run,) = store.runs().to_dict("records")
-    finally:
-        store.close()
     assert (run["model_name"], run["model_version"], run["rows"]) == ("M", "4", 2)
     assert run["report_url"] == "http://ui/r/1"
 
@@ -328,12 +318,12 @@ def test_a_retraining_whose_runner_was_killed_is_ended_crashed(tmp_path: Path) -
     for ever, and an automatic retraining's idempotency key answered it for the rest of its
     window: none started. Ended died once no live process holds the lock; not while one does,
     nor in the first LEASE_SECONDS of a run (or after a release: its run reports at once)."""
-    store = MetricsStore.from_settings(get_settings(churnops_home=tmp_path).monitoring)
     now = datetime.now(UTC)
     old = now - timedelta(seconds=2 * claims.LEASE_SECONDS)
     flow_runs = FakeFlowRuns({})
     flow_runs.retrainings = {"killed": old, "fresh": now}
-    try:
+    monitoring = get_settings(churnops_home=tmp_path).monitoring
+    with closing(MetricsStore.from_settings(monitoring)) as store:
         live = f"auto-{claims.HOST}-{os.getpid()}-n1"
         assert store.acquire_lock(reconcile.retrain_trigger.LOCK, live, 3600)
         assert reconcile.end_retrainings(store, now, flow_runs) == []
@@ -342,7 +332,5 @@ def test_a_retraining_whose_runner_was_killed_is_ended_crashed(tmp_path: Path) -
         dead = f"manual-{claims.HOST}-{dead_pid()}-n2"
         assert store.acquire_lock(reconcile.retrain_trigger.LOCK, dead, 3600, take_from=live)
         actions = reconcile.end_retrainings(store, now, flow_runs)
-    finally:
-        store.close()
     assert flow_runs.ended == {"killed": ("died", ANY)}
     assert [a.key for a in actions] == ["killed"]
