@@ -6,7 +6,7 @@ import io
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from unittest.mock import Mock
 
 import boto3
 import pytest
@@ -19,12 +19,7 @@ from churnops.settings import get_settings
 
 def test_new_keys_are_reported_once_and_a_rewrite_again(moto_server: str, moto_bucket: str) -> None:
     client = boto3.client("s3", endpoint_url=moto_server)
-    events: list[dict[str, Any]] = []
-
-    def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
-        events.append(event["Records"][0])
-        return {"results": []}
-
+    handler = Mock(return_value={"results": []})
     poller = BucketPoller(client, moto_bucket, Dispatcher(handler, moto_bucket, print), 60)
     client.put_object(Bucket=moto_bucket, Key="data/input/a b+c.csv", Body=b"1")
     client.put_object(Bucket=moto_bucket, Key="data/input/sub/x.csv", Body=b"1")
@@ -37,7 +32,7 @@ def test_new_keys_are_reported_once_and_a_rewrite_again(moto_server: str, moto_b
     client.put_object(Bucket=moto_bucket, Key="data/input/a b+c.csv", Body=b"22")
     assert poller.poll_once() == 1
 
-    first, labels, second = events
+    first, labels, second = (call.args[0]["Records"][0] for call in handler.call_args_list)
     assert labels["s3"]["object"]["key"] == "data/labels/late.csv"
     assert first["s3"]["bucket"]["name"] == moto_bucket
     assert first["s3"]["object"]["key"] == "data/input/a+b%2Bc.csv"
@@ -51,12 +46,7 @@ def test_a_file_dropped_again_with_the_same_bytes_is_reported_again(
     """Taken away by its run, then dropped again unchanged (late labels dropped again once
     their file is scored, as the docs ask): the same ETag, a new drop, reported at once."""
     client = boto3.client("s3", endpoint_url=moto_server)
-    sequencers: list[str] = []
-
-    def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
-        sequencers.append(event["Records"][0]["s3"]["object"]["sequencer"])
-        return {"results": []}
-
+    handler = Mock(return_value={"results": []})
     poller = BucketPoller(client, moto_bucket, Dispatcher(handler, moto_bucket, print), 60)
     key = "data/labels/late.csv"
     client.put_object(Bucket=moto_bucket, Key=key, Body=b"same bytes")
@@ -68,7 +58,8 @@ def test_a_file_dropped_again_with_the_same_bytes_is_reported_again(
 
     assert poller.poll_once() == 1
     assert poller.poll_once() == 0
-    assert len(set(sequencers)) == 2
+    records = [call.args[0]["Records"][0] for call in handler.call_args_list]
+    assert len({record["s3"]["object"]["sequencer"] for record in records}) == 2
     assert len(poller.seen) == 1  # what left the bucket is forgotten
 
 
