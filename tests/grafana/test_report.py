@@ -37,9 +37,8 @@ def test_report_writes_the_figure_and_the_runs_page(
     for planned in PLAN:
         assert planned.file_name in page
     assert f"<td>{LABELS_FILE}</td><td>1</td><td>labels</td>" in page  # the late labels' run
-    store = MetricsStore(pipeline_sqlite_url)
-    urls = store.runs()["report_url"].dropna().tolist()
-    store.close()
+    with closing(MetricsStore(pipeline_sqlite_url)) as store:
+        urls = store.runs()["report_url"].dropna().tolist()
     assert len(urls) == len(PLAN) - 1
     assert all(f'<a href="{url}"' in page for url in urls)
     assert "errored" in page and "missing column" in page  # the broken file's reason
@@ -136,9 +135,8 @@ def test_a_file_whose_attempt_died_after_its_move_keeps_its_metrics(
     (run,) = {key.split("/")[2] for key in storage.list_keys("data/claims/")}
     outcome = process(settings, storage, run_key("processing", run, name), steps=steps)
     assert (outcome.status, outcome.attempt) == ("processed", 2)
-    store = MetricsStore(settings.monitoring.metrics_db_url)
-    metrics, runs = store.metrics(), store.runs()
-    store.close()
+    with closing(MetricsStore(settings.monitoring.metrics_db_url)) as store:
+        metrics, runs = store.metrics(), store.runs()
     share = metrics[metrics["metric"] == "drifted_share"]
     shown = share.merge(runs, left_on="run_id", right_on="id")
     assert shown["status"].tolist() == ["processed"]
