@@ -63,12 +63,7 @@ def test_evaluate_counts_the_confusion_matrix() -> None:
 def test_cross_validation_reports_every_fold(frame: pd.DataFrame) -> None:
     seen: list[tuple[str, int, int]] = []
     threshold, f1 = training.cross_validate(
-        SMALL,
-        prepare_features(frame),
-        target(frame),
-        3,
-        0,
-        lambda *step: seen.append(step),
+        SMALL, prepare_features(frame), target(frame), 3, 0, lambda *step: seen.append(step)
     )
     assert seen == [("fold", 1, 3), ("fold", 2, 3), ("fold", 3, 3)]
     assert 0.1 <= threshold <= 0.9
