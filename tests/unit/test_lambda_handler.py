@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -112,9 +112,10 @@ def prefect() -> Iterator[FakePrefect]:
 
 
 @pytest.fixture(autouse=True)
-def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> None:
+def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> ModuleType:
     """The handler module cold (empty cache), with the Lambda's environment (every test
-    here calls ``trigger`` with it)."""
+    here calls ``trigger`` with it; tests/integration/test_lambda_secrets.py uses the module
+    it returns)."""
     for name in trigger.ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PREFECT_API_URL", prefect.url)
@@ -123,6 +124,7 @@ def handler(monkeypatch: pytest.MonkeyPatch, prefect: FakePrefect) -> None:
     monkeypatch.setenv("PREFECT_HTTP_BACKOFF", "0.01")
     trigger._DEPLOYMENT_IDS.clear()
     trigger.forget_secrets()
+    return trigger
 
 
 def test_the_lambda_entry_point_is_the_trigger_module() -> None:
