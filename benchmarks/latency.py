@@ -66,11 +66,25 @@ def start_platform(settings: Settings, env_extra: dict[str, str] | None = None) 
             start_new_session=True,
         )
     deadline = time.monotonic() + START_TIMEOUT
-    while PlatformState.load(settings.home) is None:
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the platform did not start; see {log}:\n{log.read_text()[-3000:]}")
-        time.sleep(1)
+    try:
+        while PlatformState.load(settings.home) is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(
+                    f"the platform did not start; see {log}:\n{log.read_text()[-3000:]}"
+                )
+            time.sleep(1)
+    except BaseException:
+        # Ctrl-C or the timeout: the platform runs in a session of its own, which the
+        # terminal's SIGINT does not reach.
+        stop_platform(process)
+        raise
     return process
+
+
+def stop_platform(process: subprocess.Popen) -> None:
+    """What Ctrl-C in its terminal does: ``churnops up`` stops its children and exits."""
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=300)
 
 
 def one_drop(settings: Settings, data: bytes, api: str) -> tuple[float, dict[str, float]]:
@@ -237,8 +251,7 @@ def main() -> int:
         bare, bare_monitors = baseline(live, source, args.baseline_runs)
     finally:
         if started is not None:
-            started.send_signal(signal.SIGINT)
-            started.wait(timeout=300)
+            stop_platform(started)
     summary = {
         "drops": len(latencies),
         "p50_s": round(percentile(latencies, 50), 2),

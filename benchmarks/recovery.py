@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.latency import drop, final_stage, start_platform
+from benchmarks.latency import drop, final_stage, start_platform, stop_platform
 from benchmarks.pipeline import source_file
 from churnops.drop.claims import Lease
 from churnops.monitoring.metrics_db import MetricsStore
@@ -158,8 +158,7 @@ def with_platform(runners: int, rows_file: Path, measure, seed: Path) -> dict:
     try:
         return measure(settings, rows_file.read_bytes())
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=300)
+        stop_platform(process)
         if not first:
             shutil.rmtree(home, ignore_errors=True)
 

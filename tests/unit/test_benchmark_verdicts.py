@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from benchmarks import attribution, model_quality, pipeline
+from benchmarks import attribution, latency, model_quality, pipeline
 from churnops.settings import get_settings
 
 
@@ -59,3 +63,34 @@ def test_the_attribution_benchmark_times_the_configured_budget_by_default() -> N
 
 def test_a_pipeline_size_given_twice_or_the_source_s_is_measured_once():
     assert pipeline.big_sizes([1050, 10_000, 10_000, 1_000_000]) == [10_000, 1_000_000]
+
+
+def test_a_ctrl_c_while_the_benchmark_s_platform_starts_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while benchmark-latency or -recovery started its platform (a first start
+    trains: minutes) left that ``churnops up`` running: it runs in a session of its own,
+    which the terminal's SIGINT does not reach."""
+    up = tmp_path / "churnops"
+    up.write_text("#!/bin/sh\necho $$\nexec sleep 600\n")
+    up.chmod(0o755)
+    monkeypatch.setattr(latency, "bin_path", lambda name: str(up))
+    log = tmp_path / "home" / "benchmark-up.log"
+
+    class Starting:
+        @staticmethod
+        def load(home: Path) -> None:
+            while not log.read_text().strip():  # the stand-in runs
+                time.sleep(0.01)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(latency, "PlatformState", Starting)
+    with pytest.raises(KeyboardInterrupt):
+        latency.start_platform(get_settings(churnops_home=tmp_path / "home"))
+    pid = int(log.read_text())
+    try:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
