@@ -168,22 +168,22 @@ def baseline(
     warm-up): seconds per file, and its monitor step's."""
     from churnops.pipeline import per_file
 
-    scratch = Path(tempfile.mkdtemp(prefix="churnops-baseline-"))
-    settings = platform_settings.replace(churnops_home=scratch)
-    storage = LocalDropStorage(settings.drop.drop_dir)
-    storage.create_layout()
-    timings, monitors = [], []
-    for attempt in range(repeats + 1):
-        name = f"baseline_{attempt}.csv"
-        key = stage_key("input", name)
-        storage.create(key, source.read_bytes())
-        started = time.perf_counter()
-        outcome = per_file.process(settings, storage, key)
-        if outcome.status != "processed":
-            raise SystemExit(f"baseline run {name}: {outcome.status}: {outcome.message}")
-        if attempt:  # the first one loads the model and warms the imports
-            timings.append(time.perf_counter() - started)
-            monitors.append(figures(settings, name))
+    with tempfile.TemporaryDirectory(prefix="churnops-baseline-") as scratch:
+        settings = platform_settings.replace(churnops_home=Path(scratch))
+        storage = LocalDropStorage(settings.drop.drop_dir)
+        storage.create_layout()
+        timings, monitors = [], []
+        for attempt in range(repeats + 1):
+            name = f"baseline_{attempt}.csv"
+            key = stage_key("input", name)
+            storage.create(key, source.read_bytes())
+            started = time.perf_counter()
+            outcome = per_file.process(settings, storage, key)
+            if outcome.status != "processed":
+                raise SystemExit(f"baseline run {name}: {outcome.status}: {outcome.message}")
+            if attempt:  # the first one loads the model and warms the imports
+                timings.append(time.perf_counter() - started)
+                monitors.append(figures(settings, name))
     return timings, monitors
 
 

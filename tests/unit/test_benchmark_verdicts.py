@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,3 +95,21 @@ def test_a_ctrl_c_while_the_benchmark_s_platform_starts_stops_it(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_latency_baseline_leaves_no_scratch_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each benchmark-latency run left its baseline's home (drop folder, metrics database,
+    Evidently workspace: 2.6 MB) in the temporary folder."""
+    from churnops.pipeline import per_file
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    processed = per_file.FileOutcome("baseline.csv", "processed", "")
+    monkeypatch.setattr(per_file, "process", lambda settings, storage, key: processed)
+    monkeypatch.setattr(latency, "figures", lambda settings, name: {"monitor": 0.1})
+    source = tmp_path / "source.csv"
+    source.write_text("x\n")
+    timings, monitors = latency.baseline(get_settings(), source, repeats=2)
+    assert len(timings) == len(monitors) == 2
+    assert list(tmp_path.iterdir()) == [source]
