@@ -316,10 +316,12 @@ def process(
 ) -> None:
     """Run the pipeline once on one file, in this process (no server needed).
 
-    Exit codes: 0 processed, 3 invalid or given up (moved to errored/), 4 failed on a
-    dependency (the file waits in processing/), 5 skipped (taken by another run); a file
-    storage will not move waits, or is given up on, in input/. Run again after
-    a crash or a failure: it re-drives the stranded run holding the same file.
+    A home whose models `churnops up` logged (`make demo`'s) needs its MLflow server, which
+    serves their artifacts: with the platform down, this says to start it. Exit codes: 0
+    processed, 3 invalid or given up (moved to errored/), 4 failed on a dependency (the
+    file waits in processing/), 5 skipped (taken by another run); a file storage will not
+    move waits, or is given up on, in input/. Run again after a crash or a failure: it
+    re-drives the stranded run holding the same file.
     """
     from churnops.pipeline.per_file import process as process_file
 
