@@ -291,7 +291,8 @@ def _stranded_run(storage: DropStorage, name: str, data: bytes | None) -> str | 
     from churnops.drop.storage import run_folders
     from churnops.pipeline.reconcile import stranded_runs
 
-    for action in stranded_runs(storage, datetime.now(UTC), run_folders(storage, "processing")):
+    runs = run_folders(storage, "processing")
+    for action in stranded_runs(storage, datetime.now(UTC), runs, retry_now=True):
         if action.key.rsplit("/", 1)[-1] != name:
             continue
         if data is None or storage.read(action.key) == data:

@@ -334,3 +334,25 @@ def test_a_retraining_whose_runner_was_killed_is_ended_crashed(tmp_path: Path) -
         actions = reconcile.end_retrainings(store, now, flow_runs)
     assert flow_runs.ended == {"killed": ("died", ANY)}
     assert [a.key for a in actions] == ["killed"]
+
+
+def test_churnops_process_run_again_after_a_failure_redrives_its_run_before_the_retry_is_due(
+    tmp_path: Path,
+) -> None:
+    """`churnops process FILE` failed (no staging model yet); run again at once, as its
+    line says, it claimed a second copy while the first waited for its retry: two runs of
+    one file in processing/, both processed in the end."""
+    from churnops import cli
+
+    storage = LocalDropStorage(tmp_path)
+    storage.create_layout()
+    data = b"a,b\n1,2\n"
+    storage.create(stage_key("input", "customers.csv"), data)
+    held = claims.claim(
+        storage, stage_key("input", "customers.csv"), lease_seconds=claims.LEASE_SECONDS
+    )
+    claims.release(storage, held.lease, "failed", "no staging model", retry_in=600.0)
+
+    assert cli._stranded_run(storage, "customers.csv", data) == held.processing_key
+    assert cli._stranded_run(storage, "customers.csv", b"other bytes\n") is None
+    assert reconcile.find_work(storage, datetime.now(UTC)) == []  # the platform waits

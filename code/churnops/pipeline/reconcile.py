@@ -49,8 +49,11 @@ def find_work(storage: DropStorage, now: datetime) -> list[Action]:
     return [*stranded_runs(storage, now, runs), *_untaken_inputs(storage, now, runs)]
 
 
-def stranded_runs(storage: DropStorage, now: datetime, runs: list[str]) -> list[Action]:
-    """Of the ``runs`` in processing/, those whose attempt died, or failed and is due a retry."""
+def stranded_runs(
+    storage: DropStorage, now: datetime, runs: list[str], *, retry_now: bool = False
+) -> list[Action]:
+    """Of the ``runs`` in processing/, those whose attempt died, or failed and is due a retry
+    (or, with ``retry_now``, failed at all: a person retrying does not wait for it)."""
     actions = []
     for run in runs:
         with _skipped_on_error(f"processing/{run}"):
@@ -61,7 +64,11 @@ def stranded_runs(storage: DropStorage, now: datetime, runs: list[str]) -> list[
             key = run_key("processing", run, lease.name)
             if lease.holder_gone(now, claims.LEASE_SECONDS):
                 actions.append(Action("redrive", key, claims.death(lease), _next_attempt(lease)))
-            elif lease.retry_due(now) or lease.state == "done":
+            elif (
+                lease.retry_due(now)
+                or lease.state == "done"
+                or (retry_now and lease.waits_for_retry)
+            ):
                 why = f"attempt {lease.attempt} {lease.state}: {lease.reason}"
                 actions.append(Action("redrive", key, why, _next_attempt(lease)))
     return actions
