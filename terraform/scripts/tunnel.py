@@ -33,7 +33,9 @@ class TunnelError(RuntimeError):
 
 def service_port(outputs: dict[str, Any], service: str) -> int:
     """The port the service listens on in its task (from its internal URL)."""
-    urls = outputs["internal_urls"]
+    urls = outputs.get("internal_urls")
+    if not urls:  # `terraform output -json` of a state without a deployment: {}
+        raise TunnelError("the outputs hold no deployment (no internal_urls): make apply first")
     if service not in urls:
         raise TunnelError(f"no UI called {service!r}: choose one of {', '.join(sorted(urls))}")
     port = urllib.parse.urlsplit(urls[service]).port
@@ -94,7 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    outputs = load_outputs(args.outputs)
+    try:
+        outputs = load_outputs(args.outputs)
+    except (OSError, ValueError) as exc:  # no such file; not JSON (terraform's error saved)
+        print(
+            f"tunnel: cannot read the outputs {args.outputs} ({exc}): save them with"
+            " `terraform output -json > outputs.json`",
+            file=sys.stderr,
+        )
+        return 1
     try:
         port = service_port(outputs, args.service)
         if not args.print and not (shutil.which("aws") and shutil.which("session-manager-plugin")):

@@ -265,6 +265,28 @@ def test_without_credentials_or_the_cli_the_tunnel_says_so_in_one_line(
     )
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "No such file or directory"),
+        ("Error: no state", "Expecting value"),
+        ("{}", "no deployment (no internal_urls)"),
+    ],
+)
+def test_outputs_missing_or_not_a_deployments_say_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, reason: str
+) -> None:
+    """The README's `python -m terraform.scripts.tunnel outputs.json SERVICE` with no such
+    file, a file holding terraform's error instead of JSON, or the `{}` of a state without a
+    deployment ended in a FileNotFoundError, JSONDecodeError or KeyError traceback."""
+    outputs = tmp_path / "outputs.json"
+    if content is not None:
+        outputs.write_text(content)
+    assert tunnel.main([str(outputs), "mlflow", "--print"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tunnel: ") and reason in err and err.count("\n") == 1, err
+
+
 def test_the_hint_names_the_secret_not_its_value() -> None:
     text = tunnel.hint(OUTPUTS, "prefect-server", 4200)
     assert "http://localhost:4200" in text
