@@ -369,16 +369,21 @@ def stop_emulator(workdir: Path) -> None:
 
 def down(workdir: Path) -> None:
     """Destroy, stop the moto server, and remove the module's copy: its state and
-    backups describe a server that is no more."""
+    backups describe a server that is no more. An apply-local cut short before terraform
+    wrote a state (while it made the network, initialized or planned) applied nothing."""
+    module_dir = workdir / "terraform"
     try:
         started = time.monotonic()
         env = workdir_env(workdir)[1]
         require_terraform(env)
-        destroy(workdir / "terraform", env)
-        print(f"destroy took {time.monotonic() - started:.0f}s")
+        if (module_dir / "terraform.tfstate").is_file():
+            destroy(module_dir, env)
+            print(f"destroy took {time.monotonic() - started:.0f}s")
+        else:
+            print("nothing was applied: its moto server is stopped")
     finally:
         stop_emulator(workdir)
-    shutil.rmtree(workdir / "terraform")
+    shutil.rmtree(module_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,14 +121,42 @@ def test_destroy_local_leaves_no_moto_and_no_state(
 ) -> None:
     workdir = tmp_path / "local"
     (workdir / "terraform").mkdir(parents=True)
-    (workdir / "terraform" / "terraform.tfstate.backup").write_text("{}")
+    for name in ("terraform.tfstate", "terraform.tfstate.backup"):
+        (workdir / "terraform" / name).write_text("{}")
     server = subprocess.Popen(["sleep", "60"], start_new_session=True)
     state = {"moto_pid": server.pid, "endpoint": "http://127.0.0.1:1"}
     (workdir / "emulator.json").write_text(json.dumps(state))
-    monkeypatch.setattr(tf_local, "destroy", lambda *_: "")
+    destroyed: list[Path] = []
+    monkeypatch.setattr(tf_local, "destroy", lambda module_dir, _: destroyed.append(module_dir))
     try:
         tf_local.down(workdir)
     finally:
         terminate_groups([server.pid], grace=1.0)
         server.wait()
+    assert destroyed == [workdir / "terraform"]
+    assert sorted(path.name for path in workdir.iterdir()) == []
+
+
+@pytest.mark.usefixtures("terraform_bin")
+@pytest.mark.parametrize("module_copied", [False, True])
+def test_destroy_local_after_an_apply_cut_short_before_it_applied_anything(
+    tmp_path: Path, module_copied: bool
+) -> None:
+    """Ctrl-C while apply-local made the network (no module copied yet) or while terraform
+    planned (no state written): destroy-local ran `terraform state list` anyway, which
+    failed ("No state file was found!", or no such folder), and said "destroy-local
+    stopped (state failed with 1, errors above)" with no error above, exit 1."""
+    workdir = tmp_path / "local"
+    workdir.mkdir()
+    if module_copied:
+        (workdir / "terraform").mkdir()
+    server = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    state = {"moto_pid": server.pid, "endpoint": "http://127.0.0.1:1"}
+    (workdir / "emulator.json").write_text(json.dumps(state))
+    try:
+        tf_local.down(workdir)
+    finally:
+        terminate_groups([server.pid], grace=1.0)
+        server.wait()
+    assert server.returncode == -signal.SIGTERM  # stopped by down, not by the clean-up
     assert sorted(path.name for path in workdir.iterdir()) == []
