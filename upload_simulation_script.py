@@ -11,6 +11,7 @@ platform (``churnops up``) to pick up.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -50,19 +51,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: no platform runs on {settings.home}: the files wait until `make demo`")
     # Local writes go to a temporary name, then a rename: the watcher sees whole files.
     storage = open_storage(settings.replace(drop_storage=args.target).drop, args.bucket)
-    for number, path in enumerate(files):
-        if number:
-            time.sleep(args.interval)
-        key = stage_key("input", path.name)
-        try:
-            storage.create(key, path.read_bytes())
-        except ObjectExists:
-            print(f"not uploaded: {path.name} still waits in {key} (not taken yet)", flush=True)
-            continue
-        except (BotoCoreError, ClientError, OSError) as exc:  # no credentials, no bucket, ...
-            print(f"error: {path.name} not uploaded: {brief(exc)}", file=sys.stderr)
-            return 1
-        print(f"uploaded {path.name} -> {storage!r} {key}", flush=True)
+    done = 0  # files handled (uploaded, or still waiting): counted before they are printed
+    try:
+        for path in files:
+            if done:
+                time.sleep(args.interval)
+            key = stage_key("input", path.name)
+            try:
+                storage.create(key, path.read_bytes())
+            except ObjectExists:
+                done += 1
+                print(f"not uploaded: {path.name} still waits in {key} (not taken yet)", flush=True)
+                continue
+            except (BotoCoreError, ClientError, OSError) as exc:  # no credentials, no bucket, ...
+                print(f"error: {path.name} not uploaded: {brief(exc)}", file=sys.stderr)
+                return 1
+            done += 1
+            print(f"uploaded {path.name} -> {storage!r} {key}", flush=True)
+    except KeyboardInterrupt:  # Ctrl-C: how a user stops it early, mostly between files
+        rest = ", ".join(path.name for path in files[done:])
+        print(f"stopped: not uploaded: {rest}", file=sys.stderr)
+        return 128 + signal.SIGINT  # a shell's status for Ctrl-C
     return 0
 
 

@@ -380,6 +380,34 @@ def test_simulation_script_uploads_every_file_but_the_training_one(tmp_path: Pat
     assert len(unreachable.stderr.splitlines()) == 1, unreachable.stderr
 
 
+def test_simulation_script_stopped_by_ctrl_c_says_what_it_did_not_upload(tmp_path: Path) -> None:
+    """`make simulate-file-drops` waits INTERVAL (30 s) between files, and Ctrl-C is how
+    a user stops it early: it ended in a KeyboardInterrupt traceback from time.sleep."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("customer_churn_0.csv", "customer_churn_1.csv", "customer_churn_2_x.csv"):
+        (data / name).write_text("a\n1\n")
+    env = dict(os.environ, CHURNOPS_HOME=str(tmp_path / "home"), DROP_STORAGE="local")
+    env.pop("LOCAL_DROP_DIR", None)
+    script = str(ROOT / "upload_simulation_script.py")
+    arguments = ["--interval", "60", "--data-dir", str(data)]
+    with subprocess.Popen(
+        [sys.executable, script, *arguments],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as simulation:
+        assert simulation.stdout is not None
+        for line in simulation.stdout:  # the note, then the first upload
+            if line.startswith("uploaded customer_churn_1.csv"):
+                break
+        simulation.send_signal(signal.SIGINT)  # a terminal's Ctrl-C, during the interval
+        err = simulation.communicate(timeout=30)[1]
+    assert simulation.returncode == 128 + signal.SIGINT
+    assert err == "stopped: not uploaded: customer_churn_2_x.csv\n", err
+
+
 def _tcp_states(port: int) -> set[str]:
     """States (hex, as in /proc/net/tcp) of the IPv4 sockets bound to ``port`` locally."""
     entries = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
