@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
+from churnops.platform.launch import on_signals
 from terraform.scripts import local_postgres, tf_local
 from terraform.scripts.rehearsal.checks import DROPPED_FILE
 from terraform.scripts.rehearsal.run import TRAINING_FILE, Applied, Rehearsal, RehearsalFailed
@@ -32,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data_dir = Path(os.environ.get("CHURN_DATA_DIR", "data")).resolve()
     require_tools_and_data(data_dir)
+    # As `churnops up`: the first Ctrl-C (or SIGTERM) interrupts, a second one must not cut
+    # the clean-up short (it left the servers running).
+    previous = on_signals(threading.Event())
     try:
         return rehearse(args.workdir, args.reuse, data_dir)
     except KeyboardInterrupt as exc:  # as apply-local's: one line, below the clean-up
@@ -39,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             f"rehearsal stopped ({tf_local.stopped_by(exc)}): {left_behind(args)}", file=sys.stderr
         )
         return tf_local.INTERRUPTED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 def rehearse(workdir: Path, reuse: bool, data_dir: Path) -> int:

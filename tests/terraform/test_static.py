@@ -13,8 +13,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -361,6 +363,42 @@ def test_ctrl_c_in_a_rehearsal_is_one_line_after_its_clean_up(
         "rehearsal stopped (interrupted): its moto server, PostgreSQL and processes are"
         " stopped, its work folder removed\n"
     )
+
+
+def test_a_second_ctrl_c_does_not_cut_a_rehearsals_clean_up_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The clean-up after a Ctrl-C takes seconds with nothing printed (each process is let
+    stop): a second Ctrl-C meanwhile interrupted it, and MLflow, the Prefect server and the
+    Evidently UI ran on, orphaned, under the line saying they were stopped. As `churnops
+    up`: the first signal interrupts, later ones let the clean-up finish."""
+    cleaned: list[str] = []
+
+    def ctrl_c(wait: float) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # its handler runs at the next bytecode
+        time.sleep(wait)
+
+    @contextlib.contextmanager
+    def cluster():
+        try:
+            yield SimpleNamespace(url=lambda: "postgresql://127.0.0.1:1/postgres")
+        finally:
+            ctrl_c(0.2)  # the second, while the rehearsal stops its processes
+            cleaned.append("postgres")
+
+    def rehearsal(*_: object) -> None:
+        ctrl_c(5)
+
+    monkeypatch.setattr(rehearse, "require_tools_and_data", lambda *_: None)
+    monkeypatch.setattr(tf_local, "workdir_env", lambda *_: ("http://127.0.0.1:1", {}))
+    monkeypatch.setattr(tf_local, "outputs", lambda *_: {})
+    monkeypatch.setattr(rehearse.local_postgres, "throwaway_cluster", cluster)
+    monkeypatch.setattr(rehearse, "Rehearsal", rehearsal)
+    handler = signal.getsignal(signal.SIGINT)
+    assert rehearse.main(["--reuse", "--workdir", str(tmp_path)]) == 130
+    assert cleaned == ["postgres"]
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert capsys.readouterr().err.startswith("rehearsal stopped (interrupted)")
 
 
 def test_a_destroy_that_fails_once_is_run_again(tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ def run(settings: Settings, console: Console, errors: Console) -> int:
         return 1
     reaper = svc.start_reaper(home)  # stops the children should this process be killed
     stop_requested = threading.Event()
-    previous = _on_signals(stop_requested)
+    previous = on_signals(stop_requested)
     platform = Platform(settings, console)
     code = 0
     try:
@@ -184,7 +184,7 @@ def _stop_leftovers(home: Path, console: Console) -> None:
         )
 
 
-def _on_signals(stop_requested: threading.Event) -> dict[int, object]:
+def on_signals(stop_requested: threading.Event) -> dict[int, object]:
     """The first SIGINT/SIGTERM interrupts what runs; later ones must not cut the stop short."""
 
     def handle(signum: int, frame: FrameType | None) -> None:
