@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"not uploaded: {path.name} still waits in {key} (not taken yet)", flush=True)
                 continue
             except (BotoCoreError, ClientError, OSError) as exc:  # no credentials, no bucket, ...
-                print(f"error: {path.name} not uploaded: {brief(exc)}", file=sys.stderr)
+                # Named: with no --bucket it is DROP_BUCKET's, which the user may not know.
+                print(
+                    f"error: {path.name} not uploaded to {storage!r}: {brief(exc)}", file=sys.stderr
+                )
                 return 1
             done += 1
             print(f"uploaded {path.name} -> {storage!r} {key}", flush=True)

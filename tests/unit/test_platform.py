@@ -363,10 +363,11 @@ def test_simulation_script_uploads_every_file_but_the_training_one(tmp_path: Pat
         "customer_churn_1.csv",
         "customer_churn_2_x.csv",
     ]
-    # a bucket it cannot reach: one line, not botocore's traceback
+    # a bucket it cannot reach: one line naming the bucket, not botocore's traceback
     unreachable = simulate(
         data,
         "s3",
+        DROP_BUCKET="churnops-drop",
         AWS_ENDPOINT_URL="http://127.0.0.1:1",
         AWS_ACCESS_KEY_ID="x",
         AWS_SECRET_ACCESS_KEY="x",
@@ -375,7 +376,8 @@ def test_simulation_script_uploads_every_file_but_the_training_one(tmp_path: Pat
     )
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith(
-        "error: customer_churn_1.csv not uploaded: EndpointConnectionError"
+        "error: customer_churn_1.csv not uploaded to S3DropStorage('churnops-drop'):"
+        " EndpointConnectionError"
     )
     assert len(unreachable.stderr.splitlines()) == 1, unreachable.stderr
 
