@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def rehearse(workdir: Path, reuse: bool, data_dir: Path) -> int:
     """Apply (unless ``reuse``), rehearse, clean up: on a failure and on Ctrl-C too."""
+    if not reuse and (pid := tf_local.running_moto(workdir)):  # its clean-up is not ours
+        raise SystemExit(
+            f"{workdir} is in use: another rehearsal runs there, or one whose terminal closed "
+            f"left its moto server (pid {pid}): let it end, or `kill {pid}`, then try again"
+        )
     try:
         if not reuse:
             tf_local.up(workdir, None)

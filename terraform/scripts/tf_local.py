@@ -331,12 +331,17 @@ def recorded_moto(workdir: Path) -> int | None:
     return json.loads(state.read_text()).get("moto_pid")
 
 
+def running_moto(workdir: Path) -> int | None:
+    """The pid of the moto server an `up` on ``workdir`` started, while it runs."""
+    pid = recorded_moto(workdir)
+    return pid if pid and live_groups([int(pid)]) else None
+
+
 def clear_previous(workdir: Path) -> None:
     """Before `up` starts a moto server: one an earlier `up` left running is refused (a
     second would orphan it); the state of an earlier apply whose server is gone names
     nothing that exists, so the apply starts from none."""
-    pid = recorded_moto(workdir)
-    if pid and live_groups([int(pid)]):
+    if pid := running_moto(workdir):
         raise SystemExit(
             f"{workdir} holds an apply against moto (pid {pid}): make destroy-local first"
         )

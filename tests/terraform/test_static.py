@@ -365,6 +365,27 @@ def test_ctrl_c_in_a_rehearsal_is_one_line_after_its_clean_up(
     )
 
 
+def test_a_rehearsal_refuses_a_work_folder_in_use_and_leaves_it_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second `make rehearse-aws` while one ran was refused by the apply ("make
+    destroy-local first", which does not apply to a rehearsal), and its clean-up then
+    stopped the first rehearsal's moto server and removed its work folder."""
+    workdir = tmp_path / "rehearsal"
+    workdir.mkdir()
+    server = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    (workdir / "emulator.json").write_text(json.dumps({"moto_pid": server.pid}))
+    monkeypatch.setattr(rehearse, "require_tools_and_data", lambda *_: None)
+    try:
+        with pytest.raises(SystemExit, match=rf"another rehearsal .*\(pid {server.pid}\)"):
+            rehearse.main(["--workdir", str(workdir)])
+        assert server.poll() is None, "the running rehearsal's moto server was stopped"
+        assert (workdir / "emulator.json").is_file()
+    finally:
+        terminate_groups([server.pid], grace=5.0)
+        server.wait()
+
+
 def test_a_second_ctrl_c_does_not_cut_a_rehearsals_clean_up_short(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
