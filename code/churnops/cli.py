@@ -409,6 +409,8 @@ def report(
     """Plot the dashboard's time series from the metrics database (no Grafana needed)."""
     from churnops.monitoring.report import NoRunsYet, write_report
 
+    if out is not None and out.exists() and not out.is_dir():  # was FileExistsError
+        _fail(f"--out {out} is a file: give a folder for report.png and report.html")
     try:
         files = write_report(_settings().monitoring, out)
     except NoRunsYet as exc:

@@ -94,6 +94,7 @@ def test_the_scoring_path_imports_nothing_of_training(tmp_path: Path) -> None:
         (["report"], {"DATABASE_URL": "postgres://u:pw@h/m"}, 2, "not a sqlite:/// or "),
         (["report"], {"DATABASE_URL": "postgresql://u:p@w@h/m"}, 2, "must be written %40"),
         (["grant-reader"], {"DASHBOARD_DB_PASSWORD": ""}, 1, "set DASHBOARD_DB_PASSWORD"),
+        (["report", "--out", "/dev/null"], {}, 1, "--out /dev/null is a file: give a folder"),
     ],
 )
 def test_a_bad_setting_or_argument_is_one_line_not_a_traceback(
