@@ -151,14 +151,16 @@ def with_platform(runners: int, rows_file: Path, measure, seed: Path) -> dict:
     in ``seed``; the others start with a copy of its MLflow store: one model for all."""
     first = not (seed / "mlflow").exists()
     home = seed if first else Path(tempfile.mkdtemp(prefix=f"churnops-recovery-{runners}-"))
-    if not first:
-        shutil.copytree(seed / "mlflow", home / "mlflow")
-    settings = get_settings(churnops_home=home)
-    process = start_platform(settings, {"RUNNER_PROCESSES": str(runners)})
-    try:
-        return measure(settings, rows_file.read_bytes())
+    try:  # a platform that did not start left its copy behind
+        if not first:
+            shutil.copytree(seed / "mlflow", home / "mlflow")
+        settings = get_settings(churnops_home=home)
+        process = start_platform(settings, {"RUNNER_PROCESSES": str(runners)})
+        try:
+            return measure(settings, rows_file.read_bytes())
+        finally:
+            stop_platform(process)
     finally:
-        stop_platform(process)
         if not first:
             shutil.rmtree(home, ignore_errors=True)
 
@@ -176,9 +178,7 @@ def main() -> int:
     args = parser.parse_args()
     source = source_file(get_settings())
     scratch = Path(tempfile.mkdtemp(prefix="churnops-recovery-"))
-    rows_file = scratch / "rows.csv"
-    pd.read_csv(source).head(args.rows).to_csv(rows_file, index=False)
-    seed = scratch / "home"
+    rows_file, seed = scratch / "rows.csv", scratch / "home"
     bursts: dict[int, list[float]] = {1: [], args.runners: []}
     names = [f"burst_{index:03d}.csv" for index in range(args.files)]
 
@@ -196,6 +196,7 @@ def main() -> int:
         return {"burst_s": burst(settings, data, names)}
 
     try:
+        pd.read_csv(source).head(args.rows).to_csv(rows_file, index=False)
         figures = with_platform(args.runners, rows_file, everything, seed)
         # Alternating, so that the machine's other load falls on both alike.
         for _ in range(args.repeats):

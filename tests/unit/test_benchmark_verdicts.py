@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import attribution, latency, model_quality, pipeline
+from benchmarks import attribution, latency, model_quality, pipeline, recovery
 from churnops.settings import get_settings
 
 
@@ -113,3 +113,20 @@ def test_the_latency_baseline_leaves_no_scratch_home(
     timings, monitors = latency.baseline(get_settings(), source, repeats=2)
     assert len(timings) == len(monitors) == 2
     assert list(tmp_path.iterdir()) == [source]
+
+
+def test_a_recovery_platform_that_does_not_start_leaves_no_copy_of_the_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its copy of the seed home was made before the try that removes it."""
+
+    def not_started(*_: object) -> None:
+        raise SystemExit("the platform did not start")
+
+    (tmp_path / "seed" / "mlflow").mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setattr(recovery, "start_platform", not_started)
+    with pytest.raises(SystemExit, match="did not start"):
+        recovery.with_platform(2, tmp_path / "rows.csv", None, tmp_path / "seed")
+    assert list((tmp_path / "scratch").iterdir()) == []
