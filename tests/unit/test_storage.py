@@ -32,7 +32,8 @@ from churnops.drop.storage import (
 )
 from churnops.settings import get_settings
 
-NAMES = ["customer_churn_1.csv", "march batch.csv", "a+b.csv", "clientes_año_ü.csv"]
+#: A backslash is a character of a POSIX file name, as of an S3 key: no separator.
+NAMES = ["customer_churn_1.csv", "march batch.csv", "a+b.csv", "clientes_año_ü.csv", "a\\b.csv"]
 
 
 @pytest.fixture

@@ -250,7 +250,8 @@ class LocalDropStorage(DropStorage):
     def path(self, key: str) -> Path:
         """The file of a key; a ValueError for keys that would leave the root."""
         parts = PurePosixPath(key).parts
-        if not parts or key.startswith("/") or ".." in parts or "\\" in key:
+        windows = os.sep != "/" and os.sep in key  # a backslash is a POSIX name's character
+        if not parts or key.startswith("/") or ".." in parts or windows:
             raise ValueError(f"invalid key {key!r}: expected a relative '/'-separated key")
         return self.root.joinpath(*parts)
 
