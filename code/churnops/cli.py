@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -256,12 +259,13 @@ def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStor
     path = Path(target)
     if not path.is_file():
         _fail(f"{path} is not a file")
-    if stranded := _stranded_run(local, path.name, path.read_bytes()):
+    if stranded := _stranded_run(local, path.name, path):
         return local, stranded
     key = stage_key(folder, path.name)  # type: ignore[arg-type]
     if path.resolve() != local.path(key):
         try:
-            local.create(key, path.read_bytes())
+            with path.open("rb") as source, local.create_streamed(key) as out:
+                shutil.copyfileobj(source, out, 1 << 20)  # a file of any size, in flat memory
         except ObjectExists:
             _fail(f"another {path.name} waits in {local.path(key).parent}: drop it later")
         console.print(f"copied {path.name} into the drop folder {local.root}")
@@ -284,8 +288,9 @@ def _drop(uri: str) -> DropStorage:
     return storage
 
 
-def _stranded_run(storage: DropStorage, name: str, data: bytes | None) -> str | None:
-    """A dead or failed run holding ``name`` (with these bytes): retrying means re-driving it."""
+def _stranded_run(storage: DropStorage, name: str, source: Path | None) -> str | None:
+    """A dead or failed run holding ``name`` (with the bytes of the file ``source``):
+    retrying means re-driving it."""
     from datetime import UTC, datetime
 
     from churnops.drop.storage import run_folders
@@ -295,10 +300,16 @@ def _stranded_run(storage: DropStorage, name: str, data: bytes | None) -> str | 
     for action in stranded_runs(storage, datetime.now(UTC), runs, retry_now=True):
         if action.key.rsplit("/", 1)[-1] != name:
             continue
-        if data is None or storage.read(action.key) == data:
+        if source is None or _digest(source.open("rb")) == _digest(storage.open_read(action.key)):
             console.print(f"re-driving {action.key}: {action.reason}")
             return action.key
     return None
+
+
+def _digest(stream: AbstractContextManager[IO[bytes]]) -> bytes:
+    """The SHA-256 of a stream, read a chunk at a time, then closed."""
+    with stream as opened:
+        return hashlib.file_digest(opened, "sha256").digest()
 
 
 @app.command()

@@ -6,6 +6,7 @@ telling another story (the flow run as the Prefect client models it)."""
 from __future__ import annotations
 
 import os
+import tracemalloc
 from contextlib import closing
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -353,6 +354,34 @@ def test_churnops_process_run_again_after_a_failure_redrives_its_run_before_the_
     )
     claims.release(storage, held.lease, "failed", "no staging model", retry_in=600.0)
 
-    assert cli._stranded_run(storage, "customers.csv", data) == held.processing_key
-    assert cli._stranded_run(storage, "customers.csv", b"other bytes\n") is None
+    (tmp_path / "customers.csv").write_bytes(data)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "customers.csv").write_bytes(b"other bytes\n")
+    assert cli._stranded_run(storage, "customers.csv", tmp_path / "customers.csv") == (
+        held.processing_key
+    )
+    assert cli._stranded_run(storage, "customers.csv", tmp_path / "other" / "customers.csv") is None
     assert reconcile.find_work(storage, datetime.now(UTC)) == []  # the platform waits
+
+
+def test_churnops_process_streams_the_file_it_copies_in(tmp_path: Path) -> None:
+    """`churnops process FILE` held the file whole twice (677 MB for a 320 MB file; 4 GB at
+    the 2 GiB limit), to copy it into the drop folder and to look for a stranded run of it:
+    both now go a chunk at a time."""
+    from churnops import cli
+
+    source = tmp_path / "big.csv"
+    source.write_bytes(b"a,b\n" + b"1,2\n" * 5_000_000)  # 20 MB
+    settings = get_settings(churnops_home=tmp_path / "home")
+    tracemalloc.start()
+    try:
+        storage, key = cli._open_target(settings, str(source), "input")
+        held = claims.claim(storage, key, lease_seconds=claims.LEASE_SECONDS)
+        claims.release(storage, held.lease, "failed", "no staging model", retry_in=600.0)
+        _, again = cli._open_target(settings, str(source), "input")  # re-drives its run
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert again == held.processing_key
+    assert storage.read(again) == source.read_bytes()
+    assert peak < 5_000_000, f"{peak:,} bytes held"
