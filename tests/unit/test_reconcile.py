@@ -385,3 +385,27 @@ def test_churnops_process_streams_the_file_it_copies_in(tmp_path: Path) -> None:
     assert again == held.processing_key
     assert storage.read(again) == source.read_bytes()
     assert peak < 5_000_000, f"{peak:,} bytes held"
+
+
+def test_a_finished_file_moved_back_into_input_is_a_run_of_its_own_each_time(
+    tmp_path: Path,
+) -> None:
+    """`mv data/processed/<run>/a.csv data/input/` keeps the file's inode and times, so its
+    version: its claim took the next attempt of its old run, whose earlier report it withdrew,
+    and the sixth move back ended in errored/ as 'gave up after 5 attempts: processed'. Each
+    move back is a run of its own, the one the reconciler looks for too."""
+    storage = LocalDropStorage(tmp_path)
+    storage.create_layout()
+    key = stage_key("input", "a.csv")
+    storage.create(key, b"a,b\n1,2\n")
+    os.utime(storage.path(key), (0, 0))  # long dropped: the reconciler's grace is over
+    runs = []
+    for stage in ("processed", "errored", *["processed"] * 5):
+        [action] = reconcile.find_work(storage, datetime.now(UTC))
+        held = claims.claim(storage, key, lease_seconds=claims.LEASE_SECONDS)
+        assert (held.lease.attempt, action.marker) == (1, f"{held.run}#input")
+        storage.move(held.processing_key, run_key(stage, held.run, "a.csv"))
+        claims.release(storage, held.lease, "done", stage)
+        os.rename(storage.path(run_key(stage, held.run, "a.csv")), storage.path(key))
+        runs.append(held.run)
+    assert len(set(runs)) == len(runs)

@@ -98,7 +98,7 @@ def _untaken_inputs(storage: DropStorage, now: datetime, runs: list[str]) -> lis
             info = storage.stat(key)
             if info is None:
                 continue
-            run = _run_of(prefix, key, info)
+            run = _run_of(storage, prefix, key, info)
             lease = claims.latest_lease(storage, run) if run not in runs else None
             if lease and lease.holder_gone(now, claims.LEASE_SECONDS):
                 # Its trigger came and the attempt died claiming it: nothing is on its way.
@@ -137,9 +137,9 @@ def _dropped_keys(storage: DropStorage, ignored: list[str] | None = None) -> lis
     return found
 
 
-def _run_of(prefix: str, key: str, info: ObjectInfo) -> str:
+def _run_of(storage: DropStorage, prefix: str, key: str, info: ObjectInfo) -> str:
     """The run a dropped file's claim would take (its name, version and time)."""
-    return claims.run_id(key[len(prefix) :], info.version, info.modified)
+    return claims.drop_run(storage, key[len(prefix) :], info)
 
 
 def waiting_for_retry(storage: DropStorage) -> list[claims.Lease]:
@@ -148,7 +148,7 @@ def waiting_for_retry(storage: DropStorage) -> list[claims.Lease]:
     runs = run_folders(storage, "processing")
     for prefix, key in _dropped_keys(storage):
         if (info := storage.stat(key)) is not None:
-            runs.append(_run_of(prefix, key, info))
+            runs.append(_run_of(storage, prefix, key, info))
     latest = (claims.latest_lease(storage, run) for run in runs)
     return [x for x in latest if x is not None and x.waits_for_retry]
 
