@@ -262,7 +262,8 @@ def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStor
     if stranded := _stranded_run(local, path.name, path):
         return local, stranded
     key = stage_key(folder, path.name)  # type: ignore[arg-type]
-    if path.resolve() != local.path(key):
+    # The dropped entry itself (a symlink there too, refused by its run), or a link to it.
+    if local.path(key) not in (path.parent.resolve() / path.name, path.resolve()):
         try:
             with path.open("rb") as source, local.create_streamed(key) as out:
                 shutil.copyfileobj(source, out, 1 << 20)  # a file of any size, in flat memory

@@ -409,3 +409,22 @@ def test_a_finished_file_moved_back_into_input_is_a_run_of_its_own_each_time(
         os.rename(storage.path(run_key(stage, held.run, "a.csv")), storage.path(key))
         runs.append(held.run)
     assert len(set(runs)) == len(runs)
+
+
+def test_churnops_process_takes_a_symlink_in_the_drop_folder_as_itself(tmp_path: Path) -> None:
+    """`churnops process .churnops/drop/data/input/link.csv` (a symlink there) said 'another
+    link.csv waits in ...: drop it later' (it compared where the link points with the drop
+    folder) and left it in input/; it is that drop, whose run refuses it as a symlink."""
+    from churnops import cli
+
+    (tmp_path / "real.csv").write_bytes(b"a,b\n1,2\n")
+    settings = get_settings(churnops_home=tmp_path / "home")
+    storage, key = cli._open_target(settings, str(tmp_path / "real.csv"), "input")
+    link = storage.path(stage_key("input", "link.csv"))
+    link.symlink_to(tmp_path / "real.csv")
+    (tmp_path / "other").mkdir()
+    elsewhere = tmp_path / "other" / "real.csv"  # a link to a dropped file is that file
+    elsewhere.symlink_to(storage.path(key))
+
+    assert cli._open_target(settings, str(link), "input")[1] == "data/input/link.csv"
+    assert cli._open_target(settings, str(elsewhere), "input")[1] == key
