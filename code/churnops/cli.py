@@ -269,7 +269,7 @@ def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStor
                 shutil.copyfileobj(source, out, 1 << 20)  # a file of any size, in flat memory
         except ObjectExists:
             _fail(f"another {path.name} waits in {local.path(key).parent}: drop it later")
-        console.print(f"copied {path.name} into the drop folder {local.root}")
+        console.print(escape(f"copied {path.name} into the drop folder {local.root}"))
     return local, key
 
 
@@ -302,7 +302,7 @@ def _stranded_run(storage: DropStorage, name: str, source: Path | None) -> str |
         if action.key.rsplit("/", 1)[-1] != name:
             continue
         if source is None or _digest(source.open("rb")) == _digest(storage.open_read(action.key)):
-            console.print(f"re-driving {action.key}: {action.reason}")
+            console.print(escape(f"re-driving {action.key}: {action.reason}"))
             return action.key
     return None
 
@@ -352,13 +352,13 @@ def _print_outcome(outcome: FileOutcome, *, ui_running: bool) -> None:
     message = outcome.message
     if outcome.status == "failed" and (served := _served_by_the_platform(message)):
         message = served  # MLflow's own words name a URI scheme, not what to do
-    console.print(f"[{colour}]{outcome.status}[/{colour}] {outcome.name}: {escape(message)}")
+    console.print(f"[{colour}]{outcome.status}[/{colour}] {escape(f'{outcome.name}: {message}')}")
     for field in ("run", "attempt", "model_version", "predictions_key", "report_url"):
         value = getattr(outcome, field)
         if field == "report_url" and value is not None and not ui_running:
             value = f"{value} (start `churnops up` to open it)"
         if value is not None:
-            console.print(f"  {field}: {value}")
+            console.print(escape(f"  {field}: {value}"))
 
 
 @app.command()
@@ -383,7 +383,7 @@ def reconcile(
     outcomes: list[FileOutcome] = []
 
     def submit(action: reconciler.Action) -> None:
-        console.print(f"{action.kind} {action.key}: {action.reason}")
+        console.print(escape(f"{action.kind} {action.key}: {action.reason}"))
         outcomes.append(process_file(settings, storage, action.key))
         _print_outcome(outcomes[-1], ui_running=settings.monitoring.evidently_ui_url is not None)
 
@@ -393,7 +393,7 @@ def reconcile(
             console.print(f"closed run {action.key}: {action.reason}")
     waiting = _waiting_for_retry(storage)
     for line in waiting:
-        console.print(line, soft_wrap=True)
+        console.print(escape(line), soft_wrap=True)
     if not actions and not waiting:
         console.print("nothing to reconcile")
     if any(o.status == "failed" for o in outcomes):
@@ -455,7 +455,7 @@ def status() -> None:
         files = list_files(_drop(drop.drop_uri))
         table = Table("stage", "run", "file", "note", title="files")
         for file in files:
-            table.add_row(file.stage, file.run, file.name, escape(file.note))
+            table.add_row(file.stage, file.run, escape(file.name), escape(file.note))
         console.print(table if files else "no files in the drop folder")
         if files:
             console.print(f"files: {stage_counts(files)}")

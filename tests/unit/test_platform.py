@@ -207,6 +207,35 @@ def test_status_lists_every_file_by_stage_and_counts_them(tmp_path: Path) -> Non
     )
 
 
+def test_status_and_process_show_a_name_as_written_never_as_markup(tmp_path: Path) -> None:
+    """`[draft] customers.csv` was listed as ' customers.csv' (rich took '[draft]' for a
+    style), and a file `bold]x.csv` in a subfolder `[` stopped `churnops status` with a
+    MarkupError traceback ('closing tag [/bold] ... doesn't match any open tag')."""
+    from typer.testing import CliRunner
+
+    from churnops import cli
+    from churnops.pipeline.per_file import FileOutcome
+
+    storage = LocalDropStorage(tmp_path / "drop")
+    storage.create_layout()
+    storage.create(stage_key("input", "[draft] customers.csv"), b"x")
+    storage.create("data/input/[/bold]x.csv", b"x")
+    result = CliRunner().invoke(cli.app, ["status"], env={"CHURNOPS_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert "[draft] customers.csv" in result.output and "[/bold]x.csv" in result.output
+
+    shown = io.StringIO()
+    cli.console.file = shown
+    try:
+        cli._print_outcome(FileOutcome("[draft] a.csv", "processed", "ok"), ui_running=True)
+    finally:
+        cli.console.file = None  # type: ignore[assignment]
+    assert shown.getvalue().startswith("processed [draft] a.csv: ok")
+    up = launch.Platform(get_settings(churnops_home=tmp_path), Console(file=shown, width=200))
+    up.show_trigger({"key": "data/input/[draft] b.csv", "status": "created", "flow_run_id": "F"})
+    assert shown.getvalue().endswith("drop run started data/input/[draft] b.csv F\n")
+
+
 def test_status_says_which_file_in_processing_waits_for_its_retry(tmp_path: Path) -> None:
     """Its attempt failed (Prefect: Failed, the database: failed): not 'processing' alone."""
     storage = LocalDropStorage(tmp_path)

@@ -72,7 +72,7 @@ class Platform:
         detail = result.get("flow_run_id") or result.get("reason") or ""
         word = {"created": "run started", "skipped": "ignored"}.get(str(status), str(status))
         colour = {"created": "green", "skipped": "yellow"}.get(str(status), "red")
-        self.console.print(f"  drop [{colour}]{word}[/{colour}] {key} {detail}")
+        self.console.print(f"  drop [{colour}]{word}[/{colour}] {escape(f'{key} {detail}')}")
 
     def stop(self) -> None:
         if self.watcher is not None:
