@@ -12,15 +12,19 @@ from uuid import UUID
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 from evidently import Dataset
 from evidently.ui.workspace import Workspace
 from sklearn import metrics
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
+from churnops import retry
 from churnops.data.schema import RAW_COLUMNS
 from churnops.drop.storage import LocalDropStorage, folder_key, run_key
 from churnops.model.churn_model import LoadedModel
 from churnops.monitoring.drift import (
     PROJECT,
+    _BoundedRemoteWorkspace,
     build_report,
     data_definition,
     extract_result,
@@ -273,3 +277,41 @@ def test_predictions_of_another_version_by_an_earlier_attempt_are_set_aside(tmp_
         run_key("processing", "run1", "f_predictions_M_v2.csv"),
     ]
     assert storage.read(run_key("errored", "run1", "f_predictions_M_v1.csv")) == b"stale"
+
+
+def _refused() -> requests.ConnectionError:
+    """What requests raises when nothing listens on the port: the request was never sent."""
+    return requests.ConnectionError(
+        MaxRetryError(None, "/api/version", NewConnectionError(None, "refused"))
+    )
+
+
+@pytest.mark.parametrize(("sent", "calls"), [(False, 2), (True, 1)])
+def test_an_evidently_ui_restarting_is_waited_for_when_nothing_was_sent(
+    monkeypatch: pytest.MonkeyPatch, sent: bool, calls: int
+) -> None:
+    """The platform restarts an Evidently UI that died: a file's attempt failed at once on its
+    refused connection (found by killing the UI under churnops up, then dropping a file),
+    where the metrics database and MLflow are waited for. A refused connection sent nothing,
+    so it is tried again; one broken after sending is not (the report could be stored twice)."""
+    failure = requests.ConnectionError(ProtocolError("aborted")) if sent else _refused()
+    answers: list[object] = [failure]
+    ok = requests.Response()
+    ok.status_code, ok._content = 200, b'{"version": "0.7"}'
+
+    def send(self: requests.Session, request: object, **kwargs: object) -> requests.Response:
+        answers.append("sent")
+        if isinstance(answers[0], Exception):
+            raise answers.pop(0)
+        return ok
+
+    monkeypatch.setattr(requests.Session, "send", send)
+    monkeypatch.setattr(retry, "CALL", retry.Backoff(first=0.01, longest=0.01))
+    ui = _BoundedRemoteWorkspace.__new__(_BoundedRemoteWorkspace)
+    ui.base_url, ui.secret = "http://127.0.0.1:1", None
+    if sent:
+        with pytest.raises(requests.ConnectionError):
+            ui._request("/api/version", "GET")
+    else:
+        assert ui._request("/api/version", "GET") is ok
+    assert answers.count("sent") == calls

@@ -28,6 +28,7 @@ from evidently._pydantic_compat import parse_obj_as
 from evidently.core.report import Snapshot
 from evidently.errors import EvidentlyError
 from evidently.ui.workspace import RemoteWorkspace, Workspace, WorkspaceBase
+from urllib3.exceptions import ConnectTimeoutError
 
 from churnops import retry
 from churnops.data.schema import TARGET
@@ -221,8 +222,10 @@ class _BoundedRemoteWorkspace(RemoteWorkspace):
         request = self._prepare_request(
             path, method, query_params, body, cookies, headers, form_data=form_data
         )
-        with requests.Session() as session:
-            response = session.send(request.prepare(), timeout=retry.NETWORK_TIMEOUT_SECONDS)
+        with requests.Session() as session:  # a UI restarting (under `up`) is waited for
+            response = retry.call(_not_connected)(
+                session.send, request.prepare(), timeout=retry.NETWORK_TIMEOUT_SECONDS
+            )
         if response.status_code >= 400:
             try:
                 detail = response.json()["detail"]
@@ -243,6 +246,12 @@ class _BoundedRemoteWorkspace(RemoteWorkspace):
         """The UI's own delete (Evidently's client raises NotImplementedError here, so a
         failed attempt's report stayed beside its re-drive's: one file, two points)."""
         self._request(f"/api/projects/{project_id}/{snapshot_id}", "DELETE")
+
+
+def _not_connected(exc: BaseException) -> bool:
+    """Refused, or no connection in time: nothing was sent, so a retry stores nothing twice."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(exc, requests.ConnectionError) and isinstance(reason, ConnectTimeoutError)
 
 
 def open_workspace(monitoring: MonitoringSettings) -> WorkspaceBase:
