@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from unittest.mock import MagicMock, Mock
@@ -40,7 +41,7 @@ from churnops.platform.watcher import (
     wait_stable,
 )
 from churnops.settings import MLFLOW_CLIENT_ENV, NO_USAGE_TELEMETRY, get_settings
-from tests.processes import dead_pid, eventually, run_python
+from tests.processes import dead_pid, eventually, http_server, run_python
 
 ROOT = Path(__file__).parents[2]
 PORTS = services.Ports(prefect=1, mlflow=2, evidently=3)
@@ -819,6 +820,40 @@ def test_the_finished_files_line_reuses_one_prefect_client(
     assert len(made) == 2 and made[0].__exit__.called
     finished.close()
     assert made[1].__exit__.called
+
+
+class _EndedRuns(BaseHTTPRequestHandler):
+    """Prefect's API as the finished-files look meets it: no ended run, no CSRF (404)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"[]")
+
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+def test_the_finished_files_look_does_not_hold_up_the_restart_of_a_dead_prefect() -> None:
+    """Prefect killed under ``up`` was restarted 72 s later: the supervising loop first
+    looks for ended runs, and its client, having connected once, retried the refused
+    connection with its back-off (2, 4, 8, 16, 32 s) before the loop saw the dead server."""
+    with http_server(_EndedRuns) as server:
+        settings = get_settings(prefect_port=server.server_port)
+        finished = launch.FinishedFiles(settings.platform, Console(file=io.StringIO()))
+        finished.print_new()
+        assert finished.client is not None  # connected once
+    started = time.monotonic()
+    finished.print_new()  # the server is gone
+    assert time.monotonic() - started < 10
+    assert finished.client is None  # the next look starts afresh
 
 
 def test_an_idle_runner_polls_with_a_plain_read_and_marks_its_deployments_now_and_then() -> None:

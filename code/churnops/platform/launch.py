@@ -387,9 +387,11 @@ class FinishedFiles:
 
     def print_new(self) -> None:
         """Print the runs that ended since the last look (an API hiccup: next time, with a
-        new client)."""
+        new client). The look is not retried: its client's retries (about 70 s against a
+        Prefect server that died) held up the loop that restarts the server."""
         from prefect.client.orchestration import SyncPrefectClient
         from prefect.client.schemas import filters
+        from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
         ended = filters.FlowRunFilter(
             end_time=filters.FlowRunFilterEndTime(after_=self.since - timedelta(seconds=5))
@@ -399,9 +401,10 @@ class FinishedFiles:
         try:
             if self.client is None:
                 self.client = self._opened.enter_context(SyncPrefectClient(self.api))
-            runs = self.client.read_flow_runs(
-                flow_run_filter=ended, deployment_filter=named, flow_filter=flow
-            )
+            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                runs = self.client.read_flow_runs(
+                    flow_run_filter=ended, deployment_filter=named, flow_filter=flow
+                )
         except Exception as exc:
             log.debug("finished runs not read: %s", exc)
             self.close()
