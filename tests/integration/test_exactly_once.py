@@ -1073,6 +1073,7 @@ def test_a_symlink_is_refused_to_errored_without_being_read_or_followed(
     link.symlink_to(secret)
     outcome = world.process("data/input/link.csv")
     assert outcome.status == "errored", outcome
+    assert outcome.message.startswith("link.csv is invalid")  # was 'file is invalid'
     assert "not a regular file" in outcome.message
     errored = world.settings.drop.drop_dir / "data" / "errored" / outcome.run / "link.csv"
     assert errored.is_symlink() and secret.read_bytes() == small_file

@@ -318,7 +318,8 @@ def _run_attempt(attempt: _Attempt) -> FileOutcome:
         if problem := name_problem(name_from_key(held.lease.source_key)):
             raise DataValidationError([problem], held.name)
         if not info.regular:
-            raise NotARegularFile([f"{held.name!r} is not a regular file: refused, not read"])
+            problem = f"{held.name!r} is not a regular file: refused, not read"
+            raise NotARegularFile([problem], held.name)
         if is_labels(held.lease.source_key):
             return _join_labels(attempt)
         return _score_and_monitor(attempt)
