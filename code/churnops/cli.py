@@ -236,6 +236,7 @@ def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStor
     """The storage and key of ``s3://bucket/key``, or of a local file put into the local
     drop's ``folder`` unless it is there."""
     from churnops.drop.storage import (
+        MAX_WRITTEN_NAME_BYTES,
         LocalDropStorage,
         ObjectExists,
         name_from_key,
@@ -264,6 +265,12 @@ def _open_target(settings: Settings, target: str, folder: str) -> tuple[DropStor
     key = stage_key(folder, path.name)  # type: ignore[arg-type]
     # The dropped entry itself (a symlink there too, refused by its run), or a link to it.
     if local.path(key) not in (path.parent.resolve() / path.name, path.resolve()):
+        size = len(path.name.encode("utf-8", "surrogateescape"))
+        if size > MAX_WRITTEN_NAME_BYTES:  # the copy's temporary name would not fit either
+            _fail(
+                f"the file name is too long ({size} bytes) to copy into the drop folder: "
+                f"rename it to at most {MAX_WRITTEN_NAME_BYTES} bytes"
+            )
         try:
             with path.open("rb") as source, local.create_streamed(key) as out:
                 shutil.copyfileobj(source, out, 1 << 20)  # a file of any size, in flat memory

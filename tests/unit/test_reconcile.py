@@ -18,6 +18,7 @@ from uuid import uuid4
 import numpy as np
 import pandas as pd
 import pytest
+import typer
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Completed, Crashed, Failed, Running, Scheduled
 
@@ -428,3 +429,21 @@ def test_churnops_process_takes_a_symlink_in_the_drop_folder_as_itself(tmp_path:
 
     assert cli._open_target(settings, str(link), "input")[1] == "data/input/link.csv"
     assert cli._open_target(settings, str(elsewhere), "input")[1] == key
+
+
+def test_churnops_process_refuses_to_copy_in_a_file_whose_name_no_run_can_keep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 240-byte name stopped `churnops process` with 'OSError: [Errno 36] File name too
+    long' and the path of the copy's hidden temporary file: now one line naming the limit
+    (the one the scoring step gives a dropped file), and nothing is copied in."""
+    from churnops import cli
+
+    source = tmp_path / f"{'a' * 236}.csv"
+    source.write_bytes(b"a,b\n1,2\n")
+    settings = get_settings(churnops_home=tmp_path / "home")
+    with pytest.raises(typer.Exit) as stopped:
+        cli._open_target(settings, str(source), "input")
+    assert stopped.value.exit_code == 1
+    assert "rename it to at most" in capsys.readouterr().err
+    assert list((settings.drop.drop_dir / "data" / "input").iterdir()) == []
