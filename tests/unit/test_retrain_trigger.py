@@ -278,6 +278,22 @@ def test_an_automatic_retraining_that_fails_says_so(
     assert sent.count("[ChurnOps] retraining failed: RuntimeError: the champion does not") == 1
 
 
+def test_an_automatic_retraining_that_skips_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's alert said "retraining started"; its skip (found on the local platform:
+    "19 labeled rows unseen by the champion, fewer than the 100 a holdout needs") was told
+    only in its Prefect flow run, so alerts.log never said how it ended."""
+    settings = get_settings(churnops_home=tmp_path, retrain_mode="auto")
+    monkeypatch.setattr(retraining, "labeled_files", lambda *args: ["a labeled file"])
+    few = Outcome("skipped", "f.csv has 19 labeled rows unseen by the champion")
+    monkeypatch.setattr(retraining, "train_and_register", lambda *args: few)
+    for trigger in ("manual", "auto"):  # manual: the person at the terminal sees it
+        retraining.retrain(settings, None, RetrainOptions(trigger=trigger))  # type: ignore[arg-type]
+    sent = settings.alerts.alert_log.read_text()
+    assert sent.count("[ChurnOps] retraining skipped: f.csv has 19 labeled rows unseen") == 1
+
+
 def test_an_automatic_retraining_submitted_before_retrain_mode_changed_stops(
     tmp_path: Path,
 ) -> None:

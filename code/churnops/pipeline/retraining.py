@@ -138,6 +138,19 @@ def retrain(
     """Train a challenger on the window, gate it against the champion (loaded by ``load``,
     as files are scored), record it."""
     options = options or RetrainOptions()
+    outcome = _retrain_locked(settings, storage, options, progress, load)
+    if options.trigger == "auto" and outcome.status == "skipped":  # as a failure is told
+        _tell_ended(settings.model, settings.alerts, "skipped", outcome.reason)
+    return outcome
+
+
+def _retrain_locked(
+    settings: Settings,
+    storage: DropStorage,
+    options: RetrainOptions,
+    progress: Progress,
+    load: Callable[[ModelSettings], LoadedModel],
+) -> Outcome:
     store = MetricsStore.from_settings(settings.monitoring)
     holder = lock_holder(options.trigger)
     try:
@@ -162,7 +175,7 @@ def retrain(
                 outcome = train_and_register(settings, chosen, progress, window, load)
             except Exception as exc:
                 if options.trigger == "auto":  # a file's alert said it started: say it ended
-                    _tell_failed(settings.model, settings.alerts, exc)
+                    _tell_ended(settings.model, settings.alerts, "failed", brief(exc))
                 raise
             if outcome.status != "skipped":
                 outcome = _record(settings.model, settings.alerts, store, options.trigger, outcome)
@@ -243,16 +256,17 @@ def _send(alert: Alert, alerts: AlertSettings) -> tuple[str, ...]:
         return tuple(exc.delivered)
 
 
-def _tell_failed(model: ModelSettings, alerts: AlertSettings, exc: Exception) -> None:
-    """An automatic retraining that ended in an error, told as its verdict would be (else
-    only its Prefect flow run said so, after an alert had said it started)."""
-    reason = brief(exc)
+def _tell_ended(model: ModelSettings, alerts: AlertSettings, ended: str, reason: str) -> None:
+    """An automatic retraining that ended with no verdict (``failed`` or ``skipped``), told
+    as its verdict would be (else only its Prefect flow run said so, after an alert had said
+    it started)."""
+    more = "\nIts flow run has the traceback.\n" if ended == "failed" else ""
     alert = Alert(
         file_name="",
         model_name=model.model_name,
         model_version="",
-        subject=f"{SUBJECT_PREFIX} retraining failed: {reason}"[:SUBJECT_MAX],
-        body=f"ChurnOps retraining (auto) failed:\n\n{reason}\n\nIts flow run has the traceback.\n",
+        subject=f"{SUBJECT_PREFIX} retraining {ended}: {reason}"[:SUBJECT_MAX],
+        body=f"ChurnOps retraining (auto) {ended}:\n\n{reason}\n{more}",
     )
     _send(alert, alerts)
 
