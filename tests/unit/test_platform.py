@@ -787,12 +787,13 @@ def test_no_staging_model_is_a_warning_not_a_crash(
 ) -> None:
     """A runner without a model to load still serves (a platform just deployed has none)."""
     settings = get_settings(
-        churnops_home=tmp_path, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"
+        churnops_home=tmp_path, mlflow_tracking_uri=(tmp_path / "mlruns").as_uri()
     )
     runner = FlowRunner(settings, client=None)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="churnops.runner"):
         runner.warm_up()
     assert "not warm, the first run loads the model" in caplog.text
+    assert "has alias 'staging'" in caplog.text, caplog.text
 
 
 def test_the_finished_files_line_reuses_one_prefect_client(
