@@ -97,8 +97,9 @@ Force = Annotated[bool, typer.Option(help="Move the alias even if the gate says 
 
 
 def _settings() -> Settings:
-    """The settings, pointed at the servers of a ``churnops up`` running on this home
-    unless MLFLOW_TRACKING_URI or EVIDENTLY_UI_URL name others."""
+    """The settings, pointed at the servers and the drop folder of a ``churnops up``
+    running on this home unless MLFLOW_TRACKING_URI, EVIDENTLY_UI_URL or LOCAL_DROP_DIR
+    name others."""
     from churnops.platform.services import PlatformState
 
     settings = get_settings()
@@ -106,9 +107,11 @@ def _settings() -> Settings:
     if state is None:
         return settings
     urls = {name: info.get("url") for name, info in state.services.items()}
+    watched = None if state.drop_dir.startswith("s3://") else Path(state.drop_dir).parents[1]
     return settings.replace(
         mlflow_tracking_uri=settings.model.mlflow_tracking_uri or urls.get("mlflow"),
         evidently_ui_url=settings.monitoring.evidently_ui_url or urls.get("evidently"),
+        local_drop_dir=settings.drop.local_drop_dir or watched,
     )
 
 

@@ -208,6 +208,29 @@ def test_status_lists_every_file_by_stage_and_counts_them(tmp_path: Path) -> Non
     )
 
 
+def test_status_in_another_terminal_lists_the_folder_the_platform_watches(
+    tmp_path: Path,
+) -> None:
+    """`up` started with LOCAL_DROP_DIR, `churnops status` in a terminal without it listed
+    the home's default drop folder (only its watcher row named the watched one)."""
+    from typer.testing import CliRunner
+
+    from churnops import cli
+
+    watched = LocalDropStorage(tmp_path / "elsewhere")
+    watched.create_layout()
+    watched.create(stage_key("input", "waiting.csv"), b"x")
+    drop = str(watched.root / "data" / "input")
+    services.PlatformState(os.getpid(), drop, {}).save(tmp_path)  # a platform running
+    home = {"CHURNOPS_HOME": str(tmp_path)}
+    shown = CliRunner().invoke(cli.app, ["status"], env=home)
+    assert shown.exit_code == 0 and "waiting.csv" in shown.output, shown.output
+    mine = CliRunner().invoke(
+        cli.app, ["status"], env=home | {"LOCAL_DROP_DIR": str(tmp_path / "mine")}
+    )
+    assert "waiting.csv" not in mine.output  # a folder named here wins, as for the URLs
+
+
 def test_status_and_process_show_a_name_as_written_never_as_markup(tmp_path: Path) -> None:
     """`[draft] customers.csv` was listed as ' customers.csv' (rich took '[draft]' for a
     style), and a file `bold]x.csv` in a subfolder `[` stopped `churnops status` with a
