@@ -81,10 +81,13 @@ def _variable(match: re.Match[str], query: Query) -> str:
     values = list(query.selected[name])
     if values == [ALL]:
         values = list(query.options[name])
-    if fmt not in (None, "sqlstring", "singlequote"):
+    if fmt not in (None, "sqlstring"):
         raise UnknownMacro(f"variable format {fmt!r} of ${name} is not modelled")
-    # The SQL data sources quote multi-value and "All" variables by default.
-    return ",".join("'" + v.replace("'", "''") + "'" for v in values)
+    # The SQL data sources quote multi-value and "All" variables by default (quoteLiteral:
+    # ' doubled); the sqlstring format also writes " as \" (scenes' formatRegistry), and
+    # Postgres keeps that backslash.
+    escapes = {"'": "''", '"': '\\"'} if fmt == "sqlstring" else {"'": "''"}
+    return ",".join(f"'{v.translate(str.maketrans(escapes))}'" for v in values)
 
 
 def _format_interval(interval: timedelta) -> str:

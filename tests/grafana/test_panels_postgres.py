@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterator
-from datetime import timedelta
+from contextlib import closing
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg2
@@ -15,9 +17,10 @@ from sqlalchemy.engine import make_url
 
 from churnops.data.features import FEATURES
 from churnops.monitoring.db_roles import grant_read_only
-from churnops.monitoring.metrics_db import ATTRIBUTION_RANK
+from churnops.monitoring.metrics_db import ATTRIBUTION_RANK, MetricsStore
 from churnops.results import QUALITY_METRICS
 from churnops.settings import MonitoringSettings
+from tests.fixtures.postgres import NO_DRIFT, PostgresCluster, processed_run
 
 from .conftest import (
     FIRST_RUN,
@@ -55,18 +58,22 @@ class Rows:
         return [row[index] for row in self.rows]
 
 
-@pytest.fixture(scope="module")
-def reader(pipeline_postgres_url: str) -> Iterator[Any]:
+def reader_of(database_url: str, role: str = READER) -> Any:
     """A TCP connection with the read-only role's password, as Grafana connects."""
     password = secrets.token_urlsafe(16)
-    grant_read_only(pipeline_postgres_url, READER, password)
-    url = make_url(pipeline_postgres_url)
+    grant_read_only(database_url, role, password)
+    url = make_url(database_url)
     conn = psycopg2.connect(
-        host=url.host, port=url.port, dbname=url.database, user=READER, password=password
+        host=url.host, port=url.port, dbname=url.database, user=role, password=password
     )
     conn.autocommit = True  # one statement per panel, like Grafana; a failure spoils nothing
-    yield conn
-    conn.close()
+    return conn
+
+
+@pytest.fixture(scope="module")
+def reader(pipeline_postgres_url: str) -> Iterator[Any]:
+    with closing(reader_of(pipeline_postgres_url)) as conn:
+        yield conn
 
 
 def everything(**selected: list[str]) -> Query:
@@ -315,3 +322,33 @@ def test_expander_refuses_what_it_does_not_know() -> None:
     for sql in ("SELECT $__timeFilter()", "$__unknownMacro(x)", "$nope", "${file:csv}"):
         with pytest.raises(UnknownMacro):
             expand(sql, everything())
+
+
+def test_a_file_named_with_quotes_is_drawn_under_all_and_alone(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    """Grafana's ${file:sqlstring} wrote a " in a file's name as \\", which Postgres keeps:
+    such a file was listed by the variable but drawn by no panel, under "All" or alone."""
+    url = postgres_cluster.new_database("churnops_names")
+    names = ['say "hi".csv', "it's.csv", "100% ünï {x}.csv"]
+    with closing(MetricsStore(url)) as store:
+        for name in names:
+            processed_run(store, name, replace(NO_DRIFT, quality={"f1": 0.5}))
+    now = datetime.now(UTC)
+
+    def selecting(files: list[str]) -> Query:
+        return Query(
+            time_from=now - timedelta(hours=1),
+            time_to=now + timedelta(hours=1),
+            selected={"model_version": [ALL], "file": files},
+            options={"model_version": ["1"], "file": sorted(names)},
+        )
+
+    with closing(reader_of(url, f"{READER}_names")) as conn:
+        assert [r[0] for r in run(conn, VARIABLES["file"], selecting([ALL])).rows] == sorted(names)
+        table = panel_sql(PANEL["Latest runs"])
+        assert sorted(run(conn, table, selecting([ALL])).column("file")) == sorted(names)
+        for name in names:
+            assert run(conn, table, selecting([name])).column("file") == [name]
+            (latest,) = run(conn, panel_sql(PANEL["Latest F1"]), selecting([name])).rows
+            assert latest[1] == 0.5
