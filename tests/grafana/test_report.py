@@ -116,7 +116,9 @@ def test_a_file_whose_attempt_died_after_its_move_keeps_its_metrics(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Attempt 1 stores the metrics, moves the file to processed/ and dies before closing
-    its row (closed failed by attempt 2, which finishes the move): the file still shows."""
+    its row (closed failed by attempt 2, which finishes the move): the file still shows.
+    Attempt 2 never read the file, so its row has no rows: the report, drawing the rows of
+    processed files, stopped on 'Axis limits cannot be NaN or Inf'."""
     settings = get_settings(churnops_home=tmp_path, evidently_ui_url=None)
     storage = open_storage(settings.drop)
     model = _models(settings, data_dir)["1"]
@@ -140,6 +142,8 @@ def test_a_file_whose_attempt_died_after_its_move_keeps_its_metrics(
     share = metrics[metrics["metric"] == "drifted_share"]
     shown = share.merge(runs, left_on="run_id", right_on="id")
     assert shown["status"].tolist() == ["processed"]
+    assert runs.loc[runs["status"] == "processed", "rows"].isna().all()
+    assert name in write_report(settings.monitoring).html.read_text()
 
 
 def test_cli_writes_into_churnops_home_by_default(

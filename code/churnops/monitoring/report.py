@@ -216,7 +216,9 @@ def _volume(ax: Axes, runs: pd.DataFrame) -> None:
     processed = ordered[ordered["status"] == PROCESSED]
     ax.plot(processed["started_at"], processed["rows"], "o-", label="rows processed")
     ax.set_ylabel("rows")
-    ax.set_ylim(0, max(processed["rows"].max(), 1) * 1.15 if len(processed) else 1)
+    # A run whose attempt died after its move is closed by one that never read it: no rows.
+    rows = pd.to_numeric(processed["rows"])
+    ax.set_ylim(0, max(rows.max(), 1) * 1.15 if rows.notna().any() else 1)
     right = ax.twinx()
     errored = (ordered["status"] == ERRORED).cumsum()
     right.step(ordered["started_at"], errored, where="post", color="red", label="files errored")
