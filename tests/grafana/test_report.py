@@ -99,6 +99,20 @@ def test_a_report_of_rejected_files_only_lists_them(tmp_path: Path) -> None:
     assert files.runs == 1 and "missing column" in html.unescape(files.html.read_text())
 
 
+def test_a_report_of_a_rejected_labels_file_only_lists_it(tmp_path: Path) -> None:
+    """A labels file dropped before any customer file errors ('matches no run'): the report
+    said 'no pipeline runs yet', hiding the run and its reason that "Latest runs" lists."""
+    settings = get_settings(churnops_home=tmp_path, evidently_ui_url=None)
+    with closing(MetricsStore.from_settings(settings.monitoring)) as store:
+        run = store.start_run(
+            file_name="x_predictions.csv", bucket="b", object_key="data/labels/x", kind="labels"
+        )
+        store.finish_run(run, "errored", error="matches no run: no processed file has predictions")
+    files = write_report(settings.monitoring)
+    assert (files.runs, files.files) == (0, 0)
+    assert "matches no run" in files.html.read_text()
+
+
 def test_a_report_of_a_home_without_a_database_makes_nothing(tmp_path: Path) -> None:
     """A mistyped CHURNOPS_HOME is said, not made (with an empty database) and then said
     to have no runs."""

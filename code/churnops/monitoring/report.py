@@ -61,7 +61,7 @@ def write_report(
         events = store.model_events().tail(latest)
     runs = every_run[every_run["kind"] == SCORING]  # a late labels file is not a file scored
     where = make_url(monitoring.metrics_db_url).render_as_string(hide_password=True)
-    if runs.empty:
+    if every_run.empty:  # a late labels file's run alone is listed, with its reason
         raise NoRunsYet(
             f"no pipeline runs in {where} yet: drop a customer file into the input folder "
             "and let the pipeline process it, then run the report again"
@@ -223,7 +223,7 @@ def _volume(ax: Axes, runs: pd.DataFrame) -> None:
     errored = (ordered["status"] == ERRORED).cumsum()
     right.step(ordered["started_at"], errored, where="post", color="red", label="files errored")
     right.set_ylabel("files errored (cumulative)")
-    right.set_ylim(0, max(errored.max(), 1) * 1.15)
+    right.set_ylim(0, max(errored.max() if len(errored) else 0, 1) * 1.15)
     _legend_beside(ax, right)
     ax.set_title("Rows processed and files errored")
     ax.set_xlabel("time (UTC)")
