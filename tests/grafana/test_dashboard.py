@@ -85,8 +85,10 @@ def test_panels_cover_the_issue() -> None:
         if prop["id"] == "links"
     ]
     assert links == [[{"title": "Evidently report", "url": "${__value.raw}", "targetBlank": True}]]
-    names = [v["name"] for v in dashboard()["templating"]["list"]]
-    assert names == ["model_version", "file"]
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    assert list(variables) == ["model_version", "file"]
+    # Versions in numeric order (1, 2, 10, not 1, 10, 2): Grafana's sort 3; files by name.
+    assert (variables["model_version"]["sort"], variables["file"]["sort"]) == (3, 1)
 
 
 def test_alert_thresholds_are_read_from_each_run_with_the_defaults_as_fallback() -> None:
