@@ -460,6 +460,27 @@ def test_an_event_without_records_is_refused(bad: Any) -> None:
         trigger.lambda_handler(bad, None)
 
 
+def test_s3s_test_event_is_a_logged_no_op(
+    prefect: FakePrefect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S3 sends this, with no Records, when a notification is configured: it was refused
+    as no S3 event, so each apply failed the function three times, dead-lettered the event
+    and mailed both alarms."""
+    test_event = {
+        "Service": "Amazon S3",
+        "Event": "s3:TestEvent",
+        "Time": "2026-12-06T06:50:00.000Z",
+        "Bucket": BUCKET,
+        "RequestId": "5582815E1AEA5ADF",
+        "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR+YstdA6Knx4Ip8EXAMPLE",
+    }
+    with caplog.at_level(logging.INFO, logger="s3_to_prefect"):
+        assert trigger.lambda_handler(test_event, None) == {"results": []}
+
+    assert prefect.requests == []
+    assert f"s3:TestEvent for bucket {BUCKET}" in caplog.text
+
+
 # --- the credential: an API key, an auth string, or one from Secrets Manager ----------------
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:churnops/prefect-auth-AbCdEf"
 

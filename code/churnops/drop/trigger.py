@@ -199,6 +199,10 @@ def lambda_handler(event: Mapping[str, Any], context: object) -> dict[str, list[
 
 def handle_event(event: Mapping[str, Any], config: Config) -> dict[str, list[dict]]:
     """Start a flow run for each new input file in the event; one outcome per record."""
+    if isinstance(event, Mapping) and event.get("Event") == "s3:TestEvent":
+        # Sent, without Records, when a notification is configured: nothing to start.
+        LOGGER.info("s3:TestEvent for bucket %s: no file, no flow run", event.get("Bucket"))
+        return {"results": []}
     records = event.get("Records") if isinstance(event, Mapping) else None
     if not isinstance(records, list):
         raise ValueError("the event has no 'Records' list: not an S3 event notification")
