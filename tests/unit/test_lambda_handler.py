@@ -316,6 +316,21 @@ def test_the_deployment_is_looked_up_once_while_warm(prefect: FakePrefect) -> No
 
 
 # --- Prefect errors -----------------------------------------------------------------------
+def test_a_missing_deployment_is_looked_up_once_and_named(
+    prefect: FakePrefect, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold start's lookup answered 404 was taken for a stale cached id: the handler
+    logged "not found by its cached id, looking it up again" (it had none) and asked twice."""
+    monkeypatch.setenv("PREFECT_DEPLOYMENT", "churn_prediction_pipeline/missing")
+    with caplog.at_level(logging.INFO, logger="s3_to_prefect"):
+        [outcome] = invoke("data/input/a.csv")
+
+    assert outcome["status"] == "failed"
+    assert "deployment 'churn_prediction_pipeline/missing' not found" in outcome["reason"]
+    assert len(prefect.sent("GET")) == 1 and prefect.sent("POST") == []
+    assert "cached id" not in caplog.text
+
+
 @pytest.mark.parametrize("status", [400, 403, 409, 422])
 def test_a_refusal_fails_the_record_without_retrying(prefect: FakePrefect, status: int) -> None:
     invoke("data/input/warm.csv")  # caches the deployment

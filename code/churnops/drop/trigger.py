@@ -281,8 +281,9 @@ def start_flow_run(
     """Create a flow run of the deployment: its id, and whether this call created it (a 200
     after a POST that timed out is our own run, not a duplicate event's)."""
     body = {"parameters": parameters, "idempotency_key": idempotency_key, "name": name}
+    path = _create_path(config)  # a deployment not found by name is no stale cached id
     try:
-        status, run, resent = _request(config, "POST", _create_path(config), body)
+        status, run, resent = _request(config, "POST", path, body)
     except PrefectRequestError as exc:
         if exc.status != 404:
             raise
