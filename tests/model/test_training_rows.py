@@ -77,7 +77,23 @@ def test_a_small_or_one_class_holdout_judges_nothing(files) -> None:
     assert ten == "ten.csv has 10 labeled rows, fewer than the 100 a holdout needs"
     stayed = first[first[TARGET] == 0]
     one_class = split_rows(training, [labeled("stayed.csv", stayed)], set())
-    assert one_class.startswith(f"stayed.csv has 0 churned and {len(stayed)} stayed rows")
+    stayed_once = len(stayed.drop_duplicates())  # the file repeats some customers
+    assert one_class.startswith(
+        f"stayed.csv has 0 churned and {stayed_once} stayed rows ({len(stayed)} with copies)"
+    )
+
+
+def test_copies_of_a_row_do_not_make_a_holdout_big_enough(files) -> None:
+    """A labeled file of 12 customers, each row ten times (an export appended to itself):
+    120 rows, 60 churned, passed the 100 rows and 10 of each class a holdout needs, and a
+    challenger was judged on the F1 of 6 churners. A row and its copies count once."""
+    training, first, _ = files
+    twelve = pd.concat([first[first[TARGET] == c].head(6) for c in (0, 1)])
+    repeated = pd.concat([twelve] * 10, ignore_index=True)
+    refusal = split_rows(training, [labeled("repeated.csv", repeated)], set())
+    assert refusal == (
+        "repeated.csv has 12 labeled rows (120 with copies), fewer than the 100 a holdout needs"
+    )
 
 
 def scores(f1_of: float) -> object:

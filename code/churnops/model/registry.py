@@ -250,21 +250,24 @@ def refit_rows(split: Split, retraining: bool) -> pd.DataFrame:
 
 
 def _too_small(holdout: pd.DataFrame, name: str, seen: bool) -> str:
-    """Why ``holdout`` cannot judge a challenger: too few rows, or of a class ('' if it can)."""
-    positives = int(target(holdout).sum()) if len(holdout) else 0
-    negatives = len(holdout) - positives
+    """Why ``holdout`` cannot judge a challenger: too few rows, or of a class ('' if it can).
+    A row and its copies count once: ten copies of 6 churners are an F1 of 6."""
+    distinct = holdout.drop_duplicates([*FEATURES, TARGET])
+    positives = int(target(distinct).sum()) if len(distinct) else 0
+    negatives = len(distinct) - positives
     unseen = " unseen by the champion" if seen else ""
+    copies = f" ({len(holdout)} with copies)" if len(holdout) > len(distinct) else ""
     if len(holdout) == 0:
         return f"no labeled rows of {name} are{unseen}: nothing new to judge a challenger on"
-    if len(holdout) < GATE_MIN_HOLDOUT_ROWS:
+    if len(distinct) < GATE_MIN_HOLDOUT_ROWS:
         return (
-            f"{name} has {len(holdout)} labeled rows{unseen}, fewer than the "
+            f"{name} has {len(distinct)} labeled rows{copies}{unseen}, fewer than the "
             f"{GATE_MIN_HOLDOUT_ROWS} a holdout needs"
         )
     if min(positives, negatives) < GATE_MIN_HOLDOUT_POSITIVES:
         return (
-            f"{name} has {positives} churned and {negatives} stayed rows{unseen}: a holdout "
-            f"needs {GATE_MIN_HOLDOUT_POSITIVES} of each"
+            f"{name} has {positives} churned and {negatives} stayed rows{copies}{unseen}: "
+            f"a holdout needs {GATE_MIN_HOLDOUT_POSITIVES} of each"
         )
     return ""
 
