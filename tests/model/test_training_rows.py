@@ -83,6 +83,28 @@ def test_a_small_or_one_class_holdout_judges_nothing(files) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        ("one churner", "has 1 churned and"),
+        ("five rows", "has 5 labeled rows, fewer than the 100 a holdout needs"),
+    ],
+)
+def test_a_training_file_too_small_to_split_judges_nothing(files, rows: str, why: str) -> None:
+    """`churnops train --data` on a file with one churner, or of five rows, ended in a
+    traceback (scikit-learn's "The least populated classes in y have only 1 member", "The
+    test_size = 1 should be greater or equal to the number of classes"): a stratified split
+    needs two rows of each class. Such a file cannot give a holdout: it judges nothing."""
+    training, _, _ = files
+    frame = training.frame
+    if rows == "one churner":
+        frame = pd.concat([frame[frame[TARGET] == 0], frame[frame[TARGET] == 1].head(1)])
+    else:
+        frame = pd.concat([frame[frame[TARGET] == c].head(n) for c, n in ((0, 3), (1, 2))])
+    refusal = split_rows(labeled("small.csv", frame), [], set())
+    assert isinstance(refusal, str) and refusal.startswith("small.csv " + why), refusal
+
+
 def test_copies_of_a_row_do_not_make_a_holdout_big_enough(files) -> None:
     """A labeled file of 12 customers, each row ten times (an export appended to itself):
     120 rows, 60 churned, passed the 100 rows and 10 of each class a holdout needs, and a

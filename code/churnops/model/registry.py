@@ -210,6 +210,8 @@ def split_rows(
     """Fit and holdouts, or why there is nothing honest to judge on; ``seen``: keys of the
     rows the champion learned from, left out of the newest holdout."""
     frame = training_file.frame
+    if refusal := _too_small(frame, training_file.name, False):  # no holdout split of it can
+        return refusal  # judge (nor be made: a stratified split needs 2 rows of each class)
     fit0, training_holdout = training.split_holdout(
         frame, target(frame), HOLDOUT_FRACTION, RANDOM_SEED
     )
