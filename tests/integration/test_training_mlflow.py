@@ -185,6 +185,19 @@ def test_a_first_training_in_a_home_that_does_not_exist_yet(
     assert (home / "optuna.db").exists()
 
 
+def test_the_run_is_named_after_the_whole_training_file(
+    mlflow_server: str, tmp_path: Path, data_dir: Path
+) -> None:
+    """`churnops train --data "my churn.csv"` made the MLflow run "train-my": the name was
+    cut from the holdout's "my churn.csv (holdout split)" at its first space."""
+    data = tmp_path / "my churn data.csv"
+    data.write_bytes((data_dir / "customer_churn_0.csv").read_bytes())
+    settings = model_settings(tmp_path / "home", mlflow_server, "SpacedFileName")
+    outcome = train_and_register(settings, TrainingOptions(data_file=data, params=FAST_PARAMS))
+    run = client(settings).get_run(outcome.run_id)
+    assert run.info.run_name == "train-my churn data"
+
+
 @pytest.mark.parametrize("champion", [False, True], ids=["no-champion", "champion"])
 def test_no_promotion_when_the_alias_moved_while_the_version_was_logged(
     champion: bool,

@@ -459,7 +459,7 @@ def train_and_register(
         "lineage.holdout": split.holdout_name,
         "lineage.fit_digest": digest,
     }
-    name = f"{'retrain' if window else 'train'}-{Path(split.holdout_name.split()[0]).stem}"
+    name = f"{'retrain' if window else 'train'}-{Path((window or [training_file])[-1].name).stem}"
     with mlflow.start_run(run_name=name) as run:
         # as in the model_config, which MLflow logs as params too: the same values
         mlflow.log_params({**params, **model.config()})
