@@ -572,9 +572,10 @@ def _late_labels(world: World, scored: per_file.FileOutcome, churn: pd.Series, n
 
 
 def unseen(world: World, rows: pd.DataFrame) -> pd.DataFrame:
-    """The rows the deployed version did not learn from (its logged row keys)."""
+    """The rows the deployed version did not learn from (its logged row keys), nor copies."""
     _, seen = deployed(world.settings.model, load_aliased_model)
-    return rows[~row_keys(rows).isin(seen)]
+    learned = {key.split(".")[0] for key in seen}
+    return rows[~row_keys(rows).str.split(".").str[0].isin(learned)]
 
 
 def _never_saw(world: World, holdout: pd.DataFrame, relabeled: pd.DataFrame) -> float:

@@ -68,7 +68,26 @@ def test_rows_the_champion_learned_from_leave_the_holdout(files) -> None:
     assert "unseen by the champion" in split_rows(training, window, seen)
     half = set(row_keys(first).iloc[: len(first) // 2])
     split = split_rows(training, window, half)
-    assert len(split.holdout) == len(first) - len(half)
+    copies = row_keys(first).str.split(".").str[0].isin(keys(first.head(len(first) // 2)))
+    assert len(split.holdout) == len(first) - copies.sum()  # the file repeats customers
+
+
+def test_a_copy_of_a_row_the_champion_learned_is_not_in_its_holdout(files) -> None:
+    """A file holding each row twice (an export appended to itself): the second copy of a
+    row the champion learned was in the holdout (its occurrence, ``.1``, is not the learned
+    ``.0``), and the champion was scored on rows it learned, against a challenger that had
+    not, for `train --data` and `retrain` alike."""
+    training, first, _ = files
+    learned = set(split_rows(training, [], set()).fit["_key"])  # a champion's fit rows
+    twice = pd.concat([training.frame] * 2, ignore_index=True)
+    split = split_rows(labeled("twice.csv", twice), [], learned)
+    assert isinstance(split, Split)
+    assert not keys(split.holdout) & {k.split(".")[0] for k in learned}
+    learned = set(row_keys(first))  # a champion that learned a labeled file once
+    again = split_rows(training, [labeled("twice.csv", pd.concat([first] * 2))], learned)
+    assert again == "no labeled rows of twice.csv are unseen by the champion: nothing new to " + (
+        "judge a challenger on"
+    )
 
 
 def test_a_small_or_one_class_holdout_judges_nothing(files) -> None:

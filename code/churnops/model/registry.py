@@ -208,7 +208,7 @@ def split_rows(
     training_file: LabeledFile, window: Sequence[LabeledFile], seen: set[str]
 ) -> Split | str:
     """Fit and holdouts, or why there is nothing honest to judge on; ``seen``: keys of the
-    rows the champion learned from, left out of the newest holdout."""
+    rows the champion learned from, left out of the newest holdout (with their copies)."""
     frame = training_file.frame
     if refusal := _too_small(frame, training_file.name, False):  # no holdout split of it can
         return refusal  # judge (nor be made: a stratified split needs 2 rows of each class)
@@ -219,12 +219,17 @@ def split_rows(
     rows = pd.concat(
         [f.assign(_source=i, _key=row_keys(f)) for i, f in enumerate(frames)], ignore_index=True
     ).drop_duplicates("_key", keep="last")  # a row counts once: its newest labels win
+    learned = {k.split(".")[0] for k in seen}  # a copy of a learned row is learned
+
+    def unseen(keys: pd.Series) -> pd.Series:
+        return ~keys.str.split(".").str[0].isin(learned)
+
     if window:
-        newest = rows[(rows["_source"] == len(window)) & ~rows["_key"].isin(seen)]
+        newest = rows[(rows["_source"] == len(window)) & unseen(rows["_key"])]
         holdout_name = window[-1].name
     else:  # ``--data`` may name a file a retraining learned from: its rows judge nothing
         newest = training_holdout.assign(_key=row_keys(training_holdout))
-        newest = newest[~newest["_key"].isin(seen)]
+        newest = newest[unseen(newest["_key"])]
         holdout_name = f"{training_file.name} (holdout split)"
     refusal = _too_small(newest, holdout_name, len(seen) > 0)
     if refusal:
