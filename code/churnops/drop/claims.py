@@ -56,17 +56,17 @@ def run_id(name: str, version: str, modified: datetime) -> str:
     return f"{modified.astimezone(UTC):{RUN_TIME_FORMAT}}-{digest[:8]}"
 
 
-def drop_run(storage: DropStorage, name: str, info: ObjectInfo) -> str:
-    """The run a dropped file's claim takes: :func:`run_id` of its version, or, when that run
-    ended with its file gone from every run folder, one after it: a file moved back into its
-    drop folder by hand (``mv`` keeps a local file's inode and times: its version) is a new
-    drop, as its copy back is on S3."""
+def drop_run(storage: DropStorage, name: str, info: ObjectInfo) -> tuple[str, Lease | None]:
+    """The run a dropped file's claim takes, with its latest lease: :func:`run_id` of its
+    version, or, when that run ended with its file gone from every run folder, one after it:
+    a file moved back into its drop folder by hand (``mv`` keeps a local file's inode and
+    times: its version) is a new drop, as its copy back is on S3."""
     run = run_id(name, info.version, info.modified)
     while (last := latest_lease(storage, run)) and last.state == "done":
         if any(storage.exists(run_key(stage, run, last.name)) for stage in RUN_STAGES):
             break  # a move-in cut short: _finish_move_in removes the dropped copy
         run = run_id(name, f"{info.version} after {run}", info.modified)
-    return run
+    return run, last
 
 
 def dropped_at(run: str) -> datetime:
@@ -195,8 +195,7 @@ def claim(storage: DropStorage, key: str, *, lease_seconds: float, flow_run_id: 
         info = storage.stat(key)
         if info is None:
             raise ClaimRefused(f"{name!r} is no longer in input/ (taken by a run, or removed)")
-        run, kept = drop_run(storage, name, info), run_name(name)
-        previous = latest_lease(storage, run)
+        (run, previous), kept = drop_run(storage, name, info), run_name(name)
         if previous and previous.state == "unmovable":
             why = f"it would not move into processing/ in {previous.attempt} attempts"
             raise ClaimRefused(f"run {run} gave up on {kept!r}: {why} (see its log)")

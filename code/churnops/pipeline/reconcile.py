@@ -98,8 +98,8 @@ def _untaken_inputs(storage: DropStorage, now: datetime, runs: list[str]) -> lis
             info = storage.stat(key)
             if info is None:
                 continue
-            run = _run_of(storage, prefix, key, info)
-            lease = claims.latest_lease(storage, run) if run not in runs else None
+            run, latest = _run_of(storage, prefix, key, info)
+            lease = latest if run not in runs else None
             if lease and lease.holder_gone(now, claims.LEASE_SECONDS):
                 # Its trigger came and the attempt died claiming it: nothing is on its way.
                 actions.append(Action("trigger", key, claims.death(lease), _next_attempt(lease)))
@@ -137,19 +137,21 @@ def _dropped_keys(storage: DropStorage, ignored: list[str] | None = None) -> lis
     return found
 
 
-def _run_of(storage: DropStorage, prefix: str, key: str, info: ObjectInfo) -> str:
-    """The run a dropped file's claim would take (its name, version and time)."""
+def _run_of(
+    storage: DropStorage, prefix: str, key: str, info: ObjectInfo
+) -> tuple[str, claims.Lease | None]:
+    """The run a dropped file's claim would take (its name, version and time), with its
+    latest lease."""
     return claims.drop_run(storage, key[len(prefix) :], info)
 
 
 def waiting_for_retry(storage: DropStorage) -> list[claims.Lease]:
     """The failed attempts whose run waits for its retry: in processing/, or still in its
     drop folder (it would not move in)."""
-    runs = run_folders(storage, "processing")
+    latest = [claims.latest_lease(storage, run) for run in run_folders(storage, "processing")]
     for prefix, key in _dropped_keys(storage):
         if (info := storage.stat(key)) is not None:
-            runs.append(_run_of(storage, prefix, key, info))
-    latest = (claims.latest_lease(storage, run) for run in runs)
+            latest.append(_run_of(storage, prefix, key, info)[1])
     return [x for x in latest if x is not None and x.waits_for_retry]
 
 
